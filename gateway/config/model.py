@@ -1,0 +1,120 @@
+"""The validated, immutable configuration: plain frozen dataclasses, one per section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+__all__ = [
+    "Listener",
+    "AdminListener",
+    "Listeners",
+    "Guard",
+    "Timeouts",
+    "Pool",
+    "Upstream",
+    "Deployment",
+    "Model",
+    "StoreConfig",
+    "Config",
+]
+
+
+def frozen_map(d: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # A trusted listener sits behind an authenticating proxy: identity claims
+    # that a client could forge (header, subdomain, query) are accepted alone.
+    trusted: bool = False
+    # Proxies whose X-Forwarded-For is believed (CIDR strings).
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AdminListener:
+    host: str = "127.0.0.1"
+    port: int = 8081
+    enabled: bool = True
+    # sha256 hex of the admin bearer token (``token`` in the file is hashed at load).
+    token_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Listeners:
+    public: Listener = Listener()
+    admin: AdminListener = AdminListener()
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    max_body_bytes: int = 1024 * 1024
+    max_header_bytes: int = 32 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    first_byte: float = 60.0
+    idle: float = 30.0
+    total: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    max_connections: int = 256
+    keepalive: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    base_url: str
+    api_key: str | None = None
+    # Where the credential goes: "authorization" (Bearer), "api-key" (Azure), "x-api-key", or "none".
+    auth_header: str = "authorization"
+    headers: Mapping[str, str] = field(default_factory=frozen_map)
+    timeouts: Timeouts = Timeouts()
+    pool: Pool = Pool()
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    upstream: str
+    # Model name sent upstream; defaults to the public model name.
+    model: str
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    deployments: tuple[Deployment, ...]
+    owned_by: str = "tollgate"
+    created: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where limiter state lives: ``embedded`` (in-process, the default) or ``redis``."""
+
+    backend: str = "embedded"
+    url: str | None = None
+    cluster: bool = False
+    # Time budget of one store call before the rule's fail mode applies.
+    timeout: float = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listeners: Listeners
+    guard: Guard
+    upstreams: Mapping[str, Upstream]
+    models: Mapping[str, Model]
+    store: StoreConfig
+    source: str = "<memory>"

@@ -1,0 +1,154 @@
+"""The gateway's exception tree; the HTTP status for each is chosen at the edge (gateway/http.py).
+
+    GatewayError
+    ├── ConfigError                  a configuration was refused (carries every problem)
+    ├── RequestError                 the client sent something we cannot accept
+    │   ├── BadRequest               malformed JSON, missing field, failed field_check   -> 400
+    │   ├── NotFound                 unknown path or model                                -> 404
+    │   ├── MethodNotAllowed                                                              -> 405
+    │   ├── PayloadTooLarge                                                               -> 413
+    │   ├── HeadersTooLarge                                                               -> 431
+    │   ├── Unauthenticated          no or bad credential                                 -> 401
+    │   ├── Forbidden                suspended tenant, model not allowed, forged claim    -> 403
+    │   └── RateLimited              a limit refused the request                          -> 429
+    ├── UpstreamError                the model provider failed us
+    │   ├── UpstreamBadResponse      connection reset, bad status, malformed body         -> 502
+    │   ├── UpstreamUnavailable      no healthy deployment, every fallback exhausted      -> 503
+    │   └── UpstreamTimeout          connect / first byte / idle / total timeout          -> 504
+    ├── Overloaded                   the gateway sheds load                                -> 503
+    └── StoreError                   the limiter store failed or exceeded its budget
+        └── StoreTimeout
+
+Domain code raises these; only the edge turns them into OpenAI-shaped JSON.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GatewayError",
+    "ConfigError",
+    "RequestError",
+    "BadRequest",
+    "NotFound",
+    "MethodNotAllowed",
+    "PayloadTooLarge",
+    "HeadersTooLarge",
+    "Unauthenticated",
+    "Forbidden",
+    "RateLimited",
+    "UpstreamError",
+    "UpstreamBadResponse",
+    "UpstreamUnavailable",
+    "UpstreamTimeout",
+    "Overloaded",
+    "StoreError",
+    "StoreTimeout",
+]
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose.
+
+    ``code`` is a short machine-readable reason (OpenAI's ``error.code``),
+    ``param`` names the offending request field when there is one.
+    """
+
+    error_type = "api_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code if code is not None else self.default_code
+        self.param = param
+        self.headers = headers or {}
+
+
+class ConfigError(GatewayError):
+    """A configuration was refused; ``problems`` lists ``path: reason`` lines."""
+
+    default_code = "invalid_config"
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
+
+
+class RequestError(GatewayError):
+    error_type = "invalid_request_error"
+
+
+class BadRequest(RequestError):
+    default_code = "invalid_request"
+
+
+class NotFound(RequestError):
+    default_code = "not_found"
+
+
+class MethodNotAllowed(RequestError):
+    default_code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(message, headers={"Allow": ", ".join(allowed)} if allowed else None)
+
+
+class PayloadTooLarge(RequestError):
+    default_code = "request_too_large"
+
+
+class HeadersTooLarge(RequestError):
+    default_code = "headers_too_large"
+
+
+class Unauthenticated(RequestError):
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class Forbidden(RequestError):
+    error_type = "permission_error"
+    default_code = "forbidden"
+
+
+class RateLimited(RequestError):
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class UpstreamError(GatewayError):
+    error_type = "upstream_error"
+
+
+class UpstreamBadResponse(UpstreamError):
+    default_code = "bad_gateway"
+
+
+class UpstreamUnavailable(UpstreamError):
+    default_code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    default_code = "upstream_timeout"
+
+
+class Overloaded(GatewayError):
+    error_type = "overloaded_error"
+    default_code = "overloaded"
+
+
+class StoreError(GatewayError):
+    """The limiter store (Redis or embedded) failed; wraps the driver's error."""
+
+    default_code = "store_error"
+
+
+class StoreTimeout(StoreError):
+    default_code = "store_timeout"

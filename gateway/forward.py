@@ -1,0 +1,250 @@
+"""Forward stage: one pooled session per upstream, header hygiene, timeouts, SSE streamed chunk by chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from .config.model import Deployment, Upstream
+from .context import RequestContext
+from .errors import UpstreamBadResponse, UpstreamTimeout
+from .http import REQUEST_ID_HEADER, error_body
+
+__all__ = ["UpstreamClient", "UpstreamPool", "forward", "upstream_headers", "STRIPPED_REQUEST_HEADERS"]
+
+log = logging.getLogger("tollgate.forward")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Client credentials never leave the gateway; framing headers are recomputed.
+CLIENT_CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key", "cookie"})
+STRIPPED_REQUEST_HEADERS = HOP_BY_HOP | CLIENT_CREDENTIALS | frozenset(
+    {"host", "content-length", "content-type", "accept-encoding", "expect", "x-forwarded-for", REQUEST_ID_HEADER}
+)
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_DONE = b"[DONE]"
+
+
+class UpstreamClient:
+    """An upstream's pooled keep-alive session and the headers the gateway adds to every call."""
+
+    __slots__ = ("config", "session", "fixed_headers", "fixed_names")
+
+    def __init__(self, config: Upstream) -> None:
+        self.config = config
+        self.session: aiohttp.ClientSession | None = None
+        fixed: list[tuple[str, str]] = [("Content-Type", "application/json")]
+        if config.api_key and config.auth_header != "none":
+            if config.auth_header == "authorization":
+                fixed.append(("Authorization", f"Bearer {config.api_key}"))
+            else:
+                fixed.append((config.auth_header, config.api_key))
+        fixed.extend(config.headers.items())
+        self.fixed_headers = tuple(fixed)
+        self.fixed_names = frozenset(name.lower() for name, _ in fixed)
+
+    async def start(self) -> None:
+        pool = self.config.pool
+        connector = aiohttp.TCPConnector(
+            limit=pool.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=pool.keepalive,
+            ttl_dns_cache=300,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.timeouts.connect),
+            auto_decompress=True,
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+
+class UpstreamPool:
+    """The live upstream clients; a reload keeps the sessions whose upstream config did not change."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, UpstreamClient] = {}
+        self._retired: list[UpstreamClient] = []
+
+    async def apply(self, upstreams: Mapping[str, Upstream]) -> None:
+        fresh: dict[str, UpstreamClient] = {}
+        for name, cfg in upstreams.items():
+            old = self.clients.get(name)
+            if old is not None and old.config == cfg:
+                fresh[name] = old
+                continue
+            client = UpstreamClient(cfg)
+            await client.start()
+            fresh[name] = client
+        # Sessions that left the config may still carry in-flight requests:
+        # keep them until shutdown rather than cutting those requests.
+        self._retired.extend(c for name, c in self.clients.items() if fresh.get(name) is not c)
+        self.clients = fresh
+
+    async def close(self) -> None:
+        for client in [*self.clients.values(), *self._retired]:
+            await client.close()
+        self.clients = {}
+        self._retired = []
+
+
+def upstream_headers(ctx: RequestContext, client: UpstreamClient) -> list[tuple[str, str]]:
+    """Client headers minus credentials and hop-by-hop ones (also those named in ``Connection``), plus ours."""
+    headers = ctx.request.headers
+    connection = headers.get("Connection")
+    named = {t.strip().lower() for t in connection.split(",")} if connection else ()
+    out: list[tuple[str, str]] = []
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in STRIPPED_REQUEST_HEADERS or lower in client.fixed_names or lower in named:
+            continue
+        out.append((name, value))
+    out.extend(client.fixed_headers)
+    forwarded_for = headers.get("X-Forwarded-For")
+    out.append(("X-Forwarded-For", f"{forwarded_for}, {ctx.client_ip}" if forwarded_for else ctx.client_ip))
+    out.append((REQUEST_ID_HEADER, ctx.request_id))
+    return out
+
+
+def sse_error_event(message: str, code: str) -> bytes:
+    return b"data: " + error_body(message, "upstream_error", code) + b"\n\n"
+
+
+async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamClient) -> web.StreamResponse:
+    """Send the request to one deployment and relay its answer.
+
+    Raises an ``UpstreamError`` only while nothing has reached the client, so a
+    caller may still try another deployment; once the first byte is out,
+    trouble becomes an SSE error event and a clean end of the stream.
+    """
+    assert ctx.endpoint is not None and ctx.body is not None and client.session is not None
+    cfg = client.config
+    if deployment.model == ctx.model:
+        body = ctx.body_bytes
+    else:
+        body = orjson.dumps({**ctx.body, "model": deployment.model})
+    ctx.model_served = ctx.model
+    ctx.upstream_name = cfg.name
+    loop = asyncio.get_running_loop()
+    deadline = ctx.started + cfg.timeouts.total
+    phase = "first byte"
+    upstream: aiohttp.ClientResponse | None = None
+    try:
+        async with asyncio.timeout(min(deadline, loop.time() + cfg.timeouts.first_byte)) as timer:
+            upstream = await client.session.post(
+                cfg.base_url + ctx.endpoint.upstream_suffix,
+                data=body,
+                headers=upstream_headers(ctx, client),
+            )
+            ctx.first_byte_at = loop.time()
+            phase = "idle"
+            timer.reschedule(min(deadline, loop.time() + cfg.timeouts.idle))
+            content_type = upstream.headers.get("Content-Type", "")
+            if ctx.stream and upstream.status == 200 and content_type.startswith("text/event-stream"):
+                return await _relay_stream(ctx, upstream, timer, deadline, cfg.timeouts.idle)
+            data = await upstream.read()
+    except TimeoutError:
+        raise UpstreamTimeout(f"upstream {cfg.name!r} timed out waiting for the {phase}", code="upstream_timeout") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamBadResponse(f"cannot connect to upstream {cfg.name!r}: {exc.os_error}", code="upstream_connect_error") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamBadResponse(f"upstream {cfg.name!r} failed: {type(exc).__name__}", code="upstream_error") from None
+    finally:
+        if upstream is not None:
+            upstream.release()
+    ctx.status = upstream.status
+    ctx.finished_at = loop.time()
+    ctx.bytes_out = len(data)
+    return web.Response(
+        status=upstream.status,
+        body=data,
+        headers={"Content-Type": content_type or "application/json", REQUEST_ID_HEADER: ctx.request_id},
+    )
+
+
+async def _relay_stream(
+    ctx: RequestContext,
+    upstream: aiohttp.ClientResponse,
+    timer: asyncio.Timeout,
+    deadline: float,
+    idle: float,
+) -> web.StreamResponse:
+    loop = asyncio.get_running_loop()
+    content = upstream.content
+    # The first chunk is read before anything is sent, so a failure here can still be retried elsewhere.
+    chunk = await content.readany()
+    if not chunk:
+        raise UpstreamBadResponse("upstream ended the stream before sending anything", code="upstream_empty_stream")
+    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, REQUEST_ID_HEADER: ctx.request_id})
+    await response.prepare(ctx.request)
+    ctx.status = 200
+    tail = b""
+    sent = 0
+    try:
+        while chunk:
+            await response.write(chunk)
+            sent += len(chunk)
+            tail = (tail + chunk)[-16:]
+            timer.reschedule(min(deadline, loop.time() + idle))
+            chunk = await content.readany()
+        if _DONE not in tail:
+            await response.write(sse_error_event("upstream stream ended without its terminator", "upstream_stream_truncated"))
+            ctx.error = "stream_truncated"
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        # The client went away; the upstream connection is dropped in forward()'s finally.
+        ctx.client_disconnected = True
+        upstream.close()
+        return response
+    except TimeoutError:
+        # aiohttp's own socket timeouts (ServerTimeoutError) mean the same as our idle timer.
+        upstream.close()
+        await _end_with_error(response, "upstream stream stalled past the idle timeout", "upstream_idle_timeout", ctx)
+        return response
+    except asyncio.CancelledError:
+        upstream.close()
+        if not timer.expired():
+            ctx.client_disconnected = True  # aiohttp cancels the handler when the client goes away
+            raise
+        # Our idle timer fired mid-stream. Swallowing its cancellation is safe:
+        # the timeout block's exit uncancels the task either way.
+        await _end_with_error(response, "upstream stream stalled past the idle timeout", "upstream_idle_timeout", ctx)
+        return response
+    except aiohttp.ClientError as exc:
+        upstream.close()
+        await _end_with_error(response, f"upstream stream broke: {type(exc).__name__}", "upstream_stream_error", ctx)
+        return response
+    finally:
+        ctx.bytes_out = sent
+        ctx.finished_at = loop.time()
+    await response.write_eof()
+    return response
+
+
+async def _end_with_error(response: web.StreamResponse, message: str, code: str, ctx: RequestContext) -> None:
+    ctx.error = code
+    try:
+        await response.write(sse_error_event(message, code))
+        await response.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        ctx.client_disconnected = True

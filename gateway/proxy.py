@@ -1,0 +1,65 @@
+"""The request pipeline: guard → identify → match → admit → route → forward → account, for one endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .context import Endpoint, RequestContext
+from .config.model import Deployment
+from .errors import GatewayError, UpstreamUnavailable
+from .forward import UpstreamClient, forward
+from .guard import guard
+from .http import error_response, internal_error_response, request_id_from, status_for
+from .routing import route
+from .runtime import STATE, GatewayState
+
+__all__ = ["make_proxy_handler", "client_ip"]
+
+log = logging.getLogger("tollgate.proxy")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def client_ip(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    return peer[0] if peer else "unknown"
+
+
+def make_proxy_handler(endpoint: Endpoint) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        runtime = state.runtime
+        request_id = request_id_from(request.headers.get("x-request-id"))
+        loop = asyncio.get_running_loop()
+        ctx = RequestContext(request, runtime, request_id, endpoint, loop.time(), client_ip(request))
+        try:
+            await guard(ctx, runtime.config.guard)
+            route(ctx, runtime.routes)
+            deployment, client = _pick_upstream(ctx, state)
+            return await forward(ctx, deployment, client)
+        except GatewayError as exc:
+            ctx.status = status_for(exc)
+            ctx.error = exc.code
+            return error_response(exc, request_id)
+        except asyncio.CancelledError:
+            ctx.client_disconnected = True
+            raise
+        except Exception:
+            log.exception("unexpected error on request %s", request_id)
+            ctx.status = 500
+            ctx.error = "internal_error"
+            return internal_error_response(request_id)
+
+    return handle
+
+
+def _pick_upstream(ctx: RequestContext, state: GatewayState) -> tuple[Deployment, UpstreamClient]:
+    deployment = ctx.deployments[0]
+    client = state.pool.clients.get(deployment.upstream)
+    if client is None:  # the config names it, so only a reload in flight can get here
+        raise UpstreamUnavailable(f"upstream {deployment.upstream!r} is not available")
+    return deployment, client
