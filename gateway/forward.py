@@ -151,7 +151,7 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
     phase = "first byte"
     upstream: aiohttp.ClientResponse | None = None
     try:
-        async with asyncio.timeout(min(deadline, loop.time() + cfg.timeouts.first_byte)) as timer:
+        async with asyncio.timeout_at(min(deadline, loop.time() + cfg.timeouts.first_byte)) as timer:
             upstream = await client.session.post(
                 cfg.base_url + ctx.endpoint.upstream_suffix,
                 data=body,

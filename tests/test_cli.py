@@ -1,0 +1,48 @@
+"""The command line: `tollgate demo` answers a curl on a fresh start; `mock-upstream` serves."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import aiohttp
+
+from .support.processes import free_port, start_process
+
+
+async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request() -> None:
+    port = free_port()
+    started = time.monotonic()
+    proc = start_process([sys.executable, "-m", "gateway", "demo", "--port", str(port)], port)
+    try:
+        assert time.monotonic() - started < 10
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": "Bearer tg-demo-0123456789abcdef0123456789abcdef"},
+            ) as r:
+                assert r.status == 200
+                reply = await r.json()
+        assert reply["choices"][0]["message"]["content"]
+        for _ in range(50):
+            if "curl -s" in proc.log():
+                break
+            time.sleep(0.05)
+        log = proc.log()
+        assert f"http://127.0.0.1:{port}/v1/chat/completions" in log
+        assert "from openai import OpenAI" in log
+    finally:
+        assert proc.stop() == 0
+
+
+async def test_mock_upstream_command_serves_models() -> None:
+    port = free_port()
+    proc = start_process([sys.executable, "-m", "gateway", "mock-upstream", "--port", str(port)], port)
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/v1/models") as r:
+            assert r.status == 200
+            assert (await r.json())["object"] == "list"
+    finally:
+        proc.stop()

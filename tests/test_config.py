@@ -1,0 +1,146 @@
+"""Config validation: every problem reported with its field path; secrets from the environment; examples valid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import config_from_dict, load_config
+from gateway.config.reader import parse_duration, parse_size
+from gateway.errors import ConfigError
+
+from .support.processes import REPO
+
+BROKEN = """
+listeners:
+  public: {port: 70000}
+  admin: {token: short}
+guard:
+  max_body_bytes: lots
+upstreams:
+  openai:
+    base_url: ftp://example.com
+    timeouts:
+      connect: -1s
+      first_byte: soon
+    pool: {max_connections: 0}
+    surprise: true
+models:
+  gpt-4o:
+    deployments:
+      - upstream: azure
+        weight: -2
+  empty: {}
+typo_section: 1
+"""
+
+
+def run_check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(path)], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+
+
+def test_check_config_lists_every_error_with_its_field_path(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(BROKEN)
+    result = run_check(path)
+    assert result.returncode == 1
+    out = result.stderr
+    expected = [
+        "listeners.public.port: must be <= 65535",
+        "listeners.admin.token: must be at least 16 characters",
+        "guard.max_body_bytes: must be a size",
+        "upstreams.openai.base_url: must be an absolute http:// or https:// URL",
+        "upstreams.openai.timeouts.connect: must be a positive duration",
+        "upstreams.openai.timeouts.first_byte: must be a positive duration",
+        "upstreams.openai.pool.max_connections: must be >= 1",
+        "upstreams.openai.surprise: unknown key",
+        "models.gpt-4o.deployments[0].upstream: unknown upstream 'azure'",
+        "models.gpt-4o.deployments[0].weight: must be >= 0",
+        "models.empty.deployments: at least one deployment is required",
+        "typo_section: unknown key",
+    ]
+    for line in expected:
+        assert line in out, f"missing {line!r} in:\n{out}"
+
+
+def test_check_config_accepts_a_valid_file_and_exits_zero(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text("upstreams: {u: {base_url: 'http://127.0.0.1:1/v1'}}\nmodels: {m: {deployments: [{upstream: u}]}}\n")
+    result = run_check(path)
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "gateway.example.yaml"])
+def test_shipped_example_configs_are_valid(name: str) -> None:
+    load_config(REPO / "config" / name, env={})
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("upstreams:\n  u: {base_url: [\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "not valid YAML (line" in info.value.problems[0]
+
+
+def test_missing_file_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.yaml")
+    assert "cannot read" in info.value.problems[0]
+
+
+def minimal(**extra: object) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "upstreams": {"u": {"base_url": "http://127.0.0.1:1/v1", "api_key": "${UPSTREAM_KEY}"}},
+        "models": {"m": {"deployments": [{"upstream": "u"}]}},
+    }
+    doc.update(extra)
+    return doc
+
+
+def test_env_var_substitution_fills_secrets() -> None:
+    config = config_from_dict(minimal(), env={"UPSTREAM_KEY": "sk-from-env"})
+    assert config.upstreams["u"].api_key == "sk-from-env"
+
+
+def test_unset_env_var_is_an_error_naming_the_field() -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(minimal(), env={})
+    assert info.value.problems == ["upstreams.u.api_key: environment variable UPSTREAM_KEY is not set"]
+
+
+def test_env_var_default_is_used_when_unset() -> None:
+    doc = minimal()
+    doc["upstreams"]["u"]["api_key"] = "${UPSTREAM_KEY:-sk-default}"  # type: ignore[index]
+    assert config_from_dict(doc, env={}).upstreams["u"].api_key == "sk-default"
+
+
+def test_env_value_cannot_change_document_structure() -> None:
+    config = config_from_dict(minimal(), env={"UPSTREAM_KEY": "x\nmodels: {}"})
+    assert config.upstreams["u"].api_key == "x\nmodels: {}"
+    assert "m" in config.models
+
+
+def test_admin_token_is_kept_only_as_its_hash() -> None:
+    config = config_from_dict(minimal(listeners={"admin": {"token": "a-long-admin-token-123"}}), env={"UPSTREAM_KEY": "k"})
+    assert config.listeners.admin.token_sha256 is not None
+    assert "a-long-admin-token-123" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("250ms", 0.25), ("5s", 5.0), ("2m", 120.0), ("1h", 3600.0), (3, 3.0), ("1.5s", 1.5)]
+)
+def test_durations_parse_to_seconds(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [("64KiB", 65536), ("1MiB", 1048576), ("1kb", 1000), (512, 512)])
+def test_sizes_parse_to_bytes(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
