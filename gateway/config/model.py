@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from .rules import RulesConfig
+
 __all__ = [
     "Listener",
     "AdminListener",
@@ -117,4 +119,5 @@ class Config:
     upstreams: Mapping[str, Upstream]
     models: Mapping[str, Model]
     store: StoreConfig
+    rules: RulesConfig = RulesConfig()
     source: str = "<memory>"

@@ -22,6 +22,7 @@ from .model import (
     frozen_map,
 )
 from .reader import Node, Problems
+from .rules import parse_rules
 
 __all__ = ["parse_config"]
 
@@ -47,6 +48,7 @@ def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> C
     models = {name: _model(name, node, upstreams) for name, node in root.named("models", name_pattern=MODEL_NAME)}
     if not models:
         root.error("models", "at least one model is required")
+    rules = parse_rules(root, problems)
     root.finish()
     return Config(
         listeners=listeners,
@@ -54,6 +56,7 @@ def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> C
         upstreams=frozen_map(upstreams),
         models=frozen_map(models),
         store=store,
+        rules=rules,
         source=source,
     )
 
