@@ -1,0 +1,515 @@
+"""Benchmark harness: req/s, p50/p99 and each process's CPU share for the upstream, a bare aiohttp proxy and the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+import orjson
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS = BENCH / "RESULTS.md"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CLIENT_HEADERS = ("Authorization: Bearer sk-bench-client-key", "User-Agent: tollgate-bench/1")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One row of the table: what the load generator hits and how to start it.
+
+    ``command`` and ``config`` are ``string.Template`` texts: ``$python``, ``$repo``,
+    ``$bench``, ``$port`` (the row's own free port), ``$upstream_port``,
+    ``$upstream_url`` (``http://127.0.0.1:$upstream_port/v1``) and, in the command,
+    ``$config`` (the rendered config written to a file). No command means the load
+    generator hits the upstream itself.
+    """
+
+    name: str
+    about: str
+    upstream: str  # "json": nginx answering a fixed body (the mock when nginx is absent); "mock": the Python mock; "": none
+    command: tuple[str, ...] = ()
+    config: str = ""
+    body: str = "chat"  # key of BODIES
+    baseline: str = ""  # row whose req/s this row's ratio is computed against
+    default: bool = True  # part of a run without --only
+
+
+GATEWAY_NO_RULES = """\
+listeners:
+  public: {host: 127.0.0.1, port: $port}
+  admin: {enabled: false}
+upstreams:
+  bench: {base_url: "$upstream_url"}
+models:
+  gpt-4o-mini: {deployments: [{upstream: bench}]}
+"""
+MOCK_COMMAND = ("$python", "-m", "gateway", "mock-upstream", "--port", "$port", "--no-record")
+BARE_COMMAND = ("$python", "$bench/bare_proxy.py", "--port", "$port", "--upstream", "$upstream_url", "--api-key", "sk-bench-upstream")
+GATEWAY_COMMAND = ("$python", "-m", "gateway", "--log-level", "warning", "serve", "--config", "$config", "--port", "$port")
+
+# The table of targets. A new row is one entry: its name, what it starts, its config, its baseline.
+TARGETS: tuple[Target, ...] = (
+    Target("upstream", "load generator -> JSON upstream (nginx fixed body): the upstream's headroom", "json"),
+    Target("mock", "load generator -> Python mock upstream, non-stream JSON", "", MOCK_COMMAND),
+    Target("bare", "-> bare aiohttp pass-through -> JSON upstream: the Python ceiling", "json", BARE_COMMAND),
+    Target("gateway", "-> gateway, no rules -> JSON upstream", "json", GATEWAY_COMMAND, GATEWAY_NO_RULES, baseline="bare"),
+    Target("bare-stream", "-> bare pass-through -> mock, SSE stream of 16 tokens", "mock", BARE_COMMAND, body="stream", default=False),
+    Target(
+        "gateway-stream", "-> gateway, no rules -> mock, SSE stream of 16 tokens", "mock", GATEWAY_COMMAND, GATEWAY_NO_RULES,
+        body="stream", baseline="bare-stream", default=False,
+    ),
+)
+RATIO_GOALS = {"gateway": 0.90}
+
+_MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Write one sentence about rate limits."},
+]
+BODIES = {
+    "chat": {"model": "gpt-4o-mini", "messages": _MESSAGES, "max_tokens": 16},
+    "stream": {"model": "gpt-4o-mini", "messages": _MESSAGES, "max_tokens": 16, "stream": True, "stream_options": {"include_usage": True}},
+}
+# What the JSON upstream answers: the mock's own answer to BODIES["chat"].
+FIXED_CHAT_COMPLETION = {
+    "id": "chatcmpl-bench0000000001",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": "gpt-4o-mini",
+    "system_fingerprint": "fp_mock",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "the quick brown fox jumps over a lazy dog while seven wizards quietly pack boxes of", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "length",
+        }
+    ],
+    "usage": {"prompt_tokens": 24, "completion_tokens": 16, "total_tokens": 40},
+}
+
+
+@dataclass
+class Row:
+    target: Target
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_loadgen: float
+    cpu_target: float
+    cpu_upstream: float | None
+    saturated: str = ""  # a core shared by the load generator or the upstream that ran near full
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cpu: int | None, argv: Sequence[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *argv] if cpu is not None else list(argv)
+
+
+@contextmanager
+def process(name: str, argv: Sequence[str], workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` with output to ``workdir/name.log``; SIGTERM (then SIGKILL) on exit."""
+    log = open(workdir / f"{name}.log", "wb")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], body: bytes, log: Path, timeout: float = 30.0) -> None:
+    """Until one real request through ``port`` answers 200 (a listening socket alone proves little)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{log.stem} exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            if resp.status == 200:
+                return
+            last = f"status {resp.status}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise RuntimeError(f"{log.stem} not ready on port {port} after {timeout}s ({last}):\n{log.read_text()[-2000:]}")
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` and all its descendants (nginx workers, gateway workers), in clock ticks."""
+    stats: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(b")") + 2 :].split()  # after "pid (comm) "
+        stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    family, total, changed = {pid}, 0, True
+    while changed:
+        changed = False
+        for child, (ppid, _) in stats.items():
+            if ppid in family and child not in family:
+                family.add(child)
+                changed = True
+    for member in family:
+        total += stats.get(member, (0, 0))[1]
+    return total
+
+
+# ---------------------------------------------------------------- upstreams
+
+
+def nginx_config(workdir: Path, port: int) -> Path:
+    body = orjson.dumps(FIXED_CHAT_COMPLETION).decode().replace("\\", "\\\\").replace("'", "\\'")
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        f"""daemon off;
+master_process on;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/nginx-body;
+    proxy_temp_path {workdir}/nginx-proxy;
+    fastcgi_temp_path {workdir}/nginx-fastcgi;
+    uwsgi_temp_path {workdir}/nginx-uwsgi;
+    scgi_temp_path {workdir}/nginx-scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            default_type application/json;
+            return 200 '{body}';
+        }}
+    }}
+}}
+"""
+    )
+    return conf
+
+
+@dataclass
+class Upstream:
+    name: str
+    port: int
+    pid: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+def start_upstream(kind: str, stack: ExitStack, workdir: Path, cpu: int | None, python: str) -> Upstream:
+    port = free_port()
+    nginx = shutil.which("nginx")
+    if kind == "json" and nginx:
+        argv = pinned(cpu, [nginx, "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(nginx_config(workdir, port))])
+        name = "nginx"
+    else:
+        argv = pinned(cpu, [python, "-m", "gateway", "mock-upstream", "--port", str(port), "--no-record"])
+        name = "mock-upstream" if kind == "mock" else "mock-upstream-json"
+    proc = stack.enter_context(process(name, argv, workdir))
+    wait_ready(port, proc, orjson.dumps(BODIES["chat"]), workdir / f"{name}.log")
+    return Upstream(name, port, proc.pid)
+
+
+# ---------------------------------------------------------------- load generation
+
+
+@dataclass(frozen=True)
+class Load:
+    tool: str  # "wrk" or "python"
+    connections: int
+    threads: int
+    cpu: int | None
+    python: str
+
+    def argv(self, url: str, body_file: Path, duration: float) -> list[str]:
+        if self.tool == "wrk":
+            argv = [
+                "wrk", f"-t{self.threads}", f"-c{self.connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
+                "-s", str(BENCH / "wrk_post.lua"), url, "--", str(body_file), *CLIENT_HEADERS,
+            ]
+        else:
+            argv = [self.python, str(BENCH / "loadgen.py"), url, str(body_file), *CLIENT_HEADERS, "--connections", str(self.connections), "--duration", str(duration)]
+        return pinned(self.cpu, argv)
+
+
+def run_load(load: Load, url: str, body_file: Path, duration: float) -> tuple[dict[str, int], float]:
+    """Run the load generator once; its parsed result line and its own CPU share (RUSAGE_CHILDREN delta)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    done = subprocess.run(load.argv(url, body_file, duration), capture_output=True, text=True, cwd=REPO)
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    match = re.search(r"^TG_RESULT (.*)$", done.stdout, re.MULTILINE)
+    if done.returncode != 0 or match is None:
+        raise RuntimeError(f"load generator failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    result = {k: int(v) for k, v in (kv.split("=") for kv in match.group(1).split())}
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall * 100
+    return result, cpu
+
+
+# ---------------------------------------------------------------- one row
+
+
+def measure(target: Target, upstream: Upstream | None, load: Load, workdir: Path, args: argparse.Namespace, placement: dict[str, int | None]) -> Row:
+    """Start the row's process (pinned to ``placement["target"]``), warm up, then measure under load."""
+    body = orjson.dumps(BODIES[target.body])
+    body_file = workdir / f"body-{target.body}.json"
+    body_file.write_bytes(body)
+    with ExitStack() as stack:
+        if target.command:
+            port = free_port()
+            values = {
+                "python": args.python, "repo": str(REPO), "bench": str(BENCH), "port": str(port),
+                "upstream_port": str(upstream.port if upstream else ""), "upstream_url": upstream.url if upstream else "",
+            }
+            if target.config:
+                config = workdir / f"{target.name}.yaml"
+                config.write_text(Template(target.config).substitute(values))
+                values["config"] = str(config)
+            argv = pinned(placement["target"], [Template(part).substitute(values) for part in target.command])
+            proc = stack.enter_context(process(target.name, argv, workdir))
+            wait_ready(port, proc, body, workdir / f"{target.name}.log")
+            target_pid: int | None = proc.pid
+        else:
+            assert upstream is not None
+            port, target_pid = upstream.port, upstream.pid
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        if args.warmup > 0:
+            run_load(load, url, body_file, args.warmup)
+        pids = [target_pid] + ([upstream.pid] if upstream is not None and target.command else [])
+        ticks_before = [cpu_ticks(pid) for pid in pids]
+        started = time.monotonic()
+        result, cpu_loadgen = run_load(load, url, body_file, args.duration)
+        wall = time.monotonic() - started
+        shares = [(cpu_ticks(pid) - before) / CLK_TCK / wall * 100 for pid, before in zip(pids, ticks_before, strict=True)]
+    seconds = result["duration_us"] / 1e6
+    per_core: dict[int, list[str]] = {}
+    per_core_share: dict[int, float] = {}
+    roles = [("load generator", "loadgen", cpu_loadgen), ("target", "target" if target.command else "upstream", shares[0])]
+    if len(shares) > 1:
+        roles.append(("upstream", "upstream", shares[1]))
+    for label, where, share in roles:
+        cpu = placement[where]
+        if cpu is not None:
+            per_core.setdefault(cpu, []).append(f"{label} {share:.0f} %")
+            per_core_share[cpu] = per_core_share.get(cpu, 0.0) + share
+    saturated = "; ".join(
+        f"CPU {cpu} ({' + '.join(per_core[cpu])})"
+        for cpu, share in per_core_share.items()
+        if share > 90 and any(not part.startswith("target") or not target.command for part in per_core[cpu])
+    )
+    return Row(
+        target=target,
+        rps=result["requests"] / seconds,
+        p50_ms=result["p50_us"] / 1000,
+        p99_ms=result["p99_us"] / 1000,
+        errors=result["errors"] + result["non2xx"],
+        cpu_loadgen=cpu_loadgen,
+        cpu_target=shares[0],
+        cpu_upstream=shares[1] if len(shares) > 1 else None,
+        saturated=saturated,
+    )
+
+
+# ---------------------------------------------------------------- report
+
+
+def ratio(row: Row, rows: dict[str, Row]) -> float | None:
+    base = rows.get(row.target.baseline)
+    return row.rps / base.rps if base and base.rps else None
+
+
+def table(rows: list[Row]) -> list[str]:
+    by_name = {r.target.name: r for r in rows}
+    lines = [
+        "| row | req/s | p50 ms | p99 ms | errors | CPU load gen | CPU target | CPU upstream | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        q = ratio(r, by_name)
+        ratio_text = f"{q:.2f} of {r.target.baseline}" if q is not None else ""
+        upstream_cpu = f"{r.cpu_upstream:.0f} %" if r.cpu_upstream is not None else "(is target)" if r.target.upstream else ""
+        lines.append(
+            f"| {r.target.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {r.cpu_loadgen:.0f} % "
+            f"| {r.cpu_target:.0f} % | {upstream_cpu} | {ratio_text} |"
+        )
+    return lines
+
+
+def verdicts(rows: list[Row]) -> list[str]:
+    by_name = {r.target.name: r for r in rows}
+    out = []
+    for r in rows:
+        q = ratio(r, by_name)
+        if q is None:
+            continue
+        goal = RATIO_GOALS.get(r.target.name)
+        verdict = "" if goal is None else f" (target >= {goal:.2f}: {'met' if q >= goal else 'NOT met'})"
+        out.append(f"{r.target.name} / {r.target.baseline} = {q:.3f}{verdict}")
+    for r in rows:
+        if r.saturated:
+            out.append(f"warning: {r.target.name}: {r.saturated} near a full core: the row is bounded by the load generator or the upstream")
+        if r.errors:
+            out.append(f"warning: {r.target.name}: {r.errors} errors / non-2xx answers")
+    return out
+
+
+def machine_description(load: Load, pinning: str) -> list[str]:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout if shutil.which("lscpu") else ""
+    wanted = ("Architecture", "CPU(s)", "Model name", "Thread(s) per core", "Core(s) per socket", "CPU max MHz", "Hypervisor vendor", "L3 cache")
+    cpu = [f"{k.strip()}: {v.strip()}" for k, _, v in (line.partition(":") for line in lscpu.splitlines()) if k.strip() in wanted]
+    versions = [f"Python {platform.python_version()}"]
+    for module in ("aiohttp", "uvloop", "orjson"):
+        try:
+            versions.append(f"{module} {__import__(module).__version__}")
+        except ImportError:
+            versions.append(f"{module} absent")
+    for tool, flag in (("nginx", "-v"), ("wrk", "--version")):
+        if shutil.which(tool):
+            text = subprocess.run([tool, flag], capture_output=True, text=True)
+            first = (text.stderr or text.stdout).strip().splitlines()[0]
+            versions.append(first.split("Copyright")[0].strip())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    return [
+        f"- Machine: {'; '.join(cpu) or platform.processor()}; Linux {platform.release()}",
+        f"- Software: {', '.join(versions)}; commit {commit or 'unknown'}",
+        f"- Load: {load.tool}, {load.threads} thread(s), {load.connections} connections; {pinning}",
+    ]
+
+
+def record(rows: list[Row], header: list[str], args: argparse.Namespace) -> None:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = [
+        "",
+        f"## Proxy overhead, {stamp}",
+        "",
+        *header,
+        f"- Duration: {args.duration:g} s per row after {args.warmup:g} s of warm-up; `python benchmarks/run.py {' '.join(sys.argv[1:])}`",
+        "",
+        *table(rows),
+        "",
+        *(f"- {line}" for line in verdicts(rows)),
+        "",
+    ]
+    new = not RESULTS.exists()
+    with open(RESULTS, "a", encoding="utf-8") as f:
+        if new:
+            f.write("# Benchmark results\n\nAppended by `python benchmarks/run.py --record` (and other harnesses); newest last.\n")
+        f.write("\n".join(section))
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    names = [t.name for t in TARGETS]
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per row")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per row before it")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="wrk threads")
+    p.add_argument("--only", nargs="+", choices=names, metavar="ROW", help=f"rows to run (default: all default rows); any of {', '.join(names)}")
+    p.add_argument("--all", action="store_true", help="every row, the streaming ones too")
+    p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores with taskset")
+    p.add_argument("--python", default=sys.executable, help="interpreter for the proxies and the mock")
+    p.add_argument("--record", action="store_true", help=f"append the results to {RESULTS.relative_to(REPO)}")
+    p.add_argument("--keep-logs", action="store_true", help="keep the temp dir with configs and process logs")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    selected = [t for t in TARGETS if (t.name in args.only if args.only else args.all or t.default)]
+    tool = "wrk" if args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk")) else "python"
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2 and shutil.which("taskset") and not args.no_pin:
+        loadgen_cpu, proxy_cpu = cpus[0], cpus[1]
+        upstream_cpu = cpus[2] if len(cpus) >= 3 else cpus[0]
+        pinning = f"load generator on CPU {loadgen_cpu}, proxy (target) on CPU {proxy_cpu}, upstream on CPU {upstream_cpu}"
+    else:
+        loadgen_cpu = proxy_cpu = upstream_cpu = None
+        pinning = "no CPU pinning"
+    load = Load(tool, args.connections, args.threads, loadgen_cpu, args.python)
+    placement = {"loadgen": loadgen_cpu, "target": proxy_cpu, "upstream": upstream_cpu}
+    header = machine_description(load, pinning)
+    print("\n".join(header), flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
+    rows: list[Row] = []
+    try:
+        with ExitStack() as stack:
+            upstreams: dict[str, Upstream] = {}
+            for target in selected:
+                upstream = None
+                if target.upstream:
+                    if target.upstream not in upstreams:
+                        upstreams[target.upstream] = start_upstream(target.upstream, stack, workdir, upstream_cpu, args.python)
+                    upstream = upstreams[target.upstream]
+                print(f"-- {target.name}: {target.about}" + (f" [{upstream.name}]" if upstream else ""), flush=True)
+                row = measure(target, upstream, load, workdir, args, placement)
+                rows.append(row)
+                print(f"   {row.rps:,.0f} req/s, p50 {row.p50_ms:.2f} ms, p99 {row.p99_ms:.2f} ms", flush=True)
+    finally:
+        if args.keep_logs:
+            print(f"logs and configs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print("\n".join(table(rows)))
+    print("\n".join(verdicts(rows)))
+    print("CPU shares are % of one core over the measured window (100 % = one core saturated).")
+    if args.record:
+        record(rows, header, args)
+        print(f"recorded in {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
