@@ -1,0 +1,131 @@
+"""Rules compiled once per config version: which apply to a request, and the local field checks."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config.rules import RuleSpec, RulesConfig
+from .errors import BadRequest
+from .matching import MISSING, compile_path, lookup
+
+__all__ = ["FieldCheck", "RuleSet", "compile_field_check"]
+
+log = logging.getLogger("tollgate.rules")
+
+_CACHE_LIMIT = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class FieldCheck:
+    rule: RuleSpec
+    path: tuple[str | int, ...]
+    holds: Callable[[Any], bool]  # called with the found value, or MISSING
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def compile_field_check(rule: RuleSpec) -> FieldCheck:
+    op, expected = rule.op, rule.value
+    test: Callable[[Any], bool]
+    if op == "exists":
+        want = expected is not False
+        return FieldCheck(rule, compile_path(rule.field), lambda v: (v is not MISSING) == want)
+    if op in ("gt", "gte", "lt", "lte"):
+        bound = float(expected)
+        compare = {
+            "gt": lambda x: x > bound,
+            "gte": lambda x: x >= bound,
+            "lt": lambda x: x < bound,
+            "lte": lambda x: x <= bound,
+        }[op]
+
+        def test(v: Any) -> bool:
+            n = _number(v)
+            return n is not None and compare(n)
+
+    elif op == "eq":
+        test = lambda v: v == expected  # noqa: E731
+    elif op == "ne":
+        test = lambda v: v != expected  # noqa: E731
+    elif op == "contains":
+        test = lambda v: isinstance(v, (str, list)) and expected in v  # noqa: E731
+    elif op == "regex":
+        pattern = re.compile(expected)
+        test = lambda v: isinstance(v, str) and pattern.search(v) is not None  # noqa: E731
+    elif op == "max_length":
+        limit = int(expected)
+        test = lambda v: isinstance(v, (str, list, dict)) and len(v) <= limit  # noqa: E731
+    else:
+        raise ValueError(f"unknown field_check op {op!r}")
+    # An absent field passes every check but `exists`: there is nothing to hold against the rule.
+    return FieldCheck(rule, compile_path(rule.field), lambda v: v is MISSING or test(v))
+
+
+class RuleSet:
+    """The rules of one config version, indexed by what they attach to."""
+
+    def __init__(self, config: RulesConfig) -> None:
+        self.default_max_tokens = config.default_max_tokens
+        enabled = [r for r in config.rules if r.enabled]
+        self._global = tuple(r for r in enabled if r.attach.is_global)
+        self._by_plan: dict[str, list[RuleSpec]] = {}
+        self._by_tenant: dict[str, list[RuleSpec]] = {}
+        self._by_namespace: dict[str, list[RuleSpec]] = {}
+        for r in enabled:
+            for p in r.attach.plans:
+                self._by_plan.setdefault(p, []).append(r)
+            for t in r.attach.tenants:
+                self._by_tenant.setdefault(t, []).append(r)
+            for n in r.attach.namespaces:
+                self._by_namespace.setdefault(n, []).append(r)
+        self._checks = {r.name: compile_field_check(r) for r in enabled if r.type == "field_check"}
+        self._cache: dict[tuple[str | None, str | None, str], tuple[tuple[FieldCheck, ...], tuple[RuleSpec, ...]]] = {}
+
+    def applicable(self, plan: str | None, tenant: str | None, namespace: str) -> tuple[tuple[FieldCheck, ...], tuple[RuleSpec, ...]]:
+        """``(field checks, limit rules)`` for a request: the union of global, plan, tenant and namespace rules."""
+        key = (plan, tenant, namespace)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        seen: dict[str, RuleSpec] = {}
+        for group in (
+            self._global,
+            self._by_plan.get(plan or "", ()),
+            self._by_tenant.get(tenant or "", ()),
+            self._by_namespace.get(namespace, ()),
+        ):
+            for r in group:
+                seen.setdefault(r.name, r)
+        ordered = sorted(seen.values(), key=lambda r: -r.priority)
+        result = (
+            tuple(self._checks[r.name] for r in ordered if r.type == "field_check"),
+            tuple(r for r in ordered if r.type != "field_check"),
+        )
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = result
+        return result
+
+    @staticmethod
+    def check_fields(checks: tuple[FieldCheck, ...], body: dict[str, Any] | None) -> list[str]:
+        """Raise ``BadRequest`` with the first failing check's message; shadow checks only report.
+
+        Returns the names of shadow checks that would have refused.
+        """
+        shadowed: list[str] = []
+        for check in checks:
+            value = MISSING if body is None else lookup(body, check.path)
+            if check.holds(value):
+                continue
+            if check.rule.shadow:
+                shadowed.append(check.rule.name)
+                log.info("shadow field_check %s would refuse the request", check.rule.name)
+                continue
+            raise BadRequest(check.rule.message, param=check.rule.field, code="field_check_failed")
+        return shadowed

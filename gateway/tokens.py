@@ -1,0 +1,71 @@
+"""Token estimates: what a request may cost before it runs, and what streamed text cost when no usage came back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["estimate_prompt_tokens", "requested_completion_tokens", "estimate_text_tokens", "CHARS_PER_TOKEN"]
+
+# English averages about four characters per token in OpenAI's tokenizers;
+# the estimate only sizes a reservation that is settled to the real usage.
+CHARS_PER_TOKEN = 4
+_PER_MESSAGE = 4
+_PER_REQUEST = 3
+
+
+def estimate_text_tokens(text: str) -> int:
+    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+def _content_tokens(content: Any) -> int:
+    if isinstance(content, str):
+        return estimate_text_tokens(content)
+    if isinstance(content, list):  # multi-part content: count the text parts, a flat charge for others
+        total = 0
+        for part in content:
+            if isinstance(part, dict):
+                text = part.get("text")
+                total += estimate_text_tokens(text) if isinstance(text, str) else 85
+            elif isinstance(part, str):
+                total += estimate_text_tokens(part)
+        return total
+    return 0
+
+
+def _input_tokens(value: Any) -> int:
+    """``prompt`` / ``input``: a string, a list of strings, a token array, or a list of token arrays."""
+    if isinstance(value, str):
+        return estimate_text_tokens(value)
+    if isinstance(value, list):
+        if value and all(isinstance(v, int) for v in value):
+            return len(value)
+        return sum(_input_tokens(v) for v in value)
+    return 0
+
+
+def estimate_prompt_tokens(kind: str, body: dict[str, Any]) -> int:
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return _PER_REQUEST
+        total = _PER_REQUEST
+        for message in messages:
+            if isinstance(message, dict):
+                total += _PER_MESSAGE + _content_tokens(message.get("content"))
+        return total
+    if kind == "completion":
+        return max(1, _input_tokens(body.get("prompt")))
+    return max(1, _input_tokens(body.get("input")))
+
+
+def requested_completion_tokens(kind: str, body: dict[str, Any], default_cap: int) -> int:
+    """The most completion tokens the request may produce: its own cap, else the configured default."""
+    if kind == "embedding":
+        return 0
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            n = body.get("n")
+            choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+            return value * choices
+    return default_cap
