@@ -1,0 +1,77 @@
+"""Rate-limit state in response headers: OpenAI's ``x-ratelimit-*`` names and the IETF ``RateLimit`` fields."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["HeaderLimit", "format_reset", "ratelimit_headers", "retry_after_seconds"]
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderLimit:
+    """One limit's state as the headers need it; ``unit`` is ``requests`` or ``tokens``."""
+
+    name: str
+    unit: str
+    limit: int
+    remaining: int
+    reset_ms: int
+    window_ms: int
+
+
+def format_reset(ms: int) -> str:
+    """OpenAI's reset format: ``20ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h2m3s``."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        text = f"{seconds:.3f}".rstrip("0").rstrip(".")
+        return f"{text}s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"
+
+
+def retry_after_seconds(ms: int) -> str:
+    """``Retry-After`` takes whole seconds: round up so a client never retries too early."""
+    return str(max(1, -(-ms // 1000)))
+
+
+def _tightest(limits: Iterable[HeaderLimit], unit: str) -> HeaderLimit | None:
+    best: HeaderLimit | None = None
+    for lim in limits:
+        if lim.unit != unit:
+            continue
+        if best is None or (lim.remaining, lim.reset_ms) < (best.remaining, best.reset_ms):
+            best = lim
+    return best
+
+
+def _sf_string(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def ratelimit_headers(limits: Iterable[HeaderLimit]) -> dict[str, str]:
+    """Headers for the tightest request limit and the tightest token limit (fewest remaining)."""
+    limits = tuple(limits)
+    headers: dict[str, str] = {}
+    policies: list[str] = []
+    states: list[str] = []
+    for unit in ("requests", "tokens"):
+        lim = _tightest(limits, unit)
+        if lim is None:
+            continue
+        remaining = max(lim.remaining, 0)
+        headers[f"x-ratelimit-limit-{unit}"] = str(lim.limit)
+        headers[f"x-ratelimit-remaining-{unit}"] = str(remaining)
+        headers[f"x-ratelimit-reset-{unit}"] = format_reset(lim.reset_ms)
+        name = _sf_string(lim.name)
+        window = f";w={max(1, lim.window_ms // 1000)}" if lim.window_ms > 0 else ""
+        policies.append(f"{name};q={lim.limit}{window}")
+        states.append(f"{name};r={remaining};t={-(-max(lim.reset_ms, 0) // 1000)}")
+    if policies:
+        headers["RateLimit-Policy"] = ", ".join(policies)
+        headers["RateLimit"] = ", ".join(states)
+    return headers
