@@ -116,6 +116,7 @@ class Row:
     cpu_target: float
     cpu_upstream: float | None
     saturated: str = ""  # a core shared by the load generator or the upstream that ran near full
+    interference: str = ""  # cores where processes outside the benchmark, or the hypervisor, took CPU time
 
 
 # ---------------------------------------------------------------- processes
@@ -195,6 +196,24 @@ def cpu_ticks(pid: int) -> int:
     for member in family:
         total += stats.get(member, (0, 0))[1]
     return total
+
+
+def core_times() -> dict[int, tuple[int, int, int]]:
+    """Per CPU, from /proc/stat: (busy in processes, steal, total) jiffies since boot.
+
+    irq and softirq time (much of it the loopback traffic itself) counts in the
+    total but not as busy: no process is charged for it, ours included.
+    """
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *values = line.split()
+            if not name.startswith("cpu") or name == "cpu":
+                continue
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in values[:8])
+            busy = user + nice + system
+            out[int(name[3:])] = (busy, steal, busy + irq + softirq + steal + idle + iowait)
+    return out
 
 
 # ---------------------------------------------------------------- upstreams
@@ -325,10 +344,12 @@ def measure(target: Target, upstream: Upstream | None, load: Load, workdir: Path
             run_load(load, url, body_file, args.warmup)
         pids = [target_pid] + ([upstream.pid] if upstream is not None and target.command else [])
         ticks_before = [cpu_ticks(pid) for pid in pids]
+        cores_before = core_times()
         started = time.monotonic()
         result, cpu_loadgen = run_load(load, url, body_file, args.duration)
         wall = time.monotonic() - started
         shares = [(cpu_ticks(pid) - before) / CLK_TCK / wall * 100 for pid, before in zip(pids, ticks_before, strict=True)]
+        cores_after = core_times()
     seconds = result["duration_us"] / 1e6
     per_core: dict[int, list[str]] = {}
     per_core_share: dict[int, float] = {}
@@ -345,6 +366,13 @@ def measure(target: Target, upstream: Upstream | None, load: Load, workdir: Path
         for cpu, share in per_core_share.items()
         if share > 90 and any(not part.startswith("target") or not target.command for part in per_core[cpu])
     )
+    interference = []
+    for cpu in sorted(per_core_share):
+        busy, steal, total = (a - b for a, b in zip(cores_after[cpu], cores_before[cpu], strict=True))
+        others = busy / max(total, 1) * 100 - per_core_share[cpu]
+        stolen = steal / max(total, 1) * 100
+        if others > 10 or stolen > 5:
+            interference.append(f"CPU {cpu}: {max(others, 0):.0f} % taken by other processes, {stolen:.0f} % stolen by the hypervisor")
     return Row(
         target=target,
         rps=result["requests"] / seconds,
@@ -355,6 +383,7 @@ def measure(target: Target, upstream: Upstream | None, load: Load, workdir: Path
         cpu_target=shares[0],
         cpu_upstream=shares[1] if len(shares) > 1 else None,
         saturated=saturated,
+        interference="; ".join(interference),
     )
 
 
@@ -396,6 +425,8 @@ def verdicts(rows: list[Row]) -> list[str]:
     for r in rows:
         if r.saturated:
             out.append(f"warning: {r.target.name}: {r.saturated} near a full core: the row is bounded by the load generator or the upstream")
+        if r.interference:
+            out.append(f"warning: {r.target.name}: {r.interference}: the figures understate what the row can do")
         if r.errors:
             out.append(f"warning: {r.target.name}: {r.errors} errors / non-2xx answers")
     return out
@@ -417,6 +448,8 @@ def machine_description(load: Load, pinning: str) -> list[str]:
             first = (text.stderr or text.stdout).strip().splitlines()[0]
             versions.append(first.split("Copyright")[0].strip())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    if commit and subprocess.run(["git", "status", "--porcelain", "--", "gateway"], capture_output=True, text=True, cwd=REPO).stdout.strip():
+        commit += " with uncommitted changes in gateway/"
     return [
         f"- Machine: {'; '.join(cpu) or platform.processor()}; Linux {platform.release()}",
         f"- Software: {', '.join(versions)}; commit {commit or 'unknown'}",
@@ -425,10 +458,11 @@ def machine_description(load: Load, pinning: str) -> list[str]:
 
 
 def record(rows: list[Row], header: list[str], args: argparse.Namespace) -> None:
+    results = Path(args.results)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = [
         "",
-        f"## Proxy overhead, {stamp}",
+        f"## Proxy overhead, {stamp}" + (f" ({args.label})" if args.label else ""),
         "",
         *header,
         f"- Duration: {args.duration:g} s per row after {args.warmup:g} s of warm-up; `python benchmarks/run.py {' '.join(sys.argv[1:])}`",
@@ -438,8 +472,8 @@ def record(rows: list[Row], header: list[str], args: argparse.Namespace) -> None
         *(f"- {line}" for line in verdicts(rows)),
         "",
     ]
-    new = not RESULTS.exists()
-    with open(RESULTS, "a", encoding="utf-8") as f:
+    new = not results.exists()
+    with open(results, "a", encoding="utf-8") as f:
         if new:
             f.write("# Benchmark results\n\nAppended by `python benchmarks/run.py --record` (and other harnesses); newest last.\n")
         f.write("\n".join(section))
@@ -460,7 +494,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores with taskset")
     p.add_argument("--python", default=sys.executable, help="interpreter for the proxies and the mock")
-    p.add_argument("--record", action="store_true", help=f"append the results to {RESULTS.relative_to(REPO)}")
+    p.add_argument("--record", action="store_true", help="append the results to --results")
+    p.add_argument("--results", default=str(RESULTS), help="file --record appends to (default: benchmarks/RESULTS.md)")
+    p.add_argument("--label", default="", help="added to the recorded section's title, e.g. which build was measured")
     p.add_argument("--keep-logs", action="store_true", help="keep the temp dir with configs and process logs")
     return p.parse_args(argv)
 
@@ -507,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("CPU shares are % of one core over the measured window (100 % = one core saturated).")
     if args.record:
         record(rows, header, args)
-        print(f"recorded in {RESULTS}")
+        print(f"recorded in {args.results}")
     return 0
 
 
