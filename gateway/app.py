@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .context import ENDPOINTS
-from .errors import MethodNotAllowed, NotFound
+from .errors import GatewayError, MethodNotAllowed, NotFound
 from .http import error_response, json_response, request_id_from
+from .identity import Principal, authenticate, registry_watcher_ctx
 from .proxy import make_proxy_handler
 from .runtime import STATE, GatewayState
 
-__all__ = ["make_public_app", "make_admin_app"]
+__all__ = ["make_public_app"]
 
 # Bodies are size-checked by the guard stage against the live config; aiohttp's own cap stays out of the way.
 _NO_AIOHTTP_BODY_CAP = 1 << 40
@@ -23,22 +24,13 @@ def make_public_app(state: GatewayState) -> web.Application:
     app = web.Application(client_max_size=_NO_AIOHTTP_BODY_CAP)
     app[STATE] = state
     app.cleanup_ctx.append(_state_ctx)
+    app.cleanup_ctx.append(registry_watcher_ctx)
     for path, endpoint in ENDPOINTS.items():
         app.router.add_post(path, make_proxy_handler(endpoint))
         app.router.add_route("*", path, _method_not_allowed(("POST",)))
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model:.+}", _get_model)
     app.router.add_route("*", "/v1/models", _method_not_allowed(("GET",)))
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_route("*", "/{tail:.*}", _not_found)
-    return app
-
-
-def make_admin_app(state: GatewayState) -> web.Application:
-    """The operator-facing application, served on its own listener."""
-    app = web.Application()
-    app[STATE] = state
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_route("*", "/{tail:.*}", _not_found)
@@ -70,16 +62,28 @@ def _model_entry(name: str, state: GatewayState) -> dict[str, object]:
     return {"id": name, "object": "model", "created": model.created, "owned_by": model.owned_by}
 
 
+def _principal(request: web.Request, state: GatewayState) -> Principal:
+    return authenticate(request, state.runtime.identity, state.registry.directory)
+
+
 async def _list_models(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    data = [_model_entry(name, state) for name in state.config.models]
+    try:
+        principal = _principal(request, state)
+    except GatewayError as exc:
+        return error_response(exc, request_id_from(request.headers.get("x-request-id")))
+    data = [_model_entry(name, state) for name in state.config.models if principal.may_use(name)]
     return json_response({"object": "list", "data": data})
 
 
 async def _get_model(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name = request.match_info["model"]
-    if name not in state.config.models:
+    try:
+        principal = _principal(request, state)
+    except GatewayError as exc:
+        return error_response(exc, request_id_from(request.headers.get("x-request-id")))
+    if name not in state.config.models or not principal.may_use(name):
         exc = NotFound(f"the model {name!r} does not exist or you do not have access to it", param="model", code="model_not_found")
         return error_response(exc, request_id_from(request.headers.get("x-request-id")))
     return json_response(_model_entry(name, state))

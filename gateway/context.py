@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .identity import Principal
     from .runtime import Runtime
 
 __all__ = ["Endpoint", "ENDPOINTS", "Usage", "RequestContext"]
@@ -60,6 +61,8 @@ class RequestContext:
         "body",
         "model",
         "stream",
+        # identify
+        "principal",
         # route
         "deployments",
         # forward
@@ -93,6 +96,7 @@ class RequestContext:
         self.body: dict[str, Any] | None = None
         self.model: str | None = None
         self.stream = False
+        self.principal: Principal | None = None
         self.deployments: tuple[Any, ...] = ()
         self.model_served: str | None = None
         self.upstream_name: str | None = None

@@ -14,6 +14,7 @@ from .errors import GatewayError, UpstreamUnavailable
 from .forward import UpstreamClient, forward
 from .guard import guard
 from .http import error_response, internal_error_response, request_id_from, status_for
+from .identity import client_ip, identify
 from .routing import route
 from .runtime import STATE, GatewayState
 
@@ -24,20 +25,16 @@ log = logging.getLogger("tollgate.proxy")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def client_ip(request: web.Request) -> str:
-    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
-    return peer[0] if peer else "unknown"
-
-
 def make_proxy_handler(endpoint: Endpoint) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         runtime = state.runtime
         request_id = request_id_from(request.headers.get("x-request-id"))
         loop = asyncio.get_running_loop()
-        ctx = RequestContext(request, runtime, request_id, endpoint, loop.time(), client_ip(request))
+        ctx = RequestContext(request, runtime, request_id, endpoint, loop.time(), client_ip(request, runtime.identity.proxies))
         try:
             await guard(ctx, runtime.config.guard)
+            identify(ctx, runtime.identity, state.registry.directory)
             route(ctx, runtime.routes)
             deployment, client = _pick_upstream(ctx, state)
             return await forward(ctx, deployment, client)

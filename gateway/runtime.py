@@ -13,6 +13,7 @@ from aiohttp import web
 from .config import Config, load_config
 from .errors import ConfigError
 from .forward import UpstreamPool
+from .identity import IdentityRuntime, Registry, compile_identity
 from .routing import ModelRoute, compile_routes
 
 __all__ = ["Runtime", "GatewayState", "STATE"]
@@ -23,12 +24,13 @@ log = logging.getLogger("tollgate.runtime")
 class Runtime:
     """Everything compiled from one config version; immutable once built, so a request reads one consistent version."""
 
-    __slots__ = ("config", "version", "routes")
+    __slots__ = ("config", "version", "routes", "identity")
 
     def __init__(self, config: Config, version: int) -> None:
         self.config = config
         self.version = version
         self.routes: Mapping[str, ModelRoute] = compile_routes(config)
+        self.identity: IdentityRuntime = compile_identity(config)
 
 
 class GatewayState:
@@ -38,6 +40,8 @@ class GatewayState:
         self._versions = itertools.count(1)
         self.runtime = Runtime(config, next(self._versions))
         self.config_path = Path(config_path) if config_path is not None else None
+        # Tenants and keys: the config's plus runtime changes; outlives config versions.
+        self.registry = Registry(config, base_dir=self.config_path.parent if self.config_path else None)
         self.pool = UpstreamPool()
         self._reload_lock = asyncio.Lock()
 
@@ -57,6 +61,7 @@ class GatewayState:
         usable = [name for name, c in self.pool.clients.items() if c.session is not None and not c.session.closed]
         if not usable:
             problems.append("no upstream is usable")
+        problems.extend(self.registry.problems())
         return problems
 
     async def apply(self, config: Config) -> Runtime:
@@ -67,6 +72,7 @@ class GatewayState:
                 log.warning("listener changes in %s take effect only after a restart", config.source)
             runtime = Runtime(config, next(self._versions))
             await self.pool.apply(config.upstreams)
+            self.registry.use_config(config)
             self.runtime = runtime
             log.info("config version %d in force (from %s)", runtime.version, config.source)
             return runtime

@@ -11,7 +11,8 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from .app import make_admin_app, make_public_app
+from .admin import make_admin_app
+from .app import make_public_app
 from .config import Config
 from .guard import parser_limits
 from .runtime import GatewayState

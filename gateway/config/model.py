@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from .identity import ApiKey, IdentityConfig, Plan, RegistryConfig, Tenant, DEFAULT_PLANS
 from .rules import RulesConfig
 
 __all__ = [
@@ -120,4 +121,9 @@ class Config:
     models: Mapping[str, Model]
     store: StoreConfig
     rules: RulesConfig = RulesConfig()
+    identity: IdentityConfig = IdentityConfig()
+    plans: Mapping[str, Plan] = field(default_factory=lambda: DEFAULT_PLANS)
+    tenants: Mapping[str, Tenant] = field(default_factory=frozen_map)
+    api_keys: Mapping[str, ApiKey] = field(default_factory=frozen_map)
+    registry: RegistryConfig = RegistryConfig()
     source: str = "<memory>"

@@ -21,6 +21,7 @@ from .model import (
     Upstream,
     frozen_map,
 )
+from .identity import parse_identity_sections
 from .reader import Node, Problems
 from .rules import parse_rules
 
@@ -49,6 +50,7 @@ def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> C
     if not models:
         root.error("models", "at least one model is required")
     rules = parse_rules(root, problems)
+    ident = parse_identity_sections(root, models, listeners)
     root.finish()
     return Config(
         listeners=listeners,
@@ -57,6 +59,11 @@ def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> C
         models=frozen_map(models),
         store=store,
         rules=rules,
+        identity=ident.identity,
+        plans=ident.plans,
+        tenants=ident.tenants,
+        api_keys=ident.api_keys,
+        registry=ident.registry,
         source=source,
     )
 

@@ -1,0 +1,209 @@
+"""The admin API's OpenAPI 3.1 document, served at ``/admin/openapi.json`` (a test checks it names every route)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config.identity import LIMIT_FIELDS
+
+__all__ = ["openapi_document"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": _json(_ref("Error"), "invalid input (the message lists every problem with its field path) or a conflict"),
+    "401": _json(_ref("Error"), "no admin token configured, or a missing or wrong admin token"),
+    "404": _json(_ref("Error"), "no such tenant or key"),
+}
+_TENANT_PARAM = {"name": "tenant", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}}
+_KEY_PARAM = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
+_MODELS = {"type": ["array", "null"], "items": {"type": "string"}}
+_LIMITS = {"type": "object", "properties": {f: {"type": ["integer", "null"], "minimum": 0} for f in LIMIT_FIELDS}, "additionalProperties": False}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "code": {"type": ["string", "null"]},
+                    "param": {"type": ["string", "null"]},
+                },
+            }
+        },
+    },
+    "TenantInput": {
+        "type": "object",
+        "required": ["id", "plan"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+            "name": {"type": "string"},
+            "plan": {"type": "string", "description": "a plan from the config's plans: (or the built-in tier table)"},
+            "status": {"type": "string", "enum": ["active", "suspended"]},
+            "subdomain": {"type": ["string", "null"]},
+            "allowed_models": {**_MODELS, "description": "replaces the plan's allowed models"},
+            "limits": {**_LIMITS, "description": "per-tenant overrides of the plan's limits"},
+            "metadata": {"type": "object"},
+            "keys": {"type": "array", "items": _ref("KeyInput"), "description": "keys to create with the tenant"},
+        },
+    },
+    "TenantPatch": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            k: v
+            for k, v in {
+                "name": {"type": "string"},
+                "plan": {"type": "string"},
+                "status": {"type": "string", "enum": ["active", "suspended"]},
+                "subdomain": {"type": ["string", "null"]},
+                "allowed_models": _MODELS,
+                "limits": _LIMITS,
+                "metadata": {"type": "object"},
+            }.items()
+        },
+    },
+    "Tenant": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "plan": {"type": "string"},
+            "status": {"type": "string", "enum": ["active", "suspended"]},
+            "subdomain": {"type": ["string", "null"]},
+            "allowed_models": _MODELS,
+            "limits": _LIMITS,
+            "metadata": {"type": "object"},
+            "created": {"type": "number", "description": "epoch seconds"},
+            "source": {"type": "string", "enum": ["config", "api", "config+api"]},
+            "keys": {"type": "integer"},
+        },
+    },
+    "KeyInput": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"},
+            "expires": {"type": ["string", "number", "null"], "description": "ISO 8601 time or epoch seconds"},
+            "models": {**_MODELS, "description": "restrict the key to these models"},
+        },
+    },
+    "Key": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "tenant": {"type": "string"},
+            "name": {"type": "string"},
+            "created": {"type": "number"},
+            "expires": {"type": ["number", "null"]},
+            "revoked": {"type": "boolean"},
+            "models": _MODELS,
+            "source": {"type": "string", "enum": ["config", "api"]},
+        },
+    },
+    "CreatedKey": {
+        "allOf": [_ref("Key"), {"type": "object", "properties": {"key": {"type": "string", "description": "the key itself; shown only in this response"}}}]
+    },
+    "Plan": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            **{f: {"type": ["integer", "null"]} for f in LIMIT_FIELDS},
+            "allowed_models": _MODELS,
+        },
+    },
+    "DeleteReport": {
+        "type": "object",
+        "properties": {
+            "tenant": {"type": "string"},
+            "dry_run": {"type": "boolean"},
+            "keys": {"type": "array", "items": {"type": "string"}},
+            "store": {"type": "object", "description": "limiter counters and usage keys of the tenant"},
+        },
+    },
+}
+
+
+def _list_of(name: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref(name)}}}
+
+
+def _op(summary: str, responses: dict[str, Any], *, params: list[Any] | None = None, body: dict[str, Any] | None = None, auth: bool = True) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {**responses, **(_ERRORS if auth else {})}}
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if not auth:
+        op["security"] = []
+    return op
+
+
+def openapi_document() -> dict[str, Any]:
+    tenant_ok = {"200": _json(_ref("Tenant"), "the tenant")}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tollgate admin API",
+            "version": "1",
+            "description": "Tenants and API keys at runtime. Served only on the admin listener. "
+            "Every /admin route except this document needs Authorization: Bearer <admin token>.",
+        },
+        "components": {"schemas": _SCHEMAS, "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"adminToken": []}],
+        "paths": {
+            "/healthz": {"get": _op("liveness", {"200": _json({"type": "object"}, "alive")}, auth=False)},
+            "/readyz": {"get": _op("readiness", {"200": _json({"type": "object"}, "ready"), "503": _json({"type": "object"}, "not ready, with the problems")}, auth=False)},
+            "/admin/openapi.json": {"get": _op("this document", {"200": _json({"type": "object"}, "OpenAPI 3.1")}, auth=False)},
+            "/admin/plans": {"get": _op("list plans (from the config file)", {"200": _json(_list_of("Plan"), "plans")})},
+            "/admin/tenants": {
+                "get": _op(
+                    "list tenants, ordered by id",
+                    {"200": _json({**_list_of("Tenant"), "properties": {**_list_of("Tenant")["properties"], "has_more": {"type": "boolean"}, "next_after": {"type": ["string", "null"]}}}, "a page of tenants")},
+                    params=[
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100}},
+                        {"name": "after", "in": "query", "schema": {"type": "string"}, "description": "the next_after of the previous page"},
+                        {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["active", "suspended"]}},
+                        {"name": "plan", "in": "query", "schema": {"type": "string"}},
+                    ],
+                ),
+                "post": _op("create a tenant (and, optionally, its keys: shown once)", {"201": _json({"allOf": [_ref("Tenant"), {"type": "object", "properties": {"created_keys": {"type": "array", "items": _ref("CreatedKey")}}}]}, "created")}, body=_ref("TenantInput")),
+            },
+            "/admin/tenants/bulk": {
+                "post": _op(
+                    "create up to 10,000 tenants in one call, all or none",
+                    {"201": _json({"type": "object", "properties": {"created": {"type": "integer"}, "tenants": {"type": "array", "items": {"type": "string"}}, "created_keys": {"type": "array", "items": {"type": "object"}}}}, "created")},
+                    body={"type": "object", "required": ["tenants"], "properties": {"tenants": {"type": "array", "items": _ref("TenantInput"), "maxItems": 10000}}},
+                )
+            },
+            "/admin/tenants/{tenant}": {
+                "get": _op("one tenant", tenant_ok, params=[_TENANT_PARAM]),
+                "patch": _op("change a tenant's fields (a config-declared tenant changed here is overridden by the registry from then on)", tenant_ok, params=[_TENANT_PARAM], body=_ref("TenantPatch")),
+                "delete": _op(
+                    "delete a tenant created through this API, its keys and its limiter counters; dry_run=true only reports",
+                    {"200": _json(_ref("DeleteReport"), "what went (or would go)")},
+                    params=[_TENANT_PARAM, {"name": "dry_run", "in": "query", "schema": {"type": "boolean", "default": False}}],
+                ),
+            },
+            "/admin/tenants/{tenant}/suspend": {"post": _op("suspend: every request of the tenant gets 403", tenant_ok, params=[_TENANT_PARAM])},
+            "/admin/tenants/{tenant}/resume": {"post": _op("resume a suspended tenant", tenant_ok, params=[_TENANT_PARAM])},
+            "/admin/tenants/{tenant}/keys": {
+                "get": _op("the tenant's keys (never the keys themselves)", {"200": _json(_list_of("Key"), "keys")}, params=[_TENANT_PARAM]),
+                "post": _op("create a key; the response is the only time it is shown", {"201": _json(_ref("CreatedKey"), "created")}, params=[_TENANT_PARAM], body=_ref("KeyInput")),
+            },
+            "/admin/keys/{key}": {"get": _op("one key", {"200": _json(_ref("Key"), "the key")}, params=[_KEY_PARAM])},
+            "/admin/keys/{key}/revoke": {"post": _op("revoke a key on every gateway process (within registry.poll_interval)", {"200": _json(_ref("Key"), "the revoked key")}, params=[_KEY_PARAM])},
+        },
+    }

@@ -1,0 +1,20 @@
+"""Identity: who is calling (the identifier chain), the registry of tenants and keys, and its persistence."""
+
+from __future__ import annotations
+
+from .chain import IdentityRuntime, authenticate, client_ip, compile_identity, identify
+from .directory import ANONYMOUS, Directory, Principal
+from .registry import Registry, registry_watcher_ctx
+
+__all__ = [
+    "ANONYMOUS",
+    "Directory",
+    "IdentityRuntime",
+    "Principal",
+    "Registry",
+    "authenticate",
+    "client_ip",
+    "compile_identity",
+    "identify",
+    "registry_watcher_ctx",
+]

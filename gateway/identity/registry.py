@@ -1,0 +1,148 @@
+"""The registry of tenants and keys: the config file's declarations plus runtime changes, followed across processes.
+
+It outlives config versions (a reload rebuilds the :class:`Directory` from
+the new file and the same runtime records) and is shared by every request of
+the process. A background watcher polls the store so that a change made
+through any process's admin API - a revoked key above all - is in force
+everywhere within ``registry.poll_interval`` (250 ms by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..config.identity import RegistryConfig
+from ..config.model import Config
+from ..errors import StoreError
+from .directory import Directory
+from .stores import Changes, FileStore, MemoryStore, RedisStore, RegistryStore
+
+__all__ = ["Registry", "open_store", "registry_watcher_ctx"]
+
+log = logging.getLogger("tollgate.registry")
+
+
+def open_store(config: RegistryConfig, base_dir: Path | None) -> RegistryStore:
+    if config.backend == "redis":
+        assert config.url is not None
+        return RedisStore(config.url, config.prefix)
+    if config.backend == "file":
+        assert config.path is not None
+        path = Path(config.path)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        return FileStore(path)
+    return MemoryStore()
+
+
+class Registry:
+    def __init__(self, config: Config, *, base_dir: Path | None = None) -> None:
+        self.settings = config.registry
+        self.store = open_store(config.registry, base_dir)
+        self.records: dict[str, Any] = {}
+        self.version = 0
+        self.directory = Directory(config)
+        self._config = config
+        self.failing_since: float | None = None
+        self._last_error: str | None = None
+        self.opened = False
+
+    async def open(self) -> None:
+        """Load the runtime records; a store that cannot be read stops the start (revocations must not be missed)."""
+        loaded = await self.store.load()
+        self._take(loaded)
+        self.opened = True
+        log.info(
+            "registry: %d tenants, %d keys (%s, version %d)",
+            len(self.directory.tenants), len(self.directory.key_ids), self.store.description, self.version,
+        )
+        if isinstance(self.store, MemoryStore) and self._config.identity.enabled:
+            log.warning("registry: no registry: section, so tenants and keys changed through the admin API are lost on restart")
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    def use_config(self, config: Config) -> None:
+        """A new config version: rebuild the directory from its declarations and the same runtime records."""
+        if config.registry != self.settings:
+            log.warning("registry: changes to the registry: section take effect only after a restart")
+        self._config = config
+        self.directory = Directory(config, self.records)
+
+    def _take(self, changes: Changes) -> None:
+        if changes.full:
+            self.records = dict(changes.records)
+            self.directory = Directory(self._config, self.records)
+        else:
+            for name, doc in changes.records.items():
+                if doc is None:
+                    self.records.pop(name, None)
+                else:
+                    self.records[name] = doc
+            if changes.records:
+                self.directory.apply(changes.records)
+        self.version = changes.version
+
+    async def write(self, changes: Mapping[str, Any], *, create_only: Iterable[str] = ()) -> None:
+        """Persist ``changes`` and put them in force here at once; other processes follow within a poll interval."""
+        await self.store.write(changes, create_only=create_only)
+        for name, doc in changes.items():
+            if doc is None:
+                self.records.pop(name, None)
+            else:
+                self.records[name] = doc
+        self.directory.apply(changes)
+
+    async def poll(self) -> bool:
+        """Take in changes made elsewhere; True when there were any."""
+        changes = await self.store.changes_since(self.version)
+        if changes is None:
+            return False
+        self._take(changes)
+        return True
+
+    async def watch(self) -> None:
+        interval = self.settings.poll_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.poll()
+            except StoreError as exc:
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+                if str(exc) != self._last_error:
+                    log.error("registry: cannot follow changes, keeping what we know: %s", exc)
+                    self._last_error = str(exc)
+                continue
+            if self.failing_since is not None:
+                log.info("registry: following changes again")
+                self.failing_since, self._last_error = None, None
+
+    def problems(self) -> list[str]:
+        if self.failing_since is not None:
+            return [f"the registry store has been unreachable for {time.monotonic() - self.failing_since:.0f}s: {self._last_error}"]
+        return []
+
+
+async def registry_watcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx of the public app: open the registry before serving, follow changes until shutdown."""
+    from ..runtime import STATE
+
+    registry = app[STATE].registry
+    await registry.open()
+    task = asyncio.create_task(registry.watch(), name="registry-watcher")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await registry.close()
