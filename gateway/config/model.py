@@ -20,6 +20,7 @@ __all__ = [
     "Deployment",
     "Model",
     "StoreConfig",
+    "Server",
     "Config",
 ]
 
@@ -114,6 +115,14 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Server:
+    """How a gateway process runs; read at start, so a change needs a restart."""
+
+    # On SIGTERM: stop accepting, then let in-flight requests and streams run this long before cutting them.
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listeners: Listeners
     guard: Guard
@@ -126,4 +135,5 @@ class Config:
     tenants: Mapping[str, Tenant] = field(default_factory=frozen_map)
     api_keys: Mapping[str, ApiKey] = field(default_factory=frozen_map)
     registry: RegistryConfig = RegistryConfig()
+    server: Server = Server()
     source: str = "<memory>"

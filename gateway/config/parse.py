@@ -16,6 +16,7 @@ from .model import (
     Listeners,
     Model,
     Pool,
+    Server,
     StoreConfig,
     Timeouts,
     Upstream,
@@ -43,6 +44,7 @@ def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> C
     listeners = _listeners(root.child("listeners"))
     guard = _guard(root.child("guard"))
     store = _store(root.child("store"))
+    server = _server(root.child("server"))
     upstreams = {name: _upstream(name, node) for name, node in root.named("upstreams", name_pattern=NAME)}
     if not upstreams:
         root.error("upstreams", "at least one upstream is required")
@@ -64,8 +66,15 @@ def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> C
         tenants=ident.tenants,
         api_keys=ident.api_keys,
         registry=ident.registry,
+        server=server,
         source=source,
     )
+
+
+def _server(node: Node) -> Server:
+    server = Server(shutdown_grace=node.duration("shutdown_grace", Server().shutdown_grace))
+    node.finish()
+    return server
 
 
 def _listener_address(node: Node, default_port: int) -> tuple[str, int]:
