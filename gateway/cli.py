@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,15 +25,34 @@ def _setup_logging(level: str) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .runtime import GatewayState
     from .server import serve_forever, with_listen_address
+    from .supervisor import Supervisor, run_worker, worker_log_format, workers_problem
 
+    if args.worker is not None:
+        logging.basicConfig(level=logging.root.level, format=worker_log_format(args.worker), stream=sys.stderr, force=True)
+        return run_worker(args.config, args.worker, start_from=args.start_from, host=args.host, port=args.port)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         _print_problems(args.config, exc)
         return 2
     config = with_listen_address(config, args.host, args.port)
+    problem = workers_problem(config, args.workers)
+    if problem is not None:
+        print(f"{args.config}: {problem}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return Supervisor(args.config, config, args.workers, log_level=args.log_level).run()
     serve_forever(GatewayState(config, config_path=args.config))
     return 0
+
+
+def _workers_arg(text: str) -> int:
+    from .supervisor import parse_workers
+
+    try:
+        return parse_workers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid worker count {text!r}: {exc}") from None
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -75,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML config file")
     p.add_argument("--host", help="override listeners.public.host")
     p.add_argument("--port", type=int, help="override listeners.public.port")
+    p.add_argument(
+        "--workers", type=_workers_arg, default=os.environ.get("TOLLGATE_WORKERS", "1"), metavar="N",
+        help="worker processes on the one port (SO_REUSEPORT) under a supervisor; 'auto' = one per core; "
+        "more than 1 needs store.backend: redis (default: $TOLLGATE_WORKERS or 1)",
+    )
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor on the processes it starts
+    p.add_argument("--start-from", help=argparse.SUPPRESS)  # the supervisor's last valid copy of a file broken since
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("check-config", help="validate a config file and list every problem")

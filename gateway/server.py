@@ -1,10 +1,11 @@
-"""Running the gateway: listeners, signals (SIGHUP reload, SIGTERM drain), the event loop."""
+"""Running one gateway process: listeners, signals (SIGHUP reload, SIGTERM drain), the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -15,13 +16,18 @@ from .admin import make_admin_app
 from .app import make_public_app
 from .config import Config
 from .guard import parser_limits
-from .runtime import GatewayState
+from .http import json_response
+from .runtime import STATE, GatewayState
 
-__all__ = ["run_gateway", "serve_forever", "with_listen_address", "install_event_loop_policy"]
+__all__ = ["run_gateway", "serve_forever", "with_listen_address", "install_event_loop_policy", "ReloadAction", "reload_here"]
 
 log = logging.getLogger("tollgate.server")
 
-SHUTDOWN_GRACE = 30.0
+ADMIN_SHUTDOWN_GRACE = 5.0
+ReloadAction = Callable[[GatewayState], Awaitable[tuple[int, dict[str, object]]]]
+"""What ``POST /admin/reload`` does: returns the HTTP status and JSON body of the answer."""
+# How often a worker checks that its supervisor is still alive.
+ORPHAN_CHECK_INTERVAL = 1.0
 
 
 def with_listen_address(config: Config, host: str | None, port: int | None) -> Config:
@@ -41,21 +47,37 @@ async def run_gateway(
     state: GatewayState,
     *,
     reuse_port: bool = False,
+    admin: bool = True,
+    reload: ReloadAction | None = None,
+    supervisor_pid: int | None = None,
     on_started: Callable[[int, int | None], Awaitable[None] | None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives; SIGHUP reloads the config file."""
+    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives; SIGHUP reloads the config file.
+
+    Stopping is a drain: the listening sockets close first (with SO_REUSEPORT the
+    kernel sends new connections to the other workers), idle keep-alive connections
+    are closed, in-flight requests and streams get ``server.shutdown_grace`` seconds
+    to finish, and only then the application's cleanup runs ``GatewayState.close()``
+    (upstream sessions, and the accounting flush once it exists).
+
+    ``admin=False`` leaves the admin listener to another process (worker 0 of a
+    supervisor); ``reload`` is what ``POST /admin/reload`` does (default: reload this
+    process); ``supervisor_pid`` makes the process stop when its supervisor is gone.
+    """
     config = state.config
+    grace = config.server.shutdown_grace
     limits = parser_limits(config.guard.max_header_bytes)
     public_runner = web.AppRunner(
         make_public_app(state),
         handler_cancellation=True,
         access_log=None,
-        shutdown_timeout=SHUTDOWN_GRACE,
+        shutdown_timeout=grace,
         **limits,
     )
     await public_runner.setup()
     runners = [public_runner]
+    watchdog: asyncio.Task[None] | None = None
     try:
         pub = config.listeners.public
         public_site = web.TCPSite(public_runner, pub.host, pub.port, reuse_port=reuse_port or None, backlog=2048)
@@ -63,11 +85,13 @@ async def run_gateway(
         public_port = _bound_port(public_runner)
         admin_port: int | None = None
         adm = config.listeners.admin
-        if adm.enabled:
-            admin_runner = web.AppRunner(make_admin_app(state), access_log=None, shutdown_timeout=5.0)
+        if adm.enabled and admin:
+            admin_app = make_admin_app(state)
+            admin_app.router.add_post("/admin/reload", _reload_handler(reload or reload_here))
+            admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=ADMIN_SHUTDOWN_GRACE)
             await admin_runner.setup()
             runners.append(admin_runner)
-            await web.TCPSite(admin_runner, adm.host, adm.port, reuse_port=reuse_port or None).start()
+            await web.TCPSite(admin_runner, adm.host, adm.port).start()
             admin_port = _bound_port(admin_runner)
         log.info("public listener on http://%s:%d", pub.host, public_port)
         if admin_port is not None:
@@ -82,11 +106,48 @@ async def run_gateway(
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(state.reload()))
+        if supervisor_pid is not None:
+            watchdog = asyncio.create_task(_stop_when_orphaned(supervisor_pid, stop))
         await stop.wait()
-        log.info("stopping: no new connections, draining in-flight requests (up to %.0fs)", SHUTDOWN_GRACE)
+        log.info("stopping: no new connections, draining in-flight requests (up to %.0fs)", grace)
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         for runner in reversed(runners):
             await runner.cleanup()
+    log.info("stopped: in-flight requests drained, resources closed")
+
+
+async def reload_here(state: GatewayState) -> tuple[int, dict[str, object]]:
+    """Reload this process only (the single-process gateway)."""
+    applied, problems = await state.reload()
+    if not applied:
+        return 422, refused_body(problems)
+    return 200, {"status": "reloaded", "config_version": state.runtime.version}
+
+
+def refused_body(problems: list[str]) -> dict[str, object]:
+    message = "the config file was refused; the running config stays in force: " + "; ".join(problems)
+    return {"error": {"message": message, "type": "invalid_request_error", "code": "config_refused", "param": None}, "problems": problems}
+
+
+def _reload_handler(action: ReloadAction) -> Callable[[web.Request], Awaitable[web.Response]]:
+    # Registered on the admin app, so its bearer-token middleware guards it like every admin route.
+    async def handler(request: web.Request) -> web.Response:
+        status, body = await action(request.app[STATE])
+        return json_response(body, status=status)
+
+    return handler
+
+
+async def _stop_when_orphaned(supervisor_pid: int, stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (SIGKILL, OOM) drains and exits instead of serving on unsupervised."""
+    while not stop.is_set():
+        if os.getppid() != supervisor_pid:
+            log.warning("supervisor %d is gone: stopping", supervisor_pid)
+            stop.set()
+            return
+        await asyncio.sleep(ORPHAN_CHECK_INTERVAL)
 
 
 def _bound_port(runner: web.AppRunner) -> int:
