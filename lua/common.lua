@@ -1,0 +1,39 @@
+-- common.lua: helpers shared by every limiter script.
+--
+-- Not a script on its own: an entry script names it first on its
+-- "-- include:" line and gateway/store/scripts.py prepends it.
+-- KEYS: none.  ARGV: none.
+-- Units: "now" is read once per call from redis.call('TIME') as integer
+--   microseconds since the Unix epoch; every duration handed to Redis or
+--   returned to the caller is in integer milliseconds.
+-- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
+--   adjust}), now_us() and ms_ceil().
+--
+-- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
+-- concurrency.lua), one counter key per limit:
+--   check(key, now, limit, window_ms, cost, param) -> st, read-only, where
+--     st.allowed (boolean), st.remaining, st.reset_ms, st.retry_ms
+--     (-1: the cost exceeds the limit itself, retrying cannot help) and
+--     st.mark (where the cost is charged, handed back to settle) are
+--     returned to the caller; other fields are for commit.
+--   commit(key, now, limit, window_ms, cost, param, st): consumes the cost;
+--     every key it writes gets a TTL.
+--   adjust(key, now, limit, window_ms, delta, param, mark) -> applied,
+--     overdraft, remaining, reset_ms: charges delta > 0 even past the limit
+--     (the work was done; the excess is reported as overdraft) or refunds
+--     -delta from the place recorded in mark.
+
+local ALGORITHMS = {}
+
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- Milliseconds in a span of microseconds, rounded up so nobody retries early.
+local function ms_ceil(us)
+  if us <= 0 then
+    return 0
+  end
+  return math.ceil(us / 1000)
+end

@@ -1,0 +1,94 @@
+-- concurrency.lua: concurrency leases; a request holds one lease while it
+-- runs, a crashed process's leases expire on their own.
+--
+-- Library: included by admit.lua, peek.lua and settle.lua; one limit = one key.
+-- KEYS (per limit): a sorted set; member = lease id, score = time the lease
+--   expires (ms since the epoch). Members whose score has passed are dead.
+-- ARGV (per limit): kind = "concurrency", limit (leases held at once),
+--   window_ms = lease TTL in ms, cost (1 to acquire a lease, 0 to look),
+--   param = lease id (random, chosen by the caller), then shadow (admit) or
+--   mark (settle; unused).
+-- Units: leases; time in ms.
+-- Returns (check): allowed, remaining (leases still free after this one),
+--   reset_ms (until the earliest live lease expires, or the new lease's TTL
+--   when none is held), retry_ms (a lease is normally released long before it
+--   expires, so at most 1000 ms; -1 if cost > limit), mark = 0.
+-- Renew and release: lease_renew.lua, lease_release.lua; settle with a
+--   negative delta releases the lease too (a compensating refund).
+-- TTL: the key lives as long as its longest lease.
+
+local function cc_now_ms(now)
+  return math.floor(now / 1000)
+end
+
+-- The earliest expiry among live leases, or nil.
+local function cc_earliest(key, now_ms)
+  local first = redis.call('ZRANGEBYSCORE', key, string.format('(%d', now_ms), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if #first == 0 then
+    return nil
+  end
+  return tonumber(first[2])
+end
+
+local function cc_live(key, now_ms)
+  return redis.call('ZCOUNT', key, string.format('(%d', now_ms), '+inf')
+end
+
+-- Extends the key's TTL to at least ttl_ms.
+local function cc_keep(key, ttl_ms)
+  if redis.call('PTTL', key) < ttl_ms then
+    redis.call('PEXPIRE', key, ttl_ms)
+  end
+end
+
+ALGORITHMS.concurrency = {
+  check = function(key, now, limit, window_ms, cost, param)
+    local now_ms = cc_now_ms(now)
+    local live = cc_live(key, now_ms)
+    local earliest = cc_earliest(key, now_ms)
+    local st = { now_ms = now_ms, mark = 0, retry_ms = 0 }
+    if earliest then
+      st.reset_ms = earliest - now_ms
+    else
+      st.reset_ms = window_ms
+    end
+    if cost > limit then
+      st.allowed = false
+      st.remaining = math.max(0, limit - live)
+      st.retry_ms = -1
+    elseif live + cost <= limit then
+      st.allowed = true
+      st.remaining = limit - live - cost
+    else
+      st.allowed = false
+      st.remaining = math.max(0, limit - live)
+      st.retry_ms = math.min(1000, st.reset_ms)
+    end
+    return st
+  end,
+
+  commit = function(key, now, limit, window_ms, cost, param, st)
+    if cost <= 0 then
+      return
+    end
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', st.now_ms)
+    redis.call('ZADD', key, st.now_ms + window_ms, param)
+    cc_keep(key, window_ms)
+  end,
+
+  adjust = function(key, now, limit, window_ms, delta, param, mark)
+    local now_ms = cc_now_ms(now)
+    local applied = 0
+    if delta < 0 then
+      applied = -redis.call('ZREM', key, param)
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+    end
+    local live = cc_live(key, now_ms)
+    local earliest = cc_earliest(key, now_ms)
+    local reset = 0
+    if earliest then
+      reset = earliest - now_ms
+    end
+    return applied, math.max(0, live - limit), math.max(0, limit - live), reset
+  end,
+}

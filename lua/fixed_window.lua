@@ -1,0 +1,122 @@
+-- fixed_window.lua: fixed windows, either calendar windows in UTC (minute,
+-- hour, day, month) for quotas, or plain windows of window_ms aligned to
+-- the Unix epoch.
+--
+-- Library: included by admit.lua, peek.lua and settle.lua; one limit = one key.
+-- KEYS (per limit): a hash {w = start of the window in ms since the epoch,
+--   n = units consumed in that window}; a stale w reads as n = 0.
+-- ARGV (per limit): kind = "fixed_window", limit (units per window),
+--   window_ms (used when param is ""), cost (units), param = calendar:
+--   "minute" | "hour" | "day" | "month" | "" (plain window_ms), then shadow
+--   (admit) or mark (settle).
+-- Units: limit and cost in the limit's unit; time in ms; months follow the
+--   proleptic Gregorian calendar in UTC.
+-- Returns (check): allowed, remaining, reset_ms (until the window ends),
+--   retry_ms (until the window ends; -1 if cost > limit), mark = window start.
+-- TTL: the key expires when its window ends.
+
+-- Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
+local function days_from_civil(y, m, d)
+  if m <= 2 then
+    y = y - 1
+  end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- Year and month of a day count since 1970-01-01.
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp + 3
+  if mp >= 10 then
+    m = mp - 9
+  end
+  if m <= 2 then
+    y = y + 1
+  end
+  return y, m
+end
+
+local CALENDAR_MS = { minute = 60000, hour = 3600000, day = 86400000 }
+
+-- Start and end (ms since the epoch) of the window holding now_ms.
+local function fw_bounds(now_ms, window_ms, calendar)
+  if calendar == 'month' then
+    local y, m = civil_from_days(math.floor(now_ms / 86400000))
+    local ny, nm = y, m + 1
+    if nm > 12 then
+      ny, nm = y + 1, 1
+    end
+    return days_from_civil(y, m, 1) * 86400000, days_from_civil(ny, nm, 1) * 86400000
+  end
+  local len = CALENDAR_MS[calendar] or window_ms
+  local start = math.floor(now_ms / len) * len
+  return start, start + len
+end
+
+local function fw_load(key, start)
+  local got = redis.call('HMGET', key, 'w', 'n')
+  if tonumber(got[1]) == start then
+    return tonumber(got[2]) or 0
+  end
+  return 0
+end
+
+ALGORITHMS.fixed_window = {
+  check = function(key, now, limit, window_ms, cost, param)
+    local now_ms = math.floor(now / 1000)
+    local start, stop = fw_bounds(now_ms, window_ms, param)
+    local used = fw_load(key, start)
+    local st = { now_ms = now_ms, start = start, stop = stop, used = used, mark = start, retry_ms = 0 }
+    st.reset_ms = stop - now_ms
+    if cost > limit then
+      st.allowed = false
+      st.remaining = math.max(0, limit - used)
+      st.retry_ms = -1
+    elseif used + cost <= limit then
+      st.allowed = true
+      st.remaining = limit - used - cost
+    else
+      st.allowed = false
+      st.remaining = math.max(0, limit - used)
+      st.retry_ms = stop - now_ms
+    end
+    return st
+  end,
+
+  commit = function(key, now, limit, window_ms, cost, param, st)
+    if cost <= 0 then
+      return
+    end
+    redis.call('HSET', key, 'w', st.start, 'n', st.used + cost)
+    redis.call('PEXPIRE', key, st.stop - st.now_ms)
+  end,
+
+  adjust = function(key, now, limit, window_ms, delta, param, mark)
+    local now_ms = math.floor(now / 1000)
+    local start, stop = fw_bounds(now_ms, window_ms, param)
+    local used = fw_load(key, start)
+    local applied = 0
+    if delta > 0 then
+      used = used + delta
+      redis.call('HSET', key, 'w', start, 'n', used)
+      redis.call('PEXPIRE', key, stop - now_ms)
+      applied = delta
+    elseif delta < 0 and tonumber(mark) == start and used > 0 then
+      local back = math.min(used, -delta)
+      used = used - back
+      redis.call('HSET', key, 'n', used)
+      applied = -back
+    end
+    return applied, math.max(0, used - limit), math.max(0, limit - used), stop - now_ms
+  end,
+}

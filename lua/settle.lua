@@ -1,0 +1,37 @@
+-- include: common.lua sliding_window.lua gcra.lua fixed_window.lua concurrency.lua
+-- settle.lua: reconciles a reservation with the actual cost: charges the
+-- difference when the request cost more than reserved (even past the limit:
+-- the work was done, the excess is reported as overdraft) or refunds it
+-- when it cost less. Also the compensating refund of an admission that a
+-- later hash-slot group refused (delta = -cost; a concurrency lease is
+-- released).
+--
+-- KEYS: one counter key per limit (all in one hash slot on Cluster).
+-- ARGV: 6 values per limit, in KEYS order:
+--   kind      as in admit.lua
+--   limit     as in admit.lua
+--   window_ms as in admit.lua
+--   delta     actual cost - reserved cost (units; negative = refund)
+--   param     as in admit.lua (the lease id for concurrency)
+--   mark      the mark admit.lua returned for this limit (where the
+--             reservation was charged: slot index, window start; 0 for gcra)
+-- Units: as in admit.lua.
+-- Returns: { now_us, then 4 integers per limit: applied (units charged > 0
+--   or refunded < 0), overdraft (units consumed beyond the limit), remaining,
+--   reset_ms }.
+-- Refunds never take back more than the charged place still holds, and are
+-- no-ops once that window or slot has expired.
+
+local now = now_us()
+local out = { now }
+for i = 1, #KEYS do
+  local b = (i - 1) * 6
+  local applied, overdraft, remaining, reset = ALGORITHMS[ARGV[b + 1]].adjust(KEYS[i], now,
+    tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), ARGV[b + 5], ARGV[b + 6])
+  local j = #out
+  out[j + 1] = applied
+  out[j + 2] = overdraft
+  out[j + 3] = remaining
+  out[j + 4] = reset
+end
+return out

@@ -1,0 +1,70 @@
+"""Fixtures for the limiter suite: private redis-servers (standalone and a 3-master Cluster) and one engine per kind."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from gateway.clock import ManualClock, SystemClock
+from gateway.store import EmbeddedEngine, RedisEngine, ScriptEngine
+from tests.support.redis import RedisCluster, RedisServer
+
+ENGINES = ("embedded", "redis", "cluster")
+
+
+@pytest.fixture(scope="session")
+def redis_standalone() -> Iterator[RedisServer]:
+    """One standalone redis-server for the session; tests that break their server start their own."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_nodes() -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster on loopback for the session."""
+    cluster = RedisCluster(3)
+    cluster.start()
+    yield cluster
+    cluster.cleanup()
+
+
+@dataclass
+class Store:
+    """An engine plus how to let time pass for it: a manual clock for the embedded one, real sleeps for Redis."""
+
+    kind: str
+    engine: ScriptEngine
+    clock: ManualClock | None = None
+
+    async def advance(self, seconds: float) -> None:
+        if self.clock is not None:
+            self.clock.advance(seconds)
+        else:
+            await asyncio.sleep(seconds)
+
+
+@pytest.fixture(params=ENGINES)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """The same test on the embedded engine, a standalone Redis and a 3-master Redis Cluster."""
+    kind = request.param
+    if kind == "embedded":
+        clock = ManualClock()
+        yield Store(kind, EmbeddedEngine(clock), clock)
+        return
+    if kind == "redis":
+        server: RedisServer = request.getfixturevalue("redis_standalone")
+        server.flushall()
+        engine = RedisEngine(server.url, clock=SystemClock(), timeout=2.0)
+    else:
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster_nodes")
+        cluster.flushall()
+        engine = RedisEngine(cluster.url, clock=SystemClock(), cluster=True, timeout=2.0)
+    try:
+        yield Store(kind, engine)
+    finally:
+        await engine.close()

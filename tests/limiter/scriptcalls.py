@@ -1,0 +1,79 @@
+"""Helpers that call the limiter scripts directly on an engine and read their replies by field name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.store import ScriptEngine
+
+__all__ = ["Lim", "Result", "admit", "peek", "settle", "renew", "release"]
+
+
+@dataclass(frozen=True)
+class Lim:
+    """One limit's slice of KEYS/ARGV for admit.lua / peek.lua."""
+
+    key: str
+    kind: str
+    limit: int
+    window_ms: int
+    cost: int = 1
+    param: str = ""
+    shadow: bool = False
+
+    def args(self) -> list[Any]:
+        return [self.kind, self.limit, self.window_ms, self.cost, self.param, "1" if self.shadow else "0"]
+
+
+@dataclass(frozen=True)
+class Result:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_ms: int
+    retry_ms: int
+    mark: int
+
+
+@dataclass(frozen=True)
+class Reply:
+    admitted: bool
+    now_us: int
+    limits: list[Result]
+
+    def __getitem__(self, i: int) -> Result:
+        return self.limits[i]
+
+
+def _parse(raw: list[int]) -> Reply:
+    rows = [Result(bool(raw[j]), *raw[j + 1 : j + 6]) for j in range(2, len(raw), 6)]
+    return Reply(bool(raw[0]), raw[1], rows)
+
+
+async def admit(engine: ScriptEngine, *limits: Lim) -> Reply:
+    args: list[Any] = []
+    for lim in limits:
+        args += lim.args()
+    return _parse(await engine.run("admit", [lim.key for lim in limits], args))
+
+
+async def peek(engine: ScriptEngine, *limits: Lim) -> Reply:
+    args: list[Any] = []
+    for lim in limits:
+        args += lim.args()
+    return _parse(await engine.run("peek", [lim.key for lim in limits], args))
+
+
+async def settle(engine: ScriptEngine, lim: Lim, delta: int, mark: int) -> tuple[int, int, int, int]:
+    """(applied, overdraft, remaining, reset_ms) of settle.lua for one limit."""
+    raw = await engine.run("settle", [lim.key], [lim.kind, lim.limit, lim.window_ms, delta, lim.param, mark])
+    return tuple(raw[1:5])  # type: ignore[return-value]
+
+
+async def renew(engine: ScriptEngine, key: str, lease_id: str, ttl_ms: int) -> int:
+    return (await engine.run("lease_renew", [key], [ttl_ms, lease_id]))[0]
+
+
+async def release(engine: ScriptEngine, key: str, lease_id: str) -> int:
+    return (await engine.run("lease_release", [key], [lease_id]))[0]
