@@ -1,0 +1,186 @@
+"""Real processes for the production tests: redis-server, ``serve --workers N``, and a load loop that records every request."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from ..support.processes import Proc, free_port, start_process, wait_for_port
+
+__all__ = [
+    "redis_server",
+    "served_gateway",
+    "write_config",
+    "worker_pids",
+    "wait_until",
+    "Outcome",
+    "LoadLoop",
+    "chat",
+    "stream_body",
+    "read_stream",
+]
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+
+
+def chat(model: str = "gpt-4o-mini") -> dict[str, Any]:
+    return {**CHAT, "model": model}
+
+
+def stream_body(tokens: int) -> dict[str, Any]:
+    return {**CHAT, "stream": True, "max_tokens": tokens}
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port; yields its URL."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is required by the production tests (scripts/test installs it)"
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="tollgate-redis-")
+    proc = start_process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir], port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_config(path: Path, doc: dict[str, Any]) -> None:
+    """Replace the file in one rename, as an operator's deploy tool would (a worker never reads half a file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(doc))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def served_gateway(config: dict[str, Any], *, workers: int, admin: bool = False) -> Iterator[Proc]:
+    """``python -m gateway serve --workers N`` on a free port; waits until every worker answers /readyz."""
+    port = free_port()
+    cfg = {**config, "listeners": {"public": {"host": "127.0.0.1", "port": port}, "admin": {"enabled": False}}}
+    admin_port = None
+    if admin:
+        admin_port = free_port()
+        cfg["listeners"]["admin"] = {"host": "127.0.0.1", "port": admin_port, "token": "admin-token-for-tests-0123"}
+    fd, name = tempfile.mkstemp(prefix="tollgate-prod-", suffix=".yaml")
+    os.close(fd)
+    path = Path(name)
+    write_config(path, cfg)
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--workers", str(workers)]
+    proc = start_process(argv, port)
+    proc.config_path = path
+    if admin_port is not None:
+        proc.extra_ports["admin"] = admin_port
+        wait_for_port(admin_port, proc=proc.popen)
+    try:
+        if workers > 1:
+            wait_until(lambda: len(worker_pids(proc.popen.pid)) == workers and proc.log().count(" ready (pid ") >= workers, 15)
+        yield proc
+    finally:
+        proc.stop(timeout=30)
+        path.unlink(missing_ok=True)
+
+
+def worker_pids(supervisor: int) -> dict[int, int]:
+    """``{worker index: pid}`` of the live (not zombie) children of ``supervisor``, from /proc."""
+    found: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[1]) != supervisor or fields[0] == b"Z" or b"--worker" not in argv:
+            continue
+        found[int(argv[argv.index(b"--worker") + 1])] = int(entry)
+    return found
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    return stat[stat.rindex(b")") + 2 :].split()[0] == b"Z"
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met after {timeout}s")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    started: float
+    ended: float
+    status: int | None  # None: the connection failed
+    error: str = ""
+
+
+@dataclass
+class LoadLoop:
+    """``clients`` concurrent clients, each sending one request after the other until stopped, recording every outcome."""
+
+    url: str
+    clients: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=chat)
+    fresh_connections: bool = False  # one connection per request: a failure then belongs to one request only
+    outcomes: list[Outcome] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _client(self, session: aiohttp.ClientSession) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                async with session.post(self.url, json=self.body, headers=self.headers) as resp:
+                    await resp.read()
+                    self.outcomes.append(Outcome(started, time.monotonic(), resp.status))
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                self.outcomes.append(Outcome(started, time.monotonic(), None, type(exc).__name__))
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        connector = aiohttp.TCPConnector(limit=0, force_close=self.fresh_connections)
+        timeout = aiohttp.ClientTimeout(total=20)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            await asyncio.gather(*(self._client(session) for _ in range(self.clients)))
+
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status != 200]
+
+
+async def read_stream(session: aiohttp.ClientSession, url: str, tokens: int, headers: dict[str, str], first: asyncio.Event | None = None) -> bytes:
+    """POST a streaming chat completion and read it to the end; ``first`` is set when the first chunk arrived."""
+    async with session.post(url, json=stream_body(tokens), headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        data = b""
+        async for chunk in resp.content.iter_any():
+            if first is not None and not first.is_set():
+                first.set()
+            data += chunk
+        return data
+
+
