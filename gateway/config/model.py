@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from .identity import ApiKey, IdentityConfig, Plan, RegistryConfig, Tenant, DEFAULT_PLANS
 from .rules import RulesConfig
+from .store import StoreConfig
 
 __all__ = [
     "Listener",
@@ -101,17 +102,6 @@ class Model:
     deployments: tuple[Deployment, ...]
     owned_by: str = "tollgate"
     created: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class StoreConfig:
-    """Where limiter state lives: ``embedded`` (in-process, the default) or ``redis``."""
-
-    backend: str = "embedded"
-    url: str | None = None
-    cluster: bool = False
-    # Time budget of one store call before the rule's fail mode applies.
-    timeout: float = 0.05
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,6 @@ from .model import (
     Model,
     Pool,
     Server,
-    StoreConfig,
     Timeouts,
     Upstream,
     frozen_map,
@@ -25,17 +24,16 @@ from .model import (
 from .identity import parse_identity_sections
 from .reader import Node, Problems
 from .rules import parse_rules
+from .store import parse_store
 
 __all__ = ["parse_config"]
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}")
 AUTH_HEADERS = ("authorization", "api-key", "x-api-key", "none")
-STORE_BACKENDS = ("embedded", "redis")
 _DEFAULT_GUARD = Guard()
 _DEFAULT_TIMEOUTS = Timeouts()
 _DEFAULT_POOL = Pool()
-_DEFAULT_STORECONFIG = StoreConfig()
 
 
 def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> Config:
@@ -43,7 +41,7 @@ def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> C
     root.int("version", 1, min=1, max=1)
     listeners = _listeners(root.child("listeners"))
     guard = _guard(root.child("guard"))
-    store = _store(root.child("store"))
+    store = parse_store(root.child("store"))
     server = _server(root.child("server"))
     upstreams = {name: _upstream(name, node) for name, node in root.named("upstreams", name_pattern=NAME)}
     if not upstreams:
@@ -118,23 +116,6 @@ def _guard(node: Node) -> Guard:
     )
     node.finish()
     return g
-
-
-def _store(node: Node) -> StoreConfig:
-    backend = node.str("backend", "embedded", choices=STORE_BACKENDS)
-    url = node.str("url", None)
-    if backend == "redis" and url is None:
-        node.error("url", "is required when backend is redis")
-    if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        node.error("url", "must be a redis://, rediss:// or unix:// URL")
-    store = StoreConfig(
-        backend=backend,
-        url=url,
-        cluster=node.bool("cluster", False),
-        timeout=node.duration("timeout", _DEFAULT_STORECONFIG.timeout),
-    )
-    node.finish()
-    return store
 
 
 def _upstream(name: str, node: Node) -> Upstream:

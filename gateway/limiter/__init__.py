@@ -1,0 +1,29 @@
+"""The limiter's policy side: limits, keys, all-or-nothing admission, settling and leases; no Redis client here."""
+
+from .decision import Decision, Lease, LimitState, Reservation, SettledLimit, Settlement
+from .factory import build_engine, build_limiter
+from .keys import KeyBuilder, encode_value
+from .limiter import FAIL_CLOSED_RETRY_MS, LOCAL_STORE, Limiter, LimiterStats
+from .spec import CALENDARS, FAIL_MODES, KINDS, UNITS, LimitSpec
+
+__all__ = [
+    "CALENDARS",
+    "Decision",
+    "FAIL_CLOSED_RETRY_MS",
+    "FAIL_MODES",
+    "KINDS",
+    "KeyBuilder",
+    "LOCAL_STORE",
+    "Lease",
+    "LimitSpec",
+    "LimitState",
+    "Limiter",
+    "LimiterStats",
+    "Reservation",
+    "SettledLimit",
+    "Settlement",
+    "UNITS",
+    "build_engine",
+    "build_limiter",
+    "encode_value",
+]

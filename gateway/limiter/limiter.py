@@ -1,0 +1,380 @@
+"""The ``Limiter``: all-or-nothing admission over limits grouped by hash slot, fail modes, settle, leases, peek.
+
+Policy only: it builds keys and arguments and reads replies; the scripts in
+``lua/`` decide, an engine from ``gateway.store`` runs them. It never
+imports a Redis client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..clock import Clock
+from ..errors import StoreError
+from ..store.engine import ScriptEngine
+from .decision import Charge, Decision, Lease, LimitState, Reservation, SettledLimit, Settlement
+from .keys import KeyBuilder
+from .local_cache import OverLimitCache
+from .spec import LimitSpec
+
+__all__ = ["Limiter", "LimiterStats", "LOCAL_STORE", "FAIL_CLOSED_RETRY_MS"]
+
+LOCAL_STORE = "local"  # the name charges carry when the embedded fallback took them
+FAIL_CLOSED_RETRY_MS = 1000  # what a fail_closed refusal tells the client to wait
+_ADMIT_STRIDE = 6
+
+
+@dataclass(slots=True)
+class LimiterStats:
+    admissions: int = 0
+    cache_hits: int = 0  # refused by the over-limit cache, no store call
+    degraded: int = 0  # decisions where a store failed and fail modes answered
+    compensations: int = 0  # earlier groups refunded because a later group refused
+
+
+@dataclass(slots=True)
+class _Item:
+    index: int
+    spec: LimitSpec
+    key: str
+    tag: str
+
+
+def _param(spec: LimitSpec, lease_id: str) -> str:
+    kind = spec.kind
+    if kind == "sliding_window":
+        return str(spec.slots)
+    if kind == "fixed_window":
+        return spec.calendar or ""
+    if kind == "concurrency":
+        return lease_id
+    return ""
+
+
+def _args(specs: Sequence[LimitSpec], lease_id: str) -> list[Any]:
+    args: list[Any] = []
+    for s in specs:
+        args += (s.kind, s.limit, s.window_ms, s.cost, _param(s, lease_id), "1" if s.shadow else "0")
+    return args
+
+
+def _state(spec: LimitSpec, reply: Sequence[int], j: int, *, degraded: bool = False) -> LimitState:
+    return LimitState(
+        spec.name, spec.kind, spec.unit, reply[j] == 1, reply[j + 1], reply[j + 2], reply[j + 3], reply[j + 4],
+        spec.shadow, degraded,
+    )
+
+
+def _divided(spec: LimitSpec, instances: int) -> LimitSpec:
+    if instances <= 1 or spec.limit == 0:
+        return spec
+    return dataclasses.replace(spec, limit=max(1, spec.limit // instances))
+
+
+class _Outcome:
+    __slots__ = ("allowed", "states", "charges", "degraded")
+
+    def __init__(self, allowed: bool, states: list[tuple[int, LimitState]], charges: list[Charge], degraded: bool) -> None:
+        self.allowed = allowed
+        self.states = states
+        self.charges = charges
+        self.degraded = degraded
+
+
+class Limiter:
+    """Admits requests against limits held in one of several named stores.
+
+    ``stores`` maps store names to engines; ``default_store`` is used when
+    ``admit`` names none. ``local`` is the embedded engine used by limits in
+    ``local`` fail mode, with each limit divided by ``instances``. The clock
+    times the over-limit cache. ``plan_routes`` / ``tenant_routes`` map a
+    plan or tenant to a store name (see :meth:`store_for`).
+    """
+
+    def __init__(
+        self,
+        stores: Mapping[str, ScriptEngine],
+        *,
+        clock: Clock,
+        default_store: str | None = None,
+        local: ScriptEngine | None = None,
+        instances: int = 1,
+        key_prefix: str = "tg",
+        cache_size: int = 10_000,
+        plan_routes: Mapping[str, str] | None = None,
+        tenant_routes: Mapping[str, str] | None = None,
+    ) -> None:
+        if not stores:
+            raise ValueError("a limiter needs at least one store")
+        self._stores = dict(stores)
+        self.default_store = default_store or next(iter(self._stores))
+        for target in [self.default_store, *(plan_routes or {}).values(), *(tenant_routes or {}).values()]:
+            if target not in self._stores:
+                raise ValueError(f"unknown store {target!r}")
+        if LOCAL_STORE in self._stores:
+            raise ValueError(f"{LOCAL_STORE!r} is reserved for the embedded fallback")
+        self._local = local
+        self._instances = max(1, instances)
+        self._clock = clock
+        self._keys = KeyBuilder(key_prefix)
+        self._cache = OverLimitCache(cache_size)
+        self._plan_routes = dict(plan_routes or {})
+        self._tenant_routes = dict(tenant_routes or {})
+        self.stats = LimiterStats()
+
+    # -- routing -----------------------------------------------------------------
+    def store_for(self, *, tenant: str | None = None, plan: str | None = None) -> str:
+        """The store holding a tenant's counters: by tenant, else by plan, else the default."""
+        if tenant is not None and tenant in self._tenant_routes:
+            return self._tenant_routes[tenant]
+        if plan is not None and plan in self._plan_routes:
+            return self._plan_routes[plan]
+        return self.default_store
+
+    def engine(self, store: str | None = None) -> ScriptEngine:
+        return self._engine(store or self.default_store)
+
+    def _engine(self, name: str) -> ScriptEngine:
+        if name == LOCAL_STORE and self._local is not None:
+            return self._local
+        try:
+            return self._stores[name]
+        except KeyError:
+            raise ValueError(f"unknown store {name!r}") from None
+
+    def key(self, spec: LimitSpec) -> str:
+        """The counter key of a limit (for the admin API and tests)."""
+        return self._keys.key(spec)
+
+    # -- admission -----------------------------------------------------------------
+    async def admit(self, specs: Sequence[LimitSpec], *, store: str | None = None) -> Decision:
+        """Check and consume every limit, all or nothing.
+
+        Limits are grouped by hash slot when the store needs it (Cluster):
+        the tenant's group first, then the others; if a later group refuses,
+        what the earlier groups consumed is refunded. On a standalone store
+        they all go in one call.
+        """
+        self.stats.admissions += 1
+        store_name = store or self.default_store
+        engine = self._engine(store_name)
+        items = []
+        for i, spec in enumerate(specs):
+            key, tag = self._keys.key_and_tag(spec)
+            items.append(_Item(i, spec, key, tag))
+        if not items:
+            return Decision(True, ())
+        now = self._clock.monotonic()
+        if engine.remote:
+            cached = self._cached_refusal(store_name, items, now)
+            if cached is not None:
+                return cached
+        lease_id = os.urandom(9).hex() if any(it.spec.kind == "concurrency" for it in items) else ""
+
+        states: list[tuple[int, LimitState]] = []
+        consumed: list[Charge] = []
+        degraded = False
+        allowed = True
+        for group in self._groups(items, engine.single_slot):
+            outcome = await self._admit_group(store_name, engine, group, lease_id)
+            states += outcome.states
+            degraded = degraded or outcome.degraded
+            if not outcome.allowed:
+                allowed = False
+                if consumed:
+                    self.stats.compensations += 1
+                    await self._refund(consumed)
+                    consumed = []
+                break
+            consumed += outcome.charges
+
+        states.sort(key=lambda p: p[0])
+        limits = tuple(s for _, s in states)
+        if degraded:
+            self.stats.degraded += 1
+        elif engine.remote and not allowed:
+            for idx, st in states:
+                if not st.allowed and not st.shadow:
+                    it = items[idx]
+                    self._cache.remember(store_name, it.key, it.spec.cost, st, now)
+        if not allowed:
+            return Decision(False, limits, degraded, _retry_after(limits))
+        reservation = tuple(c for c in consumed if c.spec.reserves)
+        leases = tuple(c for c in consumed if c.spec.kind == "concurrency")
+        return Decision(
+            True,
+            limits,
+            degraded,
+            0,
+            Reservation(reservation) if reservation else None,
+            Lease(leases) if leases else None,
+        )
+
+    def _cached_refusal(self, store: str, items: list[_Item], now: float) -> Decision | None:
+        for it in items:
+            if it.spec.shadow or it.spec.kind == "concurrency":
+                continue
+            state = self._cache.lookup(store, it.key, it.spec.cost, now)
+            if state is not None:
+                self.stats.cache_hits += 1
+                return Decision(False, (state,), False, state.retry_after_ms, cached=True)
+        return None
+
+    @staticmethod
+    def _groups(items: list[_Item], single_slot: bool) -> list[list[_Item]]:
+        if not single_slot:
+            return [items]
+        by_tag: dict[str, list[_Item]] = {}
+        for it in items:
+            by_tag.setdefault(it.tag, []).append(it)
+        # the tenant's own limits first: they are the ones most likely to refuse
+        return sorted(by_tag.values(), key=lambda g: not g[0].tag.startswith("t."))
+
+    async def _admit_group(self, store: str, engine: ScriptEngine, group: list[_Item], lease_id: str) -> _Outcome:
+        specs = [it.spec for it in group]
+        try:
+            reply = await engine.run("admit", [it.key for it in group], _args(specs, lease_id))
+        except StoreError:
+            return await self._fail_group(store, group, lease_id)
+        admitted = reply[0] == 1
+        states = []
+        charges = []
+        for n, it in enumerate(group):
+            j = 2 + n * _ADMIT_STRIDE
+            states.append((it.index, _state(it.spec, reply, j)))
+            if admitted and it.spec.cost > 0:
+                charges.append(Charge(store, it.key, it.tag, it.spec, reply[j + 5], lease_id))
+        return _Outcome(admitted, states, charges, False)
+
+    async def _fail_group(self, store: str, group: list[_Item], lease_id: str) -> _Outcome:
+        """The store failed: each limit's fail mode answers, ``local`` ones on the embedded engine together."""
+        states: list[tuple[int, LimitState]] = []
+        local: list[_Item] = []
+        refused = False
+        for it in group:
+            spec = it.spec
+            if spec.fail_mode == "local" and self._local is not None:
+                local.append(it)
+            elif spec.fail_mode == "fail_closed" and not spec.shadow:
+                refused = True
+                states.append((it.index, LimitState(
+                    spec.name, spec.kind, spec.unit, False, spec.limit, 0, FAIL_CLOSED_RETRY_MS,
+                    FAIL_CLOSED_RETRY_MS, spec.shadow, True,
+                )))
+            else:  # fail_open, or a shadow limit, or no embedded engine to fall back on
+                states.append((it.index, LimitState(
+                    spec.name, spec.kind, spec.unit, True, spec.limit, spec.limit, 0, 0, spec.shadow, True,
+                )))
+        if refused or not local:  # a fail_closed refusal: the local limits are not even consumed
+            return _Outcome(not refused, states, [], True)
+        assert self._local is not None
+        specs = [_divided(it.spec, self._instances) for it in local]
+        keys = [f"{it.key}@{store}" for it in local]
+        reply = await self._local.run("admit", keys, _args(specs, lease_id))
+        admitted = reply[0] == 1
+        charges = []
+        for n, (it, spec) in enumerate(zip(local, specs)):
+            j = 2 + n * _ADMIT_STRIDE
+            states.append((it.index, _state(spec, reply, j, degraded=True)))
+            if admitted and spec.cost > 0:
+                charges.append(Charge(LOCAL_STORE, keys[n], it.tag, spec, reply[j + 5], lease_id))
+        return _Outcome(admitted, states, charges, True)
+
+    # -- refunds, settling, leases ---------------------------------------------------
+    def _by_call(self, charges: Sequence[Charge]) -> list[tuple[ScriptEngine, list[Charge]]]:
+        """Charges grouped into calls: one per store, and per hash tag where the store needs it."""
+        calls: dict[tuple[str, str], list[Charge]] = {}
+        for c in charges:
+            engine = self._engine(c.store)
+            calls.setdefault((c.store, c.tag if engine.single_slot else ""), []).append(c)
+        return [(self._engine(store), group) for (store, _), group in calls.items()]
+
+    async def _settle_calls(self, deltas: Sequence[tuple[Charge, int]]) -> tuple[list[SettledLimit], bool]:
+        """Run settle.lua for (charge, delta) pairs; returns what was settled and whether a store failed."""
+        by_charge = {id(c): d for c, d in deltas}
+        done: list[SettledLimit] = []
+        degraded = False
+        for engine, group in self._by_call([c for c, _ in deltas]):
+            args: list[Any] = []
+            for c in group:
+                s = c.spec
+                args += (s.kind, s.limit, s.window_ms, by_charge[id(c)], _param(s, c.lease_id), c.mark)
+            try:
+                reply = await engine.run("settle", [c.key for c in group], args)
+            except StoreError:
+                degraded = True
+                continue
+            for n, c in enumerate(group):
+                j = 1 + n * 4
+                done.append(SettledLimit(c.spec.name, reply[j], reply[j + 1], reply[j + 2], reply[j + 3]))
+        return done, degraded
+
+    async def _refund(self, consumed: Sequence[Charge]) -> None:
+        """Undo an admission that a later group refused (a lease is released)."""
+        await self._settle_calls([(c, -c.spec.cost) for c in consumed])
+
+    async def settle(self, reservation: Reservation, actual_cost: int) -> Settlement:
+        """Charge or refund ``actual_cost - reserved`` on every reserved limit; once (later calls return the first result).
+
+        A charge goes through even past the limit (the tokens were used) and
+        is reported as overdraft; later requests then wait until the budget
+        recovers. ``Settlement.limits`` lists the limits whose counters moved
+        (none when the estimate was exact). Store errors are not raised: the
+        settlement says degraded and those limits are left as reserved.
+        """
+        if reservation.settlement is not None:
+            return reservation.settlement
+        if actual_cost < 0:
+            raise ValueError("actual_cost must be >= 0")
+        deltas = [(c, actual_cost - c.spec.cost) for c in reservation.charges if actual_cost != c.spec.cost]
+        done, degraded = await self._settle_calls(deltas) if deltas else ([], False)
+        reservation.settlement = Settlement(tuple(done), degraded)
+        return reservation.settlement
+
+    async def renew(self, lease: Lease, ttl_ms: int | None = None) -> bool:
+        """Extend the leases; False if any had expired or been released. Raises StoreError if a store fails."""
+        if lease.released:
+            return False
+        ttl = ttl_ms if ttl_ms is not None else lease.ttl_ms
+        held = True
+        for engine, group in self._by_call(lease.charges):
+            reply = await engine.run("lease_renew", [c.key for c in group], [ttl, *(c.lease_id for c in group)])
+            held = held and all(r == 1 for r in reply)
+        return held
+
+    async def release(self, lease: Lease) -> bool:
+        """Give the leases back; idempotent. False if already released or a store failed (the TTL frees them)."""
+        if lease.released:
+            return False
+        lease.released = True
+        ok = True
+        for engine, group in self._by_call(lease.charges):
+            try:
+                await engine.run("lease_release", [c.key for c in group], [c.lease_id for c in group])
+            except StoreError:
+                ok = False
+        return ok
+
+    # -- reading -------------------------------------------------------------------------
+    async def peek(self, spec: LimitSpec, *, store: str | None = None) -> LimitState:
+        """The current state of a limit without consuming anything; raises StoreError if the store fails."""
+        key = self._keys.key(spec)
+        reply = await self._engine(store or self.default_store).run("peek", [key], _args([spec], ""))
+        return _state(spec, reply, 2)
+
+    async def close(self) -> None:
+        for engine in self._stores.values():
+            await engine.close()
+        if self._local is not None:
+            await self._local.close()
+
+
+def _retry_after(limits: Sequence[LimitState]) -> int:
+    waits = [s.retry_after_ms for s in limits if not s.allowed and not s.shadow]
+    if not waits:
+        return 0
+    return -1 if -1 in waits else max(waits)

@@ -1,0 +1,123 @@
+"""``LimitSpec``: a frozen description of one limit to apply to a request."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "LimitSpec",
+    "Kind",
+    "FailMode",
+    "Calendar",
+    "Unit",
+    "KINDS",
+    "FAIL_MODES",
+    "CALENDARS",
+    "UNITS",
+]
+
+Kind = Literal["sliding_window", "gcra", "fixed_window", "concurrency"]
+FailMode = Literal["fail_open", "fail_closed", "local"]
+Calendar = Literal["minute", "hour", "day", "month"]
+Unit = Literal["requests", "tokens"]
+
+KINDS: tuple[str, ...] = ("sliding_window", "gcra", "fixed_window", "concurrency")
+FAIL_MODES: tuple[str, ...] = ("fail_open", "fail_closed", "local")
+CALENDARS: tuple[str, ...] = ("minute", "hour", "day", "month")
+UNITS: tuple[str, ...] = ("requests", "tokens")
+
+LIMIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+SCOPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MAX_WINDOW_MS = 400 * 86_400_000  # a little over a year
+MAX_LIMIT = 10**12
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitSpec:
+    """One limit to check and consume for a request.
+
+    ``name``       the rule's name (reported in headers and metrics; part of the key)
+    ``kind``       sliding_window | gcra | fixed_window | concurrency
+    ``limit``      units per window (requests or tokens), or leases held at once
+    ``window_ms``  the window; the lease TTL for concurrency; ignored with ``calendar``
+    ``cost``       units this request consumes now (for tokens: the estimate reserved)
+    ``scope_key``  ((scope, value), ...) that selects the counter, e.g. (("key", "k1"),)
+    ``tenant``     the hash-tag group: every key of one tenant shares a Cluster slot;
+                   None for limits of other scopes (global, per IP)
+    ``fail_mode``  when the store fails: fail_open, fail_closed, or local (the
+                   embedded engine with the limit divided among gateway instances)
+    ``shadow``     evaluated and reported, never refuses
+    ``calendar``   fixed_window only: minute | hour | day | month, in UTC
+    ``unit``       requests | tokens; token limits are reserved now and settled later
+    ``slots``      sliding_window only: slots per window (precision)
+    """
+
+    name: str
+    kind: Kind
+    limit: int
+    window_ms: int = 60_000
+    cost: int = 1
+    scope_key: tuple[tuple[str, str], ...] = ()
+    tenant: str | None = None
+    fail_mode: FailMode = "fail_open"
+    shadow: bool = False
+    calendar: Calendar | None = None
+    unit: Unit = "requests"
+    slots: int = 20
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise ValueError(f"limit {self.name!r}: " + "; ".join(problems))
+
+    def with_cost(self, cost: int) -> LimitSpec:
+        """The same limit with another cost (the per-request part)."""
+        return dataclasses.replace(self, cost=cost)
+
+    @property
+    def reserves(self) -> bool:
+        """True when the cost is an estimate to settle later (token limits)."""
+        return self.unit == "tokens" and self.kind != "concurrency"
+
+
+def _problems(s: LimitSpec) -> list[str]:
+    out: list[str] = []
+    if not isinstance(s.name, str) or not LIMIT_NAME.fullmatch(s.name):
+        out.append(f"name must match {LIMIT_NAME.pattern}")
+    if s.kind not in KINDS:
+        out.append(f"kind must be one of {', '.join(KINDS)}")
+    if not _int_in(s.limit, 0, MAX_LIMIT):
+        out.append(f"limit must be an integer in 0..{MAX_LIMIT}")
+    if not _int_in(s.window_ms, 1, MAX_WINDOW_MS):
+        out.append(f"window_ms must be an integer in 1..{MAX_WINDOW_MS}")
+    if not _int_in(s.cost, 0, MAX_LIMIT):
+        out.append("cost must be a non-negative integer")
+    if s.fail_mode not in FAIL_MODES:
+        out.append(f"fail_mode must be one of {', '.join(FAIL_MODES)}")
+    if s.unit not in UNITS:
+        out.append(f"unit must be one of {', '.join(UNITS)}")
+    if not isinstance(s.shadow, bool):
+        out.append("shadow must be a boolean")
+    if s.tenant is not None and (not isinstance(s.tenant, str) or not s.tenant):
+        out.append("tenant must be a non-empty string or None")
+    if not isinstance(s.scope_key, tuple) or not all(
+        isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and SCOPE_NAME.fullmatch(p[0]) and isinstance(p[1], str)
+        for p in s.scope_key
+    ):
+        out.append(f"scope_key must be a tuple of (scope, value) string pairs, scope matching {SCOPE_NAME.pattern}")
+    if s.calendar is not None and (s.kind != "fixed_window" or s.calendar not in CALENDARS):
+        out.append(f"calendar is for fixed_window only, one of {', '.join(CALENDARS)}")
+    if s.kind == "concurrency" and (s.cost not in (0, 1) or s.unit != "requests"):
+        out.append("a concurrency limit costs 0 or 1 lease and counts requests")
+    if s.kind == "gcra" and isinstance(s.limit, int) and isinstance(s.window_ms, int) and s.limit > s.window_ms * 1000:
+        out.append("gcra resolves one unit per microsecond: limit must be <= window_ms * 1000")
+    if s.kind == "sliding_window" and not _int_in(s.slots, 1, 1000):
+        out.append("slots must be an integer in 1..1000")
+    return out
+
+
+def _int_in(v: object, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi

@@ -1,0 +1,104 @@
+"""The store section: short and named forms, routing, validation with field paths, and the built limiter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.clock import ManualClock
+from gateway.config.reader import Node, Problems
+from gateway.config.store import StoreConfig, parse_store
+from gateway.limiter import build_limiter
+from gateway.store import EmbeddedEngine, RedisEngine
+
+
+def parse(doc: Any) -> tuple[StoreConfig, list[str]]:
+    problems = Problems()
+    config = parse_store(Node(doc, "store", problems))
+    return config, problems.lines
+
+
+def test_no_store_section_means_one_embedded_store() -> None:
+    config, problems = parse(None)
+    assert problems == []
+    assert config.backend == "embedded" and list(config.stores) == ["default"] and config.instances == 1
+
+
+def test_short_form_names_a_single_default_store() -> None:
+    config, problems = parse({
+        "backend": "redis", "url": "redis://127.0.0.1:6379/0", "timeout": "30ms",
+        "breaker": {"failures": 5, "open_for": "2s"}, "instances": 4,
+    })
+    assert problems == []
+    s = config.stores["default"]
+    assert (s.backend, s.url, s.timeout, s.breaker.failures, s.breaker.open_for) == ("redis", "redis://127.0.0.1:6379/0", 0.03, 5, 2.0)
+    assert config.instances == 4 and config.timeout == 0.03
+
+
+def test_named_stores_with_routing_by_plan_and_tenant() -> None:
+    config, problems = parse({
+        "stores": {
+            "shared": {"backend": "redis", "url": "redis://10.0.0.5:6379/0"},
+            "dedicated-acme": {"backend": "redis", "url": "redis://10.0.0.9:6379", "cluster": True},
+        },
+        "default": "shared",
+        "routing": {"plans": {"enterprise": "dedicated-acme"}, "tenants": {"acme": "dedicated-acme"}},
+    })
+    assert problems == []
+    assert config.default == "shared" and config.stores["dedicated-acme"].cluster
+    assert dict(config.routing.tenants) == {"acme": "dedicated-acme"}
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"backend": "redis"}, "store.url: is required when backend is redis"),
+        ({"backend": "redis", "url": "http://x"}, "store.url: must be a redis://, rediss:// or unix:// URL"),
+        ({"backend": "embedded", "cluster": True}, "store.cluster: is only for backend: redis"),
+        ({"backend": "redis", "url": "redis://x", "timeout": "1m"}, "store.timeout: must be at most 10s"),
+        ({"backend": "mongo"}, "store.backend: must be one of embedded, redis"),
+        ({"instances": 0}, "store.instances: must be >= 1"),
+        ({"stores": {"a": {}, "b": {}}}, "store.default: is required when several stores are named"),
+        ({"stores": {"a": {}}, "default": "b"}, "store.default: names no store"),
+        ({"stores": {"a": {}}, "routing": {"tenants": {"acme": "nowhere"}}}, "store.routing.tenants.acme: names no store 'nowhere'"),
+        ({"stores": {"a": {"backend": "redis", "url": "redis://x", "breaker": {"failures": 0}}}}, "store.stores.a.breaker.failures: must be >= 1"),
+        ({"stores": {"a": {}}, "url": "redis://x"}, "store.url: belongs inside a named store"),
+        ({"stores": {"a": {"bogus": 1}}}, "store.stores.a.bogus: unknown key"),
+        ({"key_prefix": "a:b"}, "store.key_prefix:"),
+    ],
+)
+def test_invalid_store_sections_name_the_offending_field(doc: dict[str, Any], expected: str) -> None:
+    _, problems = parse(doc)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+async def test_the_factory_builds_one_engine_per_store_and_routes_tenants() -> None:
+    config, problems = parse({
+        "stores": {"shared": {}, "big": {"backend": "redis", "url": "redis://127.0.0.1:1/0"}},
+        "default": "shared",
+        "routing": {"plans": {"enterprise": "big"}, "tenants": {"acme": "big"}},
+    })
+    assert problems == []
+    limiter = build_limiter(config, clock=ManualClock())
+    try:
+        assert isinstance(limiter.engine("shared"), EmbeddedEngine)
+        assert isinstance(limiter.engine("big"), RedisEngine)
+        assert limiter.store_for(tenant="acme") == "big"
+        assert limiter.store_for(tenant="other", plan="enterprise") == "big"
+        assert limiter.store_for(tenant="other", plan="free") == "shared"
+    finally:
+        await limiter.close()
+
+
+def test_the_whole_config_parser_uses_the_store_section() -> None:
+    from gateway.config.parse import parse_config
+
+    problems = Problems()
+    doc = {
+        "upstreams": {"u": {"base_url": "http://127.0.0.1:9"}},
+        "models": {"m": {"deployments": [{"upstream": "u"}]}},
+        "store": {"stores": {"shared": {}}, "instances": 3},
+    }
+    config = parse_config(doc, problems)
+    assert problems.lines == [] and config.store.instances == 3 and config.store.default == "shared"
