@@ -72,7 +72,7 @@ async def list_tenants(request: web.Request) -> web.Response:
 
 async def create_tenant(request: web.Request) -> web.Response:
     m = _manager(request)
-    tenants, keys = await m.create_tenants([await _body(request)], path="body")
+    tenants, keys = await m.create_tenants([await _body(request)], single=True)
     body = _tenant_out(m, tenants[0].id)
     body["created_keys"] = [{**key_view(m.key(k.id)), "key": plain} for k, plain in keys]
     return json_response(body, status=201)

@@ -354,6 +354,10 @@ def parse_key(node: Node, tenant_id: str, *, secret: bytes | None, default_id: s
     return key
 
 
+def _at(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
 def check_tenant_refs(
     tenant: Tenant,
     path: str,
@@ -365,14 +369,14 @@ def check_tenant_refs(
 ) -> None:
     """Cross-field checks: the plan exists, every model exists, the subdomain is not another tenant's."""
     if tenant.plan and tenant.plan not in plans:
-        problems.add(f"{path}.plan", f"unknown plan {tenant.plan!r} (known: {', '.join(sorted(plans))})")
+        problems.add(_at(path, "plan"), f"unknown plan {tenant.plan!r} (known: {', '.join(sorted(plans))})")
     for i, m in enumerate(tenant.allowed_models or ()):
         if m not in models:
-            problems.add(f"{path}.allowed_models[{i}]", f"unknown model {m!r}")
+            problems.add(_at(path, f"allowed_models[{i}]"), f"unknown model {m!r}")
     if tenant.subdomain is not None:
         owner = subdomain_owner.get(tenant.subdomain)
         if owner is not None and owner != tenant.id:
-            problems.add(f"{path}.subdomain", f"{tenant.subdomain!r} is already tenant {owner!r}'s subdomain")
+            problems.add(_at(path, "subdomain"), f"{tenant.subdomain!r} is already the subdomain of tenant {owner!r}")
 
 
 # -- the sections -----------------------------------------------------------

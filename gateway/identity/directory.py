@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config.identity import ApiKey, Limits, Plan, Tenant, parse_key, parse_tenant
+from .records import key_from_record, tenant_from_record
 from ..config.model import Config
 from ..config.reader import Node, Problems
 
@@ -166,6 +167,9 @@ class Directory:
             ids.discard(key_id)
 
     def _parse_tenant(self, ident: str, doc: Any) -> Tenant | None:
+        fast = tenant_from_record(ident, doc)
+        if fast is not None:
+            return fast
         problems = Problems()
         node = Node(doc, f"t:{ident}", problems)
         node.raw("id")
@@ -177,6 +181,9 @@ class Directory:
         return tenant
 
     def _parse_key(self, ident: str, doc: Any) -> ApiKey | None:
+        fast = key_from_record(ident, doc)
+        if fast is not None:
+            return fast
         problems = Problems()
         node = Node(doc, f"k:{ident}", problems)
         tenant = node.str("tenant")

@@ -94,8 +94,8 @@ class Manager:
             subdomains.setdefault(tenant.subdomain, tenant_id)
         return tenant, key_docs
 
-    async def create_tenants(self, docs: Any, *, path: str = "tenants") -> tuple[list[Tenant], list[tuple[ApiKey, str]]]:
-        """Create every tenant in ``docs`` (with optional ``keys``), or none of them."""
+    async def create_tenants(self, docs: Any, *, path: str = "tenants", single: bool = False) -> tuple[list[Tenant], list[tuple[ApiKey, str]]]:
+        """Create every tenant in ``docs`` (with optional ``keys``), or none of them; ``single``: problems name bare fields."""
         if not isinstance(docs, list) or not docs:
             raise BadRequest(f"{path} must be a non-empty list of tenants", code="invalid_input")
         if len(docs) > MAX_BULK:
@@ -107,16 +107,16 @@ class Manager:
         new_keys: list[tuple[ApiKey, str]] = []
         seen: set[str] = set()
         for i, doc in enumerate(docs):
-            where = f"{path}[{i}]"
+            where = "" if single else f"{path}[{i}]"
             tenant, key_docs = self._parse_new_tenant(doc, where, problems, subdomains, now)
             if tenant is None:
                 continue
             if tenant.id in seen:
-                problems.add(f"{where}.id", f"tenant {tenant.id!r} appears twice in this request")
+                problems.add(f"{where}.id" if where else "id", f"tenant {tenant.id!r} appears twice in this request")
             seen.add(tenant.id)
             tenants.append(tenant)
             for j, kdoc in enumerate(key_docs):
-                key = self._parse_new_key(tenant.id, kdoc, f"{where}.keys[{j}]", problems, now, tenant)
+                key = self._parse_new_key(tenant.id, kdoc, f"{where}.keys[{j}]" if where else f"keys[{j}]", problems, now, tenant)
                 if key is not None:
                     new_keys.append(key)
         if problems:
@@ -142,7 +142,7 @@ class Manager:
         node = Node(doc, "", problems)
         tenant = parse_tenant(tenant_id, node, created=entry.tenant.created)
         node.finish()
-        check_tenant_refs(tenant, tenant_id, problems, plans=self.config.plans, models=self.config.models, subdomain_owner=self.directory.subdomains)
+        check_tenant_refs(tenant, "", problems, plans=self.config.plans, models=self.config.models, subdomain_owner=self.directory.subdomains)
         if problems:
             raise _invalid(problems)
         await self.registry.write({f"t:{tenant_id}": tenant.to_json()})
