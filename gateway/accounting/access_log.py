@@ -1,0 +1,115 @@
+"""The access log: one JSON line per request, built in the flusher and written by a worker thread.
+
+A line holds identifiers, never secrets: the key *id* (never the key), no
+header, no body, no token. Fields::
+
+    ts request_id tenant key_id user plan namespace endpoint model model_served
+    upstream status error stream client_disconnected client_ip prompt_tokens
+    completion_tokens usage_reported cost currency total_ms upstream_ms
+    overhead_ms ttfb_ms attempts
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from typing import BinaryIO
+
+import orjson
+
+from ..config.accounting import AccessLogConfig
+from .pricing import NANOS
+from .records import Entry
+
+__all__ = ["AccessLog", "line_of"]
+
+
+def _iso(wall: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall * 1000) % 1000:03d}Z"
+
+
+def line_of(e: Entry, currency: str) -> bytes:
+    return orjson.dumps(
+        {
+            "ts": _iso(e.wall),
+            "request_id": e.request_id,
+            "tenant": e.tenant,
+            "key_id": e.key_id,
+            "user": e.user,
+            "plan": e.plan,
+            "namespace": e.namespace,
+            "endpoint": e.endpoint,
+            "model": e.model,
+            "model_served": e.model_served,
+            "upstream": e.upstream,
+            "status": e.status,
+            "error": e.error,
+            "stream": e.stream,
+            "client_disconnected": e.client_disconnected,
+            "client_ip": e.client_ip,
+            "prompt_tokens": e.prompt_tokens,
+            "completion_tokens": e.completion_tokens,
+            "usage_reported": e.usage_reported,
+            "cost": e.cost_nanos / NANOS,
+            "currency": currency,
+            "total_ms": round(e.total_s * 1000, 3),
+            "upstream_ms": round(e.upstream_s * 1000, 3),
+            "overhead_ms": round(e.overhead_s * 1000, 3),
+            "ttfb_ms": round(e.ttfb_s * 1000, 3) if e.ttfb_s is not None else None,
+            "attempts": e.attempts,
+        },
+        option=orjson.OPT_APPEND_NEWLINE,
+    )
+
+
+class AccessLog:
+    """Samples entries, renders them, and appends them to a file or standard output off the event loop."""
+
+    def __init__(self, config: AccessLogConfig, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self._rng = rng or random.Random()
+        self._fh: BinaryIO | None = None
+        self.written = 0
+
+    def open(self) -> None:
+        if not self.config.enabled:
+            return
+        if self.config.path == "-":
+            self._fh = None  # standard output, through os.write on its descriptor
+        else:
+            self._fh = open(self.config.path, "ab")  # noqa: SIM115 - closed in close()
+
+    def wants(self, e: Entry) -> bool:
+        cfg = self.config
+        if not cfg.enabled:
+            return False
+        if cfg.errors and (e.status >= 400 or e.client_disconnected):
+            return True
+        return cfg.sample >= 1.0 or self._rng.random() < cfg.sample
+
+    def _write(self, data: bytes) -> None:
+        if self._fh is not None:
+            self._fh.write(data)
+            self._fh.flush()
+            return
+        fd = sys.stdout.fileno()
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+
+    async def write(self, lines: Sequence[bytes]) -> None:
+        if not lines:
+            return
+        data = b"".join(lines)
+        await asyncio.to_thread(self._write, data)
+        self.written += len(lines)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

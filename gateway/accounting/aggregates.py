@@ -1,0 +1,114 @@
+"""Per-tenant usage aggregates by day and by month: folded in memory per batch, applied to a store in one round trip.
+
+A period's aggregate is a flat mapping of integer fields::
+
+    requests  errors  prompt_tokens  completion_tokens  cost_n  (cost in nanos)
+    est_requests  est_prompt_tokens  est_completion_tokens   (the part that was estimated)
+    m:<model>:requests  m:<model>:prompt_tokens  m:<model>:completion_tokens  m:<model>:cost_n
+
+kept under ``<prefix>:{<tenant>}:m:<YYYY-MM>`` and ``<prefix>:{<tenant>}:d:<YYYY-MM-DD>``
+(Redis hashes with a TTL, or entries of the file/memory document).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+from .records import Entry
+
+__all__ = ["Batch", "TOTAL_FIELDS", "MODEL_FIELDS", "month_of", "day_of", "split_models", "PeriodClock"]
+
+TOTAL_FIELDS = (
+    "requests", "errors", "prompt_tokens", "completion_tokens", "cost_n",
+    "est_requests", "est_prompt_tokens", "est_completion_tokens",
+)
+MODEL_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_n")
+
+
+def month_of(wall: float) -> str:
+    return time.strftime("%Y-%m", time.gmtime(wall))
+
+
+def day_of(wall: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(wall))
+
+
+class PeriodClock:
+    """The UTC day and month of a wall time, recomputed only when the day changes."""
+
+    __slots__ = ("_start", "_end", "_day", "_month")
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self._end = -1.0
+        self._day = ""
+        self._month = ""
+
+    def periods(self, wall: float) -> tuple[str, str]:
+        if not self._start <= wall < self._end:
+            self._start = wall - (wall % 86400)
+            self._end = self._start + 86400
+            self._day = day_of(wall)
+            self._month = month_of(wall)
+        return self._day, self._month
+
+
+class Batch:
+    """The deltas of a batch of entries, per (tenant, month) and (tenant, day)."""
+
+    __slots__ = ("months", "days", "periods")
+
+    def __init__(self) -> None:
+        self.months: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.days: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.periods = PeriodClock()
+
+    def __bool__(self) -> bool:
+        return bool(self.months)
+
+    def add(self, e: Entry) -> None:
+        day, month = self.periods.periods(e.wall)
+        for target in (self.months[(e.tenant, month)], self.days[(e.tenant, day)]):
+            target["requests"] += 1
+            if e.status >= 400:
+                target["errors"] += 1
+            target["prompt_tokens"] += e.prompt_tokens
+            target["completion_tokens"] += e.completion_tokens
+            target["cost_n"] += e.cost_nanos
+            if not e.usage_reported:
+                target["est_requests"] += 1
+                target["est_prompt_tokens"] += e.prompt_tokens
+                target["est_completion_tokens"] += e.completion_tokens
+            m = f"m:{e.priced_model or 'unknown'}:"
+            target[m + "requests"] += 1
+            target[m + "prompt_tokens"] += e.prompt_tokens
+            target[m + "completion_tokens"] += e.completion_tokens
+            target[m + "cost_n"] += e.cost_nanos
+
+    def merge(self, other: Batch) -> None:
+        """Fold ``other`` (a batch that could not be written) into this one."""
+        for mine, theirs in ((self.months, other.months), (self.days, other.days)):
+            for key, fields in theirs.items():
+                target = mine[key]
+                for f, v in fields.items():
+                    target[f] += v
+
+    def size(self) -> int:
+        return len(self.months) + len(self.days)
+
+
+def split_models(fields: dict[str, Any]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """A stored aggregate as (totals, {model: fields})."""
+    totals = {f: 0 for f in TOTAL_FIELDS}
+    models: dict[str, dict[str, int]] = {}
+    for raw_key, raw_value in fields.items():
+        key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+        value = int(raw_value)
+        if key.startswith("m:"):
+            model, _, f = key[2:].rpartition(":")
+            models.setdefault(model, {f: 0 for f in MODEL_FIELDS})[f] = value
+        else:
+            totals[key] = value
+    return totals, models

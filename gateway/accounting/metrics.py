@@ -1,0 +1,220 @@
+"""Prometheus metrics of the gateway, in one process or across ``--workers`` processes.
+
+Single process: every metric lives in a registry owned by the
+:class:`GatewayMetrics` object (one per :class:`GatewayState`), never the
+global default registry.
+
+Several workers: the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` to an empty
+directory **before** any worker imports ``prometheus_client`` (the library
+chooses its storage at import time). Each worker then writes its values to
+memory-mapped files there, and ``/metrics`` - whichever worker answers it -
+merges the files of every worker with ``MultiProcessCollector``. This is the
+one case where metric objects are not attached to our own registry: the
+library keeps multiprocess values per metric name in those files, not in a
+registry. The supervisor should call
+``prometheus_client.multiprocess.mark_process_dead(pid)`` when a worker exits,
+so that its ``live*`` gauges disappear.
+
+Tenant labels are bounded by :class:`TenantLabels`: ``all`` tenants, or the
+``top_n`` first tenants this process sees plus those listed, every other
+tenant reported as ``other``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from ..config.accounting import MetricsConfig
+from .pricing import NANOS
+from .records import Entry
+
+__all__ = ["GatewayMetrics", "TenantLabels", "multiprocess_dir", "BREAKER_STATES", "CONTENT_TYPE"]
+
+log = logging.getLogger("tollgate.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+OTHER = "other"
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory when the library really runs in multiprocess mode, else None."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+    if path is None:
+        return None
+    if values.ValueClass is values.MutexValue:
+        log.error("PROMETHEUS_MULTIPROC_DIR is set but prometheus_client was imported before it was: metrics are per process")
+        return None
+    return path
+
+
+class TenantLabels:
+    """Maps a tenant to its label value, keeping the number of distinct values bounded."""
+
+    __slots__ = ("_all", "_top_n", "_listed", "_chosen")
+
+    def __init__(self, config: MetricsConfig) -> None:
+        self._all = config.tenant_labels == "all"
+        self._top_n = config.top_n
+        self._listed = frozenset(config.tenants)
+        self._chosen: set[str] = set()
+
+    def __call__(self, tenant: str) -> str:
+        if self._all or tenant in self._listed or tenant in self._chosen:
+            return tenant
+        if len(self._chosen) < self._top_n:
+            self._chosen.add(tenant)
+            return tenant
+        return OTHER
+
+
+class GatewayMetrics:
+    """The gateway's metrics; stages record through the methods here, scrape-time readers through :meth:`add_sampler`."""
+
+    def __init__(self, config: MetricsConfig) -> None:
+        self.config = config
+        self.multiprocess_path = multiprocess_dir()
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = None if self.multiprocess_path else self.registry
+        self.tenant_label = TenantLabels(config)
+        self._samplers: list[Callable[[GatewayMetrics], None]] = []
+
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+            return Counter(name, doc, labels, registry=reg)
+
+        def histogram(name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, labels, registry=reg, buckets=buckets)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...], mode: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=reg, multiprocess_mode=mode)  # type: ignore[arg-type]
+
+        self.requests = counter("tollgate_requests", "Requests by tenant, model and status (499: client went away).", ("tenant", "model", "status"))
+        self.request_seconds = histogram(
+            "tollgate_request_duration_seconds", "Total time in the gateway per request.", ("tenant", "model"), _LATENCY
+        )
+        self.upstream_seconds = histogram(
+            "tollgate_upstream_duration_seconds", "Time spent waiting on the upstream per request.", ("model", "upstream"), _LATENCY
+        )
+        self.overhead_seconds = histogram(
+            "tollgate_gateway_overhead_seconds", "Gateway overhead (total minus upstream) per request.", ("plan",), _OVERHEAD
+        )
+        self.ttfb_seconds = histogram(
+            "tollgate_time_to_first_byte_seconds", "Time from request arrival to the upstream's first byte.", ("model",), _LATENCY
+        )
+        self.tokens = counter("tollgate_tokens", "Tokens by tenant, model, kind and source.", ("tenant", "model", "kind", "source"))
+        self.cost = counter("tollgate_cost", "Cost in the pricing currency.", ("tenant", "model", "currency"))
+        self.limit_decisions = counter("tollgate_limit_decisions", "Limit decisions by rule and outcome.", ("rule", "outcome"))
+        self.degraded = counter(
+            "tollgate_degraded_admissions", "Admissions decided without the store (fail_open / local).", ("rule", "mode")
+        )
+        self.breaker_state = gauge(
+            "tollgate_breaker_state", "Circuit breaker state per deployment: 0 closed, 1 half-open, 2 open.", ("deployment",), "livemax"
+        )
+        self.deployment_healthy = gauge(
+            "tollgate_deployment_healthy", "1 when the deployment is usable, 0 otherwise.", ("deployment",), "livemin"
+        )
+        self.queue_depth = gauge("tollgate_queue_depth", "Requests or records waiting, per queue.", ("queue",), "livesum")
+        self.in_flight = gauge("tollgate_in_flight_requests", "Requests being served now.", (), "livesum")
+        self.quota_alerts = counter("tollgate_quota_alerts", "Quota alerts fired.", ("tenant", "quota", "severity"))
+        self.sla_violations = counter(
+            "tollgate_sla_violations", "Requests whose gateway overhead exceeded the plan's p99 target.", ("plan",)
+        )
+        self.sla_target = gauge("tollgate_sla_target_seconds", "The plan's p99 target for gateway overhead.", ("plan",), "livemax")
+        self.accounting_dropped = counter(
+            "tollgate_accounting_dropped_records", "Usage records dropped because the pending queue was full.", ()
+        )
+        self.accounting_flushes = counter("tollgate_accounting_flushes", "Usage batch writes by outcome.", ("outcome",))
+        self.webhook_deliveries = counter("tollgate_alert_webhook_deliveries", "Alert webhook deliveries by outcome.", ("outcome",))
+        self.audit_events = counter("tollgate_audit_events", "Audit events recorded, by kind.", ("kind",))
+        for plan, target in config.sla_plans.items():
+            self.sla_target.labels(plan).set(target)
+
+    # -- for other stages -------------------------------------------------
+    def limit_decision(self, rule: str, outcome: str, n: int = 1) -> None:
+        """Admission outcome of one rule (``allowed``, ``refused``, ``shadow_refused``, ...)."""
+        self.limit_decisions.labels(rule, outcome).inc(n)
+
+    def degraded_admission(self, rule: str, mode: str) -> None:
+        """An admission decided without the store: ``mode`` is ``fail_open``, ``fail_closed`` or ``local``."""
+        self.degraded.labels(rule, mode).inc()
+
+    def set_breaker(self, deployment: str, state: str) -> None:
+        self.breaker_state.labels(deployment).set(BREAKER_STATES.get(state, 2))
+
+    def set_deployment_health(self, deployment: str, healthy: bool) -> None:
+        self.deployment_healthy.labels(deployment).set(1 if healthy else 0)
+
+    def set_queue_depth(self, queue: str, depth: int) -> None:
+        self.queue_depth.labels(queue).set(depth)
+
+    def add_sampler(self, sampler: Callable[[GatewayMetrics], None]) -> None:
+        """``sampler(metrics)`` runs before each scrape and each flush: it reads live state and sets gauges."""
+        self._samplers.append(sampler)
+
+    def sample(self) -> None:
+        for sampler in self._samplers:
+            try:
+                sampler(self)
+            except Exception:  # a broken reader must not break the scrape
+                log.exception("metrics sampler %r failed", sampler)
+
+    # -- from the accounting flusher ------------------------------------------
+    def observe(self, e: Entry, currency: str) -> None:
+        tenant = self.tenant_label(e.tenant)
+        model = e.priced_model or "unknown"
+        self.requests.labels(tenant, model, str(e.status)).inc()
+        self.request_seconds.labels(tenant, model).observe(e.total_s)
+        if e.upstream is not None:
+            self.upstream_seconds.labels(model, e.upstream).observe(e.upstream_s)
+        plan = e.plan or "none"
+        self.overhead_seconds.labels(plan).observe(e.overhead_s)
+        if e.ttfb_s is not None:
+            self.ttfb_seconds.labels(model).observe(e.ttfb_s)
+        source = "reported" if e.usage_reported else "estimated"
+        if e.prompt_tokens:
+            self.tokens.labels(tenant, model, "prompt", source).inc(e.prompt_tokens)
+        if e.completion_tokens:
+            self.tokens.labels(tenant, model, "completion", source).inc(e.completion_tokens)
+        if e.cost_nanos:
+            self.cost.labels(tenant, model, currency).inc(e.cost_nanos / NANOS)
+        target = self.config.sla_target(plan)
+        if target is not None and e.overhead_s > target:
+            self.sla_violations.labels(plan).inc()
+
+    def alert(self, tenant: str, quota: str, severity: str) -> None:
+        self.quota_alerts.labels(self.tenant_label(tenant), quota, severity).inc()
+
+    # -- exposition ---------------------------------------------------------
+    def exposition(self) -> bytes:
+        """The text format of every metric (of every worker in multiprocess mode)."""
+        self.sample()
+        if self.multiprocess_path is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_path)
+        return generate_latest(registry)
+
+    def sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """One sample's current value in this process's registry (single-process mode; for tests and the admin API)."""
+        return self.registry.get_sample_value(name, labels or {})
+
+
+def standard_samplers(state: Any) -> list[Callable[[GatewayMetrics], None]]:
+    """Readers of state that already exists on :class:`GatewayState`: upstream sessions as deployment health."""
+
+    def upstreams(metrics: GatewayMetrics) -> None:
+        pool = getattr(state, "pool", None)
+        for name, client in getattr(pool, "clients", {}).items():
+            session = getattr(client, "session", None)
+            metrics.set_deployment_health(name, session is not None and not session.closed)
+
+    return [upstreams]
