@@ -50,6 +50,8 @@ def make_proxy_handler(endpoint: Endpoint) -> Handler:
             ctx.status = 500
             ctx.error = "internal_error"
             return internal_error_response(request_id)
+        finally:
+            state.accounting.record(ctx)
 
     return handle
 

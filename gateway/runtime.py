@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .accounting import Accounting
 from .config import Config, load_config
 from .errors import ConfigError
 from .forward import UpstreamPool
@@ -43,6 +44,8 @@ class GatewayState:
         # Tenants and keys: the config's plus runtime changes; outlives config versions.
         self.registry = Registry(config, base_dir=self.config_path.parent if self.config_path else None)
         self.pool = UpstreamPool()
+        # Usage, cost, quotas, metrics, access and audit logs; flushed in the background, and on close.
+        self.accounting = Accounting(config, state=self)
         self._reload_lock = asyncio.Lock()
 
     @property
@@ -51,8 +54,10 @@ class GatewayState:
 
     async def start(self) -> None:
         await self.pool.apply(self.config.upstreams)
+        await self.accounting.start()
 
     async def close(self) -> None:
+        await self.accounting.close()
         await self.pool.close()
 
     async def readiness_problems(self) -> list[str]:

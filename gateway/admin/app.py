@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..errors import GatewayError, MethodNotAllowed, NotFound, Unauthenticated
 from ..http import error_response, internal_error_response, json_response, request_id_from
+from ..accounting.admin_routes import add_accounting_routes
 from ..runtime import STATE, GatewayState
 from .openapi import openapi_document
 from .routes import ROUTES
@@ -83,4 +84,5 @@ def make_admin_app(state: GatewayState) -> web.Application:
     app.router.add_get("/admin/openapi.json", _openapi)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
+    add_accounting_routes(app)
     return app

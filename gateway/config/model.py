@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from .accounting import AccountingConfig
 from .identity import ApiKey, IdentityConfig, Plan, RegistryConfig, Tenant, DEFAULT_PLANS
 from .rules import RulesConfig
 from .store import StoreConfig
@@ -125,5 +126,6 @@ class Config:
     tenants: Mapping[str, Tenant] = field(default_factory=frozen_map)
     api_keys: Mapping[str, ApiKey] = field(default_factory=frozen_map)
     registry: RegistryConfig = RegistryConfig()
+    accounting: AccountingConfig = AccountingConfig()
     server: Server = Server()
     source: str = "<memory>"

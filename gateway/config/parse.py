@@ -23,6 +23,7 @@ from .model import (
 )
 from .identity import parse_identity_sections
 from .reader import Node, Problems
+from .accounting import parse_accounting
 from .rules import parse_rules
 from .store import parse_store
 
@@ -51,6 +52,7 @@ def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> C
         root.error("models", "at least one model is required")
     rules = parse_rules(root, problems)
     ident = parse_identity_sections(root, models, listeners)
+    accounting = parse_accounting(root, models)
     root.finish()
     return Config(
         listeners=listeners,
@@ -64,6 +66,7 @@ def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> C
         tenants=ident.tenants,
         api_keys=ident.api_keys,
         registry=ident.registry,
+        accounting=accounting,
         server=server,
         source=source,
     )
