@@ -20,6 +20,7 @@ import yaml
 from ..support.processes import Proc, free_port, start_process, wait_for_port
 
 __all__ = [
+    "ADMIN_TOKEN",
     "redis_server",
     "served_gateway",
     "write_config",
@@ -30,8 +31,10 @@ __all__ = [
     "chat",
     "stream_body",
     "read_stream",
+    "is_gone",
 ]
 
+ADMIN_TOKEN = "admin-token-for-tests-0123"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
 
@@ -66,14 +69,15 @@ def write_config(path: Path, doc: dict[str, Any]) -> None:
 
 
 @contextmanager
-def served_gateway(config: dict[str, Any], *, workers: int, admin: bool = False) -> Iterator[Proc]:
-    """``python -m gateway serve --workers N`` on a free port; waits until every worker answers /readyz."""
+def served_gateway(config: dict[str, Any], *, workers: int, admin: bool = False, public: dict[str, Any] | None = None) -> Iterator[Proc]:
+    """``python -m gateway serve --workers N`` on a free port (``public``: more keys of listeners.public); waits for every worker."""
     port = free_port()
-    cfg = {**config, "listeners": {"public": {"host": "127.0.0.1", "port": port}, "admin": {"enabled": False}}}
+    listener = {**(public or {}), "host": "127.0.0.1", "port": port}
+    cfg = {**config, "listeners": {"public": listener, "admin": {"enabled": False}}}
     admin_port = None
     if admin:
         admin_port = free_port()
-        cfg["listeners"]["admin"] = {"host": "127.0.0.1", "port": admin_port, "token": "admin-token-for-tests-0123"}
+        cfg["listeners"]["admin"] = {"host": "127.0.0.1", "port": admin_port, "token": ADMIN_TOKEN}
     fd, name = tempfile.mkstemp(prefix="tollgate-prod-", suffix=".yaml")
     os.close(fd)
     path = Path(name)
@@ -182,5 +186,3 @@ async def read_stream(session: aiohttp.ClientSession, url: str, tokens: int, hea
                 first.set()
             data += chunk
         return data
-
-

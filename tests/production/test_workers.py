@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from ..support.processes import Proc, gateway_config, mock_upstream_process
-from .support import LoadLoop, chat, is_gone, redis_server, served_gateway, wait_until, worker_pids, write_config
+from .support import ADMIN_TOKEN, LoadLoop, chat, is_gone, redis_server, served_gateway, wait_until, worker_pids, write_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -126,7 +126,7 @@ async def test_reload_under_load_in_every_worker_fails_no_request(mock: Proc, re
         live["models"]["gpt-4o-second"] = {"deployments": [{"upstream": "mock"}]}
         write_config(path, live)
         admin = f"http://127.0.0.1:{gw.extra_ports['admin']}/admin/reload"
-        async with aiohttp.ClientSession(headers={"Authorization": "Bearer admin-token-for-tests-0123"}) as s:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as s:
             async with s.post(admin) as r:
                 assert r.status == 202, await r.text()
         await asyncio.sleep(0.7)

@@ -1,0 +1,165 @@
+"""config/nginx.conf in front of real gateway workers: streams pass chunk by chunk, the real client IP arrives, the admin API stays out of reach."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ..support.processes import REPO, Proc, free_port, gateway_config, mock_upstream_process, start_process
+from .support import ADMIN_TOKEN, chat, redis_server, served_gateway, stream_body
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+CLIENT_ADDRESS = "127.0.0.2"  # a second loopback address: the client is not nginx's own 127.0.0.1
+
+
+def nginx_main_config(workdir: Path, listen_port: int, gateway_port: int) -> Path:
+    """The repository's config/nginx.conf with test ports, wrapped in a minimal main config writing only to ``workdir``."""
+    snippet = (REPO / "config" / "nginx.conf").read_text()
+    snippet, listens = re.subn(r"(?m)^(\s*)listen\s+80;", rf"\g<1>listen 127.0.0.1:{listen_port};", snippet)
+    snippet, servers = re.subn(r"server 127\.0\.0\.1:8080\b", f"server 127.0.0.1:{gateway_port}", snippet)
+    assert (listens, servers) == (1, 1), "config/nginx.conf changed shape: update this test's rewriting"
+    (workdir / "tollgate.conf").write_text(snippet)
+    temp_paths = "\n".join(f"    {kind}_temp_path {workdir}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    main = workdir / "nginx.conf"
+    main.write_text(
+        f"""daemon off;
+master_process on;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+{temp_paths}
+    include {workdir}/tollgate.conf;
+}}
+"""
+    )
+    return main
+
+
+@pytest.fixture(scope="module")
+def mock() -> Iterator[Proc]:
+    with mock_upstream_process() as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def gateway(mock: Proc) -> Iterator[Proc]:
+    with redis_server() as redis_url:
+        config = gateway_config(
+            f"{mock.url}/v1", store={"backend": "redis", "url": redis_url}, guard={"max_body_bytes": "1MiB"}
+        )
+        with served_gateway(config, workers=2, admin=True, public={"trusted_proxies": ["127.0.0.1/32"]}) as gw:
+            yield gw
+
+
+@pytest.fixture(scope="module")
+def nginx(gateway: Proc) -> Iterator[Proc]:
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    workdir = Path(tempfile.mkdtemp(prefix="tollgate-nginx-"))
+    port = free_port()
+    conf = nginx_main_config(workdir, port, gateway.port)
+    checked = subprocess.run([binary, "-t", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    proc = start_process([binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)], port)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def upstream_saw(mock: Proc, request_id: str) -> dict[str, str]:
+    """The headers the mock upstream received for the request with ``request_id`` (lower-case names)."""
+    async with aiohttp.ClientSession() as s, s.get(f"{mock.url}/_mock/requests") as r:
+        data = await r.json()
+    seen = data["requests"] if isinstance(data, dict) else data
+    for item in seen:
+        headers = {k.lower(): v for k, v in item["headers"]}
+        if headers.get("x-request-id") == request_id:
+            return headers
+    raise AssertionError(f"the upstream never saw request {request_id}")
+
+
+def hops(forwarded_for: str) -> list[str]:
+    return [h.strip() for h in forwarded_for.split(",")]
+
+
+async def test_stream_arrives_through_nginx_chunk_by_chunk(nginx: Proc) -> None:
+    arrivals: list[float] = []
+    body = b""
+    async with aiohttp.ClientSession() as s:
+        sent = time.monotonic()
+        headers = {"x-mock-tokens-per-second": "10"}
+        async with s.post(f"{nginx.url}/v1/chat/completions", json=stream_body(20), headers=headers) as r:
+            assert r.status == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            async for chunk in r.content.iter_any():
+                arrivals.append(time.monotonic())
+                body += chunk
+    # 20 tokens at 10/s: buffered, they would all arrive together after two seconds.
+    assert arrivals[0] - sent < 1.0
+    assert arrivals[-1] - arrivals[0] > 1.2
+    assert len(arrivals) >= 10
+    assert body.rstrip().endswith(b"data: [DONE]")
+
+
+async def test_gateway_sees_the_real_client_ip_through_nginx_and_a_forged_header_is_replaced(nginx: Proc, mock: Proc) -> None:
+    connector = aiohttp.TCPConnector(local_addr=(CLIENT_ADDRESS, 0))
+    async with aiohttp.ClientSession(connector=connector) as s:
+        headers = {"x-request-id": "via-nginx-1", "X-Forwarded-For": "6.6.6.6"}
+        async with s.post(f"{nginx.url}/v1/chat/completions", json=chat(), headers=headers) as r:
+            assert r.status == 200, await r.text()
+    seen = await upstream_saw(mock, "via-nginx-1")
+    # The gateway appends the client address it settled on: the real client, not nginx (127.0.0.1),
+    # and not what the client wrote (nginx, the edge, replaced it).
+    assert hops(seen["x-forwarded-for"])[-1] == CLIENT_ADDRESS
+    assert "6.6.6.6" not in seen["x-forwarded-for"]
+
+
+async def test_gateway_believes_x_forwarded_for_only_from_nginx(gateway: Proc, mock: Proc) -> None:
+    connector = aiohttp.TCPConnector(local_addr=(CLIENT_ADDRESS, 0))
+    async with aiohttp.ClientSession(connector=connector) as s:
+        headers = {"x-request-id": "direct-forged-1", "X-Forwarded-For": "6.6.6.6"}
+        async with s.post(f"{gateway.url}/v1/chat/completions", json=chat(), headers=headers) as r:
+            assert r.status == 200, await r.text()
+    seen = await upstream_saw(mock, "direct-forged-1")
+    # Straight to the gateway from an address that is not a trusted proxy: the peer is the client.
+    assert hops(seen["x-forwarded-for"])[-1] == CLIENT_ADDRESS
+
+
+async def test_admin_api_is_unreachable_through_nginx_though_it_answers_on_its_own_listener(nginx: Proc, gateway: Proc) -> None:
+    bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    admin = f"http://127.0.0.1:{gateway.extra_ports['admin']}"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{admin}/admin/plans", headers=bearer) as r:
+            assert r.status == 200  # the admin API is up ...
+        for method, path in (("GET", "/admin/plans"), ("POST", "/admin/reload"), ("GET", "/admin/tenants"), ("GET", "/admin/openapi.json")):
+            async with s.request(method, f"{nginx.url}{path}", headers=bearer) as r:
+                assert r.status == 404, (method, path)  # ... but not through nginx
+    await asyncio.sleep(0.3)
+    assert "config version 2" not in gateway.log()  # the POST /admin/reload sent to nginx reloaded nothing
+
+
+async def test_body_size_gateway_answers_just_over_its_limit_and_nginx_caps_abuse(nginx: Proc) -> None:
+    async with aiohttp.ClientSession() as s:
+        padded: dict[str, Any] = {**chat(), "padding": "x" * (1536 * 1024)}
+        async with s.post(f"{nginx.url}/v1/chat/completions", json=padded) as r:
+            assert r.status == 413
+            assert (await r.json())["error"]["code"] == "request_too_large"  # the gateway's OpenAI-shaped answer
+        huge = {**chat(), "padding": "x" * (3 * 1024 * 1024)}
+        async with s.post(f"{nginx.url}/v1/chat/completions", json=huge) as r:
+            assert r.status == 413
+            assert r.content_type == "text/html"  # nginx's client_max_body_size stopped it
