@@ -95,6 +95,7 @@ async def test_bulk_create_of_1000_tenants_takes_under_a_second_and_each_is_usab
         status, body = await admin(gateway, "POST", "/admin/tenants/bulk", {"tenants": tenants}, session=s)
         elapsed = time.perf_counter() - started
         assert status == 201 and body["created"] == 1000, body
+        print(f"bulk create of 1000 tenants with a key each: {elapsed * 1000:.0f} ms")
         assert elapsed < 1.0, f"bulk create of 1000 tenants took {elapsed:.3f}s"
         keys = {k["tenant"]: k["key"] for k in body["created_keys"]}
         for tid in ("bulk-0000", "bulk-0500", "bulk-0999"):
