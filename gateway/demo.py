@@ -16,7 +16,7 @@ from .server import install_event_loop_policy, run_gateway, with_listen_address
 __all__ = ["run_demo", "demo_config_path", "DEMO_API_KEY"]
 
 # The demo tenant's key (also declared in config/demo.yaml); safe to print, it only works against the demo.
-DEMO_API_KEY = "tg-demo-0123456789abcdef0123456789abcdef"
+DEMO_API_KEY = "tg_demo_0123456789abcdef0123456789abcdef"
 
 
 def demo_config_path() -> Path:

@@ -10,7 +10,7 @@ import aiohttp
 from .support.processes import free_port, start_process
 
 
-async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request() -> None:
+async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request_with_its_key_only() -> None:
     port = free_port()
     started = time.monotonic()
     proc = start_process([sys.executable, "-m", "gateway", "demo", "--port", str(port)], port)
@@ -21,11 +21,14 @@ async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request() ->
             async with s.post(
                 f"http://127.0.0.1:{port}/v1/chat/completions",
                 json=body,
-                headers={"Authorization": "Bearer tg-demo-0123456789abcdef0123456789abcdef"},
+                headers={"Authorization": "Bearer tg_demo_0123456789abcdef0123456789abcdef"},
             ) as r:
                 assert r.status == 200
                 reply = await r.json()
         assert reply["choices"][0]["message"]["content"]
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as r:
+                assert r.status == 401  # the demo is not an open relay: its key is required
         for _ in range(50):
             if "curl -s" in proc.log():
                 break
