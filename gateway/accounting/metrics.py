@@ -87,6 +87,7 @@ class GatewayMetrics:
         reg = None if self.multiprocess_path else self.registry
         self.tenant_label = TenantLabels(config)
         self._samplers: list[Callable[[GatewayMetrics], None]] = []
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
             return Counter(name, doc, labels, registry=reg)
@@ -168,27 +169,36 @@ class GatewayMetrics:
                 log.exception("metrics sampler %r failed", sampler)
 
     # -- from the accounting flusher ------------------------------------------
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: the library's lookup costs microseconds, a dict hit a tenth of one."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe(self, e: Entry, currency: str) -> None:
+        child = self._child
         tenant = self.tenant_label(e.tenant)
         model = e.priced_model or "unknown"
-        self.requests.labels(tenant, model, str(e.status)).inc()
-        self.request_seconds.labels(tenant, model).observe(e.total_s)
+        child(self.requests, tenant, model, str(e.status)).inc()
+        child(self.request_seconds, tenant, model).observe(e.total_s)
         if e.upstream is not None:
-            self.upstream_seconds.labels(model, e.upstream).observe(e.upstream_s)
+            child(self.upstream_seconds, model, e.upstream).observe(e.upstream_s)
         plan = e.plan or "none"
-        self.overhead_seconds.labels(plan).observe(e.overhead_s)
+        child(self.overhead_seconds, plan).observe(e.overhead_s)
         if e.ttfb_s is not None:
-            self.ttfb_seconds.labels(model).observe(e.ttfb_s)
+            child(self.ttfb_seconds, model).observe(e.ttfb_s)
         source = "reported" if e.usage_reported else "estimated"
         if e.prompt_tokens:
-            self.tokens.labels(tenant, model, "prompt", source).inc(e.prompt_tokens)
+            child(self.tokens, tenant, model, "prompt", source).inc(e.prompt_tokens)
         if e.completion_tokens:
-            self.tokens.labels(tenant, model, "completion", source).inc(e.completion_tokens)
+            child(self.tokens, tenant, model, "completion", source).inc(e.completion_tokens)
         if e.cost_nanos:
-            self.cost.labels(tenant, model, currency).inc(e.cost_nanos / NANOS)
+            child(self.cost, tenant, model, currency).inc(e.cost_nanos / NANOS)
         target = self.config.sla_target(plan)
         if target is not None and e.overhead_s > target:
-            self.sla_violations.labels(plan).inc()
+            child(self.sla_violations, plan).inc()
 
     def alert(self, tenant: str, quota: str, severity: str) -> None:
         self.quota_alerts.labels(self.tenant_label(tenant), quota, severity).inc()
