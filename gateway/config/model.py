@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from .resilience import DeploymentLimits, ModelRouting, Resilience
 from .accounting import AccountingConfig
 from .identity import ApiKey, IdentityConfig, Plan, RegistryConfig, Tenant, DEFAULT_PLANS
 from .rules import RulesConfig
@@ -95,6 +96,7 @@ class Deployment:
     # Model name sent upstream; defaults to the public model name.
     model: str
     weight: int = 1
+    limits: DeploymentLimits = DeploymentLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,7 @@ class Model:
     deployments: tuple[Deployment, ...]
     owned_by: str = "tollgate"
     created: int = 0
+    routing: ModelRouting = ModelRouting()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,7 @@ class Config:
     tenants: Mapping[str, Tenant] = field(default_factory=frozen_map)
     api_keys: Mapping[str, ApiKey] = field(default_factory=frozen_map)
     registry: RegistryConfig = RegistryConfig()
+    resilience: Resilience = Resilience()
     accounting: AccountingConfig = AccountingConfig()
     server: Server = Server()
     source: str = "<memory>"

@@ -23,6 +23,7 @@ from .model import (
 )
 from .identity import parse_identity_sections
 from .reader import Node, Problems
+from .resilience import check_model_graph, parse_deployment_limits, parse_model_routing, parse_resilience
 from .accounting import parse_accounting
 from .rules import parse_rules
 from .store import parse_store
@@ -50,6 +51,8 @@ def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> C
     models = {name: _model(name, node, upstreams) for name, node in root.named("models", name_pattern=MODEL_NAME)}
     if not models:
         root.error("models", "at least one model is required")
+    check_model_graph(models, problems)
+    resilience = parse_resilience(root.child("resilience"))
     rules = parse_rules(root, problems)
     ident = parse_identity_sections(root, models, listeners)
     accounting = parse_accounting(root, models)
@@ -61,6 +64,7 @@ def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> C
         models=frozen_map(models),
         store=store,
         rules=rules,
+        resilience=resilience,
         identity=ident.identity,
         plans=ident.plans,
         tenants=ident.tenants,
@@ -177,8 +181,11 @@ def _model(name: str, node: Node, upstreams: dict[str, Upstream]) -> Model:
                 upstream=upstream or "",
                 model=d.str("model", name, pattern=MODEL_NAME),
                 weight=d.int("weight", 1, min=0, max=1_000_000),
+                limits=parse_deployment_limits(d),
             )
         )
+        if any((x.upstream, x.model) == (upstream, deployments[-1].model) for x in deployments[:-1]):
+            d.error("", "duplicates an earlier deployment of this model (same upstream and model)")
         d.finish()
     if not deployments:
         node.error("deployments", "at least one deployment is required")
@@ -187,6 +194,7 @@ def _model(name: str, node: Node, upstreams: dict[str, Upstream]) -> Model:
         deployments=tuple(deployments),
         owned_by=node.str("owned_by", "tollgate"),
         created=node.int("created", 0, min=0),
+        routing=parse_model_routing(node),
     )
     node.finish()
     return model
