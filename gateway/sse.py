@@ -1,0 +1,181 @@
+"""Incremental SSE event parser for the stream relay, with a per-stream monitor hook.
+
+The relay feeds every upstream chunk to :meth:`SseParser.feed` and writes what
+it returns: the complete events of the chunk, byte for byte, minus any event a
+monitor dropped. Only the bytes of a trailing incomplete event are held back
+(so the client never sees half an event, even when the stream ends in an error
+event). ``data:`` payloads are parsed as JSON once each; ``[DONE]`` is noted.
+
+Monitor hook (the accounting stage uses it): an object with
+
+* ``on_event(data) -> PASS | DROP | EndStream(message, code)``: called with the
+  parsed JSON of each ``data:`` event, in order, on the attempt that serves the
+  client (never on one that failed before its first event). ``DROP`` removes the
+  event from what the client gets (e.g. the usage chunk the gateway asked for when
+  the client did not); ``EndStream`` ends the stream with an SSE error event
+  instead of this event and everything after it (e.g. a token budget cut). The
+  final chunk's ``usage`` is simply read here.
+* ``on_end(outcome)``: called once when the stream is over, with one of
+  ``"done"`` (the terminator arrived), ``"truncated"``, ``"malformed"``,
+  ``"stalled"``, ``"broken"``, ``"ended"`` (a monitor ended it) or
+  ``"client_gone"``.
+
+Several monitors can be combined with :class:`MonitorChain`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import orjson
+
+__all__ = [
+    "PASS",
+    "DROP",
+    "EndStream",
+    "StreamMonitor",
+    "MonitorChain",
+    "SseParser",
+    "MAX_EVENT_BYTES",
+]
+
+PASS = 0
+DROP = 1
+# An event larger than this is refused as malformed rather than buffered without bound.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+_DONE = b"[DONE]"
+
+
+class EndStream:
+    """A monitor's verdict: end the stream now with an SSE error event carrying ``message`` and ``code``."""
+
+    __slots__ = ("message", "code")
+
+    def __init__(self, message: str, code: str) -> None:
+        self.message = message
+        self.code = code
+
+
+class StreamMonitor(Protocol):
+    def on_event(self, data: Any) -> int | EndStream: ...
+
+    def on_end(self, outcome: str) -> None: ...
+
+
+class MonitorChain:
+    """Several monitors in order: the first that does not PASS decides for the event."""
+
+    __slots__ = ("monitors",)
+
+    def __init__(self, *monitors: StreamMonitor) -> None:
+        self.monitors = monitors
+
+    def on_event(self, data: Any) -> int | EndStream:
+        for m in self.monitors:
+            verdict = m.on_event(data)
+            if verdict != PASS:
+                return verdict
+        return PASS
+
+    def on_end(self, outcome: str) -> None:
+        for m in self.monitors:
+            m.on_end(outcome)
+
+
+class SseParser:
+    """Splits a byte stream into SSE events across chunk boundaries.
+
+    After each :meth:`feed`, ``stop`` is ``(message, code)`` when the stream must
+    end with an error event (malformed event or a monitor's ``EndStream``);
+    the bytes returned by that call are the events before it. ``events`` counts
+    the ``data:`` events seen (``[DONE]`` excluded), ``done`` says the
+    terminator arrived.
+    """
+
+    __slots__ = ("monitor", "pending", "done", "events", "stop", "_sep", "_nl")
+
+    def __init__(self, monitor: StreamMonitor | None = None) -> None:
+        self.monitor = monitor
+        self.pending = b""
+        self.done = False
+        self.events = 0
+        self.stop: tuple[str, str] | None = None
+        self._sep = b""
+        self._nl = b"\n"
+
+    def feed(self, chunk: bytes) -> bytes:
+        buf = self.pending + chunk if self.pending else chunk
+        sep = self._sep
+        if not sep:
+            sep = self._sep = b"\r\n\r\n" if b"\r\n" in buf else b"\n\n"
+            if len(sep) == 4:
+                self._nl = b"\r\n"
+        end = buf.rfind(sep)
+        if end < 0:
+            if len(buf) > MAX_EVENT_BYTES:
+                self.stop = ("upstream sent an event larger than the gateway accepts", "upstream_malformed_event")
+                self.pending = b""
+            else:
+                self.pending = buf
+            return b""
+        end += len(sep)
+        if end == len(buf):
+            complete = buf
+            self.pending = b""
+        else:
+            complete = buf[:end]
+            self.pending = buf[end:]
+        return self._events(complete, sep)
+
+    def flush(self) -> bytes:
+        """At the end of the upstream stream: a last event without its blank line still counts."""
+        rest, self.pending = self.pending, b""
+        if not rest.strip():
+            return b""
+        sep = self._sep or b"\n\n"
+        return self._events(rest + sep, sep)
+
+    def _events(self, complete: bytes, sep: bytes) -> bytes:
+        step = len(sep)
+        start = 0
+        end = len(complete)
+        kept: list[bytes] | None = None  # only built when an event is dropped
+        while start < end:
+            stop = complete.find(sep, start)
+            verdict = self._event(complete[start:stop])
+            if verdict != PASS:
+                if self.stop is not None:
+                    return complete[:start] if kept is None else b"".join(kept)
+                if kept is None:
+                    kept = [complete[:start]]
+            elif kept is not None:
+                kept.append(complete[start : stop + step])
+            start = stop + step
+        return complete if kept is None else b"".join(kept)
+
+    def _event(self, event: bytes) -> int:
+        nl = self._nl
+        if event.startswith(b"data: ") and nl not in event:
+            data = event[6:]
+        else:
+            parts = [line[5:].removeprefix(b" ") for line in event.split(nl) if line.startswith(b"data:")]
+            if not parts:
+                return PASS  # a comment, a keep-alive, or a blank event
+            data = b"\n".join(parts)
+        if data == _DONE:
+            self.done = True
+            return PASS
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self.stop = ("upstream sent a malformed stream event", "upstream_malformed_event")
+            return DROP
+        self.events += 1
+        monitor = self.monitor
+        if monitor is None:
+            return PASS
+        verdict = monitor.on_event(obj)
+        if isinstance(verdict, EndStream):
+            self.stop = (verdict.message, verdict.code)
+            return DROP
+        return verdict
