@@ -25,6 +25,7 @@ from aiohttp import web
 from ..errors import BadRequest
 from ..http import json_response
 from ..runtime import STATE
+from .admin_audit import audit_admin_changes
 from .aggregates import month_of, split_models
 from .metrics import CONTENT_TYPE
 from .pricing import to_money
@@ -36,7 +37,8 @@ _CSV_HEADER = ("tenant", "date", "model", "requests", "prompt_tokens", "completi
 
 
 def add_accounting_routes(app: web.Application) -> None:
-    """Register the accounting routes on the admin application."""
+    """Register the accounting routes on the admin application, and the audit of every admin write."""
+    app.middlewares.append(audit_admin_changes)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/tenants/{tenant}/usage", tenant_usage)
     app.router.add_get("/admin/tenants/{tenant}/usage.csv", tenant_usage_csv)

@@ -131,3 +131,26 @@ async def test_a_burst_of_failed_authentication_and_a_suspended_tenant_are_audit
     assert len(suspended) == 1  # two refused requests within the window, one event
     assert suspended[0]["detail"]["client_ip"] == "127.0.0.1" and suspended[0]["detail"]["request_id"].startswith("req_")
     assert (await admin.get("/admin/audit", since="2999-01-01T00:00:00Z"))["events"] == []
+
+
+async def test_admin_changes_are_audited_with_before_and_after_and_never_a_new_keys_plaintext(logged: Any) -> None:
+    proc, _path = logged
+    admin = Admin(proc)
+    headers = {**admin.headers, "X-Admin-Actor": "alice@ops"}
+    async with aiohttp.ClientSession() as s:
+        async with s.patch(f"{admin.base}/admin/tenants/globex", json={"plan": "personal"}, headers=headers) as r:
+            assert r.status == 200, await r.text()
+        async with s.post(f"{admin.base}/admin/tenants/globex/keys", json={"name": "ci"}, headers=headers) as r:
+            assert r.status == 201, await r.text()
+            plaintext = (await r.json())["key"]
+
+    async def changes() -> list[dict[str, Any]] | None:
+        got = [e for e in (await admin.get("/admin/tenants/globex/audit"))["events"] if e["kind"] == "admin_change"]
+        return got if len(got) >= 2 else None
+
+    got = await wait_until(changes, timeout=10)
+    assert got, "the admin changes were not audited"
+    patch = next(e for e in got if e["detail"]["method"] == "PATCH")
+    assert patch["actor"] == "alice@ops" and patch["target"] == "tenant:globex" and patch["detail"]["status"] == 200
+    assert patch["before"]["plan"] == "metered" and patch["after"]["plan"] == "personal"
+    assert plaintext not in orjson.dumps(got).decode()
