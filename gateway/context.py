@@ -10,6 +10,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from .identity import Principal
     from .runtime import Runtime
+    from .sse import StreamMonitor
 
 __all__ = ["Endpoint", "ENDPOINTS", "Usage", "RequestContext"]
 
@@ -63,8 +64,14 @@ class RequestContext:
         "stream",
         # identify
         "principal",
+        # admit: set from the tenant's plan by a later stage; higher = more important (shedding, queues)
+        "priority",
         # route
         "deployments",
+        # forward: attempts made, the model first asked for when a fallback served, per-stream SSE monitor
+        "attempts",
+        "fallback_from",
+        "stream_monitor",
         # forward
         "model_served",
         "upstream_name",
@@ -97,7 +104,11 @@ class RequestContext:
         self.model: str | None = None
         self.stream = False
         self.principal: Principal | None = None
+        self.priority = 0
         self.deployments: tuple[Any, ...] = ()
+        self.attempts = 0
+        self.fallback_from: str | None = None
+        self.stream_monitor: StreamMonitor | None = None
         self.model_served: str | None = None
         self.upstream_name: str | None = None
         self.status = 0

@@ -1,4 +1,10 @@
-"""Forward stage: one pooled session per upstream, header hygiene, timeouts, SSE streamed chunk by chunk."""
+"""Forward stage: one pooled session per upstream, header hygiene, timeouts, SSE relayed event by event.
+
+One call of :func:`forward` is one attempt on one deployment. It raises an
+``UpstreamError`` only while nothing has reached the client (so the attempt
+loop in ``gateway/attempts.py`` may still retry or fall back); once the first
+event is out, trouble becomes an SSE error event and a clean end of the stream.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +20,18 @@ from .config.model import Deployment, Upstream
 from .context import RequestContext
 from .errors import UpstreamBadResponse, UpstreamTimeout
 from .http import REQUEST_ID_HEADER, error_body
+from .sse import SseParser
 
-__all__ = ["UpstreamClient", "UpstreamPool", "forward", "upstream_headers", "STRIPPED_REQUEST_HEADERS"]
+__all__ = [
+    "UpstreamClient",
+    "UpstreamPool",
+    "UpstreamStatus",
+    "forward",
+    "upstream_headers",
+    "sse_error_event",
+    "STRIPPED_REQUEST_HEADERS",
+    "MODEL_HEADER",
+]
 
 log = logging.getLogger("tollgate.forward")
 
@@ -39,7 +55,21 @@ STRIPPED_REQUEST_HEADERS = HOP_BY_HOP | CLIENT_CREDENTIALS | frozenset(
     {"host", "content-length", "content-type", "accept-encoding", "expect", "x-forwarded-for", REQUEST_ID_HEADER}
 )
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-_DONE = b"[DONE]"
+# Which model served the response (differs from the requested one when a fallback did).
+MODEL_HEADER = "x-tollgate-model"
+
+
+class UpstreamStatus(UpstreamBadResponse):
+    """The upstream answered an error status the attempt loop judges itself (retry, fall back, or relay it as it is)."""
+
+    default_code = "upstream_status"
+
+    def __init__(self, upstream: str, status: int, body: bytes, content_type: str, retry_after: float | None) -> None:
+        super().__init__(f"upstream {upstream!r} answered {status}")
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.retry_after = retry_after
 
 
 class UpstreamClient:
@@ -131,12 +161,20 @@ def sse_error_event(message: str, code: str) -> bytes:
     return b"data: " + error_body(message, "upstream_error", code) + b"\n\n"
 
 
-async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamClient) -> web.StreamResponse:
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: treated as absent
+
+
+async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamClient, divert: frozenset[int]) -> web.StreamResponse:
     """Send the request to one deployment and relay its answer.
 
-    Raises an ``UpstreamError`` only while nothing has reached the client, so a
-    caller may still try another deployment; once the first byte is out,
-    trouble becomes an SSE error event and a clean end of the stream.
+    An error status in ``divert`` raises :class:`UpstreamStatus` (body read, nothing
+    sent) instead of being relayed, so the caller can retry or fall back.
     """
     assert ctx.endpoint is not None and ctx.body is not None and client.session is not None
     cfg = client.config
@@ -144,7 +182,6 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
         body = ctx.body_bytes
     else:
         body = orjson.dumps({**ctx.body, "model": deployment.model})
-    ctx.model_served = ctx.model
     ctx.upstream_name = cfg.name
     loop = asyncio.get_running_loop()
     deadline = ctx.started + cfg.timeouts.total
@@ -160,8 +197,10 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
             ctx.first_byte_at = loop.time()
             phase = "idle"
             timer.reschedule(min(deadline, loop.time() + cfg.timeouts.idle))
+            status = upstream.status
             content_type = upstream.headers.get("Content-Type", "")
-            if ctx.stream and upstream.status == 200 and content_type.startswith("text/event-stream"):
+            if ctx.stream and status == 200 and content_type.startswith("text/event-stream"):
+                phase = "first event"
                 return await _relay_stream(ctx, upstream, timer, deadline, cfg.timeouts.idle)
             data = await upstream.read()
     except TimeoutError:
@@ -173,13 +212,19 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
     finally:
         if upstream is not None:
             upstream.release()
-    ctx.status = upstream.status
+    if status in divert:
+        raise UpstreamStatus(cfg.name, status, data, content_type, _retry_after(upstream.headers.get("Retry-After")))
+    ctx.status = status
     ctx.finished_at = loop.time()
     ctx.bytes_out = len(data)
     return web.Response(
-        status=upstream.status,
+        status=status,
         body=data,
-        headers={"Content-Type": content_type or "application/json", REQUEST_ID_HEADER: ctx.request_id},
+        headers={
+            "Content-Type": content_type or "application/json",
+            REQUEST_ID_HEADER: ctx.request_id,
+            MODEL_HEADER: ctx.model_served or "",
+        },
     )
 
 
@@ -190,55 +235,97 @@ async def _relay_stream(
     deadline: float,
     idle: float,
 ) -> web.StreamResponse:
+    """Relay SSE event by event; before the first event is out, failures raise so another attempt can serve."""
     loop = asyncio.get_running_loop()
     content = upstream.content
-    # The first chunk is read before anything is sent, so a failure here can still be retried elsewhere.
-    chunk = await content.readany()
-    if not chunk:
-        raise UpstreamBadResponse("upstream ended the stream before sending anything", code="upstream_empty_stream")
-    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, REQUEST_ID_HEADER: ctx.request_id})
+    parser = SseParser(ctx.stream_monitor)
+    # Nothing reaches the client until the first complete event parsed: until then a failure can still be retried.
+    out = b""
+    while not parser.events and not parser.done and parser.stop is None:
+        chunk = await content.readany()
+        if not chunk:
+            out += parser.flush()
+            if parser.events or parser.done or parser.stop is not None:
+                break
+            raise UpstreamBadResponse("upstream ended the stream before its first event", code="upstream_empty_stream")
+        out += parser.feed(chunk)
+    if parser.stop is not None and parser.stop[1] == "upstream_malformed_event" and not out:
+        raise UpstreamBadResponse("upstream sent a malformed first stream event", code="upstream_malformed_event")
+    response = web.StreamResponse(
+        status=200,
+        headers={**_SSE_HEADERS, REQUEST_ID_HEADER: ctx.request_id, MODEL_HEADER: ctx.model_served or ""},
+    )
     await response.prepare(ctx.request)
     ctx.status = 200
-    tail = b""
     sent = 0
+    outcome = "done"
     try:
-        while chunk:
-            await response.write(chunk)
-            sent += len(chunk)
-            tail = (tail + chunk)[-16:]
+        while True:
+            if out:
+                await response.write(out)
+                sent += len(out)
+            if parser.stop is not None:
+                upstream.close()
+                message, code = parser.stop
+                outcome = "malformed" if code == "upstream_malformed_event" else "ended"
+                await _end_with_error(response, message, code, ctx)
+                return response
             timer.reschedule(min(deadline, loop.time() + idle))
             chunk = await content.readany()
-        if _DONE not in tail:
-            await response.write(sse_error_event("upstream stream ended without its terminator", "upstream_stream_truncated"))
-            ctx.error = "stream_truncated"
+            if not chunk:
+                out = parser.flush()
+                if not out:
+                    break
+                continue
+            out = parser.feed(chunk)
+        if not parser.done:
+            outcome = "truncated"
+            await _end_with_error(response, "upstream stream ended without its terminator", "upstream_stream_truncated", ctx)
+            return response
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         # The client went away; the upstream connection is dropped in forward()'s finally.
+        outcome = "client_gone"
         ctx.client_disconnected = True
         upstream.close()
         return response
     except TimeoutError:
         # aiohttp's own socket timeouts (ServerTimeoutError) mean the same as our idle timer.
         upstream.close()
-        await _end_with_error(response, "upstream stream stalled past the idle timeout", "upstream_idle_timeout", ctx)
+        outcome = await _stalled(response, ctx, parser.done)
         return response
     except asyncio.CancelledError:
         upstream.close()
         if not timer.expired():
+            outcome = "client_gone"
             ctx.client_disconnected = True  # aiohttp cancels the handler when the client goes away
             raise
         # Our idle timer fired mid-stream. Swallowing its cancellation is safe:
         # the timeout block's exit uncancels the task either way.
-        await _end_with_error(response, "upstream stream stalled past the idle timeout", "upstream_idle_timeout", ctx)
+        outcome = await _stalled(response, ctx, parser.done)
         return response
     except aiohttp.ClientError as exc:
         upstream.close()
+        if parser.done:  # the answer was complete; only the connection's end was untidy
+            await response.write_eof()
+            return response
+        outcome = "broken"
         await _end_with_error(response, f"upstream stream broke: {type(exc).__name__}", "upstream_stream_error", ctx)
         return response
     finally:
         ctx.bytes_out = sent
         ctx.finished_at = loop.time()
+        if parser.monitor is not None:
+            parser.monitor.on_end(outcome)
     await response.write_eof()
     return response
+
+
+async def _stalled(response: web.StreamResponse, ctx: RequestContext, done: bool) -> str:
+    if done:  # silence after [DONE] is not an error
+        await response.write_eof()
+        return "done"
+    await _end_with_error(response, "upstream stream stalled past the idle timeout", "upstream_idle_timeout", ctx)
+    return "stalled"
 
 
 async def _end_with_error(response: web.StreamResponse, message: str, code: str, ctx: RequestContext) -> None:

@@ -9,14 +9,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .context import Endpoint, RequestContext
-from .config.model import Deployment
-from .errors import GatewayError, UpstreamUnavailable
-from .forward import UpstreamClient, forward
+from .attempts import serve
+from .errors import GatewayError
 from .guard import guard
 from .http import error_response, internal_error_response, request_id_from, status_for
 from .identity import client_ip, identify
-from .routing import route
-from .runtime import STATE, GatewayState
+from .runtime import STATE
 
 __all__ = ["make_proxy_handler", "client_ip"]
 
@@ -33,11 +31,10 @@ def make_proxy_handler(endpoint: Endpoint) -> Handler:
         loop = asyncio.get_running_loop()
         ctx = RequestContext(request, runtime, request_id, endpoint, loop.time(), client_ip(request, runtime.identity.proxies))
         try:
+            state.shedder.enter()
             await guard(ctx, runtime.config.guard)
             identify(ctx, runtime.identity, state.registry.directory)
-            route(ctx, runtime.routes)
-            deployment, client = _pick_upstream(ctx, state)
-            return await forward(ctx, deployment, client)
+            return await serve(ctx, state)  # route → forward, with retries and fallbacks
         except GatewayError as exc:
             ctx.status = status_for(exc)
             ctx.error = exc.code
@@ -51,14 +48,8 @@ def make_proxy_handler(endpoint: Endpoint) -> Handler:
             ctx.error = "internal_error"
             return internal_error_response(request_id)
         finally:
+            state.shedder.leave()
             state.accounting.record(ctx)
 
     return handle
 
-
-def _pick_upstream(ctx: RequestContext, state: GatewayState) -> tuple[Deployment, UpstreamClient]:
-    deployment = ctx.deployments[0]
-    client = state.pool.clients.get(deployment.upstream)
-    if client is None:  # the config names it, so only a reload in flight can get here
-        raise UpstreamUnavailable(f"upstream {deployment.upstream!r} is not available")
-    return deployment, client

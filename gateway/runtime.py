@@ -11,11 +11,19 @@ from pathlib import Path
 from aiohttp import web
 
 from .accounting import Accounting
+from .attempts import AttemptCounters
+from .balancing import DeploymentRegistry
+from .budget import RetryBudget
+from .clock import Clock, SystemClock
 from .config import Config, load_config
+from .deadletter import DeadLetterLog
+from .degradation import Hotspots, ProactiveFallbacks
 from .errors import ConfigError
 from .forward import UpstreamPool
 from .identity import IdentityRuntime, Registry, compile_identity
+from .health import HealthProber
 from .routing import ModelRoute, compile_routes
+from .shedding import Shedder
 
 __all__ = ["Runtime", "GatewayState", "STATE"]
 
@@ -27,19 +35,31 @@ class Runtime:
 
     __slots__ = ("config", "version", "routes", "identity")
 
-    def __init__(self, config: Config, version: int) -> None:
+    def __init__(self, config: Config, version: int, deployments: DeploymentRegistry) -> None:
         self.config = config
         self.version = version
-        self.routes: Mapping[str, ModelRoute] = compile_routes(config)
+        self.routes: Mapping[str, ModelRoute] = compile_routes(config, deployments)
         self.identity: IdentityRuntime = compile_identity(config)
 
 
 class GatewayState:
     """Owns the current :class:`Runtime` and the resources that outlive a config version."""
 
-    def __init__(self, config: Config, *, config_path: str | Path | None = None) -> None:
+    def __init__(self, config: Config, *, config_path: str | Path | None = None, clock: Clock | None = None) -> None:
         self._versions = itertools.count(1)
-        self.runtime = Runtime(config, next(self._versions))
+        # Upstream resilience: live per-deployment state (breakers, latencies, in-flight) and gateway-wide
+        # budgets and logs; all survive reloads. Counters stay plain attributes for the metrics exporter.
+        self.clock: Clock = clock or SystemClock()
+        self.deployments = DeploymentRegistry(self.clock)
+        res = config.resilience
+        self.retry_budget = RetryBudget(res.retries, self.clock)
+        self.dead_letters = DeadLetterLog(res.dead_letter_size, self.clock)
+        self.shedder = Shedder(res.shedding)
+        self.proactive = ProactiveFallbacks(res.proactive_fallback, self.clock)
+        self.hotspots = Hotspots(res.hotspot, self.clock)
+        self.counters = AttemptCounters()
+        self.health = HealthProber(self)
+        self.runtime = Runtime(config, next(self._versions), self.deployments)
         self.config_path = Path(config_path) if config_path is not None else None
         # Tenants and keys: the config's plus runtime changes; outlives config versions.
         self.registry = Registry(config, base_dir=self.config_path.parent if self.config_path else None)
@@ -54,9 +74,13 @@ class GatewayState:
 
     async def start(self) -> None:
         await self.pool.apply(self.config.upstreams)
+        self.shedder.start()
+        self.health.start()
         await self.accounting.start()
 
     async def close(self) -> None:
+        await self.health.close()
+        await self.shedder.close()
         await self.accounting.close()
         await self.pool.close()
 
@@ -75,12 +99,46 @@ class GatewayState:
             old = self.runtime
             if config.listeners != old.config.listeners:
                 log.warning("listener changes in %s take effect only after a restart", config.source)
-            runtime = Runtime(config, next(self._versions))
+            runtime = Runtime(config, next(self._versions), self.deployments)
             await self.pool.apply(config.upstreams)
             self.registry.use_config(config)
             self.runtime = runtime
+            self._configure_resilience(config)
             log.info("config version %d in force (from %s)", runtime.version, config.source)
             return runtime
+
+    def _configure_resilience(self, config: Config) -> None:
+        res = config.resilience
+        self.retry_budget.configure(res.retries)
+        self.dead_letters.resize(res.dead_letter_size)
+        self.shedder.configure(res.shedding)
+        self.proactive.configure(res.proactive_fallback)
+        self.hotspots.configure(res.hotspot)
+        self.deployments.prune(s.key for r in self.runtime.routes.values() for s in r.states)
+
+    def dead_letter_records(self, limit: int | None = None) -> list[dict[str, object]]:
+        """Requests that failed after every retry and fallback (metadata only), oldest first: for the admin API."""
+        return self.dead_letters.records(limit)
+
+    def resilience_snapshot(self) -> dict[str, object]:
+        """Breakers, in-flight counts, latencies and resilience counters as JSON-able data: for the admin API."""
+        c = self.counters
+        return {
+            "deployments": self.deployments.snapshot(),
+            "requests": c.requests,
+            "attempts": c.attempts,
+            "retries": c.retries,
+            "retry_budget_refused": c.budget_refused,
+            "fallbacks": dict(c.fallbacks),
+            "queue_refused": c.queue_refused,
+            "failed": c.failed,
+            "dead_letters": self.dead_letters.total,
+            "shed": dict(self.shedder.shed),
+            "inflight": self.shedder.inflight,
+            "loop_lag": self.shedder.lag,
+            "proactive_fallbacks": dict(self.proactive.diversions),
+            "hotspots": dict(self.hotspots.flags),
+        }
 
     async def reload(self) -> tuple[bool, list[str]]:
         """Re-read the config file. Returns ``(applied, problems)``; a refused file changes nothing."""
