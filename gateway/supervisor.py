@@ -39,7 +39,7 @@ from pathlib import Path
 from .config import Config, load_config
 from .errors import ConfigError
 
-__all__ = ["Supervisor", "workers_problem", "run_worker", "parse_workers", "worker_log_format"]
+__all__ = ["Supervisor", "workers_problem", "workers_warnings", "run_worker", "parse_workers", "worker_log_format"]
 
 log = logging.getLogger("tollgate.supervisor")
 
@@ -71,6 +71,18 @@ def workers_problem(config: Config, workers: int) -> str | None:
             "Configure Redis (store: {backend: redis, url: redis://HOST:6379/0}) or run --workers 1."
         )
     return None
+
+
+def workers_warnings(config: Config, workers: int) -> list[str]:
+    """What works with ``workers`` processes but not as an operator would expect."""
+    warnings = []
+    registry = getattr(config, "registry", None)
+    if workers > 1 and registry is not None and registry.backend != "redis":
+        warnings.append(
+            f"registry.backend is {registry.backend}: tenants and keys changed through the admin API (served by worker 0) "
+            "reach the other workers only through Redis; set registry: {backend: redis}"
+        )
+    return warnings
 
 
 @dataclass
@@ -130,6 +142,8 @@ class Supervisor:
         self._snapshot_dir = tempfile.TemporaryDirectory(prefix="tollgate-supervisor-")
         try:
             log.info("supervisor %d: %d workers on %s:%d", os.getpid(), self.workers, pub.host, port)
+            for warning in workers_warnings(self.config, self.workers):
+                log.warning("%s", warning)
             for slot in self.slots:
                 self._start(slot, port)
             while True:
