@@ -252,7 +252,7 @@ def _record_failure(dstate: Any, permit: int, exc: UpstreamError, now: float) ->
             dstate.breaker.success(permit)  # the deployment works; the request was refused on its merits
             return
     dstate.failures += 1
-    dstate.breaker.failure(permit, _outcome(exc))
+    dstate.breaker.failure(permit, exc.message)
 
 
 def _outcome(exc: UpstreamError) -> str:

@@ -255,11 +255,12 @@ async def _relay_stream(
         status=200,
         headers={**_SSE_HEADERS, REQUEST_ID_HEADER: ctx.request_id, MODEL_HEADER: ctx.model_served or ""},
     )
-    await response.prepare(ctx.request)
     ctx.status = 200
     sent = 0
     outcome = "done"
     try:
+        # Inside the try: a client that left must not be blamed on the upstream (it would trip its breaker).
+        await response.prepare(ctx.request)
         while True:
             if out:
                 await response.write(out)
@@ -282,10 +283,13 @@ async def _relay_stream(
             outcome = "truncated"
             await _end_with_error(response, "upstream stream ended without its terminator", "upstream_stream_truncated", ctx)
             return response
+        await response.write_eof()
+        return response
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        # The client went away; the upstream connection is dropped in forward()'s finally.
-        outcome = "client_gone"
-        ctx.client_disconnected = True
+        # The client went away (if after [DONE], it merely did not wait for the end of the chunked body).
+        if not parser.done:
+            outcome = "client_gone"
+            ctx.client_disconnected = True
         upstream.close()
         return response
     except TimeoutError:
@@ -306,7 +310,7 @@ async def _relay_stream(
     except aiohttp.ClientError as exc:
         upstream.close()
         if parser.done:  # the answer was complete; only the connection's end was untidy
-            await response.write_eof()
+            await _write_eof(response)
             return response
         outcome = "broken"
         await _end_with_error(response, f"upstream stream broke: {type(exc).__name__}", "upstream_stream_error", ctx)
@@ -316,13 +320,18 @@ async def _relay_stream(
         ctx.finished_at = loop.time()
         if parser.monitor is not None:
             parser.monitor.on_end(outcome)
-    await response.write_eof()
-    return response
+
+
+async def _write_eof(response: web.StreamResponse) -> None:
+    try:
+        await response.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        pass  # the client already has the whole answer
 
 
 async def _stalled(response: web.StreamResponse, ctx: RequestContext, done: bool) -> str:
     if done:  # silence after [DONE] is not an error
-        await response.write_eof()
+        await _write_eof(response)
         return "done"
     await _end_with_error(response, "upstream stream stalled past the idle timeout", "upstream_idle_timeout", ctx)
     return "stalled"

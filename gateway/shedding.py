@@ -105,6 +105,12 @@ class Shedder:
             before = loop.time()
             await asyncio.sleep(interval)
             lag = loop.time() - before - interval
+            lagging = self.lag >= self.policy.loop_lag
             self.lag = lag if lag > 0 else 0.0
-            if self.lag >= self.policy.loop_lag:
-                log.warning("event-loop lag %.0f ms (threshold %.0f ms)", self.lag * 1000, self.policy.loop_lag * 1000)
+            if (self.lag >= self.policy.loop_lag) != lagging:  # log crossings, not every sample
+                log.warning(
+                    "event-loop lag %.0f ms %s the %.0f ms threshold",
+                    self.lag * 1000,
+                    "over" if not lagging else "back under",
+                    self.policy.loop_lag * 1000,
+                )

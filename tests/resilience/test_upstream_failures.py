@@ -219,3 +219,19 @@ async def test_stream_failing_after_its_first_event_ends_with_an_sse_error_event
         assert all("choices" in orjson.loads(e[6:]) for e in events[:-1])
         [letter] = state.dead_letter_records()
         assert letter["status"] == 200 and letter["code"].encode() in code
+
+
+async def test_clients_leaving_mid_stream_are_not_counted_against_the_upstream(mock: Proc) -> None:
+    resilience = {"breaker": {"consecutive_failures": 2}}
+    async with gateway(config_doc(mock.url, {"m": _one()}, resilience)) as (url, state):
+        for _ in range(5):
+            async with aiohttp.ClientSession() as s:
+                body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}], "max_tokens": 50}
+                resp = await s.post(f"{url}/v1/chat/completions", json=body, headers={"x-mock-tokens-per-second": "50"})
+                await resp.content.readany()
+                resp.close()
+        await asyncio.sleep(0.3)  # let the gateway notice each departure
+        [dstate] = state.deployments.states.values()
+        assert dstate.breaker.state == CLOSED and dstate.failures == 0
+        async with aiohttp.ClientSession() as s:
+            assert (await chat(s, url, "m"))[0] == 200
