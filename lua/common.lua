@@ -7,7 +7,7 @@
 --   microseconds since the Unix epoch; every duration handed to Redis or
 --   returned to the caller is in integer milliseconds.
 -- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
---   adjust}), now_us() and ms_ceil().
+--   adjust}), now_us(), ttl_ms() and ms_ceil().
 --
 -- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
 -- concurrency.lua), one counter key per limit:
@@ -28,6 +28,15 @@ local ALGORITHMS = {}
 local function now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- The TTL to give a key whose logic says it is dead in ms milliseconds. Redis
+-- counts a relative TTL from the moment the script started, which can be up
+-- to a millisecond before TIME answered; one extra millisecond makes sure a
+-- key never disappears while it still counts (a key that outlives its logic
+-- reads as empty, exactly like a missing one).
+local function ttl_ms(ms)
+  return ms + 1
 end
 
 -- Milliseconds in a span of microseconds, rounded up so nobody retries early.

@@ -35,9 +35,10 @@ local function cc_live(key, now_ms)
 end
 
 -- Extends the key's TTL to at least ttl_ms.
-local function cc_keep(key, ttl_ms)
-  if redis.call('PTTL', key) < ttl_ms then
-    redis.call('PEXPIRE', key, ttl_ms)
+local function cc_keep(key, lease_ms)
+  local ttl = ttl_ms(lease_ms)
+  if redis.call('PTTL', key) < ttl then
+    redis.call('PEXPIRE', key, ttl)
   end
 end
 

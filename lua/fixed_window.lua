@@ -98,7 +98,7 @@ ALGORITHMS.fixed_window = {
       return
     end
     redis.call('HSET', key, 'w', st.start, 'n', st.used + cost)
-    redis.call('PEXPIRE', key, st.stop - st.now_ms)
+    redis.call('PEXPIRE', key, ttl_ms(st.stop - st.now_ms))
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)
@@ -109,7 +109,7 @@ ALGORITHMS.fixed_window = {
     if delta > 0 then
       used = used + delta
       redis.call('HSET', key, 'w', start, 'n', used)
-      redis.call('PEXPIRE', key, stop - now_ms)
+      redis.call('PEXPIRE', key, ttl_ms(stop - now_ms))
       applied = delta
     elseif delta < 0 and tonumber(mark) == start and used > 0 then
       local back = math.min(used, -delta)

@@ -31,7 +31,7 @@ end
 
 local function gcra_store(key, tat, now)
   if tat > now then
-    redis.call('SET', key, tat, 'PX', ms_ceil(tat - now))
+    redis.call('SET', key, tat, 'PX', ttl_ms(ms_ceil(tat - now)))
   else
     redis.call('DEL', key)
   end

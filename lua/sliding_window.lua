@@ -108,7 +108,7 @@ ALGORITHMS.sliding_window = {
     if #st.stale > 0 then
       redis.call('HDEL', key, unpack(st.stale))
     end
-    redis.call('PEXPIRE', key, sw_slot_left(st.cur, st.slot_ms, window_ms, st.now_ms))
+    redis.call('PEXPIRE', key, ttl_ms(sw_slot_left(st.cur, st.slot_ms, window_ms, st.now_ms)))
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)
@@ -116,7 +116,7 @@ ALGORITHMS.sliding_window = {
     local applied = 0
     if delta > 0 then
       redis.call('HINCRBY', key, cur, delta)
-      redis.call('PEXPIRE', key, sw_slot_left(cur, slot_ms, window_ms, now_ms))
+      redis.call('PEXPIRE', key, ttl_ms(sw_slot_left(cur, slot_ms, window_ms, now_ms)))
       applied = delta
     elseif delta < 0 then
       local slot = tonumber(mark) or cur

@@ -51,7 +51,7 @@ class OverLimitCache:
             return None
         self.hits += 1
         elapsed_ms = int((now - entry.at) * 1000)
-        left_ms = max(1, math.ceil((entry.until - now) * 1000))
+        left_ms = max(1, min(entry.state.retry_after_ms, math.ceil(round((entry.until - now) * 1000, 3))))
         state = entry.state
         return dataclasses.replace(
             state, retry_after_ms=left_ms, reset_ms=max(left_ms, state.reset_ms - elapsed_ms)

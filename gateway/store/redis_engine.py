@@ -63,6 +63,7 @@ class RedisEngine:
         self._pending: list[tuple[ScriptCall, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._preloaded = False
         options: dict[str, Any] = dict(
             decode_responses=False,
             socket_timeout=max(1.0, timeout * 10),  # a backstop; the budget below is what callers see
@@ -175,7 +176,14 @@ class RedisEngine:
         for call in calls:
             if call.script not in self._scripts:
                 raise StoreError(f"unknown script {call.script!r}")
-        replies = await self._roundtrip([self._evalsha(c) for c in calls])
+        commands = [self._evalsha(c) for c in calls]
+        preload = not self._preloaded and not self.single_slot
+        if preload:  # the first round trip also loads every script: no NOSCRIPT storm at start
+            commands = [("SCRIPT", "LOAD", script.source) for script in self._scripts.values()] + commands
+        replies = await self._roundtrip(commands)
+        if preload:
+            replies = replies[len(self._scripts) :]
+            self._preloaded = True
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
             self.stats.noscript_reloads += len(missing)

@@ -1,0 +1,161 @@
+"""When Redis hangs or dies: bounded waits, each limit's fail mode, the breaker, and recovery on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.clock import ManualClock, SystemClock
+from gateway.limiter import LimitSpec, Limiter
+from gateway.store import BreakerSettings, CircuitBreaker, EmbeddedEngine, RedisEngine
+from tests.support.redis import RedisServer
+
+BUDGET = 0.050
+SLACK = 0.020
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A server of this test's own, free to be paused and killed."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+async def limiter(own_redis: RedisServer) -> AsyncIterator[Limiter]:
+    clock = SystemClock()
+    engine = RedisEngine(own_redis.url, clock=clock, timeout=BUDGET, breaker=BreakerSettings(failures=3, open_seconds=0.3))
+    lim = Limiter({"redis": engine}, clock=clock, local=EmbeddedEngine(clock), instances=2)
+    try:
+        yield lim
+    finally:
+        await lim.close()
+
+
+def spec(name: str, fail_mode: str, limit: int = 1000) -> LimitSpec:
+    return LimitSpec(name=name, kind="sliding_window", limit=limit, window_ms=60_000, tenant="acme", fail_mode=fail_mode)  # type: ignore[arg-type]
+
+
+async def timed(limiter: Limiter, s: LimitSpec) -> tuple[float, bool, bool]:
+    t0 = time.perf_counter()
+    d = await limiter.admit([s])
+    return time.perf_counter() - t0, d.allowed, d.degraded
+
+
+async def test_a_paused_redis_answers_each_admission_within_budget_with_its_fail_mode(own_redis: RedisServer, limiter: Limiter) -> None:
+    opened, closed, local = spec("open", "fail_open"), spec("closed", "fail_closed"), spec("local", "local", limit=8)
+    for s in (opened, closed, local):
+        assert not (await limiter.admit([s])).degraded  # connected, scripts loaded
+    own_redis.pause()
+    try:
+        results = {"open": [], "closed": [], "local": []}  # type: dict[str, list[tuple[float, bool, bool]]]
+        for _ in range(8):
+            for s in (opened, closed, local):
+                results[s.name].append(await timed(limiter, s))
+        slowest = max(t for rows in results.values() for t, _, _ in rows)
+        assert slowest <= BUDGET + SLACK, slowest
+        assert all(degraded for rows in results.values() for _, _, degraded in rows)
+        assert all(allowed for _, allowed, _ in results["open"])
+        assert not any(allowed for _, allowed, _ in results["closed"])
+        # local: the embedded engine with the limit divided by 2 instances, 8 // 2 = 4
+        assert [allowed for _, allowed, _ in results["local"]] == [True] * 4 + [False] * 4
+        engine = limiter.engine()
+        assert engine.breaker.state == "open" and engine.stats.rejected_open > 0  # type: ignore[attr-defined]
+    finally:
+        own_redis.resume()
+    deadline = time.monotonic() + 3.0
+    while (await limiter.admit([opened])).degraded:
+        assert time.monotonic() < deadline, "admissions did not go back to Redis after SIGCONT"
+        await asyncio.sleep(0.05)
+    assert limiter.engine().breaker.state == "closed"  # type: ignore[attr-defined]
+
+
+async def test_the_open_breaker_refuses_at_once_instead_of_waiting(own_redis: RedisServer, limiter: Limiter) -> None:
+    s = spec("open", "fail_open")
+    await limiter.admit([s])
+    own_redis.pause()
+    try:
+        for _ in range(3):  # three timeouts open the circuit
+            await limiter.admit([s])
+        fast = [await timed(limiter, s) for _ in range(20)]
+    finally:
+        own_redis.resume()
+    assert max(t for t, _, _ in fast) < 0.005
+
+
+async def test_a_killed_and_restarted_redis_is_used_again_without_restarting_the_gateway(own_redis: RedisServer, limiter: Limiter) -> None:
+    s = spec("open", "fail_open")
+    assert not (await limiter.admit([s])).degraded
+    own_redis.kill()
+    down = [await timed(limiter, s) for _ in range(10)]
+    assert all(allowed and degraded for _, allowed, degraded in down)
+    assert max(t for t, _, _ in down) <= BUDGET + SLACK
+    own_redis.start()
+    deadline = time.monotonic() + 5.0
+    while (await limiter.admit([s])).degraded:
+        assert time.monotonic() < deadline, "admissions did not go back to Redis after the restart"
+        await asyncio.sleep(0.05)
+    engine = limiter.engine()
+    assert engine.stats.noscript_reloads >= 1  # the restarted server had lost the script
+    assert (await limiter.peek(s)).remaining == 999  # the new server counted only the request that recovered
+
+
+async def test_flushing_the_script_cache_under_load_fails_no_admission(own_redis: RedisServer) -> None:
+    clock = SystemClock()
+    engine = RedisEngine(own_redis.url, clock=clock, timeout=1.0)
+    limiter = Limiter({"redis": engine}, clock=clock)
+    admin = aioredis.from_url(own_redis.url)
+    stop = asyncio.Event()
+
+    async def flusher() -> None:
+        while not stop.is_set():
+            await admin.script_flush()
+            await asyncio.sleep(0.003)
+
+    task = asyncio.create_task(flusher())
+    try:
+        s = spec("rpm", "fail_closed", limit=1_000_000)
+        decisions = []
+        for _ in range(40):
+            decisions += await asyncio.gather(*(limiter.admit([s]) for _ in range(50)))
+    finally:
+        stop.set()
+        await task
+        await admin.aclose()
+        await limiter.close()
+    assert all(d.allowed and not d.degraded for d in decisions)
+    assert engine.stats.failures == 0 and engine.stats.noscript_reloads > 0
+
+
+def test_the_breaker_opens_after_consecutive_failures_and_lets_one_probe_through_later() -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker(clock, BreakerSettings(failures=2, open_seconds=1.0))
+    breaker.failure()
+    assert breaker.allow() and breaker.state == "closed"
+    breaker.failure()
+    assert breaker.state == "open" and not breaker.allow()
+    clock.advance(1.0)
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # everyone else waits for it
+    breaker.failure()
+    assert breaker.state == "open" and not breaker.allow()
+    clock.advance(1.0)
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state == "closed" and breaker.allow() and breaker.allow()
+
+
+def test_a_success_resets_the_count_of_consecutive_failures() -> None:
+    breaker = CircuitBreaker(ManualClock(), BreakerSettings(failures=2, open_seconds=1.0))
+    breaker.failure()
+    breaker.success()
+    breaker.failure()
+    assert breaker.state == "closed"

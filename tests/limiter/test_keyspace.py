@@ -1,0 +1,118 @@
+"""The embedded keyspace answers each command the scripts use exactly as Redis 7 does (checked against a real server)."""
+
+from __future__ import annotations
+
+import socket
+
+import hiredis
+import pytest
+
+from gateway.store.keyspace import Keyspace, ReplyError, Status
+from tests.support.redis import RedisServer
+
+NOW_NS = 1_700_000_000_123_456_789
+
+# (command, args) sequences whose every reply must match Redis; no TIME-dependent expiry in them.
+SEQUENCES = [
+    [("GET", "s"), ("SET", "s", "10"), ("GET", "s"), ("SET", "s", "11", "PX", "60000"), ("GET", "s"), ("DEL", "s", "nope"), ("GET", "s")],
+    [("PTTL", "s"), ("SET", "s", "1"), ("PTTL", "s"), ("PEXPIRE", "s", "5000"), ("PEXPIRE", "nope", "5"), ("PEXPIRE", "s", "0"), ("GET", "s")],
+    [("HSET", "h", "w", "1", "n", "2"), ("HSET", "h", "n", "3"), ("HMGET", "h", "w", "n", "x"), ("HGET", "h", "n"), ("HGET", "h", "x"),
+     ("HINCRBY", "h", "n", "-5"), ("HINCRBY", "h", "z", "7"), ("HDEL", "h", "w", "x"), ("HGETALL", "h"), ("HDEL", "h", "n", "z"), ("HGETALL", "h"),
+     ("HMGET", "h", "a")],
+    [("ZADD", "z", "10", "a", "20", "b"), ("ZADD", "z", "XX", "30", "a", "5", "c"), ("ZSCORE", "z", "a"), ("ZSCORE", "z", "c"),
+     ("ZCOUNT", "z", "(10", "+inf"), ("ZCOUNT", "z", "-inf", "20"), ("ZADD", "z", "1700000000123", "d"),
+     ("ZRANGEBYSCORE", "z", "(20", "+inf", "WITHSCORES", "LIMIT", "0", "1"), ("ZRANGEBYSCORE", "z", "-inf", "+inf"),
+     ("ZREMRANGEBYSCORE", "z", "-inf", "20"), ("ZREM", "z", "a", "nope"), ("ZCOUNT", "z", "-inf", "+inf"), ("ZREM", "z", "d"), ("ZCOUNT", "z", "-inf", "+inf")],
+    [("SET", "k", "x"), ("HGET", "k", "f"), ("ZADD", "k", "1", "m"), ("HSET", "k", "f", "v")],  # WRONGTYPE
+]
+
+
+class RawConnection:
+    """RESP2 over a plain socket, parsed by hiredis: replies exactly as Redis sends them (no client conversions)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.reader = hiredis.Reader()
+
+    def call(self, *args: str):  # type: ignore[no-untyped-def]
+        parts = [f"*{len(args)}\r\n".encode()]
+        for a in args:
+            data = a.encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        self.sock.sendall(b"".join(parts))
+        while True:
+            reply = self.reader.gets()
+            if reply is not False:
+                return reply
+            self.reader.feed(self.sock.recv(65536))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _redis_reply(conn: RawConnection, args):  # type: ignore[no-untyped-def]
+    reply = conn.call(*args)
+    if isinstance(reply, hiredis.ReplyError):
+        return ("error", str(reply).split(" ")[0])
+    return _norm(reply)
+
+
+def _norm(reply):  # type: ignore[no-untyped-def]
+    if isinstance(reply, bytes):
+        return reply.decode()
+    if isinstance(reply, list):
+        return [_norm(r) for r in reply]
+    return reply
+
+
+def _keyspace_reply(ks: Keyspace, args):  # type: ignore[no-untyped-def]
+    try:
+        reply = ks.call(*args)
+    except ReplyError as exc:
+        return ("error", str(exc).split(" ")[0])
+    if isinstance(reply, Status):
+        return str(reply)
+    return reply
+
+
+@pytest.mark.parametrize("sequence", SEQUENCES, ids=["string", "ttl", "hash", "zset", "wrongtype"])
+def test_each_command_replies_like_redis(redis_standalone: RedisServer, sequence: list[tuple[str, ...]]) -> None:
+    redis_standalone.flushall()
+    ks = Keyspace()
+    ks.begin(NOW_NS)
+    conn = RawConnection(redis_standalone.port)
+    try:
+        for args in sequence:
+            expected = _redis_reply(conn, args)
+            got = _keyspace_reply(ks, args)
+            if args[0] == "PTTL" and isinstance(expected, int) and expected > 0:
+                assert 0 < got <= 5000 and expected <= 5000  # Redis' clock moved on; ours is frozen
+                continue
+            assert got == expected, args
+    finally:
+        conn.close()
+
+
+def test_keys_expire_when_the_clock_passes_their_ttl() -> None:
+    ks = Keyspace()
+    ks.begin(NOW_NS)
+    ks.call("SET", "a", "1", "PX", "100")
+    ks.call("HSET", "b", "f", "1")
+    ks.call("PEXPIRE", "b", "200")
+    ks.begin(NOW_NS + 99_000_000)
+    assert ks.call("GET", "a") == "1" and ks.ttl_ms("a") == 1
+    ks.begin(NOW_NS + 100_000_000)
+    assert ks.call("GET", "a") is None and len(ks) == 1
+    ks.begin(NOW_NS + 250_000_000)
+    assert len(ks) == 0
+
+
+def test_an_unknown_command_is_refused_rather_than_guessed() -> None:
+    with pytest.raises(ReplyError, match="not implemented by the embedded keyspace"):
+        Keyspace().call("INCR", "x")
+
+
+def test_time_answers_seconds_and_microseconds_of_the_frozen_clock() -> None:
+    ks = Keyspace()
+    ks.begin(NOW_NS)
+    assert ks.call("TIME") == ["1700000000", "123456"]
