@@ -38,7 +38,9 @@ class Target:
     ``$bench``, ``$port`` (the row's own free port), ``$upstream_port``,
     ``$upstream_url`` (``http://127.0.0.1:$upstream_port/v1``) and, in the command,
     ``$config`` (the rendered config written to a file). No command means the load
-    generator hits the upstream itself.
+    generator hits the upstream itself. ``redis`` rows get a redis-server (started
+    once, beside the upstream) as ``$redis_url``; ``pin=False`` rows are not pinned
+    to the target CPU, so that several worker processes can use every core.
     """
 
     name: str
@@ -49,6 +51,8 @@ class Target:
     body: str = "chat"  # key of BODIES
     baseline: str = ""  # row whose req/s this row's ratio is computed against
     default: bool = True  # part of a run without --only
+    redis: bool = False
+    pin: bool = True
 
 
 GATEWAY_NO_RULES = """\
@@ -63,6 +67,7 @@ models:
 MOCK_COMMAND = ("$python", "-m", "gateway", "mock-upstream", "--port", "$port", "--no-record")
 BARE_COMMAND = ("$python", "$bench/bare_proxy.py", "--port", "$port", "--upstream", "$upstream_url", "--api-key", "sk-bench-upstream")
 GATEWAY_COMMAND = ("$python", "-m", "gateway", "--log-level", "warning", "serve", "--config", "$config", "--port", "$port")
+GATEWAY_REDIS_NO_RULES = GATEWAY_NO_RULES + 'store: {backend: redis, url: "$redis_url"}\n'
 
 # The table of targets. A new row is one entry: its name, what it starts, its config, its baseline.
 TARGETS: tuple[Target, ...] = (
@@ -74,6 +79,15 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "gateway-stream", "-> gateway, no rules -> mock, SSE stream of 16 tokens", "mock", GATEWAY_COMMAND, GATEWAY_NO_RULES,
         body="stream", baseline="bare-stream", default=False,
+    ),
+    # Workers (issue 8): the same gateway as 1 and as 2 SO_REUSEPORT processes, Redis store, not pinned.
+    Target(
+        "gateway-1w", "-> gateway --workers 1, Redis store, unpinned -> JSON upstream", "json", (*GATEWAY_COMMAND, "--workers", "1"),
+        GATEWAY_REDIS_NO_RULES, default=False, redis=True, pin=False,
+    ),
+    Target(
+        "gateway-2w", "-> gateway --workers 2, Redis store, unpinned -> JSON upstream", "json", (*GATEWAY_COMMAND, "--workers", "2"),
+        GATEWAY_REDIS_NO_RULES, baseline="gateway-1w", default=False, redis=True, pin=False,
     ),
 )
 RATIO_GOALS = {"gateway": 0.90}
@@ -276,6 +290,24 @@ def start_upstream(kind: str, stack: ExitStack, workdir: Path, cpu: int | None, 
     return Upstream(name, port, proc.pid)
 
 
+def start_redis(stack: ExitStack, workdir: Path, cpu: int | None) -> str:
+    """A throwaway redis-server for the rows that share limits through Redis; returns its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is needed by the --workers rows")
+    port = free_port()
+    argv = pinned(cpu, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)])
+    stack.enter_context(process("redis", argv, workdir))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
 # ---------------------------------------------------------------- load generation
 
 
@@ -321,12 +353,15 @@ def measure(target: Target, upstream: Upstream | None, load: Load, workdir: Path
     body = orjson.dumps(BODIES[target.body])
     body_file = workdir / f"body-{target.body}.json"
     body_file.write_bytes(body)
+    if not target.pin:
+        placement = {**placement, "target": None}
     with ExitStack() as stack:
         if target.command:
             port = free_port()
             values = {
                 "python": args.python, "repo": str(REPO), "bench": str(BENCH), "port": str(port),
                 "upstream_port": str(upstream.port if upstream else ""), "upstream_url": upstream.url if upstream else "",
+                "redis_url": getattr(args, "redis_url", ""),
             }
             if target.config:
                 config = workdir / f"{target.name}.yaml"
@@ -521,6 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     try:
         with ExitStack() as stack:
+            if any(t.redis for t in selected):
+                args.redis_url = start_redis(stack, workdir, upstream_cpu)
             upstreams: dict[str, Upstream] = {}
             for target in selected:
                 upstream = None
