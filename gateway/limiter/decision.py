@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .spec import LimitSpec
 
 __all__ = ["LimitState", "Decision", "Reservation", "Lease", "Charge", "Settlement", "SettledLimit"]
 
 
-@dataclass(frozen=True, slots=True)
-class LimitState:
+class LimitState(NamedTuple):
     """One limit's answer. ``retry_after_ms`` is 0 when allowed and -1 when the cost exceeds the limit itself.
 
     ``degraded``: the store failed and the limit's fail mode answered
     (``fail_open`` reports ``remaining = limit``, ``local`` reports the
-    embedded engine's share of the limit).
+    embedded engine's share of the limit). Immutable; a named tuple because
+    one is built per limit per request.
     """
 
     name: str
@@ -30,8 +31,7 @@ class LimitState:
     degraded: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
+class Charge(NamedTuple):
     """Where one limit was consumed: the store (``local`` for the fallback), the key, and the mark from admit.lua."""
 
     store: str
@@ -74,9 +74,8 @@ class Lease:
         return f"Lease({[c.spec.name for c in self.charges]}, released={self.released})"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """All-or-nothing answer for a list of limits.
+class Decision(NamedTuple):
+    """All-or-nothing answer for a list of limits (immutable).
 
     ``limits`` holds the state of every limit evaluated (a refused earlier
     group leaves later groups unevaluated; a cached refusal reports only the

@@ -11,7 +11,7 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..clock import Clock
 from ..errors import StoreError
@@ -36,8 +36,7 @@ class LimiterStats:
     compensations: int = 0  # earlier groups refunded because a later group refused
 
 
-@dataclass(slots=True)
-class _Item:
+class _Item(NamedTuple):
     index: int
     spec: LimitSpec
     key: str

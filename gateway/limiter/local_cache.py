@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -53,9 +52,7 @@ class OverLimitCache:
         elapsed_ms = int((now - entry.at) * 1000)
         left_ms = max(1, min(entry.state.retry_after_ms, math.ceil(round((entry.until - now) * 1000, 3))))
         state = entry.state
-        return dataclasses.replace(
-            state, retry_after_ms=left_ms, reset_ms=max(left_ms, state.reset_ms - elapsed_ms)
-        )
+        return state._replace(retry_after_ms=left_ms, reset_ms=max(left_ms, state.reset_ms - elapsed_ms))
 
     def remember(self, store: str, key: str, cost: int, state: LimitState, now: float) -> None:
         if self._max <= 0 or state.retry_after_ms <= 0 or state.kind == "concurrency":

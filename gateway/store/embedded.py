@@ -10,7 +10,7 @@ from lupa import lua51
 from ..clock import Clock
 from ..errors import StoreError
 from .engine import Arg, EngineStats, ScriptCall
-from .keyspace import Keyspace, ReplyError, Status, redis_str
+from .keyspace import Keyspace, ReplyError, Status
 from .scripts import Script, load_scripts
 
 __all__ = ["EmbeddedEngine"]
@@ -35,43 +35,38 @@ class EmbeddedEngine:
         self.keyspace = Keyspace()
         self._clock = clock
         self._lua = lua51.LuaRuntime(unpack_returned_tuples=True, register_eval=False, register_builtins=False)
-        self._table = self._lua.table_from
         self._commands = self.keyspace.commands
-        redis = self._table({"call": self._call})
         # Each script becomes a function of (number of keys, keys..., args...)
         # whose reply comes back unpacked: one crossing each way, no per-item
         # indexing of Lua tables from Python.
         self._functions = {}
         for name_, script in (scripts or load_scripts()).items():
             factory = self._lua.eval(_WRAPPER.format(prelude=script.prelude, body=script.body))
-            self._functions[name_] = factory(redis)
+            self._functions[name_] = factory(self._call)
 
     # -- redis.call --------------------------------------------------------
-    def _call(self, *args: Any) -> Any:
-        for a in args:
-            if type(a) is not str:
-                args = tuple([a if type(a) is str else redis_str(a) for a in args])
-                break
-        command = self._commands.get(args[0]) if args else None
-        if command is None:  # lower case, unknown, or no command at all: the slow, checked path
-            if not args:
-                raise ReplyError("ERR Please specify at least one argument for this redis lib call")
-            reply = self.keyspace.call(*args)
+    def _call(self, name: str, *args: Any) -> tuple[Any, ...]:
+        """One command; arguments arrive as Lua strings or numbers, the reply leaves as (kind, values...)."""
+        command = self._commands.get(name)
+        if command is None:  # lower case, or unknown: the checked path
+            reply = self.keyspace.call(name, *args)
         else:
             try:
-                reply = command(*args[1:])
+                reply = command(*args)
             except TypeError:
-                raise ReplyError(f"ERR wrong number of arguments for '{args[0].lower()}' command") from None
+                raise ReplyError(f"ERR wrong number of arguments for '{name.lower()}' command") from None
         kind = type(reply)
         if kind is int or kind is str:
-            return reply
+            return 0, reply
         if reply is None:
-            return False
+            return 0, False
         if kind is list:
-            return self._table([False if v is None else v for v in reply])
+            if None in reply:
+                return (1, *[False if v is None else v for v in reply])
+            return (1, *reply)
         if kind is Status:
-            return self._table({"ok": str(reply)})
-        return reply
+            return 2, str(reply)
+        return 0, reply
 
     # -- running -----------------------------------------------------------
     def run_sync(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -82,7 +77,7 @@ class EmbeddedEngine:
             raise StoreError(f"unknown script {script!r}")
         self.keyspace.begin(self._clock.time_ns())
         try:
-            result = function(len(keys), *keys, *[a if type(a) is str else str(a) for a in args])
+            result = function(len(keys), *keys, *args)
         except Exception as exc:  # lupa.LuaError, or a ReplyError raised through the script
             self.stats.failures += 1
             raise StoreError(f"embedded script {script} failed: {exc}") from exc
@@ -106,10 +101,39 @@ class EmbeddedEngine:
 
 # The libraries (prelude) are instantiated once, when the engine starts;
 # KEYS and ARGV are parameters of the body, as they are globals of a Redis
-# script; a table reply is returned as ("table", unpack(reply)) so that lupa
-# hands back one tuple.
+# script. ARGV numbers become strings the way Redis formats them (integers in
+# full, others as %.17g), in Lua where that is cheap; numbers handed to
+# redis.call are converted by the keyspace where it stores or compares them.
+# A command's reply crosses as
+# (kind, values...): 0 a scalar (false for nil), 1 an array, 2 a status; the
+# script's reply as ("table", unpack(reply)) so that lupa hands back one tuple.
 _WRAPPER = """
-function(redis)
+function(py_call)
+  local format, floor, select, unpack, type, error = string.format, math.floor, select, unpack, type, error
+  local function str(v)
+    local t = type(v)
+    if t == 'string' then
+      return v
+    elseif t == 'number' then
+      if v == floor(v) and v > -1e17 and v < 1e17 then
+        return format('%d', v)
+      end
+      return format('%.17g', v)
+    end
+    error('Lua redis lib command arguments must be strings or integers')
+  end
+  local function command_reply(kind, ...)
+    if kind == 0 then
+      return (...)
+    elseif kind == 1 then
+      return {{...}}
+    end
+    return {{ok = (...)}}
+  end
+  local redis = {{}}
+  redis.call = function(...)
+    return command_reply(py_call(...))
+  end
   local function reply(value)
     if type(value) == 'table' and value.ok == nil and value.err == nil then
       return 'table', unpack(value)
@@ -127,7 +151,7 @@ function(redis)
       KEYS[i] = all[i]
     end
     for i = nkeys + 1, #all do
-      ARGV[i - nkeys] = all[i]
+      ARGV[i - nkeys] = str(all[i])
     end
     return reply(script(KEYS, ARGV))
   end
@@ -141,11 +165,12 @@ def _from_lua(value: Any) -> Any:
         kind = value[0]
         if kind == "value":
             return _from_lua(value[1]) if len(value) > 1 else None
-        out = []
-        for item in value[1:]:  # the array part up to the first nil
-            if item is None:
-                break
-            out.append(_from_lua(item))
+        out = list(value[1:])
+        for i, item in enumerate(out):  # numbers are the rule; anything else is converted
+            if type(item) is not int:
+                if item is None:  # the array part stops at the first nil
+                    return out[:i] if i else []
+                out[i] = _from_lua(item)
         return out
     if value is None or value is False:
         return None

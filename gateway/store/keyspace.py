@@ -13,9 +13,10 @@ Commands (Redis semantics, RESP2 replies as a Lua script sees them):
     ZREM key member [member ...]                        ZREMRANGEBYSCORE key min max
 
 Any other command is an error, so a script that starts using a new command
-fails its embedded tests until the command is added here. Arguments arrive as
-strings (numbers are formatted as Redis formats Lua numbers); a hash or sorted
-set left empty disappears, as in Redis. Time is frozen for the length of one
+fails its embedded tests until the command is added here. Arguments may arrive
+as strings or as Lua numbers: a number is stored or compared exactly as Redis
+would receive it (integers in full, others as ``%.17g``); a hash or sorted set
+left empty disappears, as in Redis. Time is frozen for the length of one
 script (``begin``), as Redis does; expired keys are removed then.
 """
 
@@ -57,8 +58,9 @@ def _score(value: float) -> str:
     return "%.17g" % value
 
 
-def _parse_bound(text: str) -> tuple[float, bool]:
+def _parse_bound(text: Any) -> tuple[float, bool]:
     """A ZRANGEBYSCORE bound: ``(5`` is exclusive, ``-inf`` / ``+inf`` are infinite."""
+    text = _s(text)
     exclusive = text.startswith("(")
     if exclusive:
         text = text[1:]
@@ -79,11 +81,23 @@ def _in_range(score: float, lo: tuple[float, bool], hi: tuple[float, bool]) -> b
     return above and below
 
 
-def _int(text: str, what: str = "value") -> int:
-    try:
+def _int(text: Any, what: str = "value") -> int:
+    kind = type(text)
+    if kind is int:
+        return text
+    if kind is str:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    elif kind is float and text.is_integer():
         return int(text)
-    except ValueError:
-        raise ReplyError(f"ERR {what} is not an integer or out of range") from None
+    raise ReplyError(f"ERR {what} is not an integer or out of range")
+
+
+def _s(value: Any) -> str:
+    """A string argument (a field, member or value) as Redis would receive it."""
+    return value if type(value) is str else redis_str(value)
 
 
 class Keyspace:
@@ -165,8 +179,8 @@ class Keyspace:
         return self._pttl(key)
 
     # -- dispatch ----------------------------------------------------------
-    def call(self, name: str, *args: str) -> Any:
-        command = self.commands.get(name.upper())
+    def call(self, name: str, *args: Any) -> Any:
+        command = self.commands.get(_s(name).upper())
         if command is None:
             raise ReplyError(f"ERR unknown command '{name}' (not implemented by the embedded keyspace)")
         try:
@@ -184,13 +198,13 @@ class Keyspace:
     def _set(self, key: str, value: str, *options: str) -> Status:
         at = None
         if options:
-            if len(options) != 2 or options[0].upper() != "PX":
+            if len(options) != 2 or _s(options[0]).upper() != "PX":
                 raise ReplyError("ERR syntax error (the embedded keyspace supports SET key value [PX ms])")
             ms = _int(options[1])
             if ms <= 0:
                 raise ReplyError("ERR invalid expire time in 'set' command")
             at = self._now_ms + ms
-        self._data[key] = value
+        self._data[_s(key)] = _s(value)
         if at is None:
             self._expires.pop(key, None)
         else:
@@ -223,13 +237,13 @@ class Keyspace:
 
     def _hget(self, key: str, field: str) -> str | None:
         h = self._lookup(key, dict)
-        return None if h is None else h.get(field)
+        return None if h is None else h.get(_s(field))
 
     def _hmget(self, key: str, *fields: str) -> list[str | None]:
         if not fields:
             raise TypeError
         h = self._lookup(key, dict) or {}
-        return [h.get(f) for f in fields]
+        return [h.get(_s(f)) for f in fields]
 
     def _hgetall(self, key: str) -> list[str]:
         h = self._lookup(key, dict)
@@ -248,15 +262,17 @@ class Keyspace:
             h = self._data[key] = {}
         added = 0
         for i in range(0, len(pairs), 2):
-            if pairs[i] not in h:
+            field = _s(pairs[i])
+            if field not in h:
                 added += 1
-            h[pairs[i]] = pairs[i + 1]
+            h[field] = _s(pairs[i + 1])
         return added
 
     def _hincrby(self, key: str, field: str, increment: str) -> int:
         h = self._lookup(key, dict)
         if h is None:
             h = self._data[key] = {}
+        field = _s(field)
         old = h.get(field)
         value = (_int(old, "hash value") if old is not None else 0) + _int(increment)
         h[field] = str(value)
@@ -268,14 +284,14 @@ class Keyspace:
         h = self._lookup(key, dict)
         if h is None:
             return 0
-        removed = sum(1 for f in fields if h.pop(f, None) is not None)
+        removed = sum(1 for f in fields if h.pop(_s(f), None) is not None)
         if not h:
             self._drop(key)
         return removed
 
     def _zadd(self, key: str, *args: str) -> int:
         xx = False
-        while args and args[0].upper() in ("XX",):
+        while args and type(args[0]) is str and args[0].upper() == "XX":
             xx = True
             args = args[1:]
         if not args or len(args) % 2:
@@ -283,7 +299,7 @@ class Keyspace:
         pairs = []
         for i in range(0, len(args), 2):
             try:
-                pairs.append((float(args[i]), args[i + 1]))
+                pairs.append((float(_s(args[i])), _s(args[i + 1])))
             except ValueError:
                 raise ReplyError("ERR value is not a valid float") from None
         z = self._lookup(key, _ZSet)
@@ -302,6 +318,7 @@ class Keyspace:
 
     def _zscore(self, key: str, member: str) -> str | None:
         z = self._lookup(key, _ZSet)
+        member = _s(member)
         if z is None or member not in z:
             return None
         return _score(z[member])
@@ -317,7 +334,7 @@ class Keyspace:
         with_scores, offset, count = False, 0, -1
         i = 0
         while i < len(options):
-            opt = options[i].upper()
+            opt = _s(options[i]).upper()
             if opt == "WITHSCORES":
                 with_scores = True
                 i += 1
@@ -345,7 +362,7 @@ class Keyspace:
         z = self._lookup(key, _ZSet)
         if z is None:
             return 0
-        removed = sum(1 for m in members if z.pop(m, None) is not None)
+        removed = sum(1 for m in members if z.pop(_s(m), None) is not None)
         if not z:
             self._drop(key)
         return removed

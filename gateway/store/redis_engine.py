@@ -21,6 +21,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis, RedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -66,7 +67,7 @@ class RedisEngine:
         self._preloaded = False
         options: dict[str, Any] = dict(
             decode_responses=False,
-            socket_timeout=max(1.0, timeout * 10),  # a backstop; the budget below is what callers see
+            socket_timeout=None,  # every round trip runs under the store's own budget (see _send)
             socket_connect_timeout=max(0.5, timeout * 5),
             driver_info=None,  # no CLIENT SETINFO round trip on every new connection
             max_connections=max_connections,
@@ -75,6 +76,11 @@ class RedisEngine:
             self._client: Redis | RedisCluster = RedisCluster.from_url(url, **options)
         else:
             self._client = Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+        # Standalone: our own idle list of redis-py connections (made by the
+        # client's pool, so URL, auth and TLS options apply), without the
+        # pool's per-checkout lock and bookkeeping on the hot path.
+        self._idle: list[Any] = []
+        self._slots = asyncio.Semaphore(max_connections)
 
     # -- ScriptEngine --------------------------------------------------------
     async def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -100,6 +106,9 @@ class RedisEngine:
             task.cancel()
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect()
         await self._client.aclose()
 
     # -- coalescing ------------------------------------------------------------
@@ -199,16 +208,22 @@ class RedisEngine:
             for command in commands:
                 pipe.execute_command(*command)
             return list(await pipe.execute(raise_on_error=False))
-        pool = self._client.connection_pool
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-            return replies
-        finally:
-            await pool.release(conn)
+        packed = b"".join([hiredis.pack_command(command) for command in commands])  # C, not redis-py's Python packer
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else self._client.connection_pool.make_connection()
+            healthy = False
+            try:
+                await conn.send_packed_command(packed, check_health=False)  # connects first if needed
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(await conn.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+                healthy = True
+                return replies
+            finally:
+                if healthy and conn.is_connected:
+                    self._idle.append(conn)
+                else:  # a half-read pipeline leaves the socket out of step: never reuse it
+                    await conn.disconnect(nowait=True)
