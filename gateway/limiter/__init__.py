@@ -2,7 +2,7 @@
 
 from .decision import Decision, Lease, LimitState, Reservation, SettledLimit, Settlement
 from .factory import build_engine, build_limiter
-from .keys import KeyBuilder, encode_value
+from .keys import KeyBuilder, encode_value, tenant_key_pattern
 from .limiter import FAIL_CLOSED_RETRY_MS, LOCAL_STORE, Limiter, LimiterStats
 from .spec import CALENDARS, FAIL_MODES, KINDS, UNITS, LimitSpec
 
@@ -26,4 +26,5 @@ __all__ = [
     "build_engine",
     "build_limiter",
     "encode_value",
+    "tenant_key_pattern",
 ]

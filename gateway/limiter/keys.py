@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from .spec import LimitSpec
 
-__all__ = ["KeyBuilder", "encode_value", "PREFIX"]
+__all__ = ["KeyBuilder", "encode_value", "tenant_key_pattern", "PREFIX"]
 
 PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 MAX_ENCODED = 64
@@ -35,6 +35,11 @@ def encode_value(value: str) -> str:
     if len(encoded) > MAX_ENCODED:
         return "~" + hashlib.sha256(raw).hexdigest()[:32]
     return encoded
+
+
+def tenant_key_pattern(tenant: str, prefix: str = "tg") -> str:
+    """A SCAN MATCH pattern for every counter of one tenant (admin API: list or drop a tenant's keys)."""
+    return f"{prefix}:{{t.{encode_value(tenant)}}}:*"
 
 
 def _kind_segment(spec: LimitSpec) -> str:

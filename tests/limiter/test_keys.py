@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from gateway.clock import SystemClock
-from gateway.limiter import KeyBuilder, LimitSpec, Limiter, encode_value
+from gateway.limiter import KeyBuilder, LimitSpec, Limiter, encode_value, tenant_key_pattern
 from gateway.store import RedisEngine
 
 NASTY = ["acme", "{acme}", "a}b{c", "a:b", "*", "a*b?[c]", "\x00", "a\x00b", "ü", "租户", "🦊", "", " ", "%41", "A", "~x", "=", ",", "x" * 10_240]
@@ -84,3 +84,14 @@ async def test_nasty_tenants_and_scopes_are_admitted_on_a_cluster_without_crosss
         assert engine.stats.failures == 0
     finally:
         await limiter.close()
+
+
+def test_the_tenant_pattern_matches_every_key_of_that_tenant_and_no_other() -> None:
+    import fnmatch
+
+    keys = KeyBuilder()
+    mine = [keys.key(spec(tenant="a*b", value=v)) for v in ("1", "2")]
+    other = keys.key(spec(tenant="a*bc", value="1"))
+    pattern = tenant_key_pattern("a*b")
+    assert all(fnmatch.fnmatchcase(k, pattern) for k in mine)
+    assert not fnmatch.fnmatchcase(other, pattern)
