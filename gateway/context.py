@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .admission import Admission
     from .identity import Principal
     from .runtime import Runtime
     from .sse import StreamMonitor
@@ -64,6 +65,9 @@ class RequestContext:
         "stream",
         # identify
         "principal",
+        # match, admit
+        "namespace",
+        "admission",
         # admit: set from the tenant's plan by a later stage; higher = more important (shedding, queues)
         "priority",
         # route
@@ -104,6 +108,8 @@ class RequestContext:
         self.model: str | None = None
         self.stream = False
         self.principal: Principal | None = None
+        self.namespace = "default"
+        self.admission: Admission | None = None
         self.priority = 0
         self.deployments: tuple[Any, ...] = ()
         self.attempts = 0

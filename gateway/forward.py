@@ -20,6 +20,7 @@ from .config.model import Deployment, Upstream
 from .context import RequestContext
 from .errors import UpstreamBadResponse, UpstreamTimeout
 from .http import REQUEST_ID_HEADER, error_body
+from .usage import usage_from_body
 from .sse import SseParser
 
 __all__ = [
@@ -217,15 +218,16 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
     ctx.status = status
     ctx.finished_at = loop.time()
     ctx.bytes_out = len(data)
-    return web.Response(
-        status=status,
-        body=data,
-        headers={
-            "Content-Type": content_type or "application/json",
-            REQUEST_ID_HEADER: ctx.request_id,
-            MODEL_HEADER: ctx.model_served or "",
-        },
-    )
+    if status == 200:
+        ctx.usage = usage_from_body(data)
+    headers = {
+        "Content-Type": content_type or "application/json",
+        REQUEST_ID_HEADER: ctx.request_id,
+        MODEL_HEADER: ctx.model_served or "",
+    }
+    if ctx.admission is not None:
+        headers.update(ctx.admission.headers)
+    return web.Response(status=status, body=data, headers=headers)
 
 
 async def _relay_stream(
@@ -251,10 +253,10 @@ async def _relay_stream(
         out += parser.feed(chunk)
     if parser.stop is not None and parser.stop[1] == "upstream_malformed_event" and not out:
         raise UpstreamBadResponse("upstream sent a malformed first stream event", code="upstream_malformed_event")
-    response = web.StreamResponse(
-        status=200,
-        headers={**_SSE_HEADERS, REQUEST_ID_HEADER: ctx.request_id, MODEL_HEADER: ctx.model_served or ""},
-    )
+    headers = {**_SSE_HEADERS, REQUEST_ID_HEADER: ctx.request_id, MODEL_HEADER: ctx.model_served or ""}
+    if ctx.admission is not None:
+        headers.update(ctx.admission.headers)
+    response = web.StreamResponse(status=200, headers=headers)
     ctx.status = 200
     sent = 0
     outcome = "done"

@@ -9,18 +9,33 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .context import Endpoint, RequestContext
+from .admission import admit
 from .attempts import serve
 from .errors import GatewayError
 from .guard import guard
 from .http import error_response, internal_error_response, request_id_from, status_for
 from .identity import client_ip, identify
-from .runtime import STATE
+from .runtime import STATE, GatewayState
+from .settlement import StreamBudget
+from .usage import UsageMonitor, request_stream_usage
 
 __all__ = ["make_proxy_handler", "client_ip"]
 
 log = logging.getLogger("tollgate.proxy")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _admit(ctx: RequestContext, state: GatewayState) -> None:
+    """Match the namespace, admit every limit at once, and arm the stream's usage monitor."""
+    runtime = ctx.runtime
+    ctx.namespace = runtime.namespaces.match(ctx.request.headers, ctx.body)
+    admission = ctx.admission = await admit(ctx, runtime.rules, state.limiter)
+    if admission is not None and admission.lease is not None:
+        state.settler.hold(admission.lease)
+    if ctx.stream:
+        budget = StreamBudget(admission, state.limiter) if admission is not None and admission.token_specs else None
+        ctx.stream_monitor = UsageMonitor(ctx, request_stream_usage(ctx), budget)
 
 
 def make_proxy_handler(endpoint: Endpoint) -> Handler:
@@ -34,6 +49,7 @@ def make_proxy_handler(endpoint: Endpoint) -> Handler:
             state.shedder.enter()
             await guard(ctx, runtime.config.guard)
             identify(ctx, runtime.identity, state.registry.directory)
+            await _admit(ctx, state)
             return await serve(ctx, state)  # route → forward, with retries and fallbacks
         except GatewayError as exc:
             ctx.status = status_for(exc)
@@ -49,6 +65,8 @@ def make_proxy_handler(endpoint: Endpoint) -> Handler:
             return internal_error_response(request_id)
         finally:
             state.shedder.leave()
+            if ctx.admission is not None:
+                state.settler.finish(ctx)
             state.accounting.record(ctx)
 
     return handle

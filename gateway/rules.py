@@ -8,11 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config.rules import RuleSpec, RulesConfig
+from .config.identity import Limits
+from .config.rules import Attach, RuleSpec, RulesConfig
 from .errors import BadRequest
 from .matching import MISSING, compile_path, lookup
 
-__all__ = ["FieldCheck", "RuleSet", "compile_field_check"]
+__all__ = ["FieldCheck", "RuleSet", "compile_field_check", "limits_as_rules"]
 
 log = logging.getLogger("tollgate.rules")
 
@@ -67,6 +68,25 @@ def compile_field_check(rule: RuleSpec) -> FieldCheck:
     return FieldCheck(rule, compile_path(rule.field), lambda v: v is MISSING or test(v))
 
 
+def limits_as_rules(limits: Limits) -> tuple[RuleSpec, ...]:
+    """The plan's limits (after tenant overrides) as tenant-scoped rules named ``plan.<limit>``."""
+    attach = Attach(is_global=True)
+    out: list[RuleSpec] = []
+    if limits.requests_per_minute:
+        out.append(RuleSpec("plan.requests_per_minute", "request_limit", attach, limit=limits.requests_per_minute))
+    if limits.tokens_per_minute:
+        out.append(RuleSpec("plan.tokens_per_minute", "token_limit", attach, limit=limits.tokens_per_minute))
+    if limits.concurrency:
+        out.append(RuleSpec("plan.concurrency", "connection_limit", attach, limit=limits.concurrency))
+    if limits.monthly_requests:
+        out.append(RuleSpec("plan.monthly_requests", "quota", attach, limit=limits.monthly_requests, per="month", algorithm="fixed_window"))
+    if limits.monthly_tokens:
+        out.append(
+            RuleSpec("plan.monthly_tokens", "quota", attach, limit=limits.monthly_tokens, per="month", algorithm="fixed_window", unit="tokens")
+        )
+    return tuple(out)
+
+
 class RuleSet:
     """The rules of one config version, indexed by what they attach to."""
 
@@ -86,6 +106,16 @@ class RuleSet:
                 self._by_namespace.setdefault(n, []).append(r)
         self._checks = {r.name: compile_field_check(r) for r in enabled if r.type == "field_check"}
         self._cache: dict[tuple[str | None, str | None, str], tuple[tuple[FieldCheck, ...], tuple[RuleSpec, ...]]] = {}
+        self._plan_cache: dict[Limits, tuple[RuleSpec, ...]] = {}
+
+    def plan_rules(self, limits: Limits) -> tuple[RuleSpec, ...]:
+        """A plan's limits (after tenant overrides) as rules; one tuple per distinct set of limits."""
+        hit = self._plan_cache.get(limits)
+        if hit is None:
+            if len(self._plan_cache) >= _CACHE_LIMIT:
+                self._plan_cache.clear()
+            hit = self._plan_cache[limits] = limits_as_rules(limits)
+        return hit
 
     def applicable(self, plan: str | None, tenant: str | None, namespace: str) -> tuple[tuple[FieldCheck, ...], tuple[RuleSpec, ...]]:
         """``(field checks, limit rules)`` for a request: the union of global, plan, tenant and namespace rules."""

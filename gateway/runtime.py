@@ -22,6 +22,10 @@ from .errors import ConfigError
 from .forward import UpstreamPool
 from .identity import IdentityRuntime, Registry, compile_identity
 from .health import HealthProber
+from .limiter import build_limiter
+from .matching import NamespaceTable
+from .rules import RuleSet
+from .settlement import Settler
 from .routing import ModelRoute, compile_routes
 from .shedding import Shedder
 
@@ -33,13 +37,15 @@ log = logging.getLogger("tollgate.runtime")
 class Runtime:
     """Everything compiled from one config version; immutable once built, so a request reads one consistent version."""
 
-    __slots__ = ("config", "version", "routes", "identity")
+    __slots__ = ("config", "version", "routes", "identity", "namespaces", "rules")
 
     def __init__(self, config: Config, version: int, deployments: DeploymentRegistry) -> None:
         self.config = config
         self.version = version
         self.routes: Mapping[str, ModelRoute] = compile_routes(config, deployments)
         self.identity: IdentityRuntime = compile_identity(config)
+        self.namespaces = NamespaceTable(config.rules.namespaces)
+        self.rules = RuleSet(config.rules)
 
 
 class GatewayState:
@@ -64,6 +70,9 @@ class GatewayState:
         # Tenants and keys: the config's plus runtime changes; outlives config versions.
         self.registry = Registry(config, base_dir=self.config_path.parent if self.config_path else None)
         self.pool = UpstreamPool()
+        # Limits: one limiter (and its store connections) for the process; settling runs in the background.
+        self.limiter = build_limiter(config.store, clock=self.clock)
+        self.settler = Settler(self.limiter)
         # Usage, cost, quotas, metrics, access and audit logs; flushed in the background, and on close.
         self.accounting = Accounting(config, state=self)
         self._reload_lock = asyncio.Lock()
@@ -77,11 +86,14 @@ class GatewayState:
         self.shedder.start()
         self.health.start()
         await self.accounting.start()
+        self.settler.start()
 
     async def close(self) -> None:
         await self.health.close()
         await self.shedder.close()
+        await self.settler.close()  # settle what finished before the usage flush and before the store closes
         await self.accounting.close()
+        await self.limiter.close()
         await self.pool.close()
 
     async def readiness_problems(self) -> list[str]:
@@ -99,6 +111,8 @@ class GatewayState:
             old = self.runtime
             if config.listeners != old.config.listeners:
                 log.warning("listener changes in %s take effect only after a restart", config.source)
+            if config.store != old.config.store:
+                log.warning("store changes in %s take effect only after a restart", config.source)
             runtime = Runtime(config, next(self._versions), self.deployments)
             await self.pool.apply(config.upstreams)
             self.registry.use_config(config)

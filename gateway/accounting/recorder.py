@@ -219,7 +219,8 @@ class Accounting:
             metrics, access, security, sla = self.metrics, self.access_log, self.security, self.sla
             for i, rec in enumerate(records):
                 e = entry_from(rec, pricing)
-                batch.add(e)
+                if e.upstream is not None:  # billed and counted against quotas only once it reached a model
+                    batch.add(e)
                 metrics.observe(e, currency)
                 sla.observe(e, acc.metrics)
                 if access.wants(e):

@@ -1,0 +1,167 @@
+"""Admit stage: every limit that applies to a request checked and consumed in one atomic limiter call.
+
+Rules (global ∪ plan ∪ tenant ∪ namespace) and the plan's own limits become
+``LimitSpec``s; the limiter admits them all or none. Token limits reserve an
+estimate now (prompt + max completion) that :func:`settle` reconciles with
+the real usage; concurrency limits hold a lease for the life of the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .config.rules import PERIODS, RuleSpec
+from .errors import RateLimited
+from .limiter import Decision, Lease, Limiter, LimitSpec, LimitState, Reservation
+from .ratelimit_headers import HeaderLimit, ratelimit_headers, retry_after_seconds
+from .tokens import estimate_prompt_tokens, requested_completion_tokens
+
+if TYPE_CHECKING:
+    from .context import RequestContext
+    from .rules import RuleSet
+
+__all__ = ["Admission", "admit", "DEGRADED_HEADER"]
+
+log = logging.getLogger("tollgate.admission")
+
+DEGRADED_HEADER = "x-tollgate-degraded"
+# A concurrency lease lives this long without renewal; long streams renew it (see LEASE_RENEW_EVERY).
+LEASE_TTL_MS = 60_000
+_MONTH_MS = 31 * 86_400_000
+_TENANT_SCOPES = frozenset({"tenant", "key", "user"})
+
+
+@dataclass(slots=True)
+class Admission:
+    """What admission decided for one request, and the handles to settle and release afterwards."""
+
+    decision: Decision
+    store: str = ""
+    # Token cost reserved at admission (prompt estimate + completion cap); 0 when no token limit applies.
+    reserved_tokens: int = 0
+    prompt_estimate: int = 0
+    # The token limits a stream may extend while it runs, and what to do when the budget runs out.
+    token_specs: tuple[LimitSpec, ...] = ()
+    cut_on_exceed: bool = False
+    extensions: list[Reservation] = field(default_factory=list)
+    extended_tokens: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    settled: bool = False
+    # A stream's extension request still in flight (settling waits for it).
+    pending: asyncio.Task[None] | None = None
+
+    @property
+    def reservation(self) -> Reservation | None:
+        return self.decision.reservation
+
+    @property
+    def lease(self) -> Lease | None:
+        return self.decision.lease
+
+
+def _counts_tokens(rule: RuleSpec) -> bool:
+    return rule.type == "token_limit" or (rule.type == "quota" and rule.unit == "tokens")
+
+
+def _scope_key(rule: RuleSpec, ctx: RequestContext) -> tuple[tuple[str, str], ...]:
+    p = ctx.principal
+    values = {
+        "tenant": p.tenant,
+        "key": p.key_id or "-",
+        "user": p.user or "-",
+        "ip": ctx.client_ip,
+        "namespace": ctx.namespace,
+        "model": ctx.model or "-",
+    }
+    return tuple((s, values[s]) for s in rule.scope if s != "global")
+
+
+def _spec(rule: RuleSpec, ctx: RequestContext, token_cost: int) -> LimitSpec:
+    tenant = ctx.principal.tenant if _TENANT_SCOPES.intersection(rule.scope) else None
+    common = {
+        "name": rule.name,
+        "scope_key": _scope_key(rule, ctx),
+        "tenant": tenant,
+        "fail_mode": rule.fail_mode,
+        "shadow": rule.shadow,
+    }
+    if rule.type == "connection_limit":
+        return LimitSpec(kind="concurrency", limit=rule.limit, window_ms=LEASE_TTL_MS, cost=1, **common)
+    tokens = _counts_tokens(rule)
+    cost = token_cost if tokens else 1
+    unit = "tokens" if tokens else "requests"
+    if rule.per == "month" or rule.type == "quota":
+        return LimitSpec(kind="fixed_window", limit=rule.limit, window_ms=_MONTH_MS, calendar="month", cost=cost, unit=unit, **common)
+    window_ms = PERIODS[rule.per]
+    if rule.algorithm == "fixed_window" and rule.per in ("minute", "hour", "day"):
+        return LimitSpec(kind="fixed_window", limit=rule.limit, window_ms=window_ms, calendar=rule.per, cost=cost, unit=unit, **common)
+    return LimitSpec(kind=rule.algorithm, limit=rule.limit, window_ms=window_ms, cost=cost, unit=unit, **common)  # type: ignore[arg-type]
+
+
+def _header_limits(states: tuple[LimitState, ...], specs: list[LimitSpec]) -> list[HeaderLimit]:
+    by_name = {s.name: s for s in specs}
+    out = []
+    for st in states:
+        spec = by_name.get(st.name)
+        if spec is None or spec.kind == "concurrency" or st.shadow:
+            continue
+        out.append(HeaderLimit(st.name, st.unit, st.limit, st.remaining, st.reset_ms, spec.window_ms))
+    return out
+
+
+def _refusal(decision: Decision, specs: list[LimitSpec], headers: dict[str, str]) -> RateLimited:
+    refused = decision.refused or decision.limits
+    names = ", ".join(sorted({s.name for s in refused}))
+    if decision.retry_after_ms < 0:
+        first = refused[0]
+        return RateLimited(
+            f"request refused by rule {names}: it needs more {first.unit} than the limit of {first.limit} allows at all",
+            headers=headers,
+        )
+    wait = retry_after_seconds(decision.retry_after_ms)
+    headers = {**headers, "Retry-After": wait}
+    what = "; ".join(f"{s.name}: {s.limit} {s.unit}, {max(s.remaining, 0)} left" for s in refused)
+    return RateLimited(f"rate limit exceeded by rule {names} ({what}); retry after {wait}s", headers=headers)
+
+
+async def admit(ctx: RequestContext, rules: RuleSet, limiter: Limiter) -> Admission | None:
+    """Run field checks, then admit every applicable limit at once; raises RateLimited/BadRequest."""
+    principal = ctx.principal
+    checks, rule_list = rules.applicable(principal.plan, principal.tenant, ctx.namespace)
+    if checks:
+        rules.check_fields(checks, ctx.body)
+    implied = rules.plan_rules(principal.limits)
+    if implied:
+        rule_list = rule_list + implied
+    if not rule_list:
+        return None
+    assert ctx.endpoint is not None and ctx.body is not None
+    needs_tokens = any(_counts_tokens(r) for r in rule_list)
+    prompt = completion = 0
+    if needs_tokens:
+        prompt = estimate_prompt_tokens(ctx.endpoint.kind, ctx.body)
+        completion = requested_completion_tokens(ctx.endpoint.kind, ctx.body, rules.default_max_tokens)
+    token_cost = prompt + completion
+    specs = [_spec(r, ctx, token_cost) for r in rule_list]
+    store = limiter.store_for(tenant=principal.tenant, plan=principal.plan)
+    decision = await limiter.admit(specs, store=store)
+    headers = ratelimit_headers(_header_limits(decision.limits, specs))
+    if decision.degraded:
+        headers[DEGRADED_HEADER] = "store"
+        log.warning("request %s admitted on a degraded store (fail modes applied)", ctx.request_id)
+    if not decision.allowed:
+        raise _refusal(decision, specs, headers)
+    token_specs = tuple(s for s in specs if s.reserves and not s.shadow)
+    cut = any(r.on_exceed == "cut" for r in rule_list if _counts_tokens(r) and not r.shadow)
+    return Admission(
+        decision=decision,
+            store=store,
+        reserved_tokens=token_cost if needs_tokens else 0,
+        prompt_estimate=prompt,
+        token_specs=token_specs,
+        cut_on_exceed=cut,
+        headers=headers,
+    )

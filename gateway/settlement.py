@@ -1,0 +1,159 @@
+"""After the answer: settle token reservations to the real usage, release leases, keep long leases alive.
+
+Settling runs off the hot path (a task per finished request, tracked so a
+graceful shutdown waits for it); a stream that outgrows its reservation
+extends it while it runs, and is cut when the budget is gone and its rule
+says ``on_exceed: cut``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from .errors import StoreError
+from .limiter import Lease, Limiter
+
+if TYPE_CHECKING:
+    from .admission import Admission
+    from .context import RequestContext, Usage
+
+__all__ = ["Settler", "StreamBudget", "EXTEND_MIN_TOKENS"]
+
+log = logging.getLogger("tollgate.settlement")
+
+# A stream past its reservation asks for at least this many more tokens at a time.
+EXTEND_MIN_TOKENS = 256
+RENEW_EVERY = 15.0
+
+
+class StreamBudget:
+    """A stream's tokens against what it holds (reservation + extensions); extends through the limiter."""
+
+    __slots__ = ("admission", "limiter", "completion_tokens", "exhausted", "_chars")
+
+    def __init__(self, admission: Admission, limiter: Limiter) -> None:
+        self.admission = admission
+        self.limiter = limiter
+        self.completion_tokens = 0
+        self.exhausted = False
+        self._chars = 0
+
+    @property
+    def cut(self) -> bool:
+        return self.admission.cut_on_exceed
+
+    def held(self) -> int:
+        return self.admission.reserved_tokens + self.admission.extended_tokens
+
+    def used(self) -> int:
+        return self.admission.prompt_estimate + self.completion_tokens
+
+    def add_text_chars(self, chars: int) -> None:
+        self._chars += chars
+        self.completion_tokens = (self._chars + 3) // 4
+
+    def over(self) -> bool:
+        return self.used() > self.held()
+
+    def should_extend(self) -> bool:
+        """At three quarters of what it holds, a stream asks for more (so the answer is in before it is needed)."""
+        return not self.exhausted and self.used() * 4 >= self.held() * 3
+
+    async def extend(self) -> None:
+        """Reserve more tokens on the stream's token limits; marks the budget exhausted when refused."""
+        a = self.admission
+        want = max(EXTEND_MIN_TOKENS, a.reserved_tokens // 2)
+        specs = [s.with_cost(want) for s in a.token_specs]
+        if not specs:
+            return
+        try:
+            decision = await self.limiter.admit(specs, store=a.store)
+        except StoreError:
+            return  # the store's trouble is not the client's: keep streaming, settle later
+        if not decision.allowed:
+            self.exhausted = True
+            return
+        if decision.reservation is not None:
+            a.extensions.append(decision.reservation)
+        a.extended_tokens += want
+
+
+class Settler:
+    """Settles finished requests in the background and renews the leases of requests still running."""
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+        self._pending: set[asyncio.Task[None]] = set()
+        self._leases: dict[Lease, float] = {}
+        self.settled = 0
+        self.failures = 0
+        self._renewer: asyncio.Task[None] | None = None
+
+    def hold(self, lease: Lease) -> None:
+        self._leases[lease] = asyncio.get_running_loop().time()
+
+    def finish(self, ctx: RequestContext) -> None:
+        """Called once per admitted request when it ends, however it ends; never blocks the response."""
+        admission = ctx.admission
+        if admission is None or admission.settled:
+            return
+        admission.settled = True
+        if admission.lease is not None:
+            self._leases.pop(admission.lease, None)
+        task = asyncio.get_running_loop().create_task(self._settle(admission, ctx.usage, ctx.first_byte_at is not None))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _settle(self, admission: Admission, usage: Usage | None, reached_upstream: bool) -> None:
+        try:
+            if admission.pending is not None:
+                await asyncio.gather(admission.pending, return_exceptions=True)
+            reservation = admission.reservation
+            if reservation is not None:
+                if usage is not None:
+                    actual = usage.total_tokens
+                elif reached_upstream:
+                    actual = admission.reserved_tokens  # no usage came back: keep the estimate
+                else:
+                    actual = 0  # nothing reached the model: refund everything
+                await self.limiter.settle(reservation, max(0, actual - admission.extended_tokens))
+                for extension in admission.extensions:
+                    await self.limiter.settle(extension, extension.reserved)
+            if admission.lease is not None:
+                await self.limiter.release(admission.lease)
+            self.settled += 1
+        except StoreError as exc:
+            self.failures += 1
+            log.warning("settling a request failed (%s); its reservation stays as estimated and its lease expires by TTL", exc)
+
+    async def renew_loop(self) -> None:
+        """Renew leases older than RENEW_EVERY seconds, so long streams keep theirs (a crashed process's expire)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(RENEW_EVERY / 3)
+            now = loop.time()
+            for lease, since in list(self._leases.items()):
+                if now - since < RENEW_EVERY or lease.released:
+                    continue
+                self._leases[lease] = now
+                with contextlib.suppress(StoreError):
+                    await self.limiter.renew(lease)
+
+    async def drain(self) -> None:
+        """Wait for every settlement in flight (graceful shutdown)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    def start(self) -> None:
+        self._renewer = asyncio.get_running_loop().create_task(self.renew_loop())
+
+    async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+        await self.drain()
