@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .config.rules import PERIODS, RuleSpec
 from .errors import RateLimited
@@ -60,6 +60,21 @@ class Admission:
     @property
     def lease(self) -> Lease | None:
         return self.decision.lease
+
+
+class LimitMetrics(Protocol):
+    def limit_decision(self, rule: str, outcome: str, n: int = 1) -> None: ...
+
+    def degraded_admission(self, rule: str, mode: str) -> None: ...
+
+
+def _count(decision: Decision, metrics: LimitMetrics) -> None:
+    """Refusals (real and shadow) and degraded answers per rule; plain admissions are counted as requests."""
+    for st in decision.limits:
+        if not st.allowed:
+            metrics.limit_decision(st.name, "shadow_refused" if st.shadow else "refused")
+        if st.degraded:
+            metrics.degraded_admission(st.name, "degraded")
 
 
 def _counts_tokens(rule: RuleSpec) -> bool:
@@ -127,7 +142,7 @@ def _refusal(decision: Decision, specs: list[LimitSpec], headers: dict[str, str]
     return RateLimited(f"rate limit exceeded by rule {names} ({what}); retry after {wait}s", headers=headers)
 
 
-async def admit(ctx: RequestContext, rules: RuleSet, limiter: Limiter) -> Admission | None:
+async def admit(ctx: RequestContext, rules: RuleSet, limiter: Limiter, metrics: LimitMetrics | None = None) -> Admission | None:
     """Run field checks, then admit every applicable limit at once; raises RateLimited/BadRequest."""
     principal = ctx.principal
     checks, rule_list = rules.applicable(principal.plan, principal.tenant, ctx.namespace)
@@ -149,6 +164,8 @@ async def admit(ctx: RequestContext, rules: RuleSet, limiter: Limiter) -> Admiss
     store = limiter.store_for(tenant=principal.tenant, plan=principal.plan)
     decision = await limiter.admit(specs, store=store)
     headers = ratelimit_headers(_header_limits(decision.limits, specs))
+    if metrics is not None:
+        _count(decision, metrics)
     if decision.degraded:
         headers[DEGRADED_HEADER] = "store"
         log.warning("request %s admitted on a degraded store (fail modes applied)", ctx.request_id)

@@ -30,7 +30,7 @@ async def _admit(ctx: RequestContext, state: GatewayState) -> None:
     """Match the namespace, admit every limit at once, and arm the stream's usage monitor."""
     runtime = ctx.runtime
     ctx.namespace = runtime.namespaces.match(ctx.request.headers, ctx.body)
-    admission = ctx.admission = await admit(ctx, runtime.rules, state.limiter)
+    admission = ctx.admission = await admit(ctx, runtime.rules, state.limiter, state.accounting.metrics)
     if admission is not None and admission.lease is not None:
         state.settler.hold(admission.lease)
     if ctx.stream:
