@@ -26,9 +26,25 @@ log = logging.getLogger("tollgate.proxy")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+PRIORITY_HEADER = "X-Tollgate-Priority"
+
+
+def _priority(ctx: RequestContext) -> int:
+    """The plan's priority class, raised by the client's header only as far as the plan permits."""
+    limits = ctx.principal.limits
+    priority = limits.priority or 0
+    ceiling = limits.max_header_priority
+    if ceiling is not None:
+        asked = ctx.request.headers.get(PRIORITY_HEADER)
+        if asked is not None and asked.isdigit():
+            priority = max(priority, min(int(asked), ceiling))
+    return priority
+
+
 async def _admit(ctx: RequestContext, state: GatewayState) -> None:
     """Match the namespace, admit every limit at once, and arm the stream's usage monitor."""
     runtime = ctx.runtime
+    ctx.priority = _priority(ctx)
     ctx.namespace = runtime.namespaces.match(ctx.request.headers, ctx.body)
     admission = ctx.admission = await admit(ctx, runtime.rules, state.limiter, state.accounting.metrics)
     if admission is not None and admission.lease is not None:

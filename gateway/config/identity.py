@@ -54,7 +54,15 @@ API_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 JWT_ALGORITHMS = (
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 )
-LIMIT_FIELDS = ("monthly_requests", "monthly_tokens", "concurrency", "requests_per_minute", "tokens_per_minute")
+LIMIT_FIELDS = (
+    "monthly_requests",
+    "monthly_tokens",
+    "concurrency",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "priority",
+    "max_header_priority",
+)
 TENANT_STATUSES = ("active", "suspended")
 REGISTRY_BACKENDS = ("memory", "file", "redis")
 _MAX_LIMIT = 10**15
@@ -76,6 +84,10 @@ class Limits:
     concurrency: int | None = None
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    # Priority class of the tenant's requests when the gateway sheds load or queues (higher first; default 0),
+    # and the highest class a client may ask for with the X-Tollgate-Priority header (None: the header is ignored).
+    priority: int | None = None
+    max_header_priority: int | None = None
 
     def to_json(self) -> dict[str, int | None]:
         return {f: getattr(self, f) for f in LIMIT_FIELDS}
@@ -105,8 +117,8 @@ DEFAULT_PLANS: Mapping[str, Plan] = frozen_map(
         for p in (
             Plan("personal", Limits(monthly_requests=10_000, concurrency=3), description="Personal"),
             Plan("small_business", Limits(monthly_requests=100_000, concurrency=10), description="Small business"),
-            Plan("enterprise", Limits(monthly_requests=1_000_000, concurrency=50), description="Enterprise"),
-            Plan("government", Limits(monthly_requests=5_000_000, concurrency=100), description="Government"),
+            Plan("enterprise", Limits(monthly_requests=1_000_000, concurrency=50, priority=1), description="Enterprise"),
+            Plan("government", Limits(monthly_requests=5_000_000, concurrency=100, priority=1), description="Government"),
             Plan("education", Limits(monthly_requests=500_000, concurrency=20), description="Education"),
         )
     }
