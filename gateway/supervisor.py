@@ -80,7 +80,7 @@ def workers_warnings(config: Config, workers: int) -> list[str]:
     if workers > 1 and registry is not None and registry.backend != "redis":
         warnings.append(
             f"registry.backend is {registry.backend}: tenants and keys changed through the admin API (served by worker 0) "
-            "reach the other workers only through Redis; set registry: {backend: redis}"
+            "reach the other workers only through Redis; set registry: {redis: redis://HOST:6379/0}"
         )
     return warnings
 

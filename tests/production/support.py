@@ -163,7 +163,7 @@ class LoadLoop:
                     await resp.read()
                     self.outcomes.append(Outcome(started, time.monotonic(), resp.status))
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                self.outcomes.append(Outcome(started, time.monotonic(), None, type(exc).__name__))
+                self.outcomes.append(Outcome(started, time.monotonic(), None, f"{type(exc).__name__}: {exc}"))
 
     async def run_until(self, stop: asyncio.Event) -> None:
         self._stop = stop

@@ -23,6 +23,7 @@ from .support import ADMIN_TOKEN, LoadLoop, chat, is_gone, redis_server, served_
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 SLOW = {"x-mock-latency-ms": "60"}  # keeps requests in flight on every worker
+SOCKET_TEARDOWN = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +90,17 @@ async def test_killing_one_worker_under_load_loses_only_its_in_flight_requests_a
         stop.set()
         await running
 
+    # The kernel finishes tearing down a killed process's listening socket a few milliseconds after the
+    # process shows as dead; a connection that lands on it in that window is reset like one in flight.
+    settled_at = dead_at + SOCKET_TEARDOWN
     failures = load.failures()
-    after_replacement = [o for o in load.outcomes if o.started > dead_at]
+    after_replacement = [o for o in load.outcomes if o.started > settled_at]
     assert len(load.outcomes) > 200
     # Only requests that were already in flight when the worker died fail: at most one per client ...
     assert len(failures) <= load.clients, failures
     for failed in failures:
         assert failed.status is None, f"a worker death must cost connections, not answers: {failed}"
-        assert failed.started < dead_at and failed.ended >= killed_at, failed
+        assert failed.started < settled_at and failed.ended >= killed_at, failed
     # ... and every request sent after it died, before and after its replacement started, succeeded.
     assert after_replacement and all(o.status == 200 for o in after_replacement)
     assert "worker 1 (pid %d) exited with signal SIGKILL: restarting" % victim in gw.log()
@@ -148,3 +152,24 @@ async def test_reload_under_load_in_every_worker_fails_no_request(mock: Proc, re
     for index in (0, 1):
         assert any(f"worker-{index}[" in line and "config version 3 in force" in line for line in log.splitlines()), log
     assert "config version 4" not in log  # the refused file reached no worker
+
+
+async def test_admin_reload_in_a_single_process_answers_the_new_version_or_the_problems(mock: Proc, redis_url: str) -> None:
+    with served_gateway(gateway_config(f"{mock.url}/v1"), workers=1, admin=True) as gw:
+        assert gw.config_path is not None
+        live = yaml.safe_load(gw.config_path.read_text())
+        admin = f"http://127.0.0.1:{gw.extra_ports['admin']}/admin/reload"
+        async with aiohttp.ClientSession() as s:
+            async with s.post(admin) as r:
+                assert r.status == 401  # the admin token guards it like every admin route
+            bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            async with s.post(admin, headers=bearer) as r:
+                assert (r.status, (await r.json())["config_version"]) == (200, 2)
+            write_config(gw.config_path, {**live, "guard": {"max_body_bytes": "lots"}})
+            async with s.post(admin, headers=bearer) as r:
+                body = await r.json()
+                assert r.status == 422
+                assert body["error"]["code"] == "config_refused"
+                assert any(p.startswith("guard.max_body_bytes") for p in body["problems"])
+            async with s.get(f"{gw.url}/v1/models") as r:
+                assert r.status == 200  # still serving on version 2
