@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from .config.rules import PERIODS, RuleSpec
 from .errors import RateLimited
+from .lease_queue import LeaseWaiters
 from .limiter import Decision, Lease, Limiter, LimitSpec, LimitState, Reservation
 from .ratelimit_headers import HeaderLimit, ratelimit_headers, retry_after_seconds
 from .tokens import estimate_prompt_tokens, requested_completion_tokens
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from .context import RequestContext
     from .rules import RuleSet
 
-__all__ = ["Admission", "admit", "DEGRADED_HEADER"]
+__all__ = ["Admission", "admit", "limit_spec", "scope_key", "DEGRADED_HEADER"]
 
 log = logging.getLogger("tollgate.admission")
 
@@ -81,6 +83,11 @@ def _counts_tokens(rule: RuleSpec) -> bool:
     return rule.type == "token_limit" or (rule.type == "quota" and rule.unit == "tokens")
 
 
+def scope_key(rule: RuleSpec, values: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The counter's scope: the value of each of the rule's scopes (``-`` for no key, user or model)."""
+    return tuple((s, values[s]) for s in rule.scope if s != "global")
+
+
 def _scope_key(rule: RuleSpec, ctx: RequestContext) -> tuple[tuple[str, str], ...]:
     p = ctx.principal
     values = {
@@ -91,15 +98,15 @@ def _scope_key(rule: RuleSpec, ctx: RequestContext) -> tuple[tuple[str, str], ..
         "namespace": ctx.namespace,
         "model": ctx.model or "-",
     }
-    return tuple((s, values[s]) for s in rule.scope if s != "global")
+    return scope_key(rule, values)
 
 
-def _spec(rule: RuleSpec, ctx: RequestContext, token_cost: int) -> LimitSpec:
-    tenant = ctx.principal.tenant if _TENANT_SCOPES.intersection(rule.scope) else None
+def limit_spec(rule: RuleSpec, scope: tuple[tuple[str, str], ...], tenant: str, token_cost: int) -> LimitSpec:
+    """The limit one rule puts on one scope: what admission consumes, and what the admin API peeks at."""
     common = {
         "name": rule.name,
-        "scope_key": _scope_key(rule, ctx),
-        "tenant": tenant,
+        "scope_key": scope,
+        "tenant": tenant if _TENANT_SCOPES.intersection(rule.scope) else None,
         "fail_mode": rule.fail_mode,
         "shadow": rule.shadow,
     }
@@ -116,6 +123,10 @@ def _spec(rule: RuleSpec, ctx: RequestContext, token_cost: int) -> LimitSpec:
     return LimitSpec(kind=rule.algorithm, limit=rule.limit, window_ms=window_ms, cost=cost, unit=unit, **common)  # type: ignore[arg-type]
 
 
+def _spec(rule: RuleSpec, ctx: RequestContext, token_cost: int) -> LimitSpec:
+    return limit_spec(rule, _scope_key(rule, ctx), ctx.principal.tenant, token_cost)
+
+
 def _header_limits(states: tuple[LimitState, ...], specs: list[LimitSpec]) -> list[HeaderLimit]:
     by_name = {s.name: s for s in specs}
     out = []
@@ -127,7 +138,19 @@ def _header_limits(states: tuple[LimitState, ...], specs: list[LimitSpec]) -> li
     return out
 
 
-def _refusal(decision: Decision, specs: list[LimitSpec], headers: dict[str, str]) -> RateLimited:
+def _queue_timeout(decision: Decision, rules: tuple[RuleSpec, ...]) -> float:
+    """How long to wait for a lease: only when every refusal is a connection_limit that allows queueing."""
+    by_name = {r.name: r for r in rules}
+    waits = []
+    for st in decision.refused:
+        rule = by_name.get(st.name)
+        if rule is None or rule.type != "connection_limit" or rule.queue_timeout <= 0:
+            return 0.0
+        waits.append(rule.queue_timeout)
+    return min(waits, default=0.0)
+
+
+def _refusal(decision: Decision, specs: list[LimitSpec], headers: dict[str, str], waited: float = 0.0) -> RateLimited:
     refused = decision.refused or decision.limits
     names = ", ".join(sorted({s.name for s in refused}))
     if decision.retry_after_ms < 0:
@@ -139,10 +162,17 @@ def _refusal(decision: Decision, specs: list[LimitSpec], headers: dict[str, str]
     wait = retry_after_seconds(decision.retry_after_ms)
     headers = {**headers, "Retry-After": wait}
     what = "; ".join(f"{s.name}: {s.limit} {s.unit}, {max(s.remaining, 0)} left" for s in refused)
-    return RateLimited(f"rate limit exceeded by rule {names} ({what}); retry after {wait}s", headers=headers)
+    queued = f"; waited {waited:.1f}s for a free slot" if waited else ""
+    return RateLimited(f"rate limit exceeded by rule {names} ({what}){queued}; retry after {wait}s", headers=headers)
 
 
-async def admit(ctx: RequestContext, rules: RuleSet, limiter: Limiter, metrics: LimitMetrics | None = None) -> Admission | None:
+async def admit(
+    ctx: RequestContext,
+    rules: RuleSet,
+    limiter: Limiter,
+    metrics: LimitMetrics | None = None,
+    waiters: LeaseWaiters | None = None,
+) -> Admission | None:
     """Run field checks, then admit every applicable limit at once; raises RateLimited/BadRequest."""
     principal = ctx.principal
     checks, rule_list = rules.applicable(principal.plan, principal.tenant, ctx.namespace)
@@ -163,6 +193,13 @@ async def admit(ctx: RequestContext, rules: RuleSet, limiter: Limiter, metrics: 
     specs = [_spec(r, ctx, token_cost) for r in rule_list]
     store = limiter.store_for(tenant=principal.tenant, plan=principal.plan)
     decision = await limiter.admit(specs, store=store)
+    waited = 0.0
+    if not decision.allowed and waiters is not None:
+        wait = _queue_timeout(decision, rule_list)
+        if wait > 0:
+            started = asyncio.get_running_loop().time()
+            decision = await waiters.retry(lambda: limiter.admit(specs, store=store), wait) or decision
+            waited = asyncio.get_running_loop().time() - started
     headers = ratelimit_headers(_header_limits(decision.limits, specs))
     if metrics is not None:
         _count(decision, metrics)
@@ -170,7 +207,7 @@ async def admit(ctx: RequestContext, rules: RuleSet, limiter: Limiter, metrics: 
         headers[DEGRADED_HEADER] = "store"
         log.warning("request %s admitted on a degraded store (fail modes applied)", ctx.request_id)
     if not decision.allowed:
-        raise _refusal(decision, specs, headers)
+        raise _refusal(decision, specs, headers, waited)
     token_specs = tuple(s for s in specs if s.reserves and not s.shadow)
     cut = any(r.on_exceed == "cut" for r in rule_list if _counts_tokens(r) and not r.shadow)
     return Admission(

@@ -46,7 +46,7 @@ async def _admit(ctx: RequestContext, state: GatewayState) -> None:
     runtime = ctx.runtime
     ctx.priority = _priority(ctx)
     ctx.namespace = runtime.namespaces.match(ctx.request.headers, ctx.body)
-    admission = ctx.admission = await admit(ctx, runtime.rules, state.limiter, state.accounting.metrics)
+    admission = ctx.admission = await admit(ctx, runtime.rules, state.limiter, state.accounting.metrics, state.lease_waiters)
     if admission is not None and admission.lease is not None:
         state.settler.hold(admission.lease)
     if ctx.stream:

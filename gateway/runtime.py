@@ -16,12 +16,15 @@ from .balancing import DeploymentRegistry
 from .budget import RetryBudget
 from .clock import Clock, SystemClock
 from .config import Config, load_config
+from .config.rules import RulesConfig
 from .deadletter import DeadLetterLog
 from .degradation import Hotspots, ProactiveFallbacks
 from .errors import ConfigError
 from .forward import UpstreamPool
 from .identity import IdentityRuntime, Registry, compile_identity
+from .identity.rule_records import RuleBook
 from .health import HealthProber
+from .lease_queue import LeaseWaiters
 from .limiter import build_limiter
 from .matching import NamespaceTable
 from .rules import RuleSet
@@ -35,17 +38,32 @@ log = logging.getLogger("tollgate.runtime")
 
 
 class Runtime:
-    """Everything compiled from one config version; immutable once built, so a request reads one consistent version."""
+    """Everything compiled from one config version; immutable once built, so a request reads one consistent version.
 
-    __slots__ = ("config", "version", "routes", "identity", "namespaces", "rules")
+    ``rules_config`` is the config's namespaces and rules with the registry's runtime changes laid over
+    them; when only those change, :meth:`with_rules` makes the next Runtime without recompiling the rest.
+    """
 
-    def __init__(self, config: Config, version: int, deployments: DeploymentRegistry) -> None:
+    __slots__ = ("config", "version", "routes", "identity", "rules_config", "namespaces", "rules")
+
+    def __init__(self, config: Config, version: int, deployments: DeploymentRegistry, rules: RulesConfig | None = None) -> None:
         self.config = config
         self.version = version
         self.routes: Mapping[str, ModelRoute] = compile_routes(config, deployments)
         self.identity: IdentityRuntime = compile_identity(config)
-        self.namespaces = NamespaceTable(config.rules.namespaces)
-        self.rules = RuleSet(config.rules)
+        self._compile_rules(rules if rules is not None else config.rules)
+
+    def _compile_rules(self, rules: RulesConfig) -> None:
+        self.rules_config = rules
+        self.namespaces = NamespaceTable(rules.namespaces)
+        self.rules = RuleSet(rules)
+
+    def with_rules(self, rules: RulesConfig) -> Runtime:
+        """The same config version with other namespaces and rules."""
+        runtime = object.__new__(Runtime)
+        runtime.config, runtime.version, runtime.routes, runtime.identity = self.config, self.version, self.routes, self.identity
+        runtime._compile_rules(rules)
+        return runtime
 
 
 class GatewayState:
@@ -69,10 +87,12 @@ class GatewayState:
         self.config_path = Path(config_path) if config_path is not None else None
         # Tenants and keys: the config's plus runtime changes; outlives config versions.
         self.registry = Registry(config, base_dir=self.config_path.parent if self.config_path else None)
+        self.registry.on_rules_change = self._rules_changed
         self.pool = UpstreamPool()
         # Limits: one limiter (and its store connections) for the process; settling runs in the background.
         self.limiter = build_limiter(config.store, clock=self.clock)
-        self.settler = Settler(self.limiter)
+        self.lease_waiters = LeaseWaiters(res.queue.size)
+        self.settler = Settler(self.limiter, on_release=self.lease_waiters.released)
         # Usage, cost, quotas, metrics, access and audit logs; flushed in the background, and on close.
         self.accounting = Accounting(config, state=self)
         self._reload_lock = asyncio.Lock()
@@ -113,13 +133,30 @@ class GatewayState:
                 log.warning("listener changes in %s take effect only after a restart", config.source)
             if config.store != old.config.store:
                 log.warning("store changes in %s take effect only after a restart", config.source)
-            runtime = Runtime(config, next(self._versions), self.deployments)
+            generation = self.registry.rules_generation
+            runtime = Runtime(config, next(self._versions), self.deployments, self.effective_rules(config))
             await self.pool.apply(config.upstreams)
             self.registry.use_config(config)
+            if self.registry.rules_generation != generation:  # namespaces or rules changed while we awaited
+                runtime = runtime.with_rules(self.effective_rules(config))
             self.runtime = runtime
             self._configure_resilience(config)
             log.info("config version %d in force (from %s)", runtime.version, config.source)
             return runtime
+
+    def effective_rules(self, config: Config) -> RulesConfig:
+        """The config's namespaces and rules with the runtime changes from the registry laid over them."""
+        book = RuleBook(config.rules, self.registry.rule_records)
+        return book.compile() if book.has_records else config.rules
+
+    def _rules_changed(self) -> None:
+        """The registry's namespaces or rules changed (here or on another process): swap in a recompiled set."""
+        runtime = self.runtime
+        self.runtime = runtime.with_rules(self.effective_rules(runtime.config))
+        log.info(
+            "namespaces and rules changed at runtime: %d namespaces, %d rules in force (config version %d)",
+            len(self.runtime.rules_config.namespaces), len(self.runtime.rules_config.rules), runtime.version,
+        )
 
     def _configure_resilience(self, config: Config) -> None:
         res = config.resilience

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import StoreError
@@ -84,8 +85,9 @@ class StreamBudget:
 class Settler:
     """Settles finished requests in the background and renews the leases of requests still running."""
 
-    def __init__(self, limiter: Limiter) -> None:
+    def __init__(self, limiter: Limiter, on_release: Callable[[], None] | None = None) -> None:
         self.limiter = limiter
+        self._on_release = on_release
         self._pending: set[asyncio.Task[None]] = set()
         self._leases: dict[Lease, float] = {}
         self.settled = 0
@@ -124,6 +126,8 @@ class Settler:
                     await self.limiter.settle(extension, extension.reserved)
             if admission.lease is not None:
                 await self.limiter.release(admission.lease)
+                if self._on_release is not None:
+                    self._on_release()
             self.settled += 1
         except StoreError as exc:
             self.failures += 1

@@ -77,6 +77,8 @@ class RuleSpec:
     scope: tuple[str, ...] = ("tenant",)
     fail_mode: str = "fail_open"
     on_exceed: str = "cut"  # token_limit during a stream
+    # connection_limit: how long a request over the limit may wait for a lease (0: refuse at once)
+    queue_timeout: float = 0.0
     unit: str = "requests"  # quota
     # field_check
     field: str = ""
@@ -194,6 +196,10 @@ def _rule(name: str, node: Node, namespace_names: set[str]) -> RuleSpec | None:
         kwargs["algorithm"] = "fixed_window" if kwargs["per"] == "month" else node.str(
             "algorithm", "sliding_window", choices=ALGORITHMS
         )
+    elif rtype == "connection_limit":
+        kwargs["queue_timeout"] = node.duration("queue_timeout", 0.0, positive=False)
+        if kwargs["queue_timeout"] is not None and kwargs["queue_timeout"] > 300:
+            node.error("queue_timeout", "must be at most 5m")
     elif rtype == "quota":
         kwargs["per"] = "month"
         kwargs["algorithm"] = "fixed_window"

@@ -240,3 +240,33 @@ async def test_namespace_matched_by_header_applies_its_own_rule(mock: Proc) -> N
             assert (await chat(s, gw, None, **{"X-Channel": "support"}))[0] == 200
             assert (await chat(s, gw, None, **{"X-Channel": "support"}))[0] == 429
             assert (await chat(s, gw, None, **{"X-Channel": "web"}))[0] == 200  # the default namespace has no such rule
+
+
+async def test_requests_over_a_queueing_concurrency_limit_wait_for_a_lease_until_their_deadline(mock: Proc) -> None:
+    rules = {"two-at-once": {"type": "connection_limit", "limit": 2, "queue_timeout": "4s", "scope": ["tenant"], "attach": {"global": True}}}
+    body = {"model": "gpt-4o-mini", "messages": MSG, "stream": True}
+    slow = {"x-mock-tokens-per-second": "20", "x-mock-completion-tokens": "8"}  # ~0.4 s each
+    with gateway_process(doc(mock, rules)) as gw:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+            started = time.monotonic()
+            results = await asyncio.gather(*(stream(s, gw, body, **slow) for _ in range(6)))
+            elapsed = time.monotonic() - started
+    assert [r[0] for r in results] == [200] * 6  # nobody refused: they queued
+    assert elapsed >= 1.0  # three waves of two
+
+
+async def test_a_queued_request_past_its_deadline_gets_429_saying_it_waited(mock: Proc) -> None:
+    rules = {"one-at-once": {"type": "connection_limit", "limit": 1, "queue_timeout": "300ms", "scope": ["tenant"], "attach": {"global": True}}}
+    body = {"model": "gpt-4o-mini", "messages": MSG, "stream": True}
+    slow = {"x-mock-tokens-per-second": "10", "x-mock-completion-tokens": "15"}  # ~1.5 s
+    with gateway_process(doc(mock, rules)) as gw:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+            holder = asyncio.create_task(stream(s, gw, body, **slow))
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            status, _, raw = await chat(s, gw)
+            waited = time.monotonic() - started
+            assert (await holder)[0] == 200
+    assert status == 429
+    assert b"waited 0.3s for a free slot" in raw
+    assert 0.25 <= waited < 1.0
