@@ -5,6 +5,11 @@ the new file and the same runtime records) and is shared by every request of
 the process. A background watcher polls the store so that a change made
 through any process's admin API - a revoked key above all - is in force
 everywhere within ``registry.poll_interval`` (250 ms by default).
+
+The same store holds the namespaces and rules changed at runtime (``ns:`` and
+``rule:`` records, see :mod:`.rule_records`); they are kept apart from the
+tenants and keys, and ``on_rules_change`` is called whenever they change here
+or elsewhere, so the owner can compile and swap in the merged rules.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ from ..config.identity import RegistryConfig
 from ..config.model import Config
 from ..errors import StoreError
 from .directory import Directory
+from .rule_records import is_rules_record
 from .stores import Changes, FileStore, MemoryStore, RedisStore, RegistryStore
 
 __all__ = ["Registry", "open_store", "registry_watcher_ctx"]
@@ -47,7 +53,12 @@ class Registry:
     def __init__(self, config: Config, *, base_dir: Path | None = None) -> None:
         self.settings = config.registry
         self.store = open_store(config.registry, base_dir)
+        # Tenant and key records (for the directory), and namespace and rule records, apart.
         self.records: dict[str, Any] = {}
+        self.rule_records: dict[str, Any] = {}
+        # Bumped whenever ``rule_records`` changes; ``on_rules_change`` runs right after.
+        self.rules_generation = 0
+        self.on_rules_change: Callable[[], None] | None = None
         self.version = 0
         self.directory = Directory(config)
         self._config = config
@@ -61,8 +72,8 @@ class Registry:
         self._take(loaded)
         self.opened = True
         log.info(
-            "registry: %d tenants, %d keys (%s, version %d)",
-            len(self.directory.tenants), len(self.directory.key_ids), self.store.description, self.version,
+            "registry: %d tenants, %d keys, %d runtime namespaces and rules (%s, version %d)",
+            len(self.directory.tenants), len(self.directory.key_ids), len(self.rule_records), self.store.description, self.version,
         )
         if isinstance(self.store, MemoryStore) and self._config.identity.enabled:
             log.warning("registry: no registry: section, so tenants and keys changed through the admin API are lost on restart")
@@ -78,28 +89,42 @@ class Registry:
         self.directory = Directory(config, self.records)
 
     def _take(self, changes: Changes) -> None:
+        identity, rules = _split(changes.records)
         if changes.full:
-            self.records = dict(changes.records)
+            self.records = {name: doc for name, doc in identity.items() if doc is not None}
             self.directory = Directory(self._config, self.records)
+            fresh = {name: doc for name, doc in rules.items() if doc is not None}
+            if fresh != self.rule_records:
+                self.rule_records = fresh
+                self._rules_changed()
         else:
-            for name, doc in changes.records.items():
-                if doc is None:
-                    self.records.pop(name, None)
-                else:
-                    self.records[name] = doc
-            if changes.records:
-                self.directory.apply(changes.records)
+            self._merge(identity, rules)
         self.version = changes.version
+
+    def _merge(self, identity: Mapping[str, Any], rules: Mapping[str, Any]) -> None:
+        for target, part in ((self.records, identity), (self.rule_records, rules)):
+            for name, doc in part.items():
+                if doc is None:
+                    target.pop(name, None)
+                else:
+                    target[name] = doc
+        if identity:
+            self.directory.apply(identity)
+        if rules:
+            self._rules_changed()
+
+    def _rules_changed(self) -> None:
+        self.rules_generation += 1
+        if self.on_rules_change is not None:
+            try:
+                self.on_rules_change()
+            except Exception:  # the watcher must keep following; the old rules stay in force
+                log.exception("registry: the changed namespaces and rules could not be put in force")
 
     async def write(self, changes: Mapping[str, Any], *, create_only: Iterable[str] = ()) -> None:
         """Persist ``changes`` and put them in force here at once; other processes follow within a poll interval."""
         await self.store.write(changes, create_only=create_only)
-        for name, doc in changes.items():
-            if doc is None:
-                self.records.pop(name, None)
-            else:
-                self.records[name] = doc
-        self.directory.apply(changes)
+        self._merge(*_split(changes))
 
     async def poll(self) -> bool:
         """Take in changes made elsewhere; True when there were any."""
@@ -130,6 +155,15 @@ class Registry:
         if self.failing_since is not None:
             return [f"the registry store has been unreachable for {time.monotonic() - self.failing_since:.0f}s: {self._last_error}"]
         return []
+
+
+def _split(records: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(tenant and key records, namespace and rule records)``."""
+    identity: dict[str, Any] = {}
+    rules: dict[str, Any] = {}
+    for name, doc in records.items():
+        (rules if is_rules_record(name) else identity)[name] = doc
+    return identity, rules
 
 
 async def registry_watcher_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,7 +1,7 @@
 """Where runtime changes to tenants and keys persist: memory, a local JSON file (atomic replace), or Redis.
 
 Every store holds the same records (``t:<tenant>``, ``k:<key id>``,
-``r:<config key id>`` -> JSON object) and a version that grows with every
+``r:<config key id>``, ``ns:<namespace>``, ``rule:<rule>`` -> JSON object) and a version that grows with every
 write, and answers "what changed since version N" so each gateway process
 can follow the others' changes within a poll interval.
 """
