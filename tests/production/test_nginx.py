@@ -59,7 +59,12 @@ def mock() -> Iterator[Proc]:
 def gateway(mock: Proc) -> Iterator[Proc]:
     with redis_server() as redis_url:
         config = gateway_config(
-            f"{mock.url}/v1", store={"backend": "redis", "url": redis_url}, guard={"max_body_bytes": "1MiB"}
+            f"{mock.url}/v1",
+            store={"backend": "redis", "url": redis_url, "timeout": "5s"},
+            guard={"max_body_bytes": "1MiB"},
+            # A per-IP limit, only for requests that ask for it, so the other tests here are not limited.
+            namespaces={"per-ip": {"matchers": [{"type": "header", "field": "X-Test", "op": "equals", "value": "per-ip"}]}},
+            rules={"three-per-ip": {"type": "request_limit", "limit": 3, "per": "minute", "scope": ["ip"], "attach": {"namespaces": ["per-ip"]}}},
         )
         with served_gateway(config, workers=2, admin=True, public={"trusted_proxies": ["127.0.0.1/32"]}) as gw:
             yield gw
@@ -172,3 +177,15 @@ async def test_body_size_gateway_answers_just_over_its_limit_and_nginx_caps_abus
     await writer.wait_closed()
     assert head.startswith(b"HTTP/1.1 413 ")
     assert b"text/html" in head  # nginx's client_max_body_size answered, not the gateway
+
+
+async def test_per_ip_limits_count_the_real_client_ip_behind_nginx(nginx: Proc) -> None:
+    async def post_from(address: str) -> int:
+        connector = aiohttp.TCPConnector(local_addr=(address, 0))
+        async with aiohttp.ClientSession(connector=connector) as s:
+            async with s.post(f"{nginx.url}/v1/chat/completions", json=chat(), headers={"X-Test": "per-ip"}) as r:
+                return r.status
+
+    # Every request reaches the gateway from nginx (127.0.0.1); only the real client address tells them apart.
+    assert [await post_from("127.0.0.4") for _ in range(4)] == [200, 200, 200, 429]
+    assert await post_from("127.0.0.5") == 200
