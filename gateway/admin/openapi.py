@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config.identity import LIMIT_FIELDS
+from ..config.rules import FIELD_CHECK_OPS, MATCHER_OPS, RULE_TYPES, SCOPES
 
 __all__ = ["openapi_document"]
 
@@ -20,7 +21,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 _ERRORS = {
     "400": _json(_ref("Error"), "invalid input (the message lists every problem with its field path) or a conflict"),
     "401": _json(_ref("Error"), "no admin token configured, or a missing or wrong admin token"),
-    "404": _json(_ref("Error"), "no such tenant or key"),
+    "404": _json(_ref("Error"), "no such tenant, key, namespace or rule"),
 }
 _TENANT_PARAM = {"name": "tenant", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}}
 _KEY_PARAM = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -136,6 +137,122 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
+_NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}}
+_SOURCE = {"type": "string", "enum": ["config", "api", "config+api"], "description": "config+api: declared in the file, changed here"}
+_SCHEMAS.update(
+    {
+        "Matcher": {
+            "type": "object",
+            "required": ["type", "field", "op"],
+            "properties": {
+                "type": {"type": "string", "enum": ["header", "body", "header_and_body"]},
+                "field": {"type": "string", "description": "a header name, or a body path such as messages.0.role"},
+                "op": {"type": "string", "enum": list(MATCHER_OPS)},
+                "value": {"description": "required except for exists; a list for in; a regular expression for regex"},
+                "header": {"type": "string", "description": "header_and_body: the header tested alongside the body field"},
+            },
+        },
+        "NamespaceInput": {
+            "type": "object",
+            "required": ["matchers"],
+            "description": "shaped like an entry of the config file's namespaces: (POST adds its name)",
+            "properties": {"priority": {"type": "integer"}, "matchers": {"type": "array", "items": _ref("Matcher"), "minItems": 1}},
+        },
+        "Namespace": {"allOf": [_ref("NamespaceInput"), {"type": "object", "properties": {"name": {"type": "string"}, "source": _SOURCE}}]},
+        "RuleInput": {
+            "type": "object",
+            "required": ["type", "attach"],
+            "description": "shaped like an entry of the config file's rules: (POST adds its name); validated by the config parser",
+            "properties": {
+                "type": {"type": "string", "enum": list(RULE_TYPES)},
+                "attach": {
+                    "type": "object",
+                    "properties": {
+                        "global": {"type": "boolean"},
+                        "plans": {"type": "array", "items": {"type": "string"}},
+                        "tenants": {"type": "array", "items": {"type": "string"}},
+                        "namespaces": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "priority": {"type": "integer"},
+                "enabled": {"type": "boolean"},
+                "shadow": {"type": "boolean", "description": "evaluated and counted, never refuses"},
+                "limit": {"type": "integer", "minimum": 1},
+                "per": {"type": "string", "enum": ["second", "minute", "hour", "day", "month"]},
+                "algorithm": {"type": "string", "enum": ["sliding_window", "gcra", "fixed_window"]},
+                "scope": {"type": "array", "items": {"type": "string", "enum": list(SCOPES)}},
+                "fail_mode": {"type": "string", "enum": ["fail_open", "fail_closed", "local"]},
+                "on_exceed": {"type": "string", "enum": ["cut", "allow"]},
+                "unit": {"type": "string", "enum": ["requests", "tokens"]},
+                "field": {"type": "string"},
+                "op": {"type": "string", "enum": list(FIELD_CHECK_OPS)},
+                "value": {},
+                "message": {"type": "string"},
+            },
+        },
+        "Rule": {"allOf": [_ref("RuleInput"), {"type": "object", "properties": {"name": {"type": "string"}, "source": _SOURCE}}]},
+        "RuleCounter": {
+            "type": "object",
+            "properties": {
+                "rule": {"type": "string"},
+                "type": {"type": "string"},
+                "scope": {"type": "object", "additionalProperties": {"type": "string"}},
+                "tenant": {"type": ["string", "null"], "description": "the hash-tag group of the counter"},
+                "store": {"type": "string"},
+                "unit": {"type": "string", "enum": ["requests", "tokens"]},
+                "limit": {"type": "integer"},
+                "remaining": {"type": "integer"},
+                "used": {"type": "integer"},
+                "reset_ms": {"type": "integer", "description": "ms until the counter is full again (or the window resets)"},
+                "enabled": {"type": "boolean"},
+                "shadow": {"type": "boolean"},
+            },
+        },
+    }
+)
+
+
+def _named(name: str) -> dict[str, Any]:
+    return {"allOf": [_ref(name), {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}]}
+
+
+def _rules_paths() -> dict[str, Any]:
+    """Namespaces and rules at runtime; every change is validated like the config file and reaches every process."""
+    ns_ok = {"200": _json(_ref("Namespace"), "the namespace")}
+    rule_ok = {"200": _json(_ref("Rule"), "the rule")}
+    revert = {"name": "revert", "in": "query", "schema": {"type": "boolean", "default": False}, "description": "drop the runtime change of a declared entry"}
+    deleted = {"200": _json({"type": "object"}, "deleted, or (revert) the file's version restored")}
+    scope_params = [{"name": s, "in": "query", "schema": {"type": "string"}} for s in ("tenant", "key", "user", "ip", "namespace", "model")]
+    return {
+        "/admin/namespaces": {
+            "get": _op("namespaces in force (the file's and the runtime's), with their source", {"200": _json(_list_of("Namespace"), "namespaces")}),
+            "post": _op("create a namespace", {"201": _json(_ref("Namespace"), "created")}, body=_named("NamespaceInput")),
+        },
+        "/admin/namespaces/{name}": {
+            "get": _op("one namespace", ns_ok, params=[_NAME_PARAM]),
+            "put": _op("create or replace a namespace (a declared one is overridden)", {**ns_ok, "201": _json(_ref("Namespace"), "created")}, params=[_NAME_PARAM], body=_ref("NamespaceInput")),
+            "delete": _op("delete a namespace created here (refused while rules attach to it, or when the file declares it)", deleted, params=[_NAME_PARAM, revert]),
+        },
+        "/admin/rules": {
+            "get": _op("rules in force (the file's and the runtime's), with their source", {"200": _json(_list_of("Rule"), "rules")}),
+            "post": _op("create a rule", {"201": _json(_ref("Rule"), "created")}, body=_named("RuleInput")),
+        },
+        "/admin/rules/{name}": {
+            "get": _op("one rule", rule_ok, params=[_NAME_PARAM]),
+            "put": _op("create or replace a rule (a declared one is overridden)", {**rule_ok, "201": _json(_ref("Rule"), "created")}, params=[_NAME_PARAM], body=_ref("RuleInput")),
+            "patch": _op("change some fields, e.g. enabled or shadow; null resets a field to its default", rule_ok, params=[_NAME_PARAM], body={"type": "object"}),
+            "delete": _op("delete a rule created here (a declared one: disable it, or revert its runtime change)", deleted, params=[_NAME_PARAM, revert]),
+        },
+        "/admin/rules/{name}/counter": {
+            "get": _op(
+                "the rule's counter for one scope, read without consuming; give a value for each of the rule's scopes (- for none)",
+                {"200": _json(_ref("RuleCounter"), "the limit state")},
+                params=[_NAME_PARAM, *scope_params],
+            )
+        },
+    }
+
+
 def _list_of(name: str) -> dict[str, Any]:
     return {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref(name)}}}
 
@@ -158,7 +275,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "Tollgate admin API",
             "version": "1",
-            "description": "Tenants and API keys at runtime. Served only on the admin listener. "
+            "description": "Tenants, API keys, namespaces and rules at runtime. Served only on the admin listener. "
             "Every /admin route except this document needs Authorization: Bearer <admin token>.",
         },
         "components": {"schemas": _SCHEMAS, "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}}},
@@ -205,5 +322,6 @@ def openapi_document() -> dict[str, Any]:
             },
             "/admin/keys/{key}": {"get": _op("one key", {"200": _json(_ref("Key"), "the key")}, params=[_KEY_PARAM])},
             "/admin/keys/{key}/revoke": {"post": _op("revoke a key on every gateway process (within registry.poll_interval)", {"200": _json(_ref("Key"), "the revoked key")}, params=[_KEY_PARAM])},
+            **_rules_paths(),
         },
     }

@@ -1,4 +1,5 @@
-"""Admin routes: tenants (CRUD, bulk, suspend/resume, delete with dry run), keys (create, list, revoke), plans."""
+"""Admin routes: tenants (CRUD, bulk, suspend/resume, delete with dry run), keys (create, list, revoke), plans;
+namespaces and rules (``rules_routes``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..errors import BadRequest, StoreError
 from ..http import json_response
 from ..identity.manage import Manager, key_view, tenant_view
 from ..runtime import STATE
+from .rules_routes import RULE_ROUTES
 
 __all__ = ["ROUTES"]
 
@@ -216,4 +218,4 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/admin/tenants/{tenant}/keys", create_key),
     ("GET", "/admin/keys/{key}", get_key),
     ("POST", "/admin/keys/{key}/revoke", revoke_key),
-)
+) + RULE_ROUTES
