@@ -139,6 +139,7 @@ _SCHEMAS: dict[str, Any] = {
 
 _NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}}
 _SOURCE = {"type": "string", "enum": ["config", "api", "config+api"], "description": "config+api: declared in the file, changed here"}
+_IN_FORCE = {"type": "boolean", "description": "false: a runtime change that no longer fits the reloaded config file, left out (see the log)"}
 _SCHEMAS.update(
     {
         "Matcher": {
@@ -158,7 +159,7 @@ _SCHEMAS.update(
             "description": "shaped like an entry of the config file's namespaces: (POST adds its name)",
             "properties": {"priority": {"type": "integer"}, "matchers": {"type": "array", "items": _ref("Matcher"), "minItems": 1}},
         },
-        "Namespace": {"allOf": [_ref("NamespaceInput"), {"type": "object", "properties": {"name": {"type": "string"}, "source": _SOURCE}}]},
+        "Namespace": {"allOf": [_ref("NamespaceInput"), {"type": "object", "properties": {"name": {"type": "string"}, "source": _SOURCE, "in_force": _IN_FORCE}}]},
         "RuleInput": {
             "type": "object",
             "required": ["type", "attach"],
@@ -190,7 +191,7 @@ _SCHEMAS.update(
                 "message": {"type": "string"},
             },
         },
-        "Rule": {"allOf": [_ref("RuleInput"), {"type": "object", "properties": {"name": {"type": "string"}, "source": _SOURCE}}]},
+        "Rule": {"allOf": [_ref("RuleInput"), {"type": "object", "properties": {"name": {"type": "string"}, "source": _SOURCE, "in_force": _IN_FORCE}}]},
         "RuleCounter": {
             "type": "object",
             "properties": {

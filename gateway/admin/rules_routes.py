@@ -51,8 +51,14 @@ def _book(request: web.Request) -> RuleBook:
     return RuleBook(state.config.rules, state.registry.rule_records)
 
 
-def _view(entry: Entry) -> dict[str, Any]:
-    return {"name": entry.name, **entry.doc, "source": entry.source}
+def _view(entry: Entry, in_force: bool = True) -> dict[str, Any]:
+    return {"name": entry.name, **entry.doc, "source": entry.source, "in_force": in_force}
+
+
+def _in_force(request: web.Request, kind: str) -> set[str]:
+    """Names compiled into the running rules: a record that stopped fitting (after a reload) is listed but not in force."""
+    rules = request.app[STATE].runtime.rules_config
+    return {ns.name for ns in rules.namespaces} if kind == NAMESPACE else {r.name for r in rules.rules}
 
 
 def _entry(book: RuleBook, kind: str, name: str) -> Entry:
@@ -116,14 +122,16 @@ def _named(doc: Any, kind: str) -> tuple[str, Any]:
 
 def _list(kind: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
-        return json_response({"object": "list", "data": [_view(e) for e in _book(request).entries(kind).values()]})
+        live = _in_force(request, kind)
+        return json_response({"object": "list", "data": [_view(e, e.name in live) for e in _book(request).entries(kind).values()]})
 
     return handler
 
 
 def _get(kind: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
-        return json_response(_view(_entry(_book(request), kind, request.match_info["name"])))
+        entry = _entry(_book(request), kind, request.match_info["name"])
+        return json_response(_view(entry, entry.name in _in_force(request, kind)))
 
     return handler
 

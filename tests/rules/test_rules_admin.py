@@ -372,3 +372,26 @@ async def test_writes_need_the_admin_token_and_the_openapi_document_describes_th
             assert {"put", "patch", "delete", "get"} <= set(paths["/admin/rules/{name}"])
             assert "get" in paths["/admin/rules/{name}/counter"] and "post" in paths["/admin/namespaces"]
             assert (await admin(s, gw, "GET", "/admin/rules/x"))[0] == 404
+
+
+async def test_reload_that_drops_a_namespace_leaves_out_only_the_runtime_rule_attached_to_it(mock: Proc, tmp_path: Path) -> None:
+    ns = {"batch": {"matchers": [{"type": "header", "field": "x-channel", "op": "equals", "value": "batch"}]}}
+    config = doc(mock, registry={"file": str(tmp_path / "registry.json")}, namespaces=ns)
+    async with aiohttp.ClientSession() as s:
+        with gateway(config) as gw:
+            assert (await admin(s, gw, "POST", "/admin/rules", {"name": "batch-1rpm", **rpm(1, namespaces=["batch"])}))[0] == 201
+            assert (await admin(s, gw, "POST", "/admin/rules", {"name": "acme-2rpm", **rpm(2)}))[0] == 201
+            assert gw.config_path is not None
+            on_disk = yaml.safe_load(gw.config_path.read_text())
+            del on_disk["namespaces"]
+            gw.config_path.write_text(yaml.safe_dump(on_disk))
+            gw.signal(signal.SIGHUP)
+
+            async def left_out() -> bool:
+                return (await admin(s, gw, "GET", "/admin/rules/batch-1rpm"))[1]["in_force"] is False
+
+            await until(left_out, within=5.0, since=time.perf_counter())
+            _, listed = await admin(s, gw, "GET", "/admin/rules")
+            assert {r["name"]: r["in_force"] for r in listed["data"]} == {"acme-2rpm": True, "batch-1rpm": False}
+            assert [(await chat(s, gw, **{"x-channel": "batch"}))[0] for _ in range(3)] == [200, 200, 429]  # acme-2rpm, not batch-1rpm
+            assert "batch-1rpm" in gw.log() and "left out" in gw.log()
