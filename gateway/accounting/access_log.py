@@ -84,10 +84,14 @@ class AccessLog:
             self._fh = open(self.config.path, "ab")  # noqa: SIM115 - closed in close()
 
     def wants(self, e: Entry) -> bool:
+        return self.wants_status(e.status, e.client_disconnected)
+
+    def wants_status(self, status: int, client_disconnected: bool) -> bool:
+        """Whether a request with this outcome gets a line (the sampling draw included), before any line is built."""
         cfg = self.config
         if not cfg.enabled:
             return False
-        if cfg.errors and (e.status >= 400 or e.client_disconnected):
+        if cfg.errors and (status >= 400 or client_disconnected):
             return True
         return cfg.sample >= 1.0 or self._rng.random() < cfg.sample
 

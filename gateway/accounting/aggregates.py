@@ -17,6 +17,7 @@ from collections import defaultdict
 from typing import Any
 
 from .records import Entry
+from .tally import Tally
 
 __all__ = ["Batch", "TOTAL_FIELDS", "MODEL_FIELDS", "month_of", "day_of", "split_models", "PeriodClock"]
 
@@ -69,23 +70,43 @@ class Batch:
         return bool(self.months)
 
     def add(self, e: Entry) -> None:
-        day, month = self.periods.periods(e.wall)
-        for target in (self.months[(e.tenant, month)], self.days[(e.tenant, day)]):
-            target["requests"] += 1
-            if e.status >= 400:
-                target["errors"] += 1
-            target["prompt_tokens"] += e.prompt_tokens
-            target["completion_tokens"] += e.completion_tokens
-            target["cost_n"] += e.cost_nanos
-            if not e.usage_reported:
-                target["est_requests"] += 1
-                target["est_prompt_tokens"] += e.prompt_tokens
-                target["est_completion_tokens"] += e.completion_tokens
-            m = f"m:{e.priced_model or 'unknown'}:"
-            target[m + "requests"] += 1
-            target[m + "prompt_tokens"] += e.prompt_tokens
-            target[m + "completion_tokens"] += e.completion_tokens
-            target[m + "cost_n"] += e.cost_nanos
+        self.add_counts(
+            e.tenant, e.wall, e.priced_model, 1, 1 if e.status >= 400 else 0,
+            e.prompt_tokens, e.completion_tokens, e.cost_nanos, estimated=not e.usage_reported,
+        )
+
+    def add_counts(
+        self, tenant: str, wall: float, model: str | None, requests: int, errors: int,
+        prompt_tokens: int, completion_tokens: int, cost_nanos: int, *, estimated: bool,
+    ) -> None:
+        """``requests`` requests of ``tenant`` on ``model`` at ``wall`` (``errors`` of them with status >= 400)."""
+        day, month = self.periods.periods(wall)
+        m = f"m:{model or 'unknown'}:"
+        for target in (self.months[(tenant, month)], self.days[(tenant, day)]):
+            target["requests"] += requests
+            if errors:
+                target["errors"] += errors
+            target["prompt_tokens"] += prompt_tokens
+            target["completion_tokens"] += completion_tokens
+            target["cost_n"] += cost_nanos
+            if estimated:
+                target["est_requests"] += requests
+                target["est_prompt_tokens"] += prompt_tokens
+                target["est_completion_tokens"] += completion_tokens
+            target[m + "requests"] += requests
+            target[m + "prompt_tokens"] += prompt_tokens
+            target[m + "completion_tokens"] += completion_tokens
+            target[m + "cost_n"] += cost_nanos
+
+    def add_tally(self, tally: Tally) -> None:
+        """The deltas of a flush's groups; requests that never reached an upstream are not billed nor counted."""
+        for (tenant, _plan, priced, upstream, status, reported, day), g in tally:
+            if upstream is not None:
+                n = g.requests
+                self.add_counts(
+                    tenant, day * 86400.0, priced, n, n if status >= 400 else 0,
+                    g.prompt_tokens, g.completion_tokens, g.cost_nanos, estimated=not reported,
+                )
 
     def merge(self, other: Batch) -> None:
         """Fold ``other`` (a batch that could not be written) into this one."""

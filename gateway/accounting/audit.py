@@ -174,6 +174,8 @@ class SecurityWatch:
         self._failures: dict[str, deque[float]] = {}
         self._reported: dict[tuple[str, str], float] = {}
 
+    STATUSES = frozenset({401, 403})  # the only outcomes :meth:`observe` looks at
+
     def observe(self, e: Entry) -> None:
         if e.status == 401:
             self._auth_failure(e)

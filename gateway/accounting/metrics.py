@@ -24,7 +24,11 @@ from __future__ import annotations
 
 import logging
 import os
+from bisect import bisect_right
+from collections import defaultdict
 from collections.abc import Callable
+from itertools import repeat
+from operator import lt
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
@@ -32,7 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from ..config.accounting import MetricsConfig
 from .pricing import NANOS
-from .records import Entry
+from .tally import Tally
 
 __all__ = ["GatewayMetrics", "TenantLabels", "multiprocess_dir", "BREAKER_STATES", "CONTENT_TYPE"]
 
@@ -177,28 +181,68 @@ class GatewayMetrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe(self, e: Entry, currency: str) -> None:
+    def apply(self, tally: Tally, currency: str) -> None:
+        """Count a flush's records: one update per distinct label set, however many records share it."""
+        label = self.tenant_label
+        target_of = self.config.sla_target
+        counts: dict[tuple[Any, tuple[str, ...]], float] = defaultdict(int)
+        observed: dict[tuple[Any, tuple[str, ...]], list[float]] = defaultdict(list)
+        for (tenant_name, plan, priced, upstream, status, reported, _day), g in tally:
+            tenant = label(tenant_name)  # groups are in first-seen order, as top_n needs
+            model = priced or "unknown"
+            plan = plan or "none"
+            counts[(self.requests, (tenant, model, str(status)))] += g.requests
+            observed[(self.request_seconds, (tenant, model))] += g.total_s
+            if upstream is not None:
+                observed[(self.upstream_seconds, (model, upstream))] += g.upstream_s
+            observed[(self.overhead_seconds, (plan,))] += g.overhead_s
+            if g.ttfb_s:
+                observed[(self.ttfb_seconds, (model,))] += g.ttfb_s
+            source = "reported" if reported else "estimated"
+            if g.prompt_tokens:
+                counts[(self.tokens, (tenant, model, "prompt", source))] += g.prompt_tokens
+            if g.completion_tokens:
+                counts[(self.tokens, (tenant, model, "completion", source))] += g.completion_tokens
+            if g.cost_nanos:
+                counts[(self.cost, (tenant, model, currency))] += g.cost_nanos / NANOS
+            target = target_of(plan)
+            if target is not None:
+                violations = sum(map(lt, repeat(target), g.overhead_s))
+                if violations:
+                    counts[(self.sla_violations, (plan,))] += violations
         child = self._child
-        tenant = self.tenant_label(e.tenant)
-        model = e.priced_model or "unknown"
-        child(self.requests, tenant, model, str(e.status)).inc()
-        child(self.request_seconds, tenant, model).observe(e.total_s)
-        if e.upstream is not None:
-            child(self.upstream_seconds, model, e.upstream).observe(e.upstream_s)
-        plan = e.plan or "none"
-        child(self.overhead_seconds, plan).observe(e.overhead_s)
-        if e.ttfb_s is not None:
-            child(self.ttfb_seconds, model).observe(e.ttfb_s)
-        source = "reported" if e.usage_reported else "estimated"
-        if e.prompt_tokens:
-            child(self.tokens, tenant, model, "prompt", source).inc(e.prompt_tokens)
-        if e.completion_tokens:
-            child(self.tokens, tenant, model, "completion", source).inc(e.completion_tokens)
-        if e.cost_nanos:
-            child(self.cost, tenant, model, currency).inc(e.cost_nanos / NANOS)
-        target = self.config.sla_target(plan)
-        if target is not None and e.overhead_s > target:
-            child(self.sla_violations, plan).inc()
+        for (metric, labels), n in counts.items():
+            child(metric, *labels).inc(n)
+        for (metric, labels), values in observed.items():
+            self._observe_many(child(metric, *labels), values)
+
+    @staticmethod
+    def _observe_many(child: Any, values: list[float]) -> None:
+        """``child.observe(v)`` for every value, with each bucket and the sum incremented once (multiprocess files too).
+
+        This reads three attributes prometheus_client's histogram children
+        keep (``_upper_bounds``, ``_buckets``, ``_sum``); a release that kept
+        them otherwise gets one ``observe`` per value: slower, still right.
+        """
+        bounds = getattr(child, "_upper_bounds", None)
+        buckets = getattr(child, "_buckets", None)
+        total = getattr(child, "_sum", None)
+        if bounds is None or buckets is None or total is None or len(buckets) != len(bounds):
+            for v in values:
+                child.observe(v)
+            return
+        # The library's rule: a value goes to the first bucket whose upper bound is >= it (the last bound is +Inf),
+        # so bucket i holds the values v with bounds[i-1] < v <= bounds[i]: counted by bisection of the sorted values.
+        ordered = sorted(values)
+        below = 0
+        for bucket, bound in zip(buckets, bounds):
+            upto = bisect_right(ordered, bound, below)
+            if upto > below:
+                bucket.inc(upto - below)
+                below = upto
+                if below == len(ordered):
+                    break
+        total.inc(sum(values))
 
     def alert(self, tenant: str, quota: str, severity: str) -> None:
         self.quota_alerts.labels(self.tenant_label(tenant), quota, severity).inc()

@@ -22,6 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,9 @@ from .alerts import Alert, QuotaWatch, WebhookSender, new_delivery_id, quota_sta
 from .audit import AuditLog, SecurityWatch
 from .metrics import GatewayMetrics, standard_samplers
 from .pricing import Pricing
-from .records import capture, entry_from
+from .records import capture
 from .sla import SlaTracker
+from .tally import Tally
 from .usage_store import FileUsageStore, MemoryUsageStore, RedisUsageStore, UsageStore
 
 __all__ = ["Accounting"]
@@ -214,22 +216,22 @@ class Accounting:
             acc = self.current
             pricing = self.pricing()
             currency = pricing.currency
-            batch = Batch()
-            lines: list[bytes] = []
             metrics, access, security, sla = self.metrics, self.access_log, self.security, self.sla
-            for i, rec in enumerate(records):
-                e = entry_from(rec, pricing)
-                if e.upstream is not None:  # billed and counted against quotas only once it reached a model
-                    batch.add(e)
-                metrics.observe(e, currency)
-                sla.observe(e, acc.metrics)
-                if access.wants(e):
-                    lines.append(line_of(e, currency))
+            tally = Tally(pricing, access.wants_status if access.config.enabled else None, security.STATUSES)
+            pending = iter(records)
+            while True:  # yield to the event loop between slices of records
+                tally.fold(islice(pending, _YIELD_EVERY))
+                if tally.records == len(records):
+                    break
+                await asyncio.sleep(0)
+            metrics.apply(tally, currency)
+            sla.observe_tally(tally, acc.metrics)
+            batch = Batch()
+            batch.add_tally(tally)
+            lines = [line_of(e, currency) for e in tally.logged]
+            for e in tally.watched_entries:
                 security.observe(e)
-                if e.principal is not None:
-                    self.principals[e.tenant] = e.principal
-                if i % _YIELD_EVERY == _YIELD_EVERY - 1:
-                    await asyncio.sleep(0)
+            self.principals.update(tally.principals)
             if self.dropped != self._dropped_reported:
                 metrics.accounting_dropped.inc(self.dropped - self._dropped_reported)
                 log.error("accounting: %d records dropped (pending queue full)", self.dropped - self._dropped_reported)

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..context import RequestContext
 
-__all__ = ["capture", "Entry", "entry_from", "DISCONNECTED_STATUS"]
+__all__ = ["capture", "Entry", "entry_from", "fields_of", "DISCONNECTED_STATUS"]
 
 # Status recorded for a request whose client went away before the answer was complete (nginx's convention).
 DISCONNECTED_STATUS = 499
@@ -86,11 +86,23 @@ def _name(value: Any) -> str | None:
 
 def entry_from(rec: tuple[Any, ...], pricing: Any) -> Entry:
     """Derive latencies, usage and cost from a captured tuple (runs in the flusher)."""
+    return Entry(*fields_of(rec, pricing))
+
+
+def fields_of(rec: tuple[Any, ...], pricing: Any) -> tuple[Any, ...]:
+    """The fields of the :class:`Entry` of ``rec``, in declaration order, as a plain tuple.
+
+    The flusher reads the few it needs from the tuple and builds the
+    :class:`Entry` (``Entry(*fields)``) only for the records an access-log
+    line or a security check asks for: the derivation is written once, here.
+    """
     (
         request_id, endpoint, model, model_served, upstream, status, error, stream, disconnected, client_ip,
         started, first_byte_at, finished_at, usage, body_len, principal, namespace, upstream_started, attempts, end, wall,
     ) = rec
-    total = max(0.0, end - started)
+    total = end - started
+    if total < 0.0:
+        total = 0.0
     if upstream_started is not None and finished_at is not None:
         upstream_s = max(0.0, finished_at - upstream_started)
     elif finished_at is not None:
@@ -99,7 +111,8 @@ def entry_from(rec: tuple[Any, ...], pricing: Any) -> Entry:
         upstream_s = max(0.0, finished_at - started)
     else:
         upstream_s = 0.0
-    upstream_s = min(upstream_s, total)
+    if upstream_s > total:
+        upstream_s = total
     if usage is not None:
         prompt, completion, reported = usage.prompt_tokens, usage.completion_tokens, bool(usage.reported)
     elif upstream is not None and first_byte_at is not None and (status == 200 or disconnected):
@@ -115,33 +128,13 @@ def entry_from(rec: tuple[Any, ...], pricing: Any) -> Entry:
         tenant, key_id, user, plan = "anonymous", None, None, None
     priced = pricing.priced_model(model_served, model)
     cost = pricing.cost_nanos(priced, prompt, completion) if status < 400 or prompt or completion else 0
-    n_attempts = attempts if isinstance(attempts, int) else (len(attempts) if attempts is not None else None)
-    return Entry(
-        request_id=request_id,
-        wall=wall,
-        tenant=tenant,
-        key_id=key_id,
-        user=user,
-        plan=plan,
-        namespace=_name(namespace),
-        endpoint=endpoint.kind if endpoint is not None else None,
-        model=model,
-        model_served=model_served,
-        priced_model=priced,
-        upstream=upstream,
-        status=status,
-        error=error,
-        stream=stream,
-        client_disconnected=disconnected,
-        client_ip=client_ip,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        usage_reported=reported,
-        cost_nanos=cost,
-        total_s=total,
-        upstream_s=upstream_s,
-        overhead_s=total - upstream_s,
-        ttfb_s=(first_byte_at - started) if first_byte_at is not None else None,
-        attempts=n_attempts,
-        principal=principal,
+    if attempts is not None and not isinstance(attempts, int):
+        attempts = len(attempts)
+    if namespace is not None and not isinstance(namespace, str):
+        namespace = _name(namespace)
+    return (
+        request_id, wall, tenant, key_id, user, plan, namespace, endpoint.kind if endpoint is not None else None,
+        model, model_served, priced, upstream, status, error, stream, disconnected, client_ip,
+        prompt, completion, reported, cost, total, upstream_s, total - upstream_s,
+        (first_byte_at - started) if first_byte_at is not None else None, attempts, principal,
     )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections import deque
+from itertools import repeat
+from operator import lt
 from typing import Any
 
 from ..config.accounting import MetricsConfig
 from .records import Entry
+from .tally import Tally
 
 __all__ = ["SlaTracker"]
 
@@ -19,17 +22,29 @@ class SlaTracker:
         self._counts: dict[str, list[int]] = {}  # plan -> [requests, violations]
 
     def observe(self, e: Entry, config: MetricsConfig) -> None:
-        plan = e.plan or "none"
+        self.observe_many(e.plan, [e.overhead_s], config)
+
+    def observe_tally(self, tally: Tally, config: MetricsConfig) -> None:
+        """Every request of a flush, one deque extension per plan."""
+        plans: dict[str | None, list[float]] = {}
+        for (_tenant, plan, *_rest), g in tally:
+            plans.setdefault(plan, []).extend(g.overhead_s)
+        for plan, overheads in plans.items():
+            self.observe_many(plan, overheads, config)
+
+    def observe_many(self, plan: str | None, overheads: list[float], config: MetricsConfig) -> None:
+        """Requests of ``plan`` with these gateway overheads (seconds)."""
+        plan = plan or "none"
         recent = self._recent.get(plan)
         if recent is None:
             recent = self._recent[plan] = deque(maxlen=_WINDOW)
             self._counts[plan] = [0, 0]
-        recent.append(e.overhead_s)
+        recent.extend(overheads)
         counts = self._counts[plan]
-        counts[0] += 1
+        counts[0] += len(overheads)
         target = config.sla_target(plan)
-        if target is not None and e.overhead_s > target:
-            counts[1] += 1
+        if target is not None:
+            counts[1] += sum(map(lt, repeat(target), overheads))
 
     def report(self, config: MetricsConfig) -> dict[str, Any]:
         plans = {}

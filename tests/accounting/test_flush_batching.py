@@ -1,0 +1,247 @@
+"""The flusher folds a batch into groups before it touches metrics: the figures equal one update per request, in both metric modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.accounting import Accounting, GatewayMetrics
+from gateway.accounting import metrics as metrics_module
+from gateway.accounting import tally as tally_module
+from gateway.accounting.aggregates import Batch
+from gateway.accounting.pricing import NANOS
+from gateway.accounting.records import DISCONNECTED_STATUS, capture, entry_from
+from gateway.config import config_from_dict
+from gateway.config.accounting import MetricsConfig
+from gateway.config.identity import Limits
+from gateway.context import ENDPOINTS, Usage
+from gateway.identity.directory import Principal
+
+from ..support.processes import REPO
+
+WALL = 1_790_000_000.0  # a fixed wall time, so two processes derive the same records
+DOC: dict[str, Any] = {
+    "upstreams": {"mock": {"base_url": "http://127.0.0.1:9/v1"}, "backup": {"base_url": "http://127.0.0.1:9/v1"}},
+    "models": {"gpt-4o-mini": {"deployments": [{"upstream": "mock"}]}, "gpt-4o": {"deployments": [{"upstream": "backup"}]}},
+    "usage": {"backend": "memory", "flush_interval": "1h", "batch_size": 100_000, "max_pending": 100_000},
+    "pricing": {"models": {"gpt-4o-mini": {"input_per_1k": 0.15, "output_per_1k": 0.6}, "gpt-4o": {"input_per_1k": 2.5, "output_per_1k": 10}}},
+    "metrics": {"tenant_labels": "top", "top_n": 3, "sla": {"default": "3ms", "plans": {"enterprise": "1ms"}}},
+    "access_log": {"enabled": False},
+}
+PER_REQUEST = {
+    "tollgate_requests", "tollgate_request_duration_seconds", "tollgate_upstream_duration_seconds", "tollgate_gateway_overhead_seconds",
+    "tollgate_time_to_first_byte_seconds", "tollgate_tokens", "tollgate_cost", "tollgate_sla_violations",
+}
+# Latencies spread over every bucket of both histogram layouts, edges included (a value equal to a bound is in that bucket).
+SECONDS = (0.0, 0.00005, 0.0001, 0.0004, 0.001, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.7, 2.5, 9.0, 45.0, 200.0)
+
+
+def varied_requests(n: int = 600) -> list[tuple[Any, float]]:
+    """``(context, end)`` pairs: six tenants on two plans, every status the flusher treats apart, estimated and reported usage."""
+    principals = [
+        Principal(tenant=f"t{i}", plan="enterprise" if i % 2 else "personal", limits=Limits(), allowed_models=None, key_id=f"k{i}")
+        for i in range(6)
+    ]
+    out = []
+    for i in range(n):
+        started = 100.0 + i
+        upstream_s = SECONDS[i % len(SECONDS)]
+        overhead = SECONDS[(i * 7) % len(SECONDS)] / 10
+        status = (200, 200, 200, 429, 401, 200, 502)[i % 7]
+        model = ("gpt-4o-mini", "gpt-4o", "unpriced")[i % 3]
+        reached = status in (200, 502)
+        ctx = SimpleNamespace(
+            request_id=f"req_{i}", endpoint=ENDPOINTS["/v1/chat/completions"], model=model, model_served=model,
+            upstream_name=("mock" if i % 2 else "backup") if reached else None, status=status, error=None,
+            stream=i % 4 == 0, client_disconnected=i % 11 == 0, client_ip="127.0.0.1", started=started,
+            first_byte_at=started + upstream_s / 2 if reached and i % 5 else None,
+            finished_at=started + upstream_s if reached else None,
+            usage=Usage(10 + i % 13, i % 17, bool(i % 3)) if reached and i % 6 else None,
+            body_bytes=b"x" * (i % 50), principal=principals[(i * 5) % 7] if (i * 5) % 7 < 6 else None,
+            namespace=None, upstream_started=started, attempts=1,
+        )
+        out.append((ctx, started + upstream_s + overhead))
+    return out
+
+
+def reference_samples(entries: list[Any], config: MetricsConfig, currency: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """What one ``observe`` / ``inc`` per request gives: the flusher before batching, through prometheus_client itself."""
+    reg = CollectorRegistry()
+    latency = metrics_module._LATENCY
+    requests = Counter("tollgate_requests", "", ("tenant", "model", "status"), registry=reg)
+    request_s = Histogram("tollgate_request_duration_seconds", "", ("tenant", "model"), registry=reg, buckets=latency)
+    upstream_s = Histogram("tollgate_upstream_duration_seconds", "", ("model", "upstream"), registry=reg, buckets=latency)
+    overhead_s = Histogram("tollgate_gateway_overhead_seconds", "", ("plan",), registry=reg, buckets=metrics_module._OVERHEAD)
+    ttfb_s = Histogram("tollgate_time_to_first_byte_seconds", "", ("model",), registry=reg, buckets=latency)
+    tokens = Counter("tollgate_tokens", "", ("tenant", "model", "kind", "source"), registry=reg)
+    cost = Counter("tollgate_cost", "", ("tenant", "model", "currency"), registry=reg)
+    sla = Counter("tollgate_sla_violations", "", ("plan",), registry=reg)
+    label = GatewayMetrics(config).tenant_label
+    for e in entries:
+        tenant, model, plan = label(e.tenant), e.priced_model or "unknown", e.plan or "none"
+        requests.labels(tenant, model, str(e.status)).inc()
+        request_s.labels(tenant, model).observe(e.total_s)
+        if e.upstream is not None:
+            upstream_s.labels(model, e.upstream).observe(e.upstream_s)
+        overhead_s.labels(plan).observe(e.overhead_s)
+        if e.ttfb_s is not None:
+            ttfb_s.labels(model).observe(e.ttfb_s)
+        source = "reported" if e.usage_reported else "estimated"
+        if e.prompt_tokens:
+            tokens.labels(tenant, model, "prompt", source).inc(e.prompt_tokens)
+        if e.completion_tokens:
+            tokens.labels(tenant, model, "completion", source).inc(e.completion_tokens)
+        if e.cost_nanos:
+            cost.labels(tenant, model, currency).inc(e.cost_nanos / NANOS)
+        target = config.sla_target(plan)
+        if target is not None and e.overhead_s > target:
+            sla.labels(plan).inc()
+    return samples_of(generate_latest(reg).decode())
+
+
+def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples of the families the flusher counts requests in (``_created`` left out: it is a time)."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in PER_REQUEST:
+            continue
+        for s in family.samples:
+            if not s.name.endswith("_created"):
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def assert_same_samples(got: dict[Any, float], want: dict[Any, float]) -> None:
+    assert set(got) == set(want), (sorted(set(got) - set(want))[:5], sorted(set(want) - set(got))[:5])
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+async def flushed(doc: dict[str, Any], requests: list[tuple[Any, float]], *, batch: int) -> Accounting:
+    acc = Accounting(config_from_dict(doc), wall=lambda: WALL)
+    await acc.start()
+    for i, (ctx, end) in enumerate(requests):
+        acc._loop_time = lambda end=end: end  # type: ignore[method-assign]
+        acc.record(ctx)
+        if (i + 1) % batch == 0:
+            await acc.flush()
+    await acc.flush()
+    return acc
+
+
+@pytest.mark.parametrize("batch", [1, 7, 600])
+async def test_batched_metrics_equal_one_observation_per_request(batch: int) -> None:
+    requests = varied_requests()
+    acc = await flushed(DOC, requests, batch=batch)
+    try:
+        pricing = acc.pricing()
+        entries = [entry_from(capture(ctx, end, WALL), pricing) for ctx, end in requests]
+        assert {e.status for e in entries} >= {200, 401, 429, 502, DISCONNECTED_STATUS}
+        want = reference_samples(entries, acc.current.metrics, pricing.currency)
+        assert any(labels == (("tenant", "other"),) or ("tenant", "other") in labels for _n, labels in want)  # top_n folded some away
+        got = samples_of(acc.metrics.exposition().decode())
+        assert_same_samples(got, want)
+    finally:
+        await acc.close()
+
+
+async def test_batched_aggregates_and_sla_equal_one_update_per_request() -> None:
+    requests = varied_requests()
+    acc = await flushed(DOC, requests, batch=50)
+    try:
+        pricing = acc.pricing()
+        entries = [entry_from(capture(ctx, end, WALL), pricing) for ctx, end in requests]
+        want = Batch()
+        for e in entries:
+            if e.upstream is not None:
+                want.add(e)
+        for (tenant, month), fields in want.months.items():
+            stored, days = await acc.store.read(tenant, month)
+            assert stored == dict(fields)
+            assert days == {day: dict(f) for (t, day), f in want.days.items() if t == tenant}
+        report = acc.sla.report(acc.current.metrics)["plans"]
+        for plan in ("enterprise", "personal", "none"):
+            overheads = [e.overhead_s for e in entries if (e.plan or "none") == plan]
+            target = acc.current.metrics.sla_target(plan)
+            assert report[plan]["requests"] == len(overheads)
+            assert report[plan]["violations"] == sum(1 for v in overheads if target is not None and v > target)
+        assert acc.principals == {e.tenant: e.principal for e in entries if e.principal is not None}
+    finally:
+        await acc.close()
+
+
+def test_metric_files_of_the_multiprocess_mode_hold_the_same_figures(tmp_path: Path) -> None:
+    """prometheus_client in multiprocess mode (a fresh interpreter with PROMETHEUS_MULTIPROC_DIR) against the in-memory reference."""
+    script = (
+        "import asyncio, json\n"
+        "from tests.accounting.test_flush_batching import DOC, flushed, varied_requests\n"
+        "async def main():\n"
+        "    acc = await flushed(DOC, varied_requests(), batch=64)\n"
+        "    assert acc.metrics.multiprocess_path\n"
+        "    print(json.dumps(acc.metrics.exposition().decode()))\n"
+        "    await acc.close()\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.glob("histogram_*.db")), "no histogram file was written"
+    text = json.loads(done.stdout.strip().splitlines()[-1])
+
+    acc = Accounting(config_from_dict(DOC))
+    pricing = acc.pricing()
+    entries = [entry_from(capture(ctx, end, WALL), pricing) for ctx, end in varied_requests()]
+    want = reference_samples(entries, acc.current.metrics, pricing.currency)
+    got = samples_of(text)
+    assert_same_samples(got, want)
+
+
+def test_a_histogram_child_without_the_known_internals_is_observed_one_value_at_a_time() -> None:
+    seen: list[float] = []
+    GatewayMetrics._observe_many(SimpleNamespace(observe=seen.append), [0.3, 0.1, 0.2])
+    assert seen == [0.3, 0.1, 0.2]
+
+
+async def test_no_entry_is_built_for_a_request_the_access_log_samples_away(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    built: list[Any] = []
+    real_entry = tally_module.Entry
+
+    def counting_entry(*fields: Any) -> Any:
+        built.append(fields[0])
+        return real_entry(*fields)
+
+    monkeypatch.setattr(tally_module, "Entry", counting_entry)
+    path = tmp_path / "access.jsonl"
+    requests = varied_requests(70)
+    acc = await flushed({**DOC, "access_log": {"path": str(path), "sample": 0.0, "errors": True}}, requests, batch=70)
+    await acc.close()
+    pricing = acc.pricing()
+    entries = [entry_from(capture(ctx, end, WALL), pricing) for ctx, end in requests]
+    errors = [e for e in entries if e.status >= 400 or e.client_disconnected]
+    assert 0 < len(errors) < len(entries)
+    assert sorted(built) == sorted(e.request_id for e in errors)  # 401s for the security watch are among them
+    assert [orjson.loads(line)["request_id"] for line in path.read_bytes().splitlines()] == [e.request_id for e in errors]
+
+
+def test_entry_fields_are_derived_in_declaration_order() -> None:
+    ctx, end = varied_requests(23)[22]  # a 200 whose client went away, reported usage, tenant t5 (enterprise)
+    pricing = Accounting(config_from_dict(DOC)).pricing()
+    e = entry_from(capture(ctx, end, WALL), pricing)
+    assert (e.request_id, e.wall, e.endpoint, e.namespace, e.attempts) == ("req_22", WALL, "chat", None, 1)
+    assert (e.tenant, e.key_id, e.user, e.plan, e.principal) == ("t5", "k5", None, "enterprise", ctx.principal)
+    assert (e.model, e.model_served, e.priced_model, e.upstream) == ("gpt-4o", "gpt-4o", "gpt-4o", "backup")
+    assert (e.status, e.error, e.stream, e.client_disconnected, e.client_ip) == (DISCONNECTED_STATUS, None, False, True, "127.0.0.1")
+    assert (e.prompt_tokens, e.completion_tokens, e.usage_reported) == (19, 5, True)
+    assert e.cost_nanos == pricing.cost_nanos("gpt-4o", 19, 5) > 0
+    assert e.total_s == pytest.approx(end - ctx.started) and e.upstream_s == pytest.approx(ctx.finished_at - ctx.started)
+    assert e.overhead_s == pytest.approx(e.total_s - e.upstream_s) and e.ttfb_s == pytest.approx(ctx.first_byte_at - ctx.started)
