@@ -12,11 +12,12 @@ header, no body, no token. Fields::
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import BinaryIO
 
 import orjson
@@ -25,11 +26,16 @@ from ..config.accounting import AccessLogConfig
 from .pricing import NANOS
 from .records import Entry
 
-__all__ = ["AccessLog", "line_of"]
+__all__ = ["AccessLog", "line_of", "lines_of"]
+
+
+@functools.lru_cache(maxsize=64)
+def _second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 def _iso(wall: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall * 1000) % 1000:03d}Z"
+    return f"{_second(int(wall))}.{int(wall * 1000) % 1000:03d}Z"
 
 
 def line_of(e: Entry, currency: str) -> bytes:
@@ -64,6 +70,15 @@ def line_of(e: Entry, currency: str) -> bytes:
         },
         option=orjson.OPT_APPEND_NEWLINE,
     )
+
+
+def lines_of(entries: Iterable[Entry], currency: str) -> bytes:
+    """The lines of ``entries``, one buffer: each line is copied out of orjson's output and that output freed at once,
+    which costs a fraction of keeping a thousand of them alive until a join."""
+    out = bytearray()
+    for e in entries:
+        out += line_of(e, currency)
+    return bytes(out)
 
 
 class AccessLog:
@@ -106,12 +121,13 @@ class AccessLog:
             n = os.write(fd, view)
             view = view[n:]
 
-    async def write(self, lines: Sequence[bytes]) -> None:
-        if not lines:
+    async def write(self, entries: Sequence[Entry], currency: str) -> None:
+        """Render ``entries`` (on the event loop) and append them (in a worker thread)."""
+        if not entries:
             return
-        data = b"".join(lines)
+        data = lines_of(entries, currency)
         await asyncio.to_thread(self._write, data)
-        self.written += len(lines)
+        self.written += len(entries)
 
     def close(self) -> None:
         if self._fh is not None:

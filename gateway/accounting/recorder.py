@@ -31,7 +31,7 @@ import orjson
 from ..config.accounting import AccountingConfig
 from ..context import RequestContext
 from ..errors import StoreError
-from .access_log import AccessLog, line_of
+from .access_log import AccessLog
 from .aggregates import Batch, month_of
 from .alerts import Alert, QuotaWatch, WebhookSender, new_delivery_id, quota_status
 from .audit import AuditLog, SecurityWatch
@@ -228,7 +228,6 @@ class Accounting:
             sla.observe_tally(tally, acc.metrics)
             batch = Batch()
             batch.add_tally(tally)
-            lines = [line_of(e, currency) for e in tally.logged]
             for e in tally.watched_entries:
                 security.observe(e)
             self.principals.update(tally.principals)
@@ -236,7 +235,7 @@ class Accounting:
                 metrics.accounting_dropped.inc(self.dropped - self._dropped_reported)
                 log.error("accounting: %d records dropped (pending queue full)", self.dropped - self._dropped_reported)
                 self._dropped_reported = self.dropped
-            await access.write(lines)
+            await access.write(tally.logged, currency)
             await self._write(batch)
             await self._flush_audit()
             self.records_flushed += len(records)

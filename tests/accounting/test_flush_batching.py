@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.accounting import Accounting, GatewayMetrics
 from gateway.accounting import metrics as metrics_module
 from gateway.accounting import tally as tally_module
+from gateway.accounting.access_log import line_of, lines_of
 from gateway.accounting.aggregates import Batch
 from gateway.accounting.pricing import NANOS
 from gateway.accounting.records import DISCONNECTED_STATUS, capture, entry_from
@@ -230,7 +232,18 @@ async def test_no_entry_is_built_for_a_request_the_access_log_samples_away(monke
     errors = [e for e in entries if e.status >= 400 or e.client_disconnected]
     assert 0 < len(errors) < len(entries)
     assert sorted(built) == sorted(e.request_id for e in errors)  # 401s for the security watch are among them
+    assert path.read_bytes() == lines_of(errors, pricing.currency)
     assert [orjson.loads(line)["request_id"] for line in path.read_bytes().splitlines()] == [e.request_id for e in errors]
+
+
+def test_the_lines_of_a_batch_are_its_lines_one_after_the_other() -> None:
+    acc = Accounting(config_from_dict(DOC))
+    pricing = acc.pricing()
+    entries = [entry_from(capture(ctx, end, WALL + i * 0.37), pricing) for i, (ctx, end) in enumerate(varied_requests(40))]
+    assert lines_of(entries, "EUR") == b"".join(line_of(e, "EUR") for e in entries)
+    first = orjson.loads(line_of(entries[1], "EUR"))
+    assert first["ts"] == time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(WALL + 0.37)) + ".370Z"
+    assert first["request_id"] == "req_1" and first["currency"] == "EUR"
 
 
 def test_entry_fields_are_derived_in_declaration_order() -> None:
