@@ -116,3 +116,51 @@ def test_time_answers_seconds_and_microseconds_of_the_frozen_clock() -> None:
     ks = Keyspace()
     ks.begin(NOW_NS)
     assert ks.call("TIME") == ["1700000000", "123456"]
+
+
+def test_an_expired_key_reads_as_missing_before_the_sweep_reaches_it() -> None:
+    ks = Keyspace()
+    ks.begin(NOW_NS)
+    for i in range(500):
+        ks.call("SET", f"k{i}", "1", "PX", "100")
+    ks.begin(NOW_NS + 100_000_000)  # one sweep step: far fewer than 500 keys
+    assert ks.table.held()[0] > 0
+    assert ks.call("GET", "k499") is None and ks.call("PTTL", "k498") == -2 and ks.call("DEL", "k497") == 0
+
+
+def test_the_sweep_frees_expired_keys_that_are_never_read_again() -> None:
+    ks = Keyspace()
+    ks.begin(NOW_NS)
+    for i in range(5_000):
+        ks.call("HSET", f"h{i}", "f", "1")
+        ks.call("PEXPIRE", f"h{i}", str(1 + i % 50))
+    for step in range(1, 200):  # scripts keep running; nobody reads the old keys
+        ks.begin(NOW_NS + step * 1_000_000)
+    assert ks.table.held() == (0, 0)
+
+
+def test_a_key_whose_ttl_keeps_moving_holds_one_heap_entry() -> None:
+    ks = Keyspace()
+    for i in range(10_000):
+        ks.begin(NOW_NS + i * 1_000_000)
+        ks.call("SET", "tat", str(i), "PX", "60000")  # later every time
+        if i % 3:
+            ks.call("PEXPIRE", "quota", "5000")  # the same expiry again and again
+        else:
+            ks.call("HSET", "quota", "n", str(i))
+    keys, heap = ks.table.held()
+    assert keys == 2 and heap <= 4
+    ks.begin(NOW_NS + 10_000 * 1_000_000 + 60_000 * 1_000_000)
+    assert len(ks) == 0 and ks.table.held() == (0, 0)
+
+
+def test_numbers_reach_the_keyspace_as_redis_formats_them() -> None:
+    ks = Keyspace()
+    ks.begin(NOW_NS)
+    get = ks.lua.eval("function(call) call('SET', 'a', 1700000000123456) call('HSET', 'h', 7, 2.5) "
+                      "call('ZADD', 'z', 1e20, 'm') return call('GET', 'a'), call('HGET', 'h', '7'), call('ZSCORE', 'z', 'm') end")
+    assert get(ks.table.call) == ("1700000000123456", "2.5", "1e+20")
+    with pytest.raises(ReplyError, match="not an integer"):
+        ks.call("PEXPIRE", "a", "007")
+    with pytest.raises(ReplyError, match="wrong number of arguments"):
+        ks.call("GET", "a", "b")
