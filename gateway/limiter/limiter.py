@@ -8,6 +8,7 @@ imports a Redis client.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -54,18 +55,27 @@ def _param(spec: LimitSpec, lease_id: str) -> str:
     return ""
 
 
+def _limit_args(s: LimitSpec, lease_id: str) -> tuple[Any, ...]:
+    """One limit's 6 ARGV of admit.lua / peek.lua."""
+    return (s.kind, s.limit, s.window_ms, s.cost, _param(s, lease_id), "1" if s.shadow else "0")
+
+
 def _args(specs: Sequence[LimitSpec], lease_id: str) -> list[Any]:
     args: list[Any] = []
     for s in specs:
-        args += (s.kind, s.limit, s.window_ms, s.cost, _param(s, lease_id), "1" if s.shadow else "0")
+        args += _limit_args(s, lease_id)
     return args
 
 
+_by_index = operator.itemgetter(0)  # sorts (index, LimitState) pairs
+
+
 def _state(spec: LimitSpec, reply: Sequence[int], j: int, *, degraded: bool = False) -> LimitState:
-    return LimitState(
+    # _make: a named tuple from one tuple, without the keyword-handling constructor (one per limit per request)
+    return LimitState._make((
         spec.name, spec.kind, spec.unit, reply[j] == 1, reply[j + 1], reply[j + 2], reply[j + 3], reply[j + 4],
         spec.shadow, degraded,
-    )
+    ))
 
 
 def _divided(spec: LimitSpec, instances: int) -> LimitSpec:
@@ -161,18 +171,24 @@ class Limiter:
         self.stats.admissions += 1
         store_name = store or self.default_store
         engine = self._engine(store_name)
-        items = []
-        for i, spec in enumerate(specs):
-            key, tag = self._keys.key_and_tag(spec)
-            items.append(_Item(i, spec, key, tag))
-        if not items:
+        if not specs:
             return Decision(True, ())
-        now = self._clock.monotonic()
-        if engine.remote:
+        key_and_tag = self._keys.key_and_tag
+        items = []
+        wants_lease = False
+        for i, spec in enumerate(specs):
+            key, tag = key_and_tag(spec)
+            items.append(_Item(i, spec, key, tag))
+            if spec.kind == "concurrency":
+                wants_lease = True
+        remote = engine.remote
+        now = 0.0  # the over-limit cache's time; only remote stores use the cache
+        if remote:
+            now = self._clock.monotonic()
             cached = self._cached_refusal(store_name, items, now)
             if cached is not None:
                 return cached
-        lease_id = os.urandom(9).hex() if any(it.spec.kind == "concurrency" for it in items) else ""
+        lease_id = os.urandom(9).hex() if wants_lease else ""
 
         states: list[tuple[int, LimitState]] = []
         consumed: list[Charge] = []
@@ -191,19 +207,19 @@ class Limiter:
                 break
             consumed += outcome.charges
 
-        states.sort(key=lambda p: p[0])
-        limits = tuple(s for _, s in states)
+        states.sort(key=_by_index)
+        limits = tuple([s for _, s in states])
         if degraded:
             self.stats.degraded += 1
-        elif engine.remote and not allowed:
+        elif remote and not allowed:
             for idx, st in states:
                 if not st.allowed and not st.shadow:
                     it = items[idx]
                     self._cache.remember(store_name, it.key, it.spec.cost, st, now)
         if not allowed:
             return Decision(False, limits, degraded, _retry_after(limits))
-        reservation = tuple(c for c in consumed if c.spec.reserves)
-        leases = tuple(c for c in consumed if c.spec.kind == "concurrency")
+        reservation = tuple([c for c in consumed if c.spec.reserves])
+        leases = tuple([c for c in consumed if c.spec.kind == "concurrency"])
         return Decision(
             True,
             limits,
@@ -234,19 +250,25 @@ class Limiter:
         return sorted(by_tag.values(), key=lambda g: not g[0].tag.startswith("t."))
 
     async def _admit_group(self, store: str, engine: ScriptEngine, group: list[_Item], lease_id: str) -> _Outcome:
-        specs = [it.spec for it in group]
+        keys = []
+        args: list[Any] = []
+        for it in group:
+            keys.append(it.key)
+            args += _limit_args(it.spec, lease_id)
         try:
-            reply = await engine.run("admit", [it.key for it in group], _args(specs, lease_id))
+            reply = await engine.run("admit", keys, args)
         except StoreError:
             return await self._fail_group(store, group, lease_id)
         admitted = reply[0] == 1
         states = []
         charges = []
-        for n, it in enumerate(group):
-            j = 2 + n * _ADMIT_STRIDE
-            states.append((it.index, _state(it.spec, reply, j)))
-            if admitted and it.spec.cost > 0:
-                charges.append(Charge(store, it.key, it.tag, it.spec, reply[j + 5], lease_id))
+        j = 2  # this limit's 6 fields in the reply
+        for it in group:
+            spec = it.spec
+            states.append((it.index, _state(spec, reply, j)))
+            if admitted and spec.cost > 0:
+                charges.append(Charge(store, it.key, it.tag, spec, reply[j + 5], lease_id))
+            j += _ADMIT_STRIDE
         return _Outcome(admitted, states, charges, False)
 
     async def _fail_group(self, store: str, group: list[_Item], lease_id: str) -> _Outcome:
