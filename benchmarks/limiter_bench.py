@@ -1,6 +1,6 @@
 """Limiter engine benchmark: a 3-limit admission on the embedded engine, on Redis, and on Redis with coalescing.
 
-    PYTHONPATH=. python benchmarks/limiter_bench.py [--seconds 3] [--url redis://...]
+    PYTHONPATH=. python benchmarks/limiter_bench.py [--seconds 3] [--url redis://...] [--embedded-only]
 
 Without --url it starts a private redis-server on a free loopback port
 (tests/support/redis.py). CPU figures are the gateway process's own CPU
@@ -57,7 +57,7 @@ async def measure(label: str, run_batch: Callable[[], Awaitable[int]], seconds: 
     return row
 
 
-async def bench(url: str, seconds: float) -> None:
+async def bench(url: str | None, seconds: float) -> None:
     clock = SystemClock()
     specs = three_limits("acme")
 
@@ -83,6 +83,9 @@ async def bench(url: str, seconds: float) -> None:
         return 100
 
     await measure("embedded, 3 limits", one_embedded, seconds)
+    await embedded.close()
+    if url is None:  # --embedded-only
+        return
 
     sequential = Limiter({"r": RedisEngine(url, clock=clock, timeout=1.0, coalesce=False)}, clock=clock)
 
@@ -119,15 +122,18 @@ async def bench(url: str, seconds: float) -> None:
         await measure(f"redis, over-limit key, cache={'on' if cache_size else 'off'}", refused, seconds, engine)
         await limiter.close()
     await sequential.close()
-    await embedded.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--url", default=None, help="an existing Redis (it will be written to); default: a private one")
+    parser.add_argument("--embedded-only", action="store_true", help="only the embedded rows; no Redis needed")
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, uvloop, pid {os.getpid()}, load average {os.getloadavg()[0]:.2f}")
+    if args.embedded_only:
+        uvloop.run(bench(None, args.seconds))
+        return
     if args.url:
         uvloop.run(bench(args.url, args.seconds))
         return

@@ -55,9 +55,10 @@ class EmbeddedEngine:
             raise StoreError(f"embedded script {script} failed: {exc}") from exc
         if result[0] == _ARRAY:
             _, *reply = result
-            if _INTS.issuperset(map(type, reply)):  # integers are the rule; anything else is converted
-                return reply
-            return _array(reply)
+            for item in reply:  # integers are the rule; anything else is converted
+                if type(item) is not int:
+                    return _array(reply)
+            return reply
         return _from_lua(result[1])
 
     async def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -77,7 +78,6 @@ class EmbeddedEngine:
 
 
 _ARRAY = 1  # the reply is an array, its items follow unpacked; 0: one value follows
-_INTS = frozenset((int,))
 
 # The libraries (prelude) are instantiated once, when the engine starts;
 # KEYS and ARGV are parameters of the body, as they are globals of a Redis
