@@ -267,7 +267,7 @@ class Limiter:
             spec = it.spec
             states.append((it.index, _state(spec, reply, j)))
             if admitted and spec.cost > 0:
-                charges.append(Charge(store, it.key, it.tag, spec, reply[j + 5], lease_id))
+                charges.append(Charge._make((store, it.key, it.tag, spec, reply[j + 5], lease_id)))
             j += _ADMIT_STRIDE
         return _Outcome(admitted, states, charges, False)
 
