@@ -19,6 +19,7 @@ from aiohttp import web
 from .config.model import Deployment, Upstream
 from .context import RequestContext
 from .errors import UpstreamBadResponse, UpstreamTimeout
+from .deadlines import Deadline, Deadlines
 from .http import REQUEST_ID_HEADER, error_body
 from .usage import usage_from_body
 from .sse import SseParser
@@ -76,11 +77,12 @@ class UpstreamStatus(UpstreamBadResponse):
 class UpstreamClient:
     """An upstream's pooled keep-alive session and the headers the gateway adds to every call."""
 
-    __slots__ = ("config", "session", "fixed_headers", "fixed_names")
+    __slots__ = ("config", "session", "fixed_headers", "fixed_names", "deadlines")
 
-    def __init__(self, config: Upstream) -> None:
+    def __init__(self, config: Upstream, deadlines: Deadlines | None = None) -> None:
         self.config = config
         self.session: aiohttp.ClientSession | None = None
+        self.deadlines = deadlines or Deadlines()
         fixed: list[tuple[str, str]] = [("Content-Type", "application/json")]
         if config.api_key and config.auth_header != "none":
             if config.auth_header == "authorization":
@@ -117,6 +119,8 @@ class UpstreamPool:
     def __init__(self) -> None:
         self.clients: dict[str, UpstreamClient] = {}
         self._retired: list[UpstreamClient] = []
+        # One sweep for every upstream call's timeouts (see gateway/deadlines.py).
+        self.deadlines = Deadlines()
 
     async def apply(self, upstreams: Mapping[str, Upstream]) -> None:
         fresh: dict[str, UpstreamClient] = {}
@@ -125,7 +129,7 @@ class UpstreamPool:
             if old is not None and old.config == cfg:
                 fresh[name] = old
                 continue
-            client = UpstreamClient(cfg)
+            client = UpstreamClient(cfg, self.deadlines)
             await client.start()
             fresh[name] = client
         # Sessions that left the config may still carry in-flight requests:
@@ -138,6 +142,7 @@ class UpstreamPool:
             await client.close()
         self.clients = {}
         self._retired = []
+        self.deadlines.close()
 
 
 def upstream_headers(ctx: RequestContext, client: UpstreamClient) -> list[tuple[str, str]]:
@@ -189,7 +194,7 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
     phase = "first byte"
     upstream: aiohttp.ClientResponse | None = None
     try:
-        async with asyncio.timeout_at(min(deadline, loop.time() + cfg.timeouts.first_byte)) as timer:
+        async with client.deadlines.at(min(deadline, loop.time() + cfg.timeouts.first_byte)) as timer:
             upstream = await client.session.post(
                 cfg.base_url + ctx.endpoint.upstream_suffix,
                 data=body,
@@ -233,7 +238,7 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
 async def _relay_stream(
     ctx: RequestContext,
     upstream: aiohttp.ClientResponse,
-    timer: asyncio.Timeout,
+    timer: Deadline,
     deadline: float,
     idle: float,
 ) -> web.StreamResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -68,6 +69,12 @@ async def run_gateway(
     config = state.config
     grace = config.server.shutdown_grace
     limits = parser_limits(config.guard.max_header_bytes)
+    # Signals first: a SIGHUP or SIGTERM that arrives while we start must not meet the default action (exit).
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(state.reload()))
     public_runner = web.AppRunner(
         make_public_app(state),
         handler_cancellation=True,
@@ -96,16 +103,11 @@ async def run_gateway(
         log.info("public listener on http://%s:%d", pub.host, public_port)
         if admin_port is not None:
             log.info("admin listener on http://%s:%d", adm.host, admin_port)
+        _settle_heap()
         if on_started is not None:
             result = on_started(public_port, admin_port)
             if result is not None:
                 await result
-
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(state.reload()))
         if supervisor_pid is not None:
             watchdog = asyncio.create_task(_stop_when_orphaned(supervisor_pid, stop))
         await stop.wait()
@@ -148,6 +150,23 @@ async def _stop_when_orphaned(supervisor_pid: int, stop: asyncio.Event) -> None:
             stop.set()
             return
         await asyncio.sleep(ORPHAN_CHECK_INTERVAL)
+
+
+# Young-generation collections every 20,000 allocations instead of 700: a request allocates a few
+# hundred short-lived objects, so the default collects several times per request for nothing.
+GC_THRESHOLDS = (20_000, 50, 100)
+
+
+def _settle_heap() -> None:
+    """After start-up, move what exists (modules, config, tenants) out of the collector's sight.
+
+    The cyclic collector then only walks objects made while serving; with
+    thresholds sized for a proxy's allocation rate this is measurably
+    cheaper per request (benchmarks/RESULTS.md), and changes no behaviour.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _bound_port(runner: web.AppRunner) -> int:
