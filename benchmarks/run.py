@@ -53,6 +53,7 @@ class Target:
     default: bool = True  # part of a run without --only
     redis: bool = False
     pin: bool = True
+    tenants: int = 0  # tenants declared in the config ($tenants); the load generator's key is the first one's
 
 
 GATEWAY_NO_RULES = """\
@@ -68,6 +69,39 @@ MOCK_COMMAND = ("$python", "-m", "gateway", "mock-upstream", "--port", "$port", 
 BARE_COMMAND = ("$python", "$bench/bare_proxy.py", "--port", "$port", "--upstream", "$upstream_url", "--api-key", "sk-bench-upstream")
 GATEWAY_COMMAND = ("$python", "-m", "gateway", "--log-level", "warning", "serve", "--config", "$config", "--port", "$port")
 GATEWAY_REDIS_NO_RULES = GATEWAY_NO_RULES + 'store: {backend: redis, url: "$redis_url"}\n'
+
+# The full policy: API-key identity, two namespace matchers (a header and a body field), three limits
+# (requests per minute, tokens per minute with reserve-then-settle, concurrency) admitted in one atomic
+# call, accounting and metrics on. The limits are far above the offered load: every request is admitted.
+GATEWAY_FULL_POLICY = GATEWAY_NO_RULES + """\
+identity: {chain: [api_key]}
+plans:
+  bench: {monthly_requests: 1000000000000, concurrency: 100000}
+tenants:
+$tenants
+namespaces:
+  web: {priority: 2, matchers: [{type: header, field: User-Agent, op: contains, value: bench}]}
+  batch: {priority: 1, matchers: [{type: body, field: metadata.channel, op: equals, value: batch}]}
+rules:
+  rpm: {type: request_limit, limit: 1000000000, per: minute, scope: [tenant], attach: {global: true}}
+  tpm: {type: token_limit, limit: 1000000000000, per: minute, scope: [tenant], attach: {global: true}}
+  inflight: {type: connection_limit, limit: 100000, scope: [tenant], attach: {global: true}}
+"""
+GATEWAY_FULL_POLICY_REDIS = GATEWAY_FULL_POLICY + 'store: {backend: redis, url: "$redis_url"}\n'
+
+
+def tenants_yaml(count: int) -> str:
+    """``count`` tenants on the bench plan, each with one key; tenant 0 holds the load generator's key."""
+    import hashlib
+
+    client_key = next(h.split("Bearer ", 1)[1] for h in CLIENT_HEADERS if h.startswith("Authorization"))
+    lines = []
+    for i in range(count):
+        key = client_key if i == 0 else f"tg_bench_tenant_{i:07d}_key_0123456789abcdef"
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        lines.append(f'  t{i}: {{plan: bench, keys: [{{id: k{i}, sha256: "{digest}"}}]}}')
+    return "\n".join(lines)
+
 
 # The table of targets. A new row is one entry: its name, what it starts, its config, its baseline.
 TARGETS: tuple[Target, ...] = (
@@ -89,8 +123,21 @@ TARGETS: tuple[Target, ...] = (
         "gateway-2w", "-> gateway --workers 2, Redis store, unpinned -> JSON upstream", "json", (*GATEWAY_COMMAND, "--workers", "2"),
         GATEWAY_REDIS_NO_RULES, baseline="gateway-1w", default=False, redis=True, pin=False,
     ),
+    # The full policy (issue 8): on the embedded store and on Redis, with 10 and with 100,000 tenants.
+    Target(
+        "full-embedded", "-> gateway, full policy (identity, 2 matchers, 3 limits, accounting), embedded store",
+        "json", GATEWAY_COMMAND, GATEWAY_FULL_POLICY, baseline="bare", tenants=10,
+    ),
+    Target(
+        "full-redis", "-> gateway, full policy, Redis store", "json", GATEWAY_COMMAND, GATEWAY_FULL_POLICY_REDIS,
+        baseline="bare", redis=True, tenants=10,
+    ),
+    Target(
+        "full-100k-tenants", "-> gateway, full policy, embedded store, 100,000 tenants", "json", GATEWAY_COMMAND,
+        GATEWAY_FULL_POLICY, baseline="full-embedded", default=False, tenants=100_000,
+    ),
 )
-RATIO_GOALS = {"gateway": 0.90}
+RATIO_GOALS = {"gateway": 0.90, "full-embedded": 0.80, "full-redis": 0.80}
 
 _MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -174,7 +221,8 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], body: bytes, log: Path,
             raise RuntimeError(f"{log.stem} exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+            headers = dict(h.split(": ", 1) for h in CLIENT_HEADERS)
+            conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json", **headers})
             resp = conn.getresponse()
             resp.read()
             conn.close()
@@ -362,6 +410,7 @@ def measure(target: Target, upstream: Upstream | None, load: Load, workdir: Path
                 "python": args.python, "repo": str(REPO), "bench": str(BENCH), "port": str(port),
                 "upstream_port": str(upstream.port if upstream else ""), "upstream_url": upstream.url if upstream else "",
                 "redis_url": getattr(args, "redis_url", ""),
+                "tenants": tenants_yaml(target.tenants) if target.tenants else "",
             }
             if target.config:
                 config = workdir / f"{target.name}.yaml"
@@ -369,7 +418,7 @@ def measure(target: Target, upstream: Upstream | None, load: Load, workdir: Path
                 values["config"] = str(config)
             argv = pinned(placement["target"], [Template(part).substitute(values) for part in target.command])
             proc = stack.enter_context(process(target.name, argv, workdir))
-            wait_ready(port, proc, body, workdir / f"{target.name}.log")
+            wait_ready(port, proc, body, workdir / f"{target.name}.log", timeout=30.0 + target.tenants / 5000)
             target_pid: int | None = proc.pid
         else:
             assert upstream is not None

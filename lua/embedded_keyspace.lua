@@ -585,6 +585,23 @@ local function keyspace_new()
     if z == nil or offset < 0 then
       return out
     end
+    if offset == 0 and count == 1 then
+      -- The first member only (what the concurrency script asks): one pass, no tables, no sort.
+      local best_score, best_member = nil, nil
+      for member, score in pairs(z.map) do
+        if in_range(score, lo, lo_ex, hi, hi_ex)
+          and (best_score == nil or score < best_score or (score == best_score and member < best_member)) then
+          best_score, best_member = score, member
+        end
+      end
+      if best_member ~= nil then
+        out[1] = best_member
+        if with_scores then
+          out[2] = score_str(best_score)
+        end
+      end
+      return out
+    end
     local hits = {}
     for member, score in pairs(z.map) do
       if in_range(score, lo, lo_ex, hi, hi_ex) then

@@ -1,4 +1,4 @@
-"""The embedded engine: the same ``lua/`` scripts run in-process by lupa (Lua 5.1, as in Redis) on a Lua-side :class:`Keyspace`."""
+"""The embedded engine: the same ``lua/`` scripts run in-process by lupa (the Lua 5.1 language, as in Redis; LuaJIT when available) on a Lua-side :class:`Keyspace`."""
 
 from __future__ import annotations
 
