@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config.rules import PERIODS, RuleSpec
 from .errors import RateLimited
@@ -88,19 +88,6 @@ def scope_key(rule: RuleSpec, values: Mapping[str, str]) -> tuple[tuple[str, str
     return tuple((s, values[s]) for s in rule.scope if s != "global")
 
 
-def _scope_key(rule: RuleSpec, ctx: RequestContext) -> tuple[tuple[str, str], ...]:
-    p = ctx.principal
-    values = {
-        "tenant": p.tenant,
-        "key": p.key_id or "-",
-        "user": p.user or "-",
-        "ip": ctx.client_ip,
-        "namespace": ctx.namespace,
-        "model": ctx.model or "-",
-    }
-    return scope_key(rule, values)
-
-
 def limit_spec(rule: RuleSpec, scope: tuple[tuple[str, str], ...], tenant: str, token_cost: int) -> LimitSpec:
     """The limit one rule puts on one scope: what admission consumes, and what the admin API peeks at."""
     common = {
@@ -123,8 +110,32 @@ def limit_spec(rule: RuleSpec, scope: tuple[tuple[str, str], ...], tenant: str, 
     return LimitSpec(kind=rule.algorithm, limit=rule.limit, window_ms=window_ms, cost=cost, unit=unit, **common)  # type: ignore[arg-type]
 
 
-def _spec(rule: RuleSpec, ctx: RequestContext, token_cost: int) -> LimitSpec:
-    return limit_spec(rule, _scope_key(rule, ctx), ctx.principal.tenant, token_cost)
+_SPEC_CACHE_LIMIT = 100_000
+
+
+def _specs(rules: tuple[RuleSpec, ...], ctx: RequestContext, token_cost: int, cache: dict[tuple[Any, ...], LimitSpec]) -> list[LimitSpec]:
+    """The request's limits; a spec (validated when built) is reused for the same rule, scope and cost."""
+    p = ctx.principal
+    values = {
+        "tenant": p.tenant,
+        "key": p.key_id or "-",
+        "user": p.user or "-",
+        "ip": ctx.client_ip,
+        "namespace": ctx.namespace,
+        "model": ctx.model or "-",
+    }
+    out = []
+    for rule in rules:
+        scope = tuple((s, values[s]) for s in rule.scope if s != "global")
+        cost = token_cost if _counts_tokens(rule) else 1
+        key = (rule.name, rule.limit, p.tenant, scope, cost)
+        spec = cache.get(key)
+        if spec is None:
+            if len(cache) >= _SPEC_CACHE_LIMIT:
+                cache.clear()
+            spec = cache[key] = limit_spec(rule, scope, p.tenant, cost)
+        out.append(spec)
+    return out
 
 
 def _header_limits(states: tuple[LimitState, ...], specs: list[LimitSpec]) -> list[HeaderLimit]:
@@ -190,7 +201,7 @@ async def admit(
         prompt = estimate_prompt_tokens(ctx.endpoint.kind, ctx.body)
         completion = requested_completion_tokens(ctx.endpoint.kind, ctx.body, rules.default_max_tokens)
     token_cost = prompt + completion
-    specs = [_spec(r, ctx, token_cost) for r in rule_list]
+    specs = _specs(rule_list, ctx, token_cost, rules.spec_cache)
     store = limiter.store_for(tenant=principal.tenant, plan=principal.plan)
     decision = await limiter.admit(specs, store=store)
     waited = 0.0

@@ -107,6 +107,8 @@ class RuleSet:
         self._checks = {r.name: compile_field_check(r) for r in enabled if r.type == "field_check"}
         self._cache: dict[tuple[str | None, str | None, str], tuple[tuple[FieldCheck, ...], tuple[RuleSpec, ...]]] = {}
         self._plan_cache: dict[Limits, tuple[RuleSpec, ...]] = {}
+        # Limiter specs built from these rules, by (rule, limit, tenant, scope, cost): see admission._specs.
+        self.spec_cache: dict[tuple[Any, ...], Any] = {}
 
     def plan_rules(self, limits: Limits) -> tuple[RuleSpec, ...]:
         """A plan's limits (after tenant overrides) as rules; one tuple per distinct set of limits."""

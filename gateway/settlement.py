@@ -1,7 +1,7 @@
 """After the answer: settle token reservations to the real usage, release leases, keep long leases alive.
 
-Settling runs off the hot path (a task per finished request, tracked so a
-graceful shutdown waits for it); a stream that outgrows its reservation
+Settling runs off the hot path (a queue drained by one worker task, emptied
+before a graceful shutdown closes the store); a stream that outgrows its reservation
 extends it while it runs, and is cut when the budget is gone and its rule
 says ``on_exceed: cut``.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -88,7 +89,10 @@ class Settler:
     def __init__(self, limiter: Limiter, on_release: Callable[[], None] | None = None) -> None:
         self.limiter = limiter
         self._on_release = on_release
-        self._pending: set[asyncio.Task[None]] = set()
+        self._queue: deque[tuple[Admission, Usage | None, bool]] = deque()
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._closing = False
         self._leases: dict[Lease, float] = {}
         self.settled = 0
         self.failures = 0
@@ -105,9 +109,25 @@ class Settler:
         admission.settled = True
         if admission.lease is not None:
             self._leases.pop(admission.lease, None)
-        task = asyncio.get_running_loop().create_task(self._settle(admission, ctx.usage, ctx.first_byte_at is not None))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._queue.append((admission, ctx.usage, ctx.first_byte_at is not None))
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _work(self) -> None:
+        """Settle what finished, in batches: in order on the embedded store (no awaiting there), concurrently on a
+        remote one (so the engine can coalesce the calls into one round trip)."""
+        assert self._wake is not None
+        remote = self.limiter.engine().remote
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue, deque()
+                if remote and len(batch) > 1:
+                    await asyncio.gather(*(self._settle(*item) for item in batch))
+                else:
+                    for item in batch:
+                        await self._settle(*item)
 
     async def _settle(self, admission: Admission, usage: Usage | None, reached_upstream: bool) -> None:
         try:
@@ -147,17 +167,26 @@ class Settler:
                     await self.limiter.renew(lease)
 
     async def drain(self) -> None:
-        """Wait for every settlement in flight (graceful shutdown)."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        """Settle everything still queued (graceful shutdown, after the worker stopped)."""
+        while self._queue:
+            batch, self._queue = self._queue, deque()
+            for item in batch:
+                await self._settle(*item)
 
     def start(self) -> None:
-        self._renewer = asyncio.get_running_loop().create_task(self.renew_loop())
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._worker = loop.create_task(self._work())
+        self._renewer = loop.create_task(self.renew_loop())
 
     async def close(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
-            self._renewer = None
+        if self._worker is not None and self._wake is not None:
+            self._closing = True  # the worker finishes what it holds, then stops
+            self._wake.set()
+            await self._worker
+        self._renewer = self._worker = None
         await self.drain()
