@@ -13,7 +13,7 @@ from .identity import Principal, authenticate, registry_watcher_ctx
 from .proxy import make_proxy_handler
 from .runtime import STATE, GatewayState
 
-__all__ = ["make_public_app"]
+__all__ = ["make_public_app", "healthz", "readyz"]
 
 # Bodies are size-checked by the guard stage against the live config; aiohttp's own cap stays out of the way.
 _NO_AIOHTTP_BODY_CAP = 1 << 40
@@ -31,8 +31,8 @@ def make_public_app(state: GatewayState) -> web.Application:
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model:.+}", _get_model)
     app.router.add_route("*", "/v1/models", _method_not_allowed(("GET",)))
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 
@@ -89,11 +89,11 @@ async def _get_model(request: web.Request) -> web.Response:
     return json_response(_model_entry(name, state))
 
 
-async def _healthz(request: web.Request) -> web.Response:
+async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-async def _readyz(request: web.Request) -> web.Response:
+async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     problems = await state.readiness_problems()
     if problems:

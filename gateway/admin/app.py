@@ -11,6 +11,7 @@ from aiohttp import web
 from ..errors import GatewayError, MethodNotAllowed, NotFound, Unauthenticated
 from ..http import error_response, internal_error_response, json_response, request_id_from
 from ..accounting.admin_routes import add_accounting_routes
+from ..app import healthz, readyz
 from ..runtime import STATE, GatewayState
 from .openapi import openapi_document
 from .routes import ROUTES
@@ -59,18 +60,6 @@ async def _errors_and_auth(request: web.Request, handler):  # type: ignore[no-un
         return internal_error_response(request_id)
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    problems = await state.readiness_problems()
-    if problems:
-        return json_response({"status": "not ready", "problems": problems}, status=503)
-    return json_response({"status": "ready", "config_version": state.runtime.version})
-
-
 async def _openapi(request: web.Request) -> web.Response:
     return json_response(openapi_document())
 
@@ -79,8 +68,8 @@ def make_admin_app(state: GatewayState) -> web.Application:
     """The operator-facing application, served on its own listener (never mounted on the public one)."""
     app = web.Application(middlewares=[_errors_and_auth], client_max_size=_MAX_BODY)
     app[STATE] = state
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/admin/openapi.json", _openapi)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
