@@ -9,6 +9,7 @@ in this process a request is refused straight away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from .limiter import Decision
@@ -47,10 +48,8 @@ class LeaseWaiters:
                 if remaining <= 0:
                     self.expired += 1
                     return None
-                try:
+                with contextlib.suppress(TimeoutError):  # no release here: other processes may have freed one
                     await asyncio.wait_for(self._released.wait(), min(self.poll, remaining))
-                except TimeoutError:
-                    pass
                 decision = await attempt()
                 if decision.allowed:
                     self.served += 1

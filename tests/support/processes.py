@@ -137,6 +137,11 @@ def gateway_process(config: dict[str, Any], *, env: dict[str, str] | None = None
     proc.config_path = Path(path)
     if admin_port is not None:
         proc.extra_ports["admin"] = admin_port
+        try:
+            wait_for_port(admin_port, proc=proc.popen)  # it opens just after the public listener
+        except Exception:
+            proc.stop()
+            raise
     try:
         yield proc
     finally:
