@@ -324,5 +324,15 @@ def openapi_document() -> dict[str, Any]:
             "/admin/keys/{key}": {"get": _op("one key", {"200": _json(_ref("Key"), "the key")}, params=[_KEY_PARAM])},
             "/admin/keys/{key}/revoke": {"post": _op("revoke a key on every gateway process (within registry.poll_interval)", {"200": _json(_ref("Key"), "the revoked key")}, params=[_KEY_PARAM])},
             **_rules_paths(),
+            "/admin/dead-letters": {
+                "get": _op(
+                    "requests that failed after every retry and fallback (metadata only), oldest first",
+                    {"200": _json({"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {"type": "object"}}}}, "dead letters")},
+                    params=[{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}, "description": "the newest this many"}],
+                )
+            },
+            "/admin/resilience": {
+                "get": _op("breakers, in-flight counts, latencies and retry, fallback and shedding counters", {"200": _json({"type": "object"}, "the live state")})
+            },
         },
     }

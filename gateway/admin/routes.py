@@ -15,6 +15,7 @@ from ..errors import BadRequest, StoreError
 from ..http import json_response
 from ..identity.manage import Manager, key_view, tenant_view
 from ..runtime import STATE
+from .resilience_routes import RESILIENCE_ROUTES
 from .rules_routes import RULE_ROUTES
 
 __all__ = ["ROUTES"]
@@ -218,4 +219,4 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/admin/tenants/{tenant}/keys", create_key),
     ("GET", "/admin/keys/{key}", get_key),
     ("POST", "/admin/keys/{key}/revoke", revoke_key),
-) + RULE_ROUTES
+) + RULE_ROUTES + RESILIENCE_ROUTES
