@@ -14,6 +14,7 @@ from ..config.model import Config
 from ..errors import BadRequest, StoreError
 from ..http import json_response
 from ..identity.manage import Manager, key_view, tenant_view
+from ..limiter.keys import tenant_key_pattern
 from ..runtime import STATE
 from .resilience_routes import RESILIENCE_ROUTES
 from .rules_routes import RULE_ROUTES
@@ -128,15 +129,18 @@ async def _store_keys(config: Config, tenant_id: str) -> dict[str, Any]:
         return {"store": "embedded", "keys": [], "note": "in-process counters expire with their TTL"}
     import redis.asyncio as aioredis
 
+    # Limiter counters carry the encoded {t.<tenant>} tag under the store's prefix; usage totals {tenant} under theirs.
+    counter_pattern = tenant_key_pattern(tenant_id, store.key_prefix)
+    usage_pattern = f"{config.accounting.usage.key_prefix}:{{{tenant_id}}}:*"
     client = aioredis.from_url(store.url, socket_timeout=2.0, socket_connect_timeout=2.0)
     try:
-        keys = sorted(k.decode() async for k in client.scan_iter(match=f"*{{{tenant_id}}}*", count=1000))
+        counters = sorted([k.decode() async for k in client.scan_iter(match=counter_pattern, count=1000)])
+        usage = sorted([k.decode() async for k in client.scan_iter(match=usage_pattern, count=1000)])
     except (aioredis.RedisError, OSError) as exc:
         raise StoreError(f"cannot list the tenant's counters: {exc}") from exc
     finally:
         await client.aclose()
-    usage = [k for k in keys if "usage" in k]
-    return {"store": "redis", "counters": [k for k in keys if "usage" not in k], "usage": usage}
+    return {"store": "redis", "counters": counters, "usage": usage}
 
 
 async def _drop_store_keys(config: Config, found: dict[str, Any]) -> None:
