@@ -77,7 +77,7 @@ async def serve(ctx: RequestContext, state: Any) -> web.StreamResponse:
     tokens = len(ctx.body_bytes) >> 2  # a rough prompt estimate for deployments with a tpm limit
 
     current: ModelRoute = first
-    chain = first.fallbacks
+    chain = _allowed(ctx, first.fallbacks)
     hop = 0  # next index in chain
     if chain and state.proactive.diverted(first.name):
         current, hop = chain[0], 1
@@ -178,7 +178,7 @@ async def serve(ctx: RequestContext, state: Any) -> web.StreamResponse:
             if verdict == "relay":
                 break
             if verdict == "context":
-                chain, hop = current.context_fallbacks, 0
+                chain, hop = _allowed(ctx, current.context_fallbacks), 0
             if verdict != "retry":
                 if hop >= len(chain):
                     break
@@ -214,6 +214,14 @@ async def serve(ctx: RequestContext, state: Any) -> web.StreamResponse:
         return response
 
     return _give_up(ctx, state, first, current, last, trail)
+
+
+def _allowed(ctx: RequestContext, chain: tuple[ModelRoute, ...]) -> tuple[ModelRoute, ...]:
+    """A fallback never serves a tenant a model it may not use."""
+    principal = ctx.principal
+    if not chain or principal is None or principal.allowed_models is None:
+        return chain
+    return tuple(m for m in chain if principal.may_use(m.name))
 
 
 def _tenant(ctx: RequestContext) -> str:
