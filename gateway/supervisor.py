@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import contextlib
 import os
 import select
 import signal
@@ -278,11 +279,10 @@ def _describe(code: int) -> str:
 
 
 def _drain(fd: int) -> None:
-    try:
+    """Empty the self-pipe (non-blocking): every byte is a wake-up already noted."""
+    with contextlib.suppress(BlockingIOError):
         while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
+            continue
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:
