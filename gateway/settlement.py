@@ -141,9 +141,14 @@ class Settler:
                     actual = admission.reserved_tokens  # no usage came back: keep the estimate
                 else:
                     actual = 0  # nothing reached the model: refund everything
-                await self.limiter.settle(reservation, max(0, actual - admission.extended_tokens))
-                for extension in admission.extensions:
-                    await self.limiter.settle(extension, extension.reserved)
+                # The real usage fills the reservation, then each extension in turn; the last takes any
+                # overdraft. A stream cut short gives back what it held and did not use, extensions included.
+                held = [reservation, *admission.extensions]
+                left = actual
+                for i, part in enumerate(held):
+                    share = left if i == len(held) - 1 else min(left, part.reserved)
+                    await self.limiter.settle(part, share)
+                    left -= share
             if admission.lease is not None:
                 await self.limiter.release(admission.lease)
                 if self._on_release is not None:

@@ -1,0 +1,32 @@
+"""Settling a reservation and its stream extensions charges exactly the real usage."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from gateway.admission import Admission
+from gateway.context import Usage
+from gateway.limiter import LimitSpec, build_limiter
+from gateway.settlement import Settler
+
+SPEC = LimitSpec(
+    name="tph", kind="sliding_window", limit=10_000, window_ms=3_600_000, cost=100, unit="tokens", scope_key=(("tenant", "t"),), tenant="t"
+)
+
+
+@pytest.mark.parametrize(("actual", "charged"), [(30, 30), (120, 120), (400, 400), (0, 0)])
+async def test_usage_fills_the_reservation_then_the_extensions_and_the_rest_is_given_back(actual: int, charged: int) -> None:
+    limiter = build_limiter()
+    first = await limiter.admit([SPEC])
+    extension = await limiter.admit([SPEC.with_cost(50)])
+    assert first.reservation is not None and extension.reservation is not None
+    admission = Admission(decision=first, reserved_tokens=100, extended_tokens=50, extensions=[extension.reservation])
+    ctx = SimpleNamespace(admission=admission, usage=Usage(actual, 0, reported=True), first_byte_at=1.0)
+    settler = Settler(limiter)
+    settler.finish(ctx)  # type: ignore[arg-type]
+    await settler.drain()
+    state = await limiter.peek(SPEC.with_cost(0))
+    assert state.limit - state.remaining == charged
+    await limiter.close()
