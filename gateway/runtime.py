@@ -92,9 +92,9 @@ class GatewayState:
         # Limits: one limiter (and its store connections) for the process; settling runs in the background.
         self.limiter = build_limiter(config.store, clock=self.clock)
         self.lease_waiters = LeaseWaiters(res.queue.size)
-        self.settler = Settler(self.limiter, on_release=self.lease_waiters.released)
         # Usage, cost, quotas, metrics, access and audit logs; flushed in the background, and on close.
         self.accounting = Accounting(config, state=self)
+        self.settler = Settler(self.limiter, on_release=self.lease_waiters.released, metrics=self.accounting.metrics)
         self._reload_lock = asyncio.Lock()
 
     @property

@@ -19,7 +19,7 @@ from .errors import StoreError
 from .limiter import Lease, Limiter
 
 if TYPE_CHECKING:
-    from .admission import Admission
+    from .admission import Admission, LimitMetrics
     from .context import RequestContext, Usage
 
 __all__ = ["Settler", "StreamBudget", "EXTEND_MIN_TOKENS"]
@@ -86,9 +86,13 @@ class StreamBudget:
 class Settler:
     """Settles finished requests in the background and renews the leases of requests still running."""
 
-    def __init__(self, limiter: Limiter, on_release: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, limiter: Limiter, on_release: Callable[[], None] | None = None, metrics: LimitMetrics | None = None
+    ) -> None:
         self.limiter = limiter
         self._on_release = on_release
+        self._metrics = metrics  # counts overdrafts (tokens used past a spent budget, with on_exceed: allow)
+        self.overdrafts = 0
         self._queue: deque[tuple[Admission, Usage | None, bool]] = deque()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -147,8 +151,13 @@ class Settler:
                 left = actual
                 for i, part in enumerate(held):
                     share = left if i == len(held) - 1 else min(left, part.reserved)
-                    await self.limiter.settle(part, share)
+                    settlement = await self.limiter.settle(part, share)
                     left -= share
+                    for limit in settlement.limits:
+                        if limit.overdraft > 0:
+                            self.overdrafts += 1
+                            if self._metrics is not None:
+                                self._metrics.limit_decision(limit.name, "overdraft")
             if admission.lease is not None:
                 await self.limiter.release(admission.lease)
                 if self._on_release is not None:

@@ -30,3 +30,28 @@ async def test_usage_fills_the_reservation_then_the_extensions_and_the_rest_is_g
     state = await limiter.peek(SPEC.with_cost(0))
     assert state.limit - state.remaining == charged
     await limiter.close()
+
+
+class _Counted:
+    def __init__(self) -> None:
+        self.decisions: list[tuple[str, str]] = []
+
+    def limit_decision(self, rule: str, outcome: str, n: int = 1) -> None:
+        self.decisions.append((rule, outcome))
+
+    def degraded_admission(self, rule: str, mode: str) -> None:
+        raise AssertionError("not expected here")
+
+
+async def test_usage_past_a_spent_budget_is_charged_and_counted_as_overdraft() -> None:
+    limiter = build_limiter()
+    small = LimitSpec(name="tiny", kind="fixed_window", limit=100, window_ms=60_000, calendar="minute", cost=100, unit="tokens", scope_key=(("tenant", "t"),), tenant="t")
+    admitted = await limiter.admit([small])
+    admission = Admission(decision=admitted, reserved_tokens=100)
+    metrics = _Counted()
+    settler = Settler(limiter, metrics=metrics)
+    settler.finish(SimpleNamespace(admission=admission, usage=Usage(60, 90, reported=True), first_byte_at=1.0))  # type: ignore[arg-type]
+    await settler.drain()
+    assert metrics.decisions == [("tiny", "overdraft")]
+    assert settler.overdrafts == 1
+    await limiter.close()
