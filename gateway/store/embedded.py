@@ -9,7 +9,7 @@ from ..clock import Clock
 from ..errors import StoreError
 from .engine import Arg, EngineStats, ScriptCall
 from .keyspace import Keyspace
-from .scripts import Script, load_scripts
+from .scripts import Script, load_scripts, lua_dir
 
 __all__ = ["EmbeddedEngine"]
 
@@ -37,8 +37,10 @@ class EmbeddedEngine:
         # Each script becomes a function of (now in us, number of ARGV, ARGV..., KEYS...)
         # whose reply comes back unpacked.
         self._functions = {}
+        wrapper = lua_dir().joinpath(WRAPPER_FILE).read_text(encoding="utf-8")
         for name_, script in (scripts or load_scripts()).items():
-            factory = self.keyspace.lua.eval(_WRAPPER.format(prelude=script.prelude, body=script.body))
+            source = wrapper.replace("-- @prelude", script.prelude, 1).replace("-- @body", script.body, 1)
+            factory = self.keyspace.lua.eval(source)
             self._functions[name_] = factory(self.keyspace.table)
 
     # -- running -----------------------------------------------------------
@@ -77,68 +79,9 @@ class EmbeddedEngine:
         return None
 
 
+# How a script is run in-process: a Lua file of its own, like every other piece of Lua (lua/embedded_wrapper.lua).
+WRAPPER_FILE = "embedded_wrapper.lua"
 _ARRAY = 1  # the reply is an array, its items follow unpacked; 0: one value follows
-
-# The libraries (prelude) are instantiated once, when the engine starts;
-# KEYS and ARGV are parameters of the body, as they are globals of a Redis
-# script. KEYS and ARGV numbers become strings the way Redis formats them
-# (integers in full, others as %.17g; keyspace.str remembers the last
-# thousand or so). redis.call is the keyspace's, in Lua.
-# An error reply raised by redis.call is a table {err = ...}, as in Redis 7;
-# it leaves as a Lua error with that message. The script's reply leaves as
-# (1, unpack(array)) or (0, value), so that lupa hands back one tuple.
-_WRAPPER = """
-function(keyspace)
-  local select, unpack, type, error, pcall = select, unpack, type, error, pcall
-  local begin, str = keyspace.begin, keyspace.str
-  local redis = {{ call = keyspace.call }}
-  local function reply(ok, value)
-    local t = type(value)
-    if not ok then
-      if t == 'table' and value.err ~= nil then
-        error(value.err, 0)
-      end
-      error(value, 0)
-    end
-    if t ~= 'table' then
-      return 0, value
-    elseif value.err ~= nil then
-      error(value.err, 0)
-    elseif value.ok ~= nil then
-      return 0, value.ok
-    end
-    local n = #value
-    if n > 4096 then
-      return 0, value
-    end
-    return 1, unpack(value, 1, n)
-  end
-{prelude}
-  local function script(KEYS, ARGV)
-{body}
-  end
-  return function(now_us, nargs, ...)
-    begin(now_us)
-    local ARGV, KEYS = {{...}}, {{}}
-    for i = nargs + 1, select('#', ...) do
-      local v = ARGV[i]
-      if type(v) ~= 'string' then
-        v = str(v)
-      end
-      KEYS[i - nargs] = v
-      ARGV[i] = nil
-    end
-    for i = 1, nargs do
-      local v = ARGV[i]
-      if type(v) ~= 'string' then
-        ARGV[i] = str(v)
-      end
-    end
-    return reply(pcall(script, KEYS, ARGV))
-  end
-end
-"""
-
 
 def _array(items: list[Any]) -> list[Any]:
     """An array reply's items as Redis would reply them: up to the first nil."""

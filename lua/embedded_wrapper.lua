@@ -1,0 +1,64 @@
+-- embedded_wrapper.lua: how the embedded engine (gateway/store/embedded.py) runs one script.
+-- Not a limiter script: the engine puts a script's libraries at the "@prelude" marker line and its
+-- body at the "@body" one, then evaluates this expression once per script with the Lua keyspace.
+-- KEYS and ARGV: those of the wrapped script (passed as now_us, the number of ARGV, ARGV..., KEYS...).
+-- Units: now_us in microseconds since the epoch (the engine's clock, read once per call).
+-- Return: (1, array items...) for an array reply, (0, value) for any other; an error reply is raised.
+--
+-- The libraries (prelude) are instantiated once, when the engine starts;
+-- KEYS and ARGV are parameters of the body, as they are globals of a Redis
+-- script. KEYS and ARGV numbers become strings the way Redis formats them
+-- (integers in full, others as %.17g; keyspace.str remembers the last
+-- thousand or so). redis.call is the keyspace's, in Lua.
+-- An error reply raised by redis.call is a table {err = ...}, as in Redis 7;
+-- it leaves as a Lua error with that message. The script's reply leaves as
+-- (1, unpack(array)) or (0, value), so that lupa hands back one tuple.
+function(keyspace)
+  local select, unpack, type, error, pcall = select, unpack, type, error, pcall
+  local begin, str = keyspace.begin, keyspace.str
+  local redis = { call = keyspace.call }
+  local function reply(ok, value)
+    local t = type(value)
+    if not ok then
+      if t == 'table' and value.err ~= nil then
+        error(value.err, 0)
+      end
+      error(value, 0)
+    end
+    if t ~= 'table' then
+      return 0, value
+    elseif value.err ~= nil then
+      error(value.err, 0)
+    elseif value.ok ~= nil then
+      return 0, value.ok
+    end
+    local n = #value
+    if n > 4096 then
+      return 0, value
+    end
+    return 1, unpack(value, 1, n)
+  end
+-- @prelude
+  local function script(KEYS, ARGV)
+-- @body
+  end
+  return function(now_us, nargs, ...)
+    begin(now_us)
+    local ARGV, KEYS = {...}, {}
+    for i = nargs + 1, select('#', ...) do
+      local v = ARGV[i]
+      if type(v) ~= 'string' then
+        v = str(v)
+      end
+      KEYS[i - nargs] = v
+      ARGV[i] = nil
+    end
+    for i = 1, nargs do
+      local v = ARGV[i]
+      if type(v) ~= 'string' then
+        ARGV[i] = str(v)
+      end
+    end
+    return reply(pcall(script, KEYS, ARGV))
+  end
+end
