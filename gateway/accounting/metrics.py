@@ -213,8 +213,8 @@ class GatewayMetrics:
         child = self._child
         for (metric, labels), n in counts.items():
             child(metric, *labels).inc(n)
-        for (metric, labels), values in observed.items():
-            self._observe_many(child(metric, *labels), values)
+        for (metric, labels), samples in observed.items():
+            self._observe_many(child(metric, *labels), samples)
 
     @staticmethod
     def _observe_many(child: Any, values: list[float]) -> None:

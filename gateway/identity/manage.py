@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ..config.identity import TENANT_ID, ApiKey, Tenant, check_tenant_refs, hash_key, parse_key, parse_tenant
+from ..config.identity import TENANT_ID, ApiKey, Tenant, check_tenant_refs, parse_key, parse_tenant
 from ..config.model import Config
 from ..config.reader import Node, Problems
 from ..errors import BadRequest, NotFound
