@@ -7,7 +7,7 @@
 --   microseconds since the Unix epoch; every duration handed to Redis or
 --   returned to the caller is in integer milliseconds.
 -- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
---   adjust}), now_us(), ttl_ms() and ms_ceil().
+--   adjust}), now_us(), ttl_ms(), ms_ceil() and count_verdict().
 --
 -- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
 -- concurrency.lua), one counter key per limit:
@@ -45,4 +45,23 @@ local function ms_ceil(us)
     return 0
   end
   return math.ceil(us / 1000)
+end
+
+-- The verdict of a counting limit (fixed window, concurrency): `used` units of
+-- `limit` are taken and `cost` more are asked. Sets st.allowed and
+-- st.remaining; st.retry_ms becomes -1 when the cost exceeds the limit
+-- itself (retrying cannot help) and wait_ms when it does not fit now.
+local function count_verdict(st, used, cost, limit, wait_ms)
+  if cost > limit then
+    st.allowed = false
+    st.remaining = math.max(0, limit - used)
+    st.retry_ms = -1
+  elseif used + cost <= limit then
+    st.allowed = true
+    st.remaining = limit - used - cost
+  else
+    st.allowed = false
+    st.remaining = math.max(0, limit - used)
+    st.retry_ms = wait_ms
+  end
 end

@@ -53,18 +53,7 @@ ALGORITHMS.concurrency = {
     else
       st.reset_ms = window_ms
     end
-    if cost > limit then
-      st.allowed = false
-      st.remaining = math.max(0, limit - live)
-      st.retry_ms = -1
-    elseif live + cost <= limit then
-      st.allowed = true
-      st.remaining = limit - live - cost
-    else
-      st.allowed = false
-      st.remaining = math.max(0, limit - live)
-      st.retry_ms = math.min(1000, st.reset_ms)
-    end
+    count_verdict(st, live, cost, limit, math.min(1000, st.reset_ms))
     return st
   end,
 

@@ -78,18 +78,7 @@ ALGORITHMS.fixed_window = {
     local used = fw_load(key, start)
     local st = { now_ms = now_ms, start = start, stop = stop, used = used, mark = start, retry_ms = 0 }
     st.reset_ms = stop - now_ms
-    if cost > limit then
-      st.allowed = false
-      st.remaining = math.max(0, limit - used)
-      st.retry_ms = -1
-    elseif used + cost <= limit then
-      st.allowed = true
-      st.remaining = limit - used - cost
-    else
-      st.allowed = false
-      st.remaining = math.max(0, limit - used)
-      st.retry_ms = stop - now_ms
-    end
+    count_verdict(st, used, cost, limit, stop - now_ms)
     return st
   end,
 

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import csv
 import io
 import re
@@ -155,10 +157,8 @@ def _when(request: web.Request, name: str) -> float | None:
     raw = request.query.get(name)
     if raw is None:
         return None
-    try:
-        return float(raw)
-    except ValueError:
-        pass
+    with contextlib.suppress(ValueError):
+        return float(raw)  # Unix seconds
     try:
         return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
     except ValueError:
