@@ -129,7 +129,7 @@ async def serve(ctx: RequestContext, state: Any) -> web.StreamResponse:
         dstate = current.states[j]
         deployment = current.deployments[j]
         client = pool.get(deployment.upstream)
-        if client is None or client.session is None:  # only while a reload swaps the pool
+        if client is None or client.http is None:  # only while a reload swaps the pool
             last = UpstreamUnavailable(f"upstream {deployment.upstream!r} is not available")
             continue
         queue = dstate.queue

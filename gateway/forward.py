@@ -23,6 +23,7 @@ from .deadlines import Deadline, Deadlines
 from .http import REQUEST_ID_HEADER, error_body
 from .usage import usage_from_body
 from .sse import SseParser
+from .upstream_http import ConnectError, HttpError, Response, UpstreamHttp
 
 __all__ = [
     "UpstreamClient",
@@ -75,15 +76,16 @@ class UpstreamStatus(UpstreamBadResponse):
 
 
 class UpstreamClient:
-    """An upstream's pooled keep-alive session and the headers the gateway adds to every call."""
+    """An upstream's pooled keep-alive connections and the headers the gateway adds to every call."""
 
-    __slots__ = ("config", "session", "fixed_headers", "fixed_names", "deadlines")
+    __slots__ = ("config", "http", "fixed_headers", "fixed_names", "deadlines")
 
     def __init__(self, config: Upstream, deadlines: Deadlines | None = None) -> None:
         self.config = config
-        self.session: aiohttp.ClientSession | None = None
+        self.http: UpstreamHttp | None = None
         self.deadlines = deadlines or Deadlines()
-        fixed: list[tuple[str, str]] = [("Content-Type", "application/json")]
+        # identity: the answer is parsed (usage) and relayed; a compressed one would only be inflated here.
+        fixed: list[tuple[str, str]] = [("Content-Type", "application/json"), ("Accept-Encoding", "identity")]
         if config.api_key and config.auth_header != "none":
             if config.auth_header == "authorization":
                 fixed.append(("Authorization", f"Bearer {config.api_key}"))
@@ -95,22 +97,16 @@ class UpstreamClient:
 
     async def start(self) -> None:
         pool = self.config.pool
-        connector = aiohttp.TCPConnector(
-            limit=pool.max_connections,
-            limit_per_host=0,
-            keepalive_timeout=pool.keepalive,
-            ttl_dns_cache=300,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.timeouts.connect),
-            auto_decompress=True,
-            trust_env=False,
+        self.http = UpstreamHttp(
+            self.config.base_url,
+            max_connections=pool.max_connections,
+            keepalive=pool.keepalive,
+            connect_timeout=self.config.timeouts.connect,
         )
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self.http is not None:
+            await self.http.close()
 
 
 class UpstreamPool:
@@ -182,7 +178,7 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
     An error status in ``divert`` raises :class:`UpstreamStatus` (body read, nothing
     sent) instead of being relayed, so the caller can retry or fall back.
     """
-    assert ctx.endpoint is not None and ctx.body is not None and client.session is not None
+    assert ctx.endpoint is not None and ctx.body is not None and client.http is not None
     cfg = client.config
     if deployment.model == ctx.model:
         body = ctx.body_bytes
@@ -192,34 +188,30 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
     loop = asyncio.get_running_loop()
     deadline = ctx.started + cfg.timeouts.total
     phase = "first byte"
-    upstream: aiohttp.ClientResponse | None = None
+    upstream: Response | None = None
     try:
         async with client.deadlines.at(min(deadline, loop.time() + cfg.timeouts.first_byte)) as timer:
-            upstream = await client.session.post(
-                cfg.base_url + ctx.endpoint.upstream_suffix,
-                data=body,
-                headers=upstream_headers(ctx, client),
-            )
+            upstream = await client.http.request("POST", ctx.endpoint.upstream_suffix, upstream_headers(ctx, client), body)
             ctx.first_byte_at = loop.time()
             phase = "idle"
             timer.reschedule(min(deadline, loop.time() + cfg.timeouts.idle))
             status = upstream.status
-            content_type = upstream.headers.get("Content-Type", "")
+            content_type = upstream.headers.get("content-type", "")
             if ctx.stream and status == 200 and content_type.startswith("text/event-stream"):
                 phase = "first event"
                 return await _relay_stream(ctx, upstream, timer, deadline, cfg.timeouts.idle)
             data = await upstream.read()
     except TimeoutError:
         raise UpstreamTimeout(f"upstream {cfg.name!r} timed out waiting for the {phase}", code="upstream_timeout") from None
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamBadResponse(f"cannot connect to upstream {cfg.name!r}: {exc.os_error}", code="upstream_connect_error") from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamBadResponse(f"upstream {cfg.name!r} failed: {type(exc).__name__}", code="upstream_error") from None
+    except ConnectError as exc:
+        raise UpstreamBadResponse(f"cannot connect to upstream {cfg.name!r}: {exc}", code="upstream_connect_error") from None
+    except HttpError as exc:
+        raise UpstreamBadResponse(f"upstream {cfg.name!r} failed: {exc}", code="upstream_error") from None
     finally:
         if upstream is not None:
             upstream.release()
     if status in divert:
-        raise UpstreamStatus(cfg.name, status, data, content_type, _retry_after(upstream.headers.get("Retry-After")))
+        raise UpstreamStatus(cfg.name, status, data, content_type, _retry_after(upstream.headers.get("retry-after")))
     ctx.status = status
     ctx.finished_at = loop.time()
     ctx.bytes_out = len(data)
@@ -237,19 +229,18 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
 
 async def _relay_stream(
     ctx: RequestContext,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     timer: Deadline,
     deadline: float,
     idle: float,
 ) -> web.StreamResponse:
     """Relay SSE event by event; before the first event is out, failures raise so another attempt can serve."""
     loop = asyncio.get_running_loop()
-    content = upstream.content
     parser = SseParser(ctx.stream_monitor)
     # Nothing reaches the client until the first complete event parsed: until then a failure can still be retried.
     out = b""
     while not parser.events and not parser.done and parser.stop is None:
-        chunk = await content.readany()
+        chunk = await upstream.readany()
         if not chunk:
             out += parser.flush()
             if parser.events or parser.done or parser.stop is not None:
@@ -279,7 +270,7 @@ async def _relay_stream(
                 await _end_with_error(response, message, code, ctx)
                 return response
             timer.reschedule(min(deadline, loop.time() + idle))
-            chunk = await content.readany()
+            chunk = await upstream.readany()
             if not chunk:
                 out = parser.flush()
                 if not out:
@@ -299,11 +290,6 @@ async def _relay_stream(
             ctx.client_disconnected = True
         upstream.close()
         return response
-    except TimeoutError:
-        # aiohttp's own socket timeouts (ServerTimeoutError) mean the same as our idle timer.
-        upstream.close()
-        outcome = await _stalled(response, ctx, parser.done)
-        return response
     except asyncio.CancelledError:
         upstream.close()
         if not timer.expired():
@@ -314,13 +300,13 @@ async def _relay_stream(
         # the timeout block's exit uncancels the task either way.
         outcome = await _stalled(response, ctx, parser.done)
         return response
-    except aiohttp.ClientError as exc:
+    except HttpError as exc:
         upstream.close()
         if parser.done:  # the answer was complete; only the connection's end was untidy
             await _write_eof(response)
             return response
         outcome = "broken"
-        await _end_with_error(response, f"upstream stream broke: {type(exc).__name__}", "upstream_stream_error", ctx)
+        await _end_with_error(response, f"upstream stream broke: {exc}", "upstream_stream_error", ctx)
         return response
     finally:
         ctx.bytes_out = sent

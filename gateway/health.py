@@ -13,9 +13,8 @@ import contextlib
 import logging
 from typing import Any
 
-import aiohttp
-
 from .balancing import DeploymentState
+from .upstream_http import HttpError
 
 __all__ = ["HealthProber"]
 
@@ -66,19 +65,21 @@ class HealthProber:
     async def _probe(self, dstate: DeploymentState, upstream: str) -> None:
         policy = self.state.config.resilience.health
         client = self.state.pool.clients.get(upstream)
-        if client is None or client.session is None:
+        if client is None or client.http is None:
             return
         self.probes += 1
         ok = False
+        resp = None
         try:
             async with asyncio.timeout(policy.timeout):
-                async with client.session.get(
-                    client.config.base_url + policy.path, headers=[h for h in client.fixed_headers if h[0] != "Content-Type"]
-                ) as resp:
-                    await resp.read()
-                    ok = resp.status < 500 and resp.status != 429
-        except (TimeoutError, aiohttp.ClientError, OSError):
+                resp = await client.http.request("GET", policy.path, [h for h in client.fixed_headers if h[0] != "Content-Type"])
+                await resp.read()
+                ok = resp.status < 500 and resp.status != 429
+        except (TimeoutError, HttpError):
             ok = False
+        finally:
+            if resp is not None:
+                resp.release()
         if not ok:
             self.failures += 1
         streak = self._streaks.get(dstate.key, 0)

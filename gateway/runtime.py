@@ -119,7 +119,7 @@ class GatewayState:
     async def readiness_problems(self) -> list[str]:
         """Why the gateway should not get traffic now; empty when it is ready."""
         problems: list[str] = []
-        usable = [name for name, c in self.pool.clients.items() if c.session is not None and not c.session.closed]
+        usable = [name for name, c in self.pool.clients.items() if c.http is not None and not c.http.closed]
         if not usable:
             problems.append("no upstream is usable")
         problems.extend(self.registry.problems())
