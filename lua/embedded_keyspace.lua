@@ -129,9 +129,27 @@ local function by_score_then_member(a, b)
   return a[2] < b[2]
 end
 
+-- The lowest (score, member) of a sorted set, cached on it: the concurrency
+-- script asks for the earliest lease, the live count and the expired ones on
+-- every call, and while the lowest score is in the future all three follow
+-- from it without a pass over the members. A write that may change the
+-- minimum updates or drops the cache; the next reader rescans once.
+local function zmin(z)
+  if not z.min_ok then
+    local best_score, best_member = nil, nil
+    for member, score in pairs(z.map) do
+      if best_score == nil or score < best_score or (score == best_score and member < best_member) then
+        best_score, best_member = score, member
+      end
+    end
+    z.min_score, z.min_member, z.min_ok = best_score, best_member, true
+  end
+  return z.min_score, z.min_member
+end
+
 local function keyspace_new()
   local floor, format, upper, select, type, tremove = math.floor, string.format, string.upper, select, type, table.remove
-  local data = {} -- key -> string | {kind = HASH, order, map} | {kind = ZSET, map, n}
+  local data = {} -- key -> string | {kind = HASH, order, map} | {kind = ZSET, map, n, min_score, min_member, min_ok} (see zmin)
   local expires = {} -- key -> expiry (ms since the epoch); no entry: no TTL
   local size = 0 -- keys in data (expired ones not yet dropped included)
   local heap_at, heap_key, heap_n = {}, {}, 0 -- min-heap of (expiry, key)
@@ -518,7 +536,7 @@ local function keyspace_new()
       if xx then
         return 0
       end
-      z = { kind = ZSET, map = {}, n = 0 }
+      z = { kind = ZSET, map = {}, n = 0, min_ok = true }
       put(key, z)
     end
     local map = z.map
@@ -526,12 +544,21 @@ local function keyspace_new()
     for i = first, n, 2 do
       local member = str((select(i + 1, ...)))
       local score = scores[(i - first) / 2 + 1]
-      if map[member] ~= nil then
+      local old = map[member]
+      if old ~= nil or not xx then
         map[member] = score
-      elseif not xx then
-        map[member] = score
-        z.n = z.n + 1
-        added = added + 1
+        if old == nil then
+          z.n = z.n + 1
+          added = added + 1
+        end
+        if z.min_ok then
+          local ms, mm = z.min_score, z.min_member
+          if ms == nil or score < ms or (score == ms and member < mm) then
+            z.min_score, z.min_member = score, member
+          elseif member == mm and score ~= ms then
+            z.min_ok = false -- the minimum moved up: which member is lowest now is unknown
+          end
+        end
       end
     end
     return added
@@ -551,6 +578,12 @@ local function keyspace_new()
     local hi, hi_ex = bound_arg(max)
     local z = lookup_kind(str(key), ZSET)
     local count = 0
+    if z ~= nil and hi == math.huge and not hi_ex then
+      local low = zmin(z)
+      if in_range(low, lo, lo_ex, hi, hi_ex) then
+        return z.n -- every member scores at least the lowest one
+      end
+    end
     if z ~= nil then
       for _, score in pairs(z.map) do
         if in_range(score, lo, lo_ex, hi, hi_ex) then
@@ -586,7 +619,18 @@ local function keyspace_new()
       return out
     end
     if offset == 0 and count == 1 then
-      -- The first member only (what the concurrency script asks): one pass, no tables, no sort.
+      -- The first member only (what the concurrency script asks): the cached minimum when it is in
+      -- range and the range is open above, else one pass, no tables, no sort.
+      if hi == math.huge and not hi_ex then
+        local low, low_member = zmin(z)
+        if in_range(low, lo, lo_ex, hi, hi_ex) then
+          out[1] = low_member
+          if with_scores then
+            out[2] = score_str(low)
+          end
+          return out
+        end
+      end
       local best_score, best_member = nil, nil
       for member, score in pairs(z.map) do
         if in_range(score, lo, lo_ex, hi, hi_ex)
@@ -635,6 +679,9 @@ local function keyspace_new()
       if map[member] ~= nil then
         map[member] = nil
         removed = removed + 1
+        if member == z.min_member then
+          z.min_ok = false
+        end
       end
     end
     z.n = z.n - removed
@@ -652,6 +699,12 @@ local function keyspace_new()
     if z == nil then
       return 0
     end
+    if lo == -math.huge and not lo_ex then
+      local low = zmin(z)
+      if not in_range(low, lo, lo_ex, hi, hi_ex) then
+        return 0 -- nothing scores as low as the range's top: the usual case of "drop expired leases"
+      end
+    end
     local map = z.map
     local dead = {}
     for member, score in pairs(map) do
@@ -661,6 +714,9 @@ local function keyspace_new()
     end
     for j = 1, #dead do
       map[dead[j]] = nil
+    end
+    if #dead > 0 then
+      z.min_ok = false
     end
     z.n = z.n - #dead
     if z.n == 0 then
