@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import StoreError
-from .limiter import Lease, Limiter
+from .limiter import Lease, Limiter, Settlement
 
 if TYPE_CHECKING:
     from .admission import Admission, LimitMetrics
@@ -83,6 +83,15 @@ class StreamBudget:
         a.extended_tokens += want
 
 
+def _actual_tokens(admission: Admission, usage: Usage | None, reached_upstream: bool) -> int:
+    """What the request really cost in tokens, for settling its reservation."""
+    if usage is not None:
+        return usage.total_tokens
+    if reached_upstream:
+        return admission.reserved_tokens  # no usage came back: keep the estimate
+    return 0  # nothing reached the model: refund everything
+
+
 class Settler:
     """Settles finished requests in the background and renews the leases of requests still running."""
 
@@ -118,46 +127,70 @@ class Settler:
             self._wake.set()
 
     async def _work(self) -> None:
-        """Settle what finished, in batches: in order on the embedded store (no awaiting there), concurrently on a
-        remote one (so the engine can coalesce the calls into one round trip)."""
+        """Settle what finished, a batch at a time (see :meth:`_settle_batch`)."""
         assert self._wake is not None
-        remote = self.limiter.engine().remote
         while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
                 batch, self._queue = self._queue, deque()
-                if remote and len(batch) > 1:
-                    await asyncio.gather(*(self._settle(*item) for item in batch))
-                else:
-                    for item in batch:
-                        await self._settle(*item)
+                await self._settle_batch(batch)
 
-    async def _settle(self, admission: Admission, usage: Usage | None, reached_upstream: bool) -> None:
+    async def _settle_batch(self, batch: deque[tuple[Admission, Usage | None, bool]]) -> None:
+        """Requests without stream extensions settle and release together: one store call for the whole batch
+        (per hash slot on Cluster). The others, rarer, settle one by one, concurrently on a remote store."""
+        plain: list[tuple[Admission, int]] = []
+        extended: list[tuple[Admission, int]] = []
+        for admission, usage, reached_upstream in batch:
+            actual = _actual_tokens(admission, usage, reached_upstream)
+            if admission.pending is None and not admission.extensions:
+                plain.append((admission, actual))
+            else:
+                extended.append((admission, actual))
+        if plain:
+            results = await self.limiter.finish_many([(a.reservation, actual, a.lease) for a, actual in plain])
+            failed = 0
+            for (admission, _), (settlement, released) in zip(plain, results):
+                if settlement is not None:
+                    self._count_overdrafts(settlement)
+                if released and self._on_release is not None:
+                    self._on_release()
+                if (admission.lease is not None and not released) or (settlement is not None and settlement.degraded):
+                    failed += 1
+            self.settled += len(plain) - failed
+            self.failures += failed
+            if failed:
+                log.warning("settling %d request(s) failed on the store; their reservations stay as estimated and "
+                            "their leases expire by TTL", failed)
+        if extended:
+            if len(extended) > 1 and self.limiter.engine().remote:
+                await asyncio.gather(*(self._settle(*item) for item in extended))
+            else:
+                for item in extended:
+                    await self._settle(*item)
+
+    def _count_overdrafts(self, settlement: Settlement) -> None:
+        for limit in settlement.limits:
+            if limit.overdraft > 0:
+                self.overdrafts += 1
+                if self._metrics is not None:
+                    self._metrics.limit_decision(limit.name, "overdraft")
+
+    async def _settle(self, admission: Admission, actual: int) -> None:
+        """One request whose stream extended its reservation (or is still extending it)."""
         try:
             if admission.pending is not None:
                 await asyncio.gather(admission.pending, return_exceptions=True)
             reservation = admission.reservation
             if reservation is not None:
-                if usage is not None:
-                    actual = usage.total_tokens
-                elif reached_upstream:
-                    actual = admission.reserved_tokens  # no usage came back: keep the estimate
-                else:
-                    actual = 0  # nothing reached the model: refund everything
                 # The real usage fills the reservation, then each extension in turn; the last takes any
                 # overdraft. A stream cut short gives back what it held and did not use, extensions included.
                 held = [reservation, *admission.extensions]
                 left = actual
                 for i, part in enumerate(held):
                     share = left if i == len(held) - 1 else min(left, part.reserved)
-                    settlement = await self.limiter.settle(part, share)
+                    self._count_overdrafts(await self.limiter.settle(part, share))
                     left -= share
-                    for limit in settlement.limits:
-                        if limit.overdraft > 0:
-                            self.overdrafts += 1
-                            if self._metrics is not None:
-                                self._metrics.limit_decision(limit.name, "overdraft")
             if admission.lease is not None:
                 await self.limiter.release(admission.lease)
                 if self._on_release is not None:
@@ -184,8 +217,7 @@ class Settler:
         """Settle everything still queued (graceful shutdown, after the worker stopped)."""
         while self._queue:
             batch, self._queue = self._queue, deque()
-            for item in batch:
-                await self._settle(*item)
+            await self._settle_batch(batch)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

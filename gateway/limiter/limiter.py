@@ -27,6 +27,10 @@ __all__ = ["Limiter", "LimiterStats", "LOCAL_STORE", "FAIL_CLOSED_RETRY_MS"]
 LOCAL_STORE = "local"  # the name charges carry when the embedded fallback took them
 FAIL_CLOSED_RETRY_MS = 1000  # what a fail_closed refusal tells the client to wait
 _ADMIT_STRIDE = 6
+# Charges per settle.lua call when finishing a batch of requests (keeps one script call short on Redis).
+FINISH_BATCH = 256
+# One finished request for Limiter.finish_many: its reservation, the actual token cost, its lease.
+Finished = tuple[Reservation | None, int, Lease | None]
 
 
 @dataclass(slots=True)
@@ -355,6 +359,68 @@ class Limiter:
         done, degraded = await self._settle_calls(deltas) if deltas else ([], False)
         reservation.settlement = Settlement(tuple(done), degraded)
         return reservation.settlement
+
+    async def finish_many(self, items: Sequence[Finished]) -> list[tuple[Settlement | None, bool]]:
+        """Settle the reservations and release the leases of many finished requests in as few calls as possible.
+
+        Every charge of the batch goes into one ``settle.lua`` call per store (per
+        hash slot where the store needs it, at most ``FINISH_BATCH`` charges each):
+        a token charge with ``actual - reserved``, a lease with a refund of its one
+        unit, which is how concurrency's ``adjust`` gives a lease back. Returns, per
+        item, its settlement (None without a reservation; an already settled one is
+        returned as it was) and whether its lease was released (False when a store
+        failed: the lease then expires by TTL). Store errors are not raised.
+        """
+        entries: list[tuple[int, Charge, int]] = []
+        for n, (reservation, actual, lease) in enumerate(items):
+            if reservation is not None and reservation.settlement is None:
+                if actual < 0:
+                    raise ValueError("actual_cost must be >= 0")
+                for c in reservation.charges:
+                    if actual != c.spec.cost:
+                        entries.append((n, c, actual - c.spec.cost))
+            if lease is not None and not lease.released:
+                lease.released = True
+                for c in lease.charges:
+                    entries.append((n, c, -1))
+        settled: list[list[SettledLimit]] = [[] for _ in items]
+        failed = [False] * len(items)  # a token charge of the item was not settled
+        kept = [False] * len(items)  # a lease of the item was not released
+        calls: dict[tuple[str, str], list[tuple[int, Charge, int]]] = {}
+        for entry in entries:
+            c = entry[1]
+            calls.setdefault((c.store, c.tag if self._engine(c.store).single_slot else ""), []).append(entry)
+        for (store, _), group in calls.items():
+            engine = self._engine(store)
+            for start in range(0, len(group), FINISH_BATCH):
+                chunk = group[start : start + FINISH_BATCH]
+                args: list[Any] = []
+                for _, c, delta in chunk:
+                    sp = c.spec
+                    args += (sp.kind, sp.limit, sp.window_ms, delta, _param(sp, c.lease_id), c.mark)
+                try:
+                    reply = await engine.run("settle", [c.key for _, c, _ in chunk], args)
+                except StoreError:
+                    for n, c, _ in chunk:
+                        if c.spec.kind == "concurrency":
+                            kept[n] = True
+                        else:
+                            failed[n] = True
+                    continue
+                j = 1
+                for n, c, _ in chunk:
+                    if c.spec.kind != "concurrency":
+                        settled[n].append(SettledLimit(c.spec.name, reply[j], reply[j + 1], reply[j + 2], reply[j + 3]))
+                    j += 4
+        out: list[tuple[Settlement | None, bool]] = []
+        for n, (reservation, _, lease) in enumerate(items):
+            settlement = None
+            if reservation is not None:
+                if reservation.settlement is None:
+                    reservation.settlement = Settlement(tuple(settled[n]), failed[n])
+                settlement = reservation.settlement
+            out.append((settlement, lease is not None and not kept[n]))
+        return out
 
     async def renew(self, lease: Lease, ttl_ms: int | None = None) -> bool:
         """Extend the leases; False if any had expired or been released. Raises StoreError if a store fails."""

@@ -9,6 +9,7 @@ import pytest
 from gateway.clock import ManualClock, SystemClock
 from gateway.limiter import LimitSpec, Limiter
 from gateway.store import EmbeddedEngine, RedisEngine
+from tests.support.redis import RedisServer
 
 from .conftest import ENGINES
 
@@ -161,3 +162,41 @@ async def test_the_refusal_names_the_limit_and_its_retry_after(limiter: Limiter)
 async def test_an_empty_list_of_limits_is_admitted() -> None:
     lim = Limiter({"m": EmbeddedEngine(ManualClock())}, clock=ManualClock())
     assert (await lim.admit([])).allowed
+
+
+async def test_finish_many_settles_and_releases_a_whole_batch_in_one_store_call(limiter: Limiter) -> None:
+    admitted = [await limiter.admit([tpm(100_000, 500), monthly(100_000, 500), streams(3)]) for _ in range(3)]
+    assert all(d.allowed for d in admitted) and not (await limiter.admit([streams(3)])).allowed
+    calls = limiter.engine().stats.calls
+    results = await limiter.finish_many([(d.reservation, actual, d.lease) for d, actual in zip(admitted, (120, 500, 900))])
+    assert limiter.engine().stats.calls == calls + 1
+    assert [{s.name: s.applied for s in settlement.limits} for settlement, _ in results if settlement is not None] == [
+        {"tpm": -380, "quota": -380}, {}, {"tpm": 400, "quota": 400},
+    ]
+    assert all(released for _, released in results)
+    for d, (settlement, _) in zip(admitted, results):
+        assert d.reservation is not None and d.reservation.settlement is settlement
+        assert d.lease is not None and d.lease.released
+    assert (await limiter.peek(monthly(100_000, 0))).remaining == 100_000 - 120 - 500 - 900
+    assert all([(await limiter.admit([streams(3)])).allowed for _ in range(3)])  # the three leases are free again
+    # Finishing twice changes nothing: settled reservations and released leases are left alone.
+    calls = limiter.engine().stats.calls
+    await limiter.finish_many([(d.reservation, 0, d.lease) for d in admitted])
+    assert limiter.engine().stats.calls == calls
+
+
+async def test_finish_many_on_a_dead_store_reports_degraded_settlements_and_kept_leases() -> None:
+    server = RedisServer()
+    server.start()
+    clock = SystemClock()
+    lim = Limiter({"main": RedisEngine(server.url, clock=clock, timeout=0.5, name="main")}, clock=clock)
+    try:
+        d = await lim.admit([tpm(100_000, 500), streams(3)])
+        assert d.allowed and d.reservation is not None and d.lease is not None
+        server.kill()
+        [(settlement, released)] = await lim.finish_many([(d.reservation, 100, d.lease)])
+        assert settlement is not None and settlement.degraded and settlement.limits == ()
+        assert not released  # the lease expires by its TTL instead
+    finally:
+        await lim.close()
+        server.cleanup()
