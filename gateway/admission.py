@@ -113,7 +113,35 @@ def limit_spec(rule: RuleSpec, scope: tuple[tuple[str, str], ...], tenant: str, 
 _SPEC_CACHE_LIMIT = 100_000
 
 
-def _specs(rules: tuple[RuleSpec, ...], ctx: RequestContext, token_cost: int, cache: dict[tuple[Any, ...], LimitSpec]) -> list[LimitSpec]:
+class _Plan:
+    """The rules of one (plan, tenant, namespace) with the plan's limits, and what follows from them alone."""
+
+    __slots__ = ("limits", "checks", "rules", "scopes", "needs_tokens", "cut_on_exceed")
+
+    def __init__(self, limits: object, checks: tuple[Any, ...], rules: tuple[RuleSpec, ...]) -> None:
+        self.limits = limits  # the Limits object it was built for (a reload or an override brings a new one)
+        self.checks = checks
+        self.rules = rules
+        # per rule: its scopes other than global, and whether it counts tokens
+        self.scopes = tuple((tuple(sc for sc in r.scope if sc != "global"), _counts_tokens(r)) for r in rules)
+        self.needs_tokens = any(_counts_tokens(r) for r in rules)
+        self.cut_on_exceed = any(r.on_exceed == "cut" for r in rules if _counts_tokens(r) and not r.shadow)
+
+
+def _plan(rules: RuleSet, principal: Any, namespace: str) -> _Plan:
+    key = (principal.plan, principal.tenant, namespace)
+    hit = rules.admission_cache.get(key)
+    if hit is not None and hit.limits is principal.limits:
+        return hit
+    checks, rule_list = rules.applicable(principal.plan, principal.tenant, namespace)
+    implied = rules.plan_rules(principal.limits)
+    if len(rules.admission_cache) >= _SPEC_CACHE_LIMIT:
+        rules.admission_cache.clear()
+    hit = rules.admission_cache[key] = _Plan(principal.limits, checks, rule_list + implied)
+    return hit
+
+
+def _specs(plan: _Plan, ctx: RequestContext, token_cost: int, cache: dict[tuple[Any, ...], LimitSpec]) -> list[LimitSpec]:
     """The request's limits; a spec (validated when built) is reused for the same rule, scope and cost."""
     p = ctx.principal
     values = {
@@ -125,9 +153,9 @@ def _specs(rules: tuple[RuleSpec, ...], ctx: RequestContext, token_cost: int, ca
         "model": ctx.model or "-",
     }
     out = []
-    for rule in rules:
-        scope = tuple((s, values[s]) for s in rule.scope if s != "global")
-        cost = token_cost if _counts_tokens(rule) else 1
+    for rule, (scopes, tokens) in zip(plan.rules, plan.scopes):
+        scope = tuple([(s, values[s]) for s in scopes])
+        cost = token_cost if tokens else 1
         key = (rule.name, rule.limit, p.tenant, scope, cost)
         spec = cache.get(key)
         if spec is None:
@@ -139,14 +167,18 @@ def _specs(rules: tuple[RuleSpec, ...], ctx: RequestContext, token_cost: int, ca
 
 
 def _header_limits(states: tuple[LimitState, ...], specs: list[LimitSpec]) -> list[HeaderLimit]:
+    # Every limit was evaluated (the usual case): states come in the order of specs.
+    pairs = zip(specs, states) if len(states) == len(specs) else _by_name(states, specs)
+    return [
+        HeaderLimit(st.name, st.unit, st.limit, st.remaining, st.reset_ms, spec.window_ms)
+        for spec, st in pairs
+        if spec.kind != "concurrency" and not st.shadow
+    ]
+
+
+def _by_name(states: tuple[LimitState, ...], specs: list[LimitSpec]) -> list[tuple[LimitSpec, LimitState]]:
     by_name = {s.name: s for s in specs}
-    out = []
-    for st in states:
-        spec = by_name.get(st.name)
-        if spec is None or spec.kind == "concurrency" or st.shadow:
-            continue
-        out.append(HeaderLimit(st.name, st.unit, st.limit, st.remaining, st.reset_ms, spec.window_ms))
-    return out
+    return [(by_name[st.name], st) for st in states if st.name in by_name]
 
 
 def _queue_timeout(decision: Decision, rules: tuple[RuleSpec, ...]) -> float:
@@ -186,22 +218,20 @@ async def admit(
 ) -> Admission | None:
     """Run field checks, then admit every applicable limit at once; raises RateLimited/BadRequest."""
     principal = ctx.principal
-    checks, rule_list = rules.applicable(principal.plan, principal.tenant, ctx.namespace)
-    if checks:
-        rules.check_fields(checks, ctx.body)
-    implied = rules.plan_rules(principal.limits)
-    if implied:
-        rule_list = rule_list + implied
+    plan = _plan(rules, principal, ctx.namespace)
+    if plan.checks:
+        rules.check_fields(plan.checks, ctx.body)
+    rule_list = plan.rules
     if not rule_list:
         return None
     assert ctx.endpoint is not None and ctx.body is not None
-    needs_tokens = any(_counts_tokens(r) for r in rule_list)
+    needs_tokens = plan.needs_tokens
     prompt = completion = 0
     if needs_tokens:
         prompt = estimate_prompt_tokens(ctx.endpoint.kind, ctx.body)
         completion = requested_completion_tokens(ctx.endpoint.kind, ctx.body, rules.default_max_tokens)
     token_cost = prompt + completion
-    specs = _specs(rule_list, ctx, token_cost, rules.spec_cache)
+    specs = _specs(plan, ctx, token_cost, rules.spec_cache)
     store = limiter.store_for(tenant=principal.tenant, plan=principal.plan)
     decision = await limiter.admit(specs, store=store)
     waited = 0.0
@@ -219,14 +249,12 @@ async def admit(
         log.warning("request %s admitted on a degraded store (fail modes applied)", ctx.request_id)
     if not decision.allowed:
         raise _refusal(decision, specs, headers, waited)
-    token_specs = tuple(s for s in specs if s.reserves and not s.shadow)
-    cut = any(r.on_exceed == "cut" for r in rule_list if _counts_tokens(r) and not r.shadow)
     return Admission(
         decision=decision,
-            store=store,
+        store=store,
         reserved_tokens=token_cost if needs_tokens else 0,
         prompt_estimate=prompt,
-        token_specs=token_specs,
-        cut_on_exceed=cut,
+        token_specs=tuple([s for s in specs if s.reserves and not s.shadow]) if needs_tokens else (),
+        cut_on_exceed=plan.cut_on_exceed,
         headers=headers,
     )

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["HeaderLimit", "format_reset", "ratelimit_headers", "retry_after_seconds"]
 
 
-@dataclass(frozen=True, slots=True)
-class HeaderLimit:
-    """One limit's state as the headers need it; ``unit`` is ``requests`` or ``tokens``."""
+class HeaderLimit(NamedTuple):
+    """One limit's state as the headers need it; ``unit`` is ``requests`` or ``tokens`` (a tuple: built per limit per request)."""
 
     name: str
     unit: str
@@ -49,8 +48,17 @@ def _tightest(limits: Iterable[HeaderLimit], unit: str) -> HeaderLimit | None:
     return best
 
 
+_SF_STRINGS: dict[str, str] = {}
+
+
 def _sf_string(name: str) -> str:
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A structured-field string; rule names are few, so each is quoted once."""
+    quoted = _SF_STRINGS.get(name)
+    if quoted is None:
+        if len(_SF_STRINGS) >= 4096:
+            _SF_STRINGS.clear()
+        quoted = _SF_STRINGS[name] = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return quoted
 
 
 def ratelimit_headers(limits: Iterable[HeaderLimit]) -> dict[str, str]:

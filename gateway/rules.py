@@ -109,6 +109,8 @@ class RuleSet:
         self._plan_cache: dict[Limits, tuple[RuleSpec, ...]] = {}
         # Limiter specs built from these rules, by (rule, limit, tenant, scope, cost): see admission._specs.
         self.spec_cache: dict[tuple[Any, ...], Any] = {}
+        # What admission works out once per (plan, tenant, namespace) and set of plan limits: see admission._plan.
+        self.admission_cache: dict[tuple[str | None, str | None, str], Any] = {}
 
     def plan_rules(self, limits: Limits) -> tuple[RuleSpec, ...]:
         """A plan's limits (after tenant overrides) as rules; one tuple per distinct set of limits."""

@@ -46,6 +46,12 @@ class _Item(NamedTuple):
     spec: LimitSpec
     key: str
     tag: str
+    args: tuple[Any, ...] | None  # the 6 ARGV of admit.lua; None for a lease, whose id is drawn per request
+
+
+# A limit's key, tag and ARGV, worked out once per LimitSpec object (specs are cached and reused by admission).
+_Prepared = tuple[LimitSpec, str, str, "tuple[Any, ...] | None"]
+_PREPARED_LIMIT = 65_536
 
 
 def _param(spec: LimitSpec, lease_id: str) -> str:
@@ -134,6 +140,7 @@ class Limiter:
         self._instances = max(1, instances)
         self._clock = clock
         self._keys = KeyBuilder(key_prefix)
+        self._prepared: dict[int, _Prepared] = {}  # id(spec) -> prepared; the entry holds the spec, so the id stays its own
         self._cache = OverLimitCache(cache_size)
         self._plan_routes = dict(plan_routes or {})
         self._tenant_routes = dict(tenant_routes or {})
@@ -177,13 +184,15 @@ class Limiter:
         engine = self._engine(store_name)
         if not specs:
             return Decision(True, ())
-        key_and_tag = self._keys.key_and_tag
+        prepared = self._prepared
         items = []
         wants_lease = False
         for i, spec in enumerate(specs):
-            key, tag = key_and_tag(spec)
-            items.append(_Item(i, spec, key, tag))
-            if spec.kind == "concurrency":
+            p = prepared.get(id(spec))
+            if p is None or p[0] is not spec:
+                p = self._prepare(spec)
+            items.append(_Item(i, spec, p[1], p[2], p[3]))
+            if p[3] is None:
                 wants_lease = True
         remote = engine.remote
         now = 0.0  # the over-limit cache's time; only remote stores use the cache
@@ -198,7 +207,8 @@ class Limiter:
         consumed: list[Charge] = []
         degraded = False
         allowed = True
-        for group in self._groups(items, engine.single_slot):
+        groups = self._groups(items, engine.single_slot)
+        for group in groups:
             outcome = await self._admit_group(store_name, engine, group, lease_id)
             states += outcome.states
             degraded = degraded or outcome.degraded
@@ -211,7 +221,8 @@ class Limiter:
                 break
             consumed += outcome.charges
 
-        states.sort(key=_by_index)
+        if len(groups) > 1:
+            states.sort(key=_by_index)
         limits = tuple([s for _, s in states])
         if degraded:
             self.stats.degraded += 1
@@ -232,6 +243,14 @@ class Limiter:
             Reservation(reservation) if reservation else None,
             Lease(leases) if leases else None,
         )
+
+    def _prepare(self, spec: LimitSpec) -> _Prepared:
+        key, tag = self._keys.key_and_tag(spec)
+        p: _Prepared = (spec, key, tag, None if spec.kind == "concurrency" else _limit_args(spec, ""))
+        if len(self._prepared) >= _PREPARED_LIMIT:
+            self._prepared.clear()
+        self._prepared[id(spec)] = p
+        return p
 
     def _cached_refusal(self, store: str, items: list[_Item], now: float) -> Decision | None:
         for it in items:
@@ -258,7 +277,7 @@ class Limiter:
         args: list[Any] = []
         for it in group:
             keys.append(it.key)
-            args += _limit_args(it.spec, lease_id)
+            args += it.args or _limit_args(it.spec, lease_id)
         try:
             reply = await engine.run("admit", keys, args)
         except StoreError:
