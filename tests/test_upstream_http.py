@@ -459,3 +459,61 @@ def test_scenario_holds_under_uvloop(scenario: Callable[[], Awaitable[None]]) ->
     uvloop = pytest.importorskip("uvloop")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+# ---------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A certificate for localhost, signed by itself (openssl on the test machine)."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_upstream_is_verified_by_default_and_served_when_its_certificate_is_trusted(self_signed: tuple[str, str]) -> None:
+    import ssl
+
+    cert, key = self_signed
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(OK)
+            await writer.drain()
+            await reader.read()  # until the client closes
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        untrusted = UpstreamHttp(f"https://localhost:{port}/v1")
+        with pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            await untrusted.request("GET", "/models", [])
+        assert untrusted.in_use == 0
+        await untrusted.close()
+
+        trusted = UpstreamHttp(f"https://localhost:{port}/v1", ssl_context=ssl.create_default_context(cafile=cert))
+        resp = await trusted.request("GET", "/models", [])
+        try:
+            assert resp.status == 200 and await resp.read() == b"hello"
+        finally:
+            resp.release()
+        assert trusted.idle_connections == 1
+        await trusted.close()
+    finally:
+        server.close()
+        await server.wait_closed()
