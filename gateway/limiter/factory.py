@@ -18,7 +18,7 @@ def build_engine(endpoint: StoreEndpoint, *, clock: Clock, scripts=None) -> Scri
     """One engine for one named store (nothing connects until the first call)."""
     scripts = scripts or load_scripts()
     if endpoint.backend == "embedded":
-        return EmbeddedEngine(clock, scripts=scripts, name=endpoint.name)
+        return EmbeddedEngine(clock, scripts=scripts, name=endpoint.name, coalesce=True)
     assert endpoint.url is not None
     return RedisEngine(
         endpoint.url,

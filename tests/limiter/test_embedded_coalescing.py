@@ -1,0 +1,53 @@
+"""The gateway's embedded engine runs the script calls of one event-loop tick back to back, each still atomic."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.clock import ManualClock
+from gateway.errors import StoreError
+from gateway.store import EmbeddedEngine
+
+# admit.lua ARGV for one fixed-window limit of 5 requests a minute.
+FIVE_A_MINUTE = ["fixed_window", 5, 60_000, 1, "minute", "0"]
+
+
+def coalescing_engine() -> EmbeddedEngine:
+    return EmbeddedEngine(ManualClock(), name="main", coalesce=True)
+
+
+async def test_calls_of_one_tick_run_in_arrival_order_and_each_admission_stays_atomic() -> None:
+    engine = coalescing_engine()
+    replies = await asyncio.gather(*(engine.run("admit", ["k"], FIVE_A_MINUTE) for _ in range(8)))
+    assert [r[0] for r in replies] == [1, 1, 1, 1, 1, 0, 0, 0]  # the first five callers, and only five
+    assert engine.stats.calls == 8
+
+
+async def test_a_call_waits_for_the_end_of_the_tick_and_runs_then() -> None:
+    engine = coalescing_engine()
+    task = asyncio.ensure_future(engine.run("admit", ["k"], FIVE_A_MINUTE))
+    await asyncio.sleep(0)  # the task queued its call; the flush is scheduled behind it
+    assert engine.stats.calls == 0
+    assert (await task)[0] == 1 and engine.stats.calls == 1
+
+
+async def test_a_caller_cancelled_before_its_turn_consumes_nothing() -> None:
+    engine = coalescing_engine()
+    first = asyncio.ensure_future(engine.run("admit", ["k"], FIVE_A_MINUTE))
+    await asyncio.sleep(0)  # its call is queued
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    after = await engine.run("admit", ["k"], FIVE_A_MINUTE)
+    assert after[0] == 1 and after[4] == 4  # allowed, 4 of 5 left: the cancelled call never ran
+
+
+async def test_a_failing_call_fails_only_its_caller() -> None:
+    engine = coalescing_engine()
+    bad, good = await asyncio.gather(
+        engine.run("no_such_script", ["k"], []), engine.run("admit", ["k"], FIVE_A_MINUTE), return_exceptions=True
+    )
+    assert isinstance(bad, StoreError) and "unknown script" in str(bad)
+    assert not isinstance(good, BaseException) and good[0] == 1
