@@ -38,16 +38,6 @@ def retry_after_seconds(ms: int) -> str:
     return str(max(1, -(-ms // 1000)))
 
 
-def _tightest(limits: Iterable[HeaderLimit], unit: str) -> HeaderLimit | None:
-    best: HeaderLimit | None = None
-    for lim in limits:
-        if lim.unit != unit:
-            continue
-        if best is None or (lim.remaining, lim.reset_ms) < (best.remaining, best.reset_ms):
-            best = lim
-    return best
-
-
 _SF_STRINGS: dict[str, str] = {}
 
 
@@ -63,18 +53,25 @@ def _sf_string(name: str) -> str:
 
 def ratelimit_headers(limits: Iterable[HeaderLimit]) -> dict[str, str]:
     """Headers for the tightest request limit and the tightest token limit (fewest remaining)."""
-    limits = tuple(limits)
+    requests: HeaderLimit | None = None
+    tokens: HeaderLimit | None = None
+    for lim in limits:  # one pass: this runs on every admitted request
+        if lim.unit == "requests":
+            if requests is None or (lim.remaining, lim.reset_ms) < (requests.remaining, requests.reset_ms):
+                requests = lim
+        elif lim.unit == "tokens":
+            if tokens is None or (lim.remaining, lim.reset_ms) < (tokens.remaining, tokens.reset_ms):
+                tokens = lim
     headers: dict[str, str] = {}
     policies: list[str] = []
     states: list[str] = []
-    for unit in ("requests", "tokens"):
-        lim = _tightest(limits, unit)
+    for unit, lim in (("requests", requests), ("tokens", tokens)):
         if lim is None:
             continue
-        remaining = max(lim.remaining, 0)
-        headers[f"x-ratelimit-limit-{unit}"] = str(lim.limit)
-        headers[f"x-ratelimit-remaining-{unit}"] = str(remaining)
-        headers[f"x-ratelimit-reset-{unit}"] = format_reset(lim.reset_ms)
+        remaining = lim.remaining if lim.remaining > 0 else 0
+        headers["x-ratelimit-limit-" + unit] = str(lim.limit)
+        headers["x-ratelimit-remaining-" + unit] = str(remaining)
+        headers["x-ratelimit-reset-" + unit] = format_reset(lim.reset_ms)
         name = _sf_string(lim.name)
         window = f";w={max(1, lim.window_ms // 1000)}" if lim.window_ms > 0 else ""
         policies.append(f"{name};q={lim.limit}{window}")

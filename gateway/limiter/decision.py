@@ -67,7 +67,11 @@ class Lease:
 
     def __init__(self, charges: tuple[Charge, ...]) -> None:
         self.charges = charges
-        self.ttl_ms = min(c.spec.window_ms for c in charges)
+        ttl = charges[0].spec.window_ms
+        for c in charges:
+            if c.spec.window_ms < ttl:
+                ttl = c.spec.window_ms
+        self.ttl_ms = ttl
         self.released = False
 
     def __repr__(self) -> str:

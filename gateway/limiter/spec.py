@@ -67,20 +67,19 @@ class LimitSpec:
     calendar: Calendar | None = None
     unit: Unit = "requests"
     slots: int = 20
+    # True when the cost is an estimate to settle later (token limits). Derived, kept as a field because
+    # admission and the limiter ask it several times per request.
+    reserves: bool = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problems = _problems(self)
         if problems:
             raise ValueError(f"limit {self.name!r}: " + "; ".join(problems))
+        object.__setattr__(self, "reserves", self.unit == "tokens" and self.kind != "concurrency")
 
     def with_cost(self, cost: int) -> LimitSpec:
         """The same limit with another cost (the per-request part)."""
         return dataclasses.replace(self, cost=cost)
-
-    @property
-    def reserves(self) -> bool:
-        """True when the cost is an estimate to settle later (token limits)."""
-        return self.unit == "tokens" and self.kind != "concurrency"
 
 
 def _problems(s: LimitSpec) -> list[str]:
