@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -116,7 +116,7 @@ _SPEC_CACHE_LIMIT = 100_000
 class _Plan:
     """The rules of one (plan, tenant, namespace) with the plan's limits, and what follows from them alone."""
 
-    __slots__ = ("limits", "checks", "rules", "scopes", "needs_tokens", "cut_on_exceed")
+    __slots__ = ("limits", "checks", "rules", "scopes", "needs_tokens", "cut_on_exceed", "used_scopes", "spec_lists")
 
     def __init__(self, limits: object, checks: tuple[Any, ...], rules: tuple[RuleSpec, ...]) -> None:
         self.limits = limits  # the Limits object it was built for (a reload or an override brings a new one)
@@ -126,6 +126,9 @@ class _Plan:
         self.scopes = tuple((tuple(sc for sc in r.scope if sc != "global"), _counts_tokens(r)) for r in rules)
         self.needs_tokens = any(_counts_tokens(r) for r in rules)
         self.cut_on_exceed = any(r.on_exceed == "cut" for r in rules if _counts_tokens(r) and not r.shadow)
+        # The scopes any of the rules names: a request's specs depend on their values and the token cost only.
+        self.used_scopes = tuple(sorted({sc for scopes, _ in self.scopes for sc in scopes}))
+        self.spec_lists: dict[tuple[Any, ...], tuple[LimitSpec, ...]] = {}
 
 
 def _plan(rules: RuleSet, principal: Any, namespace: str) -> _Plan:
@@ -141,7 +144,30 @@ def _plan(rules: RuleSet, principal: Any, namespace: str) -> _Plan:
     return hit
 
 
-def _specs(plan: _Plan, ctx: RequestContext, token_cost: int, cache: dict[tuple[Any, ...], LimitSpec]) -> list[LimitSpec]:
+_SCOPE_VALUES: dict[str, Callable[[Any, RequestContext], str]] = {
+    "tenant": lambda p, ctx: p.tenant,
+    "key": lambda p, ctx: p.key_id or "-",
+    "user": lambda p, ctx: p.user or "-",
+    "ip": lambda p, ctx: ctx.client_ip,
+    "namespace": lambda p, ctx: ctx.namespace,
+    "model": lambda p, ctx: ctx.model or "-",
+}
+_SPEC_LISTS_PER_PLAN = 10_000
+
+
+def _specs(plan: _Plan, ctx: RequestContext, token_cost: int, cache: dict[tuple[Any, ...], LimitSpec]) -> tuple[LimitSpec, ...]:
+    """The request's limits, one list per (scope values, token cost) of a plan; shared: never mutated."""
+    p = ctx.principal
+    key = (tuple([_SCOPE_VALUES[name](p, ctx) for name in plan.used_scopes]), token_cost)
+    hit = plan.spec_lists.get(key)
+    if hit is None:
+        if len(plan.spec_lists) >= _SPEC_LISTS_PER_PLAN:
+            plan.spec_lists.clear()
+        hit = plan.spec_lists[key] = _build_specs(plan, ctx, token_cost, cache)
+    return hit
+
+
+def _build_specs(plan: _Plan, ctx: RequestContext, token_cost: int, cache: dict[tuple[Any, ...], LimitSpec]) -> tuple[LimitSpec, ...]:
     """The request's limits; a spec (validated when built) is reused for the same rule, scope and cost."""
     p = ctx.principal
     values = {
@@ -163,10 +189,10 @@ def _specs(plan: _Plan, ctx: RequestContext, token_cost: int, cache: dict[tuple[
                 cache.clear()
             spec = cache[key] = limit_spec(rule, scope, p.tenant, cost)
         out.append(spec)
-    return out
+    return tuple(out)
 
 
-def _header_limits(states: tuple[LimitState, ...], specs: list[LimitSpec]) -> list[HeaderLimit]:
+def _header_limits(states: tuple[LimitState, ...], specs: Sequence[LimitSpec]) -> list[HeaderLimit]:
     # Every limit was evaluated (the usual case): states come in the order of specs.
     pairs = zip(specs, states) if len(states) == len(specs) else _by_name(states, specs)
     return [
@@ -176,7 +202,7 @@ def _header_limits(states: tuple[LimitState, ...], specs: list[LimitSpec]) -> li
     ]
 
 
-def _by_name(states: tuple[LimitState, ...], specs: list[LimitSpec]) -> list[tuple[LimitSpec, LimitState]]:
+def _by_name(states: tuple[LimitState, ...], specs: Sequence[LimitSpec]) -> list[tuple[LimitSpec, LimitState]]:
     by_name = {s.name: s for s in specs}
     return [(by_name[st.name], st) for st in states if st.name in by_name]
 
@@ -193,7 +219,7 @@ def _queue_timeout(decision: Decision, rules: tuple[RuleSpec, ...]) -> float:
     return min(waits, default=0.0)
 
 
-def _refusal(decision: Decision, specs: list[LimitSpec], headers: dict[str, str], waited: float = 0.0) -> RateLimited:
+def _refusal(decision: Decision, specs: Sequence[LimitSpec], headers: dict[str, str], waited: float = 0.0) -> RateLimited:
     refused = decision.refused or decision.limits
     names = ", ".join(sorted({s.name for s in refused}))
     if decision.retry_after_ms < 0:
