@@ -208,8 +208,10 @@ class Limiter:
         degraded = False
         allowed = True
         groups = self._groups(items, engine.single_slot)
+        # With one group nothing is ever refunded, so only what settles or releases later needs a Charge.
+        every_charge = len(groups) > 1
         for group in groups:
-            outcome = await self._admit_group(store_name, engine, group, lease_id)
+            outcome = await self._admit_group(store_name, engine, group, lease_id, every_charge)
             states += outcome.states
             degraded = degraded or outcome.degraded
             if not outcome.allowed:
@@ -272,7 +274,9 @@ class Limiter:
         # the tenant's own limits first: they are the ones most likely to refuse
         return sorted(by_tag.values(), key=lambda g: not g[0].tag.startswith("t."))
 
-    async def _admit_group(self, store: str, engine: ScriptEngine, group: list[_Item], lease_id: str) -> _Outcome:
+    async def _admit_group(
+        self, store: str, engine: ScriptEngine, group: list[_Item], lease_id: str, every_charge: bool = True
+    ) -> _Outcome:
         keys = []
         args: list[Any] = []
         for it in group:
@@ -289,7 +293,7 @@ class Limiter:
         for it in group:
             spec = it.spec
             states.append((it.index, _state(spec, reply, j)))
-            if admitted and spec.cost > 0:
+            if admitted and spec.cost > 0 and (every_charge or spec.reserves or it.args is None):
                 charges.append(Charge._make((store, it.key, it.tag, spec, reply[j + 5], lease_id)))
             j += _ADMIT_STRIDE
         return _Outcome(admitted, states, charges, False)
