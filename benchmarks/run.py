@@ -474,6 +474,20 @@ def measure(target: Target, upstream: Upstream | None, load: Load, workdir: Path
 # ---------------------------------------------------------------- report
 
 
+def median_run(rows: list[Row]) -> Row:
+    """The run with the median req/s (the lower middle one for an even count): one whole run, not a blend."""
+    return sorted(rows, key=lambda r: r.rps)[(len(rows) - 1) // 2]
+
+
+def rounds_line(selected: Sequence[Target], runs: dict[str, list[Row]]) -> str:
+    per_row = "; ".join(f"{t.name} " + " / ".join(f"{r.rps:,.0f}" for r in runs[t.name]) for t in selected if runs[t.name])
+    rounds = max(len(v) for v in runs.values())
+    return (
+        f"- Rounds: every row ran {rounds} times, interleaved (all rows, then all rows again); the table shows each "
+        f"row's median run and the ratios are between medians. req/s per round: {per_row}"
+    )
+
+
 def ratio(row: Row, rows: dict[str, Row]) -> float | None:
     base = rows.get(row.target.baseline)
     return row.rps / base.rps if base and base.rps else None
@@ -582,6 +596,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--results", default=str(RESULTS), help="file --record appends to (default: benchmarks/RESULTS.md)")
     p.add_argument("--label", default="", help="added to the recorded section's title, e.g. which build was measured")
     p.add_argument("--keep-logs", action="store_true", help="keep the temp dir with configs and process logs")
+    p.add_argument(
+        "--rounds", type=int, default=1,
+        help="run the selected rows this many times, interleaved (all rows, then all rows again, ...), and report each "
+        "row's median run: on a shared machine one run's ratio can drift by 10-15 %%",
+    )
     return p.parse_args(argv)
 
 
@@ -602,30 +621,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = machine_description(load, pinning)
     print("\n".join(header), flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
-    rows: list[Row] = []
+    runs: dict[str, list[Row]] = {t.name: [] for t in selected}
     try:
         with ExitStack() as stack:
             if any(t.redis for t in selected):
                 args.redis_url = start_redis(stack, workdir, upstream_cpu)
             upstreams: dict[str, Upstream] = {}
-            for target in selected:
-                upstream = None
-                if target.upstream:
-                    if target.upstream not in upstreams:
-                        upstreams[target.upstream] = start_upstream(target.upstream, stack, workdir, upstream_cpu, args.python)
-                    upstream = upstreams[target.upstream]
-                print(f"-- {target.name}: {target.about}" + (f" [{upstream.name}]" if upstream else ""), flush=True)
-                row = measure(target, upstream, load, workdir, args, placement)
-                rows.append(row)
-                print(f"   {row.rps:,.0f} req/s, p50 {row.p50_ms:.2f} ms, p99 {row.p99_ms:.2f} ms", flush=True)
+            for round_no in range(1, max(1, args.rounds) + 1):
+                if args.rounds > 1:
+                    print(f"== round {round_no} of {args.rounds}", flush=True)
+                for target in selected:
+                    upstream = None
+                    if target.upstream:
+                        if target.upstream not in upstreams:
+                            upstreams[target.upstream] = start_upstream(target.upstream, stack, workdir, upstream_cpu, args.python)
+                        upstream = upstreams[target.upstream]
+                    print(f"-- {target.name}: {target.about}" + (f" [{upstream.name}]" if upstream else ""), flush=True)
+                    row = measure(target, upstream, load, workdir, args, placement)
+                    runs[target.name].append(row)
+                    print(f"   {row.rps:,.0f} req/s, p50 {row.p50_ms:.2f} ms, p99 {row.p99_ms:.2f} ms", flush=True)
     finally:
         if args.keep_logs:
             print(f"logs and configs kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    rows = [median_run(runs[t.name]) for t in selected if runs[t.name]]
+    if args.rounds > 1:
+        header = [*header, rounds_line(selected, runs)]
     print()
     print("\n".join(table(rows)))
     print("\n".join(verdicts(rows)))
+    if args.rounds > 1:
+        print(header[-1][2:])
     print("CPU shares are % of one core over the measured window (100 % = one core saturated).")
     if args.record:
         record(rows, header, args)
