@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -45,8 +45,8 @@ class ScriptEngine(Protocol):
     remote: bool
     stats: EngineStats
 
-    async def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        """Run one script; returns its reply (lists of ints / bytes, like Redis)."""
+    def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Awaitable[Any]:
+        """Run one script; awaiting it gives its reply (lists of ints / bytes, like Redis) or raises StoreError."""
         ...
 
     async def run_batch(self, calls: Sequence[ScriptCall]) -> list[Any]:

@@ -27,16 +27,21 @@ async def test_calls_of_one_tick_run_in_arrival_order_and_each_admission_stays_a
 
 async def test_a_call_waits_for_the_end_of_the_tick_and_runs_then() -> None:
     engine = coalescing_engine()
-    task = asyncio.ensure_future(engine.run("admit", ["k"], FIVE_A_MINUTE))
-    await asyncio.sleep(0)  # the task queued its call; the flush is scheduled behind it
-    assert engine.stats.calls == 0
-    assert (await task)[0] == 1 and engine.stats.calls == 1
+    pending = engine.run("admit", ["k"], FIVE_A_MINUTE)
+    assert engine.stats.calls == 0  # queued, not run: the flush is scheduled for the end of this tick
+    assert (await pending)[0] == 1 and engine.stats.calls == 1
+
+
+async def test_without_coalescing_a_call_runs_at_once() -> None:
+    engine = EmbeddedEngine(ManualClock(), name="main")
+    pending = engine.run("admit", ["k"], FIVE_A_MINUTE)
+    assert engine.stats.calls == 1
+    assert (await pending)[0] == 1
 
 
 async def test_a_caller_cancelled_before_its_turn_consumes_nothing() -> None:
     engine = coalescing_engine()
-    first = asyncio.ensure_future(engine.run("admit", ["k"], FIVE_A_MINUTE))
-    await asyncio.sleep(0)  # its call is queued
+    first = asyncio.ensure_future(engine.run("admit", ["k"], FIVE_A_MINUTE))  # queued until the end of the tick
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
