@@ -30,21 +30,39 @@ local function sw_by_slot(a, b)
   return a[1] < b[1]
 end
 
--- Counted slots (unordered), the total they hold, and stale fields.
+-- The total the counted slots hold, the newest counted slot (nil: none),
+-- the stale fields (nil: none) and the raw reply, read slot by slot only on
+-- the rare paths that need it (sw_live). No table per slot: this runs on
+-- every admission.
 local function sw_read(key, oldest)
   local raw = redis.call('HGETALL', key)
-  local live, stale, total = {}, {}, 0
+  local stale, total, newest = nil, 0, nil
   for i = 1, #raw, 2 do
     local idx = tonumber(raw[i])
     if idx >= oldest then
-      local n = tonumber(raw[i + 1])
-      live[#live + 1] = { idx, n }
-      total = total + n
+      total = total + tonumber(raw[i + 1])
+      if newest == nil or idx > newest then
+        newest = idx
+      end
     else
+      stale = stale or {}
       stale[#stale + 1] = raw[i]
     end
   end
-  return live, stale, total
+  return total, newest, stale, raw
+end
+
+-- Counted slots as {index, units} pairs, oldest first.
+local function sw_live(raw, oldest)
+  local live = {}
+  for i = 1, #raw, 2 do
+    local idx = tonumber(raw[i])
+    if idx >= oldest then
+      live[#live + 1] = { idx, tonumber(raw[i + 1]) }
+    end
+  end
+  table.sort(live, sw_by_slot)
+  return live
 end
 
 -- Milliseconds until slot idx stops counting.
@@ -52,13 +70,8 @@ local function sw_slot_left(idx, slot_ms, window_ms, now_ms)
   return math.max(0, (idx + 1) * slot_ms + window_ms - now_ms)
 end
 
-local function sw_reset(live, slot_ms, window_ms, now_ms)
-  local newest = nil
-  for i = 1, #live do
-    if newest == nil or live[i][1] > newest then
-      newest = live[i][1]
-    end
-  end
+-- Milliseconds until every counted slot has stopped counting.
+local function sw_reset(newest, slot_ms, window_ms, now_ms)
   if newest == nil then
     return 0
   end
@@ -68,12 +81,12 @@ end
 ALGORITHMS.sliding_window = {
   check = function(key, now, limit, window_ms, cost, param)
     local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
-    local live, stale, total = sw_read(key, oldest)
+    local total, newest, stale, raw = sw_read(key, oldest)
     local st = { now_ms = now_ms, slot_ms = slot_ms, cur = cur, stale = stale, mark = cur, retry_ms = 0 }
     if cost > limit then
       st.allowed = false
       st.remaining = math.max(0, limit - total)
-      st.reset_ms = sw_reset(live, slot_ms, window_ms, now_ms)
+      st.reset_ms = sw_reset(newest, slot_ms, window_ms, now_ms)
       st.retry_ms = -1
     elseif total + cost <= limit then
       st.allowed = true
@@ -81,14 +94,14 @@ ALGORITHMS.sliding_window = {
       if cost > 0 then
         st.reset_ms = sw_slot_left(cur, slot_ms, window_ms, now_ms)
       else
-        st.reset_ms = sw_reset(live, slot_ms, window_ms, now_ms)
+        st.reset_ms = sw_reset(newest, slot_ms, window_ms, now_ms)
       end
     else
       st.allowed = false
       st.remaining = math.max(0, limit - total)
-      st.reset_ms = sw_reset(live, slot_ms, window_ms, now_ms)
+      st.reset_ms = sw_reset(newest, slot_ms, window_ms, now_ms)
       local need, freed = total + cost - limit, 0
-      table.sort(live, sw_by_slot)
+      local live = sw_live(raw, oldest)
       for i = 1, #live do
         freed = freed + live[i][2]
         if freed >= need then
@@ -105,7 +118,7 @@ ALGORITHMS.sliding_window = {
       return
     end
     redis.call('HINCRBY', key, st.cur, cost)
-    if #st.stale > 0 then
+    if st.stale then
       redis.call('HDEL', key, unpack(st.stale))
     end
     redis.call('PEXPIRE', key, ttl_ms(sw_slot_left(st.cur, st.slot_ms, window_ms, st.now_ms)))
@@ -133,7 +146,7 @@ ALGORITHMS.sliding_window = {
         end
       end
     end
-    local live, _, total = sw_read(key, oldest)
-    return applied, math.max(0, total - limit), math.max(0, limit - total), sw_reset(live, slot_ms, window_ms, now_ms)
+    local total, newest = sw_read(key, oldest)
+    return applied, math.max(0, total - limit), math.max(0, limit - total), sw_reset(newest, slot_ms, window_ms, now_ms)
   end,
 }
