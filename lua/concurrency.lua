@@ -21,17 +21,22 @@ local function cc_now_ms(now)
   return math.floor(now / 1000)
 end
 
+-- "(now_ms": the bound that excludes leases expired by now.
+local function cc_after(now_ms)
+  return string.format('(%d', now_ms)
+end
+
 -- The earliest expiry among live leases, or nil.
-local function cc_earliest(key, now_ms)
-  local first = redis.call('ZRANGEBYSCORE', key, string.format('(%d', now_ms), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local function cc_earliest(key, after)
+  local first = redis.call('ZRANGEBYSCORE', key, after, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if #first == 0 then
     return nil
   end
   return tonumber(first[2])
 end
 
-local function cc_live(key, now_ms)
-  return redis.call('ZCOUNT', key, string.format('(%d', now_ms), '+inf')
+local function cc_live(key, after)
+  return redis.call('ZCOUNT', key, after, '+inf')
 end
 
 -- Extends the key's TTL to at least ttl_ms.
@@ -45,8 +50,9 @@ end
 ALGORITHMS.concurrency = {
   check = function(key, now, limit, window_ms, cost, param)
     local now_ms = cc_now_ms(now)
-    local live = cc_live(key, now_ms)
-    local earliest = cc_earliest(key, now_ms)
+    local after = cc_after(now_ms)
+    local live = cc_live(key, after)
+    local earliest = cc_earliest(key, after)
     local st = { now_ms = now_ms, mark = 0, retry_ms = 0 }
     if earliest then
       st.reset_ms = earliest - now_ms
@@ -73,8 +79,9 @@ ALGORITHMS.concurrency = {
       applied = -redis.call('ZREM', key, param)
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
     end
-    local live = cc_live(key, now_ms)
-    local earliest = cc_earliest(key, now_ms)
+    local after = cc_after(now_ms)
+    local live = cc_live(key, after)
+    local earliest = cc_earliest(key, after)
     local reset = 0
     if earliest then
       reset = earliest - now_ms
