@@ -104,14 +104,47 @@ class _Outcome:
         self.degraded = degraded
 
 
-def _group_call(group: list[_Item], lease_id: str) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of admit.lua for one hash-slot group."""
-    keys = []
-    args: list[Any] = []
-    for it in group:
-        keys.append(it.key)
-        args += it.args or _limit_args(it.spec, lease_id)
-    return keys, args
+class _Group(NamedTuple):
+    """One admit.lua call: its limits, KEYS, and ARGV with "" where each lease id goes."""
+
+    items: list[_Item]
+    keys: list[str]
+    args: list[Any]
+    lease_at: tuple[int, ...]
+
+    @classmethod
+    def of(cls, items: list[_Item]) -> _Group:
+        keys = []
+        args: list[Any] = []
+        lease_at = []
+        for it in items:
+            keys.append(it.key)
+            if it.args is None:  # a lease: its id is the 5th ARGV of the limit
+                lease_at.append(len(args) + 4)
+                args += _limit_args(it.spec, "")
+            else:
+                args += it.args
+        return cls(items, keys, args, tuple(lease_at))
+
+    def argv(self, lease_id: str) -> list[Any]:
+        if not self.lease_at:
+            return self.args  # shared: the engines never change ARGV
+        args = self.args.copy()
+        for i in self.lease_at:
+            args[i] = lease_id
+        return args
+
+
+class _Layout(NamedTuple):
+    """How one tuple of specs is admitted on a store kind: worked out once (admission reuses its spec tuples)."""
+
+    specs: Sequence[LimitSpec]
+    items: list[_Item]
+    wants_lease: bool
+    groups: list[_Group]
+
+
+_LAYOUTS_LIMIT = 65_536
 
 
 def _group_outcome(store: str, group: list[_Item], reply: Sequence[int], lease_id: str, every_charge: bool) -> _Outcome:
@@ -167,6 +200,7 @@ class Limiter:
         self._clock = clock
         self._keys = KeyBuilder(key_prefix)
         self._prepared: dict[int, _Prepared] = {}  # id(spec) -> prepared; the entry holds the spec, so the id stays its own
+        self._layouts: dict[tuple[int, bool], _Layout] = {}  # (id(specs), single slot) -> layout; holds the tuple too
         self._cache = OverLimitCache(cache_size)
         self._plan_routes = dict(plan_routes or {})
         self._tenant_routes = dict(tenant_routes or {})
@@ -210,16 +244,11 @@ class Limiter:
         engine = self._engine(store_name)
         if not specs:
             return Decision(True, ())
-        prepared = self._prepared
-        items = []
-        wants_lease = False
-        for i, spec in enumerate(specs):
-            p = prepared.get(id(spec))
-            if p is None or p[0] is not spec:
-                p = self._prepare(spec)
-            items.append(_Item(i, spec, p[1], p[2], p[3]))
-            if p[3] is None:
-                wants_lease = True
+        single_slot = engine.single_slot
+        layout = self._layouts.get((id(specs), single_slot))
+        if layout is None or layout.specs is not specs:
+            layout = self._layout(specs, single_slot)
+        items = layout.items
         remote = engine.remote
         now = 0.0  # the over-limit cache's time; only remote stores use the cache
         if remote:
@@ -227,24 +256,23 @@ class Limiter:
             cached = self._cached_refusal(store_name, items, now)
             if cached is not None:
                 return cached
-        lease_id = os.urandom(9).hex() if wants_lease else ""
+        lease_id = os.urandom(9).hex() if layout.wants_lease else ""
 
         states: list[tuple[int, LimitState]] = []
         consumed: list[Charge] = []
         degraded = False
         allowed = True
-        groups = self._groups(items, engine.single_slot)
+        groups = layout.groups
         # With one group nothing is ever refunded, so only what settles or releases later needs a Charge.
         every_charge = len(groups) > 1
         for group in groups:
             # The store call is awaited here rather than in a helper coroutine: one frame less to suspend and resume.
-            keys, args = _group_call(group, lease_id)
             try:
-                reply = await engine.run("admit", keys, args)
+                reply = await engine.run("admit", group.keys, group.argv(lease_id))
             except StoreError:
-                outcome = await self._fail_group(store_name, group, lease_id)
+                outcome = await self._fail_group(store_name, group.items, lease_id)
             else:
-                outcome = _group_outcome(store_name, group, reply, lease_id, every_charge)
+                outcome = _group_outcome(store_name, group.items, reply, lease_id, every_charge)
             states += outcome.states
             degraded = degraded or outcome.degraded
             if not outcome.allowed:
@@ -278,6 +306,22 @@ class Limiter:
             Reservation(reservation) if reservation else None,
             Lease(leases) if leases else None,
         )
+
+    def _layout(self, specs: Sequence[LimitSpec], single_slot: bool) -> _Layout:
+        prepared = self._prepared
+        items = []
+        for i, spec in enumerate(specs):
+            p = prepared.get(id(spec))
+            if p is None or p[0] is not spec:
+                p = self._prepare(spec)
+            items.append(_Item(i, spec, p[1], p[2], p[3]))
+        groups = [_Group.of(g) for g in self._groups(items, single_slot)]
+        layout = _Layout(specs, items, any(it.args is None for it in items), groups)
+        if isinstance(specs, tuple):  # a list could change after this call: only tuples are remembered
+            if len(self._layouts) >= _LAYOUTS_LIMIT:
+                self._layouts.clear()
+            self._layouts[(id(specs), single_slot)] = layout
+        return layout
 
     def _prepare(self, spec: LimitSpec) -> _Prepared:
         key, tag = self._keys.key_and_tag(spec)
