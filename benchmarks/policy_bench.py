@@ -1,0 +1,131 @@
+"""The policy stages alone, in-process: CPU per request of identify → match → admit → settle/release → account.
+
+No HTTP and no upstream: the same config as ``run.py``'s full-policy row
+(API key, two namespace matchers, three rules plus the plan's two limits,
+accounting with an access-log line per request, written to /dev/null), a
+request context built the way the proxy builds it, and the real
+``GatewayState``. It isolates what the policy costs from what aiohttp and the
+upstream client cost, so a change to admission or settlement can be measured
+in seconds with little noise; ``run.py`` remains the figure that counts.
+
+    python benchmarks/policy_bench.py                 # full policy, embedded store
+    python benchmarks/policy_bench.py --no-rules      # the same stages with no rules (the floor)
+
+The store runs each script call at once here (no end-of-tick coalescing):
+requests are issued one after another, so there is nothing to coalesce and a
+tick per request would only add the event loop's own cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from string import Template
+
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import uvloop  # noqa: E402
+from multidict import CIMultiDict, CIMultiDictProxy  # noqa: E402
+
+from gateway.config import load_config  # noqa: E402
+from gateway.context import ENDPOINTS, RequestContext  # noqa: E402
+from gateway.identity import identify  # noqa: E402
+from gateway.proxy import _admit  # noqa: E402
+from gateway.runtime import GatewayState  # noqa: E402
+from gateway.usage import usage_from_body  # noqa: E402
+from run import BODIES, CLIENT_HEADERS, GATEWAY_FULL_POLICY, GATEWAY_NO_RULES, tenants_yaml  # noqa: E402
+
+ANSWER = b'{"usage":{"prompt_tokens":24,"completion_tokens":16,"total_tokens":40}}'
+
+
+class _Request:
+    """What the policy stages read of an aiohttp request: headers, host, peer."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = CIMultiDictProxy(CIMultiDict(headers))
+        self.host = "127.0.0.1:8080"
+        self.remote = "127.0.0.1"
+
+
+async def measure(config_text: str, requests: int, rounds: int) -> float:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(config_text)
+    try:
+        state = GatewayState(load_config(f.name))
+    finally:
+        os.unlink(f.name)
+    await state.start()
+    for engine in state.limiter._stores.values():
+        if hasattr(engine, "coalesce"):
+            engine.coalesce = False
+    body = orjson.dumps(BODIES["chat"])
+    headers = dict(h.split(": ", 1) for h in CLIENT_HEADERS)
+    request = _Request({**headers, "Content-Type": "application/json", "Content-Length": str(len(body))})
+    endpoint = ENDPOINTS["/v1/chat/completions"]
+    loop = asyncio.get_running_loop()
+
+    async def one() -> None:
+        runtime = state.runtime
+        ctx = RequestContext(request, runtime, "req_bench", endpoint, loop.time(), "127.0.0.1")  # type: ignore[arg-type]
+        state.shedder.enter()
+        ctx.body_bytes = body
+        ctx.body = orjson.loads(body)
+        ctx.model = ctx.body["model"]
+        identify(ctx, runtime.identity, state.registry.directory)
+        await _admit(ctx, state)
+        ctx.status = 200
+        ctx.usage = usage_from_body(ANSWER)
+        ctx.first_byte_at = ctx.finished_at = loop.time()
+        state.shedder.leave()
+        if ctx.admission is not None:
+            state.settler.finish(ctx)
+        state.accounting.record(ctx)
+
+    try:
+        for _ in range(2000):  # warm-up: caches filled, scripts loaded
+            await one()
+        await asyncio.sleep(0.05)
+        gc.collect()
+        gc.freeze()
+        best = float("inf")
+        for _ in range(rounds):
+            started = time.process_time()
+            for i in range(requests):
+                await one()
+                if i % 64 == 63:
+                    await asyncio.sleep(0)  # let the settler and the accounting flusher run, as they would
+            await asyncio.sleep(0.01)
+            best = min(best, (time.process_time() - started) / requests * 1e6)
+        return best
+    finally:
+        await state.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--no-rules", action="store_true", help="the gateway with no identity and no rules")
+    p.add_argument("--requests", type=int, default=20_000, help="requests per round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; the best is reported")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # start-up notices (in-memory usage store, ...) are not the point here
+    template = GATEWAY_NO_RULES if args.no_rules else GATEWAY_FULL_POLICY
+    config = Template(template).substitute(port=8080, upstream_url="http://127.0.0.1:9/v1", tenants=tenants_yaml(10))
+    config += 'access_log: {enabled: true, path: "/dev/null"}\n'
+    us = uvloop.run(measure(config, args.requests, args.rounds))
+    what = "no rules" if args.no_rules else "full policy, embedded store"
+    print(f"policy stages, {what}: {us:.1f} us of CPU per request (best of {args.rounds} x {args.requests:,})")
+
+
+if __name__ == "__main__":
+    main()
