@@ -51,6 +51,24 @@ def _sf_string(name: str) -> str:
     return quoted
 
 
+# Per unit: the names of its three x-ratelimit headers.
+_NAMES = {unit: (f"x-ratelimit-limit-{unit}", f"x-ratelimit-remaining-{unit}", f"x-ratelimit-reset-{unit}") for unit in ("requests", "tokens")}
+# (name, limit, window_ms) -> (limit as text, quoted name, RateLimit-Policy item): the same for every request of a limit.
+_STATIC: dict[tuple[str, int, int], tuple[str, str, str]] = {}
+
+
+def _static(lim: HeaderLimit) -> tuple[str, str, str]:
+    key = (lim.name, lim.limit, lim.window_ms)
+    hit = _STATIC.get(key)
+    if hit is None:
+        if len(_STATIC) >= 4096:
+            _STATIC.clear()
+        name = _sf_string(lim.name)
+        window = f";w={max(1, lim.window_ms // 1000)}" if lim.window_ms > 0 else ""
+        hit = _STATIC[key] = (str(lim.limit), name, f"{name};q={lim.limit}{window}")
+    return hit
+
+
 def ratelimit_headers(limits: Iterable[HeaderLimit]) -> dict[str, str]:
     """Headers for the tightest request limit and the tightest token limit (fewest remaining)."""
     requests: HeaderLimit | None = None
@@ -68,15 +86,16 @@ def ratelimit_headers(limits: Iterable[HeaderLimit]) -> dict[str, str]:
     for unit, lim in (("requests", requests), ("tokens", tokens)):
         if lim is None:
             continue
-        remaining = lim.remaining if lim.remaining > 0 else 0
-        headers["x-ratelimit-limit-" + unit] = str(lim.limit)
-        headers["x-ratelimit-remaining-" + unit] = str(remaining)
-        headers["x-ratelimit-reset-" + unit] = format_reset(lim.reset_ms)
-        name = _sf_string(lim.name)
-        window = f";w={max(1, lim.window_ms // 1000)}" if lim.window_ms > 0 else ""
-        policies.append(f"{name};q={lim.limit}{window}")
-        states.append(f"{name};r={remaining};t={-(-max(lim.reset_ms, 0) // 1000)}")
+        limit_text, name, policy = _static(lim)
+        remaining = str(lim.remaining) if lim.remaining > 0 else "0"
+        reset_ms = lim.reset_ms
+        limit_header, remaining_header, reset_header = _NAMES[unit]
+        headers[limit_header] = limit_text
+        headers[remaining_header] = remaining
+        headers[reset_header] = format_reset(reset_ms)
+        policies.append(policy)
+        states.append(f"{name};r={remaining};t={-(-reset_ms // 1000) if reset_ms > 0 else 0}")
     if policies:
-        headers["RateLimit-Policy"] = ", ".join(policies)
-        headers["RateLimit"] = ", ".join(states)
+        headers["RateLimit-Policy"] = policies[0] if len(policies) == 1 else ", ".join(policies)
+        headers["RateLimit"] = states[0] if len(states) == 1 else ", ".join(states)
     return headers
