@@ -116,7 +116,7 @@ _SPEC_CACHE_LIMIT = 100_000
 class _Plan:
     """The rules of one (plan, tenant, namespace) with the plan's limits, and what follows from them alone."""
 
-    __slots__ = ("limits", "checks", "rules", "scopes", "needs_tokens", "cut_on_exceed", "used_scopes", "spec_lists")
+    __slots__ = ("limits", "checks", "rules", "scopes", "needs_tokens", "cut_on_exceed", "used_scopes")
 
     def __init__(self, limits: object, checks: tuple[Any, ...], rules: tuple[RuleSpec, ...]) -> None:
         self.limits = limits  # the Limits object it was built for (a reload or an override brings a new one)
@@ -128,7 +128,6 @@ class _Plan:
         self.cut_on_exceed = any(r.on_exceed == "cut" for r in rules if _counts_tokens(r) and not r.shadow)
         # The scopes any of the rules names: a request's specs depend on their values and the token cost only.
         self.used_scopes = tuple(sorted({sc for scopes, _ in self.scopes for sc in scopes}))
-        self.spec_lists: dict[tuple[Any, ...], tuple[LimitSpec, ...]] = {}
 
 
 def _plan(rules: RuleSet, principal: Any, namespace: str) -> _Plan:
@@ -152,19 +151,21 @@ _SCOPE_VALUES: dict[str, Callable[[Any, RequestContext], str]] = {
     "namespace": lambda p, ctx: ctx.namespace,
     "model": lambda p, ctx: ctx.model or "-",
 }
-_SPEC_LISTS_PER_PLAN = 10_000
+# Spec tuples kept per RuleSet. The token estimate is part of the key and varies with the prompt, so the
+# bound is what keeps memory flat (about 200 bytes an entry) under traffic of many tenants and prompt sizes.
+_SPEC_LISTS_LIMIT = 16_384
 
 
-def _specs(plan: _Plan, ctx: RequestContext, token_cost: int, cache: dict[tuple[Any, ...], LimitSpec]) -> tuple[LimitSpec, ...]:
-    """The request's limits, one list per (scope values, token cost) of a plan; shared: never mutated."""
+def _specs(rules: RuleSet, plan: _Plan, ctx: RequestContext, token_cost: int) -> tuple[LimitSpec, ...]:
+    """The request's limits, one tuple per (rule plan, scope values, token cost); shared: never mutated."""
     p = ctx.principal
-    key = (tuple([_SCOPE_VALUES[name](p, ctx) for name in plan.used_scopes]), token_cost)
-    hit = plan.spec_lists.get(key)
-    if hit is None:
-        if len(plan.spec_lists) >= _SPEC_LISTS_PER_PLAN:
-            plan.spec_lists.clear()
-        hit = plan.spec_lists[key] = _build_specs(plan, ctx, token_cost, cache)
-    return hit
+    key = (id(plan), tuple([_SCOPE_VALUES[name](p, ctx) for name in plan.used_scopes]), token_cost)
+    hit = rules.spec_lists.get(key)
+    if hit is None or hit[0] is not plan:
+        if len(rules.spec_lists) >= _SPEC_LISTS_LIMIT:
+            rules.spec_lists.clear()
+        hit = rules.spec_lists[key] = (plan, _build_specs(plan, ctx, token_cost, rules.spec_cache))
+    return hit[1]
 
 
 def _build_specs(plan: _Plan, ctx: RequestContext, token_cost: int, cache: dict[tuple[Any, ...], LimitSpec]) -> tuple[LimitSpec, ...]:
@@ -257,7 +258,7 @@ async def admit(
         prompt = estimate_prompt_tokens(ctx.endpoint.kind, ctx.body)
         completion = requested_completion_tokens(ctx.endpoint.kind, ctx.body, rules.default_max_tokens)
     token_cost = prompt + completion
-    specs = _specs(plan, ctx, token_cost, rules.spec_cache)
+    specs = _specs(rules, plan, ctx, token_cost)
     store = limiter.store_for(tenant=principal.tenant, plan=principal.plan)
     decision = await limiter.admit(specs, store=store)
     waited = 0.0

@@ -111,6 +111,8 @@ class RuleSet:
         self.spec_cache: dict[tuple[Any, ...], Any] = {}
         # What admission works out once per (plan, tenant, namespace) and set of plan limits: see admission._plan.
         self.admission_cache: dict[tuple[str | None, str | None, str], Any] = {}
+        # The spec tuples of those plans by scope values and token cost: see admission._specs.
+        self.spec_lists: dict[tuple[Any, ...], Any] = {}
 
     def plan_rules(self, limits: Limits) -> tuple[RuleSpec, ...]:
         """A plan's limits (after tenant overrides) as rules; one tuple per distinct set of limits."""

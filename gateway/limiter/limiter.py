@@ -51,7 +51,7 @@ class _Item(NamedTuple):
 
 # A limit's key, tag and ARGV, worked out once per LimitSpec object (specs are cached and reused by admission).
 _Prepared = tuple[LimitSpec, str, str, "tuple[Any, ...] | None"]
-_PREPARED_LIMIT = 65_536
+_PREPARED_LIMIT = 16_384
 
 
 def _param(spec: LimitSpec, lease_id: str) -> str:
@@ -144,7 +144,7 @@ class _Layout(NamedTuple):
     groups: list[_Group]
 
 
-_LAYOUTS_LIMIT = 65_536
+_LAYOUTS_LIMIT = 4_096  # a layout is about 1.5 KB; spec tuples vary with the token estimate
 
 
 def _group_outcome(store: str, group: list[_Item], reply: Sequence[int], lease_id: str, every_charge: bool) -> _Outcome:
