@@ -7,6 +7,7 @@ imports a Redis client.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import operator
 import os
@@ -200,6 +201,7 @@ class Limiter:
         self._clock = clock
         self._keys = KeyBuilder(key_prefix)
         self._prepared: dict[int, _Prepared] = {}  # id(spec) -> prepared; the entry holds the spec, so the id stays its own
+        self._background: set[asyncio.Task[Any]] = set()  # refunds of abandoned admissions
         self._layouts: dict[tuple[int, bool], _Layout] = {}  # (id(specs), single slot) -> layout; holds the tuple too
         self._cache = OverLimitCache(cache_size)
         self._plan_routes = dict(plan_routes or {})
@@ -267,10 +269,14 @@ class Limiter:
         every_charge = len(groups) > 1
         for group in groups:
             # The store call is awaited here rather than in a helper coroutine: one frame less to suspend and resume.
+            pending = engine.run("admit", group.keys, group.argv(lease_id))
             try:
-                reply = await engine.run("admit", group.keys, group.argv(lease_id))
+                reply = await pending
             except StoreError:
                 outcome = await self._fail_group(store_name, group.items, lease_id)
+            except asyncio.CancelledError:
+                self._refund_abandoned(store_name, group, pending, lease_id, consumed)
+                raise
             else:
                 outcome = _group_outcome(store_name, group.items, reply, lease_id, every_charge)
             states += outcome.states
@@ -284,7 +290,7 @@ class Limiter:
                 break
             consumed += outcome.charges
 
-        if len(groups) > 1:
+        if len(groups) > 1 or degraded:  # a failed group lists its fail-mode answers before its local ones
             states.sort(key=_by_index)
         limits = tuple([s for _, s in states])
         if degraded:
@@ -529,7 +535,20 @@ class Limiter:
         reply = await self._engine(store or self.default_store).run("peek", [key], _args([spec], ""))
         return _state(spec, reply, 2)
 
+    def _refund_abandoned(self, store: str, group: _Group, pending: Any, lease_id: str, consumed: list[Charge]) -> None:
+        """The caller was cancelled (a client that left) while its admission ran: give back, in the background,
+        what earlier groups consumed and, when the script had already run, what this group consumed."""
+        charges = list(consumed)
+        if asyncio.isfuture(pending) and pending.done() and not pending.cancelled() and pending.exception() is None:
+            charges += _group_outcome(store, group.items, pending.result(), lease_id, True).charges
+        if charges:
+            task = asyncio.get_running_loop().create_task(self._refund(charges))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         for engine in self._stores.values():
             await engine.close()
         if self._local is not None:

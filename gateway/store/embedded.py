@@ -103,6 +103,8 @@ class EmbeddedEngine:
                 future.set_result(self.run_sync(script, keys, args))
             except StoreError as exc:
                 future.set_exception(exc)
+            except Exception as exc:  # a bug converting a reply: that caller fails, the others still get theirs
+                future.set_exception(StoreError(f"embedded script {script} failed: {exc!r}"))
 
     async def run_batch(self, calls: Sequence[ScriptCall]) -> list[Any]:
         out: list[Any] = []

@@ -115,6 +115,10 @@ class RedisEngine:
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
         self._flush_scheduled = False
+        # A caller cancelled before its call left (a client that went away): the call is not sent, nothing is consumed.
+        batch = [item for item in batch if not item[1].done()]
+        if not batch:
+            return
         task = asyncio.ensure_future(self._deliver(batch))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)

@@ -8,6 +8,7 @@ import pytest
 
 from gateway.clock import ManualClock
 from gateway.errors import StoreError
+from gateway.limiter import LimitSpec, Limiter
 from gateway.store import EmbeddedEngine
 
 # admit.lua ARGV for one fixed-window limit of 5 requests a minute.
@@ -56,3 +57,21 @@ async def test_a_failing_call_fails_only_its_caller() -> None:
     )
     assert isinstance(bad, StoreError) and "unknown script" in str(bad)
     assert not isinstance(good, BaseException) and good[0] == 1
+
+
+async def test_an_admission_whose_caller_is_cancelled_after_the_script_ran_is_refunded() -> None:
+    """The script ran at the end of the tick, then the caller (a client that left) was cancelled: the lease comes back."""
+    clock = ManualClock()
+    limiter = Limiter({"main": EmbeddedEngine(clock, name="main", coalesce=True)}, clock=clock)
+    one_stream = LimitSpec(name="streams", kind="concurrency", limit=1, window_ms=60_000, tenant="acme")
+    try:
+        task = asyncio.ensure_future(limiter.admit([one_stream]))
+        await asyncio.sleep(0)  # the admission is queued; the engine's flush runs next
+        asyncio.get_running_loop().call_soon(task.cancel)  # lands after the flush ran the script
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)  # the refund runs in the background
+        await asyncio.sleep(0)
+        assert (await limiter.admit([one_stream])).allowed
+    finally:
+        await limiter.close()

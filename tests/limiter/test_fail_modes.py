@@ -78,6 +78,15 @@ async def test_a_paused_redis_answers_each_admission_within_budget_with_its_fail
     assert limiter.engine().breaker.state == "closed"  # type: ignore[attr-defined]
 
 
+async def test_a_degraded_decision_lists_its_limits_in_the_order_they_were_asked(own_redis: RedisServer, limiter: Limiter) -> None:
+    """The fail-mode answers and the local ones of a failed store come back in spec order (headers pair them by position)."""
+    specs = (spec("local", "local", limit=8), spec("open", "fail_open"), spec("local2", "local", limit=8))
+    own_redis.kill()
+    d = await limiter.admit(specs)
+    assert d.degraded and d.allowed
+    assert [st.name for st in d.limits] == ["local", "open", "local2"]
+
+
 async def test_the_open_breaker_refuses_at_once_instead_of_waiting(own_redis: RedisServer, limiter: Limiter) -> None:
     s = spec("open", "fail_open")
     await limiter.admit([s])
