@@ -119,7 +119,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.state == _UNTIL_CLOSE:
+        if self.state == _UNTIL_CLOSE and exc is None:  # a clean close ends a body without length; a reset does not
             self.state = _DONE
         elif self.state != _DONE and self.state != _IDLE and self.error is None:
             reason = f": {exc}" if exc else ""

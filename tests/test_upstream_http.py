@@ -7,6 +7,7 @@ import functools
 import gzip
 import os
 import socket
+import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -261,6 +262,27 @@ async def test_close_before_content_length_is_met_raises_after_the_bytes_that_ar
         finally:
             resp.release()
         assert pool.in_use == 0 and pool.idle_connections == 0
+
+
+async def test_a_reset_ends_a_body_without_length_as_an_error_not_as_its_end() -> None:
+    async def reset_mid_body(server: ScriptedUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST, not FIN
+        writer.transport.abort()
+
+    async with serve(reset_mid_body) as (_, pool):
+        resp = await pool.request("GET", "/", [])
+        try:
+            assert await resp.readany() == b"partial"
+            with pytest.raises(ResponseError, match="before the response was complete"):
+                await resp.readany()
+        finally:
+            resp.release()
+        assert pool.in_use == 0
 
 
 @pytest.mark.parametrize(("coding", "compress"), [("gzip", gzip.compress), ("x-gzip", gzip.compress), ("deflate", zlib.compress)])
