@@ -84,8 +84,10 @@ class UpstreamClient:
         self.config = config
         self.http: UpstreamHttp | None = None
         self.deadlines = deadlines or Deadlines()
-        # identity: the answer is parsed (usage) and relayed; a compressed one would only be inflated here.
-        fixed: list[tuple[str, str]] = [("Content-Type", "application/json"), ("Accept-Encoding", "identity")]
+        fixed: list[tuple[str, str]] = [("Content-Type", "application/json")]
+        if not any(name.lower() == "accept-encoding" for name in config.headers):
+            # identity: the answer is parsed (usage) and relayed; a compressed one would only be inflated here.
+            fixed.append(("Accept-Encoding", "identity"))
         if config.api_key and config.auth_header != "none":
             if config.auth_header == "authorization":
                 fixed.append(("Authorization", f"Bearer {config.api_key}"))

@@ -14,6 +14,9 @@ import openai
 import pytest
 import yaml
 
+from gateway.config.model import Upstream
+from gateway.forward import UpstreamClient
+
 from .support.processes import Proc, free_port, gateway_config, gateway_process, mock_upstream_process
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -342,3 +345,10 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path: Any) -> None:
 def test_gateway_answers_on_its_port(gateway: Proc) -> None:
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=1):
         pass
+
+
+def test_the_upstream_is_asked_for_an_uncompressed_answer_unless_its_config_says_otherwise() -> None:
+    default = UpstreamClient(Upstream(name="u", base_url="http://127.0.0.1:9/v1"))
+    assert [v for k, v in default.fixed_headers if k.lower() == "accept-encoding"] == ["identity"]
+    configured = UpstreamClient(Upstream(name="u", base_url="http://127.0.0.1:9/v1", headers={"Accept-Encoding": "gzip"}))
+    assert [v for k, v in configured.fixed_headers if k.lower() == "accept-encoding"] == ["gzip"]
