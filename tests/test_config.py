@@ -122,9 +122,28 @@ def test_env_var_default_is_used_when_unset() -> None:
 
 
 def test_env_value_cannot_change_document_structure() -> None:
-    config = config_from_dict(minimal(), env={"UPSTREAM_KEY": "x\nmodels: {}"})
-    assert config.upstreams["u"].api_key == "x\nmodels: {}"
-    assert "m" in config.models
+    doc = minimal()
+    doc["models"]["m"]["owned_by"] = "${OWNER}"  # type: ignore[index]
+    config = config_from_dict(doc, env={"UPSTREAM_KEY": "k", "OWNER": "x\nmodels: {}"})
+    assert config.models["m"].owned_by == "x\nmodels: {}"
+    assert list(config.models) == ["m"]
+
+
+def test_an_upstream_secret_with_a_trailing_newline_is_refused_not_sent() -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(minimal(), env={"UPSTREAM_KEY": "sk-from-a-file\n"})
+    assert info.value.problems == ["upstreams.u.api_key: must not contain CR, LF or NUL (check for a trailing newline in the secret)"]
+
+
+def test_upstream_headers_must_be_valid_names_with_values_that_cannot_break_the_request() -> None:
+    doc = minimal()
+    doc["upstreams"]["u"]["headers"] = {"X-Org": "a\r\nX-Evil: 1", "Bad Name": "v", "X-Ok": "fine"}  # type: ignore[index]
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(doc, env={"UPSTREAM_KEY": "k"})
+    assert sorted(info.value.problems) == [
+        "upstreams.u.headers.Bad Name: is not a valid header name",
+        "upstreams.u.headers.X-Org: must not contain CR, LF or NUL (it would break the request sent upstream)",
+    ]
 
 
 def test_admin_token_is_kept_only_as_its_hash() -> None:

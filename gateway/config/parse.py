@@ -125,6 +125,10 @@ def _guard(node: Node) -> Guard:
     return g
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+_BREAKS_HEADER = re.compile(r"[\r\n\x00]")
+
+
 def _upstream(name: str, node: Node) -> Upstream:
     base_url = node.str("base_url")
     if base_url is not None:
@@ -137,9 +141,16 @@ def _upstream(name: str, node: Node) -> Upstream:
     auth_header = node.str("auth_header", "authorization", choices=AUTH_HEADERS)
     api_key = node.str("api_key", None, nonempty=False) or None
     headers = node.str_map("headers")
-    for h in headers:
+    for h, value in headers.items():
         if h.lower() in ("host", "content-length", "transfer-encoding", "connection"):
             node.error(f"headers.{h}", "is set by the gateway and cannot be configured")
+        elif not _HEADER_NAME.fullmatch(h):
+            node.error(f"headers.{h}", "is not a valid header name")
+        elif _BREAKS_HEADER.search(value):
+            node.error(f"headers.{h}", "must not contain CR, LF or NUL (it would break the request sent upstream)")
+    if api_key is not None and _BREAKS_HEADER.search(api_key):
+        # A secret read from a file often ends with a newline: refuse it rather than send a broken request.
+        node.error("api_key", "must not contain CR, LF or NUL (check for a trailing newline in the secret)")
     t = node.child("timeouts")
     timeouts = Timeouts(
         connect=t.duration("connect", _DEFAULT_TIMEOUTS.connect),
