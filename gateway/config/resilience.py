@@ -229,6 +229,8 @@ def parse_resilience(node: Node) -> Resilience:
     )
     if not health.path.startswith("/"):
         h.error("path", "must start with /")
+    elif any(c.isspace() or ord(c) < 0x21 or ord(c) == 0x7F for c in health.path):
+        h.error("path", "must not contain spaces or control characters (it goes into the request line)")
     h.finish()
 
     q = node.child("queue")

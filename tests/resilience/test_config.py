@@ -93,3 +93,9 @@ def test_bad_values_are_each_reported() -> None:
         "resilience.typo: unknown key",
     ):
         assert path in joined, path
+
+
+@pytest.mark.parametrize("path", ["/health check", "/health\r\nX-Evil: 1", "/h\x00"])
+def test_a_health_probe_path_that_would_break_the_request_line_is_refused(path: str) -> None:
+    problems = _problems(_doc({"a": {"deployments": [{"upstream": "u"}]}}, resilience={"health": {"path": path}}))
+    assert problems == ["resilience.health.path: must not contain spaces or control characters (it goes into the request line)"]
