@@ -159,36 +159,31 @@ _SPEC_LISTS_LIMIT = 16_384
 def _specs(rules: RuleSet, plan: _Plan, ctx: RequestContext, token_cost: int) -> tuple[LimitSpec, ...]:
     """The request's limits, one tuple per (rule plan, scope values, token cost); shared: never mutated."""
     p = ctx.principal
-    key = (id(plan), tuple([_SCOPE_VALUES[name](p, ctx) for name in plan.used_scopes]), token_cost)
+    values = tuple([_SCOPE_VALUES[name](p, ctx) for name in plan.used_scopes])
+    key = (id(plan), values, token_cost)
     hit = rules.spec_lists.get(key)
     if hit is None or hit[0] is not plan:
         if len(rules.spec_lists) >= _SPEC_LISTS_LIMIT:
             rules.spec_lists.clear()
-        hit = rules.spec_lists[key] = (plan, _build_specs(plan, ctx, token_cost, rules.spec_cache))
+        specs = _build_specs(plan, p.tenant, dict(zip(plan.used_scopes, values)), token_cost, rules.spec_cache)
+        hit = rules.spec_lists[key] = (plan, specs)
     return hit[1]
 
 
-def _build_specs(plan: _Plan, ctx: RequestContext, token_cost: int, cache: dict[tuple[Any, ...], LimitSpec]) -> tuple[LimitSpec, ...]:
-    """The request's limits; a spec (validated when built) is reused for the same rule, scope and cost."""
-    p = ctx.principal
-    values = {
-        "tenant": p.tenant,
-        "key": p.key_id or "-",
-        "user": p.user or "-",
-        "ip": ctx.client_ip,
-        "namespace": ctx.namespace,
-        "model": ctx.model or "-",
-    }
+def _build_specs(
+    plan: _Plan, tenant: str, values: dict[str, str], token_cost: int, cache: dict[tuple[Any, ...], LimitSpec]
+) -> tuple[LimitSpec, ...]:
+    """The plan's limits for these scope values; a spec (validated when built) is reused for the same rule, scope and cost."""
     out = []
     for rule, (scopes, tokens) in zip(plan.rules, plan.scopes):
         scope = tuple([(s, values[s]) for s in scopes])
         cost = token_cost if tokens else 1
-        key = (rule.name, rule.limit, p.tenant, scope, cost)
+        key = (rule.name, rule.limit, tenant, scope, cost)
         spec = cache.get(key)
         if spec is None:
             if len(cache) >= _SPEC_CACHE_LIMIT:
                 cache.clear()
-            spec = cache[key] = limit_spec(rule, scope, p.tenant, cost)
+            spec = cache[key] = limit_spec(rule, scope, tenant, cost)
         out.append(spec)
     return tuple(out)
 

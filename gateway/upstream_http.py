@@ -135,33 +135,13 @@ class _Connection(asyncio.Protocol):
         while data:
             state = self.state
             if state == _LENGTH:
-                n = self.remaining
-                if len(data) <= n:
-                    self._take(data)
-                    self.remaining -= len(data)
-                    data = b""
-                else:
-                    # Bytes past the Content-Length reach _DONE below: the body stands, the connection is retired.
-                    self._take(data[:n])
-                    data = data[n:]
-                    self.remaining = 0
-                if self.remaining == 0:
-                    self.state = _DONE
+                # Bytes past the Content-Length reach _DONE below: the body stands, the connection is retired.
+                data = self._take_counted(data, _DONE)
             elif state == _UNTIL_CLOSE:
                 self._take(data)
                 data = b""
             elif state == _CHUNK_DATA:
-                n = self.remaining
-                if len(data) <= n:
-                    self._take(data)
-                    self.remaining -= len(data)
-                    data = b""
-                else:
-                    self._take(data[:n])
-                    data = data[n:]
-                    self.remaining = 0
-                if self.remaining == 0:
-                    self.state = _CHUNK_END
+                data = self._take_counted(data, _CHUNK_END)
             elif state == _CHUNK_END:
                 if len(data) < 2:
                     self.buffer = data
@@ -210,6 +190,18 @@ class _Connection(asyncio.Protocol):
                 self._parse_head(head)
             else:  # _DONE: anything after a complete response is a framing error
                 raise ResponseError("upstream sent data after the response ended")
+
+    def _take_counted(self, data: bytes, then: int) -> bytes:
+        """Take up to ``remaining`` body bytes; when none remain, go to state ``then``. Returns the bytes left over."""
+        n = self.remaining
+        if len(data) < n:
+            self._take(data)
+            self.remaining = n - len(data)
+            return b""
+        self._take(data[:n] if len(data) > n else data)
+        self.remaining = 0
+        self.state = then
+        return data[n:]
 
     def _take(self, data: bytes) -> None:
         self.body.append(data)

@@ -50,11 +50,6 @@ class _Item(NamedTuple):
     args: tuple[Any, ...] | None  # the 6 ARGV of admit.lua; None for a lease, whose id is drawn per request
 
 
-# A limit's key, tag and ARGV, worked out once per LimitSpec object (specs are cached and reused by admission).
-_Prepared = tuple[LimitSpec, str, str, "tuple[Any, ...] | None"]
-_PREPARED_LIMIT = 16_384
-
-
 def _param(spec: LimitSpec, lease_id: str) -> str:
     kind = spec.kind
     if kind == "sliding_window":
@@ -200,7 +195,6 @@ class Limiter:
         self._instances = max(1, instances)
         self._clock = clock
         self._keys = KeyBuilder(key_prefix)
-        self._prepared: dict[int, _Prepared] = {}  # id(spec) -> prepared; the entry holds the spec, so the id stays its own
         self._background: set[asyncio.Task[Any]] = set()  # refunds of abandoned admissions
         self._layouts: dict[tuple[int, bool], _Layout] = {}  # (id(specs), single slot) -> layout; holds the tuple too
         self._cache = OverLimitCache(cache_size)
@@ -314,13 +308,10 @@ class Limiter:
         )
 
     def _layout(self, specs: Sequence[LimitSpec], single_slot: bool) -> _Layout:
-        prepared = self._prepared
         items = []
         for i, spec in enumerate(specs):
-            p = prepared.get(id(spec))
-            if p is None or p[0] is not spec:
-                p = self._prepare(spec)
-            items.append(_Item(i, spec, p[1], p[2], p[3]))
+            key, tag = self._keys.key_and_tag(spec)  # remembered by the key builder
+            items.append(_Item(i, spec, key, tag, None if spec.kind == "concurrency" else _limit_args(spec, "")))
         groups = [_Group.of(g) for g in self._groups(items, single_slot)]
         layout = _Layout(specs, items, any(it.args is None for it in items), groups)
         if isinstance(specs, tuple):  # a list could change after this call: only tuples are remembered
@@ -328,14 +319,6 @@ class Limiter:
                 self._layouts.clear()
             self._layouts[(id(specs), single_slot)] = layout
         return layout
-
-    def _prepare(self, spec: LimitSpec) -> _Prepared:
-        key, tag = self._keys.key_and_tag(spec)
-        p: _Prepared = (spec, key, tag, None if spec.kind == "concurrency" else _limit_args(spec, ""))
-        if len(self._prepared) >= _PREPARED_LIMIT:
-            self._prepared.clear()
-        self._prepared[id(spec)] = p
-        return p
 
     def _cached_refusal(self, store: str, items: list[_Item], now: float) -> Decision | None:
         for it in items:
