@@ -1,15 +1,19 @@
-"""Fewer round trips: a tick's admissions share one pipeline; keys over their limit are refused locally."""
+"""Fewer round trips: a tick's admissions share pipelines, sent as they fill; keys over their limit are refused locally."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from gateway.clock import ManualClock, SystemClock
 from gateway.limiter import LimitSpec, Limiter
+from gateway.errors import StoreError
 from gateway.store import RedisEngine
+from gateway.store.breaker import BreakerSettings
+from gateway.store.redis_engine import EAGER_BATCH, _Slots
 from tests.support.redis import RedisServer
 
 
@@ -28,8 +32,10 @@ def rpm(limit: int, cost: int = 1, **kw: object) -> LimitSpec:
     return LimitSpec(name="rpm", kind="gcra", limit=limit, window_ms=60_000, cost=cost, tenant="acme", **kw)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("coalesce", "round_trips"), [(True, 1), (False, 100)], ids=["coalesced", "one-call-each"])
-async def test_admissions_issued_in_one_tick_share_one_round_trip(redis_standalone: RedisServer, coalesce: bool, round_trips: int) -> None:
+@pytest.mark.parametrize(("coalesce", "round_trips"), [(True, 7), (False, 100)], ids=["coalesced", "one-call-each"])
+async def test_admissions_issued_in_one_tick_share_pipelines_of_eager_batch_calls(
+    redis_standalone: RedisServer, coalesce: bool, round_trips: int
+) -> None:
     redis_standalone.flushall()
     engine = RedisEngine(redis_standalone.url, clock=SystemClock(), timeout=2.0, coalesce=coalesce, max_connections=200)
     limiter = Limiter({"r": engine}, clock=SystemClock(), cache_size=0)
@@ -38,10 +44,102 @@ async def test_admissions_issued_in_one_tick_share_one_round_trip(redis_standalo
         before = engine.stats.round_trips
         specs = [rpm(50), LimitSpec(name="tpm", kind="sliding_window", limit=10**6, window_ms=60_000, cost=30, tenant="acme")]
         decisions = await asyncio.gather(*(limiter.admit(specs) for _ in range(100)))
-        assert sum(d.allowed for d in decisions) == 50
+        assert sum(d.allowed for d in decisions) == 50  # split into pipelines, every admission is still atomic
+        assert EAGER_BATCH == 16 and round_trips == (7 if coalesce else 100)  # 100 = 6 full pipelines + 4 at the tick's end
         assert engine.stats.round_trips - before == round_trips
     finally:
         await limiter.close()
+
+
+async def test_a_full_pipeline_reaches_redis_before_the_tick_that_filled_it_ends(redis_standalone: RedisServer) -> None:
+    """The event loop is blocked right after the tick's tasks queued EAGER_BATCH calls: only a write made in that tick can have reached Redis."""
+    redis_standalone.flushall()
+    engine = RedisEngine(redis_standalone.url, clock=SystemClock(), timeout=2.0)
+    limiter = Limiter({"r": engine}, clock=SystemClock(), cache_size=0)
+    admin = redis_standalone.client()
+    try:
+        await limiter.admit([LimitSpec(name="warm", kind="gcra", limit=1)])
+        admin.config_resetstat()
+        tasks = [asyncio.ensure_future(limiter.admit([rpm(1000)])) for _ in range(EAGER_BATCH + 3)]
+        await asyncio.sleep(0)  # every task took its first step; the end-of-tick flush has not run yet
+        deadline = time.monotonic() + 2
+        while admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) < EAGER_BATCH and time.monotonic() < deadline:
+            time.sleep(0.01)  # blocks the loop on purpose
+        assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == EAGER_BATCH
+        decisions = await asyncio.gather(*tasks)
+        assert all(d.allowed for d in decisions)
+        assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == EAGER_BATCH + 3
+    finally:
+        admin.close()
+        await limiter.close()
+
+
+async def test_pipelines_never_use_more_connections_than_max_connections(redis_standalone: RedisServer) -> None:
+    redis_standalone.flushall()
+    engine = RedisEngine(redis_standalone.url, clock=SystemClock(), timeout=2.0, max_connections=2)
+    limiter = Limiter({"r": engine}, clock=SystemClock(), cache_size=0)
+    admin = redis_standalone.client()
+    try:
+        decisions = await asyncio.gather(*(limiter.admit([rpm(150)]) for _ in range(EAGER_BATCH * 12)))
+        assert sum(d.allowed for d in decisions) == 150
+        names = [c for c in admin.client_list() if c["cmd"] != "client|list"]
+        assert 1 <= len(names) <= 2
+    finally:
+        admin.close()
+        await limiter.close()
+
+
+async def test_connections_killed_while_idle_fail_one_pipeline_then_the_engine_reconnects(redis_standalone: RedisServer) -> None:
+    redis_standalone.flushall()
+    # Each dead connection fails its pipeline once; a breaker that opens on 3 failures would hide the recovery.
+    engine = RedisEngine(redis_standalone.url, clock=SystemClock(), timeout=2.0, breaker=BreakerSettings(failures=100))
+    limiter = Limiter({"r": engine}, clock=SystemClock(), cache_size=0)
+    admin = redis_standalone.client()
+    try:
+        await asyncio.gather(*(limiter.admit([rpm(10_000)]) for _ in range(EAGER_BATCH * 3)))  # a few idle connections
+        admin.client_kill_filter(_type="normal", skipme=True)
+        first = await asyncio.gather(*(limiter.admit([rpm(10_000)]) for _ in range(EAGER_BATCH * 3)))
+        assert all(d.allowed or d.degraded for d in first)  # a dead connection degrades its calls (fail mode), never hangs
+        assert any(d.degraded for d in first)
+        again = await asyncio.gather(*(limiter.admit([rpm(10_000)]) for _ in range(EAGER_BATCH * 3)))
+        assert all(d.allowed and not d.degraded for d in again)
+    finally:
+        admin.close()
+        await limiter.close()
+
+
+async def test_closing_the_engine_answers_calls_whose_pipeline_was_written(redis_standalone: RedisServer) -> None:
+    redis_standalone.flushall()
+    engine = RedisEngine(redis_standalone.url, clock=SystemClock(), timeout=2.0)
+    admin = redis_standalone.client()
+    try:
+        await engine.run("admit", ["warm"], ["gcra", 10, 1000, 1, "", "0"])
+        admin.client_pause(500)  # replies wait: the pipeline is written, not answered
+        calls = [asyncio.ensure_future(engine.run("admit", [f"k{i}"], ["gcra", 10, 1000, 1, "", "0"])) for i in range(EAGER_BATCH)]
+        await asyncio.sleep(0.05)
+        assert engine.stats.round_trips >= 2
+        await engine.close()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, StoreError) for r in results)
+        time.sleep(0.6)  # the pause is over: the closed engine left no connection behind
+        assert [c for c in admin.client_list() if c["cmd"] != "client|list"] == []
+    finally:
+        admin.close()
+
+
+async def test_a_slot_waiter_cancelled_as_it_is_handed_the_slot_passes_it_on() -> None:
+    slots = _Slots(1)
+    assert slots.take_now() and not slots.take_now()
+    second = asyncio.ensure_future(slots.take())
+    third = asyncio.ensure_future(slots.take())
+    await asyncio.sleep(0)
+    slots.give()  # hands the slot to the second waiter ...
+    second.cancel()  # ... which is cancelled before it runs
+    await asyncio.sleep(0)
+    await asyncio.wait_for(third, 1)
+    assert second.cancelled() and slots.busy == 1
+    slots.give()
+    assert slots.busy == 0 and slots.take_now()
 
 
 async def test_a_key_over_its_limit_is_refused_locally_until_its_retry_after(clock_and_limiter: tuple[ManualClock, Limiter]) -> None:
