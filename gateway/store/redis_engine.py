@@ -201,8 +201,13 @@ class RedisEngine:
             return None
         self._idle.pop()
         self._lent.add(conn)
+        try:
+            writer.write(b"".join([hiredis.pack_command(self._evalsha(call)) for call in calls]))
+        except Exception:  # a transport that cannot take it (closed under us): the asynchronous way decides
+            self._give_back(conn, False)
+            writer.close()
+            return None
         self.stats.round_trips += 1
-        writer.write(b"".join([hiredis.pack_command(self._evalsha(call)) for call in calls]))
         return conn
 
     async def _deliver(self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]], calls: list[ScriptCall], sent: Any) -> None:

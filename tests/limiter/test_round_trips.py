@@ -108,6 +108,26 @@ async def test_connections_killed_while_idle_fail_one_pipeline_then_the_engine_r
         await limiter.close()
 
 
+async def test_a_connection_that_refuses_the_write_is_dropped_and_its_calls_go_the_asynchronous_way(
+    redis_standalone: RedisServer,
+) -> None:
+    redis_standalone.flushall()
+    engine = RedisEngine(redis_standalone.url, clock=SystemClock(), timeout=2.0)
+    try:
+        await engine.run("admit", ["warm"], ["gcra", 10, 1000, 1, "", "0"])
+        (conn,) = engine._idle
+
+        def refuse(data: bytes) -> None:
+            raise RuntimeError("transport closed")
+
+        conn._writer.write = refuse
+        replies = await asyncio.gather(*(engine.run("admit", [f"k{i}"], ["gcra", 10, 1000, 1, "", "0"]) for i in range(EAGER_BATCH)))
+        assert all(r[0] == 1 for r in replies)
+        assert conn not in engine._idle and engine.stats.failures == 0
+    finally:
+        await engine.close()
+
+
 async def test_closing_the_engine_answers_calls_whose_pipeline_was_written(redis_standalone: RedisServer) -> None:
     redis_standalone.flushall()
     engine = RedisEngine(redis_standalone.url, clock=SystemClock(), timeout=2.0)
