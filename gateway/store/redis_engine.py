@@ -3,12 +3,12 @@
 Standalone Redis and Redis Cluster share everything but the transport. Calls
 issued in the same event-loop tick are coalesced into one pipeline (one
 network round trip); on Cluster, redis-py splits a pipeline per node. On
-standalone Redis a pipeline is written at once, in the tick that fills it,
-when a connection is idle, and a tick that queues more than
-:data:`EAGER_BATCH` calls sends them in pipelines of that size as they
-come: Redis works on the first ones while the gateway is still preparing
-the rest, instead of every admission of a busy tick waiting for the whole
-batch to be prepared and then for Redis to run all of it. A call
+standalone Redis a pipeline is written in the tick that fills it when a
+connection is idle, and a tick that queues :data:`EAGER_BATCH` calls sends
+them at once, then starts the next pipeline: Redis works on the first
+admissions while the gateway still prepares the rest, instead of every
+admission of a busy tick waiting for the whole batch to be prepared and
+then for Redis to run all of it. A call
 that finds its script missing (``SCRIPT FLUSH``, a restarted or failed-over
 server) is re-sent once with ``EVAL``, which also caches it again: callers
 never see ``NOSCRIPT``.
@@ -74,7 +74,7 @@ class _Slots:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.give()  # handed a slot just as it was cancelled: pass it on
-            else:
+            elif waiter in self._waiters:  # give() drops cancelled waiters it meets
                 self._waiters.remove(waiter)
             raise
 
@@ -305,7 +305,11 @@ class RedisEngine:
             return list(await pipe.execute(raise_on_error=False))
         packed = b"".join([hiredis.pack_command(command) for command in commands])  # C, not redis-py's Python packer
         await self._slots.take()
-        conn = self._idle.pop() if self._idle else self._client.connection_pool.make_connection()
+        try:
+            conn = self._idle.pop() if self._idle else self._client.connection_pool.make_connection()
+        except BaseException:
+            self._slots.give()
+            raise
         self._lent.add(conn)
         try:
             await conn.send_packed_command(packed, check_health=False)  # connects first if needed

@@ -199,3 +199,14 @@ async def test_shadow_and_concurrency_limits_never_refuse_from_the_cache(clock_a
     for _ in range(3):
         assert (await limiter.admit([shadow])).allowed
     assert limiter.stats.cache_hits == 0
+
+
+async def test_a_cancelled_slot_waiter_already_dropped_by_give_leaves_the_slots_consistent() -> None:
+    slots = _Slots(1)
+    assert slots.take_now()
+    waiter = asyncio.ensure_future(slots.take())
+    await asyncio.sleep(0)
+    waiter.cancel()  # its future is cancelled now; the task runs its handler on the next step
+    slots.give()  # meets the cancelled waiter first: drops it and frees the slot
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert waiter.cancelled() and slots.busy == 0 and slots.take_now()
