@@ -297,9 +297,17 @@ async def test_compressed_bodies_are_inflated_across_split_writes(coding: str, c
         assert server.accepted == 1
 
 
-async def test_corrupt_compressed_body_raises_response_error_and_closes_the_connection() -> None:
-    async with serve(replies(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\nnot gzip!!")) as (server, pool):
-        with pytest.raises(ResponseError, match="corrupt compressed body"):
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\nnot gzip!!", "corrupt compressed body"),
+        (b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 5\r\n\r\nhello", "unsupported content-encoding 'br'"),
+    ],
+    ids=["corrupt-gzip", "unsupported-encoding"],
+)
+async def test_a_body_that_cannot_be_decoded_raises_closes_the_connection_and_frees_the_slot(answer: bytes, message: str) -> None:
+    async with serve(replies(answer)) as (server, pool):
+        with pytest.raises(ResponseError, match=message):
             await fetch(pool)
         assert pool.in_use == 0 and pool.idle_connections == 0
         await until(lambda: server.open == 0)
@@ -312,14 +320,6 @@ async def test_compressed_body_cut_short_inside_complete_framing_raises_response
         with pytest.raises(ResponseError, match="ended before the compressed stream did"):
             await fetch(pool)
         assert pool.in_use == 0 and pool.idle_connections == 0
-
-
-async def test_unsupported_content_encoding_raises_closes_the_connection_and_frees_the_slot() -> None:
-    async with serve(replies(b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 5\r\n\r\nhello")) as (server, pool):
-        with pytest.raises(ResponseError, match="unsupported content-encoding 'br'"):
-            await fetch(pool)
-        assert pool.in_use == 0 and pool.idle_connections == 0
-        await until(lambda: server.open == 0)
 
 
 # ---------------------------------------------------------------- the request
