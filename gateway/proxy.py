@@ -15,7 +15,7 @@ from .errors import GatewayError
 from .guard import guard
 from .http import error_response, internal_error_response, request_id_from, status_for
 from .identity import client_ip, identify
-from .runtime import STATE, GatewayState
+from .runtime import GatewayState
 from .settlement import StreamBudget
 from .usage import UsageMonitor, request_stream_usage
 
@@ -23,7 +23,7 @@ __all__ = ["make_proxy_handler", "client_ip"]
 
 log = logging.getLogger("tollgate.proxy")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 PRIORITY_HEADER = "X-Tollgate-Priority"
@@ -54,9 +54,8 @@ async def _admit(ctx: RequestContext, state: GatewayState) -> None:
         ctx.stream_monitor = UsageMonitor(ctx, request_stream_usage(ctx), budget)
 
 
-def make_proxy_handler(endpoint: Endpoint) -> Handler:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        state = request.app[STATE]
+def make_proxy_handler(endpoint: Endpoint, state: GatewayState) -> Handler:
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
         runtime = state.runtime
         request_id = request_id_from(request.headers.get("x-request-id"))
         loop = asyncio.get_running_loop()

@@ -14,7 +14,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from .admin import make_admin_app
-from .app import make_public_app
+from .app import make_public_server, public_lifecycle
 from .config import Config
 from .guard import parser_limits
 from .http import json_response
@@ -59,8 +59,8 @@ async def run_gateway(
     Stopping is a drain: the listening sockets close first (with SO_REUSEPORT the
     kernel sends new connections to the other workers), idle keep-alive connections
     are closed, in-flight requests and streams get ``server.shutdown_grace`` seconds
-    to finish, and only then the application's cleanup runs ``GatewayState.close()``
-    (upstream sessions, and the accounting flush once it exists).
+    to finish, and only then ``GatewayState.close()`` runs (upstream connections,
+    the accounting flush).
 
     ``admin=False`` leaves the admin listener to another process (worker 0 of a
     supervisor); ``reload`` is what ``POST /admin/reload`` does (default: reload this
@@ -75,48 +75,43 @@ async def run_gateway(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(state.reload()))
-    public_runner = web.AppRunner(
-        make_public_app(state),
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=grace,
-        **limits,
-    )
-    await public_runner.setup()
-    runners = [public_runner]
-    watchdog: asyncio.Task[None] | None = None
-    try:
-        pub = config.listeners.public
-        public_site = web.TCPSite(public_runner, pub.host, pub.port, reuse_port=reuse_port or None, backlog=2048)
-        await public_site.start()
-        public_port = _bound_port(public_runner)
-        admin_port: int | None = None
-        adm = config.listeners.admin
-        if adm.enabled and admin:
-            admin_app = make_admin_app(state)
-            admin_app.router.add_post("/admin/reload", _reload_handler(reload or reload_here))
-            admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=ADMIN_SHUTDOWN_GRACE)
-            await admin_runner.setup()
-            runners.append(admin_runner)
-            await web.TCPSite(admin_runner, adm.host, adm.port).start()
-            admin_port = _bound_port(admin_runner)
-        log.info("public listener on http://%s:%d", pub.host, public_port)
-        if admin_port is not None:
-            log.info("admin listener on http://%s:%d", adm.host, admin_port)
-        _settle_heap()
-        if on_started is not None:
-            result = on_started(public_port, admin_port)
-            if result is not None:
-                await result
-        if supervisor_pid is not None:
-            watchdog = asyncio.create_task(_stop_when_orphaned(supervisor_pid, stop))
-        await stop.wait()
-        log.info("stopping: no new connections, draining in-flight requests (up to %.0fs)", grace)
-    finally:
-        if watchdog is not None:
-            watchdog.cancel()
-        for runner in reversed(runners):
-            await runner.cleanup()
+    async with public_lifecycle(state):
+        public_runner = web.ServerRunner(make_public_server(state, **limits), shutdown_timeout=grace)
+        await public_runner.setup()
+        runners = [public_runner]
+        watchdog: asyncio.Task[None] | None = None
+        try:
+            pub = config.listeners.public
+            public_site = web.TCPSite(public_runner, pub.host, pub.port, reuse_port=reuse_port or None, backlog=2048)
+            await public_site.start()
+            public_port = _bound_port(public_runner)
+            admin_port: int | None = None
+            adm = config.listeners.admin
+            if adm.enabled and admin:
+                admin_app = make_admin_app(state)
+                admin_app.router.add_post("/admin/reload", _reload_handler(reload or reload_here))
+                admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=ADMIN_SHUTDOWN_GRACE)
+                await admin_runner.setup()
+                runners.append(admin_runner)
+                await web.TCPSite(admin_runner, adm.host, adm.port).start()
+                admin_port = _bound_port(admin_runner)
+            log.info("public listener on http://%s:%d", pub.host, public_port)
+            if admin_port is not None:
+                log.info("admin listener on http://%s:%d", adm.host, admin_port)
+            _settle_heap()
+            if on_started is not None:
+                result = on_started(public_port, admin_port)
+                if result is not None:
+                    await result
+            if supervisor_pid is not None:
+                watchdog = asyncio.create_task(_stop_when_orphaned(supervisor_pid, stop))
+            await stop.wait()
+            log.info("stopping: no new connections, draining in-flight requests (up to %.0fs)", grace)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            for runner in reversed(runners):  # the listeners drain before the resources close
+                await runner.cleanup()
     log.info("stopped: in-flight requests drained, resources closed")
 
 
@@ -169,7 +164,7 @@ def _settle_heap() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _bound_port(runner: web.AppRunner) -> int:
+def _bound_port(runner: web.BaseRunner) -> int:
     for address in runner.addresses:
         if isinstance(address, tuple):
             return int(address[1])

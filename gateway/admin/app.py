@@ -60,6 +60,14 @@ async def _errors_and_auth(request: web.Request, handler):  # type: ignore[no-un
         return internal_error_response(request_id)
 
 
+async def _healthz(request: web.Request) -> web.Response:
+    return await healthz(request, request.app[STATE])
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    return await readyz(request, request.app[STATE])
+
+
 async def _openapi(request: web.Request) -> web.Response:
     return json_response(openapi_document())
 
@@ -68,8 +76,8 @@ def make_admin_app(state: GatewayState) -> web.Application:
     """The operator-facing application, served on its own listener (never mounted on the public one)."""
     app = web.Application(middlewares=[_errors_and_auth], client_max_size=_MAX_BODY)
     app[STATE] = state
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
     app.router.add_get("/admin/openapi.json", _openapi)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

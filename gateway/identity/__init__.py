@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .chain import IdentityRuntime, authenticate, client_ip, compile_identity, identify
 from .directory import ANONYMOUS, Directory, Principal
-from .registry import Registry, registry_watcher_ctx
+from .registry import Registry, registry_watching
 
 __all__ = [
     "ANONYMOUS",
@@ -16,5 +16,5 @@ __all__ = [
     "client_ip",
     "compile_identity",
     "identify",
-    "registry_watcher_ctx",
+    "registry_watching",
 ]

@@ -22,8 +22,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from ..config.identity import RegistryConfig
 from ..config.model import Config
 from ..errors import StoreError
@@ -31,7 +29,7 @@ from .directory import Directory
 from .rule_records import is_rules_record
 from .stores import Changes, FileStore, MemoryStore, RedisStore, RegistryStore
 
-__all__ = ["Registry", "open_store", "registry_watcher_ctx"]
+__all__ = ["Registry", "open_store", "registry_watching"]
 
 log = logging.getLogger("tollgate.registry")
 
@@ -166,11 +164,9 @@ def _split(records: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return identity, rules
 
 
-async def registry_watcher_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx of the public app: open the registry before serving, follow changes until shutdown."""
-    from ..runtime import STATE
-
-    registry = app[STATE].registry
+@contextlib.asynccontextmanager
+async def registry_watching(registry: Registry) -> AsyncIterator[None]:
+    """Open the registry before serving and follow its changes until the block ends; then close it."""
     await registry.open()
     task = asyncio.create_task(registry.watch(), name="registry-watcher")
     try:

@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-from aiohttp.test_utils import TestServer
+from aiohttp import web
 
-from gateway.app import make_public_app
+from gateway.app import make_public_server, public_lifecycle
 from gateway.clock import Clock
 from gateway.config import config_from_dict
 from gateway.runtime import GatewayState
@@ -41,12 +41,16 @@ def config_doc(mock_url: str, models: dict[str, Any], resilience: dict[str, Any]
 @asynccontextmanager
 async def gateway(doc: dict[str, Any], clock: Clock | None = None) -> AsyncIterator[tuple[str, GatewayState]]:
     state = GatewayState(config_from_dict(doc), clock=clock)
-    server = TestServer(make_public_app(state), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/"), state
-    finally:
-        await server.close()
+    async with public_lifecycle(state):
+        runner = web.ServerRunner(make_public_server(state))
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            yield f"http://127.0.0.1:{port}", state
+        finally:
+            await runner.cleanup()
 
 
 async def chat(
