@@ -14,7 +14,9 @@
 --   when none is held), retry_ms (a lease is normally released long before it
 --   expires, so at most 1000 ms; -1 if cost > limit), mark = 0.
 -- Renew and release: lease_renew.lua, lease_release.lua; settle with a
---   negative delta releases the lease too (a compensating refund).
+--   negative delta releases the lease too (a compensating refund, or the
+--   end of the request) and reports only what it released: overdraft,
+--   remaining and reset are 0.
 -- TTL: the key lives as long as its longest lease.
 
 local function cc_now_ms(now)
@@ -76,8 +78,10 @@ ALGORITHMS.concurrency = {
     local now_ms = cc_now_ms(now)
     local applied = 0
     if delta < 0 then
+      -- A release: its request has answered, nobody reads the state, so none is computed.
       applied = -redis.call('ZREM', key, param)
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+      return applied, 0, 0, 0
     end
     local after = cc_after(now_ms)
     local live = cc_live(key, after)

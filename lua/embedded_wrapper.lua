@@ -3,7 +3,9 @@
 -- body at the "@body" one, then evaluates this expression once per script with the Lua keyspace.
 -- KEYS and ARGV: those of the wrapped script (passed as now_us, the number of ARGV, ARGV..., KEYS...).
 -- Units: now_us in microseconds since the epoch (the engine's clock, read once per call).
--- Return: (1, array items...) for an array reply, (0, value) for any other; an error reply is raised.
+-- Return: (1, array items...) for an array of integers (the limiter scripts' replies, handed over as
+--   they are), (2, array items...) for any other array, (0, value) for any other reply; an error reply
+--   is raised.
 --
 -- The libraries (prelude) are instantiated once, when the engine starts;
 -- KEYS and ARGV are parameters of the body, as they are globals of a Redis
@@ -12,10 +14,12 @@
 -- thousand or so). redis.call is the keyspace's, in Lua.
 -- An error reply raised by redis.call is a table {err = ...}, as in Redis 7;
 -- it leaves as a Lua error with that message. The script's reply leaves as
--- (1, unpack(array)) or (0, value), so that lupa hands back one tuple.
+-- (1 or 2, unpack(array)) or (0, value), so that lupa hands back one tuple;
+-- 1 tells the engine that no item needs converting.
 function(keyspace)
-  local select, unpack, type, error, pcall = select, unpack, type, error, pcall
+  local select, unpack, type, error, pcall, floor = select, unpack, type, error, pcall, math.floor
   local begin, str = keyspace.begin, keyspace.str
+  local EXACT = 2 ^ 53 -- beyond it a double is not handed over as an exact integer
   local redis = { call = keyspace.call }
   local function reply(ok, value)
     local t = type(value)
@@ -33,8 +37,14 @@ function(keyspace)
       return 0, value.ok
     end
     local n = #value
-    if n > 4096 then
+    if n == 0 or n > 4096 then -- nothing to unpack (lupa would hand back the bare flag), or too much
       return 0, value
+    end
+    for i = 1, n do
+      local v = value[i]
+      if type(v) ~= 'number' or v ~= floor(v) or v >= EXACT or v <= -EXACT then
+        return 2, unpack(value, 1, n)
+      end
     end
     return 1, unpack(value, 1, n)
   end

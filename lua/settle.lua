@@ -18,7 +18,7 @@
 -- Units: as in admit.lua.
 -- Returns: { now_us, then 4 integers per limit: applied (units charged > 0
 --   or refunded < 0), overdraft (units consumed beyond the limit), remaining,
---   reset_ms }.
+--   reset_ms }; a concurrency release reports applied alone (the others 0).
 -- Refunds never take back more than the charged place still holds, and are
 -- no-ops once that window or slot has expired.
 

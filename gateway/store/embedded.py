@@ -67,12 +67,13 @@ class EmbeddedEngine:
         except Exception as exc:  # lupa.LuaError: an error reply or a bug in the script
             self.stats.failures += 1
             raise StoreError(f"embedded script {script} failed: {exc}") from exc
-        if result[0] == _ARRAY:
+        kind = result[0]
+        if kind == _INTEGERS:  # the rule: an array of integers, nothing to convert
             _, *reply = result
-            for item in reply:  # integers are the rule; anything else is converted
-                if type(item) is not int:
-                    return _array(reply)
             return reply
+        if kind == _ARRAY:
+            _, *reply = result
+            return _array(reply)
         return _from_lua(result[1])
 
     def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Awaitable[Any]:
@@ -121,7 +122,8 @@ class EmbeddedEngine:
 
 # How a script is run in-process: a Lua file of its own, like every other piece of Lua (lua/embedded_wrapper.lua).
 WRAPPER_FILE = "embedded_wrapper.lua"
-_ARRAY = 1  # the reply is an array, its items follow unpacked; 0: one value follows
+_INTEGERS = 1  # the reply is an array of integers, its items follow unpacked
+_ARRAY = 2  # the reply is another array, its items follow unpacked; 0: one value follows
 
 def _array(items: list[Any]) -> list[Any]:
     """An array reply's items as Redis would reply them: up to the first nil."""

@@ -115,6 +115,17 @@ async def test_concurrency_leases_are_acquired_renewed_and_released(store: Store
     assert (await admit(store.engine, c)).admitted
 
 
+async def test_settling_a_lease_with_a_refund_releases_it_and_reports_only_the_release(store: Store) -> None:
+    a = Lim("{t}:cc", "concurrency", 2, 5000, param="lease-a")
+    b = Lim("{t}:cc", "concurrency", 2, 5000, param="lease-b")
+    assert (await admit(store.engine, a)).admitted and (await admit(store.engine, b)).admitted
+    # Nobody reads the state after a release (its request has answered): only what was released is reported.
+    assert await settle(store.engine, a, -1, 0) == (-1, 0, 0, 0)
+    assert await settle(store.engine, a, -1, 0) == (0, 0, 0, 0)  # already released
+    assert (await admit(store.engine, Lim("{t}:cc", "concurrency", 2, 5000, param="lease-c"))).admitted
+    assert not (await admit(store.engine, Lim("{t}:cc", "concurrency", 2, 5000, param="lease-d"))).admitted
+
+
 async def test_concurrency_lease_of_a_crashed_holder_expires_with_its_ttl(store: Store) -> None:
     lease = Lim("{t}:cc", "concurrency", 1, 200, param="crashed")
     assert (await admit(store.engine, lease)).admitted
