@@ -31,7 +31,7 @@ import math
 import random
 from typing import Any
 
-from aiohttp import web
+from . import httpserver
 
 from .context import RequestContext
 from .errors import GatewayError, RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
@@ -62,7 +62,7 @@ class AttemptCounters:
         self.failed = 0
 
 
-async def serve(ctx: RequestContext, state: Any) -> web.StreamResponse:
+async def serve(ctx: RequestContext, state: Any) -> httpserver.StreamResponse | httpserver.Response:
     """Route the request and forward it, retrying and falling back as the config allows."""
     first = route(ctx, ctx.runtime.routes)
     state.shedder.admit(ctx.priority)
@@ -316,7 +316,7 @@ def _give_up(
     current: ModelRoute,
     last: UpstreamError | None,
     trail: list[dict[str, Any]] | None,
-) -> web.StreamResponse:
+) -> httpserver.StreamResponse | httpserver.Response:
     """No attempt served the request: relay the last upstream answer, or raise the reason."""
     state.counters.failed += 1
     exc: GatewayError
@@ -327,7 +327,7 @@ def _give_up(
         headers = {"Content-Type": last.content_type or "application/json", REQUEST_ID_HEADER: ctx.request_id, MODEL_HEADER: current.name}
         if last.retry_after is not None:
             headers["Retry-After"] = str(math.ceil(last.retry_after))
-        return web.Response(status=last.status, body=last.body, headers=headers)
+        return httpserver.Response(last.status, last.body, headers)
     if isinstance(last, _QueueRateLimited):
         exc = RateLimited(last.message, code=last.code, headers=last.headers)
     elif last is not None and last.code in ("queue_timeout", "queue_full"):

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 if TYPE_CHECKING:
+    from .httpserver import Request
     from .admission import Admission
     from .identity import Principal
     from .runtime import Runtime
@@ -90,7 +89,7 @@ class RequestContext:
 
     def __init__(
         self,
-        request: web.Request,
+        request: Request,
         runtime: Runtime,
         request_id: str,
         endpoint: Endpoint | None,

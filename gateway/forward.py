@@ -12,10 +12,9 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-import aiohttp
 import orjson
-from aiohttp import web
 
+from . import httpserver
 from .config.model import Deployment, Upstream
 from .context import RequestContext
 from .errors import UpstreamBadResponse, UpstreamTimeout
@@ -174,7 +173,7 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: treated as absent
 
 
-async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamClient, divert: frozenset[int]) -> web.StreamResponse:
+async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamClient, divert: frozenset[int]) -> httpserver.StreamResponse | httpserver.Response:
     """Send the request to one deployment and relay its answer.
 
     An error status in ``divert`` raises :class:`UpstreamStatus` (body read, nothing
@@ -226,7 +225,7 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
     }
     if ctx.admission is not None:
         headers.update(ctx.admission.headers)
-    return web.Response(status=status, body=data, headers=headers)
+    return httpserver.Response(status, data, headers)
 
 
 async def _relay_stream(
@@ -235,7 +234,7 @@ async def _relay_stream(
     timer: Deadline,
     deadline: float,
     idle: float,
-) -> web.StreamResponse:
+) -> httpserver.StreamResponse | httpserver.Response:
     """Relay SSE event by event; before the first event is out, failures raise so another attempt can serve."""
     loop = asyncio.get_running_loop()
     parser = SseParser(ctx.stream_monitor)
@@ -254,7 +253,7 @@ async def _relay_stream(
     headers = {**_SSE_HEADERS, REQUEST_ID_HEADER: ctx.request_id, MODEL_HEADER: ctx.model_served or ""}
     if ctx.admission is not None:
         headers.update(ctx.admission.headers)
-    response = web.StreamResponse(status=200, headers=headers)
+    response = httpserver.StreamResponse(200, headers)
     ctx.status = 200
     sent = 0
     outcome = "done"
@@ -285,7 +284,7 @@ async def _relay_stream(
             return response
         await response.write_eof()
         return response
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+    except ConnectionResetError:
         # The client went away (if after [DONE], it merely did not wait for the end of the chunked body).
         if not parser.done:
             outcome = "client_gone"
@@ -296,7 +295,7 @@ async def _relay_stream(
         upstream.close()
         if not timer.expired():
             outcome = "client_gone"
-            ctx.client_disconnected = True  # aiohttp cancels the handler when the client goes away
+            ctx.client_disconnected = True  # the server cancels the handler when the client goes away
             raise
         # Our idle timer fired mid-stream. Swallowing its cancellation is safe:
         # the timeout block's exit uncancels the task either way.
@@ -317,14 +316,14 @@ async def _relay_stream(
             parser.monitor.on_end(outcome)
 
 
-async def _write_eof(response: web.StreamResponse) -> None:
+async def _write_eof(response: httpserver.StreamResponse) -> None:
     try:
         await response.write_eof()
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+    except ConnectionResetError:
         pass  # the client already has the whole answer
 
 
-async def _stalled(response: web.StreamResponse, ctx: RequestContext, done: bool) -> str:
+async def _stalled(response: httpserver.StreamResponse, ctx: RequestContext, done: bool) -> str:
     if done:  # silence after [DONE] is not an error
         await _write_eof(response)
         return "done"
@@ -332,10 +331,10 @@ async def _stalled(response: web.StreamResponse, ctx: RequestContext, done: bool
     return "stalled"
 
 
-async def _end_with_error(response: web.StreamResponse, message: str, code: str, ctx: RequestContext) -> None:
+async def _end_with_error(response: httpserver.StreamResponse, message: str, code: str, ctx: RequestContext) -> None:
     ctx.error = code
     try:
         await response.write(sse_error_event(message, code))
         await response.write_eof()
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+    except ConnectionResetError:
         ctx.client_disconnected = True

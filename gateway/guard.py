@@ -5,24 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from .config.model import Guard
 from .context import RequestContext
 from .errors import BadRequest, HeadersTooLarge, PayloadTooLarge
+from .httpserver import Request
 
-__all__ = ["guard", "check_headers", "parser_limits"]
+__all__ = ["guard", "check_headers", "header_room"]
 
 _READ_CHUNK = 64 * 1024
 
 
-def parser_limits(max_header_bytes: int) -> dict[str, int]:
-    """aiohttp's HTTP parser limits, set above ours so that we, not the parser, answer 431 with JSON."""
-    room = max(2 * max_header_bytes, 64 * 1024)
-    return {"max_line_size": room, "max_field_size": room, "max_headers": 512}
+def header_room(max_header_bytes: int) -> int:
+    """The HTTP server's cap on a request head, above ours, so that the guard answers 431 with the limit in force."""
+    return max(2 * max_header_bytes, 64 * 1024)
 
 
-def check_headers(request: web.BaseRequest, limits: Guard) -> None:
+def check_headers(request: Request, limits: Guard) -> None:
     size = 0
     for name, value in request.raw_headers:
         size += len(name) + len(value) + 4
@@ -32,7 +31,7 @@ def check_headers(request: web.BaseRequest, limits: Guard) -> None:
         )
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int) -> bytes:
     length = request.content_length
     if length is not None:
         if length > limit:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from aiohttp import web
+from .httpserver import Request
 
 from .context import Endpoint, RequestContext
 from .admission import admit
@@ -23,7 +24,7 @@ __all__ = ["make_proxy_handler", "client_ip"]
 
 log = logging.getLogger("tollgate.proxy")
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Handler = Callable[[Request], Awaitable[Any]]
 
 
 PRIORITY_HEADER = "X-Tollgate-Priority"
@@ -55,7 +56,7 @@ async def _admit(ctx: RequestContext, state: GatewayState) -> None:
 
 
 def make_proxy_handler(endpoint: Endpoint, state: GatewayState) -> Handler:
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(request: Request) -> Any:
         runtime = state.runtime
         request_id = request_id_from(request.headers.get("x-request-id"))
         loop = asyncio.get_running_loop()

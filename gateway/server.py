@@ -16,7 +16,7 @@ from aiohttp import web
 from .admin import make_admin_app
 from .app import make_public_server, public_lifecycle
 from .config import Config
-from .guard import parser_limits
+from .guard import header_room
 from .http import json_response
 from .runtime import STATE, GatewayState
 
@@ -68,7 +68,7 @@ async def run_gateway(
     """
     config = state.config
     grace = config.server.shutdown_grace
-    limits = parser_limits(config.guard.max_header_bytes)
+    max_head = header_room(config.guard.max_header_bytes)
     # Signals first: a SIGHUP or SIGTERM that arrives while we start must not meet the default action (exit).
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -76,15 +76,12 @@ async def run_gateway(
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(state.reload()))
     async with public_lifecycle(state):
-        public_runner = web.ServerRunner(make_public_server(state, **limits), shutdown_timeout=grace)
-        await public_runner.setup()
-        runners = [public_runner]
+        public = make_public_server(state, max_head=max_head)
+        runners: list[web.BaseRunner] = []
         watchdog: asyncio.Task[None] | None = None
         try:
             pub = config.listeners.public
-            public_site = web.TCPSite(public_runner, pub.host, pub.port, reuse_port=reuse_port or None, backlog=2048)
-            await public_site.start()
-            public_port = _bound_port(public_runner)
+            public_port = await public.start(pub.host, pub.port, reuse_port=reuse_port)
             admin_port: int | None = None
             adm = config.listeners.admin
             if adm.enabled and admin:
@@ -110,8 +107,10 @@ async def run_gateway(
         finally:
             if watchdog is not None:
                 watchdog.cancel()
-            for runner in reversed(runners):  # the listeners drain before the resources close
+            # The listeners drain before the resources close.
+            for runner in runners:
                 await runner.cleanup()
+            await public.shutdown(grace)
     log.info("stopped: in-flight requests drained, resources closed")
 
 

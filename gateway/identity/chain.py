@@ -15,14 +15,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from ..config.model import Config
 from ..errors import Forbidden, Unauthenticated
 from .directory import ANONYMOUS, Directory, Principal, Refusal
 from .tokens import JwtVerifier, looks_like_jwt
 
 if TYPE_CHECKING:
+    from ..httpserver import Request
     from ..context import RequestContext
 
 __all__ = ["IdentityRuntime", "compile_identity", "identify", "authenticate", "client_ip"]
@@ -118,7 +117,7 @@ def _by_jwt(token: str, verifier: JwtVerifier, directory: Directory) -> Principa
     return principal
 
 
-def _claim(name: str, request: web.BaseRequest, identity: IdentityRuntime, directory: Directory) -> str | None:
+def _claim(name: str, request: Request, identity: IdentityRuntime, directory: Directory) -> str | None:
     if name == "header":
         return request.headers.get(identity.header)
     if name == "query":
@@ -138,7 +137,7 @@ def _claim(name: str, request: web.BaseRequest, identity: IdentityRuntime, direc
     return None
 
 
-def authenticate(request: web.BaseRequest, identity: IdentityRuntime, directory: Directory) -> Principal:
+def authenticate(request: Request, identity: IdentityRuntime, directory: Directory) -> Principal:
     """The principal of ``request``; raises :class:`Unauthenticated` (401) or :class:`Forbidden` (403)."""
     if not identity.enabled:
         return ANONYMOUS
@@ -218,7 +217,7 @@ def identify(ctx: RequestContext, identity: IdentityRuntime, directory: Director
         raise Forbidden(f"you are not allowed to use the model {model!r}", param="model", code="model_not_allowed")
 
 
-def client_ip(request: web.BaseRequest, proxies: tuple[IPNetwork, ...] = ()) -> str:
+def client_ip(request: Request, proxies: tuple[IPNetwork, ...] = ()) -> str:
     """The peer address, or, when the peer is a trusted proxy, the first untrusted hop of X-Forwarded-For from the right."""
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport is not None else None

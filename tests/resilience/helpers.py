@@ -8,8 +8,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-from aiohttp import web
-
 from gateway.app import make_public_server, public_lifecycle
 from gateway.clock import Clock
 from gateway.config import config_from_dict
@@ -42,15 +40,12 @@ def config_doc(mock_url: str, models: dict[str, Any], resilience: dict[str, Any]
 async def gateway(doc: dict[str, Any], clock: Clock | None = None) -> AsyncIterator[tuple[str, GatewayState]]:
     state = GatewayState(config_from_dict(doc), clock=clock)
     async with public_lifecycle(state):
-        runner = web.ServerRunner(make_public_server(state))
-        await runner.setup()
+        server = make_public_server(state)
+        port = await server.start("127.0.0.1", 0)
         try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = runner.addresses[0][1]
             yield f"http://127.0.0.1:{port}", state
         finally:
-            await runner.cleanup()
+            await server.shutdown(5.0)
 
 
 async def chat(

@@ -1,0 +1,314 @@
+"""The public listener's HTTP/1.1 server, spoken to byte by byte: framing, strictness, keep-alive, disconnects, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.errors import GatewayError, PayloadTooLarge
+from gateway.http import error_response
+from gateway.httpserver import HttpServer, Request, Response, StreamResponse
+
+LIMIT = 1000  # body bytes the "/limited" handler accepts, like the guard stage
+
+
+class Probe:
+    """Handlers that echo what they were given, and record what happened to them."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.cancelled = False
+        self.seen: list[str] = []
+
+    async def handle(self, request: Request) -> Any:
+        self.seen.append(request.path)
+        if request.path == "/echo":
+            body = await request.read()
+            doc = {"method": request.method, "path": request.path, "query": dict(request.query), "body": body.decode(),
+                   "length": request.content_length, "x": request.headers.getall("x-test", [])}
+            return Response(200, orjson.dumps(doc), {"Content-Type": "application/json"})
+        if request.path == "/limited":  # refuses by the declared length or while reading, as the guard does
+            try:
+                if request.content_length is not None and request.content_length > LIMIT:
+                    raise PayloadTooLarge("too large")
+                size = 0
+                while chunk := await request.content.read(256):
+                    size += len(chunk)
+                    if size > LIMIT:
+                        raise PayloadTooLarge("too large")
+            except GatewayError as exc:
+                return error_response(exc, "req_test")
+            return Response(200, b"ok")
+        if request.path == "/slow":
+            self.started.set()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+            return Response(200, b"done")
+        if request.path == "/stream":
+            response = StreamResponse(200, {"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for i in range(3):
+                await response.write(b"data: %d\n\n" % i)
+            await response.write_eof()
+            return response
+        if request.path == "/inject":
+            return Response(200, b"x", {"X-Bad": "a\r\nSet-Cookie: stolen=1"})
+        if request.path == "/bug":
+            raise RuntimeError("a bug")
+        return Response(404, b"")
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[HttpServer, Probe]]:
+    probe = Probe()
+    server = HttpServer(probe.handle, max_head=4096)
+    await server.start("127.0.0.1", 0)
+    try:
+        yield server, probe
+    finally:
+        probe.release.set()
+        await server.shutdown(2.0)
+
+
+async def _exchange(server: HttpServer, data: bytes, *, answers: int = 1, timeout: float = 3.0) -> list[tuple[int, dict[str, str], bytes]]:
+    """Sends ``data`` as it is and reads ``answers`` responses (Content-Length or chunked)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        out = []
+        for _ in range(answers):
+            out.append(await asyncio.wait_for(_read_response(reader), timeout))
+        return out
+    finally:
+        writer.close()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    while True:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        status = int(head.split(" ", 2)[1])
+        if status != 100:
+            break
+    headers = {}
+    for line in head.split("\r\n")[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        return status, headers, await reader.readexactly(int(headers["content-length"]))
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+        await reader.readexactly(2)
+        return status, headers, body
+    return status, headers, await reader.read()
+
+
+def _post(path: str, body: bytes, *extra: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: t", f"Content-Length: {len(body)}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def test_a_request_reaches_the_handler_with_method_path_query_headers_and_body(served: Any) -> None:
+    server, _ = served
+    [(status, headers, body)] = await _exchange(server, _post("/echo?a=1&b=two", b'{"k": 1}', "X-Test: one", "x-test: two"))
+    doc = orjson.loads(body)
+    assert status == 200 and headers["content-type"] == "application/json" and "date" in headers
+    assert doc == {"method": "POST", "path": "/echo", "query": {"a": "1", "b": "two"}, "body": '{"k": 1}', "length": 8, "x": ["one", "two"]}
+
+
+async def test_a_chunked_body_is_decoded_with_its_extensions_and_trailers_dropped(served: Any) -> None:
+    server, _ = served
+    data = (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
+    [(status, _, body)] = await _exchange(server, data)
+    assert status == 200 and orjson.loads(body)["body"] == "hello world" and orjson.loads(body)["length"] is None
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",  # both framings
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",  # two lengths
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\n",  # not digits
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",  # another coding
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length : 3\r\n\r\n",  # space before the colon
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n folded\r\n\r\n",  # obsolete line folding
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nX-A: a\x00b\r\n\r\n",  # NUL in a value
+        b"POST /echo HTTP/1.1\r\nHost: t\nX-A: 1\r\n\r\n",  # a bare LF
+        b"POST http://other/echo HTTP/1.1\r\nHost: t\r\n\r\n",  # absolute form
+        b"POST /echo HTTP/2.0\r\nHost: t\r\n\r\n",  # a version we do not speak
+        b"GET /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",  # chunked over HTTP/1.0
+    ],
+    ids=["cl-and-te", "two-cl", "signed-cl", "gzip-te", "space-colon", "obs-fold", "nul", "bare-lf", "absolute", "http2", "te-1.0"],
+)
+async def test_an_ambiguous_or_malformed_head_is_refused_with_400_and_the_connection_closed(served: Any, head: bytes) -> None:
+    server, probe = served
+    [(status, headers, body)] = await _exchange(server, head + b"abc")
+    assert status == 400 and headers["connection"] == "close"
+    assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
+    assert probe.seen == []  # the handler never saw it
+
+
+async def test_a_head_over_the_cap_is_answered_431(served: Any) -> None:
+    server, probe = served
+    [(status, _, _)] = await _exchange(server, b"GET /echo HTTP/1.1\r\nX-Big: " + b"y" * 5000 + b"\r\n\r\n")
+    assert status == 431 and probe.seen == []
+
+
+async def test_pipelined_requests_are_answered_in_order_on_one_connection(served: Any) -> None:
+    server, _ = served
+    data = _post("/echo", b"first") + _post("/echo", b"second") + b"GET /echo?n=3 HTTP/1.1\r\nHost: t\r\n\r\n"
+    answers = await _exchange(server, data, answers=3)
+    assert [orjson.loads(b)["body"] for _, _, b in answers] == ["first", "second", ""]
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(served: Any) -> None:
+    server, _ = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        status, _, body = await asyncio.wait_for(_read_response(reader), 2)
+        assert status == 200 and orjson.loads(body)["body"] == "hello"
+    finally:
+        writer.close()
+
+
+async def test_http_1_0_and_connection_close_end_the_connection_after_the_answer(served: Any) -> None:
+    server, _ = served
+    for request in (b"GET /echo HTTP/1.0\r\n\r\n", b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(request)
+            status, headers, _ = await asyncio.wait_for(_read_response(reader), 2)
+            assert status == 200 and headers["connection"] == "close"
+            assert await asyncio.wait_for(reader.read(), 2) == b""  # closed by the server
+        finally:
+            writer.close()
+
+
+async def test_a_body_refused_by_its_length_is_not_read_and_the_client_still_gets_the_answer(served: Any) -> None:
+    server, _ = served
+    body = b"x" * 200_000  # sent whole, without waiting: the answer must not be lost to a reset
+    [(status, headers, answer)] = await _exchange(server, _post("/limited", body))
+    assert status == 413 and headers["connection"] == "close"
+    assert orjson.loads(answer)["error"]["code"] == "request_too_large"
+
+
+async def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(served: Any) -> None:
+    server, _ = served
+    chunks = b"".join(b"100\r\n" + b"y" * 256 + b"\r\n" for _ in range(400)) + b"0\r\n\r\n"
+    [(status, _, _)] = await _exchange(server, b"POST /limited HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+    assert status == 413
+
+
+async def test_a_client_that_disconnects_cancels_its_handler(served: Any) -> None:
+    server, probe = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+    await asyncio.wait_for(probe.started.wait(), 2)
+    writer.close()
+    for _ in range(100):
+        if probe.cancelled:
+            break
+        await asyncio.sleep(0.02)
+    assert probe.cancelled
+
+
+async def test_a_stream_is_sent_chunked_and_keeps_the_connection(served: Any) -> None:
+    server, _ = served
+    answers = await _exchange(server, b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\nGET /echo HTTP/1.1\r\nHost: t\r\n\r\n", answers=2)
+    (status, headers, body), (second, _, _) = answers
+    assert status == 200 and headers["transfer-encoding"] == "chunked" and body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert second == 200
+
+
+async def test_a_stream_to_an_http_1_0_client_ends_with_the_connection(served: Any) -> None:
+    server, _ = served
+    [(status, headers, body)] = await _exchange(server, b"GET /stream HTTP/1.0\r\n\r\n")
+    assert status == 200 and "transfer-encoding" not in headers and body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+
+async def test_head_gets_the_headers_without_the_body(served: Any) -> None:
+    server, _ = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"HEAD /echo HTTP/1.1\r\nHost: t\r\n\r\nGET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: " in head
+        status, _, body = await asyncio.wait_for(_read_response(reader), 2)  # the next answer follows at once
+        assert status == 200 and orjson.loads(body)["method"] == "GET"
+    finally:
+        writer.close()
+
+
+async def test_a_header_value_with_a_line_break_is_never_sent(served: Any) -> None:
+    server, _ = served
+    [(status, headers, body)] = await _exchange(server, b"GET /inject HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert status == 500 and "set-cookie" not in headers and orjson.loads(body)["error"]["code"] == "internal_error"
+
+
+async def test_a_handler_bug_is_a_json_500_not_a_traceback(served: Any) -> None:
+    server, _ = served
+    [(status, _, body)] = await _exchange(server, b"GET /bug HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert status == 500 and orjson.loads(body)["error"]["code"] == "internal_error" and b"Traceback" not in body
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
+    probe = Probe()
+    server = HttpServer(probe.handle, keepalive_timeout=0.3)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.wait_for(_read_response(reader), 2)
+        assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the sweep
+        writer.close()
+    finally:
+        await server.shutdown(1.0)
+
+
+async def test_shutdown_lets_a_request_in_flight_finish_and_closes_idle_connections() -> None:
+    probe = Probe()
+    server = HttpServer(probe.handle)
+    await server.start("127.0.0.1", 0)
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+    await asyncio.wait_for(probe.started.wait(), 2)
+    stopping = asyncio.create_task(server.shutdown(5.0))
+    assert await asyncio.wait_for(idle_reader.read(), 2) == b""  # the idle one is closed at once
+    with pytest.raises(OSError):  # no new connections
+        await asyncio.open_connection("127.0.0.1", server.port)
+    probe.release.set()
+    status, headers, body = await asyncio.wait_for(_read_response(reader), 2)
+    assert (status, body, headers["connection"]) == (200, b"done", "close")
+    await asyncio.wait_for(stopping, 5)
+    assert not probe.cancelled
+    writer.close()
+    idle_writer.close()
+
+
+async def test_shutdown_cancels_what_outlives_the_grace_period() -> None:
+    probe = Probe()
+    server = HttpServer(probe.handle)
+    await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+    await asyncio.wait_for(probe.started.wait(), 2)
+    await asyncio.wait_for(server.shutdown(0.2), 3)
+    assert probe.cancelled
+    writer.close()
