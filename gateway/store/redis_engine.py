@@ -88,6 +88,45 @@ class _Slots:
         self.busy -= 1
 
 
+class _Packer:
+    """EVALSHA commands in RESP, each value's bulk string taken from a cache once it has been seen.
+
+    An admission's 38 values are mostly the same call after call (the sha,
+    keys, kinds, limits, windows); hiredis.pack_command formats every one
+    anew. The cache is keyed by value: ``Arg`` is ``str | int``, and a str
+    never equals an int. It is emptied when full, since lease ids and token
+    costs keep coming.
+    """
+
+    __slots__ = ("_bulk", "_limit")
+
+    def __init__(self, limit: int = 65_536) -> None:
+        self._bulk: dict[Any, bytes] = {}
+        self._limit = limit
+
+    def evalsha(self, sha: str, call: ScriptCall) -> bytes:
+        bulk = self._bulk
+        get = bulk.get
+        keys, args = call.keys, call.args
+        parts = [get(v) or self._remember(v) for v in keys]
+        parts += [get(v) or self._remember(v) for v in args]
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (3 + len(parts), get(sha) or self._remember(sha), get(len(keys)) or self._remember(len(keys)))
+        return head + b"".join(parts)
+
+    def _remember(self, value: Any) -> bytes:
+        if type(value) is str:
+            raw = value.encode()
+        elif type(value) is int:
+            raw = b"%d" % value
+        else:
+            raise TypeError(f"a script argument must be str or int, not {type(value).__name__}")
+        encoded = b"$%d\r\n%b\r\n" % (len(raw), raw)
+        if len(self._bulk) >= self._limit:
+            self._bulk.clear()
+        self._bulk[value] = encoded
+        return encoded
+
+
 class RedisEngine:
     """A :class:`ScriptEngine` on a standalone Redis or a Redis Cluster."""
 
@@ -134,6 +173,7 @@ class RedisEngine:
         self._idle: list[Any] = []
         self._lent: set[Any] = set()  # connections written on in _write_now, replies not yet read
         self._slots = _Slots(max_connections)
+        self._packer = _Packer()
 
     # -- ScriptEngine --------------------------------------------------------
     async def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -202,7 +242,7 @@ class RedisEngine:
         self._idle.pop()
         self._lent.add(conn)
         try:
-            writer.write(b"".join([hiredis.pack_command(self._evalsha(call)) for call in calls]))
+            writer.write(b"".join([self._packer.evalsha(self._scripts[call.script].sha, call) for call in calls]))
         except Exception:  # a transport that cannot take it (closed under us): the asynchronous way decides
             self._give_back(conn, False)
             writer.close()
@@ -280,11 +320,15 @@ class RedisEngine:
             for call in calls:
                 if call.script not in self._scripts:
                     raise StoreError(f"unknown script {call.script!r}")
-            commands = [self._evalsha(c) for c in calls]
             preload = not self._preloaded and not self.single_slot
             if preload:  # the first round trip also loads every script: no NOSCRIPT storm at start
-                commands = [("SCRIPT", "LOAD", script.source) for script in self._scripts.values()] + commands
-            replies = await self._roundtrip(commands)
+                commands = [("SCRIPT", "LOAD", script.source) for script in self._scripts.values()]
+                replies = await self._roundtrip(commands + [self._evalsha(c) for c in calls])
+            elif isinstance(self._client, RedisCluster):
+                replies = await self._roundtrip([self._evalsha(c) for c in calls])
+            else:
+                packed = b"".join([self._packer.evalsha(self._scripts[c.script].sha, c) for c in calls])
+                replies = await self._roundtrip([], packed, len(calls))
             if preload:
                 replies = replies[len(self._scripts) :]
                 self._preloaded = True
@@ -296,14 +340,17 @@ class RedisEngine:
                 replies[i] = reply
         return replies
 
-    async def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _roundtrip(self, commands: list[tuple[Any, ...]], packed: bytes = b"", count: int = 0) -> list[Any]:
+        """``commands`` (or ``count`` commands already ``packed``) in one pipeline; their replies in order."""
         self.stats.round_trips += 1
         if isinstance(self._client, RedisCluster):
             pipe = self._client.pipeline(transaction=False)
             for command in commands:
                 pipe.execute_command(*command)
             return list(await pipe.execute(raise_on_error=False))
-        packed = b"".join([hiredis.pack_command(command) for command in commands])  # C, not redis-py's Python packer
+        if commands:
+            packed = b"".join([hiredis.pack_command(command) for command in commands])  # C, not redis-py's Python packer
+            count = len(commands)
         await self._slots.take()
         try:
             conn = self._idle.pop() if self._idle else self._client.connection_pool.make_connection()
@@ -317,7 +364,7 @@ class RedisEngine:
             self._give_back(conn, False)
             await conn.disconnect(nowait=True)
             raise
-        return await self._read(conn, len(commands))
+        return await self._read(conn, count)
 
     async def _read(self, conn: Any, count: int) -> list[Any]:
         """The replies of ``count`` commands written on ``conn``; then the connection and its slot are given back."""

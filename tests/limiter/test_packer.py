@@ -1,0 +1,37 @@
+"""The Redis engine's EVALSHA packer writes exactly what hiredis would, from its cache or not."""
+
+from __future__ import annotations
+
+import hiredis
+import pytest
+
+from gateway.store.engine import ScriptCall
+from gateway.store.redis_engine import _Packer
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+CALLS = [
+    ScriptCall("admit", ["tg:{t.t0}:sw:rpm", "tg:{t.é}:cc"], ["sliding_window", 1_000_000_000_000, 60_000, 1, "20", "0"]),
+    ScriptCall("settle", ["k"], ["concurrency", -1, 0, -9_223_372_036_854_775_807, "", "1"]),  # negatives, "", "1" vs 1
+    ScriptCall("admit", [], []),
+]
+
+
+def test_a_packed_call_is_byte_for_byte_what_hiredis_packs_the_first_and_the_second_time() -> None:
+    packer = _Packer()
+    for _ in range(2):  # the second time every value comes from the cache
+        for call in CALLS:
+            expected = hiredis.pack_command(("EVALSHA", SHA, len(call.keys), *call.keys, *call.args))
+            assert packer.evalsha(SHA, call) == expected
+
+
+def test_the_cache_is_emptied_when_full_and_stays_correct() -> None:
+    packer = _Packer(limit=8)
+    for i in range(50):
+        call = ScriptCall("admit", [f"key-{i}"], [i, str(i), "lease-%d" % i])
+        assert packer.evalsha(SHA, call) == hiredis.pack_command(("EVALSHA", SHA, 1, *call.keys, *call.args))
+        assert len(packer._bulk) <= 8
+
+
+def test_an_argument_that_is_neither_str_nor_int_is_refused() -> None:
+    with pytest.raises(TypeError):
+        _Packer().evalsha(SHA, ScriptCall("admit", ["k"], [1.5]))  # type: ignore[list-item]
