@@ -413,6 +413,11 @@ class _Connection(asyncio.Protocol):
             return
         except (ConnectionResetError, BrokenPipeError):
             self.closing = True
+        except Exception:  # an answer that cannot be written (not a response, say): nothing more on this connection
+            log.exception("could not write the answer to %s %s", request.method, request.path)
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()
         finally:
             self.task = None
         self._finish(request)
@@ -459,9 +464,10 @@ class _Connection(asyncio.Protocol):
         """Answer a request the handler never sees (malformed, too large) and close."""
         self.closing = True
         body = error_body(message, "invalid_request_error", "invalid_request")
-        self.write_head(status, {"Content-Type": "application/json"}, None, body=body, length=len(body))
-        assert self.transport is not None
-        self.transport.close()
+        with contextlib.suppress(ConnectionResetError):  # the client is gone already: nothing to tell it
+            self.write_head(status, {"Content-Type": "application/json"}, None, body=body, length=len(body))
+        if self.transport is not None:
+            self.transport.close()
 
     # -- the body ----------------------------------------------------------------
     async def read_body(self, n: int) -> bytes:

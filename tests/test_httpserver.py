@@ -312,3 +312,18 @@ async def test_shutdown_cancels_what_outlives_the_grace_period() -> None:
     await asyncio.wait_for(server.shutdown(0.2), 3)
     assert probe.cancelled
     writer.close()
+
+
+async def test_an_answer_that_cannot_be_written_closes_the_connection_instead_of_hanging() -> None:
+    async def not_a_response(request: Request) -> Any:
+        return "not a response"
+
+    server = HttpServer(not_a_response)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert await asyncio.wait_for(reader.read(), 2) == b""
+        writer.close()
+    finally:
+        await server.shutdown(1.0)
