@@ -61,6 +61,7 @@ __all__ = ["HttpServer", "Request", "Response", "StreamResponse", "Handler"]
 log = logging.getLogger("tollgate.httpserver")
 
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle keep-alive connection is kept (aiohttp's default too)
+MAX_HEADERS = 512  # header lines in one request (a size cap alone would let 16,000 tiny ones through)
 LINGER_SECONDS = 5.0  # how long the unread rest of a refused request's body is read and dropped
 _SWEEP_EVERY = 1.0
 _PIPELINE_HIGH_WATER = 256 * 1024  # bytes read ahead of the request being answered before reading pauses
@@ -326,6 +327,8 @@ class _Connection(asyncio.Protocol):
             raise _HeadError(400, "control characters in the request head")
         if lines[0] == b"" and len(lines) > 1:
             lines = lines[1:]  # a stray empty line before the request line
+        if len(lines) > MAX_HEADERS + 1:
+            raise _HeadError(431, f"more than {MAX_HEADERS} request headers")
         match = _REQUEST_LINE.fullmatch(lines[0])
         if match is None:
             raise _HeadError(400, "malformed request line")
@@ -610,6 +613,8 @@ class _Connection(asyncio.Protocol):
                 or (request is not None and not request.keep_alive)):
             lines.append("Connection: close\r\n")
             self.closing = True
+        elif request is not None and request.version == 0:
+            lines.append("Connection: keep-alive\r\n")  # an HTTP/1.0 client that asked for it closes without it
         text = "".join(lines)
         # Each line ends in its own CRLF; a CR, LF or NUL inside a name or value would split the answer.
         count = len(lines)

@@ -167,6 +167,25 @@ async def test_a_head_over_the_cap_is_answered_431(served: Any) -> None:
     assert status == 431 and probe.seen == []
 
 
+async def test_more_than_512_headers_are_answered_431_even_under_the_size_cap() -> None:
+    probe = Probe()
+    server = HttpServer(probe.handle, max_head=64 * 1024)
+    await server.start("127.0.0.1", 0)
+    try:
+        many = b"".join(b"a%d: 1\r\n" % i for i in range(600))  # about 5 KB
+        [(status, _, _)] = await _exchange(server, b"GET /echo HTTP/1.1\r\n" + many + b"\r\n")
+        assert status == 431 and probe.seen == []
+    finally:
+        await server.shutdown(1.0)
+
+
+async def test_an_http_1_0_client_that_asks_for_keep_alive_is_told_and_kept(served: Any) -> None:
+    server, _ = served
+    request = b"GET /echo HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    answers = await _exchange(server, request + request, answers=2)
+    assert [(status, headers["connection"]) for status, headers, _ in answers] == [(200, "keep-alive")] * 2
+
+
 async def test_pipelined_requests_are_answered_in_order_on_one_connection(served: Any) -> None:
     server, _ = served
     data = _post("/echo", b"first") + _post("/echo", b"second") + b"GET /echo?n=3 HTTP/1.1\r\nHost: t\r\n\r\n"
