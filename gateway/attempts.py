@@ -32,7 +32,6 @@ import random
 from typing import Any
 
 from . import httpserver
-
 from .context import RequestContext
 from .errors import GatewayError, RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from .forward import MODEL_HEADER, UpstreamStatus, forward

@@ -7,14 +7,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .httpserver import Request
-
 from .context import Endpoint, RequestContext
 from .admission import admit
 from .attempts import serve
 from .errors import GatewayError
 from .guard import guard
 from .http import error_response, internal_error_response, request_id_from, status_for
+from .httpserver import Request
 from .identity import client_ip, identify
 from .runtime import GatewayState
 from .settlement import StreamBudget
