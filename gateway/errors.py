@@ -93,6 +93,12 @@ class NotFound(RequestError):
     default_code = "not_found"
 
 
+class Conflict(RequestError):
+    """The request would create what already exists (a tenant, a key, a namespace, a rule)."""
+
+    default_code = "conflict"
+
+
 class MethodNotAllowed(RequestError):
     default_code = "method_not_allowed"
 

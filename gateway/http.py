@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .errors import (
     BadRequest,
+    Conflict,
     Forbidden,
     GatewayError,
     HeadersTooLarge,
@@ -47,6 +48,7 @@ _STATUS: tuple[tuple[type[GatewayError], int], ...] = (
     (PayloadTooLarge, 413),
     (MethodNotAllowed, 405),
     (NotFound, 404),
+    (Conflict, 409),
     (Unauthenticated, 401),
     (Forbidden, 403),
     (RateLimited, 429),

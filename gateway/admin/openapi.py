@@ -19,9 +19,10 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _ERRORS = {
-    "400": _json(_ref("Error"), "invalid input (the message lists every problem with its field path) or a conflict"),
+    "400": _json(_ref("Error"), "invalid input (the message lists every problem with its field path)"),
     "401": _json(_ref("Error"), "no admin token configured, or a missing or wrong admin token"),
     "404": _json(_ref("Error"), "no such tenant, key, namespace or rule"),
+    "409": _json(_ref("Error"), "a create named a tenant, key, namespace or rule that already exists"),
 }
 _TENANT_PARAM = {"name": "tenant", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}}
 _KEY_PARAM = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}

@@ -19,14 +19,14 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..errors import BadRequest, StoreError
+from ..errors import Conflict, StoreError
 
 __all__ = ["Changes", "RegistryStore", "RegistryConflict", "MemoryStore", "FileStore", "RedisStore"]
 
 _FORMAT = "tollgate-registry/1"
 
 
-class RegistryConflict(BadRequest):
+class RegistryConflict(Conflict):
     """A create named a tenant or key that already exists."""
 
     default_code = "already_exists"

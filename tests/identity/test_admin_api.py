@@ -117,7 +117,7 @@ async def test_bulk_create_is_all_or_nothing_with_every_problem_named(gateway: P
 
 async def test_invalid_admin_input_gets_clear_4xx_errors(gateway: Proc) -> None:
     cases = [
-        ("POST", "/admin/tenants", {"id": "acme", "plan": "personal"}, 400, "already exists"),
+        ("POST", "/admin/tenants", {"id": "acme", "plan": "personal"}, 409, "already exists"),
         ("POST", "/admin/tenants", {"id": "newco", "plan": "personal", "colour": "red"}, 400, "colour: unknown key"),
         ("POST", "/admin/tenants", {"plan": "personal"}, 400, "id: is required"),
         ("PATCH", "/admin/tenants/acme", {"status": "sleeping"}, 400, "status: must be one of active, suspended"),

@@ -302,7 +302,7 @@ async def test_declared_rule_is_not_deleted_but_can_be_disabled_shadowed_and_rev
             assert status == 400 and body["error"]["code"] == "declared_in_config"
             assert "declared in the config file" in body["error"]["message"] and '{"enabled": false}' in body["error"]["message"]
             status, body = await admin(s, gw, "POST", "/admin/rules", {"name": "declared", **rpm(3)})
-            assert status == 400 and body["error"]["code"] == "already_exists"
+            assert status == 409 and body["error"]["code"] == "already_exists"
 
             status, body = await admin(s, gw, "PATCH", "/admin/rules/declared", {"enabled": False})
             assert status == 200 and body["enabled"] is False and body["source"] == "config+api"
