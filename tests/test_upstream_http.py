@@ -252,15 +252,20 @@ async def test_content_length_that_is_not_bare_digits_raises_response_error(leng
         await until(lambda: server.open == 0)
 
 
+async def _partial_then_incomplete(pool: UpstreamHttp) -> None:
+    """A GET whose answer gives b"partial", then fails as incomplete."""
+    resp = await pool.request("GET", "/", [])
+    try:
+        assert await resp.readany() == b"partial"
+        with pytest.raises(ResponseError, match="before the response was complete"):
+            await resp.readany()
+    finally:
+        resp.release()
+
+
 async def test_close_before_content_length_is_met_raises_after_the_bytes_that_arrived() -> None:
     async with serve(replies(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"partial", close=True)) as (_, pool):
-        resp = await pool.request("GET", "/", [])
-        try:
-            assert await resp.readany() == b"partial"
-            with pytest.raises(ResponseError, match="before the response was complete"):
-                await resp.readany()
-        finally:
-            resp.release()
+        await _partial_then_incomplete(pool)
         assert pool.in_use == 0 and pool.idle_connections == 0
 
 
@@ -275,13 +280,7 @@ async def test_a_reset_ends_a_body_without_length_as_an_error_not_as_its_end() -
         writer.transport.abort()
 
     async with serve(reset_mid_body) as (_, pool):
-        resp = await pool.request("GET", "/", [])
-        try:
-            assert await resp.readany() == b"partial"
-            with pytest.raises(ResponseError, match="before the response was complete"):
-                await resp.readany()
-        finally:
-            resp.release()
+        await _partial_then_incomplete(pool)
         assert pool.in_use == 0
 
 

@@ -242,7 +242,7 @@ class RedisEngine:
         self._idle.pop()
         self._lent.add(conn)
         try:
-            writer.write(b"".join([self._packer.evalsha(self._scripts[call.script].sha, call) for call in calls]))
+            writer.write(self._packed(calls))
         except Exception:  # a transport that cannot take it (closed under us): the asynchronous way decides
             self._give_back(conn, False)
             writer.close()
@@ -306,6 +306,11 @@ class RedisEngine:
                 out.append(reply)
         return out
 
+    def _packed(self, calls: list[ScriptCall]) -> bytes:
+        """EVALSHA of every call, as one pipeline's bytes (standalone Redis; the scripts are known)."""
+        packer, scripts = self._packer, self._scripts
+        return b"".join([packer.evalsha(scripts[call.script].sha, call) for call in calls])
+
     def _evalsha(self, call: ScriptCall) -> tuple[Any, ...]:
         return ("EVALSHA", self._scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
 
@@ -327,8 +332,7 @@ class RedisEngine:
             elif isinstance(self._client, RedisCluster):
                 replies = await self._roundtrip([self._evalsha(c) for c in calls])
             else:
-                packed = b"".join([self._packer.evalsha(self._scripts[c.script].sha, c) for c in calls])
-                replies = await self._roundtrip([], packed, len(calls))
+                replies = await self._roundtrip_packed(self._packed(calls), len(calls))
             if preload:
                 replies = replies[len(self._scripts) :]
                 self._preloaded = True
@@ -340,17 +344,20 @@ class RedisEngine:
                 replies[i] = reply
         return replies
 
-    async def _roundtrip(self, commands: list[tuple[Any, ...]], packed: bytes = b"", count: int = 0) -> list[Any]:
-        """``commands`` (or ``count`` commands already ``packed``) in one pipeline; their replies in order."""
-        self.stats.round_trips += 1
+    async def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """``commands`` in one pipeline; their replies in order."""
         if isinstance(self._client, RedisCluster):
+            self.stats.round_trips += 1
             pipe = self._client.pipeline(transaction=False)
             for command in commands:
                 pipe.execute_command(*command)
             return list(await pipe.execute(raise_on_error=False))
-        if commands:
-            packed = b"".join([hiredis.pack_command(command) for command in commands])  # C, not redis-py's Python packer
-            count = len(commands)
+        packed = b"".join([hiredis.pack_command(command) for command in commands])  # C, not redis-py's Python packer
+        return await self._roundtrip_packed(packed, len(commands))
+
+    async def _roundtrip_packed(self, packed: bytes, count: int) -> list[Any]:
+        """``count`` commands already packed, on a standalone Redis; their replies in order."""
+        self.stats.round_trips += 1
         await self._slots.take()
         try:
             conn = self._idle.pop() if self._idle else self._client.connection_pool.make_connection()
