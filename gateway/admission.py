@@ -1,9 +1,11 @@
 """Admit stage: every limit that applies to a request checked and consumed in one atomic limiter call.
 
-Rules (global ∪ plan ∪ tenant ∪ namespace) and the plan's own limits become
-``LimitSpec``s; the limiter admits them all or none. Token limits reserve an
-estimate now (prompt + max completion) that :func:`settle` reconciles with
-the real usage; concurrency limits hold a lease for the life of the request.
+Rules (global ∪ plan ∪ tenant ∪ namespace), the plan's own limits and the
+spend quota become ``LimitSpec``s; the limiter admits them all or none. Token
+limits reserve an estimate now (input: the prompt; output: the completion
+cap; total: both) and money budgets the estimated cost of that at the
+model's prices; the settler reconciles them with the real usage and cost.
+Concurrency limits hold a lease for the life of the request.
 """
 
 from __future__ import annotations
@@ -14,18 +16,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .config.rules import PERIODS, RuleSpec
-from .errors import RateLimited
+from .config.rules import NANOS, PERIODS, ROLLING_MONTH_MS, RuleSpec
+from .errors import QuotaExhausted, RateLimited
 from .lease_queue import LeaseWaiters
 from .limiter import Decision, Lease, Limiter, LimitSpec, LimitState, Reservation
 from .ratelimit_headers import HeaderLimit, ratelimit_headers, retry_after_seconds
 from .tokens import estimate_prompt_tokens, requested_completion_tokens
 
 if TYPE_CHECKING:
+    from .accounting.pricing import Pricing
     from .context import RequestContext
     from .rules import RuleSet
 
-__all__ = ["Admission", "admit", "limit_spec", "scope_key", "DEGRADED_HEADER"]
+__all__ = ["Admission", "admit", "limit_spec", "rule_unit", "scope_key", "DEGRADED_HEADER"]
 
 log = logging.getLogger("tollgate.admission")
 
@@ -34,6 +37,15 @@ DEGRADED_HEADER = "x-tollgate-degraded"
 LEASE_TTL_MS = 60_000
 _MONTH_MS = 31 * 86_400_000
 _TENANT_SCOPES = frozenset({"tenant", "key", "user"})
+_TOKEN_UNITS = {"total": "tokens", "input": "input_tokens", "output": "output_tokens"}
+# What a request's estimate is in each unit: (requests, prompt, completion, nanos) -> cost.
+_COST_OF = {
+    "requests": lambda p, c, n: 1,
+    "tokens": lambda p, c, n: p + c,
+    "input_tokens": lambda p, c, n: p,
+    "output_tokens": lambda p, c, n: c,
+    "nanos": lambda p, c, n: n,
+}
 
 
 @dataclass(slots=True)
@@ -42,14 +54,16 @@ class Admission:
 
     decision: Decision
     store: str = ""
-    # Token cost reserved at admission (prompt estimate + completion cap); 0 when no token limit applies.
-    reserved_tokens: int = 0
+    # What was reserved at admission: the prompt estimate, the completion cap, and their cost at the
+    # requested model's prices (0 when no money budget applies).
     prompt_estimate: int = 0
-    # The token limits a stream may extend while it runs, and what to do when the budget runs out.
-    token_specs: tuple[LimitSpec, ...] = ()
-    cut_on_exceed: bool = False
+    completion_reserved: int = 0
+    cost_estimate: int = 0
+    # The reserved limits a stream holds to while it runs (tokens, money; shadow ones left out), each with
+    # whether running out of it ends the stream (``on_exceed: cut``), and the price terms for money ones.
+    stream_limits: tuple[tuple[LimitSpec, bool], ...] = ()
+    rates: tuple[float, float, float] | None = None
     extensions: list[Reservation] = field(default_factory=list)
-    extended_tokens: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
     # A stream's extension request still in flight (settling waits for it).
@@ -79,8 +93,15 @@ def _count(decision: Decision, metrics: LimitMetrics) -> None:
             metrics.degraded_admission(st.name, "degraded")
 
 
-def _counts_tokens(rule: RuleSpec) -> bool:
-    return rule.type == "token_limit" or (rule.type == "quota" and rule.unit == "tokens")
+def rule_unit(rule: RuleSpec) -> str:
+    """What a rule counts: requests, tokens (input + output), input_tokens, output_tokens, or nanos (money)."""
+    if rule.type == "token_limit":
+        return _TOKEN_UNITS[rule.count]
+    if rule.type == "budget":
+        return "nanos"
+    if rule.type == "quota" and rule.unit == "tokens":
+        return "tokens"
+    return "requests"
 
 
 def scope_key(rule: RuleSpec, values: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -88,8 +109,9 @@ def scope_key(rule: RuleSpec, values: Mapping[str, str]) -> tuple[tuple[str, str
     return tuple((s, values[s]) for s in rule.scope if s != "global")
 
 
-def limit_spec(rule: RuleSpec, scope: tuple[tuple[str, str], ...], tenant: str, token_cost: int) -> LimitSpec:
-    """The limit one rule puts on one scope: what admission consumes, and what the admin API peeks at."""
+def limit_spec(rule: RuleSpec, scope: tuple[tuple[str, str], ...], tenant: str, cost: int) -> LimitSpec:
+    """The limit one rule puts on one scope (``cost``: the request's, in the rule's unit): what admission
+    consumes, and what the admin API peeks at."""
     common = {
         "name": rule.name,
         "scope_key": scope,
@@ -99,9 +121,15 @@ def limit_spec(rule: RuleSpec, scope: tuple[tuple[str, str], ...], tenant: str, 
     }
     if rule.type == "connection_limit":
         return LimitSpec(kind="concurrency", limit=rule.limit, window_ms=LEASE_TTL_MS, cost=1, **common)
-    tokens = _counts_tokens(rule)
-    cost = token_cost if tokens else 1
-    unit = "tokens" if tokens else "requests"
+    unit = rule_unit(rule)
+    if rule.type == "budget":
+        if rule.window == "rolling":
+            window_ms = ROLLING_MONTH_MS if rule.per == "month" else PERIODS[rule.per]
+            return LimitSpec(kind="sliding_window", limit=rule.limit, window_ms=window_ms, cost=cost, unit="nanos", **common)
+        return LimitSpec(
+            kind="fixed_window", limit=rule.limit, window_ms=PERIODS[rule.per] or _MONTH_MS, calendar=rule.per,  # type: ignore[arg-type]
+            cost=cost, unit="nanos", **common,
+        )
     if rule.per == "month" or rule.type == "quota":
         return LimitSpec(kind="fixed_window", limit=rule.limit, window_ms=_MONTH_MS, calendar="month", cost=cost, unit=unit, **common)
     window_ms = PERIODS[rule.per]
@@ -116,16 +144,22 @@ _SPEC_CACHE_LIMIT = 100_000
 class _Plan:
     """The rules of one (plan, tenant, namespace) with the plan's limits, and what follows from them alone."""
 
-    __slots__ = ("limits", "checks", "rules", "scopes", "needs_tokens", "cut_on_exceed", "used_scopes")
+    __slots__ = ("limits", "checks", "rules", "scopes", "needs_tokens", "needs_money", "stream", "used_scopes")
 
     def __init__(self, limits: object, checks: tuple[Any, ...], rules: tuple[RuleSpec, ...]) -> None:
         self.limits = limits  # the Limits object it was built for (a reload or an override brings a new one)
         self.checks = checks
         self.rules = rules
-        # per rule: its scopes other than global, and whether it counts tokens
-        self.scopes = tuple((tuple(sc for sc in r.scope if sc != "global"), _counts_tokens(r)) for r in rules)
-        self.needs_tokens = any(_counts_tokens(r) for r in rules)
-        self.cut_on_exceed = any(r.on_exceed == "cut" for r in rules if _counts_tokens(r) and not r.shadow)
+        units = [rule_unit(r) for r in rules]
+        # per rule: its scopes other than global, and what it counts
+        self.scopes = tuple((tuple(sc for sc in r.scope if sc != "global"), unit) for r, unit in zip(rules, units))
+        self.needs_tokens = any(unit != "requests" for unit in units)
+        self.needs_money = "nanos" in units
+        # The reserved limits a stream holds to: (index in rules, ends the stream when spent)
+        self.stream = tuple(
+            (i, r.on_exceed == "cut") for i, (r, unit) in enumerate(zip(rules, units))
+            if unit != "requests" and not r.shadow and r.type != "connection_limit"
+        )
         # The scopes any of the rules names: a request's specs depend on their values and the token cost only.
         self.used_scopes = tuple(sorted({sc for scopes, _ in self.scopes for sc in scopes}))
 
@@ -136,7 +170,7 @@ def _plan(rules: RuleSet, principal: Any, namespace: str) -> _Plan:
     if hit is not None and hit.limits is principal.limits:
         return hit
     checks, rule_list = rules.applicable(principal.plan, principal.tenant, namespace)
-    implied = rules.plan_rules(principal.limits)
+    implied = rules.plan_rules(principal.limits) + rules.spend_rules(principal.tenant, principal.plan)
     if len(rules.admission_cache) >= _SPEC_CACHE_LIMIT:
         rules.admission_cache.clear()
     hit = rules.admission_cache[key] = _Plan(principal.limits, checks, rule_list + implied)
@@ -150,34 +184,38 @@ _SCOPE_VALUES: dict[str, Callable[[Any, RequestContext], str]] = {
     "ip": lambda p, ctx: ctx.client_ip,
     "namespace": lambda p, ctx: ctx.namespace,
     "model": lambda p, ctx: ctx.model or "-",
+    "plan": lambda p, ctx: p.plan or "-",
 }
 # Spec tuples kept per RuleSet. The token estimate is part of the key and varies with the prompt, so the
 # bound is what keeps memory flat (about 200 bytes an entry) under traffic of many tenants and prompt sizes.
 _SPEC_LISTS_LIMIT = 16_384
 
 
-def _specs(rules: RuleSet, plan: _Plan, ctx: RequestContext, token_cost: int) -> tuple[LimitSpec, ...]:
-    """The request's limits, one tuple per (rule plan, scope values, token cost); shared: never mutated."""
+def _specs(rules: RuleSet, plan: _Plan, ctx: RequestContext, estimate: tuple[int, int, int]) -> tuple[LimitSpec, ...]:
+    """The request's limits, one tuple per (rule plan, scope values, estimate); shared: never mutated.
+
+    ``estimate``: the prompt tokens, the completion cap and their cost in nanos.
+    """
     p = ctx.principal
     values = tuple([_SCOPE_VALUES[name](p, ctx) for name in plan.used_scopes])
-    key = (id(plan), values, token_cost)
+    key = (id(plan), values, estimate)
     hit = rules.spec_lists.get(key)
     if hit is None or hit[0] is not plan:
         if len(rules.spec_lists) >= _SPEC_LISTS_LIMIT:
             rules.spec_lists.clear()
-        specs = _build_specs(plan, p.tenant, dict(zip(plan.used_scopes, values)), token_cost, rules.spec_cache)
+        specs = _build_specs(plan, p.tenant, dict(zip(plan.used_scopes, values)), estimate, rules.spec_cache)
         hit = rules.spec_lists[key] = (plan, specs)
     return hit[1]
 
 
 def _build_specs(
-    plan: _Plan, tenant: str, values: dict[str, str], token_cost: int, cache: dict[tuple[Any, ...], LimitSpec]
+    plan: _Plan, tenant: str, values: dict[str, str], estimate: tuple[int, int, int], cache: dict[tuple[Any, ...], LimitSpec]
 ) -> tuple[LimitSpec, ...]:
     """The plan's limits for these scope values; a spec (validated when built) is reused for the same rule, scope and cost."""
     out = []
-    for rule, (scopes, tokens) in zip(plan.rules, plan.scopes):
+    for rule, (scopes, unit) in zip(plan.rules, plan.scopes):
         scope = tuple([(s, values[s]) for s in scopes])
-        cost = token_cost if tokens else 1
+        cost = _COST_OF[unit](*estimate)
         key = (rule.name, rule.limit, tenant, scope, cost)
         spec = cache.get(key)
         if spec is None:
@@ -192,10 +230,14 @@ def _header_limits(states: tuple[LimitState, ...], specs: Sequence[LimitSpec]) -
     # Every limit was evaluated (the usual case): states come in the order of specs.
     pairs = zip(specs, states) if len(states) == len(specs) else _by_name(states, specs)
     return [
-        HeaderLimit(st.name, st.unit, st.limit, st.remaining, st.reset_ms, spec.window_ms)
+        HeaderLimit(st.name, _HEADER_UNIT.get(st.unit, st.unit), st.limit, st.remaining, st.reset_ms, spec.window_ms)
         for spec, st in pairs
-        if spec.kind != "concurrency" and not st.shadow
+        if spec.kind != "concurrency" and not st.shadow and st.unit != "nanos"
     ]
+
+
+# Input and output token limits show in the token headers; money budgets in none.
+_HEADER_UNIT = {"input_tokens": "tokens", "output_tokens": "tokens"}
 
 
 def _by_name(states: tuple[LimitState, ...], specs: Sequence[LimitSpec]) -> list[tuple[LimitSpec, LimitState]]:
@@ -215,8 +257,13 @@ def _queue_timeout(decision: Decision, rules: tuple[RuleSpec, ...]) -> float:
     return min(waits, default=0.0)
 
 
-def _refusal(decision: Decision, specs: Sequence[LimitSpec], headers: dict[str, str], waited: float = 0.0) -> RateLimited:
+def _refusal(
+    decision: Decision, specs: Sequence[LimitSpec], headers: dict[str, str], waited: float = 0.0, currency: str = ""
+) -> RateLimited:
     refused = decision.refused or decision.limits
+    budgets = [s for s in refused if s.unit == "nanos"]
+    if budgets:
+        return _spent(budgets, decision, headers, currency)
     names = ", ".join(sorted({s.name for s in refused}))
     if decision.retry_after_ms < 0:
         first = refused[0]
@@ -231,14 +278,33 @@ def _refusal(decision: Decision, specs: Sequence[LimitSpec], headers: dict[str, 
     return RateLimited(f"rate limit exceeded by rule {names} ({what}){queued}; retry after {wait}s", headers=headers)
 
 
+def _money(nanos: int) -> str:
+    return f"{nanos / NANOS:.2f}" if nanos % (NANOS // 100) == 0 else f"{nanos / NANOS:.6f}".rstrip("0")
+
+
+def _spent(budgets: list[LimitState], decision: Decision, headers: dict[str, str], currency: str) -> QuotaExhausted:
+    """A money budget refused: OpenAI's ``insufficient_quota``, naming the budget and what is left of it."""
+    what = "; ".join(
+        f"budget {s.name}: {_money(s.limit)} {currency}, {_money(max(s.remaining, 0))} left".replace("  ", " ")
+        for s in budgets
+    )
+    if decision.retry_after_ms > 0:
+        headers = {**headers, "Retry-After": retry_after_seconds(decision.retry_after_ms)}
+    return QuotaExhausted(f"the request's estimated cost exceeds what is left of its budget ({what})", headers=headers)
+
+
 async def admit(
     ctx: RequestContext,
     rules: RuleSet,
     limiter: Limiter,
     metrics: LimitMetrics | None = None,
     waiters: LeaseWaiters | None = None,
+    pricing: Callable[[], Pricing] | None = None,
 ) -> Admission | None:
-    """Run field checks, then admit every applicable limit at once; raises RateLimited/BadRequest."""
+    """Run field checks, then admit every applicable limit at once; raises RateLimited/BadRequest.
+
+    ``pricing`` gives the price table, asked only when a money budget applies.
+    """
     principal = ctx.principal
     plan = _plan(rules, principal, ctx.namespace)
     if plan.checks:
@@ -248,12 +314,18 @@ async def admit(
         return None
     assert ctx.endpoint is not None and ctx.body is not None
     needs_tokens = plan.needs_tokens
-    prompt = completion = 0
+    prompt = completion = nanos = 0
+    rates = None
+    currency = ""
     if needs_tokens:
         prompt = estimate_prompt_tokens(ctx.endpoint.kind, ctx.body)
         completion = requested_completion_tokens(ctx.endpoint.kind, ctx.body, rules.default_max_tokens)
-    token_cost = prompt + completion
-    specs = _specs(rules, plan, ctx, token_cost)
+        if plan.needs_money and pricing is not None:
+            prices = pricing()
+            currency = prices.currency
+            rates = prices.rates(ctx.model)
+            nanos = round(rates[0] + prompt * rates[1] + completion * rates[2])
+    specs = _specs(rules, plan, ctx, (prompt, completion, nanos))
     store = limiter.store_for(tenant=principal.tenant, plan=principal.plan)
     decision = await limiter.admit(specs, store=store)
     waited = 0.0
@@ -270,13 +342,14 @@ async def admit(
         headers[DEGRADED_HEADER] = "store"
         log.warning("request %s admitted on a degraded store (fail modes applied)", ctx.request_id)
     if not decision.allowed:
-        raise _refusal(decision, specs, headers, waited)
+        raise _refusal(decision, specs, headers, waited, currency)
     return Admission(
         decision=decision,
         store=store,
-        reserved_tokens=token_cost if needs_tokens else 0,
         prompt_estimate=prompt,
-        token_specs=tuple([s for s in specs if s.reserves and not s.shadow]) if needs_tokens else (),
-        cut_on_exceed=plan.cut_on_exceed,
+        completion_reserved=completion,
+        cost_estimate=nanos,
+        stream_limits=tuple([(specs[i], cut) for i, cut in plan.stream]) if ctx.stream else (),
+        rates=rates,
         headers=headers,
     )

@@ -85,6 +85,8 @@ class RequestContext:
         "usage",
         "error",
         "client_disconnected",
+        # a stream whose terminator reached the client: its client leaving afterwards is no disconnect
+        "stream_complete",
     )
 
     def __init__(
@@ -123,3 +125,4 @@ class RequestContext:
         self.usage: Usage | None = None
         self.error: str | None = None
         self.client_disconnected = False
+        self.stream_complete = False

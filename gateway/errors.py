@@ -11,6 +11,7 @@
     │   ├── Unauthenticated          no or bad credential                                 -> 401
     │   ├── Forbidden                suspended tenant, model not allowed, forged claim    -> 403
     │   └── RateLimited              a limit refused the request                          -> 429
+    │       └── QuotaExhausted       a money budget does not cover the request            -> 429
     ├── UpstreamError                the model provider failed us
     │   ├── UpstreamBadResponse      connection reset, bad status, malformed body         -> 502
     │   ├── UpstreamUnavailable      no healthy deployment, every fallback exhausted      -> 503
@@ -36,6 +37,7 @@ __all__ = [
     "Unauthenticated",
     "Forbidden",
     "RateLimited",
+    "QuotaExhausted",
     "UpstreamError",
     "UpstreamBadResponse",
     "UpstreamUnavailable",
@@ -127,6 +129,13 @@ class Forbidden(RequestError):
 class RateLimited(RequestError):
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+
+
+class QuotaExhausted(RateLimited):
+    """A money budget is spent: OpenAI's ``insufficient_quota``, which SDKs do not retry."""
+
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
 
 
 class UpstreamError(GatewayError):

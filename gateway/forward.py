@@ -241,11 +241,15 @@ async def _relay_stream(
     # Nothing reaches the client until the first complete event parsed: until then a failure can still be retried.
     out = b""
     while not parser.events and not parser.done and parser.stop is None:
+        if parser.holding:  # the first content event waits for its budget to cover it
+            await parser.monitor.cover()  # type: ignore[union-attr]
+            out += parser.resume()
+            continue
         chunk = await upstream.readany()
         if not chunk:
             out += parser.flush()
-            if parser.events or parser.done or parser.stop is not None:
-                break
+            if parser.events or parser.done or parser.stop is not None or parser.holding:
+                continue
             raise UpstreamBadResponse("upstream ended the stream before its first event", code="upstream_empty_stream")
         out += parser.feed(chunk)
     if parser.stop is not None and parser.stop[1] == "upstream_malformed_event" and not out:
@@ -270,6 +274,10 @@ async def _relay_stream(
                 outcome = "malformed" if code == "upstream_malformed_event" else "ended"
                 await _end_with_error(response, message, code, ctx)
                 return response
+            if parser.holding:  # an event waits until its budget covers it (see UsageMonitor)
+                await parser.monitor.cover()  # type: ignore[union-attr]
+                out = parser.resume()
+                continue
             timer.reschedule(min(deadline, loop.time() + idle))
             chunk = await upstream.readany()
             if not chunk:
@@ -294,8 +302,13 @@ async def _relay_stream(
     except asyncio.CancelledError:
         upstream.close()
         if not timer.expired():
-            outcome = "client_gone"
-            ctx.client_disconnected = True  # the server cancels the handler when the client goes away
+            # The server cancels the handler when the client goes away; after [DONE] the client had the whole
+            # answer (SDKs close as soon as they read it, often before the upstream ends its body).
+            if parser.done:
+                ctx.stream_complete = True
+            else:
+                outcome = "client_gone"
+                ctx.client_disconnected = True
             raise
         # Our idle timer fired mid-stream. Swallowing its cancellation is safe:
         # the timeout block's exit uncancels the task either way.

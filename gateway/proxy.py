@@ -46,11 +46,13 @@ async def _admit(ctx: RequestContext, state: GatewayState) -> None:
     runtime = ctx.runtime
     ctx.priority = _priority(ctx)
     ctx.namespace = runtime.namespaces.match(ctx.request.headers, ctx.body)
-    admission = ctx.admission = await admit(ctx, runtime.rules, state.limiter, state.accounting.metrics, state.lease_waiters)
+    admission = ctx.admission = await admit(
+        ctx, runtime.rules, state.limiter, state.accounting.metrics, state.lease_waiters, state.accounting.pricing
+    )
     if admission is not None and admission.lease is not None:
         state.settler.hold(admission.lease)
     if ctx.stream:
-        budget = StreamBudget(admission, state.limiter) if admission is not None and admission.token_specs else None
+        budget = StreamBudget(admission, state.limiter) if admission is not None and admission.stream_limits else None
         ctx.stream_monitor = UsageMonitor(ctx, request_stream_usage(ctx), budget)
 
 
@@ -71,7 +73,7 @@ def make_proxy_handler(endpoint: Endpoint, state: GatewayState) -> Handler:
             ctx.error = exc.code
             return error_response(exc, request_id)
         except asyncio.CancelledError:
-            ctx.client_disconnected = True
+            ctx.client_disconnected = not ctx.stream_complete
             raise
         except Exception:
             log.exception("unexpected error on request %s", request_id)

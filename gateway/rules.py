@@ -9,11 +9,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config.identity import Limits
-from .config.rules import Attach, RuleSpec, RulesConfig
+from .config.rules import NANOS, Attach, RuleSpec, RulesConfig
 from .errors import BadRequest
 from .matching import MISSING, compile_path, lookup
 
-__all__ = ["FieldCheck", "RuleSet", "compile_field_check", "limits_as_rules"]
+__all__ = ["FieldCheck", "RuleSet", "compile_field_check", "limits_as_rules", "SPEND_RULE"]
+
+# The name of the budget a spend quota (``quotas: ... monthly_spend``) becomes.
+SPEND_RULE = "quota.monthly_spend"
+# A tenant's spend quota in the pricing currency (None: none), from the accounting config.
+SpendLimit = Callable[[str, "str | None"], "float | None"]
 
 log = logging.getLogger("tollgate.rules")
 
@@ -90,8 +95,10 @@ def limits_as_rules(limits: Limits) -> tuple[RuleSpec, ...]:
 class RuleSet:
     """The rules of one config version, indexed by what they attach to."""
 
-    def __init__(self, config: RulesConfig) -> None:
+    def __init__(self, config: RulesConfig, spend_limit: SpendLimit | None = None) -> None:
         self.default_max_tokens = config.default_max_tokens
+        self._spend_limit = spend_limit
+        self._spend_cache: dict[tuple[str, str | None], tuple[RuleSpec, ...]] = {}
         enabled = [r for r in config.rules if r.enabled]
         self._global = tuple(r for r in enabled if r.attach.is_global)
         self._by_plan: dict[str, list[RuleSpec]] = {}
@@ -121,6 +128,23 @@ class RuleSet:
             if len(self._plan_cache) >= _CACHE_LIMIT:
                 self._plan_cache.clear()
             hit = self._plan_cache[limits] = limits_as_rules(limits)
+        return hit
+
+    def spend_rules(self, tenant: str, plan: str | None) -> tuple[RuleSpec, ...]:
+        """The tenant's monthly spend quota as a budget enforced at admission (empty without one)."""
+        if self._spend_limit is None:
+            return ()
+        key = (tenant, plan)
+        hit = self._spend_cache.get(key)
+        if hit is None:
+            amount = self._spend_limit(tenant, plan)
+            hit = ()
+            if amount:
+                hit = (RuleSpec(SPEND_RULE, "budget", Attach(is_global=True), limit=max(1, round(amount * NANOS)), per="month",
+                                algorithm="fixed_window", fail_mode="local"),)
+            if len(self._spend_cache) >= _CACHE_LIMIT:
+                self._spend_cache.clear()
+            self._spend_cache[key] = hit
         return hit
 
     def applicable(self, plan: str | None, tenant: str | None, namespace: str) -> tuple[tuple[FieldCheck, ...], tuple[RuleSpec, ...]]:

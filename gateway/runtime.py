@@ -56,7 +56,7 @@ class Runtime:
     def _compile_rules(self, rules: RulesConfig) -> None:
         self.rules_config = rules
         self.namespaces = NamespaceTable(rules.namespaces)
-        self.rules = RuleSet(rules)
+        self.rules = RuleSet(rules, self.config.accounting.quotas.spend_limit)
 
     def with_rules(self, rules: RulesConfig) -> Runtime:
         """The same config version with other namespaces and rules."""
@@ -94,7 +94,9 @@ class GatewayState:
         self.lease_waiters = LeaseWaiters(res.queue.size)
         # Usage, cost, quotas, metrics, access and audit logs; flushed in the background, and on close.
         self.accounting = Accounting(config, state=self)
-        self.settler = Settler(self.limiter, on_release=self.lease_waiters.released, metrics=self.accounting.metrics)
+        self.settler = Settler(
+            self.limiter, on_release=self.lease_waiters.released, metrics=self.accounting.metrics, pricing=self.accounting.pricing
+        )
         self._reload_lock = asyncio.Lock()
 
     @property

@@ -1,9 +1,10 @@
 """After the answer: settle token reservations to the real usage, release leases, keep long leases alive.
 
 Settling runs off the hot path (a queue drained by one worker task, emptied
-before a graceful shutdown closes the store); a stream that outgrows its reservation
-extends it while it runs, and is cut when the budget is gone and its rule
-says ``on_exceed: cut``.
+before a graceful shutdown closes the store); each limit settles to what the
+request used in its unit (tokens, input or output tokens, money). A stream
+that outgrows its reservation extends it while it runs, and is cut before the
+event that would pass a spent budget when its rule says ``on_exceed: cut``.
 """
 
 from __future__ import annotations
@@ -11,18 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import StoreError
-from .limiter import Lease, Limiter, Settlement
+from .errors import GatewayError, StoreError
+from .limiter import Consumed, Lease, Limiter, LimitSpec, Settlement
+from .limiter.decision import Charge
+from .tokens import CHARS_PER_TOKEN
 
 if TYPE_CHECKING:
+    from .accounting.pricing import Pricing
     from .admission import Admission, LimitMetrics
     from .context import RequestContext, Usage
 
-__all__ = ["Settler", "StreamBudget", "EXTEND_MIN_TOKENS"]
+__all__ = ["Settler", "StreamBudget", "EXTEND_MIN_TOKENS", "consumed"]
 
 log = logging.getLogger("tollgate.settlement")
 
@@ -32,77 +37,154 @@ RENEW_EVERY = 15.0
 
 
 class StreamBudget:
-    """A stream's tokens against what it holds (reservation + extensions); extends through the limiter."""
+    """A running stream's usage against what it holds on each of its reserved limits (tokens, money).
 
-    __slots__ = ("admission", "limiter", "completion_tokens", "exhausted", "_chars")
+    Each limit holds what admission reserved plus what extensions granted.
+    The relay asks :meth:`covers` before it forwards an event; when the event
+    would take a limit past what it holds, the relay awaits :meth:`cover`,
+    which extends the short limits by what they still have (never all or
+    nothing), then asks again. A limit that has nothing left is closed: with
+    ``on_exceed: cut`` the stream ends before that event, with ``allow`` the
+    stream goes on and the overdraft is settled afterwards. So a cut stream
+    never delivers more than its limits granted, whatever the upstream's pace.
+    Ahead of need (at three quarters of what a limit holds) an extension is
+    asked for in the background, so a stream rarely waits.
+    """
+
+    __slots__ = ("admission", "limiter", "completion_tokens", "_chars", "_texts", "_specs", "_cuts", "_held", "_open", "_rates")
 
     def __init__(self, admission: Admission, limiter: Limiter) -> None:
         self.admission = admission
         self.limiter = limiter
-        self.completion_tokens = 0
-        self.exhausted = False
+        self.completion_tokens = 0  # estimated from the text relayed so far
         self._chars = 0
+        self._texts = 0  # events that carried text
+        limits = admission.stream_limits
+        self._specs = [spec for spec, _ in limits]
+        self._cuts = [cut for _, cut in limits]
+        self._held = [spec.cost for spec in self._specs]
+        self._open = [True] * len(limits)  # False once a limit had nothing more to grant
+        self._rates = admission.rates or (0.0, 0.0, 0.0)
 
-    @property
-    def cut(self) -> bool:
-        return self.admission.cut_on_exceed
+    def _used(self, i: int, completion: int) -> int:
+        """What limit ``i`` counts for the prompt and ``completion`` tokens."""
+        unit = self._specs[i].unit
+        prompt = self.admission.prompt_estimate
+        if unit == "tokens":
+            return prompt + completion
+        if unit == "output_tokens":
+            return completion
+        if unit == "input_tokens":
+            return prompt
+        fixed, per_input, per_output = self._rates
+        return math.ceil(fixed + prompt * per_input + completion * per_output)
 
-    def held(self) -> int:
-        return self.admission.reserved_tokens + self.admission.extended_tokens
+    def after(self, chars: int) -> int:
+        """The completion tokens once an event of ``chars`` characters of text is relayed.
 
-    def used(self) -> int:
-        return self.admission.prompt_estimate + self.completion_tokens
+        At least one token per event that carries text (providers send about one
+        each), and at least one per :data:`CHARS_PER_TOKEN` characters.
+        """
+        return max(self._texts + 1, (self._chars + chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
 
-    def add_text_chars(self, chars: int) -> None:
+    def short(self, completion: int) -> list[tuple[int, int]]:
+        """The open limits that ``completion`` tokens would take past what they hold: (limit, units missing)."""
+        out = []
+        for i, held in enumerate(self._held):
+            if self._open[i]:
+                missing = self._used(i, completion) - held
+                if missing > 0:
+                    out.append((i, missing))
+        return out
+
+    def spent_cut(self, completion: int) -> LimitSpec | None:
+        """The closed limit whose rule cuts that ``completion`` tokens would take past what it granted, if any."""
+        for i, cut in enumerate(self._cuts):
+            if cut and not self._open[i] and self._used(i, completion) > self._held[i]:
+                return self._specs[i]
+        return None
+
+    def relayed(self, chars: int, completion: int) -> None:
+        """An event of ``chars`` characters went out: count it, and ask for more ahead of need."""
         self._chars += chars
-        self.completion_tokens = (self._chars + 3) // 4
+        self._texts += 1
+        self.completion_tokens = completion
+        admission = self.admission
+        pending = admission.pending
+        if pending is not None and pending.done():
+            pending = admission.pending = None
+        if pending is None:
+            ahead = [(i, 0) for i, held in enumerate(self._held) if self._open[i] and self._used(i, completion) * 4 >= held * 3]
+            if ahead:
+                admission.pending = asyncio.get_running_loop().create_task(self._extend(ahead))
 
-    def over(self) -> bool:
-        return self.used() > self.held()
+    async def cover(self, completion: int) -> None:
+        """Extend every limit short for ``completion`` tokens; a limit that cannot cover it is closed."""
+        pending = self.admission.pending
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
+            self.admission.pending = None
+        short = self.short(completion)
+        if short:
+            await self._extend(short)
+        for i, _ in self.short(completion):  # still short: nothing more is to be had
+            self._open[i] = False
 
-    def should_extend(self) -> bool:
-        """At three quarters of what it holds, a stream asks for more (so the answer is in before it is needed)."""
-        return not self.exhausted and self.used() * 4 >= self.held() * 3
-
-    async def extend(self) -> None:
-        """Reserve more tokens on the stream's token limits; marks the budget exhausted when refused."""
+    async def _extend(self, short: list[tuple[int, int]]) -> None:
+        """Ask each limit for its missing units (at least one) plus a step, taking what it has left."""
+        wants = []
+        for i, missing in short:
+            spec = self._specs[i]
+            need = max(1, missing)
+            step = max(self._step(spec), spec.cost // 2)
+            wants.append((spec, need + step, need))
         a = self.admission
-        want = max(EXTEND_MIN_TOKENS, a.reserved_tokens // 2)
-        specs = [s.with_cost(want) for s in a.token_specs]
-        if not specs:
-            return
         try:
-            decision = await self.limiter.admit(specs, store=a.store)
-        except StoreError:
-            return  # the store's trouble is not the client's: keep streaming, settle later
-        if not decision.allowed:
-            self.exhausted = True
+            extension = await self.limiter.extend(wants, store=a.store)
+        except GatewayError as exc:  # the gateway's own trouble (overloaded): grant nothing rather than go unchecked
+            log.warning("extending a stream's reservation failed (%s)", exc)
             return
-        if decision.reservation is not None:
-            a.extensions.append(decision.reservation)
-        a.extended_tokens += want
+        if extension.reservation is not None:
+            a.extensions.append(extension.reservation)
+        for (i, missing), granted in zip(short, extension.granted):
+            if granted > 0:
+                self._held[i] += granted
+            elif missing > 0:
+                self._open[i] = False
+
+    def _step(self, spec: LimitSpec) -> int:
+        """How much more than it needs a limit is asked for: :data:`EXTEND_MIN_TOKENS` tokens' worth."""
+        if spec.unit != "nanos":
+            return EXTEND_MIN_TOKENS
+        return math.ceil(EXTEND_MIN_TOKENS * self._rates[2])
 
 
-def _actual_tokens(admission: Admission, usage: Usage | None, reached_upstream: bool) -> int:
-    """What the request really cost in tokens, for settling its reservation."""
+def consumed(admission: Admission, usage: Usage | None, reached_upstream: bool, cost: int | None) -> Consumed:
+    """What the request really used, for settling its reservation: the usage and its cost when known,
+    the estimate reserved when it reached the model but no usage came back, nothing when it never did."""
     if usage is not None:
-        return usage.total_tokens
+        return Consumed(usage.prompt_tokens, usage.completion_tokens, cost if cost is not None else admission.cost_estimate)
     if reached_upstream:
-        return admission.reserved_tokens  # no usage came back: keep the estimate
-    return 0  # nothing reached the model: refund everything
+        return Consumed(admission.prompt_estimate, admission.completion_reserved, admission.cost_estimate)
+    return Consumed(0, 0, 0)
 
 
 class Settler:
     """Settles finished requests in the background and renews the leases of requests still running."""
 
     def __init__(
-        self, limiter: Limiter, on_release: Callable[[], None] | None = None, metrics: LimitMetrics | None = None
+        self,
+        limiter: Limiter,
+        on_release: Callable[[], None] | None = None,
+        metrics: LimitMetrics | None = None,
+        pricing: Callable[[], Pricing] | None = None,
     ) -> None:
         self.limiter = limiter
+        self._pricing = pricing  # prices the real usage of requests that hold a money budget
         self._on_release = on_release
         self._metrics = metrics  # counts overdrafts (tokens used past a spent budget, with on_exceed: allow)
         self.overdrafts = 0
-        self._queue: deque[tuple[Admission, Usage | None, bool]] = deque()
+        self._queue: deque[tuple[Admission, Consumed]] = deque()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
@@ -122,7 +204,12 @@ class Settler:
         admission.settled = True
         if admission.lease is not None:
             self._leases.pop(admission.lease, None)
-        self._queue.append((admission, ctx.usage, ctx.first_byte_at is not None))
+        usage = ctx.usage
+        cost = None
+        if usage is not None and admission.rates is not None and self._pricing is not None:
+            pricing = self._pricing()
+            cost = pricing.cost_nanos(pricing.priced_model(ctx.model_served, ctx.model), usage.prompt_tokens, usage.completion_tokens)
+        self._queue.append((admission, consumed(admission, usage, ctx.first_byte_at is not None, cost)))
         if self._wake is not None:
             self._wake.set()
 
@@ -136,13 +223,12 @@ class Settler:
                 batch, self._queue = self._queue, deque()
                 await self._settle_batch(batch)
 
-    async def _settle_batch(self, batch: deque[tuple[Admission, Usage | None, bool]]) -> None:
+    async def _settle_batch(self, batch: deque[tuple[Admission, Consumed]]) -> None:
         """Requests without stream extensions settle and release together: one store call for the whole batch
         (per hash slot on Cluster). The others, rarer, settle one by one, concurrently on a remote store."""
-        plain: list[tuple[Admission, int]] = []
-        extended: list[tuple[Admission, int]] = []
-        for admission, usage, reached_upstream in batch:
-            actual = _actual_tokens(admission, usage, reached_upstream)
+        plain: list[tuple[Admission, Consumed]] = []
+        extended: list[tuple[Admission, Consumed]] = []
+        for admission, actual in batch:
             if admission.pending is None and not admission.extensions:
                 plain.append((admission, actual))
             else:
@@ -176,21 +262,18 @@ class Settler:
                 if self._metrics is not None:
                     self._metrics.limit_decision(limit.name, "overdraft")
 
-    async def _settle(self, admission: Admission, actual: int) -> None:
+    async def _settle(self, admission: Admission, actual: Consumed) -> None:
         """One request whose stream extended its reservation (or is still extending it)."""
         try:
             if admission.pending is not None:
                 await asyncio.gather(admission.pending, return_exceptions=True)
             reservation = admission.reservation
             if reservation is not None:
-                # The real usage fills the reservation, then each extension in turn; the last takes any
-                # overdraft. A stream cut short gives back what it held and did not use, extensions included.
-                held = [reservation, *admission.extensions]
-                left = actual
-                for i, part in enumerate(held):
-                    share = left if i == len(held) - 1 else min(left, part.reserved)
-                    self._count_overdrafts(await self.limiter.settle(part, share))
-                    left -= share
+                settlement = await self.limiter.adjust(_shares([reservation, *admission.extensions], actual))
+                reservation.settlement = settlement
+                for part in admission.extensions:
+                    part.settlement = settlement
+                self._count_overdrafts(settlement)
             if admission.lease is not None:
                 await self.limiter.release(admission.lease)
                 if self._on_release is not None:
@@ -236,3 +319,23 @@ class Settler:
             await self._worker
         self._renewer = self._worker = None
         await self.drain()
+
+
+def _shares(parts: list[Any], actual: Consumed) -> list[tuple[Charge, int]]:
+    """Each limit's real use spread over what it held, in order (the reservation, then each extension):
+    every part is filled up to what it reserved, the last takes any overdraft, what was not used is given back.
+    One limit's parts may sit in two stores (an extension taken on the local fallback during an outage)."""
+    by_limit: dict[tuple[str, tuple[tuple[str, str], ...]], list[Charge]] = {}
+    for part in parts:
+        for charge in part.charges:
+            by_limit.setdefault((charge.spec.name, charge.spec.scope_key), []).append(charge)
+    deltas = []
+    for charges in by_limit.values():
+        left = actual.of(charges[0].spec.unit)
+        last = len(charges) - 1
+        for i, charge in enumerate(charges):
+            share = left if i == last else min(left, charge.spec.cost)
+            if share != charge.spec.cost:
+                deltas.append((charge, share - charge.spec.cost))
+            left -= share
+    return deltas

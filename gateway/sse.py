@@ -8,13 +8,17 @@ event). ``data:`` payloads are parsed as JSON once each; ``[DONE]`` is noted.
 
 Monitor hook (the accounting stage uses it): an object with
 
-* ``on_event(data) -> PASS | DROP | EndStream(message, code)``: called with the
-  parsed JSON of each ``data:`` event, in order, on the attempt that serves the
-  client (never on one that failed before its first event). ``DROP`` removes the
-  event from what the client gets (e.g. the usage chunk the gateway asked for when
-  the client did not); ``EndStream`` ends the stream with an SSE error event
-  instead of this event and everything after it (e.g. a token budget cut). The
-  final chunk's ``usage`` is simply read here.
+* ``on_event(data) -> PASS | DROP | HOLD | bytes | EndStream(message, code)``:
+  called with the parsed JSON of each ``data:`` event, in order, on the attempt
+  that serves the client (never on one that failed before its first event).
+  ``DROP`` removes the event from what the client gets (e.g. the usage chunk the
+  gateway asked for when the client did not); ``bytes`` replaces the event's
+  data with that JSON; ``HOLD`` stops the parser before this event (the relay
+  awaits ``monitor.cover()``, then calls :meth:`SseParser.resume`, which offers
+  the same event again: e.g. a token budget that must grow before the event may
+  go out); ``EndStream`` ends the stream with an SSE error event instead of this
+  event and everything after it (e.g. a token budget cut). The final chunk's
+  ``usage`` is simply read here.
 * ``on_end(outcome)``: called once when the stream is over, with one of
   ``"done"`` (the terminator arrived), ``"truncated"``, ``"malformed"``,
   ``"stalled"``, ``"broken"``, ``"ended"`` (a monitor ended it) or
@@ -32,6 +36,7 @@ import orjson
 __all__ = [
     "PASS",
     "DROP",
+    "HOLD",
     "EndStream",
     "StreamMonitor",
     "MonitorChain",
@@ -41,6 +46,7 @@ __all__ = [
 
 PASS = 0
 DROP = 1
+HOLD = 2
 # An event larger than this is refused as malformed rather than buffered without bound.
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 _DONE = b"[DONE]"
@@ -57,7 +63,9 @@ class EndStream:
 
 
 class StreamMonitor(Protocol):
-    def on_event(self, data: Any) -> int | EndStream: ...
+    def on_event(self, data: Any) -> int | bytes | EndStream: ...
+
+    async def cover(self) -> None: ...
 
     def on_end(self, outcome: str) -> None: ...
 
@@ -70,12 +78,16 @@ class MonitorChain:
     def __init__(self, *monitors: StreamMonitor) -> None:
         self.monitors = monitors
 
-    def on_event(self, data: Any) -> int | EndStream:
+    def on_event(self, data: Any) -> int | bytes | EndStream:
         for m in self.monitors:
             verdict = m.on_event(data)
             if verdict != PASS:
                 return verdict
         return PASS
+
+    async def cover(self) -> None:
+        for m in self.monitors:
+            await m.cover()
 
     def on_end(self, outcome: str) -> None:
         for m in self.monitors:
@@ -89,10 +101,11 @@ class SseParser:
     end with an error event (malformed event or a monitor's ``EndStream``);
     the bytes returned by that call are the events before it. ``events`` counts
     the ``data:`` events seen (``[DONE]`` excluded), ``done`` says the
-    terminator arrived.
+    terminator arrived. ``holding`` says a monitor held an event back: the
+    bytes from that event on wait for :meth:`resume`.
     """
 
-    __slots__ = ("monitor", "pending", "done", "events", "stop", "_sep", "_nl")
+    __slots__ = ("monitor", "pending", "done", "events", "stop", "holding", "_held", "_sep", "_nl")
 
     def __init__(self, monitor: StreamMonitor | None = None) -> None:
         self.monitor = monitor
@@ -100,10 +113,15 @@ class SseParser:
         self.done = False
         self.events = 0
         self.stop: tuple[str, str] | None = None
+        self.holding = False
+        self._held = b""
         self._sep = b""
         self._nl = b"\n"
 
     def feed(self, chunk: bytes) -> bytes:
+        if self.holding:  # nothing passes a held event: keep the bytes for resume()
+            self.pending += chunk
+            return b""
         buf = self.pending + chunk if self.pending else chunk
         sep = self._sep
         if not sep:
@@ -127,8 +145,19 @@ class SseParser:
             self.pending = buf[end:]
         return self._events(complete, sep)
 
+    def resume(self) -> bytes:
+        """After the monitor's ``cover()``: the held events offered again, then what arrived meanwhile."""
+        held, self._held, self.holding = self._held, b"", False
+        out = self._events(held, self._sep) if held else b""
+        if self.holding or self.stop is not None or not self.pending:
+            return out
+        rest, self.pending = self.pending, b""
+        return out + self.feed(rest)
+
     def flush(self) -> bytes:
         """At the end of the upstream stream: a last event without its blank line still counts."""
+        if self.holding:
+            return b""
         rest, self.pending = self.pending, b""
         if not rest.strip():
             return b""
@@ -144,16 +173,22 @@ class SseParser:
             stop = complete.find(sep, start)
             verdict = self._event(complete[start:stop])
             if verdict != PASS:
+                if verdict == HOLD:
+                    self.holding = True
+                    self._held = complete[start:]
+                    return complete[:start] if kept is None else b"".join(kept)
                 if self.stop is not None:
                     return complete[:start] if kept is None else b"".join(kept)
                 if kept is None:
                     kept = [complete[:start]]
+                if type(verdict) is bytes:
+                    kept.append(b"data: " + verdict + sep)
             elif kept is not None:
                 kept.append(complete[start : stop + step])
             start = stop + step
         return complete if kept is None else b"".join(kept)
 
-    def _event(self, event: bytes) -> int:
+    def _event(self, event: bytes) -> int | bytes:
         nl = self._nl
         if event.startswith(b"data: ") and nl not in event:
             data = event[6:]
@@ -170,11 +205,14 @@ class SseParser:
         except orjson.JSONDecodeError:
             self.stop = ("upstream sent a malformed stream event", "upstream_malformed_event")
             return DROP
-        self.events += 1
         monitor = self.monitor
         if monitor is None:
+            self.events += 1
             return PASS
         verdict = monitor.on_event(obj)
+        if verdict == HOLD:
+            return HOLD  # offered again by resume(): counted then
+        self.events += 1
         if isinstance(verdict, EndStream):
             self.stop = (verdict.message, verdict.code)
             return DROP

@@ -13,9 +13,10 @@
 -- concurrency.lua), one counter key per limit:
 --   check(key, now, limit, window_ms, cost, param) -> st, read-only, where
 --     st.allowed (boolean), st.remaining, st.reset_ms, st.retry_ms
---     (-1: the cost exceeds the limit itself, retrying cannot help) and
---     st.mark (where the cost is charged, handed back to settle) are
---     returned to the caller; other fields are for commit.
+--     (-1: the cost exceeds the limit itself, retrying cannot help),
+--     st.mark (where the cost is charged, handed back to settle) and
+--     st.used (units counted now, before this cost; past the limit after an
+--     overdraft) are returned to the caller; other fields are for commit.
 --   commit(key, now, limit, window_ms, cost, param, st): consumes the cost;
 --     every key it writes gets a TTL.
 --   adjust(key, now, limit, window_ms, delta, param, mark) -> applied,

@@ -55,7 +55,7 @@ ALGORITHMS.concurrency = {
     local after = cc_after(now_ms)
     local live = cc_live(key, after)
     local earliest = cc_earliest(key, after)
-    local st = { now_ms = now_ms, mark = 0, retry_ms = 0 }
+    local st = { now_ms = now_ms, mark = 0, retry_ms = 0, used = live }
     if earliest then
       st.reset_ms = earliest - now_ms
     else

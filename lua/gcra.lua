@@ -22,6 +22,14 @@ local function gcra_left(limit, tau, tat, now)
   return math.max(0, math.floor((tau - (tat - now)) * limit / tau))
 end
 
+-- Units the TAT holds ahead of now, rounded up: past the limit after an overdraft.
+local function gcra_used(limit, tau, tat, now)
+  if limit <= 0 or tat <= now then
+    return 0
+  end
+  return math.ceil((tat - now) * limit / tau)
+end
+
 local function gcra_increment(limit, tau, cost)
   if cost <= 0 or limit <= 0 then
     return 0
@@ -51,7 +59,7 @@ ALGORITHMS.gcra = {
     local tat = gcra_load(key, now)
     local inc = gcra_increment(limit, tau, cost)
     local new_tat = tat + inc
-    local st = { inc = inc, new_tat = new_tat, mark = 0, retry_ms = 0 }
+    local st = { inc = inc, new_tat = new_tat, mark = 0, retry_ms = 0, used = gcra_used(limit, tau, tat, now) }
     if cost > limit then
       st.allowed = false
       st.remaining = gcra_left(limit, tau, tat, now)

@@ -6,8 +6,9 @@
 -- ARGV: 6 values per limit, laid out as in admit.lua; cost and shadow are
 --   ignored (a cost of 0 is checked).
 -- Units: time in ms, except now (us).
--- Returns: { 1, now_us, then 6 integers per limit: allowed (1/0: a cost of
---   0 fits), limit, remaining, reset_ms, retry_after_ms, mark }.
+-- Returns: { 1, now_us, then 7 integers per limit: allowed (1/0: a cost of
+--   0 fits), limit, remaining, reset_ms, retry_after_ms, mark, used (units
+--   counted now, more than limit after an overdraft) }.
 -- Writes nothing.
 
 local now = now_us()
@@ -27,5 +28,6 @@ for i = 1, #KEYS do
   out[j + 4] = st.reset_ms
   out[j + 5] = st.retry_ms
   out[j + 6] = st.mark
+  out[j + 7] = st.used
 end
 return out

@@ -82,7 +82,7 @@ ALGORITHMS.sliding_window = {
   check = function(key, now, limit, window_ms, cost, param)
     local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
     local total, newest, stale, raw = sw_read(key, oldest)
-    local st = { now_ms = now_ms, slot_ms = slot_ms, cur = cur, stale = stale, mark = cur, retry_ms = 0 }
+    local st = { now_ms = now_ms, slot_ms = slot_ms, cur = cur, stale = stale, mark = cur, retry_ms = 0, used = total }
     if cost > limit then
       st.allowed = false
       st.remaining = math.max(0, limit - total)

@@ -49,13 +49,17 @@ class Pricing:
             return served
         return requested if requested is not None else served
 
-    def cost_nanos(self, model: str | None, prompt_tokens: int, completion_tokens: int, requests: int = 1) -> int:
-        """What one request costs: tokens at the model's price, plus every enabled cost rule that applies to it."""
+    def _model_rate(self, model: str | None) -> _ModelRate:
         rate = self._rates.get(model) if model is not None else None
         if rate is None:
             rate = self._rate(model, self._default.input_per_1k, self._default.output_per_1k)
             if model is not None and len(self._rates) < 10_000:
                 self._rates[model] = rate
+        return rate
+
+    def cost_nanos(self, model: str | None, prompt_tokens: int, completion_tokens: int, requests: int = 1) -> int:
+        """What one request costs: tokens at the model's price, plus every enabled cost rule that applies to it."""
+        rate = self._model_rate(model)
         cost = prompt_tokens * rate.input_nanos_per_token + completion_tokens * rate.output_nanos_per_token
         for rule in rate.rules:
             if rule.resource == "requests":
@@ -68,6 +72,26 @@ class Pricing:
                 units = prompt_tokens + completion_tokens
             cost += units * rule.unit_cost * NANOS / rule.billing_unit
         return round(cost)
+
+    def rates(self, model: str | None) -> tuple[float, float, float]:
+        """A request's cost as ``fixed + input * prompt_tokens + output * completion_tokens`` nanos: the three terms.
+
+        What a stream holding a money budget needs to price each event it relays, without a call per event.
+        """
+        rate = self._model_rate(model)
+        fixed, per_input, per_output = 0.0, rate.input_nanos_per_token, rate.output_nanos_per_token
+        for rule in rate.rules:
+            each = rule.unit_cost * NANOS / rule.billing_unit
+            if rule.resource == "requests":
+                fixed += each
+            elif rule.resource == "prompt_tokens":
+                per_input += each
+            elif rule.resource == "completion_tokens":
+                per_output += each
+            else:
+                per_input += each
+                per_output += each
+        return fixed, per_input, per_output
 
     def table(self) -> dict[str, object]:
         """The price table as the admin API shows it."""

@@ -222,7 +222,7 @@ async def rule_counter(request: web.Request) -> web.Response:
     spec = limit_spec(rule, scope_key(rule, values), tenant, 0)
     entry = state.registry.directory.tenants.get(tenant)
     store = state.limiter.store_for(tenant=spec.tenant, plan=entry.tenant.plan if entry is not None else None)
-    st = await state.limiter.peek(spec, store=store)
+    st, used = await state.limiter.counter(spec, store=store)
     return json_response(
         {
             "rule": name,
@@ -233,7 +233,8 @@ async def rule_counter(request: web.Request) -> web.Response:
             "unit": st.unit,
             "limit": st.limit,
             "remaining": max(st.remaining, 0),
-            "used": max(st.limit - st.remaining, 0),
+            "used": used,  # real: past the limit when usage settled after admission overdrew it
+            "overdraft": max(used - st.limit, 0),
             "reset_ms": st.reset_ms,
             "enabled": rule.enabled,
             "shadow": rule.shadow,

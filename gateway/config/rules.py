@@ -19,19 +19,29 @@ __all__ = [
     "FIELD_CHECK_OPS",
     "SCOPES",
     "PERIODS",
+    "TOKEN_COUNTS",
+    "BUDGET_WINDOWS",
+    "ROLLING_MONTH_MS",
+    "NANOS",
 ]
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MATCHER_TYPES = ("header", "body", "header_and_body")
 MATCHER_OPS = ("equals", "not_equals", "contains", "regex", "in", "exists")
 FIELD_CHECK_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "contains", "regex", "exists", "max_length")
-RULE_TYPES = ("request_limit", "token_limit", "connection_limit", "quota", "field_check")
-SCOPES = ("global", "tenant", "key", "user", "ip", "namespace", "model")
+RULE_TYPES = ("request_limit", "token_limit", "connection_limit", "quota", "budget", "field_check")
+SCOPES = ("global", "plan", "tenant", "key", "user", "ip", "namespace", "model")
 PERIODS = {"second": 1_000, "minute": 60_000, "hour": 3_600_000, "day": 86_400_000, "month": 0}
 ALGORITHMS = ("sliding_window", "gcra", "fixed_window")
 FAIL_MODES = ("fail_open", "fail_closed", "local")
 ON_EXCEED = ("cut", "allow")
 QUOTA_UNITS = ("requests", "tokens")
+# What a token_limit counts: input (prompt) tokens, output (completion) tokens, or both.
+TOKEN_COUNTS = ("total", "input", "output")
+# A budget's window: calendar (the UTC hour, day or month) or rolling (the last hour, day or 30 days).
+BUDGET_WINDOWS = ("calendar", "rolling")
+ROLLING_MONTH_MS = 30 * 86_400_000
+NANOS = 1_000_000_000  # a budget is kept in 1e-9 of the pricing currency, as costs are
 DEFAULT_NAMESPACE = "default"
 
 
@@ -71,12 +81,14 @@ class RuleSpec:
     enabled: bool = True
     shadow: bool = False
     # request_limit / token_limit / connection_limit / quota
-    limit: int = 0
+    limit: int = 0  # units per window; a budget's amount in nanos (1e-9 of the pricing currency)
     per: str = "minute"
     algorithm: str = "sliding_window"
     scope: tuple[str, ...] = ("tenant",)
     fail_mode: str = "fail_open"
-    on_exceed: str = "cut"  # token_limit during a stream
+    on_exceed: str = "cut"  # token_limit and budget during a stream
+    count: str = "total"  # token_limit: total | input | output
+    window: str = "calendar"  # budget: calendar | rolling
     # connection_limit: how long a request over the limit may wait for a lease (0: refuse at once)
     queue_timeout: float = 0.0
     unit: str = "requests"  # quota
@@ -178,7 +190,13 @@ def _rule(name: str, node: Node, namespace_names: set[str]) -> RuleSpec | None:
         )
         node.finish()
         return spec
-    limit = node.int("limit", min=1)
+    if rtype == "budget":
+        amount = node.float("amount", min=0.0)
+        limit = round(amount * NANOS) if amount is not None else None
+        if limit is not None and not 1 <= limit <= 10**15:
+            node.error("amount", "must be more than 0 and at most 1000000 (in the pricing currency)")
+    else:
+        limit = node.int("limit", min=1)
     scope = node.str_list("scope", ("tenant",))
     for s in scope:
         if s not in SCOPES:
@@ -193,6 +211,7 @@ def _rule(name: str, node: Node, namespace_names: set[str]) -> RuleSpec | None:
     elif rtype == "token_limit":
         kwargs["per"] = node.str("per", "minute", choices=("minute", "hour", "day", "month"))
         kwargs["on_exceed"] = node.str("on_exceed", "cut", choices=ON_EXCEED)
+        kwargs["count"] = node.str("count", "total", choices=TOKEN_COUNTS)
         kwargs["algorithm"] = "fixed_window" if kwargs["per"] == "month" else node.str(
             "algorithm", "sliding_window", choices=ALGORITHMS
         )
@@ -200,6 +219,11 @@ def _rule(name: str, node: Node, namespace_names: set[str]) -> RuleSpec | None:
         kwargs["queue_timeout"] = node.duration("queue_timeout", 0.0, positive=False)
         if kwargs["queue_timeout"] is not None and kwargs["queue_timeout"] > 300:
             node.error("queue_timeout", "must be at most 5m")
+    elif rtype == "budget":
+        kwargs["per"] = node.str("per", "month", choices=("hour", "day", "month"))
+        kwargs["window"] = node.str("window", "calendar", choices=BUDGET_WINDOWS)
+        kwargs["algorithm"] = "fixed_window" if kwargs["window"] == "calendar" else "sliding_window"
+        kwargs["on_exceed"] = node.str("on_exceed", "cut", choices=ON_EXCEED)
     elif rtype == "quota":
         kwargs["per"] = "month"
         kwargs["algorithm"] = "fixed_window"

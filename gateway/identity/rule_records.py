@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.reader import Node, Problems
-from ..config.rules import Attach, MatcherSpec, NamespaceSpec, RuleSpec, RulesConfig, parse_rules
+from ..config.rules import NANOS, Attach, MatcherSpec, NamespaceSpec, RuleSpec, RulesConfig, parse_rules
 
 __all__ = [
     "NAMESPACE",
@@ -80,11 +80,15 @@ def rule_doc(r: RuleSpec) -> dict[str, Any]:
         if r.value is not None:
             doc["value"] = r.value
         return doc
+    if r.type == "budget":
+        doc.update(amount=r.limit / NANOS, per=r.per, window=r.window, scope=list(r.scope), fail_mode=r.fail_mode,
+                   on_exceed=r.on_exceed)
+        return doc
     doc.update(limit=r.limit, scope=list(r.scope), fail_mode=r.fail_mode)
     if r.type == "request_limit":
         doc.update(per=r.per, algorithm=r.algorithm)
     elif r.type == "token_limit":
-        doc.update(per=r.per, on_exceed=r.on_exceed)
+        doc.update(per=r.per, on_exceed=r.on_exceed, count=r.count)
         if r.per != "month":  # a monthly token limit is always a calendar window; the parser takes no algorithm
             doc["algorithm"] = r.algorithm
     elif r.type == "quota":

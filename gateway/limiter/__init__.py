@@ -1,20 +1,23 @@
 """The limiter's policy side: limits, keys, all-or-nothing admission, settling and leases; no Redis client here."""
 
-from .decision import Decision, Lease, LimitState, Reservation, SettledLimit, Settlement
+from .decision import Consumed, Decision, Extension, Lease, LimitState, Reservation, SettledLimit, Settlement
 from .factory import build_engine, build_limiter
 from .keys import KeyBuilder, encode_value, tenant_key_pattern
 from .limiter import FAIL_CLOSED_RETRY_MS, LOCAL_STORE, Limiter, LimiterStats
-from .spec import CALENDARS, FAIL_MODES, KINDS, UNITS, LimitSpec
+from .spec import CALENDARS, FAIL_MODES, KINDS, RESERVED_UNITS, UNITS, LimitSpec
 
 __all__ = [
     "CALENDARS",
+    "Consumed",
     "Decision",
+    "Extension",
     "FAIL_CLOSED_RETRY_MS",
     "FAIL_MODES",
     "KINDS",
     "KeyBuilder",
     "LOCAL_STORE",
     "Lease",
+    "RESERVED_UNITS",
     "LimitSpec",
     "LimitState",
     "Limiter",

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from .spec import LimitSpec
 
-__all__ = ["LimitState", "Decision", "Reservation", "Lease", "Charge", "Settlement", "SettledLimit"]
+__all__ = ["LimitState", "Decision", "Reservation", "Lease", "Charge", "Settlement", "SettledLimit", "Consumed", "Extension"]
 
 
 class LimitState(NamedTuple):
@@ -29,6 +29,24 @@ class LimitState(NamedTuple):
     retry_after_ms: int
     shadow: bool = False
     degraded: bool = False
+
+
+class Consumed(NamedTuple):
+    """What a finished request really used, in every unit a reservation can be held in."""
+
+    input_tokens: int
+    output_tokens: int
+    nanos: int = 0  # its cost, in 1e-9 of the pricing currency
+
+    def of(self, unit: str) -> int:
+        """The amount a limit counting ``unit`` settles to."""
+        if unit == "tokens":
+            return self.input_tokens + self.output_tokens
+        if unit == "output_tokens":
+            return self.output_tokens
+        if unit == "input_tokens":
+            return self.input_tokens
+        return self.nanos
 
 
 class Charge(NamedTuple):
@@ -99,6 +117,18 @@ class Decision(NamedTuple):
     def refused(self) -> tuple[LimitState, ...]:
         """The limits that refused (shadow limits never do)."""
         return tuple(s for s in self.limits if not s.allowed and not s.shadow)
+
+
+class Extension(NamedTuple):
+    """What ``Limiter.extend`` granted: per limit asked (in order) the units granted, 0 when it had too little left.
+
+    ``reservation`` holds the granted charges (each spec's cost is its grant), to settle with the request;
+    ``degraded``: a store failed and the limits' fail modes answered.
+    """
+
+    granted: tuple[int, ...]
+    reservation: Reservation | None
+    degraded: bool = False
 
 
 @dataclass(frozen=True, slots=True)

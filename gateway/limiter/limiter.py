@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from ..clock import Clock
 from ..errors import StoreError
 from ..store.engine import ScriptEngine
-from .decision import Charge, Decision, Lease, LimitState, Reservation, SettledLimit, Settlement
+from .decision import Charge, Consumed, Decision, Extension, Lease, LimitState, Reservation, SettledLimit, Settlement
 from .keys import KeyBuilder
 from .local_cache import OverLimitCache
 from .spec import LimitSpec
@@ -30,8 +30,15 @@ FAIL_CLOSED_RETRY_MS = 1000  # what a fail_closed refusal tells the client to wa
 _ADMIT_STRIDE = 6
 # Charges per settle.lua call when finishing a batch of requests (keeps one script call short on Redis).
 FINISH_BATCH = 256
-# One finished request for Limiter.finish_many: its reservation, the actual token cost, its lease.
-Finished = tuple[Reservation | None, int, Lease | None]
+_EXTEND_STRIDE = 3
+# What a request really used: one amount for every limit of its reservation, or one per unit.
+Actual = int | Consumed
+# One finished request for Limiter.finish_many: its reservation, what it really used, its lease.
+Finished = tuple[Reservation | None, Actual, Lease | None]
+
+
+def _actual(actual: Actual, unit: str) -> int:
+    return actual if type(actual) is int else actual.of(unit)  # type: ignore[union-attr]
 
 
 @dataclass(slots=True)
@@ -407,8 +414,12 @@ class Limiter:
         """Undo an admission that a later group refused (a lease is released)."""
         await self._settle_calls([(c, -c.spec.cost) for c in consumed])
 
-    async def settle(self, reservation: Reservation, actual_cost: int) -> Settlement:
-        """Charge or refund ``actual_cost - reserved`` on every reserved limit; once (later calls return the first result).
+    async def settle(self, reservation: Reservation, actual_cost: Actual) -> Settlement:
+        """Charge or refund ``actual - reserved`` on every reserved limit; once (later calls return the first result).
+
+        ``actual_cost`` is one amount for every limit, or a :class:`Consumed` from
+        which each limit takes the amount of its unit (tokens, input or output
+        tokens, money).
 
         A charge goes through even past the limit (the tokens were used) and
         is reported as overdraft; later requests then wait until the budget
@@ -418,12 +429,21 @@ class Limiter:
         """
         if reservation.settlement is not None:
             return reservation.settlement
-        if actual_cost < 0:
-            raise ValueError("actual_cost must be >= 0")
-        deltas = [(c, actual_cost - c.spec.cost) for c in reservation.charges if actual_cost != c.spec.cost]
-        done, degraded = await self._settle_calls(deltas) if deltas else ([], False)
-        reservation.settlement = Settlement(tuple(done), degraded)
+        deltas = []
+        for c in reservation.charges:
+            actual = _actual(actual_cost, c.spec.unit)
+            if actual < 0:
+                raise ValueError("actual_cost must be >= 0")
+            if actual != c.spec.cost:
+                deltas.append((c, actual - c.spec.cost))
+        reservation.settlement = await self.adjust(deltas)
         return reservation.settlement
+
+    async def adjust(self, deltas: Sequence[tuple[Charge, int]]) -> Settlement:
+        """Charge (delta > 0, even past the limit) or refund (delta < 0) each charge's place; store errors
+        are not raised: the settlement says degraded."""
+        done, degraded = await self._settle_calls(deltas) if deltas else ([], False)
+        return Settlement(tuple(done), degraded)
 
     async def finish_many(self, items: Sequence[Finished]) -> list[tuple[Settlement | None, bool]]:
         """Settle the reservations and release the leases of many finished requests in as few calls as possible.
@@ -439,11 +459,12 @@ class Limiter:
         entries: list[tuple[int, Charge, int]] = []
         for n, (reservation, actual, lease) in enumerate(items):
             if reservation is not None and reservation.settlement is None:
-                if actual < 0:
-                    raise ValueError("actual_cost must be >= 0")
                 for c in reservation.charges:
-                    if actual != c.spec.cost:
-                        entries.append((n, c, actual - c.spec.cost))
+                    used = _actual(actual, c.spec.unit)
+                    if used < 0:
+                        raise ValueError("actual_cost must be >= 0")
+                    if used != c.spec.cost:
+                        entries.append((n, c, used - c.spec.cost))
             if lease is not None and not lease.released:
                 lease.released = True
                 for c in lease.charges:
@@ -511,12 +532,75 @@ class Limiter:
                 ok = False
         return ok
 
+    # -- a running request's reservation grows ---------------------------------------------
+    async def extend(self, wants: Sequence[tuple[LimitSpec, int, int]], *, store: str | None = None) -> Extension:
+        """Reserve more on limits a request already holds: ``(spec, want, need)`` each, granted on its own.
+
+        A limit grants ``want`` when it fits, else what it has left when that is
+        at least ``need``, else nothing (and is not written). When the store
+        fails, each limit's fail mode answers: ``fail_open`` grants ``want``
+        unchecked, ``fail_closed`` nothing, ``local`` asks the embedded engine
+        with the limit divided among the instances.
+        """
+        store_name = store or self.default_store
+        engine = self._engine(store_name)
+        items = []
+        for i, (spec, want, need) in enumerate(wants):
+            key, tag = self._keys.key_and_tag(spec)
+            items.append((i, spec, key, tag, want, need))
+        by_tag: dict[str, list[tuple[int, LimitSpec, str, str, int, int]]] = {}
+        for it in items:
+            by_tag.setdefault(it[3] if engine.single_slot else "", []).append(it)
+        granted = [0] * len(items)
+        charges: list[Charge] = []
+        degraded = False
+        for group in by_tag.values():
+            try:
+                reply = await engine.run("extend", [it[2] for it in group], _extend_args(group))
+            except StoreError:
+                degraded = True
+                charges += await self._fail_extend(store_name, group, granted)
+                continue
+            for n, (i, spec, key, tag, _, _) in enumerate(group):
+                j = 1 + n * _EXTEND_STRIDE
+                if reply[j] > 0:
+                    granted[i] = reply[j]
+                    charges.append(Charge(store_name, key, tag, spec.with_cost(reply[j]), reply[j + 2]))
+        return Extension(tuple(granted), Reservation(tuple(charges)) if charges else None, degraded)
+
+    async def _fail_extend(
+        self, store: str, group: list[tuple[int, LimitSpec, str, str, int, int]], granted: list[int]
+    ) -> list[Charge]:
+        local = []
+        for it in group:
+            i, spec, _, _, want, _ = it
+            if spec.fail_mode == "local" and self._local is not None:
+                local.append(it)
+            elif spec.fail_mode != "fail_closed":
+                granted[i] = want  # fail_open: unchecked, as an admission would be
+        if not local:
+            return []
+        assert self._local is not None
+        divided = [(i, _divided(spec, self._instances), f"{key}@{store}", tag, want, need) for i, spec, key, tag, want, need in local]
+        reply = await self._local.run("extend", [it[2] for it in divided], _extend_args(divided))
+        charges = []
+        for n, (i, spec, key, tag, _, _) in enumerate(divided):
+            j = 1 + n * _EXTEND_STRIDE
+            if reply[j] > 0:
+                granted[i] = reply[j]
+                charges.append(Charge(LOCAL_STORE, key, tag, spec.with_cost(reply[j]), reply[j + 2]))
+        return charges
+
     # -- reading -------------------------------------------------------------------------
     async def peek(self, spec: LimitSpec, *, store: str | None = None) -> LimitState:
         """The current state of a limit without consuming anything; raises StoreError if the store fails."""
+        return (await self.counter(spec, store=store))[0]
+
+    async def counter(self, spec: LimitSpec, *, store: str | None = None) -> tuple[LimitState, int]:
+        """A limit's state and the units it counts now (past the limit after an overdraft); raises StoreError."""
         key = self._keys.key(spec)
         reply = await self._engine(store or self.default_store).run("peek", [key], _args([spec], ""))
-        return _state(spec, reply, 2)
+        return _state(spec, reply, 2), reply[8]
 
     def _refund_abandoned(self, store: str, group: _Group, pending: Any, lease_id: str, consumed: list[Charge]) -> None:
         """The caller was cancelled (a client that left) while its admission ran: give back, in the background,
@@ -536,6 +620,14 @@ class Limiter:
             await engine.close()
         if self._local is not None:
             await self._local.close()
+
+
+def _extend_args(group: Sequence[tuple[int, LimitSpec, str, str, int, int]]) -> list[Any]:
+    """extend.lua's 6 ARGV per limit: kind, limit, window, want, param, need."""
+    args: list[Any] = []
+    for _, spec, _, _, want, need in group:
+        args += (spec.kind, spec.limit, spec.window_ms, want, _param(spec, ""), max(1, min(need, want)))
+    return args
 
 
 def _retry_after(limits: Sequence[LimitState]) -> int:

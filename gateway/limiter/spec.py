@@ -17,22 +17,25 @@ __all__ = [
     "FAIL_MODES",
     "CALENDARS",
     "UNITS",
+    "RESERVED_UNITS",
 ]
 
 Kind = Literal["sliding_window", "gcra", "fixed_window", "concurrency"]
 FailMode = Literal["fail_open", "fail_closed", "local"]
 Calendar = Literal["minute", "hour", "day", "month"]
-Unit = Literal["requests", "tokens"]
+Unit = Literal["requests", "tokens", "input_tokens", "output_tokens", "nanos"]
 
 KINDS: tuple[str, ...] = ("sliding_window", "gcra", "fixed_window", "concurrency")
 FAIL_MODES: tuple[str, ...] = ("fail_open", "fail_closed", "local")
 CALENDARS: tuple[str, ...] = ("minute", "hour", "day", "month")
-UNITS: tuple[str, ...] = ("requests", "tokens")
+UNITS: tuple[str, ...] = ("requests", "tokens", "input_tokens", "output_tokens", "nanos")
+# Units whose cost is an estimate reserved at admission and settled to what the request really used.
+RESERVED_UNITS = frozenset({"tokens", "input_tokens", "output_tokens", "nanos"})
 
 LIMIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SCOPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 MAX_WINDOW_MS = 400 * 86_400_000  # a little over a year
-MAX_LIMIT = 10**12
+MAX_LIMIT = 10**15  # a money budget of a million in nano-units; exact in Lua's doubles and Redis's integers
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,7 +54,9 @@ class LimitSpec:
                    embedded engine with the limit divided among gateway instances)
     ``shadow``     evaluated and reported, never refuses
     ``calendar``   fixed_window only: minute | hour | day | month, in UTC
-    ``unit``       requests | tokens; token limits are reserved now and settled later
+    ``unit``       requests; tokens (input + output), input_tokens, output_tokens, or
+                   nanos (money, 1e-9 of the pricing currency): these are reserved
+                   now as an estimate and settled later to what was really used
     ``slots``      sliding_window only: slots per window (precision)
     """
 
@@ -67,7 +72,7 @@ class LimitSpec:
     calendar: Calendar | None = None
     unit: Unit = "requests"
     slots: int = 20
-    # True when the cost is an estimate to settle later (token limits). Derived, kept as a field because
+    # True when the cost is an estimate to settle later (token and money limits). Derived, kept as a field because
     # admission and the limiter ask it several times per request.
     reserves: bool = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -75,7 +80,7 @@ class LimitSpec:
         problems = _problems(self)
         if problems:
             raise ValueError(f"limit {self.name!r}: " + "; ".join(problems))
-        object.__setattr__(self, "reserves", self.unit == "tokens" and self.kind != "concurrency")
+        object.__setattr__(self, "reserves", self.unit in RESERVED_UNITS and self.kind != "concurrency")
 
     def with_cost(self, cost: int) -> LimitSpec:
         """The same limit with another cost (the per-request part)."""

@@ -20,7 +20,7 @@ from typing import Any
 __all__ = ["Script", "ENTRY_SCRIPTS", "lua_dir", "load_scripts"]
 
 # The scripts an engine runs by name; the other .lua files are libraries.
-ENTRY_SCRIPTS = ("admit", "peek", "settle", "lease_renew", "lease_release")
+ENTRY_SCRIPTS = ("admit", "peek", "settle", "extend", "lease_renew", "lease_release")
 _INCLUDE = "-- include:"
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from gateway.store import ScriptEngine
 
-__all__ = ["Lim", "Result", "admit", "peek", "settle", "renew", "release"]
+__all__ = ["Lim", "Result", "admit", "peek", "settle", "extend", "renew", "release"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Result:
     reset_ms: int
     retry_ms: int
     mark: int
+    used: int = -1  # peek.lua only: units counted now, past the limit after an overdraft
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ class Reply:
         return self.limits[i]
 
 
-def _parse(raw: list[int]) -> Reply:
-    rows = [Result(bool(raw[j]), *raw[j + 1 : j + 6]) for j in range(2, len(raw), 6)]
+def _parse(raw: list[int], stride: int = 6) -> Reply:
+    rows = [Result(bool(raw[j]), *raw[j + 1 : j + stride]) for j in range(2, len(raw), stride)]
     return Reply(bool(raw[0]), raw[1], rows)
 
 
@@ -62,13 +63,22 @@ async def peek(engine: ScriptEngine, *limits: Lim) -> Reply:
     args: list[Any] = []
     for lim in limits:
         args += lim.args()
-    return _parse(await engine.run("peek", [lim.key for lim in limits], args))
+    return _parse(await engine.run("peek", [lim.key for lim in limits], args), stride=7)
 
 
 async def settle(engine: ScriptEngine, lim: Lim, delta: int, mark: int) -> tuple[int, int, int, int]:
     """(applied, overdraft, remaining, reset_ms) of settle.lua for one limit."""
     raw = await engine.run("settle", [lim.key], [lim.kind, lim.limit, lim.window_ms, delta, lim.param, mark])
     return tuple(raw[1:5])  # type: ignore[return-value]
+
+
+async def extend(engine: ScriptEngine, *wants: tuple[Lim, int, int]) -> list[tuple[int, int, int]]:
+    """(granted, remaining, mark) of extend.lua per (limit, want, need)."""
+    args: list[Any] = []
+    for lim, want, need in wants:
+        args += [lim.kind, lim.limit, lim.window_ms, want, lim.param, need]
+    raw = await engine.run("extend", [lim.key for lim, _, _ in wants], args)
+    return [tuple(raw[j : j + 3]) for j in range(1, len(raw), 3)]  # type: ignore[misc]
 
 
 async def renew(engine: ScriptEngine, key: str, lease_id: str, ttl_ms: int) -> int:

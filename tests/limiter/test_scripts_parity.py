@@ -7,7 +7,7 @@ import pytest
 from tests.support.redis import RedisCluster, RedisServer
 
 from .conftest import Store
-from .scriptcalls import Lim, admit, peek, release, renew, settle
+from .scriptcalls import Lim, admit, extend, peek, release, renew, settle
 
 MINUTE = 60_000
 
@@ -223,3 +223,47 @@ async def test_a_flushed_script_cache_is_reloaded_without_an_error(kind: str, re
         assert engine.stats.failures == 0
     finally:
         await engine.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "param"), [("sliding_window", "10"), ("fixed_window", "hour"), ("gcra", "")]
+)
+async def test_extend_takes_what_a_limit_has_left_rather_than_all_or_nothing(store: Store, kind: str, param: str) -> None:
+    lim = Lim("{t}:ext", kind, 200, 3_600_000, cost=19, param=param)
+    assert (await admit(store.engine, lim)).admitted
+    # 181 left: a want of 256 takes all 181 (the old all-or-nothing extension cut the stream here).
+    [(granted, remaining, _)] = await extend(store.engine, (lim, 256, 1))
+    assert granted == 181 and remaining == 0
+    assert (await peek(store.engine, lim))[0].used == 200
+    [(granted, _, _)] = await extend(store.engine, (lim, 10, 1))
+    assert granted == 0  # nothing left: nothing granted, nothing written
+    assert (await peek(store.engine, lim))[0].used == 200
+
+
+async def test_extend_grants_nothing_below_the_need_and_each_limit_on_its_own(store: Store) -> None:
+    wide = Lim("{t}:wide", "fixed_window", 1000, MINUTE, cost=100, param="minute")
+    narrow = Lim("{t}:narrow", "fixed_window", 120, MINUTE, cost=100, param="minute")
+    assert (await admit(store.engine, wide, narrow)).admitted
+    (w, _, w_mark), (n, n_left, _) = await extend(store.engine, (wide, 50, 30), (narrow, 50, 30))
+    assert (w, n, n_left) == (50, 0, 20)  # narrow has 20 left, less than the 30 needed: untouched
+    assert (await peek(store.engine, narrow))[0].used == 100
+    assert (await peek(store.engine, wide))[0].used == 150
+    # what was granted settles like any reservation
+    await settle(store.engine, wide, -50, w_mark)
+    assert (await peek(store.engine, wide))[0].used == 100
+
+
+async def test_peek_reports_usage_past_the_limit_after_an_overdraft(store: Store) -> None:
+    lim = Lim("{t}:over", "fixed_window", 500, MINUTE, cost=400, param="minute")
+    reply = await admit(store.engine, lim)
+    await settle(store.engine, lim, 1600, reply[0].mark)  # the stream used 2000
+    got = (await peek(store.engine, lim))[0]
+    assert got.used == 2000 and got.remaining == 0
+    sw = Lim("{t}:sw-over", "sliding_window", 500, MINUTE, cost=400, param="10")
+    reply = await admit(store.engine, sw)
+    await settle(store.engine, sw, 100, reply[0].mark)
+    assert (await peek(store.engine, sw))[0].used == 500
+    gc = Lim("{t}:gc-over", "gcra", 500, MINUTE, cost=400)
+    reply = await admit(store.engine, gc)
+    await settle(store.engine, gc, 600, reply[0].mark)
+    assert (await peek(store.engine, gc))[0].used == 1000

@@ -22,7 +22,7 @@ async def test_usage_fills_the_reservation_then_the_extensions_and_the_rest_is_g
     first = await limiter.admit([SPEC])
     extension = await limiter.admit([SPEC.with_cost(50)])
     assert first.reservation is not None and extension.reservation is not None
-    admission = Admission(decision=first, reserved_tokens=100, extended_tokens=50, extensions=[extension.reservation])
+    admission = Admission(decision=first, completion_reserved=100, extensions=[extension.reservation])
     ctx = SimpleNamespace(admission=admission, usage=Usage(actual, 0, reported=True), first_byte_at=1.0)
     settler = Settler(limiter)
     settler.finish(ctx)  # type: ignore[arg-type]
@@ -47,7 +47,7 @@ async def test_usage_past_a_spent_budget_is_charged_and_counted_as_overdraft() -
     limiter = build_limiter()
     small = LimitSpec(name="tiny", kind="fixed_window", limit=100, window_ms=60_000, calendar="minute", cost=100, unit="tokens", scope_key=(("tenant", "t"),), tenant="t")
     admitted = await limiter.admit([small])
-    admission = Admission(decision=admitted, reserved_tokens=100)
+    admission = Admission(decision=admitted, completion_reserved=100)
     metrics = _Counted()
     settler = Settler(limiter, metrics=metrics)
     settler.finish(SimpleNamespace(admission=admission, usage=Usage(60, 90, reported=True), first_byte_at=1.0))  # type: ignore[arg-type]

@@ -1,0 +1,54 @@
+-- include: common.lua sliding_window.lua gcra.lua fixed_window.lua concurrency.lua
+-- extend.lua: grows the reservation of a request that is still running (a
+-- stream past what it reserved) by what each limit still has, up to what is
+-- wanted: a stream takes what remains of a budget rather than all or nothing.
+--
+-- KEYS: one counter key per limit (all in one hash slot on Cluster).
+-- ARGV: 6 values per limit, in KEYS order:
+--   kind      "sliding_window" | "gcra" | "fixed_window" (not concurrency)
+--   limit     as in admit.lua
+--   window_ms as in admit.lua
+--   want      units wanted on this limit (> 0)
+--   param     as in admit.lua (slots, calendar, "")
+--   need      the least grant that helps (1 <= need <= want): a limit with
+--             less than this left grants nothing and is not written
+-- Units: as in admit.lua.
+-- Returns: { now_us, then 3 integers per limit: granted (0, or need..want),
+--   remaining after the grant, mark (for settle.lua) }
+-- Each limit is granted on its own: the caller ends the stream when a limit
+-- it must respect granted nothing, and settles what the others granted.
+
+local now = now_us()
+local out = { now }
+for i = 1, #KEYS do
+  local b = (i - 1) * 6
+  local alg = ALGORITHMS[ARGV[b + 1]]
+  local key, limit, window_ms, param = KEYS[i], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), ARGV[b + 5]
+  local want, need = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 6])
+  local st = alg.check(key, now, limit, window_ms, want, param)
+  local granted = 0
+  if st.allowed then
+    granted = want
+  else
+    -- st.remaining is what the limit holds before this cost when it refuses.
+    local take = math.min(want, st.remaining)
+    if take >= need and take > 0 then
+      st = alg.check(key, now, limit, window_ms, take, param)
+      if st.allowed then
+        granted = take
+      end
+    end
+  end
+  local j = #out
+  if granted > 0 then
+    alg.commit(key, now, limit, window_ms, granted, param, st)
+    out[j + 1] = granted
+    out[j + 2] = st.remaining
+    out[j + 3] = st.mark
+  else
+    out[j + 1] = 0
+    out[j + 2] = st.remaining
+    out[j + 3] = st.mark
+  end
+end
+return out
