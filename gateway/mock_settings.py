@@ -28,6 +28,10 @@ class MockSettings:
     stall_after: int | None = None
     malformed_after: int | None = None
     completion_tokens: int | None = None
+    # Shapes some OpenAI-compatible proxies send: the usage chunk with ``choices: [{"index": 0, "delta": {}}]``
+    # instead of ``choices: []``, and the body ended a while after ``data: [DONE]``.
+    usage_chunk_delta: bool = False
+    linger_after_done_ms: float = 0.0
     seed: int | None = None
     default_tokens: int = 16
     max_tokens_cap: int = 4096
@@ -39,8 +43,8 @@ class MockSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.latency_ms < 0:
-            problems.append("latency_ms must be >= 0")
+        if self.latency_ms < 0 or self.linger_after_done_ms < 0:
+            problems.append("latency_ms and linger_after_done_ms must be >= 0")
         if self.tokens_per_second < 0:
             problems.append("tokens_per_second must be >= 0")
         if self.status and not 400 <= self.status <= 599:
@@ -74,6 +78,8 @@ _KNOB_FIELDS: Mapping[str, Callable[[str], Any]] = MappingProxyType(
         "stall_after": int,
         "malformed_after": int,
         "completion_tokens": int,
+        "usage_chunk_delta": lambda text: text.lower() in ("1", "true", "yes", "on"),
+        "linger_after_done_ms": float,
     }
 )
 _HEADER_KNOBS: Mapping[bytes, str] = MappingProxyType(
@@ -113,6 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stall-after", type=int, default=d.stall_after, help="stall streams after N events")
     g.add_argument("--malformed-after", type=int, default=d.malformed_after, help="send a non-JSON SSE event after N events")
     g.add_argument("--completion-tokens", type=int, default=d.completion_tokens, help="generate exactly N tokens")
+    g.add_argument("--usage-chunk-delta", action="store_true", help='usage chunk with choices [{"index":0,"delta":{}}]')
+    g.add_argument("--linger-after-done-ms", type=float, default=d.linger_after_done_ms, help="end stream bodies this long after [DONE]")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the --error-rate RNG")
     g.add_argument("--default-tokens", type=int, default=d.default_tokens, help="tokens generated without max_tokens")
     g.add_argument("--max-tokens-cap", type=int, default=d.max_tokens_cap, help="upper bound on generated tokens")

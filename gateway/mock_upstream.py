@@ -41,6 +41,9 @@ malformed_after       x-mock-malformed-after       streams: after N events send 
                                                    is not JSON, then carry on
 completion_tokens     x-mock-completion-tokens     generate exactly this many tokens (ignores
                                                    ``max_tokens``)
+usage_chunk_delta     x-mock-usage-chunk-delta     streams: the usage chunk carries ``choices:
+                                                   [{"index": 0, "delta": {}}]`` (as some proxies send)
+linger_after_done_ms  x-mock-linger-after-done-ms  streams: end the body this long after ``[DONE]``
 ====================  ===========================  ===================================================
 
 Instance-only settings: ``seed``, ``default_tokens`` (length when the request
@@ -344,6 +347,8 @@ async def _stream(request: web.Request, state: MockState, knobs: MockSettings, e
             await response.write(event)
             await writer.drain()
             sent += 1
+        if knobs.linger_after_done_ms:
+            await asyncio.sleep(knobs.linger_after_done_ms / 1000)
         await response.write_eof()
     except asyncio.CancelledError:
         state.client_left(sent)
@@ -404,7 +409,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         events.append(head + b'{"index":0,"delta":{"content":' + content + b'},"logprobs":null,"finish_reason":null}]' + tail)
     events.append(head + b'{"index":0,"delta":{},"logprobs":null,"finish_reason":"' + finish.encode() + b'"}]' + tail)
     if include_usage:
-        events.append(head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
+        empty = b'{"index":0,"delta":{}}' if knobs.usage_chunk_delta else b""
+        events.append(head + empty + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
     events.append(_DONE_EVENT)
     return await _stream(request, state, knobs, events, paced_from=1)
 

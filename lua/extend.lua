@@ -2,6 +2,9 @@
 -- extend.lua: grows the reservation of a request that is still running (a
 -- stream past what it reserved) by what each limit still has, up to what is
 -- wanted: a stream takes what remains of a budget rather than all or nothing.
+-- A limit grants at most an eighth of what it has left (but at least need),
+-- so that near the end of a budget many concurrent streams take small steps
+-- and none is cut while others sit on grants they will not use.
 --
 -- KEYS: one counter key per limit (all in one hash slot on Cluster).
 -- ARGV: 6 values per limit, in KEYS order:
@@ -13,7 +16,8 @@
 --   need      the least grant that helps (1 <= need <= want): a limit with
 --             less than this left grants nothing and is not written
 -- Units: as in admit.lua.
--- Returns: { now_us, then 3 integers per limit: granted (0, or need..want),
+-- Returns: { now_us, then 3 integers per limit: granted (0, or need..want:
+--   want when at least 8 * want is left),
 --   remaining after the grant, mark (for settle.lua) }
 -- Each limit is granted on its own: the caller ends the stream when a limit
 -- it must respect granted nothing, and settles what the others granted.
@@ -26,17 +30,19 @@ for i = 1, #KEYS do
   local key, limit, window_ms, param = KEYS[i], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), ARGV[b + 5]
   local want, need = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 6])
   local st = alg.check(key, now, limit, window_ms, want, param)
-  local granted = 0
+  -- What the limit has left before this cost (st.remaining is after it when it fits).
+  local left = st.remaining
   if st.allowed then
+    left = left + want
+  end
+  local take = math.min(want, math.max(need, math.floor(left / 8)), left)
+  local granted = 0
+  if take == want and st.allowed then
     granted = want
-  else
-    -- st.remaining is what the limit holds before this cost when it refuses.
-    local take = math.min(want, st.remaining)
-    if take >= need and take > 0 then
-      st = alg.check(key, now, limit, window_ms, take, param)
-      if st.allowed then
-        granted = take
-      end
+  elseif take >= need and take > 0 then
+    st = alg.check(key, now, limit, window_ms, take, param)
+    if st.allowed then
+      granted = take
     end
   end
   local j = #out

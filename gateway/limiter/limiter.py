@@ -300,7 +300,7 @@ class Limiter:
             for idx, st in states:
                 if not st.allowed and not st.shadow:
                     it = items[idx]
-                    self._cache.remember(store_name, it.key, it.spec.cost, st, now)
+                    self._cache.remember(store_name, it.key, it.spec.cost, st, now, reserved=it.spec.reserves)
         if not allowed:
             return Decision(False, limits, degraded, _retry_after(limits))
         reservation = tuple([c for c in consumed if c.spec.reserves])
@@ -393,6 +393,9 @@ class Limiter:
     async def _settle_calls(self, deltas: Sequence[tuple[Charge, int]]) -> tuple[list[SettledLimit], bool]:
         """Run settle.lua for (charge, delta) pairs; returns what was settled and whether a store failed."""
         by_charge = {id(c): d for c, d in deltas}
+        for c, d in deltas:
+            if d < 0:
+                self._cache.forget(c.store, c.key)
         done: list[SettledLimit] = []
         degraded = False
         for engine, group in self._by_call([c for c, _ in deltas]):
@@ -475,6 +478,8 @@ class Limiter:
         calls: dict[tuple[str, str], list[tuple[int, Charge, int]]] = {}
         for entry in entries:
             c = entry[1]
+            if entry[2] < 0:
+                self._cache.forget(c.store, c.key)
             calls.setdefault((c.store, c.tag if self._engine(c.store).single_slot else ""), []).append(entry)
         for (store, _), group in calls.items():
             engine = self._engine(store)

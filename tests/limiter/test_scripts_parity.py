@@ -231,13 +231,18 @@ async def test_a_flushed_script_cache_is_reloaded_without_an_error(kind: str, re
 async def test_extend_takes_what_a_limit_has_left_rather_than_all_or_nothing(store: Store, kind: str, param: str) -> None:
     lim = Lim("{t}:ext", kind, 200, 3_600_000, cost=19, param=param)
     assert (await admit(store.engine, lim)).admitted
-    # 181 left: a want of 256 takes all 181 (the old all-or-nothing extension cut the stream here).
-    [(granted, remaining, _)] = await extend(store.engine, (lim, 256, 1))
-    assert granted == 181 and remaining == 0
-    assert (await peek(store.engine, lim))[0].used == 200
+    # 181 left: a want of 256 (the old all-or-nothing extension cut the stream here) takes an eighth of
+    # what is left, again and again, until all 181 are granted, one token at least each time.
+    grants = []
+    while True:
+        [(granted, _, _)] = await extend(store.engine, (lim, 256, 1))
+        if not granted:
+            break
+        grants.append(granted)
+    assert grants[0] == 181 // 8 and grants[-1] == 1 and sum(grants) == 181
+    assert (await peek(store.engine, lim))[0].used == 200  # nothing left: the last call granted and wrote nothing
     [(granted, _, _)] = await extend(store.engine, (lim, 10, 1))
-    assert granted == 0  # nothing left: nothing granted, nothing written
-    assert (await peek(store.engine, lim))[0].used == 200
+    assert granted == 0
 
 
 async def test_extend_grants_nothing_below_the_need_and_each_limit_on_its_own(store: Store) -> None:
@@ -245,7 +250,7 @@ async def test_extend_grants_nothing_below_the_need_and_each_limit_on_its_own(st
     narrow = Lim("{t}:narrow", "fixed_window", 120, MINUTE, cost=100, param="minute")
     assert (await admit(store.engine, wide, narrow)).admitted
     (w, _, w_mark), (n, n_left, _) = await extend(store.engine, (wide, 50, 30), (narrow, 50, 30))
-    assert (w, n, n_left) == (50, 0, 20)  # narrow has 20 left, less than the 30 needed: untouched
+    assert (w, n, n_left) == (50, 0, 20)  # wide had 900 (over 8 x 50) left; narrow 20, less than the 30 needed
     assert (await peek(store.engine, narrow))[0].used == 100
     assert (await peek(store.engine, wide))[0].used == 150
     # what was granted settles like any reservation
