@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from gateway.sse import DROP, PASS, EndStream, MonitorChain, SseParser
+from gateway.sse import DROP, HOLD, PASS, EndStream, MonitorChain, SseParser
 
 
 def _event(obj: Any) -> bytes:
@@ -101,3 +101,56 @@ def test_monitor_chain_lets_the_first_non_pass_verdict_decide() -> None:
     p = SseParser(MonitorChain(a, b))
     p.feed(STREAM)
     assert len(a.seen) == 3 and len(b.seen) == 2  # b never saw the dropped usage event
+
+
+class Gate:
+    """Holds every event past ``allowed`` until ``cover()`` lets one more through."""
+
+    def __init__(self, allowed: int) -> None:
+        self.allowed = allowed
+        self.passed: list[Any] = []
+
+    def on_event(self, data: Any) -> int:
+        if len(self.passed) >= self.allowed:
+            return HOLD
+        self.passed.append(data)
+        return PASS
+
+    async def cover(self) -> None:
+        self.allowed += 1
+
+    def on_end(self, outcome: str) -> None:
+        pass
+
+
+async def test_a_held_event_and_everything_after_it_wait_until_resume_in_order() -> None:
+    gate = Gate(allowed=1)
+    p = SseParser(gate)
+    for cut in (5, len(STREAM) // 2):
+        gate.allowed, gate.passed, p = 1, [], SseParser(gate)
+        out = p.feed(STREAM[:cut])
+        out += p.feed(STREAM[cut:])  # arrives while an event is held: kept, not parsed past the held one
+        assert p.holding and out == _event({"i": 0}) and p.events == 1
+        while p.holding:
+            await gate.cover()
+            out += p.resume()
+        assert out == STREAM and p.done and p.events == 3
+        assert [e["i"] for e in gate.passed] == [0, 1, 2]
+
+
+async def test_a_hold_at_the_end_of_the_stream_survives_the_flush() -> None:
+    gate = Gate(allowed=0)
+    p = SseParser(gate)
+    assert p.feed(b'data: {"i": 0}') == b""
+    assert p.flush() == b"" and p.holding  # the last event, flushed without its blank line, is held
+    await gate.cover()
+    assert p.resume() == b'data: {"i": 0}\n\n' and not p.holding
+
+
+def test_a_monitor_can_replace_an_event_s_data() -> None:
+    class Strip:
+        def on_event(self, data: Any) -> int | bytes:
+            return orjson.dumps({k: v for k, v in data.items() if k != "usage"}) if "usage" in data else PASS
+
+    out = SseParser(Strip()).feed(STREAM)  # type: ignore[arg-type]
+    assert out == _event({"i": 0}) + _event({"i": 1}) + _event({"i": 2}) + b"data: [DONE]\n\n"
