@@ -163,3 +163,28 @@ def test_durations_parse_to_seconds(text: object, seconds: float) -> None:
 def test_sizes_parse_to_bytes(text: object, size: int) -> None:
     assert parse_size(text) == size
 
+
+
+def test_budget_and_token_count_mistakes_are_named_by_field() -> None:
+    rules = {
+        "no-amount": {"type": "budget", "attach": {"global": True}},
+        "zero": {"type": "budget", "amount": 0, "attach": {"global": True}},
+        "as-limit": {"type": "budget", "limit": 5, "amount": 1, "per": "week", "window": "sliding", "attach": {"global": True}},
+        "bad-count": {"type": "token_limit", "limit": 10, "count": "prompt", "attach": {"global": True}},
+    }
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(minimal(rules=rules), env={"UPSTREAM_KEY": "k"})
+    problems = info.value.problems
+    assert any(p.startswith("rules.no-amount.amount:") for p in problems), problems
+    assert any(p.startswith("rules.zero.amount:") for p in problems), problems
+    assert any(p.startswith("rules.as-limit.per:") for p in problems), problems
+    assert any(p.startswith("rules.as-limit.window:") for p in problems), problems
+    assert any(p.startswith("rules.as-limit.limit:") for p in problems), problems  # a budget takes an amount
+    assert any(p.startswith("rules.bad-count.count:") for p in problems), problems
+
+
+def test_a_budget_amount_is_kept_exactly_in_nanos() -> None:
+    rules = {"spend": {"type": "budget", "amount": 12.34, "per": "month", "attach": {"plans": ["p"]}}}
+    config = config_from_dict(minimal(rules=rules), env={"UPSTREAM_KEY": "k"})
+    [rule] = config.rules.rules
+    assert (rule.limit, rule.per, rule.window, rule.algorithm) == (12_340_000_000, "month", "calendar", "fixed_window")
