@@ -230,14 +230,14 @@ def _header_limits(states: tuple[LimitState, ...], specs: Sequence[LimitSpec]) -
     # Every limit was evaluated (the usual case): states come in the order of specs.
     pairs = zip(specs, states) if len(states) == len(specs) else _by_name(states, specs)
     return [
-        HeaderLimit(st.name, _HEADER_UNIT.get(st.unit, st.unit), st.limit, st.remaining, st.reset_ms, spec.window_ms)
+        HeaderLimit(st.name, st.unit if st.unit in _HEADER_UNITS else "tokens", st.limit, st.remaining, st.reset_ms, spec.window_ms)
         for spec, st in pairs
         if spec.kind != "concurrency" and not st.shadow and st.unit != "nanos"
     ]
 
 
 # Input and output token limits show in the token headers; money budgets in none.
-_HEADER_UNIT = {"input_tokens": "tokens", "output_tokens": "tokens"}
+_HEADER_UNITS = frozenset({"requests", "tokens"})
 
 
 def _by_name(states: tuple[LimitState, ...], specs: Sequence[LimitSpec]) -> list[tuple[LimitSpec, LimitState]]:

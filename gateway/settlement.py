@@ -163,10 +163,13 @@ def consumed(admission: Admission, usage: Usage | None, reached_upstream: bool, 
     """What the request really used, for settling its reservation: the usage and its cost when known,
     the estimate reserved when it reached the model but no usage came back, nothing when it never did."""
     if usage is not None:
-        return Consumed(usage.prompt_tokens, usage.completion_tokens, cost if cost is not None else admission.cost_estimate)
+        return Consumed.of_usage(usage.prompt_tokens, usage.completion_tokens, cost if cost is not None else admission.cost_estimate)
     if reached_upstream:
-        return Consumed(admission.prompt_estimate, admission.completion_reserved, admission.cost_estimate)
-    return Consumed(0, 0, 0)
+        return Consumed.of_usage(admission.prompt_estimate, admission.completion_reserved, admission.cost_estimate)
+    return _NOTHING
+
+
+_NOTHING = Consumed(0, 0, 0, 0)
 
 
 class Settler:

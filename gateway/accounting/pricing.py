@@ -59,7 +59,9 @@ class Pricing:
 
     def cost_nanos(self, model: str | None, prompt_tokens: int, completion_tokens: int, requests: int = 1) -> int:
         """What one request costs: tokens at the model's price, plus every enabled cost rule that applies to it."""
-        rate = self._model_rate(model)
+        rate = self._rates.get(model) if model is not None else None  # the usual case, without a call
+        if rate is None:
+            rate = self._model_rate(model)
         cost = prompt_tokens * rate.input_nanos_per_token + completion_tokens * rate.output_nanos_per_token
         for rule in rate.rules:
             if rule.resource == "requests":

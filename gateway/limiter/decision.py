@@ -32,21 +32,24 @@ class LimitState(NamedTuple):
 
 
 class Consumed(NamedTuple):
-    """What a finished request really used, in every unit a reservation can be held in."""
+    """What a finished request really used, in every unit a reservation can be held in.
 
+    The fields are named as the units of :class:`LimitSpec`, so ``getattr(consumed, spec.unit)`` is what a
+    limit settles to; build one with :meth:`of_usage`.
+    """
+
+    tokens: int  # input + output
     input_tokens: int
     output_tokens: int
-    nanos: int = 0  # its cost, in 1e-9 of the pricing currency
+    nanos: int  # its cost, in 1e-9 of the pricing currency
+
+    @classmethod
+    def of_usage(cls, input_tokens: int, output_tokens: int, nanos: int = 0) -> Consumed:
+        return cls(input_tokens + output_tokens, input_tokens, output_tokens, nanos)
 
     def of(self, unit: str) -> int:
         """The amount a limit counting ``unit`` settles to."""
-        if unit == "tokens":
-            return self.input_tokens + self.output_tokens
-        if unit == "output_tokens":
-            return self.output_tokens
-        if unit == "input_tokens":
-            return self.input_tokens
-        return self.nanos
+        return getattr(self, unit)  # type: ignore[no-any-return]
 
 
 class Charge(NamedTuple):

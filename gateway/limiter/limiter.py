@@ -38,7 +38,7 @@ Finished = tuple[Reservation | None, Actual, Lease | None]
 
 
 def _actual(actual: Actual, unit: str) -> int:
-    return actual if type(actual) is int else actual.of(unit)  # type: ignore[union-attr]
+    return actual if type(actual) is int else getattr(actual, unit)  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
@@ -393,9 +393,10 @@ class Limiter:
     async def _settle_calls(self, deltas: Sequence[tuple[Charge, int]]) -> tuple[list[SettledLimit], bool]:
         """Run settle.lua for (charge, delta) pairs; returns what was settled and whether a store failed."""
         by_charge = {id(c): d for c, d in deltas}
-        for c, d in deltas:
-            if d < 0:
-                self._cache.forget(c.store, c.key)
+        if len(self._cache):
+            for c, d in deltas:
+                if d < 0:
+                    self._cache.forget(c.store, c.key)
         done: list[SettledLimit] = []
         degraded = False
         for engine, group in self._by_call([c for c, _ in deltas]):
@@ -462,8 +463,9 @@ class Limiter:
         entries: list[tuple[int, Charge, int]] = []
         for n, (reservation, actual, lease) in enumerate(items):
             if reservation is not None and reservation.settlement is None:
+                plain = type(actual) is int
                 for c in reservation.charges:
-                    used = _actual(actual, c.spec.unit)
+                    used = actual if plain else getattr(actual, c.spec.unit)
                     if used < 0:
                         raise ValueError("actual_cost must be >= 0")
                     if used != c.spec.cost:
@@ -476,10 +478,11 @@ class Limiter:
         failed = [False] * len(items)  # a token charge of the item was not settled
         kept = [False] * len(items)  # a lease of the item was not released
         calls: dict[tuple[str, str], list[tuple[int, Charge, int]]] = {}
+        forget = self._cache.forget if len(self._cache) else None  # refunds may end a remembered refusal
         for entry in entries:
             c = entry[1]
-            if entry[2] < 0:
-                self._cache.forget(c.store, c.key)
+            if forget is not None and entry[2] < 0:
+                forget(c.store, c.key)
             calls.setdefault((c.store, c.tag if self._engine(c.store).single_slot else ""), []).append(entry)
         for (store, _), group in calls.items():
             engine = self._engine(store)
