@@ -9,8 +9,9 @@ word, so it is bounded before anything keeps it: a string of at most
 header's undecodable bytes arrive as lone surrogates), else the request is
 refused with a 400 naming the field; it is never rewritten. A token's claim
 is held to the same bounds (an issuer's odd ``sub`` must not break a log
-line either). The value keys limiter counters (which carry TTLs) and
-access-log lines; never a metric label.
+line or a usage write either). The value keys limiter counters (which carry
+TTLs), usage aggregates (capped per tenant and month) and access-log lines;
+never a metric label.
 """
 
 from __future__ import annotations
