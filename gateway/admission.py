@@ -180,7 +180,7 @@ def _plan(rules: RuleSet, principal: Any, namespace: str) -> _Plan:
 _SCOPE_VALUES: dict[str, Callable[[Any, RequestContext], str]] = {
     "tenant": lambda p, ctx: p.tenant,
     "key": lambda p, ctx: p.key_id or "-",
-    "user": lambda p, ctx: p.user or "-",
+    "user": lambda p, ctx: ctx.end_user or "-",
     "ip": lambda p, ctx: ctx.client_ip,
     "namespace": lambda p, ctx: ctx.namespace,
     "model": lambda p, ctx: ctx.model or "-",

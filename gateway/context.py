@@ -62,8 +62,9 @@ class RequestContext:
         "body",
         "model",
         "stream",
-        # identify
+        # identify: the authenticated principal, and the end user inside its tenant (identity/end_user.py)
         "principal",
+        "end_user",
         # match, admit
         "namespace",
         "admission",
@@ -109,6 +110,7 @@ class RequestContext:
         self.model: str | None = None
         self.stream = False
         self.principal: Principal | None = None
+        self.end_user: str | None = None
         self.namespace = "default"
         self.admission: Admission | None = None
         self.priority = 0

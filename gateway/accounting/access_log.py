@@ -7,6 +7,9 @@ header, no body, no token. Fields::
     upstream status error stream client_disconnected client_ip prompt_tokens
     completion_tokens usage_reported cost currency total_ms upstream_ms
     overhead_ms ttfb_ms attempts
+
+``user`` is the end user inside the tenant (``identity.end_user``): bounded
+in length and free of control characters before it gets here.
 """
 
 from __future__ import annotations

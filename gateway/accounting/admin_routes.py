@@ -4,6 +4,8 @@
     GET /admin/tenants/{id}/usage?period=YYYY-MM   requests, tokens and cost by model and by day
     GET /admin/tenants/{id}/usage.csv?period=...   the same, one CSV row per day and model
     GET /admin/usage.csv?period=YYYY-MM            every tenant of the period, one row per tenant, day and model
+    GET /admin/tenants/{id}/usage?user=<end user>  that end user's requests, errors, tokens and cost in the period
+    GET /admin/tenants/{id}/usage/users?period=    the same for every end user kept apart, and the rest as "other"
     GET /admin/tenants/{id}/quota                  used / limit / percent per quota this month, alerts fired
     GET /admin/tenants/{id}/audit                  that tenant's audit events (same filters as below)
     GET /admin/audit?tenant=&since=&until=&limit=  audit events, newest first (since/until: Unix seconds or ISO 8601)
@@ -26,9 +28,10 @@ from aiohttp import web
 
 from ..errors import BadRequest
 from ..http import json_response
+from ..identity.end_user import checked_end_user
 from ..runtime import STATE
 from .admin_audit import audit_admin_changes
-from .aggregates import month_of, split_models
+from .aggregates import OTHER_USERS, USER_FIELDS, month_of, split_models
 from .metrics import CONTENT_TYPE
 from .pricing import to_money
 
@@ -44,6 +47,7 @@ def add_accounting_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/tenants/{tenant}/usage", tenant_usage)
     app.router.add_get("/admin/tenants/{tenant}/usage.csv", tenant_usage_csv)
+    app.router.add_get("/admin/tenants/{tenant}/usage/users", tenant_end_users)
     app.router.add_get("/admin/usage.csv", all_usage_csv)
     app.router.add_get("/admin/tenants/{tenant}/quota", tenant_quota)
     app.router.add_get("/admin/tenants/{tenant}/audit", tenant_audit)
@@ -93,9 +97,15 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+def _end_user_view(fields: dict[str, int]) -> dict[str, Any]:
+    return {**_amounts(fields), "errors": fields.get("errors", 0)}
+
+
 async def tenant_usage(request: web.Request) -> web.Response:
     acc = _accounting(request)
     tenant, period = request.match_info["tenant"], _period(request)
+    if "user" in request.query:
+        return await _end_user_usage(request, tenant, period)
     month, days = await acc.store.read(tenant, period)
     return json_response(
         {
@@ -104,6 +114,37 @@ async def tenant_usage(request: web.Request) -> web.Response:
             "currency": acc.pricing().currency,
             **_usage_view(month),
             "by_day": {day: _usage_view(fields) for day, fields in sorted(days.items())},
+        }
+    )
+
+
+async def _end_user_usage(request: web.Request, tenant: str, period: str) -> web.Response:
+    """One end user's usage in the period: zeros when none was kept for it (see ``usage.max_end_users``)."""
+    acc = _accounting(request)
+    limit = request.app[STATE].config.identity.end_user.max_length
+    user = checked_end_user(request.query["user"], "user", limit, "user")
+    if user is None:
+        raise BadRequest("user must name an end user", param="user", code="invalid_value")
+    fields = (await acc.store.users(tenant, period, user)).get(user, {})
+    return json_response(
+        {"tenant": tenant, "period": period, "currency": acc.pricing().currency, "user": user, **_end_user_view(fields)}
+    )
+
+
+async def tenant_end_users(request: web.Request) -> web.Response:
+    acc = _accounting(request)
+    tenant, period = request.match_info["tenant"], _period(request)
+    users = await acc.store.users(tenant, period)
+    other = users.pop(OTHER_USERS, dict.fromkeys(USER_FIELDS, 0))
+    return json_response(
+        {
+            "tenant": tenant,
+            "period": period,
+            "currency": acc.pricing().currency,
+            "max_end_users": acc.settings.usage.max_end_users,
+            "users": {u: _end_user_view(fields) for u, fields in sorted(users.items())},
+            # The end users past max_end_users this period, added up.
+            "other": _end_user_view(other),
         }
     )
 

@@ -8,6 +8,11 @@ A period's aggregate is a flat mapping of integer fields::
 
 kept under ``<prefix>:{<tenant>}:m:<YYYY-MM>`` and ``<prefix>:{<tenant>}:d:<YYYY-MM-DD>``
 (Redis hashes with a TTL, or entries of the file/memory document).
+
+Per end user (``identity.end_user``) and month, only :data:`USER_FIELDS`, under
+``<prefix>:{<tenant>}:u:<YYYY-MM>``: at most ``usage.max_end_users`` end users
+of a tenant a month are kept apart; the usage of later ones is added up under
+:data:`OTHER_USERS` (an end user is never the empty string).
 """
 
 from __future__ import annotations
@@ -19,13 +24,29 @@ from typing import Any
 from .records import Entry
 from .tally import Tally
 
-__all__ = ["Batch", "TOTAL_FIELDS", "MODEL_FIELDS", "month_of", "day_of", "split_models", "PeriodClock"]
+__all__ = [
+    "Batch", "TOTAL_FIELDS", "MODEL_FIELDS", "USER_FIELDS", "OTHER_USERS", "month_of", "day_of", "split_models", "PeriodClock",
+    "add_user_counts",
+]
 
 TOTAL_FIELDS = (
     "requests", "errors", "prompt_tokens", "completion_tokens", "cost_n",
     "est_requests", "est_prompt_tokens", "est_completion_tokens",
 )
 MODEL_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_n")
+USER_FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_n")
+# The end users of a tenant's month past usage.max_end_users, added up.
+OTHER_USERS = ""
+
+
+def add_user_counts(table: dict[str, list[int]], user: str, counts: tuple[int, ...] | list[int]) -> None:
+    """Add ``counts`` (of :data:`USER_FIELDS`, in order) to ``user``'s in ``table``."""
+    target = table.get(user)
+    if target is None:
+        table[user] = list(counts)
+    else:
+        for i, v in enumerate(counts):
+            target[i] += v
 
 
 def month_of(wall: float) -> str:
@@ -57,23 +78,33 @@ class PeriodClock:
 
 
 class Batch:
-    """The deltas of a batch of entries, per (tenant, month) and (tenant, day)."""
+    """The deltas of a batch of entries, per (tenant, month) and (tenant, day), and per end user of a (tenant, month)."""
 
-    __slots__ = ("months", "days", "periods")
+    __slots__ = ("months", "days", "users", "periods")
 
     def __init__(self) -> None:
         self.months: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.days: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        # (tenant, month) -> end user -> the deltas of USER_FIELDS, in that order
+        self.users: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(dict)
         self.periods = PeriodClock()
 
     def __bool__(self) -> bool:
         return bool(self.months)
 
     def add(self, e: Entry) -> None:
+        errors = 1 if e.status >= 400 else 0
         self.add_counts(
-            e.tenant, e.wall, e.priced_model, 1, 1 if e.status >= 400 else 0,
+            e.tenant, e.wall, e.priced_model, 1, errors,
             e.prompt_tokens, e.completion_tokens, e.cost_nanos, estimated=not e.usage_reported,
         )
+        if e.user is not None:
+            self.add_user(e.tenant, e.wall, e.user, (1, errors, e.prompt_tokens, e.completion_tokens, e.cost_nanos))
+
+    def add_user(self, tenant: str, wall: float, user: str, counts: tuple[int, ...] | list[int]) -> None:
+        """The deltas (of :data:`USER_FIELDS`, in order) of one end user of ``tenant`` at ``wall``."""
+        _day, month = self.periods.periods(wall)
+        add_user_counts(self.users[(tenant, month)], user, counts)
 
     def add_counts(
         self, tenant: str, wall: float, model: str | None, requests: int, errors: int,
@@ -107,6 +138,8 @@ class Batch:
                     tenant, day * 86400.0, priced, n, n if status >= 400 else 0,
                     g.prompt_tokens, g.completion_tokens, g.cost_nanos, estimated=not reported,
                 )
+        for (tenant, user, day), counts in tally.users.items():
+            self.add_user(tenant, day * 86400.0, user, counts)
 
     def merge(self, other: Batch) -> None:
         """Fold ``other`` (a batch that could not be written) into this one."""
@@ -115,9 +148,13 @@ class Batch:
                 target = mine[key]
                 for f, v in fields.items():
                     target[f] += v
+        for key, users in other.users.items():
+            table = self.users[key]
+            for user, counts in users.items():
+                add_user_counts(table, user, counts)
 
     def size(self) -> int:
-        return len(self.months) + len(self.days)
+        return len(self.months) + len(self.days) + sum(len(u) for u in self.users.values())
 
 
 def split_models(fields: dict[str, Any]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:

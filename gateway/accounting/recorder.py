@@ -105,11 +105,16 @@ class Accounting:
                 raise ValueError("usage: the redis backend needs usage.url or store.url")
             cluster = bool(getattr(store_cfg, "cluster", False))
             self.redis = _redis_client(url, cluster)
-            return RedisUsageStore(self.redis, usage.key_prefix, usage.daily_ttl, usage.monthly_ttl, transaction=not cluster)
+            return RedisUsageStore(
+                self.redis, usage.key_prefix, usage.daily_ttl, usage.monthly_ttl,
+                transaction=not cluster, max_end_users=usage.max_end_users,
+            )
         if backend == "file":
             assert usage.path is not None
-            return FileUsageStore(self._resolve(usage.path), usage.daily_ttl, usage.monthly_ttl, clock=self._wall)
-        return MemoryUsageStore(usage.daily_ttl, usage.monthly_ttl, clock=self._wall)
+            return FileUsageStore(
+                self._resolve(usage.path), usage.daily_ttl, usage.monthly_ttl, clock=self._wall, max_end_users=usage.max_end_users
+            )
+        return MemoryUsageStore(usage.daily_ttl, usage.monthly_ttl, clock=self._wall, max_end_users=usage.max_end_users)
 
     def _open_audit(self) -> AuditLog:
         cfg = self.settings.audit

@@ -18,7 +18,7 @@ def capture(ctx: RequestContext, end: float, wall: float) -> tuple[Any, ...]:
 
     The context itself is not kept: it holds the request and its body, which
     must not live until the next flush. Fields other stages are still adding
-    (principal, namespace, upstream_started, attempts) are read when present.
+    (principal, end_user, namespace, upstream_started, attempts) are read when present.
     """
     return (
         ctx.request_id,
@@ -37,6 +37,7 @@ def capture(ctx: RequestContext, end: float, wall: float) -> tuple[Any, ...]:
         ctx.usage,
         len(ctx.body_bytes),
         getattr(ctx, "principal", None),
+        getattr(ctx, "end_user", None),
         getattr(ctx, "namespace", None),
         getattr(ctx, "upstream_started", None),
         getattr(ctx, "attempts", None),
@@ -53,6 +54,7 @@ class Entry:
     wall: float
     tenant: str
     key_id: str | None
+    # The end user inside the tenant (identity/end_user.py): the JWT's user claim, the body's user or a header.
     user: str | None
     plan: str | None
     namespace: str | None
@@ -98,7 +100,8 @@ def fields_of(rec: tuple[Any, ...], pricing: Any) -> tuple[Any, ...]:
     """
     (
         request_id, endpoint, model, model_served, upstream, status, error, stream, disconnected, client_ip,
-        started, first_byte_at, finished_at, usage, body_len, principal, namespace, upstream_started, attempts, end, wall,
+        started, first_byte_at, finished_at, usage, body_len, principal, end_user, namespace, upstream_started, attempts,
+        end, wall,
     ) = rec
     total = end - started
     if total < 0.0:
@@ -123,9 +126,9 @@ def fields_of(rec: tuple[Any, ...], pricing: Any) -> tuple[Any, ...]:
     if disconnected and status < 400:
         status = DISCONNECTED_STATUS
     if principal is not None:
-        tenant, key_id, user, plan = principal.tenant, principal.key_id, principal.user, principal.plan
+        tenant, key_id, plan = principal.tenant, principal.key_id, principal.plan
     else:
-        tenant, key_id, user, plan = "anonymous", None, None, None
+        tenant, key_id, plan = "anonymous", None, None
     priced = pricing.priced_model(model_served, model)
     cost = pricing.cost_nanos(priced, prompt, completion) if status < 400 or prompt or completion else 0
     if attempts is not None and not isinstance(attempts, int):
@@ -133,7 +136,7 @@ def fields_of(rec: tuple[Any, ...], pricing: Any) -> tuple[Any, ...]:
     if namespace is not None and not isinstance(namespace, str):
         namespace = _name(namespace)
     return (
-        request_id, wall, tenant, key_id, user, plan, namespace, endpoint.kind if endpoint is not None else None,
+        request_id, wall, tenant, key_id, end_user, plan, namespace, endpoint.kind if endpoint is not None else None,
         model, model_served, priced, upstream, status, error, stream, disconnected, client_ip,
         prompt, completion, reported, cost, total, upstream_s, total - upstream_s,
         (first_byte_at - started) if first_byte_at is not None else None, attempts, principal,

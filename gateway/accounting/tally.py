@@ -8,7 +8,8 @@ the :class:`~.records.Entry` is built only for a record the access log
 samples in or the security watch looks at. Consumers then read the groups:
 :meth:`GatewayMetrics.apply <.metrics.GatewayMetrics.apply>`,
 :meth:`SlaTracker.observe_many <.sla.SlaTracker.observe_many>`,
-:meth:`Batch.add_group <.aggregates.Batch.add_group>`.
+:meth:`Batch.add_group <.aggregates.Batch.add_group>`. The end user is no part of a group
+(it is never a metric label): its sums are kept apart, for the usage aggregates only.
 """
 
 from __future__ import annotations
@@ -52,30 +53,33 @@ class Tally:
     takes a record (``None``: it takes none); ``watched`` are the statuses the
     security watch looks at. Those records become entries, in record order:
     :attr:`logged` and :attr:`watched_entries`. :attr:`principals` is the last
-    principal seen per tenant.
+    principal seen per tenant. :attr:`users` sums, per (tenant, end user, UTC
+    day), the requests that reached an upstream and had an end user: requests,
+    errors, prompt and completion tokens, cost in nanos.
     """
 
-    __slots__ = ("groups", "logged", "watched_entries", "principals", "records", "_pricing", "_log_wanted", "_watched")
+    __slots__ = ("groups", "logged", "watched_entries", "principals", "users", "records", "_pricing", "_log_wanted", "_watched")
 
     def __init__(self, pricing: Any, log_wanted: Callable[[int, bool], bool] | None, watched: frozenset[int]) -> None:
         self.groups: dict[GroupKey, Group] = {}
         self.logged: list[Entry] = []
         self.watched_entries: list[Entry] = []
         self.principals: dict[str, Any] = {}
+        self.users: dict[tuple[str, str, float], list[int]] = {}
         self.records = 0
         self._pricing = pricing
         self._log_wanted = log_wanted
         self._watched = watched
 
     def fold(self, records: Iterable[tuple[Any, ...]]) -> None:
-        groups, principals, pricing = self.groups, self.principals, self._pricing
+        groups, principals, users, pricing = self.groups, self.principals, self.users, self._pricing
         log_wanted, watched, logged, watched_entries = self._log_wanted, self._watched, self.logged, self.watched_entries
         n = 0
         for rec in records:
             n += 1
             f = fields_of(rec, pricing)
             (
-                _rid, wall, tenant, _key_id, _user, plan, _ns, _endpoint, _model, _served, priced, upstream, status,
+                _rid, wall, tenant, _key_id, user, plan, _ns, _endpoint, _model, _served, priced, upstream, status,
                 _error, _stream, disconnected, _ip, prompt, completion, reported, cost, total, upstream_s, overhead_s,
                 ttfb_s, _attempts, principal,
             ) = f
@@ -97,6 +101,18 @@ class Tally:
                 g.cost_nanos += cost
             if principal is not None:
                 principals[tenant] = principal
+            if user is not None and upstream is not None:
+                ukey = (tenant, user, key[6])
+                u = users.get(ukey)
+                if u is None:
+                    users[ukey] = [1, 1 if status >= 400 else 0, prompt, completion, cost]
+                else:
+                    u[0] += 1
+                    if status >= 400:
+                        u[1] += 1
+                    u[2] += prompt
+                    u[3] += completion
+                    u[4] += cost
             entry = None
             if status in watched:
                 entry = Entry(*f)

@@ -53,6 +53,8 @@ class UsageConfig:
     daily_ttl: float = 40 * _DAY
     monthly_ttl: float = 400 * _DAY
     key_prefix: str = "tg:usage"
+    # End users of one tenant kept apart in a month's usage; later ones are added up as "other" (0: no per-end-user usage).
+    max_end_users: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,7 @@ def _usage(node: Node) -> UsageConfig:
         daily_ttl=node.duration("daily_ttl", d.daily_ttl),
         monthly_ttl=node.duration("monthly_ttl", d.monthly_ttl),
         key_prefix=node.str("key_prefix", d.key_prefix),
+        max_end_users=node.int("max_end_users", d.max_end_users, min=0, max=1_000_000),
     )
     if cfg.daily_ttl < 2 * _DAY:
         node.error("daily_ttl", "must be at least 2d (a day's aggregate must outlive its day)")

@@ -31,6 +31,7 @@ __all__ = [
     "Tenant",
     "JwtKey",
     "JwtConfig",
+    "EndUserConfig",
     "IdentityConfig",
     "RegistryConfig",
     "IdentitySections",
@@ -49,6 +50,7 @@ SUBDOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 IDENTIFIERS = ("api_key", "jwt", "subdomain", "header", "query")
+END_USER_SOURCES = ("jwt", "body", "header")
 CREDENTIALS = ("api_key", "jwt")
 API_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 JWT_ALGORITHMS = (
@@ -203,6 +205,22 @@ class JwtConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EndUserConfig:
+    """Where a request's end user comes from: a subdivision of the authenticated tenant, never another tenant.
+
+    The ``user`` scope of rules counts per end user, and usage is broken down
+    by it. ``sources`` is in precedence order (the first with a value wins);
+    ``jwt`` (the verified token's user claim) comes first when listed.
+    """
+
+    sources: tuple[str, ...] = ("jwt",)
+    # The request header of the ``header`` source (lower case).
+    header: str = "x-tollgate-end-user"
+    # Longer values (in characters) are refused with a 400 naming the field.
+    max_length: int = 256
+
+
+@dataclass(frozen=True, slots=True)
 class IdentityConfig:
     # False when the file has neither ``identity:`` nor ``tenants:``: every request is the anonymous principal.
     enabled: bool = False
@@ -214,6 +232,7 @@ class IdentityConfig:
     base_domains: tuple[str, ...] = ()
     header: str = "x-tenant-id"
     query: str = "tenant"
+    end_user: EndUserConfig = EndUserConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +467,7 @@ def _identity(node: Node, enabled: bool) -> IdentityConfig:
     q = node.child("query")
     query = q.str("name", "tenant", pattern=re.compile(r"[A-Za-z0-9_.-]{1,64}"))
     q.finish()
+    end_user = _end_user(node.child("end_user"), tenant_header=header or "x-tenant-id")
     node.finish()
     return IdentityConfig(
         enabled=enabled,
@@ -459,7 +479,31 @@ def _identity(node: Node, enabled: bool) -> IdentityConfig:
         base_domains=base_domains,
         header=header or "x-tenant-id",
         query=query or "tenant",
+        end_user=end_user,
     )
+
+
+def _end_user(node: Node, *, tenant_header: str) -> EndUserConfig:
+    d = EndUserConfig()
+    sources = node.str_list("from", d.sources)
+    for i, name in enumerate(sources):
+        if name not in END_USER_SOURCES:
+            node.problems.add(f"{node.at('from')}[{i}]", f"unknown end-user source {name!r} (known: {', '.join(END_USER_SOURCES)})")
+    if len(set(sources)) != len(sources):
+        node.error("from", "names a source twice")
+    elif "jwt" in sources and sources[0] != "jwt":
+        node.error("from", "jwt must come first: a verified token's user claim is authoritative over body and header")
+    header = node.str("header", d.header, pattern=HEADER_NAME)
+    header = header.lower() if header else d.header
+    if node.has("header") and "header" not in sources:
+        node.error("header", "is set but from does not list header")
+    if header in API_KEY_HEADERS or header in ("host", "cookie"):
+        node.error("header", f"{header!r} cannot carry an end user")
+    elif header == tenant_header:
+        node.error("header", f"{header!r} is identity.header.name, the tenant claim; use another header for the end user")
+    max_length = node.int("max_length", d.max_length, min=1, max=1024)
+    node.finish()
+    return EndUserConfig(sources=tuple(sources), header=header, max_length=max_length or d.max_length)
 
 
 def _jwt(node: Node) -> JwtConfig:

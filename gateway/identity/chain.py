@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..config.model import Config
 from ..errors import Forbidden, Unauthenticated
 from .directory import ANONYMOUS, Directory, Principal, Refusal
+from .end_user import EndUsers
 from .tokens import JwtVerifier, looks_like_jwt
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class IdentityRuntime:
 
     __slots__ = (
         "enabled", "credentials", "claims", "trusted", "proxies", "key_headers", "use_authorization",
-        "jwt", "base_domains", "header", "query", "digest", "clock", "labels",
+        "jwt", "base_domains", "header", "query", "digest", "clock", "labels", "end_users",
     )
 
     def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
@@ -54,6 +55,7 @@ class IdentityRuntime:
         self.base_domains = tuple("." + d for d in ident.base_domains)
         self.header = ident.header
         self.query = ident.query
+        self.end_users = EndUsers(ident.end_user, ident.jwt.user_claim if ident.jwt is not None else "sub")
         secret = ident.key_secret
         if secret is not None:
             self.digest: Callable[[bytes], bytes] = lambda data: hmac.digest(secret, data, "sha256")
@@ -210,11 +212,13 @@ def authenticate(request: Request, identity: IdentityRuntime, directory: Directo
 
 
 def identify(ctx: RequestContext, identity: IdentityRuntime, directory: Directory) -> None:
-    """Set ``ctx.principal``; refuse a model the principal may not use."""
+    """Set ``ctx.principal`` and ``ctx.end_user``; refuse a model the principal may not use."""
     principal = ctx.principal = authenticate(ctx.request, identity, directory)
     model = ctx.model
     if model is not None and principal.allowed_models is not None and model not in principal.allowed_models:
         raise Forbidden(f"you are not allowed to use the model {model!r}", param="model", code="model_not_allowed")
+    # After authentication: an end user only subdivides the tenant the credential named.
+    ctx.end_user = identity.end_users.of(principal, ctx)
 
 
 def client_ip(request: Request, proxies: tuple[IPNetwork, ...] = ()) -> str:

@@ -60,6 +60,7 @@ def test_every_accounting_section_parses_into_the_config() -> None:
         ({"alerts": {"webhook": {"url": "http://x/y", "secret": "short"}}}, "alerts.webhook.secret: must be at least 16"),
         ({"usage": {"backend": "file"}}, "usage.path: is required"),
         ({"usage": {"daily_ttl": "1h"}}, "usage.daily_ttl: must be at least 2d"),
+        ({"usage": {"max_end_users": -1}}, "usage.max_end_users: must be >= 0"),
         ({"metrics": {"tenant_labels": "some"}}, "metrics.tenant_labels: must be one of"),
         ({"access_log": {"sample": 2}}, "access_log.sample: must be <= 1.0"),
         ({"metrics": {"sla": {"plans": {"enterprise": "fast"}}}}, "metrics.sla.plans.enterprise: must be a positive duration"),

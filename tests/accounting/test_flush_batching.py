@@ -20,7 +20,7 @@ from gateway.accounting import Accounting, GatewayMetrics
 from gateway.accounting import metrics as metrics_module
 from gateway.accounting import tally as tally_module
 from gateway.accounting.access_log import line_of, lines_of
-from gateway.accounting.aggregates import Batch
+from gateway.accounting.aggregates import USER_FIELDS, Batch
 from gateway.accounting.pricing import NANOS
 from gateway.accounting.records import DISCONNECTED_STATUS, capture, entry_from
 from gateway.config import config_from_dict
@@ -49,7 +49,8 @@ SECONDS = (0.0, 0.00005, 0.0001, 0.0004, 0.001, 0.003, 0.005, 0.01, 0.02, 0.05, 
 
 
 def varied_requests(n: int = 600) -> list[tuple[Any, float]]:
-    """``(context, end)`` pairs: six tenants on two plans, every status the flusher treats apart, estimated and reported usage."""
+    """``(context, end)`` pairs: six tenants on two plans, every status the flusher treats apart, estimated and reported usage,
+    a third of them with one of four end users."""
     principals = [
         Principal(tenant=f"t{i}", plan="enterprise" if i % 2 else "personal", limits=Limits(), allowed_models=None, key_id=f"k{i}")
         for i in range(6)
@@ -70,7 +71,7 @@ def varied_requests(n: int = 600) -> list[tuple[Any, float]]:
             finished_at=started + upstream_s if reached else None,
             usage=Usage(10 + i % 13, i % 17, bool(i % 3)) if reached and i % 6 else None,
             body_bytes=b"x" * (i % 50), principal=principals[(i * 5) % 7] if (i * 5) % 7 < 6 else None,
-            namespace=None, upstream_started=started, attempts=1,
+            end_user=f"user-{i % 4}" if i % 3 == 0 else None, namespace=None, upstream_started=started, attempts=1,
         )
         out.append((ctx, started + upstream_s + overhead))
     return out
@@ -171,6 +172,9 @@ async def test_batched_aggregates_and_sla_equal_one_update_per_request() -> None
             stored, days = await acc.store.read(tenant, month)
             assert stored == dict(fields)
             assert days == {day: dict(f) for (t, day), f in want.days.items() if t == tenant}
+            users = {u: dict(zip(USER_FIELDS, counts)) for u, counts in want.users.get((tenant, month), {}).items()}
+            assert await acc.store.users(tenant, month) == users
+        assert sum(len(u) for u in want.users.values()) > 4  # end users of several tenants were summed
         report = acc.sla.report(acc.current.metrics)["plans"]
         for plan in ("enterprise", "personal", "none"):
             overheads = [e.overhead_s for e in entries if (e.plan or "none") == plan]

@@ -109,3 +109,32 @@ def test_plan_problems_are_reported_with_their_paths() -> None:
     problems = _problems(identity_doc(plans={"Gold": {"monthly_requests": 1, "concurrency": 1}, "silver": {"concurrency": 2, "allowed_models": ["gpt-9"]}}))
     for expected in ("plans.Gold: invalid name", "plans.silver.monthly_requests: is required", "plans.silver.allowed_models[0]: unknown model 'gpt-9'"):
         assert any(p.startswith(expected) for p in problems), (expected, problems)
+
+
+def test_end_users_come_from_the_jwt_claim_alone_unless_configured() -> None:
+    default = config_from_dict(identity_doc(), env={}).identity.end_user
+    assert (default.sources, default.header, default.max_length) == (("jwt",), "x-tollgate-end-user", 256)
+    doc = identity_doc(identity={"end_user": {"from": ["body", "header"], "header": "X-App-User", "max_length": 64}})
+    configured = config_from_dict(doc, env={}).identity.end_user
+    assert (configured.sources, configured.header, configured.max_length) == (("body", "header"), "x-app-user", 64)
+
+
+@pytest.mark.parametrize(
+    ("end_user", "problem"),
+    [
+        ({"from": ["body", "cookie"]}, "identity.end_user.from[1]: unknown end-user source 'cookie' (known: jwt, body, header)"),
+        ({"from": ["body", "body"]}, "identity.end_user.from: names a source twice"),
+        ({"from": ["body", "jwt"]}, "identity.end_user.from: jwt must come first"),
+        ({"from": "body, header"}, "identity.end_user.from[0]: unknown end-user source 'body, header'"),
+        ({"from": ["header"], "header": "Authorization"}, "identity.end_user.header: 'authorization' cannot carry an end user"),
+        ({"from": ["header"], "header": "X-Tenant-ID"}, "identity.end_user.header: 'x-tenant-id' is identity.header.name"),
+        ({"from": ["header"], "header": "bad header"}, "identity.end_user.header: 'bad header' does not match"),
+        ({"from": ["body"], "header": "x-user"}, "identity.end_user.header: is set but from does not list header"),
+        ({"max_length": 0}, "identity.end_user.max_length: must be >= 1"),
+        ({"max_length": 5000}, "identity.end_user.max_length: must be <= 1024"),
+        ({"from": ["body"], "normalise": True}, "identity.end_user.normalise: unknown key"),
+    ],
+)
+def test_end_user_problems_are_reported_with_their_field_paths(end_user: dict, problem: str) -> None:  # type: ignore[type-arg]
+    problems = _problems(identity_doc(identity={"end_user": end_user}))
+    assert any(p.startswith(problem) for p in problems), problems
