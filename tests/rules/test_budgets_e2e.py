@@ -86,11 +86,14 @@ def words(events: list[Any]) -> int:
     return len(text.split())
 
 
-async def counter(s: aiohttp.ClientSession, gw: Proc, rule: str, tenant: str, *, settle_for: float = 0.5) -> dict[str, Any]:
-    """The rule's counter for a tenant once settling has caught up (it runs just after each answer)."""
+async def counter(
+    s: aiohttp.ClientSession, gw: Proc, rule: str, tenant: str, *, settle_for: float = 0.5, **scope: str
+) -> dict[str, Any]:
+    """The rule's counter for a tenant (and other scopes) once settling has caught up (it runs just after each answer)."""
     await asyncio.sleep(settle_for)
     admin = f"http://127.0.0.1:{gw.extra_ports['admin']}"
-    async with s.get(f"{admin}/admin/rules/{rule}/counter", params={"tenant": tenant}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
+    params = {"tenant": tenant, **scope}
+    async with s.get(f"{admin}/admin/rules/{rule}/counter", params=params, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
         assert r.status == 200, await r.text()
         return await r.json()  # type: ignore[no-any-return]
 
@@ -266,3 +269,18 @@ def test_an_sdk_client_that_did_not_ask_for_usage_never_sees_the_usage_chunk_and
             time.sleep(0.2)
     assert served and all('status="200"' in line for line in served), served
     assert sum(float(line.rsplit(" ", 1)[1]) for line in served) == 5
+
+
+async def test_a_money_budget_per_end_user_holds_each_end_user_of_one_api_key_apart(mock: Proc, redis: RedisServer) -> None:
+    rules = {"per-user": {"type": "budget", "amount": 0.10, "per": "day", "scope": ["tenant", "user"], "attach": {"global": True}}}
+    config = doc(mock, redis, rules, pricing=priced())
+    config["identity"] = {"chain": ["api_key"], "end_user": {"from": ["jwt", "body"]}}
+    body = {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 20}  # $0.05 each
+    with gateway_process(config) as gw:
+        async with aiohttp.ClientSession() as s:
+            alice = [(await chat(s, gw, "t0", {**body, "user": "alice"}))[0] for _ in range(3)]
+            bob = [(await chat(s, gw, "t0", {**body, "user": "bob"}))[0] for _ in range(2)]
+            alice_counter = await counter(s, gw, "per-user", "t0", settle_for=0.3, user="alice")
+            nobody = await counter(s, gw, "per-user", "t0", settle_for=0, user="-")
+    assert alice == [200, 200, 429] and bob == [200, 200]
+    assert alice_counter["used"] == 100_000_000 and nobody["used"] == 0
