@@ -191,13 +191,15 @@ def _endpoint(name: str, node: Node, *, finish: bool = True) -> StoreEndpoint:
         node.error("queue_timeout", f"must be at most {MAX_TIMEOUT:.0f}s: requests wait this long when the gateway is saturated")
         queue_timeout = MAX_TIMEOUT
     b = node.child("breaker")
-    breaker = BreakerConfig(
-        failures=b.int("failures", _BREAKER.failures, min=1, max=1000),
-        open_for=b.duration("open_for", _BREAKER.open_for),
-        open_for_max=b.duration("open_for_max", _BREAKER.open_for_max),
-    )
-    if breaker.open_for_max < breaker.open_for:
+    open_for = b.duration("open_for", _BREAKER.open_for)
+    open_for_max = b.duration("open_for_max", None)
+    if open_for_max is None:  # not given: the default cap, or no backoff past a longer open_for
+        open_for_max = max(_BREAKER.open_for_max, open_for)
+    elif open_for_max < open_for:
         b.error("open_for_max", "must be at least open_for")
+    breaker = BreakerConfig(
+        failures=b.int("failures", _BREAKER.failures, min=1, max=1000), open_for=open_for, open_for_max=open_for_max
+    )
     b.finish()
     endpoint = StoreEndpoint(
         name=name,
