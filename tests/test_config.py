@@ -163,3 +163,15 @@ def test_durations_parse_to_seconds(text: object, seconds: float) -> None:
 def test_sizes_parse_to_bytes(text: object, size: int) -> None:
     assert parse_size(text) == size
 
+
+
+def test_a_rule_without_fail_mode_falls_back_to_the_local_engine() -> None:
+    config = config_from_dict({
+        "upstreams": {"u": {"base_url": "http://127.0.0.1:9"}},
+        "models": {"m": {"deployments": [{"upstream": "u"}]}},
+        "rules": {
+            "rpm": {"type": "request_limit", "limit": 10, "attach": {"global": True}},
+            "open": {"type": "request_limit", "limit": 10, "fail_mode": "fail_open", "attach": {"global": True}},
+        },
+    })
+    assert {r.name: r.fail_mode for r in config.rules.rules} == {"rpm": "local", "open": "fail_open"}
