@@ -126,8 +126,9 @@ def _answer_waiting(conn: Any) -> bool:
         sock = conn._writer.get_extra_info("socket") if conn._writer is not None else None
         if sock is None:
             return False
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
-        return bool(readable)
+        poller = select.poll()  # not select(): a busy gateway has descriptors past FD_SETSIZE
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
     except (AttributeError, OSError, ValueError):  # a connection closed under us: nothing will come
         return False
 
