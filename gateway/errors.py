@@ -18,7 +18,14 @@
     │   └── UpstreamTimeout          connect / first byte / idle / total timeout          -> 504
     ├── Overloaded                   the gateway sheds load                                -> 503
     └── StoreError                   the limiter store failed or exceeded its budget
-        └── StoreTimeout
+        ├── StoreTimeout             a call sent to the store got no answer within its budget
+        └── StoreUnavailable         the call never reached the store (circuit open, cannot connect)
+            └── StoreOverloaded      (also an Overloaded) the gateway's own queue for the store is
+                                     full past store.queue_timeout: 503, never a fail-mode answer
+
+A StoreError other than StoreOverloaded makes the limiter apply each limit's
+fail mode; a StoreUnavailable one is known not to have been applied, so a
+settlement that met it can be replayed later.
 
 Domain code raises these; only the edge turns them into OpenAI-shaped JSON.
 """
@@ -45,6 +52,8 @@ __all__ = [
     "Overloaded",
     "StoreError",
     "StoreTimeout",
+    "StoreUnavailable",
+    "StoreOverloaded",
 ]
 
 
@@ -167,3 +176,20 @@ class StoreError(GatewayError):
 
 class StoreTimeout(StoreError):
     default_code = "store_timeout"
+
+
+class StoreUnavailable(StoreError):
+    """The call never reached the store: its circuit is open, or no connection could be made."""
+
+    default_code = "store_unavailable"
+
+
+class StoreOverloaded(Overloaded, StoreUnavailable):
+    """A store call waited in the gateway's own queue (for a connection) past ``store.queue_timeout``.
+
+    The store was not asked, so no fail mode answers for it: the request is
+    refused with 503 ``overloaded`` (the edge picks the status of Overloaded).
+    """
+
+    error_type = "overloaded_error"
+    default_code = "overloaded"

@@ -104,6 +104,7 @@ class GatewayState:
         return self.runtime.config
 
     async def start(self) -> None:
+        await self.limiter.start()  # store connections open and scripts loaded before the first request
         await self.pool.apply(self.config.upstreams)
         self.shedder.start()
         self.health.start()

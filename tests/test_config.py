@@ -188,3 +188,15 @@ def test_a_budget_amount_is_kept_exactly_in_nanos() -> None:
     config = config_from_dict(minimal(rules=rules), env={"UPSTREAM_KEY": "k"})
     [rule] = config.rules.rules
     assert (rule.limit, rule.per, rule.window, rule.algorithm) == (12_340_000_000, "month", "calendar", "fixed_window")
+
+
+def test_a_rule_without_fail_mode_falls_back_to_the_local_engine() -> None:
+    config = config_from_dict({
+        "upstreams": {"u": {"base_url": "http://127.0.0.1:9"}},
+        "models": {"m": {"deployments": [{"upstream": "u"}]}},
+        "rules": {
+            "rpm": {"type": "request_limit", "limit": 10, "attach": {"global": True}},
+            "open": {"type": "request_limit", "limit": 10, "fail_mode": "fail_open", "attach": {"global": True}},
+        },
+    })
+    assert {r.name: r.fail_mode for r in config.rules.rules} == {"rpm": "local", "open": "fail_open"}

@@ -85,7 +85,7 @@ class RuleSpec:
     per: str = "minute"
     algorithm: str = "sliding_window"
     scope: tuple[str, ...] = ("tenant",)
-    fail_mode: str = "fail_open"
+    fail_mode: str = "local"
     on_exceed: str = "cut"  # token_limit and budget during a stream
     count: str = "total"  # token_limit: total | input | output
     window: str = "calendar"  # budget: calendar | rolling
@@ -203,7 +203,7 @@ def _rule(name: str, node: Node, namespace_names: set[str]) -> RuleSpec | None:
             node.error("scope", f"unknown scope {s!r} (one or more of {', '.join(SCOPES)})")
     if "global" in scope and len(scope) > 1:
         node.error("scope", "global cannot be combined with other scopes")
-    fail_mode = node.str("fail_mode", "fail_open", choices=FAIL_MODES)
+    fail_mode = node.str("fail_mode", "local", choices=FAIL_MODES)
     kwargs: dict[str, Any] = {"limit": limit or 0, "scope": tuple(scope), "fail_mode": fail_mode}
     if rtype == "request_limit":
         kwargs["per"] = node.str("per", "minute", choices=("second", "minute", "hour", "day"))

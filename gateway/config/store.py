@@ -6,8 +6,10 @@ Short form, one store (named ``default``)::
       backend: redis                 # embedded (default) | redis
       url: redis://127.0.0.1:6379/0
       cluster: false
-      timeout: 50ms                  # time budget of one store call, then the limit's fail mode
-      breaker: {failures: 3, open_for: 1s}
+      timeout: 50ms                  # time budget of one store call from when it is written, then the limit's fail mode
+      queue_timeout: 2s              # wait for a free connection inside the gateway, then 503 overloaded
+      max_connections: 64
+      breaker: {failures: 3, open_for: 100ms, open_for_max: 2s}
       instances: 4                   # gateway processes sharing the limits (divides them in `local` mode)
 
 Several stores, a large tenant on its own Redis::
@@ -40,16 +42,21 @@ __all__ = ["BreakerConfig", "StoreEndpoint", "StoreRouting", "StoreConfig", "par
 STORE_BACKENDS = ("embedded", "redis")
 STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 KEY_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-_ENDPOINT_KEYS = ("backend", "url", "cluster", "timeout", "breaker", "coalesce", "max_connections")
+_ENDPOINT_KEYS = ("backend", "url", "cluster", "timeout", "queue_timeout", "breaker", "coalesce", "max_connections")
 MAX_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
-    """``failures`` failed calls in a row open the circuit; after ``open_for`` seconds one probe may pass."""
+    """``failures`` failed calls in a row open the circuit; after ``open_for`` seconds one probe may pass.
+
+    Each failed probe doubles the time the circuit stays open, up to
+    ``open_for_max``; a call that succeeds brings it back to ``open_for``.
+    """
 
     failures: int = 3
-    open_for: float = 1.0
+    open_for: float = 0.1
+    open_for_max: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +67,10 @@ class StoreEndpoint:
     backend: str = "embedded"
     url: str | None = None
     cluster: bool = False
-    # Time budget of one store call (seconds) before the limit's fail mode applies.
+    # Time budget of one store call (seconds), from when it is written, before the limit's fail mode applies.
     timeout: float = 0.05
+    # How long a call may wait inside the gateway for a free connection (seconds); then 503 overloaded.
+    queue_timeout: float = 2.0
     breaker: BreakerConfig = BreakerConfig()
     # Coalesce the calls issued in one event-loop tick into one pipeline.
     coalesce: bool = True
@@ -177,10 +186,19 @@ def _endpoint(name: str, node: Node, *, finish: bool = True) -> StoreEndpoint:
     if timeout > MAX_TIMEOUT:
         node.error("timeout", f"must be at most {MAX_TIMEOUT:.0f}s: requests wait this long when the store hangs")
         timeout = MAX_TIMEOUT
+    queue_timeout = node.duration("queue_timeout", _ENDPOINT.queue_timeout)
+    if queue_timeout > MAX_TIMEOUT:
+        node.error("queue_timeout", f"must be at most {MAX_TIMEOUT:.0f}s: requests wait this long when the gateway is saturated")
+        queue_timeout = MAX_TIMEOUT
     b = node.child("breaker")
+    open_for = b.duration("open_for", _BREAKER.open_for)
+    open_for_max = b.duration("open_for_max", None)
+    if open_for_max is None:  # not given: the default cap, or no backoff past a longer open_for
+        open_for_max = max(_BREAKER.open_for_max, open_for)
+    elif open_for_max < open_for:
+        b.error("open_for_max", "must be at least open_for")
     breaker = BreakerConfig(
-        failures=b.int("failures", _BREAKER.failures, min=1, max=1000),
-        open_for=b.duration("open_for", _BREAKER.open_for),
+        failures=b.int("failures", _BREAKER.failures, min=1, max=1000), open_for=open_for, open_for_max=open_for_max
     )
     b.finish()
     endpoint = StoreEndpoint(
@@ -189,6 +207,7 @@ def _endpoint(name: str, node: Node, *, finish: bool = True) -> StoreEndpoint:
         url=url,
         cluster=cluster,
         timeout=timeout,
+        queue_timeout=queue_timeout,
         breaker=breaker,
         coalesce=node.bool("coalesce", True),
         max_connections=node.int("max_connections", _ENDPOINT.max_connections, min=1, max=10_000),

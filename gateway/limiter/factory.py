@@ -15,7 +15,7 @@ __all__ = ["build_engine", "build_limiter"]
 
 
 def build_engine(endpoint: StoreEndpoint, *, clock: Clock, scripts=None) -> ScriptEngine:  # type: ignore[no-untyped-def]
-    """One engine for one named store (nothing connects until the first call)."""
+    """One engine for one named store (nothing connects before ``Limiter.start()`` or the first call)."""
     scripts = scripts or load_scripts()
     if endpoint.backend == "embedded":
         return EmbeddedEngine(clock, scripts=scripts, name=endpoint.name, coalesce=True)
@@ -25,7 +25,12 @@ def build_engine(endpoint: StoreEndpoint, *, clock: Clock, scripts=None) -> Scri
         clock=clock,
         cluster=endpoint.cluster,
         timeout=endpoint.timeout,
-        breaker=BreakerSettings(failures=endpoint.breaker.failures, open_seconds=endpoint.breaker.open_for),
+        queue_timeout=endpoint.queue_timeout,
+        breaker=BreakerSettings(
+            failures=endpoint.breaker.failures,
+            open_seconds=endpoint.breaker.open_for,
+            max_open_seconds=endpoint.breaker.open_for_max,
+        ),
         coalesce=endpoint.coalesce,
         max_connections=endpoint.max_connections,
         scripts=scripts,

@@ -2,7 +2,9 @@
 
 Policy only: it builds keys and arguments and reads replies; the scripts in
 ``lua/`` decide, an engine from ``gateway.store`` runs them. It never
-imports a Redis client.
+imports a Redis client. Settlements and lease releases that could not reach
+their store (:class:`StoreUnavailable`: circuit open, no connection) are kept
+and applied when the store answers again.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import asyncio
 import dataclasses
 import operator
 import os
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ..clock import Clock
-from ..errors import StoreError
+from ..errors import StoreError, StoreOverloaded, StoreUnavailable
 from ..store.engine import ScriptEngine
 from .decision import Charge, Consumed, Decision, Extension, Lease, LimitState, Reservation, SettledLimit, Settlement
 from .keys import KeyBuilder
@@ -31,6 +34,10 @@ _ADMIT_STRIDE = 6
 # Charges per settle.lua call when finishing a batch of requests (keeps one script call short on Redis).
 FINISH_BATCH = 256
 _EXTEND_STRIDE = 3
+# Settle charges and lease releases kept per store while it cannot be reached (the oldest go first past it),
+# and how often they are tried again.
+UNSETTLED_LIMIT = 10_000
+REPLAY_INTERVAL = 0.1
 # What a request really used: one amount for every limit of its reservation, or one per unit.
 Actual = int | Consumed
 # One finished request for Limiter.finish_many: its reservation, what it really used, its lease.
@@ -47,6 +54,8 @@ class LimiterStats:
     cache_hits: int = 0  # refused by the over-limit cache, no store call
     degraded: int = 0  # decisions where a store failed and fail modes answered
     compensations: int = 0  # earlier groups refunded because a later group refused
+    replayed: int = 0  # settle charges and lease releases applied late, once their store answered again
+    unsettled_dropped: int = 0  # kept ones pushed out by newer ones past UNSETTLED_LIMIT (left to their TTL)
 
 
 class _Item(NamedTuple):
@@ -208,6 +217,10 @@ class Limiter:
         self._plan_routes = dict(plan_routes or {})
         self._tenant_routes = dict(tenant_routes or {})
         self.stats = LimiterStats()
+        # (charge, delta) that settle.lua could not apply because the store was unreachable, per store
+        self._unsettled: dict[str, deque[tuple[Charge, int]]] = {}
+        self._replay_wake: asyncio.Event | None = None
+        self._replayer: asyncio.Task[None] | None = None
 
     # -- routing -----------------------------------------------------------------
     def store_for(self, *, tenant: str | None = None, plan: str | None = None) -> str:
@@ -273,6 +286,10 @@ class Limiter:
             pending = engine.run("admit", group.keys, group.argv(lease_id))
             try:
                 reply = await pending
+            except StoreOverloaded:  # the gateway's own queue, not the store: no fail mode, a 503
+                if consumed:
+                    await self._refund(consumed)
+                raise
             except StoreError:
                 outcome = await self._fail_group(store_name, group.items, lease_id)
             except asyncio.CancelledError:
@@ -391,28 +408,85 @@ class Limiter:
         return [(self._engine(store), group) for (store, _), group in calls.items()]
 
     async def _settle_calls(self, deltas: Sequence[tuple[Charge, int]]) -> tuple[list[SettledLimit], bool]:
-        """Run settle.lua for (charge, delta) pairs; returns what was settled and whether a store failed."""
-        by_charge = {id(c): d for c, d in deltas}
+        """Run settle.lua for (charge, delta) pairs; returns what was settled and whether a store failed
+        (what an unreachable store did not get is kept for :meth:`replay`)."""
         if len(self._cache):
             for c, d in deltas:
                 if d < 0:
                     self._cache.forget(c.store, c.key)
+        calls: dict[tuple[str, str], list[tuple[Charge, int]]] = {}
+        for pair in deltas:
+            c = pair[0]
+            calls.setdefault((c.store, c.tag if self._engine(c.store).single_slot else ""), []).append(pair)
         done: list[SettledLimit] = []
         degraded = False
-        for engine, group in self._by_call([c for c, _ in deltas]):
-            args: list[Any] = []
-            for c in group:
-                s = c.spec
-                args += (s.kind, s.limit, s.window_ms, by_charge[id(c)], _param(s, c.lease_id), c.mark)
-            try:
-                reply = await engine.run("settle", [c.key for c in group], args)
-            except StoreError:
-                degraded = True
-                continue
-            for n, c in enumerate(group):
-                j = 1 + n * 4
-                done.append(SettledLimit(c.spec.name, reply[j], reply[j + 1], reply[j + 2], reply[j + 3]))
+        for (store, _), group in calls.items():
+            for start in range(0, len(group), FINISH_BATCH):
+                chunk = group[start : start + FINISH_BATCH]
+                args: list[Any] = []
+                for c, delta in chunk:
+                    s = c.spec
+                    args += (s.kind, s.limit, s.window_ms, delta, _param(s, c.lease_id), c.mark)
+                try:
+                    reply = await self._engine(store).run("settle", [c.key for c, _ in chunk], args)
+                except StoreError as exc:
+                    degraded = True
+                    self._keep_unsettled(store, chunk, exc)
+                    continue
+                for n, (c, _) in enumerate(chunk):
+                    j = 1 + n * 4
+                    done.append(SettledLimit(c.spec.name, reply[j], reply[j + 1], reply[j + 2], reply[j + 3]))
         return done, degraded
+
+    def _keep_unsettled(self, store: str, pairs: Sequence[tuple[Charge, int]], exc: StoreError) -> None:
+        """Keep (charge, delta) pairs a store did not get, to apply them when it answers again.
+
+        Only when the call is known not to have reached the store: one that
+        timed out after it was written may still be applied there, and
+        applying it twice would be worse than leaving it to its TTL.
+        """
+        if not isinstance(exc, StoreUnavailable) or store == LOCAL_STORE:
+            return
+        kept = self._unsettled.get(store)
+        if kept is None:
+            kept = self._unsettled[store] = deque(maxlen=UNSETTLED_LIMIT)
+        overflow = len(kept) + len(pairs) - UNSETTLED_LIMIT
+        if overflow > 0:
+            self.stats.unsettled_dropped += min(overflow, len(kept) + len(pairs))
+        kept.extend(pairs)
+        if self._replay_wake is not None:
+            self._replay_wake.set()
+
+    @property
+    def unsettled(self) -> int:
+        """Settle charges and lease releases waiting for their store to answer again."""
+        return sum(len(kept) for kept in self._unsettled.values())
+
+    async def replay(self) -> int:
+        """Apply the kept settle charges and lease releases; those whose store is still unreachable stay kept.
+        Returns how many were applied."""
+        pairs: list[tuple[Charge, int]] = []
+        for kept in self._unsettled.values():
+            pairs += kept
+            kept.clear()
+        if not pairs:
+            return 0
+        before = self.unsettled
+        await self._settle_calls(pairs)
+        applied = len(pairs) - (self.unsettled - before)
+        self.stats.replayed += applied
+        return applied
+
+    async def _replay_loop(self) -> None:
+        wake = self._replay_wake
+        assert wake is not None
+        while True:
+            await wake.wait()
+            await asyncio.sleep(REPLAY_INTERVAL)
+            wake.clear()
+            await self.replay()
+            if self._unsettled and any(self._unsettled.values()):
+                wake.set()
 
     async def _refund(self, consumed: Sequence[Charge]) -> None:
         """Undo an admission that a later group refused (a lease is released)."""
@@ -458,7 +532,8 @@ class Limiter:
         unit, which is how concurrency's ``adjust`` gives a lease back. Returns, per
         item, its settlement (None without a reservation; an already settled one is
         returned as it was) and whether its lease was released (False when a store
-        failed: the lease then expires by TTL). Store errors are not raised.
+        failed: the lease is released when the store answers again if the call
+        never reached it, else it expires by TTL). Store errors are not raised.
         """
         entries: list[tuple[int, Charge, int]] = []
         for n, (reservation, actual, lease) in enumerate(items):
@@ -494,7 +569,8 @@ class Limiter:
                     args += (sp.kind, sp.limit, sp.window_ms, delta, _param(sp, c.lease_id), c.mark)
                 try:
                     reply = await engine.run("settle", [c.key for _, c, _ in chunk], args)
-                except StoreError:
+                except StoreError as exc:
+                    self._keep_unsettled(store, [(c, delta) for _, c, delta in chunk], exc)
                     for n, c, _ in chunk:
                         if c.spec.kind == "concurrency":
                             kept[n] = True
@@ -528,7 +604,8 @@ class Limiter:
         return held
 
     async def release(self, lease: Lease) -> bool:
-        """Give the leases back; idempotent. False if already released or a store failed (the TTL frees them)."""
+        """Give the leases back; idempotent. False if already released or a store failed (released when it
+        answers again if the call never reached it, else the TTL frees them)."""
         if lease.released:
             return False
         lease.released = True
@@ -536,8 +613,9 @@ class Limiter:
         for engine, group in self._by_call(lease.charges):
             try:
                 await engine.run("lease_release", [c.key for c in group], [c.lease_id for c in group])
-            except StoreError:
+            except StoreError as exc:
                 ok = False
+                self._keep_unsettled(group[0].store, [(c, -1) for c in group], exc)  # settle -1: a lease given back
         return ok
 
     # -- a running request's reservation grows ---------------------------------------------
@@ -565,6 +643,8 @@ class Limiter:
         for group in by_tag.values():
             try:
                 reply = await engine.run("extend", [it[2] for it in group], _extend_args(group))
+            except StoreOverloaded:  # the gateway's own queue: the caller decides, no fail mode
+                raise
             except StoreError:
                 degraded = True
                 charges += await self._fail_extend(store_name, group, granted)
@@ -621,9 +701,25 @@ class Limiter:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
+    async def start(self) -> None:
+        """Open each store's connections (see the engines' ``start``) and start replaying what they missed."""
+        for engine in self._stores.values():
+            await engine.start()
+        if self._replayer is None:
+            self._replay_wake = asyncio.Event()
+            if self.unsettled:
+                self._replay_wake.set()
+            self._replayer = asyncio.get_running_loop().create_task(self._replay_loop())
+
     async def close(self) -> None:
+        if self._replayer is not None:
+            self._replayer.cancel()
+            await asyncio.gather(self._replayer, return_exceptions=True)
+            self._replayer = self._replay_wake = None
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self.unsettled:
+            await self.replay()  # a last try: the store may answer again by now
         for engine in self._stores.values():
             await engine.close()
         if self._local is not None:

@@ -116,6 +116,9 @@ class EmbeddedEngine:
                 out.append(exc)
         return out
 
+    async def start(self) -> None:
+        return None  # nothing to open
+
     async def close(self) -> None:
         return None
 

@@ -29,6 +29,7 @@ class EngineStats:
     noscript_reloads: int = 0  # calls re-sent with EVAL because the server had lost the script
     failures: int = 0  # calls answered with a StoreError (including StoreTimeout)
     rejected_open: int = 0  # calls refused at once because the circuit breaker was open
+    overloaded: int = 0  # calls refused because they waited for a connection past the queue bound (not failures)
 
 
 @runtime_checkable
@@ -51,6 +52,11 @@ class ScriptEngine(Protocol):
 
     async def run_batch(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Run several calls in one round trip; each item is a reply or the StoreError of that call."""
+        ...
+
+    async def start(self) -> None:
+        """Open what the first calls would otherwise wait for (connections, scripts); never raises for an
+        unreachable store."""
         ...
 
     async def close(self) -> None: ...

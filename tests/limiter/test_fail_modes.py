@@ -146,7 +146,7 @@ async def test_flushing_the_script_cache_under_load_fails_no_admission(own_redis
 
 def test_the_breaker_opens_after_consecutive_failures_and_lets_one_probe_through_later() -> None:
     clock = ManualClock()
-    breaker = CircuitBreaker(clock, BreakerSettings(failures=2, open_seconds=1.0))
+    breaker = CircuitBreaker(clock, BreakerSettings(failures=2, open_seconds=1.0, max_open_seconds=1.0))  # no backoff
     breaker.failure()
     assert breaker.allow() and breaker.state == "closed"
     breaker.failure()
@@ -160,6 +160,39 @@ def test_the_breaker_opens_after_consecutive_failures_and_lets_one_probe_through
     assert breaker.allow()
     breaker.success()
     assert breaker.state == "closed" and breaker.allow() and breaker.allow()
+
+
+def test_each_failed_probe_doubles_the_time_open_up_to_its_cap_and_a_success_resets_it() -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker(clock, BreakerSettings(failures=1, open_seconds=0.1, max_open_seconds=0.35))
+    breaker.failure()
+    waits = []
+    for _ in range(4):  # probe, fail: how long until the next probe may pass
+        waits.append(breaker.open_for)
+        clock.advance(breaker.open_for - 0.002)
+        assert not breaker.allow()
+        clock.advance(0.004)
+        assert breaker.allow()
+        breaker.failure()
+    assert waits == [0.1, 0.2, 0.35, 0.35]
+    clock.advance(0.36)
+    assert breaker.allow()
+    breaker.success()
+    breaker.failure()  # opens again: back to the first wait
+    assert not breaker.allow()
+    clock.advance(0.11)
+    assert breaker.allow()
+
+
+def test_a_probe_that_never_reached_the_store_lets_the_next_caller_probe() -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker(clock, BreakerSettings(failures=1, open_seconds=0.1))
+    breaker.failure()
+    clock.advance(0.11)
+    assert breaker.allow() and not breaker.allow()
+    breaker.not_tried()  # it waited in the gateway's queue and gave up
+    assert breaker.allow()
+    assert breaker.state == "half_open" and breaker.open_for == 0.1
 
 
 def test_a_success_resets_the_count_of_consecutive_failures() -> None:

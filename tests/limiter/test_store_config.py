@@ -66,11 +66,50 @@ def test_named_stores_with_routing_by_plan_and_tenant() -> None:
         ({"stores": {"a": {}}, "url": "redis://x"}, "store.url: belongs inside a named store"),
         ({"stores": {"a": {"bogus": 1}}}, "store.stores.a.bogus: unknown key"),
         ({"key_prefix": "a:b"}, "store.key_prefix:"),
+        ({"backend": "redis", "url": "redis://x", "queue_timeout": "1m"}, "store.queue_timeout: must be at most 10s"),
+        ({"backend": "redis", "url": "redis://x", "queue_timeout": "0s"}, "store.queue_timeout: must be a positive duration"),
+        ({"backend": "redis", "url": "redis://x", "breaker": {"open_for": "1s", "open_for_max": "500ms"}},
+         "store.breaker.open_for_max: must be at least open_for"),
     ],
 )
 def test_invalid_store_sections_name_the_offending_field(doc: dict[str, Any], expected: str) -> None:
     _, problems = parse(doc)
     assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_the_queue_bound_and_the_breaker_backoff_have_defaults_and_can_be_set() -> None:
+    config, problems = parse({"backend": "redis", "url": "redis://127.0.0.1:6379/0"})
+    assert problems == []
+    s = config.stores["default"]
+    assert (s.timeout, s.queue_timeout, s.breaker.failures, s.breaker.open_for, s.breaker.open_for_max) == (0.05, 2.0, 3, 0.1, 2.0)
+    config, problems = parse({
+        "backend": "redis", "url": "redis://127.0.0.1:6379/0", "queue_timeout": "500ms",
+        "breaker": {"open_for": "50ms", "open_for_max": "5s"},
+    })
+    assert problems == []
+    s = config.stores["default"]
+    assert (s.queue_timeout, s.breaker.open_for, s.breaker.open_for_max) == (0.5, 0.05, 5.0)
+    config, problems = parse({"backend": "redis", "url": "redis://x", "breaker": {"open_for": "3s"}})
+    assert problems == [] and config.stores["default"].breaker.open_for_max == 3.0  # a longer open_for: no backoff
+
+
+async def test_the_factory_passes_the_queue_bound_and_the_breaker_backoff_to_the_redis_engine() -> None:
+    config, _ = parse({"backend": "redis", "url": "redis://127.0.0.1:1/0", "queue_timeout": "300ms", "breaker": {"open_for": "20ms", "open_for_max": "80ms"}})
+    clock = ManualClock()
+    limiter = build_limiter(config, clock=clock)
+    try:
+        engine = limiter.engine()
+        assert isinstance(engine, RedisEngine)
+        assert engine.queue_timeout == 0.3 and engine.breaker.open_for == 0.02
+        for _ in range(3):
+            engine.breaker.failure()
+        for expected in (0.02, 0.04, 0.08, 0.08):  # each failed probe doubles the wait, up to the cap
+            assert engine.breaker.open_for == expected
+            clock.advance(expected + 0.001)
+            assert engine.breaker.allow()  # the probe, which fails
+            engine.breaker.failure()
+    finally:
+        await limiter.close()
 
 
 async def test_the_factory_builds_one_engine_per_store_and_routes_tenants() -> None:
