@@ -326,6 +326,7 @@ def _give_up(
         headers = {"Content-Type": last.content_type or "application/json", REQUEST_ID_HEADER: ctx.request_id, MODEL_HEADER: current.name}
         if last.retry_after is not None:
             headers["Retry-After"] = str(math.ceil(last.retry_after))
+            headers["retry-after-ms"] = str(round(last.retry_after * 1000))
         return httpserver.Response(last.status, last.body, headers)
     if isinstance(last, _QueueRateLimited):
         exc = RateLimited(last.message, code=last.code, headers=last.headers)

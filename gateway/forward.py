@@ -163,7 +163,7 @@ def _connection_named(connection: list[str], relayed: list[str]) -> frozenset[st
 
 
 def sse_error_event(message: str, code: str) -> bytes:
-    return b"data: " + error_body(message, "upstream_error", code) + b"\n\n"
+    return b"data: " + error_body(message, "server_error", code) + b"\n\n"
 
 
 def _retry_after(value: str | None) -> float | None:

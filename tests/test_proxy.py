@@ -304,7 +304,7 @@ async def test_stream_cut_by_upstream_ends_with_an_sse_error_event(gateway: Proc
     status, raw = await post(gateway, body, {"x-mock-cut-after": "3"})
     assert status == 200
     assert b"[DONE]" not in raw
-    assert b'"type":"upstream_error"' in raw
+    assert b'"type":"server_error"' in raw
 
 
 def test_sdk_raises_on_the_sse_error_event_of_a_cut_stream(sdk: openai.OpenAI) -> None:
