@@ -14,6 +14,7 @@
     │       └── QuotaExhausted       a money budget does not cover the request            -> 429
     ├── UpstreamError                the model provider failed us
     │   ├── UpstreamBadResponse      connection reset, bad status, malformed body         -> 502
+    │   │   └── UpstreamAuthError    the provider refused the gateway's own credential    -> 502
     │   ├── UpstreamUnavailable      no healthy deployment, every fallback exhausted      -> 503
     │   └── UpstreamTimeout          connect / first byte / idle / total timeout          -> 504
     ├── Overloaded                   the gateway sheds load                                -> 503
@@ -48,6 +49,7 @@ __all__ = [
     "QuotaExhausted",
     "UpstreamError",
     "UpstreamBadResponse",
+    "UpstreamAuthError",
     "UpstreamUnavailable",
     "UpstreamTimeout",
     "Overloaded",
@@ -173,6 +175,26 @@ class UpstreamError(GatewayError):
 
 class UpstreamBadResponse(UpstreamError):
     default_code = "bad_gateway"
+
+
+class UpstreamAuthError(UpstreamBadResponse):
+    """An upstream answered 401 or 403 to the gateway's own credential: the operator's to fix, never the client's.
+
+    ``message`` is the gateway's; the provider's text (``upstream_text``) goes to the log only. A retry
+    within seconds cannot cure it: ``x-should-retry: false``.
+    """
+
+    default_code = "upstream_auth_error"
+
+    def __init__(self, upstream: str, status: int, upstream_text: str) -> None:
+        super().__init__(
+            f"the model provider behind upstream {upstream!r} refused the gateway's credentials ({status}); "
+            "the gateway's operator has to fix this, a retry will not help until then",
+            headers={"x-should-retry": "false"},
+        )
+        self.upstream = upstream
+        self.status = status
+        self.upstream_text = upstream_text
 
 
 class UpstreamUnavailable(UpstreamError):

@@ -8,7 +8,9 @@ event is out, trouble becomes an SSE error event and a clean end of the stream.
 What a tenant sends reaches the upstream only through the upstream's
 ``forward_headers`` allow-list (gateway/config/upstreams.py), minus the names
 its ``Connection`` header lists; the gateway adds its own headers (credential,
-organisation, ``X-Forwarded-For``, ``x-request-id``).
+organisation, ``X-Forwarded-For``, ``x-request-id``). What the upstream answers
+with 401 or 403 is the gateway's problem, never relayed (``UpstreamAuthError``);
+any other error body is relayed without credentials (gateway/redaction.py).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from . import httpserver
 from .config.model import Deployment, Upstream
 from .context import RequestContext
 from .config.upstreams import CONNECTION_RELAY_HEADER, never_forwarded
-from .errors import UpstreamBadResponse, UpstreamTimeout
+from .errors import UpstreamAuthError, UpstreamBadResponse, UpstreamTimeout
 from .deadlines import Deadline, Deadlines
 from .http import REQUEST_ID_HEADER, error_body
+from .redaction import redact, secrets_of
 from .usage import usage_from_body
 from .sse import SseParser
 from .upstream_http import ConnectError, HttpError, Response, UpstreamHttp
@@ -45,6 +48,8 @@ log = logging.getLogger("tollgate.forward")
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 # Which model served the response (differs from the requested one when a fallback did).
 MODEL_HEADER = "x-tollgate-model"
+# An upstream's answer to the gateway's credential that the tenant never sees as such (see UpstreamAuthError).
+_AUTH_STATUSES = frozenset({401, 403})
 
 
 class UpstreamStatus(UpstreamBadResponse):
@@ -63,7 +68,7 @@ class UpstreamStatus(UpstreamBadResponse):
 class UpstreamClient:
     """An upstream's pooled keep-alive connections, the headers the gateway adds to every call, and which client headers pass."""
 
-    __slots__ = ("config", "http", "fixed_headers", "fixed_names", "forward_names", "forward_prefixes", "deadlines")
+    __slots__ = ("config", "http", "fixed_headers", "fixed_names", "forward_names", "forward_prefixes", "secrets", "deadlines")
 
     def __init__(self, config: Upstream, deadlines: Deadlines | None = None) -> None:
         self.config = config
@@ -85,6 +90,7 @@ class UpstreamClient:
         allowed = [name for name in config.forward_headers if not name.endswith("*")]
         self.forward_names = frozenset(n for n in allowed if not never_forwarded(n) and n not in self.fixed_names)
         self.forward_prefixes = tuple(name[:-1] for name in config.forward_headers if name.endswith("*"))
+        self.secrets = secrets_of(config.api_key, config.headers.items())
 
     async def start(self) -> None:
         pool = self.config.pool
@@ -213,8 +219,13 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
     finally:
         if upstream is not None:
             upstream.release()
-    if status in divert:
-        raise UpstreamStatus(cfg.name, status, data, content_type, _retry_after(upstream.headers.get("retry-after")))
+    if status >= 400:
+        if status in _AUTH_STATUSES:
+            # The provider's words go to the operator's log (its masked key says which one failed), not to the tenant.
+            raise UpstreamAuthError(cfg.name, status, redact(data[:2000], client.secrets, shapes=False).decode("utf-8", "replace"))
+        data = redact(data, client.secrets)
+        if status in divert:
+            raise UpstreamStatus(cfg.name, status, data, content_type, _retry_after(upstream.headers.get("retry-after")))
     ctx.status = status
     ctx.finished_at = loop.time()
     ctx.bytes_out = len(data)

@@ -8,7 +8,9 @@ reached it.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,6 +50,15 @@ def gateway(mock: Proc) -> Iterator[Proc]:
         namespaces={s: {"matchers": [{"type": "header", "field": "X-Scenario", "op": "equals", "value": s}]} for s in SCENARIOS},
         rules=rules,
         pricing={"currency": "USD", "models": {"gpt-4o-mini": {"input_per_1k": 1.0, "output_per_1k": 2.0}}},
+        upstreams={
+            "mock": {"base_url": f"{mock.url}/v1", "api_key": "sk-upstream-secret"},
+            # The mock answers 401 to every call through this upstream, as a provider does to a revoked key.
+            "revoked": {"base_url": f"{mock.url}/v1", "api_key": "sk-revoked-0123456789", "headers": {"x-mock-status": "401"}},
+        },
+        models={
+            "gpt-4o-mini": {"deployments": [{"upstream": "mock"}]},
+            "locked": {"deployments": [{"upstream": "revoked"}]},
+        },
     )
     with gateway_process(config) as proc:
         yield proc
@@ -118,3 +129,22 @@ def test_a_bad_client_key_is_openais_invalid_request_error_with_code_invalid_api
         sdk.chat.completions.create(model="gpt-4o-mini", messages=MSG)
     error = info.value.response.json()["error"]
     assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_api_key")
+
+
+def test_upstream_refusing_the_gateways_key_is_a_502_in_the_gateways_words_sent_once(gateway: Proc, mock: Proc) -> None:
+    urllib.request.urlopen(urllib.request.Request(f"{mock.url}/_mock/requests", method="DELETE")).close()
+    sent = Sent()
+    with pytest.raises(openai.InternalServerError) as info:
+        sent.client(gateway, max_retries=3).chat.completions.create(model="locked", messages=MSG)
+    assert info.value.status_code == 502 and len(sent.requests) == 1
+    assert info.value.response.headers["x-should-retry"] == "false"
+    error = info.value.response.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "upstream_auth_error")
+    assert "injected by the mock" not in error["message"] and "sk-" not in error["message"]
+    with urllib.request.urlopen(f"{mock.url}/_mock/requests") as r:
+        data = json.load(r)
+    seen = data["requests"] if isinstance(data, dict) else data
+    assert len(seen) == 1  # the gateway did not retry the refused credential either
+    log = gateway.log()
+    assert "ERROR" in log and "refused the gateway's credentials with 401" in log and "injected by the mock upstream" in log
+    assert "sk-revoked-0123456789" not in log
