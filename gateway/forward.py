@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import orjson
 
@@ -50,6 +50,8 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 MODEL_HEADER = "x-tollgate-model"
 # An upstream's answer to the gateway's credential that the tenant never sees as such (see UpstreamAuthError).
 _AUTH_STATUSES = frozenset({401, 403})
+# Connection values that name no other header (the common case: nothing to drop).
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
 
 
 class UpstreamStatus(UpstreamBadResponse):
@@ -151,8 +153,10 @@ def upstream_headers(ctx: RequestContext, client: UpstreamClient) -> list[tuple[
         ):
             out.append((name, value))
     if out:
-        named = _connection_named(headers.getall("Connection", ()), headers.getall(CONNECTION_RELAY_HEADER, ()))
-        if named:
+        connection = headers.getall("Connection", None)
+        relayed = headers.getall(CONNECTION_RELAY_HEADER, None) if CONNECTION_RELAY_HEADER in headers else None
+        if relayed is not None or (connection is not None and (len(connection) > 1 or connection[0].lower() not in _PLAIN_CONNECTION)):
+            named = _connection_named(connection or (), relayed or ())
             out = [(name, value) for name, value in out if name.lower() not in named]
     out.extend(client.fixed_headers)
     # The address the gateway settled on (identity/chain.py: trusted proxies only); a client's own claim stays here.
@@ -161,10 +165,8 @@ def upstream_headers(ctx: RequestContext, client: UpstreamClient) -> list[tuple[
     return out
 
 
-def _connection_named(connection: list[str], relayed: list[str]) -> frozenset[str]:
+def _connection_named(connection: Sequence[str], relayed: Sequence[str]) -> frozenset[str]:
     """Header names a client listed in ``Connection``: hop-by-hop, for this hop only. nginx relays its client's."""
-    if not connection and not relayed:
-        return frozenset()
     return frozenset(token.strip().lower() for value in (*connection, *relayed) for token in value.split(","))
 
 

@@ -162,16 +162,17 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.status_line = True
-        self.header_bytes += len(name) + len(value)
-        if self.header_bytes > _MAX_HEAD:
+        size = self.header_bytes = self.header_bytes + len(name) + len(value)
+        if size > _MAX_HEAD:
             raise ResponseError("upstream response head too large" if self.state == _HEAD else "upstream trailer too long")
         if self.state == _BODY:  # a trailer: read and dropped
             return
-        key = name.decode("latin-1").lower()
-        text = value.strip(b" \t").decode("latin-1")
+        key = name.lower().decode("latin-1")  # a token (llhttp checked): ASCII
+        text = value.rstrip(b" \t").decode("latin-1")  # llhttp drops the whitespace before a value, not after
         headers = self.headers
-        previous = headers.get(key)
-        headers[key] = text if previous is None else f"{previous}, {text}"
+        if key in headers:
+            text = f"{headers[key]}, {text}"
+        headers[key] = text
 
     def on_headers_complete(self) -> None:
         parser = self.parser
