@@ -38,6 +38,7 @@ LEASE_TTL_MS = 60_000
 _MONTH_MS = 31 * 86_400_000
 _TENANT_SCOPES = frozenset({"tenant", "key", "user"})
 _TOKEN_UNITS = {"total": "tokens", "input": "input_tokens", "output": "output_tokens"}
+_TOKEN_UNIT_NAMES = frozenset(_TOKEN_UNITS.values())
 # What a request's estimate is in each unit: (requests, prompt, completion, nanos) -> cost.
 _COST_OF = {
     "requests": lambda p, c, n: 1,
@@ -265,17 +266,23 @@ def _refusal(
     if budgets:
         return _spent(budgets, decision, headers, currency)
     names = ", ".join(sorted({s.name for s in refused}))
+    # OpenAI's type says what ran out: "tokens" when a token limit refused, else "requests".
+    error_type = "tokens" if any(s.unit in _TOKEN_UNIT_NAMES for s in refused) else "requests"
     if decision.retry_after_ms < 0:
         first = refused[0]
         return RateLimited(
             f"request refused by rule {names}: it needs more {first.unit} than the limit of {first.limit} allows at all",
-            headers=headers,
+            headers={**headers, "x-should-retry": "false"},  # no wait makes it fit: SDKs must not retry it
+            error_type=error_type,
         )
     wait = retry_after_seconds(decision.retry_after_ms)
-    headers = {**headers, "Retry-After": wait}
+    # retry-after-ms, read first by OpenAI's SDKs, is the limiter's own figure; Retry-After rounds it up to seconds.
+    headers = {**headers, "Retry-After": wait, "retry-after-ms": str(max(1, decision.retry_after_ms))}
     what = "; ".join(f"{s.name}: {s.limit} {s.unit}, {max(s.remaining, 0)} left" for s in refused)
     queued = f"; waited {waited:.1f}s for a free slot" if waited else ""
-    return RateLimited(f"rate limit exceeded by rule {names} ({what}){queued}; retry after {wait}s", headers=headers)
+    return RateLimited(
+        f"rate limit exceeded by rule {names} ({what}){queued}; retry after {wait}s", headers=headers, error_type=error_type
+    )
 
 
 def _money(nanos: int) -> str:
@@ -289,7 +296,7 @@ def _spent(budgets: list[LimitState], decision: Decision, headers: dict[str, str
         for s in budgets
     )
     if decision.retry_after_ms > 0:
-        headers = {**headers, "Retry-After": retry_after_seconds(decision.retry_after_ms)}
+        headers = {**headers, "Retry-After": retry_after_seconds(decision.retry_after_ms), "retry-after-ms": str(decision.retry_after_ms)}
     return QuotaExhausted(f"the request's estimated cost exceeds what is left of its budget ({what})", headers=headers)
 
 

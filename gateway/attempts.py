@@ -12,6 +12,10 @@ Order of things for a request of model M (chain: M, then its fallbacks depth-fir
   no model left, round again on the same one after an exponential backoff with
   full jitter (an upstream ``Retry-After`` up to ``retry_after_cap`` is waited
   out; a longer one keeps that deployment out of rotation until then);
+* an upstream refusing the gateway's own credential (401, 403) is that
+  deployment's failure: logged at error level with the provider's text,
+  counted, and tried on the other deployments and fallbacks, never round again;
+  the tenant gets a 502 ``upstream_auth_error`` in the gateway's words;
 * a status in the model's ``fallback_on_status`` goes to the next model at once;
   a context-length error goes down the model's ``context_window_fallbacks``;
 * a model none of whose deployments can take the request costs no attempt: the
@@ -33,7 +37,7 @@ from typing import Any
 
 from . import httpserver
 from .context import RequestContext
-from .errors import GatewayError, RateLimited, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from .errors import GatewayError, RateLimited, UpstreamAuthError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from .forward import MODEL_HEADER, UpstreamStatus, forward
 from .http import REQUEST_ID_HEADER, status_for
 from .queueing import QueueRefused
@@ -44,12 +48,16 @@ __all__ = ["serve", "AttemptCounters"]
 log = logging.getLogger("tollgate.attempts")
 
 _CONTEXT_MARKERS = (b"context_length_exceeded", b"maximum context length")
+# An upstream that refuses the gateway's credential is logged at most this often (seconds), with a count.
+_AUTH_LOG_EVERY = 10.0
 
 
 class AttemptCounters:
     """Gateway-wide counters for metrics; they live on ``GatewayState`` and survive reloads."""
 
-    __slots__ = ("requests", "attempts", "retries", "budget_refused", "fallbacks", "queue_refused", "failed")
+    __slots__ = (
+        "requests", "attempts", "retries", "budget_refused", "fallbacks", "queue_refused", "failed", "auth_refused", "auth_logged",
+    )
 
     def __init__(self) -> None:
         self.requests = 0
@@ -59,6 +67,8 @@ class AttemptCounters:
         self.fallbacks: dict[str, int] = {}  # "from->to" -> count (the model that served)
         self.queue_refused = 0
         self.failed = 0
+        self.auth_refused: dict[str, int] = {}  # upstream -> 401/403 answers to the gateway's credential
+        self.auth_logged: dict[str, float] = {}  # upstream -> when the last such answer was logged (monotonic)
 
 
 async def serve(ctx: RequestContext, state: Any) -> httpserver.StreamResponse | httpserver.Response:
@@ -170,6 +180,8 @@ async def serve(ctx: RequestContext, state: Any) -> httpserver.StreamResponse | 
             response = await forward(ctx, deployment, client, current.divert)
         except UpstreamError as exc:
             last = exc
+            if isinstance(exc, UpstreamAuthError):
+                _auth_refused(ctx, state, exc)
             _record_failure(dstate, permit, exc, clock.monotonic())
             state.proactive.observe(current.name, True, 0.0)
             trail = _note(trail, current, deployment.upstream, _outcome(exc), loop.time() - began)
@@ -229,6 +241,8 @@ def _tenant(ctx: RequestContext) -> str:
 
 
 def _retryable(exc: UpstreamError, policy: Any) -> bool:
+    if isinstance(exc, UpstreamAuthError):
+        return False  # the same credential would be refused again
     if isinstance(exc, UpstreamStatus):
         return exc.status in policy.statuses
     if isinstance(exc, UpstreamTimeout):
@@ -245,6 +259,8 @@ def _judge(exc: UpstreamError, current: ModelRoute, policy: Any) -> str:
             return "context"
         if exc.status in current.fallback_on_status:
             return "fallback"
+    if isinstance(exc, UpstreamAuthError):  # another deployment has another credential
+        return "fallback" if exc.status in current.fallback_on_status else "retry"
     return "retry" if _retryable(exc, policy) else "relay"
 
 
@@ -262,8 +278,23 @@ def _record_failure(dstate: Any, permit: int, exc: UpstreamError, now: float) ->
     dstate.breaker.failure(permit, exc.message)
 
 
+def _auth_refused(ctx: RequestContext, state: Any, exc: UpstreamAuthError) -> None:
+    """Count it, and tell the operator in the provider's words (at most every _AUTH_LOG_EVERY seconds per upstream)."""
+    counters: AttemptCounters = state.counters
+    refused = counters.auth_refused[exc.upstream] = counters.auth_refused.get(exc.upstream, 0) + 1
+    state.accounting.metrics.upstream_auth_failure(exc.upstream, exc.status)
+    now = state.clock.monotonic()
+    logged = counters.auth_logged.get(exc.upstream)
+    if logged is None or now - logged >= _AUTH_LOG_EVERY:
+        counters.auth_logged[exc.upstream] = now
+        log.error(
+            "upstream %r refused the gateway's credentials with %d (request %s; %d such answer(s) since start); it said: %s",
+            exc.upstream, exc.status, ctx.request_id, refused, exc.upstream_text,
+        )
+
+
 def _outcome(exc: UpstreamError) -> str:
-    return f"status {exc.status}" if isinstance(exc, UpstreamStatus) else (exc.code or type(exc).__name__)
+    return f"status {exc.status}" if isinstance(exc, (UpstreamStatus, UpstreamAuthError)) else (exc.code or type(exc).__name__)
 
 
 def _spend_retry(ctx: RequestContext, state: Any, current: ModelRoute) -> bool:
@@ -326,6 +357,7 @@ def _give_up(
         headers = {"Content-Type": last.content_type or "application/json", REQUEST_ID_HEADER: ctx.request_id, MODEL_HEADER: current.name}
         if last.retry_after is not None:
             headers["Retry-After"] = str(math.ceil(last.retry_after))
+            headers["retry-after-ms"] = str(round(last.retry_after * 1000))
         return httpserver.Response(last.status, last.body, headers)
     if isinstance(last, _QueueRateLimited):
         exc = RateLimited(last.message, code=last.code, headers=last.headers)

@@ -1,4 +1,4 @@
-"""The gateway's exception tree; the HTTP status for each is chosen at the edge (gateway/http.py).
+"""The gateway's exception tree, in OpenAI's error vocabulary; the HTTP status for each is chosen at the edge (gateway/http.py).
 
     GatewayError
     ├── ConfigError                  a configuration was refused (carries every problem)
@@ -14,6 +14,7 @@
     │       └── QuotaExhausted       a money budget does not cover the request            -> 429
     ├── UpstreamError                the model provider failed us
     │   ├── UpstreamBadResponse      connection reset, bad status, malformed body         -> 502
+    │   │   └── UpstreamAuthError    the provider refused the gateway's own credential    -> 502
     │   ├── UpstreamUnavailable      no healthy deployment, every fallback exhausted      -> 503
     │   └── UpstreamTimeout          connect / first byte / idle / total timeout          -> 504
     ├── Overloaded                   the gateway sheds load                                -> 503
@@ -28,6 +29,14 @@ fail mode; a StoreUnavailable one is known not to have been applied, so a
 settlement that met it can be replayed later.
 
 Domain code raises these; only the edge turns them into OpenAI-shaped JSON.
+
+The ``type`` of each is OpenAI's: ``invalid_request_error`` for what the
+client sent (a bad key too, code ``invalid_api_key``), ``requests`` or
+``tokens`` for a rate limit (code ``rate_limit_exceeded``),
+``insufficient_quota`` for a spent budget, ``server_error`` for the rest.
+An error that tells the client when to come back carries ``Retry-After``
+(whole seconds) and ``retry-after-ms``, which OpenAI's SDKs read first; one
+that retrying cannot cure carries ``x-should-retry: false``, which they obey.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ __all__ = [
     "QuotaExhausted",
     "UpstreamError",
     "UpstreamBadResponse",
+    "UpstreamAuthError",
     "UpstreamUnavailable",
     "UpstreamTimeout",
     "Overloaded",
@@ -64,7 +74,7 @@ class GatewayError(Exception):
     ``param`` names the offending request field when there is one.
     """
 
-    error_type = "api_error"
+    error_type = "server_error"
     default_code: str | None = None
 
     def __init__(
@@ -79,7 +89,10 @@ class GatewayError(Exception):
         self.message = message
         self.code = code if code is not None else self.default_code
         self.param = param
-        self.headers = headers or {}
+        self.headers = dict(headers) if headers else {}
+        retry_after = self.headers.get("Retry-After")
+        if retry_after is not None and "retry-after-ms" not in self.headers and retry_after.isdigit():
+            self.headers["retry-after-ms"] = f"{int(retry_after) * 1000}"  # its form that OpenAI's SDKs read first
 
 
 class ConfigError(GatewayError):
@@ -126,33 +139,71 @@ class HeadersTooLarge(RequestError):
 
 
 class Unauthenticated(RequestError):
-    error_type = "authentication_error"
+    """OpenAI answers a missing or wrong key with ``invalid_request_error`` and code ``invalid_api_key``."""
+
     default_code = "invalid_api_key"
 
 
 class Forbidden(RequestError):
-    error_type = "permission_error"
     default_code = "forbidden"
 
 
 class RateLimited(RequestError):
-    error_type = "rate_limit_error"
+    """A limit refused the request; ``error_type`` names what ran out, as OpenAI does: ``requests`` or ``tokens``."""
+
+    error_type = "requests"
     default_code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, param=param, headers=headers)
+        if error_type is not None:
+            self.error_type = error_type
 
 
 class QuotaExhausted(RateLimited):
-    """A money budget is spent: OpenAI's ``insufficient_quota``, which SDKs do not retry."""
+    """A money budget is spent: OpenAI's ``insufficient_quota``; ``x-should-retry: false`` keeps SDKs from retrying it."""
 
     error_type = "insufficient_quota"
     default_code = "insufficient_quota"
 
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers={**(headers or {}), "x-should-retry": "false"})
+
 
 class UpstreamError(GatewayError):
-    error_type = "upstream_error"
+    pass
 
 
 class UpstreamBadResponse(UpstreamError):
     default_code = "bad_gateway"
+
+
+class UpstreamAuthError(UpstreamBadResponse):
+    """An upstream answered 401 or 403 to the gateway's own credential: the operator's to fix, never the client's.
+
+    ``message`` is the gateway's; the provider's text (``upstream_text``) goes to the log only. A retry
+    within seconds cannot cure it: ``x-should-retry: false``.
+    """
+
+    default_code = "upstream_auth_error"
+
+    def __init__(self, upstream: str, status: int, upstream_text: str) -> None:
+        super().__init__(
+            f"the model provider behind upstream {upstream!r} refused the gateway's credentials ({status}); "
+            "the gateway's operator has to fix this, a retry will not help until then",
+            headers={"x-should-retry": "false"},
+        )
+        self.upstream = upstream
+        self.status = status
+        self.upstream_text = upstream_text
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -164,7 +215,6 @@ class UpstreamTimeout(UpstreamError):
 
 
 class Overloaded(GatewayError):
-    error_type = "overloaded_error"
     default_code = "overloaded"
 
 

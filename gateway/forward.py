@@ -1,25 +1,34 @@
-"""Forward stage: one pooled session per upstream, header hygiene, timeouts, SSE relayed event by event.
+"""Forward stage: one pooled session per upstream, the header allow-list, timeouts, SSE relayed event by event.
 
 One call of :func:`forward` is one attempt on one deployment. It raises an
 ``UpstreamError`` only while nothing has reached the client (so the attempt
 loop in ``gateway/attempts.py`` may still retry or fall back); once the first
 event is out, trouble becomes an SSE error event and a clean end of the stream.
+
+What a tenant sends reaches the upstream only through the upstream's
+``forward_headers`` allow-list (gateway/config/upstreams.py), minus the names
+its ``Connection`` header lists; the gateway adds its own headers (credential,
+organisation, ``X-Forwarded-For``, ``x-request-id``). What the upstream answers
+with 401 or 403 is the gateway's problem, never relayed (``UpstreamAuthError``);
+any other error body is relayed without credentials (gateway/redaction.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import orjson
 
 from . import httpserver
 from .config.model import Deployment, Upstream
 from .context import RequestContext
-from .errors import UpstreamBadResponse, UpstreamTimeout
+from .config.upstreams import CONNECTION_RELAY_HEADER, never_forwarded
+from .errors import UpstreamAuthError, UpstreamBadResponse, UpstreamTimeout
 from .deadlines import Deadline, Deadlines
 from .http import REQUEST_ID_HEADER, error_body
+from .redaction import redact, secrets_of
 from .usage import usage_from_body
 from .sse import SseParser
 from .upstream_http import ConnectError, HttpError, Response, UpstreamHttp
@@ -31,34 +40,18 @@ __all__ = [
     "forward",
     "upstream_headers",
     "sse_error_event",
-    "STRIPPED_REQUEST_HEADERS",
     "MODEL_HEADER",
 ]
 
 log = logging.getLogger("tollgate.forward")
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Client credentials never leave the gateway; framing headers are recomputed.
-CLIENT_CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key", "cookie"})
-STRIPPED_REQUEST_HEADERS = HOP_BY_HOP | CLIENT_CREDENTIALS | frozenset(
-    {"host", "content-length", "content-type", "accept-encoding", "expect", "x-forwarded-for", REQUEST_ID_HEADER}
-)
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 # Which model served the response (differs from the requested one when a fallback did).
 MODEL_HEADER = "x-tollgate-model"
+# An upstream's answer to the gateway's credential that the tenant never sees as such (see UpstreamAuthError).
+_AUTH_STATUSES = frozenset({401, 403})
+# Connection values that name no other header (the common case: nothing to drop).
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
 
 
 class UpstreamStatus(UpstreamBadResponse):
@@ -75,9 +68,9 @@ class UpstreamStatus(UpstreamBadResponse):
 
 
 class UpstreamClient:
-    """An upstream's pooled keep-alive connections and the headers the gateway adds to every call."""
+    """An upstream's pooled keep-alive connections, the headers the gateway adds to every call, and which client headers pass."""
 
-    __slots__ = ("config", "http", "fixed_headers", "fixed_names", "deadlines")
+    __slots__ = ("config", "http", "fixed_headers", "fixed_names", "forward_names", "forward_prefixes", "secrets", "deadlines")
 
     def __init__(self, config: Upstream, deadlines: Deadlines | None = None) -> None:
         self.config = config
@@ -95,6 +88,11 @@ class UpstreamClient:
         fixed.extend(config.headers.items())
         self.fixed_headers = tuple(fixed)
         self.fixed_names = frozenset(name.lower() for name, _ in fixed)
+        # The allow-list, checked against never_forwarded() once here for names, per header for prefixes.
+        allowed = [name for name in config.forward_headers if not name.endswith("*")]
+        self.forward_names = frozenset(n for n in allowed if not never_forwarded(n) and n not in self.fixed_names)
+        self.forward_prefixes = tuple(name[:-1] for name in config.forward_headers if name.endswith("*"))
+        self.secrets = secrets_of(config.api_key, config.headers.items())
 
     async def start(self) -> None:
         pool = self.config.pool
@@ -143,25 +141,37 @@ class UpstreamPool:
 
 
 def upstream_headers(ctx: RequestContext, client: UpstreamClient) -> list[tuple[str, str]]:
-    """Client headers minus credentials and hop-by-hop ones (also those named in ``Connection``), plus ours."""
+    """The client headers the upstream's allow-list lets through (minus those named in ``Connection``), plus ours."""
     headers = ctx.request.headers
-    connection = headers.get("Connection")
-    named = {t.strip().lower() for t in connection.split(",")} if connection else ()
+    names = client.forward_names
+    prefixes = client.forward_prefixes
     out: list[tuple[str, str]] = []
     for name, value in headers.items():
         lower = name.lower()
-        if lower in STRIPPED_REQUEST_HEADERS or lower in client.fixed_names or lower in named:
-            continue
-        out.append((name, value))
+        if lower in names or (
+            prefixes and lower.startswith(prefixes) and not never_forwarded(lower) and lower not in client.fixed_names
+        ):
+            out.append((name, value))
+    if out:
+        connection = headers.getall("Connection", None)
+        relayed = headers.getall(CONNECTION_RELAY_HEADER, None) if CONNECTION_RELAY_HEADER in headers else None
+        if relayed is not None or (connection is not None and (len(connection) > 1 or connection[0].lower() not in _PLAIN_CONNECTION)):
+            named = _connection_named(connection or (), relayed or ())
+            out = [(name, value) for name, value in out if name.lower() not in named]
     out.extend(client.fixed_headers)
-    forwarded_for = headers.get("X-Forwarded-For")
-    out.append(("X-Forwarded-For", f"{forwarded_for}, {ctx.client_ip}" if forwarded_for else ctx.client_ip))
+    # The address the gateway settled on (identity/chain.py: trusted proxies only); a client's own claim stays here.
+    out.append(("X-Forwarded-For", ctx.client_ip))
     out.append((REQUEST_ID_HEADER, ctx.request_id))
     return out
 
 
+def _connection_named(connection: Sequence[str], relayed: Sequence[str]) -> frozenset[str]:
+    """Header names a client listed in ``Connection``: hop-by-hop, for this hop only. nginx relays its client's."""
+    return frozenset(token.strip().lower() for value in (*connection, *relayed) for token in value.split(","))
+
+
 def sse_error_event(message: str, code: str) -> bytes:
-    return b"data: " + error_body(message, "upstream_error", code) + b"\n\n"
+    return b"data: " + error_body(message, "server_error", code) + b"\n\n"
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -211,8 +221,13 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
     finally:
         if upstream is not None:
             upstream.release()
-    if status in divert:
-        raise UpstreamStatus(cfg.name, status, data, content_type, _retry_after(upstream.headers.get("retry-after")))
+    if status >= 400:
+        if status in _AUTH_STATUSES:
+            # The provider's words go to the operator's log (its masked key says which one failed), not to the tenant.
+            raise UpstreamAuthError(cfg.name, status, redact(data[:2000], client.secrets, shapes=False).decode("utf-8", "replace"))
+        data = redact(data, client.secrets)
+        if status in divert:
+            raise UpstreamStatus(cfg.name, status, data, content_type, _retry_after(upstream.headers.get("retry-after")))
     ctx.status = status
     ctx.finished_at = loop.time()
     ctx.bytes_out = len(data)

@@ -1,13 +1,16 @@
-"""The upstream HTTP/1.1 client: keep-alive connections per upstream, one write per request, responses parsed in place.
+"""The upstream HTTP/1.1 client: keep-alive connections per upstream, one write per request, responses parsed by llhttp.
 
 Forwarding is the gateway's hottest path. ``aiohttp.ClientSession`` builds a
 request object, a URL, a header multidict, a response object, a cookie jar
 pass and trace hooks for every call; the gateway needs none of that. This
 client keeps a pool of ``asyncio.Protocol`` connections to one origin,
-writes the request head and body in one ``transport.write``, and parses the
-response head and its body framing (``Content-Length``, ``chunked``, or
-read-until-close) as bytes arrive, so a whole JSON answer is usually one
-``data_received`` and no extra task switch.
+writes the request head and body in one ``transport.write``, and feeds the
+answer to llhttp (``httptools.HttpResponseParser``) as bytes arrive: llhttp
+owns the framing (status line, header syntax, ``Content-Length``, the one
+chunked decoder, trailers); this module keeps the policy on top of it (HTTP/1.x
+only, a bounded head, interim answers skipped, nothing accepted after the
+answer ended, a reset never taken for the end of a body without length). A
+whole JSON answer is usually one ``data_received`` and no extra task switch.
 
 What it deliberately does not do: redirects, cookies, proxies, HTTP/2,
 request retries. Timeouts are the caller's (``gateway/deadlines.py``); a
@@ -24,6 +27,8 @@ import ssl
 import zlib
 from urllib.parse import urlsplit
 
+import httptools
+
 __all__ = [
     "HttpError",
     "ConnectError",
@@ -34,8 +39,8 @@ __all__ = [
 
 # Body bytes buffered unread before the socket stops being read (a slow client on a fast stream).
 _HIGH_WATER = 1 << 20
+# Bytes of one answer's head (interim answers included) and trailers at most.
 _MAX_HEAD = 64 * 1024
-_NO_BODY_STATUS = frozenset({204, 304})
 
 
 class HttpError(Exception):
@@ -54,25 +59,28 @@ class ResponseError(HttpError):
     """The connection closed early or the response broke HTTP/1.1 framing."""
 
 
-# Parser states of a connection.
-_IDLE, _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _DONE = range(9)
+class _HeadEnds(Exception):
+    """Raised from the parser's head callback to end an answer to HEAD there (llhttp would wait for its body)."""
+
+
+# States of a connection: no request out, waiting for the head, reading the body, answer complete.
+_IDLE, _HEAD, _BODY, _DONE = range(4)
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection: writes a request, parses its response, buffers the body for one reader."""
+    """One keep-alive connection: writes a request, lets llhttp parse its answer, buffers the body for one reader."""
 
     __slots__ = (
-        "transport", "state", "buffer", "body", "body_size", "remaining", "waiter", "error", "closed",
-        "status", "headers", "keep_alive", "paused", "idle_since", "head_request",
+        "transport", "parser", "state", "body", "body_size", "waiter", "error", "closed", "status", "headers",
+        "keep_alive", "paused", "idle_since", "head_request", "head_bytes", "header_bytes", "until_close", "status_line",
     )
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.parser: httptools.HttpResponseParser | None = None  # made when a request goes out
         self.state = _IDLE
-        self.buffer = b""  # unparsed bytes (head, chunk framing)
         self.body: list[bytes] = []
         self.body_size = 0
-        self.remaining = 0
         self.waiter: asyncio.Future[None] | None = None
         self.error: HttpError | None = None
         self.closed = False
@@ -82,6 +90,10 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.idle_since = 0.0
         self.head_request = False
+        self.head_bytes = 0  # bytes received while waiting for the head (bounds a head that never ends)
+        self.header_bytes = 0  # bytes of the header and trailer lines of the answer being parsed
+        self.until_close = False  # the body has neither length nor chunks: it ends when the upstream closes
+        self.status_line = False  # llhttp got past the status line of the answer being parsed
 
     # ------------------------------------------------------------ asyncio.Protocol
 
@@ -95,14 +107,24 @@ class _Connection(asyncio.Protocol):
                 pass  # not TCP (tests on Unix sockets) or already set
 
     def data_received(self, data: bytes) -> None:
-        if self.state == _IDLE or self.state == _DONE:
+        state = self.state
+        if state == _IDLE or state == _DONE:
             # Bytes nobody asked for: the connection can no longer be trusted to frame the next response.
             self._fail(ResponseError("upstream sent data outside a response"))
             return
+        if state == _HEAD:
+            self.head_bytes += len(data)
+        assert self.parser is not None
         try:
-            self._feed(data)
-        except ResponseError as exc:
-            self._fail(exc)
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ResponseError("upstream switched protocols, which the gateway never asks for"))
+            return
+        except httptools.HttpParserError as exc:
+            self._parse_failed(exc)
+            return
+        if self.state == _HEAD and self.head_bytes > _MAX_HEAD:
+            self._fail(ResponseError("upstream response head too large"))
             return
         if self.body_size > _HIGH_WATER and not self.paused and self.state != _DONE:
             self.paused = True
@@ -111,7 +133,7 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def eof_received(self) -> bool:
-        if self.state == _UNTIL_CLOSE:
+        if self.state == _BODY and self.until_close:
             self.state = _DONE
             self.keep_alive = False
             self._wake()
@@ -119,131 +141,84 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.state == _UNTIL_CLOSE and exc is None:  # a clean close ends a body without length; a reset does not
+        if self.state == _BODY and self.until_close and exc is None:  # a clean close ends a body without length; a reset does not
             self.state = _DONE
         elif self.state != _DONE and self.state != _IDLE and self.error is None:
             reason = f": {exc}" if exc else ""
             self.error = ResponseError(f"upstream closed the connection before the response was complete{reason}")
         self._wake()
 
-    # ------------------------------------------------------------ parsing
+    # ------------------------------------------------------------ llhttp's callbacks
 
-    def _feed(self, data: bytes) -> None:
-        if self.buffer:
-            data = self.buffer + data
-            self.buffer = b""
-        while data:
-            state = self.state
-            if state == _LENGTH:
-                # Bytes past the Content-Length reach _DONE below: the body stands, the connection is retired.
-                data = self._take_counted(data, _DONE)
-            elif state == _UNTIL_CLOSE:
-                self._take(data)
-                data = b""
-            elif state == _CHUNK_DATA:
-                data = self._take_counted(data, _CHUNK_END)
-            elif state == _CHUNK_END:
-                if len(data) < 2:
-                    self.buffer = data
-                    return
-                if data[:2] != b"\r\n":
-                    raise ResponseError("upstream chunk not followed by CRLF")
-                data = data[2:]
-                self.state = _CHUNK_SIZE
-            elif state == _CHUNK_SIZE:
-                end = data.find(b"\r\n")
-                if end < 0:
-                    if len(data) > 1024:
-                        raise ResponseError("upstream chunk size line too long")
-                    self.buffer = data
-                    return
-                line = data[:end].split(b";", 1)[0].strip()
-                data = data[end + 2 :]
-                # int() alone would also take "0x", "+", "-" and "_"; a chunk size is bare hex digits.
-                if not line or len(line) > 16 or line.strip(b"0123456789abcdefABCDEF"):
-                    raise ResponseError(f"upstream sent a malformed chunk size {line[:32]!r}")
-                size = int(line, 16)
-                if size == 0:
-                    self.state = _TRAILER
-                else:
-                    self.remaining = size
-                    self.state = _CHUNK_DATA
-            elif state == _TRAILER:
-                end = data.find(b"\r\n")
-                if end < 0:
-                    if len(data) > _MAX_HEAD:
-                        raise ResponseError("upstream trailer too long")
-                    self.buffer = data
-                    return
-                data = data[end + 2 :]
-                if end == 0:  # the empty line that ends the trailer section
-                    self.state = _DONE
-            elif state == _HEAD:
-                end = data.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(data) > _MAX_HEAD:
-                        raise ResponseError("upstream response head too large")
-                    self.buffer = data
-                    return
-                head = data[:end]
-                data = data[end + 4 :]
-                self._parse_head(head)
-            else:  # _DONE: anything after a complete response is a framing error
-                raise ResponseError("upstream sent data after the response ended")
+    def on_message_begin(self) -> None:
+        if self.state != _HEAD:  # a second answer to one request
+            raise ResponseError("upstream sent data after the response ended")
+        self.headers = {}
+        self.header_bytes = 0
+        self.status_line = False
 
-    def _take_counted(self, data: bytes, then: int) -> bytes:
-        """Take up to ``remaining`` body bytes; when none remain, go to state ``then``. Returns the bytes left over."""
-        n = self.remaining
-        if len(data) < n:
-            self._take(data)
-            self.remaining = n - len(data)
-            return b""
-        self._take(data[:n] if len(data) > n else data)
-        self.remaining = 0
-        self.state = then
-        return data[n:]
+    def on_status(self, reason: bytes) -> None:
+        self.status_line = True
 
-    def _take(self, data: bytes) -> None:
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.status_line = True
+        size = self.header_bytes = self.header_bytes + len(name) + len(value)
+        if size > _MAX_HEAD:
+            raise ResponseError("upstream response head too large" if self.state == _HEAD else "upstream trailer too long")
+        if self.state == _BODY:  # a trailer: read and dropped
+            return
+        key = name.lower().decode("latin-1")  # a token (llhttp checked): ASCII
+        text = value.rstrip(b" \t").decode("latin-1")  # llhttp drops the whitespace before a value, not after
+        headers = self.headers
+        if key in headers:
+            text = f"{headers[key]}, {text}"
+        headers[key] = text
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        assert parser is not None
+        self.status_line = True
+        status = parser.get_status_code()
+        if status < 200:
+            return  # an interim answer (100 Continue, 103 Early Hints): the real head follows
+        if not parser.get_http_version().startswith("1."):
+            raise ResponseError(f"upstream answered something that is not HTTP/1.x: HTTP/{parser.get_http_version()}")
+        headers = self.headers
+        self.status = status
+        self.keep_alive = parser.should_keep_alive()
+        if self.head_request:
+            # No body follows, whatever the head says; keep-alive by the version and Connection alone.
+            connection = headers.get("connection", "").lower()
+            self.keep_alive = "close" not in connection if parser.get_http_version() == "1.1" else "keep-alive" in connection
+            self.state = _DONE
+            raise _HeadEnds
+        self.state = _BODY
+        self.until_close = "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower()
+
+    def on_body(self, data: bytes) -> None:
         self.body.append(data)
         self.body_size += len(data)
 
-    def _parse_head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        status_line = lines[0]
-        if status_line[:7] != b"HTTP/1." or len(status_line) < 12 or status_line[12:13] not in (b"", b" "):
-            raise ResponseError(f"upstream answered something that is not HTTP/1.x: {status_line[:40]!r}")
-        try:
-            status = int(status_line[9:12])
-        except ValueError:
-            raise ResponseError(f"upstream sent a malformed status line: {status_line[:40]!r}") from None
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip():
-                raise ResponseError(f"upstream sent a malformed header line: {line[:40]!r}")
-            key = name.decode("latin-1").lower()
-            text = value.strip().decode("latin-1")
-            previous = headers.get(key)
-            headers[key] = text if previous is None else f"{previous}, {text}"
-        if 100 <= status < 200:
-            return  # an interim answer (100 Continue, 103 Early Hints): the real head follows
-        self.status = status
-        self.headers = headers
-        connection = headers.get("connection", "").lower()
-        self.keep_alive = "close" not in connection if status_line[7:8] == b"1" else "keep-alive" in connection
-        if self.head_request or status in _NO_BODY_STATUS:
-            self.state = _DONE
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
-            self.state = _CHUNK_SIZE
-        elif "content-length" in headers:
-            length = headers["content-length"]
-            if not length.isdigit() or not length.isascii():  # no sign, no "_", no list of values
-                raise ResponseError(f"upstream sent a malformed Content-Length {length[:32]!r}")
-            self.remaining = int(length)
-            self.state = _LENGTH if self.remaining else _DONE
+    def on_message_complete(self) -> None:
+        if self.state == _HEAD:
+            self.headers = {}  # the end of an interim answer
+            return
+        assert self.parser is not None
+        self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
+        self.state = _DONE
+
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        cause = exc.__context__
+        if isinstance(cause, _HeadEnds):
+            self.parser = None  # llhttp stopped in an error state: the next request gets a new parser
+            self._wake()
+            return
+        if isinstance(cause, HttpError):
+            self._fail(cause)
+        elif not self.status_line:
+            self._fail(ResponseError(f"upstream answered something that is not HTTP/1.x: {exc}"))
         else:
-            self.state = _UNTIL_CLOSE
-            self.keep_alive = False
+            self._fail(ResponseError(f"upstream broke HTTP/1.1 framing: {exc}"))
 
     # ------------------------------------------------------------ the reader's side
 
@@ -268,8 +243,13 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes, head_request: bool) -> None:
         assert self.transport is not None
+        if self.parser is None:
+            self.parser = httptools.HttpResponseParser(self)
         self.state = _HEAD
         self.head_request = head_request
+        self.head_bytes = 0
+        self.header_bytes = 0
+        self.until_close = False
         self.status = 0
         self.headers = {}
         self.body = []

@@ -146,6 +146,41 @@ def test_upstream_headers_must_be_valid_names_with_values_that_cannot_break_the_
     ]
 
 
+def test_forward_headers_default_to_content_negotiation_and_the_user_agent_and_are_kept_lower_case() -> None:
+    env = {"UPSTREAM_KEY": "k"}
+    assert config_from_dict(minimal(), env=env).upstreams["u"].forward_headers == ("accept", "accept-language", "user-agent")
+    doc = minimal()
+    doc["upstreams"]["u"]["forward_headers"] = ["Accept", "anthropic-beta", "X-Stainless-*", "accept"]  # type: ignore[index]
+    assert config_from_dict(doc, env=env).upstreams["u"].forward_headers == ("accept", "anthropic-beta", "x-stainless-*")
+    doc["upstreams"]["u"]["forward_headers"] = []  # type: ignore[index]
+    assert config_from_dict(doc, env=env).upstreams["u"].forward_headers == ()
+
+
+def test_forward_headers_refuse_what_never_comes_from_a_client_naming_each_entry() -> None:
+    doc = minimal()
+    doc["upstreams"]["u"]["headers"] = {"X-Org": "o"}  # type: ignore[index]
+    doc["upstreams"]["u"]["forward_headers"] = [  # type: ignore[index]
+        "authorization", "OpenAI-Organization", "openai-beta", "x-forwarded-*", "Proxy-*", "X-Real-IP", "connection",
+        "x-request-id", "*", "bad name", "x-org", "x-mock-*",
+    ]
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(doc, env={"UPSTREAM_KEY": "k"})
+    at = "upstreams.u.forward_headers"
+    assert info.value.problems == [
+        f"{at}[0]: authorization never comes from a client: it is a client credential",
+        f"{at}[1]: OpenAI-Organization comes only from this upstream's headers, never from a client",
+        f"{at}[2]: openai-beta comes only from this upstream's headers, never from a client",
+        f"{at}[3]: x-forwarded-* names only headers that never come from a client",
+        f"{at}[4]: Proxy-* names only headers that never come from a client",
+        f"{at}[5]: X-Real-IP never comes from a client: it claims the client's address or route (the gateway sends X-Forwarded-For itself)",
+        f"{at}[6]: connection never comes from a client: it is hop-by-hop",
+        f"{at}[7]: x-request-id never comes from a client: it is set by the gateway",
+        f"{at}[8]: '*' is not a header name, or a name prefix ending in * (such as x-mock-*)",
+        f"{at}[9]: 'bad name' is not a header name, or a name prefix ending in * (such as x-mock-*)",
+        f"{at}[10]: x-org is set by this upstream's headers: a client's value would never be sent",
+    ]
+
+
 def test_admin_token_is_kept_only_as_its_hash() -> None:
     config = config_from_dict(minimal(listeners={"admin": {"token": "a-long-admin-token-123"}}), env={"UPSTREAM_KEY": "k"})
     assert config.listeners.admin.token_sha256 is not None

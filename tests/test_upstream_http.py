@@ -212,13 +212,40 @@ async def test_bytes_after_a_complete_response_deliver_the_body_but_retire_the_c
         assert server.accepted == 2
 
 
+async def test_a_second_answer_in_the_same_write_delivers_the_first_body_and_retires_the_connection() -> None:
+    async with serve(replies(OK + OK)) as (server, pool):
+        assert (await fetch(pool))[1] == b"hello"
+        assert pool.idle_connections == 0
+        assert (await fetch(pool))[1] == b"hello"
+        assert server.accepted == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"x" * 70_000 + b"\r\n\r\n", "head too large"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"x" * 70_000, "head too large"),
+        (CHUNKED + b"0\r\n" + b"X-Trailer: " + b"x" * 70_000 + b"\r\n\r\n", "trailer too long"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", "switched protocols"),
+        (b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n", "framing"),
+    ],
+    ids=["head-too-large", "head-never-ends", "trailer-too-long", "upgrade", "bad-header-name"],
+)
+async def test_a_head_the_gateway_cannot_take_raises_response_error_and_frees_the_slot(answer: bytes, message: str) -> None:
+    async with serve(replies(answer)) as (server, pool):
+        with pytest.raises(ResponseError, match=message):
+            await fetch(pool)
+        assert pool.in_use == 0 and pool.idle_connections == 0
+        await until(lambda: server.open == 0)
+
+
 @pytest.mark.parametrize(
     "status_line",
-    [b"HTTP/1.1 2x0 Oops", b"HTTP/1.1 200OK", b"HTTP/2 200", b"SSH-2.0-OpenSSH_9.6"],
+    [b"HTTP/1.1 2x0 Oops", b"HTTP/1.1 200OK", b"HTTP/2 200", b"HTTP/2.0 200 OK", b"HTTP/0.9 200 OK", b"SSH-2.0-OpenSSH_9.6"],
 )
 async def test_malformed_status_line_raises_response_error_and_frees_the_slot(status_line: bytes) -> None:
     async with serve(replies(status_line + b"\r\nContent-Length: 0\r\n\r\n")) as (server, pool):
-        with pytest.raises(ResponseError, match="status line|not HTTP"):
+        with pytest.raises(ResponseError, match="not HTTP/1.x"):
             await fetch(pool)
         assert pool.in_use == 0 and pool.idle_connections == 0
         await until(lambda: server.open == 0)
@@ -243,10 +270,15 @@ async def test_broken_chunk_framing_raises_response_error_and_closes_the_connect
         await until(lambda: server.open == 0)
 
 
-@pytest.mark.parametrize("length", [b"+5", b"5_0", b"-1", b"5, 5"])
-async def test_content_length_that_is_not_bare_digits_raises_response_error(length: bytes) -> None:
-    async with serve(replies(b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\n\r\nhello")) as (server, pool):
-        with pytest.raises(ResponseError, match="malformed Content-Length"):
+@pytest.mark.parametrize(
+    "lengths",
+    [b"Content-Length: +5", b"Content-Length: 5_0", b"Content-Length: -1", b"Content-Length: 5, 5",
+     b"Content-Length: 5\r\nContent-Length: 5", b"Transfer-Encoding: chunked\r\nContent-Length: 5"],
+    ids=["plus", "underscore", "negative", "list", "twice", "with-chunked"],
+)
+async def test_content_length_that_is_not_one_bare_number_raises_response_error(lengths: bytes) -> None:
+    async with serve(replies(b"HTTP/1.1 200 OK\r\n" + lengths + b"\r\n\r\nhello")) as (server, pool):
+        with pytest.raises(ResponseError, match="Content-Length"):
             await fetch(pool)
         assert pool.in_use == 0
         await until(lambda: server.open == 0)

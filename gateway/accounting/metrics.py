@@ -140,6 +140,9 @@ class GatewayMetrics:
         self.accounting_flushes = counter("tollgate_accounting_flushes", "Usage batch writes by outcome.", ("outcome",))
         self.webhook_deliveries = counter("tollgate_alert_webhook_deliveries", "Alert webhook deliveries by outcome.", ("outcome",))
         self.audit_events = counter("tollgate_audit_events", "Audit events recorded, by kind.", ("kind",))
+        self.upstream_auth_failures = counter(
+            "tollgate_upstream_auth_failures", "401/403 answers of an upstream to the gateway's own credential.", ("upstream", "status")
+        )
         for plan, target in config.sla_plans.items():
             self.sla_target.labels(plan).set(target)
 
@@ -147,6 +150,10 @@ class GatewayMetrics:
     def limit_decision(self, rule: str, outcome: str, n: int = 1) -> None:
         """Admission outcome of one rule (``allowed``, ``refused``, ``shadow_refused``, ...)."""
         self.limit_decisions.labels(rule, outcome).inc(n)
+
+    def upstream_auth_failure(self, upstream: str, status: int) -> None:
+        """An upstream refused the gateway's credential: a misconfiguration to alert on, not a tenant's error."""
+        self.upstream_auth_failures.labels(upstream, str(status)).inc()
 
     def degraded_admission(self, rule: str, mode: str) -> None:
         """An admission decided without the store: ``mode`` is ``fail_open``, ``fail_closed`` or ``local``."""

@@ -28,6 +28,11 @@ __all__ = [
 ]
 
 
+# Client headers an upstream gets when its config names none: content negotiation and the client's software,
+# nothing that changes who pays or how the provider treats the call (provider feature headers are opt-in).
+DEFAULT_FORWARD_HEADERS = ("accept", "accept-language", "user-agent")
+
+
 def frozen_map(d: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(d or {}))
 
@@ -86,6 +91,8 @@ class Upstream:
     # Where the credential goes: "authorization" (Bearer), "api-key" (Azure), "x-api-key", or "none".
     auth_header: str = "authorization"
     headers: Mapping[str, str] = field(default_factory=frozen_map)
+    # Client headers sent on, lower-case: names, or prefixes ending in "*" (gateway/config/upstreams.py).
+    forward_headers: tuple[str, ...] = DEFAULT_FORWARD_HEADERS
     timeouts: Timeouts = Timeouts()
     pool: Pool = Pool()
 

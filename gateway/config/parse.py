@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
 from .model import (
     AdminListener,
@@ -15,9 +14,7 @@ from .model import (
     Listener,
     Listeners,
     Model,
-    Pool,
     Server,
-    Timeouts,
     Upstream,
     frozen_map,
 )
@@ -27,15 +24,13 @@ from .resilience import check_model_graph, parse_deployment_limits, parse_model_
 from .accounting import parse_accounting
 from .rules import parse_rules
 from .store import parse_store
+from .upstreams import parse_upstream
 
 __all__ = ["parse_config"]
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}")
-AUTH_HEADERS = ("authorization", "api-key", "x-api-key", "none")
 _DEFAULT_GUARD = Guard()
-_DEFAULT_TIMEOUTS = Timeouts()
-_DEFAULT_POOL = Pool()
 
 
 def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> Config:
@@ -45,7 +40,7 @@ def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> C
     guard = _guard(root.child("guard"))
     store = parse_store(root.child("store"))
     server = _server(root.child("server"))
-    upstreams = {name: _upstream(name, node) for name, node in root.named("upstreams", name_pattern=NAME)}
+    upstreams = {name: parse_upstream(name, node) for name, node in root.named("upstreams", name_pattern=NAME)}
     if not upstreams:
         root.error("upstreams", "at least one upstream is required")
     models = {name: _model(name, node, upstreams) for name, node in root.named("models", name_pattern=MODEL_NAME)}
@@ -123,60 +118,6 @@ def _guard(node: Node) -> Guard:
     )
     node.finish()
     return g
-
-
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
-_BREAKS_HEADER = re.compile(r"[\r\n\x00]")
-
-
-def _upstream(name: str, node: Node) -> Upstream:
-    base_url = node.str("base_url")
-    if base_url is not None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            node.error("base_url", "must be an absolute http:// or https:// URL")
-        elif parts.query or parts.fragment:
-            node.error("base_url", "must not carry a query or fragment")
-        base_url = base_url.rstrip("/")
-    auth_header = node.str("auth_header", "authorization", choices=AUTH_HEADERS)
-    api_key = node.str("api_key", None, nonempty=False) or None
-    headers = node.str_map("headers")
-    for h, value in headers.items():
-        if h.lower() in ("host", "content-length", "transfer-encoding", "connection"):
-            node.error(f"headers.{h}", "is set by the gateway and cannot be configured")
-        elif not _HEADER_NAME.fullmatch(h):
-            node.error(f"headers.{h}", "is not a valid header name")
-        elif _BREAKS_HEADER.search(value):
-            node.error(f"headers.{h}", "must not contain CR, LF or NUL (it would break the request sent upstream)")
-    if api_key is not None and _BREAKS_HEADER.search(api_key):
-        # A secret read from a file often ends with a newline: refuse it rather than send a broken request.
-        node.error("api_key", "must not contain CR, LF or NUL (check for a trailing newline in the secret)")
-    t = node.child("timeouts")
-    timeouts = Timeouts(
-        connect=t.duration("connect", _DEFAULT_TIMEOUTS.connect),
-        first_byte=t.duration("first_byte", _DEFAULT_TIMEOUTS.first_byte),
-        idle=t.duration("idle", _DEFAULT_TIMEOUTS.idle),
-        total=t.duration("total", _DEFAULT_TIMEOUTS.total),
-    )
-    if timeouts.total < timeouts.first_byte:
-        t.error("total", "must be at least first_byte")
-    t.finish()
-    p = node.child("pool")
-    pool = Pool(
-        max_connections=p.int("max_connections", _DEFAULT_POOL.max_connections, min=1, max=100_000),
-        keepalive=p.duration("keepalive", _DEFAULT_POOL.keepalive),
-    )
-    p.finish()
-    node.finish()
-    return Upstream(
-        name=name,
-        base_url=base_url or "",
-        api_key=api_key,
-        auth_header=auth_header,
-        headers=frozen_map(headers),
-        timeouts=timeouts,
-        pool=pool,
-    )
 
 
 def _model(name: str, node: Node, upstreams: dict[str, Upstream]) -> Model:

@@ -218,4 +218,4 @@ async def test_a_bad_header_end_user_is_a_400_naming_the_header(gateway: Proc, v
 async def test_an_unauthenticated_request_is_401_whatever_its_end_user(gateway: Proc) -> None:
     async with aiohttp.ClientSession() as s:
         status, body, _ = await _chat(s, gateway, key="tg_not-a-key-0123456789abcdef", user="x" * 1000)
-    assert status == 401 and body["error"]["type"] == "authentication_error"
+    assert status == 401 and body["error"]["type"] == "invalid_request_error"

@@ -65,7 +65,7 @@ async def test_bad_keys_are_401_and_never_reach_the_upstream(gateway: Proc, mock
     for headers in ({"Authorization": f"Bearer {key}"}, {"x-api-key": key}):
         status, body = await _post(gateway, headers)
         assert status == 401, body
-        assert body["error"]["type"] == "authentication_error" and body["error"]["code"] == "invalid_api_key"
+        assert body["error"]["type"] == "invalid_request_error" and body["error"]["code"] == "invalid_api_key"
         assert key[:20] not in body["error"]["message"] or not key
     assert await _upstream_calls(mock) == before
     assert "tg_" not in gateway.log()
@@ -75,7 +75,7 @@ async def test_no_credential_is_401_and_suspended_tenant_is_403(gateway: Proc) -
     status, body = await _post(gateway, {})
     assert status == 401 and "API key" in body["error"]["message"]
     status, body = await _post(gateway, {"Authorization": f"Bearer {SLEEPY_KEY}"})
-    assert status == 403 and body["error"]["type"] == "permission_error" and "suspended" in body["error"]["message"]
+    assert status == 403 and body["error"]["type"] == "invalid_request_error" and "suspended" in body["error"]["message"]
 
 
 async def test_spoofed_tenant_header_subdomain_or_query_is_403_never_another_tenant(gateway: Proc, mock: Proc) -> None:

@@ -1,4 +1,4 @@
-"""config/nginx.conf in front of real gateway workers: streams pass chunk by chunk, the real client IP arrives, the admin API stays out of reach."""
+"""config/nginx.conf in front of real gateway workers: streams pass chunk by chunk, the real client IP arrives, the admin API stays out of reach, headers named in Connection stay behind."""
 
 from __future__ import annotations
 
@@ -143,6 +143,38 @@ async def test_gateway_believes_x_forwarded_for_only_from_nginx(gateway: Proc, m
     seen = await upstream_saw(mock, "direct-forged-1")
     # Straight to the gateway from an address that is not a trusted proxy: the peer is the client.
     assert hops(seen["x-forwarded-for"])[-1] == CLIENT_ADDRESS
+
+
+@pytest.mark.parametrize(
+    ("request_id", "connection", "named"),
+    [
+        ("not-allowed", "close, X-Secret", {"X-Secret": "leak"}),  # on no allow-list
+        # on the test config's allow-list: nginx alone would pass them on, the gateway would forward them
+        ("allowed-and-a-fault", "keep-alive, Accept-Language, x-mock-status", {"Accept-Language": "fr", "x-mock-status": "500"}),
+        ("allowed-alone", "Accept-Language", {"Accept-Language": "fr"}),
+    ],
+    ids=["not-allowed", "allowed-and-a-fault", "allowed-alone"],
+)
+async def test_a_header_the_client_names_in_connection_never_reaches_the_upstream_through_nginx(
+    nginx: Proc, mock: Proc, request_id: str, connection: str, named: dict[str, str]
+) -> None:
+    async with aiohttp.ClientSession() as s:
+        headers = {"x-request-id": request_id, "Connection": connection, **named}
+        async with s.post(f"{nginx.url}/v1/chat/completions", json=chat(), headers=headers) as r:
+            assert r.status == 200, await r.text()  # x-mock-status: 500 never reached the mock
+    seen = await upstream_saw(mock, request_id)
+    assert not {name.lower() for name in named} & set(seen), seen
+    assert "x-tollgate-connection" not in seen and "leak" not in seen.values()
+
+
+async def test_allowed_headers_not_named_in_connection_do_reach_the_upstream_through_nginx(nginx: Proc, mock: Proc) -> None:
+    async with aiohttp.ClientSession() as s:
+        headers = {"x-request-id": "connection-control-1", "Connection": "keep-alive", "Accept-Language": "fr", "X-Secret": "leak"}
+        async with s.post(f"{nginx.url}/v1/chat/completions", json=chat(), headers=headers) as r:
+            assert r.status == 200, await r.text()
+    seen = await upstream_saw(mock, "connection-control-1")
+    assert seen["accept-language"] == "fr"  # the allow-list passes it
+    assert "x-secret" not in seen  # and nothing else
 
 
 async def test_admin_api_is_unreachable_through_nginx_though_it_answers_on_its_own_listener(nginx: Proc, gateway: Proc) -> None:

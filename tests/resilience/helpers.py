@@ -13,7 +13,7 @@ from gateway.clock import Clock
 from gateway.config import config_from_dict
 from gateway.runtime import GatewayState
 
-from ..support.processes import free_port
+from ..support.processes import free_port, steerable
 
 MSG = [{"role": "user", "content": "hi"}]
 # A mock upstream whose fault headers are overridden by the gateway: whatever the client asks, it behaves.
@@ -33,7 +33,7 @@ def config_doc(mock_url: str, models: dict[str, Any], resilience: dict[str, Any]
     }
     if resilience is not None:
         doc["resilience"] = resilience
-    return doc
+    return steerable(doc)  # the client's x-mock-* headers reach the mock
 
 
 @asynccontextmanager

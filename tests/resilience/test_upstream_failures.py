@@ -215,7 +215,7 @@ async def test_stream_failing_after_its_first_event_ends_with_an_sse_error_event
         assert b"[DONE]" not in raw
         assert len(events) == 4  # three whole events, then the error: never half an event
         last = orjson.loads(events[-1][6:])
-        assert last["error"]["type"] == "upstream_error" and last["error"]["code"].encode() in code
+        assert last["error"]["type"] == "server_error" and last["error"]["code"].encode() in code
         assert all("choices" in orjson.loads(e[6:]) for e in events[:-1])
         [letter] = state.dead_letter_records()
         assert letter["status"] == 200 and letter["code"].encode() in code

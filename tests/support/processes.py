@@ -105,8 +105,25 @@ def mock_upstream_process(*flags: str) -> Iterator[Proc]:
         proc.stop()
 
 
+# The tests steer the mock upstream through the gateway with x-mock-* request headers (fault injection):
+# the upstreams of test configs let them through beside the default allow-list.
+MOCK_FORWARD_HEADERS = ["accept", "accept-language", "user-agent", "x-mock-*"]
+
+
+def steerable(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with every upstream that names no ``forward_headers`` forwarding :data:`MOCK_FORWARD_HEADERS`."""
+    doc["upstreams"] = {
+        name: upstream if "forward_headers" in upstream else {**upstream, "forward_headers": MOCK_FORWARD_HEADERS}
+        for name, upstream in doc.get("upstreams", {}).items()
+    }
+    return doc
+
+
 def gateway_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
-    """A minimal valid gateway config in front of one upstream; ``overrides`` replace top-level sections."""
+    """A minimal valid gateway config in front of one upstream; ``overrides`` replace top-level sections.
+
+    Upstreams forward the client's ``x-mock-*`` headers unless they say otherwise (:func:`steerable`).
+    """
     doc: dict[str, Any] = {
         "listeners": {"public": {"host": "127.0.0.1", "port": 0}, "admin": {"enabled": False}},
         "upstreams": {"mock": {"base_url": upstream_url, "api_key": "sk-upstream-secret"}},
@@ -116,7 +133,7 @@ def gateway_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
         },
     }
     doc.update(overrides)
-    return doc
+    return steerable(doc)
 
 
 @contextmanager
