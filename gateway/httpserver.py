@@ -24,8 +24,8 @@ What it does, per connection:
   not read to the end is closed after the answer.
 * **One request at a time**, pipelined requests answered in order; a client
   that disconnects cancels its handler (which cancels the upstream request).
-* **Answers**: the handler returns a :class:`Response` (or an aiohttp
-  ``web.Response``, as the shared error helpers make), written in one
+* **Answers**: the handler returns a :class:`Response` (``gateway.http``
+  makes the JSON ones), written in one
   ``write`` with ``Content-Length`` and ``Date``; or a :class:`StreamResponse`
   it has written itself, chunked (or close-delimited for HTTP/1.0), with
   write flow control.
@@ -50,11 +50,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from .errors import BadRequest
-from .http import error_body, internal_error_response, new_request_id
+from .http import Response, error_body, internal_error_answer, new_request_id
 
 __all__ = ["HttpServer", "Request", "Response", "StreamResponse", "Handler"]
 
@@ -146,17 +145,6 @@ class Request:
     async def read(self) -> bytes:
         """The whole body."""
         return await self.content.read()
-
-
-class Response:
-    """A complete answer: status, headers, body."""
-
-    __slots__ = ("status", "headers", "body")
-
-    def __init__(self, status: int = 200, body: bytes = b"", headers: Mapping[str, str] | None = None) -> None:
-        self.status = status
-        self.body = body
-        self.headers = headers or {}
 
 
 class StreamResponse:
@@ -401,14 +389,12 @@ class _Connection(asyncio.Protocol):
             except Exception:  # a bug in the handler: JSON with a request id, never a traceback
                 request_id = new_request_id()
                 log.exception("unexpected error on request %s", request_id)
-                answer = internal_error_response(request_id)
+                answer = internal_error_answer(request_id)
             if isinstance(answer, StreamResponse):
                 if not answer.prepared:
                     await answer.prepare(request)
                 await answer.write_eof()
             else:
-                if isinstance(answer, web.Response):  # the shared error helpers build aiohttp responses
-                    answer = Response(answer.status, answer.body or b"", answer.headers)  # type: ignore[arg-type]
                 self.write_head(answer.status, answer.headers, None, body=b"" if request.method == "HEAD" else answer.body,
                                 length=len(answer.body))
         except asyncio.CancelledError:

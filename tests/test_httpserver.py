@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from gateway.errors import GatewayError, PayloadTooLarge
-from gateway.http import error_response
+from gateway.http import error_answer
 from gateway.httpserver import HttpServer, Request, Response, StreamResponse
 
 LIMIT = 1000  # body bytes the "/limited" handler accepts, like the guard stage
@@ -42,7 +42,7 @@ class Probe:
                     if size > LIMIT:
                         raise PayloadTooLarge("too large")
             except GatewayError as exc:
-                return error_response(exc, "req_test")
+                return error_answer(exc, "req_test")
             return Response(200, b"ok")
         if request.path == "/slow":
             self.started.set()
