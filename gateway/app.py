@@ -16,7 +16,7 @@ from urllib.parse import unquote
 from .context import ENDPOINTS
 from .errors import GatewayError, MethodNotAllowed, NotFound
 from .http import Response, error_answer, internal_error_answer, json_answer, request_id_from
-from .httpserver import Handler, HttpServer, Request
+from .httpserver import REFUSALS, Handler, HttpServer, Request
 from .identity import Principal, authenticate, registry_watching
 from .proxy import make_proxy_handler
 from .runtime import GatewayState
@@ -58,8 +58,23 @@ def make_public_handler(state: GatewayState) -> Handler:
 
 
 def make_public_server(state: GatewayState, *, max_head: int = 64 * 1024) -> HttpServer:
-    """The public listener's server around :func:`make_public_handler` (not yet listening: see ``HttpServer.start``)."""
-    return HttpServer(make_public_handler(state), max_head=max_head)
+    """The public listener's server around :func:`make_public_handler` (not yet listening: see ``HttpServer.start``).
+
+    Its time limit on a request head and its cap on open connections come from
+    the config's ``server:`` section; what it refuses itself is counted in
+    ``tollgate_http_refused_total{reason}``.
+    """
+    settings = state.config.server
+    metrics = state.accounting.metrics
+    for reason in REFUSALS:
+        metrics.http_refused(reason, 0)  # every reason shows from the first scrape, at 0
+    return HttpServer(
+        make_public_handler(state),
+        max_head=max_head,
+        head_timeout=settings.head_timeout,
+        max_connections=settings.max_connections,
+        on_refused=metrics.http_refused,
+    )
 
 
 @contextlib.asynccontextmanager
