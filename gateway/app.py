@@ -126,8 +126,8 @@ async def _get_model(request: Request, state: GatewayState) -> Response:
     except GatewayError as exc:
         return _refuse(exc, request)
     if name not in state.config.models or not principal.may_use(name):
-        exc = NotFound(f"the model {name!r} does not exist or you do not have access to it", param="model", code="model_not_found")
-        return _refuse(exc, request)
+        missing = NotFound(f"the model {name!r} does not exist or you do not have access to it", param="model", code="model_not_found")
+        return _refuse(missing, request)
     return json_answer(_model_entry(name, state))
 
 
