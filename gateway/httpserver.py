@@ -5,7 +5,9 @@ objects, request and response wrappers, the per-connection message queue and
 payload streams, header multidicts on the way out) cost more CPU per request
 than the whole policy pipeline. The public listener needs little of it: a
 few fixed paths, JSON bodies of bounded size, a JSON answer or an SSE
-stream. The admin listener stays an aiohttp application.
+stream. The admin listener stays an aiohttp application. What a handler is
+given and streams with (Request, its Body, StreamResponse) is in
+``httpmessages.py``; complete answers are made in ``http.py``.
 
 What it does, per connection:
 
