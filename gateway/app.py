@@ -13,12 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
-from aiohttp import web
-
 from .context import ENDPOINTS
 from .errors import GatewayError, MethodNotAllowed, NotFound
-from .http import error_response, internal_error_response, json_response, request_id_from
-from .httpserver import Handler, HttpServer, Request
+from .http import Response, error_answer, internal_error_answer, json_answer, request_id_from
+from .httpserver import REFUSALS, Handler, HttpServer, Request
 from .identity import Principal, authenticate, registry_watching
 from .proxy import make_proxy_handler
 from .runtime import GatewayState
@@ -60,8 +58,23 @@ def make_public_handler(state: GatewayState) -> Handler:
 
 
 def make_public_server(state: GatewayState, *, max_head: int = 64 * 1024) -> HttpServer:
-    """The public listener's server around :func:`make_public_handler` (not yet listening: see ``HttpServer.start``)."""
-    return HttpServer(make_public_handler(state), max_head=max_head)
+    """The public listener's server around :func:`make_public_handler` (not yet listening: see ``HttpServer.start``).
+
+    Its time limit on a request head and its cap on open connections come from
+    the config's ``server:`` section; what it refuses itself is counted in
+    ``tollgate_http_refused_total{reason}``.
+    """
+    settings = state.config.server
+    metrics = state.accounting.metrics
+    for reason in REFUSALS:
+        metrics.http_refused(reason, 0)  # every reason shows from the first scrape, at 0
+    return HttpServer(
+        make_public_handler(state),
+        max_head=max_head,
+        head_timeout=settings.head_timeout,
+        max_connections=settings.max_connections,
+        on_refused=metrics.http_refused,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -75,17 +88,17 @@ async def public_lifecycle(state: GatewayState) -> AsyncIterator[None]:
         await state.close()
 
 
-def _refuse(exc: GatewayError, request: Request) -> web.Response:
-    return error_response(exc, request_id_from(request.headers.get("x-request-id")))
+def _refuse(exc: GatewayError, request: Request) -> Response:
+    return error_answer(exc, request_id_from(request.headers.get("x-request-id")))
 
 
-async def _answer(handler: Callable[..., Awaitable[web.Response]], request: Request, state: GatewayState) -> web.Response:
+async def _answer(handler: Callable[..., Awaitable[Response]], request: Request, state: GatewayState) -> Response:
     try:
         return await handler(request, state)
     except Exception:  # a bug: JSON with the request id, never a traceback
         request_id = request_id_from(request.headers.get("x-request-id"))
         log.exception("unexpected error on request %s", request_id)
-        return internal_error_response(request_id)
+        return internal_error_answer(request_id)
 
 
 def _model_entry(name: str, state: GatewayState) -> dict[str, object]:
@@ -97,33 +110,33 @@ def _principal(request: Request, state: GatewayState) -> Principal:
     return authenticate(request, state.runtime.identity, state.registry.directory)
 
 
-async def _list_models(request: Request, state: GatewayState) -> web.Response:
+async def _list_models(request: Request, state: GatewayState) -> Response:
     try:
         principal = _principal(request, state)
     except GatewayError as exc:
-        return error_response(exc, request_id_from(request.headers.get("x-request-id")))
+        return _refuse(exc, request)
     data = [_model_entry(name, state) for name in state.config.models if principal.may_use(name)]
-    return json_response({"object": "list", "data": data})
+    return json_answer({"object": "list", "data": data})
 
 
-async def _get_model(request: Request, state: GatewayState) -> web.Response:
+async def _get_model(request: Request, state: GatewayState) -> Response:
     name = unquote(request.path[len(_MODELS_PREFIX) :])
     try:
         principal = _principal(request, state)
     except GatewayError as exc:
-        return error_response(exc, request_id_from(request.headers.get("x-request-id")))
+        return _refuse(exc, request)
     if name not in state.config.models or not principal.may_use(name):
-        exc = NotFound(f"the model {name!r} does not exist or you do not have access to it", param="model", code="model_not_found")
-        return error_response(exc, request_id_from(request.headers.get("x-request-id")))
-    return json_response(_model_entry(name, state))
+        missing = NotFound(f"the model {name!r} does not exist or you do not have access to it", param="model", code="model_not_found")
+        return _refuse(missing, request)
+    return json_answer(_model_entry(name, state))
 
 
-async def healthz(request: Request, state: GatewayState | None = None) -> web.Response:
-    return json_response({"status": "ok"})
+async def healthz(request: Request, state: GatewayState | None = None) -> Response:
+    return json_answer({"status": "ok"})
 
 
-async def readyz(request: Request, state: GatewayState) -> web.Response:
+async def readyz(request: Request, state: GatewayState) -> Response:
     problems = await state.readiness_problems()
     if problems:
-        return json_response({"status": "not ready", "problems": problems}, status=503)
-    return json_response({"status": "ready", "config_version": state.runtime.version})
+        return json_answer({"status": "not ready", "problems": problems}, status=503)
+    return json_answer({"status": "ready", "config_version": state.runtime.version})

@@ -1,36 +1,52 @@
-"""The public listener's HTTP/1.1 server: one asyncio protocol per connection, a handler task per request.
+"""The public listener's HTTP/1.1 server: llhttp (through httptools) parses, one asyncio protocol per connection, a task per request.
 
 Why not aiohttp's server: on the full-policy benchmark its server side (URL
 objects, request and response wrappers, the per-connection message queue and
 payload streams, header multidicts on the way out) cost more CPU per request
 than the whole policy pipeline. The public listener needs little of it: a
 few fixed paths, JSON bodies of bounded size, a JSON answer or an SSE
-stream. The admin listener stays an aiohttp application.
+stream. The admin listener stays an aiohttp application. What a handler is
+given and streams with (Request, its Body, StreamResponse) is in
+``httpmessages.py``; complete answers are made in ``http.py``.
 
 What it does, per connection:
 
-* **Parsing** of the request line and headers, strictly: a method token, an
-  origin-form target, HTTP/1.0 or 1.1, header names that are tokens, no
-  whitespace before the colon, no obsolete line folding, no control
-  characters in values. A head larger than ``max_head`` is answered 431.
-* **Framing**: ``Content-Length`` (digits only, one value) or
-  ``Transfer-Encoding: chunked`` (decoded; chunk extensions and trailers are
-  read and dropped). Both at once, another transfer coding or a bad length is
-  refused with 400 and the connection closed: no request smuggling through a
-  framing disagreement with a proxy in front.
-* **Body on demand**: reading pauses after each head until the handler asks
-  for the body (``Expect: 100-continue`` is answered then), so a body the
-  guard refuses by its length is never buffered. A connection whose body was
-  not read to the end is closed after the answer.
-* **One request at a time**, pipelined requests answered in order; a client
-  that disconnects cancels its handler (which cancels the upstream request).
-* **Answers**: the handler returns a :class:`Response` (or an aiohttp
-  ``web.Response``, as the shared error helpers make), written in one
-  ``write`` with ``Content-Length`` and ``Date``; or a :class:`StreamResponse`
-  it has written itself, chunked (or close-delimited for HTTP/1.0), with
-  write flow control.
+* **Parsing** by llhttp, the parser Node.js uses, in its strict mode: the
+  request line, header names and values, ``Content-Length`` and chunked
+  framing (CL and TE together, two lengths, a signed length, bare LF or CR,
+  whitespace before a colon, obsolete line folding, control characters, a
+  malformed chunk size are all refused by it). On top of it, the policies
+  llhttp leaves to the server: HTTP/1.0 and 1.1 only, an origin-form target
+  (a path, or ``*``), exactly one ``Host`` on HTTP/1.1 and at most one on
+  1.0 (RFC 9112 3.2), one ``Transfer-Encoding`` line whose only coding is
+  ``chunked`` (another coding before it: 501), none over HTTP/1.0, a head
+  of at most ``max_head`` bytes and ``MAX_HEADERS`` lines (431). A request
+  refused here is answered with a JSON error and the connection closed: no
+  request smuggling through a framing disagreement with a proxy in front.
+* **Time and room**: a head must arrive within ``head_timeout`` seconds of
+  its first byte (or of the connection's opening), else 408 and close (a
+  connection that sent nothing is just closed); at most ``max_connections``
+  connections are open, the next ones get 503 and are closed. Every refusal
+  is reported to ``on_refused`` with one of :data:`REFUSALS`.
+* **Body on demand**: llhttp hands over what each read brings, but once a
+  head is parsed, the bytes that follow are held unparsed until the handler
+  asks for the body (``Expect: 100-continue`` is answered then); past
+  ``_HOLD_HIGH_WATER`` held bytes reading pauses. So a body the guard
+  refuses by its length is never buffered. A connection whose body was not
+  read to the end is drained for up to ``LINGER_SECONDS`` (the client gets
+  its answer instead of a reset), then closed.
+* **One request at a time**, pipelined requests answered in order (a
+  request parsed ahead waits in a queue, and holds what follows it); a
+  client that disconnects cancels its handler (which cancels the upstream
+  request).
+* **Answers**: the handler returns a :class:`Response`, written in one
+  ``write`` with ``Content-Length`` and ``Date``; or a
+  :class:`StreamResponse` it has written itself, chunked (or
+  close-delimited for HTTP/1.0), with write flow control. No ``Server``
+  header; a header with CR, LF or NUL is never written (a JSON 500 instead).
 * **Keep-alive** for ``keepalive_timeout`` seconds of silence; HTTP/1.0 and
-  ``Connection: close`` are honoured.
+  ``Connection: close`` are honoured. A request asking for ``Upgrade`` is
+  served as plain HTTP/1.1, and is the last on its connection.
 * **Shutdown**: :meth:`HttpServer.shutdown` stops listening, closes idle
   connections, lets in-flight requests and streams finish for up to the
   grace period (their answers say ``Connection: close``), then cancels what
@@ -46,162 +62,50 @@ import logging
 import re
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl
 
-from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from .errors import BadRequest
-from .http import error_body, internal_error_response, new_request_id
+from .http import Response, error_body, internal_error_answer, new_request_id
+from .httpmessages import Body, Request, StreamResponse
 
-__all__ = ["HttpServer", "Request", "Response", "StreamResponse", "Handler"]
+__all__ = ["HttpServer", "Request", "Response", "StreamResponse", "Handler", "REFUSALS"]
 
 log = logging.getLogger("tollgate.httpserver")
 
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle keep-alive connection is kept (aiohttp's default too)
+HEAD_TIMEOUT = 10.0  # seconds from a head's first byte (or the connection's opening) to its end
+MAX_CONNECTIONS = 10_000  # open connections per process; past it new ones are answered 503 and closed
 MAX_HEADERS = 512  # header lines in one request (a size cap alone would let 16,000 tiny ones through)
 LINGER_SECONDS = 5.0  # how long the unread rest of a refused request's body is read and dropped
-_SWEEP_EVERY = 1.0
-_PIPELINE_HIGH_WATER = 256 * 1024  # bytes read ahead of the request being answered before reading pauses
-_MAX_CHUNK_LINE = 4096
+REFUSALS = ("bad_request", "head_too_large", "head_timeout", "connection_limit")
+"""Why the server answered a connection itself, without a handler: the reasons given to ``on_refused``."""
 
-_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[!-~]*|\*) HTTP/1\.([01])")
-_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # CR and LF are checked by counting them
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_HOLD_HIGH_WATER = 256 * 1024  # bytes held unparsed (a body not asked for, pipelined requests) before reading pauses
+_REQUEST_LINE_ROOM = 16  # what a request line adds to its target: method, spaces, version, CRLF (about)
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
+_STATUS_LINES = {status: f"HTTP/1.1 {status} {phrase}\r\n" for status, phrase in _REASONS.items()}
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date"})
 
 
-class _HeadError(Exception):
-    """A request the server answers itself, then closes the connection."""
+def _head_bytes(url: bytes, raw: list[tuple[bytes, bytes]]) -> int:
+    """The size of a head from its parts as llhttp reported them (the request line's syntax estimated)."""
+    return _REQUEST_LINE_ROOM + len(url) + sum(len(name) + len(value) + 4 for name, value in raw) + 2
 
-    def __init__(self, status: int, message: str) -> None:
+
+class _Refusal(Exception):
+    """A request (or connection) the server answers itself, then closes."""
+
+    def __init__(self, status: int, message: str, reason: str = "bad_request", code: str = "invalid_request") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class Body:
-    """A request body as it arrives: ``read(n)`` returns up to ``n`` bytes, ``b""`` at its end."""
-
-    __slots__ = ("connection",)
-
-    def __init__(self, connection: _Connection) -> None:
-        self.connection = connection
-
-    async def read(self, n: int = -1) -> bytes:
-        return await self.connection.read_body(n)
-
-
-class Request:
-    """What the handler sees of one request; the attribute names follow aiohttp's ``BaseRequest``."""
-
-    __slots__ = ("method", "path", "query_string", "version", "headers", "raw_headers", "transport", "content_length",
-                 "chunked", "keep_alive", "content", "_query")
-
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        query_string: str,
-        version: int,
-        headers: CIMultiDictProxy[str],
-        raw_headers: tuple[tuple[bytes, bytes], ...],
-        transport: asyncio.Transport,
-        content_length: int | None,
-        chunked: bool,
-        keep_alive: bool,
-        content: Body,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.query_string = query_string
-        self.version = version  # the minor version: 0 or 1
-        self.headers = headers
-        self.raw_headers = raw_headers
-        self.transport = transport
-        self.content_length = content_length
-        self.chunked = chunked
-        self.keep_alive = keep_alive
-        self.content = content
-        self._query: MultiDictProxy[str] | None = None
-
-    @property
-    def query(self) -> MultiDictProxy[str]:
-        if self._query is None:
-            self._query = MultiDictProxy(MultiDict(parse_qsl(self.query_string, keep_blank_values=True)))
-        return self._query
-
-    @property
-    def host(self) -> str | None:
-        return self.headers.get("Host")
-
-    @property
-    def remote(self) -> str | None:
-        peer = self.transport.get_extra_info("peername")
-        return str(peer[0]) if peer else None
-
-    async def read(self) -> bytes:
-        """The whole body."""
-        return await self.content.read()
-
-
-class Response:
-    """A complete answer: status, headers, body."""
-
-    __slots__ = ("status", "headers", "body")
-
-    def __init__(self, status: int = 200, body: bytes = b"", headers: Mapping[str, str] | None = None) -> None:
-        self.status = status
-        self.body = body
-        self.headers = headers or {}
-
-
-class StreamResponse:
-    """An answer written piece by piece (SSE): ``prepare``, ``write`` as often as needed, ``write_eof``."""
-
-    __slots__ = ("status", "headers", "_conn", "_chunked", "prepared", "eof_sent")
-
-    def __init__(self, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
-        self.status = status
-        self.headers = headers or {}
-        self._conn: _Connection | None = None
-        self._chunked = True
-        self.prepared = False
-        self.eof_sent = False
-
-    async def prepare(self, request: Request) -> None:
-        conn = request.content.connection
-        if self.prepared:
-            return
-        self._conn = conn
-        self._chunked = request.version == 1
-        framing = ("Transfer-Encoding", "chunked") if self._chunked else None
-        conn.write_head(self.status, self.headers, framing, streaming=True)
-        self.prepared = True
-
-    async def write(self, data: bytes) -> None:
-        conn = self._conn
-        if conn is None or self.eof_sent:
-            raise RuntimeError("write() before prepare() or after write_eof()")
-        if not data:
-            return
-        if self._chunked:
-            conn.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            conn.write(data)
-        await conn.drain()
-
-    async def write_eof(self) -> None:
-        conn = self._conn
-        if conn is None or self.eof_sent:
-            return
-        self.eof_sent = True
-        if self._chunked:
-            conn.write(b"0\r\n\r\n")
-        await conn.drain()
+        self.reason = reason
+        self.code = code
 
 
 Handler = Callable[[Request], Awaitable[Any]]
@@ -223,51 +127,63 @@ class _Date:
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: parses requests, runs the handler for each in turn, writes the answers."""
+    """One client connection: feeds llhttp, runs the handler for each request in turn, writes the answers."""
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
-        self._loop = server.loop
+        self.loop = server.loop
+        self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
-        self._buf = bytearray()
-        self._request: Request | None = None  # the request being answered
+        # The head llhttp is parsing: its target, header lines, size, and since when it is awaited.
+        self._url = b""
+        self._raw: list[tuple[bytes, bytes]] = []
+        self._head_received = 0  # bytes of the head received so far, as far as the reads up to the last one show
+        self._head_fresh = False  # the head began during the read being parsed
+        self._head_offset = 0  # and this many bytes of that read came before it, as far as they were reported
+        self._heads_in_read = 0  # heads completed during the read being parsed
+        self._read_size = 0  # bytes of the read being parsed
+        self._valid_host = ""  # the last Host value found valid
+        self._in_head = False  # the head's first byte has arrived, not yet its end
+        self._head_began: float | None = None  # waiting for a head since then (None: serving, or idle between requests)
+        self._refusal: _Refusal | None = None  # raised by a parser callback
+        # Requests: the one whose body is arriving, the one being answered, those parsed ahead of their turn.
+        self._parsing: Request | None = None
+        self._serving: Request | None = None
+        self._queue: deque[Request | _Refusal] = deque()
+        self._held = bytearray()  # bytes not given to llhttp yet (see _holding)
         self.task: asyncio.Task[None] | None = None
-        self.last_seen = 0.0
+        self.idle_since = 0.0
         self.closing = False  # answer the current request with Connection: close, then close
+        self._done_reading = False  # no request after this point will be served: what arrives is dropped
+        self._lingering = False  # answered before its body was read: the rest is read and dropped, then close
         self._reading_paused = False
         self._writing_paused = False
         self._drain: asyncio.Future[None] | None = None
-        # The current request's body: framing state, arrived bytes, whether it is complete, a waiting reader.
-        self._body_left = 0  # Content-Length bytes still to come, or the rest of the current chunk
-        self._chunk_state = 0  # 0: not chunked; 1: chunk size line; 2: chunk data; 3: CRLF after data; 4: trailers
-        self._body_parts: list[bytes] = []
-        self._body_done = True
-        self._body_error: str | None = None
-        self._body_wanted = False
-        self._body_waiter: asyncio.Future[None] | None = None
-        self._continue = False  # a 100 Continue is owed when the body is first read
-        self._lingering = False  # answered: the rest of the body is read and dropped before closing
 
     # -- transport events ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+        server = self._server
+        if len(server.connections) >= server.max_connections:
+            self._refuse(_Refusal(503, "too many open connections; retry later", "connection_limit", "too_many_connections"))
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.last_seen = self._loop.time()
-        self._server.connections.add(self)
+        self._head_began = self.idle_since = self.loop.time()
+        server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self._buf += data
-        self.last_seen = self._loop.time()
-        if self._request is None:
-            self._next_request()
-        elif not self._body_done:
-            self._take_body()
-        elif len(self._buf) > _PIPELINE_HIGH_WATER and not self._reading_paused and self.transport is not None:
-            self._reading_paused = True  # pipelined requests far ahead of the answers: wait
-            self.transport.pause_reading()
+        if self._done_reading:
+            return
+        if self._held or self._holding():
+            self._held += data
+            if len(self._held) > _HOLD_HIGH_WATER and not self._reading_paused and self.transport is not None:
+                self._reading_paused = True
+                self.transport.pause_reading()
+            return
+        self._feed(data)
 
     def eof_received(self) -> bool:
         # A client that stops sending has gone, as far as a request/response exchange is concerned: closing
@@ -277,6 +193,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self.closing = True
+        self._done_reading = True
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the client went away: stop working for it (the upstream request is cancelled too)
         drain, self._drain = self._drain, None
@@ -293,124 +210,197 @@ class _Connection(asyncio.Protocol):
         if drain is not None and not drain.done():
             drain.set_result(None)
 
-    # -- requests --------------------------------------------------------------
-    def _next_request(self) -> None:
-        buf = self._buf
-        if not buf:
-            return
-        end = buf.find(b"\r\n\r\n")
-        limit = self._server.max_head
-        if end < 0:
-            if len(buf) > limit:
-                self._refuse(431, f"request head exceeds {limit} bytes")
-            elif buf.startswith(b"\r\n"):  # a stray empty line between requests is allowed (RFC 9112 2.2)
-                del buf[:2]
-                self._next_request()
-            return
-        if end > limit:
-            self._refuse(431, f"request head exceeds {limit} bytes")
-            return
-        head = bytes(buf[:end])
-        del buf[: end + 4]
-        try:
-            request = self._parse(head)
-        except _HeadError as exc:
-            self._refuse(exc.status, exc.message)
-            return
-        self._request = request
-        self.task = self._loop.create_task(self._serve(request))
+    # -- feeding llhttp ----------------------------------------------------------
+    def _holding(self) -> bool:
+        """Whether arriving bytes wait unparsed: a request parsed ahead waits its turn, or a body nobody asked for yet."""
+        if self._queue:
+            return True
+        parsing = self._parsing
+        return parsing is not None and not parsing.content.wanted and not self._lingering
 
-    def _parse(self, head: bytes) -> Request:
-        lines = head.split(b"\r\n")
-        breaks = len(lines) - 1
-        if _CONTROL.search(head) is not None or head.count(b"\r") != breaks or head.count(b"\n") != breaks:
-            raise _HeadError(400, "control characters in the request head")
-        if lines[0] == b"" and len(lines) > 1:
-            lines = lines[1:]  # a stray empty line before the request line
-        if len(lines) > MAX_HEADERS + 1:
-            raise _HeadError(431, f"more than {MAX_HEADERS} request headers")
-        match = _REQUEST_LINE.fullmatch(lines[0])
-        if match is None:
-            raise _HeadError(400, "malformed request line")
-        method = match.group(1).decode("ascii")
-        target = match.group(2).decode("ascii")
-        version = int(match.group(3))
-        raw = []
-        pairs = []
+    def _release(self) -> None:
+        """Give llhttp what was held, and read again, once nothing holds it any more."""
+        if (self._held or self._reading_paused) and not self._holding():
+            held, self._held = self._held, bytearray()
+            if self._reading_paused and self.transport is not None:
+                self._reading_paused = False
+                self.transport.resume_reading()
+            if held and not self._done_reading:
+                self._feed(bytes(held))
+
+    def _feed(self, data: bytes) -> None:
+        self._read_size = len(data)
+        self._head_fresh = False
+        self._head_offset = self._heads_in_read = 0
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # the request that asked for it is served as plain HTTP/1.1, and is the last one (see on_headers_complete)
+        except httptools.HttpParserError as exc:
+            self._parse_failed(exc)
+            return
+        if self._in_head:
+            # A head still incomplete after this read: llhttp reports a header line only once it has ended, so its
+            # size is counted by the bytes that arrived, and one endless line is refused as it grows.
+            if not self._head_fresh:
+                self._head_received += len(data)  # the whole read belongs to it
+            elif self._heads_in_read:  # other requests came first in this read: count what was reported (errs low)
+                self._head_received = _head_bytes(self._url, self._raw)
+            else:  # the bytes of this read after a previous request's body (errs high by a chunked body's framing)
+                self._head_received = len(data) - self._head_offset
+            if self._head_received > self._server.max_head or len(self._raw) > MAX_HEADERS:
+                self._refuse(self._too_large())
+
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        refusal, self._refusal = self._refusal, None
+        if self._done_reading:
+            return  # bytes after the last request this connection serves (llhttp: "data after Connection: close")
+        if refusal is None and isinstance(exc, httptools.HttpParserCallbackError):
+            log.error("HTTP parser callback failed", exc_info=exc.__context__ or exc)
+        parsing = self._parsing
+        if refusal is None and parsing is not None:
+            # The body of a request already handed over is malformed: its reader is told, nothing after it is read.
+            self._parsing = None
+            self._done_reading = self.closing = True
+            parsing.content.fail(str(exc) or "malformed body")
+            if self._lingering:
+                self._close()
+            return
+        self._refuse(refusal or _Refusal(400, f"malformed request: {exc}"))
+
+    def _too_large(self) -> _Refusal:
+        if len(self._raw) > MAX_HEADERS:
+            return _Refusal(431, f"more than {MAX_HEADERS} request headers", "head_too_large")
+        return _Refusal(431, f"request head exceeds {self._server.max_head} bytes", "head_too_large")
+
+    # -- llhttp's callbacks --------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_fresh = True
+        self._head_received = 0
+        if self._head_began is None:
+            self._head_began = self.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            self._raw.append((name, value))
+        else:  # a trailer of a chunked body: read and dropped
+            self._head_offset += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._heads_in_read += 1
+        self._head_began = None
+        try:
+            request = self._request()
+        except _Refusal as refusal:
+            self._refusal = refusal
+            raise
+        if not request.content.done:
+            self._parsing = request
+        if self._serving is None and not self._queue:
+            self._start(request)
+        else:
+            self._queue.append(request)
+
+    def on_body(self, data: bytes) -> None:
+        self._head_offset += len(data)
+        parsing = self._parsing
+        if parsing is not None and not self._lingering:
+            parsing.content.feed(data)
+
+    def on_message_complete(self) -> None:
+        parsing = self._parsing
+        if parsing is not None:
+            self._parsing = None
+            parsing.content.end()
+        if not self._parser.should_keep_alive():
+            self._done_reading = True
+        if self._lingering:
+            self._done_reading = True
+            self._close()
+
+    def _request(self) -> Request:
+        """The request of the head llhttp has just parsed, once the server's own policies accept it."""
+        parser = self._parser
+        version = parser.get_http_version()
+        if version == "1.1":
+            minor = 1
+        elif version == "1.0":
+            minor = 0
+        else:
+            raise _Refusal(400, f"HTTP/{version} is not supported; use HTTP/1.1")
+        url, raw = self._url, self._raw
+        # A head that came whole in one read no larger than the cap is within the cap; another one is counted.
+        limit = self._server.max_head
+        if len(raw) > MAX_HEADERS or ((not self._head_fresh or self._read_size > limit) and _head_bytes(url, raw) > limit):
+            raise self._too_large()
+        self._url, self._raw = b"", []
+        if url[:1] != b"/" and url != b"*":
+            raise _Refusal(400, "the request target must be a path (origin form), not an absolute URL or an authority")
+        # llhttp drops the whitespace before a value, not after it.
+        headers = CIMultiDict([(n.decode("latin-1"), v.rstrip(b" \t").decode("utf-8", "surrogateescape")) for n, v in raw])
+        hosts = headers.getall("host", ())
+        if len(hosts) > 1 or (minor == 1 and not hosts):
+            raise _Refusal(400, "an HTTP/1.1 request carries exactly one Host header" if minor else "more than one Host header")
+        if hosts and hosts[0] != self._valid_host:  # a keep-alive client names the same host each time
+            if _HOST.fullmatch(hosts[0]) is None:
+                raise _Refusal(400, "the Host header is not a valid host[:port]")
+            self._valid_host = hosts[0]
         length: int | None = None
-        lengths = 0
         chunked = False
-        transfer = False
-        connection = ""
-        expect = False
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            # A name is a token: no whitespace before the colon, no obsolete folding (a line opening with SP or HT).
-            if not colon or not name or name.translate(None, _TOKEN_CHARS):
-                raise _HeadError(400, "malformed header line")
-            value = value.strip(b" \t")
-            raw.append((name, value))
-            text_name = name.decode("ascii")
-            text_value = value.decode("utf-8", "surrogateescape")
-            pairs.append((text_name, text_value))
-            lower = text_name.lower()
-            if lower == "content-length":
-                lengths += 1
-                if not value.isdigit() or len(value) > 18:
-                    raise _HeadError(400, "invalid Content-Length")
-                length = int(value)
-            elif lower == "transfer-encoding":
-                transfer = True
-                chunked = text_value.lower() == "chunked"
-            elif lower == "connection":
-                connection = text_value.lower()
-            elif lower == "expect":
-                expect = text_value.lower() == "100-continue"
-        if transfer:
-            if not chunked:
-                raise _HeadError(400, "unsupported Transfer-Encoding (only chunked is accepted)")
-            if lengths or version == 0:
-                raise _HeadError(400, "Transfer-Encoding with Content-Length or over HTTP/1.0")
-        if lengths > 1:
-            raise _HeadError(400, "more than one Content-Length")
-        if version == 1:
-            keep_alive = "close" not in connection
+        codings = headers.getall("transfer-encoding", ())
+        if codings:
+            if len(codings) > 1 or minor == 0:
+                raise _Refusal(400, "Transfer-Encoding over HTTP/1.0 or on more than one line")
+            coding = codings[0].lower().strip()
+            if coding != "chunked":
+                # llhttp calls us before it refuses a list that does not end in chunked (no length then: 400).
+                if coding.rpartition(",")[2].strip() != "chunked":
+                    raise _Refusal(400, "Transfer-Encoding must end in chunked")
+                raise _Refusal(501, "unsupported Transfer-Encoding (only chunked is accepted)", code="unsupported_transfer_encoding")
+            chunked = True
         else:
-            keep_alive = "keep-alive" in connection
-        path, _, query = target.partition("?")
-        # The body's framing, read as it arrives once the handler asks for it.
-        self._body_parts = []
-        self._body_error = None
-        self._body_wanted = False
-        if chunked:
-            self._chunk_state, self._body_left, self._body_done = 1, 0, False
-        elif length:
-            self._chunk_state, self._body_left, self._body_done = 0, length, False
-        else:
-            self._chunk_state, self._body_left, self._body_done = 0, 0, True
-        self._continue = expect and not self._body_done and version == 1
-        assert self.transport is not None
-        return Request(method, path, query, version, CIMultiDictProxy(CIMultiDict(pairs)), tuple(raw), self.transport,
-                       length, chunked, keep_alive, Body(self))
+            declared = headers.get("content-length")  # llhttp has checked it: digits, one value
+            if declared is not None:
+                length = int(declared)
+        keep_alive = parser.should_keep_alive()
+        if parser.should_upgrade():  # Upgrade (or CONNECT, refused above by its target): not followed
+            if chunked or length:
+                raise _Refusal(400, "a request asking for Upgrade cannot carry a body here")
+            keep_alive = False
+            self._done_reading = True  # llhttp treats what follows as another protocol's bytes
+        expect = minor == 1 and headers.get("expect", "").lower() == "100-continue"
+        body = Body(self, not (chunked or length), expect)
+        path, _, query = url.partition(b"?")
+        transport = self.transport
+        assert transport is not None
+        return Request(parser.get_method().decode("ascii"), path.decode("ascii"), query.decode("ascii"), minor,
+                       CIMultiDictProxy(headers), tuple(raw), transport, length, chunked, keep_alive, body)
+
+    # -- serving ---------------------------------------------------------------------
+    def _start(self, request: Request) -> None:
+        self._serving = request
+        self.task = self.loop.create_task(self._serve(request))
 
     async def _serve(self, request: Request) -> None:
-        server = self._server
         try:
             try:
-                answer = await server.handler(request)
+                answer = await self._server.handler(request)
             except Exception:  # a bug in the handler: JSON with a request id, never a traceback
                 request_id = new_request_id()
                 log.exception("unexpected error on request %s", request_id)
-                answer = internal_error_response(request_id)
+                answer = internal_error_answer(request_id)
             if isinstance(answer, StreamResponse):
                 if not answer.prepared:
                     await answer.prepare(request)
                 await answer.write_eof()
             else:
-                if isinstance(answer, web.Response):  # the shared error helpers build aiohttp responses
-                    answer = Response(answer.status, answer.body or b"", answer.headers)  # type: ignore[arg-type]
-                self.write_head(answer.status, answer.headers, None, body=b"" if request.method == "HEAD" else answer.body,
-                                length=len(answer.body))
+                body = answer.body
+                self.write_head(answer.status, answer.headers, None, body=b"" if request.method == "HEAD" else body, length=len(body))
         except asyncio.CancelledError:
             self.closing = True
             return
@@ -423,24 +413,29 @@ class _Connection(asyncio.Protocol):
                 self.transport.close()
         finally:
             self.task = None
+            self._serving = None
         self._finish(request)
 
     def _finish(self, request: Request) -> None:
-        """After an answer: close, or go on with the next request already buffered."""
+        """After an answer: close, or go on with the next request."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if not self._body_done and not self._body_error:
+        body = request.content
+        if not body.done and body.error is None:
             self._linger()
             return
         if self.closing or not request.keep_alive or self._server.stopping:
             transport.close()
             return
-        self._request = None
-        if self._reading_paused:
-            self._reading_paused = False
-            transport.resume_reading()
-        self._next_request()
+        self.idle_since = self.loop.time()
+        if self._queue:
+            following = self._queue.popleft()
+            if isinstance(following, _Refusal):
+                self._answer(following)
+                return
+            self._start(following)
+        self._release()
 
     def _linger(self) -> None:
         """Answered before its body was read (413, 401...): read the rest and drop it, then close.
@@ -451,139 +446,59 @@ class _Connection(asyncio.Protocol):
         """
         self.closing = True
         self._lingering = True
-        self._body_wanted = True
-        self._body_parts = []
-        self._loop.call_later(LINGER_SECONDS, self._close)
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
-        self._take_body()
+        self._queue.clear()
+        if self._parsing is not None:
+            self._parsing.content.parts = []
+        self.loop.call_later(LINGER_SECONDS, self._close)
+        self._release()
 
     def _close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer a request the handler never sees (malformed, too large) and close."""
+    def _refuse(self, refusal: _Refusal) -> None:
+        """A request (or connection) the handler never sees: answered after those before it, then the connection closes."""
+        self._done_reading = True
+        self._server.refused(refusal.reason)
+        if self._serving is not None:
+            self._queue.append(refusal)
+        else:
+            self._answer(refusal)
+
+    def _answer(self, refusal: _Refusal) -> None:
         self.closing = True
-        body = error_body(message, "invalid_request_error", "invalid_request")
+        error_type = "overloaded_error" if refusal.status == 503 else "invalid_request_error"
+        body = error_body(refusal.message, error_type, refusal.code)
         with contextlib.suppress(ConnectionResetError):  # the client is gone already: nothing to tell it
-            self.write_head(status, {"Content-Type": "application/json"}, None, body=body, length=len(body))
-        if self.transport is not None:
-            self.transport.close()
+            self.write_head(refusal.status, {"Content-Type": "application/json"}, None, body=body, length=len(body))
+        self._close()
 
-    # -- the body ----------------------------------------------------------------
-    async def read_body(self, n: int) -> bytes:
-        """Up to ``n`` bytes of the body (all of it for ``n < 0``); ``b""`` at its end."""
-        if not self._body_wanted:
-            self._body_wanted = True
-            if self._continue:
-                self._continue = False
-                if not self._buf:  # the client is waiting for it before it sends the body
-                    self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self._take_body()
-        while True:
-            if self._body_error is not None:
-                self.closing = True
-                raise BadRequest(f"the request body could not be read: {self._body_error}", code="invalid_body")
-            parts = self._body_parts
-            if parts and (n >= 0 or self._body_done):
-                data = b"".join(parts) if len(parts) > 1 else parts[0]
-                if 0 <= n < len(data):
-                    self._body_parts = [data[n:]]
-                    return data[:n]
-                self._body_parts = []
-                return data
-            if self._body_done:
-                return b""
-            if self._reading_paused:
-                self._reading_paused = False
-                assert self.transport is not None
-                self.transport.resume_reading()
-            waiter = self._body_waiter = self._loop.create_future()
-            try:
-                await waiter
-            finally:
-                self._body_waiter = None
-
-    def _take_body(self) -> None:
-        """Moves the current request's body bytes from the buffer to the body; pauses reading when ahead of the reader."""
-        if not self._body_wanted:
-            if not self._reading_paused and self.transport is not None:
-                self._reading_paused = True
-                self.transport.pause_reading()  # the handler has not asked for the body (yet): read nothing more
+    def check_timeouts(self, now: float, idle_deadline: float) -> None:
+        """From the server's sweep: a head awaited too long is answered 408; an idle keep-alive connection is closed."""
+        transport = self.transport
+        if self._serving is not None or transport is None or transport.is_closing():
             return
-        buf = self._buf
-        try:
-            if self._chunk_state == 0:
-                take = min(len(buf), self._body_left)
-                if take:
-                    self._body_parts.append(bytes(buf[:take]))
-                    del buf[:take]
-                    self._body_left -= take
-                self._body_done = self._body_left == 0
-            else:
-                self._take_chunks(buf)
-        except _HeadError as exc:
-            self._body_error = exc.message
-        if self._lingering:
-            self._body_parts = []
-            buf.clear()  # nothing after the body is served on this connection
-            if self._body_done or self._body_error is not None:
-                self._close()
-            return
-        if len(buf) > _PIPELINE_HIGH_WATER and not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
-        self._wake_reader()
+        began = self._head_began
+        if began is not None:
+            timeout = self._server.head_timeout
+            if now - began > timeout:
+                if self._in_head:
+                    self._refuse(_Refusal(408, f"the request head did not arrive within {timeout:g}s", "head_timeout", "request_timeout"))
+                else:  # not a byte of a request: nobody to answer
+                    self._server.refused("head_timeout")
+                    self._close()
+        elif self._parsing is None and not self._queue and self.idle_since < idle_deadline:
+            self._close()
 
-    def _take_chunks(self, buf: bytearray) -> None:
-        while True:
-            state = self._chunk_state
-            if state == 1:  # the size line: hex digits, optionally ";extensions"
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > _MAX_CHUNK_LINE:
-                        raise _HeadError(400, "chunk size line too long")
-                    return
-                size = bytes(buf[:end]).split(b";", 1)[0].strip()
-                del buf[: end + 2]
-                if _HEX.fullmatch(size) is None:
-                    raise _HeadError(400, "malformed chunk size")
-                self._body_left = int(size, 16)
-                self._chunk_state = 2 if self._body_left else 4
-            elif state == 2:
-                take = min(len(buf), self._body_left)
-                if not take:
-                    return
-                self._body_parts.append(bytes(buf[:take]))
-                del buf[:take]
-                self._body_left -= take
-                if self._body_left == 0:
-                    self._chunk_state = 3
-            elif state == 3:
-                if len(buf) < 2:
-                    return
-                if buf[:2] != b"\r\n":
-                    raise _HeadError(400, "chunk data not followed by CRLF")
-                del buf[:2]
-                self._chunk_state = 1
-            else:  # trailers, dropped, up to the empty line
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > self._server.max_head:
-                        raise _HeadError(400, "trailers too long")
-                    return
-                del buf[: end + 2]
-                if end == 0:
-                    self._chunk_state = 0
-                    self._body_done = True
-                    return
-
-    def _wake_reader(self) -> None:
-        waiter = self._body_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    # -- the body ----------------------------------------------------------------------
+    def body_wanted(self, body: Body) -> None:
+        """The handler asks for ``body`` for the first time: owe no more 100 Continue, let its bytes through."""
+        if body.expect_continue and not body.done and not body.size and not self._held:
+            # The client is waiting for it before it sends the body.
+            with contextlib.suppress(ConnectionResetError):
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body.expect_continue = False
+        self._release()
 
     # -- writing ---------------------------------------------------------------------
     def write_head(
@@ -597,23 +512,22 @@ class _Connection(asyncio.Protocol):
         streaming: bool = False,
     ) -> None:
         """The status line and headers (and a complete body), in one write."""
-        items = headers.items() if isinstance(headers, Mapping) else headers
-        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
+        items = headers.items() if type(headers) is dict or isinstance(headers, Mapping) else headers
+        lines = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n"]
         for name, value in items:
-            lower = name.lower()
-            if lower in _FRAMING_HEADERS:
+            if name.lower() in _FRAMING_HEADERS:
                 continue  # the server frames the answer itself
             lines.append(f"{name}: {value}\r\n")
         if framing is not None:
             lines.append(f"{framing[0]}: {framing[1]}\r\n")
         if length is not None:
             lines.append(f"Content-Length: {length}\r\n")
-        request = self._request
-        if (self.closing or self._server.stopping or not self._body_done or (streaming and framing is None)
-                or (request is not None and not request.keep_alive)):
+        request = self._serving
+        if (self.closing or self._server.stopping or request is None or not request.keep_alive
+                or not request.content.done or (streaming and framing is None)):
             lines.append("Connection: close\r\n")
             self.closing = True
-        elif request is not None and request.version == 0:
+        elif request.version == 0:
             lines.append("Connection: keep-alive\r\n")  # an HTTP/1.0 client that asked for it closes without it
         text = "".join(lines)
         # Each line ends in its own CRLF; a CR, LF or NUL inside a name or value would split the answer.
@@ -640,50 +554,69 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
         if self._drain is None:
-            self._drain = self._loop.create_future()
+            self._drain = self.loop.create_future()
         await asyncio.shield(self._drain)
 
     def close_if_idle(self) -> bool:
-        if self.task is None and self.transport is not None:
+        if self._serving is None and self.transport is not None:
             self.transport.close()
             return True
         return False
 
 
-_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date"})
-
-
 class HttpServer:
-    """Listens on one address; ``handler`` answers each request."""
+    """Listens on one address; ``handler`` answers each request; ``on_refused(reason)`` hears of each refusal (:data:`REFUSALS`)."""
 
-    def __init__(self, handler: Handler, *, max_head: int = 64 * 1024, keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_head: int = 64 * 1024,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        head_timeout: float = HEAD_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
         self.handler = handler
         self.max_head = max_head
         self.keepalive_timeout = keepalive_timeout
+        self.head_timeout = head_timeout
+        self.max_connections = max_connections
+        self._on_refused = on_refused
         self.connections: set[_Connection] = set()
         self.stopping = False
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        # Timeouts are checked by one sweep over the connections, often enough for the shorter of them.
+        self._sweep_every = min(1.0, max(0.05, min(head_timeout, keepalive_timeout) / 4))
         self.port = 0
+
+    def protocol_factory(self) -> asyncio.Protocol:
+        return _Connection(self)
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 2048) -> int:
         """Binds and listens; returns the bound port."""
-        self._server = await self.loop.create_server(
-            lambda: _Connection(self), host, port, reuse_port=reuse_port or None, backlog=backlog
-        )
+        self._server = await self.loop.create_server(self.protocol_factory, host, port, reuse_port=reuse_port or None, backlog=backlog)
         self.port = int(self._server.sockets[0].getsockname()[1])
-        self._sweeper = self.loop.call_later(_SWEEP_EVERY, self._sweep)
+        self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
         return self.port
 
+    def refused(self, reason: str) -> None:
+        if self._on_refused is not None:
+            try:
+                self._on_refused(reason)
+            except Exception:  # counting must never break serving
+                log.exception("on_refused(%r) failed", reason)
+
     def _sweep(self) -> None:
-        """Closes keep-alive connections idle past the timeout (a half-sent head counts as idle)."""
-        deadline = self.loop.time() - self.keepalive_timeout
+        """Answers heads awaited past ``head_timeout`` (408) and closes keep-alive connections idle past their timeout."""
+        now = self.loop.time()
+        idle_deadline = now - self.keepalive_timeout
         for conn in list(self.connections):
-            if conn.task is None and conn.last_seen < deadline:
-                conn.close_if_idle()
+            conn.check_timeouts(now, idle_deadline)
         if not self.stopping:
-            self._sweeper = self.loop.call_later(_SWEEP_EVERY, self._sweep)
+            self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, close idle connections, let in-flight requests finish for ``grace`` seconds, cancel the rest."""

@@ -12,7 +12,7 @@ from .admission import admit
 from .attempts import serve
 from .errors import GatewayError
 from .guard import guard
-from .http import error_response, internal_error_response, request_id_from, status_for
+from .http import error_answer, internal_error_answer, request_id_from, status_for
 from .httpserver import Request
 from .identity import client_ip, identify
 from .runtime import GatewayState
@@ -71,7 +71,7 @@ def make_proxy_handler(endpoint: Endpoint, state: GatewayState) -> Handler:
         except GatewayError as exc:
             ctx.status = status_for(exc)
             ctx.error = exc.code
-            return error_response(exc, request_id)
+            return error_answer(exc, request_id)
         except asyncio.CancelledError:
             ctx.client_disconnected = not ctx.stream_complete
             raise
@@ -79,7 +79,7 @@ def make_proxy_handler(endpoint: Endpoint, state: GatewayState) -> Handler:
             log.exception("unexpected error on request %s", request_id)
             ctx.status = 500
             ctx.error = "internal_error"
-            return internal_error_response(request_id)
+            return internal_error_answer(request_id)
         finally:
             state.shedder.leave()
             if ctx.admission is not None:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from gateway.errors import GatewayError, PayloadTooLarge
-from gateway.http import error_response
+from gateway.http import error_answer
 from gateway.httpserver import HttpServer, Request, Response, StreamResponse
 
 LIMIT = 1000  # body bytes the "/limited" handler accepts, like the guard stage
@@ -42,7 +42,7 @@ class Probe:
                     if size > LIMIT:
                         raise PayloadTooLarge("too large")
             except GatewayError as exc:
-                return error_response(exc, "req_test")
+                return error_answer(exc, "req_test")
             return Response(200, b"ok")
         if request.path == "/slow":
             self.started.set()
@@ -136,47 +136,24 @@ async def test_a_chunked_body_is_decoded_with_its_extensions_and_trailers_droppe
     assert status == 200 and orjson.loads(body)["body"] == "hello world" and orjson.loads(body)["length"] is None
 
 
-@pytest.mark.parametrize(
-    "head",
-    [
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",  # both framings
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",  # two lengths
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\n",  # not digits
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",  # another coding
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length : 3\r\n\r\n",  # space before the colon
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n folded\r\n\r\n",  # obsolete line folding
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nX-A: a\x00b\r\n\r\n",  # NUL in a value
-        b"POST /echo HTTP/1.1\r\nHost: t\nX-A: 1\r\n\r\n",  # a bare LF
-        b"POST http://other/echo HTTP/1.1\r\nHost: t\r\n\r\n",  # absolute form
-        b"POST /echo HTTP/2.0\r\nHost: t\r\n\r\n",  # a version we do not speak
-        b"GET /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",  # chunked over HTTP/1.0
-    ],
-    ids=["cl-and-te", "two-cl", "signed-cl", "gzip-te", "space-colon", "obs-fold", "nul", "bare-lf", "absolute", "http2", "te-1.0"],
-)
-async def test_an_ambiguous_or_malformed_head_is_refused_with_400_and_the_connection_closed(served: Any, head: bytes) -> None:
+# Malformed and ambiguous requests, one by one, directly and through nginx: tests/production/test_edge.py.
+
+
+async def test_a_request_line_that_pushes_the_head_over_the_cap_is_answered_431(served: Any) -> None:
     server, probe = served
-    [(status, headers, body)] = await _exchange(server, head + b"abc")
-    assert status == 400 and headers["connection"] == "close"
-    assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
-    assert probe.seen == []  # the handler never saw it
+    [(status, headers, _)] = await _exchange(server, b"GET /echo?q=" + b"y" * 20_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert status == 431 and headers["connection"] == "close" and probe.seen == []
 
 
-async def test_a_head_over_the_cap_is_answered_431(served: Any) -> None:
+async def test_an_endless_header_line_is_answered_431_before_it_ends(served: Any) -> None:
     server, probe = served
-    [(status, _, _)] = await _exchange(server, b"GET /echo HTTP/1.1\r\nX-Big: " + b"y" * 5000 + b"\r\n\r\n")
-    assert status == 431 and probe.seen == []
-
-
-async def test_more_than_512_headers_are_answered_431_even_under_the_size_cap() -> None:
-    probe = Probe()
-    server = HttpServer(probe.handle, max_head=64 * 1024)
-    await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
-        many = b"".join(b"a%d: 1\r\n" % i for i in range(600))  # about 5 KB
-        [(status, _, _)] = await _exchange(server, b"GET /echo HTTP/1.1\r\n" + many + b"\r\n")
-        assert status == 431 and probe.seen == []
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\nX-Endless: " + b"y" * 5000)  # no end of line yet
+        status, headers, _ = await asyncio.wait_for(_read_response(reader), 2)
+        assert status == 431 and headers["connection"] == "close" and probe.seen == []
     finally:
-        await server.shutdown(1.0)
+        writer.close()
 
 
 async def test_an_http_1_0_client_that_asks_for_keep_alive_is_told_and_kept(served: Any) -> None:
@@ -193,6 +170,66 @@ async def test_pipelined_requests_are_answered_in_order_on_one_connection(served
     assert [orjson.loads(b)["body"] for _, _, b in answers] == ["first", "second", ""]
 
 
+async def test_pipelined_bodies_in_pieces_never_count_against_the_next_head(served: Any) -> None:
+    server, _ = served  # a head cap of 4096 bytes: each request is over it with its body, none is without
+    bodies = [b"%d" % i * 3000 for i in range(1, 4)]
+    data = b"".join(_post("/echo", body, "X-Test: %d" % i) for i, body in enumerate(bodies))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        for i in range(0, len(data), 700):  # pieces that end inside heads, bodies and the lines between
+            writer.write(data[i : i + 700])
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        answers = [await asyncio.wait_for(_read_response(reader), 2) for _ in bodies]
+        assert [(status, orjson.loads(body)["body"].encode()) for status, _, body in answers] == [(200, b) for b in bodies]
+    finally:
+        writer.close()
+
+
+async def test_a_malformed_request_pipelined_behind_a_running_one_is_refused_after_its_answer(served: Any) -> None:
+    server, probe = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /echo HTTP/1.1\r\n\r\n")  # the second has no Host
+        await asyncio.wait_for(probe.started.wait(), 2)
+        await asyncio.sleep(0.1)
+        probe.release.set()
+        first = await asyncio.wait_for(_read_response(reader), 2)
+        second = await asyncio.wait_for(_read_response(reader), 2)
+        assert (first[0], first[2]) == (200, b"done") and second[0] == 400 and second[1]["connection"] == "close"
+        assert probe.seen == ["/slow"]
+    finally:
+        writer.close()
+
+
+async def test_bytes_after_a_request_that_closes_the_connection_are_not_parsed(served: Any) -> None:
+    server, probe = served
+    data = b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n\x00\x01 not HTTP at all\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(data)
+        status, headers, _ = await asyncio.wait_for(_read_response(reader), 2)
+        assert status == 200 and headers["connection"] == "close"
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # no 400 for what followed
+    finally:
+        writer.close()
+
+
+async def test_a_request_sent_byte_by_byte_is_parsed_whole(served: Any) -> None:
+    server, _ = served
+    data = _post("/echo?a=1", b'{"k": 1}', "X-Test: one")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        for i in range(len(data)):
+            writer.write(data[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(0)
+        status, _, body = await asyncio.wait_for(_read_response(reader), 5)
+        assert status == 200 and orjson.loads(body)["body"] == '{"k": 1}' and orjson.loads(body)["x"] == ["one"]
+    finally:
+        writer.close()
+
+
 async def test_expect_100_continue_is_answered_before_the_body_is_sent(served: Any) -> None:
     server, _ = served
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -202,6 +239,17 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent(served: A
         writer.write(b"hello")
         status, _, body = await asyncio.wait_for(_read_response(reader), 2)
         assert status == 200 and orjson.loads(body)["body"] == "hello"
+    finally:
+        writer.close()
+
+
+async def test_a_body_refused_by_its_length_gets_no_100_continue_only_the_refusal(served: Any) -> None:
+    server, _ = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"POST /limited HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert head.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in head
     finally:
         writer.close()
 
@@ -296,6 +344,70 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_timeout() -> No
         await asyncio.wait_for(_read_response(reader), 2)
         assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the sweep
         writer.close()
+    finally:
+        await server.shutdown(1.0)
+
+
+async def test_a_head_that_does_not_arrive_in_time_is_answered_408_and_counted() -> None:
+    probe, refused = Probe(), []
+    server = HttpServer(probe.handle, head_timeout=0.3, on_refused=refused.append)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\nX-A: 1")  # half a head, then silence
+        status, headers, body = await asyncio.wait_for(_read_response(reader), 3)
+        assert status == 408 and headers["connection"] == "close" and orjson.loads(body)["error"]["code"] == "request_timeout"
+        assert refused == ["head_timeout"] and probe.seen == []
+        writer.close()
+    finally:
+        await server.shutdown(1.0)
+
+
+async def test_a_connection_that_sends_nothing_is_closed_after_the_head_timeout_without_an_answer() -> None:
+    probe, refused = Probe(), []
+    server = HttpServer(probe.handle, head_timeout=0.3, on_refused=refused.append)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await asyncio.wait_for(reader.read(), 3) == b""
+        assert refused == ["head_timeout"]
+        writer.close()
+    finally:
+        await server.shutdown(1.0)
+
+
+async def test_a_kept_alive_connection_idles_by_the_keep_alive_timeout_not_the_head_timeout() -> None:
+    probe = Probe()
+    server = HttpServer(probe.handle, head_timeout=0.2, keepalive_timeout=5.0)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        for _ in range(2):
+            writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, _, _ = await asyncio.wait_for(_read_response(reader), 2)
+            assert status == 200
+            await asyncio.sleep(0.6)  # three head timeouts of silence between requests
+        writer.close()
+    finally:
+        await server.shutdown(1.0)
+
+
+async def test_connections_past_the_cap_are_answered_503_and_closed() -> None:
+    probe, refused = Probe(), []
+    server = HttpServer(probe.handle, max_connections=2, on_refused=refused.append)
+    await server.start("127.0.0.1", 0)
+    try:
+        held = []
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert (await asyncio.wait_for(_read_response(reader), 2))[0] == 200
+            held.append(writer)
+        [(status, headers, body)] = await _exchange(server, b"")
+        assert status == 503 and headers["connection"] == "close" and orjson.loads(body)["error"]["type"] == "overloaded_error"
+        assert refused == ["connection_limit"]
+        for writer in held:
+            writer.close()
     finally:
         await server.shutdown(1.0)
 

@@ -143,6 +143,12 @@ class GatewayMetrics:
         self.upstream_auth_failures = counter(
             "tollgate_upstream_auth_failures", "401/403 answers of an upstream to the gateway's own credential.", ("upstream", "status")
         )
+        self.http_refusals = counter(
+            "tollgate_http_refused",
+            "Requests and connections the public listener's HTTP server answered itself, by reason "
+            "(bad_request, head_too_large, head_timeout, connection_limit).",
+            ("reason",),
+        )
         for plan, target in config.sla_plans.items():
             self.sla_target.labels(plan).set(target)
 
@@ -158,6 +164,10 @@ class GatewayMetrics:
     def degraded_admission(self, rule: str, mode: str) -> None:
         """An admission decided without the store: ``mode`` is ``fail_open``, ``fail_closed`` or ``local``."""
         self.degraded.labels(rule, mode).inc()
+
+    def http_refused(self, reason: str, n: int = 1) -> None:
+        """The public HTTP server refused a request or a connection itself (a bounded set of reasons)."""
+        self._child(self.http_refusals, reason).inc(n)
 
     def set_breaker(self, deployment: str, state: str) -> None:
         self.breaker_state.labels(deployment).set(BREAKER_STATES.get(state, 2))

@@ -9,7 +9,7 @@ import logging
 from aiohttp import web
 
 from ..errors import GatewayError, MethodNotAllowed, NotFound, Unauthenticated
-from ..http import error_response, internal_error_response, json_response, request_id_from
+from ..http import as_aiohttp, error_response, internal_error_response, json_response, request_id_from
 from ..accounting.admin_routes import add_accounting_routes
 from ..app import healthz, readyz
 from ..runtime import STATE, GatewayState
@@ -61,11 +61,11 @@ async def _errors_and_auth(request: web.Request, handler):  # type: ignore[no-un
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    return await healthz(request, request.app[STATE])
+    return as_aiohttp(await healthz(request, request.app[STATE]))
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    return await readyz(request, request.app[STATE])
+    return as_aiohttp(await readyz(request, request.app[STATE]))
 
 
 async def _openapi(request: web.Request) -> web.Response:

@@ -121,6 +121,10 @@ class Server:
 
     # On SIGTERM: stop accepting, then let in-flight requests and streams run this long before cutting them.
     shutdown_grace: float = 30.0
+    # A request head must arrive within this long of its first byte (or of the connection's opening): else 408.
+    head_timeout: float = 10.0
+    # Open connections on the public listener, per process; past it new connections get 503 and are closed.
+    max_connections: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)

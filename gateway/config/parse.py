@@ -71,8 +71,15 @@ def parse_config(doc: Any, problems: Problems, *, source: str = "<memory>") -> C
     )
 
 
+_DEFAULT_SERVER = Server()
+
+
 def _server(node: Node) -> Server:
-    server = Server(shutdown_grace=node.duration("shutdown_grace", Server().shutdown_grace))
+    server = Server(
+        shutdown_grace=node.duration("shutdown_grace", _DEFAULT_SERVER.shutdown_grace),
+        head_timeout=node.duration("head_timeout", _DEFAULT_SERVER.head_timeout),
+        max_connections=node.int("max_connections", _DEFAULT_SERVER.max_connections, min=1),
+    )
     node.finish()
     return server
 

@@ -1,10 +1,12 @@
-"""Real processes for the production tests: redis-server, ``serve --workers N``, and a load loop that records every request."""
+"""Real processes for the production tests: redis-server, nginx, ``serve --workers N``, and a load loop that records every request."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -17,11 +19,13 @@ from typing import Any
 import aiohttp
 import yaml
 
-from ..support.processes import Proc, free_port, start_process, wait_for_port
+from ..support.processes import REPO, Proc, free_port, start_process, wait_for_port
 
 __all__ = [
     "ADMIN_TOKEN",
     "redis_server",
+    "nginx_main_config",
+    "nginx_in_front",
     "served_gateway",
     "write_config",
     "worker_pids",
@@ -56,6 +60,49 @@ def redis_server() -> Iterator[str]:
     proc = start_process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir], port)
     try:
         yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def nginx_main_config(workdir: Path, listen_port: int, gateway_port: int) -> Path:
+    """The repository's config/nginx.conf with test ports, wrapped in a minimal main config writing only to ``workdir``."""
+    snippet = (REPO / "config" / "nginx.conf").read_text()
+    snippet, listens = re.subn(r"(?m)^(\s*)listen\s+80;", rf"\g<1>listen 127.0.0.1:{listen_port};", snippet)
+    snippet, servers = re.subn(r"server 127\.0\.0\.1:8080\b", f"server 127.0.0.1:{gateway_port}", snippet)
+    assert (listens, servers) == (1, 1), "config/nginx.conf changed shape: update this test's rewriting"
+    (workdir / "tollgate.conf").write_text(snippet)
+    temp_paths = "\n".join(f"    {kind}_temp_path {workdir}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    main = workdir / "nginx.conf"
+    main.write_text(
+        f"""daemon off;
+master_process on;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+{temp_paths}
+    include {workdir}/tollgate.conf;
+}}
+"""
+    )
+    return main
+
+
+@contextmanager
+def nginx_in_front(gateway_port: int) -> Iterator[Proc]:
+    """nginx with config/nginx.conf on a free port, proxying to the gateway on ``gateway_port``."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    workdir = Path(tempfile.mkdtemp(prefix="tollgate-nginx-"))
+    port = free_port()
+    conf = nginx_main_config(workdir, port, gateway_port)
+    checked = subprocess.run([binary, "-t", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    proc = start_process([binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)], port)
+    try:
+        yield proc
     finally:
         proc.stop()
         shutil.rmtree(workdir, ignore_errors=True)

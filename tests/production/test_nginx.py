@@ -3,50 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from ..support.processes import REPO, Proc, free_port, gateway_config, mock_upstream_process, start_process
-from .support import ADMIN_TOKEN, chat, redis_server, served_gateway, stream_body
+from ..support.processes import Proc, gateway_config, mock_upstream_process
+from .support import ADMIN_TOKEN, chat, nginx_in_front, redis_server, served_gateway, stream_body
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 CLIENT_ADDRESS = "127.0.0.2"  # a second loopback address: the client is not nginx's own 127.0.0.1
-
-
-def nginx_main_config(workdir: Path, listen_port: int, gateway_port: int) -> Path:
-    """The repository's config/nginx.conf with test ports, wrapped in a minimal main config writing only to ``workdir``."""
-    snippet = (REPO / "config" / "nginx.conf").read_text()
-    snippet, listens = re.subn(r"(?m)^(\s*)listen\s+80;", rf"\g<1>listen 127.0.0.1:{listen_port};", snippet)
-    snippet, servers = re.subn(r"server 127\.0\.0\.1:8080\b", f"server 127.0.0.1:{gateway_port}", snippet)
-    assert (listens, servers) == (1, 1), "config/nginx.conf changed shape: update this test's rewriting"
-    (workdir / "tollgate.conf").write_text(snippet)
-    temp_paths = "\n".join(f"    {kind}_temp_path {workdir}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    main = workdir / "nginx.conf"
-    main.write_text(
-        f"""daemon off;
-master_process on;
-worker_processes 1;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-{temp_paths}
-    include {workdir}/tollgate.conf;
-}}
-"""
-    )
-    return main
 
 
 @pytest.fixture(scope="module")
@@ -72,18 +41,8 @@ def gateway(mock: Proc) -> Iterator[Proc]:
 
 @pytest.fixture(scope="module")
 def nginx(gateway: Proc) -> Iterator[Proc]:
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    workdir = Path(tempfile.mkdtemp(prefix="tollgate-nginx-"))
-    port = free_port()
-    conf = nginx_main_config(workdir, port, gateway.port)
-    checked = subprocess.run([binary, "-t", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr
-    proc = start_process([binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)], port)
-    try:
+    with nginx_in_front(gateway.port) as proc:
         yield proc
-    finally:
-        proc.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def upstream_saw(mock: Proc, request_id: str) -> dict[str, str]:

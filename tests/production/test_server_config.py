@@ -1,4 +1,4 @@
-"""The ``server:`` section: the drain deadline operators set for SIGTERM."""
+"""The ``server:`` section: the drain deadline operators set for SIGTERM, the public listener's head timeout and connection cap."""
 
 from __future__ import annotations
 
@@ -21,6 +21,20 @@ def test_bad_shutdown_grace_is_refused_with_its_field_path(bad: object) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_dict(gateway_config("http://127.0.0.1:9/v1", server={"shutdown_grace": bad}))
     assert any(line.startswith("server.shutdown_grace") for line in info.value.problems), info.value.problems
+
+
+def test_head_timeout_and_connection_cap_default_to_ten_seconds_and_ten_thousand_and_are_read() -> None:
+    default = config_from_dict(gateway_config("http://127.0.0.1:9/v1")).server
+    assert (default.head_timeout, default.max_connections) == (10.0, 10_000)
+    config = config_from_dict(gateway_config("http://127.0.0.1:9/v1", server={"head_timeout": "1500ms", "max_connections": 64}))
+    assert (config.server.head_timeout, config.server.max_connections) == (1.5, 64)
+
+
+@pytest.mark.parametrize(("key", "bad"), [("head_timeout", "soon"), ("head_timeout", 0), ("max_connections", 0), ("max_connections", "many"), ("max_connections", 1.5)])
+def test_bad_head_timeout_or_connection_cap_is_refused_with_its_field_path(key: str, bad: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(gateway_config("http://127.0.0.1:9/v1", server={key: bad}))
+    assert any(line.startswith(f"server.{key}") for line in info.value.problems), info.value.problems
 
 
 def test_unknown_server_key_is_refused() -> None:
