@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ..support.processes import Proc, gateway_config, mock_upstream_process, start_process, wait_for_port
 from ..support.redis import RedisServer, redis_server
 from .support import ADMIN_TOKEN, wait_until, worker_pids, write_config
-from .test_nginx import nginx_main_config
+from .support import nginx_main_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
