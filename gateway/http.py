@@ -109,7 +109,7 @@ def error_answer(exc: GatewayError, request_id: str) -> Response:
 def internal_error_answer(request_id: str) -> Response:
     """A bug on our side: say so without a traceback, and point at the request id in our logs."""
     message = f"internal gateway error; quote request id {request_id} when reporting it"
-    return Response(500, error_body(message, "api_error", "internal_error"), {"Content-Type": _JSON, REQUEST_ID_HEADER: request_id})
+    return Response(500, error_body(message, "server_error", "internal_error"), {"Content-Type": _JSON, REQUEST_ID_HEADER: request_id})
 
 
 def json_answer(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:

@@ -535,7 +535,7 @@ class _Connection(asyncio.Protocol):
         if text.count("\r") != count or text.count("\n") != count or text.count("\r\n") != count or "\x00" in text:
             log.error("refusing to send a response header with CR, LF or NUL in it (status %d)", status)
             self.closing = True
-            body = error_body("the gateway built an invalid response header", "api_error", "internal_error")
+            body = error_body("the gateway built an invalid response header", "server_error", "internal_error")
             text = (f"HTTP/1.1 500 {_REASONS[500]}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
                     "Connection: close\r\n")
         head = text.encode("utf-8", "surrogateescape")
