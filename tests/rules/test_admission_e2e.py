@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import re
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -15,23 +14,11 @@ import openai
 import orjson
 import pytest
 
-from ..support.processes import Proc, gateway_config, gateway_process, mock_upstream_process
-from ..support.redis import RedisServer, redis_server
+from ..support.processes import Proc, gateway_config, gateway_process
+from ..support.redis import RedisServer
 
 KEY = "tg_admission_test_key_0123456789abcdefghij"
 MSG = [{"role": "user", "content": "hello there"}]
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process() as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 def doc(mock: Proc, rules: dict[str, Any], *, store: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:

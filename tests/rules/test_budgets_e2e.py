@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from ..support.load import cpu_hog
-from ..support.processes import Proc, gateway_config, gateway_process, mock_upstream_process
-from ..support.redis import RedisServer, redis_server
+from ..support.processes import Proc, gateway_config, gateway_process
+from ..support.redis import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -33,18 +33,6 @@ TENANTS = [f"t{i}" for i in range(6)]
 
 def key_of(tenant: str) -> str:
     return f"tg_budget_test_key_{tenant}_0123456789abcdefghijklmnop"
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process() as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -20,8 +20,8 @@ import yaml
 from gateway.config import config_from_dict
 from gateway.identity.rule_records import NAMESPACE, RULE, RuleBook, namespace_doc, record_name, rule_doc
 
-from ..support.processes import Proc, gateway_config, gateway_process, mock_upstream_process, wait_for_port
-from ..support.redis import RedisServer, redis_server
+from ..support.processes import Proc, gateway_config, gateway_process, wait_for_port
+from ..support.redis import RedisServer
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -29,18 +29,6 @@ ACME_KEY = "tg_rules_admin_acme_key_0123456789abcdefgh"
 GLOBEX_KEY = "tg_rules_admin_globex_key_0123456789abcdef"
 TOKEN = "admin-token-for-the-rules-admin-tests"
 MSG = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process() as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 def _sha(key: str) -> str:
