@@ -17,7 +17,7 @@ FROM python:${PYTHON_VERSION}-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY gateway ./gateway
+COPY tollgate ./tollgate
 COPY lua ./lua
 COPY config ./config
 RUN pip wheel --wheel-dir /wheels .

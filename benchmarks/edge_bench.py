@@ -2,7 +2,7 @@
 
 No sockets and no policy: a typical OpenAI-SDK request (a 629-byte head with
 18 headers and a 1 KB JSON body) is handed to one connection of
-``gateway.httpserver`` on a fake transport, again and again on one
+``tollgate.edge.server`` on a fake transport, again and again on one
 keep-alive connection; the handler reads the body and answers either a 1 KB
 JSON body (``ok``) or the gateway's JSON error (``error``, a 401 as the
 identity stage makes it). It isolates what the server costs from what the
@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 
 import uvloop  # noqa: E402
 
-from gateway.errors import Unauthenticated  # noqa: E402
-from gateway.http import error_answer  # noqa: E402
-from gateway.httpserver import HttpServer, Request, Response  # noqa: E402
+from tollgate.errors import Unauthenticated  # noqa: E402
+from tollgate.edge.answers import error_answer  # noqa: E402
+from tollgate.edge.server import HttpServer, Request, Response  # noqa: E402
 
 BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"system","content":"' + b"s" * 400 + b'"},{"role":"user","content":"' + b"u" * 512 + b'"}],"max_tokens":16}'
 BODY = BODY.ljust(1024, b" ")  # 1 KB of JSON

@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from multidict import CIMultiDict
 
-from gateway.config import config_from_dict
-from gateway.identity import Directory, IdentityRuntime, authenticate
-from gateway.identity.stores import FileStore
+from tollgate.config import config_from_dict
+from tollgate.identity import Directory, IdentityRuntime, authenticate
+from tollgate.registry.stores import FileStore
 
 __all__ = ["per_call_us", "build", "tenant_records", "main"]
 

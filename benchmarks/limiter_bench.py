@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import uvloop  # noqa: E402
 
-from gateway.clock import SystemClock  # noqa: E402
-from gateway.limiter import LimitSpec, Limiter  # noqa: E402
-from gateway.store import EmbeddedEngine, RedisEngine  # noqa: E402
+from tollgate.clock import SystemClock  # noqa: E402
+from tollgate.limiter import LimitSpec, Limiter  # noqa: E402
+from tollgate.limiter.store import EmbeddedEngine, RedisEngine  # noqa: E402
 
 
 def three_limits(tenant: str) -> list[LimitSpec]:

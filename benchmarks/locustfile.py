@@ -32,7 +32,7 @@ from locust.env import Environment
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "config" / "demo.yaml"
-DEMO_KEY = "tg-demo-0123456789abcdef0123456789abcdef"  # gateway.demo.DEMO_API_KEY
+DEMO_KEY = "tg-demo-0123456789abcdef0123456789abcdef"  # tollgate.process.demo.DEMO_API_KEY
 PLAN_WEIGHTS = {"enterprise": 5, "government": 4, "small_business": 3, "education": 2, "personal": 1}
 PROMPTS = (
     "Summarise the attached ticket in one sentence.",

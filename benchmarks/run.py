@@ -65,9 +65,9 @@ upstreams:
 models:
   gpt-4o-mini: {deployments: [{upstream: bench}]}
 """
-MOCK_COMMAND = ("$python", "-m", "gateway", "mock-upstream", "--port", "$port", "--no-record")
+MOCK_COMMAND = ("$python", "-m", "tollgate", "mock-upstream", "--port", "$port", "--no-record")
 BARE_COMMAND = ("$python", "$bench/bare_proxy.py", "--port", "$port", "--upstream", "$upstream_url", "--api-key", "sk-bench-upstream")
-GATEWAY_COMMAND = ("$python", "-m", "gateway", "--log-level", "warning", "serve", "--config", "$config", "--port", "$port")
+GATEWAY_COMMAND = ("$python", "-m", "tollgate", "--log-level", "warning", "serve", "--config", "$config", "--port", "$port")
 GATEWAY_REDIS_NO_RULES = GATEWAY_NO_RULES + 'store: {backend: redis, url: "$redis_url"}\n'
 
 # The full policy: API-key identity, two namespace matchers (a header and a body field), three limits
@@ -331,7 +331,7 @@ def start_upstream(kind: str, stack: ExitStack, workdir: Path, cpu: int | None, 
         argv = pinned(cpu, [nginx, "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(nginx_config(workdir, port))])
         name = "nginx"
     else:
-        argv = pinned(cpu, [python, "-m", "gateway", "mock-upstream", "--port", str(port), "--no-record"])
+        argv = pinned(cpu, [python, "-m", "tollgate", "mock-upstream", "--port", str(port), "--no-record"])
         name = "mock-upstream" if kind == "mock" else "mock-upstream-json"
     proc = stack.enter_context(process(name, argv, workdir))
     wait_ready(port, proc, orjson.dumps(BODIES["chat"]), workdir / f"{name}.log")
@@ -546,8 +546,8 @@ def machine_description(load: Load, pinning: str) -> list[str]:
             first = (text.stderr or text.stdout).strip().splitlines()[0]
             versions.append(first.split("Copyright")[0].strip())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    if commit and subprocess.run(["git", "status", "--porcelain", "--", "gateway"], capture_output=True, text=True, cwd=REPO).stdout.strip():
-        commit += " with uncommitted changes in gateway/"
+    if commit and subprocess.run(["git", "status", "--porcelain", "--", "tollgate"], capture_output=True, text=True, cwd=REPO).stdout.strip():
+        commit += " with uncommitted changes in tollgate/"
     return [
         f"- Machine: {'; '.join(cpu) or platform.processor()}; Linux {platform.release()}",
         f"- Software: {', '.join(versions)}; commit {commit or 'unknown'}",

@@ -383,13 +383,13 @@ def self_contained(args: argparse.Namespace) -> list[str]:
             if redis is None:
                 raise SystemExit("redis-server is needed (the workers share limits through it)")
             stack.enter_context(started([redis, "--port", str(redis_port), "--save", "", "--appendonly", "no", "--dir", str(workdir)], workdir / "redis.log"))
-            stack.enter_context(started([sys.executable, "-m", "gateway", "mock-upstream", "--port", str(mock_port), "--no-record"], workdir / "mock.log"))
+            stack.enter_context(started([sys.executable, "-m", "tollgate", "mock-upstream", "--port", str(mock_port), "--no-record"], workdir / "mock.log"))
             config = workdir / "gateway.yaml"
             config.write_text(CONFIG.format(port=port, redis_url=redis_url, upstream=f"http://127.0.0.1:{mock_port}/v1", k0=TENANT_KEYS[0], k1=TENANT_KEYS[1], k2=TENANT_KEYS[2]))
             wait_port(redis_port)
             wait_port(mock_port)
             gateway = stack.enter_context(
-                started([sys.executable, "-m", "gateway", "--log-level", "warning", "serve", "--config", str(config), "--workers", str(args.workers)], workdir / "gateway.log")
+                started([sys.executable, "-m", "tollgate", "--log-level", "warning", "serve", "--config", str(config), "--workers", str(args.workers)], workdir / "gateway.log")
             )
             wait_port(port)
             time.sleep(1.0)

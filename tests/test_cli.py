@@ -13,7 +13,7 @@ from .support.processes import free_port, start_process
 async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request_with_its_key_only() -> None:
     port = free_port()
     started = time.monotonic()
-    proc = start_process([sys.executable, "-m", "gateway", "demo", "--port", str(port)], port)
+    proc = start_process([sys.executable, "-m", "tollgate", "demo", "--port", str(port)], port)
     try:
         assert time.monotonic() - started < 10
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
@@ -42,7 +42,7 @@ async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request_with
 
 async def test_mock_upstream_command_serves_models() -> None:
     port = free_port()
-    proc = start_process([sys.executable, "-m", "gateway", "mock-upstream", "--port", str(port)], port)
+    proc = start_process([sys.executable, "-m", "tollgate", "mock-upstream", "--port", str(port)], port)
     try:
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/v1/models") as r:
             assert r.status == 200

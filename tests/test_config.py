@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import config_from_dict, load_config
-from gateway.config.reader import parse_duration, parse_size
-from gateway.errors import ConfigError
+from tollgate.config import config_from_dict, load_config
+from tollgate.config.reader import parse_duration, parse_size
+from tollgate.errors import ConfigError
 
 from .support.processes import REPO
 
@@ -40,7 +40,7 @@ typo_section: 1
 
 def run_check(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", "check-config", str(path)], capture_output=True, text=True, cwd=REPO, timeout=60
+        [sys.executable, "-m", "tollgate", "check-config", str(path)], capture_output=True, text=True, cwd=REPO, timeout=60
     )
 
 

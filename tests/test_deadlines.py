@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.deadlines import Deadlines
+from tollgate.upstream.deadlines import Deadlines
 
 
 async def test_a_passed_deadline_cancels_the_wait_and_raises_timeout_error_within_its_resolution() -> None:

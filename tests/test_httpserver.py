@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.errors import GatewayError, PayloadTooLarge
-from gateway.http import error_answer
-from gateway.httpserver import HttpServer, Request, Response, StreamResponse
+from tollgate.errors import GatewayError, PayloadTooLarge
+from tollgate.edge.answers import error_answer
+from tollgate.edge.server import HttpServer, Request, Response, StreamResponse
 
 LIMIT = 1000  # body bytes the "/limited" handler accepts, like the guard stage
 

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.mock_upstream import MockSettings, add_arguments, make_mock_app, settings_from_args, start_mock
+from tollgate.mock.upstream import MockSettings, add_arguments, make_mock_app, settings_from_args, start_mock
 
 REPO = Path(__file__).resolve().parents[1]
 Client = TestClient[web.Request, web.Application]
@@ -454,7 +454,7 @@ def test_cli_flags_map_onto_settings() -> None:
 def test_mock_runs_as_its_own_process_and_stops_cleanly_on_sigterm() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "mock-upstream", "--port", "0", "--status", "418"],
+        [sys.executable, "-m", "tollgate", "mock-upstream", "--port", "0", "--status", "418"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,

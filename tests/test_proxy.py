@@ -14,8 +14,8 @@ import openai
 import pytest
 import yaml
 
-from gateway.config.model import Upstream
-from gateway.forward import UpstreamClient
+from tollgate.config.model import Upstream
+from tollgate.pipeline.forward import UpstreamClient
 
 from .support.processes import Proc, free_port, gateway_config, gateway_process, mock_upstream_process
 
@@ -357,7 +357,7 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path: Any) -> None:
 
     path = tmp_path / "bad.yaml"
     path.write_text("upstreams: {u: {base_url: nope}}\nmodels: {m: {deployments: [{upstream: u}]}}\n")
-    result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(path)], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([sys.executable, "-m", "tollgate", "serve", "--config", str(path)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "upstreams.u.base_url: must be an absolute http:// or https:// URL" in result.stderr
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.redaction import redact, secrets_of
+from tollgate.upstream.redaction import redact, secrets_of
 
 
 @pytest.mark.parametrize(

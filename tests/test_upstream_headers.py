@@ -7,8 +7,8 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.config import config_from_dict
-from gateway.forward import UpstreamClient, upstream_headers
+from tollgate.config import config_from_dict
+from tollgate.pipeline.forward import UpstreamClient, upstream_headers
 
 # What the official openai SDK sends, plus what a tenant could try to steer the upstream with.
 CLIENT = [

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from gateway import upstream_http
-from gateway.upstream_http import ConnectError, Response, ResponseError, UpstreamHttp
+from tollgate.upstream import client as upstream_http
+from tollgate.upstream.client import ConnectError, Response, ResponseError, UpstreamHttp
 
 from .support.processes import free_port
 
@@ -119,7 +119,7 @@ async def serve(script: Script, path: str = "", **options: Any) -> AsyncIterator
 async def fetch(
     pool: UpstreamHttp, method: str = "GET", path: str = "/", headers: Sequence[tuple[str, str]] = (), body: bytes = b""
 ) -> tuple[Response, bytes]:
-    """One request read to its end and released, as gateway/forward.py does it."""
+    """One request read to its end and released, as tollgate/pipeline/forward.py does it."""
     resp = await pool.request(method, path, list(headers), body)
     try:
         return resp, await resp.read()

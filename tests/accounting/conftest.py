@@ -70,7 +70,7 @@ def gateway(doc: dict[str, Any], *, workers: int = 1, env: dict[str, str] | None
     fd, path = tempfile.mkstemp(prefix="tollgate-acct-", suffix=".yaml")
     with os.fdopen(fd, "w") as fh:
         yaml.safe_dump(cfg, fh)
-    args = [sys.executable, "-m", "gateway", "serve", "--config", path]
+    args = [sys.executable, "-m", "tollgate", "serve", "--config", path]
     if workers > 1:
         args += ["--workers", str(workers)]
     proc = start_process(args, port, env=env)

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from gateway.accounting import Accounting
-from gateway.accounting.metrics import GatewayMetrics
-from gateway.accounting.pricing import Pricing
-from gateway.config import ConfigError, config_from_dict
-from gateway.config.accounting import CostRule, MetricsConfig, Price, PricingConfig
-from gateway.config.identity import Limits
-from gateway.context import ENDPOINTS, Usage
-from gateway.identity.directory import Principal
+from tollgate.accounting import Accounting
+from tollgate.accounting.metrics import GatewayMetrics
+from tollgate.accounting.pricing import Pricing
+from tollgate.config import ConfigError, config_from_dict
+from tollgate.config.accounting import CostRule, MetricsConfig, Price, PricingConfig
+from tollgate.config.identity import Limits
+from tollgate.pipeline.context import ENDPOINTS, Usage
+from tollgate.identity.directory import Principal
 
 BASE: dict[str, Any] = {
     "upstreams": {"mock": {"base_url": "http://127.0.0.1:9/v1"}},

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from gateway.accounting.aggregates import OTHER_USERS, Batch, month_of
-from gateway.accounting.usage_store import FileUsageStore, MemoryUsageStore, RedisUsageStore, UsageStore
+from tollgate.accounting.aggregates import OTHER_USERS, Batch, month_of
+from tollgate.accounting.usage_store import FileUsageStore, MemoryUsageStore, RedisUsageStore, UsageStore
 
 from ..support.redis import RedisServer
 

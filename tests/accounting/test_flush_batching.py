@@ -16,18 +16,18 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.accounting import Accounting, GatewayMetrics
-from gateway.accounting import metrics as metrics_module
-from gateway.accounting import tally as tally_module
-from gateway.accounting.access_log import line_of, lines_of
-from gateway.accounting.aggregates import USER_FIELDS, Batch
-from gateway.accounting.pricing import NANOS
-from gateway.accounting.records import DISCONNECTED_STATUS, capture, entry_from
-from gateway.config import config_from_dict
-from gateway.config.accounting import MetricsConfig
-from gateway.config.identity import Limits
-from gateway.context import ENDPOINTS, Usage
-from gateway.identity.directory import Principal
+from tollgate.accounting import Accounting, GatewayMetrics
+from tollgate.accounting import metrics as metrics_module
+from tollgate.accounting import tally as tally_module
+from tollgate.accounting.access_log import line_of, lines_of
+from tollgate.accounting.aggregates import USER_FIELDS, Batch
+from tollgate.accounting.pricing import NANOS
+from tollgate.accounting.records import DISCONNECTED_STATUS, capture, entry_from
+from tollgate.config import config_from_dict
+from tollgate.config.accounting import MetricsConfig
+from tollgate.config.identity import Limits
+from tollgate.pipeline.context import ENDPOINTS, Usage
+from tollgate.identity.directory import Principal
 
 from ..support.processes import REPO
 

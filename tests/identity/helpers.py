@@ -9,9 +9,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from gateway.config import config_from_dict
-from gateway.config.model import Config
-from gateway.identity import Directory, IdentityRuntime, Principal, authenticate
+from tollgate.config import config_from_dict
+from tollgate.config.model import Config
+from tollgate.identity import Directory, IdentityRuntime, Principal, authenticate
 
 
 class PeerTransport:

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from gateway.admin.openapi import openapi_document
-from gateway.admin.routes import ROUTES
+from tollgate.admin.openapi import openapi_document
+from tollgate.admin.tenant_routes import ROUTES
 
 from ..support.processes import Proc, gateway_process
 from .admin_client import admin, admin_listener, public_status

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import ConfigError, config_from_dict
-from gateway.config.identity import hash_key
+from tollgate.config import ConfigError, config_from_dict
+from tollgate.config.identity import hash_key
 
 from .conftest import ACME_KEY, identity_doc, sha256_hex
 

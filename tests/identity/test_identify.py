@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import Forbidden, Unauthenticated
-from gateway.identity import client_ip
+from tollgate.errors import Forbidden, Unauthenticated
+from tollgate.identity import client_ip
 
 from .conftest import ACME_KEY, GLOBEX_KEY, SCOPED_KEY, SLEEPY_KEY, identity_doc
 from .helpers import Identified, mocked_request
@@ -146,7 +146,7 @@ def test_client_ip_takes_the_first_untrusted_hop_behind_trusted_proxies() -> Non
 
 def test_spoofed_x_forwarded_for_does_not_change_the_tenant_or_the_client_ip(ident: Identified) -> None:
     req = mocked_request({"Authorization": f"Bearer {GLOBEX_KEY}", "X-Forwarded-For": "10.9.9.9"}, peer="203.0.113.9")
-    from gateway.identity import authenticate
+    from tollgate.identity import authenticate
 
     assert authenticate(req, ident.identity, ident.directory).tenant == "globex"
     assert client_ip(req, ident.identity.proxies) == "203.0.113.9"

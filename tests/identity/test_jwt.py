@@ -14,8 +14,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.config import ConfigError
-from gateway.errors import Forbidden, Unauthenticated
+from tollgate.config import ConfigError
+from tollgate.errors import Forbidden, Unauthenticated
 
 from .conftest import ACME_KEY, HS_SECRET, identity_doc
 from .helpers import Identified

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import Unauthenticated
-from gateway.identity import Directory, IdentityRuntime, authenticate
+from tollgate.errors import Unauthenticated
+from tollgate.identity import Directory, IdentityRuntime, authenticate
 
 from .helpers import mocked_request
 

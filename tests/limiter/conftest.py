@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.clock import ManualClock, SystemClock
-from gateway.store import EmbeddedEngine, RedisEngine, ScriptEngine
+from tollgate.clock import ManualClock, SystemClock
+from tollgate.limiter.store import EmbeddedEngine, RedisEngine, ScriptEngine
 from tests.support.redis import RedisCluster, RedisServer
 
 ENGINES = ("embedded", "redis", "cluster")

@@ -6,9 +6,9 @@ import asyncio
 import time
 from typing import Any
 
-from gateway.clock import SystemClock
-from gateway.limiter import LimitSpec, Limiter
-from gateway.store import RedisEngine
+from tollgate.clock import SystemClock
+from tollgate.limiter import LimitSpec, Limiter
+from tollgate.limiter.store import RedisEngine
 
 
 def fire(url: str, spec: dict[str, Any], costs: list[int], start_at: float, coalesce: bool) -> list[tuple[bool, int]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.store import ScriptEngine
+from tollgate.limiter.store import ScriptEngine
 
 __all__ = ["Lim", "Result", "admit", "peek", "settle", "extend", "renew", "release"]
 

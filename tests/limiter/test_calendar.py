@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from gateway.clock import ManualClock
-from gateway.store import EmbeddedEngine
+from tollgate.clock import ManualClock
+from tollgate.limiter.store import EmbeddedEngine
 
 from .scriptcalls import Lim, admit
 

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from gateway.clock import ManualClock
-from gateway.errors import StoreError
-from gateway.limiter import LimitSpec, Limiter
-from gateway.store import EmbeddedEngine
+from tollgate.clock import ManualClock
+from tollgate.errors import StoreError
+from tollgate.limiter import LimitSpec, Limiter
+from tollgate.limiter.store import EmbeddedEngine
 
 # admit.lua ARGV for one fixed-window limit of 5 requests a minute.
 FIVE_A_MINUTE = ["fixed_window", 5, 60_000, 1, "minute", "0"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from gateway.clock import ManualClock
-from gateway.store import EmbeddedEngine, Script
+from tollgate.clock import ManualClock
+from tollgate.limiter.store import EmbeddedEngine, Script
 from tests.support.redis import RedisServer
 
 # Replies of every shape a script can return: the all-integer arrays the limiter scripts return take the

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.clock import ManualClock, SystemClock
-from gateway.limiter import LimitSpec, Limiter
-from gateway.store import BreakerSettings, CircuitBreaker, EmbeddedEngine, RedisEngine
+from tollgate.clock import ManualClock, SystemClock
+from tollgate.limiter import LimitSpec, Limiter
+from tollgate.limiter.store import BreakerSettings, CircuitBreaker, EmbeddedEngine, RedisEngine
 from tests.support.redis import RedisServer
 
 BUDGET = 0.050

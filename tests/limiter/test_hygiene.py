@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 
-from gateway.clock import SystemClock
-from gateway.limiter import LimitSpec, Limiter
-from gateway.store import RedisEngine
+from tollgate.clock import SystemClock
+from tollgate.limiter import LimitSpec, Limiter
+from tollgate.limiter.store import RedisEngine
 from tests.support.redis import RedisServer
 
 from .exactness_worker import churn

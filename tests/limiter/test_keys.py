@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from gateway.clock import SystemClock
-from gateway.limiter import KeyBuilder, LimitSpec, Limiter, encode_value, tenant_key_pattern
-from gateway.store import RedisEngine
+from tollgate.clock import SystemClock
+from tollgate.limiter import KeyBuilder, LimitSpec, Limiter, encode_value, tenant_key_pattern
+from tollgate.limiter.store import RedisEngine
 
 NASTY = ["acme", "{acme}", "a}b{c", "a:b", "*", "a*b?[c]", "\x00", "a\x00b", "ü", "租户", "🦊", "", " ", "%41", "A", "~x", "=", ",", "x" * 10_240]
 

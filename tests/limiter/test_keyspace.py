@@ -8,7 +8,7 @@ import socket
 import hiredis
 import pytest
 
-from gateway.store.keyspace import Keyspace, ReplyError, Status
+from tollgate.limiter.store.keyspace import Keyspace, ReplyError, Status
 from tests.support.redis import RedisServer
 
 NOW_NS = 1_700_000_000_123_456_789

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.clock import ManualClock, SystemClock
-from gateway.limiter import LimitSpec, Limiter
-from gateway.store import EmbeddedEngine, RedisEngine
+from tollgate.clock import ManualClock, SystemClock
+from tollgate.limiter import LimitSpec, Limiter
+from tollgate.limiter.store import EmbeddedEngine, RedisEngine
 from tests.support.redis import RedisServer
 
 from .conftest import ENGINES

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gateway.store import ENTRY_SCRIPTS, Keyspace, load_scripts, lua_dir
+from tollgate.limiter.store import ENTRY_SCRIPTS, Keyspace, load_scripts, lua_dir
 
 LUA = Path(lua_dir())
 

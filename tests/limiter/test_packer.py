@@ -5,8 +5,8 @@ from __future__ import annotations
 import hiredis
 import pytest
 
-from gateway.store.engine import ScriptCall
-from gateway.store.redis_engine import _Packer
+from tollgate.limiter.store.engine import ScriptCall
+from tollgate.limiter.store.redis_engine import _Packer
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 CALLS = [

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import ManualClock, SystemClock
-from gateway.store import EmbeddedEngine, RedisEngine
+from tollgate.clock import ManualClock, SystemClock
+from tollgate.limiter.store import EmbeddedEngine, RedisEngine
 from tests.support.redis import RedisServer
 
 KINDS = ("sliding_window", "gcra", "fixed_window", "concurrency")

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.clock import ManualClock, SystemClock
-from gateway.limiter import LimitSpec, Limiter
-from gateway.errors import StoreError
-from gateway.store import RedisEngine
-from gateway.store.breaker import BreakerSettings
-from gateway.store.redis_engine import EAGER_BATCH, _Slots
+from tollgate.clock import ManualClock, SystemClock
+from tollgate.limiter import LimitSpec, Limiter
+from tollgate.errors import StoreError
+from tollgate.limiter.store import RedisEngine
+from tollgate.limiter.store.breaker import BreakerSettings
+from tollgate.limiter.store.redis_engine import EAGER_BATCH, _Slots
 from tests.support.redis import RedisServer
 
 

@@ -198,8 +198,8 @@ async def test_every_key_the_scripts_write_has_a_ttl(store: Store, request: pyte
 
 @pytest.mark.parametrize("kind", ["redis", "cluster"])
 async def test_a_flushed_script_cache_is_reloaded_without_an_error(kind: str, request: pytest.FixtureRequest) -> None:
-    from gateway.clock import SystemClock
-    from gateway.store import RedisEngine
+    from tollgate.clock import SystemClock
+    from tollgate.limiter.store import RedisEngine
 
     if kind == "redis":
         server: RedisServer = request.getfixturevalue("redis_standalone")

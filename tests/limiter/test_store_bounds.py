@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator, Iterator
 import orjson
 import pytest
 
-from gateway.clock import SystemClock
-from gateway.errors import StoreOverloaded
-from gateway.http import error_body, status_for
-from gateway.limiter import LimitSpec, Limiter
-from gateway.store import EmbeddedEngine, RedisEngine
+from tollgate.clock import SystemClock
+from tollgate.errors import StoreOverloaded
+from tollgate.edge.answers import error_body, status_for
+from tollgate.limiter import LimitSpec, Limiter
+from tollgate.limiter.store import EmbeddedEngine, RedisEngine
 from tests.support.redis import RedisServer
 
 

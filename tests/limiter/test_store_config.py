@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import ManualClock
-from gateway.config.reader import Node, Problems
-from gateway.config.store import StoreConfig, parse_store
-from gateway.limiter import build_limiter
-from gateway.store import EmbeddedEngine, RedisEngine
+from tollgate.clock import ManualClock
+from tollgate.config.reader import Node, Problems
+from tollgate.config.store import StoreConfig, parse_store
+from tollgate.limiter import build_limiter
+from tollgate.limiter.store import EmbeddedEngine, RedisEngine
 
 
 def parse(doc: Any) -> tuple[StoreConfig, list[str]]:
@@ -131,7 +131,7 @@ async def test_the_factory_builds_one_engine_per_store_and_routes_tenants() -> N
 
 
 def test_the_whole_config_parser_uses_the_store_section() -> None:
-    from gateway.config.parse import parse_config
+    from tollgate.config.parse import parse_config
 
     problems = Problems()
     doc = {

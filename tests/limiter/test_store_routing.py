@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from gateway.clock import SystemClock
-from gateway.config.reader import Node, Problems
-from gateway.config.store import parse_store
-from gateway.limiter import LimitSpec, build_limiter
+from tollgate.clock import SystemClock
+from tollgate.config.reader import Node, Problems
+from tollgate.config.store import parse_store
+from tollgate.limiter import LimitSpec, build_limiter
 from tests.support.redis import RedisServer, redis_server
 
 

@@ -129,7 +129,7 @@ def served_gateway(config: dict[str, Any], *, workers: int, admin: bool = False,
     os.close(fd)
     path = Path(name)
     write_config(path, cfg)
-    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--workers", str(workers)]
+    argv = [sys.executable, "-m", "tollgate", "serve", "--config", str(path), "--workers", str(workers)]
     proc = start_process(argv, port)
     proc.config_path = path
     if admin_port is not None:

@@ -159,7 +159,7 @@ def launch_gateway(config: dict[str, Any], workdir: Path, ports: Iterator[int], 
                                    "admin": {"host": "127.0.0.1", "port": admin, "token": ADMIN_TOKEN}}}
     path = workdir / f"gateway-{port}.yaml"
     write_config(path, cfg)
-    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
+    argv = [sys.executable, "-m", "tollgate", "serve", "--config", str(path)]
     env = {}
     if workers > 1:
         argv += ["--workers", str(workers)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import ConfigError, config_from_dict
-from gateway.supervisor import workers_problem
+from tollgate.config import ConfigError, config_from_dict
+from tollgate.process.supervisor import workers_problem
 
 from ..support.processes import gateway_config
 

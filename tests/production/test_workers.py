@@ -47,7 +47,7 @@ def test_more_than_one_worker_on_the_embedded_store_is_refused_before_anything_s
         yaml.safe_dump(gateway_config(f"{mock.url}/v1"), fh)
         fh.flush()
         done = subprocess.run(
-            [sys.executable, "-m", "gateway", "serve", "--config", fh.name, "--workers", "2"],
+            [sys.executable, "-m", "tollgate", "serve", "--config", fh.name, "--workers", "2"],
             capture_output=True, text=True, timeout=30,
         )
     assert done.returncode == 2
@@ -60,7 +60,7 @@ def test_a_broken_file_fails_fast_with_field_paths_and_starts_no_worker(mock: Pr
         yaml.safe_dump(doc, fh)
         fh.flush()
         done = subprocess.run(
-            [sys.executable, "-m", "gateway", "serve", "--config", fh.name, "--workers", "2"],
+            [sys.executable, "-m", "tollgate", "serve", "--config", fh.name, "--workers", "2"],
             capture_output=True, text=True, timeout=30,
         )
     assert done.returncode == 2

@@ -8,10 +8,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-from gateway.app import make_public_server, public_lifecycle
-from gateway.clock import Clock
-from gateway.config import config_from_dict
-from gateway.runtime import GatewayState
+from tollgate.process.public import make_public_server, public_lifecycle
+from tollgate.clock import Clock
+from tollgate.config import config_from_dict
+from tollgate.runtime.state import GatewayState
 
 from ..support.processes import free_port, steerable
 

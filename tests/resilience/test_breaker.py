@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.breaker import CLOSED, HALF_OPEN, OPEN, REFUSED, Breaker
-from gateway.clock import ManualClock
-from gateway.config.resilience import BreakerPolicy
+from tollgate.routing.breaker import CLOSED, HALF_OPEN, OPEN, REFUSED, Breaker
+from tollgate.clock import ManualClock
+from tollgate.config.resilience import BreakerPolicy
 
 POLICY = BreakerPolicy(consecutive_failures=3, error_rate=0.5, window=10.0, min_calls=10, cool_down=5.0, cool_down_max=40.0, half_open_probes=2)
 

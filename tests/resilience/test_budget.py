@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.budget import RetryBudget
-from gateway.clock import ManualClock
-from gateway.config.resilience import RetryPolicy
+from tollgate.routing.retry_budget import RetryBudget
+from tollgate.clock import ManualClock
+from tollgate.config.resilience import RetryPolicy
 
 
 def test_retries_are_capped_at_floor_plus_ratio_of_requests() -> None:

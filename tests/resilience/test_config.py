@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ConfigError, config_from_dict
+from tollgate.config import ConfigError, config_from_dict
 
 
 def _doc(models: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -6,12 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateway.attempts import _judge
-from gateway.clock import ManualClock
-from gateway.config.resilience import HotspotPolicy, ProactiveFallback, RetryPolicy
-from gateway.degradation import Hotspots, ProactiveFallbacks
-from gateway.errors import RateLimited, UpstreamBadResponse, UpstreamTimeout
-from gateway.forward import UpstreamStatus
+from tollgate.pipeline.attempts import _judge
+from tollgate.clock import ManualClock
+from tollgate.config.resilience import HotspotPolicy, ProactiveFallback, RetryPolicy
+from tollgate.routing.degradation import Hotspots, ProactiveFallbacks
+from tollgate.errors import RateLimited, UpstreamBadResponse, UpstreamTimeout
+from tollgate.pipeline.forward import UpstreamStatus
 
 
 def test_a_model_past_its_error_rate_is_diverted_for_the_hold_then_comes_back() -> None:

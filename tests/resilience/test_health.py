@@ -36,7 +36,7 @@ async def test_deployment_failing_probes_leaves_the_rotation_and_returns_once_it
         async with aiohttp.ClientSession() as s:
             for _ in range(6):  # round robin would send every other request to the missing one
                 assert (await chat(s, url, "m"))[0] == 200
-        proc = start_process([sys.executable, "-m", "gateway", "mock-upstream", "--port", str(port)], port)
+        proc = start_process([sys.executable, "-m", "tollgate", "mock-upstream", "--port", str(port)], port)
         try:
             await state.health.probe_all()
             assert flaky.healthy

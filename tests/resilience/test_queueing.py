@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.queueing import FairQueue, QueueRefused
+from tollgate.routing.slot_queue import FairQueue, QueueRefused
 
 
 async def _hold(queue: FairQueue, tenant: str, priority: int, order: list[str], release: asyncio.Event, deadline: float = 5.0) -> None:

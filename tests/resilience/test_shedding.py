@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config.resilience import SheddingPolicy
-from gateway.errors import Overloaded
-from gateway.shedding import Shedder
+from tollgate.config.resilience import SheddingPolicy
+from tollgate.errors import Overloaded
+from tollgate.policy.shedding import Shedder
 
 
 def _fill(shedder: Shedder, priority: int, n: int) -> int:

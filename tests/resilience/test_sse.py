@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from gateway.sse import DROP, HOLD, PASS, EndStream, MonitorChain, SseParser
+from tollgate.upstream.sse import DROP, HOLD, PASS, EndStream, MonitorChain, SseParser
 
 
 def _event(obj: Any) -> bytes:

@@ -11,8 +11,8 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.breaker import CLOSED, OPEN
-from gateway.clock import ManualClock
+from tollgate.routing.breaker import CLOSED, OPEN
+from tollgate.clock import ManualClock
 
 from ..support.processes import Proc, mock_upstream_process
 from .helpers import chat, config_doc, gateway, mock_get, mock_reset, upstream_calls_by_request

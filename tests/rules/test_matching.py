@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
-from gateway.config import config_from_dict
-from gateway.errors import ConfigError
-from gateway.matching import NamespaceTable, compile_path, lookup, MISSING
+from tollgate.config import config_from_dict
+from tollgate.errors import ConfigError
+from tollgate.policy.matchers import NamespaceTable, compile_path, lookup, MISSING
 
 
 def table(namespaces: dict[str, Any]) -> NamespaceTable:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ratelimit_headers import HeaderLimit, format_reset, ratelimit_headers, retry_after_seconds
+from tollgate.edge.ratelimit_headers import HeaderLimit, format_reset, ratelimit_headers, retry_after_seconds
 
 
 @pytest.mark.parametrize(

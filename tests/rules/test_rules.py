@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from gateway.config import config_from_dict
-from gateway.errors import BadRequest, ConfigError
-from gateway.rules import RuleSet
-from gateway.tokens import estimate_prompt_tokens, requested_completion_tokens
+from tollgate.config import config_from_dict
+from tollgate.errors import BadRequest, ConfigError
+from tollgate.policy.rules import RuleSet
+from tollgate.upstream.estimates import estimate_prompt_tokens, requested_completion_tokens
 
 
 def ruleset(rules: dict[str, Any], namespaces: dict[str, Any] | None = None) -> RuleSet:

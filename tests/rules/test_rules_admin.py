@@ -17,8 +17,8 @@ import orjson
 import pytest
 import yaml
 
-from gateway.config import config_from_dict
-from gateway.identity.rule_records import NAMESPACE, RULE, RuleBook, namespace_doc, record_name, rule_doc
+from tollgate.config import config_from_dict
+from tollgate.registry.rule_records import NAMESPACE, RULE, RuleBook, namespace_doc, record_name, rule_doc
 
 from ..support.processes import Proc, gateway_config, gateway_process, wait_for_port
 from ..support.redis import RedisServer

@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateway.admission import Admission
-from gateway.context import Usage
-from gateway.limiter import LimitSpec, build_limiter
-from gateway.settlement import Settler
+from tollgate.policy.admission import Admission
+from tollgate.pipeline.context import Usage
+from tollgate.limiter import LimitSpec, build_limiter
+from tollgate.policy.settlement import Settler
 
 SPEC = LimitSpec(
     name="tph", kind="sliding_window", limit=10_000, window_ms=3_600_000, cost=100, unit="tokens", scope_key=(("tenant", "t"),), tenant="t"

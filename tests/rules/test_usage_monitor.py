@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.sse import DROP, PASS
-from gateway.usage import UsageMonitor
+from tollgate.upstream.sse import DROP, PASS
+from tollgate.upstream.usage import UsageMonitor
 
 USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
 

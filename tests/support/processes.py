@@ -98,7 +98,7 @@ def start_process(args: Sequence[str], port: int, *, env: dict[str, str] | None 
 @contextmanager
 def mock_upstream_process(*flags: str) -> Iterator[Proc]:
     port = free_port()
-    proc = start_process([sys.executable, "-m", "gateway", "mock-upstream", "--port", str(port), *flags], port)
+    proc = start_process([sys.executable, "-m", "tollgate", "mock-upstream", "--port", str(port), *flags], port)
     try:
         yield proc
     finally:
@@ -150,7 +150,7 @@ def gateway_process(config: dict[str, Any], *, env: dict[str, str] | None = None
     fd, path = tempfile.mkstemp(prefix="tollgate-", suffix=".yaml")
     with os.fdopen(fd, "w") as fh:
         yaml.safe_dump(cfg, fh)
-    proc = start_process([sys.executable, "-m", "gateway", "serve", "--config", path], port, env=env)
+    proc = start_process([sys.executable, "-m", "tollgate", "serve", "--config", path], port, env=env)
     proc.config_path = Path(path)
     if admin_port is not None:
         proc.extra_ports["admin"] = admin_port

@@ -1,0 +1,107 @@
+"""Accounting cost per request: ``python -m benchmarks.accounting_bench`` prints CPU µs on the hot path and in the flusher.
+
+The hot path is :meth:`Accounting.record` (what a request pays, in its
+handler's ``finally``); the flusher's work per record (metrics, access-log
+line, aggregate deltas, store write) runs later on the same event loop, so
+it is CPU the process spends per request too, just not in the request's
+latency.
+
+Records are flushed in batches of ``--batch`` (the default ``usage.batch_size``),
+as a loaded gateway does. Times are CPU time of the whole process
+(``time.process_time``: the event loop plus the threads that write the access
+log and the file store), best of ``--repeats`` runs, so that other processes on
+the machine inflate them less. Each store is measured with the access log
+sampling every successful request away (``sample: 0``, the line is never built)
+and with a line for every request (``sample: 1``). Run it with
+``PROMETHEUS_MULTIPROC_DIR`` set to an empty directory to measure the
+multiprocess metric files instead of in-memory values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tollgate.config import config_from_dict
+from tollgate.config.identity import Limits
+from tollgate.pipeline.context import ENDPOINTS, RequestContext, Usage
+from tollgate.identity.directory import Principal
+from tollgate.accounting.metrics import multiprocess_dir
+from tollgate.accounting.recorder import Accounting
+
+
+def _contexts(n: int, tenants: int) -> list[RequestContext]:
+    out = []
+    principals = [
+        Principal(tenant=f"t{i}", plan="enterprise", limits=Limits(monthly_requests=10**9), allowed_models=None, key_id=f"k{i}")
+        for i in range(tenants)
+    ]
+    for i in range(n):
+        ctx = RequestContext(None, None, f"req_{i:08d}", ENDPOINTS["/v1/chat/completions"], 100.0, "127.0.0.1")  # type: ignore[arg-type]
+        ctx.body_bytes = b"x" * 200
+        ctx.model = ctx.model_served = "gpt-4o-mini"
+        ctx.upstream_name = "mock"
+        ctx.status = 200
+        ctx.first_byte_at, ctx.finished_at = 100.01, 100.02
+        ctx.usage = Usage(40, 16, True)
+        ctx.principal = principals[i % tenants]
+        out.append(ctx)
+    return out
+
+
+async def _run(n: int, tenants: int, batch: int, backend: dict[str, Any], sample: float) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        doc = {
+            "upstreams": {"mock": {"base_url": "http://127.0.0.1:9/v1"}},
+            "models": {"gpt-4o-mini": {"deployments": [{"upstream": "mock"}]}},
+            "usage": {**backend, "max_pending": n + 1, "batch_size": n + 1, "flush_interval": "1h"},
+            "pricing": {"models": {"gpt-4o-mini": {"input_per_1k": 0.15, "output_per_1k": 0.6}}},
+            "access_log": {"path": str(Path(tmp) / "access.jsonl"), "sample": sample},
+        }
+        if backend.get("backend") == "file":
+            doc["usage"]["path"] = str(Path(tmp) / "usage.json")
+        acc = Accounting(config_from_dict(doc))
+        await acc.start()
+        contexts = _contexts(n, tenants)
+        record, flush, cpu = acc.record, acc.flush, time.process_time
+        record_s = flush_s = 0.0
+        for start in range(0, n, batch):
+            chunk = contexts[start : start + batch]
+            t0 = cpu()
+            for ctx in chunk:
+                record(ctx)
+            t1 = cpu()
+            await flush()
+            t2 = cpu()
+            record_s += t1 - t0
+            flush_s += t2 - t1
+        await acc.close()
+    return {"record_us": record_s / n * 1e6, "flush_us": flush_s / n * 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--tenants", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=1000, help="records per flush (usage.batch_size)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--redis", help="redis:// URL to measure the Redis usage store too")
+    args = parser.parse_args()
+    backends: list[tuple[str, dict[str, Any]]] = [("memory", {"backend": "memory"}), ("file", {"backend": "file"})]
+    if args.redis:
+        backends.append(("redis", {"backend": "redis", "url": args.redis, "key_prefix": "bench"}))
+    mode = "multiprocess files" if multiprocess_dir() else "in-memory values"
+    print(f"{args.records} records, {args.tenants} tenants, flushed {args.batch} at a time; metrics: {mode}; CPU µs per request, best of {args.repeats}")
+    for name, backend in backends:
+        for sample, what in ((0.0, "access log sampled away"), (1.0, "access log every line")):
+            runs = [asyncio.run(_run(args.records, args.tenants, args.batch, backend, sample)) for _ in range(args.repeats)]
+            best = min(runs, key=lambda r: r["record_us"] + r["flush_us"])
+            print(f"{name:7s} {what:24s} record (hot path) {best['record_us']:5.2f}   flush (background) {best['flush_us']:5.2f}")
+
+
+if __name__ == "__main__":
+    main()

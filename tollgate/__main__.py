@@ -1,0 +1,5 @@
+"""``python -m gateway``: the same as the ``tollgate`` command."""
+
+from tollgate.process.cli import main
+
+raise SystemExit(main())

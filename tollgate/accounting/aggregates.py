@@ -1,0 +1,172 @@
+"""Per-tenant usage aggregates by day and by month: folded in memory per batch, applied to a store in one round trip.
+
+A period's aggregate is a flat mapping of integer fields::
+
+    requests  errors  prompt_tokens  completion_tokens  cost_n  (cost in nanos)
+    est_requests  est_prompt_tokens  est_completion_tokens   (the part that was estimated)
+    m:<model>:requests  m:<model>:prompt_tokens  m:<model>:completion_tokens  m:<model>:cost_n
+
+kept under ``<prefix>:{<tenant>}:m:<YYYY-MM>`` and ``<prefix>:{<tenant>}:d:<YYYY-MM-DD>``
+(Redis hashes with a TTL, or entries of the file/memory document).
+
+Per end user (``identity.end_user``) and month, only :data:`USER_FIELDS`, under
+``<prefix>:{<tenant>}:u:<YYYY-MM>``: at most ``usage.max_end_users`` end users
+of a tenant a month are kept apart; the usage of later ones is added up under
+:data:`OTHER_USERS` (an end user is never the empty string).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+from tollgate.accounting.records import Entry
+from tollgate.accounting.tally import Tally
+
+__all__ = [
+    "Batch", "TOTAL_FIELDS", "MODEL_FIELDS", "USER_FIELDS", "OTHER_USERS", "month_of", "day_of", "split_models", "PeriodClock",
+    "add_user_counts",
+]
+
+TOTAL_FIELDS = (
+    "requests", "errors", "prompt_tokens", "completion_tokens", "cost_n",
+    "est_requests", "est_prompt_tokens", "est_completion_tokens",
+)
+MODEL_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_n")
+USER_FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_n")
+# The end users of a tenant's month past usage.max_end_users, added up.
+OTHER_USERS = ""
+
+
+def add_user_counts(table: dict[str, list[int]], user: str, counts: tuple[int, ...] | list[int]) -> None:
+    """Add ``counts`` (of :data:`USER_FIELDS`, in order) to ``user``'s in ``table``."""
+    target = table.get(user)
+    if target is None:
+        table[user] = list(counts)
+    else:
+        for i, v in enumerate(counts):
+            target[i] += v
+
+
+def month_of(wall: float) -> str:
+    return time.strftime("%Y-%m", time.gmtime(wall))
+
+
+def day_of(wall: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(wall))
+
+
+class PeriodClock:
+    """The UTC day and month of a wall time, recomputed only when the day changes."""
+
+    __slots__ = ("_start", "_end", "_day", "_month")
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self._end = -1.0
+        self._day = ""
+        self._month = ""
+
+    def periods(self, wall: float) -> tuple[str, str]:
+        if not self._start <= wall < self._end:
+            self._start = wall - (wall % 86400)
+            self._end = self._start + 86400
+            self._day = day_of(wall)
+            self._month = month_of(wall)
+        return self._day, self._month
+
+
+class Batch:
+    """The deltas of a batch of entries, per (tenant, month) and (tenant, day), and per end user of a (tenant, month)."""
+
+    __slots__ = ("months", "days", "users", "periods")
+
+    def __init__(self) -> None:
+        self.months: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.days: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        # (tenant, month) -> end user -> the deltas of USER_FIELDS, in that order
+        self.users: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(dict)
+        self.periods = PeriodClock()
+
+    def __bool__(self) -> bool:
+        return bool(self.months)
+
+    def add(self, e: Entry) -> None:
+        errors = 1 if e.status >= 400 else 0
+        self.add_counts(
+            e.tenant, e.wall, e.priced_model, 1, errors,
+            e.prompt_tokens, e.completion_tokens, e.cost_nanos, estimated=not e.usage_reported,
+        )
+        if e.user is not None:
+            self.add_user(e.tenant, e.wall, e.user, (1, errors, e.prompt_tokens, e.completion_tokens, e.cost_nanos))
+
+    def add_user(self, tenant: str, wall: float, user: str, counts: tuple[int, ...] | list[int]) -> None:
+        """The deltas (of :data:`USER_FIELDS`, in order) of one end user of ``tenant`` at ``wall``."""
+        _day, month = self.periods.periods(wall)
+        add_user_counts(self.users[(tenant, month)], user, counts)
+
+    def add_counts(
+        self, tenant: str, wall: float, model: str | None, requests: int, errors: int,
+        prompt_tokens: int, completion_tokens: int, cost_nanos: int, *, estimated: bool,
+    ) -> None:
+        """``requests`` requests of ``tenant`` on ``model`` at ``wall`` (``errors`` of them with status >= 400)."""
+        day, month = self.periods.periods(wall)
+        m = f"m:{model or 'unknown'}:"
+        for target in (self.months[(tenant, month)], self.days[(tenant, day)]):
+            target["requests"] += requests
+            if errors:
+                target["errors"] += errors
+            target["prompt_tokens"] += prompt_tokens
+            target["completion_tokens"] += completion_tokens
+            target["cost_n"] += cost_nanos
+            if estimated:
+                target["est_requests"] += requests
+                target["est_prompt_tokens"] += prompt_tokens
+                target["est_completion_tokens"] += completion_tokens
+            target[m + "requests"] += requests
+            target[m + "prompt_tokens"] += prompt_tokens
+            target[m + "completion_tokens"] += completion_tokens
+            target[m + "cost_n"] += cost_nanos
+
+    def add_tally(self, tally: Tally) -> None:
+        """The deltas of a flush's groups; requests that never reached an upstream are not billed nor counted."""
+        for (tenant, _plan, priced, upstream, status, reported, day), g in tally:
+            if upstream is not None:
+                n = g.requests
+                self.add_counts(
+                    tenant, day * 86400.0, priced, n, n if status >= 400 else 0,
+                    g.prompt_tokens, g.completion_tokens, g.cost_nanos, estimated=not reported,
+                )
+        for (tenant, user, day), counts in tally.users.items():
+            self.add_user(tenant, day * 86400.0, user, counts)
+
+    def merge(self, other: Batch) -> None:
+        """Fold ``other`` (a batch that could not be written) into this one."""
+        for mine, theirs in ((self.months, other.months), (self.days, other.days)):
+            for key, fields in theirs.items():
+                target = mine[key]
+                for f, v in fields.items():
+                    target[f] += v
+        for key, users in other.users.items():
+            table = self.users[key]
+            for user, counts in users.items():
+                add_user_counts(table, user, counts)
+
+    def size(self) -> int:
+        return len(self.months) + len(self.days) + sum(len(u) for u in self.users.values())
+
+
+def split_models(fields: dict[str, Any]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """A stored aggregate as (totals, {model: fields})."""
+    totals = {f: 0 for f in TOTAL_FIELDS}
+    models: dict[str, dict[str, int]] = {}
+    for raw_key, raw_value in fields.items():
+        key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+        value = int(raw_value)
+        if key.startswith("m:"):
+            model, _, f = key[2:].rpartition(":")
+            models.setdefault(model, {f: 0 for f in MODEL_FIELDS})[f] = value
+        else:
+            totals[key] = value
+    return totals, models

@@ -1,0 +1,291 @@
+"""Prometheus metrics of the gateway, in one process or across ``--workers`` processes.
+
+Single process: every metric lives in a registry owned by the
+:class:`GatewayMetrics` object (one per :class:`GatewayState`), never the
+global default registry.
+
+Several workers: the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` to an empty
+directory **before** any worker imports ``prometheus_client`` (the library
+chooses its storage at import time). Each worker then writes its values to
+memory-mapped files there, and ``/metrics`` - whichever worker answers it -
+merges the files of every worker with ``MultiProcessCollector``. This is the
+one case where metric objects are not attached to our own registry: the
+library keeps multiprocess values per metric name in those files, not in a
+registry. The supervisor should call
+``prometheus_client.multiprocess.mark_process_dead(pid)`` when a worker exits,
+so that its ``live*`` gauges disappear.
+
+Tenant labels are bounded by :class:`TenantLabels`: ``all`` tenants, or the
+``top_n`` first tenants this process sees plus those listed, every other
+tenant reported as ``other``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from bisect import bisect_right
+from collections import defaultdict
+from collections.abc import Callable
+from itertools import repeat
+from operator import lt
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from tollgate.config.accounting import MetricsConfig
+from tollgate.accounting.pricing import NANOS
+from tollgate.accounting.tally import Tally
+
+__all__ = ["GatewayMetrics", "TenantLabels", "multiprocess_dir", "BREAKER_STATES", "CONTENT_TYPE"]
+
+log = logging.getLogger("tollgate.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+OTHER = "other"
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory when the library really runs in multiprocess mode, else None."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+    if path is None:
+        return None
+    if values.ValueClass is values.MutexValue:
+        log.error("PROMETHEUS_MULTIPROC_DIR is set but prometheus_client was imported before it was: metrics are per process")
+        return None
+    return path
+
+
+class TenantLabels:
+    """Maps a tenant to its label value, keeping the number of distinct values bounded."""
+
+    __slots__ = ("_all", "_top_n", "_listed", "_chosen")
+
+    def __init__(self, config: MetricsConfig) -> None:
+        self._all = config.tenant_labels == "all"
+        self._top_n = config.top_n
+        self._listed = frozenset(config.tenants)
+        self._chosen: set[str] = set()
+
+    def __call__(self, tenant: str) -> str:
+        if self._all or tenant in self._listed or tenant in self._chosen:
+            return tenant
+        if len(self._chosen) < self._top_n:
+            self._chosen.add(tenant)
+            return tenant
+        return OTHER
+
+
+class GatewayMetrics:
+    """The gateway's metrics; stages record through the methods here, scrape-time readers through :meth:`add_sampler`."""
+
+    def __init__(self, config: MetricsConfig) -> None:
+        self.config = config
+        self.multiprocess_path = multiprocess_dir()
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = None if self.multiprocess_path else self.registry
+        self.tenant_label = TenantLabels(config)
+        self._samplers: list[Callable[[GatewayMetrics], None]] = []
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+            return Counter(name, doc, labels, registry=reg)
+
+        def histogram(name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, labels, registry=reg, buckets=buckets)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...], mode: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=reg, multiprocess_mode=mode)  # type: ignore[arg-type]
+
+        self.requests = counter("tollgate_requests", "Requests by tenant, model and status (499: client went away).", ("tenant", "model", "status"))
+        self.request_seconds = histogram(
+            "tollgate_request_duration_seconds", "Total time in the gateway per request.", ("tenant", "model"), _LATENCY
+        )
+        self.upstream_seconds = histogram(
+            "tollgate_upstream_duration_seconds", "Time spent waiting on the upstream per request.", ("model", "upstream"), _LATENCY
+        )
+        self.overhead_seconds = histogram(
+            "tollgate_gateway_overhead_seconds", "Gateway overhead (total minus upstream) per request.", ("plan",), _OVERHEAD
+        )
+        self.ttfb_seconds = histogram(
+            "tollgate_time_to_first_byte_seconds", "Time from request arrival to the upstream's first byte.", ("model",), _LATENCY
+        )
+        self.tokens = counter("tollgate_tokens", "Tokens by tenant, model, kind and source.", ("tenant", "model", "kind", "source"))
+        self.cost = counter("tollgate_cost", "Cost in the pricing currency.", ("tenant", "model", "currency"))
+        self.limit_decisions = counter("tollgate_limit_decisions", "Limit decisions by rule and outcome.", ("rule", "outcome"))
+        self.degraded = counter(
+            "tollgate_degraded_admissions", "Admissions decided without the store (fail_open / local).", ("rule", "mode")
+        )
+        self.breaker_state = gauge(
+            "tollgate_breaker_state", "Circuit breaker state per deployment: 0 closed, 1 half-open, 2 open.", ("deployment",), "livemax"
+        )
+        self.deployment_healthy = gauge(
+            "tollgate_deployment_healthy", "1 when the deployment is usable, 0 otherwise.", ("deployment",), "livemin"
+        )
+        self.queue_depth = gauge("tollgate_queue_depth", "Requests or records waiting, per queue.", ("queue",), "livesum")
+        self.in_flight = gauge("tollgate_in_flight_requests", "Requests being served now.", (), "livesum")
+        self.quota_alerts = counter("tollgate_quota_alerts", "Quota alerts fired.", ("tenant", "quota", "severity"))
+        self.sla_violations = counter(
+            "tollgate_sla_violations", "Requests whose gateway overhead exceeded the plan's p99 target.", ("plan",)
+        )
+        self.sla_target = gauge("tollgate_sla_target_seconds", "The plan's p99 target for gateway overhead.", ("plan",), "livemax")
+        self.accounting_dropped = counter(
+            "tollgate_accounting_dropped_records", "Usage records dropped because the pending queue was full.", ()
+        )
+        self.accounting_flushes = counter("tollgate_accounting_flushes", "Usage batch writes by outcome.", ("outcome",))
+        self.webhook_deliveries = counter("tollgate_alert_webhook_deliveries", "Alert webhook deliveries by outcome.", ("outcome",))
+        self.audit_events = counter("tollgate_audit_events", "Audit events recorded, by kind.", ("kind",))
+        self.upstream_auth_failures = counter(
+            "tollgate_upstream_auth_failures", "401/403 answers of an upstream to the gateway's own credential.", ("upstream", "status")
+        )
+        self.http_refusals = counter(
+            "tollgate_http_refused",
+            "Requests and connections the public listener's HTTP server answered itself, by reason "
+            "(bad_request, head_too_large, head_timeout, connection_limit).",
+            ("reason",),
+        )
+        for plan, target in config.sla_plans.items():
+            self.sla_target.labels(plan).set(target)
+
+    # -- for other stages -------------------------------------------------
+    def limit_decision(self, rule: str, outcome: str, n: int = 1) -> None:
+        """Admission outcome of one rule (``allowed``, ``refused``, ``shadow_refused``, ...)."""
+        self.limit_decisions.labels(rule, outcome).inc(n)
+
+    def upstream_auth_failure(self, upstream: str, status: int) -> None:
+        """An upstream refused the gateway's credential: a misconfiguration to alert on, not a tenant's error."""
+        self.upstream_auth_failures.labels(upstream, str(status)).inc()
+
+    def degraded_admission(self, rule: str, mode: str) -> None:
+        """An admission decided without the store: ``mode`` is ``fail_open``, ``fail_closed`` or ``local``."""
+        self.degraded.labels(rule, mode).inc()
+
+    def http_refused(self, reason: str, n: int = 1) -> None:
+        """The public HTTP server refused a request or a connection itself (a bounded set of reasons)."""
+        self._child(self.http_refusals, reason).inc(n)
+
+    def set_breaker(self, deployment: str, state: str) -> None:
+        self.breaker_state.labels(deployment).set(BREAKER_STATES.get(state, 2))
+
+    def set_deployment_health(self, deployment: str, healthy: bool) -> None:
+        self.deployment_healthy.labels(deployment).set(1 if healthy else 0)
+
+    def set_queue_depth(self, queue: str, depth: int) -> None:
+        self.queue_depth.labels(queue).set(depth)
+
+    def add_sampler(self, sampler: Callable[[GatewayMetrics], None]) -> None:
+        """``sampler(metrics)`` runs before each scrape and each flush: it reads live state and sets gauges."""
+        self._samplers.append(sampler)
+
+    def sample(self) -> None:
+        for sampler in self._samplers:
+            try:
+                sampler(self)
+            except Exception:  # a broken reader must not break the scrape
+                log.exception("metrics sampler %r failed", sampler)
+
+    # -- from the accounting flusher ------------------------------------------
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: the library's lookup costs microseconds, a dict hit a tenth of one."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def apply(self, tally: Tally, currency: str) -> None:
+        """Count a flush's records: one update per distinct label set, however many records share it."""
+        label = self.tenant_label
+        target_of = self.config.sla_target
+        counts: dict[tuple[Any, tuple[str, ...]], float] = defaultdict(int)
+        observed: dict[tuple[Any, tuple[str, ...]], list[float]] = defaultdict(list)
+        for (tenant_name, plan, priced, upstream, status, reported, _day), g in tally:
+            tenant = label(tenant_name)  # groups are in first-seen order, as top_n needs
+            model = priced or "unknown"
+            plan = plan or "none"
+            counts[(self.requests, (tenant, model, str(status)))] += g.requests
+            observed[(self.request_seconds, (tenant, model))] += g.total_s
+            if upstream is not None:
+                observed[(self.upstream_seconds, (model, upstream))] += g.upstream_s
+            observed[(self.overhead_seconds, (plan,))] += g.overhead_s
+            if g.ttfb_s:
+                observed[(self.ttfb_seconds, (model,))] += g.ttfb_s
+            source = "reported" if reported else "estimated"
+            if g.prompt_tokens:
+                counts[(self.tokens, (tenant, model, "prompt", source))] += g.prompt_tokens
+            if g.completion_tokens:
+                counts[(self.tokens, (tenant, model, "completion", source))] += g.completion_tokens
+            if g.cost_nanos:
+                counts[(self.cost, (tenant, model, currency))] += g.cost_nanos / NANOS
+            target = target_of(plan)
+            if target is not None:
+                violations = sum(map(lt, repeat(target), g.overhead_s))
+                if violations:
+                    counts[(self.sla_violations, (plan,))] += violations
+        child = self._child
+        for (metric, labels), n in counts.items():
+            child(metric, *labels).inc(n)
+        for (metric, labels), samples in observed.items():
+            self._observe_many(child(metric, *labels), samples)
+
+    @staticmethod
+    def _observe_many(child: Any, values: list[float]) -> None:
+        """``child.observe(v)`` for every value, with each bucket and the sum incremented once (multiprocess files too).
+
+        This reads three attributes prometheus_client's histogram children
+        keep (``_upper_bounds``, ``_buckets``, ``_sum``); a release that kept
+        them otherwise gets one ``observe`` per value: slower, still right.
+        """
+        bounds = getattr(child, "_upper_bounds", None)
+        buckets = getattr(child, "_buckets", None)
+        total = getattr(child, "_sum", None)
+        if bounds is None or buckets is None or total is None or len(buckets) != len(bounds):
+            for v in values:
+                child.observe(v)
+            return
+        # The library's rule: a value goes to the first bucket whose upper bound is >= it (the last bound is +Inf),
+        # so bucket i holds the values v with bounds[i-1] < v <= bounds[i]: counted by bisection of the sorted values.
+        ordered = sorted(values)
+        below = 0
+        for bucket, bound in zip(buckets, bounds):
+            upto = bisect_right(ordered, bound, below)
+            if upto > below:
+                bucket.inc(upto - below)
+                below = upto
+                if below == len(ordered):
+                    break
+        total.inc(sum(values))
+
+    def alert(self, tenant: str, quota: str, severity: str) -> None:
+        self.quota_alerts.labels(self.tenant_label(tenant), quota, severity).inc()
+
+    # -- exposition ---------------------------------------------------------
+    def exposition(self) -> bytes:
+        """The text format of every metric (of every worker in multiprocess mode)."""
+        self.sample()
+        if self.multiprocess_path is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_path)
+        return generate_latest(registry)
+
+    def sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """One sample's current value in this process's registry (single-process mode; for tests and the admin API)."""
+        return self.registry.get_sample_value(name, labels or {})
+
+
+def standard_samplers(state: Any) -> list[Callable[[GatewayMetrics], None]]:
+    """Readers of state that already exists on :class:`GatewayState`: upstream sessions as deployment health."""
+
+    def upstreams(metrics: GatewayMetrics) -> None:
+        pool = getattr(state, "pool", None)
+        for name, client in getattr(pool, "clients", {}).items():
+            session = getattr(client, "session", None)
+            metrics.set_deployment_health(name, session is not None and not session.closed)
+
+    return [upstreams]

@@ -1,0 +1,116 @@
+"""Cost of a request from the price table and the cost rules, in integer nano-units of the currency (exact sums)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tollgate.config.accounting import CostRule, PricingConfig
+
+__all__ = ["Pricing", "NANOS", "to_money"]
+
+# Costs are kept as integers of 1e-9 currency units, so that sums over millions
+# of requests (and HINCRBY in Redis) stay exact; a price of $0.00015 per 1K
+# tokens is 150 nanos per token.
+NANOS = 1_000_000_000
+
+
+def to_money(nanos: int) -> float:
+    """Nanos as a currency amount (rounded to 1e-9, the unit it is kept in)."""
+    return round(nanos / NANOS, 9)
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelRate:
+    input_nanos_per_token: float
+    output_nanos_per_token: float
+    rules: tuple[CostRule, ...]
+
+
+class Pricing:
+    """Compiled once per config version; :meth:`cost_nanos` is a few multiplications."""
+
+    __slots__ = ("config", "currency", "_rates", "_default")
+
+    def __init__(self, config: PricingConfig) -> None:
+        self.config = config
+        self.currency = config.currency
+        self._rates: dict[str, _ModelRate] = {
+            name: self._rate(name, price.input_per_1k, price.output_per_1k) for name, price in config.models.items()
+        }
+        self._default = config.default
+
+    def _rate(self, model: str | None, input_per_1k: float, output_per_1k: float) -> _ModelRate:
+        rules = tuple(r for r in self.config.resources if r.enabled and (r.models is None or model in r.models))
+        return _ModelRate(input_per_1k * NANOS / 1000, output_per_1k * NANOS / 1000, rules)
+
+    def priced_model(self, served: str | None, requested: str | None) -> str | None:
+        """The model a request is billed as: the one served when it has a price, else the one requested."""
+        if served is not None and served in self._rates:
+            return served
+        return requested if requested is not None else served
+
+    def _model_rate(self, model: str | None) -> _ModelRate:
+        rate = self._rates.get(model) if model is not None else None
+        if rate is None:
+            rate = self._rate(model, self._default.input_per_1k, self._default.output_per_1k)
+            if model is not None and len(self._rates) < 10_000:
+                self._rates[model] = rate
+        return rate
+
+    def cost_nanos(self, model: str | None, prompt_tokens: int, completion_tokens: int, requests: int = 1) -> int:
+        """What one request costs: tokens at the model's price, plus every enabled cost rule that applies to it."""
+        rate = self._rates.get(model) if model is not None else None  # the usual case, without a call
+        if rate is None:
+            rate = self._model_rate(model)
+        cost = prompt_tokens * rate.input_nanos_per_token + completion_tokens * rate.output_nanos_per_token
+        for rule in rate.rules:
+            if rule.resource == "requests":
+                units = requests
+            elif rule.resource == "prompt_tokens":
+                units = prompt_tokens
+            elif rule.resource == "completion_tokens":
+                units = completion_tokens
+            else:
+                units = prompt_tokens + completion_tokens
+            cost += units * rule.unit_cost * NANOS / rule.billing_unit
+        return round(cost)
+
+    def rates(self, model: str | None) -> tuple[float, float, float]:
+        """A request's cost as ``fixed + input * prompt_tokens + output * completion_tokens`` nanos: the three terms.
+
+        What a stream holding a money budget needs to price each event it relays, without a call per event.
+        """
+        rate = self._model_rate(model)
+        fixed, per_input, per_output = 0.0, rate.input_nanos_per_token, rate.output_nanos_per_token
+        for rule in rate.rules:
+            each = rule.unit_cost * NANOS / rule.billing_unit
+            if rule.resource == "requests":
+                fixed += each
+            elif rule.resource == "prompt_tokens":
+                per_input += each
+            elif rule.resource == "completion_tokens":
+                per_output += each
+            else:
+                per_input += each
+                per_output += each
+        return fixed, per_input, per_output
+
+    def table(self) -> dict[str, object]:
+        """The price table as the admin API shows it."""
+        return {
+            "currency": self.currency,
+            "models": {
+                name: {"input_per_1k": p.input_per_1k, "output_per_1k": p.output_per_1k} for name, p in self.config.models.items()
+            },
+            "default": {"input_per_1k": self._default.input_per_1k, "output_per_1k": self._default.output_per_1k},
+            "resources": [
+                {
+                    "resource": r.resource,
+                    "unit_cost": r.unit_cost,
+                    "billing_unit": r.billing_unit,
+                    "enabled": r.enabled,
+                    "models": list(r.models) if r.models is not None else None,
+                }
+                for r in self.config.resources
+            ],
+        }

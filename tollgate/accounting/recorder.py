@@ -1,0 +1,357 @@
+"""The account stage: :meth:`Accounting.record` on the hot path (enqueue only), everything else in a background flusher.
+
+Each flush (every ``usage.flush_interval``, sooner once ``usage.batch_size``
+records wait, and once more on graceful shutdown) turns the waiting records
+into metrics, access-log lines, security events and one batch of aggregate
+deltas written to the usage store in one round trip; then it checks quota
+thresholds and fires the alerts it wins the claim for.
+
+What a crash can lose: the records taken since the last flush (at most
+``flush_interval`` seconds or ``batch_size`` records of traffic), plus the
+deltas kept in memory while the usage store was unreachable (retried at every
+flush; bounded by the number of distinct tenant-days, not by traffic). A
+graceful stop (SIGTERM) loses nothing: in-flight requests finish, then the
+final flush runs before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tollgate.config.accounting import AccountingConfig
+from tollgate.pipeline.context import RequestContext
+from tollgate.errors import StoreError
+from tollgate.accounting.access_log import AccessLog
+from tollgate.accounting.aggregates import Batch, month_of
+from tollgate.accounting.alerts import Alert, QuotaWatch, WebhookSender, new_delivery_id, quota_status
+from tollgate.accounting.audit import AuditLog, SecurityWatch
+from tollgate.accounting.metrics import GatewayMetrics, standard_samplers
+from tollgate.accounting.pricing import Pricing
+from tollgate.accounting.records import capture
+from tollgate.accounting.sla import SlaTracker
+from tollgate.accounting.tally import Tally
+from tollgate.accounting.usage_store import FileUsageStore, MemoryUsageStore, RedisUsageStore, UsageStore
+
+__all__ = ["Accounting"]
+
+log = logging.getLogger("tollgate.accounting")
+alert_log = logging.getLogger("tollgate.alerts")
+_YIELD_EVERY = 256  # records processed between yields to the event loop during a flush
+
+
+class Accounting:
+    """Usage, cost, quotas and alerts, metrics, access and audit logs of one gateway process."""
+
+    def __init__(self, config: Any, *, state: Any = None, wall: Callable[[], float] = time.time) -> None:
+        self._config_of = (lambda: state.config) if state is not None else (lambda: config)
+        acc = _accounting_config(config)
+        self.settings = acc
+        self._wall = wall
+        self._loop_time: Callable[[], float] = time.monotonic
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._max_pending = acc.usage.max_pending
+        self._batch_size = acc.usage.batch_size
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._flush_lock: asyncio.Lock | None = None
+        self._carry: Batch | None = None
+        self._store_failing = False
+        self.dropped = 0
+        self._dropped_reported = 0
+        self.records_flushed = 0
+        self.metrics = GatewayMetrics(acc.metrics)
+        if state is not None:
+            for sampler in standard_samplers(state):
+                self.metrics.add_sampler(sampler)
+        self._pricing_cache: tuple[Any, Pricing] | None = None
+        self.base_dir = _base_dir(config)
+        self.redis: Any = None
+        self.store: UsageStore = self._open_store(config)
+        self.audit = self._open_audit()
+        self.security = SecurityWatch(acc.audit, self.audit)
+        self.access_log = AccessLog(acc.access_log)
+        self.quota_watch = QuotaWatch(acc.alerts, acc.quotas)
+        self.webhook: WebhookSender | None = None
+        if acc.alerts.webhook is not None:
+            self.webhook = WebhookSender(acc.alerts.webhook, on_outcome=lambda o: self.metrics.webhook_deliveries.labels(o).inc())
+        self.sla = SlaTracker()
+        self.principals: dict[str, Any] = {}
+        self.month_totals: dict[str, tuple[str, dict[str, int]]] = {}
+        self.metrics.add_sampler(self._sample)
+
+    # -- construction ---------------------------------------------------------
+    def _open_store(self, config: Any) -> UsageStore:
+        usage = self.settings.usage
+        store_cfg = getattr(config, "store", None)
+        backend = usage.backend
+        url = usage.url or getattr(store_cfg, "url", None)
+        if backend == "auto":
+            if getattr(store_cfg, "backend", "embedded") == "redis" or usage.url is not None:
+                backend = "redis"
+            else:
+                backend = "file" if usage.path is not None else "memory"
+        if backend == "redis":
+            if url is None:
+                raise ValueError("usage: the redis backend needs usage.url or store.url")
+            cluster = bool(getattr(store_cfg, "cluster", False))
+            self.redis = _redis_client(url, cluster)
+            return RedisUsageStore(
+                self.redis, usage.key_prefix, usage.daily_ttl, usage.monthly_ttl,
+                transaction=not cluster, max_end_users=usage.max_end_users,
+            )
+        if backend == "file":
+            assert usage.path is not None
+            return FileUsageStore(
+                self._resolve(usage.path), usage.daily_ttl, usage.monthly_ttl, clock=self._wall, max_end_users=usage.max_end_users
+            )
+        return MemoryUsageStore(usage.daily_ttl, usage.monthly_ttl, clock=self._wall, max_end_users=usage.max_end_users)
+
+    def _open_audit(self) -> AuditLog:
+        cfg = self.settings.audit
+        on_event = lambda kind: self.metrics.audit_events.labels(kind).inc()  # noqa: E731
+        backend = cfg.backend
+        if backend == "auto":
+            backend = "redis" if self.redis is not None else ("file" if cfg.path is not None else "memory")
+        if backend == "redis":
+            if self.redis is None:
+                raise ValueError("audit: the redis backend needs the usage store on redis")
+            return AuditLog(cfg, redis=self.redis, clock=self._wall, on_event=on_event)
+        if backend == "file" and cfg.path is not None:
+            return AuditLog(cfg, path=self._resolve(cfg.path), clock=self._wall, on_event=on_event)
+        return AuditLog(cfg, clock=self._wall, on_event=on_event)
+
+    def _resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() or self.base_dir is None else self.base_dir / p
+
+    def pricing(self) -> Pricing:
+        """The price table of the config version in force (compiled once per version)."""
+        acc = _accounting_config(self._config_of())
+        cached = self._pricing_cache
+        if cached is None or cached[0] is not acc.pricing:
+            cached = self._pricing_cache = (acc.pricing, Pricing(acc.pricing))
+        return cached[1]
+
+    @property
+    def current(self) -> AccountingConfig:
+        return _accounting_config(self._config_of())
+
+    # -- the hot path -----------------------------------------------------------
+    def record(self, ctx: RequestContext) -> None:
+        """Queue ``ctx``'s outcome for accounting: O(1), never waits, never raises."""
+        try:
+            queue = self._queue
+            if len(queue) >= self._max_pending:
+                self.dropped += 1
+                return
+            queue.append(capture(ctx, self._loop_time(), self._wall()))
+            if len(queue) >= self._batch_size and self._wake is not None:
+                self._wake.set()
+        except Exception:  # accounting must never fail a request
+            log.exception("accounting: cannot record request %s", getattr(ctx, "request_id", "?"))
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    # -- lifecycle --------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop_time = loop.time  # the clock of ctx.started
+        self._wake = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self.access_log.open()
+        if self.webhook is not None:
+            self.webhook.start()
+        self._task = asyncio.create_task(self._run(), name="accounting-flusher")
+        log.info("accounting: usage in %s, audit in %s", self.store.description, self.audit.description)
+        if isinstance(self.store, MemoryUsageStore):
+            log.warning("accounting: no usage.path and no Redis store: usage aggregates are lost on restart")
+
+    async def close(self) -> None:
+        """Stop the flusher and flush what is left (graceful shutdown: the requests have finished by now)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("accounting: final flush failed")
+        if self._carry is not None:
+            log.error("accounting: the usage store is unreachable; %d unwritten aggregate deltas are lost", self._carry.size())
+        if self.webhook is not None:
+            await self.webhook.close()
+        self.access_log.close()
+        await self.store.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        interval = self.settings.usage.flush_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("accounting: flush failed")
+
+    # -- the flush ---------------------------------------------------------------
+    async def flush(self) -> int:
+        """Process every waiting record; returns how many."""
+        lock = self._flush_lock or asyncio.Lock()
+        async with lock:
+            records, self._queue = self._queue, deque()
+            acc = self.current
+            pricing = self.pricing()
+            currency = pricing.currency
+            metrics, access, security, sla = self.metrics, self.access_log, self.security, self.sla
+            tally = Tally(pricing, access.wants_status if access.config.enabled else None, security.STATUSES)
+            pending = iter(records)
+            while True:  # yield to the event loop between slices of records
+                tally.fold(islice(pending, _YIELD_EVERY))
+                if tally.records == len(records):
+                    break
+                await asyncio.sleep(0)
+            metrics.apply(tally, currency)
+            sla.observe_tally(tally, acc.metrics)
+            batch = Batch()
+            batch.add_tally(tally)
+            for e in tally.watched_entries:
+                security.observe(e)
+            self.principals.update(tally.principals)
+            if self.dropped != self._dropped_reported:
+                metrics.accounting_dropped.inc(self.dropped - self._dropped_reported)
+                log.error("accounting: %d records dropped (pending queue full)", self.dropped - self._dropped_reported)
+                self._dropped_reported = self.dropped
+            await access.write(tally.logged, currency)
+            await self._write(batch)
+            await self._flush_audit()
+            self.records_flushed += len(records)
+            return len(records)
+
+    async def _write(self, batch: Batch) -> None:
+        if self._carry is not None:
+            batch.merge(self._carry)
+            self._carry = None
+        if not batch:
+            return
+        try:
+            totals = await self.store.apply(batch)
+        except StoreError as exc:
+            self._carry = batch
+            self.metrics.accounting_flushes.labels("failed").inc()
+            if not self._store_failing:
+                log.error("accounting: usage store write failed, keeping the deltas for the next flush: %s", exc)
+            self._store_failing = True
+            return
+        if self._store_failing:
+            log.info("accounting: usage store writable again")
+        self._store_failing = False
+        self.metrics.accounting_flushes.labels("ok").inc()
+        for (tenant, month), fields in totals.items():
+            self.month_totals[tenant] = (month, fields)
+        await self._check_quotas(totals)
+
+    async def _check_quotas(self, totals: dict[tuple[str, str], dict[str, int]]) -> None:
+        candidates = self.quota_watch.candidates(totals, self.principals)
+        if not candidates:
+            return
+        try:
+            won = await self.store.claim([(a.tenant, a.period, a.name) for a in candidates])
+        except StoreError as exc:
+            log.error("accounting: cannot claim quota alerts (retried at the next crossing check): %s", exc)
+            return
+        self.quota_watch.known(candidates)
+        for alert, mine in zip(candidates, won):
+            if mine:
+                self._fire(alert)
+
+    def _fire(self, alert: Alert) -> None:
+        payload = {**alert.to_json(), "delivery": new_delivery_id(), "ts": self._wall()}
+        log_fn = alert_log.error if alert.severity == "critical" else alert_log.warning
+        log_fn("quota alert %s", orjson.dumps(payload).decode(), extra={"event": payload})
+        self.metrics.alert(alert.tenant, alert.quota, alert.severity)
+        self.audit.record("quota_alert", actor="gateway", tenant=alert.tenant, target=alert.quota, detail=payload)
+        if self.webhook is not None:
+            self.webhook.enqueue(payload)
+
+    async def _flush_audit(self) -> None:
+        try:
+            await self.audit.flush()
+        except StoreError as exc:
+            log.error("accounting: %s (kept for the next flush)", exc)
+
+    # -- reading ------------------------------------------------------------------
+    def _sample(self, metrics: GatewayMetrics) -> None:
+        metrics.set_queue_depth("accounting", len(self._queue))
+        if self.webhook is not None:
+            metrics.set_queue_depth("alert_webhook", self.webhook.pending)
+
+    def principal_of(self, tenant: str, state: Any = None) -> Any:
+        """The tenant's principal (plan and limits): from the identity directory when there is one, else the last seen."""
+        registry = getattr(state, "registry", None)
+        directory = getattr(registry, "directory", None)
+        entry = getattr(directory, "tenants", {}).get(tenant) if directory is not None else None
+        if entry is not None and getattr(entry, "principal", None) is not None:
+            return entry.principal
+        return self.principals.get(tenant)
+
+    async def quota(self, tenant: str, state: Any = None) -> dict[str, Any]:
+        month = month_of(self._wall())
+        fields, _days = await self.store.read(tenant, month)
+        principal = self.principal_of(tenant, state)
+        statuses = quota_status(tenant, principal, fields, self.current.quotas)
+        fired = await self.store.fired(tenant, month)
+        return {
+            "tenant": tenant,
+            "period": month,
+            "plan": getattr(principal, "plan", None),
+            "quotas": [s.to_json() for s in statuses],
+            "alerts_fired": fired,
+        }
+
+    def spend_exhausted(self, tenant: str, plan: str | None) -> bool:
+        """True when the tenant's spend this month (as of the last flush) reached its quota: for the admit stage, O(1)."""
+        known = self.month_totals.get(tenant)
+        limit = self.current.quotas.spend_limit(tenant, plan)
+        if known is None or not limit or known[0] != month_of(self._wall()):
+            return False
+        return known[1].get("cost_n", 0) >= limit * 1_000_000_000
+
+
+def _accounting_config(config: Any) -> AccountingConfig:
+    return getattr(config, "accounting", None) or AccountingConfig()
+
+
+def _base_dir(config: Any) -> Path | None:
+    source = getattr(config, "source", "<memory>")
+    if not source or source.startswith("<"):
+        return None
+    return Path(source).resolve().parent
+
+
+def _redis_client(url: str, cluster: bool) -> Any:
+    if cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    from redis.asyncio import Redis
+
+    return Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)

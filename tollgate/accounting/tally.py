@@ -1,0 +1,129 @@
+"""A flush's records folded into groups of identical labels, so metrics, SLA and aggregates are updated once per group.
+
+A group is every record of the batch with the same tenant, plan, billed
+model, upstream, status, usage source and UTC day: what any metric label or
+aggregate key is made of. Per record the flusher only derives the fields
+(:func:`~.records.fields_of`), finds its group and appends four latencies;
+the :class:`~.records.Entry` is built only for a record the access log
+samples in or the security watch looks at. Consumers then read the groups:
+:meth:`GatewayMetrics.apply <.metrics.GatewayMetrics.apply>`,
+:meth:`SlaTracker.observe_many <.sla.SlaTracker.observe_many>`,
+:meth:`Batch.add_group <.aggregates.Batch.add_group>`. The end user is no part of a group
+(it is never a metric label): its sums are kept apart, for the usage aggregates only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from tollgate.accounting.records import Entry, fields_of
+
+__all__ = ["Group", "GroupKey", "Tally"]
+
+# tenant, plan, billed model, upstream, status, usage reported, UTC day (days since the epoch: wall // 86400)
+GroupKey = tuple[str, str | None, str | None, str | None, int, bool, float]
+
+_DAY = 86400.0
+
+
+class Group:
+    """The records of one group: token and cost sums, and every latency in seconds (upstream and TTFB when there was one)."""
+
+    __slots__ = ("prompt_tokens", "completion_tokens", "cost_nanos", "total_s", "upstream_s", "overhead_s", "ttfb_s")
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cost_nanos = 0
+        self.total_s: list[float] = []  # one per record: its length is the group's request count
+        self.upstream_s: list[float] = []
+        self.overhead_s: list[float] = []
+        self.ttfb_s: list[float] = []
+
+    @property
+    def requests(self) -> int:
+        return len(self.total_s)
+
+
+class Tally:
+    """Folds captured records (:func:`~.records.capture` tuples) into :class:`Group` s, in first-seen order.
+
+    ``log_wanted(status, client_disconnected)`` says whether the access log
+    takes a record (``None``: it takes none); ``watched`` are the statuses the
+    security watch looks at. Those records become entries, in record order:
+    :attr:`logged` and :attr:`watched_entries`. :attr:`principals` is the last
+    principal seen per tenant. :attr:`users` sums, per (tenant, end user, UTC
+    day), the requests that reached an upstream and had an end user: requests,
+    errors, prompt and completion tokens, cost in nanos.
+    """
+
+    __slots__ = ("groups", "logged", "watched_entries", "principals", "users", "records", "_pricing", "_log_wanted", "_watched")
+
+    def __init__(self, pricing: Any, log_wanted: Callable[[int, bool], bool] | None, watched: frozenset[int]) -> None:
+        self.groups: dict[GroupKey, Group] = {}
+        self.logged: list[Entry] = []
+        self.watched_entries: list[Entry] = []
+        self.principals: dict[str, Any] = {}
+        self.users: dict[tuple[str, str, float], list[int]] = {}
+        self.records = 0
+        self._pricing = pricing
+        self._log_wanted = log_wanted
+        self._watched = watched
+
+    def fold(self, records: Iterable[tuple[Any, ...]]) -> None:
+        groups, principals, users, pricing = self.groups, self.principals, self.users, self._pricing
+        log_wanted, watched, logged, watched_entries = self._log_wanted, self._watched, self.logged, self.watched_entries
+        n = 0
+        for rec in records:
+            n += 1
+            f = fields_of(rec, pricing)
+            (
+                _rid, wall, tenant, _key_id, user, plan, _ns, _endpoint, _model, _served, priced, upstream, status,
+                _error, _stream, disconnected, _ip, prompt, completion, reported, cost, total, upstream_s, overhead_s,
+                ttfb_s, _attempts, principal,
+            ) = f
+            key = (tenant, plan, priced, upstream, status, reported, wall // _DAY)
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = Group()
+            g.total_s.append(total)
+            g.overhead_s.append(overhead_s)
+            if upstream is not None:
+                g.upstream_s.append(upstream_s)
+            if ttfb_s is not None:
+                g.ttfb_s.append(ttfb_s)
+            if prompt:
+                g.prompt_tokens += prompt
+            if completion:
+                g.completion_tokens += completion
+            if cost:
+                g.cost_nanos += cost
+            if principal is not None:
+                principals[tenant] = principal
+            if user is not None and upstream is not None:
+                ukey = (tenant, user, key[6])
+                u = users.get(ukey)
+                if u is None:
+                    users[ukey] = [1, 1 if status >= 400 else 0, prompt, completion, cost]
+                else:
+                    u[0] += 1
+                    if status >= 400:
+                        u[1] += 1
+                    u[2] += prompt
+                    u[3] += completion
+                    u[4] += cost
+            entry = None
+            if status in watched:
+                entry = Entry(*f)
+                watched_entries.append(entry)
+            if log_wanted is not None and log_wanted(status, disconnected):
+                logged.append(entry or Entry(*f))
+        self.records += n
+
+    def __iter__(self) -> Iterator[tuple[GroupKey, Group]]:
+        return iter(self.groups.items())
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+

@@ -1,0 +1,236 @@
+"""Admin routes of accounting: ``/metrics``, usage and bills, CSV exports, quotas, SLA, pricing and the audit log.
+
+    GET /metrics                                   Prometheus text format (every worker's values)
+    GET /admin/tenants/{id}/usage?period=YYYY-MM   requests, tokens and cost by model and by day
+    GET /admin/tenants/{id}/usage.csv?period=...   the same, one CSV row per day and model
+    GET /admin/usage.csv?period=YYYY-MM            every tenant of the period, one row per tenant, day and model
+    GET /admin/tenants/{id}/usage?user=<end user>  that end user's requests, errors, tokens and cost in the period
+    GET /admin/tenants/{id}/usage/users?period=    the same for every end user kept apart, and the rest as "other"
+    GET /admin/tenants/{id}/quota                  used / limit / percent per quota this month, alerts fired
+    GET /admin/tenants/{id}/audit                  that tenant's audit events (same filters as below)
+    GET /admin/audit?tenant=&since=&until=&limit=  audit events, newest first (since/until: Unix seconds or ISO 8601)
+    GET /admin/sla                                 per plan: overhead p99 target, observed p99, violations
+    GET /admin/pricing                             the price table and cost rules in force
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import csv
+import io
+import re
+import time
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from tollgate.errors import BadRequest
+from tollgate.edge.answers import json_response
+from tollgate.identity.end_user import checked_end_user
+from tollgate.runtime.state import STATE
+from tollgate.admin.audit import audit_admin_changes
+from tollgate.accounting.aggregates import OTHER_USERS, USER_FIELDS, month_of, split_models
+from tollgate.accounting.metrics import CONTENT_TYPE
+from tollgate.accounting.pricing import to_money
+
+__all__ = ["add_accounting_routes"]
+
+_PERIOD = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+_CSV_HEADER = ("tenant", "date", "model", "requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost", "currency")
+
+
+def add_accounting_routes(app: web.Application) -> None:
+    """Register the accounting routes on the admin application, and the audit of every admin write."""
+    app.middlewares.append(audit_admin_changes)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/admin/tenants/{tenant}/usage", tenant_usage)
+    app.router.add_get("/admin/tenants/{tenant}/usage.csv", tenant_usage_csv)
+    app.router.add_get("/admin/tenants/{tenant}/usage/users", tenant_end_users)
+    app.router.add_get("/admin/usage.csv", all_usage_csv)
+    app.router.add_get("/admin/tenants/{tenant}/quota", tenant_quota)
+    app.router.add_get("/admin/tenants/{tenant}/audit", tenant_audit)
+    app.router.add_get("/admin/audit", audit)
+    app.router.add_get("/admin/sla", sla)
+    app.router.add_get("/admin/pricing", pricing)
+
+
+def _accounting(request: web.Request) -> Any:
+    return request.app[STATE].accounting
+
+
+def _period(request: web.Request) -> str:
+    period = request.query.get("period") or month_of(time.time())
+    if not _PERIOD.fullmatch(period):
+        raise BadRequest("period must be a month as YYYY-MM", param="period", code="invalid_period")
+    return period
+
+
+def _usage_view(fields: dict[str, Any]) -> dict[str, Any]:
+    totals, models = split_models(fields)
+    return {
+        **_amounts(totals),
+        "errors": totals["errors"],
+        "estimated": {
+            "requests": totals["est_requests"],
+            "prompt_tokens": totals["est_prompt_tokens"],
+            "completion_tokens": totals["est_completion_tokens"],
+        },
+        "by_model": {m: _amounts(v) for m, v in sorted(models.items())},
+    }
+
+
+def _amounts(fields: dict[str, int]) -> dict[str, Any]:
+    prompt, completion = fields.get("prompt_tokens", 0), fields.get("completion_tokens", 0)
+    return {
+        "requests": fields.get("requests", 0),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "cost": to_money(fields.get("cost_n", 0)),
+    }
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = _accounting(request).metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def _end_user_view(fields: dict[str, int]) -> dict[str, Any]:
+    return {**_amounts(fields), "errors": fields.get("errors", 0)}
+
+
+async def tenant_usage(request: web.Request) -> web.Response:
+    acc = _accounting(request)
+    tenant, period = request.match_info["tenant"], _period(request)
+    if "user" in request.query:
+        return await _end_user_usage(request, tenant, period)
+    month, days = await acc.store.read(tenant, period)
+    return json_response(
+        {
+            "tenant": tenant,
+            "period": period,
+            "currency": acc.pricing().currency,
+            **_usage_view(month),
+            "by_day": {day: _usage_view(fields) for day, fields in sorted(days.items())},
+        }
+    )
+
+
+async def _end_user_usage(request: web.Request, tenant: str, period: str) -> web.Response:
+    """One end user's usage in the period: zeros when none was kept for it (see ``usage.max_end_users``)."""
+    acc = _accounting(request)
+    limit = request.app[STATE].config.identity.end_user.max_length
+    user = checked_end_user(request.query["user"], "user", limit, "user")
+    if user is None:
+        raise BadRequest("user must name an end user", param="user", code="invalid_value")
+    fields = (await acc.store.users(tenant, period, user)).get(user, {})
+    return json_response(
+        {"tenant": tenant, "period": period, "currency": acc.pricing().currency, "user": user, **_end_user_view(fields)}
+    )
+
+
+async def tenant_end_users(request: web.Request) -> web.Response:
+    acc = _accounting(request)
+    tenant, period = request.match_info["tenant"], _period(request)
+    users = await acc.store.users(tenant, period)
+    other = users.pop(OTHER_USERS, dict.fromkeys(USER_FIELDS, 0))
+    return json_response(
+        {
+            "tenant": tenant,
+            "period": period,
+            "currency": acc.pricing().currency,
+            "max_end_users": acc.settings.usage.max_end_users,
+            "users": {u: _end_user_view(fields) for u, fields in sorted(users.items())},
+            # The end users past max_end_users this period, added up.
+            "other": _end_user_view(other),
+        }
+    )
+
+
+def _csv_rows(tenant: str, days: dict[str, dict[str, Any]], currency: str) -> list[tuple[Any, ...]]:
+    rows = []
+    for day, fields in sorted(days.items()):
+        _totals, models = split_models(fields)
+        for model, v in sorted(models.items()):
+            a = _amounts(v)
+            rows.append((tenant, day, model, a["requests"], a["prompt_tokens"], a["completion_tokens"], a["total_tokens"], f"{a['cost']:.9f}", currency))
+    return rows
+
+
+def _csv_response(rows: list[tuple[Any, ...]], filename: str) -> web.Response:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(_CSV_HEADER)
+    writer.writerows(rows)
+    return web.Response(
+        text=out.getvalue(),
+        content_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+async def tenant_usage_csv(request: web.Request) -> web.Response:
+    acc = _accounting(request)
+    tenant, period = request.match_info["tenant"], _period(request)
+    _month, days = await acc.store.read(tenant, period)
+    return _csv_response(_csv_rows(tenant, days, acc.pricing().currency), f"usage-{tenant}-{period}.csv")
+
+
+async def all_usage_csv(request: web.Request) -> web.Response:
+    acc = _accounting(request)
+    period = _period(request)
+    currency = acc.pricing().currency
+    rows: list[tuple[Any, ...]] = []
+    for tenant in await acc.store.tenants(period):
+        _month, days = await acc.store.read(tenant, period)
+        rows.extend(_csv_rows(tenant, days, currency))
+    return _csv_response(rows, f"usage-{period}.csv")
+
+
+async def tenant_quota(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return json_response(await state.accounting.quota(request.match_info["tenant"], state))
+
+
+def _when(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return float(raw)  # Unix seconds
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise BadRequest(f"{name} must be Unix seconds or an ISO 8601 time", param=name, code="invalid_time") from None
+
+
+async def _audit_list(request: web.Request, tenant: str | None) -> web.Response:
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise BadRequest("limit must be an integer", param="limit", code="invalid_limit") from None
+    if not 1 <= limit <= 10_000:
+        raise BadRequest("limit must be within 1..10000", param="limit", code="invalid_limit")
+    events = await _accounting(request).audit.list(
+        tenant=tenant, since=_when(request, "since"), until=_when(request, "until"), limit=limit
+    )
+    return json_response({"events": events})
+
+
+async def tenant_audit(request: web.Request) -> web.Response:
+    return await _audit_list(request, request.match_info["tenant"])
+
+
+async def audit(request: web.Request) -> web.Response:
+    return await _audit_list(request, request.query.get("tenant"))
+
+
+async def sla(request: web.Request) -> web.Response:
+    acc = _accounting(request)
+    return json_response(acc.sla.report(acc.current.metrics))
+
+
+async def pricing(request: web.Request) -> web.Response:
+    return json_response(_accounting(request).pricing().table())

@@ -1,0 +1,131 @@
+"""The HTTP edge: the one place that maps gateway errors to statuses and OpenAI-shaped JSON bodies.
+
+The public listener answers with :class:`Response` objects, which its HTTP
+server (``httpserver.py``) writes as they are: ``error_answer``,
+``internal_error_answer`` and ``json_answer`` make them. The admin listener
+is an aiohttp application: ``error_response``, ``internal_error_response``
+and ``json_response`` turn the same answers into aiohttp responses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tollgate.errors import BadRequest, Conflict, Forbidden, GatewayError, HeadersTooLarge, MethodNotAllowed, NotFound, Overloaded, PayloadTooLarge, RateLimited, StoreError, Unauthenticated, UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+
+__all__ = [
+    "Response",
+    "status_for",
+    "error_body",
+    "error_answer",
+    "internal_error_answer",
+    "json_answer",
+    "as_aiohttp",
+    "error_response",
+    "internal_error_response",
+    "json_response",
+    "request_id_from",
+    "new_request_id",
+    "REQUEST_ID_HEADER",
+]
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+# Most specific class first: the first match wins.
+_STATUS: tuple[tuple[type[GatewayError], int], ...] = (
+    (HeadersTooLarge, 431),
+    (PayloadTooLarge, 413),
+    (MethodNotAllowed, 405),
+    (NotFound, 404),
+    (Conflict, 409),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (RateLimited, 429),
+    (BadRequest, 400),
+    (UpstreamTimeout, 504),
+    (UpstreamUnavailable, 503),
+    (UpstreamBadResponse, 502),
+    (UpstreamError, 502),
+    (Overloaded, 503),
+    (StoreError, 503),
+)
+
+
+def status_for(exc: GatewayError) -> int:
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_body(message: str, error_type: str, code: str | None = None, param: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": error_type, "code": code, "param": param}})
+
+
+class Response:
+    """A complete answer of the public listener: status, headers, body, written in one piece by the HTTP server."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int = 200, body: bytes = b"", headers: Mapping[str, str] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
+_JSON = "application/json"
+
+
+def error_answer(exc: GatewayError, request_id: str) -> Response:
+    """The OpenAI-shaped error for ``exc``, with its status and headers (``Retry-After``...)."""
+    headers = {"Content-Type": _JSON, REQUEST_ID_HEADER: request_id, **exc.headers}
+    return Response(status_for(exc), error_body(exc.message, exc.error_type, exc.code, exc.param), headers)
+
+
+def internal_error_answer(request_id: str) -> Response:
+    """A bug on our side: say so without a traceback, and point at the request id in our logs."""
+    message = f"internal gateway error; quote request id {request_id} when reporting it"
+    return Response(500, error_body(message, "server_error", "internal_error"), {"Content-Type": _JSON, REQUEST_ID_HEADER: request_id})
+
+
+def json_answer(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(status, orjson.dumps(data), {"Content-Type": _JSON, **(headers or {})})
+
+
+def as_aiohttp(answer: Response) -> web.Response:
+    """The same answer as an aiohttp response, for the admin listener."""
+    return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+
+def error_response(exc: GatewayError, request_id: str) -> web.Response:
+    """:func:`error_answer` for the admin listener (aiohttp)."""
+    return as_aiohttp(error_answer(exc, request_id))
+
+
+def internal_error_response(request_id: str) -> web.Response:
+    """:func:`internal_error_answer` for the admin listener (aiohttp)."""
+    return as_aiohttp(internal_error_answer(request_id))
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """:func:`json_answer` for the admin listener (aiohttp)."""
+    return as_aiohttp(json_answer(data, status=status, headers=headers))
+
+
+def new_request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+def request_id_from(value: str | None) -> str:
+    """Keep a client's well-formed ``x-request-id``; otherwise make one."""
+    if value is not None and _REQUEST_ID.fullmatch(value):
+        return value
+    return new_request_id()
+

@@ -1,0 +1,245 @@
+"""The gateway's exception tree, in OpenAI's error vocabulary; the HTTP status for each is chosen at the edge (tollgate/edge/answers.py).
+
+    GatewayError
+    ├── ConfigError                  a configuration was refused (carries every problem)
+    ├── RequestError                 the client sent something we cannot accept
+    │   ├── BadRequest               malformed JSON, missing field, failed field_check   -> 400
+    │   ├── NotFound                 unknown path or model                                -> 404
+    │   ├── MethodNotAllowed                                                              -> 405
+    │   ├── PayloadTooLarge                                                               -> 413
+    │   ├── HeadersTooLarge                                                               -> 431
+    │   ├── Unauthenticated          no or bad credential                                 -> 401
+    │   ├── Forbidden                suspended tenant, model not allowed, forged claim    -> 403
+    │   └── RateLimited              a limit refused the request                          -> 429
+    │       └── QuotaExhausted       a money budget does not cover the request            -> 429
+    ├── UpstreamError                the model provider failed us
+    │   ├── UpstreamBadResponse      connection reset, bad status, malformed body         -> 502
+    │   │   └── UpstreamAuthError    the provider refused the gateway's own credential    -> 502
+    │   ├── UpstreamUnavailable      no healthy deployment, every fallback exhausted      -> 503
+    │   └── UpstreamTimeout          connect / first byte / idle / total timeout          -> 504
+    ├── Overloaded                   the gateway sheds load                                -> 503
+    └── StoreError                   the limiter store failed or exceeded its budget
+        ├── StoreTimeout             a call sent to the store got no answer within its budget
+        └── StoreUnavailable         the call never reached the store (circuit open, cannot connect)
+            └── StoreOverloaded      (also an Overloaded) the gateway's own queue for the store is
+                                     full past store.queue_timeout: 503, never a fail-mode answer
+
+A StoreError other than StoreOverloaded makes the limiter apply each limit's
+fail mode; a StoreUnavailable one is known not to have been applied, so a
+settlement that met it can be replayed later.
+
+Domain code raises these; only the edge turns them into OpenAI-shaped JSON.
+
+The ``type`` of each is OpenAI's: ``invalid_request_error`` for what the
+client sent (a bad key too, code ``invalid_api_key``), ``requests`` or
+``tokens`` for a rate limit (code ``rate_limit_exceeded``),
+``insufficient_quota`` for a spent budget, ``server_error`` for the rest.
+An error that tells the client when to come back carries ``Retry-After``
+(whole seconds) and ``retry-after-ms``, which OpenAI's SDKs read first; one
+that retrying cannot cure carries ``x-should-retry: false``, which they obey.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GatewayError",
+    "ConfigError",
+    "RequestError",
+    "BadRequest",
+    "NotFound",
+    "MethodNotAllowed",
+    "PayloadTooLarge",
+    "HeadersTooLarge",
+    "Unauthenticated",
+    "Forbidden",
+    "RateLimited",
+    "QuotaExhausted",
+    "UpstreamError",
+    "UpstreamBadResponse",
+    "UpstreamAuthError",
+    "UpstreamUnavailable",
+    "UpstreamTimeout",
+    "Overloaded",
+    "StoreError",
+    "StoreTimeout",
+    "StoreUnavailable",
+    "StoreOverloaded",
+]
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose.
+
+    ``code`` is a short machine-readable reason (OpenAI's ``error.code``),
+    ``param`` names the offending request field when there is one.
+    """
+
+    error_type = "server_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code if code is not None else self.default_code
+        self.param = param
+        self.headers = dict(headers) if headers else {}
+        retry_after = self.headers.get("Retry-After")
+        if retry_after is not None and "retry-after-ms" not in self.headers and retry_after.isdigit():
+            self.headers["retry-after-ms"] = f"{int(retry_after) * 1000}"  # its form that OpenAI's SDKs read first
+
+
+class ConfigError(GatewayError):
+    """A configuration was refused; ``problems`` lists ``path: reason`` lines."""
+
+    default_code = "invalid_config"
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
+
+
+class RequestError(GatewayError):
+    error_type = "invalid_request_error"
+
+
+class BadRequest(RequestError):
+    default_code = "invalid_request"
+
+
+class NotFound(RequestError):
+    default_code = "not_found"
+
+
+class Conflict(RequestError):
+    """The request would create what already exists (a tenant, a key, a namespace, a rule)."""
+
+    default_code = "conflict"
+
+
+class MethodNotAllowed(RequestError):
+    default_code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(message, headers={"Allow": ", ".join(allowed)} if allowed else None)
+
+
+class PayloadTooLarge(RequestError):
+    default_code = "request_too_large"
+
+
+class HeadersTooLarge(RequestError):
+    default_code = "headers_too_large"
+
+
+class Unauthenticated(RequestError):
+    """OpenAI answers a missing or wrong key with ``invalid_request_error`` and code ``invalid_api_key``."""
+
+    default_code = "invalid_api_key"
+
+
+class Forbidden(RequestError):
+    default_code = "forbidden"
+
+
+class RateLimited(RequestError):
+    """A limit refused the request; ``error_type`` names what ran out, as OpenAI does: ``requests`` or ``tokens``."""
+
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, param=param, headers=headers)
+        if error_type is not None:
+            self.error_type = error_type
+
+
+class QuotaExhausted(RateLimited):
+    """A money budget is spent: OpenAI's ``insufficient_quota``; ``x-should-retry: false`` keeps SDKs from retrying it."""
+
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers={**(headers or {}), "x-should-retry": "false"})
+
+
+class UpstreamError(GatewayError):
+    pass
+
+
+class UpstreamBadResponse(UpstreamError):
+    default_code = "bad_gateway"
+
+
+class UpstreamAuthError(UpstreamBadResponse):
+    """An upstream answered 401 or 403 to the gateway's own credential: the operator's to fix, never the client's.
+
+    ``message`` is the gateway's; the provider's text (``upstream_text``) goes to the log only. A retry
+    within seconds cannot cure it: ``x-should-retry: false``.
+    """
+
+    default_code = "upstream_auth_error"
+
+    def __init__(self, upstream: str, status: int, upstream_text: str) -> None:
+        super().__init__(
+            f"the model provider behind upstream {upstream!r} refused the gateway's credentials ({status}); "
+            "the gateway's operator has to fix this, a retry will not help until then",
+            headers={"x-should-retry": "false"},
+        )
+        self.upstream = upstream
+        self.status = status
+        self.upstream_text = upstream_text
+
+
+class UpstreamUnavailable(UpstreamError):
+    default_code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    default_code = "upstream_timeout"
+
+
+class Overloaded(GatewayError):
+    default_code = "overloaded"
+
+
+class StoreError(GatewayError):
+    """The limiter store (Redis or embedded) failed; wraps the driver's error."""
+
+    default_code = "store_error"
+
+
+class StoreTimeout(StoreError):
+    default_code = "store_timeout"
+
+
+class StoreUnavailable(StoreError):
+    """The call never reached the store: its circuit is open, or no connection could be made."""
+
+    default_code = "store_unavailable"
+
+
+class StoreOverloaded(Overloaded, StoreUnavailable):
+    """A store call waited in the gateway's own queue (for a connection) past ``store.queue_timeout``.
+
+    The store was not asked, so no fail mode answers for it: the request is
+    refused with 503 ``overloaded`` (the edge picks the status of Overloaded).
+    """
+
+    error_type = "overloaded_error"
+    default_code = "overloaded"

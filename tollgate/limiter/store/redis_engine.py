@@ -1,0 +1,596 @@
+"""The Redis engine: EVALSHA with transparent NOSCRIPT reload, coalesced pipelines, a time budget and a breaker.
+
+Standalone Redis and Redis Cluster share everything but the transport. Calls
+issued in the same event-loop tick are coalesced into one pipeline (one
+network round trip); on Cluster, redis-py splits a pipeline per node. On
+standalone Redis a pipeline is written in the tick that fills it when a
+connection is idle, and a tick that queues :data:`EAGER_BATCH` calls sends
+them at once, then starts the next pipeline: Redis works on the first
+admissions while the gateway still prepares the rest, instead of every
+admission of a busy tick waiting for the whole batch to be prepared and
+then for Redis to run all of it. A call
+that finds its script missing (``SCRIPT FLUSH``, a restarted or failed-over
+server) is re-sent once with ``EVAL``, which also caches it again: callers
+never see ``NOSCRIPT``.
+
+Two bounds, one for the store and one for the gateway itself (standalone):
+
+* ``timeout`` is the store's time budget, counted from when a pipeline is
+  written. When it runs out and the store has sent nothing back, the call
+  fails with :class:`StoreTimeout` and the caller applies the limit's fail
+  mode. A reply that has arrived but not been read yet (the event loop was
+  busy) is not a timeout: the budget is extended until it is read. A call
+  that timed out may still be applied by Redis (a paused server, when it
+  resumes): conservative for limits, never an over-admission by Redis.
+* ``queue_timeout`` bounds the wait for a connection inside the gateway
+  (all ``max_connections`` busy). Past it the call fails with
+  :class:`StoreOverloaded`: the request gets a 503, never a fail-mode answer,
+  since the store was not asked, and the breaker does not count it.
+
+Connections are opened and the scripts loaded by :meth:`RedisEngine.start`,
+before the first request; connections dropped later are opened again in the
+background after the next successful call. Consecutive failures of calls
+that reached Redis (errors, timeouts, refused connections) open the circuit
+breaker; while open, calls fail at once (:class:`StoreUnavailable`) without
+waiting, and a probe goes through after ``open_seconds``, later and later
+while Redis stays down. On Cluster the whole call runs under ``timeout``
+(redis-py owns its connections there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import select
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import hiredis
+from redis.asyncio import Redis, RedisCluster
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.retry import Retry
+
+from tollgate.clock import Clock
+from tollgate.errors import StoreError, StoreOverloaded, StoreTimeout, StoreUnavailable
+from tollgate.limiter.store.breaker import CLOSED, BreakerSettings, CircuitBreaker
+from tollgate.limiter.store.engine import Arg, EngineStats, ScriptCall
+from tollgate.limiter.store.scripts import Script, load_scripts
+
+__all__ = ["RedisEngine", "EAGER_BATCH", "WARM_CONNECTIONS", "QUEUE_TIMEOUT"]
+
+log = logging.getLogger("tollgate.store")
+
+# Calls queued in one tick leave in pipelines of at most this many, each as soon as it is full. Measured on the
+# full-policy benchmark (64 connections, 5-limit admissions): with one pipeline per tick the gateway waited on
+# Redis 23 % of the time; 8 to 24 all kept it busy, 16 was best, 32 let the wait come back.
+EAGER_BATCH = 16
+# Connections opened by start() and kept open: a burst right after start finds them ready instead of connecting.
+WARM_CONNECTIONS = 16
+# Default bound of the wait for a connection inside the gateway (seconds); then StoreOverloaded (503).
+QUEUE_TIMEOUT = 2.0
+
+
+class _Slots:
+    """At most ``limit`` round trips at once: taken at once when one is free, else awaited in arrival order."""
+
+    __slots__ = ("limit", "busy", "_waiters")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.busy = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def take_now(self) -> bool:
+        if self.busy < self.limit and not self._waiters:
+            self.busy += 1
+            return True
+        return False
+
+    async def take(self, timeout: float | None = None) -> None:
+        """Waits at most ``timeout`` seconds for a slot (TimeoutError past it)."""
+        if self.take_now():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except BaseException:  # cancelled, or waited past the bound
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a slot just as it was cancelled: pass it on
+            elif waiter in self._waiters:  # give() drops cancelled waiters it meets
+                self._waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        """Hands the slot to the longest waiter, or frees it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.busy -= 1
+
+
+def _answer_waiting(conn: Any) -> bool:
+    """Has the store sent bytes on ``conn`` that are not read yet (parsed, buffered, or in the socket)? Never blocks."""
+    try:
+        parser = conn._parser
+        if parser._reader is not None and parser._reader.has_data():
+            return True
+        stream = conn._reader
+        if stream is not None and (stream._buffer or stream.at_eof()):
+            return True
+        sock = conn._writer.get_extra_info("socket") if conn._writer is not None else None
+        if sock is None:
+            return False
+        poller = select.poll()  # not select(): a busy gateway has descriptors past FD_SETSIZE
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # a connection closed under us: nothing will come
+        return False
+
+
+class _ReplyBudget:
+    """The store's time budget for one round trip, from when its pipeline was written.
+
+    Like ``asyncio.timeout`` but, when the time is up, it first looks at the
+    connection: a reply that already sits in the socket or in a buffer (the
+    event loop ran a timer before the read it had woken) extends the budget
+    instead of cancelling the read. Only a store that sent nothing back is
+    timed out.
+    """
+
+    __slots__ = ("_loop", "_task", "_conn", "_timeout", "_handle", "_fired", "_cancelling")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, conn: Any, written_at: float, timeout: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._loop = loop
+        self._task = task
+        self._conn = conn
+        self._timeout = timeout
+        self._fired = False
+        self._cancelling = task.cancelling()
+        self._handle = loop.call_at(written_at + timeout, self._expire)
+
+    def _expire(self) -> None:
+        if _answer_waiting(self._conn):
+            self._handle = self._loop.call_at(self._loop.time() + self._timeout, self._expire)
+            return
+        self._fired = True
+        self._task.cancel()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+    def timed_out(self) -> bool:
+        """After a CancelledError: was it this budget's? (Its cancellation is then taken back.)"""
+        return self._fired and self._task.uncancel() <= self._cancelling
+
+
+class _Packer:
+    """EVALSHA commands in RESP, each value's bulk string taken from a cache once it has been seen.
+
+    An admission's 38 values are mostly the same call after call (the sha,
+    keys, kinds, limits, windows); hiredis.pack_command formats every one
+    anew. The cache is keyed by value: ``Arg`` is ``str | int``, and a str
+    never equals an int. It is emptied when full, since lease ids and token
+    costs keep coming.
+    """
+
+    __slots__ = ("_bulk", "_limit")
+
+    def __init__(self, limit: int = 65_536) -> None:
+        self._bulk: dict[Any, bytes] = {}
+        self._limit = limit
+
+    def evalsha(self, sha: str, call: ScriptCall) -> bytes:
+        bulk = self._bulk
+        get = bulk.get
+        keys, args = call.keys, call.args
+        parts = [get(v) or self._remember(v) for v in keys]
+        parts += [get(v) or self._remember(v) for v in args]
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (3 + len(parts), get(sha) or self._remember(sha), get(len(keys)) or self._remember(len(keys)))
+        return head + b"".join(parts)
+
+    def _remember(self, value: Any) -> bytes:
+        if type(value) is str:
+            raw = value.encode()
+        elif type(value) is int:
+            raw = b"%d" % value
+        else:
+            raise TypeError(f"a script argument must be str or int, not {type(value).__name__}")
+        encoded = b"$%d\r\n%b\r\n" % (len(raw), raw)
+        if len(self._bulk) >= self._limit:
+            self._bulk.clear()
+        self._bulk[value] = encoded
+        return encoded
+
+
+class RedisEngine:
+    """A :class:`ScriptEngine` on a standalone Redis or a Redis Cluster."""
+
+    remote = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock,
+        cluster: bool = False,
+        timeout: float = 0.05,
+        queue_timeout: float = QUEUE_TIMEOUT,
+        breaker: BreakerSettings = BreakerSettings(),
+        coalesce: bool = True,
+        max_connections: int = 64,
+        warm_connections: int = WARM_CONNECTIONS,
+        scripts: Mapping[str, Script] | None = None,
+        name: str = "redis",
+    ) -> None:
+        self.name = name
+        self.single_slot = cluster
+        self.stats = EngineStats()
+        self.timeout = timeout
+        self.queue_timeout = queue_timeout
+        self.breaker = CircuitBreaker(clock, breaker)
+        self._scripts = scripts or load_scripts()
+        self._coalesce = coalesce
+        self._pending: list[tuple[ScriptCall, asyncio.Future[Any]]] = []
+        self._flush_scheduled = False
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._preloaded = False
+        options: dict[str, Any] = dict(
+            decode_responses=False,
+            socket_timeout=None,  # every round trip runs under the store's own budget (see _read)
+            socket_connect_timeout=max(0.5, timeout * 5),
+            driver_info=None,  # no CLIENT SETINFO round trip on every new connection
+            # RESP2: a new connection is usable at once, without a HELLO round trip (the scripts' replies are
+            # the same in both protocols); a protocol named in the URL wins.
+            protocol=2,
+            max_connections=max_connections,
+        )
+        self._cluster = cluster
+        if cluster:
+            self._client: Redis | RedisCluster = RedisCluster.from_url(url, **options)
+        else:
+            self._client = Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+        # Standalone: our own idle list of redis-py connections (made by the
+        # client's pool, so URL, auth and TLS options apply), without the
+        # pool's per-checkout lock and bookkeeping on the hot path.
+        self._idle: list[Any] = []
+        self._lent: set[Any] = set()  # connections written on, replies not yet read
+        self._slots = _Slots(max_connections)
+        self._warm = min(warm_connections, max_connections)
+        self._connect_timeout = options["socket_connect_timeout"]
+        self._cold = False  # a connection was dropped: open it again after the next successful call
+        self._packer = _Packer()
+
+    # -- ScriptEngine --------------------------------------------------------
+    async def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        call = ScriptCall(script, keys, args)
+        if not self._coalesce:
+            result = (await self._send([call]))[0]
+            if isinstance(result, StoreError):
+                raise result
+            return result
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((call, future))
+        if len(self._pending) >= EAGER_BATCH:
+            self._send_pending()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    async def run_batch(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        return await self._send(list(calls))
+
+    async def start(self) -> None:
+        """Open the warm connections and load every script, so the first requests wait for neither.
+
+        A store that cannot be reached now is logged, not raised: the gateway
+        starts anyway (fail modes answer) and connects on the first calls.
+        """
+        if self._cluster:
+            return  # redis-py's cluster client discovers its nodes on the first call
+        opened = await asyncio.gather(*(self._open() for _ in range(self._warm - len(self._idle))), return_exceptions=True)
+        self._idle += [conn for conn in opened if not isinstance(conn, BaseException)]
+        failed = [exc for exc in opened if isinstance(exc, BaseException)]
+        if failed:
+            log.warning("store %s: %d of %d connections could not be opened at start: %s", self.name, len(failed), len(opened), failed[0])
+        if not self._idle or self._preloaded:
+            return
+        loads = [("SCRIPT", "LOAD", script.source) for script in self._scripts.values()]
+        try:
+            async with asyncio.timeout(max(1.0, self.timeout * 10)):
+                await self._roundtrip(loads)
+        except (StoreError, RedisError, OSError, TimeoutError) as exc:
+            log.warning("store %s: the scripts could not be loaded at start (%s); the first call loads them", self.name, exc)
+        else:
+            self._preloaded = True
+
+    async def close(self) -> None:
+        for task in list(self._in_flight):
+            task.cancel()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        idle, self._idle = self._idle + list(self._lent), []
+        self._lent.clear()
+        for conn in idle:
+            await conn.disconnect()
+        await self._client.aclose()
+
+    # -- coalescing ------------------------------------------------------------
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._send_pending()
+
+    def _send_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        # A caller cancelled before its call left (a client that went away): the call is not sent, nothing is consumed.
+        batch = [item for item in batch if not item[1].done()]
+        if not batch:
+            return
+        calls = [call for call, _ in batch]
+        sent = self._write_now(calls)
+        written_at = asyncio.get_running_loop().time() if sent is not None else 0.0
+        task = asyncio.ensure_future(self._deliver(batch, calls, sent, written_at))
+        self._track(task)
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    def _write_now(self, calls: list[ScriptCall]) -> Any:
+        """Writes ``calls`` on an idle connection now, in this tick; the connection to read their replies from.
+
+        None when that cannot be done (Cluster, scripts not loaded yet, no idle
+        connection or no free slot, the breaker not closed, an unknown script):
+        the calls then go the asynchronous way, which connects, waits for a
+        slot or refuses them.
+        """
+        if not self._idle or not self._preloaded or self.breaker.state != CLOSED or self._cluster:
+            return None
+        conn = self._idle[-1]
+        writer = getattr(conn, "_writer", None)
+        if writer is None or writer.is_closing() or any(call.script not in self._scripts for call in calls):
+            return None
+        if not self._slots.take_now():
+            return None
+        self._idle.pop()
+        self._lent.add(conn)
+        try:
+            writer.write(self._packed(calls))
+        except Exception:  # a transport that cannot take it (closed under us): the asynchronous way decides
+            self._give_back(conn, False)
+            writer.close()
+            return None
+        self.stats.round_trips += 1
+        return conn
+
+    async def _deliver(
+        self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]], calls: list[ScriptCall], sent: Any, written_at: float
+    ) -> None:
+        try:
+            results = await self._send(calls, sent, written_at)
+        except BaseException as exc:  # cancelled by close(): nobody must wait forever
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StoreError(f"store {self.name} closed"))
+            if isinstance(exc, asyncio.CancelledError):
+                return
+            raise
+        for (_, future), result in zip(batch, results):
+            if future.done():  # the caller went away
+                continue
+            if isinstance(result, StoreError):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    # -- one round trip under budget and breaker --------------------------------
+    async def _send(self, calls: list[ScriptCall], sent: Any = None, written_at: float = 0.0) -> list[Any]:
+        """Each call's reply or StoreError; ``sent``: the connection _write_now already wrote them on at
+        ``written_at`` (the breaker was closed)."""
+        stats = self.stats
+        stats.calls += len(calls)
+        breaker = self.breaker
+        if sent is None and not breaker.allow():
+            stats.rejected_open += len(calls)
+            stats.failures += len(calls)
+            error: StoreError = StoreUnavailable(f"store {self.name} unavailable (circuit open)")
+            return [error] * len(calls)
+        try:
+            if self._cluster:
+                async with asyncio.timeout(self.timeout):
+                    replies = await self._execute(calls)
+            else:
+                replies = await self._execute(calls, sent, written_at)
+        except TimeoutError:
+            breaker.failure()
+            stats.failures += len(calls)
+            error = StoreTimeout(f"store {self.name} sent nothing back within its {self.timeout * 1000:.0f} ms budget")
+            return [error] * len(calls)
+        except StoreOverloaded as exc:  # waited in our own queue: the store was not asked, the breaker not told
+            breaker.not_tried()
+            stats.overloaded += len(calls)
+            return [exc] * len(calls)
+        except StoreUnavailable as exc:  # could not connect
+            breaker.failure()
+            stats.failures += len(calls)
+            return [exc] * len(calls)
+        except StoreError as exc:  # a call the engine cannot make (unknown script)
+            breaker.not_tried()
+            return [exc] * len(calls)
+        except (RedisError, OSError) as exc:
+            breaker.failure()
+            stats.failures += len(calls)
+            error = StoreError(f"store {self.name} failed: {exc}")
+            error.__cause__ = exc
+            return [error] * len(calls)
+        breaker.success()
+        if self._cold:
+            self._rewarm()
+        out: list[Any] = []
+        for call, reply in zip(calls, replies):
+            if isinstance(reply, Exception):  # a script error: a bug, not an outage
+                stats.failures += 1
+                error = StoreError(f"script {call.script} failed on {self.name}: {reply}")
+                error.__cause__ = reply
+                out.append(error)
+            else:
+                out.append(reply)
+        return out
+
+    def _packed(self, calls: list[ScriptCall]) -> bytes:
+        """EVALSHA of every call, as one pipeline's bytes (standalone Redis; the scripts are known)."""
+        packer, scripts = self._packer, self._scripts
+        return b"".join([packer.evalsha(scripts[call.script].sha, call) for call in calls])
+
+    def _evalsha(self, call: ScriptCall) -> tuple[Any, ...]:
+        return ("EVALSHA", self._scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
+
+    def _eval(self, call: ScriptCall) -> tuple[Any, ...]:
+        return ("EVAL", self._scripts[call.script].source, len(call.keys), *call.keys, *call.args)
+
+    async def _execute(self, calls: list[ScriptCall], sent: Any = None, written_at: float = 0.0) -> list[Any]:
+        """Replies in call order (an error reply as its exception); NOSCRIPT answered by one EVAL resend."""
+        if sent is not None:
+            replies = await self._read(sent, len(calls), written_at)
+        else:
+            for call in calls:
+                if call.script not in self._scripts:
+                    raise StoreError(f"unknown script {call.script!r}")
+            preload = not self._preloaded and not self.single_slot
+            if preload:  # start() could not load the scripts: the first round trip does, no NOSCRIPT storm
+                commands = [("SCRIPT", "LOAD", script.source) for script in self._scripts.values()]
+                replies = await self._roundtrip(commands + [self._evalsha(c) for c in calls])
+            elif self._cluster:
+                replies = await self._roundtrip([self._evalsha(c) for c in calls])
+            else:
+                replies = await self._roundtrip_packed(self._packed(calls), len(calls))
+            if preload:
+                replies = replies[len(self._scripts) :]
+                self._preloaded = True
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            self.stats.noscript_reloads += len(missing)
+            again = await self._roundtrip([self._eval(calls[i]) for i in missing])
+            for i, reply in zip(missing, again):
+                replies[i] = reply
+        return replies
+
+    async def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """``commands`` in one pipeline; their replies in order."""
+        if isinstance(self._client, RedisCluster):
+            self.stats.round_trips += 1
+            pipe = self._client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute(raise_on_error=False))
+        packed = b"".join([hiredis.pack_command(command) for command in commands])  # C, not redis-py's Python packer
+        return await self._roundtrip_packed(packed, len(commands))
+
+    async def _roundtrip_packed(self, packed: bytes, count: int) -> list[Any]:
+        """``count`` commands already packed, on a standalone Redis; their replies in order.
+
+        Waiting for a slot is the gateway's own queue (``queue_timeout``, then
+        StoreOverloaded); connecting is bounded by the connect timeout
+        (StoreUnavailable); the store's budget starts when the pipeline is written.
+        """
+        self.stats.round_trips += 1
+        try:
+            await self._slots.take(self.queue_timeout)
+        except TimeoutError:
+            raise StoreOverloaded(
+                f"store {self.name}: no connection free within {self.queue_timeout:g} s (all {self._slots.limit} busy)"
+            ) from None
+        connect = not self._idle
+        try:
+            conn = self._client.connection_pool.make_connection() if connect else self._idle.pop()
+        except BaseException:
+            self._slots.give()
+            raise
+        self._lent.add(conn)
+        return await self._read(conn, count, asyncio.get_running_loop().time(), packed, connect)
+
+    async def _open(self) -> Any:
+        """A new connected connection, for the idle list; StoreUnavailable when the store cannot be reached."""
+        conn = self._client.connection_pool.make_connection()
+        try:
+            async with asyncio.timeout(self._connect_timeout):  # the handshake (HELLO) included
+                await conn.connect()
+        except (RedisError, OSError, TimeoutError) as exc:
+            await conn.disconnect(nowait=True)
+            raise StoreUnavailable(f"store {self.name} cannot be reached: {exc or type(exc).__name__}") from exc
+        return conn
+
+    async def _read(
+        self, conn: Any, count: int, written_at: float, packed: bytes | None = None, connect: bool = False
+    ) -> list[Any]:
+        """The replies of ``count`` commands written on ``conn`` at ``written_at`` (``packed``: write them first,
+        ``connect``: after connecting), within the store's budget; then the connection and its slot are given back.
+
+        A connection that cannot be made, in time or at all, is StoreUnavailable (the calls were not sent).
+        """
+        healthy = False
+        loop = asyncio.get_running_loop()
+        # Connecting (TCP, and a handshake when the URL asks for AUTH or a database) has the connect timeout;
+        # the store's budget starts when the pipeline is written.
+        budget = _ReplyBudget(loop, conn, written_at, self._connect_timeout if connect else self.timeout)
+        try:
+            if connect:
+                try:
+                    await conn.connect()
+                except (RedisError, OSError) as exc:
+                    raise StoreUnavailable(f"store {self.name} cannot be reached: {exc}") from exc
+                connect = False
+                budget.cancel()
+                budget = _ReplyBudget(loop, conn, loop.time(), self.timeout)
+            if packed is not None:
+                await conn.send_packed_command(packed, check_health=False)
+            replies: list[Any] = []
+            for _ in range(count):
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            healthy = True
+            return replies
+        except asyncio.CancelledError:
+            if budget.timed_out():
+                if connect:
+                    raise StoreUnavailable(f"store {self.name} did not complete a connection handshake in time") from None
+                raise TimeoutError from None
+            raise
+        finally:
+            budget.cancel()
+            if not self._give_back(conn, healthy):  # a half-read pipeline leaves the socket out of step: never reuse it
+                self._cold = True
+                await conn.disconnect(nowait=True)
+
+    def _give_back(self, conn: Any, healthy: bool) -> bool:
+        """Frees the round trip's slot; a healthy connection goes back to the idle list (True)."""
+        self._lent.discard(conn)
+        self._slots.give()
+        if healthy and conn.is_connected:
+            self._idle.append(conn)
+            return True
+        return False
+
+    # -- keeping connections warm -------------------------------------------------
+    def _rewarm(self) -> None:
+        """The store answers again after connections were dropped: open them again in the background."""
+        self._cold = False
+        missing = self._warm - len(self._idle) - len(self._lent)
+        if missing > 0:
+            self._track(asyncio.ensure_future(self._open_idle(missing)))
+
+    async def _open_idle(self, count: int) -> None:
+        for conn in await asyncio.gather(*(self._open() for _ in range(count)), return_exceptions=True):
+            if not isinstance(conn, BaseException):
+                self._idle.append(conn)

@@ -1,0 +1,80 @@
+"""Guard stage: header and body size limits, then the JSON body parsed once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from tollgate.config.model import Guard
+from tollgate.pipeline.context import RequestContext
+from tollgate.errors import BadRequest, HeadersTooLarge, PayloadTooLarge
+from tollgate.edge.server import Request
+
+__all__ = ["guard", "check_headers", "header_room"]
+
+_READ_CHUNK = 64 * 1024
+
+
+def header_room(max_header_bytes: int) -> int:
+    """The HTTP server's cap on a request head, above ours, so that the guard answers 431 with the limit in force."""
+    return max(2 * max_header_bytes, 64 * 1024)
+
+
+def check_headers(request: Request, limits: Guard) -> None:
+    size = 0
+    for name, value in request.raw_headers:
+        size += len(name) + len(value) + 4
+    if size > limits.max_header_bytes:
+        raise HeadersTooLarge(
+            f"request headers are {size} bytes; the limit is {limits.max_header_bytes} bytes",
+        )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise PayloadTooLarge(f"request body is {length} bytes; the limit is {limit} bytes")
+        return await request.read()
+    # Chunked upload: read only up to the limit, never the whole thing.
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(_READ_CHUNK)
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise BadRequest("the request body is empty; send a JSON object", code="invalid_json")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc.msg}", code="invalid_json") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("the request body must be a JSON object", code="invalid_json")
+    return doc
+
+
+async def guard(ctx: RequestContext, limits: Guard) -> None:
+    """Fill ``body_bytes``, ``body``, ``model`` and ``stream``, or refuse the request."""
+    request = ctx.request
+    check_headers(request, limits)
+    ctx.body_bytes = await _read_body(request, limits.max_body_bytes)
+    body = ctx.body = _parse(ctx.body_bytes)
+    model = body.get("model")
+    if model is None:
+        raise BadRequest("you must provide a model parameter", param="model", code="missing_model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model must be a non-empty string", param="model", code="invalid_model")
+    ctx.model = model
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise BadRequest("stream must be true or false", param="stream", code="invalid_type")
+    ctx.stream = bool(stream) and ctx.endpoint is not None and ctx.endpoint.streams

@@ -1,0 +1,58 @@
+"""Waiting for a concurrency lease instead of refusing at once, where a connection_limit rule allows it.
+
+A lease may be given back by any gateway process, so a waiter retries its
+admission when this process releases one (woken at once) and otherwise
+every ``poll`` seconds, until its deadline. Bounded: past ``size`` waiters
+in this process a request is refused straight away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from tollgate.limiter import Decision
+
+__all__ = ["LeaseWaiters"]
+
+
+class LeaseWaiters:
+    __slots__ = ("size", "poll", "waiting", "served", "expired", "refused_full", "_released")
+
+    def __init__(self, size: int = 1000, poll: float = 0.05) -> None:
+        self.size = size
+        self.poll = poll
+        self.waiting = 0
+        self.served = 0
+        self.expired = 0
+        self.refused_full = 0
+        self._released = asyncio.Event()
+
+    def released(self) -> None:
+        """A lease came back in this process: wake every waiter to try again."""
+        event, self._released = self._released, asyncio.Event()
+        event.set()
+
+    async def retry(self, attempt: Callable[[], Awaitable[Decision]], timeout: float) -> Decision | None:
+        """Re-run ``attempt`` until it admits or ``timeout`` passes; None when it never did (or no room to wait)."""
+        if self.waiting >= self.size:
+            self.refused_full += 1
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self.waiting += 1
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    self.expired += 1
+                    return None
+                with contextlib.suppress(TimeoutError):  # no release here: other processes may have freed one
+                    await asyncio.wait_for(self._released.wait(), min(self.poll, remaining))
+                decision = await attempt()
+                if decision.allowed:
+                    self.served += 1
+                    return decision
+        finally:
+            self.waiting -= 1

@@ -1,0 +1,344 @@
+"""After the answer: settle token reservations to the real usage, release leases, keep long leases alive.
+
+Settling runs off the hot path (a queue drained by one worker task, emptied
+before a graceful shutdown closes the store); each limit settles to what the
+request used in its unit (tokens, input or output tokens, money). A stream
+that outgrows its reservation extends it while it runs, and is cut before the
+event that would pass a spent budget when its rule says ``on_exceed: cut``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from tollgate.errors import GatewayError, StoreError
+from tollgate.limiter import Consumed, Lease, Limiter, LimitSpec, Settlement
+from tollgate.limiter.decision import Charge
+from tollgate.upstream.estimates import CHARS_PER_TOKEN
+
+if TYPE_CHECKING:
+    from tollgate.accounting.pricing import Pricing
+    from tollgate.policy.admission import Admission, LimitMetrics
+    from tollgate.pipeline.context import RequestContext, Usage
+
+__all__ = ["Settler", "StreamBudget", "EXTEND_MIN_TOKENS", "consumed"]
+
+log = logging.getLogger("tollgate.settlement")
+
+# A stream past its reservation asks for at least this many more tokens at a time.
+EXTEND_MIN_TOKENS = 256
+RENEW_EVERY = 15.0
+
+
+class StreamBudget:
+    """A running stream's usage against what it holds on each of its reserved limits (tokens, money).
+
+    Each limit holds what admission reserved plus what extensions granted.
+    The relay asks :meth:`covers` before it forwards an event; when the event
+    would take a limit past what it holds, the relay awaits :meth:`cover`,
+    which extends the short limits by what they still have (never all or
+    nothing), then asks again. A limit that has nothing left is closed: with
+    ``on_exceed: cut`` the stream ends before that event, with ``allow`` the
+    stream goes on and the overdraft is settled afterwards. So a cut stream
+    never delivers more than its limits granted, whatever the upstream's pace.
+    Ahead of need (at three quarters of what a limit holds) an extension is
+    asked for in the background, so a stream rarely waits.
+    """
+
+    __slots__ = ("admission", "limiter", "completion_tokens", "_chars", "_texts", "_specs", "_cuts", "_held", "_open", "_rates")
+
+    def __init__(self, admission: Admission, limiter: Limiter) -> None:
+        self.admission = admission
+        self.limiter = limiter
+        self.completion_tokens = 0  # estimated from the text relayed so far
+        self._chars = 0
+        self._texts = 0  # events that carried text
+        limits = admission.stream_limits
+        self._specs = [spec for spec, _ in limits]
+        self._cuts = [cut for _, cut in limits]
+        self._held = [spec.cost for spec in self._specs]
+        self._open = [True] * len(limits)  # False once a limit had nothing more to grant
+        self._rates = admission.rates or (0.0, 0.0, 0.0)
+
+    def _used(self, i: int, completion: int) -> int:
+        """What limit ``i`` counts for the prompt and ``completion`` tokens."""
+        unit = self._specs[i].unit
+        prompt = self.admission.prompt_estimate
+        if unit == "tokens":
+            return prompt + completion
+        if unit == "output_tokens":
+            return completion
+        if unit == "input_tokens":
+            return prompt
+        fixed, per_input, per_output = self._rates
+        return math.ceil(fixed + prompt * per_input + completion * per_output)
+
+    def after(self, chars: int) -> int:
+        """The completion tokens once an event of ``chars`` characters of text is relayed.
+
+        At least one token per event that carries text (providers send about one
+        each), and at least one per :data:`CHARS_PER_TOKEN` characters.
+        """
+        return max(self._texts + 1, (self._chars + chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
+
+    def short(self, completion: int) -> list[tuple[int, int]]:
+        """The open limits that ``completion`` tokens would take past what they hold: (limit, units missing)."""
+        out = []
+        for i, held in enumerate(self._held):
+            if self._open[i]:
+                missing = self._used(i, completion) - held
+                if missing > 0:
+                    out.append((i, missing))
+        return out
+
+    def spent_cut(self, completion: int) -> LimitSpec | None:
+        """The closed limit whose rule cuts that ``completion`` tokens would take past what it granted, if any."""
+        for i, cut in enumerate(self._cuts):
+            if cut and not self._open[i] and self._used(i, completion) > self._held[i]:
+                return self._specs[i]
+        return None
+
+    def relayed(self, chars: int, completion: int) -> None:
+        """An event of ``chars`` characters went out: count it, and ask for more ahead of need."""
+        self._chars += chars
+        self._texts += 1
+        self.completion_tokens = completion
+        admission = self.admission
+        pending = admission.pending
+        if pending is not None and pending.done():
+            pending = admission.pending = None
+        if pending is None:
+            ahead = [(i, 0) for i, held in enumerate(self._held) if self._open[i] and self._used(i, completion) * 4 >= held * 3]
+            if ahead:
+                admission.pending = asyncio.get_running_loop().create_task(self._extend(ahead))
+
+    async def cover(self, completion: int) -> None:
+        """Extend every limit short for ``completion`` tokens; a limit that cannot cover it is closed."""
+        pending = self.admission.pending
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
+            self.admission.pending = None
+        short = self.short(completion)
+        if short:
+            await self._extend(short)
+        for i, _ in self.short(completion):  # still short: nothing more is to be had
+            self._open[i] = False
+
+    async def _extend(self, short: list[tuple[int, int]]) -> None:
+        """Ask each limit for its missing units (at least one) plus a step, taking what it has left."""
+        wants = []
+        for i, missing in short:
+            spec = self._specs[i]
+            need = max(1, missing)
+            step = max(self._step(spec), spec.cost // 2)
+            wants.append((spec, need + step, need))
+        a = self.admission
+        try:
+            extension = await self.limiter.extend(wants, store=a.store)
+        except GatewayError as exc:  # the gateway's own trouble (overloaded): grant nothing rather than go unchecked
+            log.warning("extending a stream's reservation failed (%s)", exc)
+            return
+        if extension.reservation is not None:
+            a.extensions.append(extension.reservation)
+        for (i, missing), granted in zip(short, extension.granted):
+            if granted > 0:
+                self._held[i] += granted
+            elif missing > 0:
+                self._open[i] = False
+
+    def _step(self, spec: LimitSpec) -> int:
+        """How much more than it needs a limit is asked for: :data:`EXTEND_MIN_TOKENS` tokens' worth."""
+        if spec.unit != "nanos":
+            return EXTEND_MIN_TOKENS
+        return math.ceil(EXTEND_MIN_TOKENS * self._rates[2])
+
+
+def consumed(admission: Admission, usage: Usage | None, reached_upstream: bool, cost: int | None) -> Consumed:
+    """What the request really used, for settling its reservation: the usage and its cost when known,
+    the estimate reserved when it reached the model but no usage came back, nothing when it never did."""
+    if usage is not None:
+        return Consumed.of_usage(usage.prompt_tokens, usage.completion_tokens, cost if cost is not None else admission.cost_estimate)
+    if reached_upstream:
+        return Consumed.of_usage(admission.prompt_estimate, admission.completion_reserved, admission.cost_estimate)
+    return _NOTHING
+
+
+_NOTHING = Consumed(0, 0, 0, 0)
+
+
+class Settler:
+    """Settles finished requests in the background and renews the leases of requests still running."""
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        on_release: Callable[[], None] | None = None,
+        metrics: LimitMetrics | None = None,
+        pricing: Callable[[], Pricing] | None = None,
+    ) -> None:
+        self.limiter = limiter
+        self._pricing = pricing  # prices the real usage of requests that hold a money budget
+        self._on_release = on_release
+        self._metrics = metrics  # counts overdrafts (tokens used past a spent budget, with on_exceed: allow)
+        self.overdrafts = 0
+        self._queue: deque[tuple[Admission, Consumed]] = deque()
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._closing = False
+        self._leases: dict[Lease, float] = {}
+        self.settled = 0
+        self.failures = 0
+        self._renewer: asyncio.Task[None] | None = None
+
+    def hold(self, lease: Lease) -> None:
+        self._leases[lease] = asyncio.get_running_loop().time()
+
+    def finish(self, ctx: RequestContext) -> None:
+        """Called once per admitted request when it ends, however it ends; never blocks the response."""
+        admission = ctx.admission
+        if admission is None or admission.settled:
+            return
+        admission.settled = True
+        if admission.lease is not None:
+            self._leases.pop(admission.lease, None)
+        usage = ctx.usage
+        cost = None
+        if usage is not None and admission.rates is not None and self._pricing is not None:
+            pricing = self._pricing()
+            cost = pricing.cost_nanos(pricing.priced_model(ctx.model_served, ctx.model), usage.prompt_tokens, usage.completion_tokens)
+        self._queue.append((admission, consumed(admission, usage, ctx.first_byte_at is not None, cost)))
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _work(self) -> None:
+        """Settle what finished, a batch at a time (see :meth:`_settle_batch`)."""
+        assert self._wake is not None
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue, deque()
+                await self._settle_batch(batch)
+
+    async def _settle_batch(self, batch: deque[tuple[Admission, Consumed]]) -> None:
+        """Requests without stream extensions settle and release together: one store call for the whole batch
+        (per hash slot on Cluster). The others, rarer, settle one by one, concurrently on a remote store."""
+        plain: list[tuple[Admission, Consumed]] = []
+        extended: list[tuple[Admission, Consumed]] = []
+        for admission, actual in batch:
+            if admission.pending is None and not admission.extensions:
+                plain.append((admission, actual))
+            else:
+                extended.append((admission, actual))
+        if plain:
+            results = await self.limiter.finish_many([(a.reservation, actual, a.lease) for a, actual in plain])
+            failed = 0
+            for (admission, _), (settlement, released) in zip(plain, results):
+                if settlement is not None:
+                    self._count_overdrafts(settlement)
+                if released and self._on_release is not None:
+                    self._on_release()
+                if (admission.lease is not None and not released) or (settlement is not None and settlement.degraded):
+                    failed += 1
+            self.settled += len(plain) - failed
+            self.failures += failed
+            if failed:
+                log.warning("settling %d request(s) failed on the store; their reservations stay as estimated and "
+                            "their leases expire by TTL", failed)
+        if extended:
+            if len(extended) > 1 and self.limiter.engine().remote:
+                await asyncio.gather(*(self._settle(*item) for item in extended))
+            else:
+                for item in extended:
+                    await self._settle(*item)
+
+    def _count_overdrafts(self, settlement: Settlement) -> None:
+        for limit in settlement.limits:
+            if limit.overdraft > 0:
+                self.overdrafts += 1
+                if self._metrics is not None:
+                    self._metrics.limit_decision(limit.name, "overdraft")
+
+    async def _settle(self, admission: Admission, actual: Consumed) -> None:
+        """One request whose stream extended its reservation (or is still extending it)."""
+        try:
+            if admission.pending is not None:
+                await asyncio.gather(admission.pending, return_exceptions=True)
+            reservation = admission.reservation
+            if reservation is not None:
+                settlement = await self.limiter.adjust(_shares([reservation, *admission.extensions], actual))
+                reservation.settlement = settlement
+                for part in admission.extensions:
+                    part.settlement = settlement
+                self._count_overdrafts(settlement)
+            if admission.lease is not None:
+                await self.limiter.release(admission.lease)
+                if self._on_release is not None:
+                    self._on_release()
+            self.settled += 1
+        except StoreError as exc:
+            self.failures += 1
+            log.warning("settling a request failed (%s); its reservation stays as estimated and its lease expires by TTL", exc)
+
+    async def renew_loop(self) -> None:
+        """Renew leases older than RENEW_EVERY seconds, so long streams keep theirs (a crashed process's expire)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(RENEW_EVERY / 3)
+            now = loop.time()
+            for lease, since in list(self._leases.items()):
+                if now - since < RENEW_EVERY or lease.released:
+                    continue
+                self._leases[lease] = now
+                with contextlib.suppress(StoreError):
+                    await self.limiter.renew(lease)
+
+    async def drain(self) -> None:
+        """Settle everything still queued (graceful shutdown, after the worker stopped)."""
+        while self._queue:
+            batch, self._queue = self._queue, deque()
+            await self._settle_batch(batch)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._worker = loop.create_task(self._work())
+        self._renewer = loop.create_task(self.renew_loop())
+
+    async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        if self._worker is not None and self._wake is not None:
+            self._closing = True  # the worker finishes what it holds, then stops
+            self._wake.set()
+            await self._worker
+        self._renewer = self._worker = None
+        await self.drain()
+
+
+def _shares(parts: list[Any], actual: Consumed) -> list[tuple[Charge, int]]:
+    """Each limit's real use spread over what it held, in order (the reservation, then each extension):
+    every part is filled up to what it reserved, the last takes any overdraft, what was not used is given back.
+    One limit's parts may sit in two stores (an extension taken on the local fallback during an outage)."""
+    by_limit: dict[tuple[str, tuple[tuple[str, str], ...]], list[Charge]] = {}
+    for part in parts:
+        for charge in part.charges:
+            by_limit.setdefault((charge.spec.name, charge.spec.scope_key), []).append(charge)
+    deltas = []
+    for charges in by_limit.values():
+        left = actual.of(charges[0].spec.unit)
+        last = len(charges) - 1
+        for i, charge in enumerate(charges):
+            share = left if i == last else min(left, charge.spec.cost)
+            if share != charge.spec.cost:
+                deltas.append((charge, share - charge.spec.cost))
+            left -= share
+    return deltas

@@ -1,0 +1,142 @@
+"""The public listener's routes, on the gateway's own HTTP server (``httpserver.py``); the admin listener is an aiohttp application.
+
+The public side dispatches by exact path from one dict: it has only a
+handful of fixed paths. ``public_lifecycle`` opens the gateway's resources
+before the listener serves and closes them after it has drained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+from tollgate.pipeline.context import ENDPOINTS
+from tollgate.errors import GatewayError, MethodNotAllowed, NotFound
+from tollgate.edge.answers import Response, error_answer, internal_error_answer, json_answer, request_id_from
+from tollgate.edge.server import REFUSALS, Handler, HttpServer, Request
+from tollgate.identity import Principal, authenticate, registry_watching
+from tollgate.pipeline.handler import make_proxy_handler
+from tollgate.runtime.state import GatewayState
+
+__all__ = ["make_public_handler", "make_public_server", "public_lifecycle", "healthz", "readyz"]
+
+log = logging.getLogger("tollgate.app")
+
+_MODELS_PREFIX = "/v1/models/"
+
+
+def make_public_handler(state: GatewayState) -> Handler:
+    """The client-facing handler: each known path maps to the handler of its one method, anything else to 404/405."""
+    routes: dict[str, tuple[str, Callable[..., Awaitable[Any]]]] = {}
+    for path, endpoint in ENDPOINTS.items():
+        routes[path] = ("POST", make_proxy_handler(endpoint, state))
+    routes["/v1/models"] = ("GET", _list_models)
+    routes["/healthz"] = ("GET", healthz)
+    routes["/readyz"] = ("GET", readyz)
+
+    async def handle(request: Request) -> Any:
+        path = request.path
+        route = routes.get(path)
+        method = request.method
+        if route is not None:
+            allowed, handler = route
+            if method == allowed or (method == "HEAD" and allowed == "GET"):
+                if allowed == "POST":
+                    return await handler(request)  # the proxy pipeline answers every error itself
+                return await _answer(handler, request, state)
+            return _refuse(MethodNotAllowed(f"{method} is not allowed on {path}; use {allowed}", allowed=(allowed,)), request)
+        if path.startswith(_MODELS_PREFIX) and len(path) > len(_MODELS_PREFIX):
+            if method in ("GET", "HEAD"):
+                return await _answer(_get_model, request, state)
+            return _refuse(MethodNotAllowed(f"{method} is not allowed on {path}; use GET", allowed=("GET",)), request)
+        return _refuse(NotFound(f"unknown path {path}", code="unknown_url"), request)
+
+    return handle
+
+
+def make_public_server(state: GatewayState, *, max_head: int = 64 * 1024) -> HttpServer:
+    """The public listener's server around :func:`make_public_handler` (not yet listening: see ``HttpServer.start``).
+
+    Its time limit on a request head and its cap on open connections come from
+    the config's ``server:`` section; what it refuses itself is counted in
+    ``tollgate_http_refused_total{reason}``.
+    """
+    settings = state.config.server
+    metrics = state.accounting.metrics
+    for reason in REFUSALS:
+        metrics.http_refused(reason, 0)  # every reason shows from the first scrape, at 0
+    return HttpServer(
+        make_public_handler(state),
+        max_head=max_head,
+        head_timeout=settings.head_timeout,
+        max_connections=settings.max_connections,
+        on_refused=metrics.http_refused,
+    )
+
+
+@contextlib.asynccontextmanager
+async def public_lifecycle(state: GatewayState) -> AsyncIterator[None]:
+    """Open the gateway's resources and follow the tenant registry while serving; close them afterwards."""
+    await state.start()
+    try:
+        async with registry_watching(state.registry):
+            yield
+    finally:
+        await state.close()
+
+
+def _refuse(exc: GatewayError, request: Request) -> Response:
+    return error_answer(exc, request_id_from(request.headers.get("x-request-id")))
+
+
+async def _answer(handler: Callable[..., Awaitable[Response]], request: Request, state: GatewayState) -> Response:
+    try:
+        return await handler(request, state)
+    except Exception:  # a bug: JSON with the request id, never a traceback
+        request_id = request_id_from(request.headers.get("x-request-id"))
+        log.exception("unexpected error on request %s", request_id)
+        return internal_error_answer(request_id)
+
+
+def _model_entry(name: str, state: GatewayState) -> dict[str, object]:
+    model = state.config.models[name]
+    return {"id": name, "object": "model", "created": model.created, "owned_by": model.owned_by}
+
+
+def _principal(request: Request, state: GatewayState) -> Principal:
+    return authenticate(request, state.runtime.identity, state.registry.directory)
+
+
+async def _list_models(request: Request, state: GatewayState) -> Response:
+    try:
+        principal = _principal(request, state)
+    except GatewayError as exc:
+        return _refuse(exc, request)
+    data = [_model_entry(name, state) for name in state.config.models if principal.may_use(name)]
+    return json_answer({"object": "list", "data": data})
+
+
+async def _get_model(request: Request, state: GatewayState) -> Response:
+    name = unquote(request.path[len(_MODELS_PREFIX) :])
+    try:
+        principal = _principal(request, state)
+    except GatewayError as exc:
+        return _refuse(exc, request)
+    if name not in state.config.models or not principal.may_use(name):
+        missing = NotFound(f"the model {name!r} does not exist or you do not have access to it", param="model", code="model_not_found")
+        return _refuse(missing, request)
+    return json_answer(_model_entry(name, state))
+
+
+async def healthz(request: Request, state: GatewayState | None = None) -> Response:
+    return json_answer({"status": "ok"})
+
+
+async def readyz(request: Request, state: GatewayState) -> Response:
+    problems = await state.readiness_problems()
+    if problems:
+        return json_answer({"status": "not ready", "problems": problems}, status=503)
+    return json_answer({"status": "ready", "config_version": state.runtime.version})

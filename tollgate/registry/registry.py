@@ -1,0 +1,178 @@
+"""The registry of tenants and keys: the config file's declarations plus runtime changes, followed across processes.
+
+It outlives config versions (a reload rebuilds the :class:`Directory` from
+the new file and the same runtime records) and is shared by every request of
+the process. A background watcher polls the store so that a change made
+through any process's admin API - a revoked key above all - is in force
+everywhere within ``registry.poll_interval`` (250 ms by default).
+
+The same store holds the namespaces and rules changed at runtime (``ns:`` and
+``rule:`` records, see :mod:`.rule_records`); they are kept apart from the
+tenants and keys, and ``on_rules_change`` is called whenever they change here
+or elsewhere, so the owner can compile and swap in the merged rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tollgate.config.identity import RegistryConfig
+from tollgate.config.model import Config
+from tollgate.errors import StoreError
+from tollgate.identity.directory import Directory
+from tollgate.registry.rule_records import is_rules_record
+from tollgate.registry.stores import Changes, FileStore, MemoryStore, RedisStore, RegistryStore
+
+__all__ = ["Registry", "open_store", "registry_watching"]
+
+log = logging.getLogger("tollgate.registry")
+
+
+def open_store(config: RegistryConfig, base_dir: Path | None) -> RegistryStore:
+    if config.backend == "redis":
+        assert config.url is not None
+        return RedisStore(config.url, config.prefix)
+    if config.backend == "file":
+        assert config.path is not None
+        path = Path(config.path)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        return FileStore(path)
+    return MemoryStore()
+
+
+class Registry:
+    def __init__(self, config: Config, *, base_dir: Path | None = None) -> None:
+        self.settings = config.registry
+        self.store = open_store(config.registry, base_dir)
+        # Tenant and key records (for the directory), and namespace and rule records, apart.
+        self.records: dict[str, Any] = {}
+        self.rule_records: dict[str, Any] = {}
+        # Bumped whenever ``rule_records`` changes; ``on_rules_change`` runs right after.
+        self.rules_generation = 0
+        self.on_rules_change: Callable[[], None] | None = None
+        self.version = 0
+        self.directory = Directory(config)
+        self._config = config
+        self.failing_since: float | None = None
+        self._last_error: str | None = None
+        self.opened = False
+
+    async def open(self) -> None:
+        """Load the runtime records; a store that cannot be read stops the start (revocations must not be missed)."""
+        loaded = await self.store.load()
+        self._take(loaded)
+        self.opened = True
+        log.info(
+            "registry: %d tenants, %d keys, %d runtime namespaces and rules (%s, version %d)",
+            len(self.directory.tenants), len(self.directory.key_ids), len(self.rule_records), self.store.description, self.version,
+        )
+        if isinstance(self.store, MemoryStore) and self._config.identity.enabled:
+            log.warning("registry: no registry: section, so tenants and keys changed through the admin API are lost on restart")
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    def use_config(self, config: Config) -> None:
+        """A new config version: rebuild the directory from its declarations and the same runtime records."""
+        if config.registry != self.settings:
+            log.warning("registry: changes to the registry: section take effect only after a restart")
+        self._config = config
+        self.directory = Directory(config, self.records)
+
+    def _take(self, changes: Changes) -> None:
+        identity, rules = _split(changes.records)
+        if changes.full:
+            self.records = {name: doc for name, doc in identity.items() if doc is not None}
+            self.directory = Directory(self._config, self.records)
+            fresh = {name: doc for name, doc in rules.items() if doc is not None}
+            if fresh != self.rule_records:
+                self.rule_records = fresh
+                self._rules_changed()
+        else:
+            self._merge(identity, rules)
+        self.version = changes.version
+
+    def _merge(self, identity: Mapping[str, Any], rules: Mapping[str, Any]) -> None:
+        for target, part in ((self.records, identity), (self.rule_records, rules)):
+            for name, doc in part.items():
+                if doc is None:
+                    target.pop(name, None)
+                else:
+                    target[name] = doc
+        if identity:
+            self.directory.apply(identity)
+        if rules:
+            self._rules_changed()
+
+    def _rules_changed(self) -> None:
+        self.rules_generation += 1
+        if self.on_rules_change is not None:
+            try:
+                self.on_rules_change()
+            except Exception:  # the watcher must keep following; the old rules stay in force
+                log.exception("registry: the changed namespaces and rules could not be put in force")
+
+    async def write(self, changes: Mapping[str, Any], *, create_only: Iterable[str] = ()) -> None:
+        """Persist ``changes`` and put them in force here at once; other processes follow within a poll interval."""
+        await self.store.write(changes, create_only=create_only)
+        self._merge(*_split(changes))
+
+    async def poll(self) -> bool:
+        """Take in changes made elsewhere; True when there were any."""
+        changes = await self.store.changes_since(self.version)
+        if changes is None:
+            return False
+        self._take(changes)
+        return True
+
+    async def watch(self) -> None:
+        interval = self.settings.poll_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.poll()
+            except StoreError as exc:
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+                if str(exc) != self._last_error:
+                    log.error("registry: cannot follow changes, keeping what we know: %s", exc)
+                    self._last_error = str(exc)
+                continue
+            if self.failing_since is not None:
+                log.info("registry: following changes again")
+                self.failing_since, self._last_error = None, None
+
+    def problems(self) -> list[str]:
+        if self.failing_since is not None:
+            return [f"the registry store has been unreachable for {time.monotonic() - self.failing_since:.0f}s: {self._last_error}"]
+        return []
+
+
+def _split(records: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(tenant and key records, namespace and rule records)``."""
+    identity: dict[str, Any] = {}
+    rules: dict[str, Any] = {}
+    for name, doc in records.items():
+        (rules if is_rules_record(name) else identity)[name] = doc
+    return identity, rules
+
+
+@contextlib.asynccontextmanager
+async def registry_watching(registry: Registry) -> AsyncIterator[None]:
+    """Open the registry before serving and follow its changes until the block ends; then close it."""
+    await registry.open()
+    task = asyncio.create_task(registry.watch(), name="registry-watcher")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await registry.close()

@@ -1,0 +1,210 @@
+"""The running gateway's state: one compiled config version behind a single reference, swapped on reload."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from aiohttp import web
+
+from tollgate.accounting import Accounting
+from tollgate.pipeline.attempts import AttemptCounters
+from tollgate.routing.balancing import DeploymentRegistry
+from tollgate.routing.retry_budget import RetryBudget
+from tollgate.clock import Clock, SystemClock
+from tollgate.config import Config, load_config
+from tollgate.config.rules import RulesConfig
+from tollgate.routing.deadletter import DeadLetterLog
+from tollgate.routing.degradation import Hotspots, ProactiveFallbacks
+from tollgate.errors import ConfigError
+from tollgate.pipeline.forward import UpstreamPool
+from tollgate.identity import IdentityRuntime, Registry, compile_identity
+from tollgate.registry.rule_records import RuleBook
+from tollgate.routing.health import HealthProber
+from tollgate.policy.lease_wait import LeaseWaiters
+from tollgate.limiter import build_limiter
+from tollgate.policy.matchers import NamespaceTable
+from tollgate.policy.rules import RuleSet
+from tollgate.policy.settlement import Settler
+from tollgate.routing.models import ModelRoute, compile_routes
+from tollgate.policy.shedding import Shedder
+
+__all__ = ["Runtime", "GatewayState", "STATE"]
+
+log = logging.getLogger("tollgate.runtime")
+
+
+class Runtime:
+    """Everything compiled from one config version; immutable once built, so a request reads one consistent version.
+
+    ``rules_config`` is the config's namespaces and rules with the registry's runtime changes laid over
+    them; when only those change, :meth:`with_rules` makes the next Runtime without recompiling the rest.
+    """
+
+    __slots__ = ("config", "version", "routes", "identity", "rules_config", "namespaces", "rules")
+
+    def __init__(self, config: Config, version: int, deployments: DeploymentRegistry, rules: RulesConfig | None = None) -> None:
+        self.config = config
+        self.version = version
+        self.routes: Mapping[str, ModelRoute] = compile_routes(config, deployments)
+        self.identity: IdentityRuntime = compile_identity(config)
+        self._compile_rules(rules if rules is not None else config.rules)
+
+    def _compile_rules(self, rules: RulesConfig) -> None:
+        self.rules_config = rules
+        self.namespaces = NamespaceTable(rules.namespaces)
+        self.rules = RuleSet(rules, self.config.accounting.quotas.spend_limit)
+
+    def with_rules(self, rules: RulesConfig) -> Runtime:
+        """The same config version with other namespaces and rules."""
+        runtime = object.__new__(Runtime)
+        runtime.config, runtime.version, runtime.routes, runtime.identity = self.config, self.version, self.routes, self.identity
+        runtime._compile_rules(rules)
+        return runtime
+
+
+class GatewayState:
+    """Owns the current :class:`Runtime` and the resources that outlive a config version."""
+
+    def __init__(self, config: Config, *, config_path: str | Path | None = None, clock: Clock | None = None) -> None:
+        self._versions = itertools.count(1)
+        # Upstream resilience: live per-deployment state (breakers, latencies, in-flight) and gateway-wide
+        # budgets and logs; all survive reloads. Counters stay plain attributes for the metrics exporter.
+        self.clock: Clock = clock or SystemClock()
+        self.deployments = DeploymentRegistry(self.clock)
+        res = config.resilience
+        self.retry_budget = RetryBudget(res.retries, self.clock)
+        self.dead_letters = DeadLetterLog(res.dead_letter_size, self.clock)
+        self.shedder = Shedder(res.shedding)
+        self.proactive = ProactiveFallbacks(res.proactive_fallback, self.clock)
+        self.hotspots = Hotspots(res.hotspot, self.clock)
+        self.counters = AttemptCounters()
+        self.health = HealthProber(self)
+        self.runtime = Runtime(config, next(self._versions), self.deployments)
+        self.config_path = Path(config_path) if config_path is not None else None
+        # Tenants and keys: the config's plus runtime changes; outlives config versions.
+        self.registry = Registry(config, base_dir=self.config_path.parent if self.config_path else None)
+        self.registry.on_rules_change = self._rules_changed
+        self.pool = UpstreamPool()
+        # Limits: one limiter (and its store connections) for the process; settling runs in the background.
+        self.limiter = build_limiter(config.store, clock=self.clock)
+        self.lease_waiters = LeaseWaiters(res.queue.size)
+        # Usage, cost, quotas, metrics, access and audit logs; flushed in the background, and on close.
+        self.accounting = Accounting(config, state=self)
+        self.settler = Settler(
+            self.limiter, on_release=self.lease_waiters.released, metrics=self.accounting.metrics, pricing=self.accounting.pricing
+        )
+        self._reload_lock = asyncio.Lock()
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    async def start(self) -> None:
+        await self.limiter.start()  # store connections open and scripts loaded before the first request
+        await self.pool.apply(self.config.upstreams)
+        self.shedder.start()
+        self.health.start()
+        await self.accounting.start()
+        self.settler.start()
+
+    async def close(self) -> None:
+        await self.health.close()
+        await self.shedder.close()
+        await self.settler.close()  # settle what finished before the usage flush and before the store closes
+        await self.accounting.close()
+        await self.limiter.close()
+        await self.pool.close()
+
+    async def readiness_problems(self) -> list[str]:
+        """Why the gateway should not get traffic now; empty when it is ready."""
+        problems: list[str] = []
+        usable = [name for name, c in self.pool.clients.items() if c.http is not None and not c.http.closed]
+        if not usable:
+            problems.append("no upstream is usable")
+        problems.extend(self.registry.problems())
+        return problems
+
+    async def apply(self, config: Config) -> Runtime:
+        """Swap in a new config version; on any failure the old one stays in force."""
+        async with self._reload_lock:
+            old = self.runtime
+            if config.listeners != old.config.listeners:
+                log.warning("listener changes in %s take effect only after a restart", config.source)
+            if config.store != old.config.store:
+                log.warning("store changes in %s take effect only after a restart", config.source)
+            generation = self.registry.rules_generation
+            runtime = Runtime(config, next(self._versions), self.deployments, self.effective_rules(config))
+            await self.pool.apply(config.upstreams)
+            self.registry.use_config(config)
+            if self.registry.rules_generation != generation:  # namespaces or rules changed while we awaited
+                runtime = runtime.with_rules(self.effective_rules(config))
+            self.runtime = runtime
+            self._configure_resilience(config)
+            log.info("config version %d in force (from %s)", runtime.version, config.source)
+            return runtime
+
+    def effective_rules(self, config: Config) -> RulesConfig:
+        """The config's namespaces and rules with the runtime changes from the registry laid over them."""
+        book = RuleBook(config.rules, self.registry.rule_records)
+        return book.compile() if book.has_records else config.rules
+
+    def _rules_changed(self) -> None:
+        """The registry's namespaces or rules changed (here or on another process): swap in a recompiled set."""
+        runtime = self.runtime
+        self.runtime = runtime.with_rules(self.effective_rules(runtime.config))
+        log.info(
+            "namespaces and rules changed at runtime: %d namespaces, %d rules in force (config version %d)",
+            len(self.runtime.rules_config.namespaces), len(self.runtime.rules_config.rules), runtime.version,
+        )
+
+    def _configure_resilience(self, config: Config) -> None:
+        res = config.resilience
+        self.retry_budget.configure(res.retries)
+        self.dead_letters.resize(res.dead_letter_size)
+        self.shedder.configure(res.shedding)
+        self.proactive.configure(res.proactive_fallback)
+        self.hotspots.configure(res.hotspot)
+        self.deployments.prune(s.key for r in self.runtime.routes.values() for s in r.states)
+
+    def dead_letter_records(self, limit: int | None = None) -> list[dict[str, object]]:
+        """Requests that failed after every retry and fallback (metadata only), oldest first: for the admin API."""
+        return self.dead_letters.records(limit)
+
+    def resilience_snapshot(self) -> dict[str, object]:
+        """Breakers, in-flight counts, latencies and resilience counters as JSON-able data: for the admin API."""
+        c = self.counters
+        return {
+            "deployments": self.deployments.snapshot(),
+            "requests": c.requests,
+            "attempts": c.attempts,
+            "retries": c.retries,
+            "retry_budget_refused": c.budget_refused,
+            "fallbacks": dict(c.fallbacks),
+            "queue_refused": c.queue_refused,
+            "failed": c.failed,
+            "dead_letters": self.dead_letters.total,
+            "shed": dict(self.shedder.shed),
+            "inflight": self.shedder.inflight,
+            "loop_lag": self.shedder.lag,
+            "proactive_fallbacks": dict(self.proactive.diversions),
+            "hotspots": dict(self.hotspots.flags),
+        }
+
+    async def reload(self) -> tuple[bool, list[str]]:
+        """Re-read the config file. Returns ``(applied, problems)``; a refused file changes nothing."""
+        if self.config_path is None:
+            return False, ["the gateway was not started from a config file"]
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping config version %d:\n  %s", self.runtime.version, "\n  ".join(exc.problems))
+            return False, exc.problems
+        await self.apply(config)
+        return True, []
+
+
+STATE = web.AppKey("state", GatewayState)

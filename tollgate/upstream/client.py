@@ -1,0 +1,515 @@
+"""The upstream HTTP/1.1 client: keep-alive connections per upstream, one write per request, responses parsed by llhttp.
+
+Forwarding is the gateway's hottest path. ``aiohttp.ClientSession`` builds a
+request object, a URL, a header multidict, a response object, a cookie jar
+pass and trace hooks for every call; the gateway needs none of that. This
+client keeps a pool of ``asyncio.Protocol`` connections to one origin,
+writes the request head and body in one ``transport.write``, and feeds the
+answer to llhttp (``httptools.HttpResponseParser``) as bytes arrive: llhttp
+owns the framing (status line, header syntax, ``Content-Length``, the one
+chunked decoder, trailers); this module keeps the policy on top of it (HTTP/1.x
+only, a bounded head, interim answers skipped, nothing accepted after the
+answer ended, a reset never taken for the end of a body without length). A
+whole JSON answer is usually one ``data_received`` and no extra task switch.
+
+What it deliberately does not do: redirects, cookies, proxies, HTTP/2,
+request retries. Timeouts are the caller's (``tollgate/upstream/deadlines.py``); a
+cancelled call closes its connection, so a half-read response never goes
+back to the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import ssl
+import zlib
+from urllib.parse import urlsplit
+
+import httptools
+
+__all__ = [
+    "HttpError",
+    "ConnectError",
+    "ResponseError",
+    "UpstreamHttp",
+    "Response",
+]
+
+# Body bytes buffered unread before the socket stops being read (a slow client on a fast stream).
+_HIGH_WATER = 1 << 20
+# Bytes of one answer's head (interim answers included) and trailers at most.
+_MAX_HEAD = 64 * 1024
+
+
+class HttpError(Exception):
+    """The upstream connection failed or answered something that is not HTTP/1.1."""
+
+
+class ConnectError(HttpError):
+    """No connection could be opened (refused, unreachable, DNS, TLS handshake, connect timeout)."""
+
+    def __init__(self, message: str, os_error: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.os_error = os_error
+
+
+class ResponseError(HttpError):
+    """The connection closed early or the response broke HTTP/1.1 framing."""
+
+
+class _HeadEnds(Exception):
+    """Raised from the parser's head callback to end an answer to HEAD there (llhttp would wait for its body)."""
+
+
+# States of a connection: no request out, waiting for the head, reading the body, answer complete.
+_IDLE, _HEAD, _BODY, _DONE = range(4)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: writes a request, lets llhttp parse its answer, buffers the body for one reader."""
+
+    __slots__ = (
+        "transport", "parser", "state", "body", "body_size", "waiter", "error", "closed", "status", "headers",
+        "keep_alive", "paused", "idle_since", "head_request", "head_bytes", "header_bytes", "until_close", "status_line",
+    )
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser: httptools.HttpResponseParser | None = None  # made when a request goes out
+        self.state = _IDLE
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.error: HttpError | None = None
+        self.closed = False
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.keep_alive = True
+        self.paused = False
+        self.idle_since = 0.0
+        self.head_request = False
+        self.head_bytes = 0  # bytes received while waiting for the head (bounds a head that never ends)
+        self.header_bytes = 0  # bytes of the header and trailer lines of the answer being parsed
+        self.until_close = False  # the body has neither length nor chunks: it ends when the upstream closes
+        self.status_line = False  # llhttp got past the status line of the answer being parsed
+
+    # ------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports do not subclass asyncio's
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass  # not TCP (tests on Unix sockets) or already set
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == _IDLE or state == _DONE:
+            # Bytes nobody asked for: the connection can no longer be trusted to frame the next response.
+            self._fail(ResponseError("upstream sent data outside a response"))
+            return
+        if state == _HEAD:
+            self.head_bytes += len(data)
+        assert self.parser is not None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ResponseError("upstream switched protocols, which the gateway never asks for"))
+            return
+        except httptools.HttpParserError as exc:
+            self._parse_failed(exc)
+            return
+        if self.state == _HEAD and self.head_bytes > _MAX_HEAD:
+            self._fail(ResponseError("upstream response head too large"))
+            return
+        if self.body_size > _HIGH_WATER and not self.paused and self.state != _DONE:
+            self.paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        if self.state == _BODY and self.until_close:
+            self.state = _DONE
+            self.keep_alive = False
+            self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.state == _BODY and self.until_close and exc is None:  # a clean close ends a body without length; a reset does not
+            self.state = _DONE
+        elif self.state != _DONE and self.state != _IDLE and self.error is None:
+            reason = f": {exc}" if exc else ""
+            self.error = ResponseError(f"upstream closed the connection before the response was complete{reason}")
+        self._wake()
+
+    # ------------------------------------------------------------ llhttp's callbacks
+
+    def on_message_begin(self) -> None:
+        if self.state != _HEAD:  # a second answer to one request
+            raise ResponseError("upstream sent data after the response ended")
+        self.headers = {}
+        self.header_bytes = 0
+        self.status_line = False
+
+    def on_status(self, reason: bytes) -> None:
+        self.status_line = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.status_line = True
+        size = self.header_bytes = self.header_bytes + len(name) + len(value)
+        if size > _MAX_HEAD:
+            raise ResponseError("upstream response head too large" if self.state == _HEAD else "upstream trailer too long")
+        if self.state == _BODY:  # a trailer: read and dropped
+            return
+        key = name.lower().decode("latin-1")  # a token (llhttp checked): ASCII
+        text = value.rstrip(b" \t").decode("latin-1")  # llhttp drops the whitespace before a value, not after
+        headers = self.headers
+        if key in headers:
+            text = f"{headers[key]}, {text}"
+        headers[key] = text
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        assert parser is not None
+        self.status_line = True
+        status = parser.get_status_code()
+        if status < 200:
+            return  # an interim answer (100 Continue, 103 Early Hints): the real head follows
+        if not parser.get_http_version().startswith("1."):
+            raise ResponseError(f"upstream answered something that is not HTTP/1.x: HTTP/{parser.get_http_version()}")
+        headers = self.headers
+        self.status = status
+        self.keep_alive = parser.should_keep_alive()
+        if self.head_request:
+            # No body follows, whatever the head says; keep-alive by the version and Connection alone.
+            connection = headers.get("connection", "").lower()
+            self.keep_alive = "close" not in connection if parser.get_http_version() == "1.1" else "keep-alive" in connection
+            self.state = _DONE
+            raise _HeadEnds
+        self.state = _BODY
+        self.until_close = "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower()
+
+    def on_body(self, data: bytes) -> None:
+        self.body.append(data)
+        self.body_size += len(data)
+
+    def on_message_complete(self) -> None:
+        if self.state == _HEAD:
+            self.headers = {}  # the end of an interim answer
+            return
+        assert self.parser is not None
+        self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
+        self.state = _DONE
+
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        cause = exc.__context__
+        if isinstance(cause, _HeadEnds):
+            self.parser = None  # llhttp stopped in an error state: the next request gets a new parser
+            self._wake()
+            return
+        if isinstance(cause, HttpError):
+            self._fail(cause)
+        elif not self.status_line:
+            self._fail(ResponseError(f"upstream answered something that is not HTTP/1.x: {exc}"))
+        else:
+            self._fail(ResponseError(f"upstream broke HTTP/1.1 framing: {exc}"))
+
+    # ------------------------------------------------------------ the reader's side
+
+    def _fail(self, exc: HttpError) -> None:
+        if self.error is None:
+            self.error = exc
+        self.keep_alive = False
+        if self.transport is not None:
+            self.transport.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        waiter = self.waiter = asyncio.get_running_loop().create_future()
+        await waiter
+
+    def send(self, data: bytes, head_request: bool) -> None:
+        assert self.transport is not None
+        if self.parser is None:
+            self.parser = httptools.HttpResponseParser(self)
+        self.state = _HEAD
+        self.head_request = head_request
+        self.head_bytes = 0
+        self.header_bytes = 0
+        self.until_close = False
+        self.status = 0
+        self.headers = {}
+        self.body = []
+        self.body_size = 0
+        self.transport.write(data)
+
+    async def read_head(self) -> None:
+        while self.status == 0:
+            if self.error is not None:
+                raise self.error
+            if self.closed:
+                raise ResponseError("upstream closed the connection before answering")
+            await self._wait()
+
+    async def read_chunk(self) -> bytes:
+        """The body bytes received so far and not yet read; ``b""`` once the body is complete."""
+        while True:
+            if self.body:
+                body = self.body
+                data = body[0] if len(body) == 1 else b"".join(body)
+                self.body = []
+                self.body_size = 0
+                if self.paused:
+                    self.paused = False
+                    assert self.transport is not None
+                    self.transport.resume_reading()
+                return data
+            if self.state == _DONE:
+                return b""
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+
+    def close(self) -> None:
+        self.keep_alive = False
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    @property
+    def reusable(self) -> bool:
+        return self.state == _DONE and self.keep_alive and not self.closed and self.error is None
+
+
+class Response:
+    """An upstream answer whose head has arrived; read the body, then ``release()`` (or ``close()``)."""
+
+    __slots__ = ("status", "headers", "_conn", "_pool", "_inflate", "_finished")
+
+    def __init__(self, conn: _Connection, pool: UpstreamHttp) -> None:
+        self.status = conn.status
+        self.headers = conn.headers  # lower-case names
+        self._conn: _Connection | None = conn
+        self._pool = pool
+        self._finished = False
+        coding = conn.headers.get("content-encoding", "identity").lower()
+        if coding in ("identity", ""):
+            self._inflate = None
+        elif coding in ("gzip", "x-gzip", "deflate"):
+            self._inflate = zlib.decompressobj(47)  # gzip or zlib, told apart by the header bytes
+        else:
+            conn.close()
+            raise ResponseError(f"upstream answered with an unsupported content-encoding {coding!r}")
+
+    async def readany(self) -> bytes:
+        """The next piece of the body as it arrives; ``b""`` at its end."""
+        conn = self._conn
+        if conn is None or self._finished:
+            return b""
+        while True:
+            data = await conn.read_chunk()
+            if not data:
+                self._finished = True
+                if self._inflate is None:
+                    return b""
+                if not self._inflate.eof:
+                    conn.close()
+                    raise ResponseError("upstream's compressed body ended before the compressed stream did")
+                return self._inflate.flush()
+            if self._inflate is None:
+                return data
+            try:
+                data = self._inflate.decompress(data)
+            except zlib.error as exc:
+                conn.close()
+                raise ResponseError(f"upstream sent a corrupt compressed body: {exc}") from None
+            if data:
+                return data
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        parts = []
+        while chunk := await self.readany():
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def release(self) -> None:
+        """Give the connection back: to the pool when the response was read to its end, closed otherwise."""
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            self._pool._release(conn)
+
+    def close(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            conn.close()
+            self._pool._release(conn)
+
+
+class UpstreamHttp:
+    """A pool of at most ``max_connections`` keep-alive connections to the origin of ``base_url``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        max_connections: int = 256,
+        keepalive: float = 30.0,
+        connect_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.host = parts.hostname
+        default_port = 443 if parts.scheme == "https" else 80
+        self.port = parts.port or default_port
+        self.ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
+        host_text = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = host_text if self.port == default_port else f"{host_text}:{self.port}"
+        self.prefix = parts.path.rstrip("/")
+        self.max_connections = max_connections
+        self.keepalive = keepalive
+        self.connect_timeout = connect_timeout
+        self.in_use = 0
+        self.closed = False
+        self._idle: list[_Connection] = []
+        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def request(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"") -> Response:
+        """Send one request (``path`` is appended to the base URL's path) and wait for the response head.
+
+        ``headers`` must not carry ``Host``, ``Content-Length`` or ``Transfer-Encoding``: those
+        are this client's. Raises :class:`ConnectError` or :class:`ResponseError`.
+        """
+        if self.closed:
+            raise ConnectError("the upstream client is closed")
+        if self.in_use >= self.max_connections:
+            await self._wait_for_slot()
+        self.in_use += 1
+        conn: _Connection | None = None
+        try:
+            conn = self._take_idle()
+            if conn is None:
+                conn = await self._connect()
+            lines = [f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
+            for name, value in headers:
+                lines.append(f"{name}: {value}\r\n")
+            if body or method in ("POST", "PUT", "PATCH"):
+                lines.append(f"Content-Length: {len(body)}\r\n")
+            lines.append("\r\n")
+            conn.send("".join(lines).encode("utf-8", "surrogateescape") + body, method == "HEAD")
+            await conn.read_head()
+            return Response(conn, self)
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            self._free_slot()
+            raise
+
+    def _take_idle(self) -> _Connection | None:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.error is None:
+                return conn
+        return None
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    _Connection, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
+                )
+        except TimeoutError:
+            raise ConnectError(f"connect to {self.host}:{self.port} timed out after {self.connect_timeout:g} s") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectError(f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc), exc) from None
+        return conn
+
+    def _release(self, conn: _Connection) -> None:
+        self._free_slot()
+        if conn.reusable and not self.closed:
+            conn.state = _IDLE
+            loop = asyncio.get_running_loop()
+            conn.idle_since = loop.time()
+            self._idle.append(conn)
+            if self._sweeper is None:
+                self._sweeper = loop.call_later(self.keepalive, self._sweep)
+        else:
+            conn.close()
+
+    def _free_slot(self) -> None:
+        self.in_use -= 1
+        self._wake_next()
+
+    async def _wait_for_slot(self) -> None:
+        while self.in_use >= self.max_connections:
+            waiter = asyncio.get_running_loop().create_future()
+            self._queue.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                # Pass a wake-up this waiter can no longer use on to the next one.
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_next()
+                raise
+
+    def _wake_next(self) -> None:
+        queue = self._queue
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    def _sweep(self) -> None:
+        """Close the connections idle for longer than ``keepalive``; runs while any connection is idle."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - self.keepalive
+        keep = []
+        for conn in self._idle:
+            if conn.closed:
+                continue
+            if conn.idle_since <= cutoff:
+                conn.close()
+            else:
+                keep.append(conn)
+        self._idle = keep
+        if keep:
+            self._sweeper = loop.call_later(max(0.05, keep[0].idle_since + self.keepalive - loop.time()), self._sweep)
+
+    @property
+    def idle_connections(self) -> int:
+        return sum(1 for conn in self._idle if not conn.closed)
+
+    async def close(self) -> None:
+        """Close idle connections now; connections in use close when their response is released."""
+        self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in self._idle:
+            conn.close()
+        self._idle = []
+        for waiter in self._queue:
+            if not waiter.done():
+                waiter.set_exception(ConnectError("the upstream client is closed"))
+        self._queue.clear()

@@ -1,0 +1,160 @@
+"""Real token usage: read from a JSON answer or a stream's final chunk, else counted from the streamed text.
+
+For streams the gateway asks the upstream for ``stream_options.include_usage``
+when the client did not, and hides that extra chunk from such a client. The
+:class:`UsageMonitor` also holds a stream to its token and money budgets: an
+event whose tokens the reservation does not cover waits until an extension
+does, and when a budget is gone the stream ends before that event if the
+rule says ``cut``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from tollgate.pipeline.context import Usage
+from tollgate.upstream.sse import DROP, HOLD, PASS, EndStream
+from tollgate.upstream.estimates import estimate_prompt_tokens
+
+if TYPE_CHECKING:
+    from tollgate.pipeline.context import RequestContext
+    from tollgate.policy.settlement import StreamBudget
+
+__all__ = ["usage_from_body", "usage_from_json", "request_stream_usage", "UsageMonitor"]
+
+
+def usage_from_json(doc: Any) -> Usage | None:
+    usage = doc.get("usage") if isinstance(doc, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens", 0)
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return Usage(prompt, completion, reported=True)
+
+
+def usage_from_body(body: bytes) -> Usage | None:
+    """The ``usage`` of a non-streamed JSON answer; None when it has none or is not JSON."""
+    try:
+        return usage_from_json(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def request_stream_usage(ctx: RequestContext) -> bool:
+    """Make sure the upstream reports usage at the end of the stream; returns whether the client asked for it."""
+    body = ctx.body
+    assert body is not None
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return True
+    body["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+    ctx.body_bytes = orjson.dumps(body)
+    return False
+
+
+class UsageMonitor:
+    """The stream monitor of one request: captures usage, hides the usage chunk the client did not ask for,
+    and holds the stream to its budgets (no event goes out before the limits it counts against cover it)."""
+
+    __slots__ = ("ctx", "client_wants_usage", "budget", "_chars", "_wanted")
+
+    def __init__(self, ctx: RequestContext, client_wants_usage: bool, budget: StreamBudget | None) -> None:
+        self.ctx = ctx
+        self.client_wants_usage = client_wants_usage
+        self.budget = budget
+        self._chars = 0
+        self._wanted = 0  # the completion tokens the held event needs covered
+
+    def on_event(self, data: Any) -> int | bytes | EndStream:
+        if not isinstance(data, dict):
+            return PASS
+        usage = data.get("usage")
+        choices = data.get("choices")
+        if usage is not None:
+            found = usage_from_json(data)
+            if found is not None:
+                self.ctx.usage = found
+            if not self.client_wants_usage:
+                # The usage chunk the gateway asked for: dropped when it carries nothing else (``choices: []``,
+                # or choices with empty deltas as some proxies send), else passed on without its usage.
+                if not _carries_output(choices):
+                    return DROP
+                return orjson.dumps({k: v for k, v in data.items() if k != "usage"})
+        if not choices or not isinstance(choices, list):
+            return PASS
+        text = _text_chars(choices)
+        if not text:
+            return PASS
+        budget = self.budget
+        if budget is None:
+            self._chars += text
+            return PASS
+        completion = budget.after(text)
+        if budget.short(completion):
+            self._wanted = completion
+            return HOLD
+        spent = budget.spent_cut(completion)
+        if spent is not None:
+            if spent.unit == "nanos":
+                return EndStream(f"the stream was ended: the money budget {spent.name} is spent", "budget_exceeded")
+            return EndStream(f"the stream was ended: the token budget {spent.name} is exhausted", "token_budget_exceeded")
+        budget.relayed(text, completion)
+        return PASS
+
+    async def cover(self) -> None:
+        if self.budget is not None:
+            await self.budget.cover(self._wanted)
+
+    def on_end(self, outcome: str) -> None:
+        ctx = self.ctx
+        if ctx.usage is None or not ctx.usage.reported:
+            # No usage chunk (cut, broken, or an upstream that ignores include_usage): count what was streamed.
+            completion = self.budget.completion_tokens if self.budget is not None else (self._chars + 3) // 4
+            assert ctx.endpoint is not None and ctx.body is not None
+            prompt = estimate_prompt_tokens(ctx.endpoint.kind, ctx.body)
+            ctx.usage = Usage(prompt, completion, reported=False)
+
+
+def _text_chars(choices: list[Any]) -> int:
+    """Characters of generated output in an event: content, completion text, reasoning and tool-call arguments."""
+    chars = 0
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            for name in ("content", "reasoning_content", "refusal"):
+                piece = delta.get(name)
+                if isinstance(piece, str):
+                    chars += len(piece)
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):
+                for call in calls:
+                    function = call.get("function") if isinstance(call, dict) else None
+                    arguments = function.get("arguments") if isinstance(function, dict) else None
+                    if isinstance(arguments, str):
+                        chars += len(arguments)
+        else:
+            piece = choice.get("text")
+            if isinstance(piece, str):
+                chars += len(piece)
+    return chars
+
+
+def _carries_output(choices: Any) -> bool:
+    """Does an event's ``choices`` carry anything for the client (a delta with content, a finish reason, text)?"""
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("finish_reason") is not None or choice.get("text"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and any(v not in (None, "", [], {}) for k, v in delta.items() if k != "role"):
+            return True
+    return False
