@@ -26,18 +26,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tollgate.config import config_from_dict
-from tollgate.config.identity import Limits
-from tollgate.pipeline.context import ENDPOINTS, RequestContext, Usage
-from tollgate.identity.directory import Principal
 from tollgate.accounting.metrics import multiprocess_dir
 from tollgate.accounting.recorder import Accounting
+from tollgate.config import config_from_dict
+from tollgate.config.identity import Limits
+from tollgate.identity.directory import Principal
+from tollgate.pipeline.context import ENDPOINTS, RequestContext, Usage
 
 
 def _contexts(n: int, tenants: int) -> list[RequestContext]:
     out = []
     principals = [
-        Principal(tenant=f"t{i}", plan="enterprise", limits=Limits(monthly_requests=10**9), allowed_models=None, key_id=f"k{i}")
+        Principal(
+            tenant=f"t{i}",
+            plan="enterprise",
+            limits=Limits(monthly_requests=10**9),
+            allowed_models=None,
+            key_id=f"k{i}",
+        )
         for i in range(tenants)
     ]
     for i in range(n):
@@ -95,12 +101,18 @@ def main() -> None:
     if args.redis:
         backends.append(("redis", {"backend": "redis", "url": args.redis, "key_prefix": "bench"}))
     mode = "multiprocess files" if multiprocess_dir() else "in-memory values"
-    print(f"{args.records} records, {args.tenants} tenants, flushed {args.batch} at a time; metrics: {mode}; CPU µs per request, best of {args.repeats}")
+    print(
+        f"{args.records} records, {args.tenants} tenants, flushed {args.batch} at a time; metrics: {mode}; CPU µs per request, best of {args.repeats}"
+    )
     for name, backend in backends:
         for sample, what in ((0.0, "access log sampled away"), (1.0, "access log every line")):
-            runs = [asyncio.run(_run(args.records, args.tenants, args.batch, backend, sample)) for _ in range(args.repeats)]
+            runs = [
+                asyncio.run(_run(args.records, args.tenants, args.batch, backend, sample)) for _ in range(args.repeats)
+            ]
             best = min(runs, key=lambda r: r["record_us"] + r["flush_us"])
-            print(f"{name:7s} {what:24s} record (hot path) {best['record_us']:5.2f}   flush (background) {best['flush_us']:5.2f}")
+            print(
+                f"{name:7s} {what:24s} record (hot path) {best['record_us']:5.2f}   flush (background) {best['flush_us']:5.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -10,14 +10,25 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-__all__ = ["make_bare_proxy_app", "main"]
+__all__ = ["main", "make_bare_proxy_app"]
 
 # Dropped on the way up, as any proxy must: hop-by-hop headers, framing it recomputes, the client's
 # credential (replaced by the upstream's) and Host (the upstream's, set by the client library).
 _DROPPED = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
-        "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length", "authorization",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "authorization",
     }
 )
 UPSTREAM_URL = web.AppKey("upstream_url", str)
@@ -27,7 +38,9 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 async def _session(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=60)
-    app[SESSION] = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None), trust_env=False)
+    app[SESSION] = aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=None), trust_env=False
+    )
     yield
     await app[SESSION].close()
 
@@ -42,15 +55,21 @@ async def forward(request: web.Request) -> web.StreamResponse:
         async with request.app[SESSION].post(url, data=body, headers=headers) as upstream:
             content_type = upstream.headers.get("Content-Type", "application/json")
             if not content_type.startswith("text/event-stream"):
-                return web.Response(status=upstream.status, body=await upstream.read(), headers={"Content-Type": content_type})
-            response = web.StreamResponse(status=upstream.status, headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
+                return web.Response(
+                    status=upstream.status, body=await upstream.read(), headers={"Content-Type": content_type}
+                )
+            response = web.StreamResponse(
+                status=upstream.status, headers={"Content-Type": content_type, "Cache-Control": "no-cache"}
+            )
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()
             return response
     except aiohttp.ClientError as exc:
-        return web.json_response({"error": {"message": f"upstream failed: {type(exc).__name__}", "type": "upstream_error"}}, status=502)
+        return web.json_response(
+            {"error": {"message": f"upstream failed: {type(exc).__name__}", "type": "upstream_error"}}, status=502
+        )
 
 
 def make_bare_proxy_app(upstream_base_url: str, api_key: str | None = None) -> web.Application:

@@ -29,11 +29,17 @@ sys.path.insert(0, str(REPO))
 
 import uvloop  # noqa: E402
 
-from tollgate.errors import Unauthenticated  # noqa: E402
 from tollgate.edge.answers import error_answer  # noqa: E402
 from tollgate.edge.server import HttpServer, Request, Response  # noqa: E402
+from tollgate.errors import Unauthenticated  # noqa: E402
 
-BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"system","content":"' + b"s" * 400 + b'"},{"role":"user","content":"' + b"u" * 512 + b'"}],"max_tokens":16}'
+BODY = (
+    b'{"model":"gpt-4o-mini","messages":[{"role":"system","content":"'
+    + b"s" * 400
+    + b'"},{"role":"user","content":"'
+    + b"u" * 512
+    + b'"}],"max_tokens":16}'
+)
 BODY = BODY.ljust(1024, b" ")  # 1 KB of JSON
 HEAD_LINES = [
     "POST /v1/chat/completions HTTP/1.1",
@@ -61,10 +67,15 @@ HEAD = ("\r\n".join(HEAD_LINES) + "\r\n\r\n").encode()
 SMALL_BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hi."}],"max_tokens":16}'
 SMALL = (
     b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: %d\r\nContent-Type: application/json\r\n"
-    b"Authorization: Bearer sk-bench-client-key\r\nUser-Agent: tollgate-bench/1\r\n\r\n%b" % (len(SMALL_BODY), SMALL_BODY)
+    b"Authorization: Bearer sk-bench-client-key\r\nUser-Agent: tollgate-bench/1\r\n\r\n%b"
+    % (len(SMALL_BODY), SMALL_BODY)
 )
 REQUESTS = {"sdk": HEAD + BODY, "bench": SMALL}
-ANSWER = b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"message":{"role":"assistant","content":"' + b"a" * 900 + b'"}}]}'
+ANSWER = (
+    b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"message":{"role":"assistant","content":"'
+    + b"a" * 900
+    + b'"}}]}'
+)
 
 
 class _Transport:
@@ -135,15 +146,21 @@ async def main(args: argparse.Namespace) -> None:
     request = REQUESTS[args.request]
     head, _, body = request.partition(b"\r\n\r\n")
     lines = head.count(b"\n")
-    print(f"request: {len(head) + 4}-byte head, {lines} headers, {len(body)}-byte body; {args.requests:,} requests per round")
+    print(
+        f"request: {len(head) + 4}-byte head, {lines} headers, {len(body)}-byte body; {args.requests:,} requests per round"
+    )
     for name, handler in (("ok", _ok), ("error", _error)):
         figures = sorted([await measure(handler, args.requests, request) for _ in range(args.rounds)])
-        print(f"{name:>6}: {figures[len(figures) // 2]:.1f} µs CPU per request (median of {args.rounds}; min {figures[0]:.1f}, max {figures[-1]:.1f})")
+        print(
+            f"{name:>6}: {figures[len(figures) // 2]:.1f} µs CPU per request (median of {args.rounds}; min {figures[0]:.1f}, max {figures[-1]:.1f})"
+        )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--request", choices=sorted(REQUESTS), default="sdk", help="sdk: the SDK request above; bench: run.py's request")
+    parser.add_argument(
+        "--request", choices=sorted(REQUESTS), default="sdk", help="sdk: the SDK request above; bench: run.py's request"
+    )
     uvloop.run(main(parser.parse_args()))

@@ -31,7 +31,7 @@ from tollgate.config import config_from_dict
 from tollgate.identity import Directory, IdentityRuntime, authenticate
 from tollgate.registry.stores import FileStore
 
-__all__ = ["per_call_us", "build", "tenant_records", "main"]
+__all__ = ["build", "main", "per_call_us", "tenant_records"]
 
 
 def tenant_records(n: int) -> tuple[dict[str, Any], list[str]]:
@@ -43,7 +43,13 @@ def tenant_records(n: int) -> tuple[dict[str, Any], list[str]]:
         key = f"tg_bench-key-{i:06d}-0123456789abcdefghijklmnop"
         keys.append(key)
         records[f"t:{tid}"] = {"name": tid, "plan": "personal", "status": "active", "created": 0}
-        records[f"k:k{i:06d}"] = {"id": f"k{i:06d}", "tenant": tid, "key_hash": "sha256:" + hashlib.sha256(key.encode()).hexdigest(), "name": "", "created": 0}
+        records[f"k:k{i:06d}"] = {
+            "id": f"k{i:06d}",
+            "tenant": tid,
+            "key_hash": "sha256:" + hashlib.sha256(key.encode()).hexdigest(),
+            "name": "",
+            "created": 0,
+        }
     return records, keys
 
 
@@ -107,10 +113,26 @@ def run(tenants: int) -> dict[str, float]:
     out["wrong_key_us"] = per_call_us(wrong)
 
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    jwt_config = build({"identity": {"chain": ["jwt"], "jwt": {"keys": [{"kid": "rs", "algorithm": "RS256", "public_key": pem}], "audience": "tollgate"}}})
+    pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    jwt_config = build(
+        {
+            "identity": {
+                "chain": ["jwt"],
+                "jwt": {"keys": [{"kid": "rs", "algorithm": "RS256", "public_key": pem}], "audience": "tollgate"},
+            }
+        }
+    )
     jwt_identity = IdentityRuntime(jwt_config)
-    token = jwt.encode({"tenant": "t000005", "sub": "u", "aud": "tollgate", "exp": int(time.time()) + 3600}, private, algorithm="RS256", headers={"kid": "rs"})
+    token = jwt.encode(
+        {"tenant": "t000005", "sub": "u", "aud": "tollgate", "exp": int(time.time()) + 3600},
+        private,
+        algorithm="RS256",
+        headers={"kid": "rs"},
+    )
     jwt_dir = Directory(jwt_config, dict(list(records.items())[:20]))
     req_jwt = _request({"Authorization": f"Bearer {token}"})
     out["jwt_cached_us"] = per_call_us(lambda: authenticate(req_jwt, jwt_identity, jwt_dir))

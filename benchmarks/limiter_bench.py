@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import uvloop  # noqa: E402
+import uvloop
 
-from tollgate.clock import SystemClock  # noqa: E402
-from tollgate.limiter import LimitSpec, Limiter  # noqa: E402
-from tollgate.limiter.store import EmbeddedEngine, RedisEngine  # noqa: E402
+from tollgate.clock import SystemClock
+from tollgate.limiter import Limiter, LimitSpec
+from tollgate.limiter.store import EmbeddedEngine, RedisEngine
 
 
 def three_limits(tenant: str) -> list[LimitSpec]:
@@ -32,7 +32,9 @@ def three_limits(tenant: str) -> list[LimitSpec]:
     return [
         LimitSpec(name="rpm", kind="sliding_window", limit=10**9, window_ms=60_000, tenant=tenant),
         LimitSpec(name="tpm", kind="gcra", limit=10**9, window_ms=60_000_000, cost=500, unit="tokens", tenant=tenant),
-        LimitSpec(name="quota", kind="fixed_window", limit=10**12, calendar="month", cost=500, unit="tokens", tenant=tenant),
+        LimitSpec(
+            name="quota", kind="fixed_window", limit=10**12, calendar="month", cost=500, unit="tokens", tenant=tenant
+        ),
     ]
 
 
@@ -52,8 +54,10 @@ async def measure(label: str, run_batch: Callable[[], Awaitable[int]], seconds: 
         "admissions/s per core (cpu)": done / cpu,
         "round trips/admission": trips / done if engine is not None else 0.0,
     }
-    print(f"{label:<44} {row['admissions/s']:>10,.0f}/s  {row['cpu us/admission']:>6.1f} us CPU  "
-          f"{row['admissions/s per core (cpu)']:>10,.0f}/s per core  {row['round trips/admission']:.3f} round trips")
+    print(
+        f"{label:<44} {row['admissions/s']:>10,.0f}/s  {row['cpu us/admission']:>6.1f} us CPU  "
+        f"{row['admissions/s per core (cpu)']:>10,.0f}/s per core  {row['round trips/admission']:.3f} round trips"
+    )
     return row
 
 
@@ -66,7 +70,14 @@ async def bench(url: str | None, seconds: float) -> None:
     keys = [limiter_keys.key(s) for s in specs]
     args: list[object] = []
     for s in specs:
-        args += [s.kind, s.limit, s.window_ms, s.cost, {"sliding_window": "20", "fixed_window": "month"}.get(s.kind, ""), "0"]
+        args += [
+            s.kind,
+            s.limit,
+            s.window_ms,
+            s.cost,
+            {"sliding_window": "20", "fixed_window": "month"}.get(s.kind, ""),
+            "0",
+        ]
 
     async def script_only() -> int:
         for _ in range(100):

@@ -11,7 +11,15 @@ import aiohttp
 __all__ = ["main"]
 
 
-async def _worker(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], until: float, latencies: list[float], counts: list[int]) -> None:
+async def _worker(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    until: float,
+    latencies: list[float],
+    counts: list[int],
+) -> None:
     clock = time.perf_counter
     while (started := clock()) < until:
         try:
@@ -32,7 +40,9 @@ async def _run(url: str, body: bytes, headers: dict[str, str], connections: int,
     async with aiohttp.ClientSession(connector=connector) as session:
         started = time.perf_counter()
         until = started + duration
-        await asyncio.gather(*(_worker(session, url, body, headers, until, latencies, counts) for _ in range(connections)))
+        await asyncio.gather(
+            *(_worker(session, url, body, headers, until, latencies, counts) for _ in range(connections))
+        )
         elapsed = time.perf_counter() - started
     latencies.sort()
 

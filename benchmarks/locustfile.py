@@ -65,13 +65,17 @@ class Tally:
         out = [f"{'tenant':<16}{'plan':<16}{'mode':<12}{'sent':>9}{'2xx':>9}{'429':>9}{'errors':>9}"]
         for t in tenants:
             mode = "over-limit" if t.over_limit else "normal"
-            out.append(f"{t.name:<16}{t.plan:<16}{mode:<12}{self.sent[t.name]:>9}{self.ok[t.name]:>9}{self.limited[t.name]:>9}{self.errors[t.name]:>9}")
+            out.append(
+                f"{t.name:<16}{t.plan:<16}{mode:<12}{self.sent[t.name]:>9}{self.ok[t.name]:>9}{self.limited[t.name]:>9}{self.errors[t.name]:>9}"
+            )
         total = [sum(c.values()) for c in (self.sent, self.ok, self.limited, self.errors)]
         out.append(f"{'total':<44}{total[0]:>9}{total[1]:>9}{total[2]:>9}{total[3]:>9}")
         if self.first_token_ms:
             ttft = sorted(self.first_token_ms)
             pick = [ttft[min(len(ttft) - 1, int(q * len(ttft)))] for q in (0.5, 0.95, 0.99)]
-            out.append(f"streams: time to first token p50 {pick[0]:.1f} ms, p95 {pick[1]:.1f} ms, p99 {pick[2]:.1f} ms ({len(ttft)} streams)")
+            out.append(
+                f"streams: time to first token p50 {pick[0]:.1f} ms, p95 {pick[1]:.1f} ms, p99 {pick[2]:.1f} ms ({len(ttft)} streams)"
+            )
         return out
 
 
@@ -83,7 +87,11 @@ def tenants_from_config(path: Path, over_limit: set[str]) -> list[Tenant]:
         spec = spec or {}
         if spec.get("status", "active") != "active":
             continue
-        keys = [k["key"] for k in spec.get("keys") or [] if isinstance(k, dict) and isinstance(k.get("key"), str) and "${" not in k["key"]]
+        keys = [
+            k["key"]
+            for k in spec.get("keys") or []
+            if isinstance(k, dict) and isinstance(k.get("key"), str) and "${" not in k["key"]
+        ]
         if keys:
             plan = str(spec.get("plan", ""))
             tenants.append(Tenant(name, plan, keys[0], PLAN_WEIGHTS.get(plan, 1), name in over_limit))
@@ -92,9 +100,17 @@ def tenants_from_config(path: Path, over_limit: set[str]) -> list[Tenant]:
 
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
-    parser.add_argument("--tollgate-config", default=str(DEFAULT_CONFIG), help="gateway config whose tenants (plaintext keys) send the traffic")
-    parser.add_argument("--tollgate-over-limit", default="noisy", help="comma-separated tenants that send without pause")
-    parser.add_argument("--tollgate-stream-share", type=float, default=0.3, help="fraction of chat completions streamed")
+    parser.add_argument(
+        "--tollgate-config",
+        default=str(DEFAULT_CONFIG),
+        help="gateway config whose tenants (plaintext keys) send the traffic",
+    )
+    parser.add_argument(
+        "--tollgate-over-limit", default="noisy", help="comma-separated tenants that send without pause"
+    )
+    parser.add_argument(
+        "--tollgate-stream-share", type=float, default=0.3, help="fraction of chat completions streamed"
+    )
 
 
 @events.init.add_listener
@@ -112,7 +128,11 @@ def _setup(environment: Environment, **_: Any) -> None:
     environment.tollgate_users = 0  # type: ignore[attr-defined]
     environment.tollgate_tally = Tally()  # type: ignore[attr-defined]
     environment.tollgate_stream_share = options.tollgate_stream_share if options else 0.3  # type: ignore[attr-defined]
-    print(f"tollgate: {len(tenants)} tenants from {config}: " + ", ".join(f"{t.name} ({t.plan}{', over limit' if t.over_limit else ''})" for t in tenants), file=sys.stderr)
+    print(
+        f"tollgate: {len(tenants)} tenants from {config}: "
+        + ", ".join(f"{t.name} ({t.plan}{', over limit' if t.over_limit else ''})" for t in tenants),
+        file=sys.stderr,
+    )
 
 
 @events.quitting.add_listener
@@ -155,12 +175,17 @@ class TenantClient(HttpUser):
 
     @task(7)
     def chat(self) -> None:
-        body = {"model": random.choice(("gpt-4o-mini", "gpt-4o-mini", "gpt-4o")), "max_tokens": random.choice((16, 32, 64)),
-                "messages": [{"role": "user", "content": random.choice(PROMPTS)}]}
+        body = {
+            "model": random.choice(("gpt-4o-mini", "gpt-4o-mini", "gpt-4o")),
+            "max_tokens": random.choice((16, 32, 64)),
+            "messages": [{"role": "user", "content": random.choice(PROMPTS)}],
+        }
         if random.random() < self.stream_share:
             self._stream(body)
             return
-        with self.client.post("/v1/chat/completions", json=body, headers=self.headers, name="chat", catch_response=True) as resp:
+        with self.client.post(
+            "/v1/chat/completions", json=body, headers=self.headers, name="chat", catch_response=True
+        ) as resp:
             if self._settle(resp, "chat") and "choices" not in resp.json():
                 resp.failure("no choices in the answer")
 
@@ -168,7 +193,12 @@ class TenantClient(HttpUser):
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         started = time.perf_counter()
         with self.client.post(
-            "/v1/chat/completions", json=body, headers=self.headers, name="chat stream", stream=True, catch_response=True
+            "/v1/chat/completions",
+            json=body,
+            headers=self.headers,
+            name="chat stream",
+            stream=True,
+            catch_response=True,
         ) as resp:
             if not self._settle(resp, "chat stream"):
                 return
@@ -201,7 +231,9 @@ class TenantClient(HttpUser):
     @task(2)
     def embeddings(self) -> None:
         body = {"model": "text-embedding-3-small", "input": random.choice(PROMPTS)}
-        with self.client.post("/v1/embeddings", json=body, headers=self.headers, name="embeddings", catch_response=True) as resp:
+        with self.client.post(
+            "/v1/embeddings", json=body, headers=self.headers, name="embeddings", catch_response=True
+        ) as resp:
             self._settle(resp, "embeddings")
 
     @task(1)

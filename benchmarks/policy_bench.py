@@ -37,14 +37,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import uvloop  # noqa: E402
 from multidict import CIMultiDict, CIMultiDictProxy  # noqa: E402
+from run import BODIES, CLIENT_HEADERS, GATEWAY_FULL_POLICY, GATEWAY_NO_RULES, tenants_yaml  # noqa: E402
 
 from tollgate.config import load_config  # noqa: E402
-from tollgate.pipeline.context import ENDPOINTS, RequestContext  # noqa: E402
 from tollgate.identity import identify  # noqa: E402
+from tollgate.pipeline.context import ENDPOINTS, RequestContext  # noqa: E402
 from tollgate.pipeline.handler import _admit  # noqa: E402
 from tollgate.runtime.state import GatewayState  # noqa: E402
 from tollgate.upstream.usage import usage_from_body  # noqa: E402
-from run import BODIES, CLIENT_HEADERS, GATEWAY_FULL_POLICY, GATEWAY_NO_RULES, tenants_yaml  # noqa: E402
 
 ANSWER = b'{"usage":{"prompt_tokens":24,"completion_tokens":16,"total_tokens":40}}'
 

@@ -45,7 +45,9 @@ class Target:
 
     name: str
     about: str
-    upstream: str  # "json": nginx answering a fixed body (the mock when nginx is absent); "mock": the Python mock; "": none
+    upstream: (
+        str  # "json": nginx answering a fixed body (the mock when nginx is absent); "mock": the Python mock; "": none
+    )
     command: tuple[str, ...] = ()
     config: str = ""
     body: str = "chat"  # key of BODIES
@@ -66,14 +68,36 @@ models:
   gpt-4o-mini: {deployments: [{upstream: bench}]}
 """
 MOCK_COMMAND = ("$python", "-m", "tollgate", "mock-upstream", "--port", "$port", "--no-record")
-BARE_COMMAND = ("$python", "$bench/bare_proxy.py", "--port", "$port", "--upstream", "$upstream_url", "--api-key", "sk-bench-upstream")
-GATEWAY_COMMAND = ("$python", "-m", "tollgate", "--log-level", "warning", "serve", "--config", "$config", "--port", "$port")
+BARE_COMMAND = (
+    "$python",
+    "$bench/bare_proxy.py",
+    "--port",
+    "$port",
+    "--upstream",
+    "$upstream_url",
+    "--api-key",
+    "sk-bench-upstream",
+)
+GATEWAY_COMMAND = (
+    "$python",
+    "-m",
+    "tollgate",
+    "--log-level",
+    "warning",
+    "serve",
+    "--config",
+    "$config",
+    "--port",
+    "$port",
+)
 GATEWAY_REDIS_NO_RULES = GATEWAY_NO_RULES + 'store: {backend: redis, url: "$redis_url"}\n'
 
 # The full policy: API-key identity, two namespace matchers (a header and a body field), three limits
 # (requests per minute, tokens per minute with reserve-then-settle, concurrency) admitted in one atomic
 # call, accounting and metrics on. The limits are far above the offered load: every request is admitted.
-GATEWAY_FULL_POLICY = GATEWAY_NO_RULES + """\
+GATEWAY_FULL_POLICY = (
+    GATEWAY_NO_RULES
+    + """\
 identity: {chain: [api_key]}
 plans:
   bench: {monthly_requests: 1000000000000, concurrency: 100000}
@@ -87,6 +111,7 @@ rules:
   tpm: {type: token_limit, limit: 1000000000000, per: minute, scope: [tenant], attach: {global: true}}
   inflight: {type: connection_limit, limit: 100000, scope: [tenant], attach: {global: true}}
 """
+)
 GATEWAY_FULL_POLICY_REDIS = GATEWAY_FULL_POLICY + 'store: {backend: redis, url: "$redis_url"}\n'
 
 
@@ -108,33 +133,78 @@ TARGETS: tuple[Target, ...] = (
     Target("upstream", "load generator -> JSON upstream (nginx fixed body): the upstream's headroom", "json"),
     Target("mock", "load generator -> Python mock upstream, non-stream JSON", "", MOCK_COMMAND),
     Target("bare", "-> bare aiohttp pass-through -> JSON upstream: the Python ceiling", "json", BARE_COMMAND),
-    Target("gateway", "-> gateway, no rules -> JSON upstream", "json", GATEWAY_COMMAND, GATEWAY_NO_RULES, baseline="bare"),
-    Target("bare-stream", "-> bare pass-through -> mock, SSE stream of 16 tokens", "mock", BARE_COMMAND, body="stream", default=False),
     Target(
-        "gateway-stream", "-> gateway, no rules -> mock, SSE stream of 16 tokens", "mock", GATEWAY_COMMAND, GATEWAY_NO_RULES,
-        body="stream", baseline="bare-stream", default=False,
+        "gateway", "-> gateway, no rules -> JSON upstream", "json", GATEWAY_COMMAND, GATEWAY_NO_RULES, baseline="bare"
+    ),
+    Target(
+        "bare-stream",
+        "-> bare pass-through -> mock, SSE stream of 16 tokens",
+        "mock",
+        BARE_COMMAND,
+        body="stream",
+        default=False,
+    ),
+    Target(
+        "gateway-stream",
+        "-> gateway, no rules -> mock, SSE stream of 16 tokens",
+        "mock",
+        GATEWAY_COMMAND,
+        GATEWAY_NO_RULES,
+        body="stream",
+        baseline="bare-stream",
+        default=False,
     ),
     # Workers (issue 8): the same gateway as 1 and as 2 SO_REUSEPORT processes, Redis store, not pinned.
     Target(
-        "gateway-1w", "-> gateway --workers 1, Redis store, unpinned -> JSON upstream", "json", (*GATEWAY_COMMAND, "--workers", "1"),
-        GATEWAY_REDIS_NO_RULES, default=False, redis=True, pin=False,
+        "gateway-1w",
+        "-> gateway --workers 1, Redis store, unpinned -> JSON upstream",
+        "json",
+        (*GATEWAY_COMMAND, "--workers", "1"),
+        GATEWAY_REDIS_NO_RULES,
+        default=False,
+        redis=True,
+        pin=False,
     ),
     Target(
-        "gateway-2w", "-> gateway --workers 2, Redis store, unpinned -> JSON upstream", "json", (*GATEWAY_COMMAND, "--workers", "2"),
-        GATEWAY_REDIS_NO_RULES, baseline="gateway-1w", default=False, redis=True, pin=False,
+        "gateway-2w",
+        "-> gateway --workers 2, Redis store, unpinned -> JSON upstream",
+        "json",
+        (*GATEWAY_COMMAND, "--workers", "2"),
+        GATEWAY_REDIS_NO_RULES,
+        baseline="gateway-1w",
+        default=False,
+        redis=True,
+        pin=False,
     ),
     # The full policy (issue 8): on the embedded store and on Redis, with 10 and with 100,000 tenants.
     Target(
-        "full-embedded", "-> gateway, full policy (identity, 2 matchers, 3 limits, accounting), embedded store",
-        "json", GATEWAY_COMMAND, GATEWAY_FULL_POLICY, baseline="bare", tenants=10,
+        "full-embedded",
+        "-> gateway, full policy (identity, 2 matchers, 3 limits, accounting), embedded store",
+        "json",
+        GATEWAY_COMMAND,
+        GATEWAY_FULL_POLICY,
+        baseline="bare",
+        tenants=10,
     ),
     Target(
-        "full-redis", "-> gateway, full policy, Redis store", "json", GATEWAY_COMMAND, GATEWAY_FULL_POLICY_REDIS,
-        baseline="bare", redis=True, tenants=10,
+        "full-redis",
+        "-> gateway, full policy, Redis store",
+        "json",
+        GATEWAY_COMMAND,
+        GATEWAY_FULL_POLICY_REDIS,
+        baseline="bare",
+        redis=True,
+        tenants=10,
     ),
     Target(
-        "full-100k-tenants", "-> gateway, full policy, embedded store, 100,000 tenants", "json", GATEWAY_COMMAND,
-        GATEWAY_FULL_POLICY, baseline="full-embedded", default=False, tenants=100_000,
+        "full-100k-tenants",
+        "-> gateway, full policy, embedded store, 100,000 tenants",
+        "json",
+        GATEWAY_COMMAND,
+        GATEWAY_FULL_POLICY,
+        baseline="full-embedded",
+        default=False,
+        tenants=100_000,
     ),
 )
 RATIO_GOALS = {"gateway": 0.90, "full-embedded": 0.80, "full-redis": 0.80}
@@ -145,7 +215,13 @@ _MESSAGES = [
 ]
 BODIES = {
     "chat": {"model": "gpt-4o-mini", "messages": _MESSAGES, "max_tokens": 16},
-    "stream": {"model": "gpt-4o-mini", "messages": _MESSAGES, "max_tokens": 16, "stream": True, "stream_options": {"include_usage": True}},
+    "stream": {
+        "model": "gpt-4o-mini",
+        "messages": _MESSAGES,
+        "max_tokens": 16,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    },
 }
 # What the JSON upstream answers: the mock's own answer to BODIES["chat"].
 FIXED_CHAT_COMPLETION = {
@@ -157,7 +233,11 @@ FIXED_CHAT_COMPLETION = {
     "choices": [
         {
             "index": 0,
-            "message": {"role": "assistant", "content": "the quick brown fox jumps over a lazy dog while seven wizards quietly pack boxes of", "refusal": None},
+            "message": {
+                "role": "assistant",
+                "content": "the quick brown fox jumps over a lazy dog while seven wizards quietly pack boxes of",
+                "refusal": None,
+            },
             "logprobs": None,
             "finish_reason": "length",
         }
@@ -222,7 +302,9 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], body: bytes, log: Path,
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             headers = dict(h.split(": ", 1) for h in CLIENT_HEADERS)
-            conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json", **headers})
+            conn.request(
+                "POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json", **headers}
+            )
             resp = conn.getresponse()
             resp.read()
             conn.close()
@@ -328,7 +410,10 @@ def start_upstream(kind: str, stack: ExitStack, workdir: Path, cpu: int | None, 
     port = free_port()
     nginx = shutil.which("nginx")
     if kind == "json" and nginx:
-        argv = pinned(cpu, [nginx, "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(nginx_config(workdir, port))])
+        argv = pinned(
+            cpu,
+            [nginx, "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(nginx_config(workdir, port))],
+        )
         name = "nginx"
     else:
         argv = pinned(cpu, [python, "-m", "tollgate", "mock-upstream", "--port", str(port), "--no-record"])
@@ -344,7 +429,10 @@ def start_redis(stack: ExitStack, workdir: Path, cpu: int | None) -> str:
     if binary is None:
         raise SystemExit("redis-server is needed by the --workers rows")
     port = free_port()
-    argv = pinned(cpu, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)])
+    argv = pinned(
+        cpu,
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+    )
     stack.enter_context(process("redis", argv, workdir))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -370,11 +458,31 @@ class Load:
     def argv(self, url: str, body_file: Path, duration: float) -> list[str]:
         if self.tool == "wrk":
             argv = [
-                "wrk", f"-t{self.threads}", f"-c{self.connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-                "-s", str(BENCH / "wrk_post.lua"), url, "--", str(body_file), *CLIENT_HEADERS,
+                "wrk",
+                f"-t{self.threads}",
+                f"-c{self.connections}",
+                f"-d{max(1, round(duration))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(BENCH / "wrk_post.lua"),
+                url,
+                "--",
+                str(body_file),
+                *CLIENT_HEADERS,
             ]
         else:
-            argv = [self.python, str(BENCH / "loadgen.py"), url, str(body_file), *CLIENT_HEADERS, "--connections", str(self.connections), "--duration", str(duration)]
+            argv = [
+                self.python,
+                str(BENCH / "loadgen.py"),
+                url,
+                str(body_file),
+                *CLIENT_HEADERS,
+                "--connections",
+                str(self.connections),
+                "--duration",
+                str(duration),
+            ]
         return pinned(self.cpu, argv)
 
 
@@ -396,7 +504,14 @@ def run_load(load: Load, url: str, body_file: Path, duration: float) -> tuple[di
 # ---------------------------------------------------------------- one row
 
 
-def measure(target: Target, upstream: Upstream | None, load: Load, workdir: Path, args: argparse.Namespace, placement: dict[str, int | None]) -> Row:
+def measure(
+    target: Target,
+    upstream: Upstream | None,
+    load: Load,
+    workdir: Path,
+    args: argparse.Namespace,
+    placement: dict[str, int | None],
+) -> Row:
     """Start the row's process (pinned to ``placement["target"]``), warm up, then measure under load."""
     body = orjson.dumps(BODIES[target.body])
     body_file = workdir / f"body-{target.body}.json"
@@ -407,8 +522,12 @@ def measure(target: Target, upstream: Upstream | None, load: Load, workdir: Path
         if target.command:
             port = free_port()
             values = {
-                "python": args.python, "repo": str(REPO), "bench": str(BENCH), "port": str(port),
-                "upstream_port": str(upstream.port if upstream else ""), "upstream_url": upstream.url if upstream else "",
+                "python": args.python,
+                "repo": str(REPO),
+                "bench": str(BENCH),
+                "port": str(port),
+                "upstream_port": str(upstream.port if upstream else ""),
+                "upstream_url": upstream.url if upstream else "",
                 "redis_url": getattr(args, "redis_url", ""),
                 "tenants": tenants_yaml(target.tenants) if target.tenants else "",
             }
@@ -432,12 +551,17 @@ def measure(target: Target, upstream: Upstream | None, load: Load, workdir: Path
         started = time.monotonic()
         result, cpu_loadgen = run_load(load, url, body_file, args.duration)
         wall = time.monotonic() - started
-        shares = [(cpu_ticks(pid) - before) / CLK_TCK / wall * 100 for pid, before in zip(pids, ticks_before, strict=True)]
+        shares = [
+            (cpu_ticks(pid) - before) / CLK_TCK / wall * 100 for pid, before in zip(pids, ticks_before, strict=True)
+        ]
         cores_after = core_times()
     seconds = result["duration_us"] / 1e6
     per_core: dict[int, list[str]] = {}
     per_core_share: dict[int, float] = {}
-    roles = [("load generator", "loadgen", cpu_loadgen), ("target", "target" if target.command else "upstream", shares[0])]
+    roles = [
+        ("load generator", "loadgen", cpu_loadgen),
+        ("target", "target" if target.command else "upstream", shares[0]),
+    ]
     if len(shares) > 1:
         roles.append(("upstream", "upstream", shares[1]))
     for label, where, share in roles:
@@ -456,7 +580,9 @@ def measure(target: Target, upstream: Upstream | None, load: Load, workdir: Path
         others = busy / max(total, 1) * 100 - per_core_share[cpu]
         stolen = steal / max(total, 1) * 100
         if others > 10 or stolen > 5:
-            interference.append(f"CPU {cpu}: {max(others, 0):.0f} % taken by other processes, {stolen:.0f} % stolen by the hypervisor")
+            interference.append(
+                f"CPU {cpu}: {max(others, 0):.0f} % taken by other processes, {stolen:.0f} % stolen by the hypervisor"
+            )
     return Row(
         target=target,
         rps=result["requests"] / seconds,
@@ -480,7 +606,9 @@ def median_run(rows: list[Row]) -> Row:
 
 
 def rounds_line(selected: Sequence[Target], runs: dict[str, list[Row]]) -> str:
-    per_row = "; ".join(f"{t.name} " + " / ".join(f"{r.rps:,.0f}" for r in runs[t.name]) for t in selected if runs[t.name])
+    per_row = "; ".join(
+        f"{t.name} " + " / ".join(f"{r.rps:,.0f}" for r in runs[t.name]) for t in selected if runs[t.name]
+    )
     rounds = max(len(v) for v in runs.values())
     return (
         f"- Rounds: every row ran {rounds} times, interleaved (all rows, then all rows again); the table shows each "
@@ -502,7 +630,9 @@ def table(rows: list[Row]) -> list[str]:
     for r in rows:
         q = ratio(r, by_name)
         ratio_text = f"{q:.2f} of {r.target.baseline}" if q is not None else ""
-        upstream_cpu = f"{r.cpu_upstream:.0f} %" if r.cpu_upstream is not None else "(is target)" if r.target.upstream else ""
+        upstream_cpu = (
+            f"{r.cpu_upstream:.0f} %" if r.cpu_upstream is not None else "(is target)" if r.target.upstream else ""
+        )
         lines.append(
             f"| {r.target.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {r.cpu_loadgen:.0f} % "
             f"| {r.cpu_target:.0f} % | {upstream_cpu} | {ratio_text} |"
@@ -522,7 +652,9 @@ def verdicts(rows: list[Row]) -> list[str]:
         out.append(f"{r.target.name} / {r.target.baseline} = {q:.3f}{verdict}")
     for r in rows:
         if r.saturated:
-            out.append(f"warning: {r.target.name}: {r.saturated} near a full core: the row is bounded by the load generator or the upstream")
+            out.append(
+                f"warning: {r.target.name}: {r.saturated} near a full core: the row is bounded by the load generator or the upstream"
+            )
         if r.interference:
             out.append(f"warning: {r.target.name}: {r.interference}: the figures understate what the row can do")
         if r.errors:
@@ -532,8 +664,21 @@ def verdicts(rows: list[Row]) -> list[str]:
 
 def machine_description(load: Load, pinning: str) -> list[str]:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout if shutil.which("lscpu") else ""
-    wanted = ("Architecture", "CPU(s)", "Model name", "Thread(s) per core", "Core(s) per socket", "CPU max MHz", "Hypervisor vendor", "L3 cache")
-    cpu = [f"{k.strip()}: {v.strip()}" for k, _, v in (line.partition(":") for line in lscpu.splitlines()) if k.strip() in wanted]
+    wanted = (
+        "Architecture",
+        "CPU(s)",
+        "Model name",
+        "Thread(s) per core",
+        "Core(s) per socket",
+        "CPU max MHz",
+        "Hypervisor vendor",
+        "L3 cache",
+    )
+    cpu = [
+        f"{k.strip()}: {v.strip()}"
+        for k, _, v in (line.partition(":") for line in lscpu.splitlines())
+        if k.strip() in wanted
+    ]
     versions = [f"Python {platform.python_version()}"]
     for module in ("aiohttp", "uvloop", "orjson"):
         try:
@@ -545,8 +690,15 @@ def machine_description(load: Load, pinning: str) -> list[str]:
             text = subprocess.run([tool, flag], capture_output=True, text=True)
             first = (text.stderr or text.stdout).strip().splitlines()[0]
             versions.append(first.split("Copyright")[0].strip())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    if commit and subprocess.run(["git", "status", "--porcelain", "--", "tollgate"], capture_output=True, text=True, cwd=REPO).stdout.strip():
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+    if (
+        commit
+        and subprocess.run(
+            ["git", "status", "--porcelain", "--", "tollgate"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip()
+    ):
         commit += " with uncommitted changes in tollgate/"
     return [
         f"- Machine: {'; '.join(cpu) or platform.processor()}; Linux {platform.release()}",
@@ -557,7 +709,7 @@ def machine_description(load: Load, pinning: str) -> list[str]:
 
 def record(rows: list[Row], header: list[str], args: argparse.Namespace) -> None:
     results = Path(args.results)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = [
         "",
         f"## Proxy overhead, {stamp}" + (f" ({args.label})" if args.label else ""),
@@ -573,7 +725,9 @@ def record(rows: list[Row], header: list[str], args: argparse.Namespace) -> None
     new = not results.exists()
     with open(results, "a", encoding="utf-8") as f:
         if new:
-            f.write("# Benchmark results\n\nAppended by `python benchmarks/run.py --record` (and other harnesses); newest last.\n")
+            f.write(
+                "# Benchmark results\n\nAppended by `python benchmarks/run.py --record` (and other harnesses); newest last.\n"
+            )
         f.write("\n".join(section))
 
 
@@ -587,7 +741,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per row before it")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
-    p.add_argument("--only", nargs="+", choices=names, metavar="ROW", help=f"rows to run (default: all default rows); any of {', '.join(names)}")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=names,
+        metavar="ROW",
+        help=f"rows to run (default: all default rows); any of {', '.join(names)}",
+    )
     p.add_argument("--all", action="store_true", help="every row, the streaming ones too")
     p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores with taskset")
@@ -597,7 +757,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--label", default="", help="added to the recorded section's title, e.g. which build was measured")
     p.add_argument("--keep-logs", action="store_true", help="keep the temp dir with configs and process logs")
     p.add_argument(
-        "--rounds", type=int, default=1,
+        "--rounds",
+        type=int,
+        default=1,
         help="run the selected rows this many times, interleaved (all rows, then all rows again, ...), and report each "
         "row's median run: on a shared machine one run's ratio can drift by 10-15 %%",
     )
@@ -612,7 +774,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(cpus) >= 2 and shutil.which("taskset") and not args.no_pin:
         loadgen_cpu, proxy_cpu = cpus[0], cpus[1]
         upstream_cpu = cpus[2] if len(cpus) >= 3 else cpus[0]
-        pinning = f"load generator on CPU {loadgen_cpu}, proxy (target) on CPU {proxy_cpu}, upstream on CPU {upstream_cpu}"
+        pinning = (
+            f"load generator on CPU {loadgen_cpu}, proxy (target) on CPU {proxy_cpu}, upstream on CPU {upstream_cpu}"
+        )
     else:
         loadgen_cpu = proxy_cpu = upstream_cpu = None
         pinning = "no CPU pinning"
@@ -634,7 +798,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     upstream = None
                     if target.upstream:
                         if target.upstream not in upstreams:
-                            upstreams[target.upstream] = start_upstream(target.upstream, stack, workdir, upstream_cpu, args.python)
+                            upstreams[target.upstream] = start_upstream(
+                                target.upstream, stack, workdir, upstream_cpu, args.python
+                            )
                         upstream = upstreams[target.upstream]
                     print(f"-- {target.name}: {target.about}" + (f" [{upstream.name}]" if upstream else ""), flush=True)
                     row = measure(target, upstream, load, workdir, args, placement)

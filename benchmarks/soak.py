@@ -88,11 +88,13 @@ async def _pace(url: str, keys: list[str], rate: float, duration: float, connect
     async def send(session: aiohttp.ClientSession, seq: int, since: float) -> None:
         counts["sent"] += 1
         try:
-            async with session.post(url, data=bodies[(seq % 100) < stream_share * 100], headers=headers[seq % len(headers)]) as resp:
+            async with session.post(
+                url, data=bodies[(seq % 100) < stream_share * 100], headers=headers[seq % len(headers)]
+            ) as resp:
                 await resp.read()
                 counts["received"] += 1
                 counts["ok" if resp.status < 300 else "limited" if resp.status == 429 else "other"] += 1
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             counts["failed"] += 1
         latencies.append(time.monotonic() - since)
 
@@ -231,7 +233,17 @@ def store_keys(redis_url: str | None) -> int | None:
 def run_load(args: argparse.Namespace, url: str, rate: float, duration: float, on_second: Any = None) -> dict[str, Any]:
     """Run ``--pacers`` generator processes; returns their summed last counters."""
     per = rate / args.pacers
-    argv = [sys.executable, __file__, "_pace", url, ",".join(args.keys), str(per), str(duration), str(max(1, args.connections // args.pacers)), str(args.stream_share)]
+    argv = [
+        sys.executable,
+        __file__,
+        "_pace",
+        url,
+        ",".join(args.keys),
+        str(per),
+        str(duration),
+        str(max(1, args.connections // args.pacers)),
+        str(args.stream_share),
+    ]
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(args.pacers)]
     latest: list[dict[str, Any]] = [{} for _ in procs]
     sel = selectors.DefaultSelector()
@@ -262,7 +274,9 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def soak(args: argparse.Namespace, url: str, gateway_pid: int, redis_url: str | None) -> list[str]:
-    print(f"measuring capacity: closed loop, {args.connections} connections, {args.capacity_seconds:g} s ...", flush=True)
+    print(
+        f"measuring capacity: closed loop, {args.connections} connections, {args.capacity_seconds:g} s ...", flush=True
+    )
     if args.rate:
         capacity = args.rate / args.share
     else:
@@ -270,7 +284,10 @@ def soak(args: argparse.Namespace, url: str, gateway_pid: int, redis_url: str | 
         result = run_load(args, url, 0, args.capacity_seconds)
         capacity = result.get("received", 0) / args.capacity_seconds
     rate = capacity * args.share
-    print(f"capacity {capacity:,.0f} req/s -> soak at {rate:,.0f} req/s ({args.share:.0%}) for {args.duration:g} s", flush=True)
+    print(
+        f"capacity {capacity:,.0f} req/s -> soak at {rate:,.0f} req/s ({args.share:.0%}) for {args.duration:g} s",
+        flush=True,
+    )
     header = (
         f"{'t s':>6} {'RSS MiB':>9} {'fds':>6} {'keys':>8} {'sent':>10} {'received':>10} {'2xx':>10} {'429':>8} {'other':>7} "
         f"{'failed':>7} {'req/s':>8} {'backlog':>8} {'p99 ms':>8}"
@@ -325,9 +342,21 @@ def samples_in(samples: list[tuple[float, float, int, int | None]], duration: fl
 
 
 def record(lines: list[str], args: argparse.Namespace) -> None:
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    section = ["", f"## Soak, {stamp}", "", f"- `python benchmarks/soak.py {' '.join(sys.argv[1:])}`; commit {commit}; {os.cpu_count()} CPUs", "", "```", *lines, "```", ""]
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+    section = [
+        "",
+        f"## Soak, {stamp}",
+        "",
+        f"- `python benchmarks/soak.py {' '.join(sys.argv[1:])}`; commit {commit}; {os.cpu_count()} CPUs",
+        "",
+        "```",
+        *lines,
+        "```",
+        "",
+    ]
     with open(RESULTS, "a", encoding="utf-8") as f:
         f.write("\n".join(section))
 
@@ -351,13 +380,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--capacity-seconds", type=float, default=10.0)
     p.add_argument("--sample", type=float, default=10.0, help="seconds between rows")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--connections", type=int, default=64, help="connections of the load generators (closed loop: clients)")
+    p.add_argument(
+        "--connections", type=int, default=64, help="connections of the load generators (closed loop: clients)"
+    )
     p.add_argument("--pacers", type=int, default=1, help="load generator processes")
     p.add_argument("--stream-share", type=float, default=0.2, help="fraction of requests streamed")
     p.add_argument("--url", help="soak a running gateway at this base URL instead of starting one")
     p.add_argument("--pid", type=int, help="with --url: the gateway's (supervisor's) pid, for RSS and fds")
     p.add_argument("--redis-url", help="with --url: the store's Redis, for the key count")
-    p.add_argument("--key", action="append", dest="keys", help="with --url: a client API key (repeat for several tenants)")
+    p.add_argument(
+        "--key", action="append", dest="keys", help="with --url: a client API key (repeat for several tenants)"
+    )
     p.add_argument("--record", action="store_true", help=f"append the report to {RESULTS.name}")
     args = p.parse_args(argv)
     if args.url:
@@ -382,14 +415,47 @@ def self_contained(args: argparse.Namespace) -> list[str]:
             redis = shutil.which("redis-server")
             if redis is None:
                 raise SystemExit("redis-server is needed (the workers share limits through it)")
-            stack.enter_context(started([redis, "--port", str(redis_port), "--save", "", "--appendonly", "no", "--dir", str(workdir)], workdir / "redis.log"))
-            stack.enter_context(started([sys.executable, "-m", "tollgate", "mock-upstream", "--port", str(mock_port), "--no-record"], workdir / "mock.log"))
+            stack.enter_context(
+                started(
+                    [redis, "--port", str(redis_port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                    workdir / "redis.log",
+                )
+            )
+            stack.enter_context(
+                started(
+                    [sys.executable, "-m", "tollgate", "mock-upstream", "--port", str(mock_port), "--no-record"],
+                    workdir / "mock.log",
+                )
+            )
             config = workdir / "gateway.yaml"
-            config.write_text(CONFIG.format(port=port, redis_url=redis_url, upstream=f"http://127.0.0.1:{mock_port}/v1", k0=TENANT_KEYS[0], k1=TENANT_KEYS[1], k2=TENANT_KEYS[2]))
+            config.write_text(
+                CONFIG.format(
+                    port=port,
+                    redis_url=redis_url,
+                    upstream=f"http://127.0.0.1:{mock_port}/v1",
+                    k0=TENANT_KEYS[0],
+                    k1=TENANT_KEYS[1],
+                    k2=TENANT_KEYS[2],
+                )
+            )
             wait_port(redis_port)
             wait_port(mock_port)
             gateway = stack.enter_context(
-                started([sys.executable, "-m", "tollgate", "--log-level", "warning", "serve", "--config", str(config), "--workers", str(args.workers)], workdir / "gateway.log")
+                started(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tollgate",
+                        "--log-level",
+                        "warning",
+                        "serve",
+                        "--config",
+                        str(config),
+                        "--workers",
+                        str(args.workers),
+                    ],
+                    workdir / "gateway.log",
+                )
             )
             wait_port(port)
             time.sleep(1.0)

@@ -17,14 +17,16 @@ async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request_with
     try:
         assert time.monotonic() - started < 10
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
-        async with aiohttp.ClientSession() as s:
-            async with s.post(
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
                 f"http://127.0.0.1:{port}/v1/chat/completions",
                 json=body,
                 headers={"Authorization": "Bearer tg_demo_0123456789abcdef0123456789abcdef"},
-            ) as r:
-                assert r.status == 200
-                reply = await r.json()
+            ) as r,
+        ):
+            assert r.status == 200
+            reply = await r.json()
         assert reply["choices"][0]["message"]["content"]
         async with aiohttp.ClientSession() as s:
             async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as r:

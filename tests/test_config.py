@@ -40,7 +40,11 @@ typo_section: 1
 
 def run_check(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tollgate", "check-config", str(path)], capture_output=True, text=True, cwd=REPO, timeout=60
+        [sys.executable, "-m", "tollgate", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
 
 
@@ -70,7 +74,9 @@ def test_check_config_lists_every_error_with_its_field_path(tmp_path: Path) -> N
 
 def test_check_config_accepts_a_valid_file_and_exits_zero(tmp_path: Path) -> None:
     path = tmp_path / "ok.yaml"
-    path.write_text("upstreams: {u: {base_url: 'http://127.0.0.1:1/v1'}}\nmodels: {m: {deployments: [{upstream: u}]}}\n")
+    path.write_text(
+        "upstreams: {u: {base_url: 'http://127.0.0.1:1/v1'}}\nmodels: {m: {deployments: [{upstream: u}]}}\n"
+    )
     result = run_check(path)
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
@@ -132,7 +138,9 @@ def test_env_value_cannot_change_document_structure() -> None:
 def test_an_upstream_secret_with_a_trailing_newline_is_refused_not_sent() -> None:
     with pytest.raises(ConfigError) as info:
         config_from_dict(minimal(), env={"UPSTREAM_KEY": "sk-from-a-file\n"})
-    assert info.value.problems == ["upstreams.u.api_key: must not contain CR, LF or NUL (check for a trailing newline in the secret)"]
+    assert info.value.problems == [
+        "upstreams.u.api_key: must not contain CR, LF or NUL (check for a trailing newline in the secret)"
+    ]
 
 
 def test_upstream_headers_must_be_valid_names_with_values_that_cannot_break_the_request() -> None:
@@ -148,10 +156,18 @@ def test_upstream_headers_must_be_valid_names_with_values_that_cannot_break_the_
 
 def test_forward_headers_default_to_content_negotiation_and_the_user_agent_and_are_kept_lower_case() -> None:
     env = {"UPSTREAM_KEY": "k"}
-    assert config_from_dict(minimal(), env=env).upstreams["u"].forward_headers == ("accept", "accept-language", "user-agent")
+    assert config_from_dict(minimal(), env=env).upstreams["u"].forward_headers == (
+        "accept",
+        "accept-language",
+        "user-agent",
+    )
     doc = minimal()
     doc["upstreams"]["u"]["forward_headers"] = ["Accept", "anthropic-beta", "X-Stainless-*", "accept"]  # type: ignore[index]
-    assert config_from_dict(doc, env=env).upstreams["u"].forward_headers == ("accept", "anthropic-beta", "x-stainless-*")
+    assert config_from_dict(doc, env=env).upstreams["u"].forward_headers == (
+        "accept",
+        "anthropic-beta",
+        "x-stainless-*",
+    )
     doc["upstreams"]["u"]["forward_headers"] = []  # type: ignore[index]
     assert config_from_dict(doc, env=env).upstreams["u"].forward_headers == ()
 
@@ -160,8 +176,18 @@ def test_forward_headers_refuse_what_never_comes_from_a_client_naming_each_entry
     doc = minimal()
     doc["upstreams"]["u"]["headers"] = {"X-Org": "o"}  # type: ignore[index]
     doc["upstreams"]["u"]["forward_headers"] = [  # type: ignore[index]
-        "authorization", "OpenAI-Organization", "openai-beta", "x-forwarded-*", "Proxy-*", "X-Real-IP", "connection",
-        "x-request-id", "*", "bad name", "x-org", "x-mock-*",
+        "authorization",
+        "OpenAI-Organization",
+        "openai-beta",
+        "x-forwarded-*",
+        "Proxy-*",
+        "X-Real-IP",
+        "connection",
+        "x-request-id",
+        "*",
+        "bad name",
+        "x-org",
+        "x-mock-*",
     ]
     with pytest.raises(ConfigError) as info:
         config_from_dict(doc, env={"UPSTREAM_KEY": "k"})
@@ -182,7 +208,9 @@ def test_forward_headers_refuse_what_never_comes_from_a_client_naming_each_entry
 
 
 def test_admin_token_is_kept_only_as_its_hash() -> None:
-    config = config_from_dict(minimal(listeners={"admin": {"token": "a-long-admin-token-123"}}), env={"UPSTREAM_KEY": "k"})
+    config = config_from_dict(
+        minimal(listeners={"admin": {"token": "a-long-admin-token-123"}}), env={"UPSTREAM_KEY": "k"}
+    )
     assert config.listeners.admin.token_sha256 is not None
     assert "a-long-admin-token-123" not in repr(config)
 
@@ -199,12 +227,18 @@ def test_sizes_parse_to_bytes(text: object, size: int) -> None:
     assert parse_size(text) == size
 
 
-
 def test_budget_and_token_count_mistakes_are_named_by_field() -> None:
     rules = {
         "no-amount": {"type": "budget", "attach": {"global": True}},
         "zero": {"type": "budget", "amount": 0, "attach": {"global": True}},
-        "as-limit": {"type": "budget", "limit": 5, "amount": 1, "per": "week", "window": "sliding", "attach": {"global": True}},
+        "as-limit": {
+            "type": "budget",
+            "limit": 5,
+            "amount": 1,
+            "per": "week",
+            "window": "sliding",
+            "attach": {"global": True},
+        },
         "bad-count": {"type": "token_limit", "limit": 10, "count": "prompt", "attach": {"global": True}},
     }
     with pytest.raises(ConfigError) as info:
@@ -226,12 +260,14 @@ def test_a_budget_amount_is_kept_exactly_in_nanos() -> None:
 
 
 def test_a_rule_without_fail_mode_falls_back_to_the_local_engine() -> None:
-    config = config_from_dict({
-        "upstreams": {"u": {"base_url": "http://127.0.0.1:9"}},
-        "models": {"m": {"deployments": [{"upstream": "u"}]}},
-        "rules": {
-            "rpm": {"type": "request_limit", "limit": 10, "attach": {"global": True}},
-            "open": {"type": "request_limit", "limit": 10, "fail_mode": "fail_open", "attach": {"global": True}},
-        },
-    })
+    config = config_from_dict(
+        {
+            "upstreams": {"u": {"base_url": "http://127.0.0.1:9"}},
+            "models": {"m": {"deployments": [{"upstream": "u"}]}},
+            "rules": {
+                "rpm": {"type": "request_limit", "limit": 10, "attach": {"global": True}},
+                "open": {"type": "request_limit", "limit": 10, "fail_mode": "fail_open", "attach": {"global": True}},
+            },
+        }
+    )
     assert {r.name: r.fail_mode for r in config.rules.rules} == {"rpm": "local", "open": "fail_open"}

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tollgate.errors import GatewayError, PayloadTooLarge
 from tollgate.edge.answers import error_answer
 from tollgate.edge.server import HttpServer, Request, Response, StreamResponse
+from tollgate.errors import GatewayError, PayloadTooLarge
 
 LIMIT = 1000  # body bytes the "/limited" handler accepts, like the guard stage
 
@@ -29,8 +29,14 @@ class Probe:
         self.seen.append(request.path)
         if request.path == "/echo":
             body = await request.read()
-            doc = {"method": request.method, "path": request.path, "query": dict(request.query), "body": body.decode(),
-                   "length": request.content_length, "x": request.headers.getall("x-test", [])}
+            doc = {
+                "method": request.method,
+                "path": request.path,
+                "query": dict(request.query),
+                "body": body.decode(),
+                "length": request.content_length,
+                "x": request.headers.getall("x-test", []),
+            }
             return Response(200, orjson.dumps(doc), {"Content-Type": "application/json"})
         if request.path == "/limited":  # refuses by the declared length or while reading, as the guard does
             try:
@@ -78,7 +84,9 @@ async def served() -> AsyncIterator[tuple[HttpServer, Probe]]:
         await server.shutdown(2.0)
 
 
-async def _exchange(server: HttpServer, data: bytes, *, answers: int = 1, timeout: float = 3.0) -> list[tuple[int, dict[str, str], bytes]]:
+async def _exchange(
+    server: HttpServer, data: bytes, *, answers: int = 1, timeout: float = 3.0
+) -> list[tuple[int, dict[str, str], bytes]]:
     """Sends ``data`` as it is and reads ``answers`` responses (Content-Length or chunked)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
@@ -122,16 +130,27 @@ def _post(path: str, body: bytes, *extra: str) -> bytes:
 
 async def test_a_request_reaches_the_handler_with_method_path_query_headers_and_body(served: Any) -> None:
     server, _ = served
-    [(status, headers, body)] = await _exchange(server, _post("/echo?a=1&b=two", b'{"k": 1}', "X-Test: one", "x-test: two"))
+    [(status, headers, body)] = await _exchange(
+        server, _post("/echo?a=1&b=two", b'{"k": 1}', "X-Test: one", "x-test: two")
+    )
     doc = orjson.loads(body)
     assert status == 200 and headers["content-type"] == "application/json" and "date" in headers
-    assert doc == {"method": "POST", "path": "/echo", "query": {"a": "1", "b": "two"}, "body": '{"k": 1}', "length": 8, "x": ["one", "two"]}
+    assert doc == {
+        "method": "POST",
+        "path": "/echo",
+        "query": {"a": "1", "b": "two"},
+        "body": '{"k": 1}',
+        "length": 8,
+        "x": ["one", "two"],
+    }
 
 
 async def test_a_chunked_body_is_decoded_with_its_extensions_and_trailers_dropped(served: Any) -> None:
     server, _ = served
-    data = (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
+    data = (
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    )
     [(status, _, body)] = await _exchange(server, data)
     assert status == 200 and orjson.loads(body)["body"] == "hello world" and orjson.loads(body)["length"] is None
 
@@ -181,7 +200,9 @@ async def test_pipelined_bodies_in_pieces_never_count_against_the_next_head(serv
             await writer.drain()
             await asyncio.sleep(0.01)
         answers = [await asyncio.wait_for(_read_response(reader), 2) for _ in bodies]
-        assert [(status, orjson.loads(body)["body"].encode()) for status, _, body in answers] == [(200, b) for b in bodies]
+        assert [(status, orjson.loads(body)["body"].encode()) for status, _, body in answers] == [
+            (200, b) for b in bodies
+        ]
     finally:
         writer.close()
 
@@ -278,7 +299,9 @@ async def test_a_body_refused_by_its_length_is_not_read_and_the_client_still_get
 async def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(served: Any) -> None:
     server, _ = served
     chunks = b"".join(b"100\r\n" + b"y" * 256 + b"\r\n" for _ in range(400)) + b"0\r\n\r\n"
-    [(status, _, _)] = await _exchange(server, b"POST /limited HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+    [(status, _, _)] = await _exchange(
+        server, b"POST /limited HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+    )
     assert status == 413
 
 
@@ -297,7 +320,9 @@ async def test_a_client_that_disconnects_cancels_its_handler(served: Any) -> Non
 
 async def test_a_stream_is_sent_chunked_and_keeps_the_connection(served: Any) -> None:
     server, _ = served
-    answers = await _exchange(server, b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\nGET /echo HTTP/1.1\r\nHost: t\r\n\r\n", answers=2)
+    answers = await _exchange(
+        server, b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\nGET /echo HTTP/1.1\r\nHost: t\r\n\r\n", answers=2
+    )
     (status, headers, body), (second, _, _) = answers
     assert status == 200 and headers["transfer-encoding"] == "chunked" and body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
     assert second == 200
@@ -356,7 +381,11 @@ async def test_a_head_that_does_not_arrive_in_time_is_answered_408_and_counted()
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\nX-A: 1")  # half a head, then silence
         status, headers, body = await asyncio.wait_for(_read_response(reader), 3)
-        assert status == 408 and headers["connection"] == "close" and orjson.loads(body)["error"]["code"] == "request_timeout"
+        assert (
+            status == 408
+            and headers["connection"] == "close"
+            and orjson.loads(body)["error"]["code"] == "request_timeout"
+        )
         assert refused == ["head_timeout"] and probe.seen == []
         writer.close()
     finally:
@@ -404,7 +433,11 @@ async def test_connections_past_the_cap_are_answered_503_and_closed() -> None:
             assert (await asyncio.wait_for(_read_response(reader), 2))[0] == 200
             held.append(writer)
         [(status, headers, body)] = await _exchange(server, b"")
-        assert status == 503 and headers["connection"] == "close" and orjson.loads(body)["error"]["type"] == "overloaded_error"
+        assert (
+            status == 503
+            and headers["connection"] == "close"
+            and orjson.loads(body)["error"]["type"] == "overloaded_error"
+        )
         assert refused == ["connection_limit"]
         for writer in held:
             writer.close()

@@ -110,7 +110,9 @@ async def test_max_tokens_sets_completion_length_and_finish_reason_length(mock: 
 
 async def test_completions_endpoint_is_openai_shaped(mock: Any) -> None:
     client = await mock()
-    resp = await client.post("/v1/completions", json={"model": "gpt-3.5-turbo-instruct", "prompt": "Say this", "max_tokens": 3})
+    resp = await client.post(
+        "/v1/completions", json={"model": "gpt-3.5-turbo-instruct", "prompt": "Say this", "max_tokens": 3}
+    )
     data = await resp.json()
     assert data["id"].startswith("cmpl-") and data["object"] == "text_completion"
     assert data["model"] == "gpt-3.5-turbo-instruct"
@@ -123,7 +125,10 @@ async def test_embeddings_return_one_vector_per_input_in_float_and_base64(mock: 
     body = {"model": "text-embedding-3-small", "input": ["abcd", "abcdefgh"]}
     data = await (await client.post("/v1/embeddings", json=body)).json()
     assert data["object"] == "list" and data["model"] == "text-embedding-3-small"
-    assert [(d["object"], d["index"], len(d["embedding"])) for d in data["data"]] == [("embedding", 0, 8), ("embedding", 1, 8)]
+    assert [(d["object"], d["index"], len(d["embedding"])) for d in data["data"]] == [
+        ("embedding", 0, 8),
+        ("embedding", 1, 8),
+    ]
     assert data["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
     b64 = await (await client.post("/v1/embeddings", json={**body, "encoding_format": "base64"})).json()
     decoded = struct.unpack("<8f", base64.b64decode(b64["data"][0]["embedding"]))
@@ -236,7 +241,11 @@ async def test_latency_delays_the_first_byte(mock: Any, via: str) -> None:
 async def test_tokens_per_second_paces_the_stream(mock: Any) -> None:
     client = await mock()
     started = time.monotonic()
-    resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 10}, headers={"x-mock-tokens-per-second": "40"})
+    resp = await client.post(
+        "/v1/chat/completions",
+        json={**CHAT, "stream": True, "max_tokens": 10},
+        headers={"x-mock-tokens-per-second": "40"},
+    )
     await resp.read()
     assert 0.25 - 0.02 <= time.monotonic() - started < 2.0  # 10 tokens at 40/s
 
@@ -253,7 +262,11 @@ async def test_forced_429_is_an_openai_rate_limit_error_with_retry_after(mock: A
 
 async def test_forced_status_from_settings_applies_to_every_post_endpoint(mock: Any) -> None:
     client = await mock(status=503)
-    for path, body in [("/v1/chat/completions", CHAT), ("/v1/completions", {"model": "m", "prompt": "x"}), ("/v1/embeddings", {"model": "m", "input": "x"})]:
+    for path, body in [
+        ("/v1/chat/completions", CHAT),
+        ("/v1/completions", {"model": "m", "prompt": "x"}),
+        ("/v1/embeddings", {"model": "m", "input": "x"}),
+    ]:
         resp = await client.post(path, json=body)
         assert resp.status == 503
         assert (await resp.json())["error"]["type"] == "server_error"
@@ -340,7 +353,9 @@ async def test_stall_on_a_non_stream_request_never_answers(mock: Any) -> None:
 
 async def test_malformed_after_sends_one_non_json_event_then_continues(mock: Any) -> None:
     client = await mock()
-    resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 3}, headers={"x-mock-malformed-after": "2"})
+    resp = await client.post(
+        "/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 3}, headers={"x-mock-malformed-after": "2"}
+    )
     events = await sse_events(resp)
     assert events[-1] == b"[DONE]"
     bad = []
@@ -357,11 +372,15 @@ async def test_completion_tokens_knob_overrides_max_tokens(mock: Any) -> None:
     client = await mock(completion_tokens=3)
     data = await (await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 100})).json()
     assert data["usage"]["completion_tokens"] == 3
-    resp = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 100}, headers={"x-mock-completion-tokens": "9"})
+    resp = await client.post(
+        "/v1/chat/completions", json={**CHAT, "max_tokens": 100}, headers={"x-mock-completion-tokens": "9"}
+    )
     assert (await resp.json())["usage"]["completion_tokens"] == 9
 
 
-@pytest.mark.parametrize("header", [("x-mock-latency-ms", "soon"), ("x-mock-error-rate", "2"), ("x-mock-nonsense", "1")])
+@pytest.mark.parametrize(
+    "header", [("x-mock-latency-ms", "soon"), ("x-mock-error-rate", "2"), ("x-mock-nonsense", "1")]
+)
 async def test_bad_or_unknown_mock_header_is_a_400(mock: Any, header: tuple[str, str]) -> None:
     client = await mock()
     resp = await client.post("/v1/chat/completions", json=CHAT, headers=[header])
@@ -409,7 +428,12 @@ async def test_stats_count_requests_and_stream_outcomes_and_reset(mock: Any) -> 
     await client.post("/v1/chat/completions", json=CHAT)
     await (await client.post("/v1/chat/completions", json={**CHAT, "stream": True})).read()
     stats = await (await client.get("/_mock/stats")).json()
-    assert (stats["requests"], stats["streams_started"], stats["streams_completed"], stats["streams_aborted"]) == (2, 1, 1, 0)
+    assert (stats["requests"], stats["streams_started"], stats["streams_completed"], stats["streams_aborted"]) == (
+        2,
+        1,
+        1,
+        0,
+    )
     await client.delete("/_mock/stats")
     assert (await (await client.get("/_mock/stats")).json())["requests"] == 0
 
@@ -423,10 +447,16 @@ async def test_openai_sdk_parses_every_endpoint_of_a_started_mock() -> None:
     runner, port = await start_mock("127.0.0.1", 0, MockSettings(embedding_dim=16))
     try:
         async with AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", max_retries=0) as sdk:
-            chat = await sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+            chat = await sdk.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+            )
             assert chat.choices[0].message.content == "the quick brown fox" and chat.usage is not None
             stream = await sdk.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True, stream_options={"include_usage": True}
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=4,
+                stream=True,
+                stream_options={"include_usage": True},
             )
             pieces, usage = [], None
             async for chunk in stream:
@@ -447,8 +477,24 @@ def test_cli_flags_map_onto_settings() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert settings_from_args(parser.parse_args([])) == MockSettings()
-    ns = parser.parse_args(["--latency-ms", "5", "--error-rate", "0.25", "--seed", "3", "--cut-after", "2", "--no-record", "--models", "a, b"])
-    assert settings_from_args(ns) == MockSettings(latency_ms=5, error_rate=0.25, seed=3, cut_after=2, record=False, models=("a", "b"))
+    ns = parser.parse_args(
+        [
+            "--latency-ms",
+            "5",
+            "--error-rate",
+            "0.25",
+            "--seed",
+            "3",
+            "--cut-after",
+            "2",
+            "--no-record",
+            "--models",
+            "a, b",
+        ]
+    )
+    assert settings_from_args(ns) == MockSettings(
+        latency_ms=5, error_rate=0.25, seed=3, cut_after=2, record=False, models=("a", "b")
+    )
 
 
 def test_mock_runs_as_its_own_process_and_stops_cleanly_on_sigterm() -> None:

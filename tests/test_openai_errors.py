@@ -36,24 +36,51 @@ def mock() -> Iterator[Proc]:
 def gateway(mock: Proc) -> Iterator[Proc]:
     rules = {
         # 5 a second, spread out (GCRA): the next request fits a fifth of a second later, Retry-After says 1 s.
-        "burst": {"type": "request_limit", "limit": 5, "per": "second", "algorithm": "gcra", "scope": ["key"], "attach": {"namespaces": ["burst"]}},
+        "burst": {
+            "type": "request_limit",
+            "limit": 5,
+            "per": "second",
+            "algorithm": "gcra",
+            "scope": ["key"],
+            "attach": {"namespaces": ["burst"]},
+        },
         # max_tokens 100 can never fit in 10 tokens a minute.
-        "never-fits": {"type": "token_limit", "limit": 10, "per": "minute", "scope": ["key"], "attach": {"namespaces": ["never-fits"]}},
+        "never-fits": {
+            "type": "token_limit",
+            "limit": 10,
+            "per": "minute",
+            "scope": ["key"],
+            "attach": {"namespaces": ["never-fits"]},
+        },
         # a tenth of a cent a day; a request is estimated at more than that.
-        "spent": {"type": "budget", "amount": 0.001, "per": "day", "scope": ["key"], "attach": {"namespaces": ["spent"]}},
+        "spent": {
+            "type": "budget",
+            "amount": 0.001,
+            "per": "day",
+            "scope": ["key"],
+            "attach": {"namespaces": ["spent"]},
+        },
     }
     config = gateway_config(
         f"{mock.url}/v1",
         identity={"chain": ["api_key"]},
         plans={"open": {"monthly_requests": 10_000_000, "concurrency": 10_000}},
-        tenants={"acme": {"plan": "open", "keys": [{"id": "acme-1", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]}},
-        namespaces={s: {"matchers": [{"type": "header", "field": "X-Scenario", "op": "equals", "value": s}]} for s in SCENARIOS},
+        tenants={
+            "acme": {"plan": "open", "keys": [{"id": "acme-1", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]}
+        },
+        namespaces={
+            s: {"matchers": [{"type": "header", "field": "X-Scenario", "op": "equals", "value": s}]} for s in SCENARIOS
+        },
         rules=rules,
         pricing={"currency": "USD", "models": {"gpt-4o-mini": {"input_per_1k": 1.0, "output_per_1k": 2.0}}},
         upstreams={
             "mock": {"base_url": f"{mock.url}/v1", "api_key": "sk-upstream-secret"},
             # The mock answers 401 to every call through this upstream, as a provider does to a revoked key.
-            "revoked": {"base_url": f"{mock.url}/v1", "api_key": "sk-revoked-0123456789", "headers": {"x-mock-status": "401"}},
+            "revoked": {
+                "base_url": f"{mock.url}/v1",
+                "api_key": "sk-revoked-0123456789",
+                "headers": {"x-mock-status": "401"},
+            },
         },
         models={
             "gpt-4o-mini": {"deployments": [{"upstream": "mock"}]},
@@ -105,7 +132,9 @@ def test_429_carries_retry_after_ms_and_the_sdk_waits_that_long_not_the_rounded_
 def test_429_that_can_never_fit_says_x_should_retry_false_and_the_sdk_sends_it_once(gateway: Proc) -> None:
     sent = Sent()
     with pytest.raises(openai.RateLimitError) as info:
-        sent.client(gateway, "never-fits", max_retries=3).chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=100)
+        sent.client(gateway, "never-fits", max_retries=3).chat.completions.create(
+            model="gpt-4o-mini", messages=MSG, max_tokens=100
+        )
     assert len(sent.requests) == 1
     headers = info.value.response.headers
     assert headers["x-should-retry"] == "false" and "retry-after" not in headers
@@ -116,7 +145,9 @@ def test_429_that_can_never_fit_says_x_should_retry_false_and_the_sdk_sends_it_o
 def test_insufficient_quota_says_x_should_retry_false_and_the_sdk_sends_it_once(gateway: Proc) -> None:
     sent = Sent()
     with pytest.raises(openai.RateLimitError) as info:
-        sent.client(gateway, "spent", max_retries=3).chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=100)
+        sent.client(gateway, "spent", max_retries=3).chat.completions.create(
+            model="gpt-4o-mini", messages=MSG, max_tokens=100
+        )
     assert len(sent.requests) == 1
     assert info.value.response.headers["x-should-retry"] == "false"
     error = info.value.response.json()["error"]
@@ -146,5 +177,9 @@ def test_upstream_refusing_the_gateways_key_is_a_502_in_the_gateways_words_sent_
     seen = data["requests"] if isinstance(data, dict) else data
     assert len(seen) == 1  # the gateway did not retry the refused credential either
     log = gateway.log()
-    assert "ERROR" in log and "refused the gateway's credentials with 401" in log and "injected by the mock upstream" in log
+    assert (
+        "ERROR" in log
+        and "refused the gateway's credentials with 401" in log
+        and "injected by the mock upstream" in log
+    )
     assert "sk-revoked-0123456789" not in log

@@ -160,16 +160,28 @@ async def test_upstream_gets_only_the_allowed_client_headers_and_the_gateways_ow
         "x-mock-latency-ms": "0",
     }
     async with aiohttp.ClientSession() as s:
-        async with s.post(f"{gateway.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG}, headers=headers) as r:
+        async with s.post(
+            f"{gateway.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG}, headers=headers
+        ) as r:
             assert r.status == 200
             returned_id = r.headers["x-request-id"]
     [seen] = await mock_requests(mock)
     pairs = [(k.lower(), v) for k, v in seen["headers"]]
-    assert sorted(k for k, _ in pairs) == sorted([
-        "host", "content-length",  # the upstream client's
-        "accept", "accept-language", "user-agent", "x-mock-latency-ms",  # the client's, allowed
-        "content-type", "accept-encoding", "authorization", "x-forwarded-for", "x-request-id",  # the gateway's
-    ])
+    assert sorted(k for k, _ in pairs) == sorted(
+        [
+            "host",
+            "content-length",  # the upstream client's
+            "accept",
+            "accept-language",
+            "user-agent",
+            "x-mock-latency-ms",  # the client's, allowed
+            "content-type",
+            "accept-encoding",
+            "authorization",
+            "x-forwarded-for",
+            "x-request-id",  # the gateway's
+        ]
+    )
     assert ("accept-language", "fr") in pairs and ("user-agent", "test-agent/1") in pairs
     assert [v for k, v in pairs if k == "authorization"] == ["Bearer sk-upstream-secret"]
     # The client's own claim stays behind: the upstream learns the address the gateway settled on.
@@ -177,11 +189,19 @@ async def test_upstream_gets_only_the_allowed_client_headers_and_the_gateways_ow
     assert ("x-request-id", returned_id) in pairs
 
 
-async def test_a_header_named_in_connection_never_reaches_the_upstream_even_when_allowed(gateway: Proc, mock: Proc) -> None:
+async def test_a_header_named_in_connection_never_reaches_the_upstream_even_when_allowed(
+    gateway: Proc, mock: Proc
+) -> None:
     await clear_mock(mock)
-    headers = {"Connection": "keep-alive, Accept-Language, x-mock-status", "Accept-Language": "fr", "x-mock-status": "500"}
+    headers = {
+        "Connection": "keep-alive, Accept-Language, x-mock-status",
+        "Accept-Language": "fr",
+        "x-mock-status": "500",
+    }
     async with aiohttp.ClientSession() as s:
-        async with s.post(f"{gateway.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG}, headers=headers) as r:
+        async with s.post(
+            f"{gateway.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG}, headers=headers
+        ) as r:
             assert r.status == 200  # the fault the hop-by-hop header asked for never reached the mock
     [seen] = await mock_requests(mock)
     names = [k.lower() for k, _ in seen["headers"]]
@@ -193,7 +213,9 @@ async def test_well_formed_request_id_is_kept_and_a_bad_one_replaced(gateway: Pr
         body = {"model": "gpt-4o-mini", "messages": MSG}
         async with s.post(f"{gateway.url}/v1/chat/completions", json=body, headers={"x-request-id": "abc-123"}) as r:
             assert r.headers["x-request-id"] == "abc-123"
-        async with s.post(f"{gateway.url}/v1/chat/completions", json=body, headers={"x-request-id": "bad id <script>"}) as r:
+        async with s.post(
+            f"{gateway.url}/v1/chat/completions", json=body, headers={"x-request-id": "bad id <script>"}
+        ) as r:
             assert r.headers["x-request-id"].startswith("req_")
 
 
@@ -241,17 +263,33 @@ BAD_INPUTS = [
     ("json array", "POST", "/v1/chat/completions", {"data": b"[1,2]"}, 400, "invalid_json"),
     ("missing model", "POST", "/v1/chat/completions", {"json": {"messages": MSG}}, 400, "missing_model"),
     ("model not a string", "POST", "/v1/chat/completions", {"json": {"model": 3}}, 400, "invalid_model"),
-    ("stream not a bool", "POST", "/v1/chat/completions", {"json": {"model": "gpt-4o-mini", "stream": "yes"}}, 400, "invalid_type"),
+    (
+        "stream not a bool",
+        "POST",
+        "/v1/chat/completions",
+        {"json": {"model": "gpt-4o-mini", "stream": "yes"}},
+        400,
+        "invalid_type",
+    ),
     ("unknown model", "POST", "/v1/chat/completions", {"json": {"model": "gpt-9"}}, 404, "model_not_found"),
     ("unknown path", "POST", "/v1/nothing", {"json": {"model": "gpt-4o-mini"}}, 404, "unknown_url"),
     ("wrong method", "GET", "/v1/chat/completions", {}, 405, "method_not_allowed"),
     ("body over limit", "POST", "/v1/chat/completions", {"data": b"x" * 70_000}, 413, "request_too_large"),
     ("chunked body over limit", "POST", "/v1/chat/completions", {"data": "chunked"}, 413, "request_too_large"),
-    ("headers over limit", "POST", "/v1/chat/completions", {"json": {"model": "gpt-4o-mini"}, "headers": {"x-big": "y" * 9000}}, 431, "headers_too_large"),
+    (
+        "headers over limit",
+        "POST",
+        "/v1/chat/completions",
+        {"json": {"model": "gpt-4o-mini"}, "headers": {"x-big": "y" * 9000}},
+        431,
+        "headers_too_large",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "method", "path", "kwargs", "status", "code"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("case", "method", "path", "kwargs", "status", "code"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
 async def test_bad_input_gets_its_status_and_openai_error_and_no_upstream_call(
     gateway: Proc, mock: Proc, case: str, method: str, path: str, kwargs: dict[str, Any], status: int, code: str
 ) -> None:
@@ -273,7 +311,10 @@ async def test_bad_input_gets_its_status_and_openai_error_and_no_upstream_call(
 
 
 async def post(gateway: Proc, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    async with aiohttp.ClientSession() as s, s.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers) as r,
+    ):
         return r.status, await r.read()
 
 
@@ -357,7 +398,9 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path: Any) -> None:
 
     path = tmp_path / "bad.yaml"
     path.write_text("upstreams: {u: {base_url: nope}}\nmodels: {m: {deployments: [{upstream: u}]}}\n")
-    result = subprocess.run([sys.executable, "-m", "tollgate", "serve", "--config", str(path)], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "tollgate", "serve", "--config", str(path)], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 2
     assert "upstreams.u.base_url: must be an absolute http:// or https:// URL" in result.stderr
 
@@ -370,5 +413,7 @@ def test_gateway_answers_on_its_port(gateway: Proc) -> None:
 def test_the_upstream_is_asked_for_an_uncompressed_answer_unless_its_config_says_otherwise() -> None:
     default = UpstreamClient(Upstream(name="u", base_url="http://127.0.0.1:9/v1"))
     assert [v for k, v in default.fixed_headers if k.lower() == "accept-encoding"] == ["identity"]
-    configured = UpstreamClient(Upstream(name="u", base_url="http://127.0.0.1:9/v1", headers={"Accept-Encoding": "gzip"}))
+    configured = UpstreamClient(
+        Upstream(name="u", base_url="http://127.0.0.1:9/v1", headers={"Accept-Encoding": "gzip"})
+    )
     assert [v for k, v in configured.fixed_headers if k.lower() == "accept-encoding"] == ["gzip"]

@@ -34,9 +34,14 @@ CLIENT = [
 
 
 def sent(upstream: dict[str, Any], client: list[tuple[str, str]] = CLIENT) -> list[tuple[str, str]]:
-    doc = {"upstreams": {"u": {"base_url": "http://127.0.0.1:9/v1", "api_key": "sk-upstream", **upstream}}, "models": {"m": {"deployments": [{"upstream": "u"}]}}}
+    doc = {
+        "upstreams": {"u": {"base_url": "http://127.0.0.1:9/v1", "api_key": "sk-upstream", **upstream}},
+        "models": {"m": {"deployments": [{"upstream": "u"}]}},
+    }
     ctx = SimpleNamespace(
-        request=SimpleNamespace(headers=CIMultiDictProxy(CIMultiDict(client))), client_ip="198.51.100.7", request_id="req_ours"
+        request=SimpleNamespace(headers=CIMultiDictProxy(CIMultiDict(client))),
+        client_ip="198.51.100.7",
+        request_id="req_ours",
     )
     return upstream_headers(ctx, UpstreamClient(config_from_dict(doc, env={}).upstreams["u"]))  # type: ignore[arg-type]
 
@@ -51,7 +56,12 @@ OURS = [
 
 
 def test_by_default_only_content_negotiation_and_the_user_agent_pass_then_the_gateways_own() -> None:
-    assert sent({}) == [("Accept", "application/json"), ("Accept-Language", "fr"), ("User-Agent", "OpenAI/Python 1.0"), *OURS]
+    assert sent({}) == [
+        ("Accept", "application/json"),
+        ("Accept-Language", "fr"),
+        ("User-Agent", "OpenAI/Python 1.0"),
+        *OURS,
+    ]
 
 
 def test_an_empty_allow_list_passes_nothing_of_the_client() -> None:

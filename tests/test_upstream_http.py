@@ -146,7 +146,14 @@ async def test_kept_alive_connection_is_reused_for_the_second_request() -> None:
 
 
 async def test_chunked_body_survives_chunk_and_size_line_boundaries_split_across_writes() -> None:
-    parts = (CHUNKED + b"5\r\nhel", b"lo\r\n1", b"0;name=value\r\n0123456789", b"abcdef\r", b"\n3\r\nend\r\n0", b"\r\n\r\n")
+    parts = (
+        CHUNKED + b"5\r\nhel",
+        b"lo\r\n1",
+        b"0;name=value\r\n0123456789",
+        b"abcdef\r",
+        b"\n3\r\nend\r\n0",
+        b"\r\n\r\n",
+    )
     async with serve(replies(*parts)) as (server, pool):
         for _ in range(2):
             assert (await fetch(pool))[1] == b"hello0123456789abcdefend"
@@ -162,7 +169,11 @@ async def test_chunked_trailers_are_consumed_so_the_connection_is_reused() -> No
 
 
 async def test_interim_100_continue_and_103_early_hints_are_skipped_for_the_real_head() -> None:
-    parts = (b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\n", b"Content-Length: 2\r\n\r\nok")
+    parts = (
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\n",
+        b"Content-Length: 2\r\n\r\nok",
+    )
     async with serve(replies(*parts)) as (_, pool):
         resp, body = await fetch(pool, "POST")
         assert (resp.status, body, "link" in resp.headers) == (201, b"ok", False)
@@ -178,7 +189,9 @@ async def test_interim_100_continue_and_103_early_hints_are_skipped_for_the_real
     ],
     ids=["connection-close", "http10-length", "http10-until-close", "http11-until-close"],
 )
-async def test_responses_without_keep_alive_are_read_whole_and_their_connection_is_never_reused(head: bytes, server_closes: bool) -> None:
+async def test_responses_without_keep_alive_are_read_whole_and_their_connection_is_never_reused(
+    head: bytes, server_closes: bool
+) -> None:
     async with serve(replies(head + b"first ", b"second", close=server_closes)) as (server, pool):
         for _ in range(2):
             assert (await fetch(pool))[1] == b"first second"
@@ -204,7 +217,9 @@ async def test_bodiless_responses_end_at_the_head_and_keep_the_connection(method
 
 
 @pytest.mark.parametrize("parts", [(OK + b"EXTRA",), (OK, b"EXTRA")], ids=["same-write", "later-write"])
-async def test_bytes_after_a_complete_response_deliver_the_body_but_retire_the_connection(parts: tuple[bytes, ...]) -> None:
+async def test_bytes_after_a_complete_response_deliver_the_body_but_retire_the_connection(
+    parts: tuple[bytes, ...],
+) -> None:
     async with serve(replies(*parts)) as (server, pool):
         assert (await fetch(pool))[1] == b"hello"
         await until(lambda: pool.idle_connections == 0)
@@ -226,12 +241,17 @@ async def test_a_second_answer_in_the_same_write_delivers_the_first_body_and_ret
         (b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"x" * 70_000 + b"\r\n\r\n", "head too large"),
         (b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"x" * 70_000, "head too large"),
         (CHUNKED + b"0\r\n" + b"X-Trailer: " + b"x" * 70_000 + b"\r\n\r\n", "trailer too long"),
-        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", "switched protocols"),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "switched protocols",
+        ),
         (b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n", "framing"),
     ],
     ids=["head-too-large", "head-never-ends", "trailer-too-long", "upgrade", "bad-header-name"],
 )
-async def test_a_head_the_gateway_cannot_take_raises_response_error_and_frees_the_slot(answer: bytes, message: str) -> None:
+async def test_a_head_the_gateway_cannot_take_raises_response_error_and_frees_the_slot(
+    answer: bytes, message: str
+) -> None:
     async with serve(replies(answer)) as (server, pool):
         with pytest.raises(ResponseError, match=message):
             await fetch(pool)
@@ -241,7 +261,14 @@ async def test_a_head_the_gateway_cannot_take_raises_response_error_and_frees_th
 
 @pytest.mark.parametrize(
     "status_line",
-    [b"HTTP/1.1 2x0 Oops", b"HTTP/1.1 200OK", b"HTTP/2 200", b"HTTP/2.0 200 OK", b"HTTP/0.9 200 OK", b"SSH-2.0-OpenSSH_9.6"],
+    [
+        b"HTTP/1.1 2x0 Oops",
+        b"HTTP/1.1 200OK",
+        b"HTTP/2 200",
+        b"HTTP/2.0 200 OK",
+        b"HTTP/0.9 200 OK",
+        b"SSH-2.0-OpenSSH_9.6",
+    ],
 )
 async def test_malformed_status_line_raises_response_error_and_frees_the_slot(status_line: bytes) -> None:
     async with serve(replies(status_line + b"\r\nContent-Length: 0\r\n\r\n")) as (server, pool):
@@ -272,8 +299,14 @@ async def test_broken_chunk_framing_raises_response_error_and_closes_the_connect
 
 @pytest.mark.parametrize(
     "lengths",
-    [b"Content-Length: +5", b"Content-Length: 5_0", b"Content-Length: -1", b"Content-Length: 5, 5",
-     b"Content-Length: 5\r\nContent-Length: 5", b"Transfer-Encoding: chunked\r\nContent-Length: 5"],
+    [
+        b"Content-Length: +5",
+        b"Content-Length: 5_0",
+        b"Content-Length: -1",
+        b"Content-Length: 5, 5",
+        b"Content-Length: 5\r\nContent-Length: 5",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 5",
+    ],
     ids=["plus", "underscore", "negative", "list", "twice", "with-chunked"],
 )
 async def test_content_length_that_is_not_one_bare_number_raises_response_error(lengths: bytes) -> None:
@@ -302,7 +335,9 @@ async def test_close_before_content_length_is_met_raises_after_the_bytes_that_ar
 
 
 async def test_a_reset_ends_a_body_without_length_as_an_error_not_as_its_end() -> None:
-    async def reset_mid_body(server: ScriptedUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def reset_mid_body(
+        server: ScriptedUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial")
         await writer.drain()
@@ -316,8 +351,12 @@ async def test_a_reset_ends_a_body_without_length_as_an_error_not_as_its_end() -
         assert pool.in_use == 0
 
 
-@pytest.mark.parametrize(("coding", "compress"), [("gzip", gzip.compress), ("x-gzip", gzip.compress), ("deflate", zlib.compress)])
-async def test_compressed_bodies_are_inflated_across_split_writes(coding: str, compress: Callable[[bytes], bytes]) -> None:
+@pytest.mark.parametrize(
+    ("coding", "compress"), [("gzip", gzip.compress), ("x-gzip", gzip.compress), ("deflate", zlib.compress)]
+)
+async def test_compressed_bodies_are_inflated_across_split_writes(
+    coding: str, compress: Callable[[bytes], bytes]
+) -> None:
     plain = b'{"choices": [{"message": {"content": "hello"}}]}' * 500
     packed = compress(plain)
     head = f"HTTP/1.1 200 OK\r\nContent-Encoding: {coding}\r\nContent-Length: {len(packed)}\r\n\r\n".encode()
@@ -331,12 +370,20 @@ async def test_compressed_bodies_are_inflated_across_split_writes(coding: str, c
 @pytest.mark.parametrize(
     ("answer", "message"),
     [
-        (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\nnot gzip!!", "corrupt compressed body"),
-        (b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 5\r\n\r\nhello", "unsupported content-encoding 'br'"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\nnot gzip!!",
+            "corrupt compressed body",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 5\r\n\r\nhello",
+            "unsupported content-encoding 'br'",
+        ),
     ],
     ids=["corrupt-gzip", "unsupported-encoding"],
 )
-async def test_a_body_that_cannot_be_decoded_raises_closes_the_connection_and_frees_the_slot(answer: bytes, message: str) -> None:
+async def test_a_body_that_cannot_be_decoded_raises_closes_the_connection_and_frees_the_slot(
+    answer: bytes, message: str
+) -> None:
     async with serve(replies(answer)) as (server, pool):
         with pytest.raises(ResponseError, match=message):
             await fetch(pool)
@@ -358,12 +405,16 @@ async def test_compressed_body_cut_short_inside_complete_framing_raises_response
 
 async def test_request_head_carries_method_prefixed_path_host_with_port_headers_and_length() -> None:
     async with serve(replies(OK), path="/v1/") as (server, pool):
-        await fetch(pool, "POST", "/chat/completions?x=1", [("Authorization", "Bearer k"), ("X-Trace", "t1")], b'{"a":1}')
+        await fetch(
+            pool, "POST", "/chat/completions?x=1", [("Authorization", "Bearer k"), ("X-Trace", "t1")], b'{"a":1}'
+        )
         await fetch(pool, "GET", "/models")
         await fetch(pool, "POST", "/empty")
         host = f"Host: 127.0.0.1:{server.port}\r\n".encode()
         assert server.requests == [
-            b"POST /v1/chat/completions?x=1 HTTP/1.1\r\n" + host + b"Authorization: Bearer k\r\nX-Trace: t1\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+            b"POST /v1/chat/completions?x=1 HTTP/1.1\r\n"
+            + host
+            + b'Authorization: Bearer k\r\nX-Trace: t1\r\nContent-Length: 7\r\n\r\n{"a":1}',
             b"GET /v1/models HTTP/1.1\r\n" + host + b"\r\n",
             b"POST /v1/empty HTTP/1.1\r\n" + host + b"Content-Length: 0\r\n\r\n",
         ]
@@ -502,7 +553,9 @@ async def test_closing_the_pool_closes_idle_connections_and_those_released_later
 
 UVLOOP_SCENARIOS = {
     "split-chunks": test_chunked_body_survives_chunk_and_size_line_boundaries_split_across_writes,
-    "cancel-mid-body": functools.partial(test_cancelling_a_request_closes_its_connection_at_once_and_frees_its_slot, "body"),
+    "cancel-mid-body": functools.partial(
+        test_cancelling_a_request_closes_its_connection_at_once_and_frees_its_slot, "body"
+    ),
     "flow-control": test_large_body_arrives_intact_through_readany_while_flow_control_bounds_the_buffer,
 }
 
@@ -525,14 +578,33 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
 
-async def test_https_upstream_is_verified_by_default_and_served_when_its_certificate_is_trusted(self_signed: tuple[str, str]) -> None:
+async def test_https_upstream_is_verified_by_default_and_served_when_its_certificate_is_trusted(
+    self_signed: tuple[str, str],
+) -> None:
     import ssl
 
     cert, key = self_signed

@@ -28,7 +28,10 @@ SLEEPY_KEY = "tg_acct-sleepy-key-0123456789abcdefghijklmn"
 UPSTREAM_KEY = "sk-upstream-secret-never-logged-0123456789"
 ADMIN_TOKEN = "admin-token-for-accounting-tests-0123456789"
 WEBHOOK_SECRET = "webhook-shared-secret-0123456789"
-PRICES = {"gpt-4o-mini": {"input_per_1k": 0.15, "output_per_1k": 0.6}, "gpt-4o": {"input_per_1k": 2.5, "output_per_1k": 10.0}}
+PRICES = {
+    "gpt-4o-mini": {"input_per_1k": 0.15, "output_per_1k": 0.6},
+    "gpt-4o": {"input_per_1k": 2.5, "output_per_1k": 10.0},
+}
 
 
 def sha256_hex(text: str) -> str:
@@ -51,7 +54,11 @@ def accounting_doc(upstream_url: str, **overrides: Any) -> dict[str, Any]:
         tenants={
             "acme": {"plan": "enterprise", "keys": [{"id": "acme-main", "sha256": sha256_hex(ACME_KEY)}]},
             "globex": {"plan": "metered", "keys": [{"id": "globex-main", "sha256": sha256_hex(GLOBEX_KEY)}]},
-            "sleepy": {"plan": "personal", "status": "suspended", "keys": [{"id": "sleepy-main", "sha256": sha256_hex(SLEEPY_KEY)}]},
+            "sleepy": {
+                "plan": "personal",
+                "status": "suspended",
+                "keys": [{"id": "sleepy-main", "sha256": sha256_hex(SLEEPY_KEY)}],
+            },
         },
         pricing={"currency": "USD", "models": PRICES},
         usage={"flush_interval": "200ms"},
@@ -117,13 +124,22 @@ class Admin:
 
 
 async def post_chat(
-    session: aiohttp.ClientSession, proc: Proc, key: str, *, stream: bool = False, headers: dict[str, str] | None = None, model: str = "gpt-4o-mini", content: str = "hello there"
+    session: aiohttp.ClientSession,
+    proc: Proc,
+    key: str,
+    *,
+    stream: bool = False,
+    headers: dict[str, str] | None = None,
+    model: str = "gpt-4o-mini",
+    content: str = "hello there",
 ) -> tuple[int, Any]:
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}]}
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    async with session.post(f"{proc.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}", **(headers or {})}) as r:
+    async with session.post(
+        f"{proc.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}", **(headers or {})}
+    ) as r:
         if stream and r.status == 200:
             return r.status, await r.read()
         return r.status, await r.json(content_type=None)

@@ -15,25 +15,51 @@ from tollgate.accounting.pricing import Pricing
 from tollgate.config import ConfigError, config_from_dict
 from tollgate.config.accounting import CostRule, MetricsConfig, Price, PricingConfig
 from tollgate.config.identity import Limits
-from tollgate.pipeline.context import ENDPOINTS, Usage
 from tollgate.identity.directory import Principal
+from tollgate.pipeline.context import ENDPOINTS, Usage
 
 BASE: dict[str, Any] = {
     "upstreams": {"mock": {"base_url": "http://127.0.0.1:9/v1"}},
-    "models": {"gpt-4o-mini": {"deployments": [{"upstream": "mock"}]}, "gpt-4o": {"deployments": [{"upstream": "mock", "model": "gpt-4o-2024"}]}},
+    "models": {
+        "gpt-4o-mini": {"deployments": [{"upstream": "mock"}]},
+        "gpt-4o": {"deployments": [{"upstream": "mock", "model": "gpt-4o-2024"}]},
+    },
 }
 FULL = {
-    "usage": {"backend": "memory", "flush_interval": "500ms", "batch_size": 200, "max_pending": 5000, "daily_ttl": "40d", "monthly_ttl": "400d"},
+    "usage": {
+        "backend": "memory",
+        "flush_interval": "500ms",
+        "batch_size": 200,
+        "max_pending": 5000,
+        "daily_ttl": "40d",
+        "monthly_ttl": "400d",
+    },
     "pricing": {
         "currency": "EUR",
-        "models": {"gpt-4o-mini": {"input_per_1k": 0.15, "output_per_1k": 0.6}, "gpt-4o-2024": {"input_per_1k": 2.5, "output_per_1k": 10}},
+        "models": {
+            "gpt-4o-mini": {"input_per_1k": 0.15, "output_per_1k": 0.6},
+            "gpt-4o-2024": {"input_per_1k": 2.5, "output_per_1k": 10},
+        },
         "default": {"input_per_1k": 1, "output_per_1k": 1},
         "resources": [{"resource": "requests", "unit_cost": 0.002, "billing_unit": 1000, "enabled": True}],
     },
     "quotas": {"plans": {"personal": {"monthly_spend": 50}}, "tenants": {"acme": {"monthly_spend": 5000}}},
-    "alerts": {"thresholds": [{"percent": 50, "severity": "info"}, {"percent": 100, "severity": "critical"}],
-               "webhook": {"url": "https://hooks.example.com/x", "secret": "0123456789abcdef", "timeout": "2s", "retries": 2, "backoff": "1s"}},
-    "metrics": {"tenant_labels": "top", "top_n": 20, "tenants": ["acme"], "sla": {"default": "5ms", "plans": {"enterprise": "2ms"}}},
+    "alerts": {
+        "thresholds": [{"percent": 50, "severity": "info"}, {"percent": 100, "severity": "critical"}],
+        "webhook": {
+            "url": "https://hooks.example.com/x",
+            "secret": "0123456789abcdef",
+            "timeout": "2s",
+            "retries": 2,
+            "backoff": "1s",
+        },
+    },
+    "metrics": {
+        "tenant_labels": "top",
+        "top_n": 20,
+        "tenants": ["acme"],
+        "sla": {"default": "5ms", "plans": {"enterprise": "2ms"}},
+    },
     "access_log": {"path": "-", "sample": 0.25, "errors": True},
     "audit": {"backend": "memory", "max_entries": 1000, "auth_failure_burst": 10, "auth_failure_window": "30s"},
 }
@@ -55,15 +81,24 @@ def test_every_accounting_section_parses_into_the_config() -> None:
     [
         ({"pricing": {"models": {"gpt-5": {"input_per_1k": 1}}}}, "pricing.models.gpt-5: unknown model"),
         ({"pricing": {"models": {"gpt-4o": {"input": 1}}}}, "pricing.models.gpt-4o.input: unknown key"),
-        ({"pricing": {"resources": [{"resource": "seconds", "unit_cost": 1}]}}, "pricing.resources[0].resource: must be one of"),
+        (
+            {"pricing": {"resources": [{"resource": "seconds", "unit_cost": 1}]}},
+            "pricing.resources[0].resource: must be one of",
+        ),
         ({"alerts": {"webhook": {"url": "ftp://x", "secret": "short"}}}, "alerts.webhook.url: must be an absolute"),
-        ({"alerts": {"webhook": {"url": "http://x/y", "secret": "short"}}}, "alerts.webhook.secret: must be at least 16"),
+        (
+            {"alerts": {"webhook": {"url": "http://x/y", "secret": "short"}}},
+            "alerts.webhook.secret: must be at least 16",
+        ),
         ({"usage": {"backend": "file"}}, "usage.path: is required"),
         ({"usage": {"daily_ttl": "1h"}}, "usage.daily_ttl: must be at least 2d"),
         ({"usage": {"max_end_users": -1}}, "usage.max_end_users: must be >= 0"),
         ({"metrics": {"tenant_labels": "some"}}, "metrics.tenant_labels: must be one of"),
         ({"access_log": {"sample": 2}}, "access_log.sample: must be <= 1.0"),
-        ({"metrics": {"sla": {"plans": {"enterprise": "fast"}}}}, "metrics.sla.plans.enterprise: must be a positive duration"),
+        (
+            {"metrics": {"sla": {"plans": {"enterprise": "fast"}}}},
+            "metrics.sla.plans.enterprise: must be a positive duration",
+        ),
     ],
 )
 def test_a_bad_accounting_section_is_refused_with_its_field_path(section: dict[str, Any], problem: str) -> None:
@@ -93,20 +128,45 @@ def test_cost_is_the_price_table_plus_enabled_cost_rules_in_exact_nanos() -> Non
 
 
 def _principal(tenant: str, plan: str = "metered", monthly_requests: int | None = 10) -> Principal:
-    return Principal(tenant=tenant, plan=plan, limits=Limits(monthly_requests=monthly_requests), allowed_models=None, key_id=f"{tenant}-key")
+    return Principal(
+        tenant=tenant,
+        plan=plan,
+        limits=Limits(monthly_requests=monthly_requests),
+        allowed_models=None,
+        key_id=f"{tenant}-key",
+    )
 
 
 def _ctx(principal: Principal | None, *, status: int = 200, usage: Usage | None = None, started: float = 0.0) -> Any:
     return SimpleNamespace(
-        request_id="req_test", endpoint=ENDPOINTS["/v1/chat/completions"], model="gpt-4o-mini", model_served="gpt-4o-mini",
-        upstream_name="mock", status=status, error=None, stream=False, client_disconnected=False, client_ip="127.0.0.1",
-        started=started, first_byte_at=started + 0.01, finished_at=started + 0.02, usage=usage or Usage(10, 5, True),
-        body_bytes=b"{}", principal=principal, namespace=None, attempts=1,
+        request_id="req_test",
+        endpoint=ENDPOINTS["/v1/chat/completions"],
+        model="gpt-4o-mini",
+        model_served="gpt-4o-mini",
+        upstream_name="mock",
+        status=status,
+        error=None,
+        stream=False,
+        client_disconnected=False,
+        client_ip="127.0.0.1",
+        started=started,
+        first_byte_at=started + 0.01,
+        finished_at=started + 0.02,
+        usage=usage or Usage(10, 5, True),
+        body_bytes=b"{}",
+        principal=principal,
+        namespace=None,
+        attempts=1,
     )
 
 
 def _accounting(tmp_path: Path, **sections: Any) -> Accounting:
-    doc = {**BASE, "usage": {"backend": "file", "path": str(tmp_path / "usage.json"), "flush_interval": "1h"}, "access_log": {"enabled": False}, **sections}
+    doc = {
+        **BASE,
+        "usage": {"backend": "file", "path": str(tmp_path / "usage.json"), "flush_interval": "1h"},
+        "access_log": {"enabled": False},
+        **sections,
+    }
     return Accounting(config_from_dict(doc))
 
 
@@ -115,7 +175,7 @@ async def test_alerts_fire_once_per_threshold_when_two_processes_share_the_embed
     fired: list[tuple[str, float]] = []
     for acc in (first, second):
         await acc.start()
-        acc._fire = (lambda a, _orig=acc._fire: (fired.append((a.quota, a.percent)), _orig(a)))  # type: ignore[method-assign]
+        acc._fire = lambda a, _orig=acc._fire: (fired.append((a.quota, a.percent)), _orig(a))  # type: ignore[method-assign]
     try:
         p = _principal("globex")
         for i in range(12):  # 10 allowed a month; both processes see every crossing
@@ -123,7 +183,9 @@ async def test_alerts_fire_once_per_threshold_when_two_processes_share_the_embed
             acc.record(_ctx(p))
             await acc.flush()
         for acc in (first, second):
-            assert (await acc.quota("globex"))["quotas"] == [{"quota": "monthly_requests", "used": 12, "limit": 10, "percent": 120.0}]
+            assert (await acc.quota("globex"))["quotas"] == [
+                {"quota": "monthly_requests", "used": 12, "limit": 10, "percent": 120.0}
+            ]
     finally:
         await first.close()
         await second.close()
@@ -175,6 +237,8 @@ def test_every_series_the_grafana_dashboard_queries_is_one_the_gateway_exports()
     queried = set(re.findall(r"tollgate_[a-z_]+", text)) - {"tollgate_overview"}
     metrics = GatewayMetrics(MetricsConfig())
     exported = {s.name for family in metrics.registry.collect() for s in family.samples} | {
-        f"{family.name}{suffix}" for family in metrics.registry.collect() for suffix in ("", "_total", "_bucket", "_count", "_sum")
+        f"{family.name}{suffix}"
+        for family in metrics.registry.collect()
+        for suffix in ("", "_total", "_bucket", "_count", "_sum")
     }
     assert queried and queried <= exported, sorted(queried - exported)

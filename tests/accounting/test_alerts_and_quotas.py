@@ -15,7 +15,17 @@ import pytest
 
 from ..support.processes import Proc
 from ..support.redis import RedisServer
-from .conftest import ACME_KEY, GLOBEX_KEY, WEBHOOK_SECRET, Admin, WebhookReceiver, accounting_doc, gateway, post_chat, wait_until
+from .conftest import (
+    ACME_KEY,
+    GLOBEX_KEY,
+    WEBHOOK_SECRET,
+    Admin,
+    WebhookReceiver,
+    accounting_doc,
+    gateway,
+    post_chat,
+    wait_until,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -57,8 +67,14 @@ async def test_alerts_fire_exactly_once_per_threshold_per_period_across_two_gate
         await asyncio.sleep(1.0)  # a duplicate would arrive by now
 
         payloads = [orjson.loads(body) for _headers, body in webhook.deliveries]
-        assert sorted((p["threshold_percent"], p["severity"]) for p in payloads) == [(80.0, "warning"), (90.0, "high"), (95.0, "critical")]
-        assert {(p["tenant"], p["quota"], p["event"]) for p in payloads} == {("globex", "monthly_requests", "quota.threshold")}
+        assert sorted((p["threshold_percent"], p["severity"]) for p in payloads) == [
+            (80.0, "warning"),
+            (90.0, "high"),
+            (95.0, "critical"),
+        ]
+        assert {(p["tenant"], p["quota"], p["event"]) for p in payloads} == {
+            ("globex", "monthly_requests", "quota.threshold")
+        }
         assert all(_verify(headers, body) for headers, body in webhook.deliveries)
 
         quota = await Admin(procs[0]).get("/admin/tenants/globex/quota")

@@ -30,7 +30,13 @@ def _batch(*users: str, tenant: str = "acme") -> Batch:
 
 
 def _fields(requests: int, errors: int = 0) -> dict[str, int]:
-    return {"requests": requests, "errors": errors, "prompt_tokens": 10 * requests, "completion_tokens": 2 * requests, "cost_n": 5 * requests}
+    return {
+        "requests": requests,
+        "errors": errors,
+        "prompt_tokens": 10 * requests,
+        "completion_tokens": 2 * requests,
+        "cost_n": 5 * requests,
+    }
 
 
 @pytest.fixture(params=["memory", "file", "redis", "redis-two-processes"])
@@ -53,7 +59,9 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         await client.aclose()
 
 
-async def test_end_users_past_the_cap_are_added_up_as_other_and_kept_ones_keep_counting(stores: Callable[[int], UsageStore]) -> None:
+async def test_end_users_past_the_cap_are_added_up_as_other_and_kept_ones_keep_counting(
+    stores: Callable[[int], UsageStore],
+) -> None:
     batches = [
         _batch("ann", "bo"),
         _batch("cy", "dee", "ann"),  # cy is the third: kept; dee is past the cap

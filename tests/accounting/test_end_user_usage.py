@@ -18,11 +18,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 AMOUNTS = ("requests", "errors", "prompt_tokens", "completion_tokens")
 
 
-async def _chat(s: aiohttp.ClientSession, proc: Proc, user: str | None, content: str, **headers: str) -> tuple[int, dict[str, Any]]:
+async def _chat(
+    s: aiohttp.ClientSession, proc: Proc, user: str | None, content: str, **headers: str
+) -> tuple[int, dict[str, Any]]:
     body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
     if user is not None:
         body["user"] = user
-    async with s.post(f"{proc.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {ACME_KEY}", **headers}) as r:
+    async with s.post(
+        f"{proc.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {ACME_KEY}", **headers}
+    ) as r:
         return r.status, await r.json(content_type=None)
 
 
@@ -39,7 +43,12 @@ async def test_usage_is_broken_down_per_end_user_and_past_the_cap_added_up_as_ot
     sent: dict[str | None, dict[str, int]] = {}
     with gateway(doc) as proc:
         async with aiohttp.ClientSession() as s:
-            traffic = [("alice", "hi"), ("bob", "hello there"), ("alice", "a longer question for the model"), (None, "nobody")]
+            traffic = [
+                ("alice", "hi"),
+                ("bob", "hello there"),
+                ("alice", "a longer question for the model"),
+                (None, "nobody"),
+            ]
             traffic += [("carol", "third end user"), ("dave", "fourth end user")]
             for user, content in traffic:
                 status, body = await _chat(s, proc, user, content)
@@ -82,8 +91,16 @@ async def test_usage_is_broken_down_per_end_user_and_past_the_cap_added_up_as_ot
         assert sum(k[f] for k in kept) + sent[None][f] == tenant[f], f
     price = PRICES["gpt-4o-mini"]
     a = sent["alice"]
-    assert alice["cost"] == pytest.approx((a["prompt_tokens"] * price["input_per_1k"] + a["completion_tokens"] * price["output_per_1k"]) / 1000)
-    assert alice == {"tenant": "acme", "period": tenant["period"], "currency": "USD", "user": "alice", **breakdown["users"]["alice"]}
+    assert alice["cost"] == pytest.approx(
+        (a["prompt_tokens"] * price["input_per_1k"] + a["completion_tokens"] * price["output_per_1k"]) / 1000
+    )
+    assert alice == {
+        "tenant": "acme",
+        "period": tenant["period"],
+        "currency": "USD",
+        "user": "alice",
+        **breakdown["users"]["alice"],
+    }
     assert carol["requests"] == 0  # not kept apart: in "other"
     assert refused == [(400, "user")] * 3
     # Never a metric label: the exposition names the tenant, and none of its end users.

@@ -26,23 +26,37 @@ from tollgate.accounting.records import DISCONNECTED_STATUS, capture, entry_from
 from tollgate.config import config_from_dict
 from tollgate.config.accounting import MetricsConfig
 from tollgate.config.identity import Limits
-from tollgate.pipeline.context import ENDPOINTS, Usage
 from tollgate.identity.directory import Principal
+from tollgate.pipeline.context import ENDPOINTS, Usage
 
 from ..support.processes import REPO
 
 WALL = 1_790_000_000.0  # a fixed wall time, so two processes derive the same records
 DOC: dict[str, Any] = {
     "upstreams": {"mock": {"base_url": "http://127.0.0.1:9/v1"}, "backup": {"base_url": "http://127.0.0.1:9/v1"}},
-    "models": {"gpt-4o-mini": {"deployments": [{"upstream": "mock"}]}, "gpt-4o": {"deployments": [{"upstream": "backup"}]}},
+    "models": {
+        "gpt-4o-mini": {"deployments": [{"upstream": "mock"}]},
+        "gpt-4o": {"deployments": [{"upstream": "backup"}]},
+    },
     "usage": {"backend": "memory", "flush_interval": "1h", "batch_size": 100_000, "max_pending": 100_000},
-    "pricing": {"models": {"gpt-4o-mini": {"input_per_1k": 0.15, "output_per_1k": 0.6}, "gpt-4o": {"input_per_1k": 2.5, "output_per_1k": 10}}},
+    "pricing": {
+        "models": {
+            "gpt-4o-mini": {"input_per_1k": 0.15, "output_per_1k": 0.6},
+            "gpt-4o": {"input_per_1k": 2.5, "output_per_1k": 10},
+        }
+    },
     "metrics": {"tenant_labels": "top", "top_n": 3, "sla": {"default": "3ms", "plans": {"enterprise": "1ms"}}},
     "access_log": {"enabled": False},
 }
 PER_REQUEST = {
-    "tollgate_requests", "tollgate_request_duration_seconds", "tollgate_upstream_duration_seconds", "tollgate_gateway_overhead_seconds",
-    "tollgate_time_to_first_byte_seconds", "tollgate_tokens", "tollgate_cost", "tollgate_sla_violations",
+    "tollgate_requests",
+    "tollgate_request_duration_seconds",
+    "tollgate_upstream_duration_seconds",
+    "tollgate_gateway_overhead_seconds",
+    "tollgate_time_to_first_byte_seconds",
+    "tollgate_tokens",
+    "tollgate_cost",
+    "tollgate_sla_violations",
 }
 # Latencies spread over every bucket of both histogram layouts, edges included (a value equal to a bound is in that bucket).
 SECONDS = (0.0, 0.00005, 0.0001, 0.0004, 0.001, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.7, 2.5, 9.0, 45.0, 200.0)
@@ -52,7 +66,13 @@ def varied_requests(n: int = 600) -> list[tuple[Any, float]]:
     """``(context, end)`` pairs: six tenants on two plans, every status the flusher treats apart, estimated and reported usage,
     a third of them with one of four end users."""
     principals = [
-        Principal(tenant=f"t{i}", plan="enterprise" if i % 2 else "personal", limits=Limits(), allowed_models=None, key_id=f"k{i}")
+        Principal(
+            tenant=f"t{i}",
+            plan="enterprise" if i % 2 else "personal",
+            limits=Limits(),
+            allowed_models=None,
+            key_id=f"k{i}",
+        )
         for i in range(6)
     ]
     out = []
@@ -64,27 +84,45 @@ def varied_requests(n: int = 600) -> list[tuple[Any, float]]:
         model = ("gpt-4o-mini", "gpt-4o", "unpriced")[i % 3]
         reached = status in (200, 502)
         ctx = SimpleNamespace(
-            request_id=f"req_{i}", endpoint=ENDPOINTS["/v1/chat/completions"], model=model, model_served=model,
-            upstream_name=("mock" if i % 2 else "backup") if reached else None, status=status, error=None,
-            stream=i % 4 == 0, client_disconnected=i % 11 == 0, client_ip="127.0.0.1", started=started,
+            request_id=f"req_{i}",
+            endpoint=ENDPOINTS["/v1/chat/completions"],
+            model=model,
+            model_served=model,
+            upstream_name=("mock" if i % 2 else "backup") if reached else None,
+            status=status,
+            error=None,
+            stream=i % 4 == 0,
+            client_disconnected=i % 11 == 0,
+            client_ip="127.0.0.1",
+            started=started,
             first_byte_at=started + upstream_s / 2 if reached and i % 5 else None,
             finished_at=started + upstream_s if reached else None,
             usage=Usage(10 + i % 13, i % 17, bool(i % 3)) if reached and i % 6 else None,
-            body_bytes=b"x" * (i % 50), principal=principals[(i * 5) % 7] if (i * 5) % 7 < 6 else None,
-            end_user=f"user-{i % 4}" if i % 3 == 0 else None, namespace=None, upstream_started=started, attempts=1,
+            body_bytes=b"x" * (i % 50),
+            principal=principals[(i * 5) % 7] if (i * 5) % 7 < 6 else None,
+            end_user=f"user-{i % 4}" if i % 3 == 0 else None,
+            namespace=None,
+            upstream_started=started,
+            attempts=1,
         )
         out.append((ctx, started + upstream_s + overhead))
     return out
 
 
-def reference_samples(entries: list[Any], config: MetricsConfig, currency: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def reference_samples(
+    entries: list[Any], config: MetricsConfig, currency: str
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """What one ``observe`` / ``inc`` per request gives: the flusher before batching, through prometheus_client itself."""
     reg = CollectorRegistry()
     latency = metrics_module._LATENCY
     requests = Counter("tollgate_requests", "", ("tenant", "model", "status"), registry=reg)
     request_s = Histogram("tollgate_request_duration_seconds", "", ("tenant", "model"), registry=reg, buckets=latency)
-    upstream_s = Histogram("tollgate_upstream_duration_seconds", "", ("model", "upstream"), registry=reg, buckets=latency)
-    overhead_s = Histogram("tollgate_gateway_overhead_seconds", "", ("plan",), registry=reg, buckets=metrics_module._OVERHEAD)
+    upstream_s = Histogram(
+        "tollgate_upstream_duration_seconds", "", ("model", "upstream"), registry=reg, buckets=latency
+    )
+    overhead_s = Histogram(
+        "tollgate_gateway_overhead_seconds", "", ("plan",), registry=reg, buckets=metrics_module._OVERHEAD
+    )
     ttfb_s = Histogram("tollgate_time_to_first_byte_seconds", "", ("model",), registry=reg, buckets=latency)
     tokens = Counter("tollgate_tokens", "", ("tenant", "model", "kind", "source"), registry=reg)
     cost = Counter("tollgate_cost", "", ("tenant", "model", "currency"), registry=reg)
@@ -151,7 +189,9 @@ async def test_batched_metrics_equal_one_observation_per_request(batch: int) -> 
         entries = [entry_from(capture(ctx, end, WALL), pricing) for ctx, end in requests]
         assert {e.status for e in entries} >= {200, 401, 429, 502, DISCONNECTED_STATUS}
         want = reference_samples(entries, acc.current.metrics, pricing.currency)
-        assert any(labels == (("tenant", "other"),) or ("tenant", "other") in labels for _n, labels in want)  # top_n folded some away
+        assert any(
+            labels == (("tenant", "other"),) or ("tenant", "other") in labels for _n, labels in want
+        )  # top_n folded some away
         got = samples_of(acc.metrics.exposition().decode())
         assert_same_samples(got, want)
     finally:
@@ -218,7 +258,9 @@ def test_a_histogram_child_without_the_known_internals_is_observed_one_value_at_
     assert seen == [0.3, 0.1, 0.2]
 
 
-async def test_no_entry_is_built_for_a_request_the_access_log_samples_away(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+async def test_no_entry_is_built_for_a_request_the_access_log_samples_away(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     built: list[Any] = []
     real_entry = tally_module.Entry
 
@@ -237,13 +279,17 @@ async def test_no_entry_is_built_for_a_request_the_access_log_samples_away(monke
     assert 0 < len(errors) < len(entries)
     assert sorted(built) == sorted(e.request_id for e in errors)  # 401s for the security watch are among them
     assert path.read_bytes() == lines_of(errors, pricing.currency)
-    assert [orjson.loads(line)["request_id"] for line in path.read_bytes().splitlines()] == [e.request_id for e in errors]
+    assert [orjson.loads(line)["request_id"] for line in path.read_bytes().splitlines()] == [
+        e.request_id for e in errors
+    ]
 
 
 def test_the_lines_of_a_batch_are_its_lines_one_after_the_other() -> None:
     acc = Accounting(config_from_dict(DOC))
     pricing = acc.pricing()
-    entries = [entry_from(capture(ctx, end, WALL + i * 0.37), pricing) for i, (ctx, end) in enumerate(varied_requests(40))]
+    entries = [
+        entry_from(capture(ctx, end, WALL + i * 0.37), pricing) for i, (ctx, end) in enumerate(varied_requests(40))
+    ]
     assert lines_of(entries, "EUR") == b"".join(line_of(e, "EUR") for e in entries)
     first = orjson.loads(line_of(entries[1], "EUR"))
     assert first["ts"] == time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(WALL + 0.37)) + ".370Z"
@@ -257,8 +303,18 @@ def test_entry_fields_are_derived_in_declaration_order() -> None:
     assert (e.request_id, e.wall, e.endpoint, e.namespace, e.attempts) == ("req_22", WALL, "chat", None, 1)
     assert (e.tenant, e.key_id, e.user, e.plan, e.principal) == ("t5", "k5", None, "enterprise", ctx.principal)
     assert (e.model, e.model_served, e.priced_model, e.upstream) == ("gpt-4o", "gpt-4o", "gpt-4o", "backup")
-    assert (e.status, e.error, e.stream, e.client_disconnected, e.client_ip) == (DISCONNECTED_STATUS, None, False, True, "127.0.0.1")
+    assert (e.status, e.error, e.stream, e.client_disconnected, e.client_ip) == (
+        DISCONNECTED_STATUS,
+        None,
+        False,
+        True,
+        "127.0.0.1",
+    )
     assert (e.prompt_tokens, e.completion_tokens, e.usage_reported) == (19, 5, True)
     assert e.cost_nanos == pricing.cost_nanos("gpt-4o", 19, 5) > 0
-    assert e.total_s == pytest.approx(end - ctx.started) and e.upstream_s == pytest.approx(ctx.finished_at - ctx.started)
-    assert e.overhead_s == pytest.approx(e.total_s - e.upstream_s) and e.ttfb_s == pytest.approx(ctx.first_byte_at - ctx.started)
+    assert e.total_s == pytest.approx(end - ctx.started) and e.upstream_s == pytest.approx(
+        ctx.finished_at - ctx.started
+    )
+    assert e.overhead_s == pytest.approx(e.total_s - e.upstream_s) and e.ttfb_s == pytest.approx(
+        ctx.first_byte_at - ctx.started
+    )

@@ -14,23 +14,42 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ..support.processes import Proc
 from ..support.redis import RedisServer
-from .conftest import ACME_KEY, ADMIN_TOKEN, GLOBEX_KEY, SLEEPY_KEY, UPSTREAM_KEY, Admin, accounting_doc, gateway, post_chat, wait_until
+from .conftest import (
+    ACME_KEY,
+    ADMIN_TOKEN,
+    GLOBEX_KEY,
+    SLEEPY_KEY,
+    UPSTREAM_KEY,
+    Admin,
+    accounting_doc,
+    gateway,
+    post_chat,
+    wait_until,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
 def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
-    return [(s.name, dict(s.labels), s.value) for family in text_string_to_metric_families(text) for s in family.samples]
+    return [
+        (s.name, dict(s.labels), s.value) for family in text_string_to_metric_families(text) for s in family.samples
+    ]
 
 
 def _total(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
     return sum(v for n, lab, v in samples if n == name and all(lab.get(k) == want for k, want in labels.items()))
 
 
-async def test_metrics_parsed_by_prometheus_client_show_every_request_across_two_workers(mock: Proc, redis: RedisServer, tmp_path: Path) -> None:
+async def test_metrics_parsed_by_prometheus_client_show_every_request_across_two_workers(
+    mock: Proc, redis: RedisServer, tmp_path: Path
+) -> None:
     mpdir = tmp_path / "prom"
     mpdir.mkdir()
-    doc = accounting_doc(f"{mock.url}/v1", store={"backend": "redis", "url": redis.url}, usage={"backend": "redis", "url": redis.url, "key_prefix": "metrics2", "flush_interval": "100ms"})
+    doc = accounting_doc(
+        f"{mock.url}/v1",
+        store={"backend": "redis", "url": redis.url},
+        usage={"backend": "redis", "url": redis.url, "key_prefix": "metrics2", "flush_interval": "100ms"},
+    )
     sent = 40
     with gateway(doc, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(mpdir)}) as proc:
         for i in range(sent):  # a new connection each time, so SO_REUSEPORT spreads them over both workers
@@ -39,9 +58,13 @@ async def test_metrics_parsed_by_prometheus_client_show_every_request_across_two
                 assert status == 200, body
 
         async def scraped() -> list[tuple[str, dict[str, str], float]] | None:
-            async with aiohttp.ClientSession() as s, s.get(
-                f"http://127.0.0.1:{proc.extra_ports['admin']}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-            ) as r:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(
+                    f"http://127.0.0.1:{proc.extra_ports['admin']}/metrics",
+                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                ) as r,
+            ):
                 assert r.status == 200
                 samples = _samples(await r.text())
             return samples if _total(samples, "tollgate_requests_total", tenant="acme") >= sent else None
@@ -82,7 +105,13 @@ async def test_the_access_log_has_one_line_per_request_and_never_a_key_or_token(
     wrong = "tg_not-a-real-key-but-still-a-secret-0123456789"
     sent = 0
     async with aiohttp.ClientSession() as s:
-        for key, stream in ((ACME_KEY, False), (ACME_KEY, True), (GLOBEX_KEY, False), (wrong, False), (SLEEPY_KEY, False)):
+        for key, stream in (
+            (ACME_KEY, False),
+            (ACME_KEY, True),
+            (GLOBEX_KEY, False),
+            (wrong, False),
+            (SLEEPY_KEY, False),
+        ):
             await post_chat(s, proc, key, stream=stream, headers={"x-api-key": key, "Cookie": f"session={key}"})
             sent += 1
 
@@ -129,7 +158,9 @@ async def test_a_burst_of_failed_authentication_and_a_suspended_tenant_are_audit
     assert burst["detail"]["client_ip"] == "127.0.0.1" and burst["detail"]["failures"] == 5
     suspended = [e for e in got if e["kind"] == "suspended_tenant_access"]
     assert len(suspended) == 1  # two refused requests within the window, one event
-    assert suspended[0]["detail"]["client_ip"] == "127.0.0.1" and suspended[0]["detail"]["request_id"].startswith("req_")
+    assert suspended[0]["detail"]["client_ip"] == "127.0.0.1" and suspended[0]["detail"]["request_id"].startswith(
+        "req_"
+    )
     assert (await admin.get("/admin/audit", since="2999-01-01T00:00:00Z"))["events"] == []
 
 

@@ -14,7 +14,17 @@ import pytest
 
 from ..support.processes import Proc
 from ..support.redis import RedisServer
-from .conftest import ACME_KEY, GLOBEX_KEY, PRICES, Admin, accounting_doc, gateway, post_chat, stop_gracefully, wait_until
+from .conftest import (
+    ACME_KEY,
+    GLOBEX_KEY,
+    PRICES,
+    Admin,
+    accounting_doc,
+    gateway,
+    post_chat,
+    stop_gracefully,
+    wait_until,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -30,7 +40,11 @@ def _stream_usage(raw: bytes) -> dict[str, int]:
 
 async def _disconnect_mid_stream(session: aiohttp.ClientSession, proc: Proc) -> None:
     body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "a long answer please"}]}
-    headers = {"Authorization": f"Bearer {ACME_KEY}", "x-mock-tokens-per-second": "20", "x-mock-completion-tokens": "200"}
+    headers = {
+        "Authorization": f"Bearer {ACME_KEY}",
+        "x-mock-tokens-per-second": "20",
+        "x-mock-completion-tokens": "200",
+    }
     async with session.post(f"{proc.url}/v1/chat/completions", json=body, headers=headers) as r:
         assert r.status == 200
         await r.content.readany()  # the first event arrived: the stream is flowing
@@ -52,7 +66,9 @@ async def _mixed_traffic(proc: Proc) -> dict[str, dict[str, int]]:
             assert status == 200, body
             add(model, body["usage"])
         for model in ("gpt-4o-mini", "gpt-4o"):
-            status, raw = await post_chat(s, proc, ACME_KEY, model=model, stream=True, headers={"x-mock-completion-tokens": "7"})
+            status, raw = await post_chat(
+                s, proc, ACME_KEY, model=model, stream=True, headers={"x-mock-completion-tokens": "7"}
+            )
             assert status == 200
             add(model, _stream_usage(raw))
         for text in ("embed me", "and me too, please"):
@@ -73,7 +89,9 @@ async def _mixed_traffic(proc: Proc) -> dict[str, dict[str, int]]:
 
 @pytest.fixture(scope="module")
 def usage_gateway(mock: Proc, redis: RedisServer) -> Iterator[Proc]:
-    doc = accounting_doc(f"{mock.url}/v1", usage={"backend": "redis", "url": redis.url, "key_prefix": "t1", "flush_interval": "200ms"})
+    doc = accounting_doc(
+        f"{mock.url}/v1", usage={"backend": "redis", "url": redis.url, "key_prefix": "t1", "flush_interval": "200ms"}
+    )
     with gateway(doc) as proc:
         yield proc
 
@@ -88,7 +106,9 @@ async def _usage_when(admin: Admin, tenant: str, requests: int) -> dict[str, Any
     return usage
 
 
-async def test_usage_after_stream_nonstream_failed_and_disconnected_requests_equals_the_mocks_reported_usage(usage_gateway: Proc) -> None:
+async def test_usage_after_stream_nonstream_failed_and_disconnected_requests_equals_the_mocks_reported_usage(
+    usage_gateway: Proc,
+) -> None:
     reported = await _mixed_traffic(usage_gateway)
     usage = await _usage_when(Admin(usage_gateway), "acme", 11)
     await asyncio.sleep(0.5)  # a late record would show up now
@@ -108,7 +128,11 @@ async def test_usage_after_stream_nonstream_failed_and_disconnected_requests_equ
 async def test_bills_match_the_price_table_by_model_and_in_the_csv_export(usage_gateway: Proc) -> None:
     admin = Admin(usage_gateway)
     async with aiohttp.ClientSession() as s:
-        for model, content in (("gpt-4o", "price me"), ("gpt-4o-mini", "and me"), ("gpt-4o", "once more with more words")):
+        for model, content in (
+            ("gpt-4o", "price me"),
+            ("gpt-4o-mini", "and me"),
+            ("gpt-4o", "once more with more words"),
+        ):
             status, _ = await post_chat(s, usage_gateway, GLOBEX_KEY, model=model, content=content)
             assert status == 200
     usage = await _usage_when(admin, "globex", 3)
@@ -116,7 +140,9 @@ async def test_bills_match_the_price_table_by_model_and_in_the_csv_export(usage_
     total = 0.0
     for model, row in usage["by_model"].items():
         price = PRICES[model]
-        expected = round((row["prompt_tokens"] * price["input_per_1k"] + row["completion_tokens"] * price["output_per_1k"]) / 1000, 9)
+        expected = round(
+            (row["prompt_tokens"] * price["input_per_1k"] + row["completion_tokens"] * price["output_per_1k"]) / 1000, 9
+        )
         assert row["cost"] == pytest.approx(expected, abs=1e-9), model
         assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
         total += expected
@@ -134,7 +160,10 @@ async def test_bills_match_the_price_table_by_model_and_in_the_csv_export(usage_
 
 async def test_usage_period_must_be_a_month(usage_gateway: Proc) -> None:
     admin = Admin(usage_gateway)
-    async with aiohttp.ClientSession() as s, s.get(admin.base + "/admin/tenants/acme/usage", headers=admin.headers, params={"period": "2024-13"}) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(admin.base + "/admin/tenants/acme/usage", headers=admin.headers, params={"period": "2024-13"}) as r,
+    ):
         assert r.status == 400
         assert (await r.json())["error"]["code"] == "invalid_period"
     empty = await admin.get("/admin/tenants/acme/usage", period="2001-01")
@@ -142,7 +171,9 @@ async def test_usage_period_must_be_a_month(usage_gateway: Proc) -> None:
 
 
 @pytest.mark.parametrize("backend", ["file", "redis"])
-async def test_graceful_shutdown_flushes_pending_usage_so_the_count_survives_a_restart(mock: Proc, redis: RedisServer, tmp_path: Any, backend: str) -> None:
+async def test_graceful_shutdown_flushes_pending_usage_so_the_count_survives_a_restart(
+    mock: Proc, redis: RedisServer, tmp_path: Any, backend: str
+) -> None:
     # A flush interval far longer than the test: only the shutdown flush can write these records.
     usage: dict[str, Any] = {"flush_interval": "10m", "batch_size": 100_000}
     if backend == "file":

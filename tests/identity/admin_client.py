@@ -15,7 +15,13 @@ def admin_url(proc: Proc) -> str:
 
 
 async def admin(
-    proc: Proc, method: str, path: str, body: Any = None, *, token: str | None = ADMIN_TOKEN, session: aiohttp.ClientSession | None = None
+    proc: Proc,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    token: str | None = ADMIN_TOKEN,
+    session: aiohttp.ClientSession | None = None,
 ) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     own = session is None
@@ -35,4 +41,7 @@ async def public_status(proc: Proc, key: str, session: aiohttp.ClientSession, pa
 
 
 def admin_listener(**extra: Any) -> dict[str, Any]:
-    return {"public": {"host": "127.0.0.1", "port": 0}, "admin": {"enabled": True, "host": "127.0.0.1", "port": 0, "token": ADMIN_TOKEN, **extra}}
+    return {
+        "public": {"host": "127.0.0.1", "port": 0},
+        "admin": {"enabled": True, "host": "127.0.0.1", "port": 0, "token": ADMIN_TOKEN, **extra},
+    }

@@ -36,7 +36,11 @@ def rsa_private() -> rsa.RSAPrivateKey:
 
 @pytest.fixture(scope="session")
 def rsa_public_pem(rsa_private: rsa.RSAPrivateKey) -> str:
-    return rsa_private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return (
+        rsa_private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +50,11 @@ def ec_private() -> ec.EllipticCurvePrivateKey:
 
 @pytest.fixture(scope="session")
 def ec_public_pem(ec_private: ec.EllipticCurvePrivateKey) -> str:
-    return ec_private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return (
+        ec_private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def identity_doc(
@@ -65,7 +73,9 @@ def identity_doc(
             "gpt-4o": {"deployments": [{"upstream": "mock"}]},
             "text-embedding-3-small": {"deployments": [{"upstream": "mock"}]},
         },
-        "identity": identity if identity is not None else {"chain": ["api_key", "subdomain", "header", "query"], "subdomain": {"base_domains": ["llm.example.com"]}},
+        "identity": identity
+        if identity is not None
+        else {"chain": ["api_key", "subdomain", "header", "query"], "subdomain": {"base_domains": ["llm.example.com"]}},
         "tenants": tenants
         if tenants is not None
         else {

@@ -27,7 +27,12 @@ class PeerTransport:
         return False
 
 
-def mocked_request(headers: dict[str, str] | list[tuple[str, str]] | None = None, *, path: str = "/v1/chat/completions", peer: str = "203.0.113.9") -> web.Request:
+def mocked_request(
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
+    *,
+    path: str = "/v1/chat/completions",
+    peer: str = "203.0.113.9",
+) -> web.Request:
     from multidict import CIMultiDict
 
     return make_mocked_request("POST", path, headers=CIMultiDict(headers or {}), transport=PeerTransport(peer))
@@ -36,7 +41,9 @@ def mocked_request(headers: dict[str, str] | list[tuple[str, str]] | None = None
 class Identified:
     """A config compiled the way a gateway process compiles it, for calling the identify stage directly."""
 
-    def __init__(self, doc: dict[str, Any], *, clock: Callable[[], float] = time.time, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, doc: dict[str, Any], *, clock: Callable[[], float] = time.time, env: dict[str, str] | None = None
+    ) -> None:
         self.config: Config = config_from_dict(doc, env=env or {})
         self.identity = IdentityRuntime(self.config, clock=clock)
         self.directory = Directory(self.config)

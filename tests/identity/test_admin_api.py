@@ -45,7 +45,19 @@ async def test_admin_refuses_a_tenant_api_key_a_wrong_token_and_no_token(gateway
 
 async def test_tenant_lifecycle_create_with_key_patch_suspend_resume_delete(gateway: Proc) -> None:
     async with aiohttp.ClientSession() as s:
-        status, body = await admin(gateway, "POST", "/admin/tenants", {"id": "initech", "name": "Initech", "plan": "small_business", "metadata": {"crm": "A-17"}, "keys": [{"name": "ci"}]}, session=s)
+        status, body = await admin(
+            gateway,
+            "POST",
+            "/admin/tenants",
+            {
+                "id": "initech",
+                "name": "Initech",
+                "plan": "small_business",
+                "metadata": {"crm": "A-17"},
+                "keys": [{"name": "ci"}],
+            },
+            session=s,
+        )
         assert status == 201, body
         key = body["created_keys"][0]["key"]
         assert key.startswith("tg_") and len(key) >= 40 and body["source"] == "api"
@@ -54,7 +66,9 @@ async def test_tenant_lifecycle_create_with_key_patch_suspend_resume_delete(gate
         status, listed = await admin(gateway, "GET", "/admin/tenants/initech/keys", session=s)
         assert status == 200 and key not in str(listed) and listed["data"][0]["name"] == "ci"
 
-        status, body = await admin(gateway, "PATCH", "/admin/tenants/initech", {"plan": "enterprise", "limits": {"concurrency": 7}}, session=s)
+        status, body = await admin(
+            gateway, "PATCH", "/admin/tenants/initech", {"plan": "enterprise", "limits": {"concurrency": 7}}, session=s
+        )
         assert status == 200 and body["plan"] == "enterprise" and body["limits"] == {"concurrency": 7}
 
         status, body = await admin(gateway, "POST", "/admin/tenants/initech/suspend", session=s)
@@ -75,7 +89,13 @@ async def test_tenant_lifecycle_create_with_key_patch_suspend_resume_delete(gate
 
 async def test_keys_create_list_and_revoke_including_a_config_declared_key(gateway: Proc) -> None:
     async with aiohttp.ClientSession() as s:
-        status, created = await admin(gateway, "POST", "/admin/tenants/globex/keys", {"name": "batch", "models": ["gpt-4o-mini"], "expires": "2099-01-01T00:00:00Z"}, session=s)
+        status, created = await admin(
+            gateway,
+            "POST",
+            "/admin/tenants/globex/keys",
+            {"name": "batch", "models": ["gpt-4o-mini"], "expires": "2099-01-01T00:00:00Z"},
+            session=s,
+        )
         assert status == 201 and created["tenant"] == "globex" and created["models"] == ["gpt-4o-mini"]
         assert await public_status(gateway, created["key"], s) == 200
         status, revoked = await admin(gateway, "POST", f"/admin/keys/{created['id']}/revoke", session=s)
@@ -105,11 +125,20 @@ async def test_bulk_create_of_1000_tenants_takes_under_a_second_and_each_is_usab
 
 
 async def test_bulk_create_is_all_or_nothing_with_every_problem_named(gateway: Proc) -> None:
-    tenants = [{"id": "fine-1", "plan": "personal"}, {"id": "Not Valid", "plan": "personal"}, {"id": "fine-2", "plan": "platinum"}, {"id": "fine-1", "plan": "personal"}]
+    tenants = [
+        {"id": "fine-1", "plan": "personal"},
+        {"id": "Not Valid", "plan": "personal"},
+        {"id": "fine-2", "plan": "platinum"},
+        {"id": "fine-1", "plan": "personal"},
+    ]
     status, body = await admin(gateway, "POST", "/admin/tenants/bulk", {"tenants": tenants})
     assert status == 400
     message = body["error"]["message"]
-    for expected in ("tenants[1].id", "tenants[2].plan: unknown plan 'platinum'", "tenants[3].id: tenant 'fine-1' appears twice"):
+    for expected in (
+        "tenants[1].id",
+        "tenants[2].plan: unknown plan 'platinum'",
+        "tenants[3].id: tenant 'fine-1' appears twice",
+    ):
         assert expected in message
     status, _ = await admin(gateway, "GET", "/admin/tenants/fine-1")
     assert status == 404
@@ -138,7 +167,10 @@ async def test_invalid_admin_input_gets_clear_4xx_errors(gateway: Proc) -> None:
 
 
 async def test_openapi_document_is_served_and_describes_every_admin_route(gateway: Proc) -> None:
-    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{gateway.extra_ports['admin']}/admin/openapi.json") as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{gateway.extra_ports['admin']}/admin/openapi.json") as r,
+    ):
         assert r.status == 200
         served = await r.json()
     assert served["openapi"].startswith("3.")
@@ -151,4 +183,8 @@ async def test_openapi_document_is_served_and_describes_every_admin_route(gatewa
 async def test_plans_are_listed_from_the_config(gateway: Proc) -> None:
     status, body = await admin(gateway, "GET", "/admin/plans")
     plans = {p["name"]: p for p in body["data"]}
-    assert status == 200 and plans["government"]["monthly_requests"] == 5_000_000 and plans["education"]["concurrency"] == 20
+    assert (
+        status == 200
+        and plans["government"]["monthly_requests"] == 5_000_000
+        and plans["education"]["concurrency"] == 20
+    )

@@ -17,7 +17,15 @@ def _problems(doc: dict, env: dict[str, str] | None = None) -> list[str]:  # typ
 
 
 def test_the_tier_table_is_built_in_and_operators_add_or_replace_plans() -> None:
-    config = config_from_dict(identity_doc(plans={"startup": {"monthly_requests": 50_000, "concurrency": 5, "tokens_per_minute": 20_000}, "personal": {"monthly_requests": 20_000, "concurrency": 4}}), env={})
+    config = config_from_dict(
+        identity_doc(
+            plans={
+                "startup": {"monthly_requests": 50_000, "concurrency": 5, "tokens_per_minute": 20_000},
+                "personal": {"monthly_requests": 20_000, "concurrency": 4},
+            }
+        ),
+        env={},
+    )
     table = {name: (p.limits.monthly_requests, p.limits.concurrency) for name, p in config.plans.items()}
     assert table["small_business"] == (100_000, 10)
     assert table["enterprise"] == (1_000_000, 50)
@@ -31,7 +39,13 @@ def test_tenant_problems_are_reported_with_their_paths() -> None:
     doc = identity_doc(
         tenants={
             "Bad_ID": {"plan": "personal"},
-            "acme": {"plan": "platinum", "subdomain": "shared", "allowed_models": ["gpt-9"], "status": "paused", "limits": {"concurrency": -1}},
+            "acme": {
+                "plan": "platinum",
+                "subdomain": "shared",
+                "allowed_models": ["gpt-9"],
+                "status": "paused",
+                "limits": {"concurrency": -1},
+            },
             "globex": {"plan": "personal", "subdomain": "shared", "colour": "blue"},
         }
     )
@@ -77,7 +91,10 @@ def test_key_declarations_are_checked_for_shape_duplicates_and_hash_kind() -> No
 
 def test_plaintext_keys_from_the_environment_are_stored_as_hmac_when_a_secret_is_set() -> None:
     secret = "k" * 40
-    doc = identity_doc(identity={"key_secret": "${KEY_SECRET}"}, tenants={"acme": {"plan": "personal", "keys": [{"id": "k1", "key": "${ACME_KEY}"}]}})
+    doc = identity_doc(
+        identity={"key_secret": "${KEY_SECRET}"},
+        tenants={"acme": {"plan": "personal", "keys": [{"id": "k1", "key": "${ACME_KEY}"}]}},
+    )
     config = config_from_dict(doc, env={"KEY_SECRET": secret, "ACME_KEY": ACME_KEY})
     assert config.api_keys["k1"].key_hash == hash_key(ACME_KEY, secret.encode())
     assert config.api_keys["k1"].key_hash.startswith("hmac-sha256:")
@@ -86,7 +103,11 @@ def test_plaintext_keys_from_the_environment_are_stored_as_hmac_when_a_secret_is
 
 def test_identity_chain_registry_and_proxy_problems_are_reported() -> None:
     doc = identity_doc(
-        identity={"chain": ["api_key", "cookie", "subdomain", "jwt"], "key_secret": "short", "header": {"name": "Authorization"}},
+        identity={
+            "chain": ["api_key", "cookie", "subdomain", "jwt"],
+            "key_secret": "short",
+            "header": {"name": "Authorization"},
+        },
         registry={"file": "/tmp/x.json", "redis": "http://nope", "poll_interval": "5s"},
     )
     doc["listeners"]["public"]["trusted_proxies"] = ["10.0.0.0/8", "not-a-network"]
@@ -106,8 +127,19 @@ def test_identity_chain_registry_and_proxy_problems_are_reported() -> None:
 
 
 def test_plan_problems_are_reported_with_their_paths() -> None:
-    problems = _problems(identity_doc(plans={"Gold": {"monthly_requests": 1, "concurrency": 1}, "silver": {"concurrency": 2, "allowed_models": ["gpt-9"]}}))
-    for expected in ("plans.Gold: invalid name", "plans.silver.monthly_requests: is required", "plans.silver.allowed_models[0]: unknown model 'gpt-9'"):
+    problems = _problems(
+        identity_doc(
+            plans={
+                "Gold": {"monthly_requests": 1, "concurrency": 1},
+                "silver": {"concurrency": 2, "allowed_models": ["gpt-9"]},
+            }
+        )
+    )
+    for expected in (
+        "plans.Gold: invalid name",
+        "plans.silver.monthly_requests: is required",
+        "plans.silver.allowed_models[0]: unknown model 'gpt-9'",
+    ):
         assert any(p.startswith(expected) for p in problems), (expected, problems)
 
 
@@ -122,12 +154,21 @@ def test_end_users_come_from_the_jwt_claim_alone_unless_configured() -> None:
 @pytest.mark.parametrize(
     ("end_user", "problem"),
     [
-        ({"from": ["body", "cookie"]}, "identity.end_user.from[1]: unknown end-user source 'cookie' (known: jwt, body, header)"),
+        (
+            {"from": ["body", "cookie"]},
+            "identity.end_user.from[1]: unknown end-user source 'cookie' (known: jwt, body, header)",
+        ),
         ({"from": ["body", "body"]}, "identity.end_user.from: names a source twice"),
         ({"from": ["body", "jwt"]}, "identity.end_user.from: jwt must come first"),
         ({"from": "body, header"}, "identity.end_user.from[0]: unknown end-user source 'body, header'"),
-        ({"from": ["header"], "header": "Authorization"}, "identity.end_user.header: 'authorization' cannot carry an end user"),
-        ({"from": ["header"], "header": "X-Tenant-ID"}, "identity.end_user.header: 'x-tenant-id' is identity.header.name"),
+        (
+            {"from": ["header"], "header": "Authorization"},
+            "identity.end_user.header: 'authorization' cannot carry an end user",
+        ),
+        (
+            {"from": ["header"], "header": "X-Tenant-ID"},
+            "identity.end_user.header: 'x-tenant-id' is identity.header.name",
+        ),
         ({"from": ["header"], "header": "bad header"}, "identity.end_user.header: 'bad header' does not match"),
         ({"from": ["body"], "header": "x-user"}, "identity.end_user.header: is set but from does not list header"),
         ({"max_length": 0}, "identity.end_user.max_length: must be >= 1"),

@@ -24,11 +24,15 @@ async def test_delete_dry_run_lists_the_tenants_counters_and_usage_and_the_delet
         }
         with gateway_process(doc) as gw:
             async with aiohttp.ClientSession() as s:
-                status, created = await admin(gw, "POST", "/admin/tenants", {"id": "initech", "plan": "personal", "keys": [{}]}, session=s)
+                status, created = await admin(
+                    gw, "POST", "/admin/tenants", {"id": "initech", "plan": "personal", "keys": [{}]}, session=s
+                )
                 assert status == 201
                 key = created["created_keys"][0]["key"]
                 body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-                async with s.post(f"{gw.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}) as r:
+                async with s.post(
+                    f"{gw.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+                ) as r:
                     assert r.status == 200
                 await asyncio.sleep(0.5)  # usage flushed, lease released
                 status, report = await admin(gw, "DELETE", "/admin/tenants/initech?dry_run=true", session=s)

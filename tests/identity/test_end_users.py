@@ -22,7 +22,13 @@ HEADER = "x-acme-end-user"
 LIMIT = 2
 # Every request of a tenant's end user counts against its own counter of this rule.
 PER_END_USER = {
-    "per-end-user": {"type": "request_limit", "limit": LIMIT, "per": "minute", "scope": ["tenant", "user"], "attach": {"global": True}}
+    "per-end-user": {
+        "type": "request_limit",
+        "limit": LIMIT,
+        "per": "minute",
+        "scope": ["tenant", "user"],
+        "attach": {"global": True},
+    }
 }
 
 
@@ -66,7 +72,13 @@ def _token(sub: str | None, tenant: str = "acme") -> str:
 
 
 async def _chat(
-    s: aiohttp.ClientSession, gw: Proc, *, key: str = ACME_KEY, user: Any = None, headers: dict[str, str] | None = None, rid: str = ""
+    s: aiohttp.ClientSession,
+    gw: Proc,
+    *,
+    key: str = ACME_KEY,
+    user: Any = None,
+    headers: dict[str, str] | None = None,
+    rid: str = "",
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
     body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
     if user is not None:
@@ -110,9 +122,13 @@ async def test_requests_without_an_end_user_share_one_counter_and_an_empty_user_
     assert [status for status, _, _ in results] == [200, 200, 429]
 
 
-async def test_the_configured_header_names_the_end_user_and_the_body_field_comes_before_it(gateway: Proc, log_path: Path) -> None:
+async def test_the_configured_header_names_the_end_user_and_the_body_field_comes_before_it(
+    gateway: Proc, log_path: Path
+) -> None:
     async with aiohttp.ClientSession() as s:
-        by_header = [await _chat(s, gateway, headers={HEADER: "header-carol"}, rid=f"req_header_{i}") for i in range(LIMIT + 1)]
+        by_header = [
+            await _chat(s, gateway, headers={HEADER: "header-carol"}, rid=f"req_header_{i}") for i in range(LIMIT + 1)
+        ]
         # With both, the body's user counts (dave): carol's spent counter does not refuse it.
         both = await _chat(s, gateway, user="header-dave", headers={HEADER: "header-carol"}, rid="req_header_both")
     assert [status for status, _, _ in by_header] == [200] * LIMIT + [429]
@@ -136,7 +152,9 @@ async def test_a_jwt_user_claim_is_authoritative_over_body_and_header(gateway: P
     async with aiohttp.ClientSession() as s:
         # The client names a new end user in the body and the header each time: the token's sub counts all the same.
         results = [
-            await _chat(s, gateway, key=token, user=f"jwt-body-{i}", headers={HEADER: f"jwt-header-{i}"}, rid=f"req_jwt_{i}")
+            await _chat(
+                s, gateway, key=token, user=f"jwt-body-{i}", headers={HEADER: f"jwt-header-{i}"}, rid=f"req_jwt_{i}"
+            )
             for i in range(LIMIT + 1)
         ]
         # A token without a user claim: the body's user counts, as for an API key.
@@ -172,7 +190,9 @@ async def test_a_forged_body_user_cannot_change_the_tenant(gateway: Proc, log_pa
         (["a"], "invalid_type", "expected a string, but got an array"),
     ],
 )
-async def test_a_bad_body_user_is_a_400_naming_the_field(gateway: Proc, mock: Proc, user: Any, code: str, text: str) -> None:
+async def test_a_bad_body_user_is_a_400_naming_the_field(
+    gateway: Proc, mock: Proc, user: Any, code: str, text: str
+) -> None:
     async with aiohttp.ClientSession() as s:
         status, body, _ = await _chat(s, gateway, user=user)
     assert status == 400

@@ -32,7 +32,9 @@ def gateway(mock: Proc) -> Iterator[Proc]:
         yield proc
 
 
-async def _post(gateway: Proc, headers: dict[str, str], body: dict[str, Any] = CHAT, path: str = "/v1/chat/completions") -> tuple[int, dict[str, Any]]:
+async def _post(
+    gateway: Proc, headers: dict[str, str], body: dict[str, Any] = CHAT, path: str = "/v1/chat/completions"
+) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as s, s.post(f"{gateway.url}{path}", json=body, headers=headers) as r:
         return r.status, await r.json()
 
@@ -75,7 +77,9 @@ async def test_no_credential_is_401_and_suspended_tenant_is_403(gateway: Proc) -
     status, body = await _post(gateway, {})
     assert status == 401 and "API key" in body["error"]["message"]
     status, body = await _post(gateway, {"Authorization": f"Bearer {SLEEPY_KEY}"})
-    assert status == 403 and body["error"]["type"] == "invalid_request_error" and "suspended" in body["error"]["message"]
+    assert (
+        status == 403 and body["error"]["type"] == "invalid_request_error" and "suspended" in body["error"]["message"]
+    )
 
 
 async def test_spoofed_tenant_header_subdomain_or_query_is_403_never_another_tenant(gateway: Proc, mock: Proc) -> None:
@@ -118,6 +122,10 @@ async def test_model_outside_the_key_scope_is_403_and_hidden_from_the_model_list
 
 async def test_admin_routes_are_not_reachable_through_the_public_listener(gateway: Proc) -> None:
     async with aiohttp.ClientSession() as s:
-        for method, path in (("GET", "/admin/tenants"), ("GET", "/admin/openapi.json"), ("POST", "/admin/keys/acme-main/revoke")):
+        for method, path in (
+            ("GET", "/admin/tenants"),
+            ("GET", "/admin/openapi.json"),
+            ("POST", "/admin/keys/acme-main/revoke"),
+        ):
             async with s.request(method, f"{gateway.url}{path}", headers={"Authorization": f"Bearer {ACME_KEY}"}) as r:
                 assert r.status == 404

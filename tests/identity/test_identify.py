@@ -50,7 +50,9 @@ def test_spoofed_subdomain_never_moves_a_key_to_another_tenant(ident: Identified
         ident.principal({"Authorization": f"Bearer {GLOBEX_KEY}", "Host": "acme.llm.example.com"})
     with pytest.raises(Forbidden):
         ident.principal({"Authorization": f"Bearer {GLOBEX_KEY}", "Host": "ACME.llm.example.com:443"})
-    assert ident.principal({"Authorization": f"Bearer {ACME_KEY}", "Host": "acme.llm.example.com:8080"}).tenant == "acme"
+    assert (
+        ident.principal({"Authorization": f"Bearer {ACME_KEY}", "Host": "acme.llm.example.com:8080"}).tenant == "acme"
+    )
     # A host outside the base domains makes no claim at all.
     assert ident.principal({"Authorization": f"Bearer {GLOBEX_KEY}", "Host": "acme.example.org"}).tenant == "globex"
 
@@ -58,11 +60,18 @@ def test_spoofed_subdomain_never_moves_a_key_to_another_tenant(ident: Identified
 def test_spoofed_query_parameter_never_moves_a_key_to_another_tenant(ident: Identified) -> None:
     with pytest.raises(Forbidden):
         ident.principal({"Authorization": f"Bearer {GLOBEX_KEY}"}, path="/v1/chat/completions?tenant=acme")
-    assert ident.principal({"Authorization": f"Bearer {GLOBEX_KEY}"}, path="/v1/chat/completions?tenant=globex").tenant == "globex"
+    assert (
+        ident.principal({"Authorization": f"Bearer {GLOBEX_KEY}"}, path="/v1/chat/completions?tenant=globex").tenant
+        == "globex"
+    )
 
 
 def test_claims_alone_are_refused_on_an_untrusted_listener(ident: Identified) -> None:
-    for kwargs in ({"headers": {"X-Tenant-ID": "acme"}}, {"headers": {"Host": "acme.llm.example.com"}}, {"path": "/v1/chat/completions?tenant=acme"}):
+    for kwargs in (
+        {"headers": {"X-Tenant-ID": "acme"}},
+        {"headers": {"Host": "acme.llm.example.com"}},
+        {"path": "/v1/chat/completions?tenant=acme"},
+    ):
         with pytest.raises(Unauthenticated):
             ident.principal(**kwargs)
 
@@ -102,7 +111,9 @@ def test_error_messages_never_echo_the_key(ident: Identified) -> None:
 
 
 def test_expired_key_is_unauthenticated_by_the_injected_clock() -> None:
-    doc = identity_doc(tenants={"acme": {"plan": "personal", "keys": [{"id": "k", "key": ACME_KEY, "expires": 1_000_000}]}})
+    doc = identity_doc(
+        tenants={"acme": {"plan": "personal", "keys": [{"id": "k", "key": ACME_KEY, "expires": 1_000_000}]}}
+    )
     now = [999_999.0]
     ident = Identified(doc, clock=lambda: now[0])
     assert ident.principal({"x-api-key": ACME_KEY}).tenant == "acme"
@@ -113,7 +124,14 @@ def test_expired_key_is_unauthenticated_by_the_injected_clock() -> None:
 
 def test_tenant_limit_overrides_and_model_list_replace_the_plans() -> None:
     doc = identity_doc(
-        tenants={"acme": {"plan": "small_business", "limits": {"concurrency": 25, "tokens_per_minute": 90000}, "allowed_models": ["gpt-4o"], "keys": [{"key": ACME_KEY}]}},
+        tenants={
+            "acme": {
+                "plan": "small_business",
+                "limits": {"concurrency": 25, "tokens_per_minute": 90000},
+                "allowed_models": ["gpt-4o"],
+                "keys": [{"key": ACME_KEY}],
+            }
+        },
         plans={"small_business": {"monthly_requests": 150_000, "concurrency": 12, "allowed_models": ["gpt-4o-mini"]}},
     )
     p = Identified(doc).principal({"x-api-key": ACME_KEY})
@@ -138,7 +156,9 @@ def test_client_ip_ignores_x_forwarded_for_from_an_untrusted_peer() -> None:
 def test_client_ip_takes_the_first_untrusted_hop_behind_trusted_proxies() -> None:
     nets = Identified(_with_proxies(["10.0.0.0/8", "192.0.2.1"])).identity.proxies
     # The client wrote the first entry itself; only what our proxies appended counts.
-    req = mocked_request([("X-Forwarded-For", "1.2.3.4, 198.51.100.7"), ("X-Forwarded-For", "192.0.2.1")], peer="10.1.2.3")
+    req = mocked_request(
+        [("X-Forwarded-For", "1.2.3.4, 198.51.100.7"), ("X-Forwarded-For", "192.0.2.1")], peer="10.1.2.3"
+    )
     assert client_ip(req, nets) == "198.51.100.7"
     garbled = mocked_request({"X-Forwarded-For": "1.2.3.4, not-an-ip"}, peer="10.1.2.3")
     assert client_ip(garbled, nets) == "10.1.2.3"

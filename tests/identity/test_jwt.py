@@ -63,7 +63,9 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_rs256_es256_and_hs256_tokens_identify_tenant_and_user(ident: Identified, rsa_private: rsa.RSAPrivateKey, ec_private: ec.EllipticCurvePrivateKey) -> None:
+def test_rs256_es256_and_hs256_tokens_identify_tenant_and_user(
+    ident: Identified, rsa_private: rsa.RSAPrivateKey, ec_private: ec.EllipticCurvePrivateKey
+) -> None:
     tokens = [
         jwt.encode(_claims(), rsa_private, algorithm="RS256", headers={"kid": "rs"}),
         jwt.encode(_claims(), ec_private, algorithm="ES256", headers={"kid": "es"}),
@@ -98,7 +100,9 @@ def test_expired_token_is_unauthenticated(ident: Identified, rsa_private: rsa.RS
         ident.principal(_bearer(token))
 
 
-def test_wrong_audience_wrong_issuer_and_missing_exp_are_unauthenticated(ident: Identified, rsa_private: rsa.RSAPrivateKey) -> None:
+def test_wrong_audience_wrong_issuer_and_missing_exp_are_unauthenticated(
+    ident: Identified, rsa_private: rsa.RSAPrivateKey
+) -> None:
     for claims, reason in (
         (_claims(aud="someone-else"), "audience"),
         (_claims(aud=None), "aud"),
@@ -130,7 +134,9 @@ def test_tenant_header_must_agree_with_the_tokens_tenant(ident: Identified, rsa_
         ident.principal({**_bearer(token), "X-Tenant-ID": "globex"})
 
 
-def test_verified_token_is_cached_until_exp_and_a_suspension_still_applies_at_once(ident: Identified, rsa_private: rsa.RSAPrivateKey) -> None:
+def test_verified_token_is_cached_until_exp_and_a_suspension_still_applies_at_once(
+    ident: Identified, rsa_private: rsa.RSAPrivateKey
+) -> None:
     exp = int(time.time()) + 600
     token = jwt.encode(_claims(exp=exp), rsa_private, algorithm="RS256")
     first = ident.principal(_bearer(token))

@@ -39,7 +39,9 @@ async def _until(probe: Callable[[], Awaitable[int]], expected: int, *, within: 
 
 
 @pytest.mark.parametrize("backend", ["redis", "file"])
-async def test_key_revoked_through_process_a_is_refused_by_process_b_within_one_second(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+async def test_key_revoked_through_process_a_is_refused_by_process_b_within_one_second(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     doc = identity_doc(listeners=admin_listener(), registry=_registry(backend, tmp_path, request))
     with gateway_process(doc) as a, gateway_process(doc) as b:
         async with aiohttp.ClientSession() as s:
@@ -58,11 +60,19 @@ async def test_key_revoked_through_process_a_is_refused_by_process_b_within_one_
 
 
 @pytest.mark.parametrize("backend", ["redis", "file"])
-async def test_restart_keeps_runtime_tenants_working_keys_and_revocations(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+async def test_restart_keeps_runtime_tenants_working_keys_and_revocations(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     doc = identity_doc(listeners=admin_listener(), registry=_registry(backend, tmp_path, request))
     async with aiohttp.ClientSession() as s:
         with gateway_process(doc) as gw:
-            status, created = await admin(gw, "POST", "/admin/tenants", {"id": "hooli", "plan": "education", "keys": [{"name": "main"}]}, session=s)
+            status, created = await admin(
+                gw,
+                "POST",
+                "/admin/tenants",
+                {"id": "hooli", "plan": "education", "keys": [{"name": "main"}]},
+                session=s,
+            )
             assert status == 201
             hooli_key = created["created_keys"][0]["key"]
             status, doomed = await admin(gw, "POST", "/admin/tenants/acme/keys", {}, session=s)
@@ -87,7 +97,9 @@ async def test_config_reload_keeps_runtime_changes_and_takes_new_declarations(tm
     new_key = "tg_newcorp-declared-key-0123456789abcdef"
     async with aiohttp.ClientSession() as s:
         with gateway_process(doc) as gw:
-            status, created = await admin(gw, "POST", "/admin/tenants", {"id": "hooli", "plan": "personal", "keys": [{}]}, session=s)
+            status, created = await admin(
+                gw, "POST", "/admin/tenants", {"id": "hooli", "plan": "personal", "keys": [{}]}, session=s
+            )
             hooli_key = created["created_keys"][0]["key"]
             await admin(gw, "POST", "/admin/keys/acme-main/revoke", session=s)
             assert gw.config_path is not None

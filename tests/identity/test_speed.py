@@ -16,10 +16,12 @@ from tollgate.identity import Directory, IdentityRuntime, authenticate
 from .helpers import mocked_request
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from identity_bench import build, tenant_records  # noqa: E402
+from identity_bench import build, tenant_records
 
 
-def _interleaved_medians(fns: dict[str, Callable[[], object]], *, calls: int = 2000, rounds: int = 15) -> dict[str, float]:
+def _interleaved_medians(
+    fns: dict[str, Callable[[], object]], *, calls: int = 2000, rounds: int = 15
+) -> dict[str, float]:
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
@@ -50,7 +52,10 @@ def test_wrong_and_one_character_off_keys_take_the_same_path_and_time() -> None:
     off_by_one_first = ("X" if good[0] != "X" else "Y") + good[1:]
     unrelated = "tg_" + "q" * (len(good) - 3)
     medians = _interleaved_medians(
-        {name: _refused(mocked_request({"Authorization": f"Bearer {key}"}), identity, directory) for name, key in (("last", off_by_one_last), ("first", off_by_one_first), ("unrelated", unrelated))}
+        {
+            name: _refused(mocked_request({"Authorization": f"Bearer {key}"}), identity, directory)
+            for name, key in (("last", off_by_one_last), ("first", off_by_one_first), ("unrelated", unrelated))
+        }
     )
     fastest, slowest = min(medians.values()), max(medians.values())
     # A prefix-comparing check would make "last" measurably slower than "first"; hashing first makes them equal.
@@ -73,13 +78,19 @@ def test_100000_tenants_load_and_identify_without_a_measurable_slowdown() -> Non
     started = time.perf_counter()
     big = Directory(config, records)
     load_seconds = time.perf_counter() - started
-    small = Directory(config, {name: doc for name, doc in records.items() if name.endswith(("000001", "000002", "000003"))})
+    small = Directory(
+        config, {name: doc for name, doc in records.items() if name.endswith(("000001", "000002", "000003"))}
+    )
     assert len(big.tenants) == 100_000 and len(big.keys) == 100_000
     small_req = mocked_request({"Authorization": f"Bearer {keys[2]}"})
     big_req = mocked_request({"Authorization": f"Bearer {keys[77_777]}"})
     assert authenticate(big_req, identity, big).tenant == "t077777"
-    medians = _interleaved_medians({"small": lambda: authenticate(small_req, identity, small), "big": lambda: authenticate(big_req, identity, big)})
-    print(f"100k tenants: load {load_seconds:.2f}s, identify {medians['big'] * 1e6:.2f} us vs {medians['small'] * 1e6:.2f} us with 3 tenants")
+    medians = _interleaved_medians(
+        {"small": lambda: authenticate(small_req, identity, small), "big": lambda: authenticate(big_req, identity, big)}
+    )
+    print(
+        f"100k tenants: load {load_seconds:.2f}s, identify {medians['big'] * 1e6:.2f} us vs {medians['small'] * 1e6:.2f} us with 3 tenants"
+    )
     assert medians["big"] / medians["small"] < 1.3, medians
     assert medians["big"] < 20e-6, medians  # 10 us is the budget on an idle core; leave room for a shared CI machine
     assert load_seconds < 20, load_seconds

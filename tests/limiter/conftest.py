@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.support.redis import RedisCluster, RedisServer
 from tollgate.clock import ManualClock, SystemClock
 from tollgate.limiter.store import EmbeddedEngine, RedisEngine, ScriptEngine
-from tests.support.redis import RedisCluster, RedisServer
 
 ENGINES = ("embedded", "redis", "cluster")
 

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from tollgate.clock import SystemClock
-from tollgate.limiter import LimitSpec, Limiter
+from tollgate.limiter import Limiter, LimitSpec
 from tollgate.limiter.store import RedisEngine
 
 
@@ -41,8 +41,12 @@ async def _churn(url: str, ready: Any) -> None:
     limiter = Limiter({"redis": RedisEngine(url, clock=clock, timeout=5.0)}, clock=clock)
     specs = [
         LimitSpec(name="rpm", kind="sliding_window", limit=10**9, window_ms=2_000, tenant="t1"),
-        LimitSpec(name="tpm", kind="gcra", limit=1000, window_ms=2_000, cost=50, unit="tokens", tenant="t1", shadow=True),
-        LimitSpec(name="quota", kind="fixed_window", limit=10**9, calendar="month", cost=50, unit="tokens", tenant="t1"),
+        LimitSpec(
+            name="tpm", kind="gcra", limit=1000, window_ms=2_000, cost=50, unit="tokens", tenant="t1", shadow=True
+        ),
+        LimitSpec(
+            name="quota", kind="fixed_window", limit=10**9, calendar="month", cost=50, unit="tokens", tenant="t1"
+        ),
         LimitSpec(name="streams", kind="concurrency", limit=10**6, window_ms=1_000, tenant="t1"),
         # 1,000 a minute: each request moves the TAT 60 ms ahead, so the key outlives a slow, loaded worker
         LimitSpec(name="ip", kind="gcra", limit=1000, window_ms=60_000, scope_key=(("ip", "10.0.0.1"),), shadow=True),

@@ -7,7 +7,7 @@ from typing import Any
 
 from tollgate.limiter.store import ScriptEngine
 
-__all__ = ["Lim", "Result", "admit", "peek", "settle", "extend", "renew", "release"]
+__all__ = ["Lim", "Result", "admit", "extend", "peek", "release", "renew", "settle"]
 
 
 @dataclass(frozen=True)

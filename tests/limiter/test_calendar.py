@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,7 +11,7 @@ from tollgate.limiter.store import EmbeddedEngine
 
 from .scriptcalls import Lim, admit
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def ms(dt: datetime) -> int:

@@ -8,7 +8,7 @@ import pytest
 
 from tollgate.clock import ManualClock
 from tollgate.errors import StoreError
-from tollgate.limiter import LimitSpec, Limiter
+from tollgate.limiter import Limiter, LimitSpec
 from tollgate.limiter.store import EmbeddedEngine
 
 # admit.lua ARGV for one fixed-window limit of 5 requests a minute.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import redis
 
+from tests.support.redis import RedisServer
 from tollgate.clock import ManualClock
 from tollgate.limiter.store import EmbeddedEngine, Script
-from tests.support.redis import RedisServer
 
 # Replies of every shape a script can return: the all-integer arrays the limiter scripts return take the
 # engine's fast path; the others are converted item by item. Redis' answer to the same source is the reference.
@@ -37,4 +37,6 @@ def test_a_script_reply_comes_back_as_redis_sends_it(redis_standalone: RedisServ
     if isinstance(expected, bytes) and source == "return {ok = 'DONE'}":
         expected = b"DONE"  # redis-py hands a status as bytes too
     assert got == expected
-    assert [type(x) for x in got] == [type(x) for x in expected] if isinstance(got, list) else type(got) is type(expected)
+    assert (
+        [type(x) for x in got] == [type(x) for x in expected] if isinstance(got, list) else type(got) is type(expected)
+    )

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from tollgate.clock import SystemClock
-from tollgate.limiter import LimitSpec, Limiter
-from tollgate.limiter.store import RedisEngine
 from tests.support.redis import RedisServer
+from tollgate.clock import SystemClock
+from tollgate.limiter import Limiter, LimitSpec
+from tollgate.limiter.store import RedisEngine
 
 from .exactness_worker import fire
 
@@ -28,7 +28,9 @@ def two_processes() -> Iterator[ProcessPoolExecutor]:
         yield pool
 
 
-def race(pool: ProcessPoolExecutor, url: str, spec: dict[str, Any], costs: list[int], coalesce: bool) -> list[tuple[bool, int]]:
+def race(
+    pool: ProcessPoolExecutor, url: str, spec: dict[str, Any], costs: list[int], coalesce: bool
+) -> list[tuple[bool, int]]:
     """Half the costs from each process, fired at the same instant."""
     start_at = time.time() + 0.4
     half = len(costs) // 2
@@ -62,8 +64,14 @@ async def test_a_token_budget_is_never_overdrawn_by_parallel_requests_with_rando
 ) -> None:
     redis_standalone.flushall()
     budget = 5000
-    spec = dict(name="tpm", kind=kind, limit=budget, window_ms=LONG if kind != "sliding_window" else 3_600_000,
-                tenant="acme", unit="tokens")
+    spec = dict(
+        name="tpm",
+        kind=kind,
+        limit=budget,
+        window_ms=LONG if kind != "sliding_window" else 3_600_000,
+        tenant="acme",
+        unit="tokens",
+    )
     costs = [random.Random(f"{kind}-{i}").randint(1, 300) for i in range(200)]
     rows = race(two_processes, redis_standalone.url, spec, costs, True)
     spent = sum(c for admitted, c in rows if admitted)

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from tollgate.clock import ManualClock, SystemClock
-from tollgate.limiter import LimitSpec, Limiter
-from tollgate.limiter.store import BreakerSettings, CircuitBreaker, EmbeddedEngine, RedisEngine
 from tests.support.redis import RedisServer
+from tollgate.clock import ManualClock, SystemClock
+from tollgate.limiter import Limiter, LimitSpec
+from tollgate.limiter.store import BreakerSettings, CircuitBreaker, EmbeddedEngine, RedisEngine
 
 BUDGET = 0.050
 SLACK = 0.020
@@ -32,7 +32,9 @@ def own_redis() -> Iterator[RedisServer]:
 @pytest.fixture
 async def limiter(own_redis: RedisServer) -> AsyncIterator[Limiter]:
     clock = SystemClock()
-    engine = RedisEngine(own_redis.url, clock=clock, timeout=BUDGET, breaker=BreakerSettings(failures=3, open_seconds=0.3))
+    engine = RedisEngine(
+        own_redis.url, clock=clock, timeout=BUDGET, breaker=BreakerSettings(failures=3, open_seconds=0.3)
+    )
     lim = Limiter({"redis": engine}, clock=clock, local=EmbeddedEngine(clock), instances=2)
     try:
         yield lim
@@ -41,7 +43,9 @@ async def limiter(own_redis: RedisServer) -> AsyncIterator[Limiter]:
 
 
 def spec(name: str, fail_mode: str, limit: int = 1000) -> LimitSpec:
-    return LimitSpec(name=name, kind="sliding_window", limit=limit, window_ms=60_000, tenant="acme", fail_mode=fail_mode)  # type: ignore[arg-type]
+    return LimitSpec(
+        name=name, kind="sliding_window", limit=limit, window_ms=60_000, tenant="acme", fail_mode=fail_mode
+    )  # type: ignore[arg-type]
 
 
 async def timed(limiter: Limiter, s: LimitSpec) -> tuple[float, bool, bool]:
@@ -50,7 +54,9 @@ async def timed(limiter: Limiter, s: LimitSpec) -> tuple[float, bool, bool]:
     return time.perf_counter() - t0, d.allowed, d.degraded
 
 
-async def test_a_paused_redis_answers_each_admission_within_budget_with_its_fail_mode(own_redis: RedisServer, limiter: Limiter) -> None:
+async def test_a_paused_redis_answers_each_admission_within_budget_with_its_fail_mode(
+    own_redis: RedisServer, limiter: Limiter
+) -> None:
     opened, closed, local = spec("open", "fail_open"), spec("closed", "fail_closed"), spec("local", "local", limit=8)
     for s in (opened, closed, local):
         assert not (await limiter.admit([s])).degraded  # connected, scripts loaded
@@ -78,7 +84,9 @@ async def test_a_paused_redis_answers_each_admission_within_budget_with_its_fail
     assert limiter.engine().breaker.state == "closed"  # type: ignore[attr-defined]
 
 
-async def test_a_degraded_decision_lists_its_limits_in_the_order_they_were_asked(own_redis: RedisServer, limiter: Limiter) -> None:
+async def test_a_degraded_decision_lists_its_limits_in_the_order_they_were_asked(
+    own_redis: RedisServer, limiter: Limiter
+) -> None:
     """The fail-mode answers and the local ones of a failed store come back in spec order (headers pair them by position)."""
     specs = (spec("local", "local", limit=8), spec("open", "fail_open"), spec("local2", "local", limit=8))
     own_redis.kill()
@@ -100,7 +108,9 @@ async def test_the_open_breaker_refuses_at_once_instead_of_waiting(own_redis: Re
     assert max(t for t, _, _ in fast) < 0.005
 
 
-async def test_a_killed_and_restarted_redis_is_used_again_without_restarting_the_gateway(own_redis: RedisServer, limiter: Limiter) -> None:
+async def test_a_killed_and_restarted_redis_is_used_again_without_restarting_the_gateway(
+    own_redis: RedisServer, limiter: Limiter
+) -> None:
     s = spec("open", "fail_open")
     assert not (await limiter.admit([s])).degraded
     own_redis.kill()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 
-from tollgate.clock import SystemClock
-from tollgate.limiter import LimitSpec, Limiter
-from tollgate.limiter.store import RedisEngine
 from tests.support.redis import RedisServer
+from tollgate.clock import SystemClock
+from tollgate.limiter import Limiter, LimitSpec
+from tollgate.limiter.store import RedisEngine
 
 from .exactness_worker import churn
 

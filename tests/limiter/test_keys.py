@@ -7,14 +7,36 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from tollgate.clock import SystemClock
-from tollgate.limiter import KeyBuilder, LimitSpec, Limiter, encode_value, tenant_key_pattern
+from tollgate.limiter import KeyBuilder, Limiter, LimitSpec, encode_value, tenant_key_pattern
 from tollgate.limiter.store import RedisEngine
 
-NASTY = ["acme", "{acme}", "a}b{c", "a:b", "*", "a*b?[c]", "\x00", "a\x00b", "ü", "租户", "🦊", "", " ", "%41", "A", "~x", "=", ",", "x" * 10_240]
+NASTY = [
+    "acme",
+    "{acme}",
+    "a}b{c",
+    "a:b",
+    "*",
+    "a*b?[c]",
+    "\x00",
+    "a\x00b",
+    "ü",
+    "租户",
+    "🦊",
+    "",
+    " ",
+    "%41",
+    "A",
+    "~x",
+    "=",
+    ",",
+    "x" * 10_240,
+]
 
 
 def spec(tenant: str | None = None, value: str = "v", name: str = "rpm", kind: str = "sliding_window") -> LimitSpec:
-    return LimitSpec(name=name, kind=kind, limit=10, window_ms=60_000, tenant=tenant or None, scope_key=(("key", value),))  # type: ignore[arg-type]
+    return LimitSpec(
+        name=name, kind=kind, limit=10, window_ms=60_000, tenant=tenant or None, scope_key=(("key", value),)
+    )  # type: ignore[arg-type]
 
 
 def tag_of(key: str) -> str:
@@ -51,7 +73,9 @@ def test_a_tenants_limits_all_share_one_slot_whatever_their_scope() -> None:
     keys = KeyBuilder()
     slots = {
         key_slot(keys.key(LimitSpec(name=n, kind=k, limit=5, tenant="a}{:*", scope_key=(("key", v),))).encode())  # type: ignore[arg-type]
-        for n in ("rpm", "tpm") for k in ("sliding_window", "gcra", "concurrency") for v in NASTY
+        for n in ("rpm", "tpm")
+        for k in ("sliding_window", "gcra", "concurrency")
+        for v in NASTY
     }
     assert len(slots) == 1
 
@@ -78,7 +102,11 @@ async def test_nasty_tenants_and_scopes_are_admitted_on_a_cluster_without_crosss
     limiter = Limiter({"c": engine}, clock=SystemClock())
     try:
         for v in NASTY:
-            specs = [spec(tenant=v or None, value=v), spec(tenant=v or None, value=v, name="tpm", kind="gcra"), spec(value=v, name="ip")]
+            specs = [
+                spec(tenant=v or None, value=v),
+                spec(tenant=v or None, value=v, name="tpm", kind="gcra"),
+                spec(value=v, name="ip"),
+            ]
             d = await limiter.admit(specs)
             assert d.allowed and not d.degraded, v
         assert engine.stats.failures == 0

@@ -8,22 +8,61 @@ import socket
 import hiredis
 import pytest
 
-from tollgate.limiter.store.keyspace import Keyspace, ReplyError, Status
 from tests.support.redis import RedisServer
+from tollgate.limiter.store.keyspace import Keyspace, ReplyError, Status
 
 NOW_NS = 1_700_000_000_123_456_789
 
 # (command, args) sequences whose every reply must match Redis; no TIME-dependent expiry in them.
 SEQUENCES = [
-    [("GET", "s"), ("SET", "s", "10"), ("GET", "s"), ("SET", "s", "11", "PX", "60000"), ("GET", "s"), ("DEL", "s", "nope"), ("GET", "s")],
-    [("PTTL", "s"), ("SET", "s", "1"), ("PTTL", "s"), ("PEXPIRE", "s", "5000"), ("PEXPIRE", "nope", "5"), ("PEXPIRE", "s", "0"), ("GET", "s")],
-    [("HSET", "h", "w", "1", "n", "2"), ("HSET", "h", "n", "3"), ("HMGET", "h", "w", "n", "x"), ("HGET", "h", "n"), ("HGET", "h", "x"),
-     ("HINCRBY", "h", "n", "-5"), ("HINCRBY", "h", "z", "7"), ("HDEL", "h", "w", "x"), ("HGETALL", "h"), ("HDEL", "h", "n", "z"), ("HGETALL", "h"),
-     ("HMGET", "h", "a")],
-    [("ZADD", "z", "10", "a", "20", "b"), ("ZADD", "z", "XX", "30", "a", "5", "c"), ("ZSCORE", "z", "a"), ("ZSCORE", "z", "c"),
-     ("ZCOUNT", "z", "(10", "+inf"), ("ZCOUNT", "z", "-inf", "20"), ("ZADD", "z", "1700000000123", "d"),
-     ("ZRANGEBYSCORE", "z", "(20", "+inf", "WITHSCORES", "LIMIT", "0", "1"), ("ZRANGEBYSCORE", "z", "-inf", "+inf"),
-     ("ZREMRANGEBYSCORE", "z", "-inf", "20"), ("ZREM", "z", "a", "nope"), ("ZCOUNT", "z", "-inf", "+inf"), ("ZREM", "z", "d"), ("ZCOUNT", "z", "-inf", "+inf")],
+    [
+        ("GET", "s"),
+        ("SET", "s", "10"),
+        ("GET", "s"),
+        ("SET", "s", "11", "PX", "60000"),
+        ("GET", "s"),
+        ("DEL", "s", "nope"),
+        ("GET", "s"),
+    ],
+    [
+        ("PTTL", "s"),
+        ("SET", "s", "1"),
+        ("PTTL", "s"),
+        ("PEXPIRE", "s", "5000"),
+        ("PEXPIRE", "nope", "5"),
+        ("PEXPIRE", "s", "0"),
+        ("GET", "s"),
+    ],
+    [
+        ("HSET", "h", "w", "1", "n", "2"),
+        ("HSET", "h", "n", "3"),
+        ("HMGET", "h", "w", "n", "x"),
+        ("HGET", "h", "n"),
+        ("HGET", "h", "x"),
+        ("HINCRBY", "h", "n", "-5"),
+        ("HINCRBY", "h", "z", "7"),
+        ("HDEL", "h", "w", "x"),
+        ("HGETALL", "h"),
+        ("HDEL", "h", "n", "z"),
+        ("HGETALL", "h"),
+        ("HMGET", "h", "a"),
+    ],
+    [
+        ("ZADD", "z", "10", "a", "20", "b"),
+        ("ZADD", "z", "XX", "30", "a", "5", "c"),
+        ("ZSCORE", "z", "a"),
+        ("ZSCORE", "z", "c"),
+        ("ZCOUNT", "z", "(10", "+inf"),
+        ("ZCOUNT", "z", "-inf", "20"),
+        ("ZADD", "z", "1700000000123", "d"),
+        ("ZRANGEBYSCORE", "z", "(20", "+inf", "WITHSCORES", "LIMIT", "0", "1"),
+        ("ZRANGEBYSCORE", "z", "-inf", "+inf"),
+        ("ZREMRANGEBYSCORE", "z", "-inf", "20"),
+        ("ZREM", "z", "a", "nope"),
+        ("ZCOUNT", "z", "-inf", "+inf"),
+        ("ZREM", "z", "d"),
+        ("ZCOUNT", "z", "-inf", "+inf"),
+    ],
     [("SET", "k", "x"), ("HGET", "k", "f"), ("ZADD", "k", "1", "m"), ("HSET", "k", "f", "v")],  # WRONGTYPE
 ]
 
@@ -99,7 +138,9 @@ def _random_zset_op(rng: random.Random) -> tuple[str, ...]:
     member = lambda: rng.choice("abcdef")  # noqa: E731
     score = lambda: str(rng.randint(0, 6))  # noqa: E731
     bound = lambda: rng.choice(["-inf", "+inf", score(), "(" + score()])  # noqa: E731
-    kind = rng.choice(["ZADD", "ZADD", "ZADDXX", "ZREM", "ZREMRANGEBYSCORE", "ZCOUNT", "ZCOUNT", "ZFIRST", "ZRANGEBYSCORE"])
+    kind = rng.choice(
+        ["ZADD", "ZADD", "ZADDXX", "ZREM", "ZREMRANGEBYSCORE", "ZCOUNT", "ZCOUNT", "ZFIRST", "ZRANGEBYSCORE"]
+    )
     if kind == "ZADD":
         return ("ZADD", "z", score(), member(), score(), member())
     if kind == "ZADDXX":
@@ -195,8 +236,10 @@ def test_a_key_whose_ttl_keeps_moving_holds_one_heap_entry() -> None:
 def test_numbers_reach_the_keyspace_as_redis_formats_them() -> None:
     ks = Keyspace()
     ks.begin(NOW_NS)
-    get = ks.lua.eval("function(call) call('SET', 'a', 1700000000123456) call('HSET', 'h', 7, 2.5) "
-                      "call('ZADD', 'z', 1e20, 'm') return call('GET', 'a'), call('HGET', 'h', '7'), call('ZSCORE', 'z', 'm') end")
+    get = ks.lua.eval(
+        "function(call) call('SET', 'a', 1700000000123456) call('HSET', 'h', 7, 2.5) "
+        "call('ZADD', 'z', 1e20, 'm') return call('GET', 'a'), call('HGET', 'h', '7'), call('ZSCORE', 'z', 'm') end"
+    )
     assert get(ks.table.call) == ("1700000000123456", "2.5", "1e+20")
     with pytest.raises(ReplyError, match="not an integer"):
         ks.call("PEXPIRE", "a", "007")

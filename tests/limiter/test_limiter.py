@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tollgate.clock import ManualClock, SystemClock
-from tollgate.limiter import LimitSpec, Limiter
-from tollgate.limiter.store import EmbeddedEngine, RedisEngine
 from tests.support.redis import RedisServer
+from tollgate.clock import ManualClock, SystemClock
+from tollgate.limiter import Limiter, LimitSpec
+from tollgate.limiter.store import EmbeddedEngine, RedisEngine
 
 from .conftest import ENGINES
 
@@ -42,11 +42,15 @@ def rpm(limit: int, **kw: object) -> LimitSpec:
 
 
 def tpm(limit: int, cost: int, **kw: object) -> LimitSpec:
-    return LimitSpec(name="tpm", kind="gcra", limit=limit, window_ms=MINUTE, cost=cost, unit="tokens", tenant="acme", **kw)  # type: ignore[arg-type]
+    return LimitSpec(
+        name="tpm", kind="gcra", limit=limit, window_ms=MINUTE, cost=cost, unit="tokens", tenant="acme", **kw
+    )  # type: ignore[arg-type]
 
 
 def monthly(limit: int, cost: int) -> LimitSpec:
-    return LimitSpec(name="quota", kind="fixed_window", limit=limit, calendar="month", cost=cost, unit="tokens", tenant="acme")
+    return LimitSpec(
+        name="quota", kind="fixed_window", limit=limit, calendar="month", cost=cost, unit="tokens", tenant="acme"
+    )
 
 
 def streams(limit: int) -> LimitSpec:
@@ -168,10 +172,14 @@ async def test_finish_many_settles_and_releases_a_whole_batch_in_one_store_call(
     admitted = [await limiter.admit([tpm(100_000, 500), monthly(100_000, 500), streams(3)]) for _ in range(3)]
     assert all(d.allowed for d in admitted) and not (await limiter.admit([streams(3)])).allowed
     calls = limiter.engine().stats.calls
-    results = await limiter.finish_many([(d.reservation, actual, d.lease) for d, actual in zip(admitted, (120, 500, 900))])
+    results = await limiter.finish_many(
+        [(d.reservation, actual, d.lease) for d, actual in zip(admitted, (120, 500, 900))]
+    )
     assert limiter.engine().stats.calls == calls + 1
     assert [{s.name: s.applied for s in settlement.limits} for settlement, _ in results if settlement is not None] == [
-        {"tpm": -380, "quota": -380}, {}, {"tpm": 400, "quota": 400},
+        {"tpm": -380, "quota": -380},
+        {},
+        {"tpm": 400, "quota": 400},
     ]
     assert all(released for _, released in results)
     for d, (settlement, _) in zip(admitted, results):

@@ -10,7 +10,9 @@ from tollgate.limiter.store.redis_engine import _Packer
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 CALLS = [
-    ScriptCall("admit", ["tg:{t.t0}:sw:rpm", "tg:{t.é}:cc"], ["sliding_window", 1_000_000_000_000, 60_000, 1, "20", "0"]),
+    ScriptCall(
+        "admit", ["tg:{t.t0}:sw:rpm", "tg:{t.é}:cc"], ["sliding_window", 1_000_000_000_000, 60_000, 1, "20", "0"]
+    ),
     ScriptCall("settle", ["k"], ["concurrency", -1, 0, -9_223_372_036_854_775_807, "", "1"]),  # negatives, "", "1" vs 1
     ScriptCall("admit", [], []),
 ]

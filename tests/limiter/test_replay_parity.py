@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.redis import RedisServer
 from tollgate.clock import ManualClock, SystemClock
 from tollgate.limiter.store import EmbeddedEngine, RedisEngine
-from tests.support.redis import RedisServer
 
 KINDS = ("sliding_window", "gcra", "fixed_window", "concurrency")
 
@@ -31,7 +31,9 @@ def random_limits(rng: random.Random) -> list[dict[str, Any]]:
     return out
 
 
-def random_call(rng: random.Random, limits: list[dict[str, Any]], marks: dict[str, int], step: int) -> tuple[str, list[str], list[Any]]:
+def random_call(
+    rng: random.Random, limits: list[dict[str, Any]], marks: dict[str, int], step: int
+) -> tuple[str, list[str], list[Any]]:
     roll = rng.random()
     chosen = rng.sample(limits, rng.randint(1, len(limits)))
     if roll < 0.15 and marks:

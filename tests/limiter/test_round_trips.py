@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.support.redis import RedisServer
 from tollgate.clock import ManualClock, SystemClock
-from tollgate.limiter import LimitSpec, Limiter
 from tollgate.errors import StoreError
+from tollgate.limiter import Limiter, LimitSpec
 from tollgate.limiter.store import RedisEngine
 from tollgate.limiter.store.breaker import BreakerSettings
 from tollgate.limiter.store.redis_engine import EAGER_BATCH, _Slots
-from tests.support.redis import RedisServer
 
 
 @pytest.fixture
@@ -42,10 +42,15 @@ async def test_admissions_issued_in_one_tick_share_pipelines_of_eager_batch_call
     try:
         await limiter.admit([LimitSpec(name="warm", kind="gcra", limit=1)])  # connect and load the scripts
         before = engine.stats.round_trips
-        specs = [rpm(50), LimitSpec(name="tpm", kind="sliding_window", limit=10**6, window_ms=60_000, cost=30, tenant="acme")]
+        specs = [
+            rpm(50),
+            LimitSpec(name="tpm", kind="sliding_window", limit=10**6, window_ms=60_000, cost=30, tenant="acme"),
+        ]
         decisions = await asyncio.gather(*(limiter.admit(specs) for _ in range(100)))
         assert sum(d.allowed for d in decisions) == 50  # split into pipelines, every admission is still atomic
-        assert EAGER_BATCH == 16 and round_trips == (7 if coalesce else 100)  # 100 = 6 full pipelines + 4 at the tick's end
+        assert EAGER_BATCH == 16 and round_trips == (
+            7 if coalesce else 100
+        )  # 100 = 6 full pipelines + 4 at the tick's end
         assert engine.stats.round_trips - before == round_trips
     finally:
         await limiter.close()
@@ -63,7 +68,10 @@ async def test_a_full_pipeline_reaches_redis_before_the_tick_that_filled_it_ends
         tasks = [asyncio.ensure_future(limiter.admit([rpm(1000)])) for _ in range(EAGER_BATCH + 3)]
         await asyncio.sleep(0)  # every task took its first step; the end-of-tick flush has not run yet
         deadline = time.monotonic() + 2
-        while admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) < EAGER_BATCH and time.monotonic() < deadline:
+        while (
+            admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) < EAGER_BATCH
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.01)  # blocks the loop on purpose
         assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == EAGER_BATCH
         decisions = await asyncio.gather(*tasks)
@@ -89,7 +97,9 @@ async def test_pipelines_never_use_more_connections_than_max_connections(redis_s
         await limiter.close()
 
 
-async def test_connections_killed_while_idle_fail_one_pipeline_then_the_engine_reconnects(redis_standalone: RedisServer) -> None:
+async def test_connections_killed_while_idle_fail_one_pipeline_then_the_engine_reconnects(
+    redis_standalone: RedisServer,
+) -> None:
     redis_standalone.flushall()
     # Each dead connection fails its pipeline once; a breaker that opens on 3 failures would hide the recovery.
     engine = RedisEngine(redis_standalone.url, clock=SystemClock(), timeout=2.0, breaker=BreakerSettings(failures=100))
@@ -99,7 +109,9 @@ async def test_connections_killed_while_idle_fail_one_pipeline_then_the_engine_r
         await asyncio.gather(*(limiter.admit([rpm(10_000)]) for _ in range(EAGER_BATCH * 3)))  # a few idle connections
         admin.client_kill_filter(_type="normal", skipme=True)
         first = await asyncio.gather(*(limiter.admit([rpm(10_000)]) for _ in range(EAGER_BATCH * 3)))
-        assert all(d.allowed or d.degraded for d in first)  # a dead connection degrades its calls (fail mode), never hangs
+        assert all(
+            d.allowed or d.degraded for d in first
+        )  # a dead connection degrades its calls (fail mode), never hangs
         assert any(d.degraded for d in first)
         again = await asyncio.gather(*(limiter.admit([rpm(10_000)]) for _ in range(EAGER_BATCH * 3)))
         assert all(d.allowed and not d.degraded for d in again)
@@ -121,7 +133,9 @@ async def test_a_connection_that_refuses_the_write_is_dropped_and_its_calls_go_t
             raise RuntimeError("transport closed")
 
         conn._writer.write = refuse
-        replies = await asyncio.gather(*(engine.run("admit", [f"k{i}"], ["gcra", 10, 1000, 1, "", "0"]) for i in range(EAGER_BATCH)))
+        replies = await asyncio.gather(
+            *(engine.run("admit", [f"k{i}"], ["gcra", 10, 1000, 1, "", "0"]) for i in range(EAGER_BATCH))
+        )
         assert all(r[0] == 1 for r in replies)
         assert conn not in engine._idle and engine.stats.failures == 0
     finally:
@@ -135,7 +149,10 @@ async def test_closing_the_engine_answers_calls_whose_pipeline_was_written(redis
     try:
         await engine.run("admit", ["warm"], ["gcra", 10, 1000, 1, "", "0"])
         admin.client_pause(500)  # replies wait: the pipeline is written, not answered
-        calls = [asyncio.ensure_future(engine.run("admit", [f"k{i}"], ["gcra", 10, 1000, 1, "", "0"])) for i in range(EAGER_BATCH)]
+        calls = [
+            asyncio.ensure_future(engine.run("admit", [f"k{i}"], ["gcra", 10, 1000, 1, "", "0"]))
+            for i in range(EAGER_BATCH)
+        ]
         await asyncio.sleep(0.05)
         assert engine.stats.round_trips >= 2
         await engine.close()
@@ -162,7 +179,9 @@ async def test_a_slot_waiter_cancelled_as_it_is_handed_the_slot_passes_it_on() -
     assert slots.busy == 0 and slots.take_now()
 
 
-async def test_a_key_over_its_limit_is_refused_locally_until_its_retry_after(clock_and_limiter: tuple[ManualClock, Limiter]) -> None:
+async def test_a_key_over_its_limit_is_refused_locally_until_its_retry_after(
+    clock_and_limiter: tuple[ManualClock, Limiter],
+) -> None:
     clock, limiter = clock_and_limiter
     engine = limiter.engine()
     assert (await limiter.admit([rpm(2)])).allowed
@@ -179,7 +198,9 @@ async def test_a_key_over_its_limit_is_refused_locally_until_its_retry_after(clo
     assert engine.stats.calls == calls + 1  # asked Redis again
 
 
-async def test_the_cache_answers_only_for_costs_at_least_as_large_as_the_refused_one(clock_and_limiter: tuple[ManualClock, Limiter]) -> None:
+async def test_the_cache_answers_only_for_costs_at_least_as_large_as_the_refused_one(
+    clock_and_limiter: tuple[ManualClock, Limiter],
+) -> None:
     _, limiter = clock_and_limiter
     assert (await limiter.admit([rpm(1000, 900)])).allowed
     assert not (await limiter.admit([rpm(1000, 500)])).allowed
@@ -188,7 +209,9 @@ async def test_the_cache_answers_only_for_costs_at_least_as_large_as_the_refused
     assert small.allowed and not small.cached
 
 
-async def test_shadow_and_concurrency_limits_never_refuse_from_the_cache(clock_and_limiter: tuple[ManualClock, Limiter]) -> None:
+async def test_shadow_and_concurrency_limits_never_refuse_from_the_cache(
+    clock_and_limiter: tuple[ManualClock, Limiter],
+) -> None:
     _, limiter = clock_and_limiter
     shadow = rpm(1, shadow=True)
     lease = LimitSpec(name="streams", kind="concurrency", limit=1, window_ms=60_000, tenant="acme")

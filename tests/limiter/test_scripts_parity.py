@@ -225,10 +225,10 @@ async def test_a_flushed_script_cache_is_reloaded_without_an_error(kind: str, re
         await engine.close()
 
 
-@pytest.mark.parametrize(
-    ("kind", "param"), [("sliding_window", "10"), ("fixed_window", "hour"), ("gcra", "")]
-)
-async def test_extend_takes_what_a_limit_has_left_rather_than_all_or_nothing(store: Store, kind: str, param: str) -> None:
+@pytest.mark.parametrize(("kind", "param"), [("sliding_window", "10"), ("fixed_window", "hour"), ("gcra", "")])
+async def test_extend_takes_what_a_limit_has_left_rather_than_all_or_nothing(
+    store: Store, kind: str, param: str
+) -> None:
     lim = Lim("{t}:ext", kind, 200, 3_600_000, cost=19, param=param)
     assert (await admit(store.engine, lim)).admitted
     # 181 left: a want of 256 (the old all-or-nothing extension cut the stream here) takes an eighth of

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator, Iterator
 import orjson
 import pytest
 
-from tollgate.clock import SystemClock
-from tollgate.errors import StoreOverloaded
-from tollgate.edge.answers import error_body, status_for
-from tollgate.limiter import LimitSpec, Limiter
-from tollgate.limiter.store import EmbeddedEngine, RedisEngine
 from tests.support.redis import RedisServer
+from tollgate.clock import SystemClock
+from tollgate.edge.answers import error_body, status_for
+from tollgate.errors import StoreOverloaded
+from tollgate.limiter import Limiter, LimitSpec
+from tollgate.limiter.store import EmbeddedEngine, RedisEngine
 
 
 @pytest.fixture
@@ -32,11 +32,24 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 def requests(name: str = "rpm", fail_mode: str = "fail_open", limit: int = 1_000_000) -> LimitSpec:
-    return LimitSpec(name=name, kind="sliding_window", limit=limit, window_ms=60_000, tenant="acme", fail_mode=fail_mode)  # type: ignore[arg-type]
+    return LimitSpec(
+        name=name, kind="sliding_window", limit=limit, window_ms=60_000, tenant="acme", fail_mode=fail_mode
+    )  # type: ignore[arg-type]
 
 
-LEASES = LimitSpec(name="inflight", kind="concurrency", limit=1000, window_ms=60_000, tenant="acme", fail_mode="fail_open")
-TOKENS = LimitSpec(name="tpm", kind="sliding_window", limit=1_000_000, window_ms=60_000, cost=100, unit="tokens", tenant="acme", fail_mode="fail_open")
+LEASES = LimitSpec(
+    name="inflight", kind="concurrency", limit=1000, window_ms=60_000, tenant="acme", fail_mode="fail_open"
+)
+TOKENS = LimitSpec(
+    name="tpm",
+    kind="sliding_window",
+    limit=1_000_000,
+    window_ms=60_000,
+    cost=100,
+    unit="tokens",
+    tenant="acme",
+    fail_mode="fail_open",
+)
 
 
 @pytest.fixture
@@ -52,7 +65,9 @@ async def started(own_redis: RedisServer) -> AsyncIterator[tuple[Limiter, RedisE
         await limiter.close()
 
 
-async def test_start_opens_connections_and_loads_the_scripts_before_the_first_call(own_redis: RedisServer, started: tuple[Limiter, RedisEngine]) -> None:
+async def test_start_opens_connections_and_loads_the_scripts_before_the_first_call(
+    own_redis: RedisServer, started: tuple[Limiter, RedisEngine]
+) -> None:
     limiter, engine = started
     with own_redis.client() as c:
         assert c.info("clients")["connected_clients"] >= 1 + 4  # ours, and the warm ones
@@ -62,7 +77,9 @@ async def test_start_opens_connections_and_loads_the_scripts_before_the_first_ca
     assert engine.stats.round_trips == rounds + 1 and engine.stats.noscript_reloads == 0  # no connect, no script load
 
 
-async def test_a_call_held_in_the_gateways_queue_past_queue_timeout_is_a_503_overloaded_never_a_fail_mode_answer(own_redis: RedisServer) -> None:
+async def test_a_call_held_in_the_gateways_queue_past_queue_timeout_is_a_503_overloaded_never_a_fail_mode_answer(
+    own_redis: RedisServer,
+) -> None:
     clock = SystemClock()
     # One connection, a store budget far longer than the queue bound: the second call waits in our queue.
     engine = RedisEngine(own_redis.url, clock=clock, timeout=5.0, queue_timeout=0.1, max_connections=1)
@@ -93,7 +110,9 @@ async def test_a_call_held_in_the_gateways_queue_past_queue_timeout_is_a_503_ove
     assert engine.stats.overloaded == 3
 
 
-async def test_a_reply_that_arrived_while_the_event_loop_was_busy_is_read_not_timed_out(started: tuple[Limiter, RedisEngine]) -> None:
+async def test_a_reply_that_arrived_while_the_event_loop_was_busy_is_read_not_timed_out(
+    started: tuple[Limiter, RedisEngine],
+) -> None:
     limiter, engine = started
     for _ in range(5):
         rounds = engine.stats.round_trips

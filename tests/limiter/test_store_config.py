@@ -26,25 +26,38 @@ def test_no_store_section_means_one_embedded_store() -> None:
 
 
 def test_short_form_names_a_single_default_store() -> None:
-    config, problems = parse({
-        "backend": "redis", "url": "redis://127.0.0.1:6379/0", "timeout": "30ms",
-        "breaker": {"failures": 5, "open_for": "2s"}, "instances": 4,
-    })
+    config, problems = parse(
+        {
+            "backend": "redis",
+            "url": "redis://127.0.0.1:6379/0",
+            "timeout": "30ms",
+            "breaker": {"failures": 5, "open_for": "2s"},
+            "instances": 4,
+        }
+    )
     assert problems == []
     s = config.stores["default"]
-    assert (s.backend, s.url, s.timeout, s.breaker.failures, s.breaker.open_for) == ("redis", "redis://127.0.0.1:6379/0", 0.03, 5, 2.0)
+    assert (s.backend, s.url, s.timeout, s.breaker.failures, s.breaker.open_for) == (
+        "redis",
+        "redis://127.0.0.1:6379/0",
+        0.03,
+        5,
+        2.0,
+    )
     assert config.instances == 4 and config.timeout == 0.03
 
 
 def test_named_stores_with_routing_by_plan_and_tenant() -> None:
-    config, problems = parse({
-        "stores": {
-            "shared": {"backend": "redis", "url": "redis://10.0.0.5:6379/0"},
-            "dedicated-acme": {"backend": "redis", "url": "redis://10.0.0.9:6379", "cluster": True},
-        },
-        "default": "shared",
-        "routing": {"plans": {"enterprise": "dedicated-acme"}, "tenants": {"acme": "dedicated-acme"}},
-    })
+    config, problems = parse(
+        {
+            "stores": {
+                "shared": {"backend": "redis", "url": "redis://10.0.0.5:6379/0"},
+                "dedicated-acme": {"backend": "redis", "url": "redis://10.0.0.9:6379", "cluster": True},
+            },
+            "default": "shared",
+            "routing": {"plans": {"enterprise": "dedicated-acme"}, "tenants": {"acme": "dedicated-acme"}},
+        }
+    )
     assert problems == []
     assert config.default == "shared" and config.stores["dedicated-acme"].cluster
     assert dict(config.routing.tenants) == {"acme": "dedicated-acme"}
@@ -61,15 +74,26 @@ def test_named_stores_with_routing_by_plan_and_tenant() -> None:
         ({"instances": 0}, "store.instances: must be >= 1"),
         ({"stores": {"a": {}, "b": {}}}, "store.default: is required when several stores are named"),
         ({"stores": {"a": {}}, "default": "b"}, "store.default: names no store"),
-        ({"stores": {"a": {}}, "routing": {"tenants": {"acme": "nowhere"}}}, "store.routing.tenants.acme: names no store 'nowhere'"),
-        ({"stores": {"a": {"backend": "redis", "url": "redis://x", "breaker": {"failures": 0}}}}, "store.stores.a.breaker.failures: must be >= 1"),
+        (
+            {"stores": {"a": {}}, "routing": {"tenants": {"acme": "nowhere"}}},
+            "store.routing.tenants.acme: names no store 'nowhere'",
+        ),
+        (
+            {"stores": {"a": {"backend": "redis", "url": "redis://x", "breaker": {"failures": 0}}}},
+            "store.stores.a.breaker.failures: must be >= 1",
+        ),
         ({"stores": {"a": {}}, "url": "redis://x"}, "store.url: belongs inside a named store"),
         ({"stores": {"a": {"bogus": 1}}}, "store.stores.a.bogus: unknown key"),
         ({"key_prefix": "a:b"}, "store.key_prefix:"),
         ({"backend": "redis", "url": "redis://x", "queue_timeout": "1m"}, "store.queue_timeout: must be at most 10s"),
-        ({"backend": "redis", "url": "redis://x", "queue_timeout": "0s"}, "store.queue_timeout: must be a positive duration"),
-        ({"backend": "redis", "url": "redis://x", "breaker": {"open_for": "1s", "open_for_max": "500ms"}},
-         "store.breaker.open_for_max: must be at least open_for"),
+        (
+            {"backend": "redis", "url": "redis://x", "queue_timeout": "0s"},
+            "store.queue_timeout: must be a positive duration",
+        ),
+        (
+            {"backend": "redis", "url": "redis://x", "breaker": {"open_for": "1s", "open_for_max": "500ms"}},
+            "store.breaker.open_for_max: must be at least open_for",
+        ),
     ],
 )
 def test_invalid_store_sections_name_the_offending_field(doc: dict[str, Any], expected: str) -> None:
@@ -81,11 +105,21 @@ def test_the_queue_bound_and_the_breaker_backoff_have_defaults_and_can_be_set() 
     config, problems = parse({"backend": "redis", "url": "redis://127.0.0.1:6379/0"})
     assert problems == []
     s = config.stores["default"]
-    assert (s.timeout, s.queue_timeout, s.breaker.failures, s.breaker.open_for, s.breaker.open_for_max) == (0.05, 2.0, 3, 0.1, 2.0)
-    config, problems = parse({
-        "backend": "redis", "url": "redis://127.0.0.1:6379/0", "queue_timeout": "500ms",
-        "breaker": {"open_for": "50ms", "open_for_max": "5s"},
-    })
+    assert (s.timeout, s.queue_timeout, s.breaker.failures, s.breaker.open_for, s.breaker.open_for_max) == (
+        0.05,
+        2.0,
+        3,
+        0.1,
+        2.0,
+    )
+    config, problems = parse(
+        {
+            "backend": "redis",
+            "url": "redis://127.0.0.1:6379/0",
+            "queue_timeout": "500ms",
+            "breaker": {"open_for": "50ms", "open_for_max": "5s"},
+        }
+    )
     assert problems == []
     s = config.stores["default"]
     assert (s.queue_timeout, s.breaker.open_for, s.breaker.open_for_max) == (0.5, 0.05, 5.0)
@@ -94,7 +128,14 @@ def test_the_queue_bound_and_the_breaker_backoff_have_defaults_and_can_be_set() 
 
 
 async def test_the_factory_passes_the_queue_bound_and_the_breaker_backoff_to_the_redis_engine() -> None:
-    config, _ = parse({"backend": "redis", "url": "redis://127.0.0.1:1/0", "queue_timeout": "300ms", "breaker": {"open_for": "20ms", "open_for_max": "80ms"}})
+    config, _ = parse(
+        {
+            "backend": "redis",
+            "url": "redis://127.0.0.1:1/0",
+            "queue_timeout": "300ms",
+            "breaker": {"open_for": "20ms", "open_for_max": "80ms"},
+        }
+    )
     clock = ManualClock()
     limiter = build_limiter(config, clock=clock)
     try:
@@ -113,11 +154,13 @@ async def test_the_factory_passes_the_queue_bound_and_the_breaker_backoff_to_the
 
 
 async def test_the_factory_builds_one_engine_per_store_and_routes_tenants() -> None:
-    config, problems = parse({
-        "stores": {"shared": {}, "big": {"backend": "redis", "url": "redis://127.0.0.1:1/0"}},
-        "default": "shared",
-        "routing": {"plans": {"enterprise": "big"}, "tenants": {"acme": "big"}},
-    })
+    config, problems = parse(
+        {
+            "stores": {"shared": {}, "big": {"backend": "redis", "url": "redis://127.0.0.1:1/0"}},
+            "default": "shared",
+            "routing": {"plans": {"enterprise": "big"}, "tenants": {"acme": "big"}},
+        }
+    )
     assert problems == []
     limiter = build_limiter(config, clock=ManualClock())
     try:

@@ -23,19 +23,19 @@ from ..support.processes import REPO, Proc, free_port, start_process, wait_for_p
 
 __all__ = [
     "ADMIN_TOKEN",
-    "redis_server",
-    "nginx_main_config",
-    "nginx_in_front",
-    "served_gateway",
-    "write_config",
-    "worker_pids",
-    "wait_until",
-    "Outcome",
     "LoadLoop",
+    "Outcome",
     "chat",
-    "stream_body",
-    "read_stream",
     "is_gone",
+    "nginx_in_front",
+    "nginx_main_config",
+    "read_stream",
+    "redis_server",
+    "served_gateway",
+    "stream_body",
+    "wait_until",
+    "worker_pids",
+    "write_config",
 ]
 
 ADMIN_TOKEN = "admin-token-for-tests-0123"
@@ -57,7 +57,9 @@ def redis_server() -> Iterator[str]:
     assert binary, "redis-server is required by the production tests (scripts/test installs it)"
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="tollgate-redis-")
-    proc = start_process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir], port)
+    proc = start_process(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir], port
+    )
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
@@ -72,7 +74,9 @@ def nginx_main_config(workdir: Path, listen_port: int, gateway_port: int) -> Pat
     snippet, servers = re.subn(r"server 127\.0\.0\.1:8080\b", f"server 127.0.0.1:{gateway_port}", snippet)
     assert (listens, servers) == (1, 1), "config/nginx.conf changed shape: update this test's rewriting"
     (workdir / "tollgate.conf").write_text(snippet)
-    temp_paths = "\n".join(f"    {kind}_temp_path {workdir}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {workdir}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     main = workdir / "nginx.conf"
     main.write_text(
         f"""daemon off;
@@ -98,7 +102,11 @@ def nginx_in_front(gateway_port: int) -> Iterator[Proc]:
     workdir = Path(tempfile.mkdtemp(prefix="tollgate-nginx-"))
     port = free_port()
     conf = nginx_main_config(workdir, port, gateway_port)
-    checked = subprocess.run([binary, "-t", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)], capture_output=True, text=True)
+    checked = subprocess.run(
+        [binary, "-t", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+    )
     assert checked.returncode == 0, checked.stderr
     proc = start_process([binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)], port)
     try:
@@ -116,7 +124,9 @@ def write_config(path: Path, doc: dict[str, Any]) -> None:
 
 
 @contextmanager
-def served_gateway(config: dict[str, Any], *, workers: int, admin: bool = False, public: dict[str, Any] | None = None) -> Iterator[Proc]:
+def served_gateway(
+    config: dict[str, Any], *, workers: int, admin: bool = False, public: dict[str, Any] | None = None
+) -> Iterator[Proc]:
     """``python -m gateway serve --workers N`` on a free port (``public``: more keys of listeners.public); waits for every worker."""
     port = free_port()
     listener = {**(public or {}), "host": "127.0.0.1", "port": port}
@@ -137,7 +147,9 @@ def served_gateway(config: dict[str, Any], *, workers: int, admin: bool = False,
         wait_for_port(admin_port, proc=proc.popen)
     try:
         if workers > 1:
-            wait_until(lambda: len(worker_pids(proc.popen.pid)) == workers and proc.log().count(" ready (pid ") >= workers, 15)
+            wait_until(
+                lambda: len(worker_pids(proc.popen.pid)) == workers and proc.log().count(" ready (pid ") >= workers, 15
+            )
         yield proc
     finally:
         proc.stop(timeout=30)
@@ -209,7 +221,7 @@ class LoadLoop:
                 async with session.post(self.url, json=self.body, headers=self.headers) as resp:
                     await resp.read()
                     self.outcomes.append(Outcome(started, time.monotonic(), resp.status))
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 self.outcomes.append(Outcome(started, time.monotonic(), None, f"{type(exc).__name__}: {exc}"))
 
     async def run_until(self, stop: asyncio.Event) -> None:
@@ -223,7 +235,9 @@ class LoadLoop:
         return [o for o in self.outcomes if o.status != 200]
 
 
-async def read_stream(session: aiohttp.ClientSession, url: str, tokens: int, headers: dict[str, str], first: asyncio.Event | None = None) -> bytes:
+async def read_stream(
+    session: aiohttp.ClientSession, url: str, tokens: int, headers: dict[str, str], first: asyncio.Event | None = None
+) -> bytes:
     """POST a streaming chat completion and read it to the end; ``first`` is set when the first chunk arrived."""
     async with session.post(url, json=stream_body(tokens), headers=headers) as resp:
         assert resp.status == 200, await resp.text()

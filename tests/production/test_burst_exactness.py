@@ -36,8 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ..support.processes import Proc, gateway_config, mock_upstream_process, start_process, wait_for_port
 from ..support.redis import RedisServer, redis_server
-from .support import ADMIN_TOKEN, wait_until, worker_pids, write_config
-from .support import nginx_main_config
+from .support import ADMIN_TOKEN, nginx_main_config, wait_until, worker_pids, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
@@ -115,12 +114,18 @@ def burst_config(mock: Proc, redis: RedisServer, key_prefix: str) -> dict[str, A
         f"{mock.url}/v1",
         identity={"chain": ["api_key"]},
         plans={"basic": {"monthly_requests": 10_000_000, "concurrency": 10_000}},
-        tenants={"acme": {"plan": "basic", "keys": [{"id": "acme-1", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]}},
+        tenants={
+            "acme": {"plan": "basic", "keys": [{"id": "acme-1", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]}
+        },
         store={"backend": "redis", "url": redis.url, "key_prefix": key_prefix},
         rules={
             "daily": {
-                "type": "request_limit", "limit": LIMIT, "per": "day", "scope": ["tenant"],
-                "fail_mode": "fail_open", "attach": {"global": True},
+                "type": "request_limit",
+                "limit": LIMIT,
+                "per": "day",
+                "scope": ["tenant"],
+                "fail_mode": "fail_open",
+                "attach": {"global": True},
             }
         },
     )
@@ -140,7 +145,9 @@ class Instance:
             wait_for_port(gw.port, timeout=60, proc=gw.popen)
             wait_for_port(gw.extra_ports["admin"], timeout=60, proc=gw.popen)
             if workers > 1:
-                wait_until(lambda: len(worker_pids(gw.popen.pid)) == workers and gw.log().count(" ready (pid ") >= workers, 60)
+                wait_until(
+                    lambda: len(worker_pids(gw.popen.pid)) == workers and gw.log().count(" ready (pid ") >= workers, 60
+                )
         for other in self.others:
             wait_for_port(other.port, timeout=30, proc=other.popen)
 
@@ -155,8 +162,13 @@ class Instance:
 def launch_gateway(config: dict[str, Any], workdir: Path, ports: Iterator[int], *, workers: int) -> Proc:
     """``serve`` (``--workers N`` when N > 1) on free ports with its admin listener; not waited for."""
     port, admin = next(ports), next(ports)
-    cfg = {**config, "listeners": {"public": {"host": "127.0.0.1", "port": port},
-                                   "admin": {"host": "127.0.0.1", "port": admin, "token": ADMIN_TOKEN}}}
+    cfg = {
+        **config,
+        "listeners": {
+            "public": {"host": "127.0.0.1", "port": port},
+            "admin": {"host": "127.0.0.1", "port": admin, "token": ADMIN_TOKEN},
+        },
+    }
     path = workdir / f"gateway-{port}.yaml"
     write_config(path, cfg)
     argv = [sys.executable, "-m", "tollgate", "serve", "--config", str(path)]
@@ -181,7 +193,9 @@ def launch_nginx(gateway_ports: list[int], workdir: Path, ports: Iterator[int]) 
     snippet = home / "tollgate.conf"
     first = f"server 127.0.0.1:{gateway_ports[0]} max_fails=0;"
     assert first in snippet.read_text(), "config/nginx.conf changed shape: update this test's rewriting"
-    snippet.write_text(snippet.read_text().replace(first, " ".join(f"server 127.0.0.1:{p} max_fails=0;" for p in gateway_ports)))
+    snippet.write_text(
+        snippet.read_text().replace(first, " ".join(f"server 127.0.0.1:{p} max_fails=0;" for p in gateway_ports))
+    )
     return start_process([binary, "-p", str(home), "-e", str(home / "error.log"), "-c", str(conf)], port, wait=False)
 
 
@@ -213,7 +227,9 @@ async def degraded_total(gateways: list[Proc]) -> float:
                 assert r.status == 200
                 text = await r.text()
             total += sum(
-                sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
                 if sample.name == DEGRADED
             )
     return total
@@ -245,7 +261,10 @@ async def test_200_clients_right_after_start_get_exactly_50_admissions_beside_a_
     outcomes = []
     for first in range(0, RUNS, STARTED_TOGETHER):
         # A few deployments start side by side (the hog paused), then each gets its first burst in turn.
-        instances = [launch(name, burst_config(mock, redis, f"{name}-{run}"), tmp_path, ports) for run in range(first, first + STARTED_TOGETHER)]
+        instances = [
+            launch(name, burst_config(mock, redis, f"{name}-{run}"), tmp_path, ports)
+            for run in range(first, first + STARTED_TOGETHER)
+        ]
         try:
             for inst in instances:
                 inst.wait_ready()
@@ -255,7 +274,9 @@ async def test_200_clients_right_after_start_get_exactly_50_admissions_beside_a_
                     results = await burst(inst.urls)
                     after = await degraded_total(inst.gateways)
                 statuses = [status for status, _ in results]
-                outcomes.append((run, statuses.count(200), statuses.count(429), sum(d for _, d in results), after - before))
+                outcomes.append(
+                    (run, statuses.count(200), statuses.count(429), sum(d for _, d in results), after - before)
+                )
         finally:
             for inst in instances:
                 inst.stop()

@@ -68,13 +68,28 @@ CASES = [
     Case("te-gzip-then-chunked", POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501, 501),
     Case("te-not-ending-in-chunked", POST + b"Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n" + SMUGGLED, 400, 501),
     Case("te-gzip-only", POST + b"Transfer-Encoding: gzip\r\n\r\n" + SMUGGLED, 400, 501),
-    Case("te-on-two-lines", POST + b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED, 400, 400),
+    Case(
+        "te-on-two-lines",
+        POST + b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
+        400,
+        400,
+    ),
     Case("te-vertical-tab", POST + b"Transfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n" + SMUGGLED, 400, 501),
-    Case("te-over-http-1.0", b"POST /v1/chat/completions HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED, 400, 400),
+    Case(
+        "te-over-http-1.0",
+        b"POST /v1/chat/completions HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
+        400,
+        400,
+    ),
     Case("chunk-size-leading-space", _chunked(b" %x" % len(CHAT)), 400, 400),
     Case("chunk-size-trailing-space", _chunked(b"%x " % len(CHAT)), 400, 200),
     Case("chunk-extension-bare-lf", _chunked(b"%x;a\nb" % len(CHAT)), 400, 400),
-    Case("chunk-size-bare-lf", POST + b"Transfer-Encoding: chunked\r\n\r\n%x\n" % len(CHAT) + CHAT + b"\r\n0\r\n\r\n", 400, 200),
+    Case(
+        "chunk-size-bare-lf",
+        POST + b"Transfer-Encoding: chunked\r\n\r\n%x\n" % len(CHAT) + CHAT + b"\r\n0\r\n\r\n",
+        400,
+        200,
+    ),
     Case("chunk-size-overflow", _chunked(b"1" + b"0" * 16), 400, 400),
     Case("chunk-without-crlf", POST + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n", 400, 400),
     # Header lines.
@@ -107,11 +122,31 @@ CASES = [
     Case("control-char-in-target", b"GET /heal\x01thz HTTP/1.1\r\nHost: gw.test\r\n\r\n", 400, 400),
     Case("http2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, 400),
     Case("upgrade-with-body", POST + LENGTH + b"Connection: Upgrade\r\nUpgrade: h2c\r\n\r\n" + CHAT, 400, 200),
-    Case("upgrade-ignored", b"GET /healthz HTTP/1.1\r\nHost: gw.test\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n", 200, 200),
+    Case(
+        "upgrade-ignored",
+        b"GET /healthz HTTP/1.1\r\nHost: gw.test\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        200,
+        200,
+    ),
     # Size: the gateway's head cap is 64 KiB (twice guard.max_header_bytes, at least 64 KiB).
-    Case("head-over-the-cap", b"GET /healthz HTTP/1.1\r\nHost: gw.test\r\nX-Big: " + b"y" * 70_000 + b"\r\n\r\n", 431, 400),
-    Case("request-line-over-the-cap", b"GET /healthz?q=" + b"y" * 70_000 + b" HTTP/1.1\r\nHost: gw.test\r\n\r\n", 431, 414),
-    Case("513-header-lines", b"GET /healthz HTTP/1.1\r\nHost: gw.test\r\n" + b"".join(b"a%d: 1\r\n" % i for i in range(513)) + b"\r\n", 431, 431),
+    Case(
+        "head-over-the-cap",
+        b"GET /healthz HTTP/1.1\r\nHost: gw.test\r\nX-Big: " + b"y" * 70_000 + b"\r\n\r\n",
+        431,
+        400,
+    ),
+    Case(
+        "request-line-over-the-cap",
+        b"GET /healthz?q=" + b"y" * 70_000 + b" HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+        431,
+        414,
+    ),
+    Case(
+        "513-header-lines",
+        b"GET /healthz HTTP/1.1\r\nHost: gw.test\r\n" + b"".join(b"a%d: 1\r\n" % i for i in range(513)) + b"\r\n",
+        431,
+        431,
+    ),
 ]
 
 
@@ -141,7 +176,7 @@ async def exchange(port: int, data: bytes, *, wait: float = 5.0) -> Outcome:
             except (ConnectionResetError, BrokenPipeError):
                 closed = True
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             status = int(head.split(b" ", 2)[1])
             headers = {}
@@ -212,7 +247,9 @@ def _expect(outcome: Outcome, status: int | None, *, refusal_closes: bool) -> No
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-async def test_a_malformed_or_ambiguous_request_sent_to_the_gateway_gets_its_one_answer(case: Case, gateway: Proc, mock: Proc) -> None:
+async def test_a_malformed_or_ambiguous_request_sent_to_the_gateway_gets_its_one_answer(
+    case: Case, gateway: Proc, mock: Proc
+) -> None:
     started = time.monotonic()
     _expect(await exchange(gateway.port, case.data), case.direct, refusal_closes=True)
     assert time.monotonic() - started < HEAD_TIMEOUT, "answered at once, not after a timeout"
@@ -221,7 +258,9 @@ async def test_a_malformed_or_ambiguous_request_sent_to_the_gateway_gets_its_one
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-async def test_a_malformed_or_ambiguous_request_sent_through_nginx_gets_one_answer_and_smuggles_nothing(case: Case, nginx: Proc, mock: Proc) -> None:
+async def test_a_malformed_or_ambiguous_request_sent_through_nginx_gets_one_answer_and_smuggles_nothing(
+    case: Case, nginx: Proc, mock: Proc
+) -> None:
     # nginx keeps its client's connection when the gateway refused what nginx passed on.
     _expect(await exchange(nginx.port, case.data), case.nginx, refusal_closes=False)
     assert await _smuggled_requests(mock) == []
@@ -248,7 +287,9 @@ async def _answer_then_close(reader: asyncio.StreamReader) -> tuple[bytes, float
     return data, time.monotonic()
 
 
-async def test_slow_heads_get_408_and_are_closed_after_the_head_timeout_while_other_clients_are_served(gateway: Proc) -> None:
+async def test_slow_heads_get_408_and_are_closed_after_the_head_timeout_while_other_clients_are_served(
+    gateway: Proc,
+) -> None:
     before = await _refused(gateway, "head_timeout")
     connections = []
     for _ in range(300):
@@ -266,7 +307,9 @@ async def test_slow_heads_get_408_and_are_closed_after_the_head_timeout_while_ot
     assert await _refused(gateway, "head_timeout") - before == 300
 
 
-async def test_past_the_connection_cap_new_connections_get_503_and_the_cap_frees_as_connections_close(mock: Proc) -> None:
+async def test_past_the_connection_cap_new_connections_get_503_and_the_cap_frees_as_connections_close(
+    mock: Proc,
+) -> None:
     with gateway_process(_config(mock, head_timeout="30s", max_connections=8)) as gateway:
         healthz = b"GET /healthz HTTP/1.1\r\nHost: gw.test\r\n\r\n"
         held = []
@@ -282,6 +325,8 @@ async def test_past_the_connection_cap_new_connections_get_503_and_the_cap_frees
         assert await _refused(gateway, "connection_limit") == 1
         held.pop()[1].close()
         await asyncio.sleep(0.3)
-        assert (await exchange(gateway.port, b"GET /healthz HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")).statuses == [200]
+        assert (
+            await exchange(gateway.port, b"GET /healthz HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+        ).statuses == [200]
         for _, writer in held:
             writer.close()

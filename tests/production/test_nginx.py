@@ -32,8 +32,18 @@ def gateway(mock: Proc) -> Iterator[Proc]:
             store={"backend": "redis", "url": redis_url, "timeout": "5s"},
             guard={"max_body_bytes": "1MiB"},
             # A per-IP limit, only for requests that ask for it, so the other tests here are not limited.
-            namespaces={"per-ip": {"matchers": [{"type": "header", "field": "X-Test", "op": "equals", "value": "per-ip"}]}},
-            rules={"three-per-ip": {"type": "request_limit", "limit": 3, "per": "minute", "scope": ["ip"], "attach": {"namespaces": ["per-ip"]}}},
+            namespaces={
+                "per-ip": {"matchers": [{"type": "header", "field": "X-Test", "op": "equals", "value": "per-ip"}]}
+            },
+            rules={
+                "three-per-ip": {
+                    "type": "request_limit",
+                    "limit": 3,
+                    "per": "minute",
+                    "scope": ["ip"],
+                    "attach": {"namespaces": ["per-ip"]},
+                }
+            },
         )
         with served_gateway(config, workers=2, admin=True, public={"trusted_proxies": ["127.0.0.1/32"]}) as gw:
             yield gw
@@ -80,7 +90,9 @@ async def test_stream_arrives_through_nginx_chunk_by_chunk(nginx: Proc) -> None:
     assert body.rstrip().endswith(b"data: [DONE]")
 
 
-async def test_gateway_sees_the_real_client_ip_through_nginx_and_a_forged_header_is_replaced(nginx: Proc, mock: Proc) -> None:
+async def test_gateway_sees_the_real_client_ip_through_nginx_and_a_forged_header_is_replaced(
+    nginx: Proc, mock: Proc
+) -> None:
     connector = aiohttp.TCPConnector(local_addr=(CLIENT_ADDRESS, 0))
     async with aiohttp.ClientSession(connector=connector) as s:
         headers = {"x-request-id": "via-nginx-1", "X-Forwarded-For": "6.6.6.6"}
@@ -109,7 +121,11 @@ async def test_gateway_believes_x_forwarded_for_only_from_nginx(gateway: Proc, m
     [
         ("not-allowed", "close, X-Secret", {"X-Secret": "leak"}),  # on no allow-list
         # on the test config's allow-list: nginx alone would pass them on, the gateway would forward them
-        ("allowed-and-a-fault", "keep-alive, Accept-Language, x-mock-status", {"Accept-Language": "fr", "x-mock-status": "500"}),
+        (
+            "allowed-and-a-fault",
+            "keep-alive, Accept-Language, x-mock-status",
+            {"Accept-Language": "fr", "x-mock-status": "500"},
+        ),
         ("allowed-alone", "Accept-Language", {"Accept-Language": "fr"}),
     ],
     ids=["not-allowed", "allowed-and-a-fault", "allowed-alone"],
@@ -126,9 +142,16 @@ async def test_a_header_the_client_names_in_connection_never_reaches_the_upstrea
     assert "x-tollgate-connection" not in seen and "leak" not in seen.values()
 
 
-async def test_allowed_headers_not_named_in_connection_do_reach_the_upstream_through_nginx(nginx: Proc, mock: Proc) -> None:
+async def test_allowed_headers_not_named_in_connection_do_reach_the_upstream_through_nginx(
+    nginx: Proc, mock: Proc
+) -> None:
     async with aiohttp.ClientSession() as s:
-        headers = {"x-request-id": "connection-control-1", "Connection": "keep-alive", "Accept-Language": "fr", "X-Secret": "leak"}
+        headers = {
+            "x-request-id": "connection-control-1",
+            "Connection": "keep-alive",
+            "Accept-Language": "fr",
+            "X-Secret": "leak",
+        }
         async with s.post(f"{nginx.url}/v1/chat/completions", json=chat(), headers=headers) as r:
             assert r.status == 200, await r.text()
     seen = await upstream_saw(mock, "connection-control-1")
@@ -136,13 +159,20 @@ async def test_allowed_headers_not_named_in_connection_do_reach_the_upstream_thr
     assert "x-secret" not in seen  # and nothing else
 
 
-async def test_admin_api_is_unreachable_through_nginx_though_it_answers_on_its_own_listener(nginx: Proc, gateway: Proc) -> None:
+async def test_admin_api_is_unreachable_through_nginx_though_it_answers_on_its_own_listener(
+    nginx: Proc, gateway: Proc
+) -> None:
     bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     admin = f"http://127.0.0.1:{gateway.extra_ports['admin']}"
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{admin}/admin/plans", headers=bearer) as r:
             assert r.status == 200  # the admin API is up ...
-        for method, path in (("GET", "/admin/plans"), ("POST", "/admin/reload"), ("GET", "/admin/tenants"), ("GET", "/admin/openapi.json")):
+        for method, path in (
+            ("GET", "/admin/plans"),
+            ("POST", "/admin/reload"),
+            ("GET", "/admin/tenants"),
+            ("GET", "/admin/openapi.json"),
+        ):
             async with s.request(method, f"{nginx.url}{path}", headers=bearer) as r:
                 assert r.status == 404, (method, path)  # ... but not through nginx
     await asyncio.sleep(0.3)

@@ -47,7 +47,9 @@ def _refused(port: int) -> bool:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-async def test_sigterm_during_20_open_streams_lets_all_20_finish_then_exits_0(mock: Proc, redis_url: str, workers: int) -> None:
+async def test_sigterm_during_20_open_streams_lets_all_20_finish_then_exits_0(
+    mock: Proc, redis_url: str, workers: int
+) -> None:
     with served_gateway(_config(mock, redis_url, workers), workers=workers) as gw:
         url = f"{gw.url}/v1/chat/completions"
         firsts = [asyncio.Event() for _ in range(STREAMS)]
@@ -67,7 +69,9 @@ async def test_sigterm_during_20_open_streams_lets_all_20_finish_then_exits_0(mo
     assert "draining in-flight requests" in gw.log()
 
 
-async def test_a_stream_longer_than_the_grace_period_is_cut_at_the_deadline_and_the_exit_is_still_0(mock: Proc, redis_url: str) -> None:
+async def test_a_stream_longer_than_the_grace_period_is_cut_at_the_deadline_and_the_exit_is_still_0(
+    mock: Proc, redis_url: str
+) -> None:
     config = _config(mock, redis_url, 1, server={"shutdown_grace": "1s"})
     with served_gateway(config, workers=1) as gw:
         url = f"{gw.url}/v1/chat/completions"

@@ -18,7 +18,17 @@ import pytest
 import yaml
 
 from ..support.processes import Proc, gateway_config, mock_upstream_process
-from .support import ADMIN_TOKEN, LoadLoop, chat, is_gone, redis_server, served_gateway, wait_until, worker_pids, write_config
+from .support import (
+    ADMIN_TOKEN,
+    LoadLoop,
+    chat,
+    is_gone,
+    redis_server,
+    served_gateway,
+    wait_until,
+    worker_pids,
+    write_config,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -48,7 +58,9 @@ def test_more_than_one_worker_on_the_embedded_store_is_refused_before_anything_s
         fh.flush()
         done = subprocess.run(
             [sys.executable, "-m", "tollgate", "serve", "--config", fh.name, "--workers", "2"],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     assert done.returncode == 2
     assert "embedded" in done.stderr and "backend: redis" in done.stderr
@@ -61,7 +73,9 @@ def test_a_broken_file_fails_fast_with_field_paths_and_starts_no_worker(mock: Pr
         fh.flush()
         done = subprocess.run(
             [sys.executable, "-m", "tollgate", "serve", "--config", fh.name, "--workers", "2"],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     assert done.returncode == 2
     assert "guard.max_body_bytes" in done.stderr
@@ -154,7 +168,9 @@ async def test_reload_under_load_in_every_worker_fails_no_request(mock: Proc, re
     assert "config version 4" not in log  # the refused file reached no worker
 
 
-async def test_admin_reload_in_a_single_process_answers_the_new_version_or_the_problems(mock: Proc, redis_url: str) -> None:
+async def test_admin_reload_in_a_single_process_answers_the_new_version_or_the_problems(
+    mock: Proc, redis_url: str
+) -> None:
     with served_gateway(gateway_config(f"{mock.url}/v1"), workers=1, admin=True) as gw:
         assert gw.config_path is not None
         live = yaml.safe_load(gw.config_path.read_text())

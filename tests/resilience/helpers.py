@@ -8,19 +8,28 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-from tollgate.process.public import make_public_server, public_lifecycle
+
 from tollgate.clock import Clock
 from tollgate.config import config_from_dict
+from tollgate.process.public import make_public_server, public_lifecycle
 from tollgate.runtime.state import GatewayState
 
 from ..support.processes import free_port, steerable
 
 MSG = [{"role": "user", "content": "hi"}]
 # A mock upstream whose fault headers are overridden by the gateway: whatever the client asks, it behaves.
-HEALTHY = {"x-mock-status": "0", "x-mock-cut-after": "off", "x-mock-stall-after": "off", "x-mock-malformed-after": "off", "x-mock-latency-ms": "0"}
+HEALTHY = {
+    "x-mock-status": "0",
+    "x-mock-cut-after": "off",
+    "x-mock-stall-after": "off",
+    "x-mock-malformed-after": "off",
+    "x-mock-latency-ms": "0",
+}
 
 
-def config_doc(mock_url: str, models: dict[str, Any], resilience: dict[str, Any] | None = None, **upstreams: Any) -> dict[str, Any]:
+def config_doc(
+    mock_url: str, models: dict[str, Any], resilience: dict[str, Any] | None = None, **upstreams: Any
+) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "listeners": {"public": {"host": "127.0.0.1", "port": 0}, "admin": {"enabled": False}},
         "upstreams": {

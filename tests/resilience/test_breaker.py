@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from tollgate.routing.breaker import CLOSED, HALF_OPEN, OPEN, REFUSED, Breaker
 from tollgate.clock import ManualClock
 from tollgate.config.resilience import BreakerPolicy
+from tollgate.routing.breaker import CLOSED, HALF_OPEN, OPEN, REFUSED, Breaker
 
-POLICY = BreakerPolicy(consecutive_failures=3, error_rate=0.5, window=10.0, min_calls=10, cool_down=5.0, cool_down_max=40.0, half_open_probes=2)
+POLICY = BreakerPolicy(
+    consecutive_failures=3,
+    error_rate=0.5,
+    window=10.0,
+    min_calls=10,
+    cool_down=5.0,
+    cool_down_max=40.0,
+    half_open_probes=2,
+)
 
 
 def _breaker(policy: BreakerPolicy = POLICY) -> tuple[Breaker, ManualClock]:
@@ -63,7 +71,9 @@ def test_failures_older_than_the_window_do_not_count() -> None:
 
 
 def test_slow_call_rate_opens_the_breaker() -> None:
-    b, _ = _breaker(BreakerPolicy(consecutive_failures=100, error_rate=0.0, slow_call_rate=0.5, slow_call_duration=2.0, min_calls=4))
+    b, _ = _breaker(
+        BreakerPolicy(consecutive_failures=100, error_rate=0.0, slow_call_rate=0.5, slow_call_duration=2.0, min_calls=4)
+    )
     for _ in range(3):
         b.success(b.acquire(), 0.1)
     assert b.state == CLOSED

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tollgate.routing.retry_budget import RetryBudget
 from tollgate.clock import ManualClock
 from tollgate.config.resilience import RetryPolicy
+from tollgate.routing.retry_budget import RetryBudget
 
 
 def test_retries_are_capped_at_floor_plus_ratio_of_requests() -> None:

@@ -10,7 +10,11 @@ from tollgate.config import ConfigError, config_from_dict
 
 
 def _doc(models: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"upstreams": {"u": {"base_url": "http://127.0.0.1:1/v1"}, "v": {"base_url": "http://127.0.0.1:2/v1"}}, "models": models, **extra}
+    return {
+        "upstreams": {"u": {"base_url": "http://127.0.0.1:1/v1"}, "v": {"base_url": "http://127.0.0.1:2/v1"}},
+        "models": models,
+        **extra,
+    }
 
 
 def _problems(doc: dict[str, Any]) -> list[str]:
@@ -34,7 +38,10 @@ def test_model_and_deployment_fields_are_read() -> None:
                 "b": {"deployments": [{"upstream": "v"}]},
                 "c": {"deployments": [{"upstream": "v"}]},
             },
-            resilience={"retries": {"max": 3, "statuses": [500, 503], "budget_ratio": 0.1}, "breaker": {"half_open_probes": 5}},
+            resilience={
+                "retries": {"max": 3, "statuses": [500, 503], "budget_ratio": 0.1},
+                "breaker": {"half_open_probes": 5},
+            },
         )
     )
     a = config.models["a"]
@@ -98,4 +105,6 @@ def test_bad_values_are_each_reported() -> None:
 @pytest.mark.parametrize("path", ["/health check", "/health\r\nX-Evil: 1", "/h\x00"])
 def test_a_health_probe_path_that_would_break_the_request_line_is_refused(path: str) -> None:
     problems = _problems(_doc({"a": {"deployments": [{"upstream": "u"}]}}, resilience={"health": {"path": path}}))
-    assert problems == ["resilience.health.path: must not contain spaces or control characters (it goes into the request line)"]
+    assert problems == [
+        "resilience.health.path: must not contain spaces or control characters (it goes into the request line)"
+    ]

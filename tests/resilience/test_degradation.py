@@ -6,12 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from tollgate.pipeline.attempts import _judge
 from tollgate.clock import ManualClock
 from tollgate.config.resilience import HotspotPolicy, ProactiveFallback, RetryPolicy
-from tollgate.routing.degradation import Hotspots, ProactiveFallbacks
 from tollgate.errors import RateLimited, UpstreamBadResponse, UpstreamTimeout
+from tollgate.pipeline.attempts import _judge
 from tollgate.pipeline.forward import UpstreamStatus
+from tollgate.routing.degradation import Hotspots, ProactiveFallbacks
 
 
 def test_a_model_past_its_error_rate_is_diverted_for_the_hold_then_comes_back() -> None:
@@ -45,7 +45,10 @@ def test_proactive_fallback_off_by_default() -> None:
 
 def test_hotspot_is_flagged_against_its_own_baseline_and_held_to_the_stricter_limit() -> None:
     clock = ManualClock()
-    hs = Hotspots(HotspotPolicy(enabled=True, factor=5.0, min_rate=1.0, window=10.0, baseline=100.0, limit_rate=2.0, hold=60.0), clock)
+    hs = Hotspots(
+        HotspotPolicy(enabled=True, factor=5.0, min_rate=1.0, window=10.0, baseline=100.0, limit_rate=2.0, hold=60.0),
+        clock,
+    )
     for _ in range(30):  # a steady 2/s for a minute builds the baseline
         hs.hit("t", "m")
         clock.advance(0.5)
@@ -71,7 +74,10 @@ POLICY = RetryPolicy(statuses=frozenset({500, 503}), on_timeout=False)
 @pytest.mark.parametrize(
     ("exc", "verdict"),
     [
-        (UpstreamStatus("u", 400, b'{"error":{"code":"context_length_exceeded"}}', "application/json", None), "context"),
+        (
+            UpstreamStatus("u", 400, b'{"error":{"code":"context_length_exceeded"}}', "application/json", None),
+            "context",
+        ),
         (UpstreamStatus("u", 400, b'{"error":{"code":"invalid"}}', "application/json", None), "relay"),
         (UpstreamStatus("u", 429, b"{}", "application/json", 1.0), "fallback"),
         (UpstreamStatus("u", 503, b"{}", "application/json", None), "retry"),

@@ -27,7 +27,11 @@ async def test_fallback_models_outside_a_tenants_allowed_models_are_skipped() ->
             identity={"chain": ["api_key"]},
             tenants={
                 "open": {"plan": "enterprise", "keys": [{"id": "open-1", "sha256": sha(OPEN_KEY)}]},
-                "narrow": {"plan": "enterprise", "allowed_models": ["primary"], "keys": [{"id": "narrow-1", "sha256": sha(NARROW_KEY)}]},
+                "narrow": {
+                    "plan": "enterprise",
+                    "allowed_models": ["primary"],
+                    "keys": [{"id": "narrow-1", "sha256": sha(NARROW_KEY)}],
+                },
             },
             resilience={"retries": {"max": 1, "backoff_base": "1ms"}},
         )
@@ -35,13 +39,19 @@ async def test_fallback_models_outside_a_tenants_allowed_models_are_skipped() ->
             body = {"model": "primary", "messages": [{"role": "user", "content": "hi"}]}
             failing = {"x-mock-status": "503"}  # every attempt fails, so the fallback chain is walked
             async with aiohttp.ClientSession() as s:
-                narrow = await attempt_models(s, gw.url, mock.url, body, {**failing, "Authorization": f"Bearer {NARROW_KEY}"})
-                wide = await attempt_models(s, gw.url, mock.url, body, {**failing, "Authorization": f"Bearer {OPEN_KEY}"})
+                narrow = await attempt_models(
+                    s, gw.url, mock.url, body, {**failing, "Authorization": f"Bearer {NARROW_KEY}"}
+                )
+                wide = await attempt_models(
+                    s, gw.url, mock.url, body, {**failing, "Authorization": f"Bearer {OPEN_KEY}"}
+                )
     assert narrow and set(narrow) == {"primary"}  # never sent to "backup", which it may not use
     assert "backup" in wide  # the same failure walks the chain for a tenant that may use it
 
 
-async def attempt_models(s: aiohttp.ClientSession, gateway: str, mock: str, body: dict[str, object], headers: dict[str, str]) -> list[str]:
+async def attempt_models(
+    s: aiohttp.ClientSession, gateway: str, mock: str, body: dict[str, object], headers: dict[str, str]
+) -> list[str]:
     """The upstream model of every attempt one request made."""
     async with s.delete(f"{mock}/_mock/requests") as r:
         await r.read()

@@ -9,7 +9,9 @@ import pytest
 from tollgate.routing.slot_queue import FairQueue, QueueRefused
 
 
-async def _hold(queue: FairQueue, tenant: str, priority: int, order: list[str], release: asyncio.Event, deadline: float = 5.0) -> None:
+async def _hold(
+    queue: FairQueue, tenant: str, priority: int, order: list[str], release: asyncio.Event, deadline: float = 5.0
+) -> None:
     loop = asyncio.get_running_loop()
     async with queue.slot(tenant, priority, loop.time() + deadline):
         order.append(tenant)

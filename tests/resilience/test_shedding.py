@@ -43,7 +43,9 @@ def test_refusal_is_503_material_with_retry_after() -> None:
     shedder.admit(5)
     with pytest.raises(Overloaded) as info:
         shedder.enter()  # even the top priority cannot get in: refused before any work
-    assert info.value.headers == {"Retry-After": "2", "retry-after-ms": "2000"} and info.value.code == "gateway_overloaded"
+    assert (
+        info.value.headers == {"Retry-After": "2", "retry-after-ms": "2000"} and info.value.code == "gateway_overloaded"
+    )
 
 
 def test_loop_lag_sheds_low_priority_before_the_top() -> None:

@@ -24,7 +24,10 @@ FAST = {"retries": {"max": 2, "backoff_base": "1ms", "backoff_cap": "5ms"}}
 
 def _completion() -> dict[str, Any]:
     return {
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
@@ -82,7 +85,9 @@ async def test_a_relayed_error_body_keeps_its_status_and_words_but_no_credential
         got, _, raw = await chat(s, url, "m", {"x-answer-status": str(status)})
     assert got == status
     message = orjson.loads(raw)["error"]["message"]  # still JSON
-    assert message.startswith("Incorrect API key provided: [redacted]. You sent Bearer [redacted] and X-Org-Token [redacted]")
+    assert message.startswith(
+        "Incorrect API key provided: [redacted]. You sent Bearer [redacted] and X-Org-Token [redacted]"
+    )
     for leaked in (UPSTREAM_KEY, OTHER_SECRET, "sk-proj-", "sk-abc", "AIza", "0123456789"):
         assert leaked not in message, leaked
 
@@ -94,7 +99,9 @@ async def test_an_upstream_refusing_the_gateways_key_is_a_502_counted_and_logged
     caplog.set_level(logging.ERROR, logger="tollgate.attempts")
     async with gateway(_doc(echo_url)) as (url, state), aiohttp.ClientSession() as s:
         answers = [await chat(s, url, "m", {"x-answer-status": str(status)}) for _ in range(3)]
-        refused = state.accounting.metrics.sample_value("tollgate_upstream_auth_failures_total", {"upstream": "echo", "status": str(status)})
+        refused = state.accounting.metrics.sample_value(
+            "tollgate_upstream_auth_failures_total", {"upstream": "echo", "status": str(status)}
+        )
     for got, headers, raw in answers:
         error = orjson.loads(raw)["error"]
         assert (got, error["type"], error["code"]) == (502, "server_error", "upstream_auth_error")
@@ -110,5 +117,10 @@ async def test_an_upstream_refusing_the_gateways_key_is_a_502_counted_and_logged
 async def test_a_deployment_whose_key_is_refused_falls_back_to_a_model_that_serves(echo_url: str) -> None:
     async with gateway(_doc(echo_url)) as (url, state), aiohttp.ClientSession() as s:
         got, headers, _ = await chat(s, url, "primary")
-        assert state.accounting.metrics.sample_value("tollgate_upstream_auth_failures_total", {"upstream": "revoked", "status": "401"}) == 1
+        assert (
+            state.accounting.metrics.sample_value(
+                "tollgate_upstream_auth_failures_total", {"upstream": "revoked", "status": "401"}
+            )
+            == 1
+        )
     assert (got, headers["x-tollgate-model"]) == (200, "backup")

@@ -11,8 +11,8 @@ import aiohttp
 import orjson
 import pytest
 
-from tollgate.routing.breaker import CLOSED, OPEN
 from tollgate.clock import ManualClock
+from tollgate.routing.breaker import CLOSED, OPEN
 
 from ..support.processes import Proc, mock_upstream_process
 from .helpers import chat, config_doc, gateway, mock_get, mock_reset, upstream_calls_by_request
@@ -35,7 +35,10 @@ def _one(upstream: str = "mock", **model: object) -> dict[str, object]:
 
 async def test_always_503_keeps_attempts_per_request_and_total_retries_within_the_budget(mock: Proc) -> None:
     await mock_reset(mock.url)
-    resilience = {"retries": {"max": 2, "budget_ratio": 0.2, "budget_floor": 5, **FAST_RETRIES}, "breaker": {"enabled": False}}
+    resilience = {
+        "retries": {"max": 2, "budget_ratio": 0.2, "budget_floor": 5, **FAST_RETRIES},
+        "breaker": {"enabled": False},
+    }
     async with gateway(config_doc(mock.url, {"m": _one()}, resilience)) as (url, state), aiohttp.ClientSession() as s:
         results = await asyncio.gather(*(chat(s, url, "m", FAIL) for _ in range(100)))
         assert {status for status, _, _ in results} == {503}  # the provider's own answer, relayed
@@ -55,7 +58,10 @@ async def test_breaker_opens_after_n_failures_and_spares_the_upstream(mock: Proc
     await mock_reset(mock.url)
     clock = ManualClock()
     resilience = {"retries": {"max": 0}, "breaker": {"consecutive_failures": 5, "cool_down": "30s"}}
-    async with gateway(config_doc(mock.url, {"m": _one()}, resilience), clock) as (url, state), aiohttp.ClientSession() as s:
+    async with (
+        gateway(config_doc(mock.url, {"m": _one()}, resilience), clock) as (url, state),
+        aiohttp.ClientSession() as s,
+    ):
         for _ in range(5):
             assert (await chat(s, url, "m", FAIL))[0] == 503
         [dstate] = state.deployments.states.values()
@@ -71,8 +77,14 @@ async def test_breaker_opens_after_n_failures_and_spares_the_upstream(mock: Proc
 async def test_half_open_lets_exactly_k_of_50_concurrent_requests_probe(mock: Proc) -> None:
     await mock_reset(mock.url)
     clock = ManualClock()
-    resilience = {"retries": {"max": 0}, "breaker": {"consecutive_failures": 3, "cool_down": "10s", "half_open_probes": 3}}
-    async with gateway(config_doc(mock.url, {"m": _one()}, resilience), clock) as (url, state), aiohttp.ClientSession() as s:
+    resilience = {
+        "retries": {"max": 0},
+        "breaker": {"consecutive_failures": 3, "cool_down": "10s", "half_open_probes": 3},
+    }
+    async with (
+        gateway(config_doc(mock.url, {"m": _one()}, resilience), clock) as (url, state),
+        aiohttp.ClientSession() as s,
+    ):
         for _ in range(3):
             await chat(s, url, "m", FAIL)
         clock.advance(10.0)
@@ -119,12 +131,18 @@ async def test_upstream_flapping_every_2s_causes_no_transition_faster_than_the_c
 async def test_fallback_serves_with_its_model_header_and_is_counted(mock: Proc) -> None:
     await mock_reset(mock.url)
     models = {"primary": _one(fallbacks=["backup"]), "backup": _one("healthy")}
-    async with gateway(config_doc(mock.url, models, {"retries": {"max": 2, **FAST_RETRIES}})) as (url, state), aiohttp.ClientSession() as s:
+    async with (
+        gateway(config_doc(mock.url, models, {"retries": {"max": 2, **FAST_RETRIES}})) as (url, state),
+        aiohttp.ClientSession() as s,
+    ):
         status, headers, body = await chat(s, url, "primary", FAIL)
         assert status == 200 and headers["x-tollgate-model"] == "backup"
         assert state.counters.fallbacks == {"primary->backup": 1}
         [calls] = (await upstream_calls_by_request(mock.url)).values()
-        assert [c["body"]["model"] for c in calls] == ["primary", "backup"]  # the body's model rewritten for the fallback
+        assert [c["body"]["model"] for c in calls] == [
+            "primary",
+            "backup",
+        ]  # the body's model rewritten for the fallback
         status, headers, _ = await chat(s, url, "primary")
         assert status == 200 and headers["x-tollgate-model"] == "primary"
 
@@ -142,7 +160,10 @@ async def test_fallback_on_status_skips_retries_of_the_failing_model(mock: Proc)
 
 async def test_fallback_chain_is_followed_transitively(mock: Proc) -> None:
     models = {"a": _one(fallbacks=["b"]), "b": _one("dead", fallbacks=["c"]), "c": _one("healthy")}
-    async with gateway(config_doc(mock.url, models, {"retries": {"max": 2}})) as (url, _state), aiohttp.ClientSession() as s:
+    async with (
+        gateway(config_doc(mock.url, models, {"retries": {"max": 2}})) as (url, _state),
+        aiohttp.ClientSession() as s,
+    ):
         status, headers, _ = await chat(s, url, "a", FAIL)
         assert status == 200 and headers["x-tollgate-model"] == "c"
 
@@ -171,7 +192,9 @@ def _events(raw: bytes) -> list[bytes]:
     return [e for e in raw.split(b"\n\n") if e]
 
 
-async def _stream(s: aiohttp.ClientSession, url: str, model: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+async def _stream(
+    s: aiohttp.ClientSession, url: str, model: str, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
     return await chat(s, url, model, headers, stream=True, max_tokens=12)
 
 
@@ -186,8 +209,12 @@ def _stream_doc(mock_url: str) -> dict[str, object]:
     return config_doc(mock_url, STREAM_MODELS, {"retries": {"max": 2, **FAST_RETRIES}}, impatient=impatient)
 
 
-@pytest.mark.parametrize("fault", [{"x-mock-cut-after": "0"}, {"x-mock-stall-after": "0"}, {"x-mock-malformed-after": "0"}])
-async def test_stream_failing_before_its_first_event_falls_back_and_the_client_sees_one_clean_stream(mock: Proc, fault: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "fault", [{"x-mock-cut-after": "0"}, {"x-mock-stall-after": "0"}, {"x-mock-malformed-after": "0"}]
+)
+async def test_stream_failing_before_its_first_event_falls_back_and_the_client_sees_one_clean_stream(
+    mock: Proc, fault: dict[str, str]
+) -> None:
     async with gateway(_stream_doc(mock.url)) as (url, state), aiohttp.ClientSession() as s:
         status, headers, raw = await _stream(s, url, "primary", fault)
         assert status == 200 and headers["x-tollgate-model"] == "backup"

@@ -26,7 +26,9 @@ def doc(mock: Proc, rules: dict[str, Any], *, store: dict[str, Any] | None = Non
         f"{mock.url}/v1",
         identity={"chain": ["api_key"]},
         plans={"open": {"monthly_requests": 10_000_000, "concurrency": 10_000}},
-        tenants={"acme": {"plan": "open", "keys": [{"id": "acme-1", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]}},
+        tenants={
+            "acme": {"plan": "open", "keys": [{"id": "acme-1", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]}
+        },
         rules=rules,
         **({"store": store} if store else {}),
         **extra,
@@ -37,7 +39,9 @@ def auth(**headers: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {KEY}", **headers}
 
 
-async def chat(s: aiohttp.ClientSession, gw: Proc, body: dict[str, Any] | None = None, **headers: str) -> tuple[int, dict[str, str], bytes]:
+async def chat(
+    s: aiohttp.ClientSession, gw: Proc, body: dict[str, Any] | None = None, **headers: str
+) -> tuple[int, dict[str, str], bytes]:
     body = body or {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 5}
     async with s.post(f"{gw.url}/v1/chat/completions", json=body, headers=auth(**headers)) as r:
         return r.status, dict(r.headers), await r.read()
@@ -52,7 +56,9 @@ def redis_store(redis: RedisServer) -> dict[str, Any]:
 async def test_200_concurrent_requests_on_two_gateway_processes_at_a_limit_of_50_admit_exactly_50(
     mock: Proc, redis: RedisServer
 ) -> None:
-    rules = {"rpm": {"type": "request_limit", "limit": 50, "per": "minute", "scope": ["tenant"], "attach": {"global": True}}}
+    rules = {
+        "rpm": {"type": "request_limit", "limit": 50, "per": "minute", "scope": ["tenant"], "attach": {"global": True}}
+    }
     config = doc(mock, rules, store=redis_store(redis))
     with ExitStack() as stack:
         gws = [stack.enter_context(gateway_process(config)) for _ in range(2)]
@@ -72,7 +78,9 @@ async def test_200_concurrent_requests_on_two_gateway_processes_at_a_limit_of_50
     assert all(int(h["Retry-After"]) >= 1 for status, h, _ in results if status == 429)
 
 
-async def stream(s: aiohttp.ClientSession, gw: Proc, body: dict[str, Any], **headers: str) -> tuple[int, list[Any], bytes]:
+async def stream(
+    s: aiohttp.ClientSession, gw: Proc, body: dict[str, Any], **headers: str
+) -> tuple[int, list[Any], bytes]:
     """POST a streaming request; returns status, the parsed data events, and the raw bytes."""
     async with s.post(f"{gw.url}/v1/chat/completions", json=body, headers=auth(**headers)) as r:
         raw = await r.read()
@@ -89,7 +97,9 @@ def remaining_tokens(headers: dict[str, str]) -> int:
 
 async def test_every_stream_reservation_settles_to_the_real_usage(mock: Proc, redis: RedisServer) -> None:
     budget = 1_000_000
-    rules = {"tph": {"type": "token_limit", "limit": budget, "per": "hour", "scope": ["tenant"], "attach": {"global": True}}}
+    rules = {
+        "tph": {"type": "token_limit", "limit": budget, "per": "hour", "scope": ["tenant"], "attach": {"global": True}}
+    }
     config = doc(mock, rules, store=redis_store(redis), admission={"default_max_tokens": 500})
     with gateway_process(config) as gw:
         async with aiohttp.ClientSession() as s:
@@ -113,10 +123,19 @@ async def test_every_stream_reservation_settles_to_the_real_usage(mock: Proc, re
     assert budget - remaining_tokens(headers) - probe_reservation == used
 
 
-async def test_streams_past_their_reservation_are_cut_when_the_token_budget_is_gone(mock: Proc, redis: RedisServer) -> None:
+async def test_streams_past_their_reservation_are_cut_when_the_token_budget_is_gone(
+    mock: Proc, redis: RedisServer
+) -> None:
     budget = 3_000
     rules = {
-        "tph": {"type": "token_limit", "limit": budget, "per": "hour", "scope": ["tenant"], "on_exceed": "cut", "attach": {"global": True}}
+        "tph": {
+            "type": "token_limit",
+            "limit": budget,
+            "per": "hour",
+            "scope": ["tenant"],
+            "on_exceed": "cut",
+            "attach": {"global": True},
+        }
     }
     config = doc(mock, rules, store=redis_store(redis), admission={"default_max_tokens": 40})
     with gateway_process(config) as gw:
@@ -141,7 +160,9 @@ async def test_streams_past_their_reservation_are_cut_when_the_token_budget_is_g
     assert charged <= budget
 
 
-async def test_concurrency_limit_holds_5_of_20_slow_streams_and_every_lease_comes_back(mock: Proc, redis: RedisServer) -> None:
+async def test_concurrency_limit_holds_5_of_20_slow_streams_and_every_lease_comes_back(
+    mock: Proc, redis: RedisServer
+) -> None:
     rules = {"five": {"type": "connection_limit", "limit": 5, "scope": ["tenant"], "attach": {"global": True}}}
     config = doc(mock, rules, store=redis_store(redis))
     slow = {"x-mock-tokens-per-second": "20", "x-mock-completion-tokens": "10"}
@@ -175,7 +196,15 @@ async def five_fit_at_once(s: aiohttp.ClientSession, gw: Proc, within: float = 3
 
 
 def test_openai_sdk_gets_a_rate_limit_error_naming_the_rule_and_honours_retry_after(mock: Proc) -> None:
-    rules = {"one-per-second": {"type": "request_limit", "limit": 1, "per": "second", "scope": ["key"], "attach": {"global": True}}}
+    rules = {
+        "one-per-second": {
+            "type": "request_limit",
+            "limit": 1,
+            "per": "second",
+            "scope": ["key"],
+            "attach": {"global": True},
+        }
+    }
     with gateway_process(doc(mock, rules)) as gw:
         strict = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=KEY, max_retries=0)
         strict.chat.completions.create(model="gpt-4o-mini", messages=MSG)
@@ -192,7 +221,14 @@ def test_openai_sdk_gets_a_rate_limit_error_naming_the_rule_and_honours_retry_af
 
 async def test_shadow_rule_never_refuses_but_counts_what_it_would_have_refused(mock: Proc) -> None:
     rules = {
-        "would-be": {"type": "request_limit", "limit": 2, "per": "minute", "scope": ["tenant"], "shadow": True, "attach": {"global": True}}
+        "would-be": {
+            "type": "request_limit",
+            "limit": 2,
+            "per": "minute",
+            "scope": ["tenant"],
+            "shadow": True,
+            "attach": {"global": True},
+        }
     }
     config = doc(mock, rules)
     config["listeners"]["admin"] = {"enabled": True, "token": "admin-token-for-the-shadow-test"}
@@ -204,9 +240,13 @@ async def test_shadow_rule_never_refuses_but_counts_what_it_would_have_refused(m
             deadline = time.monotonic() + 5
             count = 0.0
             while time.monotonic() < deadline:
-                async with s.get(f"{admin}/metrics", headers={"Authorization": "Bearer admin-token-for-the-shadow-test"}) as r:
+                async with s.get(
+                    f"{admin}/metrics", headers={"Authorization": "Bearer admin-token-for-the-shadow-test"}
+                ) as r:
                     text = await r.text()
-                m = re.search(r'tollgate_limit_decisions_total\{outcome="shadow_refused",rule="would-be"\} (\S+)', text) or re.search(
+                m = re.search(
+                    r'tollgate_limit_decisions_total\{outcome="shadow_refused",rule="would-be"\} (\S+)', text
+                ) or re.search(
                     r'tollgate_limit_decisions_total\{rule="would-be",outcome="shadow_refused"\} (\S+)', text
                 )
                 count = float(m.group(1)) if m else 0.0
@@ -218,7 +258,14 @@ async def test_shadow_rule_never_refuses_but_counts_what_it_would_have_refused(m
 
 async def test_field_check_refuses_with_its_message_before_any_limit_or_upstream_call(mock: Proc) -> None:
     rules = {
-        "cap": {"type": "field_check", "field": "max_tokens", "op": "lte", "value": 20000, "message": "max_tokens must be at most 20000", "attach": {"global": True}},
+        "cap": {
+            "type": "field_check",
+            "field": "max_tokens",
+            "op": "lte",
+            "value": 20000,
+            "message": "max_tokens must be at most 20000",
+            "attach": {"global": True},
+        },
         "rpm": {"type": "request_limit", "limit": 1, "per": "minute", "attach": {"global": True}},
     }
     with gateway_process(doc(mock, rules)) as gw:
@@ -231,8 +278,21 @@ async def test_field_check_refuses_with_its_message_before_any_limit_or_upstream
 
 
 async def test_namespace_matched_by_header_applies_its_own_rule(mock: Proc) -> None:
-    namespaces = {"support": {"priority": 10, "matchers": [{"type": "header", "field": "X-Channel", "op": "equals", "value": "support"}]}}
-    rules = {"support-rpm": {"type": "request_limit", "limit": 1, "per": "minute", "scope": ["tenant", "namespace"], "attach": {"namespaces": ["support"]}}}
+    namespaces = {
+        "support": {
+            "priority": 10,
+            "matchers": [{"type": "header", "field": "X-Channel", "op": "equals", "value": "support"}],
+        }
+    }
+    rules = {
+        "support-rpm": {
+            "type": "request_limit",
+            "limit": 1,
+            "per": "minute",
+            "scope": ["tenant", "namespace"],
+            "attach": {"namespaces": ["support"]},
+        }
+    }
     with gateway_process(doc(mock, rules, namespaces=namespaces)) as gw:
         async with aiohttp.ClientSession() as s:
             assert (await chat(s, gw, None, **{"X-Channel": "support"}))[0] == 200
@@ -241,7 +301,15 @@ async def test_namespace_matched_by_header_applies_its_own_rule(mock: Proc) -> N
 
 
 async def test_requests_over_a_queueing_concurrency_limit_wait_for_a_lease_until_their_deadline(mock: Proc) -> None:
-    rules = {"two-at-once": {"type": "connection_limit", "limit": 2, "queue_timeout": "4s", "scope": ["tenant"], "attach": {"global": True}}}
+    rules = {
+        "two-at-once": {
+            "type": "connection_limit",
+            "limit": 2,
+            "queue_timeout": "4s",
+            "scope": ["tenant"],
+            "attach": {"global": True},
+        }
+    }
     body = {"model": "gpt-4o-mini", "messages": MSG, "stream": True}
     slow = {"x-mock-tokens-per-second": "20", "x-mock-completion-tokens": "8"}  # ~0.4 s each
     with gateway_process(doc(mock, rules)) as gw:
@@ -254,7 +322,15 @@ async def test_requests_over_a_queueing_concurrency_limit_wait_for_a_lease_until
 
 
 async def test_a_queued_request_past_its_deadline_gets_429_saying_it_waited(mock: Proc) -> None:
-    rules = {"one-at-once": {"type": "connection_limit", "limit": 1, "queue_timeout": "300ms", "scope": ["tenant"], "attach": {"global": True}}}
+    rules = {
+        "one-at-once": {
+            "type": "connection_limit",
+            "limit": 1,
+            "queue_timeout": "300ms",
+            "scope": ["tenant"],
+            "attach": {"global": True},
+        }
+    }
     body = {"model": "gpt-4o-mini", "messages": MSG, "stream": True}
     slow = {"x-mock-tokens-per-second": "10", "x-mock-completion-tokens": "15"}  # ~1.5 s
     with gateway_process(doc(mock, rules)) as gw:

@@ -42,7 +42,10 @@ def hog() -> Iterator[None]:
 
 
 def doc(mock: Proc, redis: RedisServer, rules: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    tenants = {t: {"plan": "open", "keys": [{"id": f"{t}-key", "sha256": hashlib.sha256(key_of(t).encode()).hexdigest()}]} for t in TENANTS}
+    tenants = {
+        t: {"plan": "open", "keys": [{"id": f"{t}-key", "sha256": hashlib.sha256(key_of(t).encode()).hexdigest()}]}
+        for t in TENANTS
+    }
     return gateway_config(
         f"{mock.url}/v1",
         listeners={"admin": {"enabled": True, "token": ADMIN_TOKEN}},
@@ -55,22 +58,34 @@ def doc(mock: Proc, redis: RedisServer, rules: dict[str, Any], **extra: Any) -> 
     )
 
 
-async def stream(s: aiohttp.ClientSession, gw: Proc, tenant: str, body: dict[str, Any], **headers: str) -> tuple[int, list[Any], bytes]:
+async def stream(
+    s: aiohttp.ClientSession, gw: Proc, tenant: str, body: dict[str, Any], **headers: str
+) -> tuple[int, list[Any], bytes]:
     """POST a streaming chat request; returns status, the parsed data events and the raw bytes."""
-    async with s.post(f"{gw.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key_of(tenant)}", **headers}) as r:
+    async with s.post(
+        f"{gw.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key_of(tenant)}", **headers}
+    ) as r:
         raw = await r.read()
-    events = [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ") and line != b"data: [DONE]"]
+    events = [
+        orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ") and line != b"data: [DONE]"
+    ]
     return r.status, events, raw
 
 
-async def chat(s: aiohttp.ClientSession, gw: Proc, tenant: str, body: dict[str, Any], **headers: str) -> tuple[int, dict[str, Any]]:
-    async with s.post(f"{gw.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key_of(tenant)}", **headers}) as r:
+async def chat(
+    s: aiohttp.ClientSession, gw: Proc, tenant: str, body: dict[str, Any], **headers: str
+) -> tuple[int, dict[str, Any]]:
+    async with s.post(
+        f"{gw.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key_of(tenant)}", **headers}
+    ) as r:
         return r.status, orjson.loads(await r.read())
 
 
 def words(events: list[Any]) -> int:
     """Tokens the client received, counted as the mock generates them (one word each)."""
-    text = "".join((c.get("delta") or {}).get("content") or "" for e in events if e.get("choices") for c in e["choices"])
+    text = "".join(
+        (c.get("delta") or {}).get("content") or "" for e in events if e.get("choices") for c in e["choices"]
+    )
     return len(text.split())
 
 
@@ -81,13 +96,19 @@ async def counter(
     await asyncio.sleep(settle_for)
     admin = f"http://127.0.0.1:{gw.extra_ports['admin']}"
     params = {"tenant": tenant, **scope}
-    async with s.get(f"{admin}/admin/rules/{rule}/counter", params=params, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
+    async with s.get(
+        f"{admin}/admin/rules/{rule}/counter", params=params, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as r:
         assert r.status == 200, await r.text()
         return await r.json()  # type: ignore[no-any-return]
 
 
-async def test_an_unpaced_stream_stops_at_its_token_budget_and_is_billed_no_more(mock: Proc, redis: RedisServer) -> None:
-    rules = {"tph": {"type": "token_limit", "limit": 500, "per": "hour", "on_exceed": "cut", "attach": {"global": True}}}
+async def test_an_unpaced_stream_stops_at_its_token_budget_and_is_billed_no_more(
+    mock: Proc, redis: RedisServer
+) -> None:
+    rules = {
+        "tph": {"type": "token_limit", "limit": 500, "per": "hour", "on_exceed": "cut", "attach": {"global": True}}
+    }
     with gateway_process(doc(mock, redis, rules, admission={"default_max_tokens": 100})) as gw:
         async with aiohttp.ClientSession() as s:
             body = {"model": "gpt-4o-mini", "messages": MSG, "stream": True}
@@ -104,7 +125,9 @@ async def test_an_unpaced_stream_stops_at_its_token_budget_and_is_billed_no_more
 async def test_a_stream_is_not_cut_while_the_budget_still_covers_its_next_event(mock: Proc, redis: RedisServer) -> None:
     # 200 tokens an hour, 19 reserved at admission: 181 are left, and an extension takes them (it used to ask
     # for 256 all or nothing and cut the stream after 19 tokens).
-    rules = {"tph": {"type": "token_limit", "limit": 200, "per": "hour", "on_exceed": "cut", "attach": {"global": True}}}
+    rules = {
+        "tph": {"type": "token_limit", "limit": 200, "per": "hour", "on_exceed": "cut", "attach": {"global": True}}
+    }
     with gateway_process(doc(mock, redis, rules, admission={"default_max_tokens": 200 - 181 - PROMPT_ESTIMATE})) as gw:
         async with aiohttp.ClientSession() as s:
             body = {"model": "gpt-4o-mini", "messages": MSG, "stream": True}
@@ -116,9 +139,13 @@ async def test_a_stream_is_not_cut_while_the_budget_still_covers_its_next_event(
 
 
 @pytest.mark.parametrize("tokens_per_second", [0, 2000, 1000, 400])
-async def test_50_concurrent_streams_hold_a_shared_token_budget_at_any_pace(mock: Proc, redis: RedisServer, tokens_per_second: int) -> None:
+async def test_50_concurrent_streams_hold_a_shared_token_budget_at_any_pace(
+    mock: Proc, redis: RedisServer, tokens_per_second: int
+) -> None:
     budget = 20_000
-    rules = {"tph": {"type": "token_limit", "limit": budget, "per": "hour", "on_exceed": "cut", "attach": {"global": True}}}
+    rules = {
+        "tph": {"type": "token_limit", "limit": budget, "per": "hour", "on_exceed": "cut", "attach": {"global": True}}
+    }
     with gateway_process(doc(mock, redis, rules, admission={"default_max_tokens": 100})) as gw:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
             body = {"model": "gpt-4o-mini", "messages": MSG, "stream": True}
@@ -128,7 +155,9 @@ async def test_50_concurrent_streams_hold_a_shared_token_budget_at_any_pace(mock
     admitted = [(events, raw) for status, events, raw in results if status == 200]
     # Fast streams may spend the budget before the last requests arrive: those are refused at admission.
     assert all(status in (200, 429) for status, _, _ in results) and len(admitted) >= 10
-    assert sum(b"token_budget_exceeded" in raw for _, raw in admitted) >= len(admitted) - 10, "2,000 tokens each cannot fit"
+    assert sum(b"token_budget_exceeded" in raw for _, raw in admitted) >= len(admitted) - 10, (
+        "2,000 tokens each cannot fit"
+    )
     delivered = sum(PROMPT_REAL + words(events) for events, _ in admitted)
     assert delivered <= budget + len(admitted)  # at most one event per stream past the budget
     assert billed["used"] <= budget + 50 and billed["overdraft"] == 0
@@ -176,7 +205,9 @@ async def test_streams_are_cut_at_a_money_budget(mock: Proc, redis: RedisServer)
     with gateway_process(doc(mock, redis, rules, pricing=priced(), admission={"default_max_tokens": 10})) as gw:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
             body = {"model": "gpt-4o-mini", "messages": MSG, "stream": True}
-            results = await asyncio.gather(*(stream(s, gw, "t3", body, **{"x-mock-completion-tokens": "1000"}) for _ in range(20)))
+            results = await asyncio.gather(
+                *(stream(s, gw, "t3", body, **{"x-mock-completion-tokens": "1000"}) for _ in range(20))
+            )
             billed = await counter(s, gw, "daily", "t3")
     admitted = [(events, raw) for status, events, raw in results if status == 200]
     assert all(status in (200, 429) for status, _, _ in results) and admitted
@@ -189,7 +220,9 @@ async def test_streams_are_cut_at_a_money_budget(mock: Proc, redis: RedisServer)
 async def test_a_plan_spend_quota_refuses_once_spent_and_its_alerts_still_fire(mock: Proc, redis: RedisServer) -> None:
     quotas = {"plans": {"open": {"monthly_spend": 0.2}}}
     body = {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 1}  # $0.012 each
-    with gateway_process(doc(mock, redis, {}, pricing=priced(), quotas=quotas, usage={"flush_interval": "100ms"})) as gw:
+    with gateway_process(
+        doc(mock, redis, {}, pricing=priced(), quotas=quotas, usage={"flush_interval": "100ms"})
+    ) as gw:
         async with aiohttp.ClientSession() as s:
             statuses = []
             for _ in range(40):
@@ -214,7 +247,9 @@ async def test_a_plan_spend_quota_refuses_once_spent_and_its_alerts_still_fire(m
     assert len(quota["alerts_fired"]) == 3, quota  # 80, 90 and 95 %
 
 
-async def test_an_input_token_limit_refuses_before_the_upstream_and_an_output_limit_counts_completions(mock: Proc, redis: RedisServer) -> None:
+async def test_an_input_token_limit_refuses_before_the_upstream_and_an_output_limit_counts_completions(
+    mock: Proc, redis: RedisServer
+) -> None:
     rules = {
         "input": {"type": "token_limit", "count": "input", "limit": 40, "per": "hour", "attach": {"tenants": ["t5"]}},
         "output": {"type": "token_limit", "count": "output", "limit": 50, "per": "hour", "attach": {"tenants": ["t5"]}},
@@ -228,7 +263,9 @@ async def test_an_input_token_limit_refuses_before_the_upstream_and_an_output_li
             async with s.get(f"{mock.url}/_mock/requests") as r:
                 after = len(await r.json())
             assert status == 429 and "input" in answer["error"]["message"] and after == before  # never forwarded
-            served = [await chat(s, gw, "t5", {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 20}) for _ in range(3)]
+            served = [
+                await chat(s, gw, "t5", {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 20}) for _ in range(3)
+            ]
             output = await counter(s, gw, "output", "t5")
             inputs = await counter(s, gw, "input", "t5")
     assert [status for status, _ in served] == [200, 200, 429]  # 20 + 20 output tokens reserved; 20 more do not fit
@@ -244,10 +281,14 @@ def test_an_sdk_client_that_did_not_ask_for_usage_never_sees_the_usage_chunk_and
         # An upstream shaped like some proxies: the usage chunk carries an empty delta, the body ends late.
         shape = {"x-mock-usage-chunk-delta": "1", "x-mock-linger-after-done-ms": "300", "x-mock-completion-tokens": "5"}
         for _ in range(5):
-            chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MSG, stream=True, extra_headers=shape))
+            chunks = list(
+                client.chat.completions.create(model="gpt-4o-mini", messages=MSG, stream=True, extra_headers=shape)
+            )
             assert chunks and all(chunk.usage is None for chunk in chunks)
             assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).split()
-        req = urllib.request.Request(f"http://127.0.0.1:{gw.extra_ports['admin']}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{gw.extra_ports['admin']}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
         deadline = time.monotonic() + 10
         while True:  # request metrics are counted when accounting flushes
             metrics = urllib.request.urlopen(req, timeout=5).read().decode()
@@ -259,8 +300,18 @@ def test_an_sdk_client_that_did_not_ask_for_usage_never_sees_the_usage_chunk_and
     assert sum(float(line.rsplit(" ", 1)[1]) for line in served) == 5
 
 
-async def test_a_money_budget_per_end_user_holds_each_end_user_of_one_api_key_apart(mock: Proc, redis: RedisServer) -> None:
-    rules = {"per-user": {"type": "budget", "amount": 0.10, "per": "day", "scope": ["tenant", "user"], "attach": {"global": True}}}
+async def test_a_money_budget_per_end_user_holds_each_end_user_of_one_api_key_apart(
+    mock: Proc, redis: RedisServer
+) -> None:
+    rules = {
+        "per-user": {
+            "type": "budget",
+            "amount": 0.10,
+            "per": "day",
+            "scope": ["tenant", "user"],
+            "attach": {"global": True},
+        }
+    }
     config = doc(mock, redis, rules, pricing=priced())
     config["identity"] = {"chain": ["api_key"], "end_user": {"from": ["jwt", "body"]}}
     body = {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 20}  # $0.05 each

@@ -9,7 +9,7 @@ from multidict import CIMultiDict
 
 from tollgate.config import config_from_dict
 from tollgate.errors import ConfigError
-from tollgate.policy.matchers import NamespaceTable, compile_path, lookup, MISSING
+from tollgate.policy.matchers import MISSING, NamespaceTable, compile_path, lookup
 
 
 def table(namespaces: dict[str, Any]) -> NamespaceTable:
@@ -25,7 +25,11 @@ def ns(*matchers: dict[str, Any], priority: int = 0) -> dict[str, Any]:
     return {"priority": priority, "matchers": list(matchers)}
 
 
-BODY = {"model": "m", "metadata": {"channel": "support", "tier": 3}, "messages": [{"role": "system", "content": "be nice"}]}
+BODY = {
+    "model": "m",
+    "metadata": {"channel": "support", "tier": 3},
+    "messages": [{"role": "system", "content": "be nice"}],
+}
 
 
 @pytest.mark.parametrize(
@@ -35,7 +39,11 @@ BODY = {"model": "m", "metadata": {"channel": "support", "tier": 3}, "messages":
         ({"type": "header", "field": "X-Channel", "op": "equals", "value": "web"}, {"x-channel": "app"}, False),
         ({"type": "header", "field": "X-Channel", "op": "not_equals", "value": "web"}, {"x-channel": "app"}, True),
         ({"type": "header", "field": "X-Channel", "op": "not_equals", "value": "web"}, {}, True),
-        ({"type": "header", "field": "User-Agent", "op": "contains", "value": "python"}, {"user-agent": "OpenAI/python 1.0"}, True),
+        (
+            {"type": "header", "field": "User-Agent", "op": "contains", "value": "python"},
+            {"user-agent": "OpenAI/python 1.0"},
+            True,
+        ),
         ({"type": "header", "field": "User-Agent", "op": "regex", "value": "^curl/"}, {"user-agent": "curl/8.0"}, True),
         ({"type": "header", "field": "User-Agent", "op": "regex", "value": "^curl/"}, {"user-agent": "wget"}, False),
         ({"type": "header", "field": "X-Team", "op": "in", "value": ["a", "b"]}, {"x-team": "b"}, True),
@@ -49,8 +57,28 @@ BODY = {"model": "m", "metadata": {"channel": "support", "tier": 3}, "messages":
         ({"type": "body", "field": "messages.0.role", "op": "equals", "value": "system"}, {}, True),
         ({"type": "body", "field": "messages.5.role", "op": "exists"}, {}, False),
         ({"type": "body", "field": "messages.0.content", "op": "contains", "value": "nice"}, {}, True),
-        ({"type": "header_and_body", "header": "X-Channel", "field": "metadata.channel", "op": "equals", "value": "support"}, {"x-channel": "support"}, True),
-        ({"type": "header_and_body", "header": "X-Channel", "field": "metadata.channel", "op": "equals", "value": "support"}, {"x-channel": "web"}, False),
+        (
+            {
+                "type": "header_and_body",
+                "header": "X-Channel",
+                "field": "metadata.channel",
+                "op": "equals",
+                "value": "support",
+            },
+            {"x-channel": "support"},
+            True,
+        ),
+        (
+            {
+                "type": "header_and_body",
+                "header": "X-Channel",
+                "field": "metadata.channel",
+                "op": "equals",
+                "value": "support",
+            },
+            {"x-channel": "web"},
+            False,
+        ),
     ],
 )
 def test_each_operator_on_headers_and_body_paths(matcher: dict[str, Any], headers: dict[str, str], hit: bool) -> None:
@@ -88,11 +116,23 @@ def test_path_lookup_handles_lists_dicts_and_absence() -> None:
 @pytest.mark.parametrize(
     ("matcher", "problem"),
     [
-        ({"type": "header", "field": "X", "op": "regex", "value": "(unclosed"}, "namespaces.bad.matchers[0].value: invalid regular expression"),
+        (
+            {"type": "header", "field": "X", "op": "regex", "value": "(unclosed"},
+            "namespaces.bad.matchers[0].value: invalid regular expression",
+        ),
         ({"type": "header", "field": "X", "op": "like", "value": "a"}, "namespaces.bad.matchers[0].op: must be one of"),
-        ({"type": "cookie", "field": "X", "op": "equals", "value": "a"}, "namespaces.bad.matchers[0].type: must be one of"),
-        ({"type": "header", "field": "X", "op": "in", "value": "a"}, "namespaces.bad.matchers[0].value: must be a list for op in"),
-        ({"type": "header", "field": "X", "op": "equals"}, "namespaces.bad.matchers[0].value: is required for op equals"),
+        (
+            {"type": "cookie", "field": "X", "op": "equals", "value": "a"},
+            "namespaces.bad.matchers[0].type: must be one of",
+        ),
+        (
+            {"type": "header", "field": "X", "op": "in", "value": "a"},
+            "namespaces.bad.matchers[0].value: must be a list for op in",
+        ),
+        (
+            {"type": "header", "field": "X", "op": "equals"},
+            "namespaces.bad.matchers[0].value: is required for op equals",
+        ),
         ({"type": "header_and_body", "field": "x", "op": "exists"}, "namespaces.bad.matchers[0].header: is required"),
     ],
 )

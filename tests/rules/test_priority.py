@@ -29,7 +29,12 @@ def sha(key: str) -> str:
 
 async def slow_stream(s: aiohttp.ClientSession, gw: Proc, key: str, headers: dict[str, str] | None = None) -> int:
     body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": MSG, "stream": True}
-    hdrs = {"Authorization": f"Bearer {key}", "x-mock-tokens-per-second": "10", "x-mock-completion-tokens": "15", **(headers or {})}
+    hdrs = {
+        "Authorization": f"Bearer {key}",
+        "x-mock-tokens-per-second": "10",
+        "x-mock-completion-tokens": "15",
+        **(headers or {}),
+    }
     async with s.post(f"{gw.url}/v1/chat/completions", json=body, headers=hdrs) as r:
         await r.read()
         return r.status

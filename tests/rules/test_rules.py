@@ -50,7 +50,15 @@ def test_rules_come_in_priority_order() -> None:
 
 
 def check(op: str, value: Any, **kw: Any) -> dict[str, Any]:
-    return {"type": "field_check", "field": "max_tokens", "op": op, "value": value, "attach": {"global": True}, "message": f"{op} failed", **kw}
+    return {
+        "type": "field_check",
+        "field": "max_tokens",
+        "op": op,
+        "value": value,
+        "attach": {"global": True},
+        "message": f"{op} failed",
+        **kw,
+    }
 
 
 @pytest.mark.parametrize(
@@ -97,9 +105,18 @@ def test_shadow_field_check_reports_but_never_refuses() -> None:
         (limit({}), "rules.r.attach: must name at least one of"),
         (limit({"namespaces": ["nope"]}), "rules.r.attach.namespaces: unknown namespace 'nope'"),
         ({"type": "request_limit", "attach": {"global": True}}, "rules.r.limit: is required"),
-        (check("regex", "(", ), "rules.r.value: invalid regular expression"),
+        (
+            check(
+                "regex",
+                "(",
+            ),
+            "rules.r.value: invalid regular expression",
+        ),
         (check("lte", "x"), "rules.r.value: must be a number for op lte"),
-        ({"type": "token_limit", "limit": 5, "on_exceed": "explode", "attach": {"global": True}}, "rules.r.on_exceed: must be one of"),
+        (
+            {"type": "token_limit", "limit": 5, "on_exceed": "explode", "attach": {"global": True}},
+            "rules.r.on_exceed: must be one of",
+        ),
         ({"type": "bucket", "attach": {"global": True}}, "rules.r.type: must be one of"),
     ],
 )
@@ -110,7 +127,12 @@ def test_invalid_rules_are_refused_at_load_with_their_field_path(rule: dict[str,
 
 
 def test_prompt_estimate_counts_message_text_and_overhead() -> None:
-    body = {"messages": [{"role": "user", "content": "x" * 40}, {"role": "user", "content": [{"type": "text", "text": "y" * 8}]}]}
+    body = {
+        "messages": [
+            {"role": "user", "content": "x" * 40},
+            {"role": "user", "content": [{"type": "text", "text": "y" * 8}]},
+        ]
+    }
     assert estimate_prompt_tokens("chat", body) == 3 + 4 + 10 + 4 + 2
     assert estimate_prompt_tokens("embedding", {"input": ["abcd", "efgh"]}) == 2
     assert estimate_prompt_tokens("completion", {"prompt": [1, 2, 3]}) == 3

@@ -35,7 +35,14 @@ def _sha(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def doc(mock: Proc, *, registry: dict[str, Any] | None = None, rules: dict[str, Any] | None = None, namespaces: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+def doc(
+    mock: Proc,
+    *,
+    registry: dict[str, Any] | None = None,
+    rules: dict[str, Any] | None = None,
+    namespaces: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """Two tenants on a plan with no limits of its own, the admin listener on, and the given file rules."""
     config = gateway_config(
         f"{mock.url}/v1",
@@ -79,7 +86,9 @@ async def admin(s: aiohttp.ClientSession, gw: Proc, method: str, path: str, body
 
 async def chat(s: aiohttp.ClientSession, gw: Proc, key: str = ACME_KEY, **headers: str) -> tuple[int, str]:
     body = {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 5}
-    async with s.post(f"{gw.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}", **headers}) as r:
+    async with s.post(
+        f"{gw.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}", **headers}
+    ) as r:
         return r.status, (await r.read()).decode()
 
 
@@ -95,7 +104,13 @@ async def until(probe: Callable[[], Awaitable[bool]], *, within: float, since: f
 
 
 def rpm(limit: int, **attach: Any) -> dict[str, Any]:
-    return {"type": "request_limit", "limit": limit, "per": "minute", "scope": ["tenant"], "attach": attach or {"tenants": ["acme"]}}
+    return {
+        "type": "request_limit",
+        "limit": limit,
+        "per": "minute",
+        "scope": ["tenant"],
+        "attach": attach or {"tenants": ["acme"]},
+    }
 
 
 # -- documents and merging, in process -------------------------------------------------
@@ -104,7 +119,10 @@ _RICH_FILE: dict[str, Any] = {
     "upstreams": {"u": {"base_url": "http://127.0.0.1:1/v1"}},
     "models": {"m": {"deployments": [{"upstream": "u"}]}},
     "namespaces": {
-        "support": {"priority": 5, "matchers": [{"type": "header", "field": "x-channel", "op": "regex", "value": "^supp"}]},
+        "support": {
+            "priority": 5,
+            "matchers": [{"type": "header", "field": "x-channel", "op": "regex", "value": "^supp"}],
+        },
         "batch": {
             "matchers": [
                 {"type": "body", "field": "metadata.kind", "op": "in", "value": ["batch", "bulk"]},
@@ -114,13 +132,45 @@ _RICH_FILE: dict[str, Any] = {
         },
     },
     "rules": {
-        "rpm": {"type": "request_limit", "limit": 10, "per": "second", "algorithm": "gcra", "scope": ["key", "model"], "attach": {"global": True}},
-        "tpm": {"type": "token_limit", "limit": 1000, "on_exceed": "allow", "fail_mode": "local", "attach": {"plans": ["p"], "tenants": ["t"]}},
+        "rpm": {
+            "type": "request_limit",
+            "limit": 10,
+            "per": "second",
+            "algorithm": "gcra",
+            "scope": ["key", "model"],
+            "attach": {"global": True},
+        },
+        "tpm": {
+            "type": "token_limit",
+            "limit": 1000,
+            "on_exceed": "allow",
+            "fail_mode": "local",
+            "attach": {"plans": ["p"], "tenants": ["t"]},
+        },
         "tpmonth": {"type": "token_limit", "limit": 10**6, "per": "month", "attach": {"namespaces": ["batch"]}},
         "conc": {"type": "connection_limit", "limit": 3, "scope": ["ip"], "shadow": True, "attach": {"global": True}},
-        "quota": {"type": "quota", "limit": 500, "unit": "tokens", "priority": 7, "enabled": False, "attach": {"tenants": ["t"]}},
-        "cap": {"type": "field_check", "field": "max_tokens", "op": "lte", "value": 100, "attach": {"namespaces": ["support"]}},
-        "has": {"type": "field_check", "field": "user", "op": "exists", "message": "say who", "attach": {"global": True}},
+        "quota": {
+            "type": "quota",
+            "limit": 500,
+            "unit": "tokens",
+            "priority": 7,
+            "enabled": False,
+            "attach": {"tenants": ["t"]},
+        },
+        "cap": {
+            "type": "field_check",
+            "field": "max_tokens",
+            "op": "lte",
+            "value": 100,
+            "attach": {"namespaces": ["support"]},
+        },
+        "has": {
+            "type": "field_check",
+            "field": "user",
+            "op": "exists",
+            "message": "say who",
+            "attach": {"global": True},
+        },
     },
     "admission": {"default_max_tokens": 777},
 }
@@ -209,22 +259,40 @@ async def test_rule_created_on_process_a_limits_process_b_within_one_second_and_
             assert (await admin(s, b, "GET", "/admin/rules/acme-2rpm"))[0] == 404
 
 
-async def test_invalid_rule_and_invalid_regex_matcher_are_refused_with_every_field_path_and_change_nothing(mock: Proc, tmp_path: Path) -> None:
+async def test_invalid_rule_and_invalid_regex_matcher_are_refused_with_every_field_path_and_change_nothing(
+    mock: Proc, tmp_path: Path
+) -> None:
     config = doc(mock, registry={"file": str(tmp_path / "registry.json")}, rules={"declared": rpm(5)})
     with gateway(config) as gw:
         async with aiohttp.ClientSession() as s:
             _, rules_before = await admin(s, gw, "GET", "/admin/rules")
             _, namespaces_before = await admin(s, gw, "GET", "/admin/namespaces")
 
-            bad_rule = {"name": "bad", "type": "request_limit", "limit": 0, "per": "fortnight", "scope": ["galaxy"], "attach": {"namespaces": ["nowhere"]}, "colour": "red"}
+            bad_rule = {
+                "name": "bad",
+                "type": "request_limit",
+                "limit": 0,
+                "per": "fortnight",
+                "scope": ["galaxy"],
+                "attach": {"namespaces": ["nowhere"]},
+                "colour": "red",
+            }
             status, body = await admin(s, gw, "POST", "/admin/rules", bad_rule)
             assert status == 400
             message = body["error"]["message"]
-            for path in ("rules.bad.limit: must be >= 1", "rules.bad.per:", "rules.bad.scope: unknown scope 'galaxy'",
-                         "rules.bad.attach.namespaces: unknown namespace 'nowhere'", "rules.bad.colour: unknown key"):
+            for path in (
+                "rules.bad.limit: must be >= 1",
+                "rules.bad.per:",
+                "rules.bad.scope: unknown scope 'galaxy'",
+                "rules.bad.attach.namespaces: unknown namespace 'nowhere'",
+                "rules.bad.colour: unknown key",
+            ):
                 assert path in message, (path, message)
 
-            bad_ns = {"name": "support", "matchers": [{"type": "header", "field": "x-channel", "op": "regex", "value": "(unclosed"}]}
+            bad_ns = {
+                "name": "support",
+                "matchers": [{"type": "header", "field": "x-channel", "op": "regex", "value": "(unclosed"}],
+            }
             status, body = await admin(s, gw, "POST", "/admin/namespaces", bad_ns)
             assert status == 400
             assert "namespaces.support.matchers[0].value: invalid regular expression" in body["error"]["message"]
@@ -245,10 +313,20 @@ async def test_invalid_rule_and_invalid_regex_matcher_are_refused_with_every_fie
 async def test_namespace_created_at_runtime_routes_requests_by_header_to_its_rule(mock: Proc) -> None:
     with gateway(doc(mock)) as gw:
         async with aiohttp.ClientSession() as s:
-            ns = {"name": "support", "priority": 10, "matchers": [{"type": "header", "field": "X-Channel", "op": "equals", "value": "support"}]}
+            ns = {
+                "name": "support",
+                "priority": 10,
+                "matchers": [{"type": "header", "field": "X-Channel", "op": "equals", "value": "support"}],
+            }
             status, body = await admin(s, gw, "POST", "/admin/namespaces", ns)
             assert status == 201 and body["source"] == "api", body
-            rule = {"name": "support-1rpm", "type": "request_limit", "limit": 1, "scope": ["tenant", "namespace"], "attach": {"namespaces": ["support"]}}
+            rule = {
+                "name": "support-1rpm",
+                "type": "request_limit",
+                "limit": 1,
+                "scope": ["tenant", "namespace"],
+                "attach": {"namespaces": ["support"]},
+            }
             status, body = await admin(s, gw, "POST", "/admin/rules", rule)
             assert status == 201, body
 
@@ -259,7 +337,10 @@ async def test_namespace_created_at_runtime_routes_requests_by_header_to_its_rul
 
             # the namespace cannot go while a rule attaches to it
             status, body = await admin(s, gw, "DELETE", "/admin/namespaces/support")
-            assert status == 400 and "rules.support-1rpm.attach.namespaces: unknown namespace 'support'" in body["error"]["message"]
+            assert (
+                status == 400
+                and "rules.support-1rpm.attach.namespaces: unknown namespace 'support'" in body["error"]["message"]
+            )
             assert (await admin(s, gw, "DELETE", "/admin/rules/support-1rpm"))[0] == 200
             assert (await admin(s, gw, "DELETE", "/admin/namespaces/support"))[0] == 200
             assert (await admin(s, gw, "GET", "/admin/namespaces"))[1]["data"] == []
@@ -268,7 +349,13 @@ async def test_namespace_created_at_runtime_routes_requests_by_header_to_its_rul
 async def test_counter_shows_what_a_tenant_consumed_without_consuming(mock: Proc) -> None:
     with gateway(doc(mock)) as gw:
         async with aiohttp.ClientSession() as s:
-            rule = {"name": "per-key", "type": "request_limit", "limit": 5, "scope": ["key"], "attach": {"global": True}}
+            rule = {
+                "name": "per-key",
+                "type": "request_limit",
+                "limit": 5,
+                "scope": ["key"],
+                "attach": {"global": True},
+            }
             assert (await admin(s, gw, "POST", "/admin/rules", rule))[0] == 201
             assert [(await chat(s, gw))[0] for _ in range(3)] == [200] * 3
             for _ in range(2):  # reading twice: the read itself consumes nothing
@@ -283,12 +370,17 @@ async def test_counter_shows_what_a_tenant_consumed_without_consuming(mock: Proc
             assert (await admin(s, gw, "GET", "/admin/rules/nope/counter?tenant=acme"))[0] == 404
 
 
-async def test_declared_rule_is_not_deleted_but_can_be_disabled_shadowed_and_reverted_and_every_change_is_audited(mock: Proc) -> None:
+async def test_declared_rule_is_not_deleted_but_can_be_disabled_shadowed_and_reverted_and_every_change_is_audited(
+    mock: Proc,
+) -> None:
     with gateway(doc(mock, rules={"declared": rpm(1)})) as gw:
         async with aiohttp.ClientSession() as s:
             status, body = await admin(s, gw, "DELETE", "/admin/rules/declared")
             assert status == 400 and body["error"]["code"] == "declared_in_config"
-            assert "declared in the config file" in body["error"]["message"] and '{"enabled": false}' in body["error"]["message"]
+            assert (
+                "declared in the config file" in body["error"]["message"]
+                and '{"enabled": false}' in body["error"]["message"]
+            )
             status, body = await admin(s, gw, "POST", "/admin/rules", {"name": "declared", **rpm(3)})
             assert status == 409 and body["error"]["code"] == "already_exists"
 
@@ -306,7 +398,11 @@ async def test_declared_rule_is_not_deleted_but_can_be_disabled_shadowed_and_rev
 
             async def audited() -> bool:  # the audit log is written by the accounting flusher, so wait for it
                 _, audit = await admin(s, gw, "GET", "/admin/audit?limit=100")
-                changes = [(e["detail"]["method"], e["detail"]["route"], e["detail"]["status"]) for e in audit["events"] if e["kind"] == "admin_change"]
+                changes = [
+                    (e["detail"]["method"], e["detail"]["route"], e["detail"]["status"])
+                    for e in audit["events"]
+                    if e["kind"] == "admin_change"
+                ]
                 return {("PATCH", "/admin/rules/{name}", 200), ("DELETE", "/admin/rules/{name}", 400)} <= set(changes)
 
             await until(audited, within=5.0, since=time.perf_counter())
@@ -318,7 +414,9 @@ async def test_restart_and_reload_keep_runtime_rules_and_namespaces(mock: Proc, 
     async with aiohttp.ClientSession() as s:
         with gateway(config) as gw:
             assert (await admin(s, gw, "PUT", "/admin/namespaces/batch", ns))[0] == 201
-            assert (await admin(s, gw, "POST", "/admin/rules", {"name": "batch-2rpm", **rpm(2, namespaces=["batch"])}))[0] == 201
+            assert (await admin(s, gw, "POST", "/admin/rules", {"name": "batch-2rpm", **rpm(2, namespaces=["batch"])}))[
+                0
+            ] == 201
             assert (await admin(s, gw, "PUT", "/admin/rules/declared", rpm(40)))[0] == 200
             _, rules_before = await admin(s, gw, "GET", "/admin/rules")
             _, namespaces_before = await admin(s, gw, "GET", "/admin/namespaces")
@@ -342,7 +440,11 @@ async def test_restart_and_reload_keep_runtime_rules_and_namespaces(mock: Proc, 
 
             await until(reloaded, within=5.0, since=time.perf_counter())
             _, after = await admin(s, gw, "GET", "/admin/rules")
-            assert {r["name"]: r["source"] for r in after["data"]} == {"declared": "config+api", "globex-1rpm": "config", "batch-2rpm": "api"}
+            assert {r["name"]: r["source"] for r in after["data"]} == {
+                "declared": "config+api",
+                "globex-1rpm": "config",
+                "batch-2rpm": "api",
+            }
             assert (await chat(s, gw, **{"x-channel": "batch"}))[0] == 429  # the runtime rule still applies
             assert [(await chat(s, gw, GLOBEX_KEY))[0] for _ in range(2)] == [200, 429]  # and so does the new file rule
 
@@ -351,7 +453,9 @@ async def test_writes_need_the_admin_token_and_the_openapi_document_describes_th
     with gateway(doc(mock)) as gw:
         async with aiohttp.ClientSession() as s:
             url = f"http://127.0.0.1:{gw.extra_ports['admin']}"
-            async with s.post(f"{url}/admin/rules", json={"name": "x", **rpm(1)}, headers={"Authorization": f"Bearer {ACME_KEY}"}) as r:
+            async with s.post(
+                f"{url}/admin/rules", json={"name": "x", **rpm(1)}, headers={"Authorization": f"Bearer {ACME_KEY}"}
+            ) as r:
                 assert r.status == 401
             async with s.get(f"{url}/admin/rules/x") as r:
                 assert r.status == 401
@@ -362,12 +466,16 @@ async def test_writes_need_the_admin_token_and_the_openapi_document_describes_th
             assert (await admin(s, gw, "GET", "/admin/rules/x"))[0] == 404
 
 
-async def test_reload_that_drops_a_namespace_leaves_out_only_the_runtime_rule_attached_to_it(mock: Proc, tmp_path: Path) -> None:
+async def test_reload_that_drops_a_namespace_leaves_out_only_the_runtime_rule_attached_to_it(
+    mock: Proc, tmp_path: Path
+) -> None:
     ns = {"batch": {"matchers": [{"type": "header", "field": "x-channel", "op": "equals", "value": "batch"}]}}
     config = doc(mock, registry={"file": str(tmp_path / "registry.json")}, namespaces=ns)
     async with aiohttp.ClientSession() as s:
         with gateway(config) as gw:
-            assert (await admin(s, gw, "POST", "/admin/rules", {"name": "batch-1rpm", **rpm(1, namespaces=["batch"])}))[0] == 201
+            assert (await admin(s, gw, "POST", "/admin/rules", {"name": "batch-1rpm", **rpm(1, namespaces=["batch"])}))[
+                0
+            ] == 201
             assert (await admin(s, gw, "POST", "/admin/rules", {"name": "acme-2rpm", **rpm(2)}))[0] == 201
             assert gw.config_path is not None
             on_disk = yaml.safe_load(gw.config_path.read_text())
@@ -381,5 +489,9 @@ async def test_reload_that_drops_a_namespace_leaves_out_only_the_runtime_rule_at
             await until(left_out, within=5.0, since=time.perf_counter())
             _, listed = await admin(s, gw, "GET", "/admin/rules")
             assert {r["name"]: r["in_force"] for r in listed["data"]} == {"acme-2rpm": True, "batch-1rpm": False}
-            assert [(await chat(s, gw, **{"x-channel": "batch"}))[0] for _ in range(3)] == [200, 200, 429]  # acme-2rpm, not batch-1rpm
+            assert [(await chat(s, gw, **{"x-channel": "batch"}))[0] for _ in range(3)] == [
+                200,
+                200,
+                429,
+            ]  # acme-2rpm, not batch-1rpm
             assert "batch-1rpm" in gw.log() and "left out" in gw.log()

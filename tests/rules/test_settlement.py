@@ -6,18 +6,27 @@ from types import SimpleNamespace
 
 import pytest
 
-from tollgate.policy.admission import Admission
-from tollgate.pipeline.context import Usage
 from tollgate.limiter import LimitSpec, build_limiter
+from tollgate.pipeline.context import Usage
+from tollgate.policy.admission import Admission
 from tollgate.policy.settlement import Settler
 
 SPEC = LimitSpec(
-    name="tph", kind="sliding_window", limit=10_000, window_ms=3_600_000, cost=100, unit="tokens", scope_key=(("tenant", "t"),), tenant="t"
+    name="tph",
+    kind="sliding_window",
+    limit=10_000,
+    window_ms=3_600_000,
+    cost=100,
+    unit="tokens",
+    scope_key=(("tenant", "t"),),
+    tenant="t",
 )
 
 
 @pytest.mark.parametrize(("actual", "charged"), [(30, 30), (120, 120), (400, 400), (0, 0)])
-async def test_usage_fills_the_reservation_then_the_extensions_and_the_rest_is_given_back(actual: int, charged: int) -> None:
+async def test_usage_fills_the_reservation_then_the_extensions_and_the_rest_is_given_back(
+    actual: int, charged: int
+) -> None:
     limiter = build_limiter()
     first = await limiter.admit([SPEC])
     extension = await limiter.admit([SPEC.with_cost(50)])
@@ -45,7 +54,17 @@ class _Counted:
 
 async def test_usage_past_a_spent_budget_is_charged_and_counted_as_overdraft() -> None:
     limiter = build_limiter()
-    small = LimitSpec(name="tiny", kind="fixed_window", limit=100, window_ms=60_000, calendar="minute", cost=100, unit="tokens", scope_key=(("tenant", "t"),), tenant="t")
+    small = LimitSpec(
+        name="tiny",
+        kind="fixed_window",
+        limit=100,
+        window_ms=60_000,
+        calendar="minute",
+        cost=100,
+        unit="tokens",
+        scope_key=(("tenant", "t"),),
+        tenant="t",
+    )
     admitted = await limiter.admit([small])
     admission = Admission(decision=admitted, completion_reserved=100)
     metrics = _Counted()

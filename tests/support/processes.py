@@ -18,14 +18,14 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "free_port",
-    "wait_for_port",
+    "REPO",
     "Proc",
-    "start_process",
+    "free_port",
     "gateway_config",
     "gateway_process",
     "mock_upstream_process",
-    "REPO",
+    "start_process",
+    "wait_for_port",
 ]
 
 REPO = Path(__file__).resolve().parents[2]

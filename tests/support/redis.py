@@ -31,7 +31,7 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["RedisServer", "RedisCluster", "redis_server", "redis_cluster", "free_port", "REDIS_SERVER", "REDIS_CLI"]
+__all__ = ["REDIS_CLI", "REDIS_SERVER", "RedisCluster", "RedisServer", "free_port", "redis_cluster", "redis_server"]
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -83,20 +83,36 @@ class RedisServer:
             return
         args = [
             REDIS_SERVER,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.dir),
-            "--daemonize", "no",
-            "--loglevel", "warning",
-            "--logfile", str(self.dir / "redis.log"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(self.dir / "redis.log"),
         ]
         if self.cluster:
-            args += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf"),
-                     "--cluster-node-timeout", "2000"]
+            args += [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(self.dir / "nodes.conf"),
+                "--cluster-node-timeout",
+                "2000",
+            ]
         args += list(self.extra_args)
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
@@ -171,8 +187,19 @@ class RedisCluster:
         for node in self.nodes:
             node.start()
         subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *(n.address for n in self.nodes), "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *(n.address for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

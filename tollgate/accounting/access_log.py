@@ -25,9 +25,9 @@ from typing import BinaryIO
 
 import orjson
 
-from tollgate.config.accounting import AccessLogConfig
 from tollgate.accounting.pricing import NANOS
 from tollgate.accounting.records import Entry
+from tollgate.config.accounting import AccessLogConfig
 
 __all__ = ["AccessLog", "line_of", "lines_of"]
 

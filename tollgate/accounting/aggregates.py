@@ -25,13 +25,27 @@ from tollgate.accounting.records import Entry
 from tollgate.accounting.tally import Tally
 
 __all__ = [
-    "Batch", "TOTAL_FIELDS", "MODEL_FIELDS", "USER_FIELDS", "OTHER_USERS", "month_of", "day_of", "split_models", "PeriodClock",
+    "MODEL_FIELDS",
+    "OTHER_USERS",
+    "TOTAL_FIELDS",
+    "USER_FIELDS",
+    "Batch",
+    "PeriodClock",
     "add_user_counts",
+    "day_of",
+    "month_of",
+    "split_models",
 ]
 
 TOTAL_FIELDS = (
-    "requests", "errors", "prompt_tokens", "completion_tokens", "cost_n",
-    "est_requests", "est_prompt_tokens", "est_completion_tokens",
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_n",
+    "est_requests",
+    "est_prompt_tokens",
+    "est_completion_tokens",
 )
 MODEL_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_n")
 USER_FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_n")
@@ -95,8 +109,15 @@ class Batch:
     def add(self, e: Entry) -> None:
         errors = 1 if e.status >= 400 else 0
         self.add_counts(
-            e.tenant, e.wall, e.priced_model, 1, errors,
-            e.prompt_tokens, e.completion_tokens, e.cost_nanos, estimated=not e.usage_reported,
+            e.tenant,
+            e.wall,
+            e.priced_model,
+            1,
+            errors,
+            e.prompt_tokens,
+            e.completion_tokens,
+            e.cost_nanos,
+            estimated=not e.usage_reported,
         )
         if e.user is not None:
             self.add_user(e.tenant, e.wall, e.user, (1, errors, e.prompt_tokens, e.completion_tokens, e.cost_nanos))
@@ -107,8 +128,17 @@ class Batch:
         add_user_counts(self.users[(tenant, month)], user, counts)
 
     def add_counts(
-        self, tenant: str, wall: float, model: str | None, requests: int, errors: int,
-        prompt_tokens: int, completion_tokens: int, cost_nanos: int, *, estimated: bool,
+        self,
+        tenant: str,
+        wall: float,
+        model: str | None,
+        requests: int,
+        errors: int,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_nanos: int,
+        *,
+        estimated: bool,
     ) -> None:
         """``requests`` requests of ``tenant`` on ``model`` at ``wall`` (``errors`` of them with status >= 400)."""
         day, month = self.periods.periods(wall)
@@ -135,8 +165,15 @@ class Batch:
             if upstream is not None:
                 n = g.requests
                 self.add_counts(
-                    tenant, day * 86400.0, priced, n, n if status >= 400 else 0,
-                    g.prompt_tokens, g.completion_tokens, g.cost_nanos, estimated=not reported,
+                    tenant,
+                    day * 86400.0,
+                    priced,
+                    n,
+                    n if status >= 400 else 0,
+                    g.prompt_tokens,
+                    g.completion_tokens,
+                    g.cost_nanos,
+                    estimated=not reported,
                 )
         for (tenant, user, day), counts in tally.users.items():
             self.add_user(tenant, day * 86400.0, user, counts)
@@ -159,14 +196,14 @@ class Batch:
 
 def split_models(fields: dict[str, Any]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     """A stored aggregate as (totals, {model: fields})."""
-    totals = {f: 0 for f in TOTAL_FIELDS}
+    totals = dict.fromkeys(TOTAL_FIELDS, 0)
     models: dict[str, dict[str, int]] = {}
     for raw_key, raw_value in fields.items():
         key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
         value = int(raw_value)
         if key.startswith("m:"):
             model, _, f = key[2:].rpartition(":")
-            models.setdefault(model, {f: 0 for f in MODEL_FIELDS})[f] = value
+            models.setdefault(model, dict.fromkeys(MODEL_FIELDS, 0))[f] = value
         else:
             totals[key] = value
     return totals, models

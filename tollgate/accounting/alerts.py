@@ -26,10 +26,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tollgate.config.accounting import AlertsConfig, QuotasConfig, WebhookConfig
 from tollgate.accounting.pricing import NANOS
+from tollgate.config.accounting import AlertsConfig, QuotasConfig, WebhookConfig
 
-__all__ = ["QuotaStatus", "Alert", "quota_status", "QuotaWatch", "WebhookSender", "sign"]
+__all__ = ["Alert", "QuotaStatus", "QuotaWatch", "WebhookSender", "quota_status", "sign"]
 
 log = logging.getLogger("tollgate.alerts")
 
@@ -84,7 +84,11 @@ def quota_status(tenant: str, principal: Any, totals: Mapping[str, int], quotas:
     if requests_limit:
         out.append(QuotaStatus("monthly_requests", totals.get("requests", 0), requests_limit))
     if tokens_limit:
-        out.append(QuotaStatus("monthly_tokens", totals.get("prompt_tokens", 0) + totals.get("completion_tokens", 0), tokens_limit))
+        out.append(
+            QuotaStatus(
+                "monthly_tokens", totals.get("prompt_tokens", 0) + totals.get("completion_tokens", 0), tokens_limit
+            )
+        )
     spend_limit = quotas.spend_limit(tenant, getattr(principal, "plan", None))
     if spend_limit:
         out.append(QuotaStatus("monthly_spend", round(totals.get("cost_n", 0) / NANOS, 9), spend_limit))
@@ -100,7 +104,9 @@ class QuotaWatch:
         # Alerts this process knows are claimed (by it or another): no store round trip to ask again.
         self._known: set[tuple[str, str, str]] = set()
 
-    def candidates(self, totals: Mapping[tuple[str, str], Mapping[str, int]], principals: Mapping[str, Any]) -> list[Alert]:
+    def candidates(
+        self, totals: Mapping[tuple[str, str], Mapping[str, int]], principals: Mapping[str, Any]
+    ) -> list[Alert]:
         if not self.alerts.enabled:
             return []
         out = []

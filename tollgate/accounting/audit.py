@@ -25,9 +25,9 @@ from typing import Any
 
 import orjson
 
+from tollgate.accounting.records import Entry
 from tollgate.config.accounting import AuditConfig
 from tollgate.errors import StoreError
-from tollgate.accounting.records import Entry
 
 __all__ = ["AuditLog", "SecurityWatch"]
 
@@ -50,7 +50,9 @@ class AuditLog:
         self._memory: deque[dict[str, Any]] = deque(maxlen=config.max_entries)
         self._on_event = on_event or (lambda kind: None)
         self._seq = 0
-        self.description = "redis stream " + config.stream_key if redis is not None else (f"file {path}" if path else "memory")
+        self.description = (
+            "redis stream " + config.stream_key if redis is not None else (f"file {path}" if path else "memory")
+        )
 
     def record(
         self,
@@ -93,7 +95,12 @@ class AuditLog:
             if self._redis is not None:
                 pipe = self._redis.pipeline(transaction=False)
                 for ev in events:
-                    pipe.xadd(self.config.stream_key, {"e": orjson.dumps(ev)}, maxlen=self.config.max_entries, approximate=True)
+                    pipe.xadd(
+                        self.config.stream_key,
+                        {"e": orjson.dumps(ev)},
+                        maxlen=self.config.max_entries,
+                        approximate=True,
+                    )
                 await pipe.execute()
             elif self._path is not None:
                 await asyncio.to_thread(self._append, events)
@@ -180,8 +187,13 @@ class SecurityWatch:
         if e.status == 401:
             self._auth_failure(e)
         elif e.status == 403 and e.error == "tenant_suspended":
-            self._once(("suspended", e.tenant), e.wall, "suspended_tenant_access", tenant=e.tenant,
-                       detail={"client_ip": e.client_ip, "key_id": e.key_id, "request_id": e.request_id})
+            self._once(
+                ("suspended", e.tenant),
+                e.wall,
+                "suspended_tenant_access",
+                tenant=e.tenant,
+                detail={"client_ip": e.client_ip, "key_id": e.key_id, "request_id": e.request_id},
+            )
 
     def _auth_failure(self, e: Entry) -> None:
         window = self.config.auth_failure_window
@@ -192,8 +204,13 @@ class SecurityWatch:
             times = self._failures[e.client_ip] = deque(maxlen=self.config.auth_failure_burst)
         times.append(e.wall)
         if len(times) == times.maxlen and e.wall - times[0] <= window:
-            self._once(("auth", e.client_ip), e.wall, "auth_failure_burst", tenant=None,
-                       detail={"client_ip": e.client_ip, "failures": len(times), "window_s": window, "last_error": e.error})
+            self._once(
+                ("auth", e.client_ip),
+                e.wall,
+                "auth_failure_burst",
+                tenant=None,
+                detail={"client_ip": e.client_ip, "failures": len(times), "window_s": window, "last_error": e.error},
+            )
 
     def _once(self, key: tuple[str, str], now: float, kind: str, *, tenant: str | None, detail: dict[str, Any]) -> None:
         last = self._reported.get(key)

@@ -34,11 +34,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tollgate.config.accounting import MetricsConfig
 from tollgate.accounting.pricing import NANOS
 from tollgate.accounting.tally import Tally
+from tollgate.config.accounting import MetricsConfig
 
-__all__ = ["GatewayMetrics", "TenantLabels", "multiprocess_dir", "BREAKER_STATES", "CONTENT_TYPE"]
+__all__ = ["BREAKER_STATES", "CONTENT_TYPE", "GatewayMetrics", "TenantLabels", "multiprocess_dir"]
 
 log = logging.getLogger("tollgate.metrics")
 
@@ -56,7 +56,9 @@ def multiprocess_dir() -> str | None:
     if path is None:
         return None
     if values.ValueClass is values.MutexValue:
-        log.error("PROMETHEUS_MULTIPROC_DIR is set but prometheus_client was imported before it was: metrics are per process")
+        log.error(
+            "PROMETHEUS_MULTIPROC_DIR is set but prometheus_client was imported before it was: metrics are per process"
+        )
         return None
     return path
 
@@ -102,46 +104,76 @@ class GatewayMetrics:
         def gauge(name: str, doc: str, labels: tuple[str, ...], mode: str) -> Gauge:
             return Gauge(name, doc, labels, registry=reg, multiprocess_mode=mode)  # type: ignore[arg-type]
 
-        self.requests = counter("tollgate_requests", "Requests by tenant, model and status (499: client went away).", ("tenant", "model", "status"))
+        self.requests = counter(
+            "tollgate_requests",
+            "Requests by tenant, model and status (499: client went away).",
+            ("tenant", "model", "status"),
+        )
         self.request_seconds = histogram(
             "tollgate_request_duration_seconds", "Total time in the gateway per request.", ("tenant", "model"), _LATENCY
         )
         self.upstream_seconds = histogram(
-            "tollgate_upstream_duration_seconds", "Time spent waiting on the upstream per request.", ("model", "upstream"), _LATENCY
+            "tollgate_upstream_duration_seconds",
+            "Time spent waiting on the upstream per request.",
+            ("model", "upstream"),
+            _LATENCY,
         )
         self.overhead_seconds = histogram(
-            "tollgate_gateway_overhead_seconds", "Gateway overhead (total minus upstream) per request.", ("plan",), _OVERHEAD
+            "tollgate_gateway_overhead_seconds",
+            "Gateway overhead (total minus upstream) per request.",
+            ("plan",),
+            _OVERHEAD,
         )
         self.ttfb_seconds = histogram(
-            "tollgate_time_to_first_byte_seconds", "Time from request arrival to the upstream's first byte.", ("model",), _LATENCY
+            "tollgate_time_to_first_byte_seconds",
+            "Time from request arrival to the upstream's first byte.",
+            ("model",),
+            _LATENCY,
         )
-        self.tokens = counter("tollgate_tokens", "Tokens by tenant, model, kind and source.", ("tenant", "model", "kind", "source"))
+        self.tokens = counter(
+            "tollgate_tokens", "Tokens by tenant, model, kind and source.", ("tenant", "model", "kind", "source")
+        )
         self.cost = counter("tollgate_cost", "Cost in the pricing currency.", ("tenant", "model", "currency"))
-        self.limit_decisions = counter("tollgate_limit_decisions", "Limit decisions by rule and outcome.", ("rule", "outcome"))
+        self.limit_decisions = counter(
+            "tollgate_limit_decisions", "Limit decisions by rule and outcome.", ("rule", "outcome")
+        )
         self.degraded = counter(
-            "tollgate_degraded_admissions", "Admissions decided without the store (fail_open / local).", ("rule", "mode")
+            "tollgate_degraded_admissions",
+            "Admissions decided without the store (fail_open / local).",
+            ("rule", "mode"),
         )
         self.breaker_state = gauge(
-            "tollgate_breaker_state", "Circuit breaker state per deployment: 0 closed, 1 half-open, 2 open.", ("deployment",), "livemax"
+            "tollgate_breaker_state",
+            "Circuit breaker state per deployment: 0 closed, 1 half-open, 2 open.",
+            ("deployment",),
+            "livemax",
         )
         self.deployment_healthy = gauge(
             "tollgate_deployment_healthy", "1 when the deployment is usable, 0 otherwise.", ("deployment",), "livemin"
         )
-        self.queue_depth = gauge("tollgate_queue_depth", "Requests or records waiting, per queue.", ("queue",), "livesum")
+        self.queue_depth = gauge(
+            "tollgate_queue_depth", "Requests or records waiting, per queue.", ("queue",), "livesum"
+        )
         self.in_flight = gauge("tollgate_in_flight_requests", "Requests being served now.", (), "livesum")
         self.quota_alerts = counter("tollgate_quota_alerts", "Quota alerts fired.", ("tenant", "quota", "severity"))
         self.sla_violations = counter(
             "tollgate_sla_violations", "Requests whose gateway overhead exceeded the plan's p99 target.", ("plan",)
         )
-        self.sla_target = gauge("tollgate_sla_target_seconds", "The plan's p99 target for gateway overhead.", ("plan",), "livemax")
+        self.sla_target = gauge(
+            "tollgate_sla_target_seconds", "The plan's p99 target for gateway overhead.", ("plan",), "livemax"
+        )
         self.accounting_dropped = counter(
             "tollgate_accounting_dropped_records", "Usage records dropped because the pending queue was full.", ()
         )
         self.accounting_flushes = counter("tollgate_accounting_flushes", "Usage batch writes by outcome.", ("outcome",))
-        self.webhook_deliveries = counter("tollgate_alert_webhook_deliveries", "Alert webhook deliveries by outcome.", ("outcome",))
+        self.webhook_deliveries = counter(
+            "tollgate_alert_webhook_deliveries", "Alert webhook deliveries by outcome.", ("outcome",)
+        )
         self.audit_events = counter("tollgate_audit_events", "Audit events recorded, by kind.", ("kind",))
         self.upstream_auth_failures = counter(
-            "tollgate_upstream_auth_failures", "401/403 answers of an upstream to the gateway's own credential.", ("upstream", "status")
+            "tollgate_upstream_auth_failures",
+            "401/403 answers of an upstream to the gateway's own credential.",
+            ("upstream", "status"),
         )
         self.http_refusals = counter(
             "tollgate_http_refused",

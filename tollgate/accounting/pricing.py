@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from tollgate.config.accounting import CostRule, PricingConfig
 
-__all__ = ["Pricing", "NANOS", "to_money"]
+__all__ = ["NANOS", "Pricing", "to_money"]
 
 # Costs are kept as integers of 1e-9 currency units, so that sums over millions
 # of requests (and HINCRBY in Redis) stay exact; a price of $0.00015 per 1K
@@ -100,7 +100,8 @@ class Pricing:
         return {
             "currency": self.currency,
             "models": {
-                name: {"input_per_1k": p.input_per_1k, "output_per_1k": p.output_per_1k} for name, p in self.config.models.items()
+                name: {"input_per_1k": p.input_per_1k, "output_per_1k": p.output_per_1k}
+                for name, p in self.config.models.items()
             },
             "default": {"input_per_1k": self._default.input_per_1k, "output_per_1k": self._default.output_per_1k},
             "resources": [

@@ -28,9 +28,6 @@ from typing import Any
 
 import orjson
 
-from tollgate.config.accounting import AccountingConfig
-from tollgate.pipeline.context import RequestContext
-from tollgate.errors import StoreError
 from tollgate.accounting.access_log import AccessLog
 from tollgate.accounting.aggregates import Batch, month_of
 from tollgate.accounting.alerts import Alert, QuotaWatch, WebhookSender, new_delivery_id, quota_status
@@ -41,6 +38,9 @@ from tollgate.accounting.records import capture
 from tollgate.accounting.sla import SlaTracker
 from tollgate.accounting.tally import Tally
 from tollgate.accounting.usage_store import FileUsageStore, MemoryUsageStore, RedisUsageStore, UsageStore
+from tollgate.config.accounting import AccountingConfig
+from tollgate.errors import StoreError
+from tollgate.pipeline.context import RequestContext
 
 __all__ = ["Accounting"]
 
@@ -83,7 +83,9 @@ class Accounting:
         self.quota_watch = QuotaWatch(acc.alerts, acc.quotas)
         self.webhook: WebhookSender | None = None
         if acc.alerts.webhook is not None:
-            self.webhook = WebhookSender(acc.alerts.webhook, on_outcome=lambda o: self.metrics.webhook_deliveries.labels(o).inc())
+            self.webhook = WebhookSender(
+                acc.alerts.webhook, on_outcome=lambda o: self.metrics.webhook_deliveries.labels(o).inc()
+            )
         self.sla = SlaTracker()
         self.principals: dict[str, Any] = {}
         self.month_totals: dict[str, tuple[str, dict[str, int]]] = {}
@@ -106,13 +108,21 @@ class Accounting:
             cluster = bool(getattr(store_cfg, "cluster", False))
             self.redis = _redis_client(url, cluster)
             return RedisUsageStore(
-                self.redis, usage.key_prefix, usage.daily_ttl, usage.monthly_ttl,
-                transaction=not cluster, max_end_users=usage.max_end_users,
+                self.redis,
+                usage.key_prefix,
+                usage.daily_ttl,
+                usage.monthly_ttl,
+                transaction=not cluster,
+                max_end_users=usage.max_end_users,
             )
         if backend == "file":
             assert usage.path is not None
             return FileUsageStore(
-                self._resolve(usage.path), usage.daily_ttl, usage.monthly_ttl, clock=self._wall, max_end_users=usage.max_end_users
+                self._resolve(usage.path),
+                usage.daily_ttl,
+                usage.monthly_ttl,
+                clock=self._wall,
+                max_end_users=usage.max_end_users,
             )
         return MemoryUsageStore(usage.daily_ttl, usage.monthly_ttl, clock=self._wall, max_end_users=usage.max_end_users)
 
@@ -190,7 +200,9 @@ class Accounting:
         except Exception:
             log.exception("accounting: final flush failed")
         if self._carry is not None:
-            log.error("accounting: the usage store is unreachable; %d unwritten aggregate deltas are lost", self._carry.size())
+            log.error(
+                "accounting: the usage store is unreachable; %d unwritten aggregate deltas are lost", self._carry.size()
+            )
         if self.webhook is not None:
             await self.webhook.close()
         self.access_log.close()

@@ -7,7 +7,7 @@ from typing import Any
 
 from tollgate.pipeline.context import RequestContext
 
-__all__ = ["capture", "Entry", "entry_from", "fields_of", "DISCONNECTED_STATUS"]
+__all__ = ["DISCONNECTED_STATUS", "Entry", "capture", "entry_from", "fields_of"]
 
 # Status recorded for a request whose client went away before the answer was complete (nginx's convention).
 DISCONNECTED_STATUS = 499
@@ -99,9 +99,28 @@ def fields_of(rec: tuple[Any, ...], pricing: Any) -> tuple[Any, ...]:
     line or a security check asks for: the derivation is written once, here.
     """
     (
-        request_id, endpoint, model, model_served, upstream, status, error, stream, disconnected, client_ip,
-        started, first_byte_at, finished_at, usage, body_len, principal, end_user, namespace, upstream_started, attempts,
-        end, wall,
+        request_id,
+        endpoint,
+        model,
+        model_served,
+        upstream,
+        status,
+        error,
+        stream,
+        disconnected,
+        client_ip,
+        started,
+        first_byte_at,
+        finished_at,
+        usage,
+        body_len,
+        principal,
+        end_user,
+        namespace,
+        upstream_started,
+        attempts,
+        end,
+        wall,
     ) = rec
     total = end - started
     if total < 0.0:
@@ -136,8 +155,31 @@ def fields_of(rec: tuple[Any, ...], pricing: Any) -> tuple[Any, ...]:
     if namespace is not None and not isinstance(namespace, str):
         namespace = _name(namespace)
     return (
-        request_id, wall, tenant, key_id, end_user, plan, namespace, endpoint.kind if endpoint is not None else None,
-        model, model_served, priced, upstream, status, error, stream, disconnected, client_ip,
-        prompt, completion, reported, cost, total, upstream_s, total - upstream_s,
-        (first_byte_at - started) if first_byte_at is not None else None, attempts, principal,
+        request_id,
+        wall,
+        tenant,
+        key_id,
+        end_user,
+        plan,
+        namespace,
+        endpoint.kind if endpoint is not None else None,
+        model,
+        model_served,
+        priced,
+        upstream,
+        status,
+        error,
+        stream,
+        disconnected,
+        client_ip,
+        prompt,
+        completion,
+        reported,
+        cost,
+        total,
+        upstream_s,
+        total - upstream_s,
+        (first_byte_at - started) if first_byte_at is not None else None,
+        attempts,
+        principal,
     )

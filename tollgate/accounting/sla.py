@@ -7,9 +7,9 @@ from itertools import repeat
 from operator import lt
 from typing import Any
 
-from tollgate.config.accounting import MetricsConfig
 from tollgate.accounting.records import Entry
 from tollgate.accounting.tally import Tally
+from tollgate.config.accounting import MetricsConfig
 
 __all__ = ["SlaTracker"]
 
@@ -61,4 +61,7 @@ class SlaTracker:
                 "violations": violations,
                 "met": None if target is None or p99 is None else p99 <= target,
             }
-        return {"plans": plans, "note": "counts are this process's since it started; the metric tollgate_sla_violations_total sums every worker"}
+        return {
+            "plans": plans,
+            "note": "counts are this process's since it started; the metric tollgate_sla_violations_total sums every worker",
+        }

@@ -58,7 +58,17 @@ class Tally:
     errors, prompt and completion tokens, cost in nanos.
     """
 
-    __slots__ = ("groups", "logged", "watched_entries", "principals", "users", "records", "_pricing", "_log_wanted", "_watched")
+    __slots__ = (
+        "groups",
+        "logged",
+        "watched_entries",
+        "principals",
+        "users",
+        "records",
+        "_pricing",
+        "_log_wanted",
+        "_watched",
+    )
 
     def __init__(self, pricing: Any, log_wanted: Callable[[int, bool], bool] | None, watched: frozenset[int]) -> None:
         self.groups: dict[GroupKey, Group] = {}
@@ -73,15 +83,44 @@ class Tally:
 
     def fold(self, records: Iterable[tuple[Any, ...]]) -> None:
         groups, principals, users, pricing = self.groups, self.principals, self.users, self._pricing
-        log_wanted, watched, logged, watched_entries = self._log_wanted, self._watched, self.logged, self.watched_entries
+        log_wanted, watched, logged, watched_entries = (
+            self._log_wanted,
+            self._watched,
+            self.logged,
+            self.watched_entries,
+        )
         n = 0
         for rec in records:
             n += 1
             f = fields_of(rec, pricing)
             (
-                _rid, wall, tenant, _key_id, user, plan, _ns, _endpoint, _model, _served, priced, upstream, status,
-                _error, _stream, disconnected, _ip, prompt, completion, reported, cost, total, upstream_s, overhead_s,
-                ttfb_s, _attempts, principal,
+                _rid,
+                wall,
+                tenant,
+                _key_id,
+                user,
+                plan,
+                _ns,
+                _endpoint,
+                _model,
+                _served,
+                priced,
+                upstream,
+                status,
+                _error,
+                _stream,
+                disconnected,
+                _ip,
+                prompt,
+                completion,
+                reported,
+                cost,
+                total,
+                upstream_s,
+                overhead_s,
+                ttfb_s,
+                _attempts,
+                principal,
             ) = f
             key = (tenant, plan, priced, upstream, status, reported, wall // _DAY)
             g = groups.get(key)
@@ -126,4 +165,3 @@ class Tally:
 
     def __bool__(self) -> bool:
         return bool(self.groups)
-

@@ -31,10 +31,10 @@ from typing import Any, Protocol
 
 import orjson
 
-from tollgate.errors import StoreError
 from tollgate.accounting.aggregates import OTHER_USERS, USER_FIELDS, Batch, add_user_counts
+from tollgate.errors import StoreError
 
-__all__ = ["UsageStore", "MemoryUsageStore", "FileUsageStore", "RedisUsageStore", "QUOTA_FIELDS", "days_of_month"]
+__all__ = ["QUOTA_FIELDS", "FileUsageStore", "MemoryUsageStore", "RedisUsageStore", "UsageStore", "days_of_month"]
 
 # The monthly fields the quota check needs, in this order.
 QUOTA_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_n")
@@ -80,7 +80,9 @@ class _Doc:
         self.users: dict[str, dict[str, dict[str, list[int]]]] = data.get("users", {})
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"version": 1, "months": self.months, "days": self.days, "alerts": self.alerts, "users": self.users})
+        return orjson.dumps(
+            {"version": 1, "months": self.months, "days": self.days, "alerts": self.alerts, "users": self.users}
+        )
 
     def apply_users(self, batch: Batch, max_users: int) -> None:
         """Add the batch's end users; a new one past ``max_users`` in its tenant's month is added to OTHER_USERS."""
@@ -126,7 +128,10 @@ class _Doc:
         oldest_day = time.strftime("%Y-%m-%d", time.gmtime(now - daily_ttl))
         oldest_month = time.strftime("%Y-%m", time.gmtime(now - monthly_ttl))
         tables: tuple[tuple[dict[str, dict[str, Any]], str], ...] = (
-            (self.days, oldest_day), (self.months, oldest_month), (self.alerts, oldest_month), (self.users, oldest_month),
+            (self.days, oldest_day),
+            (self.months, oldest_month),
+            (self.alerts, oldest_month),
+            (self.users, oldest_month),
         )
         for table, oldest in tables:
             for tenant in list(table):
@@ -149,7 +154,9 @@ class MemoryUsageStore:
 
     description = "memory"
 
-    def __init__(self, daily_ttl: float, monthly_ttl: float, clock: Any = time.time, *, max_end_users: int = 10_000) -> None:
+    def __init__(
+        self, daily_ttl: float, monthly_ttl: float, clock: Any = time.time, *, max_end_users: int = 10_000
+    ) -> None:
         self._doc = _Doc()
         self._ttls = (daily_ttl, monthly_ttl)
         self._clock = clock
@@ -190,7 +197,13 @@ class FileUsageStore:
     """
 
     def __init__(
-        self, path: str | Path, daily_ttl: float, monthly_ttl: float, clock: Any = time.time, *, max_end_users: int = 10_000
+        self,
+        path: str | Path,
+        daily_ttl: float,
+        monthly_ttl: float,
+        clock: Any = time.time,
+        *,
+        max_end_users: int = 10_000,
     ) -> None:
         self.path = Path(path)
         self._max_users = max_end_users
@@ -283,7 +296,14 @@ class RedisUsageStore:
     """Aggregates as Redis hashes with TTLs; every key of a tenant carries the ``{tenant}`` hash tag."""
 
     def __init__(
-        self, client: Any, prefix: str, daily_ttl: float, monthly_ttl: float, *, transaction: bool = True, max_end_users: int = 10_000
+        self,
+        client: Any,
+        prefix: str,
+        daily_ttl: float,
+        monthly_ttl: float,
+        *,
+        transaction: bool = True,
+        max_end_users: int = 10_000,
     ) -> None:
         self._redis = client
         self._prefix = prefix
@@ -431,7 +451,7 @@ class RedisUsageStore:
         for raw_name, raw_value in fields.items():
             name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
             f, _, u = name.partition(":")
-            out.setdefault(u, {g: 0 for g in USER_FIELDS})[f] = int(raw_value)
+            out.setdefault(u, dict.fromkeys(USER_FIELDS, 0))[f] = int(raw_value)
         return out
 
     async def close(self) -> None:

@@ -8,13 +8,13 @@ import logging
 
 from aiohttp import web
 
-from tollgate.errors import GatewayError, MethodNotAllowed, NotFound, Unauthenticated
-from tollgate.edge.answers import as_aiohttp, error_response, internal_error_response, json_response, request_id_from
-from tollgate.admin.usage_routes import add_accounting_routes
-from tollgate.process.public import healthz, readyz
-from tollgate.runtime.state import STATE, GatewayState
 from tollgate.admin.openapi import openapi_document
 from tollgate.admin.tenant_routes import ROUTES
+from tollgate.admin.usage_routes import add_accounting_routes
+from tollgate.edge.answers import as_aiohttp, error_response, internal_error_response, json_response, request_id_from
+from tollgate.errors import GatewayError, MethodNotAllowed, NotFound, Unauthenticated
+from tollgate.process.public import healthz, readyz
+from tollgate.runtime.state import STATE, GatewayState
 
 __all__ = ["make_admin_app"]
 

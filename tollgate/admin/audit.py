@@ -15,14 +15,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tollgate.errors import GatewayError
 from tollgate.edge.answers import status_for
+from tollgate.errors import GatewayError
 from tollgate.runtime.state import STATE
 
 __all__ = ["audit_admin_changes", "scrub"]
 
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
-_SECRET_FIELDS = frozenset({"key", "api_key", "key_hash", "sha256", "hmac_sha256", "secret", "token", "password", "plaintext"})
+_SECRET_FIELDS = frozenset(
+    {"key", "api_key", "key_hash", "sha256", "hmac_sha256", "secret", "token", "password", "plaintext"}
+)
 
 
 def scrub(value: Any) -> Any:
@@ -82,6 +84,12 @@ async def audit_admin_changes(request: web.Request, handler: Any) -> web.StreamR
             target=target,
             before=before,
             after=after,
-            detail={"method": request.method, "route": request.match_info.route.resource.canonical if request.match_info.route.resource else request.path,
-                    "status": status, "client_ip": request.remote},
+            detail={
+                "method": request.method,
+                "route": request.match_info.route.resource.canonical
+                if request.match_info.route.resource
+                else request.path,
+                "status": status,
+                "client_ip": request.remote,
+            },
         )

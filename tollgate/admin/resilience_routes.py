@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from tollgate.errors import BadRequest
 from tollgate.edge.answers import json_response
+from tollgate.errors import BadRequest
 from tollgate.runtime.state import STATE
 
 __all__ = ["RESILIENCE_ROUTES"]

@@ -27,10 +27,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tollgate.policy.admission import limit_spec, scope_key
 from tollgate.config.rules import RulesConfig
-from tollgate.errors import BadRequest, NotFound
 from tollgate.edge.answers import json_response
+from tollgate.errors import BadRequest, NotFound
+from tollgate.policy.admission import limit_spec, scope_key
 from tollgate.registry.rule_records import NAMESPACE, RULE, Entry, RuleBook, namespace_doc, record_name, rule_doc
 from tollgate.registry.stores import RegistryConflict
 from tollgate.runtime.state import STATE
@@ -69,7 +69,9 @@ def _entry(book: RuleBook, kind: str, name: str) -> Entry:
 
 
 def _invalid(problems: list[str]) -> BadRequest:
-    return BadRequest("invalid input: " + "; ".join(problems), param=problems[0].partition(":")[0], code="invalid_input")
+    return BadRequest(
+        "invalid input: " + "; ".join(problems), param=problems[0].partition(":")[0], code="invalid_input"
+    )
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -93,7 +95,9 @@ async def _write(request: web.Request, kind: str, name: str, doc: Any, *, create
     """Check the merged sections with ``doc`` as ``kind:name``; write it; return the entry now in force."""
     what = _WHAT[kind]
     if not isinstance(doc, dict):
-        raise BadRequest(f"send the {what} as a JSON object, shaped like its entry in the config file", code="invalid_input")
+        raise BadRequest(
+            f"send the {what} as a JSON object, shaped like its entry in the config file", code="invalid_input"
+        )
     book = _book(request)
     if create and book.entry(kind, name) is not None:
         where = " (declared in the config file)" if book.is_declared(kind, name) else ""
@@ -102,7 +106,9 @@ async def _write(request: web.Request, kind: str, name: str, doc: Any, *, create
     if problems:
         raise _invalid(problems)
     record = record_name(kind, name)
-    await request.app[STATE].registry.write({record: _normalised(rules, kind, name)}, create_only=[record] if create else ())
+    await request.app[STATE].registry.write(
+        {record: _normalised(rules, kind, name)}, create_only=[record] if create else ()
+    )
     return _entry(_book(request), kind, name)
 
 
@@ -113,7 +119,11 @@ def _named(doc: Any, kind: str) -> tuple[str, Any]:
     rest = dict(doc)
     name = rest.pop("name", None)
     if not isinstance(name, str) or not name:
-        raise BadRequest(f"name is required: the {_WHAT[kind]}'s name, as the key it would have in the config file", param="name", code="invalid_input")
+        raise BadRequest(
+            f"name is required: the {_WHAT[kind]}'s name, as the key it would have in the config file",
+            param="name",
+            code="invalid_input",
+        )
     return name, rest
 
 
@@ -123,7 +133,9 @@ def _named(doc: Any, kind: str) -> tuple[str, Any]:
 def _list(kind: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         live = _in_force(request, kind)
-        return json_response({"object": "list", "data": [_view(e, e.name in live) for e in _book(request).entries(kind).values()]})
+        return json_response(
+            {"object": "list", "data": [_view(e, e.name in live) for e in _book(request).entries(kind).values()]}
+        )
 
     return handler
 
@@ -159,7 +171,10 @@ async def patch_rule(request: web.Request) -> web.Response:
     current = _entry(_book(request), RULE, name)
     patch = await _json_body(request)
     if not isinstance(patch, dict) or not patch:
-        raise BadRequest('send a JSON object with the fields to change, e.g. {"enabled": false} or {"shadow": true}', code="invalid_input")
+        raise BadRequest(
+            'send a JSON object with the fields to change, e.g. {"enabled": false} or {"shadow": true}',
+            code="invalid_input",
+        )
     doc = {k: v for k, v in {**current.doc, **patch}.items() if v is not None}
     return json_response(_view(await _write(request, RULE, name, doc, create=False)))
 
@@ -178,9 +193,14 @@ def _delete(kind: str) -> Handler:
                     ways.append('disable it with PATCH {"enabled": false}')
                 if book.is_record(kind, name):
                     ways.append("DELETE with ?revert=true to drop its runtime change and restore the file's version")
-                raise BadRequest(f"{what} {name!r} is declared in the config file; " + ", or ".join(ways), code="declared_in_config")
+                raise BadRequest(
+                    f"{what} {name!r} is declared in the config file; " + ", or ".join(ways), code="declared_in_config"
+                )
             if not book.is_record(kind, name):
-                raise BadRequest(f"{what} {name!r} has no runtime change to revert: it is as the config file declares it", code="nothing_to_revert")
+                raise BadRequest(
+                    f"{what} {name!r} has no runtime change to revert: it is as the config file declares it",
+                    code="nothing_to_revert",
+                )
         _rules, problems = book.changed(kind, name, None).parse()
         if problems:
             raise _invalid(problems)

@@ -10,14 +10,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tollgate.config.model import Config
-from tollgate.errors import BadRequest, StoreError
-from tollgate.edge.answers import json_response
-from tollgate.registry.manage import Manager, key_view, tenant_view
-from tollgate.limiter.keys import tenant_key_pattern
-from tollgate.runtime.state import STATE
 from tollgate.admin.resilience_routes import RESILIENCE_ROUTES
 from tollgate.admin.rules_routes import RULE_ROUTES
+from tollgate.config.model import Config
+from tollgate.edge.answers import json_response
+from tollgate.errors import BadRequest, StoreError
+from tollgate.limiter.keys import tenant_key_pattern
+from tollgate.registry.manage import Manager, key_view, tenant_view
+from tollgate.runtime.state import STATE
 
 __all__ = ["ROUTES"]
 
@@ -71,7 +71,9 @@ async def list_tenants(request: web.Request) -> web.Response:
         if len(out) == limit:
             break
     more = bool(out) and out[-1]["id"] != (ids[-1] if ids else None)
-    return json_response({"object": "list", "data": out, "has_more": more, "next_after": out[-1]["id"] if more else None})
+    return json_response(
+        {"object": "list", "data": out, "has_more": more, "next_after": out[-1]["id"] if more else None}
+    )
 
 
 async def create_tenant(request: web.Request) -> web.Response:
@@ -210,17 +212,21 @@ async def list_plans(request: web.Request) -> web.Response:
 
 
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
-    ("GET", "/admin/plans", list_plans),
-    ("GET", "/admin/tenants", list_tenants),
-    ("POST", "/admin/tenants", create_tenant),
-    ("POST", "/admin/tenants/bulk", bulk_create_tenants),
-    ("GET", "/admin/tenants/{tenant}", get_tenant),
-    ("PATCH", "/admin/tenants/{tenant}", update_tenant),
-    ("DELETE", "/admin/tenants/{tenant}", delete_tenant),
-    ("POST", "/admin/tenants/{tenant}/suspend", suspend_tenant),
-    ("POST", "/admin/tenants/{tenant}/resume", resume_tenant),
-    ("GET", "/admin/tenants/{tenant}/keys", list_keys),
-    ("POST", "/admin/tenants/{tenant}/keys", create_key),
-    ("GET", "/admin/keys/{key}", get_key),
-    ("POST", "/admin/keys/{key}/revoke", revoke_key),
-) + RULE_ROUTES + RESILIENCE_ROUTES
+    (
+        ("GET", "/admin/plans", list_plans),
+        ("GET", "/admin/tenants", list_tenants),
+        ("POST", "/admin/tenants", create_tenant),
+        ("POST", "/admin/tenants/bulk", bulk_create_tenants),
+        ("GET", "/admin/tenants/{tenant}", get_tenant),
+        ("PATCH", "/admin/tenants/{tenant}", update_tenant),
+        ("DELETE", "/admin/tenants/{tenant}", delete_tenant),
+        ("POST", "/admin/tenants/{tenant}/suspend", suspend_tenant),
+        ("POST", "/admin/tenants/{tenant}/resume", resume_tenant),
+        ("GET", "/admin/tenants/{tenant}/keys", list_keys),
+        ("POST", "/admin/tenants/{tenant}/keys", create_key),
+        ("GET", "/admin/keys/{key}", get_key),
+        ("POST", "/admin/keys/{key}/revoke", revoke_key),
+    )
+    + RULE_ROUTES
+    + RESILIENCE_ROUTES
+)

@@ -1,22 +1,21 @@
 """Admin routes of accounting: ``/metrics``, usage and bills, CSV exports, quotas, SLA, pricing and the audit log.
 
-    GET /metrics                                   Prometheus text format (every worker's values)
-    GET /admin/tenants/{id}/usage?period=YYYY-MM   requests, tokens and cost by model and by day
-    GET /admin/tenants/{id}/usage.csv?period=...   the same, one CSV row per day and model
-    GET /admin/usage.csv?period=YYYY-MM            every tenant of the period, one row per tenant, day and model
-    GET /admin/tenants/{id}/usage?user=<end user>  that end user's requests, errors, tokens and cost in the period
-    GET /admin/tenants/{id}/usage/users?period=    the same for every end user kept apart, and the rest as "other"
-    GET /admin/tenants/{id}/quota                  used / limit / percent per quota this month, alerts fired
-    GET /admin/tenants/{id}/audit                  that tenant's audit events (same filters as below)
-    GET /admin/audit?tenant=&since=&until=&limit=  audit events, newest first (since/until: Unix seconds or ISO 8601)
-    GET /admin/sla                                 per plan: overhead p99 target, observed p99, violations
-    GET /admin/pricing                             the price table and cost rules in force
+GET /metrics                                   Prometheus text format (every worker's values)
+GET /admin/tenants/{id}/usage?period=YYYY-MM   requests, tokens and cost by model and by day
+GET /admin/tenants/{id}/usage.csv?period=...   the same, one CSV row per day and model
+GET /admin/usage.csv?period=YYYY-MM            every tenant of the period, one row per tenant, day and model
+GET /admin/tenants/{id}/usage?user=<end user>  that end user's requests, errors, tokens and cost in the period
+GET /admin/tenants/{id}/usage/users?period=    the same for every end user kept apart, and the rest as "other"
+GET /admin/tenants/{id}/quota                  used / limit / percent per quota this month, alerts fired
+GET /admin/tenants/{id}/audit                  that tenant's audit events (same filters as below)
+GET /admin/audit?tenant=&since=&until=&limit=  audit events, newest first (since/until: Unix seconds or ISO 8601)
+GET /admin/sla                                 per plan: overhead p99 target, observed p99, violations
+GET /admin/pricing                             the price table and cost rules in force
 """
 
 from __future__ import annotations
 
 import contextlib
-
 import csv
 import io
 import re
@@ -26,19 +25,29 @@ from typing import Any
 
 from aiohttp import web
 
-from tollgate.errors import BadRequest
-from tollgate.edge.answers import json_response
-from tollgate.identity.end_user import checked_end_user
-from tollgate.runtime.state import STATE
-from tollgate.admin.audit import audit_admin_changes
 from tollgate.accounting.aggregates import OTHER_USERS, USER_FIELDS, month_of, split_models
 from tollgate.accounting.metrics import CONTENT_TYPE
 from tollgate.accounting.pricing import to_money
+from tollgate.admin.audit import audit_admin_changes
+from tollgate.edge.answers import json_response
+from tollgate.errors import BadRequest
+from tollgate.identity.end_user import checked_end_user
+from tollgate.runtime.state import STATE
 
 __all__ = ["add_accounting_routes"]
 
 _PERIOD = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
-_CSV_HEADER = ("tenant", "date", "model", "requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost", "currency")
+_CSV_HEADER = (
+    "tenant",
+    "date",
+    "model",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost",
+    "currency",
+)
 
 
 def add_accounting_routes(app: web.Application) -> None:
@@ -155,7 +164,19 @@ def _csv_rows(tenant: str, days: dict[str, dict[str, Any]], currency: str) -> li
         _totals, models = split_models(fields)
         for model, v in sorted(models.items()):
             a = _amounts(v)
-            rows.append((tenant, day, model, a["requests"], a["prompt_tokens"], a["completion_tokens"], a["total_tokens"], f"{a['cost']:.9f}", currency))
+            rows.append(
+                (
+                    tenant,
+                    day,
+                    model,
+                    a["requests"],
+                    a["prompt_tokens"],
+                    a["completion_tokens"],
+                    a["total_tokens"],
+                    f"{a['cost']:.9f}",
+                    currency,
+                )
+            )
     return rows
 
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
-from tollgate.errors import ConfigError
 from tollgate.config.model import Config
 from tollgate.config.parse import parse_config
 from tollgate.config.reader import Problems, substitute_env
+from tollgate.errors import ConfigError
 
-__all__ = ["Config", "ConfigError", "load_config", "config_from_dict"]
+__all__ = ["Config", "ConfigError", "config_from_dict", "load_config"]
 
 
 def config_from_dict(doc: Any, *, env: Mapping[str, str] | None = None, source: str = "<memory>") -> Config:

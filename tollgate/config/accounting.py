@@ -11,22 +11,22 @@ from urllib.parse import urlsplit
 from tollgate.config.reader import Node
 
 __all__ = [
-    "UsageConfig",
-    "Price",
+    "QUOTA_NAMES",
+    "RESOURCES",
+    "AccessLogConfig",
+    "AccountingConfig",
+    "AlertsConfig",
+    "AuditConfig",
     "CostRule",
+    "MetricsConfig",
+    "Price",
     "PricingConfig",
     "QuotaSpend",
     "QuotasConfig",
     "Threshold",
+    "UsageConfig",
     "WebhookConfig",
-    "AlertsConfig",
-    "MetricsConfig",
-    "AccessLogConfig",
-    "AuditConfig",
-    "AccountingConfig",
     "parse_accounting",
-    "RESOURCES",
-    "QUOTA_NAMES",
 ]
 
 USAGE_BACKENDS = ("auto", "redis", "file", "memory")
@@ -281,7 +281,11 @@ def _alerts(node: Node) -> AlertsConfig:
     if node.has("thresholds"):
         for _i, item, path in node.items("thresholds"):
             t = Node(item, path, node.problems)
-            thresholds.append(Threshold(t.float("percent", min=1.0, max=1000.0) or 0.0, t.str("severity", choices=SEVERITIES) or "warning"))
+            thresholds.append(
+                Threshold(
+                    t.float("percent", min=1.0, max=1000.0) or 0.0, t.str("severity", choices=SEVERITIES) or "warning"
+                )
+            )
             t.finish()
         percents = [t.percent for t in thresholds]
         if len(set(percents)) != len(percents):
@@ -309,7 +313,11 @@ def _alerts(node: Node) -> AlertsConfig:
             max_queue=w.int("max_queue", 1000, min=1, max=1_000_000),
         )
         w.finish()
-    cfg = AlertsConfig(enabled=node.bool("enabled", True), thresholds=tuple(sorted(thresholds, key=lambda t: t.percent)), webhook=webhook)
+    cfg = AlertsConfig(
+        enabled=node.bool("enabled", True),
+        thresholds=tuple(sorted(thresholds, key=lambda t: t.percent)),
+        webhook=webhook,
+    )
     node.finish()
     return cfg
 

@@ -12,35 +12,36 @@ import hashlib
 import hmac
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from tollgate.config.reader import MISSING, Node, Problems
 
 __all__ = [
-    "TENANT_ID",
-    "KEY_ID",
-    "SUBDOMAIN",
-    "IDENTIFIERS",
-    "LIMIT_FIELDS",
-    "Limits",
-    "Plan",
     "DEFAULT_PLANS",
+    "IDENTIFIERS",
+    "KEY_ID",
+    "LIMIT_FIELDS",
+    "SUBDOMAIN",
+    "TENANT_ID",
     "ApiKey",
-    "Tenant",
-    "JwtKey",
-    "JwtConfig",
     "EndUserConfig",
     "IdentityConfig",
-    "RegistryConfig",
     "IdentitySections",
+    "JwtConfig",
+    "JwtKey",
+    "Limits",
+    "Plan",
+    "RegistryConfig",
+    "Tenant",
+    "check_tenant_refs",
     "hash_key",
     "parse_identity_sections",
-    "parse_tenant",
     "parse_key",
+    "parse_tenant",
     "parse_timestamp",
-    "check_tenant_refs",
 ]
 
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -54,7 +55,19 @@ END_USER_SOURCES = ("jwt", "body", "header")
 CREDENTIALS = ("api_key", "jwt")
 API_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 JWT_ALGORITHMS = (
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    "HS256",
+    "HS384",
+    "HS512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
 )
 LIMIT_FIELDS = (
     "monthly_requests",
@@ -119,8 +132,12 @@ DEFAULT_PLANS: Mapping[str, Plan] = frozen_map(
         for p in (
             Plan("personal", Limits(monthly_requests=10_000, concurrency=3), description="Personal"),
             Plan("small_business", Limits(monthly_requests=100_000, concurrency=10), description="Small business"),
-            Plan("enterprise", Limits(monthly_requests=1_000_000, concurrency=50, priority=1), description="Enterprise"),
-            Plan("government", Limits(monthly_requests=5_000_000, concurrency=100, priority=1), description="Government"),
+            Plan(
+                "enterprise", Limits(monthly_requests=1_000_000, concurrency=50, priority=1), description="Enterprise"
+            ),
+            Plan(
+                "government", Limits(monthly_requests=5_000_000, concurrency=100, priority=1), description="Government"
+            ),
             Plan("education", Limits(monthly_requests=500_000, concurrency=20), description="Education"),
         )
     }
@@ -273,15 +290,15 @@ def parse_timestamp(value: Any) -> float:
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, dt.datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).timestamp()
+        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
     if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc).timestamp()
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp()
     if isinstance(value, str):
         try:
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(f"must be an ISO 8601 time such as 2026-01-31T00:00:00Z (got {value!r})") from None
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)).timestamp()
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
     raise ValueError("must be an ISO 8601 time or epoch seconds")
 
 
@@ -433,11 +450,15 @@ def _check_proxies(proxies: tuple[str, ...], problems: Problems) -> None:
 
 
 def _identity(node: Node, enabled: bool) -> IdentityConfig:
-    default_chain: tuple[str, ...] = ("api_key", "jwt") if isinstance(node.data, dict) and "jwt" in node.data else ("api_key",)
+    default_chain: tuple[str, ...] = (
+        ("api_key", "jwt") if isinstance(node.data, dict) and "jwt" in node.data else ("api_key",)
+    )
     chain = node.str_list("chain", default_chain)
     for i, name in enumerate(chain):
         if name not in IDENTIFIERS:
-            node.problems.add(f"{node.at('chain')}[{i}]", f"unknown identifier {name!r} (known: {', '.join(IDENTIFIERS)})")
+            node.problems.add(
+                f"{node.at('chain')}[{i}]", f"unknown identifier {name!r} (known: {', '.join(IDENTIFIERS)})"
+            )
     if len(set(chain)) != len(chain):
         node.error("chain", "names an identifier twice")
     secret = node.str("key_secret", None)
@@ -488,7 +509,9 @@ def _end_user(node: Node, *, tenant_header: str) -> EndUserConfig:
     sources = node.str_list("from", d.sources)
     for i, name in enumerate(sources):
         if name not in END_USER_SOURCES:
-            node.problems.add(f"{node.at('from')}[{i}]", f"unknown end-user source {name!r} (known: {', '.join(END_USER_SOURCES)})")
+            node.problems.add(
+                f"{node.at('from')}[{i}]", f"unknown end-user source {name!r} (known: {', '.join(END_USER_SOURCES)})"
+            )
     if len(set(sources)) != len(sources):
         node.error("from", "names a source twice")
     elif "jwt" in sources and sources[0] != "jwt":
@@ -500,14 +523,19 @@ def _end_user(node: Node, *, tenant_header: str) -> EndUserConfig:
     if header in API_KEY_HEADERS or header in ("host", "cookie"):
         node.error("header", f"{header!r} cannot carry an end user")
     elif header == tenant_header:
-        node.error("header", f"{header!r} is identity.header.name, the tenant claim; use another header for the end user")
+        node.error(
+            "header", f"{header!r} is identity.header.name, the tenant claim; use another header for the end user"
+        )
     max_length = node.int("max_length", d.max_length, min=1, max=1024)
     node.finish()
     return EndUserConfig(sources=tuple(sources), header=header, max_length=max_length or d.max_length)
 
 
 def _jwt(node: Node) -> JwtConfig:
-    from tollgate.config.jwtkeys import load_jwks_file, load_jwt_key  # cryptography is imported only when JWT is configured
+    from tollgate.config.jwtkeys import (  # cryptography is imported only when JWT is configured
+        load_jwks_file,
+        load_jwt_key,
+    )
 
     keys: list[JwtKey] = []
     for _i, item, path in node.items("keys"):
@@ -521,10 +549,15 @@ def _jwt(node: Node) -> JwtConfig:
     algorithms = node.str_list("algorithms", key_algs)
     for i, alg in enumerate(algorithms):
         if alg not in JWT_ALGORITHMS:
-            node.problems.add(f"{node.at('algorithms')}[{i}]", f"unsupported algorithm {alg!r} (supported: {', '.join(JWT_ALGORITHMS)})")
+            node.problems.add(
+                f"{node.at('algorithms')}[{i}]",
+                f"unsupported algorithm {alg!r} (supported: {', '.join(JWT_ALGORITHMS)})",
+            )
     for k in keys:
         if k.algorithm not in algorithms:
-            node.error("algorithms", f"key {k.kid or '(no kid)'} uses {k.algorithm}, which the allow-list does not include")
+            node.error(
+                "algorithms", f"key {k.kid or '(no kid)'} uses {k.algorithm}, which the allow-list does not include"
+            )
     if not keys:
         node.error("keys", "at least one key (keys: or jwks_file:) is required")
     kids = [k.kid for k in keys if k.kid is not None]

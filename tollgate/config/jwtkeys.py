@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, ed448, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from tollgate.config.reader import Node, Problems
 
-__all__ = ["load_jwt_key", "load_jwks_file"]
+__all__ = ["load_jwks_file", "load_jwt_key"]
 
 _HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 _EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}

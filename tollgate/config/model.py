@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
-from tollgate.config.resilience import DeploymentLimits, ModelRouting, Resilience
 from tollgate.config.accounting import AccountingConfig
-from tollgate.config.identity import ApiKey, IdentityConfig, Plan, RegistryConfig, Tenant, DEFAULT_PLANS
+from tollgate.config.identity import DEFAULT_PLANS, ApiKey, IdentityConfig, Plan, RegistryConfig, Tenant
+from tollgate.config.resilience import DeploymentLimits, ModelRouting, Resilience
 from tollgate.config.rules import RulesConfig
 from tollgate.config.store import StoreConfig
 
 __all__ = [
-    "Listener",
     "AdminListener",
-    "Listeners",
-    "Guard",
-    "Timeouts",
-    "Pool",
-    "Upstream",
-    "Deployment",
-    "Model",
-    "StoreConfig",
-    "Server",
     "Config",
+    "Deployment",
+    "Guard",
+    "Listener",
+    "Listeners",
+    "Model",
+    "Pool",
+    "Server",
+    "StoreConfig",
+    "Timeouts",
+    "Upstream",
 ]
 
 

@@ -6,11 +6,22 @@ import hashlib
 import re
 from typing import Any
 
-from tollgate.config.model import AdminListener, Config, Deployment, Guard, Listener, Listeners, Model, Server, Upstream, frozen_map
+from tollgate.config.accounting import parse_accounting
 from tollgate.config.identity import parse_identity_sections
+from tollgate.config.model import (
+    AdminListener,
+    Config,
+    Deployment,
+    Guard,
+    Listener,
+    Listeners,
+    Model,
+    Server,
+    Upstream,
+    frozen_map,
+)
 from tollgate.config.reader import Node, Problems
 from tollgate.config.resilience import check_model_graph, parse_deployment_limits, parse_model_routing, parse_resilience
-from tollgate.config.accounting import parse_accounting
 from tollgate.config.rules import parse_rules
 from tollgate.config.store import parse_store
 from tollgate.config.upstreams import parse_upstream

@@ -10,20 +10,20 @@ from tollgate.config.reader import Node, Problems
 
 __all__ = [
     "STRATEGIES",
-    "RetryPolicy",
     "BreakerPolicy",
-    "HealthProbes",
-    "QueuePolicy",
-    "SheddingPolicy",
-    "HotspotPolicy",
-    "ProactiveFallback",
-    "Resilience",
     "DeploymentLimits",
+    "HealthProbes",
+    "HotspotPolicy",
     "ModelRouting",
-    "parse_resilience",
+    "ProactiveFallback",
+    "QueuePolicy",
+    "Resilience",
+    "RetryPolicy",
+    "SheddingPolicy",
+    "check_model_graph",
     "parse_deployment_limits",
     "parse_model_routing",
-    "check_model_graph",
+    "parse_resilience",
 ]
 
 STRATEGIES = ("weighted_round_robin", "least_inflight", "lowest_latency")

@@ -9,20 +9,20 @@ from typing import Any
 from tollgate.config.reader import Node, Problems
 
 __all__ = [
+    "BUDGET_WINDOWS",
+    "FIELD_CHECK_OPS",
+    "MATCHER_OPS",
+    "NANOS",
+    "PERIODS",
+    "ROLLING_MONTH_MS",
+    "SCOPES",
+    "TOKEN_COUNTS",
+    "Attach",
     "MatcherSpec",
     "NamespaceSpec",
-    "Attach",
     "RuleSpec",
     "RulesConfig",
     "parse_rules",
-    "MATCHER_OPS",
-    "FIELD_CHECK_OPS",
-    "SCOPES",
-    "PERIODS",
-    "TOKEN_COUNTS",
-    "BUDGET_WINDOWS",
-    "ROLLING_MONTH_MS",
-    "NANOS",
 ]
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -179,7 +179,9 @@ def _rule(name: str, node: Node, namespace_names: set[str]) -> RuleSpec | None:
             node.error("value", f"is required for op {op}")
         if op == "regex":
             value = _compile_check(node, value)
-        if op in ("gt", "gte", "lt", "lte", "max_length") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if op in ("gt", "gte", "lt", "lte", "max_length") and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+        ):
             node.error("value", f"must be a number for op {op}")
         spec = RuleSpec(
             **common,
@@ -212,8 +214,8 @@ def _rule(name: str, node: Node, namespace_names: set[str]) -> RuleSpec | None:
         kwargs["per"] = node.str("per", "minute", choices=("minute", "hour", "day", "month"))
         kwargs["on_exceed"] = node.str("on_exceed", "cut", choices=ON_EXCEED)
         kwargs["count"] = node.str("count", "total", choices=TOKEN_COUNTS)
-        kwargs["algorithm"] = "fixed_window" if kwargs["per"] == "month" else node.str(
-            "algorithm", "sliding_window", choices=ALGORITHMS
+        kwargs["algorithm"] = (
+            "fixed_window" if kwargs["per"] == "month" else node.str("algorithm", "sliding_window", choices=ALGORITHMS)
         )
     elif rtype == "connection_limit":
         kwargs["queue_timeout"] = node.duration("queue_timeout", 0.0, positive=False)
@@ -236,7 +238,9 @@ def parse_rules(root: Node, problems: Problems) -> RulesConfig:
     namespaces: list[NamespaceSpec] = []
     for name, node in root.named("namespaces", name_pattern=NAME):
         if name == DEFAULT_NAMESPACE:
-            node.error("", f"{DEFAULT_NAMESPACE!r} is the namespace of requests no matcher claims; it takes no matchers")
+            node.error(
+                "", f"{DEFAULT_NAMESPACE!r} is the namespace of requests no matcher claims; it takes no matchers"
+            )
         matchers = []
         for _i, item, path in node.items("matchers"):
             m = _matcher(Node(item, path, problems))

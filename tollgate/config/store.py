@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from tollgate.config.reader import Node
 
-__all__ = ["BreakerConfig", "StoreEndpoint", "StoreRouting", "StoreConfig", "parse_store", "STORE_BACKENDS"]
+__all__ = ["STORE_BACKENDS", "BreakerConfig", "StoreConfig", "StoreEndpoint", "StoreRouting", "parse_store"]
 
 STORE_BACKENDS = ("embedded", "redis")
 STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -188,7 +188,10 @@ def _endpoint(name: str, node: Node, *, finish: bool = True) -> StoreEndpoint:
         timeout = MAX_TIMEOUT
     queue_timeout = node.duration("queue_timeout", _ENDPOINT.queue_timeout)
     if queue_timeout > MAX_TIMEOUT:
-        node.error("queue_timeout", f"must be at most {MAX_TIMEOUT:.0f}s: requests wait this long when the gateway is saturated")
+        node.error(
+            "queue_timeout",
+            f"must be at most {MAX_TIMEOUT:.0f}s: requests wait this long when the gateway is saturated",
+        )
         queue_timeout = MAX_TIMEOUT
     b = node.child("breaker")
     open_for = b.duration("open_for", _BREAKER.open_for)

@@ -18,13 +18,13 @@ from tollgate.config.model import DEFAULT_FORWARD_HEADERS, Pool, Timeouts, Upstr
 from tollgate.config.reader import Node
 
 __all__ = [
-    "parse_upstream",
     "AUTH_HEADERS",
+    "CONFIG_ONLY",
+    "CONNECTION_RELAY_HEADER",
     "DEFAULT_FORWARD_HEADERS",
     "NEVER_FORWARDED",
     "NEVER_FORWARDED_PREFIXES",
-    "CONFIG_ONLY",
-    "CONNECTION_RELAY_HEADER",
+    "parse_upstream",
 ]
 
 AUTH_HEADERS = ("authorization", "api-key", "x-api-key", "none")
@@ -40,7 +40,9 @@ CLIENT_CREDENTIALS = frozenset({"authorization", "proxy-authorization", "api-key
 # Who the client is and where it came from is the gateway's to say (X-Forwarded-For: the address it settled on).
 CLIENT_ADDRESS = frozenset({"forwarded", "x-real-ip", "x-client-ip", "true-client-ip", "cf-connecting-ip", "via"})
 # Framing, the body's type and coding, the request id: the gateway sets them itself.
-GATEWAY_SET = frozenset({"host", "content-length", "content-type", "content-encoding", "accept-encoding", "expect", "x-request-id"})
+GATEWAY_SET = frozenset(
+    {"host", "content-length", "content-type", "content-encoding", "accept-encoding", "expect", "x-request-id"}
+)
 NEVER_FORWARDED = HOP_BY_HOP | CLIENT_CREDENTIALS | CLIENT_ADDRESS | GATEWAY_SET
 NEVER_FORWARDED_PREFIXES = ("proxy-", "x-forwarded-", "x-tollgate-")
 # The provider account a call is billed to and the features enabled on it: the operator's, never a tenant's.

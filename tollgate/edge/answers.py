@@ -17,22 +17,39 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tollgate.errors import BadRequest, Conflict, Forbidden, GatewayError, HeadersTooLarge, MethodNotAllowed, NotFound, Overloaded, PayloadTooLarge, RateLimited, StoreError, Unauthenticated, UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from tollgate.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    GatewayError,
+    HeadersTooLarge,
+    MethodNotAllowed,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    RateLimited,
+    StoreError,
+    Unauthenticated,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 __all__ = [
-    "Response",
-    "status_for",
-    "error_body",
-    "error_answer",
-    "internal_error_answer",
-    "json_answer",
-    "as_aiohttp",
-    "error_response",
-    "internal_error_response",
-    "json_response",
-    "request_id_from",
-    "new_request_id",
     "REQUEST_ID_HEADER",
+    "Response",
+    "as_aiohttp",
+    "error_answer",
+    "error_body",
+    "error_response",
+    "internal_error_answer",
+    "internal_error_response",
+    "json_answer",
+    "json_response",
+    "new_request_id",
+    "request_id_from",
+    "status_for",
 ]
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -92,7 +109,11 @@ def error_answer(exc: GatewayError, request_id: str) -> Response:
 def internal_error_answer(request_id: str) -> Response:
     """A bug on our side: say so without a traceback, and point at the request id in our logs."""
     message = f"internal gateway error; quote request id {request_id} when reporting it"
-    return Response(500, error_body(message, "server_error", "internal_error"), {"Content-Type": _JSON, REQUEST_ID_HEADER: request_id})
+    return Response(
+        500,
+        error_body(message, "server_error", "internal_error"),
+        {"Content-Type": _JSON, REQUEST_ID_HEADER: request_id},
+    )
 
 
 def json_answer(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -128,4 +149,3 @@ def request_id_from(value: str | None) -> str:
     if value is not None and _REQUEST_ID.fullmatch(value):
         return value
     return new_request_id()
-

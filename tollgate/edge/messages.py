@@ -110,8 +110,20 @@ class Body:
 class Request:
     """What the handler sees of one request; the attribute names follow aiohttp's ``BaseRequest``."""
 
-    __slots__ = ("method", "path", "query_string", "version", "headers", "raw_headers", "transport", "content_length",
-                 "chunked", "keep_alive", "content", "_query")
+    __slots__ = (
+        "method",
+        "path",
+        "query_string",
+        "version",
+        "headers",
+        "raw_headers",
+        "transport",
+        "content_length",
+        "chunked",
+        "keep_alive",
+        "content",
+        "_query",
+    )
 
     def __init__(
         self,

@@ -52,7 +52,10 @@ def _sf_string(name: str) -> str:
 
 
 # Per unit: the names of its three x-ratelimit headers.
-_NAMES = {unit: (f"x-ratelimit-limit-{unit}", f"x-ratelimit-remaining-{unit}", f"x-ratelimit-reset-{unit}") for unit in ("requests", "tokens")}
+_NAMES = {
+    unit: (f"x-ratelimit-limit-{unit}", f"x-ratelimit-remaining-{unit}", f"x-ratelimit-reset-{unit}")
+    for unit in ("requests", "tokens")
+}
 # (name, limit, window_ms) -> (limit as text, quoted name, RateLimit-Policy item): the same for every request of a limit.
 _STATIC: dict[tuple[str, int, int], tuple[str, str, str]] = {}
 

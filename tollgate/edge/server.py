@@ -72,7 +72,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from tollgate.edge.answers import Response, error_body, internal_error_answer, new_request_id
 from tollgate.edge.messages import Body, Request, StreamResponse
 
-__all__ = ["HttpServer", "Request", "Response", "StreamResponse", "Handler", "REFUSALS"]
+__all__ = ["REFUSALS", "Handler", "HttpServer", "Request", "Response", "StreamResponse"]
 
 log = logging.getLogger("tollgate.httpserver")
 
@@ -165,7 +165,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
         server = self._server
         if len(server.connections) >= server.max_connections:
-            self._refuse(_Refusal(503, "too many open connections; retry later", "connection_limit", "too_many_connections"))
+            self._refuse(
+                _Refusal(503, "too many open connections; retry later", "connection_limit", "too_many_connections")
+            )
             return
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -336,16 +338,22 @@ class _Connection(asyncio.Protocol):
         url, raw = self._url, self._raw
         # A head that came whole in one read no larger than the cap is within the cap; another one is counted.
         limit = self._server.max_head
-        if len(raw) > MAX_HEADERS or ((not self._head_fresh or self._read_size > limit) and _head_bytes(url, raw) > limit):
+        if len(raw) > MAX_HEADERS or (
+            (not self._head_fresh or self._read_size > limit) and _head_bytes(url, raw) > limit
+        ):
             raise self._too_large()
         self._url, self._raw = b"", []
         if url[:1] != b"/" and url != b"*":
             raise _Refusal(400, "the request target must be a path (origin form), not an absolute URL or an authority")
         # llhttp drops the whitespace before a value, not after it.
-        headers = CIMultiDict([(n.decode("latin-1"), v.rstrip(b" \t").decode("utf-8", "surrogateescape")) for n, v in raw])
+        headers = CIMultiDict(
+            [(n.decode("latin-1"), v.rstrip(b" \t").decode("utf-8", "surrogateescape")) for n, v in raw]
+        )
         hosts = headers.getall("host", ())
         if len(hosts) > 1 or (minor == 1 and not hosts):
-            raise _Refusal(400, "an HTTP/1.1 request carries exactly one Host header" if minor else "more than one Host header")
+            raise _Refusal(
+                400, "an HTTP/1.1 request carries exactly one Host header" if minor else "more than one Host header"
+            )
         if hosts and hosts[0] != self._valid_host:  # a keep-alive client names the same host each time
             if _HOST.fullmatch(hosts[0]) is None:
                 raise _Refusal(400, "the Host header is not a valid host[:port]")
@@ -361,7 +369,11 @@ class _Connection(asyncio.Protocol):
                 # llhttp calls us before it refuses a list that does not end in chunked (no length then: 400).
                 if coding.rpartition(",")[2].strip() != "chunked":
                     raise _Refusal(400, "Transfer-Encoding must end in chunked")
-                raise _Refusal(501, "unsupported Transfer-Encoding (only chunked is accepted)", code="unsupported_transfer_encoding")
+                raise _Refusal(
+                    501,
+                    "unsupported Transfer-Encoding (only chunked is accepted)",
+                    code="unsupported_transfer_encoding",
+                )
             chunked = True
         else:
             declared = headers.get("content-length")  # llhttp has checked it: digits, one value
@@ -378,8 +390,19 @@ class _Connection(asyncio.Protocol):
         path, _, query = url.partition(b"?")
         transport = self.transport
         assert transport is not None
-        return Request(parser.get_method().decode("ascii"), path.decode("ascii"), query.decode("ascii"), minor,
-                       CIMultiDictProxy(headers), tuple(raw), transport, length, chunked, keep_alive, body)
+        return Request(
+            parser.get_method().decode("ascii"),
+            path.decode("ascii"),
+            query.decode("ascii"),
+            minor,
+            CIMultiDictProxy(headers),
+            tuple(raw),
+            transport,
+            length,
+            chunked,
+            keep_alive,
+            body,
+        )
 
     # -- serving ---------------------------------------------------------------------
     def _start(self, request: Request) -> None:
@@ -400,7 +423,13 @@ class _Connection(asyncio.Protocol):
                 await answer.write_eof()
             else:
                 body = answer.body
-                self.write_head(answer.status, answer.headers, None, body=b"" if request.method == "HEAD" else body, length=len(body))
+                self.write_head(
+                    answer.status,
+                    answer.headers,
+                    None,
+                    body=b"" if request.method == "HEAD" else body,
+                    length=len(body),
+                )
         except asyncio.CancelledError:
             self.closing = True
             return
@@ -483,7 +512,14 @@ class _Connection(asyncio.Protocol):
             timeout = self._server.head_timeout
             if now - began > timeout:
                 if self._in_head:
-                    self._refuse(_Refusal(408, f"the request head did not arrive within {timeout:g}s", "head_timeout", "request_timeout"))
+                    self._refuse(
+                        _Refusal(
+                            408,
+                            f"the request head did not arrive within {timeout:g}s",
+                            "head_timeout",
+                            "request_timeout",
+                        )
+                    )
                 else:  # not a byte of a request: nobody to answer
                     self._server.refused("head_timeout")
                     self._close()
@@ -523,8 +559,14 @@ class _Connection(asyncio.Protocol):
         if length is not None:
             lines.append(f"Content-Length: {length}\r\n")
         request = self._serving
-        if (self.closing or self._server.stopping or request is None or not request.keep_alive
-                or not request.content.done or (streaming and framing is None)):
+        if (
+            self.closing
+            or self._server.stopping
+            or request is None
+            or not request.keep_alive
+            or not request.content.done
+            or (streaming and framing is None)
+        ):
             lines.append("Connection: close\r\n")
             self.closing = True
         elif request.version == 0:
@@ -536,8 +578,10 @@ class _Connection(asyncio.Protocol):
             log.error("refusing to send a response header with CR, LF or NUL in it (status %d)", status)
             self.closing = True
             body = error_body("the gateway built an invalid response header", "server_error", "internal_error")
-            text = (f"HTTP/1.1 500 {_REASONS[500]}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                    "Connection: close\r\n")
+            text = (
+                f"HTTP/1.1 500 {_REASONS[500]}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n"
+            )
         head = text.encode("utf-8", "surrogateescape")
         self.write(head + b"Date: " + _Date.now() + b"\r\n\r\n" + body)
 
@@ -597,7 +641,9 @@ class HttpServer:
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 2048) -> int:
         """Binds and listens; returns the bound port."""
-        self._server = await self.loop.create_server(self.protocol_factory, host, port, reuse_port=reuse_port or None, backlog=backlog)
+        self._server = await self.loop.create_server(
+            self.protocol_factory, host, port, reuse_port=reuse_port or None, backlog=backlog
+        )
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
         return self.port
@@ -634,7 +680,9 @@ class HttpServer:
             for task in pending:
                 task.cancel()
             if pending:
-                log.warning("%d request(s) still running after the %.0fs grace period were cancelled", len(pending), grace)
+                log.warning(
+                    "%d request(s) still running after the %.0fs grace period were cancelled", len(pending), grace
+                )
                 await asyncio.wait(pending, timeout=1.0)
         for conn in list(self.connections):
             if conn.transport is not None:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from tollgate.edge.server import Request
     from tollgate.pipeline.context import RequestContext
 
-__all__ = ["IdentityRuntime", "compile_identity", "identify", "authenticate", "client_ip"]
+__all__ = ["IdentityRuntime", "authenticate", "client_ip", "compile_identity", "identify"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DUMMY_DIGEST = bytes(32)
@@ -35,8 +35,21 @@ class IdentityRuntime:
     """The identifier chain compiled for one config version."""
 
     __slots__ = (
-        "enabled", "credentials", "claims", "trusted", "proxies", "key_headers", "use_authorization",
-        "jwt", "base_domains", "header", "query", "digest", "clock", "labels", "end_users",
+        "enabled",
+        "credentials",
+        "claims",
+        "trusted",
+        "proxies",
+        "key_headers",
+        "use_authorization",
+        "jwt",
+        "base_domains",
+        "header",
+        "query",
+        "digest",
+        "clock",
+        "labels",
+        "end_users",
     )
 
     def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
@@ -156,7 +169,11 @@ def authenticate(request: Request, identity: IdentityRuntime, directory: Directo
     for name in identity.credentials:
         if name == "api_key":
             key = None
-            if bearer is not None and identity.use_authorization and not (identity.jwt is not None and looks_like_jwt(bearer)):
+            if (
+                bearer is not None
+                and identity.use_authorization
+                and not (identity.jwt is not None and looks_like_jwt(bearer))
+            ):
                 key = bearer
             else:
                 for h in identity.key_headers:

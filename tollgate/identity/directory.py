@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tollgate.config.identity import ApiKey, Limits, Plan, Tenant, parse_key, parse_tenant
-from tollgate.registry.records import key_from_record, tenant_from_record
 from tollgate.config.model import Config
 from tollgate.config.reader import Node, Problems
+from tollgate.registry.records import key_from_record, tenant_from_record
 
-__all__ = ["Principal", "ANONYMOUS", "TenantEntry", "KeyEntry", "Directory", "Refusal"]
+__all__ = ["ANONYMOUS", "Directory", "KeyEntry", "Principal", "Refusal", "TenantEntry"]
 
 log = logging.getLogger("tollgate.identity")
 
@@ -224,13 +224,17 @@ class Directory:
     def _tenant_entry(self, tenant: Tenant, source: str) -> TenantEntry:
         plan = self.plans.get(tenant.plan)
         if plan is None:
-            refusal = Refusal(True, f"tenant {tenant.id!r} is on plan {tenant.plan!r}, which is not configured", "plan_not_configured")
+            refusal = Refusal(
+                True, f"tenant {tenant.id!r} is on plan {tenant.plan!r}, which is not configured", "plan_not_configured"
+            )
             return TenantEntry(tenant, source, None, refusal)
         limits, allowed = _effective(plan, tenant)
         principal = Principal(tenant.id, plan.name, limits, allowed, via="claim")
         refusal = None
         if tenant.status == "suspended":
-            refusal = Refusal(True, f"tenant {tenant.id!r} is suspended; contact the gateway operator", "tenant_suspended")
+            refusal = Refusal(
+                True, f"tenant {tenant.id!r} is suspended; contact the gateway operator", "tenant_suspended"
+            )
         return TenantEntry(tenant, source, principal, refusal)
 
     def _key_entry(self, key: ApiKey, tenant: TenantEntry, source: str) -> KeyEntry | None:
@@ -239,7 +243,10 @@ class Directory:
             log.error(
                 "API key %s of tenant %s is stored as %s but the gateway hashes keys with %s "
                 "(identity.key_secret changed?): it cannot be used",
-                key.id, key.tenant, kind, self.hash_kind,
+                key.id,
+                key.tenant,
+                kind,
+                self.hash_kind,
             )
             return None
         digest = bytes.fromhex(hexdigest)

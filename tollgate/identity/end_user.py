@@ -23,8 +23,8 @@ from tollgate.config.identity import EndUserConfig
 from tollgate.errors import BadRequest
 
 if TYPE_CHECKING:
-    from tollgate.pipeline.context import RequestContext
     from tollgate.identity.directory import Principal
+    from tollgate.pipeline.context import RequestContext
 
 __all__ = ["EndUsers", "checked_end_user"]
 
@@ -38,7 +38,9 @@ def checked_end_user(value: Any, field: str, max_length: int, param: str | None)
     """``value`` as an end user (``None`` for an empty string), or :class:`BadRequest` naming ``field`` (and ``param``)."""
     if not isinstance(value, str):
         kind = _KINDS.get(type(value), type(value).__name__)
-        raise BadRequest(f"Invalid type for '{field}': expected a string, but got {kind} instead.", param=param, code="invalid_type")
+        raise BadRequest(
+            f"Invalid type for '{field}': expected a string, but got {kind} instead.", param=param, code="invalid_type"
+        )
     if not value:
         return None
     if len(value) > max_length:
@@ -51,7 +53,9 @@ def checked_end_user(value: Any, field: str, max_length: int, param: str | None)
     bad = _REFUSED.search(value)
     if bad is not None:
         what = "is not valid UTF-8" if "\ud800" <= bad.group() <= "\udfff" else "contains a control character"
-        raise BadRequest(f"Invalid '{field}': the end user {what} (at index {bad.start()}).", param=param, code="invalid_value")
+        raise BadRequest(
+            f"Invalid '{field}': the end user {what} (at index {bad.start()}).", param=param, code="invalid_value"
+        )
     return value
 
 

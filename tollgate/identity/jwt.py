@@ -91,7 +91,9 @@ class JwtVerifier:
         if kid is not None:
             key = self.by_kid.get(kid) if isinstance(kid, str) else None
             if key is None or key.algorithm != alg:
-                raise Unauthenticated("the token names a signing key (kid) this gateway does not know for its algorithm")
+                raise Unauthenticated(
+                    "the token names a signing key (kid) this gateway does not know for its algorithm"
+                )
             return (key,)
         keys = self.by_alg.get(alg, ())
         if not keys:

@@ -1,6 +1,15 @@
 """The limiter's policy side: limits, keys, all-or-nothing admission, settling and leases; no Redis client here."""
 
-from tollgate.limiter.decision import Consumed, Decision, Extension, Lease, LimitState, Reservation, SettledLimit, Settlement
+from tollgate.limiter.decision import (
+    Consumed,
+    Decision,
+    Extension,
+    Lease,
+    LimitState,
+    Reservation,
+    SettledLimit,
+    Settlement,
+)
 from tollgate.limiter.factory import build_engine, build_limiter
 from tollgate.limiter.keys import KeyBuilder, encode_value, tenant_key_pattern
 from tollgate.limiter.limiter import FAIL_CLOSED_RETRY_MS, LOCAL_STORE, Limiter, LimiterStats
@@ -8,16 +17,17 @@ from tollgate.limiter.spec import CALENDARS, FAIL_MODES, KINDS, RESERVED_UNITS, 
 
 __all__ = [
     "CALENDARS",
-    "Consumed",
-    "Decision",
-    "Extension",
     "FAIL_CLOSED_RETRY_MS",
     "FAIL_MODES",
     "KINDS",
-    "KeyBuilder",
     "LOCAL_STORE",
-    "Lease",
     "RESERVED_UNITS",
+    "UNITS",
+    "Consumed",
+    "Decision",
+    "Extension",
+    "KeyBuilder",
+    "Lease",
     "LimitSpec",
     "LimitState",
     "Limiter",
@@ -25,7 +35,6 @@ __all__ = [
     "Reservation",
     "SettledLimit",
     "Settlement",
-    "UNITS",
     "build_engine",
     "build_limiter",
     "encode_value",

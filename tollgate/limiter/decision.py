@@ -7,7 +7,17 @@ from typing import NamedTuple
 
 from tollgate.limiter.spec import LimitSpec
 
-__all__ = ["LimitState", "Decision", "Reservation", "Lease", "Charge", "Settlement", "SettledLimit", "Consumed", "Extension"]
+__all__ = [
+    "Charge",
+    "Consumed",
+    "Decision",
+    "Extension",
+    "Lease",
+    "LimitState",
+    "Reservation",
+    "SettledLimit",
+    "Settlement",
+]
 
 
 class LimitState(NamedTuple):

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from tollgate.limiter.spec import LimitSpec
 
-__all__ = ["KeyBuilder", "encode_value", "tenant_key_pattern", "PREFIX"]
+__all__ = ["PREFIX", "KeyBuilder", "encode_value", "tenant_key_pattern"]
 
 PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 MAX_ENCODED = 64

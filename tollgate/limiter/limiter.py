@@ -20,13 +20,23 @@ from typing import Any, NamedTuple
 
 from tollgate.clock import Clock
 from tollgate.errors import StoreError, StoreOverloaded, StoreUnavailable
-from tollgate.limiter.store.engine import ScriptEngine
-from tollgate.limiter.decision import Charge, Consumed, Decision, Extension, Lease, LimitState, Reservation, SettledLimit, Settlement
+from tollgate.limiter.decision import (
+    Charge,
+    Consumed,
+    Decision,
+    Extension,
+    Lease,
+    LimitState,
+    Reservation,
+    SettledLimit,
+    Settlement,
+)
 from tollgate.limiter.keys import KeyBuilder
 from tollgate.limiter.local_cache import OverLimitCache
 from tollgate.limiter.spec import LimitSpec
+from tollgate.limiter.store.engine import ScriptEngine
 
-__all__ = ["Limiter", "LimiterStats", "LOCAL_STORE", "FAIL_CLOSED_RETRY_MS"]
+__all__ = ["FAIL_CLOSED_RETRY_MS", "LOCAL_STORE", "Limiter", "LimiterStats"]
 
 LOCAL_STORE = "local"  # the name charges carry when the embedded fallback took them
 FAIL_CLOSED_RETRY_MS = 1000  # what a fail_closed refusal tells the client to wait
@@ -94,10 +104,20 @@ _by_index = operator.itemgetter(0)  # sorts (index, LimitState) pairs
 
 def _state(spec: LimitSpec, reply: Sequence[int], j: int, *, degraded: bool = False) -> LimitState:
     # _make: a named tuple from one tuple, without the keyword-handling constructor (one per limit per request)
-    return LimitState._make((
-        spec.name, spec.kind, spec.unit, reply[j] == 1, reply[j + 1], reply[j + 2], reply[j + 3], reply[j + 4],
-        spec.shadow, degraded,
-    ))
+    return LimitState._make(
+        (
+            spec.name,
+            spec.kind,
+            spec.unit,
+            reply[j] == 1,
+            reply[j + 1],
+            reply[j + 2],
+            reply[j + 3],
+            reply[j + 4],
+            spec.shadow,
+            degraded,
+        )
+    )
 
 
 def _divided(spec: LimitSpec, instances: int) -> LimitSpec:
@@ -109,7 +129,9 @@ def _divided(spec: LimitSpec, instances: int) -> LimitSpec:
 class _Outcome:
     __slots__ = ("allowed", "states", "charges", "degraded")
 
-    def __init__(self, allowed: bool, states: list[tuple[int, LimitState]], charges: list[Charge], degraded: bool) -> None:
+    def __init__(
+        self, allowed: bool, states: list[tuple[int, LimitState]], charges: list[Charge], degraded: bool
+    ) -> None:
         self.allowed = allowed
         self.states = states
         self.charges = charges
@@ -375,14 +397,41 @@ class Limiter:
                 local.append(it)
             elif spec.fail_mode == "fail_closed" and not spec.shadow:
                 refused = True
-                states.append((it.index, LimitState(
-                    spec.name, spec.kind, spec.unit, False, spec.limit, 0, FAIL_CLOSED_RETRY_MS,
-                    FAIL_CLOSED_RETRY_MS, spec.shadow, True,
-                )))
+                states.append(
+                    (
+                        it.index,
+                        LimitState(
+                            spec.name,
+                            spec.kind,
+                            spec.unit,
+                            False,
+                            spec.limit,
+                            0,
+                            FAIL_CLOSED_RETRY_MS,
+                            FAIL_CLOSED_RETRY_MS,
+                            spec.shadow,
+                            True,
+                        ),
+                    )
+                )
             else:  # fail_open, or a shadow limit, or no embedded engine to fall back on
-                states.append((it.index, LimitState(
-                    spec.name, spec.kind, spec.unit, True, spec.limit, spec.limit, 0, 0, spec.shadow, True,
-                )))
+                states.append(
+                    (
+                        it.index,
+                        LimitState(
+                            spec.name,
+                            spec.kind,
+                            spec.unit,
+                            True,
+                            spec.limit,
+                            spec.limit,
+                            0,
+                            0,
+                            spec.shadow,
+                            True,
+                        ),
+                    )
+                )
         if refused or not local:  # a fail_closed refusal: the local limits are not even consumed
             return _Outcome(not refused, states, [], True)
         assert self._local is not None
@@ -669,7 +718,10 @@ class Limiter:
         if not local:
             return []
         assert self._local is not None
-        divided = [(i, _divided(spec, self._instances), f"{key}@{store}", tag, want, need) for i, spec, key, tag, want, need in local]
+        divided = [
+            (i, _divided(spec, self._instances), f"{key}@{store}", tag, want, need)
+            for i, spec, key, tag, want, need in local
+        ]
         reply = await self._local.run("extend", [it[2] for it in divided], _extend_args(divided))
         charges = []
         for n, (i, spec, key, tag, _, _) in enumerate(divided):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tollgate.limiter.decision import LimitState
 
-__all__ = ["OverLimitCache", "RESERVED_TRUST_MS"]
+__all__ = ["RESERVED_TRUST_MS", "OverLimitCache"]
 
 
 # How long a refusal of a reserved limit (tokens, money) is trusted: settling gives back what requests
@@ -63,7 +63,9 @@ class OverLimitCache:
         state = entry.state
         return state._replace(retry_after_ms=left_ms, reset_ms=max(left_ms, state.reset_ms - elapsed_ms))
 
-    def remember(self, store: str, key: str, cost: int, state: LimitState, now: float, *, reserved: bool = False) -> None:
+    def remember(
+        self, store: str, key: str, cost: int, state: LimitState, now: float, *, reserved: bool = False
+    ) -> None:
         """Remember a refusal; ``reserved``: the limit's reservations settle (trusted for a second at most)."""
         if self._max <= 0 or state.retry_after_ms <= 0 or state.kind == "concurrency":
             return

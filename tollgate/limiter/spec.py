@@ -8,16 +8,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
-    "LimitSpec",
-    "Kind",
-    "FailMode",
-    "Calendar",
-    "Unit",
-    "KINDS",
-    "FAIL_MODES",
     "CALENDARS",
-    "UNITS",
+    "FAIL_MODES",
+    "KINDS",
     "RESERVED_UNITS",
+    "UNITS",
+    "Calendar",
+    "FailMode",
+    "Kind",
+    "LimitSpec",
+    "Unit",
 ]
 
 Kind = Literal["sliding_window", "gcra", "fixed_window", "concurrency"]
@@ -108,7 +108,11 @@ def _problems(s: LimitSpec) -> list[str]:
     if s.tenant is not None and (not isinstance(s.tenant, str) or not s.tenant):
         out.append("tenant must be a non-empty string or None")
     if not isinstance(s.scope_key, tuple) or not all(
-        isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and SCOPE_NAME.fullmatch(p[0]) and isinstance(p[1], str)
+        isinstance(p, tuple)
+        and len(p) == 2
+        and isinstance(p[0], str)
+        and SCOPE_NAME.fullmatch(p[0])
+        and isinstance(p[1], str)
         for p in s.scope_key
     ):
         out.append(f"scope_key must be a tuple of (scope, value) string pairs, scope matching {SCOPE_NAME.pattern}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["HEADER_PREFIX", "MockSettings", "knobs_for", "add_arguments", "settings_from_args"]
+__all__ = ["HEADER_PREFIX", "MockSettings", "add_arguments", "knobs_for", "settings_from_args"]
 
 HEADER_PREFIX = "x-mock-"
 
@@ -99,7 +99,9 @@ def knobs_for(raw_headers: Iterable[tuple[bytes, bytes]], settings: MockSettings
             if overrides is None:
                 overrides = {}
             text = value.decode(errors="replace").strip()
-            overrides[knob] = None if text.lower() in ("", "none", "off") and knob.endswith("_after") else _KNOB_FIELDS[knob](text)
+            overrides[knob] = (
+                None if text.lower() in ("", "none", "off") and knob.endswith("_after") else _KNOB_FIELDS[knob](text)
+            )
     if overrides is None:
         return settings
     return dataclasses.replace(settings, **overrides)
@@ -108,7 +110,9 @@ def knobs_for(raw_headers: Iterable[tuple[bytes, bytes]], settings: MockSettings
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``MockSettings`` fields as ``--flags`` (host and port are the caller's)."""
     d = MockSettings()
-    g = parser.add_argument_group("mock upstream behaviour (each fault knob also settable per request by an x-mock-* header)")
+    g = parser.add_argument_group(
+        "mock upstream behaviour (each fault knob also settable per request by an x-mock-* header)"
+    )
     g.add_argument("--latency-ms", type=float, default=d.latency_ms, help="delay before the first byte")
     g.add_argument("--tokens-per-second", type=float, default=d.tokens_per_second, help="stream pacing; 0 = unpaced")
     g.add_argument("--status", type=int, default=d.status, help="answer every request with this status (0 = off)")
@@ -117,10 +121,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--retry-after", type=int, default=d.retry_after, help="Retry-After seconds sent with 429")
     g.add_argument("--cut-after", type=int, default=d.cut_after, help="close streams abruptly after N events")
     g.add_argument("--stall-after", type=int, default=d.stall_after, help="stall streams after N events")
-    g.add_argument("--malformed-after", type=int, default=d.malformed_after, help="send a non-JSON SSE event after N events")
+    g.add_argument(
+        "--malformed-after", type=int, default=d.malformed_after, help="send a non-JSON SSE event after N events"
+    )
     g.add_argument("--completion-tokens", type=int, default=d.completion_tokens, help="generate exactly N tokens")
     g.add_argument("--usage-chunk-delta", action="store_true", help='usage chunk with choices [{"index":0,"delta":{}}]')
-    g.add_argument("--linger-after-done-ms", type=float, default=d.linger_after_done_ms, help="end stream bodies this long after [DONE]")
+    g.add_argument(
+        "--linger-after-done-ms",
+        type=float,
+        default=d.linger_after_done_ms,
+        help="end stream bodies this long after [DONE]",
+    )
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the --error-rate RNG")
     g.add_argument("--default-tokens", type=int, default=d.default_tokens, help="tokens generated without max_tokens")
     g.add_argument("--max-tokens-cap", type=int, default=d.max_tokens_cap, help="upper bound on generated tokens")
@@ -136,4 +147,3 @@ def settings_from_args(ns: argparse.Namespace) -> MockSettings:
     if isinstance(values.get("models"), str):
         values["models"] = tuple(m.strip() for m in values["models"].split(",") if m.strip())
     return MockSettings(**values)
-

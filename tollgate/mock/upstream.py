@@ -73,22 +73,52 @@ from aiohttp import web
 from tollgate.mock.settings import HEADER_PREFIX, MockSettings, add_arguments, knobs_for, settings_from_args
 
 __all__ = [
+    "HEADER_PREFIX",
+    "MOCK_STATE",
     "MockSettings",
     "MockState",
-    "MOCK_STATE",
-    "make_mock_app",
-    "start_mock",
-    "run_mock",
     "add_arguments",
+    "make_mock_app",
+    "run_mock",
     "settings_from_args",
-    "HEADER_PREFIX",
+    "start_mock",
 ]
 
 
-_WORDS = (
-    "the quick brown fox jumps over a lazy dog while seven wizards quietly pack boxes of "
-    "liquor jugs and every sphinx of black quartz judges my vow to keep the gateway fast"
-).split()
+_WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "seven",
+    "wizards",
+    "quietly",
+    "pack",
+    "boxes",
+    "of",
+    "liquor",
+    "jugs",
+    "and",
+    "every",
+    "sphinx",
+    "of",
+    "black",
+    "quartz",
+    "judges",
+    "my",
+    "vow",
+    "to",
+    "keep",
+    "the",
+    "gateway",
+    "fast",
+]
 _JSON = "application/json"
 _SSE_HEADERS = MappingProxyType({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
 _DONE_EVENT = b"data: [DONE]\n\n"
@@ -100,7 +130,11 @@ _REPLY_PRIMING_TOKENS = 3
 _ERROR_KINDS: Mapping[int, tuple[str, str | None, str]] = MappingProxyType(
     {
         400: ("invalid_request_error", None, "Bad request (injected by the mock upstream)."),
-        401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided (injected by the mock upstream)."),
+        401: (
+            "invalid_request_error",
+            "invalid_api_key",
+            "Incorrect API key provided (injected by the mock upstream).",
+        ),
         403: ("permission_error", "permission_denied", "Not allowed (injected by the mock upstream)."),
         404: ("invalid_request_error", "model_not_found", "The model does not exist (injected by the mock upstream)."),
         429: ("requests", "rate_limit_exceeded", "Rate limit reached (injected by the mock upstream)."),
@@ -128,7 +162,10 @@ class _Text:
 
     def deltas(self, tokens: int, per_chunk: int) -> list[bytes]:
         """The JSON-encoded content of each stream delta."""
-        return [orjson.dumps(self.text[self.ends[i] : self.ends[min(i + per_chunk, tokens)]]) for i in range(0, tokens, per_chunk)]
+        return [
+            orjson.dumps(self.text[self.ends[i] : self.ends[min(i + per_chunk, tokens)]])
+            for i in range(0, tokens, per_chunk)
+        ]
 
 
 class MockState:
@@ -141,7 +178,10 @@ class MockState:
         self.sequence = 0
         self.requests: deque[dict[str, Any]] = deque(maxlen=settings.record_limit)
         self.text = _Text(settings.max_tokens_cap)
-        vector = [round(math.sin(i * 0.7 + 1.0) / math.sqrt(settings.embedding_dim / 2), 6) for i in range(settings.embedding_dim)]
+        vector = [
+            round(math.sin(i * 0.7 + 1.0) / math.sqrt(settings.embedding_dim / 2), 6)
+            for i in range(settings.embedding_dim)
+        ]
         self.vector = vector
         self.vector_json = orjson.dumps(vector)
         self.vector_b64 = orjson.dumps(base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode())
@@ -180,9 +220,16 @@ MOCK_STATE = web.AppKey("mock_state", MockState)
 # ---------------------------------------------------------------- helpers
 
 
-def _error(status: int, message: str | None = None, *, param: str | None = None, retry_after: int | None = None) -> web.Response:
+def _error(
+    status: int, message: str | None = None, *, param: str | None = None, retry_after: int | None = None
+) -> web.Response:
     kind, code, default_message = _ERROR_KINDS.get(
-        status, ("server_error" if status >= 500 else "invalid_request_error", None, f"Error {status} (injected by the mock upstream).")
+        status,
+        (
+            "server_error" if status >= 500 else "invalid_request_error",
+            None,
+            f"Error {status} (injected by the mock upstream).",
+        ),
     )
     body = orjson.dumps({"error": {"message": message or default_message, "type": kind, "param": param, "code": code}})
     headers = {"Content-Type": _JSON}
@@ -310,7 +357,9 @@ async def _wait_for_client_to_leave(request: web.Request) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _stream(request: web.Request, state: MockState, knobs: MockSettings, events: list[bytes], paced_from: int) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, state: MockState, knobs: MockSettings, events: list[bytes], paced_from: int
+) -> web.StreamResponse:
     """Send SSE ``events`` one by one (each written and drained), applying pacing, cut, stall and malformed faults.
 
     ``events[paced_from:-1]`` are content deltas, paced by ``tokens_per_second``; the
@@ -400,13 +449,24 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     head = (
-        b'data: {"id":' + orjson.dumps(ident) + b',"object":"chat.completion.chunk","created":' + str(created).encode()
-        + b',"model":' + orjson.dumps(model) + b',"system_fingerprint":"fp_mock","choices":['
+        b'data: {"id":'
+        + orjson.dumps(ident)
+        + b',"object":"chat.completion.chunk","created":'
+        + str(created).encode()
+        + b',"model":'
+        + orjson.dumps(model)
+        + b',"system_fingerprint":"fp_mock","choices":['
     )
     tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
-    events = [head + b'{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]' + tail]
+    events = [
+        head
+        + b'{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]'
+        + tail
+    ]
     for content in state.text.deltas(tokens, knobs.tokens_per_chunk):
-        events.append(head + b'{"index":0,"delta":{"content":' + content + b'},"logprobs":null,"finish_reason":null}]' + tail)
+        events.append(
+            head + b'{"index":0,"delta":{"content":' + content + b'},"logprobs":null,"finish_reason":null}]' + tail
+        )
     events.append(head + b'{"index":0,"delta":{},"logprobs":null,"finish_reason":"' + finish.encode() + b'"}]' + tail)
     if include_usage:
         empty = b'{"index":0,"delta":{}}' if knobs.usage_chunk_delta else b""
@@ -444,11 +504,19 @@ async def completions(request: web.Request) -> web.StreamResponse:
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     head = (
-        b'data: {"id":' + orjson.dumps(ident) + b',"object":"text_completion","created":' + str(created).encode()
-        + b',"model":' + orjson.dumps(model) + b',"system_fingerprint":"fp_mock","choices":['
+        b'data: {"id":'
+        + orjson.dumps(ident)
+        + b',"object":"text_completion","created":'
+        + str(created).encode()
+        + b',"model":'
+        + orjson.dumps(model)
+        + b',"system_fingerprint":"fp_mock","choices":['
     )
     tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
-    events = [head + b'{"text":' + content + b',"index":0,"logprobs":null,"finish_reason":null}]' + tail for content in state.text.deltas(tokens, knobs.tokens_per_chunk)]
+    events = [
+        head + b'{"text":' + content + b',"index":0,"logprobs":null,"finish_reason":null}]' + tail
+        for content in state.text.deltas(tokens, knobs.tokens_per_chunk)
+    ]
     events.append(head + b'{"text":"","index":0,"logprobs":null,"finish_reason":"' + finish.encode() + b'"}]' + tail)
     if include_usage:
         events.append(head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
@@ -470,15 +538,29 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     if dims is not None and not (isinstance(dims, int) and 1 <= dims <= len(state.vector)):
         return _error(400, f"'dimensions' must be an integer 1..{len(state.vector)}", param="dimensions")
     if body.get("encoding_format") == "base64":
-        vector = state.vector_b64 if dims is None else orjson.dumps(base64.b64encode(struct.pack(f"<{len(state.vector[:dims])}f", *state.vector[:dims])).decode())
+        vector = (
+            state.vector_b64
+            if dims is None
+            else orjson.dumps(
+                base64.b64encode(struct.pack(f"<{len(state.vector[:dims])}f", *state.vector[:dims])).decode()
+            )
+        )
     else:
         vector = state.vector_json if dims is None else orjson.dumps(state.vector[:dims])
     items = b",".join(
-        b'{"object":"embedding","index":' + str(i).encode() + b',"embedding":' + vector + b"}" for i in range(_input_count(inputs))
+        b'{"object":"embedding","index":' + str(i).encode() + b',"embedding":' + vector + b"}"
+        for i in range(_input_count(inputs))
     )
     payload = (
-        b'{"object":"list","data":[' + items + b'],"model":' + orjson.dumps(body["model"])
-        + b',"usage":{"prompt_tokens":' + str(prompt_tokens).encode() + b',"total_tokens":' + str(prompt_tokens).encode() + b"}}"
+        b'{"object":"list","data":['
+        + items
+        + b'],"model":'
+        + orjson.dumps(body["model"])
+        + b',"usage":{"prompt_tokens":'
+        + str(prompt_tokens).encode()
+        + b',"total_tokens":'
+        + str(prompt_tokens).encode()
+        + b"}}"
     )
     return web.Response(body=payload, headers={"Content-Type": _JSON})
 
@@ -539,7 +621,9 @@ def make_mock_app(settings: MockSettings | None = None) -> web.Application:
     return app
 
 
-async def start_mock(host: str = "127.0.0.1", port: int = 0, settings: MockSettings | None = None) -> tuple[web.AppRunner, int]:
+async def start_mock(
+    host: str = "127.0.0.1", port: int = 0, settings: MockSettings | None = None
+) -> tuple[web.AppRunner, int]:
     """Start the mock on the running loop; returns the runner (``await runner.cleanup()`` to stop) and the bound port."""
     runner = web.AppRunner(make_mock_app(settings), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
     await runner.setup()

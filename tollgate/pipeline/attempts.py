@@ -36,14 +36,21 @@ import random
 from typing import Any
 
 from tollgate.edge import server as httpserver
-from tollgate.pipeline.context import RequestContext
-from tollgate.errors import GatewayError, RateLimited, UpstreamAuthError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from tollgate.pipeline.forward import MODEL_HEADER, UpstreamStatus, forward
 from tollgate.edge.answers import REQUEST_ID_HEADER, status_for
-from tollgate.routing.slot_queue import QueueRefused
+from tollgate.errors import (
+    GatewayError,
+    RateLimited,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from tollgate.pipeline.context import RequestContext
+from tollgate.pipeline.forward import MODEL_HEADER, UpstreamStatus, forward
 from tollgate.routing.models import ModelRoute, route
+from tollgate.routing.slot_queue import QueueRefused
 
-__all__ = ["serve", "AttemptCounters"]
+__all__ = ["AttemptCounters", "serve"]
 
 log = logging.getLogger("tollgate.attempts")
 
@@ -56,7 +63,15 @@ class AttemptCounters:
     """Gateway-wide counters for metrics; they live on ``GatewayState`` and survive reloads."""
 
     __slots__ = (
-        "requests", "attempts", "retries", "budget_refused", "fallbacks", "queue_refused", "failed", "auth_refused", "auth_logged",
+        "requests",
+        "attempts",
+        "retries",
+        "budget_refused",
+        "fallbacks",
+        "queue_refused",
+        "failed",
+        "auth_refused",
+        "auth_logged",
     )
 
     def __init__(self) -> None:
@@ -289,12 +304,20 @@ def _auth_refused(ctx: RequestContext, state: Any, exc: UpstreamAuthError) -> No
         counters.auth_logged[exc.upstream] = now
         log.error(
             "upstream %r refused the gateway's credentials with %d (request %s; %d such answer(s) since start); it said: %s",
-            exc.upstream, exc.status, ctx.request_id, refused, exc.upstream_text,
+            exc.upstream,
+            exc.status,
+            ctx.request_id,
+            refused,
+            exc.upstream_text,
         )
 
 
 def _outcome(exc: UpstreamError) -> str:
-    return f"status {exc.status}" if isinstance(exc, (UpstreamStatus, UpstreamAuthError)) else (exc.code or type(exc).__name__)
+    return (
+        f"status {exc.status}"
+        if isinstance(exc, (UpstreamStatus, UpstreamAuthError))
+        else (exc.code or type(exc).__name__)
+    )
 
 
 def _spend_retry(ctx: RequestContext, state: Any, current: ModelRoute) -> bool:
@@ -314,7 +337,9 @@ def _backoff(policy: Any, rounds: int, last: UpstreamError | None) -> float:
     return delay
 
 
-def _note(trail: list[dict[str, Any]] | None, model: ModelRoute, upstream: str, outcome: str, seconds: float) -> list[dict[str, Any]]:
+def _note(
+    trail: list[dict[str, Any]] | None, model: ModelRoute, upstream: str, outcome: str, seconds: float
+) -> list[dict[str, Any]]:
     if trail is None:
         trail = []
     trail.append({"model": model.name, "upstream": upstream, "outcome": outcome, "seconds": round(seconds, 4)})
@@ -329,7 +354,9 @@ def _queue_error(model: ModelRoute, exc: QueueRefused, deadline: float, status: 
     retry = {"Retry-After": str(max(1, math.ceil(deadline)))}
     if status == 429:
         return _QueueRateLimited(message, retry)
-    return UpstreamUnavailable(message, code="queue_timeout" if exc.reason == "deadline" else "queue_full", headers=retry)
+    return UpstreamUnavailable(
+        message, code="queue_timeout" if exc.reason == "deadline" else "queue_full", headers=retry
+    )
 
 
 class _QueueRateLimited(UpstreamUnavailable):
@@ -354,7 +381,11 @@ def _give_up(
         ctx.status = last.status
         ctx.error = f"upstream_status_{last.status}"
         _dead_letter(ctx, state, trail, last.status, ctx.error, str(last))
-        headers = {"Content-Type": last.content_type or "application/json", REQUEST_ID_HEADER: ctx.request_id, MODEL_HEADER: current.name}
+        headers = {
+            "Content-Type": last.content_type or "application/json",
+            REQUEST_ID_HEADER: ctx.request_id,
+            MODEL_HEADER: current.name,
+        }
         if last.retry_after is not None:
             headers["Retry-After"] = str(math.ceil(last.retry_after))
             headers["retry-after-ms"] = str(round(last.retry_after * 1000))
@@ -385,10 +416,14 @@ def _unavailable(ctx: RequestContext, state: Any, first: ModelRoute, last: Upstr
     if last is not None:
         detail = f"{last.message}; {detail}"
     headers = {"Retry-After": str(max(1, math.ceil(soonest)))} if soonest else {}
-    return UpstreamUnavailable(f"no deployment can serve {first.name!r} now: {detail}", code="no_healthy_deployment", headers=headers)
+    return UpstreamUnavailable(
+        f"no deployment can serve {first.name!r} now: {detail}", code="no_healthy_deployment", headers=headers
+    )
 
 
-def _dead_letter(ctx: RequestContext, state: Any, trail: list[dict[str, Any]] | None, status: int, code: str | None, message: str) -> None:
+def _dead_letter(
+    ctx: RequestContext, state: Any, trail: list[dict[str, Any]] | None, status: int, code: str | None, message: str
+) -> None:
     state.dead_letters.add(
         request_id=ctx.request_id,
         tenant=_tenant(ctx),

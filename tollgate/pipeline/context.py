@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tollgate.edge.server import Request
-    from tollgate.policy.admission import Admission
     from tollgate.identity import Principal
+    from tollgate.policy.admission import Admission
     from tollgate.runtime.state import Runtime
     from tollgate.upstream.sse import StreamMonitor
 
-__all__ = ["Endpoint", "ENDPOINTS", "Usage", "RequestContext"]
+__all__ = ["ENDPOINTS", "Endpoint", "RequestContext", "Usage"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,26 +21,26 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 
-from tollgate.edge import server as httpserver
 from tollgate.config.model import Deployment, Upstream
-from tollgate.pipeline.context import RequestContext
 from tollgate.config.upstreams import CONNECTION_RELAY_HEADER, never_forwarded
-from tollgate.errors import UpstreamAuthError, UpstreamBadResponse, UpstreamTimeout
-from tollgate.upstream.deadlines import Deadline, Deadlines
+from tollgate.edge import server as httpserver
 from tollgate.edge.answers import REQUEST_ID_HEADER, error_body
-from tollgate.upstream.redaction import redact, secrets_of
-from tollgate.upstream.usage import usage_from_body
-from tollgate.upstream.sse import SseParser
+from tollgate.errors import UpstreamAuthError, UpstreamBadResponse, UpstreamTimeout
+from tollgate.pipeline.context import RequestContext
 from tollgate.upstream.client import ConnectError, HttpError, Response, UpstreamHttp
+from tollgate.upstream.deadlines import Deadline, Deadlines
+from tollgate.upstream.redaction import redact, secrets_of
+from tollgate.upstream.sse import SseParser
+from tollgate.upstream.usage import usage_from_body
 
 __all__ = [
+    "MODEL_HEADER",
     "UpstreamClient",
     "UpstreamPool",
     "UpstreamStatus",
     "forward",
-    "upstream_headers",
     "sse_error_event",
-    "MODEL_HEADER",
+    "upstream_headers",
 ]
 
 log = logging.getLogger("tollgate.forward")
@@ -70,7 +70,16 @@ class UpstreamStatus(UpstreamBadResponse):
 class UpstreamClient:
     """An upstream's pooled keep-alive connections, the headers the gateway adds to every call, and which client headers pass."""
 
-    __slots__ = ("config", "http", "fixed_headers", "fixed_names", "forward_names", "forward_prefixes", "secrets", "deadlines")
+    __slots__ = (
+        "config",
+        "http",
+        "fixed_headers",
+        "fixed_names",
+        "forward_names",
+        "forward_prefixes",
+        "secrets",
+        "deadlines",
+    )
 
     def __init__(self, config: Upstream, deadlines: Deadlines | None = None) -> None:
         self.config = config
@@ -155,7 +164,9 @@ def upstream_headers(ctx: RequestContext, client: UpstreamClient) -> list[tuple[
     if out:
         connection = headers.getall("Connection", None)
         relayed = headers.getall(CONNECTION_RELAY_HEADER, None) if CONNECTION_RELAY_HEADER in headers else None
-        if relayed is not None or (connection is not None and (len(connection) > 1 or connection[0].lower() not in _PLAIN_CONNECTION)):
+        if relayed is not None or (
+            connection is not None and (len(connection) > 1 or connection[0].lower() not in _PLAIN_CONNECTION)
+        ):
             named = _connection_named(connection or (), relayed or ())
             out = [(name, value) for name, value in out if name.lower() not in named]
     out.extend(client.fixed_headers)
@@ -183,7 +194,9 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: treated as absent
 
 
-async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamClient, divert: frozenset[int]) -> httpserver.StreamResponse | httpserver.Response:
+async def forward(
+    ctx: RequestContext, deployment: Deployment, client: UpstreamClient, divert: frozenset[int]
+) -> httpserver.StreamResponse | httpserver.Response:
     """Send the request to one deployment and relay its answer.
 
     An error status in ``divert`` raises :class:`UpstreamStatus` (body read, nothing
@@ -202,7 +215,9 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
     upstream: Response | None = None
     try:
         async with client.deadlines.at(min(deadline, loop.time() + cfg.timeouts.first_byte)) as timer:
-            upstream = await client.http.request("POST", ctx.endpoint.upstream_suffix, upstream_headers(ctx, client), body)
+            upstream = await client.http.request(
+                "POST", ctx.endpoint.upstream_suffix, upstream_headers(ctx, client), body
+            )
             ctx.first_byte_at = loop.time()
             phase = "idle"
             timer.reschedule(min(deadline, loop.time() + cfg.timeouts.idle))
@@ -213,9 +228,13 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
                 return await _relay_stream(ctx, upstream, timer, deadline, cfg.timeouts.idle)
             data = await upstream.read()
     except TimeoutError:
-        raise UpstreamTimeout(f"upstream {cfg.name!r} timed out waiting for the {phase}", code="upstream_timeout") from None
+        raise UpstreamTimeout(
+            f"upstream {cfg.name!r} timed out waiting for the {phase}", code="upstream_timeout"
+        ) from None
     except ConnectError as exc:
-        raise UpstreamBadResponse(f"cannot connect to upstream {cfg.name!r}: {exc}", code="upstream_connect_error") from None
+        raise UpstreamBadResponse(
+            f"cannot connect to upstream {cfg.name!r}: {exc}", code="upstream_connect_error"
+        ) from None
     except HttpError as exc:
         raise UpstreamBadResponse(f"upstream {cfg.name!r} failed: {exc}", code="upstream_error") from None
     finally:
@@ -224,10 +243,14 @@ async def forward(ctx: RequestContext, deployment: Deployment, client: UpstreamC
     if status >= 400:
         if status in _AUTH_STATUSES:
             # The provider's words go to the operator's log (its masked key says which one failed), not to the tenant.
-            raise UpstreamAuthError(cfg.name, status, redact(data[:2000], client.secrets, shapes=False).decode("utf-8", "replace"))
+            raise UpstreamAuthError(
+                cfg.name, status, redact(data[:2000], client.secrets, shapes=False).decode("utf-8", "replace")
+            )
         data = redact(data, client.secrets)
         if status in divert:
-            raise UpstreamStatus(cfg.name, status, data, content_type, _retry_after(upstream.headers.get("retry-after")))
+            raise UpstreamStatus(
+                cfg.name, status, data, content_type, _retry_after(upstream.headers.get("retry-after"))
+            )
     ctx.status = status
     ctx.finished_at = loop.time()
     ctx.bytes_out = len(data)
@@ -303,7 +326,9 @@ async def _relay_stream(
             out = parser.feed(chunk)
         if not parser.done:
             outcome = "truncated"
-            await _end_with_error(response, "upstream stream ended without its terminator", "upstream_stream_truncated", ctx)
+            await _end_with_error(
+                response, "upstream stream ended without its terminator", "upstream_stream_truncated", ctx
+            )
             return response
         await response.write_eof()
         return response

@@ -7,11 +7,11 @@ from typing import Any
 import orjson
 
 from tollgate.config.model import Guard
-from tollgate.pipeline.context import RequestContext
-from tollgate.errors import BadRequest, HeadersTooLarge, PayloadTooLarge
 from tollgate.edge.server import Request
+from tollgate.errors import BadRequest, HeadersTooLarge, PayloadTooLarge
+from tollgate.pipeline.context import RequestContext
 
-__all__ = ["guard", "check_headers", "header_room"]
+__all__ = ["check_headers", "guard", "header_room"]
 
 _READ_CHUNK = 64 * 1024
 

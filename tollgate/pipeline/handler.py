@@ -7,19 +7,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tollgate.pipeline.context import Endpoint, RequestContext
-from tollgate.policy.admission import admit
-from tollgate.pipeline.attempts import serve
-from tollgate.errors import GatewayError
-from tollgate.pipeline.guard import guard
 from tollgate.edge.answers import error_answer, internal_error_answer, request_id_from, status_for
 from tollgate.edge.server import Request
+from tollgate.errors import GatewayError
 from tollgate.identity import client_ip, identify
-from tollgate.runtime.state import GatewayState
+from tollgate.pipeline.attempts import serve
+from tollgate.pipeline.context import Endpoint, RequestContext
+from tollgate.pipeline.guard import guard
+from tollgate.policy.admission import admit
 from tollgate.policy.settlement import StreamBudget
+from tollgate.runtime.state import GatewayState
 from tollgate.upstream.usage import UsageMonitor, request_stream_usage
 
-__all__ = ["make_proxy_handler", "client_ip"]
+__all__ = ["client_ip", "make_proxy_handler"]
 
 log = logging.getLogger("tollgate.proxy")
 
@@ -61,7 +61,9 @@ def make_proxy_handler(endpoint: Endpoint, state: GatewayState) -> Handler:
         runtime = state.runtime
         request_id = request_id_from(request.headers.get("x-request-id"))
         loop = asyncio.get_running_loop()
-        ctx = RequestContext(request, runtime, request_id, endpoint, loop.time(), client_ip(request, runtime.identity.proxies))
+        ctx = RequestContext(
+            request, runtime, request_id, endpoint, loop.time(), client_ip(request, runtime.identity.proxies)
+        )
         try:
             state.shedder.enter()
             await guard(ctx, runtime.config.guard)
@@ -87,4 +89,3 @@ def make_proxy_handler(endpoint: Endpoint, state: GatewayState) -> Handler:
             state.accounting.record(ctx)
 
     return handle
-

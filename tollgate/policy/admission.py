@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tollgate.config.rules import NANOS, PERIODS, ROLLING_MONTH_MS, RuleSpec
-from tollgate.errors import QuotaExhausted, RateLimited
-from tollgate.policy.lease_wait import LeaseWaiters
-from tollgate.limiter import Decision, Lease, Limiter, LimitSpec, LimitState, Reservation
 from tollgate.edge.ratelimit_headers import HeaderLimit, ratelimit_headers, retry_after_seconds
+from tollgate.errors import QuotaExhausted, RateLimited
+from tollgate.limiter import Decision, Lease, Limiter, LimitSpec, LimitState, Reservation
+from tollgate.policy.lease_wait import LeaseWaiters
 from tollgate.upstream.estimates import estimate_prompt_tokens, requested_completion_tokens
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from tollgate.pipeline.context import RequestContext
     from tollgate.policy.rules import RuleSet
 
-__all__ = ["Admission", "admit", "limit_spec", "rule_unit", "scope_key", "DEGRADED_HEADER"]
+__all__ = ["DEGRADED_HEADER", "Admission", "admit", "limit_spec", "rule_unit", "scope_key"]
 
 log = logging.getLogger("tollgate.admission")
 
@@ -126,16 +126,33 @@ def limit_spec(rule: RuleSpec, scope: tuple[tuple[str, str], ...], tenant: str, 
     if rule.type == "budget":
         if rule.window == "rolling":
             window_ms = ROLLING_MONTH_MS if rule.per == "month" else PERIODS[rule.per]
-            return LimitSpec(kind="sliding_window", limit=rule.limit, window_ms=window_ms, cost=cost, unit="nanos", **common)
+            return LimitSpec(
+                kind="sliding_window", limit=rule.limit, window_ms=window_ms, cost=cost, unit="nanos", **common
+            )
         return LimitSpec(
-            kind="fixed_window", limit=rule.limit, window_ms=PERIODS[rule.per] or _MONTH_MS, calendar=rule.per,  # type: ignore[arg-type]
-            cost=cost, unit="nanos", **common,
+            kind="fixed_window",
+            limit=rule.limit,
+            window_ms=PERIODS[rule.per] or _MONTH_MS,
+            calendar=rule.per,  # type: ignore[arg-type]
+            cost=cost,
+            unit="nanos",
+            **common,
         )
     if rule.per == "month" or rule.type == "quota":
-        return LimitSpec(kind="fixed_window", limit=rule.limit, window_ms=_MONTH_MS, calendar="month", cost=cost, unit=unit, **common)
+        return LimitSpec(
+            kind="fixed_window", limit=rule.limit, window_ms=_MONTH_MS, calendar="month", cost=cost, unit=unit, **common
+        )
     window_ms = PERIODS[rule.per]
     if rule.algorithm == "fixed_window" and rule.per in ("minute", "hour", "day"):
-        return LimitSpec(kind="fixed_window", limit=rule.limit, window_ms=window_ms, calendar=rule.per, cost=cost, unit=unit, **common)
+        return LimitSpec(
+            kind="fixed_window",
+            limit=rule.limit,
+            window_ms=window_ms,
+            calendar=rule.per,
+            cost=cost,
+            unit=unit,
+            **common,
+        )
     return LimitSpec(kind=rule.algorithm, limit=rule.limit, window_ms=window_ms, cost=cost, unit=unit, **common)  # type: ignore[arg-type]
 
 
@@ -158,7 +175,8 @@ class _Plan:
         self.needs_money = "nanos" in units
         # The reserved limits a stream holds to: (index in rules, ends the stream when spent)
         self.stream = tuple(
-            (i, r.on_exceed == "cut") for i, (r, unit) in enumerate(zip(rules, units))
+            (i, r.on_exceed == "cut")
+            for i, (r, unit) in enumerate(zip(rules, units))
             if unit != "requests" and not r.shadow and r.type != "connection_limit"
         )
         # The scopes any of the rules names: a request's specs depend on their values and the token cost only.
@@ -210,7 +228,11 @@ def _specs(rules: RuleSet, plan: _Plan, ctx: RequestContext, estimate: tuple[int
 
 
 def _build_specs(
-    plan: _Plan, tenant: str, values: dict[str, str], estimate: tuple[int, int, int], cache: dict[tuple[Any, ...], LimitSpec]
+    plan: _Plan,
+    tenant: str,
+    values: dict[str, str],
+    estimate: tuple[int, int, int],
+    cache: dict[tuple[Any, ...], LimitSpec],
 ) -> tuple[LimitSpec, ...]:
     """The plan's limits for these scope values; a spec (validated when built) is reused for the same rule, scope and cost."""
     out = []
@@ -231,7 +253,14 @@ def _header_limits(states: tuple[LimitState, ...], specs: Sequence[LimitSpec]) -
     # Every limit was evaluated (the usual case): states come in the order of specs.
     pairs = zip(specs, states) if len(states) == len(specs) else _by_name(states, specs)
     return [
-        HeaderLimit(st.name, st.unit if st.unit in _HEADER_UNITS else "tokens", st.limit, st.remaining, st.reset_ms, spec.window_ms)
+        HeaderLimit(
+            st.name,
+            st.unit if st.unit in _HEADER_UNITS else "tokens",
+            st.limit,
+            st.remaining,
+            st.reset_ms,
+            spec.window_ms,
+        )
         for spec, st in pairs
         if spec.kind != "concurrency" and not st.shadow and st.unit != "nanos"
     ]
@@ -281,7 +310,9 @@ def _refusal(
     what = "; ".join(f"{s.name}: {s.limit} {s.unit}, {max(s.remaining, 0)} left" for s in refused)
     queued = f"; waited {waited:.1f}s for a free slot" if waited else ""
     return RateLimited(
-        f"rate limit exceeded by rule {names} ({what}){queued}; retry after {wait}s", headers=headers, error_type=error_type
+        f"rate limit exceeded by rule {names} ({what}){queued}; retry after {wait}s",
+        headers=headers,
+        error_type=error_type,
     )
 
 
@@ -296,7 +327,11 @@ def _spent(budgets: list[LimitState], decision: Decision, headers: dict[str, str
         for s in budgets
     )
     if decision.retry_after_ms > 0:
-        headers = {**headers, "Retry-After": retry_after_seconds(decision.retry_after_ms), "retry-after-ms": str(decision.retry_after_ms)}
+        headers = {
+            **headers,
+            "Retry-After": retry_after_seconds(decision.retry_after_ms),
+            "retry-after-ms": str(decision.retry_after_ms),
+        }
     return QuotaExhausted(f"the request's estimated cost exceeds what is left of its budget ({what})", headers=headers)
 
 

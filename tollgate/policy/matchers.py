@@ -8,7 +8,7 @@ from typing import Any
 
 from tollgate.config.rules import DEFAULT_NAMESPACE, MatcherSpec, NamespaceSpec
 
-__all__ = ["compile_path", "lookup", "MISSING", "compile_matcher", "NamespaceTable", "Predicate"]
+__all__ = ["MISSING", "NamespaceTable", "Predicate", "compile_matcher", "compile_path", "lookup"]
 
 Headers = Mapping[str, str]
 Predicate = Callable[[Headers, "dict[str, Any] | None"], bool]

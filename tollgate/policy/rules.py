@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from tollgate.config.identity import Limits
-from tollgate.config.rules import NANOS, Attach, RuleSpec, RulesConfig
+from tollgate.config.rules import NANOS, Attach, RulesConfig, RuleSpec
 from tollgate.errors import BadRequest
 from tollgate.policy.matchers import MISSING, compile_path, lookup
 
-__all__ = ["FieldCheck", "RuleSet", "compile_field_check", "limits_as_rules", "SPEND_RULE"]
+__all__ = ["SPEND_RULE", "FieldCheck", "RuleSet", "compile_field_check", "limits_as_rules"]
 
 # The name of the budget a spend quota (``quotas: ... monthly_spend``) becomes.
 SPEND_RULE = "quota.monthly_spend"
@@ -84,10 +84,27 @@ def limits_as_rules(limits: Limits) -> tuple[RuleSpec, ...]:
     if limits.concurrency:
         out.append(RuleSpec("plan.concurrency", "connection_limit", attach, limit=limits.concurrency))
     if limits.monthly_requests:
-        out.append(RuleSpec("plan.monthly_requests", "quota", attach, limit=limits.monthly_requests, per="month", algorithm="fixed_window"))
+        out.append(
+            RuleSpec(
+                "plan.monthly_requests",
+                "quota",
+                attach,
+                limit=limits.monthly_requests,
+                per="month",
+                algorithm="fixed_window",
+            )
+        )
     if limits.monthly_tokens:
         out.append(
-            RuleSpec("plan.monthly_tokens", "quota", attach, limit=limits.monthly_tokens, per="month", algorithm="fixed_window", unit="tokens")
+            RuleSpec(
+                "plan.monthly_tokens",
+                "quota",
+                attach,
+                limit=limits.monthly_tokens,
+                per="month",
+                algorithm="fixed_window",
+                unit="tokens",
+            )
         )
     return tuple(out)
 
@@ -140,14 +157,25 @@ class RuleSet:
             amount = self._spend_limit(tenant, plan)
             hit = ()
             if amount:
-                hit = (RuleSpec(SPEND_RULE, "budget", Attach(is_global=True), limit=max(1, round(amount * NANOS)), per="month",
-                                algorithm="fixed_window", fail_mode="local"),)
+                hit = (
+                    RuleSpec(
+                        SPEND_RULE,
+                        "budget",
+                        Attach(is_global=True),
+                        limit=max(1, round(amount * NANOS)),
+                        per="month",
+                        algorithm="fixed_window",
+                        fail_mode="local",
+                    ),
+                )
             if len(self._spend_cache) >= _CACHE_LIMIT:
                 self._spend_cache.clear()
             self._spend_cache[key] = hit
         return hit
 
-    def applicable(self, plan: str | None, tenant: str | None, namespace: str) -> tuple[tuple[FieldCheck, ...], tuple[RuleSpec, ...]]:
+    def applicable(
+        self, plan: str | None, tenant: str | None, namespace: str
+    ) -> tuple[tuple[FieldCheck, ...], tuple[RuleSpec, ...]]:
         """``(field checks, limit rules)`` for a request: the union of global, plan, tenant and namespace rules."""
         key = (plan, tenant, namespace)
         hit = self._cache.get(key)

@@ -24,10 +24,10 @@ from tollgate.upstream.estimates import CHARS_PER_TOKEN
 
 if TYPE_CHECKING:
     from tollgate.accounting.pricing import Pricing
-    from tollgate.policy.admission import Admission, LimitMetrics
     from tollgate.pipeline.context import RequestContext, Usage
+    from tollgate.policy.admission import Admission, LimitMetrics
 
-__all__ = ["Settler", "StreamBudget", "EXTEND_MIN_TOKENS", "consumed"]
+__all__ = ["EXTEND_MIN_TOKENS", "Settler", "StreamBudget", "consumed"]
 
 log = logging.getLogger("tollgate.settlement")
 
@@ -51,7 +51,18 @@ class StreamBudget:
     asked for in the background, so a stream rarely waits.
     """
 
-    __slots__ = ("admission", "limiter", "completion_tokens", "_chars", "_texts", "_specs", "_cuts", "_held", "_open", "_rates")
+    __slots__ = (
+        "admission",
+        "limiter",
+        "completion_tokens",
+        "_chars",
+        "_texts",
+        "_specs",
+        "_cuts",
+        "_held",
+        "_open",
+        "_rates",
+    )
 
     def __init__(self, admission: Admission, limiter: Limiter) -> None:
         self.admission = admission
@@ -114,7 +125,11 @@ class StreamBudget:
         if pending is not None and pending.done():
             pending = admission.pending = None
         if pending is None:
-            ahead = [(i, 0) for i, held in enumerate(self._held) if self._open[i] and self._used(i, completion) * 4 >= held * 3]
+            ahead = [
+                (i, 0)
+                for i, held in enumerate(self._held)
+                if self._open[i] and self._used(i, completion) * 4 >= held * 3
+            ]
             if ahead:
                 admission.pending = asyncio.get_running_loop().create_task(self._extend(ahead))
 
@@ -163,7 +178,9 @@ def consumed(admission: Admission, usage: Usage | None, reached_upstream: bool, 
     """What the request really used, for settling its reservation: the usage and its cost when known,
     the estimate reserved when it reached the model but no usage came back, nothing when it never did."""
     if usage is not None:
-        return Consumed.of_usage(usage.prompt_tokens, usage.completion_tokens, cost if cost is not None else admission.cost_estimate)
+        return Consumed.of_usage(
+            usage.prompt_tokens, usage.completion_tokens, cost if cost is not None else admission.cost_estimate
+        )
     if reached_upstream:
         return Consumed.of_usage(admission.prompt_estimate, admission.completion_reserved, admission.cost_estimate)
     return _NOTHING
@@ -211,7 +228,9 @@ class Settler:
         cost = None
         if usage is not None and admission.rates is not None and self._pricing is not None:
             pricing = self._pricing()
-            cost = pricing.cost_nanos(pricing.priced_model(ctx.model_served, ctx.model), usage.prompt_tokens, usage.completion_tokens)
+            cost = pricing.cost_nanos(
+                pricing.priced_model(ctx.model_served, ctx.model), usage.prompt_tokens, usage.completion_tokens
+            )
         self._queue.append((admission, consumed(admission, usage, ctx.first_byte_at is not None, cost)))
         if self._wake is not None:
             self._wake.set()
@@ -249,8 +268,11 @@ class Settler:
             self.settled += len(plain) - failed
             self.failures += failed
             if failed:
-                log.warning("settling %d request(s) failed on the store; their reservations stay as estimated and "
-                            "their leases expire by TTL", failed)
+                log.warning(
+                    "settling %d request(s) failed on the store; their reservations stay as estimated and "
+                    "their leases expire by TTL",
+                    failed,
+                )
         if extended:
             if len(extended) > 1 and self.limiter.engine().remote:
                 await asyncio.gather(*(self._settle(*item) for item in extended))
@@ -284,7 +306,9 @@ class Settler:
             self.settled += 1
         except StoreError as exc:
             self.failures += 1
-            log.warning("settling a request failed (%s); its reservation stays as estimated and its lease expires by TTL", exc)
+            log.warning(
+                "settling a request failed (%s); its reservation stays as estimated and its lease expires by TTL", exc
+            )
 
     async def renew_loop(self) -> None:
         """Renew leases older than RENEW_EVERY seconds, so long streams keep theirs (a crashed process's expire)."""

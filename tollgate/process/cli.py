@@ -23,12 +23,14 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from tollgate.runtime.state import GatewayState
     from tollgate.process.server import serve_forever, with_listen_address
     from tollgate.process.supervisor import Supervisor, run_worker, worker_log_format, workers_problem
+    from tollgate.runtime.state import GatewayState
 
     if args.worker is not None:
-        logging.basicConfig(level=logging.root.level, format=worker_log_format(args.worker), stream=sys.stderr, force=True)
+        logging.basicConfig(
+            level=logging.root.level, format=worker_log_format(args.worker), stream=sys.stderr, force=True
+        )
         return run_worker(args.config, args.worker, start_from=args.start_from, host=args.host, port=args.port)
     try:
         config = load_config(args.config)
@@ -96,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="override listeners.public.host")
     p.add_argument("--port", type=int, help="override listeners.public.port")
     p.add_argument(
-        "--workers", type=_workers_arg, default=os.environ.get("TOLLGATE_WORKERS", "1"), metavar="N",
+        "--workers",
+        type=_workers_arg,
+        default=os.environ.get("TOLLGATE_WORKERS", "1"),
+        metavar="N",
         help="worker processes on the one port (SO_REUSEPORT) under a supervisor; 'auto' = one per core; "
         "more than 1 needs store.backend: redis (default: $TOLLGATE_WORKERS or 1)",
     )

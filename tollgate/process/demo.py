@@ -10,10 +10,10 @@ from pathlib import Path
 
 from tollgate.config import load_config
 from tollgate.errors import ConfigError
-from tollgate.runtime.state import GatewayState
 from tollgate.process.server import install_event_loop_policy, run_gateway, with_listen_address
+from tollgate.runtime.state import GatewayState
 
-__all__ = ["run_demo", "demo_config_path", "DEMO_API_KEY"]
+__all__ = ["DEMO_API_KEY", "demo_config_path", "run_demo"]
 
 # The demo tenant's key (also declared in config/demo.yaml); safe to print, it only works against the demo.
 DEMO_API_KEY = "tg_demo_0123456789abcdef0123456789abcdef"

@@ -13,15 +13,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
-from tollgate.pipeline.context import ENDPOINTS
-from tollgate.errors import GatewayError, MethodNotAllowed, NotFound
 from tollgate.edge.answers import Response, error_answer, internal_error_answer, json_answer, request_id_from
 from tollgate.edge.server import REFUSALS, Handler, HttpServer, Request
+from tollgate.errors import GatewayError, MethodNotAllowed, NotFound
 from tollgate.identity import Principal, authenticate, registry_watching
+from tollgate.pipeline.context import ENDPOINTS
 from tollgate.pipeline.handler import make_proxy_handler
 from tollgate.runtime.state import GatewayState
 
-__all__ = ["make_public_handler", "make_public_server", "public_lifecycle", "healthz", "readyz"]
+__all__ = ["healthz", "make_public_handler", "make_public_server", "public_lifecycle", "readyz"]
 
 log = logging.getLogger("tollgate.app")
 
@@ -47,7 +47,9 @@ def make_public_handler(state: GatewayState) -> Handler:
                 if allowed == "POST":
                     return await handler(request)  # the proxy pipeline answers every error itself
                 return await _answer(handler, request, state)
-            return _refuse(MethodNotAllowed(f"{method} is not allowed on {path}; use {allowed}", allowed=(allowed,)), request)
+            return _refuse(
+                MethodNotAllowed(f"{method} is not allowed on {path}; use {allowed}", allowed=(allowed,)), request
+            )
         if path.startswith(_MODELS_PREFIX) and len(path) > len(_MODELS_PREFIX):
             if method in ("GET", "HEAD"):
                 return await _answer(_get_model, request, state)
@@ -126,7 +128,9 @@ async def _get_model(request: Request, state: GatewayState) -> Response:
     except GatewayError as exc:
         return _refuse(exc, request)
     if name not in state.config.models or not principal.may_use(name):
-        missing = NotFound(f"the model {name!r} does not exist or you do not have access to it", param="model", code="model_not_found")
+        missing = NotFound(
+            f"the model {name!r} does not exist or you do not have access to it", param="model", code="model_not_found"
+        )
         return _refuse(missing, request)
     return json_answer(_model_entry(name, state))
 

@@ -14,13 +14,20 @@ from dataclasses import replace
 from aiohttp import web
 
 from tollgate.admin import make_admin_app
-from tollgate.process.public import make_public_server, public_lifecycle
 from tollgate.config import Config
-from tollgate.pipeline.guard import header_room
 from tollgate.edge.answers import json_response
+from tollgate.pipeline.guard import header_room
+from tollgate.process.public import make_public_server, public_lifecycle
 from tollgate.runtime.state import STATE, GatewayState
 
-__all__ = ["run_gateway", "serve_forever", "with_listen_address", "install_event_loop_policy", "ReloadAction", "reload_here"]
+__all__ = [
+    "ReloadAction",
+    "install_event_loop_policy",
+    "reload_here",
+    "run_gateway",
+    "serve_forever",
+    "with_listen_address",
+]
 
 log = logging.getLogger("tollgate.server")
 
@@ -124,7 +131,10 @@ async def reload_here(state: GatewayState) -> tuple[int, dict[str, object]]:
 
 def refused_body(problems: list[str]) -> dict[str, object]:
     message = "the config file was refused; the running config stays in force: " + "; ".join(problems)
-    return {"error": {"message": message, "type": "invalid_request_error", "code": "config_refused", "param": None}, "problems": problems}
+    return {
+        "error": {"message": message, "type": "invalid_request_error", "code": "config_refused", "param": None},
+        "problems": problems,
+    }
 
 
 def _reload_handler(action: ReloadAction) -> Callable[[web.Request], Awaitable[web.Response]]:

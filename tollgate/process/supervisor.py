@@ -24,8 +24,8 @@ limit would admit N times its value).
 from __future__ import annotations
 
 import asyncio
-import logging
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -40,7 +40,7 @@ from pathlib import Path
 from tollgate.config import Config, load_config
 from tollgate.errors import ConfigError
 
-__all__ = ["Supervisor", "workers_problem", "workers_warnings", "run_worker", "parse_workers", "worker_log_format"]
+__all__ = ["Supervisor", "parse_workers", "run_worker", "worker_log_format", "workers_problem", "workers_warnings"]
 
 log = logging.getLogger("tollgate.supervisor")
 
@@ -156,7 +156,9 @@ class Supervisor:
                 if self._stopping_until is not None:
                     if all(s.popen is None for s in self.slots):
                         failed = [c for s in self.slots for c in s.exit_codes[-1:] if c != 0]
-                        log.info("supervisor: every worker stopped%s", f" ({len(failed)} with errors)" if failed else "")
+                        log.info(
+                            "supervisor: every worker stopped%s", f" ({len(failed)} with errors)" if failed else ""
+                        )
                         return 1 if failed else 0
                     if time.monotonic() > self._stopping_until:
                         self._kill_stragglers()
@@ -219,18 +221,34 @@ class Supervisor:
 
     def _argv(self, slot: _Slot, port: int) -> list[str]:
         argv = [
-            self.python, "-m", "tollgate", "--log-level", self.log_level, "serve",
-            "--config", str(self.config_path), "--host", self.host, "--port", str(port), "--worker", str(slot.index),
+            self.python,
+            "-m",
+            "tollgate",
+            "--log-level",
+            self.log_level,
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            "--worker",
+            str(slot.index),
         ]
         try:
             load_config(self.config_path)
         except ConfigError:
             # The file broke after the last reload: the worker starts from the last valid version
             # and keeps reloading from the file itself.
-            snapshot = Path(self._snapshot_dir.name if self._snapshot_dir else tempfile.gettempdir()) / "last-valid.yaml"
+            snapshot = (
+                Path(self._snapshot_dir.name if self._snapshot_dir else tempfile.gettempdir()) / "last-valid.yaml"
+            )
             snapshot.write_bytes(self._good_text)
             argv += ["--start-from", str(snapshot)]
-            log.warning("%s is not valid now: worker %d starts from the last valid version", self.config_path, slot.index)
+            log.warning(
+                "%s is not valid now: worker %d starts from the last valid version", self.config_path, slot.index
+            )
         return argv
 
     def _start(self, slot: _Slot, port: int) -> None:
@@ -250,9 +268,13 @@ class Supervisor:
             if self._stopping_until is not None:
                 log.info("worker %d (pid %d) exited with %s", slot.index, pid, _describe(code))
                 continue
-            slot.delay = FIRST_RESTART_DELAY if now - slot.started_at >= HEALTHY_RUN else min(slot.delay * 2, MAX_RESTART_DELAY)
+            slot.delay = (
+                FIRST_RESTART_DELAY if now - slot.started_at >= HEALTHY_RUN else min(slot.delay * 2, MAX_RESTART_DELAY)
+            )
             slot.restart_at = now + slot.delay
-            log.error("worker %d (pid %d) exited with %s: restarting in %.1fs", slot.index, pid, _describe(code), slot.delay)
+            log.error(
+                "worker %d (pid %d) exited with %s: restarting in %.1fs", slot.index, pid, _describe(code), slot.delay
+            )
 
     def _signal_workers(self, sig: int) -> int:
         live = 0
@@ -288,7 +310,9 @@ def _drain(fd: int) -> None:
 def _reserve_port(host: str, port: int) -> socket.socket:
     """Bind (without listening) a SO_REUSEPORT socket: fails fast if another program holds the port,
     picks the port when it is 0, and keeps it ours while every worker restarts."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
+        0
+    ]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -303,10 +327,12 @@ def _reserve_port(host: str, port: int) -> socket.socket:
 # ---------------------------------------------------------------- the worker side
 
 
-def run_worker(config_path: str | Path, index: int, *, start_from: str | Path | None = None, host: str | None, port: int | None) -> int:
+def run_worker(
+    config_path: str | Path, index: int, *, start_from: str | Path | None = None, host: str | None, port: int | None
+) -> int:
     """One worker: the public listener with SO_REUSEPORT, the admin listener on worker 0 only."""
-    from tollgate.runtime.state import GatewayState
     from tollgate.process.server import install_event_loop_policy, run_gateway, with_listen_address
+    from tollgate.runtime.state import GatewayState
 
     supervisor_pid = os.getppid()
     try:
@@ -333,7 +359,12 @@ def run_worker(config_path: str | Path, index: int, *, start_from: str | Path | 
     install_event_loop_policy()
     asyncio.run(
         run_gateway(
-            state, reuse_port=True, admin=index == 0, reload=reload_everywhere, supervisor_pid=supervisor_pid, on_started=started
+            state,
+            reuse_port=True,
+            admin=index == 0,
+            reload=reload_everywhere,
+            supervisor_pid=supervisor_pid,
+            on_started=started,
         )
     )
     return 0
@@ -341,4 +372,3 @@ def run_worker(config_path: str | Path, index: int, *, start_from: str | Path | 
 
 def worker_log_format(index: int) -> str:
     return f"%(asctime)s %(levelname)s worker-{index}[%(process)d] %(name)s: %(message)s"
-

@@ -16,7 +16,7 @@ from tollgate.identity.directory import KeyEntry, TenantEntry
 from tollgate.registry.registry import Registry
 from tollgate.registry.stores import RegistryConflict
 
-__all__ = ["Manager", "generate_key", "new_key_id", "tenant_view", "key_view", "MAX_BULK"]
+__all__ = ["MAX_BULK", "Manager", "generate_key", "key_view", "new_key_id", "tenant_view"]
 
 MAX_BULK = 10_000
 _GATEWAY_SET_KEY_FIELDS = ("id", "key", "sha256", "hmac_sha256", "key_hash", "created", "revoked", "tenant")
@@ -75,7 +75,9 @@ class Manager:
         return entry
 
     # -- tenants --------------------------------------------------------
-    def _parse_new_tenant(self, doc: Any, path: str, problems: Problems, subdomains: dict[str, str], now: float) -> tuple[Tenant | None, list[Any]]:
+    def _parse_new_tenant(
+        self, doc: Any, path: str, problems: Problems, subdomains: dict[str, str], now: float
+    ) -> tuple[Tenant | None, list[Any]]:
         if not isinstance(doc, dict):
             problems.add(path, "must be a JSON object")
             return None, []
@@ -89,12 +91,16 @@ class Manager:
         node.finish()
         if tenant_id is None:
             return None, []
-        check_tenant_refs(tenant, path, problems, plans=self.config.plans, models=self.config.models, subdomain_owner=subdomains)
+        check_tenant_refs(
+            tenant, path, problems, plans=self.config.plans, models=self.config.models, subdomain_owner=subdomains
+        )
         if tenant.subdomain is not None:
             subdomains.setdefault(tenant.subdomain, tenant_id)
         return tenant, key_docs
 
-    async def create_tenants(self, docs: Any, *, path: str = "tenants", single: bool = False) -> tuple[list[Tenant], list[tuple[ApiKey, str]]]:
+    async def create_tenants(
+        self, docs: Any, *, path: str = "tenants", single: bool = False
+    ) -> tuple[list[Tenant], list[tuple[ApiKey, str]]]:
         """Create every tenant in ``docs`` (with optional ``keys``), or none of them; ``single``: problems name bare fields."""
         if not isinstance(docs, list) or not docs:
             raise BadRequest(f"{path} must be a non-empty list of tenants", code="invalid_input")
@@ -116,14 +122,18 @@ class Manager:
             seen.add(tenant.id)
             tenants.append(tenant)
             for j, kdoc in enumerate(key_docs):
-                key = self._parse_new_key(tenant.id, kdoc, f"{where}.keys[{j}]" if where else f"keys[{j}]", problems, now, tenant)
+                key = self._parse_new_key(
+                    tenant.id, kdoc, f"{where}.keys[{j}]" if where else f"keys[{j}]", problems, now, tenant
+                )
                 if key is not None:
                     new_keys.append(key)
         if problems:
             raise _invalid(problems)
         taken = [t.id for t in tenants if t.id in self.directory.tenants]
         if taken:
-            raise RegistryConflict(f"tenant already exists: {', '.join(taken[:5])}" + (" ..." if len(taken) > 5 else ""))
+            raise RegistryConflict(
+                f"tenant already exists: {', '.join(taken[:5])}" + (" ..." if len(taken) > 5 else "")
+            )
         changes: dict[str, Any] = {f"t:{t.id}": t.to_json() for t in tenants}
         changes.update({f"k:{k.id}": k.to_json() for k, _plain in new_keys})
         await self.registry.write(changes, create_only=list(changes))
@@ -135,14 +145,24 @@ class Manager:
             raise BadRequest("send a JSON object with the fields to change", code="invalid_input")
         unknown = [k for k in patch if k not in _TENANT_FIELDS]
         if unknown:
-            raise BadRequest(f"cannot change {', '.join(map(str, unknown))}; changeable: {', '.join(_TENANT_FIELDS)}", code="invalid_input")
+            raise BadRequest(
+                f"cannot change {', '.join(map(str, unknown))}; changeable: {', '.join(_TENANT_FIELDS)}",
+                code="invalid_input",
+            )
         doc = {**entry.tenant.to_json(), **patch}
         doc.pop("id", None)
         problems = Problems()
         node = Node(doc, "", problems)
         tenant = parse_tenant(tenant_id, node, created=entry.tenant.created)
         node.finish()
-        check_tenant_refs(tenant, "", problems, plans=self.config.plans, models=self.config.models, subdomain_owner=self.directory.subdomains)
+        check_tenant_refs(
+            tenant,
+            "",
+            problems,
+            plans=self.config.plans,
+            models=self.config.models,
+            subdomain_owner=self.directory.subdomains,
+        )
         if problems:
             raise _invalid(problems)
         await self.registry.write({f"t:{tenant_id}": tenant.to_json()})
@@ -171,7 +191,9 @@ class Manager:
         await self.registry.write(changes)
 
     # -- keys -----------------------------------------------------------
-    def _parse_new_key(self, tenant_id: str, doc: Any, path: str, problems: Problems, now: float, tenant: Tenant) -> tuple[ApiKey, str] | None:
+    def _parse_new_key(
+        self, tenant_id: str, doc: Any, path: str, problems: Problems, now: float, tenant: Tenant
+    ) -> tuple[ApiKey, str] | None:
         if doc is None:
             doc = {}
         if not isinstance(doc, dict):

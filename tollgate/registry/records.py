@@ -12,9 +12,11 @@ from typing import Any
 
 from tollgate.config.identity import KEY_ID, LIMIT_FIELDS, SUBDOMAIN, ApiKey, Tenant, frozen_map
 
-__all__ = ["tenant_from_record", "key_from_record"]
+__all__ = ["key_from_record", "tenant_from_record"]
 
-_TENANT_KEYS = frozenset({"id", "name", "plan", "status", "subdomain", "allowed_models", "limits", "metadata", "created"})
+_TENANT_KEYS = frozenset(
+    {"id", "name", "plan", "status", "subdomain", "allowed_models", "limits", "metadata", "created"}
+)
 _KEY_KEYS = frozenset({"id", "tenant", "key_hash", "name", "created", "expires", "revoked", "models"})
 _STATUSES = ("active", "suspended")
 _HASH_PREFIXES = ("sha256:", "hmac-sha256:")
@@ -46,7 +48,9 @@ def tenant_from_record(ident: str, doc: Any) -> Tenant | None:
         return None
     if not all(v is None or (type(v) is int and 0 <= v <= 10**15) for v in limits.values()):
         return None
-    if type(metadata) is not dict or not all(type(k) is str and (v is None or type(v) in (str, int, float, bool)) for k, v in metadata.items()):
+    if type(metadata) is not dict or not all(
+        type(k) is str and (v is None or type(v) in (str, int, float, bool)) for k, v in metadata.items()
+    ):
         return None
     return Tenant(
         id=ident,
@@ -65,7 +69,12 @@ def key_from_record(ident: str, doc: Any) -> ApiKey | None:
     if type(doc) is not dict or not doc.keys() <= _KEY_KEYS:
         return None
     tenant, key_hash, name = doc.get("tenant"), doc.get("key_hash"), doc.get("name", "")
-    created, expires, revoked, models = doc.get("created", 0), doc.get("expires"), doc.get("revoked", False), doc.get("models")
+    created, expires, revoked, models = (
+        doc.get("created", 0),
+        doc.get("expires"),
+        doc.get("revoked", False),
+        doc.get("models"),
+    )
     if doc.get("id", ident) != ident or not KEY_ID.fullmatch(ident) or type(tenant) is not str or not tenant:
         return None
     if type(key_hash) is not str or not key_hash.startswith(_HASH_PREFIXES):
@@ -73,7 +82,12 @@ def key_from_record(ident: str, doc: Any) -> ApiKey | None:
     hexdigest = key_hash.partition(":")[2]
     if len(hexdigest) != 64 or hexdigest.strip("0123456789abcdef"):
         return None
-    if type(name) is not str or not _number(created) or (expires is not None and not _number(expires)) or type(revoked) is not bool:
+    if (
+        type(name) is not str
+        or not _number(created)
+        or (expires is not None and not _number(expires))
+        or type(revoked) is not bool
+    ):
         return None
     if models is not None and not _str_list(models):
         return None

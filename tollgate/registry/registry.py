@@ -71,10 +71,16 @@ class Registry:
         self.opened = True
         log.info(
             "registry: %d tenants, %d keys, %d runtime namespaces and rules (%s, version %d)",
-            len(self.directory.tenants), len(self.directory.key_ids), len(self.rule_records), self.store.description, self.version,
+            len(self.directory.tenants),
+            len(self.directory.key_ids),
+            len(self.rule_records),
+            self.store.description,
+            self.version,
         )
         if isinstance(self.store, MemoryStore) and self._config.identity.enabled:
-            log.warning("registry: no registry: section, so tenants and keys changed through the admin API are lost on restart")
+            log.warning(
+                "registry: no registry: section, so tenants and keys changed through the admin API are lost on restart"
+            )
 
     async def close(self) -> None:
         await self.store.close()
@@ -151,7 +157,9 @@ class Registry:
 
     def problems(self) -> list[str]:
         if self.failing_since is not None:
-            return [f"the registry store has been unreachable for {time.monotonic() - self.failing_since:.0f}s: {self._last_error}"]
+            return [
+                f"the registry store has been unreachable for {time.monotonic() - self.failing_since:.0f}s: {self._last_error}"
+            ]
         return []
 
 

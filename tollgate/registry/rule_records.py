@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tollgate.config.reader import Node, Problems
-from tollgate.config.rules import NANOS, Attach, MatcherSpec, NamespaceSpec, RuleSpec, RulesConfig, parse_rules
+from tollgate.config.rules import NANOS, Attach, MatcherSpec, NamespaceSpec, RulesConfig, RuleSpec, parse_rules
 
 __all__ = [
     "NAMESPACE",
@@ -25,9 +25,9 @@ __all__ = [
     "Entry",
     "RuleBook",
     "is_rules_record",
-    "record_name",
     "matcher_doc",
     "namespace_doc",
+    "record_name",
     "rule_doc",
 ]
 
@@ -74,15 +74,27 @@ def _attach_doc(a: Attach) -> dict[str, Any]:
 
 
 def rule_doc(r: RuleSpec) -> dict[str, Any]:
-    doc: dict[str, Any] = {"type": r.type, "attach": _attach_doc(r.attach), "priority": r.priority, "enabled": r.enabled, "shadow": r.shadow}
+    doc: dict[str, Any] = {
+        "type": r.type,
+        "attach": _attach_doc(r.attach),
+        "priority": r.priority,
+        "enabled": r.enabled,
+        "shadow": r.shadow,
+    }
     if r.type == "field_check":
         doc.update(field=r.field, op=r.op, message=r.message)
         if r.value is not None:
             doc["value"] = r.value
         return doc
     if r.type == "budget":
-        doc.update(amount=r.limit / NANOS, per=r.per, window=r.window, scope=list(r.scope), fail_mode=r.fail_mode,
-                   on_exceed=r.on_exceed)
+        doc.update(
+            amount=r.limit / NANOS,
+            per=r.per,
+            window=r.window,
+            scope=list(r.scope),
+            fail_mode=r.fail_mode,
+            on_exceed=r.on_exceed,
+        )
         return doc
     doc.update(limit=r.limit, scope=list(r.scope), fail_mode=r.fail_mode)
     if r.type == "request_limit":
@@ -198,7 +210,8 @@ class RuleBook:
             culprits = book._culprits(problems)
             log.error(
                 "registry: runtime %s left out, they do not fit the rules in force: %s",
-                ", ".join(f"{_SECTIONS[k]}.{n}" for k, n in sorted(culprits)) or "changes", "; ".join(problems),
+                ", ".join(f"{_SECTIONS[k]}.{n}" for k, n in sorted(culprits)) or "changes",
+                "; ".join(problems),
             )
             if not culprits:
                 break
@@ -215,7 +228,11 @@ class RuleBook:
             for kind, section in _SECTIONS.items():
                 for name in self._api[kind]:
                     prefix = f"{section}.{name}"
-                    if line.startswith(prefix) and line[len(prefix) : len(prefix) + 1] in (".", ":", "[") and (best is None or len(name) > len(best[1])):
+                    if (
+                        line.startswith(prefix)
+                        and line[len(prefix) : len(prefix) + 1] in (".", ":", "[")
+                        and (best is None or len(name) > len(best[1]))
+                    ):
                         best = (kind, name)
             if best is not None:
                 found.add(best)

@@ -21,7 +21,7 @@ import orjson
 
 from tollgate.errors import Conflict, StoreError
 
-__all__ = ["Changes", "RegistryStore", "RegistryConflict", "MemoryStore", "FileStore", "RedisStore"]
+__all__ = ["Changes", "FileStore", "MemoryStore", "RedisStore", "RegistryConflict", "RegistryStore"]
 
 _FORMAT = "tollgate-registry/1"
 
@@ -252,7 +252,7 @@ class RedisStore:
                         if deletes:
                             pipe.hdel(self.k_records, *deletes)
                         if changes:
-                            pipe.zadd(self.k_changes, {name: version for name in changes})
+                            pipe.zadd(self.k_changes, dict.fromkeys(changes, version))
                         await pipe.execute()
                         return version
                     except WatchError:

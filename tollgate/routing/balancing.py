@@ -12,24 +12,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from tollgate.routing.breaker import Breaker
 from tollgate.clock import Clock
 from tollgate.config.model import Deployment, Upstream
 from tollgate.config.resilience import DeploymentLimits, QueuePolicy, Resilience
+from tollgate.routing.breaker import Breaker
 from tollgate.routing.slot_queue import FairQueue
 
 __all__ = [
-    "DeploymentState",
-    "DeploymentRegistry",
-    "MinuteWindow",
     "EWMA_ALPHA",
-    "STRATEGY_CODES",
-    "WEIGHTED_ROUND_ROBIN",
     "LEAST_INFLIGHT",
     "LOWEST_LATENCY",
+    "STRATEGY_CODES",
+    "WEIGHTED_ROUND_ROBIN",
+    "DeploymentRegistry",
+    "DeploymentState",
+    "MinuteWindow",
     "choose",
-    "queue_candidate",
     "deployment_key",
+    "queue_candidate",
 ]
 
 log = logging.getLogger("tollgate.balancing")
@@ -38,7 +38,11 @@ EWMA_ALPHA = 0.3
 WEIGHTED_ROUND_ROBIN = 0
 LEAST_INFLIGHT = 1
 LOWEST_LATENCY = 2
-STRATEGY_CODES = {"weighted_round_robin": WEIGHTED_ROUND_ROBIN, "least_inflight": LEAST_INFLIGHT, "lowest_latency": LOWEST_LATENCY}
+STRATEGY_CODES = {
+    "weighted_round_robin": WEIGHTED_ROUND_ROBIN,
+    "least_inflight": LEAST_INFLIGHT,
+    "lowest_latency": LOWEST_LATENCY,
+}
 
 
 class MinuteWindow:

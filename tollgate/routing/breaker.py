@@ -24,7 +24,7 @@ from collections import deque
 from tollgate.clock import Clock
 from tollgate.config.resilience import BreakerPolicy
 
-__all__ = ["Breaker", "CLOSED", "OPEN", "HALF_OPEN", "REFUSED"]
+__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "REFUSED", "Breaker"]
 
 log = logging.getLogger("tollgate.breaker")
 

@@ -23,7 +23,7 @@ from tollgate.clock import Clock
 from tollgate.config.resilience import HotspotPolicy, ProactiveFallback
 from tollgate.errors import RateLimited
 
-__all__ = ["ProactiveFallbacks", "Hotspots"]
+__all__ = ["Hotspots", "ProactiveFallbacks"]
 
 log = logging.getLogger("tollgate.degradation")
 
@@ -157,13 +157,21 @@ class Hotspots:
             rate.count = 0
             rate.window_start += windows * policy.window
         rate.count += 1
-        if now >= rate.flagged_until and rate.count > policy.factor * max(rate.baseline, policy.min_rate) * policy.window:
+        if (
+            now >= rate.flagged_until
+            and rate.count > policy.factor * max(rate.baseline, policy.min_rate) * policy.window
+        ):
             rate.flagged_until = now + policy.hold
             name = f"{tenant}/{model}"
             self.flags[name] = self.flags.get(name, 0) + 1
             log.warning(
                 "hotspot: %s at %d requests in %gs, baseline %.2f/s; stricter limit %s for %gs",
-                name, rate.count, policy.window, rate.baseline, f"{policy.limit_rate:g}/s" if policy.limit_rate else "off", policy.hold,
+                name,
+                rate.count,
+                policy.window,
+                rate.baseline,
+                f"{policy.limit_rate:g}/s" if policy.limit_rate else "off",
+                policy.hold,
             )
         if policy.limit_rate and now < rate.flagged_until:
             second = int(now)

@@ -72,7 +72,9 @@ class HealthProber:
         resp = None
         try:
             async with asyncio.timeout(policy.timeout):
-                resp = await client.http.request("GET", policy.path, [h for h in client.fixed_headers if h[0] != "Content-Type"])
+                resp = await client.http.request(
+                    "GET", policy.path, [h for h in client.fixed_headers if h[0] != "Content-Type"]
+                )
                 await resp.read()
                 ok = resp.status < 500 and resp.status != 429
         except (TimeoutError, HttpError):

@@ -9,10 +9,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 
-from tollgate.routing.balancing import STRATEGY_CODES, WEIGHTED_ROUND_ROBIN, DeploymentRegistry, DeploymentState, choose, queue_candidate
 from tollgate.config.model import Config, Deployment, Model
-from tollgate.pipeline.context import RequestContext
 from tollgate.errors import NotFound
+from tollgate.pipeline.context import RequestContext
+from tollgate.routing.balancing import (
+    STRATEGY_CODES,
+    WEIGHTED_ROUND_ROBIN,
+    DeploymentRegistry,
+    DeploymentState,
+    choose,
+    queue_candidate,
+)
 
 __all__ = ["ModelRoute", "compile_routes", "route"]
 
@@ -36,7 +43,13 @@ class ModelRoute:
         "_turn",
     )
 
-    def __init__(self, model: Model, states: tuple[DeploymentState, ...], deployments: tuple[Deployment, ...], retry_statuses: frozenset[int]) -> None:
+    def __init__(
+        self,
+        model: Model,
+        states: tuple[DeploymentState, ...],
+        deployments: tuple[Deployment, ...],
+        retry_statuses: frozenset[int],
+    ) -> None:
         self.name = model.name
         self.model = model
         self.deployments = deployments
@@ -45,7 +58,11 @@ class ModelRoute:
         routing = model.routing
         self.fallback_on_status = routing.fallback_on_status
         # Upstream statuses the attempt loop wants to see as errors rather than relayed as they are.
-        self.divert = retry_statuses | routing.fallback_on_status | (frozenset({400}) if routing.context_window_fallbacks else frozenset())
+        self.divert = (
+            retry_statuses
+            | routing.fallback_on_status
+            | (frozenset({400}) if routing.context_window_fallbacks else frozenset())
+        )
         self.queue = routing.queue
         self.total_timeout = 600.0  # the longest total timeout of its upstreams (bounds retry backoff)
         # Linked by compile_routes once every route exists: the whole chains, transitively, without this model.
@@ -109,7 +126,9 @@ def compile_routes(config: Config, registry: DeploymentRegistry) -> Mapping[str,
     resilience = config.resilience
     routes: dict[str, ModelRoute] = {}
     for name, model in config.models.items():
-        active = tuple(d for d in model.deployments if d.weight > 0) or model.deployments  # zero weight = out of rotation
+        active = (
+            tuple(d for d in model.deployments if d.weight > 0) or model.deployments
+        )  # zero weight = out of rotation
         states = tuple(registry.state_for(d, config.upstreams[d.upstream], resilience) for d in active)
         routes[name] = r = ModelRoute(model, states, active, resilience.retries.statuses)
         r.total_timeout = max(config.upstreams[d.upstream].timeouts.total for d in active)

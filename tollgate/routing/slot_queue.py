@@ -33,7 +33,17 @@ class QueueRefused(Exception):
 
 
 class FairQueue:
-    __slots__ = ("limit", "size", "in_use", "waiting", "_classes", "waited_total", "served_after_wait", "refused_full", "expired")
+    __slots__ = (
+        "limit",
+        "size",
+        "in_use",
+        "waiting",
+        "_classes",
+        "waited_total",
+        "served_after_wait",
+        "refused_full",
+        "expired",
+    )
 
     def __init__(self, limit: int, size: int) -> None:
         self.limit = limit

@@ -11,28 +11,28 @@ from pathlib import Path
 from aiohttp import web
 
 from tollgate.accounting import Accounting
-from tollgate.pipeline.attempts import AttemptCounters
-from tollgate.routing.balancing import DeploymentRegistry
-from tollgate.routing.retry_budget import RetryBudget
 from tollgate.clock import Clock, SystemClock
 from tollgate.config import Config, load_config
 from tollgate.config.rules import RulesConfig
-from tollgate.routing.deadletter import DeadLetterLog
-from tollgate.routing.degradation import Hotspots, ProactiveFallbacks
 from tollgate.errors import ConfigError
-from tollgate.pipeline.forward import UpstreamPool
 from tollgate.identity import IdentityRuntime, Registry, compile_identity
-from tollgate.registry.rule_records import RuleBook
-from tollgate.routing.health import HealthProber
-from tollgate.policy.lease_wait import LeaseWaiters
 from tollgate.limiter import build_limiter
+from tollgate.pipeline.attempts import AttemptCounters
+from tollgate.pipeline.forward import UpstreamPool
+from tollgate.policy.lease_wait import LeaseWaiters
 from tollgate.policy.matchers import NamespaceTable
 from tollgate.policy.rules import RuleSet
 from tollgate.policy.settlement import Settler
-from tollgate.routing.models import ModelRoute, compile_routes
 from tollgate.policy.shedding import Shedder
+from tollgate.registry.rule_records import RuleBook
+from tollgate.routing.balancing import DeploymentRegistry
+from tollgate.routing.deadletter import DeadLetterLog
+from tollgate.routing.degradation import Hotspots, ProactiveFallbacks
+from tollgate.routing.health import HealthProber
+from tollgate.routing.models import ModelRoute, compile_routes
+from tollgate.routing.retry_budget import RetryBudget
 
-__all__ = ["Runtime", "GatewayState", "STATE"]
+__all__ = ["STATE", "GatewayState", "Runtime"]
 
 log = logging.getLogger("tollgate.runtime")
 
@@ -46,7 +46,9 @@ class Runtime:
 
     __slots__ = ("config", "version", "routes", "identity", "rules_config", "namespaces", "rules")
 
-    def __init__(self, config: Config, version: int, deployments: DeploymentRegistry, rules: RulesConfig | None = None) -> None:
+    def __init__(
+        self, config: Config, version: int, deployments: DeploymentRegistry, rules: RulesConfig | None = None
+    ) -> None:
         self.config = config
         self.version = version
         self.routes: Mapping[str, ModelRoute] = compile_routes(config, deployments)
@@ -61,7 +63,12 @@ class Runtime:
     def with_rules(self, rules: RulesConfig) -> Runtime:
         """The same config version with other namespaces and rules."""
         runtime = object.__new__(Runtime)
-        runtime.config, runtime.version, runtime.routes, runtime.identity = self.config, self.version, self.routes, self.identity
+        runtime.config, runtime.version, runtime.routes, runtime.identity = (
+            self.config,
+            self.version,
+            self.routes,
+            self.identity,
+        )
         runtime._compile_rules(rules)
         return runtime
 
@@ -95,7 +102,10 @@ class GatewayState:
         # Usage, cost, quotas, metrics, access and audit logs; flushed in the background, and on close.
         self.accounting = Accounting(config, state=self)
         self.settler = Settler(
-            self.limiter, on_release=self.lease_waiters.released, metrics=self.accounting.metrics, pricing=self.accounting.pricing
+            self.limiter,
+            on_release=self.lease_waiters.released,
+            metrics=self.accounting.metrics,
+            pricing=self.accounting.pricing,
         )
         self._reload_lock = asyncio.Lock()
 
@@ -158,7 +168,9 @@ class GatewayState:
         self.runtime = runtime.with_rules(self.effective_rules(runtime.config))
         log.info(
             "namespaces and rules changed at runtime: %d namespaces, %d rules in force (config version %d)",
-            len(self.runtime.rules_config.namespaces), len(self.runtime.rules_config.rules), runtime.version,
+            len(self.runtime.rules_config.namespaces),
+            len(self.runtime.rules_config.rules),
+            runtime.version,
         )
 
     def _configure_resilience(self, config: Config) -> None:
@@ -201,7 +213,9 @@ class GatewayState:
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
-            log.error("reload refused, keeping config version %d:\n  %s", self.runtime.version, "\n  ".join(exc.problems))
+            log.error(
+                "reload refused, keeping config version %d:\n  %s", self.runtime.version, "\n  ".join(exc.problems)
+            )
             return False, exc.problems
         await self.apply(config)
         return True, []

@@ -30,11 +30,11 @@ from urllib.parse import urlsplit
 import httptools
 
 __all__ = [
-    "HttpError",
     "ConnectError",
+    "HttpError",
+    "Response",
     "ResponseError",
     "UpstreamHttp",
-    "Response",
 ]
 
 # Body bytes buffered unread before the socket stops being read (a slow client on a fast stream).
@@ -71,8 +71,24 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection: writes a request, lets llhttp parse its answer, buffers the body for one reader."""
 
     __slots__ = (
-        "transport", "parser", "state", "body", "body_size", "waiter", "error", "closed", "status", "headers",
-        "keep_alive", "paused", "idle_since", "head_request", "head_bytes", "header_bytes", "until_close", "status_line",
+        "transport",
+        "parser",
+        "state",
+        "body",
+        "body_size",
+        "waiter",
+        "error",
+        "closed",
+        "status",
+        "headers",
+        "keep_alive",
+        "paused",
+        "idle_since",
+        "head_request",
+        "head_bytes",
+        "header_bytes",
+        "until_close",
+        "status_line",
     )
 
     def __init__(self) -> None:
@@ -141,7 +157,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.state == _BODY and self.until_close and exc is None:  # a clean close ends a body without length; a reset does not
+        if (
+            self.state == _BODY and self.until_close and exc is None
+        ):  # a clean close ends a body without length; a reset does not
             self.state = _DONE
         elif self.state != _DONE and self.state != _IDLE and self.error is None:
             reason = f": {exc}" if exc else ""
@@ -164,7 +182,9 @@ class _Connection(asyncio.Protocol):
         self.status_line = True
         size = self.header_bytes = self.header_bytes + len(name) + len(value)
         if size > _MAX_HEAD:
-            raise ResponseError("upstream response head too large" if self.state == _HEAD else "upstream trailer too long")
+            raise ResponseError(
+                "upstream response head too large" if self.state == _HEAD else "upstream trailer too long"
+            )
         if self.state == _BODY:  # a trailer: read and dropped
             return
         key = name.lower().decode("latin-1")  # a token (llhttp checked): ASCII
@@ -189,11 +209,15 @@ class _Connection(asyncio.Protocol):
         if self.head_request:
             # No body follows, whatever the head says; keep-alive by the version and Connection alone.
             connection = headers.get("connection", "").lower()
-            self.keep_alive = "close" not in connection if parser.get_http_version() == "1.1" else "keep-alive" in connection
+            self.keep_alive = (
+                "close" not in connection if parser.get_http_version() == "1.1" else "keep-alive" in connection
+            )
             self.state = _DONE
             raise _HeadEnds
         self.state = _BODY
-        self.until_close = "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower()
+        self.until_close = (
+            "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower()
+        )
 
     def on_body(self, data: bytes) -> None:
         self.body.append(data)
@@ -438,7 +462,9 @@ class UpstreamHttp:
                     _Connection, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
                 )
         except TimeoutError:
-            raise ConnectError(f"connect to {self.host}:{self.port} timed out after {self.connect_timeout:g} s") from None
+            raise ConnectError(
+                f"connect to {self.host}:{self.port} timed out after {self.connect_timeout:g} s"
+            ) from None
         except (OSError, ssl.SSLError) as exc:
             raise ConnectError(f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc), exc) from None
         return conn

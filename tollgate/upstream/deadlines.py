@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from types import TracebackType
 
-__all__ = ["Deadlines", "Deadline"]
+__all__ = ["Deadline", "Deadlines"]
 
 
 class Deadline:

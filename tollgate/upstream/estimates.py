@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["estimate_prompt_tokens", "requested_completion_tokens", "estimate_text_tokens", "CHARS_PER_TOKEN"]
+__all__ = ["CHARS_PER_TOKEN", "estimate_prompt_tokens", "estimate_text_tokens", "requested_completion_tokens"]
 
 # English averages about four characters per token in OpenAI's tokenizers;
 # the estimate only sizes a reservation that is settled to the real usage.

@@ -50,4 +50,6 @@ def secrets_of(api_key: str | None, headers: Iterable[tuple[str, str]]) -> tuple
         lower = name.lower()
         if any(word in lower for word in ("auth", "key", "token", "secret")):
             found.append(value.removeprefix("Bearer ").removeprefix("bearer "))
-    return tuple(sorted({s.encode("utf-8", "surrogateescape") for s in found if len(s) >= _MIN_SECRET}, key=len, reverse=True))
+    return tuple(
+        sorted({s.encode("utf-8", "surrogateescape") for s in found if len(s) >= _MIN_SECRET}, key=len, reverse=True)
+    )

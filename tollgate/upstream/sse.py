@@ -34,14 +34,14 @@ from typing import Any, Protocol
 import orjson
 
 __all__ = [
-    "PASS",
     "DROP",
     "HOLD",
+    "MAX_EVENT_BYTES",
+    "PASS",
     "EndStream",
-    "StreamMonitor",
     "MonitorChain",
     "SseParser",
-    "MAX_EVENT_BYTES",
+    "StreamMonitor",
 ]
 
 PASS = 0

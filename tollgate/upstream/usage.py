@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tollgate.pipeline.context import Usage
-from tollgate.upstream.sse import DROP, HOLD, PASS, EndStream
 from tollgate.upstream.estimates import estimate_prompt_tokens
+from tollgate.upstream.sse import DROP, HOLD, PASS, EndStream
 
 if TYPE_CHECKING:
     from tollgate.pipeline.context import RequestContext
     from tollgate.policy.settlement import StreamBudget
 
-__all__ = ["usage_from_body", "usage_from_json", "request_stream_usage", "UsageMonitor"]
+__all__ = ["UsageMonitor", "request_stream_usage", "usage_from_body", "usage_from_json"]
 
 
 def usage_from_json(doc: Any) -> Usage | None:
@@ -51,7 +51,9 @@ def request_stream_usage(ctx: RequestContext) -> bool:
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:
         return True
-    body["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+    body["stream_options"] = (
+        {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+    )
     ctx.body_bytes = orjson.dumps(body)
     return False
 
@@ -101,7 +103,9 @@ class UsageMonitor:
         if spent is not None:
             if spent.unit == "nanos":
                 return EndStream(f"the stream was ended: the money budget {spent.name} is spent", "budget_exceeded")
-            return EndStream(f"the stream was ended: the token budget {spent.name} is exhausted", "token_budget_exceeded")
+            return EndStream(
+                f"the stream was ended: the token budget {spent.name} is exhausted", "token_budget_exceeded"
+            )
         budget.relayed(text, completion)
         return PASS
 

@@ -8,11 +8,11 @@ from tollgate.limiter.store.redis_engine import RedisEngine
 from tollgate.limiter.store.scripts import ENTRY_SCRIPTS, Script, load_scripts, lua_dir
 
 __all__ = [
+    "ENTRY_SCRIPTS",
     "BreakerSettings",
     "CircuitBreaker",
     "EmbeddedEngine",
     "EngineStats",
-    "ENTRY_SCRIPTS",
     "Keyspace",
     "RedisEngine",
     "Script",

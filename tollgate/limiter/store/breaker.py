@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from tollgate.clock import Clock
 
-__all__ = ["BreakerSettings", "CircuitBreaker", "CLOSED", "OPEN", "HALF_OPEN"]
+__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "BreakerSettings", "CircuitBreaker"]
 
 CLOSED = "closed"
 OPEN = "open"

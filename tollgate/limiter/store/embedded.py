@@ -38,7 +38,12 @@ class EmbeddedEngine:
     remote = False
 
     def __init__(
-        self, clock: Clock, *, scripts: Mapping[str, Script] | None = None, name: str = "embedded", coalesce: bool = False
+        self,
+        clock: Clock,
+        *,
+        scripts: Mapping[str, Script] | None = None,
+        name: str = "embedded",
+        coalesce: bool = False,
     ) -> None:
         self.name = name
         self.coalesce = coalesce
@@ -127,6 +132,7 @@ class EmbeddedEngine:
 WRAPPER_FILE = "embedded_wrapper.lua"
 _INTEGERS = 1  # the reply is an array of integers, its items follow unpacked
 _ARRAY = 2  # the reply is another array, its items follow unpacked; 0: one value follows
+
 
 def _array(items: list[Any]) -> list[Any]:
     """An array reply's items as Redis would reply them: up to the first nil."""

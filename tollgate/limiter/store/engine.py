@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["ScriptCall", "ScriptEngine", "EngineStats", "Arg"]
+__all__ = ["Arg", "EngineStats", "ScriptCall", "ScriptEngine"]
 
 Arg = str | int
 

@@ -37,7 +37,7 @@ except ImportError:  # a lupa build without LuaJIT: the reference interpreter
 
 from tollgate.limiter.store.scripts import lua_dir
 
-__all__ = ["Keyspace", "ReplyError", "Status", "KEYSPACE_FILE", "new_runtime"]
+__all__ = ["KEYSPACE_FILE", "Keyspace", "ReplyError", "Status", "new_runtime"]
 
 KEYSPACE_FILE = "embedded_keyspace.lua"
 

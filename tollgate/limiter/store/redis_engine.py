@@ -58,7 +58,7 @@ from tollgate.limiter.store.breaker import CLOSED, BreakerSettings, CircuitBreak
 from tollgate.limiter.store.engine import Arg, EngineStats, ScriptCall
 from tollgate.limiter.store.scripts import Script, load_scripts
 
-__all__ = ["RedisEngine", "EAGER_BATCH", "WARM_CONNECTIONS", "QUEUE_TIMEOUT"]
+__all__ = ["EAGER_BATCH", "QUEUE_TIMEOUT", "WARM_CONNECTIONS", "RedisEngine"]
 
 log = logging.getLogger("tollgate.store")
 
@@ -193,7 +193,11 @@ class _Packer:
         keys, args = call.keys, call.args
         parts = [get(v) or self._remember(v) for v in keys]
         parts += [get(v) or self._remember(v) for v in args]
-        head = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (3 + len(parts), get(sha) or self._remember(sha), get(len(keys)) or self._remember(len(keys)))
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (
+            3 + len(parts),
+            get(sha) or self._remember(sha),
+            get(len(keys)) or self._remember(len(keys)),
+        )
         return head + b"".join(parts)
 
     def _remember(self, value: Any) -> bytes:
@@ -297,11 +301,19 @@ class RedisEngine:
         """
         if self._cluster:
             return  # redis-py's cluster client discovers its nodes on the first call
-        opened = await asyncio.gather(*(self._open() for _ in range(self._warm - len(self._idle))), return_exceptions=True)
+        opened = await asyncio.gather(
+            *(self._open() for _ in range(self._warm - len(self._idle))), return_exceptions=True
+        )
         self._idle += [conn for conn in opened if not isinstance(conn, BaseException)]
         failed = [exc for exc in opened if isinstance(exc, BaseException)]
         if failed:
-            log.warning("store %s: %d of %d connections could not be opened at start: %s", self.name, len(failed), len(opened), failed[0])
+            log.warning(
+                "store %s: %d of %d connections could not be opened at start: %s",
+                self.name,
+                len(failed),
+                len(opened),
+                failed[0],
+            )
         if not self._idle or self._preloaded:
             return
         loads = [("SCRIPT", "LOAD", script.source) for script in self._scripts.values()]
@@ -309,7 +321,9 @@ class RedisEngine:
             async with asyncio.timeout(max(1.0, self.timeout * 10)):
                 await self._roundtrip(loads)
         except (StoreError, RedisError, OSError, TimeoutError) as exc:
-            log.warning("store %s: the scripts could not be loaded at start (%s); the first call loads them", self.name, exc)
+            log.warning(
+                "store %s: the scripts could not be loaded at start (%s); the first call loads them", self.name, exc
+            )
         else:
             self._preloaded = True
 
@@ -564,7 +578,9 @@ class RedisEngine:
         except asyncio.CancelledError:
             if budget.timed_out():
                 if connect:
-                    raise StoreUnavailable(f"store {self.name} did not complete a connection handshake in time") from None
+                    raise StoreUnavailable(
+                        f"store {self.name} did not complete a connection handshake in time"
+                    ) from None
                 raise TimeoutError from None
             raise
         finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Script", "ENTRY_SCRIPTS", "lua_dir", "load_scripts"]
+__all__ = ["ENTRY_SCRIPTS", "Script", "load_scripts", "lua_dir"]
 
 # The scripts an engine runs by name; the other .lua files are libraries.
 ENTRY_SCRIPTS = ("admit", "peek", "settle", "extend", "lease_renew", "lease_release")
