@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from tollgate.errors import GatewayError, StoreError
 from tollgate.limiter import Consumed, Lease, Limiter, LimitSpec, Settlement
 from tollgate.limiter.decision import Charge
-from tollgate.upstream.estimates import CHARS_PER_TOKEN
+from tollgate.token_estimate import CHARS_PER_TOKEN
 
 if TYPE_CHECKING:
     from tollgate.accounting.pricing import Pricing

@@ -4,30 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CHARS_PER_TOKEN", "estimate_prompt_tokens", "estimate_text_tokens", "requested_completion_tokens"]
+from tollgate.token_estimate import estimate_tokens
 
-# English averages about four characters per token in OpenAI's tokenizers;
-# the estimate only sizes a reservation that is settled to the real usage.
-CHARS_PER_TOKEN = 4
+__all__ = ["estimate_prompt_tokens", "requested_completion_tokens"]
+
+# Text is counted by tollgate.token_estimate; a message and the request add a few tokens of framing.
 _PER_MESSAGE = 4
 _PER_REQUEST = 3
 
 
-def estimate_text_tokens(text: str) -> int:
-    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
-
-
 def _content_tokens(content: Any) -> int:
     if isinstance(content, str):
-        return estimate_text_tokens(content)
+        return estimate_tokens(len(content))
     if isinstance(content, list):  # multi-part content: count the text parts, a flat charge for others
         total = 0
         for part in content:
             if isinstance(part, dict):
                 text = part.get("text")
-                total += estimate_text_tokens(text) if isinstance(text, str) else 85
+                total += estimate_tokens(len(text)) if isinstance(text, str) else 85
             elif isinstance(part, str):
-                total += estimate_text_tokens(part)
+                total += estimate_tokens(len(part))
         return total
     return 0
 
@@ -35,7 +31,7 @@ def _content_tokens(content: Any) -> int:
 def _input_tokens(value: Any) -> int:
     """``prompt`` / ``input``: a string, a list of strings, a token array, or a list of token arrays."""
     if isinstance(value, str):
-        return estimate_text_tokens(value)
+        return estimate_tokens(len(value))
     if isinstance(value, list):
         if value and all(isinstance(v, int) for v in value):
             return len(value)

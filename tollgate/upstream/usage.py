@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tollgate.pipeline.context import Usage
+from tollgate.token_estimate import estimate_tokens
 from tollgate.upstream.estimates import estimate_prompt_tokens
 from tollgate.upstream.sse import DROP, HOLD, PASS, EndStream
 
@@ -117,7 +118,7 @@ class UsageMonitor:
         ctx = self.ctx
         if ctx.usage is None or not ctx.usage.reported:
             # No usage chunk (cut, broken, or an upstream that ignores include_usage): count what was streamed.
-            completion = self.budget.completion_tokens if self.budget is not None else (self._chars + 3) // 4
+            completion = self.budget.completion_tokens if self.budget is not None else estimate_tokens(self._chars)
             assert ctx.endpoint is not None and ctx.body is not None
             prompt = estimate_prompt_tokens(ctx.endpoint.kind, ctx.body)
             ctx.usage = Usage(prompt, completion, reported=False)
