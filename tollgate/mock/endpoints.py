@@ -1,0 +1,223 @@
+"""The mock's endpoints in OpenAI's shapes (chat, completions, embeddings, models) and its observation routes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tollgate.mock.faults import openai_error, receive, stream_events
+from tollgate.mock.generation import (
+    completion_length,
+    embedding_base64,
+    input_count,
+    prompt_tokens_chat,
+    prompt_tokens_inputs,
+)
+from tollgate.mock.state import MOCK_STATE
+
+__all__ = [
+    "chat_completions",
+    "clear_requests",
+    "completions",
+    "embeddings",
+    "get_model",
+    "list_models",
+    "recorded_requests",
+    "reset_stats",
+    "stats",
+]
+
+_JSON = "application/json"
+_DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def _json(payload: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), headers={"Content-Type": _JSON})
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[MOCK_STATE]
+    admitted = await receive(request, state)
+    if isinstance(admitted, web.StreamResponse):
+        return admitted
+    body, knobs = admitted
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return openai_error(400, "'messages' must be a non-empty array", param="messages")
+    prompt_tokens = prompt_tokens_chat(messages)
+    tokens, finish = completion_length(body, knobs, state.settings.max_tokens_cap)
+    model: str = body["model"]
+    created = int(time.time())
+    ident = state.next_id("chatcmpl")
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
+    if not body.get("stream"):
+        return _json(
+            {
+                "id": ident,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_mock",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": state.text.prefix(tokens), "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": usage,
+            }
+        )
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    head = (
+        b'data: {"id":'
+        + orjson.dumps(ident)
+        + b',"object":"chat.completion.chunk","created":'
+        + str(created).encode()
+        + b',"model":'
+        + orjson.dumps(model)
+        + b',"system_fingerprint":"fp_mock","choices":['
+    )
+    tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+    events = [
+        head
+        + b'{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]'
+        + tail
+    ]
+    for content in state.text.deltas(tokens, knobs.tokens_per_chunk):
+        events.append(
+            head + b'{"index":0,"delta":{"content":' + content + b'},"logprobs":null,"finish_reason":null}]' + tail
+        )
+    events.append(head + b'{"index":0,"delta":{},"logprobs":null,"finish_reason":"' + finish.encode() + b'"}]' + tail)
+    if include_usage:
+        empty = b'{"index":0,"delta":{}}' if knobs.usage_chunk_delta else b""
+        events.append(head + empty + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
+    events.append(_DONE_EVENT)
+    return await stream_events(request, state, knobs, events, paced_from=1)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[MOCK_STATE]
+    admitted = await receive(request, state)
+    if isinstance(admitted, web.StreamResponse):
+        return admitted
+    body, knobs = admitted
+    if "prompt" not in body:
+        return openai_error(400, "you must provide a prompt parameter", param="prompt")
+    prompt_tokens = prompt_tokens_inputs(body["prompt"])
+    tokens, finish = completion_length(body, knobs, state.settings.max_tokens_cap)
+    model: str = body["model"]
+    created = int(time.time())
+    ident = state.next_id("cmpl")
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
+    if not body.get("stream"):
+        return _json(
+            {
+                "id": ident,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_mock",
+                "choices": [{"text": state.text.prefix(tokens), "index": 0, "logprobs": None, "finish_reason": finish}],
+                "usage": usage,
+            }
+        )
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    head = (
+        b'data: {"id":'
+        + orjson.dumps(ident)
+        + b',"object":"text_completion","created":'
+        + str(created).encode()
+        + b',"model":'
+        + orjson.dumps(model)
+        + b',"system_fingerprint":"fp_mock","choices":['
+    )
+    tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+    events = [
+        head + b'{"text":' + content + b',"index":0,"logprobs":null,"finish_reason":null}]' + tail
+        for content in state.text.deltas(tokens, knobs.tokens_per_chunk)
+    ]
+    events.append(head + b'{"text":"","index":0,"logprobs":null,"finish_reason":"' + finish.encode() + b'"}]' + tail)
+    if include_usage:
+        events.append(head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
+    events.append(_DONE_EVENT)
+    return await stream_events(request, state, knobs, events, paced_from=0)
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    state = request.app[MOCK_STATE]
+    admitted = await receive(request, state)
+    if isinstance(admitted, web.StreamResponse):
+        return admitted
+    body, _knobs_unused = admitted
+    if "input" not in body:
+        return openai_error(400, "you must provide an input parameter", param="input")
+    inputs = body["input"]
+    prompt_tokens = prompt_tokens_inputs(inputs)
+    dims = body.get("dimensions")
+    if dims is not None and not (isinstance(dims, int) and 1 <= dims <= len(state.vector)):
+        return openai_error(400, f"'dimensions' must be an integer 1..{len(state.vector)}", param="dimensions")
+    if body.get("encoding_format") == "base64":
+        vector = state.vector_b64 if dims is None else embedding_base64(state.vector[:dims])
+    else:
+        vector = state.vector_json if dims is None else orjson.dumps(state.vector[:dims])
+    items = b",".join(
+        b'{"object":"embedding","index":' + str(i).encode() + b',"embedding":' + vector + b"}"
+        for i in range(input_count(inputs))
+    )
+    payload = (
+        b'{"object":"list","data":['
+        + items
+        + b'],"model":'
+        + orjson.dumps(body["model"])
+        + b',"usage":{"prompt_tokens":'
+        + str(prompt_tokens).encode()
+        + b',"total_tokens":'
+        + str(prompt_tokens).encode()
+        + b"}}"
+    )
+    return web.Response(body=payload, headers={"Content-Type": _JSON})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state = request.app[MOCK_STATE]
+    state.stats["requests"] += 1
+    return _json({"object": "list", "data": [_model(name) for name in state.settings.models]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    state = request.app[MOCK_STATE]
+    state.stats["requests"] += 1
+    name = request.match_info["model"]
+    if name not in state.settings.models:
+        return openai_error(404, f"The model '{name}' does not exist")
+    return _json(_model(name))
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 1700000000, "owned_by": "tollgate-mock"}
+
+
+async def recorded_requests(request: web.Request) -> web.Response:
+    state = request.app[MOCK_STATE]
+    return _json({"recording": state.settings.record, "requests": list(state.requests)})
+
+
+async def clear_requests(request: web.Request) -> web.Response:
+    request.app[MOCK_STATE].requests.clear()
+    return web.Response(status=204)
+
+
+async def stats(request: web.Request) -> web.Response:
+    return _json(request.app[MOCK_STATE].stats)
+
+
+async def reset_stats(request: web.Request) -> web.Response:
+    request.app[MOCK_STATE].reset_stats()
+    return web.Response(status=204)
