@@ -27,7 +27,7 @@ from tollgate.edge import server as httpserver
 from tollgate.edge.answers import REQUEST_ID_HEADER, error_body
 from tollgate.errors import UpstreamAuthError, UpstreamBadResponse, UpstreamTimeout
 from tollgate.pipeline.context import RequestContext
-from tollgate.upstream.client import ConnectError, HttpError, Response, UpstreamHttp
+from tollgate.upstream.client import ConnectError, HttpError, UpstreamHttp, UpstreamResponse
 from tollgate.upstream.deadlines import Deadline, Deadlines
 from tollgate.upstream.redaction import redact, secrets_of
 from tollgate.upstream.sse import SseParser
@@ -212,7 +212,7 @@ async def forward(
     loop = asyncio.get_running_loop()
     deadline = ctx.started + cfg.timeouts.total
     phase = "first byte"
-    upstream: Response | None = None
+    upstream: UpstreamResponse | None = None
     try:
         async with client.deadlines.at(min(deadline, loop.time() + cfg.timeouts.first_byte)) as timer:
             upstream = await client.http.request(
@@ -268,7 +268,7 @@ async def forward(
 
 async def _relay_stream(
     ctx: RequestContext,
-    upstream: Response,
+    upstream: UpstreamResponse,
     timer: Deadline,
     deadline: float,
     idle: float,

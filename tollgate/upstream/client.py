@@ -32,9 +32,9 @@ import httptools
 __all__ = [
     "ConnectError",
     "HttpError",
-    "Response",
     "ResponseError",
     "UpstreamHttp",
+    "UpstreamResponse",
 ]
 
 # Body bytes buffered unread before the socket stops being read (a slow client on a fast stream).
@@ -67,7 +67,7 @@ class _HeadEnds(Exception):
 _IDLE, _HEAD, _BODY, _DONE = range(4)
 
 
-class _Connection(asyncio.Protocol):
+class _UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection: writes a request, lets llhttp parse its answer, buffers the body for one reader."""
 
     __slots__ = (
@@ -124,7 +124,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state == _IDLE or state == _DONE:
+        if state in (_IDLE, _DONE):
             # Bytes nobody asked for: the connection can no longer be trusted to frame the next response.
             self._fail(ResponseError("upstream sent data outside a response"))
             return
@@ -317,15 +317,15 @@ class _Connection(asyncio.Protocol):
         return self.state == _DONE and self.keep_alive and not self.closed and self.error is None
 
 
-class Response:
+class UpstreamResponse:
     """An upstream answer whose head has arrived; read the body, then ``release()`` (or ``close()``)."""
 
     __slots__ = ("status", "headers", "_conn", "_pool", "_inflate", "_finished")
 
-    def __init__(self, conn: _Connection, pool: UpstreamHttp) -> None:
+    def __init__(self, conn: _UpstreamConnection, pool: UpstreamHttp) -> None:
         self.status = conn.status
         self.headers = conn.headers  # lower-case names
-        self._conn: _Connection | None = conn
+        self._conn: _UpstreamConnection | None = conn
         self._pool = pool
         self._finished = False
         coding = conn.headers.get("content-encoding", "identity").lower()
@@ -411,11 +411,13 @@ class UpstreamHttp:
         self.connect_timeout = connect_timeout
         self.in_use = 0
         self.closed = False
-        self._idle: list[_Connection] = []
+        self._idle: list[_UpstreamConnection] = []
         self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def request(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"") -> Response:
+    async def request(
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
+    ) -> UpstreamResponse:
         """Send one request (``path`` is appended to the base URL's path) and wait for the response head.
 
         ``headers`` must not carry ``Host``, ``Content-Length`` or ``Transfer-Encoding``: those
@@ -426,7 +428,7 @@ class UpstreamHttp:
         if self.in_use >= self.max_connections:
             await self._wait_for_slot()
         self.in_use += 1
-        conn: _Connection | None = None
+        conn: _UpstreamConnection | None = None
         try:
             conn = self._take_idle()
             if conn is None:
@@ -439,14 +441,14 @@ class UpstreamHttp:
             lines.append("\r\n")
             conn.send("".join(lines).encode("utf-8", "surrogateescape") + body, method == "HEAD")
             await conn.read_head()
-            return Response(conn, self)
+            return UpstreamResponse(conn, self)
         except BaseException:
             if conn is not None:
                 conn.close()
             self._free_slot()
             raise
 
-    def _take_idle(self) -> _Connection | None:
+    def _take_idle(self) -> _UpstreamConnection | None:
         idle = self._idle
         while idle:
             conn = idle.pop()
@@ -454,12 +456,16 @@ class UpstreamHttp:
                 return conn
         return None
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> _UpstreamConnection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    _Connection, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
+                    _UpstreamConnection,
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None,
                 )
         except TimeoutError:
             raise ConnectError(
@@ -469,7 +475,7 @@ class UpstreamHttp:
             raise ConnectError(f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc), exc) from None
         return conn
 
-    def _release(self, conn: _Connection) -> None:
+    def _release(self, conn: _UpstreamConnection) -> None:
         self._free_slot()
         if conn.reusable and not self.closed:
             conn.state = _IDLE
