@@ -29,8 +29,9 @@ sys.path.insert(0, str(REPO))
 
 import uvloop  # noqa: E402
 
-from tollgate.edge.answers import error_answer  # noqa: E402
-from tollgate.edge.server import HttpServer, Request, Response  # noqa: E402
+from tollgate.edge.answers import Response, error_answer  # noqa: E402
+from tollgate.edge.messages import Request  # noqa: E402
+from tollgate.edge.server import HttpServer  # noqa: E402
 from tollgate.errors import Unauthenticated  # noqa: E402
 
 BODY = (

@@ -9,8 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tollgate.edge.answers import error_answer
-from tollgate.edge.server import HttpServer, Request, Response, StreamResponse
+from tollgate.edge.answers import Response, error_answer
+from tollgate.edge.messages import Request, StreamedAnswer
+from tollgate.edge.server import HttpServer
 from tollgate.errors import GatewayError, PayloadTooLarge
 
 LIMIT = 1000  # body bytes the "/limited" handler accepts, like the guard stage
@@ -59,7 +60,7 @@ class Probe:
                 raise
             return Response(200, b"done")
         if request.path == "/stream":
-            response = StreamResponse(200, {"Content-Type": "text/event-stream"})
+            response = StreamedAnswer(200, {"Content-Type": "text/event-stream"})
             await response.prepare(request)
             for i in range(3):
                 await response.write(b"data: %d\n\n" % i)

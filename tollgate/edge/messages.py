@@ -1,24 +1,25 @@
-"""What a handler on the public listener is given, and how it streams an answer: :class:`Request`, its :class:`Body`, :class:`StreamResponse`.
+"""What a handler on the public listener is given, and how it streams an answer: :class:`Request`, its :class:`Body`, :class:`StreamedAnswer`, :data:`Handler`.
 
-The connection that parses requests and writes answers is
-``httpserver.py``; complete answers (:class:`~tollgate.edge.answers.Response`) are
-made in ``http.py``. Nothing here reads or writes a socket: a body is fed by
-its connection as llhttp parses it, and a streamed answer writes through its
+The connection that parses requests and writes answers is in ``server.py``;
+complete answers (:class:`~tollgate.edge.answers.Response`) are made in
+``answers.py``. Nothing here reads or writes a socket: a body is fed by its
+connection as llhttp parses it, and a streamed answer writes through its
 connection's :class:`Connection` methods.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Protocol, TypeAlias
 from urllib.parse import parse_qsl
 
 from multidict import CIMultiDictProxy, MultiDict, MultiDictProxy
 
+from tollgate.edge.answers import Response
 from tollgate.errors import BadRequest
 
-__all__ = ["Body", "Connection", "Request", "StreamResponse"]
+__all__ = ["Body", "Connection", "Handler", "Request", "StreamedAnswer"]
 
 
 class Connection(Protocol):
@@ -172,7 +173,7 @@ class Request:
         return await self.content.read()
 
 
-class StreamResponse:
+class StreamedAnswer:
     """An answer written piece by piece (SSE): ``prepare``, ``write`` as often as needed, ``write_eof``."""
 
     __slots__ = ("status", "headers", "_conn", "_chunked", "prepared", "eof_sent")
@@ -215,3 +216,7 @@ class StreamResponse:
         if self._chunked:
             conn.write(b"0\r\n\r\n")
         await conn.drain()
+
+
+Handler: TypeAlias = Callable[[Request], Awaitable[Response | StreamedAnswer]]
+"""What the public listener runs for each request: a complete answer, or one it has streamed itself."""

@@ -80,18 +80,19 @@ def ratelimit_headers(limits: Iterable[HeaderLimit]) -> dict[str, str]:
         if lim.unit == "requests":
             if requests is None or (lim.remaining, lim.reset_ms) < (requests.remaining, requests.reset_ms):
                 requests = lim
-        elif lim.unit == "tokens":
-            if tokens is None or (lim.remaining, lim.reset_ms) < (tokens.remaining, tokens.reset_ms):
-                tokens = lim
+        elif lim.unit == "tokens" and (
+            tokens is None or (lim.remaining, lim.reset_ms) < (tokens.remaining, tokens.reset_ms)
+        ):
+            tokens = lim
     headers: dict[str, str] = {}
     policies: list[str] = []
     states: list[str] = []
-    for unit, lim in (("requests", requests), ("tokens", tokens)):
-        if lim is None:
+    for unit, tightest in (("requests", requests), ("tokens", tokens)):
+        if tightest is None:
             continue
-        limit_text, name, policy = _static(lim)
-        remaining = str(lim.remaining) if lim.remaining > 0 else "0"
-        reset_ms = lim.reset_ms
+        limit_text, name, policy = _static(tightest)
+        remaining = str(tightest.remaining) if tightest.remaining > 0 else "0"
+        reset_ms = tightest.reset_ms
         limit_header, remaining_header, reset_header = _NAMES[unit]
         headers[limit_header] = limit_text
         headers[remaining_header] = remaining

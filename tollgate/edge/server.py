@@ -6,8 +6,8 @@ payload streams, header multidicts on the way out) cost more CPU per request
 than the whole policy pipeline. The public listener needs little of it: a
 few fixed paths, JSON bodies of bounded size, a JSON answer or an SSE
 stream. The admin listener stays an aiohttp application. What a handler is
-given and streams with (Request, its Body, StreamResponse) is in
-``httpmessages.py``; complete answers are made in ``http.py``.
+given and streams with (Request, its Body, StreamedAnswer) is in
+``messages.py``; complete answers are made in ``answers.py``.
 
 What it does, per connection:
 
@@ -39,9 +39,9 @@ What it does, per connection:
   request parsed ahead waits in a queue, and holds what follows it); a
   client that disconnects cancels its handler (which cancels the upstream
   request).
-* **Answers**: the handler returns a :class:`Response`, written in one
-  ``write`` with ``Content-Length`` and ``Date``; or a
-  :class:`StreamResponse` it has written itself, chunked (or
+* **Answers**: the handler returns a :class:`~tollgate.edge.answers.Response`,
+  written in one ``write`` with ``Content-Length`` and ``Date``; or a
+  :class:`~tollgate.edge.messages.StreamedAnswer` it has written itself, chunked (or
   close-delimited for HTTP/1.0), with write flow control. No ``Server``
   header; a header with CR, LF or NUL is never written (a JSON 500 instead).
 * **Keep-alive** for ``keepalive_timeout`` seconds of silence; HTTP/1.0 and
@@ -63,16 +63,15 @@ import re
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from tollgate.edge.answers import Response, error_body, internal_error_answer, new_request_id
-from tollgate.edge.messages import Body, Request, StreamResponse
+from tollgate.edge.answers import error_body, internal_error_answer, new_request_id
+from tollgate.edge.messages import Body, Handler, Request, StreamedAnswer
 
-__all__ = ["REFUSALS", "Handler", "HttpServer", "Request", "Response", "StreamResponse"]
+__all__ = ["REFUSALS", "HttpServer"]
 
 log = logging.getLogger("tollgate.httpserver")
 
@@ -106,9 +105,6 @@ class _Refusal(Exception):
         self.message = message
         self.reason = reason
         self.code = code
-
-
-Handler = Callable[[Request], Awaitable[Any]]
 
 
 class _Date:
@@ -417,7 +413,7 @@ class _Connection(asyncio.Protocol):
                 request_id = new_request_id()
                 log.exception("unexpected error on request %s", request_id)
                 answer = internal_error_answer(request_id)
-            if isinstance(answer, StreamResponse):
+            if isinstance(answer, StreamedAnswer):
                 if not answer.prepared:
                     await answer.prepare(request)
                 await answer.write_eof()
@@ -676,7 +672,7 @@ class HttpServer:
             conn.close_if_idle()
         tasks = {conn.task for conn in self.connections if conn.task is not None}
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=grace)
+            _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:

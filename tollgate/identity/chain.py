@@ -22,7 +22,7 @@ from tollgate.identity.end_user import EndUsers
 from tollgate.identity.jwt import JwtVerifier, looks_like_jwt
 
 if TYPE_CHECKING:
-    from tollgate.edge.server import Request
+    from tollgate.edge.messages import Request
     from tollgate.pipeline.context import RequestContext
 
 __all__ = ["IdentityRuntime", "authenticate", "client_ip", "compile_identity", "identify"]

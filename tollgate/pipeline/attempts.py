@@ -35,8 +35,8 @@ import math
 import random
 from typing import Any
 
-from tollgate.edge import server as httpserver
-from tollgate.edge.answers import REQUEST_ID_HEADER, status_for
+from tollgate.edge.answers import REQUEST_ID_HEADER, Response, status_for
+from tollgate.edge.messages import StreamedAnswer
 from tollgate.errors import (
     GatewayError,
     RateLimited,
@@ -86,7 +86,7 @@ class AttemptCounters:
         self.auth_logged: dict[str, float] = {}  # upstream -> when the last such answer was logged (monotonic)
 
 
-async def serve(ctx: RequestContext, state: Any) -> httpserver.StreamResponse | httpserver.Response:
+async def serve(ctx: RequestContext, state: Any) -> StreamedAnswer | Response:
     """Route the request and forward it, retrying and falling back as the config allows."""
     first = route(ctx, ctx.runtime.routes)
     state.shedder.admit(ctx.priority)
@@ -373,7 +373,7 @@ def _give_up(
     current: ModelRoute,
     last: UpstreamError | None,
     trail: list[dict[str, Any]] | None,
-) -> httpserver.StreamResponse | httpserver.Response:
+) -> StreamedAnswer | Response:
     """No attempt served the request: relay the last upstream answer, or raise the reason."""
     state.counters.failed += 1
     exc: GatewayError
@@ -389,7 +389,7 @@ def _give_up(
         if last.retry_after is not None:
             headers["Retry-After"] = str(math.ceil(last.retry_after))
             headers["retry-after-ms"] = str(round(last.retry_after * 1000))
-        return httpserver.Response(last.status, last.body, headers)
+        return Response(last.status, last.body, headers)
     if isinstance(last, _QueueRateLimited):
         exc = RateLimited(last.message, code=last.code, headers=last.headers)
     elif last is not None and last.code in ("queue_timeout", "queue_full"):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tollgate.edge.server import Request
+    from tollgate.edge.messages import Request
     from tollgate.identity import Principal
     from tollgate.policy.admission import Admission
     from tollgate.runtime.state import Runtime

@@ -23,8 +23,8 @@ import orjson
 
 from tollgate.config.model import Deployment, Upstream
 from tollgate.config.upstreams import CONNECTION_RELAY_HEADER, never_forwarded
-from tollgate.edge import server as httpserver
-from tollgate.edge.answers import REQUEST_ID_HEADER, error_body
+from tollgate.edge.answers import REQUEST_ID_HEADER, Response, error_body
+from tollgate.edge.messages import StreamedAnswer
 from tollgate.errors import UpstreamAuthError, UpstreamBadResponse, UpstreamTimeout
 from tollgate.pipeline.context import RequestContext
 from tollgate.upstream.client import ConnectError, HttpError, UpstreamHttp, UpstreamResponse
@@ -196,7 +196,7 @@ def _retry_after(value: str | None) -> float | None:
 
 async def forward(
     ctx: RequestContext, deployment: Deployment, client: UpstreamClient, divert: frozenset[int]
-) -> httpserver.StreamResponse | httpserver.Response:
+) -> StreamedAnswer | Response:
     """Send the request to one deployment and relay its answer.
 
     An error status in ``divert`` raises :class:`UpstreamStatus` (body read, nothing
@@ -263,7 +263,7 @@ async def forward(
     }
     if ctx.admission is not None:
         headers.update(ctx.admission.headers)
-    return httpserver.Response(status, data, headers)
+    return Response(status, data, headers)
 
 
 async def _relay_stream(
@@ -272,7 +272,7 @@ async def _relay_stream(
     timer: Deadline,
     deadline: float,
     idle: float,
-) -> httpserver.StreamResponse | httpserver.Response:
+) -> StreamedAnswer | Response:
     """Relay SSE event by event; before the first event is out, failures raise so another attempt can serve."""
     loop = asyncio.get_running_loop()
     parser = SseParser(ctx.stream_monitor)
@@ -295,7 +295,7 @@ async def _relay_stream(
     headers = {**_SSE_HEADERS, REQUEST_ID_HEADER: ctx.request_id, MODEL_HEADER: ctx.model_served or ""}
     if ctx.admission is not None:
         headers.update(ctx.admission.headers)
-    response = httpserver.StreamResponse(200, headers)
+    response = StreamedAnswer(200, headers)
     ctx.status = 200
     sent = 0
     outcome = "done"
@@ -369,14 +369,14 @@ async def _relay_stream(
             parser.monitor.on_end(outcome)
 
 
-async def _write_eof(response: httpserver.StreamResponse) -> None:
+async def _write_eof(response: StreamedAnswer) -> None:
     try:
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client already has the whole answer
 
 
-async def _stalled(response: httpserver.StreamResponse, ctx: RequestContext, done: bool) -> str:
+async def _stalled(response: StreamedAnswer, ctx: RequestContext, done: bool) -> str:
     if done:  # silence after [DONE] is not an error
         await _write_eof(response)
         return "done"
@@ -384,7 +384,7 @@ async def _stalled(response: httpserver.StreamResponse, ctx: RequestContext, don
     return "stalled"
 
 
-async def _end_with_error(response: httpserver.StreamResponse, message: str, code: str, ctx: RequestContext) -> None:
+async def _end_with_error(response: StreamedAnswer, message: str, code: str, ctx: RequestContext) -> None:
     ctx.error = code
     try:
         await response.write(sse_error_event(message, code))

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from tollgate.config.model import Guard
-from tollgate.edge.server import Request
+from tollgate.edge.messages import Request
 from tollgate.errors import BadRequest, HeadersTooLarge, PayloadTooLarge
 from tollgate.pipeline.context import RequestContext
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tollgate.edge.answers import error_answer, internal_error_answer, request_id_from, status_for
-from tollgate.edge.server import Request
+from tollgate.edge.messages import Request
 from tollgate.errors import GatewayError
 from tollgate.identity import client_ip, identify
 from tollgate.pipeline.attempts import serve

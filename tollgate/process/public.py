@@ -14,7 +14,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from tollgate.edge.answers import Response, error_answer, internal_error_answer, json_answer, request_id_from
-from tollgate.edge.server import REFUSALS, Handler, HttpServer, Request
+from tollgate.edge.messages import Handler, Request
+from tollgate.edge.server import REFUSALS, HttpServer
 from tollgate.errors import GatewayError, MethodNotAllowed, NotFound
 from tollgate.identity import Principal, authenticate, registry_watching
 from tollgate.pipeline.context import ENDPOINTS
