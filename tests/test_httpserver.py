@@ -14,6 +14,8 @@ from tollgate.edge.messages import Request, StreamedAnswer
 from tollgate.edge.server import HttpServer
 from tollgate.errors import GatewayError, PayloadTooLarge
 
+from .support.raw_http import Answer, read_answer
+
 LIMIT = 1000  # body bytes the "/limited" handler accepts, like the guard stage
 
 
@@ -85,43 +87,18 @@ async def served() -> AsyncIterator[tuple[HttpServer, Probe]]:
         await server.shutdown(2.0)
 
 
-async def _exchange(
-    server: HttpServer, data: bytes, *, answers: int = 1, timeout: float = 3.0
-) -> list[tuple[int, dict[str, str], bytes]]:
-    """Sends ``data`` as it is and reads ``answers`` responses (Content-Length or chunked)."""
+async def _exchange(server: HttpServer, data: bytes, *, answers: int = 1, timeout: float = 3.0) -> list[Answer]:
+    """Sends ``data`` as it is and reads ``answers`` responses (Content-Length, chunked, or to the close)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
         writer.write(data)
         await writer.drain()
         out = []
         for _ in range(answers):
-            out.append(await asyncio.wait_for(_read_response(reader), timeout))
+            out.append(await asyncio.wait_for(read_answer(reader), timeout))
         return out
     finally:
         writer.close()
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    while True:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode()
-        status = int(head.split(" ", 2)[1])
-        if status != 100:
-            break
-    headers = {}
-    for line in head.split("\r\n")[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    if "content-length" in headers:
-        return status, headers, await reader.readexactly(int(headers["content-length"]))
-    if headers.get("transfer-encoding") == "chunked":
-        body = b""
-        while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
-            body += await reader.readexactly(size)
-            await reader.readexactly(2)
-        await reader.readexactly(2)
-        return status, headers, body
-    return status, headers, await reader.read()
 
 
 def _post(path: str, body: bytes, *extra: str) -> bytes:
@@ -170,7 +147,7 @@ async def test_an_endless_header_line_is_answered_431_before_it_ends(served: Any
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
         writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\nX-Endless: " + b"y" * 5000)  # no end of line yet
-        status, headers, _ = await asyncio.wait_for(_read_response(reader), 2)
+        status, headers, _ = await asyncio.wait_for(read_answer(reader), 2)
         assert status == 431 and headers["connection"] == "close" and probe.seen == []
     finally:
         writer.close()
@@ -193,14 +170,14 @@ async def test_pipelined_requests_are_answered_in_order_on_one_connection(served
 async def test_pipelined_bodies_in_pieces_never_count_against_the_next_head(served: Any) -> None:
     server, _ = served  # a head cap of 4096 bytes: each request is over it with its body, none is without
     bodies = [b"%d" % i * 3000 for i in range(1, 4)]
-    data = b"".join(_post("/echo", body, "X-Test: %d" % i) for i, body in enumerate(bodies))
+    data = b"".join(_post("/echo", body, f"X-Test: {i}") for i, body in enumerate(bodies))
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
         for i in range(0, len(data), 700):  # pieces that end inside heads, bodies and the lines between
             writer.write(data[i : i + 700])
             await writer.drain()
             await asyncio.sleep(0.01)
-        answers = [await asyncio.wait_for(_read_response(reader), 2) for _ in bodies]
+        answers = [await asyncio.wait_for(read_answer(reader), 2) for _ in bodies]
         assert [(status, orjson.loads(body)["body"].encode()) for status, _, body in answers] == [
             (200, b) for b in bodies
         ]
@@ -216,8 +193,8 @@ async def test_a_malformed_request_pipelined_behind_a_running_one_is_refused_aft
         await asyncio.wait_for(probe.started.wait(), 2)
         await asyncio.sleep(0.1)
         probe.release.set()
-        first = await asyncio.wait_for(_read_response(reader), 2)
-        second = await asyncio.wait_for(_read_response(reader), 2)
+        first = await asyncio.wait_for(read_answer(reader), 2)
+        second = await asyncio.wait_for(read_answer(reader), 2)
         assert (first[0], first[2]) == (200, b"done") and second[0] == 400 and second[1]["connection"] == "close"
         assert probe.seen == ["/slow"]
     finally:
@@ -225,12 +202,12 @@ async def test_a_malformed_request_pipelined_behind_a_running_one_is_refused_aft
 
 
 async def test_bytes_after_a_request_that_closes_the_connection_are_not_parsed(served: Any) -> None:
-    server, probe = served
+    server, _ = served
     data = b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n\x00\x01 not HTTP at all\r\n\r\n"
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
         writer.write(data)
-        status, headers, _ = await asyncio.wait_for(_read_response(reader), 2)
+        status, headers, _ = await asyncio.wait_for(read_answer(reader), 2)
         assert status == 200 and headers["connection"] == "close"
         assert await asyncio.wait_for(reader.read(), 2) == b""  # no 400 for what followed
     finally:
@@ -246,7 +223,7 @@ async def test_a_request_sent_byte_by_byte_is_parsed_whole(served: Any) -> None:
             writer.write(data[i : i + 1])
             await writer.drain()
             await asyncio.sleep(0)
-        status, _, body = await asyncio.wait_for(_read_response(reader), 5)
+        status, _, body = await asyncio.wait_for(read_answer(reader), 5)
         assert status == 200 and orjson.loads(body)["body"] == '{"k": 1}' and orjson.loads(body)["x"] == ["one"]
     finally:
         writer.close()
@@ -259,7 +236,7 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent(served: A
         writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
         assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2) == b"HTTP/1.1 100 Continue\r\n\r\n"
         writer.write(b"hello")
-        status, _, body = await asyncio.wait_for(_read_response(reader), 2)
+        status, _, body = await asyncio.wait_for(read_answer(reader), 2)
         assert status == 200 and orjson.loads(body)["body"] == "hello"
     finally:
         writer.close()
@@ -282,7 +259,7 @@ async def test_http_1_0_and_connection_close_end_the_connection_after_the_answer
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         try:
             writer.write(request)
-            status, headers, _ = await asyncio.wait_for(_read_response(reader), 2)
+            status, headers, _ = await asyncio.wait_for(read_answer(reader), 2)
             assert status == 200 and headers["connection"] == "close"
             assert await asyncio.wait_for(reader.read(), 2) == b""  # closed by the server
         finally:
@@ -308,7 +285,7 @@ async def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(served:
 
 async def test_a_client_that_disconnects_cancels_its_handler(served: Any) -> None:
     server, probe = served
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
     await asyncio.wait_for(probe.started.wait(), 2)
     writer.close()
@@ -342,7 +319,7 @@ async def test_head_gets_the_headers_without_the_body(served: Any) -> None:
         writer.write(b"HEAD /echo HTTP/1.1\r\nHost: t\r\n\r\nGET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
         assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: " in head
-        status, _, body = await asyncio.wait_for(_read_response(reader), 2)  # the next answer follows at once
+        status, _, body = await asyncio.wait_for(read_answer(reader), 2)  # the next answer follows at once
         assert status == 200 and orjson.loads(body)["method"] == "GET"
     finally:
         writer.close()
@@ -367,7 +344,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_timeout() -> No
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
-        await asyncio.wait_for(_read_response(reader), 2)
+        await asyncio.wait_for(read_answer(reader), 2)
         assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the sweep
         writer.close()
     finally:
@@ -381,7 +358,7 @@ async def test_a_head_that_does_not_arrive_in_time_is_answered_408_and_counted()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\nX-A: 1")  # half a head, then silence
-        status, headers, body = await asyncio.wait_for(_read_response(reader), 3)
+        status, headers, body = await asyncio.wait_for(read_answer(reader), 3)
         assert (
             status == 408
             and headers["connection"] == "close"
@@ -414,7 +391,7 @@ async def test_a_kept_alive_connection_idles_by_the_keep_alive_timeout_not_the_h
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         for _ in range(2):
             writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
-            status, _, _ = await asyncio.wait_for(_read_response(reader), 2)
+            status, _, _ = await asyncio.wait_for(read_answer(reader), 2)
             assert status == 200
             await asyncio.sleep(0.6)  # three head timeouts of silence between requests
         writer.close()
@@ -431,7 +408,7 @@ async def test_connections_past_the_cap_are_answered_503_and_closed() -> None:
         for _ in range(2):
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
-            assert (await asyncio.wait_for(_read_response(reader), 2))[0] == 200
+            assert (await asyncio.wait_for(read_answer(reader), 2))[0] == 200
             held.append(writer)
         [(status, headers, body)] = await _exchange(server, b"")
         assert (
@@ -459,7 +436,7 @@ async def test_shutdown_lets_a_request_in_flight_finish_and_closes_idle_connecti
     with pytest.raises(OSError):  # no new connections
         await asyncio.open_connection("127.0.0.1", server.port)
     probe.release.set()
-    status, headers, body = await asyncio.wait_for(_read_response(reader), 2)
+    status, headers, body = await asyncio.wait_for(read_answer(reader), 2)
     assert (status, body, headers["connection"]) == (200, b"done", "close")
     await asyncio.wait_for(stopping, 5)
     assert not probe.cancelled
@@ -471,7 +448,7 @@ async def test_shutdown_cancels_what_outlives_the_grace_period() -> None:
     probe = Probe()
     server = HttpServer(probe.handle)
     await server.start("127.0.0.1", 0)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
     await asyncio.wait_for(probe.started.wait(), 2)
     await asyncio.wait_for(server.shutdown(0.2), 3)

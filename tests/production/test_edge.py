@@ -27,6 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..support.processes import Proc, gateway_config, gateway_process, mock_upstream_process
+from ..support.raw_http import finish_answer
 from .support import nginx_in_front
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -157,7 +158,7 @@ class Outcome:
 
 
 async def exchange(port: int, data: bytes, *, wait: float = 5.0) -> Outcome:
-    """Send ``data`` as it is; read every answer that comes (Content-Length or chunked) until the server closes or goes quiet."""
+    """Send ``data`` as it is; read every answer that comes until the server closes or goes quiet."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     statuses: list[int] = []
     closed = False
@@ -178,17 +179,7 @@ async def exchange(port: int, data: bytes, *, wait: float = 5.0) -> Outcome:
                 break
             except TimeoutError:
                 break
-            status = int(head.split(b" ", 2)[1])
-            headers = {}
-            for line in head.decode("latin-1").split("\r\n")[1:]:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            if "content-length" in headers:
-                await reader.readexactly(int(headers["content-length"]))
-            elif headers.get("transfer-encoding") == "chunked":
-                while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
-                    await reader.readexactly(size + 2)
-                await reader.readexactly(2)
+            status = (await finish_answer(reader, head)).status
             if status != 100:
                 statuses.append(status)
             with_answers = 0.5  # after an answer, a second one would follow at once
