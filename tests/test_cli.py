@@ -6,8 +6,11 @@ import sys
 import time
 
 import aiohttp
+import pytest
 
 from .support.processes import free_port, start_process
+
+pytestmark = pytest.mark.process
 
 
 async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request_with_its_key_only() -> None:

@@ -17,19 +17,13 @@ from typing import Any
 import openai
 import pytest
 
-from .support.processes import Proc, gateway_config, gateway_process, mock_upstream_process
+from .support.processes import Proc, gateway_config, gateway_process
 
 KEY = "tg_openai_errors_test_key_0123456789abcdef"
 MSG = [{"role": "user", "content": "hello there"}]
 SCENARIOS = ("burst", "never-fits", "spent")
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process() as proc:
-        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
 from ..support.processes import gateway_process, mock_upstream_process
 from ..support.redis import redis_server
 from .admin_client import admin, admin_listener
+
+pytestmark = pytest.mark.process
 
 
 async def test_delete_dry_run_lists_the_tenants_counters_and_usage_and_the_delete_removes_them() -> None:

@@ -18,13 +18,13 @@ from ..support.processes import gateway_process
 from .admin_client import admin, admin_listener, public_status
 from .conftest import ACME_KEY, GLOBEX_KEY, identity_doc, sha256_hex
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+pytestmark = [pytest.mark.process, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
 
 def _registry(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
     if backend == "file":
         return {"file": str(tmp_path / "registry.json")}
-    return {"redis": request.getfixturevalue("redis_url")}
+    return {"redis": request.getfixturevalue("own_redis").url}
 
 
 async def _until(probe: Callable[[], Awaitable[int]], expected: int, *, within: float, since: float) -> float:

@@ -196,6 +196,7 @@ async def test_every_key_the_scripts_write_has_a_ttl(store: Store, request: pyte
     assert all(ttl > 0 for ttl in found.values()), found
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("kind", ["redis", "cluster"])
 async def test_a_flushed_script_cache_is_reloaded_without_an_error(kind: str, request: pytest.FixtureRequest) -> None:
     from tollgate.clock import SystemClock

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -19,16 +19,6 @@ from tollgate.edge.answers import error_body, status_for
 from tollgate.errors import StoreOverloaded
 from tollgate.limiter import Limiter, LimitSpec
 from tollgate.limiter.store import EmbeddedEngine, RedisEngine
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 def requests(name: str = "rpm", fail_mode: str = "fail_open", limit: int = 1_000_000) -> LimitSpec:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,35 +16,22 @@ import aiohttp
 import pytest
 import yaml
 
-from ..support.processes import Proc, gateway_config, mock_upstream_process
+from ..support.processes import Proc, gateway_config
 from .support import (
     ADMIN_TOKEN,
     LoadLoop,
     chat,
     is_gone,
-    redis_server,
     served_gateway,
     wait_until,
     worker_pids,
     write_config,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"), pytest.mark.mock_upstream("--no-record")]
 
 SLOW = {"x-mock-latency-ms": "60"}  # keeps requests in flight on every worker
 SOCKET_TEARDOWN = 0.05
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process("--no-record") as proc:
-        yield proc
 
 
 def _config(mock: Proc, redis_url: str, **extra: Any) -> dict[str, Any]:
