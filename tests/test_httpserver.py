@@ -192,7 +192,7 @@ async def test_pipelined_requests_are_answered_in_order_on_one_connection(served
 async def test_pipelined_bodies_in_pieces_never_count_against_the_next_head(served: Any) -> None:
     server, _ = served  # a head cap of 4096 bytes: each request is over it with its body, none is without
     bodies = [b"%d" % i * 3000 for i in range(1, 4)]
-    data = b"".join(_post("/echo", body, "X-Test: %d" % i) for i, body in enumerate(bodies))
+    data = b"".join(_post("/echo", body, f"X-Test: {i}") for i, body in enumerate(bodies))
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
         for i in range(0, len(data), 700):  # pieces that end inside heads, bodies and the lines between
@@ -224,7 +224,7 @@ async def test_a_malformed_request_pipelined_behind_a_running_one_is_refused_aft
 
 
 async def test_bytes_after_a_request_that_closes_the_connection_are_not_parsed(served: Any) -> None:
-    server, probe = served
+    server, _probe = served
     data = b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n\x00\x01 not HTTP at all\r\n\r\n"
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
@@ -307,7 +307,7 @@ async def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(served:
 
 async def test_a_client_that_disconnects_cancels_its_handler(served: Any) -> None:
     server, probe = served
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
     await asyncio.wait_for(probe.started.wait(), 2)
     writer.close()
@@ -470,7 +470,7 @@ async def test_shutdown_cancels_what_outlives_the_grace_period() -> None:
     probe = Probe()
     server = HttpServer(probe.handle)
     await server.start("127.0.0.1", 0)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
     await asyncio.wait_for(probe.started.wait(), 2)
     await asyncio.wait_for(server.shutdown(0.2), 3)

@@ -114,7 +114,7 @@ def test_429_carries_retry_after_ms_and_the_sdk_waits_that_long_not_the_rounded_
         if any(status == 429 for status, _ in sent.answers):
             break
     refused = next(i for i, (status, _) in enumerate(sent.answers) if status == 429)
-    status, headers = sent.answers[refused]
+    _status, headers = sent.answers[refused]
     wait_ms = int(headers["retry-after-ms"])
     assert 0 < wait_ms < 1000 and headers["retry-after"] == "1"
     assert sent.answers[refused + 1][0] == 200  # the SDK's retry fitted

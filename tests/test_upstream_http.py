@@ -272,7 +272,7 @@ async def test_a_head_the_gateway_cannot_take_raises_response_error_and_frees_th
 )
 async def test_malformed_status_line_raises_response_error_and_frees_the_slot(status_line: bytes) -> None:
     async with serve(replies(status_line + b"\r\nContent-Length: 0\r\n\r\n")) as (server, pool):
-        with pytest.raises(ResponseError, match="not HTTP/1.x"):
+        with pytest.raises(ResponseError, match=r"not HTTP/1.x"):
             await fetch(pool)
         assert pool.in_use == 0 and pool.idle_connections == 0
         await until(lambda: server.open == 0)
@@ -627,7 +627,7 @@ async def test_https_upstream_is_verified_by_default_and_served_when_its_certifi
     port = server.sockets[0].getsockname()[1]
     try:
         untrusted = UpstreamHttp(f"https://localhost:{port}/v1")
-        with pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        with pytest.raises(ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
             await untrusted.request("GET", "/models", [])
         assert untrusted.in_use == 0
         await untrusted.close()

@@ -45,7 +45,7 @@ async def test_delete_dry_run_lists_the_tenants_counters_and_usage_and_the_delet
                 assert report["store"]["usage"] and all("{initech}" in k for k in report["store"]["usage"])
                 status, done = await admin(gw, "DELETE", "/admin/tenants/initech", session=s)
                 assert status == 200 and done["dry_run"] is False
-                status, again = await admin(gw, "DELETE", "/admin/tenants/initech?dry_run=true", session=s)
+                status, _again = await admin(gw, "DELETE", "/admin/tenants/initech?dry_run=true", session=s)
                 assert status == 404
         left = redis.client().keys("*initech*")
         assert not [k for k in left if not k.startswith(b"tollgate:registry")], left

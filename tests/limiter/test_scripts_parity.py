@@ -16,7 +16,8 @@ async def ttls(store: Store, request: pytest.FixtureRequest) -> dict[str, int]:
     """PTTL of every key the store holds."""
     if store.kind == "embedded":
         ks = store.engine.keyspace  # type: ignore[attr-defined]
-        return {k: ks.ttl_ms(k) for k in ks.keys()}
+        live = ks.keys()  # a Keyspace, not a dict: keys() lists the live keys
+        return {k: ks.ttl_ms(k) for k in live}
     if store.kind == "redis":
         servers = [request.getfixturevalue("redis_standalone")]
     else:

@@ -34,9 +34,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..support.processes import Proc, gateway_config, start_process, wait_for_port
+from ..support.processes import Proc, gateway_config, start_process, wait_for_port, wait_for_workers
 from ..support.redis import RedisServer
-from .support import ADMIN_TOKEN, nginx_main_config, wait_until, worker_pids, write_config
+from .support import ADMIN_TOKEN, nginx_main_config, write_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -142,9 +142,7 @@ class Instance:
             wait_for_port(gw.port, timeout=60, proc=gw.popen)
             wait_for_port(gw.extra_ports["admin"], timeout=60, proc=gw.popen)
             if workers > 1:
-                wait_until(
-                    lambda: len(worker_pids(gw.popen.pid)) == workers and gw.log().count(" ready (pid ") >= workers, 60
-                )
+                wait_for_workers(gw, workers, 60)
         for other in self.others:
             wait_for_port(other.port, timeout=30, proc=other.popen)
 

@@ -188,9 +188,11 @@ async def test_body_size_gateway_answers_just_over_its_limit_and_nginx_caps_abus
 async def test_per_ip_limits_count_the_real_client_ip_behind_nginx(nginx: Proc) -> None:
     async def post_from(address: str) -> int:
         connector = aiohttp.TCPConnector(local_addr=(address, 0))
-        async with aiohttp.ClientSession(connector=connector) as s:
-            async with s.post(f"{nginx.url}/v1/chat/completions", json=chat(), headers={"X-Test": "per-ip"}) as r:
-                return r.status
+        async with (
+            aiohttp.ClientSession(connector=connector) as s,
+            s.post(f"{nginx.url}/v1/chat/completions", json=chat(), headers={"X-Test": "per-ip"}) as r,
+        ):
+            return r.status
 
     # Every request reaches the gateway from nginx (127.0.0.1); only the real client address tells them apart.
     assert [await post_from("127.0.0.4") for _ in range(4)] == [200, 200, 200, 429]

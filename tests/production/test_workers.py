@@ -103,7 +103,7 @@ async def test_killing_one_worker_under_load_loses_only_its_in_flight_requests_a
         assert failed.started < settled_at and failed.ended >= killed_at, failed
     # ... and every request sent after it died, before and after its replacement started, succeeded.
     assert after_replacement and all(o.status == 200 for o in after_replacement)
-    assert "worker 1 (pid %d) exited with signal SIGKILL: restarting" % victim in gw.log()
+    assert f"worker 1 (pid {victim}) exited with signal SIGKILL: restarting" in gw.log()
 
 
 async def test_reload_under_load_in_every_worker_fails_no_request(mock: Proc, redis_url: str) -> None:
@@ -130,9 +130,11 @@ async def test_reload_under_load_in_every_worker_fails_no_request(mock: Proc, re
         live["models"]["gpt-4o-second"] = {"deployments": [{"upstream": "mock"}]}
         write_config(path, live)
         admin = f"http://127.0.0.1:{gw.extra_ports['admin']}/admin/reload"
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as s:
-            async with s.post(admin) as r:
-                assert r.status == 202, await r.text()
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as s,
+            s.post(admin) as r,
+        ):
+            assert r.status == 202, await r.text()
         await asyncio.sleep(0.7)
         stop.set()
         await running

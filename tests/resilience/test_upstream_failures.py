@@ -131,7 +131,7 @@ async def test_fallback_serves_with_its_model_header_and_is_counted(mock: Proc) 
         gateway(config_doc(mock.url, models, {"retries": {"max": 2, **FAST_RETRIES}})) as (url, state),
         aiohttp.ClientSession() as s,
     ):
-        status, headers, body = await chat(s, url, "primary", FAIL)
+        status, headers, _body = await chat(s, url, "primary", FAIL)
         assert status == 200 and headers["x-tollgate-model"] == "backup"
         assert state.counters.fallbacks == {"primary->backup": 1}
         [calls] = (await upstream_calls_by_request(mock.url)).values()

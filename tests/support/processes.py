@@ -38,6 +38,7 @@ __all__ = [
     "steerable",
     "take_kept_logs",
     "wait_for_port",
+    "wait_for_workers",
     "wait_until",
     "worker_pids",
 ]
@@ -107,6 +108,13 @@ def worker_pids(supervisor: int) -> dict[int, int]:
             continue
         found[int(argv[argv.index(b"--worker") + 1])] = int(entry)
     return found
+
+
+def wait_for_workers(proc: Proc, workers: int, timeout: float) -> None:
+    """Until the supervisor ``proc`` of ``serve --workers N`` has N live workers that each logged that it is ready."""
+    wait_until(
+        lambda: len(worker_pids(proc.popen.pid)) == workers and proc.log().count(" ready (pid ") >= workers, timeout
+    )
 
 
 @dataclass(eq=False)
@@ -280,10 +288,7 @@ def gateway_process(
                 proc.extra_ports["admin"] = admin_port
                 wait_for_port(admin_port, proc=proc.popen)  # it opens just after the public listener
             if workers is not None and workers > 1:
-                wait_until(
-                    lambda: len(worker_pids(proc.popen.pid)) == workers and proc.log().count(" ready (pid ") >= workers,
-                    15,
-                )
+                wait_for_workers(proc, workers, 15)
             yield proc
     finally:
         path.unlink(missing_ok=True)
