@@ -1,10 +1,4 @@
-"""Fixtures every test folder shares (redis-server, a Redis Cluster, the mock upstream) and the ``process`` marker.
-
-A test that starts a process of its own (redis-server, nginx, the gateway, the mock upstream or any other
-subprocess) is marked ``process``: through the fixtures below, which mark every test that uses them, or by hand.
-``pytest -m "not process"`` is then the quick in-process run; a test that starts a process without the mark fails,
-so the quick run stays quick. A failed test names the logs of the processes it ran beside, kept on disk.
-"""
+"""Fixtures every test folder shares (redis-server, a Redis Cluster, the mock upstream) and the ``process`` marker."""
 
 from __future__ import annotations
 
@@ -17,7 +11,10 @@ import pytest
 from .support.processes import Proc, keep_running_logs, mock_upstream_process, take_kept_logs
 from .support.redis import RedisCluster, RedisServer, redis_cluster, redis_server
 
-# The fixtures below that start processes: a test that uses one (directly or through another fixture) is marked.
+# A test that starts a process of its own (redis-server, nginx, the gateway, the mock upstream, any subprocess) is
+# marked `process`: by the collection hook below when it uses one of these fixtures (directly or through another
+# fixture), by hand otherwise. `pytest -m "not process"` is then the quick in-process run; the audit hook below fails
+# a test that starts a process without the mark, so the quick run stays quick. CI runs everything.
 PROCESS_FIXTURES = frozenset({"mock", "redis", "redis_url", "own_redis", "redis_standalone", "redis_cluster_nodes"})
 
 # Audit events of a process being started (multiprocessing's spawn raises none: its tests use Redis anyway).

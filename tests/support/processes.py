@@ -1,11 +1,4 @@
-"""Start real processes for integration tests: the gateway and the mock upstream, on free loopback ports.
-
-Each process writes its output to a ``/tmp/tollgate-proc-*.log`` file. Stopping
-the process removes the file and keeps its text for :meth:`Proc.log`; a log is
-kept on disk when the ``with`` block that owns the process ends by an exception,
-or when a test fails while the process runs (the root conftest names the kept
-files, with their last lines, in the failure report).
-"""
+"""Start real processes for integration tests: the gateway and the mock upstream, on free loopback ports."""
 
 from __future__ import annotations
 
@@ -119,7 +112,12 @@ def wait_for_workers(proc: Proc, workers: int, timeout: float) -> None:
 
 @dataclass(eq=False)
 class Proc:
-    """A started process, its ports and where its output goes."""
+    """A started process, its ports and where its output goes.
+
+    The output goes to a ``/tmp/tollgate-proc-*.log`` file. :meth:`stop` removes it and keeps its text for
+    :meth:`log`; the file stays on disk when the ``with`` block that owns the process ends by an exception, or when a
+    test fails while the process runs (the root conftest names kept files, with their last lines, in the report).
+    """
 
     popen: subprocess.Popen[bytes]
     port: int
