@@ -276,9 +276,9 @@ def pinned(cpu: int | None, argv: Sequence[str]) -> list[str]:
 @contextmanager
 def process(name: str, argv: Sequence[str], workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``argv`` with output to ``workdir/name.log``; SIGTERM (then SIGKILL) on exit."""
-    log = open(workdir / f"{name}.log", "wb")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    with open(workdir / f"{name}.log", "wb") as log:  # the child writes to its own copy of the descriptor
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     try:
         yield proc
     finally:
@@ -289,7 +289,6 @@ def process(name: str, argv: Sequence[str], workdir: Path) -> Iterator[subproces
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        log.close()
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], body: bytes, log: Path, timeout: float = 30.0) -> None:

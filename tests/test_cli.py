@@ -6,8 +6,11 @@ import sys
 import time
 
 import aiohttp
+import pytest
 
 from .support.processes import free_port, start_process
+
+pytestmark = pytest.mark.process
 
 
 async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request_with_its_key_only() -> None:
@@ -28,9 +31,11 @@ async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request_with
             assert r.status == 200
             reply = await r.json()
         assert reply["choices"][0]["message"]["content"]
-        async with aiohttp.ClientSession() as s:
-            async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as r:
-                assert r.status == 401  # the demo is not an open relay: its key is required
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as r,
+        ):
+            assert r.status == 401  # the demo is not an open relay: its key is required
         for _ in range(50):
             if "curl -s" in proc.log():
                 break

@@ -48,6 +48,7 @@ def run_check(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.process
 def test_check_config_lists_every_error_with_its_field_path(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text(BROKEN)
@@ -72,6 +73,7 @@ def test_check_config_lists_every_error_with_its_field_path(tmp_path: Path) -> N
         assert line in out, f"missing {line!r} in:\n{out}"
 
 
+@pytest.mark.process
 def test_check_config_accepts_a_valid_file_and_exits_zero(tmp_path: Path) -> None:
     path = tmp_path / "ok.yaml"
     path.write_text(

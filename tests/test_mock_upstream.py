@@ -497,6 +497,7 @@ def test_cli_flags_map_onto_settings() -> None:
     )
 
 
+@pytest.mark.process
 def test_mock_runs_as_its_own_process_and_stops_cleanly_on_sigterm() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(

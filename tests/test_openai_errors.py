@@ -17,19 +17,13 @@ from typing import Any
 import openai
 import pytest
 
-from .support.processes import Proc, gateway_config, gateway_process, mock_upstream_process
+from .support.processes import Proc, gateway_config, gateway_process
 
 KEY = "tg_openai_errors_test_key_0123456789abcdef"
 MSG = [{"role": "user", "content": "hello there"}]
 SCENARIOS = ("burst", "never-fits", "spent")
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process() as proc:
-        yield proc
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +114,7 @@ def test_429_carries_retry_after_ms_and_the_sdk_waits_that_long_not_the_rounded_
         if any(status == 429 for status, _ in sent.answers):
             break
     refused = next(i for i, (status, _) in enumerate(sent.answers) if status == 429)
-    status, headers = sent.answers[refused]
+    _status, headers = sent.answers[refused]
     wait_ms = int(headers["retry-after-ms"])
     assert 0 < wait_ms < 1000 and headers["retry-after"] == "1"
     assert sent.answers[refused + 1][0] == 200  # the SDK's retry fitted

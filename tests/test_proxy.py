@@ -17,17 +17,11 @@ import yaml
 from tollgate.config.model import Upstream
 from tollgate.pipeline.forward import UpstreamClient
 
-from .support.processes import Proc, free_port, gateway_config, gateway_process, mock_upstream_process
+from .support.processes import Proc, free_port, gateway_config, gateway_process
 
 MSG = [{"role": "user", "content": "hi"}]
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process() as proc:
-        yield proc
 
 
 def _config(mock_url: str) -> dict[str, Any]:
@@ -159,12 +153,14 @@ async def test_upstream_gets_only_the_allowed_client_headers_and_the_gateways_ow
         "User-Agent": "test-agent/1",
         "x-mock-latency-ms": "0",
     }
-    async with aiohttp.ClientSession() as s:
-        async with s.post(
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
             f"{gateway.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG}, headers=headers
-        ) as r:
-            assert r.status == 200
-            returned_id = r.headers["x-request-id"]
+        ) as r,
+    ):
+        assert r.status == 200
+        returned_id = r.headers["x-request-id"]
     [seen] = await mock_requests(mock)
     pairs = [(k.lower(), v) for k, v in seen["headers"]]
     assert sorted(k for k, _ in pairs) == sorted(
@@ -198,11 +194,13 @@ async def test_a_header_named_in_connection_never_reaches_the_upstream_even_when
         "Accept-Language": "fr",
         "x-mock-status": "500",
     }
-    async with aiohttp.ClientSession() as s:
-        async with s.post(
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
             f"{gateway.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG}, headers=headers
-        ) as r:
-            assert r.status == 200  # the fault the hop-by-hop header asked for never reached the mock
+        ) as r,
+    ):
+        assert r.status == 200  # the fault the hop-by-hop header asked for never reached the mock
     [seen] = await mock_requests(mock)
     names = [k.lower() for k, _ in seen["headers"]]
     assert "accept-language" not in names and "x-mock-status" not in names
@@ -392,6 +390,7 @@ async def test_sighup_applies_a_valid_config_and_refuses_a_broken_one(mock: Proc
         assert "models.broken.deployments[0].upstream" in gw.log()
 
 
+@pytest.mark.process
 def test_bad_config_fails_at_start_naming_the_field(tmp_path: Any) -> None:
     import subprocess
     import sys

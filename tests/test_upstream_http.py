@@ -602,6 +602,7 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return cert, key
 
 
+@pytest.mark.process
 async def test_https_upstream_is_verified_by_default_and_served_when_its_certificate_is_trusted(
     self_signed: tuple[str, str],
 ) -> None:

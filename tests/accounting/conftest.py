@@ -1,26 +1,20 @@
-"""Fixtures for accounting tests: tenants with keys, a mock upstream, a private redis-server, a webhook receiver."""
+"""Fixtures for accounting tests: tenants with keys, a gateway process on their config, a webhook receiver."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import signal
-import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 
-from ..support.processes import Proc, free_port, gateway_config, mock_upstream_process, start_process, wait_for_port
-from ..support.redis import RedisServer, redis_server
+from ..support.processes import Proc, free_port, gateway_config, gateway_process
 
 ACME_KEY = "tg_acct-acme-key-0123456789abcdefghijklmnop"
 GLOBEX_KEY = "tg_acct-globex-key-0123456789abcdefghijklmn"
@@ -67,45 +61,16 @@ def accounting_doc(upstream_url: str, **overrides: Any) -> dict[str, Any]:
     return doc
 
 
-@contextmanager
-def gateway(doc: dict[str, Any], *, workers: int = 1, env: dict[str, str] | None = None) -> Iterator[Proc]:
+def gateway(
+    doc: dict[str, Any], *, workers: int = 1, env: dict[str, str] | None = None
+) -> AbstractContextManager[Proc]:
     """``tollgate serve`` (with ``--workers`` when > 1) on free ports; ``proc.extra_ports['admin']`` is the admin port."""
-    port, admin_port = free_port(), free_port()
-    cfg = {**doc, "listeners": {**doc["listeners"]}}
-    cfg["listeners"]["public"] = {**cfg["listeners"].get("public", {}), "host": "127.0.0.1", "port": port}
-    cfg["listeners"]["admin"] = {**cfg["listeners"].get("admin", {}), "host": "127.0.0.1", "port": admin_port}
-    fd, path = tempfile.mkstemp(prefix="tollgate-acct-", suffix=".yaml")
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(cfg, fh)
-    args = [sys.executable, "-m", "tollgate", "serve", "--config", path]
-    if workers > 1:
-        args += ["--workers", str(workers)]
-    proc = start_process(args, port, env=env)
-    proc.config_path = Path(path)
-    proc.extra_ports["admin"] = admin_port
-    try:
-        wait_for_port(admin_port, proc=proc.popen)
-        yield proc
-    finally:
-        proc.stop(timeout=30)
-        os.unlink(path)
+    return gateway_process(doc, workers=workers if workers > 1 else None, env=env, stop_timeout=30)
 
 
 def stop_gracefully(proc: Proc) -> int:
     proc.popen.send_signal(signal.SIGTERM)
     return proc.popen.wait(30)
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process() as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
 
 
 class Admin:

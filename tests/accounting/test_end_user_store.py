@@ -39,7 +39,14 @@ def _fields(requests: int, errors: int = 0) -> dict[str, int]:
     }
 
 
-@pytest.fixture(params=["memory", "file", "redis", "redis-two-processes"])
+@pytest.fixture(
+    params=[
+        "memory",
+        "file",
+        pytest.param("redis", marks=pytest.mark.process),
+        pytest.param("redis-two-processes", marks=pytest.mark.process),
+    ]
+)
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Callable[[int], UsageStore]]:
     """``stores(i)``: the store the i-th batch is written through (two processes alternate on one Redis)."""
     ttls = (40 * DAY, 400 * DAY)

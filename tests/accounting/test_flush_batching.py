@@ -226,6 +226,7 @@ async def test_batched_aggregates_and_sla_equal_one_update_per_request() -> None
         await acc.close()
 
 
+@pytest.mark.process
 def test_metric_files_of_the_multiprocess_mode_hold_the_same_figures(tmp_path: Path) -> None:
     """prometheus_client in multiprocess mode (a fresh interpreter with PROMETHEUS_MULTIPROC_DIR) against the in-memory reference."""
     script = (

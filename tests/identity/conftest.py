@@ -1,20 +1,14 @@
-"""Fixtures for identity tests: signing keys, configs with tenants, a private redis-server, an admin client."""
+"""Fixtures for identity tests: the keys tests send, signing keys, configs with tenants."""
 
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-from ..support.processes import free_port, wait_for_port
 
 # Keys that tests send; configs declare them by hash or plaintext.
 ACME_KEY = "tg_acme-test-key-0123456789abcdefghijklmnop"
@@ -93,26 +87,6 @@ def identity_doc(
     }
     doc.update(overrides)
     return doc
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A private redis-server on a free loopback port, without persistence, stopped after the test."""
-    server = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="tollgate-redis-")
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, proc=proc)  # type: ignore[arg-type]
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

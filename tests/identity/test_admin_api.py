@@ -15,7 +15,7 @@ from ..support.processes import Proc, gateway_process
 from .admin_client import admin, admin_listener, public_status
 from .conftest import ACME_KEY, GLOBEX_KEY, identity_doc
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+pytestmark = [pytest.mark.process, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
 
 @pytest.fixture(scope="module")

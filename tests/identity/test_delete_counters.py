@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
 from ..support.processes import gateway_process, mock_upstream_process
 from ..support.redis import redis_server
 from .admin_client import admin, admin_listener
+
+pytestmark = pytest.mark.process
 
 
 async def test_delete_dry_run_lists_the_tenants_counters_and_usage_and_the_delete_removes_them() -> None:
@@ -42,7 +45,7 @@ async def test_delete_dry_run_lists_the_tenants_counters_and_usage_and_the_delet
                 assert report["store"]["usage"] and all("{initech}" in k for k in report["store"]["usage"])
                 status, done = await admin(gw, "DELETE", "/admin/tenants/initech", session=s)
                 assert status == 200 and done["dry_run"] is False
-                status, again = await admin(gw, "DELETE", "/admin/tenants/initech?dry_run=true", session=s)
+                status, _again = await admin(gw, "DELETE", "/admin/tenants/initech?dry_run=true", session=s)
                 assert status == 404
         left = redis.client().keys("*initech*")
         assert not [k for k in left if not k.startswith(b"tollgate:registry")], left

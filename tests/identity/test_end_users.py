@@ -13,7 +13,7 @@ import jwt
 import orjson
 import pytest
 
-from ..support.processes import Proc, gateway_process, mock_upstream_process
+from ..support.processes import Proc, gateway_process
 from .conftest import ACME_KEY, GLOBEX_KEY, HS_SECRET, identity_doc
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -44,12 +44,6 @@ def _doc(mock: Proc, log: Path, end_user: dict[str, Any]) -> dict[str, Any]:
         access_log={"path": str(log)},
         usage={"flush_interval": "100ms"},
     )
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process() as proc:
-        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ..support.processes import Proc, gateway_process, mock_upstream_process
+from ..support.processes import Proc, gateway_process
 from .conftest import ACME_KEY, GLOBEX_KEY, SCOPED_KEY, SLEEPY_KEY, identity_doc
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process() as proc:
-        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,13 @@ from ..support.processes import gateway_process
 from .admin_client import admin, admin_listener, public_status
 from .conftest import ACME_KEY, GLOBEX_KEY, identity_doc, sha256_hex
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+pytestmark = [pytest.mark.process, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
 
 def _registry(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
     if backend == "file":
         return {"file": str(tmp_path / "registry.json")}
-    return {"redis": request.getfixturevalue("redis_url")}
+    return {"redis": request.getfixturevalue("own_redis").url}
 
 
 async def _until(probe: Callable[[], Awaitable[int]], expected: int, *, within: float, since: float) -> float:
@@ -54,7 +54,9 @@ async def test_key_revoked_through_process_a_is_refused_by_process_b_within_one_
                 started = time.perf_counter()
                 status, _ = await admin(a, "POST", f"/admin/keys/{key_id}/revoke", session=s)
                 assert status == 200
-                elapsed = await _until(lambda: public_status(b, secret, s), 401, within=1.0, since=started)
+                elapsed = await _until(
+                    lambda secret=secret: public_status(b, secret, s), 401, within=1.0, since=started
+                )
                 print(f"{backend}: {key_id} refused by the other process {elapsed * 1000:.0f} ms after the revoke call")
                 assert await public_status(a, secret, s) == 401
 
@@ -97,7 +99,7 @@ async def test_config_reload_keeps_runtime_changes_and_takes_new_declarations(tm
     new_key = "tg_newcorp-declared-key-0123456789abcdef"
     async with aiohttp.ClientSession() as s:
         with gateway_process(doc) as gw:
-            status, created = await admin(
+            _status, created = await admin(
                 gw, "POST", "/admin/tenants", {"id": "hooli", "plan": "personal", "keys": [{}]}, session=s
             )
             hooli_key = created["created_keys"][0]["key"]

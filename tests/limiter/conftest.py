@@ -1,9 +1,9 @@
-"""Fixtures for the limiter suite: private redis-servers (standalone and a 3-master Cluster) and one engine per kind."""
+"""Fixtures for the limiter suite: one engine per kind (the Redis ones on the servers of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
@@ -12,25 +12,12 @@ from tests.support.redis import RedisCluster, RedisServer
 from tollgate.clock import ManualClock, SystemClock
 from tollgate.limiter.store import EmbeddedEngine, RedisEngine, ScriptEngine
 
-ENGINES = ("embedded", "redis", "cluster")
-
-
-@pytest.fixture(scope="session")
-def redis_standalone() -> Iterator[RedisServer]:
-    """One standalone redis-server for the session; tests that break their server start their own."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture(scope="session")
-def redis_cluster_nodes() -> Iterator[RedisCluster]:
-    """A 3-master Redis Cluster on loopback for the session."""
-    cluster = RedisCluster(3)
-    cluster.start()
-    yield cluster
-    cluster.cleanup()
+# The engines on Redis start processes (the session's redis-server and Cluster): marked so a quick run leaves them out.
+ENGINES = (
+    "embedded",
+    pytest.param("redis", marks=pytest.mark.process),
+    pytest.param("cluster", marks=pytest.mark.process),
+)
 
 
 @dataclass

@@ -193,6 +193,7 @@ async def test_finish_many_settles_and_releases_a_whole_batch_in_one_store_call(
     assert limiter.engine().stats.calls == calls
 
 
+@pytest.mark.process
 async def test_finish_many_on_a_dead_store_reports_degraded_settlements_and_kept_leases() -> None:
     server = RedisServer()
     server.start()

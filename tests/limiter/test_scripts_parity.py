@@ -16,7 +16,8 @@ async def ttls(store: Store, request: pytest.FixtureRequest) -> dict[str, int]:
     """PTTL of every key the store holds."""
     if store.kind == "embedded":
         ks = store.engine.keyspace  # type: ignore[attr-defined]
-        return {k: ks.ttl_ms(k) for k in ks.keys()}
+        live = ks.keys()  # a Keyspace, not a dict: keys() lists the live keys
+        return {k: ks.ttl_ms(k) for k in live}
     if store.kind == "redis":
         servers = [request.getfixturevalue("redis_standalone")]
     else:
@@ -196,6 +197,7 @@ async def test_every_key_the_scripts_write_has_a_ttl(store: Store, request: pyte
     assert all(ttl > 0 for ttl in found.values()), found
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("kind", ["redis", "cluster"])
 async def test_a_flushed_script_cache_is_reloaded_without_an_error(kind: str, request: pytest.FixtureRequest) -> None:
     from tollgate.clock import SystemClock

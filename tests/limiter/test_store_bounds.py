@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -19,16 +19,6 @@ from tollgate.edge.answers import error_body, status_for
 from tollgate.errors import StoreOverloaded
 from tollgate.limiter import Limiter, LimitSpec
 from tollgate.limiter.store import EmbeddedEngine, RedisEngine
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 def requests(name: str = "rpm", fail_mode: str = "fail_open", limit: int = 1_000_000) -> LimitSpec:
@@ -130,7 +120,7 @@ async def test_a_reply_that_arrived_while_the_event_loop_was_busy_is_read_not_ti
 async def test_a_short_stall_is_answered_by_the_fail_mode_only_while_it_lasts_and_what_it_missed_is_applied_after(
     own_redis: RedisServer, started: tuple[Limiter, RedisEngine]
 ) -> None:
-    limiter, engine = started
+    limiter, _engine = started
     held = [await limiter.admit([LEASES, TOKENS]) for _ in range(30)]
     assert not any(d.degraded for d in held)
     assert (await limiter.peek(LEASES)).remaining == 1000 - 30

@@ -1,4 +1,4 @@
-"""Real processes for the production tests: redis-server, nginx, ``serve --workers N``, and a load loop that records every request."""
+"""Real processes for the production tests: nginx, ``serve --workers N``, and a load loop that records every request."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from ..support.processes import REPO, Proc, free_port, start_process, wait_for_port
+from ..support.processes import REPO, Proc, free_port, gateway_process, owned, start_process, wait_until, worker_pids
 
 __all__ = [
     "ADMIN_TOKEN",
@@ -30,7 +29,6 @@ __all__ = [
     "nginx_in_front",
     "nginx_main_config",
     "read_stream",
-    "redis_server",
     "served_gateway",
     "stream_body",
     "wait_until",
@@ -48,23 +46,6 @@ def chat(model: str = "gpt-4o-mini") -> dict[str, Any]:
 
 def stream_body(tokens: int) -> dict[str, Any]:
     return {**CHAT, "stream": True, "max_tokens": tokens}
-
-
-@contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port; yields its URL."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is required by the production tests (scripts/test installs it)"
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="tollgate-redis-")
-    proc = start_process(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir], port
-    )
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def nginx_main_config(workdir: Path, listen_port: int, gateway_port: int) -> Path:
@@ -100,19 +81,19 @@ def nginx_in_front(gateway_port: int) -> Iterator[Proc]:
     """nginx with config/nginx.conf on a free port, proxying to the gateway on ``gateway_port``."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     workdir = Path(tempfile.mkdtemp(prefix="tollgate-nginx-"))
-    port = free_port()
-    conf = nginx_main_config(workdir, port, gateway_port)
-    checked = subprocess.run(
-        [binary, "-t", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)],
-        capture_output=True,
-        text=True,
-    )
-    assert checked.returncode == 0, checked.stderr
-    proc = start_process([binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)], port)
     try:
-        yield proc
+        port = free_port()
+        conf = nginx_main_config(workdir, port, gateway_port)
+        checked = subprocess.run(
+            [binary, "-t", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)],
+            capture_output=True,
+            text=True,
+        )
+        assert checked.returncode == 0, checked.stderr
+        proc = start_process([binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)], port)
+        with owned(proc):
+            yield proc
     finally:
-        proc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -123,57 +104,13 @@ def write_config(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-@contextmanager
 def served_gateway(
     config: dict[str, Any], *, workers: int, admin: bool = False, public: dict[str, Any] | None = None
-) -> Iterator[Proc]:
-    """``python -m gateway serve --workers N`` on a free port (``public``: more keys of listeners.public); waits for every worker."""
-    port = free_port()
-    listener = {**(public or {}), "host": "127.0.0.1", "port": port}
-    cfg = {**config, "listeners": {"public": listener, "admin": {"enabled": False}}}
-    admin_port = None
-    if admin:
-        admin_port = free_port()
-        cfg["listeners"]["admin"] = {"host": "127.0.0.1", "port": admin_port, "token": ADMIN_TOKEN}
-    fd, name = tempfile.mkstemp(prefix="tollgate-prod-", suffix=".yaml")
-    os.close(fd)
-    path = Path(name)
-    write_config(path, cfg)
-    argv = [sys.executable, "-m", "tollgate", "serve", "--config", str(path), "--workers", str(workers)]
-    proc = start_process(argv, port)
-    proc.config_path = path
-    if admin_port is not None:
-        proc.extra_ports["admin"] = admin_port
-        wait_for_port(admin_port, proc=proc.popen)
-    try:
-        if workers > 1:
-            wait_until(
-                lambda: len(worker_pids(proc.popen.pid)) == workers and proc.log().count(" ready (pid ") >= workers, 15
-            )
-        yield proc
-    finally:
-        proc.stop(timeout=30)
-        path.unlink(missing_ok=True)
-
-
-def worker_pids(supervisor: int) -> dict[int, int]:
-    """``{worker index: pid}`` of the live (not zombie) children of ``supervisor``, from /proc."""
-    found: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        if int(fields[1]) != supervisor or fields[0] == b"Z" or b"--worker" not in argv:
-            continue
-        found[int(argv[argv.index(b"--worker") + 1])] = int(entry)
-    return found
+) -> AbstractContextManager[Proc]:
+    """``python -m tollgate serve --workers N`` on a free port (``public``: more keys of listeners.public), started once
+    every worker is ready; with ``admin``, the admin listener with :data:`ADMIN_TOKEN`."""
+    listeners = {"public": public or {}, "admin": {"token": ADMIN_TOKEN} if admin else {"enabled": False}}
+    return gateway_process({**config, "listeners": listeners}, workers=workers, stop_timeout=30)
 
 
 def is_gone(pid: int) -> bool:
@@ -183,15 +120,6 @@ def is_gone(pid: int) -> bool:
     except OSError:
         return True
     return stat[stat.rindex(b")") + 2 :].split()[0] == b"Z"
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"condition not met after {timeout}s")
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,15 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..support.processes import Proc, gateway_config, mock_upstream_process, start_process, wait_for_port
-from ..support.redis import RedisServer, redis_server
-from .support import ADMIN_TOKEN, nginx_main_config, wait_until, worker_pids, write_config
+from ..support.processes import Proc, gateway_config, start_process, wait_for_port, wait_for_workers
+from ..support.redis import RedisServer
+from .support import ADMIN_TOKEN, nginx_main_config, write_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.mock_upstream("--no-record"),
+]
 
 KEY = "tg_burst_test_key_0123456789abcdefghijklm"
 CLIENTS = 200
@@ -70,19 +74,12 @@ def ports() -> Iterator[Iterator[int]]:
 
 
 @pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process("--no-record") as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
+def redis(redis: RedisServer) -> RedisServer:
     """The shared store, on a scheduling priority above the hog's (as on a host of its own): the 50 ms budget
     then measures the gateway's handling of a healthy store, not a Redis the CPU hog keeps off the cores."""
-    with redis_server() as server:
-        with contextlib.suppress(PermissionError):  # raising a priority takes root (CI has it)
-            os.setpriority(os.PRIO_PROCESS, server.pid, -10)
-        yield server
+    with contextlib.suppress(PermissionError):  # raising a priority takes root (CI has it)
+        os.setpriority(os.PRIO_PROCESS, redis.pid, -10)
+    return redis
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +142,7 @@ class Instance:
             wait_for_port(gw.port, timeout=60, proc=gw.popen)
             wait_for_port(gw.extra_ports["admin"], timeout=60, proc=gw.popen)
             if workers > 1:
-                wait_until(
-                    lambda: len(worker_pids(gw.popen.pid)) == workers and gw.log().count(" ready (pid ") >= workers, 60
-                )
+                wait_for_workers(gw, workers, 60)
         for other in self.others:
             wait_for_port(other.port, timeout=30, proc=other.popen)
 

@@ -26,9 +26,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..support.processes import Proc, gateway_config, gateway_process, mock_upstream_process
+from ..support.processes import Proc, gateway_config, gateway_process
 from ..support.raw_http import finish_answer
-from .support import nginx_in_front
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -188,12 +187,6 @@ async def exchange(port: int, data: bytes, *, wait: float = 5.0) -> Outcome:
     return Outcome(statuses, closed)
 
 
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process() as proc:
-        yield proc
-
-
 def _config(mock: Proc, **server: object) -> dict[str, object]:
     return gateway_config(
         f"{mock.url}/v1",
@@ -206,12 +199,6 @@ def _config(mock: Proc, **server: object) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def gateway(mock: Proc) -> Iterator[Proc]:
     with gateway_process(_config(mock)) as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def nginx(gateway: Proc) -> Iterator[Proc]:
-    with nginx_in_front(gateway.port) as proc:
         yield proc
 
 

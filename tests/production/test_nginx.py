@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ..support.processes import Proc, gateway_config, mock_upstream_process
-from .support import ADMIN_TOKEN, chat, nginx_in_front, redis_server, served_gateway, stream_body
+from ..support.processes import Proc, gateway_config
+from .support import ADMIN_TOKEN, chat, served_gateway, stream_body
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -19,40 +19,25 @@ CLIENT_ADDRESS = "127.0.0.2"  # a second loopback address: the client is not ngi
 
 
 @pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process() as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def gateway(mock: Proc) -> Iterator[Proc]:
-    with redis_server() as redis_url:
-        config = gateway_config(
-            f"{mock.url}/v1",
-            store={"backend": "redis", "url": redis_url, "timeout": "5s"},
-            guard={"max_body_bytes": "1MiB"},
-            # A per-IP limit, only for requests that ask for it, so the other tests here are not limited.
-            namespaces={
-                "per-ip": {"matchers": [{"type": "header", "field": "X-Test", "op": "equals", "value": "per-ip"}]}
-            },
-            rules={
-                "three-per-ip": {
-                    "type": "request_limit",
-                    "limit": 3,
-                    "per": "minute",
-                    "scope": ["ip"],
-                    "attach": {"namespaces": ["per-ip"]},
-                }
-            },
-        )
-        with served_gateway(config, workers=2, admin=True, public={"trusted_proxies": ["127.0.0.1/32"]}) as gw:
-            yield gw
-
-
-@pytest.fixture(scope="module")
-def nginx(gateway: Proc) -> Iterator[Proc]:
-    with nginx_in_front(gateway.port) as proc:
-        yield proc
+def gateway(mock: Proc, redis_url: str) -> Iterator[Proc]:
+    config = gateway_config(
+        f"{mock.url}/v1",
+        store={"backend": "redis", "url": redis_url, "timeout": "5s"},
+        guard={"max_body_bytes": "1MiB"},
+        # A per-IP limit, only for requests that ask for it, so the other tests here are not limited.
+        namespaces={"per-ip": {"matchers": [{"type": "header", "field": "X-Test", "op": "equals", "value": "per-ip"}]}},
+        rules={
+            "three-per-ip": {
+                "type": "request_limit",
+                "limit": 3,
+                "per": "minute",
+                "scope": ["ip"],
+                "attach": {"namespaces": ["per-ip"]},
+            }
+        },
+    )
+    with served_gateway(config, workers=2, admin=True, public={"trusted_proxies": ["127.0.0.1/32"]}) as gw:
+        yield gw
 
 
 async def upstream_saw(mock: Proc, request_id: str) -> dict[str, str]:
@@ -203,9 +188,11 @@ async def test_body_size_gateway_answers_just_over_its_limit_and_nginx_caps_abus
 async def test_per_ip_limits_count_the_real_client_ip_behind_nginx(nginx: Proc) -> None:
     async def post_from(address: str) -> int:
         connector = aiohttp.TCPConnector(local_addr=(address, 0))
-        async with aiohttp.ClientSession(connector=connector) as s:
-            async with s.post(f"{nginx.url}/v1/chat/completions", json=chat(), headers={"X-Test": "per-ip"}) as r:
-                return r.status
+        async with (
+            aiohttp.ClientSession(connector=connector) as s,
+            s.post(f"{nginx.url}/v1/chat/completions", json=chat(), headers={"X-Test": "per-ip"}) as r,
+        ):
+            return r.status
 
     # Every request reaches the gateway from nginx (127.0.0.1); only the real client address tells them apart.
     assert [await post_from("127.0.0.4") for _ in range(4)] == [200, 200, 200, 429]

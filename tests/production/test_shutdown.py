@@ -6,31 +6,18 @@ import asyncio
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from ..support.processes import Proc, gateway_config, mock_upstream_process
-from .support import read_stream, redis_server, served_gateway
+from ..support.processes import Proc, gateway_config
+from .support import read_stream, served_gateway
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"), pytest.mark.mock_upstream("--no-record")]
 
 STREAMS = 20
 PACE = {"x-mock-tokens-per-second": "10"}  # 20 tokens: about two seconds per stream
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process("--no-record") as proc:
-        yield proc
 
 
 def _config(mock: Proc, redis_url: str, workers: int, **extra: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,35 +16,22 @@ import aiohttp
 import pytest
 import yaml
 
-from ..support.processes import Proc, gateway_config, mock_upstream_process
+from ..support.processes import Proc, gateway_config
 from .support import (
     ADMIN_TOKEN,
     LoadLoop,
     chat,
     is_gone,
-    redis_server,
     served_gateway,
     wait_until,
     worker_pids,
     write_config,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::ResourceWarning"), pytest.mark.mock_upstream("--no-record")]
 
 SLOW = {"x-mock-latency-ms": "60"}  # keeps requests in flight on every worker
 SOCKET_TEARDOWN = 0.05
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_server() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process("--no-record") as proc:
-        yield proc
 
 
 def _config(mock: Proc, redis_url: str, **extra: Any) -> dict[str, Any]:
@@ -117,7 +103,7 @@ async def test_killing_one_worker_under_load_loses_only_its_in_flight_requests_a
         assert failed.started < settled_at and failed.ended >= killed_at, failed
     # ... and every request sent after it died, before and after its replacement started, succeeded.
     assert after_replacement and all(o.status == 200 for o in after_replacement)
-    assert "worker 1 (pid %d) exited with signal SIGKILL: restarting" % victim in gw.log()
+    assert f"worker 1 (pid {victim}) exited with signal SIGKILL: restarting" in gw.log()
 
 
 async def test_reload_under_load_in_every_worker_fails_no_request(mock: Proc, redis_url: str) -> None:
@@ -144,9 +130,11 @@ async def test_reload_under_load_in_every_worker_fails_no_request(mock: Proc, re
         live["models"]["gpt-4o-second"] = {"deployments": [{"upstream": "mock"}]}
         write_config(path, live)
         admin = f"http://127.0.0.1:{gw.extra_ports['admin']}/admin/reload"
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as s:
-            async with s.post(admin) as r:
-                assert r.status == 202, await r.text()
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as s,
+            s.post(admin) as r,
+        ):
+            assert r.status == 202, await r.text()
         await asyncio.sleep(0.7)
         stop.set()
         await running

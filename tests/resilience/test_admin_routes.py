@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from ..support.processes import free_port, gateway_config, gateway_process
+
+pytestmark = pytest.mark.process
 
 TOKEN = "admin-token-for-resilience-routes"
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 
 import aiohttp
+import pytest
 
 from ..support.processes import gateway_config, gateway_process, mock_upstream_process
+
+pytestmark = pytest.mark.process
 
 OPEN_KEY = "tg_fallback_open_0123456789abcdefghijklmn"
 NARROW_KEY = "tg_fallback_narrow_0123456789abcdefghijkl"

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
 
-from ..support.processes import Proc, free_port, mock_upstream_process, start_process
+from ..support.processes import Proc, free_port, start_process
 from .helpers import chat, config_doc, gateway
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process() as proc:
-        yield proc
 
 
 async def test_deployment_failing_probes_leaves_the_rotation_and_returns_once_it_answers(mock: Proc) -> None:

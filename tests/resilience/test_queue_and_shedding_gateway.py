@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import aiohttp
 import orjson
 import pytest
 
-from ..support.processes import Proc, gateway_process, mock_upstream_process
+from ..support.processes import Proc, gateway_process
 from .helpers import chat, config_doc, gateway
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 SLOW = {"x-mock-latency-ms": "200"}
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process() as proc:
-        yield proc
 
 
 def _limited(queue: bool, **model: object) -> dict[str, object]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Iterator
 
 import aiohttp
 import orjson
@@ -14,19 +13,16 @@ import pytest
 from tollgate.clock import ManualClock
 from tollgate.routing.breaker import CLOSED, OPEN
 
-from ..support.processes import Proc, mock_upstream_process
+from ..support.processes import Proc
 from .helpers import chat, config_doc, gateway, mock_get, mock_reset, upstream_calls_by_request
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.mock_upstream("--record-limit", "5000"),
+]
 
 FAIL = {"x-mock-status": "503"}
 FAST_RETRIES = {"backoff_base": "1ms", "backoff_cap": "5ms"}
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process("--record-limit", "5000") as proc:
-        yield proc
 
 
 def _one(upstream: str = "mock", **model: object) -> dict[str, object]:
@@ -135,7 +131,7 @@ async def test_fallback_serves_with_its_model_header_and_is_counted(mock: Proc) 
         gateway(config_doc(mock.url, models, {"retries": {"max": 2, **FAST_RETRIES}})) as (url, state),
         aiohttp.ClientSession() as s,
     ):
-        status, headers, body = await chat(s, url, "primary", FAIL)
+        status, headers, _body = await chat(s, url, "primary", FAIL)
         assert status == 200 and headers["x-tollgate-model"] == "backup"
         assert state.counters.fallbacks == {"primary->backup": 1}
         [calls] = (await upstream_calls_by_request(mock.url)).values()

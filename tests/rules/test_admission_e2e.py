@@ -117,7 +117,7 @@ async def test_every_stream_reservation_settles_to_the_real_usage(mock: Proc, re
                 used += usage["prompt_tokens"] + usage["completion_tokens"]
             await asyncio.sleep(0.3)  # settling runs just after each answer
             # A probe's own reservation (its prompt estimate + max_tokens 1) is in the remaining count it reports.
-            status, headers, body = await chat(s, gw, {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 1})
+            status, headers, _body = await chat(s, gw, {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 1})
             assert status == 200
     probe_reservation = 3 + 4 + 3 + 1  # per-request + per-message + "hello there" + max_tokens
     assert budget - remaining_tokens(headers) - probe_reservation == used

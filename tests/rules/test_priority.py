@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
-import pytest
 
-from ..support.processes import Proc, gateway_config, gateway_process, mock_upstream_process
+from ..support.processes import Proc, gateway_config, gateway_process
 
 LOW_KEY = "tg_priority_low_0123456789abcdefghijklmn"
 HIGH_KEY = "tg_priority_high_0123456789abcdefghijklm"
 MSG = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[Proc]:
-    with mock_upstream_process() as proc:
-        yield proc
 
 
 def sha(key: str) -> str:

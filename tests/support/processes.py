@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,23 +18,47 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "MOCK_FORWARD_HEADERS",
     "REPO",
     "Proc",
     "free_port",
     "gateway_config",
     "gateway_process",
+    "keep_running_logs",
     "mock_upstream_process",
+    "owned",
     "start_process",
+    "steerable",
+    "take_kept_logs",
     "wait_for_port",
+    "wait_for_workers",
+    "wait_until",
+    "worker_pids",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
 
+_RUNNING: list[Proc] = []  # started and not stopped yet: their logs are kept when a test fails
+_KEPT: list[Path] = []  # logs kept on disk since the last take_kept_logs()
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+def free_port(*, with_bus: bool = False) -> int:
+    """A loopback TCP port free right now; with ``with_bus`` also port + 10000 (a Redis Cluster node's bus)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if not with_bus:
+            return port
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free loopback port pair found")
 
 
 def wait_for_port(port: int, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -50,27 +74,73 @@ def wait_for_port(port: int, *, timeout: float = 15.0, proc: subprocess.Popen[by
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-@dataclass
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met after {timeout}s")
+
+
+def worker_pids(supervisor: int) -> dict[int, int]:
+    """``{worker index: pid}`` of the live (not zombie) children of ``supervisor``, from /proc."""
+    found: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[1]) != supervisor or fields[0] == b"Z" or b"--worker" not in argv:
+            continue
+        found[int(argv[argv.index(b"--worker") + 1])] = int(entry)
+    return found
+
+
+def wait_for_workers(proc: Proc, workers: int, timeout: float) -> None:
+    """Until the supervisor ``proc`` of ``serve --workers N`` has N live workers that each logged that it is ready."""
+    wait_until(
+        lambda: len(worker_pids(proc.popen.pid)) == workers and proc.log().count(" ready (pid ") >= workers, timeout
+    )
+
+
+@dataclass(eq=False)
 class Proc:
-    """A started process, its ports and where its output goes."""
+    """A started process, its ports and where its output goes.
+
+    The output goes to a ``/tmp/tollgate-proc-*.log`` file. :meth:`stop` removes it and keeps its text for
+    :meth:`log`; the file stays on disk when the ``with`` block that owns the process ends by an exception, or when a
+    test fails while the process runs (the root conftest names kept files, with their last lines, in the report).
+    """
 
     popen: subprocess.Popen[bytes]
     port: int
     log_path: Path
     extra_ports: dict[str, int] = field(default_factory=dict)
     config_path: Path | None = None
+    _kept: bool = field(default=False, repr=False)
+    _final_log: str | None = field(default=None, repr=False)  # the log's text once the file is removed
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def log(self) -> str:
+        if self._final_log is not None:
+            return self._final_log
         return self.log_path.read_text(errors="replace")
 
     def signal(self, sig: int) -> None:
         self.popen.send_signal(sig)
 
     def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; the log file goes unless it is kept (its text stays in :meth:`log`)."""
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -78,14 +148,46 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+        if self in _RUNNING:
+            _RUNNING.remove(self)
+        if not self._kept and self._final_log is None:
+            self._final_log = self.log_path.read_text(errors="replace")
+            self.log_path.unlink(missing_ok=True)
         return self.popen.returncode
+
+    def keep_log(self) -> None:
+        """Leave the log file on disk after the process stops (a failure wants it)."""
+        if self._final_log is None:  # the file is still there
+            self._kept = True
+            if self.log_path not in _KEPT:
+                _KEPT.append(self.log_path)
+
+
+def keep_running_logs() -> None:
+    """Keep the log of every process still running (a test failed while they ran)."""
+    for proc in _RUNNING:
+        proc.keep_log()
+
+
+def take_kept_logs() -> list[Path]:
+    """The log files kept since the last call."""
+    kept = list(_KEPT)
+    _KEPT.clear()
+    return kept
 
 
 def start_process(args: Sequence[str], port: int, *, env: dict[str, str] | None = None, wait: bool = True) -> Proc:
-    log = Path(tempfile.mkstemp(prefix="tollgate-proc-", suffix=".log")[1])
+    """Start ``args`` with its output in a log file; with ``wait``, return once it listens on ``port``."""
+    fd, name = tempfile.mkstemp(prefix="tollgate-proc-", suffix=".log")
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    popen = subprocess.Popen(list(args), stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
-    proc = Proc(popen=popen, port=port, log_path=log)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            popen = subprocess.Popen(list(args), stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
+    except BaseException:
+        os.unlink(name)
+        raise
+    proc = Proc(popen=popen, port=port, log_path=Path(name))
+    _RUNNING.append(proc)
     if wait:
         try:
             wait_for_port(port, proc=popen)
@@ -96,13 +198,24 @@ def start_process(args: Sequence[str], port: int, *, env: dict[str, str] | None 
 
 
 @contextmanager
+def owned(proc: Proc, *, stop_timeout: float = 10.0) -> Iterator[Proc]:
+    """``proc`` for the block, stopped after it; its log is kept when the block ends by an exception."""
+    try:
+        yield proc
+    except BaseException as exc:
+        if not isinstance(exc, GeneratorExit):
+            proc.keep_log()
+        raise
+    finally:
+        proc.stop(stop_timeout)
+
+
+@contextmanager
 def mock_upstream_process(*flags: str) -> Iterator[Proc]:
     port = free_port()
     proc = start_process([sys.executable, "-m", "tollgate", "mock-upstream", "--port", str(port), *flags], port)
-    try:
+    with owned(proc):
         yield proc
-    finally:
-        proc.stop()
 
 
 # The tests steer the mock upstream through the gateway with x-mock-* request headers (fault injection):
@@ -137,8 +250,15 @@ def gateway_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def gateway_process(config: dict[str, Any], *, env: dict[str, str] | None = None) -> Iterator[Proc]:
-    """Write ``config`` to a file and run ``python -m gateway serve`` on it, on a free port."""
+def gateway_process(
+    config: dict[str, Any], *, workers: int | None = None, env: dict[str, str] | None = None, stop_timeout: float = 10.0
+) -> Iterator[Proc]:
+    """Write ``config`` to a file and run ``python -m tollgate serve`` on it, on free ports.
+
+    The public listener gets a free port; so does the admin listener unless the config disables it (it is disabled
+    when the config names none); ``proc.extra_ports['admin']`` is its port. With ``workers``, ``serve --workers N``:
+    the block starts once every worker is ready. ``proc.config_path`` is the file (rewrite it to reload).
+    """
     port = free_port()
     cfg = {**config, "listeners": {**config.get("listeners", {})}}
     cfg["listeners"]["public"] = {**cfg["listeners"].get("public", {}), "host": "127.0.0.1", "port": port}
@@ -147,20 +267,26 @@ def gateway_process(config: dict[str, Any], *, env: dict[str, str] | None = None
     if admin.get("enabled", True):
         admin_port = free_port()
         cfg["listeners"]["admin"] = {**admin, "host": "127.0.0.1", "port": admin_port}
-    fd, path = tempfile.mkstemp(prefix="tollgate-", suffix=".yaml")
+    fd, name = tempfile.mkstemp(prefix="tollgate-", suffix=".yaml")
     with os.fdopen(fd, "w") as fh:
         yaml.safe_dump(cfg, fh)
-    proc = start_process([sys.executable, "-m", "tollgate", "serve", "--config", path], port, env=env)
-    proc.config_path = Path(path)
-    if admin_port is not None:
-        proc.extra_ports["admin"] = admin_port
-        try:
-            wait_for_port(admin_port, proc=proc.popen)  # it opens just after the public listener
-        except Exception:
-            proc.stop()
-            raise
+    path = Path(name)
+    argv = [sys.executable, "-m", "tollgate", "serve", "--config", name]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
     try:
-        yield proc
+        proc = start_process(argv, port, env=env)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    proc.config_path = path
+    try:
+        with owned(proc, stop_timeout=stop_timeout):
+            if admin_port is not None:
+                proc.extra_ports["admin"] = admin_port
+                wait_for_port(admin_port, proc=proc.popen)  # it opens just after the public listener
+            if workers is not None and workers > 1:
+                wait_for_workers(proc, workers, 15)
+            yield proc
     finally:
-        proc.stop()
-        os.unlink(path)
+        path.unlink(missing_ok=True)

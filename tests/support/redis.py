@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,29 +30,12 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["REDIS_CLI", "REDIS_SERVER", "RedisCluster", "RedisServer", "free_port", "redis_cluster", "redis_server"]
+from .processes import free_port
+
+__all__ = ["REDIS_CLI", "REDIS_SERVER", "RedisCluster", "RedisServer", "redis_cluster", "redis_server"]
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
-
-
-def free_port(*, with_bus: bool = False) -> int:
-    """A loopback TCP port free right now; with ``with_bus`` also port + 10000 (the Cluster bus)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if not with_bus:
-            return port
-        if port + 10000 > 65535:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free loopback port pair found")
 
 
 class RedisServer:

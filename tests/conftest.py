@@ -1,0 +1,137 @@
+"""Fixtures every test folder shares (redis-server, a Redis Cluster, the mock upstream) and the ``process`` marker."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+from .support.processes import Proc, keep_running_logs, mock_upstream_process, take_kept_logs
+from .support.redis import RedisCluster, RedisServer, redis_cluster, redis_server
+
+# A test that starts a process of its own (redis-server, nginx, the gateway, the mock upstream, any subprocess) is
+# marked `process`: by the collection hook below when it uses one of these fixtures (directly or through another
+# fixture), by hand otherwise. `pytest -m "not process"` is then the quick in-process run; the audit hook below fails
+# a test that starts a process without the mark, so the quick run stays quick. CI runs everything.
+PROCESS_FIXTURES = frozenset({"mock", "redis", "redis_url", "own_redis", "redis_standalone", "redis_cluster_nodes"})
+
+# Audit events of a process being started (multiprocessing's spawn raises none: its tests use Redis anyway).
+SPAWN_EVENTS = frozenset({"subprocess.Popen", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.system"})
+
+LOG_TAIL_LINES = 40
+
+
+@pytest.fixture(scope="session")
+def redis_standalone() -> Iterator[RedisServer]:
+    """One standalone redis-server for the session (each test flushes it); tests that break a server use ``own_redis``."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_nodes() -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster on loopback for the session."""
+    with redis_cluster(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    """A redis-server of the test module's own."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis: RedisServer) -> str:
+    """The URL of the module's ``redis``."""
+    return redis.url
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, free to be paused, killed and started again."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mock(request: pytest.FixtureRequest) -> Iterator[Proc]:
+    """The mock upstream process of the test module, with the flags of the module's ``mock_upstream`` marker."""
+    marker = request.node.get_closest_marker("mock_upstream")
+    with mock_upstream_process(*(marker.args if marker else ())) as proc:
+        yield proc
+
+
+def _uses_a_process_fixture(item: pytest.Item) -> bool:
+    """Whether a fixture above serves ``item``: a module's own fixture of the same name counts only if it builds on it."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for name in PROCESS_FIXTURES.intersection(info.names_closure):
+        for fixturedef in reversed(info.name2fixturedefs.get(name, ())):
+            if fixturedef.func.__module__ == __name__:
+                return True
+            if name not in fixturedef.argnames:
+                break
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _uses_a_process_fixture(item):
+            item.add_marker(pytest.mark.process)
+
+
+class ProcessGuard:
+    """An audit hook that refuses to start a process while a test not marked ``process`` sets up or runs."""
+
+    def __init__(self) -> None:
+        self.unmarked: str | None = None  # node id of that test
+
+    def __call__(self, event: str, args: tuple[object, ...]) -> None:
+        if self.unmarked is not None and event in SPAWN_EVENTS:
+            raise RuntimeError(
+                f"{self.unmarked} starts a process ({event}) but is not marked `process`: mark it "
+                "(@pytest.mark.process), or take the process from a fixture of tests/conftest.py"
+            )
+
+
+GUARD = ProcessGuard()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys.addaudithook(GUARD)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    GUARD.unmarked = None if item.get_closest_marker("process") else item.nodeid
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    GUARD.unmarked = None
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"({exc})"
+    return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """On a failure, keep the logs of the processes still running and name every kept log, with its last lines."""
+    report = yield
+    if report.failed:
+        keep_running_logs()
+    kept = take_kept_logs()
+    if report.failed and kept:
+        text = "\n\n".join(f"{path} (last {LOG_TAIL_LINES} lines):\n{_tail(path)}" for path in kept)
+        report.sections.append(("process logs kept", text))
+    return report
