@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from tollgate.breaker import BreakerSettings
 from tollgate.clock import Clock, SystemClock
 from tollgate.config.store import StoreConfig, StoreEndpoint
 from tollgate.limiter.limiter import LOCAL_STORE, Limiter
-from tollgate.limiter.store.breaker import BreakerSettings
 from tollgate.limiter.store.embedded import EmbeddedEngine
 from tollgate.limiter.store.engine import ScriptEngine
 from tollgate.limiter.store.redis_engine import RedisEngine

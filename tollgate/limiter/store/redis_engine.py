@@ -52,9 +52,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
+from tollgate.breaker import CLOSED, DEFAULT_SETTINGS, BreakerSettings, CircuitBreaker
 from tollgate.clock import Clock
 from tollgate.errors import StoreError, StoreOverloaded, StoreTimeout, StoreUnavailable
-from tollgate.limiter.store.breaker import CLOSED, BreakerSettings, CircuitBreaker
 from tollgate.limiter.store.engine import Arg, EngineStats, ScriptCall
 from tollgate.limiter.store.scripts import Script, load_scripts
 
@@ -227,7 +227,7 @@ class RedisEngine:
         cluster: bool = False,
         timeout: float = 0.05,
         queue_timeout: float = QUEUE_TIMEOUT,
-        breaker: BreakerSettings = BreakerSettings(),
+        breaker: BreakerSettings = DEFAULT_SETTINGS,
         coalesce: bool = True,
         max_connections: int = 64,
         warm_connections: int = WARM_CONNECTIONS,
@@ -413,7 +413,7 @@ class RedisEngine:
         stats = self.stats
         stats.calls += len(calls)
         breaker = self.breaker
-        if sent is None and not breaker.allow():
+        if sent is None and not breaker.acquire():
             stats.rejected_open += len(calls)
             stats.failures += len(calls)
             error: StoreError = StoreUnavailable(f"store {self.name} unavailable (circuit open)")
@@ -430,7 +430,7 @@ class RedisEngine:
             error = StoreTimeout(f"store {self.name} sent nothing back within its {self.timeout * 1000:.0f} ms budget")
             return [error] * len(calls)
         except StoreOverloaded as exc:  # waited in our own queue: the store was not asked, the breaker not told
-            breaker.not_tried()
+            breaker.abandon()
             stats.overloaded += len(calls)
             return [exc] * len(calls)
         except StoreUnavailable as exc:  # could not connect
@@ -438,7 +438,7 @@ class RedisEngine:
             stats.failures += len(calls)
             return [exc] * len(calls)
         except StoreError as exc:  # a call the engine cannot make (unknown script)
-            breaker.not_tried()
+            breaker.abandon()
             return [exc] * len(calls)
         except (RedisError, OSError) as exc:
             breaker.failure()
