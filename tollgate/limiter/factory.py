@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tollgate.breaker import BreakerSettings
+from tollgate.circuit_breaker import BreakerSettings
 from tollgate.clock import Clock, SystemClock
 from tollgate.config.store import StoreConfig, StoreEndpoint
 from tollgate.limiter.limiter import LOCAL_STORE, Limiter

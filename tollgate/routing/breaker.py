@@ -1,4 +1,4 @@
-"""A deployment's circuit breaker: the one :class:`~tollgate.breaker.CircuitBreaker`, set from the resilience policy.
+"""A deployment's circuit breaker: the one :class:`~tollgate.circuit_breaker.CircuitBreaker`, set from the resilience policy.
 
 It opens after ``consecutive_failures`` failures in a row, or on the error or
 slow-call rate over ``window``; stays open for ``cool_down``, doubling up to
@@ -10,7 +10,7 @@ loop passes each call's permit back with its verdict.
 
 from __future__ import annotations
 
-from tollgate.breaker import CLOSED, HALF_OPEN, OPEN, REFUSED, BreakerSettings, CircuitBreaker
+from tollgate.circuit_breaker import CLOSED, HALF_OPEN, OPEN, REFUSED, BreakerSettings, CircuitBreaker
 from tollgate.clock import Clock
 from tollgate.config.resilience import BreakerPolicy
 

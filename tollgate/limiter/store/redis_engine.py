@@ -52,7 +52,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
-from tollgate.breaker import CLOSED, DEFAULT_SETTINGS, BreakerSettings, CircuitBreaker
+from tollgate.circuit_breaker import CLOSED, DEFAULT_SETTINGS, BreakerSettings, CircuitBreaker
 from tollgate.clock import Clock
 from tollgate.errors import StoreError, StoreOverloaded, StoreTimeout, StoreUnavailable
 from tollgate.limiter.store.engine import Arg, EngineStats, ScriptCall

@@ -35,7 +35,7 @@ from typing import Protocol
 
 __all__ = ["CLOSED", "DEFAULT_SETTINGS", "HALF_OPEN", "OPEN", "REFUSED", "BreakerSettings", "CircuitBreaker"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tollgate.breaker")
 
 CLOSED = "closed"
 OPEN = "open"
