@@ -5,7 +5,8 @@ from __future__ import annotations
 from tollgate.circuit_breaker import BreakerSettings
 from tollgate.clock import Clock, SystemClock
 from tollgate.config.store import StoreConfig, StoreEndpoint
-from tollgate.limiter.limiter import LOCAL_STORE, Limiter
+from tollgate.limiter.base import LOCAL_STORE
+from tollgate.limiter.limiter import Limiter
 from tollgate.limiter.store.embedded import EmbeddedEngine
 from tollgate.limiter.store.engine import ScriptEngine
 from tollgate.limiter.store.redis_engine import RedisEngine
