@@ -42,10 +42,10 @@ def race(
 @pytest.mark.parametrize(
     "spec",
     [
-        dict(name="rpm", kind="sliding_window", limit=50, window_ms=3_600_000, tenant="acme"),
-        dict(name="rpm", kind="gcra", limit=50, window_ms=LONG, tenant="acme"),
-        dict(name="rpm", kind="fixed_window", limit=50, window_ms=LONG, tenant="acme"),
-        dict(name="streams", kind="concurrency", limit=50, window_ms=60_000, tenant="acme"),
+        {"name": "rpm", "kind": "sliding_window", "limit": 50, "window_ms": 3_600_000, "tenant": "acme"},
+        {"name": "rpm", "kind": "gcra", "limit": 50, "window_ms": LONG, "tenant": "acme"},
+        {"name": "rpm", "kind": "fixed_window", "limit": 50, "window_ms": LONG, "tenant": "acme"},
+        {"name": "streams", "kind": "concurrency", "limit": 50, "window_ms": 60_000, "tenant": "acme"},
     ],
     ids=lambda s: s["kind"],
 )
@@ -64,14 +64,14 @@ async def test_a_token_budget_is_never_overdrawn_by_parallel_requests_with_rando
 ) -> None:
     redis_standalone.flushall()
     budget = 5000
-    spec = dict(
-        name="tpm",
-        kind=kind,
-        limit=budget,
-        window_ms=LONG if kind != "sliding_window" else 3_600_000,
-        tenant="acme",
-        unit="tokens",
-    )
+    spec = {
+        "name": "tpm",
+        "kind": kind,
+        "limit": budget,
+        "window_ms": LONG if kind != "sliding_window" else 3_600_000,
+        "tenant": "acme",
+        "unit": "tokens",
+    }
     costs = [random.Random(f"{kind}-{i}").randint(1, 300) for i in range(200)]
     rows = race(two_processes, redis_standalone.url, spec, costs, True)
     spent = sum(c for admitted, c in rows if admitted)

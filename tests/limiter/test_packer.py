@@ -29,7 +29,7 @@ def test_a_packed_call_is_byte_for_byte_what_hiredis_packs_the_first_and_the_sec
 def test_the_cache_is_emptied_when_full_and_stays_correct() -> None:
     packer = _Packer(limit=8)
     for i in range(50):
-        call = ScriptCall("admit", [f"key-{i}"], [i, str(i), "lease-%d" % i])
+        call = ScriptCall("admit", [f"key-{i}"], [i, str(i), f"lease-{i}"])
         assert packer.evalsha(SHA, call) == hiredis.pack_command(("EVALSHA", SHA, 1, *call.keys, *call.args))
         assert len(packer._bulk) <= 8
 

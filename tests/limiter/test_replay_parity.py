@@ -27,7 +27,7 @@ def random_limits(rng: random.Random) -> list[dict[str, Any]]:
             param = str(rng.choice([1, 2, 4, 10]))
         else:
             param = ""
-        out.append(dict(key=f"{{r}}:{n}", kind=kind, limit=rng.randint(1, 12), window=window, param=param))
+        out.append({"key": f"{{r}}:{n}", "kind": kind, "limit": rng.randint(1, 12), "window": window, "param": param})
     return out
 
 

@@ -130,7 +130,7 @@ async def test_a_reply_that_arrived_while_the_event_loop_was_busy_is_read_not_ti
 async def test_a_short_stall_is_answered_by_the_fail_mode_only_while_it_lasts_and_what_it_missed_is_applied_after(
     own_redis: RedisServer, started: tuple[Limiter, RedisEngine]
 ) -> None:
-    limiter, engine = started
+    limiter, _ = started
     held = [await limiter.admit([LEASES, TOKENS]) for _ in range(30)]
     assert not any(d.degraded for d in held)
     assert (await limiter.peek(LEASES)).remaining == 1000 - 30

@@ -246,16 +246,16 @@ class RedisEngine:
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._preloaded = False
-        options: dict[str, Any] = dict(
-            decode_responses=False,
-            socket_timeout=None,  # every round trip runs under the store's own budget (see _read)
-            socket_connect_timeout=max(0.5, timeout * 5),
-            driver_info=None,  # no CLIENT SETINFO round trip on every new connection
+        options: dict[str, Any] = {
+            "decode_responses": False,
+            "socket_timeout": None,  # every round trip runs under the store's own budget (see _read)
+            "socket_connect_timeout": max(0.5, timeout * 5),
+            "driver_info": None,  # no CLIENT SETINFO round trip on every new connection
             # RESP2: a new connection is usable at once, without a HELLO round trip (the scripts' replies are
             # the same in both protocols); a protocol named in the URL wins.
-            protocol=2,
-            max_connections=max_connections,
-        )
+            "protocol": 2,
+            "max_connections": max_connections,
+        }
         self._cluster = cluster
         if cluster:
             self._client: Redis | RedisCluster = RedisCluster.from_url(url, **options)
@@ -525,16 +525,22 @@ class RedisEngine:
             ) from None
         connect = not self._idle
         try:
-            conn = self._client.connection_pool.make_connection() if connect else self._idle.pop()
+            conn = self._new_connection() if connect else self._idle.pop()
         except BaseException:
             self._slots.give()
             raise
         self._lent.add(conn)
         return await self._read(conn, count, asyncio.get_running_loop().time(), packed, connect)
 
+    def _new_connection(self) -> Any:
+        """A new connection, not connected yet, made by the standalone client's pool (its URL, auth, TLS)."""
+        client = self._client
+        assert isinstance(client, Redis)  # standalone only: on Cluster, redis-py owns the connections
+        return client.connection_pool.make_connection()  # type: ignore[no-untyped-call]  # not annotated by redis-py
+
     async def _open(self) -> Any:
         """A new connected connection, for the idle list; StoreUnavailable when the store cannot be reached."""
-        conn = self._client.connection_pool.make_connection()
+        conn = self._new_connection()
         try:
             async with asyncio.timeout(self._connect_timeout):  # the handshake (HELLO) included
                 await conn.connect()
