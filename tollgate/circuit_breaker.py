@@ -49,7 +49,7 @@ _BUCKETS = 10
 
 @dataclass(frozen=True, slots=True)
 class BreakerSettings:
-    """When a breaker opens, for how long, and how it probes; the defaults suit a store (a fast, local fault).
+    """When a breaker opens, for how long, and how it probes; the defaults are those of a limiter store.
 
     ``failures``            consecutive failures that open it
     ``open_seconds``        the first cool-down
