@@ -23,36 +23,25 @@ local n = #KEYS
 local states = {}
 local admitted = 1
 for i = 1, n do
-  local b = (i - 1) * 6
-  local st = ALGORITHMS[ARGV[b + 1]].check(KEYS[i], now, tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]),
-    tonumber(ARGV[b + 4]), ARGV[b + 5])
+  local alg, limit, window_ms, cost, param, shadow = limit_argv(ARGV, i)
+  local st = alg.check(KEYS[i], now, limit, window_ms, cost, param)
   states[i] = st
-  if not st.allowed and ARGV[b + 6] ~= '1' then
+  if not st.allowed and shadow ~= '1' then
     admitted = 0
   end
 end
 
 if admitted == 1 then
   for i = 1, n do
-    local b = (i - 1) * 6
-    ALGORITHMS[ARGV[b + 1]].commit(KEYS[i], now, tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]),
-      tonumber(ARGV[b + 4]), ARGV[b + 5], states[i])
+    local alg, limit, window_ms, cost, param = limit_argv(ARGV, i)
+    if cost > 0 then
+      alg.commit(KEYS[i], now, limit, window_ms, cost, param, states[i])
+    end
   end
 end
 
 local out = { admitted, now }
 for i = 1, n do
-  local st = states[i]
-  local allowed = 0
-  if st.allowed then
-    allowed = 1
-  end
-  local j = #out
-  out[j + 1] = allowed
-  out[j + 2] = tonumber(ARGV[(i - 1) * 6 + 2])
-  out[j + 3] = st.remaining
-  out[j + 4] = st.reset_ms
-  out[j + 5] = st.retry_ms
-  out[j + 6] = st.mark
+  push_verdict(out, tonumber(ARGV[(i - 1) * 6 + 2]), states[i])
 end
 return out

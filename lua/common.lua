@@ -1,13 +1,14 @@
 -- common.lua: helpers shared by every limiter script.
 --
 -- Not a script on its own: an entry script names it first on its
--- "-- include:" line and gateway/store/scripts.py prepends it.
+-- "-- include:" line and tollgate/limiter/store/scripts.py prepends it.
 -- KEYS: none.  ARGV: none.
 -- Units: "now" is read once per call from redis.call('TIME') as integer
 --   microseconds since the Unix epoch; every duration handed to Redis or
 --   returned to the caller is in integer milliseconds.
 -- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
---   adjust}), now_us(), ttl_ms(), ms_ceil() and count_verdict().
+--   adjust}), now_us(), ttl_ms(), ms_ceil(), count_verdict(), limit_argv()
+--   and push_verdict().
 --
 -- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
 -- concurrency.lua), one counter key per limit:
@@ -17,8 +18,8 @@
 --     st.mark (where the cost is charged, handed back to settle) and
 --     st.used (units counted now, before this cost; past the limit after an
 --     overdraft) are returned to the caller; other fields are for commit.
---   commit(key, now, limit, window_ms, cost, param, st): consumes the cost;
---     every key it writes gets a TTL.
+--   commit(key, now, limit, window_ms, cost, param, st): consumes a cost > 0
+--     (a cost of 0 is never committed); every key it writes gets a TTL.
 --   adjust(key, now, limit, window_ms, delta, param, mark) -> applied,
 --     overdraft, remaining, reset_ms: charges delta > 0 even past the limit
 --     (the work was done; the excess is reported as overdraft) or refunds
@@ -48,21 +49,48 @@ local function ms_ceil(us)
   return math.ceil(us / 1000)
 end
 
--- The verdict of a counting limit (fixed window, concurrency): `used` units of
--- `limit` are taken and `cost` more are asked. Sets st.allowed and
--- st.remaining; st.retry_ms becomes -1 when the cost exceeds the limit
--- itself (retrying cannot help) and wait_ms when it does not fit now.
-local function count_verdict(st, used, cost, limit, wait_ms)
+-- The verdict of a counting limit (sliding window, fixed window, concurrency):
+-- `used` units of `limit` are taken and `cost` more are asked. Sets
+-- st.allowed and st.remaining, and st.retry_ms = -1 when the cost exceeds the
+-- limit itself (retrying cannot help). Returns true when the cost does not
+-- fit now but will later: the caller then sets st.retry_ms, the wait.
+local function count_verdict(st, used, cost, limit)
   if cost > limit then
     st.allowed = false
     st.remaining = math.max(0, limit - used)
     st.retry_ms = -1
+    return false
   elseif used + cost <= limit then
     st.allowed = true
     st.remaining = limit - used - cost
-  else
-    st.allowed = false
-    st.remaining = math.max(0, limit - used)
-    st.retry_ms = wait_ms
+    return false
   end
+  st.allowed = false
+  st.remaining = math.max(0, limit - used)
+  return true
+end
+
+-- Limit i's 6 values in an entry script's argument list (laid out as in
+-- admit.lua): its algorithm; limit, window_ms and the 4th value (cost, delta
+-- or want) as numbers; param; the 6th value as sent (shadow, mark or need).
+local function limit_argv(argv, i)
+  local b = (i - 1) * 6
+  return ALGORITHMS[argv[b + 1]], tonumber(argv[b + 2]), tonumber(argv[b + 3]), tonumber(argv[b + 4]), argv[b + 5],
+    argv[b + 6]
+end
+
+-- Appends a checked limit to a reply: allowed (1/0), limit, remaining,
+-- reset_ms, retry_ms (-1: the cost exceeds the limit), mark.
+local function push_verdict(out, limit, st)
+  local allowed = 0
+  if st.allowed then
+    allowed = 1
+  end
+  local j = #out
+  out[j + 1] = allowed
+  out[j + 2] = limit
+  out[j + 3] = st.remaining
+  out[j + 4] = st.reset_ms
+  out[j + 5] = st.retry_ms
+  out[j + 6] = st.mark
 end

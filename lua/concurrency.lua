@@ -61,14 +61,13 @@ ALGORITHMS.concurrency = {
     else
       st.reset_ms = window_ms
     end
-    count_verdict(st, live, cost, limit, math.min(1000, st.reset_ms))
+    if count_verdict(st, live, cost, limit) then
+      st.retry_ms = math.min(1000, st.reset_ms)
+    end
     return st
   end,
 
   commit = function(key, now, limit, window_ms, cost, param, st)
-    if cost <= 0 then
-      return
-    end
     redis.call('ZREMRANGEBYSCORE', key, '-inf', st.now_ms)
     redis.call('ZADD', key, st.now_ms + window_ms, param)
     cc_keep(key, window_ms)

@@ -2,7 +2,7 @@
 -- Redis commands the limiter scripts call, answered from Lua tables with a
 -- per-key expiry, so an embedded script never leaves Lua while it runs.
 --
--- Not a script, and never sent to Redis: only gateway/store/keyspace.py
+-- Not a script, and never sent to Redis: only tollgate/limiter/store/keyspace.py
 -- loads it (scripts.py composes entry scripts from their "-- include:" line,
 -- and no script includes this file). Defines keyspace_new() -> ks.
 -- KEYS: none. ARGV: none. The commands take keys and arguments as in Redis:

@@ -1,4 +1,4 @@
--- embedded_wrapper.lua: how the embedded engine (gateway/store/embedded.py) runs one script.
+-- embedded_wrapper.lua: how the embedded engine (tollgate/limiter/store/embedded.py) runs one script.
 -- Not a limiter script: the engine puts a script's libraries at the "@prelude" marker line and its
 -- body at the "@body" one, then evaluates this expression once per script with the Lua keyspace.
 -- KEYS and ARGV: those of the wrapped script (passed as now_us, the number of ARGV, ARGV..., KEYS...).

@@ -25,10 +25,9 @@
 local now = now_us()
 local out = { now }
 for i = 1, #KEYS do
-  local b = (i - 1) * 6
-  local alg = ALGORITHMS[ARGV[b + 1]]
-  local key, limit, window_ms, param = KEYS[i], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), ARGV[b + 5]
-  local want, need = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 6])
+  local alg, limit, window_ms, want, param, need = limit_argv(ARGV, i)
+  local key = KEYS[i]
+  need = tonumber(need)
   local st = alg.check(key, now, limit, window_ms, want, param)
   -- What the limit has left before this cost (st.remaining is after it when it fits).
   local left = st.remaining
@@ -45,16 +44,12 @@ for i = 1, #KEYS do
       granted = take
     end
   end
-  local j = #out
   if granted > 0 then
     alg.commit(key, now, limit, window_ms, granted, param, st)
-    out[j + 1] = granted
-    out[j + 2] = st.remaining
-    out[j + 3] = st.mark
-  else
-    out[j + 1] = 0
-    out[j + 2] = st.remaining
-    out[j + 3] = st.mark
   end
+  local j = #out
+  out[j + 1] = granted
+  out[j + 2] = st.remaining
+  out[j + 3] = st.mark
 end
 return out

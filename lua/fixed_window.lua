@@ -78,14 +78,13 @@ ALGORITHMS.fixed_window = {
     local used = fw_load(key, start)
     local st = { now_ms = now_ms, start = start, stop = stop, used = used, mark = start, retry_ms = 0 }
     st.reset_ms = stop - now_ms
-    count_verdict(st, used, cost, limit, stop - now_ms)
+    if count_verdict(st, used, cost, limit) then
+      st.retry_ms = stop - now_ms
+    end
     return st
   end,
 
   commit = function(key, now, limit, window_ms, cost, param, st)
-    if cost <= 0 then
-      return
-    end
     redis.call('HSET', key, 'w', st.start, 'n', st.used + cost)
     redis.call('PEXPIRE', key, ttl_ms(st.stop - st.now_ms))
   end,

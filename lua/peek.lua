@@ -14,20 +14,9 @@
 local now = now_us()
 local out = { 1, now }
 for i = 1, #KEYS do
-  local b = (i - 1) * 6
-  local limit = tonumber(ARGV[b + 2])
-  local st = ALGORITHMS[ARGV[b + 1]].check(KEYS[i], now, limit, tonumber(ARGV[b + 3]), 0, ARGV[b + 5])
-  local allowed = 0
-  if st.allowed then
-    allowed = 1
-  end
-  local j = #out
-  out[j + 1] = allowed
-  out[j + 2] = limit
-  out[j + 3] = st.remaining
-  out[j + 4] = st.reset_ms
-  out[j + 5] = st.retry_ms
-  out[j + 6] = st.mark
-  out[j + 7] = st.used
+  local alg, limit, window_ms, _, param = limit_argv(ARGV, i)
+  local st = alg.check(KEYS[i], now, limit, window_ms, 0, param)
+  push_verdict(out, limit, st)
+  out[#out + 1] = st.used
 end
 return out

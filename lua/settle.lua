@@ -25,9 +25,8 @@
 local now = now_us()
 local out = { now }
 for i = 1, #KEYS do
-  local b = (i - 1) * 6
-  local applied, overdraft, remaining, reset = ALGORITHMS[ARGV[b + 1]].adjust(KEYS[i], now,
-    tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), ARGV[b + 5], ARGV[b + 6])
+  local alg, limit, window_ms, delta, param, mark = limit_argv(ARGV, i)
+  local applied, overdraft, remaining, reset = alg.adjust(KEYS[i], now, limit, window_ms, delta, param, mark)
   local j = #out
   out[j + 1] = applied
   out[j + 2] = overdraft

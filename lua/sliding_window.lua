@@ -83,23 +83,7 @@ ALGORITHMS.sliding_window = {
     local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
     local total, newest, stale, raw = sw_read(key, oldest)
     local st = { now_ms = now_ms, slot_ms = slot_ms, cur = cur, stale = stale, mark = cur, retry_ms = 0, used = total }
-    if cost > limit then
-      st.allowed = false
-      st.remaining = math.max(0, limit - total)
-      st.reset_ms = sw_reset(newest, slot_ms, window_ms, now_ms)
-      st.retry_ms = -1
-    elseif total + cost <= limit then
-      st.allowed = true
-      st.remaining = limit - total - cost
-      if cost > 0 then
-        st.reset_ms = sw_slot_left(cur, slot_ms, window_ms, now_ms)
-      else
-        st.reset_ms = sw_reset(newest, slot_ms, window_ms, now_ms)
-      end
-    else
-      st.allowed = false
-      st.remaining = math.max(0, limit - total)
-      st.reset_ms = sw_reset(newest, slot_ms, window_ms, now_ms)
+    if count_verdict(st, total, cost, limit) then -- the wait: until enough counted slots stop counting
       local need, freed = total + cost - limit, 0
       local live = sw_live(raw, oldest)
       for i = 1, #live do
@@ -110,13 +94,15 @@ ALGORITHMS.sliding_window = {
         end
       end
     end
+    if st.allowed and cost > 0 then
+      st.reset_ms = sw_slot_left(cur, slot_ms, window_ms, now_ms)
+    else
+      st.reset_ms = sw_reset(newest, slot_ms, window_ms, now_ms)
+    end
     return st
   end,
 
   commit = function(key, now, limit, window_ms, cost, param, st)
-    if cost <= 0 then
-      return
-    end
     redis.call('HINCRBY', key, st.cur, cost)
     if st.stale then
       redis.call('HDEL', key, unpack(st.stale))

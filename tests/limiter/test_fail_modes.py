@@ -147,18 +147,18 @@ def test_the_breaker_opens_after_consecutive_failures_and_lets_one_probe_through
     clock = ManualClock()
     breaker = CircuitBreaker(clock, BreakerSettings(failures=2, open_seconds=1.0, max_open_seconds=1.0))  # no backoff
     breaker.failure()
-    assert breaker.allow() and breaker.state == "closed"
+    assert breaker.acquire() and breaker.state == "closed"
     breaker.failure()
-    assert breaker.state == "open" and not breaker.allow()
+    assert breaker.state == "open" and not breaker.acquire()
     clock.advance(1.0)
-    assert breaker.allow()  # the probe
-    assert not breaker.allow()  # everyone else waits for it
+    assert breaker.acquire()  # the probe
+    assert not breaker.acquire()  # everyone else waits for it
     breaker.failure()
-    assert breaker.state == "open" and not breaker.allow()
+    assert breaker.state == "open" and not breaker.acquire()
     clock.advance(1.0)
-    assert breaker.allow()
+    assert breaker.acquire()
     breaker.success()
-    assert breaker.state == "closed" and breaker.allow() and breaker.allow()
+    assert breaker.state == "closed" and breaker.acquire() and breaker.acquire()
 
 
 def test_each_failed_probe_doubles_the_time_open_up_to_its_cap_and_a_success_resets_it() -> None:
@@ -169,18 +169,18 @@ def test_each_failed_probe_doubles_the_time_open_up_to_its_cap_and_a_success_res
     for _ in range(4):  # probe, fail: how long until the next probe may pass
         waits.append(breaker.open_for)
         clock.advance(breaker.open_for - 0.002)
-        assert not breaker.allow()
+        assert not breaker.acquire()
         clock.advance(0.004)
-        assert breaker.allow()
+        assert breaker.acquire()
         breaker.failure()
     assert waits == [0.1, 0.2, 0.35, 0.35]
     clock.advance(0.36)
-    assert breaker.allow()
+    assert breaker.acquire()
     breaker.success()
     breaker.failure()  # opens again: back to the first wait
-    assert not breaker.allow()
+    assert not breaker.acquire()
     clock.advance(0.11)
-    assert breaker.allow()
+    assert breaker.acquire()
 
 
 def test_a_probe_that_never_reached_the_store_lets_the_next_caller_probe() -> None:
@@ -188,9 +188,9 @@ def test_a_probe_that_never_reached_the_store_lets_the_next_caller_probe() -> No
     breaker = CircuitBreaker(clock, BreakerSettings(failures=1, open_seconds=0.1))
     breaker.failure()
     clock.advance(0.11)
-    assert breaker.allow() and not breaker.allow()
-    breaker.not_tried()  # it waited in the gateway's queue and gave up
-    assert breaker.allow()
+    assert breaker.acquire() and not breaker.acquire()
+    breaker.abandon()  # it waited in the gateway's queue and gave up
+    assert breaker.acquire()
     assert breaker.state == "half_open" and breaker.open_for == 0.1
 
 

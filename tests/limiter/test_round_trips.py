@@ -12,8 +12,7 @@ from tests.support.redis import RedisServer
 from tollgate.clock import ManualClock, SystemClock
 from tollgate.errors import StoreError
 from tollgate.limiter import Limiter, LimitSpec
-from tollgate.limiter.store import RedisEngine
-from tollgate.limiter.store.breaker import BreakerSettings
+from tollgate.limiter.store import BreakerSettings, RedisEngine
 from tollgate.limiter.store.redis_engine import EAGER_BATCH, _Slots
 
 

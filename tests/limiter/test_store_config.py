@@ -147,7 +147,7 @@ async def test_the_factory_passes_the_queue_bound_and_the_breaker_backoff_to_the
         for expected in (0.02, 0.04, 0.08, 0.08):  # each failed probe doubles the wait, up to the cap
             assert engine.breaker.open_for == expected
             clock.advance(expected + 0.001)
-            assert engine.breaker.allow()  # the probe, which fails
+            assert engine.breaker.acquire()  # the probe, which fails
             engine.breaker.failure()
     finally:
         await limiter.close()

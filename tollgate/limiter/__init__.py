@@ -1,5 +1,6 @@
 """The limiter's policy side: limits, keys, all-or-nothing admission, settling and leases; no Redis client here."""
 
+from tollgate.limiter.base import LOCAL_STORE, LimiterStats
 from tollgate.limiter.decision import (
     Consumed,
     Decision,
@@ -11,8 +12,9 @@ from tollgate.limiter.decision import (
     Settlement,
 )
 from tollgate.limiter.factory import build_engine, build_limiter
+from tollgate.limiter.fail_modes import FAIL_CLOSED_RETRY_MS
 from tollgate.limiter.keys import KeyBuilder, encode_value, tenant_key_pattern
-from tollgate.limiter.limiter import FAIL_CLOSED_RETRY_MS, LOCAL_STORE, Limiter, LimiterStats
+from tollgate.limiter.limiter import Limiter
 from tollgate.limiter.spec import CALENDARS, FAIL_MODES, KINDS, RESERVED_UNITS, UNITS, LimitSpec
 
 __all__ = [

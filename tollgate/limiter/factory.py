@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from tollgate.circuit_breaker import BreakerSettings
 from tollgate.clock import Clock, SystemClock
 from tollgate.config.store import StoreConfig, StoreEndpoint
-from tollgate.limiter.limiter import LOCAL_STORE, Limiter
-from tollgate.limiter.store.breaker import BreakerSettings
+from tollgate.limiter.base import LOCAL_STORE
+from tollgate.limiter.limiter import Limiter
 from tollgate.limiter.store.embedded import EmbeddedEngine
 from tollgate.limiter.store.engine import ScriptEngine
 from tollgate.limiter.store.redis_engine import RedisEngine
-from tollgate.limiter.store.scripts import load_scripts
+from tollgate.limiter.store.scripts import Script, load_scripts
 
 __all__ = ["build_engine", "build_limiter"]
 
 
-def build_engine(endpoint: StoreEndpoint, *, clock: Clock, scripts=None) -> ScriptEngine:  # type: ignore[no-untyped-def]
+def build_engine(endpoint: StoreEndpoint, *, clock: Clock, scripts: Mapping[str, Script] | None = None) -> ScriptEngine:
     """One engine for one named store (nothing connects before ``Limiter.start()`` or the first call)."""
     scripts = scripts or load_scripts()
     if endpoint.backend == "embedded":

@@ -103,7 +103,7 @@ def _problems(s: LimitSpec) -> list[str]:
         out.append(f"fail_mode must be one of {', '.join(FAIL_MODES)}")
     if s.unit not in UNITS:
         out.append(f"unit must be one of {', '.join(UNITS)}")
-    if not isinstance(s.shadow, bool):
+    if not _is_bool(s.shadow):
         out.append("shadow must be a boolean")
     if s.tenant is not None and (not isinstance(s.tenant, str) or not s.tenant):
         out.append("tenant must be a non-empty string or None")
@@ -125,6 +125,10 @@ def _problems(s: LimitSpec) -> list[str]:
     if s.kind == "sliding_window" and not _int_in(s.slots, 1, 1000):
         out.append("slots must be an integer in 1..1000")
     return out
+
+
+def _is_bool(v: object) -> bool:
+    return isinstance(v, bool)
 
 
 def _int_in(v: object, lo: int, hi: int) -> bool:

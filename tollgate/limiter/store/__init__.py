@@ -1,6 +1,6 @@
 """Limiter stores: engines that run the ``lua/`` scripts, embedded (lupa) or on Redis; they know keys, not tenants."""
 
-from tollgate.limiter.store.breaker import BreakerSettings, CircuitBreaker
+from tollgate.circuit_breaker import BreakerSettings, CircuitBreaker
 from tollgate.limiter.store.embedded import EmbeddedEngine
 from tollgate.limiter.store.engine import EngineStats, ScriptCall, ScriptEngine
 from tollgate.limiter.store.keyspace import Keyspace

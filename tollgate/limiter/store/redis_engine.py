@@ -52,9 +52,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
+from tollgate.circuit_breaker import CLOSED, DEFAULT_SETTINGS, BreakerSettings, CircuitBreaker
 from tollgate.clock import Clock
 from tollgate.errors import StoreError, StoreOverloaded, StoreTimeout, StoreUnavailable
-from tollgate.limiter.store.breaker import CLOSED, BreakerSettings, CircuitBreaker
 from tollgate.limiter.store.engine import Arg, EngineStats, ScriptCall
 from tollgate.limiter.store.scripts import Script, load_scripts
 
@@ -227,7 +227,7 @@ class RedisEngine:
         cluster: bool = False,
         timeout: float = 0.05,
         queue_timeout: float = QUEUE_TIMEOUT,
-        breaker: BreakerSettings = BreakerSettings(),
+        breaker: BreakerSettings = DEFAULT_SETTINGS,
         coalesce: bool = True,
         max_connections: int = 64,
         warm_connections: int = WARM_CONNECTIONS,
@@ -246,16 +246,16 @@ class RedisEngine:
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._preloaded = False
-        options: dict[str, Any] = dict(
-            decode_responses=False,
-            socket_timeout=None,  # every round trip runs under the store's own budget (see _read)
-            socket_connect_timeout=max(0.5, timeout * 5),
-            driver_info=None,  # no CLIENT SETINFO round trip on every new connection
+        options: dict[str, Any] = {
+            "decode_responses": False,
+            "socket_timeout": None,  # every round trip runs under the store's own budget (see _read)
+            "socket_connect_timeout": max(0.5, timeout * 5),
+            "driver_info": None,  # no CLIENT SETINFO round trip on every new connection
             # RESP2: a new connection is usable at once, without a HELLO round trip (the scripts' replies are
             # the same in both protocols); a protocol named in the URL wins.
-            protocol=2,
-            max_connections=max_connections,
-        )
+            "protocol": 2,
+            "max_connections": max_connections,
+        }
         self._cluster = cluster
         if cluster:
             self._client: Redis | RedisCluster = RedisCluster.from_url(url, **options)
@@ -413,7 +413,7 @@ class RedisEngine:
         stats = self.stats
         stats.calls += len(calls)
         breaker = self.breaker
-        if sent is None and not breaker.allow():
+        if sent is None and not breaker.acquire():
             stats.rejected_open += len(calls)
             stats.failures += len(calls)
             error: StoreError = StoreUnavailable(f"store {self.name} unavailable (circuit open)")
@@ -430,7 +430,7 @@ class RedisEngine:
             error = StoreTimeout(f"store {self.name} sent nothing back within its {self.timeout * 1000:.0f} ms budget")
             return [error] * len(calls)
         except StoreOverloaded as exc:  # waited in our own queue: the store was not asked, the breaker not told
-            breaker.not_tried()
+            breaker.abandon()
             stats.overloaded += len(calls)
             return [exc] * len(calls)
         except StoreUnavailable as exc:  # could not connect
@@ -438,7 +438,7 @@ class RedisEngine:
             stats.failures += len(calls)
             return [exc] * len(calls)
         except StoreError as exc:  # a call the engine cannot make (unknown script)
-            breaker.not_tried()
+            breaker.abandon()
             return [exc] * len(calls)
         except (RedisError, OSError) as exc:
             breaker.failure()
@@ -525,16 +525,22 @@ class RedisEngine:
             ) from None
         connect = not self._idle
         try:
-            conn = self._client.connection_pool.make_connection() if connect else self._idle.pop()
+            conn = self._new_connection() if connect else self._idle.pop()
         except BaseException:
             self._slots.give()
             raise
         self._lent.add(conn)
         return await self._read(conn, count, asyncio.get_running_loop().time(), packed, connect)
 
+    def _new_connection(self) -> Any:
+        """A new connection, not connected yet, made by the standalone client's pool (its URL, auth, TLS)."""
+        client = self._client
+        assert isinstance(client, Redis)  # standalone only: on Cluster, redis-py owns the connections
+        return client.connection_pool.make_connection()  # type: ignore[no-untyped-call]  # not annotated by redis-py
+
     async def _open(self) -> Any:
         """A new connected connection, for the idle list; StoreUnavailable when the store cannot be reached."""
-        conn = self._client.connection_pool.make_connection()
+        conn = self._new_connection()
         try:
             async with asyncio.timeout(self._connect_timeout):  # the handshake (HELLO) included
                 await conn.connect()

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 __all__ = ["ENTRY_SCRIPTS", "Script", "load_scripts", "lua_dir"]
 
@@ -41,7 +41,7 @@ class Script:
     body: str = ""
 
 
-def lua_dir() -> Any:
+def lua_dir() -> Traversable:
     """The directory holding the ``.lua`` files (a Traversable or a Path)."""
     try:
         root = importlib.resources.files("tollgate.lua")
@@ -52,7 +52,7 @@ def lua_dir() -> Any:
     return Path(__file__).resolve().parents[3] / "lua"
 
 
-def _compose(name: str, read: Any) -> tuple[str, str]:
+def _compose(name: str, read: Callable[[str], str]) -> tuple[str, str]:
     """``(prelude, body)``: the included libraries in order, and the entry script."""
     text = read(f"{name}.lua")
     first = text.split("\n", 1)[0]
@@ -67,7 +67,7 @@ def _compose(name: str, read: Any) -> tuple[str, str]:
     return "\n".join(parts), f"-- >>> {name}.lua\n{text}"
 
 
-def load_scripts(directory: Any = None) -> Mapping[str, Script]:
+def load_scripts(directory: Traversable | None = None) -> Mapping[str, Script]:
     """Read every entry script once; returns ``{name: Script}``."""
     root = directory if directory is not None else lua_dir()
 

@@ -1,0 +1,144 @@
+"""All-or-nothing admission: a request's limits checked and consumed in one admit.lua call per hash slot."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from tollgate.errors import StoreError, StoreOverloaded
+from tollgate.limiter.decision import Charge, Decision, Lease, LimitState, Reservation
+from tollgate.limiter.fail_modes import FailModeMixin
+from tollgate.limiter.slot_groups import LAYOUTS_LIMIT, Group, Item, Layout, group_outcome, layout_of
+from tollgate.limiter.spec import LimitSpec
+from tollgate.limiter.unsettled import UnsettledMixin
+
+__all__ = ["AdmitMixin"]
+
+_by_position = operator.itemgetter(0)  # sorts (position, LimitState) pairs
+
+
+class AdmitMixin(FailModeMixin, UnsettledMixin):
+    """admit."""
+
+    async def admit(self, specs: Sequence[LimitSpec], *, store: str | None = None) -> Decision:
+        """Check and consume every limit, all or nothing.
+
+        Limits are grouped by hash slot when the store needs it (Cluster):
+        the tenant's group first, then the others; if a later group refuses,
+        what the earlier groups consumed is refunded. On a standalone store
+        they all go in one call.
+        """
+        self.stats.admissions += 1
+        store_name = store or self.default_store
+        engine = self._engine(store_name)
+        if not specs:
+            return Decision(True, ())
+        single_slot = engine.single_slot
+        layout = self._layouts.get((id(specs), single_slot))
+        if layout is None or layout.specs is not specs:
+            layout = self._layout(specs, single_slot)
+        items = layout.items
+        remote = engine.remote
+        now = 0.0  # the over-limit cache's time; only remote stores use the cache
+        if remote:
+            now = self._clock.monotonic()
+            cached = self._cached_refusal(store_name, items, now)
+            if cached is not None:
+                return cached
+        lease_id = os.urandom(9).hex() if layout.wants_lease else ""
+
+        states: list[tuple[int, LimitState]] = []
+        consumed: list[Charge] = []
+        degraded = False
+        allowed = True
+        groups = layout.groups
+        # With one group nothing is ever refunded, so only what settles or releases later needs a Charge.
+        every_charge = len(groups) > 1
+        for group in groups:
+            # The store call is awaited here rather than in a helper coroutine: one frame less to suspend and resume.
+            pending = engine.run("admit", group.keys, group.argv(lease_id))
+            try:
+                reply = await pending
+            except StoreOverloaded:  # the gateway's own queue, not the store: no fail mode, a 503
+                if consumed:
+                    await self._refund(consumed)
+                raise
+            except StoreError:
+                outcome = await self._fail_group(store_name, group.items, lease_id)
+            except asyncio.CancelledError:
+                self._refund_abandoned(store_name, group, pending, lease_id, consumed)
+                raise
+            else:
+                outcome = group_outcome(store_name, group.items, reply, lease_id, every_charge)
+            states += outcome.states
+            degraded = degraded or outcome.degraded
+            if not outcome.allowed:
+                allowed = False
+                if consumed:
+                    self.stats.compensations += 1
+                    await self._refund(consumed)
+                    consumed = []
+                break
+            consumed += outcome.charges
+
+        if len(groups) > 1 or degraded:  # a failed group lists its fail-mode answers before its local ones
+            states.sort(key=_by_position)
+        limits = tuple([s for _, s in states])
+        if degraded:
+            self.stats.degraded += 1
+        elif remote and not allowed:
+            for idx, st in states:
+                if not st.allowed and not st.shadow:
+                    it = items[idx]
+                    self._cache.remember(store_name, it.key, it.spec.cost, st, now, reserved=it.spec.reserves)
+        if not allowed:
+            return Decision(False, limits, degraded, _retry_after(limits))
+        reservation = tuple([c for c in consumed if c.spec.reserves])
+        leases = tuple([c for c in consumed if c.spec.kind == "concurrency"])
+        return Decision(
+            True,
+            limits,
+            degraded,
+            0,
+            Reservation(reservation) if reservation else None,
+            Lease(leases) if leases else None,
+        )
+
+    def _layout(self, specs: Sequence[LimitSpec], single_slot: bool) -> Layout:
+        layout = layout_of(specs, single_slot, self._keys)
+        if isinstance(specs, tuple):  # a list could change after this call: only tuples are remembered
+            if len(self._layouts) >= LAYOUTS_LIMIT:
+                self._layouts.clear()
+            self._layouts[(id(specs), single_slot)] = layout
+        return layout
+
+    def _cached_refusal(self, store: str, items: list[Item], now: float) -> Decision | None:
+        for it in items:
+            if it.spec.shadow or it.spec.kind == "concurrency":
+                continue
+            state = self._cache.lookup(store, it.key, it.spec.cost, now)
+            if state is not None:
+                self.stats.cache_hits += 1
+                return Decision(False, (state,), False, state.retry_after_ms, cached=True)
+        return None
+
+    def _refund_abandoned(self, store: str, group: Group, pending: Any, lease_id: str, consumed: list[Charge]) -> None:
+        """The caller was cancelled (a client that left) while its admission ran: give back, in the background,
+        what earlier groups consumed and, when the script had already run, what this group consumed."""
+        charges = list(consumed)
+        if asyncio.isfuture(pending) and pending.done() and not pending.cancelled() and pending.exception() is None:
+            charges += group_outcome(store, group.items, pending.result(), lease_id, True).charges
+        if charges:
+            task = asyncio.get_running_loop().create_task(self._refund(charges))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+
+def _retry_after(limits: Sequence[LimitState]) -> int:
+    waits = [s.retry_after_ms for s in limits if not s.allowed and not s.shadow]
+    if not waits:
+        return 0
+    return -1 if -1 in waits else max(waits)

@@ -1,0 +1,114 @@
+"""Admission grouped by hash slot: a request's limits as admit.lua calls, and what one call's reply admitted."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from tollgate.limiter.decision import Charge, LimitState
+from tollgate.limiter.keys import KeyBuilder
+from tollgate.limiter.script_args import ADMIT_STRIDE, limit_args, limit_state
+from tollgate.limiter.spec import LimitSpec
+
+__all__ = ["LAYOUTS_LIMIT", "Group", "Item", "Layout", "Outcome", "group_outcome", "layout_of", "slot_groups"]
+
+LAYOUTS_LIMIT = 4_096  # layouts a limiter remembers; one is about 1.5 KB; spec tuples vary with the token estimate
+
+
+class Item(NamedTuple):
+    position: int  # in the request's list of limits
+    spec: LimitSpec
+    key: str
+    tag: str
+    args: tuple[Any, ...] | None  # the 6 ARGV of admit.lua; None for a lease, whose id is drawn per request
+
+
+class Outcome:
+    """What one group's admission answered: admitted or not, each limit's state, what to settle or release later."""
+
+    __slots__ = ("allowed", "states", "charges", "degraded")
+
+    def __init__(
+        self, allowed: bool, states: list[tuple[int, LimitState]], charges: list[Charge], degraded: bool
+    ) -> None:
+        self.allowed = allowed
+        self.states = states
+        self.charges = charges
+        self.degraded = degraded
+
+
+class Group(NamedTuple):
+    """One admit.lua call: its limits, KEYS, and ARGV with "" where each lease id goes."""
+
+    items: list[Item]
+    keys: list[str]
+    args: list[Any]
+    lease_at: tuple[int, ...]
+
+    @classmethod
+    def of(cls, items: list[Item]) -> Group:
+        keys = []
+        args: list[Any] = []
+        lease_at = []
+        for it in items:
+            keys.append(it.key)
+            if it.args is None:  # a lease: its id is the 5th ARGV of the limit
+                lease_at.append(len(args) + 4)
+                args += limit_args(it.spec, "")
+            else:
+                args += it.args
+        return cls(items, keys, args, tuple(lease_at))
+
+    def argv(self, lease_id: str) -> list[Any]:
+        if not self.lease_at:
+            return self.args  # shared: the engines never change ARGV
+        args = self.args.copy()
+        for i in self.lease_at:
+            args[i] = lease_id
+        return args
+
+
+class Layout(NamedTuple):
+    """How one tuple of specs is admitted on a store kind: worked out once (admission reuses its spec tuples)."""
+
+    specs: Sequence[LimitSpec]
+    items: list[Item]
+    wants_lease: bool
+    groups: list[Group]
+
+
+def layout_of(specs: Sequence[LimitSpec], single_slot: bool, keys: KeyBuilder) -> Layout:
+    """The items and admit.lua calls of ``specs``: one call, or one per hash slot when the store needs it."""
+    items = []
+    for i, spec in enumerate(specs):
+        key, tag = keys.key_and_tag(spec)  # remembered by the key builder
+        items.append(Item(i, spec, key, tag, None if spec.kind == "concurrency" else limit_args(spec, "")))
+    groups = [Group.of(g) for g in slot_groups(items, single_slot)]
+    return Layout(specs, items, any(it.args is None for it in items), groups)
+
+
+def slot_groups(items: list[Item], single_slot: bool) -> list[list[Item]]:
+    """All items together, or (``single_slot``: Cluster) one group per hash tag, the tenant's first."""
+    if not single_slot:
+        return [items]
+    by_tag: dict[str, list[Item]] = {}
+    for it in items:
+        by_tag.setdefault(it.tag, []).append(it)
+    # the tenant's own limits first: they are the ones most likely to refuse
+    return sorted(by_tag.values(), key=lambda g: not g[0].tag.startswith("t."))
+
+
+def group_outcome(store: str, group: list[Item], reply: Sequence[int], lease_id: str, every_charge: bool) -> Outcome:
+    """admit.lua's reply for one group: each limit's state and, when admitted, what settles or releases later
+    (every charge when ``every_charge``: a later group's refusal refunds them)."""
+    admitted = reply[0] == 1
+    states = []
+    charges = []
+    j = 2  # this limit's 6 fields in the reply
+    for it in group:
+        spec = it.spec
+        states.append((it.position, limit_state(spec, reply, j)))
+        if admitted and spec.cost > 0 and (every_charge or spec.reserves or it.args is None):
+            charges.append(Charge._make((store, it.key, it.tag, spec, reply[j + 5], lease_id)))
+        j += ADMIT_STRIDE
+    return Outcome(admitted, states, charges, False)
