@@ -1,9 +1,4 @@
-"""The one reader of the admin API's JSON bodies: empty and malformed bodies refused alike, then the body's model.
-
-A body shaped like a config entry (tenant, key, namespace, rule) is checked by
-the config parser after this; ``read_body`` checks what the route itself
-needs of it with a model (``models.parse``), worded by the route's refusal.
-"""
+"""The one reader of the admin API's JSON bodies: empty or malformed JSON refused alike, then the body's model."""
 
 from __future__ import annotations
 

@@ -1,10 +1,4 @@
-"""Typed models of the admin API's bodies and answers, and the one place that validates with them and describes them.
-
-Bodies and answers are pydantic models. ``parse`` validates a document with a
-model and words its problems as the config parser does (``tenants[1].id: is
-required``); ``component_schemas`` turns models into the JSON Schemas of the
-OpenAPI document. Another model library would change these two functions only.
-"""
+"""The admin API's models: the one place that validates a body with a model and turns models into JSON Schema."""
 
 from __future__ import annotations
 
@@ -12,14 +6,27 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
-from pydantic_core import ErrorDetails, core_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from pydantic_core import ErrorDetails
 
 from tollgate.errors import BadRequest
 
-__all__ = ["Body", "Problem", "Refusal", "View", "checked_later", "component_schemas", "invalid_input", "parse"]
+__all__ = [
+    "Body",
+    "JsonSchema",
+    "Problem",
+    "Refusal",
+    "View",
+    "checked_later",
+    "component_schemas",
+    "invalid_input",
+    "parse",
+]
 
 M = TypeVar("M", bound=BaseModel)
+
+JsonSchema = dict[str, Any]
+"""A JSON Schema (2020-12, as OpenAPI 3.1 uses it) written out as data."""
 SCHEMA_REF = "#/components/schemas/{model}"
 
 
@@ -37,7 +44,7 @@ def _as_given(value: object) -> object:
     return value
 
 
-def checked_later(shape: Any) -> PlainValidator:
+def checked_later(shape: object) -> PlainValidator:
     """For ``Annotated[object, checked_later(list[TenantInput])]``: a field taken as given, for the config parser to
     check after (its problems name the field paths), and described in the document as ``shape``."""
     return PlainValidator(_as_given, json_schema_input_type=shape)
@@ -65,7 +72,11 @@ def invalid_input(problems: list[Problem]) -> BadRequest:
 
 
 def parse(model: type[M], doc: object, refused: Refusal = invalid_input) -> M:
-    """``doc`` validated by ``model``; a :class:`BadRequest` from ``refused`` when it does not fit."""
+    """``doc`` validated by ``model``; a :class:`BadRequest` from ``refused`` when it does not fit.
+
+    The problems are worded as the config parser words its own (``tenants[1].id: is required``). The models are
+    pydantic's; another model library would change this module only.
+    """
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
@@ -93,23 +104,9 @@ def _problem(error: ErrorDetails) -> Problem:
     return Problem(path, _MESSAGES.get(error["type"], error["msg"][:1].lower() + error["msg"][1:]))
 
 
-class _Schema(GenerateJsonSchema):
-    """JSON Schema without the titles pydantic derives from field names (they say nothing the names do not)."""
-
-    def field_title_should_be_set(self, schema: Any) -> bool:
-        return False
-
-    def model_schema(self, schema: core_schema.ModelSchema) -> dict[str, Any]:
-        out = super().model_schema(schema)
-        out.pop("title", None)
-        return out
-
-
-def component_schemas(
-    models: Iterable[type[BaseModel]],
-) -> tuple[dict[type[BaseModel], dict[str, Any]], dict[str, Any]]:
+def component_schemas(models: Iterable[type[BaseModel]]) -> tuple[dict[type[BaseModel], JsonSchema], JsonSchema]:
     """(each model's schema, a ``$ref``; the named schemas they refer to, for ``components.schemas``)."""
     unique = list(dict.fromkeys(models))
     mode: JsonSchemaMode = "validation"
-    refs, defs = models_json_schema([(m, mode) for m in unique], ref_template=SCHEMA_REF, schema_generator=_Schema)
+    refs, defs = models_json_schema([(m, mode) for m in unique], ref_template=SCHEMA_REF)
     return {m: refs[(m, mode)] for m in unique}, defs.get("$defs", {})

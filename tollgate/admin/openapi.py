@@ -1,10 +1,4 @@
-"""The admin API's OpenAPI 3.1 document, generated from the routes the application serves and their declarations.
-
-``served_routes`` walks the application's router; ``openapi_document`` turns
-each route's ``@operation`` (``operations.py``) and the models it names into
-the document served at ``/admin/openapi.json``. A route without a declaration
-is a bug: the document refuses to leave it out.
-"""
+"""The admin API's OpenAPI 3.1 document, generated from the routes the application serves and their declarations."""
 
 from __future__ import annotations
 
@@ -15,8 +9,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from tollgate.admin.models import component_schemas
-from tollgate.admin.operations import ERRORS, PATH_PARAMS, Handler, JsonSchema, Operation, Param, operation_of
+from tollgate.admin.models import JsonSchema, component_schemas
+from tollgate.admin.operations import ERRORS, PATH_PARAMS, Handler, Operation, Param, operation_of
 from tollgate.admin.views import Error
 
 __all__ = ["openapi_document", "served_routes"]
@@ -48,7 +42,10 @@ def served_routes(router: web.UrlDispatcher) -> list[tuple[str, str, Handler]]:
 
 
 def openapi_document(routes: Iterable[tuple[str, str, Handler]]) -> dict[str, Any]:
-    """The document of ``routes``: (method, path template, handler), each handler declared with ``@operation``."""
+    """The document of ``routes``: (method, path template, handler), each handler declared with ``@operation``.
+
+    A route without a declaration is a bug: :class:`LookupError`, rather than a document that leaves it out.
+    """
     declared: list[tuple[str, str, Operation]] = []
     for method, path, handler in routes:
         op = operation_of(handler)

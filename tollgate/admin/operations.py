@@ -1,25 +1,15 @@
-"""What an admin route says about itself, declared on its handler: summary, tag, parameters, body, answers, errors.
-
-The OpenAPI document (``openapi.py``) is generated from the routes registered
-on the admin application and these declarations; a route without one is a bug
-that the document's test finds.
-
-    @operation("one tenant", tag="tenants", answers={200: Answer("the tenant", TenantView)}, errors=(404,))
-    async def get_tenant(request: web.Request) -> web.Response: ...
-
-Path parameters are known by name (``{tenant}``, ``{key}``, ``{name}``): a
-route declares only its query parameters.
-"""
+"""What an admin route declares on its handler for the OpenAPI document: summary, tag, parameters, body, answers."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
 
+from tollgate.admin.models import JsonSchema
 from tollgate.config.identity import KEY_ID, TENANT_ID
 from tollgate.config.rules import NAME
 
@@ -28,7 +18,6 @@ __all__ = [
     "PATH_PARAMS",
     "Answer",
     "Handler",
-    "JsonSchema",
     "Operation",
     "Param",
     "operation",
@@ -38,9 +27,6 @@ __all__ = [
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 """An admin route's handler."""
-
-JsonSchema = dict[str, Any]
-"""A JSON Schema (2020-12, as OpenAPI 3.1 uses it) written out as data."""
 
 _H = TypeVar("_H", bound=Handler)
 _ATTRIBUTE = "admin_operation"
@@ -99,7 +85,13 @@ def operation(
     open: bool = False,
     description: str = "",
 ) -> Callable[[_H], _H]:
-    """Declare what the decorated handler does, for the OpenAPI document; the handler itself is unchanged."""
+    """Declare what the decorated handler does, for the OpenAPI document; the handler itself is unchanged.
+
+        @operation("one tenant", tag="tenants", answers={200: Answer("the tenant", TenantView)}, errors=(404,))
+        async def get_tenant(request: web.Request) -> web.Response: ...
+
+    Path parameters are known by name (:data:`PATH_PARAMS`): a route declares only its query parameters.
+    """
     declared = Operation(summary, tag, answers, params, body, body_required, errors, open, description)
 
     def declare(handler: _H) -> _H:

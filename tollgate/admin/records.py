@@ -1,10 +1,4 @@
-"""The schemas of bodies shaped like the config file's entries (tenant, key, namespace, rule), for the OpenAPI document.
-
-The config parser validates these bodies (its problems name field paths, e.g.
-``tenants[1].id``); the models here only describe them. ``body_schema`` is the
-one lookup the document uses: when ``tollgate.config`` exports declarative
-models of these records, it returns those instead and these descriptions go.
-"""
+"""Schemas of the bodies shaped like config entries (tenant, key, namespace, rule); the config parser validates them."""
 
 from __future__ import annotations
 
@@ -178,5 +172,9 @@ _RECORDS: dict[Record, type[Body]] = {
 
 
 def body_schema(record: Record) -> type[Body]:
-    """The model whose schema describes a body shaped like the config's ``record`` entry."""
+    """The model whose schema describes a body shaped like the config's ``record`` entry.
+
+    The one lookup the document makes for these bodies: when ``tollgate.config`` exports declarative models of its
+    records, it returns those, and the descriptions in this module go.
+    """
     return _RECORDS[record]

@@ -1,9 +1,4 @@
-"""Every route of the admin application in one table, and the routes of the process it serves: health, reload, OpenAPI.
-
-The health probes and the reload are the process's (``tollgate.process``): it
-hands them to :func:`tollgate.admin.make_admin_app`, which keeps them on the
-application under :data:`PROBES` and :data:`RELOAD`.
-"""
+"""Every route of the admin application in one table, and the process's routes it serves: health, reload, OpenAPI."""
 
 from __future__ import annotations
 

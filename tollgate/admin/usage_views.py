@@ -1,8 +1,4 @@
-"""The accounting answers of the admin API as typed models, for the OpenAPI document: usage, quotas, audit, SLA, prices.
-
-The routes (``usage_routes``) and ``tollgate.accounting`` build these answers as
-JSON; the models say what they hold.
-"""
+"""The accounting answers of the admin API as typed models for the document: usage, quotas, audit, SLA, prices."""
 
 from __future__ import annotations
 

@@ -1,9 +1,4 @@
-"""The admin API's answers as typed models, for the OpenAPI document: the error, tenants, keys, plans, rules, health.
-
-The routes build these answers as JSON themselves (``tollgate.registry.manage``
-and the runtime's views); the models say what they hold. The accounting
-answers are in ``usage_views``.
-"""
+"""The admin API's answers as typed models, for the OpenAPI document: the error, tenants, keys, plans, rules, health."""
 
 from __future__ import annotations
 
