@@ -73,8 +73,6 @@ def openapi_document(routes: Iterable[tuple[str, str, Handler]]) -> dict[str, An
 
 def _operation(path: str, op: Operation, refs: dict[type[BaseModel], JsonSchema]) -> dict[str, Any]:
     out: dict[str, Any] = {"summary": op.summary, "tags": [op.tag]}
-    if op.description:
-        out["description"] = op.description
     params = [_param(PATH_PARAMS[name]) for name in _PLACEHOLDER.findall(path)] + [_param(p) for p in op.params]
     if params:
         out["parameters"] = params

@@ -70,7 +70,6 @@ class Operation:
     body_required: bool = True
     errors: tuple[int, ...] = ()
     open: bool = False
-    description: str = ""
 
 
 def operation(
@@ -83,7 +82,6 @@ def operation(
     body_required: bool = True,
     errors: tuple[int, ...] = (),
     open: bool = False,
-    description: str = "",
 ) -> Callable[[_H], _H]:
     """Declare what the decorated handler does, for the OpenAPI document; the handler itself is unchanged.
 
@@ -92,7 +90,7 @@ def operation(
 
     Path parameters are known by name (:data:`PATH_PARAMS`): a route declares only its query parameters.
     """
-    declared = Operation(summary, tag, answers, params, body, body_required, errors, open, description)
+    declared = Operation(summary, tag, answers, params, body, body_required, errors, open)
 
     def declare(handler: _H) -> _H:
         vars(handler)[_ATTRIBUTE] = declared
