@@ -1,7 +1,8 @@
-"""The admin API: its own listener (loopback by default) and bearer token; tenants, keys, plans, health."""
+"""The admin API: its own listener (loopback by default) and bearer token; every admin route, its generated OpenAPI."""
 
 from __future__ import annotations
 
 from tollgate.admin.app import make_admin_app
+from tollgate.admin.routes import Probes, ReloadAction
 
-__all__ = ["make_admin_app"]
+__all__ = ["Probes", "ReloadAction", "make_admin_app"]

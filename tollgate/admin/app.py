@@ -1,4 +1,4 @@
-"""The admin application: bearer-token check in constant time, JSON errors, health probes, and the routes."""
+"""The admin application: bearer-token check in constant time, JSON errors, the audit of writes, and the routes."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import logging
 
 from aiohttp import web
 
-from tollgate.admin.openapi import openapi_document
-from tollgate.admin.tenant_routes import ROUTES
-from tollgate.admin.usage_routes import add_accounting_routes
-from tollgate.edge.answers import as_aiohttp, error_response, internal_error_response, json_response, request_id_from
+from tollgate.admin.audit import audit_admin_changes
+from tollgate.admin.operations import Handler
+from tollgate.admin.routes import OPEN_PATHS, PROBES, RELOAD, ROUTES, Probes, ReloadAction
+from tollgate.edge.answers import error_response, internal_error_response, request_id_from
 from tollgate.errors import GatewayError, MethodNotAllowed, NotFound, Unauthenticated
-from tollgate.process.public import healthz, readyz
 from tollgate.runtime.state import STATE, GatewayState
 
 __all__ = ["make_admin_app"]
@@ -22,7 +21,6 @@ log = logging.getLogger("tollgate.admin")
 
 # A bulk create of 10,000 tenants fits; anything bigger is refused by aiohttp with 413.
 _MAX_BODY = 32 * 1024 * 1024
-_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/admin/openapi.json"})
 
 
 def _check_token(request: web.Request) -> None:
@@ -41,10 +39,10 @@ def _check_token(request: web.Request) -> None:
 
 
 @web.middleware
-async def _errors_and_auth(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request_id_from(request.headers.get("x-request-id"))
     try:
-        if request.path not in _OPEN_PATHS:
+        if request.path not in OPEN_PATHS:
             _check_token(request)
         return await handler(request)
     except GatewayError as exc:
@@ -60,26 +58,19 @@ async def _errors_and_auth(request: web.Request, handler):  # type: ignore[no-un
         return internal_error_response(request_id)
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return as_aiohttp(await healthz(request, request.app[STATE]))
+def make_admin_app(state: GatewayState, *, probes: Probes, reload: ReloadAction) -> web.Application:
+    """The operator-facing application, served on its own listener (never mounted on the public one).
 
-
-async def _readyz(request: web.Request) -> web.Response:
-    return as_aiohttp(await readyz(request, request.app[STATE]))
-
-
-async def _openapi(request: web.Request) -> web.Response:
-    return json_response(openapi_document())
-
-
-def make_admin_app(state: GatewayState) -> web.Application:
-    """The operator-facing application, served on its own listener (never mounted on the public one)."""
-    app = web.Application(middlewares=[_errors_and_auth], client_max_size=_MAX_BODY)
+    ``probes`` answer ``/healthz`` and ``/readyz`` as on the public listener; ``reload`` is what
+    ``POST /admin/reload`` does. Both are the process's, which runs this application.
+    """
+    app = web.Application(middlewares=[_errors_and_auth, audit_admin_changes], client_max_size=_MAX_BODY)
     app[STATE] = state
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/admin/openapi.json", _openapi)
+    app[PROBES] = probes
+    app[RELOAD] = reload
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
-    add_accounting_routes(app)
+        if method == "GET":
+            app.router.add_get(path, handler)
+        else:
+            app.router.add_route(method, path, handler)
     return app

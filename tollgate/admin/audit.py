@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tollgate.admin.operations import Handler
 from tollgate.edge.answers import status_for
 from tollgate.errors import GatewayError
 from tollgate.runtime.state import STATE
@@ -53,9 +54,9 @@ def _snapshot(state: Any, request: web.Request) -> tuple[str | None, str | None,
 
 
 @web.middleware
-async def audit_admin_changes(request: web.Request, handler: Any) -> web.StreamResponse:
+async def audit_admin_changes(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method in _READS:
-        return await handler(request)  # type: ignore[no-any-return]
+        return await handler(request)
     state = request.app[STATE]
     tenant, target, before = _snapshot(state, request)
     status = 500

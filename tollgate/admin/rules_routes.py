@@ -1,32 +1,32 @@
-"""Admin routes for namespaces and rules at runtime, validated by the config parser, and a rule's counter.
-
-    GET    /admin/namespaces                 every namespace in force, with its source
-    POST   /admin/namespaces                 create: {"name": ..., "priority": ..., "matchers": [...]}
-    GET    /admin/namespaces/{name}
-    PUT    /admin/namespaces/{name}          create or replace (a declared one is overridden: source config+api)
-    DELETE /admin/namespaces/{name}          one created here; ?revert=true undoes the change to a declared one
-    GET    /admin/rules
-    POST   /admin/rules                      create: {"name": ..., "type": ..., "attach": {...}, ...}
-    GET    /admin/rules/{name}
-    PUT    /admin/rules/{name}
-    PATCH  /admin/rules/{name}               some fields, e.g. {"enabled": false}; null resets a field
-    DELETE /admin/rules/{name}
-    GET    /admin/rules/{name}/counter?tenant=&key=&user=&ip=&namespace=&model=
+"""Admin routes of namespaces and rules at runtime, validated by the config parser, and a rule's counter.
 
 Documents have the shape of the config file's entries. A change is checked by
 parsing the config's sections with it laid over them (problems name field
 paths, e.g. ``rules.rpm.limit``), written to the registry, and put in force
 on this process at once and on every other within ``registry.poll_interval``.
+Each handler declares itself for the OpenAPI document (``@operation``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any, NamedTuple
 
-import orjson
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel
 
+from tollgate.admin.body import read_body
+from tollgate.admin.models import Body, Problem, Refusal
+from tollgate.admin.operations import Answer, Handler, operation, query
+from tollgate.admin.records import Record, body_schema
+from tollgate.admin.views import (
+    NamespaceDeleted,
+    NamespaceList,
+    NamespaceView,
+    RuleCounter,
+    RuleDeleted,
+    RuleList,
+    RuleView,
+)
 from tollgate.config.rules import RulesConfig
 from tollgate.edge.answers import json_response
 from tollgate.errors import BadRequest, NotFound
@@ -35,9 +35,7 @@ from tollgate.registry.rule_records import NAMESPACE, RULE, Entry, RuleBook, nam
 from tollgate.registry.stores import RegistryConflict
 from tollgate.runtime.state import STATE
 
-__all__ = ["RULE_ROUTES"]
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+__all__ = ["RULE_ROUTES", "EntryFields", "NamedEntry", "RuleChanges"]
 
 _WHAT = {NAMESPACE: "namespace", RULE: "rule"}
 _PATHS = {NAMESPACE: "/admin/namespaces", RULE: "/admin/rules"}
@@ -74,16 +72,6 @@ def _invalid(problems: list[str]) -> BadRequest:
     )
 
 
-async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
-    if not raw:
-        raise BadRequest("the request body is empty; send a JSON object", code="invalid_json")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc.msg}", code="invalid_json") from None
-
-
 def _normalised(rules: RulesConfig, kind: str, name: str) -> dict[str, Any]:
     """The document as the parser understood it, every default spelled out: what the registry keeps."""
     if kind == NAMESPACE:
@@ -91,13 +79,9 @@ def _normalised(rules: RulesConfig, kind: str, name: str) -> dict[str, Any]:
     return rule_doc(next(r for r in rules.rules if r.name == name))
 
 
-async def _write(request: web.Request, kind: str, name: str, doc: Any, *, create: bool) -> Entry:
+async def _write(request: web.Request, kind: str, name: str, doc: dict[str, Any], *, create: bool) -> Entry:
     """Check the merged sections with ``doc`` as ``kind:name``; write it; return the entry now in force."""
     what = _WHAT[kind]
-    if not isinstance(doc, dict):
-        raise BadRequest(
-            f"send the {what} as a JSON object, shaped like its entry in the config file", code="invalid_input"
-        )
     book = _book(request)
     if create and book.entry(kind, name) is not None:
         where = " (declared in the config file)" if book.is_declared(kind, name) else ""
@@ -112,25 +96,80 @@ async def _write(request: web.Request, kind: str, name: str, doc: Any, *, create
     return _entry(_book(request), kind, name)
 
 
-def _named(doc: Any, kind: str) -> tuple[str, Any]:
-    """POST bodies carry the name beside the entry's fields."""
-    if not isinstance(doc, dict):
-        raise BadRequest(f"send the {_WHAT[kind]} as a JSON object with its name", code="invalid_input")
-    rest = dict(doc)
-    name = rest.pop("name", None)
-    if not isinstance(name, str) or not name:
-        raise BadRequest(
-            f"name is required: the {_WHAT[kind]}'s name, as the key it would have in the config file",
+# -- bodies: what the routes check themselves; the config parser checks the entry's fields -----------
+
+
+class NamedEntry(Body):
+    """A namespace or rule to create: its name beside the fields of its entry in the config file."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: Annotated[str, Field(min_length=1, strict=True)]
+
+
+class EntryFields(RootModel[dict[str, JsonValue]]):
+    """A namespace or rule, shaped like its entry in the config file."""
+
+
+class RuleChanges(RootModel[Annotated[dict[str, JsonValue], Field(min_length=1)]]):
+    """Some fields of a rule; null resets a field to its default."""
+
+
+def _unnamed(kind: str) -> Refusal:
+    what = _WHAT[kind]
+
+    def refused(problems: list[Problem]) -> BadRequest:
+        if problems[0].path != "name":
+            return BadRequest(f"send the {what} as a JSON object with its name", code="invalid_input")
+        return BadRequest(
+            f"name is required: the {what}'s name, as the key it would have in the config file",
             param="name",
             code="invalid_input",
         )
-    return name, rest
+
+    return refused
+
+
+def _not_an_entry(kind: str) -> Refusal:
+    message = f"send the {_WHAT[kind]} as a JSON object, shaped like its entry in the config file"
+    return lambda _problems: BadRequest(message, code="invalid_input")
+
+
+def _no_changes(_problems: list[Problem]) -> BadRequest:
+    return BadRequest(
+        'send a JSON object with the fields to change, e.g. {"enabled": false} or {"shadow": true}',
+        code="invalid_input",
+    )
+
+
+class _Described(NamedTuple):
+    """What the document says of one kind's routes."""
+
+    view: type[BaseModel]
+    listing: type[BaseModel]
+    deleted: type[BaseModel]
+    entry: Record
+    named: Record
+
+
+_DESCRIBED = {
+    NAMESPACE: _Described(NamespaceView, NamespaceList, NamespaceDeleted, "namespace", "named_namespace"),
+    RULE: _Described(RuleView, RuleList, RuleDeleted, "rule", "named_rule"),
+}
+_ERRORS_OF_WRITES = (400, 409, 503)
 
 
 # -- handlers (one set per kind) ---------------------------------------------------
 
 
 def _list(kind: str) -> Handler:
+    what, described = _WHAT[kind], _DESCRIBED[kind]
+
+    @operation(
+        f"{what}s in force (the file's and the runtime's), with their source",
+        tag=f"{what}s",
+        answers={200: Answer(f"{what}s", described.listing)},
+    )
     async def handler(request: web.Request) -> web.Response:
         live = _in_force(request, kind)
         return json_response(
@@ -141,6 +180,9 @@ def _list(kind: str) -> Handler:
 
 
 def _get(kind: str) -> Handler:
+    what, described = _WHAT[kind], _DESCRIBED[kind]
+
+    @operation(f"one {what}", tag=f"{what}s", answers={200: Answer(f"the {what}", described.view)}, errors=(404,))
     async def handler(request: web.Request) -> web.Response:
         entry = _entry(_book(request), kind, request.match_info["name"])
         return json_response(_view(entry, entry.name in _in_force(request, kind)))
@@ -149,37 +191,71 @@ def _get(kind: str) -> Handler:
 
 
 def _create(kind: str) -> Handler:
+    what, described = _WHAT[kind], _DESCRIBED[kind]
+    unnamed = _unnamed(kind)
+
+    @operation(
+        f"create a {what}",
+        tag=f"{what}s",
+        answers={201: Answer("created", described.view)},
+        body=body_schema(described.named),
+        errors=_ERRORS_OF_WRITES,
+    )
     async def handler(request: web.Request) -> web.Response:
-        name, doc = _named(await _json_body(request), kind)
-        return json_response(_view(await _write(request, kind, name, doc, create=True)), status=201)
+        named = await read_body(request, NamedEntry, unnamed)
+        doc = dict(named.model_extra or {})
+        return json_response(_view(await _write(request, kind, named.name, doc, create=True)), status=201)
 
     return handler
 
 
 def _replace(kind: str) -> Handler:
+    what, described = _WHAT[kind], _DESCRIBED[kind]
+    not_an_entry = _not_an_entry(kind)
+
+    @operation(
+        f"create or replace a {what} (a declared one is overridden)",
+        tag=f"{what}s",
+        answers={200: Answer(f"the {what}", described.view), 201: Answer("created", described.view)},
+        body=body_schema(described.entry),
+        errors=_ERRORS_OF_WRITES,
+    )
     async def handler(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         existed = _book(request).entry(kind, name) is not None
-        entry = await _write(request, kind, name, await _json_body(request), create=False)
+        doc = (await read_body(request, EntryFields, not_an_entry)).root
+        entry = await _write(request, kind, name, doc, create=False)
         return json_response(_view(entry), status=200 if existed else 201)
 
     return handler
 
 
+@operation(
+    "change some fields, e.g. enabled or shadow; null resets a field to its default",
+    tag="rules",
+    answers={200: Answer("the rule", RuleView)},
+    body=RuleChanges,
+    errors=(400, 404, 503),
+)
 async def patch_rule(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     current = _entry(_book(request), RULE, name)
-    patch = await _json_body(request)
-    if not isinstance(patch, dict) or not patch:
-        raise BadRequest(
-            'send a JSON object with the fields to change, e.g. {"enabled": false} or {"shadow": true}',
-            code="invalid_input",
-        )
+    patch = (await read_body(request, RuleChanges, _no_changes)).root
     doc = {k: v for k, v in {**current.doc, **patch}.items() if v is not None}
     return json_response(_view(await _write(request, RULE, name, doc, create=False)))
 
 
 def _delete(kind: str) -> Handler:
+    what, described = _WHAT[kind], _DESCRIBED[kind]
+    why = "while rules attach to it, or " if kind == NAMESPACE else ""
+
+    @operation(
+        f"delete a {what} created here (refused {why}when the file declares it: revert its runtime change then)",
+        tag=f"{what}s",
+        answers={200: Answer("deleted, or (revert) the file's version restored", described.deleted)},
+        params=(query("revert", {"type": "boolean", "default": False}, "drop the runtime change of a declared entry"),),
+        errors=(400, 404, 503),
+    )
     async def handler(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         what = _WHAT[kind]
@@ -216,6 +292,13 @@ def _delete(kind: str) -> Handler:
 # -- the counter -------------------------------------------------------------------
 
 
+@operation(
+    "the rule's counter for one scope, read without consuming; give a value for each of the rule's scopes (- for none)",
+    tag="rules",
+    answers={200: Answer("the limit state", RuleCounter)},
+    params=tuple(query(s, {"type": "string"}) for s in ("tenant", "key", "user", "ip", "namespace", "model")),
+    errors=(400, 404, 503),
+)
 async def rule_counter(request: web.Request) -> web.Response:
     """A rule's counter for one scope, read without consuming anything."""
     state = request.app[STATE]

@@ -1,17 +1,29 @@
-"""Admin routes: tenants (CRUD, bulk, suspend/resume, delete with dry run), keys (create, list, revoke), plans;
-namespaces and rules (``rules_routes``)."""
+"""Admin routes of tenants (CRUD, bulk, suspend/resume, delete with dry run), their API keys (create, list, revoke)
+and the plans; each handler declares itself for the OpenAPI document."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-import orjson
 from aiohttp import web
+from pydantic import Field
 
-from tollgate.admin.resilience_routes import RESILIENCE_ROUTES
-from tollgate.admin.rules_routes import RULE_ROUTES
+from tollgate.admin.body import read_body, read_json
+from tollgate.admin.models import Body, Problem, checked_later
+from tollgate.admin.operations import Answer, Handler, operation, query
+from tollgate.admin.records import body_schema
+from tollgate.admin.views import (
+    BulkCreated,
+    CreatedKey,
+    CreatedTenant,
+    DeleteReport,
+    KeyList,
+    KeyView,
+    PlanList,
+    TenantPage,
+    TenantView,
+)
 from tollgate.config.model import Config
 from tollgate.edge.answers import json_response
 from tollgate.errors import BadRequest, StoreError
@@ -19,12 +31,12 @@ from tollgate.limiter.keys import tenant_key_pattern
 from tollgate.registry.manage import Manager, key_view, tenant_view
 from tollgate.runtime.state import STATE
 
-__all__ = ["ROUTES"]
+__all__ = ["TENANT_ROUTES", "BulkTenants"]
 
 log = logging.getLogger("tollgate.admin")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _TRUE = ("1", "true", "yes")
+_TENANT = Answer("the tenant", TenantView)
 
 
 def _manager(request: web.Request) -> Manager:
@@ -32,16 +44,16 @@ def _manager(request: web.Request) -> Manager:
     return Manager(state.registry, state.config)
 
 
-async def _body(request: web.Request, *, empty: Any = None) -> Any:
-    raw = await request.read()
-    if not raw and empty is not None:
-        return empty
-    if not raw:
-        raise BadRequest("the request body is empty; send a JSON object", code="invalid_json")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc.msg}", code="invalid_json") from None
+class BulkTenants(Body):
+    """Up to 10,000 tenants to create in one call, all or none (each checked like a tenant of the config file)."""
+
+    tenants: Annotated[object, checked_later(list[body_schema("tenant")])] = Field(
+        json_schema_extra={"maxItems": 10_000}
+    )
+
+
+def _not_bulk(_problems: list[Problem]) -> BadRequest:
+    return BadRequest('send {"tenants": [ ... ]}', code="invalid_input")
 
 
 def _tenant_out(m: Manager, tenant_id: str) -> dict[str, Any]:
@@ -51,6 +63,18 @@ def _tenant_out(m: Manager, tenant_id: str) -> dict[str, Any]:
 # -- tenants ----------------------------------------------------------------
 
 
+@operation(
+    "list tenants, ordered by id",
+    tag="tenants",
+    answers={200: Answer("a page of tenants", TenantPage)},
+    params=(
+        query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100}),
+        query("after", {"type": "string"}, "the next_after of the previous page"),
+        query("status", {"type": "string", "enum": ["active", "suspended"]}),
+        query("plan", {"type": "string"}),
+    ),
+    errors=(400,),
+)
 async def list_tenants(request: web.Request) -> web.Response:
     m = _manager(request)
     q = request.query
@@ -76,20 +100,32 @@ async def list_tenants(request: web.Request) -> web.Response:
     )
 
 
+@operation(
+    "create a tenant (and, optionally, its keys: shown once)",
+    tag="tenants",
+    answers={201: Answer("created", CreatedTenant)},
+    body=body_schema("tenant"),
+    errors=(400, 409, 503),
+)
 async def create_tenant(request: web.Request) -> web.Response:
     m = _manager(request)
-    tenants, keys = await m.create_tenants([await _body(request)], single=True)
+    tenants, keys = await m.create_tenants([await read_json(request)], single=True)
     body = _tenant_out(m, tenants[0].id)
     body["created_keys"] = [{**key_view(m.key(k.id)), "key": plain} for k, plain in keys]
     return json_response(body, status=201)
 
 
+@operation(
+    "create up to 10,000 tenants in one call, all or none",
+    tag="tenants",
+    answers={201: Answer("created", BulkCreated)},
+    body=BulkTenants,
+    errors=(400, 409, 503),
+)
 async def bulk_create_tenants(request: web.Request) -> web.Response:
     m = _manager(request)
-    doc = await _body(request)
-    if not isinstance(doc, dict) or set(doc) != {"tenants"}:
-        raise BadRequest('send {"tenants": [ ... ]}', code="invalid_input")
-    tenants, keys = await m.create_tenants(doc["tenants"])
+    bulk = await read_body(request, BulkTenants, _not_bulk)
+    tenants, keys = await m.create_tenants(bulk.tenants)
     return json_response(
         {
             "created": len(tenants),
@@ -100,24 +136,34 @@ async def bulk_create_tenants(request: web.Request) -> web.Response:
     )
 
 
+@operation("one tenant", tag="tenants", answers={200: _TENANT}, errors=(404,))
 async def get_tenant(request: web.Request) -> web.Response:
     return json_response(_tenant_out(_manager(request), request.match_info["tenant"]))
 
 
+@operation(
+    "change a tenant's fields (a config-declared tenant changed here is overridden by the registry from then on)",
+    tag="tenants",
+    answers={200: _TENANT},
+    body=body_schema("tenant_patch"),
+    errors=(400, 404, 503),
+)
 async def update_tenant(request: web.Request) -> web.Response:
     m = _manager(request)
     tenant_id = request.match_info["tenant"]
     m.tenant(tenant_id)
-    await m.update_tenant(tenant_id, await _body(request))
+    await m.update_tenant(tenant_id, await read_json(request))
     return json_response(_tenant_out(m, tenant_id))
 
 
+@operation("suspend: every request of the tenant gets 403", tag="tenants", answers={200: _TENANT}, errors=(404, 503))
 async def suspend_tenant(request: web.Request) -> web.Response:
     m = _manager(request)
     entry = await m.set_status(request.match_info["tenant"], "suspended")
     return json_response(_tenant_out(m, entry.tenant.id))
 
 
+@operation("resume a suspended tenant", tag="tenants", answers={200: _TENANT}, errors=(404, 503))
 async def resume_tenant(request: web.Request) -> web.Response:
     m = _manager(request)
     entry = await m.set_status(request.match_info["tenant"], "active")
@@ -127,14 +173,15 @@ async def resume_tenant(request: web.Request) -> web.Response:
 async def _store_keys(config: Config, tenant_id: str) -> dict[str, Any]:
     """Limiter counters and usage of a tenant: the store keys carrying its ``{tenant}`` hash tag."""
     store = config.store
-    if getattr(store, "backend", None) != "redis" or not getattr(store, "url", None):
+    url = store.url if store.backend == "redis" else None
+    if not url:
         return {"store": "embedded", "keys": [], "note": "in-process counters expire with their TTL"}
     import redis.asyncio as aioredis
 
     # Limiter counters carry the encoded {t.<tenant>} tag under the store's prefix; usage totals {tenant} under theirs.
     counter_pattern = tenant_key_pattern(tenant_id, store.key_prefix)
     usage_pattern = f"{config.accounting.usage.key_prefix}:{{{tenant_id}}}:*"
-    client = aioredis.from_url(store.url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    client = aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
     try:
         counters = sorted([k.decode() async for k in client.scan_iter(match=counter_pattern, count=1000)])
         usage = sorted([k.decode() async for k in client.scan_iter(match=usage_pattern, count=1000)])
@@ -147,11 +194,12 @@ async def _store_keys(config: Config, tenant_id: str) -> dict[str, Any]:
 
 async def _drop_store_keys(config: Config, found: dict[str, Any]) -> None:
     names = found.get("counters", []) + found.get("usage", [])
-    if not names:
+    url = config.store.url
+    if not names or not url:
         return
     import redis.asyncio as aioredis
 
-    client = aioredis.from_url(config.store.url, socket_timeout=2.0, socket_connect_timeout=2.0)  # type: ignore[arg-type]
+    client = aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
     try:
         for i in range(0, len(names), 500):
             await client.unlink(*names[i : i + 500])
@@ -161,6 +209,13 @@ async def _drop_store_keys(config: Config, found: dict[str, Any]) -> None:
         await client.aclose()
 
 
+@operation(
+    "delete a tenant created through this API, its keys and its limiter counters; dry_run=true only reports",
+    tag="tenants",
+    answers={200: Answer("what went (or would go)", DeleteReport)},
+    params=(query("dry_run", {"type": "boolean", "default": False}, "report what would go, remove nothing"),),
+    errors=(400, 404, 503),
+)
 async def delete_tenant(request: web.Request) -> web.Response:
     m = _manager(request)
     tenant_id = request.match_info["tenant"]
@@ -178,6 +233,9 @@ async def delete_tenant(request: web.Request) -> web.Response:
 # -- keys -------------------------------------------------------------------
 
 
+@operation(
+    "the tenant's keys (never the keys themselves)", tag="keys", answers={200: Answer("keys", KeyList)}, errors=(404,)
+)
 async def list_keys(request: web.Request) -> web.Response:
     m = _manager(request)
     tenant_id = request.match_info["tenant"]
@@ -185,20 +243,35 @@ async def list_keys(request: web.Request) -> web.Response:
     return json_response({"object": "list", "data": [key_view(e) for e in m.directory.keys_of(tenant_id)]})
 
 
+@operation(
+    "create a key; the answer is the only time it is shown",
+    tag="keys",
+    answers={201: Answer("created", CreatedKey)},
+    body=body_schema("key"),
+    body_required=False,
+    errors=(400, 404, 503),
+)
 async def create_key(request: web.Request) -> web.Response:
     m = _manager(request)
     tenant_id = request.match_info["tenant"]
     m.tenant(tenant_id)
-    doc = await _body(request, empty={})
+    doc = await read_json(request, empty={})
     key, plaintext = await m.create_key(tenant_id, doc)
     log.info("API key %s created for tenant %s", key.id, tenant_id)
     return json_response({**key_view(m.key(key.id)), "key": plaintext}, status=201)
 
 
+@operation("one key", tag="keys", answers={200: Answer("the key", KeyView)}, errors=(404,))
 async def get_key(request: web.Request) -> web.Response:
     return json_response(key_view(_manager(request).key(request.match_info["key"])))
 
 
+@operation(
+    "revoke a key on every gateway process (within registry.poll_interval)",
+    tag="keys",
+    answers={200: Answer("the revoked key", KeyView)},
+    errors=(404, 503),
+)
 async def revoke_key(request: web.Request) -> web.Response:
     m = _manager(request)
     entry = await m.revoke_key(request.match_info["key"])
@@ -206,27 +279,24 @@ async def revoke_key(request: web.Request) -> web.Response:
     return json_response(key_view(entry))
 
 
+@operation("list plans (from the config file)", tag="plans", answers={200: Answer("plans", PlanList)})
 async def list_plans(request: web.Request) -> web.Response:
     config = request.app[STATE].config
     return json_response({"object": "list", "data": [p.to_json() for p in config.plans.values()]})
 
 
-ROUTES: tuple[tuple[str, str, Handler], ...] = (
-    (
-        ("GET", "/admin/plans", list_plans),
-        ("GET", "/admin/tenants", list_tenants),
-        ("POST", "/admin/tenants", create_tenant),
-        ("POST", "/admin/tenants/bulk", bulk_create_tenants),
-        ("GET", "/admin/tenants/{tenant}", get_tenant),
-        ("PATCH", "/admin/tenants/{tenant}", update_tenant),
-        ("DELETE", "/admin/tenants/{tenant}", delete_tenant),
-        ("POST", "/admin/tenants/{tenant}/suspend", suspend_tenant),
-        ("POST", "/admin/tenants/{tenant}/resume", resume_tenant),
-        ("GET", "/admin/tenants/{tenant}/keys", list_keys),
-        ("POST", "/admin/tenants/{tenant}/keys", create_key),
-        ("GET", "/admin/keys/{key}", get_key),
-        ("POST", "/admin/keys/{key}/revoke", revoke_key),
-    )
-    + RULE_ROUTES
-    + RESILIENCE_ROUTES
+TENANT_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/admin/plans", list_plans),
+    ("GET", "/admin/tenants", list_tenants),
+    ("POST", "/admin/tenants", create_tenant),
+    ("POST", "/admin/tenants/bulk", bulk_create_tenants),
+    ("GET", "/admin/tenants/{tenant}", get_tenant),
+    ("PATCH", "/admin/tenants/{tenant}", update_tenant),
+    ("DELETE", "/admin/tenants/{tenant}", delete_tenant),
+    ("POST", "/admin/tenants/{tenant}/suspend", suspend_tenant),
+    ("POST", "/admin/tenants/{tenant}/resume", resume_tenant),
+    ("GET", "/admin/tenants/{tenant}/keys", list_keys),
+    ("POST", "/admin/tenants/{tenant}/keys", create_key),
+    ("GET", "/admin/keys/{key}", get_key),
+    ("POST", "/admin/keys/{key}/revoke", revoke_key),
 )

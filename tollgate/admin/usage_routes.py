@@ -1,16 +1,6 @@
-"""Admin routes of accounting: ``/metrics``, usage and bills, CSV exports, quotas, SLA, pricing and the audit log.
+"""Admin routes of accounting: ``/metrics``, usage and its CSV exports, quotas, SLA, pricing and the audit log.
 
-GET /metrics                                   Prometheus text format (every worker's values)
-GET /admin/tenants/{id}/usage?period=YYYY-MM   requests, tokens and cost by model and by day
-GET /admin/tenants/{id}/usage.csv?period=...   the same, one CSV row per day and model
-GET /admin/usage.csv?period=YYYY-MM            every tenant of the period, one row per tenant, day and model
-GET /admin/tenants/{id}/usage?user=<end user>  that end user's requests, errors, tokens and cost in the period
-GET /admin/tenants/{id}/usage/users?period=    the same for every end user kept apart, and the rest as "other"
-GET /admin/tenants/{id}/quota                  used / limit / percent per quota this month, alerts fired
-GET /admin/tenants/{id}/audit                  that tenant's audit events (same filters as below)
-GET /admin/audit?tenant=&since=&until=&limit=  audit events, newest first (since/until: Unix seconds or ISO 8601)
-GET /admin/sla                                 per plan: overhead p99 target, observed p99, violations
-GET /admin/pricing                             the price table and cost rules in force
+Each handler declares itself for the OpenAPI document (``@operation``): its parameters and what it answers.
 """
 
 from __future__ import annotations
@@ -28,13 +18,14 @@ from aiohttp import web
 from tollgate.accounting.aggregates import OTHER_USERS, USER_FIELDS, month_of, split_models
 from tollgate.accounting.metrics import CONTENT_TYPE
 from tollgate.accounting.pricing import to_money
-from tollgate.admin.audit import audit_admin_changes
+from tollgate.admin.operations import Answer, Handler, Param, operation, query
+from tollgate.admin.usage_views import AuditEvents, EndUsers, PriceTable, Quota, SlaReport, Usage
 from tollgate.edge.answers import json_response
 from tollgate.errors import BadRequest
 from tollgate.identity.end_user import checked_end_user
 from tollgate.runtime.state import STATE
 
-__all__ = ["add_accounting_routes"]
+__all__ = ["USAGE_ROUTES"]
 
 _PERIOD = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 _CSV_HEADER = (
@@ -50,19 +41,16 @@ _CSV_HEADER = (
 )
 
 
-def add_accounting_routes(app: web.Application) -> None:
-    """Register the accounting routes on the admin application, and the audit of every admin write."""
-    app.middlewares.append(audit_admin_changes)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/admin/tenants/{tenant}/usage", tenant_usage)
-    app.router.add_get("/admin/tenants/{tenant}/usage.csv", tenant_usage_csv)
-    app.router.add_get("/admin/tenants/{tenant}/usage/users", tenant_end_users)
-    app.router.add_get("/admin/usage.csv", all_usage_csv)
-    app.router.add_get("/admin/tenants/{tenant}/quota", tenant_quota)
-    app.router.add_get("/admin/tenants/{tenant}/audit", tenant_audit)
-    app.router.add_get("/admin/audit", audit)
-    app.router.add_get("/admin/sla", sla)
-    app.router.add_get("/admin/pricing", pricing)
+_PERIOD_PARAM = query(
+    "period", {"type": "string", "pattern": r"^\d{4}-(0[1-9]|1[0-2])$"}, "a month, YYYY-MM (default: this month, UTC)"
+)
+_TIME = {"type": "string", "description": "Unix seconds or an ISO 8601 time"}
+_AUDIT_PARAMS: tuple[Param, ...] = (
+    query("since", _TIME, "events at or after this time"),
+    query("until", _TIME, "events at or before this time"),
+    query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100}),
+)
+_CSV = Answer("one row per tenant, day and model", media_type="text/csv")
 
 
 def _accounting(request: web.Request) -> Any:
@@ -101,6 +89,11 @@ def _amounts(fields: dict[str, int]) -> dict[str, Any]:
     }
 
 
+@operation(
+    "the gateway's metrics in the Prometheus text format (every worker's values)",
+    tag="metrics",
+    answers={200: Answer("the exposition", media_type=CONTENT_TYPE.partition(";")[0])},
+)
 async def metrics(request: web.Request) -> web.Response:
     body = _accounting(request).metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
@@ -110,6 +103,13 @@ def _end_user_view(fields: dict[str, int]) -> dict[str, Any]:
     return {**_amounts(fields), "errors": fields.get("errors", 0)}
 
 
+@operation(
+    "the tenant's requests, tokens and cost in a month, by model and by day; with user=, one end user's",
+    tag="usage",
+    answers={200: Answer("the usage", Usage)},
+    params=(_PERIOD_PARAM, query("user", {"type": "string"}, "an end user of the tenant")),
+    errors=(400,),
+)
 async def tenant_usage(request: web.Request) -> web.Response:
     acc = _accounting(request)
     tenant, period = request.match_info["tenant"], _period(request)
@@ -140,6 +140,13 @@ async def _end_user_usage(request: web.Request, tenant: str, period: str) -> web
     )
 
 
+@operation(
+    "the usage of every end user of the tenant kept apart in a month, and the rest as other",
+    tag="usage",
+    answers={200: Answer("the end users' usage", EndUsers)},
+    params=(_PERIOD_PARAM,),
+    errors=(400,),
+)
 async def tenant_end_users(request: web.Request) -> web.Response:
     acc = _accounting(request)
     tenant, period = request.match_info["tenant"], _period(request)
@@ -192,6 +199,13 @@ def _csv_response(rows: list[tuple[Any, ...]], filename: str) -> web.Response:
     )
 
 
+@operation(
+    "the tenant's usage in a month as CSV, one row per day and model",
+    tag="usage",
+    answers={200: _CSV},
+    params=(_PERIOD_PARAM,),
+    errors=(400,),
+)
 async def tenant_usage_csv(request: web.Request) -> web.Response:
     acc = _accounting(request)
     tenant, period = request.match_info["tenant"], _period(request)
@@ -199,6 +213,13 @@ async def tenant_usage_csv(request: web.Request) -> web.Response:
     return _csv_response(_csv_rows(tenant, days, acc.pricing().currency), f"usage-{tenant}-{period}.csv")
 
 
+@operation(
+    "every tenant's usage in a month as CSV, one row per tenant, day and model",
+    tag="usage",
+    answers={200: _CSV},
+    params=(_PERIOD_PARAM,),
+    errors=(400,),
+)
 async def all_usage_csv(request: web.Request) -> web.Response:
     acc = _accounting(request)
     period = _period(request)
@@ -210,6 +231,11 @@ async def all_usage_csv(request: web.Request) -> web.Response:
     return _csv_response(rows, f"usage-{period}.csv")
 
 
+@operation(
+    "used, limit and percent of each of the tenant's quotas this month, and the alerts fired",
+    tag="usage",
+    answers={200: Answer("the quotas", Quota)},
+)
 async def tenant_quota(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return json_response(await state.accounting.quota(request.match_info["tenant"], state))
@@ -240,18 +266,52 @@ async def _audit_list(request: web.Request, tenant: str | None) -> web.Response:
     return json_response({"events": events})
 
 
+@operation(
+    "the tenant's audit events, newest first",
+    tag="audit",
+    answers={200: Answer("audit events", AuditEvents)},
+    params=_AUDIT_PARAMS,
+    errors=(400,),
+)
 async def tenant_audit(request: web.Request) -> web.Response:
     return await _audit_list(request, request.match_info["tenant"])
 
 
+@operation(
+    "audit events, newest first",
+    tag="audit",
+    answers={200: Answer("audit events", AuditEvents)},
+    params=(query("tenant", {"type": "string"}, "only this tenant's events"), *_AUDIT_PARAMS),
+    errors=(400,),
+)
 async def audit(request: web.Request) -> web.Response:
     return await _audit_list(request, request.query.get("tenant"))
 
 
+@operation(
+    "per plan: the gateway's overhead p99 target, the observed p99 and the violations (this process)",
+    tag="usage",
+    answers={200: Answer("the SLA report", SlaReport)},
+)
 async def sla(request: web.Request) -> web.Response:
     acc = _accounting(request)
     return json_response(acc.sla.report(acc.current.metrics))
 
 
+@operation("the price table and cost rules in force", tag="usage", answers={200: Answer("the prices", PriceTable)})
 async def pricing(request: web.Request) -> web.Response:
     return json_response(_accounting(request).pricing().table())
+
+
+USAGE_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/metrics", metrics),
+    ("GET", "/admin/tenants/{tenant}/usage", tenant_usage),
+    ("GET", "/admin/tenants/{tenant}/usage.csv", tenant_usage_csv),
+    ("GET", "/admin/tenants/{tenant}/usage/users", tenant_end_users),
+    ("GET", "/admin/usage.csv", all_usage_csv),
+    ("GET", "/admin/tenants/{tenant}/quota", tenant_quota),
+    ("GET", "/admin/tenants/{tenant}/audit", tenant_audit),
+    ("GET", "/admin/audit", audit),
+    ("GET", "/admin/sla", sla),
+    ("GET", "/admin/pricing", pricing),
+)

@@ -13,12 +13,11 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from tollgate.admin import make_admin_app
+from tollgate.admin import Probes, ReloadAction, make_admin_app
 from tollgate.config import Config
-from tollgate.edge.answers import json_response
 from tollgate.pipeline.guard import header_room
-from tollgate.process.public import make_public_server, public_lifecycle
-from tollgate.runtime.state import STATE, GatewayState
+from tollgate.process.public import healthz, make_public_server, public_lifecycle, readyz
+from tollgate.runtime.state import GatewayState
 
 __all__ = [
     "ReloadAction",
@@ -32,8 +31,6 @@ __all__ = [
 log = logging.getLogger("tollgate.server")
 
 ADMIN_SHUTDOWN_GRACE = 5.0
-ReloadAction = Callable[[GatewayState], Awaitable[tuple[int, dict[str, object]]]]
-"""What ``POST /admin/reload`` does: returns the HTTP status and JSON body of the answer."""
 # How often a worker checks that its supervisor is still alive.
 ORPHAN_CHECK_INTERVAL = 1.0
 
@@ -92,8 +89,7 @@ async def run_gateway(
             admin_port: int | None = None
             adm = config.listeners.admin
             if adm.enabled and admin:
-                admin_app = make_admin_app(state)
-                admin_app.router.add_post("/admin/reload", _reload_handler(reload or reload_here))
+                admin_app = make_admin_app(state, probes=Probes(healthz, readyz), reload=reload or reload_here)
                 admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=ADMIN_SHUTDOWN_GRACE)
                 await admin_runner.setup()
                 runners.append(admin_runner)
@@ -135,15 +131,6 @@ def refused_body(problems: list[str]) -> dict[str, object]:
         "error": {"message": message, "type": "invalid_request_error", "code": "config_refused", "param": None},
         "problems": problems,
     }
-
-
-def _reload_handler(action: ReloadAction) -> Callable[[web.Request], Awaitable[web.Response]]:
-    # Registered on the admin app, so its bearer-token middleware guards it like every admin route.
-    async def handler(request: web.Request) -> web.Response:
-        status, body = await action(request.app[STATE])
-        return json_response(body, status=status)
-
-    return handler
 
 
 async def _stop_when_orphaned(supervisor_pid: int, stop: asyncio.Event) -> None:

@@ -1,0 +1,126 @@
+"""What an admin route declares on its handler for the OpenAPI document: summary, tag, parameters, body, answers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from tollgate.admin.models import JsonSchema
+from tollgate.config.identity import KEY_ID, TENANT_ID
+from tollgate.config.rules import NAME
+
+__all__ = [
+    "ERRORS",
+    "PATH_PARAMS",
+    "Answer",
+    "Handler",
+    "Operation",
+    "Param",
+    "operation",
+    "operation_of",
+    "query",
+]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+"""An admin route's handler."""
+
+_H = TypeVar("_H", bound=Handler)
+_ATTRIBUTE = "admin_operation"
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A path or query parameter."""
+
+    name: str
+    where: Literal["path", "query"]
+    schema: JsonSchema
+    description: str = ""
+    required: bool = False
+
+
+def query(name: str, schema: JsonSchema, description: str = "") -> Param:
+    return Param(name, "query", schema, description)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One answer of a route: a description, and the model of its JSON body (or the media type of another body)."""
+
+    description: str
+    model: type[BaseModel] | None = None
+    media_type: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One route's declaration. ``body`` is the model whose schema describes the request body; ``open`` routes need
+    no admin token. ``errors`` are the statuses of the gateway's error answer the route gives (401 is implied
+    unless the route is open)."""
+
+    summary: str
+    tag: str
+    answers: Mapping[int, Answer]
+    params: tuple[Param, ...] = ()
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    errors: tuple[int, ...] = ()
+    open: bool = False
+
+
+def operation(
+    summary: str,
+    *,
+    tag: str,
+    answers: Mapping[int, Answer],
+    params: tuple[Param, ...] = (),
+    body: type[BaseModel] | None = None,
+    body_required: bool = True,
+    errors: tuple[int, ...] = (),
+    open: bool = False,
+) -> Callable[[_H], _H]:
+    """Declare what the decorated handler does, for the OpenAPI document; the handler itself is unchanged.
+
+        @operation("one tenant", tag="tenants", answers={200: Answer("the tenant", TenantView)}, errors=(404,))
+        async def get_tenant(request: web.Request) -> web.Response: ...
+
+    Path parameters are known by name (:data:`PATH_PARAMS`): a route declares only its query parameters.
+    """
+    declared = Operation(summary, tag, answers, params, body, body_required, errors, open)
+
+    def declare(handler: _H) -> _H:
+        vars(handler)[_ATTRIBUTE] = declared
+        return handler
+
+    return declare
+
+
+def operation_of(handler: Callable[..., object]) -> Operation | None:
+    """The declaration on ``handler``, if it has one."""
+    declared = getattr(handler, _ATTRIBUTE, None)
+    return declared if isinstance(declared, Operation) else None
+
+
+def _pattern(regex: str) -> JsonSchema:
+    return {"type": "string", "pattern": f"^{regex}$"}
+
+
+PATH_PARAMS: Mapping[str, Param] = {
+    "tenant": Param("tenant", "path", _pattern(TENANT_ID.pattern), "the tenant's id", required=True),
+    "key": Param("key", "path", _pattern(KEY_ID.pattern), "the API key's id (never the key itself)", required=True),
+    "name": Param("name", "path", _pattern(NAME.pattern), "the namespace's or rule's name", required=True),
+}
+"""Every path parameter of the admin routes, by name."""
+
+ERRORS: Mapping[int, str] = {
+    400: "invalid input: the message names every problem, with its field path",
+    401: "no admin token configured, or a missing or wrong admin token",
+    404: "no such tenant, key, namespace or rule",
+    409: "a create named a tenant, key, namespace or rule that already exists",
+    503: "the store or the registry did not answer",
+}
+"""What each error status of the admin API means; the body is always the gateway's error."""

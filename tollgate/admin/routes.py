@@ -1,0 +1,86 @@
+"""Every route of the admin application in one table, and the process's routes it serves: health, reload, OpenAPI."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
+
+from aiohttp import web
+
+from tollgate.admin.openapi import openapi_document, served_routes
+from tollgate.admin.operations import Answer, Handler, operation
+from tollgate.admin.resilience_routes import RESILIENCE_ROUTES
+from tollgate.admin.rules_routes import RULE_ROUTES
+from tollgate.admin.tenant_routes import TENANT_ROUTES
+from tollgate.admin.usage_routes import USAGE_ROUTES
+from tollgate.admin.views import Health, OpenApi, Readiness, Reloaded, ReloadRefused
+from tollgate.edge.answers import Response, as_aiohttp, json_response
+from tollgate.runtime.state import STATE, GatewayState
+
+__all__ = ["OPEN_PATHS", "PROBES", "RELOAD", "ROUTES", "Probe", "Probes", "ReloadAction"]
+
+Probe = Callable[..., Awaitable[Response]]
+"""A health probe of the process, answered alike on both listeners; called with the request and the state.
+
+(The public listener's probes take its own request type and use only the state.)"""
+
+
+class Probes(NamedTuple):
+    """The process's liveness and readiness answers."""
+
+    healthz: Probe
+    readyz: Probe
+
+
+ReloadAction = Callable[[GatewayState], Awaitable[tuple[int, dict[str, object]]]]
+"""What ``POST /admin/reload`` does: the HTTP status and the JSON body of the answer."""
+
+PROBES = web.AppKey("probes", Probes)
+RELOAD: web.AppKey[ReloadAction] = web.AppKey("reload")
+
+
+@operation("liveness", tag="process", answers={200: Answer("alive", Health)}, open=True)
+async def healthz(request: web.Request) -> web.Response:
+    return as_aiohttp(await request.app[PROBES].healthz(request, request.app[STATE]))
+
+
+@operation(
+    "readiness: the config is loaded and the stores answer",
+    tag="process",
+    answers={200: Answer("ready", Readiness), 503: Answer("not ready, with the problems", Readiness)},
+    open=True,
+)
+async def readyz(request: web.Request) -> web.Response:
+    return as_aiohttp(await request.app[PROBES].readyz(request, request.app[STATE]))
+
+
+@operation("this document", tag="process", answers={200: Answer("OpenAPI 3.1", OpenApi)}, open=True)
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document(served_routes(request.app.router)))
+
+
+@operation(
+    "reload the config file; a refused file changes nothing (with workers: every worker, or none)",
+    tag="process",
+    answers={200: Answer("reloaded", Reloaded), 422: Answer("refused, with the problems", ReloadRefused)},
+)
+async def reload(request: web.Request) -> web.Response:
+    # Registered on the admin app, so its bearer-token middleware guards it like every admin route.
+    status, body = await request.app[RELOAD](request.app[STATE])
+    return json_response(body, status=status)
+
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/admin/openapi.json"})
+"""Served without the admin token."""
+
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/healthz", healthz),
+    ("GET", "/readyz", readyz),
+    ("GET", "/admin/openapi.json", openapi),
+    *TENANT_ROUTES,
+    *RULE_ROUTES,
+    *RESILIENCE_ROUTES,
+    *USAGE_ROUTES,
+    ("POST", "/admin/reload", reload),
+)
+"""Every admin route, in the order the application registers them."""
