@@ -1,6 +1,6 @@
 """The JSON Schema of the config file and of its records, generated from the models.
 
-``python -m tollgate.config.schema > config/schema.json`` regenerates the
+``python -m tollgate.config > config/schema.json`` regenerates the
 schema shipped beside the example configs (editors validate the YAML with
 it; a test keeps it equal to this output). :func:`doc_schema` gives the
 schema of one record, such as :class:`~tollgate.config.identity.TenantDoc`,
@@ -15,9 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-__all__ = ["SCHEMA_ID", "doc_schema", "file_schema", "main"]
+__all__ = ["doc_schema", "file_schema", "main"]
 
-SCHEMA_ID = "https://tollgate.dev/schema/config.json"
 # A string value may be written as ${VAR} or ${VAR:-default}: substituted before validation.
 _ENV_REFERENCE = {"type": "string", "pattern": r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}"}
 
@@ -31,28 +30,31 @@ def file_schema() -> dict[str, Any]:
     """The JSON Schema of a whole config file."""
     from tollgate.config.document import ConfigDoc
 
-    schema = _allow_env_references(doc_schema(ConfigDoc))
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}
+    schema = _for_editors(doc_schema(ConfigDoc))
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
-def _allow_env_references(node: Any) -> Any:
-    """A string with a pattern or a length may also be a ``${VAR}`` reference, valid once substituted."""
+def _for_editors(node: Any) -> Any:
+    """The schema as the loader judges: a name outside the pattern of a mapping of named sections is refused;
+    a string with a pattern may also be a ``${VAR}`` reference, valid once substituted."""
     if isinstance(node, list):
-        return [_allow_env_references(item) for item in node]
+        return [_for_editors(item) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {k: _allow_env_references(v) if k != "propertyNames" else v for k, v in node.items()}
-    if out.get("type") == "string" and ("pattern" in out or "minLength" in out):
+    out = {k: _for_editors(v) if k != "patternProperties" else _names(v) for k, v in node.items()}
+    if "patternProperties" in out and "properties" not in out:
+        out["additionalProperties"] = False
+    if out.get("type") == "string" and "pattern" in out:
         described = {k: out.pop(k) for k in ("description", "default", "title") if k in out}
         return {"anyOf": [out, _ENV_REFERENCE], **described}
     return out
+
+
+def _names(patterns: dict[str, Any]) -> dict[str, Any]:
+    return {name: _for_editors(value) for name, value in patterns.items()}
 
 
 def main() -> int:
     json.dump(file_schema(), sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
