@@ -214,7 +214,20 @@ def build_config(doc: ConfigDoc, *, source: str = "<memory>") -> Config:
 
 def parse_config(data: Any, problems: Problems, *, source: str = "<memory>") -> Config | None:
     """Validate a parsed document (``${VAR}`` already substituted): the Config, or None after problems."""
+    before = len(problems.lines)
     doc = validate(ConfigDoc, data, "", problems)
     if problems or doc is None:
+        _in_file_order(problems, before, data)
         return None
     return build_config(doc, source=source)
+
+
+def _in_file_order(problems: Problems, start: int, data: Any) -> None:
+    """The problems found since ``start`` grouped by section, in the order the file writes its sections."""
+    order = {str(key): i for i, key in enumerate(data)} if isinstance(data, dict) else {}
+
+    def section(line: str) -> int:
+        head = line.partition(":")[0].partition(".")[0].partition("[")[0]
+        return order.get(head, len(order))
+
+    problems.lines[start:] = sorted(problems.lines[start:], key=section)
