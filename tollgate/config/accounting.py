@@ -35,12 +35,9 @@ __all__ = [
     "build_accounting",
 ]
 
-USAGE_BACKENDS = ("auto", "redis", "file", "memory")
 # What a cost rule can charge for, per ``billing_unit`` of it.
 RESOURCES = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
 QUOTA_NAMES = ("monthly_requests", "monthly_tokens", "monthly_spend")
-SEVERITIES = ("info", "warning", "high", "critical")
-TENANT_LABEL_MODES = ("all", "top")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}"
 _DAY = 86400.0
 Name = Annotated[str, matching(_NAME)]

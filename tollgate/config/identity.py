@@ -15,7 +15,7 @@ import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, Strict
 
@@ -75,23 +75,11 @@ HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 IDENTIFIERS = ("api_key", "jwt", "subdomain", "header", "query")
 END_USER_SOURCES = ("jwt", "body", "header")
-CREDENTIALS = ("api_key", "jwt")
 API_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
-JWT_ALGORITHMS = (
-    "HS256",
-    "HS384",
-    "HS512",
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
-    "ES256",
-    "ES384",
-    "ES512",
-    "EdDSA",
-)
+JwtAlgorithm = Literal[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+JWT_ALGORITHMS: tuple[str, ...] = get_args(JwtAlgorithm)
 LIMIT_FIELDS = (
     "monthly_requests",
     "monthly_tokens",
@@ -101,7 +89,6 @@ LIMIT_FIELDS = (
     "priority",
     "max_header_priority",
 )
-TENANT_STATUSES = ("active", "suspended")
 _MAX_LIMIT = 10**15
 _NO_VALUES: Mapping[str, Any] = frozen_map()
 TenantId = Annotated[str, matching(TENANT_ID.pattern)]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from pydantic import Field, Strict
 
-from tollgate.config.identity import JWT_ALGORITHMS, JwtConfig, JwtKey
+from tollgate.config.identity import JWT_ALGORITHMS, JwtAlgorithm, JwtConfig, JwtKey
 from tollgate.config.validation import Doc, Found, check
 from tollgate.config.values import DurationOrZero, NonEmptyStr, Str, StrList, matching
 
@@ -19,9 +19,6 @@ __all__ = ["JwtDoc", "JwtKeyDoc", "build_jwt", "load_jwks_file"]
 _HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 _EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 _KID = r"[\x21-\x7e]{1,128}"
-JwtAlgorithm = Literal[
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
-]
 
 
 def _check_type(alg: str, key: Any) -> str | None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, Strict
 from pydantic_core import PydanticCustomError
 
-from tollgate.config.validation import Found, Problems, check, section
+from tollgate.config.validation import Found, check, section
 from tollgate.config.values import Bool, Duration, DurationOrZero, Share
 
 __all__ = [
@@ -25,7 +25,7 @@ __all__ = [
     "Resilience",
     "RetryPolicy",
     "SheddingPolicy",
-    "check_model_graph",
+    "fallback_graph_problems",
 ]
 
 STRATEGIES = ("weighted_round_robin", "least_inflight", "lowest_latency")
@@ -215,12 +215,6 @@ class ModelRouting:
     fallback_on_status: frozenset[int] = frozenset()
     # Over every deployment's max_concurrency: wait in the queue (True) or go to the fallbacks (False).
     queue: bool = False
-
-
-def check_model_graph(models: Mapping[str, Any], problems: Problems, path: str = "models") -> None:
-    """Refuse fallbacks naming an unknown model (or the model itself) and cycles in either chain."""
-    for where, reason in fallback_graph_problems({name: m.routing for name, m in models.items()}):
-        problems.add(f"{path}.{where}", reason)
 
 
 def fallback_graph_problems(routing: Mapping[str, Any]) -> Iterator[tuple[str, str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, Strict
 
@@ -38,16 +38,14 @@ __all__ = [
 ]
 
 NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
-MATCHER_TYPES = ("header", "body", "header_and_body")
-MATCHER_OPS = ("equals", "not_equals", "contains", "regex", "in", "exists")
-FIELD_CHECK_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "contains", "regex", "exists", "max_length")
-RULE_TYPES = ("request_limit", "token_limit", "connection_limit", "quota", "budget", "field_check")
+MatcherOp = Literal["equals", "not_equals", "contains", "regex", "in", "exists"]
+FieldCheckOp = Literal["eq", "ne", "gt", "gte", "lt", "lte", "contains", "regex", "exists", "max_length"]
+RuleType = Literal["request_limit", "token_limit", "connection_limit", "quota", "budget", "field_check"]
+MATCHER_OPS: tuple[str, ...] = get_args(MatcherOp)
+FIELD_CHECK_OPS: tuple[str, ...] = get_args(FieldCheckOp)
+RULE_TYPES: tuple[str, ...] = get_args(RuleType)
 SCOPES = ("global", "plan", "tenant", "key", "user", "ip", "namespace", "model")
 PERIODS = {"second": 1_000, "minute": 60_000, "hour": 3_600_000, "day": 86_400_000, "month": 0}
-ALGORITHMS = ("sliding_window", "gcra", "fixed_window")
-FAIL_MODES = ("fail_open", "fail_closed", "local")
-ON_EXCEED = ("cut", "allow")
-QUOTA_UNITS = ("requests", "tokens")
 # What a token_limit counts: input (prompt) tokens, output (completion) tokens, or both.
 TOKEN_COUNTS = ("total", "input", "output")
 # A budget's window: calendar (the UTC hour, day or month) or rolling (the last hour, day or 30 days).
@@ -65,7 +63,7 @@ class MatcherSpec:
 
     type: Literal["header", "body", "header_and_body"]
     field: NonEmptyStr
-    op: Literal["equals", "not_equals", "contains", "regex", "in", "exists"]
+    op: MatcherOp
     value: Any = None
     """The value compared (a list for in, a regular expression for regex, true or false for exists)."""
     header: Str | None = None
@@ -188,7 +186,7 @@ _PERIODS_OF = {
 class RuleDoc(Doc):
     """A limit or check: its type, where it is attached, and the fields of its type."""
 
-    type: Literal["request_limit", "token_limit", "connection_limit", "quota", "budget", "field_check"]
+    type: RuleType
     attach: Attach
     priority: Int = 0
     """Higher first."""
@@ -220,7 +218,7 @@ class RuleDoc(Doc):
     """quota: what it counts; default requests."""
     field: NonEmptyStr | None = None
     """field_check: the body field tested."""
-    op: Literal["eq", "ne", "gt", "gte", "lt", "lte", "contains", "regex", "exists", "max_length"] | None = None
+    op: FieldCheckOp | None = None
     value: Any = None
     message: Str | None = None
     """field_check: the 400's message; default "request refused by rule <name>"."""

@@ -16,7 +16,6 @@ from typing import Annotated, TypeVar
 
 from pydantic import (
     AfterValidator,
-    BeforeValidator,
     Field,
     PlainSerializer,
     PlainValidator,
@@ -30,7 +29,6 @@ __all__ = [
     "Bool",
     "Duration",
     "DurationOrZero",
-    "Float",
     "FrozenMap",
     "Int",
     "Metadata",
@@ -52,7 +50,6 @@ __all__ = [
 V = TypeVar("V")
 
 Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]
 Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
 NonEmptyStr = Annotated[str, Strict(), StringConstraints(min_length=1)]
@@ -219,10 +216,6 @@ Timestamp = Annotated[
 ]
 
 
-def _one_or_many(value: object) -> object:
-    return [value] if isinstance(value, str) else value
-
-
 def _str_list(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
@@ -257,6 +250,3 @@ Metadata = Annotated[
         {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]}, "default": {}}
     ),
 ]
-
-# Accepts ``x`` where the file means ``[x]`` before a typed tuple validates the items.
-OneOrMany = BeforeValidator(_one_or_many)
