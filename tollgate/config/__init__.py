@@ -8,8 +8,10 @@ records the admin API also accepts are exported here with their JSON Schema:
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,9 @@ __all__ = [
     "load_config",
 ]
 
-# PyYAML's safe loader: plain data, no Python objects.
-_LOADER: type[yaml.SafeLoader] = yaml.SafeLoader
+# PyYAML's safe loader (plain data, no Python objects), on libyaml's parser when PyYAML has it: the same
+# documents and values, parsed several times faster (a file of 100,000 tenants is mostly YAML to parse).
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def config_from_dict(doc: Any, *, env: Mapping[str, str] | None = None, source: str = "<memory>") -> Config:
@@ -49,12 +52,26 @@ def config_from_dict(doc: Any, *, env: Mapping[str, str] | None = None, source: 
 
 def _config(doc: Any, *, env: Mapping[str, str] | None, source: str, references: bool = True) -> Config:
     problems = Problems()
-    if references:  # ${VAR} anywhere in the document
-        doc = substitute_env(doc, dict(os.environ if env is None else env), problems)
-    config = parse_config(doc, problems, source=source)
+    with _collector_paused():
+        if references:  # ${VAR} anywhere in the document
+            doc = substitute_env(doc, dict(os.environ if env is None else env), problems)
+        config = parse_config(doc, problems, source=source)
     if config is None:
         raise ConfigError(problems.lines)
     return config
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a config is built: a file of 100,000 tenants makes a million objects,
+    none of them garbage, and the collector would walk them again and again (a third of the load time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
