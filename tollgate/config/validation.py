@@ -112,9 +112,9 @@ def _unset_nulls(cls: type, data: Any) -> Any:
         if f.shape == "one":
             out[f.key] = _unset_nulls(f.record, value)
         elif f.shape == "map" and isinstance(value, dict):
-            out[f.key] = {k: _unset_nulls(f.record, v) for k, v in value.items()}
+            out[f.key] = {k: _unset_nulls(f.record, {} if v is None else v) for k, v in value.items()}
         elif f.shape == "seq" and isinstance(value, list):
-            out[f.key] = [_unset_nulls(f.record, v) for v in value]
+            out[f.key] = [_unset_nulls(f.record, {} if v is None else v) for v in value]
     return out
 
 

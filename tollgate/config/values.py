@@ -238,7 +238,7 @@ def _metadata(value: object) -> Mapping[str, str | int | float | bool | None]:
         raise _problem("must be a mapping with string keys")
     for k, v in value.items():
         if not isinstance(v, (str, int, float, bool)) and v is not None:
-            raise PydanticCustomError("config_at", "{key}: must be a string, number, boolean or null", {"key": k})
+            raise PydanticCustomError("config_at", "must be a string, number, boolean or null", {"key": k})
     return MappingProxyType(dict(value))
 
 
