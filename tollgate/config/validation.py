@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Annotated, Any, ClassVar, TypeVar
@@ -169,42 +170,36 @@ class _Field:
         return _adapter(self.key_type)
 
 
-def _strip(tp: Any) -> tuple[Any, bool]:
-    """The type inside ``Annotated`` and ``X | None``; and whether None was allowed."""
-    optional = False
+def _strip(tp: Any) -> Any:
+    """The type inside ``Annotated`` and ``X | None``."""
     while True:
         origin = typing.get_origin(tp)
         if origin is Annotated:
             tp = typing.get_args(tp)[0]
-        elif origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        elif origin in (typing.Union, types.UnionType):
             args = [a for a in typing.get_args(tp) if a is not type(None)]
             if len(args) != 1:
-                return tp, optional
-            optional, tp = True, args[0]
+                return tp
+            tp = args[0]
         else:
-            return tp, optional
+            return tp
 
 
 def _classify(annotation: Any) -> tuple[str, type | None, Any]:
-    tp, _ = _strip(annotation)
+    """How the walk treats a field: a ``leaf`` pydantic validates, or ``one`` record, a ``map`` or ``seq`` of them."""
+    tp = _strip(annotation)
     if _is_record(tp):
         return "one", tp, None
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (dict, Mapping, typing.Mapping) and len(args) == 2:
-        value, _ = _strip(args[1])
+        value = _strip(args[1])
         if _is_record(value):
             return "map", value, args[0]
     if origin in (tuple, list) and args and (origin is list or (len(args) == 2 and args[1] is Ellipsis)):
-        item, _ = _strip(args[0])
+        item = _strip(args[0])
         if _is_record(item):
             return "seq", item, None
     return "leaf", None, None
-
-
-def _annotated(info: FieldInfo) -> Any:
-    if not info.metadata:
-        return info.annotation
-    return Annotated.__class_getitem__((info.annotation, *info.metadata))  # type: ignore[attr-defined]
 
 
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
@@ -234,7 +229,7 @@ def _shape_of(cls: type) -> tuple[_Field, ...]:
             infos.append((name, info, _default_of(info)))
     else:
         hints = typing.get_type_hints(cls, include_extras=True)
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for f in dataclasses.fields(typing.cast(Any, cls)):
             info = FieldInfo.from_annotated_attribute(hints[f.name], PydanticUndefined)
             if f.default is not dataclasses.MISSING:
                 default: Callable[[], Any] = _constant(f.default)
@@ -245,7 +240,7 @@ def _shape_of(cls: type) -> tuple[_Field, ...]:
             infos.append((f.name, info, default))
     out = []
     for name, info, default in infos:
-        annotation = _annotated(info)
+        annotation = info.rebuild_annotation()
         shape, record, key_type = _classify(annotation)
         required = info.is_required() if issubclass(cls, BaseModel) else default is _none
         out.append(_Field(name, info.alias or name, required, default, annotation, shape, record, key_type))
@@ -295,6 +290,14 @@ _KIND_ERRORS = {
 }
 
 
+_BOUNDS = {
+    "greater_than_equal": (">=", "ge"),
+    "greater_than": (">", "gt"),
+    "less_than_equal": ("<=", "le"),
+    "less_than": ("<", "lt"),
+}
+
+
 def _unanchored(pattern: str) -> str:
     if pattern.startswith("^(?:") and pattern.endswith(")$"):
         return pattern[4:-2]
@@ -313,10 +316,8 @@ def _message(error: Mapping[str, Any]) -> str:
         return "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx['min_length']} characters"
     if kind_of == "string_pattern_mismatch":
         return f"{value!r} does not match {_unanchored(str(ctx['pattern']))}"
-    if kind_of in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        op, bound = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt")}.get(
-            kind_of, ("<=" if kind_of == "less_than_equal" else "<", "le" if kind_of == "less_than_equal" else "lt")
-        )
+    if kind_of in _BOUNDS:
+        op, bound = _BOUNDS[kind_of]
         return f"must be {op} {ctx[bound]} (got {value})"
     if kind_of == "literal_error":
         choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
@@ -328,16 +329,18 @@ def _message(error: Mapping[str, Any]) -> str:
 
 def _report(exc: ValidationError, path: str, problems: Problems) -> None:
     for error in exc.errors(include_url=False):
-        where = path
         loc = list(error["loc"])
-        if loc and loc[-1] == "[key]":
-            pat = (error.get("ctx") or {}).get("pattern")
-            where = _path(where, loc[:-1])
-            problems.add(where, "invalid name" + (f" (must match {_unanchored(str(pat))})" if pat else ""))
+        if loc and loc[-1] == "[key]":  # a mapping's key: the name of a section
+            problems.add(_path(path, loc[:-1]), _invalid_name(error))
             continue
-        if error["type"] == "config_at":
+        if error["type"] == "config_at":  # a problem inside a free-form mapping, at one of its keys
             loc.append(str((error.get("ctx") or {})["key"]))
-        problems.add(_path(where, loc), _message(error))
+        problems.add(_path(path, loc), _message(error))
+
+
+def _invalid_name(error: Mapping[str, Any]) -> str:
+    pattern = (error.get("ctx") or {}).get("pattern")
+    return "invalid name" + (f" (must match {_unanchored(str(pattern))})" if pattern else "")
 
 
 def _path(path: str, loc: Iterable[int | str]) -> str:
@@ -357,13 +360,13 @@ def validate(cls: type[T], data: Any, path: str, problems: Problems) -> T | None
     """
     adapter = _adapter(cls)
     try:
-        return adapter.validate_python(data)  # type: ignore[no-any-return]
+        return typing.cast(T, adapter.validate_python(data))
     except ValidationError as exc:
         first = exc
     unset = _unset_nulls(cls, data)
     if unset != data:
         try:
-            return adapter.validate_python(unset)  # type: ignore[no-any-return]
+            return typing.cast(T, adapter.validate_python(unset))
         except ValidationError as exc:
             first = exc
     before = len(problems.lines)
@@ -423,7 +426,7 @@ def _field(f: _Field, value: Any, at: str, problems: Problems) -> Any:
             try:
                 key = f.keys.validate_python(name)
             except ValidationError as exc:
-                _report_name(exc, join(at, str(name)), problems)
+                problems.add(join(at, str(name)), _invalid_name(exc.errors(include_url=False)[0]))
                 continue
             entry: Any = validate(record, item, join(at, str(name)), problems)
             if entry is not None:
@@ -434,13 +437,6 @@ def _field(f: _Field, value: Any, at: str, problems: Problems) -> Any:
         return f.default()
     items = (validate(record, item, join(at, f"[{i}]"), problems) for i, item in enumerate(value))
     return tuple(item for item in items if item is not None)
-
-
-def _report_name(exc: ValidationError, at: str, problems: Problems) -> None:
-    for error in exc.errors(include_url=False):
-        pat = (error.get("ctx") or {}).get("pattern")
-        problems.add(at, "invalid name" + (f" (must match {_unanchored(str(pat))})" if pat else ""))
-        return
 
 
 # -- ${VAR} ------------------------------------------------------------------------------
