@@ -64,8 +64,8 @@ class Node:
         return out
 
     def str(
-        self, key: str, default: Any = MISSING, *, pattern: re.Pattern[str] | None = None, nonempty: bool = True
-    ) -> Any:
+        self, key: str, default: str | None = MISSING, *, pattern: re.Pattern[str] | None = None, nonempty: bool = True
+    ) -> str | None:
         """A string field: ``default`` when absent (a problem when there is none), None after a problem."""
         self._seen.add(key)
         value = self.data.get(key)
