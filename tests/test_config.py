@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tollgate.config import config_from_dict, load_config
-from tollgate.config.reader import parse_duration, parse_size
+from tollgate.config.values import parse_duration, parse_size
 from tollgate.errors import ConfigError
 
 from .support.processes import REPO

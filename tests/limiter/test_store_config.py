@@ -7,15 +7,15 @@ from typing import Any
 import pytest
 
 from tollgate.clock import ManualClock
-from tollgate.config.reader import Node, Problems
 from tollgate.config.store import StoreConfig, parse_store
+from tollgate.config.validation import Problems
 from tollgate.limiter import build_limiter
 from tollgate.limiter.store import EmbeddedEngine, RedisEngine
 
 
 def parse(doc: Any) -> tuple[StoreConfig, list[str]]:
     problems = Problems()
-    config = parse_store(Node(doc, "store", problems))
+    config = parse_store(doc, problems)
     return config, problems.lines
 
 
@@ -174,7 +174,7 @@ async def test_the_factory_builds_one_engine_per_store_and_routes_tenants() -> N
 
 
 def test_the_whole_config_parser_uses_the_store_section() -> None:
-    from tollgate.config.parse import parse_config
+    from tollgate.config.document import parse_config
 
     problems = Problems()
     doc = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tests.support.redis import RedisServer, redis_server
 from tollgate.clock import SystemClock
-from tollgate.config.reader import Node, Problems
 from tollgate.config.store import parse_store
+from tollgate.config.validation import Problems
 from tollgate.limiter import LimitSpec, build_limiter
 
 
@@ -14,18 +14,15 @@ async def test_a_tenant_routed_to_a_dedicated_store_keeps_its_counters_there(red
     with redis_server() as dedicated:
         problems = Problems()
         config = parse_store(
-            Node(
-                {
-                    "stores": {
-                        "shared": {"backend": "redis", "url": redis_standalone.url},
-                        "dedicated-acme": {"backend": "redis", "url": dedicated.url},
-                    },
-                    "default": "shared",
-                    "routing": {"tenants": {"acme": "dedicated-acme"}, "plans": {"enterprise": "dedicated-acme"}},
+            {
+                "stores": {
+                    "shared": {"backend": "redis", "url": redis_standalone.url},
+                    "dedicated-acme": {"backend": "redis", "url": dedicated.url},
                 },
-                "store",
-                problems,
-            )
+                "default": "shared",
+                "routing": {"tenants": {"acme": "dedicated-acme"}, "plans": {"enterprise": "dedicated-acme"}},
+            },
+            problems,
         )
         assert problems.lines == []
         limiter = build_limiter(config, clock=SystemClock())

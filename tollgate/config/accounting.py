@@ -2,67 +2,94 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from tollgate.config.reader import Node
+from pydantic import AfterValidator, Field, Strict
+
+from tollgate.config.validation import Doc, Found, check, section
+from tollgate.config.values import Bool, Duration, NonEmptyStr, OptionalDuration, Share, Str, StrList, matching
 
 __all__ = [
     "QUOTA_NAMES",
     "RESOURCES",
     "AccessLogConfig",
     "AccountingConfig",
+    "AccountingSections",
     "AlertsConfig",
     "AuditConfig",
     "CostRule",
+    "CostRuleDoc",
     "MetricsConfig",
+    "MetricsDoc",
     "Price",
     "PricingConfig",
+    "PricingDoc",
     "QuotaSpend",
     "QuotasConfig",
     "Threshold",
     "UsageConfig",
     "WebhookConfig",
-    "parse_accounting",
+    "build_accounting",
 ]
 
-USAGE_BACKENDS = ("auto", "redis", "file", "memory")
 # What a cost rule can charge for, per ``billing_unit`` of it.
 RESOURCES = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
 QUOTA_NAMES = ("monthly_requests", "monthly_tokens", "monthly_spend")
-SEVERITIES = ("info", "warning", "high", "critical")
-TENANT_LABEL_MODES = ("all", "top")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}")
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}"
 _DAY = 86400.0
+Name = Annotated[str, matching(_NAME)]
+Amount = Annotated[float, Strict(), Field(ge=0.0)]
 
 
+@section
 @dataclass(frozen=True, slots=True)
 class UsageConfig:
     """Where per-tenant aggregates go and how often the batch is flushed."""
 
-    # auto: redis when store.backend is redis, else file when ``path`` is set, else memory.
-    backend: str = "auto"
-    url: str | None = None  # defaults to store.url
-    path: str | None = None  # the aggregate file of the file backend
-    flush_interval: float = 1.0
-    batch_size: int = 1000  # a flush starts early once this many records wait
-    max_pending: int = 100_000  # records held between flushes; beyond, new ones are dropped and counted
-    daily_ttl: float = 40 * _DAY
-    monthly_ttl: float = 400 * _DAY
-    key_prefix: str = "tg:usage"
-    # End users of one tenant kept apart in a month's usage; later ones are added up as "other" (0: no per-end-user usage).
-    max_end_users: int = 10_000
+    backend: Literal["auto", "redis", "file", "memory"] = "auto"
+    """auto: redis when the store is redis (or url is set), else file when path is set, else memory."""
+    url: Str | None = None
+    """Default: the store's URL."""
+    path: Str | None = None
+    """The aggregate file of the file backend; relative to the config file; safe to share between local
+    processes (flock)."""
+    flush_interval: Duration = 1.0
+    """Also the most a crash can lose."""
+    batch_size: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 1000
+    """A flush starts early once this many records wait."""
+    max_pending: Annotated[int, Strict(), Field(ge=1, le=100_000_000)] = 100_000
+    """Records held between flushes; beyond, new ones are dropped and counted."""
+    daily_ttl: Duration = 40 * _DAY
+    monthly_ttl: Duration = 400 * _DAY
+    key_prefix: NonEmptyStr = "tg:usage"
+    max_end_users: Annotated[int, Strict(), Field(ge=0, le=1_000_000)] = 10_000
+    """End users of one tenant kept apart in a month's usage; later ones are added up as "other" (0: none)."""
+
+    @check
+    def backend_is_reachable(self) -> Found:
+        if self.url is not None and urlsplit(self.url).scheme not in ("redis", "rediss", "unix"):
+            yield "url", "must be a redis://, rediss:// or unix:// URL"
+        if self.backend == "file" and self.path is None:
+            yield "path", "is required when backend is file"
+
+    @check
+    def aggregates_outlive_their_period(self) -> Found:
+        if self.daily_ttl < 2 * _DAY:
+            yield "daily_ttl", "must be at least 2d (a day's aggregate must outlive its day)"
+        if self.monthly_ttl < 32 * _DAY:
+            yield "monthly_ttl", "must be at least 32d (a month's aggregate must outlive its month)"
 
 
+@section
 @dataclass(frozen=True, slots=True)
 class Price:
     """Price of one model, in the pricing currency per 1,000 tokens."""
 
-    input_per_1k: float = 0.0
-    output_per_1k: float = 0.0
+    input_per_1k: Amount = 0.0
+    output_per_1k: Amount = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +103,17 @@ class CostRule:
     models: tuple[str, ...] | None = None  # None: every model
 
 
+class CostRuleDoc(Doc):
+    """A charge per resource, added to the model price: unit_cost per billing_unit units of resource."""
+
+    resource: Literal["requests", "prompt_tokens", "completion_tokens", "total_tokens"] = "requests"
+    unit_cost: Amount
+    billing_unit: Annotated[int, Strict(), Field(ge=1, le=10**12)] = 1
+    enabled: Bool = True
+    models: StrList | None = None
+    """Absent: every model."""
+
+
 @dataclass(frozen=True, slots=True)
 class PricingConfig:
     currency: str = "USD"
@@ -84,19 +122,32 @@ class PricingConfig:
     resources: tuple[CostRule, ...] = ()
 
 
+class PricingDoc(Doc):
+    currency: Annotated[str, Strict(), matching(r"[A-Z]{3}")] = "USD"
+    models: Mapping[Name, Price] = {}
+    """The served model is priced (after a fallback, the fallback's price): a public model or a deployment's
+    model name."""
+    default: Price = Price()
+    resources: tuple[CostRuleDoc, ...] = ()
+    """Cost rules added to the model price."""
+
+
+@section
 @dataclass(frozen=True, slots=True)
 class QuotaSpend:
     """Spend quota per month, in the pricing currency (``None``: no spend quota)."""
 
-    monthly_spend: float | None = None
+    monthly_spend: Amount | None = None
 
 
+@section
 @dataclass(frozen=True, slots=True)
 class QuotasConfig:
-    """Spend quotas by plan and by tenant; request and token quotas come from the plan's ``limits``."""
+    """Spend quotas by plan and by tenant, enforced at admission (a budget named quota.monthly_spend); request and
+    token quotas come from the plan's limits."""
 
-    plans: Mapping[str, QuotaSpend] = field(default_factory=dict)
-    tenants: Mapping[str, QuotaSpend] = field(default_factory=dict)
+    plans: Mapping[Name, QuotaSpend] = field(default_factory=dict)
+    tenants: Mapping[Name, QuotaSpend] = field(default_factory=dict)
 
     def spend_limit(self, tenant: str, plan: str | None) -> float | None:
         t = self.tenants.get(tenant)
@@ -106,30 +157,56 @@ class QuotasConfig:
         return p.monthly_spend if p is not None else None
 
 
+@section
 @dataclass(frozen=True, slots=True)
 class Threshold:
-    percent: float
-    severity: str
+    percent: Annotated[float, Strict(), Field(ge=1.0, le=1000.0)]
+    severity: Literal["info", "warning", "high", "critical"]
 
 
 DEFAULT_THRESHOLDS = (Threshold(80.0, "warning"), Threshold(90.0, "high"), Threshold(95.0, "critical"))
 
 
+@section
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
-    url: str
-    secret: str | None = field(default=None, repr=False)
-    timeout: float = 5.0
-    retries: int = 3
-    backoff: float = 0.5  # first retry delay; doubles each retry
-    max_queue: int = 1000
+    url: NonEmptyStr
+    secret: Str | None = field(default=None, repr=False)
+    """Signs each delivery; at least 16 characters."""
+    timeout: Duration = 5.0
+    retries: Annotated[int, Strict(), Field(ge=0, le=20)] = 3
+    backoff: Duration = 0.5
+    """First retry delay; doubles each retry."""
+    max_queue: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 1000
+
+    @check
+    def url_and_secret_are_usable(self) -> Found:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            yield "url", "must be an absolute http:// or https:// URL"
+        if self.secret is not None and len(self.secret) < 16:
+            yield "secret", "must be at least 16 characters"
 
 
+def _by_percent(thresholds: tuple[Threshold, ...]) -> tuple[Threshold, ...]:
+    return tuple(sorted(thresholds, key=lambda t: t.percent))
+
+
+@section
 @dataclass(frozen=True, slots=True)
 class AlertsConfig:
-    enabled: bool = True
-    thresholds: tuple[Threshold, ...] = DEFAULT_THRESHOLDS
+    """One alert per threshold per period, across every gateway process."""
+
+    enabled: Bool = True
+    thresholds: Annotated[tuple[Threshold, ...], AfterValidator(_by_percent)] = DEFAULT_THRESHOLDS
+    """Percent of a quota used."""
     webhook: WebhookConfig | None = None
+
+    @check
+    def thresholds_are_distinct(self) -> Found:
+        percents = [t.percent for t in self.thresholds]
+        if len(set(percents)) != len(percents):
+            yield "thresholds", "percent values must be distinct"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,24 +224,56 @@ class MetricsConfig:
         return self.sla_plans.get(plan, self.sla_default)
 
 
+class SlaDoc(Doc):
+    """Latency SLA: the p99 target of gateway overhead; violations counted."""
+
+    default: OptionalDuration = None
+    """For plans not listed."""
+    plans: Mapping[str, Duration] = {}
+
+
+class MetricsDoc(Doc):
+    """Prometheus at /metrics on the admin listener."""
+
+    enabled: Bool = True
+    tenant_labels: Literal["all", "top"] = "all"
+    """all: every tenant is a label value; top: the first top_n tenants this process sees (plus tenants) keep
+    their label, the rest are "other"."""
+    top_n: Annotated[int, Strict(), Field(ge=1, le=100_000)] = 50
+    tenants: StrList = ()
+    sla: SlaDoc = SlaDoc()
+
+
+@section
 @dataclass(frozen=True, slots=True)
 class AccessLogConfig:
-    enabled: bool = True
-    path: str = "-"  # "-": standard output
-    sample: float = 1.0  # fraction of successful requests logged
-    errors: bool = True  # log every request with status >= 400 or a client disconnect, whatever ``sample`` says
+    """One JSON line per request; never keys or bodies."""
+
+    enabled: Bool = True
+    path: NonEmptyStr = "-"
+    """"-": standard output."""
+    sample: Share = 1.0
+    """Fraction of successful requests logged."""
+    errors: Bool = True
+    """Log every request with status >= 400 or a client disconnect, whatever sample says."""
 
 
+@section
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
-    # auto: a capped Redis stream when usage goes to Redis, else ``path`` (JSON lines), else memory.
-    backend: str = "auto"
-    path: str | None = None
-    max_entries: int = 100_000
-    stream_key: str = "tg:audit"
-    # A burst of failed authentication from one client address: this many 401s within ``auth_failure_window``.
-    auth_failure_burst: int = 20
-    auth_failure_window: float = 60.0
+    backend: Literal["auto", "redis", "file", "memory"] = "auto"
+    """auto: a capped Redis stream when usage goes to Redis, else path (JSON lines), else memory."""
+    path: Str | None = None
+    max_entries: Annotated[int, Strict(), Field(ge=10, le=100_000_000)] = 100_000
+    stream_key: NonEmptyStr = "tg:audit"
+    auth_failure_burst: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 20
+    """A burst of failed authentication from one client address: this many 401s within auth_failure_window."""
+    auth_failure_window: Duration = 60.0
+
+    @check
+    def file_backend_has_a_path(self) -> Found:
+        if self.backend == "file" and self.path is None:
+            yield "path", "is required when backend is file"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,199 +287,51 @@ class AccountingConfig:
     audit: AuditConfig = AuditConfig()
 
 
-def parse_accounting(root: Node, models: Mapping[str, Any]) -> AccountingConfig:
-    """Read the accounting sections of the top-level node; ``models`` names the public models (for price checks)."""
-    known_models = set(models)
+class AccountingSections(Doc):
+    """The accounting sections of a config file: usage, pricing, quotas, alerts, metrics, access_log, audit."""
+
+    usage: UsageConfig = UsageConfig()
+    pricing: PricingDoc = PricingDoc()
+    quotas: QuotasConfig = QuotasConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    metrics: MetricsDoc = MetricsDoc()
+    access_log: AccessLogConfig = AccessLogConfig()
+    audit: AuditConfig = AuditConfig()
+
+
+def priced_model_problems(pricing: PricingDoc, models: Mapping[str, Any]) -> Found:
+    """A price names a public model or a deployment's model name."""
+    known = set(models)
     for m in models.values():
-        known_models.update(d.model for d in getattr(m, "deployments", ()))
+        known.update(d.model or "" for d in getattr(m, "deployments", ()))
+    for name in pricing.models:
+        if name not in known:
+            yield f"pricing.models.{name}", f"unknown model {name!r} (a public model or a deployment's model name)"
+
+
+def build_accounting(doc: AccountingSections) -> AccountingConfig:
+    pricing = doc.pricing
+    metrics = doc.metrics
     return AccountingConfig(
-        usage=_usage(root.child("usage")),
-        pricing=_pricing(root.child("pricing"), known_models),
-        quotas=_quotas(root.child("quotas")),
-        alerts=_alerts(root.child("alerts")),
-        metrics=_metrics(root.child("metrics")),
-        access_log=_access_log(root.child("access_log")),
-        audit=_audit(root.child("audit")),
+        usage=doc.usage,
+        pricing=PricingConfig(
+            currency=pricing.currency,
+            models=dict(pricing.models),
+            default=pricing.default,
+            resources=tuple(
+                CostRule(r.resource, r.unit_cost, r.billing_unit, r.enabled, r.models) for r in pricing.resources
+            ),
+        ),
+        quotas=doc.quotas,
+        alerts=doc.alerts,
+        metrics=MetricsConfig(
+            enabled=metrics.enabled,
+            tenant_labels=metrics.tenant_labels,
+            top_n=metrics.top_n,
+            tenants=metrics.tenants,
+            sla_default=metrics.sla.default,
+            sla_plans=dict(metrics.sla.plans),
+        ),
+        access_log=doc.access_log,
+        audit=doc.audit,
     )
-
-
-def _usage(node: Node) -> UsageConfig:
-    d = UsageConfig()
-    url = node.str("url", None)
-    if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        node.error("url", "must be a redis://, rediss:// or unix:// URL")
-    backend = node.str("backend", d.backend, choices=USAGE_BACKENDS)
-    path = node.str("path", None)
-    if backend == "file" and path is None:
-        node.error("path", "is required when backend is file")
-    cfg = UsageConfig(
-        backend=backend,
-        url=url,
-        path=path,
-        flush_interval=node.duration("flush_interval", d.flush_interval),
-        batch_size=node.int("batch_size", d.batch_size, min=1, max=1_000_000),
-        max_pending=node.int("max_pending", d.max_pending, min=1, max=100_000_000),
-        daily_ttl=node.duration("daily_ttl", d.daily_ttl),
-        monthly_ttl=node.duration("monthly_ttl", d.monthly_ttl),
-        key_prefix=node.str("key_prefix", d.key_prefix),
-        max_end_users=node.int("max_end_users", d.max_end_users, min=0, max=1_000_000),
-    )
-    if cfg.daily_ttl < 2 * _DAY:
-        node.error("daily_ttl", "must be at least 2d (a day's aggregate must outlive its day)")
-    if cfg.monthly_ttl < 32 * _DAY:
-        node.error("monthly_ttl", "must be at least 32d (a month's aggregate must outlive its month)")
-    node.finish()
-    return cfg
-
-
-def _price(node: Node) -> Price:
-    p = Price(
-        input_per_1k=node.float("input_per_1k", 0.0, min=0.0),
-        output_per_1k=node.float("output_per_1k", 0.0, min=0.0),
-    )
-    node.finish()
-    return p
-
-
-def _pricing(node: Node, known_models: set[str]) -> PricingConfig:
-    prices: dict[str, Price] = {}
-    for name, child in node.named("models", name_pattern=_NAME):
-        if name not in known_models:
-            node.problems.add(child.path, f"unknown model {name!r} (a public model or a deployment's model name)")
-        prices[name] = _price(child)
-    default = _price(node.child("default"))
-    rules: list[CostRule] = []
-    for _i, item, path in node.items("resources"):
-        r = Node(item, path, node.problems)
-        models = r.str_list("models", None)
-        rules.append(
-            CostRule(
-                resource=r.str("resource", "requests", choices=RESOURCES),
-                unit_cost=r.float("unit_cost", min=0.0) or 0.0,
-                billing_unit=r.int("billing_unit", 1, min=1, max=10**12),
-                enabled=r.bool("enabled", True),
-                models=models,
-            )
-        )
-        r.finish()
-    cfg = PricingConfig(
-        currency=node.str("currency", "USD", pattern=re.compile(r"[A-Z]{3}")),
-        models=prices,
-        default=default,
-        resources=tuple(rules),
-    )
-    node.finish()
-    return cfg
-
-
-def _spend(node: Node) -> QuotaSpend:
-    q = QuotaSpend(monthly_spend=node.float("monthly_spend", None, min=0.0))
-    node.finish()
-    return q
-
-
-def _quotas(node: Node) -> QuotasConfig:
-    plans = {name: _spend(child) for name, child in node.named("plans", name_pattern=_NAME)}
-    tenants = {name: _spend(child) for name, child in node.named("tenants", name_pattern=_NAME)}
-    node.finish()
-    return QuotasConfig(plans=plans, tenants=tenants)
-
-
-def _alerts(node: Node) -> AlertsConfig:
-    thresholds: list[Threshold] = []
-    if node.has("thresholds"):
-        for _i, item, path in node.items("thresholds"):
-            t = Node(item, path, node.problems)
-            thresholds.append(
-                Threshold(
-                    t.float("percent", min=1.0, max=1000.0) or 0.0, t.str("severity", choices=SEVERITIES) or "warning"
-                )
-            )
-            t.finish()
-        percents = [t.percent for t in thresholds]
-        if len(set(percents)) != len(percents):
-            node.error("thresholds", "percent values must be distinct")
-    else:
-        node.raw("thresholds")
-        thresholds = list(DEFAULT_THRESHOLDS)
-    webhook = None
-    if node.has("webhook"):
-        w = node.child("webhook")
-        url = w.str("url")
-        if url is not None:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                w.error("url", "must be an absolute http:// or https:// URL")
-        secret = w.str("secret", None)
-        if secret is not None and len(secret) < 16:
-            w.error("secret", "must be at least 16 characters")
-        webhook = WebhookConfig(
-            url=url or "",
-            secret=secret,
-            timeout=w.duration("timeout", 5.0),
-            retries=w.int("retries", 3, min=0, max=20),
-            backoff=w.duration("backoff", 0.5),
-            max_queue=w.int("max_queue", 1000, min=1, max=1_000_000),
-        )
-        w.finish()
-    cfg = AlertsConfig(
-        enabled=node.bool("enabled", True),
-        thresholds=tuple(sorted(thresholds, key=lambda t: t.percent)),
-        webhook=webhook,
-    )
-    node.finish()
-    return cfg
-
-
-def _metrics(node: Node) -> MetricsConfig:
-    sla = node.child("sla")
-    sla_plans: dict[str, float] = {}
-    raw_plans = sla.raw("plans") or {}
-    if not isinstance(raw_plans, dict):
-        sla.error("plans", "must be a mapping of plan names to durations")
-    else:
-        plans_node = Node(raw_plans, sla.at("plans"), node.problems)
-        for name in raw_plans:
-            value = plans_node.duration(str(name), None)
-            if value is not None:
-                sla_plans[str(name)] = value
-        plans_node.finish()
-    sla_default = sla.duration("default", None)
-    sla.finish()
-    cfg = MetricsConfig(
-        enabled=node.bool("enabled", True),
-        tenant_labels=node.str("tenant_labels", "all", choices=TENANT_LABEL_MODES),
-        top_n=node.int("top_n", 50, min=1, max=100_000),
-        tenants=node.str_list("tenants", ()),
-        sla_default=sla_default,
-        sla_plans=sla_plans,
-    )
-    node.finish()
-    return cfg
-
-
-def _access_log(node: Node) -> AccessLogConfig:
-    cfg = AccessLogConfig(
-        enabled=node.bool("enabled", True),
-        path=node.str("path", "-"),
-        sample=node.float("sample", 1.0, min=0.0, max=1.0),
-        errors=node.bool("errors", True),
-    )
-    node.finish()
-    return cfg
-
-
-def _audit(node: Node) -> AuditConfig:
-    d = AuditConfig()
-    cfg = AuditConfig(
-        backend=node.str("backend", "auto", choices=("auto", "redis", "file", "memory")),
-        path=node.str("path", None),
-        max_entries=node.int("max_entries", d.max_entries, min=10, max=100_000_000),
-        stream_key=node.str("stream_key", d.stream_key),
-        auth_failure_burst=node.int("auth_failure_burst", d.auth_failure_burst, min=1, max=1_000_000),
-        auth_failure_window=node.duration("auth_failure_window", d.auth_failure_window),
-    )
-    if cfg.backend == "file" and cfg.path is None:
-        node.error("path", "is required when backend is file")
-    node.finish()
-    return cfg

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from pydantic import Field, Strict
 
-from tollgate.config.reader import Node, Problems
+from tollgate.config.identity import JWT_ALGORITHMS, JwtAlgorithm, JwtConfig, JwtKey
+from tollgate.config.validation import Doc, Found, check
+from tollgate.config.values import DurationOrZero, NonEmptyStr, Str, StrList, matching
 
-__all__ = ["load_jwks_file", "load_jwt_key"]
+__all__ = ["JwtDoc", "JwtKeyDoc", "build_jwt", "load_jwks_file"]
 
 _HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 _EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
-_KID = re.compile(r"[\x21-\x7e]{1,128}")
+_KID = r"[\x21-\x7e]{1,128}"
 
 
 def _check_type(alg: str, key: Any) -> str | None:
@@ -29,100 +31,168 @@ def _check_type(alg: str, key: Any) -> str | None:
     elif alg.startswith("ES"):
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != _EC_CURVES[alg]:
             return f"{alg} needs an EC public key on {_EC_CURVES[alg]}"
-    elif alg == "EdDSA":
-        if not isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
-            return "EdDSA needs an Ed25519 or Ed448 public key"
+    elif alg == "EdDSA" and not isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return "EdDSA needs an Ed25519 or Ed448 public key"
     return None
 
 
-def load_jwt_key(node: Node) -> Any:
-    """``{kid, algorithm, public_key | public_key_file | secret}`` -> :class:`JwtKey`, or None after a problem."""
-    from tollgate.config.identity import JWT_ALGORITHMS, JwtKey
+class JwtKeyDoc(Doc):
+    """One verification key, pinned to one algorithm: secret (HS*) or public_key / public_key_file (RS, PS, ES, EdDSA)."""
 
-    kid = node.str("kid", None, pattern=_KID)
-    alg = node.str("algorithm", choices=JWT_ALGORITHMS)
-    secret = node.str("secret", None)
-    pem = node.str("public_key", None)
-    pem_file = node.str("public_key_file", None)
-    node.finish()
-    if alg is None:
-        return None
-    if alg.startswith("HS"):
-        if pem is not None or pem_file is not None:
-            node.error("public_key", f"{alg} is an HMAC algorithm: give secret, not a public key")
-            return None
-        if secret is None:
-            node.error("secret", f"is required for {alg}")
-            return None
-        if len(secret.encode()) < _HMAC_MIN_BYTES[alg]:
-            node.error("secret", f"must be at least {_HMAC_MIN_BYTES[alg]} bytes for {alg}")
-            return None
-        return JwtKey(kid, alg, secret.encode())
-    if secret is not None:
-        node.error("secret", f"{alg} is an asymmetric algorithm: give public_key or public_key_file, not secret")
-        return None
-    if (pem is None) == (pem_file is None):
-        node.error("public_key", "give exactly one of public_key or public_key_file")
-        return None
-    if pem_file is not None:
+    kid: Annotated[str, Strict(), matching(_KID)] | None = None
+    algorithm: JwtAlgorithm
+    secret: Str | None = None
+    """HMAC secret, at least 32 bytes for HS256 (48 for HS384, 64 for HS512)."""
+    public_key: Str | None = None
+    """PEM."""
+    public_key_file: Str | None = None
+
+    def load(self) -> tuple[JwtKey | None, list[tuple[str, str]]]:
+        """The key, or None and the problems (field path, reason) that prevent it."""
+        alg = self.algorithm
+        if alg.startswith("HS"):
+            if self.public_key is not None or self.public_key_file is not None:
+                return None, [("public_key", f"{alg} is an HMAC algorithm: give secret, not a public key")]
+            if self.secret is None:
+                return None, [("secret", f"is required for {alg}")]
+            if len(self.secret.encode()) < _HMAC_MIN_BYTES[alg]:
+                return None, [("secret", f"must be at least {_HMAC_MIN_BYTES[alg]} bytes for {alg}")]
+            return JwtKey(self.kid, alg, self.secret.encode()), []
+        if self.secret is not None:
+            return None, [
+                ("secret", f"{alg} is an asymmetric algorithm: give public_key or public_key_file, not secret")
+            ]
+        if (self.public_key is None) == (self.public_key_file is None):
+            return None, [("public_key", "give exactly one of public_key or public_key_file")]
+        pem = self.public_key
+        if self.public_key_file is not None:
+            try:
+                pem = Path(self.public_key_file).read_text()
+            except OSError as exc:
+                return None, [("public_key_file", f"cannot read: {exc.strerror or exc}")]
         try:
-            pem = Path(pem_file).read_text()
-        except OSError as exc:
-            node.error("public_key_file", f"cannot read: {exc.strerror or exc}")
-            return None
-    try:
-        key = jwt.get_algorithm_by_name(alg).prepare_key(pem)
-    except Exception as exc:  # PyJWT and cryptography raise several kinds for a bad PEM
-        node.error("public_key", f"not a usable PEM public key for {alg}: {exc}")
-        return None
-    why = _check_type(alg, key)
-    if why is not None:
-        node.error("public_key", why)
-        return None
-    return JwtKey(kid, alg, key)
+            key = jwt.get_algorithm_by_name(alg).prepare_key(pem)
+        except Exception as exc:  # PyJWT and cryptography raise several kinds for a bad PEM
+            return None, [("public_key", f"not a usable PEM public key for {alg}: {exc}")]
+        why = _check_type(alg, key)
+        if why is not None:
+            return None, [("public_key", why)]
+        return JwtKey(self.kid, alg, key), []
 
 
-def load_jwks_file(path: str, at: str, problems: Problems) -> list[Any]:
-    """Every public key of a JWKS document; a key without ``alg`` gets the one its type implies."""
-    from tollgate.config.identity import JWT_ALGORITHMS, JwtKey
-
+def load_jwks_file(path: str) -> tuple[list[JwtKey], list[str]]:
+    """Every public key of a JWKS document (a key without ``alg`` gets the one its type implies), and problems."""
+    problems: list[str] = []
     try:
         text = Path(path).read_text()
         doc = json.loads(text)
     except OSError as exc:
-        problems.add(at, f"cannot read {path}: {exc.strerror or exc}")
-        return []
+        return [], [f"cannot read {path}: {exc.strerror or exc}"]
     except ValueError as exc:
-        problems.add(at, f"{path} is not JSON: {exc}")
-        return []
+        return [], [f"{path} is not JSON: {exc}"]
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-        problems.add(at, f"{path} is not a JWKS document (no keys list)")
-        return []
-    out: list[Any] = []
+        return [], [f"{path} is not a JWKS document (no keys list)"]
+    out: list[JwtKey] = []
     for i, jwk in enumerate(doc["keys"]):
-        where = f"{at}: {path} keys[{i}]"
+        where = f"{path} keys[{i}]"
         if not isinstance(jwk, dict):
-            problems.add(where, "must be a JSON object")
+            problems.append(f"{where}: must be a JSON object")
             continue
         if jwk.get("use", "sig") != "sig":
             continue
         try:
             pyjwk = jwt.PyJWK(jwk)
         except jwt.PyJWKError as exc:
-            problems.add(where, f"unusable key: {exc}")
+            problems.append(f"{where}: unusable key: {exc}")
             continue
         alg = pyjwk.algorithm_name
         if alg not in JWT_ALGORITHMS:
-            problems.add(where, f"unsupported algorithm {alg!r}")
+            problems.append(f"{where}: unsupported algorithm {alg!r}")
             continue
         if alg.startswith("HS"):
             if len(pyjwk.key) < _HMAC_MIN_BYTES[alg]:
-                problems.add(where, f"HMAC secret must be at least {_HMAC_MIN_BYTES[alg]} bytes for {alg}")
+                problems.append(f"{where}: HMAC secret must be at least {_HMAC_MIN_BYTES[alg]} bytes for {alg}")
                 continue
         else:
             why = _check_type(alg, pyjwk.key)
             if why is not None:
-                problems.add(where, why)
+                problems.append(f"{where}: {why}")
                 continue
         out.append(JwtKey(pyjwk.key_id, alg, pyjwk.key))
-    return out
+    return out, problems
+
+
+class JwtDoc(Doc):
+    """JWT verification: the allowed algorithms, the keys (each pinned to one algorithm), the claims read."""
+
+    algorithms: StrList | None = None
+    """Allow-list ("none" never); default: the keys' algorithms."""
+    keys: tuple[JwtKeyDoc, ...] = ()
+    jwks_file: Str | None = None
+    """A JWKS document whose signing keys are added to keys."""
+    audience: StrList | None = None
+    """Checked and required when set (a list is allowed)."""
+    issuer: Str | None = None
+    leeway: DurationOrZero = 30.0
+    """At most 5m; exp is always required."""
+    tenant_claim: NonEmptyStr = "tenant"
+    """Dotted paths allowed: org.tenant."""
+    user_claim: NonEmptyStr = "sub"
+    cache_size: Annotated[int, Strict(), Field(ge=0, le=10_000_000)] = 10_000
+    """Verified tokens are cached until their exp."""
+
+    def load(self) -> tuple[list[JwtKey], list[tuple[str, str]]]:
+        keys: list[JwtKey] = []
+        problems: list[tuple[str, str]] = []
+        for i, doc in enumerate(self.keys):
+            key, found = doc.load()
+            problems.extend((f"keys[{i}].{where}", reason) for where, reason in found)
+            if key is not None:
+                keys.append(key)
+        if self.jwks_file is not None:
+            more, found_in_file = load_jwks_file(self.jwks_file)
+            keys.extend(more)
+            problems.extend(("jwks_file", reason) for reason in found_in_file)
+        return keys, problems
+
+    def allowed(self, keys: list[JwtKey]) -> tuple[str, ...]:
+        if self.algorithms is not None:
+            return self.algorithms
+        return tuple(dict.fromkeys(k.algorithm for k in keys))
+
+    @check
+    def keys_fit_the_allow_list(self) -> Found:
+        keys, problems = self.load()
+        yield from problems
+        algorithms = self.allowed(keys)
+        for i, alg in enumerate(algorithms):
+            if alg not in JWT_ALGORITHMS:
+                yield f"algorithms[{i}]", f"unsupported algorithm {alg!r} (supported: {', '.join(JWT_ALGORITHMS)})"
+        for k in keys:
+            if k.algorithm not in algorithms:
+                yield (
+                    "algorithms",
+                    f"key {k.kid or '(no kid)'} uses {k.algorithm}, which the allow-list does not include",
+                )
+        if not keys:
+            yield "keys", "at least one key (keys: or jwks_file:) is required"
+        kids = [k.kid for k in keys if k.kid is not None]
+        if len(set(kids)) != len(kids):
+            yield "keys", "two keys share a kid"
+        if self.leeway > 300:
+            yield "leeway", "must be at most 5m"
+
+
+def build_jwt(doc: JwtDoc) -> JwtConfig:
+    keys, _problems = doc.load()
+    return JwtConfig(
+        algorithms=doc.allowed(keys),
+        keys=tuple(keys),
+        audience=doc.audience or None,
+        issuer=doc.issuer,
+        leeway=doc.leeway,
+        tenant_claim=doc.tenant_claim,
+        user_claim=doc.user_claim,
+        cache_size=doc.cache_size,
+        jwks_file=doc.jwks_file,
+    )

@@ -1,19 +1,31 @@
-"""The validated, immutable configuration: plain frozen dataclasses, one per section."""
+"""The validated, immutable configuration: frozen dataclasses, one per section, read by the rest of the gateway.
+
+Where the file writes a section exactly as the gateway reads it (``guard:``,
+``server:``, an upstream's ``timeouts:``), the dataclass here is also the
+model the file is validated against (:func:`~tollgate.config.validation.section`);
+where the file's shape differs, a ``...Doc`` model declares the file's shape
+and a build step makes these (see :mod:`tollgate.config.document`).
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any
+from typing import Annotated
+
+from pydantic import Field, Strict
 
 from tollgate.config.accounting import AccountingConfig
 from tollgate.config.identity import DEFAULT_PLANS, ApiKey, IdentityConfig, Plan, RegistryConfig, Tenant
 from tollgate.config.resilience import DeploymentLimits, ModelRouting, Resilience
 from tollgate.config.rules import RulesConfig
 from tollgate.config.store import StoreConfig
+from tollgate.config.validation import Found, check, section
+from tollgate.config.values import Bool, Duration, NonEmptyStr, Size, StrList, frozen_map
 
 __all__ = [
+    "DEFAULT_FORWARD_HEADERS",
     "AdminListener",
     "Config",
     "Deployment",
@@ -26,27 +38,36 @@ __all__ = [
     "StoreConfig",
     "Timeouts",
     "Upstream",
+    "frozen_map",
 ]
 
 
 # Client headers an upstream gets when its config names none: content negotiation and the client's software,
 # nothing that changes who pays or how the provider treats the call (provider feature headers are opt-in).
 DEFAULT_FORWARD_HEADERS = ("accept", "accept-language", "user-agent")
+Port = Annotated[int, Strict(), Field(ge=0, le=65535)]
 
 
-def frozen_map(d: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(d or {}))
-
-
+@section
 @dataclass(frozen=True, slots=True)
 class Listener:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    # A trusted listener sits behind an authenticating proxy: identity claims
-    # that a client could forge (header, subdomain, query) are accepted alone.
-    trusted: bool = False
-    # Proxies whose X-Forwarded-For is believed (CIDR strings).
-    trusted_proxies: tuple[str, ...] = ()
+    """Where clients connect (OpenAI-compatible API under /v1)."""
+
+    host: NonEmptyStr = "127.0.0.1"
+    port: Port = 8080
+    trusted: Bool = False
+    """True only when an authenticating proxy sits in front and is the only way in: then identity claims a
+    client could write (header, subdomain, query) are accepted on their own."""
+    trusted_proxies: StrList = ()
+    """Proxies whose X-Forwarded-For is believed (IP addresses or CIDR networks; nginx in front, for example)."""
+
+    @check
+    def trusted_proxies_are_networks(self) -> Found:
+        for i, cidr in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                yield f"trusted_proxies[{i}]", f"{cidr!r} is not an IP address or CIDR network"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,24 +85,42 @@ class Listeners:
     admin: AdminListener = AdminListener()
 
 
+@section
 @dataclass(frozen=True, slots=True)
 class Guard:
-    max_body_bytes: int = 1024 * 1024
-    max_header_bytes: int = 32 * 1024
+    """Checked before anything else, before the body is read."""
+
+    max_body_bytes: Size = 1024 * 1024
+    """Larger bodies get 413 without being read."""
+    max_header_bytes: Size = 32 * 1024
+    """Larger header blocks get 431."""
 
 
+@section
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    connect: float = 5.0
-    first_byte: float = 60.0
-    idle: float = 30.0
-    total: float = 600.0
+    connect: Duration = 5.0
+    """TCP/TLS connect."""
+    first_byte: Duration = 60.0
+    """Until the response headers (non-streamed answers: the whole generation)."""
+    idle: Duration = 30.0
+    """Longest silence between two stream chunks."""
+    total: Duration = 600.0
+    """The whole exchange."""
+
+    @check
+    def total_covers_first_byte(self) -> Found:
+        if self.total < self.first_byte:
+            yield "total", "must be at least first_byte"
 
 
+@section
 @dataclass(frozen=True, slots=True)
 class Pool:
-    max_connections: int = 256
-    keepalive: float = 30.0
+    max_connections: Annotated[int, Strict(), Field(ge=1, le=100_000)] = 256
+    """Connections open to this upstream at most; further requests wait for a free one."""
+    keepalive: Duration = 30.0
+    """An idle connection is closed after this long (keep it below the upstream's own idle timeout)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +143,7 @@ class Deployment:
     # Model name sent upstream; defaults to the public model name.
     model: str
     weight: int = 1
-    limits: DeploymentLimits = DeploymentLimits()
+    limits: DeploymentLimits = field(default_factory=DeploymentLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,19 +152,20 @@ class Model:
     deployments: tuple[Deployment, ...]
     owned_by: str = "tollgate"
     created: int = 0
-    routing: ModelRouting = ModelRouting()
+    routing: ModelRouting = field(default_factory=ModelRouting)
 
 
+@section
 @dataclass(frozen=True, slots=True)
 class Server:
     """How a gateway process runs; read at start, so a change needs a restart."""
 
-    # On SIGTERM: stop accepting, then let in-flight requests and streams run this long before cutting them.
-    shutdown_grace: float = 30.0
-    # A request head must arrive within this long of its first byte (or of the connection's opening): else 408.
-    head_timeout: float = 10.0
-    # Open connections on the public listener, per process; past it new connections get 503 and are closed.
-    max_connections: int = 10_000
+    shutdown_grace: Duration = 30.0
+    """On SIGTERM: stop accepting, then let in-flight requests and streams run this long before cutting them."""
+    head_timeout: Duration = 10.0
+    """A request head must arrive within this long of its first byte (or of the connection's opening): else 408."""
+    max_connections: Annotated[int, Strict(), Field(ge=1)] = 10_000
+    """Open connections on the public listener, per process; past it new connections get 503 and are closed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +175,13 @@ class Config:
     upstreams: Mapping[str, Upstream]
     models: Mapping[str, Model]
     store: StoreConfig
-    rules: RulesConfig = RulesConfig()
-    identity: IdentityConfig = IdentityConfig()
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
     plans: Mapping[str, Plan] = field(default_factory=lambda: DEFAULT_PLANS)
     tenants: Mapping[str, Tenant] = field(default_factory=frozen_map)
     api_keys: Mapping[str, ApiKey] = field(default_factory=frozen_map)
-    registry: RegistryConfig = RegistryConfig()
-    resilience: Resilience = Resilience()
-    accounting: AccountingConfig = AccountingConfig()
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    resilience: Resilience = field(default_factory=Resilience)
+    accounting: AccountingConfig = field(default_factory=AccountingConfig)
     server: Server = Server()
     source: str = "<memory>"

@@ -29,19 +29,33 @@ Several stores, a large tenant on its own Redis::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from tollgate.config.reader import Node
+from pydantic import Field, Strict
 
-__all__ = ["STORE_BACKENDS", "BreakerConfig", "StoreConfig", "StoreEndpoint", "StoreRouting", "parse_store"]
+from tollgate.config.validation import Doc, Found, Problems, check, section, validate
+from tollgate.config.values import Bool, Duration, FrozenMap, OptionalDuration, Str, matching
+
+__all__ = [
+    "STORE_BACKENDS",
+    "BreakerConfig",
+    "BreakerDoc",
+    "StoreConfig",
+    "StoreDoc",
+    "StoreEndpoint",
+    "StoreEndpointDoc",
+    "StoreRouting",
+    "build_store",
+    "parse_store",
+]
 
 STORE_BACKENDS = ("embedded", "redis")
-STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-KEY_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+STORE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+KEY_PREFIX = r"[A-Za-z0-9_.-]{1,32}"
 _ENDPOINT_KEYS = ("backend", "url", "cluster", "timeout", "queue_timeout", "breaker", "coalesce", "max_connections")
 MAX_TIMEOUT = 10.0
 
@@ -81,12 +95,15 @@ def _empty() -> Mapping[str, str]:
     return MappingProxyType({})
 
 
+@section
 @dataclass(frozen=True, slots=True)
 class StoreRouting:
     """Which store holds a tenant's counters: by tenant first, then by plan, else the default store."""
 
-    plans: Mapping[str, str] = field(default_factory=_empty)
-    tenants: Mapping[str, str] = field(default_factory=_empty)
+    plans: FrozenMap[Str] = field(default_factory=_empty)
+    """Plan name -> store name."""
+    tenants: FrozenMap[Str] = field(default_factory=_empty)
+    """Tenant id -> store name."""
 
 
 def _one_store() -> Mapping[str, StoreEndpoint]:
@@ -128,105 +145,146 @@ class StoreConfig:
         return self.default_store.timeout
 
 
-_ENDPOINT = StoreEndpoint()  # frozen: the defaults, read where a slots class attribute cannot be
 _BREAKER = BreakerConfig()
 
 
-def parse_store(node: Node) -> StoreConfig:
-    """Read the ``store`` section (either form); problems are recorded with their field paths."""
-    if node.has("stores"):
-        for key in _ENDPOINT_KEYS:
-            if node.has(key):
-                node.raw(key)
-                node.error(key, "belongs inside a named store when `stores` is given")
-        stores = {name: _endpoint(name, section) for name, section in node.named("stores", name_pattern=STORE_NAME)}
-        if not node.data.get("stores"):
-            node.error("stores", "at least one store is required")
-        default = node.str("default", None, pattern=STORE_NAME)
-        if default is None:
-            if len(stores) == 1:
-                default = next(iter(stores))
-            elif stores:
-                node.error("default", "is required when several stores are named")
-        elif stores and default not in stores:
-            node.error("default", f"names no store (stores: {', '.join(stores)})")
-    else:
-        stores = {"default": _endpoint("default", node, finish=False)}
-        default = "default"
-    routing = _routing(node.child("routing"), stores)
-    config = StoreConfig(
-        stores=MappingProxyType(stores) if stores else _one_store(),
-        default=default if default in stores else next(iter(stores), "default"),
-        routing=routing,
-        instances=node.int("instances", 1, min=1, max=100_000),
-        key_prefix=node.str("key_prefix", "tg", pattern=KEY_PREFIX),
-        local_cache=node.int("local_cache", 10_000, min=0, max=10_000_000),
-    )
-    node.finish()
-    return config
+class BreakerDoc(Doc):
+    """After ``failures`` failed store calls in a row, answer from the fail modes at once; probe the store again
+    after open_for, doubling the wait after each failed probe up to open_for_max; the first call that succeeds
+    closes it and resets the wait."""
+
+    failures: Annotated[int, Strict(), Field(ge=1, le=1000)] = 3
+    open_for: Duration = 0.1
+    open_for_max: OptionalDuration = None
+    """Default: 2s, or open_for when that is longer (no backoff)."""
+
+    @check
+    def open_for_max_covers_open_for(self) -> Found:
+        if self.open_for_max is not None and self.open_for_max < self.open_for:
+            yield "open_for_max", "must be at least open_for"
 
 
-def _endpoint(name: str, node: Node, *, finish: bool = True) -> StoreEndpoint:
-    backend = node.str("backend", "embedded", choices=STORE_BACKENDS)
-    url = node.str("url", None)
-    cluster = node.bool("cluster", False)
-    if backend == "redis" and url is None:
-        node.error("url", "is required when backend is redis")
-    if backend == "embedded" and url is not None:
-        node.error("url", "is only for backend: redis")
-    if url is not None:
-        scheme = urlsplit(url).scheme
+class StoreEndpointDoc(Doc):
+    """One store: the in-process engine, or a Redis (standalone or Cluster)."""
+
+    backend: Literal["embedded", "redis"] = "embedded"
+    url: Str | None = None
+    """redis://, rediss:// or unix:// URL; required when backend is redis."""
+    cluster: Bool = False
+    """Redis Cluster: every key of one tenant shares a hash slot ({tenant} tag)."""
+    timeout: Duration = 0.05
+    """Time budget of one store call, from when it is written to Redis, at most 10s; when Redis has sent nothing
+    back by then, the rule's fail_mode answers."""
+    queue_timeout: Duration = 2.0
+    """How long a call may wait inside the gateway for a free connection, at most 10s; past it the request gets
+    503 overloaded, never a fail-mode answer."""
+    breaker: BreakerDoc = BreakerDoc()
+    coalesce: Bool = True
+    """The calls of one event-loop tick share pipelines; false: one round trip per call."""
+    max_connections: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 64
+    """Redis connections open at once, at most (one pipeline in flight on each)."""
+
+    @check
+    def endpoint_is_consistent(self) -> Found:
+        yield from _endpoint_problems(self)
+
+
+def _endpoint_problems(doc: StoreEndpointDoc) -> Found:
+    if doc.backend == "redis" and doc.url is None:
+        yield "url", "is required when backend is redis"
+    if doc.backend == "embedded" and doc.url is not None:
+        yield "url", "is only for backend: redis"
+    if doc.url is not None:
+        scheme = urlsplit(doc.url).scheme
         if scheme not in ("redis", "rediss", "unix"):
-            node.error("url", "must be a redis://, rediss:// or unix:// URL")
-        elif cluster and scheme == "unix":
-            node.error("cluster", "a Redis Cluster is reached over TCP, not a unix:// socket")
-    if cluster and backend != "redis":
-        node.error("cluster", "is only for backend: redis")
-    timeout = node.duration("timeout", _ENDPOINT.timeout)
-    if timeout > MAX_TIMEOUT:
-        node.error("timeout", f"must be at most {MAX_TIMEOUT:.0f}s: requests wait this long when the store hangs")
-        timeout = MAX_TIMEOUT
-    queue_timeout = node.duration("queue_timeout", _ENDPOINT.queue_timeout)
-    if queue_timeout > MAX_TIMEOUT:
-        node.error(
+            yield "url", "must be a redis://, rediss:// or unix:// URL"
+        elif doc.cluster and scheme == "unix":
+            yield "cluster", "a Redis Cluster is reached over TCP, not a unix:// socket"
+    if doc.cluster and doc.backend != "redis":
+        yield "cluster", "is only for backend: redis"
+    if doc.timeout > MAX_TIMEOUT:
+        yield "timeout", f"must be at most {MAX_TIMEOUT:.0f}s: requests wait this long when the store hangs"
+    if doc.queue_timeout > MAX_TIMEOUT:
+        yield (
             "queue_timeout",
             f"must be at most {MAX_TIMEOUT:.0f}s: requests wait this long when the gateway is saturated",
         )
-        queue_timeout = MAX_TIMEOUT
-    b = node.child("breaker")
-    open_for = b.duration("open_for", _BREAKER.open_for)
-    open_for_max = b.duration("open_for_max", None)
-    if open_for_max is None:  # not given: the default cap, or no backoff past a longer open_for
-        open_for_max = max(_BREAKER.open_for_max, open_for)
-    elif open_for_max < open_for:
-        b.error("open_for_max", "must be at least open_for")
-    breaker = BreakerConfig(
-        failures=b.int("failures", _BREAKER.failures, min=1, max=1000), open_for=open_for, open_for_max=open_for_max
-    )
-    b.finish()
-    endpoint = StoreEndpoint(
+
+
+class StoreDoc(StoreEndpointDoc):
+    """Where limiter state lives: one store given inline (named default), or several under ``stores``."""
+
+    stores: Mapping[Annotated[str, matching(STORE_NAME)], StoreEndpointDoc] | None = None
+    default: Annotated[str, Strict(), matching(STORE_NAME)] | None = None
+    """The store of tenants no routing entry names; required when several stores are named."""
+    routing: StoreRouting = Field(default_factory=StoreRouting)
+    instances: Annotated[int, Strict(), Field(ge=1, le=100_000)] = 1
+    """Gateway processes sharing the limits: a limit in local fail mode is divided by this."""
+    key_prefix: Annotated[str, Strict(), matching(KEY_PREFIX)] = "tg"
+    local_cache: Annotated[int, Strict(), Field(ge=0, le=10_000_000)] = 10_000
+    """Keys remembered as over their limit until reset (refused without a store call); 0 turns it off."""
+
+    @check
+    def endpoint_is_consistent(self) -> Found:
+        if self.stores is None:
+            yield from _endpoint_problems(self)
+            return
+        for key in _ENDPOINT_KEYS:
+            if key in self.model_fields_set:
+                yield key, "belongs inside a named store when `stores` is given"
+        if not self.stores:
+            yield "stores", "at least one store is required"
+        if self.default is None:
+            if len(self.stores) > 1:
+                yield "default", "is required when several stores are named"
+        elif self.stores and self.default not in self.stores:
+            yield "default", f"names no store (stores: {', '.join(self.stores)})"
+
+    @check
+    def routing_names_stores(self) -> Found:
+        names = self.stores if self.stores is not None else {"default": self}
+        if not names:
+            return
+        for key, table in (("plans", self.routing.plans), ("tenants", self.routing.tenants)):
+            for who, target in table.items():
+                if target not in names:
+                    yield f"routing.{key}.{who}", f"names no store {target!r} (stores: {', '.join(names)})"
+
+
+def _endpoint(name: str, doc: StoreEndpointDoc) -> StoreEndpoint:
+    b = doc.breaker
+    open_for_max = b.open_for_max if b.open_for_max is not None else max(_BREAKER.open_for_max, b.open_for)
+    return StoreEndpoint(
         name=name,
-        backend=backend,
-        url=url,
-        cluster=cluster,
-        timeout=timeout,
-        queue_timeout=queue_timeout,
-        breaker=breaker,
-        coalesce=node.bool("coalesce", True),
-        max_connections=node.int("max_connections", _ENDPOINT.max_connections, min=1, max=10_000),
+        backend=doc.backend,
+        url=doc.url,
+        cluster=doc.cluster,
+        timeout=min(doc.timeout, MAX_TIMEOUT),
+        queue_timeout=min(doc.queue_timeout, MAX_TIMEOUT),
+        breaker=BreakerConfig(failures=b.failures, open_for=b.open_for, open_for_max=open_for_max),
+        coalesce=doc.coalesce,
+        max_connections=doc.max_connections,
     )
-    if finish:
-        node.finish()
-    return endpoint
 
 
-def _routing(node: Node, stores: Mapping[str, StoreEndpoint]) -> StoreRouting:
-    tables = {}
-    for key in ("plans", "tenants"):
-        table = node.str_map(key)
-        for who, target in table.items():
-            if stores and target not in stores:
-                node.problems.add(f"{node.at(key)}.{who}", f"names no store {target!r} (stores: {', '.join(stores)})")
-        tables[key] = MappingProxyType(table)
-    node.finish()
-    return StoreRouting(plans=tables["plans"], tenants=tables["tenants"])
+def build_store(doc: StoreDoc) -> StoreConfig:
+    if doc.stores is None:
+        stores = {"default": _endpoint("default", doc)}
+        default = "default"
+    else:
+        stores = {name: _endpoint(name, s) for name, s in doc.stores.items()}
+        default = doc.default if doc.default is not None else next(iter(stores), "default")
+    return StoreConfig(
+        stores=MappingProxyType(stores) if stores else _one_store(),
+        default=default if default in stores else next(iter(stores), "default"),
+        routing=doc.routing,
+        instances=doc.instances,
+        key_prefix=doc.key_prefix,
+        local_cache=doc.local_cache,
+    )
+
+
+def parse_store(data: Any, problems: Problems, path: str = "store") -> StoreConfig:
+    """Validate a ``store`` section (either form); problems are recorded with their field paths."""
+    doc = validate(StoreDoc, {} if data is None else data, path, problems)
+    return build_store(doc if doc is not None else StoreDoc())

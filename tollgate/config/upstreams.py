@@ -12,10 +12,15 @@ from the upstream's ``headers`` alone.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from tollgate.config.model import DEFAULT_FORWARD_HEADERS, Pool, Timeouts, Upstream, frozen_map
-from tollgate.config.reader import Node
+from pydantic import BeforeValidator
+
+from tollgate.config.model import DEFAULT_FORWARD_HEADERS, Pool, Timeouts, Upstream
+from tollgate.config.validation import Doc, Found, check
+from tollgate.config.values import NonEmptyStr, Str, StrList, frozen_map
 
 __all__ = [
     "AUTH_HEADERS",
@@ -24,7 +29,9 @@ __all__ = [
     "DEFAULT_FORWARD_HEADERS",
     "NEVER_FORWARDED",
     "NEVER_FORWARDED_PREFIXES",
-    "parse_upstream",
+    "UpstreamDoc",
+    "build_upstream",
+    "never_forwarded",
 ]
 
 AUTH_HEADERS = ("authorization", "api-key", "x-api-key", "none")
@@ -51,8 +58,14 @@ CONFIG_ONLY = frozenset({"openai-organization", "openai-project", "openai-beta"}
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 _FORWARD_ENTRY = re.compile(r"[!#$%&'+.^_`|~0-9A-Za-z-]+\*?")  # a token, or a token prefix ending in *
 _BREAKS_HEADER = re.compile(r"[\r\n\x00]")
-_DEFAULT_TIMEOUTS = Timeouts()
-_DEFAULT_POOL = Pool()
+
+
+def _header_value(value: object) -> object:
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+# A header value; a number is written as its text.
+HeaderValue = Annotated[Str, BeforeValidator(_header_value)]
 
 
 def never_forwarded(name: str) -> bool:
@@ -74,75 +87,80 @@ def _why_never(name: str) -> str:
     return "is set by the gateway"
 
 
-def parse_upstream(name: str, node: Node) -> Upstream:
-    base_url = node.str("base_url")
-    if base_url is not None:
-        parts = urlsplit(base_url)
+class UpstreamDoc(Doc):
+    """A model provider: where it is, its credential, the headers it gets, timeouts and connection pool."""
+
+    base_url: NonEmptyStr
+    """The provider's API prefix, such as https://api.openai.com/v1."""
+    api_key: Str | None = None
+    """Injected on every call; client credentials never go upstream."""
+    auth_header: Literal["authorization", "api-key", "x-api-key", "none"] = "authorization"
+    """Where the credential goes: authorization (Bearer), api-key (Azure), x-api-key, or none."""
+    headers: Mapping[str, HeaderValue] = {}
+    """Extra headers sent upstream; OpenAI-Organization, OpenAI-Project and OpenAI-Beta come only from here."""
+    forward_headers: StrList = DEFAULT_FORWARD_HEADERS
+    """Client headers sent upstream: names, or prefixes ending in * (x-stainless-*). Hop-by-hop headers, client
+    credentials, client-address claims, X-Tollgate-* and what the gateway sets itself never pass."""
+    timeouts: Timeouts = Timeouts()
+    pool: Pool = Pool()
+
+    @check
+    def base_url_is_absolute(self) -> Found:
+        parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            node.error("base_url", "must be an absolute http:// or https:// URL")
+            yield "base_url", "must be an absolute http:// or https:// URL"
         elif parts.query or parts.fragment:
-            node.error("base_url", "must not carry a query or fragment")
-        base_url = base_url.rstrip("/")
-    auth_header = node.str("auth_header", "authorization", choices=AUTH_HEADERS)
-    api_key = node.str("api_key", None, nonempty=False) or None
-    headers = node.str_map("headers")
-    for h, value in headers.items():
-        if h.lower() in ("host", "content-length", "transfer-encoding", "connection"):
-            node.error(f"headers.{h}", "is set by the gateway and cannot be configured")
-        elif not _HEADER_NAME.fullmatch(h):
-            node.error(f"headers.{h}", "is not a valid header name")
-        elif _BREAKS_HEADER.search(value):
-            node.error(f"headers.{h}", "must not contain CR, LF or NUL (it would break the request sent upstream)")
-    if api_key is not None and _BREAKS_HEADER.search(api_key):
-        # A secret read from a file often ends with a newline: refuse it rather than send a broken request.
-        node.error("api_key", "must not contain CR, LF or NUL (check for a trailing newline in the secret)")
-    forward_headers = _forward_headers(node, {h.lower() for h in headers})
-    t = node.child("timeouts")
-    timeouts = Timeouts(
-        connect=t.duration("connect", _DEFAULT_TIMEOUTS.connect),
-        first_byte=t.duration("first_byte", _DEFAULT_TIMEOUTS.first_byte),
-        idle=t.duration("idle", _DEFAULT_TIMEOUTS.idle),
-        total=t.duration("total", _DEFAULT_TIMEOUTS.total),
-    )
-    if timeouts.total < timeouts.first_byte:
-        t.error("total", "must be at least first_byte")
-    t.finish()
-    p = node.child("pool")
-    pool = Pool(
-        max_connections=p.int("max_connections", _DEFAULT_POOL.max_connections, min=1, max=100_000),
-        keepalive=p.duration("keepalive", _DEFAULT_POOL.keepalive),
-    )
-    p.finish()
-    node.finish()
+            yield "base_url", "must not carry a query or fragment"
+
+    @check
+    def headers_cannot_break_the_request(self) -> Found:
+        for h, value in self.headers.items():
+            if h.lower() in ("host", "content-length", "transfer-encoding", "connection"):
+                yield f"headers.{h}", "is set by the gateway and cannot be configured"
+            elif not _HEADER_NAME.fullmatch(h):
+                yield f"headers.{h}", "is not a valid header name"
+            elif _BREAKS_HEADER.search(value):
+                yield f"headers.{h}", "must not contain CR, LF or NUL (it would break the request sent upstream)"
+        if self.api_key and _BREAKS_HEADER.search(self.api_key):
+            # A secret read from a file often ends with a newline: refuse it rather than send a broken request.
+            yield "api_key", "must not contain CR, LF or NUL (check for a trailing newline in the secret)"
+
+    @check
+    def forward_headers_come_from_clients(self) -> Found:
+        _, problems = _forward_headers(self.forward_headers, {h.lower() for h in self.headers})
+        yield from problems
+
+
+def build_upstream(name: str, doc: UpstreamDoc) -> Upstream:
     return Upstream(
         name=name,
-        base_url=base_url or "",
-        api_key=api_key,
-        auth_header=auth_header,
-        headers=frozen_map(headers),
-        forward_headers=forward_headers,
-        timeouts=timeouts,
-        pool=pool,
+        base_url=doc.base_url.rstrip("/"),
+        api_key=doc.api_key or None,
+        auth_header=doc.auth_header,
+        headers=frozen_map({k: str(v) for k, v in doc.headers.items()}),
+        forward_headers=_forward_headers(doc.forward_headers, {h.lower() for h in doc.headers})[0],
+        timeouts=doc.timeouts,
+        pool=doc.pool,
     )
 
 
-def _forward_headers(node: Node, configured: set[str]) -> tuple[str, ...]:
-    """The allow-list of client headers, lower-case; every refused entry is a problem at its index."""
-    entries = node.str_list("forward_headers", DEFAULT_FORWARD_HEADERS)
+def _forward_headers(entries: tuple[str, ...], configured: set[str]) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
+    """The allow-list of client headers, lower-case; and a problem at the index of every refused entry."""
     out: list[str] = []
+    problems: list[tuple[str, str]] = []
     for i, entry in enumerate(entries):
         at = f"forward_headers[{i}]"
         lower = entry.lower()
         if not _FORWARD_ENTRY.fullmatch(entry):
-            node.error(at, f"{entry!r} is not a header name, or a name prefix ending in * (such as x-mock-*)")
+            problems.append((at, f"{entry!r} is not a header name, or a name prefix ending in * (such as x-mock-*)"))
         elif lower in CONFIG_ONLY:
-            node.error(at, f"{entry} comes only from this upstream's headers, never from a client")
+            problems.append((at, f"{entry} comes only from this upstream's headers, never from a client"))
         elif lower.endswith("*") and any(lower[:-1].startswith(p) for p in NEVER_FORWARDED_PREFIXES):
-            node.error(at, f"{entry} names only headers that never come from a client")
+            problems.append((at, f"{entry} names only headers that never come from a client"))
         elif never_forwarded(lower):
-            node.error(at, f"{entry} never comes from a client: it {_why_never(lower)}")
+            problems.append((at, f"{entry} never comes from a client: it {_why_never(lower)}"))
         elif lower in configured:
-            node.error(at, f"{entry} is set by this upstream's headers: a client's value would never be sent")
+            problems.append((at, f"{entry} is set by this upstream's headers: a client's value would never be sent"))
         elif lower not in out:
             out.append(lower)
-    return tuple(out)
+    return tuple(out), problems
