@@ -112,7 +112,7 @@ def _pattern(regex: str) -> JsonSchema:
 PATH_PARAMS: Mapping[str, Param] = {
     "tenant": Param("tenant", "path", _pattern(TENANT_ID.pattern), "the tenant's id", required=True),
     "key": Param("key", "path", _pattern(KEY_ID.pattern), "the API key's id (never the key itself)", required=True),
-    "name": Param("name", "path", _pattern(NAME.pattern), "the namespace's or rule's name", required=True),
+    "name": Param("name", "path", _pattern(NAME), "the namespace's or rule's name", required=True),
 }
 """Every path parameter of the admin routes, by name."""
 

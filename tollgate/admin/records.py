@@ -1,4 +1,4 @@
-"""Schemas of the bodies shaped like config entries (tenant, key, namespace, rule); the config parser validates them."""
+"""Bodies shaped like config entries (tenant, key, namespace, rule): the config file's own models, and the few admin-only shapes."""
 
 from __future__ import annotations
 
@@ -8,27 +8,15 @@ from typing import Any, Literal
 from pydantic import Field, JsonValue
 
 from tollgate.admin.models import Body
-from tollgate.config.identity import SUBDOMAIN, TENANT_ID
+from tollgate.config.identity import SUBDOMAIN, TENANT_ID, LimitsDoc, TenantFields
 from tollgate.config.rules import (
-    ALGORITHMS,
-    BUDGET_WINDOWS,
-    FAIL_MODES,
-    FIELD_CHECK_OPS,
-    MATCHER_OPS,
-    MATCHER_TYPES,
-    ON_EXCEED,
-    PERIODS,
-    QUOTA_UNITS,
-    RULE_TYPES,
-    SCOPES,
-    TOKEN_COUNTS,
+    NamespaceDoc,
+    RuleDoc,
 )
 
 __all__ = [
-    "Attach",
     "KeyInput",
     "Limits",
-    "Matcher",
     "NamedNamespace",
     "NamedRule",
     "NamespaceInput",
@@ -53,18 +41,7 @@ _STATUS = ("active", "suspended")
 _MODELS = "model names; null: "
 
 
-class Limits(Body):
-    """Limits and quotas; null: no such limit."""
-
-    monthly_requests: int | None = Field(None, ge=0)
-    monthly_tokens: int | None = Field(None, ge=0)
-    concurrency: int | None = Field(None, ge=0)
-    requests_per_minute: int | None = Field(None, ge=0)
-    tokens_per_minute: int | None = Field(None, ge=0)
-    priority: int | None = Field(None, ge=0, description="priority class when the gateway sheds load (higher first)")
-    max_header_priority: int | None = Field(
-        None, ge=0, description="the highest class a client may ask for with X-Tollgate-Priority"
-    )
+Limits = LimitsDoc
 
 
 class KeyInput(Body):
@@ -87,74 +64,24 @@ class TenantPatch(Body):
     metadata: dict[str, JsonValue] | None = Field(None, description="the operator's own data, kept as given")
 
 
-class TenantInput(TenantPatch):
-    """A tenant to create, with the keys to create with it (shown once)."""
+class TenantInput(TenantFields):
+    """A tenant to create, shaped like an entry of the config file's tenants:, with the keys to create (shown once)."""
 
     id: str = Field(pattern=f"^{TENANT_ID.pattern}$")
-    plan: str = Field(description="a plan from the config's plans: (or the built-in tier table)")
     keys: list[KeyInput] | None = Field(None, description="keys to create with the tenant")
 
 
-class Matcher(Body):
-    """A test on a header or a body field."""
-
-    type: str = _one_of(MATCHER_TYPES, required=True)
-    field: str = Field(description="a header name, or a body path such as messages.0.role")
-    op: str = _one_of(MATCHER_OPS, required=True)
-    value: JsonValue = Field(
-        None, description="required except for exists; a list for in; a regular expression for regex"
-    )
-    header: str | None = Field(None, description="header_and_body: the header tested alongside the body field")
+NamespaceInput = NamespaceDoc
+RuleInput = RuleDoc
 
 
-class NamespaceInput(Body):
-    """A namespace, shaped like an entry of the config file's namespaces: (its name is the path's)."""
-
-    priority: int = 0
-    matchers: list[Matcher] = Field(min_length=1)
-
-
-class Attach(Body):
-    """Where a rule applies."""
-
-    global_: bool | None = Field(None, alias="global")
-    plans: list[str] | None = None
-    tenants: list[str] | None = None
-    namespaces: list[str] | None = None
-
-
-class RuleInput(Body):
-    """A rule, shaped like an entry of the config file's rules: (its name is the path's)."""
-
-    type: str = _one_of(RULE_TYPES, required=True)
-    attach: Attach = Field(description="at least one of global, plans, tenants, namespaces")
-    priority: int = 0
-    enabled: bool = True
-    shadow: bool = Field(False, description="evaluated and counted, never refuses")
-    limit: int | None = Field(None, ge=1)
-    per: str | None = _one_of(PERIODS)
-    algorithm: str | None = _one_of(ALGORITHMS)
-    scope: list[str] | None = Field(None, json_schema_extra={"items": {"type": "string", "enum": list(SCOPES)}})
-    fail_mode: str | None = _one_of(FAIL_MODES)
-    on_exceed: str | None = _one_of(ON_EXCEED)
-    unit: str | None = _one_of(QUOTA_UNITS, "quota: what counts")
-    count: str | None = _one_of(TOKEN_COUNTS, "token_limit: which tokens count")
-    amount: float | None = Field(None, gt=0, description="budget: money per window, in the pricing currency")
-    window: str | None = _one_of(BUDGET_WINDOWS, "budget: UTC calendar window or the last hour/day/30 days")
-    queue_timeout: str | float | None = Field(None, description="connection_limit: how long to wait for a lease")
-    field: str | None = Field(None, description="field_check: the body path tested")
-    op: str | None = _one_of(FIELD_CHECK_OPS, "field_check: the test")
-    value: JsonValue = Field(None, description="field_check: the value the field is tested against")
-    message: str | None = Field(None, description="field_check: the refusal's message")
-
-
-class NamedNamespace(NamespaceInput):
+class NamedNamespace(NamespaceDoc):
     """A namespace to create, with its name."""
 
     name: str
 
 
-class NamedRule(RuleInput):
+class NamedRule(RuleDoc):
     """A rule to create, with its name."""
 
     name: str
@@ -174,7 +101,7 @@ _RECORDS: dict[Record, type[Body]] = {
 def body_schema(record: Record) -> type[Body]:
     """The model whose schema describes a body shaped like the config's ``record`` entry.
 
-    The one lookup the document makes for these bodies: when ``tollgate.config`` exports declarative models of its
-    records, it returns those, and the descriptions in this module go.
+    The one lookup the document makes for these bodies: the config file's models (``tollgate.config``), which also
+    validate them, wrapped only where an admin body differs (an id in the body, keys the gateway makes).
     """
     return _RECORDS[record]

@@ -28,15 +28,13 @@ from tollgate.config.identity import (
 )
 from tollgate.config.model import AdminListener, Config, Guard, Listener, Listeners, Port, Server
 from tollgate.config.resilience import Resilience, fallback_graph_problems
-from tollgate.config.rules import RulesSections, build_rules
+from tollgate.config.rules import NAME, RulesSections, build_rules
 from tollgate.config.store import StoreDoc, build_store
 from tollgate.config.upstreams import UpstreamDoc, build_upstream
 from tollgate.config.validation import Doc, Found, Problems, check, validate
 from tollgate.config.values import Bool, NonEmptyStr, Str, frozen_map, matching
 
 __all__ = ["AdminListenerDoc", "ConfigDoc", "ListenersDoc", "build_config", "parse_config"]
-
-NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 
 
 class AdminListenerDoc(Doc):
