@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import Field, JsonValue
+from pydantic import BaseModel, Field, JsonValue
 
 from tollgate.admin.models import Body
 from tollgate.config.identity import SUBDOMAIN, TENANT_ID, LimitsDoc, TenantFields
@@ -87,7 +87,7 @@ class NamedRule(RuleDoc):
     name: str
 
 
-_RECORDS: dict[Record, type[Body]] = {
+_RECORDS: dict[Record, type[BaseModel]] = {
     "tenant": TenantInput,
     "tenant_patch": TenantPatch,
     "key": KeyInput,
@@ -98,7 +98,7 @@ _RECORDS: dict[Record, type[Body]] = {
 }
 
 
-def body_schema(record: Record) -> type[Body]:
+def body_schema(record: Record) -> type[BaseModel]:
     """The model whose schema describes a body shaped like the config's ``record`` entry.
 
     The one lookup the document makes for these bodies: the config file's models (``tollgate.config``), which also
