@@ -8,9 +8,8 @@ import pytest
 
 from tollgate.clock import ManualClock
 from tollgate.config.resilience import HotspotPolicy, ProactiveFallback, RetryPolicy
-from tollgate.errors import RateLimited, UpstreamBadResponse, UpstreamTimeout
+from tollgate.errors import RateLimited, UpstreamBadResponse, UpstreamStatus, UpstreamTimeout
 from tollgate.pipeline.attempts import _judge
-from tollgate.pipeline.forward import UpstreamStatus
 from tollgate.routing.degradation import Hotspots, ProactiveFallbacks
 
 

@@ -42,11 +42,12 @@ from tollgate.errors import (
     RateLimited,
     UpstreamAuthError,
     UpstreamError,
+    UpstreamStatus,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from tollgate.pipeline.context import RequestContext
-from tollgate.pipeline.forward import MODEL_HEADER, UpstreamStatus, forward
+from tollgate.pipeline.forward import MODEL_HEADER, forward
 from tollgate.routing.models import ModelRoute, route
 from tollgate.routing.slot_queue import QueueRefused
 

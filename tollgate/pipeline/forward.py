@@ -25,7 +25,7 @@ from tollgate.config.model import Deployment, Upstream
 from tollgate.config.upstreams import CONNECTION_RELAY_HEADER, never_forwarded
 from tollgate.edge import server as httpserver
 from tollgate.edge.answers import REQUEST_ID_HEADER, error_body
-from tollgate.errors import UpstreamAuthError, UpstreamBadResponse, UpstreamTimeout
+from tollgate.errors import UpstreamAuthError, UpstreamBadResponse, UpstreamStatus, UpstreamTimeout
 from tollgate.pipeline.context import RequestContext
 from tollgate.upstream.client import ConnectError, HttpError, Response, UpstreamHttp
 from tollgate.upstream.deadlines import Deadline, Deadlines
@@ -37,7 +37,6 @@ __all__ = [
     "MODEL_HEADER",
     "UpstreamClient",
     "UpstreamPool",
-    "UpstreamStatus",
     "forward",
     "sse_error_event",
     "upstream_headers",
@@ -52,19 +51,6 @@ MODEL_HEADER = "x-tollgate-model"
 _AUTH_STATUSES = frozenset({401, 403})
 # Connection values that name no other header (the common case: nothing to drop).
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
-
-
-class UpstreamStatus(UpstreamBadResponse):
-    """The upstream answered an error status the attempt loop judges itself (retry, fall back, or relay it as it is)."""
-
-    default_code = "upstream_status"
-
-    def __init__(self, upstream: str, status: int, body: bytes, content_type: str, retry_after: float | None) -> None:
-        super().__init__(f"upstream {upstream!r} answered {status}")
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-        self.retry_after = retry_after
 
 
 class UpstreamClient:
