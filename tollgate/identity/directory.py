@@ -110,9 +110,6 @@ class Directory:
     def is_config_tenant(self, tenant_id: str) -> bool:
         return tenant_id in self.config_tenants
 
-    def is_api_tenant(self, tenant_id: str) -> bool:
-        return tenant_id in self._api_tenants
-
     def is_api_key(self, key_id: str) -> bool:
         return key_id in self._api_keys
 

@@ -71,9 +71,6 @@ class MinuteWindow:
         self._estimate(now)
         self._current += cost
 
-    def seconds_to_room(self, now: float) -> float:
-        return 60.0 - (now % 60)
-
 
 class DeploymentState:
     """What the gateway knows about one deployment right now."""
