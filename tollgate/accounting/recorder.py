@@ -38,6 +38,7 @@ from tollgate.accounting.records import capture
 from tollgate.accounting.sla import SlaTracker
 from tollgate.accounting.tally import Tally
 from tollgate.accounting.usage_store import FileUsageStore, MemoryUsageStore, RedisUsageStore, UsageStore
+from tollgate.background import BackgroundTask
 from tollgate.config.accounting import AccountingConfig
 from tollgate.errors import StoreError
 from tollgate.pipeline.context import RequestContext
@@ -62,7 +63,7 @@ class Accounting:
         self._max_pending = acc.usage.max_pending
         self._batch_size = acc.usage.batch_size
         self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = BackgroundTask("accounting-flusher", self._run)
         self._flush_lock: asyncio.Lock | None = None
         self._carry: Batch | None = None
         self._store_failing = False
@@ -183,18 +184,14 @@ class Accounting:
         self.access_log.open()
         if self.webhook is not None:
             self.webhook.start()
-        self._task = asyncio.create_task(self._run(), name="accounting-flusher")
+        self._flusher.start()
         log.info("accounting: usage in %s, audit in %s", self.store.description, self.audit.description)
         if isinstance(self.store, MemoryUsageStore):
             log.warning("accounting: no usage.path and no Redis store: usage aggregates are lost on restart")
 
     async def close(self) -> None:
         """Stop the flusher and flush what is left (graceful shutdown: the requests have finished by now)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._flusher.stop()
         try:
             await self.flush()
         except Exception:

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tollgate.background import BackgroundTask
 from tollgate.errors import GatewayError, StoreError
 from tollgate.limiter import Consumed, Lease, Limiter, LimitSpec, Settlement
 from tollgate.limiter.decision import Charge
@@ -206,12 +207,12 @@ class Settler:
         self.overdrafts = 0
         self._queue: deque[tuple[Admission, Consumed]] = deque()
         self._wake: asyncio.Event | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._worker = BackgroundTask("settler", self._work)
         self._closing = False
         self._leases: dict[Lease, float] = {}
         self.settled = 0
         self.failures = 0
-        self._renewer: asyncio.Task[None] | None = None
+        self._renewer = BackgroundTask("lease-renewer", self.renew_loop)
 
     def hold(self, lease: Lease) -> None:
         self._leases[lease] = asyncio.get_running_loop().time()
@@ -330,21 +331,16 @@ class Settler:
             await self._settle_batch(batch)
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._worker = loop.create_task(self._work())
-        self._renewer = loop.create_task(self.renew_loop())
+        self._worker.start()
+        self._renewer.start()
 
     async def close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-        if self._worker is not None and self._wake is not None:
+        await self._renewer.stop()
+        if self._worker.running and self._wake is not None:
             self._closing = True  # the worker finishes what it holds, then stops
             self._wake.set()
-            await self._worker
-        self._renewer = self._worker = None
+            await self._worker.join()
         await self.drain()
 
 

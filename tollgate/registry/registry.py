@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tollgate.background import BackgroundTask
 from tollgate.config.identity import RegistryConfig
 from tollgate.config.model import Config
 from tollgate.errors import StoreError
@@ -176,11 +177,10 @@ def _split(records: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 async def registry_watching(registry: Registry) -> AsyncIterator[None]:
     """Open the registry before serving and follow its changes until the block ends; then close it."""
     await registry.open()
-    task = asyncio.create_task(registry.watch(), name="registry-watcher")
+    watcher = BackgroundTask("registry-watcher", registry.watch)
+    watcher.start()
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await watcher.stop()
         await registry.close()

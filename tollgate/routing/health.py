@@ -9,10 +9,10 @@ answers with a status below 500 other than 429 within ``timeout``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
+from tollgate.background import BackgroundTask
 from tollgate.routing.balancing import DeploymentState
 from tollgate.upstream.client import HttpError
 
@@ -26,21 +26,16 @@ class HealthProber:
 
     def __init__(self, state: Any) -> None:
         self.state = state
-        self._task: asyncio.Task[None] | None = None
+        self._prober = BackgroundTask("tollgate-health-probes", self._run)
         self._streaks: dict[str, int] = {}  # key -> +n successes / -n failures in a row
         self.probes = 0
         self.failures = 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="tollgate-health-probes")
+        self._prober.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._prober.stop()
 
     async def _run(self) -> None:
         while True:
