@@ -300,7 +300,7 @@ class GatewayMetrics:
         if self.multiprocess_path is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self.multiprocess_path)
+        MultiProcessCollector(registry, path=self.multiprocess_path)  # type: ignore[no-untyped-call]  # untyped upstream
         return generate_latest(registry)
 
     def sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:

@@ -16,9 +16,10 @@ from urllib.parse import unquote
 from tollgate.edge.answers import Response, error_answer, internal_error_answer, json_answer, request_id_from
 from tollgate.edge.server import REFUSALS, Handler, HttpServer, Request
 from tollgate.errors import GatewayError, MethodNotAllowed, NotFound
-from tollgate.identity import Principal, authenticate, registry_watching
+from tollgate.identity import Principal, authenticate
 from tollgate.pipeline.context import ENDPOINTS
 from tollgate.pipeline.handler import make_proxy_handler
+from tollgate.registry.registry import registry_watching
 from tollgate.runtime.state import GatewayState
 
 __all__ = ["healthz", "make_public_handler", "make_public_server", "public_lifecycle", "readyz"]
