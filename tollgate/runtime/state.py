@@ -107,7 +107,9 @@ class GatewayState:
         self.health = HealthProber(self)
         self.config_path = Path(config_path) if config_path is not None else None
         # Tenants and keys: the config's plus runtime changes; outlives config versions.
-        self.registry = Registry(config, base_dir=self.config_path.parent if self.config_path else None)
+        self.registry = Registry(
+            config, base_dir=self.config_path.parent if self.config_path else None, clock=self.clock
+        )
         self.registry.on_rules_change = self._rules_changed
         self.pool = UpstreamPool(self.clock)
         # Limits: one limiter (and its store connections) for the process; settling runs in the background.
