@@ -1,7 +1,8 @@
 """Accounting cost per request: ``python -m benchmarks.accounting_bench`` prints CPU µs on the hot path and in the flusher.
 
-The hot path is :meth:`Accounting.record` (what a request pays, in its
-handler's ``finally``); the flusher's work per record (metrics, access-log
+The hot path is the account stage's record, taken (``capture``) and queued
+(:meth:`Accounting.record`): what a request pays, in its handler's
+``finally``; the flusher's work per record (metrics, access-log
 line, aggregate deltas, store write) runs later on the same event loop, so
 it is CPU the process spends per request too, just not in the request's
 latency.
@@ -31,7 +32,9 @@ from tollgate.accounting.recorder import Accounting
 from tollgate.config import config_from_dict
 from tollgate.config.identity import Limits
 from tollgate.identity.directory import Principal
-from tollgate.pipeline.context import ENDPOINTS, RequestContext, Usage
+from tollgate.pipeline.account import capture
+from tollgate.pipeline.context import ENDPOINTS, RequestContext
+from tollgate.upstream.usage import Usage
 
 
 def _contexts(n: int, tenants: int) -> list[RequestContext]:
@@ -47,7 +50,7 @@ def _contexts(n: int, tenants: int) -> list[RequestContext]:
         for i in range(tenants)
     ]
     for i in range(n):
-        ctx = RequestContext(None, None, f"req_{i:08d}", ENDPOINTS["/v1/chat/completions"], 100.0, "127.0.0.1")  # type: ignore[arg-type]
+        ctx = RequestContext(None, f"req_{i:08d}", ENDPOINTS["/v1/chat/completions"], 100.0, "127.0.0.1")  # type: ignore[arg-type]
         ctx.body_bytes = b"x" * 200
         ctx.model = ctx.model_served = "gpt-4o-mini"
         ctx.upstream_name = "mock"
@@ -74,12 +77,13 @@ async def _run(n: int, tenants: int, batch: int, backend: dict[str, Any], sample
         await acc.start()
         contexts = _contexts(n, tenants)
         record, flush, cpu = acc.record, acc.flush, time.process_time
+        end, wall = asyncio.get_running_loop().time, acc.wall
         record_s = flush_s = 0.0
         for start in range(0, n, batch):
             chunk = contexts[start : start + batch]
             t0 = cpu()
             for ctx in chunk:
-                record(ctx)
+                record(capture(ctx, end(), wall()))  # the account stage's part: the record taken, then queued
             t1 = cpu()
             await flush()
             t2 = cpu()

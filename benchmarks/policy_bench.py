@@ -40,9 +40,11 @@ from multidict import CIMultiDict, CIMultiDictProxy  # noqa: E402
 from run import BODIES, CLIENT_HEADERS, GATEWAY_FULL_POLICY, GATEWAY_NO_RULES, tenants_yaml  # noqa: E402
 
 from tollgate.config import load_config  # noqa: E402
-from tollgate.identity import identify  # noqa: E402
+from tollgate.pipeline.account import account  # noqa: E402
+from tollgate.pipeline.admit import admit  # noqa: E402
 from tollgate.pipeline.context import ENDPOINTS, RequestContext  # noqa: E402
-from tollgate.pipeline.handler import _admit  # noqa: E402
+from tollgate.pipeline.identify import identify  # noqa: E402
+from tollgate.pipeline.match import match  # noqa: E402
 from tollgate.runtime.state import GatewayState  # noqa: E402
 from tollgate.upstream.usage import usage_from_body  # noqa: E402
 
@@ -76,21 +78,20 @@ async def measure(config_text: str, requests: int, rounds: int) -> float:
     loop = asyncio.get_running_loop()
 
     async def one() -> None:
-        runtime = state.runtime
-        ctx = RequestContext(request, runtime, "req_bench", endpoint, loop.time(), "127.0.0.1")  # type: ignore[arg-type]
-        state.shedder.enter()
+        stages = state.runtime.stages
+        ctx = RequestContext(request, "req_bench", endpoint, stages.clock.loop_time(), "127.0.0.1")  # type: ignore[arg-type]
+        stages.shedder.enter()
         ctx.body_bytes = body
         ctx.body = orjson.loads(body)
         ctx.model = ctx.body["model"]
-        identify(ctx, runtime.identity, state.registry.directory)
-        await _admit(ctx, state)
+        identify(ctx, stages.identify)
+        match(ctx, stages.match)
+        await admit(ctx, stages.admit)
         ctx.status = 200
         ctx.usage = usage_from_body(ANSWER)
         ctx.first_byte_at = ctx.finished_at = loop.time()
-        state.shedder.leave()
-        if ctx.admission is not None:
-            state.settler.finish(ctx)
-        state.accounting.record(ctx)
+        stages.shedder.leave()
+        account(ctx, stages.account)
 
     try:
         for _ in range(2000):  # warm-up: caches filled, scripts loaded

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tollgate.config.model import Upstream
-from tollgate.pipeline.forward import UpstreamClient
+from tollgate.upstream.pool import UpstreamClient
 
 from .support.processes import Proc, free_port, gateway_config, gateway_process
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from tollgate.config import config_from_dict
-from tollgate.pipeline.forward import UpstreamClient, upstream_headers
+from tollgate.upstream.pool import UpstreamClient, upstream_headers
 
 # What the official openai SDK sends, plus what a tenant could try to steer the upstream with.
 CLIENT = [
@@ -38,12 +37,8 @@ def sent(upstream: dict[str, Any], client: list[tuple[str, str]] = CLIENT) -> li
         "upstreams": {"u": {"base_url": "http://127.0.0.1:9/v1", "api_key": "sk-upstream", **upstream}},
         "models": {"m": {"deployments": [{"upstream": "u"}]}},
     }
-    ctx = SimpleNamespace(
-        request=SimpleNamespace(headers=CIMultiDictProxy(CIMultiDict(client))),
-        client_ip="198.51.100.7",
-        request_id="req_ours",
-    )
-    return upstream_headers(ctx, UpstreamClient(config_from_dict(doc, env={}).upstreams["u"]))  # type: ignore[arg-type]
+    upstream = UpstreamClient(config_from_dict(doc, env={}).upstreams["u"])
+    return upstream_headers(upstream, CIMultiDictProxy(CIMultiDict(client)), "198.51.100.7", "req_ours")
 
 
 OURS = [

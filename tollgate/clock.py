@@ -13,11 +13,16 @@ class Clock(Protocol):
     """Where logic that tests need to control reads the time.
 
     ``monotonic()`` (seconds, arbitrary origin) times local things: caches,
-    circuit breakers, budgets. ``time()`` / ``time_ns()`` (since the Unix epoch)
-    is wall time: the embedded store answers ``TIME`` from it.
+    circuit breakers, budgets. ``loop_time()`` is the event loop's clock, the
+    one of a request's times and deadlines (``RequestContext.started``, the
+    upstream timeouts, the retry backoff, leases, stream timings), read many
+    times per request. ``time()`` / ``time_ns()`` (since the Unix epoch) is
+    wall time: the embedded store answers ``TIME`` from it.
     """
 
     def monotonic(self) -> float: ...
+
+    def loop_time(self) -> float: ...
 
     def time(self) -> float: ...
 
@@ -25,12 +30,19 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clocks of the operating system."""
+    """The real clocks of the operating system.
+
+    Loop time is CLOCK_MONOTONIC, the clock event loops run on (asyncio's
+    ``loop.time()`` is ``time.monotonic()``; uvloop's is the same clock in
+    whole milliseconds), read directly: it is one C call on the hot path.
+    """
 
     __slots__ = ()
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    loop_time = staticmethod(time.monotonic)
 
     def time(self) -> float:
         return time.time()
@@ -39,21 +51,32 @@ class SystemClock:
         return time.time_ns()
 
 
+_MONO_START_NS = 1_000 * 1_000_000_000
+
+
 class ManualClock:
     """A clock that only moves when told to; wall and monotonic time move together.
 
     Wall time is kept in integer nanoseconds so microsecond values survive
     exactly (a float of seconds since 1970 cannot hold every microsecond).
+
+    Loop time is the system's (see :class:`SystemClock`) plus every second
+    :meth:`advance` added: a real event loop keeps running under a test
+    (sockets, sleeps), and a deadline the gateway checks against
+    ``loop_time()`` passes as soon as a test moves the clock beyond it.
     """
 
     __slots__ = ("_wall_ns", "_mono_ns")
 
     def __init__(self, wall: float = 1_700_000_000.0, *, wall_ns: int | None = None) -> None:
         self._wall_ns = wall_ns if wall_ns is not None else round(wall * 1e9)
-        self._mono_ns = 1_000 * 1_000_000_000
+        self._mono_ns = _MONO_START_NS
 
     def monotonic(self) -> float:
         return self._mono_ns / 1e9
+
+    def loop_time(self) -> float:
+        return time.monotonic() + (self._mono_ns - _MONO_START_NS) / 1e9
 
     def time(self) -> float:
         return self._wall_ns / 1e9

@@ -1,34 +1,45 @@
-"""The gateway's exception tree, in OpenAI's error vocabulary; the HTTP status for each is chosen at the edge (tollgate/edge/answers.py).
+"""The gateway's exception tree: every class carries its HTTP status (``http_status``) and OpenAI's error ``type``.
 
-    GatewayError
-    ├── ConfigError                  a configuration was refused (carries every problem)
-    ├── RequestError                 the client sent something we cannot accept
-    │   ├── BadRequest               malformed JSON, missing field, failed field_check   -> 400
-    │   ├── NotFound                 unknown path or model                                -> 404
-    │   ├── MethodNotAllowed                                                              -> 405
-    │   ├── PayloadTooLarge                                                               -> 413
-    │   ├── HeadersTooLarge                                                               -> 431
-    │   ├── Unauthenticated          no or bad credential                                 -> 401
-    │   ├── Forbidden                suspended tenant, model not allowed, forged claim    -> 403
-    │   └── RateLimited              a limit refused the request                          -> 429
-    │       └── QuotaExhausted       a money budget does not cover the request            -> 429
-    ├── UpstreamError                the model provider failed us
-    │   ├── UpstreamBadResponse      connection reset, bad status, malformed body         -> 502
-    │   │   └── UpstreamAuthError    the provider refused the gateway's own credential    -> 502
-    │   ├── UpstreamUnavailable      no healthy deployment, every fallback exhausted      -> 503
-    │   └── UpstreamTimeout          connect / first byte / idle / total timeout          -> 504
-    ├── Overloaded                   the gateway sheds load                                -> 503
-    └── StoreError                   the limiter store failed or exceeded its budget
-        ├── StoreTimeout             a call sent to the store got no answer within its budget
-        └── StoreUnavailable         the call never reached the store (circuit open, cannot connect)
-            └── StoreOverloaded      (also an Overloaded) the gateway's own queue for the store is
-                                     full past store.queue_timeout: 503, never a fail-mode answer
+    GatewayError                         anything the gateway raises on purpose                 500
+    ├── ConfigError                      a configuration was refused (carries every problem)    500
+    ├── RequestError                     the client sent something we cannot accept             400
+    │   ├── BadRequest                   malformed JSON, missing field, failed field_check      400
+    │   ├── NotFound                     unknown path or model                                  404
+    │   ├── Conflict                     would create what already exists                       409
+    │   │   └── RegistryConflict         (tollgate/registry/stores.py) a record already there   409
+    │   ├── MethodNotAllowed                                                                    405
+    │   ├── PayloadTooLarge                                                                     413
+    │   ├── HeadersTooLarge                                                                     431
+    │   ├── Unauthenticated              no or bad credential                                   401
+    │   ├── Forbidden                    suspended tenant, model not allowed, forged claim      403
+    │   └── RateLimited                  a limit refused the request                            429
+    │       └── QuotaExhausted           a money budget does not cover the request              429
+    ├── UpstreamError                    the model provider failed us                           502
+    │   ├── UpstreamBadResponse          connection reset, bad status, malformed body           502
+    │   │   ├── UpstreamStatus           an error status the attempt loop judges itself         502
+    │   │   └── UpstreamAuthError        the provider refused the gateway's own credential      502
+    │   ├── UpstreamUnavailable          no healthy deployment, every fallback exhausted        503
+    │   └── UpstreamTimeout              connect / first byte / idle / total timeout            504
+    ├── Overloaded                       the gateway sheds load                                 503
+    └── StoreError                       a store failed or exceeded its budget (wraps the       503
+        │                                driver's error: Redis, files, the embedded engine)
+        ├── StoreTimeout                 a call sent to the store got no answer within budget   503
+        └── StoreUnavailable             the call never reached the store (circuit open,        503
+            │                            cannot connect)
+            └── StoreOverloaded          (also an Overloaded) the gateway's own queue for the   503
+                                         store is full past store.queue_timeout: never a
+                                         fail-mode answer
 
 A StoreError other than StoreOverloaded makes the limiter apply each limit's
 fail mode; a StoreUnavailable one is known not to have been applied, so a
-settlement that met it can be replayed later.
+settlement that met it can be replayed later. Storage code (the limiter's
+engines, the registry, usage and audit stores) catches its driver's errors
+and raises a StoreError in their place, so nothing above it sees a driver.
 
-Domain code raises these; only the edge turns them into OpenAI-shaped JSON.
+Domain code raises these and never picks a status; the edge
+(tollgate/edge/answers.py) turns them into OpenAI-shaped JSON with the
+``http_status`` of their class. (``http_status``, not ``status``: an upstream
+error's ``status`` is what the upstream answered.)
 
 The ``type`` of each is OpenAI's: ``invalid_request_error`` for what the
 client sent (a bad key too, code ``invalid_api_key``), ``requests`` or
@@ -44,6 +55,7 @@ from __future__ import annotations
 __all__ = [
     "BadRequest",
     "ConfigError",
+    "Conflict",
     "Forbidden",
     "GatewayError",
     "HeadersTooLarge",
@@ -62,6 +74,7 @@ __all__ = [
     "UpstreamAuthError",
     "UpstreamBadResponse",
     "UpstreamError",
+    "UpstreamStatus",
     "UpstreamTimeout",
     "UpstreamUnavailable",
 ]
@@ -71,9 +84,11 @@ class GatewayError(Exception):
     """Base of every error the gateway raises on purpose.
 
     ``code`` is a short machine-readable reason (OpenAI's ``error.code``),
-    ``param`` names the offending request field when there is one.
+    ``param`` names the offending request field when there is one;
+    ``http_status`` is the status the edge answers it with.
     """
 
+    http_status = 500
     error_type = "server_error"
     default_code: str | None = None
 
@@ -106,6 +121,7 @@ class ConfigError(GatewayError):
 
 
 class RequestError(GatewayError):
+    http_status = 400
     error_type = "invalid_request_error"
 
 
@@ -114,16 +130,19 @@ class BadRequest(RequestError):
 
 
 class NotFound(RequestError):
+    http_status = 404
     default_code = "not_found"
 
 
 class Conflict(RequestError):
     """The request would create what already exists (a tenant, a key, a namespace, a rule)."""
 
+    http_status = 409
     default_code = "conflict"
 
 
 class MethodNotAllowed(RequestError):
+    http_status = 405
     default_code = "method_not_allowed"
 
     def __init__(self, message: str, *, allowed: tuple[str, ...] = ()) -> None:
@@ -131,26 +150,31 @@ class MethodNotAllowed(RequestError):
 
 
 class PayloadTooLarge(RequestError):
+    http_status = 413
     default_code = "request_too_large"
 
 
 class HeadersTooLarge(RequestError):
+    http_status = 431
     default_code = "headers_too_large"
 
 
 class Unauthenticated(RequestError):
     """OpenAI answers a missing or wrong key with ``invalid_request_error`` and code ``invalid_api_key``."""
 
+    http_status = 401
     default_code = "invalid_api_key"
 
 
 class Forbidden(RequestError):
+    http_status = 403
     default_code = "forbidden"
 
 
 class RateLimited(RequestError):
     """A limit refused the request; ``error_type`` names what ran out, as OpenAI does: ``requests`` or ``tokens``."""
 
+    http_status = 429
     error_type = "requests"
     default_code = "rate_limit_exceeded"
 
@@ -179,11 +203,27 @@ class QuotaExhausted(RateLimited):
 
 
 class UpstreamError(GatewayError):
-    pass
+    http_status = 502
 
 
 class UpstreamBadResponse(UpstreamError):
     default_code = "bad_gateway"
+
+
+class UpstreamStatus(UpstreamBadResponse):
+    """The upstream answered an error status the attempt loop judges itself (retry, fall back, or relay it as it is).
+
+    ``status`` is the upstream's, ``body`` its (redacted) answer, ``retry_after`` its ``Retry-After`` in seconds.
+    """
+
+    default_code = "upstream_status"
+
+    def __init__(self, upstream: str, status: int, body: bytes, content_type: str, retry_after: float | None) -> None:
+        super().__init__(f"upstream {upstream!r} answered {status}")
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.retry_after = retry_after
 
 
 class UpstreamAuthError(UpstreamBadResponse):
@@ -207,20 +247,24 @@ class UpstreamAuthError(UpstreamBadResponse):
 
 
 class UpstreamUnavailable(UpstreamError):
+    http_status = 503
     default_code = "upstream_unavailable"
 
 
 class UpstreamTimeout(UpstreamError):
+    http_status = 504
     default_code = "upstream_timeout"
 
 
 class Overloaded(GatewayError):
+    http_status = 503
     default_code = "overloaded"
 
 
 class StoreError(GatewayError):
-    """The limiter store (Redis or embedded) failed; wraps the driver's error."""
+    """A store (the limiter's Redis or embedded engine, the registry, usage or audit store) failed; wraps the driver's error."""
 
+    http_status = 503
     default_code = "store_error"
 
 
@@ -238,7 +282,7 @@ class StoreOverloaded(Overloaded, StoreUnavailable):
     """A store call waited in the gateway's own queue (for a connection) past ``store.queue_timeout``.
 
     The store was not asked, so no fail mode answers for it: the request is
-    refused with 503 ``overloaded`` (the edge picks the status of Overloaded).
+    refused with 503 ``overloaded``.
     """
 
     error_type = "overloaded_error"

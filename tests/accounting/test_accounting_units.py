@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,11 +13,15 @@ import pytest
 from tollgate.accounting import Accounting
 from tollgate.accounting.metrics import GatewayMetrics
 from tollgate.accounting.pricing import Pricing
+from tollgate.accounting.records import Record
+from tollgate.clock import SystemClock
 from tollgate.config import ConfigError, config_from_dict
 from tollgate.config.accounting import CostRule, MetricsConfig, Price, PricingConfig
 from tollgate.config.identity import Limits
 from tollgate.identity.directory import Principal
-from tollgate.pipeline.context import ENDPOINTS, Usage
+from tollgate.pipeline.account import AccountDeps, account, capture
+from tollgate.pipeline.context import ENDPOINTS
+from tollgate.upstream.usage import Usage
 
 BASE: dict[str, Any] = {
     "upstreams": {"mock": {"base_url": "http://127.0.0.1:9/v1"}},
@@ -155,9 +160,15 @@ def _ctx(principal: Principal | None, *, status: int = 200, usage: Usage | None 
         usage=usage or Usage(10, 5, True),
         body_bytes=b"{}",
         principal=principal,
+        end_user=None,
         namespace=None,
         attempts=1,
     )
+
+
+def _record(acc: Accounting, ctx: Any, end: float | None = None) -> Record:
+    """What the account stage hands to accounting for ``ctx``, ending now on the loop's clock unless ``end`` says."""
+    return capture(ctx, asyncio.get_running_loop().time() if end is None else end, acc.wall())
 
 
 def _accounting(tmp_path: Path, **sections: Any) -> Accounting:
@@ -180,7 +191,7 @@ async def test_alerts_fire_once_per_threshold_when_two_processes_share_the_embed
         p = _principal("globex")
         for i in range(12):  # 10 allowed a month; both processes see every crossing
             acc = first if i % 2 else second
-            acc.record(_ctx(p))
+            acc.record(_record(acc, _ctx(p)))
             await acc.flush()
         for acc in (first, second):
             assert (await acc.quota("globex"))["quotas"] == [
@@ -197,10 +208,11 @@ async def test_alerts_fire_once_per_threshold_when_two_processes_share_the_embed
 
 async def test_record_never_raises_and_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
     acc = _accounting(tmp_path, usage={"backend": "memory", "max_pending": 3})
-    acc.record(SimpleNamespace())  # a broken context: logged, not raised, not queued
+    deps = AccountDeps(settler=None, accounting=acc, wall=acc.wall, clock=SystemClock())  # type: ignore[arg-type]
+    account(SimpleNamespace(admission=None), deps)  # type: ignore[arg-type]  # a broken context: logged, not raised, not queued
     assert acc.pending == 0
     for _ in range(5):
-        acc.record(_ctx(_principal("acme")))
+        acc.record(_record(acc, _ctx(_principal("acme"))))
     assert acc.pending == 3 and acc.dropped == 2
     assert await acc.flush() == 3
     assert acc.metrics.sample_value("tollgate_accounting_dropped_records_total") == 2.0
@@ -215,10 +227,10 @@ def test_tenant_labels_are_bounded_to_the_top_n_first_seen_plus_the_listed_ones(
 
 async def test_gateway_overhead_above_the_plans_p99_target_is_counted_as_an_sla_violation(tmp_path: Path) -> None:
     acc = _accounting(tmp_path, usage={"backend": "memory"}, metrics={"sla": {"plans": {"metered": "5ms"}}})
-    acc._loop_time = lambda: 0.030  # type: ignore[method-assign]  # the request ended 10 ms after the upstream finished
-    acc.record(_ctx(_principal("globex")))
-    acc._loop_time = lambda: 0.021  # type: ignore[method-assign]  # 1 ms after
-    acc.record(_ctx(_principal("globex")))
+    acc.record(
+        _record(acc, _ctx(_principal("globex")), end=0.030)
+    )  # the request ended 10 ms after the upstream finished
+    acc.record(_record(acc, _ctx(_principal("globex")), end=0.021))  # 1 ms after
     await acc.flush()
     assert acc.metrics.sample_value("tollgate_sla_violations_total", {"plan": "metered"}) == 1.0
     report = acc.sla.report(acc.current.metrics)["plans"]["metered"]

@@ -22,12 +22,14 @@ from tollgate.accounting import tally as tally_module
 from tollgate.accounting.access_log import line_of, lines_of
 from tollgate.accounting.aggregates import USER_FIELDS, Batch
 from tollgate.accounting.pricing import NANOS
-from tollgate.accounting.records import DISCONNECTED_STATUS, capture, entry_from
+from tollgate.accounting.records import DISCONNECTED_STATUS, entry_from
 from tollgate.config import config_from_dict
 from tollgate.config.accounting import MetricsConfig
 from tollgate.config.identity import Limits
 from tollgate.identity.directory import Principal
-from tollgate.pipeline.context import ENDPOINTS, Usage
+from tollgate.pipeline.account import capture
+from tollgate.pipeline.context import ENDPOINTS
+from tollgate.upstream.usage import Usage
 
 from ..support.processes import REPO
 
@@ -172,8 +174,7 @@ async def flushed(doc: dict[str, Any], requests: list[tuple[Any, float]], *, bat
     acc = Accounting(config_from_dict(doc), wall=lambda: WALL)
     await acc.start()
     for i, (ctx, end) in enumerate(requests):
-        acc._loop_time = lambda end=end: end  # type: ignore[method-assign]
-        acc.record(ctx)
+        acc.record(capture(ctx, end, acc.wall()))
         if (i + 1) % batch == 0:
             await acc.flush()
     await acc.flush()

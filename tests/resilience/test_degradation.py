@@ -8,10 +8,9 @@ import pytest
 
 from tollgate.clock import ManualClock
 from tollgate.config.resilience import HotspotPolicy, ProactiveFallback, RetryPolicy
-from tollgate.errors import RateLimited, UpstreamBadResponse, UpstreamTimeout
-from tollgate.pipeline.attempts import _judge
-from tollgate.pipeline.forward import UpstreamStatus
+from tollgate.errors import RateLimited, UpstreamBadResponse, UpstreamStatus, UpstreamTimeout
 from tollgate.routing.degradation import Hotspots, ProactiveFallbacks
+from tollgate.routing.verdicts import judge
 
 
 def test_a_model_past_its_error_rate_is_diverted_for_the_hold_then_comes_back() -> None:
@@ -87,4 +86,4 @@ POLICY = RetryPolicy(statuses=frozenset({500, 503}), on_timeout=False)
     ],
 )
 def test_failure_verdicts(exc: Exception, verdict: str) -> None:
-    assert _judge(exc, ROUTE, POLICY) == verdict  # type: ignore[arg-type]
+    assert judge(exc, ROUTE, POLICY) == verdict  # type: ignore[arg-type]

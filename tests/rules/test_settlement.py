@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 
 from tollgate.limiter import LimitSpec, build_limiter
-from tollgate.pipeline.context import Usage
 from tollgate.policy.admission import Admission
 from tollgate.policy.settlement import Settler
+from tollgate.upstream.usage import Usage
 
 SPEC = LimitSpec(
     name="tph",

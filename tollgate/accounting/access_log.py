@@ -101,9 +101,6 @@ class AccessLog:
         else:
             self._fh = open(self.config.path, "ab")  # noqa: SIM115 - closed in close()
 
-    def wants(self, e: Entry) -> bool:
-        return self.wants_status(e.status, e.client_disconnected)
-
     def wants_status(self, status: int, client_disconnected: bool) -> bool:
         """Whether a request with this outcome gets a line (the sampling draw included), before any line is built."""
         cfg = self.config

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from tollgate.accounting.records import Entry
@@ -194,8 +195,8 @@ class Batch:
         return len(self.months) + len(self.days) + sum(len(u) for u in self.users.values())
 
 
-def split_models(fields: dict[str, Any]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
-    """A stored aggregate as (totals, {model: fields})."""
+def split_models(fields: Mapping[Any, Any]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """A stored aggregate as (totals, {model: fields}); its names are bytes when Redis gave them."""
     totals = dict.fromkeys(TOTAL_FIELDS, 0)
     models: dict[str, dict[str, int]] = {}
     for raw_key, raw_value in fields.items():

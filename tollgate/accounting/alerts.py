@@ -27,6 +27,7 @@ import aiohttp
 import orjson
 
 from tollgate.accounting.pricing import NANOS
+from tollgate.background import BackgroundTask
 from tollgate.config.accounting import AlertsConfig, QuotasConfig, WebhookConfig
 
 __all__ = ["Alert", "QuotaStatus", "QuotaWatch", "WebhookSender", "quota_status", "sign"]
@@ -139,7 +140,7 @@ class WebhookSender:
         self.config = config
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=config.max_queue)
         self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._sender = BackgroundTask("alert-webhook", self._run)
         self._on_outcome = on_outcome or (lambda outcome: None)
 
     @property
@@ -148,7 +149,7 @@ class WebhookSender:
 
     def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.timeout), trust_env=False)
-        self._task = asyncio.create_task(self._run(), name="alert-webhook")
+        self._sender.start()
 
     def enqueue(self, payload: dict[str, Any]) -> bool:
         try:
@@ -199,12 +200,10 @@ class WebhookSender:
 
     async def close(self, grace: float = 2.0) -> None:
         """Give queued deliveries up to ``grace`` seconds, then stop."""
-        if self._task is not None:
+        if self._sender.running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), grace)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._sender.stop()
         if self._session is not None:
             await self._session.close()
 

@@ -139,10 +139,9 @@ class AuditLog:
                 out.append(orjson.loads(line))
         return out
 
-    async def list(
-        self, *, tenant: str | None = None, since: float | None = None, until: float | None = None, limit: int = 100
+    async def _events(
+        self, tenant: str | None, since: float | None, until: float | None, limit: int
     ) -> list[dict[str, Any]]:
-        """Newest first, filtered by tenant and time (Unix seconds)."""
         if self._redis is not None:
             hi = str(int(until * 1000)) if until is not None else "+"
             lo = str(int(since * 1000)) if since is not None else "-"
@@ -170,6 +169,17 @@ class AuditLog:
             and (until is None or ev["ts"] <= until)
         ]
         return picked[:limit]
+
+    async def list(
+        self, *, tenant: str | None = None, since: float | None = None, until: float | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Newest first, filtered by tenant and time (Unix seconds); :class:`StoreError` when the log cannot be read."""
+        from redis.exceptions import RedisError
+
+        try:
+            return await self._events(tenant, since, until, limit)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"audit log read failed: {exc}") from exc
 
 
 class SecurityWatch:

@@ -38,12 +38,11 @@ from tollgate.accounting.pricing import NANOS
 from tollgate.accounting.tally import Tally
 from tollgate.config.accounting import MetricsConfig
 
-__all__ = ["BREAKER_STATES", "CONTENT_TYPE", "GatewayMetrics", "TenantLabels", "multiprocess_dir"]
+__all__ = ["CONTENT_TYPE", "GatewayMetrics", "TenantLabels", "multiprocess_dir"]
 
 log = logging.getLogger("tollgate.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 OTHER = "other"
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -52,7 +51,8 @@ _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 
 def multiprocess_dir() -> str | None:
     """The multiprocess directory when the library really runs in multiprocess mode, else None."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+    # prometheus_client still honours the lower-case name it used to read, so the gateway does too.
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
     if path is None:
         return None
     if values.ValueClass is values.MutexValue:
@@ -201,9 +201,6 @@ class GatewayMetrics:
         """The public HTTP server refused a request or a connection itself (a bounded set of reasons)."""
         self._child(self.http_refusals, reason).inc(n)
 
-    def set_breaker(self, deployment: str, state: str) -> None:
-        self.breaker_state.labels(deployment).set(BREAKER_STATES.get(state, 2))
-
     def set_deployment_health(self, deployment: str, healthy: bool) -> None:
         self.deployment_healthy.labels(deployment).set(1 if healthy else 0)
 
@@ -303,7 +300,7 @@ class GatewayMetrics:
         if self.multiprocess_path is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self.multiprocess_path)
+        MultiProcessCollector(registry, path=self.multiprocess_path)  # type: ignore[no-untyped-call]  # untyped upstream
         return generate_latest(registry)
 
     def sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:

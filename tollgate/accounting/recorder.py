@@ -1,4 +1,4 @@
-"""The account stage: :meth:`Accounting.record` on the hot path (enqueue only), everything else in a background flusher.
+"""Accounting of one process: :meth:`Accounting.record` on the hot path (enqueue only), everything else in a background flusher.
 
 Each flush (every ``usage.flush_interval``, sooner once ``usage.batch_size``
 records wait, and once more on graceful shutdown) turns the waiting records
@@ -34,13 +34,13 @@ from tollgate.accounting.alerts import Alert, QuotaWatch, WebhookSender, new_del
 from tollgate.accounting.audit import AuditLog, SecurityWatch
 from tollgate.accounting.metrics import GatewayMetrics, standard_samplers
 from tollgate.accounting.pricing import Pricing
-from tollgate.accounting.records import capture
+from tollgate.accounting.records import Record
 from tollgate.accounting.sla import SlaTracker
 from tollgate.accounting.tally import Tally
 from tollgate.accounting.usage_store import FileUsageStore, MemoryUsageStore, RedisUsageStore, UsageStore
+from tollgate.background import BackgroundTask
 from tollgate.config.accounting import AccountingConfig
 from tollgate.errors import StoreError
-from tollgate.pipeline.context import RequestContext
 
 __all__ = ["Accounting"]
 
@@ -53,16 +53,15 @@ class Accounting:
     """Usage, cost, quotas and alerts, metrics, access and audit logs of one gateway process."""
 
     def __init__(self, config: Any, *, state: Any = None, wall: Callable[[], float] = time.time) -> None:
-        self._config_of = (lambda: state.config) if state is not None else (lambda: config)
+        self._config_of: Callable[[], Any] = (lambda: state.config) if state is not None else (lambda: config)
         acc = _accounting_config(config)
         self.settings = acc
         self._wall = wall
-        self._loop_time: Callable[[], float] = time.monotonic
-        self._queue: deque[tuple[Any, ...]] = deque()
+        self._queue: deque[Record] = deque()
         self._max_pending = acc.usage.max_pending
         self._batch_size = acc.usage.batch_size
         self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = BackgroundTask("accounting-flusher", self._run)
         self._flush_lock: asyncio.Lock | None = None
         self._carry: Batch | None = None
         self._store_failing = False
@@ -157,18 +156,20 @@ class Accounting:
         return _accounting_config(self._config_of())
 
     # -- the hot path -----------------------------------------------------------
-    def record(self, ctx: RequestContext) -> None:
-        """Queue ``ctx``'s outcome for accounting: O(1), never waits, never raises."""
-        try:
-            queue = self._queue
-            if len(queue) >= self._max_pending:
-                self.dropped += 1
-                return
-            queue.append(capture(ctx, self._loop_time(), self._wall()))
-            if len(queue) >= self._batch_size and self._wake is not None:
-                self._wake.set()
-        except Exception:  # accounting must never fail a request
-            log.exception("accounting: cannot record request %s", getattr(ctx, "request_id", "?"))
+    @property
+    def wall(self) -> Callable[[], float]:
+        """The wall clock a record's ``wall`` comes from (the usage store's, so a record lands on the right day)."""
+        return self._wall
+
+    def record(self, record: Record) -> None:
+        """Queue one request's record (tollgate/accounting/records.py) for accounting: O(1), never waits."""
+        queue = self._queue
+        if len(queue) >= self._max_pending:
+            self.dropped += 1
+            return
+        queue.append(record)
+        if len(queue) >= self._batch_size and self._wake is not None:
+            self._wake.set()
 
     @property
     def pending(self) -> int:
@@ -176,25 +177,19 @@ class Accounting:
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop_time = loop.time  # the clock of ctx.started
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self.access_log.open()
         if self.webhook is not None:
             self.webhook.start()
-        self._task = asyncio.create_task(self._run(), name="accounting-flusher")
+        self._flusher.start()
         log.info("accounting: usage in %s, audit in %s", self.store.description, self.audit.description)
         if isinstance(self.store, MemoryUsageStore):
             log.warning("accounting: no usage.path and no Redis store: usage aggregates are lost on restart")
 
     async def close(self) -> None:
         """Stop the flusher and flush what is left (graceful shutdown: the requests have finished by now)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._flusher.stop()
         try:
             await self.flush()
         except Exception:

@@ -1,49 +1,31 @@
-"""What the accounting stage keeps of a request: a flat tuple taken on the hot path, turned into an :class:`Entry` off it."""
+"""What accounting keeps of a request: a flat record taken on the hot path, turned into an :class:`Entry` off it.
+
+The record is a plain tuple, built by the account stage (tollgate/pipeline/account.py)
+with attribute reads only; accounting never sees the request itself. Its fields, in order:
+
+    request_id, endpoint, model, model_served, upstream, status, error, stream,
+    client_disconnected, client_ip, started, first_byte_at, finished_at, usage,
+    body_len, principal, end_user, namespace, upstream_started, attempts, end, wall
+
+``endpoint`` has a ``kind``; ``usage`` (or None) has ``prompt_tokens``,
+``completion_tokens`` and ``reported``; ``principal`` (or None) has
+``tenant``, ``key_id`` and ``plan``. ``started``, ``first_byte_at``,
+``finished_at``, ``upstream_started`` and ``end`` are times of one clock (the
+event loop's); ``wall`` is when the request ended, in seconds since the epoch.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from tollgate.pipeline.context import RequestContext
+__all__ = ["DISCONNECTED_STATUS", "Entry", "Record", "entry_from", "fields_of"]
 
-__all__ = ["DISCONNECTED_STATUS", "Entry", "capture", "entry_from", "fields_of"]
+Record = tuple[Any, ...]
+"""One request as the account stage records it: the fields listed above, in that order."""
 
 # Status recorded for a request whose client went away before the answer was complete (nginx's convention).
 DISCONNECTED_STATUS = 499
-
-
-def capture(ctx: RequestContext, end: float, wall: float) -> tuple[Any, ...]:
-    """The fields of ``ctx`` accounting needs, read once: attribute reads only, no computation (the hot path).
-
-    The context itself is not kept: it holds the request and its body, which
-    must not live until the next flush. Fields other stages are still adding
-    (principal, end_user, namespace, upstream_started, attempts) are read when present.
-    """
-    return (
-        ctx.request_id,
-        ctx.endpoint,
-        ctx.model,
-        ctx.model_served,
-        ctx.upstream_name,
-        ctx.status,
-        ctx.error,
-        ctx.stream,
-        ctx.client_disconnected,
-        ctx.client_ip,
-        ctx.started,
-        ctx.first_byte_at,
-        ctx.finished_at,
-        ctx.usage,
-        len(ctx.body_bytes),
-        getattr(ctx, "principal", None),
-        getattr(ctx, "end_user", None),
-        getattr(ctx, "namespace", None),
-        getattr(ctx, "upstream_started", None),
-        getattr(ctx, "attempts", None),
-        end,
-        wall,
-    )
 
 
 @dataclass(slots=True)
@@ -86,12 +68,12 @@ def _name(value: Any) -> str | None:
     return getattr(value, "name", None) or str(value)
 
 
-def entry_from(rec: tuple[Any, ...], pricing: Any) -> Entry:
-    """Derive latencies, usage and cost from a captured tuple (runs in the flusher)."""
+def entry_from(rec: Record, pricing: Any) -> Entry:
+    """Derive latencies, usage and cost from a record (runs in the flusher)."""
     return Entry(*fields_of(rec, pricing))
 
 
-def fields_of(rec: tuple[Any, ...], pricing: Any) -> tuple[Any, ...]:
+def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
     """The fields of the :class:`Entry` of ``rec``, in declaration order, as a plain tuple.
 
     The flusher reads the few it needs from the tuple and builds the

@@ -47,7 +47,7 @@ class Group:
 
 
 class Tally:
-    """Folds captured records (:func:`~.records.capture` tuples) into :class:`Group` s, in first-seen order.
+    """Folds records (:data:`~.records.Record` tuples) into :class:`Group` s, in first-seen order.
 
     ``log_wanted(status, client_disconnected)`` says whether the access log
     takes a record (``None``: it takes none); ``watched`` are the statuses the

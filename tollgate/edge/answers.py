@@ -1,7 +1,7 @@
-"""The HTTP edge: the one place that maps gateway errors to statuses and OpenAI-shaped JSON bodies.
+"""The HTTP edge: the one place that turns gateway errors into answers, with their class's status and OpenAI-shaped JSON.
 
 The public listener answers with :class:`Response` objects, which its HTTP
-server (``httpserver.py``) writes as they are: ``error_answer``,
+server (tollgate/edge/server.py) writes as they are: ``error_answer``,
 ``internal_error_answer`` and ``json_answer`` make them. The admin listener
 is an aiohttp application: ``error_response``, ``internal_error_response``
 and ``json_response`` turn the same answers into aiohttp responses.
@@ -17,24 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tollgate.errors import (
-    BadRequest,
-    Conflict,
-    Forbidden,
-    GatewayError,
-    HeadersTooLarge,
-    MethodNotAllowed,
-    NotFound,
-    Overloaded,
-    PayloadTooLarge,
-    RateLimited,
-    StoreError,
-    Unauthenticated,
-    UpstreamBadResponse,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from tollgate.errors import GatewayError
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -55,31 +38,10 @@ __all__ = [
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
-# Most specific class first: the first match wins.
-_STATUS: tuple[tuple[type[GatewayError], int], ...] = (
-    (HeadersTooLarge, 431),
-    (PayloadTooLarge, 413),
-    (MethodNotAllowed, 405),
-    (NotFound, 404),
-    (Conflict, 409),
-    (Unauthenticated, 401),
-    (Forbidden, 403),
-    (RateLimited, 429),
-    (BadRequest, 400),
-    (UpstreamTimeout, 504),
-    (UpstreamUnavailable, 503),
-    (UpstreamBadResponse, 502),
-    (UpstreamError, 502),
-    (Overloaded, 503),
-    (StoreError, 503),
-)
-
 
 def status_for(exc: GatewayError) -> int:
-    for cls, status in _STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 500
+    """The HTTP status of ``exc``: its class says (tollgate/errors.py)."""
+    return exc.http_status
 
 
 def error_body(message: str, error_type: str, code: str | None = None, param: str | None = None) -> bytes:

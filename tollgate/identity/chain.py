@@ -1,4 +1,4 @@
-"""Identify stage: the identifier chain turns a request into a :class:`Principal`, or refuses it.
+"""The identifier chain: it turns a request into a :class:`Principal`, or refuses it (the identify stage runs it).
 
 Credentials (API key, JWT) authenticate. Claims (subdomain, header, query
 parameter) are words the client can write freely: alone they identify a
@@ -23,9 +23,8 @@ from tollgate.identity.jwt import JwtVerifier, looks_like_jwt
 
 if TYPE_CHECKING:
     from tollgate.edge.messages import Request
-    from tollgate.pipeline.context import RequestContext
 
-__all__ = ["IdentityRuntime", "authenticate", "client_ip", "compile_identity", "identify"]
+__all__ = ["IPNetwork", "IdentityRuntime", "authenticate", "client_ip", "compile_identity"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DUMMY_DIGEST = bytes(32)
@@ -226,16 +225,6 @@ def authenticate(request: Request, identity: IdentityRuntime, directory: Directo
         raise _refuse(entry.refusal)
     assert entry.principal is not None
     return entry.principal
-
-
-def identify(ctx: RequestContext, identity: IdentityRuntime, directory: Directory) -> None:
-    """Set ``ctx.principal`` and ``ctx.end_user``; refuse a model the principal may not use."""
-    principal = ctx.principal = authenticate(ctx.request, identity, directory)
-    model = ctx.model
-    if model is not None and principal.allowed_models is not None and model not in principal.allowed_models:
-        raise Forbidden(f"you are not allowed to use the model {model!r}", param="model", code="model_not_allowed")
-    # After authentication: an end user only subdivides the tenant the credential named.
-    ctx.end_user = identity.end_users.of(principal, ctx)
 
 
 def client_ip(request: Request, proxies: tuple[IPNetwork, ...] = ()) -> str:

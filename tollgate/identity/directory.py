@@ -16,7 +16,7 @@ from typing import Any
 from tollgate.config.identity import ApiKey, Limits, Plan, Tenant, parse_key, parse_tenant
 from tollgate.config.model import Config
 from tollgate.config.reader import Node, Problems
-from tollgate.registry.records import key_from_record, tenant_from_record
+from tollgate.identity.tenant_records import key_from_record, tenant_from_record
 
 __all__ = ["ANONYMOUS", "Directory", "KeyEntry", "Principal", "Refusal", "TenantEntry"]
 
@@ -109,9 +109,6 @@ class Directory:
 
     def is_config_tenant(self, tenant_id: str) -> bool:
         return tenant_id in self.config_tenants
-
-    def is_api_tenant(self, tenant_id: str) -> bool:
-        return tenant_id in self._api_tenants
 
     def is_api_key(self, key_id: str) -> bool:
         return key_id in self._api_keys
@@ -223,6 +220,7 @@ class Directory:
 
     def _tenant_entry(self, tenant: Tenant, source: str) -> TenantEntry:
         plan = self.plans.get(tenant.plan)
+        refusal: Refusal | None = None
         if plan is None:
             refusal = Refusal(
                 True, f"tenant {tenant.id!r} is on plan {tenant.plan!r}, which is not configured", "plan_not_configured"
@@ -230,7 +228,6 @@ class Directory:
             return TenantEntry(tenant, source, None, refusal)
         limits, allowed = _effective(plan, tenant)
         principal = Principal(tenant.id, plan.name, limits, allowed, via="claim")
-        refusal = None
         if tenant.status == "suspended":
             refusal = Refusal(
                 True, f"tenant {tenant.id!r} is suspended; contact the gateway operator", "tenant_suspended"

@@ -17,6 +17,7 @@ never a metric label.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tollgate.config.identity import EndUserConfig
@@ -24,7 +25,6 @@ from tollgate.errors import BadRequest
 
 if TYPE_CHECKING:
     from tollgate.identity.directory import Principal
-    from tollgate.pipeline.context import RequestContext
 
 __all__ = ["EndUsers", "checked_end_user"]
 
@@ -70,8 +70,9 @@ class EndUsers:
         self.max_length = config.max_length
         self.claim = f"{user_claim} claim of the token"
 
-    def of(self, principal: Principal, ctx: RequestContext) -> str | None:
-        """The request's end user, or ``None``; raises :class:`BadRequest` for a value out of bounds."""
+    def of(self, principal: Principal, body: Mapping[str, Any] | None, headers: Mapping[str, str]) -> str | None:
+        """The end user of a request (its JSON ``body``, its ``headers``), or ``None``; raises :class:`BadRequest`
+        for a value out of bounds."""
         value: Any
         param: str | None
         for source in self.sources:
@@ -79,11 +80,10 @@ class EndUsers:
                 value = principal.user  # signed by the token's issuer: authoritative, when present
                 field, param = self.claim, None
             elif source == "body":
-                body = ctx.body
                 value = body.get("user") if body is not None else None
                 field = param = "user"
             else:
-                value = ctx.request.headers.get(self.header)
+                value = headers.get(self.header)
                 field = param = self.header
             if value is not None:
                 user = checked_end_user(value, field, self.max_length, param)

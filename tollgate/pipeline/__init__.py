@@ -1,1 +1,1 @@
-"""The request path, one module per stage: guard, identify, match, admit, route and forward (the attempt loop), account."""
+"""The request path: the handler runs one module per stage (guard, identify, match, admit, route and forward, account)."""

@@ -9,10 +9,10 @@ if TYPE_CHECKING:
     from tollgate.edge.messages import Request
     from tollgate.identity import Principal
     from tollgate.policy.admission import Admission
-    from tollgate.runtime.state import Runtime
     from tollgate.upstream.sse import StreamMonitor
+    from tollgate.upstream.usage import Usage
 
-__all__ = ["ENDPOINTS", "Endpoint", "RequestContext", "Usage"]
+__all__ = ["ENDPOINTS", "Endpoint", "RequestContext"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,24 +35,15 @@ ENDPOINTS: dict[str, Endpoint] = {
 }
 
 
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    # True when the numbers come from the upstream; False when we estimated them.
-    reported: bool = False
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
 class RequestContext:
-    """Mutable per-request state. Each stage fills its own fields and reads only earlier stages' fields."""
+    """Mutable per-request state. Each stage fills its own fields and reads only earlier stages' fields.
+
+    The config version a request runs under is not here: the handler hands each stage its dependencies
+    from the one version it read when the request arrived.
+    """
 
     __slots__ = (
         "request",
-        "runtime",
         "request_id",
         "endpoint",
         "started",
@@ -65,17 +56,15 @@ class RequestContext:
         # identify: the authenticated principal, and the end user inside its tenant (identity/end_user.py)
         "principal",
         "end_user",
-        # match, admit
+        # match: the namespace, and the priority from the tenant's plan; higher = more important (shedding, queues)
         "namespace",
-        "admission",
-        # admit: set from the tenant's plan by a later stage; higher = more important (shedding, queues)
         "priority",
-        # route
-        "deployments",
-        # forward: attempts made, the model first asked for when a fallback served, per-stream SSE monitor
+        # admit: what the limits decided, and a stream's monitor (usage, budgets)
+        "admission",
+        "stream_monitor",
+        # route and forward: attempts made, the model first asked for when a fallback served
         "attempts",
         "fallback_from",
-        "stream_monitor",
         # forward
         "model_served",
         "upstream_name",
@@ -93,14 +82,12 @@ class RequestContext:
     def __init__(
         self,
         request: Request,
-        runtime: Runtime,
         request_id: str,
         endpoint: Endpoint | None,
         started: float,
         client_ip: str,
     ) -> None:
         self.request = request
-        self.runtime = runtime
         self.request_id = request_id
         self.endpoint = endpoint
         self.started = started
@@ -114,7 +101,6 @@ class RequestContext:
         self.namespace = "default"
         self.admission: Admission | None = None
         self.priority = 0
-        self.deployments: tuple[Any, ...] = ()
         self.attempts = 0
         self.fallback_from: str | None = None
         self.stream_monitor: StreamMonitor | None = None

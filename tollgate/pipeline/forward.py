@@ -1,184 +1,52 @@
-"""Forward stage: one pooled session per upstream, the header allow-list, timeouts, SSE relayed event by event.
+"""Forward stage: one attempt on one deployment, with its timeouts; SSE relayed event by event.
 
-One call of :func:`forward` is one attempt on one deployment. It raises an
-``UpstreamError`` only while nothing has reached the client (so the attempt
-loop in ``tollgate/pipeline/attempts.py`` may still retry or fall back); once the first
+One call of :func:`forward` is one attempt. It raises an ``UpstreamError``
+only while nothing has reached the client (so the attempt loop in
+tollgate/pipeline/attempts.py may still retry or fall back); once the first
 event is out, trouble becomes an SSE error event and a clean end of the stream.
 
-What a tenant sends reaches the upstream only through the upstream's
-``forward_headers`` allow-list (tollgate/config/upstreams.py), minus the names
-its ``Connection`` header lists; the gateway adds its own headers (credential,
-organisation, ``X-Forwarded-For``, ``x-request-id``). What the upstream answers
-with 401 or 403 is the gateway's problem, never relayed (``UpstreamAuthError``);
-any other error body is relayed without credentials (tollgate/upstream/redaction.py).
+The headers the upstream gets are the pool's business (tollgate/upstream/pool.py).
+What the upstream answers with 401 or 403 is the gateway's problem, never
+relayed (``UpstreamAuthError``); any other error body is relayed without
+credentials (tollgate/upstream/redaction.py).
+
+Unlike the other stages, it is called once per attempt, with the attempt's
+deployment, its upstream's client and the statuses to divert, after the
+clock that times it (``ctx.started``, the deadlines, ``first_byte_at``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
 
 import orjson
 
-from tollgate.config.model import Deployment, Upstream
-from tollgate.config.upstreams import CONNECTION_RELAY_HEADER, never_forwarded
+from tollgate.clock import Clock
+from tollgate.config.model import Deployment
 from tollgate.edge.answers import REQUEST_ID_HEADER, Response, error_body
 from tollgate.edge.messages import StreamedAnswer
-from tollgate.errors import UpstreamAuthError, UpstreamBadResponse, UpstreamTimeout
+from tollgate.errors import UpstreamAuthError, UpstreamBadResponse, UpstreamStatus, UpstreamTimeout
 from tollgate.pipeline.context import RequestContext
-from tollgate.upstream.client import ConnectError, HttpError, UpstreamHttp, UpstreamResponse
-from tollgate.upstream.deadlines import Deadline, Deadlines
-from tollgate.upstream.redaction import redact, secrets_of
+from tollgate.upstream.client import ConnectError, HttpError, UpstreamResponse
+from tollgate.upstream.deadlines import Deadline
+from tollgate.upstream.pool import UpstreamClient, upstream_headers
+from tollgate.upstream.redaction import redact
 from tollgate.upstream.sse import SseParser
 from tollgate.upstream.usage import usage_from_body
 
-__all__ = [
-    "MODEL_HEADER",
-    "UpstreamClient",
-    "UpstreamPool",
-    "UpstreamStatus",
-    "forward",
-    "sse_error_event",
-    "upstream_headers",
-]
+__all__ = ["MODEL_HEADER", "Answer", "forward", "sse_error_event"]
 
 log = logging.getLogger("tollgate.forward")
+
+Answer = StreamedAnswer | Response
+"""What the stages that answer return: a complete response, or a stream already under way."""
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 # Which model served the response (differs from the requested one when a fallback did).
 MODEL_HEADER = "x-tollgate-model"
 # An upstream's answer to the gateway's credential that the tenant never sees as such (see UpstreamAuthError).
 _AUTH_STATUSES = frozenset({401, 403})
-# Connection values that name no other header (the common case: nothing to drop).
-_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
-
-
-class UpstreamStatus(UpstreamBadResponse):
-    """The upstream answered an error status the attempt loop judges itself (retry, fall back, or relay it as it is)."""
-
-    default_code = "upstream_status"
-
-    def __init__(self, upstream: str, status: int, body: bytes, content_type: str, retry_after: float | None) -> None:
-        super().__init__(f"upstream {upstream!r} answered {status}")
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-        self.retry_after = retry_after
-
-
-class UpstreamClient:
-    """An upstream's pooled keep-alive connections, the headers the gateway adds to every call, and which client headers pass."""
-
-    __slots__ = (
-        "config",
-        "http",
-        "fixed_headers",
-        "fixed_names",
-        "forward_names",
-        "forward_prefixes",
-        "secrets",
-        "deadlines",
-    )
-
-    def __init__(self, config: Upstream, deadlines: Deadlines | None = None) -> None:
-        self.config = config
-        self.http: UpstreamHttp | None = None
-        self.deadlines = deadlines or Deadlines()
-        fixed: list[tuple[str, str]] = [("Content-Type", "application/json")]
-        if not any(name.lower() == "accept-encoding" for name in config.headers):
-            # identity: the answer is parsed (usage) and relayed; a compressed one would only be inflated here.
-            fixed.append(("Accept-Encoding", "identity"))
-        if config.api_key and config.auth_header != "none":
-            if config.auth_header == "authorization":
-                fixed.append(("Authorization", f"Bearer {config.api_key}"))
-            else:
-                fixed.append((config.auth_header, config.api_key))
-        fixed.extend(config.headers.items())
-        self.fixed_headers = tuple(fixed)
-        self.fixed_names = frozenset(name.lower() for name, _ in fixed)
-        # The allow-list, checked against never_forwarded() once here for names, per header for prefixes.
-        allowed = [name for name in config.forward_headers if not name.endswith("*")]
-        self.forward_names = frozenset(n for n in allowed if not never_forwarded(n) and n not in self.fixed_names)
-        self.forward_prefixes = tuple(name[:-1] for name in config.forward_headers if name.endswith("*"))
-        self.secrets = secrets_of(config.api_key, config.headers.items())
-
-    async def start(self) -> None:
-        pool = self.config.pool
-        self.http = UpstreamHttp(
-            self.config.base_url,
-            max_connections=pool.max_connections,
-            keepalive=pool.keepalive,
-            connect_timeout=self.config.timeouts.connect,
-        )
-
-    async def close(self) -> None:
-        if self.http is not None:
-            await self.http.close()
-
-
-class UpstreamPool:
-    """The live upstream clients; a reload keeps the sessions whose upstream config did not change."""
-
-    def __init__(self) -> None:
-        self.clients: dict[str, UpstreamClient] = {}
-        self._retired: list[UpstreamClient] = []
-        # One sweep for every upstream call's timeouts (see tollgate/upstream/deadlines.py).
-        self.deadlines = Deadlines()
-
-    async def apply(self, upstreams: Mapping[str, Upstream]) -> None:
-        fresh: dict[str, UpstreamClient] = {}
-        for name, cfg in upstreams.items():
-            old = self.clients.get(name)
-            if old is not None and old.config == cfg:
-                fresh[name] = old
-                continue
-            client = UpstreamClient(cfg, self.deadlines)
-            await client.start()
-            fresh[name] = client
-        # Sessions that left the config may still carry in-flight requests:
-        # keep them until shutdown rather than cutting those requests.
-        self._retired.extend(c for name, c in self.clients.items() if fresh.get(name) is not c)
-        self.clients = fresh
-
-    async def close(self) -> None:
-        for client in [*self.clients.values(), *self._retired]:
-            await client.close()
-        self.clients = {}
-        self._retired = []
-        self.deadlines.close()
-
-
-def upstream_headers(ctx: RequestContext, client: UpstreamClient) -> list[tuple[str, str]]:
-    """The client headers the upstream's allow-list lets through (minus those named in ``Connection``), plus ours."""
-    headers = ctx.request.headers
-    names = client.forward_names
-    prefixes = client.forward_prefixes
-    out: list[tuple[str, str]] = []
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in names or (
-            prefixes and lower.startswith(prefixes) and not never_forwarded(lower) and lower not in client.fixed_names
-        ):
-            out.append((name, value))
-    if out:
-        connection = headers.getall("Connection", None)
-        relayed = headers.getall(CONNECTION_RELAY_HEADER, None) if CONNECTION_RELAY_HEADER in headers else None
-        if relayed is not None or (
-            connection is not None and (len(connection) > 1 or connection[0].lower() not in _PLAIN_CONNECTION)
-        ):
-            named = _connection_named(connection or (), relayed or ())
-            out = [(name, value) for name, value in out if name.lower() not in named]
-    out.extend(client.fixed_headers)
-    # The address the gateway settled on (identity/chain.py: trusted proxies only); a client's own claim stays here.
-    out.append(("X-Forwarded-For", ctx.client_ip))
-    out.append((REQUEST_ID_HEADER, ctx.request_id))
-    return out
-
-
-def _connection_named(connection: Sequence[str], relayed: Sequence[str]) -> frozenset[str]:
-    """Header names a client listed in ``Connection``: hop-by-hop, for this hop only. nginx relays its client's."""
-    return frozenset(token.strip().lower() for value in (*connection, *relayed) for token in value.split(","))
 
 
 def sse_error_event(message: str, code: str) -> bytes:
@@ -195,8 +63,8 @@ def _retry_after(value: str | None) -> float | None:
 
 
 async def forward(
-    ctx: RequestContext, deployment: Deployment, client: UpstreamClient, divert: frozenset[int]
-) -> StreamedAnswer | Response:
+    ctx: RequestContext, clock: Clock, deployment: Deployment, client: UpstreamClient, divert: frozenset[int]
+) -> Answer:
     """Send the request to one deployment and relay its answer.
 
     An error status in ``divert`` raises :class:`UpstreamStatus` (body read, nothing
@@ -209,23 +77,22 @@ async def forward(
     else:
         body = orjson.dumps({**ctx.body, "model": deployment.model})
     ctx.upstream_name = cfg.name
-    loop = asyncio.get_running_loop()
+    now = clock.loop_time
     deadline = ctx.started + cfg.timeouts.total
     phase = "first byte"
     upstream: UpstreamResponse | None = None
     try:
-        async with client.deadlines.at(min(deadline, loop.time() + cfg.timeouts.first_byte)) as timer:
-            upstream = await client.http.request(
-                "POST", ctx.endpoint.upstream_suffix, upstream_headers(ctx, client), body
-            )
-            ctx.first_byte_at = loop.time()
+        async with client.deadlines.at(min(deadline, now() + cfg.timeouts.first_byte)) as timer:
+            sent = upstream_headers(client, ctx.request.headers, ctx.client_ip, ctx.request_id)
+            upstream = await client.http.request("POST", ctx.endpoint.upstream_suffix, sent, body)
+            ctx.first_byte_at = now()
             phase = "idle"
-            timer.reschedule(min(deadline, loop.time() + cfg.timeouts.idle))
+            timer.reschedule(min(deadline, now() + cfg.timeouts.idle))
             status = upstream.status
             content_type = upstream.headers.get("content-type", "")
             if ctx.stream and status == 200 and content_type.startswith("text/event-stream"):
                 phase = "first event"
-                return await _relay_stream(ctx, upstream, timer, deadline, cfg.timeouts.idle)
+                return await _relay_stream(ctx, clock, upstream, timer, deadline, cfg.timeouts.idle)
             data = await upstream.read()
     except TimeoutError:
         raise UpstreamTimeout(
@@ -252,7 +119,7 @@ async def forward(
                 cfg.name, status, data, content_type, _retry_after(upstream.headers.get("retry-after"))
             )
     ctx.status = status
-    ctx.finished_at = loop.time()
+    ctx.finished_at = now()
     ctx.bytes_out = len(data)
     if status == 200:
         ctx.usage = usage_from_body(data)
@@ -268,13 +135,14 @@ async def forward(
 
 async def _relay_stream(
     ctx: RequestContext,
+    clock: Clock,
     upstream: UpstreamResponse,
     timer: Deadline,
     deadline: float,
     idle: float,
-) -> StreamedAnswer | Response:
+) -> Answer:
     """Relay SSE event by event; before the first event is out, failures raise so another attempt can serve."""
-    loop = asyncio.get_running_loop()
+    now = clock.loop_time
     parser = SseParser(ctx.stream_monitor)
     # Nothing reaches the client until the first complete event parsed: until then a failure can still be retried.
     out = b""
@@ -286,7 +154,7 @@ async def _relay_stream(
         chunk = await upstream.readany()
         if not chunk:
             out += parser.flush()
-            if parser.events or parser.done or parser.stop is not None or parser.holding:
+            if _went_on(parser):
                 continue
             raise UpstreamBadResponse("upstream ended the stream before its first event", code="upstream_empty_stream")
         out += parser.feed(chunk)
@@ -316,7 +184,7 @@ async def _relay_stream(
                 await parser.monitor.cover()  # type: ignore[union-attr]
                 out = parser.resume()
                 continue
-            timer.reschedule(min(deadline, loop.time() + idle))
+            timer.reschedule(min(deadline, now() + idle))
             chunk = await upstream.readany()
             if not chunk:
                 out = parser.flush()
@@ -364,9 +232,14 @@ async def _relay_stream(
         return response
     finally:
         ctx.bytes_out = sent
-        ctx.finished_at = loop.time()
+        ctx.finished_at = now()
         if parser.monitor is not None:
             parser.monitor.on_end(outcome)
+
+
+def _went_on(parser: SseParser) -> bool:
+    """Whether the parser has something to go on with: an event, the stream's end, a stop, or a held event."""
+    return bool(parser.events) or parser.done or parser.stop is not None or parser.holding
 
 
 async def _write_eof(response: StreamedAnswer) -> None:

@@ -1,75 +1,89 @@
-"""The request pipeline: guard → identify → match → admit → route → forward → account, for one endpoint."""
+"""The request pipeline: guard → identify → match → admit → route → forward → account, for one endpoint.
+
+Every stage is a function of the request context and of its own, narrow
+dependencies: ``stage(ctx, deps) -> None``. Guard and admit may wait
+(coroutines); identify, match and account never do (plain functions, no
+coroutine to pay for). Route and forward answer: ``serve(ctx, deps)`` returns
+the response (tollgate/pipeline/attempts.py), calling ``forward`` once per
+attempt. The dependencies of every stage are built once per config version by
+the runtime (:class:`Stages`, tollgate/runtime/state.py) and read once per
+request, so a request runs under one version from its start to its end.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Protocol
 
+from tollgate.clock import Clock
+from tollgate.config.model import Guard
 from tollgate.edge.answers import error_answer, internal_error_answer, request_id_from, status_for
-from tollgate.edge.messages import Request
+from tollgate.edge.messages import Handler, Request
 from tollgate.errors import GatewayError
-from tollgate.identity import client_ip, identify
+from tollgate.identity import client_ip
+from tollgate.identity.chain import IPNetwork
+from tollgate.pipeline.account import AccountDeps, account
+from tollgate.pipeline.admit import AdmitDeps, admit
 from tollgate.pipeline.attempts import serve
 from tollgate.pipeline.context import Endpoint, RequestContext
+from tollgate.pipeline.forward import Answer
 from tollgate.pipeline.guard import guard
-from tollgate.policy.admission import admit
-from tollgate.policy.settlement import StreamBudget
-from tollgate.runtime.state import GatewayState
-from tollgate.upstream.usage import UsageMonitor, request_stream_usage
+from tollgate.pipeline.identify import IdentifyDeps, identify
+from tollgate.pipeline.match import match
+from tollgate.pipeline.route import RouteDeps
+from tollgate.policy.matchers import NamespaceTable
+from tollgate.policy.shedding import Shedder
 
-__all__ = ["client_ip", "make_proxy_handler"]
+__all__ = ["Gateway", "Stages", "make_proxy_handler"]
 
 log = logging.getLogger("tollgate.proxy")
 
-Handler = Callable[[Request], Awaitable[Any]]
+
+@dataclass(frozen=True, slots=True)
+class Stages:
+    """The dependencies of every stage for one config version (and the handler's own: the clock of
+    ``ctx.started``, the shedder's in-flight count, the proxies trusted to name the client's address)."""
+
+    clock: Clock
+    shedder: Shedder
+    proxies: tuple[IPNetwork, ...]
+    guard: Guard
+    identify: IdentifyDeps
+    match: NamespaceTable
+    admit: AdmitDeps
+    route: RouteDeps
+    account: AccountDeps
 
 
-PRIORITY_HEADER = "X-Tollgate-Priority"
+class _Version(Protocol):
+    @property
+    def stages(self) -> Stages: ...
 
 
-def _priority(ctx: RequestContext) -> int:
-    """The plan's priority class, raised by the client's header only as far as the plan permits."""
-    limits = ctx.principal.limits
-    priority = limits.priority or 0
-    ceiling = limits.max_header_priority
-    if ceiling is not None:
-        asked = ctx.request.headers.get(PRIORITY_HEADER)
-        if asked is not None and asked.isdigit():
-            priority = max(priority, min(int(asked), ceiling))
-    return priority
+class Gateway(Protocol):
+    """Where the handler finds the config version in force (``GatewayState`` is one)."""
+
+    @property
+    def runtime(self) -> _Version: ...
 
 
-async def _admit(ctx: RequestContext, state: GatewayState) -> None:
-    """Match the namespace, admit every limit at once, and arm the stream's usage monitor."""
-    runtime = ctx.runtime
-    ctx.priority = _priority(ctx)
-    ctx.namespace = runtime.namespaces.match(ctx.request.headers, ctx.body)
-    admission = ctx.admission = await admit(
-        ctx, runtime.rules, state.limiter, state.accounting.metrics, state.lease_waiters, state.accounting.pricing
-    )
-    if admission is not None and admission.lease is not None:
-        state.settler.hold(admission.lease)
-    if ctx.stream:
-        budget = StreamBudget(admission, state.limiter) if admission is not None and admission.stream_limits else None
-        ctx.stream_monitor = UsageMonitor(ctx, request_stream_usage(ctx), budget)
-
-
-def make_proxy_handler(endpoint: Endpoint, state: GatewayState) -> Handler:
-    async def handle(request: Request) -> Any:
-        runtime = state.runtime
+def make_proxy_handler(endpoint: Endpoint, gateway: Gateway) -> Handler:
+    async def handle(request: Request) -> Answer:
+        stages = gateway.runtime.stages
         request_id = request_id_from(request.headers.get("x-request-id"))
-        loop = asyncio.get_running_loop()
         ctx = RequestContext(
-            request, runtime, request_id, endpoint, loop.time(), client_ip(request, runtime.identity.proxies)
+            request, request_id, endpoint, stages.clock.loop_time(), client_ip(request, stages.proxies)
         )
+        shedder = stages.shedder
         try:
-            state.shedder.enter()
-            await guard(ctx, runtime.config.guard)
-            identify(ctx, runtime.identity, state.registry.directory)
-            await _admit(ctx, state)
-            return await serve(ctx, state)  # route → forward, with retries and fallbacks
+            shedder.enter()
+            await guard(ctx, stages.guard)
+            identify(ctx, stages.identify)
+            match(ctx, stages.match)
+            await admit(ctx, stages.admit)
+            return await serve(ctx, stages.route)  # route → forward, with retries and fallbacks
         except GatewayError as exc:
             ctx.status = status_for(exc)
             ctx.error = exc.code
@@ -83,9 +97,7 @@ def make_proxy_handler(endpoint: Endpoint, state: GatewayState) -> Handler:
             ctx.error = "internal_error"
             return internal_error_answer(request_id)
         finally:
-            state.shedder.leave()
-            if ctx.admission is not None:
-                state.settler.finish(ctx)
-            state.accounting.record(ctx)
+            shedder.leave()
+            account(ctx, stages.account)
 
     return handle

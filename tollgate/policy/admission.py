@@ -14,21 +14,32 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from tollgate.clock import Clock, SystemClock
 from tollgate.config.rules import NANOS, PERIODS, ROLLING_MONTH_MS, RuleSpec
 from tollgate.edge.ratelimit_headers import HeaderLimit, ratelimit_headers, retry_after_seconds
 from tollgate.errors import QuotaExhausted, RateLimited
+from tollgate.identity.directory import Principal
 from tollgate.limiter import Decision, Lease, Limiter, LimitSpec, LimitState, Reservation
+from tollgate.limiter.spec import Calendar, FailMode, Kind, Unit
 from tollgate.policy.lease_wait import LeaseWaiters
 from tollgate.upstream.estimates import estimate_prompt_tokens, requested_completion_tokens
 
 if TYPE_CHECKING:
     from tollgate.accounting.pricing import Pricing
-    from tollgate.pipeline.context import RequestContext
     from tollgate.policy.rules import RuleSet
 
-__all__ = ["DEGRADED_HEADER", "Admission", "admit", "limit_spec", "rule_unit", "scope_key"]
+__all__ = [
+    "DEGRADED_HEADER",
+    "Admission",
+    "AdmissionRequest",
+    "LimitMetrics",
+    "admit",
+    "limit_spec",
+    "rule_unit",
+    "scope_key",
+]
 
 log = logging.getLogger("tollgate.admission")
 
@@ -37,10 +48,10 @@ DEGRADED_HEADER = "x-tollgate-degraded"
 LEASE_TTL_MS = 60_000
 _MONTH_MS = 31 * 86_400_000
 _TENANT_SCOPES = frozenset({"tenant", "key", "user"})
-_TOKEN_UNITS = {"total": "tokens", "input": "input_tokens", "output": "output_tokens"}
+_TOKEN_UNITS: dict[str, Unit] = {"total": "tokens", "input": "input_tokens", "output": "output_tokens"}
 _TOKEN_UNIT_NAMES = frozenset(_TOKEN_UNITS.values())
 # What a request's estimate is in each unit: (requests, prompt, completion, nanos) -> cost.
-_COST_OF = {
+_COST_OF: dict[str, Callable[[int, int, int], int]] = {
     "requests": lambda p, c, n: 1,
     "tokens": lambda p, c, n: p + c,
     "input_tokens": lambda p, c, n: p,
@@ -79,6 +90,42 @@ class Admission:
         return self.decision.lease
 
 
+class _Endpoint(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+
+class AdmissionRequest(Protocol):
+    """What admission reads of a request, once identified and matched (the pipeline's ``RequestContext`` is one)."""
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def endpoint(self) -> _Endpoint | None: ...
+
+    @property
+    def client_ip(self) -> str: ...
+
+    @property
+    def body(self) -> dict[str, Any] | None: ...
+
+    @property
+    def model(self) -> str | None: ...
+
+    @property
+    def stream(self) -> bool: ...
+
+    @property
+    def principal(self) -> Principal | None: ...
+
+    @property
+    def end_user(self) -> str | None: ...
+
+    @property
+    def namespace(self) -> str: ...
+
+
 class LimitMetrics(Protocol):
     def limit_decision(self, rule: str, outcome: str, n: int = 1) -> None: ...
 
@@ -94,7 +141,7 @@ def _count(decision: Decision, metrics: LimitMetrics) -> None:
             metrics.degraded_admission(st.name, "degraded")
 
 
-def rule_unit(rule: RuleSpec) -> str:
+def rule_unit(rule: RuleSpec) -> Unit:
     """What a rule counts: requests, tokens (input + output), input_tokens, output_tokens, or nanos (money)."""
     if rule.type == "token_limit":
         return _TOKEN_UNITS[rule.count]
@@ -113,50 +160,39 @@ def scope_key(rule: RuleSpec, values: Mapping[str, str]) -> tuple[tuple[str, str
 def limit_spec(rule: RuleSpec, scope: tuple[tuple[str, str], ...], tenant: str, cost: int) -> LimitSpec:
     """The limit one rule puts on one scope (``cost``: the request's, in the rule's unit): what admission
     consumes, and what the admin API peeks at."""
-    common = {
-        "name": rule.name,
-        "scope_key": scope,
-        "tenant": tenant if _TENANT_SCOPES.intersection(rule.scope) else None,
-        "fail_mode": rule.fail_mode,
-        "shadow": rule.shadow,
-    }
+
+    def spec(kind: str, window_ms: int, cost: int, unit: Unit = "requests", calendar: str | None = None) -> LimitSpec:
+        return LimitSpec(
+            name=rule.name,
+            kind=cast("Kind", kind),
+            limit=rule.limit,
+            window_ms=window_ms,
+            cost=cost,
+            unit=unit,
+            calendar=cast("Calendar | None", calendar),
+            scope_key=scope,
+            tenant=tenant if _TENANT_SCOPES.intersection(rule.scope) else None,
+            fail_mode=cast("FailMode", rule.fail_mode),
+            shadow=rule.shadow,
+        )
+
     if rule.type == "connection_limit":
-        return LimitSpec(kind="concurrency", limit=rule.limit, window_ms=LEASE_TTL_MS, cost=1, **common)
+        return spec("concurrency", LEASE_TTL_MS, 1)
     unit = rule_unit(rule)
     if rule.type == "budget":
         if rule.window == "rolling":
-            window_ms = ROLLING_MONTH_MS if rule.per == "month" else PERIODS[rule.per]
-            return LimitSpec(
-                kind="sliding_window", limit=rule.limit, window_ms=window_ms, cost=cost, unit="nanos", **common
-            )
-        return LimitSpec(
-            kind="fixed_window",
-            limit=rule.limit,
-            window_ms=PERIODS[rule.per] or _MONTH_MS,
-            calendar=rule.per,  # type: ignore[arg-type]
-            cost=cost,
-            unit="nanos",
-            **common,
-        )
+            return spec("sliding_window", ROLLING_MONTH_MS if rule.per == "month" else PERIODS[rule.per], cost, "nanos")
+        return spec("fixed_window", PERIODS[rule.per] or _MONTH_MS, cost, "nanos", calendar=rule.per)
     if rule.per == "month" or rule.type == "quota":
-        return LimitSpec(
-            kind="fixed_window", limit=rule.limit, window_ms=_MONTH_MS, calendar="month", cost=cost, unit=unit, **common
-        )
+        return spec("fixed_window", _MONTH_MS, cost, unit, calendar="month")
     window_ms = PERIODS[rule.per]
     if rule.algorithm == "fixed_window" and rule.per in ("minute", "hour", "day"):
-        return LimitSpec(
-            kind="fixed_window",
-            limit=rule.limit,
-            window_ms=window_ms,
-            calendar=rule.per,
-            cost=cost,
-            unit=unit,
-            **common,
-        )
-    return LimitSpec(kind=rule.algorithm, limit=rule.limit, window_ms=window_ms, cost=cost, unit=unit, **common)  # type: ignore[arg-type]
+        return spec("fixed_window", window_ms, cost, unit, calendar=rule.per)
+    return spec(rule.algorithm, window_ms, cost, unit)
 
 
 _SPEC_CACHE_LIMIT = 100_000
+_SYSTEM_CLOCK = SystemClock()
 
 
 class _Plan:
@@ -183,9 +219,9 @@ class _Plan:
         self.used_scopes = tuple(sorted({sc for scopes, _ in self.scopes for sc in scopes}))
 
 
-def _plan(rules: RuleSet, principal: Any, namespace: str) -> _Plan:
+def _plan(rules: RuleSet, principal: Principal, namespace: str) -> _Plan:
     key = (principal.plan, principal.tenant, namespace)
-    hit = rules.admission_cache.get(key)
+    hit: _Plan | None = rules.admission_cache.get(key)
     if hit is not None and hit.limits is principal.limits:
         return hit
     checks, rule_list = rules.applicable(principal.plan, principal.tenant, namespace)
@@ -196,7 +232,7 @@ def _plan(rules: RuleSet, principal: Any, namespace: str) -> _Plan:
     return hit
 
 
-_SCOPE_VALUES: dict[str, Callable[[Any, RequestContext], str]] = {
+_SCOPE_VALUES: dict[str, Callable[[Principal, AdmissionRequest], str]] = {
     "tenant": lambda p, ctx: p.tenant,
     "key": lambda p, ctx: p.key_id or "-",
     "user": lambda p, ctx: ctx.end_user or "-",
@@ -210,15 +246,16 @@ _SCOPE_VALUES: dict[str, Callable[[Any, RequestContext], str]] = {
 _SPEC_LISTS_LIMIT = 16_384
 
 
-def _specs(rules: RuleSet, plan: _Plan, ctx: RequestContext, estimate: tuple[int, int, int]) -> tuple[LimitSpec, ...]:
+def _specs(
+    rules: RuleSet, plan: _Plan, p: Principal, ctx: AdmissionRequest, estimate: tuple[int, int, int]
+) -> tuple[LimitSpec, ...]:
     """The request's limits, one tuple per (rule plan, scope values, estimate); shared: never mutated.
 
     ``estimate``: the prompt tokens, the completion cap and their cost in nanos.
     """
-    p = ctx.principal
     values = tuple([_SCOPE_VALUES[name](p, ctx) for name in plan.used_scopes])
     key = (id(plan), values, estimate)
-    hit = rules.spec_lists.get(key)
+    hit: tuple[_Plan, tuple[LimitSpec, ...]] | None = rules.spec_lists.get(key)
     if hit is None or hit[0] is not plan:
         if len(rules.spec_lists) >= _SPEC_LISTS_LIMIT:
             rules.spec_lists.clear()
@@ -336,18 +373,20 @@ def _spent(budgets: list[LimitState], decision: Decision, headers: dict[str, str
 
 
 async def admit(
-    ctx: RequestContext,
+    ctx: AdmissionRequest,
     rules: RuleSet,
     limiter: Limiter,
     metrics: LimitMetrics | None = None,
     waiters: LeaseWaiters | None = None,
     pricing: Callable[[], Pricing] | None = None,
+    clock: Clock = _SYSTEM_CLOCK,
 ) -> Admission | None:
     """Run field checks, then admit every applicable limit at once; raises RateLimited/BadRequest.
 
-    ``pricing`` gives the price table, asked only when a money budget applies.
+    ``pricing`` gives the price table, asked only when a money budget applies; ``clock`` times a wait for a lease.
     """
     principal = ctx.principal
+    assert principal is not None  # the identify stage ran
     plan = _plan(rules, principal, ctx.namespace)
     if plan.checks:
         rules.check_fields(plan.checks, ctx.body)
@@ -367,16 +406,16 @@ async def admit(
             currency = prices.currency
             rates = prices.rates(ctx.model)
             nanos = round(rates[0] + prompt * rates[1] + completion * rates[2])
-    specs = _specs(rules, plan, ctx, (prompt, completion, nanos))
+    specs = _specs(rules, plan, principal, ctx, (prompt, completion, nanos))
     store = limiter.store_for(tenant=principal.tenant, plan=principal.plan)
     decision = await limiter.admit(specs, store=store)
     waited = 0.0
     if not decision.allowed and waiters is not None:
         wait = _queue_timeout(decision, rule_list)
         if wait > 0:
-            started = asyncio.get_running_loop().time()
+            started = clock.loop_time()
             decision = await waiters.retry(lambda: limiter.admit(specs, store=store), wait) or decision
-            waited = asyncio.get_running_loop().time() - started
+            waited = clock.loop_time() - started
     headers = ratelimit_headers(_header_limits(decision.limits, specs))
     if metrics is not None:
         _count(decision, metrics)

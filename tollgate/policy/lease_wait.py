@@ -12,16 +12,18 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+from tollgate.clock import Clock, SystemClock
 from tollgate.limiter import Decision
 
 __all__ = ["LeaseWaiters"]
 
 
 class LeaseWaiters:
-    __slots__ = ("size", "poll", "waiting", "served", "expired", "refused_full", "_released")
+    __slots__ = ("size", "poll", "clock", "waiting", "served", "expired", "refused_full", "_released")
 
-    def __init__(self, size: int = 1000, poll: float = 0.05) -> None:
+    def __init__(self, size: int = 1000, poll: float = 0.05, clock: Clock | None = None) -> None:
         self.size = size
+        self.clock = clock or SystemClock()  # the loop time of the waiters' deadlines
         self.poll = poll
         self.waiting = 0
         self.served = 0
@@ -39,12 +41,12 @@ class LeaseWaiters:
         if self.waiting >= self.size:
             self.refused_full += 1
             return None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        now = self.clock.loop_time
+        deadline = now() + timeout
         self.waiting += 1
         try:
             while True:
-                remaining = deadline - loop.time()
+                remaining = deadline - now()
                 if remaining <= 0:
                     self.expired += 1
                     return None

@@ -44,7 +44,7 @@ def compile_field_check(rule: RuleSpec) -> FieldCheck:
         return FieldCheck(rule, compile_path(rule.field), lambda v: (v is not MISSING) == want)
     if op in ("gt", "gte", "lt", "lte"):
         bound = float(expected)
-        compare = {
+        compare: Callable[[float], bool] = {
             "gt": lambda x: x > bound,
             "gte": lambda x: x >= bound,
             "lt": lambda x: x < bound,

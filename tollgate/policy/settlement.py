@@ -15,19 +15,21 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
+from tollgate.background import BackgroundTask
+from tollgate.clock import Clock, SystemClock
 from tollgate.errors import GatewayError, StoreError
-from tollgate.limiter import Consumed, Lease, Limiter, LimitSpec, Settlement
+from tollgate.limiter import Consumed, Lease, Limiter, LimitSpec, Reservation, Settlement
 from tollgate.limiter.decision import Charge
+from tollgate.policy.admission import Admission, LimitMetrics
 from tollgate.token_estimate import CHARS_PER_TOKEN
+from tollgate.upstream.usage import Usage
 
 if TYPE_CHECKING:
     from tollgate.accounting.pricing import Pricing
-    from tollgate.pipeline.context import RequestContext, Usage
-    from tollgate.policy.admission import Admission, LimitMetrics
 
-__all__ = ["EXTEND_MIN_TOKENS", "Settler", "StreamBudget", "consumed"]
+__all__ = ["EXTEND_MIN_TOKENS", "FinishedRequest", "Settler", "StreamBudget", "consumed"]
 
 log = logging.getLogger("tollgate.settlement")
 
@@ -189,6 +191,25 @@ def consumed(admission: Admission, usage: Usage | None, reached_upstream: bool, 
 _NOTHING = Consumed(0, 0, 0, 0)
 
 
+class FinishedRequest(Protocol):
+    """What settling reads of a request that ended (the pipeline's ``RequestContext`` is one)."""
+
+    @property
+    def admission(self) -> Admission | None: ...
+
+    @property
+    def usage(self) -> Usage | None: ...
+
+    @property
+    def model(self) -> str | None: ...
+
+    @property
+    def model_served(self) -> str | None: ...
+
+    @property
+    def first_byte_at(self) -> float | None: ...
+
+
 class Settler:
     """Settles finished requests in the background and renews the leases of requests still running."""
 
@@ -198,25 +219,27 @@ class Settler:
         on_release: Callable[[], None] | None = None,
         metrics: LimitMetrics | None = None,
         pricing: Callable[[], Pricing] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.limiter = limiter
+        self._clock = clock or SystemClock()  # the loop time of lease renewals
         self._pricing = pricing  # prices the real usage of requests that hold a money budget
         self._on_release = on_release
         self._metrics = metrics  # counts overdrafts (tokens used past a spent budget, with on_exceed: allow)
         self.overdrafts = 0
         self._queue: deque[tuple[Admission, Consumed]] = deque()
         self._wake: asyncio.Event | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._worker = BackgroundTask("settler", self._work)
         self._closing = False
         self._leases: dict[Lease, float] = {}
         self.settled = 0
         self.failures = 0
-        self._renewer: asyncio.Task[None] | None = None
+        self._renewer = BackgroundTask("lease-renewer", self.renew_loop)
 
     def hold(self, lease: Lease) -> None:
-        self._leases[lease] = asyncio.get_running_loop().time()
+        self._leases[lease] = self._clock.loop_time()
 
-    def finish(self, ctx: RequestContext) -> None:
+    def finish(self, ctx: FinishedRequest) -> None:
         """Called once per admitted request when it ends, however it ends; never blocks the response."""
         admission = ctx.admission
         if admission is None or admission.settled:
@@ -312,10 +335,10 @@ class Settler:
 
     async def renew_loop(self) -> None:
         """Renew leases older than RENEW_EVERY seconds, so long streams keep theirs (a crashed process's expire)."""
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         while True:
             await asyncio.sleep(RENEW_EVERY / 3)
-            now = loop.time()
+            now = clock.loop_time()
             for lease, since in list(self._leases.items()):
                 if now - since < RENEW_EVERY or lease.released:
                     continue
@@ -330,25 +353,20 @@ class Settler:
             await self._settle_batch(batch)
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._worker = loop.create_task(self._work())
-        self._renewer = loop.create_task(self.renew_loop())
+        self._worker.start()
+        self._renewer.start()
 
     async def close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-        if self._worker is not None and self._wake is not None:
+        await self._renewer.stop()
+        if self._worker.running and self._wake is not None:
             self._closing = True  # the worker finishes what it holds, then stops
             self._wake.set()
-            await self._worker
-        self._renewer = self._worker = None
+            await self._worker.join()
         await self.drain()
 
 
-def _shares(parts: list[Any], actual: Consumed) -> list[tuple[Charge, int]]:
+def _shares(parts: list[Reservation], actual: Consumed) -> list[tuple[Charge, int]]:
     """Each limit's real use spread over what it held, in order (the reservation, then each extension):
     every part is filled up to what it reserved, the last takes any overdraft, what was not used is given back.
     One limit's parts may sit in two stores (an extension taken on the local fallback during an outage)."""

@@ -17,10 +17,10 @@ routing, once the plan has set the request's priority.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 
+from tollgate.background import BackgroundTask
 from tollgate.config.resilience import SheddingPolicy
 from tollgate.errors import Overloaded
 
@@ -30,13 +30,13 @@ log = logging.getLogger("tollgate.shedding")
 
 
 class Shedder:
-    __slots__ = ("policy", "inflight", "lag", "shed", "_retry_after", "_task", "_enabled")
+    __slots__ = ("policy", "inflight", "lag", "shed", "_retry_after", "_lag_watch", "_enabled")
 
     def __init__(self, policy: SheddingPolicy) -> None:
         self.inflight = 0
         self.lag = 0.0  # the latest event-loop lag sample, seconds
         self.shed: dict[int, int] = {}  # priority -> requests refused
-        self._task: asyncio.Task[None] | None = None
+        self._lag_watch = BackgroundTask("tollgate-loop-lag", self._watch_lag)
         self.policy = policy
         self._enabled = policy.enabled
         self._retry_after = str(max(1, math.ceil(policy.retry_after)))
@@ -85,17 +85,13 @@ class Shedder:
 
     # -- event-loop lag -------------------------------------------------------
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._watch_lag(), name="tollgate-loop-lag")
+        self._lag_watch.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._lag_watch.stop()
 
     async def _watch_lag(self) -> None:
+        # The real event loop's time, never an injected clock: this measures the loop itself.
         loop = asyncio.get_running_loop()
         while True:
             interval = self.policy.lag_interval

@@ -1,4 +1,4 @@
-"""The public listener's routes, on the gateway's own HTTP server (``httpserver.py``); the admin listener is an aiohttp application.
+"""The public listener's routes, on the gateway's own HTTP server (``tollgate/edge/server.py``); the admin listener is an aiohttp application.
 
 The public side dispatches by exact path from one dict: it has only a
 handful of fixed paths. ``public_lifecycle`` opens the gateway's resources
@@ -17,9 +17,10 @@ from tollgate.edge.answers import Response, error_answer, internal_error_answer,
 from tollgate.edge.messages import Handler, Request
 from tollgate.edge.server import REFUSALS, HttpServer
 from tollgate.errors import GatewayError, MethodNotAllowed, NotFound
-from tollgate.identity import Principal, authenticate, registry_watching
+from tollgate.identity import Principal, authenticate
 from tollgate.pipeline.context import ENDPOINTS
 from tollgate.pipeline.handler import make_proxy_handler
+from tollgate.registry.registry import registry_watching
 from tollgate.runtime.state import GatewayState
 
 __all__ = ["healthz", "make_public_handler", "make_public_server", "public_lifecycle", "readyz"]

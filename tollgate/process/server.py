@@ -14,6 +14,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from tollgate.admin import Probes, ReloadAction, make_admin_app
+from tollgate.background import BackgroundTask
 from tollgate.config import Config
 from tollgate.pipeline.guard import header_room
 from tollgate.process.public import healthz, make_public_server, public_lifecycle, readyz
@@ -82,7 +83,7 @@ async def run_gateway(
     async with public_lifecycle(state):
         public = make_public_server(state, max_head=max_head)
         runners: list[web.BaseRunner] = []
-        watchdog: asyncio.Task[None] | None = None
+        watchdog: BackgroundTask | None = None
         try:
             pub = config.listeners.public
             public_port = await public.start(pub.host, pub.port, reuse_port=reuse_port)
@@ -104,12 +105,13 @@ async def run_gateway(
                 if result is not None:
                     await result
             if supervisor_pid is not None:
-                watchdog = asyncio.create_task(_stop_when_orphaned(supervisor_pid, stop))
+                watchdog = BackgroundTask("orphan-watch", lambda: _stop_when_orphaned(supervisor_pid, stop))
+                watchdog.start()
             await stop.wait()
             log.info("stopping: no new connections, draining in-flight requests (up to %.0fs)", grace)
         finally:
             if watchdog is not None:
-                watchdog.cancel()
+                await watchdog.stop()
             # The listeners drain before the resources close.
             for runner in runners:
                 await runner.cleanup()

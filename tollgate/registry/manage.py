@@ -12,7 +12,7 @@ from tollgate.config.identity import TENANT_ID, ApiKey, Tenant, check_tenant_ref
 from tollgate.config.model import Config
 from tollgate.config.reader import Node, Problems
 from tollgate.errors import BadRequest, NotFound
-from tollgate.identity.directory import KeyEntry, TenantEntry
+from tollgate.identity.directory import Directory, KeyEntry, TenantEntry
 from tollgate.registry.registry import Registry
 from tollgate.registry.stores import RegistryConflict
 
@@ -58,7 +58,7 @@ class Manager:
         self.clock = clock
 
     @property
-    def directory(self):  # type: ignore[no-untyped-def]
+    def directory(self) -> Directory:
         return self.registry.directory
 
     # -- lookups --------------------------------------------------------

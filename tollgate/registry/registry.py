@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tollgate.background import BackgroundTask
+from tollgate.clock import Clock, SystemClock
 from tollgate.config.identity import RegistryConfig
 from tollgate.config.model import Config
 from tollgate.errors import StoreError
@@ -48,8 +49,9 @@ def open_store(config: RegistryConfig, base_dir: Path | None) -> RegistryStore:
 
 
 class Registry:
-    def __init__(self, config: Config, *, base_dir: Path | None = None) -> None:
+    def __init__(self, config: Config, *, base_dir: Path | None = None, clock: Clock | None = None) -> None:
         self.settings = config.registry
+        self._clock = clock or SystemClock()  # how long the store has been unreachable
         self.store = open_store(config.registry, base_dir)
         # Tenant and key records (for the directory), and namespace and rule records, apart.
         self.records: dict[str, Any] = {}
@@ -146,7 +148,7 @@ class Registry:
                 await self.poll()
             except StoreError as exc:
                 if self.failing_since is None:
-                    self.failing_since = time.monotonic()
+                    self.failing_since = self._clock.monotonic()
                 if str(exc) != self._last_error:
                     log.error("registry: cannot follow changes, keeping what we know: %s", exc)
                     self._last_error = str(exc)
@@ -158,7 +160,7 @@ class Registry:
     def problems(self) -> list[str]:
         if self.failing_since is not None:
             return [
-                f"the registry store has been unreachable for {time.monotonic() - self.failing_since:.0f}s: {self._last_error}"
+                f"the registry store has been unreachable for {self._clock.monotonic() - self.failing_since:.0f}s: {self._last_error}"
             ]
         return []
 
@@ -176,11 +178,10 @@ def _split(records: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 async def registry_watching(registry: Registry) -> AsyncIterator[None]:
     """Open the registry before serving and follow its changes until the block ends; then close it."""
     await registry.open()
-    task = asyncio.create_task(registry.watch(), name="registry-watcher")
+    watcher = BackgroundTask("registry-watcher", registry.watch)
+    watcher.start()
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await watcher.stop()
         await registry.close()

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -220,7 +220,7 @@ class RedisStore:
                 return None
             if current < version:  # the Redis data was lost or replaced: start over from what is there
                 return await self.load()
-            names = await self.client.zrangebyscore(self.k_changes, f"({version}", current)
+            names = cast("list[bytes]", await self.client.zrangebyscore(self.k_changes, f"({version}", current))
             if not names:
                 return Changes(current, {})
             values = await self.client.hmget(self.k_records, names)
@@ -245,7 +245,7 @@ class RedisStore:
                             if taken:
                                 raise _conflict(taken)
                         version = int(await pipe.get(self.k_version) or 0) + 1
-                        pipe.multi()
+                        pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
                         pipe.set(self.k_version, version)
                         if sets:
                             pipe.hset(self.k_records, mapping=sets)  # type: ignore[arg-type]

@@ -9,14 +9,41 @@ answers with a status below 500 other than 429 within ``timeout``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Protocol
 
-from tollgate.routing.balancing import DeploymentState
+from tollgate.background import BackgroundTask
+from tollgate.config.model import Config
+from tollgate.routing.balancing import DeploymentRegistry, DeploymentState
+from tollgate.routing.models import ModelRoute
 from tollgate.upstream.client import HttpError
+from tollgate.upstream.pool import UpstreamPool
 
-__all__ = ["HealthProber"]
+__all__ = ["HealthProber", "ProbedGateway"]
+
+
+class _Routes(Protocol):
+    @property
+    def routes(self) -> Mapping[str, ModelRoute]: ...
+
+
+class ProbedGateway(Protocol):
+    """What the prober reads of the gateway each round: the config and routes in force, the deployments' live
+    states, the upstream clients (``GatewayState`` is one)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def runtime(self) -> _Routes: ...
+
+    @property
+    def deployments(self) -> DeploymentRegistry: ...
+
+    @property
+    def pool(self) -> UpstreamPool: ...
+
 
 log = logging.getLogger("tollgate.health")
 
@@ -24,23 +51,18 @@ log = logging.getLogger("tollgate.health")
 class HealthProber:
     """Runs in the background while ``resilience.health.enabled``; reads the live config each round."""
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: ProbedGateway) -> None:
         self.state = state
-        self._task: asyncio.Task[None] | None = None
+        self._prober = BackgroundTask("tollgate-health-probes", self._run)
         self._streaks: dict[str, int] = {}  # key -> +n successes / -n failures in a row
         self.probes = 0
         self.failures = 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="tollgate-health-probes")
+        self._prober.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._prober.stop()
 
     async def _run(self) -> None:
         while True:

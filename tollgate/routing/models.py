@@ -1,4 +1,4 @@
-"""Route stage: a model name names a group of deployments, a balancing strategy and its fallback chains.
+"""Routes: a model name names a group of deployments, a balancing strategy and its fallback chains.
 
 Compiled once per config version (:func:`compile_routes`); the live state of
 each deployment comes from the registry on ``GatewayState`` and survives reloads.
@@ -11,7 +11,6 @@ from collections.abc import Mapping
 
 from tollgate.config.model import Config, Deployment, Model
 from tollgate.errors import NotFound
-from tollgate.pipeline.context import RequestContext
 from tollgate.routing.balancing import (
     STRATEGY_CODES,
     WEIGHTED_ROUND_ROBIN,
@@ -155,11 +154,12 @@ def _chain(name: str, field: str, routes: Mapping[str, ModelRoute]) -> tuple[Mod
     return tuple(out)
 
 
-def route(ctx: RequestContext, routes: Mapping[str, ModelRoute]) -> ModelRoute:
-    model_route = routes.get(ctx.model or "")
+def route(model: str | None, routes: Mapping[str, ModelRoute]) -> ModelRoute:
+    """The route of the model a request asked for; :class:`NotFound` for a model the config does not have."""
+    model_route = routes.get(model or "")
     if model_route is None:
         raise NotFound(
-            f"the model {ctx.model!r} does not exist or you do not have access to it",
+            f"the model {model!r} does not exist or you do not have access to it",
             param="model",
             code="model_not_found",
         )

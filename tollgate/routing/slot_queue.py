@@ -1,7 +1,7 @@
 """A bounded wait for a concurrency slot: priority classes first, then round robin between tenants, with a deadline.
 
     queue = FairQueue(limit=8, size=1000)
-    async with queue.slot(tenant, priority, deadline):   # deadline: absolute loop.time()
+    async with queue.slot(tenant, priority, timeout):    # timeout: seconds it may wait
         ...                                              # at most `limit` bodies run at once
 
 A request that finds a free slot and nobody waiting takes it without waiting
@@ -69,8 +69,8 @@ class FairQueue:
             return True
         return False
 
-    async def acquire(self, tenant: str, priority: int, deadline: float) -> None:
-        """Take a slot, waiting until ``deadline`` (event-loop time) at the latest."""
+    async def acquire(self, tenant: str, priority: int, timeout: float) -> None:
+        """Take a slot, waiting ``timeout`` seconds at most."""
         if self.try_acquire():
             return
         if self.waiting >= self.size:
@@ -89,7 +89,7 @@ class FairQueue:
         self.waited_total += 1
         started = loop.time()
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout(timeout):
                 await fut
         except BaseException as exc:
             if fut.done() and not fut.cancelled():
@@ -125,8 +125,8 @@ class FairQueue:
             self.in_use += 1
             fut.set_result(None)
 
-    def slot(self, tenant: str, priority: int, deadline: float) -> _Slot:
-        return _Slot(self, tenant, priority, deadline)
+    def slot(self, tenant: str, priority: int, timeout: float) -> _Slot:
+        return _Slot(self, tenant, priority, timeout)
 
     def _next_waiter(self) -> asyncio.Future[None] | None:
         classes = self._classes
@@ -155,16 +155,16 @@ class FairQueue:
 
 
 class _Slot:
-    __slots__ = ("queue", "tenant", "priority", "deadline")
+    __slots__ = ("queue", "tenant", "priority", "timeout")
 
-    def __init__(self, queue: FairQueue, tenant: str, priority: int, deadline: float) -> None:
+    def __init__(self, queue: FairQueue, tenant: str, priority: int, timeout: float) -> None:
         self.queue = queue
         self.tenant = tenant
         self.priority = priority
-        self.deadline = deadline
+        self.timeout = timeout
 
     async def __aenter__(self) -> None:
-        await self.queue.acquire(self.tenant, self.priority, self.deadline)
+        await self.queue.acquire(self.tenant, self.priority, self.timeout)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

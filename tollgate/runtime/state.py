@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -15,15 +15,19 @@ from tollgate.clock import Clock, SystemClock
 from tollgate.config import Config, load_config
 from tollgate.config.rules import RulesConfig
 from tollgate.errors import ConfigError
-from tollgate.identity import IdentityRuntime, Registry, compile_identity
+from tollgate.identity import IdentityRuntime, compile_identity
 from tollgate.limiter import build_limiter
-from tollgate.pipeline.attempts import AttemptCounters
-from tollgate.pipeline.forward import UpstreamPool
+from tollgate.pipeline.account import AccountDeps
+from tollgate.pipeline.admit import AdmitDeps
+from tollgate.pipeline.handler import Stages
+from tollgate.pipeline.identify import IdentifyDeps
+from tollgate.pipeline.route import AttemptCounters, RouteDeps
 from tollgate.policy.lease_wait import LeaseWaiters
 from tollgate.policy.matchers import NamespaceTable
 from tollgate.policy.rules import RuleSet
 from tollgate.policy.settlement import Settler
 from tollgate.policy.shedding import Shedder
+from tollgate.registry.registry import Registry
 from tollgate.registry.rule_records import RuleBook
 from tollgate.routing.balancing import DeploymentRegistry
 from tollgate.routing.deadletter import DeadLetterLog
@@ -31,6 +35,7 @@ from tollgate.routing.degradation import Hotspots, ProactiveFallbacks
 from tollgate.routing.health import HealthProber
 from tollgate.routing.models import ModelRoute, compile_routes
 from tollgate.routing.retry_budget import RetryBudget
+from tollgate.upstream.pool import UpstreamPool
 
 __all__ = ["STATE", "GatewayState", "Runtime"]
 
@@ -42,32 +47,42 @@ class Runtime:
 
     ``rules_config`` is the config's namespaces and rules with the registry's runtime changes laid over
     them; when only those change, :meth:`with_rules` makes the next Runtime without recompiling the rest.
+    ``stages`` is what the pipeline's stages work with, made by ``wire`` from this version and the
+    process's resources (tollgate/pipeline/handler.py).
     """
 
-    __slots__ = ("config", "version", "routes", "identity", "rules_config", "namespaces", "rules")
+    __slots__ = ("config", "version", "routes", "identity", "rules_config", "namespaces", "rules", "stages", "_wire")
 
     def __init__(
-        self, config: Config, version: int, deployments: DeploymentRegistry, rules: RulesConfig | None = None
+        self,
+        config: Config,
+        version: int,
+        deployments: DeploymentRegistry,
+        wire: Callable[[Runtime], Stages],
+        rules: RulesConfig | None = None,
     ) -> None:
         self.config = config
         self.version = version
         self.routes: Mapping[str, ModelRoute] = compile_routes(config, deployments)
         self.identity: IdentityRuntime = compile_identity(config)
+        self._wire = wire
         self._compile_rules(rules if rules is not None else config.rules)
 
     def _compile_rules(self, rules: RulesConfig) -> None:
         self.rules_config = rules
         self.namespaces = NamespaceTable(rules.namespaces)
         self.rules = RuleSet(rules, self.config.accounting.quotas.spend_limit)
+        self.stages = self._wire(self)
 
     def with_rules(self, rules: RulesConfig) -> Runtime:
         """The same config version with other namespaces and rules."""
         runtime = object.__new__(Runtime)
-        runtime.config, runtime.version, runtime.routes, runtime.identity = (
+        runtime.config, runtime.version, runtime.routes, runtime.identity, runtime._wire = (
             self.config,
             self.version,
             self.routes,
             self.identity,
+            self._wire,
         )
         runtime._compile_rules(rules)
         return runtime
@@ -90,15 +105,16 @@ class GatewayState:
         self.hotspots = Hotspots(res.hotspot, self.clock)
         self.counters = AttemptCounters()
         self.health = HealthProber(self)
-        self.runtime = Runtime(config, next(self._versions), self.deployments)
         self.config_path = Path(config_path) if config_path is not None else None
         # Tenants and keys: the config's plus runtime changes; outlives config versions.
-        self.registry = Registry(config, base_dir=self.config_path.parent if self.config_path else None)
+        self.registry = Registry(
+            config, base_dir=self.config_path.parent if self.config_path else None, clock=self.clock
+        )
         self.registry.on_rules_change = self._rules_changed
-        self.pool = UpstreamPool()
+        self.pool = UpstreamPool(self.clock)
         # Limits: one limiter (and its store connections) for the process; settling runs in the background.
         self.limiter = build_limiter(config.store, clock=self.clock)
-        self.lease_waiters = LeaseWaiters(res.queue.size)
+        self.lease_waiters = LeaseWaiters(res.queue.size, clock=self.clock)
         # Usage, cost, quotas, metrics, access and audit logs; flushed in the background, and on close.
         self.accounting = Accounting(config, state=self)
         self.settler = Settler(
@@ -106,8 +122,11 @@ class GatewayState:
             on_release=self.lease_waiters.released,
             metrics=self.accounting.metrics,
             pricing=self.accounting.pricing,
+            clock=self.clock,
         )
+        self._account = AccountDeps(self.settler, self.accounting, self.accounting.wall, self.clock)
         self._reload_lock = asyncio.Lock()
+        self.runtime = Runtime(config, next(self._versions), self.deployments, self._stages)
 
     @property
     def config(self) -> Config:
@@ -147,7 +166,9 @@ class GatewayState:
             if config.store != old.config.store:
                 log.warning("store changes in %s take effect only after a restart", config.source)
             generation = self.registry.rules_generation
-            runtime = Runtime(config, next(self._versions), self.deployments, self.effective_rules(config))
+            runtime = Runtime(
+                config, next(self._versions), self.deployments, self._stages, self.effective_rules(config)
+            )
             await self.pool.apply(config.upstreams)
             self.registry.use_config(config)
             if self.registry.rules_generation != generation:  # namespaces or rules changed while we awaited
@@ -156,6 +177,36 @@ class GatewayState:
             self._configure_resilience(config)
             log.info("config version %d in force (from %s)", runtime.version, config.source)
             return runtime
+
+    def _stages(self, runtime: Runtime) -> Stages:
+        """What the pipeline's stages work with under ``runtime``: its compiled parts and this process's resources."""
+        config, clock = runtime.config, self.clock
+        metrics = self.accounting.metrics
+        return Stages(
+            clock=clock,
+            shedder=self.shedder,
+            proxies=runtime.identity.proxies,
+            guard=config.guard,
+            identify=IdentifyDeps(runtime.identity, self.registry),
+            match=runtime.namespaces,
+            admit=AdmitDeps(
+                runtime.rules, self.limiter, metrics, self.lease_waiters, self.accounting.pricing, self.settler, clock
+            ),
+            route=RouteDeps(
+                routes=runtime.routes,
+                resilience=config.resilience,
+                clock=clock,
+                shedder=self.shedder,
+                pool=self.pool,
+                retry_budget=self.retry_budget,
+                counters=self.counters,
+                proactive=self.proactive,
+                hotspots=self.hotspots,
+                metrics=metrics,
+                dead_letters=self.dead_letters,
+            ),
+            account=self._account,
+        )
 
     def effective_rules(self, config: Config) -> RulesConfig:
         """The config's namespaces and rules with the runtime changes from the registry laid over them."""

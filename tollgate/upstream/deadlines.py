@@ -15,6 +15,7 @@ such as a client disconnect, stays a cancellation).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
 
 __all__ = ["Deadline", "Deadlines"]
@@ -63,10 +64,14 @@ class Deadline:
 
 
 class Deadlines:
-    """The deadlines in force in one event loop, swept every ``resolution`` seconds while any is active."""
+    """The deadlines in force in one event loop, swept every ``resolution`` seconds while any is active.
 
-    def __init__(self, resolution: float = 0.05) -> None:
+    A deadline is a time of ``now()``: the event loop's time unless told otherwise (a ``Clock``'s ``loop_time``).
+    """
+
+    def __init__(self, resolution: float = 0.05, now: Callable[[], float] | None = None) -> None:
         self.resolution = resolution
+        self._now = now
         self.active: dict[Deadline, None] = {}
         self._handle: asyncio.TimerHandle | None = None
 
@@ -81,7 +86,7 @@ class Deadlines:
         self._handle = None
         if not self.active:
             return
-        now = asyncio.get_running_loop().time()
+        now = self._now() if self._now is not None else asyncio.get_running_loop().time()
         for deadline in [d for d in self.active if d.when <= now]:
             deadline.fire()
         self.ensure_sweeping()

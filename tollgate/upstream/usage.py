@@ -10,20 +10,71 @@ rule says ``cut``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 
-from tollgate.pipeline.context import Usage
+from tollgate.limiter import LimitSpec
 from tollgate.token_estimate import estimate_tokens
 from tollgate.upstream.estimates import estimate_prompt_tokens
 from tollgate.upstream.sse import DROP, HOLD, PASS, EndStream
 
-if TYPE_CHECKING:
-    from tollgate.pipeline.context import RequestContext
-    from tollgate.policy.settlement import StreamBudget
+__all__ = [
+    "MeteredRequest",
+    "StreamLimits",
+    "Usage",
+    "UsageMonitor",
+    "request_stream_usage",
+    "usage_from_body",
+    "usage_from_json",
+]
 
-__all__ = ["UsageMonitor", "request_stream_usage", "usage_from_body", "usage_from_json"]
+
+@dataclass(slots=True)
+class Usage:
+    """A request's tokens: what the upstream reported, or what the gateway estimated."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # True when the numbers come from the upstream; False when we estimated them.
+    reported: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class _Endpoint(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+
+class MeteredRequest(Protocol):
+    """What usage extraction reads and writes of a request (the pipeline's ``RequestContext`` is one)."""
+
+    body: dict[str, Any] | None
+    body_bytes: bytes
+    usage: Usage | None
+
+    @property
+    def endpoint(self) -> _Endpoint | None: ...
+
+
+class StreamLimits(Protocol):
+    """The reserved limits a stream is held to (the admit stage's ``StreamBudget``): see :class:`UsageMonitor`."""
+
+    completion_tokens: int
+
+    def after(self, chars: int) -> int: ...
+
+    def short(self, completion: int) -> list[tuple[int, int]]: ...
+
+    def spent_cut(self, completion: int) -> LimitSpec | None: ...
+
+    def relayed(self, chars: int, completion: int) -> None: ...
+
+    async def cover(self, completion: int) -> None: ...
 
 
 def usage_from_json(doc: Any) -> Usage | None:
@@ -45,7 +96,7 @@ def usage_from_body(body: bytes) -> Usage | None:
         return None
 
 
-def request_stream_usage(ctx: RequestContext) -> bool:
+def request_stream_usage(ctx: MeteredRequest) -> bool:
     """Make sure the upstream reports usage at the end of the stream; returns whether the client asked for it."""
     body = ctx.body
     assert body is not None
@@ -65,7 +116,7 @@ class UsageMonitor:
 
     __slots__ = ("ctx", "client_wants_usage", "budget", "_chars", "_wanted")
 
-    def __init__(self, ctx: RequestContext, client_wants_usage: bool, budget: StreamBudget | None) -> None:
+    def __init__(self, ctx: MeteredRequest, client_wants_usage: bool, budget: StreamLimits | None) -> None:
         self.ctx = ctx
         self.client_wants_usage = client_wants_usage
         self.budget = budget

@@ -1,4 +1,6 @@
-"""Fast reading of registry records in exactly the shape the gateway writes (``Tenant.to_json`` / ``ApiKey.to_json``).
+"""Fast reading of tenant and key records in exactly the shape the gateway writes (``Tenant.to_json`` / ``ApiKey.to_json``).
+
+The registry stores these records without reading them; the directory reads them.
 
 Loading 100,000 tenants through the general, path-reporting parser costs
 seconds; a record that is exactly what we wrote needs only type checks. Any

@@ -1,0 +1,45 @@
+"""Admit stage: every limit that applies, checked and consumed in one limiter call; a stream gets its usage monitor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tollgate.accounting.pricing import Pricing
+from tollgate.clock import Clock
+from tollgate.limiter import Limiter
+from tollgate.pipeline.context import RequestContext
+from tollgate.policy import admission
+from tollgate.policy.admission import LimitMetrics
+from tollgate.policy.lease_wait import LeaseWaiters
+from tollgate.policy.rules import RuleSet
+from tollgate.policy.settlement import Settler, StreamBudget
+from tollgate.upstream.usage import UsageMonitor, request_stream_usage
+
+__all__ = ["AdmitDeps", "admit"]
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitDeps:
+    """The rules of the config version, and the process's limiter, lease waiters, price table and settler."""
+
+    rules: RuleSet
+    limiter: Limiter
+    metrics: LimitMetrics
+    waiters: LeaseWaiters
+    pricing: Callable[[], Pricing]
+    settler: Settler
+    clock: Clock
+
+
+async def admit(ctx: RequestContext, deps: AdmitDeps) -> None:
+    """Set ``ctx.admission`` (refusing with 429 what a limit refuses), and arm a stream's usage monitor."""
+    limiter = deps.limiter
+    decided = ctx.admission = await admission.admit(
+        ctx, deps.rules, limiter, deps.metrics, deps.waiters, deps.pricing, deps.clock
+    )
+    if decided is not None and decided.lease is not None:
+        deps.settler.hold(decided.lease)
+    if ctx.stream:
+        budget = StreamBudget(decided, limiter) if decided is not None and decided.stream_limits else None
+        ctx.stream_monitor = UsageMonitor(ctx, request_stream_usage(ctx), budget)

@@ -1,0 +1,144 @@
+"""The upstream connection pool: one client per upstream (keep-alive connections, the headers the gateway adds).
+
+What a tenant sends reaches the upstream only through the upstream's
+``forward_headers`` allow-list (tollgate/config/upstreams.py), minus the names
+its ``Connection`` header lists; the gateway adds its own headers (credential,
+organisation, ``X-Forwarded-For``, ``x-request-id``). A reload keeps the
+client of every upstream whose config did not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from multidict import CIMultiDictProxy
+
+from tollgate.clock import Clock
+from tollgate.config.model import Upstream
+from tollgate.config.upstreams import CONNECTION_RELAY_HEADER, never_forwarded
+from tollgate.edge.answers import REQUEST_ID_HEADER
+from tollgate.upstream.client import UpstreamHttp
+from tollgate.upstream.deadlines import Deadlines
+from tollgate.upstream.redaction import secrets_of
+
+__all__ = ["UpstreamClient", "UpstreamPool", "upstream_headers"]
+
+# Connection values that name no other header (the common case: nothing to drop).
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
+
+
+class UpstreamClient:
+    """An upstream's pooled keep-alive connections, the headers the gateway adds to every call, and which client headers pass."""
+
+    __slots__ = (
+        "config",
+        "http",
+        "fixed_headers",
+        "fixed_names",
+        "forward_names",
+        "forward_prefixes",
+        "secrets",
+        "deadlines",
+    )
+
+    def __init__(self, config: Upstream, deadlines: Deadlines | None = None) -> None:
+        self.config = config
+        self.http: UpstreamHttp | None = None
+        self.deadlines = deadlines or Deadlines()
+        fixed: list[tuple[str, str]] = [("Content-Type", "application/json")]
+        if not any(name.lower() == "accept-encoding" for name in config.headers):
+            # identity: the answer is parsed (usage) and relayed; a compressed one would only be inflated here.
+            fixed.append(("Accept-Encoding", "identity"))
+        if config.api_key and config.auth_header != "none":
+            if config.auth_header == "authorization":
+                fixed.append(("Authorization", f"Bearer {config.api_key}"))
+            else:
+                fixed.append((config.auth_header, config.api_key))
+        fixed.extend(config.headers.items())
+        self.fixed_headers = tuple(fixed)
+        self.fixed_names = frozenset(name.lower() for name, _ in fixed)
+        # The allow-list, checked against never_forwarded() once here for names, per header for prefixes.
+        allowed = [name for name in config.forward_headers if not name.endswith("*")]
+        self.forward_names = frozenset(n for n in allowed if not never_forwarded(n) and n not in self.fixed_names)
+        self.forward_prefixes = tuple(name[:-1] for name in config.forward_headers if name.endswith("*"))
+        self.secrets = secrets_of(config.api_key, config.headers.items())
+
+    async def start(self) -> None:
+        pool = self.config.pool
+        self.http = UpstreamHttp(
+            self.config.base_url,
+            max_connections=pool.max_connections,
+            keepalive=pool.keepalive,
+            connect_timeout=self.config.timeouts.connect,
+        )
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+
+
+class UpstreamPool:
+    """The live upstream clients; a reload keeps the sessions whose upstream config did not change."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clients: dict[str, UpstreamClient] = {}
+        self._retired: list[UpstreamClient] = []
+        # One sweep for every upstream call's timeouts (see tollgate/upstream/deadlines.py), on the clock's loop time.
+        self.deadlines = Deadlines(now=clock.loop_time if clock is not None else None)
+
+    async def apply(self, upstreams: Mapping[str, Upstream]) -> None:
+        fresh: dict[str, UpstreamClient] = {}
+        for name, cfg in upstreams.items():
+            old = self.clients.get(name)
+            if old is not None and old.config == cfg:
+                fresh[name] = old
+                continue
+            client = UpstreamClient(cfg, self.deadlines)
+            await client.start()
+            fresh[name] = client
+        # Sessions that left the config may still carry in-flight requests:
+        # keep them until shutdown rather than cutting those requests.
+        self._retired.extend(c for name, c in self.clients.items() if fresh.get(name) is not c)
+        self.clients = fresh
+
+    async def close(self) -> None:
+        for client in [*self.clients.values(), *self._retired]:
+            await client.close()
+        self.clients = {}
+        self._retired = []
+        self.deadlines.close()
+
+
+def upstream_headers(
+    client: UpstreamClient, headers: CIMultiDictProxy[str], client_ip: str, request_id: str
+) -> list[tuple[str, str]]:
+    """The client headers the upstream's allow-list lets through (minus those named in ``Connection``), plus ours.
+
+    ``client_ip`` is the address the gateway settled on (trusted proxies only, tollgate/identity/chain.py).
+    """
+    names = client.forward_names
+    prefixes = client.forward_prefixes
+    out: list[tuple[str, str]] = []
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in names or (
+            prefixes and lower.startswith(prefixes) and not never_forwarded(lower) and lower not in client.fixed_names
+        ):
+            out.append((name, value))
+    if out:
+        connection = headers.getall("Connection", None)
+        relayed = headers.getall(CONNECTION_RELAY_HEADER, None) if CONNECTION_RELAY_HEADER in headers else None
+        if relayed is not None or (
+            connection is not None and (len(connection) > 1 or connection[0].lower() not in _PLAIN_CONNECTION)
+        ):
+            named = _connection_named(connection or (), relayed or ())
+            out = [(name, value) for name, value in out if name.lower() not in named]
+    out.extend(client.fixed_headers)
+    out.append(("X-Forwarded-For", client_ip))  # a client's own claim stays here
+    out.append((REQUEST_ID_HEADER, request_id))
+    return out
+
+
+def _connection_named(connection: Sequence[str], relayed: Sequence[str]) -> frozenset[str]:
+    """Header names a client listed in ``Connection``: hop-by-hop, for this hop only. nginx relays its client's."""
+    return frozenset(token.strip().lower() for value in (*connection, *relayed) for token in value.split(","))
