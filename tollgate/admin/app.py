@@ -9,7 +9,7 @@ import logging
 from aiohttp import web
 
 from tollgate.admin.audit import audit_admin_changes
-from tollgate.admin.operations import Handler
+from tollgate.admin.operations import AdminHandler
 from tollgate.admin.routes import OPEN_PATHS, PROBES, RELOAD, ROUTES, Probes, ReloadAction
 from tollgate.edge.answers import error_response, internal_error_response, request_id_from
 from tollgate.errors import GatewayError, MethodNotAllowed, NotFound, Unauthenticated
@@ -39,7 +39,7 @@ def _check_token(request: web.Request) -> None:
 
 
 @web.middleware
-async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _errors_and_auth(request: web.Request, handler: AdminHandler) -> web.StreamResponse:
     request_id = request_id_from(request.headers.get("x-request-id"))
     try:
         if request.path not in OPEN_PATHS:

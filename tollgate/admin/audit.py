@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tollgate.admin.operations import Handler
+from tollgate.admin.operations import AdminHandler
 from tollgate.edge.answers import status_for
 from tollgate.errors import GatewayError
 from tollgate.runtime.state import STATE
@@ -54,7 +54,7 @@ def _snapshot(state: Any, request: web.Request) -> tuple[str | None, str | None,
 
 
 @web.middleware
-async def audit_admin_changes(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def audit_admin_changes(request: web.Request, handler: AdminHandler) -> web.StreamResponse:
     if request.method in _READS:
         return await handler(request)
     state = request.app[STATE]

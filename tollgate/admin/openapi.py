@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from tollgate.admin.models import JsonSchema, component_schemas
-from tollgate.admin.operations import ERRORS, PATH_PARAMS, Handler, Operation, Param, operation_of
+from tollgate.admin.operations import ERRORS, PATH_PARAMS, AdminHandler, Operation, Param, operation_of
 from tollgate.admin.views import Error
 
 __all__ = ["openapi_document", "served_routes"]
@@ -24,11 +24,11 @@ _ABOUT = (
 )
 
 
-def served_routes(router: web.UrlDispatcher) -> list[tuple[str, str, Handler]]:
+def served_routes(router: web.UrlDispatcher) -> list[tuple[str, str, AdminHandler]]:
     """(method, path template, handler) of every route on ``router``; the HEAD twin of a GET route is left out."""
-    routes: list[tuple[str, str, Handler]] = []
+    routes: list[tuple[str, str, AdminHandler]] = []
     gets: set[str] = set()
-    heads: list[tuple[str, Handler]] = []
+    heads: list[tuple[str, AdminHandler]] = []
     for route in router.routes():
         path = route.resource.canonical if route.resource is not None else ""
         if route.method == "HEAD":
@@ -41,7 +41,7 @@ def served_routes(router: web.UrlDispatcher) -> list[tuple[str, str, Handler]]:
     return routes
 
 
-def openapi_document(routes: Iterable[tuple[str, str, Handler]]) -> dict[str, Any]:
+def openapi_document(routes: Iterable[tuple[str, str, AdminHandler]]) -> dict[str, Any]:
     """The document of ``routes``: (method, path template, handler), each handler declared with ``@operation``.
 
     A route without a declaration is a bug: :class:`LookupError`, rather than a document that leaves it out.

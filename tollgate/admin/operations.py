@@ -16,8 +16,8 @@ from tollgate.config.rules import NAME
 __all__ = [
     "ERRORS",
     "PATH_PARAMS",
-    "Answer",
-    "Handler",
+    "AdminHandler",
+    "DocumentedAnswer",
     "Operation",
     "Param",
     "operation",
@@ -25,10 +25,10 @@ __all__ = [
     "query",
 ]
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+AdminHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 """An admin route's handler."""
 
-_H = TypeVar("_H", bound=Handler)
+_H = TypeVar("_H", bound=AdminHandler)
 _ATTRIBUTE = "admin_operation"
 
 
@@ -48,7 +48,7 @@ def query(name: str, schema: JsonSchema, description: str = "") -> Param:
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
+class DocumentedAnswer:
     """One answer of a route: a description, and the model of its JSON body (or the media type of another body)."""
 
     description: str
@@ -64,7 +64,7 @@ class Operation:
 
     summary: str
     tag: str
-    answers: Mapping[int, Answer]
+    answers: Mapping[int, DocumentedAnswer]
     params: tuple[Param, ...] = ()
     body: type[BaseModel] | None = None
     body_required: bool = True
@@ -76,7 +76,7 @@ def operation(
     summary: str,
     *,
     tag: str,
-    answers: Mapping[int, Answer],
+    answers: Mapping[int, DocumentedAnswer],
     params: tuple[Param, ...] = (),
     body: type[BaseModel] | None = None,
     body_required: bool = True,
@@ -85,7 +85,7 @@ def operation(
 ) -> Callable[[_H], _H]:
     """Declare what the decorated handler does, for the OpenAPI document; the handler itself is unchanged.
 
-        @operation("one tenant", tag="tenants", answers={200: Answer("the tenant", TenantView)}, errors=(404,))
+        @operation("one tenant", tag="tenants", answers={200: DocumentedAnswer("the tenant", TenantView)}, errors=(404,))
         async def get_tenant(request: web.Request) -> web.Response: ...
 
     Path parameters are known by name (:data:`PATH_PARAMS`): a route declares only its query parameters.

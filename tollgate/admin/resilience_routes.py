@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import Field, JsonValue
 
 from tollgate.admin.models import View
-from tollgate.admin.operations import Answer, Handler, operation, query
+from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation, query
 from tollgate.edge.answers import json_response
 from tollgate.errors import BadRequest
 from tollgate.runtime.state import STATE
@@ -60,7 +60,7 @@ class Resilience(View):
 @operation(
     "requests that failed after every retry and fallback (metadata only), oldest first",
     tag="resilience",
-    answers={200: Answer("dead letters", DeadLetters)},
+    answers={200: DocumentedAnswer("dead letters", DeadLetters)},
     params=(query("limit", {"type": "integer", "minimum": 1}, "the newest this many"),),
     errors=(400,),
 )
@@ -79,14 +79,14 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 @operation(
     "breakers, in-flight counts, latencies and retry, fallback and shedding counters",
     tag="resilience",
-    answers={200: Answer("the live state", Resilience)},
+    answers={200: DocumentedAnswer("the live state", Resilience)},
 )
 async def resilience_state(request: web.Request) -> web.Response:
     """Breakers, in-flight counts, latencies and the retry, fallback and shedding counters."""
     return json_response(request.app[STATE].resilience_snapshot())
 
 
-RESILIENCE_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+RESILIENCE_ROUTES: tuple[tuple[str, str, AdminHandler], ...] = (
     ("GET", "/admin/dead-letters", list_dead_letters),
     ("GET", "/admin/resilience", resilience_state),
 )

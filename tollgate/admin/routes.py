@@ -8,7 +8,7 @@ from typing import NamedTuple
 from aiohttp import web
 
 from tollgate.admin.openapi import openapi_document, served_routes
-from tollgate.admin.operations import Answer, Handler, operation
+from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation
 from tollgate.admin.resilience_routes import RESILIENCE_ROUTES
 from tollgate.admin.rules_routes import RULE_ROUTES
 from tollgate.admin.tenant_routes import TENANT_ROUTES
@@ -39,7 +39,7 @@ PROBES = web.AppKey("probes", Probes)
 RELOAD: web.AppKey[ReloadAction] = web.AppKey("reload")
 
 
-@operation("liveness", tag="process", answers={200: Answer("alive", Health)}, open=True)
+@operation("liveness", tag="process", answers={200: DocumentedAnswer("alive", Health)}, open=True)
 async def healthz(request: web.Request) -> web.Response:
     return as_aiohttp(await request.app[PROBES].healthz(request, request.app[STATE]))
 
@@ -47,14 +47,17 @@ async def healthz(request: web.Request) -> web.Response:
 @operation(
     "readiness: the config is loaded and the stores answer",
     tag="process",
-    answers={200: Answer("ready", Readiness), 503: Answer("not ready, with the problems", Readiness)},
+    answers={
+        200: DocumentedAnswer("ready", Readiness),
+        503: DocumentedAnswer("not ready, with the problems", Readiness),
+    },
     open=True,
 )
 async def readyz(request: web.Request) -> web.Response:
     return as_aiohttp(await request.app[PROBES].readyz(request, request.app[STATE]))
 
 
-@operation("this document", tag="process", answers={200: Answer("OpenAPI 3.1", OpenApi)}, open=True)
+@operation("this document", tag="process", answers={200: DocumentedAnswer("OpenAPI 3.1", OpenApi)}, open=True)
 async def openapi(request: web.Request) -> web.Response:
     return json_response(openapi_document(served_routes(request.app.router)))
 
@@ -62,7 +65,10 @@ async def openapi(request: web.Request) -> web.Response:
 @operation(
     "reload the config file; a refused file changes nothing (with workers: every worker, or none)",
     tag="process",
-    answers={200: Answer("reloaded", Reloaded), 422: Answer("refused, with the problems", ReloadRefused)},
+    answers={
+        200: DocumentedAnswer("reloaded", Reloaded),
+        422: DocumentedAnswer("refused, with the problems", ReloadRefused),
+    },
 )
 async def reload(request: web.Request) -> web.Response:
     # Registered on the admin app, so its bearer-token middleware guards it like every admin route.
@@ -73,7 +79,7 @@ async def reload(request: web.Request) -> web.Response:
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/admin/openapi.json"})
 """Served without the admin token."""
 
-ROUTES: tuple[tuple[str, str, Handler], ...] = (
+ROUTES: tuple[tuple[str, str, AdminHandler], ...] = (
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/admin/openapi.json", openapi),

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel
 
 from tollgate.admin.body import read_body
 from tollgate.admin.models import Body, Problem, Refusal
-from tollgate.admin.operations import Answer, Handler, operation, query
+from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation, query
 from tollgate.admin.records import Record, body_schema
 from tollgate.admin.views import (
     NamespaceDeleted,
@@ -162,13 +162,13 @@ _ERRORS_OF_WRITES = (400, 409, 503)
 # -- handlers (one set per kind) ---------------------------------------------------
 
 
-def _list(kind: str) -> Handler:
+def _list(kind: str) -> AdminHandler:
     what, described = _WHAT[kind], _DESCRIBED[kind]
 
     @operation(
         f"{what}s in force (the file's and the runtime's), with their source",
         tag=f"{what}s",
-        answers={200: Answer(f"{what}s", described.listing)},
+        answers={200: DocumentedAnswer(f"{what}s", described.listing)},
     )
     async def handler(request: web.Request) -> web.Response:
         live = _in_force(request, kind)
@@ -179,10 +179,12 @@ def _list(kind: str) -> Handler:
     return handler
 
 
-def _get(kind: str) -> Handler:
+def _get(kind: str) -> AdminHandler:
     what, described = _WHAT[kind], _DESCRIBED[kind]
 
-    @operation(f"one {what}", tag=f"{what}s", answers={200: Answer(f"the {what}", described.view)}, errors=(404,))
+    @operation(
+        f"one {what}", tag=f"{what}s", answers={200: DocumentedAnswer(f"the {what}", described.view)}, errors=(404,)
+    )
     async def handler(request: web.Request) -> web.Response:
         entry = _entry(_book(request), kind, request.match_info["name"])
         return json_response(_view(entry, entry.name in _in_force(request, kind)))
@@ -190,14 +192,14 @@ def _get(kind: str) -> Handler:
     return handler
 
 
-def _create(kind: str) -> Handler:
+def _create(kind: str) -> AdminHandler:
     what, described = _WHAT[kind], _DESCRIBED[kind]
     unnamed = _unnamed(kind)
 
     @operation(
         f"create a {what}",
         tag=f"{what}s",
-        answers={201: Answer("created", described.view)},
+        answers={201: DocumentedAnswer("created", described.view)},
         body=body_schema(described.named),
         errors=_ERRORS_OF_WRITES,
     )
@@ -209,14 +211,17 @@ def _create(kind: str) -> Handler:
     return handler
 
 
-def _replace(kind: str) -> Handler:
+def _replace(kind: str) -> AdminHandler:
     what, described = _WHAT[kind], _DESCRIBED[kind]
     not_an_entry = _not_an_entry(kind)
 
     @operation(
         f"create or replace a {what} (a declared one is overridden)",
         tag=f"{what}s",
-        answers={200: Answer(f"the {what}", described.view), 201: Answer("created", described.view)},
+        answers={
+            200: DocumentedAnswer(f"the {what}", described.view),
+            201: DocumentedAnswer("created", described.view),
+        },
         body=body_schema(described.entry),
         errors=_ERRORS_OF_WRITES,
     )
@@ -233,7 +238,7 @@ def _replace(kind: str) -> Handler:
 @operation(
     "change some fields, e.g. enabled or shadow; null resets a field to its default",
     tag="rules",
-    answers={200: Answer("the rule", RuleView)},
+    answers={200: DocumentedAnswer("the rule", RuleView)},
     body=RuleChanges,
     errors=(400, 404, 503),
 )
@@ -245,14 +250,14 @@ async def patch_rule(request: web.Request) -> web.Response:
     return json_response(_view(await _write(request, RULE, name, doc, create=False)))
 
 
-def _delete(kind: str) -> Handler:
+def _delete(kind: str) -> AdminHandler:
     what, described = _WHAT[kind], _DESCRIBED[kind]
     why = "while rules attach to it, or " if kind == NAMESPACE else ""
 
     @operation(
         f"delete a {what} created here (refused {why}when the file declares it: revert its runtime change then)",
         tag=f"{what}s",
-        answers={200: Answer("deleted, or (revert) the file's version restored", described.deleted)},
+        answers={200: DocumentedAnswer("deleted, or (revert) the file's version restored", described.deleted)},
         params=(query("revert", {"type": "boolean", "default": False}, "drop the runtime change of a declared entry"),),
         errors=(400, 404, 503),
     )
@@ -295,7 +300,7 @@ def _delete(kind: str) -> Handler:
 @operation(
     "the rule's counter for one scope, read without consuming; give a value for each of the rule's scopes (- for none)",
     tag="rules",
-    answers={200: Answer("the limit state", RuleCounter)},
+    answers={200: DocumentedAnswer("the limit state", RuleCounter)},
     params=tuple(query(s, {"type": "string"}) for s in ("tenant", "key", "user", "ip", "namespace", "model")),
     errors=(400, 404, 503),
 )
@@ -345,7 +350,7 @@ async def rule_counter(request: web.Request) -> web.Response:
     )
 
 
-RULE_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+RULE_ROUTES: tuple[tuple[str, str, AdminHandler], ...] = (
     ("GET", "/admin/namespaces", _list(NAMESPACE)),
     ("POST", "/admin/namespaces", _create(NAMESPACE)),
     ("GET", "/admin/namespaces/{name}", _get(NAMESPACE)),

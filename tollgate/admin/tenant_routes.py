@@ -11,7 +11,7 @@ from pydantic import Field
 
 from tollgate.admin.body import read_body, read_json
 from tollgate.admin.models import Body, Problem, checked_later
-from tollgate.admin.operations import Answer, Handler, operation, query
+from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation, query
 from tollgate.admin.records import body_schema
 from tollgate.admin.views import (
     BulkCreated,
@@ -36,7 +36,7 @@ __all__ = ["TENANT_ROUTES", "BulkTenants"]
 log = logging.getLogger("tollgate.admin")
 
 _TRUE = ("1", "true", "yes")
-_TENANT = Answer("the tenant", TenantView)
+_TENANT = DocumentedAnswer("the tenant", TenantView)
 
 
 def _manager(request: web.Request) -> Manager:
@@ -66,7 +66,7 @@ def _tenant_out(m: Manager, tenant_id: str) -> dict[str, Any]:
 @operation(
     "list tenants, ordered by id",
     tag="tenants",
-    answers={200: Answer("a page of tenants", TenantPage)},
+    answers={200: DocumentedAnswer("a page of tenants", TenantPage)},
     params=(
         query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100}),
         query("after", {"type": "string"}, "the next_after of the previous page"),
@@ -103,7 +103,7 @@ async def list_tenants(request: web.Request) -> web.Response:
 @operation(
     "create a tenant (and, optionally, its keys: shown once)",
     tag="tenants",
-    answers={201: Answer("created", CreatedTenant)},
+    answers={201: DocumentedAnswer("created", CreatedTenant)},
     body=body_schema("tenant"),
     errors=(400, 409, 503),
 )
@@ -118,7 +118,7 @@ async def create_tenant(request: web.Request) -> web.Response:
 @operation(
     "create up to 10,000 tenants in one call, all or none",
     tag="tenants",
-    answers={201: Answer("created", BulkCreated)},
+    answers={201: DocumentedAnswer("created", BulkCreated)},
     body=BulkTenants,
     errors=(400, 409, 503),
 )
@@ -212,7 +212,7 @@ async def _drop_store_keys(config: Config, found: dict[str, Any]) -> None:
 @operation(
     "delete a tenant created through this API, its keys and its limiter counters; dry_run=true only reports",
     tag="tenants",
-    answers={200: Answer("what went (or would go)", DeleteReport)},
+    answers={200: DocumentedAnswer("what went (or would go)", DeleteReport)},
     params=(query("dry_run", {"type": "boolean", "default": False}, "report what would go, remove nothing"),),
     errors=(400, 404, 503),
 )
@@ -234,7 +234,10 @@ async def delete_tenant(request: web.Request) -> web.Response:
 
 
 @operation(
-    "the tenant's keys (never the keys themselves)", tag="keys", answers={200: Answer("keys", KeyList)}, errors=(404,)
+    "the tenant's keys (never the keys themselves)",
+    tag="keys",
+    answers={200: DocumentedAnswer("keys", KeyList)},
+    errors=(404,),
 )
 async def list_keys(request: web.Request) -> web.Response:
     m = _manager(request)
@@ -246,7 +249,7 @@ async def list_keys(request: web.Request) -> web.Response:
 @operation(
     "create a key; the answer is the only time it is shown",
     tag="keys",
-    answers={201: Answer("created", CreatedKey)},
+    answers={201: DocumentedAnswer("created", CreatedKey)},
     body=body_schema("key"),
     body_required=False,
     errors=(400, 404, 503),
@@ -261,7 +264,7 @@ async def create_key(request: web.Request) -> web.Response:
     return json_response({**key_view(m.key(key.id)), "key": plaintext}, status=201)
 
 
-@operation("one key", tag="keys", answers={200: Answer("the key", KeyView)}, errors=(404,))
+@operation("one key", tag="keys", answers={200: DocumentedAnswer("the key", KeyView)}, errors=(404,))
 async def get_key(request: web.Request) -> web.Response:
     return json_response(key_view(_manager(request).key(request.match_info["key"])))
 
@@ -269,7 +272,7 @@ async def get_key(request: web.Request) -> web.Response:
 @operation(
     "revoke a key on every gateway process (within registry.poll_interval)",
     tag="keys",
-    answers={200: Answer("the revoked key", KeyView)},
+    answers={200: DocumentedAnswer("the revoked key", KeyView)},
     errors=(404, 503),
 )
 async def revoke_key(request: web.Request) -> web.Response:
@@ -279,13 +282,13 @@ async def revoke_key(request: web.Request) -> web.Response:
     return json_response(key_view(entry))
 
 
-@operation("list plans (from the config file)", tag="plans", answers={200: Answer("plans", PlanList)})
+@operation("list plans (from the config file)", tag="plans", answers={200: DocumentedAnswer("plans", PlanList)})
 async def list_plans(request: web.Request) -> web.Response:
     config = request.app[STATE].config
     return json_response({"object": "list", "data": [p.to_json() for p in config.plans.values()]})
 
 
-TENANT_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+TENANT_ROUTES: tuple[tuple[str, str, AdminHandler], ...] = (
     ("GET", "/admin/plans", list_plans),
     ("GET", "/admin/tenants", list_tenants),
     ("POST", "/admin/tenants", create_tenant),

@@ -18,7 +18,7 @@ from aiohttp import web
 from tollgate.accounting.aggregates import OTHER_USERS, USER_FIELDS, month_of, split_models
 from tollgate.accounting.metrics import CONTENT_TYPE
 from tollgate.accounting.pricing import to_money
-from tollgate.admin.operations import Answer, Handler, Param, operation, query
+from tollgate.admin.operations import AdminHandler, DocumentedAnswer, Param, operation, query
 from tollgate.admin.usage_views import AuditEvents, EndUsers, PriceTable, Quota, SlaReport, Usage
 from tollgate.edge.answers import json_response
 from tollgate.errors import BadRequest
@@ -50,7 +50,7 @@ _AUDIT_PARAMS: tuple[Param, ...] = (
     query("until", _TIME, "events at or before this time"),
     query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100}),
 )
-_CSV = Answer("one row per tenant, day and model", media_type="text/csv")
+_CSV = DocumentedAnswer("one row per tenant, day and model", media_type="text/csv")
 
 
 def _accounting(request: web.Request) -> Any:
@@ -92,7 +92,7 @@ def _amounts(fields: dict[str, int]) -> dict[str, Any]:
 @operation(
     "the gateway's metrics in the Prometheus text format (every worker's values)",
     tag="metrics",
-    answers={200: Answer("the exposition", media_type=CONTENT_TYPE.partition(";")[0])},
+    answers={200: DocumentedAnswer("the exposition", media_type=CONTENT_TYPE.partition(";")[0])},
 )
 async def metrics(request: web.Request) -> web.Response:
     body = _accounting(request).metrics.exposition()
@@ -106,7 +106,7 @@ def _end_user_view(fields: dict[str, int]) -> dict[str, Any]:
 @operation(
     "the tenant's requests, tokens and cost in a month, by model and by day; with user=, one end user's",
     tag="usage",
-    answers={200: Answer("the usage", Usage)},
+    answers={200: DocumentedAnswer("the usage", Usage)},
     params=(_PERIOD_PARAM, query("user", {"type": "string"}, "an end user of the tenant")),
     errors=(400,),
 )
@@ -143,7 +143,7 @@ async def _end_user_usage(request: web.Request, tenant: str, period: str) -> web
 @operation(
     "the usage of every end user of the tenant kept apart in a month, and the rest as other",
     tag="usage",
-    answers={200: Answer("the end users' usage", EndUsers)},
+    answers={200: DocumentedAnswer("the end users' usage", EndUsers)},
     params=(_PERIOD_PARAM,),
     errors=(400,),
 )
@@ -234,7 +234,7 @@ async def all_usage_csv(request: web.Request) -> web.Response:
 @operation(
     "used, limit and percent of each of the tenant's quotas this month, and the alerts fired",
     tag="usage",
-    answers={200: Answer("the quotas", Quota)},
+    answers={200: DocumentedAnswer("the quotas", Quota)},
 )
 async def tenant_quota(request: web.Request) -> web.Response:
     state = request.app[STATE]
@@ -269,7 +269,7 @@ async def _audit_list(request: web.Request, tenant: str | None) -> web.Response:
 @operation(
     "the tenant's audit events, newest first",
     tag="audit",
-    answers={200: Answer("audit events", AuditEvents)},
+    answers={200: DocumentedAnswer("audit events", AuditEvents)},
     params=_AUDIT_PARAMS,
     errors=(400,),
 )
@@ -280,7 +280,7 @@ async def tenant_audit(request: web.Request) -> web.Response:
 @operation(
     "audit events, newest first",
     tag="audit",
-    answers={200: Answer("audit events", AuditEvents)},
+    answers={200: DocumentedAnswer("audit events", AuditEvents)},
     params=(query("tenant", {"type": "string"}, "only this tenant's events"), *_AUDIT_PARAMS),
     errors=(400,),
 )
@@ -291,19 +291,21 @@ async def audit(request: web.Request) -> web.Response:
 @operation(
     "per plan: the gateway's overhead p99 target, the observed p99 and the violations (this process)",
     tag="usage",
-    answers={200: Answer("the SLA report", SlaReport)},
+    answers={200: DocumentedAnswer("the SLA report", SlaReport)},
 )
 async def sla(request: web.Request) -> web.Response:
     acc = _accounting(request)
     return json_response(acc.sla.report(acc.current.metrics))
 
 
-@operation("the price table and cost rules in force", tag="usage", answers={200: Answer("the prices", PriceTable)})
+@operation(
+    "the price table and cost rules in force", tag="usage", answers={200: DocumentedAnswer("the prices", PriceTable)}
+)
 async def pricing(request: web.Request) -> web.Response:
     return json_response(_accounting(request).pricing().table())
 
 
-USAGE_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+USAGE_ROUTES: tuple[tuple[str, str, AdminHandler], ...] = (
     ("GET", "/metrics", metrics),
     ("GET", "/admin/tenants/{tenant}/usage", tenant_usage),
     ("GET", "/admin/tenants/{tenant}/usage.csv", tenant_usage_csv),
