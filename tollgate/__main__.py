@@ -1,4 +1,4 @@
-"""``python -m gateway``: the same as the ``tollgate`` command."""
+"""``python -m tollgate``: the same as the ``tollgate`` command."""
 
 from tollgate.process.cli import main
 

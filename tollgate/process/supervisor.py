@@ -1,7 +1,7 @@
 """``tollgate serve --workers N``: N worker processes on one port (SO_REUSEPORT) under a supervisor.
 
 The supervisor validates the config once (so a broken file fails fast with its
-field paths), then starts each worker by re-executing ``python -m gateway serve
+field paths), then starts each worker by re-executing ``python -m tollgate serve
 --worker I`` (a fresh interpreter with its own uvloop: nothing is inherited
 from a fork). It
 
