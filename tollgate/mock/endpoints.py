@@ -72,18 +72,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "usage": usage,
             }
         )
-    options = body.get("stream_options")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    head = (
-        b'data: {"id":'
-        + orjson.dumps(ident)
-        + b',"object":"chat.completion.chunk","created":'
-        + str(created).encode()
-        + b',"model":'
-        + orjson.dumps(model)
-        + b',"system_fingerprint":"fp_mock","choices":['
-    )
-    tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+    include_usage, head, tail = _chunk_frame(body, b"chat.completion.chunk", ident, created, model)
     events = [
         head
         + b'{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]'
@@ -127,18 +116,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 "usage": usage,
             }
         )
-    options = body.get("stream_options")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    head = (
-        b'data: {"id":'
-        + orjson.dumps(ident)
-        + b',"object":"text_completion","created":'
-        + str(created).encode()
-        + b',"model":'
-        + orjson.dumps(model)
-        + b',"system_fingerprint":"fp_mock","choices":['
-    )
-    tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+    include_usage, head, tail = _chunk_frame(body, b"text_completion", ident, created, model)
     events = [
         head + b'{"text":' + content + b',"index":0,"logprobs":null,"finish_reason":null}]' + tail
         for content in state.text.deltas(tokens, knobs.tokens_per_chunk)
@@ -221,3 +199,22 @@ async def stats(request: web.Request) -> web.Response:
 async def reset_stats(request: web.Request) -> web.Response:
     request.app[MOCK_STATE].reset_stats()
     return web.Response(status=204)
+
+
+def _chunk_frame(body: dict[str, Any], kind: bytes, ident: str, created: int, model: str) -> tuple[bool, bytes, bytes]:
+    """Whether the client asked for a usage chunk, and the bytes before and after each chunk's choices."""
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    head = (
+        b'data: {"id":'
+        + orjson.dumps(ident)
+        + b',"object":"'
+        + kind
+        + b'","created":'
+        + str(created).encode()
+        + b',"model":'
+        + orjson.dumps(model)
+        + b',"system_fingerprint":"fp_mock","choices":['
+    )
+    tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+    return include_usage, head, tail
