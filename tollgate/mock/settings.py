@@ -27,6 +27,8 @@ class MockSettings:
     cut_after: int | None = None
     stall_after: int | None = None
     malformed_after: int | None = None
+    # Anthropic's Messages streams only: after N events send an ``event: error`` of ``error_status``'s type and end.
+    error_after: int | None = None
     completion_tokens: int | None = None
     # Shapes some OpenAI-compatible proxies send: the usage chunk with ``choices: [{"index": 0, "delta": {}}]``
     # instead of ``choices: []``, and the body ended a while after ``data: [DONE]``.
@@ -53,7 +55,7 @@ class MockSettings:
             problems.append("error_rate must be within 0..1")
         if not 400 <= self.error_status <= 599:
             problems.append("error_status must be 400..599")
-        for name in ("retry_after", "cut_after", "stall_after", "malformed_after", "completion_tokens"):
+        for name in ("retry_after", "cut_after", "stall_after", "malformed_after", "error_after", "completion_tokens"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 problems.append(f"{name} must be >= 0")
@@ -77,6 +79,7 @@ _KNOB_FIELDS: Mapping[str, Callable[[str], Any]] = MappingProxyType(
         "cut_after": int,
         "stall_after": int,
         "malformed_after": int,
+        "error_after": int,
         "completion_tokens": int,
         "usage_chunk_delta": lambda text: text.lower() in ("1", "true", "yes", "on"),
         "linger_after_done_ms": float,
@@ -123,6 +126,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stall-after", type=int, default=d.stall_after, help="stall streams after N events")
     g.add_argument(
         "--malformed-after", type=int, default=d.malformed_after, help="send a non-JSON SSE event after N events"
+    )
+    g.add_argument(
+        "--error-after",
+        type=int,
+        default=d.error_after,
+        help="Anthropic streams: send an error event after N events, then end",
     )
     g.add_argument("--completion-tokens", type=int, default=d.completion_tokens, help="generate exactly N tokens")
     g.add_argument("--usage-chunk-delta", action="store_true", help='usage chunk with choices [{"index":0,"delta":{}}]')

@@ -64,6 +64,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from tollgate.mock import anthropic
 from tollgate.mock.endpoints import (
     chat_completions,
     clear_requests,
@@ -98,6 +99,8 @@ def make_mock_app(settings: MockSettings | None = None) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/messages", anthropic.messages)
+    app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_get("/_mock/requests", recorded_requests)
