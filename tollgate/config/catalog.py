@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Literal
 
 from pydantic import Field, Strict
 
-from tollgate.config.model import Deployment, Model
+from tollgate.config.model import Deployment, Model, Upstream
 from tollgate.config.resilience import DeploymentLimits, HttpStatuses, ModelRouting
+from tollgate.config.upstreams import AZURE_DEPLOYMENT, UpstreamDoc, azure_paths
 from tollgate.config.validation import Doc, Found, check
 from tollgate.config.values import Bool, NonEmptyStr, StrList, matching
 
-__all__ = ["MODEL_NAME", "DeploymentDoc", "ModelDoc", "build_model"]
+__all__ = ["MODEL_NAME", "DeploymentDoc", "ModelDoc", "build_model", "provider_field_problems"]
 
 MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}"
 Limit = Annotated[int, Strict(), Field(ge=1)]
@@ -24,6 +26,9 @@ class DeploymentDoc(Doc):
     """The name of an entry of upstreams."""
     model: Annotated[str, Strict(), matching(MODEL_NAME)] | None = None
     """The model name sent upstream; default: the public name."""
+    azure_deployment: Annotated[str, Strict(), matching(AZURE_DEPLOYMENT)] | None = None
+    """On a provider: azure upstream only: the Azure deployment serving the model; default: the model name. With
+    the upstream's api_version it is in the URL; on Azure's v1 API it is the body's model."""
     weight: Annotated[int, Strict(), Field(ge=0, le=1_000_000)] = 1
     """Share of traffic under weighted_round_robin; 0 = out of rotation."""
     rpm: Limit | None = None
@@ -67,18 +72,24 @@ class ModelDoc(Doc):
             seen.add(key)
 
 
-def build_model(name: str, doc: ModelDoc) -> Model:
+def provider_field_problems(
+    models: Mapping[str, ModelDoc], upstreams: Mapping[str, UpstreamDoc]
+) -> Iterator[tuple[str, str]]:
+    """``(path under models, reason)`` for every deployment field its upstream's provider does not take."""
+    for name, model in models.items():
+        for i, d in enumerate(model.deployments):
+            upstream = upstreams.get(d.upstream)
+            if d.azure_deployment is not None and upstream is not None and upstream.provider != "azure":
+                yield (
+                    f"{name}.deployments[{i}].azure_deployment",
+                    f"applies only to a provider: azure upstream ({d.upstream!r} is {upstream.provider})",
+                )
+
+
+def build_model(name: str, doc: ModelDoc, upstreams: Mapping[str, Upstream]) -> Model:
     return Model(
         name=name,
-        deployments=tuple(
-            Deployment(
-                upstream=d.upstream,
-                model=d.model or name,
-                weight=d.weight,
-                limits=DeploymentLimits(rpm=d.rpm, tpm=d.tpm, max_concurrency=d.max_concurrency),
-            )
-            for d in doc.deployments
-        ),
+        deployments=tuple(_deployment(name, d, upstreams[d.upstream]) for d in doc.deployments),
         owned_by=doc.owned_by,
         created=doc.created,
         routing=ModelRouting(
@@ -88,4 +99,21 @@ def build_model(name: str, doc: ModelDoc) -> Model:
             fallback_on_status=doc.fallback_on_status,
             queue=doc.queue,
         ),
+    )
+
+
+def _deployment(name: str, doc: DeploymentDoc, upstream: Upstream) -> Deployment:
+    model = doc.model or name
+    paths = None
+    if upstream.provider == "azure":
+        deployment = doc.azure_deployment or model
+        paths = azure_paths(upstream.api_version, deployment)
+        if upstream.api_version is None:
+            model = deployment  # Azure's v1 API finds the deployment by the body's model
+    return Deployment(
+        upstream=doc.upstream,
+        model=model,
+        weight=doc.weight,
+        limits=DeploymentLimits(rpm=doc.rpm, tpm=doc.tpm, max_concurrency=doc.max_concurrency),
+        paths=paths,
     )

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import Field, Strict
 
 from tollgate.config.accounting import AccountingSections, build_accounting, priced_model_problems
-from tollgate.config.catalog import MODEL_NAME, ModelDoc, build_model
+from tollgate.config.catalog import MODEL_NAME, ModelDoc, build_model, provider_field_problems
 from tollgate.config.chain import IdentityDoc, RegistryDoc, build_identity, build_registry
 from tollgate.config.identity import (
     DEFAULT_PLANS,
@@ -110,6 +110,11 @@ class ConfigDoc(RulesSections, AccountingSections):
                     )
 
     @check
+    def deployments_fit_their_provider(self) -> Found:
+        for where, reason in provider_field_problems(self.models, self.upstreams):
+            yield f"models.{where}", reason
+
+    @check
     def fallbacks_name_models_without_cycles(self) -> Found:
         for where, reason in fallback_graph_problems(self.models):
             yield f"models.{where}", reason
@@ -191,11 +196,12 @@ def build_config(doc: ConfigDoc, *, source: str = "<memory>") -> Config:
     plans: dict[str, Any] = dict(DEFAULT_PLANS)
     plans.update({name: build_plan(name, plan) for name, plan in doc.plans.items()})
     given = doc.model_fields_set
+    upstreams = frozen_map({name: build_upstream(name, u) for name, u in doc.upstreams.items()})
     return Config(
         listeners=_listeners(doc.listeners),
         guard=doc.guard,
-        upstreams=frozen_map({name: build_upstream(name, u) for name, u in doc.upstreams.items()}),
-        models=frozen_map({name: build_model(name, m) for name, m in doc.models.items()}),
+        upstreams=upstreams,
+        models=frozen_map({name: build_model(name, m, upstreams) for name, m in doc.models.items()}),
         store=build_store(doc.store),
         rules=build_rules(doc),
         identity=build_identity(doc.identity, enabled="identity" in given or "tenants" in given),

@@ -128,8 +128,11 @@ class Upstream:
     name: str
     base_url: str
     api_key: str | None = None
-    # Where the credential goes: "authorization" (Bearer), "api-key" (Azure), "x-api-key", or "none".
+    # Where the credential goes: "authorization" (Bearer), "api-key" (always, for Azure), "x-api-key", or "none".
     auth_header: str = "authorization"
+    # The API it speaks: "openai" or "azure" (tollgate/config/upstreams.py); Azure's api-version, None for its v1 API.
+    provider: str = "openai"
+    api_version: str | None = None
     headers: Mapping[str, str] = field(default_factory=frozen_map)
     # Client headers sent on, lower-case: names, or prefixes ending in "*" (tollgate/config/upstreams.py).
     forward_headers: tuple[str, ...] = DEFAULT_FORWARD_HEADERS
@@ -144,6 +147,9 @@ class Deployment:
     model: str
     weight: int = 1
     limits: DeploymentLimits = field(default_factory=DeploymentLimits)
+    # The request path of each OpenAI API path ("/chat/completions"...) where it is not that path itself under the
+    # upstream's base URL (Azure: tollgate/config/upstreams.py azure_paths); None on an OpenAI-compatible upstream.
+    paths: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,14 +7,22 @@ list says, some names never come from a client (:data:`NEVER_FORWARDED`,
 credentials, client-address claims, the gateway's own headers. The
 organisation and project headers of a provider (:data:`CONFIG_ONLY`) come
 from the upstream's ``headers`` alone.
+
+An upstream's ``provider`` says which API it speaks. ``openai``: any
+OpenAI-compatible server, ``base_url`` its API prefix. ``azure``: Azure OpenAI,
+the same dialect at other URLs: ``base_url`` is the resource endpoint, the key
+goes in ``api-key``, and each deployment's request paths are built here, once
+(:func:`azure_paths`): ``/openai/deployments/{deployment}/...?api-version=...``
+with an ``api_version``, Azure's v1 API ``/openai/v1/...`` without one.
 """
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Mapping
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pydantic import BeforeValidator
 
@@ -24,17 +32,29 @@ from tollgate.config.values import NonEmptyStr, Str, StrList, frozen_map
 
 __all__ = [
     "AUTH_HEADERS",
+    "AZURE_API_PATHS",
+    "AZURE_DEPLOYMENT",
     "CONFIG_ONLY",
     "CONNECTION_RELAY_HEADER",
     "DEFAULT_FORWARD_HEADERS",
     "NEVER_FORWARDED",
     "NEVER_FORWARDED_PREFIXES",
+    "PROVIDERS",
     "UpstreamDoc",
+    "azure_paths",
     "build_upstream",
     "never_forwarded",
 ]
 
 AUTH_HEADERS = ("authorization", "api-key", "x-api-key", "none")
+PROVIDERS = ("openai", "azure")
+
+# The OpenAI API paths an Azure resource serves under its deployments and its v1 API (after /v1 on OpenAI).
+AZURE_API_PATHS = ("/chat/completions", "/completions", "/embeddings")
+# An Azure deployment name (it goes into the URL path as it is).
+AZURE_DEPLOYMENT = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+# A dated api-version of Azure's deployment URLs: 2024-10-21, 2025-04-01-preview.
+_API_VERSION = re.compile(r"(\d{4})-(\d{2})-(\d{2})(-preview)?")
 
 # nginx hands the gateway the names in the client's Connection header under this name (its own Connection
 # header is nginx's); the gateway drops the client headers named in either (see config/nginx.conf).
@@ -68,6 +88,14 @@ def _header_value(value: object) -> object:
 HeaderValue = Annotated[Str, BeforeValidator(_header_value)]
 
 
+def _date_text(value: object) -> object:
+    return value.isoformat() if isinstance(value, datetime.date) else value
+
+
+# An api-version; YAML reads an unquoted 2024-10-21 as a date, which is taken as its text.
+ApiVersion = Annotated[Str, BeforeValidator(_date_text)]
+
+
 def never_forwarded(name: str) -> bool:
     """Whether a lower-case header name is refused from a client whatever an allow-list says."""
     return name in NEVER_FORWARDED or name in CONFIG_ONLY or name.startswith(NEVER_FORWARDED_PREFIXES)
@@ -90,12 +118,20 @@ def _why_never(name: str) -> str:
 class UpstreamDoc(Doc):
     """A model provider: where it is, its credential, the headers it gets, timeouts and connection pool."""
 
+    provider: Literal["openai", "azure"] = "openai"
+    """The API it speaks: openai (any OpenAI-compatible server) or azure (Azure OpenAI: deployment URLs, the key
+    in api-key)."""
     base_url: NonEmptyStr
-    """The provider's API prefix, such as https://api.openai.com/v1."""
+    """openai: the API prefix, such as https://api.openai.com/v1. azure: the resource endpoint, such as
+    https://myres.openai.azure.com (the gateway adds /openai/...)."""
+    api_version: ApiVersion | None = None
+    """azure only: the api-version of the deployment URLs (/openai/deployments/{deployment}/...?api-version=...),
+    such as 2024-10-21 or 2025-04-01-preview. Without it: Azure's v1 API (/openai/v1/...), which takes the
+    deployment name as the body's model."""
     api_key: Str | None = None
     """Injected on every call; client credentials never go upstream."""
     auth_header: Literal["authorization", "api-key", "x-api-key", "none"] = "authorization"
-    """Where the credential goes: authorization (Bearer), api-key (Azure), x-api-key, or none."""
+    """Where the credential goes: authorization (Bearer), api-key, x-api-key, or none. azure: always api-key."""
     headers: Mapping[str, HeaderValue] = {}
     """Extra headers sent upstream; OpenAI-Organization, OpenAI-Project and OpenAI-Beta come only from here."""
     forward_headers: StrList = DEFAULT_FORWARD_HEADERS
@@ -111,6 +147,25 @@ class UpstreamDoc(Doc):
             yield "base_url", "must be an absolute http:// or https:// URL"
         elif parts.query or parts.fragment:
             yield "base_url", "must not carry a query or fragment"
+
+    @check
+    def provider_fields_fit(self) -> Found:
+        if self.provider != "azure":
+            if self.api_version is not None:
+                yield "api_version", f"applies only to provider: azure (this upstream's provider is {self.provider})"
+            return
+        if self.api_version is not None and not _is_api_version(self.api_version):
+            yield (
+                "api_version",
+                f"{self.api_version!r} is not an Azure api-version such as 2024-10-21 or 2025-04-01-preview",
+            )
+        if "auth_header" in self.model_fields_set and self.auth_header != "api-key":
+            yield "auth_header", "an Azure upstream sends its key as api-key (leave auth_header out)"
+        if "openai" in urlsplit(self.base_url).path.lower().split("/"):
+            yield (
+                "base_url",
+                "is the Azure resource endpoint, such as https://myres.openai.azure.com: the gateway adds /openai/...",
+            )
 
     @check
     def headers_cannot_break_the_request(self) -> Found:
@@ -136,12 +191,32 @@ def build_upstream(name: str, doc: UpstreamDoc) -> Upstream:
         name=name,
         base_url=doc.base_url.rstrip("/"),
         api_key=doc.api_key or None,
-        auth_header=doc.auth_header,
+        auth_header="api-key" if doc.provider == "azure" else doc.auth_header,
+        provider=doc.provider,
+        api_version=doc.api_version,
         headers=frozen_map({k: str(v) for k, v in doc.headers.items()}),
         forward_headers=_forward_headers(doc.forward_headers, {h.lower() for h in doc.headers})[0],
         timeouts=doc.timeouts,
         pool=doc.pool,
     )
+
+
+def azure_paths(api_version: str | None, deployment: str) -> Mapping[str, str]:
+    """The path of each OpenAI API path (``/chat/completions``...) on an Azure resource, for one deployment.
+
+    With an ``api_version``: the deployment's URL with its query. Without: the v1 API's path (the deployment
+    is then the body's model).
+    """
+    if api_version is None:
+        return frozen_map({path: f"/openai/v1{path}" for path in AZURE_API_PATHS})
+    query = f"?api-version={quote(api_version, safe='')}"
+    at = f"/openai/deployments/{quote(deployment, safe='')}"
+    return frozen_map({path: f"{at}{path}{query}" for path in AZURE_API_PATHS})
+
+
+def _is_api_version(text: str) -> bool:
+    found = _API_VERSION.fullmatch(text)
+    return found is not None and 1 <= int(found[2]) <= 12 and 1 <= int(found[3]) <= 31
 
 
 def _forward_headers(entries: tuple[str, ...], configured: set[str]) -> tuple[tuple[str, ...], list[tuple[str, str]]]:

@@ -64,7 +64,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from tollgate.mock import anthropic
+from tollgate.mock import anthropic, azure
 from tollgate.mock.endpoints import (
     chat_completions,
     clear_requests,
@@ -103,6 +103,12 @@ def make_mock_app(settings: MockSettings | None = None) -> web.Application:
     app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
+    app.router.add_post("/openai/deployments/{deployment}/chat/completions", azure.deployment_chat_completions)
+    app.router.add_post("/openai/deployments/{deployment}/completions", azure.deployment_completions)
+    app.router.add_post("/openai/deployments/{deployment}/embeddings", azure.deployment_embeddings)
+    app.router.add_post("/openai/v1/chat/completions", azure.v1_chat_completions)
+    app.router.add_post("/openai/v1/completions", azure.v1_completions)
+    app.router.add_post("/openai/v1/embeddings", azure.v1_embeddings)
     app.router.add_get("/_mock/requests", recorded_requests)
     app.router.add_delete("/_mock/requests", clear_requests)
     app.router.add_get("/_mock/stats", stats)

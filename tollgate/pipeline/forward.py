@@ -5,7 +5,8 @@ only while nothing has reached the client (so the attempt loop in
 tollgate/pipeline/attempts.py may still retry or fall back); once the first
 event is out, trouble becomes an SSE error event and a clean end of the stream.
 
-The headers the upstream gets are the pool's business (tollgate/upstream/pool.py).
+The headers the upstream gets are the pool's business (tollgate/upstream/pool.py); the
+path is the endpoint's, or the deployment's own (Azure, tollgate/config/upstreams.py).
 What the upstream answers with 401 or 403 is the gateway's problem, never
 relayed (``UpstreamAuthError``); any other error body is relayed without
 credentials (tollgate/upstream/redaction.py).
@@ -76,6 +77,8 @@ async def forward(
         body = ctx.body_bytes
     else:
         body = orjson.dumps({**ctx.body, "model": deployment.model})
+    # The deployment's own path where its provider has one (Azure), built with the config.
+    path = ctx.endpoint.upstream_suffix if deployment.paths is None else deployment.paths[ctx.endpoint.upstream_suffix]
     ctx.upstream_name = cfg.name
     now = clock.loop_time
     deadline = ctx.started + cfg.timeouts.total
@@ -84,7 +87,7 @@ async def forward(
     try:
         async with client.deadlines.at(min(deadline, now() + cfg.timeouts.first_byte)) as timer:
             sent = upstream_headers(client, ctx.request.headers, ctx.client_ip, ctx.request_id)
-            upstream = await client.http.request("POST", ctx.endpoint.upstream_suffix, sent, body)
+            upstream = await client.http.request("POST", path, sent, body)
             ctx.first_byte_at = now()
             phase = "idle"
             timer.reschedule(min(deadline, now() + cfg.timeouts.idle))

@@ -3,8 +3,10 @@
 What a tenant sends reaches the upstream only through the upstream's
 ``forward_headers`` allow-list (tollgate/config/upstreams.py), minus the names
 its ``Connection`` header lists; the gateway adds its own headers (credential,
-organisation, ``X-Forwarded-For``, ``x-request-id``). A reload keeps the
-client of every upstream whose config did not change.
+organisation, ``X-Forwarded-For``, ``x-request-id``). They are built once per
+upstream: an Azure upstream's credential is its ``api-key`` header (its config
+says so, tollgate/config/upstreams.py), never ``Authorization``. A reload keeps
+the client of every upstream whose config did not change.
 """
 
 from __future__ import annotations
