@@ -115,7 +115,7 @@ def test_openai_neutral_values_of_unsupported_parameters_are_accepted() -> None:
 
 def test_openai_temperature_above_anthropics_range_is_refused_or_dropped() -> None:
     body = {**BASE, "temperature": 1.5}
-    with pytest.raises(BadRequest) as refused:
+    with pytest.raises(TranslationError) as refused:
         openai_request_to_anthropic(body, default_max_tokens=None)
     assert refused.value.param == "temperature"
     translated = openai_request_to_anthropic(body, default_max_tokens=None, drop_unsupported=True)

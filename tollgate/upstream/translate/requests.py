@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from tollgate.errors import BadRequest
-from tollgate.upstream.translate.unsupported import Unsupported
+from tollgate.upstream.translate.unsupported import TranslationError, Unsupported
 
 __all__ = ["TranslatedRequest", "anthropic_request_to_openai", "openai_request_to_anthropic"]
 
@@ -65,7 +65,8 @@ def openai_request_to_anthropic(
 
     ``max_tokens`` is required by Anthropic: it comes from ``max_completion_tokens`` or
     ``max_tokens``, else from ``default_max_tokens`` (the model's default); with neither the
-    request is refused. ``stream_options`` is not sent: Anthropic streams always carry usage,
+    request is refused. System and developer messages, wherever they stand, become ``system``
+    (a string for one string message, else text blocks). ``stream_options`` is not sent: Anthropic streams always carry usage,
     and the stream translator is told whether the client asked for it.
     """
     unsupported = Unsupported(drop_unsupported)
@@ -96,9 +97,8 @@ def openai_request_to_anthropic(
     if temperature is not None:
         if isinstance(temperature, int | float) and temperature > _MAX_ANTHROPIC_TEMPERATURE:
             if not drop_unsupported:
-                raise BadRequest(
+                raise TranslationError(
                     f"'temperature' {temperature} is above the Anthropic Messages API's maximum of 1",
-                    code="unsupported_parameter",
                     param="temperature",
                 )
             unsupported.dropped.append("temperature")
@@ -108,7 +108,7 @@ def openai_request_to_anthropic(
         out["top_p"] = body["top_p"]
     stop = body.get("stop")
     if stop is not None:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(_items(stop, "stop"))
     if body.get("stream") is not None:
         out["stream"] = body["stream"]
     if body.get("user") is not None:
@@ -116,7 +116,9 @@ def openai_request_to_anthropic(
 
     tools = body.get("tools")
     if tools is not None:
-        out["tools"] = [_openai_tool_to_anthropic(i, tool, unsupported) for i, tool in enumerate(tools)]
+        out["tools"] = [
+            _openai_tool_to_anthropic(i, tool, unsupported) for i, tool in enumerate(_items(tools, "tools"))
+        ]
     tool_choice = _openai_tool_choice_to_anthropic(body.get("tool_choice"))
     if body.get("parallel_tool_calls") is False:
         tool_choice = tool_choice or {"type": "auto"}
@@ -127,9 +129,18 @@ def openai_request_to_anthropic(
 
 
 def _require_list(body: dict[str, Any], name: str) -> list[Any]:
-    value = body.get(name)
+    return _items(body.get(name), name)
+
+
+def _items(value: Any, where: str) -> list[Any]:
     if not isinstance(value, list):
-        raise BadRequest(f"{name!r} must be a list", param=name)
+        raise BadRequest(f"{where!r} must be a list", param=where)
+    return value
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where!r} must be an object", param=where)
     return value
 
 
@@ -200,7 +211,7 @@ def _openai_parts_to_blocks(
         raise BadRequest(f"{where}.content must be a string or a list of parts", param=f"{where}.content")
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(parts):
-        kind = part.get("type") if isinstance(part, dict) else None
+        kind = _object(part, f"{where}.content[{j}]").get("type")
         if kind == "text":
             blocks.append({"type": "text", "text": part.get("text", "")})
         elif kind == "image_url" and not text_only:
@@ -229,7 +240,7 @@ def _openai_assistant_to_anthropic(
     message: dict[str, Any], where: str, unsupported: Unsupported
 ) -> str | list[dict[str, Any]]:
     content = message.get("content")
-    tool_calls = message.get("tool_calls") or []
+    tool_calls = _items(message.get("tool_calls") or [], f"{where}.tool_calls")
     if isinstance(content, str) and not tool_calls:
         return content
     blocks: list[dict[str, Any]] = []
@@ -239,8 +250,13 @@ def _openai_assistant_to_anthropic(
     else:
         blocks.extend(_openai_parts_to_blocks(content, where, unsupported, text_only=True))
     for k, call in enumerate(tool_calls):
-        function = call.get("function") or {}
+        call = _object(call, f"{where}.tool_calls[{k}]")
+        function = _object(call.get("function") or {}, f"{where}.tool_calls[{k}].function")
         arguments = function.get("arguments") or "{}"
+        if not isinstance(arguments, str):
+            raise BadRequest(
+                f"{where}.tool_calls[{k}].function.arguments must be a string", param=f"{where}.tool_calls[{k}]"
+            )
         try:
             arguments_value = orjson.loads(arguments)
         except orjson.JSONDecodeError:
@@ -258,7 +274,7 @@ def _openai_tool_to_anthropic(i: int, tool: Any, unsupported: Unsupported) -> di
     if not isinstance(tool, dict) or tool.get("type") != "function":
         kind = tool.get("type") if isinstance(tool, dict) else None
         raise BadRequest(f"{where}.type {kind!r} has no equivalent in the {_ANTHROPIC} API", param=where)
-    function = tool.get("function") or {}
+    function = _object(tool.get("function") or {}, f"{where}.function")
     out: dict[str, Any] = {"name": function.get("name")}
     if function.get("description") is not None:
         out["description"] = function["description"]
@@ -278,7 +294,7 @@ def _openai_tool_choice_to_anthropic(choice: Any) -> dict[str, Any] | None:
     if choice == "required":
         return {"type": "any"}
     if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"type": "tool", "name": (choice.get("function") or {}).get("name")}
+        return {"type": "tool", "name": _object(choice.get("function") or {}, "tool_choice.function").get("name")}
     raise BadRequest(f"'tool_choice' {choice!r} is not a known choice", param="tool_choice")
 
 
@@ -331,14 +347,14 @@ def anthropic_request_to_openai(
         if body.get(name) is not None:
             out[name] = body[name]
     if body.get("stop_sequences") is not None:
-        out["stop"] = list(body["stop_sequences"])
+        out["stop"] = list(_items(body["stop_sequences"], "stop_sequences"))
     if body.get("stream") is not None:
         out["stream"] = body["stream"]
         if body["stream"]:
             out["stream_options"] = {"include_usage": True}
     metadata = body.get("metadata")
-    if isinstance(metadata, dict):
-        for key, value in metadata.items():
+    if metadata is not None:
+        for key, value in _object(metadata, "metadata").items():
             if key == "user_id":
                 if value is not None:
                     out["user"] = value
@@ -347,7 +363,9 @@ def anthropic_request_to_openai(
 
     tools = body.get("tools")
     if tools is not None:
-        out["tools"] = [_anthropic_tool_to_openai(i, tool, unsupported) for i, tool in enumerate(tools)]
+        out["tools"] = [
+            _anthropic_tool_to_openai(i, tool, unsupported) for i, tool in enumerate(_items(tools, "tools"))
+        ]
     choice = body.get("tool_choice")
     if choice is not None:
         out["tool_choice"] = _anthropic_tool_choice_to_openai(choice)
@@ -362,12 +380,15 @@ def _anthropic_blocks_to_parts(blocks: Any, where: str, unsupported: Unsupported
     parts: list[dict[str, Any]] = []
     for j, block in enumerate(blocks):
         here = f"{where}[{j}]" if where == "system" else f"{where}.content[{j}]"
+        block = _object(block, here)
         _cache_hint(block, here, unsupported)
         kind = block.get("type")
         if kind == "text":
             parts.append({"type": "text", "text": block.get("text", "")})
         elif kind == "image":
-            parts.append({"type": "image_url", "image_url": {"url": _image_url(block.get("source") or {}, here)}})
+            parts.append(
+                {"type": "image_url", "image_url": {"url": _image_url(_object(block.get("source") or {}, here), here)}}
+            )
         else:
             unsupported.refuse(f"{here}.{kind}", _OPENAI)
     return parts
@@ -406,6 +427,7 @@ def _anthropic_message_to_openai(message: Any, where: str, unsupported: Unsuppor
     out: list[dict[str, Any]] = []
     rest: list[dict[str, Any]] = []
     for j, block in enumerate(content):
+        block = _object(block, f"{where}.content[{j}]")
         if block.get("type") == "tool_result":
             out.append(_tool_result_to_openai(block, f"{where}.content[{j}]", unsupported))
         else:
@@ -436,6 +458,7 @@ def _anthropic_assistant_to_openai(blocks: list[Any], where: str, unsupported: U
     calls: list[dict[str, Any]] = []
     for j, block in enumerate(blocks):
         here = f"{where}.content[{j}]"
+        block = _object(block, here)
         _cache_hint(block, here, unsupported)
         kind = block.get("type")
         if kind == "text":
