@@ -135,3 +135,12 @@ def test_nothing_is_sent_after_the_stream_finished() -> None:
     stream.feed({"error": {"message": "x", "type": "server_error"}})
     assert stream.feed({"id": "c", "choices": [{"index": 0, "delta": {"content": "late"}}]}) == b""
     assert stream.done() == b""
+
+
+def test_the_model_name_the_client_asked_for_replaces_the_upstreams() -> None:
+    stream = AnthropicToOpenAIStream(created=CREATED, include_usage=False, model="my-alias")
+    [(_, first)] = frames(stream.feed(TO_OPENAI[0]["steps"][0][0]))
+    assert first["model"] == "my-alias"
+    reverse = OpenAIToAnthropicStream(model="my-alias")
+    [(_, start)] = frames(reverse.feed(TO_ANTHROPIC[0]["steps"][0][0]))
+    assert start["message"]["model"] == "my-alias"

@@ -42,7 +42,8 @@ class AnthropicToOpenAIStream:
 
     ``include_usage`` is the client's ``stream_options.include_usage``: when set, a last chunk
     with empty ``choices`` carries the usage (input from ``message_start``, output from
-    ``message_delta``). ``created`` is the caller's clock, in seconds.
+    ``message_delta``). ``created`` is the caller's clock, in seconds; ``model``, when given, is the
+    name the client asked for, otherwise the upstream's is passed on.
     """
 
     __slots__ = ("_created", "_id", "_include_usage", "_model", "_tools", "_usage", "finished")
@@ -100,7 +101,7 @@ class AnthropicToOpenAIStream:
         if kind == "message_start":
             message = event.get("message") or {}
             self._id = message.get("id") or ""
-            self._model = message.get("model") or self._model
+            self._model = self._model or message.get("model")
             self._merge_usage(message.get("usage"))
             return self._chunk({"role": "assistant", "content": ""})
         if kind == "message_delta":
