@@ -82,9 +82,9 @@ def test_an_unquoted_yaml_api_version_is_read_as_its_text(tmp_path: Path) -> Non
     ("upstream", "deployment", "expected"),
     [
         (
-            {"provider": "anthropic", "base_url": RESOURCE},
+            {"provider": "bedrock", "base_url": RESOURCE},
             {},
-            "upstreams.u.provider: must be one of openai, azure (got 'anthropic')",
+            "upstreams.u.provider: must be one of openai, azure, anthropic (got 'bedrock')",
         ),
         (
             {"base_url": "http://127.0.0.1:9/v1", "api_version": "2024-10-21"},

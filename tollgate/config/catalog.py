@@ -13,8 +13,17 @@ from tollgate.config.upstreams import AZURE_DEPLOYMENT, UpstreamDoc, azure_paths
 from tollgate.config.validation import Doc, Found, check
 from tollgate.config.values import Bool, NonEmptyStr, StrList, matching
 
-__all__ = ["MODEL_NAME", "DeploymentDoc", "ModelDoc", "build_model", "provider_field_problems"]
+__all__ = [
+    "DEFAULT_ANTHROPIC_MAX_TOKENS",
+    "MODEL_NAME",
+    "DeploymentDoc",
+    "ModelDoc",
+    "build_model",
+    "provider_field_problems",
+]
 
+# The max_tokens an Anthropic deployment sends when neither the client nor the config gives one.
+DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
 MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}"
 Limit = Annotated[int, Strict(), Field(ge=1)]
 
@@ -29,6 +38,9 @@ class DeploymentDoc(Doc):
     azure_deployment: Annotated[str, Strict(), matching(AZURE_DEPLOYMENT)] | None = None
     """On a provider: azure upstream only: the Azure deployment serving the model; default: the model name. With
     the upstream's api_version it is in the URL; on Azure's v1 API it is the body's model."""
+    max_tokens: Limit | None = None
+    """On a provider: anthropic upstream only: the max_tokens sent when the client gives none (Anthropic requires
+    one); default: the model's max_tokens, else 4096."""
     weight: Annotated[int, Strict(), Field(ge=0, le=1_000_000)] = 1
     """Share of traffic under weighted_round_robin; 0 = out of rotation."""
     rpm: Limit | None = None
@@ -45,6 +57,9 @@ class ModelDoc(Doc):
     deployments: tuple[DeploymentDoc, ...] = ()
     owned_by: NonEmptyStr = "tollgate"
     created: Annotated[int, Strict(), Field(ge=0)] = 0
+    max_tokens: Limit | None = None
+    """For its deployments on provider: anthropic upstreams: the max_tokens sent when the client gives none;
+    default 4096."""
     strategy: Literal["weighted_round_robin", "least_inflight", "lowest_latency"] = "weighted_round_robin"
     """lowest_latency: the EWMA of time to first byte."""
     fallbacks: StrList = ()
@@ -77,8 +92,16 @@ def provider_field_problems(
 ) -> Iterator[tuple[str, str]]:
     """``(path under models, reason)`` for every deployment field its upstream's provider does not take."""
     for name, model in models.items():
+        providers = {u.provider for d in model.deployments if (u := upstreams.get(d.upstream)) is not None}
+        if model.max_tokens is not None and providers and "anthropic" not in providers:
+            yield f"{name}.max_tokens", "applies only to a model with a deployment on a provider: anthropic upstream"
         for i, d in enumerate(model.deployments):
             upstream = upstreams.get(d.upstream)
+            if d.max_tokens is not None and upstream is not None and upstream.provider != "anthropic":
+                yield (
+                    f"{name}.deployments[{i}].max_tokens",
+                    f"applies only to a provider: anthropic upstream ({d.upstream!r} is {upstream.provider})",
+                )
             if d.azure_deployment is not None and upstream is not None and upstream.provider != "azure":
                 yield (
                     f"{name}.deployments[{i}].azure_deployment",
@@ -89,7 +112,7 @@ def provider_field_problems(
 def build_model(name: str, doc: ModelDoc, upstreams: Mapping[str, Upstream]) -> Model:
     return Model(
         name=name,
-        deployments=tuple(_deployment(name, d, upstreams[d.upstream]) for d in doc.deployments),
+        deployments=tuple(_deployment(name, d, upstreams[d.upstream], doc.max_tokens) for d in doc.deployments),
         owned_by=doc.owned_by,
         created=doc.created,
         routing=ModelRouting(
@@ -102,9 +125,12 @@ def build_model(name: str, doc: ModelDoc, upstreams: Mapping[str, Upstream]) -> 
     )
 
 
-def _deployment(name: str, doc: DeploymentDoc, upstream: Upstream) -> Deployment:
+def _deployment(name: str, doc: DeploymentDoc, upstream: Upstream, model_max_tokens: int | None) -> Deployment:
     model = doc.model or name
     paths = None
+    max_tokens = None
+    if upstream.provider == "anthropic":
+        max_tokens = doc.max_tokens or model_max_tokens or DEFAULT_ANTHROPIC_MAX_TOKENS
     if upstream.provider == "azure":
         deployment = doc.azure_deployment or model
         paths = azure_paths(upstream.api_version, deployment)
@@ -116,4 +142,5 @@ def _deployment(name: str, doc: DeploymentDoc, upstream: Upstream) -> Deployment
         weight=doc.weight,
         limits=DeploymentLimits(rpm=doc.rpm, tpm=doc.tpm, max_concurrency=doc.max_concurrency),
         paths=paths,
+        max_tokens=max_tokens,
     )

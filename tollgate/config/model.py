@@ -130,9 +130,13 @@ class Upstream:
     api_key: str | None = None
     # Where the credential goes: "authorization" (Bearer), "api-key" (always, for Azure), "x-api-key", or "none".
     auth_header: str = "authorization"
-    # The API it speaks: "openai" or "azure" (tollgate/config/upstreams.py); Azure's api-version, None for its v1 API.
+    # The API it speaks: "openai", "azure" or "anthropic" (tollgate/config/upstreams.py); Azure's api-version,
+    # None for its v1 API.
     provider: str = "openai"
     api_version: str | None = None
+    # anthropic only: the anthropic-version header, and whether untranslatable chat parameters are dropped.
+    anthropic_version: str | None = None
+    drop_unsupported: bool = False
     headers: Mapping[str, str] = field(default_factory=frozen_map)
     # Client headers sent on, lower-case: names, or prefixes ending in "*" (tollgate/config/upstreams.py).
     forward_headers: tuple[str, ...] = DEFAULT_FORWARD_HEADERS
@@ -150,6 +154,8 @@ class Deployment:
     # The request path of each OpenAI API path ("/chat/completions"...) where it is not that path itself under the
     # upstream's base URL (Azure: tollgate/config/upstreams.py azure_paths); None on an OpenAI-compatible upstream.
     paths: Mapping[str, str] | None = None
+    # The max_tokens sent when the client gives none, where the upstream requires one (anthropic); else None.
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

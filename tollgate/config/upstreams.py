@@ -14,6 +14,11 @@ the same dialect at other URLs: ``base_url`` is the resource endpoint, the key
 goes in ``api-key``, and each deployment's request paths are built here, once
 (:func:`azure_paths`): ``/openai/deployments/{deployment}/...?api-version=...``
 with an ``api_version``, Azure's v1 API ``/openai/v1/...`` without one.
+``anthropic``: Anthropic's Messages API, served to OpenAI-dialect clients
+through tollgate/upstream/translate/: ``base_url`` is the API root, requests go
+to ``{base_url}/v1/messages``, the key goes in ``x-api-key`` with an
+``anthropic-version`` header, and ``drop_unsupported`` says whether a chat
+parameter with no Anthropic equivalent is dropped or refused (400 naming it).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pydantic import BeforeValidator
 
 from tollgate.config.model import DEFAULT_FORWARD_HEADERS, Pool, Timeouts, Upstream
 from tollgate.config.validation import Doc, Found, check
-from tollgate.config.values import NonEmptyStr, Str, StrList, frozen_map
+from tollgate.config.values import Bool, NonEmptyStr, Str, StrList, frozen_map
 
 __all__ = [
     "AUTH_HEADERS",
@@ -36,6 +41,7 @@ __all__ = [
     "AZURE_DEPLOYMENT",
     "CONFIG_ONLY",
     "CONNECTION_RELAY_HEADER",
+    "DEFAULT_ANTHROPIC_VERSION",
     "DEFAULT_FORWARD_HEADERS",
     "NEVER_FORWARDED",
     "NEVER_FORWARDED_PREFIXES",
@@ -47,7 +53,11 @@ __all__ = [
 ]
 
 AUTH_HEADERS = ("authorization", "api-key", "x-api-key", "none")
-PROVIDERS = ("openai", "azure")
+PROVIDERS = ("openai", "azure", "anthropic")
+# The anthropic-version header an Anthropic upstream sends when its config names none.
+DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
+# Anthropic's API versions are dates: 2023-06-01.
+_ANTHROPIC_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 # The OpenAI API paths an Azure resource serves under its deployments and its v1 API (after /v1 on OpenAI).
 AZURE_API_PATHS = ("/chat/completions", "/completions", "/embeddings")
@@ -118,20 +128,27 @@ def _why_never(name: str) -> str:
 class UpstreamDoc(Doc):
     """A model provider: where it is, its credential, the headers it gets, timeouts and connection pool."""
 
-    provider: Literal["openai", "azure"] = "openai"
-    """The API it speaks: openai (any OpenAI-compatible server) or azure (Azure OpenAI: deployment URLs, the key
-    in api-key)."""
+    provider: Literal["openai", "azure", "anthropic"] = "openai"
+    """The API it speaks: openai (any OpenAI-compatible server), azure (Azure OpenAI: deployment URLs, the key
+    in api-key) or anthropic (Anthropic's Messages API, translated to and from OpenAI's chat completions)."""
     base_url: NonEmptyStr
     """openai: the API prefix, such as https://api.openai.com/v1. azure: the resource endpoint, such as
-    https://myres.openai.azure.com (the gateway adds /openai/...)."""
+    https://myres.openai.azure.com (the gateway adds /openai/...). anthropic: the API root, such as
+    https://api.anthropic.com (the gateway adds /v1/messages)."""
     api_version: ApiVersion | None = None
     """azure only: the api-version of the deployment URLs (/openai/deployments/{deployment}/...?api-version=...),
     such as 2024-10-21 or 2025-04-01-preview. Without it: Azure's v1 API (/openai/v1/...), which takes the
     deployment name as the body's model."""
+    anthropic_version: ApiVersion | None = None
+    """anthropic only: the anthropic-version header sent on every call; default 2023-06-01."""
+    drop_unsupported: Bool | None = None
+    """anthropic only: a chat parameter with no Anthropic equivalent is dropped (true) or refused with a 400
+    naming it (false, the default)."""
     api_key: Str | None = None
     """Injected on every call; client credentials never go upstream."""
     auth_header: Literal["authorization", "api-key", "x-api-key", "none"] = "authorization"
-    """Where the credential goes: authorization (Bearer), api-key, x-api-key, or none. azure: always api-key."""
+    """Where the credential goes: authorization (Bearer), api-key, x-api-key, or none. azure: always api-key.
+    anthropic: always x-api-key."""
     headers: Mapping[str, HeaderValue] = {}
     """Extra headers sent upstream; OpenAI-Organization, OpenAI-Project and OpenAI-Beta come only from here."""
     forward_headers: StrList = DEFAULT_FORWARD_HEADERS
@@ -147,6 +164,23 @@ class UpstreamDoc(Doc):
             yield "base_url", "must be an absolute http:// or https:// URL"
         elif parts.query or parts.fragment:
             yield "base_url", "must not carry a query or fragment"
+
+    @check
+    def anthropic_fields_fit(self) -> Found:
+        if self.provider != "anthropic":
+            for name in ("anthropic_version", "drop_unsupported"):
+                if getattr(self, name) is not None:
+                    yield name, f"applies only to provider: anthropic (this upstream's provider is {self.provider})"
+            return
+        if self.anthropic_version is not None and not _ANTHROPIC_VERSION.fullmatch(self.anthropic_version):
+            yield "anthropic_version", f"{self.anthropic_version!r} is not an Anthropic API version such as 2023-06-01"
+        if "auth_header" in self.model_fields_set and self.auth_header != "x-api-key":
+            yield "auth_header", "an Anthropic upstream sends its key as x-api-key (leave auth_header out)"
+        if "v1" in urlsplit(self.base_url).path.lower().split("/"):
+            yield "base_url", "is the API root, such as https://api.anthropic.com: the gateway adds /v1/messages"
+        for h in self.headers:
+            if h.lower() == "anthropic-version":
+                yield f"headers.{h}", "is set from anthropic_version"
 
     @check
     def provider_fields_fit(self) -> Found:
@@ -191,14 +225,24 @@ def build_upstream(name: str, doc: UpstreamDoc) -> Upstream:
         name=name,
         base_url=doc.base_url.rstrip("/"),
         api_key=doc.api_key or None,
-        auth_header="api-key" if doc.provider == "azure" else doc.auth_header,
+        auth_header=_auth_header(doc),
         provider=doc.provider,
         api_version=doc.api_version,
+        anthropic_version=(doc.anthropic_version or DEFAULT_ANTHROPIC_VERSION) if doc.provider == "anthropic" else None,
+        drop_unsupported=bool(doc.drop_unsupported),
         headers=frozen_map({k: str(v) for k, v in doc.headers.items()}),
         forward_headers=_forward_headers(doc.forward_headers, {h.lower() for h in doc.headers})[0],
         timeouts=doc.timeouts,
         pool=doc.pool,
     )
+
+
+def _auth_header(doc: UpstreamDoc) -> str:
+    if doc.provider == "azure":
+        return "api-key"
+    if doc.provider == "anthropic":
+        return "x-api-key"
+    return doc.auth_header
 
 
 def azure_paths(api_version: str | None, deployment: str) -> Mapping[str, str]:
