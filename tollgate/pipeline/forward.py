@@ -7,6 +7,10 @@ event is out, trouble becomes an SSE error event and a clean end of the stream.
 
 The headers the upstream gets are the pool's business (tollgate/upstream/pool.py); the
 path is the endpoint's, or the deployment's own (Azure, tollgate/config/upstreams.py).
+An upstream that speaks another dialect (Anthropic) carries its translation in its client
+(``client.dialect``, built once per upstream, None for OpenAI's): the request is translated
+before it is sent, a whole answer or an error back to OpenAI's shape before anything reads it,
+and a stream event by event under the same relay (tollgate/upstream/anthropic.py).
 What the upstream answers with 401 or 403 is the gateway's problem, never
 relayed (``UpstreamAuthError``); any other error body is relayed without
 credentials (tollgate/upstream/redaction.py).
@@ -27,8 +31,16 @@ from tollgate.clock import Clock
 from tollgate.config.model import Deployment
 from tollgate.edge.answers import REQUEST_ID_HEADER, Response, error_body
 from tollgate.edge.messages import StreamedAnswer
-from tollgate.errors import UpstreamAuthError, UpstreamBadResponse, UpstreamStatus, UpstreamTimeout
+from tollgate.errors import (
+    BadRequest,
+    RequestError,
+    UpstreamAuthError,
+    UpstreamBadResponse,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
 from tollgate.pipeline.context import RequestContext
+from tollgate.upstream.anthropic import AnthropicDialect, TranslatedStream
 from tollgate.upstream.client import ConnectError, HttpError, UpstreamResponse
 from tollgate.upstream.deadlines import Deadline
 from tollgate.upstream.pool import UpstreamClient, upstream_headers
@@ -73,12 +85,22 @@ async def forward(
     """
     assert ctx.endpoint is not None and ctx.body is not None and client.http is not None
     cfg = client.config
-    if deployment.model == ctx.model:
-        body = ctx.body_bytes
+    dialect = client.dialect
+    if dialect is None:
+        if deployment.model == ctx.model:
+            body = ctx.body_bytes
+        else:
+            body = orjson.dumps({**ctx.body, "model": deployment.model})
+        # The deployment's own path where its provider has one (Azure), built with the config.
+        path = (
+            ctx.endpoint.upstream_suffix if deployment.paths is None else deployment.paths[ctx.endpoint.upstream_suffix]
+        )
     else:
-        body = orjson.dumps({**ctx.body, "model": deployment.model})
-    # The deployment's own path where its provider has one (Azure), built with the config.
-    path = ctx.endpoint.upstream_suffix if deployment.paths is None else deployment.paths[ctx.endpoint.upstream_suffix]
+        try:
+            body = _translated_request(ctx, dialect, deployment)
+        except RequestError as exc:
+            return _refused(ctx, clock, exc)
+        path = dialect.path
     ctx.upstream_name = cfg.name
     now = clock.loop_time
     deadline = ctx.started + cfg.timeouts.total
@@ -95,7 +117,8 @@ async def forward(
             content_type = upstream.headers.get("content-type", "")
             if ctx.stream and status == 200 and content_type.startswith("text/event-stream"):
                 phase = "first event"
-                return await _relay_stream(ctx, clock, upstream, timer, deadline, cfg.timeouts.idle)
+                source = upstream if dialect is None else dialect.stream(upstream, int(clock.time()))
+                return await _relay_stream(ctx, clock, source, timer, deadline, cfg.timeouts.idle)
             data = await upstream.read()
     except TimeoutError:
         raise UpstreamTimeout(
@@ -117,10 +140,16 @@ async def forward(
                 cfg.name, status, redact(data[:2000], client.secrets, shapes=False).decode("utf-8", "replace")
             )
         data = redact(data, client.secrets)
+        if dialect is not None:
+            status, data = dialect.answer(status, data, int(clock.time()))
+            content_type = "application/json"
         if status in divert:
             raise UpstreamStatus(
                 cfg.name, status, data, content_type, _retry_after(upstream.headers.get("retry-after"))
             )
+    elif dialect is not None:
+        status, data = dialect.answer(status, data, int(clock.time()))
+        content_type = "application/json"
     ctx.status = status
     ctx.finished_at = now()
     ctx.bytes_out = len(data)
@@ -136,10 +165,39 @@ async def forward(
     return Response(status, data, headers)
 
 
+def _translated_request(ctx: RequestContext, dialect: AnthropicDialect, deployment: Deployment) -> bytes:
+    """The request in the upstream's dialect (raises a ``RequestError`` for what it cannot say)."""
+    assert ctx.endpoint is not None and ctx.body is not None
+    if ctx.endpoint.kind != "chat":
+        raise BadRequest(
+            f"model {ctx.model_served!r} is served by an Anthropic upstream: only /v1/chat/completions",
+            code="unsupported_endpoint",
+            param="model",
+        )
+    return dialect.request(ctx.body, deployment.model, deployment.max_tokens)
+
+
+def _refused(ctx: RequestContext, clock: Clock, exc: RequestError) -> Response:
+    """The client's answer when its request has no translation: 400 in OpenAI's shape, naming the parameter."""
+    ctx.status = exc.http_status
+    ctx.finished_at = clock.loop_time()
+    ctx.error = exc.code
+    data = error_body(exc.message, exc.error_type, exc.code, exc.param)
+    ctx.bytes_out = len(data)
+    headers = {
+        "Content-Type": "application/json",
+        REQUEST_ID_HEADER: ctx.request_id,
+        MODEL_HEADER: ctx.model_served or "",
+    }
+    if ctx.admission is not None:
+        headers.update(ctx.admission.headers)
+    return Response(exc.http_status, data, headers)
+
+
 async def _relay_stream(
     ctx: RequestContext,
     clock: Clock,
-    upstream: UpstreamResponse,
+    upstream: UpstreamResponse | TranslatedStream,
     timer: Deadline,
     deadline: float,
     idle: float,

@@ -5,7 +5,10 @@ What a tenant sends reaches the upstream only through the upstream's
 its ``Connection`` header lists; the gateway adds its own headers (credential,
 organisation, ``X-Forwarded-For``, ``x-request-id``). They are built once per
 upstream: an Azure upstream's credential is its ``api-key`` header (its config
-says so, tollgate/config/upstreams.py), never ``Authorization``. A reload keeps
+says so, tollgate/config/upstreams.py), never ``Authorization``; an Anthropic
+upstream's is ``x-api-key``, with its ``anthropic-version``, and its client
+carries the dialect the forward stage translates through
+(tollgate/upstream/anthropic.py; None for OpenAI's dialect). A reload keeps
 the client of every upstream whose config did not change.
 """
 
@@ -19,6 +22,7 @@ from tollgate.clock import Clock
 from tollgate.config.model import Upstream
 from tollgate.config.upstreams import CONNECTION_RELAY_HEADER, never_forwarded
 from tollgate.edge.answers import REQUEST_ID_HEADER
+from tollgate.upstream.anthropic import AnthropicDialect
 from tollgate.upstream.client import UpstreamHttp
 from tollgate.upstream.deadlines import Deadlines
 from tollgate.upstream.redaction import secrets_of
@@ -41,6 +45,7 @@ class UpstreamClient:
         "forward_prefixes",
         "secrets",
         "deadlines",
+        "dialect",
     )
 
     def __init__(self, config: Upstream, deadlines: Deadlines | None = None) -> None:
@@ -56,7 +61,11 @@ class UpstreamClient:
                 fixed.append(("Authorization", f"Bearer {config.api_key}"))
             else:
                 fixed.append((config.auth_header, config.api_key))
+        if config.anthropic_version is not None:
+            fixed.append(("anthropic-version", config.anthropic_version))
         fixed.extend(config.headers.items())
+        # How requests are translated for this upstream: None when it speaks OpenAI's dialect (openai, azure).
+        self.dialect = AnthropicDialect(config.drop_unsupported) if config.provider == "anthropic" else None
         self.fixed_headers = tuple(fixed)
         self.fixed_names = frozenset(name.lower() for name, _ in fixed)
         # The allow-list, checked against never_forwarded() once here for names, per header for prefixes.
