@@ -31,6 +31,20 @@ async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request_with
             assert r.status == 200
             reply = await r.json()
         assert reply["choices"][0]["message"]["content"]
+        claude = {**body, "model": "claude-sonnet"}  # served by the mock's Anthropic API, translated both ways
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json=claude,
+                headers={"Authorization": "Bearer tg_demo_0123456789abcdef0123456789abcdef"},
+            ) as r,
+        ):
+            assert r.status == 200
+            assert r.headers["x-tollgate-model"] == "claude-sonnet"
+            reply = await r.json()
+        assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["content"]
+        assert reply["usage"]["completion_tokens"] > 0
         async with (
             aiohttp.ClientSession() as s,
             s.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as r,

@@ -54,6 +54,7 @@ async def _main(host: str, port: int) -> None:
     mock_runner, mock_port = await start_mock("127.0.0.1", 0, MockSettings())
     try:
         os.environ["TOLLGATE_DEMO_UPSTREAM"] = f"http://127.0.0.1:{mock_port}/v1"
+        os.environ["TOLLGATE_DEMO_ANTHROPIC"] = f"http://127.0.0.1:{mock_port}"
         path = demo_config_path()
         config = with_listen_address(load_config(path), host, port)
         state = GatewayState(config, config_path=path)
