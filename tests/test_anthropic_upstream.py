@@ -23,6 +23,7 @@ from tollgate.mock.upstream import MockSettings, make_mock_app
 from tollgate.upstream.pool import UpstreamClient
 
 from .resilience.helpers import gateway
+from .support.upstream_log import access_lines, header_values, recorded
 
 ANTHROPIC_KEY = "sk-ant-upstream-0123456789"
 OPENAI_KEY = "sk-openai-upstream-0123456789"
@@ -96,25 +97,6 @@ async def client(mock_url: str, log_path: Path) -> AsyncIterator[openai.AsyncOpe
             yield sdk
         finally:
             await sdk.close()
-
-
-async def recorded(mock_url: str) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.get(f"{mock_url}/_mock/requests") as r:
-        return list((await r.json())["requests"])
-
-
-def header_values(request: dict[str, Any], name: str) -> list[str]:
-    return [v for k, v in request["headers"] if k.lower() == name]
-
-
-async def access_lines(log: Path, count: int) -> list[dict[str, Any]]:
-    for _ in range(100):
-        if log.exists():
-            lines = [orjson.loads(line) for line in log.read_bytes().splitlines() if line]
-            if len(lines) >= count:
-                return lines
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the access log has fewer than {count} lines")
 
 
 # -- answers ------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from tollgate.pipeline.context import ENDPOINTS
 from tollgate.upstream.pool import UpstreamClient, upstream_headers
 
 from .resilience.helpers import gateway
+from .support.upstream_log import access_lines, header_values, recorded
 
 AZURE_KEY = "azure-resource-key-0123456789"
 OPENAI_KEY = "sk-openai-upstream-0123456789"
@@ -102,18 +103,9 @@ async def gw(mock_url: str, log_path: Path) -> AsyncIterator[str]:
         yield url
 
 
-async def recorded(mock_url: str) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.get(f"{mock_url}/_mock/requests") as r:
-        return list((await r.json())["requests"])
-
-
 async def clear(mock_url: str) -> None:
     async with aiohttp.ClientSession() as s:
         await (await s.delete(f"{mock_url}/_mock/requests")).read()
-
-
-def header_values(request: dict[str, Any], name: str) -> list[str]:
-    return [v for k, v in request["headers"] if k.lower() == name]
 
 
 def assert_sent_as_azure(request: dict[str, Any]) -> None:
@@ -134,16 +126,6 @@ async def post(
 def stream_usage(raw: bytes) -> dict[str, Any]:
     events = [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: {")]
     return dict(events[-1]["usage"])
-
-
-async def access_lines(log: Path, count: int) -> list[dict[str, Any]]:
-    for _ in range(100):
-        if log.exists():
-            lines = [orjson.loads(line) for line in log.read_bytes().splitlines() if line]
-            if len(lines) >= count:
-                return lines
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the access log has fewer than {count} lines")
 
 
 # -- on the wire --------------------------------------------------------------------
