@@ -39,6 +39,11 @@ class Usage:
     completion_tokens: int = 0
     # True when the numbers come from the upstream; False when we estimated them.
     reported: bool = False
+    # Parts of ``prompt_tokens`` billed at their own prices: read from a provider's prompt cache, and written to it.
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    # The part of ``completion_tokens`` the model spent reasoning (reported, never estimated).
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
