@@ -213,14 +213,25 @@ class UpstreamBadResponse(UpstreamError):
 class UpstreamStatus(UpstreamBadResponse):
     """The upstream answered an error status the attempt loop judges itself (retry, fall back, or relay it as it is).
 
-    ``status`` is the upstream's, ``body`` its (redacted) answer, ``retry_after`` its ``Retry-After`` in seconds.
+    ``status`` is the upstream's, as the attempt loop judges it (Anthropic's 529 is the 503 it means);
+    ``body`` its (redacted) answer in the client's dialect, to be relayed with ``relay_status`` (the
+    status of that dialect: Anthropic's clients get their 529); ``retry_after`` its ``Retry-After`` in seconds.
     """
 
     default_code = "upstream_status"
 
-    def __init__(self, upstream: str, status: int, body: bytes, content_type: str, retry_after: float | None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        status: int,
+        body: bytes,
+        content_type: str,
+        retry_after: float | None,
+        relay_status: int | None = None,
+    ) -> None:
         super().__init__(f"upstream {upstream!r} answered {status}")
         self.status = status
+        self.relay_status = status if relay_status is None else relay_status
         self.body = body
         self.content_type = content_type
         self.retry_after = retry_after

@@ -79,12 +79,19 @@ def test_bad_anthropic_fields_are_refused_naming_them(upstream: dict[str, Any], 
 
 
 @pytest.mark.parametrize("provider", ["openai", "azure"])
-@pytest.mark.parametrize("field", [{"anthropic_version": "2023-06-01"}, {"drop_unsupported": False}])
-def test_anthropic_fields_are_refused_on_other_providers(provider: str, field: dict[str, Any]) -> None:
+def test_anthropic_version_is_refused_on_other_providers(provider: str) -> None:
     base = "https://myres.openai.azure.com" if provider == "azure" else "https://api.openai.com/v1"
-    (name,) = field
-    found = problems(doc({"provider": provider, "base_url": base, **field}))
-    assert any(p.startswith(f"upstreams.u.{name}:") and "provider: anthropic" in p for p in found), found
+    found = problems(doc({"provider": provider, "base_url": base, "anthropic_version": "2023-06-01"}))
+    assert any(p.startswith("upstreams.u.anthropic_version:") and "provider: anthropic" in p for p in found), found
+
+
+@pytest.mark.parametrize("provider", ["openai", "azure"])
+def test_drop_unsupported_applies_to_every_provider_that_translates(provider: str) -> None:
+    """OpenAI-dialect upstreams translate Anthropic clients' requests, so they take drop_unsupported too."""
+    base = "https://myres.openai.azure.com" if provider == "azure" else "https://api.openai.com/v1"
+    extra = {"api_version": "2024-10-21"} if provider == "azure" else {}
+    config = config_from_dict(doc({"provider": provider, "base_url": base, "drop_unsupported": True, **extra}))
+    assert config.upstreams["u"].drop_unsupported is True
 
 
 def test_max_tokens_is_refused_on_deployments_and_models_without_an_anthropic_upstream() -> None:

@@ -17,8 +17,11 @@ with an ``api_version``, Azure's v1 API ``/openai/v1/...`` without one.
 ``anthropic``: Anthropic's Messages API, served to OpenAI-dialect clients
 through tollgate/upstream/translate/: ``base_url`` is the API root, requests go
 to ``{base_url}/v1/messages``, the key goes in ``x-api-key`` with an
-``anthropic-version`` header, and ``drop_unsupported`` says whether a chat
-parameter with no Anthropic equivalent is dropped or refused (400 naming it).
+``anthropic-version`` header. Anthropic Messages clients reach every kind:
+an Anthropic upstream as they came, the others translated to chat completions.
+On any upstream that translates, ``drop_unsupported`` says whether a
+parameter with no equivalent in its dialect is dropped (the answer's
+``x-tollgate-dropped`` header names it) or refused (400 naming it).
 """
 
 from __future__ import annotations
@@ -168,9 +171,11 @@ class UpstreamDoc(Doc):
     @check
     def anthropic_fields_fit(self) -> Found:
         if self.provider != "anthropic":
-            for name in ("anthropic_version", "drop_unsupported"):
-                if getattr(self, name) is not None:
-                    yield name, f"applies only to provider: anthropic (this upstream's provider is {self.provider})"
+            if self.anthropic_version is not None:
+                yield (
+                    "anthropic_version",
+                    f"applies only to provider: anthropic (this upstream's provider is {self.provider})",
+                )
             return
         if self.anthropic_version is not None and not _ANTHROPIC_VERSION.fullmatch(self.anthropic_version):
             yield "anthropic_version", f"{self.anthropic_version!r} is not an Anthropic API version such as 2023-06-01"

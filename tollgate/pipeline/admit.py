@@ -14,6 +14,7 @@ from tollgate.policy.admission import LimitMetrics
 from tollgate.policy.lease_wait import LeaseWaiters
 from tollgate.policy.rules import RuleSet
 from tollgate.policy.settlement import Settler, StreamBudget
+from tollgate.upstream.anthropic_usage import MessagesUsageMonitor
 from tollgate.upstream.usage import UsageMonitor, request_stream_usage
 
 __all__ = ["AdmitDeps", "admit"]
@@ -42,4 +43,8 @@ async def admit(ctx: RequestContext, deps: AdmitDeps) -> None:
         deps.settler.hold(decided.lease)
     if ctx.stream:
         budget = StreamBudget(decided, limiter) if decided is not None and decided.stream_limits else None
-        ctx.stream_monitor = UsageMonitor(ctx, request_stream_usage(ctx), budget)
+        assert ctx.endpoint is not None
+        if ctx.endpoint.kind == "messages":  # Anthropic streams always carry their usage
+            ctx.stream_monitor = MessagesUsageMonitor(ctx, budget)
+        else:
+            ctx.stream_monitor = UsageMonitor(ctx, request_stream_usage(ctx), budget)

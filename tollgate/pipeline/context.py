@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tollgate.edge.dialects import ANTHROPIC, OPENAI, Dialect
+
 if TYPE_CHECKING:
     from tollgate.edge.messages import Request
     from tollgate.identity import Principal
@@ -17,12 +19,17 @@ __all__ = ["ENDPOINTS", "Endpoint", "RequestContext"]
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One proxied OpenAI route: its public path and the suffix appended to an upstream's base URL."""
+    """One proxied route: its public path, the suffix appended to an OpenAI-dialect upstream's base URL, its client's dialect.
+
+    An Anthropic Messages request goes to an OpenAI-dialect upstream as a chat completion (hence its suffix);
+    ``count_tokens`` is answered by an Anthropic upstream, or by the gateway's own estimate.
+    """
 
     path: str
     upstream_suffix: str
-    kind: str  # "chat" | "completion" | "embedding"
+    kind: str  # "chat" | "completion" | "embedding" | "messages" | "count_tokens"
     streams: bool
+    dialect: Dialect = OPENAI
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -31,6 +38,8 @@ ENDPOINTS: dict[str, Endpoint] = {
         Endpoint("/v1/chat/completions", "/chat/completions", "chat", True),
         Endpoint("/v1/completions", "/completions", "completion", True),
         Endpoint("/v1/embeddings", "/embeddings", "embedding", False),
+        Endpoint("/v1/messages", "/chat/completions", "messages", True, ANTHROPIC),
+        Endpoint("/v1/messages/count_tokens", "/chat/completions", "count_tokens", False, ANTHROPIC),
     )
 }
 

@@ -7,10 +7,14 @@ event is out, trouble becomes an SSE error event and a clean end of the stream.
 
 The headers the upstream gets are the pool's business (tollgate/upstream/pool.py); the
 path is the endpoint's, or the deployment's own (Azure, tollgate/config/upstreams.py).
-An upstream that speaks another dialect (Anthropic) carries its translation in its client
-(``client.dialect``, built once per upstream, None for OpenAI's): the request is translated
-before it is sent, a whole answer or an error back to OpenAI's shape before anything reads it,
-and a stream event by event under the same relay (tollgate/upstream/anthropic.py).
+Where the client's dialect and the upstream's differ (an Anthropic upstream for an OpenAI client,
+an OpenAI one for an Anthropic client), or the client speaks Anthropic's, the upstream's client
+carries the bridge, built once per upstream (tollgate/upstream/anthropic.py): the request is
+prepared by it before it is sent, a whole answer or an error put in the client's dialect before
+anything reads it, and a stream event by event under the same relay. What a bridge dropped in
+translation is named to the client in ``x-tollgate-dropped``; what it cannot translate is
+refused in the client's dialect. Errors the gateway writes into a stream, and the events that
+end one, are the client's dialect's too (tollgate/edge/dialects.py).
 What the upstream answers with 401 or 403 is the gateway's problem, never
 relayed (``UpstreamAuthError``); any other error body is relayed without
 credentials (tollgate/upstream/redaction.py).
@@ -24,15 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import orjson
 
 from tollgate.clock import Clock
 from tollgate.config.model import Deployment
-from tollgate.edge.answers import REQUEST_ID_HEADER, Response, error_body
+from tollgate.edge.answers import REQUEST_ID_HEADER, Response
+from tollgate.edge.dialects import OPENAI
 from tollgate.edge.messages import StreamedAnswer
 from tollgate.errors import (
-    BadRequest,
     RequestError,
     UpstreamAuthError,
     UpstreamBadResponse,
@@ -40,7 +45,8 @@ from tollgate.errors import (
     UpstreamTimeout,
 )
 from tollgate.pipeline.context import RequestContext
-from tollgate.upstream.anthropic import AnthropicDialect, TranslatedStream
+from tollgate.upstream.anthropic import TranslatedStream
+from tollgate.upstream.anthropic_usage import usage_from_anthropic_body
 from tollgate.upstream.client import ConnectError, HttpError, UpstreamResponse
 from tollgate.upstream.deadlines import Deadline
 from tollgate.upstream.pool import UpstreamClient, upstream_headers
@@ -48,7 +54,7 @@ from tollgate.upstream.redaction import redact
 from tollgate.upstream.sse import SseParser
 from tollgate.upstream.usage import usage_from_body
 
-__all__ = ["MODEL_HEADER", "Answer", "forward", "sse_error_event"]
+__all__ = ["DROPPED_HEADER", "MODEL_HEADER", "Answer", "forward"]
 
 log = logging.getLogger("tollgate.forward")
 
@@ -58,12 +64,12 @@ Answer = StreamedAnswer | Response
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 # Which model served the response (differs from the requested one when a fallback did).
 MODEL_HEADER = "x-tollgate-model"
+# The request parameters dropped in translation to the upstream's dialect (the upstream's drop_unsupported).
+DROPPED_HEADER = "x-tollgate-dropped"
+# A stream's first event that fails the attempt, so that another may serve: malformed, or the upstream's error event.
+_FAILED_FIRST = frozenset({"upstream_malformed_event", "upstream_error_event"})
 # An upstream's answer to the gateway's credential that the tenant never sees as such (see UpstreamAuthError).
 _AUTH_STATUSES = frozenset({401, 403})
-
-
-def sse_error_event(message: str, code: str) -> bytes:
-    return b"data: " + error_body(message, "server_error", code) + b"\n\n"
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -83,24 +89,27 @@ async def forward(
     An error status in ``divert`` raises :class:`UpstreamStatus` (body read, nothing
     sent) instead of being relayed, so the caller can retry or fall back.
     """
-    assert ctx.endpoint is not None and ctx.body is not None and client.http is not None
+    endpoint = ctx.endpoint
+    assert endpoint is not None and ctx.body is not None and client.http is not None
     cfg = client.config
-    dialect = client.dialect
-    if dialect is None:
+    bridge = client.dialect if endpoint.dialect is OPENAI else client.messages_bridge
+    dropped: list[str] = []
+    if bridge is None:  # OpenAI's dialect on both sides: the client's bytes, unless the model name changes
         if deployment.model == ctx.model:
             body = ctx.body_bytes
         else:
             body = orjson.dumps({**ctx.body, "model": deployment.model})
         # The deployment's own path where its provider has one (Azure), built with the config.
-        path = (
-            ctx.endpoint.upstream_suffix if deployment.paths is None else deployment.paths[ctx.endpoint.upstream_suffix]
-        )
+        path = endpoint.upstream_suffix if deployment.paths is None else deployment.paths[endpoint.upstream_suffix]
     else:
+        local = bridge.local(ctx.body, endpoint.kind)
+        if local is not None:
+            ctx.upstream_name = cfg.name
+            return _answered(ctx, clock, 200, local, "application/json", ())
         try:
-            body = _translated_request(ctx, dialect, deployment)
+            path, body, dropped = bridge.prepare(ctx.body, ctx.body_bytes, deployment, endpoint.kind)
         except RequestError as exc:
             return _refused(ctx, clock, exc)
-        path = dialect.path
     ctx.upstream_name = cfg.name
     now = clock.loop_time
     deadline = ctx.started + cfg.timeouts.total
@@ -117,8 +126,8 @@ async def forward(
             content_type = upstream.headers.get("content-type", "")
             if ctx.stream and status == 200 and content_type.startswith("text/event-stream"):
                 phase = "first event"
-                source = upstream if dialect is None else dialect.stream(upstream, int(clock.time()))
-                return await _relay_stream(ctx, clock, source, timer, deadline, cfg.timeouts.idle)
+                source = upstream if bridge is None else bridge.stream(upstream, int(clock.time()))
+                return await _relay_stream(ctx, clock, source, timer, deadline, cfg.timeouts.idle, dropped)
             data = await upstream.read()
     except TimeoutError:
         raise UpstreamTimeout(
@@ -140,58 +149,46 @@ async def forward(
                 cfg.name, status, redact(data[:2000], client.secrets, shapes=False).decode("utf-8", "replace")
             )
         data = redact(data, client.secrets)
-        if dialect is not None:
-            status, data = dialect.answer(status, data, int(clock.time()))
+        judged = 503 if status == 529 else status  # Anthropic's overloaded is judged as the 503 it means
+        if bridge is not None:
+            status, data = bridge.answer(status, data, int(clock.time()))
             content_type = "application/json"
-        if status in divert:
-            raise UpstreamStatus(
-                cfg.name, status, data, content_type, _retry_after(upstream.headers.get("retry-after"))
-            )
-    elif dialect is not None:
-        status, data = dialect.answer(status, data, int(clock.time()))
+        if judged in divert:
+            retry_after = _retry_after(upstream.headers.get("retry-after"))
+            raise UpstreamStatus(cfg.name, judged, data, content_type, retry_after, status)
+    elif bridge is not None:
+        status, data = bridge.answer(status, data, int(clock.time()))
         content_type = "application/json"
-    ctx.status = status
-    ctx.finished_at = now()
-    ctx.bytes_out = len(data)
     if status == 200:
-        ctx.usage = usage_from_body(data)
+        ctx.usage = usage_from_anthropic_body(data) if endpoint.kind == "messages" else usage_from_body(data)
+    return _answered(ctx, clock, status, data, content_type, dropped)
+
+
+def _answered(
+    ctx: RequestContext, clock: Clock, status: int, data: bytes, content_type: str, dropped: Sequence[str]
+) -> Response:
+    """A whole answer to the client: its status and body, the model that served it, what the limits said."""
+    ctx.status = status
+    ctx.finished_at = clock.loop_time()
+    ctx.bytes_out = len(data)
     headers = {
         "Content-Type": content_type or "application/json",
         REQUEST_ID_HEADER: ctx.request_id,
         MODEL_HEADER: ctx.model_served or "",
     }
+    if dropped:
+        headers[DROPPED_HEADER] = ", ".join(dropped)
     if ctx.admission is not None:
         headers.update(ctx.admission.headers)
     return Response(status, data, headers)
 
 
-def _translated_request(ctx: RequestContext, dialect: AnthropicDialect, deployment: Deployment) -> bytes:
-    """The request in the upstream's dialect (raises a ``RequestError`` for what it cannot say)."""
-    assert ctx.endpoint is not None and ctx.body is not None
-    if ctx.endpoint.kind != "chat":
-        raise BadRequest(
-            f"model {ctx.model_served!r} is served by an Anthropic upstream: only /v1/chat/completions",
-            code="unsupported_endpoint",
-            param="model",
-        )
-    return dialect.request(ctx.body, deployment.model, deployment.max_tokens)
-
-
 def _refused(ctx: RequestContext, clock: Clock, exc: RequestError) -> Response:
-    """The client's answer when its request has no translation: 400 in OpenAI's shape, naming the parameter."""
-    ctx.status = exc.http_status
-    ctx.finished_at = clock.loop_time()
+    """The client's answer when its request has no translation: 400 in its dialect's shape, naming the parameter."""
+    assert ctx.endpoint is not None
     ctx.error = exc.code
-    data = error_body(exc.message, exc.error_type, exc.code, exc.param)
-    ctx.bytes_out = len(data)
-    headers = {
-        "Content-Type": "application/json",
-        REQUEST_ID_HEADER: ctx.request_id,
-        MODEL_HEADER: ctx.model_served or "",
-    }
-    if ctx.admission is not None:
-        headers.update(ctx.admission.headers)
-    return Response(exc.http_status, data, headers)
+    refusal = ctx.endpoint.dialect.error_answer(exc, ctx.request_id)
+    return _answered(ctx, clock, refusal.status, refusal.body, "application/json", ())
 
 
 async def _relay_stream(
@@ -201,10 +198,12 @@ async def _relay_stream(
     timer: Deadline,
     deadline: float,
     idle: float,
+    dropped: Sequence[str],
 ) -> Answer:
     """Relay SSE event by event; before the first event is out, failures raise so another attempt can serve."""
     now = clock.loop_time
-    parser = SseParser(ctx.stream_monitor)
+    assert ctx.endpoint is not None
+    parser = SseParser(ctx.stream_monitor, ctx.endpoint.dialect.terminal)
     # Nothing reaches the client until the first complete event parsed: until then a failure can still be retried.
     out = b""
     while not parser.events and not parser.done and parser.stop is None:
@@ -219,9 +218,11 @@ async def _relay_stream(
                 continue
             raise UpstreamBadResponse("upstream ended the stream before its first event", code="upstream_empty_stream")
         out += parser.feed(chunk)
-    if parser.stop is not None and parser.stop[1] == "upstream_malformed_event" and not out:
-        raise UpstreamBadResponse("upstream sent a malformed first stream event", code="upstream_malformed_event")
+    if parser.stop is not None and parser.stop[1] in _FAILED_FIRST and not out:
+        raise UpstreamBadResponse(f"{parser.stop[0]} before anything else", code=parser.stop[1])
     headers = {**_SSE_HEADERS, REQUEST_ID_HEADER: ctx.request_id, MODEL_HEADER: ctx.model_served or ""}
+    if dropped:
+        headers[DROPPED_HEADER] = ", ".join(dropped)
     if ctx.admission is not None:
         headers.update(ctx.admission.headers)
     response = StreamedAnswer(200, headers)
@@ -319,9 +320,10 @@ async def _stalled(response: StreamedAnswer, ctx: RequestContext, done: bool) ->
 
 
 async def _end_with_error(response: StreamedAnswer, message: str, code: str, ctx: RequestContext) -> None:
+    assert ctx.endpoint is not None
     ctx.error = code
     try:
-        await response.write(sse_error_event(message, code))
+        await response.write(ctx.endpoint.dialect.stream_error(message, code))
         await response.write_eof()
     except ConnectionResetError:
         ctx.client_disconnected = True

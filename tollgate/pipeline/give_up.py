@@ -19,9 +19,9 @@ def give_up(walk: Walk) -> Response:
     deps.counters.failed += 1
     exc: GatewayError
     if isinstance(last, UpstreamStatus):
-        ctx.status = last.status
+        ctx.status = last.relay_status
         ctx.error = f"upstream_status_{last.status}"
-        dead_letter(ctx, deps, walk.trail, last.status, ctx.error, str(last))
+        dead_letter(ctx, deps, walk.trail, last.relay_status, ctx.error, str(last))
         headers = {
             "Content-Type": last.content_type or "application/json",
             REQUEST_ID_HEADER: ctx.request_id,
@@ -30,7 +30,7 @@ def give_up(walk: Walk) -> Response:
         if last.retry_after is not None:
             headers["Retry-After"] = str(math.ceil(last.retry_after))
             headers["retry-after-ms"] = str(round(last.retry_after * 1000))
-        return Response(last.status, last.body, headers)
+        return Response(last.relay_status, last.body, headers)
     if isinstance(last, QueueRateLimited):
         exc = RateLimited(last.message, code=last.code, headers=last.headers)
     elif last is not None and last.code in ("queue_timeout", "queue_full"):

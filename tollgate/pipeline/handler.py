@@ -19,7 +19,7 @@ from typing import Protocol
 
 from tollgate.clock import Clock
 from tollgate.config.model import Guard
-from tollgate.edge.answers import error_answer, internal_error_answer, request_id_from, status_for
+from tollgate.edge.answers import request_id_from, status_for
 from tollgate.edge.messages import Handler, Request
 from tollgate.errors import GatewayError
 from tollgate.identity import client_ip
@@ -70,6 +70,9 @@ class Gateway(Protocol):
 
 
 def make_proxy_handler(endpoint: Endpoint, gateway: Gateway) -> Handler:
+    error_answer = endpoint.dialect.error_answer  # in the client's dialect: OpenAI's shape, or Anthropic's
+    internal_error_answer = endpoint.dialect.internal_error_answer
+
     async def handle(request: Request) -> Answer:
         stages = gateway.runtime.stages
         request_id = request_id_from(request.headers.get("x-request-id"))

@@ -19,7 +19,8 @@ Verdict = Literal["retry", "fallback", "context", "relay"]
 """``retry`` (this model again), ``fallback`` (the next model), ``context`` (down the context-window
 fallbacks), ``relay`` (give up: answer as the upstream did)."""
 
-_CONTEXT_MARKERS = (b"context_length_exceeded", b"maximum context length")
+# How OpenAI-dialect servers and Anthropic say that the prompt does not fit the model's context window.
+_CONTEXT_MARKERS = (b"context_length_exceeded", b"maximum context length", b"prompt is too long")
 
 
 def retryable(exc: UpstreamError, policy: RetryPolicy) -> bool:

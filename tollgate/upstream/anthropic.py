@@ -1,44 +1,103 @@
-"""An Anthropic upstream behind the OpenAI dialect: what the forward stage swaps in for one (built once per upstream).
+"""Anthropic's Messages API on the wire: the bridges between a client's dialect and an upstream's where one is Anthropic's.
 
-The pure translation is tollgate/upstream/translate/; this module puts it on the wire:
+The pure translation is tollgate/upstream/translate/; this module puts it on the wire. A bridge is
+built once per upstream (tollgate/upstream/pool.py) and has the same four parts whatever it joins:
+``request`` (the bytes to send for one deployment, and the parameters dropped on the way; raises a
+``RequestError`` for what has no equivalent), ``path``, ``answer`` (a whole answer or an error, in the
+client's dialect) and ``stream`` (a body with the ``readany``/``close`` the stream relay calls, whose
+events are in the client's dialect). The bridges:
 
-* :meth:`AnthropicDialect.request` turns a chat completion request into the bytes of a Messages
-  request for one deployment (its model, its ``max_tokens`` default, the upstream's
-  ``drop_unsupported``), raising :class:`~tollgate.upstream.translate.TranslationError` for what
-  has no equivalent;
-* :meth:`AnthropicDialect.answer` turns a whole answer back into an OpenAI chat completion, and an
-  error into OpenAI's shape and status (529 ``overloaded_error`` answers 503), so the gateway's
-  usage extraction, retry and fallback judge it as they judge an OpenAI answer;
-* :class:`TranslatedStream` reads Anthropic's SSE events as they arrive and hands out OpenAI chunk
-  frames in their place, with the ``readany``/``close`` the stream relay calls, so the relay
-  (usage monitor, budget cut, ``[DONE]``) runs unchanged. An ``event: error`` raises
-  :class:`StreamErrorEvent` (an ``HttpError``): before the first event that is a failed attempt,
-  after it the relay's usual end of a broken stream.
+* :class:`AnthropicDialect`: an OpenAI chat client served by an Anthropic upstream. ``max_tokens``
+  defaults per deployment, errors come back in OpenAI's shape and status (529 ``overloaded_error``
+  answers 503), so the gateway's retry and fallback judge them as OpenAI's; the stream translator is
+  always asked for the usage chunk (the usage monitor hides it from a client that did not ask).
+* :class:`AnthropicNative`: an Anthropic client served by an Anthropic upstream: the request as it
+  came, under the deployment's model name; the answer and the stream as they are.
+* :class:`ChatForMessages`: an Anthropic client served by an OpenAI-dialect upstream: the request as
+  a chat completion, the answer, errors and stream back in Anthropic's dialect. ``count_tokens`` has
+  no OpenAI equivalent: the gateway answers it with its own estimate (:meth:`ChatForMessages.count`).
 
-The stream translator is always asked for the usage chunk: the gateway asks every upstream for usage
-(tollgate/upstream/usage.py) and the usage monitor hides the chunk from a client that did not ask.
+:class:`TranslatedStream` reads a body's SSE events as they arrive and hands out the other dialect's
+frames in their place. An Anthropic upstream's ``event: error`` raises :class:`StreamErrorEvent` (an
+``HttpError``): before the first event that is a failed attempt, after it the relay's usual end of a
+broken stream.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
+from tollgate.config.model import Deployment
+from tollgate.errors import BadRequest
 from tollgate.upstream.client import HttpError, UpstreamResponse
+from tollgate.upstream.estimates import estimate_messages_tokens
 from tollgate.upstream.sse import MAX_EVENT_BYTES
 from tollgate.upstream.translate import (
     AnthropicToOpenAIStream,
+    OpenAIToAnthropicStream,
     anthropic_error_to_openai,
     anthropic_message_to_openai,
+    anthropic_request_to_openai,
+    openai_completion_to_anthropic,
+    openai_error_to_anthropic,
     openai_request_to_anthropic,
 )
 
-__all__ = ["MESSAGES_PATH", "AnthropicDialect", "StreamErrorEvent", "TranslatedStream"]
+__all__ = [
+    "COUNT_TOKENS_PATH",
+    "MESSAGES_PATH",
+    "AnthropicDialect",
+    "AnthropicNative",
+    "Bridge",
+    "ChatForMessages",
+    "StreamErrorEvent",
+    "TranslatedStream",
+]
 
 # Where Messages requests go, under the upstream's base URL (the API root).
 MESSAGES_PATH = "/v1/messages"
-_JSON = "application/json"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+_DONE = b"[DONE]"
+_CHAT = "/chat/completions"  # an OpenAI-dialect upstream's path (its Azure form in the deployment's paths)
+
+
+class Bridge(Protocol):
+    """How one upstream serves one client dialect (see the module docstring); the forward stage calls it."""
+
+    def prepare(
+        self, body: dict[str, Any], raw: bytes, deployment: Deployment, kind: str
+    ) -> tuple[str, bytes, list[str]]:
+        """The path and bytes to send for a request of ``kind``, and the parameters dropped on the way."""
+        ...
+
+    def local(self, body: dict[str, Any], kind: str) -> bytes | None:
+        """The answer the gateway gives itself, where this upstream has no equivalent; None to ask the upstream."""
+        ...
+
+    def answer(self, status: int, data: bytes, created: int) -> tuple[int, bytes]: ...
+
+    def stream(self, upstream: UpstreamResponse, created: int) -> UpstreamResponse | TranslatedStream: ...
+
+
+class _StreamTranslator(Protocol):
+    def feed(self, event: dict[str, Any]) -> bytes: ...
+
+    def done(self) -> bytes: ...
+
+
+def _not_json(what: str) -> bytes:
+    return orjson.dumps(
+        {
+            "error": {
+                "message": f"upstream answered something that is not {what}",
+                "type": "server_error",
+                "code": "upstream_bad_response",
+                "param": None,
+            }
+        }
+    )
 
 
 class StreamErrorEvent(HttpError):
@@ -55,12 +114,25 @@ class AnthropicDialect:
     def __init__(self, drop_unsupported: bool) -> None:
         self.drop_unsupported = drop_unsupported
 
-    def request(self, body: dict[str, Any], model: str, max_tokens: int | None) -> bytes:
-        """The Messages request for a chat completion request, sent as ``model`` (raises ``TranslationError``)."""
+    def prepare(
+        self, body: dict[str, Any], raw: bytes, deployment: Deployment, kind: str
+    ) -> tuple[str, bytes, list[str]]:
+        """The Messages request for a chat completion request (raises a ``RequestError`` for what it cannot say)."""
+        if kind != "chat":
+            raise BadRequest(
+                "this model is served by an Anthropic upstream, which answers chat completions and messages only",
+                code="unsupported_endpoint",
+                param="model",
+            )
         translated = openai_request_to_anthropic(
-            {**body, "model": model}, default_max_tokens=max_tokens, drop_unsupported=self.drop_unsupported
+            {**body, "model": deployment.model},
+            default_max_tokens=deployment.max_tokens,
+            drop_unsupported=self.drop_unsupported,
         )
-        return orjson.dumps(translated.body)
+        return MESSAGES_PATH, orjson.dumps(translated.body), translated.dropped
+
+    def local(self, body: dict[str, Any], kind: str) -> bytes | None:
+        return None
 
     def answer(self, status: int, data: bytes, created: int) -> tuple[int, bytes]:
         """The OpenAI status and body for an Anthropic answer: a chat completion, or an error in OpenAI's shape."""
@@ -72,30 +144,97 @@ class AnthropicDialect:
             openai_status, error = anthropic_error_to_openai(status, doc)
             return openai_status, orjson.dumps(error)
         if not isinstance(doc, dict):
-            return 502, orjson.dumps(
-                {
-                    "error": {
-                        "message": "upstream answered something that is not a JSON message",
-                        "type": "server_error",
-                        "code": "upstream_bad_response",
-                        "param": None,
-                    }
-                }
-            )
+            return 502, _not_json("a JSON message")
         return status, orjson.dumps(anthropic_message_to_openai(doc, created=created))
 
     def stream(self, upstream: UpstreamResponse, created: int) -> TranslatedStream:
-        return TranslatedStream(upstream, AnthropicToOpenAIStream(created=created, include_usage=True))
+        return TranslatedStream(upstream, AnthropicToOpenAIStream(created=created, include_usage=True), True)
+
+
+class AnthropicNative:
+    """An Anthropic client's request to an Anthropic upstream: as it came, under the deployment's model name."""
+
+    __slots__ = ()
+
+    def prepare(
+        self, body: dict[str, Any], raw: bytes, deployment: Deployment, kind: str
+    ) -> tuple[str, bytes, list[str]]:
+        """The client's own bytes when nothing changes; else its body under the deployment's model (and ``max_tokens``)."""
+        path = COUNT_TOKENS_PATH if kind == "count_tokens" else MESSAGES_PATH
+        max_tokens = deployment.max_tokens
+        fill = kind == "messages" and body.get("max_tokens") is None and max_tokens is not None
+        if body.get("model") == deployment.model and not fill:
+            return path, raw, []
+        out = {**body, "model": deployment.model}
+        if fill:
+            out["max_tokens"] = max_tokens
+        return path, orjson.dumps(out), []
+
+    def local(self, body: dict[str, Any], kind: str) -> bytes | None:
+        return None
+
+    def answer(self, status: int, data: bytes, created: int) -> tuple[int, bytes]:
+        return status, data
+
+    def stream(self, upstream: UpstreamResponse, created: int) -> UpstreamResponse:
+        return upstream
+
+
+class ChatForMessages:
+    """An Anthropic client's request to an OpenAI-dialect upstream, as a chat completion, and its answer back."""
+
+    __slots__ = ("drop_unsupported",)
+
+    def __init__(self, drop_unsupported: bool) -> None:
+        self.drop_unsupported = drop_unsupported
+
+    def prepare(
+        self, body: dict[str, Any], raw: bytes, deployment: Deployment, kind: str
+    ) -> tuple[str, bytes, list[str]]:
+        """The chat completion request for a Messages request (raises ``TranslationError`` naming what has no equivalent)."""
+        translated = anthropic_request_to_openai(
+            {**body, "model": deployment.model}, drop_unsupported=self.drop_unsupported
+        )
+        path = _CHAT if deployment.paths is None else deployment.paths[_CHAT]
+        return path, orjson.dumps(translated.body), translated.dropped
+
+    def local(self, body: dict[str, Any], kind: str) -> bytes | None:
+        """A ``count_tokens`` answer from the gateway's estimate: an OpenAI-dialect upstream cannot count for it."""
+        if kind != "count_tokens":
+            return None
+        return orjson.dumps({"input_tokens": estimate_messages_tokens(body)})
+
+    def answer(self, status: int, data: bytes, created: int) -> tuple[int, bytes]:
+        """The Anthropic status and body for an OpenAI answer: a message, or an error in Anthropic's shape."""
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            doc = None
+        if status >= 400:
+            anthropic_status, error = openai_error_to_anthropic(status, doc)
+            return anthropic_status, orjson.dumps(error)
+        if not isinstance(doc, dict):
+            message = "upstream answered something that is not a JSON chat completion"
+            return 502, orjson.dumps({"type": "error", "error": {"type": "api_error", "message": message}})
+        return status, orjson.dumps(openai_completion_to_anthropic(doc))
+
+    def stream(self, upstream: UpstreamResponse, created: int) -> TranslatedStream:
+        return TranslatedStream(upstream, OpenAIToAnthropicStream(), False)
 
 
 class TranslatedStream:
-    """An Anthropic SSE body read as an OpenAI one: each complete event translated the moment it is read."""
+    """An SSE body read in the other dialect: each complete event translated the moment it is read.
 
-    __slots__ = ("_error", "_pending", "_translator", "upstream")
+    ``raise_errors``: an Anthropic upstream's ``error`` event raises :class:`StreamErrorEvent` (an
+    OpenAI upstream's error chunk is translated into Anthropic's ``event: error`` instead).
+    """
 
-    def __init__(self, upstream: UpstreamResponse, translator: AnthropicToOpenAIStream) -> None:
+    __slots__ = ("_error", "_pending", "_raise_errors", "_translator", "upstream")
+
+    def __init__(self, upstream: UpstreamResponse, translator: _StreamTranslator, raise_errors: bool) -> None:
         self.upstream = upstream
         self._translator = translator
+        self._raise_errors = raise_errors
         self._pending = b""
         self._error: str | None = None
 
@@ -130,6 +269,9 @@ class TranslatedStream:
             data = b"\n".join(line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
             if not data:
                 continue
+            if data == _DONE:
+                out.append(translator.done())
+                continue
             try:
                 payload = orjson.loads(data)
             except orjson.JSONDecodeError:
@@ -137,7 +279,7 @@ class TranslatedStream:
                 break
             if not isinstance(payload, dict):
                 continue
-            if payload.get("type") == "error":
+            if self._raise_errors and payload.get("type") == "error":
                 error = payload.get("error")
                 error = error if isinstance(error, dict) else {}
                 self._error = f"upstream sent an error event: {error.get('type')}: {error.get('message')}"

@@ -6,7 +6,7 @@ from typing import Any
 
 from tollgate.token_estimate import estimate_tokens
 
-__all__ = ["estimate_prompt_tokens", "requested_completion_tokens"]
+__all__ = ["estimate_messages_tokens", "estimate_prompt_tokens", "requested_completion_tokens"]
 
 # Text is counted by tollgate.token_estimate; a message and the request add a few tokens of framing.
 _PER_MESSAGE = 4
@@ -39,7 +39,48 @@ def _input_tokens(value: Any) -> int:
     return 0
 
 
+def _block_tokens(blocks: Any) -> int:
+    """An Anthropic ``system`` or message ``content``: a string, or blocks (text, tool use and results, images)."""
+    if isinstance(blocks, str):
+        return estimate_tokens(len(blocks))
+    if not isinstance(blocks, list):
+        return 0
+    total = 0
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
+        text = block.get("text")
+        if isinstance(text, str):
+            total += estimate_tokens(len(text))
+        elif "content" in block:  # tool_result
+            total += _block_tokens(block["content"])
+        elif "input" in block:  # tool_use: its arguments, as JSON
+            total += estimate_tokens(len(str(block["input"])))
+        else:  # an image or a document: a flat charge
+            total += 85
+    return total
+
+
+def estimate_messages_tokens(body: dict[str, Any]) -> int:
+    """The input tokens of an Anthropic Messages request: system, messages and tool definitions."""
+    total = _PER_REQUEST + _block_tokens(body.get("system"))
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict):
+                total += _PER_MESSAGE + _block_tokens(message.get("content"))
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        total += estimate_tokens(len(str(tools)))
+    return total
+
+
 def estimate_prompt_tokens(kind: str, body: dict[str, Any]) -> int:
+    """The prompt tokens a request will spend (none for a ``count_tokens`` request: it only asks)."""
+    if kind == "messages":
+        return estimate_messages_tokens(body)
+    if kind == "count_tokens":
+        return 0
     if kind == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list):
@@ -56,7 +97,7 @@ def estimate_prompt_tokens(kind: str, body: dict[str, Any]) -> int:
 
 def requested_completion_tokens(kind: str, body: dict[str, Any], default_cap: int) -> int:
     """The most completion tokens the request may produce: its own cap, else the configured default."""
-    if kind == "embedding":
+    if kind == "embedding" or kind == "count_tokens":
         return 0
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)

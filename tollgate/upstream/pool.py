@@ -6,9 +6,10 @@ its ``Connection`` header lists; the gateway adds its own headers (credential,
 organisation, ``X-Forwarded-For``, ``x-request-id``). They are built once per
 upstream: an Azure upstream's credential is its ``api-key`` header (its config
 says so, tollgate/config/upstreams.py), never ``Authorization``; an Anthropic
-upstream's is ``x-api-key``, with its ``anthropic-version``, and its client
-carries the dialect the forward stage translates through
-(tollgate/upstream/anthropic.py; None for OpenAI's dialect). A reload keeps
+upstream's is ``x-api-key``, with its ``anthropic-version``. Each client
+carries the bridges the forward stage sends each client dialect through
+(tollgate/upstream/anthropic.py): ``dialect`` for OpenAI's (None when the
+upstream speaks it), ``messages_bridge`` for Anthropic's. A reload keeps
 the client of every upstream whose config did not change.
 """
 
@@ -22,7 +23,7 @@ from tollgate.clock import Clock
 from tollgate.config.model import Upstream
 from tollgate.config.upstreams import CONNECTION_RELAY_HEADER, never_forwarded
 from tollgate.edge.answers import REQUEST_ID_HEADER
-from tollgate.upstream.anthropic import AnthropicDialect
+from tollgate.upstream.anthropic import AnthropicDialect, AnthropicNative, Bridge, ChatForMessages
 from tollgate.upstream.client import UpstreamHttp
 from tollgate.upstream.deadlines import Deadlines
 from tollgate.upstream.redaction import secrets_of
@@ -46,6 +47,7 @@ class UpstreamClient:
         "secrets",
         "deadlines",
         "dialect",
+        "messages_bridge",
     )
 
     def __init__(self, config: Upstream, deadlines: Deadlines | None = None) -> None:
@@ -64,8 +66,15 @@ class UpstreamClient:
         if config.anthropic_version is not None:
             fixed.append(("anthropic-version", config.anthropic_version))
         fixed.extend(config.headers.items())
-        # How requests are translated for this upstream: None when it speaks OpenAI's dialect (openai, azure).
-        self.dialect = AnthropicDialect(config.drop_unsupported) if config.provider == "anthropic" else None
+        # How OpenAI-dialect requests reach this upstream: None when it speaks OpenAI's dialect (openai, azure).
+        self.dialect: Bridge | None = None
+        # How Anthropic Messages requests reach it: as they came, or as chat completions.
+        self.messages_bridge: Bridge
+        if config.provider == "anthropic":
+            self.dialect = AnthropicDialect(config.drop_unsupported)
+            self.messages_bridge = AnthropicNative()
+        else:
+            self.messages_bridge = ChatForMessages(config.drop_unsupported)
         self.fixed_headers = tuple(fixed)
         self.fixed_names = frozenset(name.lower() for name, _ in fixed)
         # The allow-list, checked against never_forwarded() once here for names, per header for prefixes.

@@ -4,7 +4,9 @@ The relay feeds every upstream chunk to :meth:`SseParser.feed` and writes what
 it returns: the complete events of the chunk, byte for byte, minus any event a
 monitor dropped. Only the bytes of a trailing incomplete event are held back
 (so the client never sees half an event, even when the stream ends in an error
-event). ``data:`` payloads are parsed as JSON once each; ``[DONE]`` is noted.
+event). ``data:`` payloads are parsed as JSON once each; ``[DONE]`` is noted, as is an
+event whose ``type`` is one of the dialect's ``terminal`` types (Anthropic's ``message_stop``,
+the Responses API's ``response.completed``...), which end their streams instead.
 
 Monitor hook (the accounting stage uses it): an object with
 
@@ -105,10 +107,11 @@ class SseParser:
     bytes from that event on wait for :meth:`resume`.
     """
 
-    __slots__ = ("monitor", "pending", "done", "events", "stop", "holding", "_held", "_sep", "_nl")
+    __slots__ = ("monitor", "pending", "done", "events", "stop", "holding", "_held", "_sep", "_nl", "_terminal")
 
-    def __init__(self, monitor: StreamMonitor | None = None) -> None:
+    def __init__(self, monitor: StreamMonitor | None = None, terminal: frozenset[str] = frozenset()) -> None:
         self.monitor = monitor
+        self._terminal = terminal
         self.pending = b""
         self.done = False
         self.events = 0
@@ -205,6 +208,8 @@ class SseParser:
         except orjson.JSONDecodeError:
             self.stop = ("upstream sent a malformed stream event", "upstream_malformed_event")
             return DROP
+        if self._terminal and type(obj) is dict and obj.get("type") in self._terminal:
+            self.done = True
         monitor = self.monitor
         if monitor is None:
             self.events += 1

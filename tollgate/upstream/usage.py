@@ -148,6 +148,10 @@ class UsageMonitor:
         text = _text_chars(choices)
         if not text:
             return PASS
+        return self.generated(text)
+
+    def generated(self, text: int) -> int | EndStream:
+        """The verdict on an event carrying ``text`` characters of output: pass, hold for budget, or end the stream."""
         budget = self.budget
         if budget is None:
             self._chars += text
@@ -174,10 +178,12 @@ class UsageMonitor:
         ctx = self.ctx
         if ctx.usage is None or not ctx.usage.reported:
             # No usage chunk (cut, broken, or an upstream that ignores include_usage): count what was streamed.
-            completion = self.budget.completion_tokens if self.budget is not None else estimate_tokens(self._chars)
             assert ctx.endpoint is not None and ctx.body is not None
-            prompt = estimate_prompt_tokens(ctx.endpoint.kind, ctx.body)
-            ctx.usage = Usage(prompt, completion, reported=False)
+            ctx.usage = Usage(estimate_prompt_tokens(ctx.endpoint.kind, ctx.body), self.streamed_tokens())
+
+    def streamed_tokens(self) -> int:
+        """The completion tokens of what was relayed, as the budget counted them or estimated from its characters."""
+        return self.budget.completion_tokens if self.budget is not None else estimate_tokens(self._chars)
 
 
 def _text_chars(choices: list[Any]) -> int:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tollgate.edge.anthropic_errors import ANTHROPIC_STATUS, ANTHROPIC_TYPE_BY_STATUS
+
 __all__ = ["anthropic_error_to_openai", "anthropic_status_for", "openai_error_to_anthropic"]
 
 # Anthropic error type → (OpenAI status, OpenAI type, OpenAI code)
@@ -31,38 +33,11 @@ _TO_OPENAI: dict[str, tuple[int, str, str | None]] = {
     "timeout_error": (504, "server_error", "timeout"),
     "overloaded_error": (503, "server_error", "overloaded"),
 }
-# Anthropic error type → its status there
-_ANTHROPIC_STATUS: dict[str, int] = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
-_BY_STATUS: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 
 
 def anthropic_status_for(error_type: str) -> int:
     """The status Anthropic answers an error ``type`` with (500 for a type it has not documented)."""
-    return _ANTHROPIC_STATUS.get(error_type, 500)
+    return ANTHROPIC_STATUS.get(error_type, 500)
 
 
 def _message(error: dict[str, Any], fallback: str) -> str:
@@ -92,12 +67,12 @@ def openai_error_to_anthropic(status: int, body: Any) -> tuple[int, dict[str, An
     error = error if isinstance(error, dict) else {}
     if error.get("type") == "insufficient_quota" or error.get("code") == "insufficient_quota":
         kind = "billing_error"
-    elif status in _BY_STATUS:
-        kind = _BY_STATUS[status]
+    elif status in ANTHROPIC_TYPE_BY_STATUS:
+        kind = ANTHROPIC_TYPE_BY_STATUS[status]
     else:
         kind = "invalid_request_error" if 400 <= status < 500 else "api_error"
     if kind in ("overloaded_error", "billing_error"):
-        anthropic_status = _ANTHROPIC_STATUS[kind]
+        anthropic_status = ANTHROPIC_STATUS[kind]
     else:
         anthropic_status = status if status >= 400 else 500
     message = _message(error, f"upstream answered {status}")

@@ -128,6 +128,10 @@ class AnthropicToOpenAIStream:
             return _data_frame(anthropic_error_to_openai(status, event)[1])
         return b""  # ping, content_block_stop, and event types added later
 
+    def done(self) -> bytes:
+        """Anthropic streams have no ``[DONE]``: the frame was sent at ``message_stop``."""
+        return b""
+
     def _merge_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):
             for name, value in usage.items():
