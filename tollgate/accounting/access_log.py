@@ -8,6 +8,11 @@ header, no body, no token. Fields::
     completion_tokens usage_reported cost currency total_ms upstream_ms
     overhead_ms ttfb_ms attempts
 
+and, only when non-zero, ``cached_tokens`` and ``cache_write_tokens`` (the
+parts of ``prompt_tokens`` read from and written to the provider's prompt
+cache, each billed at its own price) and ``reasoning_tokens`` (the part of
+``completion_tokens`` spent reasoning).
+
 ``user`` is the end user inside the tenant (``identity.end_user``): bounded
 in length and free of control characters before it gets here.
 """
@@ -42,37 +47,41 @@ def _iso(wall: float) -> str:
 
 
 def line_of(e: Entry, currency: str) -> bytes:
-    return orjson.dumps(
-        {
-            "ts": _iso(e.wall),
-            "request_id": e.request_id,
-            "tenant": e.tenant,
-            "key_id": e.key_id,
-            "user": e.user,
-            "plan": e.plan,
-            "namespace": e.namespace,
-            "endpoint": e.endpoint,
-            "model": e.model,
-            "model_served": e.model_served,
-            "upstream": e.upstream,
-            "status": e.status,
-            "error": e.error,
-            "stream": e.stream,
-            "client_disconnected": e.client_disconnected,
-            "client_ip": e.client_ip,
-            "prompt_tokens": e.prompt_tokens,
-            "completion_tokens": e.completion_tokens,
-            "usage_reported": e.usage_reported,
-            "cost": e.cost_nanos / NANOS,
-            "currency": currency,
-            "total_ms": round(e.total_s * 1000, 3),
-            "upstream_ms": round(e.upstream_s * 1000, 3),
-            "overhead_ms": round(e.overhead_s * 1000, 3),
-            "ttfb_ms": round(e.ttfb_s * 1000, 3) if e.ttfb_s is not None else None,
-            "attempts": e.attempts,
-        },
-        option=orjson.OPT_APPEND_NEWLINE,
-    )
+    line: dict[str, object] = {
+        "ts": _iso(e.wall),
+        "request_id": e.request_id,
+        "tenant": e.tenant,
+        "key_id": e.key_id,
+        "user": e.user,
+        "plan": e.plan,
+        "namespace": e.namespace,
+        "endpoint": e.endpoint,
+        "model": e.model,
+        "model_served": e.model_served,
+        "upstream": e.upstream,
+        "status": e.status,
+        "error": e.error,
+        "stream": e.stream,
+        "client_disconnected": e.client_disconnected,
+        "client_ip": e.client_ip,
+        "prompt_tokens": e.prompt_tokens,
+        "completion_tokens": e.completion_tokens,
+        "usage_reported": e.usage_reported,
+        "cost": e.cost_nanos / NANOS,
+        "currency": currency,
+        "total_ms": round(e.total_s * 1000, 3),
+        "upstream_ms": round(e.upstream_s * 1000, 3),
+        "overhead_ms": round(e.overhead_s * 1000, 3),
+        "ttfb_ms": round(e.ttfb_s * 1000, 3) if e.ttfb_s is not None else None,
+        "attempts": e.attempts,
+    }
+    if e.cached_tokens:
+        line["cached_tokens"] = e.cached_tokens
+    if e.cache_write_tokens:
+        line["cache_write_tokens"] = e.cache_write_tokens
+    if e.reasoning_tokens:
+        line["reasoning_tokens"] = e.reasoning_tokens
+    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def lines_of(entries: Iterable[Entry], currency: str) -> bytes:

@@ -3,8 +3,13 @@
 A period's aggregate is a flat mapping of integer fields::
 
     requests  errors  prompt_tokens  completion_tokens  cost_n  (cost in nanos)
+    cached_tokens  cache_write_tokens   (the parts of prompt_tokens read from and written to a prompt cache)
     est_requests  est_prompt_tokens  est_completion_tokens   (the part that was estimated)
     m:<model>:requests  m:<model>:prompt_tokens  m:<model>:completion_tokens  m:<model>:cost_n
+    m:<model>:cached_tokens  m:<model>:cache_write_tokens
+
+A cache field is written only once it has tokens to count (a reader takes a missing field as 0), so
+the aggregates of traffic without a prompt cache hold the fields they always held.
 
 kept under ``<prefix>:{<tenant>}:m:<YYYY-MM>`` and ``<prefix>:{<tenant>}:d:<YYYY-MM-DD>``
 (Redis hashes with a TTL, or entries of the file/memory document).
@@ -44,11 +49,13 @@ TOTAL_FIELDS = (
     "prompt_tokens",
     "completion_tokens",
     "cost_n",
+    "cached_tokens",
+    "cache_write_tokens",
     "est_requests",
     "est_prompt_tokens",
     "est_completion_tokens",
 )
-MODEL_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_n")
+MODEL_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_n", "cached_tokens", "cache_write_tokens")
 USER_FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_n")
 # The end users of a tenant's month past usage.max_end_users, added up.
 OTHER_USERS = ""
@@ -119,6 +126,8 @@ class Batch:
             e.completion_tokens,
             e.cost_nanos,
             estimated=not e.usage_reported,
+            cached_tokens=e.cached_tokens,
+            cache_write_tokens=e.cache_write_tokens,
         )
         if e.user is not None:
             self.add_user(e.tenant, e.wall, e.user, (1, errors, e.prompt_tokens, e.completion_tokens, e.cost_nanos))
@@ -140,8 +149,11 @@ class Batch:
         cost_nanos: int,
         *,
         estimated: bool,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> None:
-        """``requests`` requests of ``tenant`` on ``model`` at ``wall`` (``errors`` of them with status >= 400)."""
+        """``requests`` requests of ``tenant`` on ``model`` at ``wall`` (``errors`` of them with status >= 400);
+        ``cached_tokens`` and ``cache_write_tokens`` are parts of ``prompt_tokens``."""
         day, month = self.periods.periods(wall)
         m = f"m:{model or 'unknown'}:"
         for target in (self.months[(tenant, month)], self.days[(tenant, day)]):
@@ -159,6 +171,12 @@ class Batch:
             target[m + "prompt_tokens"] += prompt_tokens
             target[m + "completion_tokens"] += completion_tokens
             target[m + "cost_n"] += cost_nanos
+            if cached_tokens:
+                target["cached_tokens"] += cached_tokens
+                target[m + "cached_tokens"] += cached_tokens
+            if cache_write_tokens:
+                target["cache_write_tokens"] += cache_write_tokens
+                target[m + "cache_write_tokens"] += cache_write_tokens
 
     def add_tally(self, tally: Tally) -> None:
         """The deltas of a flush's groups; requests that never reached an upstream are not billed nor counted."""
@@ -175,6 +193,8 @@ class Batch:
                     g.completion_tokens,
                     g.cost_nanos,
                     estimated=not reported,
+                    cached_tokens=g.cached_tokens,
+                    cache_write_tokens=g.cache_write_tokens,
                 )
         for (tenant, user, day), counts in tally.users.items():
             self.add_user(tenant, day * 86400.0, user, counts)

@@ -1,10 +1,16 @@
-"""Cost of a request from the price table and the cost rules, in integer nano-units of the currency (exact sums)."""
+"""Cost of a request from the price table and the cost rules, in integer nano-units of the currency (exact sums).
+
+Prompt tokens read from or written to a provider's prompt cache are parts of
+``prompt_tokens`` with prices of their own (``cached_input_per_1k``,
+``cache_write_per_1k``; the input price when unset); the rest of the prompt is
+charged at ``input_per_1k``. Cost rules on ``prompt_tokens`` count the whole prompt.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tollgate.config.accounting import CostRule, PricingConfig
+from tollgate.config.accounting import CostRule, Price, PricingConfig
 
 __all__ = ["NANOS", "Pricing", "to_money"]
 
@@ -23,6 +29,8 @@ def to_money(nanos: int) -> float:
 class _ModelRate:
     input_nanos_per_token: float
     output_nanos_per_token: float
+    cached_input_nanos_per_token: float
+    cache_write_nanos_per_token: float
     rules: tuple[CostRule, ...]
 
 
@@ -34,14 +42,18 @@ class Pricing:
     def __init__(self, config: PricingConfig) -> None:
         self.config = config
         self.currency = config.currency
-        self._rates: dict[str, _ModelRate] = {
-            name: self._rate(name, price.input_per_1k, price.output_per_1k) for name, price in config.models.items()
-        }
+        self._rates: dict[str, _ModelRate] = {name: self._rate(name, price) for name, price in config.models.items()}
         self._default = config.default
 
-    def _rate(self, model: str | None, input_per_1k: float, output_per_1k: float) -> _ModelRate:
+    def _rate(self, model: str | None, price: Price) -> _ModelRate:
         rules = tuple(r for r in self.config.resources if r.enabled and (r.models is None or model in r.models))
-        return _ModelRate(input_per_1k * NANOS / 1000, output_per_1k * NANOS / 1000, rules)
+        return _ModelRate(
+            price.input_per_1k * NANOS / 1000,
+            price.output_per_1k * NANOS / 1000,
+            price.cached_input * NANOS / 1000,
+            price.cache_write * NANOS / 1000,
+            rules,
+        )
 
     def priced_model(self, served: str | None, requested: str | None) -> str | None:
         """The model a request is billed as: the one served when it has a price, else the one requested."""
@@ -52,17 +64,39 @@ class Pricing:
     def _model_rate(self, model: str | None) -> _ModelRate:
         rate = self._rates.get(model) if model is not None else None
         if rate is None:
-            rate = self._rate(model, self._default.input_per_1k, self._default.output_per_1k)
+            rate = self._rate(model, self._default)
             if model is not None and len(self._rates) < 10_000:
                 self._rates[model] = rate
         return rate
 
-    def cost_nanos(self, model: str | None, prompt_tokens: int, completion_tokens: int, requests: int = 1) -> int:
-        """What one request costs: tokens at the model's price, plus every enabled cost rule that applies to it."""
+    def cost_nanos(
+        self,
+        model: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        requests: int = 1,
+        *,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> int:
+        """What one request costs: tokens at the model's prices, plus every enabled cost rule that applies to it.
+
+        ``cached_tokens`` and ``cache_write_tokens`` are parts of ``prompt_tokens`` (read from and written to the
+        provider's prompt cache), each at its own price; the rest of the prompt is at the input price.
+        """
         rate = self._rates.get(model) if model is not None else None  # the usual case, without a call
         if rate is None:
             rate = self._model_rate(model)
-        cost = prompt_tokens * rate.input_nanos_per_token + completion_tokens * rate.output_nanos_per_token
+        if cached_tokens or cache_write_tokens:
+            uncached = max(prompt_tokens - cached_tokens - cache_write_tokens, 0)
+            cost = (
+                uncached * rate.input_nanos_per_token
+                + cached_tokens * rate.cached_input_nanos_per_token
+                + cache_write_tokens * rate.cache_write_nanos_per_token
+                + completion_tokens * rate.output_nanos_per_token
+            )
+        else:
+            cost = prompt_tokens * rate.input_nanos_per_token + completion_tokens * rate.output_nanos_per_token
         for rule in rate.rules:
             if rule.resource == "requests":
                 units = requests
@@ -99,11 +133,8 @@ class Pricing:
         """The price table as the admin API shows it."""
         return {
             "currency": self.currency,
-            "models": {
-                name: {"input_per_1k": p.input_per_1k, "output_per_1k": p.output_per_1k}
-                for name, p in self.config.models.items()
-            },
-            "default": {"input_per_1k": self._default.input_per_1k, "output_per_1k": self._default.output_per_1k},
+            "models": {name: _price_view(p) for name, p in self.config.models.items()},
+            "default": _price_view(self._default),
             "resources": [
                 {
                     "resource": r.resource,
@@ -115,3 +146,13 @@ class Pricing:
                 for r in self.config.resources
             ],
         }
+
+
+def _price_view(price: Price) -> dict[str, float]:
+    """One model's prices as the admin API shows them: the cache prices in force (the input price when unset)."""
+    return {
+        "input_per_1k": price.input_per_1k,
+        "output_per_1k": price.output_per_1k,
+        "cached_input_per_1k": price.cached_input,
+        "cache_write_per_1k": price.cache_write,
+    }

@@ -8,7 +8,9 @@ with attribute reads only; accounting never sees the request itself. Its fields,
     body_len, principal, end_user, namespace, upstream_started, attempts, end, wall
 
 ``endpoint`` has a ``kind``; ``usage`` (or None) has ``prompt_tokens``,
-``completion_tokens`` and ``reported``; ``principal`` (or None) has
+``completion_tokens``, ``reported``, and the parts ``cached_tokens``,
+``cache_write_tokens`` (of the prompt) and ``reasoning_tokens`` (of the
+completion); ``principal`` (or None) has
 ``tenant``, ``key_id`` and ``plan``. ``started``, ``first_byte_at``,
 ``finished_at``, ``upstream_started`` and ``end`` are times of one clock (the
 event loop's); ``wall`` is when the request ended, in seconds since the epoch.
@@ -52,6 +54,11 @@ class Entry:
     client_ip: str
     prompt_tokens: int
     completion_tokens: int
+    # Parts of prompt_tokens read from and written to the provider's prompt cache (each billed at its own price),
+    # and the part of completion_tokens spent reasoning.
+    cached_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
     usage_reported: bool
     cost_nanos: int
     total_s: float
@@ -117,8 +124,10 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
         upstream_s = 0.0
     if upstream_s > total:
         upstream_s = total
+    cached = cache_write = reasoning = 0
     if usage is not None:
         prompt, completion, reported = usage.prompt_tokens, usage.completion_tokens, bool(usage.reported)
+        cached, cache_write, reasoning = usage.cached_tokens, usage.cache_write_tokens, usage.reasoning_tokens
     elif upstream is not None and first_byte_at is not None and (status == 200 or disconnected):
         # The pipeline gave no usage although the upstream worked: estimate the prompt (~4 bytes a token) and say so.
         prompt, completion, reported = max(1, body_len // 4), 0, False
@@ -131,7 +140,10 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
     else:
         tenant, key_id, plan = "anonymous", None, None
     priced = pricing.priced_model(model_served, model)
-    cost = pricing.cost_nanos(priced, prompt, completion) if status < 400 or prompt or completion else 0
+    if status < 400 or prompt or completion:
+        cost = pricing.cost_nanos(priced, prompt, completion, cached_tokens=cached, cache_write_tokens=cache_write)
+    else:
+        cost = 0
     if attempts is not None and not isinstance(attempts, int):
         attempts = len(attempts)
     if namespace is not None and not isinstance(namespace, str):
@@ -156,6 +168,9 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
         client_ip,
         prompt,
         completion,
+        cached,
+        cache_write,
+        reasoning,
         reported,
         cost,
         total,

@@ -28,13 +28,29 @@ _DAY = 86400.0
 
 
 class Group:
-    """The records of one group: token and cost sums, and every latency in seconds (upstream and TTFB when there was one)."""
+    """The records of one group: token and cost sums, and every latency in seconds (upstream and TTFB when there was one).
 
-    __slots__ = ("prompt_tokens", "completion_tokens", "cost_nanos", "total_s", "upstream_s", "overhead_s", "ttfb_s")
+    ``cached_tokens`` and ``cache_write_tokens`` are the parts of ``prompt_tokens`` read from and written to the
+    provider's prompt cache.
+    """
+
+    __slots__ = (
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "cache_write_tokens",
+        "cost_nanos",
+        "total_s",
+        "upstream_s",
+        "overhead_s",
+        "ttfb_s",
+    )
 
     def __init__(self) -> None:
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0
+        self.cache_write_tokens = 0
         self.cost_nanos = 0
         self.total_s: list[float] = []  # one per record: its length is the group's request count
         self.upstream_s: list[float] = []
@@ -113,6 +129,9 @@ class Tally:
                 _ip,
                 prompt,
                 completion,
+                cached,
+                cache_write,
+                _reasoning,
                 reported,
                 cost,
                 total,
@@ -136,6 +155,10 @@ class Tally:
                 g.prompt_tokens += prompt
             if completion:
                 g.completion_tokens += completion
+            if cached:
+                g.cached_tokens += cached
+            if cache_write:
+                g.cache_write_tokens += cache_write
             if cost:
                 g.cost_nanos += cost
             if principal is not None:

@@ -38,6 +38,8 @@ _CSV_HEADER = (
     "total_tokens",
     "cost",
     "currency",
+    "cached_tokens",
+    "cache_write_tokens",
 )
 
 
@@ -67,14 +69,23 @@ def _period(request: web.Request) -> str:
 def _usage_view(fields: dict[str, Any]) -> dict[str, Any]:
     totals, models = split_models(fields)
     return {
-        **_amounts(totals),
+        **_billed(totals),
         "errors": totals["errors"],
         "estimated": {
             "requests": totals["est_requests"],
             "prompt_tokens": totals["est_prompt_tokens"],
             "completion_tokens": totals["est_completion_tokens"],
         },
-        "by_model": {m: _amounts(v) for m, v in sorted(models.items())},
+        "by_model": {m: _billed(v) for m, v in sorted(models.items())},
+    }
+
+
+def _billed(fields: dict[str, int]) -> dict[str, Any]:
+    """The amounts of a tenant or of a model, with the parts of the prompt read from and written to a prompt cache."""
+    return {
+        **_amounts(fields),
+        "cached_tokens": fields.get("cached_tokens", 0),
+        "cache_write_tokens": fields.get("cache_write_tokens", 0),
     }
 
 
@@ -170,7 +181,7 @@ def _csv_rows(tenant: str, days: dict[str, dict[str, Any]], currency: str) -> li
     for day, fields in sorted(days.items()):
         _totals, models = split_models(fields)
         for model, v in sorted(models.items()):
-            a = _amounts(v)
+            a = _billed(v)
             rows.append(
                 (
                     tenant,
@@ -182,6 +193,8 @@ def _csv_rows(tenant: str, days: dict[str, dict[str, Any]], currency: str) -> li
                     a["total_tokens"],
                     f"{a['cost']:.9f}",
                     currency,
+                    a["cached_tokens"],
+                    a["cache_write_tokens"],
                 )
             )
     return rows

@@ -32,6 +32,11 @@ class EndUserAmounts(Amounts):
     errors: int
 
 
+class BilledAmounts(Amounts):
+    cached_tokens: int = Field(description="the part of prompt_tokens read from a prompt cache")
+    cache_write_tokens: int = Field(description="the part of prompt_tokens written to a prompt cache")
+
+
 class Estimated(View):
     """What was counted from estimates, the response carrying no usage."""
 
@@ -41,8 +46,10 @@ class Estimated(View):
 
 
 class UsageTotals(EndUserAmounts):
+    cached_tokens: int = Field(description="the part of prompt_tokens read from a prompt cache")
+    cache_write_tokens: int = Field(description="the part of prompt_tokens written to a prompt cache")
     estimated: Estimated
-    by_model: dict[str, Amounts]
+    by_model: dict[str, BilledAmounts]
 
 
 class TenantUsage(UsageTotals):
@@ -132,6 +139,8 @@ class SlaReport(View):
 class Price(View):
     input_per_1k: float
     output_per_1k: float
+    cached_input_per_1k: float = Field(description="prompt tokens read from a prompt cache (the input price if unset)")
+    cache_write_per_1k: float = Field(description="prompt tokens written to a prompt cache (the input price if unset)")
 
 
 class ResourceCost(View):

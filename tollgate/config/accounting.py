@@ -89,7 +89,25 @@ class Price:
     """Price of one model, in the pricing currency per 1,000 tokens."""
 
     input_per_1k: Amount = 0.0
+    """Prompt tokens neither read from nor written to the provider's prompt cache."""
     output_per_1k: Amount = 0.0
+    """Completion tokens, reasoning tokens included."""
+    cached_input_per_1k: Amount | None = None
+    """Prompt tokens read from the provider's prompt cache (OpenAI's cached_tokens, Anthropic's
+    cache_read_input_tokens). Absent: input_per_1k (no discount)."""
+    cache_write_per_1k: Amount | None = None
+    """Prompt tokens written to the provider's prompt cache (Anthropic's cache_creation_input_tokens).
+    Absent: input_per_1k (no surcharge)."""
+
+    @property
+    def cached_input(self) -> float:
+        """The price of a cache read per 1,000 tokens, the input price when none is set."""
+        return self.input_per_1k if self.cached_input_per_1k is None else self.cached_input_per_1k
+
+    @property
+    def cache_write(self) -> float:
+        """The price of a cache write per 1,000 tokens, the input price when none is set."""
+        return self.input_per_1k if self.cache_write_per_1k is None else self.cache_write_per_1k
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,7 +252,11 @@ class Settler:
         if usage is not None and admission.rates is not None and self._pricing is not None:
             pricing = self._pricing()
             cost = pricing.cost_nanos(
-                pricing.priced_model(ctx.model_served, ctx.model), usage.prompt_tokens, usage.completion_tokens
+                pricing.priced_model(ctx.model_served, ctx.model),
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                cached_tokens=usage.cached_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
             )
         self._queue.append((admission, consumed(admission, usage, ctx.first_byte_at is not None, cost)))
         if self._wake is not None:

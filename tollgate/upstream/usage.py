@@ -83,14 +83,36 @@ class StreamLimits(Protocol):
 
 
 def usage_from_json(doc: Any) -> Usage | None:
+    """The OpenAI-shaped ``usage`` of an answer or a stream's chunk, with the parts of it billed apart.
+
+    ``prompt_tokens_details.cached_tokens`` (cache reads), ``prompt_tokens_details.cache_creation_tokens``
+    (cache writes, as an Anthropic answer translated to OpenAI's shape carries them) and
+    ``completion_tokens_details.reasoning_tokens``: a part missing, null, not a count, or past the
+    whole it belongs to is ignored or capped to it; never raises.
+    """
     usage = doc.get("usage") if isinstance(doc, dict) else None
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens", 0)
-    if not isinstance(prompt, int) or not isinstance(completion, int):
+    prompt = _count(usage.get("prompt_tokens"))
+    completion = _count(usage.get("completion_tokens", 0))
+    if prompt is None or completion is None:
         return None
-    return Usage(prompt, completion, reported=True)
+    cached = _part(usage, "prompt_tokens_details", "cached_tokens", prompt)
+    cache_write = _part(usage, "prompt_tokens_details", "cache_creation_tokens", prompt - cached)
+    reasoning = _part(usage, "completion_tokens_details", "reasoning_tokens", completion)
+    return Usage(prompt, completion, True, cached, cache_write, reasoning)
+
+
+def _count(value: Any) -> int | None:
+    """``value`` when it is a count of tokens (an int, not a bool, not negative); else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _part(usage: dict[str, Any], details: str, name: str, most: int) -> int:
+    """``usage[details][name]`` when it is a count, capped to ``most`` (the whole it is a part of); else 0."""
+    found = usage.get(details)
+    value = _count(found.get(name)) if isinstance(found, dict) else None
+    return 0 if value is None else min(value, most)
 
 
 def usage_from_body(body: bytes) -> Usage | None:
