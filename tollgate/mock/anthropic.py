@@ -53,7 +53,7 @@ import orjson
 from aiohttp import web
 
 from tollgate.mock.faults import receive, stream_events
-from tollgate.mock.generation import prompt_tokens_chat
+from tollgate.mock.generation import prompt_tokens_chat, sample_arguments
 from tollgate.mock.settings import MockSettings
 from tollgate.mock.state import MOCK_STATE, MockState
 from tollgate.token_estimate import CHARS_PER_TOKEN, estimate_tokens
@@ -74,9 +74,6 @@ _ERROR_TYPES: Mapping[int, str] = MappingProxyType(
         504: "timeout_error",
         529: "overloaded_error",
     }
-)
-_SAMPLE_VALUES: Mapping[str, Any] = MappingProxyType(
-    {"string": "mock", "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}, "null": None}
 )
 _PING_EVENT = b'event: ping\ndata: {"type":"ping"}\n\n'
 _STOP_EVENT = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
@@ -165,27 +162,6 @@ def _forced_tool(body: dict[str, Any]) -> dict[str, Any] | str | None:
     return chosen if chosen is not None else f"tool_choice.name: no tool named {choice.get('name')!r} in tools"
 
 
-def _sample_input(schema: Any) -> dict[str, Any]:
-    """A value for each required property of a JSON schema (every property when none is required)."""
-    if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
-        return {}
-    properties: dict[str, Any] = schema["properties"]
-    required = schema.get("required")
-    names = [n for n in required if isinstance(n, str)] if isinstance(required, list) else list(properties)
-    sample: dict[str, Any] = {}
-    for name in names:
-        spec = properties.get(name)
-        spec = spec if isinstance(spec, dict) else {}
-        enum = spec.get("enum")
-        if isinstance(enum, list) and enum:
-            sample[name] = enum[0]
-            continue
-        kind = spec.get("type")
-        kind = kind[0] if isinstance(kind, list) and kind else kind
-        sample[name] = _SAMPLE_VALUES.get(kind, "mock") if isinstance(kind, str) else "mock"
-    return sample
-
-
 def _text_reply(body: dict[str, Any], knobs: MockSettings, state: MockState) -> tuple[str, int, str, str | None]:
     """The reply text, its output tokens, the stop reason and the stop sequence met."""
     cap = state.settings.max_tokens_cap
@@ -239,7 +215,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     prompt = input_tokens(body)
     ident = state.next_id("msg").replace("-", "_", 1)
     if isinstance(tool, dict):
-        arguments = orjson.dumps(_sample_input(tool.get("input_schema")))
+        arguments = orjson.dumps(sample_arguments(tool.get("input_schema")))
         name: str = tool["name"]
         opened = {"type": "tool_use", "id": state.next_id("toolu").replace("-", "_", 1), "name": name, "input": {}}
         block = opened | {"input": orjson.loads(arguments)}

@@ -1,10 +1,12 @@
-"""What the mock generates: deterministic text, prompt token counts, completion lengths, the embedding vector."""
+"""What the mock generates: deterministic text, prompt token counts, completion lengths, tool arguments, the embedding vector."""
 
 from __future__ import annotations
 
 import base64
 import math
 import struct
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -20,6 +22,8 @@ __all__ = [
     "input_count",
     "prompt_tokens_chat",
     "prompt_tokens_inputs",
+    "sample_arguments",
+    "text_tokens",
 ]
 
 _WORDS = [
@@ -56,6 +60,9 @@ _WORDS = [
     "gateway",
     "fast",
 ]
+_SAMPLE_VALUES: Mapping[str, Any] = MappingProxyType(
+    {"string": "mock", "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}, "null": None}
+)
 _PER_MESSAGE_TOKENS = 4
 _REPLY_PRIMING_TOKENS = 3
 
@@ -77,6 +84,11 @@ class GeneratedText:
     def prefix(self, tokens: int) -> str:
         return self.text[: self.ends[tokens]]
 
+    def pieces_of(self, tokens: int, per_chunk: int) -> list[str]:
+        """The text of each stream delta of a ``tokens``-long reply, ``per_chunk`` tokens each."""
+        ends = self.ends
+        return [self.text[ends[i] : ends[min(i + per_chunk, tokens)]] for i in range(0, tokens, per_chunk)]
+
     def deltas(self, tokens: int, per_chunk: int) -> list[bytes]:
         """The JSON-encoded content of each stream delta."""
         return [
@@ -95,7 +107,8 @@ def embedding_base64(vector: list[float]) -> bytes:
     return orjson.dumps(base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode())
 
 
-def _text_tokens(text: str) -> int:
+def text_tokens(text: str) -> int:
+    """Tokens of a text as the mock counts them: about four characters a token, at least one."""
     return max(1, estimate_tokens(len(text)))
 
 
@@ -111,14 +124,14 @@ def prompt_tokens_chat(messages: list[Any]) -> int:
     total = _REPLY_PRIMING_TOKENS
     for message in messages:
         if isinstance(message, dict):
-            total += _PER_MESSAGE_TOKENS + _text_tokens(_content_text(message.get("content")))
+            total += _PER_MESSAGE_TOKENS + text_tokens(_content_text(message.get("content")))
     return total
 
 
 def prompt_tokens_inputs(inputs: Any) -> int:
     """Prompt tokens of a completions ``prompt`` or embeddings ``input``: a string, token ids, or a list of either."""
     if isinstance(inputs, str):
-        return _text_tokens(inputs)
+        return text_tokens(inputs)
     if isinstance(inputs, list):
         if inputs and all(isinstance(x, int) for x in inputs):
             return len(inputs)
@@ -140,3 +153,28 @@ def completion_length(body: dict[str, Any], knobs: MockSettings, cap: int) -> tu
     if isinstance(limit, int) and limit >= 0:
         return min(limit, cap), "length"
     return min(knobs.default_tokens, cap), "stop"
+
+
+def sample_arguments(schema: Any) -> dict[str, Any]:
+    """Arguments for a tool call: a value for each required property of a JSON schema (every property when none is required).
+
+    The value is the property's first ``enum`` value, else one by type: ``"mock"``,
+    ``1``, ``1.5``, ``true``, ``[]``, ``{}``.
+    """
+    if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
+        return {}
+    properties: dict[str, Any] = schema["properties"]
+    required = schema.get("required")
+    names = [n for n in required if isinstance(n, str)] if isinstance(required, list) else list(properties)
+    sample: dict[str, Any] = {}
+    for name in names:
+        spec = properties.get(name)
+        spec = spec if isinstance(spec, dict) else {}
+        enum = spec.get("enum")
+        if isinstance(enum, list) and enum:
+            sample[name] = enum[0]
+            continue
+        kind = spec.get("type")
+        kind = kind[0] if isinstance(kind, list) and kind else kind
+        sample[name] = _SAMPLE_VALUES.get(kind, "mock") if isinstance(kind, str) else "mock"
+    return sample

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -42,6 +42,8 @@ class MockSettings:
     models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
     record: bool = True
     record_limit: int = 1000
+    # The key Azure's routes (/openai/...) expect in the api-key header; None: any key, or none, passes.
+    azure_api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         problems = []
@@ -61,6 +63,8 @@ class MockSettings:
                 problems.append(f"{name} must be >= 0")
         if self.default_tokens < 0 or self.max_tokens_cap < 1 or self.tokens_per_chunk < 1:
             problems.append("default_tokens must be >= 0, max_tokens_cap and tokens_per_chunk >= 1")
+        if self.azure_api_key is not None and not self.azure_api_key:
+            problems.append("azure_api_key must be None (any key passes) or a non-empty key")
         if self.embedding_dim < 1 or self.record_limit < 1:
             problems.append("embedding_dim and record_limit must be >= 1")
         if problems:
@@ -149,6 +153,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--models", default=",".join(d.models), help="comma-separated names listed by /v1/models")
     g.add_argument("--no-record", dest="record", action="store_false", help="do not record requests (benchmarks)")
     g.add_argument("--record-limit", type=int, default=d.record_limit, help="recorded requests kept")
+    g.add_argument(
+        "--azure-api-key",
+        default=d.azure_api_key,
+        help="key the Azure routes (/openai/...) expect in the api-key header (default: any key passes)",
+    )
 
 
 def settings_from_args(ns: argparse.Namespace) -> MockSettings:

@@ -1,20 +1,42 @@
 """OpenAI-compatible mock upstream with fault injection, for the demo, the integration tests and the benchmarks.
 
-This module makes the application and runs it; the endpoints are in
-``endpoints.py``, the faults they apply in ``faults.py``, what they generate
-in ``generation.py``, the knobs in ``settings.py``.
+This module makes the application and runs it; the chat, completions,
+embeddings and models endpoints are in ``endpoints.py``, the Responses API in
+``responses.py``, images, audio and moderations in ``media.py``, Anthropic's
+Messages API in ``anthropic.py``, Azure's paths in ``azure.py``, the faults
+they apply in ``faults.py``, what they generate in ``generation.py``, the
+knobs in ``settings.py``.
 
-Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``,
-``POST /v1/embeddings``, ``GET /v1/models`` (and ``/v1/models/{id}``), shaped
-like OpenAI's answers; ``"stream": true`` answers in OpenAI's SSE format
-(role delta, one content delta per ``tokens_per_chunk`` tokens, a final chunk
-with ``finish_reason``, a ``choices: []`` usage chunk when
-``stream_options.include_usage`` is true, then ``data: [DONE]``). Generated
-text is deterministic (words from a fixed list, one token each); prompt
-tokens are estimated at ~4 characters per token plus 4 per message.
+Endpoints, shaped like OpenAI's answers (each module's docstring has the details):
+
+- ``POST /v1/chat/completions``, ``POST /v1/completions``: ``"stream": true``
+  answers in OpenAI's SSE format (role delta, one content delta per
+  ``tokens_per_chunk`` tokens, a final chunk with ``finish_reason``, a
+  ``choices: []`` usage chunk when ``stream_options.include_usage`` is true,
+  then ``data: [DONE]``);
+- ``POST /v1/embeddings``; ``GET /v1/models`` and ``/v1/models/{id}``;
+- ``POST /v1/responses`` (stream: Responses SSE events, no ``[DONE]``), ``GET``
+  and ``DELETE /v1/responses/{id}`` (stored responses; responses.py);
+- ``POST /v1/images/generations``, ``POST /v1/audio/speech`` (audio bytes),
+  ``POST /v1/audio/transcriptions`` (multipart upload), ``POST /v1/moderations``
+  (media.py); ``GET /_mock/images/{name}`` serves the image an image ``url``
+  names;
+- ``POST /v1/messages``, ``POST /v1/messages/count_tokens``: Anthropic's
+  Messages API (anthropic.py);
+- Azure OpenAI's paths for these (azure.py): ``/openai/deployments/{deployment}/``
+  ``chat/completions``, ``completions``, ``embeddings``,
+  ``images/generations``, ``audio/speech``, ``audio/transcriptions`` (with
+  ``?api-version=``), and ``/openai/v1/`` ``chat/completions``,
+  ``completions``, ``embeddings``, ``images/generations``, ``audio/speech``,
+  ``audio/transcriptions``, ``responses`` (``POST``; ``GET``/``DELETE``
+  ``responses/{id}``); the ``api-key`` they expect is ``azure_api_key``.
+
+Generated text is deterministic (words from a fixed list, one token each);
+prompt tokens are estimated at ~4 characters per token plus 4 per message.
 
 Observation: ``GET /_mock/requests`` (recent requests: time, method, path,
-query, headers as ``[name, value]`` pairs, parsed JSON body), ``DELETE
+query, headers as ``[name, value]`` pairs, parsed JSON body; a multipart form
+as its fields, a file as ``{"filename", "content_type", "size"}``), ``DELETE
 /_mock/requests`` (clear), ``GET /_mock/stats`` (counters, and the
 wall-clock ``time.time()`` at which the mock noticed a client leave a stream),
 ``DELETE /_mock/stats`` (reset).
@@ -22,7 +44,8 @@ wall-clock ``time.time()`` at which the mock noticed a client leave a stream),
 Fault knobs. Each is a ``MockSettings`` field (instance-wide; CLI flag
 ``--field-name``) and can be overridden per request with the header
 ``x-mock-field-name`` (the gateway forwards ordinary client headers). They
-apply to the POST endpoints only; an unparsable header value is a 400.
+apply to the POST endpoints only (Responses API streams included: a cut one
+ends without ``response.completed``); an unparsable header value is a 400.
 
 ====================  ===========================  ===================================================
 setting               request header               effect
@@ -53,7 +76,8 @@ linger_after_done_ms  x-mock-linger-after-done-ms  streams: end the body this lo
 Instance-only settings: ``seed``, ``default_tokens`` (length when the request
 has no ``max_tokens``), ``max_tokens_cap``, ``tokens_per_chunk``,
 ``embedding_dim``, ``models`` (listed by ``/v1/models``), ``record`` (off for
-benchmarks) and ``record_limit`` (ring buffer size).
+benchmarks), ``record_limit`` (ring buffer size) and ``azure_api_key`` (the
+``api-key`` Azure's paths expect; none: any key passes).
 """
 
 from __future__ import annotations
@@ -64,7 +88,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from tollgate.mock import anthropic, azure
+from tollgate.mock import anthropic, azure, media, responses
 from tollgate.mock.endpoints import (
     chat_completions,
     clear_requests,
@@ -95,10 +119,20 @@ __all__ = [
 def make_mock_app(settings: MockSettings | None = None) -> web.Application:
     """The mock as an aiohttp application; serve it with ``handler_cancellation=True`` (:func:`start_mock` does), which ends a stalled answer when its client leaves."""
     app = web.Application()
-    app[MOCK_STATE] = MockState(settings or MockSettings())
+    settings = settings or MockSettings()
+    app[MOCK_STATE] = MockState(settings)
+    if settings.azure_api_key is not None:
+        app[azure.AZURE_API_KEY] = settings.azure_api_key
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/responses", responses.create_response)
+    app.router.add_get("/v1/responses/{response_id}", responses.retrieve_response)
+    app.router.add_delete("/v1/responses/{response_id}", responses.delete_response)
+    app.router.add_post("/v1/images/generations", media.image_generations)
+    app.router.add_post("/v1/audio/speech", media.speech)
+    app.router.add_post("/v1/audio/transcriptions", media.transcriptions)
+    app.router.add_post("/v1/moderations", media.moderations)
     app.router.add_post("/v1/messages", anthropic.messages)
     app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
     app.router.add_get("/v1/models", list_models)
@@ -106,9 +140,19 @@ def make_mock_app(settings: MockSettings | None = None) -> web.Application:
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", azure.deployment_chat_completions)
     app.router.add_post("/openai/deployments/{deployment}/completions", azure.deployment_completions)
     app.router.add_post("/openai/deployments/{deployment}/embeddings", azure.deployment_embeddings)
+    app.router.add_post("/openai/deployments/{deployment}/images/generations", azure.deployment_image_generations)
+    app.router.add_post("/openai/deployments/{deployment}/audio/speech", azure.deployment_speech)
+    app.router.add_post("/openai/deployments/{deployment}/audio/transcriptions", azure.deployment_transcriptions)
     app.router.add_post("/openai/v1/chat/completions", azure.v1_chat_completions)
     app.router.add_post("/openai/v1/completions", azure.v1_completions)
     app.router.add_post("/openai/v1/embeddings", azure.v1_embeddings)
+    app.router.add_post("/openai/v1/images/generations", azure.v1_image_generations)
+    app.router.add_post("/openai/v1/audio/speech", azure.v1_speech)
+    app.router.add_post("/openai/v1/audio/transcriptions", azure.v1_transcriptions)
+    app.router.add_post("/openai/v1/responses", azure.v1_create_response)
+    app.router.add_get("/openai/v1/responses/{response_id}", azure.v1_retrieve_response)
+    app.router.add_delete("/openai/v1/responses/{response_id}", azure.v1_delete_response)
+    app.router.add_get("/_mock/images/{name}", media.image_file)
     app.router.add_get("/_mock/requests", recorded_requests)
     app.router.add_delete("/_mock/requests", clear_requests)
     app.router.add_get("/_mock/stats", stats)
