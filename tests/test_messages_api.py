@@ -64,7 +64,13 @@ def config_doc(mock_url: str, log: Path, rules: dict[str, Any] | None = None) ->
         },
         "rules": rules
         or {
-            "tph": {"type": "token_limit", "limit": BUDGET, "per": "hour", "scope": ["tenant"], "attach": {"global": True}},
+            "tph": {
+                "type": "token_limit",
+                "limit": BUDGET,
+                "per": "hour",
+                "scope": ["tenant"],
+                "attach": {"global": True},
+            },
             "burst": {
                 "type": "request_limit",
                 "limit": 5,
@@ -132,7 +138,7 @@ async def test_a_message_reaches_an_openai_upstream_as_a_chat_completion_and_com
     raw = await client.messages.with_raw_response.create(
         model="gpt-4o", max_tokens=64, messages=MSG, system="be brief", stop_sequences=["END"]
     )
-    message = (await raw.parse())
+    message = await raw.parse()
     assert raw.headers["x-tollgate-model"] == "gpt-4o"
     assert message.type == "message" and message.content[0].type == "text" and message.content[0].text
     assert message.stop_reason == "end_turn"
@@ -310,7 +316,7 @@ async def test_the_usage_settles_the_token_reservation_and_is_logged(
             usage = (await raw.parse()).usage
             return int(raw.headers["x-ratelimit-remaining-tokens"]), usage.input_tokens + usage.output_tokens
         used = 0
-        async for event in (await raw.parse()):
+        async for event in await raw.parse():
             if event.type == "message_start":
                 used += event.message.usage.input_tokens
             elif event.type == "message_delta":
@@ -331,7 +337,9 @@ async def test_the_usage_settles_the_token_reservation_and_is_logged(
 async def test_a_token_budget_cuts_an_anthropic_stream_with_an_error_event(
     mock_url: str, log_path: Path, model: str
 ) -> None:
-    rules = {"tiny": {"type": "token_limit", "limit": 40, "per": "hour", "scope": ["tenant"], "attach": {"global": True}}}
+    rules = {
+        "tiny": {"type": "token_limit", "limit": 40, "per": "hour", "scope": ["tenant"], "attach": {"global": True}}
+    }
     async with gateway(config_doc(mock_url, log_path, rules)) as (url, _state), aiohttp.ClientSession() as s:
         body = {"model": model, "messages": MSG, "stream": True, "max_tokens": 1}
         headers = {"x-api-key": KEY, "x-mock-completion-tokens": "300"}

@@ -74,6 +74,34 @@ async def test_chat_completion_is_openai_shaped_and_echoes_the_requested_model(m
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
+WEATHER: Any = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+
+
+async def test_a_required_tool_choice_is_answered_with_one_call_of_the_tool_whole_and_streamed(mock: Any) -> None:
+    client = await mock()
+    body = {**CHAT, "tools": [WEATHER], "tool_choice": "required"}
+    data = await (await client.post("/v1/chat/completions", json=body)).json()
+    (choice,) = data["choices"]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city":"mock"}'}
+    named = {**CHAT, "tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
+    streamed = {**named, "stream": True, "stream_options": {"include_usage": True}}
+    events = await sse_events(await client.post("/v1/chat/completions", json=streamed))
+    assert events[-1] == b"[DONE]"
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert deltas[0]["tool_calls"][0]["function"]["name"] == "get_weather"
+    arguments = "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas if d.get("tool_calls"))
+    assert orjson.loads(arguments) == {"city": "mock"} and len([d for d in deltas if d.get("tool_calls")]) > 2
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls" and chunks[-1]["usage"]["completion_tokens"]
+    bad = await client.post("/v1/chat/completions", json={**CHAT, "tool_choice": "required"})
+    assert bad.status == 400 and (await bad.json())["error"]["param"] == "tool_choice"
+
+
 async def test_chat_ids_differ_between_requests(mock: Any) -> None:
     client = await mock()
     ids = {(await (await client.post("/v1/chat/completions", json=CHAT)).json())["id"] for _ in range(3)}

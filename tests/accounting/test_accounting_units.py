@@ -130,6 +130,9 @@ def test_cost_is_the_price_table_plus_enabled_cost_rules_in_exact_nanos() -> Non
     assert pricing.cost_nanos("other", 1000, 1000) == 1_000_000_000 + 2_000_000_000 + 2_000
     assert sum(pricing.cost_nanos("m", 7, 3) for _ in range(1_000_000 // 1000)) == 1000 * pricing.cost_nanos("m", 7, 3)
     assert pricing.priced_model("m", "public-name") == "m" and pricing.priced_model("unpriced", "public") == "public"
+    # the deployment's model name (what the provider ran) wins where it has a price of its own
+    assert pricing.priced_model("public", "public", "m") == "m"
+    assert pricing.priced_model("m", "asked", "unpriced-deployment-model") == "m"
 
 
 def _principal(tenant: str, plan: str = "metered", monthly_requests: int | None = 10) -> Principal:

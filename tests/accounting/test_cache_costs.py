@@ -16,6 +16,7 @@ from tollgate.accounting.records import entry_from
 from tollgate.config import config_from_dict
 from tollgate.config.accounting import CostRule, Price, PricingConfig
 from tollgate.config.identity import Limits
+from tollgate.config.model import Deployment
 from tollgate.identity.directory import Principal
 from tollgate.pipeline.account import capture
 from tollgate.pipeline.context import ENDPOINTS
@@ -120,6 +121,7 @@ def _ctx(usage: Usage | None, request_id: str) -> Any:
         end_user=None,
         namespace=None,
         attempts=1,
+        deployment=Deployment(upstream="anthropic", model="claude-sonnet-4-5", provider="anthropic"),
     )
 
 

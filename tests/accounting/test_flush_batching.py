@@ -26,6 +26,7 @@ from tollgate.accounting.records import DISCONNECTED_STATUS, entry_from
 from tollgate.config import config_from_dict
 from tollgate.config.accounting import MetricsConfig
 from tollgate.config.identity import Limits
+from tollgate.config.model import Deployment
 from tollgate.identity.directory import Principal
 from tollgate.pipeline.account import capture
 from tollgate.pipeline.context import ENDPOINTS
@@ -106,6 +107,7 @@ def varied_requests(n: int = 600) -> list[tuple[Any, float]]:
             namespace=None,
             upstream_started=started,
             attempts=1,
+            deployment=Deployment(upstream="backup", model=f"{model}-2024", provider="azure") if reached else None,
         )
         out.append((ctx, started + upstream_s + overhead))
     return out
@@ -305,6 +307,7 @@ def test_entry_fields_are_derived_in_declaration_order() -> None:
     assert (e.request_id, e.wall, e.endpoint, e.namespace, e.attempts) == ("req_22", WALL, "chat", None, 1)
     assert (e.tenant, e.key_id, e.user, e.plan, e.principal) == ("t5", "k5", None, "enterprise", ctx.principal)
     assert (e.model, e.model_served, e.priced_model, e.upstream) == ("gpt-4o", "gpt-4o", "gpt-4o", "backup")
+    assert (e.provider, e.deployment_model) == ("azure", "gpt-4o-2024")
     assert (e.status, e.error, e.stream, e.client_disconnected, e.client_ip) == (
         DISCONNECTED_STATUS,
         None,

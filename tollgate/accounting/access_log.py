@@ -4,7 +4,7 @@ A line holds identifiers, never secrets: the key *id* (never the key), no
 header, no body, no token. Fields::
 
     ts request_id tenant key_id user plan namespace endpoint model model_served
-    upstream status error stream client_disconnected client_ip prompt_tokens
+    upstream provider status error stream client_disconnected client_ip prompt_tokens
     completion_tokens usage_reported cost currency total_ms upstream_ms
     overhead_ms ttfb_ms attempts
 
@@ -59,6 +59,7 @@ def line_of(e: Entry, currency: str) -> bytes:
         "model": e.model,
         "model_served": e.model_served,
         "upstream": e.upstream,
+        "provider": e.provider,
         "status": e.status,
         "error": e.error,
         "stream": e.stream,

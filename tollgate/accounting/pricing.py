@@ -55,8 +55,11 @@ class Pricing:
             rules,
         )
 
-    def priced_model(self, served: str | None, requested: str | None) -> str | None:
-        """The model a request is billed as: the one served when it has a price, else the one requested."""
+    def priced_model(self, served: str | None, requested: str | None, deployment: str | None = None) -> str | None:
+        """The model a request is billed as: the deployment's model name when it has a price (the model the provider
+        ran), else the public model that served, when it has one, else the one requested."""
+        if deployment is not None and deployment in self._rates:
+            return deployment
         if served is not None and served in self._rates:
             return served
         return requested if requested is not None else served

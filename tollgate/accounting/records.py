@@ -5,13 +5,15 @@ with attribute reads only; accounting never sees the request itself. Its fields,
 
     request_id, endpoint, model, model_served, upstream, status, error, stream,
     client_disconnected, client_ip, started, first_byte_at, finished_at, usage,
-    body_len, principal, end_user, namespace, upstream_started, attempts, end, wall
+    body_len, principal, end_user, namespace, upstream_started, attempts, end, wall,
+    deployment
 
 ``endpoint`` has a ``kind``; ``usage`` (or None) has ``prompt_tokens``,
 ``completion_tokens``, ``reported``, and the parts ``cached_tokens``,
 ``cache_write_tokens`` (of the prompt) and ``reasoning_tokens`` (of the
 completion); ``principal`` (or None) has
-``tenant``, ``key_id`` and ``plan``. ``started``, ``first_byte_at``,
+``tenant``, ``key_id`` and ``plan``; ``deployment`` (or None: nothing was
+sent upstream) has the ``model`` name the upstream was sent and its ``provider``. ``started``, ``first_byte_at``,
 ``finished_at``, ``upstream_started`` and ``end`` are times of one clock (the
 event loop's); ``wall`` is when the request ended, in seconds since the epoch.
 """
@@ -47,6 +49,9 @@ class Entry:
     model_served: str | None
     priced_model: str | None
     upstream: str | None
+    # Who served: the upstream's provider and the model name it was sent (the deployment's).
+    provider: str | None
+    deployment_model: str | None
     status: int
     error: str | None
     stream: bool
@@ -110,6 +115,7 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
         attempts,
         end,
         wall,
+        deployment,
     ) = rec
     total = end - started
     if total < 0.0:
@@ -139,7 +145,10 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
         tenant, key_id, plan = principal.tenant, principal.key_id, principal.plan
     else:
         tenant, key_id, plan = "anonymous", None, None
-    priced = pricing.priced_model(model_served, model)
+    provider = deployment_model = None
+    if deployment is not None:
+        provider, deployment_model = deployment.provider, deployment.model
+    priced = pricing.priced_model(model_served, model, deployment_model)
     if status < 400 or prompt or completion:
         cost = pricing.cost_nanos(priced, prompt, completion, cached_tokens=cached, cache_write_tokens=cache_write)
     else:
@@ -161,6 +170,8 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
         model_served,
         priced,
         upstream,
+        provider,
+        deployment_model,
         status,
         error,
         stream,

@@ -122,6 +122,8 @@ class Tally:
                 _served,
                 priced,
                 upstream,
+                _provider,
+                _deployment_model,
                 status,
                 _error,
                 _stream,

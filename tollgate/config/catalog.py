@@ -143,4 +143,5 @@ def _deployment(name: str, doc: DeploymentDoc, upstream: Upstream, model_max_tok
         limits=DeploymentLimits(rpm=doc.rpm, tpm=doc.tpm, max_concurrency=doc.max_concurrency),
         paths=paths,
         max_tokens=max_tokens,
+        provider=upstream.provider,
     )

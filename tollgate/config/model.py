@@ -156,6 +156,8 @@ class Deployment:
     paths: Mapping[str, str] | None = None
     # The max_tokens sent when the client gives none, where the upstream requires one (anthropic); else None.
     max_tokens: int | None = None
+    # The upstream's provider (openai, azure, anthropic): who served, in the access log and the usage records.
+    provider: str = "openai"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,10 @@
-"""The mock's endpoints in OpenAI's shapes (chat, completions, embeddings, models) and its observation routes."""
+"""The mock's endpoints in OpenAI's shapes (chat, completions, embeddings, models) and its observation routes.
+
+A chat request whose ``tool_choice`` is ``"required"`` (the first function tool) or names a
+function is answered with one call of that tool (arguments sampled from its parameters'
+schema, finish reason ``tool_calls``), streamed as a tool-call delta with the name and then
+the arguments in pieces; any other chat request is answered with text.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from tollgate.mock.generation import (
     input_count,
     prompt_tokens_chat,
     prompt_tokens_inputs,
+    sample_arguments,
 )
 from tollgate.mock.state import MOCK_STATE
 
@@ -53,6 +60,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     created = int(time.time())
     ident = state.next_id("chatcmpl")
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
+    tool = _forced_tool(body)
+    if isinstance(tool, str):
+        return openai_error(400, tool, param="tool_choice")
+    if tool is not None:
+        return await _tool_call(request, body, knobs, ident, created, usage, tool)
     if not body.get("stream"):
         return _json(
             {
@@ -86,6 +98,72 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if include_usage:
         empty = b'{"index":0,"delta":{}}' if knobs.usage_chunk_delta else b""
         events.append(head + empty + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
+    events.append(_DONE_EVENT)
+    return await stream_events(request, state, knobs, events, paced_from=1)
+
+
+def _forced_tool(body: dict[str, Any]) -> dict[str, Any] | str | None:
+    """The function ``tool_choice`` makes the reply call, None for a text reply, or why the choice is invalid."""
+    choice = body.get("tool_choice")
+    if choice != "required" and not isinstance(choice, dict):
+        return None
+    tools = body.get("tools")
+    functions = [
+        t["function"]
+        for t in (tools if isinstance(tools, list) else ())
+        if isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
+    ]
+    if choice == "required":
+        return functions[0] if functions else "tool_choice 'required' needs at least one function in 'tools'"
+    wanted = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    named = next((f for f in functions if f["name"] == wanted), None)
+    return named if named is not None else f"tool_choice names {wanted!r}, which is not in 'tools'"
+
+
+async def _tool_call(
+    request: web.Request,
+    body: dict[str, Any],
+    knobs: Any,
+    ident: str,
+    created: int,
+    usage: dict[str, int],
+    tool: dict[str, Any],
+) -> web.StreamResponse:
+    """A reply that calls ``tool`` once: whole, or streamed as a name delta then the arguments in three pieces."""
+    state = request.app[MOCK_STATE]
+    model: str = body["model"]
+    call_id = state.next_id("call")
+    arguments = orjson.dumps(sample_arguments(tool.get("parameters"))).decode()
+    if not body.get("stream"):
+        call = {"id": call_id, "type": "function", "function": {"name": tool["name"], "arguments": arguments}}
+        message = {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+        return _json(
+            {
+                "id": ident,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_mock",
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
+    include_usage, head, tail = _chunk_frame(body, b"chat.completion.chunk", ident, created, model)
+
+    def delta(payload: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": payload, "logprobs": None, "finish_reason": finish}
+        return head + orjson.dumps(choice) + b"]" + tail
+
+    opening = {"index": 0, "id": call_id, "type": "function", "function": {"name": tool["name"], "arguments": ""}}
+    events = [delta({"role": "assistant", "content": None, "tool_calls": [opening]})]
+    third = max(1, len(arguments) // 3)
+    for start in range(0, len(arguments), third):
+        piece = {"index": 0, "function": {"arguments": arguments[start : start + third]}}
+        events.append(delta({"tool_calls": [piece]}))
+    events.append(delta({}, "tool_calls"))
+    if include_usage:
+        events.append(head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
     events.append(_DONE_EVENT)
     return await stream_events(request, state, knobs, events, paced_from=1)
 

@@ -69,4 +69,5 @@ def capture(ctx: RequestContext, end: float, wall: float) -> Record:
         ctx.attempts,
         end,
         wall,
+        ctx.deployment,
     )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tollgate.edge.dialects import ANTHROPIC, OPENAI, Dialect
 
 if TYPE_CHECKING:
+    from tollgate.config.model import Deployment
     from tollgate.edge.messages import Request
     from tollgate.identity import Principal
     from tollgate.policy.admission import Admission
@@ -74,8 +75,9 @@ class RequestContext:
         # route and forward: attempts made, the model first asked for when a fallback served
         "attempts",
         "fallback_from",
-        # forward
+        # forward: the model (and the deployment of it) that served
         "model_served",
+        "deployment",
         "upstream_name",
         "status",
         "first_byte_at",
@@ -114,6 +116,7 @@ class RequestContext:
         self.fallback_from: str | None = None
         self.stream_monitor: StreamMonitor | None = None
         self.model_served: str | None = None
+        self.deployment: Deployment | None = None
         self.upstream_name: str | None = None
         self.status = 0
         self.first_byte_at: float | None = None

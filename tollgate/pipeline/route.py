@@ -229,6 +229,7 @@ class Walk:
         deps.counters.attempts += 1
         self.paid = False
         ctx.model_served = current.name
+        ctx.deployment = deployment
         if current is not self.first:
             ctx.fallback_from = self.first.name
         if dstate.rpm is not None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from tollgate.background import BackgroundTask
 from tollgate.clock import Clock, SystemClock
+from tollgate.config.model import Deployment
 from tollgate.errors import GatewayError, StoreError
 from tollgate.limiter import Consumed, Lease, Limiter, LimitSpec, Reservation, Settlement
 from tollgate.limiter.decision import Charge
@@ -207,6 +208,9 @@ class FinishedRequest(Protocol):
     def model_served(self) -> str | None: ...
 
     @property
+    def deployment(self) -> Deployment | None: ...
+
+    @property
     def first_byte_at(self) -> float | None: ...
 
 
@@ -252,7 +256,9 @@ class Settler:
         if usage is not None and admission.rates is not None and self._pricing is not None:
             pricing = self._pricing()
             cost = pricing.cost_nanos(
-                pricing.priced_model(ctx.model_served, ctx.model),
+                pricing.priced_model(
+                    ctx.model_served, ctx.model, ctx.deployment.model if ctx.deployment is not None else None
+                ),
                 usage.prompt_tokens,
                 usage.completion_tokens,
                 cached_tokens=usage.cached_tokens,
