@@ -166,6 +166,7 @@ def _ctx(principal: Principal | None, *, status: int = 200, usage: Usage | None 
         end_user=None,
         namespace=None,
         attempts=1,
+        deployment=None,
     )
 
 
