@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from tollgate.config import config_from_dict
+from tollgate.config.upstreams import AZURE_V1_ONLY
 from tollgate.mock.azure import AZURE_API_KEY
 from tollgate.mock.upstream import MockSettings, make_mock_app
 from tollgate.pipeline.context import ENDPOINTS
@@ -261,8 +262,9 @@ def test_paths_and_headers_are_built_with_the_config_and_openai_deployments_keep
     assert config.models["gpt-4o-mini"].deployments[0].paths is None
     azure_paths = config.models["gpt-4o"].deployments[0].paths
     assert azure_paths is not None
-    # Every endpoint the gateway proxies has its Azure path.
-    assert {e.upstream_suffix for e in ENDPOINTS.values()} <= set(azure_paths)
+    # Every endpoint the gateway proxies has its Azure path, but those Azure serves under its v1 API only.
+    assert {e.upstream_suffix for e in ENDPOINTS.values()} - AZURE_V1_ONLY <= set(azure_paths)
+    assert not AZURE_V1_ONLY & set(azure_paths)
     client = UpstreamClient(config.upstreams["azure"])
     assert ("api-key", AZURE_KEY) in client.fixed_headers
     sent = upstream_headers(client, CIMultiDictProxy(CIMultiDict(CLIENT_HEADERS)), "198.51.100.7", "req-1")

@@ -63,7 +63,9 @@ DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 _ANTHROPIC_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 # The OpenAI API paths an Azure resource serves under its deployments and its v1 API (after /v1 on OpenAI).
-AZURE_API_PATHS = ("/chat/completions", "/completions", "/embeddings")
+AZURE_API_PATHS = ("/chat/completions", "/completions", "/embeddings", "/responses")
+# The paths Azure serves only under its v1 API: an upstream with an api_version (deployment URLs) has none of them.
+AZURE_V1_ONLY = frozenset({"/responses"})
 # An Azure deployment name (it goes into the URL path as it is).
 AZURE_DEPLOYMENT = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 # A dated api-version of Azure's deployment URLs: 2024-10-21, 2025-04-01-preview.
@@ -260,7 +262,7 @@ def azure_paths(api_version: str | None, deployment: str) -> Mapping[str, str]:
         return frozen_map({path: f"/openai/v1{path}" for path in AZURE_API_PATHS})
     query = f"?api-version={quote(api_version, safe='')}"
     at = f"/openai/deployments/{quote(deployment, safe='')}"
-    return frozen_map({path: f"{at}{path}{query}" for path in AZURE_API_PATHS})
+    return frozen_map({path: f"{at}{path}{query}" for path in AZURE_API_PATHS if path not in AZURE_V1_ONLY})
 
 
 def _is_api_version(text: str) -> bool:

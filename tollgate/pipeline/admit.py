@@ -15,6 +15,7 @@ from tollgate.policy.lease_wait import LeaseWaiters
 from tollgate.policy.rules import RuleSet
 from tollgate.policy.settlement import Settler, StreamBudget
 from tollgate.upstream.anthropic_usage import MessagesUsageMonitor
+from tollgate.upstream.responses_usage import ResponsesUsageMonitor
 from tollgate.upstream.usage import UsageMonitor, request_stream_usage
 
 __all__ = ["AdmitDeps", "admit"]
@@ -44,7 +45,10 @@ async def admit(ctx: RequestContext, deps: AdmitDeps) -> None:
     if ctx.stream:
         budget = StreamBudget(decided, limiter) if decided is not None and decided.stream_limits else None
         assert ctx.endpoint is not None
-        if ctx.endpoint.kind == "messages":  # Anthropic streams always carry their usage
+        kind = ctx.endpoint.kind
+        if kind == "messages":  # Anthropic streams always carry their usage, as Responses API streams do
             ctx.stream_monitor = MessagesUsageMonitor(ctx, budget)
+        elif kind == "responses":
+            ctx.stream_monitor = ResponsesUsageMonitor(ctx, budget)
         else:
             ctx.stream_monitor = UsageMonitor(ctx, request_stream_usage(ctx), budget)

@@ -35,11 +35,15 @@ tollgate/pipeline/give_up.py.
 
 from __future__ import annotations
 
+import orjson
+
+from tollgate.errors import BadRequest
 from tollgate.pipeline.context import RequestContext
 from tollgate.pipeline.forward import Answer
 from tollgate.pipeline.give_up import give_up
 from tollgate.pipeline.route import RouteDeps, Walk, tenant_of
 from tollgate.routing.models import route
+from tollgate.upstream.response_ids import stored_response
 
 __all__ = ["serve"]
 
@@ -50,6 +54,8 @@ _MAX_TURNS = 64
 async def serve(ctx: RequestContext, deps: RouteDeps) -> Answer:
     """Route the request and forward it, retrying and falling back as the config allows."""
     first = route(ctx.model, deps.routes)
+    if ctx.body is not None and "previous_response_id" in ctx.body:
+        continue_stored(ctx)
     deps.shedder.admit(ctx.priority)
     deps.counters.requests += 1
     deps.retry_budget.request()
@@ -74,3 +80,19 @@ async def serve(ctx: RequestContext, deps: RouteDeps) -> Answer:
         if walk.stopped:
             break
     return give_up(walk)
+
+
+def continue_stored(ctx: RequestContext) -> None:
+    """A Responses API request that continues a stored response: the upstream's id sent, the request pinned to the
+    upstream that stores it (tollgate/upstream/response_ids.py). Another tenant's id is unknown to this one."""
+    assert ctx.body is not None
+    ref = stored_response(ctx.body["previous_response_id"])
+    if ref is None:  # not one of ours: the upstream judges it
+        return
+    if ctx.principal is None or ref.tenant != ctx.principal.tenant:
+        raise BadRequest(
+            "previous response not found", param="previous_response_id", code="previous_response_not_found"
+        )
+    ctx.body["previous_response_id"] = ref.id
+    ctx.body_bytes = orjson.dumps(ctx.body)
+    ctx.pinned_upstream = ref.upstream

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tollgate.edge.dialects import ANTHROPIC, OPENAI, Dialect
+from tollgate.edge.dialects import ANTHROPIC, OPENAI, RESPONSES, Dialect
 
 if TYPE_CHECKING:
     from tollgate.config.model import Deployment
@@ -28,7 +28,7 @@ class Endpoint:
 
     path: str
     upstream_suffix: str
-    kind: str  # "chat" | "completion" | "embedding" | "messages" | "count_tokens"
+    kind: str  # "chat" | "completion" | "embedding" | "responses" | "messages" | "count_tokens"
     streams: bool
     dialect: Dialect = OPENAI
 
@@ -39,6 +39,7 @@ ENDPOINTS: dict[str, Endpoint] = {
         Endpoint("/v1/chat/completions", "/chat/completions", "chat", True),
         Endpoint("/v1/completions", "/completions", "completion", True),
         Endpoint("/v1/embeddings", "/embeddings", "embedding", False),
+        Endpoint("/v1/responses", "/responses", "responses", True, RESPONSES),
         Endpoint("/v1/messages", "/chat/completions", "messages", True, ANTHROPIC),
         Endpoint("/v1/messages/count_tokens", "/chat/completions", "count_tokens", False, ANTHROPIC),
     )
@@ -72,8 +73,10 @@ class RequestContext:
         # admit: what the limits decided, and a stream's monitor (usage, budgets)
         "admission",
         "stream_monitor",
-        # route and forward: attempts made, the model first asked for when a fallback served
+        # route and forward: attempts made, the model first asked for when a fallback served, the upstream
+        # a request must go to (the one storing the Responses API conversation it continues)
         "attempts",
+        "pinned_upstream",
         "fallback_from",
         # forward: the model (and the deployment of it) that served
         "model_served",
@@ -113,6 +116,7 @@ class RequestContext:
         self.admission: Admission | None = None
         self.priority = 0
         self.attempts = 0
+        self.pinned_upstream: str | None = None
         self.fallback_from: str | None = None
         self.stream_monitor: StreamMonitor | None = None
         self.model_served: str | None = None

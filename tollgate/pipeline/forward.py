@@ -35,9 +35,10 @@ import orjson
 from tollgate.clock import Clock
 from tollgate.config.model import Deployment
 from tollgate.edge.answers import REQUEST_ID_HEADER, Response
-from tollgate.edge.dialects import OPENAI
+from tollgate.edge.dialects import ANTHROPIC
 from tollgate.edge.messages import StreamedAnswer
 from tollgate.errors import (
+    BadRequest,
     RequestError,
     UpstreamAuthError,
     UpstreamBadResponse,
@@ -51,6 +52,7 @@ from tollgate.upstream.client import ConnectError, HttpError, UpstreamResponse
 from tollgate.upstream.deadlines import Deadline
 from tollgate.upstream.pool import UpstreamClient, upstream_headers
 from tollgate.upstream.redaction import redact
+from tollgate.upstream.responses_usage import relabeled_response
 from tollgate.upstream.sse import SseParser
 from tollgate.upstream.usage import usage_from_body
 
@@ -92,7 +94,7 @@ async def forward(
     endpoint = ctx.endpoint
     assert endpoint is not None and ctx.body is not None and client.http is not None
     cfg = client.config
-    bridge = client.dialect if endpoint.dialect is OPENAI else client.messages_bridge
+    bridge = client.messages_bridge if endpoint.dialect is ANTHROPIC else client.dialect
     dropped: list[str] = []
     if bridge is None:  # OpenAI's dialect on both sides: the client's bytes, unless the model name changes
         if deployment.model == ctx.model:
@@ -100,7 +102,13 @@ async def forward(
         else:
             body = orjson.dumps({**ctx.body, "model": deployment.model})
         # The deployment's own path where its provider has one (Azure), built with the config.
-        path = endpoint.upstream_suffix if deployment.paths is None else deployment.paths[endpoint.upstream_suffix]
+        if deployment.paths is None:
+            path = endpoint.upstream_suffix
+        else:
+            found = deployment.paths.get(endpoint.upstream_suffix)
+            if found is None:
+                return _refused(ctx, clock, _no_such_path(cfg.name, endpoint.path))
+            path = found
     else:
         local = bridge.local(ctx.body, endpoint.kind)
         if local is not None:
@@ -160,7 +168,14 @@ async def forward(
         status, data = bridge.answer(status, data, int(clock.time()))
         content_type = "application/json"
     if status == 200:
-        ctx.usage = usage_from_anthropic_body(data) if endpoint.kind == "messages" else usage_from_body(data)
+        kind = endpoint.kind
+        if kind == "responses":  # the stored response's id says which upstream holds it
+            tenant = ctx.principal.tenant if ctx.principal is not None else "anonymous"
+            data, ctx.usage = relabeled_response(data, cfg.name, tenant)
+        elif kind == "messages":
+            ctx.usage = usage_from_anthropic_body(data)
+        else:
+            ctx.usage = usage_from_body(data)
     return _answered(ctx, clock, status, data, content_type, dropped)
 
 
@@ -181,6 +196,12 @@ def _answered(
     if ctx.admission is not None:
         headers.update(ctx.admission.headers)
     return Response(status, data, headers)
+
+
+def _no_such_path(upstream: str, path: str) -> BadRequest:
+    return BadRequest(
+        f"this model's upstream {upstream!r} does not serve {path}", code="unsupported_endpoint", param="model"
+    )
 
 
 def _refused(ctx: RequestContext, clock: Clock, exc: RequestError) -> Response:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from tollgate.clock import Clock
 from tollgate.config.resilience import Resilience
-from tollgate.errors import UpstreamAuthError, UpstreamError, UpstreamUnavailable
+from tollgate.errors import BadRequest, UpstreamAuthError, UpstreamError, UpstreamUnavailable
 from tollgate.pipeline.context import RequestContext
 from tollgate.pipeline.forward import Answer, forward
 from tollgate.policy.shedding import Shedder
@@ -112,6 +112,7 @@ class Walk:
         "hop",
         "start",
         "tried",
+        "excluded",
         "rounds",
         "paid",
         "queued",
@@ -131,10 +132,12 @@ class Walk:
         self.first = self.current = first
         self.chain = self._allowed(first.fallbacks) if first.fallbacks else ()
         self.hop = 0  # next index in chain
+        # Bit mask of the deployments a request pinned to one upstream may not use (see _pin); none otherwise.
+        self.excluded = 0 if ctx.pinned_upstream is None else self._pin(ctx.pinned_upstream)
         if self.chain and deps.proactive.diverted(first.name):
             self.current, self.hop = self.chain[0], 1
         self.start = self.current.start()
-        self.tried = 0  # bit mask of the current model's deployments tried in this round
+        self.tried = self.excluded  # bit mask of the current model's deployments tried in this round
         self.rounds = 0  # rounds over the current model after the first
         self.paid = True  # the next attempt needs no retry budget (the first, a fallback hop, or a paid round)
         self.queued = False  # the deployment picked has a slot only after a wait in its queue
@@ -144,6 +147,24 @@ class Walk:
         self.stopped = False  # no attempt is left to make
         self.tokens = len(ctx.body_bytes) >> 2  # a rough prompt estimate for deployments with a tpm limit
         self.max_attempts = policy.max + 1
+
+    def _pin(self, upstream: str) -> int:
+        """Only the first model's deployments on ``upstream`` may serve, and no fallback: the request continues a
+        conversation that upstream stores. Returns the mask of the others; refuses when none is left."""
+        first = self.first
+        excluded = 0
+        for j, deployment in enumerate(first.deployments):
+            if deployment.upstream != upstream:
+                excluded |= 1 << j
+        if excluded == (1 << len(first.deployments)) - 1:
+            raise BadRequest(
+                f"previous_response_id names a response stored by upstream {upstream!r}, "
+                f"which does not serve model {first.name!r}",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        self.chain = ()
+        return excluded
 
     def _allowed(self, chain: tuple[ModelRoute, ...]) -> tuple[ModelRoute, ...]:
         """A fallback never serves a tenant a model it may not use."""
@@ -188,7 +209,7 @@ class Walk:
         if self.deps.clock.loop_time() + delay >= ctx.started + self.current.total_timeout:
             return False
         await asyncio.sleep(delay)
-        self.tried = 0
+        self.tried = self.excluded
         return True
 
     def spend_retry(self) -> bool:

@@ -20,6 +20,7 @@ from tollgate.errors import GatewayError, MethodNotAllowed, NotFound
 from tollgate.identity import Principal, authenticate
 from tollgate.pipeline.context import ENDPOINTS
 from tollgate.pipeline.handler import make_proxy_handler
+from tollgate.process.stored_responses import RESPONSES_PREFIX, stored_response_answer
 from tollgate.registry.registry import registry_watching
 from tollgate.runtime.state import GatewayState
 
@@ -52,6 +53,8 @@ def make_public_handler(state: GatewayState) -> Handler:
             return _refuse(
                 MethodNotAllowed(f"{method} is not allowed on {path}; use {allowed}", allowed=(allowed,)), request
             )
+        if path.startswith(RESPONSES_PREFIX) and len(path) > len(RESPONSES_PREFIX):
+            return await _answer(stored_response_answer, request, state)
         if path.startswith(_MODELS_PREFIX) and len(path) > len(_MODELS_PREFIX):
             if method in ("GET", "HEAD"):
                 return await _answer(_get_model, request, state)

@@ -75,12 +75,35 @@ def estimate_messages_tokens(body: dict[str, Any]) -> int:
     return total
 
 
+def _responses_tokens(body: dict[str, Any]) -> int:
+    """A Responses API request: its ``instructions`` and ``input`` (a string, or items: messages, tool calls and outputs)."""
+    total = _PER_REQUEST + _content_tokens(body.get("instructions"))
+    items = body.get("input")
+    if isinstance(items, str):
+        return total + _PER_MESSAGE + estimate_tokens(len(items))
+    if isinstance(items, list):
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            total += _PER_MESSAGE
+            if "content" in item:
+                total += _content_tokens(item["content"])
+            else:  # a function call's arguments, a tool's output
+                for name in ("arguments", "output"):
+                    text = item.get(name)
+                    if isinstance(text, str):
+                        total += estimate_tokens(len(text))
+    return total
+
+
 def estimate_prompt_tokens(kind: str, body: dict[str, Any]) -> int:
     """The prompt tokens a request will spend (none for a ``count_tokens`` request: it only asks)."""
     if kind == "messages":
         return estimate_messages_tokens(body)
     if kind == "count_tokens":
         return 0
+    if kind == "responses":
+        return _responses_tokens(body)
     if kind == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list):
@@ -99,7 +122,7 @@ def requested_completion_tokens(kind: str, body: dict[str, Any], default_cap: in
     """The most completion tokens the request may produce: its own cap, else the configured default."""
     if kind == "embedding" or kind == "count_tokens":
         return 0
-    for name in ("max_completion_tokens", "max_tokens"):
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             n = body.get("n")

@@ -15,7 +15,7 @@ Monitor hook (the accounting stage uses it): an object with
   that serves the client (never on one that failed before its first event).
   ``DROP`` removes the event from what the client gets (e.g. the usage chunk the
   gateway asked for when the client did not); ``bytes`` replaces the event's
-  data with that JSON; ``HOLD`` stops the parser before this event (the relay
+  data with that JSON (its other lines, such as ``event:``, kept); ``HOLD`` stops the parser before this event (the relay
   awaits ``monitor.cover()``, then calls :meth:`SseParser.resume`, which offers
   the same event again: e.g. a token budget that must grow before the event may
   go out); ``EndStream`` ends the stream with an SSE error event instead of this
@@ -185,11 +185,19 @@ class SseParser:
                 if kept is None:
                     kept = [complete[:start]]
                 if type(verdict) is bytes:
-                    kept.append(b"data: " + verdict + sep)
+                    kept.append(self._replaced(complete[start:stop], verdict) + sep)
             elif kept is not None:
                 kept.append(complete[start : stop + step])
             start = stop + step
         return complete if kept is None else b"".join(kept)
+
+    def _replaced(self, event: bytes, data: bytes) -> bytes:
+        """``event`` with its data replaced by ``data``; its other lines (``event:``, ``id:``) kept."""
+        if event.startswith(b"data:") and self._nl not in event:
+            return b"data: " + data
+        kept = [line for line in event.split(self._nl) if not line.startswith(b"data:")]
+        kept.append(b"data: " + data)
+        return self._nl.join(kept)
 
     def _event(self, event: bytes) -> int | bytes:
         nl = self._nl

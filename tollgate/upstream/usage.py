@@ -27,6 +27,7 @@ __all__ = [
     "UsageMonitor",
     "request_stream_usage",
     "usage_from_body",
+    "usage_from_io_tokens",
     "usage_from_json",
 ]
 
@@ -113,6 +114,21 @@ def _part(usage: dict[str, Any], details: str, name: str, most: int) -> int:
     found = usage.get(details)
     value = _count(found.get(name)) if isinstance(found, dict) else None
     return 0 if value is None else min(value, most)
+
+
+def usage_from_io_tokens(usage: Any) -> Usage | None:
+    """A ``usage`` object counted in input and output tokens (the Responses API, images, transcriptions):
+    ``input_tokens`` with ``input_tokens_details.cached_tokens``, ``output_tokens`` with
+    ``output_tokens_details.reasoning_tokens``; None when it has no input count."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = _count(usage.get("input_tokens"))
+    completion = _count(usage.get("output_tokens", 0))
+    if prompt is None or completion is None:
+        return None
+    cached = _part(usage, "input_tokens_details", "cached_tokens", prompt)
+    reasoning = _part(usage, "output_tokens_details", "reasoning_tokens", completion)
+    return Usage(prompt, completion, True, cached, 0, reasoning)
 
 
 def usage_from_body(body: bytes) -> Usage | None:
