@@ -43,7 +43,10 @@ def config_doc(first: str, second: str, log: Path, rules: dict[str, Any] | None 
         "identity": {"chain": ["api_key"]},
         "plans": {"open": {"monthly_requests": 10_000_000, "concurrency": 10_000}},
         "tenants": {
-            tenant: {"plan": "open", "keys": [{"id": f"{tenant}-1", "sha256": hashlib.sha256(key.encode()).hexdigest()}]}
+            tenant: {
+                "plan": "open",
+                "keys": [{"id": f"{tenant}-1", "sha256": hashlib.sha256(key.encode()).hexdigest()}],
+            }
             for tenant, key in KEYS.items()
         },
         "upstreams": {
@@ -52,11 +55,22 @@ def config_doc(first: str, second: str, log: Path, rules: dict[str, Any] | None 
         },
         # Turns over two upstreams: a stored response is on one of them only.
         "models": {
-            "gpt-4.1": {"deployments": [{"upstream": "east"}, {"upstream": "west"}], "strategy": "weighted_round_robin"},
+            "gpt-4.1": {
+                "deployments": [{"upstream": "east"}, {"upstream": "west"}],
+                "strategy": "weighted_round_robin",
+            },
             "o4-mini": {"deployments": [{"upstream": "east"}]},
         },
         "rules": rules
-        or {"tph": {"type": "token_limit", "limit": BUDGET, "per": "hour", "scope": ["tenant"], "attach": {"global": True}}},
+        or {
+            "tph": {
+                "type": "token_limit",
+                "limit": BUDGET,
+                "per": "hour",
+                "scope": ["tenant"],
+                "attach": {"global": True},
+            }
+        },
         "access_log": {"path": str(log)},
     }
 
@@ -185,7 +199,9 @@ async def test_a_streamed_function_call_and_its_arguments(url: str) -> None:
 async def test_a_token_budget_cuts_a_responses_stream_with_an_error_event(
     mocks: tuple[str, str], log_path: Path
 ) -> None:
-    rules = {"tiny": {"type": "token_limit", "limit": 40, "per": "hour", "scope": ["tenant"], "attach": {"global": True}}}
+    rules = {
+        "tiny": {"type": "token_limit", "limit": 40, "per": "hour", "scope": ["tenant"], "attach": {"global": True}}
+    }
     async with gateway(config_doc(*mocks, log_path, rules)) as (url, _state), aiohttp.ClientSession() as s:
         body = {"model": "gpt-4.1", "input": "hi", "stream": True, "max_output_tokens": 1}
         headers = {"Authorization": f"Bearer {KEYS['acme']}", "x-mock-completion-tokens": "300"}

@@ -98,12 +98,16 @@ class HealthProbes:
     enabled: Bool = False
     interval: Duration = 10.0
     timeout: Duration = 2.0
-    path: Annotated[str, Strict(), Field(min_length=1)] = "/models"
+    path: Annotated[str, Strict(), Field(min_length=1)] | None = None
+    """Probed under each upstream's base URL; by default its provider's list of models: /models (openai),
+    /openai/v1/models or /openai/models?api-version=... (azure), /v1/models (anthropic)."""
     unhealthy_after: Count = 2
     healthy_after: Count = 1
 
     @check
     def path_fits_a_request_line(self) -> Found:
+        if self.path is None:
+            return
         if not self.path.startswith("/"):
             yield "path", "must start with /"
         elif any(c.isspace() or ord(c) < 0x21 or ord(c) == 0x7F for c in self.path):

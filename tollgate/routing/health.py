@@ -3,7 +3,9 @@
 Passive health (errors and timeouts of real traffic) is the breaker's job; the
 probes catch a deployment that is down while nobody sends it traffic, and bring
 it back only once it answers. A probe counts as a success when the upstream
-answers with a status below 500 other than 429 within ``timeout``.
+answers with a status below 500 other than 429 within ``timeout``. A probe asks
+the configured ``path``, or the upstream's provider's list of models
+(tollgate/upstream/pool.py ``probe_path``), with the upstream's own credential.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class HealthProber:
         try:
             async with asyncio.timeout(policy.timeout):
                 resp = await client.http.request(
-                    "GET", policy.path, [h for h in client.fixed_headers if h[0] != "Content-Type"]
+                    "GET", policy.path or client.probe_path, [h for h in client.fixed_headers if h[0] != "Content-Type"]
                 )
                 await resp.read()
                 ok = resp.status < 500 and resp.status != 429

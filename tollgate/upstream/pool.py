@@ -16,6 +16,7 @@ the client of every upstream whose config did not change.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from urllib.parse import quote
 
 from multidict import CIMultiDictProxy
 
@@ -28,10 +29,21 @@ from tollgate.upstream.client import UpstreamHttp
 from tollgate.upstream.deadlines import Deadlines
 from tollgate.upstream.redaction import secrets_of
 
-__all__ = ["UpstreamClient", "UpstreamPool", "upstream_headers"]
+__all__ = ["UpstreamClient", "UpstreamPool", "probe_path", "upstream_headers"]
 
 # Connection values that name no other header (the common case: nothing to drop).
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
+
+
+def probe_path(config: Upstream) -> str:
+    """The provider's list of models under the upstream's base URL: what a health probe asks by default."""
+    if config.provider == "anthropic":
+        return "/v1/models"
+    if config.provider == "azure":
+        if config.api_version is None:
+            return "/openai/v1/models"
+        return f"/openai/models?api-version={quote(config.api_version, safe='')}"
+    return "/models"
 
 
 class UpstreamClient:
@@ -48,6 +60,7 @@ class UpstreamClient:
         "deadlines",
         "dialect",
         "messages_bridge",
+        "probe_path",
     )
 
     def __init__(self, config: Upstream, deadlines: Deadlines | None = None) -> None:
@@ -82,6 +95,8 @@ class UpstreamClient:
         self.forward_names = frozenset(n for n in allowed if not never_forwarded(n) and n not in self.fixed_names)
         self.forward_prefixes = tuple(name[:-1] for name in config.forward_headers if name.endswith("*"))
         self.secrets = secrets_of(config.api_key, config.headers.items())
+        # Where a health probe asks, unless the config names a path: the provider's list of models.
+        self.probe_path = probe_path(config)
 
     async def start(self) -> None:
         pool = self.config.pool
