@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestServer
+
+from tollgate.mock.upstream import MockSettings, make_mock_app
 
 from .support.processes import Proc, keep_running_logs, mock_upstream_process, take_kept_logs
 from .support.redis import RedisCluster, RedisServer, redis_cluster, redis_server
@@ -55,6 +58,19 @@ def own_redis() -> Iterator[RedisServer]:
     """A redis-server of the test's own, free to be paused, killed and started again."""
     with redis_server() as server:
         yield server
+
+
+@pytest.fixture
+async def mock_url(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> str:
+    """The mock upstream in this test's event loop, on a real loopback port: its root URL (no ``/v1``)."""
+    server = await aiohttp_server(make_mock_app(MockSettings()))
+    return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    """Where a test's gateway writes its access log."""
+    return tmp_path / "access.log"
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ read back from ``/_mock/requests`` to check what went over the wire.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,8 @@ import aiohttp
 import openai
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
 
 from tollgate.config import config_from_dict
-from tollgate.mock.upstream import MockSettings, make_mock_app
 from tollgate.upstream.pool import UpstreamClient
 
 from .resilience.helpers import gateway
@@ -39,8 +37,6 @@ WEATHER_TOOL: Any = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
-
-MakeServer = Callable[..., Awaitable[TestServer]]
 
 
 def config_doc(mock_url: str, log: Path) -> dict[str, Any]:
@@ -76,17 +72,6 @@ def config_doc(mock_url: str, log: Path) -> dict[str, Any]:
         "usage": {"flush_interval": "100ms"},
         "resilience": {"retries": {"backoff_base": "1ms", "backoff_cap": "5ms"}},
     }
-
-
-@pytest.fixture
-async def mock_url(aiohttp_server: MakeServer) -> str:
-    server = await aiohttp_server(make_mock_app(MockSettings()))
-    return f"http://127.0.0.1:{server.port}"
-
-
-@pytest.fixture
-def log_path(tmp_path: Path) -> Path:
-    return tmp_path / "access.log"
 
 
 @pytest.fixture

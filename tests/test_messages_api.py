@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,6 @@ import aiohttp
 import anthropic
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
-
-from tollgate.mock.upstream import MockSettings, make_mock_app
 
 from .resilience.helpers import gateway
 from .support.upstream_log import access_lines, header_values, recorded
@@ -36,8 +33,6 @@ WEATHER_TOOL: Any = {
     "description": "The weather in a city",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
-
-MakeServer = Callable[..., Awaitable[TestServer]]
 
 
 def config_doc(mock_url: str, log: Path, rules: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -83,17 +78,6 @@ def config_doc(mock_url: str, log: Path, rules: dict[str, Any] | None = None) ->
         "access_log": {"path": str(log)},
         "resilience": {"retries": {"backoff_base": "1ms", "backoff_cap": "5ms"}},
     }
-
-
-@pytest.fixture
-async def mock_url(aiohttp_server: MakeServer) -> str:
-    server = await aiohttp_server(make_mock_app(MockSettings()))
-    return f"http://127.0.0.1:{server.port}"
-
-
-@pytest.fixture
-def log_path(tmp_path: Path) -> Path:
-    return tmp_path / "access.log"
 
 
 @pytest.fixture

@@ -83,11 +83,6 @@ async def mocks(aiohttp_server: MakeServer) -> tuple[str, str]:
 
 
 @pytest.fixture
-def log_path(tmp_path: Path) -> Path:
-    return tmp_path / "access.log"
-
-
-@pytest.fixture
 async def url(mocks: tuple[str, str], log_path: Path) -> AsyncIterator[str]:
     async with gateway(config_doc(*mocks, log_path)) as (gateway_url, _state):
         yield gateway_url

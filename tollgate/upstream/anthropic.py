@@ -25,6 +25,7 @@ broken stream.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -61,6 +62,33 @@ MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 _DONE = b"[DONE]"
 _CHAT = "/chat/completions"  # an OpenAI-dialect upstream's path (its Azure form in the deployment's paths)
+
+
+# What an Anthropic client gets for an OpenAI-dialect upstream's answer that is not JSON.
+_NOT_A_COMPLETION = orjson.dumps(
+    {"type": "error", "error": {"type": "api_error", "message": "upstream answered something that is not JSON"}}
+)
+
+
+def _translated(
+    status: int,
+    data: bytes,
+    error: Callable[[int, Any], tuple[int, dict[str, Any]]],
+    message: Callable[[dict[str, Any]], dict[str, Any]],
+    unreadable: bytes,
+) -> tuple[int, bytes]:
+    """A whole answer in the other dialect: an error through ``error``, a 2xx JSON object through ``message``,
+    anything else a 502 with ``unreadable``."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        doc = None
+    if status >= 400:
+        translated_status, body = error(status, doc)
+        return translated_status, orjson.dumps(body)
+    if not isinstance(doc, dict):
+        return 502, unreadable
+    return status, orjson.dumps(message(doc))
 
 
 class Bridge(Protocol):
@@ -136,16 +164,13 @@ class AnthropicDialect:
 
     def answer(self, status: int, data: bytes, created: int) -> tuple[int, bytes]:
         """The OpenAI status and body for an Anthropic answer: a chat completion, or an error in OpenAI's shape."""
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            doc = None
-        if status >= 400:
-            openai_status, error = anthropic_error_to_openai(status, doc)
-            return openai_status, orjson.dumps(error)
-        if not isinstance(doc, dict):
-            return 502, _not_json("a JSON message")
-        return status, orjson.dumps(anthropic_message_to_openai(doc, created=created))
+        return _translated(
+            status,
+            data,
+            anthropic_error_to_openai,
+            lambda message: anthropic_message_to_openai(message, created=created),
+            _not_json("a JSON message"),
+        )
 
     def stream(self, upstream: UpstreamResponse, created: int) -> TranslatedStream:
         return TranslatedStream(upstream, AnthropicToOpenAIStream(created=created, include_usage=True), True)
@@ -206,17 +231,7 @@ class ChatForMessages:
 
     def answer(self, status: int, data: bytes, created: int) -> tuple[int, bytes]:
         """The Anthropic status and body for an OpenAI answer: a message, or an error in Anthropic's shape."""
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            doc = None
-        if status >= 400:
-            anthropic_status, error = openai_error_to_anthropic(status, doc)
-            return anthropic_status, orjson.dumps(error)
-        if not isinstance(doc, dict):
-            message = "upstream answered something that is not a JSON chat completion"
-            return 502, orjson.dumps({"type": "error", "error": {"type": "api_error", "message": message}})
-        return status, orjson.dumps(openai_completion_to_anthropic(doc))
+        return _translated(status, data, openai_error_to_anthropic, openai_completion_to_anthropic, _NOT_A_COMPLETION)
 
     def stream(self, upstream: UpstreamResponse, created: int) -> TranslatedStream:
         return TranslatedStream(upstream, OpenAIToAnthropicStream(), False)
