@@ -50,11 +50,13 @@ def config_doc(mock_url: str, log: Path, rules: dict[str, Any] | None = None) ->
         "upstreams": {
             "anthropic": {"provider": "anthropic", "base_url": mock_url, "api_key": ANTHROPIC_KEY, **steer},
             "openai": {"base_url": f"{mock_url}/v1", "api_key": OPENAI_KEY, **steer},
+            "openai-lax": {"base_url": f"{mock_url}/v1", "api_key": OPENAI_KEY, "drop_unsupported": True},
             "openai-down": {"base_url": f"{mock_url}/v1", "api_key": OPENAI_KEY, "headers": {"x-mock-status": "503"}},
         },
         "models": {
             "claude-sonnet": {"deployments": [{"upstream": "anthropic", "model": "claude-sonnet-4-5"}]},
             "gpt-4o": {"deployments": [{"upstream": "openai"}]},
+            "gpt-lax": {"deployments": [{"upstream": "openai-lax", "model": "gpt-4o"}]},
             "gpt-down": {"deployments": [{"upstream": "openai-down"}], "fallbacks": ["claude-sonnet"]},
         },
         "rules": rules
@@ -283,6 +285,18 @@ async def test_an_untranslatable_parameter_is_refused_in_anthropics_shape_naming
     assert isinstance(body, dict) and body["error"]["type"] == "invalid_request_error"
     assert "mcp_servers" in body["error"]["message"]
     assert await recorded(mock_url) == []  # nothing reached the upstream
+
+
+async def test_with_drop_unsupported_the_parameter_is_dropped_and_named_in_a_header(
+    client: anthropic.AsyncAnthropic, mock_url: str
+) -> None:
+    raw = await client.messages.with_raw_response.create(
+        model="gpt-lax", max_tokens=8, messages=MSG, extra_body={"mcp_servers": [{"type": "url"}]}
+    )
+    assert (await raw.parse()).content
+    assert raw.headers["x-tollgate-dropped"] == "mcp_servers"
+    (request,) = await recorded(mock_url)
+    assert "mcp_servers" not in request["body"]
 
 
 # -- accounting, budgets, fallbacks -----------------------------------------------------------
