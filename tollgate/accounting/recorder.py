@@ -36,6 +36,7 @@ from tollgate.accounting.metrics import GatewayMetrics, standard_samplers
 from tollgate.accounting.pricing import Pricing
 from tollgate.accounting.records import Record
 from tollgate.accounting.sla import SlaTracker
+from tollgate.accounting.spend_log import SpendLog, open_spend_log
 from tollgate.accounting.tally import Tally
 from tollgate.accounting.usage_store import FileUsageStore, MemoryUsageStore, RedisUsageStore, UsageStore
 from tollgate.background import BackgroundTask
@@ -88,6 +89,10 @@ class Accounting:
         self.sla = SlaTracker()
         self.principals: dict[str, Any] = {}
         self.month_totals: dict[str, tuple[str, dict[str, int]]] = {}
+        # The per-request spend log (database.url): rows from each flush's entries, written by its own task.
+        self.spend: SpendLog | None = open_spend_log(
+            getattr(config, "database", None), base_dir=self.base_dir, metrics=self.metrics, clock=wall
+        )
         self.metrics.add_sampler(self._sample)
 
     # -- construction ---------------------------------------------------------
@@ -183,6 +188,8 @@ class Accounting:
         if self.webhook is not None:
             self.webhook.start()
         self._flusher.start()
+        if self.spend is not None:
+            await self.spend.start()
         log.info("accounting: usage in %s, audit in %s", self.store.description, self.audit.description)
         if isinstance(self.store, MemoryUsageStore):
             log.warning("accounting: no usage.path and no Redis store: usage aggregates are lost on restart")
@@ -198,6 +205,8 @@ class Accounting:
             log.error(
                 "accounting: the usage store is unreachable; %d unwritten aggregate deltas are lost", self._carry.size()
             )
+        if self.spend is not None:
+            await self.spend.close()
         if self.webhook is not None:
             await self.webhook.close()
         self.access_log.close()
@@ -229,13 +238,17 @@ class Accounting:
             pricing = self.pricing()
             currency = pricing.currency
             metrics, access, security, sla = self.metrics, self.access_log, self.security, self.sla
-            tally = Tally(pricing, access.wants_status if access.config.enabled else None, security.STATUSES)
+            spend = self.spend
+            log_wanted = access.wants_status if access.config.enabled else None
+            tally = Tally(pricing, log_wanted, security.STATUSES, keep_fields=spend is not None)
             pending = iter(records)
             while True:  # yield to the event loop between slices of records
                 tally.fold(islice(pending, _YIELD_EVERY))
                 if tally.records == len(records):
                     break
                 await asyncio.sleep(0)
+            if spend is not None and tally.fields:
+                spend.add(tally.fields, currency)
             metrics.apply(tally, currency)
             sla.observe_tally(tally, acc.metrics)
             batch = Batch()
@@ -308,6 +321,8 @@ class Accounting:
     # -- reading ------------------------------------------------------------------
     def _sample(self, metrics: GatewayMetrics) -> None:
         metrics.set_queue_depth("accounting", len(self._queue))
+        if self.spend is not None:
+            metrics.set_queue_depth("spend_log", self.spend.pending)
         if self.webhook is not None:
             metrics.set_queue_depth("alert_webhook", self.webhook.pending)
 

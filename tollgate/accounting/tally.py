@@ -71,7 +71,8 @@ class Tally:
     :attr:`logged` and :attr:`watched_entries`. :attr:`principals` is the last
     principal seen per tenant. :attr:`users` sums, per (tenant, end user, UTC
     day), the requests that reached an upstream and had an end user: requests,
-    errors, prompt and completion tokens, cost in nanos.
+    errors, prompt and completion tokens, cost in nanos. With ``keep_fields``,
+    :attr:`fields` holds every record's entry fields, in record order (the spend log's rows).
     """
 
     __slots__ = (
@@ -81,13 +82,22 @@ class Tally:
         "principals",
         "users",
         "records",
+        "fields",
         "_pricing",
         "_log_wanted",
         "_watched",
     )
 
-    def __init__(self, pricing: Any, log_wanted: Callable[[int, bool], bool] | None, watched: frozenset[int]) -> None:
+    def __init__(
+        self,
+        pricing: Any,
+        log_wanted: Callable[[int, bool], bool] | None,
+        watched: frozenset[int],
+        *,
+        keep_fields: bool = False,
+    ) -> None:
         self.groups: dict[GroupKey, Group] = {}
+        self.fields: list[tuple[Any, ...]] | None = [] if keep_fields else None
         self.logged: list[Entry] = []
         self.watched_entries: list[Entry] = []
         self.principals: dict[str, Any] = {}
@@ -99,16 +109,19 @@ class Tally:
 
     def fold(self, records: Iterable[tuple[Any, ...]]) -> None:
         groups, principals, users, pricing = self.groups, self.principals, self.users, self._pricing
-        log_wanted, watched, logged, watched_entries = (
+        log_wanted, watched, logged, watched_entries, kept = (
             self._log_wanted,
             self._watched,
             self.logged,
             self.watched_entries,
+            self.fields,
         )
         n = 0
         for rec in records:
             n += 1
             f = fields_of(rec, pricing)
+            if kept is not None:
+                kept.append(f)
             (
                 _rid,
                 wall,
