@@ -91,7 +91,11 @@ class Accounting:
         self.month_totals: dict[str, tuple[str, dict[str, int]]] = {}
         # The per-request spend log (database.url): rows from each flush's entries, written by its own task.
         self.spend: SpendLog | None = open_spend_log(
-            getattr(config, "database", None), base_dir=self.base_dir, metrics=self.metrics, clock=wall
+            getattr(config, "database", None),
+            database=getattr(state, "database", None),
+            base_dir=self.base_dir,
+            metrics=self.metrics,
+            clock=wall,
         )
         self.metrics.add_sampler(self._sample)
 

@@ -120,6 +120,7 @@ class SpendLog:
         self._failing = False
         self._retry = _RETRY_MIN
         self._wake: asyncio.Event | None = None
+        self._lock: asyncio.Lock | None = None  # one write at a time (the task's, or close's)
         self._task = BackgroundTask("spend-log-writer", self._run)
         self.written = 0
         self.dropped = 0
@@ -223,6 +224,12 @@ class SpendLog:
 
     async def write(self) -> bool:
         """Write the spill file, then the memory buffer; False when the database failed (the rows stay buffered)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            return await self._write_locked()
+
+    async def _write_locked(self) -> bool:
         self._take_fields()
         ok = await self._write_all()
         if ok:
@@ -416,18 +423,35 @@ class SpendRetention:
             await asyncio.sleep(self.every if done else min(_RETRY_MAX, self.every))
 
 
-def open_spend_log(config: Any, *, base_dir: Path | None, metrics: Any, clock: Callable[[], float]) -> SpendLog | None:
+def open_spend_log(
+    config: Any, *, database: Any = None, base_dir: Path | None, metrics: Any, clock: Callable[[], float]
+) -> SpendLog | None:
     """The spend log of the ``database:`` section ``config`` (tollgate/config/database.py); None without a URL.
 
-    The spill file is ``buffer.spill_path`` (relative to ``base_dir``), else next to a SQLite file, else next to
-    the config file; without any of them, rows past memory_rows are dropped.
+    ``database`` is the process's Database (tollgate/runtime/state.py opens and migrates it); without one the
+    spend log opens its own from the URL, and migrates it, retrying while it is down. The spill file is
+    ``buffer.spill_path`` (relative to ``base_dir``), else next to a SQLite file, else next to the config file;
+    without any of them, rows past memory_rows are dropped.
     """
     url = getattr(config, "url", None)
     if url is None:
         return None
-    from tollgate.database import migrate, open_database
+    connect: Callable[[], Awaitable[None]] | None = None
+    close: Callable[[], Awaitable[None]] | None = None
+    if database is None:
+        from tollgate.database import migrate, open_database
 
-    database = open_database(url, base_dir=base_dir, pool_size=config.pool_size, timeout=config.timeout)
+        own = open_database(url, base_dir=base_dir, pool_size=config.pool_size, timeout=config.timeout)
+
+        async def connect() -> None:
+            await own.open()
+            try:
+                await migrate(own)
+            except BaseException:
+                await own.close()
+                raise
+
+        database, close = own, own.close
     buffer = config.buffer
     spill = _spill_path(url, buffer.spill_path, base_dir)
     if spill is None:
@@ -439,15 +463,6 @@ def open_spend_log(config: Any, *, base_dir: Path | None, metrics: Any, clock: C
         (),
         registry=registry,
     )
-
-    async def connect() -> None:
-        await database.open()
-        try:
-            await migrate(database)
-        except BaseException:
-            await database.close()
-            raise
-
     spend = SpendLog(
         database,
         memory_rows=buffer.memory_rows,
@@ -456,7 +471,7 @@ def open_spend_log(config: Any, *, base_dir: Path | None, metrics: Any, clock: C
         dropped=dropped,
         clock=clock,
         connect=connect,
-        close=database.close,
+        close=close,
     )
     if config.retention is not None:
         spend.retention = SpendRetention(database, config.retention, clock=clock, ready=lambda: spend.available)
