@@ -63,7 +63,15 @@ DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 _ANTHROPIC_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 # The OpenAI API paths an Azure resource serves under its deployments and its v1 API (after /v1 on OpenAI).
-AZURE_API_PATHS = ("/chat/completions", "/completions", "/embeddings")
+# Moderations are not among them: a model served by Azure refuses that route (400 unsupported_endpoint).
+AZURE_API_PATHS = (
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/images/generations",
+    "/audio/speech",
+    "/audio/transcriptions",
+)
 # An Azure deployment name (it goes into the URL path as it is).
 AZURE_DEPLOYMENT = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 # A dated api-version of Azure's deployment URLs: 2024-10-21, 2025-04-01-preview.

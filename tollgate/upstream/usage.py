@@ -27,6 +27,7 @@ __all__ = [
     "UsageMonitor",
     "request_stream_usage",
     "usage_from_body",
+    "usage_from_io_tokens",
     "usage_from_json",
 ]
 
@@ -101,6 +102,24 @@ def usage_from_json(doc: Any) -> Usage | None:
     cache_write = _part(usage, "prompt_tokens_details", "cache_creation_tokens", prompt - cached)
     reasoning = _part(usage, "completion_tokens_details", "reasoning_tokens", completion)
     return Usage(prompt, completion, True, cached, cache_write, reasoning)
+
+
+def usage_from_io_tokens(usage: Any) -> Usage | None:
+    """A ``usage`` object counted in ``input_tokens`` and ``output_tokens`` (images, transcriptions, the Responses API).
+
+    ``input_tokens_details.cached_tokens`` and ``output_tokens_details.reasoning_tokens`` are read as
+    :func:`usage_from_json` reads its parts; None when either count is missing or not a count (a whisper
+    transcription's ``{"type": "duration"}`` usage has neither); never raises.
+    """
+    if not isinstance(usage, dict):
+        return None
+    prompt = _count(usage.get("input_tokens"))
+    completion = _count(usage.get("output_tokens"))
+    if prompt is None or completion is None:
+        return None
+    cached = _part(usage, "input_tokens_details", "cached_tokens", prompt)
+    reasoning = _part(usage, "output_tokens_details", "reasoning_tokens", completion)
+    return Usage(prompt, completion, True, cached, 0, reasoning)
 
 
 def _count(value: Any) -> int | None:
