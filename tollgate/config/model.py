@@ -17,6 +17,7 @@ from typing import Annotated
 from pydantic import Field, Strict
 
 from tollgate.config.accounting import AccountingConfig
+from tollgate.config.database import DatabaseConfig
 from tollgate.config.identity import DEFAULT_PLANS, ApiKey, IdentityConfig, Plan, RegistryConfig, Tenant
 from tollgate.config.resilience import DeploymentLimits, ModelRouting, Resilience
 from tollgate.config.rules import RulesConfig
@@ -198,6 +199,7 @@ class Config:
     tenants: Mapping[str, Tenant] = field(default_factory=frozen_map)
     api_keys: Mapping[str, ApiKey] = field(default_factory=frozen_map)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
     resilience: Resilience = field(default_factory=Resilience)
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     server: Server = Server()

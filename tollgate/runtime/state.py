@@ -14,6 +14,7 @@ from tollgate.accounting import Accounting
 from tollgate.clock import Clock, SystemClock
 from tollgate.config import Config, load_config
 from tollgate.config.rules import RulesConfig
+from tollgate.database import Database, migrate, open_database
 from tollgate.errors import ConfigError
 from tollgate.identity import IdentityRuntime, compile_identity
 from tollgate.limiter import build_limiter
@@ -106,10 +107,14 @@ class GatewayState:
         self.counters = AttemptCounters()
         self.health = HealthProber(self)
         self.config_path = Path(config_path) if config_path is not None else None
-        # Tenants and keys: the config's plus runtime changes; outlives config versions.
-        self.registry = Registry(
-            config, base_dir=self.config_path.parent if self.config_path else None, clock=self.clock
+        base_dir = self.config_path.parent if self.config_path else None
+        # The database of record (database.url), migrated at start; None without one.
+        db = config.database
+        self.database: Database | None = (
+            open_database(db.url, base_dir=base_dir, pool_size=db.pool_size, timeout=db.timeout) if db.url else None
         )
+        # Tenants and keys: the config's plus runtime changes; outlives config versions.
+        self.registry = Registry(config, base_dir=base_dir, clock=self.clock, database=self.database)
         self.registry.on_rules_change = self._rules_changed
         self.pool = UpstreamPool(self.clock)
         # Limits: one limiter (and its store connections) for the process; settling runs in the background.
@@ -133,6 +138,15 @@ class GatewayState:
         return self.runtime.config
 
     async def start(self) -> None:
+        if self.database is not None:  # connected and its schema current before anything reads it
+            await self.database.open()
+            try:
+                applied = await migrate(self.database, clock=self.clock)
+            except BaseException:
+                await self.database.close()
+                raise
+            if applied:
+                log.info("database %s migrated to version %d", self.database.description, applied[-1])
         await self.limiter.start()  # store connections open and scripts loaded before the first request
         await self.pool.apply(self.config.upstreams)
         self.shedder.start()
@@ -147,6 +161,8 @@ class GatewayState:
         await self.accounting.close()
         await self.limiter.close()
         await self.pool.close()
+        if self.database is not None:
+            await self.database.close()
 
     async def readiness_problems(self) -> list[str]:
         """Why the gateway should not get traffic now; empty when it is ready."""
@@ -165,6 +181,8 @@ class GatewayState:
                 log.warning("listener changes in %s take effect only after a restart", config.source)
             if config.store != old.config.store:
                 log.warning("store changes in %s take effect only after a restart", config.source)
+            if config.database != old.config.database:
+                log.warning("database changes in %s take effect only after a restart", config.source)
             generation = self.registry.rules_generation
             runtime = Runtime(
                 config, next(self._versions), self.deployments, self._stages, self.effective_rules(config)
