@@ -57,6 +57,8 @@ def config_doc(mock_url: str, log: Path, rules: dict[str, Any] | None = None) ->
             "whisper-1": {"deployments": direct},
             "gpt-4o-transcribe": {"deployments": direct},
             "transcriber": {"deployments": [{"upstream": "openai", "model": "gpt-4o-transcribe"}]},
+            # 1,000 tokens a minute: a 60 KiB upload is no 15,000 prompt tokens (its file is no text)
+            "whisper-tpm": {"deployments": [{"upstream": "openai", "model": "whisper-1", "tpm": 1000}]},
             "omni-moderation-latest": {"deployments": direct},
             "azure-image": {"deployments": [{"upstream": "azure", "azure_deployment": "my-images"}]},
             "azure-whisper": {"deployments": [{"upstream": "azure-v1", "azure_deployment": "my-whisper"}]},
@@ -244,6 +246,15 @@ async def test_a_gpt_4o_transcription_usage_settles_the_token_reservation(
     request = (await recorded(mock_url))[0]
     assert request["body"]["model"] == "gpt-4o-transcribe"
     assert request["body"]["file"]["size"] == len(AUDIO)
+
+
+async def test_a_deployment_with_a_tpm_limit_serves_an_upload_whose_file_is_larger_than_its_minute(
+    client: openai.AsyncOpenAI,
+) -> None:
+    text = await client.audio.transcriptions.create(
+        model="whisper-tpm", file=("long.wav", bytes(60 * 1024), "audio/wav"), response_format="text"
+    )
+    assert text
 
 
 async def test_an_upload_over_max_upload_bytes_gets_413_without_reaching_the_upstream(
