@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -18,6 +18,7 @@ from tollgate.database import Database, migrate, open_database
 from tollgate.errors import ConfigError
 from tollgate.identity import IdentityRuntime, compile_identity
 from tollgate.limiter import build_limiter
+from tollgate.limiter.store import RedisEngine
 from tollgate.pipeline.account import AccountDeps
 from tollgate.pipeline.admit import AdmitDeps
 from tollgate.pipeline.handler import Stages
@@ -41,6 +42,8 @@ from tollgate.upstream.pool import UpstreamPool
 __all__ = ["STATE", "GatewayState", "Runtime"]
 
 log = logging.getLogger("tollgate.runtime")
+
+_PROBE_TIMEOUT = 2.0  # seconds a readiness probe waits for a store's answer
 
 
 class Runtime:
@@ -171,7 +174,28 @@ class GatewayState:
         if not usable:
             problems.append("no upstream is usable")
         problems.extend(self.registry.problems())
+        problems.extend(await self.store_problems())
         return problems
+
+    async def store_problems(self) -> list[str]:
+        """The limiter's Redis stores and the database that do not answer now, each by name (asked in parallel)."""
+        asked: list[tuple[str, Awaitable[object]]] = []
+        for name in self.config.store.stores:
+            try:
+                engine = self.limiter.engine(name)
+            except ValueError:  # a store added by a reload: in force only after a restart
+                continue
+            if isinstance(engine, RedisEngine):
+                asked.append((f"the limiter store {name!r}", engine.ping(_PROBE_TIMEOUT)))
+        if self.database is not None:
+            probe = asyncio.wait_for(self.database.fetchval("SELECT 1"), _PROBE_TIMEOUT)
+            asked.append((f"the database {self.database.description}", probe))
+        answers = await asyncio.gather(*(probe for _what, probe in asked), return_exceptions=True)
+        return [
+            f"{what} is down: {answer or type(answer).__name__}"
+            for (what, _probe), answer in zip(asked, answers)
+            if isinstance(answer, Exception)
+        ]
 
     async def apply(self, config: Config) -> Runtime:
         """Swap in a new config version; on any failure the old one stays in force."""
