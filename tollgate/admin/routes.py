@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from aiohttp import web
 
+from tollgate.admin.database_routes import DATABASE_ROUTES
 from tollgate.admin.openapi import openapi_document, served_routes
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation
 from tollgate.admin.resilience_routes import RESILIENCE_ROUTES
@@ -87,6 +88,7 @@ ROUTES: tuple[tuple[str, str, AdminHandler], ...] = (
     *RULE_ROUTES,
     *RESILIENCE_ROUTES,
     *USAGE_ROUTES,
+    *DATABASE_ROUTES,
     ("POST", "/admin/reload", reload),
 )
 """Every admin route, in the order the application registers them."""

@@ -82,12 +82,14 @@ class Registry:
         self.failing_since: float | None = None
         self._last_error: str | None = None
         self.opened = False
+        self.synced_at: float | None = None  # wall time of the last full load (open or resync)
 
     async def open(self) -> None:
         """Load the runtime records; a store that cannot be read stops the start (revocations must not be missed)."""
         loaded = await self.store.load()
         self._take(loaded)
         self.opened = True
+        self.synced_at = self._clock.time()
         await self._listen()
         log.info(
             "registry: %d tenants, %d keys, %d runtime namespaces and rules (%s, version %d)",
@@ -161,6 +163,16 @@ class Registry:
         """Persist ``changes`` and put them in force here at once; other processes follow within a poll interval."""
         await self.store.write(changes, create_only=create_only)
         self._merge(*_split(changes))
+
+    async def resync(self) -> int:
+        """Load every record from the store again (a full load, not a change poll) and put it in force.
+
+        Answers how many records are in force after it; raises StoreError when the store cannot be read
+        (what was in force stays).
+        """
+        self._take(await self.store.load())
+        self.synced_at = self._clock.time()
+        return len(self.records) + len(self.rule_records)
 
     async def poll(self) -> bool:
         """Take in changes made elsewhere; True when there were any."""
