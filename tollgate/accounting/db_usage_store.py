@@ -31,7 +31,15 @@ from tollgate.accounting.usage_store import QUOTA_FIELDS, Claim, days_of_month
 from tollgate.database import Database, Queries
 from tollgate.database import usage_sql as sql
 
-__all__ = ["DatabaseUsageStore", "day_scope", "month_scope", "scope_of_redis_key", "users_scope"]
+__all__ = [
+    "DatabaseUsageStore",
+    "alerts_scope",
+    "day_scope",
+    "month_scope",
+    "scope_of_redis_key",
+    "tenants_scope",
+    "users_scope",
+]
 
 _IN_CHUNK = 500  # scopes per ``IN (...)`` list (both engines allow far more parameters; this keeps statements small)
 

@@ -12,6 +12,7 @@ __all__ = [
     "ADD_COUNTER",
     "CLAIM",
     "COUNT_SCOPES",
+    "SET_COUNTER",
     "count_fields_between",
     "counters_in",
     "fields_of",
@@ -23,6 +24,11 @@ __all__ = [
 ADD_COUNTER = (
     "INSERT INTO usage_counters (scope, field, value) VALUES ($1, $2, $3) "
     "ON CONFLICT (scope, field) DO UPDATE SET value = usage_counters.value + excluded.value"
+)
+# Set the counter (``$1``, ``$2``) to ``$3`` whatever it held (an import: running it twice gives the same counters).
+SET_COUNTER = (
+    "INSERT INTO usage_counters (scope, field, value) VALUES ($1, $2, $3) "
+    "ON CONFLICT (scope, field) DO UPDATE SET value = excluded.value"
 )
 # Take the counter (``$1``, ``$2``) at ``$3`` unless it exists: one row changed means this caller won the claim.
 CLAIM = "INSERT INTO usage_counters (scope, field, value) VALUES ($1, $2, $3) ON CONFLICT (scope, field) DO NOTHING"
