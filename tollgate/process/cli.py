@@ -1,4 +1,4 @@
-"""The ``tollgate`` command: serve, check-config, db upgrade / db status, mock-upstream, demo."""
+"""The ``tollgate`` command: serve, check-config, db upgrade / db status / db import, mock-upstream, demo."""
 
 from __future__ import annotations
 
@@ -128,6 +128,12 @@ def _cmd_db(args: argparse.Namespace) -> int:
         return 2
 
 
+def _cmd_db_import(args: argparse.Namespace) -> int:
+    from tollgate.process.db_import import import_command
+
+    return import_command(args.config, args.from_registry, args.from_usage)
+
+
 def _cmd_mock_upstream(args: argparse.Namespace) -> int:
     from tollgate.mock.upstream import run_mock, settings_from_args
 
@@ -183,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         q = db_sub.add_parser(name, help=text)
         q.add_argument("--config", required=True, help="YAML config file with a database.url")
         q.set_defaults(func=_cmd_db)
+    q = db_sub.add_parser(
+        "import", help="copy today's file or Redis registry and usage store into the database (twice: same result)"
+    )
+    q.add_argument("--config", required=True, help="YAML config file with a database.url")
+    q.add_argument("--from-registry", metavar="PATH_OR_REDIS_URL", help="default: the config's registry: store")
+    q.add_argument("--from-usage", metavar="PATH_OR_REDIS_URL", help="default: the config's usage path or url")
+    q.set_defaults(func=_cmd_db_import)
 
     p = sub.add_parser("mock-upstream", help="run the OpenAI-compatible mock upstream")
     p.add_argument("--host", default="127.0.0.1")
