@@ -46,10 +46,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 @operation(
-    "readiness: the config is loaded and the stores answer",
+    "readiness: the config is loaded and an upstream is usable; stores that do not answer are named as degraded",
     tag="process",
     answers={
-        200: DocumentedAnswer("ready", Readiness),
+        200: DocumentedAnswer("ready, or serving degraded with the stores that do not answer named", Readiness),
         503: DocumentedAnswer("not ready, with the problems", Readiness),
     },
     open=True,

@@ -173,12 +173,11 @@ class GatewayState:
         usable = [name for name, c in self.pool.clients.items() if c.http is not None and not c.http.closed]
         if not usable:
             problems.append("no upstream is usable")
-        problems.extend(self.registry.problems())
-        problems.extend(await self.store_problems())
         return problems
 
     async def store_problems(self) -> list[str]:
-        """The limiter's Redis stores and the database that do not answer now, each by name (asked in parallel)."""
+        """The registry store, the limiter's Redis stores and the database that do not answer now, each by name
+        (asked in parallel): the gateway serves on without them, from what it holds."""
         asked: list[tuple[str, Awaitable[object]]] = []
         for name in self.config.store.stores:
             try:
@@ -191,7 +190,7 @@ class GatewayState:
             probe = asyncio.wait_for(self.database.fetchval("SELECT 1"), _PROBE_TIMEOUT)
             asked.append((f"the database {self.database.description}", probe))
         answers = await asyncio.gather(*(probe for _what, probe in asked), return_exceptions=True)
-        return [
+        return self.registry.problems() + [
             f"{what} is down: {answer or type(answer).__name__}"
             for (what, _probe), answer in zip(asked, answers)
             if isinstance(answer, Exception)
