@@ -1,4 +1,5 @@
-"""Fixtures every test folder shares (redis-server, a Redis Cluster, the mock upstream) and the ``process`` marker."""
+"""Fixtures every test folder shares (redis-server, a Redis Cluster, PostgreSQL, the mock upstream) and the ``process``
+marker."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from tollgate.mock.upstream import MockSettings, make_mock_app
 
+from .support.postgres import PostgresServer, postgres_server
 from .support.processes import Proc, keep_running_logs, mock_upstream_process, take_kept_logs
 from .support.redis import RedisCluster, RedisServer, redis_cluster, redis_server
 
@@ -18,7 +20,9 @@ from .support.redis import RedisCluster, RedisServer, redis_cluster, redis_serve
 # marked `process`: by the collection hook below when it uses one of these fixtures (directly or through another
 # fixture), by hand otherwise. `pytest -m "not process"` is then the quick in-process run; the audit hook below fails
 # a test that starts a process without the mark, so the quick run stays quick. CI runs everything.
-PROCESS_FIXTURES = frozenset({"mock", "redis", "redis_url", "own_redis", "redis_standalone", "redis_cluster_nodes"})
+PROCESS_FIXTURES = frozenset(
+    {"mock", "redis", "redis_url", "own_redis", "redis_standalone", "redis_cluster_nodes", "pg_server", "postgres_url"}
+)
 
 # Audit events of a process being started (multiprocessing's spawn raises none: its tests use Redis anyway).
 SPAWN_EVENTS = frozenset({"subprocess.Popen", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.system"})
@@ -71,6 +75,31 @@ async def mock_url(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> str:
 def log_path(tmp_path: Path) -> Path:
     """Where a test's gateway writes its access log."""
     return tmp_path / "access.log"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (each test gets a database of its own from ``postgres_url``).
+
+    A test may ``stop()`` and ``start()`` it (a database going down and coming back); it must leave it started.
+    """
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(pg_server: PostgresServer) -> str:
+    """A fresh empty database on the session's PostgreSQL: ``postgresql://postgres@127.0.0.1:<port>/t_<random>``."""
+    pg_server.start()  # a test before may have left it stopped by failing
+    return pg_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.process)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database, once on each engine: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tollgate.db'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -13,10 +15,11 @@ from .support.processes import free_port, start_process
 pytestmark = pytest.mark.process
 
 
-async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request_with_its_key_only() -> None:
+async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request_with_its_key_only(tmp_path: Path) -> None:
     port = free_port()
     started = time.monotonic()
-    proc = start_process([sys.executable, "-m", "tollgate", "demo", "--port", str(port)], port)
+    env = {"XDG_DATA_HOME": str(tmp_path)}  # the demo's database goes there, not into the home folder
+    proc = start_process([sys.executable, "-m", "tollgate", "demo", "--port", str(port)], port, env=env)
     try:
         assert time.monotonic() - started < 10
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
@@ -57,8 +60,12 @@ async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request_with
         log = proc.log()
         assert f"http://127.0.0.1:{port}/v1/chat/completions" in log
         assert "from openai import OpenAI" in log
+        database = tmp_path / "tollgate" / "demo.db"
+        assert f"kept in {database}" in log
     finally:
         assert proc.stop() == 0
+    with sqlite3.connect(database) as db:  # the data of record outlives the process
+        assert db.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] >= 1
 
 
 async def test_mock_upstream_command_serves_models() -> None:

@@ -24,11 +24,15 @@
     └── StoreError                       a store failed or exceeded its budget (wraps the       503
         │                                driver's error: Redis, files, the embedded engine)
         ├── StoreTimeout                 a call sent to the store got no answer within budget   503
-        └── StoreUnavailable             the call never reached the store (circuit open,        503
-            │                            cannot connect)
-            └── StoreOverloaded          (also an Overloaded) the gateway's own queue for the   503
-                                         store is full past store.queue_timeout: never a
-                                         fail-mode answer
+        ├── StoreUnavailable             the call never reached the store (circuit open,        503
+        │   │                            cannot connect)
+        │   ├── StoreOverloaded          (also an Overloaded) the gateway's own queue for the   503
+        │   │                            store is full past store.queue_timeout: never a
+        │   │                            fail-mode answer
+        │   └── DatabaseUnavailable      (also a DatabaseError) the database of record cannot   503
+        │                                be reached or the connection broke: buffer and retry
+        └── DatabaseError                the database of record (SQLite, PostgreSQL) failed a   503
+                                         statement (wraps the driver's error)
 
 A StoreError other than StoreOverloaded makes the limiter apply each limit's
 fail mode; a StoreUnavailable one is known not to have been applied, so a
@@ -56,6 +60,8 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "Conflict",
+    "DatabaseError",
+    "DatabaseUnavailable",
     "Forbidden",
     "GatewayError",
     "HeadersTooLarge",
@@ -298,3 +304,19 @@ class StoreOverloaded(Overloaded, StoreUnavailable):
 
     error_type = "overloaded_error"
     default_code = "overloaded"
+
+
+class DatabaseError(StoreError):
+    """The database of record (SQLite or PostgreSQL) failed a statement: the driver's error, wrapped.
+
+    A statement the database refuses (bad SQL, a constraint) is a bug or a
+    conflict, not an outage: retrying it will not help.
+    """
+
+    default_code = "database_error"
+
+
+class DatabaseUnavailable(DatabaseError, StoreUnavailable):
+    """The database cannot be reached, or the connection broke (or gave no answer in time): buffer and retry later."""
+
+    default_code = "database_unavailable"

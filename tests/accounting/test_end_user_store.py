@@ -1,4 +1,4 @@
-"""End-user usage in every usage store: the same figures, and the same cap on how many end users a tenant's month keeps apart."""
+"""End-user usage in every usage store (the database ones too): the same figures, and the same cap on how many end users a tenant's month keeps apart."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 from redis.asyncio import Redis
 
 from tollgate.accounting.aggregates import OTHER_USERS, Batch, month_of
+from tollgate.accounting.db_usage_store import DatabaseUsageStore
 from tollgate.accounting.usage_store import FileUsageStore, MemoryUsageStore, RedisUsageStore, UsageStore
+from tollgate.database import migrate, open_database
 
 from ..support.redis import RedisServer
 
@@ -45,14 +47,31 @@ def _fields(requests: int, errors: int = 0) -> dict[str, int]:
         "file",
         pytest.param("redis", marks=pytest.mark.process),
         pytest.param("redis-two-processes", marks=pytest.mark.process),
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.process),
     ]
 )
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Callable[[int], UsageStore]]:
-    """``stores(i)``: the store the i-th batch is written through (two processes alternate on one Redis)."""
+    """``stores(i)``: the store the i-th batch is written through (two processes alternate on one Redis; the
+    database ones alternate two connections to one database)."""
     ttls = (40 * DAY, 400 * DAY)
     if request.param == "memory":
         memory = MemoryUsageStore(*ttls, max_end_users=CAP)
         yield lambda i: memory
+    elif request.param in ("sqlite", "postgresql"):
+        url = (
+            f"sqlite:///{tmp_path / 'usage.db'}"
+            if request.param == "sqlite"
+            else request.getfixturevalue("postgres_url")
+        )
+        dbs = [open_database(url), open_database(url)]
+        for db in dbs:
+            await db.open()
+        await migrate(dbs[0])
+        made_db = [DatabaseUsageStore(db, max_end_users=CAP) for db in dbs]
+        yield lambda i: made_db[i % 2]
+        for db in dbs:
+            await db.close()
     elif request.param == "file":
         path = tmp_path / "usage.json"
         yield lambda i: FileUsageStore(path, *ttls, max_end_users=CAP)

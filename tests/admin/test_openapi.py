@@ -152,6 +152,8 @@ async def test_every_route_answers_as_its_documented_schema_says(admin: tuple[Cl
         ("GET", "/admin/tenants/{tenant}/quota", "/admin/tenants/acme/quota", None, 200),
         ("GET", "/admin/sla", "/admin/sla", None, 200),
         ("GET", "/admin/pricing", "/admin/pricing", None, 200),
+        ("GET", "/admin/stats", "/admin/stats", None, 200),
+        ("POST", "/admin/sync", "/admin/sync", None, 409),  # no database here (tests/database: with one)
         ("POST", "/admin/reload", "/admin/reload", None, 200),
         ("GET", "/admin/tenants/{tenant}/audit", "/admin/tenants/initech/audit", None, 200),
         ("GET", "/admin/audit", "/admin/audit?since=2000-01-01T00:00:00Z", None, 200),

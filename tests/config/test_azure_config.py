@@ -48,6 +48,9 @@ def test_an_azure_deployment_url_names_the_deployment_and_the_api_version() -> N
         "/chat/completions": "/openai/deployments/my-gpt4o/chat/completions?api-version=2025-04-01-preview",
         "/completions": "/openai/deployments/my-gpt4o/completions?api-version=2025-04-01-preview",
         "/embeddings": "/openai/deployments/my-gpt4o/embeddings?api-version=2025-04-01-preview",
+        "/images/generations": "/openai/deployments/my-gpt4o/images/generations?api-version=2025-04-01-preview",
+        "/audio/speech": "/openai/deployments/my-gpt4o/audio/speech?api-version=2025-04-01-preview",
+        "/audio/transcriptions": "/openai/deployments/my-gpt4o/audio/transcriptions?api-version=2025-04-01-preview",
     }
 
 

@@ -1,7 +1,8 @@
 """The audit log: admin changes (who, what, before, after) and security events, in a capped store.
 
-Storage: a Redis stream capped with ``XADD MAXLEN ~`` when usage goes to
-Redis; otherwise a JSON-lines file (trimmed to ``max_entries`` when it grows
+Storage: the database's ``audit_log`` table when there is a database and the
+``audit:`` section names no other store; a Redis stream capped with
+``XADD MAXLEN ~`` when usage goes to Redis; otherwise a JSON-lines file (trimmed to ``max_entries`` when it grows
 a quarter past it), or memory. Recording is synchronous and O(1); events are
 written by the accounting flusher.
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from tollgate.accounting.db_audit import DatabaseAuditStore
 from tollgate.accounting.records import Entry
 from tollgate.config.accounting import AuditConfig
 from tollgate.errors import StoreError
@@ -39,19 +41,25 @@ class AuditLog:
         *,
         redis: Any = None,
         path: Path | None = None,
+        database: DatabaseAuditStore | None = None,
         clock: Callable[[], float] = time.time,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self._redis = redis
         self._path = path
+        self._database = database
         self._clock = clock
         self._pending: list[dict[str, Any]] = []
         self._memory: deque[dict[str, Any]] = deque(maxlen=config.max_entries)
         self._on_event = on_event or (lambda kind: None)
         self._seq = 0
         self.description = (
-            "redis stream " + config.stream_key if redis is not None else (f"file {path}" if path else "memory")
+            database.description
+            if database is not None
+            else "redis stream " + config.stream_key
+            if redis is not None
+            else (f"file {path}" if path else "memory")
         )
 
     def record(
@@ -92,7 +100,9 @@ class AuditLog:
         if not events:
             return
         try:
-            if self._redis is not None:
+            if self._database is not None:
+                await self._database.append(events)
+            elif self._redis is not None:
                 pipe = self._redis.pipeline(transaction=False)
                 for ev in events:
                     pipe.xadd(
@@ -142,6 +152,8 @@ class AuditLog:
     async def _events(
         self, tenant: str | None, since: float | None, until: float | None, limit: int
     ) -> list[dict[str, Any]]:
+        if self._database is not None:
+            return await self._database.events(tenant, since, until, limit)
         if self._redis is not None:
             hi = str(int(until * 1000)) if until is not None else "+"
             lo = str(int(since * 1000)) if since is not None else "-"

@@ -32,6 +32,8 @@ from tollgate.accounting.access_log import AccessLog
 from tollgate.accounting.aggregates import Batch, month_of
 from tollgate.accounting.alerts import Alert, QuotaWatch, WebhookSender, new_delivery_id, quota_status
 from tollgate.accounting.audit import AuditLog, SecurityWatch
+from tollgate.accounting.db_audit import DatabaseAuditStore
+from tollgate.accounting.db_usage_store import DatabaseUsageStore
 from tollgate.accounting.metrics import GatewayMetrics, standard_samplers
 from tollgate.accounting.pricing import Pricing
 from tollgate.accounting.records import Record
@@ -41,6 +43,7 @@ from tollgate.accounting.tally import Tally
 from tollgate.accounting.usage_store import FileUsageStore, MemoryUsageStore, RedisUsageStore, UsageStore
 from tollgate.background import BackgroundTask
 from tollgate.config.accounting import AccountingConfig
+from tollgate.database import Database
 from tollgate.errors import StoreError
 
 __all__ = ["Accounting"]
@@ -53,7 +56,14 @@ _YIELD_EVERY = 256  # records processed between yields to the event loop during 
 class Accounting:
     """Usage, cost, quotas and alerts, metrics, access and audit logs of one gateway process."""
 
-    def __init__(self, config: Any, *, state: Any = None, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Any,
+        *,
+        state: Any = None,
+        wall: Callable[[], float] = time.time,
+        database: Database | None = None,
+    ) -> None:
         self._config_of: Callable[[], Any] = (lambda: state.config) if state is not None else (lambda: config)
         acc = _accounting_config(config)
         self.settings = acc
@@ -76,6 +86,9 @@ class Accounting:
         self._pricing_cache: tuple[Any, Pricing] | None = None
         self.base_dir = _base_dir(config)
         self.redis: Any = None
+        # The database of record (opened and closed by the process's state): usage and audit go there unless
+        # their sections name another store.
+        self.database: Database | None = database if database is not None else getattr(state, "database", None)
         self.store: UsageStore = self._open_store(config)
         self.audit = self._open_audit()
         self.security = SecurityWatch(acc.audit, self.audit)
@@ -105,6 +118,8 @@ class Accounting:
         store_cfg = getattr(config, "store", None)
         backend = usage.backend
         url = usage.url or getattr(store_cfg, "url", None)
+        if backend == "auto" and self.database is not None and usage.url is None and usage.path is None:
+            return DatabaseUsageStore(self.database, clock=self._wall, max_end_users=usage.max_end_users)
         if backend == "auto":
             if getattr(store_cfg, "backend", "embedded") == "redis" or usage.url is not None:
                 backend = "redis"
@@ -138,6 +153,9 @@ class Accounting:
         cfg = self.settings.audit
         on_event = lambda kind: self.metrics.audit_events.labels(kind).inc()  # noqa: E731
         backend = cfg.backend
+        if backend == "auto" and self.database is not None and cfg.path is None:
+            store = DatabaseAuditStore(self.database)
+            return AuditLog(cfg, database=store, clock=self._wall, on_event=on_event)
         if backend == "auto":
             backend = "redis" if self.redis is not None else ("file" if cfg.path is not None else "memory")
         if backend == "redis":
@@ -183,6 +201,11 @@ class Accounting:
     @property
     def pending(self) -> int:
         return len(self._queue)
+
+    @property
+    def carried(self) -> int:
+        """Aggregate deltas kept in memory because the usage store could not take them (written at the next flush)."""
+        return self._carry.size() if self._carry is not None else 0
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> None:

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from aiohttp import web
 
+from tollgate.admin.database_routes import DATABASE_ROUTES
 from tollgate.admin.openapi import openapi_document, served_routes
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation
 from tollgate.admin.resilience_routes import RESILIENCE_ROUTES
@@ -46,10 +47,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 @operation(
-    "readiness: the config is loaded and the stores answer",
+    "readiness: the config is loaded and an upstream is usable; stores that do not answer are named as degraded",
     tag="process",
     answers={
-        200: DocumentedAnswer("ready", Readiness),
+        200: DocumentedAnswer("ready, or serving degraded with the stores that do not answer named", Readiness),
         503: DocumentedAnswer("not ready, with the problems", Readiness),
     },
     open=True,
@@ -89,6 +90,7 @@ ROUTES: tuple[tuple[str, str, AdminHandler], ...] = (
     *RESILIENCE_ROUTES,
     *USAGE_ROUTES,
     *SPEND_ROUTES,
+    *DATABASE_ROUTES,
     ("POST", "/admin/reload", reload),
 )
 """Every admin route, in the order the application registers them."""

@@ -235,9 +235,11 @@ class Health(View):
 
 
 class Readiness(View):
-    status: Literal["ready", "not ready"]
+    status: Literal["ready", "degraded", "not ready"]
     config_version: int | None = None
     problems: list[str] | None = None
+    # Stores that do not answer while the gateway still serves (limits by their fail modes, records buffered).
+    degraded: list[str] | None = None
 
 
 class Reloaded(View):

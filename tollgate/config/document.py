@@ -11,6 +11,7 @@ from pydantic import Field, Strict
 from tollgate.config.accounting import AccountingSections, build_accounting, priced_model_problems
 from tollgate.config.catalog import MODEL_NAME, ModelDoc, build_model, provider_field_problems
 from tollgate.config.chain import IdentityDoc, RegistryDoc, build_identity, build_registry
+from tollgate.config.database import DatabaseConfig
 from tollgate.config.identity import (
     DEFAULT_PLANS,
     HEX64,
@@ -90,6 +91,8 @@ class ConfigDoc(RulesSections, AccountingSections):
     tenants: Mapping[TenantId, TenantDoc] = {}
     """Tenants and their API keys, by tenant id (API changes in the registry win over this file)."""
     registry: RegistryDoc = RegistryDoc()
+    database: DatabaseConfig = DatabaseConfig()
+    """The database of record (SQLite or PostgreSQL); with a url and no registry: store, the registry lives there."""
 
     @check
     def has_upstreams_and_models(self) -> Found:
@@ -209,6 +212,7 @@ def build_config(doc: ConfigDoc, *, source: str = "<memory>") -> Config:
         tenants=frozen_map(tenants),
         api_keys=frozen_map(keys),
         registry=build_registry(doc.registry),
+        database=doc.database,
         resilience=doc.resilience,
         accounting=build_accounting(doc),
         server=doc.server,

@@ -17,6 +17,7 @@ from typing import Annotated
 from pydantic import Field, Strict
 
 from tollgate.config.accounting import AccountingConfig
+from tollgate.config.database import DatabaseConfig
 from tollgate.config.identity import DEFAULT_PLANS, ApiKey, IdentityConfig, Plan, RegistryConfig, Tenant
 from tollgate.config.resilience import DeploymentLimits, ModelRouting, Resilience
 from tollgate.config.rules import RulesConfig
@@ -94,6 +95,9 @@ class Guard:
     """Larger bodies get 413 without being read."""
     max_header_bytes: Size = 32 * 1024
     """Larger header blocks get 431."""
+    max_upload_bytes: Size = 25 * 1024 * 1024
+    """The body limit of file uploads (``multipart/form-data``: audio transcriptions) in place of
+    ``max_body_bytes``; larger uploads get 413 without being read. OpenAI's own limit is 25 MiB."""
 
 
 @section
@@ -195,6 +199,7 @@ class Config:
     tenants: Mapping[str, Tenant] = field(default_factory=frozen_map)
     api_keys: Mapping[str, ApiKey] = field(default_factory=frozen_map)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
     resilience: Resilience = field(default_factory=Resilience)
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     server: Server = Server()

@@ -63,7 +63,16 @@ DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 _ANTHROPIC_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 # The OpenAI API paths an Azure resource serves under its deployments and its v1 API (after /v1 on OpenAI).
-AZURE_API_PATHS = ("/chat/completions", "/completions", "/embeddings", "/responses")
+# Moderations are not among them: a model served by Azure refuses that route (400 unsupported_endpoint).
+AZURE_API_PATHS = (
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/responses",
+    "/images/generations",
+    "/audio/speech",
+    "/audio/transcriptions",
+)
 # The paths Azure serves only under its v1 API: an upstream with an api_version (deployment URLs) has none of them.
 AZURE_V1_ONLY = frozenset({"/responses"})
 # An Azure deployment name (it goes into the URL path as it is).

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from tollgate.upstream.sse import StreamMonitor
     from tollgate.upstream.usage import Usage
 
-__all__ = ["ENDPOINTS", "Endpoint", "RequestContext"]
+__all__ = ["DEFAULT_MODERATION_MODEL", "ENDPOINTS", "Endpoint", "RequestContext"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,13 +24,23 @@ class Endpoint:
 
     An Anthropic Messages request goes to an OpenAI-dialect upstream as a chat completion (hence its suffix);
     ``count_tokens`` is answered by an Anthropic upstream, or by the gateway's own estimate.
+    A ``multipart`` route takes a ``multipart/form-data`` upload (forwarded as it came) instead of JSON;
+    ``default_model`` is the model a request without one is routed as (its body left as it is).
     """
 
     path: str
     upstream_suffix: str
-    kind: str  # "chat" | "completion" | "embedding" | "responses" | "messages" | "count_tokens"
+    # "chat" | "completion" | "embedding" | "responses" | "messages" | "count_tokens" | "image" | "speech"
+    # | "transcription" | "moderation"
+    kind: str
     streams: bool
     dialect: Dialect = OPENAI
+    multipart: bool = False
+    default_model: str | None = None
+
+
+# OpenAI's model for a moderation request that names none (its API's documented default).
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -42,6 +52,10 @@ ENDPOINTS: dict[str, Endpoint] = {
         Endpoint("/v1/responses", "/responses", "responses", True, RESPONSES),
         Endpoint("/v1/messages", "/chat/completions", "messages", True, ANTHROPIC),
         Endpoint("/v1/messages/count_tokens", "/chat/completions", "count_tokens", False, ANTHROPIC),
+        Endpoint("/v1/images/generations", "/images/generations", "image", False),
+        Endpoint("/v1/audio/speech", "/audio/speech", "speech", False),
+        Endpoint("/v1/audio/transcriptions", "/audio/transcriptions", "transcription", False, multipart=True),
+        Endpoint("/v1/moderations", "/moderations", "moderation", False, default_model=DEFAULT_MODERATION_MODEL),
     )
 }
 

@@ -37,6 +37,7 @@ from tollgate.config.model import Deployment
 from tollgate.edge.answers import REQUEST_ID_HEADER, Response
 from tollgate.edge.dialects import ANTHROPIC
 from tollgate.edge.messages import StreamedAnswer
+from tollgate.edge.multipart import form_boundary, scan_form, with_field
 from tollgate.errors import (
     BadRequest,
     RequestError,
@@ -50,6 +51,7 @@ from tollgate.upstream.anthropic import TranslatedStream
 from tollgate.upstream.anthropic_usage import usage_from_anthropic_body
 from tollgate.upstream.client import ConnectError, HttpError, UpstreamResponse
 from tollgate.upstream.deadlines import Deadline
+from tollgate.upstream.media import MEDIA_KINDS, media_usage
 from tollgate.upstream.pool import UpstreamClient, upstream_headers
 from tollgate.upstream.redaction import redact
 from tollgate.upstream.responses_usage import relabeled_response
@@ -96,19 +98,20 @@ async def forward(
     cfg = client.config
     bridge = client.messages_bridge if endpoint.dialect is ANTHROPIC else client.dialect
     dropped: list[str] = []
+    form_type: str | None = None
     if bridge is None:  # OpenAI's dialect on both sides: the client's bytes, unless the model name changes
-        if deployment.model == ctx.model:
+        # The deployment's own path where its provider has one (Azure), built with the config.
+        found = endpoint.upstream_suffix if deployment.paths is None else deployment.paths.get(endpoint.upstream_suffix)
+        if found is None:
+            return _refused(ctx, clock, _unserved(cfg.name, cfg.provider, endpoint.path))
+        path = found
+        if endpoint.multipart:  # an upload: its own bytes and Content-Type (boundary), the model field rewritten
+            form_type = ctx.request.headers.get("Content-Type", "")
+            body = ctx.body_bytes if deployment.model == ctx.model else _with_model(ctx, form_type, deployment.model)
+        elif deployment.model == ctx.model:
             body = ctx.body_bytes
         else:
             body = orjson.dumps({**ctx.body, "model": deployment.model})
-        # The deployment's own path where its provider has one (Azure), built with the config.
-        if deployment.paths is None:
-            path = endpoint.upstream_suffix
-        else:
-            found = deployment.paths.get(endpoint.upstream_suffix)
-            if found is None:
-                return _refused(ctx, clock, _no_such_path(cfg.name, endpoint.path))
-            path = found
     else:
         local = bridge.local(ctx.body, endpoint.kind)
         if local is not None:
@@ -125,7 +128,7 @@ async def forward(
     upstream: UpstreamResponse | None = None
     try:
         async with client.deadlines.at(min(deadline, now() + cfg.timeouts.first_byte)) as timer:
-            sent = upstream_headers(client, ctx.request.headers, ctx.client_ip, ctx.request_id)
+            sent = upstream_headers(client, ctx.request.headers, ctx.client_ip, ctx.request_id, form_type)
             upstream = await client.http.request("POST", path, sent, body)
             ctx.first_byte_at = now()
             phase = "idle"
@@ -172,11 +175,29 @@ async def forward(
         if kind == "responses":  # the stored response's id says which upstream holds it
             tenant = ctx.principal.tenant if ctx.principal is not None else "anonymous"
             data, ctx.usage = relabeled_response(data, cfg.name, tenant)
+        elif kind in MEDIA_KINDS:  # audio is never parsed; images and transcripts may report usage
+            ctx.usage = media_usage(kind, ctx.body, data, content_type)
         elif kind == "messages":
             ctx.usage = usage_from_anthropic_body(data)
         else:
             ctx.usage = usage_from_body(data)
     return _answered(ctx, clock, status, data, content_type, dropped)
+
+
+def _unserved(upstream: str, provider: str, route: str) -> BadRequest:
+    """The refusal of a route the deployment's provider has no path for (Azure has no moderations)."""
+    return BadRequest(
+        f"this model is served by upstream {upstream!r} ({provider}), which does not serve {route}",
+        code="unsupported_endpoint",
+        param="model",
+    )
+
+
+def _with_model(ctx: RequestContext, form_type: str, model: str) -> bytes:
+    """An upload's bytes with its ``model`` field's value replaced (the guard found exactly one)."""
+    raw = ctx.body_bytes
+    field = next(f for f in scan_form(raw, form_boundary(form_type)) if f.name == "model")
+    return with_field(raw, field, model)
 
 
 def _answered(
@@ -196,12 +217,6 @@ def _answered(
     if ctx.admission is not None:
         headers.update(ctx.admission.headers)
     return Response(status, data, headers)
-
-
-def _no_such_path(upstream: str, path: str) -> BadRequest:
-    return BadRequest(
-        f"this model's upstream {upstream!r} does not serve {path}", code="unsupported_endpoint", param="model"
-    )
 
 
 def _refused(ctx: RequestContext, clock: Clock, exc: RequestError) -> Response:

@@ -46,7 +46,7 @@ def give_up(walk: Walk) -> Response:
 def _unavailable(walk: Walk, first: ModelRoute, last: UpstreamError | None) -> UpstreamUnavailable:
     """Why no deployment of the model or its fallbacks can serve it now, and when one might."""
     now = walk.deps.clock.monotonic()
-    tokens = len(walk.ctx.body_bytes) >> 2
+    tokens = walk.tokens
     reasons = []
     soonest = 0.0
     for model in (first, *first.fallbacks):

@@ -1,4 +1,10 @@
-"""Guard stage: header and body size limits, then the JSON body parsed once."""
+"""Guard stage: header and body size limits, then the JSON body parsed once (an upload's form fields scanned once).
+
+An upload route (``Endpoint.multipart``: audio transcriptions) takes a
+``multipart/form-data`` body up to ``guard.max_upload_bytes``; its text
+fields, never its files, become ``ctx.body`` for the stages after (matchers,
+limits), and ``ctx.body_bytes`` stays the bytes the upstream gets.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,17 @@ import orjson
 
 from tollgate.config.model import Guard
 from tollgate.edge.messages import Request
+from tollgate.edge.multipart import form_boundary, scan_form
 from tollgate.errors import BadRequest, HeadersTooLarge, PayloadTooLarge
 from tollgate.pipeline.context import RequestContext
 
 __all__ = ["check_headers", "guard", "header_room"]
 
 _READ_CHUNK = 64 * 1024
+# The text fields of an upload kept in ``ctx.body`` (the first ones; the rest still reach the upstream).
+_MAX_FORM_FIELDS = 32
+# Form fields whose repeats would let the gateway and the upstream read different values: refused.
+_SINGLE_FIELDS = ("model", "stream")
 
 
 def header_room(max_header_bytes: int) -> int:
@@ -62,18 +73,44 @@ def _parse(body: bytes) -> dict[str, Any]:
     return doc
 
 
+def _form(raw: bytes, boundary: bytes) -> dict[str, Any]:
+    """An upload's text fields by name (a list when repeated), the first :data:`_MAX_FORM_FIELDS` names."""
+    body: dict[str, Any] = {}
+    for field in scan_form(raw, boundary):
+        name = field.name
+        if name in body:
+            if name in _SINGLE_FIELDS:
+                raise BadRequest(f"the form field {name} is given more than once", param=name, code="invalid_form")
+            previous = body[name]
+            body[name] = [*previous, field.value] if isinstance(previous, list) else [previous, field.value]
+        elif len(body) < _MAX_FORM_FIELDS or name in _SINGLE_FIELDS:
+            body[name] = field.value
+    return body
+
+
 async def guard(ctx: RequestContext, limits: Guard) -> None:
     """Fill ``body_bytes``, ``body``, ``model`` and ``stream``, or refuse the request."""
     request = ctx.request
+    endpoint = ctx.endpoint
     check_headers(request, limits)
-    ctx.body_bytes = await _read_body(request, limits.max_body_bytes)
-    body = ctx.body = _parse(ctx.body_bytes)
+    if endpoint is not None and endpoint.multipart:
+        # The content type first: a body that cannot be a form is refused before it is read.
+        boundary = form_boundary(request.headers.get("Content-Type"))
+        ctx.body_bytes = await _read_body(request, limits.max_upload_bytes)
+        body = ctx.body = _form(ctx.body_bytes, boundary)
+    else:
+        ctx.body_bytes = await _read_body(request, limits.max_body_bytes)
+        body = ctx.body = _parse(ctx.body_bytes)
     model = body.get("model")
+    if model is None and endpoint is not None:
+        model = endpoint.default_model  # the body is left as it came: the upstream applies its own default
     if model is None:
         raise BadRequest("you must provide a model parameter", param="model", code="missing_model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model must be a non-empty string", param="model", code="invalid_model")
     ctx.model = model
+    if endpoint is not None and endpoint.multipart:
+        return  # a form's stream field is text the upstream reads; the gateway relays uploads' answers whole
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
         raise BadRequest("stream must be true or false", param="stream", code="invalid_type")

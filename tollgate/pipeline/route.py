@@ -28,6 +28,7 @@ from tollgate.routing.models import ModelRoute
 from tollgate.routing.retry_budget import RetryBudget
 from tollgate.routing.slot_queue import FairQueue, QueueRefused
 from tollgate.routing.verdicts import backoff, judge, outcome, record_failure, retryable
+from tollgate.upstream.estimates import estimate_prompt_tokens
 from tollgate.upstream.pool import UpstreamPool
 
 __all__ = ["AttemptCounters", "QueueRateLimited", "RouteDeps", "Walk", "tenant_of"]
@@ -145,7 +146,13 @@ class Walk:
         self.last: UpstreamError | None = None
         self.trail: list[dict[str, Any]] | None = None  # only built once something fails
         self.stopped = False  # no attempt is left to make
-        self.tokens = len(ctx.body_bytes) >> 2  # a rough prompt estimate for deployments with a tpm limit
+        # A rough prompt estimate for deployments with a tpm limit: a quarter of the body, but for an upload (whose
+        # file is no text) the estimate of its text fields.
+        assert ctx.endpoint is not None and ctx.body is not None
+        if ctx.endpoint.multipart:
+            self.tokens = estimate_prompt_tokens(ctx.endpoint.kind, ctx.body)
+        else:
+            self.tokens = len(ctx.body_bytes) >> 2
         self.max_attempts = policy.max + 1
 
     def _pin(self, upstream: str) -> int:

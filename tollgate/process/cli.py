@@ -1,4 +1,4 @@
-"""The ``tollgate`` command: serve, check-config, mock-upstream, demo."""
+"""The ``tollgate`` command: serve, check-config, db upgrade / db status / db import, mock-upstream, demo."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from tollgate.config import load_config
-from tollgate.errors import ConfigError
+from tollgate.errors import ConfigError, DatabaseError
 
 __all__ = ["main"]
 
@@ -67,6 +67,73 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_db(args: argparse.Namespace) -> int:
+    """``db upgrade``: apply the missing migrations; ``db status``: exit 0 when current, 1 when some are pending."""
+    import asyncio
+    from pathlib import Path
+
+    from tollgate.database import Database, known_migrations, migrate, open_database, schema_status
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        _print_problems(args.config, exc)
+        return 2
+    settings = config.database
+    if settings.url is None:
+        print(f"{args.config}: no database.url: the config names no database", file=sys.stderr)
+        return 2
+    try:
+        db: Database = open_database(
+            settings.url, base_dir=Path(args.config).parent, pool_size=1, timeout=settings.timeout
+        )
+    except ConfigError as exc:
+        _print_problems(args.config, exc)
+        return 2
+
+    async def upgrade() -> int:
+        applied = await migrate(db)
+        status = await schema_status(db)
+        if applied:
+            names = {m.version: m.name for m in known_migrations()}
+            for version in applied:
+                print(f"applied {names.get(version, version)}")
+            print(f"{db.description}: schema version {status.current} (latest)")
+        else:
+            print(f"{db.description}: schema version {status.current} is current, nothing to apply")
+        return 0
+
+    async def status() -> int:
+        state = await schema_status(db)
+        print(f"database: {db.description}")
+        print(f"current: {state.current}")
+        print(f"latest: {state.latest}")
+        if state.too_new:
+            print(f"the database is newer than this gateway knows ({state.current} > {state.latest})", file=sys.stderr)
+            return 2
+        print(f"pending: {', '.join(state.pending) if state.pending else 'none'}")
+        return 1 if state.pending else 0
+
+    async def run() -> int:
+        await db.open()
+        try:
+            return await (upgrade() if args.db_command == "upgrade" else status())
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(run())
+    except DatabaseError as exc:
+        print(f"{db.description}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _cmd_db_import(args: argparse.Namespace) -> int:
+    from tollgate.process.db_import import import_command
+
+    return import_command(args.config, args.from_registry, args.from_usage)
+
+
 def _cmd_mock_upstream(args: argparse.Namespace) -> int:
     from tollgate.mock.upstream import run_mock, settings_from_args
 
@@ -112,6 +179,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file and list every problem")
     p.add_argument("file")
     p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("db", help="the database of record: migrate it ahead of a deploy, or see where it stands")
+    db_sub = p.add_subparsers(dest="db_command", required=True)
+    for name, text in (
+        ("upgrade", "apply the schema migrations the database lacks and name each one applied"),
+        ("status", "current and latest schema version, and the pending migrations (exit 1 when some are pending)"),
+    ):
+        q = db_sub.add_parser(name, help=text)
+        q.add_argument("--config", required=True, help="YAML config file with a database.url")
+        q.set_defaults(func=_cmd_db)
+    q = db_sub.add_parser(
+        "import", help="copy today's file or Redis registry and usage store into the database (twice: same result)"
+    )
+    q.add_argument("--config", required=True, help="YAML config file with a database.url")
+    q.add_argument("--from-registry", metavar="PATH_OR_REDIS_URL", help="default: the config's registry: store")
+    q.add_argument("--from-usage", metavar="PATH_OR_REDIS_URL", help="default: the config's usage path or url")
+    q.set_defaults(func=_cmd_db_import)
 
     p = sub.add_parser("mock-upstream", help="run the OpenAI-compatible mock upstream")
     p.add_argument("--host", default="127.0.0.1")

@@ -13,10 +13,20 @@ from tollgate.errors import ConfigError
 from tollgate.process.server import install_event_loop_policy, run_gateway, with_listen_address
 from tollgate.runtime.state import GatewayState
 
-__all__ = ["DEMO_API_KEY", "demo_config_path", "run_demo"]
+__all__ = ["DEMO_API_KEY", "demo_config_path", "demo_data_dir", "run_demo"]
 
 # The demo tenant's key (also declared in config/demo.yaml); safe to print, it only works against the demo.
 DEMO_API_KEY = "tg_demo_0123456789abcdef0123456789abcdef"
+
+
+def demo_data_dir() -> Path:
+    """Where the demo keeps its database: ``$TOLLGATE_DATA_DIR``, else ``$XDG_DATA_HOME/tollgate``, else
+    ``~/.local/share/tollgate``."""
+    named = os.environ.get("TOLLGATE_DATA_DIR")
+    if named:
+        return Path(named)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tollgate"
 
 
 def demo_config_path() -> Path:
@@ -27,10 +37,11 @@ def demo_config_path() -> Path:
     return Path(str(importlib.resources.files("tollgate.examples").joinpath("demo.yaml")))
 
 
-def _snippet(host: str, port: int) -> str:
+def _snippet(host: str, port: int, database: str) -> str:
     base = f"http://{host}:{port}/v1"
     return f"""
 Tollgate demo is up: {base}  (mock upstream behind it; Ctrl-C to stop)
+Its tenants, keys, usage and spend log are kept in {database}
 
   curl -s {base}/chat/completions \\
     -H 'Authorization: Bearer {DEMO_API_KEY}' -H 'Content-Type: application/json' \\
@@ -55,12 +66,17 @@ async def _main(host: str, port: int) -> None:
     try:
         os.environ["TOLLGATE_DEMO_UPSTREAM"] = f"http://127.0.0.1:{mock_port}/v1"
         os.environ["TOLLGATE_DEMO_ANTHROPIC"] = f"http://127.0.0.1:{mock_port}"
+        if "TOLLGATE_DEMO_DATABASE" not in os.environ:
+            data = demo_data_dir()
+            data.mkdir(parents=True, exist_ok=True)
+            os.environ["TOLLGATE_DEMO_DATABASE"] = f"sqlite:///{data / 'demo.db'}"
+        database = os.environ["TOLLGATE_DEMO_DATABASE"].removeprefix("sqlite:///")
         path = demo_config_path()
         config = with_listen_address(load_config(path), host, port)
         state = GatewayState(config, config_path=path)
 
         def started(public_port: int, _admin_port: int | None) -> None:
-            print(_snippet(host, public_port), flush=True)
+            print(_snippet(host, public_port, database), flush=True)
 
         await run_gateway(state, on_started=started)
     finally:

@@ -7,6 +7,7 @@ before the listener serves and closes them after it has drained.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -145,7 +146,12 @@ async def healthz(request: Request, state: GatewayState | None = None) -> Respon
 
 
 async def readyz(request: Request, state: GatewayState) -> Response:
-    problems = await state.readiness_problems()
+    """503 while the gateway cannot serve (no usable upstream, no registry); a store that does not answer (the
+    limiter's Redis, the database) leaves it serving, degraded: 200 naming it, so that a load balancer does not take
+    every gateway out of service for an outage they ride out (limits by their fail modes, records buffered)."""
+    problems, degraded = await asyncio.gather(state.readiness_problems(), state.store_problems())
     if problems:
-        return json_answer({"status": "not ready", "problems": problems}, status=503)
+        return json_answer({"status": "not ready", "problems": problems + degraded}, status=503)
+    if degraded:
+        return json_answer({"status": "degraded", "config_version": state.runtime.version, "degraded": degraded})
     return json_answer({"status": "ready", "config_version": state.runtime.version})

@@ -4,7 +4,10 @@ It outlives config versions (a reload rebuilds the :class:`Directory` from
 the new file and the same runtime records) and is shared by every request of
 the process. A background watcher polls the store so that a change made
 through any process's admin API - a revoked key above all - is in force
-everywhere within ``registry.poll_interval`` (250 ms by default).
+everywhere within ``registry.poll_interval`` (250 ms by default). With a
+``database.url`` and no ``registry:`` store of its own, the registry lives in
+the database; on PostgreSQL a writer's notification wakes the watcher at
+once, and the poll stays as the fallback.
 
 The same store holds the namespaces and rules changed at runtime (``ns:`` and
 ``rule:`` records, see :mod:`.rule_records`); they are kept apart from the
@@ -25,17 +28,19 @@ from tollgate.background import BackgroundTask
 from tollgate.clock import Clock, SystemClock
 from tollgate.config.identity import RegistryConfig
 from tollgate.config.model import Config
+from tollgate.database import Database
 from tollgate.errors import StoreError
 from tollgate.identity.directory import Directory
 from tollgate.registry.rule_records import is_rules_record
-from tollgate.registry.stores import Changes, FileStore, MemoryStore, RedisStore, RegistryStore
+from tollgate.registry.stores import Changes, DatabaseStore, FileStore, MemoryStore, RedisStore, RegistryStore
 
 __all__ = ["Registry", "open_store", "registry_watching"]
 
 log = logging.getLogger("tollgate.registry")
 
 
-def open_store(config: RegistryConfig, base_dir: Path | None) -> RegistryStore:
+def open_store(config: RegistryConfig, base_dir: Path | None, database: Database | None = None) -> RegistryStore:
+    """The store the ``registry:`` section names; without one, the database when there is one, else memory."""
     if config.backend == "redis":
         assert config.url is not None
         return RedisStore(config.url, config.prefix)
@@ -45,14 +50,26 @@ def open_store(config: RegistryConfig, base_dir: Path | None) -> RegistryStore:
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         return FileStore(path)
+    if database is not None:
+        return DatabaseStore(database)
     return MemoryStore()
 
 
 class Registry:
-    def __init__(self, config: Config, *, base_dir: Path | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        base_dir: Path | None = None,
+        clock: Clock | None = None,
+        database: Database | None = None,
+    ) -> None:
         self.settings = config.registry
         self._clock = clock or SystemClock()  # how long the store has been unreachable
-        self.store = open_store(config.registry, base_dir)
+        self.store = open_store(config.registry, base_dir, database)
+        # Set by another process's write (PostgreSQL notifications): the watcher polls at once.
+        self._wake = asyncio.Event()
+        self._unlisten: Callable[[], Any] | None = None
         # Tenant and key records (for the directory), and namespace and rule records, apart.
         self.records: dict[str, Any] = {}
         self.rule_records: dict[str, Any] = {}
@@ -65,12 +82,15 @@ class Registry:
         self.failing_since: float | None = None
         self._last_error: str | None = None
         self.opened = False
+        self.synced_at: float | None = None  # wall time of the last full load (open or resync)
 
     async def open(self) -> None:
         """Load the runtime records; a store that cannot be read stops the start (revocations must not be missed)."""
         loaded = await self.store.load()
         self._take(loaded)
         self.opened = True
+        self.synced_at = self._clock.time()
+        await self._listen()
         log.info(
             "registry: %d tenants, %d keys, %d runtime namespaces and rules (%s, version %d)",
             len(self.directory.tenants),
@@ -84,7 +104,19 @@ class Registry:
                 "registry: no registry: section, so tenants and keys changed through the admin API are lost on restart"
             )
 
+    async def _listen(self) -> None:
+        """Have the store wake the watcher on other processes' writes, where it can; polling covers the rest."""
+        if not isinstance(self.store, DatabaseStore):
+            return
+        try:
+            self._unlisten = await self.store.listen(self._wake.set)
+        except StoreError as exc:
+            log.warning("registry: no change notifications (polling every %gs): %s", self.settings.poll_interval, exc)
+
     async def close(self) -> None:
+        unlisten, self._unlisten = self._unlisten, None
+        if unlisten is not None:
+            await unlisten()
         await self.store.close()
 
     def use_config(self, config: Config) -> None:
@@ -132,6 +164,16 @@ class Registry:
         await self.store.write(changes, create_only=create_only)
         self._merge(*_split(changes))
 
+    async def resync(self) -> int:
+        """Load every record from the store again (a full load, not a change poll) and put it in force.
+
+        Answers how many records are in force after it; raises StoreError when the store cannot be read
+        (what was in force stays).
+        """
+        self._take(await self.store.load())
+        self.synced_at = self._clock.time()
+        return len(self.records) + len(self.rule_records)
+
     async def poll(self) -> bool:
         """Take in changes made elsewhere; True when there were any."""
         changes = await self.store.changes_since(self.version)
@@ -143,7 +185,11 @@ class Registry:
     async def watch(self) -> None:
         interval = self.settings.poll_interval
         while True:
-            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(self._wake.wait(), interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
             try:
                 await self.poll()
             except StoreError as exc:

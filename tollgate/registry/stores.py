@@ -1,9 +1,10 @@
-"""Where runtime changes to tenants and keys persist: memory, a local JSON file (atomic replace), or Redis.
+"""Where runtime changes to tenants and keys persist: memory, a local JSON file (atomic replace), Redis, or the database.
 
 Every store holds the same records (``t:<tenant>``, ``k:<key id>``,
 ``r:<config key id>``, ``ns:<namespace>``, ``rule:<rule>`` -> JSON object) and a version that grows with every
 write, and answers "what changed since version N" so each gateway process
-can follow the others' changes within a poll interval.
+can follow the others' changes within a poll interval (on PostgreSQL, the
+database store also wakes the other processes with a notification).
 """
 
 from __future__ import annotations
@@ -12,18 +13,29 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 import orjson
 
+from tollgate.database import Database
 from tollgate.errors import Conflict, StoreError
 
-__all__ = ["Changes", "FileStore", "MemoryStore", "RedisStore", "RegistryConflict", "RegistryStore"]
+__all__ = [
+    "REGISTRY_CHANNEL",
+    "Changes",
+    "DatabaseStore",
+    "FileStore",
+    "MemoryStore",
+    "RedisStore",
+    "RegistryConflict",
+    "RegistryStore",
+]
 
 _FORMAT = "tollgate-registry/1"
+REGISTRY_CHANNEL = "tollgate_registry"  # PostgreSQL NOTIFY channel: the payload is the new version
 
 
 class RegistryConflict(Conflict):
@@ -263,3 +275,71 @@ class RedisStore:
     async def close(self) -> None:
         with contextlib.suppress(*self._redis_errors):
             await self.client.aclose()
+
+
+class DatabaseStore:
+    """Rows ``registry_records(name, doc, version)`` (``doc`` NULL: deleted) and the counter ``registry_version``.
+
+    A write bumps the counter first (``UPDATE ... RETURNING``, which also
+    queues concurrent writers on its row), checks ``create_only`` and upserts
+    the records with the new version, all in one transaction; a conflict
+    rolls it all back. Readers ask for the records whose version is past
+    theirs. On PostgreSQL the writer then NOTIFYs :data:`REGISTRY_CHANNEL`.
+    The Database is the caller's: :meth:`close` leaves it open.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.description = f"database {db.description}"
+
+    async def load(self) -> Changes:
+        async with self.db.transaction() as tx:  # the version and the records of one moment
+            version = await tx.fetchval("SELECT version FROM registry_version WHERE id = 1")
+            rows = await tx.fetch("SELECT name, doc FROM registry_records WHERE doc IS NOT NULL")
+        return Changes(int(version or 0), {name: orjson.loads(doc) for name, doc in rows}, full=True)
+
+    async def changes_since(self, version: int) -> Changes | None:
+        current = int(await self.db.fetchval("SELECT version FROM registry_version WHERE id = 1") or 0)
+        if current == version:
+            return None
+        if current < version:  # the database was replaced: start over from what is there
+            return await self.load()
+        rows = await self.db.fetch(
+            "SELECT name, doc, version FROM registry_records WHERE version > $1 AND version <= $2", version, current
+        )
+        return Changes(current, {name: None if doc is None else orjson.loads(doc) for name, doc, _v in rows})
+
+    async def write(self, changes: Mapping[str, Any], *, create_only: Iterable[str] = ()) -> int:
+        create_only = list(create_only)
+        async with self.db.transaction() as tx:
+            version = int(
+                await tx.fetchval("UPDATE registry_version SET version = version + 1 WHERE id = 1 RETURNING version")
+            )
+            taken = [
+                name
+                for name in create_only
+                if await tx.fetchval("SELECT 1 FROM registry_records WHERE name = $1 AND doc IS NOT NULL", name)
+            ]
+            if taken:
+                raise _conflict(taken)
+            if changes:
+                await tx.executemany(
+                    "INSERT INTO registry_records (name, doc, version) VALUES ($1, $2, $3) "
+                    "ON CONFLICT (name) DO UPDATE SET doc = excluded.doc, version = excluded.version",
+                    [
+                        (name, None if doc is None else orjson.dumps(doc).decode(), version)
+                        for name, doc in changes.items()
+                    ],
+                )
+        try:
+            await self.db.notify(REGISTRY_CHANNEL, str(version))
+        except StoreError:  # written; the others find it when they poll
+            pass
+        return version
+
+    async def listen(self, wake: Callable[[], None]) -> Callable[[], Any] | None:
+        """Call ``wake()`` whenever another process writes (PostgreSQL); None where there are no notifications."""
+        return await self.db.listen(REGISTRY_CHANNEL, lambda _payload: wake())
+
+    async def close(self) -> None:
+        return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -14,9 +14,11 @@ from tollgate.accounting import Accounting
 from tollgate.clock import Clock, SystemClock
 from tollgate.config import Config, load_config
 from tollgate.config.rules import RulesConfig
+from tollgate.database import Database, migrate, open_database
 from tollgate.errors import ConfigError
 from tollgate.identity import IdentityRuntime, compile_identity
 from tollgate.limiter import build_limiter
+from tollgate.limiter.store import RedisEngine
 from tollgate.pipeline.account import AccountDeps
 from tollgate.pipeline.admit import AdmitDeps
 from tollgate.pipeline.handler import Stages
@@ -40,6 +42,8 @@ from tollgate.upstream.pool import UpstreamPool
 __all__ = ["STATE", "GatewayState", "Runtime"]
 
 log = logging.getLogger("tollgate.runtime")
+
+_PROBE_TIMEOUT = 2.0  # seconds a readiness probe waits for a store's answer
 
 
 class Runtime:
@@ -106,10 +110,14 @@ class GatewayState:
         self.counters = AttemptCounters()
         self.health = HealthProber(self)
         self.config_path = Path(config_path) if config_path is not None else None
-        # Tenants and keys: the config's plus runtime changes; outlives config versions.
-        self.registry = Registry(
-            config, base_dir=self.config_path.parent if self.config_path else None, clock=self.clock
+        base_dir = self.config_path.parent if self.config_path else None
+        # The database of record (database.url), migrated at start; None without one.
+        db = config.database
+        self.database: Database | None = (
+            open_database(db.url, base_dir=base_dir, pool_size=db.pool_size, timeout=db.timeout) if db.url else None
         )
+        # Tenants and keys: the config's plus runtime changes; outlives config versions.
+        self.registry = Registry(config, base_dir=base_dir, clock=self.clock, database=self.database)
         self.registry.on_rules_change = self._rules_changed
         self.pool = UpstreamPool(self.clock)
         # Limits: one limiter (and its store connections) for the process; settling runs in the background.
@@ -133,6 +141,15 @@ class GatewayState:
         return self.runtime.config
 
     async def start(self) -> None:
+        if self.database is not None:  # connected and its schema current before anything reads it
+            await self.database.open()
+            try:
+                applied = await migrate(self.database, clock=self.clock)
+            except BaseException:
+                await self.database.close()
+                raise
+            if applied:
+                log.info("database %s migrated to version %d", self.database.description, applied[-1])
         await self.limiter.start()  # store connections open and scripts loaded before the first request
         await self.pool.apply(self.config.upstreams)
         self.shedder.start()
@@ -147,6 +164,8 @@ class GatewayState:
         await self.accounting.close()
         await self.limiter.close()
         await self.pool.close()
+        if self.database is not None:
+            await self.database.close()
 
     async def readiness_problems(self) -> list[str]:
         """Why the gateway should not get traffic now; empty when it is ready."""
@@ -154,8 +173,28 @@ class GatewayState:
         usable = [name for name, c in self.pool.clients.items() if c.http is not None and not c.http.closed]
         if not usable:
             problems.append("no upstream is usable")
-        problems.extend(self.registry.problems())
         return problems
+
+    async def store_problems(self) -> list[str]:
+        """The registry store, the limiter's Redis stores and the database that do not answer now, each by name
+        (asked in parallel): the gateway serves on without them, from what it holds."""
+        asked: list[tuple[str, Awaitable[object]]] = []
+        for name in self.config.store.stores:
+            try:
+                engine = self.limiter.engine(name)
+            except ValueError:  # a store added by a reload: in force only after a restart
+                continue
+            if isinstance(engine, RedisEngine):
+                asked.append((f"the limiter store {name!r}", engine.ping(_PROBE_TIMEOUT)))
+        if self.database is not None:
+            probe = asyncio.wait_for(self.database.fetchval("SELECT 1"), _PROBE_TIMEOUT)
+            asked.append((f"the database {self.database.description}", probe))
+        answers = await asyncio.gather(*(probe for _what, probe in asked), return_exceptions=True)
+        return self.registry.problems() + [
+            f"{what} is down: {answer or type(answer).__name__}"
+            for (what, _probe), answer in zip(asked, answers)
+            if isinstance(answer, Exception)
+        ]
 
     async def apply(self, config: Config) -> Runtime:
         """Swap in a new config version; on any failure the old one stays in force."""
@@ -165,6 +204,8 @@ class GatewayState:
                 log.warning("listener changes in %s take effect only after a restart", config.source)
             if config.store != old.config.store:
                 log.warning("store changes in %s take effect only after a restart", config.source)
+            if config.database != old.config.database:
+                log.warning("database changes in %s take effect only after a restart", config.source)
             generation = self.registry.rules_generation
             runtime = Runtime(
                 config, next(self._versions), self.deployments, self._stages, self.effective_rules(config)

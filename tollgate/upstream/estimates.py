@@ -11,6 +11,12 @@ __all__ = ["estimate_messages_tokens", "estimate_prompt_tokens", "requested_comp
 # Text is counted by tollgate.token_estimate; a message and the request add a few tokens of framing.
 _PER_MESSAGE = 4
 _PER_REQUEST = 3
+# Image, audio and moderation requests reserve no completion tokens: what an image or a transcript costs in output
+# comes back in the answer's usage, and speech and moderations have none.
+_MEDIA_KINDS = frozenset({"image", "speech", "transcription", "moderation"})
+# Those whose text is ``prompt`` (a transcription's: its optional text guide; its audio is known only from the
+# answer's usage); speech and moderations have theirs in ``input``.
+_MEDIA_PROMPTED = frozenset({"image", "transcription"})
 
 
 def _content_tokens(content: Any) -> int:
@@ -36,6 +42,8 @@ def _input_tokens(value: Any) -> int:
         if value and all(isinstance(v, int) for v in value):
             return len(value)
         return sum(_input_tokens(v) for v in value)
+    if isinstance(value, dict):  # a moderation's part: its text counts (an image part: nothing)
+        return _input_tokens(value.get("text"))
     return 0
 
 
@@ -115,12 +123,16 @@ def estimate_prompt_tokens(kind: str, body: dict[str, Any]) -> int:
         return total
     if kind == "completion":
         return max(1, _input_tokens(body.get("prompt")))
+    if kind in _MEDIA_PROMPTED:
+        return max(1, _input_tokens(body.get("prompt")))
     return max(1, _input_tokens(body.get("input")))
 
 
 def requested_completion_tokens(kind: str, body: dict[str, Any], default_cap: int) -> int:
     """The most completion tokens the request may produce: its own cap, else the configured default."""
     if kind == "embedding" or kind == "count_tokens":
+        return 0
+    if kind in _MEDIA_KINDS:
         return 0
     for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         value = body.get(name)

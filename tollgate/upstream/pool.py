@@ -67,6 +67,7 @@ class UpstreamClient:
         self.config = config
         self.http: UpstreamHttp | None = None
         self.deadlines = deadlines or Deadlines()
+        # The body's type first: an upload's own (see upstream_headers) takes its place.
         fixed: list[tuple[str, str]] = [("Content-Type", "application/json")]
         if not any(name.lower() == "accept-encoding" for name in config.headers):
             # identity: the answer is parsed (usage) and relayed; a compressed one would only be inflated here.
@@ -145,11 +146,16 @@ class UpstreamPool:
 
 
 def upstream_headers(
-    client: UpstreamClient, headers: CIMultiDictProxy[str], client_ip: str, request_id: str
+    client: UpstreamClient,
+    headers: CIMultiDictProxy[str],
+    client_ip: str,
+    request_id: str,
+    content_type: str | None = None,
 ) -> list[tuple[str, str]]:
     """The client headers the upstream's allow-list lets through (minus those named in ``Connection``), plus ours.
 
-    ``client_ip`` is the address the gateway settled on (trusted proxies only, tollgate/identity/chain.py).
+    ``client_ip`` is the address the gateway settled on (trusted proxies only, tollgate/identity/chain.py);
+    ``content_type`` the body's when it is not JSON (an upload's ``multipart/form-data`` with its boundary).
     """
     names = client.forward_names
     prefixes = client.forward_prefixes
@@ -168,7 +174,11 @@ def upstream_headers(
         ):
             named = _connection_named(connection or (), relayed or ())
             out = [(name, value) for name, value in out if name.lower() not in named]
-    out.extend(client.fixed_headers)
+    if content_type is None:
+        out.extend(client.fixed_headers)
+    else:
+        out.append(("Content-Type", content_type))
+        out.extend(client.fixed_headers[1:])  # all but the JSON Content-Type, first of them
     out.append(("X-Forwarded-For", client_ip))  # a client's own claim stays here
     out.append((REQUEST_ID_HEADER, request_id))
     return out

@@ -104,6 +104,24 @@ def usage_from_json(doc: Any) -> Usage | None:
     return Usage(prompt, completion, True, cached, cache_write, reasoning)
 
 
+def usage_from_io_tokens(usage: Any) -> Usage | None:
+    """A ``usage`` object counted in ``input_tokens`` and ``output_tokens`` (images, transcriptions, the Responses API).
+
+    ``input_tokens_details.cached_tokens`` and ``output_tokens_details.reasoning_tokens`` are read as
+    :func:`usage_from_json` reads its parts; None when either count is missing or not a count (a whisper
+    transcription's ``{"type": "duration"}`` usage has neither); never raises.
+    """
+    if not isinstance(usage, dict):
+        return None
+    prompt = _count(usage.get("input_tokens"))
+    completion = _count(usage.get("output_tokens"))
+    if prompt is None or completion is None:
+        return None
+    cached = _part(usage, "input_tokens_details", "cached_tokens", prompt)
+    reasoning = _part(usage, "output_tokens_details", "reasoning_tokens", completion)
+    return Usage(prompt, completion, True, cached, 0, reasoning)
+
+
 def _count(value: Any) -> int | None:
     """``value`` when it is a count of tokens (an int, not a bool, not negative); else None."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
@@ -114,21 +132,6 @@ def _part(usage: dict[str, Any], details: str, name: str, most: int) -> int:
     found = usage.get(details)
     value = _count(found.get(name)) if isinstance(found, dict) else None
     return 0 if value is None else min(value, most)
-
-
-def usage_from_io_tokens(usage: Any) -> Usage | None:
-    """A ``usage`` object counted in input and output tokens (the Responses API, images, transcriptions):
-    ``input_tokens`` with ``input_tokens_details.cached_tokens``, ``output_tokens`` with
-    ``output_tokens_details.reasoning_tokens``; None when it has no input count."""
-    if not isinstance(usage, dict):
-        return None
-    prompt = _count(usage.get("input_tokens"))
-    completion = _count(usage.get("output_tokens", 0))
-    if prompt is None or completion is None:
-        return None
-    cached = _part(usage, "input_tokens_details", "cached_tokens", prompt)
-    reasoning = _part(usage, "output_tokens_details", "reasoning_tokens", completion)
-    return Usage(prompt, completion, True, cached, 0, reasoning)
 
 
 def usage_from_body(body: bytes) -> Usage | None:

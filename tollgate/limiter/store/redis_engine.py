@@ -327,6 +327,16 @@ class RedisEngine:
         else:
             self._preloaded = True
 
+    async def ping(self, timeout: float) -> None:
+        """One PING answered within ``timeout`` seconds (a readiness probe, off the request path), else StoreError."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._roundtrip([("PING",)])
+        except TimeoutError:
+            raise StoreTimeout(f"store {self.name}: no answer to PING within {timeout:g} s") from None
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"store {self.name} cannot be reached: {exc}") from exc
+
     async def close(self) -> None:
         for task in list(self._in_flight):
             task.cancel()
