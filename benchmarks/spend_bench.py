@@ -2,21 +2,27 @@
 
 The accounting flusher is fed records as a gateway at ``--rate`` requests a
 second does (``usage.batch_size`` records per flush, ``--seconds`` of traffic a
-round), once without a database and once with the spend log on SQLite; a round
-ends when every row is in the database. The figure is the whole process's CPU
-time (``time.process_time``: the event loop, the SQLite thread, the spill
-thread) divided by the records, with minus without, the median of interleaved
-rounds (so both see the same machine load). Each round has fresh request ids
-(an insert of a row already there would be cheaper than a real one).
+round): without a spend log, with one whose database discards the rows (the
+spend log's own code: rows made, buffered, handed to a statement), with one on
+SQLite, and with ``--postgres URL`` one on PostgreSQL (the gateway's side only:
+the server's CPU is another process's). A round ends when every row is written.
+The figure is the whole process's CPU time (``time.process_time``: the event
+loop and the SQLite thread) divided by the records, minus the figure without a
+spend log, the median of interleaved rounds (so all see the same machine load).
+Each round has fresh random request ids, as the gateway's are (an insert of a
+row already there, or of ordered keys, is cheaper than a real one).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import secrets
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,7 @@ from tollgate.pipeline.context import ENDPOINTS, RequestContext
 from tollgate.upstream.usage import Usage
 
 
-def _contexts(n: int, round_no: int, tenants: int) -> list[RequestContext]:
+def _contexts(n: int, tenants: int) -> list[RequestContext]:
     principals = [
         Principal(tenant=f"t{i}", plan="enterprise", limits=Limits(), allowed_models=None, key_id=f"k{i}")
         for i in range(tenants)
@@ -38,7 +44,8 @@ def _contexts(n: int, round_no: int, tenants: int) -> list[RequestContext]:
     deployment = Deployment(upstream="mock", model="gpt-4o-mini-2024", provider="openai")
     out = []
     for i in range(n):
-        ctx = RequestContext(None, f"req_{round_no:04d}_{i:08d}", ENDPOINTS["/v1/chat/completions"], 100.0, "127.0.0.1")  # type: ignore[arg-type]
+        request_id = f"req_{secrets.token_hex(12)}"
+        ctx = RequestContext(None, request_id, ENDPOINTS["/v1/chat/completions"], 100.0, "127.0.0.1")  # type: ignore[arg-type]
         ctx.body_bytes = b"x" * 200
         ctx.model = ctx.model_served = "gpt-4o-mini"
         ctx.upstream_name = "mock"
@@ -69,7 +76,7 @@ def _doc(batch: int, database: str | None) -> dict[str, Any]:
 async def _round(acc: Accounting, contexts: list[RequestContext], batch: int) -> float:
     """CPU seconds per record to record, flush and (with a spend log) write ``contexts``."""
     loop_time, wall, cpu = asyncio.get_running_loop().time, acc.wall, time.process_time
-    spend = acc.spend
+    spend = acc.spend_log
     target = (spend.written + len(contexts)) if spend is not None else 0
     t0 = cpu()
     for start in range(0, len(contexts), batch):
@@ -81,31 +88,66 @@ async def _round(acc: Accounting, contexts: list[RequestContext], batch: int) ->
     return (cpu() - t0) / len(contexts)
 
 
-async def _main(rate: int, seconds: float, batch: int, rounds: int, tenants: int) -> None:
+class _Discard:
+    """A database that takes every statement and keeps nothing: what is left is the spend log's own CPU."""
+
+    dialect = "sqlite"
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Discard]:
+        yield self
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        return None
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return 0
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return []
+
+
+async def _main(rate: int, seconds: float, batch: int, rounds: int, tenants: int, postgres: str | None) -> None:
     n = int(rate * seconds)
     with tempfile.TemporaryDirectory() as tmp:
-        plain = Accounting(config_from_dict(_doc(batch, None)))
-        logged = Accounting(config_from_dict(_doc(batch, f"sqlite:///{Path(tmp) / 'spend.db'}")))
-        await plain.start()
-        await logged.start()
+        variants: dict[str, Accounting] = {
+            "no spend log": Accounting(config_from_dict(_doc(batch, None))),
+            "spend log, rows discarded": Accounting(config_from_dict(_doc(batch, f"sqlite:///{Path(tmp) / 'd.db'}"))),
+            "spend log on SQLite": Accounting(config_from_dict(_doc(batch, f"sqlite:///{Path(tmp) / 'spend.db'}"))),
+        }
+        if postgres is not None:
+            variants["spend log on PostgreSQL"] = Accounting(config_from_dict(_doc(batch, postgres)))
+        for acc in variants.values():
+            await acc.start()
+            await _round(acc, _contexts(batch, tenants), batch)  # open, migrate, warm up
+        discard = variants["spend log, rows discarded"].spend_log
+        assert discard is not None
+        discard.database = _Discard()
+        cpu: dict[str, list[float]] = {name: [] for name in variants}
         try:
-            await _round(logged, _contexts(batch, 9999, tenants), batch)  # open, migrate, warm up
-            without, with_log = [], []
+            names = list(variants)
             for r in range(rounds):
-                contexts = _contexts(n, r, tenants)
-                first, second = (plain, logged) if r % 2 else (logged, plain)
-                a = await _round(first, contexts, batch)
-                b = await _round(second, contexts, batch)
-                (without if first is plain else with_log).append(a)
-                (with_log if first is plain else without).append(b)
+                contexts = _contexts(n, tenants)
+                for name in names[r % len(names) :] + names[: r % len(names)]:  # a different order each round
+                    fresh = [_renamed(ctx) for ctx in contexts]
+                    cpu[name].append(await _round(variants[name], fresh, batch))
         finally:
-            await plain.close()
-            await logged.close()
-    added = statistics.median(w - o for w, o in zip(with_log, without, strict=True))
+            for acc in variants.values():
+                await acc.close()
+    base = cpu["no spend log"]
     print(f"{n} records a round ({rate} req/s for {seconds:g} s, {batch} per flush), {rounds} interleaved rounds")
-    print(f"without spend log: {statistics.median(without) * 1e6:6.2f} µs CPU per request (median)")
-    print(f"with spend log   : {statistics.median(with_log) * 1e6:6.2f} µs CPU per request (median), SQLite")
-    print(f"added by the spend log: {added * 1e6:6.2f} µs CPU per request (median of the rounds' differences)")
+    print(f"{'no spend log':28s} {statistics.median(base) * 1e6:7.2f} µs CPU per request (median)")
+    for name, values in cpu.items():
+        if name == "no spend log":
+            continue
+        added = statistics.median(v - b for v, b in zip(values, base, strict=True))
+        print(f"{name:28s} {statistics.median(values) * 1e6:7.2f} µs CPU per request; added {added * 1e6:6.2f} µs")
+
+
+def _renamed(ctx: RequestContext) -> RequestContext:
+    """``ctx`` under a fresh random request id (each variant inserts rows of its own)."""
+    ctx.request_id = f"req_{secrets.token_hex(12)}"
+    return ctx
 
 
 def main() -> None:
@@ -115,8 +157,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000, help="records per flush (usage.batch_size)")
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--tenants", type=int, default=100)
+    parser.add_argument("--postgres", help="postgresql:// URL of an empty database, to measure it too")
     args = parser.parse_args()
-    asyncio.run(_main(args.rate, args.seconds, args.batch, args.rounds, args.tenants))
+    asyncio.run(_main(args.rate, args.seconds, args.batch, args.rounds, args.tenants, args.postgres))
 
 
 if __name__ == "__main__":

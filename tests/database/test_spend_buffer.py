@@ -7,8 +7,9 @@ The same behaviour on the real engines is in test_spend_gateway.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -39,6 +40,8 @@ PRICING = Pricing(
 class FakeDatabase:
     """Rows by request id (a replayed row changes nothing); ``down`` makes every statement fail as unreachable."""
 
+    dialect = "sqlite"
+
     def __init__(self) -> None:
         self.rows: dict[str, tuple[Any, ...]] = {}
         self.order: list[str] = []
@@ -60,6 +63,10 @@ class FakeDatabase:
             if row[0] not in self.rows:
                 self.rows[row[0]] = tuple(row)
                 self.order.append(row[0])
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[FakeDatabase]:
+        yield self
 
     async def execute(self, sql: str, *args: Any) -> int:
         raise AssertionError("not used")

@@ -11,6 +11,7 @@ any depth, and rows inserted meanwhile neither repeat nor hide older ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ __all__ = [
     "DELETE_BATCH",
     "SPEND_COLUMNS",
     "BillLine",
+    "SpendDatabase",
     "SpendFilter",
     "SpendQueries",
     "delete_spend_before",
@@ -57,6 +59,24 @@ SPEND_COLUMNS: tuple[str, ...] = (
 )
 """The columns of a spend row, in the order a row tuple holds them."""
 
+_PG_TYPES: tuple[str, ...] = (
+    "text",
+    "bigint",
+    *("text",) * 10,
+    *("bigint",) * 5,
+    "smallint",
+    "bigint",
+    "text",
+    "integer",
+    "text",
+    "float8",
+    "float8",
+    "smallint",
+    "smallint",
+    "integer",
+)
+"""Each column's PostgreSQL type, for the arrays of the one-statement insert."""
+
 DELETE_BATCH = 10_000
 """Rows one retention statement deletes at most (short transactions, no long lock on the table)."""
 
@@ -65,6 +85,13 @@ _INSERT = (
     f"INSERT INTO spend_log ({_COLUMN_LIST}) VALUES ({', '.join(f'${i + 1}' for i in range(len(SPEND_COLUMNS)))}) "
     "ON CONFLICT (request_id) DO NOTHING"
 )
+# PostgreSQL: the rows as one array per column, unnested server-side: one statement, one round trip, and far less
+# client CPU than a prepared insert executed once per row.
+_INSERT_ARRAYS = (
+    f"INSERT INTO spend_log ({_COLUMN_LIST}) SELECT * FROM unnest("
+    + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_PG_TYPES))
+    + ") ON CONFLICT (request_id) DO NOTHING"
+)
 _DELETE = (
     "DELETE FROM spend_log WHERE request_id IN "
     "(SELECT request_id FROM spend_log WHERE ts_ms < $1 ORDER BY ts_ms LIMIT $2)"
@@ -72,13 +99,22 @@ _DELETE = (
 
 
 class SpendQueries(Protocol):
-    """The statements this module runs: a Database (tollgate/database/engine.py) or a transaction of one."""
+    """The statements this module runs: those of a transaction of a Database (tollgate/database/engine.py)."""
 
     async def execute(self, sql: str, *args: Any) -> int: ...
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
     async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
+
+
+class SpendDatabase(SpendQueries, Protocol):
+    """A Database: its dialect, its statements, and transactions (an insert of many rows is one)."""
+
+    @property
+    def dialect(self) -> str: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[SpendQueries]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +152,19 @@ class SpendFilter:
         return conditions
 
 
-async def insert_spend(db: SpendQueries, rows: Sequence[Sequence[Any]]) -> None:
-    """Insert ``rows`` (:data:`SPEND_COLUMNS` order) in one statement; a request already there is left as it is."""
-    if rows:
-        await db.executemany(_INSERT, rows)
+async def insert_spend(db: SpendDatabase, rows: Sequence[Sequence[Any]]) -> None:
+    """Insert ``rows`` (:data:`SPEND_COLUMNS` order) in one transaction; a request already there is left as it is.
+
+    PostgreSQL gets one statement of column arrays; SQLite one executemany in a transaction (else it would
+    commit each row apart, at ~6 times the CPU).
+    """
+    if not rows:
+        return
+    if db.dialect == "postgresql":
+        await db.execute(_INSERT_ARRAYS, *(list(column) for column in zip(*rows, strict=True)))
+        return
+    async with db.transaction() as tx:
+        await tx.executemany(_INSERT, rows)
 
 
 async def select_spend(
