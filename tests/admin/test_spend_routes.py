@@ -21,7 +21,7 @@ from tollgate.accounting.spend_log import SpendRetention
 from tollgate.admin import Probes, make_admin_app
 from tollgate.admin.openapi import openapi_document, served_routes
 from tollgate.config import config_from_dict
-from tollgate.database.spend import SPEND_COLUMNS, SpendQueries, insert_spend
+from tollgate.database.spend import SPEND_COLUMNS, SpendDatabase, insert_spend
 from tollgate.process.public import healthz, public_lifecycle, readyz
 from tollgate.process.server import reload_here
 from tollgate.runtime.state import GatewayState
@@ -88,8 +88,8 @@ async def admin(
         yield await aiohttp_client(app), state, document
 
 
-def database(state: GatewayState) -> SpendQueries:
-    spend = state.accounting.spend
+def database(state: GatewayState) -> SpendDatabase:
+    spend = state.accounting.spend_log
     assert spend is not None
     return spend.database
 
@@ -159,7 +159,7 @@ async def test_cursor_pages_have_no_duplicates_and_no_gaps_while_rows_are_insert
     assert [rid for rid in seen if rid in initial] == newest_first
 
 
-async def _all(db: SpendQueries) -> list[tuple[Any, ...]]:
+async def _all(db: SpendDatabase) -> list[tuple[Any, ...]]:
     return await db.fetch("SELECT request_id, ts_ms FROM spend_log")
 
 

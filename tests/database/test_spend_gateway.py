@@ -26,7 +26,7 @@ MSG = [{"role": "user", "content": "hello there"}]
 def spend_doc(mock_url: str, database: dict[str, Any]) -> dict[str, Any]:
     return {
         "listeners": {"public": {"host": "127.0.0.1", "port": 0}, "admin": {"enabled": False}},
-        "identity": {"chain": ["api_key"], "end_user": {"sources": ["header"]}},
+        "identity": {"chain": ["api_key"], "end_user": {"from": ["header"]}},
         "plans": {"open": {"monthly_requests": 10_000_000, "concurrency": 10_000}},
         "tenants": {
             "acme": {"plan": "open", "keys": [{"id": "acme-1", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]}
@@ -70,7 +70,7 @@ def spend_doc(mock_url: str, database: dict[str, Any]) -> dict[str, Any]:
 
 async def rows_of(state: GatewayState, n: int, timeout: float = 30.0) -> dict[str, dict[str, Any]]:
     """The spend rows once ``n`` of them are in the database, by request id."""
-    spend = state.accounting.spend
+    spend = state.accounting.spend_log
     assert spend is not None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -125,7 +125,7 @@ async def test_every_answered_request_is_one_spend_row_with_its_columns(database
     assert ok["deployment_model"] == "gpt-4o-2024-08-06" and ok["provider"] == "openai"
     assert (ok["prompt_tokens"], ok["completion_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
     assert ok["usage_reported"] == 1 and ok["status"] == 200 and ok["error"] is None
-    assert ok["cost_nanos"] == usage["prompt_tokens"] * 2_500 + usage["completion_tokens"] * 10_000
+    assert ok["cost_nanos"] == usage["prompt_tokens"] * 2_500_000 + usage["completion_tokens"] * 10_000_000
     assert ok["currency"] == "USD" and ok["stream"] == 0 and ok["cut"] == 0 and ok["attempts"] == 1
     assert ok["total_ms"] > 0 and ok["ttfb_ms"] is not None and 0 < ok["ttfb_ms"] <= ok["total_ms"]
     assert abs(ok["ts_ms"] - rows[cut_id]["ts_ms"]) < 60_000
@@ -162,7 +162,7 @@ async def test_a_database_stopped_under_load_fails_no_request_and_loses_no_row(
     ids: list[str] = []
     spilled = False
     async with gateway(spend_doc(mock_url, database)) as (url, state), aiohttp.ClientSession() as s:
-        spend = state.accounting.spend
+        spend = state.accounting.spend_log
         assert spend is not None
 
         async def load(n: int) -> None:

@@ -103,9 +103,9 @@ class Accounting:
         self.principals: dict[str, Any] = {}
         self.month_totals: dict[str, tuple[str, dict[str, int]]] = {}
         # The per-request spend log (database.url): rows from each flush's entries, written by its own task.
-        self.spend: SpendLog | None = open_spend_log(
+        self.spend_log: SpendLog | None = open_spend_log(
             getattr(config, "database", None),
-            database=getattr(state, "database", None),
+            database=self.database,
             base_dir=self.base_dir,
             metrics=self.metrics,
             clock=wall,
@@ -215,8 +215,8 @@ class Accounting:
         if self.webhook is not None:
             self.webhook.start()
         self._flusher.start()
-        if self.spend is not None:
-            await self.spend.start()
+        if self.spend_log is not None:
+            await self.spend_log.start()
         log.info("accounting: usage in %s, audit in %s", self.store.description, self.audit.description)
         if isinstance(self.store, MemoryUsageStore):
             log.warning("accounting: no usage.path and no Redis store: usage aggregates are lost on restart")
@@ -232,8 +232,8 @@ class Accounting:
             log.error(
                 "accounting: the usage store is unreachable; %d unwritten aggregate deltas are lost", self._carry.size()
             )
-        if self.spend is not None:
-            await self.spend.close()
+        if self.spend_log is not None:
+            await self.spend_log.close()
         if self.webhook is not None:
             await self.webhook.close()
         self.access_log.close()
@@ -265,7 +265,7 @@ class Accounting:
             pricing = self.pricing()
             currency = pricing.currency
             metrics, access, security, sla = self.metrics, self.access_log, self.security, self.sla
-            spend = self.spend
+            spend = self.spend_log
             log_wanted = access.wants_status if access.config.enabled else None
             tally = Tally(pricing, log_wanted, security.STATUSES, keep_fields=spend is not None)
             pending = iter(records)
@@ -348,8 +348,8 @@ class Accounting:
     # -- reading ------------------------------------------------------------------
     def _sample(self, metrics: GatewayMetrics) -> None:
         metrics.set_queue_depth("accounting", len(self._queue))
-        if self.spend is not None:
-            metrics.set_queue_depth("spend_log", self.spend.pending)
+        if self.spend_log is not None:
+            metrics.set_queue_depth("spend_log", self.spend_log.pending)
         if self.webhook is not None:
             metrics.set_queue_depth("alert_webhook", self.webhook.pending)
 

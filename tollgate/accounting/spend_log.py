@@ -33,7 +33,7 @@ import orjson
 from prometheus_client import Counter
 
 from tollgate.background import BackgroundTask
-from tollgate.database.spend import DELETE_BATCH, SpendQueries, delete_spend_before, insert_spend
+from tollgate.database.spend import DELETE_BATCH, SpendDatabase, SpendQueries, delete_spend_before, insert_spend
 from tollgate.errors import StoreError
 
 __all__ = ["DROP_LOG_INTERVAL", "SpendLog", "SpendRetention", "open_spend_log", "spend_row"]
@@ -94,7 +94,7 @@ class SpendLog:
 
     def __init__(
         self,
-        database: SpendQueries,
+        database: SpendDatabase,
         *,
         memory_rows: int,
         spill_path: Path | None,

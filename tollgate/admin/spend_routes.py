@@ -26,7 +26,7 @@ from pydantic import Field
 from tollgate.accounting.pricing import to_money
 from tollgate.admin.models import View
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, Param, operation, query
-from tollgate.database.spend import SPEND_COLUMNS, SpendFilter, SpendQueries, select_bill, select_spend
+from tollgate.database.spend import SPEND_COLUMNS, SpendDatabase, SpendFilter, select_bill, select_spend
 from tollgate.edge.answers import json_response
 from tollgate.errors import BadRequest, StoreUnavailable
 from tollgate.runtime.state import STATE
@@ -132,11 +132,11 @@ _SPEND_PARAMS: tuple[Param, ...] = (
 )
 
 
-def _database(request: web.Request) -> SpendQueries:
-    spend = request.app[STATE].accounting.spend
+def _database(request: web.Request) -> SpendDatabase:
+    spend = request.app[STATE].accounting.spend_log
     if spend is None:
         raise StoreUnavailable("the spend log needs a database (database.url is not set)", code="no_database")
-    database: SpendQueries = spend.database
+    database: SpendDatabase = spend.database
     return database
 
 
@@ -256,7 +256,7 @@ async def spend(request: web.Request) -> web.StreamResponse:
 
 
 async def _csv(
-    request: web.Request, database: SpendQueries, where: SpendFilter, before: tuple[int, str] | None
+    request: web.Request, database: SpendDatabase, where: SpendFilter, before: tuple[int, str] | None
 ) -> web.StreamResponse:
     rows = await select_spend(database, where, limit=_CSV_PAGE, before=before)  # errors before the 200 goes out
     answer = web.StreamResponse(
