@@ -42,9 +42,15 @@ class DatabaseBuffer:
     """Where spend rows wait while the database is down: memory first, then a local file, then counted drops."""
 
     memory_rows: Annotated[int, Strict(), Field(ge=1, le=100_000_000)] = 100_000
+    """Spend rows kept in memory while the database is down (plus what arrives during one attempt, at most
+    database.timeout of traffic); past it they go to the spill file."""
     spill_path: Str | None = None
-    """A local file the rows past memory_rows go to (relative to the config file); absent: no spill, drops."""
+    """The local file (JSON lines) rows past memory_rows go to, relative to the config file; absent: next to the
+    SQLite file, or next to the config file (no config file and PostgreSQL: no spill, rows past memory_rows are
+    dropped). Written to the database, then removed, when it answers again, also at the next start."""
     spill_max_bytes: Size = 1024 * 1024 * 1024
+    """The spill file's bound (1 GiB: about 2.5 million rows); past memory_rows and this, rows are dropped and counted
+    in tollgate_spend_rows_dropped_total."""
 
 
 @section
@@ -59,7 +65,7 @@ class DatabaseConfig:
     timeout: Duration = 5.0
     """One statement's time budget (PostgreSQL) and the connect timeout."""
     retention: OptionalDuration = None
-    """Spend rows older than this are deleted in batches; absent: kept for ever."""
+    """Spend rows older than this are deleted, 10,000 a statement, at start and every hour; absent: kept for ever."""
     buffer: DatabaseBuffer = DatabaseBuffer()
 
     @check
