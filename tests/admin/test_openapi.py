@@ -154,6 +154,15 @@ async def test_every_route_answers_as_its_documented_schema_says(admin: tuple[Cl
         ("GET", "/admin/pricing", "/admin/pricing", None, 200),
         ("GET", "/admin/stats", "/admin/stats", None, 200),
         ("POST", "/admin/sync", "/admin/sync", None, 409),  # no database here (tests/database: with one)
+        ("GET", "/admin/spend", "/admin/spend?status=abc", None, 400),
+        (
+            "GET",
+            "/admin/spend",
+            "/admin/spend",
+            None,
+            503,
+        ),  # no database here (tests/admin/test_spend_routes.py: with one)
+        ("GET", "/admin/bills/{tenant}", "/admin/bills/acme?month=2026-11", None, 503),
         ("POST", "/admin/reload", "/admin/reload", None, 200),
         ("GET", "/admin/tenants/{tenant}/audit", "/admin/tenants/initech/audit", None, 200),
         ("GET", "/admin/audit", "/admin/audit?since=2000-01-01T00:00:00Z", None, 200),
