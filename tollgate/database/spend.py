@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Protocol
 
 __all__ = [
@@ -59,24 +60,6 @@ SPEND_COLUMNS: tuple[str, ...] = (
 )
 """The columns of a spend row, in the order a row tuple holds them."""
 
-_PG_TYPES: tuple[str, ...] = (
-    "text",
-    "bigint",
-    *("text",) * 10,
-    *("bigint",) * 5,
-    "smallint",
-    "bigint",
-    "text",
-    "integer",
-    "text",
-    "float8",
-    "float8",
-    "smallint",
-    "smallint",
-    "integer",
-)
-"""Each column's PostgreSQL type, for the arrays of the one-statement insert."""
-
 DELETE_BATCH = 10_000
 """Rows one retention statement deletes at most (short transactions, no long lock on the table)."""
 
@@ -84,13 +67,6 @@ _COLUMN_LIST = ", ".join(SPEND_COLUMNS)
 _INSERT = (
     f"INSERT INTO spend_log ({_COLUMN_LIST}) VALUES ({', '.join(f'${i + 1}' for i in range(len(SPEND_COLUMNS)))}) "
     "ON CONFLICT (request_id) DO NOTHING"
-)
-# PostgreSQL: the rows as one array per column, unnested server-side: one statement, one round trip, and far less
-# client CPU than a prepared insert executed once per row.
-_INSERT_ARRAYS = (
-    f"INSERT INTO spend_log ({_COLUMN_LIST}) SELECT * FROM unnest("
-    + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_PG_TYPES))
-    + ") ON CONFLICT (request_id) DO NOTHING"
 )
 _DELETE = (
     "DELETE FROM spend_log WHERE request_id IN "
@@ -109,10 +85,7 @@ class SpendQueries(Protocol):
 
 
 class SpendDatabase(SpendQueries, Protocol):
-    """A Database: its dialect, its statements, and transactions (an insert of many rows is one)."""
-
-    @property
-    def dialect(self) -> str: ...
+    """A Database: its statements, and transactions (an insert of many rows is one)."""
 
     def transaction(self) -> AbstractAsyncContextManager[SpendQueries]: ...
 
@@ -153,18 +126,18 @@ class SpendFilter:
 
 
 async def insert_spend(db: SpendDatabase, rows: Sequence[Sequence[Any]]) -> None:
-    """Insert ``rows`` (:data:`SPEND_COLUMNS` order) in one transaction; a request already there is left as it is.
+    """Insert ``rows`` (:data:`SPEND_COLUMNS` order) in one executemany and one transaction; a request already
+    there is left as it is.
 
-    PostgreSQL gets one statement of column arrays; SQLite one executemany in a transaction (else it would
-    commit each row apart, at ~6 times the CPU).
+    The transaction matters on SQLite: outside one, each row would be its own commit, at ~6 times the CPU.
+    Rows go in request id order: the primary key's pages are then touched in order (request ids are random),
+    which spares SQLite ~15 % of its CPU. (On PostgreSQL, one statement of column arrays to unnest costs the
+    client 2 to 3 times the CPU of executemany.)
     """
     if not rows:
         return
-    if db.dialect == "postgresql":
-        await db.execute(_INSERT_ARRAYS, *(list(column) for column in zip(*rows, strict=True)))
-        return
     async with db.transaction() as tx:
-        await tx.executemany(_INSERT, rows)
+        await tx.executemany(_INSERT, sorted(rows, key=itemgetter(0)))
 
 
 async def select_spend(
