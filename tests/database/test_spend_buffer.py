@@ -280,3 +280,45 @@ async def test_the_writer_task_writes_what_the_flusher_hands_without_being_await
         assert len(db.rows) == 30
     finally:
         await log.close()
+
+
+async def test_processes_sharing_a_spill_path_each_claim_a_file_and_a_restart_replays_those_left(
+    tmp_path: Path,
+) -> None:
+    db = FakeDatabase()
+    db.down = True
+    first, second = spend_log(db, tmp_path, memory_rows=2), spend_log(db, tmp_path, memory_rows=2)
+    await first.start()
+    await second.start()
+    try:
+        assert first.spill_path == tmp_path / "spend.spill"
+        assert second.spill_path == tmp_path / "spend.spill.1"
+        first.add([fields(i) for i in range(5)], "USD")
+        second.add([fields(i) for i in range(5, 10)], "USD")
+        await first.write()
+        await second.write()
+        assert first.spilled_bytes > 0 and second.spilled_bytes > 0
+    finally:
+        await first.close(timeout=0.2)
+        await second.close(timeout=0.2)
+    db.down = False
+    third = spend_log(db, tmp_path, memory_rows=2)  # one process restarted: it replays both files
+    await third.start()
+    await third.close()
+    assert sorted(db.rows) == [f"req_{i:06d}" for i in range(10)]
+    assert not (tmp_path / "spend.spill").exists() and not (tmp_path / "spend.spill.1").exists()
+
+
+async def test_a_full_spill_file_leaves_memory_rows_in_memory_and_a_stop_without_one_counts_the_rest(
+    tmp_path: Path,
+) -> None:
+    db = FakeDatabase()
+    db.down = True
+    log = spend_log(db, tmp_path, memory_rows=10, spill_max_bytes=1)  # no room for one row
+    log.add([fields(i) for i in range(25)], "USD")
+    await log.write()
+    assert log.pending == 10 and log.dropped == 15
+    nowhere = spend_log(db, None, memory_rows=10)
+    nowhere.add([fields(i) for i in range(5)], "USD")
+    await nowhere.close(timeout=0.2)
+    assert nowhere.dropped == 5 and dropped_metric(nowhere) == 5

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from prometheus_client import Counter
@@ -44,6 +45,7 @@ DROP_LOG_INTERVAL = 10.0
 """Seconds between two error lines about dropped spend rows (the counter counts every one)."""
 _CHUNK = 10_000  # rows per insert statement
 _RETRY_MIN, _RETRY_MAX = 0.5, 10.0  # seconds between attempts while the database fails (doubling)
+_SPILL_SLOTS = 256  # spill files next to one spill_path at most (one per process sharing it)
 _CUT_CODES = frozenset({"token_budget_exceeded", "budget_exceeded"})
 
 Row = tuple[Any, ...]
@@ -127,6 +129,7 @@ class SpendLog:
         self._drops_unlogged = 0
         self._drop_logged_at = float("-inf")
         self.retention: SpendRetention | None = None
+        self._spill_lock: IO[bytes] | None = None
 
     # -- from the flusher -------------------------------------------------------------
     def add(self, fields: Sequence[tuple[Any, ...]], currency: str) -> None:
@@ -153,8 +156,21 @@ class SpendLog:
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
-        """Find a spill file an earlier run left, and start the writer (the database may still be down)."""
+        """Claim a spill file (and with it what an earlier run left there), start the writer (the database may be down).
+
+        Processes sharing a spill_path (``--workers``) each claim their own file: ``spill_path``, else
+        ``spill_path.1``, ``.2``... whose ``.lock`` no running process holds; the rows of the other files no
+        process holds (left by processes that stopped) are moved into the claimed one.
+        """
         self._wake = asyncio.Event()
+        if self.spill_path is not None:
+            claimed = _claim_spill(self.spill_path)
+            if claimed is None:
+                log.error("spend log: every spill file next to %s is taken: no spill file here", self.spill_path)
+                self.spill_path = None
+            else:
+                base, (self.spill_path, self._spill_lock) = self.spill_path, claimed
+                await asyncio.to_thread(_adopt_orphans, base, self.spill_path)
         if self.spill_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._spill_size = self.spill_path.stat().st_size
@@ -177,11 +193,14 @@ class SpendLog:
         if self._memory:
             rows = list(self._memory)
             self._memory.clear()
-            kept = await asyncio.to_thread(self._append_spill, rows)
+            kept = await asyncio.to_thread(self._append_spill, rows) if self.spill_path is not None else 0
             self._drop(len(rows) - kept)
             if kept:
                 log.error("spend log: the database is unreachable; %d rows kept in %s", kept, self.spill_path)
         self._log_drops(force=True)
+        if self._spill_lock is not None:
+            self._spill_lock.close()  # releases the claim
+            self._spill_lock = None
         if self._close is not None and self._connected:
             with contextlib.suppress(StoreError):
                 await self._close()
@@ -254,7 +273,12 @@ class SpendLog:
                 await self._connect()
                 self._connected = True
             while self.spilled_bytes > 0:
-                rows, offset = await asyncio.to_thread(self._read_spill, self._spill_offset, _CHUNK)
+                try:
+                    rows, offset = await asyncio.to_thread(self._read_spill, self._spill_offset, _CHUNK)
+                except OSError as exc:
+                    log.error("spend log: cannot read the spill file %s, its rows are lost: %s", self.spill_path, exc)
+                    self._spill_size = self._spill_offset = 0
+                    break
                 await insert_spend(self.database, rows)
                 self.written += len(rows)
                 self._spill_offset = offset
@@ -291,7 +315,10 @@ class SpendLog:
         rows = list(memory)
         memory.clear()
         kept = await asyncio.to_thread(self._append_spill, rows)
-        self._drop(len(rows) - kept)
+        # What the file did not take stays in memory (newer than the file's rows), up to memory_rows.
+        rest = rows[kept : kept + self.memory_rows]
+        memory.extendleft(reversed(rest))
+        self._drop(len(rows) - kept - len(rest))
 
     def _drop(self, n: int) -> None:
         if n <= 0:
@@ -476,6 +503,47 @@ def open_spend_log(
     if config.retention is not None:
         spend.retention = SpendRetention(database, config.retention, clock=clock, ready=lambda: spend.available)
     return spend
+
+
+def _claim_spill(base: Path) -> tuple[Path, IO[bytes]] | None:
+    """The first of ``base``, ``base.1``, ``base.2``... whose lock file no other process holds, and that lock."""
+    with contextlib.suppress(OSError):
+        base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(_SPILL_SLOTS):
+        path = base if n == 0 else base.with_name(f"{base.name}.{n}")
+        try:
+            lock = path.with_name(path.name + ".lock").open("ab")
+        except OSError as exc:
+            log.error("spend log: cannot open the spill file's lock %s: %s", path, exc)
+            return None
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        return path, lock
+    return None
+
+
+def _adopt_orphans(base: Path, own: Path) -> None:
+    """Append to ``own`` every spill file next to ``base`` that no process holds, and remove it."""
+    for n in range(_SPILL_SLOTS):
+        path = base if n == 0 else base.with_name(f"{base.name}.{n}")
+        if path == own or not path.exists():
+            continue
+        try:
+            with path.with_name(path.name + ".lock").open("ab") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                data = path.read_bytes()
+                if data and not data.endswith(b"\n"):  # a torn last line
+                    data = data[: data.rfind(b"\n") + 1]
+                with own.open("ab") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                path.unlink()
+        except OSError:
+            continue  # held by a running process, or unreadable: left as it is
 
 
 def _spill_path(url: str, configured: str | None, base_dir: Path | None) -> Path | None:
