@@ -94,7 +94,7 @@ class ConfigDoc(RulesSections, AccountingSections):
     registry: RegistryDoc = RegistryDoc()
     database: DatabaseConfig = DatabaseConfig()
     """The database of record (SQLite or PostgreSQL); with a url and no registry: store, the registry lives there."""
-    scaling: ScalingConfig = ScalingConfig()
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     """Deployment pools sized by the traffic the gateway sees (the autoscaling advisor)."""
 
     @check
