@@ -120,12 +120,12 @@ class Autoscaler:
             self.redis = None
 
     async def _run(self) -> None:
-        while True:
+        while True:  # the first round after one interval: rates need two samples
+            await asyncio.sleep(self._config().interval)
             try:
                 await self.tick()
             except Exception:
                 log.exception("scaling: a round failed")
-            await asyncio.sleep(self._config().interval)
 
     async def tick(self) -> None:
         """Publish this process's samples; if it holds the lease, decide every pool."""
