@@ -21,6 +21,8 @@
     │   ├── UpstreamUnavailable          no healthy deployment, every fallback exhausted        503
     │   └── UpstreamTimeout              connect / first byte / idle / total timeout            504
     ├── Overloaded                       the gateway sheds load                                 503
+    ├── ScalingActionFailed              a scaling actuator (webhook, Kubernetes API) did not   502
+    │                                    take a decision after its retries
     └── StoreError                       a store failed or exceeded its budget (wraps the       503
         │                                driver's error: Redis, files, the embedded engine)
         ├── StoreTimeout                 a call sent to the store got no answer within budget   503
@@ -72,6 +74,7 @@ __all__ = [
     "QuotaExhausted",
     "RateLimited",
     "RequestError",
+    "ScalingActionFailed",
     "StoreError",
     "StoreOverloaded",
     "StoreTimeout",
@@ -276,6 +279,13 @@ class UpstreamTimeout(UpstreamError):
 class Overloaded(GatewayError):
     http_status = 503
     default_code = "overloaded"
+
+
+class ScalingActionFailed(GatewayError):
+    """A scaling actuator (a webhook, the Kubernetes API) did not take a decision after its retries."""
+
+    http_status = 502
+    default_code = "scaling_action_failed"
 
 
 class StoreError(GatewayError):

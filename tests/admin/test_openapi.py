@@ -167,6 +167,8 @@ async def test_every_route_answers_as_its_documented_schema_says(admin: tuple[Cl
         ("GET", "/admin/tenants/{tenant}/audit", "/admin/tenants/initech/audit", None, 200),
         ("GET", "/admin/audit", "/admin/audit?since=2000-01-01T00:00:00Z", None, 200),
         ("GET", "/admin/audit", "/admin/audit?since=yesterday", None, 400),
+        ("GET", "/admin/scaling", "/admin/scaling", None, 200),
+        ("GET", "/admin/scaling/{pool}/history", "/admin/scaling/nope/history", None, 404),
     ]
     exercised = set()
     for method, template, url, body, status in calls:

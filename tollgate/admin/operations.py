@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from tollgate.admin.models import JsonSchema
 from tollgate.config.identity import KEY_ID, TENANT_ID
 from tollgate.config.rules import NAME
+from tollgate.config.scaling import POOL_NAME
 
 __all__ = [
     "ERRORS",
@@ -113,13 +114,14 @@ PATH_PARAMS: Mapping[str, Param] = {
     "tenant": Param("tenant", "path", _pattern(TENANT_ID.pattern), "the tenant's id", required=True),
     "key": Param("key", "path", _pattern(KEY_ID.pattern), "the API key's id (never the key itself)", required=True),
     "name": Param("name", "path", _pattern(NAME), "the namespace's or rule's name", required=True),
+    "pool": Param("pool", "path", _pattern(POOL_NAME), "the scaling pool's name", required=True),
 }
 """Every path parameter of the admin routes, by name."""
 
 ERRORS: Mapping[int, str] = {
     400: "invalid input: the message names every problem, with its field path",
     401: "no admin token configured, or a missing or wrong admin token",
-    404: "no such tenant, key, namespace or rule",
+    404: "no such tenant, key, namespace, rule or scaling pool",
     409: "a create named a tenant, key, namespace or rule that already exists",
     503: "the store or the registry did not answer",
 }

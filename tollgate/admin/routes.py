@@ -12,6 +12,7 @@ from tollgate.admin.openapi import openapi_document, served_routes
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation
 from tollgate.admin.resilience_routes import RESILIENCE_ROUTES
 from tollgate.admin.rules_routes import RULE_ROUTES
+from tollgate.admin.scaling_routes import SCALING_ROUTES
 from tollgate.admin.spend_routes import SPEND_ROUTES
 from tollgate.admin.tenant_routes import TENANT_ROUTES
 from tollgate.admin.usage_routes import USAGE_ROUTES
@@ -91,6 +92,7 @@ ROUTES: tuple[tuple[str, str, AdminHandler], ...] = (
     *USAGE_ROUTES,
     *SPEND_ROUTES,
     *DATABASE_ROUTES,
+    *SCALING_ROUTES,
     ("POST", "/admin/reload", reload),
 )
 """Every admin route, in the order the application registers them."""

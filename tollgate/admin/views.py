@@ -149,6 +149,9 @@ class PlanView(Limits):
     name: str
     description: str
     allowed_models: list[str] | None = Field(description="null: every configured model")
+    max_instances: int | None = Field(
+        None, description="replicas a scaling pool dedicated to a tenant of the plan may reach"
+    )
 
 
 class PlanList(Listing[PlanView]):

@@ -30,6 +30,7 @@ from tollgate.config.identity import (
 from tollgate.config.model import AdminListener, Config, Guard, Listener, Listeners, Port, Server
 from tollgate.config.resilience import Resilience, fallback_graph_problems
 from tollgate.config.rules import NAME, RulesSections, build_rules
+from tollgate.config.scaling import ScalingConfig, pool_ref_problems
 from tollgate.config.store import StoreDoc, build_store
 from tollgate.config.upstreams import UpstreamDoc, build_upstream
 from tollgate.config.validation import Doc, Found, Problems, check, validate
@@ -93,6 +94,8 @@ class ConfigDoc(RulesSections, AccountingSections):
     registry: RegistryDoc = RegistryDoc()
     database: DatabaseConfig = DatabaseConfig()
     """The database of record (SQLite or PostgreSQL); with a url and no registry: store, the registry lives there."""
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    """Deployment pools sized by the traffic the gateway sees (the autoscaling advisor)."""
 
     @check
     def has_upstreams_and_models(self) -> Found:
@@ -163,6 +166,10 @@ class ConfigDoc(RulesSections, AccountingSections):
                 hashes[key_hash] = path
 
     @check
+    def scaling_pools_name_models_and_plans(self) -> Found:
+        yield from pool_ref_problems(self.scaling.pools, self.models, {**DEFAULT_PLANS, **self.plans})
+
+    @check
     def prices_name_models(self) -> Found:
         yield from priced_model_problems(self.pricing, self.models)
 
@@ -213,6 +220,7 @@ def build_config(doc: ConfigDoc, *, source: str = "<memory>") -> Config:
         api_keys=frozen_map(keys),
         registry=build_registry(doc.registry),
         database=doc.database,
+        scaling=doc.scaling,
         resilience=doc.resilience,
         accounting=build_accounting(doc),
         server=doc.server,

@@ -124,6 +124,8 @@ class Plan:
     # None: every configured model.
     allowed_models: tuple[str, ...] | None = None
     description: str = ""
+    # Replicas a scaling pool dedicated to a tenant of the plan may reach (tollgate/scaling); None: no quota.
+    max_instances: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -131,6 +133,7 @@ class Plan:
             "description": self.description,
             **self.limits.to_json(),
             "allowed_models": list(self.allowed_models) if self.allowed_models is not None else None,
+            "max_instances": self.max_instances,
         }
 
 
@@ -139,15 +142,28 @@ DEFAULT_PLANS: Mapping[str, Plan] = frozen_map(
     {
         p.name: p
         for p in (
-            Plan("personal", Limits(monthly_requests=10_000, concurrency=3), description="Personal"),
-            Plan("small_business", Limits(monthly_requests=100_000, concurrency=10), description="Small business"),
+            Plan("personal", Limits(monthly_requests=10_000, concurrency=3), description="Personal", max_instances=3),
             Plan(
-                "enterprise", Limits(monthly_requests=1_000_000, concurrency=50, priority=1), description="Enterprise"
+                "small_business",
+                Limits(monthly_requests=100_000, concurrency=10),
+                description="Small business",
+                max_instances=10,
             ),
             Plan(
-                "government", Limits(monthly_requests=5_000_000, concurrency=100, priority=1), description="Government"
+                "enterprise",
+                Limits(monthly_requests=1_000_000, concurrency=50, priority=1),
+                description="Enterprise",
+                max_instances=50,
             ),
-            Plan("education", Limits(monthly_requests=500_000, concurrency=20), description="Education"),
+            Plan(
+                "government",
+                Limits(monthly_requests=5_000_000, concurrency=100, priority=1),
+                description="Government",
+                max_instances=100,
+            ),
+            Plan(
+                "education", Limits(monthly_requests=500_000, concurrency=20), description="Education", max_instances=20
+            ),
         )
     }
 )
@@ -323,6 +339,8 @@ class PlanDoc(Doc):
     allowed_models: StrList | None = None
     """Absent: every model."""
     description: Str | None = None
+    max_instances: LimitValue | None = None
+    """Replicas a scaling pool dedicated to a tenant of this plan may reach (absent: no quota)."""
 
 
 class KeyDoc(Doc):
@@ -429,7 +447,7 @@ def build_key(doc: KeyDoc, tenant_id: str, *, secret: bytes | None, default_id: 
 def build_plan(name: str, doc: PlanDoc) -> Plan:
     limits = Limits(**_given(doc))
     allowed = tuple(dict.fromkeys(doc.allowed_models)) if doc.allowed_models is not None else None
-    return Plan(name, limits, allowed, doc.description if doc.description is not None else name)
+    return Plan(name, limits, allowed, doc.description if doc.description is not None else name, doc.max_instances)
 
 
 def check_tenant_refs(

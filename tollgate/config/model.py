@@ -21,6 +21,7 @@ from tollgate.config.database import DatabaseConfig
 from tollgate.config.identity import DEFAULT_PLANS, ApiKey, IdentityConfig, Plan, RegistryConfig, Tenant
 from tollgate.config.resilience import DeploymentLimits, ModelRouting, Resilience
 from tollgate.config.rules import RulesConfig
+from tollgate.config.scaling import ScalingConfig
 from tollgate.config.store import StoreConfig
 from tollgate.config.validation import Found, check, section
 from tollgate.config.values import Bool, Duration, NonEmptyStr, Size, StrList, frozen_map
@@ -200,6 +201,7 @@ class Config:
     api_keys: Mapping[str, ApiKey] = field(default_factory=frozen_map)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
     resilience: Resilience = field(default_factory=Resilience)
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     server: Server = Server()

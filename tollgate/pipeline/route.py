@@ -266,6 +266,7 @@ class Walk:
             dstate.tpm.add(self.now, self.tokens)
         dstate.inflight += 1
         dstate.calls += 1
+        dstate.tokens += self.tokens
         clock = deps.clock
         began = clock.loop_time()
         try:

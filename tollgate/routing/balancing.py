@@ -10,6 +10,7 @@ hold direct references to these objects.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterable
 
 from tollgate.clock import Clock
@@ -22,6 +23,7 @@ __all__ = [
     "EWMA_ALPHA",
     "LEAST_INFLIGHT",
     "LOWEST_LATENCY",
+    "RECENT_LATENCIES",
     "STRATEGY_CODES",
     "WEIGHTED_ROUND_ROBIN",
     "DeploymentRegistry",
@@ -35,6 +37,7 @@ __all__ = [
 log = logging.getLogger("tollgate.balancing")
 
 EWMA_ALPHA = 0.3
+RECENT_LATENCIES = 256
 WEIGHTED_ROUND_ROBIN = 0
 LEAST_INFLIGHT = 1
 LOWEST_LATENCY = 2
@@ -89,6 +92,9 @@ class DeploymentState:
         "queue",
         "calls",
         "failures",
+        "throttled",
+        "tokens",
+        "recent_latencies",
     )
 
     def __init__(self, key: str, deployment: Deployment, resilience: Resilience, clock: Clock) -> None:
@@ -105,6 +111,10 @@ class DeploymentState:
         self.queue: FairQueue | None = None
         self.calls = 0
         self.failures = 0
+        self.throttled = 0  # 429s from the upstream (a scaling signal)
+        self.tokens = 0  # estimated tokens of the requests sent to it (a scaling signal)
+        # The latest times to first byte (seconds), for the scaler's p95; bounded, appended once per served call.
+        self.recent_latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
 
     def configure(self, limits: DeploymentLimits, resilience: Resilience) -> None:
         self.breaker.configure(resilience.breaker)
@@ -113,6 +123,7 @@ class DeploymentState:
         self.queue = _queue(self.queue, limits.max_concurrency, resilience.queue)
 
     def observe_latency(self, seconds: float) -> None:
+        self.recent_latencies.append(seconds)
         latency = self.latency
         self.latency = seconds if latency == 0.0 else latency + EWMA_ALPHA * (seconds - latency)
 

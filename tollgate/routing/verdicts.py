@@ -54,6 +54,7 @@ def record_failure(dstate: DeploymentState, permit: int, exc: UpstreamError, now
         if exc.retry_after:  # the provider asked us to stay away this long
             dstate.cooling_until = max(dstate.cooling_until, now + exc.retry_after)
         if exc.status == 429:  # its rate limit, not a fault: the breaker does not count it
+            dstate.throttled += 1
             dstate.breaker.abandon(permit)
             return
         if exc.status < 500:

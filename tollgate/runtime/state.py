@@ -14,6 +14,7 @@ from tollgate.accounting import Accounting
 from tollgate.clock import Clock, SystemClock
 from tollgate.config import Config, load_config
 from tollgate.config.rules import RulesConfig
+from tollgate.config.scaling import ScalingPool
 from tollgate.database import Database, migrate, open_database
 from tollgate.errors import ConfigError
 from tollgate.identity import IdentityRuntime, compile_identity
@@ -31,12 +32,14 @@ from tollgate.policy.settlement import Settler
 from tollgate.policy.shedding import Shedder
 from tollgate.registry.registry import Registry
 from tollgate.registry.rule_records import RuleBook
-from tollgate.routing.balancing import DeploymentRegistry
+from tollgate.routing.balancing import DeploymentRegistry, DeploymentState
 from tollgate.routing.deadletter import DeadLetterLog
 from tollgate.routing.degradation import Hotspots, ProactiveFallbacks
 from tollgate.routing.health import HealthProber
 from tollgate.routing.models import ModelRoute, compile_routes
 from tollgate.routing.retry_budget import RetryBudget
+from tollgate.scaling.build import build_autoscaler
+from tollgate.scaling.quota import RegistryQuotas
 from tollgate.upstream.pool import UpstreamPool
 
 __all__ = ["STATE", "GatewayState", "Runtime"]
@@ -135,6 +138,25 @@ class GatewayState:
         self._account = AccountDeps(self.settler, self.accounting, self.accounting.wall, self.clock)
         self._reload_lock = asyncio.Lock()
         self.runtime = Runtime(config, next(self._versions), self.deployments, self._stages)
+        # The autoscaling advisor: samples every pool here, decides when this process holds the fleet's lease.
+        self.scaler = build_autoscaler(
+            lambda: self.config.scaling,
+            store=config.store,
+            database=self.database,
+            quotas=RegistryQuotas(self.registry, lambda: self.config.plans),
+            audit=self.accounting.audit,
+            metrics=self.accounting.metrics,
+            states=self._pool_states,
+            clock=self.clock,
+        )
+
+    def _pool_states(self, pool: ScalingPool) -> tuple[DeploymentState, ...]:
+        """The live states of a scaling pool's deployments in the config version in force."""
+        route = self.runtime.routes.get(pool.model)
+        if route is None:
+            return ()
+        wanted = pool.deployments
+        return tuple(s for s in route.states if wanted is None or s.upstream in wanted)
 
     @property
     def config(self) -> Config:
@@ -156,8 +178,10 @@ class GatewayState:
         self.health.start()
         await self.accounting.start()
         self.settler.start()
+        self.scaler.start()
 
     async def close(self) -> None:
+        await self.scaler.close()
         await self.health.close()
         await self.shedder.close()
         await self.settler.close()  # settle what finished before the usage flush and before the store closes
@@ -216,6 +240,7 @@ class GatewayState:
                 runtime = runtime.with_rules(self.effective_rules(config))
             self.runtime = runtime
             self._configure_resilience(config)
+            self.scaler.start()  # pools added by this version start the loop
             log.info("config version %d in force (from %s)", runtime.version, config.source)
             return runtime
 
