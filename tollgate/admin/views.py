@@ -89,6 +89,7 @@ class KeyView(View):
     expires: float | None = Field(description="epoch seconds; null: never")
     revoked: bool
     models: list[str] | None = Field(description="null: whatever the tenant may use")
+    admin: bool = Field(description="the tenant's admin key: it may manage the tenant's keys on /v1/tollgate/keys")
     source: Literal["config", "api"]
 
 

@@ -167,6 +167,8 @@ class ApiKey:
     revoked: bool = False
     # None: whatever the tenant may use; otherwise only these models (and only those the tenant may use).
     models: tuple[str, ...] | None = None
+    # The tenant's admin key: it may also list, create and revoke its own tenant's keys (the self-service routes).
+    admin: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -178,6 +180,7 @@ class ApiKey:
             "expires": self.expires,
             "revoked": self.revoked,
             "models": list(self.models) if self.models is not None else None,
+            "admin": self.admin,
         }
 
 
@@ -355,6 +358,8 @@ class KeyDoc(Doc):
     revoked: Bool = False
     models: StrList | None = None
     """None: whatever the tenant may use; otherwise only these (and only those the tenant may use)."""
+    admin: Bool = False
+    """The tenant's admin key: it may also list, create and revoke the tenant's keys on /v1/tollgate/keys."""
 
     @check
     def one_credential(self) -> Found:
@@ -430,6 +435,7 @@ def build_key(doc: KeyDoc, tenant_id: str, *, secret: bytes | None, default_id: 
         expires=doc.expires,
         revoked=doc.revoked,
         models=tuple(dict.fromkeys(doc.models)) if doc.models is not None else None,
+        admin=doc.admin,
     )
 
 
@@ -477,7 +483,19 @@ def tenant_ref_problems(
 # -- the entry points of the admin API and the registry (a document node in, records out) ----------
 
 _TENANT_KEYS = ("name", "plan", "status", "subdomain", "allowed_models", "limits", "metadata", "created")
-_KEY_KEYS = ("id", "key", "sha256", "hmac_sha256", "key_hash", "name", "created", "expires", "revoked", "models")
+_KEY_KEYS = (
+    "id",
+    "key",
+    "sha256",
+    "hmac_sha256",
+    "key_hash",
+    "name",
+    "created",
+    "expires",
+    "revoked",
+    "models",
+    "admin",
+)
 
 
 def parse_tenant(tenant_id: str, node: Node, *, created: float = 0.0) -> Tenant:

@@ -19,7 +19,7 @@ __all__ = ["key_from_record", "tenant_from_record"]
 _TENANT_KEYS = frozenset(
     {"id", "name", "plan", "status", "subdomain", "allowed_models", "limits", "metadata", "created"}
 )
-_KEY_KEYS = frozenset({"id", "tenant", "key_hash", "name", "created", "expires", "revoked", "models"})
+_KEY_KEYS = frozenset({"id", "tenant", "key_hash", "name", "created", "expires", "revoked", "models", "admin"})
 _STATUSES = ("active", "suspended")
 _HASH_PREFIXES = ("sha256:", "hmac-sha256:")
 
@@ -71,11 +71,12 @@ def key_from_record(ident: str, doc: Any) -> ApiKey | None:
     if type(doc) is not dict or not doc.keys() <= _KEY_KEYS:
         return None
     tenant, key_hash, name = doc.get("tenant"), doc.get("key_hash"), doc.get("name", "")
-    created, expires, revoked, models = (
+    created, expires, revoked, models, admin = (
         doc.get("created", 0),
         doc.get("expires"),
         doc.get("revoked", False),
         doc.get("models"),
+        doc.get("admin", False),
     )
     if doc.get("id", ident) != ident or not KEY_ID.fullmatch(ident) or type(tenant) is not str or not tenant:
         return None
@@ -89,6 +90,7 @@ def key_from_record(ident: str, doc: Any) -> ApiKey | None:
         or not _number(created)
         or (expires is not None and not _number(expires))
         or type(revoked) is not bool
+        or type(admin) is not bool
     ):
         return None
     if models is not None and not _str_list(models):
@@ -102,4 +104,5 @@ def key_from_record(ident: str, doc: Any) -> ApiKey | None:
         expires=float(expires) if expires is not None else None,
         revoked=revoked,
         models=tuple(dict.fromkeys(models)) if models is not None else None,
+        admin=admin,
     )

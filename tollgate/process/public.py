@@ -1,7 +1,8 @@
 """The public listener's routes, on the gateway's own HTTP server (``tollgate/edge/server.py``); the admin listener is an aiohttp application.
 
 The public side dispatches by exact path from one dict: it has only a
-handful of fixed paths. ``public_lifecycle`` opens the gateway's resources
+handful of fixed paths, and a few prefixes (a model, a stored response, the
+tenant self-service routes of ``self_service.py``). ``public_lifecycle`` opens the gateway's resources
 before the listener serves and closes them after it has drained.
 """
 
@@ -21,6 +22,7 @@ from tollgate.errors import GatewayError, MethodNotAllowed, NotFound
 from tollgate.identity import Principal, authenticate_fresh
 from tollgate.pipeline.context import ENDPOINTS
 from tollgate.pipeline.handler import make_proxy_handler
+from tollgate.process.self_service import SELF_SERVICE_PREFIX, self_service_answer
 from tollgate.process.stored_responses import RESPONSES_PREFIX, stored_response_answer
 from tollgate.registry.registry import registry_watching
 from tollgate.runtime.state import GatewayState
@@ -54,6 +56,8 @@ def make_public_handler(state: GatewayState) -> Handler:
             return _refuse(
                 MethodNotAllowed(f"{method} is not allowed on {path}; use {allowed}", allowed=(allowed,)), request
             )
+        if path.startswith(SELF_SERVICE_PREFIX):
+            return await _answer(self_service_answer, request, state)
         if path.startswith(RESPONSES_PREFIX) and len(path) > len(RESPONSES_PREFIX):
             return await _answer(stored_response_answer, request, state)
         if path.startswith(_MODELS_PREFIX) and len(path) > len(_MODELS_PREFIX):
