@@ -112,3 +112,19 @@ def test_jwks_url_needs_https_off_loopback_and_asymmetric_algorithms() -> None:
         "identity.jwt.algorithms" in p for p in problems(jwks_url="https://idp.example.test/jwks", algorithms=["HS256"])
     )
     assert any("identity.jwt.algorithms" in p and "required" in p for p in problems(jwks_url="https://idp.test/jwks"))
+
+
+async def test_a_token_verified_before_its_key_was_withdrawn_is_not_served_from_the_cache_after(
+    aiohttp_server: MakeServer,
+) -> None:
+    published = [SigningKey("t1")]
+    url = str((await aiohttp_server(jwks_app(published))).make_url("/jwks.json"))
+    clock = Wall()
+    ident = _identified(url, clock)
+    token = published[0].sign(claims(ISS, AUD, tenant="acme", exp=int(time.time()) + 3600))
+    assert (await authenticate_fresh(mocked_request(_bearer(token)), ident.identity, ident.directory)).tenant == "acme"
+    assert authenticate(mocked_request(_bearer(token)), ident.identity, ident.directory).tenant == "acme"  # cached
+    published[:] = [SigningKey("t2")]
+    clock.offset += 601  # past the max age: fetched again, t1 is gone
+    with pytest.raises(Unauthenticated, match="kid"):
+        await authenticate_fresh(mocked_request(_bearer(token)), ident.identity, ident.directory)

@@ -53,7 +53,18 @@ class SigningKeysStale(Unauthenticated):
 class JwksKeys:
     """The signing keys of one JWKS URL, as last fetched."""
 
-    __slots__ = ("source", "algorithms", "clock", "fetch", "by_kid", "by_alg", "fetched", "attempted", "_lock")
+    __slots__ = (
+        "source",
+        "algorithms",
+        "clock",
+        "fetch",
+        "by_kid",
+        "by_alg",
+        "fetched",
+        "attempted",
+        "revision",
+        "_lock",
+    )
 
     def __init__(
         self,
@@ -71,6 +82,7 @@ class JwksKeys:
         self.by_alg: dict[str, tuple[JwtKey, ...]] = {}
         self.fetched: float | None = None  # when the keys in hand were fetched
         self.attempted: float | None = None  # when a fetch was last tried, successful or not
+        self.revision = 0  # goes up when a fetch withdraws a key: what was verified with the keys before is not kept
         self._lock: asyncio.Lock | None = None
 
     def keys_for(self, kid: str | None, alg: str) -> tuple[JwtKey, ...]:
@@ -115,7 +127,10 @@ class JwksKeys:
                     "JWKS %s has no key for %s: keeping the cached keys", url, ", ".join(sorted(self.algorithms))
                 )
                 return False
+            before = self.by_kid
             self.by_kid = {k.kid: k for k in usable if k.kid is not None}
+            if before.keys() - self.by_kid.keys() or any(k.kid is None for k in usable):
+                self.revision += 1  # a key withdrawn (or keys without ids, which cannot be told apart)
             self.by_alg = {alg: tuple(k for k in usable if k.algorithm == alg) for alg in self.algorithms}
             self.fetched = self.attempted
             log.info("JWKS %s fetched: key ids %s", url, ", ".join(sorted(self.by_kid)) or "(none)")

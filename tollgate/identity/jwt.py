@@ -26,7 +26,7 @@ def looks_like_jwt(token: str) -> bool:
 class VerifiedToken:
     """What a verified token says, plus the principal last built from it (reused while the directory is unchanged)."""
 
-    __slots__ = ("expires", "tenant", "user", "principal", "generation")
+    __slots__ = ("expires", "tenant", "user", "principal", "generation", "keys_revision")
 
     def __init__(self, expires: float, tenant: str, user: str | None) -> None:
         self.expires = expires
@@ -34,6 +34,7 @@ class VerifiedToken:
         self.user = user
         self.principal: Any = None
         self.generation = -1
+        self.keys_revision = 0
 
 
 def _claim(claims: dict[str, Any], path: str) -> Any:
@@ -71,7 +72,10 @@ class JwtVerifier:
     def verify(self, token: str) -> VerifiedToken:
         hit = self.cache.get(token)
         if hit is not None:
-            if self.clock() < hit.expires:
+            jwks = self.jwks
+            if jwks is not None and jwks.stale():  # keys past their max age: refresh before trusting the cache
+                raise SigningKeysStale(jwks, "the gateway's signing keys are being refreshed")
+            if self.clock() < hit.expires and (jwks is None or hit.keys_revision == jwks.revision):
                 return hit
             del self.cache[token]
         verified = self._verify(token)
@@ -155,4 +159,7 @@ class JwtVerifier:
             raise Unauthenticated(f"the token has no {cfg.tenant_claim!r} claim naming a tenant")
         user = _claim(claims, cfg.user_claim)
         exp = claims["exp"]
-        return VerifiedToken(float(exp), tenant, user if isinstance(user, str) else None)
+        verified = VerifiedToken(float(exp), tenant, user if isinstance(user, str) else None)
+        if self.jwks is not None:
+            verified.keys_revision = self.jwks.revision  # a key withdrawn later makes it verify again
+        return verified
