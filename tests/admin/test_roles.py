@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from tollgate.admin.operations import operation_of
 from tollgate.admin.routes import OPEN_PATHS, ROUTES
@@ -187,3 +188,17 @@ async def test_writes_are_audited_with_the_principals_name_and_role_refused_ones
     assert patch["actor"] == "ops-bot" and patch["detail"]["role"] == "operator" and patch["detail"]["status"] == 200
     assert patch["detail"]["via"] == "token"
     assert refused["actor"] == "dash" and refused["detail"]["role"] == "viewer" and refused["detail"]["status"] == 403
+
+
+async def test_a_reload_changes_the_principals_without_a_restart(admin_app: AdminFactory) -> None:
+    client, state = await admin_app()
+    assert state.config_path is not None
+    doc = yaml.safe_load(state.config_path.read_text())
+    doc["admin"]["principals"] = [{"name": "new-ops", "role": "operator", "token": "a-new-operator-token-0123456789"}]
+    state.config_path.write_text(yaml.safe_dump(doc))
+    async with client.post("/admin/reload", headers=bearer(TOKENS["operator"])) as r:
+        assert r.status == 200, await r.text()
+    async with client.get("/admin/whoami", headers=bearer("a-new-operator-token-0123456789")) as r:
+        assert (await r.json())["name"] == "new-ops"
+    async with client.get("/admin/whoami", headers=bearer(TOKENS["operator"])) as r:
+        assert r.status == 401  # removed by the reload

@@ -182,7 +182,7 @@ def credentials_of(app: web.Application) -> AdminCredentials:
     holder = app[CREDENTIALS]
     current = holder[0] if holder else None
     access = state.config.admin
-    if current is None or current.access != access:
+    if current is None or current.access is not access:  # a reload built a new config
         clock = state.clock.monotonic
         holder[:] = [AdminCredentials(access, clock=clock, keys=current.oidc_keys if current is not None else None)]
     return holder[0]
