@@ -100,6 +100,9 @@ class _Discard:
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         return None
 
+    async def copy_records(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        return None
+
     async def execute(self, sql: str, *args: Any) -> int:
         return 0
 

@@ -1,6 +1,6 @@
 """The admin API over the spend log, on SQLite and on a real PostgreSQL: filters, keyset pages, CSV, bills, retention.
 
-Rows are inserted as the writer inserts them (one executemany); the routes are those of the admin application an
+Rows are inserted as the writer inserts them (one bulk insert); the routes are those of the admin application an
 in-process gateway serves, checked against the OpenAPI document's schemas.
 """
 

@@ -1,15 +1,15 @@
 """The spend log's writer against a fake database: batches, the memory bound, the spill file, replay, counted drops.
 
-The fake keeps rows by request id the way ``ON CONFLICT (request_id) DO NOTHING`` does, and can be told to be down.
+The fake keeps rows by their key (ts_ms, request_id) the way the bulk insert's ``ON CONFLICT DO NOTHING`` does, and can
+be told to be down.
 The same behaviour on the real engines is in test_spend_gateway.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -38,19 +38,20 @@ PRICING = Pricing(
 
 
 class FakeDatabase:
-    """Rows by request id (a replayed row changes nothing); ``down`` makes every statement fail as unreachable."""
+    """Rows by key (a replayed row changes nothing); ``down`` makes every statement fail as unreachable."""
 
     dialect = "sqlite"
 
     def __init__(self) -> None:
         self.rows: dict[str, tuple[Any, ...]] = {}
         self.order: list[str] = []
+        self.keys: set[tuple[int, str]] = set()  # (ts_ms, request_id): the primary key
         self.statements = 0
         self.down = False
         self.fail_after: int | None = None  # statements that succeed before it goes down
 
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        assert "ON CONFLICT (request_id) DO NOTHING" in sql
+    async def copy_records(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        assert table == "spend_log" and tuple(columns) == SPEND_COLUMNS
         if self.fail_after is not None:
             if self.fail_after == 0:
                 self.down = True
@@ -60,13 +61,13 @@ class FakeDatabase:
         self.statements += 1
         for row in rows:
             assert len(row) == len(SPEND_COLUMNS)
-            if row[0] not in self.rows:
+            if (row[1], row[0]) not in self.keys:
+                self.keys.add((row[1], row[0]))
                 self.rows[row[0]] = tuple(row)
                 self.order.append(row[0])
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[FakeDatabase]:
-        yield self
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise AssertionError("not used")
 
     async def execute(self, sql: str, *args: Any) -> int:
         raise AssertionError("not used")
@@ -235,7 +236,7 @@ async def test_a_spill_file_left_by_an_earlier_run_is_replayed_at_start_without_
     await first.close(timeout=0.5)  # down at shutdown: memory goes to the spill file too
     assert (tmp_path / "spend.spill").exists() and first.dropped == 0
     db.down = False
-    await db.executemany("INSERT ON CONFLICT (request_id) DO NOTHING", [spend_row(fields(3), "USD")])  # already there
+    await db.copy_records("spend_log", SPEND_COLUMNS, [spend_row(fields(3), "USD")])  # already there
     second = spend_log(db, tmp_path, memory_rows=4)
     await second.start()
     second.add([fields(20)], "USD")

@@ -81,6 +81,16 @@ class Database(abc.ABC):
     async def fetchval(self, sql: str, *args: Any) -> Any: ...
 
     @abc.abstractmethod
+    async def copy_records(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert ``rows`` (values in ``columns`` order) into ``table`` in one transaction of its own, skipping a
+        row whose key is there already (``ON CONFLICT DO NOTHING``): a batch replayed after a failure is harmless.
+
+        The bulk path for many rows at once: PostgreSQL copies them (binary COPY) into a temporary staging table
+        and inserts from there in one statement; SQLite inserts many rows per statement. ``table`` and
+        ``columns`` are names from the code, never from a request.
+        """
+
+    @abc.abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Queries]:
         """A transaction: committed when the block ends, rolled back when it raises.
 

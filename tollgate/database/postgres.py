@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from tollgate.errors import DatabaseError, DatabaseUnavailable
 __all__ = ["PostgresDatabase"]
 
 T = TypeVar("T")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 # What says the connection, not the statement, failed.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -33,6 +35,14 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
 )
+
+
+class _Connection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg has no type hints
+    """A pool connection that remembers the staging tables it created (temporary tables live as long as it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.staging: set[str] = set()
 
 
 class PostgresDatabase(Database):
@@ -68,6 +78,7 @@ class PostgresDatabase(Database):
                 max_size=self._pool_size,
                 command_timeout=self._timeout,
                 timeout=self._timeout,
+                connection_class=_Connection,
             )
         except (asyncpg.exceptions.PostgresError, *_UNAVAILABLE) as exc:
             wrapped = self._wrap(exc, "connect")
@@ -111,6 +122,29 @@ class PostgresDatabase(Database):
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         return await self._with_connection(sql, lambda c: c.fetchval(sql, *args))
+
+    async def copy_records(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        for name in (table, *columns):
+            if _IDENTIFIER.match(name) is None:
+                raise DatabaseError(f"{self.description}: not a plain name: {name!r}")
+        staging = f"tollgate_staging_{table}"
+        column_list = ", ".join(columns)
+        insert = f"INSERT INTO {table} ({column_list}) SELECT {column_list} FROM {staging} ON CONFLICT DO NOTHING"
+
+        async def run(conn: asyncpg.Connection) -> None:
+            known: set[str] = conn.staging  # the pool's proxy hands attribute reads to the _Connection
+            async with conn.transaction():
+                if staging not in known:  # the table's columns as they are now (LIKE: no keys, no indexes)
+                    await conn.execute(
+                        f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS"
+                    )
+                await conn.copy_records_to_table(staging, records=rows, columns=list(columns))
+                await conn.execute(insert)
+            known.add(staging)
+
+        await self._with_connection(insert, run)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Queries]:
