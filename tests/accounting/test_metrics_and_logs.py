@@ -182,6 +182,8 @@ async def test_admin_changes_are_audited_with_before_and_after_and_never_a_new_k
     got = await wait_until(changes, timeout=10)
     assert got, "the admin changes were not audited"
     patch = next(e for e in got if e["detail"]["method"] == "PATCH")
-    assert patch["actor"] == "alice@ops" and patch["target"] == "tenant:globex" and patch["detail"]["status"] == 200
+    assert patch["actor"] == "admin" and patch["detail"]["role"] == "admin"  # the principal of listeners.admin.token
+    assert patch["detail"]["on_behalf_of"] == "alice@ops"  # the tooling's header, kept beside it
+    assert patch["target"] == "tenant:globex" and patch["detail"]["status"] == 200
     assert patch["before"]["plan"] == "metered" and patch["after"]["plan"] == "personal"
     assert plaintext not in orjson.dumps(got).decode()

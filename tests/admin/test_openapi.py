@@ -71,7 +71,7 @@ async def test_the_document_names_every_served_route_and_no_other_and_is_valid_o
     validate(document)
 
 
-async def test_only_the_probes_and_the_document_are_open_and_every_other_route_says_it_needs_the_token(
+async def test_only_the_probes_and_the_document_are_open_and_every_other_route_states_its_role(
     admin: tuple[Client, web.Application, Path],
 ) -> None:
     client, _app, _path = admin
@@ -81,7 +81,8 @@ async def test_only_the_probes_and_the_document_are_open_and_every_other_route_s
     for path, ops in document["paths"].items():
         for method, op in ops.items():
             if (method, path) not in open_ops:
-                assert "401" in op["responses"], (method, path)
+                assert "401" in op["responses"] and "403" in op["responses"], (method, path)
+                assert op["x-tollgate-role"] in ("viewer", "operator", "admin"), (method, path)
     for path in OPEN_PATHS:
         async with client.get(path) as r:
             assert r.status == 200, path
@@ -163,6 +164,8 @@ async def test_every_route_answers_as_its_documented_schema_says(admin: tuple[Cl
             503,
         ),  # no database here (tests/admin/test_spend_routes.py: with one)
         ("GET", "/admin/bills/{tenant}", "/admin/bills/acme?month=2026-11", None, 503),
+        ("GET", "/admin/whoami", "/admin/whoami", None, 200),
+        ("GET", "/admin/principals", "/admin/principals", None, 200),
         ("POST", "/admin/reload", "/admin/reload", None, 200),
         ("GET", "/admin/tenants/{tenant}/audit", "/admin/tenants/initech/audit", None, 200),
         ("GET", "/admin/audit", "/admin/audit?since=2000-01-01T00:00:00Z", None, 200),

@@ -1,4 +1,5 @@
-"""The admin API: its own listener (loopback by default) and bearer token; every admin route, its generated OpenAPI."""
+"""The admin API: its own listener (loopback by default); principals with roles (tokens, OIDC sign-on); every admin
+route, its generated OpenAPI."""
 
 from __future__ import annotations
 

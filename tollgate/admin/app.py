@@ -1,18 +1,23 @@
-"""The admin application: bearer-token check in constant time, JSON errors, the audit of writes, and the routes."""
+"""The admin application: who calls (tokens, OIDC), JSON errors, the audit of writes, the roles, and the routes.
+
+Middlewares, outermost first: errors and authentication (401), the audit of
+every write, then the role check (403): a write a role may not make is
+audited as refused.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 
 from aiohttp import web
 
 from tollgate.admin.audit import audit_admin_changes
-from tollgate.admin.operations import AdminHandler
+from tollgate.admin.operations import AdminHandler, operation_of
+from tollgate.admin.principals import CREDENTIALS, credentials_of
+from tollgate.admin.roles import PRINCIPAL, authorize, principal_of
 from tollgate.admin.routes import OPEN_PATHS, PROBES, RELOAD, ROUTES, Probes, ReloadAction
 from tollgate.edge.answers import error_response, internal_error_response, request_id_from
-from tollgate.errors import GatewayError, MethodNotAllowed, NotFound, Unauthenticated
+from tollgate.errors import GatewayError, MethodNotAllowed, NotFound
 from tollgate.runtime.state import STATE, GatewayState
 
 __all__ = ["make_admin_app"]
@@ -23,27 +28,13 @@ log = logging.getLogger("tollgate.admin")
 _MAX_BODY = 32 * 1024 * 1024
 
 
-def _check_token(request: web.Request) -> None:
-    expected = request.app[STATE].config.listeners.admin.token_sha256
-    if expected is None:
-        raise Unauthenticated(
-            "the admin API has no token configured: set listeners.admin.token (e.g. ${TOLLGATE_ADMIN_TOKEN}) "
-            "or listeners.admin.token_sha256 in the config file",
-            code="admin_token_not_configured",
-        )
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    presented = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
-    if not hmac.compare_digest(presented, bytes.fromhex(expected)) or scheme.lower() != "bearer":
-        raise Unauthenticated("send the admin token as Authorization: Bearer <token>", code="invalid_admin_token")
-
-
 @web.middleware
 async def _errors_and_auth(request: web.Request, handler: AdminHandler) -> web.StreamResponse:
     request_id = request_id_from(request.headers.get("x-request-id"))
     try:
         if request.path not in OPEN_PATHS:
-            _check_token(request)
+            credentials = credentials_of(request.app)
+            request[PRINCIPAL] = await credentials.principal(request.headers.get("authorization"))
         return await handler(request)
     except GatewayError as exc:
         return error_response(exc, request_id)
@@ -58,14 +49,23 @@ async def _errors_and_auth(request: web.Request, handler: AdminHandler) -> web.S
         return internal_error_response(request_id)
 
 
+@web.middleware
+async def _roles(request: web.Request, handler: AdminHandler) -> web.StreamResponse:
+    principal = principal_of(request)
+    if principal is not None and request.match_info.http_exception is None:  # unknown paths answer 404 / 405
+        authorize(principal, operation_of(request.match_info.handler), request)
+    return await handler(request)
+
+
 def make_admin_app(state: GatewayState, *, probes: Probes, reload: ReloadAction) -> web.Application:
     """The operator-facing application, served on its own listener (never mounted on the public one).
 
     ``probes`` answer ``/healthz`` and ``/readyz`` as on the public listener; ``reload`` is what
     ``POST /admin/reload`` does. Both are the process's, which runs this application.
     """
-    app = web.Application(middlewares=[_errors_and_auth, audit_admin_changes], client_max_size=_MAX_BODY)
+    app = web.Application(middlewares=[_errors_and_auth, audit_admin_changes, _roles], client_max_size=_MAX_BODY)
     app[STATE] = state
+    app[CREDENTIALS] = []
     app[PROBES] = probes
     app[RELOAD] = reload
     for method, path, handler in ROUTES:

@@ -1,8 +1,10 @@
 """Audit of admin changes: a middleware records every authenticated admin write with who, what, before and after.
 
-*Who*: the ``X-Admin-Actor`` header when the operator's tooling sends one
-(informative: the admin token is shared), else ``admin``, with the client
-address. *What*: method, route and status. *Before / after*: the tenant or
+*Who*: the authenticated principal's name (``actor``), with its role and how
+it signed on (token or oidc) and the client address in ``detail``; an
+``X-Admin-Actor`` header the operator's tooling sends is kept beside them as
+``on_behalf_of`` (informative only). A write refused by the role check is
+recorded too, with its 403. *What*: method, route and status. *Before / after*: the tenant or
 key as the identity directory holds it, around the change; for a create, the
 response with every secret-bearing field removed (a new key's plaintext is
 shown once to its creator, never kept in the audit log).
@@ -16,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from tollgate.admin.operations import AdminHandler
+from tollgate.admin.roles import principal_of
 from tollgate.edge.answers import status_for
 from tollgate.errors import GatewayError
 from tollgate.runtime.state import STATE
@@ -78,9 +81,11 @@ async def audit_admin_changes(request: web.Request, handler: AdminHandler) -> we
                 after = scrub(orjson.loads(response.body))  # type: ignore[arg-type]
             except (orjson.JSONDecodeError, TypeError):
                 after = None
+        principal = principal_of(request)
+        on_behalf_of = request.headers.get("x-admin-actor")
         state.accounting.audit.record(
             "admin_change",
-            actor=request.headers.get("x-admin-actor", "admin")[:128],
+            actor=principal.name if principal is not None else None,
             tenant=tenant or _tenant,
             target=target,
             before=before,
@@ -92,5 +97,8 @@ async def audit_admin_changes(request: web.Request, handler: AdminHandler) -> we
                 else request.path,
                 "status": status,
                 "client_ip": request.remote,
+                "role": principal.role if principal is not None else None,
+                "via": principal.via if principal is not None else None,
+                **({"on_behalf_of": on_behalf_of[:128]} if on_behalf_of else {}),
             },
         )

@@ -92,6 +92,7 @@ def _database(state: GatewayState) -> Database:
     tag="database",
     answers={200: DocumentedAnswer("what was loaded, and how long it took", Synced)},
     errors=(409, 503),
+    role="operator",
 )
 async def sync(request: web.Request) -> web.Response:
     state = request.app[STATE]
@@ -155,6 +156,7 @@ async def _database_stats(db: Database) -> tuple[dict[str, Any], int | None]:
     "store sizes, buffer depths, the last full registry load and the registry lag of this process",
     tag="database",
     answers={200: DocumentedAnswer("the statistics", Stats)},
+    role="viewer",
 )
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]

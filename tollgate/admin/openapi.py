@@ -20,7 +20,9 @@ _TITLE = "Tollgate admin API"
 _ABOUT = (
     "Tenants, API keys, plans, namespaces and rules at runtime; usage, quotas, audit; the process's health and "
     "reload. Served only on the admin listener. Every route except the health probes and this document needs "
-    "Authorization: Bearer <admin token>."
+    "Authorization: Bearer <token>: a principal's token, or a JWT of the operator's OpenID Connect provider. Each "
+    "operation names the least role that may call it (x-tollgate-role: viewer < operator < admin) and whether a "
+    "tenant_admin may, for its own tenants (x-tollgate-tenant-admin: path, key, query, list, self; absent: never)."
 )
 
 
@@ -82,7 +84,7 @@ def _operation(path: str, op: Operation, refs: dict[type[BaseModel], JsonSchema]
     for status, answer in sorted(op.answers.items()):
         schema = refs[answer.model] if answer.model is not None else {"type": "string"}
         responses[str(status)] = {"description": answer.description, "content": {answer.media_type: {"schema": schema}}}
-    errors = sorted(set(op.errors) | (set() if op.open else {401}))
+    errors = sorted(set(op.errors) | (set() if op.open else {401, 403}))
     for status in errors:
         responses[str(status)] = {
             "description": ERRORS[status],
@@ -91,7 +93,27 @@ def _operation(path: str, op: Operation, refs: dict[type[BaseModel], JsonSchema]
     out["responses"] = responses
     if op.open:
         out["security"] = []
+    else:
+        out["x-tollgate-role"] = op.role or "admin"
+        if op.tenant_admin is not None:
+            out["x-tollgate-tenant-admin"] = op.tenant_admin
+        out["description"] = _who(op)
     return out
+
+
+def _who(op: Operation) -> str:
+    role = op.role or "admin"
+    roles = {"viewer": "viewer, operator or admin", "operator": "operator or admin", "admin": "admin"}[role]
+    how = {
+        "path": "for a tenant of its own (the path's)",
+        "key": "for a key of one of its tenants",
+        "query": "with tenant= one of its own",
+        "list": "seeing its own tenants only",
+        "self": "about itself",
+    }
+    if op.tenant_admin is None:
+        return f"Role: {roles}."
+    return f"Role: {roles}; a tenant_admin {how[op.tenant_admin]}."
 
 
 def _param(p: Param) -> dict[str, Any]:

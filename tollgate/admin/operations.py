@@ -1,4 +1,5 @@
-"""What an admin route declares on its handler for the OpenAPI document: summary, tag, parameters, body, answers."""
+"""What an admin route declares on its handler: who may call it (its role), and for the OpenAPI document its summary,
+tag, parameters, body and answers."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from tollgate.config.scaling import POOL_NAME
 __all__ = [
     "ERRORS",
     "PATH_PARAMS",
+    "ROLE_RANK",
     "AdminHandler",
     "DocumentedAnswer",
     "Operation",
     "Param",
+    "RouteRole",
+    "TenantScope",
     "operation",
     "operation_of",
     "query",
@@ -30,6 +34,15 @@ AdminHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 """An admin route's handler."""
 
 _H = TypeVar("_H", bound=AdminHandler)
+
+RouteRole = Literal["viewer", "operator", "admin"]
+"""The least role a route needs; each role may do what the ones before it may."""
+ROLE_RANK: Mapping[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
+
+TenantScope = Literal["path", "key", "query", "list", "self"]
+"""How a ``tenant_admin`` may use a route: ``path``, the tenant in the path is one of its tenants; ``key``, the key in
+the path belongs to one of them; ``query``, the ``tenant`` query parameter (then required) names one of them;
+``list``, the answer is filtered to its tenants; ``self``, the route is about the caller. No scope: refused (403)."""
 _ATTRIBUTE = "admin_operation"
 
 
@@ -59,9 +72,10 @@ class DocumentedAnswer:
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """One route's declaration. ``body`` is the model whose schema describes the request body; ``open`` routes need
-    no admin token. ``errors`` are the statuses of the gateway's error answer the route gives (401 is implied
-    unless the route is open)."""
+    """One route's declaration. ``role`` is the least role that may call it and ``tenant_admin`` how a tenant_admin
+    may (:data:`TenantScope`; None: not at all); ``open`` routes need no credential. ``body`` is the model whose
+    schema describes the request body. ``errors`` are the statuses of the gateway's error answer the route gives
+    (401 and 403 are implied unless the route is open)."""
 
     summary: str
     tag: str
@@ -71,6 +85,8 @@ class Operation:
     body_required: bool = True
     errors: tuple[int, ...] = ()
     open: bool = False
+    role: RouteRole | None = None
+    tenant_admin: TenantScope | None = None
 
 
 def operation(
@@ -83,15 +99,22 @@ def operation(
     body_required: bool = True,
     errors: tuple[int, ...] = (),
     open: bool = False,
+    role: RouteRole | None = None,
+    tenant_admin: TenantScope | None = None,
 ) -> Callable[[_H], _H]:
-    """Declare what the decorated handler does, for the OpenAPI document; the handler itself is unchanged.
+    """Declare who may call the decorated handler and what it does; the handler itself is unchanged.
 
-        @operation("one tenant", tag="tenants", answers={200: DocumentedAnswer("the tenant", TenantView)}, errors=(404,))
+        @operation(
+            "one tenant", tag="tenants", role="viewer", tenant_admin="path",
+            answers={200: DocumentedAnswer("the tenant", TenantView)}, errors=(404,),
+        )
         async def get_tenant(request: web.Request) -> web.Response: ...
 
-    Path parameters are known by name (:data:`PATH_PARAMS`): a route declares only its query parameters.
+    Every route but an ``open`` one names its ``role``: the admin application's middleware enforces it, and a route
+    without one is served to the ``admin`` role only. Path parameters are known by name (:data:`PATH_PARAMS`): a
+    route declares only its query parameters.
     """
-    declared = Operation(summary, tag, answers, params, body, body_required, errors, open)
+    declared = Operation(summary, tag, answers, params, body, body_required, errors, open, role, tenant_admin)
 
     def declare(handler: _H) -> _H:
         vars(handler)[_ATTRIBUTE] = declared
@@ -120,7 +143,8 @@ PATH_PARAMS: Mapping[str, Param] = {
 
 ERRORS: Mapping[int, str] = {
     400: "invalid input: the message names every problem, with its field path",
-    401: "no admin token configured, or a missing or wrong admin token",
+    401: "no admin credential configured, or a missing, wrong or expired admin token",
+    403: "the caller's role may not use this route (a tenant_admin: not for this tenant)",
     404: "no such tenant, key, namespace, rule or scaling pool",
     409: "a create named a tenant, key, namespace or rule that already exists",
     503: "the store or the registry did not answer",

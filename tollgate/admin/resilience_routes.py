@@ -63,6 +63,7 @@ class Resilience(View):
     answers={200: DocumentedAnswer("dead letters", DeadLetters)},
     params=(query("limit", {"type": "integer", "minimum": 1}, "the newest this many"),),
     errors=(400,),
+    role="viewer",
 )
 async def list_dead_letters(request: web.Request) -> web.Response:
     """Requests that failed after every retry and fallback (metadata only, never bodies), oldest first."""
@@ -80,6 +81,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     "breakers, in-flight counts, latencies and retry, fallback and shedding counters",
     tag="resilience",
     answers={200: DocumentedAnswer("the live state", Resilience)},
+    role="viewer",
 )
 async def resilience_state(request: web.Request) -> web.Response:
     """Breakers, in-flight counts, latencies and the retry, fallback and shedding counters."""

@@ -10,6 +10,7 @@ from aiohttp import web
 from tollgate.admin.database_routes import DATABASE_ROUTES
 from tollgate.admin.openapi import openapi_document, served_routes
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation
+from tollgate.admin.principal_routes import PRINCIPAL_ROUTES
 from tollgate.admin.resilience_routes import RESILIENCE_ROUTES
 from tollgate.admin.rules_routes import RULE_ROUTES
 from tollgate.admin.scaling_routes import SCALING_ROUTES
@@ -72,15 +73,16 @@ async def openapi(request: web.Request) -> web.Response:
         200: DocumentedAnswer("reloaded", Reloaded),
         422: DocumentedAnswer("refused, with the problems", ReloadRefused),
     },
+    role="operator",
 )
 async def reload(request: web.Request) -> web.Response:
-    # Registered on the admin app, so its bearer-token middleware guards it like every admin route.
+    # Registered on the admin app, so its middlewares authenticate the caller and check its role.
     status, body = await request.app[RELOAD](request.app[STATE])
     return json_response(body, status=status)
 
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/admin/openapi.json"})
-"""Served without the admin token."""
+"""Served without a credential."""
 
 ROUTES: tuple[tuple[str, str, AdminHandler], ...] = (
     ("GET", "/healthz", healthz),
@@ -93,6 +95,7 @@ ROUTES: tuple[tuple[str, str, AdminHandler], ...] = (
     *SPEND_ROUTES,
     *DATABASE_ROUTES,
     *SCALING_ROUTES,
+    *PRINCIPAL_ROUTES,
     ("POST", "/admin/reload", reload),
 )
 """Every admin route, in the order the application registers them."""

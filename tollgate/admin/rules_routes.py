@@ -169,6 +169,7 @@ def _list(kind: str) -> AdminHandler:
         f"{what}s in force (the file's and the runtime's), with their source",
         tag=f"{what}s",
         answers={200: DocumentedAnswer(f"{what}s", described.listing)},
+        role="viewer",
     )
     async def handler(request: web.Request) -> web.Response:
         live = _in_force(request, kind)
@@ -183,7 +184,11 @@ def _get(kind: str) -> AdminHandler:
     what, described = _WHAT[kind], _DESCRIBED[kind]
 
     @operation(
-        f"one {what}", tag=f"{what}s", answers={200: DocumentedAnswer(f"the {what}", described.view)}, errors=(404,)
+        f"one {what}",
+        tag=f"{what}s",
+        answers={200: DocumentedAnswer(f"the {what}", described.view)},
+        errors=(404,),
+        role="viewer",
     )
     async def handler(request: web.Request) -> web.Response:
         entry = _entry(_book(request), kind, request.match_info["name"])
@@ -202,6 +207,7 @@ def _create(kind: str) -> AdminHandler:
         answers={201: DocumentedAnswer("created", described.view)},
         body=body_schema(described.named),
         errors=_ERRORS_OF_WRITES,
+        role="operator",
     )
     async def handler(request: web.Request) -> web.Response:
         named = await read_body(request, NamedEntry, unnamed)
@@ -224,6 +230,7 @@ def _replace(kind: str) -> AdminHandler:
         },
         body=body_schema(described.entry),
         errors=_ERRORS_OF_WRITES,
+        role="operator",
     )
     async def handler(request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -241,6 +248,7 @@ def _replace(kind: str) -> AdminHandler:
     answers={200: DocumentedAnswer("the rule", RuleView)},
     body=RuleChanges,
     errors=(400, 404, 503),
+    role="operator",
 )
 async def patch_rule(request: web.Request) -> web.Response:
     name = request.match_info["name"]
@@ -260,6 +268,7 @@ def _delete(kind: str) -> AdminHandler:
         answers={200: DocumentedAnswer("deleted, or (revert) the file's version restored", described.deleted)},
         params=(query("revert", {"type": "boolean", "default": False}, "drop the runtime change of a declared entry"),),
         errors=(400, 404, 503),
+        role="operator",
     )
     async def handler(request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -303,6 +312,7 @@ def _delete(kind: str) -> AdminHandler:
     answers={200: DocumentedAnswer("the limit state", RuleCounter)},
     params=tuple(query(s, {"type": "string"}) for s in ("tenant", "key", "user", "ip", "namespace", "model")),
     errors=(400, 404, 503),
+    role="viewer",
 )
 async def rule_counter(request: web.Request) -> web.Response:
     """A rule's counter for one scope, read without consuming anything."""

@@ -57,6 +57,7 @@ class ScalingHistory(View):
     "each scaling pool's replicas, desired replicas, last decision and cooldowns, and whether this process decides",
     tag="scaling",
     answers={200: DocumentedAnswer("the scaler's state", ScalingState)},
+    role="viewer",
 )
 async def scaling_state(request: web.Request) -> web.Response:
     return json_response(request.app[STATE].scaler.snapshot())
@@ -75,6 +76,7 @@ def _positive(request: web.Request, name: str, default: int | None) -> int | Non
     "a scaling pool's decisions (from, to, reason, signals, blocked and why), newest first",
     tag="scaling",
     answers={200: DocumentedAnswer("a page of decisions", ScalingHistory)},
+    role="viewer",
     params=(
         query("limit", {"type": "integer", "minimum": 1, "maximum": _MAX_LIMIT}, "at most this many (default 100)"),
         query("cursor", {"type": "integer", "minimum": 1}, "the next_cursor of the previous page"),

@@ -231,6 +231,8 @@ def _row_view(row: tuple[Any, ...]) -> dict[str, Any]:
     answers={200: DocumentedAnswer("a page of rows (format=csv: text/csv, every matching row)", SpendPage)},
     params=_SPEND_PARAMS,
     errors=(400, 503),
+    role="viewer",
+    tenant_admin="query",
 )
 async def spend(request: web.Request) -> web.StreamResponse:
     where = _filter(request)
@@ -298,6 +300,8 @@ def _month(request: web.Request) -> tuple[str, int, int]:
     answers={200: DocumentedAnswer("the bill", Bill)},
     params=(query("month", {"type": "string", "pattern": r"^\d{4}-(0[1-9]|1[0-2])$"}, "the month, YYYY-MM (UTC)"),),
     errors=(400, 503),
+    role="viewer",
+    tenant_admin="path",
 )
 async def bill(request: web.Request) -> web.Response:
     tenant = request.match_info["tenant"]

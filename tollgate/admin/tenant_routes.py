@@ -13,6 +13,7 @@ from tollgate.admin.body import read_body, read_json
 from tollgate.admin.models import Body, Problem, checked_later
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation, query
 from tollgate.admin.records import body_schema
+from tollgate.admin.roles import tenant_scope
 from tollgate.admin.views import (
     BulkCreated,
     CreatedKey,
@@ -64,7 +65,7 @@ def _tenant_out(m: Manager, tenant_id: str) -> dict[str, Any]:
 
 
 @operation(
-    "list tenants, ordered by id",
+    "list tenants, ordered by id (a tenant_admin: its own)",
     tag="tenants",
     answers={200: DocumentedAnswer("a page of tenants", TenantPage)},
     params=(
@@ -74,6 +75,8 @@ def _tenant_out(m: Manager, tenant_id: str) -> dict[str, Any]:
         query("plan", {"type": "string"}),
     ),
     errors=(400,),
+    role="viewer",
+    tenant_admin="list",
 )
 async def list_tenants(request: web.Request) -> web.Response:
     m = _manager(request)
@@ -85,7 +88,8 @@ async def list_tenants(request: web.Request) -> web.Response:
     if not 1 <= limit <= 10_000:
         raise BadRequest("limit must be between 1 and 10000", param="limit", code="invalid_input")
     after, status, plan = q.get("after", ""), q.get("status"), q.get("plan")
-    ids = sorted(t for t in m.directory.tenant_ids() if t > after)
+    scope = tenant_scope(request)  # a tenant_admin lists its own tenants only
+    ids = sorted(t for t in m.directory.tenant_ids() if t > after and (scope is None or t in scope))
     out: list[dict[str, Any]] = []
     for tid in ids:
         entry = m.directory.tenants[tid]
@@ -106,6 +110,7 @@ async def list_tenants(request: web.Request) -> web.Response:
     answers={201: DocumentedAnswer("created", CreatedTenant)},
     body=body_schema("tenant"),
     errors=(400, 409, 503),
+    role="operator",
 )
 async def create_tenant(request: web.Request) -> web.Response:
     m = _manager(request)
@@ -121,6 +126,7 @@ async def create_tenant(request: web.Request) -> web.Response:
     answers={201: DocumentedAnswer("created", BulkCreated)},
     body=BulkTenants,
     errors=(400, 409, 503),
+    role="operator",
 )
 async def bulk_create_tenants(request: web.Request) -> web.Response:
     m = _manager(request)
@@ -136,7 +142,7 @@ async def bulk_create_tenants(request: web.Request) -> web.Response:
     )
 
 
-@operation("one tenant", tag="tenants", answers={200: _TENANT}, errors=(404,))
+@operation("one tenant", tag="tenants", answers={200: _TENANT}, errors=(404,), role="viewer", tenant_admin="path")
 async def get_tenant(request: web.Request) -> web.Response:
     return json_response(_tenant_out(_manager(request), request.match_info["tenant"]))
 
@@ -147,6 +153,7 @@ async def get_tenant(request: web.Request) -> web.Response:
     answers={200: _TENANT},
     body=body_schema("tenant_patch"),
     errors=(400, 404, 503),
+    role="operator",
 )
 async def update_tenant(request: web.Request) -> web.Response:
     m = _manager(request)
@@ -156,14 +163,20 @@ async def update_tenant(request: web.Request) -> web.Response:
     return json_response(_tenant_out(m, tenant_id))
 
 
-@operation("suspend: every request of the tenant gets 403", tag="tenants", answers={200: _TENANT}, errors=(404, 503))
+@operation(
+    "suspend: every request of the tenant gets 403",
+    tag="tenants",
+    answers={200: _TENANT},
+    errors=(404, 503),
+    role="operator",
+)
 async def suspend_tenant(request: web.Request) -> web.Response:
     m = _manager(request)
     entry = await m.set_status(request.match_info["tenant"], "suspended")
     return json_response(_tenant_out(m, entry.tenant.id))
 
 
-@operation("resume a suspended tenant", tag="tenants", answers={200: _TENANT}, errors=(404, 503))
+@operation("resume a suspended tenant", tag="tenants", answers={200: _TENANT}, errors=(404, 503), role="operator")
 async def resume_tenant(request: web.Request) -> web.Response:
     m = _manager(request)
     entry = await m.set_status(request.match_info["tenant"], "active")
@@ -215,6 +228,7 @@ async def _drop_store_keys(config: Config, found: dict[str, Any]) -> None:
     answers={200: DocumentedAnswer("what went (or would go)", DeleteReport)},
     params=(query("dry_run", {"type": "boolean", "default": False}, "report what would go, remove nothing"),),
     errors=(400, 404, 503),
+    role="operator",
 )
 async def delete_tenant(request: web.Request) -> web.Response:
     m = _manager(request)
@@ -238,6 +252,8 @@ async def delete_tenant(request: web.Request) -> web.Response:
     tag="keys",
     answers={200: DocumentedAnswer("keys", KeyList)},
     errors=(404,),
+    role="viewer",
+    tenant_admin="path",
 )
 async def list_keys(request: web.Request) -> web.Response:
     m = _manager(request)
@@ -253,6 +269,8 @@ async def list_keys(request: web.Request) -> web.Response:
     body=body_schema("key"),
     body_required=False,
     errors=(400, 404, 503),
+    role="operator",
+    tenant_admin="path",
 )
 async def create_key(request: web.Request) -> web.Response:
     m = _manager(request)
@@ -264,7 +282,14 @@ async def create_key(request: web.Request) -> web.Response:
     return json_response({**key_view(m.key(key.id)), "key": plaintext}, status=201)
 
 
-@operation("one key", tag="keys", answers={200: DocumentedAnswer("the key", KeyView)}, errors=(404,))
+@operation(
+    "one key",
+    tag="keys",
+    answers={200: DocumentedAnswer("the key", KeyView)},
+    errors=(404,),
+    role="viewer",
+    tenant_admin="key",
+)
 async def get_key(request: web.Request) -> web.Response:
     return json_response(key_view(_manager(request).key(request.match_info["key"])))
 
@@ -274,6 +299,8 @@ async def get_key(request: web.Request) -> web.Response:
     tag="keys",
     answers={200: DocumentedAnswer("the revoked key", KeyView)},
     errors=(404, 503),
+    role="operator",
+    tenant_admin="key",
 )
 async def revoke_key(request: web.Request) -> web.Response:
     m = _manager(request)
@@ -282,7 +309,9 @@ async def revoke_key(request: web.Request) -> web.Response:
     return json_response(key_view(entry))
 
 
-@operation("list plans (from the config file)", tag="plans", answers={200: DocumentedAnswer("plans", PlanList)})
+@operation(
+    "list plans (from the config file)", tag="plans", answers={200: DocumentedAnswer("plans", PlanList)}, role="viewer"
+)
 async def list_plans(request: web.Request) -> web.Response:
     config = request.app[STATE].config
     return json_response({"object": "list", "data": [p.to_json() for p in config.plans.values()]})

@@ -104,6 +104,7 @@ def _amounts(fields: dict[str, int]) -> dict[str, Any]:
     "the gateway's metrics in the Prometheus text format (every worker's values)",
     tag="metrics",
     answers={200: DocumentedAnswer("the exposition", media_type=CONTENT_TYPE.partition(";")[0])},
+    role="viewer",
 )
 async def metrics(request: web.Request) -> web.Response:
     body = _accounting(request).metrics.exposition()
@@ -120,6 +121,8 @@ def _end_user_view(fields: dict[str, int]) -> dict[str, Any]:
     answers={200: DocumentedAnswer("the usage", Usage)},
     params=(_PERIOD_PARAM, query("user", {"type": "string"}, "an end user of the tenant")),
     errors=(400,),
+    role="viewer",
+    tenant_admin="path",
 )
 async def tenant_usage(request: web.Request) -> web.Response:
     acc = _accounting(request)
@@ -157,6 +160,8 @@ async def _end_user_usage(request: web.Request, tenant: str, period: str) -> web
     answers={200: DocumentedAnswer("the end users' usage", EndUsers)},
     params=(_PERIOD_PARAM,),
     errors=(400,),
+    role="viewer",
+    tenant_admin="path",
 )
 async def tenant_end_users(request: web.Request) -> web.Response:
     acc = _accounting(request)
@@ -218,6 +223,8 @@ def _csv_response(rows: list[tuple[Any, ...]], filename: str) -> web.Response:
     answers={200: _CSV},
     params=(_PERIOD_PARAM,),
     errors=(400,),
+    role="viewer",
+    tenant_admin="path",
 )
 async def tenant_usage_csv(request: web.Request) -> web.Response:
     acc = _accounting(request)
@@ -232,6 +239,7 @@ async def tenant_usage_csv(request: web.Request) -> web.Response:
     answers={200: _CSV},
     params=(_PERIOD_PARAM,),
     errors=(400,),
+    role="viewer",
 )
 async def all_usage_csv(request: web.Request) -> web.Response:
     acc = _accounting(request)
@@ -248,6 +256,8 @@ async def all_usage_csv(request: web.Request) -> web.Response:
     "used, limit and percent of each of the tenant's quotas this month, and the alerts fired",
     tag="usage",
     answers={200: DocumentedAnswer("the quotas", Quota)},
+    role="viewer",
+    tenant_admin="path",
 )
 async def tenant_quota(request: web.Request) -> web.Response:
     state = request.app[STATE]
@@ -285,6 +295,8 @@ async def _audit_list(request: web.Request, tenant: str | None) -> web.Response:
     answers={200: DocumentedAnswer("audit events", AuditEvents)},
     params=_AUDIT_PARAMS,
     errors=(400,),
+    role="viewer",
+    tenant_admin="path",
 )
 async def tenant_audit(request: web.Request) -> web.Response:
     return await _audit_list(request, request.match_info["tenant"])
@@ -296,6 +308,8 @@ async def tenant_audit(request: web.Request) -> web.Response:
     answers={200: DocumentedAnswer("audit events", AuditEvents)},
     params=(query("tenant", {"type": "string"}, "only this tenant's events"), *_AUDIT_PARAMS),
     errors=(400,),
+    role="viewer",
+    tenant_admin="query",
 )
 async def audit(request: web.Request) -> web.Response:
     return await _audit_list(request, request.query.get("tenant"))
@@ -305,6 +319,7 @@ async def audit(request: web.Request) -> web.Response:
     "per plan: the gateway's overhead p99 target, the observed p99 and the violations (this process)",
     tag="usage",
     answers={200: DocumentedAnswer("the SLA report", SlaReport)},
+    role="viewer",
 )
 async def sla(request: web.Request) -> web.Response:
     acc = _accounting(request)
@@ -312,7 +327,10 @@ async def sla(request: web.Request) -> web.Response:
 
 
 @operation(
-    "the price table and cost rules in force", tag="usage", answers={200: DocumentedAnswer("the prices", PriceTable)}
+    "the price table and cost rules in force",
+    tag="usage",
+    answers={200: DocumentedAnswer("the prices", PriceTable)},
+    role="viewer",
 )
 async def pricing(request: web.Request) -> web.Response:
     return json_response(_accounting(request).pricing().table())

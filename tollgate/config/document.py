@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import Field, Strict
 
 from tollgate.config.accounting import AccountingSections, build_accounting, priced_model_problems
+from tollgate.config.admin import AdminDoc, build_admin
 from tollgate.config.catalog import MODEL_NAME, ModelDoc, build_model, provider_field_problems
 from tollgate.config.chain import IdentityDoc, RegistryDoc, build_identity, build_registry
 from tollgate.config.database import DatabaseConfig
@@ -75,6 +76,8 @@ class ConfigDoc(RulesSections, AccountingSections):
 
     version: Annotated[int, Strict(), Field(ge=1, le=1)] = 1
     listeners: ListenersDoc = ListenersDoc()
+    admin: AdminDoc = AdminDoc()
+    """Who may use the admin API: principals with tokens and roles, sign-on through OpenID Connect."""
     guard: Guard = Guard()
     store: StoreDoc = Field(default_factory=StoreDoc)
     """Where limiter state lives; without Redis everything runs in-process (one gateway process only)."""
@@ -170,6 +173,20 @@ class ConfigDoc(RulesSections, AccountingSections):
         yield from pool_ref_problems(self.scaling.pools, self.models, {**DEFAULT_PLANS, **self.plans})
 
     @check
+    def admin_principals_beside_the_listener_token(self) -> Found:
+        listener = self.listeners.admin
+        token = listener.token_sha256 or (
+            hashlib.sha256(listener.token.encode()).hexdigest() if listener.token is not None else None
+        )
+        if token is None:
+            return
+        for i, p in enumerate(self.admin.principals):
+            if p.name == "admin":
+                yield f"admin.principals[{i}].name", "admin is the principal of listeners.admin.token: choose another"
+            if (p.token is not None or p.token_sha256 is not None) and p.digest().hex() == token:
+                yield f"admin.principals[{i}].token", "the same token as listeners.admin.token"
+
+    @check
     def prices_name_models(self) -> Found:
         yield from priced_model_problems(self.pricing, self.models)
 
@@ -207,8 +224,10 @@ def build_config(doc: ConfigDoc, *, source: str = "<memory>") -> Config:
     plans.update({name: build_plan(name, plan) for name, plan in doc.plans.items()})
     given = doc.model_fields_set
     upstreams = frozen_map({name: build_upstream(name, u) for name, u in doc.upstreams.items()})
+    listeners = _listeners(doc.listeners)
     return Config(
-        listeners=_listeners(doc.listeners),
+        listeners=listeners,
+        admin=build_admin(doc.admin, listeners.admin.token_sha256),
         guard=doc.guard,
         upstreams=upstreams,
         models=frozen_map({name: build_model(name, m, upstreams) for name, m in doc.models.items()}),

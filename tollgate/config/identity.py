@@ -43,6 +43,7 @@ __all__ = [
     "ApiKey",
     "EndUserConfig",
     "IdentityConfig",
+    "JwksSource",
     "JwtConfig",
     "JwtKey",
     "KeyDoc",
@@ -237,6 +238,17 @@ class JwtKey:
 
 
 @dataclass(frozen=True, slots=True)
+class JwksSource:
+    """A JWKS URL whose keys are fetched and cached: refetched past ``max_age`` seconds, and when a token names an
+    unknown key id, at most once per ``refetch_interval`` seconds; a fetch gives up after ``timeout`` seconds."""
+
+    url: str
+    max_age: float = 600.0
+    refetch_interval: float = 30.0
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class JwtConfig:
     algorithms: tuple[str, ...]
     keys: tuple[JwtKey, ...]
@@ -247,6 +259,7 @@ class JwtConfig:
     user_claim: str = "sub"
     cache_size: int = 10_000
     jwks_file: str | None = None
+    jwks: JwksSource | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,20 +5,38 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from pydantic import Field, Strict
+from pydantic import Field, PlainValidator, Strict, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
-from tollgate.config.identity import JWT_ALGORITHMS, JwtAlgorithm, JwtConfig, JwtKey
+from tollgate.config.identity import JWT_ALGORITHMS, JwksSource, JwtAlgorithm, JwtConfig, JwtKey
 from tollgate.config.validation import Doc, Found, check
-from tollgate.config.values import DurationOrZero, NonEmptyStr, Str, StrList, matching
+from tollgate.config.values import Duration, DurationOrZero, NonEmptyStr, Str, StrList, matching
 
-__all__ = ["JwtDoc", "JwtKeyDoc", "build_jwt", "load_jwks_file"]
+__all__ = ["HttpUrl", "JwtDoc", "JwtKeyDoc", "build_jwt", "jwks_keys", "jwks_source", "load_jwks_file"]
 
 _HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 _EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 _KID = r"[\x21-\x7e]{1,128}"
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _http_url(value: object) -> str:
+    if not isinstance(value, str):
+        raise PydanticCustomError("config", "must be a URL string")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PydanticCustomError("config", "must be an absolute http(s) URL")
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+        raise PydanticCustomError("config", "must be https (plain http only on loopback)")
+    return value
+
+
+HttpUrl = Annotated[str, PlainValidator(_http_url), WithJsonSchema({"type": "string", "format": "uri"})]
+"""An absolute URL of keys or metadata: https, or http on loopback."""
 
 
 def _check_type(alg: str, key: Any) -> str | None:
@@ -81,8 +99,7 @@ class JwtKeyDoc(Doc):
 
 
 def load_jwks_file(path: str) -> tuple[list[JwtKey], list[str]]:
-    """Every public key of a JWKS document (a key without ``alg`` gets the one its type implies), and problems."""
-    problems: list[str] = []
+    """Every public key of a JWKS file (a key without ``alg`` gets the one its type implies), and problems."""
     try:
         text = Path(path).read_text()
         doc = json.loads(text)
@@ -90,33 +107,40 @@ def load_jwks_file(path: str) -> tuple[list[JwtKey], list[str]]:
         return [], [f"cannot read {path}: {exc.strerror or exc}"]
     except ValueError as exc:
         return [], [f"{path} is not JSON: {exc}"]
+    return jwks_keys(doc, path)
+
+
+def jwks_keys(doc: Any, where: str) -> tuple[list[JwtKey], list[str]]:
+    """Every signing key of a parsed JWKS document, each pinned to one algorithm, and the problems (``where`` names
+    the document in them)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-        return [], [f"{path} is not a JWKS document (no keys list)"]
+        return [], [f"{where} is not a JWKS document (no keys list)"]
+    problems: list[str] = []
     out: list[JwtKey] = []
     for i, jwk in enumerate(doc["keys"]):
-        where = f"{path} keys[{i}]"
+        at = f"{where} keys[{i}]"
         if not isinstance(jwk, dict):
-            problems.append(f"{where}: must be a JSON object")
+            problems.append(f"{at}: must be a JSON object")
             continue
         if jwk.get("use", "sig") != "sig":
             continue
         try:
             pyjwk = jwt.PyJWK(jwk)
         except jwt.PyJWKError as exc:
-            problems.append(f"{where}: unusable key: {exc}")
+            problems.append(f"{at}: unusable key: {exc}")
             continue
         alg = pyjwk.algorithm_name
         if alg not in JWT_ALGORITHMS:
-            problems.append(f"{where}: unsupported algorithm {alg!r}")
+            problems.append(f"{at}: unsupported algorithm {alg!r}")
             continue
         if alg.startswith("HS"):
             if len(pyjwk.key) < _HMAC_MIN_BYTES[alg]:
-                problems.append(f"{where}: HMAC secret must be at least {_HMAC_MIN_BYTES[alg]} bytes for {alg}")
+                problems.append(f"{at}: HMAC secret must be at least {_HMAC_MIN_BYTES[alg]} bytes for {alg}")
                 continue
         else:
             why = _check_type(alg, pyjwk.key)
             if why is not None:
-                problems.append(f"{where}: {why}")
+                problems.append(f"{at}: {why}")
                 continue
         out.append(JwtKey(pyjwk.key_id, alg, pyjwk.key))
     return out, problems
@@ -130,6 +154,13 @@ class JwtDoc(Doc):
     keys: tuple[JwtKeyDoc, ...] = ()
     jwks_file: Str | None = None
     """A JWKS document whose signing keys are added to keys."""
+    jwks_url: HttpUrl | None = None
+    """The identity provider's JWKS (https, or http on loopback): fetched, cached, refetched when a token names an
+    unknown key id (rotation needs no restart). Its keys must fit algorithms; HMAC keys are never taken from it."""
+    jwks_max_age: Duration = 600.0
+    """Keys older than this are fetched again before use."""
+    jwks_refetch_interval: Duration = 30.0
+    """At most one fetch per interval, whatever tokens arrive."""
     audience: StrList | None = None
     """Checked and required when set (a list is allowed)."""
     issuer: Str | None = None
@@ -174,8 +205,13 @@ class JwtDoc(Doc):
                     "algorithms",
                     f"key {k.kid or '(no kid)'} uses {k.algorithm}, which the allow-list does not include",
                 )
-        if not keys:
-            yield "keys", "at least one key (keys: or jwks_file:) is required"
+        if not keys and self.jwks_url is None:
+            yield "keys", "at least one key (keys:, jwks_file: or jwks_url:) is required"
+        if self.jwks_url is not None:
+            if self.algorithms is None:
+                yield "algorithms", "is required with jwks_url: the algorithms its keys may use"
+            elif all(alg.startswith("HS") for alg in self.algorithms):
+                yield "algorithms", "jwks_url needs an asymmetric algorithm (RS, PS, ES, EdDSA): it never serves HMAC"
         kids = [k.kid for k in keys if k.kid is not None]
         if len(set(kids)) != len(kids):
             yield "keys", "two keys share a kid"
@@ -195,4 +231,9 @@ def build_jwt(doc: JwtDoc) -> JwtConfig:
         user_claim=doc.user_claim,
         cache_size=doc.cache_size,
         jwks_file=doc.jwks_file,
+        jwks=jwks_source(doc.jwks_url, doc.jwks_max_age, doc.jwks_refetch_interval) if doc.jwks_url else None,
     )
+
+
+def jwks_source(url: str, max_age: float, refetch_interval: float) -> JwksSource:
+    return JwksSource(url=url, max_age=max_age, refetch_interval=refetch_interval)

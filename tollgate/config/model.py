@@ -17,6 +17,7 @@ from typing import Annotated
 from pydantic import Field, Strict
 
 from tollgate.config.accounting import AccountingConfig
+from tollgate.config.admin import AdminAccess
 from tollgate.config.database import DatabaseConfig
 from tollgate.config.identity import DEFAULT_PLANS, ApiKey, IdentityConfig, Plan, RegistryConfig, Tenant
 from tollgate.config.resilience import DeploymentLimits, ModelRouting, Resilience
@@ -206,3 +207,5 @@ class Config:
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     server: Server = Server()
     source: str = "<memory>"
+    # Who may use the admin API (listeners.admin.token is the principal "admin" here).
+    admin: AdminAccess = field(default_factory=AdminAccess)

@@ -1,16 +1,19 @@
-"""Identity: who is calling (the identifier chain, API keys, JWTs), and the directory of tenants and keys it reads."""
+"""Identity: who is calling (the identifier chain, API keys, JWTs and their JWKS), and the directory of tenants and keys it reads."""
 
 from __future__ import annotations
 
-from tollgate.identity.chain import IdentityRuntime, authenticate, client_ip, compile_identity
+from tollgate.identity.chain import IdentityRuntime, authenticate, authenticate_fresh, client_ip, compile_identity
 from tollgate.identity.directory import ANONYMOUS, Directory, Principal
+from tollgate.identity.jwks import SigningKeysStale
 
 __all__ = [
     "ANONYMOUS",
     "Directory",
     "IdentityRuntime",
     "Principal",
+    "SigningKeysStale",
     "authenticate",
+    "authenticate_fresh",
     "client_ip",
     "compile_identity",
 ]

@@ -19,12 +19,13 @@ from tollgate.config.model import Config
 from tollgate.errors import Forbidden, Unauthenticated
 from tollgate.identity.directory import ANONYMOUS, Directory, Principal, Refusal
 from tollgate.identity.end_user import EndUsers
+from tollgate.identity.jwks import SigningKeysStale
 from tollgate.identity.jwt import JwtVerifier, looks_like_jwt
 
 if TYPE_CHECKING:
     from tollgate.edge.messages import Request
 
-__all__ = ["IPNetwork", "IdentityRuntime", "authenticate", "client_ip", "compile_identity"]
+__all__ = ["IPNetwork", "IdentityRuntime", "authenticate", "authenticate_fresh", "client_ip", "compile_identity"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DUMMY_DIGEST = bytes(32)
@@ -149,6 +150,15 @@ def _claim(name: str, request: Request, identity: IdentityRuntime, directory: Di
             label = hostname[: -len(base)]
             return directory.subdomains.get(label, label)
     return None
+
+
+async def authenticate_fresh(request: Request, identity: IdentityRuntime, directory: Directory) -> Principal:
+    """:func:`authenticate`, refreshing the JWKS keys once when the cached ones cannot check the request's token."""
+    try:
+        return authenticate(request, identity, directory)
+    except SigningKeysStale as stale:
+        await stale.keys.refresh()
+        return authenticate(request, identity, directory)
 
 
 def authenticate(request: Request, identity: IdentityRuntime, directory: Directory) -> Principal:

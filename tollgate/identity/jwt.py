@@ -1,4 +1,8 @@
-"""JWT verification: algorithm allow-list, one pinned algorithm per key, ``exp`` required, verified tokens cached until expiry."""
+"""JWT verification: algorithm allow-list, one pinned algorithm per key, ``exp`` required, verified tokens cached until expiry.
+
+Keys come from the config (inline, a key file, a JWKS file) and, with ``jwks_url``, from a :class:`JwksKeys`: a
+token the cached keys cannot check raises :class:`SigningKeysStale`, and the caller refreshes and retries.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import jwt
 
 from tollgate.config.identity import JwtConfig, JwtKey
 from tollgate.errors import Unauthenticated
+from tollgate.identity.jwks import Fetch, JwksKeys, SigningKeysStale, fetch_json
 
 __all__ = ["JwtVerifier", "VerifiedToken", "looks_like_jwt"]
 
@@ -21,7 +26,7 @@ def looks_like_jwt(token: str) -> bool:
 class VerifiedToken:
     """What a verified token says, plus the principal last built from it (reused while the directory is unchanged)."""
 
-    __slots__ = ("expires", "tenant", "user", "principal", "generation")
+    __slots__ = ("expires", "tenant", "user", "principal", "generation", "keys_revision")
 
     def __init__(self, expires: float, tenant: str, user: str | None) -> None:
         self.expires = expires
@@ -29,6 +34,7 @@ class VerifiedToken:
         self.user = user
         self.principal: Any = None
         self.generation = -1
+        self.keys_revision = 0
 
 
 def _claim(claims: dict[str, Any], path: str) -> Any:
@@ -41,9 +47,14 @@ def _claim(claims: dict[str, Any], path: str) -> Any:
 
 
 class JwtVerifier:
-    def __init__(self, config: JwtConfig, clock: Callable[[], float]) -> None:
+    def __init__(self, config: JwtConfig, clock: Callable[[], float], fetch: Fetch = fetch_json) -> None:
         self.config = config
         self.clock = clock
+        self.jwks = (
+            JwksKeys(config.jwks, algorithms=config.algorithms, clock=clock, fetch=fetch)
+            if config.jwks is not None
+            else None
+        )
         self.algorithms = frozenset(config.algorithms)
         self.by_kid: dict[str, JwtKey] = {k.kid: k for k in config.keys if k.kid is not None}
         self.by_alg: dict[str, tuple[JwtKey, ...]] = {}
@@ -61,7 +72,10 @@ class JwtVerifier:
     def verify(self, token: str) -> VerifiedToken:
         hit = self.cache.get(token)
         if hit is not None:
-            if self.clock() < hit.expires:
+            jwks = self.jwks
+            if jwks is not None and jwks.stale():  # keys past their max age: refresh before trusting the cache
+                raise SigningKeysStale(jwks, "the gateway's signing keys are being refreshed")
+            if self.clock() < hit.expires and (jwks is None or hit.keys_revision == jwks.revision):
                 return hit
             del self.cache[token]
         verified = self._verify(token)
@@ -88,14 +102,23 @@ class JwtVerifier:
         if not isinstance(alg, str) or alg not in self.algorithms:
             raise Unauthenticated("the token's signing algorithm is not allowed by this gateway")
         kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise Unauthenticated("the token's key id (kid) is not a string")
+        jwks = self.jwks
+        if jwks is not None and jwks.stale():
+            raise SigningKeysStale(jwks, "the gateway's signing keys are being refreshed")
         if kid is not None:
-            key = self.by_kid.get(kid) if isinstance(kid, str) else None
-            if key is None or key.algorithm != alg:
-                raise Unauthenticated(
-                    "the token names a signing key (kid) this gateway does not know for its algorithm"
-                )
-            return (key,)
-        keys = self.by_alg.get(alg, ())
+            key = self.by_kid.get(kid)
+            if key is not None and key.algorithm == alg:
+                return (key,)
+            if jwks is not None:
+                found = jwks.keys_for(kid, alg)
+                if found:
+                    return found
+                if jwks.may_refetch():
+                    raise SigningKeysStale(jwks, "the token names a signing key (kid) not fetched yet")
+            raise Unauthenticated("the token names a signing key (kid) this gateway does not know for its algorithm")
+        keys = self.by_alg.get(alg, ()) + (jwks.keys_for(None, alg) if jwks is not None else ())
         if not keys:
             raise Unauthenticated("the gateway has no key for the token's algorithm")
         return keys
@@ -136,4 +159,7 @@ class JwtVerifier:
             raise Unauthenticated(f"the token has no {cfg.tenant_claim!r} claim naming a tenant")
         user = _claim(claims, cfg.user_claim)
         exp = claims["exp"]
-        return VerifiedToken(float(exp), tenant, user if isinstance(user, str) else None)
+        verified = VerifiedToken(float(exp), tenant, user if isinstance(user, str) else None)
+        if self.jwks is not None:
+            verified.keys_revision = self.jwks.revision  # a key withdrawn later makes it verify again
+        return verified

@@ -22,7 +22,7 @@ from tollgate.config.model import Guard
 from tollgate.edge.answers import request_id_from, status_for
 from tollgate.edge.messages import Handler, Request
 from tollgate.errors import GatewayError
-from tollgate.identity import client_ip
+from tollgate.identity import SigningKeysStale, client_ip
 from tollgate.identity.chain import IPNetwork
 from tollgate.pipeline.account import AccountDeps, account
 from tollgate.pipeline.admit import AdmitDeps, admit
@@ -83,7 +83,11 @@ def make_proxy_handler(endpoint: Endpoint, gateway: Gateway) -> Handler:
         try:
             shedder.enter()
             await guard(ctx, stages.guard)
-            identify(ctx, stages.identify)
+            try:
+                identify(ctx, stages.identify)
+            except SigningKeysStale as stale:  # a JWT the cached JWKS keys cannot check: refresh, try once more
+                await stale.keys.refresh()
+                identify(ctx, stages.identify)
             match(ctx, stages.match)
             await admit(ctx, stages.admit)
             return await serve(ctx, stages.route)  # route → forward, with retries and fallbacks

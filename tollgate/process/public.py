@@ -19,7 +19,7 @@ from tollgate.edge.answers import Response, error_answer, internal_error_answer,
 from tollgate.edge.messages import Handler, Request
 from tollgate.edge.server import REFUSALS, HttpServer
 from tollgate.errors import GatewayError, MethodNotAllowed, NotFound
-from tollgate.identity import Principal, authenticate
+from tollgate.identity import Principal, authenticate_fresh
 from tollgate.pipeline.context import ENDPOINTS
 from tollgate.pipeline.handler import make_proxy_handler
 from tollgate.process.self_service import SELF_SERVICE_PREFIX, self_service_answer
@@ -118,13 +118,13 @@ def _model_entry(name: str, state: GatewayState) -> dict[str, object]:
     return {"id": name, "object": "model", "created": model.created, "owned_by": model.owned_by}
 
 
-def _principal(request: Request, state: GatewayState) -> Principal:
-    return authenticate(request, state.runtime.identity, state.registry.directory)
+async def _principal(request: Request, state: GatewayState) -> Principal:
+    return await authenticate_fresh(request, state.runtime.identity, state.registry.directory)
 
 
 async def _list_models(request: Request, state: GatewayState) -> Response:
     try:
-        principal = _principal(request, state)
+        principal = await _principal(request, state)
     except GatewayError as exc:
         return _refuse(exc, request)
     data = [_model_entry(name, state) for name in state.config.models if principal.may_use(name)]
@@ -134,7 +134,7 @@ async def _list_models(request: Request, state: GatewayState) -> Response:
 async def _get_model(request: Request, state: GatewayState) -> Response:
     name = unquote(request.path[len(_MODELS_PREFIX) :])
     try:
-        principal = _principal(request, state)
+        principal = await _principal(request, state)
     except GatewayError as exc:
         return _refuse(exc, request)
     if name not in state.config.models or not principal.may_use(name):

@@ -33,7 +33,7 @@ from tollgate.accounting.pricing import to_money
 from tollgate.edge.answers import Response, error_answer, json_answer, request_id_from, status_for
 from tollgate.edge.messages import Request
 from tollgate.errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
-from tollgate.identity import Principal, authenticate, client_ip
+from tollgate.identity import Principal, authenticate_fresh, client_ip
 from tollgate.identity.directory import KeyEntry
 from tollgate.policy.remaining import CallerScope, remaining_limits
 from tollgate.registry.manage import Manager
@@ -80,7 +80,7 @@ async def _route(request: Request, state: GatewayState) -> Response:
         _method(request, "GET", "POST")
         if request.method == "POST":
             return await _create_key(request, state)
-        return _list_keys(request, state)
+        return await _list_keys(request, state)
     if path.startswith(_KEYS_PREFIX) and len(path) > len(_KEYS_PREFIX) and "/" not in path[len(_KEYS_PREFIX) :]:
         _method(request, "DELETE")
         return await _revoke_key(request, state, unquote(path[len(_KEYS_PREFIX) :]))
@@ -90,8 +90,8 @@ async def _route(request: Request, state: GatewayState) -> Response:
 # -- reading ----------------------------------------------------------------------------
 
 
-def _principal(request: Request, state: GatewayState) -> Principal:
-    return authenticate(request, state.runtime.identity, state.registry.directory)
+async def _principal(request: Request, state: GatewayState) -> Principal:
+    return await authenticate_fresh(request, state.runtime.identity, state.registry.directory)
 
 
 def _caller_scope(request: Request, state: GatewayState) -> CallerScope:
@@ -110,7 +110,7 @@ async def _limits(request: Request, state: GatewayState, principal: Principal) -
 
 
 async def _key_info(request: Request, state: GatewayState) -> Response:
-    principal = _principal(request, state)
+    principal = await _principal(request, state)
     entry = state.registry.directory.key_ids.get(principal.key_id) if principal.key_id is not None else None
     key = entry.key if entry is not None else None
     body = {
@@ -142,7 +142,7 @@ def _amounts(fields: dict[str, int]) -> dict[str, Any]:
 
 
 async def _usage(request: Request, state: GatewayState) -> Response:
-    principal = _principal(request, state)
+    principal = await _principal(request, state)
     month = request.query.get("month") or month_of(state.clock.time())
     if not _MONTH.fullmatch(month):
         raise BadRequest("month must be a month as YYYY-MM", param="month", code="invalid_month")
@@ -190,8 +190,8 @@ def _tenant_keys(state: GatewayState, tenant: str) -> TenantKeys:
     return TenantKeys(Manager(state.registry, state.config, clock=state.clock.time), tenant)
 
 
-def _list_keys(request: Request, state: GatewayState) -> Response:
-    principal = _principal(request, state)
+async def _list_keys(request: Request, state: GatewayState) -> Response:
+    principal = await _principal(request, state)
     _admin_key(principal, state)
     keys = _tenant_keys(state, principal.tenant)
     return json_answer({"object": "list", "data": [tenant_key_view(e) for e in keys.entries()]})
@@ -235,7 +235,7 @@ def _audit(
 
 
 async def _create_key(request: Request, state: GatewayState) -> Response:
-    principal = _principal(request, state)
+    principal = await _principal(request, state)
     acting = _admin_key(principal, state)
     keys = _tenant_keys(state, principal.tenant)
     try:
@@ -250,7 +250,7 @@ async def _create_key(request: Request, state: GatewayState) -> Response:
 
 
 async def _revoke_key(request: Request, state: GatewayState, key_id: str) -> Response:
-    principal = _principal(request, state)
+    principal = await _principal(request, state)
     acting = _admin_key(principal, state)
     keys = _tenant_keys(state, principal.tenant)
     allow_self = request.query.get("allow_self", "false").lower() in _TRUE

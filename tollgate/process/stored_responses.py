@@ -24,7 +24,7 @@ from tollgate.errors import (
     UpstreamBadResponse,
     UpstreamTimeout,
 )
-from tollgate.identity import authenticate, client_ip
+from tollgate.identity import authenticate_fresh, client_ip
 from tollgate.upstream.client import ConnectError, HttpError
 from tollgate.upstream.pool import UpstreamClient, upstream_headers
 from tollgate.upstream.redaction import redact
@@ -52,7 +52,7 @@ async def _ask(request: Request, state: Any, request_id: str) -> Response:
     method = request.method
     if method not in _METHODS:
         raise MethodNotAllowed(f"{method} is not allowed on {request.path}; use GET or DELETE", allowed=_METHODS)
-    principal = authenticate(request, state.runtime.identity, state.registry.directory)
+    principal = await authenticate_fresh(request, state.runtime.identity, state.registry.directory)
     ident = unquote(request.path[len(RESPONSES_PREFIX) :])
     ref = stored_response(ident)
     client: UpstreamClient | None = None
