@@ -25,7 +25,7 @@ from tollgate.config.rules import RulesConfig
 from tollgate.config.scaling import ScalingConfig
 from tollgate.config.store import StoreConfig
 from tollgate.config.validation import Found, check, section
-from tollgate.config.values import Bool, Duration, NonEmptyStr, Size, StrList, frozen_map
+from tollgate.config.values import Bool, Duration, NonEmptyStr, OptionalDuration, Size, StrList, frozen_map
 
 __all__ = [
     "DEFAULT_FORWARD_HEADERS",
@@ -127,6 +127,10 @@ class Pool:
     """Connections open to this upstream at most; further requests wait for a free one."""
     keepalive: Duration = 30.0
     """An idle connection is closed after this long (keep it below the upstream's own idle timeout)."""
+    resolve_every: OptionalDuration = None
+    """Re-resolve base_url's host this often and spread new connections over every address it names (a Kubernetes
+    headless Service: each replica of a scaled deployment gets traffic; connections to an address gone are closed).
+    Absent: one connection per resolution, the system resolver's first address."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,12 @@ only, a bounded head, interim answers skipped, nothing accepted after the
 answer ended, a reset never taken for the end of a body without length). A
 whole JSON answer is usually one ``data_received`` and no extra task switch.
 
+With ``resolve_every`` (an upstream's ``pool.resolve_every``) it re-resolves the host
+that often and opens each new connection to the next of its addresses: a Kubernetes
+headless Service names one address per replica, so replicas a scaler adds get traffic.
+When the set changes, connections of the old set are not reused (idle ones close at
+once, busy ones when their answer ends), and new ones spread over the new set.
+
 What it deliberately does not do: redirects, cookies, proxies, HTTP/2,
 request retries. Timeouts are the caller's (``tollgate/upstream/deadlines.py``); a
 cancelled call closes its connection, so a half-read response never goes
@@ -22,9 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import math
 import socket
 import ssl
 import zlib
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import httptools
@@ -36,6 +45,8 @@ __all__ = [
     "UpstreamHttp",
     "UpstreamResponse",
 ]
+
+log = logging.getLogger("tollgate.upstream")
 
 # Body bytes buffered unread before the socket stops being read (a slow client on a fast stream).
 _HIGH_WATER = 1 << 20
@@ -89,10 +100,13 @@ class _UpstreamConnection(asyncio.Protocol):
         "header_bytes",
         "until_close",
         "status_line",
+        "generation",
     )
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        # The address set it was opened under (UpstreamHttp.generation): an older one is not reused.
+        self.generation = 0
         self.parser: httptools.HttpResponseParser | None = None  # made when a request goes out
         self.state = _IDLE
         self.body: list[bytes] = []
@@ -384,6 +398,12 @@ class UpstreamResponse:
             self._pool._release(conn)
 
 
+async def _resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` names (the system resolver, as a connection would ask it)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
 class UpstreamHttp:
     """A pool of at most ``max_connections`` keep-alive connections to the origin of ``base_url``."""
 
@@ -395,6 +415,8 @@ class UpstreamHttp:
         keepalive: float = 30.0,
         connect_timeout: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        resolve_every: float | None = None,
+        resolver: Callable[[str, int], Awaitable[list[str]]] | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -414,6 +436,15 @@ class UpstreamHttp:
         self._idle: list[_UpstreamConnection] = []
         self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
+        # Spreading connections over every address of the host (see resolve_every): the addresses, when they were
+        # resolved, the next one to connect to, and a generation that grows whenever the set changes.
+        self.resolve_every = resolve_every
+        self._resolver = resolver or _resolve
+        self.addresses: tuple[str, ...] = ()
+        self._resolved_at = -math.inf
+        self._resolving: asyncio.Future[None] | None = None
+        self._next_address = 0
+        self.generation = 0
 
     async def request(
         self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
@@ -430,6 +461,8 @@ class UpstreamHttp:
         self.in_use += 1
         conn: _UpstreamConnection | None = None
         try:
+            if self.resolve_every is not None:
+                await self._fresh_addresses()
             conn = self._take_idle()
             if conn is None:
                 conn = await self._connect()
@@ -453,8 +486,36 @@ class UpstreamHttp:
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.error is None:
-                return conn
+                if conn.generation == self.generation:
+                    return conn
+                conn.close()  # opened under an address set that has changed since
         return None
+
+    async def _fresh_addresses(self) -> None:
+        """Re-resolve the host once ``resolve_every`` has passed (one lookup at a time; the others wait for it)."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._resolved_at + (self.resolve_every or 0.0):
+            return
+        if self._resolving is not None:
+            await asyncio.shield(self._resolving)
+            return
+        self._resolving = loop.create_future()
+        try:
+            found = tuple(sorted(set(await self._resolver(self.host, self.port))))
+        except OSError as exc:
+            found = ()
+            log.warning(
+                "upstream %s: cannot resolve: %s; keeping %d known address(es)", self.host, exc, len(self.addresses)
+            )
+        finally:
+            self._resolved_at = loop.time()
+            self._resolving.set_result(None)
+            self._resolving = None
+        if found and found != self.addresses:
+            if self.addresses:
+                log.info("upstream %s: addresses %s -> %s", self.host, ",".join(self.addresses), ",".join(found))
+            self.addresses = found
+            self.generation += 1  # idle connections of the old set close; new ones spread over the new set
 
     async def _connect(self) -> _UpstreamConnection:
         loop = asyncio.get_running_loop()
@@ -462,7 +523,7 @@ class UpstreamHttp:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
                     _UpstreamConnection,
-                    self.host,
+                    self._address(),
                     self.port,
                     ssl=self.ssl,
                     server_hostname=self.host if self.ssl else None,
@@ -473,11 +534,20 @@ class UpstreamHttp:
             ) from None
         except (OSError, ssl.SSLError) as exc:
             raise ConnectError(f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc), exc) from None
+        conn.generation = self.generation
         return conn
+
+    def _address(self) -> str:
+        """Where the next connection goes: the host's addresses in turn when they are resolved here, else the host."""
+        addresses = self.addresses
+        if not addresses:
+            return self.host
+        self._next_address = (self._next_address + 1) % len(addresses)
+        return addresses[self._next_address]
 
     def _release(self, conn: _UpstreamConnection) -> None:
         self._free_slot()
-        if conn.reusable and not self.closed:
+        if conn.reusable and not self.closed and conn.generation == self.generation:
             conn.state = _IDLE
             loop = asyncio.get_running_loop()
             conn.idle_since = loop.time()

@@ -106,6 +106,7 @@ class UpstreamClient:
             max_connections=pool.max_connections,
             keepalive=pool.keepalive,
             connect_timeout=self.config.timeouts.connect,
+            resolve_every=pool.resolve_every,
         )
 
     async def close(self) -> None:
