@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+from tollgate.accounting.pricing import to_money
 from tollgate.accounting.records import Entry
 from tollgate.accounting.tally import Tally
 
@@ -41,6 +42,7 @@ __all__ = [
     "day_of",
     "month_of",
     "split_models",
+    "usage_amounts",
 ]
 
 TOTAL_FIELDS = (
@@ -228,3 +230,15 @@ def split_models(fields: Mapping[Any, Any]) -> tuple[dict[str, int], dict[str, d
         else:
             totals[key] = value
     return totals, models
+
+
+def usage_amounts(fields: Mapping[str, int]) -> dict[str, Any]:
+    """A usage counter hash as reports show it: requests, tokens (and their total), cost in the currency."""
+    prompt, completion = fields.get("prompt_tokens", 0), fields.get("completion_tokens", 0)
+    return {
+        "requests": fields.get("requests", 0),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "cost": to_money(fields.get("cost_n", 0)),
+    }

@@ -15,22 +15,13 @@ from tollgate.config.admin import ADMIN_ROLES, AdminAccess, AdminOidc, AdminPrin
 from tollgate.config.identity import JwtKey
 from tollgate.errors import Forbidden, Unauthenticated
 from tollgate.identity.jwks import Fetch, JwksKeys, fetch_json
-from tollgate.identity.jwt import looks_like_jwt
+from tollgate.identity.jwt import claim_at, looks_like_jwt
 from tollgate.runtime.state import STATE
 
 __all__ = ["CREDENTIALS", "AdminCredentials", "credentials_of"]
 
 _DUMMY = bytes(32)
 _STRENGTH = ("admin", "operator", "viewer", "tenant_admin")  # several roles in a token: the first of these wins
-
-
-def _claim(claims: dict[str, Any], path: str) -> Any:
-    value: Any = claims
-    for part in path.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
 
 
 def _strings(value: Any) -> list[str]:
@@ -147,13 +138,13 @@ class AdminCredentials:
             raise Unauthenticated(f"the token lacks the {exc.claim!r} claim", code="invalid_admin_token") from None
         except jwt.PyJWTError:
             raise Unauthenticated("the token's signature does not verify", code="invalid_admin_token") from None
-        name = _claim(claims, oidc.name_claim)
+        name = claim_at(claims, oidc.name_claim)
         if not isinstance(name, str) or not name:
             raise Unauthenticated(
                 f"the token has no {oidc.name_claim!r} claim naming the caller", code="invalid_admin_token"
             )
         granted = {
-            oidc.roles_map.get(r, r if r in ADMIN_ROLES else "") for r in _strings(_claim(claims, oidc.role_claim))
+            oidc.roles_map.get(r, r if r in ADMIN_ROLES else "") for r in _strings(claim_at(claims, oidc.role_claim))
         }
         role = next((r for r in _STRENGTH if r in granted), None)
         if role is None:
@@ -163,7 +154,7 @@ class AdminCredentials:
             )
         tenants: frozenset[str] | None = None
         if role == "tenant_admin":
-            tenants = frozenset(_strings(_claim(claims, oidc.tenants_claim)))
+            tenants = frozenset(_strings(claim_at(claims, oidc.tenants_claim)))
             if not tenants:
                 raise Forbidden(
                     f"{name} is a tenant_admin, but the token's {oidc.tenants_claim!r} claim names no tenant",

@@ -15,9 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tollgate.accounting.aggregates import OTHER_USERS, USER_FIELDS, month_of, split_models
+from tollgate.accounting.aggregates import OTHER_USERS, USER_FIELDS, month_of, split_models, usage_amounts
 from tollgate.accounting.metrics import CONTENT_TYPE
-from tollgate.accounting.pricing import to_money
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, Param, operation, query
 from tollgate.admin.usage_views import AuditEvents, EndUsers, PriceTable, Quota, SlaReport, Usage
 from tollgate.edge.answers import json_response
@@ -83,20 +82,9 @@ def _usage_view(fields: dict[str, Any]) -> dict[str, Any]:
 def _billed(fields: dict[str, int]) -> dict[str, Any]:
     """The amounts of a tenant or of a model, with the parts of the prompt read from and written to a prompt cache."""
     return {
-        **_amounts(fields),
+        **usage_amounts(fields),
         "cached_tokens": fields.get("cached_tokens", 0),
         "cache_write_tokens": fields.get("cache_write_tokens", 0),
-    }
-
-
-def _amounts(fields: dict[str, int]) -> dict[str, Any]:
-    prompt, completion = fields.get("prompt_tokens", 0), fields.get("completion_tokens", 0)
-    return {
-        "requests": fields.get("requests", 0),
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "cost": to_money(fields.get("cost_n", 0)),
     }
 
 
@@ -112,7 +100,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def _end_user_view(fields: dict[str, int]) -> dict[str, Any]:
-    return {**_amounts(fields), "errors": fields.get("errors", 0)}
+    return {**usage_amounts(fields), "errors": fields.get("errors", 0)}
 
 
 @operation(

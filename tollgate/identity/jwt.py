@@ -15,7 +15,12 @@ from tollgate.config.identity import JwtConfig, JwtKey
 from tollgate.errors import Unauthenticated
 from tollgate.identity.jwks import Fetch, JwksKeys, SigningKeysStale, fetch_json
 
-__all__ = ["JwtVerifier", "VerifiedToken", "looks_like_jwt"]
+__all__ = [
+    "JwtVerifier",
+    "VerifiedToken",
+    "claim_at",
+    "looks_like_jwt",
+]
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -37,7 +42,8 @@ class VerifiedToken:
         self.keys_revision = 0
 
 
-def _claim(claims: dict[str, Any], path: str) -> Any:
+def claim_at(claims: dict[str, Any], path: str) -> Any:
+    """The value at a dotted ``path`` of a token's claims (``realm_access.roles``), or None."""
     value: Any = claims
     for part in path.split("."):
         if not isinstance(value, dict):
@@ -154,10 +160,10 @@ class JwtVerifier:
                 raise Unauthenticated("the token is not valid") from None
         if claims is None:
             raise Unauthenticated("the token's signature does not verify")
-        tenant = _claim(claims, cfg.tenant_claim)
+        tenant = claim_at(claims, cfg.tenant_claim)
         if not isinstance(tenant, str) or not tenant:
             raise Unauthenticated(f"the token has no {cfg.tenant_claim!r} claim naming a tenant")
-        user = _claim(claims, cfg.user_claim)
+        user = claim_at(claims, cfg.user_claim)
         exp = claims["exp"]
         verified = VerifiedToken(float(exp), tenant, user if isinstance(user, str) else None)
         if self.jwks is not None:

@@ -27,9 +27,8 @@ from urllib.parse import unquote
 
 import orjson
 
-from tollgate.accounting.aggregates import month_of, split_models
+from tollgate.accounting.aggregates import month_of, split_models, usage_amounts
 from tollgate.accounting.alerts import quota_status
-from tollgate.accounting.pricing import to_money
 from tollgate.edge.answers import Response, error_answer, json_answer, request_id_from, status_for
 from tollgate.edge.messages import Request
 from tollgate.errors import BadRequest, Forbidden, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
@@ -130,17 +129,6 @@ async def _key_info(request: Request, state: GatewayState) -> Response:
     return json_answer(body)
 
 
-def _amounts(fields: dict[str, int]) -> dict[str, Any]:
-    prompt, completion = fields.get("prompt_tokens", 0), fields.get("completion_tokens", 0)
-    return {
-        "requests": fields.get("requests", 0),
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "cost": to_money(fields.get("cost_n", 0)),
-    }
-
-
 async def _usage(request: Request, state: GatewayState) -> Response:
     principal = await _principal(request, state)
     month = request.query.get("month") or month_of(state.clock.time())
@@ -159,9 +147,9 @@ async def _usage(request: Request, state: GatewayState) -> Response:
         "tenant": principal.tenant,
         "period": month,
         "currency": acc.pricing().currency,
-        **_amounts(totals),
+        **usage_amounts(totals),
         "errors": totals.get("errors", 0),
-        "by_model": {m: _amounts(v) for m, v in sorted(models.items())},
+        "by_model": {m: usage_amounts(v) for m, v in sorted(models.items())},
         "quotas": quotas,
         "limits": await _limits(request, state, principal),
     }
