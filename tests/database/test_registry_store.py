@@ -112,9 +112,12 @@ async def test_the_registry_chooses_the_database_store_without_a_registry_sectio
     assert not isinstance(Registry(explicit, database=db).store, DatabaseStore)
 
 
-async def test_a_write_wakes_the_other_registry_at_once_on_postgres(database_url: str, db: Database) -> None:
-    if db.dialect != "postgresql":
-        pytest.skip("SQLite has no notifications: its followers poll")
+async def test_a_write_wakes_the_other_registry_at_once_on_postgres(postgres_url: str) -> None:
+    """PostgreSQL only: SQLite has no notifications, its followers poll (the poll is tested on both engines)."""
+    database_url = postgres_url
+    db = open_database(database_url)
+    await db.open()
+    await migrate(db)
     other = open_database(database_url)
     await other.open()
     config = config_from_dict(
@@ -136,3 +139,4 @@ async def test_a_write_wakes_the_other_registry_at_once_on_postgres(database_url
         await asyncio.gather(watcher, return_exceptions=True)
         await follower.close()
         await other.close()
+        await db.close()
