@@ -271,9 +271,11 @@ async def test_slow_heads_get_408_and_are_closed_after_the_head_timeout_while_ot
     before = await _refused(gateway, "head_timeout")
     connections = []
     for _ in range(300):
+        # Timed from before the connect: the server's head timer cannot start earlier, however slow this loop runs.
+        opened = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
         writer.write(POST + b"X-Half: a head that never ends")  # half a head, then nothing
-        connections.append((reader, writer, time.monotonic()))
+        connections.append((reader, writer, opened))
     await _still_serves(gateway.port)  # slow clients hold nothing up
     outcomes = await asyncio.gather(*(_answer_then_close(reader) for reader, _, _ in connections))
     for _, writer, _ in connections:
