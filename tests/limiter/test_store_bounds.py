@@ -134,8 +134,8 @@ async def test_a_short_stall_is_answered_by_the_fail_mode_only_while_it_lasts_an
 
     loader = asyncio.ensure_future(load())
     await asyncio.sleep(0.1)
+    paused = time.monotonic()  # before the call: the stall cannot begin earlier, but may before pause() returns
     own_redis.pause()
-    paused = time.monotonic()
     try:
         # Requests finish during the stall: the first ones reach the paused Redis, later ones meet the open circuit.
         for n in range(3):
