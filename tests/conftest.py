@@ -4,13 +4,15 @@ marker."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tollgate.mock.upstream import MockSettings, make_mock_app
+from tollgate.mock.upstream import MockSettings, make_mock_app, start_mock
 
 from .support.postgres import PostgresServer, postgres_server
 from .support.processes import Proc, keep_running_logs, mock_upstream_process, take_kept_logs
@@ -69,6 +71,21 @@ async def mock_url(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> str:
     """The mock upstream in this test's event loop, on a real loopback port: its root URL (no ``/v1``)."""
     server = await aiohttp_server(make_mock_app(MockSettings()))
     return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+async def mock_server() -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Start mock upstreams with the given settings on real ports; each call returns one's base URL (no ``/v1``)."""
+    runners: list[web.AppRunner] = []
+
+    async def start(**settings: Any) -> str:
+        runner, port = await start_mock("127.0.0.1", 0, MockSettings(**settings))
+        runners.append(runner)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
 
 
 @pytest.fixture

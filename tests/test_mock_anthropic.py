@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tollgate.mock.upstream import MockSettings, make_mock_app, start_mock
+from tollgate.mock.upstream import MockSettings, make_mock_app
 
 Client = TestClient[web.Request, web.Application]
 MODEL = "claude-sonnet-4-5"
@@ -32,21 +32,6 @@ WEATHER_TOOL: dict[str, Any] = {
     },
 }
 CLOCK_TOOL: dict[str, Any] = {"name": "get_time", "input_schema": {"type": "object", "properties": {}}}
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[Callable[..., Awaitable[str]]]:
-    """Start a mock on a real port with the given settings; returns its base URL (no ``/v1``, as the SDK wants)."""
-    runners: list[web.AppRunner] = []
-
-    async def start(**settings: Any) -> str:
-        runner, port = await start_mock("127.0.0.1", 0, MockSettings(**settings))
-        runners.append(runner)
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 def sdk(base_url: str, **options: Any) -> anthropic.AsyncAnthropic:
@@ -75,8 +60,8 @@ def sse(body: bytes) -> list[tuple[str, dict[str, Any]]]:
 # ---------------------------------------------------------------- the official SDK
 
 
-async def test_sdk_message_is_anthropic_shaped_and_counts_input_like_the_openai_route(started: Any) -> None:
-    base = await started()
+async def test_sdk_message_is_anthropic_shaped_and_counts_input_like_the_openai_route(mock_server: Any) -> None:
+    base = await mock_server()
     async with sdk(base) as client:
         message = await client.messages.create(model=MODEL, max_tokens=1024, system="Be brief.", messages=HELLO)
     assert message.id.startswith("msg_") and message.type == "message" and message.role == "assistant"
@@ -92,15 +77,15 @@ async def test_sdk_message_is_anthropic_shaped_and_counts_input_like_the_openai_
         assert message.usage.input_tokens == (await chat.json())["usage"]["prompt_tokens"]
 
 
-async def test_max_tokens_cuts_the_reply_with_stop_reason_max_tokens(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_max_tokens_cuts_the_reply_with_stop_reason_max_tokens(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         message = await client.messages.create(model=MODEL, max_tokens=4, messages=HELLO)
     assert message.content[0].type == "text" and message.content[0].text == "the quick brown fox"
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 4
 
 
-async def test_stop_sequence_ends_the_reply_before_it_and_counts_the_tokens_up_to_it(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_stop_sequence_ends_the_reply_before_it_and_counts_the_tokens_up_to_it(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         message = await client.messages.create(
             model=MODEL, max_tokens=100, messages=HELLO, stop_sequences=["never there", "fox jum", "lazy"]
         )
@@ -109,8 +94,8 @@ async def test_stop_sequence_ends_the_reply_before_it_and_counts_the_tokens_up_t
     assert message.usage.output_tokens == 5  # "the quick brown fox jumps": the stop sequence ends in the fifth
 
 
-async def test_sdk_stream_helper_assembles_the_text_and_the_final_usage(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_sdk_stream_helper_assembles_the_text_and_the_final_usage(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         async with client.messages.stream(model=MODEL, max_tokens=1024, messages=HELLO) as stream:
             pieces = [text async for text in stream.text_stream]
             final = await stream.get_final_message()
@@ -121,8 +106,8 @@ async def test_sdk_stream_helper_assembles_the_text_and_the_final_usage(started:
     assert final.usage.output_tokens == 16 and final.usage.input_tokens == counted.input_tokens > 0
 
 
-async def test_tool_use_round_trip_with_the_sdk(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_tool_use_round_trip_with_the_sdk(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         asked: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
         call = await client.messages.create(
             model=MODEL, max_tokens=1024, messages=asked, tools=[CLOCK_TOOL, WEATHER_TOOL], tool_choice={"type": "any"}
@@ -152,8 +137,8 @@ async def test_tool_use_round_trip_with_the_sdk(started: Any) -> None:
     assert reply.usage.input_tokens > named.usage.input_tokens  # the tool call and its result are counted
 
 
-async def test_sdk_stream_assembles_a_tool_call_from_input_json_deltas(started: Any) -> None:
-    client = sdk(await started())
+async def test_sdk_stream_assembles_a_tool_call_from_input_json_deltas(mock_server: Any) -> None:
+    client = sdk(await mock_server())
     async with (
         client,
         client.messages.stream(
@@ -172,8 +157,8 @@ async def test_sdk_stream_assembles_a_tool_call_from_input_json_deltas(started: 
     assert final.content[0].type == "tool_use" and final.content[0].input == {"city": "mock", "unit": "celsius"}
 
 
-async def test_injected_429_surfaces_as_rate_limit_error_with_retry_after(started: Any) -> None:
-    async with sdk(await started(retry_after=7)) as client:
+async def test_injected_429_surfaces_as_rate_limit_error_with_retry_after(mock_server: Any) -> None:
+    async with sdk(await mock_server(retry_after=7)) as client:
         with pytest.raises(anthropic.RateLimitError) as caught:
             await client.messages.create(
                 model=MODEL, max_tokens=16, messages=HELLO, extra_headers={"x-mock-status": "429"}
@@ -186,8 +171,8 @@ async def test_injected_429_surfaces_as_rate_limit_error_with_retry_after(starte
     }
 
 
-async def test_sdk_retries_a_429_after_the_retry_after_it_was_sent(started: Any) -> None:
-    base = await started(status=429, retry_after=1)
+async def test_sdk_retries_a_429_after_the_retry_after_it_was_sent(mock_server: Any) -> None:
+    base = await mock_server(status=429, retry_after=1)
     async with sdk(base, max_retries=1) as client:
         with pytest.raises(anthropic.RateLimitError):
             await client.messages.create(model=MODEL, max_tokens=16, messages=HELLO)
@@ -207,9 +192,9 @@ async def test_sdk_retries_a_429_after_the_retry_after_it_was_sent(started: Any)
     ],
 )
 async def test_injected_statuses_surface_as_the_sdks_errors_with_anthropic_types(
-    started: Any, status: int, error_class: type[anthropic.APIStatusError], error_type: str
+    mock_server: Any, status: int, error_class: type[anthropic.APIStatusError], error_type: str
 ) -> None:
-    async with sdk(await started()) as client:
+    async with sdk(await mock_server()) as client:
         with pytest.raises(error_class) as caught:
             await client.messages.create(
                 model=MODEL, max_tokens=16, messages=HELLO, extra_headers={"x-mock-status": str(status)}
@@ -218,8 +203,8 @@ async def test_injected_statuses_surface_as_the_sdks_errors_with_anthropic_types
     assert isinstance(caught.value.body, dict) and caught.value.body["error"]["type"] == error_type
 
 
-async def test_injected_mid_stream_error_surfaces_as_the_sdks_error_after_the_first_text(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_injected_mid_stream_error_surfaces_as_the_sdks_error_after_the_first_text(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         pieces: list[str] = []
         with pytest.raises(anthropic.APIStatusError) as caught:
             async with client.messages.stream(
@@ -235,8 +220,8 @@ async def test_injected_mid_stream_error_surfaces_as_the_sdks_error_after_the_fi
     assert caught.value.body["type"] == "error" and caught.value.body["error"]["type"] == "overloaded_error"
 
 
-async def test_missing_max_tokens_is_a_400_invalid_request_error(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_missing_max_tokens_is_a_400_invalid_request_error(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         with pytest.raises(anthropic.BadRequestError) as caught:
             # messages.create will not send a request without max_tokens: the SDK's raw post sends one
             await client.post("/v1/messages", cast_to=object, body={"model": MODEL, "messages": HELLO})
@@ -247,8 +232,8 @@ async def test_missing_max_tokens_is_a_400_invalid_request_error(started: Any) -
     }
 
 
-async def test_requests_are_recorded_with_the_api_key_and_version_the_client_sent(started: Any) -> None:
-    base = await started()
+async def test_requests_are_recorded_with_the_api_key_and_version_the_client_sent(mock_server: Any) -> None:
+    base = await mock_server()
     async with sdk(base) as client:
         version = client.default_headers["anthropic-version"]
         await client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)

@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 from openai import AsyncAzureOpenAI, AsyncOpenAI
 
 from tollgate.mock.media import AUDIO_BYTES_PER_SECOND, SPEECH_BYTES_PER_CHARACTER
-from tollgate.mock.upstream import MockSettings, add_arguments, settings_from_args, start_mock
+from tollgate.mock.upstream import MockSettings, add_arguments, settings_from_args
 
 from .support.processes import Proc
 
@@ -23,21 +21,6 @@ pytestmark = pytest.mark.mock_upstream("--azure-api-key", "cli-azure-key")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 API_VERSION = "2025-04-01-preview"
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[Callable[..., Awaitable[str]]]:
-    """Start a mock on a real port with the given settings; returns its base URL."""
-    runners: list[web.AppRunner] = []
-
-    async def start(**settings: Any) -> str:
-        runner, port = await start_mock("127.0.0.1", 0, MockSettings(**settings))
-        runners.append(runner)
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 def sdk(base: str) -> AsyncOpenAI:
@@ -57,8 +40,8 @@ def audio_file(size: int) -> tuple[str, io.BytesIO, str]:
 # ---------------------------------------------------------------- images
 
 
-async def test_gpt_image_answers_b64_png_and_token_usage(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_gpt_image_answers_b64_png_and_token_usage(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         images = await client.images.generate(model="gpt-image-1", prompt="A lighthouse at dusk", n=2)
     assert images.data is not None and len(images.data) == 2
     assert all(image.b64_json and base64.b64decode(image.b64_json).startswith(PNG_MAGIC) for image in images.data)
@@ -70,8 +53,8 @@ async def test_gpt_image_answers_b64_png_and_token_usage(started: Any) -> None:
     assert images.size == "1024x1024" and images.quality == "medium"
 
 
-async def test_dall_e_answers_urls_that_serve_the_image_or_b64_when_asked_and_no_usage(started: Any) -> None:
-    base = await started()
+async def test_dall_e_answers_urls_that_serve_the_image_or_b64_when_asked_and_no_usage(mock_server: Any) -> None:
+    base = await mock_server()
     async with sdk(base) as client:
         by_url = await client.images.generate(model="dall-e-3", prompt="A red kite", size="1024x1024")
         by_b64 = await client.images.generate(model="dall-e-2", prompt="A red kite", response_format="b64_json")
@@ -92,8 +75,8 @@ async def test_dall_e_answers_urls_that_serve_the_image_or_b64_when_asked_and_no
 # ---------------------------------------------------------------- audio
 
 
-async def test_speech_is_deterministic_audio_bytes_proportional_to_the_input(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_speech_is_deterministic_audio_bytes_proportional_to_the_input(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         short = await client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="Hello")
         long = await client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="Hello" * 3)
         again = await client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="Hello")
@@ -105,8 +88,8 @@ async def test_speech_is_deterministic_audio_bytes_proportional_to_the_input(sta
     assert wav.content[:4] == b"RIFF" and wav.content[8:12] == b"WAVE"
 
 
-async def test_transcription_of_an_upload_is_json_with_token_usage_for_gpt_4o_models(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_transcription_of_an_upload_is_json_with_token_usage_for_gpt_4o_models(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         transcript = await client.audio.transcriptions.create(
             model="gpt-4o-transcribe", file=audio_file(4 * AUDIO_BYTES_PER_SECOND)
         )
@@ -121,8 +104,10 @@ async def test_transcription_of_an_upload_is_json_with_token_usage_for_gpt_4o_mo
     assert whisper.text == transcript.text and whisper.usage is None
 
 
-async def test_transcription_answers_text_and_verbose_json_and_refuses_a_format_the_model_lacks(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_transcription_answers_text_and_verbose_json_and_refuses_a_format_the_model_lacks(
+    mock_server: Any,
+) -> None:
+    async with sdk(await mock_server()) as client:
         text = await client.audio.transcriptions.create(
             model="gpt-4o-mini-transcribe", file=audio_file(AUDIO_BYTES_PER_SECOND), response_format="text"
         )
@@ -139,8 +124,8 @@ async def test_transcription_answers_text_and_verbose_json_and_refuses_a_format_
     assert refused.value.param == "response_format"
 
 
-async def test_a_transcription_is_recorded_with_its_fields_and_the_files_size_not_its_bytes(started: Any) -> None:
-    base = await started()
+async def test_a_transcription_is_recorded_with_its_fields_and_the_files_size_not_its_bytes(mock_server: Any) -> None:
+    base = await mock_server()
     async with sdk(base) as client:
         await client.audio.transcriptions.create(
             model="whisper-1", file=audio_file(1234), response_format="json", language="en"
@@ -155,8 +140,8 @@ async def test_a_transcription_is_recorded_with_its_fields_and_the_files_size_no
     }
 
 
-async def test_fault_knobs_apply_to_media_endpoints(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_fault_knobs_apply_to_media_endpoints(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         with pytest.raises(openai.InternalServerError):
             await client.audio.transcriptions.create(
                 model="whisper-1", file=audio_file(10), extra_headers={"x-mock-status": "503"}
@@ -168,8 +153,8 @@ async def test_fault_knobs_apply_to_media_endpoints(started: Any) -> None:
 # ---------------------------------------------------------------- moderations
 
 
-async def test_moderation_answers_one_result_per_input_flagging_the_words_of_a_category(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_moderation_answers_one_result_per_input_flagging_the_words_of_a_category(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         moderated = await client.moderations.create(
             model="omni-moderation-latest", input=["Have a nice day.", "I will kill the process, then attack."]
         )
@@ -185,8 +170,8 @@ async def test_moderation_answers_one_result_per_input_flagging_the_words_of_a_c
 # ---------------------------------------------------------------- Azure
 
 
-async def test_azure_deployment_image_path_needs_api_version_and_the_expected_key(started: Any) -> None:
-    base = await started(azure_api_key="azure-secret")
+async def test_azure_deployment_image_path_needs_api_version_and_the_expected_key(mock_server: Any) -> None:
+    base = await mock_server(azure_api_key="azure-secret")
     azure = AsyncAzureOpenAI(
         azure_endpoint=base, azure_deployment="images", api_key="azure-secret", api_version=API_VERSION, max_retries=0
     )
@@ -205,8 +190,8 @@ async def test_azure_deployment_image_path_needs_api_version_and_the_expected_ke
             assert wrong.status == 401
 
 
-async def test_azure_deployment_audio_paths_answer_speech_and_transcriptions(started: Any) -> None:
-    base = await started()
+async def test_azure_deployment_audio_paths_answer_speech_and_transcriptions(mock_server: Any) -> None:
+    base = await mock_server()
     async with AsyncAzureOpenAI(
         azure_endpoint=base, azure_deployment="tts", api_key="any", api_version=API_VERSION, max_retries=0
     ) as azure:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import openai
 import orjson
 import pytest
-from aiohttp import web
 from openai import AsyncAzureOpenAI, AsyncOpenAI
 from openai.types.responses import Response
 
 from tollgate.mock.state import STORED_RESPONSES
-from tollgate.mock.upstream import MockSettings, start_mock
 
 SIXTEEN_WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly pack boxes of"
 WEATHER: dict[str, Any] = {
@@ -40,21 +37,6 @@ TEXT_STREAM_EVENTS = [
 ]
 
 
-@pytest.fixture
-async def started() -> AsyncIterator[Callable[..., Awaitable[str]]]:
-    """Start a mock on a real port with the given settings; returns its base URL."""
-    runners: list[web.AppRunner] = []
-
-    async def start(**settings: Any) -> str:
-        runner, port = await start_mock("127.0.0.1", 0, MockSettings(**settings))
-        runners.append(runner)
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
-
 def sdk(base: str) -> AsyncOpenAI:
     return AsyncOpenAI(base_url=f"{base}/v1", api_key="sk-test", max_retries=0)
 
@@ -78,8 +60,8 @@ async def post(base: str, path: str, body: dict[str, Any], **headers: str) -> tu
 # ---------------------------------------------------------------- non-stream
 
 
-async def test_a_response_is_openai_shaped_with_one_output_text_and_usage(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_a_response_is_openai_shaped_with_one_output_text_and_usage(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         response = await client.responses.create(model="gpt-4o-mini", input="Hello there, mock!")
     assert response.id.startswith("resp_") and response.object == "response" and response.status == "completed"
     assert response.model == "gpt-4o-mini"
@@ -93,8 +75,8 @@ async def test_a_response_is_openai_shaped_with_one_output_text_and_usage(starte
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
 
 
-async def test_list_input_counts_like_the_same_chat_messages(started: Any) -> None:
-    base = await started()
+async def test_list_input_counts_like_the_same_chat_messages(mock_server: Any) -> None:
+    base = await mock_server()
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there, mock!"}]
     async with sdk(base) as client:
         listed = await client.responses.create(model="gpt-4o", input=messages)
@@ -107,8 +89,8 @@ async def test_list_input_counts_like_the_same_chat_messages(started: Any) -> No
     assert instructed.instructions == "Be brief."
 
 
-async def test_an_o_model_reasons_first_and_counts_reasoning_in_output_tokens(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_an_o_model_reasons_first_and_counts_reasoning_in_output_tokens(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         response = await client.responses.create(model="o4-mini", input="Think, then answer.")
     assert [item.type for item in response.output] == ["reasoning", "message"]
     assert response.output[0].id.startswith("rs_")
@@ -117,8 +99,8 @@ async def test_an_o_model_reasons_first_and_counts_reasoning_in_output_tokens(st
     assert response.reasoning is not None and response.reasoning.effort == "medium"
 
 
-async def test_the_reasoning_effort_of_the_request_sets_the_reasoning_tokens(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_the_reasoning_effort_of_the_request_sets_the_reasoning_tokens(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         high = await client.responses.create(model="gpt-5", input="x", reasoning={"effort": "high"})
         none = await client.responses.create(model="gpt-5", input="x", reasoning={"effort": "none"})
     assert high.usage is not None and high.usage.output_tokens_details.reasoning_tokens == 64
@@ -127,8 +109,8 @@ async def test_the_reasoning_effort_of_the_request_sets_the_reasoning_tokens(sta
     assert [item.type for item in none.output] == ["message"]
 
 
-async def test_max_output_tokens_cuts_reasoning_plus_text_and_makes_the_response_incomplete(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_max_output_tokens_cuts_reasoning_plus_text_and_makes_the_response_incomplete(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         cut = await client.responses.create(model="o3", input="x", max_output_tokens=36)
         roomy = await client.responses.create(model="gpt-4o", input="x", max_output_tokens=1000)
     assert cut.status == "incomplete" and cut.incomplete_details is not None
@@ -138,14 +120,14 @@ async def test_max_output_tokens_cuts_reasoning_plus_text_and_makes_the_response
     assert roomy.status == "completed" and roomy.output_text == SIXTEEN_WORDS
 
 
-async def test_the_completion_tokens_knob_sets_the_text_length(started: Any) -> None:
-    async with sdk(await started(completion_tokens=3)) as client:
+async def test_the_completion_tokens_knob_sets_the_text_length(mock_server: Any) -> None:
+    async with sdk(await mock_server(completion_tokens=3)) as client:
         response = await client.responses.create(model="gpt-4o", input="x", max_output_tokens=1)
     assert response.status == "completed" and response.output_text == "the quick brown"
 
 
-async def test_forced_function_tool_answers_one_function_call_with_sample_arguments(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_forced_function_tool_answers_one_function_call_with_sample_arguments(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         required = await client.responses.create(
             model="gpt-4o", input="Weather in Paris?", tools=[WEATHER], tool_choice="required"
         )
@@ -163,8 +145,8 @@ async def test_forced_function_tool_answers_one_function_call_with_sample_argume
     assert [item.type for item in auto.output] == ["message"]
 
 
-async def test_a_bad_request_is_an_openai_400(started: Any) -> None:
-    base = await started()
+async def test_a_bad_request_is_an_openai_400(mock_server: Any) -> None:
+    base = await mock_server()
     async with sdk(base) as client:
         with pytest.raises(openai.BadRequestError) as missing_input:
             await client.responses.create(model="gpt-4o")
@@ -176,8 +158,8 @@ async def test_a_bad_request_is_an_openai_400(started: Any) -> None:
 # ---------------------------------------------------------------- stored responses
 
 
-async def test_a_stored_response_is_retrieved_as_answered_and_deleted_once(started: Any) -> None:
-    base = await started()
+async def test_a_stored_response_is_retrieved_as_answered_and_deleted_once(mock_server: Any) -> None:
+    base = await mock_server()
     async with sdk(base) as client:
         created = await client.responses.create(model="gpt-4o-mini", input="Remember me.")
         fetched = await client.responses.retrieve(created.id)
@@ -192,16 +174,16 @@ async def test_a_stored_response_is_retrieved_as_answered_and_deleted_once(start
     assert isinstance(gone.value.body, dict) and created.id in gone.value.body["message"]
 
 
-async def test_store_false_keeps_nothing(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_store_false_keeps_nothing(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         created = await client.responses.create(model="gpt-4o-mini", input="Forget me.", store=False)
         assert created.store is False
         with pytest.raises(openai.NotFoundError):
             await client.responses.retrieve(created.id)
 
 
-async def test_previous_response_id_adds_the_conversation_as_cached_input(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_previous_response_id_adds_the_conversation_as_cached_input(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         first = await client.responses.create(model="gpt-4o-mini", input="Hello there, mock!")
         again = await client.responses.create(model="gpt-4o-mini", input="Hello there, mock!")
         follow = await client.responses.create(
@@ -217,8 +199,8 @@ async def test_previous_response_id_adds_the_conversation_as_cached_input(starte
     assert unknown.value.code == "previous_response_not_found" and unknown.value.param == "previous_response_id"
 
 
-async def test_stored_responses_are_bounded_the_oldest_going_first(started: Any) -> None:
-    base = await started(record=False)
+async def test_stored_responses_are_bounded_the_oldest_going_first(mock_server: Any) -> None:
+    base = await mock_server(record=False)
     async with aiohttp.ClientSession() as session:
         ids = []
         for _ in range(STORED_RESPONSES + 1):
@@ -233,8 +215,8 @@ async def test_stored_responses_are_bounded_the_oldest_going_first(started: Any)
 # ---------------------------------------------------------------- streams
 
 
-async def test_sdk_stream_yields_the_events_in_order_and_a_final_response_with_usage(started: Any) -> None:
-    async with sdk(await started(tokens_per_chunk=4)) as client:
+async def test_sdk_stream_yields_the_events_in_order_and_a_final_response_with_usage(mock_server: Any) -> None:
+    async with sdk(await mock_server(tokens_per_chunk=4)) as client:
         stream = await client.responses.create(model="gpt-4o-mini", input="Hello there, mock!", stream=True)
         events = [event async for event in stream]
     assert [event.type for event in events] == TEXT_STREAM_EVENTS
@@ -250,8 +232,8 @@ async def test_sdk_stream_yields_the_events_in_order_and_a_final_response_with_u
     assert created.response.id == final.response.id and created.response.usage is None
 
 
-async def test_stream_of_an_o_model_carries_a_reasoning_item_and_reasoning_tokens(started: Any) -> None:
-    client = sdk(await started(tokens_per_chunk=16))
+async def test_stream_of_an_o_model_carries_a_reasoning_item_and_reasoning_tokens(mock_server: Any) -> None:
+    client = sdk(await mock_server(tokens_per_chunk=16))
     async with client, client.responses.stream(model="o3-mini", input="Think.") as stream:
         kinds = [event.type async for event in stream]
         final = await stream.get_final_response()
@@ -266,8 +248,8 @@ async def test_stream_of_an_o_model_carries_a_reasoning_item_and_reasoning_token
     assert final.usage.output_tokens == 48 and final.output_text == SIXTEEN_WORDS
 
 
-async def test_stream_framing_is_event_and_data_lines_without_done(started: Any) -> None:
-    status, body = await post(await started(), "/v1/responses", {"model": "gpt-4o", "input": "x", "stream": True})
+async def test_stream_framing_is_event_and_data_lines_without_done(mock_server: Any) -> None:
+    status, body = await post(await mock_server(), "/v1/responses", {"model": "gpt-4o", "input": "x", "stream": True})
     assert status == 200 and b"[DONE]" not in body
     events = frames(body)
     assert [name for name, _ in events] == [data["type"] for _, data in events]
@@ -275,8 +257,8 @@ async def test_stream_framing_is_event_and_data_lines_without_done(started: Any)
     Response.model_validate(events[-1][1]["response"])  # the SDK's model parses the final response strictly
 
 
-async def test_function_call_stream_sends_argument_deltas_that_join_into_the_arguments(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_function_call_stream_sends_argument_deltas_that_join_into_the_arguments(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         stream = await client.responses.create(
             model="gpt-4o", input="Weather?", tools=[WEATHER], tool_choice="required", stream=True
         )
@@ -292,17 +274,17 @@ async def test_function_call_stream_sends_argument_deltas_that_join_into_the_arg
     assert final.type == "response.completed" and final.response.output[0].type == "function_call"
 
 
-async def test_max_output_tokens_stream_ends_with_response_incomplete(started: Any) -> None:
+async def test_max_output_tokens_stream_ends_with_response_incomplete(mock_server: Any) -> None:
     status, body = await post(
-        await started(), "/v1/responses", {"model": "gpt-4o", "input": "x", "stream": True, "max_output_tokens": 2}
+        await mock_server(), "/v1/responses", {"model": "gpt-4o", "input": "x", "stream": True, "max_output_tokens": 2}
     )
     events = frames(body)
     assert status == 200 and events[-1][0] == "response.incomplete"
     assert events[-1][1]["response"]["usage"]["output_tokens"] == 2
 
 
-async def test_cut_after_ends_a_responses_stream_without_response_completed(started: Any) -> None:
-    base = await started()
+async def test_cut_after_ends_a_responses_stream_without_response_completed(mock_server: Any) -> None:
+    base = await mock_server()
     async with sdk(base) as client:
         stream = await client.responses.create(
             model="gpt-4o-mini", input="x", stream=True, extra_headers={"x-mock-cut-after": "5"}
@@ -316,8 +298,8 @@ async def test_cut_after_ends_a_responses_stream_without_response_completed(star
         assert (await resp.json())["streams_cut"] == 1
 
 
-async def test_injected_status_applies_to_the_responses_endpoint(started: Any) -> None:
-    async with sdk(await started()) as client:
+async def test_injected_status_applies_to_the_responses_endpoint(mock_server: Any) -> None:
+    async with sdk(await mock_server()) as client:
         with pytest.raises(openai.RateLimitError) as limited:
             await client.responses.create(
                 model="gpt-4o", input="x", extra_headers={"x-mock-status": "429", "x-mock-retry-after": "7"}
@@ -328,8 +310,8 @@ async def test_injected_status_applies_to_the_responses_endpoint(started: Any) -
 # ---------------------------------------------------------------- Azure's v1 path
 
 
-async def test_azure_v1_responses_path_creates_retrieves_and_deletes_with_the_expected_key(started: Any) -> None:
-    base = await started(azure_api_key="azure-secret")
+async def test_azure_v1_responses_path_creates_retrieves_and_deletes_with_the_expected_key(mock_server: Any) -> None:
+    base = await mock_server(azure_api_key="azure-secret")
     azure = AsyncAzureOpenAI(
         base_url=f"{base}/openai/v1/", api_key="azure-secret", api_version="preview", max_retries=0
     )
