@@ -97,7 +97,7 @@ async def forward(
     assert endpoint is not None and ctx.body is not None and client.http is not None
     cfg = client.config
     bridge = client.messages_bridge if endpoint.dialect is ANTHROPIC else client.dialect
-    dropped: list[str] = []
+    dropped: Sequence[str] = ()  # no list made on the OpenAI-to-OpenAI path
     form_type: str | None = None
     if bridge is None:  # OpenAI's dialect on both sides: the client's bytes, unless the model name changes
         # The deployment's own path where its provider has one (Azure), built with the config.
