@@ -30,9 +30,10 @@ import yaml
 from locust import HttpUser, events, task
 from locust.env import Environment
 
+from tollgate.process.demo import DEMO_API_KEY
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "config" / "demo.yaml"
-DEMO_KEY = "tg-demo-0123456789abcdef0123456789abcdef"  # tollgate.process.demo.DEMO_API_KEY
 PLAN_WEIGHTS = {"enterprise": 5, "government": 4, "small_business": 3, "education": 2, "personal": 1}
 PROMPTS = (
     "Summarise the attached ticket in one sentence.",
@@ -120,7 +121,7 @@ def _setup(environment: Environment, **_: Any) -> None:
     over = {n.strip() for n in (options.tollgate_over_limit if options else "noisy").split(",") if n.strip()}
     tenants = tenants_from_config(config, over)
     if not tenants:
-        tenants = [Tenant("demo", "demo", DEMO_KEY, 1, False)]
+        tenants = [Tenant("demo", "demo", DEMO_API_KEY, 1, False)]
     environment.tollgate_tenants = tenants  # type: ignore[attr-defined]
     # Users take tenants in this order, so that every tenant (the over-limit ones too) has a user from
     # the len(tenants)-th user on, and plans get users in proportion to their weight.

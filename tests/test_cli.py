@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,6 +70,52 @@ async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request_with
         assert proc.stop() == 0
     with sqlite3.connect(database) as db:  # the data of record outlives the process
         assert db.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] >= 1
+
+
+async def test_demo_takes_a_free_admin_port_when_8081_is_taken_and_says_which(tmp_path: Path) -> None:
+    port = free_port()
+    blocker = socket.socket()
+    try:  # take 8081 (already taken by something else is just as good)
+        blocker.bind(("127.0.0.1", 8081))
+        blocker.listen()
+    except OSError:
+        pass
+    env = {"XDG_DATA_HOME": str(tmp_path)}
+    proc = start_process([sys.executable, "-m", "tollgate", "demo", "--port", str(port)], port, env=env)
+    try:
+        for _ in range(100):
+            if "Its tenants" in proc.log():
+                break
+            time.sleep(0.05)
+        log = proc.log()
+        assert "admin port 8081 is taken, so a free one was chosen; --admin-port names one" in log
+        found = re.search(r"Admin API: http://127\.0\.0\.1:(\d+)/admin", log)
+        assert found is not None, log
+        admin_port = int(found.group(1))
+        assert admin_port != 8081
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{admin_port}/healthz") as r:
+            assert r.status == 200  # the admin API answers where the demo said
+        assert "WARNING" not in log and "Traceback" not in log  # a calm start
+    finally:
+        blocker.close()
+        assert proc.stop() == 0
+
+
+async def test_demo_named_port_in_use_fails_naming_the_flag(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "tollgate", "demo", "--port", str(port), "--admin-port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
+        )
+    assert out.returncode == 1
+    assert f"--port {port} named a port in use" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 async def test_mock_upstream_command_serves_models() -> None:

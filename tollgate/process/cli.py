@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from tollgate import __version__
 from tollgate.config import load_config
 from tollgate.errors import ConfigError, DatabaseError
 
@@ -144,7 +145,7 @@ def _cmd_mock_upstream(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tollgate.process.demo import run_demo
 
-    return run_demo(host=args.host, port=args.port)
+    return run_demo(host=args.host, port=args.port, admin_port=args.admin_port)
 
 
 def _print_problems(source: str, exc: ConfigError) -> None:
@@ -157,7 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     from tollgate.mock.upstream import add_arguments as add_mock_arguments
 
     parser = argparse.ArgumentParser(prog="tollgate", description="Multi-tenant gateway for OpenAI-style LLM traffic.")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--version", action="version", version=f"tollgate {__version__}")
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="default: info (warning for the demo, whose start prints what it needs)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the gateway")
@@ -205,13 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="gateway + built-in mock upstream + demo tenants, ready for curl")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, help="public port (default 8080, or a free one when 8080 is taken)")
+    p.add_argument("--admin-port", type=int, help="admin API port (default 8081, or a free one when 8081 is taken)")
     p.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.log_level is None:
+        args.log_level = "warning" if args.command == "demo" else "info"
     _setup_logging(args.log_level)
     return int(args.func(args))
 

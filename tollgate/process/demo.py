@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.resources
 import os
+import socket
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from tollgate.config import load_config
@@ -13,10 +16,13 @@ from tollgate.errors import ConfigError
 from tollgate.process.server import install_event_loop_policy, run_gateway, with_listen_address
 from tollgate.runtime.state import GatewayState
 
-__all__ = ["DEMO_API_KEY", "demo_config_path", "demo_data_dir", "run_demo"]
+__all__ = ["DEMO_ADMIN_PORT", "DEMO_API_KEY", "DEMO_PORT", "demo_config_path", "demo_data_dir", "run_demo"]
 
 # The demo tenant's key (also declared in config/demo.yaml); safe to print, it only works against the demo.
 DEMO_API_KEY = "tg_demo_0123456789abcdef0123456789abcdef"
+# The ports the demo asks for when none is named; taken ones are swapped for free ones (printed at start).
+DEMO_PORT = 8080
+DEMO_ADMIN_PORT = 8081
 
 
 def demo_data_dir() -> Path:
@@ -37,16 +43,19 @@ def demo_config_path() -> Path:
     return Path(str(importlib.resources.files("tollgate.examples").joinpath("demo.yaml")))
 
 
-def _snippet(host: str, port: int, database: str) -> str:
+def _snippet(host: str, port: int, admin_port: int | None, database: str, moved: list[str]) -> str:
     base = f"http://{host}:{port}/v1"
+    admin = "" if admin_port is None else f"\nAdmin API: http://{host}:{admin_port}/admin (token in config/demo.yaml)"
+    notes = "".join(f"\n{line}" for line in moved)
     return f"""
-Tollgate demo is up: {base}  (mock upstream behind it; Ctrl-C to stop)
-Its tenants, keys, usage and spend log are kept in {database}
+Tollgate demo is up: {base}  (mock upstream behind it; Ctrl-C to stop){admin}
+Its tenants, keys, usage and spend log are kept in {database}{notes}
 
   curl -s {base}/chat/completions \\
     -H 'Authorization: Bearer {DEMO_API_KEY}' -H 'Content-Type: application/json' \\
     -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'
 
+  pip install openai   # the SDK the next lines use, in the environment you run them from
   python - <<'EOF'
   from openai import OpenAI
   client = OpenAI(base_url="{base}", api_key="{DEMO_API_KEY}")
@@ -59,7 +68,32 @@ Its tenants, keys, usage and spend log are kept in {database}
 """
 
 
-async def _main(host: str, port: int) -> None:
+def port_is_free(host: str, port: int) -> bool:
+    """Whether ``port`` on ``host`` can be listened on now (as the gateway binds it: SO_REUSEADDR, no SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def choose_port(host: str, named: int | None, default: int, what: str, flag: str, moved: list[str]) -> int:
+    """The port to listen on: the one named (a taken one fails at bind, naming ``flag``), else ``default``,
+    else 0 (a free one) with a line in ``moved`` saying so."""
+    if named is not None:
+        return named
+    if port_is_free(host, default):
+        return default
+    moved.append(f"({what} port {default} is taken, so a free one was chosen; {flag} names one)")
+    return 0
+
+
+async def _main(host: str, port: int | None, admin_port: int | None) -> None:
     from tollgate.mock.upstream import MockSettings, start_mock
 
     mock_runner, mock_port = await start_mock("127.0.0.1", 0, MockSettings())
@@ -72,25 +106,37 @@ async def _main(host: str, port: int) -> None:
             os.environ["TOLLGATE_DEMO_DATABASE"] = f"sqlite:///{data / 'demo.db'}"
         database = os.environ["TOLLGATE_DEMO_DATABASE"].removeprefix("sqlite:///")
         path = demo_config_path()
-        config = with_listen_address(load_config(path), host, port)
+        moved: list[str] = []
+        public = choose_port(host, port, DEMO_PORT, "the public", "--port", moved)
+        config = with_listen_address(load_config(path), host, public)
+        admin = choose_port(host, admin_port, DEMO_ADMIN_PORT, "the admin", "--admin-port", moved)
+        listeners = config.listeners
+        config = replace(config, listeners=replace(listeners, admin=replace(listeners.admin, host=host, port=admin)))
         state = GatewayState(config, config_path=path)
 
-        def started(public_port: int, _admin_port: int | None) -> None:
-            print(_snippet(host, public_port, database), flush=True)
+        def started(public_port: int, bound_admin: int | None) -> None:
+            print(_snippet(host, public_port, bound_admin, database, moved), flush=True)
 
         await run_gateway(state, on_started=started)
     finally:
         await mock_runner.cleanup()
 
 
-def run_demo(*, host: str = "127.0.0.1", port: int = 8080) -> int:
+def run_demo(*, host: str = "127.0.0.1", port: int | None = None, admin_port: int | None = None) -> int:
+    """Run the demo until Ctrl-C. ``port`` / ``admin_port`` None: 8080 / 8081, or free ones when those are taken."""
     install_event_loop_policy()
     try:
-        asyncio.run(_main(host, port))
+        asyncio.run(_main(host, port, admin_port))
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"cannot start the demo on {host}:{port}: {exc.strerror or exc}; try --port", file=sys.stderr)
+        taken = [
+            f"{flag} {value}"
+            for flag, value in (("--port", port), ("--admin-port", admin_port))
+            if value and not port_is_free(host, value)
+        ]
+        advice = f"; {' and '.join(taken)} named a port in use: choose another, or leave it out" if taken else ""
+        print(f"cannot start the demo on {host}: {exc.strerror or exc}{advice}", file=sys.stderr)
         return 1
     return 0
