@@ -205,7 +205,7 @@ class JwtDoc(Doc):
                     "algorithms",
                     f"key {k.kid or '(no kid)'} uses {k.algorithm}, which the allow-list does not include",
                 )
-        if not keys and self.jwks_url is None:
+        if not self.keys and self.jwks_file is None and self.jwks_url is None:  # given ones that failed said why
             yield "keys", "at least one key (keys:, jwks_file: or jwks_url:) is required"
         if self.jwks_url is not None:
             if self.algorithms is None:

@@ -37,13 +37,30 @@ _RECORD_MARK = "__config_record__"
 
 
 class Problems:
-    """Accumulates ``path: reason`` lines so one run reports every error at once."""
+    """Accumulates ``path: reason`` lines so one run reports every error at once, each once.
+
+    A field whose value could not be read (an unset ``${VAR}``) is ``unreadable``: what validation would say about
+    the empty value put in its place is a consequence, not a problem of its own, and is not added.
+    """
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self._seen: set[str] = set()
+        self.unreadable: set[str] = set()
+        self.found = 0  # problems found, those not added (already said, or a consequence) included
 
     def add(self, path: str, reason: str) -> None:
-        self.lines.append(f"{path or '<root>'}: {reason}")
+        self.found += 1
+        path = path or "<root>"
+        line = f"{path}: {reason}"
+        if line in self._seen or path in self.unreadable:
+            return
+        self._seen.add(line)
+        self.lines.append(line)
+
+    def paths_since(self, start: int) -> set[str]:
+        """The field paths named by the problems added since ``len(lines)`` was ``start``."""
+        return {line.partition(": ")[0] for line in self.lines[start:]}
 
     def __bool__(self) -> bool:
         return bool(self.lines)
@@ -369,9 +386,9 @@ def validate(cls: type[T], data: Any, path: str, problems: Problems) -> T | None
             return typing.cast(T, adapter.validate_python(unset))
         except ValidationError as exc:
             first = exc
-    before = len(problems.lines)
+    before = problems.found
     record = _walk(cls, unset, path, problems)
-    if len(problems.lines) == before:  # the walk found nothing pydantic did: say what pydantic said
+    if problems.found == before:  # the walk found nothing pydantic did: say what pydantic said
         _report(first, path, problems)
     return record
 
@@ -382,6 +399,7 @@ def _walk(cls: type[T], data: Any, path: str, problems: Problems) -> T | None:
         return None
     data = _drop_nulls(data)
     fields = _shape(cls)
+    start = len(problems.lines)
     values: dict[str, Any] = {}
     given: set[str] = set()
     for f in fields:
@@ -398,9 +416,12 @@ def _walk(cls: type[T], data: Any, path: str, problems: Problems) -> T | None:
         if key not in known:
             problems.add(join(path, str(key)), "unknown key")
     record = _construct(cls, values, given)
+    failed = problems.paths_since(start)  # a field that failed holds its default: what a check says of it is moot
     try:
         for where, reason in _found(record):
-            problems.add(join(path, where), reason)
+            at = join(path, where)
+            if at not in failed:
+                problems.add(at, reason)
     except (AttributeError, TypeError, KeyError, ValueError):
         pass  # a check that needs a field that failed: that field's problem is reported already
     return record
@@ -425,9 +446,9 @@ def _field(f: _Field, value: Any, at: str, problems: Problems) -> Any:
         for name, item in value.items():
             try:
                 key = f.keys.validate_python(name)
-            except ValidationError as exc:
+            except ValidationError as exc:  # its section is still read: its own problems are reported too
                 problems.add(join(at, str(name)), _invalid_name(exc.errors(include_url=False)[0]))
-                continue
+                key = name
             entry: Any = validate(record, item, join(at, str(name)), problems)
             if entry is not None:
                 out[key] = entry
@@ -464,6 +485,7 @@ def substitute_env(doc: Any, env: Mapping[str, str], problems: Problems, path: s
             if default is not None:
                 return default
             problems.add(path, f"environment variable {name} is not set")
+            problems.unreadable.add(path or "<root>")
             return ""
 
         return _ENV.sub(repl, doc)
