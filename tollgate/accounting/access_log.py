@@ -25,6 +25,7 @@ import os
 import random
 import sys
 import time
+from pathlib import Path
 from collections.abc import Iterable, Sequence
 from typing import BinaryIO
 
@@ -97,8 +98,11 @@ def lines_of(entries: Iterable[Entry], currency: str) -> bytes:
 class AccessLog:
     """Samples entries, renders them, and appends them to a file or standard output off the event loop."""
 
-    def __init__(self, config: AccessLogConfig, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, config: AccessLogConfig, *, rng: random.Random | None = None, base_dir: Path | None = None
+    ) -> None:
         self.config = config
+        self._base_dir = base_dir  # a relative path is opened under it (the config's data_dir)
         self._rng = rng or random.Random()
         self._fh: BinaryIO | None = None
         self.written = 0
@@ -109,7 +113,10 @@ class AccessLog:
         if self.config.path == "-":
             self._fh = None  # standard output, through os.write on its descriptor
         else:
-            self._fh = open(self.config.path, "ab")  # noqa: SIM115 - closed in close()
+            path = Path(self.config.path)
+            if not path.is_absolute() and self._base_dir is not None:
+                path = self._base_dir / path
+            self._fh = open(path, "ab")  # noqa: SIM115 - closed in close()
 
     def wants_status(self, status: int, client_disconnected: bool) -> bool:
         """Whether a request with this outcome gets a line (the sampling draw included), before any line is built."""

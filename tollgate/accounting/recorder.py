@@ -92,7 +92,7 @@ class Accounting:
         self.store: UsageStore = self._open_store(config)
         self.audit = self._open_audit()
         self.security = SecurityWatch(acc.audit, self.audit)
-        self.access_log = AccessLog(acc.access_log)
+        self.access_log = AccessLog(acc.access_log, base_dir=self.base_dir)
         self.quota_watch = QuotaWatch(acc.alerts, acc.quotas)
         self.webhook: WebhookSender | None = None
         if acc.alerts.webhook is not None:
@@ -390,10 +390,8 @@ def _accounting_config(config: Any) -> AccountingConfig:
 
 
 def _base_dir(config: Any) -> Path | None:
-    source = getattr(config, "source", "<memory>")
-    if not source or source.startswith("<"):
-        return None
-    return Path(source).resolve().parent
+    data_dir = getattr(config, "data_dir", None)
+    return None if data_dir is None else Path(data_dir)
 
 
 def _redis_client(url: str, cluster: bool) -> Any:

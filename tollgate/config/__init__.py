@@ -55,7 +55,8 @@ def _config(doc: Any, *, env: Mapping[str, str] | None, source: str, references:
     with _collector_paused():
         if references:  # ${VAR} anywhere in the document
             doc = substitute_env(doc, dict(os.environ if env is None else env), problems)
-        config = parse_config(doc, problems, source=source)
+        data_dir = (os.environ if env is None else env).get("TOLLGATE_DATA_DIR") or None
+        config = parse_config(doc, problems, source=source, data_dir=data_dir)
     if config is None:
         raise ConfigError(problems.lines)
     return config

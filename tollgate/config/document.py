@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -75,6 +76,10 @@ class ConfigDoc(RulesSections, AccountingSections):
     """A Tollgate config file. Unknown keys are errors; values may use ${ENV_VAR} or ${ENV_VAR:-default}."""
 
     version: Annotated[int, Strict(), Field(ge=1, le=1)] = 1
+    data_dir: NonEmptyStr | None = None
+    """The folder of the gateway's own files: a relative SQLite database, spill file, registry, usage or audit file
+    or access log path is read under it. Relative to this file's folder; default: $TOLLGATE_DATA_DIR when set,
+    else this file's folder. Mount it writable (the container image's is /var/lib/tollgate)."""
     listeners: ListenersDoc = ListenersDoc()
     admin: AdminDoc = AdminDoc()
     """Who may use the admin API: principals with tokens and roles, sign-on through OpenID Connect."""
@@ -217,8 +222,23 @@ def _tenants(doc: ConfigDoc) -> tuple[dict[str, Tenant], dict[str, ApiKey]]:
     return tenants, keys
 
 
-def build_config(doc: ConfigDoc, *, source: str = "<memory>") -> Config:
-    """The Config the gateway reads, from a document that validated without a problem."""
+def data_dir_of(named: str | None, source: str, default: str | None) -> str | None:
+    """The absolute folder relative state paths are read under: ``named`` (the file's ``data_dir``), else
+    ``default`` ($TOLLGATE_DATA_DIR), each relative to the config file's folder; else that folder; None for a
+    config that came from no file and names none (relative paths then stay relative to the working folder)."""
+    base = None if source.startswith("<") else Path(source).resolve().parent
+    chosen = named or default
+    if chosen is None:
+        return None if base is None else str(base)
+    path = Path(chosen).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    return str(path.absolute())
+
+
+def build_config(doc: ConfigDoc, *, source: str = "<memory>", data_dir: str | None = None) -> Config:
+    """The Config the gateway reads, from a document that validated without a problem (``data_dir``: the folder
+    to use when the document names none)."""
     tenants, keys = _tenants(doc)
     plans: dict[str, Any] = dict(DEFAULT_PLANS)
     plans.update({name: build_plan(name, plan) for name, plan in doc.plans.items()})
@@ -244,17 +264,20 @@ def build_config(doc: ConfigDoc, *, source: str = "<memory>") -> Config:
         accounting=build_accounting(doc),
         server=doc.server,
         source=source,
+        data_dir=data_dir_of(doc.data_dir, source, data_dir),
     )
 
 
-def parse_config(data: Any, problems: Problems, *, source: str = "<memory>") -> Config | None:
+def parse_config(
+    data: Any, problems: Problems, *, source: str = "<memory>", data_dir: str | None = None
+) -> Config | None:
     """Validate a parsed document (``${VAR}`` already substituted): the Config, or None after problems."""
     before = len(problems.lines)
     doc = validate(ConfigDoc, data, "", problems)
     if problems or doc is None:
         _in_file_order(problems, before, data)
         return None
-    return build_config(doc, source=source)
+    return build_config(doc, source=source, data_dir=data_dir)
 
 
 def _in_file_order(problems: Problems, start: int, data: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, Strict
@@ -211,5 +212,18 @@ class Config:
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     server: Server = Server()
     source: str = "<memory>"
+    # The absolute folder relative state paths are read under (config file's data_dir, $TOLLGATE_DATA_DIR, or the
+    # file's folder); None: relative paths stay relative to the working folder.
+    data_dir: str | None = None
     # Who may use the admin API (listeners.admin.token is the principal "admin" here).
     admin: AdminAccess = field(default_factory=AdminAccess)
+
+    @property
+    def state_dir(self) -> Path | None:
+        """The folder relative state paths are read under (see ``data_dir``), or None."""
+        return None if self.data_dir is None else Path(self.data_dir)
+
+    def state_path(self, path: str) -> Path:
+        """A state file's ``path`` as the gateway opens it: as written when absolute, else under ``data_dir``."""
+        p = Path(path)
+        return p if p.is_absolute() or self.data_dir is None else Path(self.data_dir) / p

@@ -86,7 +86,7 @@ def _cmd_db(args: argparse.Namespace) -> int:
         return 2
     try:
         db: Database = open_database(
-            settings.url, base_dir=Path(args.config).parent, pool_size=1, timeout=settings.timeout
+            settings.url, base_dir=config.state_dir, pool_size=1, timeout=settings.timeout
         )
     except ConfigError as exc:
         _print_problems(args.config, exc)

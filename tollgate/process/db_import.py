@@ -143,7 +143,7 @@ async def import_usage(db: Database, source: str, prefix: str) -> Imported:
 
 
 def _default_sources(config: Any, base_dir: Path) -> tuple[str | None, str | None]:
-    """The registry and usage stores the config names (file paths relative to its folder), when it names them."""
+    """The registry and usage stores the config names (file paths under its data_dir), when it names them."""
     registry: str | None = None
     settings = config.registry
     if settings.backend == "file" and settings.path is not None:
@@ -172,7 +172,7 @@ def import_command(config_path: str, from_registry: str | None, from_usage: str 
     if settings.url is None:
         print(f"{config_path}: no database.url: the config names no database to import into", file=sys.stderr)
         return 2
-    base_dir = Path(config_path).resolve().parent
+    base_dir = config.state_dir or Path(config_path).resolve().parent
     default_registry, default_usage = _default_sources(config, base_dir)
     registry_source = from_registry or default_registry
     usage_source = from_usage or default_usage

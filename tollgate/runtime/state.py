@@ -113,7 +113,7 @@ class GatewayState:
         self.counters = AttemptCounters()
         self.health = HealthProber(self)
         self.config_path = Path(config_path) if config_path is not None else None
-        base_dir = self.config_path.parent if self.config_path else None
+        base_dir = config.state_dir  # relative state paths (SQLite, registry file, ...) are read under it
         # The database of record (database.url), migrated at start; None without one.
         db = config.database
         self.database: Database | None = (
