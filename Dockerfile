@@ -1,45 +1,51 @@
 # syntax=docker/dockerfile:1
-# Tollgate in a container: slim Python, non-root, runtime dependencies only.
+# Tollgate in a container: slim Python, a numeric non-root user, pinned runtime dependencies only.
 #
 #   docker build -t tollgate .
 #   docker run --rm -p 8080:8080 --stop-timeout 40 \
-#       -v "$PWD/my-gateway.yaml:/etc/tollgate/gateway.yaml:ro" tollgate
+#       -v "$PWD/my-gateway.yaml:/etc/tollgate/gateway.yaml:ro" -v tollgate-data:/var/lib/tollgate tollgate
 #
-# The config is mounted, never baked in. Reload it with `docker kill --signal HUP <container>`;
-# `docker stop` sends SIGTERM and the gateway drains for server.shutdown_grace (30 s by
-# default), so give the container a longer --stop-timeout. More workers:
+# The config is mounted read-only, never baked in. The gateway's own files (a SQLite database, the spend
+# log's spill file, a registry or usage file) go under /var/lib/tollgate, a volume: relative paths in the
+# config are read under $TOLLGATE_DATA_DIR (the config's data_dir: overrides it). Reload the config with
+# `docker kill --signal HUP <container>`; `docker stop` sends SIGTERM and the gateway drains for
+# server.shutdown_grace (30 s by default), so give the container a longer --stop-timeout. More workers:
 # `-e TOLLGATE_WORKERS=4` (needs store.backend: redis). See README.md, "Docker".
 
-ARG PYTHON_VERSION=3.12
+ARG PYTHON_VERSION=3.12.8
 
-# ---- build: the tollgate wheel and the wheels of its dependencies
-FROM python:${PYTHON_VERSION}-slim AS build
+# ---- build: the tollgate wheel and the wheels of its dependencies, at the versions of constraints.txt
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY tollgate ./tollgate
 COPY lua ./lua
 COPY config ./config
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --constraint constraints.txt --wheel-dir /wheels .
 
 # ---- runtime: no compiler, no sources, no test or benchmark extras
-FROM python:${PYTHON_VERSION}-slim
+FROM python:${PYTHON_VERSION}-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    TOLLGATE_WORKERS=1
+    TOLLGATE_WORKERS=1 \
+    TOLLGATE_DATA_DIR=/var/lib/tollgate
+# A numeric user and group (Kubernetes' runAsNonRoot can check a number, not a name).
 RUN groupadd --system --gid 10001 tollgate \
- && useradd --system --uid 10001 --gid tollgate --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin tollgate \
- && mkdir -p /etc/tollgate
+ && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin tollgate \
+ && mkdir -p /etc/tollgate /var/lib/tollgate \
+ && chown 10001:10001 /var/lib/tollgate \
+ && chmod 0750 /var/lib/tollgate
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels tollgate
-USER tollgate:tollgate
-WORKDIR /tmp
+USER 10001:10001
+WORKDIR /var/lib/tollgate
 EXPOSE 8080
-VOLUME ["/etc/tollgate"]
+VOLUME ["/var/lib/tollgate"]
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=2).status != 200)"]
 ENTRYPOINT ["tollgate"]
 CMD ["serve", "--config", "/etc/tollgate/gateway.yaml", "--host", "0.0.0.0", "--port", "8080"]

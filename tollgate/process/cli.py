@@ -45,7 +45,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if args.workers > 1:
         return Supervisor(args.config, config, args.workers, log_level=args.log_level).run()
-    serve_forever(GatewayState(config, config_path=args.config))
+    try:
+        serve_forever(GatewayState(config, config_path=args.config))
+    except DatabaseError as exc:  # the database of record cannot be opened or migrated: nothing to serve from
+        where = f"data_dir {config.data_dir}" if config.data_dir else "the working folder"
+        print(f"{args.config}: cannot start: {exc} (relative state paths are read under {where})", file=sys.stderr)
+        return 1
     return 0
 
 
