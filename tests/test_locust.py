@@ -30,9 +30,11 @@ def test_locust_falls_back_to_the_demo_key_and_exits_0(tmp_path: Path) -> None:
     try:
         locust = Path(sys.executable).with_name("locust")
         out = subprocess.run(
-            [str(locust), "-f", str(REPO / "benchmarks" / "locustfile.py"), "--headless", "-u", "2", "-r", "2"]
-            + ["-t", "4s", "--host", f"http://127.0.0.1:{port}", "--tollgate-config", str(hashed_only)]
-            + ["--only-summary"],
+            [
+                *(str(locust), "-f", str(REPO / "benchmarks" / "locustfile.py"), "--headless", "-u", "2", "-r", "2"),
+                *("-t", "4s", "--host", f"http://127.0.0.1:{port}", "--tollgate-config", str(hashed_only)),
+                "--only-summary",
+            ],
             capture_output=True,
             text=True,
             timeout=60,

@@ -60,9 +60,11 @@ def test_the_readme_marks_its_start_block_and_the_blocks_that_use_it() -> None:
 def tracked_copy(to: Path) -> None:
     """The repository's tracked files (a fresh checkout), or its files without the local environments."""
     if (REPO / ".git").exists() and shutil.which("git"):
-        names = subprocess.run(
-            ["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True
-        ).stdout.decode().split("\0")
+        names = (
+            subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True)
+            .stdout.decode()
+            .split("\0")
+        )
         for name in filter(None, names):
             source = REPO / name
             if source.is_file():

@@ -39,7 +39,10 @@ def test_the_file_s_data_dir_wins_and_a_relative_one_is_under_the_file_s_folder(
 
 
 def test_a_config_from_no_file_keeps_relative_paths_relative_to_the_working_folder() -> None:
-    doc = {"upstreams": {"u": {"base_url": "http://127.0.0.1:9/v1"}}, "models": {"m": {"deployments": [{"upstream": "u"}]}}}
+    doc = {
+        "upstreams": {"u": {"base_url": "http://127.0.0.1:9/v1"}},
+        "models": {"m": {"deployments": [{"upstream": "u"}]}},
+    }
     config = config_from_dict(doc, env={})
     assert config.data_dir is None
     assert config.state_path("x.db") == Path("x.db")

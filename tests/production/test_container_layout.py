@@ -122,7 +122,9 @@ def installed() -> Iterator[Path]:
         # The dependencies: the suite's own (the image installs the same packages at constraints.txt's versions).
         (site / "zz-suite-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
         script = venv / "bin" / "tollgate"
-        script.write_text(f"#!{venv / 'bin' / 'python'}\nfrom tollgate.process.cli import main\nraise SystemExit(main())\n")
+        script.write_text(
+            f"#!{venv / 'bin' / 'python'}\nfrom tollgate.process.cli import main\nraise SystemExit(main())\n"
+        )
         script.chmod(0o755)
         for path in [root, *root.rglob("*")]:
             path.chmod(path.stat().st_mode | 0o044 | (0o011 if path.is_dir() else 0))
@@ -176,9 +178,11 @@ def layout(root: Path, image: Image, mock: str, port: int, admin_port: int) -> t
 def serve(root: Path, image: Image, etc: Path, data: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     log = (root / f"gateway-{port}.log").open("wb")
     return subprocess.Popen(
-        as_image_user(image)
-        + [str(root / "venv" / "bin" / "tollgate"), "serve", "--config", str(etc / "gateway.yaml")]
-        + ["--host", "127.0.0.1", "--port", str(port)],
+        [
+            *as_image_user(image),
+            *(str(root / "venv" / "bin" / "tollgate"), "serve", "--config", str(etc / "gateway.yaml")),
+            *("--host", "127.0.0.1", "--port", str(port)),
+        ],
         cwd=data,
         env={"PATH": "/usr/bin:/bin", "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN, **env},
         stdout=log,
@@ -223,7 +227,7 @@ async def test_the_example_config_serves_from_a_read_only_folder_writing_only_un
     assert database.is_file()
     if os.getuid() == 0:
         assert database.stat().st_uid == image.uid  # written by the image's user
-    assert [p for p in etc.iterdir()] == [etc / "gateway.yaml"]  # nothing written beside the config
+    assert list(etc.iterdir()) == [etc / "gateway.yaml"]  # nothing written beside the config
     with sqlite3.connect(database) as db:
         names = [name for (name,) in db.execute("SELECT name FROM registry_records WHERE doc IS NOT NULL")]
         assert any("layout" in name for name in names), names

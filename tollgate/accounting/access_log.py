@@ -25,8 +25,8 @@ import os
 import random
 import sys
 import time
-from pathlib import Path
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import BinaryIO
 
 import orjson

@@ -76,7 +76,6 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_db(args: argparse.Namespace) -> int:
     """``db upgrade``: apply the missing migrations; ``db status``: exit 0 when current, 1 when some are pending."""
     import asyncio
-    from pathlib import Path
 
     from tollgate.database import Database, known_migrations, migrate, open_database, schema_status
 
@@ -90,9 +89,7 @@ def _cmd_db(args: argparse.Namespace) -> int:
         print(f"{args.config}: no database.url: the config names no database", file=sys.stderr)
         return 2
     try:
-        db: Database = open_database(
-            settings.url, base_dir=config.state_dir, pool_size=1, timeout=settings.timeout
-        )
+        db: Database = open_database(settings.url, base_dir=config.state_dir, pool_size=1, timeout=settings.timeout)
     except ConfigError as exc:
         _print_problems(args.config, exc)
         return 2
