@@ -1,0 +1,67 @@
+"""The config file the chart puts in its ConfigMap passes `tollgate check-config`, run with exactly the environment
+the Deployment gives the gateway (its env entries, and the keys of the Secrets it takes envFrom); without the admin
+token's Secret the gateway refuses to start and says which variable is missing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..support.chart import Rendered, render_chart
+from .test_chart import SCENARIOS, container
+
+pytestmark = pytest.mark.process
+
+TOLLGATE = str(Path(sys.executable).with_name("tollgate"))
+# What an operator puts in the Secrets the chart does not make (README.md, "Kubernetes").
+OPERATOR_SECRETS = {"TOLLGATE_ADMIN_TOKEN": "an-admin-token-the-operator-made", "OPENAI_API_KEY": "sk-operator"}
+
+
+def pod_environment(r: Rendered, operator_secrets: dict[str, str]) -> dict[str, str]:
+    """The gateway container's environment: the Secrets of envFrom (the chart's own, else the operator's), then env."""
+    made = {s["metadata"]["name"]: s["stringData"] for s in r.all("Secret")}
+    env: dict[str, str] = {}
+    for source in container(r)["envFrom"]:
+        name = source["secretRef"]["name"]
+        env.update(made.get(name, operator_secrets))
+    for entry in container(r)["env"]:
+        env[entry["name"]] = entry["value"]
+    return env
+
+
+def check_config(r: Rendered, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(r.one("ConfigMap")["data"]["gateway.yaml"])
+    return subprocess.run(
+        [TOLLGATE, "check-config", str(path)],
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_rendered_config_passes_check_config_with_the_pods_environment(scenario: str, tmp_path: Path) -> None:
+    r = render_chart(SCENARIOS[scenario])
+    result = check_config(r, pod_environment(r, OPERATOR_SECRETS), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ok (1 upstreams, 3 models)" in result.stdout
+
+
+def test_a_longer_drain_in_values_config_passes_check_config_too(tmp_path: Path) -> None:
+    values: dict[str, Any] = {"config": {"server": {"shutdown_grace": 120}}}
+    r = render_chart(values)
+    result = check_config(r, pod_environment(r, OPERATOR_SECRETS), tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_without_the_admin_secret_the_gateway_names_the_missing_variable(tmp_path: Path) -> None:
+    r = render_chart({})
+    result = check_config(r, pod_environment(r, {"OPENAI_API_KEY": "sk-operator"}), tmp_path)
+    assert result.returncode == 1
+    assert "listeners.admin.token: environment variable TOLLGATE_ADMIN_TOKEN is not set" in result.stderr
