@@ -1,17 +1,22 @@
 """The config file the chart puts in its ConfigMap passes `tollgate check-config`, run with exactly the environment
 the Deployment gives the gateway (its env entries, and the keys of the Secrets it takes envFrom); without the admin
-token's Secret the gateway refuses to start and says which variable is missing."""
+token's Secret the gateway refuses to start and says which variable is missing. A gateway started as the container
+is (its args, its environment) answers the probes where the Deployment asks and serves the metric KEDA reads."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ..support.chart import Rendered, render_chart
+from ..support.processes import free_port, owned, start_process, wait_for_port
 from .test_chart import SCENARIOS, container
 
 pytestmark = pytest.mark.process
@@ -65,3 +70,32 @@ def test_without_the_admin_secret_the_gateway_names_the_missing_variable(tmp_pat
     result = check_config(r, pod_environment(r, {"OPENAI_API_KEY": "sk-operator"}), tmp_path)
     assert result.returncode == 1
     assert "listeners.admin.token: environment variable TOLLGATE_ADMIN_TOKEN is not set" in result.stderr
+
+
+def get(url: str, token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, response.read().decode()
+
+
+def test_a_gateway_started_as_the_container_answers_the_probes_and_serves_the_scaling_metric(tmp_path: Path) -> None:
+    public, admin = free_port(), free_port()
+    r = render_chart({"ports": {"public": public, "admin": admin}})
+    c = container(r)
+    config = yaml.safe_load(r.one("ConfigMap")["data"]["gateway.yaml"])
+    config["listeners"]["public"]["host"] = "127.0.0.1"  # the pod binds every address; a test binds loopback only
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    args = [str(path) if a == "/etc/tollgate/gateway.yaml" else a for a in c["args"]]
+    env = pod_environment(r, OPERATOR_SECRETS)
+    env["TOLLGATE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'tollgate.db'}"  # the pod's /var/lib/tollgate volume
+    with owned(start_process([TOLLGATE, *args], public, env=env)) as proc:
+        wait_for_port(admin, proc=proc.popen)
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            status, _ = get(f"http://127.0.0.1:{public}{c[probe]['httpGet']['path']}")
+            assert status == 200, probe
+        status, metrics = get(f"http://127.0.0.1:{admin}/metrics", OPERATOR_SECRETS["TOLLGATE_ADMIN_TOKEN"])
+        assert status == 200
+        assert "tollgate_in_flight_requests" in metrics  # what the chart's KEDA query sums
+        proc.signal(signal.SIGTERM)
+        assert proc.popen.wait(timeout=30) == 0
