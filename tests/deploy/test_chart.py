@@ -23,7 +23,10 @@ FLEET = {"redis": {"url": "redis://redis:6379/0"}, "database": {"url": "postgres
 SCENARIOS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "secrets-made-by-the-chart": {
-        "adminSecret": {"token": "an-admin-token-of-32-characters!"},
+        "adminSecret": {
+            "token": "an-admin-token-of-32-characters!",
+            "extraTokens": {"TOLLGATE_GRAFANA_TOKEN": "a-viewer-token-for-grafana"},
+        },
         "upstreamSecret": {"keys": {"OPENAI_API_KEY": "sk-test", "ANTHROPIC_API_KEY": "sk-ant-test"}},
     },
     "existing-secrets": {"adminSecret": {"existingSecret": "ops-admin"}, "upstreamSecret": {"existingSecret": "keys"}},
@@ -32,10 +35,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "keda": {**FLEET, "keda": {"enabled": True}, "serviceMonitor": {"enabled": True}, "workers": 2},
     "pvc": {"persistence": {"enabled": True, "storageClass": "fast-ssd", "size": "5Gi"}},
     "fleet-of-three": {
-        **FLEET,
         "replicaCount": 3,
         "workers": 4,
         "redis": {**FLEET["redis"], "options": {"timeout": "50ms"}},
+        "database": {"url": "postgresql://tollgate:$(PGPASSWORD)@postgres:5432/tollgate", "options": {"pool_size": 5}},
+        "extraEnv": [{"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "password"}}}],
     },
 }
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the validator knows.
@@ -96,6 +100,11 @@ def test_defaults_make_a_configmap_deployment_service_and_service_account_and_no
     """No admin token is invented: the pods wait for a Secret the operator creates (NOTES.txt says how)."""
     r = rendered("defaults")
     assert sorted(r.kinds()) == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+    made = rendered("secrets-made-by-the-chart")
+    assert sorted(made.one("Secret", "tollgate-admin")["stringData"]) == [
+        "TOLLGATE_ADMIN_TOKEN",
+        "TOLLGATE_GRAFANA_TOKEN",
+    ]
     assert "kubectl -n default create secret generic tollgate-admin" in r.notes
     env_from = container(r)["envFrom"]
     assert env_from == [
@@ -171,10 +180,13 @@ def test_the_pod_runs_as_numeric_non_root_ids_on_a_read_only_root(scenario: str)
     assert set(mounts) == {"/etc/tollgate", "/var/lib/tollgate", "/tmp"}
     volumes = {v["name"]: v for v in pod["volumes"]}
     data = volumes[mounts["/var/lib/tollgate"]]
+    strategy = deployment(r)["spec"].get("strategy")
     if SCENARIOS[scenario].get("persistence", {}).get("enabled"):
         assert data["persistentVolumeClaim"]["claimName"] == r.one("PersistentVolumeClaim")["metadata"]["name"]
+        assert strategy == {"type": "Recreate"}, "two pods at once on the SQLite file's volume"
     else:
         assert data == {"name": "data", "emptyDir": {}}
+        assert strategy is None
 
 
 def test_a_config_change_changes_the_pods_checksum_and_nothing_else_does() -> None:
@@ -189,12 +201,15 @@ def test_a_config_change_changes_the_pods_checksum_and_nothing_else_does() -> No
 
 def test_redis_and_database_urls_reach_the_config_as_environment_variables() -> None:
     r = rendered("fleet-of-three")
-    env = {e["name"]: e["value"] for e in container(r)["env"]}
+    names = [e["name"] for e in container(r)["env"]]
+    env = {e["name"]: e.get("value") for e in container(r)["env"]}
     assert env["TOLLGATE_REDIS_URL"] == "redis://redis:6379/0"
-    assert env["TOLLGATE_DATABASE_URL"] == "postgresql://tollgate@postgres:5432/tollgate"
+    assert env["TOLLGATE_DATABASE_URL"] == "postgresql://tollgate:$(PGPASSWORD)@postgres:5432/tollgate"
+    # Kubernetes expands $(VAR) only from variables defined before the entry
+    assert names.index("PGPASSWORD") < names.index("TOLLGATE_DATABASE_URL")
     config = gateway_config(r)
     assert config["store"] == {"backend": "redis", "url": "${TOLLGATE_REDIS_URL}", "timeout": "50ms"}
-    assert config["database"] == {"url": "${TOLLGATE_DATABASE_URL}"}
+    assert config["database"] == {"url": "${TOLLGATE_DATABASE_URL}", "pool_size": 5}
     assert container(r)["args"][-2:] == ["--workers", "4"]
     assert deployment(r)["spec"]["replicas"] == 3
     defaults = container(rendered("defaults"))

@@ -5,6 +5,7 @@ is (its args, its environment) answers the probes where the Deployment asks and 
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -23,18 +24,27 @@ pytestmark = pytest.mark.process
 
 TOLLGATE = str(Path(sys.executable).with_name("tollgate"))
 # What an operator puts in the Secrets the chart does not make (README.md, "Kubernetes").
-OPERATOR_SECRETS = {"TOLLGATE_ADMIN_TOKEN": "an-admin-token-the-operator-made", "OPENAI_API_KEY": "sk-operator"}
+OPERATOR_SECRETS = {
+    "TOLLGATE_ADMIN_TOKEN": "an-admin-token-the-operator-made",
+    "OPENAI_API_KEY": "sk-operator",
+    "PGPASSWORD": "pg-secret",
+}
 
 
 def pod_environment(r: Rendered, operator_secrets: dict[str, str]) -> dict[str, str]:
-    """The gateway container's environment: the Secrets of envFrom (the chart's own, else the operator's), then env."""
+    """The gateway container's environment as Kubernetes builds it: the Secrets of envFrom (the chart's own, else the
+    operator's), then each env entry in order, $(VAR) expanded from those before it; a valueFrom entry reads the
+    operator's secrets."""
     made = {s["metadata"]["name"]: s["stringData"] for s in r.all("Secret")}
     env: dict[str, str] = {}
     for source in container(r)["envFrom"]:
         name = source["secretRef"]["name"]
         env.update(made.get(name, operator_secrets))
     for entry in container(r)["env"]:
-        env[entry["name"]] = entry["value"]
+        if "valueFrom" in entry:
+            env[entry["name"]] = operator_secrets[entry["name"]]
+        else:
+            env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), entry["value"])
     return env
 
 
@@ -53,9 +63,11 @@ def check_config(r: Rendered, env: dict[str, str], tmp_path: Path) -> subprocess
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_the_rendered_config_passes_check_config_with_the_pods_environment(scenario: str, tmp_path: Path) -> None:
     r = render_chart(SCENARIOS[scenario])
-    result = check_config(r, pod_environment(r, OPERATOR_SECRETS), tmp_path)
+    env = pod_environment(r, OPERATOR_SECRETS)
+    result = check_config(r, env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "ok (1 upstreams, 3 models)" in result.stdout
+    assert "$(" not in env["TOLLGATE_DATABASE_URL"]
 
 
 def test_a_longer_drain_in_values_config_passes_check_config_too(tmp_path: Path) -> None:
