@@ -64,12 +64,25 @@ def merge_values(base: Any, override: Any) -> Any:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Refuses a mapping that repeats a key (kubectl does; PyYAML would keep the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _documents(text: str) -> list[dict[str, Any]]:
     docs = []
     for part in _DOCUMENT.split(text):
         if not part.strip():
             continue
-        doc = yaml.safe_load(part)
+        doc = yaml.load(part, Loader=_StrictLoader)
         if doc is not None:
             docs.append(doc)
     return docs

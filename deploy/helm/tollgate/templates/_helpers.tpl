@@ -26,12 +26,17 @@ app.kubernetes.io/name: {{ include "tollgate.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
-{{- define "tollgate.labels" -}}
+{{/* Labels of every object but its component. */}}
+{{- define "tollgate.commonLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ include "tollgate.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/component: gateway
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "tollgate.labels" -}}
+{{ include "tollgate.commonLabels" . }}
+app.kubernetes.io/component: gateway
 {{- end -}}
 
 {{- define "tollgate.serviceAccountName" -}}
