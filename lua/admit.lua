@@ -1,4 +1,4 @@
--- include: common.lua sliding_window.lua gcra.lua fixed_window.lua concurrency.lua
+-- include: common.lua sliding_window.lua gcra.lua fixed_window.lua concurrency.lua shaping.lua
 -- admit.lua: checks a list of limits and consumes them all-or-nothing: if
 -- any limit that is not in shadow mode refuses, nothing at all is consumed.
 --

@@ -1,4 +1,4 @@
--- include: common.lua sliding_window.lua gcra.lua fixed_window.lua concurrency.lua
+-- include: common.lua sliding_window.lua gcra.lua fixed_window.lua concurrency.lua shaping.lua
 -- extend.lua: grows the reservation of a request that is still running (a
 -- stream past what it reserved) by what each limit still has, up to what is
 -- wanted: a stream takes what remains of a budget rather than all or nothing.

@@ -1,4 +1,4 @@
--- include: common.lua sliding_window.lua gcra.lua fixed_window.lua concurrency.lua
+-- include: common.lua sliding_window.lua gcra.lua fixed_window.lua concurrency.lua shaping.lua
 -- peek.lua: reads the current state of limits without consuming anything
 -- (for the admin API and for tests).
 --

@@ -1,4 +1,4 @@
--- include: common.lua sliding_window.lua gcra.lua fixed_window.lua concurrency.lua
+-- include: common.lua sliding_window.lua gcra.lua fixed_window.lua concurrency.lua shaping.lua
 -- settle.lua: reconciles a reservation with the actual cost: charges the
 -- difference when the request cost more than reserved (even past the limit:
 -- the work was done, the excess is reported as overdraft) or refunds it

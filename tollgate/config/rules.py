@@ -128,6 +128,9 @@ class RuleSpec:
     window: str = "calendar"  # budget: calendar | rolling
     # connection_limit: how long a request over the limit may wait for a lease (0: refuse at once)
     queue_timeout: float = 0.0
+    # request_limit: refuse past the limit, or delay (a leaky bucket as a queue) up to max_delay seconds
+    on_limit: str = "refuse"
+    max_delay: float = 0.0
     unit: str = "requests"  # quota
     # field_check
     field: str = ""
@@ -168,7 +171,7 @@ class NamespaceDoc(Doc):
 
 # The keys each rule type reads besides type, attach, priority, enabled and shadow.
 _RULE_KEYS = {
-    "request_limit": ("limit", "scope", "fail_mode", "per", "algorithm"),
+    "request_limit": ("limit", "scope", "fail_mode", "per", "algorithm", "on_limit", "max_delay"),
     "token_limit": ("limit", "scope", "fail_mode", "per", "on_exceed", "count", "algorithm"),
     "connection_limit": ("limit", "scope", "fail_mode", "queue_timeout"),
     "quota": ("limit", "scope", "fail_mode", "unit"),
@@ -212,6 +215,12 @@ class RuleDoc(Doc):
     """token_limit: what it counts; default total."""
     window: Literal["calendar", "rolling"] | None = None
     """budget: calendar (the UTC hour, day, month; default) or rolling (the last hour, day, 30 days)."""
+    on_limit: Literal["refuse", "delay"] | None = None
+    """request_limit: refuse (default: 429 past the limit) or delay: a leaky bucket as a queue, where a request over
+    the rate waits its turn in a FIFO per scope and requests are released at exactly limit per window, across
+    every gateway process sharing the store; one that would wait longer than max_delay gets 429."""
+    max_delay: DurationOrZero | None = None
+    """request_limit with on_limit: delay: the longest a request waits for its turn, at most 5m (default 10s)."""
     queue_timeout: DurationOrZero | None = None
     """connection_limit: how long a request over the limit waits for a lease, at most 5m (default 0: refuse)."""
     unit: Literal["requests", "tokens"] | None = None
@@ -252,6 +261,20 @@ class RuleDoc(Doc):
             yield "scope", "global cannot be combined with other scopes"
         if self.queue_timeout is not None and self.queue_timeout > 300:
             yield "queue_timeout", "must be at most 5m"
+        yield from self._shaping_problems()
+
+    def _shaping_problems(self) -> Found:
+        if self.on_limit != "delay":
+            if self.max_delay is not None and self.type == "request_limit":
+                yield "max_delay", "is for on_limit: delay only"
+            return
+        if self.algorithm is not None:
+            yield "algorithm", "is not for on_limit: delay (a delayed limit is a leaky bucket of its own)"
+        if self.max_delay is not None and self.max_delay > 300:
+            yield "max_delay", "must be at most 5m"
+        per_ms = PERIODS.get(self.per or "minute")
+        if per_ms is not None and self.limit is not None and self.limit > per_ms * 1000:
+            yield "limit", "a delayed limit releases at most one request per microsecond"
 
     def _field_check_problems(self) -> Found:
         if self.field is None:
@@ -289,6 +312,8 @@ def build_rule(name: str, doc: RuleDoc) -> RuleSpec:
     kwargs: dict[str, Any] = {"limit": limit or 0, "scope": doc.scope or ("tenant",), "fail_mode": doc.fail_mode}
     if doc.type == "request_limit":
         kwargs.update(per=doc.per or "minute", algorithm=doc.algorithm or "sliding_window")
+        if doc.on_limit == "delay":
+            kwargs.update(on_limit="delay", max_delay=10.0 if doc.max_delay is None else doc.max_delay)
     elif doc.type == "token_limit":
         per = doc.per or "minute"
         algorithm = "fixed_window" if per == "month" else doc.algorithm or "sliding_window"

@@ -21,7 +21,8 @@ __all__ = [
 
 
 class LimitState(NamedTuple):
-    """One limit's answer. ``retry_after_ms`` is 0 when allowed and -1 when the cost exceeds the limit itself.
+    """One limit's answer. ``retry_after_ms`` is 0 when allowed and -1 when the cost exceeds the limit itself;
+    an admitted ``shaping`` limit's is the wait before the request's turn (the admit stage sleeps it).
 
     ``degraded``: the store failed and the limit's fail mode answered
     (``fail_open`` reports ``remaining = limit``, ``local`` reports the

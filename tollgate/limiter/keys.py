@@ -49,6 +49,8 @@ def _kind_segment(spec: LimitSpec) -> str:
         return f"fw.{spec.calendar}" if spec.calendar else f"fw.{spec.window_ms}"
     if spec.kind == "gcra":
         return "gc"
+    if spec.kind == "shaping":
+        return "sh"
     return "cc"
 
 

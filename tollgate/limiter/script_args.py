@@ -26,7 +26,7 @@ ExtendItem = tuple[int, LimitSpec, str, str, int, int]
 
 
 def param(spec: LimitSpec, lease_id: str) -> str:
-    """A limit's 5th ARGV: slots, calendar, or lease id, by kind."""
+    """A limit's 5th ARGV: slots, calendar, lease id, or the longest wait (shaping), by kind."""
     kind = spec.kind
     if kind == "sliding_window":
         return str(spec.slots)
@@ -34,6 +34,8 @@ def param(spec: LimitSpec, lease_id: str) -> str:
         return spec.calendar or ""
     if kind == "concurrency":
         return lease_id
+    if kind == "shaping":
+        return str(spec.max_delay_ms)
     return ""
 
 

@@ -20,12 +20,12 @@ __all__ = [
     "Unit",
 ]
 
-Kind = Literal["sliding_window", "gcra", "fixed_window", "concurrency"]
+Kind = Literal["sliding_window", "gcra", "fixed_window", "concurrency", "shaping"]
 FailMode = Literal["fail_open", "fail_closed", "local"]
 Calendar = Literal["minute", "hour", "day", "month"]
 Unit = Literal["requests", "tokens", "input_tokens", "output_tokens", "nanos"]
 
-KINDS: tuple[str, ...] = ("sliding_window", "gcra", "fixed_window", "concurrency")
+KINDS: tuple[str, ...] = ("sliding_window", "gcra", "fixed_window", "concurrency", "shaping")
 FAIL_MODES: tuple[str, ...] = ("fail_open", "fail_closed", "local")
 CALENDARS: tuple[str, ...] = ("minute", "hour", "day", "month")
 UNITS: tuple[str, ...] = ("requests", "tokens", "input_tokens", "output_tokens", "nanos")
@@ -43,7 +43,8 @@ class LimitSpec:
     """One limit to check and consume for a request.
 
     ``name``       the rule's name (reported in headers and metrics; part of the key)
-    ``kind``       sliding_window | gcra | fixed_window | concurrency
+    ``kind``       sliding_window | gcra | fixed_window | concurrency | shaping (a leaky bucket as a queue:
+                   a request over the rate is admitted with a wait, its turn; see lua/shaping.lua)
     ``limit``      units per window (requests or tokens), or leases held at once
     ``window_ms``  the window; the lease TTL for concurrency; ignored with ``calendar``
     ``cost``       units this request consumes now (for tokens: the estimate reserved)
@@ -58,6 +59,7 @@ class LimitSpec:
                    nanos (money, 1e-9 of the pricing currency): these are reserved
                    now as an estimate and settled later to what was really used
     ``slots``      sliding_window only: slots per window (precision)
+    ``max_delay_ms`` shaping only: the longest a request may wait for its turn; past it, refused
     """
 
     name: str
@@ -72,6 +74,7 @@ class LimitSpec:
     calendar: Calendar | None = None
     unit: Unit = "requests"
     slots: int = 20
+    max_delay_ms: int = 0
     # True when the cost is an estimate to settle later (token and money limits). Derived, kept as a field because
     # admission and the limiter ask it several times per request.
     reserves: bool = dataclasses.field(init=False, repr=False, compare=False)
@@ -122,6 +125,15 @@ def _problems(s: LimitSpec) -> list[str]:
         out.append("a concurrency limit costs 0 or 1 lease and counts requests")
     if s.kind == "gcra" and isinstance(s.limit, int) and isinstance(s.window_ms, int) and s.limit > s.window_ms * 1000:
         out.append("gcra resolves one unit per microsecond: limit must be <= window_ms * 1000")
+    if s.kind == "shaping":
+        if s.unit != "requests":
+            out.append("a shaping limit counts requests")
+        if not _int_in(s.max_delay_ms, 0, MAX_WINDOW_MS):
+            out.append(f"max_delay_ms must be an integer in 0..{MAX_WINDOW_MS}")
+        if isinstance(s.limit, int) and isinstance(s.window_ms, int) and s.limit > s.window_ms * 1000:
+            out.append("shaping resolves one request per microsecond: limit must be <= window_ms * 1000")
+    elif s.max_delay_ms:
+        out.append("max_delay_ms is for shaping limits only")
     if s.kind == "sliding_window" and not _int_in(s.slots, 1, 1000):
         out.append("slots must be an integer in 1..1000")
     return out

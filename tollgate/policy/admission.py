@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEGRADED_HEADER",
+    "SHAPED_HEADER",
     "Admission",
     "AdmissionRequest",
     "LimitMetrics",
@@ -161,7 +162,14 @@ def limit_spec(rule: RuleSpec, scope: tuple[tuple[str, str], ...], tenant: str, 
     """The limit one rule puts on one scope (``cost``: the request's, in the rule's unit): what admission
     consumes, and what the admin API peeks at."""
 
-    def spec(kind: str, window_ms: int, cost: int, unit: Unit = "requests", calendar: str | None = None) -> LimitSpec:
+    def spec(
+        kind: str,
+        window_ms: int,
+        cost: int,
+        unit: Unit = "requests",
+        calendar: str | None = None,
+        max_delay_ms: int = 0,
+    ) -> LimitSpec:
         return LimitSpec(
             name=rule.name,
             kind=cast("Kind", kind),
@@ -174,6 +182,7 @@ def limit_spec(rule: RuleSpec, scope: tuple[tuple[str, str], ...], tenant: str, 
             tenant=tenant if _TENANT_SCOPES.intersection(rule.scope) else None,
             fail_mode=cast("FailMode", rule.fail_mode),
             shadow=rule.shadow,
+            max_delay_ms=max_delay_ms,
         )
 
     if rule.type == "connection_limit":
@@ -186,6 +195,8 @@ def limit_spec(rule: RuleSpec, scope: tuple[tuple[str, str], ...], tenant: str, 
     if rule.per == "month" or rule.type == "quota":
         return spec("fixed_window", _MONTH_MS, cost, unit, calendar="month")
     window_ms = PERIODS[rule.per]
+    if rule.on_limit == "delay":  # a leaky bucket as a queue: over the rate, a request waits its turn
+        return spec("shaping", window_ms, cost, max_delay_ms=round(rule.max_delay * 1000))
     if rule.algorithm == "fixed_window" and rule.per in ("minute", "hour", "day"):
         return spec("fixed_window", window_ms, cost, unit, calendar=rule.per)
     return spec(rule.algorithm, window_ms, cost, unit)
@@ -198,7 +209,17 @@ _SYSTEM_CLOCK = SystemClock()
 class _Plan:
     """The rules of one (plan, tenant, namespace) with the plan's limits, and what follows from them alone."""
 
-    __slots__ = ("limits", "checks", "rules", "scopes", "needs_tokens", "needs_money", "stream", "used_scopes")
+    __slots__ = (
+        "limits",
+        "checks",
+        "rules",
+        "scopes",
+        "needs_tokens",
+        "needs_money",
+        "stream",
+        "used_scopes",
+        "shapes",
+    )
 
     def __init__(self, limits: object, checks: tuple[Any, ...], rules: tuple[RuleSpec, ...]) -> None:
         self.limits = limits  # the Limits object it was built for (a reload or an override brings a new one)
@@ -217,6 +238,8 @@ class _Plan:
         )
         # The scopes any of the rules names: a request's specs depend on their values and the token cost only.
         self.used_scopes = tuple(sorted({sc for scopes, _ in self.scopes for sc in scopes}))
+        # A rule that delays instead of refusing (a leaky bucket): an admitted request may have to wait its turn.
+        self.shapes = any(r.on_limit == "delay" and not r.shadow for r in rules)
 
 
 def _plan(rules: RuleSet, principal: Principal, namespace: str) -> _Plan:
@@ -353,6 +376,22 @@ def _refusal(
     )
 
 
+SHAPED_HEADER = "x-tollgate-shaped-ms"
+
+
+async def _wait_turn(decision: Decision, headers: dict[str, str]) -> None:
+    """Wait for the request's turn when a delaying limit (``on_limit: delay``) queued it: the store gave each
+    request of the scope its own release time, ``limit`` per window apart, so requests leave in the order the store
+    saw them. Leases taken with the admission are held meanwhile; a client that leaves gives up its turn (the queue
+    does not move back: the requests behind keep their times, as a leaky bucket leaks whatever comes)."""
+    wait = max(
+        (s.retry_after_ms for s in decision.limits if s.kind == "shaping" and s.allowed and not s.shadow), default=0
+    )
+    if wait > 0:
+        headers[SHAPED_HEADER] = str(wait)
+        await asyncio.sleep(wait / 1000)
+
+
 def _money(nanos: int) -> str:
     return f"{nanos / NANOS:.2f}" if nanos % (NANOS // 100) == 0 else f"{nanos / NANOS:.6f}".rstrip("0")
 
@@ -424,6 +463,8 @@ async def admit(
         log.warning("request %s admitted on a degraded store (fail modes applied)", ctx.request_id)
     if not decision.allowed:
         raise _refusal(decision, specs, headers, waited, currency)
+    if plan.shapes:
+        await _wait_turn(decision, headers)
     return Admission(
         decision=decision,
         store=store,
