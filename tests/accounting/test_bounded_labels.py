@@ -133,3 +133,19 @@ def test_the_price_table_holds_only_the_models_the_config_names() -> None:
     assert pricing.compiled_rates == 2
     assert pricing.cost_nanos("special", 0, 0) == 500_000
     assert pricing.cost_nanos("gpt-4o", 1000, 0) == 2_500_000_000 + 1_000_000_000
+
+
+async def test_a_deployment_that_leaves_the_config_leaves_the_scrape(mock_url: str) -> None:
+    doc = _doc(mock_url)
+    state = GatewayState(config_from_dict(doc))
+    async with public_lifecycle(state):
+        metrics = state.accounting.metrics
+        text = metrics.exposition().decode()
+        assert 'tollgate_breaker_state{deployment="mock/gpt-4o-2024-08-06"} 0.0' in text
+        assert 'tollgate_deployment_healthy{deployment="mock/gpt-4o-2024-08-06"} 1.0' in text
+        del doc["models"]["gpt-4o"]
+        del doc["pricing"]["models"]["gpt-4o"]
+        await state.apply(config_from_dict(doc))
+        text = metrics.exposition().decode()
+        assert "mock/gpt-4o-2024-08-06" not in text
+        assert 'tollgate_breaker_state{deployment="mock/gpt-4o-mini"} 0.0' in text

@@ -147,6 +147,12 @@ class Supervisor:
             log.error("cannot bind %s:%d: %s", pub.host, pub.port, exc.strerror or exc)
             return 1
         port = reservation.getsockname()[1]
+        try:
+            self._open_metrics_dir()
+        except OSError as exc:
+            log.error("cannot prepare the workers' metrics directory: %s", exc)
+            reservation.close()
+            return 1
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         os.set_blocking(wake_r, False)
@@ -155,8 +161,14 @@ class Supervisor:
         old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         self._snapshot_dir = tempfile.TemporaryDirectory(prefix="tollgate-supervisor-")
         try:
-            self._open_metrics_dir()
-            log.info("supervisor %d: %d workers on %s:%d", os.getpid(), self.workers, pub.host, port)
+            log.info(
+                "supervisor %d: %d workers on %s:%d, metrics in %s",
+                os.getpid(),
+                self.workers,
+                pub.host,
+                port,
+                self.metrics_dir,
+            )
             for warning in workers_warnings(self.config, self.workers):
                 log.warning("%s", warning)
             for slot in self.slots:
