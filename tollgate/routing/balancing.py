@@ -164,6 +164,7 @@ class DeploymentState:
             "inflight": self.inflight,
             "latency_ewma": round(self.latency, 6),
             "healthy": self.healthy,
+            "usable": self.usable,
             "calls": self.calls,
             "failures": self.failures,
             "queued": self.queue.waiting if self.queue is not None else 0,
