@@ -131,7 +131,7 @@ async def test_every_dashboard_metric_is_scraped_with_the_value_of_the_state_dri
             )
             return got if done else None
 
-        samples = await wait_until(settled, timeout=20)
+        samples = await wait_until(settled, timeout=60)
         assert samples, await _scrape(proc)
 
     names = {n for n, _l, _v in samples}

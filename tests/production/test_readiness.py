@@ -24,7 +24,7 @@ async def _readyz(url: str) -> tuple[int, dict[str, Any]]:
         return r.status, await r.json()
 
 
-async def _until(url: str, status: int, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+async def _until(url: str, status: int, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
         got = await _readyz(url)

@@ -97,26 +97,29 @@ async def test_one_scrape_sums_both_workers_and_a_killed_workers_live_gauges_lea
         assert mpdir.is_dir() and str(mpdir).startswith(tempfile.gettempdir())
 
         assert await _send(proc, 40) == [200] * 40
-        got = await wait_until(lambda: _requests_reach(proc, 40), timeout=15)
+        got = await wait_until(lambda: _requests_reach(proc, 40), timeout=30)
         assert got is not None and got["tollgate_requests_total"] == 40
         writers = {f.stem.rsplit("_", 1)[1] for f in mpdir.glob("counter_*.db")}
         assert {str(pids[0]), str(pids[1])} <= writers  # both workers counted: the 40 above is their sum
 
         # Requests held in flight on both workers; their gauges are set at each worker's flush.
-        slow = asyncio.ensure_future(_send(proc, 12, {"x-mock-latency-ms": "6000"}))
+        slow = asyncio.ensure_future(_send(proc, 12, {"x-mock-latency-ms": "15000"}))
 
         async def twelve_in_flight() -> bool:
             return (await _scrape(proc)).get("tollgate_in_flight_requests", 0.0) == 12
 
-        assert await wait_until(twelve_in_flight, timeout=10), await _scrape(proc)
+        assert await wait_until(twelve_in_flight, timeout=12), await _scrape(proc)
         assert list(mpdir.glob(f"gauge_live*_{pids[1]}.db"))
 
         os.kill(pids[1], signal.SIGKILL)
-        await wait_until(lambda: _is_replaced(proc, pids), timeout=15)
-        assert not list(mpdir.glob(f"gauge_live*_{pids[1]}.db"))  # marked dead by the supervisor
+
+        async def marked_dead() -> bool:  # the supervisor reaped it and removed its live gauge files
+            return is_gone(pids[1]) and not list(mpdir.glob(f"gauge_live*_{pids[1]}.db"))
+
+        assert await wait_until(marked_dead, timeout=15)
         # The killed worker's requests failed at once; the scrape shows only worker 0's in flight from now on.
-        await asyncio.sleep(0.5)
         left = (await _scrape(proc)).get("tollgate_in_flight_requests", 0.0)
+        assert await wait_until(lambda: _is_replaced(proc, pids), timeout=60)
         outcomes = await slow
         killed = outcomes.count(None)
         assert killed >= 1 and outcomes.count(200) == 12 - killed, outcomes
@@ -124,10 +127,10 @@ async def test_one_scrape_sums_both_workers_and_a_killed_workers_live_gauges_lea
 
         # Counters stay summed, the killed worker's included, and the restarted worker counts on.
         expected = 40 + (12 - killed)
-        got = await wait_until(lambda: _requests_reach(proc, expected), timeout=15)
+        got = await wait_until(lambda: _requests_reach(proc, expected), timeout=30)
         assert got is not None and got["tollgate_requests_total"] == expected
         assert await _send(proc, 40) == [200] * 40
-        got = await wait_until(lambda: _requests_reach(proc, expected + 40), timeout=15)
+        got = await wait_until(lambda: _requests_reach(proc, expected + 40), timeout=30)
         assert got is not None and got["tollgate_requests_total"] == expected + 40
         restarted = worker_pids(proc.popen.pid)[1]
         assert list(mpdir.glob(f"counter_{restarted}.db"))
@@ -153,6 +156,6 @@ async def test_a_directory_the_operator_names_is_emptied_at_start_and_kept(
         assert not stale.exists()
         assert {_metrics_dir_of(pid) for pid in worker_pids(proc.popen.pid).values()} == {str(mpdir)}
         assert await _send(proc, 10) == [200] * 10
-        got = await wait_until(lambda: _requests_reach(proc, 10), timeout=15)
+        got = await wait_until(lambda: _requests_reach(proc, 10), timeout=30)
         assert got is not None and got["tollgate_requests_total"] == 10
     assert mpdir.is_dir() and keep.exists()
