@@ -37,7 +37,7 @@ def _doc(mock_url: str) -> dict[str, Any]:
         },
         "identity": {"chain": ["api_key"]},
         "tenants": {"acme": {"plan": "enterprise", "keys": [{"id": "acme-main", "sha256": sha256_hex(ACME_KEY)}]}},
-        "pricing": {"currency": "USD", "models": PRICES},
+        "pricing": {"currency": "USD", "models": dict(PRICES)},  # a copy: a test below edits it
         "usage": {"backend": "memory", "flush_interval": "1h"},
         "metrics": {"tenant_labels": "top", "top_n": 5},
         "access_log": {"enabled": False},
