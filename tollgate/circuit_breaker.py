@@ -33,13 +33,24 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["CLOSED", "DEFAULT_SETTINGS", "HALF_OPEN", "OPEN", "REFUSED", "BreakerSettings", "CircuitBreaker"]
+__all__ = [
+    "CLOSED",
+    "DEFAULT_SETTINGS",
+    "HALF_OPEN",
+    "OPEN",
+    "REFUSED",
+    "STATE_CODES",
+    "BreakerSettings",
+    "CircuitBreaker",
+]
 
 log = logging.getLogger("tollgate.breaker")
 
 CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half_open"
+# A state as a number, for a gauge: higher is worse, so ``max`` over processes or deployments shows the worst.
+STATE_CODES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 REFUSED = 0  # the permit of a refused call (falsy); an admitted call's permit is truthy
 _UNTRACKED = -1  # the permit of a verdict reported without one; never an admitted call's (epoch >= 0)
 _NORMAL = 1

@@ -12,6 +12,8 @@
     │   ├── HeadersTooLarge                                                                     431
     │   ├── Unauthenticated              no or bad credential                                   401
     │   ├── Forbidden                    suspended tenant, model not allowed, forged claim      403
+    │   │   └── TenantRefused            (tollgate/identity/chain.py) a known tenant refused,   403
+    │   │                                with the principal refused (for its records)
     │   └── RateLimited                  a limit refused the request                            429
     │       └── QuotaExhausted           a money budget does not cover the request              429
     ├── UpstreamError                    the model provider failed us                           502

@@ -116,7 +116,9 @@ def varied_requests(n: int = 600) -> list[tuple[Any, float]]:
 def reference_samples(
     entries: list[Any], config: MetricsConfig, currency: str
 ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """What one ``observe`` / ``inc`` per request gives: the flusher before batching, through prometheus_client itself."""
+    """What one ``observe`` / ``inc`` per request gives: the flusher before batching, through prometheus_client itself
+    (a model the config does not name counts as ``other``)."""
+    known = metrics_module.configured_models(config_from_dict(DOC))
     reg = CollectorRegistry()
     latency = metrics_module._LATENCY
     requests = Counter("tollgate_requests", "", ("tenant", "model", "status"), registry=reg)
@@ -133,7 +135,9 @@ def reference_samples(
     sla = Counter("tollgate_sla_violations", "", ("plan",), registry=reg)
     label = GatewayMetrics(config).tenant_label
     for e in entries:
-        tenant, model, plan = label(e.tenant), e.priced_model or "unknown", e.plan or "none"
+        priced = e.priced_model
+        model = "unknown" if priced is None else priced if priced in known else "other"
+        tenant, plan = label(e.tenant), e.plan or "none"
         requests.labels(tenant, model, str(e.status)).inc()
         request_s.labels(tenant, model).observe(e.total_s)
         if e.upstream is not None:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..support.processes import Proc
+from ..support.processes import Proc, worker_pids
 from ..support.redis import RedisServer
 from .conftest import (
     ACME_KEY,
@@ -40,18 +40,25 @@ def _total(samples: list[tuple[str, dict[str, str], float]], name: str, **labels
     return sum(v for n, lab, v in samples if n == name and all(lab.get(k) == want for k, want in labels.items()))
 
 
+def _metrics_dir(proc: Proc) -> Path:
+    """The ``PROMETHEUS_MULTIPROC_DIR`` the supervisor ``proc`` gave its workers (read from a worker's environment)."""
+    pid = next(iter(worker_pids(proc.popen.pid).values()))
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(item.partition(b"=")[::2] for item in f.read().split(b"\0") if item)
+    return Path(env[b"PROMETHEUS_MULTIPROC_DIR"].decode())
+
+
 async def test_metrics_parsed_by_prometheus_client_show_every_request_across_two_workers(
-    mock: Proc, redis: RedisServer, tmp_path: Path
+    mock: Proc, redis: RedisServer
 ) -> None:
-    mpdir = tmp_path / "prom"
-    mpdir.mkdir()
     doc = accounting_doc(
         f"{mock.url}/v1",
         store={"backend": "redis", "url": redis.url},
         usage={"backend": "redis", "url": redis.url, "key_prefix": "metrics2", "flush_interval": "100ms"},
     )
     sent = 40
-    with gateway(doc, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(mpdir)}) as proc:
+    with gateway(doc, workers=2) as proc:  # the supervisor gives the workers their metrics directory
+        mpdir = _metrics_dir(proc)
         for i in range(sent):  # a new connection each time, so SO_REUSEPORT spreads them over both workers
             async with aiohttp.ClientSession() as s:
                 status, body = await post_chat(s, proc, ACME_KEY, stream=i % 4 == 0)
@@ -74,16 +81,17 @@ async def test_metrics_parsed_by_prometheus_client_show_every_request_across_two
         await asyncio.sleep(0.5)
         samples = await scraped()
         assert samples is not None
+        # Both workers served (and wrote their own counter file): the figures below are their sum.
+        writers = {f.name.rsplit("_", 1)[1] for f in mpdir.glob("counter_*.db")}
+        assert len(writers) >= 2, sorted(os.listdir(mpdir))
+    assert not mpdir.exists()  # the supervisor made the directory and removed it
     assert _total(samples, "tollgate_requests_total", tenant="acme", model="gpt-4o-mini", status="200") == sent
     assert _total(samples, "tollgate_request_duration_seconds_count", tenant="acme") == sent
     assert _total(samples, "tollgate_gateway_overhead_seconds_count", plan="enterprise") == sent
     assert _total(samples, "tollgate_time_to_first_byte_seconds_count", model="gpt-4o-mini") == sent
     assert _total(samples, "tollgate_upstream_duration_seconds_count", upstream="mock") == sent
     assert _total(samples, "tollgate_tokens_total", tenant="acme", kind="prompt") > 0
-    assert any(n == "tollgate_deployment_healthy" for n, _l, _v in samples)
-    # Both workers served (and wrote their own counter file): the figures above are their sum.
-    writers = {f.name.rsplit("_", 1)[1] for f in mpdir.glob("counter_*.db")}
-    assert len(writers) >= 2, sorted(os.listdir(mpdir))
+    assert _total(samples, "tollgate_deployment_healthy", deployment="mock/gpt-4o-mini") == 1
 
 
 @pytest.fixture(scope="module")

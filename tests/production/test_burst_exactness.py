@@ -167,13 +167,9 @@ def launch_gateway(config: dict[str, Any], workdir: Path, ports: Iterator[int], 
     path = workdir / f"gateway-{port}.yaml"
     write_config(path, cfg)
     argv = [sys.executable, "-m", "tollgate", "serve", "--config", str(path)]
-    env = {}
     if workers > 1:
-        argv += ["--workers", str(workers)]
-        metrics_dir = workdir / f"prom-{port}"
-        metrics_dir.mkdir()
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    proc = start_process(argv, port, env=env, wait=False)
+        argv += ["--workers", str(workers)]  # the supervisor gives its workers their metrics directory
+    proc = start_process(argv, port, wait=False)
     proc.extra_ports["admin"] = admin
     return proc
 

@@ -8,8 +8,9 @@ written by the accounting flusher.
 
 Security events come from the requests themselves (:class:`SecurityWatch`):
 ``auth_failure_burst`` (``auth_failure_burst`` 401s from one client address
-within ``auth_failure_window``) and ``suspended_tenant_access`` (at most one
-per tenant per window).
+within ``auth_failure_window``) and ``suspended_tenant_access`` (the tenant and
+the key refused, in that tenant's audit view; at most one per tenant and key per
+window).
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ class SecurityWatch:
         self.config = config
         self.audit = audit
         self._failures: dict[str, deque[float]] = {}
-        self._reported: dict[tuple[str, str], float] = {}
+        self._reported: dict[tuple[str, ...], float] = {}
 
     STATUSES = frozenset({401, 403})  # the only outcomes :meth:`observe` looks at
 
@@ -209,11 +210,13 @@ class SecurityWatch:
         if e.status == 401:
             self._auth_failure(e)
         elif e.status == 403 and e.error == "tenant_suspended":
+            # The identify stage records the refused tenant and key (TenantRefused): the event is that tenant's.
             self._once(
-                ("suspended", e.tenant),
+                ("suspended", e.tenant, e.key_id or ""),
                 e.wall,
                 "suspended_tenant_access",
                 tenant=e.tenant,
+                target=f"key:{e.key_id}" if e.key_id is not None else None,
                 detail={"client_ip": e.client_ip, "key_id": e.key_id, "request_id": e.request_id},
             )
 
@@ -234,11 +237,20 @@ class SecurityWatch:
                 detail={"client_ip": e.client_ip, "failures": len(times), "window_s": window, "last_error": e.error},
             )
 
-    def _once(self, key: tuple[str, str], now: float, kind: str, *, tenant: str | None, detail: dict[str, Any]) -> None:
+    def _once(
+        self,
+        key: tuple[str, ...],
+        now: float,
+        kind: str,
+        *,
+        tenant: str | None,
+        detail: dict[str, Any],
+        target: str | None = None,
+    ) -> None:
         last = self._reported.get(key)
         if last is not None and now - last < self.config.auth_failure_window:
             return
         if len(self._reported) > 100_000:
             self._reported.clear()
         self._reported[key] = now
-        self.audit.record(kind, actor="gateway", tenant=tenant, detail=detail)
+        self.audit.record(kind, actor="gateway", tenant=tenant, target=target, detail=detail)

@@ -4,20 +4,33 @@ Single process: every metric lives in a registry owned by the
 :class:`GatewayMetrics` object (one per :class:`GatewayState`), never the
 global default registry.
 
-Several workers: the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` to an empty
-directory **before** any worker imports ``prometheus_client`` (the library
-chooses its storage at import time). Each worker then writes its values to
-memory-mapped files there, and ``/metrics`` - whichever worker answers it -
-merges the files of every worker with ``MultiProcessCollector``. This is the
-one case where metric objects are not attached to our own registry: the
-library keeps multiprocess values per metric name in those files, not in a
-registry. The supervisor should call
-``prometheus_client.multiprocess.mark_process_dead(pid)`` when a worker exits,
-so that its ``live*`` gauges disappear.
+Several workers: the supervisor (tollgate/process/supervisor.py) gives every
+worker the same ``PROMETHEUS_MULTIPROC_DIR`` in its environment, so the
+variable is set before the worker's interpreter imports ``prometheus_client``
+(the library chooses its storage at import time). It is the operator's
+directory when one was set (emptied at start), else a temporary one the
+supervisor removes when it exits. Each worker writes its values to
+memory-mapped files there, and ``/metrics`` - worker 0 answers it on the admin
+listener - merges the files of every worker with ``MultiProcessCollector``:
+counters and histograms are summed over every worker that ever ran (a killed
+worker's counts stay; its replacement counts on in files of its own), gauges
+by their ``multiprocess_mode`` over the live workers (``livesum`` for queue
+depths and requests in flight, ``livemax`` for breaker states, ``livemin`` for
+deployment health), because the supervisor calls
+``prometheus_client.multiprocess.mark_process_dead(pid)`` when a worker dies,
+which drops that worker's live gauge files. This is the one case where metric
+objects are not attached to our own registry: the library keeps multiprocess
+values per metric name in those files, not in a registry. Each worker runs its
+samplers at every accounting flush as well as before a scrape, so the gauges
+of the workers that do not answer the scrape stay current too.
 
-Tenant labels are bounded by :class:`TenantLabels`: ``all`` tenants, or the
-``top_n`` first tenants this process sees plus those listed, every other
-tenant reported as ``other``.
+Label values come only from bounded sets, never from what a caller typed: a
+model label is a model the config names (a public model or a deployment's
+model), ``unknown`` when the request named none and ``other`` for any other
+name; a deployment is ``upstream/model`` of the config; tenants are bounded by
+:class:`TenantLabels`: ``all`` tenants, or the ``top_n`` first tenants this
+process sees plus those listed, every other tenant reported as ``other``
+(callers refused before identification count as ``anonymous``).
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ import logging
 import os
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from itertools import repeat
 from operator import lt
 from typing import Any
@@ -36,14 +49,17 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from tollgate.accounting.pricing import NANOS
 from tollgate.accounting.tally import Tally
+from tollgate.circuit_breaker import STATE_CODES
 from tollgate.config.accounting import MetricsConfig
 
-__all__ = ["CONTENT_TYPE", "GatewayMetrics", "TenantLabels", "multiprocess_dir"]
+__all__ = ["CONTENT_TYPE", "GatewayMetrics", "TenantLabels", "configured_models", "multiprocess_dir"]
 
 log = logging.getLogger("tollgate.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER = "other"
+ANONYMOUS = "anonymous"  # the tenant of a request refused before it was identified
+UNKNOWN_MODEL = "unknown"  # the model of a request that named none
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
@@ -75,12 +91,21 @@ class TenantLabels:
         self._chosen: set[str] = set()
 
     def __call__(self, tenant: str) -> str:
-        if self._all or tenant in self._listed or tenant in self._chosen:
+        if self._all or tenant in self._listed or tenant in self._chosen or tenant == ANONYMOUS:
             return tenant
         if len(self._chosen) < self._top_n:
             self._chosen.add(tenant)
             return tenant
         return OTHER
+
+
+def configured_models(config: Any) -> frozenset[str]:
+    """The model names a config names: its public models and their deployments' models (the model label's values)."""
+    names: set[str] = set()
+    for name, model in getattr(config, "models", {}).items():
+        names.add(name)
+        names.update(d.model for d in model.deployments)
+    return frozenset(names)
 
 
 class GatewayMetrics:
@@ -201,9 +226,6 @@ class GatewayMetrics:
         """The public HTTP server refused a request or a connection itself (a bounded set of reasons)."""
         self._child(self.http_refusals, reason).inc(n)
 
-    def set_deployment_health(self, deployment: str, healthy: bool) -> None:
-        self.deployment_healthy.labels(deployment).set(1 if healthy else 0)
-
     def set_queue_depth(self, queue: str, depth: int) -> None:
         self.queue_depth.labels(queue).set(depth)
 
@@ -227,15 +249,19 @@ class GatewayMetrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def apply(self, tally: Tally, currency: str) -> None:
-        """Count a flush's records: one update per distinct label set, however many records share it."""
+    def apply(self, tally: Tally, currency: str, models: Collection[str] = frozenset()) -> None:
+        """Count a flush's records: one update per distinct label set, however many records share it.
+
+        ``models`` are the model names the config names (:func:`configured_models`): the model label of any other
+        name is ``other``.
+        """
         label = self.tenant_label
         target_of = self.config.sla_target
         counts: dict[tuple[Any, tuple[str, ...]], float] = defaultdict(int)
         observed: dict[tuple[Any, tuple[str, ...]], list[float]] = defaultdict(list)
         for (tenant_name, plan, priced, upstream, status, reported, _day), g in tally:
             tenant = label(tenant_name)  # groups are in first-seen order, as top_n needs
-            model = priced or "unknown"
+            model = UNKNOWN_MODEL if priced is None else priced if priced in models else OTHER
             plan = plan or "none"
             counts[(self.requests, (tenant, model, str(status)))] += g.requests
             observed[(self.request_seconds, (tenant, model))] += g.total_s
@@ -309,12 +335,33 @@ class GatewayMetrics:
 
 
 def standard_samplers(state: Any) -> list[Callable[[GatewayMetrics], None]]:
-    """Readers of state that already exists on :class:`GatewayState`: upstream sessions as deployment health."""
+    """Readers of live state on :class:`GatewayState`, run at scrape time (and each flush): the breaker and the
+    usability of every deployment of the config in force, and the requests in flight."""
+    shown: set[str] = set()
 
-    def upstreams(metrics: GatewayMetrics) -> None:
-        pool = getattr(state, "pool", None)
-        for name, client in getattr(pool, "clients", {}).items():
-            session = getattr(client, "session", None)
-            metrics.set_deployment_health(name, session is not None and not session.closed)
+    def deployments(metrics: GatewayMetrics) -> None:
+        runtime = getattr(state, "runtime", None)
+        if runtime is None:
+            return
+        seen: set[str] = set()
+        for route in runtime.routes.values():
+            for dstate in route.states:
+                name = dstate.label
+                if name in seen:  # a deployment serving several models: one state, one series
+                    continue
+                seen.add(name)
+                metrics.breaker_state.labels(name).set(STATE_CODES[dstate.breaker.state])
+                metrics.deployment_healthy.labels(name).set(1 if dstate.usable else 0)
+        if metrics.multiprocess_path is None:  # the library cannot remove a series from the multiprocess files
+            for name in shown - seen:
+                metrics.breaker_state.remove(name)
+                metrics.deployment_healthy.remove(name)
+        shown.clear()
+        shown.update(seen)
 
-    return [upstreams]
+    def in_flight(metrics: GatewayMetrics) -> None:
+        shedder = getattr(state, "shedder", None)
+        if shedder is not None:
+            metrics.in_flight.set(shedder.inflight)
+
+    return [deployments, in_flight]

@@ -37,13 +37,21 @@ class _ModelRate:
 class Pricing:
     """Compiled once per config version; :meth:`cost_nanos` is a few multiplications."""
 
-    __slots__ = ("config", "currency", "_rates", "_default")
+    __slots__ = ("config", "currency", "_rates", "_default", "_unnamed")
 
     def __init__(self, config: PricingConfig) -> None:
         self.config = config
         self.currency = config.currency
-        self._rates: dict[str, _ModelRate] = {name: self._rate(name, price) for name, price in config.models.items()}
         self._default = config.default
+        # Every model the config names (with a price, or in a cost rule) has its rate here, compiled now; any other
+        # name (a request may name anything) shares one rate: the default price and the rules for every model. So
+        # the table never grows after compilation, whatever the requests name.
+        self._rates: dict[str, _ModelRate] = {name: self._rate(name, price) for name, price in config.models.items()}
+        for rule in config.resources:
+            for name in rule.models or ():
+                if name not in self._rates:
+                    self._rates[name] = self._rate(name, self._default)
+        self._unnamed = self._rate(None, self._default)
 
     def _rate(self, model: str | None, price: Price) -> _ModelRate:
         rules = tuple(r for r in self.config.resources if r.enabled and (r.models is None or model in r.models))
@@ -66,11 +74,12 @@ class Pricing:
 
     def _model_rate(self, model: str | None) -> _ModelRate:
         rate = self._rates.get(model) if model is not None else None
-        if rate is None:
-            rate = self._rate(model, self._default)
-            if model is not None and len(self._rates) < 10_000:
-                self._rates[model] = rate
-        return rate
+        return self._unnamed if rate is None else rate
+
+    @property
+    def compiled_rates(self) -> int:
+        """How many rates the table holds (fixed by the config: for tests and operators)."""
+        return len(self._rates)
 
     def cost_nanos(
         self,

@@ -34,7 +34,7 @@ from tollgate.accounting.alerts import Alert, QuotaWatch, WebhookSender, new_del
 from tollgate.accounting.audit import AuditLog, SecurityWatch
 from tollgate.accounting.db_audit import DatabaseAuditStore
 from tollgate.accounting.db_usage_store import DatabaseUsageStore
-from tollgate.accounting.metrics import GatewayMetrics, standard_samplers
+from tollgate.accounting.metrics import GatewayMetrics, configured_models, standard_samplers
 from tollgate.accounting.pricing import Pricing
 from tollgate.accounting.records import Record
 from tollgate.accounting.sla import SlaTracker
@@ -84,6 +84,7 @@ class Accounting:
             for sampler in standard_samplers(state):
                 self.metrics.add_sampler(sampler)
         self._pricing_cache: tuple[Any, Pricing] | None = None
+        self._models_cache: tuple[Any, frozenset[str]] | None = None
         self.base_dir = _base_dir(config)
         self.redis: Any = None
         # The database of record (opened and closed by the process's state): usage and audit go there unless
@@ -176,6 +177,14 @@ class Accounting:
         cached = self._pricing_cache
         if cached is None or cached[0] is not acc.pricing:
             cached = self._pricing_cache = (acc.pricing, Pricing(acc.pricing))
+        return cached[1]
+
+    def models(self) -> frozenset[str]:
+        """The model names of the config version in force (the metrics' model labels; computed once per version)."""
+        config = self._config_of()
+        cached = self._models_cache
+        if cached is None or cached[0] is not config:
+            cached = self._models_cache = (config, configured_models(config))
         return cached[1]
 
     @property
@@ -276,7 +285,9 @@ class Accounting:
                 await asyncio.sleep(0)
             if spend is not None and tally.fields:
                 spend.add(tally.fields, currency)
-            metrics.apply(tally, currency)
+            metrics.apply(tally, currency, self.models())
+            if metrics.multiprocess_path is not None:  # another worker may answer the scrape: keep the gauges current
+                metrics.sample()
             sla.observe_tally(tally, acc.metrics)
             batch = Batch()
             batch.add_tally(tally)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from tollgate.identity.chain import IdentityRuntime, authenticate, authenticate_fresh, client_ip, compile_identity
+from tollgate.identity.chain import (
+    IdentityRuntime,
+    TenantRefused,
+    authenticate,
+    authenticate_fresh,
+    client_ip,
+    compile_identity,
+)
 from tollgate.identity.directory import ANONYMOUS, Directory, Principal
 from tollgate.identity.jwks import SigningKeysStale
 
@@ -12,6 +19,7 @@ __all__ = [
     "IdentityRuntime",
     "Principal",
     "SigningKeysStale",
+    "TenantRefused",
     "authenticate",
     "authenticate_fresh",
     "client_ip",

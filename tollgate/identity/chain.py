@@ -25,7 +25,15 @@ from tollgate.identity.jwt import JwtVerifier, looks_like_jwt
 if TYPE_CHECKING:
     from tollgate.edge.messages import Request
 
-__all__ = ["IPNetwork", "IdentityRuntime", "authenticate", "authenticate_fresh", "client_ip", "compile_identity"]
+__all__ = [
+    "IPNetwork",
+    "IdentityRuntime",
+    "TenantRefused",
+    "authenticate",
+    "authenticate_fresh",
+    "client_ip",
+    "compile_identity",
+]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DUMMY_DIGEST = bytes(32)
@@ -85,9 +93,18 @@ def compile_identity(config: Config) -> IdentityRuntime:
     return IdentityRuntime(config)
 
 
-def _refuse(refusal: Refusal) -> Exception:
+class TenantRefused(Forbidden):
+    """A known tenant refused (suspended, or on a plan that is not configured); ``principal`` is who was refused
+    (tenant, and key when a key named it), so that the refusal is recorded and audited as that tenant's."""
+
+    def __init__(self, refusal: Refusal, principal: Principal | None) -> None:
+        super().__init__(refusal.message, code=refusal.code)
+        self.principal = principal
+
+
+def _refuse(refusal: Refusal, principal: Principal | None = None) -> Exception:
     if refusal.forbidden:
-        return Forbidden(refusal.message, code=refusal.code)
+        return TenantRefused(refusal, principal)
     return Unauthenticated(refusal.message, code=refusal.code)
 
 
@@ -99,7 +116,7 @@ def _by_key(key: str, identity: IdentityRuntime, directory: Directory) -> Princi
     if not hmac.compare_digest(stored, digest) or entry is None:
         raise Unauthenticated("incorrect API key provided")
     if entry.refusal is not None:
-        raise _refuse(entry.refusal)
+        raise _refuse(entry.refusal, entry.principal)
     if entry.expires is not None and identity.clock() >= entry.expires:
         raise Unauthenticated("this API key has expired")
     principal = entry.principal
@@ -116,7 +133,7 @@ def _by_jwt(token: str, verifier: JwtVerifier, directory: Directory) -> Principa
     if entry is None:
         raise Unauthenticated("the token's tenant is not known to this gateway")
     if entry.refusal is not None:
-        raise _refuse(entry.refusal)
+        raise _refuse(entry.refusal, entry.principal)
     assert entry.principal is not None
     principal = Principal(
         entry.principal.tenant,
@@ -232,7 +249,7 @@ def authenticate(request: Request, identity: IdentityRuntime, directory: Directo
     if entry is None:
         raise Unauthenticated(f"{identity.labels[claimed_by]} names an unknown tenant", code="unknown_tenant")
     if entry.refusal is not None:
-        raise _refuse(entry.refusal)
+        raise _refuse(entry.refusal, entry.principal)
     assert entry.principal is not None
     return entry.principal
 

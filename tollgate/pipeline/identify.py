@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tollgate.errors import Forbidden
-from tollgate.identity import Directory, IdentityRuntime, authenticate
+from tollgate.identity import Directory, IdentityRuntime, TenantRefused, authenticate
 from tollgate.pipeline.context import RequestContext
 
 __all__ = ["DirectorySource", "IdentifyDeps", "identify"]
@@ -30,7 +30,11 @@ class IdentifyDeps:
 def identify(ctx: RequestContext, deps: IdentifyDeps) -> None:
     """Set ``ctx.principal`` and ``ctx.end_user``; refuse a model the principal may not use."""
     identity = deps.identity
-    principal = ctx.principal = authenticate(ctx.request, identity, deps.registry.directory)
+    try:
+        principal = ctx.principal = authenticate(ctx.request, identity, deps.registry.directory)
+    except TenantRefused as refused:
+        ctx.principal = refused.principal  # who was refused: its tenant and key go into the record and the audit
+        raise
     model = ctx.model
     if model is not None and principal.allowed_models is not None and model not in principal.allowed_models:
         raise Forbidden(f"you are not allowed to use the model {model!r}", param="model", code="model_not_allowed")

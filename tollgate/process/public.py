@@ -150,12 +150,17 @@ async def healthz(request: Request, state: GatewayState | None = None) -> Respon
 
 
 async def readyz(request: Request, state: GatewayState) -> Response:
-    """503 while the gateway cannot serve (no usable upstream, no registry); a store that does not answer (the
-    limiter's Redis, the database) leaves it serving, degraded: 200 naming it, so that a load balancer does not take
-    every gateway out of service for an outage they ride out (limits by their fail modes, records buffered)."""
-    problems, degraded = await asyncio.gather(state.readiness_problems(), state.store_problems())
+    """503 while the gateway cannot serve: no model has a usable deployment. A model without a usable deployment
+    (breaker open, failing its health probes) or a store that does not answer (the limiter's Redis, the database,
+    the registry) leaves it serving, degraded: 200 naming them, so that a load balancer does not take every gateway
+    out of service for an outage they ride out (fallbacks, limits by their fail modes, records buffered).
+    ``models`` says for each configured model whether it has a usable deployment."""
+    problems, stores = await asyncio.gather(state.readiness_problems(), state.store_problems())
+    models = state.servable_models()
+    degraded = [f"model {name!r} has no usable deployment" for name, ok in models.items() if not ok] + stores
     if problems:
-        return json_answer({"status": "not ready", "problems": problems + degraded}, status=503)
+        return json_answer({"status": "not ready", "problems": problems + stores, "models": models}, status=503)
+    version = state.runtime.version
     if degraded:
-        return json_answer({"status": "degraded", "config_version": state.runtime.version, "degraded": degraded})
-    return json_answer({"status": "ready", "config_version": state.runtime.version})
+        return json_answer({"status": "degraded", "config_version": version, "degraded": degraded, "models": models})
+    return json_answer({"status": "ready", "config_version": version, "models": models})

@@ -14,6 +14,13 @@ from a fork). It
   workers to drain (``server.shutdown_grace`` plus a margin, then SIGKILL)
   and exits 0 when every worker did.
 
+Metrics: the supervisor gives every worker ``PROMETHEUS_MULTIPROC_DIR`` - the
+operator's directory when the variable is set (its ``*.db`` files removed at
+start, the directory kept), else a temporary one removed at exit - so that
+worker 0's ``/metrics`` sums every worker (tollgate/accounting/metrics.py); it
+calls ``prometheus_client.multiprocess.mark_process_dead`` for each worker that
+exits, so a dead worker's live gauges leave the scrape while its counters stay.
+
 Worker 0 alone binds the admin listener; its ``POST /admin/reload`` validates
 the file and signals the supervisor, which reloads every worker as for SIGHUP.
 Limits are shared through the configured Redis store, so more than one worker
@@ -28,6 +35,7 @@ import contextlib
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +44,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from prometheus_client.multiprocess import mark_process_dead
 
 from tollgate.config import Config, load_config
 from tollgate.errors import ConfigError
@@ -51,6 +61,7 @@ HEALTHY_RUN = 10.0
 # Time the supervisor allows beyond the workers' own drain deadline before it kills them.
 STOP_MARGIN = 10.0
 TICK = 0.25
+METRICS_DIR_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")  # the library reads both
 
 
 def parse_workers(text: str) -> int:
@@ -123,6 +134,8 @@ class Supervisor:
         self._pending: list[int] = []
         self._stopping_until: float | None = None
         self._snapshot_dir: tempfile.TemporaryDirectory[str] | None = None
+        self.metrics_dir: Path | None = None  # the workers' PROMETHEUS_MULTIPROC_DIR while running
+        self._own_metrics_dir = False
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -134,6 +147,12 @@ class Supervisor:
             log.error("cannot bind %s:%d: %s", pub.host, pub.port, exc.strerror or exc)
             return 1
         port = reservation.getsockname()[1]
+        try:
+            self._open_metrics_dir()
+        except OSError as exc:
+            log.error("cannot prepare the workers' metrics directory: %s", exc)
+            reservation.close()
+            return 1
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         os.set_blocking(wake_r, False)
@@ -142,7 +161,14 @@ class Supervisor:
         old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         self._snapshot_dir = tempfile.TemporaryDirectory(prefix="tollgate-supervisor-")
         try:
-            log.info("supervisor %d: %d workers on %s:%d", os.getpid(), self.workers, pub.host, port)
+            log.info(
+                "supervisor %d: %d workers on %s:%d, metrics in %s",
+                os.getpid(),
+                self.workers,
+                pub.host,
+                port,
+                self.metrics_dir,
+            )
             for warning in workers_warnings(self.config, self.workers):
                 log.warning("%s", warning)
             for slot in self.slots:
@@ -179,6 +205,25 @@ class Supervisor:
                     slot.popen.kill()
                     slot.popen.wait()
             self._snapshot_dir.cleanup()
+            self._close_metrics_dir()
+
+    def _open_metrics_dir(self) -> None:
+        """The workers' multiprocess metrics directory, empty: the operator's, or a temporary one of our own."""
+        given = next((os.environ[v] for v in METRICS_DIR_VARIABLES if os.environ.get(v)), None)
+        if given is None:
+            self.metrics_dir = Path(tempfile.mkdtemp(prefix="tollgate-metrics-"))
+            self._own_metrics_dir = True
+            return
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):  # a previous run's values would be summed with ours
+            stale.unlink(missing_ok=True)
+        self.metrics_dir = path
+
+    def _close_metrics_dir(self) -> None:
+        if self.metrics_dir is not None and self._own_metrics_dir:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir = None
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._pending.append(signum)
@@ -252,7 +297,11 @@ class Supervisor:
         return argv
 
     def _start(self, slot: _Slot, port: int) -> None:
-        slot.popen = subprocess.Popen(self._argv(slot, port))
+        env = None
+        if self.metrics_dir is not None:
+            env = {**os.environ, METRICS_DIR_VARIABLES[0]: str(self.metrics_dir)}
+            env.pop(METRICS_DIR_VARIABLES[1], None)
+        slot.popen = subprocess.Popen(self._argv(slot, port), env=env)
         slot.started_at = time.monotonic()
         slot.restart_at = None
         log.info("worker %d started (pid %d)", slot.index, slot.popen.pid)
@@ -265,6 +314,8 @@ class Supervisor:
             code = slot.popen.returncode
             slot.exit_codes.append(code)
             pid, slot.popen = slot.popen.pid, None
+            if self.metrics_dir is not None:  # its live gauges leave the scrape; its counters stay in the sums
+                mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]  # untyped upstream
             if self._stopping_until is not None:
                 log.info("worker %d (pid %d) exited with %s", slot.index, pid, _describe(code))
                 continue

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from tollgate.clock import Clock
 from tollgate.config.model import Deployment, Upstream
 from tollgate.config.resilience import DeploymentLimits, QueuePolicy, Resilience
-from tollgate.routing.breaker import Breaker
+from tollgate.routing.breaker import OPEN, Breaker
 from tollgate.routing.slot_queue import FairQueue
 
 __all__ = [
@@ -80,6 +80,7 @@ class DeploymentState:
 
     __slots__ = (
         "key",
+        "label",
         "upstream",
         "model",
         "breaker",
@@ -99,6 +100,8 @@ class DeploymentState:
 
     def __init__(self, key: str, deployment: Deployment, resilience: Resilience, clock: Clock) -> None:
         self.key = key
+        # Its name in metrics and readiness: from the config (upstream and model), so a bounded set.
+        self.label = f"{deployment.upstream}/{deployment.model}"
         self.upstream = deployment.upstream
         self.model = deployment.model
         self.breaker = Breaker(key, resilience.breaker, clock)
@@ -127,6 +130,17 @@ class DeploymentState:
         latency = self.latency
         self.latency = seconds if latency == 0.0 else latency + EWMA_ALPHA * (seconds - latency)
 
+    @property
+    def usable(self) -> bool:
+        """Whether it can serve at all for now: its health probes did not take it out of rotation, and its breaker
+        is not open (an open breaker whose cool-down is over counts as usable: the next request probes it).
+
+        What metrics and readiness report; the passing limits (rpm, tpm, concurrency, an upstream's 429) do not
+        count, they pass within seconds.
+        """
+        breaker = self.breaker
+        return self.healthy and (breaker.state is not OPEN or breaker.retry_in() == 0.0)
+
     def blocked(self, now: float, tokens: int) -> str | None:
         """Why this deployment cannot take a request now (None when it can), breaker aside."""
         if not self.healthy:
@@ -150,6 +164,7 @@ class DeploymentState:
             "inflight": self.inflight,
             "latency_ewma": round(self.latency, 6),
             "healthy": self.healthy,
+            "usable": self.usable,
             "calls": self.calls,
             "failures": self.failures,
             "queued": self.queue.waiting if self.queue is not None else 0,

@@ -191,13 +191,20 @@ class GatewayState:
         if self.database is not None:
             await self.database.close()
 
+    def servable_models(self) -> dict[str, bool]:
+        """Each model of the config in force, and whether any of its deployments is usable now: its breaker not
+        open (or its cool-down over) and its health probes not failing (``DeploymentState.usable``)."""
+        return {name: any(s.usable for s in route.states) for name, route in self.runtime.routes.items()}
+
     async def readiness_problems(self) -> list[str]:
-        """Why the gateway should not get traffic now; empty when it is ready."""
-        problems: list[str] = []
-        usable = [name for name, c in self.pool.clients.items() if c.http is not None and not c.http.closed]
-        if not usable:
-            problems.append("no upstream is usable")
-        return problems
+        """Why the gateway should not get traffic now: no model at all can be served. Empty when it can serve one."""
+        servable = self.servable_models()
+        if not any(servable.values()):
+            return [
+                "no model can be served: every deployment of every model has its breaker open or fails its "
+                "health probes"
+            ]
+        return []
 
     async def store_problems(self) -> list[str]:
         """The registry store, the limiter's Redis stores and the database that do not answer now, each by name
