@@ -8,6 +8,9 @@ the response (tollgate/pipeline/attempts.py), calling ``forward`` once per
 attempt. The dependencies of every stage are built once per config version by
 the runtime (:class:`Stages`, tollgate/runtime/state.py) and read once per
 request, so a request runs under one version from its start to its end.
+
+While a request is served, the context variable of tollgate/accounting/logs.py names it, so every line
+logged meanwhile carries its request id and tenant.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from tollgate.accounting.logs import SERVING
 from tollgate.clock import Clock
 from tollgate.config.model import Guard
 from tollgate.edge.answers import request_id_from, status_for
@@ -79,6 +83,7 @@ def make_proxy_handler(endpoint: Endpoint, gateway: Gateway) -> Handler:
         ctx = RequestContext(
             request, request_id, endpoint, stages.clock.loop_time(), client_ip(request, stages.proxies)
         )
+        SERVING.set(ctx)  # the request id and tenant of every line logged while it is served
         shedder = stages.shedder
         try:
             shedder.enter()

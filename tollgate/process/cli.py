@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from tollgate.config import load_config
+from tollgate.accounting.logs import LOG_FORMATS, configure_logging
+from tollgate.config import Config, load_config
 from tollgate.errors import ConfigError, DatabaseError
 
 __all__ = ["main"]
 
+# How a supervisor hands its workers the log format it settled on (the command line's, else the config's).
+LOG_FORMAT_ENV = "TOLLGATE_LOG_FORMAT"
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+
+def _serve_logging(args: argparse.Namespace, config: Config) -> str:
+    """The log level and format of ``serve``: the command line's (or $TOLLGATE_LOG_FORMAT) over the config's
+    ``logging:``; every logger set to them, and the format left in the environment for workers."""
+    level = args.log_level or config.logging.level
+    log_format = args.log_format or config.logging.format
+    configure_logging(level, log_format)
+    os.environ[LOG_FORMAT_ENV] = log_format
+    return level
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -27,9 +32,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from tollgate.process.supervisor import Supervisor, run_worker, worker_log_format, workers_problem
     from tollgate.runtime.state import GatewayState
 
-    if args.worker is not None:
-        logging.basicConfig(
-            level=logging.root.level, format=worker_log_format(args.worker), stream=sys.stderr, force=True
+    if args.worker is not None:  # the supervisor passes its level and format on (--log-level, $TOLLGATE_LOG_FORMAT)
+        configure_logging(
+            args.log_level or "info",
+            args.log_format or "text",
+            text_format=worker_log_format(args.worker),
+            worker=args.worker,
         )
         return run_worker(args.config, args.worker, start_from=args.start_from, host=args.host, port=args.port)
     try:
@@ -42,8 +50,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"{args.config}: {problem}", file=sys.stderr)
         return 2
+    level = _serve_logging(args, config)
     if args.workers > 1:
-        return Supervisor(args.config, config, args.workers, log_level=args.log_level).run()
+        return Supervisor(args.config, config, args.workers, log_level=level).run()
     serve_forever(GatewayState(config, config_path=args.config))
     return 0
 
@@ -157,7 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     from tollgate.mock.upstream import add_arguments as add_mock_arguments
 
     parser = argparse.ArgumentParser(prog="tollgate", description="Multi-tenant gateway for OpenAI-style LLM traffic.")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="application log level (default: the config's logging.level for serve, else info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get(LOG_FORMAT_ENV) or None,
+        help="application logs as text lines or JSON lines (default: $TOLLGATE_LOG_FORMAT, else the config's "
+        "logging.format for serve, else text)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the gateway")
@@ -212,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    configure_logging(args.log_level or "info", args.log_format or "text")
     return int(args.func(args))
 
 
