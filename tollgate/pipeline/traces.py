@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextvars import Token
 from typing import Any
 
 from opentelemetry import context, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tollgate.accounting.pricing import Pricing
@@ -66,7 +68,7 @@ class RequestSpan:
 
     __slots__ = ("span", "token", "operation")
 
-    def __init__(self, span: trace.Span, token: object, operation: str) -> None:
+    def __init__(self, span: trace.Span, token: Token[Context], operation: str) -> None:
         self.span = span
         self.token = token
         self.operation = operation
@@ -74,7 +76,7 @@ class RequestSpan:
     def end(self, ctx: RequestContext) -> None:
         """Name the span after the model, set what the request ended with, and end it."""
         span = self.span
-        context.detach(self.token)  # type: ignore[arg-type]
+        context.detach(self.token)
         if span.is_recording():
             if ctx.model:
                 span.update_name(f"{self.operation} {ctx.model}")

@@ -10,7 +10,10 @@ upstream's is ``x-api-key``, with its ``anthropic-version``. Each client
 carries the bridges the forward stage sends each client dialect through
 (tollgate/upstream/anthropic.py): ``dialect`` for OpenAI's (None when the
 upstream speaks it), ``messages_bridge`` for Anthropic's. A reload keeps
-the client of every upstream whose config did not change.
+the client of every upstream whose config did not change. With tracing on,
+the clients write the gateway's trace context on every request (``inject``:
+a ``TracedHttp``), in place of a ``traceparent`` a client's allow-listed
+headers carried.
 """
 
 from __future__ import annotations
