@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from tollgate.accounting.logs import SERVING, JsonFormatter, configure_logging, remove_logging
+from tollgate.background import BackgroundTask
 from tollgate.process.supervisor import worker_log_format
 
 from ..support.processes import Proc, free_port, gateway_config, gateway_process
@@ -137,6 +138,22 @@ def test_a_json_line_holds_the_exception_and_the_request_in_one_line() -> None:
     assert "ValueError: broken" in after_identify["exception"] and "\n" not in formatter.format(record)
     assert after_identify["worker"] == 3
     assert "request_id" not in outside and "tenant" not in outside
+
+
+async def test_a_background_task_started_while_serving_logs_without_that_request() -> None:
+    seen: list[object] = []
+
+    async def run() -> None:
+        seen.append(SERVING.get())
+
+    token = SERVING.set(_Served())
+    try:
+        task = BackgroundTask("probe", run)
+        task.start()
+        await task.join()
+    finally:
+        SERVING.reset(token)
+    assert seen == [None]
 
 
 def test_configure_logging_sets_every_logger_and_keeps_the_worker_text_format(

@@ -201,6 +201,29 @@ async def test_a_refused_request_has_its_error_type_and_no_attempt(mock_url: str
     assert attrs["tollgate.tenant"] == "acme"
 
 
+async def test_a_request_refused_by_a_limit_has_a_refused_admission_span(mock_url: str) -> None:
+    exporter = InMemorySpanExporter()
+    config = doc(mock_url, {"enabled": True})
+    config["rules"] = {
+        "one": {"type": "request_limit", "limit": 1, "per": "minute", "scope": ["tenant"], "attach": {"global": True}}
+    }
+    async with gateway(config, exporter) as (url, state):
+        assert (await chat(url, "backup"))[0] == 200
+        assert finished(state, exporter)
+        exporter.clear()
+        status, _, _ = await chat(url, "backup")
+        assert status == 429
+        spans = finished(state, exporter)
+    [server] = [s for s in spans if s.kind == SpanKind.SERVER]
+    [admission] = [s for s in spans if s.kind == SpanKind.INTERNAL]
+    assert not [s for s in spans if s.kind == SpanKind.CLIENT]
+    refused = dict(admission.attributes or {})
+    assert refused["tollgate.admission"] == "refused"
+    attrs = dict(server.attributes or {})
+    assert attrs["http.response.status_code"] == 429 and attrs["error.type"] == refused["error.type"]
+    assert server.status.is_unset  # a refusal is the client's error, not the gateway's
+
+
 async def test_a_streamed_answer_s_span_ends_with_the_stream_and_carries_its_tokens(mock_url: str) -> None:
     exporter = InMemorySpanExporter()
     async with gateway(doc(mock_url, {"enabled": True}), exporter) as (url, state):
