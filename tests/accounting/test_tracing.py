@@ -8,11 +8,13 @@ upstream records the headers it received.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -20,7 +22,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from tollgate.accounting.logs import JsonFormatter
+from tollgate.accounting.tracing import Tracing
 from tollgate.config import config_from_dict, observability
+from tollgate.config.observability import TracingConfig
 from tollgate.errors import ConfigError
 from tollgate.process.public import make_public_server, public_lifecycle
 from tollgate.runtime.state import GatewayState
@@ -338,3 +343,15 @@ def test_enabled_tracing_without_the_extra_is_refused_at_start_naming_the_packag
     assert problems == [
         "tracing.otlp.protocol: the grpc exporter is not installed (the-grpc-exporter): pip install 'tollgate[tracing]'"
     ]
+
+
+def test_a_json_log_line_names_the_current_span_while_tracing() -> None:
+    tracing = Tracing(TracingConfig(enabled=True), InMemorySpanExporter())
+    formatter = JsonFormatter()
+    record = logging.LogRecord("tollgate.x", logging.WARNING, __file__, 1, "inside", (), None)
+    assert "trace_id" not in orjson.loads(formatter.format(record))  # no span current
+    with tracing.tracer.start_as_current_span("request") as span:
+        line = orjson.loads(formatter.format(record))
+    ids = span.get_span_context()
+    assert line["trace_id"] == hex_trace(ids.trace_id) and line["span_id"] == hex_span(ids.span_id)
+    tracing.provider.shutdown()

@@ -3,7 +3,8 @@
 Every logger of the gateway logs through the root handler that :func:`configure_logging` installs. In the
 ``json`` format a line is ``{"time", "level", "logger", "message"}``, with ``exception`` (the traceback) when
 one was logged, ``request_id`` and ``tenant`` when the line was logged while a request was served, and
-``worker`` and ``pid`` in a worker of ``serve --workers N``.
+``worker`` and ``pid`` in a worker of ``serve --workers N``, and ``trace_id`` and ``span_id`` of the span
+current when tracing is on (the request's, or its upstream attempt's), so that a line leads to its trace.
 
 The request comes from the context variable :data:`SERVING`, which the pipeline's handler sets when a request
 arrives (tollgate/pipeline/handler.py). Each request runs in a task of its own, so the variable names it in
@@ -72,10 +73,28 @@ class JsonFormatter(logging.Formatter):
             principal = served.principal
             if principal is not None:
                 entry["tenant"] = principal.tenant
+        ids = _current_span_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if self.worker is not None:
             entry["worker"] = self.worker
             entry["pid"] = record.process
         return orjson.dumps(entry, default=str).decode()
+
+
+def _current_span_ids() -> tuple[str, str] | None:
+    """The current span's trace and span id in hex, when tracing is on; None otherwise.
+
+    The OpenTelemetry API is an optional extra, loaded only when tracing is enabled: without it loaded there is
+    no span to name, and this costs one dictionary look-up.
+    """
+    api = sys.modules.get("opentelemetry.trace")
+    if api is None:
+        return None
+    span_context = api.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    return f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}"
 
 
 class _StandardError(logging.StreamHandler):  # type: ignore[type-arg]
