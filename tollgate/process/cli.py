@@ -231,7 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_format is not None and args.log_format not in LOG_FORMATS:  # from the environment, unchecked
+        parser.error(f"${LOG_FORMAT_ENV}: invalid log format {args.log_format!r} (choose from text, json)")
     configure_logging(args.log_level or "info", args.log_format or "text")
     return int(args.func(args))
 
