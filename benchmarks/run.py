@@ -113,6 +113,11 @@ rules:
 """
 )
 GATEWAY_FULL_POLICY_REDIS = GATEWAY_FULL_POLICY + 'store: {backend: redis, url: "$redis_url"}\n'
+# The full policy with every request traced (issue 20): spans exported over OTLP/HTTP to the upstream's nginx,
+# which answers every POST with 200 (a collector that costs nothing), so the export thread's work is counted.
+GATEWAY_FULL_POLICY_TRACING = (
+    GATEWAY_FULL_POLICY + 'tracing: {enabled: true, sample_ratio: 1.0, otlp: {endpoint: "$upstream_url/traces"}}\n'
+)
 
 
 def tenants_yaml(count: int) -> str:
@@ -194,6 +199,16 @@ TARGETS: tuple[Target, ...] = (
         GATEWAY_FULL_POLICY_REDIS,
         baseline="bare",
         redis=True,
+        tenants=10,
+    ),
+    Target(
+        "full-tracing",
+        "-> gateway, full policy, embedded store, every request traced (needs the tracing extra)",
+        "json",
+        GATEWAY_COMMAND,
+        GATEWAY_FULL_POLICY_TRACING,
+        baseline="full-embedded",
+        default=False,
         tenants=10,
     ),
     Target(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -16,6 +17,9 @@ class BackgroundTask:
     ``run`` makes the coroutine, usually a loop that only ends when cancelled.
     The task is named (``name`` shows in task dumps and in asyncio's debug
     messages) and held here, so it is never garbage collected while it runs.
+    It starts with an empty context: one started while a request is served
+    does not take that request's context variables (its log lines' request
+    id, its trace) along for the rest of its life.
     """
 
     __slots__ = ("name", "_run", "_task")
@@ -32,7 +36,9 @@ class BackgroundTask:
     def start(self) -> None:
         """Start it in the running event loop; while it runs, another call does nothing."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=self.name, context=contextvars.Context()
+            )
 
     async def stop(self) -> None:
         """Cancel it and wait until it has ended; then it may be started again."""

@@ -30,6 +30,7 @@ from tollgate.config.identity import (
     tenant_ref_problems,
 )
 from tollgate.config.model import AdminListener, Config, Guard, Listener, Listeners, Port, Server
+from tollgate.config.observability import LoggingConfig, TracingConfig
 from tollgate.config.resilience import Resilience, fallback_graph_problems
 from tollgate.config.rules import NAME, RulesSections, build_rules
 from tollgate.config.scaling import ScalingConfig, pool_ref_problems
@@ -104,6 +105,9 @@ class ConfigDoc(RulesSections, AccountingSections):
     """The database of record (SQLite or PostgreSQL); with a url and no registry: store, the registry lives there."""
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     """Deployment pools sized by the traffic the gateway sees (the autoscaling advisor)."""
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    """OpenTelemetry traces of the requests (the tracing extra); off by default."""
+    logging: LoggingConfig = LoggingConfig()
 
     @check
     def has_upstreams_and_models(self) -> Found:
@@ -263,6 +267,8 @@ def build_config(doc: ConfigDoc, *, source: str = "<memory>", data_dir: str | No
         resilience=doc.resilience,
         accounting=build_accounting(doc),
         server=doc.server,
+        tracing=doc.tracing,
+        logging=doc.logging,
         source=source,
         data_dir=data_dir_of(doc.data_dir, source, data_dir),
     )

@@ -21,6 +21,7 @@ from tollgate.config.accounting import AccountingConfig
 from tollgate.config.admin import AdminAccess
 from tollgate.config.database import DatabaseConfig
 from tollgate.config.identity import DEFAULT_PLANS, ApiKey, IdentityConfig, Plan, RegistryConfig, Tenant
+from tollgate.config.observability import LoggingConfig, TracingConfig
 from tollgate.config.resilience import DeploymentLimits, ModelRouting, Resilience
 from tollgate.config.rules import RulesConfig
 from tollgate.config.scaling import ScalingConfig
@@ -211,6 +212,8 @@ class Config:
     resilience: Resilience = field(default_factory=Resilience)
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     server: Server = Server()
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = "<memory>"
     # The absolute folder relative state paths are read under (config file's data_dir, $TOLLGATE_DATA_DIR, or the
     # file's folder); None: relative paths stay relative to the working folder.

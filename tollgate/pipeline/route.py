@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tollgate.clock import Clock
+from tollgate.config.model import Deployment
 from tollgate.config.resilience import Resilience
 from tollgate.errors import BadRequest, UpstreamAuthError, UpstreamError, UpstreamUnavailable
 from tollgate.pipeline.context import RequestContext
@@ -29,9 +30,13 @@ from tollgate.routing.retry_budget import RetryBudget
 from tollgate.routing.slot_queue import FairQueue, QueueRefused
 from tollgate.routing.verdicts import backoff, judge, outcome, record_failure, retryable
 from tollgate.upstream.estimates import estimate_prompt_tokens
-from tollgate.upstream.pool import UpstreamPool
+from tollgate.upstream.pool import UpstreamClient, UpstreamPool
 
-__all__ = ["AttemptCounters", "QueueRateLimited", "RouteDeps", "Walk", "tenant_of"]
+__all__ = ["AttemptCounters", "Forward", "QueueRateLimited", "RouteDeps", "Walk", "tenant_of"]
+
+# One attempt on one deployment: the forward stage, or the same in a span when tracing is on
+# (tollgate/pipeline/traces.py).
+Forward = Callable[[RequestContext, Clock, Deployment, UpstreamClient, frozenset[int]], Awaitable[Answer]]
 
 log = logging.getLogger("tollgate.attempts")
 
@@ -72,7 +77,8 @@ class AuthFailureMetrics(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RouteDeps:
-    """The routes and resilience settings of the config version, and the process's live routing state."""
+    """The routes and resilience settings of the config version, and the process's live routing state; what makes
+    one attempt (the forward stage, traced when tracing is on)."""
 
     routes: Mapping[str, ModelRoute]
     resilience: Resilience
@@ -85,6 +91,7 @@ class RouteDeps:
     hotspots: Hotspots
     metrics: AuthFailureMetrics
     dead_letters: DeadLetterLog
+    forward: Forward = forward
 
 
 def tenant_of(ctx: RequestContext) -> str:
@@ -270,7 +277,7 @@ class Walk:
         clock = deps.clock
         began = clock.loop_time()
         try:
-            answer = await forward(ctx, clock, deployment, client, current.divert)
+            answer = await deps.forward(ctx, clock, deployment, client, current.divert)
         except UpstreamError as exc:
             self._failed(dstate, deployment.upstream, permit, exc, began)
             return None

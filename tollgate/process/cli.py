@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from tollgate import __version__
-from tollgate.config import load_config
+from tollgate.accounting.logs import LOG_FORMATS, configure_logging
+from tollgate.config import Config, load_config
 from tollgate.errors import ConfigError, DatabaseError
 
 __all__ = ["main"]
 
+# How a supervisor hands its workers the log format it settled on (the command line's, else the config's).
+LOG_FORMAT_ENV = "TOLLGATE_LOG_FORMAT"
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+
+def _serve_logging(args: argparse.Namespace, config: Config) -> str:
+    """The log level and format of ``serve``: the command line's (or $TOLLGATE_LOG_FORMAT) over the config's
+    ``logging:``; every logger set to them, and the format left in the environment for workers."""
+    level = args.log_level or config.logging.level
+    log_format = args.log_format or config.logging.format
+    configure_logging(level, log_format)
+    os.environ[LOG_FORMAT_ENV] = log_format
+    return level
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -28,9 +33,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from tollgate.process.supervisor import Supervisor, run_worker, worker_log_format, workers_problem
     from tollgate.runtime.state import GatewayState
 
-    if args.worker is not None:
-        logging.basicConfig(
-            level=logging.root.level, format=worker_log_format(args.worker), stream=sys.stderr, force=True
+    if args.worker is not None:  # the supervisor passes its level and format on (--log-level, $TOLLGATE_LOG_FORMAT)
+        configure_logging(
+            args.log_level or "info",
+            args.log_format or "text",
+            text_format=worker_log_format(args.worker),
+            worker=args.worker,
         )
         return run_worker(args.config, args.worker, start_from=args.start_from, host=args.host, port=args.port)
     try:
@@ -43,8 +51,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"{args.config}: {problem}", file=sys.stderr)
         return 2
+    level = _serve_logging(args, config)
     if args.workers > 1:
-        return Supervisor(args.config, config, args.workers, log_level=args.log_level).run()
+        return Supervisor(args.config, config, args.workers, log_level=level).run()
     try:
         serve_forever(GatewayState(config, config_path=args.config))
     except DatabaseError as exc:  # the database of record cannot be opened or migrated: nothing to serve from
@@ -164,7 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
-        help="default: info (warning for the demo, whose start prints what it needs)",
+        help="application log level (default: the config's logging.level for serve; warning for the demo, whose "
+        "start prints what it needs; else info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get(LOG_FORMAT_ENV) or None,
+        help="application logs as text lines or JSON lines (default: $TOLLGATE_LOG_FORMAT, else the config's "
+        "logging.format for serve, else text)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -220,10 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.log_level is None:
-        args.log_level = "warning" if args.command == "demo" else "info"
-    _setup_logging(args.log_level)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_format is not None and args.log_format not in LOG_FORMATS:  # from the environment, unchecked
+        parser.error(f"${LOG_FORMAT_ENV}: invalid log format {args.log_format!r} (choose from text, json)")
+    configure_logging(args.log_level or ("warning" if args.command == "demo" else "info"), args.log_format or "text")
     return int(args.func(args))
 
 

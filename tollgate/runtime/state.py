@@ -7,6 +7,7 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -41,6 +42,11 @@ from tollgate.routing.retry_budget import RetryBudget
 from tollgate.scaling.build import build_autoscaler
 from tollgate.scaling.quota import RegistryQuotas
 from tollgate.upstream.pool import UpstreamPool
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from tollgate.accounting.tracing import Tracing
 
 __all__ = ["STATE", "GatewayState", "Runtime"]
 
@@ -98,7 +104,15 @@ class Runtime:
 class GatewayState:
     """Owns the current :class:`Runtime` and the resources that outlive a config version."""
 
-    def __init__(self, config: Config, *, config_path: str | Path | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | Path | None = None,
+        clock: Clock | None = None,
+        span_exporter: SpanExporter | None = None,
+    ) -> None:
+        """``span_exporter`` replaces the OTLP exporter of ``tracing:`` (the SDK's in-memory one, in tests)."""
         self._versions = itertools.count(1)
         # Upstream resilience: live per-deployment state (breakers, latencies, in-flight) and gateway-wide
         # budgets and logs; all survive reloads. Counters stay plain attributes for the metrics exporter.
@@ -122,7 +136,13 @@ class GatewayState:
         # Tenants and keys: the config's plus runtime changes; outlives config versions.
         self.registry = Registry(config, base_dir=base_dir, clock=self.clock, database=self.database)
         self.registry.on_rules_change = self._rules_changed
-        self.pool = UpstreamPool(self.clock)
+        # OpenTelemetry (read at start): the SDK is imported only when the config enables it.
+        self.tracing: Tracing | None = None
+        if config.tracing.enabled:
+            from tollgate.accounting.tracing import Tracing
+
+            self.tracing = Tracing(config.tracing, span_exporter)
+        self.pool = UpstreamPool(self.clock, inject=self.tracing.inject if self.tracing is not None else None)
         # Limits: one limiter (and its store connections) for the process; settling runs in the background.
         self.limiter = build_limiter(config.store, clock=self.clock)
         self.lease_waiters = LeaseWaiters(res.queue.size, clock=self.clock)
@@ -190,6 +210,8 @@ class GatewayState:
         await self.pool.close()
         if self.database is not None:
             await self.database.close()
+        if self.tracing is not None:
+            await self.tracing.close()  # the spans of the last requests exported
 
     def servable_models(self) -> dict[str, bool]:
         """Each model of the config in force, and whether any of its deployments is usable now: its breaker not
@@ -237,6 +259,8 @@ class GatewayState:
                 log.warning("store changes in %s take effect only after a restart", config.source)
             if config.database != old.config.database:
                 log.warning("database changes in %s take effect only after a restart", config.source)
+            if config.tracing != old.config.tracing or config.logging != old.config.logging:
+                log.warning("tracing and logging changes in %s take effect only after a restart", config.source)
             generation = self.registry.rules_generation
             runtime = Runtime(
                 config, next(self._versions), self.deployments, self._stages, self.effective_rules(config)
@@ -255,7 +279,7 @@ class GatewayState:
         """What the pipeline's stages work with under ``runtime``: its compiled parts and this process's resources."""
         config, clock = runtime.config, self.clock
         metrics = self.accounting.metrics
-        return Stages(
+        stages = Stages(
             clock=clock,
             shedder=self.shedder,
             proxies=runtime.identity.proxies,
@@ -280,6 +304,11 @@ class GatewayState:
             ),
             account=self._account,
         )
+        if self.tracing is None:
+            return stages
+        from tollgate.pipeline.traces import with_tracing
+
+        return with_tracing(stages, self.tracing)
 
     def effective_rules(self, config: Config) -> RulesConfig:
         """The config's namespaces and rules with the runtime changes from the registry laid over them."""

@@ -34,6 +34,7 @@ import socket
 import ssl
 import zlib
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -42,6 +43,7 @@ __all__ = [
     "ConnectError",
     "HttpError",
     "ResponseError",
+    "TracedHttp",
     "UpstreamHttp",
     "UpstreamResponse",
 ]
@@ -615,3 +617,23 @@ class UpstreamHttp:
             if not waiter.done():
                 waiter.set_exception(ConnectError("the upstream client is closed"))
         self._queue.clear()
+
+
+class TracedHttp(UpstreamHttp):
+    """An :class:`UpstreamHttp` that sends the current trace context with every request (tracing on only).
+
+    ``inject`` rewrites a request's headers: the W3C ``traceparent`` and ``tracestate`` of the gateway's
+    span of the attempt in place of any a client sent (tollgate/accounting/tracing.py). The plain client
+    is used when tracing is off, so that costs nothing per request.
+    """
+
+    def __init__(
+        self, base_url: str, *, inject: Callable[[list[tuple[str, str]]], list[tuple[str, str]]], **options: Any
+    ) -> None:
+        super().__init__(base_url, **options)
+        self._inject = inject
+
+    async def request(
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
+    ) -> UpstreamResponse:
+        return await super().request(method, path, self._inject(headers), body)

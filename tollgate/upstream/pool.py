@@ -10,12 +10,16 @@ upstream's is ``x-api-key``, with its ``anthropic-version``. Each client
 carries the bridges the forward stage sends each client dialect through
 (tollgate/upstream/anthropic.py): ``dialect`` for OpenAI's (None when the
 upstream speaks it), ``messages_bridge`` for Anthropic's. A reload keeps
-the client of every upstream whose config did not change.
+the client of every upstream whose config did not change. With tracing on,
+the clients write the gateway's trace context on every request (``inject``:
+a ``TracedHttp``), in place of a ``traceparent`` a client's allow-listed
+headers carried.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from multidict import CIMultiDictProxy
@@ -25,7 +29,7 @@ from tollgate.config.model import Upstream
 from tollgate.config.upstreams import CONNECTION_RELAY_HEADER, never_forwarded
 from tollgate.edge.answers import REQUEST_ID_HEADER
 from tollgate.upstream.anthropic import AnthropicDialect, AnthropicNative, Bridge, ChatForMessages
-from tollgate.upstream.client import UpstreamHttp
+from tollgate.upstream.client import TracedHttp, UpstreamHttp
 from tollgate.upstream.deadlines import Deadlines
 from tollgate.upstream.redaction import secrets_of
 
@@ -33,6 +37,9 @@ __all__ = ["UpstreamClient", "UpstreamPool", "probe_path", "upstream_headers"]
 
 # Connection values that name no other header (the common case: nothing to drop).
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
+
+# Rewrites an upstream request's headers when tracing is on: the gateway's trace context in them.
+Inject = Callable[[list[tuple[str, str]]], list[tuple[str, str]]]
 
 
 def probe_path(config: Upstream) -> str:
@@ -61,12 +68,14 @@ class UpstreamClient:
         "dialect",
         "messages_bridge",
         "probe_path",
+        "inject",
     )
 
-    def __init__(self, config: Upstream, deadlines: Deadlines | None = None) -> None:
+    def __init__(self, config: Upstream, deadlines: Deadlines | None = None, inject: Inject | None = None) -> None:
         self.config = config
         self.http: UpstreamHttp | None = None
         self.deadlines = deadlines or Deadlines()
+        self.inject = inject
         # The body's type first: an upload's own (see upstream_headers) takes its place.
         fixed: list[tuple[str, str]] = [("Content-Type", "application/json")]
         if not any(name.lower() == "accept-encoding" for name in config.headers):
@@ -101,13 +110,16 @@ class UpstreamClient:
 
     async def start(self) -> None:
         pool = self.config.pool
-        self.http = UpstreamHttp(
-            self.config.base_url,
-            max_connections=pool.max_connections,
-            keepalive=pool.keepalive,
-            connect_timeout=self.config.timeouts.connect,
-            resolve_every=pool.resolve_every,
-        )
+        options: dict[str, Any] = {
+            "max_connections": pool.max_connections,
+            "keepalive": pool.keepalive,
+            "connect_timeout": self.config.timeouts.connect,
+            "resolve_every": pool.resolve_every,
+        }
+        if self.inject is None:
+            self.http = UpstreamHttp(self.config.base_url, **options)
+        else:
+            self.http = TracedHttp(self.config.base_url, inject=self.inject, **options)
 
     async def close(self) -> None:
         if self.http is not None:
@@ -117,7 +129,9 @@ class UpstreamClient:
 class UpstreamPool:
     """The live upstream clients; a reload keeps the sessions whose upstream config did not change."""
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, inject: Inject | None = None) -> None:
+        """``inject``: the trace context written on every upstream request, when tracing is on."""
+        self.inject = inject
         self.clients: dict[str, UpstreamClient] = {}
         self._retired: list[UpstreamClient] = []
         # One sweep for every upstream call's timeouts (see tollgate/upstream/deadlines.py), on the clock's loop time.
@@ -130,7 +144,7 @@ class UpstreamPool:
             if old is not None and old.config == cfg:
                 fresh[name] = old
                 continue
-            client = UpstreamClient(cfg, self.deadlines)
+            client = UpstreamClient(cfg, self.deadlines, self.inject)
             await client.start()
             fresh[name] = client
         # Sessions that left the config may still carry in-flight requests:
