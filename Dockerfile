@@ -13,6 +13,8 @@
 # `-e TOLLGATE_WORKERS=4` (needs store.backend: redis). See README.md, "Docker".
 
 ARG PYTHON_VERSION=3.12.8
+# Optional extras of the package, comma-separated: `--build-arg EXTRAS=tracing` adds OpenTelemetry export.
+ARG EXTRAS=""
 
 # ---- build: the tollgate wheel and the wheels of its dependencies, at the versions of constraints.txt
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
@@ -22,7 +24,8 @@ COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY tollgate ./tollgate
 COPY lua ./lua
 COPY config ./config
-RUN pip wheel --constraint constraints.txt --wheel-dir /wheels .
+ARG EXTRAS
+RUN pip wheel --constraint constraints.txt --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 
 # ---- runtime: no compiler, no sources, no test or benchmark extras
 FROM python:${PYTHON_VERSION}-slim-bookworm
@@ -38,8 +41,9 @@ RUN groupadd --system --gid 10001 tollgate \
  && mkdir -p /etc/tollgate /var/lib/tollgate \
  && chown 10001:10001 /var/lib/tollgate \
  && chmod 0750 /var/lib/tollgate
+ARG EXTRAS
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels tollgate
+    pip install --no-index --find-links=/wheels "tollgate${EXTRAS:+[$EXTRAS]}"
 USER 10001:10001
 WORKDIR /var/lib/tollgate
 EXPOSE 8080
