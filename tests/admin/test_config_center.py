@@ -335,3 +335,33 @@ def test_a_namespace_matching_any_matcher_claims_a_request_one_of_them_holds_for
     assert NamespaceTable((NamespaceSpec("empty", 1, (), match="any"),)).match({}, {}) == "default"
     disabled = NamespaceSpec("wechat", 1, (header,), enabled=False)
     assert NamespaceTable((disabled,)).match({"channelcode": "wechat"}, None) == "default"
+
+
+async def test_a_native_namespace_left_behind_by_a_concurrent_write_is_repaired_from_the_records(
+    center: tuple[Client, GatewayState],
+) -> None:
+    from tollgate.admin.config_center_routes import _reconcile
+
+    client, state = center
+    ns = await call(client, "POST", "/api/v1/namespaces", WECHAT, 201)
+    await call(client, "POST", f"/api/v1/namespaces/{ns['id']}/matchers", CHANNEL, 201)
+    # What another process's write, derived before it saw this matcher, leaves: the namespace without it.
+    await state.registry.write({"ns:wechat": {"priority": 0, "match": "any", "matchers": []}})
+    assert (await call(client, "GET", "/admin/namespaces/wechat"))["matchers"] == []
+    await _reconcile(state, ns["id"])
+    assert (await call(client, "GET", "/admin/namespaces/wechat"))["matchers"] == [
+        {"type": "header", "field": "channelcode", "op": "equals", "value": "wechat"}
+    ]
+
+
+async def test_a_rule_never_takes_over_a_native_rule_of_the_name_it_would_have(
+    center: tuple[Client, GatewayState],
+) -> None:
+    client, _state = center
+    ns = await call(client, "POST", "/api/v1/namespaces", WECHAT, 201)
+    squatter = {"name": "cc.1", "type": "connection_limit", "limit": 9, "attach": {"global": True}}
+    await call(client, "POST", "/admin/rules", squatter, 201)
+    body = {"rule_type": "connection_limit", "rule_config": {"max_connections": 1}}
+    rule = await call(client, "POST", f"/api/v1/namespaces/{ns['id']}/rules", body, 201)
+    assert rule["id"] == 2 and rule["native_rules"] == ["cc.2"], "the id whose native name is taken is passed over"
+    assert (await call(client, "GET", "/admin/rules/cc.1"))["limit"] == 9

@@ -13,6 +13,7 @@ database routes' own handlers at a second path.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -66,6 +67,8 @@ from tollgate.registry.stores import RegistryConflict
 from tollgate.runtime.state import STATE, GatewayState
 
 __all__ = ["CONFIG_CENTER_ROUTES"]
+
+log = logging.getLogger("tollgate.admin")
 
 _ATTEMPTS = 5  # id allocations that lose a race to another process are retried this often
 _PROBE_TIMEOUT = 1.0
@@ -295,6 +298,31 @@ async def _write(state: GatewayState, build: Build) -> Any:
     raise AssertionError("unreachable")
 
 
+async def _reconcile(state: GatewayState, ns_id: int) -> None:
+    """Make the native namespace what its config-center records say, after they were written.
+
+    Two processes changing matchers of one namespace at once each derive the native namespace from what they saw:
+    the later write may leave out the other's matcher. Each writer looks again after its own write (and after every
+    write before it), so the last one finds and repairs what the other left out.
+    """
+
+    def build(view: _View) -> tuple[dict[str, Any], list[str], None]:
+        rec = view.records.live(NAMESPACE, ns_id)
+        if rec is None or rec.get("adopted") or rec.get("code") not in view.namespaces:
+            return {}, [], None
+        name = f"{native.NAMESPACE}:{rec['code']}"
+        wanted = _checked(view, {name: native_namespace(rec, view.records.matchers_of(ns_id))})
+        if view.state.registry.rule_records.get(name) == wanted[name]:
+            return {}, [], None
+        return wanted, [], None
+
+    for _attempt in range(3):
+        before = state.registry.rules_generation
+        await _write(state, build)
+        if state.registry.rules_generation == before:
+            return
+
+
 def _checked(view: _View, changes: Mapping[str, Any]) -> dict[str, Any]:
     """``changes`` with every native record as the config parser normalises it; BadRequest with its problems."""
     book = view.book
@@ -347,7 +375,10 @@ async def _adopt(state: GatewayState) -> None:
                 claim(RULE, name, {"adopted": name})
         return changes, list(changes), None
 
-    await _write(state, build)
+    try:
+        await _write(state, build)
+    except StoreError as exc:  # listed without the ids not yet claimed; the reads go on from what is known
+        log.warning("config center: cannot claim ids for objects declared elsewhere: %s", exc)
 
 
 def _int_param(request: web.Request, name: str) -> int:
@@ -475,6 +506,7 @@ async def update_namespace(request: web.Request) -> web.Response:
         return _checked(view, changes), [], None
 
     await _write(state, build)
+    await _reconcile(state, ident)
     view = _View(state)
     code, entry, rec = view.namespace(ident)
     return json_response(view.namespace_view(ident, code, entry, rec))
@@ -569,6 +601,7 @@ async def create_matcher(request: web.Request) -> web.Response:
         return _matcher_changes(view, ns_id, code, ident, rec), [object_name(MATCHER, ident)], ident
 
     ident = await _write(state, build)
+    await _reconcile(state, ns_id)
     return json_response(_View(state).matcher_view(ident), status=201)
 
 
@@ -611,15 +644,16 @@ async def update_matcher(request: web.Request) -> web.Response:
     ident = _int_param(request, "matcher_id")
     fields = await _body(request, MatcherBody)
 
-    def build(view: _View) -> tuple[dict[str, Any], list[str], None]:
+    def build(view: _View) -> tuple[dict[str, Any], list[str], int]:
         rec, ns_id, code = _own_matcher(view, ident)
         new = {**rec, **fields, "updated_at": _now(state)}
         problems = check_matcher(new)
         if problems:
             raise _invalid(problems)
-        return _matcher_changes(view, ns_id, code, ident, new), [], None
+        return _matcher_changes(view, ns_id, code, ident, new), [], ns_id
 
-    await _write(state, build)
+    ns_id = await _write(state, build)
+    await _reconcile(state, ns_id)
     return json_response(_View(state).matcher_view(ident))
 
 
@@ -634,11 +668,12 @@ async def delete_matcher(request: web.Request) -> web.Response:
     state = request.app[STATE]
     ident = _int_param(request, "matcher_id")
 
-    def build(view: _View) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    def build(view: _View) -> tuple[dict[str, Any], list[str], int]:
         _rec, ns_id, code = _own_matcher(view, ident)
-        return _matcher_changes(view, ns_id, code, ident, None), [], {"id": ident, "deleted": True}
+        return _matcher_changes(view, ns_id, code, ident, None), [], ns_id
 
-    return json_response(await _write(state, build))
+    await _reconcile(state, await _write(state, build))
+    return json_response({"id": ident, "deleted": True})
 
 
 # -- rules ---------------------------------------------------------------------------
@@ -678,6 +713,16 @@ def _rule_changes(
     return _checked(view, changes)
 
 
+def _no_native_clash(view: _View, ident: int, rec: Mapping[str, Any], code: str) -> None:
+    """Refuse to take over a native rule of the same name that this rule does not own (say, the file's cc.7)."""
+    for name in native_rules(ident, rec, code):
+        if name in view.rules and view.owned.get(name) != ident:
+            raise Conflict(
+                f"the native rule {name!r} this rule would be enforced as already exists {_where(view.rules[name].source)}",
+                code="rule_exists",
+            )
+
+
 @operation(
     "add a rule to a namespace",
     tag=_RULES,
@@ -701,6 +746,8 @@ async def create_rule(request: web.Request) -> web.Response:
     def build(view: _View) -> tuple[dict[str, Any], list[str], int]:
         code, _ns = view.own_namespace(ns_id)
         ident = view.records.next_id(RULE)
+        while any(name in view.rules for name in native_rules(ident, base, code)):  # e.g. the file declares cc.7
+            ident += 1
         rec = {**base, "rule_name": base["rule_name"] or f"rule {ident}"}
         changes = _rule_changes(view, ident, code, rec, None)
         creates = [n for n, doc in changes.items() if n.startswith(f"{native.RULE}:") and doc is not None]
@@ -753,6 +800,7 @@ async def update_rule(request: web.Request) -> web.Response:
         if new.get("rule_config") is None:
             raise _invalid([Problem("rule_config", "is required")])
         new["rule_config"] = check_rule_config(new["rule_type"], new["rule_config"])
+        _no_native_clash(view, ident, new, code)
         changes = _rule_changes(view, ident, code, new, rec)
         creates = [n for n, doc in changes.items() if n.startswith(f"{native.RULE}:") and n[5:] not in view.rules]
         return changes, [n for n in creates if changes[n] is not None], None
