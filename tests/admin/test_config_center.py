@@ -365,3 +365,66 @@ async def test_a_rule_never_takes_over_a_native_rule_of_the_name_it_would_have(
     rule = await call(client, "POST", f"/api/v1/namespaces/{ns['id']}/rules", body, 201)
     assert rule["id"] == 2 and rule["native_rules"] == ["cc.2"], "the id whose native name is taken is passed over"
     assert (await call(client, "GET", "/admin/rules/cc.1"))["limit"] == 9
+
+
+async def test_the_running_gateway_matches_as_the_designs_matchers_say(center: tuple[Client, GatewayState]) -> None:
+    client, state = center
+    wechat = await call(client, "POST", "/api/v1/namespaces", WECHAT, 201)
+    vip = await call(client, "POST", "/api/v1/namespaces", {"namespace_code": "vip"}, 201)
+    either = {**CHANNEL, "matcher_type": "header_and_body", "priority": 1}
+    await call(client, "POST", f"/api/v1/namespaces/{wechat['id']}/matchers", either, 201)
+    body_in = {
+        "matcher_type": "body",
+        "match_field": "body.metadata.tier",
+        "match_operator": "in",
+        "match_value": "gold, platinum",
+        "priority": 50,
+    }
+    await call(client, "POST", f"/api/v1/namespaces/{vip['id']}/matchers", body_in, 201)
+    table = state.runtime.namespaces
+    assert table.match({"channelcode": "wechat"}, None) == "wechat", "header_and_body: the header"
+    assert table.match({}, {"channelcode": "wechat"}) == "wechat", "header_and_body: or the body field"
+    assert table.match({}, {"metadata": {"tier": "platinum"}}) == "vip", "in takes a comma-separated string"
+    both = {"channelcode": "wechat", "metadata": {"tier": "gold"}}
+    assert table.match({}, both) == "vip", "the namespace of the higher-priority matcher wins"
+    await call(client, "PUT", f"/api/v1/namespaces/{vip['id']}", {"status": 0})
+    assert state.runtime.namespaces.match({}, both) == "wechat", "a disabled namespace matches nothing"
+    assert state.runtime.namespaces.match({}, {"channelcode": "alipay"}) == "default"
+
+
+async def test_what_this_api_creates_is_a_valid_config_file_entry_and_listed_back_from_the_file(
+    center: tuple[Client, GatewayState], tmp_path: Path, aiohttp_client: MakeClient
+) -> None:
+    client, state = center
+    ns = await call(client, "POST", "/api/v1/namespaces", WECHAT, 201)
+    await call(client, "POST", f"/api/v1/namespaces/{ns['id']}/matchers", CHANNEL, 201)
+    body = {"rule_type": "request_limit", "rule_config": RULES["request_limit"]}
+    await call(client, "POST", f"/api/v1/namespaces/{ns['id']}/rules", body, 201)
+    shown = ("name", "source", "in_force")
+    namespaces = {
+        n["name"]: {k: v for k, v in n.items() if k not in shown}
+        for n in (await call(client, "GET", "/admin/namespaces"))["data"]
+    }
+    rules = {
+        r["name"]: {k: v for k, v in r.items() if k not in shown}
+        for r in (await call(client, "GET", "/admin/rules"))["data"]
+    }
+    doc = identity_doc(
+        listeners={"public": {"host": "127.0.0.1", "port": 0}, "admin": {"enabled": True, "token": ADMIN_TOKEN}},
+        namespaces=namespaces,
+        rules=rules,
+    )
+    path = tmp_path / "exported.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    exported = GatewayState(load_config(path), config_path=str(path))
+    assert exported.config.rules == state.runtime.rules_config, "the same namespaces and rules, from the file"
+    async with public_lifecycle(exported):
+        other = await aiohttp_client(make_admin_app(exported, probes=Probes(healthz, readyz), reload=reload_here))
+        listed = (await call(other, "GET", "/api/v1/namespaces"))["data"]
+        wechat = next(n for n in listed if n["namespace_code"] == "wechat")
+        assert (wechat["source"], wechat["status"]) == ("config", 1)
+        rules_back = (await call(other, "GET", f"/api/v1/namespaces/{wechat['id']}/rules"))["data"]
+        assert sorted((r["rule_name"], r["rule_config"]) for r in rules_back) == [
+            (f"cc.{1}.hour", {"max_requests_per_hour": 100}),
+            (f"cc.{1}.minute", {"max_requests_per_minute": 3}),
+        ]

@@ -155,3 +155,13 @@ async def test_two_gateways_on_one_postgres_see_config_center_changes_within_a_s
             )
             assert [st for st, _ in made] == [201, 201]
             assert made[0][1]["id"] != made[1][1]["id"]
+            # sync and stats answer at the design's paths, from the database routes
+            status, synced = await admin(b, "POST", "/api/v1/sync", session=s)
+            assert status == 200 and synced["registry_records"] > 0, synced
+            status, stats = await admin(b, "GET", "/api/v1/stats", session=s)
+            assert status == 200 and stats["database"]["reachable"], stats
+            status, health = await admin(a, "GET", "/api/v1/health", session=s)
+            assert health == {
+                "status": "healthy",
+                "storage": {"redis": "embedded", "database": "healthy", "registry": "healthy"},
+            }
