@@ -428,3 +428,35 @@ async def test_what_this_api_creates_is_a_valid_config_file_entry_and_listed_bac
             (f"cc.{1}.hour", {"max_requests_per_hour": 100}),
             (f"cc.{1}.minute", {"max_requests_per_minute": 3}),
         ]
+
+
+async def test_on_redis_counters_are_adjusted_in_redis_and_health_names_redis_when_it_is_down(
+    tmp_path: Path, aiohttp_client: MakeClient, own_redis: Any
+) -> None:
+    doc = identity_doc(
+        listeners={"public": {"host": "127.0.0.1", "port": 0}, "admin": {"enabled": True, "token": ADMIN_TOKEN}},
+        store={"backend": "redis", "url": own_redis.url},
+    )
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    state = GatewayState(load_config(path), config_path=str(path))
+    async with public_lifecycle(state):
+        client = await aiohttp_client(make_admin_app(state, probes=Probes(healthz, readyz), reload=reload_here))
+        assert (await call(client, "GET", "/api/v1/health"))["storage"]["redis"] == "healthy"
+        ns = await call(client, "POST", "/api/v1/namespaces", WECHAT, 201)
+        body = {"rule_type": "token_limit", "rule_config": {"max_tokens_per_hour": 500}}
+        rule = await call(client, "POST", f"/api/v1/namespaces/{ns['id']}/rules", body, 201)
+        after = await call(client, "POST", f"/api/v1/counters/{rule['id']}/increment", {"amount": 120})
+        assert (after["store"], after["counters"][0]["used"], after["counters"][0]["remaining"]) == (
+            "default",
+            120,
+            380,
+        )
+        reset = await call(client, "POST", f"/api/v1/counters/{rule['id']}/reset")
+        assert reset["counters"][0]["used"] == 0
+        own_redis.stop()
+        try:
+            health = await call(client, "GET", "/api/v1/health")
+            assert health["status"] == "degraded" and health["storage"]["redis"] == "unhealthy"
+        finally:
+            own_redis.start()
