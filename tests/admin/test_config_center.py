@@ -340,7 +340,7 @@ def test_a_namespace_matching_any_matcher_claims_a_request_one_of_them_holds_for
 async def test_a_native_namespace_left_behind_by_a_concurrent_write_is_repaired_from_the_records(
     center: tuple[Client, GatewayState],
 ) -> None:
-    from tollgate.admin.config_center_routes import _reconcile
+    from tollgate.admin.config_center_view import reconcile
 
     client, state = center
     ns = await call(client, "POST", "/api/v1/namespaces", WECHAT, 201)
@@ -348,7 +348,7 @@ async def test_a_native_namespace_left_behind_by_a_concurrent_write_is_repaired_
     # What another process's write, derived before it saw this matcher, leaves: the namespace without it.
     await state.registry.write({"ns:wechat": {"priority": 0, "match": "any", "matchers": []}})
     assert (await call(client, "GET", "/admin/namespaces/wechat"))["matchers"] == []
-    await _reconcile(state, ns["id"])
+    await reconcile(state, ns["id"])
     assert (await call(client, "GET", "/admin/namespaces/wechat"))["matchers"] == [
         {"type": "header", "field": "channelcode", "op": "equals", "value": "wechat"}
     ]
