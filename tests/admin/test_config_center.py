@@ -460,3 +460,23 @@ async def test_on_redis_counters_are_adjusted_in_redis_and_health_names_redis_wh
             assert health["status"] == "degraded" and health["storage"]["redis"] == "unhealthy"
         finally:
             own_redis.start()
+
+
+async def test_a_rule_changed_through_the_native_api_reads_here_as_it_is_enforced(
+    center: tuple[Client, GatewayState],
+) -> None:
+    client, _state = center
+    ns = await call(client, "POST", "/api/v1/namespaces", WECHAT, 201)
+    body = {"rule_type": "request_limit", "rule_config": RULES["request_limit"], "priority": 1}
+    rule = await call(client, "POST", f"/api/v1/namespaces/{ns['id']}/rules", body, 201)
+    await call(client, "PATCH", f"/admin/rules/cc.{rule['id']}.minute", {"limit": 9, "enabled": False})
+    await call(client, "DELETE", f"/admin/rules/cc.{rule['id']}.hour")
+    seen = await call(client, "GET", f"/api/v1/rules/{rule['id']}")
+    assert (seen["rule_config"], seen["status"], seen["native_rules"]) == (
+        {"max_requests_per_minute": 9},
+        0,
+        [f"cc.{rule['id']}.minute"],
+    )
+    check = {"rule_type": "field_check", "rule_config": RULES["field_check"]}
+    made = await call(client, "POST", f"/api/v1/namespaces/{ns['id']}/rules", check, 201)
+    assert made["rule_config"] == RULES["field_check"], "the native form reads back as it was sent"

@@ -34,6 +34,7 @@ __all__ = [
     "Build",
     "CenterView",
     "adopt",
+    "as_enforced",
     "attached",
     "body_fields",
     "checked",
@@ -137,7 +138,9 @@ class CenterView:
                 "updated_at": None,
                 "source": entry.source,
             }
-        return {"id": ident, **fields_of(rec, ("namespace_name", "description", "status")), "namespace_code": code}
+        enforced = 0 if entry.doc.get("enabled") is False else 1  # as the native namespace is now
+        view = {"id": ident, **fields_of(rec, ("namespace_name", "description")), "namespace_code": code}
+        return {**view, "status": enforced}
 
     def matchers_view(self, ns_id: int) -> list[dict[str, Any]]:
         code, entry, rec = self.namespace(ns_id)
@@ -195,7 +198,8 @@ class CenterView:
                 "source": entry.source,
                 "native_rules": names,
             }
-        return {"id": ident, "namespace_id": ns_id, **fields_of(rec, _RULE_FIELDS), "native_rules": names}
+        view = {"id": ident, "namespace_id": ns_id, **fields_of(rec, _RULE_FIELDS), "native_rules": names}
+        return {**view, **as_enforced(rec, {name: self.rules[name].doc for name in names})}
 
     def rules_view(self, ns_id: int) -> list[dict[str, Any]]:
         code, _entry, _rec = self.namespace(ns_id)
@@ -230,6 +234,37 @@ def fields_of(rec: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     out = {n: rec.get(n) for n in names}
     out.update(created_at=rec.get("created_at"), updated_at=rec.get("updated_at"), source="api")
     return out
+
+
+_WINDOW_KEYS = {"request_limit": "max_requests_per_{}", "token_limit": "max_tokens_per_{}"}
+
+
+def as_enforced(rec: Mapping[str, Any], docs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A rule's status, priority and rule_config as its native rules say now (changed, say, through
+    ``PATCH /admin/rules/cc.7.minute``); the fields only this API has come from its record."""
+    kind = rec["rule_type"]
+    same = [doc for doc in docs.values() if doc.get("type") == kind]
+    if not same:
+        return {}
+    config = dict(rec["rule_config"])
+    window_key = _WINDOW_KEYS.get(kind)
+    if window_key is not None:
+        for per in ("minute", "hour", "day"):
+            config.pop(window_key.format(per), None)
+        config.update({window_key.format(doc["per"]): doc["limit"] for doc in same if "per" in doc})
+    elif kind == "connection_limit":
+        config["max_connections"] = same[0]["limit"]
+    elif kind == "field_check":
+        doc = same[0]
+        prefix = "body." if str(rec["rule_config"].get("field_path", "")).startswith("body.") else ""
+        config.update(field_path=prefix + doc["field"], operator=doc["op"], value=doc.get("value"))
+        if "message" in config or not str(doc.get("message", "")).startswith("request refused by rule "):
+            config["message"] = doc.get("message")
+    return {
+        "rule_config": config,
+        "status": 1 if any(doc.get("enabled", True) for doc in same) else 0,
+        "priority": max(int(doc.get("priority", 0)) for doc in same),
+    }
 
 
 def attached(entry: native.Entry) -> list[str]:
