@@ -480,3 +480,17 @@ async def test_a_rule_changed_through_the_native_api_reads_here_as_it_is_enforce
     check = {"rule_type": "field_check", "rule_config": RULES["field_check"]}
     made = await call(client, "POST", f"/api/v1/namespaces/{ns['id']}/rules", check, 201)
     assert made["rule_config"] == RULES["field_check"], "the native form reads back as it was sent"
+
+
+async def test_a_counter_of_a_file_rule_attached_to_a_namespace_is_read_and_adjusted_by_its_id(
+    center: tuple[Client, GatewayState],
+) -> None:
+    client, _state = center
+    batch = next(n for n in (await call(client, "GET", "/api/v1/namespaces"))["data"] if n["namespace_code"] == "batch")
+    (rule,) = (await call(client, "GET", f"/api/v1/namespaces/{batch['id']}/rules"))["data"]
+    refused = await call(client, "GET", f"/api/v1/counters/{rule['id']}", status=400)
+    assert refused["error"]["param"] == "counter_key" and "tenant" in refused["error"]["message"]
+    after = await call(client, "POST", f"/api/v1/counters/{rule['id']}:acme/increment", {"amount": 4})
+    assert (after["scope"], after["counters"][0]["used"]) == ({"tenant": "acme"}, 4)
+    native = await call(client, "GET", "/admin/rules/batch-rpm/counter?tenant=acme")
+    assert native["used"] == 4, "the native admin API reads the same counter"

@@ -157,6 +157,7 @@ async def increment_counter(request: web.Request) -> web.Response:
     body = parse(CounterIncrement, await read_json(request, empty={}), refused())
     if body.amount < 1:
         raise invalid([Problem("amount", "must be an integer >= 1")])
+    await adopt(state)
     counted = _Counted(request)
     if counted.rule_type == "connection_limit":
         raise BadRequest(
@@ -191,6 +192,7 @@ def _reset_marks(spec: LimitSpec, now_ms: int) -> list[int]:
 )
 async def reset_counter(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    await adopt(state)
     counted = _Counted(request)
     if counted.rule_type == "connection_limit":
         raise BadRequest(

@@ -9,7 +9,11 @@ One model, two shapes. A namespace, matcher or rule created through
   the gateway enforces like any other.
 
 Existence follows the native records: a config-center object whose native
-namespace or rules are gone (deleted through ``/admin/...``) is gone here too.
+namespace or rules are gone (deleted through ``/admin/...``) is gone here too,
+and a rule's or namespace's status, priority and limits read as their native
+forms enforce them. Matchers are the one part the native API cannot change
+back into this shape: a native edit of a config-center namespace's matchers
+holds until the next ``/api/v1`` write to that namespace derives them again.
 Namespaces and rules that only the config file or the native API declare are
 listed too, read-only, with an id claimed for them on first sight.
 
