@@ -100,6 +100,38 @@ def _check(document: dict[str, Any], method: str, template: str, status: int, me
         jsonschema.validate(body, schema, cls=jsonschema.Draft202012Validator)
 
 
+_NS, _M, _R = "/api/v1/namespaces/{namespace_id}", "/api/v1/matchers/{matcher_id}", "/api/v1/rules/{rule_id}"
+_COUNTER = "/api/v1/counters/{counter_key}"
+_CHANNEL = {"matcher_type": "header", "match_field": "channelcode", "match_operator": "equals", "match_value": "wechat"}
+_RPM = {"rule_type": "request_limit", "rule_config": {"max_requests_per_minute": 3}}
+_CONFIG_CENTER_CALLS: list[tuple[str, str, str, Any, int]] = [
+    ("POST", "/api/v1/namespaces", "/api/v1/namespaces", {"namespace_code": "wechat"}, 201),
+    ("POST", "/api/v1/namespaces", "/api/v1/namespaces", {"namespace_code": "wechat"}, 409),
+    ("GET", "/api/v1/namespaces", "/api/v1/namespaces", None, 200),
+    ("GET", _NS, "/api/v1/namespaces/1", None, 200),
+    ("GET", _NS, "/api/v1/namespaces/99", None, 404),
+    ("PUT", _NS, "/api/v1/namespaces/1", {"description": "the wechat channel"}, 200),
+    ("POST", f"{_NS}/matchers", "/api/v1/namespaces/1/matchers", _CHANNEL, 201),
+    ("POST", f"{_NS}/matchers", "/api/v1/namespaces/1/matchers", {**_CHANNEL, "match_operator": "like"}, 400),
+    ("GET", f"{_NS}/matchers", "/api/v1/namespaces/1/matchers", None, 200),
+    ("GET", _M, "/api/v1/matchers/1", None, 200),
+    ("PUT", _M, "/api/v1/matchers/1", {"priority": 5}, 200),
+    ("POST", f"{_NS}/rules", "/api/v1/namespaces/1/rules", _RPM, 201),
+    ("GET", f"{_NS}/rules", "/api/v1/namespaces/1/rules", None, 200),
+    ("GET", _R, "/api/v1/rules/1", None, 200),
+    ("PUT", _R, "/api/v1/rules/1", {"status": 0}, 200),
+    ("GET", _COUNTER, "/api/v1/counters/1", None, 200),
+    ("POST", f"{_COUNTER}/increment", "/api/v1/counters/1:wechat/increment", {"amount": 2}, 200),
+    ("POST", f"{_COUNTER}/reset", "/api/v1/counters/1:wechat/reset", None, 200),
+    ("DELETE", _M, "/api/v1/matchers/1", None, 200),
+    ("DELETE", _R, "/api/v1/rules/1", None, 200),
+    ("DELETE", _NS, "/api/v1/namespaces/1", None, 200),
+    ("GET", "/api/v1/health", "/api/v1/health", None, 200),
+    ("GET", "/api/v1/stats", "/api/v1/stats", None, 200),
+    ("POST", "/api/v1/sync", "/api/v1/sync", None, 409),  # no database here
+]
+
+
 async def test_every_route_answers_as_its_documented_schema_says(admin: tuple[Client, web.Application, Path]) -> None:
     client, app, path = admin
     document = await _document(client)
@@ -141,6 +173,7 @@ async def test_every_route_answers_as_its_documented_schema_says(admin: tuple[Cl
         ("GET", "/admin/rules/{name}/counter", "/admin/rules/acme-5rpm/counter?tenant=acme", None, 200),
         ("DELETE", "/admin/rules/{name}", "/admin/rules/acme-6rpm", None, 200),
         ("DELETE", "/admin/namespaces/{name}", "/admin/namespaces/batch", None, 200),
+        *_CONFIG_CENTER_CALLS,
         ("GET", "/admin/dead-letters", "/admin/dead-letters?limit=5", None, 200),
         ("GET", "/admin/resilience", "/admin/resilience", None, 200),
         ("GET", "/metrics", "/metrics", None, 200),

@@ -62,6 +62,27 @@ EXPECTED: dict[tuple[str, str], tuple[str, str | None]] = {
     ("POST", "/admin/reload"): ("operator", None),
     ("GET", "/admin/scaling"): ("viewer", None),
     ("GET", "/admin/scaling/{pool}/history"): ("viewer", None),
+    ("GET", "/api/v1/namespaces"): ("viewer", None),
+    ("POST", "/api/v1/namespaces"): ("operator", None),
+    ("GET", "/api/v1/namespaces/{namespace_id}"): ("viewer", None),
+    ("PUT", "/api/v1/namespaces/{namespace_id}"): ("operator", None),
+    ("DELETE", "/api/v1/namespaces/{namespace_id}"): ("operator", None),
+    ("GET", "/api/v1/namespaces/{namespace_id}/matchers"): ("viewer", None),
+    ("POST", "/api/v1/namespaces/{namespace_id}/matchers"): ("operator", None),
+    ("GET", "/api/v1/matchers/{matcher_id}"): ("viewer", None),
+    ("PUT", "/api/v1/matchers/{matcher_id}"): ("operator", None),
+    ("DELETE", "/api/v1/matchers/{matcher_id}"): ("operator", None),
+    ("GET", "/api/v1/namespaces/{namespace_id}/rules"): ("viewer", None),
+    ("POST", "/api/v1/namespaces/{namespace_id}/rules"): ("operator", None),
+    ("GET", "/api/v1/rules/{rule_id}"): ("viewer", None),
+    ("PUT", "/api/v1/rules/{rule_id}"): ("operator", None),
+    ("DELETE", "/api/v1/rules/{rule_id}"): ("operator", None),
+    ("GET", "/api/v1/counters/{counter_key}"): ("viewer", None),
+    ("POST", "/api/v1/counters/{counter_key}/increment"): ("operator", None),
+    ("POST", "/api/v1/counters/{counter_key}/reset"): ("operator", None),
+    ("GET", "/api/v1/health"): ("viewer", None),
+    ("GET", "/api/v1/stats"): ("viewer", None),
+    ("POST", "/api/v1/sync"): ("operator", None),
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 GUARDED = [(m, p) for m, p, _h in ROUTES if p not in OPEN_PATHS]
@@ -79,6 +100,8 @@ def _call(method: str, path: str) -> tuple[str, dict[str, Any]]:
     role check, so that an allowed write changes nothing; routes without a body change only acme, harmlessly."""
     url = path.replace("{tenant}", "acme").replace("{key}", "acme-main").replace("{name}", "no-such-entry")
     url = url.replace("{pool}", "no-such-pool")
+    for ident in ("{namespace_id}", "{matcher_id}", "{rule_id}", "{counter_key}"):
+        url = url.replace(ident, "999")
     if path in ("/admin/audit", "/admin/spend"):
         url += "?tenant=acme"
     if (method, path) == ("DELETE", "/admin/tenants/{tenant}"):

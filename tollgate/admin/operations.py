@@ -138,6 +138,16 @@ PATH_PARAMS: Mapping[str, Param] = {
     "key": Param("key", "path", _pattern(KEY_ID.pattern), "the API key's id (never the key itself)", required=True),
     "name": Param("name", "path", _pattern(NAME), "the namespace's or rule's name", required=True),
     "pool": Param("pool", "path", _pattern(POOL_NAME), "the scaling pool's name", required=True),
+    "namespace_id": Param("namespace_id", "path", _pattern("[0-9]+"), "the namespace's id (/api/v1)", required=True),
+    "matcher_id": Param("matcher_id", "path", _pattern("[0-9]+"), "the matcher's id (/api/v1)", required=True),
+    "rule_id": Param("rule_id", "path", _pattern("[0-9]+"), "the rule's id (/api/v1)", required=True),
+    "counter_key": Param(
+        "counter_key",
+        "path",
+        _pattern("[0-9]+(:.+)?"),
+        "<rule id>, or <rule id>:<scope value> (the namespace's code for a namespace's rule)",
+        required=True,
+    ),
 }
 """Every path parameter of the admin routes, by name."""
 
@@ -145,7 +155,7 @@ ERRORS: Mapping[int, str] = {
     400: "invalid input: the message names every problem, with its field path",
     401: "no admin credential configured, or a missing, wrong or expired admin token",
     403: "the caller's role may not use this route (a tenant_admin: not for this tenant)",
-    404: "no such tenant, key, namespace, rule or scaling pool",
+    404: "no such tenant, key, namespace, matcher, rule or scaling pool",
     409: "a create named a tenant, key, namespace or rule that already exists",
     503: "the store or the registry did not answer",
 }

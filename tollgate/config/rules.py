@@ -91,6 +91,8 @@ class NamespaceSpec:
     name: str
     priority: int
     matchers: tuple[MatcherSpec, ...]
+    enabled: bool = True
+    match: str = "all"  # all: every matcher holds; any: one of them does
 
 
 @section
@@ -158,15 +160,19 @@ def _regex_problems(value: Any) -> Found:
 
 
 class NamespaceDoc(Doc):
-    """A channel: the first namespace, highest priority first, whose matchers all hold claims the request."""
+    """A channel: the first namespace, highest priority first, whose matchers hold claims the request."""
 
     priority: Int = 0
     matchers: tuple[MatcherSpec, ...] = ()
+    match: Literal["all", "any"] = "all"
+    """all: the request meets every matcher (default); any: it meets one of them (none listed: it matches nothing)."""
+    enabled: Bool = True
+    """false: the namespace matches nothing (its requests fall to the next namespace, or "default")."""
 
     @check
     def has_matchers(self) -> Found:
-        if not self.matchers:
-            yield "matchers", "at least one matcher is required"
+        if not self.matchers and self.match == "all" and self.enabled:
+            yield "matchers", "at least one matcher is required (or match: any, which then matches nothing)"
 
 
 # The keys each rule type reads besides type, attach, priority, enabled and shadow.
@@ -367,7 +373,10 @@ class RulesSections(Doc):
 
 
 def build_rules(doc: RulesSections) -> RulesConfig:
-    namespaces = [NamespaceSpec(name=n, priority=ns.priority, matchers=ns.matchers) for n, ns in doc.namespaces.items()]
+    namespaces = [
+        NamespaceSpec(name=n, priority=ns.priority, matchers=ns.matchers, enabled=ns.enabled, match=ns.match)
+        for n, ns in doc.namespaces.items()
+    ]
     rules = [build_rule(name, rule) for name, rule in doc.rules.items()]
     # Stable order: priority (higher first), then the order written in the file.
     namespaces.sort(key=lambda ns: -ns.priority)

@@ -121,15 +121,25 @@ def compile_matcher(spec: MatcherSpec) -> Predicate:
 
 
 class NamespaceTable:
-    """Namespaces in priority order; the first whose matchers all hold wins, else ``default``."""
+    """Enabled namespaces in priority order; the first whose matchers hold (all of them, or one for ``match: any``)
+    wins, else ``default``."""
 
     __slots__ = ("_entries",)
 
     def __init__(self, namespaces: tuple[NamespaceSpec, ...]) -> None:
-        self._entries = tuple((ns.name, tuple(compile_matcher(m) for m in ns.matchers)) for ns in namespaces)
+        self._entries = tuple(
+            (ns.name, ns.match == "any", tuple(compile_matcher(m) for m in ns.matchers))
+            for ns in namespaces
+            if ns.enabled
+        )
 
     def match(self, headers: Headers, body: dict[str, Any] | None) -> str:
-        for name, predicates in self._entries:
+        for name, any_of, predicates in self._entries:
+            if any_of:
+                for predicate in predicates:
+                    if predicate(headers, body):
+                        return name
+                continue
             for predicate in predicates:
                 if not predicate(headers, body):
                     break

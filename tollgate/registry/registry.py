@@ -69,6 +69,8 @@ class Registry:
         self.store = open_store(config.registry, base_dir, database)
         # Set by another process's write (PostgreSQL notifications): the watcher polls at once.
         self._wake = asyncio.Event()
+        # One poll or write at a time: a poll that read the store before a write here must not be taken in after it.
+        self._turn = asyncio.Lock()
         self._unlisten: Callable[[], Any] | None = None
         # Tenant and key records (for the directory), and namespace and rule records, apart.
         self.records: dict[str, Any] = {}
@@ -161,8 +163,9 @@ class Registry:
 
     async def write(self, changes: Mapping[str, Any], *, create_only: Iterable[str] = ()) -> None:
         """Persist ``changes`` and put them in force here at once; other processes follow within a poll interval."""
-        await self.store.write(changes, create_only=create_only)
-        self._merge(*_split(changes))
+        async with self._turn:
+            await self.store.write(changes, create_only=create_only)
+            self._merge(*_split(changes))
 
     async def resync(self) -> int:
         """Load every record from the store again (a full load, not a change poll) and put it in force.
@@ -170,17 +173,19 @@ class Registry:
         Answers how many records are in force after it; raises StoreError when the store cannot be read
         (what was in force stays).
         """
-        self._take(await self.store.load())
+        async with self._turn:
+            self._take(await self.store.load())
         self.synced_at = self._clock.time()
         return len(self.records) + len(self.rule_records)
 
     async def poll(self) -> bool:
         """Take in changes made elsewhere; True when there were any."""
-        changes = await self.store.changes_since(self.version)
-        if changes is None:
-            return False
-        self._take(changes)
-        return True
+        async with self._turn:
+            changes = await self.store.changes_since(self.version)
+            if changes is None:
+                return False
+            self._take(changes)
+            return True
 
     async def watch(self) -> None:
         interval = self.settings.poll_interval

@@ -37,10 +37,13 @@ NAMESPACE = "ns"
 RULE = "rule"
 # Record kind -> the config section it stands for.
 _SECTIONS = {NAMESPACE: "namespaces", RULE: "rules"}
+# The config-center API's records (ids and its own fields, see .config_center): followed with the rules.
+CONFIG_CENTER = "cc"
 
 
 def is_rules_record(name: str) -> bool:
-    return name.partition(":")[0] in _SECTIONS
+    kind = name.partition(":")[0]
+    return kind in _SECTIONS or kind == CONFIG_CENTER
 
 
 def record_name(kind: str, name: str) -> str:
@@ -60,7 +63,12 @@ def matcher_doc(m: MatcherSpec) -> dict[str, Any]:
 
 
 def namespace_doc(ns: NamespaceSpec) -> dict[str, Any]:
-    return {"priority": ns.priority, "matchers": [matcher_doc(m) for m in ns.matchers]}
+    doc: dict[str, Any] = {"priority": ns.priority, "matchers": [matcher_doc(m) for m in ns.matchers]}
+    if ns.match != "all":
+        doc["match"] = ns.match
+    if not ns.enabled:
+        doc["enabled"] = False
+    return doc
 
 
 def _attach_doc(a: Attach) -> dict[str, Any]:
