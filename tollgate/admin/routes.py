@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from aiohttp import web
 
+from tollgate.admin.cache_routes import CACHE_ROUTES
 from tollgate.admin.database_routes import DATABASE_ROUTES
 from tollgate.admin.openapi import openapi_document, served_routes
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation
@@ -96,6 +97,7 @@ ROUTES: tuple[tuple[str, str, AdminHandler], ...] = (
     *DATABASE_ROUTES,
     *SCALING_ROUTES,
     *PRINCIPAL_ROUTES,
+    *CACHE_ROUTES,
     ("POST", "/admin/reload", reload),
 )
 """Every admin route, in the order the application registers them."""

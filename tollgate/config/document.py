@@ -10,6 +10,7 @@ from pydantic import Field, Strict
 
 from tollgate.config.accounting import AccountingSections, build_accounting, priced_model_problems
 from tollgate.config.admin import AdminDoc, build_admin
+from tollgate.config.cache import ResponseCacheConfig
 from tollgate.config.catalog import MODEL_NAME, ModelDoc, build_model, provider_field_problems
 from tollgate.config.chain import IdentityDoc, RegistryDoc, build_identity, build_registry
 from tollgate.config.database import DatabaseConfig
@@ -99,6 +100,8 @@ class ConfigDoc(RulesSections, AccountingSections):
     """The database of record (SQLite or PostgreSQL); with a url and no registry: store, the registry lives there."""
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     """Deployment pools sized by the traffic the gateway sees (the autoscaling advisor)."""
+    cache: ResponseCacheConfig = ResponseCacheConfig()
+    """The exact-match response cache (off by default)."""
 
     @check
     def has_upstreams_and_models(self) -> Found:
@@ -242,6 +245,7 @@ def build_config(doc: ConfigDoc, *, source: str = "<memory>") -> Config:
         scaling=doc.scaling,
         resilience=doc.resilience,
         accounting=build_accounting(doc),
+        cache=doc.cache,
         server=doc.server,
         source=source,
     )

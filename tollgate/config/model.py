@@ -18,6 +18,7 @@ from pydantic import Field, Strict
 
 from tollgate.config.accounting import AccountingConfig
 from tollgate.config.admin import AdminAccess
+from tollgate.config.cache import ResponseCacheConfig
 from tollgate.config.database import DatabaseConfig
 from tollgate.config.identity import DEFAULT_PLANS, ApiKey, IdentityConfig, Plan, RegistryConfig, Tenant
 from tollgate.config.resilience import DeploymentLimits, ModelRouting, Resilience
@@ -210,6 +211,7 @@ class Config:
     resilience: Resilience = field(default_factory=Resilience)
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     server: Server = Server()
+    cache: ResponseCacheConfig = field(default_factory=ResponseCacheConfig)
     source: str = "<memory>"
     # Who may use the admin API (listeners.admin.token is the principal "admin" here).
     admin: AdminAccess = field(default_factory=AdminAccess)
