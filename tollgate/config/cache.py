@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, Strict
 
 from tollgate.config.validation import Found, check, section
-from tollgate.config.values import Bool, Duration, DurationOrZero, FrozenMap, Size, frozen_map
+from tollgate.config.values import Bool, Duration, DurationOrZero, FrozenMap, Size
 
 __all__ = ["ResponseCacheConfig"]
 
@@ -30,9 +30,9 @@ class ResponseCacheConfig:
     """A larger answer is not stored (a stream past it stops being recorded)."""
     ttl: Duration = 300.0
     """How long an answer is served from the cache, unless its model or namespace says otherwise."""
-    model_ttl: FrozenMap[DurationOrZero] = field(default_factory=frozen_map)
+    model_ttl: FrozenMap[DurationOrZero] = field(default_factory=dict)
     """Public model name -> TTL (wins over namespace_ttl); 0 keeps that model's answers out of the cache."""
-    namespace_ttl: FrozenMap[DurationOrZero] = field(default_factory=frozen_map)
+    namespace_ttl: FrozenMap[DurationOrZero] = field(default_factory=dict)
     """Namespace -> TTL; 0 keeps that namespace's answers out of the cache."""
     shared_across_tenants: Bool = False
     """True: one tenant's cached answer may answer another tenant's identical request. Off: keyed per tenant."""
