@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -18,12 +19,17 @@ import pytest
 from aiohttp import web
 
 from tollgate.accounting.aggregates import cache_savings, month_of
+from tollgate.accounting.pricing import Pricing
+from tollgate.accounting.records import fields_of
+from tollgate.accounting.spend_log import spend_row
 from tollgate.clock import ManualClock
 from tollgate.config import config_from_dict
+from tollgate.config.accounting import Price, PricingConfig
+from tollgate.database.spend import SPEND_COLUMNS
 from tollgate.errors import ConfigError
 from tollgate.mock.upstream import MockSettings, start_mock
 from tollgate.pipeline.cache import cache_key
-from tollgate.policy.response_cache import CACHE_HEADER
+from tollgate.policy.response_cache import CACHE_HEADER, CacheHit
 
 from ..resilience.helpers import gateway
 
@@ -306,6 +312,41 @@ async def test_the_in_process_level_stays_within_max_bytes(mock: Mock) -> None:
                 await post("/v1/chat/completions", {**CHAT, "seed": i})
         cache = state.response_cache.local
         assert 0 < len(cache) < 12 and cache.size <= 4096
+
+
+def test_the_spend_row_of_a_hit_says_cache_hit_with_no_tokens_and_the_cache_charge() -> None:
+    pricing = Pricing(PricingConfig(models={"gpt-4o-mini": Price(input_per_1k=1.0, output_per_1k=2.0)}))
+    rec = (
+        "req_1",
+        SimpleNamespace(kind="chat"),
+        "gpt-4o-mini",
+        "gpt-4o-mini",
+        None,
+        200,
+        None,
+        False,
+        False,
+        "127.0.0.1",
+        100.0,
+        None,
+        100.001,
+        None,
+        40,
+        SimpleNamespace(tenant="acme", key_id="acme-1", plan="enterprise"),
+        None,
+        "default",
+        None,
+        0,
+        100.002,
+        1_700_000_000.0,
+        None,
+        CacheHit(100, 20, 777),
+    )
+    row = dict(zip(SPEND_COLUMNS, spend_row(fields_of(rec, pricing), "USD"), strict=True))
+    assert row["cache_hit"] == 1
+    assert (row["prompt_tokens"], row["completion_tokens"], row["cost_nanos"]) == (0, 0, 777)
+    assert row["upstream"] is None
+    assert fields_of(rec[:23], pricing)[32:] == (False, 0, 0)  # a record without a hit, as before
 
 
 def test_config_problems_name_the_field() -> None:
