@@ -113,6 +113,10 @@ rules:
 """
 )
 GATEWAY_FULL_POLICY_REDIS = GATEWAY_FULL_POLICY + 'store: {backend: redis, url: "$redis_url"}\n'
+# The response cache on (issue 20), full policy, for a deterministic request (temperature 0): every request after the
+# first a hit; and the miss path (looked up, served, its answer made an entry) with a bound too small to keep it.
+GATEWAY_FULL_CACHE_HIT = GATEWAY_FULL_POLICY + "cache: {enabled: true}\n"
+GATEWAY_FULL_CACHE_MISS = GATEWAY_FULL_POLICY + "cache: {enabled: true, max_bytes: 512, max_entry_bytes: 512}\n"
 
 
 def tenants_yaml(count: int) -> str:
@@ -206,6 +210,28 @@ TARGETS: tuple[Target, ...] = (
         default=False,
         tenants=100_000,
     ),
+    Target(
+        "full-cache-miss",
+        "-> gateway, full policy, response cache on, every request a miss (temperature 0)",
+        "json",
+        GATEWAY_COMMAND,
+        GATEWAY_FULL_CACHE_MISS,
+        baseline="full-embedded",
+        body="chat-t0",
+        default=False,
+        tenants=10,
+    ),
+    Target(
+        "full-cache-hit",
+        "-> gateway, full policy, response cache on, every request a hit (temperature 0)",
+        "json",
+        GATEWAY_COMMAND,
+        GATEWAY_FULL_CACHE_HIT,
+        baseline="full-embedded",
+        body="chat-t0",
+        default=False,
+        tenants=10,
+    ),
 )
 RATIO_GOALS = {"gateway": 0.90, "full-embedded": 0.80, "full-redis": 0.80}
 
@@ -215,6 +241,7 @@ _MESSAGES = [
 ]
 BODIES = {
     "chat": {"model": "gpt-4o-mini", "messages": _MESSAGES, "max_tokens": 16},
+    "chat-t0": {"model": "gpt-4o-mini", "messages": _MESSAGES, "max_tokens": 16, "temperature": 0},
     "stream": {
         "model": "gpt-4o-mini",
         "messages": _MESSAGES,

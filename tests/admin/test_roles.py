@@ -62,6 +62,8 @@ EXPECTED: dict[tuple[str, str], tuple[str, str | None]] = {
     ("POST", "/admin/reload"): ("operator", None),
     ("GET", "/admin/scaling"): ("viewer", None),
     ("GET", "/admin/scaling/{pool}/history"): ("viewer", None),
+    ("GET", "/admin/cache"): ("viewer", None),
+    ("DELETE", "/admin/cache"): ("operator", "query"),
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 GUARDED = [(m, p) for m, p, _h in ROUTES if p not in OPEN_PATHS]
@@ -79,7 +81,7 @@ def _call(method: str, path: str) -> tuple[str, dict[str, Any]]:
     role check, so that an allowed write changes nothing; routes without a body change only acme, harmlessly."""
     url = path.replace("{tenant}", "acme").replace("{key}", "acme-main").replace("{name}", "no-such-entry")
     url = url.replace("{pool}", "no-such-pool")
-    if path in ("/admin/audit", "/admin/spend"):
+    if path in ("/admin/audit", "/admin/spend") or (method, path) == ("DELETE", "/admin/cache"):
         url += "?tenant=acme"
     if (method, path) == ("DELETE", "/admin/tenants/{tenant}"):
         url += "?dry_run=true"

@@ -140,8 +140,7 @@ async def serve_cached(ctx: RequestContext, deps: CacheDeps) -> Answer:
         ctx.cache_tape = Tape(deps.config.max_entry_bytes)
     answer = await serve(ctx, deps.route)
     stored = _complete(ctx, answer, deps.config.max_entry_bytes)
-    if stored is not None:
-        cache.put(key, scope, model, stored, ttl)
+    if stored is not None and cache.put(key, scope, model, stored, ttl):
         deps.metrics.cache_result("stored")
     if isinstance(answer, Response) and CACHE_HEADER not in answer.headers:
         answer.headers = {**answer.headers, CACHE_HEADER: "miss"}

@@ -174,16 +174,18 @@ class LocalLevel:
         self._slots.move_to_end(key)
         return slot.answer
 
-    def put(self, key: str, answer: CachedAnswer, expires: float, scope: str, model: str) -> None:
+    def put(self, key: str, answer: CachedAnswer, expires: float, scope: str, model: str) -> bool:
+        """Keep ``answer`` until ``expires``; False when it alone would not fit."""
         size = len(key) + len(answer.body) + _OVERHEAD
         if size > self.max_bytes:
-            return
+            return False
         if key in self._slots:
             self._drop(key)
         self._slots[key] = _Slot(answer, expires, size, scope, model)
         self.size += size
         while self.size > self.max_bytes:
             self._drop(next(iter(self._slots)))
+        return True
 
     def drop_matching(self, scope: str | None, model: str | None) -> int:
         """Drop the entries of ``scope`` (a tenant, or the shared scope), of ``model``, or (both None) every one."""
@@ -300,14 +302,17 @@ class ResponseCache:
         self.local.put(key, answer, self.clock.monotonic() + left, scope, model)
         return answer
 
-    def put(self, key: str, scope: str, model: str, answer: CachedAnswer, ttl: float) -> None:
-        """Store ``answer`` for ``ttl`` seconds here, and in Redis in the background (never waited for)."""
-        self.local.put(key, answer, self.clock.monotonic() + ttl, scope, model)
+    def put(self, key: str, scope: str, model: str, answer: CachedAnswer, ttl: float) -> bool:
+        """Store ``answer`` for ``ttl`` seconds here, and in Redis in the background (never waited for); False when
+        it does not fit in this process's level (then it is stored nowhere)."""
+        if not self.local.put(key, answer, self.clock.monotonic() + ttl, scope, model):
+            return False
         if self.redis is not None:
             expires_ms = int((self.clock.time() + ttl) * 1000)
             task = asyncio.get_running_loop().create_task(self._write(key, answer.encode(expires_ms), int(ttl * 1000)))
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
+        return True
 
     async def _write(self, key: str, value: bytes, ttl_ms: int) -> None:
         try:
