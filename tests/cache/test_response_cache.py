@@ -20,7 +20,8 @@ from aiohttp import web
 
 from tollgate.accounting.aggregates import cache_savings, month_of
 from tollgate.accounting.pricing import Pricing
-from tollgate.accounting.records import fields_of
+from tollgate.accounting.access_log import line_of
+from tollgate.accounting.records import Entry, fields_of
 from tollgate.accounting.spend_log import spend_row
 from tollgate.clock import ManualClock
 from tollgate.config import config_from_dict
@@ -314,7 +315,7 @@ async def test_the_in_process_level_stays_within_max_bytes(mock: Mock) -> None:
         assert 0 < len(cache) < 12 and cache.size <= 4096
 
 
-def test_the_spend_row_of_a_hit_says_cache_hit_with_no_tokens_and_the_cache_charge() -> None:
+def test_the_entry_access_log_line_and_spend_row_of_a_hit_say_cache_hit_with_no_tokens_and_the_cache_charge() -> None:
     pricing = Pricing(PricingConfig(models={"gpt-4o-mini": Price(input_per_1k=1.0, output_per_1k=2.0)}))
     rec = (
         "req_1",
@@ -342,6 +343,10 @@ def test_the_spend_row_of_a_hit_says_cache_hit_with_no_tokens_and_the_cache_char
         None,
         CacheHit(100, 20, 777),
     )
+    entry = Entry(*fields_of(rec, pricing))
+    assert (entry.upstream_s, entry.saved_tokens, entry.saved_cost_nanos) == (0.0, 120, 140_000_000)  # 0.1 + 0.04 in nanos
+    line = orjson.loads(line_of(entry, "USD"))
+    assert (line["cache"], line["saved_tokens"], line["upstream"]) == ("hit", 120, None)
     row = dict(zip(SPEND_COLUMNS, spend_row(fields_of(rec, pricing), "USD"), strict=True))
     assert row["cache_hit"] == 1
     assert (row["prompt_tokens"], row["completion_tokens"], row["cost_nanos"]) == (0, 0, 777)

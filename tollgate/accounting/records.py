@@ -135,7 +135,9 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
     total = end - started
     if total < 0.0:
         total = 0.0
-    if upstream_started is not None and finished_at is not None:
+    if hit is not None:  # answered by the gateway itself: no upstream time
+        upstream_s = 0.0
+    elif upstream_started is not None and finished_at is not None:
         upstream_s = max(0.0, finished_at - upstream_started)
     elif finished_at is not None:
         # Without the time the upstream call started, everything before the answer ended counts as upstream:
