@@ -18,9 +18,9 @@ import orjson
 import pytest
 from aiohttp import web
 
+from tollgate.accounting.access_log import line_of
 from tollgate.accounting.aggregates import cache_savings, month_of
 from tollgate.accounting.pricing import Pricing
-from tollgate.accounting.access_log import line_of
 from tollgate.accounting.records import Entry, fields_of
 from tollgate.accounting.spend_log import spend_row
 from tollgate.clock import ManualClock
