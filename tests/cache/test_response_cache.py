@@ -344,7 +344,8 @@ def test_the_entry_access_log_line_and_spend_row_of_a_hit_say_cache_hit_with_no_
         CacheHit(100, 20, 777),
     )
     entry = Entry(*fields_of(rec, pricing))
-    assert (entry.upstream_s, entry.saved_tokens, entry.saved_cost_nanos) == (0.0, 120, 140_000_000)  # 0.1 + 0.04 in nanos
+    saved_cost = 140_000_000  # 100 * 1.0 / 1000 + 20 * 2.0 / 1000 = 0.14, in nanos
+    assert (entry.upstream_s, entry.saved_tokens, entry.saved_cost_nanos) == (0.0, 120, saved_cost)
     line = orjson.loads(line_of(entry, "USD"))
     assert (line["cache"], line["saved_tokens"], line["upstream"]) == ("hit", 120, None)
     row = dict(zip(SPEND_COLUMNS, spend_row(fields_of(rec, pricing), "USD"), strict=True))
