@@ -377,10 +377,17 @@ class ResponseCache:
         self.config = config
         self.local.max_bytes = config.max_bytes
 
-    def start(self) -> None:
-        """Read the generations in the background from now on (with a Redis; once is enough)."""
-        if self.redis is not None and not self._poller.running:
-            self._poller.start()
+    async def start(self) -> None:
+        """Read the fleet's generations now (before this process answers from the cache), then in the background
+        every ``generation_poll`` (with a Redis; once started, another call does nothing)."""
+        if self.redis is None or self._poller.running:
+            return
+        try:
+            async with asyncio.timeout(max(self.config.remote_timeout, 1.0)):
+                await self.refresh()
+        except Exception as exc:  # Redis not there yet: the poller keeps trying
+            log.warning("response cache: cannot read the invalidation generations from Redis yet (%s)", exc)
+        self._poller.start()
 
     async def close(self) -> None:
         await self._poller.stop()

@@ -185,7 +185,7 @@ class GatewayState:
         self.settler.start()
         self.scaler.start()
         if self.config.cache.enabled:
-            self.response_cache.start()
+            await self.response_cache.start()
 
     async def close(self) -> None:
         await self.scaler.close()
@@ -250,7 +250,7 @@ class GatewayState:
             self._configure_resilience(config)
             self.response_cache.configure(config.cache)
             if config.cache.enabled:
-                self.response_cache.start()
+                await self.response_cache.start()
             self.scaler.start()  # pools added by this version start the loop
             log.info("config version %d in force (from %s)", runtime.version, config.source)
             return runtime
