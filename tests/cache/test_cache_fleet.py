@@ -38,14 +38,15 @@ async def chat(s: aiohttp.ClientSession, gw: Proc, body: dict[str, Any] = BODY) 
         return r.headers[CACHE_HEADER], await r.read()
 
 
-async def eventually_hit(s: aiohttp.ClientSession, gw: Proc, body: dict[str, Any] = BODY) -> bytes:
-    """The answer of ``gw`` once the other process's background write reached Redis (it is never waited for)."""
-    for _ in range(50):
-        await asyncio.sleep(0.1)
-        state, answer = await chat(s, gw, body)
-        if state == "hit":
-            return answer
-    raise AssertionError("no hit from Redis within 5 s")
+async def stored_in_redis(redis: RedisServer, config: dict[str, Any], count: int = 1) -> None:
+    """Wait until ``count`` entries are in Redis (a process writes them in the background, never waited for)."""
+    pattern = f"{config['store']['key_prefix']}:rc:{{*}}:*"
+    with redis.client() as client:
+        for _ in range(100):
+            if len(client.keys(pattern)) >= count:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("no entry reached Redis within 5 s")
 
 
 async def test_an_answer_stored_by_one_process_is_a_hit_in_the_other_then_invalidated_in_both(
@@ -57,7 +58,7 @@ async def test_an_answer_stored_by_one_process_is_a_hit_in_the_other_then_invali
         async with aiohttp.ClientSession() as s:
             state, first = await chat(s, a)
             assert state == "miss"
-            await asyncio.sleep(0.3)  # A's background SET
+            await stored_in_redis(redis, config)
             state, from_redis = await chat(s, b)
             assert (state, from_redis) == ("hit", first)  # B had never seen it: Redis answered
             state, _ = await chat(s, b)
@@ -97,7 +98,8 @@ async def test_an_invalidation_of_everything_reaches_the_other_process(mock: Pro
         async with aiohttp.ClientSession() as s:
             body = {**BODY, "max_tokens": 7}
             await chat(s, a, body)
-            await eventually_hit(s, b, body)
+            await stored_in_redis(redis, config)
+            assert (await chat(s, b, body))[0] == "hit"
             admin = f"http://127.0.0.1:{a.extra_ports['admin']}"
             headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
             async with s.delete(f"{admin}/admin/cache", headers=headers) as r:
