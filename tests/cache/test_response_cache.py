@@ -31,6 +31,7 @@ from tollgate.errors import ConfigError
 from tollgate.mock.upstream import MockSettings, start_mock
 from tollgate.pipeline.cache import cache_key
 from tollgate.policy.response_cache import CACHE_HEADER, CacheHit
+from tollgate.runtime.state import GatewayState
 
 from ..resilience.helpers import gateway
 
@@ -232,6 +233,15 @@ async def test_a_hit_is_served_with_the_upstream_stopped(mock: Mock) -> None:
         assert state.counters.requests == 3  # the two hits were never routed: no upstream attempt, no breaker
 
 
+async def settled(state: GatewayState, count: int) -> None:
+    """Wait until the settler has settled ``count`` requests (it works in the background)."""
+    for _ in range(200):
+        if state.settler.settled >= count:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"{count} requests not settled within 5 s")
+
+
 async def test_hits_count_against_request_limits_but_give_back_their_token_reservation(mock: Mock) -> None:
     rules = {
         "rpm": {"type": "request_limit", "limit": 4, "per": "minute", "scope": ["tenant"], "attach": {"global": True}},
@@ -246,11 +256,11 @@ async def test_hits_count_against_request_limits_but_give_back_their_token_reser
     async with gateway(doc(mock, rules=rules)) as (url, state), aiohttp.ClientSession() as s:
         post = poster(s, url)
         await post("/v1/chat/completions", CHAT)
-        await asyncio.sleep(0.2)  # the miss's reservation settled to its real usage
+        await settled(state, 1)  # the miss's reservation settled to its real usage
         _, headers, _ = await post("/v1/chat/completions", CHAT)
         assert headers[CACHE_HEADER] == "hit"
         reserved_by_hit = int(headers["x-ratelimit-remaining-tokens"])
-        await asyncio.sleep(0.2)
+        await settled(state, 2)
         _, headers, _ = await post("/v1/chat/completions", CHAT)
         after_hit = int(headers["x-ratelimit-remaining-tokens"])
         # the hit's estimate went back: the next request sees as many tokens left as the hit did before it reserved
