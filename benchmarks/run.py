@@ -118,6 +118,10 @@ GATEWAY_FULL_POLICY_REDIS = GATEWAY_FULL_POLICY + 'store: {backend: redis, url: 
 GATEWAY_FULL_POLICY_TRACING = (
     GATEWAY_FULL_POLICY + 'tracing: {enabled: true, sample_ratio: 1.0, otlp: {endpoint: "$upstream_url/traces"}}\n'
 )
+# The response cache on (issue 20), full policy, for a deterministic request (temperature 0): every request after the
+# first a hit; and the miss path (looked up, served, its answer made an entry) with a bound too small to keep it.
+GATEWAY_FULL_CACHE_HIT = GATEWAY_FULL_POLICY + "cache: {enabled: true}\n"
+GATEWAY_FULL_CACHE_MISS = GATEWAY_FULL_POLICY + "cache: {enabled: true, max_bytes: 512, max_entry_bytes: 512}\n"
 
 
 def tenants_yaml(count: int) -> str:
@@ -221,6 +225,28 @@ TARGETS: tuple[Target, ...] = (
         default=False,
         tenants=100_000,
     ),
+    Target(
+        "full-cache-miss",
+        "-> gateway, full policy, response cache on, every request a miss (temperature 0)",
+        "json",
+        GATEWAY_COMMAND,
+        GATEWAY_FULL_CACHE_MISS,
+        baseline="full-embedded",
+        body="chat-t0",
+        default=False,
+        tenants=10,
+    ),
+    Target(
+        "full-cache-hit",
+        "-> gateway, full policy, response cache on, every request a hit (temperature 0)",
+        "json",
+        GATEWAY_COMMAND,
+        GATEWAY_FULL_CACHE_HIT,
+        baseline="full-embedded",
+        body="chat-t0",
+        default=False,
+        tenants=10,
+    ),
 )
 RATIO_GOALS = {"gateway": 0.90, "full-embedded": 0.80, "full-redis": 0.80}
 
@@ -230,6 +256,7 @@ _MESSAGES = [
 ]
 BODIES = {
     "chat": {"model": "gpt-4o-mini", "messages": _MESSAGES, "max_tokens": 16},
+    "chat-t0": {"model": "gpt-4o-mini", "messages": _MESSAGES, "max_tokens": 16, "temperature": 0},
     "stream": {
         "model": "gpt-4o-mini",
         "messages": _MESSAGES,

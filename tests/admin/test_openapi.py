@@ -205,6 +205,8 @@ async def test_every_route_answers_as_its_documented_schema_says(admin: tuple[Cl
         ("GET", "/admin/audit", "/admin/audit?since=yesterday", None, 400),
         ("GET", "/admin/scaling", "/admin/scaling", None, 200),
         ("GET", "/admin/scaling/{pool}/history", "/admin/scaling/nope/history", None, 404),
+        ("GET", "/admin/cache", "/admin/cache", None, 200),
+        ("DELETE", "/admin/cache", "/admin/cache?tenant=acme", None, 200),
     ]
     exercised = set()
     for method, template, url, body, status in calls:

@@ -83,6 +83,8 @@ EXPECTED: dict[tuple[str, str], tuple[str, str | None]] = {
     ("GET", "/api/v1/health"): ("viewer", None),
     ("GET", "/api/v1/stats"): ("viewer", None),
     ("POST", "/api/v1/sync"): ("operator", None),
+    ("GET", "/admin/cache"): ("viewer", None),
+    ("DELETE", "/admin/cache"): ("operator", "query"),
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 GUARDED = [(m, p) for m, p, _h in ROUTES if p not in OPEN_PATHS]
@@ -102,7 +104,7 @@ def _call(method: str, path: str) -> tuple[str, dict[str, Any]]:
     url = url.replace("{pool}", "no-such-pool")
     for ident in ("{namespace_id}", "{matcher_id}", "{rule_id}", "{counter_key}"):
         url = url.replace(ident, "999")
-    if path in ("/admin/audit", "/admin/spend"):
+    if path in ("/admin/audit", "/admin/spend") or (method, path) == ("DELETE", "/admin/cache"):
         url += "?tenant=acme"
     if (method, path) == ("DELETE", "/admin/tenants/{tenant}"):
         url += "?dry_run=true"

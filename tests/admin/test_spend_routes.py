@@ -67,6 +67,7 @@ def row(i: int, ts_ms: int, **over: Any) -> tuple[Any, ...]:
         "stream": i % 2,
         "cut": 0,
         "attempts": 1,
+        "cache_hit": 0,
         **over,
     }
     return tuple(values[c] for c in SPEND_COLUMNS)

@@ -98,6 +98,7 @@ async def test_autoincrement_ids_and_spend_rows_fit_the_schema(db: Database) -> 
         1,
         0,
         1,
+        0,
     )
     placeholders = ", ".join(f"${i}" for i in range(1, len(row) + 1))
     await db.execute(f"INSERT INTO spend_log VALUES ({placeholders})", *row)

@@ -162,6 +162,7 @@ def test_a_row_carries_every_column_of_its_entry_and_a_budget_cut_sets_cut() -> 
         "stream": 1,
         "cut": 1,
         "attempts": 2,
+        "cache_hit": 0,
     }
     assert row["cost_nanos"] > 0
     assert spend_row(fields(1, error="budget_exceeded"), "USD")[SPEND_COLUMNS.index("cut")] == 1

@@ -23,7 +23,7 @@ from tollgate.errors import DatabaseError
 from ..admin.test_spend_routes import T0, row
 
 OLD_INSERT = (  # how the writer inserted rows while the schema was at 0001
-    f"INSERT INTO spend_log ({', '.join(SPEND_COLUMNS)}) VALUES ({', '.join(f'${i + 1}' for i in range(27))}) "
+    f"INSERT INTO spend_log ({', '.join(SPEND_COLUMNS[:27])}) VALUES ({', '.join(f'${i + 1}' for i in range(27))}) "
     "ON CONFLICT (request_id) DO NOTHING"
 )
 
@@ -59,8 +59,8 @@ async def test_a_database_at_0001_keeps_its_spend_rows_through_0002_and_its_quer
     await _migrate_to(db, 1, monkeypatch)
     rows = [row(i, T0 + (i // 3) * 1000) for i in range(600)]
     async with db.transaction() as tx:
-        await tx.executemany(OLD_INSERT, rows)
-    assert await migrate(db) == [2]
+        await tx.executemany(OLD_INSERT, [r[:27] for r in rows])  # the columns of 0001 (0003 adds cache_hit)
+    assert await migrate(db) == [2, 3]
     stored = await db.fetch(f"SELECT {', '.join(SPEND_COLUMNS)} FROM spend_log")
     assert sorted(stored) == sorted(rows)
     secondary = {"spend_log_tenant", "spend_log_key"} if db.dialect == "postgresql" else set()

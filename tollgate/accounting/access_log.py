@@ -11,7 +11,8 @@ header, no body, no token. Fields::
 and, only when non-zero, ``cached_tokens`` and ``cache_write_tokens`` (the
 parts of ``prompt_tokens`` read from and written to the provider's prompt
 cache, each billed at its own price) and ``reasoning_tokens`` (the part of
-``completion_tokens`` spent reasoning).
+``completion_tokens`` spent reasoning); for a request answered from the
+response cache, ``cache: "hit"`` with ``saved_tokens``.
 
 ``user`` is the end user inside the tenant (``identity.end_user``): bounded
 in length and free of control characters before it gets here.
@@ -83,6 +84,9 @@ def line_of(e: Entry, currency: str) -> bytes:
         line["cache_write_tokens"] = e.cache_write_tokens
     if e.reasoning_tokens:
         line["reasoning_tokens"] = e.reasoning_tokens
+    if e.cache_hit:
+        line["cache"] = "hit"
+        line["saved_tokens"] = e.saved_tokens
     return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 

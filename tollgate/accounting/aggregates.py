@@ -5,10 +5,12 @@ A period's aggregate is a flat mapping of integer fields::
     requests  errors  prompt_tokens  completion_tokens  cost_n  (cost in nanos)
     cached_tokens  cache_write_tokens   (the parts of prompt_tokens read from and written to a prompt cache)
     est_requests  est_prompt_tokens  est_completion_tokens   (the part that was estimated)
+    cache_hits  cache_saved_tokens  cache_saved_cost_n   (answered from the response cache: counted in requests
+                                                          and cost_n at the cache's price, no tokens; what they saved)
     m:<model>:requests  m:<model>:prompt_tokens  m:<model>:completion_tokens  m:<model>:cost_n
     m:<model>:cached_tokens  m:<model>:cache_write_tokens
 
-A cache field is written only once it has tokens to count (a reader takes a missing field as 0), so
+A cache field (prompt cache or response cache) is written only once it has something to count (a reader takes a missing field as 0), so
 the aggregates of traffic without a prompt cache hold the fields they always held.
 
 kept under ``<prefix>:{<tenant>}:m:<YYYY-MM>`` and ``<prefix>:{<tenant>}:d:<YYYY-MM-DD>``
@@ -39,6 +41,7 @@ __all__ = [
     "Batch",
     "PeriodClock",
     "add_user_counts",
+    "cache_savings",
     "day_of",
     "month_of",
     "split_models",
@@ -56,6 +59,9 @@ TOTAL_FIELDS = (
     "est_requests",
     "est_prompt_tokens",
     "est_completion_tokens",
+    "cache_hits",
+    "cache_saved_tokens",
+    "cache_saved_cost_n",
 )
 MODEL_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_n", "cached_tokens", "cache_write_tokens")
 USER_FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_n")
@@ -131,6 +137,8 @@ class Batch:
             cached_tokens=e.cached_tokens,
             cache_write_tokens=e.cache_write_tokens,
         )
+        if e.cache_hit:
+            self.add_cache_hits(e.tenant, e.wall, 1, e.saved_tokens, e.saved_cost_nanos)
         if e.user is not None:
             self.add_user(e.tenant, e.wall, e.user, (1, errors, e.prompt_tokens, e.completion_tokens, e.cost_nanos))
 
@@ -180,9 +188,25 @@ class Batch:
                 target["cache_write_tokens"] += cache_write_tokens
                 target[m + "cache_write_tokens"] += cache_write_tokens
 
+    def add_cache_hits(self, tenant: str, wall: float, hits: int, saved_tokens: int, saved_cost_nanos: int) -> None:
+        """What ``hits`` answers from the response cache saved ``tenant`` at ``wall`` (their requests and charge
+        are added by :meth:`add_counts`)."""
+        day, month = self.periods.periods(wall)
+        for target in (self.months[(tenant, month)], self.days[(tenant, day)]):
+            target["cache_hits"] += hits
+            if saved_tokens:
+                target["cache_saved_tokens"] += saved_tokens
+            if saved_cost_nanos:
+                target["cache_saved_cost_n"] += saved_cost_nanos
+
     def add_tally(self, tally: Tally) -> None:
-        """The deltas of a flush's groups; requests that never reached an upstream are not billed nor counted."""
+        """The deltas of a flush's groups; requests that never reached an upstream are not billed nor counted, but
+        for those answered from the response cache (requests billed at the cache's price, and what they saved)."""
         for (tenant, _plan, priced, upstream, status, reported, day), g in tally:
+            if upstream is None and g.cache_hits:
+                wall = day * 86400.0
+                self.add_counts(tenant, wall, priced, g.cache_hits, 0, 0, 0, g.cache_cost_nanos, estimated=False)
+                self.add_cache_hits(tenant, wall, g.cache_hits, g.saved_tokens, g.saved_cost_nanos)
             if upstream is not None:
                 n = g.requests
                 self.add_counts(
@@ -241,4 +265,13 @@ def usage_amounts(fields: Mapping[str, int]) -> dict[str, Any]:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "cost": to_money(fields.get("cost_n", 0)),
+    }
+
+
+def cache_savings(fields: Mapping[str, int]) -> dict[str, Any]:
+    """What the response cache answered of a usage counter hash: hits, the tokens and cost they saved."""
+    return {
+        "hits": fields.get("cache_hits", 0),
+        "saved_tokens": fields.get("cache_saved_tokens", 0),
+        "saved_cost": to_money(fields.get("cache_saved_cost_n", 0)),
     }

@@ -206,6 +206,11 @@ class GatewayMetrics:
             "(bad_request, head_too_large, head_timeout, connection_limit).",
             ("reason",),
         )
+        self.cache_lookups = counter(
+            "tollgate_cache_requests", "Response cache lookups by result (hit, miss, bypass, stored).", ("result",)
+        )
+        self.cache_tokens_saved = counter("tollgate_cache_tokens_saved", "Tokens answered by response cache hits.", ())
+        self.cache_bytes = gauge("tollgate_cache_bytes", "Bytes held by the in-process response cache.", (), "livesum")
         for plan, target in config.sla_plans.items():
             self.sla_target.labels(plan).set(target)
 
@@ -225,6 +230,12 @@ class GatewayMetrics:
     def http_refused(self, reason: str, n: int = 1) -> None:
         """The public HTTP server refused a request or a connection itself (a bounded set of reasons)."""
         self._child(self.http_refusals, reason).inc(n)
+
+    def cache_result(self, result: str, tokens_saved: int = 0) -> None:
+        """A response cache lookup's result (a bounded set: hit, miss, bypass, stored) and the tokens a hit saved."""
+        self._child(self.cache_lookups, result).inc()
+        if tokens_saved:
+            self.cache_tokens_saved.inc(tokens_saved)
 
     def set_queue_depth(self, queue: str, depth: int) -> None:
         self.queue_depth.labels(queue).set(depth)

@@ -6,7 +6,7 @@ with attribute reads only; accounting never sees the request itself. Its fields,
     request_id, endpoint, model, model_served, upstream, status, error, stream,
     client_disconnected, client_ip, started, first_byte_at, finished_at, usage,
     body_len, principal, end_user, namespace, upstream_started, attempts, end, wall,
-    deployment
+    deployment[, cache_hit]
 
 ``endpoint`` has a ``kind``; ``usage`` (or None) has ``prompt_tokens``,
 ``completion_tokens``, ``reported``, and the parts ``cached_tokens``,
@@ -16,6 +16,12 @@ completion); ``principal`` (or None) has
 sent upstream) has the ``model`` name the upstream was sent and its ``provider``. ``started``, ``first_byte_at``,
 ``finished_at``, ``upstream_started`` and ``end`` are times of one clock (the
 event loop's); ``wall`` is when the request ended, in seconds since the epoch.
+``cache_hit`` is there only for a request answered from the response cache
+(tollgate/pipeline/cache.py): it has the ``prompt_tokens`` and
+``completion_tokens`` of the answer it replayed and the ``charge_nanos`` it is
+billed. Such a request used no tokens: its entry counts none, costs the charge,
+and says what it saved (the replayed answer's tokens, and their cost at the
+model's prices).
 """
 
 from __future__ import annotations
@@ -72,6 +78,10 @@ class Entry:
     ttfb_s: float | None
     attempts: int | None
     principal: Any
+    # Answered from the response cache: the tokens of the answer it replayed and their cost at the model's prices.
+    cache_hit: bool = False
+    saved_tokens: int = 0
+    saved_cost_nanos: int = 0
 
 
 def _name(value: Any) -> str | None:
@@ -92,6 +102,11 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
     :class:`Entry` (``Entry(*fields)``) only for the records an access-log
     line or a security check asks for: the derivation is written once, here.
     """
+    if len(rec) == 23:
+        hit = None
+    else:  # a cache hit's record carries the hit last
+        hit = rec[23]
+        rec = rec[:23]
     (
         request_id,
         endpoint,
@@ -120,7 +135,9 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
     total = end - started
     if total < 0.0:
         total = 0.0
-    if upstream_started is not None and finished_at is not None:
+    if hit is not None:  # answered by the gateway itself: no upstream time
+        upstream_s = 0.0
+    elif upstream_started is not None and finished_at is not None:
         upstream_s = max(0.0, finished_at - upstream_started)
     elif finished_at is not None:
         # Without the time the upstream call started, everything before the answer ended counts as upstream:
@@ -149,7 +166,12 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
     if deployment is not None:
         provider, deployment_model = deployment.provider, deployment.model
     priced = pricing.priced_model(model_served, model, deployment_model)
-    if status < 400 or prompt or completion:
+    saved_tokens = saved_cost = 0
+    if hit is not None:
+        cost = hit.charge_nanos
+        saved_tokens = hit.prompt_tokens + hit.completion_tokens
+        saved_cost = pricing.cost_nanos(priced, hit.prompt_tokens, hit.completion_tokens)
+    elif status < 400 or prompt or completion:
         cost = pricing.cost_nanos(priced, prompt, completion, cached_tokens=cached, cache_write_tokens=cache_write)
     else:
         cost = 0
@@ -190,4 +212,7 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
         (first_byte_at - started) if first_byte_at is not None else None,
         attempts,
         principal,
+        hit is not None,
+        saved_tokens,
+        saved_cost,
     )

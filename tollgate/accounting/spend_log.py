@@ -83,6 +83,7 @@ def spend_row(f: Sequence[Any], currency: str) -> Row:
         1 if f[16] else 0,
         1 if error in _CUT_CODES else 0,
         f[30],
+        1 if f[32] else 0,
     )
 
 

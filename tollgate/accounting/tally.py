@@ -31,7 +31,9 @@ class Group:
     """The records of one group: token and cost sums, and every latency in seconds (upstream and TTFB when there was one).
 
     ``cached_tokens`` and ``cache_write_tokens`` are the parts of ``prompt_tokens`` read from and written to the
-    provider's prompt cache.
+    provider's prompt cache. ``cache_hits`` are the requests answered from the gateway's response cache (no
+    upstream: in groups without one), ``cache_cost_nanos`` what they were billed (part of ``cost_nanos``), and
+    ``saved_tokens`` and ``saved_cost_nanos`` the tokens of the answers they replayed and those tokens' cost.
     """
 
     __slots__ = (
@@ -44,6 +46,10 @@ class Group:
         "upstream_s",
         "overhead_s",
         "ttfb_s",
+        "cache_hits",
+        "cache_cost_nanos",
+        "saved_tokens",
+        "saved_cost_nanos",
     )
 
     def __init__(self) -> None:
@@ -56,6 +62,10 @@ class Group:
         self.upstream_s: list[float] = []
         self.overhead_s: list[float] = []
         self.ttfb_s: list[float] = []
+        self.cache_hits = 0
+        self.cache_cost_nanos = 0
+        self.saved_tokens = 0
+        self.saved_cost_nanos = 0
 
     @property
     def requests(self) -> int:
@@ -155,6 +165,9 @@ class Tally:
                 ttfb_s,
                 _attempts,
                 principal,
+                hit,
+                saved_tokens,
+                saved_cost,
             ) = f
             key = (tenant, plan, priced, upstream, status, reported, wall // _DAY)
             g = groups.get(key)
@@ -176,6 +189,11 @@ class Tally:
                 g.cache_write_tokens += cache_write
             if cost:
                 g.cost_nanos += cost
+            if hit:
+                g.cache_hits += 1
+                g.cache_cost_nanos += cost
+                g.saved_tokens += saved_tokens
+                g.saved_cost_nanos += saved_cost
             if principal is not None:
                 principals[tenant] = principal
             if user is not None and upstream is not None:

@@ -8,6 +8,7 @@ from typing import NamedTuple
 from aiohttp import web
 
 from tollgate.admin.config_center_routes import CONFIG_CENTER_ROUTES
+from tollgate.admin.cache_routes import CACHE_ROUTES
 from tollgate.admin.database_routes import DATABASE_ROUTES
 from tollgate.admin.openapi import openapi_document, served_routes
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation
@@ -98,6 +99,7 @@ ROUTES: tuple[tuple[str, str, AdminHandler], ...] = (
     *SCALING_ROUTES,
     *PRINCIPAL_ROUTES,
     *CONFIG_CENTER_ROUTES,
+    *CACHE_ROUTES,
     ("POST", "/admin/reload", reload),
 )
 """Every admin route, in the order the application registers them."""

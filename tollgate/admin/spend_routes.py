@@ -74,6 +74,7 @@ class SpendRow(View):
     stream: bool
     cut: bool = Field(description="a stream ended by a token or money budget")
     attempts: int | None
+    cache_hit: bool = Field(description="answered from the gateway's response cache: no tokens, the cache's price")
 
 
 class SpendPage(View):
@@ -216,7 +217,7 @@ def _limit(request: web.Request) -> int:
 
 def _row_view(row: tuple[Any, ...]) -> dict[str, Any]:
     out = dict(zip(SPEND_COLUMNS, row, strict=True))
-    for flag in ("usage_reported", "stream", "cut"):
+    for flag in ("usage_reported", "stream", "cut", "cache_hit"):
         out[flag] = bool(out[flag])
     out["cost"] = to_money(out["cost_nanos"])
     return out

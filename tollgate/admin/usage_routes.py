@@ -15,7 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-from tollgate.accounting.aggregates import OTHER_USERS, USER_FIELDS, month_of, split_models, usage_amounts
+from tollgate.accounting.aggregates import (
+    OTHER_USERS,
+    USER_FIELDS,
+    cache_savings,
+    month_of,
+    split_models,
+    usage_amounts,
+)
 from tollgate.accounting.metrics import CONTENT_TYPE
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, Param, operation, query
 from tollgate.admin.usage_views import AuditEvents, EndUsers, PriceTable, Quota, SlaReport, Usage
@@ -76,6 +83,7 @@ def _usage_view(fields: dict[str, Any]) -> dict[str, Any]:
             "completion_tokens": totals["est_completion_tokens"],
         },
         "by_model": {m: _billed(v) for m, v in sorted(models.items())},
+        "response_cache": cache_savings(totals),
     }
 
 

@@ -45,11 +45,20 @@ class Estimated(View):
     completion_tokens: int
 
 
+class CacheSavings(View):
+    """Requests answered from the gateway's response cache (counted in requests, billed at the cache's price)."""
+
+    hits: int
+    saved_tokens: int = Field(description="the tokens of the answers replayed, that no upstream produced again")
+    saved_cost: float = Field(description="those tokens at the model's prices, in the pricing currency")
+
+
 class UsageTotals(EndUserAmounts):
     cached_tokens: int = Field(description="the part of prompt_tokens read from a prompt cache")
     cache_write_tokens: int = Field(description="the part of prompt_tokens written to a prompt cache")
     estimated: Estimated
     by_model: dict[str, BilledAmounts]
+    response_cache: CacheSavings
 
 
 class TenantUsage(UsageTotals):

@@ -11,6 +11,7 @@ from pydantic import Field, Strict
 
 from tollgate.config.accounting import AccountingSections, build_accounting, priced_model_problems
 from tollgate.config.admin import AdminDoc, build_admin
+from tollgate.config.cache import ResponseCacheConfig
 from tollgate.config.catalog import MODEL_NAME, ModelDoc, build_model, provider_field_problems
 from tollgate.config.chain import IdentityDoc, RegistryDoc, build_identity, build_registry
 from tollgate.config.database import DatabaseConfig
@@ -108,6 +109,8 @@ class ConfigDoc(RulesSections, AccountingSections):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     """OpenTelemetry traces of the requests (the tracing extra); off by default."""
     logging: LoggingConfig = LoggingConfig()
+    cache: ResponseCacheConfig = ResponseCacheConfig()
+    """The exact-match response cache (off by default)."""
 
     @check
     def has_upstreams_and_models(self) -> Found:
@@ -266,6 +269,7 @@ def build_config(doc: ConfigDoc, *, source: str = "<memory>", data_dir: str | No
         scaling=doc.scaling,
         resilience=doc.resilience,
         accounting=build_accounting(doc),
+        cache=doc.cache,
         server=doc.server,
         tracing=doc.tracing,
         logging=doc.logging,

@@ -19,6 +19,7 @@ from pydantic import Field, Strict
 
 from tollgate.config.accounting import AccountingConfig
 from tollgate.config.admin import AdminAccess
+from tollgate.config.cache import ResponseCacheConfig
 from tollgate.config.database import DatabaseConfig
 from tollgate.config.identity import DEFAULT_PLANS, ApiKey, IdentityConfig, Plan, RegistryConfig, Tenant
 from tollgate.config.observability import LoggingConfig, TracingConfig
@@ -214,6 +215,7 @@ class Config:
     server: Server = Server()
     tracing: TracingConfig = field(default_factory=TracingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cache: ResponseCacheConfig = field(default_factory=ResponseCacheConfig)
     source: str = "<memory>"
     # The absolute folder relative state paths are read under (config file's data_dir, $TOLLGATE_DATA_DIR, or the
     # file's folder); None: relative paths stay relative to the working folder.

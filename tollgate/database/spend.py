@@ -1,6 +1,6 @@
 """The spend log's SQL: batch insert, filtered reads newest first by keyset cursor, monthly bills, retention deletes.
 
-One row per answered request (table ``spend_log``, migrations 0001 and 0002:
+One row per answered request (table ``spend_log``, migrations 0001, 0002 and 0003 (``cache_hit``):
 primary key ``(ts_ms, request_id)``, so rows append in time order). The writer
 (tollgate/accounting/spend_log.py) hands rows in :data:`SPEND_COLUMNS` order;
 an insert never duplicates a request (a replayed row repeats its ts_ms and
@@ -57,6 +57,7 @@ SPEND_COLUMNS: tuple[str, ...] = (
     "stream",
     "cut",
     "attempts",
+    "cache_hit",
 )
 """The columns of a spend row, in the order a row tuple holds them."""
 

@@ -33,7 +33,10 @@ def account(ctx: RequestContext, deps: AccountDeps) -> None:
     if ctx.admission is not None:
         deps.settler.finish(ctx)
     try:
-        deps.accounting.record(capture(ctx, deps.clock.loop_time(), deps.wall()))
+        record = capture(ctx, deps.clock.loop_time(), deps.wall())
+        if ctx.cache_hit is not None:  # answered from the response cache (tollgate/accounting/records.py)
+            record += (ctx.cache_hit,)
+        deps.accounting.record(record)
     except Exception:  # accounting must never fail a request
         log.exception("accounting: cannot record request %s", getattr(ctx, "request_id", "?"))
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from tollgate.edge.messages import Request
     from tollgate.identity import Principal
     from tollgate.policy.admission import Admission
+    from tollgate.policy.response_cache import CacheHit, Tape
     from tollgate.upstream.sse import StreamMonitor
     from tollgate.upstream.usage import Usage
 
@@ -105,6 +106,9 @@ class RequestContext:
         "client_disconnected",
         # a stream whose terminator reached the client: its client leaving afterwards is no disconnect
         "stream_complete",
+        # response cache: the stream's bytes recorded on a miss, and what a hit replayed (tollgate/pipeline/cache.py)
+        "cache_tape",
+        "cache_hit",
     )
 
     def __init__(
@@ -144,3 +148,5 @@ class RequestContext:
         self.error: str | None = None
         self.client_disconnected = False
         self.stream_complete = False
+        self.cache_tape: Tape | None = None
+        self.cache_hit: CacheHit | None = None

@@ -47,6 +47,7 @@ from tollgate.errors import (
     UpstreamTimeout,
 )
 from tollgate.pipeline.context import RequestContext
+from tollgate.policy.response_cache import CACHE_HEADER
 from tollgate.upstream.anthropic import TranslatedStream
 from tollgate.upstream.anthropic_usage import usage_from_anthropic_body
 from tollgate.upstream.client import ConnectError, HttpError, UpstreamResponse
@@ -261,6 +262,9 @@ async def _relay_stream(
         headers[DROPPED_HEADER] = ", ".join(dropped)
     if ctx.admission is not None:
         headers.update(ctx.admission.headers)
+    tape = ctx.cache_tape  # a cacheable stream on a miss: what the client gets is recorded (tollgate/pipeline/cache.py)
+    if tape is not None:
+        headers[CACHE_HEADER] = "miss"
     response = StreamedAnswer(200, headers)
     ctx.status = 200
     sent = 0
@@ -272,6 +276,8 @@ async def _relay_stream(
             if out:
                 await response.write(out)
                 sent += len(out)
+                if tape is not None:
+                    tape.add(out)
             if parser.stop is not None:
                 upstream.close()
                 message, code = parser.stop

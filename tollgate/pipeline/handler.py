@@ -33,6 +33,7 @@ from tollgate.identity.chain import IPNetwork
 from tollgate.pipeline.account import AccountDeps, account
 from tollgate.pipeline.admit import AdmitDeps, admit
 from tollgate.pipeline.attempts import serve
+from tollgate.pipeline.cache import CacheDeps, serve_cached
 from tollgate.pipeline.context import Endpoint, RequestContext
 from tollgate.pipeline.forward import Answer
 from tollgate.pipeline.guard import guard
@@ -75,6 +76,7 @@ class Stages:
     route: RouteDeps
     account: AccountDeps
     tracing: RequestTracer | None = None
+    cache: CacheDeps | None = None
 
 
 class _Version(Protocol):
@@ -113,6 +115,8 @@ def make_proxy_handler(endpoint: Endpoint, gateway: Gateway) -> Handler:
                 identify(ctx, stages.identify)
             match(ctx, stages.match)
             await admit(ctx, stages.admit)
+            if stages.cache is not None:  # the response cache; off, this check is all it costs
+                return await serve_cached(ctx, stages.cache)
             return await serve(ctx, stages.route)  # route → forward, with retries and fallbacks
         except GatewayError as exc:
             ctx.status = status_for(exc)

@@ -239,9 +239,12 @@ def with_tracing(stages: Stages, tracing: Tracing | None) -> Stages:
     """``stages`` as they are when tracing is off; with its traced admission and attempts, and the tracer, when on."""
     if tracing is None:
         return stages
+    route = dataclasses.replace(stages.route, forward=_traced_forward(tracing, stages.route.forward))
     return dataclasses.replace(
         stages,
         tracing=RequestTracing(tracing),
         admit=dataclasses.replace(stages.admit, decide=_traced_decide(tracing, stages.admit.decide)),
-        route=dataclasses.replace(stages.route, forward=_traced_forward(tracing, stages.route.forward)),
+        route=route,
+        # the response cache serves its misses through the same (traced) attempts
+        cache=None if stages.cache is None else dataclasses.replace(stages.cache, route=route),
     )

@@ -23,11 +23,13 @@ from tollgate.limiter import build_limiter
 from tollgate.limiter.store import RedisEngine
 from tollgate.pipeline.account import AccountDeps
 from tollgate.pipeline.admit import AdmitDeps
+from tollgate.pipeline.cache import CacheDeps
 from tollgate.pipeline.handler import Stages
 from tollgate.pipeline.identify import IdentifyDeps
 from tollgate.pipeline.route import AttemptCounters, RouteDeps
 from tollgate.policy.lease_wait import LeaseWaiters
 from tollgate.policy.matchers import NamespaceTable
+from tollgate.policy.response_cache import ResponseCache
 from tollgate.policy.rules import RuleSet
 from tollgate.policy.settlement import Settler
 from tollgate.policy.shedding import Shedder
@@ -156,6 +158,9 @@ class GatewayState:
             clock=self.clock,
         )
         self._account = AccountDeps(self.settler, self.accounting, self.accounting.wall, self.clock)
+        # The response cache (used only while cache.enabled); its Redis is the limiter's default store, if one.
+        self.response_cache = ResponseCache(config.cache, config.store, self.clock)
+        self.accounting.metrics.add_sampler(lambda m: m.cache_bytes.set(self.response_cache.local.size))
         self._reload_lock = asyncio.Lock()
         self.runtime = Runtime(config, next(self._versions), self.deployments, self._stages)
         # The autoscaling advisor: samples every pool here, decides when this process holds the fleet's lease.
@@ -199,9 +204,12 @@ class GatewayState:
         await self.accounting.start()
         self.settler.start()
         self.scaler.start()
+        if self.config.cache.enabled:
+            await self.response_cache.start()
 
     async def close(self) -> None:
         await self.scaler.close()
+        await self.response_cache.close()
         await self.health.close()
         await self.shedder.close()
         await self.settler.close()  # settle what finished before the usage flush and before the store closes
@@ -271,6 +279,9 @@ class GatewayState:
                 runtime = runtime.with_rules(self.effective_rules(config))
             self.runtime = runtime
             self._configure_resilience(config)
+            self.response_cache.configure(config.cache)
+            if config.cache.enabled:
+                await self.response_cache.start()
             self.scaler.start()  # pools added by this version start the loop
             log.info("config version %d in force (from %s)", runtime.version, config.source)
             return runtime
@@ -279,6 +290,20 @@ class GatewayState:
         """What the pipeline's stages work with under ``runtime``: its compiled parts and this process's resources."""
         config, clock = runtime.config, self.clock
         metrics = self.accounting.metrics
+        route = RouteDeps(
+            routes=runtime.routes,
+            resilience=config.resilience,
+            clock=clock,
+            shedder=self.shedder,
+            pool=self.pool,
+            retry_budget=self.retry_budget,
+            counters=self.counters,
+            proactive=self.proactive,
+            hotspots=self.hotspots,
+            metrics=metrics,
+            dead_letters=self.dead_letters,
+        )
+        cached = config.cache
         stages = Stages(
             clock=clock,
             shedder=self.shedder,
@@ -289,20 +314,13 @@ class GatewayState:
             admit=AdmitDeps(
                 runtime.rules, self.limiter, metrics, self.lease_waiters, self.accounting.pricing, self.settler, clock
             ),
-            route=RouteDeps(
-                routes=runtime.routes,
-                resilience=config.resilience,
-                clock=clock,
-                shedder=self.shedder,
-                pool=self.pool,
-                retry_budget=self.retry_budget,
-                counters=self.counters,
-                proactive=self.proactive,
-                hotspots=self.hotspots,
-                metrics=metrics,
-                dead_letters=self.dead_letters,
-            ),
+            route=route,
             account=self._account,
+            cache=(
+                CacheDeps(self.response_cache, cached, route, metrics, clock, cached.price_per_1k_tokens * 1e6)
+                if cached.enabled
+                else None
+            ),
         )
         if self.tracing is None:
             return stages
