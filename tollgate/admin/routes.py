@@ -7,8 +7,8 @@ from typing import NamedTuple
 
 from aiohttp import web
 
-from tollgate.admin.config_center_routes import CONFIG_CENTER_ROUTES
 from tollgate.admin.cache_routes import CACHE_ROUTES
+from tollgate.admin.config_center_routes import CONFIG_CENTER_ROUTES
 from tollgate.admin.database_routes import DATABASE_ROUTES
 from tollgate.admin.openapi import openapi_document, served_routes
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation
