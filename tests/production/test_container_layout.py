@@ -234,6 +234,24 @@ async def test_the_example_config_serves_from_a_read_only_folder_writing_only_un
         assert db.execute("SELECT count(*) FROM spend_log").fetchone()[0] >= 1
 
 
+def test_the_installed_wheel_reads_every_lua_script_it_ships(installed: Path) -> None:
+    """The wheel's lua/ is a data folder (a namespace package once installed): every script loads from it, the
+    scaling leader's lease scripts under lua/scaling/ included (they are read when the store is Redis)."""
+    code = (
+        "from tollgate.limiter.store.scripts import load_scripts\n"
+        "from tollgate.scaling.lease import lease_script\n"
+        "names = sorted(load_scripts())\n"
+        "assert 'admit' in names and 'settle' in names, names\n"
+        "assert lease_script('lease_renew') and lease_script('lease_release')\n"
+        "print(len(names))\n"
+    )
+    out = subprocess.run(
+        [str(installed / "venv" / "bin" / "python"), "-c", code], cwd=installed, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) >= 6
+
+
 def test_without_the_data_folder_the_read_only_config_folder_is_refused_at_start(installed: Path) -> None:
     image = read_dockerfile()
     port, admin_port = free_port(), free_port()

@@ -15,7 +15,8 @@ log = logging.getLogger("tollgate.scaling")
 
 def lease_script(name: str) -> str:
     """The source of ``lua/scaling/<name>.lua``."""
-    return lua_dir().joinpath("scaling", f"{name}.lua").read_text(encoding="utf-8")
+    # one name per joinpath: an installed package's data folder may be a namespace package (MultiplexedPath)
+    return lua_dir().joinpath("scaling").joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
 class Lease(Protocol):
