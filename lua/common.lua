@@ -7,8 +7,8 @@
 --   microseconds since the Unix epoch; every duration handed to Redis or
 --   returned to the caller is in integer milliseconds.
 -- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
---   adjust}), now_us(), ttl_ms(), ms_ceil(), count_verdict(), limit_argv()
---   and push_verdict().
+--   adjust}), now_us(), ttl_ms(), ms_ceil(), load_time(), store_time(),
+--   count_verdict(), limit_argv() and push_verdict().
 --
 -- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
 -- concurrency.lua), one counter key per limit:
@@ -47,6 +47,27 @@ local function ms_ceil(us)
     return 0
   end
   return math.ceil(us / 1000)
+end
+
+-- A key holding a time in integer microseconds (a GCRA's theoretical arrival
+-- time, a shaping queue's next release): its value, never before now (absent
+-- or past: now).
+local function load_time(key, now)
+  local t = tonumber(redis.call('GET', key)) or now
+  if t < now then
+    t = now
+  end
+  return t
+end
+
+-- Stores a time that is still ahead of now, expiring when it passes; a time
+-- already past deletes the key (it would read as now anyway).
+local function store_time(key, t, now)
+  if t > now then
+    redis.call('SET', key, t, 'PX', ttl_ms(ms_ceil(t - now)))
+  else
+    redis.call('DEL', key)
+  end
 end
 
 -- The verdict of a counting limit (sliding window, fixed window, concurrency):

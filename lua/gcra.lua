@@ -37,26 +37,10 @@ local function gcra_increment(limit, tau, cost)
   return math.floor(cost * tau / limit)
 end
 
-local function gcra_store(key, tat, now)
-  if tat > now then
-    redis.call('SET', key, tat, 'PX', ttl_ms(ms_ceil(tat - now)))
-  else
-    redis.call('DEL', key)
-  end
-end
-
-local function gcra_load(key, now)
-  local tat = tonumber(redis.call('GET', key)) or now
-  if tat < now then
-    tat = now
-  end
-  return tat
-end
-
 ALGORITHMS.gcra = {
   check = function(key, now, limit, window_ms, cost, param)
     local tau = window_ms * 1000
-    local tat = gcra_load(key, now)
+    local tat = load_time(key, now)
     local inc = gcra_increment(limit, tau, cost)
     local new_tat = tat + inc
     local st = { inc = inc, new_tat = new_tat, mark = 0, retry_ms = 0, used = gcra_used(limit, tau, tat, now) }
@@ -80,17 +64,17 @@ ALGORITHMS.gcra = {
 
   commit = function(key, now, limit, window_ms, cost, param, st)
     if st.inc > 0 then
-      gcra_store(key, st.new_tat, now)
+      store_time(key, st.new_tat, now)
     end
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)
     local tau = window_ms * 1000
-    local tat = gcra_load(key, now)
+    local tat = load_time(key, now)
     local applied = 0
     if delta > 0 and limit > 0 then
       tat = tat + gcra_increment(limit, tau, delta)
-      gcra_store(key, tat, now)
+      store_time(key, tat, now)
       applied = delta
     elseif delta < 0 and tat > now and limit > 0 then
       local back = gcra_increment(limit, tau, -delta)
@@ -101,7 +85,7 @@ ALGORITHMS.gcra = {
         applied = -math.floor((tat - now) * limit / tau)
         tat = now
       end
-      gcra_store(key, tat, now)
+      store_time(key, tat, now)
     end
     local overdraft = 0
     if limit > 0 and tat - now > tau then

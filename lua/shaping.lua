@@ -25,22 +25,6 @@ local function shaping_interval(limit, window_ms, cost)
   return math.floor(window_ms * 1000 * cost / limit)
 end
 
-local function shaping_load(key, now)
-  local next_at = tonumber(redis.call('GET', key)) or now
-  if next_at < now then
-    next_at = now
-  end
-  return next_at
-end
-
-local function shaping_store(key, next_at, now)
-  if next_at > now then
-    redis.call('SET', key, next_at, 'PX', ttl_ms(ms_ceil(next_at - now)))
-  else
-    redis.call('DEL', key)
-  end
-end
-
 -- Requests that still fit in a queue whose next release is next_at.
 local function shaping_room(next_at, now, max_wait, step)
   if step <= 0 then
@@ -53,7 +37,7 @@ ALGORITHMS.shaping = {
   check = function(key, now, limit, window_ms, cost, param)
     local max_wait = (tonumber(param) or 0) * 1000
     local step = shaping_interval(limit, window_ms, 1)
-    local next_at = shaping_load(key, now)
+    local next_at = load_time(key, now)
     local wait = next_at - now
     local st = { mark = 0, used = 0, new_at = next_at + shaping_interval(limit, window_ms, cost) }
     if step > 0 then
@@ -79,13 +63,13 @@ ALGORITHMS.shaping = {
   end,
 
   commit = function(key, now, limit, window_ms, cost, param, st)
-    shaping_store(key, st.new_at, now)
+    store_time(key, st.new_at, now)
   end,
 
   -- A refund (a later slot group refused, a request abandoned) gives its turn
   -- back only as far as now: requests already given later turns keep them.
   adjust = function(key, now, limit, window_ms, delta, param, mark)
-    local next_at = shaping_load(key, now)
+    local next_at = load_time(key, now)
     local applied = 0
     if delta > 0 then
       next_at = next_at + shaping_interval(limit, window_ms, delta)
@@ -103,7 +87,7 @@ ALGORITHMS.shaping = {
         next_at = now
       end
     end
-    shaping_store(key, next_at, now)
+    store_time(key, next_at, now)
     local max_wait = (tonumber(param) or 0) * 1000
     local step = shaping_interval(limit, window_ms, 1)
     local overdraft = 0
