@@ -176,6 +176,11 @@ def take_kept_logs() -> list[Path]:
     return kept
 
 
+# How long a started process may take to listen: a gateway imports its dependencies and opens its stores first,
+# which on a 2-core machine busy with a whole suite (a PostgreSQL initdb beside it, a stalled host) has taken over 15 s.
+START_TIMEOUT = 45.0
+
+
 def start_process(args: Sequence[str], port: int, *, env: dict[str, str] | None = None, wait: bool = True) -> Proc:
     """Start ``args`` with its output in a log file; with ``wait``, return once it listens on ``port``."""
     fd, name = tempfile.mkstemp(prefix="tollgate-proc-", suffix=".log")
@@ -190,7 +195,7 @@ def start_process(args: Sequence[str], port: int, *, env: dict[str, str] | None 
     _RUNNING.append(proc)
     if wait:
         try:
-            wait_for_port(port, proc=popen)
+            wait_for_port(port, proc=popen, timeout=START_TIMEOUT)
         except Exception:
             proc.stop()
             raise RuntimeError(f"{' '.join(args)} did not start:\n{proc.log()}") from None

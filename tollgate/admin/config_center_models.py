@@ -59,7 +59,20 @@ def refused(prefix: str = "") -> Any:
     return refuse
 
 
-class NamespaceBody(Body):
+class _Kept(Body):
+    """What the gateway sets on each object it keeps (ignored in a body, shown in answers)."""
+
+    id: ReadOnly = None
+    created_at: ReadOnly = None
+    updated_at: ReadOnly = None
+    source: ReadOnly = None
+
+
+class _InNamespace(_Kept):
+    namespace_id: ReadOnly = None
+
+
+class NamespaceBody(_Kept):
     """A namespace (channel): requests one of its enabled matchers claims get its rules."""
 
     namespace_code: Annotated[str, Strict(), Field(pattern=f"^{NAME}$")] | None = None
@@ -68,13 +81,9 @@ class NamespaceBody(Body):
     description: Annotated[str, Strict(), Field(max_length=2000)] | None = None
     status: Status | None = None
     """1 enabled (default), 0 disabled: it matches nothing."""
-    id: ReadOnly = None
-    created_at: ReadOnly = None
-    updated_at: ReadOnly = None
-    source: ReadOnly = None
 
 
-class MatcherBody(Body):
+class MatcherBody(_InNamespace):
     """A test that puts a request in the namespace; the namespace's matchers are alternatives."""
 
     matcher_name: Annotated[str, Strict(), Field(max_length=200)] | None = None
@@ -88,14 +97,9 @@ class MatcherBody(Body):
     priority: Annotated[int, Strict()] | None = None
     """Higher first."""
     status: Status | None = None
-    id: ReadOnly = None
-    namespace_id: ReadOnly = None
-    created_at: ReadOnly = None
-    updated_at: ReadOnly = None
-    source: ReadOnly = None
 
 
-class RuleBody(Body):
+class RuleBody(_InNamespace):
     """A rule of the namespace: applied to the requests matched into it, counted per namespace."""
 
     rule_name: Annotated[str, Strict(), Field(max_length=200)] | None = None
@@ -104,11 +108,6 @@ class RuleBody(Body):
     """The type's fields, as an object or as a JSON string of one."""
     priority: Annotated[int, Strict()] | None = None
     status: Status | None = None
-    id: ReadOnly = None
-    namespace_id: ReadOnly = None
-    created_at: ReadOnly = None
-    updated_at: ReadOnly = None
-    source: ReadOnly = None
     native_rules: ReadOnly = None
 
 
