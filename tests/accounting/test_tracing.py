@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -27,9 +25,9 @@ from tollgate.accounting.tracing import Tracing
 from tollgate.config import config_from_dict, observability
 from tollgate.config.observability import TracingConfig
 from tollgate.errors import ConfigError
-from tollgate.process.public import make_public_server, public_lifecycle
 from tollgate.runtime.state import GatewayState
 
+from ..resilience.helpers import gateway as resilience_gateway
 from ..support.processes import MOCK_FORWARD_HEADERS
 from ..support.upstream_log import header_values, recorded
 
@@ -72,18 +70,9 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@asynccontextmanager
-async def gateway(
-    config: dict[str, Any], exporter: InMemorySpanExporter | None
-) -> AsyncIterator[tuple[str, GatewayState]]:
-    state = GatewayState(config_from_dict(config), span_exporter=exporter)
-    async with public_lifecycle(state):
-        server = make_public_server(state)
-        port = await server.start("127.0.0.1", 0)
-        try:
-            yield f"http://127.0.0.1:{port}", state
-        finally:
-            await server.shutdown(5.0)
+def gateway(config: dict[str, Any], exporter: InMemorySpanExporter | None) -> Any:
+    """A gateway in this loop whose spans go to ``exporter`` (tests/resilience/helpers.py)."""
+    return resilience_gateway(config, span_exporter=exporter)
 
 
 async def chat(url: str, model: str, headers: dict[str, str] | None = None, **body: Any) -> tuple[int, str, bytes]:

@@ -46,8 +46,11 @@ def config_doc(
 
 
 @asynccontextmanager
-async def gateway(doc: dict[str, Any], clock: Clock | None = None) -> AsyncIterator[tuple[str, GatewayState]]:
-    state = GatewayState(config_from_dict(doc), clock=clock)
+async def gateway(
+    doc: dict[str, Any], clock: Clock | None = None, **state_options: Any
+) -> AsyncIterator[tuple[str, GatewayState]]:
+    """A gateway in this test's event loop on a free port (``state_options``: more keywords of GatewayState)."""
+    state = GatewayState(config_from_dict(doc), clock=clock, **state_options)
     async with public_lifecycle(state):
         server = make_public_server(state)
         port = await server.start("127.0.0.1", 0)
