@@ -1,4 +1,4 @@
-"""Benchmark harness: req/s, p50/p99 and each process's CPU share for the upstream, a bare aiohttp proxy and the gateway."""
+"""Benchmark harness: req/s, p50/p99, CPU per request of the target and of Redis, against bare and lean pass-throughs."""
 
 from __future__ import annotations
 
@@ -57,6 +57,16 @@ class Target:
     pin: bool = True
     tenants: int = 0  # tenants declared in the config ($tenants); the load generator's key is the first one's
 
+    @property
+    def is_gateway(self) -> bool:
+        """A Tollgate row: printed against both pass-throughs (bare aiohttp and lean httptools)."""
+        return "tollgate" in self.command and "serve" in self.command
+
+    @property
+    def references(self) -> tuple[str, str]:
+        """The bare and the lean pass-through rows this row is compared with (the stream ones for a stream)."""
+        return ("bare-stream", "lean-stream") if self.body == "stream" else ("bare", "lean")
+
 
 GATEWAY_NO_RULES = """\
 listeners:
@@ -78,6 +88,7 @@ BARE_COMMAND = (
     "--api-key",
     "sk-bench-upstream",
 )
+LEAN_COMMAND = ("$python", "$bench/lean_proxy.py", *BARE_COMMAND[2:])
 GATEWAY_COMMAND = (
     "$python",
     "-m",
@@ -141,7 +152,13 @@ def tenants_yaml(count: int) -> str:
 TARGETS: tuple[Target, ...] = (
     Target("upstream", "load generator -> JSON upstream (nginx fixed body): the upstream's headroom", "json"),
     Target("mock", "load generator -> Python mock upstream, non-stream JSON", "", MOCK_COMMAND),
-    Target("bare", "-> bare aiohttp pass-through -> JSON upstream: the Python ceiling", "json", BARE_COMMAND),
+    Target("bare", "-> bare aiohttp pass-through -> JSON upstream: the aiohttp ceiling", "json", BARE_COMMAND),
+    Target(
+        "lean",
+        "-> lean uvloop + httptools pass-through -> JSON upstream: the lean Python ceiling",
+        "json",
+        LEAN_COMMAND,
+    ),
     Target(
         "gateway", "-> gateway, no rules -> JSON upstream", "json", GATEWAY_COMMAND, GATEWAY_NO_RULES, baseline="bare"
     ),
@@ -150,6 +167,14 @@ TARGETS: tuple[Target, ...] = (
         "-> bare pass-through -> mock, SSE stream of 16 tokens",
         "mock",
         BARE_COMMAND,
+        body="stream",
+        default=False,
+    ),
+    Target(
+        "lean-stream",
+        "-> lean pass-through -> mock, SSE stream of 16 tokens",
+        "mock",
+        LEAN_COMMAND,
         body="stream",
         default=False,
     ),
@@ -206,6 +231,18 @@ TARGETS: tuple[Target, ...] = (
         tenants=10,
     ),
     Target(
+        "full-redis-stream",
+        "-> gateway, full policy, Redis store -> mock, SSE stream of 16 tokens",
+        "mock",
+        GATEWAY_COMMAND,
+        GATEWAY_FULL_POLICY_REDIS,
+        baseline="bare-stream",
+        body="stream",
+        default=False,
+        redis=True,
+        tenants=10,
+    ),
+    Target(
         "full-tracing",
         "-> gateway, full policy, embedded store, every request traced (needs the tracing extra)",
         "json",
@@ -249,6 +286,16 @@ TARGETS: tuple[Target, ...] = (
     ),
 )
 RATIO_GOALS = {"gateway": 0.90, "full-embedded": 0.80, "full-redis": 0.80}
+# Issue 22's targets, checked for the rows that ran: the target's CPU µs per request (per stream), Redis's, the added
+# p50 at --connections 1 (ms), RSS at the end (MiB), spawn to first 200 (s), and CPU per stream as a multiple of the
+# lean pass-through's.
+GOALS: dict[str, dict[str, float]] = {
+    "gateway": {"cpu_us": 50},
+    "full-embedded": {"cpu_us": 90, "added_p50_ms": 0.35},
+    "full-redis": {"cpu_us": 100, "redis_us": 30, "added_p50_ms": 0.45},
+    "full-redis-stream": {"lean_cpu": 1.5},
+    "full-100k-tenants": {"rss_mib": 150, "start_s": 3},
+}
 
 _MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -298,6 +345,11 @@ class Row:
     cpu_loadgen: float
     cpu_target: float
     cpu_upstream: float | None
+    cpu_us: float  # the target's CPU time (it and its children) over the measured window / requests answered
+    redis_us: float | None = None  # redis-server's CPU time (INFO cpu) over the same window / requests
+    start_s: float | None = None  # spawn to the first 200 through the target
+    rss_mib: float | None = None  # VmRSS of the target and its children after the measured window
+    peak_mib: float | None = None  # the sum of their VmHWM
     saturated: str = ""  # a core shared by the load generator or the upstream that ran near full
     interference: str = ""  # cores where processes outside the benchmark, or the hypervisor, took CPU time
 
@@ -354,12 +406,12 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], body: bytes, log: Path,
             last = f"status {resp.status}"
         except OSError as exc:
             last = str(exc)
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise RuntimeError(f"{log.stem} not ready on port {port} after {timeout}s ({last}):\n{log.read_text()[-2000:]}")
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of ``pid`` and all its descendants (nginx workers, gateway workers), in clock ticks."""
+def family_stats(pid: int) -> dict[int, tuple[int, int]]:
+    """``pid`` and all its descendants (nginx workers, gateway workers): pid -> (ppid, utime + stime in ticks)."""
     stats: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -371,16 +423,47 @@ def cpu_ticks(pid: int) -> int:
             continue
         fields = raw[raw.rindex(b")") + 2 :].split()  # after "pid (comm) "
         stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
-    family, total, changed = {pid}, 0, True
+    family, changed = {pid}, True
     while changed:
         changed = False
         for child, (ppid, _) in stats.items():
             if ppid in family and child not in family:
                 family.add(child)
                 changed = True
-    for member in family:
-        total += stats.get(member, (0, 0))[1]
-    return total
+    return {member: stats[member] for member in family if member in stats}
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` and all its descendants, in clock ticks."""
+    return sum(ticks for _, ticks in family_stats(pid).values())
+
+
+def memory_mib(pid: int) -> tuple[float, float]:
+    """VmRSS and VmHWM (peak RSS) of ``pid`` and all its descendants, summed, in MiB."""
+    rss = peak = 0
+    for member in family_stats(pid):
+        try:
+            with open(f"/proc/{member}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("VmHWM:"):
+                        peak += int(line.split()[1])
+        except OSError:
+            continue
+    return rss / 1024, peak / 1024
+
+
+def redis_cpu_seconds(url: str) -> float:
+    """used_cpu_sys + used_cpu_user of the redis-server at ``url`` (INFO cpu: µs resolution, every thread)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def core_times() -> dict[int, tuple[int, int, int]]:
@@ -577,25 +660,31 @@ def measure(
                 config.write_text(Template(target.config).substitute(values))
                 values["config"] = str(config)
             argv = pinned(placement["target"], [Template(part).substitute(values) for part in target.command])
+            spawned = time.monotonic()
             proc = stack.enter_context(process(target.name, argv, workdir))
-            wait_ready(port, proc, body, workdir / f"{target.name}.log", timeout=30.0 + target.tenants / 5000)
-            target_pid: int | None = proc.pid
+            wait_ready(port, proc, body, workdir / f"{target.name}.log", timeout=30.0 + target.tenants / 1000)
+            start_s: float | None = time.monotonic() - spawned
+            target_pid = proc.pid
         else:
             assert upstream is not None
-            port, target_pid = upstream.port, upstream.pid
+            port, target_pid, start_s = upstream.port, upstream.pid, None
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         if args.warmup > 0:
             run_load(load, url, body_file, args.warmup)
         pids = [target_pid] + ([upstream.pid] if upstream is not None and target.command else [])
+        redis_url = getattr(args, "redis_url", "") if target.redis else ""
+        redis_before = redis_cpu_seconds(redis_url) if redis_url else 0.0
         ticks_before = [cpu_ticks(pid) for pid in pids]
         cores_before = core_times()
         started = time.monotonic()
         result, cpu_loadgen = run_load(load, url, body_file, args.duration)
         wall = time.monotonic() - started
-        shares = [
-            (cpu_ticks(pid) - before) / CLK_TCK / wall * 100 for pid, before in zip(pids, ticks_before, strict=True)
-        ]
+        ticks = [cpu_ticks(pid) - before for pid, before in zip(pids, ticks_before, strict=True)]
         cores_after = core_times()
+        redis_seconds = redis_cpu_seconds(redis_url) - redis_before if redis_url else None
+        rss_mib, peak_mib = memory_mib(target_pid)
+    shares = [t / CLK_TCK / wall * 100 for t in ticks]
+    requests = max(result["requests"], 1)
     seconds = result["duration_us"] / 1e6
     per_core: dict[int, list[str]] = {}
     per_core_share: dict[int, float] = {}
@@ -633,6 +722,11 @@ def measure(
         cpu_loadgen=cpu_loadgen,
         cpu_target=shares[0],
         cpu_upstream=shares[1] if len(shares) > 1 else None,
+        cpu_us=ticks[0] / CLK_TCK * 1e6 / requests,
+        redis_us=redis_seconds * 1e6 / requests if redis_seconds is not None else None,
+        start_s=start_s,
+        rss_mib=rss_mib,
+        peak_mib=peak_mib,
         saturated=saturated,
         interference="; ".join(interference),
     )
@@ -648,12 +742,14 @@ def median_run(rows: list[Row]) -> Row:
 
 def rounds_line(selected: Sequence[Target], runs: dict[str, list[Row]]) -> str:
     per_row = "; ".join(
-        f"{t.name} " + " / ".join(f"{r.rps:,.0f}" for r in runs[t.name]) for t in selected if runs[t.name]
+        f"{t.name} " + " / ".join(f"{r.rps:,.0f} ({r.cpu_us:.0f} µs)" for r in runs[t.name])
+        for t in selected
+        if runs[t.name]
     )
     rounds = max(len(v) for v in runs.values())
     return (
         f"- Rounds: every row ran {rounds} times, interleaved (all rows, then all rows again); the table shows each "
-        f"row's median run and the ratios are between medians. req/s per round: {per_row}"
+        f"row's median run and the ratios are between medians. req/s (target CPU µs/request) per round: {per_row}"
     )
 
 
@@ -662,11 +758,27 @@ def ratio(row: Row, rows: dict[str, Row]) -> float | None:
     return row.rps / base.rps if base and base.rps else None
 
 
-def table(rows: list[Row]) -> list[str]:
+def against(row: Row, reference: Row | None) -> tuple[float, float] | None:
+    """A gateway row against a pass-through row of the same run: (req/s ratio, CPU-per-request ratio)."""
+    if reference is None or reference is row or not reference.rps or not reference.cpu_us:
+        return None
+    return row.rps / reference.rps, row.cpu_us / reference.cpu_us
+
+
+def added_p50(row: Row, rows: dict[str, Row], connections: int) -> float | None:
+    """At one connection, the row's p50 over the ``upstream`` row's (same JSON upstream, same run), in ms."""
+    direct = rows.get("upstream")
+    if connections != 1 or direct is None or not row.target.command or row.target.upstream != "json":
+        return None
+    return row.p50_ms - direct.p50_ms
+
+
+def table(rows: list[Row], connections: int) -> list[str]:
     by_name = {r.target.name: r for r in rows}
     lines = [
-        "| row | req/s | p50 ms | p99 ms | errors | CPU load gen | CPU target | CPU upstream | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| row | req/s | p50 ms | p99 ms | errors | CPU load gen | CPU target | CPU upstream | target µs/req "
+        "| Redis µs/req | start s | RSS MiB (peak) | added p50 ms | ratio | vs bare: req/s, CPU | vs lean: req/s, CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for r in rows:
         q = ratio(r, by_name)
@@ -674,14 +786,40 @@ def table(rows: list[Row]) -> list[str]:
         upstream_cpu = (
             f"{r.cpu_upstream:.0f} %" if r.cpu_upstream is not None else "(is target)" if r.target.upstream else ""
         )
+        versus = []
+        for name in r.target.references:
+            pair = against(r, by_name.get(name)) if r.target.is_gateway else None
+            versus.append(f"{pair[0]:.2f}×, {pair[1]:.2f}×" if pair else "")
+        extra = added_p50(r, by_name, connections)
         lines.append(
             f"| {r.target.name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {r.cpu_loadgen:.0f} % "
-            f"| {r.cpu_target:.0f} % | {upstream_cpu} | {ratio_text} |"
+            f"| {r.cpu_target:.0f} % | {upstream_cpu} | {r.cpu_us:.1f} "
+            f"| {'' if r.redis_us is None else f'{r.redis_us:.1f}'} "
+            f"| {'' if r.start_s is None else f'{r.start_s:.2f}'} "
+            f"| {'' if r.rss_mib is None else f'{r.rss_mib:.0f} ({r.peak_mib:.0f})'} "
+            f"| {'' if extra is None else f'{extra:.3f}'} | {ratio_text} | {versus[0]} | {versus[1]} |"
         )
     return lines
 
 
-def verdicts(rows: list[Row]) -> list[str]:
+def figures(row: Row, rows: dict[str, Row], connections: int) -> dict[str, float]:
+    """The figures GOALS names, those this run measured."""
+    out = {"cpu_us": row.cpu_us}
+    for name, value in (
+        ("redis_us", row.redis_us),
+        ("start_s", row.start_s),
+        ("rss_mib", row.rss_mib),
+        ("added_p50_ms", added_p50(row, rows, connections)),
+    ):
+        if value is not None:
+            out[name] = value
+    lean = against(row, rows.get(row.target.references[1]))
+    if lean is not None:
+        out["lean_cpu"] = lean[1]
+    return out
+
+
+def verdicts(rows: list[Row], connections: int) -> list[str]:
     by_name = {r.target.name: r for r in rows}
     out = []
     for r in rows:
@@ -691,6 +829,13 @@ def verdicts(rows: list[Row]) -> list[str]:
         goal = RATIO_GOALS.get(r.target.name)
         verdict = "" if goal is None else f" (target >= {goal:.2f}: {'met' if q >= goal else 'NOT met'})"
         out.append(f"{r.target.name} / {r.target.baseline} = {q:.3f}{verdict}")
+    for r in rows:
+        measured = figures(r, by_name, connections)
+        for figure, goal in GOALS.get(r.target.name, {}).items():
+            if figure in measured:
+                value = measured[figure]
+                met = "met" if value <= goal else "NOT met"
+                out.append(f"{r.target.name} {figure} = {value:.3g} (issue 22 target <= {goal:g}: {met})")
     for r in rows:
         if r.saturated:
             out.append(
@@ -758,9 +903,9 @@ def record(rows: list[Row], header: list[str], args: argparse.Namespace) -> None
         *header,
         f"- Duration: {args.duration:g} s per row after {args.warmup:g} s of warm-up; `python benchmarks/run.py {' '.join(sys.argv[1:])}`",
         "",
-        *table(rows),
+        *table(rows, args.connections),
         "",
-        *(f"- {line}" for line in verdicts(rows)),
+        *(f"- {line}" for line in verdicts(rows, args.connections)),
         "",
     ]
     new = not results.exists()
@@ -846,7 +991,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"-- {target.name}: {target.about}" + (f" [{upstream.name}]" if upstream else ""), flush=True)
                     row = measure(target, upstream, load, workdir, args, placement)
                     runs[target.name].append(row)
-                    print(f"   {row.rps:,.0f} req/s, p50 {row.p50_ms:.2f} ms, p99 {row.p99_ms:.2f} ms", flush=True)
+                    redis_text = "" if row.redis_us is None else f", Redis {row.redis_us:.1f} µs/req"
+                    print(
+                        f"   {row.rps:,.0f} req/s, p50 {row.p50_ms:.2f} ms, p99 {row.p99_ms:.2f} ms, "
+                        f"target {row.cpu_us:.1f} µs/req{redis_text}",
+                        flush=True,
+                    )
     finally:
         if args.keep_logs:
             print(f"logs and configs kept in {workdir}")
@@ -856,11 +1006,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rounds > 1:
         header = [*header, rounds_line(selected, runs)]
     print()
-    print("\n".join(table(rows)))
-    print("\n".join(verdicts(rows)))
+    print("\n".join(table(rows, args.connections)))
+    print("\n".join(verdicts(rows, args.connections)))
     if args.rounds > 1:
         print(header[-1][2:])
-    print("CPU shares are % of one core over the measured window (100 % = one core saturated).")
+    print(
+        "CPU shares are % of one core over the measured window (100 % = one core saturated); µs/req is CPU time over "
+        "the window / requests answered (per stream for stream rows); vs bare / vs lean: req/s ratio, CPU µs ratio."
+    )
     if args.record:
         record(rows, header, args)
         print(f"recorded in {args.results}")

@@ -1,0 +1,145 @@
+"""The benchmark harness: the lean pass-through forwards like a proxy (credential swapped, keep-alive upstream, JSON
+with its length, SSE re-chunked, pipelined requests in order, 502 without an upstream), and run.py's per-request
+figures (CPU µs against bare and lean, added p50 at one connection, issue 22's goals) come from the right rows."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import run
+from lean_proxy import LeanProxy, Origin
+
+from .support.processes import free_port
+
+MakeServer = Callable[..., Awaitable[TestServer]]
+SSE_EVENTS = [b'data: {"n": %d}\n\n' % i for i in range(20)] + [b"data: [DONE]\n\n"]
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: MakeServer) -> tuple[str, list[dict[str, Any]]]:
+    """An upstream that records each request (headers, body, the proxy's source port) and answers JSON or SSE."""
+    seen: list[dict[str, Any]] = []
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        seen.append(
+            {
+                "path": request.path,
+                "headers": dict(request.headers),
+                "body": body,
+                "peer": request.transport.get_extra_info("peername"),
+            }  # type: ignore[union-attr]
+        )
+        if b'"stream": true' not in body:
+            return web.json_response({"echo": body.decode()}, headers={"X-Request-Id": "req-1"})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in SSE_EVENTS:
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/base/v1/chat/completions", chat)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/base/v1")), seen
+
+
+async def _lean(upstream_url: str) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    origin = Origin(upstream_url, "sk-upstream")
+    server = await loop.create_server(lambda: LeanProxy(origin), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1/chat/completions"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def lean_url(upstream: tuple[str, list[dict[str, Any]]]) -> AsyncIterator[str]:
+    async for url in _lean(upstream[0]):
+        yield url
+
+
+async def test_lean_proxy_swaps_the_credential_and_reuses_one_upstream_connection(
+    lean_url: str, upstream: tuple[str, list[dict[str, Any]]]
+) -> None:
+    _, seen = upstream
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as client:
+        for i in range(3):
+            body = b'{"model": "m", "n": %d}' % i
+            async with client.post(lean_url, data=body, headers={"Authorization": "Bearer client-key"}) as response:
+                assert response.status == 200
+                assert response.headers["Content-Length"] == str(len(await response.read()))
+                assert response.headers["X-Request-Id"] == "req-1"  # end-to-end headers relayed
+                assert (await response.json()) == {"echo": body.decode()}
+    assert [s["body"] for s in seen] == [b'{"model": "m", "n": %d}' % i for i in range(3)]
+    assert {s["path"] for s in seen} == {"/base/v1/chat/completions"}
+    assert {s["headers"]["Authorization"] for s in seen} == {"Bearer sk-upstream"}
+    assert len({s["peer"] for s in seen}) == 1  # keep-alive: the three requests on one upstream connection
+
+
+async def test_lean_proxy_passes_an_sse_stream_through_chunked(lean_url: str) -> None:
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(lean_url, data=b'{"stream": true}') as response,
+    ):
+        assert response.headers["Content-Type"] == "text/event-stream"
+        assert response.headers["Transfer-Encoding"] == "chunked"
+        assert await response.read() == b"".join(SSE_EVENTS)
+
+
+async def test_lean_proxy_answers_pipelined_requests_in_order(
+    lean_url: str, upstream: tuple[str, list[dict[str, Any]]]
+) -> None:
+    port = int(lean_url.split(":")[2].split("/")[0])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    one = b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n{"a":1}'
+    two = b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nConnection: close\r\n\r\n{"a":2}'
+    writer.write(one + two)
+    answers = await asyncio.wait_for(reader.read(), 10)  # until the proxy closes, as the second request asked
+    writer.close()
+    assert answers.count(b"HTTP/1.1 200 OK") == 2
+    assert answers.index(b'\\"a\\":1') < answers.index(b'\\"a\\":2')
+    assert [s["body"] for s in upstream[1]] == [b'{"a":1}', b'{"a":2}']
+
+
+async def test_lean_proxy_answers_502_when_the_upstream_is_down() -> None:
+    async for url in _lean(f"http://127.0.0.1:{free_port()}/v1"):
+        async with aiohttp.ClientSession() as client, client.post(url, data=b"{}") as response:
+            assert response.status == 502
+            assert "upstream" in (await response.json())["error"]["message"]
+
+
+def _row(name: str, rps: float, cpu_us: float, p50_ms: float = 1.0) -> run.Row:
+    target = next(t for t in run.TARGETS if t.name == name)
+    return run.Row(target, rps, p50_ms, 2 * p50_ms, 0, 50.0, cpu_us * rps / 1e4, None, cpu_us)
+
+
+def test_gateway_rows_are_printed_against_both_pass_throughs() -> None:
+    rows = [_row("bare", 4000, 250), _row("lean", 40000, 25), _row("gateway", 8000, 125)]
+    line = run.table(rows, connections=64)[-1]
+    assert "| 2.00 of bare | 2.00×, 0.50× | 0.20×, 5.00× |" in line
+    assert "| 125.0 |" in line  # the CPU µs per request column
+    lean_cells = run.table(rows, connections=64)[3].split("|")[-4:-1]  # ratio, vs bare, vs lean
+    assert [cell.strip() for cell in lean_cells] == ["", "", ""]  # a pass-through is not compared with them
+
+
+def test_added_p50_is_over_the_upstream_row_at_one_connection_only() -> None:
+    rows = {r.target.name: r for r in (_row("upstream", 9000, 10, 0.10), _row("full-redis", 3000, 290, 0.95))}
+    assert run.added_p50(rows["full-redis"], rows, connections=1) == pytest.approx(0.85)
+    assert run.added_p50(rows["full-redis"], rows, connections=64) is None
+    assert "full-redis added_p50_ms = 0.85 (issue 22 target <= 0.45: NOT met)" in run.verdicts(list(rows.values()), 1)
