@@ -11,6 +11,7 @@ import re
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -368,11 +369,12 @@ def pinned(cpu: int | None, argv: Sequence[str]) -> list[str]:
 
 
 @contextmanager
-def process(name: str, argv: Sequence[str], workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``argv`` with output to ``workdir/name.log``; SIGTERM (then SIGKILL) on exit."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+def process(name: str, argv: Sequence[str], workdir: Path, tree: Path = REPO) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` in ``tree`` (its ``tollgate`` first on the path) with output to ``workdir/name.log``; SIGTERM
+    (then SIGKILL) on exit."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))}
     with open(workdir / f"{name}.log", "wb") as log:  # the child writes to its own copy of the descriptor
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tree, env=env)
     try:
         yield proc
     finally:
@@ -647,7 +649,7 @@ def measure(
             port = free_port()
             values = {
                 "python": args.python,
-                "repo": str(REPO),
+                "repo": str(args.tree),
                 "bench": str(BENCH),
                 "port": str(port),
                 "upstream_port": str(upstream.port if upstream else ""),
@@ -661,7 +663,7 @@ def measure(
                 values["config"] = str(config)
             argv = pinned(placement["target"], [Template(part).substitute(values) for part in target.command])
             spawned = time.monotonic()
-            proc = stack.enter_context(process(target.name, argv, workdir))
+            proc = stack.enter_context(process(target.name, argv, workdir, args.tree))
             wait_ready(port, proc, body, workdir / f"{target.name}.log", timeout=30.0 + target.tenants / 1000)
             start_s: float | None = time.monotonic() - spawned
             target_pid = proc.pid
@@ -742,7 +744,9 @@ def median_run(rows: list[Row]) -> Row:
 
 def rounds_line(selected: Sequence[Target], runs: dict[str, list[Row]]) -> str:
     per_row = "; ".join(
-        f"{t.name} " + " / ".join(f"{r.rps:,.0f} ({r.cpu_us:.0f} µs)" for r in runs[t.name])
+        f"{t.name} "
+        + " / ".join(f"{r.rps:,.0f} ({r.cpu_us:.0f} µs)" for r in runs[t.name])
+        + f", median {statistics.median(r.cpu_us for r in runs[t.name]):.1f} µs"
         for t in selected
         if runs[t.name]
     )
@@ -848,7 +852,7 @@ def verdicts(rows: list[Row], connections: int) -> list[str]:
     return out
 
 
-def machine_description(load: Load, pinning: str) -> list[str]:
+def machine_description(load: Load, pinning: str, tree: Path = REPO) -> list[str]:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout if shutil.which("lscpu") else ""
     wanted = (
         "Architecture",
@@ -877,15 +881,17 @@ def machine_description(load: Load, pinning: str) -> list[str]:
             first = (text.stderr or text.stdout).strip().splitlines()[0]
             versions.append(first.split("Copyright")[0].strip())
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=tree
     ).stdout.strip()
     if (
         commit
         and subprocess.run(
-            ["git", "status", "--porcelain", "--", "tollgate"], capture_output=True, text=True, cwd=REPO
+            ["git", "status", "--porcelain", "--", "tollgate"], capture_output=True, text=True, cwd=tree
         ).stdout.strip()
     ):
         commit += " with uncommitted changes in tollgate/"
+    if tree != REPO:
+        commit += f" (the rows' processes run from {tree}; the harness from {REPO})"
     return [
         f"- Machine: {'; '.join(cpu) or platform.processor()}; Linux {platform.release()}",
         f"- Software: {', '.join(versions)}; commit {commit or 'unknown'}",
@@ -938,6 +944,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores with taskset")
     p.add_argument("--python", default=sys.executable, help="interpreter for the proxies and the mock")
+    p.add_argument(
+        "--tree",
+        type=lambda text: Path(text).resolve(),
+        default=REPO,
+        help="checkout whose tollgate package the gateway rows run (default: this one), e.g. a detached checkout of "
+        "the base, measured with this harness's columns: alternate runs with and without it for before/after",
+    )
     p.add_argument("--record", action="store_true", help="append the results to --results")
     p.add_argument("--results", default=str(RESULTS), help="file --record appends to (default: benchmarks/RESULTS.md)")
     p.add_argument("--label", default="", help="added to the recorded section's title, e.g. which build was measured")
@@ -968,7 +981,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pinning = "no CPU pinning"
     load = Load(tool, args.connections, args.threads, loadgen_cpu, args.python)
     placement = {"loadgen": loadgen_cpu, "target": proxy_cpu, "upstream": upstream_cpu}
-    header = machine_description(load, pinning)
+    header = machine_description(load, pinning, args.tree)
     print("\n".join(header), flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
     runs: dict[str, list[Row]] = {t.name: [] for t in selected}
