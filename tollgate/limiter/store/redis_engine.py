@@ -50,7 +50,7 @@ import hiredis
 from redis.asyncio import Redis, RedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from tollgate.circuit_breaker import CLOSED, DEFAULT_SETTINGS, BreakerSettings, CircuitBreaker
 from tollgate.clock import Clock
