@@ -267,7 +267,7 @@ class Directory:
         return shared
 
     def _key_entry(self, key: ApiKey, tenant: TenantEntry, source: str) -> KeyEntry | None:
-        kind, _, hexdigest = key.key_hash.partition(":")
+        kind = key.hash_kind
         if kind != self.hash_kind:
             log.error(
                 "API key %s of tenant %s is stored as %s but the gateway hashes keys with %s "
@@ -278,7 +278,7 @@ class Directory:
                 self.hash_kind,
             )
             return None
-        digest = bytes.fromhex(hexdigest)
+        digest = key.digest
         revoked = key.revoked or key.id in self._revoked
         refusal = _REVOKED if revoked else tenant.refusal
         principal = None
