@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from tollgate.config.identity import (
-    HEX64,
     KEY_ID,
     LIMIT_FIELDS,
     SUBDOMAIN,
@@ -68,7 +67,7 @@ class _Reader:
         self.models = models
         self.tenants: dict[str, Tenant] = {}
         self.keys: dict[str, ApiKey] = {}
-        self.hashes: set[str] = set()
+        self.digests: dict[str, set[bytes]] = {}  # by kind: two keys with the same digest are one key
         self.subdomains: set[str] = set()
         self.model_lists: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per distinct list
 
@@ -140,18 +139,20 @@ class _Reader:
         given = [c for c in _CREDENTIALS if c in doc]
         if len(given) != 1:
             raise _Irregular
-        key_id = doc.get("id", f"{tenant_id}-{index}")
+        key_id = doc.get("id")
+        if key_id is None:
+            key_id = f"{tenant_id}-{index}"
         if type(key_id) is not str or KEY_ID.fullmatch(key_id) is None or key_id in self.keys:
             raise _Irregular
-        key_hash = self._key_hash(given[0], doc[given[0]])
-        if key_hash in self.hashes:
+        kind, digest = self._digest(given[0], doc[given[0]])
+        seen = self.digests.setdefault(kind, set())
+        if digest in seen:
             raise _Irregular
         name, revoked, admin = doc.get("name", ""), doc.get("revoked", False), doc.get("admin", False)
         if type(name) is not str or type(revoked) is not bool or type(admin) is not bool:
             raise _Irregular
-        self.hashes.add(key_hash)
+        seen.add(digest)
         key_id = _own(key_id)
-        kind, digest = split_key_hash(key_hash)
         self.keys[key_id] = ApiKey(
             id=key_id,
             tenant=tenant_id,
@@ -163,19 +164,28 @@ class _Reader:
             admin=admin,
         )
 
-    def _key_hash(self, credential: str, value: Any) -> str:
-        """The stored form of a key, as :meth:`KeyDoc.key_hash_with` makes it, when its kind fits the secret."""
+    def _digest(self, credential: str, value: Any) -> tuple[str, bytes]:
+        """The kind and digest of a key, as :meth:`KeyDoc.key_hash_with` makes them, when its kind fits the secret."""
         if type(value) is not str:
             raise _Irregular
         if credential == "key":
             if len(value) < 16:
                 raise _Irregular
-            return hash_key(value, self.secret)
+            return split_key_hash(hash_key(value, self.secret))
         if credential == "key_hash":
-            kind, _, digest = value.partition(":")
-            if kind not in ("sha256", "hmac-sha256") or HEX64.fullmatch(digest) is None:
+            kind, _, value = value.partition(":")
+            if kind not in ("sha256", "hmac-sha256"):
                 raise _Irregular
-            return value
-        if HEX64.fullmatch(value) is None or (credential == "sha256") != (self.secret is None):
+        else:
+            if (credential == "sha256") != (self.secret is None):
+                raise _Irregular
+            kind = "sha256" if credential == "sha256" else "hmac-sha256"
+        if len(value) != 64:
             raise _Irregular
-        return ("sha256:" if credential == "sha256" else "hmac-sha256:") + value
+        try:
+            digest = bytes.fromhex(value)
+        except ValueError:
+            raise _Irregular from None
+        if digest.hex() != value:  # 64 lower-case hex digits, nothing else (fromhex takes upper case and spaces)
+            raise _Irregular
+        return kind, digest
