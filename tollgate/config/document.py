@@ -36,6 +36,7 @@ from tollgate.config.resilience import Resilience, fallback_graph_problems
 from tollgate.config.rules import NAME, RulesSections, build_rules
 from tollgate.config.scaling import ScalingConfig, pool_ref_problems
 from tollgate.config.store import StoreDoc, build_store
+from tollgate.config.tenant_table import read_tenants
 from tollgate.config.upstreams import UpstreamDoc, build_upstream
 from tollgate.config.validation import Doc, Found, Problems, check, validate
 from tollgate.config.values import Bool, NonEmptyStr, Str, frozen_map, matching
@@ -243,10 +244,16 @@ def data_dir_of(named: str | None, source: str, default: str | None) -> str | No
     return str(path.absolute())
 
 
-def build_config(doc: ConfigDoc, *, source: str = "<memory>", data_dir: str | None = None) -> Config:
+def build_config(
+    doc: ConfigDoc,
+    *,
+    source: str = "<memory>",
+    data_dir: str | None = None,
+    table: tuple[dict[str, Tenant], dict[str, ApiKey]] | None = None,
+) -> Config:
     """The Config the gateway reads, from a document that validated without a problem (``data_dir``: the folder
-    to use when the document names none)."""
-    tenants, keys = _tenants(doc)
+    to use when the document names none; ``table``: the tenants and keys, when they were read apart)."""
+    tenants, keys = table if table is not None else _tenants(doc)
     plans: dict[str, Any] = dict(DEFAULT_PLANS)
     plans.update({name: build_plan(name, plan) for name, plan in doc.plans.items()})
     given = doc.model_fields_set
@@ -282,12 +289,32 @@ def parse_config(
     data: Any, problems: Problems, *, source: str = "<memory>", data_dir: str | None = None
 ) -> Config | None:
     """Validate a parsed document (``${VAR}`` already substituted): the Config, or None after problems."""
+    fast = _with_tenant_table(data, source=source, data_dir=data_dir)
+    if fast is not None:
+        return fast
     before = len(problems.lines)
     doc = validate(ConfigDoc, data, "", problems)
     if problems or doc is None:
         _in_file_order(problems, before, data)
         return None
     return build_config(doc, source=source, data_dir=data_dir)
+
+
+def _with_tenant_table(data: Any, *, source: str, data_dir: str | None) -> Config | None:
+    """The Config of a document whose tenants are all in the plain shape (read by :func:`read_tenants`, without
+    a model per tenant) and that validates without a problem; None for any other, which the models then read."""
+    if not isinstance(data, dict) or type(data.get("tenants")) is not dict or not data["tenants"]:
+        return None
+    problems = Problems()
+    doc = validate(ConfigDoc, {**data, "tenants": {}}, "", problems)
+    if problems or doc is None:
+        return None
+    table = read_tenants(
+        data["tenants"], secret=doc.key_secret(), plans={**DEFAULT_PLANS, **doc.plans}, models=doc.models
+    )
+    if table is None:
+        return None
+    return build_config(doc, source=source, data_dir=data_dir, table=table)
 
 
 def _in_file_order(problems: Problems, start: int, data: Any) -> None:

@@ -65,6 +65,7 @@ __all__ = [
     "parse_key",
     "parse_tenant",
     "parse_timestamp",
+    "split_key_hash",
     "tenant_ref_problems",
 ]
 
@@ -172,11 +173,13 @@ DEFAULT_PLANS: Mapping[str, Plan] = frozen_map(
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
-    """An API key as stored: never the key itself, only ``key_hash`` (``sha256:<hex>`` or ``hmac-sha256:<hex>``)."""
+    """An API key as stored: never the key itself, only its digest, kept as bytes (the directory indexes keys by
+    the same object); ``key_hash`` is its written form, ``sha256:<hex>`` or ``hmac-sha256:<hex>``."""
 
     id: str
     tenant: str
-    key_hash: str = field(repr=False)
+    digest: bytes = field(repr=False)
+    hash_kind: str = "sha256"  # "sha256" | "hmac-sha256"; "" for the placeholder of a key that failed validation
     name: str = ""
     created: float = 0.0
     expires: float | None = None
@@ -185,6 +188,10 @@ class ApiKey:
     models: tuple[str, ...] | None = None
     # The tenant's admin key: it may also list, create and revoke its own tenant's keys (the self-service routes).
     admin: bool = False
+
+    @property
+    def key_hash(self) -> str:
+        return f"{self.hash_kind}:{self.digest.hex()}" if self.hash_kind else ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -302,6 +309,12 @@ class RegistryConfig:
     url: str | None = None
     prefix: str = "tollgate:registry"
     poll_interval: float = 0.25
+
+
+def split_key_hash(key_hash: str) -> tuple[str, bytes]:
+    """``sha256:<hex>`` -> ``("sha256", digest)``; ``""`` -> ``("", b"")``."""
+    kind, _, hexdigest = key_hash.partition(":")
+    return kind, bytes.fromhex(hexdigest)
 
 
 def hash_key(key: str, secret: bytes | None) -> str:
@@ -444,10 +457,12 @@ def build_tenant(tenant_id: str, doc: TenantFields, *, created: float = 0.0) -> 
 
 
 def build_key(doc: KeyDoc, tenant_id: str, *, secret: bytes | None, default_id: str, created: float = 0.0) -> ApiKey:
+    kind, digest = split_key_hash(doc.key_hash_with(secret))
     return ApiKey(
         id=doc.id or default_id,
         tenant=tenant_id,
-        key_hash=doc.key_hash_with(secret),
+        digest=digest,
+        hash_kind=kind,
         name=doc.name,
         created=doc.created if doc.created is not None else created,
         expires=doc.expires,
@@ -528,7 +543,7 @@ def parse_key(node: Node, tenant_id: str, *, secret: bytes | None, default_id: s
     """A key declared by hash (``sha256:`` / ``hmac_sha256:`` / ``key_hash:``) or by plaintext ``key:``."""
     doc = validate(KeyDoc, node.take(_KEY_KEYS), node.path, node.problems)
     if doc is None:
-        return ApiKey(id=default_id, tenant=tenant_id, key_hash="", created=created)
+        return ApiKey(id=default_id, tenant=tenant_id, digest=b"", hash_kind="", created=created)
     for where, reason in key_secret_problems(doc, secret):
         node.problems.add(join(node.path, where), reason)
     return build_key(doc, tenant_id, secret=secret, default_id=default_id, created=created)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tollgate.config.identity import ApiKey, Limits, Plan, Tenant, parse_key, parse_tenant
+from tollgate.config.identity import ApiKey, Limits, Tenant, parse_key, parse_tenant
 from tollgate.config.model import Config
 from tollgate.config.reader import Node, Problems
 from tollgate.identity.tenant_records import key_from_record, tenant_from_record
@@ -72,10 +72,7 @@ class KeyEntry:
     expires: float | None
 
 
-def _effective(plan: Plan, tenant: Tenant) -> tuple[Limits, frozenset[str] | None]:
-    limits = replace(plan.limits, **tenant.limits) if tenant.limits else plan.limits
-    allowed = tenant.allowed_models if tenant.allowed_models is not None else plan.allowed_models
-    return limits, (frozenset(allowed) if allowed is not None else None)
+_REVOKED = Refusal(False, "this API key has been revoked", "invalid_api_key")
 
 
 class Directory:
@@ -95,10 +92,16 @@ class Directory:
         self._api_tenants: dict[str, Tenant] = {}
         self._api_keys: dict[str, ApiKey] = {}
         self._revoked: dict[str, float] = {}
-        self._keys_of: dict[str, set[str]] = {}
+        # Key ids by tenant: a tuple each (most tenants hold one key; a set would cost four times the memory).
+        self._keys_of: dict[str, tuple[str, ...]] = {}
+        keys_of = self._keys_of
         for key in self.config_keys.values():
-            self._keys_of.setdefault(key.tenant, set()).add(key.id)
-        self.apply(records or {}, also=self.config_tenants)
+            held = keys_of.get(key.tenant)
+            keys_of[key.tenant] = (key.id,) if held is None else (*held, key.id)
+        # Shared by every principal of the same plan and models (100,000 tenants on a few plans).
+        self._model_sets: dict[tuple[str, ...], frozenset[str]] = {}
+        self._build()
+        self.apply(records or {})
 
     # -- reading --------------------------------------------------------
     def tenant_ids(self) -> Iterable[str]:
@@ -137,7 +140,9 @@ class Directory:
                     key = self._parse_key(ident, doc)
                     if key is not None:
                         self._api_keys[ident] = key
-                        self._keys_of.setdefault(key.tenant, set()).add(ident)
+                        held = self._keys_of.get(key.tenant, ())
+                        if ident not in held:
+                            self._keys_of[key.tenant] = (*held, ident)
                         touched.add(key.tenant)
             elif kind == "r":
                 if doc is None:
@@ -160,8 +165,8 @@ class Directory:
 
     def _unlink_key(self, tenant_id: str, key_id: str) -> None:
         ids = self._keys_of.get(tenant_id)
-        if ids is not None and key_id not in self.config_keys:
-            ids.discard(key_id)
+        if ids is not None and key_id not in self.config_keys and key_id in ids:
+            self._keys_of[tenant_id] = tuple(k for k in ids if k != key_id)
 
     def _parse_tenant(self, ident: str, doc: Any) -> Tenant | None:
         fast = tenant_from_record(ident, doc)
@@ -218,6 +223,24 @@ class Directory:
             self.key_ids[kid] = key_entry
             self.keys[key_entry.digest] = key_entry
 
+    def _build(self) -> None:
+        """The entries of the config's tenants and keys, in one pass (what :meth:`_refresh` of each would make)."""
+        tenants, subdomains, keys, key_ids = self.tenants, self.subdomains, self.keys, self.key_ids
+        entry_of = self._tenant_entry
+        for tid, tenant in self.config_tenants.items():
+            tenants[tid] = entry_of(tenant, "config")
+            if tenant.subdomain is not None:
+                subdomains.setdefault(tenant.subdomain, tid)
+        key_entry_of = self._key_entry
+        for kid, key in self.config_keys.items():
+            entry = tenants.get(key.tenant)
+            if entry is None:
+                continue
+            key_entry = key_entry_of(key, entry, "config")
+            if key_entry is not None:
+                key_ids[kid] = key_entry
+                keys[key_entry.digest] = key_entry
+
     def _tenant_entry(self, tenant: Tenant, source: str) -> TenantEntry:
         plan = self.plans.get(tenant.plan)
         refusal: Refusal | None = None
@@ -226,16 +249,25 @@ class Directory:
                 True, f"tenant {tenant.id!r} is on plan {tenant.plan!r}, which is not configured", "plan_not_configured"
             )
             return TenantEntry(tenant, source, None, refusal)
-        limits, allowed = _effective(plan, tenant)
-        principal = Principal(tenant.id, plan.name, limits, allowed, via="claim")
+        limits = replace(plan.limits, **tenant.limits) if tenant.limits else plan.limits
+        allowed = tenant.allowed_models if tenant.allowed_models is not None else plan.allowed_models
+        principal = Principal(tenant.id, plan.name, limits, self._model_set(allowed), via="claim")
         if tenant.status == "suspended":
             refusal = Refusal(
                 True, f"tenant {tenant.id!r} is suspended; contact the gateway operator", "tenant_suspended"
             )
         return TenantEntry(tenant, source, principal, refusal)
 
+    def _model_set(self, models: tuple[str, ...] | None) -> frozenset[str] | None:
+        if models is None:
+            return None
+        shared = self._model_sets.get(models)
+        if shared is None:
+            shared = self._model_sets[models] = frozenset(models)
+        return shared
+
     def _key_entry(self, key: ApiKey, tenant: TenantEntry, source: str) -> KeyEntry | None:
-        kind, _, hexdigest = key.key_hash.partition(":")
+        kind = key.hash_kind
         if kind != self.hash_kind:
             log.error(
                 "API key %s of tenant %s is stored as %s but the gateway hashes keys with %s "
@@ -246,16 +278,15 @@ class Directory:
                 self.hash_kind,
             )
             return None
-        digest = bytes.fromhex(hexdigest)
+        digest = key.digest
         revoked = key.revoked or key.id in self._revoked
-        refusal = tenant.refusal
-        if revoked:
-            refusal = Refusal(False, "this API key has been revoked", "invalid_api_key")
+        refusal = _REVOKED if revoked else tenant.refusal
         principal = None
-        if tenant.principal is not None:
-            allowed = tenant.principal.allowed_models
+        of_tenant = tenant.principal
+        if of_tenant is not None:
+            allowed = of_tenant.allowed_models
             if key.models is not None:
-                allowed = frozenset(key.models) if allowed is None else allowed & frozenset(key.models)
-            principal = replace(tenant.principal, key_id=key.id, allowed_models=allowed, via="api_key")
+                allowed = self._model_set(key.models) if allowed is None else allowed & frozenset(key.models)
+            principal = Principal(of_tenant.tenant, of_tenant.plan, of_tenant.limits, allowed, key.id, None, "api_key")
         revoked_key = replace(key, revoked=True) if revoked and not key.revoked else key
         return KeyEntry(digest, revoked_key, source, principal, refusal, key.expires)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tollgate.config.identity import KEY_ID, LIMIT_FIELDS, SUBDOMAIN, ApiKey, Tenant, frozen_map
+from tollgate.config.identity import KEY_ID, LIMIT_FIELDS, SUBDOMAIN, ApiKey, Tenant, frozen_map, split_key_hash
 
 __all__ = ["key_from_record", "tenant_from_record"]
 
@@ -95,10 +95,12 @@ def key_from_record(ident: str, doc: Any) -> ApiKey | None:
         return None
     if models is not None and not _str_list(models):
         return None
+    kind, digest = split_key_hash(key_hash)
     return ApiKey(
         id=ident,
         tenant=tenant,
-        key_hash=key_hash,
+        digest=digest,
+        hash_kind=kind,
         name=name,
         created=float(created),
         expires=float(expires) if expires is not None else None,

@@ -131,8 +131,12 @@ class Registry:
     def _take(self, changes: Changes) -> None:
         identity, rules = _split(changes.records)
         if changes.full:
-            self.records = {name: doc for name, doc in identity.items() if doc is not None}
-            self.directory = Directory(self._config, self.records)
+            records = {name: doc for name, doc in identity.items() if doc is not None}
+            # A directory of the config in force and no record is what a store with no record makes: the common
+            # start (100,000 tenants in the file, none changed at runtime) keeps it instead of building it again.
+            if records or self.records or self.directory.config_tenants is not self._config.tenants:
+                self.directory = Directory(self._config, records)
+            self.records = records
             fresh = {name: doc for name, doc in rules.items() if doc is not None}
             if fresh != self.rule_records:
                 self.rule_records = fresh

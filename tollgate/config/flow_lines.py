@@ -1,0 +1,205 @@
+"""Reading YAML fast where a large section is written one flow-style entry per line, with PyYAML's result.
+
+A file of 100,000 tenants is mostly lines like ``  t1: {plan: bench, keys: [{id: k1, sha256: "..."}]}``.
+PyYAML makes a node, two marks and a resolver call for every scalar of them: seconds per 100,000 lines
+even on libyaml. Such a line is JSON once its plain scalars are written as JSON, so a top-level section
+of many lines is read here line by line with orjson, every plain scalar resolved and built by PyYAML's
+own resolver and constructor (``yes`` is still ``True``, ``0x1f`` still 31, ``k1`` a string). The rest
+of the file, with that section's lines left out, goes to PyYAML.
+
+Only a narrow form is taken: each line ``<indent><key>: <flow or scalar>`` on its own, the same indent
+throughout, plain scalars of letters, digits and ``_.+/@-``, quoted strings without escapes, comments.
+Anything else (block style, anchors, tags, flows over several lines, escapes, unusual characters) leaves
+the whole file to PyYAML: the same document, only slower, and the same error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import orjson
+import yaml
+from yaml.nodes import ScalarNode
+
+__all__ = ["MIN_LINES", "load_yaml", "read_flow_lines"]
+
+# Sections shorter than this are left to PyYAML (the fast path pays only on large ones).
+MIN_LINES = 256
+
+_PLAIN_CHARS = "A-Za-z0-9_.+/@-"
+_PLAIN = rf"[A-Za-z0-9_][{_PLAIN_CHARS}]*+"
+_DQ = r'"[^"\\\x00-\x1f\x7f-\x9f]*+"'
+_SQ = r"'[^'\x00-\x1f\x7f-\x9f]*+'"
+_SCALAR = f"(?:{_DQ}|{_SQ}|{_PLAIN}(?![{_PLAIN_CHARS}]))"
+_DEPTH = 4  # flow collections nested deeper than this leave the file to PyYAML
+
+
+def _flow_value(depth: int) -> str:
+    """A flow value nested at most ``depth`` deep, on one line: the pattern ensures it is one value, whole."""
+    inner = _SCALAR
+    for _level in range(depth):
+        mapping = rf"\{{ *(?:{_SCALAR}: +{inner} *(?:, *|(?=\}})))*+\}}"
+        sequence = rf"\[ *(?:{inner} *(?:, *|(?=\])))*+\]"
+        inner = f"(?:{_SCALAR}|{mapping}|{sequence})"
+    return inner
+
+
+# One line of the section: an entry (kept, without its comment) or a blank or comment line (dropped).
+_LINE = rf"^( +{_SCALAR}: +{_flow_value(_DEPTH)}) *(?: #.*)?$|^ *(?:#.*)?$"
+_ENTRY_LINES: dict[int, re.Pattern[str]] = {}
+_FIRST_INDENT = re.compile(r"^( +)[^ \n#]", re.MULTILINE)
+_DQ_SPLIT = re.compile(f"({_DQ})")
+_PLAIN_SPLIT = re.compile(f"({_PLAIN})")
+_TOKEN = re.compile(f"{_DQ}|{_SQ}|{_PLAIN}")
+# Plain scalars PyYAML might resolve to something else than a string: those that start with a digit, and the
+# words of its bool and null resolvers; every other implicit resolver wants a sign, dot or symbol first.
+_NOT_STR_WORDS = frozenset(
+    form
+    for word in ("yes", "no", "true", "false", "on", "off", "null")
+    for form in (word, word.capitalize(), word.upper())
+)
+_TOP_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*):[ ]*(?:#.*)?$", re.MULTILINE)
+_COLUMN0 = re.compile(r"^[^\s#]", re.MULTILINE)
+# Characters YAML refuses anywhere in a file (libyaml's reader): such a file is left to PyYAML to refuse.
+_NOT_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_INT_BOUND = 2**63
+
+
+def _entry_lines(indent: int) -> re.Pattern[str]:
+    pattern = _ENTRY_LINES.get(indent)
+    if pattern is None:
+        pattern = _ENTRY_LINES[indent] = re.compile(_LINE.replace("( +", f"( {{{indent}}}", 1), re.MULTILINE)
+    return pattern
+
+
+class _NotFlowLines(Exception):
+    """The section is not in the narrow form: PyYAML reads it."""
+
+
+class _Scalars:
+    """Plain scalars as JSON text, resolved as PyYAML resolves them, each distinct one once."""
+
+    def __init__(self) -> None:
+        self._loader = yaml.SafeLoader("")
+        self._json: dict[str, str] = {}
+
+    def convert(self, m: re.Match[str]) -> str:
+        token = m.group()
+        first = token[0]
+        if first == '"':
+            return token
+        if first == "'":
+            return orjson.dumps(token[1:-1]).decode()
+        known = self._json.get(token)
+        if known is None:
+            known = self._json[token] = self._plain(token)
+        return known
+
+    def _plain(self, token: str) -> str:
+        loader = self._loader
+        tag = loader.resolve(ScalarNode, token, (True, False))  # type: ignore[no-untyped-call]
+        if tag == "tag:yaml.org,2002:str":
+            return f'"{token}"'
+        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"):
+            if tag == "tag:yaml.org,2002:null":
+                return "null"
+            raise _NotFlowLines(f"plain scalar {token!r} is a {tag}")
+        value = loader.yaml_constructors[tag](loader, ScalarNode(tag, token))
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int):
+            if not -_INT_BOUND < value < _INT_BOUND:
+                raise _NotFlowLines(f"integer {token!r} out of range")
+            return str(value)
+        if not isinstance(value, float) or value != value or value in (float("inf"), float("-inf")):
+            raise _NotFlowLines(f"plain scalar {token!r} is not a finite number")
+        return repr(value)
+
+
+def read_flow_lines(body: str, scalars: _Scalars | None = None) -> dict[Any, Any]:
+    """The mapping written by ``body`` (the lines of a block mapping), or :class:`_NotFlowLines`.
+
+    The pattern of a line takes only entries whose value is whole on that line; their plain scalars are
+    then quoted (or, where one may be no string, written as PyYAML reads it) and the whole is one JSON
+    object for orjson. Each step runs over the whole section at once, in C, never once per scalar.
+    """
+    first = _FIRST_INDENT.search(body)
+    if first is None:
+        raise _NotFlowLines("no entry")
+    parts = _entry_lines(len(first.group(1))).split(body)  # between, entry or None, between, ...
+    if any(between not in ("", "\n") for between in parts[0::2]):
+        raise _NotFlowLines("a line is not a one-line flow entry")
+    entries = "\n".join(entry for entry in parts[1::2] if entry)
+    text = _quoted(entries) if "'" not in entries else None
+    if text is None:  # single quotes, or a plain scalar that may be no string: scalar by scalar
+        text = _TOKEN.sub((scalars or _Scalars()).convert, entries)
+    try:
+        out = orjson.loads("{" + text.replace("\n", ",") + "}")
+    except orjson.JSONDecodeError:
+        raise _NotFlowLines("not JSON once quoted") from None
+    if not isinstance(out, dict):
+        raise _NotFlowLines("not a mapping")
+    return out
+
+
+def _quoted(entries: str) -> str | None:
+    """``entries`` with every plain scalar in double quotes, when each is a string to PyYAML; else None."""
+    pieces = _DQ_SPLIT.split(entries)  # outside, "quoted", outside, ...: plain scalars are outside
+    outside = "\x00".join(pieces[0::2])  # no NUL in a file that passed _NOT_PRINTABLE
+    split = _PLAIN_SPLIT.split(outside)  # between, plain, between, plain, ...
+    plain = split[1::2]
+    # min() < ":" when a plain scalar starts with a digit (digits sort before ":", letters and "_" after it)
+    if (plain and min(plain) < ":") or not _NOT_STR_WORDS.isdisjoint(plain):
+        return None
+    pieces[0::2] = '"'.join(split).split("\x00")
+    return "".join(pieces)
+
+
+def load_yaml(text: str, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> Any:
+    """``yaml.load(text, Loader=loader)``, with large one-line-flow top-level sections read fast."""
+    try:
+        fast = _load_sections(text, loader)
+    except (_NotFlowLines, yaml.YAMLError):
+        fast = None
+    if fast is not None:
+        return fast
+    return yaml.load(text, Loader=loader)
+
+
+def _load_sections(text: str, loader: type[yaml.SafeLoader]) -> Any:
+    """The document with its large sections read by :func:`read_flow_lines`; None when none qualifies."""
+    if "\r" in text or _NOT_PRINTABLE.search(text):
+        return None
+    keys = [(m.group(1), m.start(), m.end()) for m in _TOP_KEY.finditer(text)]
+    names = [name for name, _s, _e in keys]
+    column0 = [m.start() for m in _COLUMN0.finditer(text)]
+    pieces: list[str] = []
+    sections: dict[str, tuple[str, dict[Any, Any]]] = {}
+    done = 0
+    scalars = _Scalars()
+    for name, start, end in keys:
+        if names.count(name) != 1:
+            continue
+        body_end = next((c for c in column0 if c > end), len(text))
+        body = text[end + 1 : body_end] if end < len(text) else ""
+        if body.count("\n") < MIN_LINES:
+            continue
+        entries = read_flow_lines(body, scalars)
+        marker = f"tollgate-section-{os.urandom(8).hex()}"
+        pieces.append(text[done:start])
+        pieces.append(f'{name}: "{marker}"\n')
+        done = body_end
+        sections[name] = (marker, entries)
+    if not sections:
+        return None
+    pieces.append(text[done:])
+    doc = yaml.load("".join(pieces), Loader=loader)
+    if not isinstance(doc, dict):
+        return None
+    for name, (marker, entries) in sections.items():
+        if doc.get(name) != marker:
+            return None
+        doc[name] = entries
+    return doc

@@ -1,0 +1,191 @@
+"""The ``tenants:`` section read without a model per tenant, when every tenant is in the plain shape.
+
+A file of 100,000 tenants validated through :class:`~tollgate.config.identity.TenantDoc` makes a pydantic
+model per tenant and per key and runs the cross-field checks over them: seconds, and a hundred megabytes
+that the process keeps as fragmented heap. Most such files repeat one plain shape (a plan, a name, a few
+keys by digest), which needs only type checks. :func:`read_tenants` takes exactly that subset and builds
+the same :class:`Tenant` and :class:`ApiKey` records :func:`~tollgate.config.identity.build_tenant` and
+:func:`~tollgate.config.identity.build_key` would, with repeated values (plan names, model lists) shared.
+Anything else (an unusual field, a wrong value, a check that fails) answers None: the caller then validates
+the section through the models, which name every problem with its path.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from tollgate.config.identity import (
+    KEY_ID,
+    LIMIT_FIELDS,
+    SUBDOMAIN,
+    TENANT_ID,
+    ApiKey,
+    Tenant,
+    frozen_map,
+    hash_key,
+    split_key_hash,
+)
+
+__all__ = ["read_tenants"]
+
+_TENANT_FIELDS = frozenset({"name", "plan", "status", "subdomain", "allowed_models", "limits", "metadata", "keys"})
+_KEY_FIELDS = frozenset({"id", "key", "sha256", "hmac_sha256", "key_hash", "name", "revoked", "models", "admin"})
+_CREDENTIALS = ("key", "sha256", "hmac_sha256", "key_hash")
+_STATUSES = {"active": "active", "suspended": "suspended"}
+_MAX_LIMIT = 10**15
+_NO_VALUES: Mapping[str, Any] = frozen_map()
+
+
+def _own(text: str) -> str:
+    """A copy of ``text`` that the records keep, so that no string of the parsed document outlives it: the
+    document's memory (ten times the records') is then given back whole instead of held by one id in each page."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+
+
+class _Irregular(Exception):
+    """A tenant outside the plain shape, or a check that fails: the models read the section."""
+
+
+def read_tenants(
+    tenants: Any, *, secret: bytes | None, plans: Mapping[str, Any], models: Mapping[str, Any]
+) -> tuple[dict[str, Tenant], dict[str, ApiKey]] | None:
+    """The tenants and keys of a ``tenants:`` section in the plain shape that passes every check; else None."""
+    if type(tenants) is not dict:
+        return None
+    try:
+        return _Reader(secret, plans, models).read(tenants)
+    except _Irregular:
+        return None
+
+
+class _Reader:
+    def __init__(self, secret: bytes | None, plans: Mapping[str, Any], models: Mapping[str, Any]) -> None:
+        self.secret = secret
+        self.plans = plans
+        self.models = models
+        self.tenants: dict[str, Tenant] = {}
+        self.keys: dict[str, ApiKey] = {}
+        self.digests: dict[str, set[bytes]] = {}  # by kind: two keys with the same digest are one key
+        self.subdomains: set[str] = set()
+        self.model_lists: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per distinct list
+
+    def read(self, tenants: dict[Any, Any]) -> tuple[dict[str, Tenant], dict[str, ApiKey]]:
+        for tenant_id, doc in tenants.items():
+            if type(tenant_id) is not str or TENANT_ID.fullmatch(tenant_id) is None:
+                raise _Irregular
+            if type(doc) is not dict or not doc.keys() <= _TENANT_FIELDS:
+                raise _Irregular
+            tenant_id = _own(tenant_id)
+            self.tenants[tenant_id] = self._tenant(tenant_id, doc)
+            keys = doc.get("keys", [])
+            if type(keys) is not list:
+                raise _Irregular
+            for i, key in enumerate(keys):
+                self._key(tenant_id, i, key)
+        return self.tenants, self.keys
+
+    def _models(self, value: Any) -> tuple[str, ...]:
+        if type(value) is not list or any(type(m) is not str or m not in self.models for m in value):
+            raise _Irregular
+        models = tuple(dict.fromkeys(value))
+        return self.model_lists.setdefault(models, models)
+
+    def _tenant(self, tenant_id: str, doc: dict[str, Any]) -> Tenant:
+        name = doc.get("name", tenant_id)
+        plan = doc.get("plan")
+        status = doc.get("status", "active")
+        status = _STATUSES.get(status) if type(status) is str else None
+        if type(name) is not str or not name or type(plan) is not str or plan not in self.plans or status is None:
+            raise _Irregular
+        subdomain = doc.get("subdomain")
+        if subdomain is not None:
+            if type(subdomain) is not str or SUBDOMAIN.fullmatch(subdomain) is None or subdomain in self.subdomains:
+                raise _Irregular
+            self.subdomains.add(subdomain)
+        allowed = self._models(doc["allowed_models"]) if "allowed_models" in doc else None
+        return Tenant(
+            id=tenant_id,
+            name=name,
+            plan=sys.intern(plan),
+            status=status,
+            subdomain=subdomain,
+            allowed_models=allowed,
+            limits=self._limits(doc["limits"]) if "limits" in doc else _NO_VALUES,
+            metadata=self._metadata(doc["metadata"]) if "metadata" in doc else _NO_VALUES,
+        )
+
+    @staticmethod
+    def _limits(value: Any) -> Mapping[str, int | None]:
+        if type(value) is not dict or not value.keys() <= set(LIMIT_FIELDS):
+            raise _Irregular
+        if any(type(v) is not int or not 0 <= v <= _MAX_LIMIT for v in value.values()):
+            raise _Irregular
+        return frozen_map({f: value[f] for f in LIMIT_FIELDS if f in value}) if value else _NO_VALUES
+
+    @staticmethod
+    def _metadata(value: Any) -> Mapping[str, Any]:
+        if type(value) is not dict:
+            raise _Irregular
+        for k, v in value.items():
+            if type(k) is not str or (v is not None and not isinstance(v, (str, int, float, bool))):
+                raise _Irregular
+        return frozen_map(value) if value else _NO_VALUES
+
+    def _key(self, tenant_id: str, index: int, doc: Any) -> None:
+        if type(doc) is not dict or not doc.keys() <= _KEY_FIELDS:
+            raise _Irregular
+        given = [c for c in _CREDENTIALS if c in doc]
+        if len(given) != 1:
+            raise _Irregular
+        key_id = doc.get("id")
+        if key_id is None:
+            key_id = f"{tenant_id}-{index}"
+        if type(key_id) is not str or KEY_ID.fullmatch(key_id) is None or key_id in self.keys:
+            raise _Irregular
+        kind, digest = self._digest(given[0], doc[given[0]])
+        seen = self.digests.setdefault(kind, set())
+        if digest in seen:
+            raise _Irregular
+        name, revoked, admin = doc.get("name", ""), doc.get("revoked", False), doc.get("admin", False)
+        if type(name) is not str or type(revoked) is not bool or type(admin) is not bool:
+            raise _Irregular
+        seen.add(digest)
+        key_id = _own(key_id)
+        self.keys[key_id] = ApiKey(
+            id=key_id,
+            tenant=tenant_id,
+            digest=digest,
+            hash_kind=kind,
+            name=name,
+            revoked=revoked,
+            models=self._models(doc["models"]) if "models" in doc else None,
+            admin=admin,
+        )
+
+    def _digest(self, credential: str, value: Any) -> tuple[str, bytes]:
+        """The kind and digest of a key, as :meth:`KeyDoc.key_hash_with` makes them, when its kind fits the secret."""
+        if type(value) is not str:
+            raise _Irregular
+        if credential == "key":
+            if len(value) < 16:
+                raise _Irregular
+            return split_key_hash(hash_key(value, self.secret))
+        if credential == "key_hash":
+            kind, _, value = value.partition(":")
+            if kind not in ("sha256", "hmac-sha256"):
+                raise _Irregular
+        else:
+            if (credential == "sha256") != (self.secret is None):
+                raise _Irregular
+            kind = "sha256" if credential == "sha256" else "hmac-sha256"
+        if len(value) != 64:
+            raise _Irregular
+        try:
+            digest = bytes.fromhex(value)
+        except ValueError:
+            raise _Irregular from None
+        if digest.hex() != value:  # 64 lower-case hex digits, nothing else (fromhex takes upper case and spaces)
+            raise _Irregular
+        return kind, digest
