@@ -48,9 +48,9 @@ from typing import Any
 
 import hiredis
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.asyncio.retry import Retry
 
 from tollgate.circuit_breaker import CLOSED, DEFAULT_SETTINGS, BreakerSettings, CircuitBreaker
 from tollgate.clock import Clock
