@@ -219,6 +219,7 @@ class _Plan:
         "stream",
         "used_scopes",
         "shapes",
+        "shadows",
         "headers",
     )
 
@@ -241,6 +242,7 @@ class _Plan:
         self.used_scopes = tuple(sorted({sc for scopes, _ in self.scopes for sc in scopes}))
         # A rule that delays instead of refusing (a leaky bucket): an admitted request may have to wait its turn.
         self.shapes = any(r.on_limit == "delay" and not r.shadow for r in rules)
+        self.shadows = any(r.shadow for r in rules)
         # Which limits show in the rate-limit headers, and their fixed parts: made from the first spec list
         # (every list of the plan has the same limits in the same order; only costs and scope values differ).
         self.headers: HeaderPlan | None = None
@@ -479,7 +481,8 @@ async def admit(
             decision = await waiters.retry(lambda: limiter.admit(specs, store=store), wait) or decision
             waited = clock.loop_time() - started
     headers = _headers(plan, decision.limits, specs)
-    if metrics is not None:
+    # An admission that no store failed refused nothing but shadow limits: without any, nothing to count.
+    if metrics is not None and (not decision.allowed or decision.degraded or plan.shadows):
         _count(decision, metrics)
     if decision.degraded:
         headers[DEGRADED_HEADER] = "store"
