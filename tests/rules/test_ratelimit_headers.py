@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pytest
 
-from tollgate.edge.ratelimit_headers import HeaderLimit, format_reset, ratelimit_headers, retry_after_seconds
+from tollgate.edge.ratelimit_headers import (
+    HeaderLimit,
+    HeaderPlan,
+    format_reset,
+    ratelimit_headers,
+    retry_after_seconds,
+)
 
 
 @pytest.mark.parametrize(
@@ -38,3 +46,45 @@ def test_headers_report_the_tightest_request_and_token_limits() -> None:
 
 def test_no_limits_no_headers() -> None:
     assert ratelimit_headers([]) == {}
+
+
+class _State(NamedTuple):
+    limit: int
+    remaining: int
+    reset_ms: int
+
+
+def test_a_header_plan_writes_what_ratelimit_headers_writes_for_the_same_limits() -> None:
+    limits = [
+        HeaderLimit("rpm", "requests", 100, 40, 30_000, 60_000),
+        HeaderLimit("tpm", "tokens", 100_000, 90_000, 10_500, 60_000),
+        HeaderLimit("rph", "requests", 1000, 40, 20_000, 3_600_000),  # ties rpm on remaining, resets sooner
+        HeaderLimit("rpd", "requests", 5000, 40, 20_000, 86_400_000),  # ties rph exactly: the first one wins
+        HeaderLimit("monthly", "requests", 10**9, -3, 999, 0),  # overdrawn, no window: reported as 0 left
+    ]
+    plan = HeaderPlan((i + 1, HeaderLimit(h.name, h.unit, h.limit, 0, 0, h.window_ms)) for i, h in enumerate(limits))
+    states = [_State(0, 0, 0)] + [_State(h.limit, h.remaining, h.reset_ms) for h in limits]  # position 0: not shown
+    assert plan.headers(states) == ratelimit_headers(limits)
+    assert list(plan.headers(states)) == list(ratelimit_headers(limits))  # the same order, too
+    only_tokens = HeaderPlan([(0, limits[1])])
+    assert only_tokens.headers([states[2]]) == ratelimit_headers([limits[1]])
+    assert HeaderPlan([]).headers([]) == {}
+
+
+def test_a_header_plan_reports_the_limit_a_fail_mode_answered_with() -> None:
+    plan = HeaderPlan([(0, HeaderLimit("rpm", "requests", 100, 0, 0, 60_000))])
+    local_share = HeaderLimit("rpm", "requests", 25, 20, 1_000, 60_000)  # the embedded engine's share of 4 workers
+    assert plan.headers([_State(25, 20, 1_000)]) == ratelimit_headers([local_share])
+
+
+@pytest.mark.parametrize("ms", [0, 1, 999, 1000, 1001, 1010, 1100, 59_999, 60_000, 61_500, 3_600_000])
+def test_reset_format_of_whole_milliseconds_matches_the_float_formatting(ms: int) -> None:
+    seconds = ms / 1000
+    expected = (
+        f"{ms}ms"
+        if ms < 1000
+        else format_reset(float(ms))
+        if ms >= 60_000
+        else f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    )
+    assert format_reset(ms) == expected

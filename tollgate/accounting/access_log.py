@@ -49,19 +49,56 @@ def _iso(wall: float) -> str:
 
 
 def line_of(e: Entry, currency: str) -> bytes:
-    line: dict[str, object] = {
-        "ts": _iso(e.wall),
-        "request_id": e.request_id,
-        "tenant": e.tenant,
-        "key_id": e.key_id,
-        "user": e.user,
-        "plan": e.plan,
-        "namespace": e.namespace,
-        "endpoint": e.endpoint,
-        "model": e.model,
-        "model_served": e.model_served,
-        "upstream": e.upstream,
-        "provider": e.provider,
+    return _line(e, currency, {}, {})
+
+
+def _ms(seconds: float) -> float:
+    """Milliseconds to the microsecond, as ``round(seconds * 1000, 3)`` gives them (but for a tie a hair off
+    half a microsecond), at a fraction of its cost: four per line."""
+    return int(seconds * 1e6 + 0.5) / 1000 if seconds >= 0 else round(seconds * 1000, 3)
+
+
+# What a line says from ``tenant`` to ``provider``: the same for every request of one tenant, key, end user,
+# namespace, endpoint, model and upstream.
+_Who = tuple[
+    str,
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+]
+
+
+def _line(e: Entry, currency: str, parts: dict[_Who, bytes], seconds: dict[int, str]) -> bytes:
+    """One line; the part from ``tenant`` to ``provider`` is rendered once per distinct value in ``parts``
+    (a flush's lines share a few), so per line only what varies is: ts, request_id, and from ``status`` on."""
+    who = (e.tenant, e.key_id, e.user, e.plan, e.namespace, e.endpoint, e.model, e.model_served, e.upstream, e.provider)
+    middle = parts.get(who)
+    if middle is None:
+        middle = parts[who] = (
+            b","
+            + orjson.dumps(
+                {
+                    "tenant": e.tenant,
+                    "key_id": e.key_id,
+                    "user": e.user,
+                    "plan": e.plan,
+                    "namespace": e.namespace,
+                    "endpoint": e.endpoint,
+                    "model": e.model,
+                    "model_served": e.model_served,
+                    "upstream": e.upstream,
+                    "provider": e.provider,
+                }
+            )[1:-1]
+            + b","
+        )
+    tail: dict[str, object] = {
         "status": e.status,
         "error": e.error,
         "stream": e.stream,
@@ -72,30 +109,39 @@ def line_of(e: Entry, currency: str) -> bytes:
         "usage_reported": e.usage_reported,
         "cost": e.cost_nanos / NANOS,
         "currency": currency,
-        "total_ms": round(e.total_s * 1000, 3),
-        "upstream_ms": round(e.upstream_s * 1000, 3),
-        "overhead_ms": round(e.overhead_s * 1000, 3),
-        "ttfb_ms": round(e.ttfb_s * 1000, 3) if e.ttfb_s is not None else None,
+        "total_ms": _ms(e.total_s),
+        "upstream_ms": _ms(e.upstream_s),
+        "overhead_ms": _ms(e.overhead_s),
+        "ttfb_ms": _ms(e.ttfb_s) if e.ttfb_s is not None else None,
         "attempts": e.attempts,
     }
     if e.cached_tokens:
-        line["cached_tokens"] = e.cached_tokens
+        tail["cached_tokens"] = e.cached_tokens
     if e.cache_write_tokens:
-        line["cache_write_tokens"] = e.cache_write_tokens
+        tail["cache_write_tokens"] = e.cache_write_tokens
     if e.reasoning_tokens:
-        line["reasoning_tokens"] = e.reasoning_tokens
+        tail["reasoning_tokens"] = e.reasoning_tokens
     if e.cache_hit:
-        line["cache"] = "hit"
-        line["saved_tokens"] = e.saved_tokens
-    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+        tail["cache"] = "hit"
+        tail["saved_tokens"] = e.saved_tokens
+    wall = e.wall
+    second = int(wall)
+    text = seconds.get(second)
+    if text is None:
+        text = seconds[second] = _second(second)
+    ts = f"{text}.{int(wall * 1000) % 1000:03d}Z"  # what _iso gives
+    head = orjson.dumps({"ts": ts, "request_id": e.request_id})
+    return b"".join((head[:-1], middle, orjson.dumps(tail, option=orjson.OPT_APPEND_NEWLINE)[1:]))
 
 
 def lines_of(entries: Iterable[Entry], currency: str) -> bytes:
     """The lines of ``entries``, one buffer: each line is copied out of orjson's output and that output freed at once,
     which costs a fraction of keeping a thousand of them alive until a join."""
     out = bytearray()
+    parts: dict[_Who, bytes] = {}
+    seconds: dict[int, str] = {}
     for e in entries:
-        out += line_of(e, currency)
+        out += _line(e, currency, parts, seconds)
     return bytes(out)
 
 

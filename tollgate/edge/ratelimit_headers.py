@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple, Protocol
 
-__all__ = ["HeaderLimit", "format_reset", "ratelimit_headers", "retry_after_seconds"]
+__all__ = ["HeaderLimit", "HeaderPlan", "LimitReading", "format_reset", "ratelimit_headers", "retry_after_seconds"]
 
 
 class HeaderLimit(NamedTuple):
@@ -23,6 +23,9 @@ def format_reset(ms: int) -> str:
     """OpenAI's reset format: ``20ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h2m3s``."""
     if ms < 1000:
         return f"{max(ms, 0)}ms"
+    if type(ms) is int and ms < 60_000:  # the usual case, in integer arithmetic: 1500 -> "1.5s"
+        whole, frac = divmod(ms, 1000)
+        return f"{whole}s" if not frac else f"{whole}.{frac:03d}".rstrip("0") + "s"
     seconds = ms / 1000
     if seconds < 60:
         text = f"{seconds:.3f}".rstrip("0").rstrip(".")
@@ -103,3 +106,75 @@ def ratelimit_headers(limits: Iterable[HeaderLimit]) -> dict[str, str]:
         headers["RateLimit-Policy"] = policies[0] if len(policies) == 1 else ", ".join(policies)
         headers["RateLimit"] = states[0] if len(states) == 1 else ", ".join(states)
     return headers
+
+
+class LimitReading(Protocol):
+    """What the headers read of one limit's state after admission (``LimitState`` is one)."""
+
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def remaining(self) -> int: ...
+
+    @property
+    def reset_ms(self) -> int: ...
+
+
+# One limit a plan reports: its position among the states, name, limit, window, and its _static parts.
+_Slot = tuple[int, str, int, int, tuple[str, str, str]]
+
+
+class HeaderPlan:
+    """The headers of one list of limits, worked out once: which limits show (by position) under which unit,
+    and their fixed parts; per request only the tightest is picked and its remaining and reset written.
+
+    :meth:`headers` gives what :func:`ratelimit_headers` gives for the same limits, in the same order.
+    """
+
+    __slots__ = ("requests", "tokens")
+
+    def __init__(self, limits: Iterable[tuple[int, HeaderLimit]]) -> None:
+        requests: list[_Slot] = []
+        tokens: list[_Slot] = []
+        for position, lim in limits:
+            slot = (position, lim.name, lim.limit, lim.window_ms, _static(lim))
+            if lim.unit == "requests":
+                requests.append(slot)
+            elif lim.unit == "tokens":
+                tokens.append(slot)
+        self.requests = tuple(requests)
+        self.tokens = tuple(tokens)
+
+    def headers(self, states: Sequence[LimitReading]) -> dict[str, str]:
+        """The headers for ``states`` (one per limit of the list the plan was made for, in its order)."""
+        headers: dict[str, str] = {}
+        policy = state = ""
+        for slots, names in ((self.requests, _NAMES["requests"]), (self.tokens, _NAMES["tokens"])):
+            if not slots:
+                continue
+            best = slots[0]
+            tightest = states[best[0]]
+            for slot in slots[1:]:  # fewest remaining, then soonest reset; the first of equals
+                st = states[slot[0]]
+                if (st.remaining, st.reset_ms) < (tightest.remaining, tightest.reset_ms):
+                    best, tightest = slot, st
+            _, name, limit, window_ms, parts = best
+            if tightest.limit != limit:  # a fail mode's share of the limit (``local``): its own parts
+                parts = _static(HeaderLimit(name, "", tightest.limit, 0, 0, window_ms))
+            limit_text, quoted, item = parts
+            remaining = str(tightest.remaining) if tightest.remaining > 0 else "0"
+            reset_ms = tightest.reset_ms
+            headers[names[0]] = limit_text
+            headers[names[1]] = remaining
+            headers[names[2]] = format_reset(reset_ms)
+            reading = f"{quoted};r={remaining};t={-(-reset_ms // 1000) if reset_ms > 0 else 0}"
+            if policy:
+                policy = f"{policy}, {item}"
+                state = f"{state}, {reading}"
+            else:
+                policy, state = item, reading
+        if policy:
+            headers["RateLimit-Policy"] = policy
+            headers["RateLimit"] = state
+        return headers

@@ -18,6 +18,7 @@ from tollgate.limiter.unsettled import UnsettledMixin
 __all__ = ["AdmitMixin"]
 
 _by_position = operator.itemgetter(0)  # sorts (position, LimitState) pairs
+_new = tuple.__new__
 
 
 class AdmitMixin(FailModeMixin, UnsettledMixin):
@@ -98,13 +99,18 @@ class AdmitMixin(FailModeMixin, UnsettledMixin):
             return Decision(False, limits, degraded, _retry_after(limits))
         reservation = tuple([c for c in consumed if c.spec.reserves])
         leases = tuple([c for c in consumed if c.spec.kind == "concurrency"])
-        return Decision(
-            True,
-            limits,
-            degraded,
-            0,
-            Reservation(reservation) if reservation else None,
-            Lease(leases) if leases else None,
+        # tuple.__new__: the named tuple without its Python-level constructor (one per admitted request)
+        return _new(
+            Decision,
+            (
+                True,
+                limits,
+                degraded,
+                0,
+                Reservation(reservation) if reservation else None,
+                Lease(leases) if leases else None,
+                False,
+            ),
         )
 
     def _layout(self, specs: Sequence[LimitSpec], single_slot: bool) -> Layout:

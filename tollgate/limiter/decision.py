@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from tollgate.limiter.spec import LimitSpec
@@ -56,7 +55,8 @@ class Consumed(NamedTuple):
 
     @classmethod
     def of_usage(cls, input_tokens: int, output_tokens: int, nanos: int = 0) -> Consumed:
-        return cls(input_tokens + output_tokens, input_tokens, output_tokens, nanos)
+        # tuple.__new__: without the named tuple's Python-level constructor (one per finished request)
+        return tuple.__new__(cls, (input_tokens + output_tokens, input_tokens, output_tokens, nanos))
 
     def of(self, unit: str) -> int:
         """The amount a limit counting ``unit`` settles to."""
@@ -145,9 +145,9 @@ class Extension(NamedTuple):
     degraded: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class SettledLimit:
-    """One limit after settling: units charged (> 0) or refunded (< 0), units over the limit, what is left."""
+class SettledLimit(NamedTuple):
+    """One limit after settling: units charged (> 0) or refunded (< 0), units over the limit, what is left.
+    Immutable; a named tuple because one is built per settled limit per request."""
 
     name: str
     applied: int
@@ -156,9 +156,9 @@ class SettledLimit:
     reset_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """The result of ``Limiter.settle``; ``degraded`` when a store failed and some limits were not reconciled."""
+class Settlement(NamedTuple):
+    """The result of ``Limiter.settle``; ``degraded`` when a store failed and some limits were not reconciled.
+    Immutable; a named tuple because one is built per settled request."""
 
     limits: tuple[SettledLimit, ...]
     degraded: bool = False

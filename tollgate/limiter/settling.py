@@ -28,6 +28,9 @@ Actual = int | Consumed
 Finished = tuple[Reservation | None, Actual, Lease | None]
 
 
+_new = tuple.__new__  # a named tuple without its Python-level constructor (several per settled batch entry)
+
+
 def _actual(actual: Actual, unit: str) -> int:
     return actual if type(actual) is int else getattr(actual, unit)
 
@@ -79,29 +82,39 @@ class SettleMixin(FailModeMixin, UnsettledMixin):
         never reached it, else it expires by TTL). Store errors are not raised.
         """
         entries: list[tuple[int, Charge, int]] = []
+        append = entries.append
         for n, (reservation, actual, lease) in enumerate(items):
             if reservation is not None and reservation.settlement is None:
                 amount = actual if type(actual) is int else None
                 for c in reservation.charges:
+                    cost = c.spec.cost
                     used = amount if amount is not None else getattr(actual, c.spec.unit)
                     if used < 0:
                         raise ValueError("actual_cost must be >= 0")
-                    if used != c.spec.cost:
-                        entries.append((n, c, used - c.spec.cost))
+                    if used != cost:
+                        append((n, c, used - cost))
             if lease is not None and not lease.released:
                 lease.released = True
                 for c in lease.charges:
-                    entries.append((n, c, -1))
-        settled: list[list[SettledLimit]] = [[] for _ in items]
-        failed = [False] * len(items)  # a token charge of the item was not settled
-        kept = [False] * len(items)  # a lease of the item was not released
+                    append((n, c, -1))
+        settled: dict[int, list[SettledLimit]] = {}  # per item with a token charge settled
+        failed: set[int] = set()  # items a token charge of which was not settled
+        kept: set[int] = set()  # items a lease of which was not released
         calls: dict[tuple[str, str], list[tuple[int, Charge, int]]] = {}
         forget = self._cache.forget if len(self._cache) else None  # refunds may end a remembered refusal
+        single_slot: dict[str, bool] = {}  # per store: grouped by hash slot (Cluster)
         for entry in entries:
             c = entry[1]
+            store = c.store
             if forget is not None and entry[2] < 0:
-                forget(c.store, c.key)
-            calls.setdefault((c.store, c.tag if self._engine(c.store).single_slot else ""), []).append(entry)
+                forget(store, c.key)
+            by_slot = single_slot.get(store)
+            if by_slot is None:
+                by_slot = single_slot[store] = self._engine(store).single_slot
+            group = calls.get((store, c.tag if by_slot else ""))
+            if group is None:
+                group = calls[(store, c.tag if by_slot else "")] = []
+            group.append(entry)
         for (store, _), group in calls.items():
             engine = self._engine(store)
             for start in range(0, len(group), FINISH_BATCH):
@@ -109,30 +122,44 @@ class SettleMixin(FailModeMixin, UnsettledMixin):
                 args: list[Any] = []
                 for _, c, delta in chunk:
                     sp = c.spec
-                    args += (sp.kind, sp.limit, sp.window_ms, delta, param(sp, c.lease_id), c.mark)
+                    kind = sp.kind
+                    args += (
+                        kind,
+                        sp.limit,
+                        sp.window_ms,
+                        delta,
+                        c.lease_id if kind == "concurrency" else param(sp, ""),
+                        c.mark,
+                    )
                 try:
                     reply = await engine.run("settle", [c.key for _, c, _ in chunk], args)
                 except StoreError as exc:
                     self._keep_unsettled(store, [(c, delta) for _, c, delta in chunk], exc)
                     for n, c, _ in chunk:
                         if c.spec.kind == "concurrency":
-                            kept[n] = True
+                            kept.add(n)
                         else:
-                            failed[n] = True
+                            failed.add(n)
                     continue
                 j = 1
                 for n, c, _ in chunk:
                     if c.spec.kind != "concurrency":
-                        settled[n].append(SettledLimit(c.spec.name, reply[j], reply[j + 1], reply[j + 2], reply[j + 3]))
+                        done = _new(SettledLimit, (c.spec.name, reply[j], reply[j + 1], reply[j + 2], reply[j + 3]))
+                        mine = settled.get(n)
+                        if mine is None:
+                            settled[n] = [done]
+                        else:
+                            mine.append(done)
                     j += 4
         out: list[tuple[Settlement | None, bool]] = []
         for n, (reservation, _, lease) in enumerate(items):
             settlement = None
             if reservation is not None:
-                if reservation.settlement is None:
-                    reservation.settlement = Settlement(tuple(settled[n]), failed[n])
                 settlement = reservation.settlement
-            out.append((settlement, lease is not None and not kept[n]))
+                if settlement is None:
+                    mine = settled.get(n)
+                    settlement = reservation.settlement = _new(Settlement, (tuple(mine) if mine else (), n in failed))
+            out.append((settlement, lease is not None and n not in kept))
         return out
 
     async def extend(self, wants: Sequence[tuple[LimitSpec, int, int]], *, store: str | None = None) -> Extension:

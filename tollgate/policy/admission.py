@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from tollgate.clock import Clock, SystemClock
 from tollgate.config.rules import NANOS, PERIODS, ROLLING_MONTH_MS, RuleSpec
-from tollgate.edge.ratelimit_headers import HeaderLimit, ratelimit_headers, retry_after_seconds
+from tollgate.edge.ratelimit_headers import HeaderLimit, HeaderPlan, ratelimit_headers, retry_after_seconds
 from tollgate.errors import QuotaExhausted, RateLimited
 from tollgate.identity.directory import Principal
 from tollgate.limiter import Decision, Lease, Limiter, LimitSpec, LimitState, Reservation
@@ -219,6 +219,8 @@ class _Plan:
         "stream",
         "used_scopes",
         "shapes",
+        "shadows",
+        "headers",
     )
 
     def __init__(self, limits: object, checks: tuple[Any, ...], rules: tuple[RuleSpec, ...]) -> None:
@@ -240,6 +242,10 @@ class _Plan:
         self.used_scopes = tuple(sorted({sc for scopes, _ in self.scopes for sc in scopes}))
         # A rule that delays instead of refusing (a leaky bucket): an admitted request may have to wait its turn.
         self.shapes = any(r.on_limit == "delay" and not r.shadow for r in rules)
+        self.shadows = any(r.shadow for r in rules)
+        # Which limits show in the rate-limit headers, and their fixed parts: made from the first spec list
+        # (every list of the plan has the same limits in the same order; only costs and scope values differ).
+        self.headers: HeaderPlan | None = None
 
 
 def _plan(rules: RuleSet, principal: Principal, namespace: str) -> _Plan:
@@ -307,6 +313,25 @@ def _build_specs(
             spec = cache[key] = limit_spec(rule, scope, tenant, cost)
         out.append(spec)
     return tuple(out)
+
+
+def _header_plan(specs: Sequence[LimitSpec]) -> HeaderPlan:
+    """The limits of ``specs`` that show in the headers, by position (what :func:`_header_limits` keeps)."""
+    return HeaderPlan(
+        (i, HeaderLimit(s.name, s.unit if s.unit in _HEADER_UNITS else "tokens", s.limit, 0, 0, s.window_ms))
+        for i, s in enumerate(specs)
+        if s.kind != "concurrency" and not s.shadow and s.unit != "nanos"
+    )
+
+
+def _headers(plan: _Plan, states: tuple[LimitState, ...], specs: Sequence[LimitSpec]) -> dict[str, str]:
+    """The rate-limit headers of a decision: from the plan's cached parts when every limit was evaluated."""
+    if len(states) != len(specs):  # a cached refusal, or a refusal before every group ran
+        return ratelimit_headers(_header_limits(states, specs))
+    headers = plan.headers
+    if headers is None:
+        headers = plan.headers = _header_plan(specs)
+    return headers.headers(states)
 
 
 def _header_limits(states: tuple[LimitState, ...], specs: Sequence[LimitSpec]) -> list[HeaderLimit]:
@@ -455,8 +480,9 @@ async def admit(
             started = clock.loop_time()
             decision = await waiters.retry(lambda: limiter.admit(specs, store=store), wait) or decision
             waited = clock.loop_time() - started
-    headers = ratelimit_headers(_header_limits(decision.limits, specs))
-    if metrics is not None:
+    headers = _headers(plan, decision.limits, specs)
+    # An admission that no store failed refused nothing but shadow limits: without any, nothing to count.
+    if metrics is not None and (not decision.allowed or decision.degraded or plan.shadows):
         _count(decision, metrics)
     if decision.degraded:
         headers[DEGRADED_HEADER] = "store"
