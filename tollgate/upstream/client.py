@@ -54,6 +54,9 @@ log = logging.getLogger("tollgate.upstream")
 _HIGH_WATER = 1 << 20
 # Bytes of one answer's head (interim answers included) and trailers at most.
 _MAX_HEAD = 64 * 1024
+# Methods whose request says its body's length, even an empty one.
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+_STARTS_KEPT = 64
 
 
 class HttpError(Exception):
@@ -344,7 +347,11 @@ class UpstreamResponse:
         self._conn: _UpstreamConnection | None = conn
         self._pool = pool
         self._finished = False
-        coding = conn.headers.get("content-encoding", "identity").lower()
+        coding = conn.headers.get("content-encoding")
+        if coding is None:
+            self._inflate = None
+            return
+        coding = coding.lower()
         if coding in ("identity", ""):
             self._inflate = None
         elif coding in ("gzip", "x-gzip", "deflate"):
@@ -430,6 +437,8 @@ class UpstreamHttp:
         host_text = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = host_text if self.port == default_port else f"{host_text}:{self.port}"
         self.prefix = parts.path.rstrip("/")
+        # The request line and Host of the first (method, path)s asked for, made once: the routes, the probes.
+        self._starts: dict[tuple[str, str], str] = {}
         self.max_connections = max_connections
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
@@ -468,13 +477,17 @@ class UpstreamHttp:
             conn = self._take_idle()
             if conn is None:
                 conn = await self._connect()
-            lines = [f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
-            for name, value in headers:
-                lines.append(f"{name}: {value}\r\n")
-            if body or method in ("POST", "PUT", "PATCH"):
-                lines.append(f"Content-Length: {len(body)}\r\n")
-            lines.append("\r\n")
-            conn.send("".join(lines).encode("utf-8", "surrogateescape") + body, method == "HEAD")
+            start = self._starts.get((method, path))
+            if start is None:
+                start = f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
+                if len(self._starts) < _STARTS_KEPT:  # paths with ids in them (stored responses) are not kept
+                    self._starts[(method, path)] = start
+            head = start + "".join([f"{name}: {value}\r\n" for name, value in headers])
+            if body or method in _WITH_BODY:
+                head += f"Content-Length: {len(body)}\r\n\r\n"
+            else:
+                head += "\r\n"
+            conn.send(head.encode("utf-8", "surrogateescape") + body, method == "HEAD")
             await conn.read_head()
             return UpstreamResponse(conn, self)
         except BaseException:
