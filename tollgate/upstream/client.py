@@ -307,24 +307,23 @@ class _UpstreamConnection(asyncio.Protocol):
                 raise ResponseError("upstream closed the connection before answering")
             await self._wait()
 
-    async def read_chunk(self) -> bytes:
-        """The body bytes received so far and not yet read; ``b""`` once the body is complete."""
-        while True:
-            if self.body:
-                body = self.body
-                data = body[0] if len(body) == 1 else b"".join(body)
-                self.body = []
-                self.body_size = 0
-                if self.paused:
-                    self.paused = False
-                    assert self.transport is not None
-                    self.transport.resume_reading()
-                return data
-            if self.state == _DONE:
-                return b""
-            if self.error is not None:
-                raise self.error
-            await self._wait()
+    def take(self) -> bytes | None:
+        """The body bytes received so far and not yet read; ``b""`` once the body is complete; None: wait for more."""
+        body = self.body
+        if body:
+            data = body[0] if len(body) == 1 else b"".join(body)
+            self.body = []
+            self.body_size = 0
+            if self.paused:
+                self.paused = False
+                assert self.transport is not None
+                self.transport.resume_reading()
+            return data
+        if self.state == _DONE:
+            return b""
+        if self.error is not None:
+            raise self.error
+        return None
 
     def close(self) -> None:
         self.keep_alive = False
@@ -366,7 +365,10 @@ class UpstreamResponse:
         if conn is None or self._finished:
             return b""
         while True:
-            data = await conn.read_chunk()
+            data = conn.take()  # what has arrived, without a coroutine when something has
+            if data is None:
+                await conn._wait()
+                continue
             if not data:
                 self._finished = True
                 if self._inflate is None:
@@ -387,6 +389,19 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         """The whole body."""
+        conn = self._conn
+        if self._inflate is None and conn is not None and not self._finished:
+            # As readany() would give it, without a coroutine per piece: a JSON answer has usually all arrived.
+            pieces: list[bytes] = []
+            while True:
+                data = conn.take()
+                if data is None:
+                    await conn._wait()
+                elif data:
+                    pieces.append(data)
+                else:
+                    self._finished = True
+                    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         parts = []
         while chunk := await self.readany():
             parts.append(chunk)
