@@ -55,3 +55,22 @@ async def test_a_fired_deadline_swallowed_inside_the_block_leaves_the_task_uncan
     assert d.expired()
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
     await asyncio.sleep(0)  # and the task can go on awaiting
+
+
+async def test_a_deadline_used_as_a_plain_context_manager_also_times_out_and_lets_other_cancellations_through() -> None:
+    deadlines = Deadlines(resolution=0.02)
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TimeoutError), deadlines.at(loop.time() + 0.05) as d:  # as the forward stage uses it
+        await asyncio.sleep(5)
+    assert d.expired() and not deadlines.active
+
+    async def wait() -> None:
+        with deadlines.at(loop.time() + 10):
+            await asyncio.sleep(5)
+
+    task = asyncio.create_task(wait())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not deadlines.active

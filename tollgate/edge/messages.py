@@ -26,6 +26,7 @@ class Connection(Protocol):
     """What a request's body and a streamed answer need of the connection they belong to."""
 
     loop: asyncio.AbstractEventLoop
+    writing_paused: bool  # the client reads slower than the answer is written: ``drain()`` would wait
 
     def body_wanted(self, body: Body) -> None:
         """The handler asks for ``body`` for the first time."""
@@ -206,7 +207,8 @@ class StreamedAnswer:
             conn.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
             conn.write(data)
-        await conn.drain()
+        if conn.writing_paused:
+            await conn.drain()
 
     async def write_eof(self) -> None:
         conn = self._conn

@@ -153,7 +153,7 @@ class _Connection(asyncio.Protocol):
         self._done_reading = False  # no request after this point will be served: what arrives is dropped
         self._lingering = False  # answered before its body was read: the rest is read and dropped, then close
         self._reading_paused = False
-        self._writing_paused = False
+        self.writing_paused = False
         self._drain: asyncio.Future[None] | None = None
 
     # -- transport events ------------------------------------------------------
@@ -200,10 +200,10 @@ class _Connection(asyncio.Protocol):
             drain.exception()  # retrieved here: the waiting handler is being cancelled and may never look
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self.writing_paused = True
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
+        self.writing_paused = False
         drain, self._drain = self._drain, None
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -588,7 +588,7 @@ class _Connection(asyncio.Protocol):
         transport.write(data)
 
     async def drain(self) -> None:
-        if not self._writing_paused:
+        if not self.writing_paused:
             return
         transport = self.transport
         if transport is None or transport.is_closing():

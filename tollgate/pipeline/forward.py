@@ -128,7 +128,7 @@ async def forward(
     phase = "first byte"
     upstream: UpstreamResponse | None = None
     try:
-        async with client.deadlines.at(min(deadline, now() + cfg.timeouts.first_byte)) as timer:
+        with client.deadlines.at(min(deadline, now() + cfg.timeouts.first_byte)) as timer:
             sent = upstream_headers(client, ctx.request.headers, ctx.client_ip, ctx.request_id, form_type)
             upstream = await client.http.request("POST", path, sent, body)
             ctx.first_byte_at = now()

@@ -54,6 +54,9 @@ log = logging.getLogger("tollgate.upstream")
 _HIGH_WATER = 1 << 20
 # Bytes of one answer's head (interim answers included) and trailers at most.
 _MAX_HEAD = 64 * 1024
+# Methods whose request says its body's length, even an empty one.
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+_STARTS_KEPT = 64
 
 
 class HttpError(Exception):
@@ -304,24 +307,23 @@ class _UpstreamConnection(asyncio.Protocol):
                 raise ResponseError("upstream closed the connection before answering")
             await self._wait()
 
-    async def read_chunk(self) -> bytes:
-        """The body bytes received so far and not yet read; ``b""`` once the body is complete."""
-        while True:
-            if self.body:
-                body = self.body
-                data = body[0] if len(body) == 1 else b"".join(body)
-                self.body = []
-                self.body_size = 0
-                if self.paused:
-                    self.paused = False
-                    assert self.transport is not None
-                    self.transport.resume_reading()
-                return data
-            if self.state == _DONE:
-                return b""
-            if self.error is not None:
-                raise self.error
-            await self._wait()
+    def take(self) -> bytes | None:
+        """The body bytes received so far and not yet read; ``b""`` once the body is complete; None: wait for more."""
+        body = self.body
+        if body:
+            data = body[0] if len(body) == 1 else b"".join(body)
+            self.body = []
+            self.body_size = 0
+            if self.paused:
+                self.paused = False
+                assert self.transport is not None
+                self.transport.resume_reading()
+            return data
+        if self.state == _DONE:
+            return b""
+        if self.error is not None:
+            raise self.error
+        return None
 
     def close(self) -> None:
         self.keep_alive = False
@@ -344,7 +346,11 @@ class UpstreamResponse:
         self._conn: _UpstreamConnection | None = conn
         self._pool = pool
         self._finished = False
-        coding = conn.headers.get("content-encoding", "identity").lower()
+        coding = conn.headers.get("content-encoding")
+        if coding is None:
+            self._inflate = None
+            return
+        coding = coding.lower()
         if coding in ("identity", ""):
             self._inflate = None
         elif coding in ("gzip", "x-gzip", "deflate"):
@@ -359,7 +365,10 @@ class UpstreamResponse:
         if conn is None or self._finished:
             return b""
         while True:
-            data = await conn.read_chunk()
+            data = conn.take()  # what has arrived, without a coroutine when something has
+            if data is None:
+                await conn._wait()
+                continue
             if not data:
                 self._finished = True
                 if self._inflate is None:
@@ -380,6 +389,19 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         """The whole body."""
+        conn = self._conn
+        if self._inflate is None and conn is not None and not self._finished:
+            # As readany() would give it, without a coroutine per piece: a JSON answer has usually all arrived.
+            pieces: list[bytes] = []
+            while True:
+                data = conn.take()
+                if data is None:
+                    await conn._wait()
+                elif data:
+                    pieces.append(data)
+                else:
+                    self._finished = True
+                    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         parts = []
         while chunk := await self.readany():
             parts.append(chunk)
@@ -430,6 +452,8 @@ class UpstreamHttp:
         host_text = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = host_text if self.port == default_port else f"{host_text}:{self.port}"
         self.prefix = parts.path.rstrip("/")
+        # The request line and Host of the first (method, path)s asked for, made once: the routes, the probes.
+        self._starts: dict[tuple[str, str], str] = {}
         self.max_connections = max_connections
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
@@ -468,13 +492,17 @@ class UpstreamHttp:
             conn = self._take_idle()
             if conn is None:
                 conn = await self._connect()
-            lines = [f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
-            for name, value in headers:
-                lines.append(f"{name}: {value}\r\n")
-            if body or method in ("POST", "PUT", "PATCH"):
-                lines.append(f"Content-Length: {len(body)}\r\n")
-            lines.append("\r\n")
-            conn.send("".join(lines).encode("utf-8", "surrogateescape") + body, method == "HEAD")
+            start = self._starts.get((method, path))
+            if start is None:
+                start = f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
+                if len(self._starts) < _STARTS_KEPT:  # paths with ids in them (stored responses) are not kept
+                    self._starts[(method, path)] = start
+            head = start + "".join([f"{name}: {value}\r\n" for name, value in headers])
+            if body or method in _WITH_BODY:
+                head += f"Content-Length: {len(body)}\r\n\r\n"
+            else:
+                head += "\r\n"
+            conn.send(head.encode("utf-8", "surrogateescape") + body, method == "HEAD")
             await conn.read_head()
             return UpstreamResponse(conn, self)
         except BaseException:

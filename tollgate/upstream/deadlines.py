@@ -9,7 +9,8 @@ costs a dict insert and delete per request.
 :class:`Deadline` has the contract of :class:`asyncio.Timeout`: when it
 passes, the task is cancelled, and leaving the ``async with`` block turns
 that cancellation into :class:`TimeoutError` (a cancellation from elsewhere,
-such as a client disconnect, stays a cancellation).
+such as a client disconnect, stays a cancellation). Entering and leaving do not
+wait, so it is a plain context manager (``with``) as well as an asynchronous one.
 """
 
 from __future__ import annotations
@@ -37,17 +38,19 @@ class Deadline:
     def expired(self) -> bool:
         return self.fired
 
-    async def __aenter__(self) -> Deadline:
+    def __enter__(self) -> Deadline:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a Deadline must be used inside a task")
         self._task = task
         self._cancelling = task.cancelling()
-        self._owner.active[self] = None
-        self._owner.ensure_sweeping()
+        owner = self._owner
+        owner.active[self] = None
+        if owner._handle is None:
+            owner.ensure_sweeping()
         return self
 
-    async def __aexit__(
+    def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._owner.active.pop(self, None)
@@ -55,6 +58,15 @@ class Deadline:
             assert self._task is not None
             if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
                 raise TimeoutError from exc
+
+    # ``async with`` works too; the plain ``with`` spares the two coroutines on the hot path.
+    async def __aenter__(self) -> Deadline:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
 
     def fire(self) -> None:
         self.fired = True

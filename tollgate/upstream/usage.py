@@ -135,11 +135,44 @@ def _part(usage: dict[str, Any], details: str, name: str, most: int) -> int:
 
 
 def usage_from_body(body: bytes) -> Usage | None:
-    """The ``usage`` of a non-streamed JSON answer; None when it has none or is not JSON."""
+    """The ``usage`` of a non-streamed JSON answer; None when it has none or is not JSON.
+
+    OpenAI-shaped answers end with it: when the answer's last member is ``"usage"``, that member alone
+    is parsed (the choices before it, often most of the body, are not); otherwise the whole body is.
+    """
+    usage = _last_member(body, b'"usage"')
+    if usage is not None:
+        return usage_from_json(usage)
     try:
         return usage_from_json(orjson.loads(body))
     except orjson.JSONDecodeError:
         return None
+
+
+_WHITESPACE = frozenset(b" \t\r\n")
+_OPENS_MEMBER = frozenset(b",{")
+
+
+def _last_member(body: bytes, key: bytes) -> dict[str, Any] | None:
+    """``{key: value}`` when the JSON object ``body`` ends with the member ``key: value``; None when it does not seem to.
+
+    The key's opening quote follows a ``{`` or a ``,``, so it opens a string (a quote inside a string is escaped);
+    ``{`` and what follows the key parse as one object, so the document's last ``}`` closes the object the key is
+    a member of, the outermost one. The bytes before the key are not read: a body broken there passes for JSON.
+    """
+    at = body.rfind(key)
+    if at <= 0:
+        return None
+    before = at - 1
+    while before > 0 and body[before] in _WHITESPACE:
+        before -= 1
+    if body[before] not in _OPENS_MEMBER:
+        return None
+    try:
+        member = orjson.loads(b"{" + body[at:])
+    except orjson.JSONDecodeError:
+        return None
+    return member if type(member) is dict else None
 
 
 def request_stream_usage(ctx: MeteredRequest) -> bool:
