@@ -45,7 +45,7 @@ end
 local function cc_keep(key, lease_ms)
   local ttl = ttl_ms(lease_ms)
   if redis.call('PTTL', key) < ttl then
-    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIRE', key, int(ttl))
   end
 end
 
@@ -55,7 +55,11 @@ ALGORITHMS.concurrency = {
     local after = cc_after(now_ms)
     local live = cc_live(key, after)
     local earliest = cc_earliest(key, after)
-    local st = { now_ms = now_ms, mark = 0, retry_ms = 0, used = live }
+    -- Every field in the constructor: the table is sized once, never grown field by field.
+    local st = {
+      allowed = false, remaining = 0, reset_ms = 0, retry_ms = 0, mark = 0, used = live, now_ms = now_ms,
+      dead = int(now_ms),
+    }
     if earliest then
       st.reset_ms = earliest - now_ms
     else
@@ -68,8 +72,8 @@ ALGORITHMS.concurrency = {
   end,
 
   commit = function(key, now, limit, window_ms, cost, param, st)
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', st.now_ms)
-    redis.call('ZADD', key, st.now_ms + window_ms, param)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', st.dead)
+    redis.call('ZADD', key, int(st.now_ms + window_ms), param)
     cc_keep(key, window_ms)
   end,
 
@@ -79,7 +83,7 @@ ALGORITHMS.concurrency = {
     if delta < 0 then
       -- A release: its request has answered, nobody reads the state, so none is computed.
       applied = -redis.call('ZREM', key, param)
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now_ms))
       return applied, 0, 0, 0
     end
     local after = cc_after(now_ms)

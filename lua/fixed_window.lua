@@ -76,8 +76,10 @@ ALGORITHMS.fixed_window = {
     local now_ms = math.floor(now / 1000)
     local start, stop = fw_bounds(now_ms, window_ms, param)
     local used = fw_load(key, start)
-    local st = { now_ms = now_ms, start = start, stop = stop, used = used, mark = start, retry_ms = 0 }
-    st.reset_ms = stop - now_ms
+    local st = {
+      allowed = false, remaining = 0, reset_ms = stop - now_ms, retry_ms = 0, mark = start, used = used,
+      now_ms = now_ms, start = start, stop = stop,
+    }
     if count_verdict(st, used, cost, limit) then
       st.retry_ms = stop - now_ms
     end
@@ -85,8 +87,8 @@ ALGORITHMS.fixed_window = {
   end,
 
   commit = function(key, now, limit, window_ms, cost, param, st)
-    redis.call('HSET', key, 'w', st.start, 'n', st.used + cost)
-    redis.call('PEXPIRE', key, ttl_ms(st.stop - st.now_ms))
+    redis.call('HSET', key, 'w', int(st.start), 'n', int(st.used + cost))
+    redis.call('PEXPIRE', key, int(ttl_ms(st.stop - st.now_ms)))
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)
