@@ -15,7 +15,9 @@
 -- Returns (check): allowed, remaining after this cost, reset_ms (until every
 --   counted slot has expired), retry_ms (until enough slots expire for this
 --   cost; -1 if cost > limit), mark = the slot index charged.
--- TTL: the key lives until its newest slot stops counting.
+-- TTL: the key lives until its newest slot stops counting. That moment is
+--   the same for every write to one slot: the write that creates the newest
+--   slot sets it, later writes to that slot leave it.
 
 local function sw_geometry(now, window_ms, param)
   local slots = tonumber(param) or 1
@@ -84,7 +86,7 @@ ALGORITHMS.sliding_window = {
     local total, newest, stale, raw = sw_read(key, oldest)
     local st = {
       allowed = false, remaining = 0, reset_ms = 0, retry_ms = 0, mark = cur, used = total,
-      now_ms = now_ms, slot_ms = slot_ms, cur = cur, stale = stale,
+      now_ms = now_ms, slot_ms = slot_ms, cur = cur, stale = stale, newest = newest,
     }
     if count_verdict(st, total, cost, limit) then -- the wait: until enough counted slots stop counting
       local need, freed = total + cost - limit, 0
@@ -110,7 +112,9 @@ ALGORITHMS.sliding_window = {
     if st.stale then
       redis.call('HDEL', key, unpack(st.stale))
     end
-    redis.call('PEXPIRE', key, int(ttl_ms(sw_slot_left(st.cur, st.slot_ms, window_ms, st.now_ms))))
+    if st.newest ~= st.cur then
+      redis.call('PEXPIRE', key, int(ttl_ms(sw_slot_left(st.cur, st.slot_ms, window_ms, st.now_ms))))
+    end
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)
