@@ -20,12 +20,14 @@
 
 local now = now_us()
 local n = #KEYS
-local states = {}
+-- Each limit's ARGV is read once: 6 values per limit in one flat table (alg, limit, window_ms, cost, param, state).
+local seen = {}
 local admitted = 1
 for i = 1, n do
   local alg, limit, window_ms, cost, param, shadow = limit_argv(ARGV, i)
   local st = alg.check(KEYS[i], now, limit, window_ms, cost, param)
-  states[i] = st
+  local b = (i - 1) * 6
+  seen[b + 1], seen[b + 2], seen[b + 3], seen[b + 4], seen[b + 5], seen[b + 6] = alg, limit, window_ms, cost, param, st
   if not st.allowed and shadow ~= '1' then
     admitted = 0
   end
@@ -33,15 +35,17 @@ end
 
 if admitted == 1 then
   for i = 1, n do
-    local alg, limit, window_ms, cost, param = limit_argv(ARGV, i)
+    local b = (i - 1) * 6
+    local cost = seen[b + 4]
     if cost > 0 then
-      alg.commit(KEYS[i], now, limit, window_ms, cost, param, states[i])
+      seen[b + 1].commit(KEYS[i], now, seen[b + 2], seen[b + 3], cost, seen[b + 5], seen[b + 6])
     end
   end
 end
 
 local out = { admitted, now }
 for i = 1, n do
-  push_verdict(out, tonumber(ARGV[(i - 1) * 6 + 2]), states[i])
+  local b = (i - 1) * 6
+  push_verdict(out, seen[b + 2], seen[b + 6])
 end
 return out

@@ -7,7 +7,7 @@
 --   microseconds since the Unix epoch; every duration handed to Redis or
 --   returned to the caller is in integer milliseconds.
 -- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
---   adjust}), now_us(), ttl_ms(), ms_ceil(), load_time(), store_time(),
+--   adjust}), now_us(), int(), ttl_ms(), ms_ceil(), load_time(), store_time(),
 --   count_verdict(), limit_argv() and push_verdict().
 --
 -- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
@@ -25,7 +25,17 @@
 --     (the work was done; the excess is reported as overdraft) or refunds
 --     -delta from the place recorded in mark.
 
+-- The libraries' top level only defines locals and must not read a global
+-- (string, math, ...): Redis Functions run it when the library is loaded,
+-- where only `redis` exists; the functions it defines may use any.
 local ALGORITHMS = {}
+
+-- An integer as the string Redis would get for it. A number handed to
+-- redis.call is formatted by Redis as a double (%.17g), several times the
+-- cost of an integer format: the hot writes hand over strings instead.
+local function int(n)
+  return string.format('%d', n)
+end
 
 local function now_us()
   local t = redis.call('TIME')

@@ -17,7 +17,11 @@
 --   negative delta releases the lease too (a compensating refund, or the
 --   end of the request) and reports only what it released: overdraft,
 --   remaining and reset are 0.
--- TTL: the key lives as long as its longest lease.
+-- TTL: the key lives as long as its longest lease. Expired leases are swept
+--   by the next admission or release of the key.
+-- Reads: while the earliest lease of the key is live, every lease is, and
+--   ZRANGE 0 0 and ZCARD tell the state; only when expired leases are still
+--   held are they counted past by score (ZCOUNT, ZRANGEBYSCORE).
 
 local function cc_now_ms(now)
   return math.floor(now / 1000)
@@ -41,21 +45,38 @@ local function cc_live(key, after)
   return redis.call('ZCOUNT', key, after, '+inf')
 end
 
+-- Live leases, the earliest expiry among them (nil: none), and whether expired
+-- leases are still held.
+local function cc_state(key, now_ms)
+  local first = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
+  if #first == 0 then
+    return 0, nil, false
+  end
+  local low = tonumber(first[2])
+  if low > now_ms then
+    return redis.call('ZCARD', key), low, false
+  end
+  local after = cc_after(now_ms)
+  return cc_live(key, after), cc_earliest(key, after), true
+end
+
 -- Extends the key's TTL to at least ttl_ms.
 local function cc_keep(key, lease_ms)
   local ttl = ttl_ms(lease_ms)
   if redis.call('PTTL', key) < ttl then
-    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIRE', key, int(ttl))
   end
 end
 
 ALGORITHMS.concurrency = {
   check = function(key, now, limit, window_ms, cost, param)
     local now_ms = cc_now_ms(now)
-    local after = cc_after(now_ms)
-    local live = cc_live(key, after)
-    local earliest = cc_earliest(key, after)
-    local st = { now_ms = now_ms, mark = 0, retry_ms = 0, used = live }
+    local live, earliest, expired = cc_state(key, now_ms)
+    -- Every field in the constructor: the table is sized once, never grown field by field.
+    local st = {
+      allowed = false, remaining = 0, reset_ms = 0, retry_ms = 0, mark = 0, used = live, now_ms = now_ms,
+      expired = expired,
+    }
     if earliest then
       st.reset_ms = earliest - now_ms
     else
@@ -68,8 +89,10 @@ ALGORITHMS.concurrency = {
   end,
 
   commit = function(key, now, limit, window_ms, cost, param, st)
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', st.now_ms)
-    redis.call('ZADD', key, st.now_ms + window_ms, param)
+    if st.expired then
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', int(st.now_ms))
+    end
+    redis.call('ZADD', key, int(st.now_ms + window_ms), param)
     cc_keep(key, window_ms)
   end,
 
@@ -79,7 +102,7 @@ ALGORITHMS.concurrency = {
     if delta < 0 then
       -- A release: its request has answered, nobody reads the state, so none is computed.
       applied = -redis.call('ZREM', key, param)
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now_ms))
       return applied, 0, 0, 0
     end
     local after = cc_after(now_ms)

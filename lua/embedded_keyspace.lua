@@ -15,6 +15,7 @@
 --   ZADD key [XX] score member [score member ...]       ZSCORE key member
 --   ZCOUNT key min max      ZRANGEBYSCORE key min max [WITHSCORES] [LIMIT offset count]
 --   ZREM key member [member ...]                        ZREMRANGEBYSCORE key min max
+--   ZCARD key               ZRANGE key start stop [WITHSCORES] (by rank only)
 -- Any other command is an error. Arguments are strings or numbers; a number
 --   is taken exactly as Redis receives it from Lua (integers below 1e17 in
 --   full, others as %.17g). A hash keeps its fields in insertion order (as a
@@ -46,6 +47,7 @@ local ARITY = {
   TIME = 1, GET = 2, SET = -3, DEL = -2, PEXPIRE = -3, PTTL = 2,
   HGET = 3, HMGET = -3, HGETALL = 2, HSET = -4, HINCRBY = 4, HDEL = -3,
   ZADD = -4, ZSCORE = 3, ZCOUNT = 4, ZRANGEBYSCORE = -4, ZREM = -3, ZREMRANGEBYSCORE = 4,
+  ZCARD = 2, ZRANGE = -4,
 }
 
 local function reply_error(message)
@@ -661,6 +663,64 @@ local function keyspace_new()
       out[#out + 1] = hits[j][2]
       if with_scores then
         out[#out + 1] = score_str(hits[j][1])
+      end
+    end
+    return out
+  end
+
+  C.ZCARD = function(key)
+    local z = lookup_kind(str(key), ZSET)
+    if z == nil then
+      return 0
+    end
+    return z.n
+  end
+
+  -- By rank only: ZRANGE's BYSCORE, BYLEX, REV and LIMIT forms are not implemented (no script uses them).
+  C.ZRANGE = function(key, start, stop, option, ...)
+    local with_scores = false
+    if option ~= nil then
+      if select('#', ...) > 0 or upper(str(option)) ~= 'WITHSCORES' then
+        reply_error('ERR syntax error (ZRANGE by rank [WITHSCORES] only, in the embedded keyspace)')
+      end
+      with_scores = true
+    end
+    start, stop = int_arg(start), int_arg(stop)
+    local z = lookup_kind(str(key), ZSET)
+    local out = {}
+    if z == nil then
+      return out
+    end
+    local n = z.n
+    if start < 0 then
+      start = math.max(0, n + start)
+    end
+    if stop < 0 then
+      stop = n + stop
+    end
+    if stop >= n then
+      stop = n - 1
+    end
+    if start > stop then
+      return out
+    end
+    if start == 0 and stop == 0 then -- the lowest member (what the concurrency script asks): the cached minimum
+      local low, low_member = zmin(z)
+      out[1] = low_member
+      if with_scores then
+        out[2] = score_str(low)
+      end
+      return out
+    end
+    local all = {}
+    for member, score in pairs(z.map) do
+      all[#all + 1] = { score, member }
+    end
+    table.sort(all, by_score_then_member)
+    for j = start + 1, stop + 1 do
+      out[#out + 1] = all[j][2]
+      if with_scores then
+        out[#out + 1] = score_str(all[j][1])
       end
     end
     return out

@@ -13,7 +13,8 @@
 --   proleptic Gregorian calendar in UTC.
 -- Returns (check): allowed, remaining, reset_ms (until the window ends),
 --   retry_ms (until the window ends; -1 if cost > limit), mark = window start.
--- TTL: the key expires when its window ends.
+-- TTL: the key expires when its window ends; set by the write that starts
+--   the window (later writes in the same window leave it).
 
 -- Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
 local function days_from_civil(y, m, d)
@@ -63,21 +64,24 @@ local function fw_bounds(now_ms, window_ms, calendar)
   return start, start + len
 end
 
+-- Units used in the window starting at start, and whether the key holds that window.
 local function fw_load(key, start)
   local got = redis.call('HMGET', key, 'w', 'n')
   if tonumber(got[1]) == start then
-    return tonumber(got[2]) or 0
+    return tonumber(got[2]) or 0, true
   end
-  return 0
+  return 0, false
 end
 
 ALGORITHMS.fixed_window = {
   check = function(key, now, limit, window_ms, cost, param)
     local now_ms = math.floor(now / 1000)
     local start, stop = fw_bounds(now_ms, window_ms, param)
-    local used = fw_load(key, start)
-    local st = { now_ms = now_ms, start = start, stop = stop, used = used, mark = start, retry_ms = 0 }
-    st.reset_ms = stop - now_ms
+    local used, current = fw_load(key, start)
+    local st = {
+      allowed = false, remaining = 0, reset_ms = stop - now_ms, retry_ms = 0, mark = start, used = used,
+      now_ms = now_ms, start = start, stop = stop, current = current,
+    }
     if count_verdict(st, used, cost, limit) then
       st.retry_ms = stop - now_ms
     end
@@ -85,8 +89,12 @@ ALGORITHMS.fixed_window = {
   end,
 
   commit = function(key, now, limit, window_ms, cost, param, st)
-    redis.call('HSET', key, 'w', st.start, 'n', st.used + cost)
-    redis.call('PEXPIRE', key, ttl_ms(st.stop - st.now_ms))
+    if st.current then
+      redis.call('HSET', key, 'n', int(st.used + cost))
+    else
+      redis.call('HSET', key, 'w', int(st.start), 'n', int(st.used + cost))
+      redis.call('PEXPIRE', key, int(ttl_ms(st.stop - st.now_ms)))
+    end
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)

@@ -43,7 +43,10 @@ ALGORITHMS.gcra = {
     local tat = load_time(key, now)
     local inc = gcra_increment(limit, tau, cost)
     local new_tat = tat + inc
-    local st = { inc = inc, new_tat = new_tat, mark = 0, retry_ms = 0, used = gcra_used(limit, tau, tat, now) }
+    local st = {
+      allowed = false, remaining = 0, reset_ms = 0, retry_ms = 0, mark = 0, used = gcra_used(limit, tau, tat, now),
+      inc = inc, new_tat = new_tat,
+    }
     if cost > limit then
       st.allowed = false
       st.remaining = gcra_left(limit, tau, tat, now)

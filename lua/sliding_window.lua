@@ -15,7 +15,9 @@
 -- Returns (check): allowed, remaining after this cost, reset_ms (until every
 --   counted slot has expired), retry_ms (until enough slots expire for this
 --   cost; -1 if cost > limit), mark = the slot index charged.
--- TTL: the key lives until its newest slot stops counting.
+-- TTL: the key lives until its newest slot stops counting. That moment is
+--   the same for every write to one slot: the write that creates the newest
+--   slot sets it, later writes to that slot leave it.
 
 local function sw_geometry(now, window_ms, param)
   local slots = tonumber(param) or 1
@@ -82,7 +84,10 @@ ALGORITHMS.sliding_window = {
   check = function(key, now, limit, window_ms, cost, param)
     local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
     local total, newest, stale, raw = sw_read(key, oldest)
-    local st = { now_ms = now_ms, slot_ms = slot_ms, cur = cur, stale = stale, mark = cur, retry_ms = 0, used = total }
+    local st = {
+      allowed = false, remaining = 0, reset_ms = 0, retry_ms = 0, mark = cur, used = total,
+      now_ms = now_ms, slot_ms = slot_ms, cur = cur, stale = stale, newest = newest,
+    }
     if count_verdict(st, total, cost, limit) then -- the wait: until enough counted slots stop counting
       local need, freed = total + cost - limit, 0
       local live = sw_live(raw, oldest)
@@ -103,19 +108,21 @@ ALGORITHMS.sliding_window = {
   end,
 
   commit = function(key, now, limit, window_ms, cost, param, st)
-    redis.call('HINCRBY', key, st.cur, cost)
+    redis.call('HINCRBY', key, int(st.cur), int(cost))
     if st.stale then
       redis.call('HDEL', key, unpack(st.stale))
     end
-    redis.call('PEXPIRE', key, ttl_ms(sw_slot_left(st.cur, st.slot_ms, window_ms, st.now_ms)))
+    if st.newest ~= st.cur then
+      redis.call('PEXPIRE', key, int(ttl_ms(sw_slot_left(st.cur, st.slot_ms, window_ms, st.now_ms))))
+    end
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)
     local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
     local applied = 0
     if delta > 0 then
-      redis.call('HINCRBY', key, cur, delta)
-      redis.call('PEXPIRE', key, ttl_ms(sw_slot_left(cur, slot_ms, window_ms, now_ms)))
+      redis.call('HINCRBY', key, int(cur), int(delta))
+      redis.call('PEXPIRE', key, int(ttl_ms(sw_slot_left(cur, slot_ms, window_ms, now_ms))))
       applied = delta
     elseif delta < 0 then
       local slot = tonumber(mark) or cur

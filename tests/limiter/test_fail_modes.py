@@ -112,11 +112,11 @@ async def test_a_killed_and_restarted_redis_is_used_again_without_restarting_the
         assert time.monotonic() < deadline, "admissions did not go back to Redis after the restart"
         await asyncio.sleep(0.05)
     engine = limiter.engine()
-    assert engine.stats.noscript_reloads >= 1  # the restarted server had lost the script
+    assert engine.stats.noscript_reloads >= 1  # the restarted server had lost the library
     assert (await limiter.peek(s)).remaining == 999  # the new server counted only the request that recovered
 
 
-async def test_flushing_the_script_cache_under_load_fails_no_admission(own_redis: RedisServer) -> None:
+async def test_flushing_the_scripts_and_library_under_load_fails_no_admission(own_redis: RedisServer) -> None:
     clock = SystemClock()
     engine = RedisEngine(own_redis.url, clock=clock, timeout=1.0)
     limiter = Limiter({"redis": engine}, clock=clock)
@@ -126,6 +126,7 @@ async def test_flushing_the_script_cache_under_load_fails_no_admission(own_redis
     async def flusher() -> None:
         while not stop.is_set():
             await admin.script_flush()
+            await admin.function_flush()
             await asyncio.sleep(0.003)
 
     task = asyncio.create_task(flusher())

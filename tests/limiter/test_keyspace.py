@@ -57,6 +57,14 @@ SEQUENCES = [
         ("ZADD", "z", "1700000000123", "d"),
         ("ZRANGEBYSCORE", "z", "(20", "+inf", "WITHSCORES", "LIMIT", "0", "1"),
         ("ZRANGEBYSCORE", "z", "-inf", "+inf"),
+        ("ZRANGE", "z", "0", "0", "WITHSCORES"),
+        ("ZRANGE", "z", "0", "-1", "WITHSCORES"),
+        ("ZRANGE", "z", "1", "2"),
+        ("ZRANGE", "z", "-2", "-1", "WITHSCORES"),
+        ("ZRANGE", "z", "5", "9"),
+        ("ZRANGE", "nope", "0", "0", "WITHSCORES"),
+        ("ZCARD", "z"),
+        ("ZCARD", "nope"),
         ("ZREMRANGEBYSCORE", "z", "-inf", "20"),
         ("ZREM", "z", "a", "nope"),
         ("ZCOUNT", "z", "-inf", "+inf"),
@@ -138,9 +146,8 @@ def _random_zset_op(rng: random.Random) -> tuple[str, ...]:
     member = lambda: rng.choice("abcdef")  # noqa: E731
     score = lambda: str(rng.randint(0, 6))  # noqa: E731
     bound = lambda: rng.choice(["-inf", "+inf", score(), "(" + score()])  # noqa: E731
-    kind = rng.choice(
-        ["ZADD", "ZADD", "ZADDXX", "ZREM", "ZREMRANGEBYSCORE", "ZCOUNT", "ZCOUNT", "ZFIRST", "ZRANGEBYSCORE"]
-    )
+    kinds = ["ZADD", "ZADD", "ZADDXX", "ZREM", "ZREMRANGEBYSCORE", "ZCOUNT", "ZCOUNT", "ZFIRST", "ZRANGEBYSCORE"]
+    kind = rng.choice([*kinds, "ZLOWEST", "ZCARD", "ZRANGE"])
     if kind == "ZADD":
         return ("ZADD", "z", score(), member(), score(), member())
     if kind == "ZADDXX":
@@ -151,7 +158,13 @@ def _random_zset_op(rng: random.Random) -> tuple[str, ...]:
         return ("ZREMRANGEBYSCORE", "z", rng.choice(["-inf", score()]), bound())
     if kind == "ZCOUNT":
         return ("ZCOUNT", "z", bound(), rng.choice(["+inf", bound()]))
-    if kind == "ZFIRST":  # what the concurrency script asks: the earliest live lease
+    if kind == "ZLOWEST":  # what the concurrency script asks first: the lowest member, live or not
+        return ("ZRANGE", "z", "0", "0", "WITHSCORES")
+    if kind == "ZCARD":
+        return ("ZCARD", "z")
+    if kind == "ZRANGE":
+        return ("ZRANGE", "z", str(rng.randint(-3, 3)), str(rng.randint(-3, 3)), "WITHSCORES")
+    if kind == "ZFIRST":  # the earliest live lease, when expired ones are still held
         return ("ZRANGEBYSCORE", "z", bound(), "+inf", "WITHSCORES", "LIMIT", "0", "1")
     return ("ZRANGEBYSCORE", "z", "-inf", "+inf", "WITHSCORES")
 

@@ -68,14 +68,14 @@ async def test_a_full_pipeline_reaches_redis_before_the_tick_that_filled_it_ends
         await asyncio.sleep(0)  # every task took its first step; the end-of-tick flush has not run yet
         deadline = time.monotonic() + 2
         while (
-            admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) < EAGER_BATCH
+            admin.info("commandstats").get("cmdstat_fcall", {}).get("calls", 0) < EAGER_BATCH
             and time.monotonic() < deadline
         ):
             time.sleep(0.01)  # blocks the loop on purpose
-        assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == EAGER_BATCH
+        assert admin.info("commandstats")["cmdstat_fcall"]["calls"] == EAGER_BATCH
         decisions = await asyncio.gather(*tasks)
         assert all(d.allowed for d in decisions)
-        assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == EAGER_BATCH + 3
+        assert admin.info("commandstats")["cmdstat_fcall"]["calls"] == EAGER_BATCH + 3
     finally:
         admin.close()
         await limiter.close()

@@ -199,7 +199,9 @@ async def test_every_key_the_scripts_write_has_a_ttl(store: Store, request: pyte
 
 @pytest.mark.process
 @pytest.mark.parametrize("kind", ["redis", "cluster"])
-async def test_a_flushed_script_cache_is_reloaded_without_an_error(kind: str, request: pytest.FixtureRequest) -> None:
+async def test_a_flushed_script_cache_and_library_are_reloaded_without_an_error(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
     from tollgate.clock import SystemClock
     from tollgate.limiter.store import RedisEngine
 
@@ -218,10 +220,11 @@ async def test_a_flushed_script_cache_is_reloaded_without_an_error(kind: str, re
         for node in nodes:
             with node.client() as c:
                 c.script_flush()
+                c.function_flush()
         assert (await admit(engine, lim))[0].remaining == 98
         assert engine.stats.noscript_reloads == before + 1
         assert (await admit(engine, lim))[0].remaining == 97
-        assert engine.stats.noscript_reloads == before + 1  # cached again by the EVAL
+        assert engine.stats.noscript_reloads == before + 1  # loaded again with the resend
         assert engine.stats.failures == 0
     finally:
         await engine.close()

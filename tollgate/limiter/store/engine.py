@@ -26,7 +26,7 @@ class EngineStats:
 
     calls: int = 0  # script calls asked for
     round_trips: int = 0  # network round trips made (pipelines sent, NOSCRIPT reloads included)
-    noscript_reloads: int = 0  # calls re-sent with EVAL because the server had lost the script
+    noscript_reloads: int = 0  # calls re-sent because the server had lost the script (EVAL) or the library (FCALL)
     failures: int = 0  # calls answered with a StoreError (including StoreTimeout)
     rejected_open: int = 0  # calls refused at once because the circuit breaker was open
     overloaded: int = 0  # calls refused because they waited for a connection past the queue bound (not failures)

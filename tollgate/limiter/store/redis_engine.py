@@ -1,4 +1,15 @@
-"""The Redis engine: EVALSHA with transparent NOSCRIPT reload, coalesced pipelines, a time budget and a breaker.
+"""The Redis engine: FCALL (EVALSHA before Redis 7) with transparent reload, coalesced pipelines, a budget, a breaker.
+
+On Redis 7 and later the scripts are one Functions library
+(:func:`~tollgate.limiter.store.scripts.function_library`), loaded once per
+server (on Cluster, on every master) and called with ``FCALL``: Redis runs the
+shared Lua libraries once, when the library is loaded, instead of on every
+call. A server that refuses ``FUNCTION LOAD`` (older than 7, the command
+renamed or denied by an ACL) gets ``EVALSHA``, as does a server that later
+refuses ``FCALL``. A call that finds the library missing (``FUNCTION FLUSH``,
+a restarted or failed-over server) loads it again and is re-sent once, as a
+call that finds its script missing is with ``EVAL``: callers never see
+either error.
 
 Standalone Redis and Redis Cluster share everything but the transport. Calls
 issued in the same event-loop tick are coalesced into one pipeline (one
@@ -56,7 +67,7 @@ from tollgate.circuit_breaker import CLOSED, DEFAULT_SETTINGS, BreakerSettings, 
 from tollgate.clock import Clock
 from tollgate.errors import StoreError, StoreOverloaded, StoreTimeout, StoreUnavailable
 from tollgate.limiter.store.engine import Arg, EngineStats, ScriptCall
-from tollgate.limiter.store.scripts import Script, load_scripts
+from tollgate.limiter.store.scripts import Script, function_library, load_scripts
 
 __all__ = ["EAGER_BATCH", "QUEUE_TIMEOUT", "WARM_CONNECTIONS", "RedisEngine"]
 
@@ -171,8 +182,30 @@ class _ReplyBudget:
         return self._fired and self._task.uncancel() <= self._cancelling
 
 
+# The replies that say the server lacks the library (it was flushed, or the server restarted empty) ...
+_NO_FUNCTION = "Function not found"
+# ... and those that say it cannot or may not run FCALL at all (older than 7, the command renamed, an ACL).
+_NO_FUNCTIONS = ("unknown command", "noperm", "no permissions")
+_LIBRARY_EXISTS = "already exists"
+_EVALSHA = b"$7\r\nEVALSHA\r\n"
+_FCALL = b"$5\r\nFCALL\r\n"
+
+
+def _says(reply: Any, words: str) -> bool:
+    """Is ``reply`` an error reply containing ``words``?"""
+    return isinstance(reply, ResponseError) and words in str(reply)
+
+
+def _refuses_fcall(reply: Any) -> bool:
+    """Is ``reply`` the server saying that it does not know FCALL, or that we may not call it?"""
+    if not isinstance(reply, ResponseError):
+        return False
+    text = str(reply).lower()
+    return "fcall" in text and any(word in text for word in _NO_FUNCTIONS)
+
+
 class _Packer:
-    """EVALSHA commands in RESP, each value's bulk string taken from a cache once it has been seen.
+    """EVALSHA and FCALL commands in RESP, each value's bulk string taken from a cache once it has been seen.
 
     An admission's 38 values are mostly the same call after call (the sha,
     keys, kinds, limits, windows); hiredis.pack_command formats every one
@@ -188,14 +221,22 @@ class _Packer:
         self._limit = limit
 
     def evalsha(self, sha: str, call: ScriptCall) -> bytes:
+        return self.command(_EVALSHA, sha, call)
+
+    def fcall(self, function: str, call: ScriptCall) -> bytes:
+        return self.command(_FCALL, function, call)
+
+    def command(self, verb: bytes, target: str, call: ScriptCall) -> bytes:
+        """``verb`` (EVALSHA or FCALL, as a bulk string) of ``target`` (a sha, a function) with the call's keys and args."""
         bulk = self._bulk
         get = bulk.get
         keys, args = call.keys, call.args
         parts = [get(v) or self._remember(v) for v in keys]
         parts += [get(v) or self._remember(v) for v in args]
-        head = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (
+        head = b"*%d\r\n%b%b%b" % (
             3 + len(parts),
-            get(sha) or self._remember(sha),
+            verb,
+            get(target) or self._remember(target),
             get(len(keys)) or self._remember(len(keys)),
         )
         return head + b"".join(parts)
@@ -241,6 +282,9 @@ class RedisEngine:
         self.queue_timeout = queue_timeout
         self.breaker = CircuitBreaker(clock, breaker)
         self._scripts = scripts or load_scripts()
+        self._library = function_library(self._scripts)
+        # FCALL (True) or EVALSHA (False); None until the server was asked to load the library.
+        self._functions: bool | None = None
         self._coalesce = coalesce
         self._pending: list[tuple[ScriptCall, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
@@ -299,8 +343,15 @@ class RedisEngine:
         A store that cannot be reached now is logged, not raised: the gateway
         starts anyway (fail modes answer) and connects on the first calls.
         """
-        if self._cluster:
-            return  # redis-py's cluster client discovers its nodes on the first call
+        if self._cluster:  # redis-py's cluster client discovers its nodes here, then every master gets the library
+            try:
+                async with asyncio.timeout(max(1.0, self.timeout * 10)):
+                    await self._load_cluster_library()
+            except (StoreError, RedisError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "store %s: the library could not be loaded at start (%s); the first call loads it", self.name, exc
+                )
+            return
         opened = await asyncio.gather(
             *(self._open() for _ in range(self._warm - len(self._idle))), return_exceptions=True
         )
@@ -316,10 +367,9 @@ class RedisEngine:
             )
         if not self._idle or self._preloaded:
             return
-        loads = [("SCRIPT", "LOAD", script.source) for script in self._scripts.values()]
         try:
             async with asyncio.timeout(max(1.0, self.timeout * 10)):
-                await self._roundtrip(loads)
+                self._learn(await self._roundtrip(self._loads()))
         except (StoreError, RedisError, OSError, TimeoutError) as exc:
             log.warning(
                 "store %s: the scripts could not be loaded at start (%s); the first call loads them", self.name, exc
@@ -471,18 +521,58 @@ class RedisEngine:
         return out
 
     def _packed(self, calls: list[ScriptCall]) -> bytes:
-        """EVALSHA of every call, as one pipeline's bytes (standalone Redis; the scripts are known)."""
-        packer, scripts = self._packer, self._scripts
+        """FCALL (or EVALSHA) of every call, as one pipeline's bytes (standalone Redis; the scripts are known)."""
+        packer = self._packer
+        if self._functions:
+            functions = self._library.functions
+            return b"".join([packer.fcall(functions[call.script], call) for call in calls])
+        scripts = self._scripts
         return b"".join([packer.evalsha(scripts[call.script].sha, call) for call in calls])
 
-    def _evalsha(self, call: ScriptCall) -> tuple[Any, ...]:
+    def _loads(self) -> list[tuple[Any, ...]]:
+        """Load the library (Redis >= 7) and every script (the fallback): the library's reply comes first."""
+        return [("FUNCTION", "LOAD", self._library.code)] + [
+            ("SCRIPT", "LOAD", script.source) for script in self._scripts.values()
+        ]
+
+    def _learn(self, replies: list[Any]) -> None:
+        """Sets FCALL or EVALSHA from the replies of :meth:`_loads` (or of FUNCTION LOAD alone)."""
+        loaded = replies[0]
+        functions = not isinstance(loaded, Exception) or _says(loaded, _LIBRARY_EXISTS)
+        if self._functions is not False and not functions:
+            log.warning("store %s: no Redis Functions (%s): the scripts are called with EVALSHA", self.name, loaded)
+        self._functions = functions
+        self._preloaded = True
+
+    async def _load_cluster_library(self) -> None:
+        """FUNCTION LOAD on every master of the Cluster (REPLACE: a master that has it keeps the same code)."""
+        client = self._client
+        assert isinstance(client, RedisCluster)
+        self.stats.round_trips += 1
+        try:
+            await client.execute_command(
+                "FUNCTION", "LOAD", "REPLACE", self._library.code, target_nodes=RedisCluster.PRIMARIES
+            )
+        except ResponseError as exc:
+            self._learn([exc])
+        else:
+            self._learn([b"ok"])
+
+    def _call(self, call: ScriptCall) -> tuple[Any, ...]:
+        if self._functions:
+            return ("FCALL", self._library.functions[call.script], len(call.keys), *call.keys, *call.args)
         return ("EVALSHA", self._scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
 
     def _eval(self, call: ScriptCall) -> tuple[Any, ...]:
         return ("EVAL", self._scripts[call.script].source, len(call.keys), *call.keys, *call.args)
 
     async def _execute(self, calls: list[ScriptCall], sent: Any = None, written_at: float = 0.0) -> list[Any]:
-        """Replies in call order (an error reply as its exception); NOSCRIPT answered by one EVAL resend."""
+        """Replies in call order (an error reply as its exception).
+
+        A missing script is answered by one EVAL resend, a missing library by
+        loading it and one FCALL resend, a server that refuses FCALL by one
+        EVAL resend (and EVALSHA from then on).
+        """
         if sent is not None:
             replies = await self._read(sent, len(calls), written_at)
         else:
@@ -491,22 +581,48 @@ class RedisEngine:
                     raise StoreError(f"unknown script {call.script!r}")
             preload = not self._preloaded and not self.single_slot
             if preload:  # start() could not load the scripts: the first round trip does, no NOSCRIPT storm
-                commands = [("SCRIPT", "LOAD", script.source) for script in self._scripts.values()]
-                replies = await self._roundtrip(commands + [self._evalsha(c) for c in calls])
+                loads = self._loads()
+                replies = await self._roundtrip(loads + [self._call(c) for c in calls])
+                self._learn(replies)
+                replies = replies[len(loads) :]
             elif self._cluster:
-                replies = await self._roundtrip([self._evalsha(c) for c in calls])
+                if self._functions is None:
+                    await self._load_cluster_library()
+                replies = await self._roundtrip([self._call(c) for c in calls])
             else:
                 replies = await self._roundtrip_packed(self._packed(calls), len(calls))
-            if preload:
-                replies = replies[len(self._scripts) :]
-                self._preloaded = True
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if any(isinstance(r, ResponseError) for r in replies):
+            await self._resend(calls, replies)
+        return replies
+
+    async def _resend(self, calls: list[ScriptCall], replies: list[Any]) -> None:
+        """Calls whose script or library the server lacked, sent again once; their replies replace the errors."""
+        no_library = [i for i, r in enumerate(replies) if _says(r, _NO_FUNCTION)]
+        if no_library:
+            self.stats.noscript_reloads += len(no_library)
+            if self._cluster:  # a master that lost it (restarted, a new one): every master gets it again
+                await self._load_cluster_library()
+                again = await self._roundtrip([self._call(calls[i]) for i in no_library])
+            else:
+                again = await self._roundtrip(
+                    [("FUNCTION", "LOAD", self._library.code)] + [self._call(calls[i]) for i in no_library]
+                )
+                self._learn(again)
+                again = again[1:]
+            for i, reply in zip(no_library, again):
+                replies[i] = reply
+        refused = [i for i, r in enumerate(replies) if self._functions and _refuses_fcall(r)]
+        if refused:  # the server no longer runs functions (a failover to an older one): EVALSHA from now on
+            log.warning(
+                "store %s: FCALL refused (%s): the scripts are called with EVALSHA", self.name, replies[refused[0]]
+            )
+            self._functions = False
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError) or i in refused]
         if missing:
             self.stats.noscript_reloads += len(missing)
             again = await self._roundtrip([self._eval(calls[i]) for i in missing])
             for i, reply in zip(missing, again):
                 replies[i] = reply
-        return replies
 
     async def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """``commands`` in one pipeline; their replies in order."""
