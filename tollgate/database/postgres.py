@@ -124,6 +124,9 @@ class PostgresDatabase(Database):
         return await self._with_connection(sql, lambda c: c.fetchval(sql, *args))
 
     async def copy_records(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """A binary COPY straight into ``table``: one statement, one round trip, all rows or none. When a row's key
+        is there already (a replay) the COPY fails whole, and the rows go through a staging table instead: COPY
+        into it, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, in one transaction."""
         if not rows:
             return
         for name in (table, *columns):
@@ -132,15 +135,21 @@ class PostgresDatabase(Database):
         staging = f"tollgate_staging_{table}"
         column_list = ", ".join(columns)
         insert = f"INSERT INTO {table} ({column_list}) SELECT {column_list} FROM {staging} ON CONFLICT DO NOTHING"
+        names = list(columns)
 
         async def run(conn: asyncpg.Connection) -> None:
+            try:
+                await conn.copy_records_to_table(table, records=rows, columns=names)
+                return
+            except asyncpg.exceptions.UniqueViolationError:
+                pass
             known: set[str] = conn.staging  # the pool's proxy hands attribute reads to the _Connection
             async with conn.transaction():
                 if staging not in known:  # the table's columns as they are now (LIKE: no keys, no indexes)
                     await conn.execute(
                         f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS"
                     )
-                await conn.copy_records_to_table(staging, records=rows, columns=list(columns))
+                await conn.copy_records_to_table(staging, records=rows, columns=names)
                 await conn.execute(insert)
             known.add(staging)
 
