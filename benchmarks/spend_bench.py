@@ -11,6 +11,15 @@ loop and the SQLite thread) divided by the records, minus the figure without a
 spend log, the median of interleaved rounds (so all see the same machine load).
 Each round has fresh random request ids, as the gateway's are (an insert of a
 row already there, or of ordered keys, is cheaper than a real one).
+
+The cyclic collector runs as in the gateway (tollgate/process/server.py): what
+exists before a round (here also the round's prepared requests, which a
+gateway would not hold) is frozen, and the young generation is collected every
+``GC_THRESHOLDS[0]`` allocations. ``--default-gc`` keeps Python's defaults
+instead: then rows the spend log holds between a flush and its insert survive
+young collections, and the full collections they bring walk this benchmark's
+whole heap (about 100 ms each, landing in some rounds and not others): that,
+not the writer, was the difference between this figure and spend_writer_bench's.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import secrets
 import statistics
 import tempfile
@@ -33,6 +43,7 @@ from tollgate.config.model import Deployment
 from tollgate.identity.directory import Principal
 from tollgate.pipeline.account import capture
 from tollgate.pipeline.context import ENDPOINTS, RequestContext
+from tollgate.process.server import GC_THRESHOLDS
 from tollgate.upstream.usage import Usage
 
 
@@ -73,11 +84,14 @@ def _doc(batch: int, database: str | None) -> dict[str, Any]:
     return doc
 
 
-async def _round(acc: Accounting, contexts: list[RequestContext], batch: int) -> float:
+async def _round(acc: Accounting, contexts: list[RequestContext], batch: int, *, freeze: bool = True) -> float:
     """CPU seconds per record to record, flush and (with a spend log) write ``contexts``."""
     loop_time, wall, cpu = asyncio.get_running_loop().time, acc.wall, time.process_time
     spend = acc.spend_log
     target = (spend.written + len(contexts)) if spend is not None else 0
+    if freeze:  # as the gateway after start-up: the collector walks only what the round makes
+        gc.collect()
+        gc.freeze()
     t0 = cpu()
     for start in range(0, len(contexts), batch):
         for ctx in contexts[start : start + batch]:
@@ -110,8 +124,12 @@ class _Discard:
         return []
 
 
-async def _main(rate: int, seconds: float, batch: int, rounds: int, tenants: int, postgres: str | None) -> None:
+async def _main(
+    rate: int, seconds: float, batch: int, rounds: int, tenants: int, postgres: str | None, default_gc: bool
+) -> None:
     n = int(rate * seconds)
+    if not default_gc:
+        gc.set_threshold(*GC_THRESHOLDS)
     with tempfile.TemporaryDirectory() as tmp:
         variants: dict[str, Accounting] = {
             "no spend log": Accounting(config_from_dict(_doc(batch, None))),
@@ -133,12 +151,15 @@ async def _main(rate: int, seconds: float, batch: int, rounds: int, tenants: int
                 contexts = _contexts(n, tenants)
                 for name in names[r % len(names) :] + names[: r % len(names)]:  # a different order each round
                     fresh = [_renamed(ctx) for ctx in contexts]
-                    cpu[name].append(await _round(variants[name], fresh, batch))
+                    cpu[name].append(await _round(variants[name], fresh, batch, freeze=not default_gc))
         finally:
             for acc in variants.values():
                 await acc.close()
     base = cpu["no spend log"]
-    print(f"{n} records a round ({rate} req/s for {seconds:g} s, {batch} per flush), {rounds} interleaved rounds")
+    print(
+        f"{n} records a round ({rate} req/s for {seconds:g} s, {batch} per flush), {rounds} interleaved rounds, "
+        + ("Python's default collector" if default_gc else "the gateway's collector settings")
+    )
     print(f"{'no spend log':28s} {statistics.median(base) * 1e6:7.2f} µs CPU per request (median)")
     for name, values in cpu.items():
         if name == "no spend log":
@@ -161,8 +182,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--postgres", help="postgresql:// URL of an empty database, to measure it too")
+    parser.add_argument("--default-gc", action="store_true", help="Python's collector settings, not the gateway's")
     args = parser.parse_args()
-    asyncio.run(_main(args.rate, args.seconds, args.batch, args.rounds, args.tenants, args.postgres))
+    asyncio.run(_main(args.rate, args.seconds, args.batch, args.rounds, args.tenants, args.postgres, args.default_gc))
 
 
 if __name__ == "__main__":

@@ -7,13 +7,15 @@ COPY, the server's CPU being another process's), 1,000 rows per flush as at
 5,000 req/s with ``usage.batch_size`` 1,000; median of rounds. Unlike
 ``spend_bench`` (the whole flusher with and without a spend log, whose
 difference of two noisy medians also carries the flusher's own variance),
-this times only the spend log's work.
+this times only the spend log's work. The collector runs as in the gateway (frozen
+start-up heap, its thresholds: see spend_bench).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import tempfile
 import time
@@ -26,6 +28,7 @@ from tollgate.accounting.spend_log import SpendLog
 from tollgate.config import config_from_dict
 from tollgate.database import migrate, open_database
 from tollgate.pipeline.account import capture
+from tollgate.process.server import GC_THRESHOLDS
 
 
 async def _per_row(url: str, rows: int, batch: int, rounds: int) -> list[float]:
@@ -38,6 +41,8 @@ async def _per_row(url: str, rows: int, batch: int, rounds: int) -> list[float]:
     try:
         for _ in range(rounds):
             fields = [fields_of(capture(ctx, 100.03, time.time()), pricing) for ctx in _contexts(rows, 100)]
+            gc.collect()
+            gc.freeze()
             started = time.process_time()
             for start in range(0, rows, batch):
                 log.add(fields[start : start + batch], "USD")
@@ -53,6 +58,7 @@ async def _main(rows: int, batch: int, rounds: int, postgres: str | None) -> Non
         engines = {"SQLite": f"sqlite:///{Path(tmp) / 'spend.db'}"}
         if postgres is not None:
             engines["PostgreSQL"] = postgres
+        gc.set_threshold(*GC_THRESHOLDS)
         print(f"{rows} rows a round, {batch} per flush, {rounds} rounds: spend log CPU µs per row (median, rounds)")
         for name, url in engines.items():
             values = await _per_row(url, rows, batch, rounds)

@@ -76,6 +76,25 @@ async def test_transaction_rolls_back_everything_on_an_exception(db: Database) -
     assert await db.fetch("SELECT id, name FROM items") == [(1, "kept")]
 
 
+async def test_a_bulk_copy_skips_rows_already_there_and_settings_made_after_it_are_reset(db: Database) -> None:
+    # PostgreSQL copies straight into the table (falling back to its staging table when a key is there already)
+    # and spares the pool its reset query after a COPY: a session setting made by the next user still goes.
+    columns = ("id", "name", "score")
+    await db.copy_records("items", columns, [(1, "a", 0.5), (2, "b", None)])
+    await db.copy_records("items", columns, [(2, "b2", None), (3, "c", 1.0), (3, "c2", 2.0)])
+    assert await db.fetch("SELECT id, name FROM items ORDER BY id") == [(1, "a"), (2, "b"), (3, "c")]
+    if db.dialect != "postgresql":
+        return
+    default = await db.fetchval("SHOW work_mem")
+    async with db.transaction() as tx:
+        await tx.execute("SET work_mem = '1234kB'")  # a session setting: outlives the transaction
+        assert await tx.fetchval("SHOW work_mem") == "1234kB"
+    assert await db.fetchval("SHOW work_mem") == default
+    await db.copy_records("items", columns, [(4, "d", None)])
+    await db.execute("SET work_mem = '1234kB'")
+    assert await db.fetchval("SHOW work_mem") == default
+
+
 async def test_a_failed_statement_rolls_back_its_transaction_and_is_wrapped(db: Database) -> None:
     with pytest.raises(DatabaseError) as caught:
         async with db.transaction() as tx:

@@ -2,8 +2,11 @@
 database is down, replayed when it is back; and the retention task that deletes old rows.
 
 Nothing here runs on the request path. The accounting flusher hands each
-flush's entry fields to :meth:`SpendLog.add` (a list append); the writer task
-inserts what waits in one statement per wake (tollgate/database/spend.py).
+flush's entry fields to :meth:`SpendLog.add`, which makes them rows at once (tuples of
+plain values: the collector stops tracking them, while the entry fields, which hold the
+principal, would be promoted to its old generation and make full collections come
+sooner); the writer task inserts what waits in one statement per wake
+(tollgate/database/spend.py).
 
 While the database fails, rows wait in memory up to ``database.buffer.memory_rows``
 (plus what arrives during the one attempt in progress, at most ``database.timeout``
@@ -117,7 +120,6 @@ class SpendLog:
         self._close = close
         self._connected = connect is None
         self._memory: deque[Row] = deque()
-        self._fields: list[tuple[Sequence[tuple[Any, ...]], str]] = []  # handed by the flusher, not yet made rows
         self._spill_size = 0  # bytes in the spill file
         self._spill_offset = 0  # bytes of it already written to the database
         self._failing = False
@@ -134,16 +136,16 @@ class SpendLog:
 
     # -- from the flusher -------------------------------------------------------------
     def add(self, fields: Sequence[tuple[Any, ...]], currency: str) -> None:
-        """Take one flush's entry fields (records.fields_of tuples): O(1), never waits; the writer makes the rows."""
+        """Take one flush's entry fields (records.fields_of tuples) as rows; never waits, the writer inserts them."""
         if fields:
-            self._fields.append((fields, currency))
+            self._memory.extend([spend_row(f, currency) for f in fields])
             if self._wake is not None:
                 self._wake.set()
 
     @property
     def pending(self) -> int:
         """Rows waiting in memory (not counting the spill file)."""
-        return len(self._memory) + sum(len(f) for f, _c in self._fields)
+        return len(self._memory)
 
     @property
     def spilled_bytes(self) -> int:
@@ -190,7 +192,6 @@ class SpendLog:
         await self._task.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.write(), timeout)
-        self._take_fields()
         if self._memory:
             rows = list(self._memory)
             self._memory.clear()
@@ -217,8 +218,7 @@ class SpendLog:
                 await self._wake.wait()
             self._wake.clear()
             if self._failing and self._clock() < next_attempt:
-                self._take_fields()  # between attempts: keep memory within its bound
-                await self._overflow()
+                await self._overflow()  # between attempts: keep memory within its bound
                 self._log_drops()
                 continue
             try:
@@ -233,15 +233,6 @@ class SpendLog:
                 self._retry = min(self._retry * 2, _RETRY_MAX)
 
     # -- writing ----------------------------------------------------------------------
-    def _take_fields(self) -> None:
-        """Turn the handed fields into rows (in the writer, off the flusher's time)."""
-        if not self._fields:
-            return
-        handed, self._fields = self._fields, []
-        memory = self._memory
-        for fields, currency in handed:
-            memory.extend([spend_row(f, currency) for f in fields])
-
     async def write(self) -> bool:
         """Write the spill file, then the memory buffer; False when the database failed (the rows stay buffered)."""
         if self._lock is None:
@@ -250,7 +241,6 @@ class SpendLog:
             return await self._write_locked()
 
     async def _write_locked(self) -> bool:
-        self._take_fields()
         ok = await self._write_all()
         if ok:
             if self._failing:
@@ -287,15 +277,17 @@ class SpendLog:
                     await asyncio.to_thread(self._remove_spill)
             memory = self._memory
             while memory:
-                n = min(len(memory), _CHUNK)
-                batch = [memory.popleft() for _ in range(n)]
+                if len(memory) <= _CHUNK:
+                    batch = list(memory)
+                    memory.clear()
+                else:
+                    batch = [memory.popleft() for _ in range(_CHUNK)]
                 try:
                     await insert_spend(self.database, batch)
                 except BaseException:
                     memory.extendleft(reversed(batch))
                     raise
-                self.written += n
-                self._take_fields()
+                self.written += len(batch)
         except StoreError as exc:
             if not self._failing:
                 log.warning("spend log: write failed: %s", exc)

@@ -85,8 +85,9 @@ class Database(abc.ABC):
         """Insert ``rows`` (values in ``columns`` order) into ``table`` in one transaction of its own, skipping a
         row whose key is there already (``ON CONFLICT DO NOTHING``): a batch replayed after a failure is harmless.
 
-        The bulk path for many rows at once: PostgreSQL copies them (binary COPY) into a temporary staging table
-        and inserts from there in one statement; SQLite inserts many rows per statement. ``table`` and
+        The bulk path for many rows at once: PostgreSQL copies them (binary COPY) into ``table``, and when a key
+        is there already, into a temporary staging table to insert from there in one statement; SQLite inserts
+        many rows per statement. ``table`` and
         ``columns`` are names from the code, never from a request.
         """
 

@@ -38,11 +38,29 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 
 class _Connection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg has no type hints
-    """A pool connection that remembers the staging tables it created (temporary tables live as long as it)."""
+    """A pool connection that remembers the staging tables it created (temporary tables live as long as it), and
+    whether its use since it left the pool changed no session state (then the pool skips its reset query)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.staging: set[str] = set()
+        self.untouched = False
+
+    def mark_untouched(self) -> None:
+        """Only statements that leave the session as they found it (a COPY) ran since the pool handed it out."""
+        self.untouched = True
+
+
+async def _reset(conn: _Connection) -> None:
+    """What the pool runs on a connection handed back (after asyncpg's own reset of the connection object):
+    asyncpg's reset query (locks, cursors, LISTENs, settings), unless the connection is marked untouched. That
+    query is a round trip: about 0.5 ms of client CPU, 0.5 µs per row of a 1,000-row spend batch."""
+    if conn.untouched:
+        conn.untouched = False
+        return
+    query = conn.get_reset_query()
+    if query:
+        await conn.execute(query)
 
 
 class PostgresDatabase(Database):
@@ -79,6 +97,7 @@ class PostgresDatabase(Database):
                 command_timeout=self._timeout,
                 timeout=self._timeout,
                 connection_class=_Connection,
+                reset=_reset,
             )
         except (asyncpg.exceptions.PostgresError, *_UNAVAILABLE) as exc:
             wrapped = self._wrap(exc, "connect")
@@ -124,6 +143,9 @@ class PostgresDatabase(Database):
         return await self._with_connection(sql, lambda c: c.fetchval(sql, *args))
 
     async def copy_records(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """A binary COPY straight into ``table``: one statement, one round trip, all rows or none. When a row's key
+        is there already (a replay) the COPY fails whole, and the rows go through a staging table instead: COPY
+        into it, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, in one transaction."""
         if not rows:
             return
         for name in (table, *columns):
@@ -132,15 +154,23 @@ class PostgresDatabase(Database):
         staging = f"tollgate_staging_{table}"
         column_list = ", ".join(columns)
         insert = f"INSERT INTO {table} ({column_list}) SELECT {column_list} FROM {staging} ON CONFLICT DO NOTHING"
+        names = list(columns)
 
         async def run(conn: asyncpg.Connection) -> None:
+            try:
+                await conn.copy_records_to_table(table, records=rows, columns=names)
+            except asyncpg.exceptions.UniqueViolationError:
+                pass
+            else:
+                conn.mark_untouched()
+                return
             known: set[str] = conn.staging  # the pool's proxy hands attribute reads to the _Connection
             async with conn.transaction():
                 if staging not in known:  # the table's columns as they are now (LIKE: no keys, no indexes)
                     await conn.execute(
                         f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS"
                     )
-                await conn.copy_records_to_table(staging, records=rows, columns=list(columns))
+                await conn.copy_records_to_table(staging, records=rows, columns=names)
                 await conn.execute(insert)
             known.add(staging)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any, Protocol
 
 __all__ = [
@@ -65,7 +64,6 @@ DELETE_BATCH = 10_000
 """Rows one retention statement deletes at most (short transactions, no long lock on the table)."""
 
 _COLUMN_LIST = ", ".join(SPEND_COLUMNS)
-_BY_TIME = itemgetter(1, 0)  # (ts_ms, request_id): the primary key
 _DELETE = (
     "DELETE FROM spend_log WHERE (ts_ms, request_id) IN "
     "(SELECT ts_ms, request_id FROM spend_log WHERE ts_ms < $1 ORDER BY ts_ms LIMIT $2)"
@@ -127,12 +125,13 @@ async def insert_spend(db: SpendDatabase, rows: Sequence[Sequence[Any]]) -> None
     """Insert ``rows`` (:data:`SPEND_COLUMNS` order) in one bulk insert and one transaction (Database.copy_records:
     PostgreSQL's COPY, SQLite's many rows per statement); a request already there is left as it is.
 
-    Rows go in primary key order (ts_ms, request_id): each B-tree page is then touched once, in order, mostly
-    at the table's end.
+    Rows go in the order given, not sorted by the primary key: the writer's rows come in the order requests ended,
+    within milliseconds of key order, so each batch lands at the table's end anyway, and a sort by (ts_ms,
+    request_id) cost more CPU (about 1 µs a row, for its key tuples) than it saved on either engine.
     """
     if not rows:
         return
-    await db.copy_records("spend_log", SPEND_COLUMNS, sorted(rows, key=_BY_TIME))
+    await db.copy_records("spend_log", SPEND_COLUMNS, rows)
 
 
 async def select_spend(
