@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from proxy_cli import run_proxy
 
 __all__ = ["main", "make_bare_proxy_app"]
 
@@ -97,20 +97,7 @@ async def _serve(host: str, port: int, upstream: str, api_key: str | None) -> No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True, help="upstream base URL, e.g. http://127.0.0.1:9000/v1")
-    parser.add_argument("--api-key", help="credential sent upstream instead of the client's")
-    args = parser.parse_args()
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(args.host, args.port, args.upstream, args.api_key))
+    run_proxy(__doc__, _serve)
 
 
 if __name__ == "__main__":

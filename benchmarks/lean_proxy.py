@@ -9,13 +9,13 @@ request (only to open a connection), no request object: what a Python proxy cann
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import signal
 from urllib.parse import urlsplit
 
 import httptools
+from proxy_cli import run_proxy
 
 __all__ = ["LeanProxy", "Origin", "main"]
 
@@ -269,20 +269,7 @@ async def serve(host: str, port: int, upstream: str, api_key: str | None) -> Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True, help="upstream base URL, e.g. http://127.0.0.1:9000/v1")
-    parser.add_argument("--api-key", help="credential sent upstream instead of the client's")
-    args = parser.parse_args()
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(args.host, args.port, args.upstream, args.api_key))
+    run_proxy(__doc__.splitlines()[0], serve)
 
 
 if __name__ == "__main__":

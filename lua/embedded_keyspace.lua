@@ -131,6 +131,18 @@ local function by_score_then_member(a, b)
   return a[2] < b[2]
 end
 
+-- Appends entries[first..last] ({score, member} pairs, sorted) to a range
+-- reply: each member, followed by its score when with_scores; returns out.
+local function push_entries(out, entries, first, last, with_scores)
+  for j = first, last do
+    out[#out + 1] = entries[j][2]
+    if with_scores then
+      out[#out + 1] = score_str(entries[j][1])
+    end
+  end
+  return out
+end
+
 -- The lowest (score, member) of a sorted set, cached on it: the concurrency
 -- script asks for the earliest lease, the live count and the expired ones on
 -- every call, and while the lowest score is in the future all three follow
@@ -659,13 +671,7 @@ local function keyspace_new()
     if count >= 0 and offset + count < last then
       last = offset + count
     end
-    for j = offset + 1, last do
-      out[#out + 1] = hits[j][2]
-      if with_scores then
-        out[#out + 1] = score_str(hits[j][1])
-      end
-    end
-    return out
+    return push_entries(out, hits, offset + 1, last, with_scores)
   end
 
   C.ZCARD = function(key)
@@ -717,13 +723,7 @@ local function keyspace_new()
       all[#all + 1] = { score, member }
     end
     table.sort(all, by_score_then_member)
-    for j = start + 1, stop + 1 do
-      out[#out + 1] = all[j][2]
-      if with_scores then
-        out[#out + 1] = score_str(all[j][1])
-      end
-    end
-    return out
+    return push_entries(out, all, start + 1, stop + 1, with_scores)
   end
 
   C.ZREM = function(key, ...)
