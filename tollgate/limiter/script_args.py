@@ -51,10 +51,14 @@ def admit_args(specs: Sequence[LimitSpec], lease_id: str) -> list[Any]:
     return args
 
 
+_new = tuple.__new__
+
+
 def limit_state(spec: LimitSpec, reply: Sequence[int], j: int, *, degraded: bool = False) -> LimitState:
     """The state of one limit from admit.lua's or peek.lua's reply, whose fields for it start at ``j``."""
-    # _make: a named tuple from one tuple, without the keyword-handling constructor (one per limit per request)
-    return LimitState._make(
+    # a named tuple from one tuple, without a Python-level constructor (one per limit per request)
+    return _new(
+        LimitState,
         (
             spec.name,
             spec.kind,
@@ -66,7 +70,7 @@ def limit_state(spec: LimitSpec, reply: Sequence[int], j: int, *, degraded: bool
             reply[j + 4],
             spec.shadow,
             degraded,
-        )
+        ),
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 from tollgate.limiter.decision import Charge, LimitState
 from tollgate.limiter.keys import KeyBuilder
-from tollgate.limiter.script_args import ADMIT_STRIDE, limit_args
+from tollgate.limiter.script_args import ADMIT_STRIDE, limit_args, limit_state
 from tollgate.limiter.spec import LimitSpec
 
 __all__ = ["LAYOUTS_LIMIT", "Group", "Item", "Layout", "Outcome", "group_outcome", "layout_of", "slot_groups"]
@@ -110,27 +110,7 @@ def group_outcome(store: str, group: list[Item], reply: Sequence[int], lease_id:
     j = 2  # this limit's 6 fields in the reply
     for it in group:
         spec = it.spec
-        # what limit_state builds, inline: one per limit per request
-        states.append(
-            (
-                it.position,
-                _new(
-                    LimitState,
-                    (
-                        spec.name,
-                        spec.kind,
-                        spec.unit,
-                        reply[j] == 1,
-                        reply[j + 1],
-                        reply[j + 2],
-                        reply[j + 3],
-                        reply[j + 4],
-                        spec.shadow,
-                        False,
-                    ),
-                ),
-            )
-        )
+        states.append((it.position, limit_state(spec, reply, j)))
         if admitted and spec.cost > 0 and (every_charge or spec.reserves or it.args is None):
             charges.append(_new(Charge, (store, it.key, it.tag, spec, reply[j + 5], lease_id)))
         j += ADMIT_STRIDE
