@@ -87,24 +87,30 @@ def ratelimit_headers(limits: Iterable[HeaderLimit]) -> dict[str, str]:
             tokens is None or (lim.remaining, lim.reset_ms) < (tokens.remaining, tokens.reset_ms)
         ):
             tokens = lim
+    return _written(
+        [(unit, _static(t), t.remaining, t.reset_ms) for unit, t in (("requests", requests), ("tokens", tokens)) if t]
+    )
+
+
+def _written(tightest: Sequence[tuple[str, tuple[str, str, str], int, int]]) -> dict[str, str]:
+    """The headers of the tightest limit of each unit, given as (unit, its _static parts, remaining, reset_ms)."""
     headers: dict[str, str] = {}
-    policies: list[str] = []
-    states: list[str] = []
-    for unit, tightest in (("requests", requests), ("tokens", tokens)):
-        if tightest is None:
-            continue
-        limit_text, name, policy = _static(tightest)
-        remaining = str(tightest.remaining) if tightest.remaining > 0 else "0"
-        reset_ms = tightest.reset_ms
+    policy = state = ""
+    for unit, (limit_text, quoted, item), remaining_count, reset_ms in tightest:
+        remaining = str(remaining_count) if remaining_count > 0 else "0"
         limit_header, remaining_header, reset_header = _NAMES[unit]
         headers[limit_header] = limit_text
         headers[remaining_header] = remaining
         headers[reset_header] = format_reset(reset_ms)
-        policies.append(policy)
-        states.append(f"{name};r={remaining};t={-(-reset_ms // 1000) if reset_ms > 0 else 0}")
-    if policies:
-        headers["RateLimit-Policy"] = policies[0] if len(policies) == 1 else ", ".join(policies)
-        headers["RateLimit"] = states[0] if len(states) == 1 else ", ".join(states)
+        reading = f"{quoted};r={remaining};t={-(-reset_ms // 1000) if reset_ms > 0 else 0}"
+        if policy:
+            policy = f"{policy}, {item}"
+            state = f"{state}, {reading}"
+        else:
+            policy, state = item, reading
+    if policy:
+        headers["RateLimit-Policy"] = policy
+        headers["RateLimit"] = state
     return headers
 
 
@@ -148,33 +154,18 @@ class HeaderPlan:
 
     def headers(self, states: Sequence[LimitReading]) -> dict[str, str]:
         """The headers for ``states`` (one per limit of the list the plan was made for, in its order)."""
-        headers: dict[str, str] = {}
-        policy = state = ""
-        for slots, names in ((self.requests, _NAMES["requests"]), (self.tokens, _NAMES["tokens"])):
+        tightest = []
+        for unit, slots in (("requests", self.requests), ("tokens", self.tokens)):
             if not slots:
                 continue
             best = slots[0]
-            tightest = states[best[0]]
+            st = states[best[0]]
             for slot in slots[1:]:  # fewest remaining, then soonest reset; the first of equals
-                st = states[slot[0]]
-                if (st.remaining, st.reset_ms) < (tightest.remaining, tightest.reset_ms):
-                    best, tightest = slot, st
+                other = states[slot[0]]
+                if (other.remaining, other.reset_ms) < (st.remaining, st.reset_ms):
+                    best, st = slot, other
             _, name, limit, window_ms, parts = best
-            if tightest.limit != limit:  # a fail mode's share of the limit (``local``): its own parts
-                parts = _static(HeaderLimit(name, "", tightest.limit, 0, 0, window_ms))
-            limit_text, quoted, item = parts
-            remaining = str(tightest.remaining) if tightest.remaining > 0 else "0"
-            reset_ms = tightest.reset_ms
-            headers[names[0]] = limit_text
-            headers[names[1]] = remaining
-            headers[names[2]] = format_reset(reset_ms)
-            reading = f"{quoted};r={remaining};t={-(-reset_ms // 1000) if reset_ms > 0 else 0}"
-            if policy:
-                policy = f"{policy}, {item}"
-                state = f"{state}, {reading}"
-            else:
-                policy, state = item, reading
-        if policy:
-            headers["RateLimit-Policy"] = policy
-            headers["RateLimit"] = state
-        return headers
+            if st.limit != limit:  # a fail mode's share of the limit (``local``): its own parts
+                parts = _static(HeaderLimit(name, "", st.limit, 0, 0, window_ms))
+            tightest.append((unit, parts, st.remaining, st.reset_ms))
+        return _written(tightest)
