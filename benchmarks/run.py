@@ -133,6 +133,9 @@ GATEWAY_FULL_POLICY_TRACING = (
 # The response cache on (issue 20), full policy, for a deterministic request (temperature 0): every request after the
 # first a hit; and the miss path (looked up, served, its answer made an entry) with a bound too small to keep it.
 GATEWAY_FULL_CACHE_HIT = GATEWAY_FULL_POLICY + "cache: {enabled: true}\n"
+# The full policy with the data of record on SQLite (issue 18): a spend row per request, written in batches by the
+# database's thread inside the gateway's process (the file beside the generated config, in the run's temp dir).
+GATEWAY_FULL_SPEND_LOG = GATEWAY_FULL_POLICY + 'database: {url: "sqlite:///spend-$port.db"}\n'
 GATEWAY_FULL_CACHE_MISS = GATEWAY_FULL_POLICY + "cache: {enabled: true, max_bytes: 512, max_entry_bytes: 512}\n"
 
 
@@ -262,6 +265,16 @@ TARGETS: tuple[Target, ...] = (
         baseline="full-embedded",
         default=False,
         tenants=100_000,
+    ),
+    Target(
+        "full-spend-log",
+        "-> gateway, full policy, embedded store, a spend row per request on SQLite",
+        "json",
+        GATEWAY_COMMAND,
+        GATEWAY_FULL_SPEND_LOG,
+        baseline="full-embedded",
+        default=False,
+        tenants=10,
     ),
     Target(
         "full-cache-miss",
