@@ -494,3 +494,29 @@ async def test_a_counter_of_a_file_rule_attached_to_a_namespace_is_read_and_adju
     assert (after["scope"], after["counters"][0]["used"]) == ({"tenant": "acme"}, 4)
     native = await call(client, "GET", "/admin/rules/batch-rpm/counter?tenant=acme")
     assert native["used"] == 4, "the native admin API reads the same counter"
+
+
+async def test_the_native_api_refuses_to_change_a_namespace_this_api_created_and_says_where_to(
+    center: tuple[Client, GatewayState],
+) -> None:
+    """Its matchers are this API's records: a native change would be undone by the next write here, so it is
+    refused (409, naming the /api/v1 routes) and nothing moves; a namespace made natively stays natively editable."""
+    client, _state = center
+    ns = await call(client, "POST", "/api/v1/namespaces", WECHAT, 201)
+    await call(client, "POST", f"/api/v1/namespaces/{ns['id']}/matchers", CHANNEL, 201)
+    before = await call(client, "GET", "/admin/namespaces/wechat")
+    edit = {"priority": 9, "matchers": [{"type": "header", "field": "x-other", "op": "equals", "value": "1"}]}
+    refused = await call(client, "PUT", "/admin/namespaces/wechat", edit, 409)
+    assert refused["error"]["code"] == "managed_by_config_center"
+    assert f"/api/v1/namespaces/{ns['id']}/matchers" in refused["error"]["message"]
+    refused = await call(client, "DELETE", "/admin/namespaces/wechat", status=409)
+    assert refused["error"]["code"] == "managed_by_config_center"
+    assert await call(client, "GET", "/admin/namespaces/wechat") == before
+    await call(client, "POST", f"/api/v1/namespaces/{ns['id']}/matchers", {**CHANNEL, "match_value": "qq"}, 201)
+    values = [m["value"] for m in (await call(client, "GET", "/admin/namespaces/wechat"))["matchers"]]
+    assert values == ["wechat", "qq"], "both matchers written here are in force"
+    native = {"name": "mobile", "matchers": [{"type": "body", "field": "metadata.app", "op": "equals", "value": "ios"}]}
+    await call(client, "POST", "/admin/namespaces", native, 201)
+    changed = await call(client, "PUT", "/admin/namespaces/mobile", {"priority": 3, "matchers": native["matchers"]})
+    assert changed["priority"] == 3
+    await call(client, "DELETE", "/admin/namespaces/mobile")

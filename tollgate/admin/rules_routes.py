@@ -29,8 +29,10 @@ from tollgate.admin.views import (
 )
 from tollgate.config.rules import RulesConfig
 from tollgate.edge.answers import json_response
-from tollgate.errors import BadRequest, NotFound
+from tollgate.errors import BadRequest, Conflict, NotFound
 from tollgate.policy.admission import limit_spec, scope_key
+from tollgate.registry.config_center import NAMESPACE as CENTER_NAMESPACE
+from tollgate.registry.config_center import CenterRecords
 from tollgate.registry.rule_records import NAMESPACE, RULE, Entry, RuleBook, namespace_doc, record_name, rule_doc
 from tollgate.registry.stores import RegistryConflict
 from tollgate.runtime.state import STATE
@@ -64,6 +66,28 @@ def _entry(book: RuleBook, kind: str, name: str) -> Entry:
     if entry is None:
         raise NotFound(f"no {_WHAT[kind]} {name!r}", code=f"{_WHAT[kind]}_not_found")
     return entry
+
+
+def _not_the_config_centers(request: web.Request, kind: str, name: str) -> None:
+    """Refuse a change of a namespace the config-center API (/api/v1) created.
+
+    Its matchers are that API's records, each with an id; the native entry is
+    derived from them, so a change made here would be undone by the next write
+    there. Its rules stay editable here: the config-center API reads them back as
+    they are enforced.
+    """
+    if kind != NAMESPACE:
+        return
+    records = CenterRecords.of(request.app[STATE].registry.rule_records)
+    ident = records.index[CENTER_NAMESPACE].get(name)
+    record = records.live(CENTER_NAMESPACE, ident) if ident is not None else None
+    if record is None or record.get("adopted"):
+        return
+    raise Conflict(
+        f"namespace {name!r} was created through the config-center API (id {ident}): change it there "
+        f"(PUT or DELETE /api/v1/namespaces/{ident}; its matchers under /api/v1/namespaces/{ident}/matchers)",
+        code="managed_by_config_center",
+    )
 
 
 def _invalid(problems: list[str]) -> BadRequest:
@@ -234,6 +258,7 @@ def _replace(kind: str) -> AdminHandler:
     )
     async def handler(request: web.Request) -> web.Response:
         name = request.match_info["name"]
+        _not_the_config_centers(request, kind, name)
         existed = _book(request).entry(kind, name) is not None
         doc = (await read_body(request, EntryFields, not_an_entry)).root
         entry = await _write(request, kind, name, doc, create=False)
@@ -267,7 +292,7 @@ def _delete(kind: str) -> AdminHandler:
         tag=f"{what}s",
         answers={200: DocumentedAnswer("deleted, or (revert) the file's version restored", described.deleted)},
         params=(query("revert", {"type": "boolean", "default": False}, "drop the runtime change of a declared entry"),),
-        errors=(400, 404, 503),
+        errors=(400, 404, 409, 503),
         role="operator",
     )
     async def handler(request: web.Request) -> web.Response:
@@ -275,6 +300,7 @@ def _delete(kind: str) -> AdminHandler:
         what = _WHAT[kind]
         book = _book(request)
         _entry(book, kind, name)
+        _not_the_config_centers(request, kind, name)
         revert = request.query.get("revert", "false").lower() in _TRUE
         if book.is_declared(kind, name):
             if not revert:
