@@ -231,8 +231,16 @@ class Accounting:
             log.warning("accounting: no usage.path and no Redis store: usage aggregates are lost on restart")
 
     async def close(self) -> None:
-        """Stop the flusher and flush what is left (graceful shutdown: the requests have finished by now)."""
-        await self._flusher.stop()
+        """Stop the flusher and flush what is left (graceful shutdown: the requests have finished by now).
+
+        A flush under way is let finish before its task is cancelled: it holds records taken from the queue
+        that nothing else would account for (cancelled while waiting for work, the task holds none).
+        """
+        if self._flush_lock is not None:
+            async with self._flush_lock:
+                await self._flusher.stop()
+        else:
+            await self._flusher.stop()
         try:
             await self.flush()
         except Exception:
