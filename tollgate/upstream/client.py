@@ -106,9 +106,11 @@ class _UpstreamConnection(asyncio.Protocol):
         "until_close",
         "status_line",
         "generation",
+        "loop",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop  # kept: asyncio.get_running_loop() costs a getpid() system call on Python 3.11
         self.transport: asyncio.Transport | None = None
         # The address set it was opened under (UpstreamHttp.generation): an older one is not reused.
         self.generation = 0
@@ -281,7 +283,7 @@ class _UpstreamConnection(asyncio.Protocol):
                 waiter.set_result(None)
 
     async def _wait(self) -> None:
-        waiter = self.waiter = asyncio.get_running_loop().create_future()
+        waiter = self.waiter = self.loop.create_future()
         await waiter
 
     def send(self, data: bytes, head_request: bool) -> None:
@@ -459,6 +461,7 @@ class UpstreamHttp:
         self.connect_timeout = connect_timeout
         self.in_use = 0
         self.closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first request (see _UpstreamConnection)
         self._idle: list[_UpstreamConnection] = []
         self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -548,11 +551,11 @@ class UpstreamHttp:
             self.generation += 1  # idle connections of the old set close; new ones spread over the new set
 
     async def _connect(self) -> _UpstreamConnection:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    _UpstreamConnection,
+                    lambda: _UpstreamConnection(loop),
                     self._address(),
                     self.port,
                     ssl=self.ssl,
@@ -579,7 +582,7 @@ class UpstreamHttp:
         self._free_slot()
         if conn.reusable and not self.closed and conn.generation == self.generation:
             conn.state = _IDLE
-            loop = asyncio.get_running_loop()
+            loop = conn.loop
             conn.idle_since = loop.time()
             self._idle.append(conn)
             if self._sweeper is None:
