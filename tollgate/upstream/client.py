@@ -500,12 +500,15 @@ class UpstreamHttp:
                 start = f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
                 if len(self._starts) < _STARTS_KEPT:  # paths with ids in them (stored responses) are not kept
                     self._starts[(method, path)] = start
-            head = start + "".join([f"{name}: {value}\r\n" for name, value in headers])
-            if body or method in _WITH_BODY:
-                head += f"Content-Length: {len(body)}\r\n\r\n"
-            else:
-                head += "\r\n"
-            conn.send(head.encode("utf-8", "surrogateescape") + body, method == "HEAD")
+            lines = [start]
+            lines += [f"{name}: {value}\r\n" for name, value in headers]
+            lines.append(f"Content-Length: {len(body)}\r\n\r\n" if body or method in _WITH_BODY else "\r\n")
+            text = "".join(lines)
+            try:
+                head = text.encode()  # the usual head: no codec lookup
+            except UnicodeEncodeError:  # a forwarded value that came from a client's undecodable bytes
+                head = text.encode("utf-8", "surrogateescape")
+            conn.send(head + body, method == "HEAD")
             await conn.read_head()
             return UpstreamResponse(conn, self)
         except BaseException:

@@ -97,7 +97,8 @@ class Deadlines:
 
     def ensure_sweeping(self) -> None:
         if self._handle is None:
-            self._handle = asyncio.get_running_loop().call_later(self.resolution, self._sweep)
+            loop = self.loop or asyncio.get_running_loop()
+            self._handle = loop.call_later(self.resolution, self._sweep)
 
     def _sweep(self) -> None:
         self._handle = None
