@@ -282,10 +282,6 @@ class _UpstreamConnection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _wait(self) -> None:
-        waiter = self.waiter = self.loop.create_future()
-        await waiter
-
     def send(self, data: bytes, head_request: bool) -> None:
         assert self.transport is not None
         if self.parser is None:
@@ -300,14 +296,6 @@ class _UpstreamConnection(asyncio.Protocol):
         self.body = []
         self.body_size = 0
         self.transport.write(data)
-
-    async def read_head(self) -> None:
-        while self.status == 0:
-            if self.error is not None:
-                raise self.error
-            if self.closed:
-                raise ResponseError("upstream closed the connection before answering")
-            await self._wait()
 
     def take(self) -> bytes | None:
         """The body bytes received so far and not yet read; ``b""`` once the body is complete; None: wait for more."""
@@ -369,7 +357,8 @@ class UpstreamResponse:
         while True:
             data = conn.take()  # what has arrived, without a coroutine when something has
             if data is None:
-                await conn._wait()
+                waiter = conn.waiter = conn.loop.create_future()  # _wake() sets it; no coroutine per piece
+                await waiter
                 continue
             if not data:
                 self._finished = True
@@ -398,7 +387,8 @@ class UpstreamResponse:
             while True:
                 data = conn.take()
                 if data is None:
-                    await conn._wait()
+                    waiter = conn.waiter = conn.loop.create_future()
+                    await waiter
                 elif data:
                     pieces.append(data)
                 else:
@@ -509,7 +499,13 @@ class UpstreamHttp:
             except UnicodeEncodeError:  # a forwarded value that came from a client's undecodable bytes
                 head = text.encode("utf-8", "surrogateescape")
             conn.send(head + body, method == "HEAD")
-            await conn.read_head()
+            while conn.status == 0:  # the head; each wait a bare future, no coroutine of its own
+                if conn.error is not None:
+                    raise conn.error
+                if conn.closed:
+                    raise ResponseError("upstream closed the connection before answering")
+                waiter = conn.waiter = conn.loop.create_future()
+                await waiter
             return UpstreamResponse(conn, self)
         except BaseException:
             if conn is not None:
