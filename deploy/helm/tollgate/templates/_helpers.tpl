@@ -64,6 +64,22 @@ adminSecret.token is given, by the operator otherwise). */}}
 {{- .Values.upstreamSecret.existingSecret | default (printf "%s-upstreams" (include "tollgate.fullname" .)) -}}
 {{- end -}}
 
+{{/* What the chart writes in the admin Secret it makes (adminSecret.token): the Secret's stringData, and what the
+pods' checksum/admin-secret hashes. */}}
+{{- define "tollgate.adminSecretData" -}}
+TOLLGATE_ADMIN_TOKEN: {{ .Values.adminSecret.token | quote }}
+{{- range $name, $token := .Values.adminSecret.extraTokens }}
+{{ $name }}: {{ $token | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* What the chart writes in the upstream Secret it makes (upstreamSecret.keys), likewise. */}}
+{{- define "tollgate.upstreamSecretData" -}}
+{{- range $name, $key := .Values.upstreamSecret.keys -}}
+{{ $name }}: {{ $key | quote }}
+{{ end -}}
+{{- end -}}
+
 {{/* Where the admin listener binds in the pod: loopback (reach it with kubectl port-forward) unless Prometheus
 must scrape /metrics on it. */}}
 {{- define "tollgate.adminHost" -}}
