@@ -41,6 +41,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "database": {"url": "postgresql://tollgate:$(PGPASSWORD)@postgres:5432/tollgate", "options": {"pool_size": 5}},
         "extraEnv": [{"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "password"}}}],
     },
+    "disruption-budget": {**FLEET, "replicaCount": 3, "podDisruptionBudget": {"enabled": True, "minAvailable": "50%"}},
 }
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.25", kubernetes_validate.utils.latest_version())

@@ -1,11 +1,134 @@
-"""What the chart gives an operator running a fleet: pods rolled by a change of a Secret the chart makes."""
+"""What the chart gives an operator running a fleet, each off by default: a PodDisruptionBudget that a node drain can
+always satisfy, and pods rolled by a change of a Secret the chart makes."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import pytest
+
 from ..support.chart import merge_values, render_chart
-from .test_chart import SCENARIOS, deployment
+from ..support.gotemplate import TemplateError
+from .test_chart import FLEET, SCENARIOS, assert_valid_for_kubernetes, deployment
+
+# ---------------------------------------------------------------------------------------------------------------
+# PodDisruptionBudget
+
+
+def budget(values: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        render_chart({**values, "podDisruptionBudget": {"enabled": True, **values["podDisruptionBudget"]}}).one(
+            "PodDisruptionBudget"
+        )["spec"]
+    )
+
+
+def test_no_disruption_budget_network_policy_or_role_unless_asked() -> None:
+    kinds = render_chart({}).kinds()
+    for kind in ("PodDisruptionBudget", "NetworkPolicy", "Role", "RoleBinding"):
+        assert kind not in kinds
+
+
+def test_the_budget_selects_exactly_the_gateways_pods_and_defaults_to_one_pod_at_a_time() -> None:
+    r = render_chart({"podDisruptionBudget": {"enabled": True}})
+    assert_valid_for_kubernetes(r)
+    spec = r.one("PodDisruptionBudget")["spec"]
+    assert spec["maxUnavailable"] == 1 and "minAvailable" not in spec
+    d = deployment(r)
+    assert spec["selector"] == d["spec"]["selector"]
+    pod_labels = d["spec"]["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "written"),
+    [
+        ({**FLEET, "replicaCount": 3, "podDisruptionBudget": {"minAvailable": 2}}, "minAvailable", 2),
+        ({**FLEET, "replicaCount": 3, "podDisruptionBudget": {"minAvailable": "2"}}, "minAvailable", 2),
+        ({**FLEET, "replicaCount": 3, "podDisruptionBudget": {"minAvailable": "66%"}}, "minAvailable", "66%"),
+        ({"podDisruptionBudget": {"maxUnavailable": "25%"}}, "maxUnavailable", "25%"),
+        ({**FLEET, "autoscaling": {"enabled": True}, "podDisruptionBudget": {"minAvailable": 1}}, "minAvailable", 1),
+    ],
+)
+def test_a_budget_is_written_as_given_and_valid(values: dict[str, Any], field: str, written: Any) -> None:
+    r = render_chart({**values, "podDisruptionBudget": {"enabled": True, **values["podDisruptionBudget"]}})
+    assert_valid_for_kubernetes(r)
+    spec = r.one("PodDisruptionBudget")["spec"]
+    assert spec[field] == written
+    assert set(spec) == {field, "selector"}
+
+
+@pytest.mark.parametrize(
+    ("values", "refusal"),
+    [
+        (
+            {"minAvailable": 1, "maxUnavailable": "25%"},
+            r"^podDisruptionBudget: give minAvailable \(1\) or maxUnavailable \(25%\), not both$",
+        ),
+        ({"minAvailable": 1}, r"minAvailable: 1 never lets a pod be evicted at replicaCount 1, so node drains"),
+        ({"minAvailable": "100%"}, r"minAvailable: 100% never lets a pod be evicted at replicaCount 1"),
+        ({"minAvailable": "50%"}, r"minAvailable: 50% never lets a pod be evicted at replicaCount 1"),
+        ({"maxUnavailable": 0}, r"maxUnavailable: 0 never lets a pod be evicted at replicaCount 1"),
+        ({"maxUnavailable": "0%"}, r"maxUnavailable: 0% never lets a pod be evicted"),
+        ({"maxUnavailable": "two"}, r"maxUnavailable: two is neither a whole number nor a percentage"),
+        ({"minAvailable": 1.5}, r"minAvailable: 1\.5 is neither a whole number nor a percentage"),
+    ],
+)
+def test_a_budget_that_names_both_fields_or_blocks_every_drain_is_refused(values: dict[str, Any], refusal: str) -> None:
+    with pytest.raises(TemplateError, match=refusal):
+        render_chart({"podDisruptionBudget": {"enabled": True, **values}})
+
+
+@pytest.mark.parametrize(
+    ("values", "refusal"),
+    [
+        (
+            {**FLEET, "replicaCount": 3, "podDisruptionBudget": {"minAvailable": 3}},
+            r"minAvailable: 3 never lets a pod be evicted at replicaCount 3",
+        ),
+        (
+            {**FLEET, "autoscaling": {"enabled": True, "minReplicas": 2}, "podDisruptionBudget": {"minAvailable": 2}},
+            r"minAvailable: 2 never lets a pod be evicted at autoscaling\.minReplicas 2",
+        ),
+        (
+            {
+                **FLEET,
+                "keda": {"enabled": True, "minReplicas": 0},
+                "serviceMonitor": {"enabled": True},
+                "podDisruptionBudget": {"minAvailable": 1},
+            },
+            r"minAvailable: 1 never lets a pod be evicted at keda\.minReplicas 0",
+        ),
+    ],
+)
+def test_the_budget_is_checked_at_the_fewest_pods_the_release_runs(values: dict[str, Any], refusal: str) -> None:
+    with pytest.raises(TemplateError, match=refusal):
+        budget(values)
+
+
+def allowed_disruptions(field: str, value: int | str, pods: int) -> int:
+    """Kubernetes' disruption controller: a percentage scaled to the pods and rounded up (for both fields)."""
+    if isinstance(value, str):
+        scaled = math.ceil(int(value.removesuffix("%")) * pods / 100)
+    else:
+        scaled = value
+    return max(0, pods - scaled) if field == "minAvailable" else max(0, min(scaled, pods))
+
+
+@pytest.mark.parametrize("pods", [1, 2, 3, 7])
+def test_the_chart_refuses_a_budget_exactly_when_kubernetes_would_never_allow_an_eviction(pods: int) -> None:
+    fleet = FLEET if pods > 1 else {}
+    candidates: list[int | str] = [0, 1, 2, 3, 4, 7, 8, "0%", "1%", "10%", "34%", "50%", "66%", "67%", "99%", "100%"]
+    for field in ("minAvailable", "maxUnavailable"):
+        for value in candidates:
+            values = {**fleet, "replicaCount": pods, "podDisruptionBudget": {field: value}}
+            if allowed_disruptions(field, value, pods) > 0:
+                assert budget(values)[field] == value, (field, value, pods)
+            else:
+                with pytest.raises(TemplateError, match="never lets a pod be evicted"):
+                    budget(values)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Secret checksums

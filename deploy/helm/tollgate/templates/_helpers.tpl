@@ -80,6 +80,48 @@ TOLLGATE_ADMIN_TOKEN: {{ .Values.adminSecret.token | quote }}
 {{ end -}}
 {{- end -}}
 
+{{/* The PodDisruptionBudget's one field, "minAvailable: N" or "maxUnavailable: N" (N a whole number or a percentage;
+neither given: maxUnavailable: 1), after refusing both at once, a value that is neither, and a budget that would
+never let a pod go at the fewest pods the release runs (replicaCount, or the autoscaler's minimum): a node drain
+would wait on it forever. Kubernetes rounds a percentage up for both fields. */}}
+{{- define "tollgate.disruptionBudget" -}}
+{{- $pdb := .Values.podDisruptionBudget -}}
+{{- $min := "" -}}
+{{- if hasKey $pdb "minAvailable" }}{{ $min = printf "%v" $pdb.minAvailable }}{{ end -}}
+{{- $max := "" -}}
+{{- if hasKey $pdb "maxUnavailable" }}{{ $max = printf "%v" $pdb.maxUnavailable }}{{ end -}}
+{{- if and (ne $min "") (ne $max "") -}}
+{{- fail (printf "podDisruptionBudget: give minAvailable (%s) or maxUnavailable (%s), not both" $min $max) -}}
+{{- end -}}
+{{- $field := "maxUnavailable" -}}
+{{- $value := $max | default "1" -}}
+{{- if ne $min "" }}{{ $field = "minAvailable" }}{{ $value = $min }}{{ end -}}
+{{- $percent := hasSuffix "%" $value -}}
+{{- $number := trimSuffix "%" $value -}}
+{{- $n := int $number -}}
+{{- if or (ne (printf "%d" $n) $number) (lt $n 0) -}}
+{{- fail (printf "podDisruptionBudget.%s: %s is neither a whole number nor a percentage (e.g. 1 or 25%%)" $field $value) -}}
+{{- end -}}
+{{- $pods := int .Values.replicaCount -}}
+{{- $from := "replicaCount" -}}
+{{- if .Values.autoscaling.enabled }}{{ $pods = int .Values.autoscaling.minReplicas }}{{ $from = "autoscaling.minReplicas" }}{{ end -}}
+{{- if .Values.keda.enabled }}{{ $pods = int .Values.keda.minReplicas }}{{ $from = "keda.minReplicas" }}{{ end -}}
+{{- $fewest := $pods -}}
+{{- if lt $pods 1 }}{{ $pods = 1 }}{{ end -}}
+{{- $evictable := true -}}
+{{- if eq $field "maxUnavailable" -}}
+{{- $evictable = gt $n 0 -}}
+{{- else if $percent -}}
+{{- $evictable = le (mul $n $pods) (mul 100 (sub $pods 1)) -}}
+{{- else -}}
+{{- $evictable = lt $n $pods -}}
+{{- end -}}
+{{- if not $evictable -}}
+{{- fail (printf "podDisruptionBudget.%s: %s never lets a pod be evicted at %s %d, so node drains and cluster upgrades would hang on this budget; allow at least one pod to go" $field $value $from $fewest) -}}
+{{- end -}}
+{{ $field }}: {{ $value }}
+{{- end -}}
+
 {{/* Where the admin listener binds in the pod: loopback (reach it with kubectl port-forward) unless Prometheus
 must scrape /metrics on it. */}}
 {{- define "tollgate.adminHost" -}}
