@@ -42,6 +42,17 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "extraEnv": [{"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "password"}}}],
     },
     "disruption-budget": {**FLEET, "replicaCount": 3, "podDisruptionBudget": {"enabled": True, "minAvailable": "50%"}},
+    "network-policy": {
+        "serviceMonitor": {"enabled": True},
+        "networkPolicy": {
+            "enabled": True,
+            "adminFrom": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "ops-console"}}}],
+            "egress": [
+                {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}], "ports": [{"port": 443}]},
+                {"to": [{"podSelector": {"matchLabels": {"app": "redis"}}}], "ports": [{"port": 6379}]},
+            ],
+        },
+    },
 }
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.25", kubernetes_validate.utils.latest_version())

@@ -54,6 +54,7 @@ def test_helm_renders_what_the_renderer_renders(scenario: str, tmp_path: Path) -
         {"config": {"listeners": {}}},
         {"podDisruptionBudget": {"enabled": True, "minAvailable": 1}},
         {"podDisruptionBudget": {"enabled": True, "minAvailable": 1, "maxUnavailable": "25%"}},
+        {"serviceMonitor": {"enabled": True}, "networkPolicy": {"enabled": True, "metricsFrom": []}},
     ],
 )
 def test_helm_refuses_what_the_renderer_refuses_with_the_same_message(values: dict[str, Any], tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """What the chart gives an operator running a fleet, each off by default: a PodDisruptionBudget that a node drain can
-always satisfy, and pods rolled by a change of a Secret the chart makes."""
+always satisfy, a NetworkPolicy whose peers and ports are the ones asked for, and pods rolled by a change of a Secret
+the chart makes."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from ..support.chart import merge_values, render_chart
+from ..support.chart import Rendered, merge_values, render_chart
 from ..support.gotemplate import TemplateError
-from .test_chart import FLEET, SCENARIOS, assert_valid_for_kubernetes, deployment
+from .test_chart import FLEET, SCENARIOS, assert_valid_for_kubernetes, container, deployment
 
 # ---------------------------------------------------------------------------------------------------------------
 # PodDisruptionBudget
@@ -128,6 +129,81 @@ def test_the_chart_refuses_a_budget_exactly_when_kubernetes_would_never_allow_an
             else:
                 with pytest.raises(TemplateError, match="never lets a pod be evicted"):
                     budget(values)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NetworkPolicy
+
+
+def policy(values: dict[str, Any]) -> tuple[Rendered, dict[str, Any]]:
+    r = render_chart(values)
+    return r, r.one("NetworkPolicy")["spec"]
+
+
+def container_port(r: Rendered, name: str) -> int:
+    return int(next(p["containerPort"] for p in container(r)["ports"] if p["name"] == name))
+
+
+def test_the_policy_lets_the_cluster_reach_the_public_port_only_and_leaves_egress_open() -> None:
+    r, spec = policy({"networkPolicy": {"enabled": True}})
+    assert_valid_for_kubernetes(r)
+    assert spec["podSelector"] == deployment(r)["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress"]  # egress unrestricted: upstream providers are on the internet
+    assert "egress" not in spec
+    assert spec["ingress"] == [
+        {"ports": [{"port": container_port(r, "http"), "protocol": "TCP"}], "from": [{"namespaceSelector": {}}]}
+    ]
+    admin = container_port(r, "admin")
+    assert all(p["port"] != admin for rule in spec["ingress"] for p in rule["ports"]), "the admin port is open"
+
+
+def test_the_admin_port_opens_to_prometheus_and_the_listed_peers_only() -> None:
+    r, spec = policy(SCENARIOS["network-policy"])
+    assert_valid_for_kubernetes(r)
+    admin = container_port(r, "admin")
+    admin_rules = [rule for rule in spec["ingress"] if rule["ports"] == [{"port": admin, "protocol": "TCP"}]]
+    assert [rule["from"] for rule in admin_rules] == [
+        [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "ops-console"}}}],
+    ]
+    public_rules = [rule for rule in spec["ingress"] if rule not in admin_rules]
+    assert public_rules == [
+        {"ports": [{"port": container_port(r, "http"), "protocol": "TCP"}], "from": [{"namespaceSelector": {}}]}
+    ]
+    # the ServiceMonitor scrapes that very port
+    assert r.one("Service", "tollgate-metrics")["spec"]["ports"][0]["port"] == admin
+
+
+def test_the_policys_ports_follow_the_containers_and_publicfrom_replaces_the_cluster() -> None:
+    ingress_controller = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}},
+        {"ipBlock": {"cidr": "203.0.113.0/24"}},
+    ]
+    values = {
+        "ports": {"public": 9000, "admin": 9001},
+        "networkPolicy": {"enabled": True, "publicFrom": ingress_controller},
+    }
+    r, spec = policy(values)
+    assert_valid_for_kubernetes(r)
+    assert spec["ingress"] == [{"ports": [{"port": 9000, "protocol": "TCP"}], "from": ingress_controller}]
+    assert container_port(r, "http") == 9000
+    _, everyone = policy({"networkPolicy": {"enabled": True, "publicFrom": []}})
+    assert everyone["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]  # no peers: every source
+
+
+def test_restricted_egress_keeps_dns_and_adds_exactly_the_listed_rules() -> None:
+    r, spec = policy(SCENARIOS["network-policy"])
+    assert_valid_for_kubernetes(r)
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    dns, *listed = spec["egress"]
+    assert dns == {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+    assert listed == SCENARIOS["network-policy"]["networkPolicy"]["egress"]
+
+
+def test_a_policy_that_would_shut_prometheus_out_is_refused() -> None:
+    values = {"serviceMonitor": {"enabled": True}, "networkPolicy": {"enabled": True, "metricsFrom": []}}
+    with pytest.raises(TemplateError, match=r"^networkPolicy\.metricsFrom: serviceMonitor\.enabled needs Prometheus"):
+        render_chart(values)
 
 
 # ---------------------------------------------------------------------------------------------------------------
