@@ -53,6 +53,25 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    "kubernetes-scaling": {
+        "config": {
+            "scaling": {
+                "pools": {
+                    "gpt-4o-pool": {
+                        "model": "gpt-4o",
+                        "targets": {"inflight_per_replica": 8},
+                        "actuator": {"type": "kubernetes", "deployment": "vllm-gpt"},
+                    },
+                    "mini-pool": {
+                        "model": "gpt-4o-mini",
+                        "targets": {"inflight_per_replica": 8},
+                        "actuator": {"type": "kubernetes", "namespace": "models", "deployment": "vllm-mini"},
+                    },
+                    "advisor-only": {"model": "gpt-4o-mini", "targets": {"inflight_per_replica": 8}},
+                }
+            }
+        }
+    },
 }
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.25", kubernetes_validate.utils.latest_version())

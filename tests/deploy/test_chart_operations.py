@@ -1,17 +1,24 @@
 """What the chart gives an operator running a fleet, each off by default: a PodDisruptionBudget that a node drain can
-always satisfy, a NetworkPolicy whose peers and ports are the ones asked for, and pods rolled by a change of a Secret
-the chart makes."""
+always satisfy, a NetworkPolicy whose peers and ports are the ones asked for, pods rolled by a change of a Secret the
+chart makes, and for the Kubernetes scaling actuator a Role granting exactly the calls the actuator makes."""
 
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tollgate.config.scaling import Actuator as ActuatorConfig
+from tollgate.scaling.actuators import KubernetesScale
 
 from ..support.chart import Rendered, merge_values, render_chart
 from ..support.gotemplate import TemplateError
-from .test_chart import FLEET, SCENARIOS, assert_valid_for_kubernetes, container, deployment
+from .test_chart import FLEET, SCENARIOS, assert_valid_for_kubernetes, container, deployment, gateway_config
 
 # ---------------------------------------------------------------------------------------------------------------
 # PodDisruptionBudget
@@ -251,3 +258,166 @@ def test_no_secret_checksum_for_secrets_the_chart_does_not_make() -> None:
     assert set(only_admin) == {"checksum/config", "checksum/admin-secret"}
     with_pod_annotations = pod_annotations({**SCENARIOS["secrets-made-by-the-chart"], "podAnnotations": {"team": "ai"}})
     assert with_pod_annotations["team"] == "ai" and "checksum/upstream-secret" in with_pod_annotations
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RBAC of the Kubernetes scaling actuator
+
+
+def token_mounted(r: Rendered) -> tuple[bool, bool]:
+    """(the pod's automountServiceAccountToken, the ServiceAccount's)."""
+    pod = deployment(r)["spec"]["template"]["spec"]["automountServiceAccountToken"]
+    account = r.one("ServiceAccount")["automountServiceAccountToken"] if "ServiceAccount" in r.kinds() else None
+    return pod, account
+
+
+def test_without_a_kubernetes_actuator_there_is_no_role_and_no_token() -> None:
+    gauge_only = {"config": {"scaling": {"pools": {"p": {"model": "gpt-4o", "targets": {"inflight_per_replica": 8}}}}}}
+    webhook = {
+        "config": {
+            "scaling": {
+                "pools": {
+                    "p": {
+                        "model": "gpt-4o",
+                        "targets": {"inflight_per_replica": 8},
+                        "actuator": {"type": "webhook", "url": "https://ops/hook", "secret": "s" * 16},
+                    }
+                }
+            }
+        }
+    }
+    for values in ({}, gauge_only, webhook):
+        r = render_chart(values)
+        assert not {"Role", "RoleBinding"} & set(r.kinds())
+        assert token_mounted(r) == (False, False)
+    assert token_mounted(render_chart({"serviceAccount": {"automountToken": True}})) == (True, True)
+
+
+def test_the_role_grants_patch_on_exactly_the_named_deployments_scale_in_each_namespace() -> None:
+    r = render_chart(SCENARIOS["kubernetes-scaling"], namespace="gw")
+    assert_valid_for_kubernetes(r)
+    roles = {o["metadata"]["namespace"]: o for o in r.all("Role")}
+    bindings = {o["metadata"]["namespace"]: o for o in r.all("RoleBinding")}
+    assert sorted(roles) == sorted(bindings) == ["gw", "models"]  # the release's namespace, then the pool's own
+    for namespace, deployments in (("gw", ["vllm-gpt"]), ("models", ["vllm-mini"])):
+        assert roles[namespace]["rules"] == [
+            {
+                "apiGroups": ["apps"],
+                "resources": ["deployments/scale"],
+                "resourceNames": deployments,
+                "verbs": ["patch"],
+            }
+        ]
+        binding = bindings[namespace]
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": roles[namespace]["metadata"]["name"],
+        }
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tollgate", "namespace": "gw"}]
+    assert token_mounted(r) == (True, True)
+
+
+def test_pools_sharing_a_namespace_share_one_role_listing_each_deployment_once() -> None:
+    def pool(deployment_name: str) -> dict[str, Any]:
+        return {
+            "model": "gpt-4o",
+            "targets": {"inflight_per_replica": 8},
+            "actuator": {"type": "kubernetes", "deployment": deployment_name},
+        }
+
+    values = {"config": {"scaling": {"pools": {"a": pool("vllm-b"), "b": pool("vllm-a"), "c": pool("vllm-b")}}}}
+    (role,) = render_chart(values).all("Role")
+    assert role["rules"][0]["resourceNames"] == ["vllm-a", "vllm-b"]
+
+
+def test_the_binding_names_the_service_account_the_pods_run_as() -> None:
+    values = {**SCENARIOS["kubernetes-scaling"], "serviceAccount": {"create": False, "name": "platform-gateway"}}
+    r = render_chart(values)
+    assert deployment(r)["spec"]["template"]["spec"]["serviceAccountName"] == "platform-gateway"
+    for binding in r.all("RoleBinding"):
+        assert binding["subjects"][0]["name"] == "platform-gateway"
+    assert token_mounted(r) == (True, None)
+
+
+def test_rbac_create_false_leaves_the_grant_to_the_operator_but_mounts_the_token() -> None:
+    r = render_chart({**SCENARIOS["kubernetes-scaling"], "rbac": {"create": False}})
+    assert not {"Role", "RoleBinding"} & set(r.kinds())
+    assert token_mounted(r) == (True, True)
+
+
+def test_a_kubernetes_actuator_without_a_deployment_is_refused() -> None:
+    values = {
+        "config": {
+            "scaling": {
+                "pools": {
+                    "p": {"model": "gpt-4o", "targets": {"inflight_per_replica": 8}, "actuator": {"type": "kubernetes"}}
+                }
+            }
+        }
+    }
+    with pytest.raises(TemplateError, match=r"^config\.scaling\.pools\.p\.actuator\.deployment: a kubernetes actuator"):
+        render_chart(values)
+
+
+_API_PATH = re.compile(
+    r"^/apis/(?P<group>[^/]+)/v1/namespaces/(?P<ns>[^/]+)/(?P<res>[^/]+)/(?P<name>[^/]+)/(?P<sub>[^/]+)$"
+)
+_VERBS = {"GET": "get", "PATCH": "patch", "PUT": "update", "POST": "create", "DELETE": "delete"}
+
+
+async def test_the_roles_grant_exactly_the_requests_the_actuator_makes(tmp_path: Path) -> None:
+    """The gateway's own actuator, run for each pool of the rendered config against a recording API server: every
+    request it makes is allowed by a Role bound to the pods' service account, and the Roles allow nothing else."""
+    release_namespace = "gw"
+    r = render_chart(SCENARIOS["kubernetes-scaling"], namespace=release_namespace)
+    (tmp_path / "token").write_text("sa-token\n")
+    (tmp_path / "namespace").write_text(release_namespace + "\n")  # the service account's namespace, as mounted
+    requests: list[tuple[str, str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        requests.append((request.method, request.path))
+        return web.json_response({"kind": "Scale"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    async with TestServer(app) as server:
+        for name, pool in gateway_config(r)["scaling"]["pools"].items():
+            settings = pool.get("actuator", {})
+            if settings.get("type") != "kubernetes":
+                continue
+            actuator = KubernetesScale(
+                ActuatorConfig(
+                    **settings,
+                    api_server=str(server.make_url("")).rstrip("/"),
+                    token_path=str(tmp_path / "token"),
+                    namespace_path=str(tmp_path / "namespace"),
+                    retries=0,
+                )
+            )
+            await actuator.apply(name, 3, {})
+            await actuator.close()
+
+    made = set()
+    for method, path in requests:
+        m = _API_PATH.match(path)
+        assert m is not None, path
+        made.add((m["ns"], _VERBS[method], m["group"], f"{m['res']}/{m['sub']}", m["name"]))
+    assert len(made) == 2
+    account = deployment(r)["spec"]["template"]["spec"]["serviceAccountName"]
+    bound = {
+        (b["metadata"]["namespace"], b["roleRef"]["name"])
+        for b in r.all("RoleBinding")
+        if {"kind": "ServiceAccount", "name": account, "namespace": release_namespace} in b["subjects"]
+    }
+    granted = {
+        (role["metadata"]["namespace"], verb, group, resource, name)
+        for role in r.all("Role")
+        if (role["metadata"]["namespace"], role["metadata"]["name"]) in bound
+        for rule in role["rules"]
+        for verb in rule["verbs"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for name in rule["resourceNames"]
+    }
+    assert granted == made

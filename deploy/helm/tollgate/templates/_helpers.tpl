@@ -1,8 +1,8 @@
 {{/*
 Named templates of the tollgate chart. The chart keeps to a small part of Helm's template language (fields,
 if/with/range, include, and the functions default, quote, toYaml, indent, nindent, sha256sum, required, fail,
-int, add, hasKey, printf, trunc, trimSuffix, and/or/not/eq/lt/gt): tests/support/gotemplate.py renders it in the
-test suite, where helm is not installed.
+int, add, sub, mul, hasKey, printf, trunc, trimSuffix, hasSuffix, dict, set, get, list, append, uniq, sortAlpha,
+and/or/not/eq/ne/lt/gt): tests/support/gotemplate.py renders it in the test suite, where helm is not installed.
 */}}
 
 {{/* The chart's name, at most 63 characters (a DNS label). */}}
@@ -78,6 +78,29 @@ TOLLGATE_ADMIN_TOKEN: {{ .Values.adminSecret.token | quote }}
 {{- range $name, $key := .Values.upstreamSecret.keys -}}
 {{ $name }}: {{ $key | quote }}
 {{ end -}}
+{{- end -}}
+
+{{/* "true" when a pool of config.scaling acts through the Kubernetes API (`actuator: {type: kubernetes}`): the pods
+then need the service-account token, and rbac.yaml grants what the actuator calls. */}}
+{{- define "tollgate.scalesThroughKubernetes" -}}
+{{- $found := false -}}
+{{- with .Values.config.scaling -}}
+{{- range $name, $pool := .pools -}}
+{{- with $pool.actuator -}}
+{{- if eq (.type | default "gauge") "kubernetes" }}{{ $found = true }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $found }}true{{ end -}}
+{{- end -}}
+
+{{/* Whether the pods get the service-account token: when asked, or when the Kubernetes actuator needs it. */}}
+{{- define "tollgate.automountToken" -}}
+{{- if or .Values.serviceAccount.automountToken (include "tollgate.scalesThroughKubernetes" .) -}}
+true
+{{- else -}}
+false
+{{- end -}}
 {{- end -}}
 
 {{/* The PodDisruptionBudget's one field, "minAvailable: N" or "maxUnavailable: N" (N a whole number or a percentage;
