@@ -181,6 +181,23 @@ def test_the_admin_port_opens_to_prometheus_and_the_listed_peers_only() -> None:
     assert r.one("Service", "tollgate-metrics")["spec"]["ports"][0]["port"] == admin
 
 
+def test_the_admin_listener_leaves_loopback_only_for_the_peers_the_policy_admits() -> None:
+    ops = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "ops-console"}}}]
+    listens = {
+        "policy without admin peers": {"networkPolicy": {"enabled": True}},
+        "admin peers without a policy": {"networkPolicy": {"adminFrom": ops}},
+        "admin peers in a policy": {"networkPolicy": {"enabled": True, "adminFrom": ops}},
+    }
+    hosts = {
+        what: gateway_config(render_chart(values))["listeners"]["admin"]["host"] for what, values in listens.items()
+    }
+    assert hosts == {
+        "policy without admin peers": "127.0.0.1",
+        "admin peers without a policy": "127.0.0.1",
+        "admin peers in a policy": "0.0.0.0",
+    }
+
+
 def test_the_policys_ports_follow_the_containers_and_publicfrom_replaces_the_cluster() -> None:
     ingress_controller = [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}},

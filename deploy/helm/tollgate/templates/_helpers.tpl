@@ -146,11 +146,11 @@ would wait on it forever. Kubernetes rounds a percentage up for both fields. */}
 {{- end -}}
 
 {{/* Where the admin listener binds in the pod: loopback (reach it with kubectl port-forward) unless Prometheus
-must scrape /metrics on it. */}}
+must scrape /metrics on it, or the network policy names peers for it (networkPolicy.adminFrom). */}}
 {{- define "tollgate.adminHost" -}}
 {{- if .Values.adminListener.host -}}
 {{- .Values.adminListener.host -}}
-{{- else if .Values.serviceMonitor.enabled -}}
+{{- else if or .Values.serviceMonitor.enabled (and .Values.networkPolicy.enabled .Values.networkPolicy.adminFrom) -}}
 0.0.0.0
 {{- else -}}
 127.0.0.1
