@@ -183,7 +183,7 @@ def test_the_admin_port_opens_to_prometheus_and_the_listed_peers_only() -> None:
 
 def test_the_admin_listener_leaves_loopback_only_for_the_peers_the_policy_admits() -> None:
     ops = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "ops-console"}}}]
-    listens = {
+    listens: dict[str, dict[str, Any]] = {
         "policy without admin peers": {"networkPolicy": {"enabled": True}},
         "admin peers without a policy": {"networkPolicy": {"adminFrom": ops}},
         "admin peers in a policy": {"networkPolicy": {"enabled": True, "adminFrom": ops}},
@@ -281,8 +281,8 @@ def test_no_secret_checksum_for_secrets_the_chart_does_not_make() -> None:
 # RBAC of the Kubernetes scaling actuator
 
 
-def token_mounted(r: Rendered) -> tuple[bool, bool]:
-    """(the pod's automountServiceAccountToken, the ServiceAccount's)."""
+def token_mounted(r: Rendered) -> tuple[bool, bool | None]:
+    """(the pod's automountServiceAccountToken, the ServiceAccount's: None when the chart makes none)."""
     pod = deployment(r)["spec"]["template"]["spec"]["automountServiceAccountToken"]
     account = r.one("ServiceAccount")["automountServiceAccountToken"] if "ServiceAccount" in r.kinds() else None
     return pod, account

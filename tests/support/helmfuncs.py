@@ -263,8 +263,9 @@ def _map(fn: str, d: Any) -> dict[str, Any]:
 
 def _set(d: Any, key: Any, value: Any) -> dict[str, Any]:
     """Sprig's ``set``: changes the map in place (every variable holding it sees the change) and returns it."""
-    _map("set", d)[_string("set", key)] = value
-    return d
+    target = _map("set", d)
+    target[_string("set", key)] = value
+    return target
 
 
 def _get(d: Any, key: Any) -> Any:
