@@ -41,6 +41,37 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "database": {"url": "postgresql://tollgate:$(PGPASSWORD)@postgres:5432/tollgate", "options": {"pool_size": 5}},
         "extraEnv": [{"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": "postgres", "key": "password"}}}],
     },
+    "disruption-budget": {**FLEET, "replicaCount": 3, "podDisruptionBudget": {"enabled": True, "minAvailable": "50%"}},
+    "network-policy": {
+        "serviceMonitor": {"enabled": True},
+        "networkPolicy": {
+            "enabled": True,
+            "adminFrom": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "ops-console"}}}],
+            "egress": [
+                {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}], "ports": [{"port": 443}]},
+                {"to": [{"podSelector": {"matchLabels": {"app": "redis"}}}], "ports": [{"port": 6379}]},
+            ],
+        },
+    },
+    "kubernetes-scaling": {
+        "config": {
+            "scaling": {
+                "pools": {
+                    "gpt-4o-pool": {
+                        "model": "gpt-4o",
+                        "targets": {"inflight_per_replica": 8},
+                        "actuator": {"type": "kubernetes", "deployment": "vllm-gpt"},
+                    },
+                    "mini-pool": {
+                        "model": "gpt-4o-mini",
+                        "targets": {"inflight_per_replica": 8},
+                        "actuator": {"type": "kubernetes", "namespace": "models", "deployment": "vllm-mini"},
+                    },
+                    "advisor-only": {"model": "gpt-4o-mini", "targets": {"inflight_per_replica": 8}},
+                }
+            }
+        }
+    },
 }
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.25", kubernetes_validate.utils.latest_version())
@@ -66,9 +97,8 @@ def gateway_config(r: Rendered) -> dict[str, Any]:
     return config
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_every_rendered_object_is_valid_for_kubernetes(scenario: str) -> None:
-    r = rendered(scenario)
+def assert_valid_for_kubernetes(r: Rendered) -> None:
+    """Every object valid for the oldest and the newest Kubernetes known (custom resources for their operator)."""
     assert r.objects, "the chart rendered nothing"
     for obj in r.objects:
         schema = CRD_SCHEMAS.get((obj["apiVersion"], obj["kind"]))
@@ -77,6 +107,11 @@ def test_every_rendered_object_is_valid_for_kubernetes(scenario: str) -> None:
             continue
         for k8s in KUBERNETES_VERSIONS:
             kubernetes_validate.validate(obj, k8s, strict=True)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_rendered_object_is_valid_for_kubernetes(scenario: str) -> None:
+    assert_valid_for_kubernetes(rendered(scenario))
 
 
 def test_the_validators_refuse_what_kubernetes_or_the_operators_would() -> None:
@@ -197,6 +232,7 @@ def test_a_config_change_changes_the_pods_checksum_and_nothing_else_does() -> No
     assert checksum({"resources": {"requests": {"cpu": "1"}}}) == base
     assert checksum({"config": {"server": {"shutdown_grace": 31}}}) != base
     assert checksum({"redis": FLEET["redis"]}) != base  # the store section the chart writes is part of the file
+    assert checksum(SCENARIOS["secrets-made-by-the-chart"]) == base  # a Secret has checksums of its own
 
 
 def test_redis_and_database_urls_reach_the_config_as_environment_variables() -> None:

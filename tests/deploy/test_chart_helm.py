@@ -48,7 +48,15 @@ def test_helm_renders_what_the_renderer_renders(scenario: str, tmp_path: Path) -
 
 @pytest.mark.parametrize(
     "values",
-    [{"replicaCount": 2}, {"config": {"server": {"shutdown_grace": "30s"}}}, {"config": {"listeners": {}}}],
+    [
+        {"replicaCount": 2},
+        {"config": {"server": {"shutdown_grace": "30s"}}},
+        {"config": {"listeners": {}}},
+        {"podDisruptionBudget": {"enabled": True, "minAvailable": 1}},
+        {"podDisruptionBudget": {"enabled": True, "minAvailable": 1, "maxUnavailable": "25%"}},
+        {"serviceMonitor": {"enabled": True}, "networkPolicy": {"enabled": True, "metricsFrom": []}},
+        {"config": {"scaling": {"pools": {"p": {"model": "gpt-4o", "actuator": {"type": "kubernetes"}}}}}},
+    ],
 )
 def test_helm_refuses_what_the_renderer_refuses_with_the_same_message(values: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(TemplateError) as refused:

@@ -122,3 +122,37 @@ def test_what_is_outside_the_subset_is_an_error_never_a_silent_difference() -> N
         render('{{ template "x" . }}')
     with pytest.raises(TemplateError, match="without end"):
         render("{{ if true }}x")
+
+
+def test_sub_and_mul_work_on_integers_as_sprig_casts_them() -> None:
+    assert render("{{ sub .Values.r 1 }} {{ mul .Values.p .Values.r }}", {"r": 3, "p": 50}) == "2 150"
+    assert render('{{ mul 2 3 4 }} {{ sub "7" 10 }} {{ mul 2.9 2 }}') == "24 -3 4"  # 2.9 truncates to 2, as int64
+
+
+def test_has_suffix_takes_the_suffix_first_and_refuses_a_number_as_go_does() -> None:
+    assert render('{{ hasSuffix "%" .Values.a }} {{ hasSuffix "%" .Values.b }}', {"a": "50%", "b": "50"}) == (
+        "true false"
+    )
+    assert render('{{ hasSuffix "%" (printf "%v" .Values.n) }}', {"n": 1}) == "false"
+    with pytest.raises(TemplateError, match="expected string"):
+        render('{{ hasSuffix "%" .Values.n }}', {"n": 1})
+
+
+def test_dict_set_and_get_build_a_map_that_every_variable_holding_it_sees() -> None:
+    source = (
+        '{{ $m := dict "a" 1 }}{{ if true }}{{ $_ := set $m "b" (list "x") }}{{ end }}'
+        '{{ range $k, $v := $m }}{{ $k }}={{ $v }};{{ end }}[{{ get $m "missing" }}]'
+    )
+    assert render(source) == "a=1;b=[x];[]"
+    assert render('{{ dict "k" }}') == "map[k:]"  # a key without a value gets the empty string
+    with pytest.raises(TemplateError, match="expected map"):
+        render('{{ set "not a map" "k" 1 }}')
+
+
+def test_append_returns_a_new_list_and_uniq_and_sort_alpha_order_it() -> None:
+    assert render('{{ $l := list }}{{ $m := append $l "b" }}{{ $l }} {{ $m }}') == "[] [b]"
+    assert render('{{ list "b" "a" "b" "c" "a" | uniq }}') == "[b a c]"
+    assert render("{{ list 1 .Values.one | uniq }}", {"one": 1}) == "[1 1]"  # an int and a float64 differ, as in Go
+    assert render('{{ list "b" "a" 10 | sortAlpha }} {{ sortAlpha "solo" }}') == "[10 a b] [solo]"
+    with pytest.raises(TemplateError, match="Cannot push on type"):
+        render('{{ append "not a list" 1 }}')

@@ -243,6 +243,65 @@ def _trunc(n: Any, s: Any) -> str:
     return text[:count] if count >= 0 else text[count:]
 
 
+def _string(fn: str, v: Any) -> str:
+    """An argument Sprig declares as a Go string: anything else fails the call, as in Go."""
+    if not isinstance(v, str):
+        raise TemplateError(f"wrong type for value in {fn}; expected string; got {_kind(v)}")
+    return v
+
+
+def _dict(*pairs: Any) -> dict[str, Any]:
+    """Sprig's ``dict``: keys printed as strings, a key without a value gets ``""``."""
+    return {_strval(pairs[i]): (pairs[i + 1] if i + 1 < len(pairs) else "") for i in range(0, len(pairs), 2)}
+
+
+def _map(fn: str, d: Any) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise TemplateError(f"wrong type for value in {fn}; expected map; got {show(d)!r}")
+    return d
+
+
+def _set(d: Any, key: Any, value: Any) -> dict[str, Any]:
+    """Sprig's ``set``: changes the map in place (every variable holding it sees the change) and returns it."""
+    target = _map("set", d)
+    target[_string("set", key)] = value
+    return target
+
+
+def _get(d: Any, key: Any) -> Any:
+    """Sprig's ``get``: the value, or ``""`` for a missing key."""
+    return _map("get", d).get(_string("get", key), "")
+
+
+def _list_of(fn: str, v: Any) -> list[Any]:
+    if not isinstance(v, list):
+        raise TemplateError(f"Cannot {fn} on type {_kind(v)}")
+    return v
+
+
+def _append(items: Any, value: Any) -> list[Any]:
+    """Sprig's ``append`` (``push``): a new list, the given one unchanged."""
+    return [*_list_of("push", items), value]
+
+
+def _uniq(items: Any) -> list[Any]:
+    """Sprig's ``uniq``: the first of each equal element, in order (equal as Go's reflect.DeepEqual: the same type
+    too, so 1 and 1.0 differ)."""
+    out: list[Any] = []
+    for item in _list_of("find uniq", items):
+        if not any(type(item) is type(o) and item == o for o in out):
+            out.append(item)
+    return out
+
+
+def _sort_alpha(items: Any) -> list[str]:
+    """Sprig's ``sortAlpha``: the elements printed as strings (nil ones dropped) in byte order; a non-list is a
+    list of itself."""
+    if not isinstance(items, list):
+        return [_strval(items)]
+    return sorted(_strval(i) for i in items if i is not None)
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     # Go's builtins (and/or/not are handled lazily by the evaluator; these are their eager fallbacks)
     "not": lambda v: not truthy(v),
@@ -268,4 +327,14 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "hasKey": _has_key,
     "trunc": _trunc,
     "trimSuffix": lambda suffix, s: _strval(s).removesuffix(_strval(suffix)),
+    "hasSuffix": lambda suffix, s: _string("hasSuffix", s).endswith(_string("hasSuffix", suffix)),
+    "sub": lambda a, b: _to_int(a) - _to_int(b),
+    "mul": lambda a, *bs: math.prod((_to_int(a), *(_to_int(b) for b in bs))),
+    "dict": _dict,
+    "set": _set,
+    "get": _get,
+    "list": lambda *items: list(items),
+    "append": _append,
+    "uniq": _uniq,
+    "sortAlpha": _sort_alpha,
 }

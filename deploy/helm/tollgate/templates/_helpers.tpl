@@ -1,8 +1,8 @@
 {{/*
 Named templates of the tollgate chart. The chart keeps to a small part of Helm's template language (fields,
 if/with/range, include, and the functions default, quote, toYaml, indent, nindent, sha256sum, required, fail,
-int, add, hasKey, printf, trunc, trimSuffix, and/or/not/eq/lt/gt): tests/support/gotemplate.py renders it in the
-test suite, where helm is not installed.
+int, add, sub, mul, hasKey, printf, trunc, trimSuffix, hasSuffix, dict, set, get, list, append, uniq, sortAlpha,
+and/or/not/eq/ne/lt/gt): tests/support/gotemplate.py renders it in the test suite, where helm is not installed.
 */}}
 
 {{/* The chart's name, at most 63 characters (a DNS label). */}}
@@ -64,12 +64,93 @@ adminSecret.token is given, by the operator otherwise). */}}
 {{- .Values.upstreamSecret.existingSecret | default (printf "%s-upstreams" (include "tollgate.fullname" .)) -}}
 {{- end -}}
 
+{{/* What the chart writes in the admin Secret it makes (adminSecret.token): the Secret's stringData, and what the
+pods' checksum/admin-secret hashes. */}}
+{{- define "tollgate.adminSecretData" -}}
+TOLLGATE_ADMIN_TOKEN: {{ .Values.adminSecret.token | quote }}
+{{- range $name, $token := .Values.adminSecret.extraTokens }}
+{{ $name }}: {{ $token | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* What the chart writes in the upstream Secret it makes (upstreamSecret.keys), likewise. */}}
+{{- define "tollgate.upstreamSecretData" -}}
+{{- range $name, $key := .Values.upstreamSecret.keys -}}
+{{ $name }}: {{ $key | quote }}
+{{ end -}}
+{{- end -}}
+
+{{/* "true" when a pool of config.scaling acts through the Kubernetes API (`actuator: {type: kubernetes}`): the pods
+then need the service-account token, and rbac.yaml grants what the actuator calls. */}}
+{{- define "tollgate.scalesThroughKubernetes" -}}
+{{- $found := false -}}
+{{- with .Values.config.scaling -}}
+{{- range $name, $pool := .pools -}}
+{{- with $pool.actuator -}}
+{{- if eq (.type | default "gauge") "kubernetes" }}{{ $found = true }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $found }}true{{ end -}}
+{{- end -}}
+
+{{/* Whether the pods get the service-account token: when asked, or when the Kubernetes actuator needs it. */}}
+{{- define "tollgate.automountToken" -}}
+{{- if or .Values.serviceAccount.automountToken (include "tollgate.scalesThroughKubernetes" .) -}}
+true
+{{- else -}}
+false
+{{- end -}}
+{{- end -}}
+
+{{/* The PodDisruptionBudget's one field, "minAvailable: N" or "maxUnavailable: N" (N a whole number or a percentage;
+neither given: maxUnavailable: 1), after refusing both at once, a value that is neither, and a budget that would
+never let a pod go at the fewest pods the release runs (replicaCount, or the autoscaler's minimum): a node drain
+would wait on it forever. Kubernetes rounds a percentage up for both fields. */}}
+{{- define "tollgate.disruptionBudget" -}}
+{{- $pdb := .Values.podDisruptionBudget -}}
+{{- $min := "" -}}
+{{- if hasKey $pdb "minAvailable" }}{{ $min = printf "%v" $pdb.minAvailable }}{{ end -}}
+{{- $max := "" -}}
+{{- if hasKey $pdb "maxUnavailable" }}{{ $max = printf "%v" $pdb.maxUnavailable }}{{ end -}}
+{{- if and (ne $min "") (ne $max "") -}}
+{{- fail (printf "podDisruptionBudget: give minAvailable (%s) or maxUnavailable (%s), not both" $min $max) -}}
+{{- end -}}
+{{- $field := "maxUnavailable" -}}
+{{- $value := $max | default "1" -}}
+{{- if ne $min "" }}{{ $field = "minAvailable" }}{{ $value = $min }}{{ end -}}
+{{- $percent := hasSuffix "%" $value -}}
+{{- $number := trimSuffix "%" $value -}}
+{{- $n := int $number -}}
+{{- if or (ne (printf "%d" $n) $number) (lt $n 0) -}}
+{{- fail (printf "podDisruptionBudget.%s: %s is neither a whole number nor a percentage (e.g. 1 or 25%%)" $field $value) -}}
+{{- end -}}
+{{- $pods := int .Values.replicaCount -}}
+{{- $from := "replicaCount" -}}
+{{- if .Values.autoscaling.enabled }}{{ $pods = int .Values.autoscaling.minReplicas }}{{ $from = "autoscaling.minReplicas" }}{{ end -}}
+{{- if .Values.keda.enabled }}{{ $pods = int .Values.keda.minReplicas }}{{ $from = "keda.minReplicas" }}{{ end -}}
+{{- $fewest := $pods -}}
+{{- if lt $pods 1 }}{{ $pods = 1 }}{{ end -}}
+{{- $evictable := true -}}
+{{- if eq $field "maxUnavailable" -}}
+{{- $evictable = gt $n 0 -}}
+{{- else if $percent -}}
+{{- $evictable = le (mul $n $pods) (mul 100 (sub $pods 1)) -}}
+{{- else -}}
+{{- $evictable = lt $n $pods -}}
+{{- end -}}
+{{- if not $evictable -}}
+{{- fail (printf "podDisruptionBudget.%s: %s never lets a pod be evicted at %s %d, so node drains and cluster upgrades would hang on this budget; allow at least one pod to go" $field $value $from $fewest) -}}
+{{- end -}}
+{{ $field }}: {{ $value }}
+{{- end -}}
+
 {{/* Where the admin listener binds in the pod: loopback (reach it with kubectl port-forward) unless Prometheus
-must scrape /metrics on it. */}}
+must scrape /metrics on it, or the network policy names peers for it (networkPolicy.adminFrom). */}}
 {{- define "tollgate.adminHost" -}}
 {{- if .Values.adminListener.host -}}
 {{- .Values.adminListener.host -}}
-{{- else if .Values.serviceMonitor.enabled -}}
+{{- else if or .Values.serviceMonitor.enabled (and .Values.networkPolicy.enabled .Values.networkPolicy.adminFrom) -}}
 0.0.0.0
 {{- else -}}
 127.0.0.1
