@@ -1,0 +1,34 @@
+"""Once started, the gateway gives the memory that reading its config freed back to the system."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# In a fresh interpreter: 80 MB of blocks the C allocator serves, 15 in 16 of them freed as a parse's temporaries are
+# (what is left in use keeps every page of the heap otherwise), then the settle step of a starting gateway.
+_PROBE = textwrap.dedent(
+    """
+    from tollgate.process.server import _settle_heap
+    def rss():
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024
+    blocks = [bytes(4000) for _ in range(20_000)]
+    kept = blocks[::16]
+    del blocks
+    before = rss()
+    _settle_heap()
+    print(before, rss(), len(kept))
+    """
+)
+
+
+@pytest.mark.process
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and glibc's malloc_trim")
+def test_settling_the_heap_gives_freed_memory_back() -> None:
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True)
+    before, after, kept = (int(v) for v in out.stdout.split())
+    assert kept == 1_250
+    assert before - after > 40, f"{before} -> {after} MiB"  # about 70 of the 75 MB freed go back
