@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import weakref
 from typing import Any
 
 from tollgate.config import config_from_dict
@@ -110,3 +112,18 @@ def test_registry_records_change_row_tenants_as_they_change_records() -> None:
     assert len(directory.tenants) == 21 and list(directory.tenant_ids())[-1] == "newco"
     directory.apply({"t:newco": None})
     assert len(directory.tenants) == 20 and "newco" not in directory.tenants
+
+
+def test_a_dropped_directory_is_freed_at_once_without_the_cyclic_collector() -> None:
+    config = _config()
+    directory = Directory(config, {"t:t1": {"plan": "bench", "status": "suspended"}})
+    assert directory.tenants["t2"].principal is not None and directory.key_ids["k3"].key.id == "k3"
+    dropped = weakref.ref(directory)
+    enabled = gc.isenabled()
+    gc.disable()  # a reload drops the old directory while the collector is frozen out of the started heap
+    try:
+        del directory
+        assert dropped() is None
+    finally:
+        if enabled:
+            gc.enable()

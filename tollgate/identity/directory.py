@@ -189,6 +189,56 @@ class TenantEntries(Mapping[str, TenantEntry]):
 _REVOKED = Refusal(False, "this API key has been revoked", "invalid_api_key")
 
 
+class _Standings:
+    """Makes tenant entries and shares what they have in common (terms per plan, model sets) across a directory.
+
+    It holds no reference to the directory: the directory's tenant mapping calls it, and a directory that is
+    dropped (a reload) is then freed at once, without waiting for the cyclic collector.
+    """
+
+    __slots__ = ("_model_sets", "_terms", "plans")
+
+    def __init__(self, plans: Mapping[str, Plan]) -> None:
+        self.plans = plans
+        # Shared by every principal of the same plan and models (100,000 tenants on a few plans).
+        self._model_sets: dict[tuple[str, ...], frozenset[str]] = {}
+        self._terms: dict[tuple[str, tuple[str, ...] | None], Terms] = {}
+
+    def tenant_entry(self, tenant: Tenant, source: str) -> TenantEntry:
+        plan = self.plans.get(tenant.plan)
+        refusal: Refusal | None = None
+        if plan is None:
+            refusal = Refusal(
+                True, f"tenant {tenant.id!r} is on plan {tenant.plan!r}, which is not configured", "plan_not_configured"
+            )
+            return TenantEntry(tenant, source, None, refusal)
+        if tenant.status == "suspended":
+            refusal = Refusal(
+                True, f"tenant {tenant.id!r} is suspended; contact the gateway operator", "tenant_suspended"
+            )
+        allowed = tenant.allowed_models if tenant.allowed_models is not None else plan.allowed_models
+        if tenant.limits:
+            terms: Terms = (plan.name, replace(plan.limits, **tenant.limits), self.model_set(allowed))
+        else:
+            terms = self.plan_terms(plan, allowed)
+        return TenantEntry(tenant, source, terms, refusal)
+
+    def plan_terms(self, plan: Plan, allowed: tuple[str, ...] | None) -> Terms:
+        """The terms of a tenant on ``plan`` without limits of its own: one tuple for all of them."""
+        shared = self._terms.get((plan.name, allowed))
+        if shared is None:
+            shared = self._terms[(plan.name, allowed)] = (plan.name, plan.limits, self.model_set(allowed))
+        return shared
+
+    def model_set(self, models: tuple[str, ...] | None) -> frozenset[str] | None:
+        if models is None:
+            return None
+        shared = self._model_sets.get(models)
+        if shared is None:
+            shared = self._model_sets[models] = frozenset(models)
+        return shared
+
+
 class Directory:
     """Indexes over the merged tenants and keys. Mutated only synchronously (between awaits), so reads are consistent."""
 
@@ -199,7 +249,8 @@ class Directory:
         self.hash_kind = "hmac-sha256" if config.identity.key_secret is not None else "sha256"
         # The config's tenants kept as rows, when they are: their keys are found from the rows.
         self._rows = self.config_tenants if isinstance(self.config_tenants, TenantRows) else None
-        self.tenants = TenantEntries(self.config_tenants, self._tenant_entry)
+        self._standings = _Standings(config.plans)
+        self.tenants = TenantEntries(self.config_tenants, self._standings.tenant_entry)
         self.keys: dict[bytes, KeyEntry] = {}
         self.key_ids: dict[str, KeyEntry] = {}
         self.subdomains: dict[str, str] = {}
@@ -215,9 +266,6 @@ class Directory:
         for key in config_keys.records() if isinstance(config_keys, KeyRows) else config_keys.values():
             held = keys_of.get(key.tenant)
             keys_of[key.tenant] = key.id if held is None else (*_ids(held), key.id)
-        # Shared by every principal of the same plan and models (100,000 tenants on a few plans).
-        self._model_sets: dict[tuple[str, ...], frozenset[str]] = {}
-        self._terms: dict[tuple[str, tuple[str, ...] | None], Terms] = {}
         enabled = gc.isenabled()
         gc.disable()
         try:
@@ -344,7 +392,7 @@ class Directory:
         if tenant is None:
             return
         source = "config+api" if api is not None and cfg is not None else "api" if api is not None else "config"
-        entry = self._tenant_entry(tenant, source)
+        entry = self._standings.tenant_entry(tenant, source)
         self.tenants.put(tid, entry)
         if tenant.subdomain is not None:
             self.subdomains.setdefault(tenant.subdomain, tid)
@@ -400,43 +448,9 @@ class Directory:
         plan = self.plans.get(plan_name)
         if plan is None or kid in self._revoked:
             return None
-        plan_name, limits, allowed = self._plan_terms(plan, plan.allowed_models)
+        plan_name, limits, allowed = self._standings.plan_terms(plan, plan.allowed_models)
         principal = Principal(tid, plan_name, limits, allowed, kid, None, "api_key")
         return KeyEntry(digest, self.hash_kind, "config", principal, None, None)
-
-    def _tenant_entry(self, tenant: Tenant, source: str) -> TenantEntry:
-        plan = self.plans.get(tenant.plan)
-        refusal: Refusal | None = None
-        if plan is None:
-            refusal = Refusal(
-                True, f"tenant {tenant.id!r} is on plan {tenant.plan!r}, which is not configured", "plan_not_configured"
-            )
-            return TenantEntry(tenant, source, None, refusal)
-        if tenant.status == "suspended":
-            refusal = Refusal(
-                True, f"tenant {tenant.id!r} is suspended; contact the gateway operator", "tenant_suspended"
-            )
-        allowed = tenant.allowed_models if tenant.allowed_models is not None else plan.allowed_models
-        if tenant.limits:
-            terms: Terms = (plan.name, replace(plan.limits, **tenant.limits), self._model_set(allowed))
-        else:
-            terms = self._plan_terms(plan, allowed)
-        return TenantEntry(tenant, source, terms, refusal)
-
-    def _plan_terms(self, plan: Plan, allowed: tuple[str, ...] | None) -> Terms:
-        """The terms of a tenant on ``plan`` without limits of its own: one tuple for all of them."""
-        shared = self._terms.get((plan.name, allowed))
-        if shared is None:
-            shared = self._terms[(plan.name, allowed)] = (plan.name, plan.limits, self._model_set(allowed))
-        return shared
-
-    def _model_set(self, models: tuple[str, ...] | None) -> frozenset[str] | None:
-        if models is None:
-            return None
-        shared = self._model_sets.get(models)
-        if shared is None:
-            shared = self._model_sets[models] = frozenset(models)
-        return shared
 
     def _key_entry(self, key: ApiKey, tenant: TenantEntry, source: str) -> KeyEntry | None:
         kind = key.hash_kind
@@ -458,7 +472,7 @@ class Directory:
         if terms is not None:
             plan, limits, allowed = terms
             if key.models is not None:
-                allowed = self._model_set(key.models) if allowed is None else allowed & frozenset(key.models)
+                allowed = self._standings.model_set(key.models) if allowed is None else allowed & frozenset(key.models)
             principal = Principal(tenant.tenant.id, plan, limits, allowed, key.id, None, "api_key")
         revoked_key = replace(key, revoked=True) if revoked and not key.revoked else key
         return KeyEntry(digest, revoked_key, source, principal, refusal, key.expires)
