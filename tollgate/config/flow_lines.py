@@ -124,7 +124,9 @@ class _Scalars:
 # then ``key:`` with a value or none, or a value alone (after a dash only); a comment (after a space) may end it,
 # or be all of it.
 _VALUE = _flow_value(_DEPTH)
-_BLOCK_LINE = re.compile(rf"( *)(?:(- +)?(?:({_SCALAR}):(?: +({_VALUE}))?|({_VALUE}))?(?: +#.*| *)|#.*)")
+_BLOCK_LINES = re.compile(
+    rf"^( *)(?:(- +)?(?:({_SCALAR}):(?: +({_VALUE}))?|({_VALUE}))?(?: +#.*| *)|#.*)$", re.MULTILINE
+)
 _BLOCK_START = re.compile(rf"^ +{_SCALAR}: *(?: #.*)?$", re.MULTILINE)
 
 
@@ -151,29 +153,27 @@ class _BlockSection:
         cols: list[int] = []
         keys: list[str | None] = []
         values: list[str | None] = []
-        match = _BLOCK_LINE.fullmatch
-        for line in body.split("\n"):
-            m = match(line)
-            if m is None:
-                raise _NotFlowLines("a line of the block section is outside the narrow form")
-            indent, dash, key, value, alone = m.groups()
+        lines = _BLOCK_LINES.findall(body)  # one match a line (a match never spans two): all, or some line is not
+        if len(lines) != body.count("\n") + 1:
+            raise _NotFlowLines("a line of the block section is outside the narrow form")
+        for indent, dash, key, value, alone in lines:  # "" for a part the line has not
             col = len(indent)
-            if dash is not None:
+            if dash:
                 cols.append(col)
                 keys.append(None)
                 values.append(None)
                 col += len(dash)
-            if key is not None:
+            if key:
                 cols.append(col)
                 keys.append(key)
-                values.append(value)
-            elif alone is not None:
-                if dash is None:  # a plain scalar continued on this line, or a second value
+                values.append(value or None)
+            elif alone:
+                if not dash:  # a plain scalar continued on this line, or a second value
                     raise _NotFlowLines("a value alone on its line")
                 cols.append(col)
                 keys.append(None)
                 values.append(alone)
-            elif dash is not None:
+            elif dash:
                 raise _NotFlowLines("an item's value on the lines after its dash")
         self.cols, self.keys, self.values, self.n = cols, keys, values, len(cols)
 
