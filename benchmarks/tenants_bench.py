@@ -1,6 +1,9 @@
 """Start, reload and memory of a real ``tollgate serve`` with N tenants (one key each) in its config file.
 
-    python benchmarks/tenants_bench.py [--tenants 10 100000] [--rounds 3]
+    python benchmarks/tenants_bench.py [--tenants 10 100000] [--rounds 3] [--style block]
+
+A base tree is measured with the same harness: ``PYTHONPATH=../base python -m benchmarks.tenants_bench`` (the
+gateway runs in a temporary folder, so the ``tollgate`` of PYTHONPATH is the one it imports).
 
 For each N: the full-policy config of ``benchmarks/run.py`` (its ``full-100k-tenants`` row) with N tenants is
 written to a file; the gateway is spawned and ``/healthz`` polled until the first 200 (start seconds, and
@@ -39,9 +42,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config_text(tenants: int, port: int, admin_port: int) -> str:
+def block_style(flow: str) -> str:
+    """The tenants of :func:`tenants_yaml` written in block style (a mapping per tenant, a list item per key)."""
+    out = []
+    for line in flow.splitlines():
+        tenant, _, rest = line.strip().partition(": {plan: ")
+        plan, _, rest = rest.partition(", keys: [{id: ")
+        key_id, _, rest = rest.partition(", sha256: ")
+        out.append(f"  {tenant}:\n    plan: {plan}\n    keys:\n      - id: {key_id}\n        sha256: {rest[:-3]}")
+    return "\n".join(out)
+
+
+def config_text(tenants: int, port: int, admin_port: int, *, style: str = "flow") -> str:
+    table = tenants_yaml(tenants)
     text = Template(GATEWAY_FULL_POLICY).safe_substitute(
-        port=port, upstream_url="http://127.0.0.1:9/v1", tenants=tenants_yaml(tenants)
+        port=port, upstream_url="http://127.0.0.1:9/v1", tenants=block_style(table) if style == "block" else table
     )
     admin = f'admin: {{host: 127.0.0.1, port: {admin_port}, token: "{TOKEN}"}}'
     return text.replace("admin: {enabled: false}", admin, 1)
@@ -73,12 +88,14 @@ def _request(port: int, method: str, path: str, timeout: float) -> int:
         conn.close()
 
 
-def measure(tenants: int, *, python: str = sys.executable, timeout: float = 300.0) -> dict[str, float]:
+def measure(
+    tenants: int, *, python: str = sys.executable, timeout: float = 300.0, style: str = "flow"
+) -> dict[str, float]:
     """One start, one reload: seconds, CPU seconds and MiB."""
     port, admin_port = _free_port(), _free_port()
     with tempfile.TemporaryDirectory(prefix="tollgate-tenants-") as tmp:
         path = Path(tmp) / "gateway.yaml"
-        path.write_text(config_text(tenants, port, admin_port))
+        path.write_text(config_text(tenants, port, admin_port, style=style))
         command = [python, "-m", "tollgate", "--log-level", "warning", "serve", "--config", str(path)]
         started = time.perf_counter()
         proc = subprocess.Popen(command, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -127,12 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tenants", type=int, nargs="+", default=[10, 100_000])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument(
+        "--style", choices=("flow", "block"), default="flow", help="tenants one flow entry per line, or in block style"
+    )
     args = parser.parse_args(argv)
     columns = ("start_s", "start_cpu_s", "rss_mib", "reload_s", "rss_after_reload_mib", "peak_mib")
     print(f"| tenants | {' | '.join(columns)} |")
     print(f"|---:|{'---:|' * len(columns)}")
     for count in args.tenants:
-        runs = [measure(count, python=args.python) for _ in range(args.rounds)]
+        runs = [measure(count, python=args.python, style=args.style) for _ in range(args.rounds)]
         medians = {c: statistics.median(r[c] for r in runs) for c in columns}
         print(f"| {count:,} | " + " | ".join(f"{medians[c]:.2f}" for c in columns) + " |", flush=True)
     return 0

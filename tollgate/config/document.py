@@ -36,6 +36,7 @@ from tollgate.config.resilience import Resilience, fallback_graph_problems
 from tollgate.config.rules import NAME, RulesSections, build_rules
 from tollgate.config.scaling import ScalingConfig, pool_ref_problems
 from tollgate.config.store import StoreDoc, build_store
+from tollgate.config.tenant_rows import KeyRows, TenantRows
 from tollgate.config.tenant_table import read_tenants
 from tollgate.config.upstreams import UpstreamDoc, build_upstream
 from tollgate.config.validation import Doc, Found, Problems, check, validate
@@ -249,11 +250,17 @@ def build_config(
     *,
     source: str = "<memory>",
     data_dir: str | None = None,
-    table: tuple[dict[str, Tenant], dict[str, ApiKey]] | None = None,
+    table: tuple[TenantRows, KeyRows] | None = None,
 ) -> Config:
     """The Config the gateway reads, from a document that validated without a problem (``data_dir``: the folder
     to use when the document names none; ``table``: the tenants and keys, when they were read apart)."""
-    tenants, keys = table if table is not None else _tenants(doc)
+    tenants: Mapping[str, Tenant]
+    keys: Mapping[str, ApiKey]
+    if table is not None:
+        tenants, keys = table  # read-only mappings already, kept as they are
+    else:
+        read, made = _tenants(doc)
+        tenants, keys = frozen_map(read), frozen_map(made)
     plans: dict[str, Any] = dict(DEFAULT_PLANS)
     plans.update({name: build_plan(name, plan) for name, plan in doc.plans.items()})
     given = doc.model_fields_set
@@ -269,8 +276,8 @@ def build_config(
         rules=build_rules(doc),
         identity=build_identity(doc.identity, enabled="identity" in given or "tenants" in given),
         plans=frozen_map(plans),
-        tenants=frozen_map(tenants),
-        api_keys=frozen_map(keys),
+        tenants=tenants,
+        api_keys=keys,
         registry=build_registry(doc.registry),
         database=doc.database,
         scaling=doc.scaling,

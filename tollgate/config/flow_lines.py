@@ -9,7 +9,9 @@ of the file, with that section's lines left out, goes to PyYAML.
 
 Only a narrow form is taken: each line ``<indent><key>: <flow or scalar>`` on its own, the same indent
 throughout, plain scalars of letters, digits and ``_.+/@-``, quoted strings without escapes, comments.
-Anything else (block style, anchors, tags, flows over several lines, escapes, unusual characters) leaves
+A section in block style (mappings and sequences by indentation, each value a scalar or a flow collection
+on the line of its key or dash) is first written that way, one entry per line, its scalars as they are.
+Anything else (anchors, tags, flows or scalars over several lines, escapes, unusual characters) leaves
 the whole file to PyYAML: the same document, only slower, and the same error messages.
 """
 
@@ -118,6 +120,122 @@ class _Scalars:
         return repr(value)
 
 
+# One line of a block-style section: its indent, a "- " (or several spaces after the dash) when it starts an item,
+# then ``key:`` with a value or none, or a value alone (after a dash only); a comment (after a space) may end it,
+# or be all of it.
+_VALUE = _flow_value(_DEPTH)
+_BLOCK_LINES = re.compile(
+    rf"^( *)(?:(- +)?(?:({_SCALAR}):(?: +({_VALUE}))?|({_VALUE}))?(?: +#.*| *)|#.*)$", re.MULTILINE
+)
+_BLOCK_START = re.compile(rf"^ +{_SCALAR}: *(?: #.*)?$", re.MULTILINE)
+
+
+def _as_flow_lines(body: str) -> str:
+    """``body`` itself when its first entry is written on one line; else (block style) the same entries written
+    one flow entry per line, their scalars as they are (:func:`read_flow_lines` then checks and reads them)."""
+    first = _FIRST_INDENT.search(body)
+    if first is None:
+        return body
+    if _BLOCK_START.match(body, first.start()) is None:
+        return body
+    return _BlockSection(body).flow_lines(len(first.group(1)))
+
+
+class _BlockSection:
+    """A block-style section in a narrow form: mappings and sequences by indentation, each value a scalar or a flow
+    collection on its line. Anything else (an item's value on the lines after its dash, a plain scalar over two lines,
+    indentation that does not line up) is :class:`_NotFlowLines`."""
+
+    __slots__ = ("cols", "keys", "n", "values")
+
+    def __init__(self, body: str) -> None:
+        # One token per item dash and per key or value: its column, its key (None: a dash, or a value alone), its value.
+        cols: list[int] = []
+        keys: list[str | None] = []
+        values: list[str | None] = []
+        lines = _BLOCK_LINES.findall(body)  # one match a line (a match never spans two): all, or some line is not
+        if len(lines) != body.count("\n") + 1:
+            raise _NotFlowLines("a line of the block section is outside the narrow form")
+        for indent, dash, key, value, alone in lines:  # "" for a part the line has not
+            col = len(indent)
+            if dash:
+                cols.append(col)
+                keys.append(None)
+                values.append(None)
+                col += len(dash)
+            if key:
+                cols.append(col)
+                keys.append(key)
+                values.append(value or None)
+            elif alone:
+                if not dash:  # a plain scalar continued on this line, or a second value
+                    raise _NotFlowLines("a value alone on its line")
+                cols.append(col)
+                keys.append(None)
+                values.append(alone)
+            elif dash:
+                raise _NotFlowLines("an item's value on the lines after its dash")
+        self.cols, self.keys, self.values, self.n = cols, keys, values, len(cols)
+
+    def flow_lines(self, indent: int) -> str:
+        """Each entry at ``indent`` as one line ``<indent><key>: <flow value>``."""
+        lines: list[str] = []
+        pad = " " * indent
+        i = 0
+        while i < self.n:
+            key = self.keys[i]
+            if key is None or self.cols[i] != indent:
+                raise _NotFlowLines("an entry of the section is not at its indent")
+            value, i = self._value_of(i, indent)
+            lines.append(f"{pad}{key}: {value}")
+        return "\n".join(lines)
+
+    def _value_of(self, i: int, col: int) -> tuple[str, int]:
+        """The value of the key at token ``i`` (at column ``col``), and the token after it."""
+        value = self.values[i]
+        i += 1
+        if value is not None:
+            return value, i
+        if i < self.n:
+            deeper = self.cols[i]
+            if deeper > col:
+                return self._node(i, deeper)
+            if deeper == col and self.keys[i] is None and self.values[i] is None:  # a sequence not indented
+                return self._sequence(i, col)
+        return "null", i
+
+    def _node(self, i: int, col: int) -> tuple[str, int]:
+        if self.keys[i] is not None:
+            return self._mapping(i, col)
+        if self.values[i] is None:
+            return self._sequence(i, col)
+        raise _NotFlowLines("a value alone, apart from its dash")
+
+    def _mapping(self, i: int, col: int) -> tuple[str, int]:
+        parts: list[str] = []
+        cols, keys = self.cols, self.keys
+        while i < self.n and cols[i] == col and keys[i] is not None:
+            key = keys[i]
+            value, i = self._value_of(i, col)
+            parts.append(f"{key}: {value}")
+        return "{" + ", ".join(parts) + "}", i
+
+    def _sequence(self, i: int, col: int) -> tuple[str, int]:
+        items: list[str] = []
+        cols, keys, values = self.cols, self.keys, self.values
+        while i < self.n and cols[i] == col and keys[i] is None and values[i] is None:
+            i += 1  # the dash; its value starts on the same line, further right
+            if i == self.n or cols[i] <= col:
+                raise _NotFlowLines("an empty item")
+            if keys[i] is None and values[i] is not None:
+                items.append(values[i])  # type: ignore[arg-type]
+                i += 1
+                continue
+            item, i = self._node(i, cols[i])
+            items.append(item)
+        return "[" + ", ".join(items) + "]", i
+
+
 def read_flow_lines(body: str, scalars: _Scalars | None = None) -> dict[Any, Any]:
     """The mapping written by ``body`` (the lines of a block mapping), or :class:`_NotFlowLines`.
 
@@ -186,7 +304,7 @@ def _load_sections(text: str, loader: type[yaml.SafeLoader]) -> Any:
         body = text[end + 1 : body_end] if end < len(text) else ""
         if body.count("\n") < MIN_LINES:
             continue
-        entries = read_flow_lines(body, scalars)
+        entries = read_flow_lines(_as_flow_lines(body), scalars)
         marker = f"tollgate-section-{os.urandom(8).hex()}"
         pieces.append(text[done:start])
         pieces.append(f'{name}: "{marker}"\n')

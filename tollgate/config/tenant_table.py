@@ -27,6 +27,7 @@ from tollgate.config.identity import (
     hash_key,
     split_key_hash,
 )
+from tollgate.config.tenant_rows import KeyRows, TenantRows, TenantValue
 
 __all__ = ["read_tenants"]
 
@@ -50,7 +51,7 @@ class _Irregular(Exception):
 
 def read_tenants(
     tenants: Any, *, secret: bytes | None, plans: Mapping[str, Any], models: Mapping[str, Any]
-) -> tuple[dict[str, Tenant], dict[str, ApiKey]] | None:
+) -> tuple[TenantRows, KeyRows] | None:
     """The tenants and keys of a ``tenants:`` section in the plain shape that passes every check; else None."""
     if type(tenants) is not dict:
         return None
@@ -63,28 +64,37 @@ def read_tenants(
 class _Reader:
     def __init__(self, secret: bytes | None, plans: Mapping[str, Any], models: Mapping[str, Any]) -> None:
         self.secret = secret
+        self.kind = "sha256" if secret is None else "hmac-sha256"  # the kind a row's key must be of
         self.plans = plans
         self.models = models
-        self.tenants: dict[str, Tenant] = {}
-        self.keys: dict[str, ApiKey] = {}
+        self.tenants: dict[str, TenantValue] = {}
+        self.keys: dict[str, ApiKey | str] = {}
         self.digests: dict[str, set[bytes]] = {}  # by kind: two keys with the same digest are one key
         self.subdomains: set[str] = set()
         self.model_lists: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per distinct list
 
-    def read(self, tenants: dict[Any, Any]) -> tuple[dict[str, Tenant], dict[str, ApiKey]]:
+    def read(self, tenants: dict[Any, Any]) -> tuple[TenantRows, KeyRows]:
         for tenant_id, doc in tenants.items():
             if type(tenant_id) is not str or TENANT_ID.fullmatch(tenant_id) is None:
                 raise _Irregular
             if type(doc) is not dict or not doc.keys() <= _TENANT_FIELDS:
                 raise _Irregular
             tenant_id = _own(tenant_id)
-            self.tenants[tenant_id] = self._tenant(tenant_id, doc)
             keys = doc.get("keys", [])
             if type(keys) is not list:
                 raise _Irregular
+            read = self._tenant(tenant_id, doc)
+            row_plan = read if type(read) is str and len(keys) == 1 else None
+            if row_plan is not None and self._key(tenant_id, 0, keys[0], row_plan=row_plan):
+                continue  # kept as a row
+            if isinstance(read, str):
+                read = Tenant(id=tenant_id, name=tenant_id, plan=read, limits=_NO_VALUES, metadata=_NO_VALUES)
+            self.tenants[tenant_id] = read
             for i, key in enumerate(keys):
-                self._key(tenant_id, i, key)
-        return self.tenants, self.keys
+                if row_plan is None:  # else its one key is kept already, as a record
+                    self._key(tenant_id, i, key)
+        table = TenantRows(self.tenants, self.kind)
+        return table, KeyRows(self.keys, table)
 
     def _models(self, value: Any) -> tuple[str, ...]:
         if type(value) is not list or any(type(m) is not str or m not in self.models for m in value):
@@ -92,7 +102,8 @@ class _Reader:
         models = tuple(dict.fromkeys(value))
         return self.model_lists.setdefault(models, models)
 
-    def _tenant(self, tenant_id: str, doc: dict[str, Any]) -> Tenant:
+    def _tenant(self, tenant_id: str, doc: dict[str, Any]) -> Tenant | str:
+        """The tenant's record; only its plan (interned) when it is plain, every other field the default."""
         name = doc.get("name", tenant_id)
         plan = doc.get("plan")
         status = doc.get("status", "active")
@@ -105,15 +116,21 @@ class _Reader:
                 raise _Irregular
             self.subdomains.add(subdomain)
         allowed = self._models(doc["allowed_models"]) if "allowed_models" in doc else None
+        limits = self._limits(doc["limits"]) if "limits" in doc else _NO_VALUES
+        metadata = self._metadata(doc["metadata"]) if "metadata" in doc else _NO_VALUES
+        plan = sys.intern(plan)
+        plain = name == tenant_id and status == "active" and subdomain is None and allowed is None
+        if plain and limits is _NO_VALUES and metadata is _NO_VALUES:
+            return plan
         return Tenant(
             id=tenant_id,
             name=name,
-            plan=sys.intern(plan),
+            plan=plan,
             status=status,
             subdomain=subdomain,
             allowed_models=allowed,
-            limits=self._limits(doc["limits"]) if "limits" in doc else _NO_VALUES,
-            metadata=self._metadata(doc["metadata"]) if "metadata" in doc else _NO_VALUES,
+            limits=limits,
+            metadata=metadata,
         )
 
     @staticmethod
@@ -133,7 +150,9 @@ class _Reader:
                 raise _Irregular
         return frozen_map(value) if value else _NO_VALUES
 
-    def _key(self, tenant_id: str, index: int, doc: Any) -> None:
+    def _key(self, tenant_id: str, index: int, doc: Any, *, row_plan: str | None = None) -> bool:
+        """Check and keep one key; with ``row_plan`` (a plain tenant's plan), a plain key is kept in the tenant's row
+        (True); otherwise, or for any other key, the key is kept as its record (False)."""
         if type(doc) is not dict or not doc.keys() <= _KEY_FIELDS:
             raise _Irregular
         given = [c for c in _CREDENTIALS if c in doc]
@@ -151,8 +170,13 @@ class _Reader:
         name, revoked, admin = doc.get("name", ""), doc.get("revoked", False), doc.get("admin", False)
         if type(name) is not str or type(revoked) is not bool or type(admin) is not bool:
             raise _Irregular
+        models = self._models(doc["models"]) if "models" in doc else None
         seen.add(digest)
         key_id = _own(key_id)
+        if row_plan is not None and kind == self.kind and not (name or revoked or admin or models is not None):
+            self.tenants[tenant_id] = (row_plan, key_id, digest)
+            self.keys[key_id] = tenant_id
+            return True
         self.keys[key_id] = ApiKey(
             id=key_id,
             tenant=tenant_id,
@@ -160,9 +184,10 @@ class _Reader:
             hash_kind=kind,
             name=name,
             revoked=revoked,
-            models=self._models(doc["models"]) if "models" in doc else None,
+            models=models,
             admin=admin,
         )
+        return False
 
     def _digest(self, credential: str, value: Any) -> tuple[str, bytes]:
         """The kind and digest of a key, as :meth:`KeyDoc.key_hash_with` makes them, when its kind fits the secret."""
