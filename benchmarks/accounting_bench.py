@@ -16,6 +16,13 @@ sampling every successful request away (``sample: 0``, the line is never built)
 and with a line for every request (``sample: 1``). Run it with
 ``PROMETHEUS_MULTIPROC_DIR`` set to an empty directory to measure the
 multiprocess metric files instead of in-memory values.
+
+Instructions per record, free of the machine's noise: run one store and one
+access-log setting under callgrind at two record counts and divide the
+difference of the totals by the difference of the counts::
+
+    valgrind --tool=callgrind python -m benchmarks.accounting_bench --only memory every-line --repeats 1 --records 2000
+    valgrind --tool=callgrind python -m benchmarks.accounting_bench --only memory every-line --repeats 1 --records 10000
 """
 
 from __future__ import annotations
@@ -100,16 +107,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000, help="records per flush (usage.batch_size)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--redis", help="redis:// URL to measure the Redis usage store too")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["memory", "file", "redis", "sampled-away", "every-line"],
+        help="some stores and access-log settings only (for instruction counts under callgrind: one of each)",
+    )
     args = parser.parse_args()
     backends: list[tuple[str, dict[str, Any]]] = [("memory", {"backend": "memory"}), ("file", {"backend": "file"})]
     if args.redis:
         backends.append(("redis", {"backend": "redis", "url": args.redis, "key_prefix": "bench"}))
+    logs = [(0.0, "access log sampled away"), (1.0, "access log every line")]
+    if args.only:
+        backends = [b for b in backends if b[0] in args.only] or backends
+        logs = [s for s in logs if s[1].endswith(tuple(o.replace("-", " ") for o in args.only))] or logs
     mode = "multiprocess files" if multiprocess_dir() else "in-memory values"
     print(
         f"{args.records} records, {args.tenants} tenants, flushed {args.batch} at a time; metrics: {mode}; CPU µs per request, best of {args.repeats}"
     )
     for name, backend in backends:
-        for sample, what in ((0.0, "access log sampled away"), (1.0, "access log every line")):
+        for sample, what in logs:
             runs = [
                 asyncio.run(_run(args.records, args.tenants, args.batch, backend, sample)) for _ in range(args.repeats)
             ]

@@ -266,9 +266,11 @@ def test_a_histogram_child_without_the_known_internals_is_observed_one_value_at_
     assert seen == [0.3, 0.1, 0.2]
 
 
-async def test_no_entry_is_built_for_a_request_the_access_log_samples_away(
+async def test_entries_are_built_only_for_the_security_watch_and_lines_only_for_what_the_log_samples_in(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """The flusher builds an Entry only for the statuses the security watch reads (401, 403); the access log renders
+    its lines from the records' fields, so a logged error costs no Entry and a sampled-away request neither."""
     built: list[Any] = []
     real_entry = tally_module.Entry
 
@@ -285,11 +287,38 @@ async def test_no_entry_is_built_for_a_request_the_access_log_samples_away(
     entries = [entry_from(capture(ctx, end, WALL), pricing) for ctx, end in requests]
     errors = [e for e in entries if e.status >= 400 or e.client_disconnected]
     assert 0 < len(errors) < len(entries)
-    assert sorted(built) == sorted(e.request_id for e in errors)  # 401s for the security watch are among them
+    watched = [e.request_id for e in entries if e.status in (401, 403)]
+    assert watched and len(watched) < len(errors)  # logged errors that are not watched: no Entry for them
+    assert sorted(built) == sorted(watched)
     assert path.read_bytes() == lines_of(errors, pricing.currency)
     assert [orjson.loads(line)["request_id"] for line in path.read_bytes().splitlines()] == [
         e.request_id for e in errors
     ]
+
+
+async def test_an_access_log_taking_every_line_logs_every_request_without_an_entry_each(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``sample: 1`` takes every request without a draw per request: the file holds one line per request, in order,
+    each the line of its Entry; Entries are built only for the requests the security watch reads."""
+    built: list[Any] = []
+    real_entry = tally_module.Entry
+
+    def counting_entry(*fields: Any) -> Any:
+        built.append(fields[0])
+        return real_entry(*fields)
+
+    monkeypatch.setattr(tally_module, "Entry", counting_entry)
+    path = tmp_path / "access.jsonl"
+    requests = varied_requests(70)
+    acc = await flushed({**DOC, "access_log": {"path": str(path), "sample": 1.0}}, requests, batch=30)
+    assert acc.access_log.takes_every_line
+    await acc.close()
+    pricing = acc.pricing()
+    entries = [entry_from(capture(ctx, end, WALL), pricing) for ctx, end in requests]
+    assert path.read_bytes() == b"".join(line_of(e, pricing.currency) for e in entries)
+    assert sorted(built) == sorted(e.request_id for e in entries if e.status in (401, 403))
+    assert len(built) < len(entries)
 
 
 def test_the_lines_of_a_batch_are_its_lines_one_after_the_other() -> None:

@@ -28,12 +28,12 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 
 from tollgate.accounting.pricing import NANOS
-from tollgate.accounting.records import Entry
+from tollgate.accounting.records import Entry, Fields, astuple
 from tollgate.config.accounting import AccessLogConfig
 
 __all__ = ["AccessLog", "line_of", "lines_of"]
@@ -49,7 +49,7 @@ def _iso(wall: float) -> str:
 
 
 def line_of(e: Entry, currency: str) -> bytes:
-    return _line(e, currency, {}, {})
+    return _line(astuple(e), currency, {}, {})
 
 
 def _ms(seconds: float) -> float:
@@ -58,90 +58,106 @@ def _ms(seconds: float) -> float:
     return int(seconds * 1e6 + 0.5) / 1000 if seconds >= 0 else round(seconds * 1000, 3)
 
 
-# What a line says from ``tenant`` to ``provider``: the same for every request of one tenant, key, end user,
-# namespace, endpoint, model and upstream.
-_Who = tuple[
-    str,
-    "str | None",
-    "str | None",
-    "str | None",
-    "str | None",
-    "str | None",
-    "str | None",
-    "str | None",
-    "str | None",
-    "str | None",
-]
+# What a line says from ``tenant`` to ``provider`` (with the priced model between, which the line leaves out): the
+# same for every request of one tenant, key, end user, namespace, endpoint, model and upstream.
+_Who = tuple[Any, ...]
 
 
-def _line(e: Entry, currency: str, parts: dict[_Who, bytes], seconds: dict[int, str]) -> bytes:
-    """One line; the part from ``tenant`` to ``provider`` is rendered once per distinct value in ``parts``
-    (a flush's lines share a few), so per line only what varies is: ts, request_id, and from ``status`` on."""
-    who = (e.tenant, e.key_id, e.user, e.plan, e.namespace, e.endpoint, e.model, e.model_served, e.upstream, e.provider)
+def _line(f: Fields, currency: str, parts: dict[_Who, bytes], seconds: dict[int, str]) -> bytes:
+    """One line from an entry's fields (records.fields_of order); the part from ``tenant`` to ``provider`` is
+    rendered once per distinct value in ``parts`` (a flush's lines share a few), so per line only what varies is:
+    ts, request_id, and from ``status`` on."""
+    who = f[2:13]
     middle = parts.get(who)
     if middle is None:
+        tenant, key_id, user, plan, namespace, endpoint, model, model_served, _priced, upstream, provider = who
         middle = parts[who] = (
             b","
             + orjson.dumps(
                 {
-                    "tenant": e.tenant,
-                    "key_id": e.key_id,
-                    "user": e.user,
-                    "plan": e.plan,
-                    "namespace": e.namespace,
-                    "endpoint": e.endpoint,
-                    "model": e.model,
-                    "model_served": e.model_served,
-                    "upstream": e.upstream,
-                    "provider": e.provider,
+                    "tenant": tenant,
+                    "key_id": key_id,
+                    "user": user,
+                    "plan": plan,
+                    "namespace": namespace,
+                    "endpoint": endpoint,
+                    "model": model,
+                    "model_served": model_served,
+                    "upstream": upstream,
+                    "provider": provider,
                 }
             )[1:-1]
             + b","
         )
+    (
+        status,
+        error,
+        stream,
+        client_disconnected,
+        client_ip,
+        prompt_tokens,
+        completion_tokens,
+        cached_tokens,
+        cache_write_tokens,
+        reasoning_tokens,
+        usage_reported,
+        cost_nanos,
+        total_s,
+        upstream_s,
+        overhead_s,
+        ttfb_s,
+        attempts,
+    ) = f[14:31]
     tail: dict[str, object] = {
-        "status": e.status,
-        "error": e.error,
-        "stream": e.stream,
-        "client_disconnected": e.client_disconnected,
-        "client_ip": e.client_ip,
-        "prompt_tokens": e.prompt_tokens,
-        "completion_tokens": e.completion_tokens,
-        "usage_reported": e.usage_reported,
-        "cost": e.cost_nanos / NANOS,
+        "status": status,
+        "error": error,
+        "stream": stream,
+        "client_disconnected": client_disconnected,
+        "client_ip": client_ip,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "usage_reported": usage_reported,
+        "cost": cost_nanos / NANOS,
         "currency": currency,
-        "total_ms": _ms(e.total_s),
-        "upstream_ms": _ms(e.upstream_s),
-        "overhead_ms": _ms(e.overhead_s),
-        "ttfb_ms": _ms(e.ttfb_s) if e.ttfb_s is not None else None,
-        "attempts": e.attempts,
+        # _ms(...) written out: four calls a line saved
+        "total_ms": int(total_s * 1e6 + 0.5) / 1000 if total_s >= 0 else round(total_s * 1000, 3),
+        "upstream_ms": int(upstream_s * 1e6 + 0.5) / 1000 if upstream_s >= 0 else round(upstream_s * 1000, 3),
+        "overhead_ms": int(overhead_s * 1e6 + 0.5) / 1000 if overhead_s >= 0 else round(overhead_s * 1000, 3),
+        "ttfb_ms": None if ttfb_s is None else _ms(ttfb_s),
+        "attempts": attempts,
     }
-    if e.cached_tokens:
-        tail["cached_tokens"] = e.cached_tokens
-    if e.cache_write_tokens:
-        tail["cache_write_tokens"] = e.cache_write_tokens
-    if e.reasoning_tokens:
-        tail["reasoning_tokens"] = e.reasoning_tokens
-    if e.cache_hit:
+    if cached_tokens:
+        tail["cached_tokens"] = cached_tokens
+    if cache_write_tokens:
+        tail["cache_write_tokens"] = cache_write_tokens
+    if reasoning_tokens:
+        tail["reasoning_tokens"] = reasoning_tokens
+    if f[32]:  # answered from the response cache
         tail["cache"] = "hit"
-        tail["saved_tokens"] = e.saved_tokens
-    wall = e.wall
+        tail["saved_tokens"] = f[33]
+    wall = f[1]
     second = int(wall)
     text = seconds.get(second)
     if text is None:
         text = seconds[second] = _second(second)
     ts = f"{text}.{int(wall * 1000) % 1000:03d}Z"  # what _iso gives
-    head = orjson.dumps({"ts": ts, "request_id": e.request_id})
+    head = orjson.dumps({"ts": ts, "request_id": f[0]})
     return b"".join((head[:-1], middle, orjson.dumps(tail, option=orjson.OPT_APPEND_NEWLINE)[1:]))
 
 
 def lines_of(entries: Iterable[Entry], currency: str) -> bytes:
-    """The lines of ``entries``, one buffer: each line is copied out of orjson's output and that output freed at once,
-    which costs a fraction of keeping a thousand of them alive until a join."""
+    """The lines of ``entries``, one buffer (what the flusher writes for their fields)."""
+    return _lines([astuple(e) for e in entries], currency)
+
+
+def _lines(fields: Iterable[Fields], currency: str) -> bytes:
+    """The lines of entries given by their fields, one buffer: each line is copied out of orjson's output and that
+    output freed at once, which costs a fraction of keeping a thousand of them alive until a join."""
     out = bytearray()
     parts: dict[_Who, bytes] = {}
     seconds: dict[int, str] = {}
-    for e in entries:
-        out += _line(e, currency, parts, seconds)
+    for f in fields:
+        out += _line(f, currency, parts, seconds)
     return bytes(out)
 
 
@@ -188,13 +204,19 @@ class AccessLog:
             n = os.write(fd, view)
             view = view[n:]
 
-    async def write(self, entries: Sequence[Entry], currency: str) -> None:
-        """Render ``entries`` (on the event loop) and append them (in a worker thread)."""
-        if not entries:
+    @property
+    def takes_every_line(self) -> bool:
+        """Whether every request gets a line, whatever its outcome: no draw to make per request."""
+        return self.config.enabled and self.config.sample >= 1.0
+
+    async def write(self, fields: Sequence[Fields], currency: str) -> None:
+        """Render the lines of entries given by their fields (records.fields_of; on the event loop) and append them
+        (in a worker thread)."""
+        if not fields:
             return
-        data = lines_of(entries, currency)
+        data = _lines(fields, currency)
         await asyncio.to_thread(self._write, data)
-        self.written += len(entries)
+        self.written += len(fields)
 
     def close(self) -> None:
         if self._fh is not None:

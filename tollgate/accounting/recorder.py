@@ -284,7 +284,13 @@ class Accounting:
             metrics, access, security, sla = self.metrics, self.access_log, self.security, self.sla
             spend = self.spend_log
             log_wanted = access.wants_status if access.config.enabled else None
-            tally = Tally(pricing, log_wanted, security.STATUSES, keep_fields=spend is not None)
+            tally = Tally(
+                pricing,
+                log_wanted,
+                security.STATUSES,
+                keep_fields=spend is not None,
+                log_all=access.takes_every_line,
+            )
             pending = iter(records)
             while True:  # yield to the event loop between slices of records
                 tally.fold(islice(pending, _YIELD_EVERY))

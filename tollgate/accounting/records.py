@@ -26,13 +26,17 @@ model's prices).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
-__all__ = ["DISCONNECTED_STATUS", "Entry", "Record", "entry_from", "fields_of"]
+__all__ = ["DISCONNECTED_STATUS", "Entry", "Fields", "Record", "astuple", "entry_from", "fields_of"]
 
 Record = tuple[Any, ...]
 """One request as the account stage records it: the fields listed above, in that order."""
+
+Fields = tuple[Any, ...]
+"""The fields of an :class:`Entry` in declaration order, as :func:`fields_of` gives them."""
 
 # Status recorded for a request whose client went away before the answer was complete (nginx's convention).
 DISCONNECTED_STATUS = 499
@@ -82,6 +86,14 @@ class Entry:
     cache_hit: bool = False
     saved_tokens: int = 0
     saved_cost_nanos: int = 0
+
+
+_FIELDS_OF_ENTRY = attrgetter(*(f.name for f in fields(Entry)))
+
+
+def astuple(e: Entry) -> Fields:
+    """The fields of ``e`` in declaration order (what :func:`fields_of` gave for it), not copied."""
+    return _FIELDS_OF_ENTRY(e)
 
 
 def _name(value: Any) -> str | None:
@@ -137,12 +149,12 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
         total = 0.0
     if hit is not None:  # answered by the gateway itself: no upstream time
         upstream_s = 0.0
-    elif upstream_started is not None and finished_at is not None:
-        upstream_s = max(0.0, finished_at - upstream_started)
     elif finished_at is not None:
         # Without the time the upstream call started, everything before the answer ended counts as upstream:
         # the overhead is then a lower bound (the gateway's work after the upstream answered).
-        upstream_s = max(0.0, finished_at - started)
+        upstream_s = finished_at - (started if upstream_started is None else upstream_started)
+        if not upstream_s > 0.0:  # what max(0.0, ...) gives, without the call
+            upstream_s = 0.0
     else:
         upstream_s = 0.0
     if upstream_s > total:
@@ -172,7 +184,10 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
         saved_tokens = hit.prompt_tokens + hit.completion_tokens
         saved_cost = pricing.cost_nanos(priced, hit.prompt_tokens, hit.completion_tokens)
     elif status < 400 or prompt or completion:
-        cost = pricing.cost_nanos(priced, prompt, completion, cached_tokens=cached, cache_write_tokens=cache_write)
+        if cached or cache_write:
+            cost = pricing.cost_nanos(priced, prompt, completion, cached_tokens=cached, cache_write_tokens=cache_write)
+        else:  # the usual case, without the keywords
+            cost = pricing.cost_nanos(priced, prompt, completion)
     else:
         cost = 0
     if attempts is not None and not isinstance(attempts, int):

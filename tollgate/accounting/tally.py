@@ -4,8 +4,9 @@ A group is every record of the batch with the same tenant, plan, billed
 model, upstream, status, usage source and UTC day: what any metric label or
 aggregate key is made of. Per record the flusher only derives the fields
 (:func:`~.records.fields_of`), finds its group and appends four latencies;
-the :class:`~.records.Entry` is built only for a record the access log
-samples in or the security watch looks at. Consumers then read the groups:
+the :class:`~.records.Entry` is built only for a record the security watch
+looks at (the access log renders its lines from the fields themselves).
+Consumers then read the groups:
 :meth:`GatewayMetrics.apply <.metrics.GatewayMetrics.apply>`,
 :meth:`SlaTracker.observe_many <.sla.SlaTracker.observe_many>`,
 :meth:`Batch.add_group <.aggregates.Batch.add_group>`. The end user is no part of a group
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from tollgate.accounting.records import Entry, fields_of
+from tollgate.accounting.records import Entry, Fields, fields_of
 
 __all__ = ["Group", "GroupKey", "Tally"]
 
@@ -77,8 +78,9 @@ class Tally:
 
     ``log_wanted(status, client_disconnected)`` says whether the access log
     takes a record (``None``: it takes none); ``watched`` are the statuses the
-    security watch looks at. Those records become entries, in record order:
-    :attr:`logged` and :attr:`watched_entries`. :attr:`principals` is the last
+    security watch looks at; with ``log_all`` the access log takes every record
+    (no call per record). In record order, :attr:`logged` holds the fields of
+    the records logged and :attr:`watched_entries` the entries of those watched. :attr:`principals` is the last
     principal seen per tenant. :attr:`users` sums, per (tenant, end user, UTC
     day), the requests that reached an upstream and had an end user: requests,
     errors, prompt and completion tokens, cost in nanos. With ``keep_fields``,
@@ -95,6 +97,7 @@ class Tally:
         "fields",
         "_pricing",
         "_log_wanted",
+        "_log_all",
         "_watched",
     )
 
@@ -105,21 +108,24 @@ class Tally:
         watched: frozenset[int],
         *,
         keep_fields: bool = False,
+        log_all: bool = False,
     ) -> None:
         self.groups: dict[GroupKey, Group] = {}
         self.fields: list[tuple[Any, ...]] | None = [] if keep_fields else None
-        self.logged: list[Entry] = []
+        self.logged: list[Fields] = []
         self.watched_entries: list[Entry] = []
         self.principals: dict[str, Any] = {}
         self.users: dict[tuple[str, str, float], list[int]] = {}
         self.records = 0
         self._pricing = pricing
         self._log_wanted = log_wanted
+        self._log_all = log_all
         self._watched = watched
 
     def fold(self, records: Iterable[tuple[Any, ...]]) -> None:
         groups, principals, users, pricing = self.groups, self.principals, self.users, self._pricing
-        log_wanted, watched, logged, watched_entries, kept = (
+        log_all, log_wanted, watched, logged, watched_entries, kept = (
+            self._log_all,
             self._log_wanted,
             self._watched,
             self.logged,
@@ -208,12 +214,10 @@ class Tally:
                     u[2] += prompt
                     u[3] += completion
                     u[4] += cost
-            entry = None
             if status in watched:
-                entry = Entry(*f)
-                watched_entries.append(entry)
-            if log_wanted is not None and log_wanted(status, disconnected):
-                logged.append(entry or Entry(*f))
+                watched_entries.append(Entry(*f))
+            if log_all or (log_wanted is not None and log_wanted(status, disconnected)):
+                logged.append(f)
         self.records += n
 
     def __iter__(self) -> Iterator[tuple[GroupKey, Group]]:
