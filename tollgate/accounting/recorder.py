@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,8 @@ class Accounting:
         self._flush_lock: asyncio.Lock | None = None
         self._carry: Batch | None = None
         self._store_failing = False
+        self._access_log_failing = False
+        self.access_lines_lost = 0  # access-log lines a failed write took with it (disk full, stdout closed)
         self.dropped = 0
         self._dropped_reported = 0
         self.records_flushed = 0
@@ -312,11 +314,27 @@ class Accounting:
                 metrics.accounting_dropped.inc(self.dropped - self._dropped_reported)
                 log.error("accounting: %d records dropped (pending queue full)", self.dropped - self._dropped_reported)
                 self._dropped_reported = self.dropped
-            await access.write(tally.logged, currency)
+            # The usage aggregates (what bills are made of) first: a failing access log never holds them back.
             await self._write(batch)
+            await self._write_access_log(tally.logged, currency)
             await self._flush_audit()
             self.records_flushed += len(records)
             return len(records)
+
+    async def _write_access_log(self, lines: Sequence[Any], currency: str) -> None:
+        """Append the flush's access-log lines; a file that cannot take them (disk full, a closed stdout) loses
+        those lines, counted and said once until it works again, and stops nothing else of the flush."""
+        try:
+            await self.access_log.write(lines, currency)
+        except OSError as exc:
+            self.access_lines_lost += len(lines)
+            if not self._access_log_failing:
+                log.error("accounting: the access log cannot be written, its lines are lost until it can: %s", exc)
+            self._access_log_failing = True
+            return
+        if self._access_log_failing and lines:
+            log.info("accounting: the access log is writable again (%d lines lost)", self.access_lines_lost)
+            self._access_log_failing = False
 
     async def _write(self, batch: Batch) -> None:
         if self._carry is not None:
