@@ -7,8 +7,9 @@
 --   microseconds since the Unix epoch; every duration handed to Redis or
 --   returned to the caller is in integer milliseconds.
 -- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
---   adjust}), now_us(), int(), ttl_ms(), ms_ceil(), load_time(), store_time(),
---   count_verdict(), limit_argv() and push_verdict().
+--   adjust}), now_us(), int(), int_memo(), num(), div(), ttl_ms(), ms_ceil(),
+--   load_time(), store_time(), count_verdict(), limit_argv() and
+--   push_verdict().
 --
 -- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
 -- concurrency.lua), one counter key per limit:
@@ -30,11 +31,58 @@
 -- where only `redis` exists; the functions it defines may use any.
 local ALGORITHMS = {}
 
+-- Conversions remembered between calls (Redis Functions and the embedded
+-- engine keep a library's locals from one call to the next; a script run by
+-- EVALSHA starts with empty ones). A string-to-number or number-to-string
+-- conversion costs about as much as a whole redis.call, and the same ones
+-- come back call after call: a limit's figures in ARGV, a slot index, a
+-- window's start. Each map is dropped whole when it reaches MEMO_MAX entries.
+local MEMO_MAX = 4096
+local MEMO = { num = {}, nums = 0, str = {}, strs = 0 }
+
 -- An integer as the string Redis would get for it. A number handed to
 -- redis.call is formatted by Redis as a double (%.17g), several times the
 -- cost of an integer format: the hot writes hand over strings instead.
 local function int(n)
   return string.format('%d', n)
+end
+
+-- int(n) for a value that comes back (a slot index, a window's start, a TTL).
+local function int_memo(n)
+  local s = MEMO.str[n]
+  if s == nil then
+    s = string.format('%d', n)
+    if MEMO.strs >= MEMO_MAX then
+      MEMO.str, MEMO.strs = {}, 0
+    end
+    MEMO.str[n] = s
+    MEMO.strs = MEMO.strs + 1
+  end
+  return s
+end
+
+-- tonumber(s) for a string that comes back (an argument, a slot index read
+-- from a hash); nil when s is not a number.
+local function num(s)
+  local v = MEMO.num[s]
+  if v == nil then
+    v = tonumber(s)
+    if v == nil then
+      return nil
+    end
+    if MEMO.nums >= MEMO_MAX then
+      MEMO.num, MEMO.nums = {}, 0
+    end
+    MEMO.num[s] = v
+    MEMO.nums = MEMO.nums + 1
+  end
+  return v
+end
+
+-- floor(a / b) for integers a and b > 0, without a call to math.floor (a
+-- function call costs more than the arithmetic): exact below 2^53.
+local function div(a, b)
+  return (a - a % b) / b
 end
 
 local function now_us()
@@ -106,8 +154,7 @@ end
 -- or want) as numbers; param; the 6th value as sent (shadow, mark or need).
 local function limit_argv(argv, i)
   local b = (i - 1) * 6
-  return ALGORITHMS[argv[b + 1]], tonumber(argv[b + 2]), tonumber(argv[b + 3]), tonumber(argv[b + 4]), argv[b + 5],
-    argv[b + 6]
+  return ALGORITHMS[argv[b + 1]], num(argv[b + 2]), num(argv[b + 3]), num(argv[b + 4]), argv[b + 5], argv[b + 6]
 end
 
 -- Appends a checked limit to a reply: allowed (1/0), limit, remaining,

@@ -18,13 +18,14 @@
 --   end of the request) and reports only what it released: overdraft,
 --   remaining and reset are 0.
 -- TTL: the key lives as long as its longest lease. Expired leases are swept
---   by the next admission or release of the key.
+--   by the next admission that finds one (counts skip them until then) and by
+--   lease_release.lua; a release through settle.lua removes its lease alone.
 -- Reads: while the earliest lease of the key is live, every lease is, and
 --   ZRANGE 0 0 and ZCARD tell the state; only when expired leases are still
 --   held are they counted past by score (ZCOUNT, ZRANGEBYSCORE).
 
 local function cc_now_ms(now)
-  return math.floor(now / 1000)
+  return div(now, 1000)
 end
 
 -- "(now_ms": the bound that excludes leases expired by now.
@@ -64,7 +65,7 @@ end
 local function cc_keep(key, lease_ms)
   local ttl = ttl_ms(lease_ms)
   if redis.call('PTTL', key) < ttl then
-    redis.call('PEXPIRE', key, int(ttl))
+    redis.call('PEXPIRE', key, int_memo(ttl))
   end
 end
 
@@ -100,10 +101,9 @@ ALGORITHMS.concurrency = {
     local now_ms = cc_now_ms(now)
     local applied = 0
     if delta < 0 then
-      -- A release: its request has answered, nobody reads the state, so none is computed.
-      applied = -redis.call('ZREM', key, param)
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now_ms))
-      return applied, 0, 0, 0
+      -- A release: its request has answered, nobody reads the state, so none is computed, and expired
+      -- leases are left to the next admission (which counts past them and sweeps them) or to the TTL.
+      return -redis.call('ZREM', key, param), 0, 0, 0
     end
     local after = cc_after(now_ms)
     local live = cc_live(key, after)
