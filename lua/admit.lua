@@ -20,12 +20,13 @@
 
 local now = now_us()
 local n = #KEYS
--- Each limit's ARGV is read once: 6 values per limit in one flat table (alg, limit, window_ms, cost, param, state).
-local seen = {}
+-- Each limit's ARGV is read once: 6 values per limit in one flat table (alg, limit, window_ms, cost, param, state),
+-- reused from call to call (common.lua's SEEN: only its first 6 * n entries are this call's).
+local seen = SEEN
 local admitted = 1
 for i = 1, n do
   local alg, limit, window_ms, cost, param, shadow = limit_argv(ARGV, i)
-  local st = alg.check(KEYS[i], now, limit, window_ms, cost, param)
+  local st = alg.check(KEYS[i], now, limit, window_ms, cost, param, scratch(i))
   local b = (i - 1) * 6
   seen[b + 1], seen[b + 2], seen[b + 3], seen[b + 4], seen[b + 5], seen[b + 6] = alg, limit, window_ms, cost, param, st
   if not st.allowed and shadow ~= '1' then

@@ -7,13 +7,15 @@
 --   microseconds since the Unix epoch; every duration handed to Redis or
 --   returned to the caller is in integer milliseconds.
 -- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
---   adjust}), now_us(), int(), int_memo(), num(), div(), ttl_ms(), ms_ceil(),
---   load_time(), store_time(), count_verdict(), limit_argv() and
---   push_verdict().
+--   adjust}), SEEN, now_us(), int(), int_memo(), num(), div(), scratch(),
+--   ttl_ms(), ms_ceil(), load_time(), store_time(), count_verdict(),
+--   limit_argv() and push_verdict().
 --
 -- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
 -- concurrency.lua), one counter key per limit:
---   check(key, now, limit, window_ms, cost, param) -> st, read-only, where
+--   check(key, now, limit, window_ms, cost, param, st) -> st, read-only: fills
+--     the table st (scratch(i) of the limit's position: whatever it held from
+--     an earlier call is overwritten, every field check sets) where
 --     st.allowed (boolean), st.remaining, st.reset_ms, st.retry_ms
 --     (-1: the cost exceeds the limit itself, retrying cannot help),
 --     st.mark (where the cost is charged, handed back to settle) and
@@ -77,6 +79,22 @@ local function num(s)
     MEMO.nums = MEMO.nums + 1
   end
   return v
+end
+
+-- The state table of the limit at position i of a call, and admit.lua's list of
+-- what it read of each limit: kept from one call to the next and overwritten
+-- (a table built per limit per call, and the garbage it leaves, cost more than
+-- the limit's arithmetic). A script never keeps them past its reply.
+local SCRATCH = {}
+local SEEN = {}
+
+local function scratch(i)
+  local st = SCRATCH[i]
+  if st == nil then
+    st = {}
+    SCRATCH[i] = st
+  end
+  return st
 end
 
 -- floor(a / b) for integers a and b > 0, without a call to math.floor (a

@@ -70,14 +70,10 @@ local function cc_keep(key, lease_ms)
 end
 
 ALGORITHMS.concurrency = {
-  check = function(key, now, limit, window_ms, cost, param)
+  check = function(key, now, limit, window_ms, cost, param, st)
     local now_ms = cc_now_ms(now)
     local live, earliest, expired = cc_state(key, now_ms)
-    -- Every field in the constructor: the table is sized once, never grown field by field.
-    local st = {
-      allowed = false, remaining = 0, reset_ms = 0, retry_ms = 0, mark = 0, used = live, now_ms = now_ms,
-      expired = expired,
-    }
+    st.retry_ms, st.mark, st.used, st.now_ms, st.expired = 0, 0, live, now_ms, expired
     if earliest then
       st.reset_ms = earliest - now_ms
     else

@@ -82,14 +82,12 @@ local function fw_load(key, start)
 end
 
 ALGORITHMS.fixed_window = {
-  check = function(key, now, limit, window_ms, cost, param)
+  check = function(key, now, limit, window_ms, cost, param, st)
     local now_ms = div(now, 1000)
     local start, stop = fw_bounds(now_ms, window_ms, param)
     local used, current = fw_load(key, start)
-    local st = {
-      allowed = false, remaining = 0, reset_ms = stop - now_ms, retry_ms = 0, mark = start, used = used,
-      now_ms = now_ms, start = start, stop = stop, current = current,
-    }
+    st.reset_ms, st.retry_ms, st.mark, st.used = stop - now_ms, 0, start, used
+    st.now_ms, st.stop, st.current = now_ms, stop, current
     if count_verdict(st, used, cost, limit) then
       st.retry_ms = stop - now_ms
     end
@@ -100,7 +98,7 @@ ALGORITHMS.fixed_window = {
     if st.current then
       redis.call('HINCRBY', key, 'n', int_memo(cost))
     else
-      redis.call('HSET', key, 'w', int_memo(st.start), 'n', int(st.used + cost))
+      redis.call('HSET', key, 'w', int_memo(st.mark), 'n', int(st.used + cost))
       redis.call('PEXPIRE', key, int(ttl_ms(st.stop - st.now_ms)))
     end
   end,

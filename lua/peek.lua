@@ -15,7 +15,7 @@ local now = now_us()
 local out = { 1, now }
 for i = 1, #KEYS do
   local alg, limit, window_ms, _, param = limit_argv(ARGV, i)
-  local st = alg.check(KEYS[i], now, limit, window_ms, 0, param)
+  local st = alg.check(KEYS[i], now, limit, window_ms, 0, param, scratch(i))
   push_verdict(out, limit, st)
   out[#out + 1] = st.used
 end

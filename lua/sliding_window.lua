@@ -154,13 +154,11 @@ local function sw_add(key, cur, units, by, all, stale, low, high, slot_ms, windo
 end
 
 ALGORITHMS.sliding_window = {
-  check = function(key, now, limit, window_ms, cost, param)
+  check = function(key, now, limit, window_ms, cost, param, st)
     local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
     local all, total, low, newest, stale, raw = sw_load(key, oldest)
-    local st = {
-      allowed = false, remaining = 0, reset_ms = 0, retry_ms = 0, mark = cur, used = total,
-      now_ms = now_ms, slot_ms = slot_ms, all = all, stale = stale, low = low, newest = newest,
-    }
+    st.retry_ms, st.mark, st.used, st.now_ms, st.slot_ms = 0, cur, total, now_ms, slot_ms
+    st.all, st.stale, st.low, st.newest = all, stale, low, newest
     if count_verdict(st, total, cost, limit) then -- the wait: until enough counted slots stop counting
       local need, freed = total + cost - limit, 0
       local live = sw_live(raw or redis.call('HGETALL', key), oldest)
