@@ -13,9 +13,9 @@
 --   shadow    "1": evaluated and reported but never refuses; still consumed
 --             when the request is admitted, since the traffic did happen
 -- Units: time in ms, except now (us).
--- Returns: { admitted (1/0), now_us, then 6 integers per limit:
---   allowed (1/0), limit, remaining, reset_ms, retry_after_ms (0 when
---   allowed; -1: the cost exceeds the limit), mark (for settle.lua) }
+-- Returns: { admitted (1/0), now_us, then 5 integers per limit:
+--   allowed (1/0), remaining, reset_ms, retry_after_ms (0 when allowed;
+--   -1: the cost exceeds the limit), mark (for settle.lua) }
 -- A refused call writes nothing. Time comes from TIME, once.
 
 local now = now_us()
@@ -46,7 +46,6 @@ end
 
 local out = { admitted, now }
 for i = 1, n do
-  local b = (i - 1) * 6
-  push_verdict(out, seen[b + 2], seen[b + 6])
+  push_verdict(out, 2 + (i - 1) * 5, seen[i * 6])
 end
 return out

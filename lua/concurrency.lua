@@ -15,8 +15,9 @@
 --   expires, so at most 1000 ms; -1 if cost > limit), mark = 0.
 -- Renew and release: lease_renew.lua, lease_release.lua; settle with a
 --   negative delta releases the lease too (a compensating refund, or the
---   end of the request) and reports only what it released: overdraft,
---   remaining and reset are 0.
+--   end of the request) and reports only what it released (settle.lua's
+--   reply has that one field for a concurrency limit); any other delta
+--   changes nothing and reports 0.
 -- TTL: the key lives as long as its longest lease. Expired leases are swept
 --   by the next admission that finds one (counts skip them until then) and by
 --   lease_release.lua; a release through settle.lua removes its lease alone.
@@ -94,20 +95,11 @@ ALGORITHMS.concurrency = {
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)
-    local now_ms = cc_now_ms(now)
-    local applied = 0
     if delta < 0 then
       -- A release: its request has answered, nobody reads the state, so none is computed, and expired
       -- leases are left to the next admission (which counts past them and sweeps them) or to the TTL.
-      return -redis.call('ZREM', key, param), 0, 0, 0
+      return -redis.call('ZREM', key, param)
     end
-    local after = cc_after(now_ms)
-    local live = cc_live(key, after)
-    local earliest = cc_earliest(key, after)
-    local reset = 0
-    if earliest then
-      reset = earliest - now_ms
-    end
-    return applied, math.max(0, live - limit), math.max(0, limit - live), reset
+    return 0
   end,
 }
