@@ -105,7 +105,7 @@ end
 
 local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+  return num(t[1]) * 1000000 + tonumber(t[2]) -- the seconds come back for a whole second
 end
 
 -- The TTL to give a key whose logic says it is dead in ms milliseconds. Redis
