@@ -13,19 +13,20 @@
 --   shadow    "1": evaluated and reported but never refuses; still consumed
 --             when the request is admitted, since the traffic did happen
 -- Units: time in ms, except now (us).
--- Returns: { admitted (1/0), now_us, then 6 integers per limit:
---   allowed (1/0), limit, remaining, reset_ms, retry_after_ms (0 when
---   allowed; -1: the cost exceeds the limit), mark (for settle.lua) }
+-- Returns: { admitted (1/0), now_us, then 5 integers per limit:
+--   allowed (1/0), remaining, reset_ms, retry_after_ms (0 when allowed;
+--   -1: the cost exceeds the limit), mark (for settle.lua) }
 -- A refused call writes nothing. Time comes from TIME, once.
 
 local now = now_us()
 local n = #KEYS
--- Each limit's ARGV is read once: 6 values per limit in one flat table (alg, limit, window_ms, cost, param, state).
-local seen = {}
+-- Each limit's ARGV is read once: 6 values per limit in one flat table (alg, limit, window_ms, cost, param, state),
+-- reused from call to call (common.lua's SEEN: only its first 6 * n entries are this call's).
+local seen = SEEN
 local admitted = 1
 for i = 1, n do
   local alg, limit, window_ms, cost, param, shadow = limit_argv(ARGV, i)
-  local st = alg.check(KEYS[i], now, limit, window_ms, cost, param)
+  local st = alg.check(KEYS[i], now, limit, window_ms, cost, param, scratch(i))
   local b = (i - 1) * 6
   seen[b + 1], seen[b + 2], seen[b + 3], seen[b + 4], seen[b + 5], seen[b + 6] = alg, limit, window_ms, cost, param, st
   if not st.allowed and shadow ~= '1' then
@@ -45,7 +46,6 @@ end
 
 local out = { admitted, now }
 for i = 1, n do
-  local b = (i - 1) * 6
-  push_verdict(out, seen[b + 2], seen[b + 6])
+  push_verdict(out, 2 + (i - 1) * 5, seen[i * 6])
 end
 return out

@@ -7,12 +7,15 @@
 --   microseconds since the Unix epoch; every duration handed to Redis or
 --   returned to the caller is in integer milliseconds.
 -- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
---   adjust}), now_us(), int(), ttl_ms(), ms_ceil(), load_time(), store_time(),
---   count_verdict(), limit_argv() and push_verdict().
+--   adjust}), SEEN, now_us(), int(), int_memo(), num(), div(), scratch(),
+--   ttl_ms(), ms_ceil(), load_time(), store_time(), count_verdict(),
+--   limit_argv() and push_verdict().
 --
 -- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
 -- concurrency.lua), one counter key per limit:
---   check(key, now, limit, window_ms, cost, param) -> st, read-only, where
+--   check(key, now, limit, window_ms, cost, param, st) -> st, read-only: fills
+--     the table st (scratch(i) of the limit's position: whatever it held from
+--     an earlier call is overwritten, every field check sets) where
 --     st.allowed (boolean), st.remaining, st.reset_ms, st.retry_ms
 --     (-1: the cost exceeds the limit itself, retrying cannot help),
 --     st.mark (where the cost is charged, handed back to settle) and
@@ -30,6 +33,15 @@
 -- where only `redis` exists; the functions it defines may use any.
 local ALGORITHMS = {}
 
+-- Conversions remembered between calls (Redis Functions and the embedded
+-- engine keep a library's locals from one call to the next; a script run by
+-- EVALSHA starts with empty ones). A string-to-number or number-to-string
+-- conversion costs about as much as a whole redis.call, and the same ones
+-- come back call after call: a limit's figures in ARGV, a slot index, a
+-- window's start. Each map is dropped whole when it reaches MEMO_MAX entries.
+local MEMO_MAX = 4096
+local MEMO = { num = {}, nums = 0, str = {}, strs = 0 }
+
 -- An integer as the string Redis would get for it. A number handed to
 -- redis.call is formatted by Redis as a double (%.17g), several times the
 -- cost of an integer format: the hot writes hand over strings instead.
@@ -37,9 +49,63 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- int(n) for a value that comes back (a slot index, a window's start, a TTL).
+local function int_memo(n)
+  local s = MEMO.str[n]
+  if s == nil then
+    s = string.format('%d', n)
+    if MEMO.strs >= MEMO_MAX then
+      MEMO.str, MEMO.strs = {}, 0
+    end
+    MEMO.str[n] = s
+    MEMO.strs = MEMO.strs + 1
+  end
+  return s
+end
+
+-- tonumber(s) for a string that comes back (an argument, a slot index read
+-- from a hash); nil when s is not a number.
+local function num(s)
+  local v = MEMO.num[s]
+  if v == nil then
+    v = tonumber(s)
+    if v == nil then
+      return nil
+    end
+    if MEMO.nums >= MEMO_MAX then
+      MEMO.num, MEMO.nums = {}, 0
+    end
+    MEMO.num[s] = v
+    MEMO.nums = MEMO.nums + 1
+  end
+  return v
+end
+
+-- The state table of the limit at position i of a call, and admit.lua's list of
+-- what it read of each limit: kept from one call to the next and overwritten
+-- (a table built per limit per call, and the garbage it leaves, cost more than
+-- the limit's arithmetic). A script never keeps them past its reply.
+local SCRATCH = {}
+local SEEN = {}
+
+local function scratch(i)
+  local st = SCRATCH[i]
+  if st == nil then
+    st = {}
+    SCRATCH[i] = st
+  end
+  return st
+end
+
+-- floor(a / b) for integers a and b > 0, without a call to math.floor (a
+-- function call costs more than the arithmetic): exact below 2^53.
+local function div(a, b)
+  return (a - a % b) / b
+end
+
 local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+  return num(t[1]) * 1000000 + tonumber(t[2]) -- the seconds come back for a whole second
 end
 
 -- The TTL to give a key whose logic says it is dead in ms milliseconds. Redis
@@ -106,22 +172,21 @@ end
 -- or want) as numbers; param; the 6th value as sent (shadow, mark or need).
 local function limit_argv(argv, i)
   local b = (i - 1) * 6
-  return ALGORITHMS[argv[b + 1]], tonumber(argv[b + 2]), tonumber(argv[b + 3]), tonumber(argv[b + 4]), argv[b + 5],
-    argv[b + 6]
+  return ALGORITHMS[argv[b + 1]], num(argv[b + 2]), num(argv[b + 3]), num(argv[b + 4]), argv[b + 5], argv[b + 6]
 end
 
--- Appends a checked limit to a reply: allowed (1/0), limit, remaining,
--- reset_ms, retry_ms (-1: the cost exceeds the limit), mark.
-local function push_verdict(out, limit, st)
+-- Appends a checked limit to a reply at out[j + 1 ..]: allowed (1/0),
+-- remaining, reset_ms, retry_ms (-1: the cost exceeds the limit), mark. The
+-- limit itself is not echoed: the caller sent it (each integer of a reply
+-- costs Redis about as much as a dozen Lua operations).
+local function push_verdict(out, j, st)
   local allowed = 0
   if st.allowed then
     allowed = 1
   end
-  local j = #out
   out[j + 1] = allowed
-  out[j + 2] = limit
-  out[j + 3] = st.remaining
-  out[j + 4] = st.reset_ms
-  out[j + 5] = st.retry_ms
-  out[j + 6] = st.mark
+  out[j + 2] = st.remaining
+  out[j + 3] = st.reset_ms
+  out[j + 4] = st.retry_ms
+  out[j + 5] = st.mark
 end

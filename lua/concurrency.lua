@@ -15,16 +15,18 @@
 --   expires, so at most 1000 ms; -1 if cost > limit), mark = 0.
 -- Renew and release: lease_renew.lua, lease_release.lua; settle with a
 --   negative delta releases the lease too (a compensating refund, or the
---   end of the request) and reports only what it released: overdraft,
---   remaining and reset are 0.
+--   end of the request) and reports only what it released (settle.lua's
+--   reply has that one field for a concurrency limit); any other delta
+--   changes nothing and reports 0.
 -- TTL: the key lives as long as its longest lease. Expired leases are swept
---   by the next admission or release of the key.
+--   by the next admission that finds one (counts skip them until then) and by
+--   lease_release.lua; a release through settle.lua removes its lease alone.
 -- Reads: while the earliest lease of the key is live, every lease is, and
 --   ZRANGE 0 0 and ZCARD tell the state; only when expired leases are still
 --   held are they counted past by score (ZCOUNT, ZRANGEBYSCORE).
 
 local function cc_now_ms(now)
-  return math.floor(now / 1000)
+  return div(now, 1000)
 end
 
 -- "(now_ms": the bound that excludes leases expired by now.
@@ -64,19 +66,15 @@ end
 local function cc_keep(key, lease_ms)
   local ttl = ttl_ms(lease_ms)
   if redis.call('PTTL', key) < ttl then
-    redis.call('PEXPIRE', key, int(ttl))
+    redis.call('PEXPIRE', key, int_memo(ttl))
   end
 end
 
 ALGORITHMS.concurrency = {
-  check = function(key, now, limit, window_ms, cost, param)
+  check = function(key, now, limit, window_ms, cost, param, st)
     local now_ms = cc_now_ms(now)
     local live, earliest, expired = cc_state(key, now_ms)
-    -- Every field in the constructor: the table is sized once, never grown field by field.
-    local st = {
-      allowed = false, remaining = 0, reset_ms = 0, retry_ms = 0, mark = 0, used = live, now_ms = now_ms,
-      expired = expired,
-    }
+    st.retry_ms, st.mark, st.used, st.now_ms, st.expired = 0, 0, live, now_ms, expired
     if earliest then
       st.reset_ms = earliest - now_ms
     else
@@ -97,21 +95,11 @@ ALGORITHMS.concurrency = {
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)
-    local now_ms = cc_now_ms(now)
-    local applied = 0
     if delta < 0 then
-      -- A release: its request has answered, nobody reads the state, so none is computed.
-      applied = -redis.call('ZREM', key, param)
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now_ms))
-      return applied, 0, 0, 0
+      -- A release: its request has answered, nobody reads the state, so none is computed, and expired
+      -- leases are left to the next admission (which counts past them and sweeps them) or to the TTL.
+      return -redis.call('ZREM', key, param)
     end
-    local after = cc_after(now_ms)
-    local live = cc_live(key, after)
-    local earliest = cc_earliest(key, after)
-    local reset = 0
-    if earliest then
-      reset = earliest - now_ms
-    end
-    return applied, math.max(0, live - limit), math.max(0, limit - live), reset
+    return 0
   end,
 }

@@ -9,7 +9,7 @@
 --   TIME
 --   GET key                 SET key value [PX ms]       DEL key [key ...]
 --   PEXPIRE key ms          PTTL key
---   HGET key field          HMGET key field [field ...] HGETALL key
+--   HMGET key field [field ...]                         HGETALL key
 --   HSET key field value [field value ...]              HINCRBY key field increment
 --   HDEL key field [field ...]
 --   ZADD key [XX] score member [score member ...]       ZSCORE key member
@@ -45,7 +45,7 @@ local NOT_INTEGER = 'ERR value is not an integer or out of range'
 -- Redis arity: n > 0 exactly n words (the command name included), n < 0 at least -n.
 local ARITY = {
   TIME = 1, GET = 2, SET = -3, DEL = -2, PEXPIRE = -3, PTTL = 2,
-  HGET = 3, HMGET = -3, HGETALL = 2, HSET = -4, HINCRBY = 4, HDEL = -3,
+  HMGET = -3, HGETALL = 2, HSET = -4, HINCRBY = 4, HDEL = -3,
   ZADD = -4, ZSCORE = 3, ZCOUNT = 4, ZRANGEBYSCORE = -4, ZREM = -3, ZREMRANGEBYSCORE = 4,
   ZCARD = 2, ZRANGE = -4,
 }
@@ -404,18 +404,6 @@ local function keyspace_new()
       return -1
     end
     return at - now_ms
-  end
-
-  C.HGET = function(key, field)
-    local h = lookup_kind(str(key), HASH)
-    if h == nil then
-      return false
-    end
-    local v = h.map[str(field)]
-    if v == nil then
-      return false
-    end
-    return v
   end
 
   C.HMGET = function(key, ...)

@@ -28,7 +28,7 @@ for i = 1, #KEYS do
   local alg, limit, window_ms, want, param, need = limit_argv(ARGV, i)
   local key = KEYS[i]
   need = tonumber(need)
-  local st = alg.check(key, now, limit, window_ms, want, param)
+  local st = alg.check(key, now, limit, window_ms, want, param, scratch(i))
   -- What the limit has left before this cost (st.remaining is after it when it fits).
   local left = st.remaining
   if st.allowed then
@@ -39,7 +39,7 @@ for i = 1, #KEYS do
   if take == want and st.allowed then
     granted = want
   elseif take >= need and take > 0 then
-    st = alg.check(key, now, limit, window_ms, take, param)
+    st = alg.check(key, now, limit, window_ms, take, param, st)
     if st.allowed then
       granted = take
     end

@@ -48,40 +48,46 @@ local function civil_from_days(z)
 end
 
 local CALENDAR_MS = { minute = 60000, hour = 3600000, day = 86400000 }
+-- The month of the day last asked (the calendar arithmetic costs more than the rest of an admission's limit).
+local FW_MONTH = { day = false, start = 0, stop = 0 }
 
 -- Start and end (ms since the epoch) of the window holding now_ms.
 local function fw_bounds(now_ms, window_ms, calendar)
   if calendar == 'month' then
-    local y, m = civil_from_days(math.floor(now_ms / 86400000))
-    local ny, nm = y, m + 1
-    if nm > 12 then
-      ny, nm = y + 1, 1
+    local day = div(now_ms, 86400000)
+    if FW_MONTH.day ~= day then
+      local y, m = civil_from_days(day)
+      local ny, nm = y, m + 1
+      if nm > 12 then
+        ny, nm = y + 1, 1
+      end
+      FW_MONTH.day, FW_MONTH.start, FW_MONTH.stop =
+        day, days_from_civil(y, m, 1) * 86400000, days_from_civil(ny, nm, 1) * 86400000
     end
-    return days_from_civil(y, m, 1) * 86400000, days_from_civil(ny, nm, 1) * 86400000
+    return FW_MONTH.start, FW_MONTH.stop
   end
   local len = CALENDAR_MS[calendar] or window_ms
-  local start = math.floor(now_ms / len) * len
+  local start = div(now_ms, len) * len
   return start, start + len
 end
 
--- Units used in the window starting at start, and whether the key holds that window.
+-- Units used in the window starting at start, and whether the key holds that window (w is compared as the
+-- string Redis holds: the window's start is formatted once per window, not parsed on every call).
 local function fw_load(key, start)
   local got = redis.call('HMGET', key, 'w', 'n')
-  if tonumber(got[1]) == start then
+  if got[1] == int_memo(start) then
     return tonumber(got[2]) or 0, true
   end
   return 0, false
 end
 
 ALGORITHMS.fixed_window = {
-  check = function(key, now, limit, window_ms, cost, param)
-    local now_ms = math.floor(now / 1000)
+  check = function(key, now, limit, window_ms, cost, param, st)
+    local now_ms = div(now, 1000)
     local start, stop = fw_bounds(now_ms, window_ms, param)
     local used, current = fw_load(key, start)
-    local st = {
-      allowed = false, remaining = 0, reset_ms = stop - now_ms, retry_ms = 0, mark = start, used = used,
-      now_ms = now_ms, start = start, stop = stop, current = current,
-    }
+    st.reset_ms, st.retry_ms, st.mark, st.used = stop - now_ms, 0, start, used
+    st.now_ms, st.stop, st.current = now_ms, stop, current
     if count_verdict(st, used, cost, limit) then
       st.retry_ms = stop - now_ms
     end
@@ -90,15 +96,15 @@ ALGORITHMS.fixed_window = {
 
   commit = function(key, now, limit, window_ms, cost, param, st)
     if st.current then
-      redis.call('HSET', key, 'n', int(st.used + cost))
+      redis.call('HINCRBY', key, 'n', int_memo(cost))
     else
-      redis.call('HSET', key, 'w', int(st.start), 'n', int(st.used + cost))
+      redis.call('HSET', key, 'w', int_memo(st.mark), 'n', int(st.used + cost))
       redis.call('PEXPIRE', key, int(ttl_ms(st.stop - st.now_ms)))
     end
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)
-    local now_ms = math.floor(now / 1000)
+    local now_ms = div(now, 1000)
     local start, stop = fw_bounds(now_ms, window_ms, param)
     local used = fw_load(key, start)
     local applied = 0

@@ -38,15 +38,12 @@ local function gcra_increment(limit, tau, cost)
 end
 
 ALGORITHMS.gcra = {
-  check = function(key, now, limit, window_ms, cost, param)
+  check = function(key, now, limit, window_ms, cost, param, st)
     local tau = window_ms * 1000
     local tat = load_time(key, now)
     local inc = gcra_increment(limit, tau, cost)
     local new_tat = tat + inc
-    local st = {
-      allowed = false, remaining = 0, reset_ms = 0, retry_ms = 0, mark = 0, used = gcra_used(limit, tau, tat, now),
-      inc = inc, new_tat = new_tat,
-    }
+    st.retry_ms, st.mark, st.used, st.inc, st.new_tat = 0, 0, gcra_used(limit, tau, tat, now), inc, new_tat
     if cost > limit then
       st.allowed = false
       st.remaining = gcra_left(limit, tau, tat, now)

@@ -6,17 +6,18 @@
 -- ARGV: 6 values per limit, laid out as in admit.lua; cost and shadow are
 --   ignored (a cost of 0 is checked).
 -- Units: time in ms, except now (us).
--- Returns: { 1, now_us, then 7 integers per limit: allowed (1/0: a cost of
---   0 fits), limit, remaining, reset_ms, retry_after_ms, mark, used (units
---   counted now, more than limit after an overdraft) }.
+-- Returns: { 1, now_us, then 6 integers per limit: allowed (1/0: a cost of
+--   0 fits), remaining, reset_ms, retry_after_ms, mark, used (units counted
+--   now, more than limit after an overdraft) }.
 -- Writes nothing.
 
 local now = now_us()
 local out = { 1, now }
 for i = 1, #KEYS do
   local alg, limit, window_ms, _, param = limit_argv(ARGV, i)
-  local st = alg.check(KEYS[i], now, limit, window_ms, 0, param)
-  push_verdict(out, limit, st)
-  out[#out + 1] = st.used
+  local st = alg.check(KEYS[i], now, limit, window_ms, 0, param, scratch(i))
+  local j = 2 + (i - 1) * 6
+  push_verdict(out, j, st)
+  out[j + 6] = st.used
 end
 return out

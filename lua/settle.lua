@@ -16,21 +16,26 @@
 --   mark      the mark admit.lua returned for this limit (where the
 --             reservation was charged: slot index, window start; 0 for gcra)
 -- Units: as in admit.lua.
--- Returns: { now_us, then 4 integers per limit: applied (units charged > 0
+-- Returns: { now_us, then per limit 4 integers: applied (units charged > 0
 --   or refunded < 0), overdraft (units consumed beyond the limit), remaining,
---   reset_ms }; a concurrency release reports applied alone (the others 0).
+--   reset_ms; for a concurrency limit only applied (a release, -1 or 0) }.
 -- Refunds never take back more than the charged place still holds, and are
 -- no-ops once that window or slot has expired.
 
 local now = now_us()
 local out = { now }
+local j = 1
 for i = 1, #KEYS do
   local alg, limit, window_ms, delta, param, mark = limit_argv(ARGV, i)
   local applied, overdraft, remaining, reset = alg.adjust(KEYS[i], now, limit, window_ms, delta, param, mark)
-  local j = #out
   out[j + 1] = applied
-  out[j + 2] = overdraft
-  out[j + 3] = remaining
-  out[j + 4] = reset
+  if alg == ALGORITHMS.concurrency then
+    j = j + 1
+  else
+    out[j + 2] = overdraft
+    out[j + 3] = remaining
+    out[j + 4] = reset
+    j = j + 4
+  end
 end
 return out

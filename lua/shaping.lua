@@ -34,12 +34,12 @@ local function shaping_room(next_at, now, max_wait, step)
 end
 
 ALGORITHMS.shaping = {
-  check = function(key, now, limit, window_ms, cost, param)
+  check = function(key, now, limit, window_ms, cost, param, st)
     local max_wait = (tonumber(param) or 0) * 1000
     local step = shaping_interval(limit, window_ms, 1)
     local next_at = load_time(key, now)
     local wait = next_at - now
-    local st = { mark = 0, used = 0, new_at = next_at + shaping_interval(limit, window_ms, cost) }
+    st.mark, st.used, st.new_at = 0, 0, next_at + shaping_interval(limit, window_ms, cost)
     if step > 0 then
       st.used = math.ceil(wait / step)
     end

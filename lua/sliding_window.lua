@@ -3,7 +3,12 @@
 --
 -- Library: included by admit.lua, peek.lua and settle.lua; one limit = one key.
 -- KEYS (per limit): a hash; field = slot index floor(time_ms / slot_ms),
---   value = units consumed during that slot.
+--   value = units consumed during that slot; and three fields that keep the
+--   common path from reading every slot: t = the sum of every slot field
+--   present, o = a slot index no slot present is below (the lowest when it was
+--   written), n = the highest slot index present (absent with the slots). The key's name says this layout ("sw2." in its kind segment,
+--   tollgate/limiter/keys.py): a key of the earlier layout (slot fields only)
+--   is never read as one of this one.
 -- ARGV (per limit): kind = "sliding_window", limit (units), window_ms,
 --   cost (units), param = slots per window (slot_ms = ceil(window_ms / slots)),
 --   then shadow (admit) or mark (settle).
@@ -12,6 +17,11 @@
 --   the counted sum always covers the whole last window: the limit holds over
 --   every window of window_ms; at worst one slot's worth of capacity is held
 --   back for up to slot_ms longer than the window.
+-- Reads: one HMGET of t, o and n while o is still counted (every slot present
+--   counts, their sum is t); every field only when a slot has stopped
+--   counting (then the write that follows deletes those slots), or when a
+--   refusal needs the wait slot by slot. An admission into the newest slot
+--   writes with two HINCRBY (the slot, t).
 -- Returns (check): allowed, remaining after this cost, reset_ms (until every
 --   counted slot has expired), retry_ms (until enough slots expire for this
 --   cost; -1 if cost > limit), mark = the slot index charged.
@@ -20,46 +30,73 @@
 --   slot sets it, later writes to that slot leave it.
 
 local function sw_geometry(now, window_ms, param)
-  local slots = tonumber(param) or 1
-  local slot_ms = math.max(1, math.ceil(window_ms / slots))
-  local now_ms = math.floor(now / 1000)
-  local cur = math.floor(now_ms / slot_ms)
-  local oldest = math.floor((now_ms - window_ms) / slot_ms)
-  return now_ms, slot_ms, cur, oldest
+  local slots = num(param) or 1
+  local slot_ms = -div(-window_ms, slots) -- ceil(window_ms / slots)
+  if slot_ms < 1 then
+    slot_ms = 1
+  end
+  local now_ms = div(now, 1000)
+  return now_ms, slot_ms, div(now_ms, slot_ms), div(now_ms - window_ms, slot_ms)
 end
 
 local function sw_by_slot(a, b)
   return a[1] < b[1]
 end
 
--- The total the counted slots hold, the newest counted slot (nil: none),
--- the stale fields (nil: none) and the raw reply, read slot by slot only on
--- the rare paths that need it (sw_live). No table per slot: this runs on
--- every admission.
-local function sw_read(key, oldest)
+-- The key's state when slots below `oldest` no longer count: all (what t is
+-- once the slots that stopped counting are deleted), counted (what the
+-- counted slots hold), low and high (the lowest and highest counted slot, nil:
+-- none), stale (the fields of slots that stopped counting, nil: none; while
+-- they are present o names one of them, so every read comes here until a
+-- write deletes them), raw (HGETALL's reply when every field was read, else
+-- nil) and, when `field` is given, the units of that slot.
+local function sw_load(key, oldest, field)
+  local got
+  if field then
+    got = redis.call('HMGET', key, 't', 'o', 'n', field)
+  else
+    got = redis.call('HMGET', key, 't', 'o', 'n')
+  end
+  local here = 0
+  if field then
+    here = tonumber(got[4]) or 0
+  end
+  if not got[2] then
+    return 0, 0, nil, nil, nil, nil, here
+  end
+  local low = num(got[2])
+  if low >= oldest then
+    local all = tonumber(got[1])
+    return all, all, low, num(got[3]), nil, nil, here
+  end
   local raw = redis.call('HGETALL', key)
-  local stale, total, newest = nil, 0, nil
+  local counted, stale, high = 0, nil, nil
+  low = nil
   for i = 1, #raw, 2 do
     local idx = tonumber(raw[i])
-    if idx >= oldest then
-      total = total + tonumber(raw[i + 1])
-      if newest == nil or idx > newest then
-        newest = idx
+    if idx == nil then -- t, o, n
+    elseif idx >= oldest then
+      counted = counted + tonumber(raw[i + 1])
+      if low == nil or idx < low then
+        low = idx
+      end
+      if high == nil or idx > high then
+        high = idx
       end
     else
       stale = stale or {}
       stale[#stale + 1] = raw[i]
     end
   end
-  return total, newest, stale, raw
+  return counted, counted, low, high, stale, raw, here
 end
 
--- Counted slots as {index, units} pairs, oldest first.
+-- Counted slots as {index, units} pairs, oldest first, from HGETALL's reply.
 local function sw_live(raw, oldest)
   local live = {}
   for i = 1, #raw, 2 do
     local idx = tonumber(raw[i])
-    if idx >= oldest then
+    if idx ~= nil and idx >= oldest then
       live[#live + 1] = { idx, tonumber(raw[i + 1]) }
     end
   end
@@ -69,7 +106,11 @@ end
 
 -- Milliseconds until slot idx stops counting.
 local function sw_slot_left(idx, slot_ms, window_ms, now_ms)
-  return math.max(0, (idx + 1) * slot_ms + window_ms - now_ms)
+  local left = (idx + 1) * slot_ms + window_ms - now_ms
+  if left < 0 then
+    return 0
+  end
+  return left
 end
 
 -- Milliseconds until every counted slot has stopped counting.
@@ -80,17 +121,47 @@ local function sw_reset(newest, slot_ms, window_ms, now_ms)
   return sw_slot_left(newest, slot_ms, window_ms, now_ms)
 end
 
+-- Adds units (> 0; `by`: as a string) to slot cur of a key whose counted
+-- slots hold `all`: the slot and t, o and n where they move, the stale slots
+-- deleted, and the TTL set when cur is a new newest slot.
+local function sw_add(key, cur, units, by, all, stale, low, high, slot_ms, window_ms, now_ms)
+  local field = int_memo(cur)
+  redis.call('HINCRBY', key, field, by)
+  local newest = high == nil or high < cur
+  if not newest and low ~= nil and stale == nil then -- the common case: a slot that already counts
+    redis.call('HINCRBY', key, 't', by)
+    return
+  end
+  if stale then
+    redis.call('HDEL', key, unpack(stale))
+  end
+  local total = int(all + units)
+  if low == nil or stale then
+    if low == nil or low > cur then
+      low = cur
+    end
+    if newest then
+      redis.call('HSET', key, 't', total, 'o', int_memo(low), 'n', field)
+    else
+      redis.call('HSET', key, 't', total, 'o', int_memo(low))
+    end
+  else
+    redis.call('HSET', key, 't', total, 'n', field)
+  end
+  if newest then
+    redis.call('PEXPIRE', key, int(ttl_ms(sw_slot_left(cur, slot_ms, window_ms, now_ms))))
+  end
+end
+
 ALGORITHMS.sliding_window = {
-  check = function(key, now, limit, window_ms, cost, param)
+  check = function(key, now, limit, window_ms, cost, param, st)
     local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
-    local total, newest, stale, raw = sw_read(key, oldest)
-    local st = {
-      allowed = false, remaining = 0, reset_ms = 0, retry_ms = 0, mark = cur, used = total,
-      now_ms = now_ms, slot_ms = slot_ms, cur = cur, stale = stale, newest = newest,
-    }
+    local all, total, low, newest, stale, raw = sw_load(key, oldest)
+    st.retry_ms, st.mark, st.used, st.now_ms, st.slot_ms = 0, cur, total, now_ms, slot_ms
+    st.all, st.stale, st.low, st.newest = all, stale, low, newest
     if count_verdict(st, total, cost, limit) then -- the wait: until enough counted slots stop counting
       local need, freed = total + cost - limit, 0
-      local live = sw_live(raw, oldest)
+      local live = sw_live(raw or redis.call('HGETALL', key), oldest)
       for i = 1, #live do
         freed = freed + live[i][2]
         if freed >= need then
@@ -108,38 +179,51 @@ ALGORITHMS.sliding_window = {
   end,
 
   commit = function(key, now, limit, window_ms, cost, param, st)
-    redis.call('HINCRBY', key, int(st.cur), int(cost))
-    if st.stale then
-      redis.call('HDEL', key, unpack(st.stale))
-    end
-    if st.newest ~= st.cur then
-      redis.call('PEXPIRE', key, int(ttl_ms(sw_slot_left(st.cur, st.slot_ms, window_ms, st.now_ms))))
-    end
+    sw_add(key, st.mark, cost, int_memo(cost), st.all, st.stale, st.low, st.newest, st.slot_ms, window_ms, st.now_ms)
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)
     local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
-    local applied = 0
     if delta > 0 then
-      redis.call('HINCRBY', key, int(cur), int(delta))
-      redis.call('PEXPIRE', key, int(ttl_ms(sw_slot_left(cur, slot_ms, window_ms, now_ms))))
-      applied = delta
-    elseif delta < 0 then
-      local slot = tonumber(mark) or cur
-      if slot >= oldest then
-        local have = tonumber(redis.call('HGET', key, slot)) or 0
-        local back = math.min(have, -delta)
-        if back > 0 then
-          if back == have then
-            redis.call('HDEL', key, slot)
-          else
-            redis.call('HINCRBY', key, slot, -back)
+      local all, total, low, newest, stale = sw_load(key, oldest)
+      sw_add(key, cur, delta, int(delta), all, stale, low, newest, slot_ms, window_ms, now_ms)
+      total = total + delta
+      return delta, math.max(0, total - limit), math.max(0, limit - total), sw_slot_left(cur, slot_ms, window_ms, now_ms)
+    end
+    local applied = 0
+    local slot = num(mark) or cur
+    local field = int_memo(slot)
+    local all, total, _, newest, _, _, have = sw_load(key, oldest, field)
+    if delta < 0 and slot >= oldest and have > 0 then
+      local back = math.min(have, -delta)
+      applied = -back
+      total = total - back
+      if back < have then
+        redis.call('HSET', key, 't', int(all - back), field, int(have - back))
+      elseif all == back then -- the last units of the key: nothing left to count
+        redis.call('DEL', key)
+        newest = nil
+      else
+        -- The slot goes, and t with it; n too when it was the highest (o stays: no slot is below it).
+        redis.call('HDEL', key, field)
+        redis.call('HSET', key, 't', int(all - back))
+        if slot == newest then
+          local raw = redis.call('HGETALL', key)
+          local hi = nil
+          for i = 1, #raw, 2 do
+            local idx = tonumber(raw[i])
+            if idx ~= nil and (hi == nil or idx > hi) then
+              hi = idx
+            end
           end
-          applied = -back
+          redis.call('HSET', key, 'n', int(hi))
+          newest = hi
+          if newest < oldest then
+            newest = nil
+          end
         end
       end
     end
-    local total, newest = sw_read(key, oldest)
     return applied, math.max(0, total - limit), math.max(0, limit - total), sw_reset(newest, slot_ms, window_ms, now_ms)
   end,
 }

@@ -47,8 +47,12 @@ class Reply:
         return self.limits[i]
 
 
-def _parse(raw: list[int], stride: int = 6) -> Reply:
-    rows = [Result(bool(raw[j]), *raw[j + 1 : j + stride]) for j in range(2, len(raw), stride)]
+def _parse(raw: list[int], limits: tuple[Lim, ...], stride: int = 5) -> Reply:
+    """admit.lua's (stride 5) or peek.lua's (stride 6) reply; the scripts do not echo the limit, the call sent it."""
+    assert len(raw) == 2 + stride * len(limits), raw
+    rows = [
+        Result(bool(raw[j]), lim.limit, *raw[j + 1 : j + stride]) for lim, j in zip(limits, range(2, len(raw), stride))
+    ]
     return Reply(bool(raw[0]), raw[1], rows)
 
 
@@ -56,20 +60,20 @@ async def admit(engine: ScriptEngine, *limits: Lim) -> Reply:
     args: list[Any] = []
     for lim in limits:
         args += lim.args()
-    return _parse(await engine.run("admit", [lim.key for lim in limits], args))
+    return _parse(await engine.run("admit", [lim.key for lim in limits], args), limits)
 
 
 async def peek(engine: ScriptEngine, *limits: Lim) -> Reply:
     args: list[Any] = []
     for lim in limits:
         args += lim.args()
-    return _parse(await engine.run("peek", [lim.key for lim in limits], args), stride=7)
+    return _parse(await engine.run("peek", [lim.key for lim in limits], args), limits, stride=6)
 
 
-async def settle(engine: ScriptEngine, lim: Lim, delta: int, mark: int) -> tuple[int, int, int, int]:
-    """(applied, overdraft, remaining, reset_ms) of settle.lua for one limit."""
+async def settle(engine: ScriptEngine, lim: Lim, delta: int, mark: int) -> tuple[int, ...]:
+    """(applied, overdraft, remaining, reset_ms) of settle.lua for one limit; (applied,) for a concurrency limit."""
     raw = await engine.run("settle", [lim.key], [lim.kind, lim.limit, lim.window_ms, delta, lim.param, mark])
-    return tuple(raw[1:5])  # type: ignore[return-value]
+    return tuple(raw[1:])
 
 
 async def extend(engine: ScriptEngine, *wants: tuple[Lim, int, int]) -> list[tuple[int, int, int]]:

@@ -37,8 +37,8 @@ SEQUENCES = [
         ("HSET", "h", "w", "1", "n", "2"),
         ("HSET", "h", "n", "3"),
         ("HMGET", "h", "w", "n", "x"),
-        ("HGET", "h", "n"),
-        ("HGET", "h", "x"),
+        ("HMGET", "h", "n"),
+        ("HMGET", "h", "x"),
         ("HINCRBY", "h", "n", "-5"),
         ("HINCRBY", "h", "z", "7"),
         ("HDEL", "h", "w", "x"),
@@ -71,7 +71,7 @@ SEQUENCES = [
         ("ZREM", "z", "d"),
         ("ZCOUNT", "z", "-inf", "+inf"),
     ],
-    [("SET", "k", "x"), ("HGET", "k", "f"), ("ZADD", "k", "1", "m"), ("HSET", "k", "f", "v")],  # WRONGTYPE
+    [("SET", "k", "x"), ("HMGET", "k", "f"), ("ZADD", "k", "1", "m"), ("HSET", "k", "f", "v")],  # WRONGTYPE
 ]
 
 
@@ -251,7 +251,7 @@ def test_numbers_reach_the_keyspace_as_redis_formats_them() -> None:
     ks.begin(NOW_NS)
     get = ks.lua.eval(
         "function(call) call('SET', 'a', 1700000000123456) call('HSET', 'h', 7, 2.5) "
-        "call('ZADD', 'z', 1e20, 'm') return call('GET', 'a'), call('HGET', 'h', '7'), call('ZSCORE', 'z', 'm') end"
+        "call('ZADD', 'z', 1e20, 'm') return call('GET', 'a'), call('HMGET', 'h', '7')[1], call('ZSCORE', 'z', 'm') end"
     )
     assert get(ks.table.call) == ("1700000000123456", "2.5", "1e+20")
     with pytest.raises(ReplyError, match="not an integer"):

@@ -79,7 +79,7 @@ async def test_embedded_replays_random_sequences_exactly_like_redis(redis_standa
             recorded.append((script, keys, args, reply))
             if script == "admit":
                 for i, key in enumerate(keys):
-                    marks[key] = reply[2 + i * 6 + 5]
+                    marks[key] = reply[2 + i * 5 + 4]
     finally:
         await redis.close()
 

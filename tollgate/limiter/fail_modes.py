@@ -64,7 +64,7 @@ class FailModeMixin(LimiterBase):
             j = 2 + n * ADMIT_STRIDE
             states.append((it.position, limit_state(spec, reply, j, degraded=True)))
             if admitted and spec.cost > 0:
-                charges.append(Charge(LOCAL_STORE, keys[n], it.tag, spec, reply[j + 5], lease_id))
+                charges.append(Charge(LOCAL_STORE, keys[n], it.tag, spec, reply[j + 4], lease_id))
         return Outcome(admitted, states, charges, True)
 
     async def _fail_extend(self, store: str, group: list[ExtendItem], granted: list[int]) -> list[Charge]:

@@ -11,7 +11,10 @@ characters is replaced by ``~`` and 32 hex digits of its SHA-256 (``~`` never
 appears in an encoded value, so the two forms cannot collide). Limit and
 scope names are validated by :class:`LimitSpec`. The kind segment carries
 the window geometry of sliding and fixed windows, so a changed window starts
-fresh counters instead of misreading old ones.
+fresh counters instead of misreading old ones, and the version of a layout
+that changed: ``sw2`` is a sliding window whose hash also holds its total and
+its lowest and highest slot (lua/sliding_window.lua); the ``sw`` keys of the
+earlier layout are never read as ``sw2`` ones.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def tenant_key_pattern(tenant: str, prefix: str = "tg") -> str:
 
 def _kind_segment(spec: LimitSpec) -> str:
     if spec.kind == "sliding_window":
-        return f"sw.{spec.window_ms}.{spec.slots}"
+        return f"sw2.{spec.window_ms}.{spec.slots}"
     if spec.kind == "fixed_window":
         return f"fw.{spec.calendar}" if spec.calendar else f"fw.{spec.window_ms}"
     if spec.kind == "gcra":

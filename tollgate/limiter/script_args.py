@@ -11,6 +11,8 @@ from tollgate.limiter.spec import LimitSpec
 __all__ = [
     "ADMIT_STRIDE",
     "EXTEND_STRIDE",
+    "PEEK_STRIDE",
+    "SETTLE_STRIDE",
     "ExtendItem",
     "admit_args",
     "extend_args",
@@ -19,7 +21,9 @@ __all__ = [
     "param",
 ]
 
-ADMIT_STRIDE = 6  # fields per limit in admit.lua's and peek.lua's replies (peek adds a 7th, used)
+ADMIT_STRIDE = 5  # fields per limit in admit.lua's replies (peek.lua's add a 6th, used)
+PEEK_STRIDE = 6
+SETTLE_STRIDE = 4  # fields per limit in settle.lua's reply; 1 for a concurrency limit (what it released)
 EXTEND_STRIDE = 3  # fields per limit in extend.lua's reply
 # One limit a running request asks more of: (its position, spec, key, hash tag, want, need).
 ExtendItem = tuple[int, LimitSpec, str, str, int, int]
@@ -55,7 +59,8 @@ _new = tuple.__new__
 
 
 def limit_state(spec: LimitSpec, reply: Sequence[int], j: int, *, degraded: bool = False) -> LimitState:
-    """The state of one limit from admit.lua's or peek.lua's reply, whose fields for it start at ``j``."""
+    """The state of one limit from admit.lua's or peek.lua's reply, whose fields for it start at ``j``
+    (the scripts do not echo the limit: it is the spec's, as sent)."""
     # a named tuple from one tuple, without a Python-level constructor (one per limit per request)
     return _new(
         LimitState,
@@ -64,10 +69,10 @@ def limit_state(spec: LimitSpec, reply: Sequence[int], j: int, *, degraded: bool
             spec.kind,
             spec.unit,
             reply[j] == 1,
+            spec.limit,
             reply[j + 1],
             reply[j + 2],
             reply[j + 3],
-            reply[j + 4],
             spec.shadow,
             degraded,
         ),

@@ -16,7 +16,7 @@ from tollgate.limiter.decision import (
     Settlement,
 )
 from tollgate.limiter.fail_modes import FailModeMixin
-from tollgate.limiter.script_args import EXTEND_STRIDE, ExtendItem, extend_args, param
+from tollgate.limiter.script_args import EXTEND_STRIDE, SETTLE_STRIDE, ExtendItem, extend_args, param
 from tollgate.limiter.spec import LimitSpec
 from tollgate.limiter.unsettled import FINISH_BATCH, UnsettledMixin
 
@@ -143,14 +143,16 @@ class SettleMixin(FailModeMixin, UnsettledMixin):
                     continue
                 j = 1
                 for n, c, _ in chunk:
-                    if c.spec.kind != "concurrency":
-                        done = _new(SettledLimit, (c.spec.name, reply[j], reply[j + 1], reply[j + 2], reply[j + 3]))
-                        mine = settled.get(n)
-                        if mine is None:
-                            settled[n] = [done]
-                        else:
-                            mine.append(done)
-                    j += 4
+                    if c.spec.kind == "concurrency":
+                        j += 1  # a release: what it released, nothing else
+                        continue
+                    done = _new(SettledLimit, (c.spec.name, reply[j], reply[j + 1], reply[j + 2], reply[j + 3]))
+                    mine = settled.get(n)
+                    if mine is None:
+                        settled[n] = [done]
+                    else:
+                        mine.append(done)
+                    j += SETTLE_STRIDE
         out: list[tuple[Settlement | None, bool]] = []
         for n, (reservation, _, lease) in enumerate(items):
             settlement = None

@@ -107,11 +107,11 @@ def group_outcome(store: str, group: list[Item], reply: Sequence[int], lease_id:
     admitted = reply[0] == 1
     states = []
     charges = []
-    j = 2  # this limit's 6 fields in the reply
+    j = 2  # this limit's fields in the reply
     for it in group:
         spec = it.spec
         states.append((it.position, limit_state(spec, reply, j)))
         if admitted and spec.cost > 0 and (every_charge or spec.reserves or it.args is None):
-            charges.append(_new(Charge, (store, it.key, it.tag, spec, reply[j + 5], lease_id)))
+            charges.append(_new(Charge, (store, it.key, it.tag, spec, reply[j + 4], lease_id)))
         j += ADMIT_STRIDE
     return Outcome(admitted, states, charges, False)

@@ -16,7 +16,7 @@ from typing import Any
 from tollgate.errors import StoreError, StoreUnavailable
 from tollgate.limiter.base import LOCAL_STORE, LimiterBase
 from tollgate.limiter.decision import Charge, SettledLimit
-from tollgate.limiter.script_args import param
+from tollgate.limiter.script_args import SETTLE_STRIDE, param
 
 __all__ = ["FINISH_BATCH", "REPLAY_INTERVAL", "UNSETTLED_LIMIT", "UnsettledMixin"]
 
@@ -57,9 +57,14 @@ class UnsettledMixin(LimiterBase):
                     degraded = True
                     self._keep_unsettled(store, chunk, exc)
                     continue
-                for n, (c, _) in enumerate(chunk):
-                    j = 1 + n * 4
-                    done.append(SettledLimit(c.spec.name, reply[j], reply[j + 1], reply[j + 2], reply[j + 3]))
+                j = 1
+                for c, _ in chunk:
+                    if c.spec.kind == "concurrency":  # a release: settle.lua reports what it released alone
+                        done.append(SettledLimit(c.spec.name, reply[j], 0, 0, 0))
+                        j += 1
+                    else:
+                        done.append(SettledLimit(c.spec.name, reply[j], reply[j + 1], reply[j + 2], reply[j + 3]))
+                        j += SETTLE_STRIDE
         return done, degraded
 
     def _keep_unsettled(self, store: str, pairs: Sequence[tuple[Charge, int]], exc: StoreError) -> None:

@@ -5,7 +5,7 @@ Commands (Redis semantics, RESP2 replies as a Lua script sees them):
     TIME
     GET key                 SET key value [PX ms]       DEL key [key ...]
     PEXPIRE key ms          PTTL key
-    HGET key field          HMGET key field [field ...] HGETALL key
+    HMGET key field [field ...]                         HGETALL key
     HSET key field value [field value ...]              HINCRBY key field increment
     HDEL key field [field ...]
     ZADD key [XX] score member [score member ...]       ZSCORE key member
