@@ -19,7 +19,6 @@ from tollgate.edge.answers import json_response
 from tollgate.errors import BadRequest, NotFound, StoreError
 from tollgate.limiter.decision import Charge
 from tollgate.limiter.spec import LimitSpec
-from tollgate.limiter.store import RedisEngine
 from tollgate.policy.admission import limit_spec, scope_key
 from tollgate.registry.config_center import NAMESPACE
 from tollgate.runtime.state import STATE, GatewayState
@@ -235,7 +234,7 @@ async def health(request: web.Request) -> web.Response:
             engine = state.limiter.engine(name)
         except ValueError:  # added by a reload: in force after a restart
             continue
-        if isinstance(engine, RedisEngine):
+        if engine.remote:
             redis.append(_probe(engine.ping(_PROBE_TIMEOUT)))
     database = state.database
     asked = await asyncio.gather(*redis, _probe(database.fetchval("SELECT 1")) if database is not None else _none())

@@ -11,7 +11,6 @@ from tollgate.limiter.base import LOCAL_STORE
 from tollgate.limiter.limiter import Limiter
 from tollgate.limiter.store.embedded import EmbeddedEngine
 from tollgate.limiter.store.engine import ScriptEngine
-from tollgate.limiter.store.redis_engine import RedisEngine
 from tollgate.limiter.store.scripts import Script, load_scripts
 
 __all__ = ["build_engine", "build_limiter"]
@@ -23,6 +22,9 @@ def build_engine(endpoint: StoreEndpoint, *, clock: Clock, scripts: Mapping[str,
     if endpoint.backend == "embedded":
         return EmbeddedEngine(clock, scripts=scripts, name=endpoint.name, coalesce=True)
     assert endpoint.url is not None
+    # Imported here: redis-py (and what it brings along) is not loaded by a gateway that counts in-process.
+    from tollgate.limiter.store.redis_engine import RedisEngine
+
     return RedisEngine(
         endpoint.url,
         clock=clock,

@@ -20,7 +20,6 @@ from tollgate.database import Database, migrate, open_database
 from tollgate.errors import ConfigError
 from tollgate.identity import IdentityRuntime, compile_identity
 from tollgate.limiter import build_limiter
-from tollgate.limiter.store import RedisEngine
 from tollgate.pipeline.account import AccountDeps
 from tollgate.pipeline.admit import AdmitDeps
 from tollgate.pipeline.cache import CacheDeps
@@ -245,7 +244,7 @@ class GatewayState:
                 engine = self.limiter.engine(name)
             except ValueError:  # a store added by a reload: in force only after a restart
                 continue
-            if isinstance(engine, RedisEngine):
+            if engine.remote:
                 asked.append((f"the limiter store {name!r}", engine.ping(_PROBE_TIMEOUT)))
         if self.database is not None:
             probe = asyncio.wait_for(self.database.fetchval("SELECT 1"), _PROBE_TIMEOUT)

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis, RedisCluster
-
 from tollgate.accounting.audit import AuditLog
 from tollgate.accounting.metrics import GatewayMetrics
 from tollgate.clock import Clock
@@ -29,6 +27,8 @@ def redis_client(store: StoreConfig) -> Any:
     endpoint = store.default_store
     if endpoint.backend != "redis" or endpoint.url is None:
         return None
+    from redis.asyncio import Redis, RedisCluster  # not loaded by a gateway that counts in-process
+
     if endpoint.cluster:
         return RedisCluster.from_url(endpoint.url)
     return Redis.from_url(endpoint.url)
