@@ -21,6 +21,13 @@ Monitor hook (the accounting stage uses it): an object with
   go out); ``EndStream`` ends the stream with an SSE error event instead of this
   event and everything after it (e.g. a token budget cut). The final chunk's
   ``usage`` is simply read here.
+* ``on_content(chars) -> PASS | HOLD | EndStream`` (optional, read when ``chat_chunks`` is true): the
+  verdict ``on_event`` would give a chat-completion chunk whose one choice's ``delta`` is only a
+  ``content`` of ``chars`` (> 0) characters, with no ``finish_reason`` and no ``usage``. Once the
+  parser has seen such a chunk, it knows the bytes around its content (a chunk's other members
+  repeat from chunk to chunk); a later event of those same bytes around a content string that needs
+  no unescaping is judged by this call on the string's length, without parsing its JSON. Anything
+  else is parsed as before.
 * ``on_end(outcome)``: called once when the stream is over, with one of
   ``"done"`` (the terminator arrived), ``"truncated"``, ``"malformed"``,
   ``"stalled"``, ``"broken"``, ``"ended"`` (a monitor ended it) or
@@ -31,6 +38,8 @@ Several monitors can be combined with :class:`MonitorChain`.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -52,6 +61,10 @@ HOLD = 2
 # An event larger than this is refused as malformed rather than buffered without bound.
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 _DONE = b"[DONE]"
+# The body of a JSON string that reads as its bytes: no quote, no backslash, no control character.
+_PLAIN_STRING = re.compile(rb'[^"\\\x00-\x1f]*')
+# The usual events looked at for a chat chunk to learn the bytes around its content from (see on_content).
+_LEARN_WITHIN = 8
 
 
 class EndStream:
@@ -107,7 +120,22 @@ class SseParser:
     bytes from that event on wait for :meth:`resume`.
     """
 
-    __slots__ = ("monitor", "pending", "done", "events", "stop", "holding", "_held", "_sep", "_nl", "_terminal")
+    __slots__ = (
+        "monitor",
+        "pending",
+        "done",
+        "events",
+        "stop",
+        "holding",
+        "_held",
+        "_sep",
+        "_nl",
+        "_terminal",
+        "_on_content",
+        "_head",
+        "_tail",
+        "_learning",
+    )
 
     def __init__(self, monitor: StreamMonitor | None = None, terminal: frozenset[str] = frozenset()) -> None:
         self.monitor = monitor
@@ -120,6 +148,13 @@ class SseParser:
         self._held = b""
         self._sep = b""
         self._nl = b"\n"
+        # A chat chunk's bytes before and after its content, once learned from one (see on_content); b"" until then.
+        self._on_content: Callable[[int], int | EndStream] | None = (
+            getattr(monitor, "on_content", None) if getattr(monitor, "chat_chunks", False) else None
+        )
+        self._head = b""
+        self._tail = b""
+        self._learning = _LEARN_WITHIN if self._on_content is not None and not terminal else 0
 
     def feed(self, chunk: bytes) -> bytes:
         if self.holding:  # nothing passes a held event: keep the bytes for resume()
@@ -181,19 +216,9 @@ class SseParser:
         start = 0
         kept: list[bytes] | None = None  # only built when an event is dropped
         for event in pieces:
-            # The usual event, one data line of JSON and no terminal type to look for: judged here, without _event.
+            # The usual event, one data line of JSON and no terminal type to look for: judged without _event.
             if usual and event.startswith(b"data: {") and event.endswith(b"}") and nl not in event:
-                try:
-                    verdict = monitor.on_event(orjson.loads(event[6:]))  # type: ignore[union-attr]
-                except orjson.JSONDecodeError:
-                    self.stop = ("upstream sent a malformed stream event", "upstream_malformed_event")
-                    verdict = DROP
-                else:
-                    if verdict != HOLD:  # a held event is offered again by resume(): counted then
-                        self.events += 1
-                        if type(verdict) is EndStream:
-                            self.stop = (verdict.message, verdict.code)
-                            verdict = DROP
+                verdict = self._usual(event)
             else:
                 verdict = self._event(event)
             if verdict != PASS:
@@ -211,6 +236,66 @@ class SseParser:
                 kept.append(event + sep)
             start += len(event) + step
         return complete if kept is None else b"".join(kept)
+
+    def _usual(self, event: bytes) -> int | bytes:
+        """A ``data:`` line of one JSON object, no terminal type to look for, a monitor to judge it: its verdict."""
+        head = self._head
+        if head:  # a chat chunk around a content that reads as its bytes: judged on its length alone
+            tail = self._tail
+            end = len(event) - len(tail)
+            if end >= len(head) and event.startswith(head) and event.endswith(tail):
+                text = event[len(head) : end]
+                if _PLAIN_STRING.fullmatch(text) is not None:
+                    chars = len(text) if text.isascii() else _utf8_chars(text)
+                    if chars >= 0:
+                        judge = self._on_content
+                        assert judge is not None  # a head is only learned for a monitor that judges content
+                        return self._counted(judge(chars) if chars else PASS)
+        try:
+            doc = orjson.loads(event[6:])
+        except orjson.JSONDecodeError:
+            self.stop = ("upstream sent a malformed stream event", "upstream_malformed_event")
+            return DROP
+        verdict = self.monitor.on_event(doc)  # type: ignore[union-attr]
+        if self._learning:
+            self._learn(event, doc)
+        return self._counted(verdict)
+
+    def _counted(self, verdict: int | bytes | EndStream) -> int | bytes:
+        """The monitor's verdict on a ``data:`` event, the event counted (a held one when it is offered again)."""
+        if verdict == HOLD:
+            return HOLD
+        self.events += 1
+        if type(verdict) is EndStream:
+            self.stop = (verdict.message, verdict.code)
+            return DROP
+        return verdict  # type: ignore[return-value]
+
+    def _learn(self, event: bytes, doc: Any) -> None:
+        """When ``event`` (parsed as ``doc``) is a chat chunk of a content that reads as its bytes, keep the bytes
+        around that content: proved by parsing them around another content, which must change that alone."""
+        self._learning -= 1
+        content = _plain_content(doc)
+        if content is None:
+            return
+        encoded = content.encode()
+        if _PLAIN_STRING.fullmatch(encoded) is None:
+            return
+        found = re.search(rb'"content"\s*:\s*"' + re.escape(encoded) + b'"', event)
+        if found is None:
+            return
+        end = found.end() - 1
+        head, tail = event[: end - len(encoded)], event[end:]
+        marker = "a" if content != "a" else "b"
+        try:
+            other = orjson.loads(head[6:] + marker.encode() + tail)
+        except orjson.JSONDecodeError:
+            return
+        if _plain_content(other) != marker:
+            return
+        other["choices"][0]["delta"]["content"] = content
+        if other == doc:
+            self._head, self._tail, self._learning = head, tail, 0
 
     def _replaced(self, event: bytes, data: bytes) -> bytes:
         """``event`` with its data replaced by ``data``; its other lines (``event:``, ``id:``) kept."""
@@ -251,3 +336,29 @@ class SseParser:
             self.stop = (verdict.message, verdict.code)
             return DROP
         return verdict
+
+
+def _utf8_chars(text: bytes) -> int:
+    """The characters of UTF-8 ``text``; -1 when it is not UTF-8."""
+    try:
+        return len(text.decode())
+    except UnicodeDecodeError:
+        return -1
+
+
+def _plain_content(doc: Any) -> str | None:
+    """The ``content`` of a chat chunk whose one choice's delta is only a non-empty ``content``, with no
+    ``finish_reason`` and no ``usage``; None for any other event."""
+    if type(doc) is not dict or doc.get("usage") is not None:
+        return None
+    choices = doc.get("choices")
+    if type(choices) is not list or len(choices) != 1:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason") is not None:
+        return None
+    delta = choice.get("delta")
+    if type(delta) is not dict or len(delta) != 1:
+        return None
+    content = delta.get("content")
+    return content if type(content) is str and content else None
