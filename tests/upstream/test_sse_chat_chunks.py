@@ -109,6 +109,31 @@ def test_content_elsewhere_in_the_chunk_is_never_taken_for_the_delta_s() -> None
     assert [e["meta"]["content"] for e in monitor.parsed] == ["same", "zz"]
 
 
+def test_a_last_string_member_that_varies_from_chunk_to_chunk_is_let_vary() -> None:
+    # OpenAI pads each chunk with an "obfuscation" string of its own length as the chunk's last member.
+    monitor = Recorder()
+    parser = SseParser(monitor)
+    events = [_chunk({"content": "Hi"}, obfuscation="x7Qa"), _chunk({"content": " there"}, obfuscation="k")]
+    events.append(_chunk({"content": " you"}, obfuscation="0aZ9pQ"))
+    events.append(_chunk({"content": " too"}, obfuscation='with "quotes"'))  # needs unescaping: parsed
+    assert _feed(parser, *events) == b"".join(events)
+    assert monitor.contents == [6, 4] and len(monitor.parsed) == 2 and parser.events == 4
+    broken = _chunk({"content": "x"}, obfuscation="pad").replace(b"pad", b"p\xffd")
+    assert parser.feed(broken) == b""  # not UTF-8 in the varying member: parsed, and refused
+    assert parser.stop == ("upstream sent a malformed stream event", "upstream_malformed_event")
+
+
+def test_a_last_member_that_is_not_a_string_must_repeat() -> None:
+    monitor = Recorder()
+    parser = SseParser(monitor)
+    _feed(parser, _chunk({"content": "a"}, seq=1), _chunk({"content": "b"}, seq=2), _chunk({"content": "c"}, seq=2))
+    assert monitor.contents == [] and len(monitor.parsed) == 3
+    monitor = Recorder()
+    parser = SseParser(monitor)
+    _feed(parser, _chunk({"content": "a"}, seq=1), _chunk({"content": "b"}, seq=1))
+    assert monitor.contents == [1] and len(monitor.parsed) == 1
+
+
 def test_a_held_chunk_is_judged_again_on_resume_and_relayed_once() -> None:
     monitor = Recorder([HOLD, PASS])
     parser = SseParser(monitor)

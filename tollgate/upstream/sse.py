@@ -25,9 +25,10 @@ Monitor hook (the accounting stage uses it): an object with
   verdict ``on_event`` would give a chat-completion chunk whose one choice's ``delta`` is only a
   ``content`` of ``chars`` (> 0) characters, with no ``finish_reason`` and no ``usage``. Once the
   parser has seen such a chunk, it knows the bytes around its content (a chunk's other members
-  repeat from chunk to chunk); a later event of those same bytes around a content string that needs
-  no unescaping is judged by this call on the string's length, without parsing its JSON. Anything
-  else is parsed as before.
+  repeat from chunk to chunk, but for a last string member that may vary, as OpenAI's ``obfuscation``
+  padding does); a later event of those same bytes around a content string that needs no unescaping
+  is judged by this call on the string's length, without parsing its JSON. Anything else is parsed
+  as before.
 * ``on_end(outcome)``: called once when the stream is over, with one of
   ``"done"`` (the terminator arrived), ``"truncated"``, ``"malformed"``,
   ``"stalled"``, ``"broken"``, ``"ended"`` (a monitor ended it) or
@@ -134,6 +135,7 @@ class SseParser:
         "_on_content",
         "_head",
         "_tail",
+        "_open",
         "_learning",
     )
 
@@ -154,6 +156,7 @@ class SseParser:
         )
         self._head = b""
         self._tail = b""
+        self._open = False  # the tail ends with the opening quote of a last string member that may vary
         self._learning = _LEARN_WITHIN if self._on_content is not None and not terminal else 0
 
     def feed(self, chunk: bytes) -> bytes:
@@ -240,13 +243,20 @@ class SseParser:
     def _usual(self, event: bytes) -> int | bytes:
         """A ``data:`` line of one JSON object, no terminal type to look for, a monitor to judge it: its verdict."""
         head = self._head
-        if head:  # a chat chunk around a content that reads as its bytes: judged on its length alone
+        if head and event.startswith(head):  # a chat chunk's bytes before its content: judged on the content's length
+            start = len(head)
+            end = event.find(b'"', start)  # the content's closing quote (a content that reads as its bytes has none)
             tail = self._tail
-            end = len(event) - len(tail)
-            if end >= len(head) and event.startswith(head) and event.endswith(tail):
-                text = event[len(head) : end]
-                if _PLAIN_STRING.fullmatch(text) is not None:
-                    chars = len(text) if text.isascii() else _utf8_chars(text)
+            if end >= 0 and event.startswith(tail, end) and _PLAIN_STRING.fullmatch(event, start, end) is not None:
+                after = end + len(tail)
+                if (
+                    after == len(event)
+                    if not self._open
+                    else after <= len(event) - 2
+                    and event.endswith(b'"}')
+                    and _PLAIN_STRING.fullmatch(event, after, len(event) - 2) is not None
+                ):
+                    chars = end - start if event.isascii() else _utf8_chars(event, start, end)
                     if chars >= 0:
                         judge = self._on_content
                         assert judge is not None  # a head is only learned for a monitor that judges content
@@ -294,8 +304,28 @@ class SseParser:
         if _plain_content(other) != marker:
             return
         other["choices"][0]["delta"]["content"] = content
+        if other != doc:
+            return
+        self._head, self._tail, self._learning = head, tail, 0
+        # A last member whose string changes from chunk to chunk (OpenAI's obfuscation padding) is let vary too.
+        last = tail.rfind(b'"', 0, len(tail) - 2)
+        if last < 0 or not tail.endswith(b'"}') or _PLAIN_STRING.fullmatch(tail, last + 1, len(tail) - 2) is None:
+            return
+        name = next(reversed(doc))
+        value = doc[name]
+        if type(value) is not str or name in ("choices", "usage"):
+            return
+        padding = "a" if value != "a" else "b"
+        try:
+            other = orjson.loads(head[6:] + marker.encode() + tail[: last + 1] + padding.encode() + b'"}')
+        except orjson.JSONDecodeError:
+            return
+        if _plain_content(other) != marker or other.get(name) != padding:
+            return
+        other["choices"][0]["delta"]["content"] = content
+        other[name] = value
         if other == doc:
-            self._head, self._tail, self._learning = head, tail, 0
+            self._tail, self._open = tail[: last + 1], True
 
     def _replaced(self, event: bytes, data: bytes) -> bytes:
         """``event`` with its data replaced by ``data``; its other lines (``event:``, ``id:``) kept."""
@@ -338,12 +368,13 @@ class SseParser:
         return verdict
 
 
-def _utf8_chars(text: bytes) -> int:
-    """The characters of UTF-8 ``text``; -1 when it is not UTF-8."""
+def _utf8_chars(event: bytes, start: int, end: int) -> int:
+    """The characters of ``event[start:end]``; -1 when ``event`` is not UTF-8."""
     try:
-        return len(text.decode())
+        event.decode()
     except UnicodeDecodeError:
         return -1
+    return len(event[start:end].decode())
 
 
 def _plain_content(doc: Any) -> str | None:
