@@ -18,13 +18,17 @@ process on loopback sockets: ``run.py``'s ``gateway`` row (no rules) with its
 public server, pipeline, accounting and upstream client, against an upstream
 answering ``run.py``'s fixed chat completion (``stream``: the mock's SSE stream
 of 20 events, one event per loop turn), driven by one keep-alive client
-connection per ``--connections``. The upstream and the client are a few
+connection per ``--connections``. ``full-stream`` is the same stream through
+``run.py``'s full policy (``full-embedded``'s config: API-key identity, two
+matchers, three limits, accounting) on the embedded store: each stream metered
+event by event against its token reservation, which it extends mid-stream. The upstream and the client are a few
 llhttp callbacks; their cost is in the figure, the same for every tree.
 ``--tree`` runs another checkout's ``tollgate`` (a base for before/after);
 instructions per request come from callgrind run at two request counts:
 
     python benchmarks/edge_bench.py --gateway json --requests 20000 --rounds 3
     python benchmarks/edge_bench.py --gateway stream --tree ../base
+    python benchmarks/edge_bench.py --gateway full-stream --requests 3000 --rounds 3
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python benchmarks/edge_bench.py --gateway json \\
         --warmup 300 --requests 1000 --rounds 1   # and 3000: (Ir(3000) - Ir(1000)) / 2000
 """
@@ -53,7 +57,14 @@ sys.path.insert(0, str(Path(_TREE).resolve()))
 import httptools  # noqa: E402
 import orjson  # noqa: E402
 import uvloop  # noqa: E402
-from run import BODIES, CLIENT_HEADERS, FIXED_CHAT_COMPLETION, GATEWAY_NO_RULES  # noqa: E402
+from run import (  # noqa: E402
+    BODIES,
+    CLIENT_HEADERS,
+    FIXED_CHAT_COMPLETION,
+    GATEWAY_FULL_POLICY,
+    GATEWAY_NO_RULES,
+    tenants_yaml,
+)
 
 from tollgate.edge.answers import Response, error_answer  # noqa: E402
 from tollgate.edge.messages import Request  # noqa: E402
@@ -285,17 +296,19 @@ async def measure_gateway(kind: str, args: argparse.Namespace) -> list[float]:
     from tollgate.runtime.state import GatewayState
 
     loop = asyncio.get_running_loop()
-    events = _stream_events() if kind == "stream" else None
+    stream = kind != "json"
+    events = _stream_events() if stream else None
     upstream = await loop.create_server(lambda: _Upstream(events), "127.0.0.1", 0)
     upstream_port = upstream.sockets[0].getsockname()[1]
-    config = GATEWAY_NO_RULES.replace("$port", "0").replace("$upstream_url", f"http://127.0.0.1:{upstream_port}/v1")
+    config = GATEWAY_FULL_POLICY.replace("$tenants", tenants_yaml(10)) if kind == "full-stream" else GATEWAY_NO_RULES
+    config = config.replace("$port", "0").replace("$upstream_url", f"http://127.0.0.1:{upstream_port}/v1")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(config)
     try:
         state = GatewayState(load_config(f.name))
     finally:
         os.unlink(f.name)
-    body = orjson.dumps(BODIES["stream" if kind == "stream" else "chat"])
+    body = orjson.dumps(BODIES["stream" if stream else "chat"])
     head = [b"POST /v1/chat/completions HTTP/1.1", b"Host: 127.0.0.1:8080", b"Content-Length: %d" % len(body)]
     head += [h.encode() for h in CLIENT_HEADERS]
     request = b"\r\n".join(head) + b"\r\n\r\n" + body
@@ -358,8 +371,8 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--gateway",
-        choices=("json", "stream"),
-        help="the whole no-rules gateway in-process instead of the server alone",
+        choices=("json", "stream", "full-stream"),
+        help="the whole gateway in-process instead of the server alone (no rules; full-stream: the full policy)",
     )
     parser.add_argument("--connections", type=int, default=1, help="--gateway: client connections")
     parser.add_argument("--warmup", type=int, default=1000, help="--gateway: requests before measuring")

@@ -62,6 +62,9 @@ class MessagesUsageMonitor(UsageMonitor):
 
     __slots__ = ("_input",)
 
+    # Its events are not chat chunks: every one is parsed and judged by on_event.
+    chat_chunks = False
+
     def __init__(self, ctx: Any, budget: Any) -> None:
         super().__init__(ctx, True, budget)
         self._input: dict[str, Any] | None = None  # message_start's usage

@@ -93,6 +93,7 @@ class _UpstreamConnection(asyncio.Protocol):
         "body",
         "body_size",
         "waiter",
+        "reader",
         "error",
         "closed",
         "status",
@@ -119,6 +120,8 @@ class _UpstreamConnection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.body_size = 0
         self.waiter: asyncio.Future[None] | None = None
+        # A stream's reader waiting for its next piece: resolved with the piece itself (see UpstreamResponse.readany).
+        self.reader: asyncio.Future[bytes] | None = None
         self.error: HttpError | None = None
         self.closed = False
         self.status = 0
@@ -281,6 +284,20 @@ class _UpstreamConnection(asyncio.Protocol):
             self.waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+        reader = self.reader
+        if reader is not None:
+            if reader.done():  # cancelled: what arrived waits for the next read
+                self.reader = None
+                return
+            try:
+                data = self.take()
+            except HttpError as exc:
+                self.reader = None
+                reader.set_exception(exc)
+                return
+            if data is not None:
+                self.reader = None
+                reader.set_result(data)
 
     def send(self, data: bytes, head_request: bool) -> None:
         assert self.transport is not None
@@ -349,8 +366,23 @@ class UpstreamResponse:
             conn.close()
             raise ResponseError(f"upstream answered with an unsupported content-encoding {coding!r}")
 
-    async def readany(self) -> bytes:
-        """The next piece of the body as it arrives; ``b""`` at its end."""
+    def readany(self) -> Awaitable[bytes]:
+        """The next piece of the body as it arrives; ``b""`` at its end.
+
+        A stream's relay awaits this once a piece: what it awaits is the connection's own future, which the
+        connection resolves with the piece itself (no coroutine per piece), or one already resolved with it.
+        """
+        conn = self._conn
+        if conn is None or self._finished or self._inflate is not None:
+            return self._readany()
+        data = conn.take()
+        ready = conn.reader = conn.loop.create_future()
+        if data is not None:
+            conn.reader = None
+            ready.set_result(data)
+        return ready
+
+    async def _readany(self) -> bytes:
         conn = self._conn
         if conn is None or self._finished:
             return b""
@@ -395,7 +427,7 @@ class UpstreamResponse:
                     self._finished = True
                     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         parts = []
-        while chunk := await self.readany():
+        while chunk := await self._readany():
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 

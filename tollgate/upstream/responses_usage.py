@@ -76,6 +76,9 @@ class ResponsesUsageMonitor(UsageMonitor):
 
     __slots__ = ("_relayed",)
 
+    # Its events are not chat chunks: every one is parsed and judged by on_event.
+    chat_chunks = False
+
     def __init__(self, ctx: RelayedRequest, budget: StreamLimits | None) -> None:
         super().__init__(ctx, True, budget)
         self._relayed = ctx

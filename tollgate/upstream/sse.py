@@ -21,6 +21,14 @@ Monitor hook (the accounting stage uses it): an object with
   go out); ``EndStream`` ends the stream with an SSE error event instead of this
   event and everything after it (e.g. a token budget cut). The final chunk's
   ``usage`` is simply read here.
+* ``on_content(chars) -> PASS | HOLD | EndStream`` (optional, read when ``chat_chunks`` is true): the
+  verdict ``on_event`` would give a chat-completion chunk whose one choice's ``delta`` is only a
+  ``content`` of ``chars`` (> 0) characters, with no ``finish_reason`` and no ``usage``. Once the
+  parser has seen such a chunk, it knows the bytes around its content (a chunk's other members
+  repeat from chunk to chunk, but for a last string member that may vary, as OpenAI's ``obfuscation``
+  padding does); a later event of those same bytes around a content string that needs no unescaping
+  is judged by this call on the string's length, without parsing its JSON. Anything else is parsed
+  as before.
 * ``on_end(outcome)``: called once when the stream is over, with one of
   ``"done"`` (the terminator arrived), ``"truncated"``, ``"malformed"``,
   ``"stalled"``, ``"broken"``, ``"ended"`` (a monitor ended it) or
@@ -31,6 +39,8 @@ Several monitors can be combined with :class:`MonitorChain`.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -52,6 +62,10 @@ HOLD = 2
 # An event larger than this is refused as malformed rather than buffered without bound.
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 _DONE = b"[DONE]"
+# The body of a JSON string that reads as its bytes: no quote, no backslash, no control character.
+_PLAIN_STRING = re.compile(rb'[^"\\\x00-\x1f]*')
+# The usual events looked at for a chat chunk to learn the bytes around its content from (see on_content).
+_LEARN_WITHIN = 8
 
 
 class EndStream:
@@ -107,7 +121,23 @@ class SseParser:
     bytes from that event on wait for :meth:`resume`.
     """
 
-    __slots__ = ("monitor", "pending", "done", "events", "stop", "holding", "_held", "_sep", "_nl", "_terminal")
+    __slots__ = (
+        "monitor",
+        "pending",
+        "done",
+        "events",
+        "stop",
+        "holding",
+        "_held",
+        "_sep",
+        "_nl",
+        "_terminal",
+        "_on_content",
+        "_head",
+        "_tail",
+        "_open",
+        "_learning",
+    )
 
     def __init__(self, monitor: StreamMonitor | None = None, terminal: frozenset[str] = frozenset()) -> None:
         self.monitor = monitor
@@ -120,6 +150,14 @@ class SseParser:
         self._held = b""
         self._sep = b""
         self._nl = b"\n"
+        # A chat chunk's bytes before and after its content, once learned from one (see on_content); b"" until then.
+        self._on_content: Callable[[int], int | EndStream] | None = (
+            getattr(monitor, "on_content", None) if getattr(monitor, "chat_chunks", False) else None
+        )
+        self._head = b""
+        self._tail = b""
+        self._open = False  # the tail ends with the opening quote of a last string member that may vary
+        self._learning = _LEARN_WITHIN if self._on_content is not None and not terminal else 0
 
     def feed(self, chunk: bytes) -> bytes:
         if self.holding:  # nothing passes a held event: keep the bytes for resume()
@@ -181,19 +219,9 @@ class SseParser:
         start = 0
         kept: list[bytes] | None = None  # only built when an event is dropped
         for event in pieces:
-            # The usual event, one data line of JSON and no terminal type to look for: judged here, without _event.
+            # The usual event, one data line of JSON and no terminal type to look for: judged without _event.
             if usual and event.startswith(b"data: {") and event.endswith(b"}") and nl not in event:
-                try:
-                    verdict = monitor.on_event(orjson.loads(event[6:]))  # type: ignore[union-attr]
-                except orjson.JSONDecodeError:
-                    self.stop = ("upstream sent a malformed stream event", "upstream_malformed_event")
-                    verdict = DROP
-                else:
-                    if verdict != HOLD:  # a held event is offered again by resume(): counted then
-                        self.events += 1
-                        if type(verdict) is EndStream:
-                            self.stop = (verdict.message, verdict.code)
-                            verdict = DROP
+                verdict = self._usual(event)
             else:
                 verdict = self._event(event)
             if verdict != PASS:
@@ -211,6 +239,93 @@ class SseParser:
                 kept.append(event + sep)
             start += len(event) + step
         return complete if kept is None else b"".join(kept)
+
+    def _usual(self, event: bytes) -> int | bytes:
+        """A ``data:`` line of one JSON object, no terminal type to look for, a monitor to judge it: its verdict."""
+        head = self._head
+        if head and event.startswith(head):  # a chat chunk's bytes before its content: judged on the content's length
+            start = len(head)
+            end = event.find(b'"', start)  # the content's closing quote (a content that reads as its bytes has none)
+            tail = self._tail
+            if end >= 0 and event.startswith(tail, end) and _PLAIN_STRING.fullmatch(event, start, end) is not None:
+                after = end + len(tail)
+                if (
+                    after == len(event)
+                    if not self._open
+                    else after <= len(event) - 2
+                    and event.endswith(b'"}')
+                    and _PLAIN_STRING.fullmatch(event, after, len(event) - 2) is not None
+                ):
+                    chars = end - start if event.isascii() else _utf8_chars(event, start, end)
+                    if chars >= 0:
+                        judge = self._on_content
+                        assert judge is not None  # a head is only learned for a monitor that judges content
+                        return self._counted(judge(chars) if chars else PASS)
+        try:
+            doc = orjson.loads(event[6:])
+        except orjson.JSONDecodeError:
+            self.stop = ("upstream sent a malformed stream event", "upstream_malformed_event")
+            return DROP
+        verdict = self.monitor.on_event(doc)  # type: ignore[union-attr]
+        if self._learning:
+            self._learn(event, doc)
+        return self._counted(verdict)
+
+    def _counted(self, verdict: int | bytes | EndStream) -> int | bytes:
+        """The monitor's verdict on a ``data:`` event, the event counted (a held one when it is offered again)."""
+        if verdict == HOLD:
+            return HOLD
+        self.events += 1
+        if type(verdict) is EndStream:
+            self.stop = (verdict.message, verdict.code)
+            return DROP
+        return verdict  # type: ignore[return-value]
+
+    def _learn(self, event: bytes, doc: Any) -> None:
+        """When ``event`` (parsed as ``doc``) is a chat chunk of a content that reads as its bytes, keep the bytes
+        around that content: proved by parsing them around another content, which must change that alone."""
+        self._learning -= 1
+        content = _plain_content(doc)
+        if content is None:
+            return
+        encoded = content.encode()
+        if _PLAIN_STRING.fullmatch(encoded) is None:
+            return
+        found = re.search(rb'"content"\s*:\s*"' + re.escape(encoded) + b'"', event)
+        if found is None:
+            return
+        end = found.end() - 1
+        head, tail = event[: end - len(encoded)], event[end:]
+        marker = "a" if content != "a" else "b"
+        try:
+            other = orjson.loads(head[6:] + marker.encode() + tail)
+        except orjson.JSONDecodeError:
+            return
+        if _plain_content(other) != marker:
+            return
+        other["choices"][0]["delta"]["content"] = content
+        if other != doc:
+            return
+        self._head, self._tail, self._learning = head, tail, 0
+        # A last member whose string changes from chunk to chunk (OpenAI's obfuscation padding) is let vary too.
+        last = tail.rfind(b'"', 0, len(tail) - 2)
+        if last < 0 or not tail.endswith(b'"}') or _PLAIN_STRING.fullmatch(tail, last + 1, len(tail) - 2) is None:
+            return
+        name = next(reversed(doc))
+        value = doc[name]
+        if type(value) is not str or name in ("choices", "usage"):
+            return
+        padding = "a" if value != "a" else "b"
+        try:
+            other = orjson.loads(head[6:] + marker.encode() + tail[: last + 1] + padding.encode() + b'"}')
+        except orjson.JSONDecodeError:
+            return
+        if _plain_content(other) != marker or other.get(name) != padding:
+            return
+        other["choices"][0]["delta"]["content"] = content
+        other[name] = value
+        if other == doc:
+            self._tail, self._open = tail[: last + 1], True
 
     def _replaced(self, event: bytes, data: bytes) -> bytes:
         """``event`` with its data replaced by ``data``; its other lines (``event:``, ``id:``) kept."""
@@ -251,3 +366,30 @@ class SseParser:
             self.stop = (verdict.message, verdict.code)
             return DROP
         return verdict
+
+
+def _utf8_chars(event: bytes, start: int, end: int) -> int:
+    """The characters of ``event[start:end]``; -1 when ``event`` is not UTF-8."""
+    try:
+        event.decode()
+    except UnicodeDecodeError:
+        return -1
+    return len(event[start:end].decode())
+
+
+def _plain_content(doc: Any) -> str | None:
+    """The ``content`` of a chat chunk whose one choice's delta is only a non-empty ``content``, with no
+    ``finish_reason`` and no ``usage``; None for any other event."""
+    if type(doc) is not dict or doc.get("usage") is not None:
+        return None
+    choices = doc.get("choices")
+    if type(choices) is not list or len(choices) != 1:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason") is not None:
+        return None
+    delta = choice.get("delta")
+    if type(delta) is not dict or len(delta) != 1:
+        return None
+    content = delta.get("content")
+    return content if type(content) is str and content else None

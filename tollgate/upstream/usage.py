@@ -195,6 +195,9 @@ class UsageMonitor:
 
     __slots__ = ("ctx", "client_wants_usage", "budget", "_chars", "_wanted")
 
+    # on_event judges a chat chunk whose one choice's delta is only content by that content's length (on_content).
+    chat_chunks = True
+
     def __init__(self, ctx: MeteredRequest, client_wants_usage: bool, budget: StreamLimits | None) -> None:
         self.ctx = ctx
         self.client_wants_usage = client_wants_usage
@@ -243,6 +246,9 @@ class UsageMonitor:
             )
         budget.relayed(text, completion)
         return PASS
+
+    # What on_event says of a chat chunk whose only news is ``chars`` (> 0) characters of content (see SseParser).
+    on_content = generated
 
     async def cover(self) -> None:
         if self.budget is not None:
