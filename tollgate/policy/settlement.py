@@ -50,8 +50,10 @@ class StreamBudget:
     ``on_exceed: cut`` the stream ends before that event, with ``allow`` the
     stream goes on and the overdraft is settled afterwards. So a cut stream
     never delivers more than its limits granted, whatever the upstream's pace.
-    Ahead of need (at three quarters of what a limit holds) an extension is
-    asked for in the background, so a stream rarely waits.
+    Ahead of need (once the stream has used three quarters of what a limit
+    holds for its output, the prompt's share left out) an extension is asked
+    for in the background, so a stream rarely waits; a stream that ends well
+    inside its reservation, as most do, asks for none.
     """
 
     __slots__ = (
@@ -63,6 +65,7 @@ class StreamBudget:
         "_specs",
         "_cuts",
         "_held",
+        "_base",
         "_open",
         "_rates",
     )
@@ -79,6 +82,7 @@ class StreamBudget:
         self._held = [spec.cost for spec in self._specs]
         self._open = [True] * len(limits)  # False once a limit had nothing more to grant
         self._rates = admission.rates or (0.0, 0.0, 0.0)
+        self._base = [self._used(i, 0) for i in range(len(limits))]  # what each limit counts before any output
 
     def _used(self, i: int, completion: int) -> int:
         """What limit ``i`` counts for the prompt and ``completion`` tokens."""
@@ -128,10 +132,11 @@ class StreamBudget:
         if pending is not None and pending.done():
             pending = admission.pending = None
         if pending is None:
+            base = self._base
             ahead = [
                 (i, 0)
                 for i, held in enumerate(self._held)
-                if self._open[i] and self._used(i, completion) * 4 >= held * 3
+                if self._open[i] and (self._used(i, completion) - base[i]) * 4 >= (held - base[i]) * 3
             ]
             if ahead:
                 admission.pending = asyncio.get_running_loop().create_task(self._extend(ahead))

@@ -1,0 +1,63 @@
+"""A stream asks for more of its token budget ahead of need only once its output nears what it reserved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tollgate.limiter.factory import build_limiter
+from tollgate.limiter.spec import LimitSpec
+from tollgate.policy.admission import Admission
+from tollgate.policy.settlement import StreamBudget
+
+PROMPT, MAX_TOKENS = 2000, 500
+
+
+def budget() -> tuple[StreamBudget, Admission, list[Any]]:
+    limiter = build_limiter()
+    asked: list[Any] = []
+    extend = limiter.extend
+
+    async def recording(wants: Any, *, store: str | None = None) -> Any:
+        asked.append(wants)
+        return await extend(wants, store=store)
+
+    limiter.extend = recording  # type: ignore[method-assign]
+    spec = LimitSpec(
+        name="tpm",
+        kind="sliding_window",
+        limit=1_000_000,
+        cost=PROMPT + MAX_TOKENS,
+        unit="tokens",
+        scope_key=(("tenant", "acme"),),
+        tenant="acme",
+    )
+    admission = Admission(
+        decision=None,  # type: ignore[arg-type]
+        prompt_estimate=PROMPT,
+        completion_reserved=MAX_TOKENS,
+        stream_limits=((spec, True),),
+    )
+    return StreamBudget(admission, limiter), admission, asked
+
+
+async def relay(stream: StreamBudget, tokens: int) -> None:
+    for _ in range(tokens):
+        completion = stream.after(4)  # one token of text an event
+        assert not stream.short(completion)
+        stream.relayed(4, completion)
+
+
+async def test_a_long_prompt_does_not_make_the_first_event_ask_for_more() -> None:
+    stream, admission, asked = budget()
+    await relay(stream, MAX_TOKENS * 3 // 4 - 1)
+    assert admission.pending is None and asked == [], "no extension while three quarters of the output remain unused"
+    await relay(stream, 1)
+    assert admission.pending is not None, "at three quarters of the output allowance, one is asked for ahead"
+    await admission.pending
+    assert len(asked) == 1
+
+
+async def test_a_stream_that_ends_inside_its_reservation_asks_for_nothing() -> None:
+    stream, admission, asked = budget()
+    await relay(stream, 100)
+    assert admission.pending is None and asked == []
