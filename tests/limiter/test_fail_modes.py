@@ -118,7 +118,9 @@ async def test_a_killed_and_restarted_redis_is_used_again_without_restarting_the
 
 async def test_flushing_the_scripts_and_library_under_load_fails_no_admission(own_redis: RedisServer) -> None:
     clock = SystemClock()
-    engine = RedisEngine(own_redis.url, clock=clock, timeout=1.0)
+    # What is proved is recovery from lost scripts, not speed: a budget a loaded CI machine (two suites side by
+    # side) cannot run out of, so a decision that degrades says the recovery failed.
+    engine = RedisEngine(own_redis.url, clock=clock, timeout=5.0)
     limiter = Limiter({"redis": engine}, clock=clock)
     admin = aioredis.from_url(own_redis.url)
     stop = asyncio.Event()
@@ -140,7 +142,8 @@ async def test_flushing_the_scripts_and_library_under_load_fails_no_admission(ow
         await task
         await admin.aclose()
         await limiter.close()
-    assert all(d.allowed and not d.degraded for d in decisions)
+    refused = [d for d in decisions if not d.allowed or d.degraded]
+    assert not refused, (len(refused), refused[:3], engine.stats)
     assert engine.stats.failures == 0 and engine.stats.noscript_reloads > 0
 
 
