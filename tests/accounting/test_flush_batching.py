@@ -266,11 +266,8 @@ def test_a_histogram_child_without_the_known_internals_is_observed_one_value_at_
     assert seen == [0.3, 0.1, 0.2]
 
 
-async def test_entries_are_built_only_for_the_security_watch_and_lines_only_for_what_the_log_samples_in(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """The flusher builds an Entry only for the statuses the security watch reads (401, 403); the access log renders
-    its lines from the records' fields, so a logged error costs no Entry and a sampled-away request neither."""
+def entries_built(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The request ids of the Entries the flusher builds from now on, in order."""
     built: list[Any] = []
     real_entry = tally_module.Entry
 
@@ -279,6 +276,15 @@ async def test_entries_are_built_only_for_the_security_watch_and_lines_only_for_
         return real_entry(*fields)
 
     monkeypatch.setattr(tally_module, "Entry", counting_entry)
+    return built
+
+
+async def test_entries_are_built_only_for_the_security_watch_and_lines_only_for_what_the_log_samples_in(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The flusher builds an Entry only for the statuses the security watch reads (401, 403); the access log renders
+    its lines from the records' fields, so a logged error costs no Entry and a sampled-away request neither."""
+    built = entries_built(monkeypatch)
     path = tmp_path / "access.jsonl"
     requests = varied_requests(70)
     acc = await flushed({**DOC, "access_log": {"path": str(path), "sample": 0.0, "errors": True}}, requests, batch=70)
@@ -301,14 +307,7 @@ async def test_an_access_log_taking_every_line_logs_every_request_without_an_ent
 ) -> None:
     """``sample: 1`` takes every request without a draw per request: the file holds one line per request, in order,
     each the line of its Entry; Entries are built only for the requests the security watch reads."""
-    built: list[Any] = []
-    real_entry = tally_module.Entry
-
-    def counting_entry(*fields: Any) -> Any:
-        built.append(fields[0])
-        return real_entry(*fields)
-
-    monkeypatch.setattr(tally_module, "Entry", counting_entry)
+    built = entries_built(monkeypatch)
     path = tmp_path / "access.jsonl"
     requests = varied_requests(70)
     acc = await flushed({**DOC, "access_log": {"path": str(path), "sample": 1.0}}, requests, batch=30)
