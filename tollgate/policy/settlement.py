@@ -22,7 +22,8 @@ from tollgate.clock import Clock, SystemClock
 from tollgate.config.model import Deployment
 from tollgate.errors import GatewayError, StoreError
 from tollgate.limiter import Consumed, Lease, Limiter, LimitSpec, Reservation, Settlement
-from tollgate.limiter.decision import Charge
+from tollgate.limiter.decision import Charge, SettledLimit
+from tollgate.limiter.settling import Finished
 from tollgate.policy.admission import Admission, LimitMetrics
 from tollgate.token_estimate import CHARS_PER_TOKEN
 from tollgate.upstream.usage import Usage
@@ -68,6 +69,7 @@ class StreamBudget:
         "_base",
         "_open",
         "_rates",
+        "_calm",
     )
 
     def __init__(self, admission: Admission, limiter: Limiter) -> None:
@@ -83,6 +85,32 @@ class StreamBudget:
         self._open = [True] * len(limits)  # False once a limit had nothing more to grant
         self._rates = admission.rates or (0.0, 0.0, 0.0)
         self._base = [self._used(i, 0) for i in range(len(limits))]  # what each limit counts before any output
+        self._calm = 0
+        self._recalm()
+
+    def _recalm(self) -> None:
+        """Find the completion below which no limit is short, no spent limit cuts and none is due an extension
+        ahead of need: up to it, :meth:`short`, :meth:`spent_cut` and :meth:`relayed` have nothing to look at.
+
+        Token limits count ``prompt + completion``, ``completion`` or ``prompt`` alone; a money limit (its
+        count rounded from prices) keeps every event on the full checks."""
+        calm = 1 << 62
+        prompt = self.admission.prompt_estimate
+        for spec, held, is_open, base in zip(self._specs, self._held, self._open, self._base):
+            unit = spec.unit
+            if unit == "nanos":
+                calm = 0
+                break
+            if unit == "input_tokens":  # the same count whatever the output
+                if prompt > held or (is_open and held <= base):
+                    calm = 0
+                    break
+                continue
+            fixed = prompt if unit == "tokens" else 0
+            calm = min(calm, held - fixed + 1)  # short (open) or spent (closed) from there
+            if is_open:
+                calm = min(calm, -(-(held - base) * 3 // 4))  # asked for ahead from there
+        self._calm = calm
 
     def _used(self, i: int, completion: int) -> int:
         """What limit ``i`` counts for the prompt and ``completion`` tokens."""
@@ -107,7 +135,9 @@ class StreamBudget:
 
     def short(self, completion: int) -> list[tuple[int, int]]:
         """The open limits that ``completion`` tokens would take past what they hold: (limit, units missing)."""
-        out = []
+        out: list[tuple[int, int]] = []
+        if completion < self._calm:
+            return out
         for i, held in enumerate(self._held):
             if self._open[i]:
                 missing = self._used(i, completion) - held
@@ -117,6 +147,8 @@ class StreamBudget:
 
     def spent_cut(self, completion: int) -> LimitSpec | None:
         """The closed limit whose rule cuts that ``completion`` tokens would take past what it granted, if any."""
+        if completion < self._calm:
+            return None
         for i, cut in enumerate(self._cuts):
             if cut and not self._open[i] and self._used(i, completion) > self._held[i]:
                 return self._specs[i]
@@ -129,6 +161,8 @@ class StreamBudget:
         self.completion_tokens = completion
         admission = self.admission
         pending = admission.pending
+        if completion < self._calm and pending is None:
+            return
         if pending is not None and pending.done():
             pending = admission.pending = None
         if pending is None:
@@ -152,6 +186,7 @@ class StreamBudget:
             await self._extend(short)
         for i, _ in self.short(completion):  # still short: nothing more is to be had
             self._open[i] = False
+        self._recalm()
 
     async def _extend(self, short: list[tuple[int, int]]) -> None:
         """Ask each limit for its missing units (at least one) plus a step, taking what it has left."""
@@ -174,6 +209,7 @@ class StreamBudget:
                 self._held[i] += granted
             elif missing > 0:
                 self._open[i] = False
+        self._recalm()
 
     def _step(self, spec: LimitSpec) -> int:
         """How much more than it needs a limit is asked for: :data:`EXTEND_MIN_TOKENS` tokens' worth."""
@@ -284,26 +320,59 @@ class Settler:
                 await self._settle_batch(batch)
 
     async def _settle_batch(self, batch: deque[tuple[Admission, Consumed]]) -> None:
-        """Requests without stream extensions settle and release together: one store call for the whole batch
-        (per hash slot on Cluster). The others, rarer, settle one by one, concurrently on a remote store."""
-        plain: list[tuple[Admission, Consumed]] = []
-        extended: list[tuple[Admission, Consumed]] = []
+        """Finished requests settle and release together: one store call for the whole batch (per hash slot on
+        Cluster). A stream that extended its reservation settles each part to its share of the real use; one whose
+        extension is still in flight, rarer, waits for it and settles on its own (concurrently on a remote store)."""
+        items: list[Finished] = []
+        # per request settled in the batch: its admission, its items' span, and whether its reservation was split
+        spans: list[tuple[Admission, int, int, bool]] = []
+        waiting: list[tuple[Admission, Consumed]] = []
         for admission, actual in batch:
-            if admission.pending is None and not admission.extensions:
-                plain.append((admission, actual))
-            else:
-                extended.append((admission, actual))
-        if plain:
-            results = await self.limiter.finish_many([(a.reservation, actual, a.lease) for a, actual in plain])
+            if admission.pending is not None:
+                waiting.append((admission, actual))
+                continue
+            first = len(items)
+            if not admission.extensions:
+                items.append((admission.reservation, actual, admission.lease))
+                spans.append((admission, first, first + 1, False))
+                continue
+            reservation = admission.reservation
+            if reservation is not None:
+                for charge, delta in _shares([reservation, *admission.extensions], actual):
+                    items.append((Reservation((charge,)), charge.spec.cost + delta, None))
+            if admission.lease is not None:
+                items.append((None, 0, admission.lease))
+            spans.append((admission, first, len(items), True))
+        if spans:
+            results = await self.limiter.finish_many(items) if items else []
             failed = 0
-            for (admission, _), (settlement, released) in zip(plain, results):
-                if settlement is not None:
-                    self._count_overdrafts(settlement)
+            for admission, first, end, split in spans:
+                lease = admission.lease
+                released = lease is not None and results[end - 1][1]
+                if split:
+                    limits: list[SettledLimit] = []
+                    degraded = False
+                    for settlement, _ in results[first:end]:
+                        if settlement is not None:
+                            limits += settlement.limits
+                            degraded = degraded or settlement.degraded
+                    reservation = admission.reservation
+                    if reservation is not None:
+                        combined = Settlement(tuple(limits), degraded)
+                        reservation.settlement = combined
+                        for part in admission.extensions:
+                            part.settlement = combined
+                    else:
+                        combined = None
+                else:
+                    combined = results[first][0]
+                if combined is not None:
+                    self._count_overdrafts(combined)
                 if released and self._on_release is not None:
                     self._on_release()
-                if (admission.lease is not None and not released) or (settlement is not None and settlement.degraded):
+                if (lease is not None and not released) or (combined is not None and combined.degraded):
                     failed += 1
-            self.settled += len(plain) - failed
+            self.settled += len(spans) - failed
             self.failures += failed
             if failed:
                 log.warning(
@@ -311,11 +380,11 @@ class Settler:
                     "their leases expire by TTL",
                     failed,
                 )
-        if extended:
-            if len(extended) > 1 and self.limiter.engine().remote:
-                await asyncio.gather(*(self._settle(*item) for item in extended))
+        if waiting:
+            if len(waiting) > 1 and self.limiter.engine().remote:
+                await asyncio.gather(*(self._settle(*item) for item in waiting))
             else:
-                for item in extended:
+                for item in waiting:
                     await self._settle(*item)
 
     def _count_overdrafts(self, settlement: Settlement) -> None:
