@@ -291,10 +291,9 @@ class SseParser:
         encoded = content.encode()
         if _PLAIN_STRING.fullmatch(encoded) is None:
             return
-        found = re.search(rb'"content"\s*:\s*"' + re.escape(encoded) + b'"', event)
-        if found is None:
+        end = _content_end(event, encoded)
+        if end < 0:
             return
-        end = found.end() - 1
         head, tail = event[: end - len(encoded)], event[end:]
         marker = "a" if content != "a" else "b"
         try:
@@ -366,6 +365,32 @@ class SseParser:
             self.stop = (verdict.message, verdict.code)
             return DROP
         return verdict
+
+
+# What ``\s`` matches in a bytes pattern: the whitespace allowed around a member's colon.
+_SPACE = b" \t\n\r\x0b\x0c"
+
+
+def _content_end(event: bytes, encoded: bytes) -> int:
+    """Where the closing quote of the first ``"content": "<encoded>"`` member of ``event`` is; -1 when there is none.
+
+    The regular expression ``"content"\\s*:\\s*"<encoded>"`` would say the same, but compiled for each stream's
+    first content (about 100 us when the pattern cache does not hold it)."""
+    size = len(event)
+    value = b'"' + encoded + b'"'
+    at = event.find(b'"content"')
+    while at >= 0:
+        i = at + 9
+        while i < size and event[i] in _SPACE:
+            i += 1
+        if i < size and event[i] == 58:  # ':'
+            i += 1
+            while i < size and event[i] in _SPACE:
+                i += 1
+            if event.startswith(value, i):
+                return i + len(value) - 1
+        at = event.find(b'"content"', at + 1)
+    return -1
 
 
 def _utf8_chars(event: bytes, start: int, end: int) -> int:
