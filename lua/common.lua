@@ -8,7 +8,7 @@
 --   returned to the caller is in integer milliseconds.
 -- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
 --   adjust}), SEEN, now_us(), int(), int_memo(), num(), div(), scratch(),
---   ttl_ms(), ms_ceil(), load_time(), store_time(), count_verdict(),
+--   ttl_ms(), keep_ttl(), ms_ceil(), load_time(), store_time(), count_verdict(),
 --   limit_argv() and push_verdict().
 --
 -- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
@@ -45,6 +45,9 @@ local MEMO = { num = {}, nums = 0, str = {}, strs = 0 }
 -- An integer as the string Redis would get for it. A number handed to
 -- redis.call is formatted by Redis as a double (%.17g), several times the
 -- cost of an integer format: the hot writes hand over strings instead.
+-- Redis 7 takes PEXPIRE's GT (only ever lengthen a TTL) in one command; before it, PTTL then PEXPIRE.
+local PEXPIRE_GT = (redis.REDIS_VERSION_NUM or 0) >= 0x070000
+
 local function int(n)
   return string.format('%d', n)
 end
@@ -115,6 +118,16 @@ end
 -- reads as empty, exactly like a missing one).
 local function ttl_ms(ms)
   return ms + 1
+end
+
+-- Makes a key that held a TTL before this script live at least ms milliseconds from now (never shortens it).
+local function keep_ttl(key, ms)
+  local ttl = ttl_ms(ms)
+  if PEXPIRE_GT then
+    redis.call('PEXPIRE', key, int_memo(ttl), 'GT')
+  elseif redis.call('PTTL', key) < ttl then
+    redis.call('PEXPIRE', key, int_memo(ttl))
+  end
 end
 
 -- Milliseconds in a span of microseconds, rounded up so nobody retries early.
