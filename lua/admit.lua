@@ -3,7 +3,11 @@
 -- any limit that is not in shadow mode refuses, nothing at all is consumed.
 --
 -- KEYS: one counter key per limit, in order (all in one hash slot on Cluster).
--- ARGV: 6 values per limit, in KEYS order:
+-- ARGV: one packed value per limit, in KEYS order, then the lease id of the
+--   call's concurrency limits ("" when none): "kind limit window_ms cost
+--   param shadow" separated by single spaces, param "" for concurrency (the
+--   lease id comes last instead; a limit's own string is the same request
+--   after request, and is parsed once). Or, unpacked, 6 values per limit:
 --   kind      "sliding_window" | "gcra" | "fixed_window" | "concurrency"
 --   limit     units per window (requests, tokens) or leases held at once
 --   window_ms window length in ms (lease TTL for concurrency)
@@ -20,12 +24,21 @@
 
 local now = now_us()
 local n = #KEYS
+local lease = ARGV[n + 1] -- packed: one value per limit, then the lease id
+if #ARGV ~= n + 1 then
+  lease = nil
+end
 -- Each limit's ARGV is read once: 6 values per limit in one flat table (alg, limit, window_ms, cost, param, state),
 -- reused from call to call (common.lua's SEEN: only its first 6 * n entries are this call's).
 local seen = SEEN
 local admitted = 1
 for i = 1, n do
-  local alg, limit, window_ms, cost, param, shadow = limit_argv(ARGV, i)
+  local alg, limit, window_ms, cost, param, shadow
+  if lease then
+    alg, limit, window_ms, cost, param, shadow = limit_packed(ARGV, i, lease)
+  else
+    alg, limit, window_ms, cost, param, shadow = limit_argv(ARGV, i)
+  end
   local st = alg.check(KEYS[i], now, limit, window_ms, cost, param, scratch(i))
   local b = (i - 1) * 6
   seen[b + 1], seen[b + 2], seen[b + 3], seen[b + 4], seen[b + 5], seen[b + 6] = alg, limit, window_ms, cost, param, st

@@ -8,8 +8,8 @@
 --   returned to the caller is in integer milliseconds.
 -- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
 --   adjust}), SEEN, now_us(), int(), int_memo(), num(), div(), scratch(),
---   ttl_ms(), ms_ceil(), load_time(), store_time(), count_verdict(),
---   limit_argv() and push_verdict().
+--   ttl_ms(), keep_ttl(), ms_ceil(), load_time(), store_time(), count_verdict(),
+--   limit_argv(), limit_packed(), settle_packed() and push_verdict().
 --
 -- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
 -- concurrency.lua), one counter key per limit:
@@ -45,6 +45,9 @@ local MEMO = { num = {}, nums = 0, str = {}, strs = 0 }
 -- An integer as the string Redis would get for it. A number handed to
 -- redis.call is formatted by Redis as a double (%.17g), several times the
 -- cost of an integer format: the hot writes hand over strings instead.
+-- Redis 7 takes PEXPIRE's GT (only ever lengthen a TTL) in one command; before it, PTTL then PEXPIRE.
+local PEXPIRE_GT = (redis.REDIS_VERSION_NUM or 0) >= 0x070000
+
 local function int(n)
   return string.format('%d', n)
 end
@@ -117,6 +120,16 @@ local function ttl_ms(ms)
   return ms + 1
 end
 
+-- Makes a key that held a TTL before this script live at least ms milliseconds from now (never shortens it).
+local function keep_ttl(key, ms)
+  local ttl = ttl_ms(ms)
+  if PEXPIRE_GT then
+    redis.call('PEXPIRE', key, int_memo(ttl), 'GT')
+  elseif redis.call('PTTL', key) < ttl then
+    redis.call('PEXPIRE', key, int_memo(ttl))
+  end
+end
+
 -- Milliseconds in a span of microseconds, rounded up so nobody retries early.
 local function ms_ceil(us)
   if us <= 0 then
@@ -173,6 +186,60 @@ end
 local function limit_argv(argv, i)
   local b = (i - 1) * 6
   return ALGORITHMS[argv[b + 1]], num(argv[b + 2]), num(argv[b + 3]), num(argv[b + 4]), argv[b + 5], argv[b + 6]
+end
+
+-- Limits as admit.lua receives them packed, one argument each ("kind limit window_ms cost param shadow", param
+-- "" for a concurrency limit): each string parsed once into {algorithm, limit, window_ms, cost, param, shadow} and
+-- remembered (a plan's limits come back request after request); dropped whole at MEMO_MAX entries.
+local PACKED = { map = {}, n = 0 }
+
+-- Limit i's 6 values from a packed argument list (admit.lua's): as limit_argv(), the lease id (ARGV's last
+-- value) as a concurrency limit's param.
+local function limit_packed(argv, i, lease)
+  local s = argv[i]
+  local p = PACKED.map[s]
+  if p == nil then
+    local kind, limit, window_ms, cost, param, shadow = string.match(s, '^(%S+) (%d+) (%d+) (%d+) (%S*) ([01])$')
+    if kind == nil or ALGORITHMS[kind] == nil then
+      error('ERR tollgate: malformed packed limit ' .. s)
+    end
+    p = { ALGORITHMS[kind], tonumber(limit), tonumber(window_ms), tonumber(cost), param, shadow }
+    if PACKED.n >= MEMO_MAX then
+      PACKED.map, PACKED.n = {}, 0
+    end
+    PACKED.map[s] = p
+    PACKED.n = PACKED.n + 1
+  end
+  local alg = p[1]
+  if alg == ALGORITHMS.concurrency then
+    return alg, p[2], p[3], p[4], lease, p[6]
+  end
+  return alg, p[2], p[3], p[4], p[5], p[6]
+end
+
+-- Limit i's 6 values from settle.lua's packed argument list (3 values a limit: "kind limit window_ms param",
+-- parsed once as admit.lua's are, then delta, then the mark or a concurrency limit's lease id), as limit_argv().
+local function settle_packed(argv, i)
+  local b = (i - 1) * 3
+  local s = argv[b + 1]
+  local p = PACKED.map[s]
+  if p == nil then
+    local kind, limit, window_ms, param = string.match(s, '^(%S+) (%d+) (%d+) (%S*)$')
+    if kind == nil or ALGORITHMS[kind] == nil then
+      error('ERR tollgate: malformed packed limit ' .. s)
+    end
+    p = { ALGORITHMS[kind], tonumber(limit), tonumber(window_ms), param }
+    if PACKED.n >= MEMO_MAX then
+      PACKED.map, PACKED.n = {}, 0
+    end
+    PACKED.map[s] = p
+    PACKED.n = PACKED.n + 1
+  end
+  local alg = p[1]
+  if alg == ALGORITHMS.concurrency then
+    return alg, p[2], p[3], num(argv[b + 2]), argv[b + 3], '0'
+  end
+  return alg, p[2], p[3], num(argv[b + 2]), p[4], argv[b + 3]
 end
 
 -- Appends a checked limit to a reply at out[j + 1 ..]: allowed (1/0),

@@ -62,14 +62,6 @@ local function cc_state(key, now_ms)
   return cc_live(key, after), cc_earliest(key, after), true
 end
 
--- Extends the key's TTL to at least ttl_ms.
-local function cc_keep(key, lease_ms)
-  local ttl = ttl_ms(lease_ms)
-  if redis.call('PTTL', key) < ttl then
-    redis.call('PEXPIRE', key, int_memo(ttl))
-  end
-end
-
 ALGORITHMS.concurrency = {
   check = function(key, now, limit, window_ms, cost, param, st)
     local now_ms = cc_now_ms(now)
@@ -91,7 +83,11 @@ ALGORITHMS.concurrency = {
       redis.call('ZREMRANGEBYSCORE', key, '-inf', int(st.now_ms))
     end
     redis.call('ZADD', key, int(st.now_ms + window_ms), param)
-    cc_keep(key, window_ms)
+    if st.used == 0 then -- the key is new (none held, or every lease had expired and was just swept)
+      redis.call('PEXPIRE', key, int_memo(ttl_ms(window_ms)))
+    else -- it holds leases and their TTL, maybe a renewed one longer than this lease's
+      keep_ttl(key, window_ms)
+    end
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)

@@ -8,7 +8,7 @@
 -- KEYS: none. ARGV: none. The commands take keys and arguments as in Redis:
 --   TIME
 --   GET key                 SET key value [PX ms]       DEL key [key ...]
---   PEXPIRE key ms          PTTL key
+--   PEXPIRE key ms [GT]     PTTL key
 --   HMGET key field [field ...]                         HGETALL key
 --   HSET key field value [field value ...]              HINCRBY key field increment
 --   HDEL key field [field ...]
@@ -377,14 +377,24 @@ local function keyspace_new()
     return removed
   end
 
-  C.PEXPIRE = function(key, ms, ...)
-    if select('#', ...) > 0 then
-      reply_error('ERR syntax error (the embedded keyspace supports PEXPIRE key ms)')
+  C.PEXPIRE = function(key, ms, flag, ...)
+    local gt = false
+    if flag ~= nil then
+      if select('#', ...) > 0 or str(flag):upper() ~= 'GT' then
+        reply_error('ERR syntax error (the embedded keyspace supports PEXPIRE key ms [GT])')
+      end
+      gt = true
     end
     key = str(key)
     ms = int_arg(ms)
     if lookup(key) == nil then
       return 0
+    end
+    if gt then -- only a later expiry; a key without one counts as never expiring
+      local at = expires[key]
+      if at == nil or now_ms + ms <= at then
+        return 0
+      end
     end
     if ms <= 0 then
       drop(key)

@@ -20,7 +20,7 @@ function(keyspace)
   local select, unpack, type, error, pcall, floor = select, unpack, type, error, pcall, math.floor
   local begin, str = keyspace.begin, keyspace.str
   local EXACT = 2 ^ 53 -- beyond it a double is not handed over as an exact integer
-  local redis = { call = keyspace.call }
+  local redis = { call = keyspace.call, REDIS_VERSION_NUM = 0x070000 } -- its commands take Redis 7's options
   local function reply(ok, value)
     local t = type(value)
     if not ok then

@@ -18,9 +18,7 @@ for i = 1, #KEYS do
   local score = tonumber(redis.call('ZSCORE', key, id))
   if score and score > now_ms then
     redis.call('ZADD', key, 'XX', now_ms + ttl, id)
-    if redis.call('PTTL', key) < ttl_ms(ttl) then
-      redis.call('PEXPIRE', key, ttl_ms(ttl))
-    end
+    keep_ttl(key, ttl)
     out[i] = 1
   else
     if score then

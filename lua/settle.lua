@@ -7,7 +7,9 @@
 -- released).
 --
 -- KEYS: one counter key per limit (all in one hash slot on Cluster).
--- ARGV: 6 values per limit, in KEYS order:
+-- ARGV: 3 values per limit, in KEYS order: "kind limit window_ms param" (as
+--   below, separated by single spaces; param "" for concurrency), delta, and
+--   the mark, or a concurrency limit's lease id. Or 6 values per limit:
 --   kind      as in admit.lua
 --   limit     as in admit.lua
 --   window_ms as in admit.lua
@@ -25,8 +27,14 @@
 local now = now_us()
 local out = { now }
 local j = 1
+local packed = #ARGV == 3 * #KEYS
 for i = 1, #KEYS do
-  local alg, limit, window_ms, delta, param, mark = limit_argv(ARGV, i)
+  local alg, limit, window_ms, delta, param, mark
+  if packed then
+    alg, limit, window_ms, delta, param, mark = settle_packed(ARGV, i)
+  else
+    alg, limit, window_ms, delta, param, mark = limit_argv(ARGV, i)
+  end
   local applied, overdraft, remaining, reset = alg.adjust(KEYS[i], now, limit, window_ms, delta, param, mark)
   out[j + 1] = applied
   if alg == ALGORITHMS.concurrency then

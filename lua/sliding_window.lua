@@ -17,11 +17,11 @@
 --   the counted sum always covers the whole last window: the limit holds over
 --   every window of window_ms; at worst one slot's worth of capacity is held
 --   back for up to slot_ms longer than the window.
--- Reads: one HMGET of t, o and n while o is still counted (every slot present
---   counts, their sum is t); every field only when a slot has stopped
---   counting (then the write that follows deletes those slots), or when a
---   refusal needs the wait slot by slot. An admission into the newest slot
---   writes with two HINCRBY (the slot, t).
+-- Reads: one HMGET of t, o, n and the current slot while o is still counted
+--   (every slot present counts, their sum is t); every field only when a slot
+--   has stopped counting (then the write that follows deletes those slots),
+--   or when a refusal needs the wait slot by slot. An admission into the
+--   newest slot writes the slot and t with one HSET.
 -- Returns (check): allowed, remaining after this cost, reset_ms (until every
 --   counted slot has expired), retry_ms (until enough slots expire for this
 --   cost; -1 if cost > limit), mark = the slot index charged.
@@ -49,17 +49,12 @@ end
 -- none), stale (the fields of slots that stopped counting, nil: none; while
 -- they are present o names one of them, so every read comes here until a
 -- write deletes them), raw (HGETALL's reply when every field was read, else
--- nil) and, when `field` is given, the units of that slot.
+-- nil) and here, the units of the slot named `field`.
 local function sw_load(key, oldest, field)
-  local got
-  if field then
-    got = redis.call('HMGET', key, 't', 'o', 'n', field)
-  else
-    got = redis.call('HMGET', key, 't', 'o', 'n')
-  end
+  local got = redis.call('HMGET', key, 't', 'o', 'n', field)
   local here = 0
-  if field then
-    here = tonumber(got[4]) or 0
+  if got[4] then
+    here = tonumber(got[4])
   end
   if not got[2] then
     return 0, 0, nil, nil, nil, nil, here
@@ -121,32 +116,30 @@ local function sw_reset(newest, slot_ms, window_ms, now_ms)
   return sw_slot_left(newest, slot_ms, window_ms, now_ms)
 end
 
--- Adds units (> 0; `by`: as a string) to slot cur of a key whose counted
--- slots hold `all`: the slot and t, o and n where they move, the stale slots
--- deleted, and the TTL set when cur is a new newest slot.
-local function sw_add(key, cur, units, by, all, stale, low, high, slot_ms, window_ms, now_ms)
-  local field = int_memo(cur)
-  redis.call('HINCRBY', key, field, by)
+-- Adds units (> 0) to slot cur (its field `field`, holding `here`) of a key whose counted slots hold `all`:
+-- the slot and t, o and n where they move in one HSET, the stale slots deleted, and the TTL set when cur is a
+-- new newest slot.
+local function sw_add(key, cur, field, here, units, all, stale, low, high, slot_ms, window_ms, now_ms)
   local newest = high == nil or high < cur
+  local slot, total = int(here + units), int(all + units)
   if not newest and low ~= nil and stale == nil then -- the common case: a slot that already counts
-    redis.call('HINCRBY', key, 't', by)
+    redis.call('HSET', key, field, slot, 't', total)
     return
   end
   if stale then
     redis.call('HDEL', key, unpack(stale))
   end
-  local total = int(all + units)
   if low == nil or stale then
     if low == nil or low > cur then
       low = cur
     end
     if newest then
-      redis.call('HSET', key, 't', total, 'o', int_memo(low), 'n', field)
+      redis.call('HSET', key, field, slot, 't', total, 'o', int_memo(low), 'n', field)
     else
-      redis.call('HSET', key, 't', total, 'o', int_memo(low))
+      redis.call('HSET', key, field, slot, 't', total, 'o', int_memo(low))
     end
   else
-    redis.call('HSET', key, 't', total, 'n', field)
+    redis.call('HSET', key, field, slot, 't', total, 'n', field)
   end
   if newest then
     redis.call('PEXPIRE', key, int(ttl_ms(sw_slot_left(cur, slot_ms, window_ms, now_ms))))
@@ -156,9 +149,10 @@ end
 ALGORITHMS.sliding_window = {
   check = function(key, now, limit, window_ms, cost, param, st)
     local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
-    local all, total, low, newest, stale, raw = sw_load(key, oldest)
+    local field = int_memo(cur)
+    local all, total, low, newest, stale, raw, here = sw_load(key, oldest, field)
     st.retry_ms, st.mark, st.used, st.now_ms, st.slot_ms = 0, cur, total, now_ms, slot_ms
-    st.all, st.stale, st.low, st.newest = all, stale, low, newest
+    st.all, st.stale, st.low, st.newest, st.field, st.here = all, stale, low, newest, field, here
     if count_verdict(st, total, cost, limit) then -- the wait: until enough counted slots stop counting
       local need, freed = total + cost - limit, 0
       local live = sw_live(raw or redis.call('HGETALL', key), oldest)
@@ -179,14 +173,15 @@ ALGORITHMS.sliding_window = {
   end,
 
   commit = function(key, now, limit, window_ms, cost, param, st)
-    sw_add(key, st.mark, cost, int_memo(cost), st.all, st.stale, st.low, st.newest, st.slot_ms, window_ms, st.now_ms)
+    sw_add(key, st.mark, st.field, st.here, cost, st.all, st.stale, st.low, st.newest, st.slot_ms, window_ms, st.now_ms)
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)
     local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
     if delta > 0 then
-      local all, total, low, newest, stale = sw_load(key, oldest)
-      sw_add(key, cur, delta, int(delta), all, stale, low, newest, slot_ms, window_ms, now_ms)
+      local field = int_memo(cur)
+      local all, total, low, newest, stale, _, here = sw_load(key, oldest, field)
+      sw_add(key, cur, field, here, delta, all, stale, low, newest, slot_ms, window_ms, now_ms)
       total = total + delta
       return delta, math.max(0, total - limit), math.max(0, limit - total), sw_slot_left(cur, slot_ms, window_ms, now_ms)
     end

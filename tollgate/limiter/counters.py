@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tollgate.limiter.base import LimiterBase
 from tollgate.limiter.decision import LimitState
-from tollgate.limiter.script_args import PEEK_STRIDE, admit_args, limit_state
+from tollgate.limiter.script_args import PEEK_STRIDE, limit_state, peek_args
 from tollgate.limiter.spec import LimitSpec
 
 __all__ = ["CounterMixin"]
@@ -20,5 +20,5 @@ class CounterMixin(LimiterBase):
     async def counter(self, spec: LimitSpec, *, store: str | None = None) -> tuple[LimitState, int]:
         """A limit's state and the units it counts now (past the limit after an overdraft); raises StoreError."""
         key = self._keys.key(spec)
-        reply = await self._engine(store or self.default_store).run("peek", [key], admit_args([spec], ""))
+        reply = await self._engine(store or self.default_store).run("peek", [key], peek_args([spec]))
         return limit_state(spec, reply, 2), reply[2 + PEEK_STRIDE - 1]

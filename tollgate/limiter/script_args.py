@@ -18,7 +18,11 @@ __all__ = [
     "extend_args",
     "limit_args",
     "limit_state",
+    "packed_limit",
     "param",
+    "peek_args",
+    "settle_args",
+    "settle_limit",
 ]
 
 ADMIT_STRIDE = 5  # fields per limit in admit.lua's replies (peek.lua's add a 6th, used)
@@ -48,10 +52,37 @@ def limit_args(s: LimitSpec, lease_id: str) -> tuple[Any, ...]:
     return (s.kind, s.limit, s.window_ms, s.cost, param(s, lease_id), "1" if s.shadow else "0")
 
 
+def packed_limit(s: LimitSpec) -> str:
+    """One limit as admit.lua's packed ARGV: "kind limit window_ms cost param shadow", a concurrency limit's param
+    empty (the call's lease id is its last ARGV). Each value is one argument less for Redis to read and hand to Lua,
+    and the string, the same request after request, is parsed once by the script."""
+    p = "" if s.kind == "concurrency" else param(s, "")
+    return f"{s.kind} {s.limit} {s.window_ms} {s.cost} {p} {'1' if s.shadow else '0'}"
+
+
+def settle_limit(s: LimitSpec) -> str:
+    """A limit's first of settle.lua's 3 packed ARGV: "kind limit window_ms param", a concurrency limit's param
+    empty (its lease id takes the mark's place)."""
+    return f"{s.kind} {s.limit} {s.window_ms} {'' if s.kind == 'concurrency' else param(s, '')}"
+
+
+def settle_args(spec: LimitSpec, delta: int, mark: int, lease_id: str) -> tuple[Any, ...]:
+    """One charge's 3 packed ARGV of settle.lua: the limit, delta, and the mark or (concurrency) the lease id."""
+    return (settle_limit(spec), delta, lease_id if spec.kind == "concurrency" else mark)
+
+
 def admit_args(specs: Sequence[LimitSpec], lease_id: str) -> list[Any]:
+    """admit.lua's packed ARGV: a value per limit, then the lease id."""
+    args: list[Any] = [packed_limit(s) for s in specs]
+    args.append(lease_id)
+    return args
+
+
+def peek_args(specs: Sequence[LimitSpec]) -> list[Any]:
+    """peek.lua's 6 ARGV per limit."""
     args: list[Any] = []
     for s in specs:
-        args += limit_args(s, lease_id)
+        args += limit_args(s, "")
     return args
 
 

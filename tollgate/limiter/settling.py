@@ -16,7 +16,7 @@ from tollgate.limiter.decision import (
     Settlement,
 )
 from tollgate.limiter.fail_modes import FailModeMixin
-from tollgate.limiter.script_args import EXTEND_STRIDE, SETTLE_STRIDE, ExtendItem, extend_args, param
+from tollgate.limiter.script_args import EXTEND_STRIDE, SETTLE_STRIDE, ExtendItem, extend_args, settle_args
 from tollgate.limiter.spec import LimitSpec
 from tollgate.limiter.unsettled import FINISH_BATCH, UnsettledMixin
 
@@ -121,16 +121,7 @@ class SettleMixin(FailModeMixin, UnsettledMixin):
                 chunk = group[start : start + FINISH_BATCH]
                 args: list[Any] = []
                 for _, c, delta in chunk:
-                    sp = c.spec
-                    kind = sp.kind
-                    args += (
-                        kind,
-                        sp.limit,
-                        sp.window_ms,
-                        delta,
-                        c.lease_id if kind == "concurrency" else param(sp, ""),
-                        c.mark,
-                    )
+                    args += settle_args(c.spec, delta, c.mark, c.lease_id)
                 try:
                     reply = await engine.run("settle", [c.key for _, c, _ in chunk], args)
                 except StoreError as exc:

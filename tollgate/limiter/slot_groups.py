@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 from tollgate.limiter.decision import Charge, LimitState
 from tollgate.limiter.keys import KeyBuilder
-from tollgate.limiter.script_args import ADMIT_STRIDE, limit_args, limit_state
+from tollgate.limiter.script_args import ADMIT_STRIDE, limit_state, packed_limit
 from tollgate.limiter.spec import LimitSpec
 
 __all__ = ["LAYOUTS_LIMIT", "Group", "Item", "Layout", "Outcome", "group_outcome", "layout_of", "slot_groups"]
@@ -20,7 +20,7 @@ class Item(NamedTuple):
     spec: LimitSpec
     key: str
     tag: str
-    args: tuple[Any, ...] | None  # the 6 ARGV of admit.lua; None for a lease, whose id is drawn per request
+    args: str | None  # the packed ARGV of admit.lua; None for a lease, whose id is drawn per request
 
 
 class Outcome:
@@ -38,33 +38,25 @@ class Outcome:
 
 
 class Group(NamedTuple):
-    """One admit.lua call: its limits, KEYS, and ARGV with "" where each lease id goes."""
+    """One admit.lua call: its limits, KEYS, and packed ARGV whose last value, the lease id, is "" until drawn."""
 
     items: list[Item]
     keys: list[str]
     args: list[Any]
-    lease_at: tuple[int, ...]
+    wants_lease: bool
 
     @classmethod
     def of(cls, items: list[Item]) -> Group:
-        keys = []
-        args: list[Any] = []
-        lease_at = []
-        for it in items:
-            keys.append(it.key)
-            if it.args is None:  # a lease: its id is the 5th ARGV of the limit
-                lease_at.append(len(args) + 4)
-                args += limit_args(it.spec, "")
-            else:
-                args += it.args
-        return cls(items, keys, args, tuple(lease_at))
+        keys = [it.key for it in items]
+        args: list[Any] = [packed_limit(it.spec) if it.args is None else it.args for it in items]
+        args.append("")
+        return cls(items, keys, args, any(it.args is None for it in items))
 
     def argv(self, lease_id: str) -> list[Any]:
-        if not self.lease_at:
+        if not self.wants_lease:
             return self.args  # shared: the engines never change ARGV
         args = self.args.copy()
-        for i in self.lease_at:
-            args[i] = lease_id
+        args[-1] = lease_id
         return args
 
 
@@ -82,7 +74,7 @@ def layout_of(specs: Sequence[LimitSpec], single_slot: bool, keys: KeyBuilder) -
     items = []
     for i, spec in enumerate(specs):
         key, tag = keys.key_and_tag(spec)  # remembered by the key builder
-        items.append(Item(i, spec, key, tag, None if spec.kind == "concurrency" else limit_args(spec, "")))
+        items.append(Item(i, spec, key, tag, None if spec.kind == "concurrency" else packed_limit(spec)))
     groups = [Group.of(g) for g in slot_groups(items, single_slot)]
     return Layout(specs, items, any(it.args is None for it in items), groups)
 

@@ -16,7 +16,7 @@ from typing import Any
 from tollgate.errors import StoreError, StoreUnavailable
 from tollgate.limiter.base import LOCAL_STORE, LimiterBase
 from tollgate.limiter.decision import Charge, SettledLimit
-from tollgate.limiter.script_args import SETTLE_STRIDE, param
+from tollgate.limiter.script_args import SETTLE_STRIDE, settle_args
 
 __all__ = ["FINISH_BATCH", "REPLAY_INTERVAL", "UNSETTLED_LIMIT", "UnsettledMixin"]
 
@@ -49,8 +49,7 @@ class UnsettledMixin(LimiterBase):
                 chunk = group[start : start + FINISH_BATCH]
                 args: list[Any] = []
                 for c, delta in chunk:
-                    s = c.spec
-                    args += (s.kind, s.limit, s.window_ms, delta, param(s, c.lease_id), c.mark)
+                    args += settle_args(c.spec, delta, c.mark, c.lease_id)
                 try:
                     reply = await self._engine(store).run("settle", [c.key for c, _ in chunk], args)
                 except StoreError as exc:
