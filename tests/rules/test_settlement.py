@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.support.redis import RedisServer
+from tollgate.config.store import StoreConfig, StoreEndpoint
 from tollgate.limiter import LimitSpec, build_limiter
 from tollgate.policy.admission import Admission
 from tollgate.policy.settlement import Settler
@@ -73,4 +75,52 @@ async def test_usage_past_a_spent_budget_is_charged_and_counted_as_overdraft() -
     await settler.drain()
     assert metrics.decisions == [("tiny", "overdraft")]
     assert settler.overdrafts == 1
+    await limiter.close()
+
+
+CONCURRENT = LimitSpec(
+    name="inflight",
+    kind="concurrency",
+    limit=50,
+    window_ms=60_000,
+    cost=1,
+    unit="requests",
+    scope_key=(("tenant", "t"),),
+    tenant="t",
+)
+
+
+@pytest.mark.parametrize("backend", ["embedded", pytest.param("redis", marks=pytest.mark.process)])
+async def test_a_batch_mixing_extended_streams_and_plain_requests_charges_each_exactly_and_releases_every_lease(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Extended streams settle inside the batch's one store call: each part of a reservation to its share of the real
+    use, the lease given back with the others'. Nothing may be charged twice or lost, and no lease may stay held."""
+    if backend == "embedded":
+        limiter = build_limiter()
+    else:
+        server: RedisServer = request.getfixturevalue("redis_standalone")
+        server.flushall()
+        endpoint = StoreEndpoint(backend="redis", url=server.url, timeout=2.0)
+        limiter = build_limiter(StoreConfig(stores={"default": endpoint}))
+    settler = Settler(limiter)
+    used = [30, 120, 400, 0, 75, 150]  # even positions: plain requests; odd: streams that extended by 50 once
+    for i, actual in enumerate(used):
+        admitted = await limiter.admit([SPEC, CONCURRENT])
+        assert admitted.allowed and admitted.lease is not None
+        extensions = []
+        if i % 2:
+            extension = await limiter.admit([SPEC.with_cost(50)])
+            assert extension.reservation is not None
+            extensions.append(extension.reservation)
+        admission = Admission(decision=admitted, completion_reserved=100, extensions=extensions)
+        settler.finish(SimpleNamespace(admission=admission, usage=Usage(actual, 0, reported=True), first_byte_at=1.0))  # type: ignore[arg-type]
+    held = await limiter.peek(CONCURRENT.with_cost(0))
+    assert held.limit - held.remaining == len(used)  # every lease still held before the batch settles
+    await settler.drain()
+    tokens = await limiter.peek(SPEC.with_cost(0))
+    assert tokens.limit - tokens.remaining == sum(used)
+    held = await limiter.peek(CONCURRENT.with_cost(0))
+    assert held.remaining == held.limit, "a lease stayed held after its request was settled"
+    assert (settler.settled, settler.failures) == (len(used), 0)
     await limiter.close()
