@@ -158,6 +158,7 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self.writing_paused = False
         self._drain: asyncio.Future[None] | None = None
+        self.remote: str | None = None  # the peer's address: asked once (uvloop asks the kernel on every call)
 
     # -- transport events ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -172,6 +173,8 @@ class _Connection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.remote = str(peer[0]) if peer else None
         self._head_began = self.idle_since = self.loop.time()
         server.connections.add(self)
 
@@ -403,6 +406,7 @@ class _Connection(asyncio.Protocol):
             chunked,
             keep_alive,
             body,
+            self.remote,
         )
 
     # -- serving ---------------------------------------------------------------------

@@ -35,9 +35,12 @@ tollgate/pipeline/give_up.py.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
+
 import orjson
 
-from tollgate.errors import BadRequest
+from tollgate.errors import BadRequest, UpstreamError
 from tollgate.pipeline.context import RequestContext
 from tollgate.pipeline.forward import Answer
 from tollgate.pipeline.give_up import give_up
@@ -51,8 +54,9 @@ __all__ = ["serve"]
 _MAX_TURNS = 64
 
 
-async def serve(ctx: RequestContext, deps: RouteDeps) -> Answer:
-    """Route the request and forward it, retrying and falling back as the config allows."""
+def serve(ctx: RequestContext, deps: RouteDeps) -> Awaitable[Answer]:
+    """Route the request and forward it, retrying and falling back as the config allows (awaited by the caller:
+    what refuses the request before any attempt raises here, at once)."""
     first = route(ctx.model, deps.routes)
     if ctx.body is not None and "previous_response_id" in ctx.body:
         continue_stored(ctx)
@@ -61,7 +65,14 @@ async def serve(ctx: RequestContext, deps: RouteDeps) -> Answer:
     deps.retry_budget.request()
     if deps.hotspots.policy.enabled:
         deps.hotspots.hit(tenant_of(ctx), first.name)
-    walk = Walk(ctx, deps, first)
+    return _walk(Walk(ctx, deps, first))
+
+
+async def _walk(walk: Walk) -> Answer:
+    """The attempts, until one answers or none is left. One attempt's steps are Walk's (see Walk.reach); the
+    forward stage is awaited here, so that a request's resumptions pass through as few coroutines as may be."""
+    ctx, deps = walk.ctx, walk.deps
+    forward, clock = deps.forward, deps.clock
     for _ in range(_MAX_TURNS):
         j = walk.pick()
         if j < 0:  # nothing (more) of this model can take the request now: the next model, or this one again
@@ -74,8 +85,25 @@ async def serve(ctx: RequestContext, deps: RouteDeps) -> Answer:
             if walk.fall_back():
                 continue
             break
-        answer = await walk.attempt(j)
+        if not walk.reach(j) or (walk.queued and not await walk.wait_for_slot(j)) or not walk.begin(j):
+            if walk.stopped:
+                break
+            continue
+        client = walk.client
+        deployment = ctx.deployment
+        assert client is not None and deployment is not None
+        try:
+            answer: Answer | None = await forward(ctx, clock, deployment, client, walk.current.divert)
+        except UpstreamError as exc:
+            walk.failed(exc)
+            answer = None
+        except asyncio.CancelledError:
+            walk.abandon()
+            raise
+        finally:
+            walk.finish()
         if answer is not None:
+            walk.served()
             return answer
         if walk.stopped:
             break

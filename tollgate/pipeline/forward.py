@@ -53,7 +53,7 @@ from tollgate.upstream.anthropic_usage import usage_from_anthropic_body
 from tollgate.upstream.client import ConnectError, HttpError, UpstreamResponse
 from tollgate.upstream.deadlines import Deadline
 from tollgate.upstream.media import MEDIA_KINDS, media_usage
-from tollgate.upstream.pool import UpstreamClient, upstream_headers
+from tollgate.upstream.pool import UpstreamClient, upstream_head, upstream_headers
 from tollgate.upstream.redaction import redact
 from tollgate.upstream.responses_usage import relabeled_response
 from tollgate.upstream.sse import SseParser
@@ -129,8 +129,12 @@ async def forward(
     upstream: UpstreamResponse | None = None
     try:
         with client.deadlines.at(min(deadline, now() + cfg.timeouts.first_byte)) as timer:
-            sent = upstream_headers(client, ctx.request.headers, ctx.client_ip, ctx.request_id, form_type)
-            upstream = await client.http.request("POST", path, sent, body)
+            if form_type is None and client.inject is None:  # the gateway's headers as lines made once per upstream
+                sent, tail = upstream_head(client, ctx.request.headers, ctx.client_ip, ctx.request_id)
+            else:  # a traced request's trace context is written into its list of headers (TracedHttp)
+                sent = upstream_headers(client, ctx.request.headers, ctx.client_ip, ctx.request_id, form_type)
+                tail = ""
+            upstream = await client.http.request("POST", path, sent, body, tail)
             ctx.first_byte_at = now()
             phase = "idle"
             timer.reschedule(min(deadline, now() + cfg.timeouts.idle))

@@ -98,9 +98,10 @@ def make_proxy_handler(endpoint: Endpoint, gateway: Gateway) -> Handler:
     async def handle(request: Request) -> Answer:
         stages = gateway.runtime.stages
         request_id = request_id_from(request.headers.get("x-request-id"))
-        ctx = RequestContext(
-            request, request_id, endpoint, stages.clock.loop_time(), client_ip(request, stages.proxies)
-        )
+        proxies = stages.proxies
+        # No trusted proxy: the peer's address, as client_ip() would find it, without asking the transport again.
+        ip = client_ip(request, proxies) if proxies else (request.remote or "unknown")
+        ctx = RequestContext(request, request_id, endpoint, stages.clock.loop_time(), ip)
         SERVING.set(ctx)  # the request id and tenant of every line logged while it is served
         tracer = stages.tracing
         span = None if tracer is None else tracer.start(ctx)

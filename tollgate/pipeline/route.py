@@ -130,6 +130,11 @@ class Walk:
         "stopped",
         "tokens",
         "max_attempts",
+        # the attempt under way: its upstream's client, its deployment's state, its breaker permit, when it began
+        "client",
+        "dstate",
+        "permit",
+        "began",
     )
 
     def __init__(self, ctx: RequestContext, deps: RouteDeps, first: ModelRoute) -> None:
@@ -161,6 +166,10 @@ class Walk:
         else:
             self.tokens = len(ctx.body_bytes) >> 2
         self.max_attempts = policy.max + 1
+        self.client: UpstreamClient | None = None
+        self.dstate: DeploymentState | None = None
+        self.permit = 0
+        self.began = 0.0
 
     def _pin(self, upstream: str) -> int:
         """Only the first model's deployments on ``upstream`` may serve, and no fallback: the request continues a
@@ -239,27 +248,38 @@ class Walk:
         return True
 
     # -- one attempt ----------------------------------------------------------------------------------------
-    async def attempt(self, j: int) -> Answer | None:
-        """Forward to deployment ``j`` of the current model: its answer, or None (``stopped`` says if that is all)."""
+    # The attempt loop (tollgate/pipeline/attempts.py) makes an attempt on deployment j as: ``reach(j)``, then
+    # ``wait_for_slot(j)`` when ``queued``, ``begin(j)``, its own ``await`` of ``deps.forward`` with ``client``,
+    # ``failed(exc)`` when that raised an upstream error (``abandon()`` when it was cancelled), ``finish()``
+    # whatever happened, ``served()`` when it answered. The forward stage is awaited there, not in a coroutine
+    # of this class: one coroutine layer less on every resumption of the request.
+    def reach(self, j: int) -> bool:
+        """Deployment ``j`` is tried in this round; False when its upstream's client is not there."""
         self.tried |= 1 << j
-        ctx, deps, current = self.ctx, self.deps, self.current
-        deployment = current.deployments[j]
-        client = self.clients.get(deployment.upstream)
+        upstream = self.current.deployments[j].upstream
+        client = self.clients.get(upstream)
         if client is None or client.http is None:  # only while a reload swaps the pool
-            self.last = UpstreamUnavailable(f"upstream {deployment.upstream!r} is not available")
-            return None
+            self.last = UpstreamUnavailable(f"upstream {upstream!r} is not available")
+            return False
+        self.client = client
+        return True
+
+    def begin(self, j: int) -> bool:
+        """Deployment ``j``'s slot (already held after a wait in its queue) and breaker permit, and the attempt
+        counted; False when its breaker refuses (nothing is owed then)."""
+        ctx, deps, current = self.ctx, self.deps, self.current
         dstate = current.states[j]
         queue = dstate.queue
-        if self.queued:
-            if not await self._wait_for_slot(j, queue):
-                return None
-        elif queue is not None:
+        if queue is not None and not self.queued:
             queue.try_acquire()  # pick() saw a free slot, and nothing awaited since
         permit = dstate.breaker.acquire()
         if not permit:  # the half-open probes were taken while we queued
             if queue is not None:
                 queue.release()
-            return None
+            return False
+        deployment = current.deployments[j]
+        self.dstate = dstate
+        self.permit = permit
         ctx.attempts += 1
         deps.counters.attempts += 1
         self.paid = False
@@ -274,22 +294,37 @@ class Walk:
         dstate.inflight += 1
         dstate.calls += 1
         dstate.tokens += self.tokens
-        clock = deps.clock
-        began = clock.loop_time()
-        try:
-            answer = await deps.forward(ctx, clock, deployment, client, current.divert)
-        except UpstreamError as exc:
-            self._failed(dstate, deployment.upstream, permit, exc, began)
-            return None
-        except asyncio.CancelledError:
-            dstate.breaker.abandon(permit)
-            raise
-        finally:
-            dstate.inflight -= 1
-            if queue is not None:
-                queue.release()
-        self._served(dstate, deployment.upstream, permit, began)
-        return answer
+        self.began = deps.clock.loop_time()
+        return True
+
+    def finish(self) -> None:
+        """The attempt begun is over, whatever its outcome: its deployment's in-flight count and queue slot."""
+        dstate = self.dstate
+        assert dstate is not None
+        dstate.inflight -= 1
+        if dstate.queue is not None:
+            dstate.queue.release()
+
+    def abandon(self) -> None:
+        """The attempt was cancelled (the client left): no verdict on the deployment."""
+        assert self.dstate is not None
+        self.dstate.breaker.abandon(self.permit)
+
+    def failed(self, exc: UpstreamError) -> None:
+        """The attempt failed before anything reached the client."""
+        deployment = self.ctx.deployment
+        assert self.dstate is not None and deployment is not None
+        self._failed(self.dstate, deployment.upstream, self.permit, exc, self.began)
+
+    def served(self) -> None:
+        """The attempt answered."""
+        deployment = self.ctx.deployment
+        assert self.dstate is not None and deployment is not None
+        self._served(self.dstate, deployment.upstream, self.permit, self.began)
+
+    async def wait_for_slot(self, j: int) -> bool:
+        """Deployment ``j``'s concurrency slot after a wait in its queue; False when the queue refused."""
+        return await self._wait_for_slot(j, self.current.states[j].queue)
 
     async def _wait_for_slot(self, j: int, queue: FairQueue | None) -> bool:
         """Deployment ``j``'s concurrency slot after a wait in its queue; False when the queue refused."""

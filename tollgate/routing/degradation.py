@@ -41,10 +41,11 @@ class _ModelWatch:
 
 
 class ProactiveFallbacks:
-    __slots__ = ("policy", "clock", "_watches", "_until", "diversions")
+    __slots__ = ("policy", "enabled", "clock", "_watches", "_until", "diversions")
 
     def __init__(self, policy: ProactiveFallback, clock: Clock) -> None:
         self.policy = policy
+        self.enabled = policy.enabled  # read on every answer: the policy's property computes it
         self.clock = clock
         self._watches: dict[str, _ModelWatch] = {}
         self._until: dict[str, float] = {}
@@ -52,6 +53,7 @@ class ProactiveFallbacks:
 
     def configure(self, policy: ProactiveFallback) -> None:
         self.policy = policy
+        self.enabled = policy.enabled
         if not policy.enabled:
             self._watches.clear()
             self._until.clear()
@@ -67,9 +69,9 @@ class ProactiveFallbacks:
         return False
 
     def observe(self, model: str, failed: bool, latency: float) -> None:
-        policy = self.policy
-        if not policy.enabled:
+        if not self.enabled:
             return
+        policy = self.policy
         now = self.clock.monotonic()
         watch = self._watches.get(model)
         if watch is None:

@@ -498,12 +498,14 @@ class UpstreamHttp:
         self.generation = 0
 
     async def request(
-        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"", tail: str = ""
     ) -> UpstreamResponse:
         """Send one request (``path`` is appended to the base URL's path) and wait for the response head.
 
         ``headers`` must not carry ``Host``, ``Content-Length`` or ``Transfer-Encoding``: those
-        are this client's. Raises :class:`ConnectError` or :class:`ResponseError`.
+        are this client's. ``tail``: more header lines, each ``Name: value`` and CRLF, written after
+        ``headers`` (the gateway's own, made once per upstream). Raises :class:`ConnectError` or
+        :class:`ResponseError`.
         """
         if self.closed:
             raise ConnectError("the upstream client is closed")
@@ -524,6 +526,8 @@ class UpstreamHttp:
                     self._starts[(method, path)] = start
             lines = [start]
             lines += [f"{name}: {value}\r\n" for name, value in headers]
+            if tail:
+                lines.append(tail)
             lines.append(f"Content-Length: {len(body)}\r\n\r\n" if body or method in _WITH_BODY else "\r\n")
             text = "".join(lines)
             try:
@@ -696,6 +700,7 @@ class TracedHttp(UpstreamHttp):
         self._inject = inject
 
     async def request(
-        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"", tail: str = ""
     ) -> UpstreamResponse:
+        assert not tail, "a traced request's headers are all in its list, where the trace context is written"
         return await super().request(method, path, self._inject(headers), body)

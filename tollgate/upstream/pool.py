@@ -33,7 +33,7 @@ from tollgate.upstream.client import TracedHttp, UpstreamHttp
 from tollgate.upstream.deadlines import Deadlines
 from tollgate.upstream.redaction import secrets_of
 
-__all__ = ["UpstreamClient", "UpstreamPool", "probe_path", "upstream_headers"]
+__all__ = ["UpstreamClient", "UpstreamPool", "forwarded_headers", "probe_path", "upstream_head", "upstream_headers"]
 
 # Connection values that name no other header (the common case: nothing to drop).
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
@@ -60,6 +60,7 @@ class UpstreamClient:
         "config",
         "http",
         "fixed_headers",
+        "fixed_lines",
         "fixed_names",
         "forward_names",
         "forward_prefixes",
@@ -99,6 +100,7 @@ class UpstreamClient:
         else:
             self.messages_bridge = ChatForMessages(config.drop_unsupported)
         self.fixed_headers = tuple(fixed)
+        self.fixed_lines = "".join(f"{name}: {value}\r\n" for name, value in fixed)  # as UpstreamHttp writes them
         self.fixed_names = frozenset(name.lower() for name, _ in fixed)
         # The allow-list, checked against never_forwarded() once here for names, per header for prefixes.
         allowed = [name for name in config.forward_headers if not name.endswith("*")]
@@ -172,6 +174,28 @@ def upstream_headers(
     ``client_ip`` is the address the gateway settled on (trusted proxies only, tollgate/identity/chain.py);
     ``content_type`` the body's when it is not JSON (an upload's ``multipart/form-data`` with its boundary).
     """
+    out = forwarded_headers(client, headers)
+    if content_type is None:
+        out.extend(client.fixed_headers)
+    else:
+        out.append(("Content-Type", content_type))
+        out.extend(client.fixed_headers[1:])  # all but the JSON Content-Type, first of them
+    out.append(("X-Forwarded-For", client_ip))  # a client's own claim stays here
+    out.append((REQUEST_ID_HEADER, request_id))
+    return out
+
+
+def upstream_head(
+    client: UpstreamClient, headers: CIMultiDictProxy[str], client_ip: str, request_id: str
+) -> tuple[list[tuple[str, str]], str]:
+    """What :func:`upstream_headers` makes for a JSON body, as ``UpstreamHttp.request`` takes it without a list
+    of its own for the gateway's headers: the client's headers let through, and ours as header lines."""
+    tail = f"{client.fixed_lines}X-Forwarded-For: {client_ip}\r\n{REQUEST_ID_HEADER}: {request_id}\r\n"
+    return forwarded_headers(client, headers), tail
+
+
+def forwarded_headers(client: UpstreamClient, headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
+    """The client headers the upstream's allow-list lets through, minus those named in ``Connection``."""
     names = client.forward_names
     prefixes = client.forward_prefixes
     out: list[tuple[str, str]] = []
@@ -189,13 +213,6 @@ def upstream_headers(
         ):
             named = _connection_named(connection or (), relayed or ())
             out = [(name, value) for name, value in out if name.lower() not in named]
-    if content_type is None:
-        out.extend(client.fixed_headers)
-    else:
-        out.append(("Content-Type", content_type))
-        out.extend(client.fixed_headers[1:])  # all but the JSON Content-Type, first of them
-    out.append(("X-Forwarded-For", client_ip))  # a client's own claim stays here
-    out.append((REQUEST_ID_HEADER, request_id))
     return out
 
 
