@@ -241,18 +241,42 @@ def read_flow_lines(body: str, scalars: _Scalars | None = None) -> dict[Any, Any
 
     The pattern of a line takes only entries whose value is whole on that line; their plain scalars are
     then quoted (or, where one may be no string, written as PyYAML reads it) and the whole is one JSON
-    object for orjson. Each step runs over the whole section at once, in C, never once per scalar.
+    object for orjson. Each step runs over many lines at once, in C, never once per scalar; a large section
+    is read a slice of lines at a time, so that its text's temporaries (three strings a line, then the JSON
+    text) exist for one slice only, not beside the whole mapping.
     """
     first = _FIRST_INDENT.search(body)
     if first is None:
         raise _NotFlowLines("no entry")
-    parts = _entry_lines(len(first.group(1))).split(body)  # between, entry or None, between, ...
+    pattern = _entry_lines(len(first.group(1)))
+    scalars = scalars or _Scalars()
+    out: dict[Any, Any] = {}
+    start, end = 0, len(body)
+    while start < end:
+        stop = body.find("\n", start + _SLICE_CHARS)
+        stop = end if stop < 0 else stop
+        # dict.update as orjson builds one object: a repeated key keeps its first place and takes the last value
+        out.update(_read_slice(body[start:stop], pattern, scalars))
+        start = stop + 1
+    return out
+
+
+# The characters of one slice of a large section (about 10,000 lines of 100 characters).
+_SLICE_CHARS = 1 << 20
+
+
+def _read_slice(lines: str, pattern: re.Pattern[str], scalars: _Scalars) -> dict[Any, Any]:
+    parts = pattern.split(lines)  # between, entry or None, between, ...
     if any(between not in ("", "\n") for between in parts[0::2]):
         raise _NotFlowLines("a line is not a one-line flow entry")
     entries = "\n".join(entry for entry in parts[1::2] if entry)
+    del parts
+    if not entries:
+        return {}
     text = _quoted(entries) if "'" not in entries else None
     if text is None:  # single quotes, or a plain scalar that may be no string: scalar by scalar
-        text = _TOKEN.sub((scalars or _Scalars()).convert, entries)
+        text = _TOKEN.sub(scalars.convert, entries)
+    del entries
     try:
         out = orjson.loads("{" + text.replace("\n", ",") + "}")
     except orjson.JSONDecodeError:
