@@ -13,9 +13,10 @@ the section through the models, which name every problem with its path.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tollgate.config.flow_lines import FlowSection
 from tollgate.config.identity import (
     KEY_ID,
     LIMIT_FIELDS,
@@ -52,11 +53,17 @@ class _Irregular(Exception):
 def read_tenants(
     tenants: Any, *, secret: bytes | None, plans: Mapping[str, Any], models: Mapping[str, Any]
 ) -> tuple[TenantRows, KeyRows] | None:
-    """The tenants and keys of a ``tenants:`` section in the plain shape that passes every check; else None."""
-    if type(tenants) is not dict:
+    """The tenants and keys of a ``tenants:`` section (a mapping, or a large section read a slice at a time) in the
+    plain shape that passes every check; else None."""
+    parts: Iterable[dict[Any, Any]]
+    if type(tenants) is dict:
+        parts = (tenants,)
+    elif isinstance(tenants, FlowSection):
+        parts = tenants.slices()
+    else:
         return None
     try:
-        return _Reader(secret, plans, models).read(tenants)
+        return _Reader(secret, plans, models).read(parts)
     except _Irregular:
         return None
 
@@ -73,9 +80,17 @@ class _Reader:
         self.subdomains: set[str] = set()
         self.model_lists: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per distinct list
 
-    def read(self, tenants: dict[Any, Any]) -> tuple[TenantRows, KeyRows]:
+    def read(self, parts: Iterable[dict[Any, Any]]) -> tuple[TenantRows, KeyRows]:
+        for part in parts:
+            self._read(part)
+        table = TenantRows(self.tenants, self.kind)
+        return table, KeyRows(self.keys, table)
+
+    def _read(self, tenants: dict[Any, Any]) -> None:
         for tenant_id, doc in tenants.items():
             if type(tenant_id) is not str or TENANT_ID.fullmatch(tenant_id) is None:
+                raise _Irregular
+            if tenant_id in self.tenants:  # again in a later slice: the section's mapping keeps the last (the models)
                 raise _Irregular
             if type(doc) is not dict or not doc.keys() <= _TENANT_FIELDS:
                 raise _Irregular
@@ -93,8 +108,6 @@ class _Reader:
             for i, key in enumerate(keys):
                 if row_plan is None:  # else its one key is kept already, as a record
                     self._key(tenant_id, i, key)
-        table = TenantRows(self.tenants, self.kind)
-        return table, KeyRows(self.keys, table)
 
     def _models(self, value: Any) -> tuple[str, ...]:
         if type(value) is not list or any(type(m) is not str or m not in self.models for m in value):
