@@ -61,7 +61,7 @@ class TenantRows(Mapping[str, Tenant]):
 class KeyRows(Mapping[str, ApiKey]):
     """``Config.api_keys``: the key of a tenant kept as a row is the id of that tenant, any other key its record."""
 
-    __slots__ = ("_by_id", "_tenants")
+    __slots__ = ("__weakref__", "_by_id", "_tenants")
 
     def __init__(self, by_id: dict[str, ApiKey | str], tenants: TenantRows) -> None:
         self._by_id = by_id
@@ -83,6 +83,18 @@ class KeyRows(Mapping[str, ApiKey]):
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+    def same_row(self, tenant_id: str, row: Row, hash_kind: str) -> tuple[str, Row] | None:
+        """This table's id and row objects for a tenant kept here as a row equal to ``row`` (of keys of
+        ``hash_kind``); None otherwise."""
+        tenants = self._tenants
+        if tenants.hash_kind != hash_kind:
+            return None
+        held = tenants._by_id.get(tenant_id)
+        if type(held) is not tuple or held != row:
+            return None
+        owner = self._by_id.get(row[1])
+        return (owner, held) if type(owner) is str and owner == tenant_id else None
 
     def records(self) -> Iterator[ApiKey]:
         """The keys kept as records (the keys of tenants kept as rows are in their rows)."""
