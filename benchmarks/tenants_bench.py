@@ -9,8 +9,9 @@ For each N: the full-policy config of ``benchmarks/run.py`` (its ``full-100k-ten
 written to a file; the gateway is spawned and ``/healthz`` polled until the first 200 (start seconds, and
 the CPU seconds the process spent until then); its RSS is read from /proc once it idles; then
 ``POST /admin/reload`` re-reads the same file ``--reloads`` times (reload seconds: the first, and the slowest;
-the answer comes once the new version is in force), the RSS read after the first, second and last, and the
-peak RSS at the end. Medians over ``--rounds``.
+the answer comes once the new version is in force; the median CPU seconds of a reload, which a busy machine
+disturbs less), the RSS read after the first, second and last, and the peak RSS at the end. Medians over
+``--rounds``.
 """
 
 from __future__ import annotations
@@ -117,11 +118,13 @@ def measure(
             time.sleep(1.0)
             after_start = _status(proc.pid)
             reload_s: list[float] = []
+            reload_cpu: list[float] = []
             after_reload: list[dict[str, int]] = []
             for _ in range(reloads):
-                began = time.perf_counter()
+                began, cpu = time.perf_counter(), _cpu_seconds(proc.pid)
                 status = _request(admin_port, "POST", "/admin/reload", timeout)
                 reload_s.append(time.perf_counter() - began)
+                reload_cpu.append(_cpu_seconds(proc.pid) - cpu)
                 if status != 200:
                     raise RuntimeError(f"reload answered {status}")
                 time.sleep(1.0)
@@ -139,6 +142,7 @@ def measure(
         "rss_mib": after_start["VmRSS"] / 1024,
         "reload_s": reload_s[0],
         "slowest_reload_s": max(reload_s),
+        "reload_cpu_s": statistics.median(reload_cpu),
         "rss_after_reload_mib": after_reload[0]["VmRSS"] / 1024,
         "rss_after_2_mib": after_reload[min(1, reloads - 1)]["VmRSS"] / 1024,
         f"rss_after_{reloads}_mib": after_reload[-1]["VmRSS"] / 1024,
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.reloads < 1:
         parser.error("--reloads must be at least 1")
-    columns: tuple[str, ...] = ("start_s", "start_cpu_s", "rss_mib", "reload_s", "slowest_reload_s")
+    columns: tuple[str, ...] = ("start_s", "start_cpu_s", "rss_mib", "reload_s", "slowest_reload_s", "reload_cpu_s")
     columns += tuple(
         dict.fromkeys(("rss_after_reload_mib", "rss_after_2_mib", f"rss_after_{args.reloads}_mib", "peak_mib"))
     )
