@@ -84,16 +84,16 @@ class KeyRows(Mapping[str, ApiKey]):
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def same_row(self, tenant_id: str, row: Row, hash_kind: str) -> tuple[str, Row] | None:
-        """This table's id and row objects for a tenant kept here as a row equal to ``row`` (of keys of
-        ``hash_kind``); None otherwise."""
-        tenants = self._tenants
-        if tenants.hash_kind != hash_kind:
+    @property
+    def tenant_rows(self) -> TenantRows:
+        return self._tenants
+
+    def same_row(self, tenant_id: str, plan: str, key_id: str, digest: bytes) -> tuple[str, Row] | None:
+        """This table's id and row objects for a tenant kept here as the row ``(plan, key_id, digest)``; else None."""
+        held = self._tenants._by_id.get(tenant_id)
+        if type(held) is not tuple or held[2] != digest or held[1] != key_id or held[0] != plan:
             return None
-        held = tenants._by_id.get(tenant_id)
-        if type(held) is not tuple or held != row:
-            return None
-        owner = self._by_id.get(row[1])
+        owner = self._by_id.get(key_id)
         return (owner, held) if type(owner) is str and owner == tenant_id else None
 
     def records(self) -> Iterator[ApiKey]:

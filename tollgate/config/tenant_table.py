@@ -82,9 +82,16 @@ class _Reader:
     def __init__(
         self, secret: bytes | None, plans: Mapping[str, Any], models: Mapping[str, Any], previous: KeyRows | None
     ) -> None:
-        self.previous = previous  # the last table read: equal rows are kept as its objects
-        self.secret = secret
         self.kind = "sha256" if secret is None else "hmac-sha256"  # the kind a row's key must be of
+        # The last table read, when its rows' keys are of the same kind: equal rows are kept as its objects. Its
+        # tenants are walked in step with the section's (a file read again lists them in the same order: the
+        # next row is compared in memory order), looked up by id where the two orders part.
+        if previous is not None and previous.tenant_rows.hash_kind != self.kind:
+            previous = None
+        self.previous = previous
+        self.cursor = iter(previous.tenant_rows.stored()) if previous is not None else None
+        self.beside: tuple[str, TenantValue] | None = None  # the previous table's tenant in step with this one
+        self.secret = secret
         self.plans = plans
         self.models = models
         self.tenants: dict[str, TenantValue] = {}
@@ -108,6 +115,7 @@ class _Reader:
             if type(doc) is not dict or not doc.keys() <= _TENANT_FIELDS:
                 raise _Irregular
             tenant_id = _own(tenant_id)
+            self.beside = next(self.cursor, None) if self.cursor is not None else None
             keys = doc.get("keys", [])
             if type(keys) is not list:
                 raise _Irregular
@@ -198,15 +206,17 @@ class _Reader:
             raise _Irregular
         models = self._models(doc["models"]) if "models" in doc else None
         seen.add(digest)
-        key_id = _own(key_id)
         if row_plan is not None and kind == self.kind and not (name or revoked or admin or models is not None):
-            row: Row = (row_plan, key_id, digest)
-            same = self.previous.same_row(tenant_id, row, kind) if self.previous is not None else None
-            if same is not None:
+            same = self._same_row(tenant_id, row_plan, key_id, digest)
+            row: Row
+            if same is None:
+                row = (row_plan, _own(key_id), digest)
+            else:
                 tenant_id, row = same
             self.tenants[tenant_id] = row
             self.keys[row[1]] = tenant_id
             return True
+        key_id = _own(key_id)
         self.keys[key_id] = ApiKey(
             id=key_id,
             tenant=tenant_id,
@@ -218,6 +228,16 @@ class _Reader:
             admin=admin,
         )
         return False
+
+    def _same_row(self, tenant_id: str, plan: str, key_id: str, digest: bytes) -> tuple[str, Row] | None:
+        """The previous table's id and row objects for this row, when it held an equal one."""
+        beside = self.beside
+        if beside is not None and beside[0] == tenant_id:
+            held = beside[1]
+            if type(held) is tuple and held[2] == digest and held[1] == key_id and held[0] == plan:
+                return beside[0], held
+            return None
+        return self.previous.same_row(tenant_id, plan, key_id, digest) if self.previous is not None else None
 
     def _digest(self, credential: str, value: Any) -> tuple[str, bytes]:
         """The kind and digest of a key, as :meth:`KeyDoc.key_hash_with` makes them, when its kind fits the secret."""
