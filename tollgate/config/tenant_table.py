@@ -47,10 +47,19 @@ def _own(text: str) -> str:
     return text.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
 
 
-# The keys of the last table read in this process, while some version still holds them: a reload of an unchanged
-# tenant keeps that table's id and row objects instead of new equal ones, so that a reload of 100,000 tenants
-# leaves no new objects of its own among the old version's in the heap (where they would keep its pages in use).
-_last: weakref.ref[KeyRows] | None = None
+# The keys of the last tables read in this process, newest last, while some version still holds them: a reload of
+# an unchanged tenant keeps such a table's id and row objects instead of new equal ones, so that a reload of 100,000
+# tenants leaves no new objects of its own among the old version's in the heap (where they would keep its pages in
+# use). Two: a file read only to be checked (a worker's POST /admin/reload) must not hide the version in force.
+_recent: list[weakref.ref[KeyRows]] = []
+
+
+def _previous() -> KeyRows | None:
+    for ref in reversed(_recent):
+        table = ref()
+        if table is not None:
+            return table
+    return None
 
 
 class _Irregular(Exception):
@@ -69,12 +78,11 @@ def read_tenants(
         parts = tenants.slices()
     else:
         return None
-    global _last
     try:
-        table = _Reader(secret, plans, models, _last() if _last is not None else None).read(parts)
+        table = _Reader(secret, plans, models, _previous()).read(parts)
     except _Irregular:
         return None
-    _last = weakref.ref(table[1])
+    _recent[:] = [*_recent[-1:], weakref.ref(table[1])]
     return table
 
 
