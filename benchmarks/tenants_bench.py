@@ -1,6 +1,6 @@
 """Start, reload and memory of a real ``tollgate serve`` with N tenants (one key each) in its config file.
 
-    python benchmarks/tenants_bench.py [--tenants 10 100000] [--rounds 3] [--style block]
+    python benchmarks/tenants_bench.py [--tenants 10 100000] [--rounds 3] [--reloads 5] [--style block]
 
 A base tree is measured with the same harness: ``PYTHONPATH=../base python -m benchmarks.tenants_bench`` (the
 gateway runs in a temporary folder, so the ``tollgate`` of PYTHONPATH is the one it imports).
@@ -8,8 +8,10 @@ gateway runs in a temporary folder, so the ``tollgate`` of PYTHONPATH is the one
 For each N: the full-policy config of ``benchmarks/run.py`` (its ``full-100k-tenants`` row) with N tenants is
 written to a file; the gateway is spawned and ``/healthz`` polled until the first 200 (start seconds, and
 the CPU seconds the process spent until then); its RSS is read from /proc once it idles; then
-``POST /admin/reload`` re-reads the same file (reload seconds, the answer comes once the new version is in
-force) and the RSS and peak RSS are read again. Medians over ``--rounds``.
+``POST /admin/reload`` re-reads the same file ``--reloads`` times (reload seconds: the first, and the slowest;
+the answer comes once the new version is in force; the median CPU seconds of a reload, which a busy machine
+disturbs less), the RSS read after the first, second and last, and the peak RSS at the end. Medians over
+``--rounds``.
 """
 
 from __future__ import annotations
@@ -89,9 +91,9 @@ def _request(port: int, method: str, path: str, timeout: float) -> int:
 
 
 def measure(
-    tenants: int, *, python: str = sys.executable, timeout: float = 300.0, style: str = "flow"
+    tenants: int, *, python: str = sys.executable, timeout: float = 300.0, style: str = "flow", reloads: int = 5
 ) -> dict[str, float]:
-    """One start, one reload: seconds, CPU seconds and MiB."""
+    """One start, ``reloads`` reloads: seconds, CPU seconds and MiB."""
     port, admin_port = _free_port(), _free_port()
     with tempfile.TemporaryDirectory(prefix="tollgate-tenants-") as tmp:
         path = Path(tmp) / "gateway.yaml"
@@ -115,13 +117,18 @@ def measure(
             start_cpu = _cpu_seconds(proc.pid)
             time.sleep(1.0)
             after_start = _status(proc.pid)
-            began = time.perf_counter()
-            status = _request(admin_port, "POST", "/admin/reload", timeout)
-            reload_s = time.perf_counter() - began
-            if status != 200:
-                raise RuntimeError(f"reload answered {status}")
-            time.sleep(1.0)
-            after_reload = _status(proc.pid)
+            reload_s: list[float] = []
+            reload_cpu: list[float] = []
+            after_reload: list[dict[str, int]] = []
+            for _ in range(reloads):
+                began, cpu = time.perf_counter(), _cpu_seconds(proc.pid)
+                status = _request(admin_port, "POST", "/admin/reload", timeout)
+                reload_s.append(time.perf_counter() - began)
+                reload_cpu.append(_cpu_seconds(proc.pid) - cpu)
+                if status != 200:
+                    raise RuntimeError(f"reload answered {status}")
+                time.sleep(1.0)
+                after_reload.append(_status(proc.pid))
         finally:
             proc.terminate()
             try:
@@ -133,9 +140,13 @@ def measure(
         "start_s": start_s,
         "start_cpu_s": start_cpu,
         "rss_mib": after_start["VmRSS"] / 1024,
-        "reload_s": reload_s,
-        "rss_after_reload_mib": after_reload["VmRSS"] / 1024,
-        "peak_mib": after_reload["VmHWM"] / 1024,
+        "reload_s": reload_s[0],
+        "slowest_reload_s": max(reload_s),
+        "reload_cpu_s": statistics.median(reload_cpu),
+        "rss_after_reload_mib": after_reload[0]["VmRSS"] / 1024,
+        "rss_after_2_mib": after_reload[min(1, reloads - 1)]["VmRSS"] / 1024,
+        f"rss_after_{reloads}_mib": after_reload[-1]["VmRSS"] / 1024,
+        "peak_mib": after_reload[-1]["VmHWM"] / 1024,
     }
 
 
@@ -144,15 +155,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tenants", type=int, nargs="+", default=[10, 100_000])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--reloads", type=int, default=5, help="reloads after the start (RSS after 1, 2 and the last)")
     parser.add_argument(
         "--style", choices=("flow", "block"), default="flow", help="tenants one flow entry per line, or in block style"
     )
     args = parser.parse_args(argv)
-    columns = ("start_s", "start_cpu_s", "rss_mib", "reload_s", "rss_after_reload_mib", "peak_mib")
+    if args.reloads < 1:
+        parser.error("--reloads must be at least 1")
+    columns: tuple[str, ...] = ("start_s", "start_cpu_s", "rss_mib", "reload_s", "slowest_reload_s", "reload_cpu_s")
+    columns += tuple(
+        dict.fromkeys(("rss_after_reload_mib", "rss_after_2_mib", f"rss_after_{args.reloads}_mib", "peak_mib"))
+    )
     print(f"| tenants | {' | '.join(columns)} |")
     print(f"|---:|{'---:|' * len(columns)}")
     for count in args.tenants:
-        runs = [measure(count, python=args.python, style=args.style) for _ in range(args.rounds)]
+        runs = [measure(count, python=args.python, style=args.style, reloads=args.reloads) for _ in range(args.rounds)]
         medians = {c: statistics.median(r[c] for r in runs) for c in columns}
         print(f"| {count:,} | " + " | ".join(f"{medians[c]:.2f}" for c in columns) + " |", flush=True)
     return 0

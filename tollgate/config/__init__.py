@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from tollgate.config.document import ConfigDoc, parse_config
-from tollgate.config.flow_lines import load_yaml
+from tollgate.config.flow_lines import NotJson, load_yaml
 from tollgate.config.identity import KeyDoc, PlanDoc, TenantDoc
 from tollgate.config.model import Config
 from tollgate.config.rules import NamespaceDoc, RuleDoc
@@ -84,9 +84,23 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    references = "${" in text  # ${VAR} anywhere: the whole document is read before it is substituted
+    doc = _parse(p, text, lazy=() if references else _LAZY_SECTIONS)
+    try:
+        return _config(doc, env=env, source=str(p), references=references)
+    except NotJson:  # a large section's slice that orjson refused after all: PyYAML reads the file
+        return _config(_parse(p, text, lazy=()), env=env, source=str(p), references=references)
+
+
+# Read a slice at a time while the config is built (flow_lines.FlowSection): 100,000 tenants' parsed entries are
+# never all held at once.
+_LAZY_SECTIONS = ("tenants",)
+
+
+def _parse(p: Path, text: str, *, lazy: tuple[str, ...]) -> Any:
     try:
         with _collector_paused():  # the parse makes as many objects as the build, none of them garbage
-            doc = load_yaml(text, _LOADER)
+            doc = load_yaml(text, _LOADER, lazy=lazy)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -94,4 +108,4 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         raise ConfigError([f"{p}: not valid YAML{where}: {reason}"]) from None
     if doc is None:
         raise ConfigError([f"{p}: the file is empty"])
-    return _config(doc, env=env, source=str(p), references="${" in text)
+    return doc

@@ -15,6 +15,7 @@ from tollgate.config.cache import ResponseCacheConfig
 from tollgate.config.catalog import MODEL_NAME, ModelDoc, build_model, provider_field_problems
 from tollgate.config.chain import IdentityDoc, RegistryDoc, build_identity, build_registry
 from tollgate.config.database import DatabaseConfig
+from tollgate.config.flow_lines import FlowSection
 from tollgate.config.identity import (
     DEFAULT_PLANS,
     HEX64,
@@ -299,6 +300,8 @@ def parse_config(
     fast = _with_tenant_table(data, source=source, data_dir=data_dir)
     if fast is not None:
         return fast
+    if isinstance(data, dict) and isinstance(data.get("tenants"), FlowSection):  # the models read it whole
+        data = {**data, "tenants": data["tenants"].load()}
     before = len(problems.lines)
     doc = validate(ConfigDoc, data, "", problems)
     if problems or doc is None:
@@ -310,16 +313,18 @@ def parse_config(
 def _with_tenant_table(data: Any, *, source: str, data_dir: str | None) -> Config | None:
     """The Config of a document whose tenants are all in the plain shape (read by :func:`read_tenants`, without
     a model per tenant) and that validates without a problem; None for any other, which the models then read."""
-    if not isinstance(data, dict) or type(data.get("tenants")) is not dict or not data["tenants"]:
+    if not isinstance(data, dict):
+        return None
+    tenants = data.get("tenants")
+    lazy = isinstance(tenants, FlowSection)
+    if not lazy and (type(tenants) is not dict or not tenants):
         return None
     problems = Problems()
     doc = validate(ConfigDoc, {**data, "tenants": {}}, "", problems)
     if problems or doc is None:
         return None
-    table = read_tenants(
-        data["tenants"], secret=doc.key_secret(), plans={**DEFAULT_PLANS, **doc.plans}, models=doc.models
-    )
-    if table is None:
+    table = read_tenants(tenants, secret=doc.key_secret(), plans={**DEFAULT_PLANS, **doc.plans}, models=doc.models)
+    if table is None or not table[0]:  # none: an empty section is the models' to read, as a written {} is
         return None
     return build_config(doc, source=source, data_dir=data_dir, table=table)
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import orjson
 import yaml
 from yaml.nodes import ScalarNode
 
-__all__ = ["MIN_LINES", "load_yaml", "read_flow_lines"]
+__all__ = ["MIN_LINES", "FlowSection", "NotJson", "load_yaml", "read_flow_lines"]
 
 # Sections shorter than this are left to PyYAML (the fast path pays only on large ones).
 MIN_LINES = 256
@@ -237,29 +238,82 @@ class _BlockSection:
 
 
 def read_flow_lines(body: str, scalars: _Scalars | None = None) -> dict[Any, Any]:
-    """The mapping written by ``body`` (the lines of a block mapping), or :class:`_NotFlowLines`.
+    """The mapping written by ``body`` (the lines of a block mapping), or :class:`_NotFlowLines`."""
+    return _flow_section(body, scalars or _Scalars()).load()
+
+
+def _flow_section(body: str, scalars: _Scalars) -> FlowSection:
+    """The section written by ``body``, checked and written as JSON; :class:`_NotFlowLines` when it is not in the form.
 
     The pattern of a line takes only entries whose value is whole on that line; their plain scalars are
-    then quoted (or, where one may be no string, written as PyYAML reads it) and the whole is one JSON
-    object for orjson. Each step runs over the whole section at once, in C, never once per scalar.
+    then quoted (or, where one may be no string, written as PyYAML reads it), so that the whole is JSON for
+    orjson. Each step runs over many lines at once, in C, never once per scalar; a large section is written a
+    slice of lines at a time, so that its text's temporaries (three strings a line from the split, the joined
+    text) exist for one slice only.
     """
     first = _FIRST_INDENT.search(body)
     if first is None:
         raise _NotFlowLines("no entry")
-    parts = _entry_lines(len(first.group(1))).split(body)  # between, entry or None, between, ...
+    pattern = _entry_lines(len(first.group(1)))
+    texts: list[str] = []
+    start, end = 0, len(body)
+    while start < end:
+        stop = body.find("\n", start + _SLICE_CHARS)
+        stop = end if stop < 0 else stop
+        texts.append(_slice_json(body[start:stop], pattern, scalars))
+        start = stop + 1
+    return FlowSection(texts)
+
+
+# The characters of one slice of a large section (about 10,000 lines of 100 characters).
+_SLICE_CHARS = 1 << 18
+
+
+def _slice_json(lines: str, pattern: re.Pattern[str], scalars: _Scalars) -> str:
+    parts = pattern.split(lines)  # between, entry or None, between, ...
     if any(between not in ("", "\n") for between in parts[0::2]):
         raise _NotFlowLines("a line is not a one-line flow entry")
     entries = "\n".join(entry for entry in parts[1::2] if entry)
+    del parts
     text = _quoted(entries) if "'" not in entries else None
     if text is None:  # single quotes, or a plain scalar that may be no string: scalar by scalar
-        text = _TOKEN.sub((scalars or _Scalars()).convert, entries)
-    try:
-        out = orjson.loads("{" + text.replace("\n", ",") + "}")
-    except orjson.JSONDecodeError:
-        raise _NotFlowLines("not JSON once quoted") from None
-    if not isinstance(out, dict):
-        raise _NotFlowLines("not a mapping")
-    return out
+        text = _TOKEN.sub(scalars.convert, entries)
+    return "{" + text.replace("\n", ",") + "}"
+
+
+class NotJson(Exception):
+    """A slice of a :class:`FlowSection` that orjson refused after all: PyYAML reads the file."""
+
+
+class FlowSection:
+    """A large section checked and written as JSON, a slice of lines at a time, and parsed only when read: what the
+    tenants of a file cost while they are read is then one slice's mapping, not the whole section's."""
+
+    __slots__ = ("_texts",)
+
+    def __init__(self, texts: list[str]) -> None:
+        self._texts = texts
+
+    def slices(self) -> Iterator[dict[Any, Any]]:
+        """The section's mapping, one slice of lines at a time, in the file's order (a key may repeat across two);
+        :class:`NotJson` when a slice is not JSON after all."""
+        for text in self._texts:
+            try:
+                out = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                raise NotJson(f"not JSON once quoted: {text[:200]!r}") from None
+            yield out
+
+    def load(self) -> dict[Any, Any]:
+        """The whole mapping: dict.update as orjson builds one object (a repeated key keeps its first place and
+        takes the last value)."""
+        out: dict[Any, Any] = {}
+        for part in self.slices():
+            out.update(part)
+        return out
+
+    def __repr__(self) -> str:
+        return f"FlowSection({len(self._texts)} slices)"
 
 
 def _quoted(entries: str) -> str | None:
@@ -275,18 +329,19 @@ def _quoted(entries: str) -> str | None:
     return "".join(pieces)
 
 
-def load_yaml(text: str, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> Any:
-    """``yaml.load(text, Loader=loader)``, with large one-line-flow top-level sections read fast."""
+def load_yaml(text: str, loader: type[yaml.SafeLoader] = yaml.SafeLoader, *, lazy: Collection[str] = ()) -> Any:
+    """``yaml.load(text, Loader=loader)``, with large one-line-flow top-level sections read fast; those named in
+    ``lazy`` are left as a :class:`FlowSection` (read through it, or :class:`NotJson`: then PyYAML reads the text)."""
     try:
-        fast = _load_sections(text, loader)
-    except (_NotFlowLines, yaml.YAMLError):
+        fast = _load_sections(text, loader, lazy)
+    except (_NotFlowLines, NotJson, yaml.YAMLError):
         fast = None
     if fast is not None:
         return fast
     return yaml.load(text, Loader=loader)
 
 
-def _load_sections(text: str, loader: type[yaml.SafeLoader]) -> Any:
+def _load_sections(text: str, loader: type[yaml.SafeLoader], lazy: Collection[str] = ()) -> Any:
     """The document with its large sections read by :func:`read_flow_lines`; None when none qualifies."""
     if "\r" in text or _NOT_PRINTABLE.search(text):
         return None
@@ -294,7 +349,7 @@ def _load_sections(text: str, loader: type[yaml.SafeLoader]) -> Any:
     names = [name for name, _s, _e in keys]
     column0 = [m.start() for m in _COLUMN0.finditer(text)]
     pieces: list[str] = []
-    sections: dict[str, tuple[str, dict[Any, Any]]] = {}
+    sections: dict[str, tuple[str, dict[Any, Any] | FlowSection]] = {}
     done = 0
     scalars = _Scalars()
     for name, start, end in keys:
@@ -304,7 +359,9 @@ def _load_sections(text: str, loader: type[yaml.SafeLoader]) -> Any:
         body = text[end + 1 : body_end] if end < len(text) else ""
         if body.count("\n") < MIN_LINES:
             continue
-        entries = read_flow_lines(_as_flow_lines(body), scalars)
+        section = _flow_section(_as_flow_lines(body), scalars)
+        del body
+        entries = section if name in lazy else section.load()
         marker = f"tollgate-section-{os.urandom(8).hex()}"
         pieces.append(text[done:start])
         pieces.append(f'{name}: "{marker}"\n')

@@ -61,7 +61,7 @@ class TenantRows(Mapping[str, Tenant]):
 class KeyRows(Mapping[str, ApiKey]):
     """``Config.api_keys``: the key of a tenant kept as a row is the id of that tenant, any other key its record."""
 
-    __slots__ = ("_by_id", "_tenants")
+    __slots__ = ("__weakref__", "_by_id", "_tenants")
 
     def __init__(self, by_id: dict[str, ApiKey | str], tenants: TenantRows) -> None:
         self._by_id = by_id
@@ -83,6 +83,18 @@ class KeyRows(Mapping[str, ApiKey]):
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+    @property
+    def tenant_rows(self) -> TenantRows:
+        return self._tenants
+
+    def same_row(self, tenant_id: str, plan: str, key_id: str, digest: bytes) -> tuple[str, Row] | None:
+        """This table's id and row objects for a tenant kept here as the row ``(plan, key_id, digest)``; else None."""
+        held = self._tenants._by_id.get(tenant_id)
+        if type(held) is not tuple or held[2] != digest or held[1] != key_id or held[0] != plan:
+            return None
+        owner = self._by_id.get(key_id)
+        return (owner, held) if type(owner) is str and owner == tenant_id else None
 
     def records(self) -> Iterator[ApiKey]:
         """The keys kept as records (the keys of tenants kept as rows are in their rows)."""

@@ -13,9 +13,11 @@ the section through the models, which name every problem with its path.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tollgate.config.flow_lines import FlowSection
 from tollgate.config.identity import (
     KEY_ID,
     LIMIT_FIELDS,
@@ -27,7 +29,7 @@ from tollgate.config.identity import (
     hash_key,
     split_key_hash,
 )
-from tollgate.config.tenant_rows import KeyRows, TenantRows, TenantValue
+from tollgate.config.tenant_rows import KeyRows, Row, TenantRows, TenantValue
 
 __all__ = ["read_tenants"]
 
@@ -45,6 +47,21 @@ def _own(text: str) -> str:
     return text.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
 
 
+# The keys of the last tables read in this process, newest last, while some version still holds them: a reload of
+# an unchanged tenant keeps such a table's id and row objects instead of new equal ones, so that a reload of 100,000
+# tenants leaves no new objects of its own among the old version's in the heap (where they would keep its pages in
+# use). Two: a file read only to be checked (a worker's POST /admin/reload) must not hide the version in force.
+_recent: list[weakref.ref[KeyRows]] = []
+
+
+def _previous() -> KeyRows | None:
+    for ref in reversed(_recent):
+        table = ref()
+        if table is not None:
+            return table
+    return None
+
+
 class _Irregular(Exception):
     """A tenant outside the plain shape, or a check that fails: the models read the section."""
 
@@ -52,19 +69,37 @@ class _Irregular(Exception):
 def read_tenants(
     tenants: Any, *, secret: bytes | None, plans: Mapping[str, Any], models: Mapping[str, Any]
 ) -> tuple[TenantRows, KeyRows] | None:
-    """The tenants and keys of a ``tenants:`` section in the plain shape that passes every check; else None."""
-    if type(tenants) is not dict:
+    """The tenants and keys of a ``tenants:`` section (a mapping, or a large section read a slice at a time) in the
+    plain shape that passes every check; else None."""
+    parts: Iterable[dict[Any, Any]]
+    if type(tenants) is dict:
+        parts = (tenants,)
+    elif isinstance(tenants, FlowSection):
+        parts = tenants.slices()
+    else:
         return None
     try:
-        return _Reader(secret, plans, models).read(tenants)
+        table = _Reader(secret, plans, models, _previous()).read(parts)
     except _Irregular:
         return None
+    _recent[:] = [*_recent[-1:], weakref.ref(table[1])]
+    return table
 
 
 class _Reader:
-    def __init__(self, secret: bytes | None, plans: Mapping[str, Any], models: Mapping[str, Any]) -> None:
-        self.secret = secret
+    def __init__(
+        self, secret: bytes | None, plans: Mapping[str, Any], models: Mapping[str, Any], previous: KeyRows | None
+    ) -> None:
         self.kind = "sha256" if secret is None else "hmac-sha256"  # the kind a row's key must be of
+        # The last table read, when its rows' keys are of the same kind: equal rows are kept as its objects. Its
+        # tenants are walked in step with the section's (a file read again lists them in the same order: the
+        # next row is compared in memory order), looked up by id where the two orders part.
+        if previous is not None and previous.tenant_rows.hash_kind != self.kind:
+            previous = None
+        self.previous = previous
+        self.cursor = iter(previous.tenant_rows.stored()) if previous is not None else None
+        self.beside: tuple[str, TenantValue] | None = None  # the previous table's tenant in step with this one
+        self.secret = secret
         self.plans = plans
         self.models = models
         self.tenants: dict[str, TenantValue] = {}
@@ -73,13 +108,22 @@ class _Reader:
         self.subdomains: set[str] = set()
         self.model_lists: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per distinct list
 
-    def read(self, tenants: dict[Any, Any]) -> tuple[TenantRows, KeyRows]:
+    def read(self, parts: Iterable[dict[Any, Any]]) -> tuple[TenantRows, KeyRows]:
+        for part in parts:
+            self._read(part)
+        table = TenantRows(self.tenants, self.kind)
+        return table, KeyRows(self.keys, table)
+
+    def _read(self, tenants: dict[Any, Any]) -> None:
         for tenant_id, doc in tenants.items():
             if type(tenant_id) is not str or TENANT_ID.fullmatch(tenant_id) is None:
+                raise _Irregular
+            if tenant_id in self.tenants:  # again in a later slice: the section's mapping keeps the last (the models)
                 raise _Irregular
             if type(doc) is not dict or not doc.keys() <= _TENANT_FIELDS:
                 raise _Irregular
             tenant_id = _own(tenant_id)
+            self.beside = next(self.cursor, None) if self.cursor is not None else None
             keys = doc.get("keys", [])
             if type(keys) is not list:
                 raise _Irregular
@@ -93,8 +137,6 @@ class _Reader:
             for i, key in enumerate(keys):
                 if row_plan is None:  # else its one key is kept already, as a record
                     self._key(tenant_id, i, key)
-        table = TenantRows(self.tenants, self.kind)
-        return table, KeyRows(self.keys, table)
 
     def _models(self, value: Any) -> tuple[str, ...]:
         if type(value) is not list or any(type(m) is not str or m not in self.models for m in value):
@@ -172,11 +214,17 @@ class _Reader:
             raise _Irregular
         models = self._models(doc["models"]) if "models" in doc else None
         seen.add(digest)
-        key_id = _own(key_id)
         if row_plan is not None and kind == self.kind and not (name or revoked or admin or models is not None):
-            self.tenants[tenant_id] = (row_plan, key_id, digest)
-            self.keys[key_id] = tenant_id
+            same = self._same_row(tenant_id, row_plan, key_id, digest)
+            row: Row
+            if same is None:
+                row = (row_plan, _own(key_id), digest)
+            else:
+                tenant_id, row = same
+            self.tenants[tenant_id] = row
+            self.keys[row[1]] = tenant_id
             return True
+        key_id = _own(key_id)
         self.keys[key_id] = ApiKey(
             id=key_id,
             tenant=tenant_id,
@@ -188,6 +236,16 @@ class _Reader:
             admin=admin,
         )
         return False
+
+    def _same_row(self, tenant_id: str, plan: str, key_id: str, digest: bytes) -> tuple[str, Row] | None:
+        """The previous table's id and row objects for this row, when it held an equal one."""
+        beside = self.beside
+        if beside is not None and beside[0] == tenant_id:
+            held = beside[1]
+            if type(held) is tuple and held[2] == digest and held[1] == key_id and held[0] == plan:
+                return beside[0], held
+            return None
+        return self.previous.same_row(tenant_id, plan, key_id, digest) if self.previous is not None else None
 
     def _digest(self, credential: str, value: Any) -> tuple[str, bytes]:
         """The kind and digest of a key, as :meth:`KeyDoc.key_hash_with` makes them, when its kind fits the secret."""

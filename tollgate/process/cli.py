@@ -54,10 +54,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     level = _serve_logging(args, config)
     if args.workers > 1:
         return Supervisor(args.config, config, args.workers, log_level=level).run()
+    data_dir = config.data_dir
     try:
-        serve_forever(GatewayState(config, config_path=args.config))
+        state = GatewayState(config, config_path=args.config)
+        del config  # the state holds the version in force; a reference here would keep the first one after a reload
+        serve_forever(state)
     except DatabaseError as exc:  # the database of record cannot be opened or migrated: nothing to serve from
-        where = f"data_dir {config.data_dir}" if config.data_dir else "the working folder"
+        where = f"data_dir {data_dir}" if data_dir else "the working folder"
         print(f"{args.config}: cannot start: {exc} (relative state paths are read under {where})", file=sys.stderr)
         return 1
     return 0

@@ -72,9 +72,13 @@ async def run_gateway(
     supervisor); ``reload`` is what ``POST /admin/reload`` does (default: reload this
     process); ``supervisor_pid`` makes the process stop when its supervisor is gone.
     """
+    # Only what is needed of the start-up config: a reference to it would keep that whole version (100,000
+    # tenants: tens of MiB) alive after the first reload.
     config = state.config
     grace = config.server.shutdown_grace
     max_head = header_room(config.guard.max_header_bytes)
+    pub, adm = config.listeners.public, config.listeners.admin
+    del config
     # Signals first: a SIGHUP or SIGTERM that arrives while we start must not meet the default action (exit).
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -86,10 +90,8 @@ async def run_gateway(
         runners: list[web.BaseRunner] = []
         watchdog: BackgroundTask | None = None
         try:
-            pub = config.listeners.public
             public_port = await public.start(pub.host, pub.port, reuse_port=reuse_port)
             admin_port: int | None = None
-            adm = config.listeners.admin
             if adm.enabled and admin:
                 admin_app = make_admin_app(state, probes=Probes(healthz, readyz), reload=reload or reload_here)
                 admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=ADMIN_SHUTDOWN_GRACE)

@@ -391,8 +391,8 @@ def run_worker(
     except ConfigError as exc:
         log.error("worker %d: config refused:\n  %s", index, "\n  ".join(exc.problems))
         return 2
-    config = with_listen_address(config, host, port)
-    state = GatewayState(config, config_path=config_path)
+    state = GatewayState(with_listen_address(config, host, port), config_path=config_path)
+    del config  # the state holds the version in force; a reference here would keep the first one after a reload
 
     async def reload_everywhere(state: GatewayState) -> tuple[int, dict[str, object]]:
         from tollgate.process.server import refused_body
