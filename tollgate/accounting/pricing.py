@@ -37,7 +37,7 @@ class _ModelRate:
 class Pricing:
     """Compiled once per config version; :meth:`cost_nanos` is a few multiplications."""
 
-    __slots__ = ("config", "currency", "_rates", "_default", "_unnamed")
+    __slots__ = ("config", "currency", "named", "plain", "_rates", "_default", "_unnamed")
 
     def __init__(self, config: PricingConfig) -> None:
         self.config = config
@@ -52,6 +52,16 @@ class Pricing:
                 if name not in self._rates:
                     self._rates[name] = self._rate(name, self._default)
         self._unnamed = self._rate(None, self._default)
+        # For the flusher's per-record pricing without a call (records.fields_of): the names with a rate of their
+        # own (what priced_model looks for), and the input and output nanos per token of those whose cost is their
+        # tokens at those prices alone (no cost rule): cost_nanos without cache parts is then exactly
+        # round(prompt * input + completion * output).
+        self.named: dict[str, object] = dict(self._rates)
+        self.plain: dict[str, tuple[float, float]] = {
+            name: (rate.input_nanos_per_token, rate.output_nanos_per_token)
+            for name, rate in self._rates.items()
+            if not rate.rules
+        }
 
     def _rate(self, model: str | None, price: Price) -> _ModelRate:
         rules = tuple(r for r in self.config.resources if r.enabled and (r.models is None or model in r.models))

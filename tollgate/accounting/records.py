@@ -177,7 +177,14 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
     provider = deployment_model = None
     if deployment is not None:
         provider, deployment_model = deployment.provider, deployment.model
-    priced = pricing.priced_model(model_served, model, deployment_model)
+    # pricing.priced_model(model_served, model, deployment_model), written out (None is never a name)
+    named = pricing.named
+    if deployment_model in named:
+        priced = deployment_model
+    elif model_served in named:
+        priced = model_served
+    else:
+        priced = model if model is not None else model_served
     saved_tokens = saved_cost = 0
     if hit is not None:
         cost = hit.charge_nanos
@@ -186,8 +193,12 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
     elif status < 400 or prompt or completion:
         if cached or cache_write:
             cost = pricing.cost_nanos(priced, prompt, completion, cached_tokens=cached, cache_write_tokens=cache_write)
-        else:  # the usual case, without the keywords
-            cost = pricing.cost_nanos(priced, prompt, completion)
+        else:  # the usual case: a model priced by its tokens alone is priced here, as cost_nanos does
+            rate = pricing.plain.get(priced)
+            if rate is None:
+                cost = pricing.cost_nanos(priced, prompt, completion)
+            else:
+                cost = round(prompt * rate[0] + completion * rate[1])
     else:
         cost = 0
     if attempts is not None and not isinstance(attempts, int):
