@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -258,3 +260,27 @@ def test_every_series_the_grafana_dashboard_queries_is_one_the_gateway_exports()
         for suffix in ("", "_total", "_bucket", "_count", "_sum")
     }
     assert queried and queried <= exported, sorted(queried - exported)
+
+
+class _Version:
+    """A config version as the model labels read it: its models and their deployments' models."""
+
+    def __init__(self, *names: str) -> None:
+        self.models = {name: SimpleNamespace(deployments=[SimpleNamespace(model=f"{name}-dep")]) for name in names}
+
+
+def test_the_model_labels_follow_a_reload_and_keep_no_replaced_version_alive() -> None:
+    """The labels are computed once per version; the version they were computed from is freed once replaced, even
+    before anything asks for the labels again (a cache holding it would keep a whole tenant table alive until the
+    next flush, for as long as an idle gateway makes none)."""
+    old = _Version("a")
+    holder = SimpleNamespace(config=old)
+    acc = Accounting(old, state=holder)
+    assert acc.models() == frozenset({"a", "a-dep"})
+    assert acc.models() is acc.models()  # once per version
+    gone = weakref.ref(old)
+    holder.config = _Version("b")
+    del old
+    gc.collect()
+    assert gone() is None, "the replaced config version is still referenced"
+    assert acc.models() == frozenset({"b", "b-dep"})

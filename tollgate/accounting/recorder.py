@@ -184,9 +184,12 @@ class Accounting:
     def models(self) -> frozenset[str]:
         """The model names of the config version in force (the metrics' model labels; computed once per version)."""
         config = self._config_of()
+        # Keyed on the version's models, not the config: a cache holding the config would keep a replaced version
+        # (its tenant table and all) alive until the next flush.
+        models = getattr(config, "models", None)
         cached = self._models_cache
-        if cached is None or cached[0] is not config:
-            cached = self._models_cache = (config, configured_models(config))
+        if cached is None or cached[0] is not models:
+            cached = self._models_cache = (models, configured_models(config))
         return cached[1]
 
     @property
