@@ -198,3 +198,15 @@ def test_a_file_read_only_to_be_checked_does_not_hide_the_version_in_force(tmp_p
     reloaded, _ = _read(tmp_path, "plain", _text(_lines()))
     assert in_force is not None and reloaded is not None
     assert _row(reloaded, "t500") is _row(in_force, "t500") is not None
+
+
+def test_several_files_read_only_to_be_checked_in_a_row_do_not_hide_the_version_in_force(tmp_path: Path) -> None:
+    """Each check's table is dropped at once; however many come in a row, the next reload still reuses the rows of
+    the version in force."""
+    in_force, _ = _read(tmp_path, "plain", _text(_lines()))
+    for _ in range(3):
+        checked, _ = _read(tmp_path, "plain", _text(_lines()))
+        del checked
+    reloaded, _ = _read(tmp_path, "plain", _text(_lines()))
+    assert in_force is not None and reloaded is not None
+    assert _row(reloaded, "t500") is _row(in_force, "t500") is not None

@@ -50,8 +50,10 @@ def _own(text: str) -> str:
 # The keys of the last tables read in this process, newest last, while some version still holds them: a reload of
 # an unchanged tenant keeps such a table's id and row objects instead of new equal ones, so that a reload of 100,000
 # tenants leaves no new objects of its own among the old version's in the heap (where they would keep its pages in
-# use). Two: a file read only to be checked (a worker's POST /admin/reload) must not hide the version in force.
+# use). Tables no version holds any more are dropped as a new one is added, so that files read only to be checked
+# (a worker's POST /admin/reload), however many in a row, never push out the version in force.
 _recent: list[weakref.ref[KeyRows]] = []
+_RECENT_KEPT = 2
 
 
 def _previous() -> KeyRows | None:
@@ -82,7 +84,8 @@ def read_tenants(
         table = _Reader(secret, plans, models, _previous()).read(parts)
     except _Irregular:
         return None
-    _recent[:] = [*_recent[-1:], weakref.ref(table[1])]
+    live = [ref for ref in _recent if ref() is not None]
+    _recent[:] = [*live[-(_RECENT_KEPT - 1) :], weakref.ref(table[1])]
     return table
 
 
