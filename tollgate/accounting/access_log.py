@@ -72,25 +72,7 @@ def _line(f: Fields, currency: str, parts: dict[_Who, bytes], seconds: dict[int,
     who = f[2:13]
     middle = parts.get(who)
     if middle is None:
-        tenant, key_id, user, plan, namespace, endpoint, model, model_served, _priced, upstream, provider = who
-        middle = parts[who] = (
-            b","
-            + orjson.dumps(
-                {
-                    "tenant": tenant,
-                    "key_id": key_id,
-                    "user": user,
-                    "plan": plan,
-                    "namespace": namespace,
-                    "endpoint": endpoint,
-                    "model": model,
-                    "model_served": model_served,
-                    "upstream": upstream,
-                    "provider": provider,
-                }
-            )[1:-1]
-            + b","
-        )
+        middle = parts[who] = _who(who)
     (
         status,
         error,
