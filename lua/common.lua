@@ -193,6 +193,25 @@ end
 -- remembered (a plan's limits come back request after request); dropped whole at MEMO_MAX entries.
 local PACKED = { map = {}, n = 0 }
 
+-- The algorithm a packed limit names; an error naming the string when it is malformed.
+local function packed_algorithm(kind, s)
+  local alg = kind and ALGORITHMS[kind]
+  if alg == nil then
+    error('ERR tollgate: malformed packed limit ' .. s)
+  end
+  return alg
+end
+
+-- Remembers a packed limit's parsed values p under its string s, and returns p.
+local function packed_kept(s, p)
+  if PACKED.n >= MEMO_MAX then
+    PACKED.map, PACKED.n = {}, 0
+  end
+  PACKED.map[s] = p
+  PACKED.n = PACKED.n + 1
+  return p
+end
+
 -- Limit i's 6 values from a packed argument list (admit.lua's): as limit_argv(), the lease id (ARGV's last
 -- value) as a concurrency limit's param.
 local function limit_packed(argv, i, lease)
@@ -200,15 +219,8 @@ local function limit_packed(argv, i, lease)
   local p = PACKED.map[s]
   if p == nil then
     local kind, limit, window_ms, cost, param, shadow = string.match(s, '^(%S+) (%d+) (%d+) (%d+) (%S*) ([01])$')
-    if kind == nil or ALGORITHMS[kind] == nil then
-      error('ERR tollgate: malformed packed limit ' .. s)
-    end
-    p = { ALGORITHMS[kind], tonumber(limit), tonumber(window_ms), tonumber(cost), param, shadow }
-    if PACKED.n >= MEMO_MAX then
-      PACKED.map, PACKED.n = {}, 0
-    end
-    PACKED.map[s] = p
-    PACKED.n = PACKED.n + 1
+    local alg = packed_algorithm(kind, s)
+    p = packed_kept(s, { alg, tonumber(limit), tonumber(window_ms), tonumber(cost), param, shadow })
   end
   local alg = p[1]
   if alg == ALGORITHMS.concurrency then
@@ -225,15 +237,7 @@ local function settle_packed(argv, i)
   local p = PACKED.map[s]
   if p == nil then
     local kind, limit, window_ms, param = string.match(s, '^(%S+) (%d+) (%d+) (%S*)$')
-    if kind == nil or ALGORITHMS[kind] == nil then
-      error('ERR tollgate: malformed packed limit ' .. s)
-    end
-    p = { ALGORITHMS[kind], tonumber(limit), tonumber(window_ms), param }
-    if PACKED.n >= MEMO_MAX then
-      PACKED.map, PACKED.n = {}, 0
-    end
-    PACKED.map[s] = p
-    PACKED.n = PACKED.n + 1
+    p = packed_kept(s, { packed_algorithm(kind, s), tonumber(limit), tonumber(window_ms), param })
   end
   local alg = p[1]
   if alg == ALGORITHMS.concurrency then
