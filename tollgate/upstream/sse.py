@@ -137,6 +137,8 @@ class SseParser:
         "_tail",
         "_open",
         "_learning",
+        "_usual_ok",
+        "_after",
     )
 
     def __init__(self, monitor: StreamMonitor | None = None, terminal: frozenset[str] = frozenset()) -> None:
@@ -156,10 +158,35 @@ class SseParser:
         )
         self._head = b""
         self._tail = b""
+        # The tail and the separator after it, when a chunk of one event of the learned shape ends with them (the
+        # tail is not open); b"" otherwise.
+        self._after = b""
         self._open = False  # the tail ends with the opening quote of a last string member that may vary
         self._learning = _LEARN_WITHIN if self._on_content is not None and not terminal else 0
+        # Events may be judged as usual ones (see _events): a monitor judges them, and no terminal type is looked for.
+        self._usual_ok = monitor is not None and not terminal
 
     def feed(self, chunk: bytes) -> bytes:
+        after = self._after
+        if after and not self.pending and not self.holding and chunk.startswith(self._head):
+            # A chunk that is one chat chunk of a content alone, as a paced stream sends them: judged as _events and
+            # _usual would judge it (its head, tail and content hold no line break: one usual event), in one step.
+            start = len(self._head)
+            end = chunk.find(b'"', start)
+            if (
+                end == len(chunk) - len(after)
+                and chunk.endswith(after)
+                and _PLAIN_STRING.fullmatch(chunk, start, end) is not None
+            ):
+                chars = end - start if chunk.isascii() else _utf8_chars(chunk, start, end)
+                if chars >= 0:
+                    judge = self._on_content
+                    assert judge is not None  # a head is only learned for a monitor that judges content
+                    verdict = judge(chars) if chars else PASS
+                    if verdict == PASS:
+                        self.events += 1
+                        return chunk
+                    return self._one(chunk, len(self._sep), self._counted(verdict))
         if self.holding:  # nothing passes a held event: keep the bytes for resume()
             self.pending += chunk
             return b""
@@ -212,8 +239,17 @@ class SseParser:
         """The events of ``complete`` (which ends with ``sep``) judged in order: what of them goes to the client."""
         step = len(sep)
         nl = self._nl
-        monitor = self.monitor
-        usual = monitor is not None and not self._terminal
+        usual = self._usual_ok
+        last = len(complete) - step
+        if (
+            usual
+            and complete.find(sep) == last
+            and complete.startswith(b"data: {")
+            and complete.endswith(b"}", 0, last)
+            and complete.find(nl, 0, last) < 0
+        ):  # one usual event, the whole chunk (a paced stream's every one): judged as the loop below judges it
+            verdict = self._usual(complete[:last])
+            return complete if verdict == PASS else self._one(complete, step, verdict)
         pieces = complete.split(sep)
         pieces.pop()  # the empty piece after the last separator
         start = 0
@@ -240,6 +276,17 @@ class SseParser:
             start += len(event) + step
         return complete if kept is None else b"".join(kept)
 
+    def _one(self, complete: bytes, step: int, verdict: int | bytes) -> bytes:
+        """What goes to the client of ``complete``, one event (and its ``step`` bytes of separator) whose verdict,
+        counted, is not PASS: as the loop of _events says."""
+        if verdict == HOLD:
+            self.holding = True
+            self._held = complete
+            return b""
+        if self.stop is None and type(verdict) is bytes:
+            return self._replaced(complete[:-step], verdict) + complete[-step:]
+        return b""
+
     def _usual(self, event: bytes) -> int | bytes:
         """A ``data:`` line of one JSON object, no terminal type to look for, a monitor to judge it: its verdict."""
         head = self._head
@@ -260,7 +307,11 @@ class SseParser:
                     if chars >= 0:
                         judge = self._on_content
                         assert judge is not None  # a head is only learned for a monitor that judges content
-                        return self._counted(judge(chars) if chars else PASS)
+                        judged = judge(chars) if chars else PASS
+                        if judged == PASS:  # the usual verdict, counted as _counted() counts it
+                            self.events += 1
+                            return PASS
+                        return self._counted(judged)
         try:
             doc = orjson.loads(event[6:])
         except orjson.JSONDecodeError:
@@ -306,6 +357,7 @@ class SseParser:
         if other != doc:
             return
         self._head, self._tail, self._learning = head, tail, 0
+        self._after = tail + self._sep
         # A last member whose string changes from chunk to chunk (OpenAI's obfuscation padding) is let vary too.
         last = tail.rfind(b'"', 0, len(tail) - 2)
         if last < 0 or not tail.endswith(b'"}') or _PLAIN_STRING.fullmatch(tail, last + 1, len(tail) - 2) is None:
@@ -325,6 +377,7 @@ class SseParser:
         other[name] = value
         if other == doc:
             self._tail, self._open = tail[: last + 1], True
+            self._after = b""
 
     def _replaced(self, event: bytes, data: bytes) -> bytes:
         """``event`` with its data replaced by ``data``; its other lines (``event:``, ``id:``) kept."""
