@@ -89,3 +89,27 @@ async def test_a_stream_that_breaks_raises_in_the_waiting_reader() -> None:
             await pending
         resp.close()
         await pool.close()
+
+
+async def test_a_whole_answer_is_taken_at_once_and_a_partial_one_is_left_to_read() -> None:
+    paced, server, pool = await _stream()
+    async with server, asyncio.timeout(5):
+        resp = await pool.request("GET", "/", [])
+        await paced.ready.wait()
+        await paced.send(_chunk(b"part"))
+        await asyncio.sleep(0.01)
+        assert resp.whole() is None  # the body goes on: read() it
+        await paced.send(_chunk(b" and the rest") + b"0\r\n\r\n")
+        assert await resp.read() == b"part and the rest"
+        resp.release()
+        await pool.close()
+    paced, server, pool = await _stream()
+    async with server, asyncio.timeout(5):
+        resp = await pool.request("GET", "/", [])
+        await paced.ready.wait()
+        await paced.send(_chunk(b"all") + _chunk(b" of it") + b"0\r\n\r\n")
+        await asyncio.sleep(0.01)
+        assert resp.whole() == b"all of it"
+        assert resp.whole() is None and await resp.read() == b""  # taken once
+        resp.release()
+        await pool.close()

@@ -211,17 +211,27 @@ class StreamedAnswer:
         self.prepared = True
 
     async def write(self, data: bytes) -> None:
+        if self.send(data):
+            await self.drain()
+
+    def send(self, data: bytes) -> bool:
+        """:meth:`write` without a coroutine: True when the client reads slower than the answer is written, and
+        ``drain()`` must be awaited before the next piece (a relay's one call per event)."""
         conn = self._conn
         if conn is None or self.eof_sent:
             raise RuntimeError("write() before prepare() or after write_eof()")
         if not data:
-            return
+            return False
         if self._chunked:
             conn.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
             conn.write(data)
-        if conn.writing_paused:
-            await conn.drain()
+        return conn.writing_paused
+
+    async def drain(self) -> None:
+        """Waits while the client reads slower than the answer is written."""
+        if self._conn is not None:
+            await self._conn.drain()
 
     async def write_eof(self) -> None:
         conn = self._conn

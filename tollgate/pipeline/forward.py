@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 
@@ -47,7 +47,7 @@ from tollgate.errors import (
     UpstreamTimeout,
 )
 from tollgate.pipeline.context import RequestContext
-from tollgate.policy.response_cache import CACHE_HEADER
+from tollgate.policy.response_cache import CACHE_HEADER, Tape
 from tollgate.upstream.anthropic import TranslatedStream
 from tollgate.upstream.anthropic_usage import usage_from_anthropic_body
 from tollgate.upstream.client import ConnectError, HttpError, UpstreamResponse
@@ -144,7 +144,9 @@ async def forward(
                 phase = "first event"
                 source = upstream if bridge is None else bridge.stream(upstream, int(clock.time()))
                 return await _relay_stream(ctx, clock, source, timer, deadline, cfg.timeouts.idle, dropped)
-            data = await upstream.read()
+            data = upstream.whole()  # None: not all of it has arrived yet
+            if data is None:
+                data = await upstream.read()
     except TimeoutError:
         raise UpstreamTimeout(
             f"upstream {cfg.name!r} timed out waiting for the {phase}", code="upstream_timeout"
@@ -273,12 +275,17 @@ async def _relay_stream(
     ctx.status = 200
     sent = 0
     outcome = "done"
+    # The events that follow the first are relayed in the upstream connection's callback while nothing needs this
+    # coroutine (no hold, no stop, a client that keeps up): see _Pump. A translated stream is read piece by piece.
+    pump = _Pump(parser, response, tape, timer, now, idle, deadline)
+    relay = upstream.relay if type(upstream) is UpstreamResponse else None
     try:
         # Inside the try: a client that left must not be blamed on the upstream (it would trip its breaker).
         await response.prepare(ctx.request)
         while True:
             if out:
-                await response.write(out)
+                if response.send(out):  # response.write(out), without a coroutine per event
+                    await response.drain()
                 sent += len(out)
                 if tape is not None:
                     tape.add(out)
@@ -292,8 +299,23 @@ async def _relay_stream(
                 await parser.monitor.cover()  # type: ignore[union-attr]
                 out = parser.resume()
                 continue
-            timer.reschedule(min(deadline, now() + idle))
-            chunk = await upstream.readany()
+            when = now() + idle
+            timer.when = when if when < deadline else deadline  # timer.reschedule(min(deadline, when)), per event
+            if relay is None:
+                chunk = await upstream.readany()
+            else:
+                piece = await relay(pump)
+                if piece is None:  # the pump stopped at a piece: what it left is this loop's to do
+                    out, pump.out = pump.out, b""
+                    written = pump.written
+                    if written:  # sent, but the client reads slower: wait for it, then count the piece
+                        pump.written = b""
+                        await response.drain()
+                        sent += len(written)
+                        if tape is not None:
+                            tape.add(written)
+                    continue
+                chunk = piece
             if not chunk:
                 out = parser.flush()
                 if not out:
@@ -339,10 +361,66 @@ async def _relay_stream(
         await _end_with_error(response, f"upstream stream broke: {exc}", "upstream_stream_error", ctx)
         return response
     finally:
-        ctx.bytes_out = sent
+        ctx.bytes_out = sent + pump.sent
         ctx.finished_at = now()
         if parser.monitor is not None:
             parser.monitor.on_end(outcome)
+
+
+class _Pump:
+    """The relay's work on each upstream piece after the first event, done in the upstream connection's callback
+    (``UpstreamResponse.relay``) while nothing needs the relay's coroutine: the piece parsed, its events sent and
+    counted (recorded too, on a cache miss), the idle deadline pushed back, as the relay's loop does them.
+
+    It stops (returns False) at a piece after which the parser holds an event or stops the stream, leaving what
+    the piece gave in ``out``; at a piece whose events cannot be written (the client is gone), leaving them in
+    ``out``; and at a piece written to a client that reads slower, leaving it in ``written`` to be counted once
+    the loop has waited for the client."""
+
+    __slots__ = ("parser", "response", "tape", "timer", "now", "idle", "deadline", "sent", "out", "written")
+
+    def __init__(
+        self,
+        parser: SseParser,
+        response: StreamedAnswer,
+        tape: Tape | None,
+        timer: Deadline,
+        now: Callable[[], float],
+        idle: float,
+        deadline: float,
+    ) -> None:
+        self.parser = parser
+        self.response = response
+        self.tape = tape
+        self.timer = timer
+        self.now = now
+        self.idle = idle
+        self.deadline = deadline
+        self.sent = 0  # bytes of events it wrote and counted
+        self.out = b""
+        self.written = b""
+
+    def __call__(self, chunk: bytes) -> bool:
+        parser = self.parser
+        out = parser.feed(chunk)
+        if parser.stop is not None or parser.holding:
+            self.out = out
+            return False
+        if out:
+            try:
+                slow = self.response.send(out)
+            except ConnectionResetError:
+                self.out = out
+                return False
+            if slow:
+                self.written = out
+                return False
+            self.sent += len(out)
+            if self.tape is not None:
+                self.tape.add(out)
+        when = self.now() + self.idle
+        self.timer.when = when if when < self.deadline else self.deadline
+        return True
 
 
 def _went_on(parser: SseParser) -> bool:

@@ -108,6 +108,7 @@ class _UpstreamConnection(asyncio.Protocol):
         "status_line",
         "generation",
         "loop",
+        "pump",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -121,7 +122,10 @@ class _UpstreamConnection(asyncio.Protocol):
         self.body_size = 0
         self.waiter: asyncio.Future[None] | None = None
         # A stream's reader waiting for its next piece: resolved with the piece itself (see UpstreamResponse.readany).
-        self.reader: asyncio.Future[bytes] | None = None
+        self.reader: asyncio.Future[Any] | None = None
+        # What takes the pieces that arrive while the reader waits, in this connection's callbacks (see
+        # UpstreamResponse.relay); None: they go to the reader.
+        self.pump: Callable[[bytes], bool] | None = None
         self.error: HttpError | None = None
         self.closed = False
         self.status = 0
@@ -203,7 +207,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.status_line = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.status_line = True
+        # Past the status line (as header_bytes, now above 0, tells _parse_failed).
         size = self.header_bytes = self.header_bytes + len(name) + len(value)
         if size > _MAX_HEAD:
             raise ResponseError(
@@ -263,7 +267,7 @@ class _UpstreamConnection(asyncio.Protocol):
             return
         if isinstance(cause, HttpError):
             self._fail(cause)
-        elif not self.status_line:
+        elif not self.status_line and not self.header_bytes:
             self._fail(ResponseError(f"upstream answered something that is not HTTP/1.x: {exc}"))
         else:
             self._fail(ResponseError(f"upstream broke HTTP/1.1 framing: {exc}"))
@@ -287,16 +291,38 @@ class _UpstreamConnection(asyncio.Protocol):
         reader = self.reader
         if reader is not None:
             if reader.done():  # cancelled: what arrived waits for the next read
-                self.reader = None
+                self.reader = self.pump = None
                 return
+            body = self.body
+            if body and not self.paused:  # the usual piece of a stream, handed over as take() would hand it
+                self.body = []
+                self.body_size = 0
+                piece = body[0] if len(body) == 1 else b"".join(body)
+                pump = self.pump
+                if pump is None:
+                    self.reader = None
+                    reader.set_result(piece)
+                    return
+                try:
+                    taken = pump(piece)
+                except Exception as exc:  # the reader's to raise, as if it had handled the piece itself
+                    self.reader = self.pump = None
+                    reader.set_exception(exc)
+                    return
+                if not taken:  # the pump stopped at this piece: the reader takes over
+                    self.reader = self.pump = None
+                    reader.set_result(None)
+                    return
+                if self.state != _DONE and self.error is None:
+                    return  # the reader waits on; the pump takes the next piece too
             try:
                 data = self.take()
             except HttpError as exc:
-                self.reader = None
+                self.reader = self.pump = None
                 reader.set_exception(exc)
                 return
             if data is not None:
-                self.reader = None
+                self.reader = self.pump = None
                 reader.set_result(data)
 
     def send(self, data: bytes, head_request: bool) -> None:
@@ -304,6 +330,7 @@ class _UpstreamConnection(asyncio.Protocol):
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
         self.state = _HEAD
+        self.pump = None
         self.head_request = head_request
         self.head_bytes = 0
         self.header_bytes = 0
@@ -375,11 +402,35 @@ class UpstreamResponse:
         conn = self._conn
         if conn is None or self._finished or self._inflate is not None:
             return self._readany()
+        conn.pump = None
+        if not conn.body and conn.state != _DONE and conn.error is None:  # nothing yet (take() would say None)
+            ready = conn.reader = conn.loop.create_future()
+            return ready
         data = conn.take()
         ready = conn.reader = conn.loop.create_future()
         if data is not None:
             conn.reader = None
             ready.set_result(data)
+        return ready
+
+    def relay(self, pump: Callable[[bytes], bool]) -> Awaitable[bytes | None]:
+        """:meth:`readany`, but each piece that arrives while it waits is given to ``pump`` first, in the
+        connection's callback, without waking the reader: a piece the pump takes (it returns True) is its own,
+        and the wait goes on; the wait ends with None when the pump stops at a piece (it returns False: what it
+        made of that piece is the pump's to tell), or as readany's would, with a piece the pump never saw, the
+        body's end (``b""``) or an error. A stream's relay spares a wake-up per event so."""
+        conn = self._conn
+        if (
+            conn is None
+            or self._finished
+            or self._inflate is not None
+            or conn.body
+            or conn.state == _DONE
+            or conn.error is not None
+        ):
+            return self.readany()
+        ready = conn.reader = conn.loop.create_future()
+        conn.pump = pump
         return ready
 
     async def _readany(self) -> bytes:
@@ -409,6 +460,18 @@ class UpstreamResponse:
                 raise ResponseError(f"upstream sent a corrupt compressed body: {exc}") from None
             if data:
                 return data
+
+    def whole(self) -> bytes | None:
+        """The whole body, as :meth:`read` gives it, when it has all arrived; None: ``read()`` it.
+
+        Spares a coroutine for the usual JSON answer, which arrives with its head."""
+        conn = self._conn
+        if conn is None or self._finished or self._inflate is not None or conn.state != _DONE:
+            return None
+        data = conn.take()  # the answer is complete: all of its body (b"" for none)
+        assert data is not None
+        self._finished = True
+        return data
 
     async def read(self) -> bytes:
         """The whole body."""
@@ -525,7 +588,8 @@ class UpstreamHttp:
                 if len(self._starts) < _STARTS_KEPT:  # paths with ids in them (stored responses) are not kept
                     self._starts[(method, path)] = start
             lines = [start]
-            lines += [f"{name}: {value}\r\n" for name, value in headers]
+            for name, value in headers:  # a loop, not a comprehension: no frame of its own for a few headers
+                lines.append(f"{name}: {value}\r\n")
             if tail:
                 lines.append(tail)
             lines.append(f"Content-Length: {len(body)}\r\n\r\n" if body or method in _WITH_BODY else "\r\n")
