@@ -8,6 +8,7 @@ limits), and ``ctx.body_bytes`` stays the bytes the upstream gets.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -88,22 +89,43 @@ def _form(raw: bytes, boundary: bytes) -> dict[str, Any]:
     return body
 
 
-async def guard(ctx: RequestContext, limits: Guard) -> None:
-    """Fill ``body_bytes``, ``body``, ``model`` and ``stream``, or refuse the request."""
+def guard(ctx: RequestContext, limits: Guard) -> Awaitable[None] | None:
+    """Fill ``body_bytes``, ``body``, ``model`` and ``stream``, or refuse the request.
+
+    A body within the limit that has all arrived (the usual JSON one) is taken at once, without a coroutine:
+    None then. Otherwise the awaitable that reads the body and does the rest."""
     request = ctx.request
     endpoint = ctx.endpoint
     check_headers(request, limits)
+    if endpoint is None or not endpoint.multipart:
+        length = request.content_length
+        whole = request.content.whole() if length is not None and length <= limits.max_body_bytes else None
+        if whole is not None:
+            ctx.body_bytes = whole
+            _fill(ctx, _parse(whole))
+            return None
+    return _guard_reading(ctx, limits)
+
+
+async def _guard_reading(ctx: RequestContext, limits: Guard) -> None:
+    """:func:`guard` for a body still to be read (or an upload's)."""
+    request = ctx.request
+    endpoint = ctx.endpoint
     if endpoint is not None and endpoint.multipart:
         # The content type first: a body that cannot be a form is refused before it is read.
         boundary = form_boundary(request.headers.get("Content-Type"))
         ctx.body_bytes = await _read_body(request, limits.max_upload_bytes)
         body = ctx.body = _form(ctx.body_bytes, boundary)
     else:
-        length = request.content_length
-        # A body within the limit that has all arrived (the usual JSON one) is taken without a coroutine.
-        whole = request.content.whole() if length is not None and length <= limits.max_body_bytes else None
-        ctx.body_bytes = await _read_body(request, limits.max_body_bytes) if whole is None else whole
-        body = ctx.body = _parse(ctx.body_bytes)
+        ctx.body_bytes = await _read_body(request, limits.max_body_bytes)
+        body = _parse(ctx.body_bytes)
+    _fill(ctx, body)
+
+
+def _fill(ctx: RequestContext, body: dict[str, Any]) -> None:
+    """``body``, ``model`` and ``stream`` from the request's body, or the request refused."""
+    ctx.body = body
+    endpoint = ctx.endpoint
     model = body.get("model")
     if model is None and endpoint is not None:
         model = endpoint.default_model  # the body is left as it came: the upstream applies its own default

@@ -1,8 +1,9 @@
 """The request pipeline: guard → identify → match → admit → route → forward → account, for one endpoint.
 
 Every stage is a function of the request context and of its own, narrow
-dependencies: ``stage(ctx, deps) -> None``. Guard and admit may wait
-(coroutines); identify, match and account never do (plain functions, no
+dependencies: ``stage(ctx, deps) -> None``. Guard and admit may wait: admit
+is a coroutine, guard hands back an awaitable only when the body is still to
+be read; identify, match and account never do (plain functions, no
 coroutine to pay for). Route and forward answer: ``serve(ctx, deps)`` returns
 the response (tollgate/pipeline/attempts.py), calling ``forward`` once per
 attempt. The dependencies of every stage are built once per config version by
@@ -108,7 +109,9 @@ def make_proxy_handler(endpoint: Endpoint, gateway: Gateway) -> Handler:
         shedder = stages.shedder
         try:
             shedder.enter()
-            await guard(ctx, stages.guard)
+            reading = guard(ctx, stages.guard)  # None: the body had all arrived, nothing to wait for
+            if reading is not None:
+                await reading
             try:
                 identify(ctx, stages.identify)
             except SigningKeysStale as stale:  # a JWT the cached JWKS keys cannot check: refresh, try once more
