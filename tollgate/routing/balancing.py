@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from tollgate.clock import Clock
 from tollgate.config.model import Deployment, Upstream
 from tollgate.config.resilience import DeploymentLimits, QueuePolicy, Resilience
-from tollgate.routing.breaker import OPEN, Breaker
+from tollgate.routing.breaker import CLOSED, OPEN, Breaker
 from tollgate.routing.slot_queue import FairQueue
 
 __all__ = [
@@ -141,6 +141,18 @@ class DeploymentState:
         breaker = self.breaker
         return self.healthy and (breaker.state is not OPEN or breaker.retry_in() == 0.0)
 
+    def takes(self, now: float, tokens: int) -> bool:
+        """Whether it can take a request now: its breaker admits it, it is not :meth:`blocked`, and a slot is free."""
+        breaker = self.breaker
+        if breaker.state is not CLOSED and not breaker.would_admit():
+            return False
+        if (
+            self.rpm is not None or self.tpm is not None or not self.healthy or now < self.cooling_until
+        ) and self.blocked(now, tokens) is not None:
+            return False
+        queue = self.queue
+        return queue is None or queue.has_free_slot
+
     def blocked(self, now: float, tokens: int) -> str | None:
         """Why this deployment cannot take a request now (None when it can), breaker aside."""
         if not self.healthy:
@@ -228,6 +240,11 @@ def choose(states: tuple[DeploymentState, ...], strategy: int, start: int, tried
     with the fewest in flight or the lowest latency EWMA (unmeasured first).
     """
     n = len(states)
+    if n == 1:  # one deployment (the usual model): the loop below, for it alone
+        s = states[0]
+        if tried & 1 or not s.takes(now, tokens):
+            return -1
+        return 0
     best = -1
     best_key = 0.0
     for i in range(n):
@@ -237,9 +254,7 @@ def choose(states: tuple[DeploymentState, ...], strategy: int, start: int, tried
         if tried >> j & 1:
             continue
         s = states[j]
-        if not s.breaker.would_admit() or s.blocked(now, tokens) is not None:
-            continue
-        if s.queue is not None and not s.queue.has_free_slot:
+        if not s.takes(now, tokens):
             continue
         if strategy == WEIGHTED_ROUND_ROBIN:
             return j
