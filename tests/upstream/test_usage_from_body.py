@@ -52,3 +52,35 @@ def test_an_answer_ending_in_usage_is_not_parsed_whole(monkeypatch: pytest.Monke
     monkeypatch.setattr(orjson, "loads", loads)
     assert usage_from_body(body) == Usage(24, 16, True)
     assert parsed and max(parsed) < len(body) // 2
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 24, "completion_tokens": 16, "total_tokens": 40},
+        {"prompt_tokens": 24},  # no completion count: 0
+        {"prompt_tokens": 0, "completion_tokens": 0},
+        {"prompt_tokens": True, "completion_tokens": 3},  # a bool is no count
+        {"prompt_tokens": 5, "completion_tokens": False},
+        {"prompt_tokens": -1, "completion_tokens": 3},
+        {"prompt_tokens": 5, "completion_tokens": -2},
+        {"prompt_tokens": 5.0, "completion_tokens": 3},
+        {"prompt_tokens": 5, "completion_tokens": None},
+        {"prompt_tokens": 9, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 20}},  # capped
+        {"prompt_tokens": 9, "completion_tokens": 4, "completion_tokens_details": {"reasoning_tokens": 3}},
+        {"prompt_tokens": 9, "completion_tokens": 4, "prompt_tokens_details": None},
+    ],
+)
+def test_plain_counts_read_at_once_give_what_the_parts_checks_give(usage: dict[str, Any]) -> None:
+    found = usage_from_json({"usage": usage})
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not (count(prompt) and count(completion)):
+        assert found is None
+        return
+    details = usage.get("prompt_tokens_details") or {}
+    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0)
+    assert found == Usage(prompt, completion, True, min(details.get("cached_tokens", 0), prompt), 0, reasoning)

@@ -94,6 +94,17 @@ def usage_from_json(doc: Any) -> Usage | None:
     usage = doc.get("usage") if isinstance(doc, dict) else None
     if not isinstance(usage, dict):
         return None
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens", 0)
+    if (
+        type(prompt) is int
+        and type(completion) is int
+        and prompt >= 0
+        and completion >= 0
+        and "prompt_tokens_details" not in usage
+        and "completion_tokens_details" not in usage
+    ):  # two counts and no parts: what the checks below would find, without them
+        return Usage(prompt, completion, True)
     prompt = _count(usage.get("prompt_tokens"))
     completion = _count(usage.get("completion_tokens", 0))
     if prompt is None or completion is None:
