@@ -37,7 +37,6 @@ import tempfile
 import time
 from pathlib import Path
 from string import Template
-from typing import Any
 
 import orjson
 
