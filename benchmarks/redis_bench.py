@@ -5,7 +5,8 @@ A redis-server runs under callgrind; the gateway's own policy stages (identify
 the gateway does) run in this process with run.py's full-redis config
 (API-key identity, two namespace matchers, three rules plus the plan's two
 limits). Requests go ``--concurrency`` at a time, so admissions share a
-pipeline and settlements a ``settle.lua`` call, as under load. Two servers are
+pipeline and settlements a ``settle.lua`` call, as under load; each batch
+is settled before the next one is admitted, so every run sends the same calls. Two servers are
 run, one per request count, each after the same warm-up; then
 
     instructions per request = (Ir(n2) - Ir(n1)) / (n2 - n1)
@@ -170,10 +171,18 @@ async def drive(
         stages.shedder.leave()
         account(ctx, stages.account)
 
+    settler = state.settler
+
     async def run(count: int) -> None:
         for start in range(0, count, concurrency):
             await asyncio.gather(*(one() for _ in range(min(concurrency, count - start))))
-        await asyncio.sleep(0.2)  # the settler's last batch
+            # The settler settles the batch in one call before the next admissions go: every run sends the same
+            # calls, whatever the timing of the replies.
+            while settler.settled + settler.failures < settled[0] + min(concurrency, count - start):
+                await asyncio.sleep(0.0005)
+            settled[0] = settler.settled + settler.failures
+
+    settled = [settler.settled + settler.failures]
 
     try:
         await run(warmup)
