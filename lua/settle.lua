@@ -28,7 +28,9 @@
 
 local now = now_us()
 sw_unhold()
-local out = { now }
+local out = reply_table()
+out[1] = now
+local size = 1
 
 -- Every charge, its fields appended to out. Run under pcall: the refunds held back are written even when a later
 -- charge fails, as they would have been had each been written at once.
@@ -56,6 +58,7 @@ local function settle_all(keys, argv)
       j = j + 4
     end
   end
+  size = j
 end
 
 local ok, err = pcall(settle_all, KEYS, ARGV)
@@ -63,4 +66,4 @@ sw_flush()
 if not ok then
   error(err, 0)
 end
-return out
+return reply_done(out, size)
