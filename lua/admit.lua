@@ -57,8 +57,9 @@ if admitted == 1 then
   end
 end
 
-local out = { admitted, now }
+local out = reply_table()
+out[1], out[2] = admitted, now
 for i = 1, n do
   push_verdict(out, 2 + (i - 1) * 5, seen[i * 6])
 end
-return out
+return reply_done(out, 2 + n * 5)

@@ -9,7 +9,8 @@
 -- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
 --   adjust}), SEEN, now_us(), int(), int_memo(), num(), div(), scratch(),
 --   ttl_ms(), keep_ttl(), ms_ceil(), load_time(), store_time(), count_verdict(),
---   limit_argv(), limit_packed(), settle_packed() and push_verdict().
+--   limit_argv(), limit_packed(), settle_packed(), reply_table(), reply_done() and
+--   push_verdict().
 --
 -- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
 -- concurrency.lua), one counter key per limit:
@@ -244,6 +245,26 @@ local function settle_packed(argv, i)
     return alg, p[2], p[3], num(argv[b + 2]), argv[b + 3], '0'
   end
   return alg, p[2], p[3], num(argv[b + 2]), p[4], argv[b + 3]
+end
+
+-- The reply table of admit.lua and settle.lua, kept from one call to the next (a table built per call grows its
+-- array four or five times while it is filled, and is garbage right after): reply_table() hands it over with the
+-- entries of earlier calls still in it, reply_done(t, n) clears those past this call's n and returns t. Every call
+-- fills it from 1 without a gap, a failed one too, so the entries past n end at the first nil. Redis converts a
+-- script's reply as soon as the script returns, the embedded engine too.
+local REPLY = {}
+
+local function reply_table()
+  return REPLY
+end
+
+local function reply_done(t, n)
+  local i = n + 1
+  while t[i] ~= nil do
+    t[i] = nil
+    i = i + 1
+  end
+  return t
 end
 
 -- Appends a checked limit to a reply at out[j + 1 ..]: allowed (1/0),

@@ -18,9 +18,12 @@
 --   end of the request) and reports only what it released (settle.lua's
 --   reply has that one field for a concurrency limit); any other delta
 --   changes nothing and reports 0.
--- TTL: the key lives as long as its longest lease. Expired leases are swept
---   by the next admission that finds one (counts skip them until then) and by
---   lease_release.lua; a release through settle.lua removes its lease alone.
+-- TTL: the key lives as long as its longest lease, and up to a second more
+--   (an admission that lengthens the TTL of a key holding leases adds a
+--   second, so that the admissions after it need not; see CC_TTL). Expired
+--   leases are swept by the next admission that finds one (counts skip them
+--   until then) and by lease_release.lua; a release through settle.lua
+--   removes its lease alone.
 -- Reads: while the earliest lease of the key is live, every lease is, and
 --   ZRANGE 0 0 and ZCARD tell the state; only when expired leases are still
 --   held are they counted past by score (ZCOUNT, ZRANGEBYSCORE).
@@ -47,8 +50,8 @@ local function cc_live(key, after)
   return redis.call('ZCOUNT', key, after, '+inf')
 end
 
--- Live leases, the earliest expiry among them (nil: none), and whether expired
--- leases are still held.
+-- Live leases, the earliest expiry among them (nil: none), whether expired
+-- leases are still held, and the earliest lease when none is expired.
 local function cc_state(key, now_ms)
   local first = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
   if #first == 0 then
@@ -56,17 +59,47 @@ local function cc_state(key, now_ms)
   end
   local low = tonumber(first[2])
   if low > now_ms then
-    return redis.call('ZCARD', key), low, false
+    return redis.call('ZCARD', key), low, false, first[1]
   end
   local after = cc_after(now_ms)
   return cc_live(key, after), cc_earliest(key, after), true
 end
 
+-- When an admission last lengthened each key's TTL (Redis Functions and the embedded engine keep this between calls;
+-- EVALSHA starts empty), so that the admissions after it need not: CC_TTL.bound[key] is a lower bound of when the
+-- key expires (ms since the epoch), CC_TTL.first[key] and CC_TTL.expiry[key] the earliest live lease the key held
+-- then and its expiry. The bound holds while that lease is still the key's earliest, with that expiry: it has been
+-- live without a break since (a lease is renewed only while live), so the key has held live leases all along, and
+-- every write to a key holding live leases only lengthens its TTL (this version's or an earlier one's, through FCALL
+-- or EVALSHA); only a key with none live gets a TTL anew. Otherwise, or when the bound falls short of the new lease,
+-- the admission lengthens the TTL, by CC_SLACK_MS (at most the lease TTL) more than the new lease needs: a busy key
+-- is lengthened once its earliest lease of that moment is gone or a second has passed, not on every admission.
+-- Emptied at MEMO_MAX keys.
+local CC_TTL = { bound = {}, first = {}, expiry = {}, n = 0 }
+local CC_SLACK_MS = 1000
+
+-- Does key live at least until at_ms, its earliest live lease being first, expiring at expiry?
+local function cc_lives_until(key, first, expiry, at_ms)
+  return CC_TTL.first[key] == first and CC_TTL.expiry[key] == expiry and CC_TTL.bound[key] >= at_ms
+end
+
+-- Remembers that key lives at least until at_ms while its earliest live lease is first, expiring at expiry.
+local function cc_lengthened(key, at_ms, first, expiry)
+  if CC_TTL.first[key] == nil then
+    if CC_TTL.n >= MEMO_MAX then
+      CC_TTL.bound, CC_TTL.first, CC_TTL.expiry, CC_TTL.n = {}, {}, {}, 0
+    end
+    CC_TTL.n = CC_TTL.n + 1
+  end
+  CC_TTL.bound[key], CC_TTL.first[key], CC_TTL.expiry[key] = at_ms, first, expiry
+end
+
 ALGORITHMS.concurrency = {
   check = function(key, now, limit, window_ms, cost, param, st)
     local now_ms = cc_now_ms(now)
-    local live, earliest, expired = cc_state(key, now_ms)
+    local live, earliest, expired, first = cc_state(key, now_ms)
     st.retry_ms, st.mark, st.used, st.now_ms, st.expired = 0, 0, live, now_ms, expired
+    st.earliest, st.first = earliest, first
     if earliest then
       st.reset_ms = earliest - now_ms
     else
@@ -82,11 +115,20 @@ ALGORITHMS.concurrency = {
     if st.expired then
       redis.call('ZREMRANGEBYSCORE', key, '-inf', int(st.now_ms))
     end
-    redis.call('ZADD', key, int(st.now_ms + window_ms), param)
+    local now_ms = st.now_ms
+    local expires = now_ms + window_ms
+    redis.call('ZADD', key, int(expires), param)
+    -- The key must live until the new lease has expired: ttl_ms(window_ms) from now. (The bounds remembered are a ms
+    -- short of the TTL given: Redis counts it from when the script started, up to a ms before TIME answered.)
     if st.used == 0 then -- the key is new (none held, or every lease had expired and was just swept)
       redis.call('PEXPIRE', key, int_memo(ttl_ms(window_ms)))
-    else -- it holds leases and their TTL, maybe a renewed one longer than this lease's
-      keep_ttl(key, window_ms)
+    elseif st.expired or not cc_lives_until(key, st.first, st.earliest, now_ms + ttl_ms(window_ms)) then
+      -- it holds leases and their TTL, maybe a renewed one longer than this lease's: lengthened, never shortened
+      local slack = math.min(CC_SLACK_MS, window_ms)
+      keep_ttl(key, window_ms + slack)
+      if not st.expired then
+        cc_lengthened(key, expires + slack, st.first, st.earliest)
+      end
     end
   end,
 

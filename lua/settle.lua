@@ -22,28 +22,48 @@
 --   or refunded < 0), overdraft (units consumed beyond the limit), remaining,
 --   reset_ms; for a concurrency limit only applied (a release, -1 or 0) }.
 -- Refunds never take back more than the charged place still holds, and are
--- no-ops once that window or slot has expired.
+-- no-ops once that window or slot has expired. A sliding window's refunds
+-- into one slot are written together when the call ends (sliding_window.lua's
+-- held refunds): the same final state as writing each on its own.
 
 local now = now_us()
-local out = { now }
-local j = 1
-local packed = #ARGV == 3 * #KEYS
-for i = 1, #KEYS do
-  local alg, limit, window_ms, delta, param, mark
-  if packed then
-    alg, limit, window_ms, delta, param, mark = settle_packed(ARGV, i)
-  else
-    alg, limit, window_ms, delta, param, mark = limit_argv(ARGV, i)
+sw_unhold()
+local out = reply_table()
+out[1] = now
+local size = 1
+
+-- Every charge, its fields appended to out. Run under pcall: the refunds held back are written even when a later
+-- charge fails, as they would have been had each been written at once.
+local function settle_all(keys, argv)
+  local j = 1
+  local packed = #argv == 3 * #keys
+  for i = 1, #keys do
+    local alg, limit, window_ms, delta, param, mark
+    if packed then
+      alg, limit, window_ms, delta, param, mark = settle_packed(argv, i)
+    else
+      alg, limit, window_ms, delta, param, mark = limit_argv(argv, i)
+    end
+    if alg ~= ALGORITHMS.sliding_window and SW_HELD.n > 0 then -- a key a held refund has yet to write
+      sw_flush_key(keys[i])
+    end
+    local applied, overdraft, remaining, reset = alg.adjust(keys[i], now, limit, window_ms, delta, param, mark)
+    out[j + 1] = applied
+    if alg == ALGORITHMS.concurrency then
+      j = j + 1
+    else
+      out[j + 2] = overdraft
+      out[j + 3] = remaining
+      out[j + 4] = reset
+      j = j + 4
+    end
   end
-  local applied, overdraft, remaining, reset = alg.adjust(KEYS[i], now, limit, window_ms, delta, param, mark)
-  out[j + 1] = applied
-  if alg == ALGORITHMS.concurrency then
-    j = j + 1
-  else
-    out[j + 2] = overdraft
-    out[j + 3] = remaining
-    out[j + 4] = reset
-    j = j + 4
-  end
+  size = j
 end
-return out
+
+local ok, err = pcall(settle_all, KEYS, ARGV)
+sw_flush()
+if not ok then
+  error(err, 0)
+end
+return reply_done(out, size)

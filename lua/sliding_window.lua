@@ -146,6 +146,55 @@ local function sw_add(key, cur, field, here, units, all, stale, low, high, slot_
   end
 end
 
+-- Refunds held back within one settle.lua call. A batch settles many requests' reservations on one key, most of
+-- them refunds into the slot they were charged in that leave it units: the first of them reads the key, the next
+-- ones into the same slot are applied to what it read, and one HSET writes the result (sw_flush, when the call ends
+-- or before anything else reads or writes the key). The replies and the key's final state are those of applying
+-- each refund on its own. key -> {field, mark, window_ms, param, all, have, total, reset}; SW_HELD.keys lists them.
+local SW_HELD = { keys = {}, n = 0, map = {} }
+
+-- Writes what is held for key (nothing when nothing is).
+local function sw_flush_key(key)
+  local held = SW_HELD.map[key]
+  if held ~= nil then
+    SW_HELD.map[key] = nil
+    redis.call('HSET', key, 't', int(held.all), held.field, int(held.have))
+  end
+end
+
+-- Writes every refund held back (settle.lua, when its charges are done).
+local function sw_flush()
+  local keys = SW_HELD.keys
+  for i = 1, SW_HELD.n do
+    sw_flush_key(keys[i])
+    keys[i] = nil
+  end
+  SW_HELD.n = 0
+end
+
+-- Forgets, unwritten, what an earlier call left held (it failed part way; settle.lua, when its charges begin).
+local function sw_unhold()
+  if SW_HELD.n > 0 then
+    SW_HELD.keys, SW_HELD.n, SW_HELD.map = {}, 0, {}
+  end
+end
+
+-- A refund of a held slot, applied in memory when it leaves the slot units (the case held refunds are for):
+-- applied, overdraft, remaining, reset_ms as adjust() returns them; nil otherwise.
+local function sw_held_refund(held, limit, window_ms, delta, param, mark)
+  if delta >= 0 or held.mark ~= mark or held.window_ms ~= window_ms or held.param ~= param then
+    return nil
+  end
+  local have = held.have
+  local back = -delta
+  if back >= have then
+    return nil
+  end
+  local total = held.total - back
+  held.have, held.all, held.total = have - back, held.all - back, total
+  return delta, math.max(0, total - limit), math.max(0, limit - total), held.reset
+end
+
 ALGORITHMS.sliding_window = {
   check = function(key, now, limit, window_ms, cost, param, st)
     local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
@@ -177,6 +226,14 @@ ALGORITHMS.sliding_window = {
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)
+    local held = SW_HELD.map[key]
+    if held ~= nil then
+      local applied, overdraft, remaining, reset = sw_held_refund(held, limit, window_ms, delta, param, mark)
+      if applied ~= nil then
+        return applied, overdraft, remaining, reset
+      end
+      sw_flush_key(key)
+    end
     local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
     if delta > 0 then
       local field = int_memo(cur)
@@ -193,8 +250,15 @@ ALGORITHMS.sliding_window = {
       local back = math.min(have, -delta)
       applied = -back
       total = total - back
-      if back < have then
-        redis.call('HSET', key, 't', int(all - back), field, int(have - back))
+      if back < have then -- held back: written by sw_flush, with the refunds into this slot that follow
+        local reset = sw_reset(newest, slot_ms, window_ms, now_ms)
+        SW_HELD.map[key] = {
+          field = field, mark = mark, window_ms = window_ms, param = param,
+          all = all - back, have = have - back, total = total, reset = reset,
+        }
+        SW_HELD.n = SW_HELD.n + 1
+        SW_HELD.keys[SW_HELD.n] = key
+        return applied, math.max(0, total - limit), math.max(0, limit - total), reset
       elseif all == back then -- the last units of the key: nothing left to count
         redis.call('DEL', key)
         newest = nil
