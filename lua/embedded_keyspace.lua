@@ -50,6 +50,20 @@ local ARITY = {
   ZCARD = 2, ZRANGE = -4,
 }
 
+-- new_table(narr, nhash): a table with room for narr array items, LuaJIT's table.new when there is one (no
+-- regrowth while a reply is filled), else an empty table.
+local function table_new_or_empty()
+  local ok, table_new = pcall(require, 'table.new')
+  if ok then
+    return table_new
+  end
+  return function()
+    return {}
+  end
+end
+
+local NEW_TABLE = table_new_or_empty()
+
 local function reply_error(message)
   error({ err = message }, 0)
 end
@@ -68,8 +82,17 @@ local function arg_str(v)
   reply_error('ERR Lua redis lib command arguments must be strings or integers')
 end
 
+-- Integer arguments already checked, string -> number (a TTL, an increment come back call after call,
+-- and the pattern match that checks one is not compiled by LuaJIT); dropped whole at INT_MEMO_MAX.
+local INT_MEMO_MAX = 1024
+local INT_MEMO = { map = {}, n = 0 }
+
 -- A strict integer, as Redis parses one (no sign "+", no leading zeros or spaces).
 local function int_arg(v, message)
+  local known = INT_MEMO.map[v]
+  if known ~= nil then
+    return known
+  end
   if type(v) == 'number' then
     if v == math.floor(v) and v > -1e17 and v < 1e17 then
       return v
@@ -77,7 +100,13 @@ local function int_arg(v, message)
     v = arg_str(v)
   end
   if type(v) == 'string' and #v <= 19 and (v == '0' or string.find(v, '^%-?[1-9]%d*$')) then
-    return tonumber(v)
+    local n = tonumber(v)
+    if INT_MEMO.n >= INT_MEMO_MAX then
+      INT_MEMO.map, INT_MEMO.n = {}, 0
+    end
+    INT_MEMO.map[v] = n
+    INT_MEMO.n = INT_MEMO.n + 1
+    return n
   end
   reply_error(message or NOT_INTEGER)
 end
@@ -147,7 +176,8 @@ end
 -- script asks for the earliest lease, the live count and the expired ones on
 -- every call, and while the lowest score is in the future all three follow
 -- from it without a pass over the members. A write that may change the
--- minimum updates or drops the cache; the next reader rescans once.
+-- minimum updates or drops the cache; the next reader rescans once. min_str
+-- is the lowest score's reply string once asked for (zmin_str).
 local function zmin(z)
   if not z.min_ok then
     local best_score, best_member = nil, nil
@@ -156,19 +186,32 @@ local function zmin(z)
         best_score, best_member = score, member
       end
     end
-    z.min_score, z.min_member, z.min_ok = best_score, best_member, true
+    z.min_score, z.min_member, z.min_ok, z.min_str = best_score, best_member, true, nil
   end
   return z.min_score, z.min_member
 end
 
+-- The lowest score's reply string (after zmin), formatted once for as long as it stays the lowest: the
+-- concurrency script asks for it on every call.
+local function zmin_str(z)
+  local s = z.min_str
+  if s == nil then
+    s = score_str(z.min_score)
+    z.min_str = s
+  end
+  return s
+end
+
 local function keyspace_new()
-  local floor, format, upper, select, type, tremove = math.floor, string.format, string.upper, select, type, table.remove
-  local data = {} -- key -> string | {kind = HASH, order, map} | {kind = ZSET, map, n, min_score, min_member, min_ok} (see zmin)
+  local floor, format, upper, byte, select, type, tremove =
+    math.floor, string.format, string.upper, string.byte, select, type, table.remove
+  local data = {} -- key -> string | {kind = HASH, order, map, incr_str, incr_value (see HINCRBY)} | {kind = ZSET, map, n, min_score, min_member, min_ok} (see zmin)
   local expires = {} -- key -> expiry (ms since the epoch); no entry: no TTL
   local size = 0 -- keys in data (expired ones not yet dropped included)
   local heap_at, heap_key, heap_n = {}, {}, 0 -- min-heap of (expiry, key)
   local filed = {} -- key -> expiry of its earliest entry in the heap
   local now_us, now_ms = 0, 0
+  local time_s, time_s_str = -1, '' -- TIME's seconds and their string, kept while they last
 
   -- -- the heap of expiry times -----------------------------------------------
   local function heap_push(at, key)
@@ -326,7 +369,10 @@ local function keyspace_new()
 
   C.TIME = function()
     local s = floor(now_us / 1000000)
-    return { format('%d', s), format('%d', now_us - s * 1000000) }
+    if s ~= time_s then
+      time_s, time_s_str = s, format('%d', s)
+    end
+    return { time_s_str, format('%d', now_us - s * 1000000) }
   end
 
   C.GET = function(key)
@@ -380,7 +426,7 @@ local function keyspace_new()
   C.PEXPIRE = function(key, ms, flag, ...)
     local gt = false
     if flag ~= nil then
-      if select('#', ...) > 0 or str(flag):upper() ~= 'GT' then
+      if select('#', ...) > 0 or (flag ~= 'GT' and upper(str(flag)) ~= 'GT') then
         reply_error('ERR syntax error (the embedded keyspace supports PEXPIRE key ms [GT])')
       end
       gt = true
@@ -416,11 +462,30 @@ local function keyspace_new()
     return at - now_ms
   end
 
+  -- A field's value in a hash's map (nil: no hash), false when absent.
+  local function field_of(map, field)
+    local v = map and map[str(field)]
+    if v == nil then
+      return false
+    end
+    return v
+  end
+
   C.HMGET = function(key, ...)
     local h = lookup_kind(str(key), HASH)
-    local out = {}
+    local n = select('#', ...)
     local map = h and h.map
-    for i = 1, select('#', ...) do
+    -- Up to four fields (the scripts ask two or four) as parameters: LuaJIT compiles select(i, ...) for one
+    -- i at a time, so a loop over it leaves its trace at every step.
+    if n == 4 then
+      local f1, f2, f3, f4 = ...
+      return { field_of(map, f1), field_of(map, f2), field_of(map, f3), field_of(map, f4) }
+    elseif n == 2 then
+      local f1, f2 = ...
+      return { field_of(map, f1), field_of(map, f2) }
+    end
+    local out = NEW_TABLE(n, 0)
+    for i = 1, n do
       local field = str((select(i, ...)))
       local v = map and map[field]
       if v == nil then
@@ -489,10 +554,14 @@ local function keyspace_new()
     if old == nil then
       h.order[#h.order + 1] = field
       value = increment
+    elseif old == h.incr_str then -- the string this command wrote last in this hash: its number is known
+      value = h.incr_value + increment
     else
       value = int_arg(old, 'ERR hash value is not an integer') + increment
     end
-    map[field] = format('%d', value)
+    local s = format('%d', value)
+    map[field] = s
+    h.incr_str, h.incr_value = s, value
     return value
   end
 
@@ -530,7 +599,9 @@ local function keyspace_new()
     local xx = false
     while first <= n do
       local flag = select(first, ...)
-      if type(flag) ~= 'string' or upper(flag) ~= 'XX' then
+      -- A score (digits, a sign, "inf") is not an option: no case conversion for it.
+      local b = type(flag) == 'string' and byte(flag, 1)
+      if (b ~= 88 and b ~= 120) or upper(flag) ~= 'XX' then -- 'X', 'x'
         break
       end
       xx = true
@@ -539,9 +610,15 @@ local function keyspace_new()
     if first > n or (n - first + 1) % 2 ~= 0 then
       reply_error('ERR syntax error')
     end
-    local scores = {}
-    for i = first, n, 2 do
-      scores[#scores + 1] = float_arg((select(i, ...)), 'ERR value is not a valid float')
+    -- Every score is checked before anything is written; one pair (the usual call) needs no list of them.
+    local score1, scores = nil, nil
+    if n - first == 1 then
+      score1 = float_arg((select(first, ...)), 'ERR value is not a valid float')
+    else
+      scores = {}
+      for i = first, n, 2 do
+        scores[#scores + 1] = float_arg((select(i, ...)), 'ERR value is not a valid float')
+      end
     end
     local z = lookup_kind(key, ZSET)
     if z == nil then
@@ -555,7 +632,7 @@ local function keyspace_new()
     local added = 0
     for i = first, n, 2 do
       local member = str((select(i + 1, ...)))
-      local score = scores[(i - first) / 2 + 1]
+      local score = score1 or scores[(i - first) / 2 + 1]
       local old = map[member]
       if old ~= nil or not xx then
         map[member] = score
@@ -566,7 +643,7 @@ local function keyspace_new()
         if z.min_ok then
           local ms, mm = z.min_score, z.min_member
           if ms == nil or score < ms or (score == ms and member < mm) then
-            z.min_score, z.min_member = score, member
+            z.min_score, z.min_member, z.min_str = score, member, nil
           elseif member == mm and score ~= ms then
             z.min_ok = false -- the minimum moved up: which member is lowest now is unknown
           end
@@ -636,11 +713,10 @@ local function keyspace_new()
       if hi == math.huge and not hi_ex then
         local low, low_member = zmin(z)
         if in_range(low, lo, lo_ex, hi, hi_ex) then
-          out[1] = low_member
           if with_scores then
-            out[2] = score_str(low)
+            return { low_member, zmin_str(z) }
           end
-          return out
+          return { low_member }
         end
       end
       local best_score, best_member = nil, nil
@@ -684,16 +760,15 @@ local function keyspace_new()
   C.ZRANGE = function(key, start, stop, option, ...)
     local with_scores = false
     if option ~= nil then
-      if select('#', ...) > 0 or upper(str(option)) ~= 'WITHSCORES' then
+      if select('#', ...) > 0 or (option ~= 'WITHSCORES' and upper(str(option)) ~= 'WITHSCORES') then
         reply_error('ERR syntax error (ZRANGE by rank [WITHSCORES] only, in the embedded keyspace)')
       end
       with_scores = true
     end
     start, stop = int_arg(start), int_arg(stop)
     local z = lookup_kind(str(key), ZSET)
-    local out = {}
     if z == nil then
-      return out
+      return {}
     end
     local n = z.n
     if start < 0 then
@@ -706,22 +781,21 @@ local function keyspace_new()
       stop = n - 1
     end
     if start > stop then
-      return out
+      return {}
     end
     if start == 0 and stop == 0 then -- the lowest member (what the concurrency script asks): the cached minimum
-      local low, low_member = zmin(z)
-      out[1] = low_member
+      local _, low_member = zmin(z)
       if with_scores then
-        out[2] = score_str(low)
+        return { low_member, zmin_str(z) }
       end
-      return out
+      return { low_member }
     end
     local all = {}
     for member, score in pairs(z.map) do
       all[#all + 1] = { score, member }
     end
     table.sort(all, by_score_then_member)
-    return push_entries(out, all, start + 1, stop + 1, with_scores)
+    return push_entries({}, all, start + 1, stop + 1, with_scores)
   end
 
   C.ZREM = function(key, ...)

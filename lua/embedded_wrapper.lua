@@ -1,11 +1,13 @@
 -- embedded_wrapper.lua: how the embedded engine (tollgate/limiter/store/embedded.py) runs one script.
 -- Not a limiter script: the engine puts a script's libraries at the "@prelude" marker line and its
--- body at the "@body" one, then evaluates this expression once per script with the Lua keyspace.
+-- body at the "@body" one, then evaluates this expression once per script with the Lua keyspace and,
+-- on LuaJIT, the address and length of the engine's reply buffer (an array of int64 owned by Python).
 -- KEYS and ARGV: those of the wrapped script (passed as now_us, the number of ARGV, ARGV..., KEYS...).
 -- Units: now_us in microseconds since the epoch (the engine's clock, read once per call).
--- Return: (1, array items...) for an array of integers (the limiter scripts' replies, handed over as
---   they are), (2, array items...) for any other array, (0, value) for any other reply; an error reply
---   is raised.
+-- Return: n, the length of an array of integers written to the reply buffer (the limiter scripts'
+--   replies: no value crosses to Python one by one); without a buffer, or for a reply the buffer
+--   cannot hold, (1, array items...) for an array of integers, (2, array items...) for any other
+--   array, (0, value) for any other reply; an error reply is raised.
 --
 -- The libraries (prelude) are instantiated once, when the engine starts;
 -- KEYS and ARGV are parameters of the body, as they are globals of a Redis
@@ -14,10 +16,25 @@
 -- thousand or so). redis.call is the keyspace's, in Lua.
 -- An error reply raised by redis.call is a table {err = ...}, as in Redis 7;
 -- it leaves as a Lua error with that message. The script's reply leaves as
--- (1 or 2, unpack(array)) or (0, value), so that lupa hands back one tuple;
--- 1 tells the engine that no item needs converting.
-function(keyspace)
+-- a count (buffer), (1 or 2, unpack(array)) or (0, value), so that lupa
+-- hands back one number or one tuple; 1 tells the engine that no item needs
+-- converting.
+function(keyspace, reply_at, reply_slots)
   local select, unpack, type, error, pcall, floor = select, unpack, type, error, pcall, math.floor
+  -- The reply buffer, as int64_t*: Python reads the first n slots after the call (one copy, no per-item
+  -- conversion). Lua 5.1 has no FFI: replies then leave on the stack.
+  local slots, has_ffi, ffi = nil, pcall(require, 'ffi')
+  local has_table_new, table_new = pcall(require, 'table.new') -- LuaJIT: a table allocated at its size
+  if not has_table_new then
+    table_new = function()
+      return {}
+    end
+  end
+  if reply_at and has_ffi then
+    slots = ffi.cast('int64_t *', reply_at)
+  else
+    reply_slots = 0
+  end
   local begin, str = keyspace.begin, keyspace.str
   local EXACT = 2 ^ 53 -- beyond it a double is not handed over as an exact integer
   local redis = { call = keyspace.call, REDIS_VERSION_NUM = 0x070000 } -- its commands take Redis 7's options
@@ -37,6 +54,16 @@ function(keyspace)
       return 0, value.ok
     end
     local n = #value
+    if n <= reply_slots then -- every item an exact integer: written to the buffer as it is checked
+      for i = 1, n do
+        local v = value[i]
+        if type(v) ~= 'number' or v ~= floor(v) or v >= EXACT or v <= -EXACT then
+          return 2, unpack(value, 1, n)
+        end
+        slots[i - 1] = v
+      end
+      return n
+    end
     if n == 0 or n > 4096 then -- nothing to unpack (lupa would hand back the bare flag), or too much
       return 0, value
     end
@@ -54,8 +81,9 @@ function(keyspace)
   end
   return function(now_us, nargs, ...)
     begin(now_us)
-    local ARGV, KEYS = {...}, {}
-    for i = nargs + 1, select('#', ...) do
+    local total = select('#', ...)
+    local ARGV, KEYS = {...}, table_new(total - nargs, 0)
+    for i = nargs + 1, total do
       local v = ARGV[i]
       if type(v) ~= 'string' then
         v = str(v)

@@ -146,10 +146,23 @@ def _random_zset_op(rng: random.Random) -> tuple[str, ...]:
     member = lambda: rng.choice("abcdef")  # noqa: E731
     score = lambda: str(rng.randint(0, 6))  # noqa: E731
     bound = lambda: rng.choice(["-inf", "+inf", score(), "(" + score()])  # noqa: E731
-    kinds = ["ZADD", "ZADD", "ZADDXX", "ZREM", "ZREMRANGEBYSCORE", "ZCOUNT", "ZCOUNT", "ZFIRST", "ZRANGEBYSCORE"]
+    kinds = [
+        "ZADD",
+        "ZADD",
+        "ZADD1",
+        "ZADDXX",
+        "ZREM",
+        "ZREMRANGEBYSCORE",
+        "ZCOUNT",
+        "ZCOUNT",
+        "ZFIRST",
+        "ZRANGEBYSCORE",
+    ]
     kind = rng.choice([*kinds, "ZLOWEST", "ZCARD", "ZRANGE"])
     if kind == "ZADD":
         return ("ZADD", "z", score(), member(), score(), member())
+    if kind == "ZADD1":  # one pair, as the concurrency script adds a lease
+        return ("ZADD", "z", score(), member())
     if kind == "ZADDXX":
         return ("ZADD", "z", "XX", score(), member())
     if kind == "ZREM":
