@@ -88,3 +88,14 @@ def test_reset_format_of_whole_milliseconds_matches_the_float_formatting(ms: int
         else f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
     )
     assert format_reset(ms) == expected
+
+
+def test_resets_of_a_minute_or_more_are_the_same_text_whether_remembered_or_not() -> None:
+    samples = [60_000, 60_999, 61_000, 3_599_999, 3_600_000, 86_399_999, 2_255_544_134, 34_560_000_000]
+    samples += [60_000 + 7_919 * i for i in range(500)]
+    for ms in samples:
+        first = format_reset(ms)  # written, then remembered by its second
+        whole = int(ms / 1000)
+        hours, rest = divmod(whole, 3600)
+        expected = f"{hours}h{rest // 60}m{rest % 60}s" if hours else f"{rest // 60}m{rest % 60}s"
+        assert first == expected == format_reset(ms) == format_reset(float(ms)), ms

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -123,4 +124,42 @@ async def test_a_batch_mixing_extended_streams_and_plain_requests_charges_each_e
     held = await limiter.peek(CONCURRENT.with_cost(0))
     assert held.remaining == held.limit, "a lease stayed held after its request was settled"
     assert (settler.settled, settler.failures) == (len(used), 0)
+    await limiter.close()
+
+
+LEASE = LimitSpec(name="inflight", kind="concurrency", limit=10, scope_key=(("tenant", "t"),), tenant="t")
+
+
+async def test_a_batch_of_released_leases_wakes_lease_waiters_once_and_counts_every_request() -> None:
+    limiter = build_limiter()
+    woken: list[int] = []
+    settler = Settler(limiter, on_release=lambda: woken.append(1))
+    for _ in range(3):
+        admitted = await limiter.admit([SPEC, LEASE])
+        assert admitted.lease is not None
+        admission = Admission(decision=admitted, completion_reserved=100)
+        settler.finish(SimpleNamespace(admission=admission, usage=Usage(10, 0, reported=True), first_byte_at=1.0))  # type: ignore[arg-type]
+    await settler.drain()
+    assert woken == [1]
+    assert settler.settled == 3 and settler.failures == 0
+    assert (await limiter.peek(LEASE)).remaining == 10
+    await limiter.close()
+
+
+async def test_requests_finished_before_the_worker_started_are_settled_once_it_runs() -> None:
+    limiter = build_limiter()
+    settler = Settler(limiter)
+    for _ in range(2):
+        admitted = await limiter.admit([SPEC])
+        admission = Admission(decision=admitted, completion_reserved=100)
+        settler.finish(SimpleNamespace(admission=admission, usage=Usage(30, 0, reported=True), first_byte_at=1.0))  # type: ignore[arg-type]
+    settler.start()
+    for _ in range(20):
+        await asyncio.sleep(0)
+        if settler.settled == 2:
+            break
+    assert settler.settled == 2
+    state = await limiter.peek(SPEC.with_cost(0))
+    assert state.limit - state.remaining == 60
+    await settler.close()
     await limiter.close()

@@ -19,18 +19,36 @@ class HeaderLimit(NamedTuple):
     window_ms: int
 
 
+# A minute or more is written in whole seconds: those texts, by second (a month's window resets once a second).
+_LONG_RESETS: dict[int, str] = {}
+_LONG_EXACT = 10**12  # below it, int(ms / 1000) == ms // 1000 for every integer ms (the float is exact enough)
+
+
 def format_reset(ms: int) -> str:
     """OpenAI's reset format: ``20ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h2m3s``."""
     if ms < 1000:
         return f"{max(ms, 0)}ms"
-    if type(ms) is int and ms < 60_000:  # the usual case, in integer arithmetic: 1500 -> "1.5s"
-        whole, frac = divmod(ms, 1000)
-        return f"{whole}s" if not frac else f"{whole}.{frac:03d}".rstrip("0") + "s"
+    if type(ms) is int:
+        if ms < 60_000:  # in integer arithmetic: 1500 -> "1.5s"
+            whole, frac = divmod(ms, 1000)
+            return f"{whole}s" if not frac else f"{whole}.{frac:03d}".rstrip("0") + "s"
+        if ms < _LONG_EXACT:
+            text = _LONG_RESETS.get(ms // 1000)
+            if text is None:
+                if len(_LONG_RESETS) >= 4096:
+                    _LONG_RESETS.clear()
+                text = _LONG_RESETS[ms // 1000] = _long_reset(ms)
+            return text
     seconds = ms / 1000
     if seconds < 60:
         text = f"{seconds:.3f}".rstrip("0").rstrip(".")
         return f"{text}s"
-    whole = int(seconds)
+    return _long_reset(ms)
+
+
+def _long_reset(ms: float) -> str:
+    """A reset of a minute or more: whole hours, minutes and seconds."""
+    whole = int(ms / 1000)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"
@@ -138,7 +156,7 @@ class HeaderPlan:
     :meth:`headers` gives what :func:`ratelimit_headers` gives for the same limits, in the same order.
     """
 
-    __slots__ = ("requests", "tokens")
+    __slots__ = ("requests", "tokens", "_units")
 
     def __init__(self, limits: Iterable[tuple[int, HeaderLimit]]) -> None:
         requests: list[_Slot] = []
@@ -151,21 +169,40 @@ class HeaderPlan:
                 tokens.append(slot)
         self.requests = tuple(requests)
         self.tokens = tuple(tokens)
+        # per unit shown: its three header names, its first limit, the others
+        self._units = tuple(
+            (_NAMES[unit], slots[0], slots[1:])
+            for unit, slots in (("requests", self.requests), ("tokens", self.tokens))
+            if slots
+        )
 
     def headers(self, states: Sequence[LimitReading]) -> dict[str, str]:
         """The headers for ``states`` (one per limit of the list the plan was made for, in its order)."""
-        tightest = []
-        for unit, slots in (("requests", self.requests), ("tokens", self.tokens)):
-            if not slots:
-                continue
-            best = slots[0]
+        headers: dict[str, str] = {}
+        policy = state = ""
+        for (limit_header, remaining_header, reset_header), best, others in self._units:
             st = states[best[0]]
-            for slot in slots[1:]:  # fewest remaining, then soonest reset; the first of equals
+            for slot in others:  # fewest remaining, then soonest reset; the first of equals
                 other = states[slot[0]]
-                if (other.remaining, other.reset_ms) < (st.remaining, st.reset_ms):
+                if other.remaining < st.remaining or (other.remaining == st.remaining and other.reset_ms < st.reset_ms):
                     best, st = slot, other
             _, name, limit, window_ms, parts = best
             if st.limit != limit:  # a fail mode's share of the limit (``local``): its own parts
                 parts = _static(HeaderLimit(name, "", st.limit, 0, 0, window_ms))
-            tightest.append((unit, parts, st.remaining, st.reset_ms))
-        return _written(tightest)
+            limit_text, quoted, item = parts
+            remaining_count = st.remaining
+            reset_ms = st.reset_ms
+            remaining = str(remaining_count) if remaining_count > 0 else "0"
+            headers[limit_header] = limit_text
+            headers[remaining_header] = remaining
+            headers[reset_header] = format_reset(reset_ms)
+            reading = f"{quoted};r={remaining};t={-(-reset_ms // 1000) if reset_ms > 0 else 0}"
+            if policy:
+                policy = f"{policy}, {item}"
+                state = f"{state}, {reading}"
+            else:
+                policy, state = item, reading
+        if policy:
+            headers["RateLimit-Policy"] = policy
+            headers["RateLimit"] = state
+        return headers

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from random import getrandbits
 from typing import Any
 
 from tollgate.errors import StoreError, StoreOverloaded
 from tollgate.limiter.decision import Charge, Decision, Lease, LimitState, Reservation
 from tollgate.limiter.fail_modes import FailModeMixin
-from tollgate.limiter.slot_groups import LAYOUTS_LIMIT, Group, Item, Layout, group_outcome, layout_of
+from tollgate.limiter.slot_groups import (
+    LAYOUTS_LIMIT,
+    Group,
+    Item,
+    Layout,
+    alone,
+    group_outcome,
+    layout_of,
+    retry_after,
+)
 from tollgate.limiter.spec import LimitSpec
 from tollgate.limiter.unsettled import UnsettledMixin
 
@@ -46,20 +55,38 @@ class AdmitMixin(FailModeMixin, UnsettledMixin):
         now = 0.0  # the over-limit cache's time; only remote stores use the cache
         if remote:
             now = self._clock.monotonic()
-            cached = self._cached_refusal(store_name, items, now)
+            cached = self._cached_refusal(store_name, items, now) if len(self._cache) else None
             if cached is not None:
                 return cached
         # 72 random bits from the process's generator (reseeded in a forked worker): os.urandom releases the GIL for
         # its getrandom system call, and under load the thread waited on getting it back, 5 % of a full-policy request.
         lease_id = getrandbits(72).to_bytes(9, "big").hex() if layout.wants_lease else ""
 
+        groups = layout.groups
+        if len(groups) == 1:  # every limit in one call (a standalone store, or one slot): read its reply at once
+            group = groups[0]
+            pending = engine.run("admit", group.keys, group.argv(lease_id))
+            try:
+                reply = await pending
+            except StoreOverloaded:  # the gateway's own queue, not the store: no fail mode, a 503
+                raise
+            except StoreError:
+                outcome = await self._fail_group(store_name, group.items, lease_id)
+                return self._decided(
+                    store_name, items, now, remote, outcome.states, outcome.charges, outcome.allowed, outcome.degraded
+                )
+            except asyncio.CancelledError:
+                self._refund_abandoned(store_name, group, pending, lease_id, [])
+                raise
+            decision = alone(store_name, group, reply, lease_id)
+            if remote and not decision.allowed:
+                self._remember(store_name, items, enumerate(decision.limits), now)
+            return decision
+
         states: list[tuple[int, LimitState]] = []
         consumed: list[Charge] = []
         degraded = False
         allowed = True
-        groups = layout.groups
-        # With one group nothing is ever refunded, so only what settles or releases later needs a Charge.
-        every_charge = len(groups) > 1
         for group in groups:
             # The store call is awaited here rather than in a helper coroutine: one frame less to suspend and resume.
             pending = engine.run("admit", group.keys, group.argv(lease_id))
@@ -75,7 +102,7 @@ class AdmitMixin(FailModeMixin, UnsettledMixin):
                 self._refund_abandoned(store_name, group, pending, lease_id, consumed)
                 raise
             else:
-                outcome = group_outcome(store_name, group.items, reply, lease_id, every_charge)
+                outcome = group_outcome(store_name, group.items, reply, lease_id, True)
             states += outcome.states
             degraded = degraded or outcome.degraded
             if not outcome.allowed:
@@ -87,33 +114,46 @@ class AdmitMixin(FailModeMixin, UnsettledMixin):
                 break
             consumed += outcome.charges
 
-        if len(groups) > 1 or degraded:  # a failed group lists its fail-mode answers before its local ones
-            states.sort(key=_by_position)
+        return self._decided(store_name, items, now, remote, states, consumed, allowed, degraded)
+
+    def _decided(
+        self,
+        store: str,
+        items: list[Item],
+        now: float,
+        remote: bool,
+        states: list[tuple[int, LimitState]],
+        consumed: list[Charge],
+        allowed: bool,
+        degraded: bool,
+    ) -> Decision:
+        """The decision of the outcomes of several calls, or of a call whose store failed."""
+        states.sort(key=_by_position)  # several groups, or a failed group's fail-mode answers before its local ones
         limits = tuple([s for _, s in states])
         if degraded:
             self.stats.degraded += 1
         elif remote and not allowed:
-            for idx, st in states:
-                if not st.allowed and not st.shadow:
-                    it = items[idx]
-                    self._cache.remember(store_name, it.key, it.spec.cost, st, now, reserved=it.spec.reserves)
+            self._remember(store, items, states, now)
         if not allowed:
-            return Decision(False, limits, degraded, _retry_after(limits))
+            return Decision(False, limits, degraded, retry_after(limits))
         reservation = tuple([c for c in consumed if c.spec.reserves])
         leases = tuple([c for c in consumed if c.spec.kind == "concurrency"])
-        # tuple.__new__: the named tuple without its Python-level constructor (one per admitted request)
-        return _new(
-            Decision,
-            (
-                True,
-                limits,
-                degraded,
-                0,
-                Reservation(reservation) if reservation else None,
-                Lease(leases) if leases else None,
-                False,
-            ),
+        return Decision(
+            True,
+            limits,
+            degraded,
+            0,
+            Reservation(reservation) if reservation else None,
+            Lease(leases) if leases else None,
+            False,
         )
+
+    def _remember(self, store: str, items: list[Item], states: Iterable[tuple[int, LimitState]], now: float) -> None:
+        """A remote store refused: the limits that refused are over until their retry time (the over-limit cache)."""
+        for idx, st in states:
+            if not st.allowed and not st.shadow:
+                it = items[idx]
+                self._cache.remember(store, it.key, it.spec.cost, st, now, reserved=it.spec.reserves)
 
     def _layout(self, specs: Sequence[LimitSpec], single_slot: bool) -> Layout:
         layout = layout_of(specs, single_slot, self._keys)
@@ -143,10 +183,3 @@ class AdmitMixin(FailModeMixin, UnsettledMixin):
             task = asyncio.get_running_loop().create_task(self._refund(charges))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-
-
-def _retry_after(limits: Sequence[LimitState]) -> int:
-    waits = [s.retry_after_ms for s in limits if not s.allowed and not s.shadow]
-    if not waits:
-        return 0
-    return -1 if -1 in waits else max(waits)

@@ -62,6 +62,7 @@ class LimiterBase:
         self._keys = KeyBuilder(key_prefix)
         self._background: set[asyncio.Task[Any]] = set()  # refunds of abandoned admissions
         self._layouts: dict[tuple[int, bool], Layout] = {}  # (id(specs), single slot) -> layout; holds the tuple too
+        self._settle_limits: dict[int, tuple[LimitSpec, str]] = {}  # id(spec) -> (spec, settle.lua's packed limit)
         self._cache = OverLimitCache(cache_size)
         self._plan_routes = dict(plan_routes or {})
         self._tenant_routes = dict(tenant_routes or {})

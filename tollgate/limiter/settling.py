@@ -16,7 +16,7 @@ from tollgate.limiter.decision import (
     Settlement,
 )
 from tollgate.limiter.fail_modes import FailModeMixin
-from tollgate.limiter.script_args import EXTEND_STRIDE, SETTLE_STRIDE, ExtendItem, extend_args, settle_args
+from tollgate.limiter.script_args import EXTEND_STRIDE, SETTLE_STRIDE, ExtendItem, extend_args, settle_limit
 from tollgate.limiter.spec import LimitSpec
 from tollgate.limiter.unsettled import FINISH_BATCH, UnsettledMixin
 
@@ -27,6 +27,9 @@ Actual = int | Consumed
 # One finished request for Limiter.finish_many: its reservation, what it really used, its lease.
 Finished = tuple[Reservation | None, Actual, Lease | None]
 
+
+# Limits whose settle.lua text a limiter keeps (a spec and its text, about 300 bytes); specs vary with the estimate.
+SETTLE_LIMITS_KEPT = 16_384
 
 _new = tuple.__new__  # a named tuple without its Python-level constructor (several per settled batch entry)
 
@@ -115,13 +118,19 @@ class SettleMixin(FailModeMixin, UnsettledMixin):
             if group is None:
                 group = calls[(store, c.tag if by_slot else "")] = []
             group.append(entry)
+        packed = self._settle_limits
         for (store, _), group in calls.items():
             engine = self._engine(store)
             for start in range(0, len(group), FINISH_BATCH):
                 chunk = group[start : start + FINISH_BATCH]
                 args: list[Any] = []
                 for _, c, delta in chunk:
-                    args += settle_args(c.spec, delta, c.mark, c.lease_id)
+                    # settle_args(c.spec, delta, c.mark, c.lease_id), the limit's packed text made once per spec
+                    spec = c.spec
+                    known = packed.get(id(spec))
+                    if known is None or known[0] is not spec:
+                        known = self._packed_settle(spec)
+                    args += (known[1], delta, c.lease_id if spec.kind == "concurrency" else c.mark)
                 try:
                     reply = await engine.run("settle", [c.key for _, c, _ in chunk], args)
                 except StoreError as exc:
@@ -154,6 +163,13 @@ class SettleMixin(FailModeMixin, UnsettledMixin):
                     settlement = reservation.settlement = _new(Settlement, (tuple(mine) if mine else (), n in failed))
             out.append((settlement, lease is not None and n not in kept))
         return out
+
+    def _packed_settle(self, spec: LimitSpec) -> tuple[LimitSpec, str]:
+        """A limit as settle.lua's first packed ARGV, remembered by the spec's identity (the spec is kept with it)."""
+        if len(self._settle_limits) >= SETTLE_LIMITS_KEPT:
+            self._settle_limits.clear()
+        known = self._settle_limits[id(spec)] = (spec, settle_limit(spec))
+        return known
 
     async def extend(self, wants: Sequence[tuple[LimitSpec, int, int]], *, store: str | None = None) -> Extension:
         """Reserve more on limits a request already holds: ``(spec, want, need)`` each, granted on its own.

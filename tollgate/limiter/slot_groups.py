@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from tollgate.limiter.decision import Charge, LimitState
+from tollgate.limiter.decision import Charge, Decision, Lease, LimitState, Reservation
 from tollgate.limiter.keys import KeyBuilder
 from tollgate.limiter.script_args import ADMIT_STRIDE, limit_state, packed_limit
 from tollgate.limiter.spec import LimitSpec
 
-__all__ = ["LAYOUTS_LIMIT", "Group", "Item", "Layout", "Outcome", "group_outcome", "layout_of", "slot_groups"]
+__all__ = ["LAYOUTS_LIMIT", "Group", "Item", "Layout", "Outcome", "alone", "group_outcome", "layout_of", "slot_groups"]
 
 LAYOUTS_LIMIT = 4_096  # layouts a limiter remembers; one is about 1.5 KB; spec tuples vary with the token estimate
 
@@ -37,20 +37,34 @@ class Outcome:
         self.degraded = degraded
 
 
+# One limit's fixed fields of its LimitState, in the named tuple's order: name, kind, unit; then limit and shadow.
+_Fixed = tuple[str, str, str, int, bool]
+# One limit an admitted call leaves to settle or release: the reply's offset of its mark, its key, tag and spec.
+_Held = tuple[int, str, str, LimitSpec]
+
+
 class Group(NamedTuple):
-    """One admit.lua call: its limits, KEYS, and packed ARGV whose last value, the lease id, is "" until drawn."""
+    """One admit.lua call: its limits, KEYS, and packed ARGV whose last value, the lease id, is "" until drawn;
+    and, worked out once, what a reply is read with when this call is the request's only one (see :func:`alone`)."""
 
     items: list[Item]
     keys: list[str]
     args: list[Any]
     wants_lease: bool
+    fixed: tuple[_Fixed, ...]  # per limit: its LimitState's fields that the reply does not carry
+    reserved: tuple[_Held, ...]  # the limits whose estimate settles later (a cost to reconcile)
+    leased: tuple[_Held, ...]  # the concurrency limits: a lease to release
 
     @classmethod
     def of(cls, items: list[Item]) -> Group:
         keys = [it.key for it in items]
         args: list[Any] = [packed_limit(it.spec) if it.args is None else it.args for it in items]
         args.append("")
-        return cls(items, keys, args, any(it.args is None for it in items))
+        fixed = tuple([(it.spec.name, it.spec.kind, it.spec.unit, it.spec.limit, it.spec.shadow) for it in items])
+        marks = [(2 + n * ADMIT_STRIDE + 4, it) for n, it in enumerate(items) if it.spec.cost > 0]
+        reserved = tuple([(j, it.key, it.tag, it.spec) for j, it in marks if it.spec.reserves])
+        leased = tuple([(j, it.key, it.tag, it.spec) for j, it in marks if it.args is None])
+        return cls(items, keys, args, any(it.args is None for it in items), fixed, reserved, leased)
 
     def argv(self, lease_id: str) -> list[Any]:
         if not self.wants_lease:
@@ -107,3 +121,41 @@ def group_outcome(store: str, group: list[Item], reply: Sequence[int], lease_id:
             charges.append(_new(Charge, (store, it.key, it.tag, spec, reply[j + 4], lease_id)))
         j += ADMIT_STRIDE
     return Outcome(admitted, states, charges, False)
+
+
+def alone(store: str, group: Group, reply: Sequence[int], lease_id: str) -> Decision:
+    """admit.lua's reply when ``group`` is the request's only call (every limit in one slot, the usual case): the
+    decision itself, each limit's state in the order of the request's limits, read with the group's fixed parts.
+
+    What :func:`group_outcome` and the limiter's assembly of outcomes give for one group, without the positions,
+    the sort and the lists between them (an admitted request's limits were all consumed: nothing to refund)."""
+    states = []
+    j = 2  # this limit's fields in the reply
+    for name, kind, unit, limit, shadow in group.fixed:
+        states.append(
+            _new(
+                LimitState,
+                (name, kind, unit, reply[j] == 1, limit, reply[j + 1], reply[j + 2], reply[j + 3], shadow, False),
+            )
+        )
+        j += ADMIT_STRIDE
+    limits = tuple(states)
+    if reply[0] != 1:
+        return Decision(False, limits, False, retry_after(limits))
+    reservation = lease = None
+    if group.reserved:
+        reservation = Reservation(
+            tuple([_new(Charge, (store, k, t, s, reply[j], lease_id)) for j, k, t, s in group.reserved])
+        )
+    if group.leased:
+        lease = Lease(tuple([_new(Charge, (store, k, t, s, reply[j], lease_id)) for j, k, t, s in group.leased]))
+    # tuple.__new__: the named tuple without its Python-level constructor (one per admitted request)
+    return _new(Decision, (True, limits, False, 0, reservation, lease, False))
+
+
+def retry_after(limits: Sequence[LimitState]) -> int:
+    """A refusal's wait: the longest of the limits that refused, -1 when one never fits."""
+    waits = [s.retry_after_ms for s in limits if not s.allowed and not s.shadow]
+    if not waits:
+        return 0
+    return -1 if -1 in waits else max(waits)

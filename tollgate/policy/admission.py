@@ -203,6 +203,8 @@ def limit_spec(rule: RuleSpec, scope: tuple[tuple[str, str], ...], tenant: str, 
 
 
 _SPEC_CACHE_LIMIT = 100_000
+# The scopes whose values a _Plan fixes: its requests all have its tenant, plan and namespace.
+_PLAN_SCOPES = frozenset({"tenant", "plan", "namespace"})
 _SYSTEM_CLOCK = SystemClock()
 
 
@@ -218,6 +220,7 @@ class _Plan:
         "needs_money",
         "stream",
         "used_scopes",
+        "request_scopes",
         "shapes",
         "shadows",
         "headers",
@@ -240,6 +243,8 @@ class _Plan:
         )
         # The scopes any of the rules names: a request's specs depend on their values and the token cost only.
         self.used_scopes = tuple(sorted({sc for scopes, _ in self.scopes for sc in scopes}))
+        # Whether any of them can differ between requests of the plan (a plan is one tenant's, in one namespace).
+        self.request_scopes = not _PLAN_SCOPES.issuperset(self.used_scopes)
         # A rule that delays instead of refusing (a leaky bucket): an admitted request may have to wait its turn.
         self.shapes = any(r.on_limit == "delay" and not r.shadow for r in rules)
         self.shadows = any(r.shadow for r in rules)
@@ -282,12 +287,19 @@ def _specs(
 
     ``estimate``: the prompt tokens, the completion cap and their cost in nanos.
     """
-    values = tuple([_SCOPE_VALUES[name](p, ctx) for name in plan.used_scopes])
-    key = (id(plan), values, estimate)
+    key: tuple[Any, ...]
+    if plan.request_scopes:
+        values = tuple([_SCOPE_VALUES[name](p, ctx) for name in plan.used_scopes])
+        key = (id(plan), values, estimate)
+    else:  # every scope value is the plan's own: the estimate alone tells its requests' limits apart
+        values = None
+        key = (id(plan), estimate)
     hit: tuple[_Plan, tuple[LimitSpec, ...]] | None = rules.spec_lists.get(key)
     if hit is None or hit[0] is not plan:
         if len(rules.spec_lists) >= _SPEC_LISTS_LIMIT:
             rules.spec_lists.clear()
+        if values is None:
+            values = tuple([_SCOPE_VALUES[name](p, ctx) for name in plan.used_scopes])
         specs = _build_specs(plan, p.tenant, dict(zip(plan.used_scopes, values)), estimate, rules.spec_cache)
         hit = rules.spec_lists[key] = (plan, specs)
     return hit[1]

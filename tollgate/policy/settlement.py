@@ -290,8 +290,9 @@ class Settler:
         if admission is None or admission.settled:
             return
         admission.settled = True
-        if admission.lease is not None:
-            self._leases.pop(admission.lease, None)
+        lease = admission.decision.lease
+        if lease is not None:
+            self._leases.pop(lease, None)
         usage = ctx.usage
         cost = None
         if usage is not None and admission.rates is not None and self._pricing is not None:
@@ -305,8 +306,10 @@ class Settler:
                 cached_tokens=usage.cached_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
             )
-        self._queue.append((admission, consumed(admission, usage, ctx.first_byte_at is not None, cost)))
-        if self._wake is not None:
+        queue = self._queue
+        queue.append((admission, consumed(admission, usage, ctx.first_byte_at is not None, cost)))
+        # The worker empties the queue before it waits again: only the first of a batch needs to wake it.
+        if len(queue) == 1 and self._wake is not None:
             self._wake.set()
 
     async def _work(self) -> None:
@@ -332,22 +335,24 @@ class Settler:
                 waiting.append((admission, actual))
                 continue
             first = len(items)
+            decision = admission.decision
             if not admission.extensions:
-                items.append((admission.reservation, actual, admission.lease))
+                items.append((decision.reservation, actual, decision.lease))
                 spans.append((admission, first, first + 1, False))
                 continue
-            reservation = admission.reservation
+            reservation = decision.reservation
             if reservation is not None:
                 for charge, delta in _shares([reservation, *admission.extensions], actual):
                     items.append((Reservation((charge,)), charge.spec.cost + delta, None))
-            if admission.lease is not None:
-                items.append((None, 0, admission.lease))
+            if decision.lease is not None:
+                items.append((None, 0, decision.lease))
             spans.append((admission, first, len(items), True))
         if spans:
             results = await self.limiter.finish_many(items) if items else []
             failed = 0
+            released_any = False
             for admission, first, end, split in spans:
-                lease = admission.lease
+                lease = admission.decision.lease
                 released = lease is not None and results[end - 1][1]
                 if split:
                     limits: list[SettledLimit] = []
@@ -356,7 +361,7 @@ class Settler:
                         if settlement is not None:
                             limits += settlement.limits
                             degraded = degraded or settlement.degraded
-                    reservation = admission.reservation
+                    reservation = admission.decision.reservation
                     if reservation is not None:
                         combined = Settlement(tuple(limits), degraded)
                         reservation.settlement = combined
@@ -366,12 +371,22 @@ class Settler:
                         combined = None
                 else:
                     combined = results[first][0]
+                short = False  # a reservation left as estimated, or a lease left to its TTL
                 if combined is not None:
-                    self._count_overdrafts(combined)
-                if released and self._on_release is not None:
-                    self._on_release()
-                if (lease is not None and not released) or (combined is not None and combined.degraded):
+                    for limit in combined.limits:
+                        if limit.overdraft > 0:
+                            self._count_overdrafts(combined)
+                            break
+                    short = combined.degraded
+                if lease is not None:
+                    if released:
+                        released_any = True
+                    else:
+                        short = True
+                if short:
                     failed += 1
+            if released_any and self._on_release is not None:
+                self._on_release()  # waiters for a lease try again, once for the batch
             self.settled += len(spans) - failed
             self.failures += failed
             if failed:
@@ -438,6 +453,8 @@ class Settler:
 
     def start(self) -> None:
         self._wake = asyncio.Event()
+        if self._queue:  # requests that finished before the worker started
+            self._wake.set()
         self._worker.start()
         self._renewer.start()
 
