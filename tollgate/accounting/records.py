@@ -195,6 +195,8 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
             cost = pricing.cost_nanos(priced, prompt, completion, cached_tokens=cached, cache_write_tokens=cache_write)
         else:  # the usual case: a model priced by its tokens alone is priced here, as cost_nanos does
             rate = pricing.plain.get(priced)
+            if rate is None and priced not in named:  # a name without a price of its own: the default price
+                rate = pricing.plain_unnamed
             if rate is None:
                 cost = pricing.cost_nanos(priced, prompt, completion)
             else:
