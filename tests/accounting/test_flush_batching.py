@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -352,6 +354,28 @@ def test_lines_with_optional_fields_and_odd_times_are_the_line_by_line_ones() ->
     entries = [entry_from(rec, pricing) for rec in records]
     assert any(e.cache_hit for e in entries) and any(e.cached_tokens for e in entries)
     assert any(e.reasoning_tokens for e in entries) and any(e.ttfb_s is not None and e.ttfb_s < 0 for e in entries)
+    assert lines_of(entries, "USD") == b"".join(line_of(e, "USD") for e in entries)
+
+
+def test_milliseconds_of_random_durations_are_rendered_as_the_line_by_line_renderer_does() -> None:
+    rng = random.Random(22)
+    acc = Accounting(config_from_dict(DOC))
+    ctx, end = varied_requests(1)[0]
+    base = entry_from(capture(ctx, end, WALL), acc.pricing())
+    entries = []
+    for _ in range(3000):
+        scale = 10.0 ** rng.randint(-7, 3)
+        total = rng.random() * scale
+        upstream = total * rng.random()
+        entries.append(
+            dataclasses.replace(
+                base,
+                total_s=total,
+                upstream_s=upstream,
+                overhead_s=total - upstream,
+                ttfb_s=rng.choice((None, upstream * rng.random(), -rng.random() * scale)),
+            )
+        )
     assert lines_of(entries, "USD") == b"".join(line_of(e, "USD") for e in entries)
 
 

@@ -224,16 +224,21 @@ def _lines(fields: Sequence[Fields], currency: str) -> bytes:
             text = seconds[second] = _second(second).encode() + b"."
         add_second(text)
         add_millis(millis[int(wall * 1000) % 1000])
+        # _ms(...) written out, its integer part taken as a float (x // 1.0: the value int(x) gives, without a call)
         add_numbers(
             (
                 prompt,
                 completion,
                 reported,
                 cost / nanos,
-                int(total_s * 1e6 + 0.5) / 1000 if total_s >= 0 else round(total_s * 1000, 3),
-                int(upstream_s * 1e6 + 0.5) / 1000 if upstream_s >= 0 else round(upstream_s * 1000, 3),
-                int(overhead_s * 1e6 + 0.5) / 1000 if overhead_s >= 0 else round(overhead_s * 1000, 3),
-                None if ttfb_s is None else int(ttfb_s * 1e6 + 0.5) / 1000 if ttfb_s >= 0 else round(ttfb_s * 1000, 3),
+                (total_s * 1e6 + 0.5) // 1.0 / 1000 if total_s >= 0 else round(total_s * 1000, 3),
+                (upstream_s * 1e6 + 0.5) // 1.0 / 1000 if upstream_s >= 0 else round(upstream_s * 1000, 3),
+                (overhead_s * 1e6 + 0.5) // 1.0 / 1000 if overhead_s >= 0 else round(overhead_s * 1000, 3),
+                None
+                if ttfb_s is None
+                else (ttfb_s * 1e6 + 0.5) // 1.0 / 1000
+                if ttfb_s >= 0
+                else round(ttfb_s * 1000, 3),
                 attempts,
             )
         )
