@@ -23,6 +23,9 @@ difference of the totals by the difference of the counts::
 
     valgrind --tool=callgrind python -m benchmarks.accounting_bench --only memory every-line --repeats 1 --records 2000
     valgrind --tool=callgrind python -m benchmarks.accounting_bench --only memory every-line --repeats 1 --records 10000
+
+``--tenants 1 --unpriced`` is closest to ``run.py``'s rows: one tenant sends every request, and their configs
+have no pricing section.
 """
 
 from __future__ import annotations
@@ -69,15 +72,18 @@ def _contexts(n: int, tenants: int) -> list[RequestContext]:
     return out
 
 
-async def _run(n: int, tenants: int, batch: int, backend: dict[str, Any], sample: float) -> dict[str, float]:
+async def _run(
+    n: int, tenants: int, batch: int, backend: dict[str, Any], sample: float, priced: bool = True
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         doc = {
             "upstreams": {"mock": {"base_url": "http://127.0.0.1:9/v1"}},
             "models": {"gpt-4o-mini": {"deployments": [{"upstream": "mock"}]}},
             "usage": {**backend, "max_pending": n + 1, "batch_size": n + 1, "flush_interval": "1h"},
-            "pricing": {"models": {"gpt-4o-mini": {"input_per_1k": 0.15, "output_per_1k": 0.6}}},
             "access_log": {"path": str(Path(tmp) / "access.jsonl"), "sample": sample},
         }
+        if priced:
+            doc["pricing"] = {"models": {"gpt-4o-mini": {"input_per_1k": 0.15, "output_per_1k": 0.6}}}
         if backend.get("backend") == "file":
             doc["usage"]["path"] = str(Path(tmp) / "usage.json")
         acc = Accounting(config_from_dict(doc))
@@ -108,6 +114,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--redis", help="redis:// URL to measure the Redis usage store too")
     parser.add_argument(
+        "--unpriced",
+        action="store_true",
+        help="no pricing section (as run.py's configs): the model at the default price",
+    )
+    parser.add_argument(
         "--only",
         nargs="+",
         choices=["memory", "file", "redis", "sampled-away", "every-line"],
@@ -128,7 +139,8 @@ def main() -> None:
     for name, backend in backends:
         for sample, what in logs:
             runs = [
-                asyncio.run(_run(args.records, args.tenants, args.batch, backend, sample)) for _ in range(args.repeats)
+                asyncio.run(_run(args.records, args.tenants, args.batch, backend, sample, not args.unpriced))
+                for _ in range(args.repeats)
             ]
             best = min(runs, key=lambda r: r["record_us"] + r["flush_us"])
             print(

@@ -15,7 +15,7 @@ import pytest
 from tollgate.accounting import Accounting
 from tollgate.accounting.metrics import GatewayMetrics
 from tollgate.accounting.pricing import Pricing
-from tollgate.accounting.records import Record
+from tollgate.accounting.records import Record, fields_of
 from tollgate.clock import SystemClock
 from tollgate.config import ConfigError, config_from_dict
 from tollgate.config.accounting import CostRule, MetricsConfig, Price, PricingConfig
@@ -185,6 +185,27 @@ def _accounting(tmp_path: Path, **sections: Any) -> Accounting:
         **sections,
     }
     return Accounting(config_from_dict(doc))
+
+
+@pytest.mark.parametrize(
+    "resources",
+    [(), (CostRule("requests", 0.002, billing_unit=1000, models=("m",)),), (CostRule("requests", 0.002),)],
+    ids=["no-rules", "a-rule-for-one-model", "a-rule-for-every-model"],
+)
+@pytest.mark.parametrize("model", ["m", "plain", "unpriced", None])
+def test_a_records_cost_is_what_cost_nanos_gives_whichever_way_the_flusher_prices_it(
+    resources: tuple[CostRule, ...], model: str | None
+) -> None:
+    """fields_of prices a model without cost rules inline, the default price of unpriced names included."""
+    pricing = Pricing(
+        PricingConfig(
+            models={"m": Price(0.15, 0.6), "plain": Price(0.5, 1.5)}, default=Price(1.1, 2.3), resources=resources
+        )
+    )
+    ctx = _ctx(_principal("t"), usage=Usage(1234, 567, True))
+    ctx.model = ctx.model_served = model
+    cost = fields_of(capture(ctx, 1.0, 1_700_000_000.0), pricing)[25]
+    assert cost == pricing.cost_nanos(model, 1234, 567) > 0
 
 
 async def test_alerts_fire_once_per_threshold_when_two_processes_share_the_embedded_usage_file(tmp_path: Path) -> None:

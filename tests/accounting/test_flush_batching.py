@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -330,6 +332,51 @@ def test_the_lines_of_a_batch_are_its_lines_one_after_the_other() -> None:
     first = orjson.loads(line_of(entries[1], "EUR"))
     assert first["ts"] == time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(WALL + 0.37)) + ".370Z"
     assert first["request_id"] == "req_1" and first["currency"] == "EUR"
+
+
+def test_lines_with_optional_fields_and_odd_times_are_the_line_by_line_ones() -> None:
+    """Prompt cache parts, reasoning, a response cache hit and a first byte before the start: the column renderer's
+    optional ends and its negative-time branch give what line_of gives."""
+    acc = Accounting(config_from_dict(DOC))
+    pricing = acc.pricing()
+    records = []
+    for i, (ctx, end) in enumerate(varied_requests(60)):
+        if i % 4 == 1 and ctx.usage is not None:
+            ctx.usage = Usage(
+                100 + i, 20, True, cached_tokens=i % 3 * 10, cache_write_tokens=i % 2 * 5, reasoning_tokens=i % 5
+            )
+        if i % 9 == 2 and ctx.first_byte_at is not None:
+            ctx.first_byte_at = ctx.started - 0.0042
+        rec = capture(ctx, end, WALL + i * 0.37)
+        if i % 10 == 3:
+            rec += (SimpleNamespace(prompt_tokens=30, completion_tokens=12, charge_nanos=7),)
+        records.append(rec)
+    entries = [entry_from(rec, pricing) for rec in records]
+    assert any(e.cache_hit for e in entries) and any(e.cached_tokens for e in entries)
+    assert any(e.reasoning_tokens for e in entries) and any(e.ttfb_s is not None and e.ttfb_s < 0 for e in entries)
+    assert lines_of(entries, "USD") == b"".join(line_of(e, "USD") for e in entries)
+
+
+def test_milliseconds_of_random_durations_are_rendered_as_the_line_by_line_renderer_does() -> None:
+    rng = random.Random(22)
+    acc = Accounting(config_from_dict(DOC))
+    ctx, end = varied_requests(1)[0]
+    base = entry_from(capture(ctx, end, WALL), acc.pricing())
+    entries = []
+    for _ in range(3000):
+        scale = 10.0 ** rng.randint(-7, 3)
+        total = rng.random() * scale
+        upstream = total * rng.random()
+        entries.append(
+            dataclasses.replace(
+                base,
+                total_s=total,
+                upstream_s=upstream,
+                overhead_s=total - upstream,
+                ttfb_s=rng.choice((None, upstream * rng.random(), -rng.random() * scale)),
+            )
+        )
+    assert lines_of(entries, "USD") == b"".join(line_of(e, "USD") for e in entries)
 
 
 def test_entry_fields_are_derived_in_declaration_order() -> None:

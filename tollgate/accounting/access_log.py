@@ -178,29 +178,71 @@ def _lines(fields: Sequence[Fields], currency: str) -> bytes:
     ends: list[bytes] = []
     add_second, add_millis, add_numbers, add_end = ts_second.append, ts_millis.append, numbers.extend, ends.append
     millis = _MILLIS
+    end, nanos = _END, NANOS
     for f in fields:
-        wall = f[1]
+        # One unpacking instead of a dozen subscripts (records.fields_of order)
+        (
+            _rid,
+            wall,
+            _tenant,
+            _key_id,
+            _user,
+            _plan,
+            _namespace,
+            _endpoint,
+            _model,
+            _served,
+            _priced,
+            _upstream,
+            _provider,
+            _deployment_model,
+            _status,
+            _error,
+            _stream,
+            _disconnected,
+            _ip,
+            prompt,
+            completion,
+            cached,
+            cache_write,
+            reasoning,
+            reported,
+            cost,
+            total_s,
+            upstream_s,
+            overhead_s,
+            ttfb_s,
+            attempts,
+            _principal,
+            hit,
+            _saved_tokens,
+            _saved_cost,
+        ) = f
         second = int(wall)
         text = seconds.get(second)
         if text is None:
             text = seconds[second] = _second(second).encode() + b"."
         add_second(text)
         add_millis(millis[int(wall * 1000) % 1000])
-        total_s, upstream_s, overhead_s, ttfb_s = f[26:30]
+        # _ms(...) written out, its integer part taken as a float (x // 1.0: the value int(x) gives, without a call)
         add_numbers(
             (
-                f[19],
-                f[20],
-                f[24],
-                f[25] / NANOS,
-                int(total_s * 1e6 + 0.5) / 1000 if total_s >= 0 else round(total_s * 1000, 3),
-                int(upstream_s * 1e6 + 0.5) / 1000 if upstream_s >= 0 else round(upstream_s * 1000, 3),
-                int(overhead_s * 1e6 + 0.5) / 1000 if overhead_s >= 0 else round(overhead_s * 1000, 3),
-                None if ttfb_s is None else _ms(ttfb_s),
-                f[30],
+                prompt,
+                completion,
+                reported,
+                cost / nanos,
+                (total_s * 1e6 + 0.5) // 1.0 / 1000 if total_s >= 0 else round(total_s * 1000, 3),
+                (upstream_s * 1e6 + 0.5) // 1.0 / 1000 if upstream_s >= 0 else round(upstream_s * 1000, 3),
+                (overhead_s * 1e6 + 0.5) // 1.0 / 1000 if overhead_s >= 0 else round(overhead_s * 1000, 3),
+                None
+                if ttfb_s is None
+                else (ttfb_s * 1e6 + 0.5) // 1.0 / 1000
+                if ttfb_s >= 0
+                else round(ttfb_s * 1000, 3),
+                attempts,
             )
         )
-        add_end(_END if not (f[21] or f[22] or f[23] or f[32]) else _extras(f))
+        add_end(end if not (cached or cache_write or reasoning or hit) else _extras(f))
     rendered = orjson.dumps(numbers)[1:-1].split(b",")
     if len(rendered) != len(numbers):  # a value that is not a number (a string with a comma): line by line
         parts_of: dict[_Who, bytes] = {}

@@ -37,7 +37,7 @@ class _ModelRate:
 class Pricing:
     """Compiled once per config version; :meth:`cost_nanos` is a few multiplications."""
 
-    __slots__ = ("config", "currency", "named", "plain", "_rates", "_default", "_unnamed")
+    __slots__ = ("config", "currency", "named", "plain", "plain_unnamed", "_rates", "_default", "_unnamed")
 
     def __init__(self, config: PricingConfig) -> None:
         self.config = config
@@ -62,6 +62,10 @@ class Pricing:
             for name, rate in self._rates.items()
             if not rate.rules
         }
+        # The same for every name the config does not price (the default price), when no cost rule applies to them.
+        self.plain_unnamed: tuple[float, float] | None = (
+            None if self._unnamed.rules else (self._unnamed.input_nanos_per_token, self._unnamed.output_nanos_per_token)
+        )
 
     def _rate(self, model: str | None, price: Price) -> _ModelRate:
         rules = tuple(r for r in self.config.resources if r.enabled and (r.models is None or model in r.models))

@@ -161,7 +161,8 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
         upstream_s = total
     cached = cache_write = reasoning = 0
     if usage is not None:
-        prompt, completion, reported = usage.prompt_tokens, usage.completion_tokens, bool(usage.reported)
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        reported = True if usage.reported else False  # noqa: SIM210 - bool(...) without the call
         cached, cache_write, reasoning = usage.cached_tokens, usage.cache_write_tokens, usage.reasoning_tokens
     elif upstream is not None and first_byte_at is not None and (status == 200 or disconnected):
         # The pipeline gave no usage although the upstream worked: estimate the prompt (~4 bytes a token) and say so.
@@ -195,6 +196,8 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
             cost = pricing.cost_nanos(priced, prompt, completion, cached_tokens=cached, cache_write_tokens=cache_write)
         else:  # the usual case: a model priced by its tokens alone is priced here, as cost_nanos does
             rate = pricing.plain.get(priced)
+            if rate is None and priced not in named:  # a name without a price of its own: the default price
+                rate = pricing.plain_unnamed
             if rate is None:
                 cost = pricing.cost_nanos(priced, prompt, completion)
             else:

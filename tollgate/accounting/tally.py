@@ -133,6 +133,8 @@ class Tally:
             self.fields,
         )
         n = 0
+        last_key: GroupKey | None = None
+        g = Group()  # replaced at the first record: no key equals None
         for rec in records:
             n += 1
             f = fields_of(rec, pricing)
@@ -176,9 +178,12 @@ class Tally:
                 saved_cost,
             ) = f
             key = (tenant, plan, priced, upstream, status, reported, wall // _DAY)
-            g = groups.get(key)
-            if g is None:
-                g = groups[key] = Group()
+            if key != last_key:  # a busy tenant's records come in runs of one group: a comparison, no hash
+                last_key = key
+                found = groups.get(key)
+                if found is None:
+                    found = groups[key] = Group()
+                g = found
             g.total_s.append(total)
             g.overhead_s.append(overhead_s)
             if upstream is not None:
