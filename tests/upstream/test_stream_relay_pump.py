@@ -4,6 +4,7 @@ arrives, the reader waking only when the pump stops, the body ends or the stream
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 
@@ -168,3 +169,71 @@ async def test_a_stream_that_breaks_under_the_pump_raises_in_the_reader() -> Non
         assert pump.taken == [b"one"]
         resp.close()
         await pool.close()
+
+
+async def test_a_pump_raising_stop_iteration_still_wakes_the_reader_with_an_error() -> None:
+    paced, server, pool = await _stream()
+
+    def pump(piece: bytes) -> bool:
+        raise StopIteration  # a future refuses it: the reader must not be left waiting
+
+    async with server, asyncio.timeout(5):
+        response = await pool.request("POST", "/", [])
+        await paced.ready.wait()
+        pending = asyncio.ensure_future(response.relay(pump))
+        await paced.send(_chunk(b"one"))
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await pending
+        response.release()
+        await pool.close()
+
+
+WHOLE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+_WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+async def test_the_pump_runs_in_the_relaying_requests_context_on_a_connection_another_request_opened() -> None:
+    # A pooled connection's callbacks run in the context of the request that opened it; the pump must carry the
+    # request being relayed (its log lines, the tasks it starts).
+    writers: list[asyncio.StreamWriter] = []
+    streamed = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(WHOLE)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(HEAD)
+        writers.append(writer)
+        streamed.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    pool = UpstreamHttp(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    seen: list[str] = []
+
+    async def opener() -> None:
+        _WHO.set("opener")
+        response = await pool.request("GET", "/", [])
+        assert await response.read() == b"ok"
+        response.release()  # kept alive: the relayed request reuses this connection
+
+    async def relayed() -> None:
+        _WHO.set("relayed")
+        response = await pool.request("GET", "/", [])
+        await streamed.wait()
+
+        def pump(piece: bytes) -> bool:
+            seen.append(_WHO.get())
+            return True
+
+        pending = asyncio.ensure_future(response.relay(pump))
+        writers[0].write(_chunk(b"one"))
+        await asyncio.sleep(0.05)
+        writers[0].write(b"0\r\n\r\n")
+        assert await pending == b""
+        response.release()
+
+    async with server, asyncio.timeout(5):
+        await asyncio.create_task(opener())
+        await asyncio.create_task(relayed())
+        await pool.close()
+    assert seen == ["relayed"]

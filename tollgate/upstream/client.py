@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import math
 import socket
@@ -307,7 +308,8 @@ class _UpstreamConnection(asyncio.Protocol):
                     taken = pump(piece)
                 except Exception as exc:  # the reader's to raise, as if it had handled the piece itself
                     self.reader = self.pump = None
-                    reader.set_exception(exc)
+                    # A future refuses StopIteration (TypeError, here in the callback): the reader would wait on.
+                    reader.set_exception(exc if not isinstance(exc, StopIteration) else RuntimeError(repr(exc)))
                     return
                 if not taken:  # the pump stopped at this piece: the reader takes over
                     self.reader = self.pump = None
@@ -415,7 +417,7 @@ class UpstreamResponse:
 
     def relay(self, pump: Callable[[bytes], bool]) -> Awaitable[bytes | None]:
         """:meth:`readany`, but each piece that arrives while it waits is given to ``pump`` first, in the
-        connection's callback, without waking the reader: a piece the pump takes (it returns True) is its own,
+        connection's callback (run in the caller's context), without waking the reader: a piece the pump takes (it returns True) is its own,
         and the wait goes on; the wait ends with None when the pump stops at a piece (it returns False: what it
         made of that piece is the pump's to tell), or as readany's would, with a piece the pump never saw, the
         body's end (``b""``) or an error. A stream's relay spares a wake-up per event so."""
@@ -430,7 +432,10 @@ class UpstreamResponse:
         ):
             return self.readany()
         ready = conn.reader = conn.loop.create_future()
-        conn.pump = pump
+        # In the caller's context, not the connection's: a pooled connection's callbacks run in the context of the
+        # request that opened it, and what the pump logs or starts must carry the request being relayed.
+        run = contextvars.copy_context().run
+        conn.pump = lambda piece: run(pump, piece)
         return ready
 
     async def _readany(self) -> bytes:
