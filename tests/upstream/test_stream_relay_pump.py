@@ -8,33 +8,8 @@ import contextvars
 
 import pytest
 
+from tests.upstream.paced_upstream import HEAD, chunk, paced_stream
 from tollgate.upstream.client import ResponseError, UpstreamHttp
-
-HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-class _Paced:
-    """An upstream that answers one request with HEAD, then writes each piece when the test says so."""
-
-    def __init__(self) -> None:
-        self.writer: asyncio.StreamWriter | None = None
-        self.ready = asyncio.Event()
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(HEAD)
-        self.writer = writer
-        self.ready.set()
-
-    async def send(self, data: bytes) -> None:
-        assert self.writer is not None
-        self.writer.write(data)
-        await self.writer.drain()
-        await asyncio.sleep(0.01)  # read by the client before the test goes on
 
 
 class _Pump:
@@ -52,22 +27,15 @@ class _Pump:
         return piece != self.stop_at
 
 
-async def _stream() -> tuple[_Paced, asyncio.Server, UpstreamHttp]:
-    paced = _Paced()
-    server = await asyncio.start_server(paced.serve, "127.0.0.1", 0)
-    pool = UpstreamHttp(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
-    return paced, server, pool
-
-
 async def test_the_pump_takes_each_piece_as_it_arrives_and_the_reader_wakes_at_the_end() -> None:
-    paced, server, pool = await _stream()
+    paced, server, pool = await paced_stream(0.01)
     async with server, asyncio.timeout(5):
         resp = await pool.request("GET", "/", [])
         await paced.ready.wait()
         pump = _Pump()
         pending = asyncio.ensure_future(resp.relay(pump))
-        await paced.send(_chunk(b"one"))
-        await paced.send(_chunk(b"two") + _chunk(b"three"))
+        await paced.send(chunk(b"one"))
+        await paced.send(chunk(b"two") + chunk(b"three"))
         assert not pending.done()  # every piece was the pump's: the reader never woke
         assert pump.taken == [b"one", b"twothree"]
         await paced.send(b"0\r\n\r\n")
@@ -77,14 +45,14 @@ async def test_the_pump_takes_each_piece_as_it_arrives_and_the_reader_wakes_at_t
 
 
 async def test_a_piece_and_the_end_in_one_read_wake_the_reader_with_the_end() -> None:
-    paced, server, pool = await _stream()
+    paced, server, pool = await paced_stream(0.01)
     async with server, asyncio.timeout(5):
         resp = await pool.request("GET", "/", [])
         await paced.ready.wait()
         pump = _Pump()
         pending = asyncio.ensure_future(resp.relay(pump))
         await asyncio.sleep(0.01)
-        await paced.send(_chunk(b"last") + b"0\r\n\r\n")
+        await paced.send(chunk(b"last") + b"0\r\n\r\n")
         assert await pending == b""
         assert pump.taken == [b"last"]
         resp.release()
@@ -92,18 +60,18 @@ async def test_a_piece_and_the_end_in_one_read_wake_the_reader_with_the_end() ->
 
 
 async def test_the_reader_wakes_with_none_where_the_pump_stops_and_reads_the_rest_itself() -> None:
-    paced, server, pool = await _stream()
+    paced, server, pool = await paced_stream(0.01)
     async with server, asyncio.timeout(5):
         resp = await pool.request("GET", "/", [])
         await paced.ready.wait()
         pump = _Pump(stop_at=b"two")
         pending = asyncio.ensure_future(resp.relay(pump))
-        await paced.send(_chunk(b"one"))
+        await paced.send(chunk(b"one"))
         assert not pending.done()
-        await paced.send(_chunk(b"two"))
+        await paced.send(chunk(b"two"))
         assert await pending is None
         assert pump.taken == [b"one", b"two"]
-        await paced.send(_chunk(b"three"))  # no relay waiting: it waits for the next read
+        await paced.send(chunk(b"three"))  # no relay waiting: it waits for the next read
         assert await resp.readany() == b"three"
         assert pump.taken == [b"one", b"two"]
         await paced.send(b"0\r\n\r\n")
@@ -113,11 +81,11 @@ async def test_the_reader_wakes_with_none_where_the_pump_stops_and_reads_the_res
 
 
 async def test_pieces_already_arrived_go_to_the_reader_not_the_pump() -> None:
-    paced, server, pool = await _stream()
+    paced, server, pool = await paced_stream(0.01)
     async with server, asyncio.timeout(5):
         resp = await pool.request("GET", "/", [])
         await paced.ready.wait()
-        await paced.send(_chunk(b"early"))
+        await paced.send(chunk(b"early"))
         pump = _Pump()
         assert await resp.relay(pump) == b"early"
         assert pump.taken == []
@@ -126,12 +94,12 @@ async def test_pieces_already_arrived_go_to_the_reader_not_the_pump() -> None:
 
 
 async def test_a_pump_that_raises_raises_in_the_reader() -> None:
-    paced, server, pool = await _stream()
+    paced, server, pool = await paced_stream(0.01)
     async with server, asyncio.timeout(5):
         resp = await pool.request("GET", "/", [])
         await paced.ready.wait()
         pending = asyncio.ensure_future(resp.relay(_Pump(fail_at=b"bad")))
-        await paced.send(_chunk(b"bad"))
+        await paced.send(chunk(b"bad"))
         with pytest.raises(ValueError, match="the pump failed"):
             await pending
         resp.close()
@@ -139,7 +107,7 @@ async def test_a_pump_that_raises_raises_in_the_reader() -> None:
 
 
 async def test_a_relay_cancelled_while_waiting_hands_what_arrives_after_to_the_next_read() -> None:
-    paced, server, pool = await _stream()
+    paced, server, pool = await paced_stream(0.01)
     async with server, asyncio.timeout(5):
         resp = await pool.request("GET", "/", [])
         await paced.ready.wait()
@@ -147,7 +115,7 @@ async def test_a_relay_cancelled_while_waiting_hands_what_arrives_after_to_the_n
         pending = asyncio.ensure_future(resp.relay(pump))
         await asyncio.sleep(0.01)
         pending.cancel()
-        await paced.send(_chunk(b"kept"))
+        await paced.send(chunk(b"kept"))
         assert pump.taken == []
         assert await resp.readany() == b"kept"
         resp.close()
@@ -155,13 +123,13 @@ async def test_a_relay_cancelled_while_waiting_hands_what_arrives_after_to_the_n
 
 
 async def test_a_stream_that_breaks_under_the_pump_raises_in_the_reader() -> None:
-    paced, server, pool = await _stream()
+    paced, server, pool = await paced_stream(0.01)
     async with server, asyncio.timeout(5):
         resp = await pool.request("GET", "/", [])
         await paced.ready.wait()
         pump = _Pump()
         pending = asyncio.ensure_future(resp.relay(pump))
-        await paced.send(_chunk(b"one"))
+        await paced.send(chunk(b"one"))
         assert paced.writer is not None
         paced.writer.close()
         with pytest.raises(ResponseError):
@@ -172,7 +140,7 @@ async def test_a_stream_that_breaks_under_the_pump_raises_in_the_reader() -> Non
 
 
 async def test_a_pump_raising_stop_iteration_still_wakes_the_reader_with_an_error() -> None:
-    paced, server, pool = await _stream()
+    paced, server, pool = await paced_stream(0.01)
 
     def pump(piece: bytes) -> bool:
         raise StopIteration  # a future refuses it: the reader must not be left waiting
@@ -181,7 +149,7 @@ async def test_a_pump_raising_stop_iteration_still_wakes_the_reader_with_an_erro
         response = await pool.request("POST", "/", [])
         await paced.ready.wait()
         pending = asyncio.ensure_future(response.relay(pump))
-        await paced.send(_chunk(b"one"))
+        await paced.send(chunk(b"one"))
         with pytest.raises(RuntimeError, match="StopIteration"):
             await pending
         response.release()
@@ -226,7 +194,7 @@ async def test_the_pump_runs_in_the_relaying_requests_context_on_a_connection_an
             return True
 
         pending = asyncio.ensure_future(response.relay(pump))
-        writers[0].write(_chunk(b"one"))
+        writers[0].write(chunk(b"one"))
         await asyncio.sleep(0.05)
         writers[0].write(b"0\r\n\r\n")
         assert await pending == b""
