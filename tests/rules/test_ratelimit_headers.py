@@ -66,6 +66,19 @@ def test_a_header_plan_writes_what_ratelimit_headers_writes_for_the_same_limits(
     states = [_State(0, 0, 0)] + [_State(h.limit, h.remaining, h.reset_ms) for h in limits]  # position 0: not shown
     assert plan.headers(states) == ratelimit_headers(limits)
     assert list(plan.headers(states)) == list(ratelimit_headers(limits))  # the same order, too
+    # Written out, as the headers were before ratelimit_headers became a plan used once: the overdrawn limit is the
+    # tightest request limit; without it, rph (ties rpm on remaining, resets sooner; ties rpd exactly, comes first).
+    assert plan.headers(states) == {
+        "x-ratelimit-limit-requests": "1000000000",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "999ms",
+        "x-ratelimit-limit-tokens": "100000",
+        "x-ratelimit-remaining-tokens": "90000",
+        "x-ratelimit-reset-tokens": "10.5s",
+        "RateLimit-Policy": '"monthly";q=1000000000, "tpm";q=100000;w=60',
+        "RateLimit": '"monthly";r=0;t=1, "tpm";r=90000;t=11',
+    }
+    assert ratelimit_headers(limits[:4])["RateLimit"] == '"rph";r=40;t=20, "tpm";r=90000;t=11'
     only_tokens = HeaderPlan([(0, limits[1])])
     assert only_tokens.headers([states[2]]) == ratelimit_headers([limits[1]])
     assert HeaderPlan([]).headers([]) == {}

@@ -94,42 +94,12 @@ def _static(lim: HeaderLimit) -> tuple[str, str, str]:
 
 
 def ratelimit_headers(limits: Iterable[HeaderLimit]) -> dict[str, str]:
-    """Headers for the tightest request limit and the tightest token limit (fewest remaining)."""
-    requests: HeaderLimit | None = None
-    tokens: HeaderLimit | None = None
-    for lim in limits:  # one pass: this runs on every admitted request
-        if lim.unit == "requests":
-            if requests is None or (lim.remaining, lim.reset_ms) < (requests.remaining, requests.reset_ms):
-                requests = lim
-        elif lim.unit == "tokens" and (
-            tokens is None or (lim.remaining, lim.reset_ms) < (tokens.remaining, tokens.reset_ms)
-        ):
-            tokens = lim
-    return _written(
-        [(unit, _static(t), t.remaining, t.reset_ms) for unit, t in (("requests", requests), ("tokens", tokens)) if t]
-    )
+    """Headers for the tightest request limit and the tightest token limit (fewest remaining, then soonest reset).
 
-
-def _written(tightest: Sequence[tuple[str, tuple[str, str, str], int, int]]) -> dict[str, str]:
-    """The headers of the tightest limit of each unit, given as (unit, its _static parts, remaining, reset_ms)."""
-    headers: dict[str, str] = {}
-    policy = state = ""
-    for unit, (limit_text, quoted, item), remaining_count, reset_ms in tightest:
-        remaining = str(remaining_count) if remaining_count > 0 else "0"
-        limit_header, remaining_header, reset_header = _NAMES[unit]
-        headers[limit_header] = limit_text
-        headers[remaining_header] = remaining
-        headers[reset_header] = format_reset(reset_ms)
-        reading = f"{quoted};r={remaining};t={-(-reset_ms // 1000) if reset_ms > 0 else 0}"
-        if policy:
-            policy = f"{policy}, {item}"
-            state = f"{state}, {reading}"
-        else:
-            policy, state = item, reading
-    if policy:
-        headers["RateLimit-Policy"] = policy
-        headers["RateLimit"] = state
-    return headers
+    A plan made for these limits alone; an admission keeps its :class:`HeaderPlan` and uses this only where it
+    has none (a refusal answered before every limit was evaluated)."""
+    shown = list(limits)
+    return HeaderPlan(enumerate(shown)).headers(shown)
 
 
 class LimitReading(Protocol):
@@ -153,7 +123,7 @@ class HeaderPlan:
     """The headers of one list of limits, worked out once: which limits show (by position) under which unit,
     and their fixed parts; per request only the tightest is picked and its remaining and reset written.
 
-    :meth:`headers` gives what :func:`ratelimit_headers` gives for the same limits, in the same order.
+    :func:`ratelimit_headers` is a plan made for one list and used once.
     """
 
     __slots__ = ("requests", "tokens", "_units")
