@@ -69,7 +69,7 @@ from tollgate.errors import StoreError, StoreOverloaded, StoreTimeout, StoreUnav
 from tollgate.limiter.store.engine import Arg, EngineStats, ScriptCall
 from tollgate.limiter.store.scripts import Script, function_library, load_scripts
 
-__all__ = ["EAGER_BATCH", "QUEUE_TIMEOUT", "WARM_CONNECTIONS", "RedisEngine"]
+__all__ = ["ADMIT_BATCH", "EAGER_BATCH", "QUEUE_TIMEOUT", "WARM_CONNECTIONS", "RedisEngine"]
 
 log = logging.getLogger("tollgate.store")
 
@@ -77,6 +77,9 @@ log = logging.getLogger("tollgate.store")
 # full-policy benchmark (64 connections, 5-limit admissions): with one pipeline per tick the gateway waited on
 # Redis 23 % of the time; 8 to 24 all kept it busy, 16 was best, 32 let the wait come back.
 EAGER_BATCH = 16
+# A pipeline's consecutive admissions go to Redis as one admit.lua call of at most this many (lua/admission.lua's
+# batch): Redis reads, dispatches and answers one command, and asks TIME once, instead of once per admission.
+ADMIT_BATCH = 64
 # Connections opened by start() and kept open: a burst right after start finds them ready instead of connecting.
 WARM_CONNECTIONS = 16
 # Default bound of the wait for a connection inside the gateway (seconds); then StoreOverloaded (503).
@@ -188,7 +191,29 @@ _NO_FUNCTION = "Function not found"
 _NO_FUNCTIONS = ("unknown command", "noperm", "no permissions")
 _LIBRARY_EXISTS = "already exists"
 _EVALSHA = b"$7\r\nEVALSHA\r\n"
+_BATCH = "*"  # admit.lua's first ARGV when the call is a batch of admissions
 _FCALL = b"$5\r\nFCALL\r\n"
+
+
+def _batchable(call: ScriptCall) -> bool:
+    """Can ``call`` be one admission of an admit.lua batch? Its limits packed (a value each, then the lease id)."""
+    return call.script == "admit" and len(call.args) == len(call.keys) + 1 and len(call.keys) > 0
+
+
+def _spread(replies: list[Any], shape: list[int]) -> list[Any]:
+    """One reply per call from the replies of the commands of ``shape`` (how many calls each carried): a batch's
+    list of replies in its calls' places, an error that failed the whole batch in each of them."""
+    out: list[Any] = []
+    for reply, size in zip(replies, shape):
+        if size == 1:
+            out.append(reply)
+        elif type(reply) is list and len(reply) == size:
+            out += reply
+        elif isinstance(reply, Exception):
+            out += [reply] * size
+        else:
+            out += [ResponseError(f"an admission batch of {size} was answered with {reply!r:.200}")] * size
+    return out
 
 
 def _says(reply: Any, words: str) -> bool:
@@ -225,6 +250,23 @@ class _Packer:
 
     def fcall(self, function: str, call: ScriptCall) -> bytes:
         return self.command(_FCALL, function, call)
+
+    def batch(self, verb: bytes, target: str, calls: Sequence[ScriptCall]) -> bytes:
+        """``verb`` of admit.lua's ``target`` with ``calls`` (packed admissions) as one batch: every call's keys,
+        then "*" and, per call, its number of keys and its ARGV."""
+        get = self._bulk.get
+        remember = self._remember
+        parts: list[bytes] = []
+        for call in calls:
+            parts += [get(v) or remember(v) for v in call.keys]
+        keys = len(parts)
+        parts.append(get(_BATCH) or remember(_BATCH))
+        for call in calls:
+            n = len(call.keys)
+            parts.append(get(n) or remember(n))
+            parts += [get(v) or remember(v) for v in call.args]
+        head = b"*%d\r\n%b%b%b" % (3 + len(parts), verb, get(target) or remember(target), get(keys) or remember(keys))
+        return head + b"".join(parts)
 
     def command(self, verb: bytes, target: str, call: ScriptCall) -> bytes:
         """``verb`` (EVALSHA or FCALL, as a bulk string) of ``target`` (a sha, a function) with the call's keys and args."""
@@ -420,7 +462,8 @@ class RedisEngine:
         task.add_done_callback(self._in_flight.discard)
 
     def _write_now(self, calls: list[ScriptCall]) -> Any:
-        """Writes ``calls`` on an idle connection now, in this tick; the connection to read their replies from.
+        """Writes ``calls`` on an idle connection now, in this tick; the connection to read their replies from and
+        the shape of what was written (see :meth:`_packed`).
 
         None when that cannot be done (Cluster, scripts not loaded yet, no idle
         connection or no free slot, the breaker not closed, an unknown script):
@@ -438,13 +481,14 @@ class RedisEngine:
         self._idle.pop()
         self._lent.add(conn)
         try:
-            writer.write(self._packed(calls))
+            packed, shape = self._packed(calls)
+            writer.write(packed)
         except Exception:  # a transport that cannot take it (closed under us): the asynchronous way decides
             self._give_back(conn, False)
             writer.close()
             return None
         self.stats.round_trips += 1
-        return conn
+        return conn, shape
 
     async def _deliver(
         self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]], calls: list[ScriptCall], sent: Any, written_at: float
@@ -469,7 +513,7 @@ class RedisEngine:
     # -- one round trip under budget and breaker --------------------------------
     async def _send(self, calls: list[ScriptCall], sent: Any = None, written_at: float = 0.0) -> list[Any]:
         """Each call's reply or StoreError; ``sent``: the connection _write_now already wrote them on at
-        ``written_at`` (the breaker was closed)."""
+        ``written_at`` (the breaker was closed), and the shape of what it wrote."""
         stats = self.stats
         stats.calls += len(calls)
         breaker = self.breaker
@@ -520,14 +564,39 @@ class RedisEngine:
                 out.append(reply)
         return out
 
-    def _packed(self, calls: list[ScriptCall]) -> bytes:
-        """FCALL (or EVALSHA) of every call, as one pipeline's bytes (standalone Redis; the scripts are known)."""
+    def _packed(self, calls: list[ScriptCall]) -> tuple[bytes, list[int] | None]:
+        """FCALL (or EVALSHA) of every call, as one pipeline's bytes (standalone Redis; the scripts are known), and
+        its shape: how many calls each command carries, None when one each. A run of consecutive admissions (at
+        most ADMIT_BATCH) is one admit.lua batch, answered as the run's calls would have been one by one."""
         packer = self._packer
         if self._functions:
+            verb = _FCALL
             functions = self._library.functions
-            return b"".join([packer.fcall(functions[call.script], call) for call in calls])
-        scripts = self._scripts
-        return b"".join([packer.evalsha(scripts[call.script].sha, call) for call in calls])
+            targets = {name: functions[name] for name in {call.script for call in calls}}
+        else:
+            verb = _EVALSHA
+            targets = {name: self._scripts[name].sha for name in {call.script for call in calls}}
+        parts: list[bytes] = []
+        shape: list[int] | None = None
+        i, count = 0, len(calls)
+        while i < count:
+            call = calls[i]
+            if _batchable(call):
+                end = i + 1
+                while end < count and end - i < ADMIT_BATCH and _batchable(calls[end]):
+                    end += 1
+                if end - i > 1:
+                    if shape is None:
+                        shape = [1] * i
+                    parts.append(packer.batch(verb, targets["admit"], calls[i:end]))
+                    shape.append(end - i)
+                    i = end
+                    continue
+            parts.append(packer.command(verb, targets[call.script], call))
+            if shape is not None:
+                shape.append(1)
+            i += 1
+        return b"".join(parts), shape
 
     def _loads(self) -> list[tuple[Any, ...]]:
         """Load the library (Redis >= 7) and every script (the fallback): the library's reply comes first."""
@@ -574,7 +643,8 @@ class RedisEngine:
         EVAL resend (and EVALSHA from then on).
         """
         if sent is not None:
-            replies = await self._read(sent, len(calls), written_at)
+            conn, shape = sent
+            replies = await self._read(conn, len(calls), written_at, shape=shape)
         else:
             for call in calls:
                 if call.script not in self._scripts:
@@ -590,7 +660,8 @@ class RedisEngine:
                     await self._load_cluster_library()
                 replies = await self._roundtrip([self._call(c) for c in calls])
             else:
-                replies = await self._roundtrip_packed(self._packed(calls), len(calls))
+                packed, shape = self._packed(calls)
+                replies = await self._roundtrip_packed(packed, len(calls), shape)
         if any(isinstance(r, ResponseError) for r in replies):
             await self._resend(calls, replies)
         return replies
@@ -635,8 +706,9 @@ class RedisEngine:
         packed = b"".join([hiredis.pack_command(command) for command in commands])  # C, not redis-py's Python packer
         return await self._roundtrip_packed(packed, len(commands))
 
-    async def _roundtrip_packed(self, packed: bytes, count: int) -> list[Any]:
-        """``count`` commands already packed, on a standalone Redis; their replies in order.
+    async def _roundtrip_packed(self, packed: bytes, count: int, shape: list[int] | None = None) -> list[Any]:
+        """``count`` calls already packed (``shape``: as :meth:`_packed` says), on a standalone Redis; their
+        replies in order.
 
         Waiting for a slot is the gateway's own queue (``queue_timeout``, then
         StoreOverloaded); connecting is bounded by the connect timeout
@@ -656,7 +728,7 @@ class RedisEngine:
             self._slots.give()
             raise
         self._lent.add(conn)
-        return await self._read(conn, count, asyncio.get_running_loop().time(), packed, connect)
+        return await self._read(conn, count, asyncio.get_running_loop().time(), packed, connect, shape)
 
     def _new_connection(self) -> Any:
         """A new connection, not connected yet, made by the standalone client's pool (its URL, auth, TLS)."""
@@ -676,10 +748,17 @@ class RedisEngine:
         return conn
 
     async def _read(
-        self, conn: Any, count: int, written_at: float, packed: bytes | None = None, connect: bool = False
+        self,
+        conn: Any,
+        count: int,
+        written_at: float,
+        packed: bytes | None = None,
+        connect: bool = False,
+        shape: list[int] | None = None,
     ) -> list[Any]:
-        """The replies of ``count`` commands written on ``conn`` at ``written_at`` (``packed``: write them first,
-        ``connect``: after connecting), within the store's budget; then the connection and its slot are given back.
+        """The replies of ``count`` calls written on ``conn`` at ``written_at`` (``packed``: write them first,
+        ``connect``: after connecting; ``shape``: how many calls each command carried, None when one each), within
+        the store's budget; then the connection and its slot are given back.
 
         A connection that cannot be made, in time or at all, is StoreUnavailable (the calls were not sent).
         """
@@ -700,13 +779,13 @@ class RedisEngine:
             if packed is not None:
                 await conn.send_packed_command(packed, check_health=False)
             replies: list[Any] = []
-            for _ in range(count):
+            for _ in range(count if shape is None else len(shape)):
                 try:
                     replies.append(await conn.read_response())
                 except ResponseError as exc:
                     replies.append(exc)
             healthy = True
-            return replies
+            return replies if shape is None else _spread(replies, shape)
         except asyncio.CancelledError:
             if budget.timed_out():
                 if connect:
