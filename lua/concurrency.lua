@@ -57,7 +57,7 @@ local function cc_state(key, now_ms)
   if #first == 0 then
     return 0, nil, false
   end
-  local low = tonumber(first[2])
+  local low = num(first[2]) -- the same string while that lease is the earliest: parsed once
   if low > now_ms then
     return redis.call('ZCARD', key), low, false, first[1]
   end
@@ -94,6 +94,11 @@ local function cc_lengthened(key, at_ms, first, expiry)
   CC_TTL.bound[key], CC_TTL.first[key], CC_TTL.expiry[key] = at_ms, first, expiry
 end
 
+-- The expiry of the lease an admission last gave, as a number and as the string written: the admissions of a batch
+-- (admission.lua) share one now, so their leases of one TTL share it, formatted once. (One entry: a memo of every
+-- expiry would take one more each millisecond.)
+local CC_EXPIRY = { ms = false, text = '' }
+
 ALGORITHMS.concurrency = {
   check = function(key, now, limit, window_ms, cost, param, st)
     local now_ms = cc_now_ms(now)
@@ -117,7 +122,10 @@ ALGORITHMS.concurrency = {
     end
     local now_ms = st.now_ms
     local expires = now_ms + window_ms
-    redis.call('ZADD', key, int(expires), param)
+    if CC_EXPIRY.ms ~= expires then
+      CC_EXPIRY.ms, CC_EXPIRY.text = expires, int(expires)
+    end
+    redis.call('ZADD', key, CC_EXPIRY.text, param)
     -- The key must live until the new lease has expired: ttl_ms(window_ms) from now. (The bounds remembered are a ms
     -- short of the TTL given: Redis counts it from when the script started, up to a ms before TIME answered.)
     if st.used == 0 then -- the key is new (none held, or every lease had expired and was just swept)
