@@ -29,14 +29,25 @@
 --   the same for every write to one slot: the write that creates the newest
 --   slot sets it, later writes to that slot leave it.
 
+-- What sw_geometry last worked out, and for what: the admissions of a batch (admission.lua) share now, and most
+-- sliding windows of a request share window and slots, so one entry answers call after call.
+local SW_GEO = { now = false, window_ms = false, param = false, now_ms = 0, slot_ms = 0, cur = 0, oldest = 0 }
+
+-- now in ms, slot_ms, the slot index of now (cur) and the oldest slot index still counted.
 local function sw_geometry(now, window_ms, param)
+  local g = SW_GEO
+  if g.now == now and g.window_ms == window_ms and g.param == param then
+    return g.now_ms, g.slot_ms, g.cur, g.oldest
+  end
   local slots = num(param) or 1
   local slot_ms = -div(-window_ms, slots) -- ceil(window_ms / slots)
   if slot_ms < 1 then
     slot_ms = 1
   end
   local now_ms = div(now, 1000)
-  return now_ms, slot_ms, div(now_ms, slot_ms), div(now_ms - window_ms, slot_ms)
+  local cur, oldest = div(now_ms, slot_ms), div(now_ms - window_ms, slot_ms)
+  g.now, g.window_ms, g.param, g.now_ms, g.slot_ms, g.cur, g.oldest = now, window_ms, param, now_ms, slot_ms, cur, oldest
+  return now_ms, slot_ms, cur, oldest
 end
 
 local function sw_by_slot(a, b)
