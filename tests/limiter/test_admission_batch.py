@@ -164,3 +164,20 @@ async def test_an_admission_that_fails_in_a_batch_on_redis_fails_alone(redis_sta
     finally:
         admin.close()
         await engine.close()
+
+
+async def test_sliding_windows_of_other_geometries_in_one_batch_are_each_charged_in_their_own_slot() -> None:
+    """sliding_window.lua remembers the last geometry it worked out (now, window, slots): windows that differ, one
+    after the other within an admission and across a batch's admissions at one now, each get their own slot."""
+    engine = EmbeddedEngine(ManualClock())
+    geometries = [(MINUTE, 20), (10_000, 5), (MINUTE, 3), (MINUTE, 20), (7_000, 20), (10_000, 4)]
+    keys = [f"{{t}}:sw2.g{i}" for i in range(len(geometries))]
+    args = [packed("sliding_window", 100, w, 1, str(slots), False) for w, slots in geometries]
+    replies = await engine.run("admit", *batch_argv([(keys, [*args, ""])] * 3))
+    for reply in replies:
+        now_ms = reply[1] // 1000
+        for i, (window_ms, slots) in enumerate(geometries):
+            slot_ms = -(-window_ms // slots)
+            cur = now_ms // slot_ms
+            allowed, _, reset_ms, _, mark = reply[2 + 5 * i : 7 + 5 * i]
+            assert (allowed, mark, reset_ms) == (1, cur, (cur + 1) * slot_ms + window_ms - now_ms), (i, window_ms)
