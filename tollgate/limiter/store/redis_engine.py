@@ -19,7 +19,9 @@ connection is idle, and a tick that queues :data:`EAGER_BATCH` calls sends
 them at once, then starts the next pipeline: Redis works on the first
 admissions while the gateway still prepares the rest, instead of every
 admission of a busy tick waiting for the whole batch to be prepared and
-then for Redis to run all of it. A call
+then for Redis to run all of it. A pipeline's consecutive admissions are
+one admit.lua call (lua/admission.lua's batch), each answered as its own
+call would have been. A call
 that finds its script missing (``SCRIPT FLUSH``, a restarted or failed-over
 server) is re-sent once with ``EVAL``, which also caches it again: callers
 never see ``NOSCRIPT``.
@@ -79,6 +81,7 @@ log = logging.getLogger("tollgate.store")
 EAGER_BATCH = 16
 # A pipeline's consecutive admissions go to Redis as one admit.lua call of at most this many (lua/admission.lua's
 # batch): Redis reads, dispatches and answers one command, and asks TIME once, instead of once per admission.
+# (A pipeline holds at most EAGER_BATCH calls unless run_batch() is given more; the bound keeps one script short.)
 ADMIT_BATCH = 64
 # Connections opened by start() and kept open: a burst right after start finds them ready instead of connecting.
 WARM_CONNECTIONS = 16
@@ -191,8 +194,8 @@ _NO_FUNCTION = "Function not found"
 _NO_FUNCTIONS = ("unknown command", "noperm", "no permissions")
 _LIBRARY_EXISTS = "already exists"
 _EVALSHA = b"$7\r\nEVALSHA\r\n"
-_BATCH = "*"  # admit.lua's first ARGV when the call is a batch of admissions
 _FCALL = b"$5\r\nFCALL\r\n"
+_BATCH = "*"  # admit.lua's first ARGV when the call is a batch of admissions
 
 
 def _batchable(call: ScriptCall) -> bool:
