@@ -141,6 +141,7 @@ class _Connection(asyncio.Protocol):
         self._head_offset = 0  # and this many bytes of that read came before it, as far as they were reported
         self._heads_in_read = 0  # heads completed during the read being parsed
         self._read_size = 0  # bytes of the read being parsed
+        self._read_start: bytes | None = None  # the read being parsed, when it began with a request's first byte
         self._valid_host = ""  # the last Host value found valid
         self._in_head = False  # the head's first byte has arrived, not yet its end
         self._head_began: float | None = None  # waiting for a head since then (None: serving, or idle between requests)
@@ -234,6 +235,8 @@ class _Connection(asyncio.Protocol):
 
     def _feed(self, data: bytes) -> None:
         self._read_size = len(data)
+        # Nothing of a request (head or body) left from the reads before: this one begins with a request line.
+        self._read_start = data if not self._in_head and self._parsing is None else None
         self._head_fresh = False
         self._head_offset = self._heads_in_read = 0
         try:
@@ -241,8 +244,10 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             pass  # the request that asked for it is served as plain HTTP/1.1, and is the last one (see on_headers_complete)
         except httptools.HttpParserError as exc:
+            self._read_start = None
             self._parse_failed(exc)
             return
+        self._read_start = None  # not kept with the read (it may be a large body's)
         if self._in_head:
             # A head still incomplete after this read: llhttp reports a header line only once it has ended, so its
             # size is counted by the bytes that arrived, and one endless line is refused as it grows.
@@ -330,13 +335,7 @@ class _Connection(asyncio.Protocol):
     def _request(self) -> Request:
         """The request of the head llhttp has just parsed, once the server's own policies accept it."""
         parser = self._parser
-        version = parser.get_http_version()
-        if version == "1.1":
-            minor = 1
-        elif version == "1.0":
-            minor = 0
-        else:
-            raise _Refusal(400, f"HTTP/{version} is not supported; use HTTP/1.1")
+        minor = self._minor_version()
         url, raw = self._url, self._raw
         # A head that came whole in one read no larger than the cap is within the cap; another one is counted.
         limit = self._server.max_head
@@ -408,6 +407,28 @@ class _Connection(asyncio.Protocol):
             body,
             self.remote,
         )
+
+    def _minor_version(self) -> int:
+        """The minor version of the head llhttp has just parsed (1 or 0), or the request refused (another version).
+
+        A head that the read being parsed began with ends its request line with the version as the client wrote
+        it, which llhttp has accepted: read there, it spares ``get_http_version()`` and its string formatting.
+        """
+        start = self._read_start
+        if start is not None and self._heads_in_read == 1:
+            end = start.find(b"\r\n")  # the request line's end (llhttp refuses a bare LF)
+            if end > 9 and start[end - 9 : end - 1] == b" HTTP/1.":
+                digit = start[end - 1]
+                if digit == 49:  # "1"
+                    return 1
+                if digit == 48:  # "0"
+                    return 0
+        version = self._parser.get_http_version()
+        if version == "1.1":
+            return 1
+        if version == "1.0":
+            return 0
+        raise _Refusal(400, f"HTTP/{version} is not supported; use HTTP/1.1")
 
     # -- serving ---------------------------------------------------------------------
     def _start(self, request: Request) -> None:
