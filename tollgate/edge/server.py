@@ -496,7 +496,8 @@ class _Connection(asyncio.Protocol):
                 self._answer(following)
                 return
             self._start(following)
-        self._release()
+        if self._held or self._reading_paused:  # _release()'s own first test: no call when nothing waits
+            self._release()
 
     def _linger(self) -> None:
         """Answered before its body was read (413, 401...): read the rest and drop it, then close.
@@ -566,7 +567,8 @@ class _Connection(asyncio.Protocol):
             with contextlib.suppress(ConnectionResetError):
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body.expect_continue = False
-        self._release()
+        if self._held or self._reading_paused:  # _release()'s own first test: no call when nothing waits
+            self._release()
 
     # -- writing ---------------------------------------------------------------------
     def write_head(
