@@ -260,6 +260,23 @@ async def test_a_head_the_gateway_cannot_take_raises_response_error_and_frees_th
 
 
 @pytest.mark.parametrize(
+    "parts",
+    [
+        (b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",),
+    ],
+    ids=["real-head-in-its-own-read", "real-head-in-the-interim-read"],
+)
+async def test_a_real_head_after_an_http_1_interim_one_has_its_own_version_checked(parts: tuple[bytes, ...]) -> None:
+    # The answer's first bytes say HTTP/1. only for the interim head: the real one's version is llhttp's to tell.
+    async with serve(replies(*parts)) as (server, pool):
+        with pytest.raises(ResponseError, match=r"not HTTP/1.x"):
+            await fetch(pool, "POST")
+        assert pool.in_use == 0 and pool.idle_connections == 0
+        await until(lambda: server.open == 0)
+
+
+@pytest.mark.parametrize(
     "status_line",
     [
         b"HTTP/1.1 2x0 Oops",

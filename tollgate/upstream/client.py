@@ -107,6 +107,7 @@ class _UpstreamConnection(asyncio.Protocol):
         "header_bytes",
         "until_close",
         "status_line",
+        "http1",
         "generation",
         "loop",
         "pump",
@@ -139,6 +140,9 @@ class _UpstreamConnection(asyncio.Protocol):
         self.header_bytes = 0  # bytes of the header and trailer lines of the answer being parsed
         self.until_close = False  # the body has neither length nor chunks: it ends when the upstream closes
         self.status_line = False  # llhttp got past the status line of the answer being parsed
+        # The answer's first bytes were "HTTP/1.": its head needs no get_http_version() call (two string
+        # formattings) to be known for HTTP/1.x. Only the first head of an answer; an interim one's clears it.
+        self.http1 = False
 
     # ------------------------------------------------------------ asyncio.Protocol
 
@@ -158,6 +162,8 @@ class _UpstreamConnection(asyncio.Protocol):
             self._fail(ResponseError("upstream sent data outside a response"))
             return
         if state == _HEAD:
+            if not self.head_bytes:  # the answer's first bytes
+                self.http1 = data.startswith(b"HTTP/1.")
             self.head_bytes += len(data)
         assert self.parser is not None
         try:
@@ -230,7 +236,7 @@ class _UpstreamConnection(asyncio.Protocol):
         status = parser.get_status_code()
         if status < 200:
             return  # an interim answer (100 Continue, 103 Early Hints): the real head follows
-        if not parser.get_http_version().startswith("1."):
+        if not self.http1 and not parser.get_http_version().startswith("1."):
             raise ResponseError(f"upstream answered something that is not HTTP/1.x: HTTP/{parser.get_http_version()}")
         headers = self.headers
         self.status = status
@@ -255,6 +261,7 @@ class _UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.state == _HEAD:
             self.headers = {}  # the end of an interim answer
+            self.http1 = False  # the next head's version is llhttp's to tell
             return
         assert self.parser is not None
         self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
