@@ -26,8 +26,9 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
+from math import floor
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -136,7 +137,7 @@ def lines_of(entries: Iterable[Entry], currency: str) -> bytes:
 
 # The fixed text of a line around what varies, in order: a line is these pieces interleaved with its values.
 _OPEN = b'{"ts":"'
-_RID = b'","request_id":'
+_RID = b'","request_id":"'  # with the opening quote of the request id (a string: see _request_ids)
 _COMMA = b","
 _COMPLETION = b',"completion_tokens":'
 _REPORTED = b',"usage_reported":'
@@ -147,38 +148,59 @@ _OVERHEAD = b',"overhead_ms":'
 _TTFB = b',"ttfb_ms":'
 _ATTEMPTS = b',"attempts":'
 _END = b"}\n"
-_MILLIS = tuple(b"%03dZ" % ms for ms in range(1000))  # a timestamp's end: its milliseconds
-# The slots of one line (see _lines): 0 _OPEN, 1 the second, 2 its milliseconds, 3 _RID, 4 the request id, 5 tenant
-# to provider, 6 status to the prompt_tokens key, 7 prompt_tokens, 8 _COMPLETION, 9 completion_tokens, 10 _REPORTED,
-# 11 usage_reported, 12 _COST, 13 cost, 14 the currency, 15 total_ms, 16 _UPSTREAM, 17 upstream_ms, 18 _OVERHEAD,
-# 19 overhead_ms, 20 _TTFB, 21 ttfb_ms, 22 _ATTEMPTS, 23 attempts, 24 the optional fields and the line's end.
-_SLOTS = 25
-_NUMBERS = (7, 9, 11, 13, 15, 17, 19, 21, 23)  # the slots orjson renders as one list a flush (see _lines)
+# A timestamp's end, its milliseconds, with the key of the request id that follows it.
+_MILLIS = tuple(b"%03dZ" % ms + _RID for ms in range(1000))
+# The slots of one line (see _lines): 0 _OPEN and the timestamp's second, 1 its milliseconds and _RID, 2 the request
+# id without its quotes, 3 its closing quote, tenant to client_ip and the key of prompt_tokens, 4 prompt_tokens, 5 _COMPLETION, 6 completion_tokens,
+# 7 _REPORTED, 8 usage_reported, 9 _COST, 10 cost, 11 the currency and _TOTAL, 12 total_ms, 13 _UPSTREAM,
+# 14 upstream_ms, 15 _OVERHEAD, 16 overhead_ms, 17 _TTFB, 18 ttfb_ms, 19 _ATTEMPTS, 20 attempts, 21 the optional
+# fields and the line's end.
+_SLOTS = 22
+_NUMBERS = (4, 6, 8, 10, 12, 14, 16, 18, 20)  # the slots orjson renders as one list a flush (see _lines)
 
 
 def _lines(fields: Sequence[Fields], currency: str) -> bytes:
     """The lines of entries given by their fields, one buffer: what :func:`_line` gives for each, one after the other.
 
-    Rendered a column at a time: the part from ``tenant`` to ``provider`` and the part from ``status`` to
-    ``client_ip`` once per distinct value (a flush's lines share a few), every number of the flush by one
-    ``orjson.dumps`` of one list cut at its commas (a number has none: a count of pieces that is not the count of
-    numbers sends the flush to :func:`_line`), and the pieces of every line joined once.
+    Rendered a column at a time: the part from ``tenant`` to ``client_ip`` once per distinct value (a flush's lines
+    share a few, in runs: a line's is compared with the one before, hashed only when it differs), every number of
+    the flush by one ``orjson.dumps`` of one list cut at its commas (a number has none: a count of pieces that is
+    not the count of numbers sends the flush to :func:`_line`), and the pieces of every line joined once.
     """
     n = len(fields)
     if n == 0:
         return b""
-    who = list(map(_WHO, fields))
-    parts = {key: _who(key) for key in dict.fromkeys(who)}
-    outcome = list(map(_OUTCOME, fields))
-    outcomes = {key: _outcome(key) for key in dict.fromkeys(outcome)}
-    seconds: dict[int, bytes] = {}
+    try:
+        return _columns(fields, currency, n, floor)
+    except OverflowError:  # an infinite time, which floor() refuses: the float division gives what it always gave
+        return _columns(fields, currency, n, _floor_division)
+
+
+def _floor_division(x: float) -> float:
+    return x // 1.0
+
+
+def _columns(fields: Sequence[Fields], currency: str, n: int, floor: Callable[[float], float]) -> bytes:
+    """:func:`_lines` of ``n`` entries' fields; ``floor`` rounds a time's microseconds down (see _ms)."""
+    parts: dict[tuple[Any, ...], bytes] = {}
+    heads: list[bytes] = []
     ts_second: list[bytes] = []
     ts_millis: list[bytes] = []
     numbers: list[Any] = []
     ends: list[bytes] = []
-    add_second, add_millis, add_numbers, add_end = ts_second.append, ts_millis.append, numbers.extend, ends.append
+    add_head, add_second, add_millis, add_numbers, add_end = (
+        heads.append,
+        ts_second.append,
+        ts_millis.append,
+        numbers.extend,
+        ends.append,
+    )
     millis = _MILLIS
     end, nanos = _END, NANOS
+    last: tuple[Any, ...] = ()
+    head = b""
+    lo = hi = 0.0  # the second of the last timestamp: lo <= wall < hi
+    second_text = b""
     for f in fields:
         # One unpacking instead of a dozen subscripts (records.fields_of order)
         (
@@ -218,62 +240,89 @@ def _lines(fields: Sequence[Fields], currency: str) -> bytes:
             _saved_tokens,
             _saved_cost,
         ) = f
-        second = int(wall)
-        text = seconds.get(second)
-        if text is None:
-            text = seconds[second] = _second(second).encode() + b"."
-        add_second(text)
+        who = f[2:19]  # tenant to client_ip: the same for a run of lines (one tenant, model and outcome)
+        if who != last:
+            last = who
+            found = parts.get(who)
+            if found is None:
+                found = parts[who] = b'"' + _who(who[:11]) + _outcome(who[12:])
+            head = found
+        add_head(head)
+        if not lo <= wall < hi:  # another second (kept only from the epoch on, where int() rounds down)
+            second = int(wall)
+            lo, hi = (float(second), float(second + 1)) if second >= 0 else (0.0, 0.0)
+            second_text = _OPEN + _second(second).encode() + b"."
+        add_second(second_text)
         add_millis(millis[int(wall * 1000) % 1000])
-        # _ms(...) written out, its integer part taken as a float (x // 1.0: the value int(x) gives, without a call)
+        # _ms(...) written out: floor(x) is the int(x) it takes, for x >= 0, without building an int type's call
         add_numbers(
             (
                 prompt,
                 completion,
                 reported,
                 cost / nanos,
-                (total_s * 1e6 + 0.5) // 1.0 / 1000 if total_s >= 0 else round(total_s * 1000, 3),
-                (upstream_s * 1e6 + 0.5) // 1.0 / 1000 if upstream_s >= 0 else round(upstream_s * 1000, 3),
-                (overhead_s * 1e6 + 0.5) // 1.0 / 1000 if overhead_s >= 0 else round(overhead_s * 1000, 3),
+                floor(total_s * 1e6 + 0.5) / 1000 if total_s >= 0.0 else round(total_s * 1000, 3),
+                floor(upstream_s * 1e6 + 0.5) / 1000 if upstream_s >= 0.0 else round(upstream_s * 1000, 3),
+                floor(overhead_s * 1e6 + 0.5) / 1000 if overhead_s >= 0.0 else round(overhead_s * 1000, 3),
                 None
                 if ttfb_s is None
-                else (ttfb_s * 1e6 + 0.5) // 1.0 / 1000
-                if ttfb_s >= 0
+                else floor(ttfb_s * 1e6 + 0.5) / 1000
+                if ttfb_s >= 0.0
                 else round(ttfb_s * 1000, 3),
                 attempts,
             )
         )
         add_end(end if not (cached or cache_write or reasoning or hit) else _extras(f))
     rendered = orjson.dumps(numbers)[1:-1].split(b",")
-    if len(rendered) != len(numbers):  # a value that is not a number (a string with a comma): line by line
+    ids = _request_ids(fields, n)
+    if len(rendered) != len(numbers) or ids is None:  # a value that is not a number (a string with a comma), an id
+        # that is not a string: line by line
         parts_of: dict[_Who, bytes] = {}
         seconds_of: dict[int, str] = {}
         return b"".join([_line(f, currency, parts_of, seconds_of) for f in fields])
     out: list[bytes] = [_COMMA] * (n * _SLOTS)
-    out[0::_SLOTS] = repeat(_OPEN, n)
-    out[1::_SLOTS] = ts_second
-    out[2::_SLOTS] = ts_millis
-    out[3::_SLOTS] = repeat(_RID, n)
-    out[4::_SLOTS] = map(orjson.dumps, map(_REQUEST_ID, fields))
-    out[5::_SLOTS] = map(parts.__getitem__, who)
-    out[6::_SLOTS] = map(outcomes.__getitem__, outcome)
+    out[0::_SLOTS] = ts_second
+    out[1::_SLOTS] = ts_millis
+    out[2::_SLOTS] = ids
+    out[3::_SLOTS] = heads
     width = len(_NUMBERS)
     for i, slot in enumerate(_NUMBERS):
         out[slot::_SLOTS] = rendered[i::width]
-    out[8::_SLOTS] = repeat(_COMPLETION, n)
-    out[10::_SLOTS] = repeat(_REPORTED, n)
-    out[12::_SLOTS] = repeat(_COST, n)
-    out[14::_SLOTS] = repeat(b',"currency":' + orjson.dumps(currency) + _TOTAL, n)
-    out[16::_SLOTS] = repeat(_UPSTREAM, n)
-    out[18::_SLOTS] = repeat(_OVERHEAD, n)
-    out[20::_SLOTS] = repeat(_TTFB, n)
-    out[22::_SLOTS] = repeat(_ATTEMPTS, n)
-    out[24::_SLOTS] = ends
+    out[5::_SLOTS] = repeat(_COMPLETION, n)
+    out[7::_SLOTS] = repeat(_REPORTED, n)
+    out[9::_SLOTS] = repeat(_COST, n)
+    out[11::_SLOTS] = repeat(b',"currency":' + orjson.dumps(currency) + _TOTAL, n)
+    out[13::_SLOTS] = repeat(_UPSTREAM, n)
+    out[15::_SLOTS] = repeat(_OVERHEAD, n)
+    out[17::_SLOTS] = repeat(_TTFB, n)
+    out[19::_SLOTS] = repeat(_ATTEMPTS, n)
+    out[21::_SLOTS] = ends
     return b"".join(out)
 
 
-_WHO = itemgetter(slice(2, 13))  # tenant to provider (the priced model between, which a line leaves out)
-_OUTCOME = itemgetter(slice(14, 19))  # status, error, stream, client_disconnected, client_ip
 _REQUEST_ID = itemgetter(0)
+
+
+def _request_ids(fields: Sequence[Fields], n: int) -> list[bytes] | None:
+    """The ``n`` request ids of ``fields`` as JSON strings without their quotes, by one ``orjson.dumps`` of their list
+    cut at its ``","``: or None unless every id is a string that JSON writes without an escape.
+
+    Without a backslash in the list's JSON no quote is escaped: every quote opens or closes a string, so ``","``
+    is found only between two ids, and the list's ``n`` strings give ``n`` pieces. (An id with a quote, a backslash
+    or a control character has its escapes written: its flush goes line by line. The edge keeps no such id from a
+    client: tollgate/edge/answers.py request_id_from.)
+    """
+    request_ids = list(map(_REQUEST_ID, fields))
+    if not all(map(_IS_STR, request_ids)):
+        return None
+    rendered = orjson.dumps(request_ids)
+    if b"\\" in rendered:
+        return None
+    ids = rendered[2:-2].split(b'","')
+    return ids if len(ids) == n else None
+
+
+_IS_STR = str.__instancecheck__
 
 
 def _who(who: _Who) -> bytes:
