@@ -48,7 +48,7 @@ class Group(NamedTuple):
     and, worked out once, what a reply is read with when this call is the request's only one (see :func:`alone`)."""
 
     items: list[Item]
-    keys: list[str]
+    keys: tuple[str, ...]  # a tuple, the same one call after call: the embedded engine registers it (run_sync)
     args: list[Any]
     wants_lease: bool
     fixed: tuple[_Fixed, ...]  # per limit: its LimitState's fields that the reply does not carry
@@ -57,7 +57,7 @@ class Group(NamedTuple):
 
     @classmethod
     def of(cls, items: list[Item]) -> Group:
-        keys = [it.key for it in items]
+        keys = tuple([it.key for it in items])
         args: list[Any] = [packed_limit(it.spec) if it.args is None else it.args for it in items]
         args.append("")
         fixed = tuple([(it.spec.name, it.spec.kind, it.spec.unit, it.spec.limit, it.spec.shadow) for it in items])
