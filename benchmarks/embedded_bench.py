@@ -115,8 +115,12 @@ def replay(path: str, requests: int, rounds: int, tick: int, perturb: int) -> No
     if requests > len(ends):
         raise SystemExit(f"{path} holds {len(ends)} admissions; record more")
     span = calls[: ends[requests - 1] + 1]
-    for c in span:  # keys and arguments as the limiter hands them over: tuples of str, not lists
-        c[1], c[2] = tuple(c[1]), tuple(c[2])
+    # Keys and arguments as the limiter hands them over: tuples of str, not lists; one KEYS tuple for every call of
+    # one admission's limits, as the limiter's layout of a request's limits hands over the same tuple each time.
+    same_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+    for c in span:
+        keys = tuple(c[1])
+        c[1], c[2] = same_keys.setdefault(keys, keys) if c[0] == "admit" else keys, tuple(c[2])
     gc.collect()
     gc.freeze()
     best = float("inf")

@@ -1,8 +1,13 @@
 -- embedded_wrapper.lua: how the embedded engine (tollgate/limiter/store/embedded.py) runs one script.
 -- Not a limiter script: the engine puts a script's libraries at the "@prelude" marker line and its
--- body at the "@body" one, then evaluates this expression once per script with the Lua keyspace and,
--- on LuaJIT, the address and length of the engine's reply buffer (an array of int64 owned by Python).
--- KEYS and ARGV: those of the wrapped script (passed as now_us, the number of ARGV, ARGV..., KEYS...).
+-- body at the "@body" one, then evaluates this expression once per script with the Lua keyspace,
+-- on LuaJIT the address and length of the engine's reply buffer (an array of int64 owned by Python),
+-- and the engine's table of registered calls. It gives two functions: one call handed over whole, and
+-- one registered call.
+-- KEYS and ARGV: those of the wrapped script, passed as now_us, the number of ARGV, ARGV..., KEYS...;
+--   or, for a registered call, as now_us, handle, the last ARGV: calls[handle] holds {KEYS, ARGV but
+--   the last} (the engine registers a call that comes back with the same ones), copied into the
+--   call's own tables, so that only one string crosses from Python.
 -- Units: now_us in microseconds since the epoch (the engine's clock, read once per call).
 -- Return: n, the length of an array of integers written to the reply buffer (the limiter scripts'
 --   replies: no value crosses to Python one by one); without a buffer, or for a reply the buffer
@@ -19,7 +24,7 @@
 -- a count (buffer), (1 or 2, unpack(array)) or (0, value), so that lupa
 -- hands back one number or one tuple; 1 tells the engine that no item needs
 -- converting.
-function(keyspace, reply_at, reply_slots)
+function(keyspace, reply_at, reply_slots, calls)
   local select, unpack, type, error, pcall, floor = select, unpack, type, error, pcall, math.floor
   -- The reply buffer, as int64_t*: Python reads the first n slots after the call (one copy, no per-item
   -- conversion). Lua 5.1 has no FFI: replies then leave on the stack.
@@ -79,6 +84,33 @@ function(keyspace, reply_at, reply_slots)
   local function script(KEYS, ARGV)
 -- @body
   end
+  -- A registered call: KEYS and ARGV but the last from calls[handle], each value as Redis would receive it.
+  local function registered(now_us, handle, last)
+    begin(now_us)
+    local call = calls[handle]
+    local keys, argv = call[1], call[2]
+    local nkeys, nargs = #keys, #argv
+    local KEYS, ARGV = table_new(nkeys, 0), table_new(nargs + 1, 0)
+    for i = 1, nkeys do
+      local v = keys[i]
+      if type(v) ~= 'string' then
+        v = str(v)
+      end
+      KEYS[i] = v
+    end
+    for i = 1, nargs do
+      local v = argv[i]
+      if type(v) ~= 'string' then
+        v = str(v)
+      end
+      ARGV[i] = v
+    end
+    if type(last) ~= 'string' then
+      last = str(last)
+    end
+    ARGV[nargs + 1] = last
+    return reply(pcall(script, KEYS, ARGV))
+  end
   return function(now_us, nargs, ...)
     begin(now_us)
     local total = select('#', ...)
@@ -98,5 +130,5 @@ function(keyspace, reply_at, reply_slots)
       end
     end
     return reply(pcall(script, KEYS, ARGV))
-  end
+  end, registered
 end

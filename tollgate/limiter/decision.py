@@ -97,13 +97,15 @@ class Lease:
 
     __slots__ = ("charges", "ttl_ms", "released")
 
-    def __init__(self, charges: tuple[Charge, ...]) -> None:
+    def __init__(self, charges: tuple[Charge, ...], ttl_ms: int = 0) -> None:
+        """``ttl_ms``: the shortest window of the charges' limits when the caller knows it (0: worked out here)."""
         self.charges = charges
-        ttl = charges[0].spec.window_ms
-        for c in charges:
-            if c.spec.window_ms < ttl:
-                ttl = c.spec.window_ms
-        self.ttl_ms = ttl
+        if not ttl_ms:
+            ttl_ms = charges[0].spec.window_ms
+            for c in charges:
+                if c.spec.window_ms < ttl_ms:
+                    ttl_ms = c.spec.window_ms
+        self.ttl_ms = ttl_ms
         self.released = False
 
     def __repr__(self) -> str:

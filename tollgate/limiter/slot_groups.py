@@ -37,8 +37,9 @@ class Outcome:
         self.degraded = degraded
 
 
-# One limit's fixed fields of its LimitState, in the named tuple's order: name, kind, unit; then limit and shadow.
-_Fixed = tuple[str, str, str, int, bool]
+# One limit's offset of its fields in admit.lua's reply, and the fixed fields of its LimitState: name, kind, unit,
+# limit and shadow.
+_Fixed = tuple[int, str, str, str, int, bool]
 # One limit an admitted call leaves to settle or release: the reply's offset of its mark, its key, tag and spec.
 _Held = tuple[int, str, str, LimitSpec]
 
@@ -48,23 +49,30 @@ class Group(NamedTuple):
     and, worked out once, what a reply is read with when this call is the request's only one (see :func:`alone`)."""
 
     items: list[Item]
-    keys: list[str]
+    keys: tuple[str, ...]  # a tuple, the same one call after call: the embedded engine registers it (run_sync)
     args: list[Any]
     wants_lease: bool
-    fixed: tuple[_Fixed, ...]  # per limit: its LimitState's fields that the reply does not carry
+    fixed: tuple[_Fixed, ...]  # per limit: where its reply fields start, its LimitState's fields the reply lacks
     reserved: tuple[_Held, ...]  # the limits whose estimate settles later (a cost to reconcile)
     leased: tuple[_Held, ...]  # the concurrency limits: a lease to release
+    lease_ttl_ms: int  # the shortest window of the leased limits (a Lease's TTL), 0 without any
 
     @classmethod
     def of(cls, items: list[Item]) -> Group:
-        keys = [it.key for it in items]
+        keys = tuple([it.key for it in items])
         args: list[Any] = [packed_limit(it.spec) if it.args is None else it.args for it in items]
         args.append("")
-        fixed = tuple([(it.spec.name, it.spec.kind, it.spec.unit, it.spec.limit, it.spec.shadow) for it in items])
+        fixed = tuple(
+            [
+                (2 + n * ADMIT_STRIDE, it.spec.name, it.spec.kind, it.spec.unit, it.spec.limit, it.spec.shadow)
+                for n, it in enumerate(items)
+            ]
+        )
         marks = [(2 + n * ADMIT_STRIDE + 4, it) for n, it in enumerate(items) if it.spec.cost > 0]
         reserved = tuple([(j, it.key, it.tag, it.spec) for j, it in marks if it.spec.reserves])
         leased = tuple([(j, it.key, it.tag, it.spec) for j, it in marks if it.args is None])
-        return cls(items, keys, args, any(it.args is None for it in items), fixed, reserved, leased)
+        ttl = min([spec.window_ms for *_, spec in leased], default=0)
+        return cls(items, keys, args, any(it.args is None for it in items), fixed, reserved, leased, ttl)
 
     def argv(self, lease_id: str) -> list[Any]:
         if not self.wants_lease:
@@ -129,17 +137,15 @@ def alone(store: str, group: Group, reply: Sequence[int], lease_id: str) -> Deci
 
     What :func:`group_outcome` and the limiter's assembly of outcomes give for one group, without the positions,
     the sort and the lists between them (an admitted request's limits were all consumed: nothing to refund)."""
-    states = []
-    j = 2  # this limit's fields in the reply
-    for name, kind, unit, limit, shadow in group.fixed:
-        states.append(
+    limits = tuple(
+        [
             _new(
                 LimitState,
                 (name, kind, unit, reply[j] == 1, limit, reply[j + 1], reply[j + 2], reply[j + 3], shadow, False),
             )
-        )
-        j += ADMIT_STRIDE
-    limits = tuple(states)
+            for j, name, kind, unit, limit, shadow in group.fixed
+        ]
+    )
     if reply[0] != 1:
         return Decision(False, limits, False, retry_after(limits))
     reservation = lease = None
@@ -148,7 +154,10 @@ def alone(store: str, group: Group, reply: Sequence[int], lease_id: str) -> Deci
             tuple([_new(Charge, (store, k, t, s, reply[j], lease_id)) for j, k, t, s in group.reserved])
         )
     if group.leased:
-        lease = Lease(tuple([_new(Charge, (store, k, t, s, reply[j], lease_id)) for j, k, t, s in group.leased]))
+        lease = Lease(
+            tuple([_new(Charge, (store, k, t, s, reply[j], lease_id)) for j, k, t, s in group.leased]),
+            group.lease_ttl_ms,
+        )
     # tuple.__new__: the named tuple without its Python-level constructor (one per admitted request)
     return _new(Decision, (True, limits, False, 0, reservation, lease, False))
 
