@@ -37,8 +37,6 @@ __all__ = [
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DUMMY_DIGEST = bytes(32)
-# API keys whose digest an identifier chain remembers (see _by_key); past it they are all forgotten at once.
-DIGESTS_KEPT = 1024
 
 
 class IdentityRuntime:
@@ -57,7 +55,6 @@ class IdentityRuntime:
         "header",
         "query",
         "digest",
-        "digests",
         "clock",
         "labels",
         "end_users",
@@ -85,9 +82,6 @@ class IdentityRuntime:
             self.digest: Callable[[bytes], bytes] = lambda data: hmac.digest(secret, data, "sha256")
         else:
             self.digest = lambda data: hashlib.sha256(data).digest()
-        # key -> its digest, for keys that authenticated lately (_by_key): at most DIGESTS_KEPT, dropped with the
-        # config version.
-        self.digests: dict[str, bytes] = {}
         self.labels = {
             "subdomain": "the subdomain",
             "header": f"the {ident.header} header",
@@ -115,26 +109,12 @@ def _refuse(refusal: Refusal, principal: Principal | None = None) -> Exception:
 
 
 def _by_key(key: str, identity: IdentityRuntime, directory: Directory) -> Principal:
-    """One hash, one dict lookup, one constant-time compare: the same path for every wrong key, whatever its length.
-
-    A key that named a directory entry has its digest remembered, so the next request with it skips the hash (a
-    client sends the same key request after request). Only such keys, and at most DIGESTS_KEPT of them: a wrong
-    key is never kept, and its path stays the one above. The lookup, the compare and every check after it run
-    on a remembered digest as on a computed one (an entry revoked or replaced since is found as it is now).
-    """
-    digests = identity.digests
-    digest = digests.get(key)
-    remember = digest is None
-    if digest is None:
-        digest = identity.digest(key.encode("utf-8", "surrogateescape"))
+    """One hash, one dict lookup, one constant-time compare: the same path for every wrong key, whatever its length."""
+    digest = identity.digest(key.encode("utf-8", "surrogateescape"))
     entry = directory.keys.get(digest)
     stored = entry.digest if entry is not None else _DUMMY_DIGEST
     if not hmac.compare_digest(stored, digest) or entry is None:
         raise Unauthenticated("incorrect API key provided")
-    if remember:
-        if len(digests) >= DIGESTS_KEPT:
-            digests.clear()
-        digests[key] = digest
     if entry.refusal is not None:
         raise _refuse(entry.refusal, entry.principal)
     if entry.expires is not None and identity.clock() >= entry.expires:
