@@ -200,15 +200,22 @@ class StreamedAnswer:
         self.prepared = False
         self.eof_sent = False
 
-    async def prepare(self, request: Request) -> None:
+    async def prepare(self, request: Request, first: bytes = b"") -> None:
+        """Write the status line and headers; with ``first``, the answer's first piece in the same write (a relay's
+        first event: one system call fewer per stream). Raises ``ConnectionResetError`` when the client has gone."""
         conn = request.content.connection
         if self.prepared:
+            if first:
+                await self.write(first)
             return
         self._conn = conn
         self._chunked = request.version == 1
         framing = ("Transfer-Encoding", "chunked") if self._chunked else None
-        conn.write_head(self.status, self.headers, framing, streaming=True)
+        body = first if not first or not self._chunked else b"%x\r\n%b\r\n" % (len(first), first)
+        conn.write_head(self.status, self.headers, framing, body=body, streaming=True)
         self.prepared = True
+        if first and conn.writing_paused:
+            await conn.drain()
 
     async def write(self, data: bytes) -> None:
         if self.send(data):

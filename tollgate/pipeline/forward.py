@@ -281,7 +281,13 @@ async def _relay_stream(
     relay = upstream.relay if type(upstream) is UpstreamResponse else None
     try:
         # Inside the try: a client that left must not be blamed on the upstream (it would trip its breaker).
-        await response.prepare(ctx.request)
+        # The first events go out with the head, in one write.
+        await response.prepare(ctx.request, out)
+        if out:
+            sent = len(out)
+            if tape is not None:
+                tape.add(out)
+            out = b""
         while True:
             if out:
                 if response.send(out):  # response.write(out), without a coroutine per event
