@@ -240,13 +240,19 @@ class StreamedAnswer:
         if self._conn is not None:
             await self._conn.drain()
 
-    async def write_eof(self) -> None:
+    async def write_eof(self, last: bytes = b"") -> None:
+        """End the answer; with ``last``, its last piece goes in the same write (a relay's last event: one system
+        call fewer per stream). Raises ``ConnectionResetError`` when the client has gone."""
         conn = self._conn
         if conn is None or self.eof_sent:
+            if last:
+                raise RuntimeError("write() before prepare() or after write_eof()")
             return
         self.eof_sent = True
         if self._chunked:
-            conn.write(b"0\r\n\r\n")
+            conn.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(last), last) if last else b"0\r\n\r\n")
+        elif last:
+            conn.write(last)
         await conn.drain()
 
 
