@@ -88,3 +88,35 @@ def test_a_slow_client_leaves_the_piece_written_but_uncounted_until_the_relay_wa
     assert answer.sent == [_event("a"), _event("b")]
     assert pump.written == _event("b") and pump.out == b""
     assert pump.sent == len(_event("a")) and tape.parts == [_event("a")]
+
+
+def test_the_terminators_piece_is_left_for_the_answers_end_only_when_the_upstreams_body_ended_with_it() -> None:
+    done = b"data: [DONE]\n\n"
+    asked: list[str] = []
+
+    def ended() -> bytes | None:
+        asked.append("ended")
+        return b""
+
+    def open_() -> bytes | None:
+        asked.append("open")
+        return None
+
+    answer = _Answer()
+    pump = _pump(_Monitor([]), answer)
+    pump.finished = ended
+    assert pump(_event("a"))
+    assert not pump(_event("b") + done), "the body ended with [DONE]: the loop writes it with the answer's end"
+    assert answer.sent == [_event("a")] and pump.out == _event("b") + done and pump.last and asked == ["ended"]
+
+    answer = _Answer()
+    pump = _pump(_Monitor([]), answer)
+    pump.finished = open_
+    assert pump(done), "the body goes on: [DONE] is sent now, not held for the body's end"
+    assert pump(b": trailing comment\n\n")
+    assert answer.sent == [done, b": trailing comment\n\n"] and not pump.last and asked == ["ended", "open"]
+
+    pump = _pump(_Monitor([]), _Answer())
+    pump.finished = ended
+    assert not pump(done + b"data: [DO")
+    assert pump.out == done and not pump.last, "a partial event after the terminator: the loop flushes it as always"

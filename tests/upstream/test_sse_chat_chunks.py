@@ -186,6 +186,9 @@ class _Budget:
     def after(self, chars: int) -> int:
         return (self._chars + chars + 3) // 4
 
+    def relayed_calm(self, chars: int) -> bool:
+        return False  # never calm: every event's calls are recorded
+
     def short(self, completion: int) -> list[tuple[int, int]]:
         self._asked += 1
         self.calls.append(("short", completion))

@@ -278,10 +278,20 @@ async def _relay_stream(
     # The events that follow the first are relayed in the upstream connection's callback while nothing needs this
     # coroutine (no hold, no stop, a client that keeps up): see _Pump. A translated stream is read piece by piece.
     pump = _Pump(parser, response, tape, timer, now, idle, deadline)
-    relay = upstream.relay if type(upstream) is UpstreamResponse else None
+    if type(upstream) is UpstreamResponse:
+        relay = upstream.relay
+        pump.finished = upstream.whole
+    else:
+        relay = None
     try:
         # Inside the try: a client that left must not be blamed on the upstream (it would trip its breaker).
-        await response.prepare(ctx.request)
+        # The first events go out with the head, in one write.
+        await response.prepare(ctx.request, out)
+        if out:
+            sent = len(out)
+            if tape is not None:
+                tape.add(out)
+            out = b""
         while True:
             if out:
                 if response.send(out):  # response.write(out), without a coroutine per event
@@ -314,6 +324,12 @@ async def _relay_stream(
                         sent += len(written)
                         if tape is not None:
                             tape.add(written)
+                    elif pump.last:  # the upstream's body ended with the terminator: the answer's end goes with it
+                        await response.write_eof(out)
+                        sent += len(out)
+                        if tape is not None and out:
+                            tape.add(out)
+                        return response
                     continue
                 chunk = piece
             if not chunk:
@@ -373,11 +389,26 @@ class _Pump:
     counted (recorded too, on a cache miss), the idle deadline pushed back, as the relay's loop does them.
 
     It stops (returns False) at a piece after which the parser holds an event or stops the stream, leaving what
-    the piece gave in ``out``; at a piece whose events cannot be written (the client is gone), leaving them in
-    ``out``; and at a piece written to a client that reads slower, leaving it in ``written`` to be counted once
-    the loop has waited for the client."""
+    the piece gave in ``out``; at the piece of the stream's terminator when the upstream's body ended with it too
+    (``finished`` says so: the usual end), leaving its events in ``out`` and ``last`` set, for the loop to send
+    with the answer's end in one write; at a piece whose events cannot be written (the client is gone), leaving
+    them in ``out``; and at a piece written to a client that reads slower, leaving it in ``written`` to be counted
+    once the loop has waited for the client."""
 
-    __slots__ = ("parser", "response", "tape", "timer", "now", "idle", "deadline", "sent", "out", "written")
+    __slots__ = (
+        "parser",
+        "response",
+        "tape",
+        "timer",
+        "now",
+        "idle",
+        "deadline",
+        "sent",
+        "out",
+        "written",
+        "finished",
+        "last",
+    )
 
     def __init__(
         self,
@@ -399,6 +430,10 @@ class _Pump:
         self.sent = 0  # bytes of events it wrote and counted
         self.out = b""
         self.written = b""
+        # The upstream's ``whole()``, asked once the terminator is seen: what is left of its body when it has ended
+        # (b"" after the pieces the pump was given), None while it goes on.
+        self.finished: Callable[[], bytes | None] | None = None
+        self.last = False  # it stopped at the end of the upstream's body, its last events in ``out``
 
     def __call__(self, chunk: bytes) -> bool:
         parser = self.parser
@@ -406,6 +441,16 @@ class _Pump:
         if parser.stop is not None or parser.holding:
             self.out = out
             return False
+        if parser.done and self.finished is not None:
+            finished, self.finished = self.finished, None
+            rest = finished()
+            if rest is not None:  # the body has ended: the loop ends the answer (and reads b"" from now on)
+                if rest:  # bytes after the piece: unusual; the loop sends the events and the end as always
+                    self.out = out + parser.feed(rest)
+                    return False
+                self.out = out
+                self.last = not parser.pending
+                return False
         if out:
             try:
                 slow = self.response.send(out)

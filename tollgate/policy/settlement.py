@@ -133,6 +133,28 @@ class StreamBudget:
         """
         return max(self._texts + 1, (self._chars + chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
 
+    def relayed_calm(self, chars: int) -> bool:
+        """An event of ``chars`` characters of text, relayed in one call while the stream stays calm: True when
+        its completion (as :meth:`after` says) is below the point where any limit is short, spent or due an
+        extension, the event counted as :meth:`relayed` counts it (an extension that has come back forgotten).
+        False: nothing counted, the event goes through :meth:`after`, :meth:`short`, :meth:`spent_cut` and
+        :meth:`relayed` (four calls an event otherwise, when most events of most streams need none of them)."""
+        chars += self._chars
+        completion = (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+        texts = self._texts + 1
+        if completion < texts:
+            completion = texts
+        if completion >= self._calm:
+            return False
+        admission = self.admission
+        pending = admission.pending
+        if pending is not None and pending.done():
+            admission.pending = None
+        self._chars = chars
+        self._texts = texts
+        self.completion_tokens = completion
+        return True
+
     def short(self, completion: int) -> list[tuple[int, int]]:
         """The open limits that ``completion`` tokens would take past what they hold: (limit, units missing)."""
         out: list[tuple[int, int]] = []

@@ -74,6 +74,8 @@ class StreamLimits(Protocol):
 
     def after(self, chars: int) -> int: ...
 
+    def relayed_calm(self, chars: int) -> bool: ...
+
     def short(self, completion: int) -> list[tuple[int, int]]: ...
 
     def spent_cut(self, completion: int) -> LimitSpec | None: ...
@@ -243,6 +245,8 @@ class UsageMonitor:
         budget = self.budget
         if budget is None:
             self._chars += text
+            return PASS
+        if budget.relayed_calm(text):  # the usual event: nothing short, spent or due, counted in one call
             return PASS
         completion = budget.after(text)
         if budget.short(completion):
