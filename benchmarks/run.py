@@ -47,7 +47,8 @@ class Target:
     name: str
     about: str
     upstream: (
-        str  # "json": nginx answering a fixed body (the mock when nginx is absent); "mock": the Python mock; "": none
+        str  # "json": nginx answering a fixed body (the mock when nginx is absent); "mock": the Python mock;
+        # "mock-paced": the mock sending a stream's tokens PACED_TOKENS_PER_SECOND apart; "": none
     )
     command: tuple[str, ...] = ()
     config: str = ""
@@ -66,6 +67,8 @@ class Target:
     @property
     def references(self) -> tuple[str, str]:
         """The bare and the lean pass-through rows this row is compared with (the stream ones for a stream)."""
+        if self.upstream == "mock-paced":
+            return ("bare-stream-paced", "lean-stream-paced")
         return ("bare-stream", "lean-stream") if self.body == "stream" else ("bare", "lean")
 
 
@@ -78,6 +81,9 @@ upstreams:
 models:
   gpt-4o-mini: {deployments: [{upstream: bench}]}
 """
+# The paced stream rows' token rate: 16 content events 1 ms apart, a stream in about 16 ms (a real model sends
+# 30-200 tokens a second; faster pacing keeps the proxy busy at 64 connections while still one event per read).
+PACED_TOKENS_PER_SECOND = 1000
 MOCK_COMMAND = ("$python", "-m", "tollgate", "mock-upstream", "--port", "$port", "--no-record")
 BARE_COMMAND = (
     "$python",
@@ -191,6 +197,37 @@ TARGETS: tuple[Target, ...] = (
         body="stream",
         baseline="bare-stream",
         default=False,
+    ),
+    # The same streams paced as a model generates them (PACED_TOKENS_PER_SECOND): each event reaches the proxy in a
+    # read of its own, as issue 22 measured its 20-chunk streams, where the unpaced mock's events arrive in one or two
+    # reads and a stream costs the pass-through little more than a JSON answer.
+    Target(
+        "lean-stream-paced",
+        "-> lean pass-through -> mock, SSE stream of 16 tokens paced 1 ms apart",
+        "mock-paced",
+        LEAN_COMMAND,
+        body="stream",
+        default=False,
+    ),
+    Target(
+        "gateway-stream-paced",
+        "-> gateway, no rules -> mock, SSE stream of 16 tokens paced 1 ms apart",
+        "mock-paced",
+        GATEWAY_COMMAND,
+        GATEWAY_NO_RULES,
+        body="stream",
+        default=False,
+    ),
+    Target(
+        "full-redis-stream-paced",
+        "-> gateway, full policy, Redis store -> mock, SSE stream of 16 tokens paced 1 ms apart",
+        "mock-paced",
+        GATEWAY_COMMAND,
+        GATEWAY_FULL_POLICY_REDIS,
+        body="stream",
+        default=False,
+        redis=True,
+        tenants=10,
     ),
     # Workers (issue 8): the same gateway as 1 and as 2 SO_REUSEPORT processes, Redis store, not pinned.
     Target(
@@ -308,6 +345,7 @@ GOALS: dict[str, dict[str, float]] = {
     "full-embedded": {"cpu_us": 90, "added_p50_ms": 0.35},
     "full-redis": {"cpu_us": 100, "redis_us": 30, "added_p50_ms": 0.45},
     "full-redis-stream": {"lean_cpu": 1.5},
+    "full-redis-stream-paced": {"lean_cpu": 1.5},
     "full-100k-tenants": {"rss_mib": 150, "start_s": 3},
 }
 
@@ -557,6 +595,9 @@ def start_upstream(kind: str, stack: ExitStack, workdir: Path, cpu: int | None, 
     else:
         argv = pinned(cpu, [python, "-m", "tollgate", "mock-upstream", "--port", str(port), "--no-record"])
         name = "mock-upstream" if kind == "mock" else "mock-upstream-json"
+        if kind == "mock-paced":
+            argv += ["--tokens-per-second", str(PACED_TOKENS_PER_SECOND)]
+            name = "mock-upstream-paced"
     proc = stack.enter_context(process(name, argv, workdir))
     wait_ready(port, proc, orjson.dumps(BODIES["chat"]), workdir / f"{name}.log")
     return Upstream(name, port, proc.pid)
