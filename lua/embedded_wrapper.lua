@@ -84,27 +84,25 @@ function(keyspace, reply_at, reply_slots, calls)
   local function script(KEYS, ARGV)
 -- @body
   end
+  -- A new list of list's values as Redis would receive them (strings), with room for extra more; and its length.
+  local function received(list, extra)
+    local n = #list
+    local out = table_new(n + extra, 0)
+    for i = 1, n do
+      local v = list[i]
+      if type(v) ~= 'string' then
+        v = str(v)
+      end
+      out[i] = v
+    end
+    return out, n
+  end
   -- A registered call: KEYS and ARGV but the last from calls[handle], each value as Redis would receive it.
   local function registered(now_us, handle, last)
     begin(now_us)
     local call = calls[handle]
-    local keys, argv = call[1], call[2]
-    local nkeys, nargs = #keys, #argv
-    local KEYS, ARGV = table_new(nkeys, 0), table_new(nargs + 1, 0)
-    for i = 1, nkeys do
-      local v = keys[i]
-      if type(v) ~= 'string' then
-        v = str(v)
-      end
-      KEYS[i] = v
-    end
-    for i = 1, nargs do
-      local v = argv[i]
-      if type(v) ~= 'string' then
-        v = str(v)
-      end
-      ARGV[i] = v
-    end
+    local KEYS = received(call[1], 0)
+    local ARGV, nargs = received(call[2], 1)
     if type(last) ~= 'string' then
       last = str(last)
     end
