@@ -4,8 +4,10 @@ when the test says so, so that a test decides what has arrived when the client r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
-from tollgate.upstream.client import UpstreamHttp
+from tollgate.upstream.client import UpstreamHttp, UpstreamResponse
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -43,3 +45,16 @@ async def paced_stream(settle: float = 0.0) -> tuple[Paced, asyncio.Server, Upst
     server = await asyncio.start_server(paced.serve, "127.0.0.1", 0)
     pool = UpstreamHttp(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
     return paced, server, pool
+
+
+@contextlib.asynccontextmanager
+async def paced_response(settle: float = 0.0, method: str = "GET") -> AsyncIterator[tuple[Paced, UpstreamResponse]]:
+    """A paced upstream and the response of one request to it, its head arrived; within 5 s, the pool closed after."""
+    paced, server, pool = await paced_stream(settle)
+    async with server, asyncio.timeout(5):
+        try:
+            response = await pool.request(method, "/", [])
+            await paced.ready.wait()
+            yield paced, response
+        finally:
+            await pool.close()

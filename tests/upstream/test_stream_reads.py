@@ -6,15 +6,12 @@ import asyncio
 
 import pytest
 
-from tests.upstream.paced_upstream import chunk, paced_stream
+from tests.upstream.paced_upstream import chunk, paced_response
 from tollgate.upstream.client import ResponseError
 
 
 async def test_pieces_reach_the_reader_in_order_and_the_end_reads_empty_every_time() -> None:
-    paced, server, pool = await paced_stream()
-    async with server, asyncio.timeout(5):
-        resp = await pool.request("GET", "/", [])
-        await paced.ready.wait()
+    async with paced_response() as (paced, resp):
         pending = asyncio.ensure_future(resp.readany())  # waits: nothing arrived yet
         await asyncio.sleep(0.01)
         assert not pending.done()
@@ -27,14 +24,10 @@ async def test_pieces_reach_the_reader_in_order_and_the_end_reads_empty_every_ti
         assert await resp.readany() == b""
         assert await resp.readany() == b""
         resp.release()
-        await pool.close()
 
 
 async def test_a_read_cancelled_while_waiting_loses_nothing_that_arrives_after() -> None:
-    paced, server, pool = await paced_stream()
-    async with server, asyncio.timeout(5):
-        resp = await pool.request("GET", "/", [])
-        await paced.ready.wait()
+    async with paced_response() as (paced, resp):
         pending = asyncio.ensure_future(resp.readany())
         await asyncio.sleep(0.01)
         pending.cancel()
@@ -42,14 +35,10 @@ async def test_a_read_cancelled_while_waiting_loses_nothing_that_arrives_after()
         await asyncio.sleep(0.01)
         assert await resp.readany() == b"kept"
         resp.close()
-        await pool.close()
 
 
 async def test_a_stream_that_breaks_raises_in_the_waiting_reader() -> None:
-    paced, server, pool = await paced_stream()
-    async with server, asyncio.timeout(5):
-        resp = await pool.request("GET", "/", [])
-        await paced.ready.wait()
+    async with paced_response() as (paced, resp):
         pending = asyncio.ensure_future(resp.readany())
         await asyncio.sleep(0.01)
         assert paced.writer is not None
@@ -57,28 +46,19 @@ async def test_a_stream_that_breaks_raises_in_the_waiting_reader() -> None:
         with pytest.raises(ResponseError, match="before the response was complete"):
             await pending
         resp.close()
-        await pool.close()
 
 
 async def test_a_whole_answer_is_taken_at_once_and_a_partial_one_is_left_to_read() -> None:
-    paced, server, pool = await paced_stream()
-    async with server, asyncio.timeout(5):
-        resp = await pool.request("GET", "/", [])
-        await paced.ready.wait()
+    async with paced_response() as (paced, resp):
         await paced.send(chunk(b"part"))
         await asyncio.sleep(0.01)
         assert resp.whole() is None  # the body goes on: read() it
         await paced.send(chunk(b" and the rest") + b"0\r\n\r\n")
         assert await resp.read() == b"part and the rest"
         resp.release()
-        await pool.close()
-    paced, server, pool = await paced_stream()
-    async with server, asyncio.timeout(5):
-        resp = await pool.request("GET", "/", [])
-        await paced.ready.wait()
+    async with paced_response() as (paced, resp):
         await paced.send(chunk(b"all") + chunk(b" of it") + b"0\r\n\r\n")
         await asyncio.sleep(0.01)
         assert resp.whole() == b"all of it"
         assert resp.whole() is None and await resp.read() == b""  # taken once
         resp.release()
-        await pool.close()

@@ -8,7 +8,7 @@ import contextvars
 
 import pytest
 
-from tests.upstream.paced_upstream import HEAD, chunk, paced_stream
+from tests.upstream.paced_upstream import HEAD, chunk, paced_response
 from tollgate.upstream.client import ResponseError, UpstreamHttp
 
 
@@ -28,10 +28,7 @@ class _Pump:
 
 
 async def test_the_pump_takes_each_piece_as_it_arrives_and_the_reader_wakes_at_the_end() -> None:
-    paced, server, pool = await paced_stream(0.01)
-    async with server, asyncio.timeout(5):
-        resp = await pool.request("GET", "/", [])
-        await paced.ready.wait()
+    async with paced_response(0.01) as (paced, resp):
         pump = _Pump()
         pending = asyncio.ensure_future(resp.relay(pump))
         await paced.send(chunk(b"one"))
@@ -41,14 +38,10 @@ async def test_the_pump_takes_each_piece_as_it_arrives_and_the_reader_wakes_at_t
         await paced.send(b"0\r\n\r\n")
         assert await pending == b""
         resp.release()
-        await pool.close()
 
 
 async def test_a_piece_and_the_end_in_one_read_wake_the_reader_with_the_end() -> None:
-    paced, server, pool = await paced_stream(0.01)
-    async with server, asyncio.timeout(5):
-        resp = await pool.request("GET", "/", [])
-        await paced.ready.wait()
+    async with paced_response(0.01) as (paced, resp):
         pump = _Pump()
         pending = asyncio.ensure_future(resp.relay(pump))
         await asyncio.sleep(0.01)
@@ -56,14 +49,10 @@ async def test_a_piece_and_the_end_in_one_read_wake_the_reader_with_the_end() ->
         assert await pending == b""
         assert pump.taken == [b"last"]
         resp.release()
-        await pool.close()
 
 
 async def test_the_reader_wakes_with_none_where_the_pump_stops_and_reads_the_rest_itself() -> None:
-    paced, server, pool = await paced_stream(0.01)
-    async with server, asyncio.timeout(5):
-        resp = await pool.request("GET", "/", [])
-        await paced.ready.wait()
+    async with paced_response(0.01) as (paced, resp):
         pump = _Pump(stop_at=b"two")
         pending = asyncio.ensure_future(resp.relay(pump))
         await paced.send(chunk(b"one"))
@@ -77,40 +66,28 @@ async def test_the_reader_wakes_with_none_where_the_pump_stops_and_reads_the_res
         await paced.send(b"0\r\n\r\n")
         assert await resp.relay(pump) == b""
         resp.release()
-        await pool.close()
 
 
 async def test_pieces_already_arrived_go_to_the_reader_not_the_pump() -> None:
-    paced, server, pool = await paced_stream(0.01)
-    async with server, asyncio.timeout(5):
-        resp = await pool.request("GET", "/", [])
-        await paced.ready.wait()
+    async with paced_response(0.01) as (paced, resp):
         await paced.send(chunk(b"early"))
         pump = _Pump()
         assert await resp.relay(pump) == b"early"
         assert pump.taken == []
         resp.close()
-        await pool.close()
 
 
 async def test_a_pump_that_raises_raises_in_the_reader() -> None:
-    paced, server, pool = await paced_stream(0.01)
-    async with server, asyncio.timeout(5):
-        resp = await pool.request("GET", "/", [])
-        await paced.ready.wait()
+    async with paced_response(0.01) as (paced, resp):
         pending = asyncio.ensure_future(resp.relay(_Pump(fail_at=b"bad")))
         await paced.send(chunk(b"bad"))
         with pytest.raises(ValueError, match="the pump failed"):
             await pending
         resp.close()
-        await pool.close()
 
 
 async def test_a_relay_cancelled_while_waiting_hands_what_arrives_after_to_the_next_read() -> None:
-    paced, server, pool = await paced_stream(0.01)
-    async with server, asyncio.timeout(5):
-        resp = await pool.request("GET", "/", [])
-        await paced.ready.wait()
+    async with paced_response(0.01) as (paced, resp):
         pump = _Pump()
         pending = asyncio.ensure_future(resp.relay(pump))
         await asyncio.sleep(0.01)
@@ -119,14 +96,10 @@ async def test_a_relay_cancelled_while_waiting_hands_what_arrives_after_to_the_n
         assert pump.taken == []
         assert await resp.readany() == b"kept"
         resp.close()
-        await pool.close()
 
 
 async def test_a_stream_that_breaks_under_the_pump_raises_in_the_reader() -> None:
-    paced, server, pool = await paced_stream(0.01)
-    async with server, asyncio.timeout(5):
-        resp = await pool.request("GET", "/", [])
-        await paced.ready.wait()
+    async with paced_response(0.01) as (paced, resp):
         pump = _Pump()
         pending = asyncio.ensure_future(resp.relay(pump))
         await paced.send(chunk(b"one"))
@@ -136,24 +109,18 @@ async def test_a_stream_that_breaks_under_the_pump_raises_in_the_reader() -> Non
             await pending
         assert pump.taken == [b"one"]
         resp.close()
-        await pool.close()
 
 
 async def test_a_pump_raising_stop_iteration_still_wakes_the_reader_with_an_error() -> None:
-    paced, server, pool = await paced_stream(0.01)
-
     def pump(piece: bytes) -> bool:
         raise StopIteration  # a future refuses it: the reader must not be left waiting
 
-    async with server, asyncio.timeout(5):
-        response = await pool.request("POST", "/", [])
-        await paced.ready.wait()
+    async with paced_response(0.01, "POST") as (paced, response):
         pending = asyncio.ensure_future(response.relay(pump))
         await paced.send(chunk(b"one"))
         with pytest.raises(RuntimeError, match="StopIteration"):
             await pending
         response.release()
-        await pool.close()
 
 
 WHOLE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
