@@ -7,42 +7,12 @@ from typing import Any
 
 import orjson
 
+from tests.upstream.chat_chunks import COMMON, Recorder
+from tests.upstream.chat_chunks import chat_chunk as _chunk
 from tollgate.upstream.anthropic_usage import MessagesUsageMonitor
 from tollgate.upstream.responses_usage import ResponsesUsageMonitor
 from tollgate.upstream.sse import HOLD, PASS, EndStream, SseParser
 from tollgate.upstream.usage import Usage, UsageMonitor
-
-COMMON = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
-
-
-def _chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-    return b"data: " + orjson.dumps({**COMMON, "choices": [choice], "usage": None, **extra}) + b"\n\n"
-
-
-class Recorder:
-    """A monitor that records what it was asked: parsed events, and content lengths judged without parsing."""
-
-    chat_chunks = True
-
-    def __init__(self, verdicts: list[Any] | None = None) -> None:
-        self.parsed: list[Any] = []
-        self.contents: list[int] = []
-        self.verdicts = verdicts or []
-
-    def on_event(self, data: Any) -> int | bytes | EndStream:
-        self.parsed.append(data)
-        return PASS
-
-    def on_content(self, chars: int) -> int | EndStream:
-        self.contents.append(chars)
-        return self.verdicts.pop(0) if self.verdicts else PASS
-
-    async def cover(self) -> None:
-        return None
-
-    def on_end(self, outcome: str) -> None:
-        return None
 
 
 def _feed(parser: SseParser, *events: bytes) -> bytes:

@@ -5,45 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
+from tests.upstream.chat_chunks import Recorder
+from tests.upstream.chat_chunks import chat_chunk as _chunk
 from tollgate.upstream.sse import HOLD, PASS, EndStream, SseParser
-
-COMMON = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
-
-
-def _chunk(delta: dict[str, Any], finish: str | None = None, sep: bytes = b"\n\n") -> bytes:
-    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-    return b"data: " + orjson.dumps({**COMMON, "choices": [choice], "usage": None}) + sep
-
-
-class _Judge:
-    """Answers on_content with the verdicts given, in order, and records the lengths it was asked about."""
-
-    chat_chunks = True
-
-    def __init__(self, verdicts: list[Any]) -> None:
-        self.verdicts = list(verdicts)
-        self.contents: list[int] = []
-        self.parsed = 0
-
-    def on_event(self, data: Any) -> int | bytes | EndStream:
-        self.parsed += 1
-        return PASS
-
-    def on_content(self, chars: int) -> int | EndStream:
-        self.contents.append(chars)
-        return self.verdicts.pop(0) if self.verdicts else PASS
-
-    async def cover(self) -> None:
-        return None
-
-    def on_end(self, outcome: str) -> None:
-        return None
 
 
 def _run(events: list[bytes], verdicts: list[Any], one_by_one: bool) -> tuple[bytes, list[int], int, Any, bool]:
-    judge = _Judge(verdicts)
+    judge = Recorder(verdicts)
     parser = SseParser(judge)
     out = b""
     pieces = events if one_by_one else [events[0], events[1], b"".join(events[2:])]
