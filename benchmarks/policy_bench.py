@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from string import Template
 
@@ -66,25 +67,27 @@ class _Request:
         self.remote = "127.0.0.1"
 
 
-async def measure(config_text: str, requests: int, rounds: int) -> float:
+def gateway_state(config_text: str) -> GatewayState:
+    """The gateway's state for ``config_text`` (written to a temp file for load_config, then removed)."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(config_text)
     try:
-        state = GatewayState(load_config(f.name))
+        return GatewayState(load_config(f.name))
     finally:
         os.unlink(f.name)
-    await state.start()
-    for engine in state.limiter._stores.values():
-        if hasattr(engine, "coalesce"):
-            engine.coalesce = False
+
+
+def policy_request(state: GatewayState) -> Callable[[], Awaitable[RequestContext]]:
+    """One chat request through the policy stages as the gateway runs them (identify, match, admit, then account
+    as if the upstream answered ANSWER at once); each call returns the request's context."""
     body = orjson.dumps(BODIES["chat"])
     headers = dict(h.split(": ", 1) for h in CLIENT_HEADERS)
     request = _Request({**headers, "Content-Type": "application/json", "Content-Length": str(len(body))})
     endpoint = ENDPOINTS["/v1/chat/completions"]
     loop = asyncio.get_running_loop()
+    stages = state.runtime.stages
 
-    async def one() -> None:
-        stages = state.runtime.stages
+    async def one() -> RequestContext:
         ctx = RequestContext(request, "req_bench", endpoint, stages.clock.loop_time(), "127.0.0.1")  # type: ignore[arg-type]
         stages.shedder.enter()
         ctx.body_bytes = body
@@ -98,6 +101,18 @@ async def measure(config_text: str, requests: int, rounds: int) -> float:
         ctx.first_byte_at = ctx.finished_at = loop.time()
         stages.shedder.leave()
         account(ctx, stages.account)
+        return ctx
+
+    return one
+
+
+async def measure(config_text: str, requests: int, rounds: int) -> float:
+    state = gateway_state(config_text)
+    await state.start()
+    for engine in state.limiter._stores.values():
+        if hasattr(engine, "coalesce"):
+            engine.coalesce = False
+    one = policy_request(state)
 
     try:
         for _ in range(2000):  # warm-up: caches filled, scripts loaded

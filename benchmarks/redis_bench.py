@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import shutil
 import socket
 import subprocess
@@ -39,37 +38,16 @@ import time
 from pathlib import Path
 from string import Template
 
-import orjson
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import redis  # noqa: E402
 import uvloop  # noqa: E402
-from multidict import CIMultiDict, CIMultiDictProxy  # noqa: E402
-from run import BODIES, CLIENT_HEADERS, GATEWAY_FULL_POLICY_REDIS, tenants_yaml  # noqa: E402
+from policy_bench import gateway_state, policy_request  # noqa: E402
+from run import GATEWAY_FULL_POLICY_REDIS, tenants_yaml  # noqa: E402
 
-from tollgate.config import load_config  # noqa: E402
 from tollgate.limiter.store import RedisEngine  # noqa: E402
-from tollgate.pipeline.account import account  # noqa: E402
-from tollgate.pipeline.admit import admit  # noqa: E402
-from tollgate.pipeline.context import ENDPOINTS, RequestContext  # noqa: E402
-from tollgate.pipeline.identify import identify  # noqa: E402
-from tollgate.pipeline.match import match  # noqa: E402
-from tollgate.runtime.state import GatewayState  # noqa: E402
-from tollgate.upstream.usage import usage_from_body  # noqa: E402
-
-ANSWER = b'{"usage":{"prompt_tokens":24,"completion_tokens":16,"total_tokens":40}}'
-
-
-class _Request:
-    """What the policy stages read of an aiohttp request: headers, host, peer."""
-
-    def __init__(self, headers: dict[str, str]) -> None:
-        self.headers = CIMultiDictProxy(CIMultiDict(headers))
-        self.host = "127.0.0.1:8080"
-        self.remote = "127.0.0.1"
 
 
 def _free_port() -> int:
@@ -135,41 +113,19 @@ async def drive(
     # Accounting flushes every usage.batch_size records, never on its timer (whose batches depend on the speed).
     config += "usage: {flush_interval: 1h}\n"
     config += 'access_log: {enabled: true, path: "/dev/null"}\n'
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(config)
-    try:
-        state = GatewayState(load_config(f.name))
-    finally:
-        os.unlink(f.name)
+    state = gateway_state(config)
     await state.start()
     if evalsha:
         for engine in state.limiter._stores.values():
             if isinstance(engine, RedisEngine):
                 engine._functions = False
-    body = orjson.dumps(BODIES["chat"])
-    headers = dict(h.split(": ", 1) for h in CLIENT_HEADERS)
-    request = _Request({**headers, "Content-Type": "application/json", "Content-Length": str(len(body))})
-    endpoint = ENDPOINTS["/v1/chat/completions"]
-    loop = asyncio.get_running_loop()
-    stages = state.runtime.stages
+    request = policy_request(state)
 
     async def one() -> None:
-        ctx = RequestContext(request, "req_bench", endpoint, stages.clock.loop_time(), "127.0.0.1")  # type: ignore[arg-type]
-        stages.shedder.enter()
-        ctx.body_bytes = body
-        ctx.body = orjson.loads(body)
-        ctx.model = ctx.body["model"]
-        identify(ctx, stages.identify)
-        match(ctx, stages.match)
-        await admit(ctx, stages.admit)
+        ctx = await request()
         decision = ctx.admission.decision if ctx.admission is not None else None
         if decision is None or not decision.allowed or decision.degraded:
             raise RuntimeError(f"not admitted by Redis ({decision}): the bench's limits are far above its load")
-        ctx.status = 200
-        ctx.usage = usage_from_body(ANSWER)
-        ctx.first_byte_at = ctx.finished_at = loop.time()
-        stages.shedder.leave()
-        account(ctx, stages.account)
 
     settler = state.settler
 
