@@ -64,6 +64,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -696,7 +697,8 @@ class HttpServer:
         self._server = await self.loop.create_server(
             self.protocol_factory, host, port, reuse_port=reuse_port or None, backlog=backlog
         )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        server: Any = self._server  # its sockets: a list under uvloop, where asyncio's typing says a tuple
+        self.port = int(server.sockets[0].getsockname()[1])
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
         return self.port
 
