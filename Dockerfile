@@ -16,16 +16,31 @@ ARG PYTHON_VERSION=3.12.8
 # Optional extras of the package, comma-separated: `--build-arg EXTRAS=tracing` adds OpenTelemetry export.
 ARG EXTRAS=""
 
+# The hot path compiled by mypyc (pyproject.toml [tool.tollgate.compile]): a third less CPU a request.
+# `--build-arg TOLLGATE_COMPILE=0` builds the interpreted package instead (no compiler needed).
+ARG TOLLGATE_COMPILE=1
+ARG MYPY_VERSION=2.4.1
+ARG SETUPTOOLS_VERSION=84.2.1
+
 # ---- build: the tollgate wheel and the wheels of its dependencies, at the versions of constraints.txt
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ARG TOLLGATE_COMPILE
+ARG MYPY_VERSION
+ARG SETUPTOOLS_VERSION
+RUN if [ "$TOLLGATE_COMPILE" = 1 ]; then \
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi \
+ && pip install -q "setuptools==${SETUPTOOLS_VERSION}" "mypy==${MYPY_VERSION}"
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE constraints.txt ./
+COPY pyproject.toml setup.py README.md LICENSE constraints.txt ./
 COPY tollgate ./tollgate
 COPY lua ./lua
 COPY config ./config
 ARG EXTRAS
-RUN pip wheel --constraint constraints.txt --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
+RUN TOLLGATE_COMPILE=${TOLLGATE_COMPILE} pip wheel --no-build-isolation --constraint constraints.txt \
+      --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}"
 
 # ---- runtime: no compiler, no sources, no test or benchmark extras
 FROM python:${PYTHON_VERSION}-slim-bookworm

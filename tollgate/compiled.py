@@ -15,7 +15,7 @@ import importlib.machinery
 import json
 from pathlib import Path
 
-__all__ = ["RECORD", "StaleBuild", "check", "compiled_modules", "describe", "record"]
+__all__ = ["RECORD", "StaleBuild", "check", "compiled_modules", "describe", "describe_modules", "record"]
 
 PACKAGE = Path(__file__).resolve().parent
 RECORD = PACKAGE / "compiled.json"
@@ -71,7 +71,12 @@ def check(package: Path = PACKAGE) -> None:
         )
 
 
-def describe() -> str:
-    """How many modules run compiled, for scripts/compile and the benchmarks' machine line."""
-    modules = compiled_modules()
+def describe_modules(package: Path) -> str:
+    """``N modules compiled``, or ``interpreted`` when no module under ``package`` has an extension beside it."""
+    modules = compiled_modules(package)
     return f"{len(modules)} modules compiled" if modules else "interpreted"
+
+
+def describe() -> str:
+    """How the installed package runs, for scripts/compile, scripts/test and the benchmarks' machine line."""
+    return describe_modules(PACKAGE)
