@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from tollgate import compiled
 from tollgate.admin import Probes, ReloadAction, make_admin_app
 from tollgate.background import BackgroundTask
 from tollgate.config import Config
@@ -99,7 +100,7 @@ async def run_gateway(
                 runners.append(admin_runner)
                 await web.TCPSite(admin_runner, adm.host, adm.port).start()
                 admin_port = _bound_port(admin_runner)
-            log.info("public listener on http://%s:%d", pub.host, public_port)
+            log.info("public listener on http://%s:%d (hot path: %s)", pub.host, public_port, compiled.describe())
             if admin_port is not None:
                 log.info("admin listener on http://%s:%d", adm.host, admin_port)
             _settle_heap()
