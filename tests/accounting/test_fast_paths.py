@@ -60,13 +60,12 @@ def test_an_infinite_time_is_rendered_as_before_not_refused() -> None:
 
 
 # A compiled Entry refuses an id that is not a str: those two run on the interpreted package only.
-_NOT_STR = pytest.mark.interpreted
+_NOT_STR_IDS = [pytest.param(7, marks=pytest.mark.interpreted), pytest.param(None, marks=pytest.mark.interpreted)]
 
 
 @pytest.mark.parametrize(
     "rid",
-    ['x",', 'a","b', "back\\slash", 'quo"te', "tab\there", "ünïcode", "", ",", '"']
-    + [pytest.param(7, marks=_NOT_STR), pytest.param(None, marks=_NOT_STR)],
+    ['x",', 'a","b', "back\\slash", 'quo"te', "tab\there", "ünïcode", "", ",", '"', *_NOT_STR_IDS],
 )
 def test_request_ids_with_quotes_commas_backslashes_or_another_type_are_the_line_by_line_ones(rid: object) -> None:
     """The ids are rendered by one orjson call cut at '","': an id whose JSON has escapes, or an id that is not a
