@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tollgate.upstream import client as upstream_http
-from tollgate.upstream.client import ConnectError, ResponseError, UpstreamHttp, UpstreamResponse
+from tollgate.upstream.client import ConnectError, ResponseError, TracedHttp, UpstreamHttp, UpstreamResponse
 
 from .support.processes import free_port
 
@@ -444,6 +444,22 @@ async def test_connect_to_a_closed_port_raises_connect_error_and_frees_the_slot(
     assert isinstance(caught.value.os_error, ConnectionRefusedError)
     assert pool.in_use == 0
     await pool.close()
+
+
+async def test_a_traced_client_writes_the_trace_context_and_keeps_the_options_it_was_given() -> None:
+    def inject(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [*headers, ("traceparent", "00-1-2-01")]
+
+    async with serve(replies(OK)) as (server, _):
+        traced = TracedHttp(
+            f"http://127.0.0.1:{server.port}", inject=inject, max_connections=3, keepalive=7.0, connect_timeout=0.5
+        )
+        assert (traced.max_connections, traced.keepalive, traced.connect_timeout) == (3, 7.0, 0.5)
+        response = await traced.request("GET", "/models", [("X-Id", "r1")])
+        assert response.status == 200
+        response.release()
+        await traced.close()
+        assert server.requests[-1].endswith(b"X-Id: r1\r\ntraceparent: 00-1-2-01\r\n\r\n")
 
 
 # ---------------------------------------------------------------- the pool

@@ -22,8 +22,9 @@ from tollgate.config.accounting import CostRule, MetricsConfig, Price, PricingCo
 from tollgate.config.identity import Limits
 from tollgate.identity.directory import Principal
 from tollgate.pipeline.account import AccountDeps, account, capture
-from tollgate.pipeline.context import ENDPOINTS
 from tollgate.upstream.usage import Usage
+
+from ..support.contexts import request_context
 
 BASE: dict[str, Any] = {
     "upstreams": {"mock": {"base_url": "http://127.0.0.1:9/v1"}},
@@ -148,27 +149,18 @@ def _principal(tenant: str, plan: str = "metered", monthly_requests: int | None 
 
 
 def _ctx(principal: Principal | None, *, status: int = 200, usage: Usage | None = None, started: float = 0.0) -> Any:
-    return SimpleNamespace(
-        request_id="req_test",
-        endpoint=ENDPOINTS["/v1/chat/completions"],
+    return request_context(
+        started=started,
+        body=b"{}",
         model="gpt-4o-mini",
         model_served="gpt-4o-mini",
         upstream_name="mock",
         status=status,
-        error=None,
-        stream=False,
-        client_disconnected=False,
-        client_ip="127.0.0.1",
-        started=started,
         first_byte_at=started + 0.01,
         finished_at=started + 0.02,
         usage=usage or Usage(10, 5, True),
-        body_bytes=b"{}",
         principal=principal,
-        end_user=None,
-        namespace=None,
         attempts=1,
-        deployment=None,
     )
 
 
@@ -208,12 +200,12 @@ def test_a_records_cost_is_what_cost_nanos_gives_whichever_way_the_flusher_price
     assert cost == pricing.cost_nanos(model, 1234, 567) > 0
 
 
-async def test_alerts_fire_once_per_threshold_when_two_processes_share_the_embedded_usage_file(tmp_path: Path) -> None:
+async def test_alerts_fire_once_per_threshold_when_two_processes_share_the_embedded_usage_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     first, second = _accounting(tmp_path), _accounting(tmp_path)
-    fired: list[tuple[str, float]] = []
     for acc in (first, second):
         await acc.start()
-        acc._fire = lambda a, _orig=acc._fire: (fired.append((a.quota, a.percent)), _orig(a))  # type: ignore[method-assign]
     try:
         p = _principal("globex")
         for i in range(12):  # 10 allowed a month; both processes see every crossing
@@ -227,6 +219,8 @@ async def test_alerts_fire_once_per_threshold_when_two_processes_share_the_embed
     finally:
         await first.close()
         await second.close()
+    # Every alert fired, by either process, is one line of the alerts log.
+    fired = [(r.event["quota"], r.event["threshold_percent"]) for r in caplog.records if r.name == "tollgate.alerts"]  # type: ignore[attr-defined]
     assert sorted(fired) == [("monthly_requests", 80.0), ("monthly_requests", 90.0), ("monthly_requests", 95.0)]
     reopened = _accounting(tmp_path)
     fields, days = await reopened.store.read("globex", time.strftime("%Y-%m", time.gmtime()))
@@ -235,8 +229,12 @@ async def test_alerts_fire_once_per_threshold_when_two_processes_share_the_embed
 
 async def test_record_never_raises_and_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
     acc = _accounting(tmp_path, usage={"backend": "memory", "max_pending": 3})
-    deps = AccountDeps(settler=None, accounting=acc, wall=acc.wall, clock=SystemClock())  # type: ignore[arg-type]
-    account(SimpleNamespace(admission=None), deps)  # type: ignore[arg-type]  # a broken context: logged, not raised, not queued
+
+    def broken_wall() -> float:
+        raise RuntimeError("no wall clock")
+
+    deps = AccountDeps(settler=None, accounting=acc, wall=broken_wall, clock=SystemClock())  # type: ignore[arg-type]
+    account(_ctx(_principal("acme")), deps)  # a record that cannot be made: logged, not raised, not queued
     assert acc.pending == 0
     for _ in range(5):
         acc.record(_record(acc, _ctx(_principal("acme"))))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -19,8 +18,9 @@ from tollgate.config.identity import Limits
 from tollgate.config.model import Deployment
 from tollgate.identity.directory import Principal
 from tollgate.pipeline.account import capture
-from tollgate.pipeline.context import ENDPOINTS
 from tollgate.upstream.usage import Usage
+
+from ..support.contexts import request_context
 
 # Per 1K tokens: 3000 nanos a fresh prompt token, 300 a cache read, 3750 a cache write, 15000 a completion token.
 SONNET = Price(0.003, 0.015, cached_input_per_1k=0.0003, cache_write_per_1k=0.00375)
@@ -101,25 +101,17 @@ def test_the_price_table_shows_the_cache_prices_in_force() -> None:
 
 
 def _ctx(usage: Usage | None, request_id: str) -> Any:
-    return SimpleNamespace(
+    return request_context(
         request_id=request_id,
-        endpoint=ENDPOINTS["/v1/chat/completions"],
+        body=b"{}",
         model="sonnet",
         model_served="sonnet",
         upstream_name="anthropic",
         status=200,
-        error=None,
-        stream=False,
-        client_disconnected=False,
-        client_ip="127.0.0.1",
-        started=0.0,
         first_byte_at=0.01,
         finished_at=0.02,
         usage=usage,
-        body_bytes=b"{}",
         principal=Principal(tenant="acme", plan="p", limits=Limits(), allowed_models=None, key_id="acme-key"),
-        end_user=None,
-        namespace=None,
         attempts=1,
         deployment=Deployment(upstream="anthropic", model="claude-sonnet-4-5", provider="anthropic"),
     )

@@ -31,9 +31,9 @@ from tollgate.config.identity import Limits
 from tollgate.config.model import Deployment
 from tollgate.identity.directory import Principal
 from tollgate.pipeline.account import capture
-from tollgate.pipeline.context import ENDPOINTS
 from tollgate.upstream.usage import Usage
 
+from ..support.contexts import request_context
 from ..support.processes import REPO
 
 WALL = 1_790_000_000.0  # a fixed wall time, so two processes derive the same records
@@ -88,26 +88,21 @@ def varied_requests(n: int = 600) -> list[tuple[Any, float]]:
         status = (200, 200, 200, 429, 401, 200, 502)[i % 7]
         model = ("gpt-4o-mini", "gpt-4o", "unpriced")[i % 3]
         reached = status in (200, 502)
-        ctx = SimpleNamespace(
+        ctx = request_context(
             request_id=f"req_{i}",
-            endpoint=ENDPOINTS["/v1/chat/completions"],
+            started=started,
+            body=b"x" * (i % 50),
             model=model,
             model_served=model,
             upstream_name=("mock" if i % 2 else "backup") if reached else None,
             status=status,
-            error=None,
             stream=i % 4 == 0,
             client_disconnected=i % 11 == 0,
-            client_ip="127.0.0.1",
-            started=started,
             first_byte_at=started + upstream_s / 2 if reached and i % 5 else None,
             finished_at=started + upstream_s if reached else None,
             usage=Usage(10 + i % 13, i % 17, bool(i % 3)) if reached and i % 6 else None,
-            body_bytes=b"x" * (i % 50),
             principal=principals[(i * 5) % 7] if (i * 5) % 7 < 6 else None,
             end_user=f"user-{i % 4}" if i % 3 == 0 else None,
-            namespace=None,
-            upstream_started=started,
             attempts=1,
             deployment=Deployment(upstream="backup", model=f"{model}-2024", provider="azure") if reached else None,
         )
@@ -383,7 +378,7 @@ def test_entry_fields_are_derived_in_declaration_order() -> None:
     ctx, end = varied_requests(23)[22]  # a 200 whose client went away, reported usage, tenant t5 (enterprise)
     pricing = Accounting(config_from_dict(DOC)).pricing()
     e = entry_from(capture(ctx, end, WALL), pricing)
-    assert (e.request_id, e.wall, e.endpoint, e.namespace, e.attempts) == ("req_22", WALL, "chat", None, 1)
+    assert (e.request_id, e.wall, e.endpoint, e.namespace, e.attempts) == ("req_22", WALL, "chat", "default", 1)
     assert (e.tenant, e.key_id, e.user, e.plan, e.principal) == ("t5", "k5", None, "enterprise", ctx.principal)
     assert (e.model, e.model_served, e.priced_model, e.upstream) == ("gpt-4o", "gpt-4o", "gpt-4o", "backup")
     assert (e.provider, e.deployment_model) == ("azure", "gpt-4o-2024")

@@ -7,7 +7,9 @@ from typing import Any
 
 import orjson
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from tollgate.edge.messages import Body, Request
 from tollgate.edge.server import HttpServer, _Connection
 
 
@@ -22,23 +24,15 @@ class _Transport:
         return False
 
 
-class _Body:
-    done = True
-
-
-class _Request:
-    keep_alive = True
-    version = 1
-    content = _Body()
-
-
 def _write(headers: Any) -> tuple[bytes, dict[str, str], bytes, bool]:
     """``headers`` written by one connection after a sound answer with the same names: status line, headers, body,
     and whether the connection is to close."""
     conn = _Connection(HttpServer(_handler))
     transport = _Transport()
     conn.transport = transport  # type: ignore[assignment]
-    conn._serving = _Request()  # type: ignore[assignment]
+    # The request being answered: HTTP/1.1, keep-alive, its body all read.
+    asked = CIMultiDictProxy(CIMultiDict({"Host": "gateway"}))
+    conn._serving = Request("GET", "/", "", 1, asked, (), transport, None, False, True, Body(conn, True, False))  # type: ignore[arg-type]
     names = [name for name, _ in (headers.items() if isinstance(headers, dict) else headers)]
     conn.write_head(200, [(name, "sound") for name in names if _sound(name)], None, body=b"{}", length=2)
     conn.write_head(200, headers, None, body=b"{}", length=2)

@@ -3,7 +3,7 @@ the chunked body's end in one write when the upstream's body ends with it, and t
 waiting for an upstream that has not ended its body yet.
 
 The whole gateway in-process (no rules), an upstream the test paces, a raw client; the writes counted are those of
-the public listener's connection (``_Connection.write``, one ``transport.write`` each).
+the public listener's connection (``_Connection.write``, one ``transport.write`` each, counted at the transport).
 """
 
 from __future__ import annotations
@@ -68,17 +68,49 @@ class _Upstream:
 
 
 class _Writes:
-    """The public listener's writes, recorded."""
+    """The public listener's writes, recorded: each connection the server makes is handed a transport that records
+    what it is asked to write (``_Connection.write`` is the only caller of ``transport.write``)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.all: list[bytes] = []
-        write = edge_server._Connection.write
+        loop = asyncio.get_running_loop()
+        create_server = loop.create_server
 
-        def recording(conn: Any, data: bytes) -> None:
-            self.all.append(data)
-            write(conn, data)
+        def recorded(factory: Any) -> Any:
+            protocol = factory()  # the test's upstream is served on this loop too: only the listener is recorded
+            return _RecordedProtocol(protocol, self.all) if isinstance(protocol, edge_server._Connection) else protocol
 
-        monkeypatch.setattr(edge_server._Connection, "write", recording)
+        async def recording_server(factory: Any, *args: Any, **kwargs: Any) -> Any:
+            return await create_server(lambda: recorded(factory), *args, **kwargs)
+
+        monkeypatch.setattr(loop, "create_server", recording_server)
+
+
+class _RecordedProtocol:
+    """A connection's protocol, handed a transport that records its writes; everything else is the protocol's own."""
+
+    def __init__(self, protocol: Any, writes: list[bytes]) -> None:
+        self._protocol = protocol
+        self._writes = writes
+
+    def connection_made(self, transport: Any) -> None:
+        self._protocol.connection_made(_RecordingTransport(transport, self._writes))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._protocol, name)
+
+
+class _RecordingTransport:
+    def __init__(self, transport: Any, writes: list[bytes]) -> None:
+        self._transport = transport
+        self._writes = writes
+
+    def write(self, data: bytes) -> None:
+        self._writes.append(data)
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 async def _gateway(upstream: _Upstream) -> AsyncIterator[int]:

@@ -22,6 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,16 @@ alert_log = logging.getLogger("tollgate.alerts")
 _YIELD_EVERY = 256  # records processed between yields to the event loop during a flush
 
 
+def _config_reader(config: Any, state: Any) -> Callable[[], Any]:
+    """What gives the config version in force: the state's, which follows reloads; without a state, ``config``.
+
+    Apart from ``Accounting.__init__``, and a partial rather than a lambda: compiled, the lambdas of one function
+    share the variables any of them reads, and one holding ``config`` would keep a replaced version alive."""
+    if state is None:
+        return lambda: config
+    return partial(getattr, state, "config")
+
+
 class Accounting:
     """Usage, cost, quotas and alerts, metrics, access and audit logs of one gateway process."""
 
@@ -64,7 +75,7 @@ class Accounting:
         wall: Callable[[], float] = time.time,
         database: Database | None = None,
     ) -> None:
-        self._config_of: Callable[[], Any] = (lambda: state.config) if state is not None else (lambda: config)
+        self._config_of = _config_reader(config, state)
         acc = _accounting_config(config)
         self.settings = acc
         self._wall = wall

@@ -126,7 +126,6 @@ async def forward(
     now = clock.loop_time
     deadline = ctx.started + cfg.timeouts.total
     phase = "first byte"
-    upstream: UpstreamResponse | None = None
     try:
         with client.deadlines.at(min(deadline, now() + cfg.timeouts.first_byte)) as timer:
             if form_type is None and client.inject is None:  # the gateway's headers as lines made once per upstream
@@ -135,18 +134,23 @@ async def forward(
                 sent = upstream_headers(client, ctx.request.headers, ctx.client_ip, ctx.request_id, form_type)
                 tail = ""
             upstream = await client.http.request("POST", path, sent, body, tail)
-            ctx.first_byte_at = now()
-            phase = "idle"
-            timer.reschedule(min(deadline, now() + cfg.timeouts.idle))
-            status = upstream.status
-            content_type = upstream.headers.get("content-type", "")
-            if ctx.stream and status == 200 and content_type.startswith("text/event-stream"):
-                phase = "first event"
-                source = upstream if bridge is None else bridge.stream(upstream, int(clock.time()))
-                return await _relay_stream(ctx, clock, source, timer, deadline, cfg.timeouts.idle, dropped)
-            data = upstream.whole()  # None: not all of it has arrived yet
-            if data is None:
-                data = await upstream.read()
+            # Released in a finally of its own, not one that also covers the request: compiled, a finally reading a
+            # variable the try may not have assigned takes it for the type it has at the try's end.
+            try:
+                ctx.first_byte_at = now()
+                phase = "idle"
+                timer.reschedule(min(deadline, now() + cfg.timeouts.idle))
+                status = upstream.status
+                content_type = upstream.headers.get("content-type", "")
+                if ctx.stream and status == 200 and content_type.startswith("text/event-stream"):
+                    phase = "first event"
+                    source = upstream if bridge is None else bridge.stream(upstream, int(clock.time()))
+                    return await _relay_stream(ctx, clock, source, timer, deadline, cfg.timeouts.idle, dropped)
+                data = upstream.whole()  # None: not all of it has arrived yet
+                if data is None:
+                    data = await upstream.read()
+            finally:
+                upstream.release()
     except TimeoutError:
         raise UpstreamTimeout(
             f"upstream {cfg.name!r} timed out waiting for the {phase}", code="upstream_timeout"
@@ -157,9 +161,6 @@ async def forward(
         ) from None
     except HttpError as exc:
         raise UpstreamBadResponse(f"upstream {cfg.name!r} failed: {exc}", code="upstream_error") from None
-    finally:
-        if upstream is not None:
-            upstream.release()
     if status >= 400:
         if status in _AUTH_STATUSES:
             # The provider's words go to the operator's log (its masked key says which one failed), not to the tenant.

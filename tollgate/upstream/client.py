@@ -40,6 +40,14 @@ from urllib.parse import urlsplit
 
 import httptools
 
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # mypyc reads the decorator when it compiles; the package runs without mypy_extensions
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
+
+
 __all__ = [
     "ConnectError",
     "HttpError",
@@ -60,6 +68,8 @@ _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 _STARTS_KEPT = 64
 
 
+# An Anthropic stream's error event is one of its subclasses (tollgate/upstream/anthropic.py), even when compiled.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class HttpError(Exception):
     """The upstream connection failed or answered something that is not HTTP/1.1."""
 
@@ -770,9 +780,28 @@ class TracedHttp(UpstreamHttp):
     """
 
     def __init__(
-        self, base_url: str, *, inject: Callable[[list[tuple[str, str]]], list[tuple[str, str]]], **options: Any
+        self,
+        base_url: str,
+        *,
+        inject: Callable[[list[tuple[str, str]]], list[tuple[str, str]]],
+        max_connections: int = 256,
+        keepalive: float = 30.0,
+        connect_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+        resolve_every: float | None = None,
+        resolver: Callable[[str, int], Awaitable[list[str]]] | None = None,
     ) -> None:
-        super().__init__(base_url, **options)
+        # Each option by name, not as **options: compiled, a ** handed on to a compiled method arrives as one
+        # positional argument (mypyc/mypyc#1162).
+        super().__init__(
+            base_url,
+            max_connections=max_connections,
+            keepalive=keepalive,
+            connect_timeout=connect_timeout,
+            ssl_context=ssl_context,
+            resolve_every=resolve_every,
+            resolver=resolver,
+        )
         self._inject = inject
 
     async def request(

@@ -10,8 +10,9 @@ rule says ``cut``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import orjson
 
@@ -19,6 +20,14 @@ from tollgate.limiter import LimitSpec
 from tollgate.token_estimate import estimate_tokens
 from tollgate.upstream.estimates import estimate_prompt_tokens
 from tollgate.upstream.sse import DROP, HOLD, PASS, EndStream
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # mypyc reads the decorator when it compiles; the package runs without mypy_extensions
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
+
 
 __all__ = [
     "MeteredRequest",
@@ -202,6 +211,8 @@ def request_stream_usage(ctx: MeteredRequest) -> bool:
     return False
 
 
+# The Responses and Messages monitors (interpreted) are its subclasses, even when this module is compiled.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UsageMonitor:
     """The stream monitor of one request: captures usage, hides the usage chunk the client did not ask for,
     and holds the stream to its budgets (no event goes out before the limits it counts against cover it)."""
@@ -209,7 +220,10 @@ class UsageMonitor:
     __slots__ = ("ctx", "client_wants_usage", "budget", "_chars", "_wanted")
 
     # on_event judges a chat chunk whose one choice's delta is only content by that content's length (on_content).
-    chat_chunks = True
+    chat_chunks: ClassVar[bool] = True
+    # What on_event says of a chat chunk whose only news is ``chars`` (> 0) characters of content (see SseParser):
+    # generated itself, set below the class (mypyc cannot compile a method's alias in the class body).
+    on_content: ClassVar[Callable[[UsageMonitor, int], int | EndStream]]
 
     def __init__(self, ctx: MeteredRequest, client_wants_usage: bool, budget: StreamLimits | None) -> None:
         self.ctx = ctx
@@ -262,9 +276,6 @@ class UsageMonitor:
         budget.relayed(text, completion)
         return PASS
 
-    # What on_event says of a chat chunk whose only news is ``chars`` (> 0) characters of content (see SseParser).
-    on_content = generated
-
     async def cover(self) -> None:
         if self.budget is not None:
             await self.budget.cover(self._wanted)
@@ -279,6 +290,9 @@ class UsageMonitor:
     def streamed_tokens(self) -> int:
         """The completion tokens of what was relayed, as the budget counted them or estimated from its characters."""
         return self.budget.completion_tokens if self.budget is not None else estimate_tokens(self._chars)
+
+
+UsageMonitor.on_content = UsageMonitor.generated
 
 
 def _text_chars(choices: list[Any]) -> int:
