@@ -39,14 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
-
-try:
-    from mypy_extensions import mypyc_attr
-except ImportError:  # mypyc reads the decorator when it compiles; the package runs without mypy_extensions
-
-    def mypyc_attr(*attrs: str, **kwattrs: object) -> Any:  # type: ignore[misc]
-        return lambda cls: cls
-
+from mypy_extensions import mypyc_attr
 
 __all__ = [
     "ConnectError",

@@ -15,19 +15,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import orjson
+from mypy_extensions import mypyc_attr
 
 from tollgate.limiter import LimitSpec
 from tollgate.token_estimate import estimate_tokens
 from tollgate.upstream.estimates import estimate_prompt_tokens
 from tollgate.upstream.sse import DROP, HOLD, PASS, EndStream
-
-try:
-    from mypy_extensions import mypyc_attr
-except ImportError:  # mypyc reads the decorator when it compiles; the package runs without mypy_extensions
-
-    def mypyc_attr(*attrs: str, **kwattrs: object) -> Any:  # type: ignore[misc]
-        return lambda cls: cls
-
 
 __all__ = [
     "MeteredRequest",
