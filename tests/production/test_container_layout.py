@@ -9,6 +9,7 @@ denied". The same layout without the data folder's variable is refused at start,
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,7 @@ class Image:
     volumes: tuple[str, ...]
     copied: tuple[str, ...]
     env: dict[str, str]
+    compiled: bool  # the build stage's TOLLGATE_COMPILE default: the wheel's hot path compiled by mypyc
 
 
 def read_dockerfile() -> Image:
@@ -59,7 +62,20 @@ def read_dockerfile() -> Image:
     copied = tuple(
         name for line in re.findall(r"(?m)^COPY (.*)$", text) for name in line.split()[:-1] if not name.startswith("-")
     )
-    return Image(int(uid_text), int(gid_text), env["TOLLGATE_DATA_DIR"], workdir, volumes, copied, env)
+    compile_arg = re.search(r"(?m)^ARG TOLLGATE_COMPILE=([01])$", text)
+    assert compile_arg is not None, "the Dockerfile sets no TOLLGATE_COMPILE default"
+    compiled = compile_arg.group(1) == "1"
+    return Image(int(uid_text), int(gid_text), env["TOLLGATE_DATA_DIR"], workdir, volumes, copied, env, compiled)
+
+
+def test_the_docker_context_holds_exactly_what_the_dockerfile_copies_and_no_checkout_build() -> None:
+    """.dockerignore is an allow-list: every COPY source must pass it (a name it leaves out fails the build), and a
+    checkout's own compiled build (scripts/compile) must not, or the image would carry it."""
+    lines = [line for line in (REPO / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert lines[0] == "*"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert set(read_dockerfile().copied) <= allowed, set(read_dockerfile().copied) - allowed
+    assert {"**/*.so", "tollgate/compiled.json"} <= set(lines)
 
 
 def test_the_dockerfile_declares_a_numeric_user_a_data_volume_and_pinned_dependencies() -> None:
@@ -73,7 +89,6 @@ def test_the_dockerfile_declares_a_numeric_user_a_data_volume_and_pinned_depende
         for line in (REPO / "constraints.txt").read_text().splitlines()
         if line and not line.startswith("#")
     }
-    import tomllib
 
     for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
         name = re.split(r"[\[<>=;~ ]", dep, maxsplit=1)[0].lower().replace("_", "-")
@@ -91,17 +106,22 @@ def installed() -> Iterator[Path]:
         src.mkdir()
         for name in image.copied:
             path = REPO / name
-            if path.is_dir():
-                shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+            if path.is_dir():  # what .dockerignore lets through: no bytecode, no checkout build
+                shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "compiled.json"))
             else:
                 shutil.copy2(path, src / name)
         wheels = root / "wheels"
-        subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(src)],
-            check=True,
+        # As the build stage does: compiled by mypyc, with the suite's setuptools and mypy (the compile extra).
+        isolation = ["--no-build-isolation"] if image.compiled else []
+        env = {**os.environ, "TOLLGATE_COMPILE": "1" if image.compiled else "0"}
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "--wheel-dir", str(wheels), str(src)],
             capture_output=True,
-            timeout=300,
+            text=True,
+            timeout=600,
+            env=env,
         )
+        assert built.returncode == 0, built.stderr[-3000:]
         venv = root / "venv"
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
         site = Path(
@@ -232,6 +252,25 @@ async def test_the_example_config_serves_from_a_read_only_folder_writing_only_un
         names = [name for (name,) in db.execute("SELECT name FROM registry_records WHERE doc IS NOT NULL")]
         assert any("layout" in name for name in names), names
         assert db.execute("SELECT count(*) FROM spend_log").fetchone()[0] >= 1
+
+
+def test_the_image_runs_its_hot_path_compiled(installed: Path) -> None:
+    """The wheel built as the Dockerfile builds it imports its compiled modules, not their sources beside them."""
+    expected = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["tollgate"]["compile"]["modules"]
+    code = (
+        "import tollgate.edge.server as server\n"
+        "from tollgate import compiled\n"
+        "print(server.__file__)\n"
+        "print(compiled.describe())\n"
+    )
+    out = subprocess.run(
+        [str(installed / "venv" / "bin" / "python"), "-c", code], cwd=installed, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    module_file, description = out.stdout.splitlines()
+    assert read_dockerfile().compiled
+    assert module_file.endswith(importlib.machinery.EXTENSION_SUFFIXES[0]), module_file
+    assert description == f"{len(expected)} modules compiled"
 
 
 def test_the_installed_wheel_reads_every_lua_script_it_ships(installed: Path) -> None:
