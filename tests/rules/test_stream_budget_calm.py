@@ -77,7 +77,9 @@ def _budget(kind: Callable[[Admission, Limiter], Any], room: int) -> tuple[Usage
     return UsageMonitor(None, False, budget), budget, admission, asked  # type: ignore[arg-type]
 
 
-async def _stream(kind: Callable[[Admission, Limiter], Any], sizes: list[int], waits: list[bool], room: int) -> list[Any]:
+async def _stream(
+    kind: Callable[[Admission, Limiter], Any], sizes: list[int], waits: list[bool], room: int
+) -> list[Any]:
     monitor, budget, admission, asked = _budget(kind, room)
     seen: list[Any] = []
     for chars, wait in zip(sizes, waits):
