@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tollgate.limiter.decision import Decision
 from tollgate.limiter.factory import build_limiter
 from tollgate.limiter.spec import LimitSpec
 from tollgate.policy.admission import Admission
@@ -32,7 +33,7 @@ def budget() -> tuple[StreamBudget, Admission, list[Any]]:
         tenant="acme",
     )
     admission = Admission(
-        decision=None,  # type: ignore[arg-type]
+        decision=Decision(True, ()),
         prompt_estimate=PROMPT,
         completion_reserved=MAX_TOKENS,
         stream_limits=((spec, True),),

@@ -24,8 +24,10 @@ _LONG_RESETS: dict[int, str] = {}
 _LONG_EXACT = 10**12  # below it, int(ms / 1000) == ms // 1000 for every integer ms (the float is exact enough)
 
 
-def format_reset(ms: int) -> str:
-    """OpenAI's reset format: ``20ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h2m3s``."""
+def format_reset(ms: int | float) -> str:
+    """OpenAI's reset format: ``20ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h2m3s``.
+
+    ``ms`` may be a float (the compiled module checks the declared type, so the union is spelled out)."""
     if ms < 1000:
         return f"{max(ms, 0)}ms"
     if type(ms) is int:

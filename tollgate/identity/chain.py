@@ -13,7 +13,7 @@ import hmac
 import ipaddress
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tollgate.config.model import Config
 from tollgate.errors import Forbidden, Unauthenticated
@@ -23,7 +23,9 @@ from tollgate.identity.jwks import SigningKeysStale
 from tollgate.identity.jwt import JwtVerifier, looks_like_jwt
 
 if TYPE_CHECKING:
-    from tollgate.edge.messages import Request
+    import asyncio
+
+    from multidict import CIMultiDictProxy, MultiDictProxy
 
 __all__ = [
     "IPNetwork",
@@ -37,6 +39,20 @@ __all__ = [
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DUMMY_DIGEST = bytes(32)
+
+
+class Request(Protocol):
+    """What the chain reads of a request: the public listener's (``tollgate.edge.messages.Request``) or aiohttp's
+    (the self-service and stored-response routes). A protocol, so a compiled build checks neither's class."""
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def query(self) -> MultiDictProxy[str]: ...
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
 
 
 class IdentityRuntime:
