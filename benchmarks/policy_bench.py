@@ -46,6 +46,7 @@ from multidict import CIMultiDict, CIMultiDictProxy  # noqa: E402
 from run import BODIES, CLIENT_HEADERS, GATEWAY_FULL_POLICY, GATEWAY_NO_RULES, tenants_yaml  # noqa: E402
 
 from tollgate.config import load_config  # noqa: E402
+from tollgate.edge.messages import Body, Request  # noqa: E402
 from tollgate.pipeline.account import account  # noqa: E402
 from tollgate.pipeline.admit import admit  # noqa: E402
 from tollgate.pipeline.context import ENDPOINTS, RequestContext  # noqa: E402
@@ -58,13 +59,19 @@ from tollgate.upstream.usage import usage_from_body  # noqa: E402
 ANSWER = b'{"usage":{"prompt_tokens":24,"completion_tokens":16,"total_tokens":40}}'
 
 
-class _Request:
-    """What the policy stages read of an aiohttp request: headers, host, peer."""
+class _Arrived:
+    """The connection of a body that has all arrived: nothing is ever asked of it."""
 
-    def __init__(self, headers: dict[str, str]) -> None:
-        self.headers = CIMultiDictProxy(CIMultiDict(headers))
-        self.host = "127.0.0.1:8080"
-        self.remote = "127.0.0.1"
+    def body_wanted(self, body: Body) -> None:
+        return None
+
+
+def _request(headers: dict[str, str], body: bytes) -> Request:
+    """The request as the public listener makes it (compiled, the stages take nothing else), its body arrived."""
+    content = Body(_Arrived(), True, False)  # type: ignore[arg-type]
+    content.feed(body)
+    proxy = CIMultiDictProxy(CIMultiDict(headers))
+    return Request("POST", "/v1/chat/completions", "", 1, proxy, (), None, len(body), False, True, content, "127.0.0.1")  # type: ignore[arg-type]
 
 
 def gateway_state(config_text: str) -> GatewayState:
@@ -82,13 +89,13 @@ def policy_request(state: GatewayState) -> Callable[[], Awaitable[RequestContext
     as if the upstream answered ANSWER at once); each call returns the request's context."""
     body = orjson.dumps(BODIES["chat"])
     headers = dict(h.split(": ", 1) for h in CLIENT_HEADERS)
-    request = _Request({**headers, "Content-Type": "application/json", "Content-Length": str(len(body))})
+    request = _request({**headers, "Content-Type": "application/json", "Content-Length": str(len(body))}, body)
     endpoint = ENDPOINTS["/v1/chat/completions"]
     loop = asyncio.get_running_loop()
     stages = state.runtime.stages
 
     async def one() -> RequestContext:
-        ctx = RequestContext(request, "req_bench", endpoint, stages.clock.loop_time(), "127.0.0.1")  # type: ignore[arg-type]
+        ctx = RequestContext(request, "req_bench", endpoint, stages.clock.loop_time(), "127.0.0.1")
         stages.shedder.enter()
         ctx.body_bytes = body
         ctx.body = orjson.loads(body)
