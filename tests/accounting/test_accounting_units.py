@@ -21,7 +21,9 @@ from tollgate.config import ConfigError, config_from_dict
 from tollgate.config.accounting import CostRule, MetricsConfig, Price, PricingConfig
 from tollgate.config.identity import Limits
 from tollgate.identity.directory import Principal
+from tollgate.limiter import build_limiter
 from tollgate.pipeline.account import AccountDeps, account, capture
+from tollgate.policy.settlement import Settler
 from tollgate.upstream.usage import Usage
 
 from ..support.contexts import request_context
@@ -233,7 +235,7 @@ async def test_record_never_raises_and_a_full_queue_drops_and_counts(tmp_path: P
     def broken_wall() -> float:
         raise RuntimeError("no wall clock")
 
-    deps = AccountDeps(settler=None, accounting=acc, wall=broken_wall, clock=SystemClock())  # type: ignore[arg-type]
+    deps = AccountDeps(settler=Settler(build_limiter()), accounting=acc, wall=broken_wall, clock=SystemClock())
     account(_ctx(_principal("acme")), deps)  # a record that cannot be made: logged, not raised, not queued
     assert acc.pending == 0
     for _ in range(5):

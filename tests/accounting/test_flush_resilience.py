@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 from pathlib import Path
 from typing import Any
@@ -61,13 +60,8 @@ async def test_an_access_log_that_cannot_be_written_loses_its_lines_not_the_usag
     doc = {**DOC, "access_log": {"enabled": True, "path": str(tmp_path / "access.log")}}
     acc = Accounting(config_from_dict(doc), wall=lambda: WALL)
     await acc.start()
-    full = OSError(errno.ENOSPC, "No space left on device")
-
-    def no_space(data: bytes) -> None:
-        raise full
-
-    working = acc.access_log._write
-    acc.access_log._write = no_space  # type: ignore[method-assign]
+    working = acc.access_log._fh
+    acc.access_log._fh = full = open("/dev/full", "ab", buffering=0)  # noqa: SIM115 - every write: ENOSPC, a full disk
     requests = varied_requests(600)
     halves = requests[:300], requests[300:]
     try:
@@ -82,7 +76,8 @@ async def test_an_access_log_that_cannot_be_written_loses_its_lines_not_the_usag
             for (tenant, month), fields in _batch_of(acc, requests).months.items():
                 stored, _days = await acc.store.read(tenant, month)
                 assert stored == dict(fields), "every request is in the usage aggregates"
-            acc.access_log._write = working  # type: ignore[method-assign]
+            acc.access_log._fh = working
+            full.close()
             ctx, end = requests[0]
             acc.record(capture(ctx, end, acc.wall()))
             await acc.flush()
