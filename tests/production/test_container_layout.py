@@ -254,6 +254,15 @@ async def test_the_example_config_serves_from_a_read_only_folder_writing_only_un
         assert db.execute("SELECT count(*) FROM spend_log").fetchone()[0] >= 1
 
 
+def in_image(installed: Path, code: str) -> str:
+    """What ``code`` prints, run by the installed environment's Python; it must succeed."""
+    out = subprocess.run(
+        [str(installed / "venv" / "bin" / "python"), "-c", code], cwd=installed, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_the_image_runs_its_hot_path_compiled(installed: Path) -> None:
     """The wheel built as the Dockerfile builds it imports its compiled modules, not their sources beside them."""
     expected = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["tollgate"]["compile"]["modules"]
@@ -263,11 +272,7 @@ def test_the_image_runs_its_hot_path_compiled(installed: Path) -> None:
         "print(server.__file__)\n"
         "print(compiled.describe())\n"
     )
-    out = subprocess.run(
-        [str(installed / "venv" / "bin" / "python"), "-c", code], cwd=installed, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    module_file, description = out.stdout.splitlines()
+    module_file, description = in_image(installed, code).splitlines()
     assert read_dockerfile().compiled
     assert module_file.endswith(importlib.machinery.EXTENSION_SUFFIXES[0]), module_file
     assert description == f"{len(expected)} modules compiled"
@@ -284,11 +289,7 @@ def test_the_installed_wheel_reads_every_lua_script_it_ships(installed: Path) ->
         "assert lease_script('lease_renew') and lease_script('lease_release')\n"
         "print(len(names))\n"
     )
-    out = subprocess.run(
-        [str(installed / "venv" / "bin" / "python"), "-c", code], cwd=installed, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    assert int(out.stdout) >= 6
+    assert int(in_image(installed, code)) >= 6
 
 
 def test_without_the_data_folder_the_read_only_config_folder_is_refused_at_start(installed: Path) -> None:

@@ -114,6 +114,7 @@ class _UpstreamConnection(asyncio.Protocol):
         "generation",
         "loop",
         "pump",
+        "stopped",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -132,6 +133,10 @@ class _UpstreamConnection(asyncio.Protocol):
         # UpstreamResponse.relay); None: they go to the reader.
         self.pump: Callable[[bytes], bool] | None = None
         self.error: HttpError | None = None
+        # What one of llhttp's callbacks raised to stop the parser, for _parse_failed. httptools also hands it on
+        # as its error's __context__, but Python replaces that when the error is raised while another exception
+        # is being handled, which the compiled build was seen to leave set after some tests: the cause was lost.
+        self.stopped: BaseException | None = None
         self.closed = False
         self.status = 0
         self.headers: dict[str, str] = {}
@@ -208,7 +213,7 @@ class _UpstreamConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self.state != _HEAD:  # a second answer to one request
-            raise ResponseError("upstream sent data after the response ended")
+            raise self._stop(ResponseError("upstream sent data after the response ended"))
         self.headers = {}
         self.header_bytes = 0
         self.status_line = False
@@ -220,8 +225,10 @@ class _UpstreamConnection(asyncio.Protocol):
         # Past the status line (as header_bytes, now above 0, tells _parse_failed).
         size = self.header_bytes = self.header_bytes + len(name) + len(value)
         if size > _MAX_HEAD:
-            raise ResponseError(
-                "upstream response head too large" if self.state == _HEAD else "upstream trailer too long"
+            raise self._stop(
+                ResponseError(
+                    "upstream response head too large" if self.state == _HEAD else "upstream trailer too long"
+                )
             )
         if self.state == _BODY:  # a trailer: read and dropped
             return
@@ -240,7 +247,8 @@ class _UpstreamConnection(asyncio.Protocol):
         if status < 200:
             return  # an interim answer (100 Continue, 103 Early Hints): the real head follows
         if not self.http1 and not parser.get_http_version().startswith("1."):
-            raise ResponseError(f"upstream answered something that is not HTTP/1.x: HTTP/{parser.get_http_version()}")
+            version = parser.get_http_version()
+            raise self._stop(ResponseError(f"upstream answered something that is not HTTP/1.x: HTTP/{version}"))
         headers = self.headers
         self.status = status
         self.keep_alive = parser.should_keep_alive()
@@ -251,7 +259,7 @@ class _UpstreamConnection(asyncio.Protocol):
                 "close" not in connection if parser.get_http_version() == "1.1" else "keep-alive" in connection
             )
             self.state = _DONE
-            raise _HeadEnds
+            raise self._stop(_HeadEnds())
         self.state = _BODY
         self.until_close = (
             "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower()
@@ -270,8 +278,14 @@ class _UpstreamConnection(asyncio.Protocol):
         self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
         self.state = _DONE
 
+    def _stop(self, exc: BaseException) -> BaseException:
+        """``exc``, kept as what stopped the parser (see ``stopped``): a callback raises what this returns."""
+        self.stopped = exc
+        return exc
+
     def _parse_failed(self, exc: httptools.HttpParserError) -> None:
-        cause = exc.__context__
+        cause = self.stopped if self.stopped is not None else exc.__context__
+        self.stopped = None
         if isinstance(cause, _HeadEnds):
             self.parser = None  # llhttp stopped in an error state: the next request gets a new parser
             self._wake()
