@@ -19,6 +19,7 @@ from .support.processes import free_port, start_process
 pytestmark = pytest.mark.process
 
 
+@pytest.mark.serial  # the demo's start is timed in wall-clock
 async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request_with_its_key_only(tmp_path: Path) -> None:
     port = free_port()
     started = time.monotonic()
@@ -72,6 +73,7 @@ async def test_demo_starts_prints_a_snippet_and_answers_the_printed_request_with
         assert db.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] >= 1
 
 
+@pytest.mark.serial  # the demo's start is timed in wall-clock
 async def test_demo_takes_a_free_admin_port_when_8081_is_taken_and_says_which(tmp_path: Path) -> None:
     port = free_port()
     blocker = socket.socket()
@@ -101,6 +103,7 @@ async def test_demo_takes_a_free_admin_port_when_8081_is_taken_and_says_which(tm
         assert proc.stop() == 0
 
 
+@pytest.mark.serial  # the demo's start is timed in wall-clock
 async def test_demo_named_port_in_use_fails_naming_the_flag(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -218,6 +218,7 @@ async def test_a_bad_key_is_the_sdks_authentication_error(url: str) -> None:
     assert isinstance(body, dict) and body["type"] == "error" and body["error"]["type"] == "authentication_error"
 
 
+@pytest.mark.serial  # the SDK's wait measured in wall-clock
 async def test_over_the_limit_is_the_sdks_rate_limit_error_and_it_waits_retry_after_ms(url: str) -> None:
     sent: list[float] = []
     answers: list[tuple[int, dict[str, str]]] = []

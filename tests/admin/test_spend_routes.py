@@ -260,6 +260,7 @@ async def test_retention_deletes_old_rows_in_batches_of_ten_thousand(
     assert await retention.run_once() == 0
 
 
+@pytest.mark.serial  # a wall-clock bound
 async def test_a_filtered_query_over_100000_rows_answers_within_200_ms(
     admin: tuple[Client, GatewayState, dict[str, Any]],
 ) -> None:

@@ -17,6 +17,8 @@ from .helpers import mocked_request
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from identity_bench import build, tenant_records
 
+pytestmark = pytest.mark.serial  # compares timings: alone on the machine
+
 
 def _interleaved_fastest(
     fns: dict[str, Callable[[], object]], *, calls: int = 2000, rounds: int = 15

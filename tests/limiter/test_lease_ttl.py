@@ -12,6 +12,8 @@ import redis
 from .conftest import Store
 from .scriptcalls import Lim, admit, peek
 
+pytestmark = pytest.mark.serial  # TTLs read against wall-clock time
+
 WINDOW = 1_000  # the lease TTL, ms; a lengthened TTL is a second more
 LIM = Lim("{t}:cc.ttl", "concurrency", 1_000, WINDOW)
 

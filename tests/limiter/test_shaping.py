@@ -10,6 +10,8 @@ from .conftest import Store
 from .scriptcalls import Lim, admit, peek, settle
 from .test_scripts_parity import ttls
 
+pytestmark = pytest.mark.serial  # turn times measured in wall-clock, with tens of milliseconds of slack
+
 TEN_PER_SECOND = ("shaping", 10, 1000)  # kind, limit, window_ms: one request every 100 ms
 
 

@@ -40,6 +40,7 @@ from .support import ADMIN_TOKEN, nginx_main_config, write_config
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.serial,  # its CPU hog and burst would share the machine with another test worker
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
     pytest.mark.mock_upstream("--no-record"),
 ]

@@ -22,7 +22,7 @@ from ..support.load import cpu_hog
 from ..support.processes import Proc, gateway_config, gateway_process
 from ..support.redis import RedisServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # runs beside a CPU hog of its own
 
 ADMIN_TOKEN = "admin-token-for-the-budget-tests"
 MSG = [{"role": "user", "content": "hello there"}]

@@ -18,7 +18,7 @@ from tests.support.load import cpu_hog
 from tests.support.processes import Proc, gateway_config, gateway_process, mock_upstream_process
 from tests.support.redis import RedisServer
 
-pytestmark = [pytest.mark.process, pytest.mark.slow]
+pytestmark = [pytest.mark.process, pytest.mark.slow, pytest.mark.serial]  # turn times measured in wall-clock
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
