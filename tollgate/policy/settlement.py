@@ -15,7 +15,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from tollgate.background import BackgroundTask
 from tollgate.clock import Clock, SystemClock
@@ -36,8 +36,10 @@ __all__ = ["EXTEND_MIN_TOKENS", "FinishedRequest", "Settler", "StreamBudget", "c
 log = logging.getLogger("tollgate.settlement")
 
 # A stream past its reservation asks for at least this many more tokens at a time.
-EXTEND_MIN_TOKENS = 256
-RENEW_EVERY = 15.0
+EXTEND_MIN_TOKENS: Final = 256
+RENEW_EVERY: Final = 15.0
+# Read on every event of a stream: Final, a compiled build's constant rather than a lookup in this module's dictionary.
+_CHARS_PER_TOKEN: Final = CHARS_PER_TOKEN
 
 
 class StreamBudget:
@@ -131,7 +133,7 @@ class StreamBudget:
         At least one token per event that carries text (providers send about one
         each), and at least one per :data:`CHARS_PER_TOKEN` characters.
         """
-        return max(self._texts + 1, (self._chars + chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
+        return max(self._texts + 1, (self._chars + chars + _CHARS_PER_TOKEN - 1) // _CHARS_PER_TOKEN)
 
     def relayed_calm(self, chars: int) -> bool:
         """An event of ``chars`` characters of text, relayed in one call while the stream stays calm: True when
@@ -140,7 +142,7 @@ class StreamBudget:
         False: nothing counted, the event goes through :meth:`after`, :meth:`short`, :meth:`spent_cut` and
         :meth:`relayed` (four calls an event otherwise, when most events of most streams need none of them)."""
         chars += self._chars
-        completion = (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+        completion = (chars + _CHARS_PER_TOKEN - 1) // _CHARS_PER_TOKEN
         texts = self._texts + 1
         if completion < texts:
             completion = texts

@@ -92,8 +92,9 @@ class MessagesUsageMonitor(UsageMonitor):
                 # Later deltas may repeat the input counts; message_start's stand where they do not.
                 merged = {**(self._input or {}), **usage}
                 found = usage_from_anthropic(merged, _count(usage, "output_tokens"))
-                if found is not None:
-                    self.ctx.usage = found
+                ctx = self.ctx
+                if found is not None and ctx is not None:
+                    ctx.usage = found
         elif kind == "error":
             error = data.get("error")
             error = error if isinstance(error, dict) else {}
@@ -104,7 +105,10 @@ class MessagesUsageMonitor(UsageMonitor):
 
     def on_end(self, outcome: str) -> None:
         ctx = self.ctx
+        if ctx is None:  # ended already
+            return
         if ctx.usage is not None and ctx.usage.reported:
+            self.ctx = None  # as UsageMonitor.on_end lets go of the request
             return
         counted = usage_from_anthropic(self._input, self.streamed_tokens()) if self._input is not None else None
         if counted is None:
@@ -112,3 +116,4 @@ class MessagesUsageMonitor(UsageMonitor):
             return
         counted.reported = False  # the input is the upstream's, the output our count of what was relayed
         ctx.usage = counted
+        self.ctx = None

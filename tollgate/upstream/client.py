@@ -35,7 +35,7 @@ import socket
 import ssl
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import httptools
@@ -53,12 +53,12 @@ __all__ = [
 log = logging.getLogger("tollgate.upstream")
 
 # Body bytes buffered unread before the socket stops being read (a slow client on a fast stream).
-_HIGH_WATER = 1 << 20
+_HIGH_WATER: Final = 1 << 20
 # Bytes of one answer's head (interim answers included) and trailers at most.
-_MAX_HEAD = 64 * 1024
+_MAX_HEAD: Final = 64 * 1024
 # Methods whose request says its body's length, even an empty one.
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
-_STARTS_KEPT = 64
+_STARTS_KEPT: Final = 64
 
 
 # An Anthropic stream's error event is one of its subclasses (tollgate/upstream/anthropic.py), even when compiled.
@@ -83,8 +83,12 @@ class _HeadEnds(Exception):
     """Raised from the parser's head callback to end an answer to HEAD there (llhttp would wait for its body)."""
 
 
-# States of a connection: no request out, waiting for the head, reading the body, answer complete.
-_IDLE, _HEAD, _BODY, _DONE = range(4)
+# States of a connection: no request out, waiting for the head, reading the body, answer complete. Final: a
+# compiled build reads them as constants, not from the module's dictionary (several times a piece of a stream).
+_IDLE: Final = 0
+_HEAD: Final = 1
+_BODY: Final = 2
+_DONE: Final = 3
 
 
 class _UpstreamConnection(asyncio.Protocol):

@@ -94,9 +94,9 @@ class ResponsesUsageMonitor(UsageMonitor):
             response = data.get("response")
             if isinstance(response, dict):
                 usage = usage_from_io_tokens(response.get("usage"))
+                ctx = self._relayed  # the request (UsageMonitor.ctx, typed for ids)
                 if usage is not None:
-                    self.ctx.usage = usage
-                ctx = self._relayed
+                    ctx.usage = usage
                 tenant = ctx.principal.tenant if ctx.principal is not None else "anonymous"
                 if ctx.upstream_name is not None and relabel(response, ctx.upstream_name, tenant):
                     return orjson.dumps(data)

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -56,16 +56,19 @@ __all__ = [
     "StreamMonitor",
 ]
 
-PASS = 0
-DROP = 1
-HOLD = 2
+# Final: a compiled build reads these as constants, here and in the modules that import them, not from a dictionary.
+PASS: Final = 0
+DROP: Final = 1
+HOLD: Final = 2
 # An event larger than this is refused as malformed rather than buffered without bound.
-MAX_EVENT_BYTES = 4 * 1024 * 1024
-_DONE = b"[DONE]"
+MAX_EVENT_BYTES: Final = 4 * 1024 * 1024
+_DONE: Final = b"[DONE]"
 # The body of a JSON string that reads as its bytes: no quote, no backslash, no control character.
-_PLAIN_STRING = re.compile(rb'[^"\\\x00-\x1f]*')
+_PLAIN_STRING: Final = re.compile(rb'[^"\\\x00-\x1f]*')
 # The usual events looked at for a chat chunk to learn the bytes around its content from (see on_content).
-_LEARN_WITHIN = 8
+_LEARN_WITHIN: Final = 8
+# A content of at most this many bytes is checked byte by byte (see _content_chars); a longer one by _PLAIN_STRING.
+_SHORT_CONTENT: Final = 24
 
 
 class EndStream:
@@ -171,14 +174,12 @@ class SseParser:
         if after and not self.pending and not self.holding and chunk.startswith(self._head):
             # A chunk that is one chat chunk of a content alone, as a paced stream sends them: judged as _events and
             # _usual would judge it (its head, tail and content hold no line break: one usual event), in one step.
+            # The content ends where ``after`` begins (its first byte is the content's closing quote): it is that
+            # content when it holds no quote, as _content_chars requires.
             start = len(self._head)
-            end = chunk.find(b'"', start)
-            if (
-                end == len(chunk) - len(after)
-                and chunk.endswith(after)
-                and _PLAIN_STRING.fullmatch(chunk, start, end) is not None
-            ):
-                chars = end - start if chunk.isascii() else _utf8_chars(chunk, start, end)
+            end = len(chunk) - len(after)
+            if end >= start and chunk.endswith(after):
+                chars = _content_chars(chunk, start, end)
                 if chars >= 0:
                     judge = self._on_content
                     assert judge is not None  # a head is only learned for a monitor that judges content
@@ -292,26 +293,31 @@ class SseParser:
         head = self._head
         if head and event.startswith(head):  # a chat chunk's bytes before its content: judged on the content's length
             start = len(head)
-            end = event.find(b'"', start)  # the content's closing quote (a content that reads as its bytes has none)
             tail = self._tail
-            if end >= 0 and event.startswith(tail, end) and _PLAIN_STRING.fullmatch(event, start, end) is not None:
+            if not self._open:  # the content ends where the tail begins (its closing quote), as feed() finds it
+                end = len(event) - len(tail)
+                chars = _content_chars(event, start, end) if end >= start and event.endswith(tail) else -1
+            else:  # the content's closing quote (a content that reads as its bytes has none), a varying string after
+                end = event.find(b'"', start)
                 after = end + len(tail)
-                if (
-                    after == len(event)
-                    if not self._open
-                    else after <= len(event) - 2
+                chars = (
+                    (end - start if event.isascii() else _utf8_chars(event, start, end))
+                    if end >= 0
+                    and event.startswith(tail, end)
+                    and _PLAIN_STRING.fullmatch(event, start, end) is not None
+                    and after <= len(event) - 2
                     and event.endswith(b'"}')
                     and _PLAIN_STRING.fullmatch(event, after, len(event) - 2) is not None
-                ):
-                    chars = end - start if event.isascii() else _utf8_chars(event, start, end)
-                    if chars >= 0:
-                        judge = self._on_content
-                        assert judge is not None  # a head is only learned for a monitor that judges content
-                        judged = judge(chars) if chars else PASS
-                        if judged == PASS:  # the usual verdict, counted as _counted() counts it
-                            self.events += 1
-                            return PASS
-                        return self._counted(judged)
+                    else -1
+                )
+            if chars >= 0:
+                judge = self._on_content
+                assert judge is not None  # a head is only learned for a monitor that judges content
+                judged = judge(chars) if chars else PASS
+                if judged == PASS:  # the usual verdict, counted as _counted() counts it
+                    self.events += 1
+                    return PASS
+                return self._counted(judged)
         try:
             doc = orjson.loads(event[6:])
         except orjson.JSONDecodeError:
@@ -444,6 +450,27 @@ def _content_end(event: bytes, encoded: bytes) -> int:
                 return i + len(value) - 1
         at = event.find(b'"content"', at + 1)
     return -1
+
+
+def _content_chars(event: bytes, start: int, end: int) -> int:
+    """The characters of the JSON string body ``event[start:end]`` when it reads as its bytes (no quote, no
+    backslash, no control character) and ``event`` is UTF-8; -1 otherwise. The bytes around it are a learned head
+    and tail (UTF-8, as their JSON parsed): an ASCII content makes the whole event UTF-8.
+
+    A short content (a model's token, the usual event) is looked at byte by byte: in a compiled build that is a
+    few instructions a byte, where a pattern's call and an ``isascii()`` call cost about a thousand each."""
+    if end - start <= _SHORT_CONTENT:
+        i = start
+        while i < end:
+            byte = event[i]
+            if byte < 32 or byte > 126 or byte == 34 or byte == 92:  # control, not ASCII, quote, backslash
+                break
+            i += 1
+        else:
+            return end - start  # ASCII: the bytes around it were UTF-8 when its shape was learned
+    if _PLAIN_STRING.fullmatch(event, start, end) is None:
+        return -1
+    return end - start if event.isascii() else _utf8_chars(event, start, end)
 
 
 def _utf8_chars(event: bytes, start: int, end: int) -> int:

@@ -219,7 +219,10 @@ class UsageMonitor:
     on_content: ClassVar[Callable[[UsageMonitor, int], int | EndStream]]
 
     def __init__(self, ctx: MeteredRequest, client_wants_usage: bool, budget: StreamLimits | None) -> None:
-        self.ctx = ctx
+        # None once the stream has ended (on_end): the request holds this monitor, and the monitor letting go of
+        # the request lets the two be freed as the request ends, not by the cyclic collector (with all the
+        # request's admission, budget and settlement objects behind them).
+        self.ctx: MeteredRequest | None = ctx
         self.client_wants_usage = client_wants_usage
         self.budget = budget
         self._chars = 0
@@ -232,8 +235,9 @@ class UsageMonitor:
         choices = data.get("choices")
         if usage is not None:
             found = usage_from_json(data)
-            if found is not None:
-                self.ctx.usage = found
+            ctx = self.ctx
+            if found is not None and ctx is not None:
+                ctx.usage = found
             if not self.client_wants_usage:
                 # The usage chunk the gateway asked for: dropped when it carries nothing else (``choices: []``,
                 # or choices with empty deltas as some proxies send), else passed on without its usage.
@@ -275,6 +279,9 @@ class UsageMonitor:
 
     def on_end(self, outcome: str) -> None:
         ctx = self.ctx
+        if ctx is None:  # ended already
+            return
+        self.ctx = None
         if ctx.usage is None or not ctx.usage.reported:
             # No usage chunk (cut, broken, or an upstream that ignores include_usage): count what was streamed.
             assert ctx.endpoint is not None and ctx.body is not None
