@@ -26,11 +26,22 @@
 -- k0 + n]: packed in argv[a0 + 1 .. a0 + n] when lease (its lease id) is
 -- given, else unpacked, 6 values each from argv[a0 + 1]. Returns the number
 -- of entries filled.
+--
+-- A limit whose algorithm can take (fixed_window.lua, sliding_window.lua:
+-- check and consume, or reserve, with the write's answer) is taken after
+-- every other limit was checked and allowed the request, and given back
+-- (undo) when a limit taken after it refuses: the same all-or-nothing, in
+-- fewer or cheaper commands. What a take reserved is finished once the
+-- admission is admitted. A take may decline (nil: nothing written), and
+-- the limit is checked instead, as it is when another limit refused first.
 local function admit_limits(keys, k0, n, argv, a0, lease, now, out)
-  -- Each limit's ARGV is read once: 6 values per limit in one flat table (alg, limit, window_ms, cost, param,
-  -- state), reused from call to call (common.lua's SEEN: only its first 6 * n entries are this admission's).
+  -- Each limit's ARGV is read once: 7 values per limit in one flat table (alg, limit, window_ms, cost, param,
+  -- state, shadow), reused from call to call (common.lua's SEEN: only its first 7 * n entries are this
+  -- admission's). The state is false for a limit left to take; the shadow value becomes true once its cost is
+  -- taken (shadow values are strings).
   local seen = SEEN
   local admitted = 1
+  local takes = 0
   for i = 1, n do
     local alg, limit, window_ms, cost, param, shadow
     if lease then
@@ -38,19 +49,60 @@ local function admit_limits(keys, k0, n, argv, a0, lease, now, out)
     else
       alg, limit, window_ms, cost, param, shadow = limit_argv(argv, i)
     end
-    local st = alg.check(keys[k0 + i], now, limit, window_ms, cost, param, scratch(i))
-    local b = (i - 1) * 6
-    seen[b + 1], seen[b + 2], seen[b + 3], seen[b + 4], seen[b + 5], seen[b + 6] = alg, limit, window_ms, cost, param, st
-    if not st.allowed and shadow ~= '1' then
-      admitted = 0
+    local b = (i - 1) * 7
+    if cost > 0 and alg.take ~= nil then
+      seen[b + 1], seen[b + 2], seen[b + 3], seen[b + 4], seen[b + 5], seen[b + 6], seen[b + 7] =
+        alg, limit, window_ms, cost, param, false, shadow
+      takes = takes + 1
+    else
+      local st = alg.check(keys[k0 + i], now, limit, window_ms, cost, param, scratch(i))
+      seen[b + 1], seen[b + 2], seen[b + 3], seen[b + 4], seen[b + 5], seen[b + 6], seen[b + 7] =
+        alg, limit, window_ms, cost, param, st, shadow
+      if not st.allowed and shadow ~= '1' then
+        admitted = 0
+      end
+    end
+  end
+
+  if takes > 0 then
+    for i = 1, n do
+      local b = (i - 1) * 7
+      if seen[b + 6] == false then
+        local alg, key, cost, shadow = seen[b + 1], keys[k0 + i], seen[b + 4], seen[b + 7]
+        local st = nil
+        if admitted == 1 then
+          st = alg.take(key, now, seen[b + 2], seen[b + 3], cost, seen[b + 5], scratch(i))
+        end
+        if st == nil then
+          st = alg.check(key, now, seen[b + 2], seen[b + 3], cost, seen[b + 5], scratch(i))
+        else
+          seen[b + 7] = true
+        end
+        seen[b + 6] = st
+        if admitted == 1 and not st.allowed and shadow ~= '1' then -- refused: what was taken goes back
+          admitted = 0
+          for j = 1, i do
+            local c = (j - 1) * 7
+            if seen[c + 7] == true then
+              seen[c + 1].undo(keys[k0 + j], seen[c + 4])
+              seen[c + 7] = false
+            end
+          end
+        end
+      end
     end
   end
 
   if admitted == 1 then
     for i = 1, n do
-      local b = (i - 1) * 6
+      local b = (i - 1) * 7
       local cost = seen[b + 4]
-      if cost > 0 then
+      if seen[b + 7] == true then -- taken: what is left to write, if anything
+        local finish = seen[b + 1].finish
+        if finish ~= nil then
+          finish(keys[k0 + i], cost, seen[b + 6])
+        end
+      elseif cost > 0 then
         seen[b + 1].commit(keys[k0 + i], now, seen[b + 2], seen[b + 3], cost, seen[b + 5], seen[b + 6])
       end
     end
@@ -58,7 +110,7 @@ local function admit_limits(keys, k0, n, argv, a0, lease, now, out)
 
   out[1], out[2] = admitted, now
   for i = 1, n do
-    push_verdict(out, 2 + (i - 1) * 5, seen[i * 6])
+    push_verdict(out, 2 + (i - 1) * 5, seen[(i - 1) * 7 + 6])
   end
   return 2 + n * 5
 end

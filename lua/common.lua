@@ -7,7 +7,7 @@
 --   microseconds since the Unix epoch; every duration handed to Redis or
 --   returned to the caller is in integer milliseconds.
 -- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
---   adjust}), SEEN, now_us(), int(), int_memo(), num(), div(), scratch(),
+--   adjust}), SEEN, CALL, now_us(), int(), int_memo(), num(), div(), scratch(),
 --   ttl_ms(), keep_ttl(), ms_ceil(), load_time(), store_time(), count_verdict(),
 --   limit_argv(), limit_packed(), settle_packed(), reply_table(), reply_done() and
 --   push_verdict().
@@ -107,7 +107,12 @@ local function div(a, b)
   return (a - a % b) / b
 end
 
+-- How many script calls have asked now_us() (every entry script does, once): a call's number, for what a library
+-- remembers about a key for the rest of the same call (concurrency.lua's CC_TTL).
+local CALL = { n = 0 }
+
 local function now_us()
+  CALL.n = CALL.n + 1
   local t = redis.call('TIME')
   return num(t[1]) * 1000000 + tonumber(t[2]) -- the seconds come back for a whole second
 end

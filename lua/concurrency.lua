@@ -19,8 +19,9 @@
 --   reply has that one field for a concurrency limit); any other delta
 --   changes nothing and reports 0.
 -- TTL: the key lives as long as its longest lease, and up to a second more
---   (an admission that lengthens the TTL of a key holding leases adds a
---   second, so that the admissions after it need not; see CC_TTL). Expired
+--   (an admission that gives a key its TTL, or lengthens the TTL of a key
+--   holding leases, adds a second, so that the admissions after it need not;
+--   see CC_TTL). Expired
 --   leases are swept by the next admission that finds one (counts skip them
 --   until then) and by lease_release.lua; a release through settle.lua
 --   removes its lease alone.
@@ -73,25 +74,40 @@ end
 -- every write to a key holding live leases only lengthens its TTL (this version's or an earlier one's, through FCALL
 -- or EVALSHA); only a key with none live gets a TTL anew. Otherwise, or when the bound falls short of the new lease,
 -- the admission lengthens the TTL, by CC_SLACK_MS (at most the lease TTL) more than the new lease needs: a busy key
--- is lengthened once its earliest lease of that moment is gone or a second has passed, not on every admission.
--- Emptied at MEMO_MAX keys.
-local CC_TTL = { bound = {}, first = {}, expiry = {}, n = 0 }
+-- is lengthened once its earliest lease of that moment is gone or a second has passed, not on every admission. A key
+-- given its TTL anew gets the same second. Within the call that set it (CC_TTL.call[key], common.lua's CALL) the
+-- bound holds whichever lease is the earliest: an admission call only adds leases (a sweep of expired ones is
+-- followed by the new lease), so the key neither empties nor loses its TTL before the call ends. That matters when
+-- the admissions of a batch share one expiry: the earliest of equal scores is the least lease id, which changes
+-- as leases with lower ids come in. Emptied at MEMO_MAX keys.
+local CC_TTL = { bound = {}, first = {}, expiry = {}, call = {}, n = 0 }
 local CC_SLACK_MS = 1000
 
--- Does key live at least until at_ms, its earliest live lease being first, expiring at expiry?
+-- Does key live at least until at_ms, its earliest live lease being first, expiring at expiry? Within the call
+-- that set the bound, the earliest lease of the moment is remembered with it (what a lengthening would remember).
 local function cc_lives_until(key, first, expiry, at_ms)
-  return CC_TTL.first[key] == first and CC_TTL.expiry[key] == expiry and CC_TTL.bound[key] >= at_ms
+  local t = CC_TTL
+  if t.call[key] == CALL.n then
+    if t.bound[key] >= at_ms then
+      t.first[key], t.expiry[key] = first, expiry
+      return true
+    end
+    return false
+  end
+  return t.first[key] == first and t.expiry[key] == expiry and t.bound[key] >= at_ms
 end
 
--- Remembers that key lives at least until at_ms while its earliest live lease is first, expiring at expiry.
+-- Remembers that key lives at least until at_ms while its earliest live lease is first, expiring at expiry (and
+-- for the rest of this call).
 local function cc_lengthened(key, at_ms, first, expiry)
-  if CC_TTL.first[key] == nil then
-    if CC_TTL.n >= MEMO_MAX then
-      CC_TTL.bound, CC_TTL.first, CC_TTL.expiry, CC_TTL.n = {}, {}, {}, 0
+  local t = CC_TTL
+  if t.first[key] == nil then
+    if t.n >= MEMO_MAX then
+      t.bound, t.first, t.expiry, t.call, t.n = {}, {}, {}, {}, 0
     end
-    CC_TTL.n = CC_TTL.n + 1
+    t.n = t.n + 1
   end
-  CC_TTL.bound[key], CC_TTL.first[key], CC_TTL.expiry[key] = at_ms, first, expiry
+  t.bound[key], t.first[key], t.expiry[key], t.call[key] = at_ms, first, expiry, CALL.n
 end
 
 -- The expiry of the lease an admission last gave, as a number and as the string written: the admissions of a batch
@@ -128,11 +144,12 @@ ALGORITHMS.concurrency = {
     redis.call('ZADD', key, CC_EXPIRY.text, param)
     -- The key must live until the new lease has expired: ttl_ms(window_ms) from now. (The bounds remembered are a ms
     -- short of the TTL given: Redis counts it from when the script started, up to a ms before TIME answered.)
+    local slack = math.min(CC_SLACK_MS, window_ms)
     if st.used == 0 then -- the key is new (none held, or every lease had expired and was just swept)
-      redis.call('PEXPIRE', key, int_memo(ttl_ms(window_ms)))
+      redis.call('PEXPIRE', key, int_memo(ttl_ms(window_ms + slack)))
+      cc_lengthened(key, expires + slack, param, expires)
     elseif st.expired or not cc_lives_until(key, st.first, st.earliest, now_ms + ttl_ms(window_ms)) then
       -- it holds leases and their TTL, maybe a renewed one longer than this lease's: lengthened, never shortened
-      local slack = math.min(CC_SLACK_MS, window_ms)
       keep_ttl(key, window_ms + slack)
       if not st.expired then
         cc_lengthened(key, expires + slack, st.first, st.earliest)

@@ -15,6 +15,11 @@
 --   retry_ms (until the window ends; -1 if cost > limit), mark = window start.
 -- TTL: the key expires when its window ends; set by the write that starts
 --   the window (later writes in the same window leave it).
+-- Admission (take): once a key has been seen holding the current window, an
+--   admission consumes with one HINCRBY and reads what it was before from its
+--   answer, instead of HMGET then HINCRBY; the admission gives it back (undo)
+--   when it is refused. A key deleted since (an admin reset, eviction) comes
+--   back as n = cost: the same call gives it w and its TTL again.
 
 -- Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
 local function days_from_civil(y, m, d)
@@ -71,14 +76,43 @@ local function fw_bounds(now_ms, window_ms, calendar)
   return start, start + len
 end
 
+-- The window each key was last seen holding (key -> window start; Redis Functions and the embedded engine keep it
+-- between calls, EVALSHA starts empty): a key seen holding the current window holds it until the window ends, since
+-- every writer (this version or an earlier one, FCALL or EVALSHA) writes the window of Redis's one clock and the key
+-- expires when the window ends. Emptied at MEMO_MAX keys.
+local FW_SEEN = { map = {}, n = 0 }
+
+local function fw_seen(key, start)
+  local map = FW_SEEN.map
+  if map[key] == nil then
+    if FW_SEEN.n >= MEMO_MAX then
+      map = {}
+      FW_SEEN.map, FW_SEEN.n = map, 0
+    end
+    FW_SEEN.n = FW_SEEN.n + 1
+  end
+  map[key] = start
+end
+
 -- Units used in the window starting at start, and whether the key holds that window (w is compared as the
 -- string Redis holds: the window's start is formatted once per window, not parsed on every call).
 local function fw_load(key, start)
   local got = redis.call('HMGET', key, 'w', 'n')
   if got[1] == int_memo(start) then
+    fw_seen(key, start)
     return tonumber(got[2]) or 0, true
   end
   return 0, false
+end
+
+-- The verdict of `used` units before `cost` in the window [start, stop), into st (check's fields).
+local function fw_verdict(st, now_ms, start, stop, used, current, limit, cost)
+  st.reset_ms, st.retry_ms, st.mark, st.used = stop - now_ms, 0, start, used
+  st.now_ms, st.stop, st.current = now_ms, stop, current
+  if count_verdict(st, used, cost, limit) then
+    st.retry_ms = stop - now_ms
+  end
+  return st
 end
 
 ALGORITHMS.fixed_window = {
@@ -86,12 +120,27 @@ ALGORITHMS.fixed_window = {
     local now_ms = div(now, 1000)
     local start, stop = fw_bounds(now_ms, window_ms, param)
     local used, current = fw_load(key, start)
-    st.reset_ms, st.retry_ms, st.mark, st.used = stop - now_ms, 0, start, used
-    st.now_ms, st.stop, st.current = now_ms, stop, current
-    if count_verdict(st, used, cost, limit) then
-      st.retry_ms = stop - now_ms
+    return fw_verdict(st, now_ms, start, stop, used, current, limit, cost)
+  end,
+
+  -- check and commit in one write, for an admission's cost > 0 on a key seen holding the current window (else nil:
+  -- check, then commit). Consumed whatever the verdict: admission.lua gives it back with undo when it refuses.
+  take = function(key, now, limit, window_ms, cost, param, st)
+    local now_ms = div(now, 1000)
+    local start, stop = fw_bounds(now_ms, window_ms, param)
+    if FW_SEEN.map[key] ~= start then
+      return nil
     end
-    return st
+    local n = redis.call('HINCRBY', key, 'n', int_memo(cost))
+    if n == cost then -- the key was empty, or gone since it was seen: its window and TTL again
+      redis.call('HSET', key, 'w', int_memo(start))
+      redis.call('PEXPIRE', key, int(ttl_ms(stop - now_ms)))
+    end
+    return fw_verdict(st, now_ms, start, stop, n - cost, true, limit, cost)
+  end,
+
+  undo = function(key, cost)
+    redis.call('HINCRBY', key, 'n', int_memo(-cost))
   end,
 
   commit = function(key, now, limit, window_ms, cost, param, st)
@@ -100,6 +149,7 @@ ALGORITHMS.fixed_window = {
     else
       redis.call('HSET', key, 'w', int_memo(st.mark), 'n', int(st.used + cost))
       redis.call('PEXPIRE', key, int(ttl_ms(st.stop - st.now_ms)))
+      fw_seen(key, st.mark)
     end
   end,
 

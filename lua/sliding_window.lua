@@ -28,6 +28,11 @@
 -- TTL: the key lives until its newest slot stops counting. That moment is
 --   the same for every write to one slot: the write that creates the newest
 --   slot sets it, later writes to that slot leave it.
+-- Admission (take): once a key has been seen with no slot below the oldest
+--   still counted and with the current slot as its newest (SW_SEEN), an
+--   admission consumes with HINCRBY of t, whose answer is the count with its
+--   cost (reserved: given back by undo when the admission is refused), then
+--   HINCRBY of the slot (finish), instead of HMGET then HSET.
 
 -- What sw_geometry last worked out, and for what: the admissions of a batch (admission.lua) share now, and most
 -- sliding windows of a request share window and slots, so one entry answers call after call.
@@ -61,6 +66,25 @@ end
 -- they are present o names one of them, so every read comes here until a
 -- write deletes them), raw (HGETALL's reply when every field was read, else
 -- nil) and here, the units of the slot named `field`.
+-- What each key was last seen holding (Redis Functions and the embedded engine keep it between calls; EVALSHA starts
+-- empty): SW_SEEN.low[key] its o, SW_SEEN.high[key] its n. o only grows while the key lives (writes go to the current
+-- slot or to a slot already present; a write that deletes stopped slots moves o up; a refund that deletes o's slot
+-- leaves o), and a key made again starts with o at its current slot: no slot present is ever below a low seen. So
+-- while low is still counted, every slot present counts and t is the count. n can go down (a refund that empties the
+-- newest slot, a key deleted): a take finds it out from its slot's HINCRBY answer. Emptied at MEMO_MAX keys.
+local SW_SEEN = { low = {}, high = {}, n = 0 }
+
+local function sw_seen(key, low, high)
+  local seen = SW_SEEN
+  if seen.low[key] == nil then
+    if seen.n >= MEMO_MAX then
+      seen.low, seen.high, seen.n = {}, {}, 0
+    end
+    seen.n = seen.n + 1
+  end
+  seen.low[key], seen.high[key] = low, high
+end
+
 local function sw_load(key, oldest, field)
   local got = redis.call('HMGET', key, 't', 'o', 'n', field)
   local here = 0
@@ -72,8 +96,9 @@ local function sw_load(key, oldest, field)
   end
   local low = num(got[2])
   if low >= oldest then
-    local all = tonumber(got[1])
-    return all, all, low, num(got[3]), nil, nil, here
+    local all, high = tonumber(got[1]), num(got[3])
+    sw_seen(key, low, high)
+    return all, all, low, high, nil, nil, here
   end
   local raw = redis.call('HGETALL', key)
   local counted, stale, high = 0, nil, nil
@@ -154,6 +179,9 @@ local function sw_add(key, cur, field, here, units, all, stale, low, high, slot_
   end
   if newest then
     redis.call('PEXPIRE', key, int(ttl_ms(sw_slot_left(cur, slot_ms, window_ms, now_ms))))
+    sw_seen(key, low, cur)
+  else
+    sw_seen(key, low, high)
   end
 end
 
@@ -234,6 +262,46 @@ ALGORITHMS.sliding_window = {
 
   commit = function(key, now, limit, window_ms, cost, param, st)
     sw_add(key, st.mark, st.field, st.here, cost, st.all, st.stale, st.low, st.newest, st.slot_ms, window_ms, st.now_ms)
+  end,
+
+  -- For an admission's cost > 0 on a key seen as SW_SEEN says: reserves the cost in t and returns st as check
+  -- would, allowed; finish writes the slot once the admission is admitted, undo gives t back when it is refused.
+  -- nil, with nothing written, when the key was not seen so or the cost does not fit (check answers then).
+  take = function(key, now, limit, window_ms, cost, param, st)
+    local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
+    local seen = SW_SEEN
+    local low = seen.low[key]
+    if low == nil or low < oldest or seen.high[key] ~= cur then
+      return nil
+    end
+    local total = redis.call('HINCRBY', key, 't', int_memo(cost))
+    if total == cost then -- no t: the key was gone (a key holding slots holds t > 0); this t goes again
+      redis.call('HDEL', key, 't')
+      seen.low[key], seen.high[key] = nil, nil
+      return nil
+    end
+    local used = total - cost
+    if cost > limit or used + cost > limit then
+      redis.call('HINCRBY', key, 't', int_memo(-cost))
+      return nil
+    end
+    st.allowed, st.remaining, st.retry_ms, st.mark, st.used = true, limit - total, 0, cur, used
+    st.reset_ms = sw_slot_left(cur, slot_ms, window_ms, now_ms)
+    st.now_ms, st.slot_ms, st.window_ms, st.field = now_ms, slot_ms, window_ms, int_memo(cur)
+    return st
+  end,
+
+  undo = function(key, cost)
+    redis.call('HINCRBY', key, 't', int_memo(-cost))
+  end,
+
+  -- The slot's share of a take. A slot it finds empty was deleted since the key was seen (a refund emptied it):
+  -- n and the TTL are those of a new newest slot again.
+  finish = function(key, cost, st)
+    if redis.call('HINCRBY', key, st.field, int_memo(cost)) == cost then
+      redis.call('HSET', key, 'n', st.field)
+      redis.call('PEXPIRE', key, int(ttl_ms(sw_slot_left(st.mark, st.slot_ms, st.window_ms, st.now_ms))))
+    end
   end,
 
   adjust = function(key, now, limit, window_ms, delta, param, mark)

@@ -85,6 +85,25 @@ class PlainWindow:
         return [applied, max(0, total - self.limit), max(0, self.limit - total), reset]
 
 
+def assert_layout(engine: EmbeddedEngine, model: PlainWindow, now_us: int, where: str) -> None:
+    """The hash's own fields agree with its slots: n the highest, o none above the lowest, and t their sum while o
+    still counts (what a read trusts: lua/sliding_window.lua, whose admissions consume with HINCRBY of t, then of the
+    slot, once the key was seen so); a key with no slot is gone, a key with slots has a TTL."""
+    ks = engine.keyspace
+    live = ks.keys()  # a Keyspace, not a dict: keys() lists the live keys
+    if KEY not in live:
+        return
+    raw = ks.call("HGETALL", KEY)
+    fields = dict(raw) if isinstance(raw, dict) else dict(zip(raw[::2], raw[1::2]))
+    slots = {int(k): int(v) for k, v in fields.items() if k not in ("t", "o", "n")}
+    assert slots and all(v > 0 for v in slots.values()), (where, fields)
+    assert int(fields["n"]) == max(slots) and int(fields["o"]) <= min(slots), (where, fields)
+    oldest = (now_us // 1000 - model.window_ms) // model.slot_ms
+    if int(fields["o"]) >= oldest:
+        assert int(fields["t"]) == sum(slots.values()), (where, fields)
+    assert ks.ttl_ms(KEY) > 0, where
+
+
 def args(w: PlainWindow, cost: int, slots: int, last: Any) -> list[Any]:
     return ["sliding_window", w.limit, w.window_ms, cost, str(slots), last]
 
@@ -140,4 +159,5 @@ async def test_the_sliding_window_answers_exactly_as_the_plain_layout_did(seed: 
             if allowed and cost > 0:
                 model.charge(now_us, cost)
                 marks.append(mark)
+        assert_layout(engine, model, clock.time_ns() // 1000, where)
     await engine.close()

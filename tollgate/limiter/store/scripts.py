@@ -96,6 +96,14 @@ def _compose(name: str, read: Callable[[str], str]) -> tuple[str, str, tuple[str
     return "\n".join([_library_text(lib, read) for lib in libs]), f"-- >>> {name}.lua\n{text}", tuple(libs)
 
 
+def _blank_comments(text: str) -> str:
+    """``text`` with every whole-line comment emptied, but the ``-- >>> file`` markers: the same code and line numbers
+    in fewer bytes (the comments are about half of the files)."""
+    return "\n".join(
+        "" if line.lstrip().startswith("--") and not line.startswith("-- >>> ") else line for line in text.split("\n")
+    )
+
+
 def load_scripts(directory: Traversable | None = None) -> Mapping[str, Script]:
     """Read every entry script once; returns ``{name: Script}``."""
     root = directory if directory is not None else lua_dir()
@@ -140,4 +148,6 @@ def function_library(scripts: Mapping[str, Script], directory: Traversable | Non
             f"redis.register_function{{ function_name = '{functions[script.name]}'{flags},"
             f" callback = function(KEYS, ARGV)\n{body}\nend }}"
         )
-    return FunctionLibrary(name, "\n".join(parts), MappingProxyType(functions))
+    # Sent to every server, and compiled by each when it loads the library: without its comments (about half of it),
+    # FUNCTION LOAD reads and compiles less, and a pipeline that carries it stays shorter.
+    return FunctionLibrary(name, _blank_comments("\n".join(parts)), MappingProxyType(functions))
