@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.rules.extend_calls import recording_limiter
 from tollgate.limiter.decision import Decision
-from tollgate.limiter.factory import build_limiter
 from tollgate.limiter.spec import LimitSpec
 from tollgate.policy.admission import Admission
 from tollgate.policy.settlement import StreamBudget
@@ -14,15 +14,7 @@ PROMPT, MAX_TOKENS = 2000, 500
 
 
 def budget() -> tuple[StreamBudget, Admission, list[Any]]:
-    limiter = build_limiter()
-    asked: list[Any] = []
-    extend = limiter.extend
-
-    async def recording(wants: Any, *, store: str | None = None) -> Any:
-        asked.append(wants)
-        return await extend(wants, store=store)
-
-    limiter.extend = recording  # type: ignore[method-assign]
+    limiter, asked = recording_limiter()
     spec = LimitSpec(
         name="tpm",
         kind="sliding_window",

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.rules.extend_calls import recording_limiter
 from tollgate.limiter.decision import Decision
-from tollgate.limiter.factory import build_limiter
 from tollgate.limiter.limiter import Limiter
 from tollgate.limiter.spec import LimitSpec
 from tollgate.policy.admission import Admission
@@ -53,15 +53,7 @@ def _spec(name: str, unit: str, limit: int, cost: int) -> LimitSpec:
 
 
 def _budget(kind: Callable[[Admission, Limiter], Any], room: int) -> tuple[UsageMonitor, Any, Admission, list[Any]]:
-    limiter = build_limiter()
-    asked: list[Any] = []
-    extend = limiter.extend
-
-    async def recording(wants: Any, *, store: str | None = None) -> Any:
-        asked.append([(spec.name, want, need) for spec, want, need in wants])
-        return await extend(wants, store=store)
-
-    limiter.extend = recording  # type: ignore[method-assign]
+    limiter, asked = recording_limiter()
     limits = (
         # room: how far past its reservation the tokens limit can grow before it runs dry and cuts the stream
         (_spec("tpm", "tokens", PROMPT + MAX_TOKENS + room, PROMPT + MAX_TOKENS), True),

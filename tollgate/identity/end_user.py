@@ -30,7 +30,8 @@ __all__ = ["EndUsers", "checked_end_user"]
 
 # C0 and C1 controls, DEL, the Unicode line and paragraph separators (nothing that can split a log line), and
 # surrogates: a lone one is what an undecodable header byte becomes, and no UTF-8 encoder (orjson, Redis) takes it.
-_REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# The escapes are the pattern's own (a raw string): mypyc cannot write a surrogate into a C string constant.
+_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _KINDS = {bool: "a boolean", int: "an integer", float: "a number", list: "an array", dict: "an object"}
 
 
@@ -52,7 +53,7 @@ def checked_end_user(value: Any, field: str, max_length: int, param: str | None)
         )
     bad = _REFUSED.search(value)
     if bad is not None:
-        what = "is not valid UTF-8" if "\ud800" <= bad.group() <= "\udfff" else "contains a control character"
+        what = "is not valid UTF-8" if 0xD800 <= ord(bad.group()) <= 0xDFFF else "contains a control character"
         raise BadRequest(
             f"Invalid '{field}': the end user {what} (at index {bad.start()}).", param=param, code="invalid_value"
         )

@@ -22,7 +22,6 @@ from tollgate.limiter.slot_groups import (
     retry_after,
 )
 from tollgate.limiter.spec import LimitSpec
-from tollgate.limiter.unsettled import UnsettledMixin
 
 __all__ = ["AdmitMixin"]
 
@@ -30,7 +29,7 @@ _by_position = operator.itemgetter(0)  # sorts (position, LimitState) pairs
 _new = tuple.__new__
 
 
-class AdmitMixin(FailModeMixin, UnsettledMixin):
+class AdmitMixin(FailModeMixin):
     """admit."""
 
     async def admit(self, specs: Sequence[LimitSpec], *, store: str | None = None) -> Decision:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from tollgate.limiter.base import LimiterBase
 from tollgate.limiter.decision import LimitState
+from tollgate.limiter.leases import LeaseMixin
 from tollgate.limiter.script_args import PEEK_STRIDE, limit_state, peek_args
 from tollgate.limiter.spec import LimitSpec
 
 __all__ = ["CounterMixin"]
 
 
-class CounterMixin(LimiterBase):
+class CounterMixin(LeaseMixin):
     """peek and counter."""
 
     async def peek(self, spec: LimitSpec, *, store: str | None = None) -> LimitState:

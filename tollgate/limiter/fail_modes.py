@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from tollgate.limiter.base import LOCAL_STORE, LimiterBase
+from tollgate.limiter.base import LOCAL_STORE
 from tollgate.limiter.decision import Charge, LimitState
 from tollgate.limiter.script_args import ADMIT_STRIDE, EXTEND_STRIDE, ExtendItem, admit_args, extend_args, limit_state
 from tollgate.limiter.slot_groups import Item, Outcome
 from tollgate.limiter.spec import LimitSpec
+from tollgate.limiter.unsettled import UnsettledMixin
 
 __all__ = ["FAIL_CLOSED_RETRY_MS", "FailModeMixin", "answered", "divided"]
 
@@ -35,7 +36,7 @@ def answered(spec: LimitSpec, allowed: bool) -> LimitState:
     return LimitState(spec.name, spec.kind, spec.unit, allowed, spec.limit, remaining, wait, wait, spec.shadow, True)
 
 
-class FailModeMixin(LimiterBase):
+class FailModeMixin(UnsettledMixin):
     """The answers of admission and extension when a store fails."""
 
     async def _fail_group(self, store: str, group: list[Item], lease_id: str) -> Outcome:

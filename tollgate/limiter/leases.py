@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tollgate.limiter.decision import Charge, Lease
+from tollgate.limiter.settling import SettleMixin
 from tollgate.limiter.store.engine import ScriptEngine
-from tollgate.limiter.unsettled import UnsettledMixin
 
 __all__ = ["LeaseMixin"]
 
 
-class LeaseMixin(UnsettledMixin):
+class LeaseMixin(SettleMixin):
     """renew and release."""
 
     def _by_call(self, charges: Sequence[Charge]) -> list[tuple[ScriptEngine, list[Charge]]]:

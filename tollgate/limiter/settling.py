@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tollgate.errors import StoreError, StoreOverloaded
+from tollgate.limiter.admitting import AdmitMixin
 from tollgate.limiter.decision import (
     Charge,
     Consumed,
@@ -15,10 +16,9 @@ from tollgate.limiter.decision import (
     SettledLimit,
     Settlement,
 )
-from tollgate.limiter.fail_modes import FailModeMixin
 from tollgate.limiter.script_args import EXTEND_STRIDE, SETTLE_STRIDE, ExtendItem, extend_args, settle_limit
 from tollgate.limiter.spec import LimitSpec
-from tollgate.limiter.unsettled import FINISH_BATCH, UnsettledMixin
+from tollgate.limiter.unsettled import FINISH_BATCH
 
 __all__ = ["Actual", "Finished", "SettleMixin"]
 
@@ -38,7 +38,7 @@ def _actual(actual: Actual, unit: str) -> int:
     return actual if type(actual) is int else getattr(actual, unit)
 
 
-class SettleMixin(FailModeMixin, UnsettledMixin):
+class SettleMixin(AdmitMixin):
     """settle, adjust, finish_many and extend."""
 
     async def settle(self, reservation: Reservation, actual_cost: Actual) -> Settlement:

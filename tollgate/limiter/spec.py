@@ -86,8 +86,24 @@ class LimitSpec:
         object.__setattr__(self, "reserves", self.unit in RESERVED_UNITS and self.kind != "concurrency")
 
     def with_cost(self, cost: int) -> LimitSpec:
-        """The same limit with another cost (the per-request part)."""
-        return dataclasses.replace(self, cost=cost)
+        """The same limit with another cost (the per-request part), checked as a new one is."""
+        # The constructor, not dataclasses.replace: that walks the fields in Python on every call (once or twice
+        # a metered stream, for each extension's charges).
+        return LimitSpec(
+            name=self.name,
+            kind=self.kind,
+            limit=self.limit,
+            window_ms=self.window_ms,
+            cost=cost,
+            scope_key=self.scope_key,
+            tenant=self.tenant,
+            fail_mode=self.fail_mode,
+            shadow=self.shadow,
+            calendar=self.calendar,
+            unit=self.unit,
+            slots=self.slots,
+            max_delay_ms=self.max_delay_ms,
+        )
 
 
 def _problems(s: LimitSpec) -> list[str]:

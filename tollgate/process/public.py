@@ -2,16 +2,16 @@
 
 The public side dispatches by exact path from one dict: it has only a
 handful of fixed paths, and a few prefixes (a model, a stored response, the
-tenant self-service routes of ``self_service.py``). ``public_lifecycle`` opens the gateway's resources
-before the listener serves and closes them after it has drained.
+tenant self-service routes of ``self_service.py``). ``public_lifecycle`` (from ``lifecycle.py``, an async
+generator, which mypyc does not compile) opens the gateway's resources before the listener serves and closes them
+after it has drained.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -22,9 +22,9 @@ from tollgate.errors import GatewayError, MethodNotAllowed, NotFound
 from tollgate.identity import Principal, authenticate_fresh
 from tollgate.pipeline.context import ENDPOINTS
 from tollgate.pipeline.handler import make_proxy_handler
+from tollgate.process.lifecycle import public_lifecycle
 from tollgate.process.self_service import SELF_SERVICE_PREFIX, self_service_answer
 from tollgate.process.stored_responses import RESPONSES_PREFIX, stored_response_answer
-from tollgate.registry.registry import registry_watching
 from tollgate.runtime.state import GatewayState
 
 __all__ = ["healthz", "make_public_handler", "make_public_server", "public_lifecycle", "readyz"]
@@ -95,17 +95,6 @@ def make_public_server(state: GatewayState, *, max_head: int = 64 * 1024) -> Htt
     )
 
 
-@contextlib.asynccontextmanager
-async def public_lifecycle(state: GatewayState) -> AsyncIterator[None]:
-    """Open the gateway's resources and follow the tenant registry while serving; close them afterwards."""
-    await state.start()
-    try:
-        async with registry_watching(state.registry):
-            yield
-    finally:
-        await state.close()
-
-
 async def _ready(answer: Response) -> Response:
     return answer
 
@@ -155,17 +144,22 @@ async def _get_model(request: Request, state: GatewayState) -> Response:
     return json_answer(_model_entry(name, state))
 
 
-async def healthz(request: Request, state: GatewayState | None = None) -> Response:
+# The probes answer the admin listener too, whose requests are aiohttp's: they take any request (and read none).
+async def healthz(request: object, state: GatewayState | None = None) -> Response:
     return json_answer({"status": "ok"})
 
 
-async def readyz(request: Request, state: GatewayState) -> Response:
+async def readyz(request: object, state: GatewayState) -> Response:
     """503 while the gateway cannot serve: no model has a usable deployment. A model without a usable deployment
     (breaker open, failing its health probes) or a store that does not answer (the limiter's Redis, the database,
     the registry) leaves it serving, degraded: 200 naming them, so that a load balancer does not take every gateway
     out of service for an outage they ride out (fallbacks, limits by their fail modes, records buffered).
     ``models`` says for each configured model whether it has a usable deployment."""
-    problems, stores = await asyncio.gather(state.readiness_problems(), state.store_problems())
+    problems: list[str]
+    stores: list[str]
+    # gather answers a list where its stub says a tuple, which a compiled unpacking would check: called untyped.
+    gather: Any = asyncio.gather
+    problems, stores = await gather(state.readiness_problems(), state.store_problems())
     models = state.servable_models()
     degraded = [f"model {name!r} has no usable deployment" for name, ok in models.items() if not ok] + stores
     if problems:
