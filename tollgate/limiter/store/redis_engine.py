@@ -642,8 +642,9 @@ class RedisEngine:
         """Replies in call order (an error reply as its exception).
 
         A missing script is answered by one EVAL resend, a missing library by
-        loading it and one FCALL resend, a server that refuses FCALL by one
-        EVAL resend (and EVALSHA from then on).
+        loading it and one FCALL resend (then EVAL, if it went missing again in
+        between), a server that refuses FCALL by one EVAL resend (and EVALSHA
+        from then on).
         """
         if sent is not None:
             conn, shape = sent
@@ -691,7 +692,13 @@ class RedisEngine:
                 "store %s: FCALL refused (%s): the scripts are called with EVALSHA", self.name, replies[refused[0]]
             )
             self._functions = False
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError) or i in refused]
+        # A library flushed again between its load and the resend (FUNCTION FLUSH from another client lands between
+        # a pipeline's commands) is not waited for a third time: EVAL carries the script itself.
+        missing = [
+            i
+            for i, r in enumerate(replies)
+            if isinstance(r, NoScriptError) or i in refused or (i in no_library and _says(r, _NO_FUNCTION))
+        ]
         if missing:
             self.stats.noscript_reloads += len(missing)
             again = await self._roundtrip([self._eval(calls[i]) for i in missing])
