@@ -26,7 +26,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import repeat
 from math import floor
 from operator import itemgetter
@@ -171,17 +171,17 @@ def _lines(fields: Sequence[Fields], currency: str) -> bytes:
     if n == 0:
         return b""
     try:
-        return _columns(fields, currency, n, floor)
+        return _columns(fields, currency, n, True)
     except OverflowError:  # an infinite time, which floor() refuses: the float division gives what it always gave
-        return _columns(fields, currency, n, _floor_division)
+        return _columns(fields, currency, n, False)
 
 
-def _floor_division(x: float) -> float:
-    return x // 1.0
+def _columns(fields: Sequence[Fields], currency: str, n: int, exact: bool) -> bytes:
+    """:func:`_lines` of ``n`` entries' fields; a time's microseconds are rounded down by ``floor()`` when ``exact``,
+    else by a float division (see _ms).
 
-
-def _columns(fields: Sequence[Fields], currency: str, n: int, floor: Callable[[float], float]) -> bytes:
-    """:func:`_lines` of ``n`` entries' fields; ``floor`` rounds a time's microseconds down (see _ms)."""
+    The times are declared floats: compiled, their comparisons and arithmetic are native (a time of a record is a
+    float, or an int, which a float accepts)."""
     parts: dict[tuple[Any, ...], bytes] = {}
     heads: list[bytes] = []
     ts_second: list[bytes] = []
@@ -201,6 +201,10 @@ def _columns(fields: Sequence[Fields], currency: str, n: int, floor: Callable[[f
     head = b""
     lo = hi = 0.0  # the second of the last timestamp: lo <= wall < hi
     second_text = b""
+    wall: float
+    total_s: float
+    upstream_s: float
+    overhead_s: float
     for f in fields:
         # One unpacking instead of a dozen subscripts (records.fields_of order)
         (
@@ -255,23 +259,42 @@ def _columns(fields: Sequence[Fields], currency: str, n: int, floor: Callable[[f
         add_second(second_text)
         add_millis(millis[int(wall * 1000) % 1000])
         # _ms(...) written out: floor(x) is the int(x) it takes, for x >= 0, without building an int type's call
-        add_numbers(
-            (
-                prompt,
-                completion,
-                reported,
-                cost / nanos,
-                floor(total_s * 1e6 + 0.5) / 1000 if total_s >= 0.0 else round(total_s * 1000, 3),
-                floor(upstream_s * 1e6 + 0.5) / 1000 if upstream_s >= 0.0 else round(upstream_s * 1000, 3),
-                floor(overhead_s * 1e6 + 0.5) / 1000 if overhead_s >= 0.0 else round(overhead_s * 1000, 3),
-                None
-                if ttfb_s is None
-                else floor(ttfb_s * 1e6 + 0.5) / 1000
-                if ttfb_s >= 0.0
-                else round(ttfb_s * 1000, 3),
-                attempts,
+        if exact:
+            add_numbers(
+                (
+                    prompt,
+                    completion,
+                    reported,
+                    cost / nanos,
+                    floor(total_s * 1e6 + 0.5) / 1000 if total_s >= 0.0 else round(total_s * 1000, 3),
+                    floor(upstream_s * 1e6 + 0.5) / 1000 if upstream_s >= 0.0 else round(upstream_s * 1000, 3),
+                    floor(overhead_s * 1e6 + 0.5) / 1000 if overhead_s >= 0.0 else round(overhead_s * 1000, 3),
+                    None
+                    if ttfb_s is None
+                    else floor(ttfb_s * 1e6 + 0.5) / 1000
+                    if ttfb_s >= 0.0
+                    else round(ttfb_s * 1000, 3),
+                    attempts,
+                )
             )
-        )
+        else:
+            add_numbers(
+                (
+                    prompt,
+                    completion,
+                    reported,
+                    cost / nanos,
+                    (total_s * 1e6 + 0.5) // 1.0 / 1000 if total_s >= 0.0 else round(total_s * 1000, 3),
+                    (upstream_s * 1e6 + 0.5) // 1.0 / 1000 if upstream_s >= 0.0 else round(upstream_s * 1000, 3),
+                    (overhead_s * 1e6 + 0.5) // 1.0 / 1000 if overhead_s >= 0.0 else round(overhead_s * 1000, 3),
+                    None
+                    if ttfb_s is None
+                    else (ttfb_s * 1e6 + 0.5) // 1.0 / 1000
+                    if ttfb_s >= 0.0
+                    else round(ttfb_s * 1000, 3),
+                    attempts,
+                )
+            )
         add_end(end if not (cached or cache_write or reasoning or hit) else _extras(f))
     rendered = orjson.dumps(numbers)[1:-1].split(b",")
     ids = _request_ids(fields, n)

@@ -7,10 +7,11 @@ one was logged, ``request_id`` and ``tenant`` when the line was logged while a r
 current when tracing is on (the request's, or its upstream attempt's), so that a line leads to its trace.
 
 The request comes from the context variable :data:`SERVING`, which the pipeline's handler sets when a request
-arrives (tollgate/pipeline/handler.py). Each request runs in a task of its own, so the variable names it in
-that task alone, and in the short tasks it starts; the gateway's background tasks start with a context of
-their own (tollgate/background.py) and log without a request. The tenant is read when a line is written:
-a line logged before the caller was identified has none.
+arrives (tollgate/pipeline/handler.py). A connection's requests run one after the other in its task, so the
+variable names the request in that task alone, and in the short tasks it starts, until the next request of the
+connection replaces it (once its handler is done, only the request's id and principal are kept); the gateway's
+background tasks start with a context of their own (tollgate/background.py) and log without a request. The
+tenant is read when a line is written: a line logged before the caller was identified has none.
 """
 
 from __future__ import annotations

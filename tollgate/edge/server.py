@@ -1,4 +1,4 @@
-"""The public listener's HTTP/1.1 server: llhttp (through httptools) parses, one asyncio protocol per connection, a task per request.
+"""The public listener's HTTP/1.1 server: llhttp (through httptools) parses, one asyncio protocol and one task per connection.
 
 Why not aiohttp's server: on the full-policy benchmark its server side (URL
 objects, request and response wrappers, the per-connection message queue and
@@ -64,7 +64,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -88,14 +88,42 @@ _HOLD_HIGH_WATER = 256 * 1024  # bytes held unparsed (a body not asked for, pipe
 _REQUEST_LINE_ROOM = 16  # what a request line adds to its target: method, spaces, version, CRLF (about)
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
-_STATUS_LINES = {status: f"HTTP/1.1 {status} {phrase}\r\n" for status, phrase in _REASONS.items()}
-_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date"})
-_PREFIXES_KEPT = 256  # answer header names whose line prefix is kept (the gateway writes a few dozen names)
+_STATUS_LINES: Final = {status: f"HTTP/1.1 {status} {phrase}\r\n" for status, phrase in _REASONS.items()}
+_FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date"})
+_PREFIXES_KEPT: Final = 256  # answer header names whose line prefix is kept (the gateway writes a few dozen names)
 
 
 def _head_bytes(url: bytes, raw: list[tuple[bytes, bytes]]) -> int:
     """The size of a head from its parts as llhttp reported them (the request line's syntax estimated)."""
     return _REQUEST_LINE_ROOM + len(url) + sum(len(name) + len(value) + 4 for name, value in raw) + 2
+
+
+def _header_line(prefixes: dict[str, str], name: str, value: str) -> str | None:
+    """An answer header's line; "" for a framing header, which the server writes itself; None for a header that
+    cannot be written.
+
+    A CR, LF or NUL inside a name or value would split the answer: each value is looked at (three memchr scans),
+    a name once, when its line prefix is made and kept in ``prefixes``. The lines the server makes itself hold none.
+    """
+    prefix = prefixes.get(name)
+    if prefix is None:
+        if "\r" in name or "\n" in name or "\x00" in name:
+            return None
+        prefix = "" if name.lower() in _FRAMING_HEADERS else f"{name}: "
+        if len(prefixes) < _PREFIXES_KEPT:
+            prefixes[name] = prefix
+    if not prefix:
+        return ""
+    if "\r" in value or "\n" in value or "\x00" in value:
+        return None
+    return f"{prefix}{value}\r\n"
+
+
+def _rstrip(value: bytes) -> bytes:
+    """A header value without the whitespace after it (llhttp drops the whitespace before it, not after)."""
+    if value and (value[-1] == 32 or value[-1] == 9):  # " " or "\t": rare, so the method is called only then
+        return value.rstrip(b" \t")
+    return value
 
 
 class _Refusal(Exception):
@@ -129,7 +157,7 @@ class _Date:
         return self.value
 
 
-_DATE = _Date()
+_DATE: Final = _Date()
 
 
 class _Connection(asyncio.Protocol):
@@ -158,7 +186,8 @@ class _Connection(asyncio.Protocol):
         self._serving: Request | None = None
         self._queue: deque[Request | _Refusal] = deque()
         self._held = bytearray()  # bytes not given to llhttp yet (see _holding)
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # serves the connection's requests in turn (see _serve)
+        self._next: asyncio.Future[None] | None = None  # the task waits on it for the next request
         self.idle_since = 0.0
         self.closing = False  # answer the current request with Connection: close, then close
         self._done_reading = False  # no request after this point will be served: what arrives is dropped
@@ -355,11 +384,28 @@ class _Connection(asyncio.Protocol):
             raise _Refusal(400, "the request target must be a path (origin form), not an absolute URL or an authority")
         # llhttp drops the whitespace before a value, not after it.
         try:  # names are tokens (ASCII, llhttp checked them); values are nearly always UTF-8: no codec lookup
-            decoded = [(n.decode(), v.rstrip(b" \t").decode()) for n, v in raw]
+            decoded = [(n.decode(), _rstrip(v).decode()) for n, v in raw]
         except UnicodeDecodeError:
-            decoded = [(n.decode("latin-1"), v.rstrip(b" \t").decode("utf-8", "surrogateescape")) for n, v in raw]
+            decoded = [(n.decode("latin-1"), _rstrip(v).decode("utf-8", "surrogateescape")) for n, v in raw]
         headers = CIMultiDict(decoded)
-        hosts = headers.getall("host", ())
+        # The framing headers' values, found in one walk over the names (as headers.getall / headers.get would)
+        hosts: list[str] = []
+        codings: list[str] = []
+        declared: str | None = None
+        expected: str | None = None
+        for name, value in decoded:
+            size = len(name)
+            if size == 4:
+                if name == "Host" or name.lower() == "host":
+                    hosts.append(value)
+            elif size == 14:
+                if declared is None and (name == "Content-Length" or name.lower() == "content-length"):
+                    declared = value
+            elif size == 17:
+                if name == "Transfer-Encoding" or name.lower() == "transfer-encoding":
+                    codings.append(value)
+            elif size == 6 and expected is None and name.lower() == "expect":
+                expected = value
         if len(hosts) > 1 or (minor == 1 and not hosts):
             raise _Refusal(
                 400, "an HTTP/1.1 request carries exactly one Host header" if minor else "more than one Host header"
@@ -370,7 +416,6 @@ class _Connection(asyncio.Protocol):
             self._valid_host = hosts[0]
         length: int | None = None
         chunked = False
-        codings = headers.getall("transfer-encoding", ())
         if codings:
             if len(codings) > 1 or minor == 0:
                 raise _Refusal(400, "Transfer-Encoding over HTTP/1.0 or on more than one line")
@@ -385,17 +430,15 @@ class _Connection(asyncio.Protocol):
                     code="unsupported_transfer_encoding",
                 )
             chunked = True
-        else:
-            declared = headers.get("content-length")  # llhttp has checked it: digits, one value
-            if declared is not None:
-                length = int(declared)
+        elif declared is not None:  # llhttp has checked it: digits, one value
+            length = int(declared)
         keep_alive = parser.should_keep_alive()
         if parser.should_upgrade():  # Upgrade (or CONNECT, refused above by its target): not followed
             if chunked or length:
                 raise _Refusal(400, "a request asking for Upgrade cannot carry a body here")
             keep_alive = False
             self._done_reading = True  # llhttp treats what follows as another protocol's bytes
-        expect = minor == 1 and headers.get("expect", "").lower() == "100-continue"
+        expect = minor == 1 and expected is not None and expected.lower() == "100-continue"
         body = Body(self, not (chunked or length), expect)
         path, _, query = url.partition(b"?")
         transport = self.transport
@@ -439,66 +482,98 @@ class _Connection(asyncio.Protocol):
 
     # -- serving ---------------------------------------------------------------------
     def _start(self, request: Request) -> None:
+        """Serve ``request`` now: in the connection's task, which waits for it or is running (it takes it up when
+        the request before is answered), or in a task started for it."""
         self._serving = request
-        self.task = self.loop.create_task(self._serve(request))
+        waiting = self._next
+        if waiting is not None:
+            self._next = None
+            waiting.set_result(None)
+        elif self.task is None:
+            self.task = self.loop.create_task(self._serve())
 
-    async def _serve(self, request: Request) -> None:
+    async def _serve(self) -> None:
+        """Answers the connection's requests in turn (``_serving``), waiting between them while it is kept alive.
+
+        One task for the requests of a connection, not one per request: creating a task adds it to asyncio's set of
+        tasks and its end takes it out, both in Python code on Python 3.11. Each request still runs in a task, its
+        log context set by its handler; the task ends with its connection (cancelled when the client goes).
+        """
         try:
-            try:
-                answer = await self._server.handler(request)
-            except Exception:  # a bug in the handler: JSON with a request id, never a traceback
-                request_id = new_request_id()
-                log.exception("unexpected error on request %s", request_id)
-                answer = internal_error_answer(request_id)
-            if isinstance(answer, StreamedAnswer):
-                if not answer.prepared:
-                    await answer.prepare(request)
-                await answer.write_eof()
-            else:
-                body = answer.body
-                self.write_head(
-                    answer.status,
-                    answer.headers,
-                    None,
-                    body=b"" if request.method == "HEAD" else body,
-                    length=len(body),
-                )
-        except asyncio.CancelledError:
-            self.closing = True
-            return
-        except (ConnectionResetError, BrokenPipeError):
-            self.closing = True
-        except Exception:  # an answer that cannot be written (not a response, say): nothing more on this connection
-            log.exception("could not write the answer to %s %s", request.method, request.path)
-            self.closing = True
-            if self.transport is not None:
-                self.transport.close()
+            while True:
+                request = self._current()
+                assert request is not None
+                try:
+                    try:
+                        answer = await self._server.handler(request)
+                    except Exception:  # a bug in the handler: JSON with a request id, never a traceback
+                        request_id = new_request_id()
+                        log.exception("unexpected error on request %s", request_id)
+                        answer = internal_error_answer(request_id)
+                    if isinstance(answer, StreamedAnswer):
+                        if not answer.prepared:
+                            await answer.prepare(request)
+                        await answer.write_eof()
+                    else:
+                        body = answer.body
+                        self.write_head(
+                            answer.status,
+                            answer.headers,
+                            None,
+                            body=b"" if request.method == "HEAD" else body,
+                            length=len(body),
+                        )
+                except asyncio.CancelledError:
+                    self.closing = True
+                    return
+                except (ConnectionResetError, BrokenPipeError):
+                    self.closing = True
+                except Exception:  # an answer that cannot be written (not a response, say): nothing more here
+                    log.exception("could not write the answer to %s %s", request.method, request.path)
+                    self.closing = True
+                    if self.transport is not None:
+                        self.transport.close()
+                if not self._finish(request):
+                    return
+                if self._current() is None:  # nothing parsed ahead: wait for the next request (or the end)
+                    waiting = self._next = self.loop.create_future()
+                    try:
+                        await waiting
+                    except asyncio.CancelledError:  # the client went away while idle
+                        return
         finally:
             self.task = None
             self._serving = None
-        self._finish(request)
+            self._next = None
 
-    def _finish(self, request: Request) -> None:
-        """After an answer: close, or go on with the next request."""
+    def _current(self) -> Request | None:
+        """The request to serve (read through a call: ``_finish`` and the parser's callbacks change it)."""
+        return self._serving
+
+    def _finish(self, request: Request) -> bool:
+        """After an answer: close (False), or go on with the connection (True; ``_serving`` is the next request
+        when one was parsed ahead)."""
+        self._serving = None
         transport = self.transport
         if transport is None or transport.is_closing():
-            return
+            return False
         body = request.content
         if not body.done and body.error is None:
             self._linger()
-            return
+            return False
         if self.closing or not request.keep_alive or self._server.stopping:
             transport.close()
-            return
+            return False
         self.idle_since = self.loop.time()
         if self._queue:
             following = self._queue.popleft()
             if isinstance(following, _Refusal):
                 self._answer(following)
-                return
-            self._start(following)
+                return False
+            self._serving = following
         if self._held or self._reading_paused:  # _release()'s own first test: no call when nothing waits
             self._release()
+        return True
 
     def _linger(self) -> None:
         """Answered before its body was read (413, 401...): read the rest and drop it, then close.
@@ -583,26 +658,26 @@ class _Connection(asyncio.Protocol):
         streaming: bool = False,
     ) -> None:
         """The status line and headers (and a complete body), in one write."""
-        items = headers.items() if type(headers) is dict or isinstance(headers, Mapping) else headers
         lines = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n"]
         prefixes = self._server.header_prefixes
-        # A CR, LF or NUL inside a name or value would split the answer: each value is looked at (three memchr
-        # scans), a name once, when its line prefix is made. The lines the server makes itself hold none.
         broken = False
-        for name, value in items:
-            prefix = prefixes.get(name)
-            if prefix is None:
-                if "\r" in name or "\n" in name or "\x00" in name:
+        if type(headers) is dict:  # the usual answer's headers: a dict of str, walked without generic iteration
+            plain: dict[str, str] = headers
+            for name, value in plain.items():
+                line = _header_line(prefixes, name, value)
+                if line is None:
                     broken = True
                     break
-                prefix = "" if name.lower() in _FRAMING_HEADERS else f"{name}: "
-                if len(prefixes) < _PREFIXES_KEPT:
-                    prefixes[name] = prefix
-            if prefix:  # "": a framing header, which the server writes itself
-                if "\r" in value or "\n" in value or "\x00" in value:
+                if line:
+                    lines.append(line)
+        else:
+            for name, value in headers.items() if isinstance(headers, Mapping) else headers:
+                line = _header_line(prefixes, name, value)
+                if line is None:
                     broken = True
                     break
-                lines.append(f"{prefix}{value}\r\n")
+                if line:
+                    lines.append(line)
         if framing is not None:
             lines.append(f"{framing[0]}: {framing[1]}\r\n")
         if length is not None:
@@ -728,7 +803,8 @@ class HttpServer:
         for conn in list(self.connections):
             conn.closing = True
             conn.close_if_idle()
-        tasks = {conn.task for conn in self.connections if conn.task is not None}
+        # The tasks of the connections with a request in flight (an idle one was closed above: its task ends).
+        tasks = {conn.task for conn in self.connections if conn.task is not None and conn._serving is not None}
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:

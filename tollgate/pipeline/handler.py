@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, final
 
 from tollgate.accounting.logs import SERVING
 from tollgate.clock import Clock
@@ -29,7 +29,7 @@ from tollgate.config.model import Guard
 from tollgate.edge.answers import request_id_from, status_for
 from tollgate.edge.messages import Handler, Request
 from tollgate.errors import GatewayError
-from tollgate.identity import SigningKeysStale, client_ip
+from tollgate.identity import Principal, SigningKeysStale, client_ip
 from tollgate.identity.chain import IPNetwork
 from tollgate.pipeline.account import AccountDeps, account
 from tollgate.pipeline.admit import AdmitDeps, admit
@@ -92,6 +92,17 @@ class Gateway(Protocol):
     def runtime(self) -> _Version: ...
 
 
+@final
+class _Served:
+    """What the log lines of a request's answer read once its handler is done (tollgate/accounting/logs.py)."""
+
+    __slots__ = ("request_id", "principal")
+
+    def __init__(self, request_id: str, principal: Principal | None) -> None:
+        self.request_id = request_id
+        self.principal = principal
+
+
 def make_proxy_handler(endpoint: Endpoint, gateway: Gateway) -> Handler:
     error_answer = endpoint.dialect.error_answer  # in the client's dialect: OpenAI's shape, or Anthropic's
     internal_error_answer = endpoint.dialect.internal_error_answer
@@ -139,5 +150,8 @@ def make_proxy_handler(endpoint: Endpoint, gateway: Gateway) -> Handler:
             account(ctx, stages.account)
             if span is not None:
                 span.end(ctx)
+            # The connection's task serves its next request too (tollgate/edge/server.py): what the server logs
+            # after this answer still names this request, without keeping its context (and body) while idle.
+            SERVING.set(_Served(request_id, ctx.principal))
 
     return handle
