@@ -116,6 +116,7 @@ async def test_a_killed_and_restarted_redis_is_used_again_without_restarting_the
     assert (await limiter.peek(s)).remaining == 999  # the new server counted only the request that recovered
 
 
+@pytest.mark.serial  # 2,000 admissions against a flush every 3 ms: its own load, alone on the machine
 async def test_flushing_the_scripts_and_library_under_load_fails_no_admission(own_redis: RedisServer) -> None:
     clock = SystemClock()
     # What is proved is recovery from lost scripts, not speed: a budget a loaded CI machine (two suites side by
