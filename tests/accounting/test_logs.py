@@ -10,6 +10,7 @@ import hashlib
 import logging
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,8 +19,13 @@ import pytest
 
 from tollgate.accounting.logs import SERVING, JsonFormatter, configure_logging, remove_logging
 from tollgate.background import BackgroundTask
+from tollgate.config import load_config
+from tollgate.edge.answers import Response, json_answer
+from tollgate.process import public
 from tollgate.process.supervisor import worker_log_format
+from tollgate.runtime.state import GatewayState
 
+from ..support.contexts import request_context
 from ..support.processes import Proc, free_port, gateway_config, gateway_process
 from ..support.redis import RedisServer
 
@@ -154,6 +160,32 @@ async def test_a_background_task_started_while_serving_logs_without_that_request
     finally:
         SERVING.reset(token)
     assert seen == [None]
+
+
+async def test_a_route_served_after_a_proxy_request_on_its_connection_logs_without_that_request(
+    tmp_path: Path,
+) -> None:
+    # A connection's requests run in turn in its task; the proxy handler leaves its request's id in SERVING for the
+    # lines logged after its answer. The next request on that connection, if it is not a proxy request (health,
+    # models, self-service, stored responses), must not log under that id.
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "listeners:\n  public: {host: 127.0.0.1, port: 0}\n  admin: {enabled: false}\n"
+        'upstreams:\n  u: {base_url: "http://127.0.0.1:9/v1"}\nmodels:\n  m: {deployments: [{upstream: u}]}\n'
+    )
+    state = GatewayState(load_config(str(config)))
+    seen: list[object] = []
+
+    async def route(request: object, state: object) -> Response:
+        seen.append(SERVING.get())
+        return json_answer({})
+
+    token = SERVING.set(_Served())  # what the proxy request before it left
+    try:
+        answer = await public._answer(route, request_context("/healthz").request, state)
+    finally:
+        SERVING.reset(token)
+    assert answer.status == 200 and seen == [None]
 
 
 def test_configure_logging_sets_every_logger_and_keeps_the_worker_text_format(

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
+from tollgate.accounting.logs import SERVING
 from tollgate.edge.answers import Response, error_answer, internal_error_answer, json_answer, request_id_from
 from tollgate.edge.messages import Handler, Request
 from tollgate.edge.server import REFUSALS, HttpServer
@@ -104,6 +105,9 @@ def _refuse(exc: GatewayError, request: Request) -> Response:
 
 
 async def _answer(handler: Callable[..., Awaitable[Response]], request: Request, state: GatewayState) -> Response:
+    # A connection's requests share its task (tollgate/edge/server.py): a proxy request before this one on the same
+    # connection left its id there, which the lines logged while this one is served must not carry.
+    SERVING.set(None)
     try:
         return await handler(request, state)
     except Exception:  # a bug: JSON with the request id, never a traceback
