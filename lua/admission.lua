@@ -22,6 +22,15 @@
 -- answered with its error, as its own call would have been, and the others
 -- go on.
 
+-- What admit_limits() read of each limit of an admission, by position, kept from one call to the next and
+-- overwritten (only the first n entries are the current admission's): LIMITS[i] the limit's parsed values
+-- ({algorithm, limit, window_ms, cost, param, shadow}, common.lua's limit_parsed(); a concurrency limit's param
+-- false: the admission's lease id), STATES[i] its state (false while it is left to take), TAKEN[i] whether its
+-- cost was taken.
+local LIMITS = {}
+local STATES = {}
+local TAKEN = {}
+
 -- Fills out with the reply of the admission whose n limits are keys[k0 + 1 ..
 -- k0 + n]: packed in argv[a0 + 1 .. a0 + n] when lease (its lease id) is
 -- given, else unpacked, 6 values each from argv[a0 + 1]. Returns the number
@@ -35,30 +44,28 @@
 -- admission is admitted. A take may decline (nil: nothing written), and
 -- the limit is checked instead, as it is when another limit refused first.
 local function admit_limits(keys, k0, n, argv, a0, lease, now, out)
-  -- Each limit's ARGV is read once: 7 values per limit in one flat table (alg, limit, window_ms, cost, param,
-  -- state, shadow), reused from call to call (common.lua's SEEN: only its first 7 * n entries are this
-  -- admission's). The state is false for a limit left to take; the shadow value becomes true once its cost is
-  -- taken (shadow values are strings).
-  local seen = SEEN
+  local limits, states, taken, scratches, parsed = LIMITS, STATES, TAKEN, SCRATCH, PACKED.map
   local admitted = 1
   local takes = 0
   for i = 1, n do
-    local alg, limit, window_ms, cost, param, shadow
+    local p
     if lease then
-      alg, limit, window_ms, cost, param, shadow = limit_packed(argv, a0 + i, lease)
+      local s = argv[a0 + i]
+      p = parsed[s] or limit_parsed(s)
     else
-      alg, limit, window_ms, cost, param, shadow = limit_argv(argv, i)
+      p = { limit_argv(argv, i) }
     end
-    local b = (i - 1) * 7
+    limits[i], taken[i] = p, false
+    local st = scratches[i] or scratch(i)
+    local alg, cost = p[1], p[4]
     if cost > 0 and alg.take ~= nil then
-      seen[b + 1], seen[b + 2], seen[b + 3], seen[b + 4], seen[b + 5], seen[b + 6], seen[b + 7] =
-        alg, limit, window_ms, cost, param, false, shadow
+      states[i] = false
       takes = takes + 1
     else
-      local st = alg.check(keys[k0 + i], now, limit, window_ms, cost, param, scratch(i))
-      seen[b + 1], seen[b + 2], seen[b + 3], seen[b + 4], seen[b + 5], seen[b + 6], seen[b + 7] =
-        alg, limit, window_ms, cost, param, st, shadow
-      if not st.allowed and shadow ~= '1' then
+      local param = p[5] or lease
+      st = alg.check(keys[k0 + i], now, p[2], p[3], cost, param, st)
+      states[i] = st
+      if not st.allowed and p[6] ~= '1' then
         admitted = 0
       end
     end
@@ -66,26 +73,26 @@ local function admit_limits(keys, k0, n, argv, a0, lease, now, out)
 
   if takes > 0 then
     for i = 1, n do
-      local b = (i - 1) * 7
-      if seen[b + 6] == false then
-        local alg, key, cost, shadow = seen[b + 1], keys[k0 + i], seen[b + 4], seen[b + 7]
+      if states[i] == false then
+        local p, key = limits[i], keys[k0 + i]
+        local alg = p[1]
         local st = nil
         if admitted == 1 then
-          st = alg.take(key, now, seen[b + 2], seen[b + 3], cost, seen[b + 5], scratch(i))
+          st = alg.take(key, now, p[2], p[3], p[4], p[5], scratches[i])
         end
         if st == nil then
-          st = alg.check(key, now, seen[b + 2], seen[b + 3], cost, seen[b + 5], scratch(i))
+          st = alg.check(key, now, p[2], p[3], p[4], p[5], scratches[i])
         else
-          seen[b + 7] = true
+          taken[i] = true
         end
-        seen[b + 6] = st
-        if admitted == 1 and not st.allowed and shadow ~= '1' then -- refused: what was taken goes back
+        states[i] = st
+        if admitted == 1 and not st.allowed and p[6] ~= '1' then -- refused: what was taken goes back
           admitted = 0
           for j = 1, i do
-            local c = (j - 1) * 7
-            if seen[c + 7] == true then
-              seen[c + 1].undo(keys[k0 + j], seen[c + 4])
-              seen[c + 7] = false
+            if taken[j] then
+              local q = limits[j]
+              q[1].undo(keys[k0 + j], q[4])
+              taken[j] = false
             end
           end
         end
@@ -93,26 +100,32 @@ local function admit_limits(keys, k0, n, argv, a0, lease, now, out)
     end
   end
 
-  if admitted == 1 then
-    for i = 1, n do
-      local b = (i - 1) * 7
-      local cost = seen[b + 4]
-      if seen[b + 7] == true then -- taken: what is left to write, if anything
-        local finish = seen[b + 1].finish
+  -- What is left to write once admitted, and each limit's verdict (push_verdict(), inline): allowed (1/0),
+  -- remaining, reset_ms, retry_ms, mark. A limit's commit or finish writes its key and leaves its state as it is.
+  out[1], out[2] = admitted, now
+  local j = 2
+  for i = 1, n do
+    local st = states[i]
+    if admitted == 1 then
+      local p = limits[i]
+      if taken[i] then -- taken: what is left to write, if anything
+        local finish = p[1].finish
         if finish ~= nil then
-          finish(keys[k0 + i], cost, seen[b + 6])
+          finish(keys[k0 + i], p[4], st)
         end
-      elseif cost > 0 then
-        seen[b + 1].commit(keys[k0 + i], now, seen[b + 2], seen[b + 3], cost, seen[b + 5], seen[b + 6])
+      elseif p[4] > 0 then
+        p[1].commit(keys[k0 + i], now, p[2], p[3], p[4], p[5] or lease, st)
       end
     end
+    if st.allowed then
+      out[j + 1] = 1
+    else
+      out[j + 1] = 0
+    end
+    out[j + 2], out[j + 3], out[j + 4], out[j + 5] = st.remaining, st.reset_ms, st.retry_ms, st.mark
+    j = j + 5
   end
-
-  out[1], out[2] = admitted, now
-  for i = 1, n do
-    push_verdict(out, 2 + (i - 1) * 5, seen[(i - 1) * 7 + 6])
-  end
-  return 2 + n * 5
+  return j
 end
 
 -- The reply tables of a batch's admissions, kept from one call to the next as common.lua's REPLY is (BATCH[0]

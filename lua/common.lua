@@ -7,10 +7,10 @@
 --   microseconds since the Unix epoch; every duration handed to Redis or
 --   returned to the caller is in integer milliseconds.
 -- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
---   adjust}), SEEN, CALL, now_us(), int(), int_memo(), num(), div(), scratch(),
---   ttl_ms(), keep_ttl(), ms_ceil(), load_time(), store_time(), count_verdict(),
---   limit_argv(), limit_packed(), settle_packed(), reply_table(), reply_done() and
---   push_verdict().
+--   adjust}), SCRATCH, PACKED, CALL, now_us(), int(), int_memo(), num(), div(),
+--   scratch(), ttl_ms(), keep_ttl(), ms_ceil(), load_time(), store_time(),
+--   count_verdict(), limit_argv(), limit_parsed(), settle_packed(),
+--   reply_table(), reply_done() and push_verdict().
 --
 -- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
 -- concurrency.lua), one counter key per limit:
@@ -85,12 +85,11 @@ local function num(s)
   return v
 end
 
--- The state table of the limit at position i of a call, and admit.lua's list of
--- what it read of each limit: kept from one call to the next and overwritten
--- (a table built per limit per call, and the garbage it leaves, cost more than
--- the limit's arithmetic). A script never keeps them past its reply.
+-- The state table of the limit at position i of a call: kept from one call to
+-- the next and overwritten (a table built per limit per call, and the garbage
+-- it leaves, cost more than the limit's arithmetic). A script never keeps one
+-- past its reply.
 local SCRATCH = {}
-local SEEN = {}
 
 local function scratch(i)
   local st = SCRATCH[i]
@@ -195,8 +194,9 @@ local function limit_argv(argv, i)
 end
 
 -- Limits as admit.lua receives them packed, one argument each ("kind limit window_ms cost param shadow", param
--- "" for a concurrency limit): each string parsed once into {algorithm, limit, window_ms, cost, param, shadow} and
--- remembered (a plan's limits come back request after request); dropped whole at MEMO_MAX entries.
+-- "" for a concurrency limit): each string parsed once into {algorithm, limit, window_ms, cost, param, shadow}
+-- and remembered (a plan's limits come back request after request); dropped whole at MEMO_MAX entries. A
+-- concurrency limit's param is false there: its lease id is the call's (admission.lua puts it in).
 local PACKED = { map = {}, n = 0 }
 
 -- The algorithm a packed limit names; an error naming the string when it is malformed.
@@ -218,21 +218,15 @@ local function packed_kept(s, p)
   return p
 end
 
--- Limit i's 6 values from a packed argument list (admit.lua's): as limit_argv(), the lease id (ARGV's last
--- value) as a concurrency limit's param.
-local function limit_packed(argv, i, lease)
-  local s = argv[i]
-  local p = PACKED.map[s]
-  if p == nil then
-    local kind, limit, window_ms, cost, param, shadow = string.match(s, '^(%S+) (%d+) (%d+) (%d+) (%S*) ([01])$')
-    local alg = packed_algorithm(kind, s)
-    p = packed_kept(s, { alg, tonumber(limit), tonumber(window_ms), tonumber(cost), param, shadow })
-  end
-  local alg = p[1]
+-- The parsed values of a packed limit s of admit.lua seen for the first time (PACKED.map[s] answers the next
+-- times): {algorithm, limit, window_ms, cost, param (false for concurrency), shadow}.
+local function limit_parsed(s)
+  local kind, limit, window_ms, cost, param, shadow = string.match(s, '^(%S+) (%d+) (%d+) (%d+) (%S*) ([01])$')
+  local alg = packed_algorithm(kind, s)
   if alg == ALGORITHMS.concurrency then
-    return alg, p[2], p[3], p[4], lease, p[6]
+    param = false
   end
-  return alg, p[2], p[3], p[4], p[5], p[6]
+  return packed_kept(s, { alg, tonumber(limit), tonumber(window_ms), tonumber(cost), param, shadow })
 end
 
 -- Limit i's 6 values from settle.lua's packed argument list (3 values a limit: "kind limit window_ms param",
