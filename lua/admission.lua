@@ -1,15 +1,16 @@
 -- admission.lua: one admission of admit.lua, and a batch of them in one call.
 --
 -- Library: included by admit.lua (last: it uses every algorithm); defines
---   admit_limits() and admit_batch(). The layouts of KEYS and ARGV are
---   admit.lua's.
+--   admit_limits(), admit_joined() and admit_batch(). The layouts of KEYS
+--   and ARGV are admit.lua's.
 -- KEYS: as admit.lua: one counter key per limit, one admission's after the
 --   other in a batch.
--- ARGV: as admit.lua: an admission's limits packed or unpacked; a batch's
---   admissions packed, each led by its number of limits.
+-- ARGV: as admit.lua: an admission's limits joined, packed or unpacked; a
+--   batch's admissions joined, each with its lease id and its keys' offset.
 -- Units: as admit.lua.
--- Returns: admit_limits() fills one admission's reply (admit.lua's);
---   admit_batch() returns a batch's replies, one per admission, in order.
+-- Returns: admit_limits() and admit_joined() fill one admission's reply
+--   (admit.lua's); admit_batch() returns a batch's replies, one per
+--   admission, in order.
 --
 -- A batch is what a gateway's pipeline of admissions would have been, in one
 -- FCALL: Redis reads, dispatches and answers one command instead of one per
@@ -32,9 +33,10 @@ local STATES = {}
 local TAKEN = {}
 
 -- Fills out with the reply of the admission whose n limits are keys[k0 + 1 ..
--- k0 + n]: packed in argv[a0 + 1 .. a0 + n] when lease (its lease id) is
--- given, else unpacked, 6 values each from argv[a0 + 1]. Returns the number
--- of entries filled.
+-- k0 + n]: list[1 .. n] when list (their parsed values, common.lua's
+-- limits_joined()) is given; else packed in argv[a0 + 1 .. a0 + n] when lease
+-- (its lease id) is given, else unpacked, 6 values each from argv[a0 + 1].
+-- Returns the number of entries filled.
 --
 -- A limit whose algorithm can take (fixed_window.lua, sliding_window.lua:
 -- check and consume, or reserve, with the write's answer) is taken after
@@ -43,13 +45,15 @@ local TAKEN = {}
 -- fewer or cheaper commands. What a take reserved is finished once the
 -- admission is admitted. A take may decline (nil: nothing written), and
 -- the limit is checked instead, as it is when another limit refused first.
-local function admit_limits(keys, k0, n, argv, a0, lease, now, out)
+local function admit_limits(keys, k0, n, list, argv, a0, lease, now, out)
   local limits, states, taken, scratches, parsed = LIMITS, STATES, TAKEN, SCRATCH, PACKED.map
   local admitted = 1
   local takes = 0
   for i = 1, n do
     local p
-    if lease then
+    if list then
+      p = list[i]
+    elseif lease then
       local s = argv[a0 + i]
       p = parsed[s] or limit_parsed(s)
     else
@@ -128,18 +132,31 @@ local function admit_limits(keys, k0, n, argv, a0, lease, now, out)
   return j
 end
 
+-- An admission whose limits come joined in one string s (admit.lua's joined ARGV), its keys from keys[k0 + 1]: as
+-- admit_limits(); an error when it has not one key per limit.
+local function admit_joined(keys, k0, s, lease, now, out)
+  local list = JOINED.map[s] or limits_joined(s)
+  local n = list.n
+  if k0 + n > #keys then
+    error('ERR tollgate: an admission has fewer keys than limits')
+  end
+  return admit_limits(keys, k0, n, list, nil, 0, lease, now, out)
+end
+
 -- The reply tables of a batch's admissions, kept from one call to the next as common.lua's REPLY is (BATCH[0]
 -- holds the batch's own list).
 local BATCH = { [0] = {} }
 
--- A batch (argv[1] is "*"): then per admission its number of limits n, its n packed limits, its lease id; keys
--- in the same order. Returns the list of the admissions' replies; one that failed has its error in its place.
+-- A batch (argv[1] is "*"): then per admission 3 values: its limits joined (admit.lua's joined ARGV), its lease
+-- id, and the offset k0 of its keys in keys (keys[k0 + 1 ..], one per limit: admissions of the same keys name the
+-- same ones, each key is sent once). Returns the list of the admissions' replies; one that failed has its error
+-- in its place.
 local function admit_batch(keys, argv, now)
   local replies = BATCH[0]
-  local m, k0, a = 0, 0, 2
+  local m, a = 0, 2
   while a <= #argv do
-    local n = num(argv[a])
-    if n == nil then
+    local k0 = num(argv[a + 2])
+    if k0 == nil then
       error('ERR tollgate: malformed admission batch')
     end
     m = m + 1
@@ -148,7 +165,7 @@ local function admit_batch(keys, argv, now)
       out = {}
       BATCH[m] = out
     end
-    local ok, size = pcall(admit_limits, keys, k0, n, argv, a, argv[a + n + 1], now, out)
+    local ok, size = pcall(admit_joined, keys, k0, argv[a], argv[a + 1], now, out)
     if ok then
       replies[m] = reply_done(out, size)
     elseif type(size) == 'table' then -- a Redis error reply raised by redis.call
@@ -156,7 +173,7 @@ local function admit_batch(keys, argv, now)
     else
       replies[m] = { err = 'ERR tollgate: admission failed: ' .. tostring(size) }
     end
-    k0, a = k0 + n, a + n + 2
+    a = a + 3
   end
   return reply_done(replies, m)
 end

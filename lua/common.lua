@@ -9,8 +9,8 @@
 -- Returns: nothing; defines the locals ALGORITHMS (kind -> {check, commit,
 --   adjust}), SCRATCH, PACKED, CALL, now_us(), int(), int_memo(), num(), div(),
 --   scratch(), ttl_ms(), keep_ttl(), ms_ceil(), load_time(), store_time(),
---   count_verdict(), limit_argv(), limit_parsed(), settle_packed(),
---   reply_table(), reply_done() and push_verdict().
+--   count_verdict(), limit_argv(), limit_parsed(), JOINED, limits_joined(),
+--   settle_packed(), reply_table(), reply_done() and push_verdict().
 --
 -- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
 -- concurrency.lua), one counter key per limit:
@@ -227,6 +227,27 @@ local function limit_parsed(s)
     param = false
   end
   return packed_kept(s, { alg, tonumber(limit), tonumber(window_ms), tonumber(cost), param, shadow })
+end
+
+-- An admission's packed limits in one argument, joined by ";" (admit.lua's joined ARGV): the string parsed once
+-- into the list of its limits' parsed values (as limit_parsed() gives them; list.n: how many) and remembered, as
+-- PACKED remembers single limits (one string for a plan's limits: one argument to read and one string to look up
+-- where there were one per limit); dropped whole at MEMO_MAX entries.
+local JOINED = { map = {}, n = 0 }
+
+local function limits_joined(s)
+  local list, n, map = {}, 0, PACKED.map
+  for part in string.gmatch(s, '[^;]+') do
+    n = n + 1
+    list[n] = map[part] or limit_parsed(part)
+  end
+  list.n = n
+  if JOINED.n >= MEMO_MAX then
+    JOINED.map, JOINED.n = {}, 0
+  end
+  JOINED.map[s] = list
+  JOINED.n = JOINED.n + 1
+  return list
 end
 
 -- Limit i's 6 values from settle.lua's packed argument list (3 values a limit: "kind limit window_ms param",

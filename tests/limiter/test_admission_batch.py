@@ -48,11 +48,17 @@ def random_admission(rng: random.Random) -> tuple[list[str], list[Any]]:
 
 
 def batch_argv(admissions: list[tuple[list[str], list[Any]]]) -> tuple[list[str], list[Any]]:
+    """A batch of admissions given as (KEYS, a packed value per limit then the lease id): per admission its limits
+    joined, its lease id and where its keys start; the same KEYS sent once (as the Redis engine's packer does)."""
     keys: list[str] = []
     args: list[Any] = ["*"]
+    starts: dict[tuple[str, ...], int] = {}
     for k, a in admissions:
-        keys += k
-        args += [len(k), *a]
+        start = starts.get(tuple(k))
+        if start is None:
+            start = starts[tuple(k)] = len(keys)
+            keys += k
+        args += [";".join(a[:-1]), a[-1], start]
     return keys, args
 
 
@@ -93,15 +99,17 @@ async def test_a_batch_answers_and_writes_exactly_as_its_admissions_one_by_one(s
         clock.advance(rng.choice([0, 0.4, 2.5, 7, 31]))
 
 
-def test_the_packer_writes_a_batch_byte_for_byte_as_hiredis_packs_its_command() -> None:
+def test_the_packer_writes_a_batch_byte_for_byte_as_hiredis_packs_its_command_each_keys_tuple_once() -> None:
+    keys = ("k1", "k2")
     calls = [
-        ScriptCall("admit", ["k1", "k2"], ["sliding_window 10 60000 1 20 0", "concurrency 5 60000 1  0", "lease1"]),
-        ScriptCall("admit", ["k3"], ["gcra 10 1000 1  0", ""]),
+        ScriptCall("admit", keys, ["sliding_window 10 60000 1 20 0;concurrency 5 60000 1  0", "lease1"]),
+        ScriptCall("admit", ("k3",), ["gcra 10 1000 1  0", ""]),
+        ScriptCall("admit", keys, ["sliding_window 10 60000 2 20 0;concurrency 5 60000 1  0", "lease2"]),
     ]
     packer = _Packer()
     for _ in range(2):  # the second time from the cache
         expected = hiredis.pack_command(
-            ("FCALL", "fn", 3, "k1", "k2", "k3", "*", 2, *calls[0].args, 1, *calls[1].args)  # type: ignore[arg-type]
+            ("FCALL", "fn", 3, "k1", "k2", "k3", "*", *calls[0].args, 0, *calls[1].args, 2, *calls[2].args, 0)  # type: ignore[arg-type]
         )
         assert packer.batch(b"$5\r\nFCALL\r\n", "fn", calls) == expected
 

@@ -16,6 +16,7 @@ __all__ = [
     "ExtendItem",
     "admit_args",
     "extend_args",
+    "joined_limits",
     "limit_args",
     "limit_state",
     "packed_limit",
@@ -71,11 +72,15 @@ def settle_args(spec: LimitSpec, delta: int, mark: int, lease_id: str) -> tuple[
     return (settle_limit(spec), delta, lease_id if spec.kind == "concurrency" else mark)
 
 
+def joined_limits(packed: Sequence[str]) -> str:
+    """Packed limits as admit.lua's first joined ARGV: one string, parsed once by the script for every request
+    that sends it (one argument for Redis to read and hand to Lua instead of one per limit)."""
+    return ";".join(packed)
+
+
 def admit_args(specs: Sequence[LimitSpec], lease_id: str) -> list[Any]:
-    """admit.lua's packed ARGV: a value per limit, then the lease id."""
-    args: list[Any] = [packed_limit(s) for s in specs]
-    args.append(lease_id)
-    return args
+    """admit.lua's joined ARGV: the limits packed and joined, then the lease id."""
+    return [joined_limits([packed_limit(s) for s in specs]), lease_id]
 
 
 def peek_args(specs: Sequence[LimitSpec]) -> list[Any]:

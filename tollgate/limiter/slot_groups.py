@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 from tollgate.limiter.decision import Charge, Decision, Lease, LimitState, Reservation
 from tollgate.limiter.keys import KeyBuilder
-from tollgate.limiter.script_args import ADMIT_STRIDE, limit_state, packed_limit
+from tollgate.limiter.script_args import ADMIT_STRIDE, joined_limits, limit_state, packed_limit
 from tollgate.limiter.spec import LimitSpec
 
 __all__ = ["LAYOUTS_LIMIT", "Group", "Item", "Layout", "Outcome", "alone", "group_outcome", "layout_of", "slot_groups"]
@@ -20,7 +20,7 @@ class Item(NamedTuple):
     spec: LimitSpec
     key: str
     tag: str
-    args: str | None  # the packed ARGV of admit.lua; None for a lease, whose id is drawn per request
+    args: str | None  # the limit packed for admit.lua; None for a lease, whose id is drawn per request
 
 
 class Outcome:
@@ -45,7 +45,7 @@ _Held = tuple[int, str, str, LimitSpec]
 
 
 class Group(NamedTuple):
-    """One admit.lua call: its limits, KEYS, and packed ARGV whose last value, the lease id, is "" until drawn;
+    """One admit.lua call: its limits, KEYS, and joined ARGV whose last value, the lease id, is "" until drawn;
     and, worked out once, what a reply is read with when this call is the request's only one (see :func:`alone`)."""
 
     items: list[Item]
@@ -60,8 +60,7 @@ class Group(NamedTuple):
     @classmethod
     def of(cls, items: list[Item]) -> Group:
         keys = tuple([it.key for it in items])
-        args: list[Any] = [packed_limit(it.spec) if it.args is None else it.args for it in items]
-        args.append("")
+        args: list[Any] = [joined_limits([packed_limit(it.spec) if it.args is None else it.args for it in items]), ""]
         fixed = tuple(
             [
                 (2 + n * ADMIT_STRIDE, it.spec.name, it.spec.kind, it.spec.unit, it.spec.limit, it.spec.shadow)
@@ -77,9 +76,7 @@ class Group(NamedTuple):
     def argv(self, lease_id: str) -> list[Any]:
         if not self.wants_lease:
             return self.args  # shared: the engines never change ARGV
-        args = self.args.copy()
-        args[-1] = lease_id
-        return args
+        return [self.args[0], lease_id]
 
 
 class Layout(NamedTuple):

@@ -199,8 +199,8 @@ _BATCH = "*"  # admit.lua's first ARGV when the call is a batch of admissions
 
 
 def _batchable(call: ScriptCall) -> bool:
-    """Can ``call`` be one admission of an admit.lua batch? Its limits packed (a value each, then the lease id)."""
-    return call.script == "admit" and len(call.args) == len(call.keys) + 1 and len(call.keys) > 0
+    """Can ``call`` be one admission of an admit.lua batch? Its limits joined (one value, then the lease id)."""
+    return call.script == "admit" and len(call.args) == 2 and len(call.keys) > 0
 
 
 def _spread(replies: list[Any], shape: list[int]) -> list[Any]:
@@ -255,21 +255,31 @@ class _Packer:
         return self.command(_FCALL, function, call)
 
     def batch(self, verb: bytes, target: str, calls: Sequence[ScriptCall]) -> bytes:
-        """``verb`` of admit.lua's ``target`` with ``calls`` (packed admissions) as one batch: every call's keys,
-        then "*" and, per call, its number of keys and its ARGV."""
+        """``verb`` of admit.lua's ``target`` with ``calls`` (joined admissions) as one batch: the calls' keys, each
+        KEYS tuple once, then "*" and, per call, its joined limits, its lease id and where its keys start."""
         get = self._bulk.get
         remember = self._remember
-        parts: list[bytes] = []
+        keys: list[bytes] = []
+        argv: list[bytes] = [get(_BATCH) or remember(_BATCH)]
+        starts: dict[tuple[str, ...], int] = {}  # a KEYS tuple (the limiter's layout's) -> where it starts in KEYS
         for call in calls:
-            parts += [get(v) or remember(v) for v in call.keys]
-        keys = len(parts)
-        parts.append(get(_BATCH) or remember(_BATCH))
-        for call in calls:
-            n = len(call.keys)
-            parts.append(get(n) or remember(n))
-            parts += [get(v) or remember(v) for v in call.args]
-        head = b"*%d\r\n%b%b%b" % (3 + len(parts), verb, get(target) or remember(target), get(keys) or remember(keys))
-        return head + b"".join(parts)
+            call_keys = call.keys
+            start = starts.get(call_keys) if type(call_keys) is tuple else None
+            if start is None:
+                start = len(keys)
+                keys += [get(v) or remember(v) for v in call_keys]
+                if type(call_keys) is tuple:
+                    starts[call_keys] = start
+            limits, lease = call.args
+            argv += (get(limits) or remember(limits), get(lease) or remember(lease), get(start) or remember(start))
+        count = len(keys)
+        head = b"*%d\r\n%b%b%b" % (
+            3 + count + len(argv),
+            verb,
+            get(target) or remember(target),
+            get(count) or remember(count),
+        )
+        return head + b"".join(keys) + b"".join(argv)
 
     def command(self, verb: bytes, target: str, call: ScriptCall) -> bytes:
         """``verb`` (EVALSHA or FCALL, as a bulk string) of ``target`` (a sha, a function) with the call's keys and args."""
