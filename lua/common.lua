@@ -10,7 +10,7 @@
 --   adjust}), SCRATCH, PACKED, CALL, now_us(), int(), int_memo(), num(), div(),
 --   scratch(), ttl_ms(), keep_ttl(), ms_ceil(), load_time(), store_time(),
 --   count_verdict(), limit_argv(), limit_parsed(), JOINED, limits_joined(),
---   settle_packed(), reply_table(), reply_done() and push_verdict().
+--   settle_parsed(), reply_table(), reply_done() and push_verdict().
 --
 -- Contract of one algorithm (sliding_window.lua, gcra.lua, fixed_window.lua,
 -- concurrency.lua), one counter key per limit:
@@ -250,21 +250,12 @@ local function limits_joined(s)
   return list
 end
 
--- Limit i's 6 values from settle.lua's packed argument list (3 values a limit: "kind limit window_ms param",
--- parsed once as admit.lua's are, then delta, then the mark or a concurrency limit's lease id), as limit_argv().
-local function settle_packed(argv, i)
-  local b = (i - 1) * 3
-  local s = argv[b + 1]
-  local p = PACKED.map[s]
-  if p == nil then
-    local kind, limit, window_ms, param = string.match(s, '^(%S+) (%d+) (%d+) (%S*)$')
-    p = packed_kept(s, { packed_algorithm(kind, s), tonumber(limit), tonumber(window_ms), param })
-  end
-  local alg = p[1]
-  if alg == ALGORITHMS.concurrency then
-    return alg, p[2], p[3], num(argv[b + 2]), argv[b + 3], '0'
-  end
-  return alg, p[2], p[3], num(argv[b + 2]), p[4], argv[b + 3]
+-- The parsed values of a limit of settle.lua's packed argument list ("kind limit window_ms param", the first of its
+-- 3 values: then delta, then the mark or a concurrency limit's lease id) seen for the first time (PACKED.map[s]
+-- answers the next times, as for admit.lua's): {algorithm, limit, window_ms, param}.
+local function settle_parsed(s)
+  local kind, limit, window_ms, param = string.match(s, '^(%S+) (%d+) (%d+) (%S*)$')
+  return packed_kept(s, { packed_algorithm(kind, s), tonumber(limit), tonumber(window_ms), param })
 end
 
 -- The reply table of admit.lua and settle.lua, kept from one call to the next (a table built per call grows its

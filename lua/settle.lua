@@ -37,24 +37,32 @@ local size = 1
 local function settle_all(keys, argv)
   local j = 1
   local packed = #argv == 3 * #keys
+  local parsed, concurrency, sliding_window, held = PACKED.map, ALGORITHMS.concurrency, ALGORITHMS.sliding_window, SW_HELD
   for i = 1, #keys do
+    local key = keys[i]
     local alg, limit, window_ms, delta, param, mark
-    if packed then
-      alg, limit, window_ms, delta, param, mark = settle_packed(argv, i)
+    if packed then -- common.lua's settle_parsed(), remembered
+      local b = i * 3 - 3
+      local s = argv[b + 1]
+      local p = parsed[s] or settle_parsed(s)
+      alg, limit, window_ms, delta = p[1], p[2], p[3], num(argv[b + 2])
+      if alg == concurrency then
+        param, mark = argv[b + 3], '0'
+      else
+        param, mark = p[4], argv[b + 3]
+      end
     else
       alg, limit, window_ms, delta, param, mark = limit_argv(argv, i)
     end
-    if alg ~= ALGORITHMS.sliding_window and SW_HELD.n > 0 then -- a key a held refund has yet to write
-      sw_flush_key(keys[i])
+    if alg ~= sliding_window and held.n > 0 then -- a key a held refund has yet to write
+      sw_flush_key(key)
     end
-    local applied, overdraft, remaining, reset = alg.adjust(keys[i], now, limit, window_ms, delta, param, mark)
+    local applied, overdraft, remaining, reset = alg.adjust(key, now, limit, window_ms, delta, param, mark)
     out[j + 1] = applied
-    if alg == ALGORITHMS.concurrency then
+    if alg == concurrency then
       j = j + 1
     else
-      out[j + 2] = overdraft
-      out[j + 3] = remaining
-      out[j + 4] = reset
+      out[j + 2], out[j + 3], out[j + 4] = overdraft, remaining, reset
       j = j + 4
     end
   end
