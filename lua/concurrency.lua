@@ -29,10 +29,6 @@
 --   ZRANGE 0 0 and ZCARD tell the state; only when expired leases are still
 --   held are they counted past by score (ZCOUNT, ZRANGEBYSCORE).
 
-local function cc_now_ms(now)
-  return div(now, 1000)
-end
-
 -- "(now_ms": the bound that excludes leases expired by now.
 local function cc_after(now_ms)
   return string.format('(%d', now_ms)
@@ -117,17 +113,18 @@ local CC_EXPIRY = { ms = false, text = '' }
 
 ALGORITHMS.concurrency = {
   check = function(key, now, limit, window_ms, cost, param, st)
-    local now_ms = cc_now_ms(now)
+    local now_ms = (now - now % 1000) / 1000 -- div(now, 1000)
     local live, earliest, expired, first = cc_state(key, now_ms)
-    st.retry_ms, st.mark, st.used, st.now_ms, st.expired = 0, 0, live, now_ms, expired
-    st.earliest, st.first = earliest, first
+    local reset_ms = window_ms
     if earliest then
-      st.reset_ms = earliest - now_ms
-    else
-      st.reset_ms = window_ms
+      reset_ms = earliest - now_ms
     end
-    if count_verdict(st, live, cost, limit) then
-      st.retry_ms = math.min(1000, st.reset_ms)
+    st.retry_ms, st.mark, st.used, st.now_ms, st.expired, st.earliest, st.first, st.reset_ms =
+      0, 0, live, now_ms, expired, earliest, first, reset_ms
+    if live + cost <= limit then -- count_verdict(), when the lease fits (cost <= limit then too: live >= 0)
+      st.allowed, st.remaining = true, limit - live - cost
+    elseif count_verdict(st, live, cost, limit) then
+      st.retry_ms = math.min(1000, reset_ms)
     end
     return st
   end,
@@ -144,11 +141,14 @@ ALGORITHMS.concurrency = {
     redis.call('ZADD', key, CC_EXPIRY.text, param)
     -- The key must live until the new lease has expired: ttl_ms(window_ms) from now. (The bounds remembered are a ms
     -- short of the TTL given: Redis counts it from when the script started, up to a ms before TIME answered.)
-    local slack = math.min(CC_SLACK_MS, window_ms)
+    local slack = CC_SLACK_MS
+    if window_ms < slack then
+      slack = window_ms
+    end
     if st.used == 0 then -- the key is new (none held, or every lease had expired and was just swept)
       redis.call('PEXPIRE', key, int_memo(ttl_ms(window_ms + slack)))
       cc_lengthened(key, expires + slack, param, expires)
-    elseif st.expired or not cc_lives_until(key, st.first, st.earliest, now_ms + ttl_ms(window_ms)) then
+    elseif st.expired or not cc_lives_until(key, st.first, st.earliest, expires + 1) then -- ttl_ms(window_ms)
       -- it holds leases and their TTL, maybe a renewed one longer than this lease's: lengthened, never shortened
       keep_ttl(key, window_ms + slack)
       if not st.expired then

@@ -37,7 +37,8 @@ local size = 1
 local function settle_all(keys, argv)
   local j = 1
   local packed = #argv == 3 * #keys
-  local parsed, concurrency, sliding_window, held = PACKED.map, ALGORITHMS.concurrency, ALGORITHMS.sliding_window, SW_HELD
+  local parsed, held = PACKED.map, SW_HELD
+  local concurrency, sliding_window = ALGORITHMS.concurrency, ALGORITHMS.sliding_window
   for i = 1, #keys do
     local key = keys[i]
     local alg, limit, window_ms, delta, param, mark

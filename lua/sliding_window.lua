@@ -35,14 +35,17 @@
 --   HINCRBY of the slot (finish), instead of HMGET then HSET.
 
 -- What sw_geometry last worked out, and for what: the admissions of a batch (admission.lua) share now, and most
--- sliding windows of a request share window and slots, so one entry answers call after call.
-local SW_GEO = { now = false, window_ms = false, param = false, now_ms = 0, slot_ms = 0, cur = 0, oldest = 0 }
+-- sliding windows of a request share window and slots, so one entry answers call after call. field: cur as the
+-- hash field's name (int_memo(cur)).
+local SW_GEO = {
+  now = false, window_ms = false, param = false, now_ms = 0, slot_ms = 0, cur = 0, oldest = 0, field = '',
+}
 
--- now in ms, slot_ms, the slot index of now (cur) and the oldest slot index still counted.
+-- now in ms, slot_ms, the slot index of now (cur), the oldest slot index still counted, and cur's field name.
 local function sw_geometry(now, window_ms, param)
   local g = SW_GEO
   if g.now == now and g.window_ms == window_ms and g.param == param then
-    return g.now_ms, g.slot_ms, g.cur, g.oldest
+    return g.now_ms, g.slot_ms, g.cur, g.oldest, g.field
   end
   local slots = num(param) or 1
   local slot_ms = -div(-window_ms, slots) -- ceil(window_ms / slots)
@@ -51,8 +54,10 @@ local function sw_geometry(now, window_ms, param)
   end
   local now_ms = div(now, 1000)
   local cur, oldest = div(now_ms, slot_ms), div(now_ms - window_ms, slot_ms)
-  g.now, g.window_ms, g.param, g.now_ms, g.slot_ms, g.cur, g.oldest = now, window_ms, param, now_ms, slot_ms, cur, oldest
-  return now_ms, slot_ms, cur, oldest
+  local field = int_memo(cur)
+  g.now, g.window_ms, g.param, g.now_ms, g.slot_ms, g.cur, g.oldest, g.field =
+    now, window_ms, param, now_ms, slot_ms, cur, oldest, field
+  return now_ms, slot_ms, cur, oldest, field
 end
 
 local function sw_by_slot(a, b)
@@ -236,8 +241,7 @@ end
 
 ALGORITHMS.sliding_window = {
   check = function(key, now, limit, window_ms, cost, param, st)
-    local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
-    local field = int_memo(cur)
+    local now_ms, slot_ms, cur, oldest, field = sw_geometry(now, window_ms, param)
     local all, total, low, newest, stale, raw, here = sw_load(key, oldest, field)
     st.retry_ms, st.mark, st.used, st.now_ms, st.slot_ms = 0, cur, total, now_ms, slot_ms
     st.all, st.stale, st.low, st.newest, st.field, st.here = all, stale, low, newest, field, here
@@ -268,7 +272,7 @@ ALGORITHMS.sliding_window = {
   -- would, allowed; finish writes the slot once the admission is admitted, undo gives t back when it is refused.
   -- nil, with nothing written, when the key was not seen so or the cost does not fit (check answers then).
   take = function(key, now, limit, window_ms, cost, param, st)
-    local now_ms, slot_ms, cur, oldest = sw_geometry(now, window_ms, param)
+    local now_ms, slot_ms, cur, oldest, field = sw_geometry(now, window_ms, param)
     local seen = SW_SEEN
     local low = seen.low[key]
     if low == nil or low < oldest or seen.high[key] ~= cur then
@@ -285,9 +289,9 @@ ALGORITHMS.sliding_window = {
       redis.call('HINCRBY', key, 't', int_memo(-cost))
       return nil
     end
-    st.allowed, st.remaining, st.retry_ms, st.mark, st.used = true, limit - total, 0, cur, used
-    st.reset_ms = sw_slot_left(cur, slot_ms, window_ms, now_ms)
-    st.now_ms, st.slot_ms, st.window_ms, st.field = now_ms, slot_ms, window_ms, int_memo(cur)
+    local reset_ms = (cur + 1) * slot_ms + window_ms - now_ms -- sw_slot_left(cur, ...): cur has not ended
+    st.allowed, st.remaining, st.retry_ms, st.mark, st.used, st.reset_ms = true, limit - total, 0, cur, used, reset_ms
+    st.now_ms, st.slot_ms, st.window_ms, st.field = now_ms, slot_ms, window_ms, field
     return st
   end,
 
