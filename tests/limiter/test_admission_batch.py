@@ -189,3 +189,24 @@ async def test_sliding_windows_of_other_geometries_in_one_batch_are_each_charged
             cur = now_ms // slot_ms
             allowed, _, reset_ms, _, mark = reply[2 + 5 * i : 7 + 5 * i]
             assert (allowed, mark, reset_ms) == (1, cur, (cur + 1) * slot_ms + window_ms - now_ms), (i, window_ms)
+
+
+async def test_joined_limits_answer_as_one_packed_value_per_limit_and_refuse_a_count_unlike_the_keys() -> None:
+    """admit.lua's joined ARGV (the limiter's: every limit in one string) is the same admission as one packed value
+    per limit; a joined string whose limits do not match the keys one for one is an error, not a partial admission."""
+    clock = ManualClock()
+    joined, per_limit = EmbeddedEngine(clock), EmbeddedEngine(clock)
+    keys = ["{t}:sw2.a", "{t}:fw.a", "{t}:cc.a"]
+    limits = [
+        packed("sliding_window", 40, MINUTE, 1, "20", False),
+        packed("fixed_window", 30, MINUTE, 1, "minute", False),
+        packed("concurrency", 6, MINUTE, 1, "", False),
+    ]
+    for n in range(8):
+        lease = f"lease{n}"
+        assert await joined.run("admit", keys, [";".join(limits), lease]) == await per_limit.run(
+            "admit", keys, [*limits, lease]
+        )
+    assert state(joined) == state(per_limit)
+    with pytest.raises(StoreError, match="2 limits for 3 keys"):
+        await joined.run("admit", keys, [";".join(limits[:2]), "lease"])
