@@ -82,6 +82,34 @@ class Admission:
     # A stream's extension request still in flight (settling waits for it).
     pending: asyncio.Task[None] | None = None
 
+    # Written out, not generated: the dataclass's generated __init__ (its default factories included) runs as
+    # interpreted code even in the compiled build, about 5.5 K instructions an admitted request; this one is compiled.
+    def __init__(
+        self,
+        decision: Decision,
+        store: str = "",
+        prompt_estimate: int = 0,
+        completion_reserved: int = 0,
+        cost_estimate: int = 0,
+        stream_limits: tuple[tuple[LimitSpec, bool], ...] = (),
+        rates: tuple[float, float, float] | None = None,
+        extensions: list[Reservation] | None = None,
+        headers: dict[str, str] | None = None,
+        settled: bool = False,
+        pending: asyncio.Task[None] | None = None,
+    ) -> None:
+        self.decision = decision
+        self.store = store
+        self.prompt_estimate = prompt_estimate
+        self.completion_reserved = completion_reserved
+        self.cost_estimate = cost_estimate
+        self.stream_limits = stream_limits
+        self.rates = rates
+        self.extensions = [] if extensions is None else extensions
+        self.headers = {} if headers is None else headers
+        self.settled = settled
+        self.pending = pending
+
     @property
     def reservation(self) -> Reservation | None:
         return self.decision.reservation
