@@ -371,8 +371,9 @@ class _Connection(asyncio.Protocol):
     def _request(self) -> Request:
         """The request of the head llhttp has just parsed, once the server's own policies accept it."""
         parser = self._parser
-        minor = self._minor_version()
         url, raw = self._url, self._raw
+        method = parser.get_method()
+        minor = self._minor_version(len(method) + 1 + len(url))
         # A head that came whole in one read no larger than the cap is within the cap; another one is counted.
         limit = self._server.max_head
         if len(raw) > MAX_HEADERS or (
@@ -444,7 +445,7 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         return Request(
-            parser.get_method().decode("ascii"),
+            method.decode("ascii"),
             path.decode("ascii"),
             query.decode("ascii"),
             minor,
@@ -458,21 +459,21 @@ class _Connection(asyncio.Protocol):
             self.remote,
         )
 
-    def _minor_version(self) -> int:
+    def _minor_version(self, space: int) -> int:
         """The minor version of the head llhttp has just parsed (1 or 0), or the request refused (another version).
 
-        A head that the read being parsed began with ends its request line with the version as the client wrote
-        it, which llhttp has accepted: read there, it spares ``get_http_version()`` and its string formatting.
+        A head that the read being parsed began with has its version where its method and target end (at
+        ``space``, their length and the space between them), as the client wrote it, which llhttp has accepted:
+        read there, it spares ``get_http_version()`` and its string formatting. (Empty lines that llhttp skipped
+        before the request line put something else there: the version is then asked for.)
         """
         start = self._read_start
         if start is not None and self._heads_in_read == 1:
-            end = start.find(b"\r\n")  # the request line's end (llhttp refuses a bare LF)
-            if end > 9 and start[end - 9 : end - 1] == b" HTTP/1.":
-                digit = start[end - 1]
-                if digit == 49:  # "1"
-                    return 1
-                if digit == 48:  # "0"
-                    return 0
+            line_end = start[space : space + 11]
+            if line_end == b" HTTP/1.1\r\n":
+                return 1
+            if line_end == b" HTTP/1.0\r\n":
+                return 0
         version = self._parser.get_http_version()
         if version == "1.1":
             return 1
