@@ -188,13 +188,6 @@ def _columns(fields: Sequence[Fields], currency: str, n: int, exact: bool) -> by
     ts_millis: list[bytes] = []
     numbers: list[Any] = []
     ends: list[bytes] = []
-    add_head, add_second, add_millis, add_numbers, add_end = (
-        heads.append,
-        ts_second.append,
-        ts_millis.append,
-        numbers.extend,
-        ends.append,
-    )
     millis = _MILLIS
     end, nanos = _END, NANOS
     last: tuple[Any, ...] = ()
@@ -251,16 +244,16 @@ def _columns(fields: Sequence[Fields], currency: str, n: int, exact: bool) -> by
             if found is None:
                 found = parts[who] = b'"' + _who(who[:11]) + _outcome(who[12:])
             head = found
-        add_head(head)
+        heads.append(head)
         if not lo <= wall < hi:  # another second (kept only from the epoch on, where int() rounds down)
             second = int(wall)
             lo, hi = (float(second), float(second + 1)) if second >= 0 else (0.0, 0.0)
             second_text = _OPEN + _second(second).encode() + b"."
-        add_second(second_text)
-        add_millis(millis[int(wall * 1000) % 1000])
+        ts_second.append(second_text)
+        ts_millis.append(millis[int(wall * 1000) % 1000])
         # _ms(...) written out: floor(x) is the int(x) it takes, for x >= 0, without building an int type's call
         if exact:
-            add_numbers(
+            numbers.extend(
                 (
                     prompt,
                     completion,
@@ -278,7 +271,7 @@ def _columns(fields: Sequence[Fields], currency: str, n: int, exact: bool) -> by
                 )
             )
         else:
-            add_numbers(
+            numbers.extend(
                 (
                     prompt,
                     completion,
@@ -295,7 +288,7 @@ def _columns(fields: Sequence[Fields], currency: str, n: int, exact: bool) -> by
                     attempts,
                 )
             )
-        add_end(end if not (cached or cache_write or reasoning or hit) else _extras(f))
+        ends.append(end if not (cached or cache_write or reasoning or hit) else _extras(f))
     rendered = orjson.dumps(numbers)[1:-1].split(b",")
     ids = _request_ids(fields, n)
     if len(rendered) != len(numbers) or ids is None:  # a value that is not a number (a string with a comma), an id
