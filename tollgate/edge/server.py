@@ -79,7 +79,7 @@ log = logging.getLogger("tollgate.httpserver")
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle keep-alive connection is kept (aiohttp's default too)
 HEAD_TIMEOUT = 10.0  # seconds from a head's first byte (or the connection's opening) to its end
 MAX_CONNECTIONS = 10_000  # open connections per process; past it new ones are answered 503 and closed
-MAX_HEADERS = 512  # header lines in one request (a size cap alone would let 16,000 tiny ones through)
+MAX_HEADERS: Final = 512  # header lines in one request (a size cap alone would let 16,000 tiny ones through)
 LINGER_SECONDS = 5.0  # how long the unread rest of a refused request's body is read and dropped
 REFUSALS = ("bad_request", "head_too_large", "head_timeout", "connection_limit")
 """Why the server answered a connection itself, without a handler: the reasons given to ``on_refused``."""
@@ -91,6 +91,9 @@ _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 _STATUS_LINES: Final = {status: f"HTTP/1.1 {status} {phrase}\r\n" for status, phrase in _REASONS.items()}
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date"})
 _PREFIXES_KEPT: Final = 256  # answer header names whose line prefix is kept (the gateway writes a few dozen names)
+# The header classes of every request, read from native statics rather than the module's dictionary (compiled).
+_HEADERS: Final = CIMultiDict
+_HEADERS_VIEW: Final = CIMultiDictProxy
 
 
 def _head_bytes(url: bytes, raw: list[tuple[bytes, bytes]]) -> int:
@@ -327,7 +330,8 @@ class _Connection(asyncio.Protocol):
             self._head_began = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        # Nearly always the whole target at once: kept as it came, without a concatenation
+        self._url = self._url + url if self._url else url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
@@ -388,7 +392,7 @@ class _Connection(asyncio.Protocol):
             decoded = [(n.decode(), _rstrip(v).decode()) for n, v in raw]
         except UnicodeDecodeError:
             decoded = [(n.decode("latin-1"), _rstrip(v).decode("utf-8", "surrogateescape")) for n, v in raw]
-        headers = CIMultiDict(decoded)
+        headers: CIMultiDict[str] = _HEADERS(decoded)
         # The framing headers' values, found in one walk over the names (as headers.getall / headers.get would)
         hosts: list[str] = []
         codings: list[str] = []
@@ -449,7 +453,7 @@ class _Connection(asyncio.Protocol):
             path.decode("ascii"),
             query.decode("ascii"),
             minor,
-            CIMultiDictProxy(headers),
+            _HEADERS_VIEW(headers),
             tuple(raw),
             transport,
             length,
