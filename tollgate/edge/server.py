@@ -140,6 +140,9 @@ class _Refusal(Exception):
         self.code = code
 
 
+_NOW: Final = time.time  # read from a native static, not the time module's attribute (compiled)
+
+
 class _Date:
     """The Date header's line and the blank line after it, formatted once a second (one instance, :data:`_DATE`:
     its slots are read faster than a class's attributes)."""
@@ -151,7 +154,7 @@ class _Date:
         self.value = b""
 
     def line(self) -> bytes:
-        second = int(time.time())
+        second = int(_NOW())
         if second != self.second:
             self.second = second
             self.value = (
@@ -398,6 +401,7 @@ class _Connection(asyncio.Protocol):
         codings: list[str] = []
         declared: str | None = None
         expected: str | None = None
+        upgrade = False  # an Upgrade header: llhttp's upgrade flag needs one (or the CONNECT method)
         for name, value in decoded:
             size = len(name)
             if size == 4:
@@ -411,6 +415,8 @@ class _Connection(asyncio.Protocol):
                     codings.append(value)
             elif size == 6 and expected is None and name.lower() == "expect":
                 expected = value
+            elif size == 7 and name.lower() == "upgrade":
+                upgrade = True
         if len(hosts) > 1 or (minor == 1 and not hosts):
             raise _Refusal(
                 400, "an HTTP/1.1 request carries exactly one Host header" if minor else "more than one Host header"
@@ -438,7 +444,8 @@ class _Connection(asyncio.Protocol):
         elif declared is not None:  # llhttp has checked it: digits, one value
             length = int(declared)
         keep_alive = parser.should_keep_alive()
-        if parser.should_upgrade():  # Upgrade (or CONNECT, refused above by its target): not followed
+        # Upgrade (or CONNECT, refused above by its target): not followed. Asked of llhttp only when it can be so.
+        if (upgrade or method == b"CONNECT") and parser.should_upgrade():
             if chunked or length:
                 raise _Refusal(400, "a request asking for Upgrade cannot carry a body here")
             keep_alive = False
