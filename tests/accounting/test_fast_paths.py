@@ -75,3 +75,24 @@ def test_request_ids_with_quotes_commas_backslashes_or_another_type_are_the_line
         entries = [dataclasses.replace(e, request_id=f"req_{j}") for j, e in enumerate(base)]
         entries[i] = dataclasses.replace(entries[i], request_id=rid)  # type: ignore[arg-type]
         assert lines_of(entries, "USD") == b"".join(line_of(e, "USD") for e in entries), rid
+
+
+def test_counts_small_large_negative_or_absent_are_the_line_by_line_ones() -> None:
+    """Token counts and attempts below 1024 come from a table rendered once, the others from orjson, usage_reported
+    from its two values: every line as line_of renders it."""
+    base = _entries(12)
+    counts = (0, 5, 1023, 1024, 123_456, -3, 2**40)
+    entries = [
+        dataclasses.replace(
+            e,
+            prompt_tokens=counts[i % len(counts)],
+            completion_tokens=counts[(i + 3) % len(counts)],
+            attempts=(None, 1, 3, 70_000)[i % 4],
+            usage_reported=i % 3 == 0,
+        )
+        for i, e in enumerate(base * 3)
+    ]
+    lines = lines_of(entries, "USD")
+    assert lines == b"".join(line_of(e, "USD") for e in entries)
+    first = orjson.loads(lines.splitlines()[0])
+    assert first["prompt_tokens"] == 0 and first["completion_tokens"] == 1024 and first["attempts"] is None

@@ -31,7 +31,7 @@ from itertools import repeat
 from math import floor
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final
 
 import orjson
 
@@ -156,7 +156,22 @@ _MILLIS = tuple(b"%03dZ" % ms + _RID for ms in range(1000))
 # 14 upstream_ms, 15 _OVERHEAD, 16 overhead_ms, 17 _TTFB, 18 ttfb_ms, 19 _ATTEMPTS, 20 attempts, 21 the optional
 # fields and the line's end.
 _SLOTS = 22
-_NUMBERS = (4, 6, 8, 10, 12, 14, 16, 18, 20)  # the slots orjson renders as one list a flush (see _lines)
+_NUMBERS = (10, 12, 14, 16, 18)  # the slots orjson renders as one list a flush (see _lines): cost and times
+# The counts of a line (prompt_tokens, completion_tokens, attempts) rendered once when small, as orjson writes them;
+# usage_reported's two values.
+_COUNTS_KEPT: Final = 1024
+_COUNTS: Final = tuple(b"%d" % i for i in range(_COUNTS_KEPT))
+_TRUE: Final = b"true"
+_FALSE: Final = b"false"
+
+
+def _count(value: object) -> bytes:
+    """``value`` (a count, nearly always) as orjson writes it: a small count from :data:`_COUNTS`."""
+    if type(value) is int:
+        n: int = value
+        if 0 <= n < _COUNTS_KEPT:
+            return _COUNTS[n]
+    return orjson.dumps(value)
 
 
 def _lines(fields: Sequence[Fields], currency: str) -> bytes:
@@ -187,17 +202,31 @@ def _columns(fields: Sequence[Fields], currency: str, n: int, exact: bool) -> by
     ts_second: list[bytes] = []
     ts_millis: list[bytes] = []
     numbers: list[Any] = []
+    prompts: list[bytes] = []
+    completions: list[bytes] = []
+    reports: list[bytes] = []
+    attempt_counts: list[bytes] = []
     ends: list[bytes] = []
-    add_head, add_second, add_millis, add_numbers, add_end = (
-        heads.append,
-        ts_second.append,
-        ts_millis.append,
-        numbers.extend,
-        ends.append,
-    )
     millis = _MILLIS
     end, nanos = _END, NANOS
-    last: tuple[Any, ...] = ()
+    # The previous line's values from tenant to client_ip (nothing before the first line)
+    p_tenant: Any = _NOTHING
+    p_key_id: Any = _NOTHING
+    p_user: Any = _NOTHING
+    p_plan: Any = _NOTHING
+    p_namespace: Any = _NOTHING
+    p_endpoint: Any = _NOTHING
+    p_model: Any = _NOTHING
+    p_served: Any = _NOTHING
+    p_priced: Any = _NOTHING
+    p_upstream: Any = _NOTHING
+    p_provider: Any = _NOTHING
+    p_deployment_model: Any = _NOTHING
+    p_status: Any = _NOTHING
+    p_error: Any = _NOTHING
+    p_stream: Any = _NOTHING
+    p_disconnected: Any = _NOTHING
+    p_ip: Any = _NOTHING
     head = b""
     lo = hi = 0.0  # the second of the last timestamp: lo <= wall < hi
     second_text = b""
@@ -244,27 +273,67 @@ def _columns(fields: Sequence[Fields], currency: str, n: int, exact: bool) -> by
             _saved_tokens,
             _saved_cost,
         ) = f
-        who = f[2:19]  # tenant to client_ip: the same for a run of lines (one tenant, model and outcome)
-        if who != last:
-            last = who
+        # Tenant to client_ip: the same for a run of lines (one tenant, model and outcome). Compared with the line
+        # before value by value, as a tuple compares them (the same object, or equal values), without building
+        # the tuple: the names of a tenant, its key and plan, of the upstream and the outcome's constants are the
+        # same objects line after line; the model names (from each request's body), the status and the client's
+        # address (one string a connection) may be equal objects. Any other difference looks the part up by value.
+        if not (
+            _tenant is p_tenant
+            and _key_id is p_key_id
+            and _user is p_user
+            and _plan is p_plan
+            and _namespace is p_namespace
+            and _endpoint is p_endpoint
+            and _upstream is p_upstream
+            and _provider is p_provider
+            and _deployment_model is p_deployment_model
+            and _error is p_error
+            and _stream is p_stream
+            and _disconnected is p_disconnected
+            and (_model is p_model or _model == p_model)
+            and (_served is p_served or _served == p_served)
+            and (_priced is p_priced or _priced == p_priced)
+            and (_status is p_status or _status == p_status)
+            and (_ip is p_ip or _ip == p_ip)
+        ):
+            p_tenant, p_key_id, p_user, p_plan, p_namespace, p_endpoint = (
+                _tenant,
+                _key_id,
+                _user,
+                _plan,
+                _namespace,
+                _endpoint,
+            )
+            p_model, p_served, p_priced, p_upstream, p_provider, p_deployment_model = (
+                _model,
+                _served,
+                _priced,
+                _upstream,
+                _provider,
+                _deployment_model,
+            )
+            p_status, p_error, p_stream, p_disconnected, p_ip = _status, _error, _stream, _disconnected, _ip
+            who = f[2:19]
             found = parts.get(who)
             if found is None:
                 found = parts[who] = b'"' + _who(who[:11]) + _outcome(who[12:])
             head = found
-        add_head(head)
+        heads.append(head)
         if not lo <= wall < hi:  # another second (kept only from the epoch on, where int() rounds down)
             second = int(wall)
             lo, hi = (float(second), float(second + 1)) if second >= 0 else (0.0, 0.0)
             second_text = _OPEN + _second(second).encode() + b"."
-        add_second(second_text)
-        add_millis(millis[int(wall * 1000) % 1000])
+        ts_second.append(second_text)
+        ts_millis.append(millis[int(wall * 1000) % 1000])
+        prompts.append(_count(prompt))
+        completions.append(_count(completion))
+        reports.append(_TRUE if reported is True else _FALSE if reported is False else orjson.dumps(reported))
+        attempt_counts.append(_count(attempts))
         # _ms(...) written out: floor(x) is the int(x) it takes, for x >= 0, without building an int type's call
         if exact:
-            add_numbers(
+            numbers.extend(
                 (
-                    prompt,
-                    completion,
-                    reported,
                     cost / nanos,
                     floor(total_s * 1e6 + 0.5) / 1000 if total_s >= 0.0 else round(total_s * 1000, 3),
                     floor(upstream_s * 1e6 + 0.5) / 1000 if upstream_s >= 0.0 else round(upstream_s * 1000, 3),
@@ -274,15 +343,11 @@ def _columns(fields: Sequence[Fields], currency: str, n: int, exact: bool) -> by
                     else floor(ttfb_s * 1e6 + 0.5) / 1000
                     if ttfb_s >= 0.0
                     else round(ttfb_s * 1000, 3),
-                    attempts,
                 )
             )
         else:
-            add_numbers(
+            numbers.extend(
                 (
-                    prompt,
-                    completion,
-                    reported,
                     cost / nanos,
                     (total_s * 1e6 + 0.5) // 1.0 / 1000 if total_s >= 0.0 else round(total_s * 1000, 3),
                     (upstream_s * 1e6 + 0.5) // 1.0 / 1000 if upstream_s >= 0.0 else round(upstream_s * 1000, 3),
@@ -292,10 +357,9 @@ def _columns(fields: Sequence[Fields], currency: str, n: int, exact: bool) -> by
                     else (ttfb_s * 1e6 + 0.5) // 1.0 / 1000
                     if ttfb_s >= 0.0
                     else round(ttfb_s * 1000, 3),
-                    attempts,
                 )
             )
-        add_end(end if not (cached or cache_write or reasoning or hit) else _extras(f))
+        ends.append(end if not (cached or cache_write or reasoning or hit) else _extras(f))
     rendered = orjson.dumps(numbers)[1:-1].split(b",")
     ids = _request_ids(fields, n)
     if len(rendered) != len(numbers) or ids is None:  # a value that is not a number (a string with a comma), an id
@@ -308,6 +372,10 @@ def _columns(fields: Sequence[Fields], currency: str, n: int, exact: bool) -> by
     out[1::_SLOTS] = ts_millis
     out[2::_SLOTS] = ids
     out[3::_SLOTS] = heads
+    out[4::_SLOTS] = prompts
+    out[6::_SLOTS] = completions
+    out[8::_SLOTS] = reports
+    out[20::_SLOTS] = attempt_counts
     width = len(_NUMBERS)
     for i, slot in enumerate(_NUMBERS):
         out[slot::_SLOTS] = rendered[i::width]
@@ -324,6 +392,7 @@ def _columns(fields: Sequence[Fields], currency: str, n: int, exact: bool) -> by
 
 
 _REQUEST_ID = itemgetter(0)
+_NOTHING: Final = object()  # no value of a line is this object
 
 
 def _request_ids(fields: Sequence[Fields], n: int) -> list[bytes] | None:

@@ -119,6 +119,11 @@ def fields_of(rec: Record, pricing: Any) -> tuple[Any, ...]:
     else:  # a cache hit's record carries the hit last
         hit = rec[23]
         rec = rec[:23]
+    # The times the derivation computes with, declared floats: compiled, their arithmetic is native (a time of a
+    # record is a float, or an int, which a float accepts).
+    started: float
+    end: float
+    upstream_s: float
     (
         request_id,
         endpoint,

@@ -9,10 +9,11 @@ and ``json_response`` turn the same answers into aiohttp responses.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from random import getrandbits
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
@@ -102,10 +103,40 @@ def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | Non
     return as_aiohttp(json_answer(data, status=status, headers=headers))
 
 
+class _RequestIds:
+    """Request ids drawn :data:`_BATCH` at a time: one call of the generator for many ids instead of one each (one
+    instance, :data:`_IDS`; a forked worker forgets the ids its parent drew, so that no two processes hand out the
+    same ones)."""
+
+    __slots__ = ("drawn", "at")
+
+    def __init__(self) -> None:
+        self.drawn = ""  # the hex digits of the batch drawn last
+        self.at = 0  # where the next id's digits begin in it
+
+    def next(self) -> str:
+        at = self.at
+        drawn = self.drawn
+        if at >= len(drawn):
+            drawn = self.drawn = getrandbits(96 * _BATCH).to_bytes(12 * _BATCH, "big").hex()
+            at = 0
+        self.at = at + 24
+        return "req_" + drawn[at : at + 24]
+
+    def forget(self) -> None:
+        self.drawn = ""
+        self.at = 0
+
+
+_BATCH: Final = 256
+_IDS: Final = _RequestIds()
+os.register_at_fork(after_in_child=_IDS.forget)
+
+
 def new_request_id() -> str:
     """``req_`` and 96 random bits in hex: unique, not secret (the process's generator, reseeded in a forked worker,
-    spares a ``getrandom`` system call per request)."""
-    return "req_" + getrandbits(96).to_bytes(12, "big").hex()  # as f"req_{n:024x}", in a third of its time
+    spares a ``getrandom`` system call per request; drawn for 256 ids at a time)."""
+    return _IDS.next()
 
 
 def request_id_from(value: str | None) -> str:

@@ -79,7 +79,7 @@ log = logging.getLogger("tollgate.httpserver")
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle keep-alive connection is kept (aiohttp's default too)
 HEAD_TIMEOUT = 10.0  # seconds from a head's first byte (or the connection's opening) to its end
 MAX_CONNECTIONS = 10_000  # open connections per process; past it new ones are answered 503 and closed
-MAX_HEADERS = 512  # header lines in one request (a size cap alone would let 16,000 tiny ones through)
+MAX_HEADERS: Final = 512  # header lines in one request (a size cap alone would let 16,000 tiny ones through)
 LINGER_SECONDS = 5.0  # how long the unread rest of a refused request's body is read and dropped
 REFUSALS = ("bad_request", "head_too_large", "head_timeout", "connection_limit")
 """Why the server answered a connection itself, without a handler: the reasons given to ``on_refused``."""
@@ -91,6 +91,9 @@ _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 _STATUS_LINES: Final = {status: f"HTTP/1.1 {status} {phrase}\r\n" for status, phrase in _REASONS.items()}
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date"})
 _PREFIXES_KEPT: Final = 256  # answer header names whose line prefix is kept (the gateway writes a few dozen names)
+# The header classes of every request, read from native statics rather than the module's dictionary (compiled).
+_HEADERS: Final = CIMultiDict
+_HEADERS_VIEW: Final = CIMultiDictProxy
 
 
 def _head_bytes(url: bytes, raw: list[tuple[bytes, bytes]]) -> int:
@@ -137,6 +140,9 @@ class _Refusal(Exception):
         self.code = code
 
 
+_NOW: Final = time.time  # read from a native static, not the time module's attribute (compiled)
+
+
 class _Date:
     """The Date header's line and the blank line after it, formatted once a second (one instance, :data:`_DATE`:
     its slots are read faster than a class's attributes)."""
@@ -148,7 +154,7 @@ class _Date:
         self.value = b""
 
     def line(self) -> bytes:
-        second = int(time.time())
+        second = int(_NOW())
         if second != self.second:
             self.second = second
             self.value = (
@@ -327,7 +333,8 @@ class _Connection(asyncio.Protocol):
             self._head_began = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        # Nearly always the whole target at once: kept as it came, without a concatenation
+        self._url = self._url + url if self._url else url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
@@ -371,8 +378,9 @@ class _Connection(asyncio.Protocol):
     def _request(self) -> Request:
         """The request of the head llhttp has just parsed, once the server's own policies accept it."""
         parser = self._parser
-        minor = self._minor_version()
         url, raw = self._url, self._raw
+        method = parser.get_method()
+        minor = self._minor_version(len(method) + 1 + len(url))
         # A head that came whole in one read no larger than the cap is within the cap; another one is counted.
         limit = self._server.max_head
         if len(raw) > MAX_HEADERS or (
@@ -387,12 +395,13 @@ class _Connection(asyncio.Protocol):
             decoded = [(n.decode(), _rstrip(v).decode()) for n, v in raw]
         except UnicodeDecodeError:
             decoded = [(n.decode("latin-1"), _rstrip(v).decode("utf-8", "surrogateescape")) for n, v in raw]
-        headers = CIMultiDict(decoded)
+        headers: CIMultiDict[str] = _HEADERS(decoded)
         # The framing headers' values, found in one walk over the names (as headers.getall / headers.get would)
         hosts: list[str] = []
         codings: list[str] = []
         declared: str | None = None
         expected: str | None = None
+        upgrade = False  # an Upgrade header: llhttp's upgrade flag needs one (or the CONNECT method)
         for name, value in decoded:
             size = len(name)
             if size == 4:
@@ -406,6 +415,8 @@ class _Connection(asyncio.Protocol):
                     codings.append(value)
             elif size == 6 and expected is None and name.lower() == "expect":
                 expected = value
+            elif size == 7 and name.lower() == "upgrade":
+                upgrade = True
         if len(hosts) > 1 or (minor == 1 and not hosts):
             raise _Refusal(
                 400, "an HTTP/1.1 request carries exactly one Host header" if minor else "more than one Host header"
@@ -433,7 +444,8 @@ class _Connection(asyncio.Protocol):
         elif declared is not None:  # llhttp has checked it: digits, one value
             length = int(declared)
         keep_alive = parser.should_keep_alive()
-        if parser.should_upgrade():  # Upgrade (or CONNECT, refused above by its target): not followed
+        # Upgrade (or CONNECT, refused above by its target): not followed. Asked of llhttp only when it can be so.
+        if (upgrade or method == b"CONNECT") and parser.should_upgrade():
             if chunked or length:
                 raise _Refusal(400, "a request asking for Upgrade cannot carry a body here")
             keep_alive = False
@@ -444,11 +456,11 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         return Request(
-            parser.get_method().decode("ascii"),
+            method.decode("ascii"),
             path.decode("ascii"),
             query.decode("ascii"),
             minor,
-            CIMultiDictProxy(headers),
+            _HEADERS_VIEW(headers),
             tuple(raw),
             transport,
             length,
@@ -458,21 +470,21 @@ class _Connection(asyncio.Protocol):
             self.remote,
         )
 
-    def _minor_version(self) -> int:
+    def _minor_version(self, space: int) -> int:
         """The minor version of the head llhttp has just parsed (1 or 0), or the request refused (another version).
 
-        A head that the read being parsed began with ends its request line with the version as the client wrote
-        it, which llhttp has accepted: read there, it spares ``get_http_version()`` and its string formatting.
+        A head that the read being parsed began with has its version where its method and target end (at
+        ``space``, their length and the space between them), as the client wrote it, which llhttp has accepted:
+        read there, it spares ``get_http_version()`` and its string formatting. (Empty lines that llhttp skipped
+        before the request line put something else there: the version is then asked for.)
         """
         start = self._read_start
         if start is not None and self._heads_in_read == 1:
-            end = start.find(b"\r\n")  # the request line's end (llhttp refuses a bare LF)
-            if end > 9 and start[end - 9 : end - 1] == b" HTTP/1.":
-                digit = start[end - 1]
-                if digit == 49:  # "1"
-                    return 1
-                if digit == 48:  # "0"
-                    return 0
+            line_end = start[space : space + 11]
+            if line_end == b" HTTP/1.1\r\n":
+                return 1
+            if line_end == b" HTTP/1.0\r\n":
+                return 0
         version = self._parser.get_http_version()
         if version == "1.1":
             return 1

@@ -13,7 +13,7 @@ import hmac
 import ipaddress
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from tollgate.config.model import Config
 from tollgate.errors import Forbidden, Unauthenticated
@@ -39,6 +39,7 @@ __all__ = [
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DUMMY_DIGEST = bytes(32)
+_ANONYMOUS: Final = ANONYMOUS  # read from a native static, not the module's dictionary (compiled)
 
 
 class Request(Protocol):
@@ -197,7 +198,7 @@ async def authenticate_fresh(request: Request, identity: IdentityRuntime, direct
 def authenticate(request: Request, identity: IdentityRuntime, directory: Directory) -> Principal:
     """The principal of ``request``; raises :class:`Unauthenticated` (401) or :class:`Forbidden` (403)."""
     if not identity.enabled:
-        return ANONYMOUS
+        return _ANONYMOUS
     headers = request.headers
     principal: Principal | None = None
     bearer: str | None = None

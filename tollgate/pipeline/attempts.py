@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from typing import Final
 
 import orjson
 
@@ -51,7 +52,7 @@ from tollgate.upstream.response_ids import stored_response
 __all__ = ["serve"]
 
 # Turns of the loop at most (picks, hops and rounds included): a bound on a request's work, whatever happens.
-_MAX_TURNS = 64
+_MAX_TURNS: Final = 64
 
 
 def serve(ctx: RequestContext, deps: RouteDeps) -> Awaitable[Answer]:

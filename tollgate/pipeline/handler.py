@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Protocol, final
+from typing import Final, Protocol, final
 
 from tollgate.accounting.logs import SERVING
 from tollgate.clock import Clock
@@ -47,6 +47,7 @@ from tollgate.policy.shedding import Shedder
 __all__ = ["Gateway", "OpenSpan", "RequestTracer", "Stages", "make_proxy_handler"]
 
 log = logging.getLogger("tollgate.proxy")
+_SERVING: Final = SERVING  # read from a native static, not the module's dictionary (compiled)
 
 
 class OpenSpan(Protocol):
@@ -93,14 +94,30 @@ class Gateway(Protocol):
 
 
 @final
-class _Served:
-    """What the log lines of a request's answer read once its handler is done (tollgate/accounting/logs.py)."""
+class _Serving:
+    """What the log lines of a request read (tollgate/accounting/logs.py): its id, and its principal, from its
+    context while its handler runs; once the handler is done (:meth:`done`), the principal alone, so that an idle
+    connection keeps the request's id and principal, not its context (and body).
 
-    __slots__ = ("request_id", "principal")
+    Set once per request: the tasks the request starts share it, and read the same id and principal as ever."""
 
-    def __init__(self, request_id: str, principal: Principal | None) -> None:
+    __slots__ = ("request_id", "_ctx", "_principal")
+
+    def __init__(self, request_id: str, ctx: RequestContext) -> None:
         self.request_id = request_id
-        self.principal = principal
+        self._ctx: RequestContext | None = ctx
+        self._principal: Principal | None = None
+
+    @property
+    def principal(self) -> Principal | None:
+        ctx = self._ctx
+        return self._principal if ctx is None else ctx.principal
+
+    def done(self) -> None:
+        ctx = self._ctx
+        if ctx is not None:
+            self._principal = ctx.principal
+            self._ctx = None
 
 
 def make_proxy_handler(endpoint: Endpoint, gateway: Gateway) -> Handler:
@@ -114,7 +131,8 @@ def make_proxy_handler(endpoint: Endpoint, gateway: Gateway) -> Handler:
         # No trusted proxy: the peer's address, as client_ip() would find it, without asking the transport again.
         ip = client_ip(request, proxies) if proxies else (request.remote or "unknown")
         ctx = RequestContext(request, request_id, endpoint, stages.clock.loop_time(), ip)
-        SERVING.set(ctx)  # the request id and tenant of every line logged while it is served
+        serving = _Serving(request_id, ctx)
+        _SERVING.set(serving)  # the request id and tenant of every line logged while it is served
         tracer = stages.tracing
         span = None if tracer is None else tracer.start(ctx)
         shedder = stages.shedder
@@ -152,6 +170,6 @@ def make_proxy_handler(endpoint: Endpoint, gateway: Gateway) -> Handler:
                 span.end(ctx)
             # The connection's task serves its next request too (tollgate/edge/server.py): what the server logs
             # after this answer still names this request, without keeping its context (and body) while idle.
-            SERVING.set(_Served(request_id, ctx.principal))
+            serving.done()
 
     return handle
