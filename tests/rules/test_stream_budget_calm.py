@@ -1,7 +1,8 @@
 """A stream's budget judges its usual event in one call (``relayed_calm``) exactly as its four checks would.
 
-The same streams of events go through two budgets on two fresh limiters: the real one, and one whose
-one-call path always declines, so every event takes ``after``, ``short``, ``spent_cut`` and ``relayed``.
+The same streams of events go through two budgets on two fresh limiters: one as it runs, and one told before each
+event that nothing is calm, so that its one-call path declines and every event takes ``after``, ``short``,
+``spent_cut`` and ``relayed``, each looking at every limit.
 Verdicts, holds, extensions asked for (and forgotten once back), what each limit holds and the tokens counted
 must all agree, through the calm start, the extension ahead of need, holds, and the cut when a limit runs dry.
 """
@@ -9,14 +10,12 @@ must all agree, through the calm start, the extension ahead of need, holds, and 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.rules.extend_calls import recording_limiter
 from tollgate.limiter.decision import Decision
-from tollgate.limiter.limiter import Limiter
 from tollgate.limiter.spec import LimitSpec
 from tollgate.policy.admission import Admission
 from tollgate.policy.settlement import StreamBudget
@@ -26,18 +25,10 @@ from tollgate.upstream.usage import UsageMonitor
 PROMPT, MAX_TOKENS = 200, 40
 
 
-class _FourCalls:
-    """The budget without its one-call path: a real one that every other call goes to (a wrapper, not a subclass,
-    which a compiled StreamBudget would refuse)."""
-
-    def __init__(self, admission: Admission, limiter: Limiter) -> None:
-        self._budget = StreamBudget(admission, limiter)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._budget, name)
-
-    def relayed_calm(self, chars: int) -> bool:
-        return False
+def _uncalm(budget: StreamBudget) -> None:
+    """Make ``budget`` judge the next event without shortcuts: ``relayed_calm`` declines, and ``short``,
+    ``spent_cut`` and ``relayed`` look at every limit (a cover or an extension sets the point again)."""
+    budget._calm = 0
 
 
 def _spec(name: str, unit: str, limit: int, cost: int) -> LimitSpec:
@@ -52,7 +43,7 @@ def _spec(name: str, unit: str, limit: int, cost: int) -> LimitSpec:
     )
 
 
-def _budget(kind: Callable[[Admission, Limiter], Any], room: int) -> tuple[UsageMonitor, Any, Admission, list[Any]]:
+def _budget(room: int) -> tuple[UsageMonitor, StreamBudget, Admission, list[Any]]:
     limiter, asked = recording_limiter()
     limits = (
         # room: how far past its reservation the tokens limit can grow before it runs dry and cuts the stream
@@ -65,22 +56,24 @@ def _budget(kind: Callable[[Admission, Limiter], Any], room: int) -> tuple[Usage
         completion_reserved=MAX_TOKENS,
         stream_limits=limits,
     )
-    budget = kind(admission, limiter)
+    budget = StreamBudget(admission, limiter)
     return UsageMonitor(None, False, budget), budget, admission, asked  # type: ignore[arg-type]
 
 
-async def _stream(
-    kind: Callable[[Admission, Limiter], Any], sizes: list[int], waits: list[bool], room: int
-) -> list[Any]:
-    monitor, budget, admission, asked = _budget(kind, room)
+async def _stream(calm: bool, sizes: list[int], waits: list[bool], room: int) -> list[Any]:
+    monitor, budget, admission, asked = _budget(room)
     seen: list[Any] = []
     for chars, wait in zip(sizes, waits):
         if wait and admission.pending is not None:  # an extension asked for ahead comes back before this event
             await admission.pending
+        if not calm:
+            _uncalm(budget)
         verdict = monitor.generated(chars)
         while verdict == HOLD:
             seen.append("hold")
             await monitor.cover()
+            if not calm:
+                _uncalm(budget)
             verdict = monitor.generated(chars)
         if isinstance(verdict, EndStream):
             seen.append(("end", verdict.code))
@@ -100,15 +93,15 @@ async def test_one_call_judges_every_event_as_the_four_calls_do(seed: int, room:
     rng = random.Random(seed)
     sizes = [rng.choice((1, 3, 4, 5, 9, 17, 40)) for _ in range(rng.randint(5, 120))]
     waits = [rng.random() < 0.5 for _ in sizes]
-    fast = await _stream(StreamBudget, sizes, waits, room)
-    slow = await _stream(_FourCalls, sizes, waits, room)
+    fast = await _stream(True, sizes, waits, room)
+    slow = await _stream(False, sizes, waits, room)
     assert fast == slow
 
 
 async def test_the_calm_start_is_judged_in_one_call() -> None:
     """The usual stream's events go through the one-call path until three quarters of the output (the test
     would pass without the path, but then it proves nothing: this one fails if the path is never taken)."""
-    _, budget, _, _ = _budget(StreamBudget, 10_000)
+    _, budget, _, _ = _budget(10_000)
     assert budget.relayed_calm(4)
     assert budget.completion_tokens == 1
     for _ in range(MAX_TOKENS):

@@ -12,7 +12,7 @@ from tests.upstream.chat_chunks import chat_chunk as _chunk
 from tollgate.upstream.anthropic_usage import MessagesUsageMonitor
 from tollgate.upstream.responses_usage import ResponsesUsageMonitor
 from tollgate.upstream.sse import HOLD, PASS, EndStream, SseParser
-from tollgate.upstream.usage import Usage, UsageMonitor
+from tollgate.upstream.usage import StreamLimits, Usage, UsageMonitor
 
 
 def _feed(parser: SseParser, *events: bytes) -> bytes:
@@ -144,11 +144,11 @@ class _Ctx:
         self.endpoint = _Endpoint()
 
 
-class _Budget:
+class _Budget(StreamLimits):
     """A stream's limits that record what they were told, and hold every third event once."""
 
     def __init__(self) -> None:
-        self.completion_tokens = 0
+        super().__init__()
         self.calls: list[tuple[Any, ...]] = []
         self._chars = 0
         self._asked = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Protocol, TypeAlias
+from typing import Final, Protocol, TypeAlias
 from urllib.parse import parse_qsl
 
 from multidict import CIMultiDictProxy, MultiDict, MultiDictProxy
@@ -20,6 +20,10 @@ from tollgate.edge.answers import Response
 from tollgate.errors import BadRequest
 
 __all__ = ["Body", "Connection", "Handler", "Request", "StreamedAnswer"]
+
+# A chunk's size line for each size up to a few events' worth, made once: a streamed piece's framing is a lookup and
+# two concatenations, where formatting ``b"%x\r\n%b\r\n"`` costs about twice as much (once an event of a stream).
+_SIZE_LINES: Final = tuple([b"%x\r\n" % n for n in range(2048)])
 
 
 class Connection(Protocol):
@@ -230,7 +234,8 @@ class StreamedAnswer:
         if not data:
             return False
         if self._chunked:
-            conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+            size = len(data)
+            conn.write(_SIZE_LINES[size] + data + b"\r\n" if size < 2048 else b"%x\r\n%b\r\n" % (size, data))
         else:
             conn.write(data)
         return conn.writing_paused

@@ -26,7 +26,7 @@ from tollgate.limiter.decision import Charge, SettledLimit
 from tollgate.limiter.settling import Finished
 from tollgate.policy.admission import Admission, LimitMetrics
 from tollgate.token_estimate import CHARS_PER_TOKEN
-from tollgate.upstream.usage import Usage
+from tollgate.upstream.usage import StreamLimits, Usage
 
 if TYPE_CHECKING:
     from tollgate.accounting.pricing import Pricing
@@ -42,7 +42,7 @@ RENEW_EVERY: Final = 15.0
 _CHARS_PER_TOKEN: Final = CHARS_PER_TOKEN
 
 
-class StreamBudget:
+class StreamBudget(StreamLimits):
     """A running stream's usage against what it holds on each of its reserved limits (tokens, money).
 
     Each limit holds what admission reserved plus what extensions granted.
@@ -62,7 +62,6 @@ class StreamBudget:
     __slots__ = (
         "admission",
         "limiter",
-        "completion_tokens",
         "_chars",
         "_texts",
         "_specs",
@@ -75,9 +74,9 @@ class StreamBudget:
     )
 
     def __init__(self, admission: Admission, limiter: Limiter) -> None:
+        super().__init__()
         self.admission = admission
         self.limiter = limiter
-        self.completion_tokens = 0  # estimated from the text relayed so far
         self._chars = 0
         self._texts = 0  # events that carried text
         limits = admission.stream_limits

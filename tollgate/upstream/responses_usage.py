@@ -81,7 +81,8 @@ class ResponsesUsageMonitor(UsageMonitor):
 
     def __init__(self, ctx: RelayedRequest, budget: StreamLimits | None) -> None:
         super().__init__(ctx, True, budget)
-        self._relayed = ctx
+        # The request again, typed for ids; let go of with UsageMonitor.ctx when the stream ends (see on_end).
+        self._relayed: RelayedRequest | None = ctx
 
     def on_event(self, data: Any) -> int | bytes | EndStream:
         if not isinstance(data, dict):
@@ -92,9 +93,9 @@ class ResponsesUsageMonitor(UsageMonitor):
             return self.generated(len(delta)) if isinstance(delta, str) and delta else PASS
         if kind in _CARRY_RESPONSE:
             response = data.get("response")
-            if isinstance(response, dict):
+            ctx = self._relayed  # the request (UsageMonitor.ctx, typed for ids); None once the stream has ended
+            if isinstance(response, dict) and ctx is not None:
                 usage = usage_from_io_tokens(response.get("usage"))
-                ctx = self._relayed  # the request (UsageMonitor.ctx, typed for ids)
                 if usage is not None:
                     ctx.usage = usage
                 tenant = ctx.principal.tenant if ctx.principal is not None else "anonymous"
@@ -106,3 +107,9 @@ class ResponsesUsageMonitor(UsageMonitor):
                 f"upstream sent an error event: {data.get('code')}: {data.get('message')}", "upstream_error_event"
             )
         return PASS
+
+    def on_end(self, outcome: str) -> None:
+        # Both references to the request go: the request holds this monitor, and a reference left here would
+        # make the two a cycle, freed only by the cyclic collector (with all that the request holds).
+        self._relayed = None
+        super().on_end(outcome)
