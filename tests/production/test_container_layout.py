@@ -111,14 +111,9 @@ def installed() -> Iterator[Path]:
             else:
                 shutil.copy2(path, src / name)
         wheels = root / "wheels"
-        # As the build stage does: compiled by mypyc, with the suite's setuptools and mypy (the compile extra). Its C
-        # files (about two minutes of one core's time) are compiled on every core, as scripts/compile does (build_ext
-        # --parallel, through a config file outside the copied tree): the same objects, and the other cores take
-        # their share when the tests beside this one wait on their processes.
+        # As the build stage does: compiled by mypyc, with the suite's setuptools and mypy (the compile extra).
         isolation = ["--no-build-isolation"] if image.compiled else []
-        parallel = root / "parallel.cfg"
-        parallel.write_text(f"[build_ext]\nparallel = {os.cpu_count() or 1}\n")
-        env = {**os.environ, "TOLLGATE_COMPILE": "1" if image.compiled else "0", "DIST_EXTRA_CONFIG": str(parallel)}
+        env = {**os.environ, "TOLLGATE_COMPILE": "1" if image.compiled else "0"}
         built = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "--wheel-dir", str(wheels), str(src)],
             capture_output=True,
