@@ -141,11 +141,42 @@ def _uses_a_process_fixture(item: pytest.Item) -> bool:
     return False
 
 
+# The test modules that keep a worker longest (scripts/test's spread run on 2 cores), longest first. scripts/test
+# hands whole modules to its workers in collection order (--dist loadfile --no-loadscope-reorder), and these are
+# collected first: started last, one of them would leave the other workers idle while it runs on alone. The rest
+# follow with the most tests first (xdist's own order). Only the order changes; a module missing here still runs.
+LONGEST_FIRST = (
+    "tests/production/test_container_layout.py",  # builds the image's wheel with mypyc
+    "tests/test_readme.py",
+    "tests/production/test_worker_metrics.py",
+    "tests/production/test_workers.py",
+    "tests/rules/test_admission_e2e.py",
+    "tests/identity/test_registry_processes.py",
+    "tests/database/test_cli.py",
+    "tests/rules/test_rules_admin.py",
+    "tests/production/test_shutdown.py",
+    "tests/deploy/test_chart_config.py",
+    "tests/admin/test_config_center_process.py",
+)
+
+
+def _longest_first(items: list[pytest.Item]) -> None:
+    """Reorders ``items`` in place: the modules of :data:`LONGEST_FIRST` in its order, then the others by their number
+    of tests, most first; the tests of a module keep their order."""
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    order = sorted(modules, key=lambda name: (rank.get(name, len(rank)), -len(modules[name])))
+    items[:] = [item for name in order for item in modules[name]]
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _uses_a_process_fixture(item):
             item.add_marker(pytest.mark.process)
+    _longest_first(items)
 
 
 class ProcessGuard:
@@ -167,6 +198,9 @@ GUARD = ProcessGuard()
 
 def pytest_configure(config: pytest.Config) -> None:
     sys.addaudithook(GUARD)
+    missing = [name for name in LONGEST_FIRST if not (config.rootpath / name).is_file()]
+    if missing:  # a module renamed or removed: its successor would lose its place at the front unnoticed
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names modules that do not exist: {missing}")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -133,6 +133,10 @@ def installed() -> Iterator[Path]:
             ).stdout.strip()
         )
         (wheel,) = wheels.glob("tollgate-*.whl")
+        keep = os.environ.get("TOLLGATE_TEST_KEEP_WHEEL")  # scripts/test: its compiled run takes the extensions
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(wheel, keep)
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
             check=True,
