@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IPNetwork",
     "IdentityRuntime",
+    "KeyedSha256",
     "TenantRefused",
     "authenticate",
     "authenticate_fresh",
@@ -96,7 +97,7 @@ class IdentityRuntime:
         self.end_users = EndUsers(ident.end_user, ident.jwt.user_claim if ident.jwt is not None else "sub")
         secret = ident.key_secret
         if secret is not None:
-            self.digest: Callable[[bytes], bytes] = lambda data: hmac.digest(secret, data, "sha256")
+            self.digest: Callable[[bytes], bytes] = KeyedSha256(secret).digest
         else:
             self.digest = lambda data: hashlib.sha256(data).digest()
         self.labels = {
@@ -123,6 +124,32 @@ def _refuse(refusal: Refusal, principal: Principal | None = None) -> Exception:
     if refusal.forbidden:
         return TenantRefused(refusal, principal)
     return Unauthenticated(refusal.message, code=refusal.code)
+
+
+class KeyedSha256:
+    """HMAC-SHA256 (RFC 2104) under one secret, from the two SHA-256 states the secret's padded blocks leave, made
+    once: each digest copies them, instead of deriving them from the secret again (``hmac.digest`` does, through
+    OpenSSL's algorithm and property lookups: about 1.4 µs a key against 0.6). The same digest as
+    ``hmac.digest(secret, data, "sha256")`` (tests/identity/test_keyed_digest.py)."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) > _SHA256_BLOCK:  # a secret longer than a block is hashed first (RFC 2104)
+            secret = hashlib.sha256(secret).digest()
+        block = secret.ljust(_SHA256_BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes([b ^ 0x36 for b in block]))
+        self._outer = hashlib.sha256(bytes([b ^ 0x5C for b in block]))
+
+    def digest(self, data: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+_SHA256_BLOCK: Final = 64
 
 
 def _by_key(key: str, identity: IdentityRuntime, directory: Directory) -> Principal:
