@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,16 +41,28 @@ REPO = Path(__file__).resolve().parents[2]
 
 _RUNNING: list[Proc] = []  # started and not stopped yet: their logs are kept when a test fails
 _KEPT: list[Path] = []  # logs kept on disk since the last take_kept_logs()
+_HANDED_OUT: deque[int] = deque(maxlen=256)  # the ports free_port() gave last, newest last
+
+
+def _hand_out(port: int) -> int:
+    _HANDED_OUT.append(port)
+    return port
 
 
 def free_port(*, with_bus: bool = False) -> int:
-    """A loopback TCP port free right now; with ``with_bus`` also port + 10000 (a Redis Cluster node's bus)."""
+    """A loopback TCP port free right now; with ``with_bus`` also port + 10000 (a Redis Cluster node's bus).
+
+    Not one handed out by an earlier call of this process that may not be listening yet: the kernel can give the
+    same ephemeral port twice in a row once the probing socket is closed, and two listeners of one config (public
+    and admin) were once given the same port."""
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
+        if port in _HANDED_OUT:
+            continue
         if not with_bus:
-            return port
+            return _hand_out(port)
         if port + 10000 > 65535:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -57,8 +70,8 @@ def free_port(*, with_bus: bool = False) -> int:
                 s.bind(("127.0.0.1", port + 10000))
             except OSError:
                 continue
-        return port
-    raise RuntimeError("no free loopback port pair found")
+        return _hand_out(port)
+    raise RuntimeError("no free loopback port (or port pair, with_bus) found")
 
 
 def wait_for_port(port: int, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
