@@ -107,8 +107,10 @@ local function div(a, b)
 end
 
 -- How many script calls have asked now_us() (every entry script does, once): a call's number, for what a library
--- remembers about a key for the rest of the same call (concurrency.lua's CC_TTL).
-local CALL = { n = 0 }
+-- remembers about a key for the rest of the same call (concurrency.lua's CC_TTL and CC_NOW, sliding_window.lua's
+-- SW_NOW, fixed_window.lua's FW_NOW). memo: whether a call remembers what its own writes answered (off, every
+-- admission reads and writes its keys with commands of its own: tests compare the two).
+local CALL = { n = 0, memo = true }
 
 local function now_us()
   CALL.n = CALL.n + 1
