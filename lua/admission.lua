@@ -159,6 +159,9 @@ local BATCH = { [0] = {} }
 -- same ones, each key is sent once). Returns the list of the admissions' replies; one that failed has its error
 -- in its place.
 local function admit_batch(keys, argv, now)
+  if CALL.memo then -- the algorithms' memos of this call (CC_NOW, SW_NOW, FW_NOW) are on
+    CALL.batch = CALL.n
+  end
   local replies = BATCH[0]
   local m, a = 0, 2
   while a <= #argv do

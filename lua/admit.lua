@@ -40,20 +40,10 @@ if #ARGV == 2 then -- joined (one limit packed is the same call)
   if list.n ~= n then
     error('ERR tollgate: ' .. list.n .. ' limits for ' .. n .. ' keys')
   end
-  local ok, size = pcall(admit_limits, KEYS, 0, n, list, nil, 0, ARGV[2], now, out)
-  admit_written() -- what the takes held back, written even when a limit failed (as their own writes would have been)
-  if not ok then
-    error(size, 0)
-  end
-  return reply_done(out, size)
+  return reply_done(out, admit_limits(KEYS, 0, n, list, nil, 0, ARGV[2], now, out))
 end
 local lease = ARGV[n + 1] -- packed: one value per limit, then the lease id
 if #ARGV ~= n + 1 then
   lease = nil
 end
-local ok, size = pcall(admit_limits, KEYS, 0, n, nil, ARGV, 0, lease, now, out)
-admit_written()
-if not ok then
-  error(size, 0)
-end
-return reply_done(out, size)
+return reply_done(out, admit_limits(KEYS, 0, n, nil, ARGV, 0, lease, now, out))

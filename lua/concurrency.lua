@@ -67,7 +67,7 @@ end
 -- leases, CC_NOW.earliest[key] and CC_NOW.first[key] its earliest lease's expiry and id, as an admission's read would
 -- find them. A script runs alone and its clock stands still, so the state a commit leaves is known exactly (the read
 -- before it, the leases it swept, the lease it added) and stays so until the call ends: the admissions of a batch
--- after the first into a key (admission.lua) skip ZRANGE and ZCARD. Replaced at each call's first commit.
+-- after the first into a key (admission.lua) skip ZRANGE and ZCARD. Replaced at each batch's first commit.
 local CC_NOW = { n = false, live = {}, earliest = {}, first = {} }
 
 -- Does lease a come before lease b among leases of one expiry? Redis orders them by their bytes (memcmp, then the
@@ -92,7 +92,7 @@ end
 -- call (the admissions read the key).
 local function cc_known(key, st, lease, expires, added)
   local m = CC_NOW
-  if not CALL.memo then
+  if CALL.batch ~= CALL.n then
     return
   elseif m.n ~= CALL.n then
     m.n, m.live, m.earliest, m.first = CALL.n, {}, {}, {}

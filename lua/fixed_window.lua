@@ -99,7 +99,7 @@ end
 -- what is held back is written. A script runs alone, so what its own HINCRBY answered stays true until it writes
 -- again: a take or undo of a known key is done on it, and one HSET writes n when the admissions are done
 -- (fw_write_all(), admission.lua). Any other read or write of the key (fw_sync()) first writes what is held and forgets
--- the key. FW_NOW.keys lists the keys holding a write back (FW_NOW.held[key]). Replaced at each call's first take.
+-- the key. FW_NOW.keys lists the keys holding a write back (FW_NOW.held[key]). Replaced at each batch's first take.
 local FW_NOW = { n = false, count = {}, start = {}, held = {}, keys = {}, size = 0 }
 
 local function fw_now()
@@ -176,8 +176,11 @@ ALGORITHMS.fixed_window = {
     if FW_SEEN.map[key] ~= start then
       return nil
     end
-    local c = fw_now()
-    local n = c.count[key]
+    local c = FW_NOW
+    local n = nil
+    if c.n == CALL.n then
+      n = c.count[key]
+    end
     if n ~= nil and n > 0 and c.start[key] == start then -- taken from earlier in this call: n is known
       n = n + cost
       c.count[key] = n
@@ -193,7 +196,8 @@ ALGORITHMS.fixed_window = {
         redis.call('HSET', key, 'w', int_memo(start))
         redis.call('PEXPIRE', key, int(ttl_ms(stop - now_ms)))
       end
-      if CALL.memo then
+      if CALL.batch == CALL.n then
+        c = fw_now()
         c.count[key], c.start[key] = n, start
       end
     end
@@ -201,8 +205,11 @@ ALGORITHMS.fixed_window = {
   end,
 
   undo = function(key, cost)
-    local c = fw_now()
-    local n = c.count[key]
+    local c = FW_NOW
+    local n = nil
+    if c.n == CALL.n then
+      n = c.count[key]
+    end
     if n ~= nil then
       c.count[key] = n - cost
       if not c.held[key] then

@@ -96,7 +96,7 @@ end
 -- answered stays true until it writes again: a take, undo or finish of a known key is done on these, and one HSET
 -- writes the key when the admissions are done (sw_write_all(), admission.lua), instead of one HINCRBY each. Any other
 -- read or write of the key (sw_sync()) first writes what is held and forgets the key. SW_NOW.keys lists the keys
--- holding writes back (SW_NOW.held[key]). Replaced at each call's first take.
+-- holding writes back (SW_NOW.held[key]). Replaced at each batch's first take.
 local SW_NOW = { n = false, t = {}, here = {}, field = {}, held = {}, keys = {}, count = 0 }
 
 -- The memo of the current call.
@@ -341,8 +341,11 @@ ALGORITHMS.sliding_window = {
     if low == nil or low < oldest or seen.high[key] ~= cur then
       return nil
     end
-    local c = sw_now()
-    local known = c.t[key]
+    local c = SW_NOW
+    local known = nil
+    if c.n == CALL.n then
+      known = c.t[key]
+    end
     local total
     if known ~= nil and known > 0 and c.field[key] == field then -- taken from earlier in this call: t is known
       total = known + cost
@@ -361,12 +364,14 @@ ALGORITHMS.sliding_window = {
       end
       if cost > limit or total > limit then
         redis.call('HINCRBY', key, 't', int_memo(-cost))
-        if CALL.memo then
+        if CALL.batch == CALL.n then
+          c = sw_now()
           c.t[key], c.field[key] = total - cost, field
         end
         return nil
       end
-      if CALL.memo then
+      if CALL.batch == CALL.n then
+        c = sw_now()
         c.t[key], c.field[key] = total, field
       end
     end
@@ -378,8 +383,11 @@ ALGORITHMS.sliding_window = {
   end,
 
   undo = function(key, cost)
-    local c = sw_now()
-    local known = c.t[key]
+    local c = SW_NOW
+    local known = nil
+    if c.n == CALL.n then
+      known = c.t[key]
+    end
     if known ~= nil then
       c.t[key] = known - cost
       sw_hold(c, key)
@@ -391,9 +399,12 @@ ALGORITHMS.sliding_window = {
   -- The slot's share of a take. A slot it finds empty was deleted since the key was seen (a refund emptied it):
   -- n and the TTL are those of a new newest slot again. A slot known to hold units this call is added to in memory.
   finish = function(key, cost, st)
-    local c = sw_now()
+    local c = SW_NOW
     local field = st.field
-    local here = c.here[key]
+    local here = nil
+    if c.n == CALL.n then
+      here = c.here[key]
+    end
     if here ~= nil and here > 0 and c.t[key] ~= nil and c.field[key] == field then
       c.here[key] = here + cost
       sw_hold(c, key)
@@ -404,7 +415,7 @@ ALGORITHMS.sliding_window = {
       redis.call('HSET', key, 'n', field)
       redis.call('PEXPIRE', key, int(ttl_ms(sw_slot_left(st.mark, st.slot_ms, st.window_ms, st.now_ms))))
     end
-    if c.t[key] ~= nil and c.field[key] == field then
+    if c.n == CALL.n and c.t[key] ~= nil and c.field[key] == field then
       c.here[key] = here
     end
   end,

@@ -40,8 +40,8 @@ def scripts_without_memos(tmp: Path) -> Mapping[str, Script]:
         if f.name.endswith(".lua"):
             (tmp / f.name).write_text(f.read_text(encoding="utf-8"), encoding="utf-8")
     common = (tmp / "common.lua").read_text(encoding="utf-8")
-    assert "local CALL = { n = 0, memo = true }" in common
-    (tmp / "common.lua").write_text(common.replace("memo = true }", "memo = false }"), encoding="utf-8")
+    assert "local CALL = { n = 0, memo = true, batch = false }" in common
+    (tmp / "common.lua").write_text(common.replace("memo = true,", "memo = false,"), encoding="utf-8")
     return load_scripts(tmp)
 
 
