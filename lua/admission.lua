@@ -1,7 +1,7 @@
 -- admission.lua: one admission of admit.lua, and a batch of them in one call.
 --
 -- Library: included by admit.lua (last: it uses every algorithm); defines
---   admit_limits(), admit_joined() and admit_batch(). The layouts of KEYS
+--   admit_limits(), admit_joined(), admit_written() and admit_batch(). The layouts of KEYS
 --   and ARGV are admit.lua's.
 -- KEYS: as admit.lua: one counter key per limit, one admission's after the
 --   other in a batch.
@@ -143,6 +143,13 @@ local function admit_joined(keys, k0, s, lease, now, out)
   return admit_limits(keys, k0, n, list, nil, 0, lease, now, out)
 end
 
+-- Writes what the takes of this call held back (sliding_window.lua's and fixed_window.lua's memos of the call): when
+-- its admissions are done, or before it fails.
+local function admit_written()
+  sw_write_all()
+  fw_write_all()
+end
+
 -- The reply tables of a batch's admissions, kept from one call to the next as common.lua's REPLY is (BATCH[0]
 -- holds the batch's own list).
 local BATCH = { [0] = {} }
@@ -152,11 +159,15 @@ local BATCH = { [0] = {} }
 -- same ones, each key is sent once). Returns the list of the admissions' replies; one that failed has its error
 -- in its place.
 local function admit_batch(keys, argv, now)
+  if CALL.memo then -- the algorithms' memos of this call (CC_NOW, SW_NOW, FW_NOW) are on
+    CALL.batch = CALL.n
+  end
   local replies = BATCH[0]
   local m, a = 0, 2
   while a <= #argv do
     local k0 = num(argv[a + 2])
     if k0 == nil then
+      admit_written()
       error('ERR tollgate: malformed admission batch')
     end
     m = m + 1
@@ -175,5 +186,6 @@ local function admit_batch(keys, argv, now)
     end
     a = a + 3
   end
+  admit_written()
   return reply_done(replies, m)
 end

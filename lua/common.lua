@@ -107,8 +107,12 @@ local function div(a, b)
 end
 
 -- How many script calls have asked now_us() (every entry script does, once): a call's number, for what a library
--- remembers about a key for the rest of the same call (concurrency.lua's CC_TTL).
-local CALL = { n = 0 }
+-- remembers about a key for the rest of the same call (concurrency.lua's CC_TTL and CC_NOW, sliding_window.lua's
+-- SW_NOW, fixed_window.lua's FW_NOW). batch: the number of the call that is a batch of admissions (admission.lua),
+-- the only calls that remember what their own writes answered (one admission alone seldom meets a key twice, and a
+-- memo would cost it tables for nothing); memo: whether a batch does (off, every admission reads and writes its keys
+-- with commands of its own: tests compare the two).
+local CALL = { n = 0, memo = true, batch = false }
 
 local function now_us()
   CALL.n = CALL.n + 1

@@ -34,13 +34,13 @@ local function cc_after(now_ms)
   return string.format('(%d', now_ms)
 end
 
--- The earliest expiry among live leases, or nil.
+-- The earliest expiry among live leases and that lease, or nil.
 local function cc_earliest(key, after)
   local first = redis.call('ZRANGEBYSCORE', key, after, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if #first == 0 then
     return nil
   end
-  return tonumber(first[2])
+  return tonumber(first[2]), first[1]
 end
 
 local function cc_live(key, after)
@@ -48,7 +48,7 @@ local function cc_live(key, after)
 end
 
 -- Live leases, the earliest expiry among them (nil: none), whether expired
--- leases are still held, and the earliest lease when none is expired.
+-- leases are still held, and the earliest live lease.
 local function cc_state(key, now_ms)
   local first = redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')
   if #first == 0 then
@@ -59,7 +59,59 @@ local function cc_state(key, now_ms)
     return redis.call('ZCARD', key), low, false, first[1]
   end
   local after = cc_after(now_ms)
-  return cc_live(key, after), cc_earliest(key, after), true
+  local earliest, lease = cc_earliest(key, after)
+  return cc_live(key, after), earliest, true, lease
+end
+
+-- What the current call (common.lua's CALL) has made of each lease set it admitted into: CC_NOW.live[key] its live
+-- leases, CC_NOW.earliest[key] and CC_NOW.first[key] its earliest lease's expiry and id, as an admission's read would
+-- find them. A script runs alone and its clock stands still, so the state a commit leaves is known exactly (the read
+-- before it, the leases it swept, the lease it added) and stays so until the call ends: the admissions of a batch
+-- after the first into a key (admission.lua) skip ZRANGE and ZCARD. Replaced at each batch's first commit.
+local CC_NOW = { n = false, live = {}, earliest = {}, first = {} }
+
+-- Does lease a come before lease b among leases of one expiry? Redis orders them by their bytes (memcmp, then the
+-- shorter first); Lua's < on strings follows the locale (Redis sets LC_COLLATE), so the bytes are compared here.
+local function cc_before(a, b)
+  local n = #a
+  if #b < n then
+    n = #b
+  end
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x < y
+    end
+  end
+  return #a < #b
+end
+
+-- Remembers the state of key after a commit (st: its check's) added lease, expiring at expires, to its live leases;
+-- added: ZADD's answer (0: the lease id was held already and its expiry changed). What the call knew already goes
+-- first: st may be older than a commit of the same admission into the same key. false: not known for the rest of the
+-- call (the admissions read the key).
+local function cc_known(key, st, lease, expires, added)
+  local m = CC_NOW
+  if CALL.batch ~= CALL.n then
+    return
+  elseif m.n ~= CALL.n then
+    m.n, m.live, m.earliest, m.first = CALL.n, {}, {}, {}
+  end
+  local live, earliest, first = m.live[key], m.earliest[key], m.first[key]
+  if live == nil then
+    live, earliest, first = st.used, st.earliest, st.first
+    if live > 0 and first == nil then
+      live = false
+    end
+  end
+  if live == false or added ~= 1 or expires <= st.now_ms then
+    m.live[key] = false
+    return
+  end
+  if live == 0 or expires < earliest or (expires == earliest and cc_before(lease, first)) then
+    earliest, first = expires, lease
+  end
+  m.live[key], m.earliest[key], m.first[key] = live + 1, earliest, first
 end
 
 -- When an admission last lengthened each key's TTL (Redis Functions and the embedded engine keep this between calls;
@@ -114,7 +166,13 @@ local CC_EXPIRY = { ms = false, text = '' }
 ALGORITHMS.concurrency = {
   check = function(key, now, limit, window_ms, cost, param, st)
     local now_ms = (now - now % 1000) / 1000 -- div(now, 1000)
-    local live, earliest, expired, first = cc_state(key, now_ms)
+    local live, earliest, expired, first
+    local m = CC_NOW
+    if m.n == CALL.n and m.live[key] then -- committed into earlier in this call: known
+      live, earliest, expired, first = m.live[key], m.earliest[key], false, m.first[key]
+    else
+      live, earliest, expired, first = cc_state(key, now_ms)
+    end
     local reset_ms = window_ms
     if earliest then
       reset_ms = earliest - now_ms
@@ -138,7 +196,7 @@ ALGORITHMS.concurrency = {
     if CC_EXPIRY.ms ~= expires then
       CC_EXPIRY.ms, CC_EXPIRY.text = expires, int(expires)
     end
-    redis.call('ZADD', key, CC_EXPIRY.text, param)
+    cc_known(key, st, param, expires, redis.call('ZADD', key, CC_EXPIRY.text, param))
     -- The key must live until the new lease has expired: ttl_ms(window_ms) from now. (The bounds remembered are a ms
     -- short of the TTL given: Redis counts it from when the script started, up to a ms before TIME answered.)
     local slack = CC_SLACK_MS

@@ -94,9 +94,54 @@ local function fw_seen(key, start)
   map[key] = start
 end
 
+-- What the current call (common.lua's CALL) has taken from each key, for the admissions of a batch after the first
+-- (admission.lua): FW_NOW.count[key] the key's n in the window starting at FW_NOW.start[key], as the key holds it once
+-- what is held back is written. A script runs alone, so what its own HINCRBY answered stays true until it writes
+-- again: a take or undo of a known key is done on it, and one HSET writes n when the admissions are done
+-- (fw_write_all(), admission.lua). Any other read or write of the key (fw_sync()) first writes what is held and forgets
+-- the key. FW_NOW.keys lists the keys holding a write back (FW_NOW.held[key]). Replaced at each batch's first take.
+local FW_NOW = { n = false, count = {}, start = {}, held = {}, keys = {}, size = 0 }
+
+local function fw_now()
+  local c = FW_NOW
+  if c.n ~= CALL.n then
+    c.n, c.count, c.start, c.held, c.size = CALL.n, {}, {}, {}, 0
+  end
+  return c
+end
+
+local function fw_write(c, key)
+  if c.held[key] then
+    c.held[key] = false
+    redis.call('HSET', key, 'n', int(c.count[key]))
+  end
+end
+
+-- Before a read or write of key outside the memo: what is held back is written, and the key forgotten.
+local function fw_sync(key)
+  local c = FW_NOW
+  if c.n == CALL.n and c.count[key] ~= nil then
+    fw_write(c, key)
+    c.count[key] = nil
+  end
+end
+
+-- Writes everything held back by the current call (when its admissions are done).
+local function fw_write_all()
+  local c = FW_NOW
+  if c.n == CALL.n then
+    for i = 1, c.size do
+      fw_write(c, c.keys[i])
+      c.keys[i] = nil
+    end
+    c.size = 0
+  end
+end
+
 -- Units used in the window starting at start, and whether the key holds that window (w is compared as the
 -- string Redis holds: the window's start is formatted once per window, not parsed on every call).
 local function fw_load(key, start)
+  fw_sync(key)
   local got = redis.call('HMGET', key, 'w', 'n')
   if got[1] == int_memo(start) then
     fw_seen(key, start)
@@ -131,19 +176,54 @@ ALGORITHMS.fixed_window = {
     if FW_SEEN.map[key] ~= start then
       return nil
     end
-    local n = redis.call('HINCRBY', key, 'n', int_memo(cost))
-    if n == cost then -- the key was empty, or gone since it was seen: its window and TTL again
-      redis.call('HSET', key, 'w', int_memo(start))
-      redis.call('PEXPIRE', key, int(ttl_ms(stop - now_ms)))
+    local c = FW_NOW
+    local n = nil
+    if c.n == CALL.n then
+      n = c.count[key]
+    end
+    if n ~= nil and n > 0 and c.start[key] == start then -- taken from earlier in this call: n is known
+      n = n + cost
+      c.count[key] = n
+      if not c.held[key] then
+        c.held[key] = true
+        c.size = c.size + 1
+        c.keys[c.size] = key
+      end
+    else
+      fw_sync(key)
+      n = redis.call('HINCRBY', key, 'n', int_memo(cost))
+      if n == cost then -- the key was empty, or gone since it was seen: its window and TTL again
+        redis.call('HSET', key, 'w', int_memo(start))
+        redis.call('PEXPIRE', key, int(ttl_ms(stop - now_ms)))
+      end
+      if CALL.batch == CALL.n then
+        c = fw_now()
+        c.count[key], c.start[key] = n, start
+      end
     end
     return fw_verdict(st, now_ms, start, stop, n - cost, true, limit, cost)
   end,
 
   undo = function(key, cost)
-    redis.call('HINCRBY', key, 'n', int_memo(-cost))
+    local c = FW_NOW
+    local n = nil
+    if c.n == CALL.n then
+      n = c.count[key]
+    end
+    if n ~= nil then
+      c.count[key] = n - cost
+      if not c.held[key] then
+        c.held[key] = true
+        c.size = c.size + 1
+        c.keys[c.size] = key
+      end
+    else
+      redis.call('HINCRBY', key, 'n', int_memo(-cost))
+    end
   end,
 
   commit = function(key, now, limit, window_ms, cost, param, st)
+    fw_sync(key)
     if st.current then
       redis.call('HINCRBY', key, 'n', int_memo(cost))
     else

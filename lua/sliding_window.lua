@@ -90,7 +90,69 @@ local function sw_seen(key, low, high)
   seen.low[key], seen.high[key] = low, high
 end
 
+-- What the current call (common.lua's CALL) has taken from each key, for the admissions of a batch after the first
+-- (admission.lua): SW_NOW.t[key] the key's t and SW_NOW.here[key] the units of its slot SW_NOW.field[key] (nil: not
+-- known), as the key holds them once what is held back is written. A script runs alone, so what its own writes
+-- answered stays true until it writes again: a take, undo or finish of a known key is done on these, and one HSET
+-- writes the key when the admissions are done (sw_write_all(), admission.lua), instead of one HINCRBY each. Any other
+-- read or write of the key (sw_sync()) first writes what is held and forgets the key. SW_NOW.keys lists the keys
+-- holding writes back (SW_NOW.held[key]). Replaced at each batch's first take.
+local SW_NOW = { n = false, t = {}, here = {}, field = {}, held = {}, keys = {}, count = 0 }
+
+-- The memo of the current call.
+local function sw_now()
+  local c = SW_NOW
+  if c.n ~= CALL.n then
+    c.n, c.t, c.here, c.field, c.held, c.count = CALL.n, {}, {}, {}, {}, 0
+  end
+  return c
+end
+
+-- Writes what the current call holds back for key, if anything.
+local function sw_write(c, key)
+  if c.held[key] then
+    c.held[key] = false
+    local here = c.here[key]
+    if here == nil then
+      redis.call('HSET', key, 't', int(c.t[key]))
+    else
+      redis.call('HSET', key, 't', int(c.t[key]), c.field[key], int(here))
+    end
+  end
+end
+
+-- Before a read or write of key outside the memo: what is held back is written, and the key forgotten.
+local function sw_sync(key)
+  local c = SW_NOW
+  if c.n == CALL.n and c.t[key] ~= nil then
+    sw_write(c, key)
+    c.t[key], c.here[key] = nil, nil
+  end
+end
+
+-- Writes everything held back by the current call (when its admissions are done).
+local function sw_write_all()
+  local c = SW_NOW
+  if c.n == CALL.n then
+    for i = 1, c.count do
+      sw_write(c, c.keys[i])
+      c.keys[i] = nil
+    end
+    c.count = 0
+  end
+end
+
+-- Marks key as holding a write back.
+local function sw_hold(c, key)
+  if not c.held[key] then
+    c.held[key] = true
+    c.count = c.count + 1
+    c.keys[c.count] = key
+  end
+end
+
 local function sw_load(key, oldest, field)
+  sw_sync(key)
   local got = redis.call('HMGET', key, 't', 'o', 'n', field)
   local here = 0
   if got[4] then
@@ -161,6 +223,7 @@ end
 -- the slot and t, o and n where they move in one HSET, the stale slots deleted, and the TTL set when cur is a
 -- new newest slot.
 local function sw_add(key, cur, field, here, units, all, stale, low, high, slot_ms, window_ms, now_ms)
+  sw_sync(key)
   local newest = high == nil or high < cur
   local slot, total = int(here + units), int(all + units)
   if not newest and low ~= nil and stale == nil then -- the common case: a slot that already counts
@@ -278,17 +341,41 @@ ALGORITHMS.sliding_window = {
     if low == nil or low < oldest or seen.high[key] ~= cur then
       return nil
     end
-    local total = redis.call('HINCRBY', key, 't', int_memo(cost))
-    if total == cost then -- no t: the key was gone (a key holding slots holds t > 0); this t goes again
-      redis.call('HDEL', key, 't')
-      seen.low[key], seen.high[key] = nil, nil
-      return nil
+    local c = SW_NOW
+    local known = nil
+    if c.n == CALL.n then
+      known = c.t[key]
+    end
+    local total
+    if known ~= nil and known > 0 and c.field[key] == field then -- taken from earlier in this call: t is known
+      total = known + cost
+      if cost > limit or total > limit then
+        return nil -- (what its HINCRBY and the one giving it back would leave)
+      end
+      c.t[key] = total
+      sw_hold(c, key)
+    else
+      sw_sync(key)
+      total = redis.call('HINCRBY', key, 't', int_memo(cost))
+      if total == cost then -- no t: the key was gone (a key holding slots holds t > 0); this t goes again
+        redis.call('HDEL', key, 't')
+        seen.low[key], seen.high[key] = nil, nil
+        return nil
+      end
+      if cost > limit or total > limit then
+        redis.call('HINCRBY', key, 't', int_memo(-cost))
+        if CALL.batch == CALL.n then
+          c = sw_now()
+          c.t[key], c.field[key] = total - cost, field
+        end
+        return nil
+      end
+      if CALL.batch == CALL.n then
+        c = sw_now()
+        c.t[key], c.field[key] = total, field
+      end
     end
     local used = total - cost
-    if cost > limit or used + cost > limit then
-      redis.call('HINCRBY', key, 't', int_memo(-cost))
-      return nil
-    end
     local reset_ms = (cur + 1) * slot_ms + window_ms - now_ms -- sw_slot_left(cur, ...): cur has not ended
     st.allowed, st.remaining, st.retry_ms, st.mark, st.used, st.reset_ms = true, limit - total, 0, cur, used, reset_ms
     st.now_ms, st.slot_ms, st.window_ms, st.field = now_ms, slot_ms, window_ms, field
@@ -296,15 +383,40 @@ ALGORITHMS.sliding_window = {
   end,
 
   undo = function(key, cost)
-    redis.call('HINCRBY', key, 't', int_memo(-cost))
+    local c = SW_NOW
+    local known = nil
+    if c.n == CALL.n then
+      known = c.t[key]
+    end
+    if known ~= nil then
+      c.t[key] = known - cost
+      sw_hold(c, key)
+    else
+      redis.call('HINCRBY', key, 't', int_memo(-cost))
+    end
   end,
 
   -- The slot's share of a take. A slot it finds empty was deleted since the key was seen (a refund emptied it):
-  -- n and the TTL are those of a new newest slot again.
+  -- n and the TTL are those of a new newest slot again. A slot known to hold units this call is added to in memory.
   finish = function(key, cost, st)
-    if redis.call('HINCRBY', key, st.field, int_memo(cost)) == cost then
-      redis.call('HSET', key, 'n', st.field)
+    local c = SW_NOW
+    local field = st.field
+    local here = nil
+    if c.n == CALL.n then
+      here = c.here[key]
+    end
+    if here ~= nil and here > 0 and c.t[key] ~= nil and c.field[key] == field then
+      c.here[key] = here + cost
+      sw_hold(c, key)
+      return
+    end
+    here = redis.call('HINCRBY', key, field, int_memo(cost))
+    if here == cost then
+      redis.call('HSET', key, 'n', field)
       redis.call('PEXPIRE', key, int(ttl_ms(sw_slot_left(st.mark, st.slot_ms, st.window_ms, st.now_ms))))
+    end
+    if c.n == CALL.n and c.t[key] ~= nil and c.field[key] == field then
+      c.here[key] = here
     end
   end,
 
