@@ -36,14 +36,17 @@ def _reply(admitted: bool) -> list[int]:
     return reply
 
 
+@pytest.mark.parametrize("as_tuple", [False, True], ids=["list", "tuple"])
 @pytest.mark.parametrize("admitted", [True, False])
-def test_one_call_reads_the_same_decision_as_the_general_assembly_of_outcomes(admitted: bool) -> None:
+def test_one_call_reads_the_same_decision_as_the_general_assembly_of_outcomes(admitted: bool, as_tuple: bool) -> None:
     layout = layout_of(SPECS, False, KeyBuilder())
     assert len(layout.groups) == 1
     group = layout.groups[0]
     reply = _reply(admitted)
 
-    decision = alone("main", group, reply, "lease-1")
+    # The engines reply with a list, read as it is; any other sequence is read the same.
+    decision = alone("main", group, tuple(reply) if as_tuple else reply, "lease-1")
+    assert all(type(st.allowed) is bool for st in decision.limits)
 
     outcome = group_outcome("main", group.items, reply, "lease-1", True)
     states = tuple(st for _, st in sorted(outcome.states, key=operator.itemgetter(0)))

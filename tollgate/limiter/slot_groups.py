@@ -134,29 +134,36 @@ def alone(store: str, group: Group, reply: Sequence[int], lease_id: str) -> Deci
 
     What :func:`group_outcome` and the limiter's assembly of outcomes give for one group, without the positions,
     the sort and the lists between them (an admitted request's limits were all consumed: nothing to refund)."""
+    # The reply's items as objects from a list (the engines' replies are lists): read without the generic item
+    # lookup, and put into the states as they are, never unboxed to native integers and boxed again. The
+    # constructors and tuple.__new__ in locals: each use of a module's global is a dictionary lookup (compiled).
+    items: list[Any] = reply if type(reply) is list else list(reply)
+    new = _new
+    state = LimitState
     limits = tuple(
         [
-            _new(
-                LimitState,
-                (name, kind, unit, reply[j] == 1, limit, reply[j + 1], reply[j + 2], reply[j + 3], shadow, False),
+            new(
+                state,
+                (name, kind, unit, items[j] == 1, limit, items[j + 1], items[j + 2], items[j + 3], shadow, False),
             )
             for j, name, kind, unit, limit, shadow in group.fixed
         ]
     )
-    if reply[0] != 1:
+    if items[0] != 1:
         return Decision(False, limits, False, retry_after(limits))
     reservation = lease = None
+    charge = Charge
     if group.reserved:
         reservation = Reservation(
-            tuple([_new(Charge, (store, k, t, s, reply[j], lease_id)) for j, k, t, s in group.reserved])
+            tuple([new(charge, (store, k, t, s, items[j], lease_id)) for j, k, t, s in group.reserved])
         )
     if group.leased:
         lease = Lease(
-            tuple([_new(Charge, (store, k, t, s, reply[j], lease_id)) for j, k, t, s in group.leased]),
+            tuple([new(charge, (store, k, t, s, items[j], lease_id)) for j, k, t, s in group.leased]),
             group.lease_ttl_ms,
         )
     # tuple.__new__: the named tuple without its Python-level constructor (one per admitted request)
-    return _new(Decision, (True, limits, False, 0, reservation, lease, False))
+    return new(Decision, (True, limits, False, 0, reservation, lease, False))
 
 
 def retry_after(limits: Sequence[LimitState]) -> int:

@@ -98,7 +98,9 @@ class LimitSpec:
         unit: Unit = "requests",
         slots: int = 20,
         max_delay_ms: int = 0,
+        _checked: bool = False,
     ) -> None:
+        """``_checked``: the values are known to pass the checks (:meth:`with_cost` of a spec that passed them)."""
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "limit", limit)
@@ -112,15 +114,18 @@ class LimitSpec:
         object.__setattr__(self, "unit", unit)
         object.__setattr__(self, "slots", slots)
         object.__setattr__(self, "max_delay_ms", max_delay_ms)
-        problems = _problems(self)
-        if problems:
-            raise ValueError(f"limit {name!r}: " + "; ".join(problems))
+        if not _checked:
+            problems = _problems(self)
+            if problems:
+                raise ValueError(f"limit {name!r}: " + "; ".join(problems))
         object.__setattr__(self, "reserves", unit in RESERVED_UNITS and kind != "concurrency")
 
     def with_cost(self, cost: int) -> LimitSpec:
         """The same limit with another cost (the per-request part), checked as a new one is."""
         # The constructor, not dataclasses.replace: that walks the fields in Python on every call (once or twice
-        # a metered stream, for each extension's charges).
+        # a metered stream, for each extension's charges). Of the checks only those of the cost can fail for a spec
+        # that passed them all (the cost's range, a lease's 0 or 1): a valid cost skips the others (their regular
+        # expressions, most of a call's cost), an invalid one goes through them all to raise what a new spec raises.
         return LimitSpec(
             name=self.name,
             kind=self.kind,
@@ -135,6 +140,7 @@ class LimitSpec:
             unit=self.unit,
             slots=self.slots,
             max_delay_ms=self.max_delay_ms,
+            _checked=_int_in(cost, 0, MAX_LIMIT) and (self.kind != "concurrency" or cost <= 1),
         )
 
 
