@@ -7,7 +7,9 @@ client keeps a pool of ``asyncio.Protocol`` connections to one origin,
 writes the request head and body in one ``transport.write``, and feeds the
 answer to llhttp (``httptools.HttpResponseParser``) as bytes arrive: llhttp
 owns the framing (status line, header syntax, ``Content-Length``, the one
-chunked decoder, trailers); this module keeps the policy on top of it (HTTP/1.x
+chunked decoder, trailers), but for a stream's usual piece: whole chunks where
+llhttp waits at a chunk's start are read here as it would read them
+(``_chunks``). This module keeps the policy on top of it (HTTP/1.x
 only, a bounded head, interim answers skipped, nothing accepted after the
 answer ended, a reset never taken for the end of a body without length). A
 whole JSON answer is usually one ``data_received`` and no extra task switch.
@@ -118,7 +120,9 @@ class _UpstreamConnection(asyncio.Protocol):
         "generation",
         "loop",
         "pump",
+        "pump_run",
         "stopped",
+        "chunk_end",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -136,6 +140,8 @@ class _UpstreamConnection(asyncio.Protocol):
         # What takes the pieces that arrive while the reader waits, in this connection's callbacks (see
         # UpstreamResponse.relay); None: they go to the reader.
         self.pump: Callable[[bytes], bool] | None = None
+        # What runs the pump on a piece: the ``run`` of a copy of its caller's context (see UpstreamResponse.relay).
+        self.pump_run: Callable[[Callable[[bytes], bool], bytes], bool] | None = None
         self.error: HttpError | None = None
         # What one of llhttp's callbacks raised to stop the parser, for _parse_failed. httptools also hands it on
         # as its error's __context__, but Python replaces that when the error is raised while another exception
@@ -155,6 +161,9 @@ class _UpstreamConnection(asyncio.Protocol):
         # The answer's first bytes were "HTTP/1.": its head needs no get_http_version() call (two string
         # formattings) to be known for HTTP/1.x. Only the first head of an answer; an interim one's clears it.
         self.http1 = False
+        # llhttp stopped right after a whole chunk of a chunked body: the whole chunks that come next are taken
+        # without it (see _chunks). Told by its chunk callbacks; False from a chunk's size line to its end.
+        self.chunk_end = False
 
     # ------------------------------------------------------------ asyncio.Protocol
 
@@ -173,27 +182,85 @@ class _UpstreamConnection(asyncio.Protocol):
             # Bytes nobody asked for: the connection can no longer be trusted to frame the next response.
             self._fail(ResponseError("upstream sent data outside a response"))
             return
-        if state == _HEAD:
-            if not self.head_bytes:  # the answer's first bytes
-                self.http1 = data.startswith(b"HTTP/1.")
-            self.head_bytes += len(data)
-        assert self.parser is not None
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(ResponseError("upstream switched protocols, which the gateway never asks for"))
-            return
-        except httptools.HttpParserError as exc:
-            self._parse_failed(exc)
-            return
-        if self.state == _HEAD and self.head_bytes > _MAX_HEAD:
-            self._fail(ResponseError("upstream response head too large"))
-            return
+        if state == _BODY and self.chunk_end:
+            # A stream's usual piece: one whole chunk (an event) where the last one ended, taken without llhttp;
+            # whatever does not read as whole chunks is llhttp's, from the chunk's start where it waits.
+            taken = self._chunks(data)
+            if taken < len(data) and not self._feed(data[taken:] if taken else data):
+                return
+        else:
+            if state == _HEAD:
+                if not self.head_bytes:  # the answer's first bytes
+                    self.http1 = data.startswith(b"HTTP/1.")
+                self.head_bytes += len(data)
+            if not self._feed(data):
+                return
+            if self.state == _HEAD and self.head_bytes > _MAX_HEAD:
+                self._fail(ResponseError("upstream response head too large"))
+                return
         if self.body_size > _HIGH_WATER and not self.paused and self.state != _DONE:
             self.paused = True
             assert self.transport is not None
             self.transport.pause_reading()
         self._wake()
+
+    def _feed(self, data: bytes) -> bool:
+        """llhttp parses ``data``; False when that failed the answer."""
+        assert self.parser is not None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ResponseError("upstream switched protocols, which the gateway never asks for"))
+            return False
+        except httptools.HttpParserError as exc:
+            self._parse_failed(exc)
+            return False
+        if self.chunk_end and not data.endswith(b"\r\n"):
+            # Bytes after a chunk's end that call back nothing: the start of a size line (a whole one calls
+            # on_chunk_header, and only a whole one ends with CRLF). llhttp is inside it: not a chunk's start.
+            self.chunk_end = False
+        return True
+
+    def _chunks(self, data: bytes) -> int:
+        """How many of the first bytes of ``data`` are whole chunks, each a size in at most 8 hex digits, CRLF, that
+        many bytes and CRLF, taken into the body as llhttp would take them: where llhttp waits for a chunk's size
+        line, it would hand each one's bytes to on_body and wait at the next chunk's start again, nothing else
+        changed. The last chunk (size 0), a size line with more (an extension), or a chunk not all there, stop it:
+        what follows is llhttp's, from a chunk's start (what it says of them, errors included, as if it had read
+        all of ``data``). Byte by byte: about 600 instructions a piece compiled, slice included, where feeding llhttp
+        costs about 1.7 K (a buffer, a callback through Python, error checks)."""
+        size_of = len(data)
+        at = 0
+        while True:
+            i = at
+            size = 0
+            while i < size_of and i - at < 8:
+                byte = data[i]
+                if 48 <= byte <= 57:  # 0-9
+                    size = size * 16 + byte - 48
+                elif 97 <= byte <= 102:  # a-f
+                    size = size * 16 + byte - 87
+                elif 65 <= byte <= 70:  # A-F
+                    size = size * 16 + byte - 55
+                else:
+                    break
+                i += 1
+            start = i + 2
+            end = start + size
+            if (
+                size == 0  # no digit, or the last chunk (its trailers are llhttp's)
+                or end + 2 > size_of
+                or data[i] != 13
+                or data[i + 1] != 10
+                or data[end] != 13
+                or data[end + 1] != 10
+            ):
+                return at
+            self.body.append(data[start:end])
+            self.body_size += size
+            at = end + 2
+            if at == size_of:
+                return at
 
     def eof_received(self) -> bool:
         if self.state == _BODY and self.until_close:
@@ -269,6 +336,12 @@ class _UpstreamConnection(asyncio.Protocol):
             "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower()
         )
 
+    def on_chunk_header(self) -> None:
+        self.chunk_end = False
+
+    def on_chunk_complete(self) -> None:
+        self.chunk_end = True
+
     def on_body(self, data: bytes) -> None:
         self.body.append(data)
         self.body_size += len(data)
@@ -328,12 +401,13 @@ class _UpstreamConnection(asyncio.Protocol):
                 self.body_size = 0
                 piece = body[0] if len(body) == 1 else b"".join(body)
                 pump = self.pump
-                if pump is None:
+                run = self.pump_run
+                if pump is None or run is None:
                     self.reader = None
                     reader.set_result(piece)
                     return
                 try:
-                    taken = pump(piece)
+                    taken = run(pump, piece)
                 except Exception as exc:  # the reader's to raise, as if it had handled the piece itself
                     self.reader = self.pump = None
                     # A future refuses StopIteration (TypeError, here in the callback): the reader would wait on.
@@ -365,6 +439,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.head_bytes = 0
         self.header_bytes = 0
         self.until_close = False
+        self.chunk_end = False
         self.status = 0
         self.headers = {}
         self.body = []
@@ -462,8 +537,9 @@ class UpstreamResponse:
         ready = conn.reader = conn.loop.create_future()
         # In the caller's context, not the connection's: a pooled connection's callbacks run in the context of the
         # request that opened it, and what the pump logs or starts must carry the request being relayed.
-        run = contextvars.copy_context().run
-        conn.pump = lambda piece: run(pump, piece)
+        # The context's run kept, not a function calling it: one call fewer a piece.
+        conn.pump_run = contextvars.copy_context().run
+        conn.pump = pump
         return ready
 
     async def _readany(self) -> bytes:

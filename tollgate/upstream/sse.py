@@ -194,7 +194,9 @@ class SseParser:
         buf = self.pending + chunk if self.pending else chunk
         sep = self._sep
         if not sep:
-            sep = self._sep = b"\r\n\r\n" if b"\r\n" in buf else b"\n\n"
+            # A search for CR first: a stream without one (the usual) is known from one memchr, where a search for
+            # the pair costs a few thousand instructions on a first piece.
+            sep = self._sep = b"\r\n\r\n" if b"\r" in buf and b"\r\n" in buf else b"\n\n"
             if len(sep) == 4:
                 self._nl = b"\r\n"
         if buf.endswith(sep):  # the usual chunk: whole events
@@ -244,11 +246,13 @@ class SseParser:
         last = len(complete) - step
         if (
             usual
-            and complete.find(sep) == last
             and complete.startswith(b"data: {")
             and complete.endswith(b"}", 0, last)
             and complete.find(nl, 0, last) < 0
         ):  # one usual event, the whole chunk (a paced stream's every one): judged as the loop below judges it
+            # No line break before the last separator: no separator before it either (one would begin with a line
+            # break ending by the last one's start), so one event, known without searching for the separator (a
+            # two-byte pattern costs about ten instructions a byte to find, a line feed's memchr a fraction of one).
             verdict = self._usual(complete[:last])
             return complete if verdict == PASS else self._one(complete, step, verdict)
         pieces = complete.split(sep)
