@@ -67,7 +67,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from tollgate.edge.answers import error_body, internal_error_answer, new_request_id
 from tollgate.edge.messages import Body, Handler, Request, StreamedAnswer
@@ -94,6 +94,7 @@ _PREFIXES_KEPT: Final = 256  # answer header names whose line prefix is kept (th
 # The header classes of every request, read from native statics rather than the module's dictionary (compiled).
 _HEADERS: Final = CIMultiDict
 _HEADERS_VIEW: Final = CIMultiDictProxy
+_ISTR: Final = istr
 
 
 def _head_bytes(url: bytes, raw: list[tuple[bytes, bytes]]) -> int:
@@ -184,6 +185,9 @@ class _Connection(asyncio.Protocol):
         self._read_size = 0  # bytes of the read being parsed
         self._read_start: bytes | None = None  # the read being parsed, when it began with a request's first byte
         self._valid_host = ""  # the last Host value found valid
+        # The header names of the heads before, by place: as they came, and as text (see _request).
+        self._name_raw: list[bytes] = []
+        self._names: list[istr] = []
         self._in_head = False  # the head's first byte has arrived, not yet its end
         self._head_began: float | None = None  # waiting for a head since then (None: serving, or idle between requests)
         self._refusal: _Refusal | None = None  # raised by a parser callback
@@ -391,8 +395,24 @@ class _Connection(asyncio.Protocol):
         if url[:1] != b"/" and url != b"*":
             raise _Refusal(400, "the request target must be a path (origin form), not an absolute URL or an authority")
         # llhttp drops the whitespace before a value, not after it.
+        # A keep-alive client sends the same names in the same order on every request: each name is compared with
+        # the one at its place in the head before, and its text taken from there (the multidict's own istr, which
+        # it would otherwise make per name and request, and whose hash the pipeline's lookups then compute once).
+        known_raw, known = self._name_raw, self._names
+        decoded: list[tuple[str, str]] = []
         try:  # names are tokens (ASCII, llhttp checked them); values are nearly always UTF-8: no codec lookup
-            decoded = [(n.decode(), _rstrip(v).decode()) for n, v in raw]
+            for i, (n, v) in enumerate(raw):
+                if i < len(known_raw) and known_raw[i] == n:
+                    text = known[i]
+                else:
+                    text = _ISTR(n.decode())
+                    if i < len(known_raw):
+                        known_raw[i] = n
+                        known[i] = text
+                    else:
+                        known_raw.append(n)
+                        known.append(text)
+                decoded.append((text, _rstrip(v).decode()))
         except UnicodeDecodeError:
             decoded = [(n.decode("latin-1"), _rstrip(v).decode("utf-8", "surrogateescape")) for n, v in raw]
         headers: CIMultiDict[str] = _HEADERS(decoded)
