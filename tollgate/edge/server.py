@@ -90,7 +90,7 @@ _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 _STATUS_LINES: Final = {status: f"HTTP/1.1 {status} {phrase}\r\n" for status, phrase in _REASONS.items()}
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date"})
-_PREFIXES_KEPT: Final = 256  # answer header names whose line prefix is kept (the gateway writes a few dozen names)
+_PREFIXES_KEPT: Final = 256  # answer header names whose line prefix (and last line) is kept (the gateway writes a few dozen names)
 # The header classes of every request, read from native statics rather than the module's dictionary (compiled).
 _HEADERS: Final = CIMultiDict
 _HEADERS_VIEW: Final = CIMultiDictProxy
@@ -102,25 +102,44 @@ def _head_bytes(url: bytes, raw: list[tuple[bytes, bytes]]) -> int:
     return _REQUEST_LINE_ROOM + len(url) + sum(len(name) + len(value) + 4 for name, value in raw) + 2
 
 
-def _header_line(prefixes: dict[str, str], name: str, value: str) -> str | None:
+class _HeaderLine:
+    """What the server knows of an answer header's name (``HttpServer.header_lines``): its line's prefix, and the
+    last line written with it, with that line's value."""
+
+    __slots__ = ("prefix", "value", "line")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix  # "Name: ", or "" for a framing header, which the server writes itself
+        self.value = "\r"  # no line written yet: a value no line can have
+        self.line = ""
+
+
+def _header_line(known_lines: dict[str, _HeaderLine], name: str, value: str) -> str | None:
     """An answer header's line; "" for a framing header, which the server writes itself; None for a header that
     cannot be written.
 
     A CR, LF or NUL inside a name or value would split the answer: each value is looked at (three memchr scans),
-    a name once, when its line prefix is made and kept in ``prefixes``. The lines the server makes itself hold none.
+    a name once, when its line prefix is made and kept in ``known_lines``. The lines the server makes itself hold
+    none. A value equal to the one written last time under its name (a content type, a model's name) was looked
+    at then: its line is the one made then.
     """
-    prefix = prefixes.get(name)
-    if prefix is None:
+    known = known_lines.get(name)
+    if known is None:
         if "\r" in name or "\n" in name or "\x00" in name:
             return None
-        prefix = "" if name.lower() in _FRAMING_HEADERS else f"{name}: "
-        if len(prefixes) < _PREFIXES_KEPT:
-            prefixes[name] = prefix
+        known = _HeaderLine("" if name.lower() in _FRAMING_HEADERS else f"{name}: ")
+        if len(known_lines) < _PREFIXES_KEPT:
+            known_lines[name] = known
+    elif value == known.value:
+        return known.line
+    prefix = known.prefix
     if not prefix:
         return ""
     if "\r" in value or "\n" in value or "\x00" in value:
         return None
-    return f"{prefix}{value}\r\n"
+    line = known.line = f"{prefix}{value}\r\n"
+    known.value = value
+    return line
 
 
 def _rstrip(value: bytes) -> bytes:
@@ -691,12 +710,12 @@ class _Connection(asyncio.Protocol):
     ) -> None:
         """The status line and headers (and a complete body), in one write."""
         lines = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n"]
-        prefixes = self._server.header_prefixes
+        known_lines = self._server.header_lines
         broken = False
         if type(headers) is dict:  # the usual answer's headers: a dict of str, walked without generic iteration
             plain: dict[str, str] = headers
             for name, value in plain.items():
-                line = _header_line(prefixes, name, value)
+                line = _header_line(known_lines, name, value)
                 if line is None:
                     broken = True
                     break
@@ -704,7 +723,7 @@ class _Connection(asyncio.Protocol):
                     lines.append(line)
         else:
             for name, value in headers.items() if isinstance(headers, Mapping) else headers:
-                line = _header_line(prefixes, name, value)
+                line = _header_line(known_lines, name, value)
                 if line is None:
                     broken = True
                     break
@@ -786,8 +805,8 @@ class HttpServer:
         self.max_connections = max_connections
         self._on_refused = on_refused
         self.connections: set[_Connection] = set()
-        # Answer header name -> "Name: ", or "" for a framing header the server writes itself (write_head).
-        self.header_prefixes: dict[str, str] = {}
+        # Answer header name -> its line's prefix, and the line last written with it (write_head, _header_line).
+        self.header_lines: dict[str, _HeaderLine] = {}
         self.stopping = False
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.base_events.Server | None = None
