@@ -90,7 +90,8 @@ _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 _STATUS_LINES: Final = {status: f"HTTP/1.1 {status} {phrase}\r\n" for status, phrase in _REASONS.items()}
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date"})
-_PREFIXES_KEPT: Final = 256  # answer header names whose line prefix (and last line) is kept (the gateway writes a few dozen names)
+_BEFORE_KEPT: Final = 8192  # bytes of header values a connection keeps from its last head (see _request)
+_PREFIXES_KEPT: Final = 256  # answer header names whose prefix and last line are kept (the gateway writes a few dozen)
 # The header classes of every request, read from native statics rather than the module's dictionary (compiled).
 _HEADERS: Final = CIMultiDict
 _HEADERS_VIEW: Final = CIMultiDictProxy
@@ -204,9 +205,9 @@ class _Connection(asyncio.Protocol):
         self._read_size = 0  # bytes of the read being parsed
         self._read_start: bytes | None = None  # the read being parsed, when it began with a request's first byte
         self._valid_host = ""  # the last Host value found valid
-        # The header names of the heads before, by place: as they came, and as text (see _request).
-        self._name_raw: list[bytes] = []
-        self._names: list[istr] = []
+        # The header lines of the head before, as llhttp reported them and as text (see _request).
+        self._before_raw: list[tuple[bytes, bytes]] = []
+        self._before: list[tuple[str, str]] = []
         self._in_head = False  # the head's first byte has arrived, not yet its end
         self._head_began: float | None = None  # waiting for a head since then (None: serving, or idle between requests)
         self._refusal: _Refusal | None = None  # raised by a parser callback
@@ -414,26 +415,37 @@ class _Connection(asyncio.Protocol):
         if url[:1] != b"/" and url != b"*":
             raise _Refusal(400, "the request target must be a path (origin form), not an absolute URL or an authority")
         # llhttp drops the whitespace before a value, not after it.
-        # A keep-alive client sends the same names in the same order on every request: each name is compared with
-        # the one at its place in the head before, and its text taken from there (the multidict's own istr, which
-        # it would otherwise make per name and request, and whose hash the pipeline's lookups then compute once).
-        known_raw, known = self._name_raw, self._names
+        # A keep-alive client sends the same headers in the same order on every request, most with the same values:
+        # each line is compared with the one at its place in the connection's head before, and what was made of
+        # that one taken again: the whole (name, value) pair when both are the same, else the name's text (the
+        # multidict's own istr, which it would otherwise make per name and request, and whose hash the pipeline's
+        # lookups then compute once).
+        before_raw, before = self._before_raw, self._before
+        known = len(before_raw)
         decoded: list[tuple[str, str]] = []
+        size = 0  # of the values
         try:  # names are tokens (ASCII, llhttp checked them); values are nearly always UTF-8: no codec lookup
-            for i, (n, v) in enumerate(raw):
-                if i < len(known_raw) and known_raw[i] == n:
-                    text = known[i]
+            for i, line in enumerate(raw):
+                n, v = line
+                size += len(v)
+                if i < known:
+                    was = before_raw[i]
+                    if was[0] == n:
+                        if was[1] == v:
+                            decoded.append(before[i])
+                            continue
+                        text = before[i][0]
+                    else:
+                        text = _ISTR(n.decode())
                 else:
                     text = _ISTR(n.decode())
-                    if i < len(known_raw):
-                        known_raw[i] = n
-                        known[i] = text
-                    else:
-                        known_raw.append(n)
-                        known.append(text)
                 decoded.append((text, _rstrip(v).decode()))
         except UnicodeDecodeError:
             decoded = [(n.decode("latin-1"), _rstrip(v).decode("utf-8", "surrogateescape")) for n, v in raw]
+        if size <= _BEFORE_KEPT:
+            self._before_raw, self._before = raw, decoded
+        elif before_raw:  # an idle connection does not hold a large head
+            self._before_raw, self._before = [], []
         headers: CIMultiDict[str] = _HEADERS(decoded)
         # The framing headers' values, found in one walk over the names (as headers.getall / headers.get would)
         hosts: list[str] = []
