@@ -67,7 +67,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from tollgate.edge.answers import error_body, internal_error_answer, new_request_id
 from tollgate.edge.messages import Body, Handler, Request, StreamedAnswer
@@ -90,10 +90,12 @@ _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 _STATUS_LINES: Final = {status: f"HTTP/1.1 {status} {phrase}\r\n" for status, phrase in _REASONS.items()}
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date"})
-_PREFIXES_KEPT: Final = 256  # answer header names whose line prefix is kept (the gateway writes a few dozen names)
+_BEFORE_KEPT: Final = 8192  # bytes of header values a connection keeps from its last head (see _request)
+_PREFIXES_KEPT: Final = 256  # answer header names whose prefix and last line are kept (the gateway writes a few dozen)
 # The header classes of every request, read from native statics rather than the module's dictionary (compiled).
 _HEADERS: Final = CIMultiDict
 _HEADERS_VIEW: Final = CIMultiDictProxy
+_ISTR: Final = istr
 
 
 def _head_bytes(url: bytes, raw: list[tuple[bytes, bytes]]) -> int:
@@ -101,25 +103,44 @@ def _head_bytes(url: bytes, raw: list[tuple[bytes, bytes]]) -> int:
     return _REQUEST_LINE_ROOM + len(url) + sum(len(name) + len(value) + 4 for name, value in raw) + 2
 
 
-def _header_line(prefixes: dict[str, str], name: str, value: str) -> str | None:
+class _HeaderLine:
+    """What the server knows of an answer header's name (``HttpServer.header_lines``): its line's prefix, and the
+    last line written with it, with that line's value."""
+
+    __slots__ = ("prefix", "value", "line")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix  # "Name: ", or "" for a framing header, which the server writes itself
+        self.value = "\r"  # no line written yet: a value no line can have
+        self.line = ""
+
+
+def _header_line(known_lines: dict[str, _HeaderLine], name: str, value: str) -> str | None:
     """An answer header's line; "" for a framing header, which the server writes itself; None for a header that
     cannot be written.
 
     A CR, LF or NUL inside a name or value would split the answer: each value is looked at (three memchr scans),
-    a name once, when its line prefix is made and kept in ``prefixes``. The lines the server makes itself hold none.
+    a name once, when its line prefix is made and kept in ``known_lines``. The lines the server makes itself hold
+    none. A value equal to the one written last time under its name (a content type, a model's name) was looked
+    at then: its line is the one made then.
     """
-    prefix = prefixes.get(name)
-    if prefix is None:
+    known = known_lines.get(name)
+    if known is None:
         if "\r" in name or "\n" in name or "\x00" in name:
             return None
-        prefix = "" if name.lower() in _FRAMING_HEADERS else f"{name}: "
-        if len(prefixes) < _PREFIXES_KEPT:
-            prefixes[name] = prefix
+        known = _HeaderLine("" if name.lower() in _FRAMING_HEADERS else f"{name}: ")
+        if len(known_lines) < _PREFIXES_KEPT:
+            known_lines[name] = known
+    elif value == known.value:
+        return known.line
+    prefix = known.prefix
     if not prefix:
         return ""
     if "\r" in value or "\n" in value or "\x00" in value:
         return None
-    return f"{prefix}{value}\r\n"
+    line = known.line = f"{prefix}{value}\r\n"
+    known.value = value
+    return line
 
 
 def _rstrip(value: bytes) -> bytes:
@@ -184,6 +205,9 @@ class _Connection(asyncio.Protocol):
         self._read_size = 0  # bytes of the read being parsed
         self._read_start: bytes | None = None  # the read being parsed, when it began with a request's first byte
         self._valid_host = ""  # the last Host value found valid
+        # The header lines of the head before, as llhttp reported them and as text (see _request).
+        self._before_raw: list[tuple[bytes, bytes]] = []
+        self._before: list[tuple[str, str]] = []
         self._in_head = False  # the head's first byte has arrived, not yet its end
         self._head_began: float | None = None  # waiting for a head since then (None: serving, or idle between requests)
         self._refusal: _Refusal | None = None  # raised by a parser callback
@@ -391,10 +415,37 @@ class _Connection(asyncio.Protocol):
         if url[:1] != b"/" and url != b"*":
             raise _Refusal(400, "the request target must be a path (origin form), not an absolute URL or an authority")
         # llhttp drops the whitespace before a value, not after it.
+        # A keep-alive client sends the same headers in the same order on every request, most with the same values:
+        # each line is compared with the one at its place in the connection's head before, and what was made of
+        # that one taken again: the whole (name, value) pair when both are the same, else the name's text (the
+        # multidict's own istr, which it would otherwise make per name and request, and whose hash the pipeline's
+        # lookups then compute once).
+        before_raw, before = self._before_raw, self._before
+        known = len(before_raw)
+        decoded: list[tuple[str, str]] = []
+        size = 0  # of the values
         try:  # names are tokens (ASCII, llhttp checked them); values are nearly always UTF-8: no codec lookup
-            decoded = [(n.decode(), _rstrip(v).decode()) for n, v in raw]
+            for i, line in enumerate(raw):
+                n, v = line
+                size += len(v)
+                if i < known:
+                    was = before_raw[i]
+                    if was[0] == n:
+                        if was[1] == v:
+                            decoded.append(before[i])
+                            continue
+                        text = before[i][0]
+                    else:
+                        text = _ISTR(n.decode())
+                else:
+                    text = _ISTR(n.decode())
+                decoded.append((text, _rstrip(v).decode()))
         except UnicodeDecodeError:
             decoded = [(n.decode("latin-1"), _rstrip(v).decode("utf-8", "surrogateescape")) for n, v in raw]
+        if size <= _BEFORE_KEPT:
+            self._before_raw, self._before = raw, decoded
+        elif before_raw:  # an idle connection does not hold a large head
+            self._before_raw, self._before = [], []
         headers: CIMultiDict[str] = _HEADERS(decoded)
         # The framing headers' values, found in one walk over the names (as headers.getall / headers.get would)
         hosts: list[str] = []
@@ -671,12 +722,12 @@ class _Connection(asyncio.Protocol):
     ) -> None:
         """The status line and headers (and a complete body), in one write."""
         lines = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n"]
-        prefixes = self._server.header_prefixes
+        known_lines = self._server.header_lines
         broken = False
         if type(headers) is dict:  # the usual answer's headers: a dict of str, walked without generic iteration
             plain: dict[str, str] = headers
             for name, value in plain.items():
-                line = _header_line(prefixes, name, value)
+                line = _header_line(known_lines, name, value)
                 if line is None:
                     broken = True
                     break
@@ -684,7 +735,7 @@ class _Connection(asyncio.Protocol):
                     lines.append(line)
         else:
             for name, value in headers.items() if isinstance(headers, Mapping) else headers:
-                line = _header_line(prefixes, name, value)
+                line = _header_line(known_lines, name, value)
                 if line is None:
                     broken = True
                     break
@@ -766,8 +817,8 @@ class HttpServer:
         self.max_connections = max_connections
         self._on_refused = on_refused
         self.connections: set[_Connection] = set()
-        # Answer header name -> "Name: ", or "" for a framing header the server writes itself (write_head).
-        self.header_prefixes: dict[str, str] = {}
+        # Answer header name -> its line's prefix, and the line last written with it (write_head, _header_line).
+        self.header_lines: dict[str, _HeaderLine] = {}
         self.stopping = False
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.base_events.Server | None = None

@@ -19,7 +19,7 @@ headers carried.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 from multidict import CIMultiDictProxy
@@ -37,6 +37,11 @@ __all__ = ["UpstreamClient", "UpstreamPool", "forwarded_headers", "probe_path", 
 
 # Connection values that name no other header (the common case: nothing to drop).
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
+# What a client header name is to an upstream (UpstreamClient.verdicts): it passes the allow-list (_PASSES), it is
+# Connection or the relayed Connection of a proxy in front (_NAMES_HOPS), both, or neither (0).
+_PASSES: Final = 1
+_NAMES_HOPS: Final = 2
+_VERDICTS_KEPT: Final = 256  # client header names whose verdict an upstream keeps (clients send a few dozen names)
 
 # Rewrites an upstream request's headers when tracing is on: the gateway's trace context in them.
 Inject = Callable[[list[tuple[str, str]]], list[tuple[str, str]]]
@@ -64,6 +69,7 @@ class UpstreamClient:
         "fixed_names",
         "forward_names",
         "forward_prefixes",
+        "verdicts",
         "secrets",
         "deadlines",
         "dialect",
@@ -106,6 +112,9 @@ class UpstreamClient:
         allowed = [name for name in config.forward_headers if not name.endswith("*")]
         self.forward_names = frozenset(n for n in allowed if not never_forwarded(n) and n not in self.fixed_names)
         self.forward_prefixes = tuple(name[:-1] for name in config.forward_headers if name.endswith("*"))
+        # Client header name, as the client wrote it -> its verdict (see _verdict): the same few names on every
+        # request, judged once rather than lower-cased and looked up each time.
+        self.verdicts: dict[str, int] = {}
         self.secrets = secrets_of(config.api_key, config.headers.items())
         # Where a health probe asks, unless the config names a path: the provider's list of models.
         self.probe_path = probe_path(config)
@@ -196,16 +205,18 @@ def upstream_head(
 
 def forwarded_headers(client: UpstreamClient, headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
     """The client headers the upstream's allow-list lets through, minus those named in ``Connection``."""
-    names = client.forward_names
-    prefixes = client.forward_prefixes
+    verdicts = client.verdicts
     out: list[tuple[str, str]] = []
+    hops = False  # a Connection header (or the relayed one) is there: what it names is dropped below
     for name, value in headers.items():
-        lower = name.lower()
-        if lower in names or (
-            prefixes and lower.startswith(prefixes) and not never_forwarded(lower) and lower not in client.fixed_names
-        ):
+        verdict = verdicts.get(name)
+        if verdict is None:
+            verdict = _verdict(client, name)
+        if verdict & _PASSES:
             out.append((name, value))
-    if out:
+        if verdict & _NAMES_HOPS:
+            hops = True
+    if out and hops:
         connection = headers.getall("Connection", None)
         relayed = headers.getall(CONNECTION_RELAY_HEADER, None) if CONNECTION_RELAY_HEADER in headers else None
         if relayed is not None or (
@@ -214,6 +225,23 @@ def forwarded_headers(client: UpstreamClient, headers: CIMultiDictProxy[str]) ->
             named = _connection_named(connection or (), relayed or ())
             out = [(name, value) for name, value in out if name.lower() not in named]
     return out
+
+
+def _verdict(client: UpstreamClient, name: str) -> int:
+    """Whether a client header ``name`` passes the upstream's allow-list, and whether it is one that names
+    hop-by-hop headers; kept in ``client.verdicts`` (the first :data:`_VERDICTS_KEPT` names)."""
+    lower = name.lower()
+    verdict = 0
+    prefixes = client.forward_prefixes
+    if lower in client.forward_names or (
+        prefixes and lower.startswith(prefixes) and not never_forwarded(lower) and lower not in client.fixed_names
+    ):
+        verdict = _PASSES
+    if lower == "connection" or lower == CONNECTION_RELAY_HEADER:
+        verdict |= _NAMES_HOPS
+    if len(client.verdicts) < _VERDICTS_KEPT:
+        client.verdicts[name] = verdict
+    return verdict
 
 
 def _connection_named(connection: Sequence[str], relayed: Sequence[str]) -> frozenset[str]:
