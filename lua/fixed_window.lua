@@ -138,6 +138,15 @@ local function fw_write_all()
   end
 end
 
+-- Marks key as holding a write back.
+local function fw_hold(c, key)
+  if not c.held[key] then
+    c.held[key] = true
+    c.size = c.size + 1
+    c.keys[c.size] = key
+  end
+end
+
 -- Units used in the window starting at start, and whether the key holds that window (w is compared as the
 -- string Redis holds: the window's start is formatted once per window, not parsed on every call).
 local function fw_load(key, start)
@@ -184,11 +193,7 @@ ALGORITHMS.fixed_window = {
     if n ~= nil and n > 0 and c.start[key] == start then -- taken from earlier in this call: n is known
       n = n + cost
       c.count[key] = n
-      if not c.held[key] then
-        c.held[key] = true
-        c.size = c.size + 1
-        c.keys[c.size] = key
-      end
+      fw_hold(c, key)
     else
       fw_sync(key)
       n = redis.call('HINCRBY', key, 'n', int_memo(cost))
@@ -212,11 +217,7 @@ ALGORITHMS.fixed_window = {
     end
     if n ~= nil then
       c.count[key] = n - cost
-      if not c.held[key] then
-        c.held[key] = true
-        c.size = c.size + 1
-        c.keys[c.size] = key
-      end
+      fw_hold(c, key)
     else
       redis.call('HINCRBY', key, 'n', int_memo(-cost))
     end
