@@ -257,6 +257,30 @@ def test_metric_files_of_the_multiprocess_mode_hold_the_same_figures(tmp_path: P
     assert_same_samples(got, want)
 
 
+@pytest.mark.process
+def test_a_scrape_in_multiprocess_mode_skips_a_metric_file_a_worker_is_still_creating(tmp_path: Path) -> None:
+    """prometheus_client creates a worker's file empty and sizes it just after: a scrape in between (or after a worker
+    was killed in between) still answers every other worker's figures instead of failing."""
+    (tmp_path / "counter_999999.db").write_bytes(b"")  # the moment between creating and sizing, or a killed worker's
+    script = (
+        "import asyncio, json\n"
+        "from tests.accounting.test_flush_batching import DOC, flushed, varied_requests\n"
+        "async def main():\n"
+        "    acc = await flushed(DOC, varied_requests(), batch=64)\n"
+        "    print(json.dumps(acc.metrics.exposition().decode()))\n"
+        "    await acc.close()\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = json.loads(done.stdout.strip().splitlines()[-1])
+    acc = Accounting(config_from_dict(DOC))
+    pricing = acc.pricing()
+    entries = [entry_from(capture(ctx, end, WALL), pricing) for ctx, end in varied_requests()]
+    assert_same_samples(samples_of(text), reference_samples(entries, acc.current.metrics, pricing.currency))
+
+
 def test_a_histogram_child_without_the_known_internals_is_observed_one_value_at_a_time() -> None:
     seen: list[float] = []
     GatewayMetrics._observe_many(SimpleNamespace(observe=seen.append), [0.3, 0.1, 0.2])

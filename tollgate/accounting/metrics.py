@@ -35,16 +35,18 @@ process sees plus those listed, every other tenant reported as ``other``
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from itertools import repeat
 from operator import lt
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tollgate.accounting.pricing import NANOS
@@ -63,6 +65,31 @@ UNKNOWN_MODEL = "unknown"  # the model of a request that named none
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+# A worker's metric file holds at least its 8-byte header once prometheus_client has sized it.
+_FILE_HEADER = 8
+
+
+class _WorkerFiles:
+    """Every worker's metric files merged, as ``MultiProcessCollector`` merges them, but for a file a worker is
+    creating at this moment: prometheus_client creates it empty and sizes it just after, and the collector's read of
+    an empty file raises (``struct.error``) and fails the whole scrape. One left empty by a worker killed in that
+    moment would fail every scrape after it. An empty file has nothing recorded yet: it is skipped."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        files = []
+        for name in glob.glob(os.path.join(self.path, "*.db")):
+            try:
+                if os.path.getsize(name) >= _FILE_HEADER:
+                    files.append(name)
+            except FileNotFoundError:  # a dead worker's live gauge file, removed since the listing
+                continue
+        merged: Iterable[Metric] = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        return merged
 
 
 def multiprocess_dir() -> str | None:
@@ -337,7 +364,7 @@ class GatewayMetrics:
         if self.multiprocess_path is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self.multiprocess_path)  # type: ignore[no-untyped-call]  # untyped upstream
+        registry.register(_WorkerFiles(self.multiprocess_path))
         return generate_latest(registry)
 
     def sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
