@@ -230,31 +230,45 @@ async def test_batched_aggregates_and_sla_equal_one_update_per_request() -> None
         await acc.close()
 
 
-@pytest.mark.process
-def test_metric_files_of_the_multiprocess_mode_hold_the_same_figures(tmp_path: Path) -> None:
-    """prometheus_client in multiprocess mode (a fresh interpreter with PROMETHEUS_MULTIPROC_DIR) against the in-memory reference."""
-    script = (
-        "import asyncio, json\n"
-        "from tests.accounting.test_flush_batching import DOC, flushed, varied_requests\n"
-        "async def main():\n"
-        "    acc = await flushed(DOC, varied_requests(), batch=64)\n"
-        "    assert acc.metrics.multiprocess_path\n"
-        "    print(json.dumps(acc.metrics.exposition().decode()))\n"
-        "    await acc.close()\n"
-        "asyncio.run(main())\n"
-    )
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert list(tmp_path.glob("histogram_*.db")), "no histogram file was written"
-    text = json.loads(done.stdout.strip().splitlines()[-1])
+# A fresh interpreter in multiprocess mode: the varied requests flushed, then the exposition (JSON on its last line).
+_MULTIPROCESS_SCRIPT = (
+    "import asyncio, json\n"
+    "from tests.accounting.test_flush_batching import DOC, flushed, varied_requests\n"
+    "async def main():\n"
+    "    acc = await flushed(DOC, varied_requests(), batch=64)\n"
+    "    assert acc.metrics.multiprocess_path\n"
+    "    print(json.dumps(acc.metrics.exposition().decode()))\n"
+    "    await acc.close()\n"
+    "asyncio.run(main())\n"
+)
 
+
+def multiprocess_exposition(directory: Path) -> str:
+    """The exposition of the varied requests flushed by prometheus_client in multiprocess mode, its files in
+    ``directory``."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory), "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", _MULTIPROCESS_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    text: str = json.loads(done.stdout.strip().splitlines()[-1])
+    return text
+
+
+def assert_reference_figures(text: str) -> None:
+    """``text`` holds the in-memory reference's figures for the varied requests."""
     acc = Accounting(config_from_dict(DOC))
     pricing = acc.pricing()
     entries = [entry_from(capture(ctx, end, WALL), pricing) for ctx, end in varied_requests()]
-    want = reference_samples(entries, acc.current.metrics, pricing.currency)
-    got = samples_of(text)
-    assert_same_samples(got, want)
+    assert_same_samples(samples_of(text), reference_samples(entries, acc.current.metrics, pricing.currency))
+
+
+@pytest.mark.process
+def test_metric_files_of_the_multiprocess_mode_hold_the_same_figures(tmp_path: Path) -> None:
+    """prometheus_client in multiprocess mode (a fresh interpreter with PROMETHEUS_MULTIPROC_DIR) against the in-memory reference."""
+    text = multiprocess_exposition(tmp_path)
+    assert list(tmp_path.glob("histogram_*.db")), "no histogram file was written"
+    assert_reference_figures(text)
 
 
 @pytest.mark.process
@@ -262,23 +276,7 @@ def test_a_scrape_in_multiprocess_mode_skips_a_metric_file_a_worker_is_still_cre
     """prometheus_client creates a worker's file empty and sizes it just after: a scrape in between (or after a worker
     was killed in between) still answers every other worker's figures instead of failing."""
     (tmp_path / "counter_999999.db").write_bytes(b"")  # the moment between creating and sizing, or a killed worker's
-    script = (
-        "import asyncio, json\n"
-        "from tests.accounting.test_flush_batching import DOC, flushed, varied_requests\n"
-        "async def main():\n"
-        "    acc = await flushed(DOC, varied_requests(), batch=64)\n"
-        "    print(json.dumps(acc.metrics.exposition().decode()))\n"
-        "    await acc.close()\n"
-        "asyncio.run(main())\n"
-    )
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    text = json.loads(done.stdout.strip().splitlines()[-1])
-    acc = Accounting(config_from_dict(DOC))
-    pricing = acc.pricing()
-    entries = [entry_from(capture(ctx, end, WALL), pricing) for ctx, end in varied_requests()]
-    assert_same_samples(samples_of(text), reference_samples(entries, acc.current.metrics, pricing.currency))
+    assert_reference_figures(multiprocess_exposition(tmp_path))
 
 
 def test_a_histogram_child_without_the_known_internals_is_observed_one_value_at_a_time() -> None:
