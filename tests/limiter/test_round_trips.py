@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -127,10 +128,19 @@ async def test_a_connection_that_refuses_the_write_is_dropped_and_its_calls_go_t
         await engine.run("admit", ["warm"], ["gcra", 10, 1000, 1, "", "0"])
         (conn,) = engine._idle
 
-        def refuse(data: bytes) -> None:
-            raise RuntimeError("transport closed")
+        class Refusing:
+            """The connection's transport, but its write raises, as a transport closed under us can."""
 
-        conn._writer.write = refuse
+            def __init__(self, transport: Any) -> None:
+                self.transport = transport
+
+            def write(self, data: bytes) -> None:
+                raise RuntimeError("transport closed")
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.transport, name)
+
+        conn.transport = Refusing(conn.transport)
         replies = await asyncio.gather(
             *(engine.run("admit", [f"k{i}"], ["gcra", 10, 1000, 1, "", "0"]) for i in range(EAGER_BATCH))
         )

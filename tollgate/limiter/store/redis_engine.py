@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import select
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -69,6 +68,7 @@ from tollgate.circuit_breaker import CLOSED, DEFAULT_SETTINGS, BreakerSettings, 
 from tollgate.clock import Clock
 from tollgate.errors import StoreError, StoreOverloaded, StoreTimeout, StoreUnavailable
 from tollgate.limiter.store.engine import Arg, EngineStats, ScriptCall
+from tollgate.limiter.store.redis_pipe import RedisPipe
 from tollgate.limiter.store.scripts import Script, function_library, load_scripts
 
 __all__ = ["ADMIT_BATCH", "EAGER_BATCH", "QUEUE_TIMEOUT", "WARM_CONNECTIONS", "RedisEngine"]
@@ -131,25 +131,6 @@ class _Slots:
         self.busy -= 1
 
 
-def _answer_waiting(conn: Any) -> bool:
-    """Has the store sent bytes on ``conn`` that are not read yet (parsed, buffered, or in the socket)? Never blocks."""
-    try:
-        parser = conn._parser
-        if parser._reader is not None and parser._reader.has_data():
-            return True
-        stream = conn._reader
-        if stream is not None and (stream._buffer or stream.at_eof()):
-            return True
-        sock = conn._writer.get_extra_info("socket") if conn._writer is not None else None
-        if sock is None:
-            return False
-        poller = select.poll()  # not select(): a busy gateway has descriptors past FD_SETSIZE
-        poller.register(sock.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
-    except (AttributeError, OSError, ValueError):  # a connection closed under us: nothing will come
-        return False
-
-
 class _ReplyBudget:
     """The store's time budget for one round trip, from when its pipeline was written.
 
@@ -160,21 +141,21 @@ class _ReplyBudget:
     timed out.
     """
 
-    __slots__ = ("_loop", "_task", "_conn", "_timeout", "_handle", "_fired", "_cancelling")
+    __slots__ = ("_loop", "_task", "_pipe", "_timeout", "_handle", "_fired", "_cancelling")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, conn: Any, written_at: float, timeout: float) -> None:
-        task = asyncio.current_task()
+    def __init__(self, loop: asyncio.AbstractEventLoop, pipe: RedisPipe, written_at: float, timeout: float) -> None:
+        task = asyncio.current_task(loop)  # with its loop: without, asking for the running one costs a getpid()
         assert task is not None
         self._loop = loop
         self._task = task
-        self._conn = conn
+        self._pipe = pipe
         self._timeout = timeout
         self._fired = False
         self._cancelling = task.cancelling()
         self._handle = loop.call_at(written_at + timeout, self._expire)
 
     def _expire(self) -> None:
-        if _answer_waiting(self._conn):
+        if self._pipe.answer_waiting():
             self._handle = self._loop.call_at(self._loop.time() + self._timeout, self._expire)
             return
         self._fired = True
@@ -186,6 +167,70 @@ class _ReplyBudget:
     def timed_out(self) -> bool:
         """After a CancelledError: was it this budget's? (Its cancellation is then taken back.)"""
         return self._fired and self._task.uncancel() <= self._cancelling
+
+
+class _Waiter:
+    """A round trip's replies handed to a future that a coroutine awaits (the asynchronous way)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[list[Any]]) -> None:
+        self.future = future
+
+    def replied(self, replies: list[Any]) -> None:
+        if not self.future.done():
+            self.future.set_result(replies)
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class _Trip:
+    """A pipeline written in the tick that filled it: its callers answered from the connection's data callback when
+    the replies are in, without a task or a coroutine; the store's budget is a timer, extended while a reply has
+    arrived but is not read yet (as :class:`_ReplyBudget` does)."""
+
+    __slots__ = ("engine", "batch", "pipe", "shape", "handle")
+
+    def __init__(
+        self,
+        engine: RedisEngine,
+        batch: list[tuple[ScriptCall, asyncio.Future[Any]]],
+        pipe: RedisPipe,
+        shape: list[int] | None,
+    ) -> None:
+        self.engine = engine
+        self.batch = batch
+        self.pipe = pipe
+        self.shape = shape
+        loop = pipe.loop
+        self.handle = loop.call_at(loop.time() + engine.timeout, self.expire)
+
+    def replied(self, replies: list[Any]) -> None:
+        self.handle.cancel()
+        engine = self.engine
+        engine._give_back(self.pipe, True)
+        shape = self.shape
+        engine._answered(self.batch, replies if shape is None else _spread(replies, shape))
+
+    def failed(self, exc: BaseException) -> None:
+        self.handle.cancel()
+        self.engine._trip_failed(self.batch, self.pipe, exc)
+
+    def expire(self) -> None:
+        pipe = self.pipe
+        if pipe.answer_waiting():
+            loop = pipe.loop
+            self.handle = loop.call_at(loop.time() + self.engine.timeout, self.expire)
+            return
+        pipe.abandon()
+        engine = self.engine
+        engine._trip_failed(
+            self.batch,
+            pipe,
+            StoreTimeout(f"store {engine.name} sent nothing back within its {engine.timeout * 1000:.0f} ms budget"),
+        )
 
 
 # The replies that say the server lacks the library (it was flushed, or the server restarted empty) ...
@@ -360,11 +405,11 @@ class RedisEngine:
             self._client: Redis | RedisCluster = RedisCluster.from_url(url, **options)
         else:
             self._client = Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
-        # Standalone: our own idle list of redis-py connections (made by the
-        # client's pool, so URL, auth and TLS options apply), without the
-        # pool's per-checkout lock and bookkeeping on the hot path.
-        self._idle: list[Any] = []
-        self._lent: set[Any] = set()  # connections written on, replies not yet read
+        # Standalone: our own idle list of connections, opened by redis-py (made by the client's pool, so URL,
+        # auth and TLS options apply) and then read by a RedisPipe, without the pool's per-checkout lock and
+        # bookkeeping on the hot path.
+        self._idle: list[RedisPipe] = []
+        self._lent: set[RedisPipe] = set()  # connections written on, replies not yet in
         self._slots = _Slots(max_connections)
         self._warm = min(warm_connections, max_connections)
         self._connect_timeout = options["socket_connect_timeout"]
@@ -410,7 +455,7 @@ class RedisEngine:
         opened = await asyncio.gather(
             *(self._open() for _ in range(self._warm - len(self._idle))), return_exceptions=True
         )
-        self._idle += [conn for conn in opened if not isinstance(conn, BaseException)]
+        self._idle += [pipe for pipe in opened if not isinstance(pipe, BaseException)]
         failed = [exc for exc in opened if isinstance(exc, BaseException)]
         if failed:
             log.warning(
@@ -445,12 +490,14 @@ class RedisEngine:
     async def close(self) -> None:
         for task in list(self._in_flight):
             task.cancel()
+        for pipe in list(self._lent):  # pipelines written in the tick that filled them: nobody must wait forever
+            pipe.fail(StoreError(f"store {self.name} closed"))
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         idle, self._idle = self._idle + list(self._lent), []
         self._lent.clear()
-        for conn in idle:
-            await conn.disconnect()
+        for pipe in idle:
+            pipe.close()
         await self._client.aclose()
 
     # -- coalescing ------------------------------------------------------------
@@ -466,16 +513,19 @@ class RedisEngine:
             return
         calls = [call for call, _ in batch]
         sent = self._write_now(calls)
-        written_at = asyncio.get_running_loop().time() if sent is not None else 0.0
-        task = asyncio.ensure_future(self._deliver(batch, calls, sent, written_at))
-        self._track(task)
+        if sent is None:
+            self._track(asyncio.ensure_future(self._deliver(batch, calls)))
+            return
+        pipe, shape = sent
+        self.stats.calls += len(calls)
+        pipe.expect(len(calls) if shape is None else len(shape), _Trip(self, batch, pipe, shape))
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    def _write_now(self, calls: list[ScriptCall]) -> Any:
-        """Writes ``calls`` on an idle connection now, in this tick; the connection to read their replies from and
+    def _write_now(self, calls: list[ScriptCall]) -> tuple[RedisPipe, list[int] | None] | None:
+        """Writes ``calls`` on an idle connection now, in this tick; the connection their replies will come on and
         the shape of what was written (see :meth:`_packed`).
 
         None when that cannot be done (Cluster, scripts not loaded yet, no idle
@@ -485,29 +535,33 @@ class RedisEngine:
         """
         if not self._idle or not self._preloaded or self.breaker.state != CLOSED or self._cluster:
             return None
-        conn = self._idle[-1]
-        writer = getattr(conn, "_writer", None)
-        if writer is None or writer.is_closing() or any(call.script not in self._scripts for call in calls):
+        pipe = self._idle[-1]
+        if not pipe.usable() or any(call.script not in self._scripts for call in calls):
             return None
         if not self._slots.take_now():
             return None
         self._idle.pop()
-        self._lent.add(conn)
+        self._lent.add(pipe)
         try:
             packed, shape = self._packed(calls)
-            writer.write(packed)
+            pipe.write(packed)
         except Exception:  # a transport that cannot take it (closed under us): the asynchronous way decides
-            self._give_back(conn, False)
-            writer.close()
+            self._give_back(pipe, False)
+            pipe.close()
             return None
         self.stats.round_trips += 1
-        return conn, shape
+        return pipe, shape
 
     async def _deliver(
-        self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]], calls: list[ScriptCall], sent: Any, written_at: float
+        self,
+        batch: list[tuple[ScriptCall, asyncio.Future[Any]]],
+        calls: list[ScriptCall],
+        replies: list[Any] | None = None,
     ) -> None:
+        """The replies of ``batch``'s calls handed to its callers; ``replies``: what Redis already answered to them
+        on the fast path (see :meth:`_answered`)."""
         try:
-            results = await self._send(calls, sent, written_at)
+            results = await self._send(calls, replies)
         except BaseException as exc:  # cancelled by close(): nobody must wait forever
             for _, future in batch:
                 if not future.done():
@@ -523,24 +577,61 @@ class RedisEngine:
             else:
                 future.set_result(result)
 
+    def _answered(self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]], replies: list[Any]) -> None:
+        """A pipeline written in the tick that filled it is answered: its callers get their replies now; a reply
+        that is an error (a missing script or library, a script that failed) goes the asynchronous way, which
+        loads and resends or says which script failed."""
+        for reply in replies:
+            if isinstance(reply, Exception):
+                self._track(asyncio.ensure_future(self._deliver(batch, [call for call, _ in batch], replies)))
+                return
+        self.breaker.success()
+        if self._cold:
+            self._rewarm()
+        for (_, future), reply in zip(batch, replies):
+            if not future.done():  # else the caller went away
+                future.set_result(reply)
+
+    def _trip_failed(
+        self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]], pipe: RedisPipe, exc: BaseException
+    ) -> None:
+        """A pipeline written in the tick that filled it got no replies (``exc`` says why): its connection is not
+        reused; each caller gets the StoreError that :meth:`_send` gives."""
+        self._give_back(pipe, False)
+        self._cold = True
+        pipe.close()
+        if isinstance(exc, StoreError):  # a timeout, or the engine closed
+            error = exc
+            if isinstance(exc, StoreTimeout):
+                self.breaker.failure()
+        else:  # the connection was lost, or its replies could not be read
+            self.breaker.failure()
+            error = StoreError(f"store {self.name} failed: {exc}")
+            error.__cause__ = exc
+        self.stats.failures += len(batch)
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)
+
     # -- one round trip under budget and breaker --------------------------------
-    async def _send(self, calls: list[ScriptCall], sent: Any = None, written_at: float = 0.0) -> list[Any]:
-        """Each call's reply or StoreError; ``sent``: the connection _write_now already wrote them on at
-        ``written_at`` (the breaker was closed), and the shape of what it wrote."""
+    async def _send(self, calls: list[ScriptCall], replies: list[Any] | None = None) -> list[Any]:
+        """Each call's reply or StoreError; ``replies``: what Redis answered them on the fast path (the breaker was
+        closed), errors among them."""
         stats = self.stats
-        stats.calls += len(calls)
         breaker = self.breaker
-        if sent is None and not breaker.acquire():
-            stats.rejected_open += len(calls)
-            stats.failures += len(calls)
-            error: StoreError = StoreUnavailable(f"store {self.name} unavailable (circuit open)")
-            return [error] * len(calls)
+        if replies is None:  # (the fast path counted its calls when it wrote them)
+            stats.calls += len(calls)
+            if not breaker.acquire():
+                stats.rejected_open += len(calls)
+                stats.failures += len(calls)
+                error: StoreError = StoreUnavailable(f"store {self.name} unavailable (circuit open)")
+                return [error] * len(calls)
         try:
             if self._cluster:
                 async with asyncio.timeout(self.timeout):
                     replies = await self._execute(calls)
             else:
-                replies = await self._execute(calls, sent, written_at)
+                replies = await self._execute(calls, replies)
         except TimeoutError:
             breaker.failure()
             stats.failures += len(calls)
@@ -648,18 +739,15 @@ class RedisEngine:
     def _eval(self, call: ScriptCall) -> tuple[Any, ...]:
         return ("EVAL", self._scripts[call.script].source, len(call.keys), *call.keys, *call.args)
 
-    async def _execute(self, calls: list[ScriptCall], sent: Any = None, written_at: float = 0.0) -> list[Any]:
-        """Replies in call order (an error reply as its exception).
+    async def _execute(self, calls: list[ScriptCall], replies: list[Any] | None = None) -> list[Any]:
+        """Replies in call order (an error reply as its exception); ``replies``: those already in (the fast path).
 
         A missing script is answered by one EVAL resend, a missing library by
         loading it and one FCALL resend (then EVAL, if it went missing again in
         between), a server that refuses FCALL by one EVAL resend (and EVALSHA
         from then on).
         """
-        if sent is not None:
-            conn, shape = sent
-            replies = await self._read(conn, len(calls), written_at, shape=shape)
-        else:
+        if replies is None:
             for call in calls:
                 if call.script not in self._scripts:
                     raise StoreError(f"unknown script {call.script!r}")
@@ -741,14 +829,21 @@ class RedisEngine:
             raise StoreOverloaded(
                 f"store {self.name}: no connection free within {self.queue_timeout:g} s (all {self._slots.limit} busy)"
             ) from None
-        connect = not self._idle
-        try:
-            conn = self._new_connection() if connect else self._idle.pop()
-        except BaseException:
-            self._slots.give()
-            raise
-        self._lent.add(conn)
-        return await self._read(conn, count, asyncio.get_running_loop().time(), packed, connect, shape)
+        pipe = None
+        while self._idle and pipe is None:
+            pipe = self._idle.pop()
+            if not pipe.usable():  # closed by the store while idle
+                pipe.close()
+                self._cold = True
+                pipe = None
+        if pipe is None:
+            try:
+                pipe = await self._open()
+            except BaseException:
+                self._slots.give()
+                raise
+        self._lent.add(pipe)
+        return await self._read(pipe, count, packed, shape)
 
     def _new_connection(self) -> Any:
         """A new connection, not connected yet, made by the standalone client's pool (its URL, auth, TLS)."""
@@ -756,76 +851,55 @@ class RedisEngine:
         assert isinstance(client, Redis)  # standalone only: on Cluster, redis-py owns the connections
         return client.connection_pool.make_connection()  # type: ignore[no-untyped-call]  # not annotated by redis-py
 
-    async def _open(self) -> Any:
-        """A new connected connection, for the idle list; StoreUnavailable when the store cannot be reached."""
+    async def _open(self) -> RedisPipe:
+        """A new connection, its handshake done (within the connect timeout) and its replies read by a RedisPipe;
+        StoreUnavailable when the store cannot be reached."""
         conn = self._new_connection()
         try:
-            async with asyncio.timeout(self._connect_timeout):  # the handshake (HELLO) included
+            async with asyncio.timeout(self._connect_timeout):  # the handshake (AUTH, SELECT, HELLO) included
                 await conn.connect()
         except (RedisError, OSError, TimeoutError) as exc:
             await conn.disconnect(nowait=True)
             raise StoreUnavailable(f"store {self.name} cannot be reached: {exc or type(exc).__name__}") from exc
-        return conn
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        pipe = RedisPipe.adopt(conn)
+        if pipe is None:
+            await conn.disconnect(nowait=True)
+            raise StoreUnavailable(f"store {self.name}: a new connection held unread bytes after its handshake")
+        return pipe
 
-    async def _read(
-        self,
-        conn: Any,
-        count: int,
-        written_at: float,
-        packed: bytes | None = None,
-        connect: bool = False,
-        shape: list[int] | None = None,
-    ) -> list[Any]:
-        """The replies of ``count`` calls written on ``conn`` at ``written_at`` (``packed``: write them first,
-        ``connect``: after connecting; ``shape``: how many calls each command carried, None when one each), within
-        the store's budget; then the connection and its slot are given back.
-
-        A connection that cannot be made, in time or at all, is StoreUnavailable (the calls were not sent).
-        """
+    async def _read(self, pipe: RedisPipe, count: int, packed: bytes, shape: list[int] | None = None) -> list[Any]:
+        """The replies of ``count`` calls (``shape``: how many calls each command carried, None when one each),
+        ``packed``, written on ``pipe`` now and awaited within the store's budget; then the connection and its slot
+        are given back."""
         healthy = False
-        loop = asyncio.get_running_loop()
-        # Connecting (TCP, and a handshake when the URL asks for AUTH or a database) has the connect timeout;
-        # the store's budget starts when the pipeline is written.
-        budget = _ReplyBudget(loop, conn, written_at, self._connect_timeout if connect else self.timeout)
+        loop = pipe.loop
+        waiter: asyncio.Future[list[Any]] = loop.create_future()
+        pipe.expect(count if shape is None else len(shape), _Waiter(waiter))
+        budget = _ReplyBudget(loop, pipe, loop.time(), self.timeout)
         try:
-            if connect:
-                try:
-                    await conn.connect()
-                except (RedisError, OSError) as exc:
-                    raise StoreUnavailable(f"store {self.name} cannot be reached: {exc}") from exc
-                connect = False
-                budget.cancel()
-                budget = _ReplyBudget(loop, conn, loop.time(), self.timeout)
-            if packed is not None:
-                await conn.send_packed_command(packed, check_health=False)
-            replies: list[Any] = []
-            for _ in range(count if shape is None else len(shape)):
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+            pipe.write(packed)
+            replies = await waiter
             healthy = True
             return replies if shape is None else _spread(replies, shape)
         except asyncio.CancelledError:
             if budget.timed_out():
-                if connect:
-                    raise StoreUnavailable(
-                        f"store {self.name} did not complete a connection handshake in time"
-                    ) from None
                 raise TimeoutError from None
             raise
         finally:
             budget.cancel()
-            if not self._give_back(conn, healthy):  # a half-read pipeline leaves the socket out of step: never reuse it
+            if not self._give_back(pipe, healthy):  # a half-read pipeline leaves the socket out of step: never reuse it
                 self._cold = True
-                await conn.disconnect(nowait=True)
+                pipe.abandon()
 
-    def _give_back(self, conn: Any, healthy: bool) -> bool:
+    def _give_back(self, pipe: RedisPipe, healthy: bool) -> bool:
         """Frees the round trip's slot; a healthy connection goes back to the idle list (True)."""
-        self._lent.discard(conn)
+        self._lent.discard(pipe)
         self._slots.give()
-        if healthy and conn.is_connected:
-            self._idle.append(conn)
+        if healthy and pipe.usable():
+            self._idle.append(pipe)
             return True
         return False
 
@@ -838,6 +912,6 @@ class RedisEngine:
             self._track(asyncio.ensure_future(self._open_idle(missing)))
 
     async def _open_idle(self, count: int) -> None:
-        for conn in await asyncio.gather(*(self._open() for _ in range(count)), return_exceptions=True):
-            if not isinstance(conn, BaseException):
-                self._idle.append(conn)
+        for pipe in await asyncio.gather(*(self._open() for _ in range(count)), return_exceptions=True):
+            if not isinstance(pipe, BaseException):
+                self._idle.append(pipe)

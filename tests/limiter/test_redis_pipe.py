@@ -1,0 +1,254 @@
+"""The Redis connections' read path: replies parsed as they arrive, whole round trips handed over, a connection out
+of step with its commands never reused, and pipelines written in the tick that filled them answered without a task."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import hiredis
+import pytest
+from redis._parsers import BaseParser
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
+
+from tests.support.redis import RedisServer
+from tollgate.clock import SystemClock
+from tollgate.errors import StoreError
+from tollgate.limiter.store import RedisEngine
+from tollgate.limiter.store.redis_engine import EAGER_BATCH
+from tollgate.limiter.store.redis_pipe import RedisPipe
+
+ADMIT_ARGS = ["gcra", 10, 1000, 1, "", "0"]
+
+
+class FakeTransport:
+    """What a pipe writes, and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
+
+
+class FakeConn:
+    """redis-py's connection as the pipe sees it."""
+
+    def __init__(self) -> None:
+        self._writer: object | None = object()
+        self._reader: object | None = object()
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.replies: list[list[Any]] = []
+        self.errors: list[BaseException] = []
+
+    def replied(self, replies: list[Any]) -> None:
+        self.replies.append(replies)
+
+    def failed(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+
+
+def pipe_of() -> tuple[RedisPipe, FakeTransport, FakeConn]:
+    transport, conn = FakeTransport(), FakeConn()
+    return RedisPipe(conn, transport, asyncio.get_running_loop(), BaseParser.parse_error), transport, conn
+
+
+def plain(reply: Any) -> Any:
+    """A reply comparable by value: an error reply as its class and message, at any depth."""
+    if isinstance(reply, Exception):
+        return (type(reply), str(reply))
+    if isinstance(reply, list):
+        return [plain(r) for r in reply]
+    return reply
+
+
+# Replies of every shape the scripts and the engine meet: integers, bulk strings, nested arrays, nil, errors.
+REPLIES = (
+    b":1\r\n",
+    b":-42\r\n",
+    b"$5\r\nhello\r\n",
+    b"$-1\r\n",
+    b"*3\r\n:1\r\n:0\r\n$3\r\nabc\r\n",
+    b"*2\r\n*2\r\n:7\r\n:8\r\n*0\r\n",
+    b"+OK\r\n",
+    b"-NOSCRIPT No matching script. Please use EVAL.\r\n",
+    b"-ERR Error running script (call to f_x): @user_script:1: boom\r\n",
+    b"*2\r\n:5\r\n-ERR nested\r\n",
+)
+
+
+async def test_replies_cut_anywhere_are_handed_over_whole_and_in_order_as_one_parse_of_them_gives() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        chosen = [rng.choice(REPLIES) for _ in range(rng.randint(1, 12))]
+        stream = b"".join(chosen)
+        expected = hiredis.Reader(replyError=BaseParser.parse_error)
+        expected.feed(stream)
+        want = [expected.gets() for _ in chosen]
+        pipe, _, _ = pipe_of()
+        sink = Sink()
+        pipe.expect(len(chosen), sink)
+        cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 6))))
+        pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+        for i, piece in enumerate(pieces):
+            pipe.data_received(piece)
+            if i < len(pieces) - 1:
+                assert sink.replies == [], "handed over before all replies were in"
+        assert len(sink.replies) == 1 and not sink.errors
+        assert plain(sink.replies[0]) == plain(want)
+        assert pipe.usable()
+
+
+async def test_error_replies_are_redis_py_s_exception_classes() -> None:
+    pipe, _, _ = pipe_of()
+    sink = Sink()
+    pipe.expect(2, sink)
+    pipe.data_received(b"-NOSCRIPT No matching script.\r\n-ERR Function not found\r\n")
+    first, second = sink.replies[0]
+    assert type(first) is NoScriptError and type(second) is ResponseError
+    assert "Function not found" in str(second)
+
+
+async def test_a_reply_no_command_asked_for_closes_the_connection() -> None:
+    pipe, transport, conn = pipe_of()
+    pipe.data_received(b":1\r\n")
+    assert transport.closed and not pipe.usable()
+    assert conn._writer is None and conn._reader is None  # redis-py's connection forgot its transport too
+
+
+async def test_more_replies_than_commands_fail_the_round_trip_and_close_the_connection() -> None:
+    pipe, transport, _ = pipe_of()
+    sink = Sink()
+    pipe.expect(1, sink)
+    pipe.data_received(b":1\r\n:2\r\n")
+    assert sink.replies == [] and len(sink.errors) == 1 and isinstance(sink.errors[0], InvalidResponse)
+    assert transport.closed and not pipe.usable()
+
+
+async def test_bytes_that_are_not_resp_fail_the_round_trip_and_close_the_connection() -> None:
+    pipe, transport, _ = pipe_of()
+    sink = Sink()
+    pipe.expect(1, sink)
+    pipe.data_received(b"HTTP/1.1 400 Bad Request\r\n")
+    assert sink.replies == [] and len(sink.errors) == 1 and isinstance(sink.errors[0], InvalidResponse)
+    assert transport.closed
+
+
+async def test_a_lost_connection_fails_the_waiting_round_trip_once() -> None:
+    pipe, _, _ = pipe_of()
+    sink = Sink()
+    pipe.expect(2, sink)
+    pipe.data_received(b":1\r\n")
+    pipe.connection_lost(ConnectionResetError("reset by peer"))
+    pipe.connection_lost(None)
+    assert sink.replies == [] and len(sink.errors) == 1 and isinstance(sink.errors[0], RedisConnectionError)
+    assert not pipe.usable()
+
+
+async def test_an_abandoned_round_trip_hears_nothing_more_and_its_connection_is_closed() -> None:
+    pipe, transport, _ = pipe_of()
+    sink = Sink()
+    pipe.expect(1, sink)
+    pipe.abandon()
+    pipe.connection_lost(None)
+    assert sink.replies == [] and sink.errors == [] and transport.closed
+
+
+async def test_a_reply_parsed_but_not_handed_over_is_an_answer_waiting() -> None:
+    pipe, _, _ = pipe_of()
+    sink = Sink()
+    pipe.expect(2, sink)
+    assert not pipe.answer_waiting()
+    pipe.data_received(b":1\r\n")
+    assert pipe.answer_waiting()  # one of two replies in: the budget is extended, not spent
+    pipe.data_received(b":2")
+    assert pipe.answer_waiting()  # half a reply in hiredis's buffer
+    pipe.data_received(b"\r\n")
+    assert sink.replies == [[1, 2]] and not pipe.answer_waiting()
+
+
+@pytest.mark.process
+async def test_a_pipeline_written_in_its_tick_is_answered_without_a_task(redis_standalone: RedisServer) -> None:
+    redis_standalone.flushall()
+    engine = RedisEngine(redis_standalone.url, clock=SystemClock(), timeout=2.0)
+    try:
+        await engine.start()
+        calls = [asyncio.ensure_future(engine.run("admit", [f"k{i}"], ADMIT_ARGS)) for i in range(EAGER_BATCH)]
+        await asyncio.sleep(0)  # the callers queue their calls; the sixteenth writes the pipeline
+        assert engine.stats.round_trips == 2  # start()'s script load, then this pipeline
+        assert not engine._in_flight, "no task reads the replies"
+        replies = await asyncio.gather(*calls)
+        assert all(r[0] == 1 for r in replies)
+        assert len(engine._idle) >= 1 and not engine._lent
+    finally:
+        await engine.close()
+
+
+@pytest.mark.process
+async def test_a_connection_the_store_closed_while_idle_is_not_written_on(redis_standalone: RedisServer) -> None:
+    redis_standalone.flushall()
+    admin = redis_standalone.client()
+    others = {c["id"] for c in admin.client_list()}
+    engine = RedisEngine(redis_standalone.url, clock=SystemClock(), timeout=2.0, warm_connections=1)
+    try:
+        await engine.start()
+        (pipe,) = engine._idle
+        for client in admin.client_list():
+            if client["id"] not in others and client["cmd"] != "client|list":
+                admin.client_kill_filter(_id=client["id"])
+        for _ in range(100):  # the loop hears of the close
+            if not pipe.usable():
+                break
+            await asyncio.sleep(0.01)
+        assert not pipe.usable()
+        failures = engine.stats.failures
+        assert (await engine.run("admit", ["k"], ADMIT_ARGS))[0] == 1  # a new connection, no failed call
+        assert engine.stats.failures == failures and pipe not in engine._idle
+    finally:
+        admin.close()
+        await engine.close()
+
+
+@pytest.mark.process
+async def test_closing_the_engine_leaves_no_redis_py_connection_open(redis_standalone: RedisServer) -> None:
+    redis_standalone.flushall()
+    engine = RedisEngine(redis_standalone.url, clock=SystemClock(), timeout=2.0, warm_connections=4)
+    await engine.start()
+    await asyncio.gather(*(engine.run("admit", [f"k{i}"], ADMIT_ARGS) for i in range(EAGER_BATCH * 2)))
+    pipes = list(engine._idle)
+    assert pipes
+    await engine.close()
+    assert all(not p.conn.is_connected and not p.usable() for p in pipes)
+
+
+@pytest.mark.process
+async def test_a_call_the_engine_cannot_answer_before_closing_gets_a_store_error(redis_standalone: RedisServer) -> None:
+    redis_standalone.flushall()
+    admin = redis_standalone.client()
+    engine = RedisEngine(redis_standalone.url, clock=SystemClock(), timeout=2.0)
+    try:
+        await engine.start()
+        admin.client_pause(300)
+        call = asyncio.ensure_future(engine.run("admit", ["k"], ADMIT_ARGS))
+        await asyncio.sleep(0.02)  # written, not answered
+        assert engine._lent
+        await engine.close()
+        with pytest.raises(StoreError, match="closed"):
+            await call
+    finally:
+        admin.close()
