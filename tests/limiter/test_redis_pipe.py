@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import hiredis
@@ -13,10 +17,11 @@ from redis._parsers import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 
+from tests.support.processes import free_port
 from tests.support.redis import RedisServer
 from tollgate.clock import SystemClock
 from tollgate.errors import StoreError
-from tollgate.limiter.store import RedisEngine
+from tollgate.limiter.store import RedisEngine, ScriptCall
 from tollgate.limiter.store.redis_engine import EAGER_BATCH
 from tollgate.limiter.store.redis_pipe import RedisPipe
 
@@ -252,3 +257,63 @@ async def test_a_call_the_engine_cannot_answer_before_closing_gets_a_store_error
             await call
     finally:
         admin.close()
+
+
+@pytest.fixture(scope="module")
+def redis_tls_unix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, int, Path, Path]]:
+    """A redis-server with a password, a TLS port (a self-signed certificate) and a unix socket beside its port."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the TLS certificate")
+    folder = tmp_path_factory.mktemp("redis-tls")
+    cert, key, sock = folder / "cert.pem", folder / "key.pem", folder / "redis.sock"
+    make_cert = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)]
+    make_cert += ["-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(make_cert, check=True, capture_output=True)
+    tls_port = free_port()
+    server = RedisServer(
+        extra_args=(
+            "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+            "--unixsocket", str(sock), "--unixsocketperm", "700",
+        )
+    )  # fmt: skip
+    server.start()
+    try:
+        yield server, tls_port, cert, sock
+    finally:
+        server.stop()
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("scheme", ["rediss", "unix"])
+async def test_tls_and_unix_socket_connections_are_read_by_the_pipe_after_redis_py_s_handshake(
+    redis_tls_unix: tuple[RedisServer, int, Path, Path], scheme: str
+) -> None:
+    server, tls_port, cert, sock = redis_tls_unix
+    admin = server.client()
+    try:
+        admin.config_set("requirepass", "s3cret")
+        url = (
+            f"rediss://:s3cret@127.0.0.1:{tls_port}/2?ssl_ca_certs={cert}"
+            if scheme == "rediss"
+            else f"unix://:s3cret@{sock}?db=2"
+        )
+        engine = RedisEngine(url, clock=SystemClock(), timeout=2.0, warm_connections=2)
+        try:
+            await engine.start()
+            fast = await asyncio.gather(*(engine.run("admit", [f"k{i}"], ADMIT_ARGS) for i in range(EAGER_BATCH * 2)))
+            slow = await engine.run_batch([engine_call(f"b{i}") for i in range(3)])  # the asynchronous way
+            assert all(r[0] == 1 for r in [*fast, *slow]) and engine.stats.failures == 0
+            assert all(p.conn.is_connected for p in engine._idle)
+        finally:
+            await engine.close()
+        with server.client(password="s3cret", db=2) as db2:
+            assert db2.exists("k0") or db2.dbsize() > 0  # the AUTH and SELECT of the handshake held
+    finally:
+        with server.client(password="s3cret") as c:
+            c.config_set("requirepass", "")
+        admin.close()
+
+
+def engine_call(key: str) -> ScriptCall:
+    return ScriptCall("admit", [key], ADMIT_ARGS)
