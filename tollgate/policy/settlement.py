@@ -202,7 +202,7 @@ class StreamBudget(StreamLimits):
         """Extend every limit short for ``completion`` tokens; a limit that cannot cover it is closed."""
         pending = self.admission.pending
         if pending is not None:
-            await asyncio.gather(pending, return_exceptions=True)
+            await _finished(pending)
             self.admission.pending = None
         short = self.short(completion)
         if short:
@@ -239,6 +239,21 @@ class StreamBudget(StreamLimits):
         if spec.unit != "nanos":
             return EXTEND_MIN_TOKENS
         return math.ceil(EXTEND_MIN_TOKENS * self._rates[2])
+
+
+async def _finished(task: asyncio.Task[None]) -> None:
+    """Returns once ``task`` is done, whatever it ended with, as ``gather(task, return_exceptions=True)`` does
+    (cancelling the waiter cancels ``task`` too), without gather's interpreted machinery on a stream's way."""
+    if task.done():
+        return
+    try:
+        await task
+    except asyncio.CancelledError:
+        waiter = asyncio.current_task(task.get_loop())
+        if waiter is not None and waiter.cancelling():  # the waiter's own cancellation: it goes on
+            raise
+    except Exception:  # the task's failure is its own (it logs what it must)
+        pass
 
 
 def consumed(admission: Admission, usage: Usage | None, reached_upstream: bool, cost: int | None) -> Consumed:
@@ -436,7 +451,7 @@ class Settler:
         """One request whose stream extended its reservation (or is still extending it)."""
         try:
             if admission.pending is not None:
-                await asyncio.gather(admission.pending, return_exceptions=True)
+                await _finished(admission.pending)
             reservation = admission.reservation
             if reservation is not None:
                 settlement = await self.limiter.adjust(_shares([reservation, *admission.extensions], actual))
