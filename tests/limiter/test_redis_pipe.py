@@ -20,8 +20,8 @@ from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from tests.support.processes import free_port
 from tests.support.redis import RedisServer
 from tollgate.clock import SystemClock
-from tollgate.errors import StoreError
-from tollgate.limiter.store import RedisEngine, ScriptCall
+from tollgate.errors import StoreError, StoreTimeout
+from tollgate.limiter.store import BreakerSettings, RedisEngine, ScriptCall
 from tollgate.limiter.store.redis_engine import EAGER_BATCH
 from tollgate.limiter.store.redis_pipe import RedisPipe
 
@@ -317,3 +317,37 @@ async def test_tls_and_unix_socket_connections_are_read_by_the_pipe_after_redis_
 
 def engine_call(key: str) -> ScriptCall:
     return ScriptCall("admit", [key], ADMIT_ARGS)
+
+
+@pytest.mark.process
+async def test_pipelines_on_a_paused_store_each_time_out_at_their_own_budget(own_redis: RedisServer) -> None:
+    """One timer keeps every fast-path budget: a pipeline written later is failed at its own deadline, not at the
+    first one's, and one answered in time is not failed when the timer reaches it."""
+    budget = 0.2
+    engine = RedisEngine(own_redis.url, clock=SystemClock(), timeout=budget, breaker=BreakerSettings(failures=100))
+    loop = asyncio.get_running_loop()
+    try:
+        await engine.start()
+        answered = asyncio.ensure_future(engine.run("admit", ["early"], ADMIT_ARGS))
+        assert (await answered)[0] == 1  # answered in time: its budget's turn comes while the others wait
+        own_redis.pause()
+        failed_at: list[float] = []
+
+        async def timed_call(key: str) -> None:
+            with pytest.raises(StoreTimeout):
+                await engine.run("admit", [key], ADMIT_ARGS)
+            failed_at.append(loop.time())
+
+        start = loop.time()
+        first = asyncio.ensure_future(timed_call("first"))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(timed_call("second"))
+        await asyncio.gather(first, second)
+        assert engine.stats.round_trips >= 3 and not engine._in_flight  # both on the fast path
+        first_at, second_at = failed_at[0] - start, failed_at[1] - start
+        assert budget <= first_at < budget + 0.08, first_at
+        assert budget + 0.1 <= second_at < budget + 0.1 + 0.08, second_at
+    finally:
+        own_redis.resume()
+        await engine.close()
+    assert not engine._budgets._due

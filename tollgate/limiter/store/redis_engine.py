@@ -188,10 +188,10 @@ class _Waiter:
 
 class _Trip:
     """A pipeline written in the tick that filled it: its callers answered from the connection's data callback when
-    the replies are in, without a task or a coroutine; the store's budget is a timer, extended while a reply has
-    arrived but is not read yet (as :class:`_ReplyBudget` does)."""
+    the replies are in, without a task or a coroutine. Its budget is kept by :class:`_Budgets`, extended while a
+    reply has arrived but is not read yet (as :class:`_ReplyBudget` does)."""
 
-    __slots__ = ("engine", "batch", "pipe", "shape", "handle")
+    __slots__ = ("engine", "batch", "pipe", "shape", "deadline", "over")
 
     def __init__(
         self,
@@ -204,33 +204,84 @@ class _Trip:
         self.batch = batch
         self.pipe = pipe
         self.shape = shape
-        loop = pipe.loop
-        self.handle = loop.call_at(loop.time() + engine.timeout, self.expire)
+        self.deadline = 0.0
+        self.over = False
 
     def replied(self, replies: list[Any]) -> None:
-        self.handle.cancel()
+        self.over = True
         engine = self.engine
         engine._give_back(self.pipe, True)
         shape = self.shape
         engine._answered(self.batch, replies if shape is None else _spread(replies, shape))
 
     def failed(self, exc: BaseException) -> None:
-        self.handle.cancel()
+        self.over = True
         self.engine._trip_failed(self.batch, self.pipe, exc)
 
     def expire(self) -> None:
+        """Its budget is spent: failed, unless a reply has arrived (then the budget starts again)."""
         pipe = self.pipe
-        if pipe.answer_waiting():
-            loop = pipe.loop
-            self.handle = loop.call_at(loop.time() + self.engine.timeout, self.expire)
-            return
-        pipe.abandon()
         engine = self.engine
+        if pipe.answer_waiting():
+            engine._budgets.add(self, pipe.loop, engine.timeout)
+            return
+        self.over = True
+        pipe.abandon()
         engine._trip_failed(
             self.batch,
             pipe,
             StoreTimeout(f"store {engine.name} sent nothing back within its {engine.timeout * 1000:.0f} ms budget"),
         )
+
+
+class _Budgets:
+    """The budgets of the pipelines on the fast path, kept by one timer.
+
+    They share the store's timeout, so they fall due in the order they were
+    written (a budget that starts again goes last, and is due last). The
+    timer is armed for the first one still waiting, instead of a timer armed
+    and cancelled for every round trip; pipelines answered in time are
+    dropped when the timer reaches them.
+    """
+
+    __slots__ = ("_due", "_timer", "_sweeping")
+
+    def __init__(self) -> None:
+        self._due: deque[_Trip] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._sweeping = False
+
+    def add(self, trip: _Trip, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        trip.deadline = loop.time() + timeout
+        self._due.append(trip)
+        if self._timer is None and not self._sweeping:
+            self._timer = loop.call_at(trip.deadline, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._sweeping = True  # a budget that starts again is added, not armed: the timer is armed below
+        due = self._due
+        try:
+            now = loop.time()
+            while due:
+                trip = due[0]
+                if not trip.over and trip.deadline > now:
+                    break
+                due.popleft()
+                if not trip.over:
+                    trip.expire()
+        finally:
+            self._sweeping = False
+            while due and due[0].over:
+                due.popleft()
+            if due:
+                self._timer = loop.call_at(due[0].deadline, self._sweep, loop)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._due.clear()
 
 
 # The replies that say the server lacks the library (it was flushed, or the server restarted empty) ...
@@ -415,6 +466,7 @@ class RedisEngine:
         self._connect_timeout = options["socket_connect_timeout"]
         self._cold = False  # a connection was dropped: open it again after the next successful call
         self._packer = _Packer()
+        self._budgets = _Budgets()  # the fast path's round trips' time budgets
 
     # -- ScriptEngine --------------------------------------------------------
     async def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -492,6 +544,7 @@ class RedisEngine:
             task.cancel()
         for pipe in list(self._lent):  # pipelines written in the tick that filled them: nobody must wait forever
             pipe.fail(StoreError(f"store {self.name} closed"))
+        self._budgets.close()
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         idle, self._idle = self._idle + list(self._lent), []
@@ -518,7 +571,9 @@ class RedisEngine:
             return
         pipe, shape = sent
         self.stats.calls += len(calls)
-        pipe.expect(len(calls) if shape is None else len(shape), _Trip(self, batch, pipe, shape))
+        trip = _Trip(self, batch, pipe, shape)
+        pipe.expect(len(calls) if shape is None else len(shape), trip)
+        self._budgets.add(trip, pipe.loop, self.timeout)
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         self._in_flight.add(task)
