@@ -6,18 +6,9 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from tollgate.limiter.store.calls import Arg, ScriptCall
+
 __all__ = ["Arg", "EngineStats", "ScriptCall", "ScriptEngine"]
-
-Arg = str | int
-
-
-@dataclass(frozen=True, slots=True)
-class ScriptCall:
-    """One call of a script: its name (``admit``, ``settle``, ...), KEYS and ARGV."""
-
-    script: str
-    keys: Sequence[str]
-    args: Sequence[Arg]
 
 
 @dataclass(slots=True)
