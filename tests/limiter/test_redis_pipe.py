@@ -351,3 +351,23 @@ async def test_pipelines_on_a_paused_store_each_time_out_at_their_own_budget(own
         own_redis.resume()
         await engine.close()
     assert not engine._budgets._due
+
+
+@pytest.mark.process
+async def test_answered_pipelines_waiting_for_the_budget_timer_hold_none_of_their_calls(
+    redis_standalone: RedisServer,
+) -> None:
+    """With a long store budget, answered pipelines wait in the timer's queue until it reaches them: each lets go of
+    its calls and their futures, so the queue costs a small object a round trip, not the calls' memory."""
+    redis_standalone.flushall()
+    engine = RedisEngine(redis_standalone.url, clock=SystemClock(), timeout=30.0)
+    try:
+        await engine.start()
+        for wave in range(20):
+            await asyncio.gather(*(engine.run("admit", [f"k{wave}.{i}"], ADMIT_ARGS) for i in range(EAGER_BATCH)))
+        waiting = list(engine._budgets._due)
+        assert len(waiting) >= 20
+        assert all(trip.over and trip.batch == [] for trip in waiting)
+    finally:
+        await engine.close()
+    assert not engine._budgets._due

@@ -208,15 +208,19 @@ class _Trip:
         self.over = False
 
     def replied(self, replies: list[Any]) -> None:
-        self.over = True
         engine = self.engine
         engine._give_back(self.pipe, True)
         shape = self.shape
-        engine._answered(self.batch, replies if shape is None else _spread(replies, shape))
+        engine._answered(self._over(), replies if shape is None else _spread(replies, shape))
 
     def failed(self, exc: BaseException) -> None:
+        self.engine._trip_failed(self._over(), self.pipe, exc)
+
+    def _over(self) -> list[tuple[ScriptCall, asyncio.Future[Any]]]:
+        """Its calls, which it lets go of: an answered trip waits for the timer to reach it (up to the timeout)."""
         self.over = True
-        self.engine._trip_failed(self.batch, self.pipe, exc)
+        batch, self.batch = self.batch, []
+        return batch
 
     def expire(self) -> None:
         """Its budget is spent: failed, unless a reply has arrived (then the budget starts again)."""
@@ -225,10 +229,9 @@ class _Trip:
         if pipe.answer_waiting():
             engine._budgets.add(self, pipe.loop, engine.timeout)
             return
-        self.over = True
         pipe.abandon()
         engine._trip_failed(
-            self.batch,
+            self._over(),
             pipe,
             StoreTimeout(f"store {engine.name} sent nothing back within its {engine.timeout * 1000:.0f} ms budget"),
         )
@@ -659,11 +662,12 @@ class RedisEngine:
             error = exc
             if isinstance(exc, StoreTimeout):
                 self.breaker.failure()
+                self.stats.failures += len(batch)
         else:  # the connection was lost, or its replies could not be read
             self.breaker.failure()
+            self.stats.failures += len(batch)
             error = StoreError(f"store {self.name} failed: {exc}")
             error.__cause__ = exc
-        self.stats.failures += len(batch)
         for _, future in batch:
             if not future.done():
                 future.set_exception(error)
