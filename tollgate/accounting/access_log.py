@@ -408,7 +408,7 @@ def _request_ids(fields: Sequence[Fields], n: int) -> list[bytes] | None:
     if not all(map(_IS_STR, request_ids)):
         return None
     rendered = orjson.dumps(request_ids)
-    if b"\\" in rendered:
+    if rendered.find(b"\\") >= 0:  # (not `in`: bytes.__contains__ first tries the bytes as an integer, and fails)
         return None
     ids = rendered[2:-2].split(b'","')
     return ids if len(ids) == n else None
