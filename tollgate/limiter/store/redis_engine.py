@@ -56,7 +56,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import hiredis
 from redis.asyncio import Redis, RedisCluster
@@ -237,6 +237,9 @@ class _Trip:
         )
 
 
+_TIMER_RESOLUTION: Final = 0.001
+
+
 class _Budgets:
     """The budgets of the pipelines on the fast path, kept by one timer.
 
@@ -265,7 +268,9 @@ class _Budgets:
         self._sweeping = True  # a budget that starts again is added, not armed: the timer is armed below
         due = self._due
         try:
-            now = loop.time()
+            # Due within the event loop's timer resolution (1 ms): a timer fires on the millisecond, and a deadline
+            # a float's rounding above it must not re-arm the timer for the next loop turn again and again.
+            now = loop.time() + _TIMER_RESOLUTION
             while due:
                 trip = due[0]
                 if not trip.over and trip.deadline > now:
