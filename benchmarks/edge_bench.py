@@ -21,7 +21,9 @@ of 20 events, one event per loop turn), driven by one keep-alive client
 connection per ``--connections``. ``full-stream`` is the same stream through
 ``run.py``'s full policy (``full-embedded``'s config: API-key identity, two
 matchers, three limits, accounting) on the embedded store: each stream metered
-event by event against its token reservation, which it extends mid-stream. The upstream and the client are a few
+event by event against its token reservation, which it extends mid-stream. ``--burst K`` has the upstream write a
+stream's events K at a time (one write each K, one write a loop turn; 0: the whole stream in one write), as
+``run.py``'s mock does under load, where the gateway reads several events a chunk. The upstream and the client are a few
 llhttp callbacks; their cost is in the figure, the same for every tree.
 ``--tree`` runs another checkout's ``tollgate`` (a base for before/after);
 instructions per request come from callgrind run at two request counts:
@@ -29,6 +31,7 @@ instructions per request come from callgrind run at two request counts:
     python benchmarks/edge_bench.py --gateway json --requests 20000 --rounds 3
     python benchmarks/edge_bench.py --gateway stream --tree ../base
     python benchmarks/edge_bench.py --gateway full-stream --requests 3000 --rounds 3
+    python benchmarks/edge_bench.py --gateway full-stream --burst 0 --requests 3000 --rounds 3
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python benchmarks/edge_bench.py --gateway json \\
         --warmup 300 --requests 1000 --rounds 1   # and 3000: (Ir(3000) - Ir(1000)) / 2000
 """
@@ -213,9 +216,10 @@ def _stream_events() -> list[bytes]:
 class _Upstream(asyncio.Protocol):
     """The JSON upstream: each request read by llhttp, answered with the fixed completion or the stream."""
 
-    def __init__(self, events: list[bytes] | None) -> None:
+    def __init__(self, events: list[bytes] | None, burst: int) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self.events = events
+        self.burst = burst or len(events or ())  # events a write
         self.transport: Any = None
 
     def connection_made(self, transport: Any) -> None:
@@ -228,17 +232,17 @@ class _Upstream(asyncio.Protocol):
         if self.events is None:
             self.transport.write(_JSON_REPLY)
             return
-        self.transport.write(_STREAM_HEAD + self.events[0])
-        asyncio.get_running_loop().call_soon(self._next_event, 1)
+        self.transport.write(_STREAM_HEAD + b"".join(self.events[: self.burst]))
+        asyncio.get_running_loop().call_soon(self._next_event, self.burst)
 
     def _next_event(self, i: int) -> None:
-        """One event a loop turn, as a paced upstream sends them; the chunked body's end with the last."""
+        """``burst`` events a loop turn (one: as a paced upstream sends them); the chunked body's end after the last."""
         assert self.events is not None
-        if i == len(self.events):
+        if i >= len(self.events):
             self.transport.write(b"0\r\n\r\n")
             return
-        self.transport.write(self.events[i])
-        asyncio.get_running_loop().call_soon(self._next_event, i + 1)
+        self.transport.write(b"".join(self.events[i : i + self.burst]))
+        asyncio.get_running_loop().call_soon(self._next_event, i + self.burst)
 
 
 class _Client(asyncio.Protocol):
@@ -298,7 +302,7 @@ async def measure_gateway(kind: str, args: argparse.Namespace) -> list[float]:
     loop = asyncio.get_running_loop()
     stream = kind != "json"
     events = _stream_events() if stream else None
-    upstream = await loop.create_server(lambda: _Upstream(events), "127.0.0.1", 0)
+    upstream = await loop.create_server(lambda: _Upstream(events, args.burst), "127.0.0.1", 0)
     upstream_port = upstream.sockets[0].getsockname()[1]
     config = GATEWAY_FULL_POLICY.replace("$tenants", tenants_yaml(10)) if kind == "full-stream" else GATEWAY_NO_RULES
     config = config.replace("$port", "0").replace("$upstream_url", f"http://127.0.0.1:{upstream_port}/v1")
@@ -380,6 +384,9 @@ if __name__ == "__main__":
         help="the whole gateway in-process instead of the server alone (no rules; full-stream: the full policy)",
     )
     parser.add_argument("--connections", type=int, default=1, help="--gateway: client connections")
+    parser.add_argument(
+        "--burst", type=int, default=1, help="--gateway stream: events an upstream write (1: paced; 0: all in one)"
+    )
     parser.add_argument("--warmup", type=int, default=1000, help="--gateway: requests before measuring")
     parser.add_argument("--tree", default=str(REPO), help="checkout whose tollgate package is measured")
     uvloop.run(main(parser.parse_args()))

@@ -269,7 +269,7 @@ class TranslatedStream:
         self.upstream.close()
 
     def _frames(self, buf: bytes) -> bytes:
-        if b"\r" in buf:
+        if 13 in buf:  # CR as an integer: a bytes operand is first tried as one, at the cost of a TypeError
             buf = buf.replace(b"\r\n", b"\n")
         end = buf.rfind(b"\n\n")
         if end < 0:
