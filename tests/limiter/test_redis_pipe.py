@@ -371,3 +371,50 @@ async def test_answered_pipelines_waiting_for_the_budget_timer_hold_none_of_thei
     finally:
         await engine.close()
     assert not engine._budgets._due
+
+
+async def test_a_transport_that_cannot_take_a_write_is_the_store_s_connection_error() -> None:
+    pipe, transport, _ = pipe_of()
+
+    def refuse(data: bytes) -> None:
+        raise RuntimeError("transport closed")
+
+    transport.write = refuse  # type: ignore[method-assign]
+    with pytest.raises(RedisConnectionError, match="cannot write to the store"):
+        pipe.write(b"*1\r\n$4\r\nPING\r\n")
+
+
+@pytest.mark.process
+async def test_a_connection_closing_as_its_replies_come_is_answered_then_closed_not_reused(
+    redis_standalone: RedisServer,
+) -> None:
+    redis_standalone.flushall()
+    engine = RedisEngine(redis_standalone.url, clock=SystemClock(), timeout=2.0, warm_connections=1)
+    try:
+        await engine.start()
+        (pipe,) = engine._idle
+
+        class ClosingAfterWrite:
+            """The connection's transport, which says it is closing once a pipeline went out on it."""
+
+            def __init__(self, transport: Any) -> None:
+                self.transport = transport
+                self.wrote = False
+
+            def write(self, data: bytes) -> None:
+                self.transport.write(data)
+                self.wrote = True
+
+            def is_closing(self) -> bool:
+                return self.wrote or self.transport.is_closing()
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.transport, name)
+
+        pipe.transport = ClosingAfterWrite(pipe.transport)
+        assert (await engine.run("admit", ["k1"], ADMIT_ARGS))[0] == 1  # answered
+        assert pipe not in engine._idle and pipe.conn._writer is None  # closed, not reused
+        assert (await engine.run("admit", ["k2"], ADMIT_ARGS))[0] == 1  # on a new connection
+        assert engine.stats.failures == 0
+    finally:
+        await engine.close()

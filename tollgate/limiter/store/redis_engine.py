@@ -209,7 +209,10 @@ class _Trip:
 
     def replied(self, replies: list[Any]) -> None:
         engine = self.engine
-        engine._give_back(self.pipe, True)
+        pipe = self.pipe
+        if not engine._give_back(pipe, True):  # closed as its replies came: opened again after this success
+            engine._cold = True
+            pipe.close()
         shape = self.shape
         engine._answered(self._over(), replies if shape is None else _spread(replies, shape))
 

@@ -81,7 +81,11 @@ class RedisPipe(asyncio.Protocol):
         self._sink = sink
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        """Writes a round trip's commands; a transport that cannot take them is the store's connection error."""
+        try:
+            self.transport.write(data)
+        except Exception as exc:  # closed under us: the caller's round trip fails as a lost connection does
+            raise RedisConnectionError(f"cannot write to the store: {exc}") from exc
 
     def abandon(self) -> None:
         """Stops waiting for the round trip (its time is up) and closes the connection: replies may still come."""
