@@ -11,17 +11,21 @@ a restarted or failed-over server) loads it again and is re-sent once, as a
 call that finds its script missing is with ``EVAL``: callers never see
 either error.
 
-Standalone Redis and Redis Cluster share everything but the transport. Calls
-issued in the same event-loop tick are coalesced into one pipeline (one
-network round trip); on Cluster, redis-py splits a pipeline per node. On
-standalone Redis a pipeline is written in the tick that fills it when a
-connection is idle, and a tick that queues :data:`EAGER_BATCH` calls sends
-them at once, then starts the next pipeline: Redis works on the first
-admissions while the gateway still prepares the rest, instead of every
-admission of a busy tick waiting for the whole batch to be prepared and
-then for Redis to run all of it. A pipeline's consecutive admissions are
-one admit.lua call (lua/admission.lua's batch), each answered as its own
-call would have been. A call
+Standalone Redis and Redis Cluster share everything but the transport. On
+standalone Redis, redis-py opens each connection (URL, TLS, AUTH, database)
+and hands its transport to a :class:`~tollgate.limiter.store.redis_pipe.RedisPipe`,
+which reads the replies. Calls issued in the same event-loop tick are
+coalesced into one pipeline (one network round trip); on Cluster, redis-py
+splits a pipeline per node. On standalone Redis a pipeline is written in the
+tick that fills it when a connection is idle, and a tick that queues
+:data:`EAGER_BATCH` calls sends them at once, then starts the next pipeline:
+Redis works on the first admissions while the gateway still prepares the
+rest, instead of every admission of a busy tick waiting for the whole batch
+to be prepared and then for Redis to run all of it. Such a pipeline's
+callers are answered from the connection's data callback, without a task. A
+pipeline's consecutive admissions are one admit.lua call
+(lua/admission.lua's batch), each answered as its own call would have been.
+A call
 that finds its script missing (``SCRIPT FLUSH``, a restarted or failed-over
 server) is re-sent once with ``EVAL``, which also caches it again: callers
 never see ``NOSCRIPT``.
