@@ -240,7 +240,7 @@ class _Trip:
         engine._trip_failed(
             self._over(),
             pipe,
-            StoreTimeout(f"store {engine.name} sent nothing back within its {engine.timeout * 1000:.0f} ms budget"),
+            engine._timed_out(),
         )
 
 
@@ -655,9 +655,7 @@ class RedisEngine:
             if isinstance(reply, Exception):
                 self._track(asyncio.ensure_future(self._deliver(batch, [call for call, _ in batch], replies)))
                 return
-        self.breaker.success()
-        if self._cold:
-            self._rewarm()
+        self._succeeded()
         for (_, future), reply in zip(batch, replies):
             if not future.done():  # else the caller went away
                 future.set_result(reply)
@@ -678,13 +676,28 @@ class RedisEngine:
         else:  # the connection was lost, or its replies could not be read
             self.breaker.failure()
             self.stats.failures += len(batch)
-            error = StoreError(f"store {self.name} failed: {exc}")
-            error.__cause__ = exc
+            error = self._failed(exc)
         for _, future in batch:
             if not future.done():
                 future.set_exception(error)
 
     # -- one round trip under budget and breaker --------------------------------
+    def _succeeded(self) -> None:
+        """A round trip was answered: the breaker hears of it, and connections dropped before are opened again."""
+        self.breaker.success()
+        if self._cold:
+            self._rewarm()
+
+    def _timed_out(self) -> StoreTimeout:
+        """What the calls of a round trip get when the store sent nothing back within its budget."""
+        return StoreTimeout(f"store {self.name} sent nothing back within its {self.timeout * 1000:.0f} ms budget")
+
+    def _failed(self, exc: BaseException) -> StoreError:
+        """What the calls of a round trip get when its connection failed with ``exc``."""
+        error = StoreError(f"store {self.name} failed: {exc}")
+        error.__cause__ = exc
+        return error
+
     async def _send(self, calls: list[ScriptCall], replies: list[Any] | None = None) -> list[Any]:
         """Each call's reply or StoreError; ``replies``: what Redis answered them on the fast path (the breaker was
         closed), errors among them."""
@@ -706,7 +719,7 @@ class RedisEngine:
         except TimeoutError:
             breaker.failure()
             stats.failures += len(calls)
-            error = StoreTimeout(f"store {self.name} sent nothing back within its {self.timeout * 1000:.0f} ms budget")
+            error = self._timed_out()
             return [error] * len(calls)
         except StoreOverloaded as exc:  # waited in our own queue: the store was not asked, the breaker not told
             breaker.abandon()
@@ -722,12 +735,9 @@ class RedisEngine:
         except (RedisError, OSError) as exc:
             breaker.failure()
             stats.failures += len(calls)
-            error = StoreError(f"store {self.name} failed: {exc}")
-            error.__cause__ = exc
+            error = self._failed(exc)
             return [error] * len(calls)
-        breaker.success()
-        if self._cold:
-            self._rewarm()
+        self._succeeded()
         out: list[Any] = []
         for call, reply in zip(calls, replies):
             if isinstance(reply, Exception):  # a script error: a bug, not an outage
