@@ -80,7 +80,7 @@ class Admission:
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
     # A stream's extension request still in flight (settling waits for it).
-    pending: asyncio.Task[None] | None = None
+    pending: asyncio.Future[None] | None = None
 
     # Written out, not generated: the dataclass's generated __init__ (its default factories included) runs as
     # interpreted code even in the compiled build, about 5.5 K instructions an admitted request; this one is compiled.
@@ -96,7 +96,7 @@ class Admission:
         extensions: list[Reservation] | None = None,
         headers: dict[str, str] | None = None,
         settled: bool = False,
-        pending: asyncio.Task[None] | None = None,
+        pending: asyncio.Future[None] | None = None,
     ) -> None:
         self.decision = decision
         self.store = store

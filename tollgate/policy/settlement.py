@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from tollgate.background import BackgroundTask
 from tollgate.clock import Clock, SystemClock
 from tollgate.config.model import Deployment
+from tollgate.eager import Eager
 from tollgate.errors import GatewayError, StoreError
 from tollgate.limiter import Consumed, Lease, Limiter, LimitSpec, Reservation, Settlement
 from tollgate.limiter.decision import Charge, SettledLimit
@@ -195,8 +196,8 @@ class StreamBudget(StreamLimits):
                 for i, held in enumerate(self._held)
                 if self._open[i] and (self._used(i, completion) - base[i]) * 4 >= (held - base[i]) * 3
             ]
-            if ahead:
-                admission.pending = asyncio.get_running_loop().create_task(self._extend(ahead))
+            if ahead:  # asked for beside the stream, without a Task (see Eager)
+                admission.pending = Eager(self._extend(ahead), asyncio.get_running_loop()).done
 
     async def cover(self, completion: int) -> None:
         """Extend every limit short for ``completion`` tokens; a limit that cannot cover it is closed."""
@@ -241,9 +242,10 @@ class StreamBudget(StreamLimits):
         return math.ceil(EXTEND_MIN_TOKENS * self._rates[2])
 
 
-async def _finished(task: asyncio.Task[None]) -> None:
-    """Returns once ``task`` is done, whatever it ended with, as ``gather(task, return_exceptions=True)`` does
-    (cancelling the waiter cancels ``task`` too), without gather's interpreted machinery on a stream's way."""
+async def _finished(task: asyncio.Future[None]) -> None:
+    """Returns once ``task`` (an extension's :class:`Eager` future) is done, whatever it ended with, as
+    ``gather(task, return_exceptions=True)`` does (cancelling the waiter cancels ``task`` too), without gather's
+    interpreted machinery on a stream's way."""
     if task.done():
         return
     try:
