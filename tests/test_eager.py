@@ -24,9 +24,9 @@ async def test_the_first_step_runs_inside_the_call_and_the_rest_when_the_awaited
 
     eager = Eager(work(), loop)
     assert seen == ["started"]  # before the call returned, up to its wait
-    assert not eager.done.done()
+    assert not eager.done()
     gate.set_result(7)
-    await eager.done
+    await eager.future()
     assert seen[:2] == ["started", 7]
     assert seen[2] is None  # its later steps ran in a callback, not in a Task
 
@@ -36,7 +36,8 @@ async def test_a_coroutine_that_never_waits_is_done_when_the_call_returns() -> N
         return None
 
     eager = Eager(work(), asyncio.get_running_loop())
-    assert eager.done.done() and eager.done.result() is None
+    assert eager.done()
+    assert eager.future().result() is None  # made after the end: done already
 
 
 async def test_no_task_is_made() -> None:
@@ -50,7 +51,7 @@ async def test_no_task_is_made() -> None:
     eager = Eager(work(), loop)
     assert len(asyncio.all_tasks()) == before
     gate.set_result(None)
-    await eager.done
+    await eager.future()
 
 
 async def test_its_exception_is_the_done_futures() -> None:
@@ -62,9 +63,28 @@ async def test_its_exception_is_the_done_futures() -> None:
         raise ValueError("the store said no")
 
     eager = Eager(work(), loop)
+    waited = eager.future()
     gate.set_result(None)
     with pytest.raises(ValueError, match="the store said no"):
-        await eager.done
+        await waited
+
+
+async def test_an_exception_nobody_waits_for_goes_to_the_loops_handler() -> None:
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    try:
+
+        async def work() -> None:
+            raise ValueError("nobody listens")
+
+        eager = Eager(work(), loop)
+        assert eager.done()
+        assert len(seen) == 1 and isinstance(seen[0]["exception"], ValueError)
+        with pytest.raises(ValueError, match="nobody listens"):  # a waiter that comes later still gets it
+            await eager.future()
+    finally:
+        loop.set_exception_handler(None)
 
 
 async def test_cancelling_done_cancels_the_wait_and_lets_the_coroutine_clean_up() -> None:
@@ -79,12 +99,12 @@ async def test_cancelling_done_cancels_the_wait_and_lets_the_coroutine_clean_up(
             cleaned.append("cleaned")
 
     eager = Eager(work(), loop)
-    eager.done.cancel()
+    eager.future().cancel()
     for _ in range(3):
         await asyncio.sleep(0)
     assert gate.cancelled()
     assert cleaned == ["cleaned"]
-    assert eager.done.cancelled()
+    assert eager.done() and eager.future().cancelled()
 
 
 async def test_a_waiter_cancelled_while_awaiting_done_cancels_the_coroutine() -> None:
@@ -98,7 +118,7 @@ async def test_a_waiter_cancelled_while_awaiting_done_cancels_the_coroutine() ->
     eager = Eager(work(), loop)
 
     async def waiter() -> None:
-        await eager.done
+        await eager.future()
 
     task = loop.create_task(waiter())
     await asyncio.sleep(0)
@@ -107,7 +127,7 @@ async def test_a_waiter_cancelled_while_awaiting_done_cancels_the_coroutine() ->
         await task
     for _ in range(3):
         await asyncio.sleep(0)
-    assert gate.cancelled() and eager.done.cancelled()
+    assert gate.cancelled() and eager.done() and eager.future().cancelled()
 
 
 async def test_the_awaited_future_cancelled_by_another_ends_it_cancelled() -> None:
@@ -118,10 +138,11 @@ async def test_the_awaited_future_cancelled_by_another_ends_it_cancelled() -> No
         await gate
 
     eager = Eager(work(), loop)
+    waited = eager.future()
     gate.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await eager.done
-    assert eager.done.cancelled()
+        await waited
+    assert eager.done()
 
 
 async def test_it_runs_in_a_copy_of_the_callers_context() -> None:
@@ -139,7 +160,7 @@ async def test_it_runs_in_a_copy_of_the_callers_context() -> None:
     eager = Eager(work(), loop)
     assert VAR.get() == "caller"  # what the coroutine set stays in its own context
     gate.set_result(None)
-    await eager.done
+    await eager.future()
     assert seen == ["caller", "inside"]
     assert VAR.get() == "caller"
 
@@ -150,8 +171,8 @@ async def test_a_bare_yield_resumes_on_the_next_turn() -> None:
         await asyncio.sleep(0)
 
     eager = Eager(work(), asyncio.get_running_loop())
-    assert not eager.done.done()
-    await asyncio.wait_for(eager.done, 1)
+    assert not eager.done()
+    await asyncio.wait_for(eager.future(), 1)
 
 
 async def test_a_coroutine_yielding_something_else_than_a_future_fails() -> None:
@@ -164,4 +185,4 @@ async def test_a_coroutine_yielding_something_else_than_a_future_fails() -> None
 
     eager = Eager(work(), asyncio.get_running_loop())
     with pytest.raises(RuntimeError, match="which is no future"):
-        await eager.done
+        await eager.future()

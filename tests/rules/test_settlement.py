@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.redis import RedisServer
 from tollgate.config.store import StoreConfig, StoreEndpoint
+from tollgate.eager import Eager
 from tollgate.limiter import LimitSpec, build_limiter
 from tollgate.policy.admission import Admission
 from tollgate.policy.settlement import Settler
@@ -162,4 +163,37 @@ async def test_requests_finished_before_the_worker_started_are_settled_once_it_r
     state = await limiter.peek(SPEC.with_cost(0))
     assert state.limit - state.remaining == 60
     await settler.close()
+    await limiter.close()
+
+
+async def test_a_stream_whose_extension_ended_after_its_last_event_settles_in_the_batchs_one_call() -> None:
+    """Its extension came back after the stream's last event, so the relay never cleared it: it is over, and the
+    stream settles with the batch (one store call), not on its own (an adjust and a release for each)."""
+    limiter = build_limiter()
+    settler = Settler(limiter)
+    used = [30, 120, 400]
+    loop = asyncio.get_running_loop()
+    for actual in used:
+        admitted = await limiter.admit([SPEC, CONCURRENT])
+        extension = await limiter.admit([SPEC.with_cost(50)])
+        assert admitted.lease is not None and extension.reservation is not None
+
+        async def came_back() -> None:
+            return None
+
+        pending = Eager(came_back(), loop)
+        assert pending.done()
+        admission = Admission(
+            decision=admitted, completion_reserved=100, extensions=[extension.reservation], pending=pending
+        )
+        settler.finish(SimpleNamespace(admission=admission, usage=Usage(actual, 0, reported=True), first_byte_at=1.0))  # type: ignore[arg-type]
+    engine = limiter.engine()
+    calls = engine.stats.calls
+    await settler.drain()
+    assert engine.stats.calls - calls == 1, "the three streams settled and released in one call"
+    tokens = await limiter.peek(SPEC.with_cost(0))
+    assert tokens.limit - tokens.remaining == sum(used)
+    held = await limiter.peek(CONCURRENT.with_cost(0))
+    assert held.remaining == held.limit
+    assert (settler.settled, settler.failures) == (len(used), 0)
     await limiter.close()

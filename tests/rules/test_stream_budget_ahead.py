@@ -47,7 +47,7 @@ async def test_a_long_prompt_does_not_make_the_first_event_ask_for_more() -> Non
     assert admission.pending is None and asked == [], "no extension while three quarters of the output remain unused"
     await relay(stream, 1)
     assert admission.pending is not None, "at three quarters of the output allowance, one is asked for ahead"
-    await admission.pending
+    await admission.pending.future()
     assert len(asked) == 1
 
 
@@ -68,5 +68,5 @@ async def test_the_extension_asked_ahead_leaves_in_the_events_call_without_a_tas
     assert len(asked) == 1, "the extension's store call was made inside the event's call"
     assert asyncio.all_tasks() == tasks
     assert admission.pending is not None
-    await admission.pending
+    await admission.pending.future()
     assert admission.extensions, "its grant was kept for settling"

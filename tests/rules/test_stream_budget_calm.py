@@ -65,7 +65,7 @@ async def _stream(calm: bool, sizes: list[int], waits: list[bool], room: int) ->
     seen: list[Any] = []
     for chars, wait in zip(sizes, waits):
         if wait and admission.pending is not None:  # an extension asked for ahead comes back before this event
-            await admission.pending
+            await admission.pending.future()
         if not calm:
             _uncalm(budget)
         verdict = monitor.generated(chars)
@@ -81,7 +81,7 @@ async def _stream(calm: bool, sizes: list[int], waits: list[bool], room: int) ->
         assert verdict == PASS
         seen.append((budget.completion_tokens, list(budget._held), list(budget._open), admission.pending is None))
     if admission.pending is not None:
-        await admission.pending
+        await admission.pending.future()
     seen.append(asked)
     seen.append((budget.completion_tokens, list(budget._held), list(budget._open)))
     return seen

@@ -205,5 +205,5 @@ class SettleMixin(AdmitMixin):
                 j = 1 + n * EXTEND_STRIDE
                 if reply[j] > 0:
                     granted[i] = reply[j]
-                    charges.append(Charge(store_name, key, tag, spec.with_cost(reply[j]), reply[j + 2]))
-        return Extension(tuple(granted), Reservation(tuple(charges)) if charges else None, degraded)
+                    charges.append(_new(Charge, (store_name, key, tag, spec.with_cost(reply[j]), reply[j + 2], "")))
+        return _new(Extension, (tuple(granted), Reservation(tuple(charges)) if charges else None, degraded))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from tollgate.clock import Clock, SystemClock
 from tollgate.config.rules import NANOS, PERIODS, ROLLING_MONTH_MS, RuleSpec
+from tollgate.eager import Eager
 from tollgate.edge.ratelimit_headers import HeaderLimit, HeaderPlan, ratelimit_headers, retry_after_seconds
 from tollgate.errors import QuotaExhausted, RateLimited
 from tollgate.identity.directory import Principal
@@ -80,7 +81,7 @@ class Admission:
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
     # A stream's extension request still in flight (settling waits for it).
-    pending: asyncio.Future[None] | None = None
+    pending: Eager | None = None
 
     # Written out, not generated: the dataclass's generated __init__ (its default factories included) runs as
     # interpreted code even in the compiled build, about 5.5 K instructions an admitted request; this one is compiled.
@@ -96,7 +97,7 @@ class Admission:
         extensions: list[Reservation] | None = None,
         headers: dict[str, str] | None = None,
         settled: bool = False,
-        pending: asyncio.Future[None] | None = None,
+        pending: Eager | None = None,
     ) -> None:
         self.decision = decision
         self.store = store

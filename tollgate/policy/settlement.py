@@ -197,7 +197,7 @@ class StreamBudget(StreamLimits):
                 if self._open[i] and (self._used(i, completion) - base[i]) * 4 >= (held - base[i]) * 3
             ]
             if ahead:  # asked for beside the stream, without a Task (see Eager)
-                admission.pending = Eager(self._extend(ahead), asyncio.get_running_loop()).done
+                admission.pending = Eager(self._extend(ahead), asyncio.get_running_loop())
 
     async def cover(self, completion: int) -> None:
         """Extend every limit short for ``completion`` tokens; a limit that cannot cover it is closed."""
@@ -242,19 +242,18 @@ class StreamBudget(StreamLimits):
         return math.ceil(EXTEND_MIN_TOKENS * self._rates[2])
 
 
-async def _finished(task: asyncio.Future[None]) -> None:
-    """Returns once ``task`` (an extension's :class:`Eager` future) is done, whatever it ended with, as
-    ``gather(task, return_exceptions=True)`` does (cancelling the waiter cancels ``task`` too), without gather's
-    interpreted machinery on a stream's way."""
-    if task.done():
+async def _finished(extension: Eager) -> None:
+    """Returns once ``extension`` has ended, whatever it ended with, as ``gather(task, return_exceptions=True)`` does
+    for a task (cancelling the waiter cancels the extension too), without gather's interpreted machinery."""
+    if extension.done():
         return
     try:
-        await task
+        await extension.future()
     except asyncio.CancelledError:
-        waiter = asyncio.current_task(task.get_loop())
+        waiter = asyncio.current_task(extension.get_loop())
         if waiter is not None and waiter.cancelling():  # the waiter's own cancellation: it goes on
             raise
-    except Exception:  # the task's failure is its own (it logs what it must)
+    except Exception:  # the extension's failure is its own (it logs what it must)
         pass
 
 
@@ -271,6 +270,7 @@ def consumed(admission: Admission, usage: Usage | None, reached_upstream: bool, 
 
 
 _NOTHING = Consumed(0, 0, 0, 0)
+_new = tuple.__new__  # a named tuple without its Python-level constructor (one per settled stream that extended)
 
 
 class FinishedRequest(Protocol):
@@ -371,9 +371,12 @@ class Settler:
         spans: list[tuple[Admission, int, int, bool]] = []
         waiting: list[tuple[Admission, Consumed]] = []
         for admission, actual in batch:
-            if admission.pending is not None:
-                waiting.append((admission, actual))
-                continue
+            pending = admission.pending
+            if pending is not None:
+                if not pending.done():
+                    waiting.append((admission, actual))
+                    continue
+                admission.pending = None  # it ended after the stream's last event: its grant is in extensions
             first = len(items)
             decision = admission.decision
             if not admission.extensions:
@@ -403,7 +406,7 @@ class Settler:
                             degraded = degraded or settlement.degraded
                     reservation = admission.decision.reservation
                     if reservation is not None:
-                        combined = Settlement(tuple(limits), degraded)
+                        combined = _new(Settlement, (tuple(limits), degraded))
                         reservation.settlement = combined
                         for part in admission.extensions:
                             part.settlement = combined
