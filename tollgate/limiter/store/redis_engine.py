@@ -348,15 +348,18 @@ class _Packer:
 
     An admission's 38 values are mostly the same call after call (the sha,
     keys, kinds, limits, windows); hiredis.pack_command formats every one
-    anew. The cache is keyed by value: ``Arg`` is ``str | int``, and a str
-    never equals an int. It is emptied when full, since lease ids and token
-    costs keep coming.
+    anew. Strings and integers have a cache each: a dictionary of str keys
+    alone is looked up by CPython's string-only path, where one that mixes
+    in ints takes the generic path (with an equality call on every probe
+    that meets another key). Each is emptied when full, since lease ids and
+    token costs keep coming; a batch's lease ids, seen once, are not kept.
     """
 
-    __slots__ = ("_bulk", "_limit")
+    __slots__ = ("_strs", "_ints", "_limit")
 
     def __init__(self, limit: int = 65_536) -> None:
-        self._bulk: dict[Any, bytes] = {}
+        self._strs: dict[str, bytes] = {}
+        self._ints: dict[int, bytes] = {}
         self._limit = limit
 
     def evalsha(self, sha: str, call: ScriptCall) -> bytes:
@@ -368,57 +371,102 @@ class _Packer:
     def batch(self, verb: bytes, target: str, calls: Sequence[ScriptCall]) -> bytes:
         """``verb`` of admit.lua's ``target`` with ``calls`` (joined admissions) as one batch: the calls' keys, each
         KEYS tuple once, then "*" and, per call, its joined limits, its lease id and where its keys start."""
-        get = self._bulk.get
-        remember = self._remember
+        strs = self._strs
+        ints = self._ints
         keys: list[bytes] = []
-        argv: list[bytes] = [get(_BATCH) or remember(_BATCH)]
+        argv: list[bytes] = [self._str(_BATCH)]
         starts: dict[tuple[str, ...], int] = {}  # a KEYS tuple (the limiter's layout's) -> where it starts in KEYS
         for call in calls:
             call_keys = call.keys
             start = starts.get(call_keys) if type(call_keys) is tuple else None
             if start is None:
                 start = len(keys)
-                keys += [get(v) or remember(v) for v in call_keys]
+                for key in call_keys:
+                    b = strs.get(key)
+                    keys.append(b if b is not None else self._str(key))
                 if type(call_keys) is tuple:
                     starts[call_keys] = start
             limits, lease = call.args
-            argv += (get(limits) or remember(limits), get(lease) or remember(lease), get(start) or remember(start))
+            if type(limits) is str:
+                b = strs.get(limits)
+                argv.append(b if b is not None else self._str(limits))
+            else:
+                argv.append(_bulk(limits))
+            argv.append(_bulk(lease))  # a new id every admission
+            b = ints.get(start)
+            argv.append(b if b is not None else self._int(start))
         count = len(keys)
-        head = b"*%d\r\n%b%b%b" % (
-            3 + count + len(argv),
-            verb,
-            get(target) or remember(target),
-            get(count) or remember(count),
+        b = ints.get(count)
+        head = (
+            _array_head(3 + count + len(argv)) + verb + self._str(target) + (b if b is not None else self._int(count))
         )
         return head + b"".join(keys) + b"".join(argv)
 
     def command(self, verb: bytes, target: str, call: ScriptCall) -> bytes:
         """``verb`` (EVALSHA or FCALL, as a bulk string) of ``target`` (a sha, a function) with the call's keys and args."""
-        bulk = self._bulk
-        get = bulk.get
+        strs = self._strs
+        ints = self._ints
         keys, args = call.keys, call.args
-        parts = [get(v) or self._remember(v) for v in keys]
-        parts += [get(v) or self._remember(v) for v in args]
-        head = b"*%d\r\n%b%b%b" % (
-            3 + len(parts),
+        n = len(keys)
+        b = ints.get(n)
+        parts: list[bytes] = [
+            _array_head(3 + n + len(args)),
             verb,
-            get(target) or self._remember(target),
-            get(len(keys)) or self._remember(len(keys)),
-        )
-        return head + b"".join(parts)
+            self._str(target),
+            b if b is not None else self._int(n),
+        ]
+        for key in keys:
+            b = strs.get(key)
+            parts.append(b if b is not None else self._str(key))
+        for value in args:
+            if type(value) is str:
+                b = strs.get(value)
+                parts.append(b if b is not None else self._str(value))
+            elif type(value) is int:
+                b = ints.get(value)
+                parts.append(b if b is not None else self._int(value))
+            else:
+                raise TypeError(f"a script argument must be str or int, not {type(value).__name__}")
+        return b"".join(parts)
 
-    def _remember(self, value: Any) -> bytes:
-        if type(value) is str:
-            raw = value.encode()
-        elif type(value) is int:
-            raw = b"%d" % value
-        else:
-            raise TypeError(f"a script argument must be str or int, not {type(value).__name__}")
-        encoded = b"$%d\r\n%b\r\n" % (len(raw), raw)
-        if len(self._bulk) >= self._limit:
-            self._bulk.clear()
-        self._bulk[value] = encoded
+    def _str(self, value: str) -> bytes:
+        strs = self._strs
+        encoded = strs.get(value)
+        if encoded is None:
+            encoded = _bulk(value)
+            if len(strs) >= self._limit:
+                strs.clear()
+            strs[value] = encoded
         return encoded
+
+    def _int(self, value: int) -> bytes:
+        ints = self._ints
+        encoded = ints.get(value)
+        if encoded is None:
+            encoded = _bulk(value)
+            if len(ints) >= self._limit:
+                ints.clear()
+            ints[value] = encoded
+        return encoded
+
+
+# RESP array headers of the usual lengths, made once.
+_ARRAY_HEADS: Final = [b"*%d\r\n" % n for n in range(128)]
+
+
+def _array_head(count: int) -> bytes:
+    return _ARRAY_HEADS[count] if count < 128 else b"*%d\r\n" % count
+
+
+def _bulk(value: str | int) -> bytes:
+    """``value`` as a RESP bulk string (a str as UTF-8, an int in decimal)."""
+    if type(value) is str:
+        raw = value.encode()
+    elif type(value) is int:
+        raw = b"%d" % value
+    else:
+        raise TypeError(f"a script argument must be str or int, not {type(value).__name__}")
+    return b"$%d\r\n%b\r\n" % (len(raw), raw)
 
 
 class RedisEngine:
