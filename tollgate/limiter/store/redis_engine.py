@@ -374,7 +374,7 @@ class _Packer:
         strs = self._strs
         ints = self._ints
         keys: list[bytes] = []
-        argv: list[bytes] = [self._str(_BATCH)]
+        argv: list[bytes] = [self._kept(strs, _BATCH)]
         starts: dict[tuple[str, ...], int] = {}  # a KEYS tuple (the limiter's layout's) -> where it starts in KEYS
         for call in calls:
             call_keys = call.keys
@@ -383,22 +383,25 @@ class _Packer:
                 start = len(keys)
                 for key in call_keys:
                     b = strs.get(key)
-                    keys.append(b if b is not None else self._str(key))
+                    keys.append(b if b is not None else self._kept(strs, key))
                 if type(call_keys) is tuple:
                     starts[call_keys] = start
             limits, lease = call.args
             if type(limits) is str:
                 b = strs.get(limits)
-                argv.append(b if b is not None else self._str(limits))
+                argv.append(b if b is not None else self._kept(strs, limits))
             else:
                 argv.append(_bulk(limits))
             argv.append(_bulk(lease))  # a new id every admission
             b = ints.get(start)
-            argv.append(b if b is not None else self._int(start))
+            argv.append(b if b is not None else self._kept(ints, start))
         count = len(keys)
         b = ints.get(count)
         head = (
-            _array_head(3 + count + len(argv)) + verb + self._str(target) + (b if b is not None else self._int(count))
+            _array_head(3 + count + len(argv))
+            + verb
+            + self._kept(strs, target)
+            + (b if b is not None else self._kept(ints, count))
         )
         return head + b"".join(keys) + b"".join(argv)
 
@@ -412,41 +415,32 @@ class _Packer:
         parts: list[bytes] = [
             _array_head(3 + n + len(args)),
             verb,
-            self._str(target),
-            b if b is not None else self._int(n),
+            self._kept(strs, target),
+            b if b is not None else self._kept(ints, n),
         ]
         for key in keys:
             b = strs.get(key)
-            parts.append(b if b is not None else self._str(key))
+            parts.append(b if b is not None else self._kept(strs, key))
         for value in args:
             if type(value) is str:
                 b = strs.get(value)
-                parts.append(b if b is not None else self._str(value))
+                parts.append(b if b is not None else self._kept(strs, value))
             elif type(value) is int:
                 b = ints.get(value)
-                parts.append(b if b is not None else self._int(value))
+                parts.append(b if b is not None else self._kept(ints, value))
             else:
                 raise TypeError(f"a script argument must be str or int, not {type(value).__name__}")
         return b"".join(parts)
 
-    def _str(self, value: str) -> bytes:
-        strs = self._strs
-        encoded = strs.get(value)
+    def _kept(self, cache: dict[Any, bytes], value: str | int) -> bytes:
+        """``value``'s bulk string from ``cache`` (the strings' or the integers'), made and kept there when missing;
+        a full cache is emptied first."""
+        encoded = cache.get(value)
         if encoded is None:
             encoded = _bulk(value)
-            if len(strs) >= self._limit:
-                strs.clear()
-            strs[value] = encoded
-        return encoded
-
-    def _int(self, value: int) -> bytes:
-        ints = self._ints
-        encoded = ints.get(value)
-        if encoded is None:
-            encoded = _bulk(value)
-            if len(ints) >= self._limit:
-                ints.clear()
-            ints[value] = encoded
+            if len(cache) >= self._limit:
+                cache.clear()
+            cache[value] = encoded
         return encoded
 
 
