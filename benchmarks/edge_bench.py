@@ -21,7 +21,9 @@ of 20 events, one event per loop turn), driven by one keep-alive client
 connection per ``--connections``. ``full-stream`` is the same stream through
 ``run.py``'s full policy (``full-embedded``'s config: API-key identity, two
 matchers, three limits, accounting) on the embedded store: each stream metered
-event by event against its token reservation, which it extends mid-stream. ``--burst K`` has the upstream write a
+event by event against its token reservation, which it extends mid-stream; ``full-json`` is ``run.py``'s JSON request
+through that policy. ``--store redis`` puts their limits on a private redis-server (started on a free loopback port,
+outside valgrind when run under it), as ``full-redis`` does. ``--burst K`` has the upstream write a
 stream's events K at a time (one write each K, one write a loop turn; 0: the whole stream in one write), as
 ``run.py``'s mock does under load, where the gateway reads several events a chunk. The upstream and the client are a few
 llhttp callbacks; their cost is in the figure, the same for every tree.
@@ -32,6 +34,7 @@ instructions per request come from callgrind run at two request counts:
     python benchmarks/edge_bench.py --gateway stream --tree ../base
     python benchmarks/edge_bench.py --gateway full-stream --requests 3000 --rounds 3
     python benchmarks/edge_bench.py --gateway full-stream --burst 0 --requests 3000 --rounds 3
+    python benchmarks/edge_bench.py --gateway full-json --store redis --connections 8 --requests 20000 --rounds 3
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python benchmarks/edge_bench.py --gateway json \\
         --warmup 300 --requests 1000 --rounds 1   # and 3000: (Ir(3000) - Ir(1000)) / 2000
 """
@@ -294,18 +297,66 @@ def _stdout_to_devnull() -> Iterator[None]:
 
 
 async def measure_gateway(kind: str, args: argparse.Namespace) -> list[float]:
-    """CPU µs per request (per stream) of the whole no-rules gateway, one figure per round."""
+    """CPU µs per request (per stream) of the whole gateway (no rules, or ``full-``: the full policy, on the embedded
+    store or, with ``--store redis``, on a private redis-server), one figure per round."""
+    loop = asyncio.get_running_loop()
+    stream = kind in ("stream", "full-stream")
+    events = _stream_events() if stream else None
+    upstream = await loop.create_server(lambda: _Upstream(events, args.burst), "127.0.0.1", 0)
+    upstream_port = upstream.sockets[0].getsockname()[1]
+    full = kind.startswith("full-")
+    config = GATEWAY_FULL_POLICY.replace("$tenants", tenants_yaml(10)) if full else GATEWAY_NO_RULES
+    config = config.replace("$port", "0").replace("$upstream_url", f"http://127.0.0.1:{upstream_port}/v1")
+    try:
+        with contextlib.ExitStack() as stack:
+            if full and args.store == "redis":
+                # A budget far above a round trip's: under callgrind the gateway runs some 50 times slower, and a
+                # store call that timed out would be answered by its fail mode instead of measured.
+                url = stack.enter_context(_redis_server())
+                config += f'store: {{backend: redis, url: "{url}", timeout: 10}}\n'
+            return await _measure_config(config, stream, args)
+    finally:
+        upstream.close()
+
+
+@contextlib.contextmanager
+def _redis_server() -> Iterator[str]:
+    """A private redis-server on a free loopback port, its URL; stopped afterwards."""
+    import shutil
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+    proc = subprocess.Popen([*argv, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), 0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"redis-server did not answer on port {port}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def _measure_config(config: str, stream: bool, args: argparse.Namespace) -> list[float]:
+    """CPU µs per request (per stream) of the gateway that ``config`` describes, one figure per round."""
     from tollgate.config import load_config
     from tollgate.process.public import make_public_server, public_lifecycle
     from tollgate.runtime.state import GatewayState
 
     loop = asyncio.get_running_loop()
-    stream = kind != "json"
-    events = _stream_events() if stream else None
-    upstream = await loop.create_server(lambda: _Upstream(events, args.burst), "127.0.0.1", 0)
-    upstream_port = upstream.sockets[0].getsockname()[1]
-    config = GATEWAY_FULL_POLICY.replace("$tenants", tenants_yaml(10)) if kind == "full-stream" else GATEWAY_NO_RULES
-    config = config.replace("$port", "0").replace("$upstream_url", f"http://127.0.0.1:{upstream_port}/v1")
     # Accounting flushes every 500 records rather than every second: a flush's fixed cost then lands on the same
     # requests however slowly the process runs (under callgrind, or on a loaded machine), so instruction counts of
     # two runs compare.
@@ -343,7 +394,6 @@ async def measure_gateway(kind: str, args: argparse.Namespace) -> list[float]:
             for client in clients:
                 client.transport.close()
             await server.shutdown(0.5)
-    upstream.close()
     if any(c.failed for c in clients):
         raise SystemExit(f"{sum(c.failed for c in clients)} answers were not 200")
     return figures
@@ -352,8 +402,10 @@ async def measure_gateway(kind: str, args: argparse.Namespace) -> list[float]:
 async def main(args: argparse.Namespace) -> None:
     if args.gateway:
         figures = sorted(await measure_gateway(args.gateway, args))
+        store = f" on the {args.store} store" if args.gateway.startswith("full-") else ""
         print(
-            f"gateway {args.gateway} ({args.connections} connection(s), {args.requests:,} requests a round, tree {_TREE}): "
+            f"gateway {args.gateway}{store} ({args.connections} connection(s), {args.requests:,} requests a round, "
+            f"tree {_TREE}): "
             f"{figures[len(figures) // 2]:.1f} µs CPU per request (median of {args.rounds}; min {figures[0]:.1f}, "
             f"max {figures[-1]:.1f}; load and upstream included)"
         )
@@ -380,8 +432,14 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--gateway",
-        choices=("json", "stream", "full-stream"),
-        help="the whole gateway in-process instead of the server alone (no rules; full-stream: the full policy)",
+        choices=("json", "stream", "full-json", "full-stream"),
+        help="the whole gateway in-process instead of the server alone (no rules; full-: the full policy)",
+    )
+    parser.add_argument(
+        "--store",
+        choices=("embedded", "redis"),
+        default="embedded",
+        help="--gateway full-*: the limits' store (redis: a private redis-server on a free loopback port)",
     )
     parser.add_argument("--connections", type=int, default=1, help="--gateway: client connections")
     parser.add_argument(

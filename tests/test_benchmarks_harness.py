@@ -143,3 +143,19 @@ def test_added_p50_is_over_the_upstream_row_at_one_connection_only() -> None:
     assert run.added_p50(rows["full-redis"], rows, connections=1) == pytest.approx(0.85)
     assert run.added_p50(rows["full-redis"], rows, connections=64) is None
     assert "full-redis added_p50_ms = 0.85 (issue 22 target <= 0.45: NOT met)" in run.verdicts(list(rows.values()), 1)
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("kind", ["full-json", "full-stream"])
+def test_edge_bench_measures_the_full_policy_on_a_private_redis(kind: str) -> None:
+    """``edge_bench.py --store redis`` starts its own redis-server, answers every request with 200 through it (the
+    bench exits non-zero otherwise) and stops the server."""
+    import subprocess
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "edge_bench.py"
+    argv = [sys.executable, str(bench), "--gateway", kind, "--store", "redis", "--connections", "2"]
+    done = subprocess.run(
+        [*argv, "--requests", "40", "--warmup", "10", "--rounds", "1"], capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert f"gateway {kind} on the redis store (2 connection(s), 40 requests a round" in done.stdout.decode()
