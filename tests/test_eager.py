@@ -186,3 +186,29 @@ async def test_a_coroutine_yielding_something_else_than_a_future_fails() -> None
     eager = Eager(work(), asyncio.get_running_loop())
     with pytest.raises(RuntimeError, match="which is no future"):
         await eager.future()
+
+
+async def test_one_dropped_while_it_waits_is_let_go_of_quietly() -> None:
+    """Nothing waits on it any more and the future it awaits is gone too: freeing it closes its coroutine (an
+    interpreted one) without an 'ignored GeneratorExit' error."""
+    import gc
+    import sys
+
+    loop = asyncio.get_running_loop()
+    unraisable: list[object] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        gate: asyncio.Future[None] | None = loop.create_future()
+
+        async def work() -> None:
+            assert gate is not None
+            await gate
+
+        eager: Eager | None = Eager(work(), loop)
+        assert eager is not None and not eager.done()
+        eager = gate = None
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert unraisable == []

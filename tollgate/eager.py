@@ -70,6 +70,8 @@ class Eager:
         once the outcome is recorded it parks on a bare yield and is let go of."""
         try:
             await coro
+        except GeneratorExit:  # dropped unfinished, and closed (interpreted): it ends here, nothing to record
+            raise
         except BaseException as exc:  # its outcome, for whoever waits
             self._error = exc
         self._ended = True

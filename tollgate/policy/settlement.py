@@ -376,7 +376,7 @@ class Settler:
                 if not pending.done():
                     waiting.append((admission, actual))
                     continue
-                admission.pending = None  # it ended after the stream's last event: its grant is in extensions
+                admission.pending = None  # it ended after the stream's last event: what it granted is in extensions
             first = len(items)
             decision = admission.decision
             if not admission.extensions:
