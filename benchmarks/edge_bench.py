@@ -69,6 +69,7 @@ from run import (  # noqa: E402
     FIXED_CHAT_COMPLETION,
     GATEWAY_FULL_POLICY,
     GATEWAY_NO_RULES,
+    start_redis,
     tenants_yaml,
 )
 
@@ -312,42 +313,12 @@ async def measure_gateway(kind: str, args: argparse.Namespace) -> list[float]:
             if full and args.store == "redis":
                 # A budget far above a round trip's: under callgrind the gateway runs some 50 times slower, and a
                 # store call that timed out would be answered by its fail mode instead of measured.
-                url = stack.enter_context(_redis_server())
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-bench-redis-")))
+                url = start_redis(stack, workdir, None)  # run.py's: the same server as its Redis rows
                 config += f'store: {{backend: redis, url: "{url}", timeout: 10}}\n'
             return await _measure_config(config, stream, args)
     finally:
         upstream.close()
-
-
-@contextlib.contextmanager
-def _redis_server() -> Iterator[str]:
-    """A private redis-server on a free loopback port, its URL; stopped afterwards."""
-    import shutil
-    import socket
-    import subprocess
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1"]
-    proc = subprocess.Popen([*argv, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), 0.5) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"redis-server did not answer on port {port}")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def _measure_config(config: str, stream: bool, args: argparse.Namespace) -> list[float]:
