@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -49,29 +50,58 @@ def _hand_out(port: int) -> int:
     return port
 
 
-def free_port(*, with_bus: bool = False) -> int:
-    """A loopback TCP port free right now; with ``with_bus`` also port + 10000 (a Redis Cluster node's bus).
+def _listening_range() -> range:
+    """Where listeners' ports are drawn from: below the kernel's ephemeral range, which the source ports of outgoing
+    connections come from. A port drawn from that range could be taken by any process's next outgoing connection
+    (a gateway's to Redis, to its upstream) between the draw and the listener's bind ("address already in use")."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10_000, low) if low > 20_000 else range(0)
 
-    Not one handed out by an earlier call of this process that may not be listening yet: the kernel can give the
-    same ephemeral port twice in a row once the probing socket is closed, and two listeners of one config (public
-    and admin) were once given the same port."""
+
+_LISTENING = _listening_range()
+_DRAW = random.Random()  # seeded from the OS: each test worker draws its own sequence
+
+
+def free_port(*, with_bus: bool = False) -> int:
+    """A loopback TCP port free right now, for a listener; with ``with_bus`` also port + 10000 (a Redis Cluster
+    node's bus).
+
+    Drawn at random below the kernel's ephemeral range (see _listening_range), where no outgoing connection can take
+    it before the listener binds it; where that range leaves no room, the kernel's pick. Not one handed out by an
+    earlier call of this process that may not be listening yet: two listeners of one config (public and admin) were
+    once given the same port."""
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port in _HANDED_OUT:
+        port = _candidate(with_bus)
+        if port in _HANDED_OUT or not _bindable(port) or (with_bus and not _bindable(port + 10000)):
             continue
-        if not with_bus:
-            return _hand_out(port)
-        if port + 10000 > 65535:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
         return _hand_out(port)
     raise RuntimeError("no free loopback port (or port pair, with_bus) found")
+
+
+def _candidate(with_bus: bool) -> int:
+    span = _LISTENING
+    if with_bus and len(span):
+        span = range(span.start, span.stop - 10_000)  # the bus port stays below the ephemeral range too
+    if len(span) >= 1000:
+        return _DRAW.choice(span)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    return port if not with_bus or port + 10000 <= 65535 else 0
+
+
+def _bindable(port: int) -> bool:
+    if not 0 < port <= 65535:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_for_port(port: int, *, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
