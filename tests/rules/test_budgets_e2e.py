@@ -138,6 +138,32 @@ async def test_a_stream_is_not_cut_while_the_budget_still_covers_its_next_event(
     assert 197 <= billed["used"] <= 200
 
 
+async def test_a_stream_held_to_its_max_tokens_runs_to_the_end_of_a_budget_that_holds_them(
+    mock: Proc, redis: RedisServer
+) -> None:
+    """A budget with room for exactly the prompt and the request's max_tokens: the mock writes them all (40 words,
+    about 53 tokens at the gateway's four characters a token), and the stream is neither cut nor extended for the
+    estimate's error; an upstream that ignores max_tokens (2,000 words) is still cut at the budget."""
+    limit = PROMPT_ESTIMATE + 40
+    rules = {
+        "tph": {"type": "token_limit", "limit": limit, "per": "hour", "on_exceed": "cut", "attach": {"global": True}}
+    }
+    with gateway_process(doc(mock, redis, rules)) as gw:
+        async with aiohttp.ClientSession() as s:
+            body = {"model": "gpt-4o-mini", "messages": MSG, "stream": True, "max_tokens": 40}
+            status, events, raw = await stream(s, gw, "t2", body)
+            billed = await counter(s, gw, "tph", "t2")
+            ignored_status, ignored_events, ignored_raw = await stream(
+                s, gw, "t3", body, **{"x-mock-completion-tokens": "2000"}
+            )
+            ignored_billed = await counter(s, gw, "tph", "t3")
+    assert status == 200 and b"budget_exceeded" not in raw and raw.rstrip().endswith(b"data: [DONE]")
+    assert words(events) == 40 and billed["used"] == limit and billed["overdraft"] == 0
+    assert ignored_status == 200 and b"token_budget_exceeded" in ignored_raw
+    assert PROMPT_REAL + words(ignored_events) <= limit + 1  # at most one event past the budget
+    assert ignored_billed["used"] <= limit and ignored_billed["overdraft"] == 0
+
+
 @pytest.mark.parametrize("tokens_per_second", [0, 2000, 1000, 400])
 async def test_50_concurrent_streams_hold_a_shared_token_budget_at_any_pace(
     mock: Proc, redis: RedisServer, tokens_per_second: int

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -25,7 +26,7 @@ from tollgate.identity.directory import Principal
 from tollgate.limiter import Decision, Lease, Limiter, LimitSpec, LimitState, Reservation
 from tollgate.limiter.spec import Calendar, FailMode, Kind, Unit
 from tollgate.policy.lease_wait import LeaseWaiters
-from tollgate.upstream.estimates import estimate_prompt_tokens, requested_completion_tokens
+from tollgate.upstream.estimates import completion_cap, estimate_prompt_tokens, requested_completion_tokens
 
 if TYPE_CHECKING:
     from tollgate.accounting.pricing import Pricing
@@ -73,6 +74,9 @@ class Admission:
     prompt_estimate: int = 0
     completion_reserved: int = 0
     cost_estimate: int = 0
+    # The most completion tokens the request's own cap (max_tokens and the like, times n) lets its provider
+    # produce, 0 when it names none: a stream's output estimate is held to it (see StreamBudget).
+    completion_cap: int = 0
     # The reserved limits a stream holds to while it runs (tokens, money; shadow ones left out), each with
     # whether running out of it ends the stream (``on_exceed: cut``), and the price terms for money ones.
     stream_limits: tuple[tuple[LimitSpec, bool], ...] = ()
@@ -92,6 +96,7 @@ class Admission:
         prompt_estimate: int = 0,
         completion_reserved: int = 0,
         cost_estimate: int = 0,
+        completion_cap: int = 0,
         stream_limits: tuple[tuple[LimitSpec, bool], ...] = (),
         rates: tuple[float, float, float] | None = None,
         extensions: list[Reservation] | None = None,
@@ -104,6 +109,7 @@ class Admission:
         self.prompt_estimate = prompt_estimate
         self.completion_reserved = completion_reserved
         self.cost_estimate = cost_estimate
+        self.completion_cap = completion_cap
         self.stream_limits = stream_limits
         self.rates = rates
         self.extensions = [] if extensions is None else extensions
@@ -510,7 +516,7 @@ async def admit(
             prices = pricing()
             currency = prices.currency
             rates = prices.rates(ctx.model)
-            nanos = round(rates[0] + prompt * rates[1] + completion * rates[2])
+            nanos = math.ceil(rates[0] + prompt * rates[1] + completion * rates[2])  # as a stream counts it
     specs = _specs(rules, plan, principal, ctx, (prompt, completion, nanos))
     store = limiter.store_for(tenant=principal.tenant, plan=principal.plan)
     decision = await limiter.admit(specs, store=store)
@@ -538,6 +544,7 @@ async def admit(
         prompt_estimate=prompt,
         completion_reserved=completion,
         cost_estimate=nanos,
+        completion_cap=completion_cap(ctx.body) if ctx.stream and plan.stream else 0,
         stream_limits=tuple([(specs[i], cut) for i, cut in plan.stream]) if ctx.stream else (),
         rates=rates,
         headers=headers,

@@ -58,6 +58,15 @@ class StreamBudget(StreamLimits):
     holds for its output, the prompt's share left out) an extension is asked
     for in the background, so a stream rarely waits; a stream that ends well
     inside its reservation, as most do, asks for none.
+
+    The output is estimated from the text relayed (see :meth:`after`). When
+    the request caps its output itself (``max_tokens`` and the like, which its
+    provider enforces), the estimate is held to that cap: text a little longer
+    than the cap's tokens at :data:`CHARS_PER_TOKEN` is the estimate's error,
+    not output the model can produce, so a limit that holds the whole cap is
+    neither extended nor cut for it. Past twice the cap's worth of text, or
+    past one event with text for each token of it, the provider is not keeping
+    to the cap and the estimate is the text's again.
     """
 
     __slots__ = (
@@ -72,6 +81,8 @@ class StreamBudget(StreamLimits):
         "_open",
         "_rates",
         "_calm",
+        "_cap",
+        "_covered",
     )
 
     def __init__(self, admission: Admission, limiter: Limiter) -> None:
@@ -86,6 +97,8 @@ class StreamBudget(StreamLimits):
         self._held = [spec.cost for spec in self._specs]
         self._open = [True] * len(limits)  # False once a limit had nothing more to grant
         self._rates = admission.rates or (0.0, 0.0, 0.0)
+        self._cap = admission.completion_cap
+        self._covered = [False] * len(limits)  # holds what the capped output counts (see _recalm)
         self._base = [self._used(i, 0) for i in range(len(limits))]  # what each limit counts before any output
         self._calm = 0
         self._recalm()
@@ -94,11 +107,18 @@ class StreamBudget(StreamLimits):
         """Find the completion below which no limit is short, no spent limit cuts and none is due an extension
         ahead of need: up to it, :meth:`short`, :meth:`spent_cut` and :meth:`relayed` have nothing to look at.
 
-        Token limits count ``prompt + completion``, ``completion`` or ``prompt`` alone; a money limit (its
-        count rounded from prices) keeps every event on the full checks."""
+        A limit that holds what the request's cap counts is none of these before the output passes the cap.
+        Otherwise token limits count ``prompt + completion``, ``completion`` or ``prompt`` alone; a money limit
+        (its count rounded from prices) keeps every event on the full checks."""
         calm = 1 << 62
         prompt = self.admission.prompt_estimate
-        for spec, held, is_open, base in zip(self._specs, self._held, self._open, self._base):
+        cap = self._cap
+        covered = self._covered
+        for i, (spec, held, is_open, base) in enumerate(zip(self._specs, self._held, self._open, self._base)):
+            covered[i] = cap > 0 and self._used(i, cap) <= held
+            if covered[i]:
+                calm = min(calm, cap + 1)
+                continue
             unit = spec.unit
             if unit == "nanos":
                 calm = 0
@@ -131,9 +151,18 @@ class StreamBudget(StreamLimits):
         """The completion tokens once an event of ``chars`` characters of text is relayed.
 
         At least one token per event that carries text (providers send about one
-        each), and at least one per :data:`CHARS_PER_TOKEN` characters.
+        each), and one per :data:`CHARS_PER_TOKEN` characters, held to the request's
+        cap while that text is within twice the cap's worth.
         """
-        return max(self._texts + 1, (self._chars + chars + _CHARS_PER_TOKEN - 1) // _CHARS_PER_TOKEN)
+        return self._estimate(self._chars + chars, self._texts + 1)
+
+    def _estimate(self, chars: int, texts: int) -> int:
+        """The completion tokens of ``chars`` characters of text in ``texts`` events (see :meth:`after`)."""
+        completion = (chars + _CHARS_PER_TOKEN - 1) // _CHARS_PER_TOKEN
+        cap = self._cap
+        if cap < completion <= 2 * cap:
+            completion = cap
+        return completion if completion > texts else texts
 
     def relayed_calm(self, chars: int) -> bool:
         """An event of ``chars`` characters of text, relayed in one call while the stream stays calm: True when
@@ -142,10 +171,8 @@ class StreamBudget(StreamLimits):
         False: nothing counted, the event goes through :meth:`after`, :meth:`short`, :meth:`spent_cut` and
         :meth:`relayed` (four calls an event otherwise, when most events of most streams need none of them)."""
         chars += self._chars
-        completion = (chars + _CHARS_PER_TOKEN - 1) // _CHARS_PER_TOKEN
         texts = self._texts + 1
-        if completion < texts:
-            completion = texts
+        completion = self._estimate(chars, texts)
         if completion >= self._calm:
             return False
         admission = self.admission
@@ -191,10 +218,14 @@ class StreamBudget(StreamLimits):
             pending = admission.pending = None
         if pending is None:
             base = self._base
+            capped = completion <= self._cap
+            covered = self._covered
             ahead = [
                 (i, 0)
                 for i, held in enumerate(self._held)
-                if self._open[i] and (self._used(i, completion) - base[i]) * 4 >= (held - base[i]) * 3
+                if self._open[i]
+                and not (capped and covered[i])
+                and (self._used(i, completion) - base[i]) * 4 >= (held - base[i]) * 3
             ]
             if ahead:  # asked for beside the stream, without a Task (see Eager)
                 admission.pending = Eager(self._extend(ahead), asyncio.get_running_loop())

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, TypeGuard
 
 from tollgate.token_estimate import estimate_tokens
 
-__all__ = ["estimate_messages_tokens", "estimate_prompt_tokens", "requested_completion_tokens"]
+__all__ = [
+    "completion_cap",
+    "estimate_messages_tokens",
+    "estimate_prompt_tokens",
+    "requested_completion_tokens",
+]
 
 # Text is counted by tollgate.token_estimate; a message and the request add a few tokens of framing.
 _PER_MESSAGE = 4
@@ -134,10 +139,33 @@ def requested_completion_tokens(kind: str, body: dict[str, Any], default_cap: in
         return 0
     if kind in _MEDIA_KINDS:
         return 0
-    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+    for name in _CAP_FIELDS:
         value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            n = body.get("n")
-            choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
-            return value * choices
+        if _count(value):
+            return value * _choices(body)
     return default_cap
+
+
+def completion_cap(body: dict[str, Any]) -> int:
+    """The most completion tokens the request's own cap lets the model produce (its provider stops the output
+    there), or 0 when it names none. Where it names more than one cap, the largest counts: whichever the provider
+    reads, the output stays under it."""
+    cap = 0
+    for name in _CAP_FIELDS:
+        value = body.get(name)
+        if _count(value) and value > cap:
+            cap = value
+    return cap * _choices(body)
+
+
+_CAP_FIELDS: Final = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _choices(body: dict[str, Any]) -> int:
+    """The answers asked for (``n``), each held to the cap."""
+    n = body.get("n")
+    return n if _count(n) else 1
