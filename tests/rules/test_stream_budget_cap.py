@@ -106,6 +106,15 @@ async def test_more_events_than_the_cap_allows_are_held_to_the_limits_by_their_t
     assert budget.completion_tokens == CAP
 
 
+async def test_past_the_caps_events_the_text_counts_in_full() -> None:
+    """Once an upstream has sent more events with text than the cap's tokens, its text is counted as text is, not
+    held to the cap nor to one token an event: 18 words of seven characters are 32 tokens' worth."""
+    monitor, budget, admission, asked = await _monitor(CAP, room=10_000)
+    seen = await _relay(monitor, admission, [7] * (CAP + 2))
+    assert seen == ["pass"] * CAP + ["hold", "pass", "pass"], "the seventeenth waits for the more it needs"
+    assert budget.completion_tokens == 32 and asked
+
+
 async def test_text_past_twice_the_caps_worth_is_estimated_from_the_text_again() -> None:
     """Few events, much text (an upstream sending many tokens an event past the cap): from 33 tokens' worth of text
     (twice the cap, plus one), the estimate is the text's, and the spent limit cuts before that event goes out."""

@@ -152,7 +152,8 @@ class StreamBudget(StreamLimits):
 
         At least one token per event that carries text (providers send about one
         each), and one per :data:`CHARS_PER_TOKEN` characters, held to the request's
-        cap while that text is within twice the cap's worth.
+        cap while that text is within twice the cap's worth and its events no more
+        than the cap's tokens.
         """
         return self._estimate(self._chars + chars, self._texts + 1)
 
@@ -160,7 +161,7 @@ class StreamBudget(StreamLimits):
         """The completion tokens of ``chars`` characters of text in ``texts`` events (see :meth:`after`)."""
         completion = (chars + _CHARS_PER_TOKEN - 1) // _CHARS_PER_TOKEN
         cap = self._cap
-        if cap < completion <= 2 * cap:
+        if cap < completion <= 2 * cap and texts <= cap:
             completion = cap
         return completion if completion > texts else texts
 
