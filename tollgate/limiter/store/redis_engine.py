@@ -429,7 +429,7 @@ class _Packer:
                 b = ints.get(value)
                 parts.append(b if b is not None else self._kept(ints, value))
             else:
-                raise TypeError(f"a script argument must be str or int, not {type(value).__name__}")
+                parts.append(_bulk(value))  # refuses it: neither str nor int
         return b"".join(parts)
 
     def _kept(self, cache: dict[Any, bytes], value: str | int) -> bytes:
