@@ -33,19 +33,39 @@ def _completion() -> dict[str, Any]:
     }
 
 
-async def _answer(request: web.Request) -> web.Response:
-    """200, or the status in x-answer-status with a body quoting the credentials the request carried."""
-    status = int(request.headers.get("x-answer-status", "200"))
-    if status == 200:
-        return web.json_response(_completion())
+# Model output that merely looks like a key: the tenant's, never redacted.
+OUTPUT = "Set OPENAI_API_KEY=sk-proj-Example0123456789 in your shell."
+
+
+def _quoting(request: web.Request) -> str:
+    """An error message quoting every credential the request carried, and some shaped like keys."""
     sent = request.headers.get("Authorization", "")
-    message = (
+    return (
         f"Incorrect API key provided: {sent.removeprefix('Bearer ')}. You sent {sent} and X-Org-Token "
         f"{request.headers.get('X-Org-Token', '')}; keys like sk-proj-AbCdEf1234567890 or sk-abc*****wxyz or "
         "AIzaSyA1234567890abcdefghijklmnopqrs do not belong here."
     )
-    body = {"error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key", "param": None}}
-    return web.json_response(body, status=status)
+
+
+async def _answer(request: web.Request) -> web.StreamResponse:
+    """200, or the status in x-answer-status with a body quoting the credentials the request carried; a stream
+    asked for is answered with a content event, then error events quoting them, in OpenAI's and Anthropic's shapes."""
+    status = int(request.headers.get("x-answer-status", "200"))
+    if (await request.json()).get("stream"):
+        message = _quoting(request)
+        content = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        content["choices"] = [{"index": 0, "delta": {"content": OUTPUT}, "finish_reason": None}]
+        events = [
+            b"data: " + orjson.dumps(content),
+            b"data: " + orjson.dumps({"error": {"message": message, "type": "server_error"}}),
+            b"event: error\ndata: "
+            + orjson.dumps({"type": "error", "error": {"type": "api_error", "message": message}}),
+        ]
+        return web.Response(body=b"\n\n".join(events) + b"\n\n", content_type="text/event-stream")
+    if status == 200:
+        return web.json_response(_completion())
+    error = {"message": _quoting(request), "type": "invalid_request_error", "code": "invalid_api_key", "param": None}
+    return web.json_response({"error": error}, status=status)
 
 
 @pytest.fixture
@@ -124,3 +144,24 @@ async def test_a_deployment_whose_key_is_refused_falls_back_to_a_model_that_serv
             == 1
         )
     assert (got, headers["x-tollgate-model"]) == (200, "backup")
+
+
+async def test_a_streams_error_events_lose_their_credentials_and_its_model_output_is_relayed_as_written(
+    echo_url: str,
+) -> None:
+    async with gateway(_doc(echo_url)) as (url, _), aiohttp.ClientSession() as s:
+        got, headers, raw = await chat(s, url, "m", stream=True)
+    assert got == 200 and headers["Content-Type"].startswith("text/event-stream")
+    events = [e for e in raw.split(b"\n\n") if e]
+    content, openai_error, anthropic_error = events[0], events[1], events[2]
+    assert orjson.loads(content.removeprefix(b"data: "))["choices"][0]["delta"]["content"] == OUTPUT
+    assert openai_error.startswith(b"data: ") and anthropic_error.startswith(b"event: error\ndata: ")
+    for event, message in (
+        (openai_error, orjson.loads(openai_error.removeprefix(b"data: "))["error"]["message"]),
+        (anthropic_error, orjson.loads(anthropic_error.split(b"\ndata: ")[1])["error"]["message"]),
+    ):
+        assert message.startswith(
+            "Incorrect API key provided: [redacted]. You sent Bearer [redacted] and X-Org-Token [redacted]"
+        )
+        for leaked in (UPSTREAM_KEY, OTHER_SECRET, "sk-proj-AbCdEf", "sk-abc", "AIza", "0123456789"):
+            assert leaked.encode() not in event, leaked

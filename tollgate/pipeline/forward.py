@@ -145,7 +145,9 @@ async def forward(
                 if ctx.stream and status == 200 and content_type.startswith("text/event-stream"):
                     phase = "first event"
                     source = upstream if bridge is None else bridge.stream(upstream, int(clock.time()))
-                    return await _relay_stream(ctx, clock, source, timer, deadline, cfg.timeouts.idle, dropped)
+                    return await _relay_stream(
+                        ctx, clock, source, timer, deadline, cfg.timeouts.idle, dropped, client.secrets
+                    )
                 data = upstream.whole()  # None: not all of it has arrived yet
                 if data is None:
                     data = await upstream.read()
@@ -243,11 +245,13 @@ async def _relay_stream(
     deadline: float,
     idle: float,
     dropped: Sequence[str],
+    secrets: tuple[bytes, ...],
 ) -> Answer:
-    """Relay SSE event by event; before the first event is out, failures raise so another attempt can serve."""
+    """Relay SSE event by event; before the first event is out, failures raise so another attempt can serve. An
+    error event goes out without the upstream's credentials, as an error body does (see SseParser)."""
     now = clock.loop_time
     assert ctx.endpoint is not None
-    parser = SseParser(ctx.stream_monitor, ctx.endpoint.dialect.terminal)
+    parser = SseParser(ctx.stream_monitor, ctx.endpoint.dialect.terminal, secrets)
     # Nothing reaches the client until the first complete event parsed: until then a failure can still be retried.
     out = b""
     while not parser.events and not parser.done and parser.stop is None:

@@ -35,6 +35,12 @@ Monitor hook (the accounting stage uses it): an object with
   ``"client_gone"``.
 
 Several monitors can be combined with :class:`MonitorChain`.
+
+An error event (an object with an ``error`` member, or of type ``error`` or
+``response.failed``) is the provider's words, as an error body is: it goes out
+without the upstream's own secrets and anything shaped like a credential
+(tollgate/upstream/redaction.py), as its data re-written compactly when that
+changed it. Model output is never looked at for credentials.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 import orjson
+
+from tollgate.upstream.redaction import redact
 
 __all__ = [
     "DROP",
@@ -69,6 +77,9 @@ _PLAIN_STRING: Final = re.compile(rb'[^"\\\x00-\x1f]*')
 _LEARN_WITHIN: Final = 8
 # A content of at most this many bytes is checked byte by byte (see _plain_end); a longer one by _PLAIN_STRING.
 _SHORT_CONTENT: Final = 24
+# The ``type`` of an event that carries a provider's error: the Messages and Responses APIs' error events, and the
+# Responses API's failed response (its ``response.error``).
+_ERROR_TYPES: Final = frozenset({"error", "response.failed"})
 
 
 class EndStream:
@@ -143,11 +154,19 @@ class SseParser:
         "_usual_ok",
         "_after",
         "_close",
+        "_secrets",
     )
 
-    def __init__(self, monitor: StreamMonitor | None = None, terminal: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        monitor: StreamMonitor | None = None,
+        terminal: frozenset[str] = frozenset(),
+        secrets: tuple[bytes, ...] = (),
+    ) -> None:
         self.monitor = monitor
         self._terminal = terminal
+        # The upstream's own secrets (its key, secret headers): an error event goes out without them (see _cleaned).
+        self._secrets = secrets
         self.pending = b""
         self.done = False
         self.events = 0
@@ -315,6 +334,8 @@ class SseParser:
         verdict = self.monitor.on_event(doc)  # type: ignore[union-attr]
         if self._learning:
             self._learn(event, doc)
+        if type(doc) is dict and _is_error(doc) and not isinstance(verdict, EndStream):
+            verdict = self._cleaned(event[6:], verdict)
         return self._counted(verdict)
 
     def _shaped(self, buf: bytes, start: int) -> tuple[int, int]:
@@ -422,20 +443,40 @@ class SseParser:
         except orjson.JSONDecodeError:
             self.stop = ("upstream sent a malformed stream event", "upstream_malformed_event")
             return DROP
-        if self._terminal and type(obj) is dict and obj.get("type") in self._terminal:
-            self.done = True
+        error = False
+        if type(obj) is dict:
+            if self._terminal and obj.get("type") in self._terminal:
+                self.done = True
+            error = _is_error(obj)
         monitor = self.monitor
-        if monitor is None:
-            self.events += 1
-            return PASS
-        verdict = monitor.on_event(obj)
+        verdict = PASS if monitor is None else monitor.on_event(obj)
         if verdict == HOLD:
             return HOLD  # offered again by resume(): counted then
         self.events += 1
         if isinstance(verdict, EndStream):
             self.stop = (verdict.message, verdict.code)
             return DROP
-        return verdict
+        return self._cleaned(data, verdict) if error else verdict
+
+    def _cleaned(self, data: bytes, verdict: int | bytes) -> int | bytes:
+        """The verdict on an error event whose data is ``data``: what goes out of it without credentials (a passed
+        event's data replaced when redaction changes it, a replacement redacted); DROP and the others unchanged.
+        A changed data is written compactly: a data line holds no line feed."""
+        if verdict == PASS:
+            out = data
+        elif type(verdict) is bytes:
+            out = verdict
+        else:
+            return verdict
+        clean = redact(out, self._secrets)
+        if clean == out:
+            return verdict
+        return orjson.dumps(orjson.loads(clean)) if 10 in clean else clean
+
+
+def _is_error(doc: dict[str, Any]) -> bool:
+    """Whether an event's object carries a provider's error (see _ERROR_TYPES)."""
+    return "error" in doc or doc.get("type") in _ERROR_TYPES
 
 
 # What ``\s`` matches in a bytes pattern: the whitespace allowed around a member's colon.
