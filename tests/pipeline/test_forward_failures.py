@@ -56,15 +56,13 @@ async def _post(port: int) -> tuple[int, str]:
     return answer.status, orjson.loads(answer.body)["error"]["code"]
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_an_upstream_refusing_the_connection_is_a_502_upstream_connect_error() -> None:
-    async for port in _gateway(_closed_port()):
-        assert await _post(port) == (502, "upstream_connect_error")
+    # A port bound and not listening refuses connections; held for the whole test, no other process can take it
+    # (a port closed before the test could be bound by a server of a test running beside it).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        async for port in _gateway(held.getsockname()[1]):
+            assert await _post(port) == (502, "upstream_connect_error")
 
 
 @pytest.mark.parametrize("answer", [b"not http at all\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"])
