@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import run
 from lean_proxy import LeanProxy, Origin
 
-from .support.processes import free_port
+from .support.processes import refusing_port
 
 MakeServer = Callable[..., Awaitable[TestServer]]
 SSE_EVENTS = [b'data: {"n": %d}\n\n' % i for i in range(20)] + [b"data: [DONE]\n\n"]
@@ -118,7 +118,7 @@ async def test_lean_proxy_answers_pipelined_requests_in_order(
 
 
 async def test_lean_proxy_answers_502_when_the_upstream_is_down() -> None:
-    async for url in _lean(f"http://127.0.0.1:{free_port()}/v1"):
+    async for url in _lean(f"http://127.0.0.1:{refusing_port()}/v1"):
         async with aiohttp.ClientSession() as client, client.post(url, data=b"{}") as response:
             assert response.status == 502
             assert "upstream" in (await response.json())["error"]["message"]

@@ -18,7 +18,7 @@ import pytest
 from tollgate.upstream import client as upstream_http
 from tollgate.upstream.client import ConnectError, ResponseError, TracedHttp, UpstreamHttp, UpstreamResponse
 
-from .support.processes import free_port
+from .support.processes import refusing_port
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -438,7 +438,7 @@ async def test_request_head_carries_method_prefixed_path_host_with_port_headers_
 
 
 async def test_connect_to_a_closed_port_raises_connect_error_and_frees_the_slot() -> None:
-    pool = UpstreamHttp(f"http://127.0.0.1:{free_port()}", max_connections=1)
+    pool = UpstreamHttp(f"http://127.0.0.1:{refusing_port()}", max_connections=1)
     with pytest.raises(ConnectError) as caught:
         await pool.request("GET", "/", [])
     assert isinstance(caught.value.os_error, ConnectionRefusedError)

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..support.processes import REPO, Proc, free_port
+from ..support.processes import REPO, Proc, refusing_port
 from ..support.redis import RedisServer
 from .conftest import (
     ACME_KEY,
@@ -86,7 +86,7 @@ def _doc(mock: Proc, redis: RedisServer, webhook: WebhookReceiver) -> dict[str, 
     doc["upstreams"] = {
         "mock": {"base_url": upstream, "api_key": UPSTREAM_KEY, "forward_headers": ["x-mock-*"]},
         "flaky": {"base_url": upstream, "api_key": UPSTREAM_KEY, "forward_headers": ["x-mock-*"]},
-        "dead": {"base_url": f"http://127.0.0.1:{free_port()}/v1", "timeouts": {"connect": "1s"}},
+        "dead": {"base_url": f"http://127.0.0.1:{refusing_port()}/v1", "timeouts": {"connect": "1s"}},
     }
     doc["models"] = {
         **doc["models"],

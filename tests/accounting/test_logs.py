@@ -26,7 +26,7 @@ from tollgate.process.supervisor import worker_log_format
 from tollgate.runtime.state import GatewayState
 
 from ..support.contexts import request_context
-from ..support.processes import Proc, free_port, gateway_config, gateway_process
+from ..support.processes import Proc, gateway_config, gateway_process, refusing_port
 from ..support.redis import RedisServer
 
 KEY = "tg_logs-acme-key-0123456789abcdefghijklmnopq"
@@ -36,7 +36,7 @@ FAILED = re.compile(r"request \S+ for 'gpt-4o-mini' failed after \d+ attempt")
 def config(**overrides: Any) -> dict[str, Any]:
     """A gateway whose only upstream refuses connections, with tenant acme, the access log off."""
     doc = gateway_config(
-        f"http://127.0.0.1:{free_port()}/v1",
+        f"http://127.0.0.1:{refusing_port()}/v1",
         identity={"chain": ["api_key"]},
         tenants={
             "acme": {

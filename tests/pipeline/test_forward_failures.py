@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import tempfile
 from collections.abc import AsyncIterator
 
@@ -19,6 +18,7 @@ from tollgate.config import load_config
 from tollgate.process.public import make_public_server, public_lifecycle
 from tollgate.runtime.state import GatewayState
 
+from ..support.processes import refusing_port
 from ..support.raw_http import read_answer
 
 CONFIG = """\
@@ -57,12 +57,8 @@ async def _post(port: int) -> tuple[int, str]:
 
 
 async def test_an_upstream_refusing_the_connection_is_a_502_upstream_connect_error() -> None:
-    # A port bound and not listening refuses connections; held for the whole test, no other process can take it
-    # (a port closed before the test could be bound by a server of a test running beside it).
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        async for port in _gateway(held.getsockname()[1]):
-            assert await _post(port) == (502, "upstream_connect_error")
+    async for port in _gateway(refusing_port()):
+        assert await _post(port) == (502, "upstream_connect_error")
 
 
 @pytest.mark.parametrize("answer", [b"not http at all\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"])

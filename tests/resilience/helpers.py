@@ -14,7 +14,7 @@ from tollgate.config import config_from_dict
 from tollgate.process.public import make_public_server, public_lifecycle
 from tollgate.runtime.state import GatewayState
 
-from ..support.processes import free_port, steerable
+from ..support.processes import refusing_port, steerable
 
 MSG = [{"role": "user", "content": "hi"}]
 # A mock upstream whose fault headers are overridden by the gateway: whatever the client asks, it behaves.
@@ -35,7 +35,7 @@ def config_doc(
         "upstreams": {
             "mock": {"base_url": f"{mock_url}/v1"},
             "healthy": {"base_url": f"{mock_url}/v1", "headers": HEALTHY},
-            "dead": {"base_url": f"http://127.0.0.1:{free_port()}/v1", "timeouts": {"connect": "1s"}},
+            "dead": {"base_url": f"http://127.0.0.1:{refusing_port()}/v1", "timeouts": {"connect": "1s"}},
             **upstreams,
         },
         "models": models,

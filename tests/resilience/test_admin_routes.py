@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from ..support.processes import free_port, gateway_config, gateway_process
+from ..support.processes import gateway_config, gateway_process, refusing_port
 
 pytestmark = pytest.mark.process
 
@@ -13,7 +13,7 @@ TOKEN = "admin-token-for-resilience-routes"
 
 
 async def test_a_request_that_failed_everywhere_is_listed_as_a_dead_letter_without_its_body() -> None:
-    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    dead = f"http://127.0.0.1:{refusing_port()}/v1"  # nothing listens there
     config = gateway_config(dead, listeners={"admin": {"enabled": True, "token": TOKEN}})
     secret = "a prompt that must never be stored"
     with gateway_process(config) as gw:

@@ -65,6 +65,20 @@ _LISTENING = _listening_range()
 _DRAW = random.Random()  # seeded from the OS: each test worker draws its own sequence
 
 
+_REFUSING: list[socket.socket] = []
+
+
+def refusing_port() -> int:
+    """A loopback port that refuses connections for as long as this process runs, for an upstream that is down:
+    bound and never listening, and held, so that no listener of a test running beside this one can take it (a port
+    merely free when drawn could be, between the draw and the connection)."""
+    if not _REFUSING:
+        held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        held.bind(("127.0.0.1", 0))
+        _REFUSING.append(held)
+    return int(_REFUSING[0].getsockname()[1])
+
+
 def free_port(*, with_bus: bool = False) -> int:
     """A loopback TCP port free right now, for a listener; with ``with_bus`` also port + 10000 (a Redis Cluster
     node's bus).
