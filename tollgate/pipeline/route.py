@@ -158,8 +158,9 @@ class Walk:
         self.last: UpstreamError | None = None
         self.trail: list[dict[str, Any]] | None = None  # only built once something fails
         self.stopped = False  # no attempt is left to make
-        # A rough prompt estimate for deployments with a tpm limit: a quarter of the body, but for an upload (whose
-        # file is no text) the estimate of its text fields.
+        # A rough prompt estimate for deployments with a tpm limit, counted while the attempt runs (served() counts
+        # the answer's usage instead): a quarter of the body, but for an upload (whose file is no text) the estimate
+        # of its text fields.
         assert ctx.endpoint is not None and ctx.body is not None
         if ctx.endpoint.multipart:
             self.tokens = estimate_prompt_tokens(ctx.endpoint.kind, ctx.body)
@@ -333,6 +334,16 @@ class Walk:
         else:
             dstate.observe_latency(ttfb)
             dstate.breaker.success(permit, ttfb)
+        usage = ctx.usage
+        if usage is not None:
+            # The deployment's tokens (a scaling signal) and its tpm window count what it served, prompt and
+            # completion as the answer reported them (or the stream's estimate), in place of the rough prompt
+            # estimate counted when the attempt began.
+            delta = usage.prompt_tokens + usage.completion_tokens - self.tokens
+            if delta:
+                dstate.tokens += delta
+                if dstate.tpm is not None:
+                    dstate.tpm.correct(deps.clock.monotonic(), delta)
         deps.proactive.observe(current.name, broke, ttfb)
         if current is not self.first:
             key = f"{self.first.name}->{current.name}"

@@ -74,6 +74,13 @@ class MinuteWindow:
         self._estimate(now)
         self._current += cost
 
+    def correct(self, now: float, delta: int) -> None:
+        """A count added earlier, now known to be ``delta`` more (fewer, when negative); the current minute's count
+        never goes below zero (the count corrected may belong to the minute before)."""
+        self._estimate(now)
+        current = self._current + delta
+        self._current = current if current > 0 else 0
+
 
 class DeploymentState:
     """What the gateway knows about one deployment right now."""
@@ -115,7 +122,7 @@ class DeploymentState:
         self.calls = 0
         self.failures = 0
         self.throttled = 0  # 429s from the upstream (a scaling signal)
-        self.tokens = 0  # estimated tokens of the requests sent to it (a scaling signal)
+        self.tokens = 0  # tokens of the requests sent to it, as their answers counted them (a scaling signal)
         # The latest times to first byte (seconds), for the scaler's p95; bounded, appended once per served call.
         self.recent_latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
 

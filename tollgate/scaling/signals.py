@@ -1,7 +1,7 @@
 """A pool's signals: what one process measures (:class:`Sample`), and their sum over the fleet (:class:`Signals`).
 
 A process reads the live state its requests already keep per deployment
-(in-flight and queued counts, calls, estimated tokens, 429s from the
+(in-flight and queued counts, calls, tokens served, 429s from the
 upstream, the latest times to first byte) once per interval; rates are the
 change of those counters since its previous sample.
 """
