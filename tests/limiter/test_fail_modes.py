@@ -94,7 +94,12 @@ async def test_the_open_breaker_refuses_at_once_instead_of_waiting(own_redis: Re
         fast = [await timed(limiter, s) for _ in range(20)]
     finally:
         own_redis.resume()
-    assert max(t for t, _, _ in fast) < 0.005
+    # None waits for the store's timeout; the usual one answers in well under a millisecond (a scheduling hiccup of
+    # a loaded machine may delay one or two: the median, not the slowest, says what the usual refusal costs).
+    times = sorted(t for t, _, _ in fast)
+    assert times[-1] < BUDGET, times
+    assert times[len(times) // 2] < 0.005, times
+    assert all(allowed and degraded for _, allowed, degraded in fast)
 
 
 async def test_a_killed_and_restarted_redis_is_used_again_without_restarting_the_gateway(
