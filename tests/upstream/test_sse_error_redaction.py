@@ -128,3 +128,10 @@ def test_a_dropped_or_ended_error_event_stays_dropped() -> None:
     parser = SseParser(Ending())
     assert parser.feed(b"data: " + orjson.dumps({"error": {"message": f"key {KEY}"}}) + b"\n\n") == b""
     assert parser.stop == ("the budget is spent", "budget_exceeded")
+
+
+def test_a_chunk_with_a_null_error_member_is_model_output_and_relayed_as_written() -> None:
+    """Some proxies add ``"error": null`` to every chunk: such a chunk carries no error, and its content is the
+    model's, whatever it looks like."""
+    event = chat_chunk({"content": f'"quoted" {KEY}'}, error=None)
+    assert SseParser(Recorder()).feed(event) == event

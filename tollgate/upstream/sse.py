@@ -36,8 +36,8 @@ Monitor hook (the accounting stage uses it): an object with
 
 Several monitors can be combined with :class:`MonitorChain`.
 
-An error event (an object with an ``error`` member, or of type ``error`` or
-``response.failed``) is the provider's words, as an error body is: it goes out
+An error event (an object with a non-null ``error`` member, or of type ``error``
+or ``response.failed``) is the provider's words, as an error body is: it goes out
 without the upstream's own secrets and anything shaped like a credential
 (tollgate/upstream/redaction.py), as its data re-written compactly when that
 changed it. Model output is never looked at for credentials.
@@ -475,8 +475,9 @@ class SseParser:
 
 
 def _is_error(doc: dict[str, Any]) -> bool:
-    """Whether an event's object carries a provider's error (see _ERROR_TYPES)."""
-    return "error" in doc or doc.get("type") in _ERROR_TYPES
+    """Whether an event's object carries a provider's error (see _ERROR_TYPES); an ``error`` member of null (as some
+    proxies add to every chunk) carries none."""
+    return doc.get("error") is not None or doc.get("type") in _ERROR_TYPES
 
 
 # What ``\s`` matches in a bytes pattern: the whitespace allowed around a member's colon.
