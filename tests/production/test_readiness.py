@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -13,6 +12,7 @@ from aiohttp import web
 from tollgate.clock import ManualClock
 
 from ..resilience.helpers import chat, config_doc, gateway
+from ..support.processes import free_port
 
 
 async def _models(_request: web.Request) -> web.Response:
@@ -71,8 +71,9 @@ async def test_503_only_when_no_model_can_be_served_and_ready_again_once_the_pro
             "breaker": {"enabled": False},
         },
     )
-    dead_port = urlsplit(doc["upstreams"]["dead"]["base_url"]).port
-    assert dead_port is not None
+    # Down now and brought up below: a port of its own (the helpers' down upstream shares one held bound for the run).
+    dead_port = free_port()
+    doc["upstreams"]["dead"]["base_url"] = f"http://127.0.0.1:{dead_port}/v1"
     async with gateway(doc) as (url, _state):
         status, body = await _until(url, 503)
         assert (status, body["status"]) == (503, "not ready"), body
