@@ -51,11 +51,22 @@ def test_the_upstreams_own_secret_is_redacted_whatever_its_shape_and_other_lines
     assert _data(out)["error"]["message"] == "key [redacted] refused"
 
 
-def test_a_redacted_error_written_over_several_data_lines_goes_out_as_one_compact_line() -> None:
+def test_a_redacted_error_written_over_several_data_lines_goes_out_on_one_line() -> None:
     pretty = orjson.dumps({"error": {"message": f"key {KEY}"}}, option=orjson.OPT_INDENT_2)
     event = b"".join(b"data: " + line + b"\n" for line in pretty.split(b"\n")) + b"\n"
     out = SseParser().feed(event)
-    assert out == b'data: {"error":{"message":"key [redacted]"}}\n\n'
+    assert out.startswith(b"data: {") and out.endswith(b"}\n\n") and out.count(b"\n") == 2
+    assert _data(out) == {"error": {"message": "key [redacted]"}}
+
+
+def test_a_secret_that_redaction_finds_outside_a_string_never_raises_and_keeps_the_event_on_one_line() -> None:
+    """An upstream secret of digits may match a number: what is left is not JSON, and still goes out as one data
+    line, without the secret, rather than failing the stream."""
+    secret = b"12345678901234"
+    event = b'data: {"error": {"code":\ndata:  12345678901234,\ndata:  "message": "no"}}\n\n'
+    out = SseParser(secrets=(secret,)).feed(event)
+    assert secret not in out and b"[redacted]" in out
+    assert out == b'data: {"error": {"code":  [redacted],  "message": "no"}}\n\n'
 
 
 def test_an_error_event_without_credentials_goes_out_byte_for_byte() -> None:

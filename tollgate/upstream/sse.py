@@ -39,8 +39,8 @@ Several monitors can be combined with :class:`MonitorChain`.
 An error event (an object with a non-null ``error`` member, or of type ``error``
 or ``response.failed``) is the provider's words, as an error body is: it goes out
 without the upstream's own secrets and anything shaped like a credential
-(tollgate/upstream/redaction.py), as its data re-written compactly when that
-changed it. Model output is never looked at for credentials.
+(tollgate/upstream/redaction.py), its data on one line when that changed it.
+Model output is never looked at for credentials.
 """
 
 from __future__ import annotations
@@ -461,7 +461,8 @@ class SseParser:
     def _cleaned(self, data: bytes, verdict: int | bytes) -> int | bytes:
         """The verdict on an error event whose data is ``data``: what goes out of it without credentials (a passed
         event's data replaced when redaction changes it, a replacement redacted); DROP and the others unchanged.
-        A changed data is written compactly: a data line holds no line feed."""
+        A changed data goes out on one line: its line ends (whitespace between JSON's tokens, as no string holds
+        one) become spaces, which never raises on what redaction may have left not quite JSON."""
         if verdict == PASS:
             out = data
         elif type(verdict) is bytes:
@@ -471,7 +472,7 @@ class SseParser:
         clean = redact(out, self._secrets)
         if clean == out:
             return verdict
-        return orjson.dumps(orjson.loads(clean)) if 10 in clean else clean
+        return clean.replace(b"\r", b" ").replace(b"\n", b" ") if 10 in clean or 13 in clean else clean
 
 
 def _is_error(doc: dict[str, Any]) -> bool:
