@@ -94,8 +94,8 @@ async def test_the_open_breaker_refuses_at_once_instead_of_waiting(own_redis: Re
         fast = [await timed(limiter, s) for _ in range(20)]
     finally:
         own_redis.resume()
-    # None waits for the store's timeout; the usual one answers in well under a millisecond (a scheduling hiccup of
-    # a loaded machine may delay one or two: the median, not the slowest, says what the usual refusal costs).
+    # None waits for the store's timeout, and the usual one answers within 5 ms (a scheduling hiccup of a loaded
+    # machine may delay one or two: the median, not the slowest, says what the usual refusal costs).
     times = sorted(t for t, _, _ in fast)
     assert times[-1] < BUDGET, times
     assert times[len(times) // 2] < 0.005, times
