@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
+from tollgate.config.field_docs import attribute_docs
 from tollgate.config.values import kind
 
 __all__ = ["CONFIG", "Doc", "Found", "Problems", "check", "join", "section", "substitute_env", "validate"]
@@ -31,7 +32,22 @@ __all__ = ["CONFIG", "Doc", "Found", "Problems", "check", "join", "section", "su
 T = TypeVar("T")
 # What a check yields: (field path relative to the record, "" for the record itself; the reason).
 Found = Iterator[tuple[str, str]]
-CONFIG = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, defer_build=True)
+
+
+def _describe_fields(schema: dict[str, Any], cls: type) -> None:
+    """A record's JSON Schema: each property described by its field's docstring (see tollgate/config/field_docs.py,
+    which says why pydantic's own ``use_attribute_docstrings`` is off)."""
+    properties = schema.get("properties")
+    if not properties:
+        return
+    docs = attribute_docs(cls)
+    for f in _shape(cls):
+        prop = properties.get(f.key)
+        if prop is not None and f.name in docs:
+            prop["description"] = docs[f.name]
+
+
+CONFIG = ConfigDict(extra="forbid", frozen=True, defer_build=True, json_schema_extra=_describe_fields)
 _CHECK_MARK = "__config_check__"
 _RECORD_MARK = "__config_record__"
 
