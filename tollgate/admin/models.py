@@ -33,11 +33,13 @@ SCHEMA_REF = "#/components/schemas/{model}"
 class Body(BaseModel):
     """A request body: unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class View(BaseModel):
     """An answer, described for the document: the routes build the JSON themselves."""
+
+    model_config = ConfigDict(defer_build=True)
 
 
 def _as_given(value: object) -> object:
