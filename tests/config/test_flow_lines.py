@@ -131,3 +131,24 @@ def test_the_sections_around_keep_their_order_and_values() -> None:
     text = "a: 1\n" + _file("  t{i}: {{plan: p}}", tail="z: [1, 2]\nb: {c: d}\n")
     doc = _same_as_pyyaml(text)
     assert list(doc) == ["a", "upstreams", "tenants", "z", "b"]
+
+
+def test_the_section_is_found_on_the_first_line_and_after_a_leading_comment_or_blank() -> None:
+    """Top-level keys and column-0 lines are found after a line feed and at the text's start apart: a section on
+    the file's first line, or after a first line that is a comment or blank, reads as PyYAML reads it."""
+    for head in ("", "# a comment first\n", "\n", "  \n"):
+        text = head + _file("  t{i}: {{plan: p}}", head="")
+        assert text.startswith(head + "tenants:")
+        assert _fast(text), repr(head)
+        assert len(_same_as_pyyaml(text)["tenants"]) == MIN_LINES + 10
+    ends = _file("  t{i}: {{plan: p}}", tail="")  # the section runs to the end of the file
+    assert _fast(ends) and len(_same_as_pyyaml(ends)["tenants"]) == MIN_LINES + 10
+
+
+@pytest.mark.parametrize("code", [*range(0x80), 0x85, 0xA0, 0x2028, 0xD7FF, 0xE000, 0xFFFE, 0xFFFF, 0x1F600])
+def test_a_character_is_refused_exactly_where_libyamls_reader_refuses_it(code: int) -> None:
+    """The ASCII check (bytes kept by translate) and the pattern agree, character by character, ASCII or not."""
+    text = f"a: b{chr(code)}c\n"
+    assert flow_lines._unprintable(text) == (flow_lines._NOT_PRINTABLE.search(text) is not None)
+    refused = (code < 0x20 and code not in (0x09, 0x0A, 0x0D)) or code in (0x7F, 0xFFFE, 0xFFFF)
+    assert flow_lines._unprintable(text) == refused
