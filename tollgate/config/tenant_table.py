@@ -29,7 +29,7 @@ from tollgate.config.identity import (
     hash_key,
     split_key_hash,
 )
-from tollgate.config.tenant_rows import KeyRows, Row, TenantRows, TenantValue
+from tollgate.config.tenant_rows import KeyRows, TenantRows, TenantValue
 
 __all__ = ["read_tenants"]
 
@@ -219,13 +219,14 @@ class _Reader:
         seen.add(digest)
         if row_plan is not None and kind == self.kind and not (name or revoked or admin or models is not None):
             same = self._same_row(tenant_id, row_plan, key_id, digest)
-            row: Row
+            row: TenantValue  # not a Row: compiled, a Row is unpacked into a C struct, and packed again as a new tuple
             if same is None:
-                row = (row_plan, _own(key_id), digest)
+                key_id = _own(key_id)
+                row = (row_plan, key_id, digest)
             else:
-                tenant_id, row = same
+                tenant_id, row, key_id = same
             self.tenants[tenant_id] = row
-            self.keys[row[1]] = tenant_id
+            self.keys[key_id] = tenant_id
             return True
         key_id = _own(key_id)
         self.keys[key_id] = ApiKey(
@@ -240,15 +241,21 @@ class _Reader:
         )
         return False
 
-    def _same_row(self, tenant_id: str, plan: str, key_id: str, digest: bytes) -> tuple[str, Row] | None:
-        """The previous table's id and row objects for this row, when it held an equal one."""
+    def _same_row(self, tenant_id: str, plan: str, key_id: str, digest: bytes) -> tuple[str, TenantValue, str] | None:
+        """The previous table's tenant id, row and key id objects for this row, when it held an equal one. The row is
+        held as Any (see _key): the object itself is what is kept."""
         beside = self.beside
+        held: Any
         if beside is not None and beside[0] == tenant_id:
             held = beside[1]
             if type(held) is tuple and held[2] == digest and held[1] == key_id and held[0] == plan:
-                return beside[0], held
+                return beside[0], held, held[1]
             return None
-        return self.previous.same_row(tenant_id, plan, key_id, digest) if self.previous is not None else None
+        found: Any = self.previous.same_row(tenant_id, plan, key_id, digest) if self.previous is not None else None
+        if found is None:
+            return None
+        held = found[1]
+        return found[0], held, held[1]
 
     def _digest(self, credential: str, value: Any) -> tuple[str, bytes]:
         """The kind and digest of a key, as :meth:`KeyDoc.key_hash_with` makes them, when its kind fits the secret."""
