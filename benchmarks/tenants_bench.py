@@ -30,7 +30,7 @@ from string import Template
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from run import GATEWAY_FULL_POLICY, tenants_yaml  # noqa: E402
+from run import GATEWAY_FULL_POLICY, tenants_yaml, write_bytecode  # noqa: E402
 
 __all__ = ["config_text", "main", "measure"]
 
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     columns += tuple(
         dict.fromkeys(("rss_after_reload_mib", "rss_after_2_mib", f"rss_after_{args.reloads}_mib", "peak_mib"))
     )
+    write_bytecode(args.python)  # the package the gateway imports, as installed (see run.py)
     print(f"| tenants | {' | '.join(columns)} |")
     print(f"|---:|{'---:|' * len(columns)}")
     for count in args.tenants:
