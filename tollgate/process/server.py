@@ -11,19 +11,21 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from tollgate import compiled
-from tollgate.admin import Probes, ReloadAction, make_admin_app
 from tollgate.background import BackgroundTask
 from tollgate.config import Config
 from tollgate.pipeline.guard import header_room
 from tollgate.process.public import healthz, make_public_server, public_lifecycle, readyz
 from tollgate.runtime.state import GatewayState
 
+if TYPE_CHECKING:
+    from tollgate.admin import ReloadAction
+
 __all__ = [
-    "ReloadAction",
     "install_event_loop_policy",
     "reload_here",
     "run_gateway",
@@ -94,6 +96,10 @@ async def run_gateway(
             public_port = await public.start(pub.host, pub.port, reuse_port=reuse_port)
             admin_port: int | None = None
             if adm.enabled and admin:
+                # Imported by the process that serves the admin API only: the other workers of a supervisor (and a
+                # config without the listener) never load its routes and models, a fifth of a start's imports.
+                from tollgate.admin import Probes, make_admin_app
+
                 admin_app = make_admin_app(state, probes=Probes(healthz, readyz), reload=reload or reload_here)
                 admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=ADMIN_SHUTDOWN_GRACE)
                 await admin_runner.setup()
