@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
 from tollgate.admin import Probes, make_admin_app
+from tollgate.admin.app_keys import STATE
 from tollgate.admin.models import parse
 from tollgate.admin.openapi import openapi_document, served_routes
 from tollgate.admin.routes import OPEN_PATHS
@@ -23,7 +24,7 @@ from tollgate.config import load_config
 from tollgate.errors import BadRequest
 from tollgate.process.public import healthz, public_lifecycle, readyz
 from tollgate.process.server import reload_here
-from tollgate.runtime.state import STATE, GatewayState
+from tollgate.runtime.state import GatewayState
 
 from ..identity.conftest import ADMIN_TOKEN, identity_doc
 

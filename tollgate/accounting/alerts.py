@@ -21,14 +21,16 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from tollgate.accounting.pricing import NANOS
 from tollgate.background import BackgroundTask
 from tollgate.config.accounting import AlertsConfig, QuotasConfig, WebhookConfig
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["Alert", "QuotaStatus", "QuotaWatch", "WebhookSender", "quota_status", "sign"]
 
@@ -148,6 +150,8 @@ class WebhookSender:
         return self._queue.qsize()
 
     def start(self) -> None:
+        import aiohttp  # here, not at the top: a gateway without a webhook never loads it
+
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.timeout), trust_env=False)
         self._sender.start()
 
@@ -169,6 +173,8 @@ class WebhookSender:
                 self._queue.task_done()
 
     async def _deliver(self, payload: dict[str, Any]) -> None:
+        import aiohttp
+
         assert self._session is not None
         cfg = self.config
         body = orjson.dumps(payload)

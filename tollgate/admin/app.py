@@ -11,14 +11,16 @@ import logging
 
 from aiohttp import web
 
+from tollgate.admin.app_keys import STATE
 from tollgate.admin.audit import audit_admin_changes
 from tollgate.admin.operations import AdminHandler, operation_of
 from tollgate.admin.principals import CREDENTIALS, credentials_of
+from tollgate.admin.responses import error_response, internal_error_response
 from tollgate.admin.roles import PRINCIPAL, authorize, principal_of
 from tollgate.admin.routes import OPEN_PATHS, PROBES, RELOAD, ROUTES, Probes, ReloadAction
-from tollgate.edge.answers import error_response, internal_error_response, request_id_from
+from tollgate.edge.answers import request_id_from
 from tollgate.errors import GatewayError, MethodNotAllowed, NotFound
-from tollgate.runtime.state import STATE, GatewayState
+from tollgate.runtime.state import GatewayState
 
 __all__ = ["make_admin_app"]
 

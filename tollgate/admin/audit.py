@@ -17,11 +17,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tollgate.admin.app_keys import STATE
 from tollgate.admin.operations import AdminHandler
 from tollgate.admin.roles import principal_of
 from tollgate.edge.answers import status_for
 from tollgate.errors import GatewayError
-from tollgate.runtime.state import STATE
 
 __all__ = ["audit_admin_changes", "scrub"]
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import Field
 
+from tollgate.admin.app_keys import STATE
 from tollgate.admin.models import View
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation, query
-from tollgate.edge.answers import json_response
+from tollgate.admin.responses import json_response
 from tollgate.errors import StoreError
-from tollgate.runtime.state import STATE
 
 __all__ = ["CACHE_ROUTES", "CacheInvalidated", "CacheState"]
 

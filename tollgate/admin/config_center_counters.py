@@ -9,19 +9,20 @@ from typing import Any
 
 from aiohttp import web
 
+from tollgate.admin.app_keys import STATE
 from tollgate.admin.body import read_json
 from tollgate.admin.config_center_models import CenterCounter, CenterHealth, refused
 from tollgate.admin.config_center_view import CenterView, adopt, invalid
 from tollgate.admin.models import Body, Problem, parse
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation
+from tollgate.admin.responses import json_response
 from tollgate.config.rules import RuleSpec
-from tollgate.edge.answers import json_response
 from tollgate.errors import BadRequest, NotFound, StoreError
 from tollgate.limiter.decision import Charge
 from tollgate.limiter.spec import LimitSpec
 from tollgate.policy.admission import limit_spec, scope_key
 from tollgate.registry.config_center import NAMESPACE
-from tollgate.runtime.state import STATE, GatewayState
+from tollgate.runtime.state import GatewayState
 
 __all__ = ["COUNTER_ROUTES", "CounterIncrement"]
 

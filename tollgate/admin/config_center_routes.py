@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tollgate.admin.app_keys import STATE
 from tollgate.admin.config_center_counters import COUNTER_ROUTES
 from tollgate.admin.config_center_models import (
     CenterDeleted,
@@ -47,8 +48,8 @@ from tollgate.admin.config_center_view import (
 from tollgate.admin.database_routes import stats, sync
 from tollgate.admin.models import Problem
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation
+from tollgate.admin.responses import json_response
 from tollgate.config.rules import DEFAULT_NAMESPACE
-from tollgate.edge.answers import json_response
 from tollgate.errors import BadRequest, Conflict
 from tollgate.registry import rule_records as native
 from tollgate.registry.config_center import (
@@ -60,7 +61,6 @@ from tollgate.registry.config_center import (
     native_rules,
     object_name,
 )
-from tollgate.runtime.state import STATE
 
 __all__ = ["CONFIG_CENTER_ROUTES"]
 

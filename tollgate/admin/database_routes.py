@@ -15,13 +15,14 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 
+from tollgate.admin.app_keys import STATE
 from tollgate.admin.models import View
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation
+from tollgate.admin.responses import json_response
 from tollgate.database import Database, schema_status
-from tollgate.edge.answers import json_response
 from tollgate.errors import Conflict, StoreError
 from tollgate.registry.stores import DatabaseStore
-from tollgate.runtime.state import STATE, GatewayState
+from tollgate.runtime.state import GatewayState
 
 __all__ = ["DATABASE_ROUTES", "Stats", "Synced"]
 

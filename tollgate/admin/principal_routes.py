@@ -10,10 +10,10 @@ from pydantic import Field
 from tollgate.admin.models import View
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation
 from tollgate.admin.principals import credentials_of
+from tollgate.admin.responses import json_response
 from tollgate.admin.roles import principal_of
 from tollgate.admin.views import Listing
 from tollgate.config.admin import AdminPrincipal
-from tollgate.edge.answers import json_response
 from tollgate.errors import Unauthenticated
 
 __all__ = ["PRINCIPAL_ROUTES"]

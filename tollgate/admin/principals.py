@@ -11,12 +11,12 @@ from typing import Any
 import jwt
 from aiohttp import web
 
+from tollgate.admin.app_keys import STATE
 from tollgate.config.admin import ADMIN_ROLES, AdminAccess, AdminOidc, AdminPrincipal
 from tollgate.config.identity import JwtKey
 from tollgate.errors import Forbidden, Unauthenticated
 from tollgate.identity.jwks import Fetch, JwksKeys, fetch_json
 from tollgate.identity.jwt import claim_at, looks_like_jwt
-from tollgate.runtime.state import STATE
 
 __all__ = ["CREDENTIALS", "AdminCredentials", "credentials_of"]
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from tollgate.admin.app_keys import STATE
 from tollgate.admin.operations import ROLE_RANK, Operation, RouteRole
 from tollgate.config.admin import AdminPrincipal
 from tollgate.errors import Forbidden
-from tollgate.runtime.state import STATE
 
 __all__ = ["PRINCIPAL", "authorize", "principal_of", "tenant_scope"]
 

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from aiohttp import web
 
+from tollgate.admin.app_keys import STATE
 from tollgate.admin.cache_routes import CACHE_ROUTES
 from tollgate.admin.config_center_routes import CONFIG_CENTER_ROUTES
 from tollgate.admin.database_routes import DATABASE_ROUTES
@@ -14,14 +15,15 @@ from tollgate.admin.openapi import openapi_document, served_routes
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation
 from tollgate.admin.principal_routes import PRINCIPAL_ROUTES
 from tollgate.admin.resilience_routes import RESILIENCE_ROUTES
+from tollgate.admin.responses import as_aiohttp, json_response
 from tollgate.admin.rules_routes import RULE_ROUTES
 from tollgate.admin.scaling_routes import SCALING_ROUTES
 from tollgate.admin.spend_routes import SPEND_ROUTES
 from tollgate.admin.tenant_routes import TENANT_ROUTES
 from tollgate.admin.usage_routes import USAGE_ROUTES
 from tollgate.admin.views import Health, OpenApi, Readiness, Reloaded, ReloadRefused
-from tollgate.edge.answers import Response, as_aiohttp, json_response
-from tollgate.runtime.state import STATE, GatewayState
+from tollgate.edge.answers import Response
+from tollgate.runtime.state import GatewayState
 
 __all__ = ["OPEN_PATHS", "PROBES", "RELOAD", "ROUTES", "Probe", "Probes", "ReloadAction"]
 

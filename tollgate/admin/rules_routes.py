@@ -14,10 +14,12 @@ from typing import Annotated, Any, NamedTuple
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel
 
+from tollgate.admin.app_keys import STATE
 from tollgate.admin.body import read_body
 from tollgate.admin.models import Body, Problem, Refusal
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation, query
 from tollgate.admin.records import Record, body_schema
+from tollgate.admin.responses import json_response
 from tollgate.admin.views import (
     NamespaceDeleted,
     NamespaceList,
@@ -28,14 +30,12 @@ from tollgate.admin.views import (
     RuleView,
 )
 from tollgate.config.rules import RulesConfig
-from tollgate.edge.answers import json_response
 from tollgate.errors import BadRequest, Conflict, NotFound
 from tollgate.policy.admission import limit_spec, scope_key
 from tollgate.registry.config_center import NAMESPACE as CENTER_NAMESPACE
 from tollgate.registry.config_center import CenterRecords
 from tollgate.registry.rule_records import NAMESPACE, RULE, Entry, RuleBook, namespace_doc, record_name, rule_doc
 from tollgate.registry.stores import RegistryConflict
-from tollgate.runtime.state import STATE
 
 __all__ = ["RULE_ROUTES", "EntryFields", "NamedEntry", "RuleChanges"]
 

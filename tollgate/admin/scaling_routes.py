@@ -7,11 +7,11 @@ from typing import Literal
 from aiohttp import web
 from pydantic import Field, JsonValue
 
+from tollgate.admin.app_keys import STATE
 from tollgate.admin.models import View
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation, query
-from tollgate.edge.answers import json_response
+from tollgate.admin.responses import json_response
 from tollgate.errors import BadRequest, NotFound
-from tollgate.runtime.state import STATE
 
 __all__ = ["SCALING_ROUTES", "ScalingHistory", "ScalingState"]
 

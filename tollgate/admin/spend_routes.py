@@ -24,12 +24,12 @@ from aiohttp import web
 from pydantic import Field
 
 from tollgate.accounting.pricing import to_money
+from tollgate.admin.app_keys import STATE
 from tollgate.admin.models import View
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, Param, operation, query
+from tollgate.admin.responses import json_response
 from tollgate.database.spend import SPEND_COLUMNS, SpendDatabase, SpendFilter, select_bill, select_spend
-from tollgate.edge.answers import json_response
 from tollgate.errors import BadRequest, StoreUnavailable
-from tollgate.runtime.state import STATE
 
 __all__ = ["SPEND_ROUTES", "Bill", "SpendPage"]
 

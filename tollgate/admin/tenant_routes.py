@@ -9,10 +9,12 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import Field
 
+from tollgate.admin.app_keys import STATE
 from tollgate.admin.body import read_body, read_json
 from tollgate.admin.models import Body, Problem, checked_later
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, operation, query
 from tollgate.admin.records import body_schema
+from tollgate.admin.responses import json_response
 from tollgate.admin.roles import tenant_scope
 from tollgate.admin.views import (
     BulkCreated,
@@ -26,11 +28,9 @@ from tollgate.admin.views import (
     TenantView,
 )
 from tollgate.config.model import Config
-from tollgate.edge.answers import json_response
 from tollgate.errors import BadRequest, StoreError
 from tollgate.limiter.keys import tenant_key_pattern
 from tollgate.registry.manage import Manager, key_view, tenant_view
-from tollgate.runtime.state import STATE
 
 __all__ = ["TENANT_ROUTES", "BulkTenants"]
 

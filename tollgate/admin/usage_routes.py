@@ -24,12 +24,12 @@ from tollgate.accounting.aggregates import (
     usage_amounts,
 )
 from tollgate.accounting.metrics import CONTENT_TYPE
+from tollgate.admin.app_keys import STATE
 from tollgate.admin.operations import AdminHandler, DocumentedAnswer, Param, operation, query
+from tollgate.admin.responses import json_response
 from tollgate.admin.usage_views import AuditEvents, EndUsers, PriceTable, Quota, SlaReport, Usage
-from tollgate.edge.answers import json_response
 from tollgate.errors import BadRequest
 from tollgate.identity.end_user import checked_end_user
-from tollgate.runtime.state import STATE
 
 __all__ = ["USAGE_ROUTES"]
 

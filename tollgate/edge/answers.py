@@ -2,9 +2,10 @@
 
 The public listener answers with :class:`Response` objects, which its HTTP
 server (tollgate/edge/server.py) writes as they are: ``error_answer``,
-``internal_error_answer`` and ``json_answer`` make them. The admin listener
-is an aiohttp application: ``error_response``, ``internal_error_response``
-and ``json_response`` turn the same answers into aiohttp responses.
+``internal_error_answer`` and ``json_answer`` make them. The admin listener,
+an aiohttp application, turns the same answers into aiohttp responses
+(tollgate/admin/responses.py): nothing here imports aiohttp, which a worker
+that does not serve the admin API never loads.
 """
 
 from __future__ import annotations
@@ -16,21 +17,16 @@ from random import getrandbits
 from typing import Any, Final
 
 import orjson
-from aiohttp import web
 
 from tollgate.errors import GatewayError
 
 __all__ = [
     "REQUEST_ID_HEADER",
     "Response",
-    "as_aiohttp",
     "error_answer",
     "error_body",
-    "error_response",
     "internal_error_answer",
-    "internal_error_response",
     "json_answer",
-    "json_response",
     "new_request_id",
     "request_id_from",
     "status_for",
@@ -81,26 +77,6 @@ def internal_error_answer(request_id: str) -> Response:
 
 def json_answer(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(status, orjson.dumps(data), {"Content-Type": _JSON, **(headers or {})})
-
-
-def as_aiohttp(answer: Response) -> web.Response:
-    """The same answer as an aiohttp response, for the admin listener."""
-    return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
-
-
-def error_response(exc: GatewayError, request_id: str) -> web.Response:
-    """:func:`error_answer` for the admin listener (aiohttp)."""
-    return as_aiohttp(error_answer(exc, request_id))
-
-
-def internal_error_response(request_id: str) -> web.Response:
-    """:func:`internal_error_answer` for the admin listener (aiohttp)."""
-    return as_aiohttp(internal_error_answer(request_id))
-
-
-def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """:func:`json_answer` for the admin listener (aiohttp)."""
-    return as_aiohttp(json_answer(data, status=status, headers=headers))
 
 
 class _RequestIds:

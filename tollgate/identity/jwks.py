@@ -16,8 +16,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
-
 from tollgate.config.identity import JwksSource, JwtKey
 from tollgate.config.jwtkeys import jwks_keys
 from tollgate.errors import Unauthenticated
@@ -32,6 +30,8 @@ Fetch = Callable[[str, float], Awaitable[Any]]
 
 async def fetch_json(url: str, timeout: float) -> Any:
     """GET ``url`` and parse its JSON; one session per fetch (fetches are rare: at most one per interval)."""
+    import aiohttp  # here, not at the top: a gateway without a JWKS URL never loads it
+
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
         session.get(url, headers={"accept": "application/json"}) as response,

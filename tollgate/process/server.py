@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from tollgate import compiled
 from tollgate.background import BackgroundTask
 from tollgate.config import Config
@@ -23,6 +21,8 @@ from tollgate.process.public import healthz, make_public_server, public_lifecycl
 from tollgate.runtime.state import GatewayState
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from tollgate.admin import ReloadAction
 
 __all__ = [
@@ -97,7 +97,10 @@ async def run_gateway(
             admin_port: int | None = None
             if adm.enabled and admin:
                 # Imported by the process that serves the admin API only: the other workers of a supervisor (and a
-                # config without the listener) never load its routes and models, a fifth of a start's imports.
+                # config without the listener) never load its routes and models, nor aiohttp (a third of a start's
+                # imports together).
+                from aiohttp import web
+
                 from tollgate.admin import Probes, make_admin_app
 
                 admin_app = make_admin_app(state, probes=Probes(healthz, readyz), reload=reload or reload_here)

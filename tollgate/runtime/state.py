@@ -9,8 +9,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from tollgate.accounting import Accounting
 from tollgate.clock import Clock, SystemClock
 from tollgate.config import Config, load_config
@@ -49,7 +47,7 @@ if TYPE_CHECKING:
 
     from tollgate.accounting.tracing import Tracing
 
-__all__ = ["STATE", "GatewayState", "Runtime"]
+__all__ = ["GatewayState", "Runtime"]
 
 log = logging.getLogger("tollgate.runtime")
 
@@ -389,6 +387,3 @@ class GatewayState:
             return False, exc.problems
         await self.apply(config)
         return True, []
-
-
-STATE = web.AppKey("state", GatewayState)

@@ -16,14 +16,16 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 import orjson
 
 from tollgate.clock import Clock
 from tollgate.config.scaling import Actuator as ActuatorConfig
 from tollgate.errors import ScalingActionFailed
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -75,6 +77,8 @@ Sleep = Callable[[float], Awaitable[None]]
 async def _with_retries(
     what: str, attempts: int, backoff: float, sleep: Sleep, call: Callable[[], Awaitable[None]]
 ) -> None:
+    import aiohttp  # here, not at the top: a gateway without an HTTP actuator never loads it
+
     last: Exception | None = None
     for n in range(attempts + 1):
         if n:
@@ -101,6 +105,8 @@ class Webhook:
     async def apply(self, pool: str, replicas: int, doc: dict[str, Any]) -> None:
         cfg = self._config
         if self._session is None:
+            import aiohttp
+
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=cfg.timeout))
         session = self._session
         body = orjson.dumps({"pool": pool, "replicas": replicas, **doc})
@@ -147,6 +153,8 @@ class KubernetesScale:
     async def apply(self, pool: str, replicas: int, doc: dict[str, Any]) -> None:
         cfg = self._config
         if self._session is None:
+            import aiohttp
+
             ctx: ssl.SSLContext | bool = False
             if cfg.api_server.startswith("https://"):
                 ctx = ssl.create_default_context(cafile=cfg.ca_path)
