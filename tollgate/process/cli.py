@@ -169,7 +169,7 @@ def _print_problems(source: str, exc: ConfigError) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tollgate.mock.upstream import add_arguments as add_mock_arguments
+    from tollgate.mock.settings import add_arguments as add_mock_arguments  # the options alone: not the mock (aiohttp)
 
     parser = argparse.ArgumentParser(prog="tollgate", description="Multi-tenant gateway for OpenAI-style LLM traffic.")
     parser.add_argument("--version", action="version", version=f"tollgate {__version__}")
