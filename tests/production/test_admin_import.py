@@ -31,6 +31,7 @@ SCRIPT = textwrap.dedent(
 
         def started(public_port, admin_port):
             seen["admin_port"] = admin_port
+            seen["jwt"] = "jwt" in sys.modules or "cryptography" in sys.modules
             seen["loaded"] = sorted(
                 m for m in sys.modules if m in ("tollgate.admin", "aiohttp") or m.startswith("tollgate.admin.")
             )
@@ -69,12 +70,12 @@ def _config(*, admin_listener: bool) -> dict[str, Any]:
 
 def test_a_worker_that_leaves_the_admin_listener_to_another_never_imports_the_admin_api() -> None:
     seen = _started(_config(admin_listener=True), admin=False)
-    assert seen == {"admin_port": None, "loaded": []}
+    assert seen == {"admin_port": None, "loaded": [], "jwt": False}, "nor PyJWT, without JWT identity"
 
 
 def test_a_config_without_an_admin_listener_never_imports_the_admin_api() -> None:
     seen = _started(_config(admin_listener=False), admin=True)
-    assert seen == {"admin_port": None, "loaded": []}
+    assert seen == {"admin_port": None, "loaded": [], "jwt": False}, "nor PyJWT, without JWT identity"
 
 
 def test_the_process_that_serves_the_admin_api_imports_it_and_listens() -> None:

@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from pydantic import Field, PlainValidator, Strict, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
@@ -41,6 +39,8 @@ HttpUrl = Annotated[str, PlainValidator(_http_url), WithJsonSchema({"type": "str
 
 def _check_type(alg: str, key: Any) -> str | None:
     """Why ``key`` cannot verify ``alg``, or None when it can."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
     if alg.startswith(("RS", "PS")):
         if not isinstance(key, rsa.RSAPublicKey):
             return f"{alg} needs an RSA public key"
@@ -88,6 +88,8 @@ class JwtKeyDoc(Doc):
                 pem = Path(self.public_key_file).read_text()
             except OSError as exc:
                 return None, [("public_key_file", f"cannot read: {exc.strerror or exc}")]
+        import jwt  # PyJWT and cryptography, loaded by a config with JWT keys only
+
         try:
             key = jwt.get_algorithm_by_name(alg).prepare_key(pem)
         except Exception as exc:  # PyJWT and cryptography raise several kinds for a bad PEM
@@ -113,6 +115,8 @@ def load_jwks_file(path: str) -> tuple[list[JwtKey], list[str]]:
 def jwks_keys(doc: Any, where: str) -> tuple[list[JwtKey], list[str]]:
     """Every signing key of a parsed JWKS document, each pinned to one algorithm, and the problems (``where`` names
     the document in them)."""
+    import jwt
+
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
         return [], [f"{where} is not a JWKS document (no keys list)"]
     problems: list[str] = []

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import jwt
-
 from tollgate.config.identity import JwtConfig, JwtKey
 from tollgate.errors import Unauthenticated
 from tollgate.identity.jwks import Fetch, JwksKeys, SigningKeysStale, fetch_json
@@ -100,6 +98,8 @@ class JwtVerifier:
             del self.cache[next(iter(self.cache))]
 
     def _keys_for(self, token: str) -> tuple[JwtKey, ...]:
+        import jwt  # PyJWT and cryptography: loaded by a gateway that verifies JWTs only (sys.modules after the first)
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -130,6 +130,8 @@ class JwtVerifier:
         return keys
 
     def _verify(self, token: str) -> VerifiedToken:
+        import jwt
+
         cfg = self.config
         claims: dict[str, Any] | None = None
         for key in self._keys_for(token):
