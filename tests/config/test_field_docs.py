@@ -11,9 +11,10 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
+from typing import Annotated
 
 import pytest
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 from tollgate.config import KeyDoc, doc_schema
 from tollgate.config.field_docs import attribute_docs
@@ -56,6 +57,30 @@ def test_docstrings_are_read_from_the_class_and_its_bases_as_pydantic_read_them(
         "own": "First line.\n\nIndented continuation, cleaned as inspect.cleandoc does.",
     }, "an inherited field keeps its base's text; a field declared again without one has none"
     assert attribute_docs(_Section) == {"plain": "A dataclass record's field."}
+
+
+class _Given(Doc):
+    given: int = Field(0, description="Said with the field.")
+    """A docstring under it."""
+
+    annotated: Annotated[int, Field(description="Said in the annotation.")] = 0
+    """Another docstring."""
+
+
+@section
+@dataclass(frozen=True)
+class _GivenSection:
+    annotated: Annotated[int, Field(description="Said in the annotation.")] = 0
+    """A docstring under it."""
+
+
+def test_a_description_given_with_the_field_wins_over_the_docstring_as_in_pydantic() -> None:
+    props = TypeAdapter(_Given).json_schema()["properties"]
+    assert props["given"]["description"] == "Said with the field."
+    assert props["annotated"]["description"] == "Said in the annotation."
+    assert TypeAdapter(_GivenSection).json_schema()["properties"]["annotated"]["description"] == (
+        "Said in the annotation."
+    )
 
 
 def test_a_class_made_in_a_function_is_found_by_its_qualified_name() -> None:

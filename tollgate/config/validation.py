@@ -43,7 +43,7 @@ def _describe_fields(schema: dict[str, Any], cls: type) -> None:
     docs = attribute_docs(cls)
     for f in _shape(cls):
         prop = properties.get(f.key)
-        if prop is not None and f.name in docs:
+        if prop is not None and f.name in docs and not f.described:  # a Field(description=...) wins, as in pydantic
             prop["description"] = docs[f.name]
 
 
@@ -193,6 +193,7 @@ class _Field:
     shape: str  # "leaf" | "one" | "map" | "seq"
     record: type | None = None
     key_type: Any = None
+    described: bool = False  # a description given with the field (Field(description=...)), not a docstring
 
     @property
     def leaf(self) -> TypeAdapter[Any]:
@@ -276,7 +277,8 @@ def _shape_of(cls: type) -> tuple[_Field, ...]:
         annotation = info.rebuild_annotation()
         shape, record, key_type = _classify(annotation)
         required = info.is_required() if issubclass(cls, BaseModel) else default is _none
-        out.append(_Field(name, info.alias or name, required, default, annotation, shape, record, key_type))
+        described = info.description is not None
+        out.append(_Field(name, info.alias or name, required, default, annotation, shape, record, key_type, described))
     return tuple(out)
 
 
