@@ -41,14 +41,39 @@ def attribute_docs(cls: type) -> dict[str, str]:
     return out
 
 
-@functools.cache
 def _own_docs(klass: type) -> dict[str, str]:
-    """The docstrings in the body of ``klass`` itself: an annotated name, then a string statement right under it."""
-    node = _class_node(klass)
-    if node is None:
+    """The docstrings in the body of ``klass`` itself (none for a class without a source, as one made at run time)."""
+    return _module_docs(klass.__module__).get(klass.__qualname__.replace("<locals>.", ""), {})
+
+
+@functools.cache
+def _module_docs(name: str) -> dict[str, dict[str, str]]:
+    """The docstrings of every class of module ``name``, by qualified name (``<locals>`` left out), read from one
+    parse of its source; the tree itself is not kept."""
+    module = sys.modules.get(name)
+    if module is None:
         return {}
+    try:
+        tree = ast.parse(inspect.getsource(module))
+    except (OSError, TypeError, SyntaxError):  # no source (compiled or made at run time): no descriptions
+        return {}
+    found: dict[str, dict[str, str]] = {}
+    _collect(tree.body, "", found)
+    return found
+
+
+def _collect(scope: list[ast.stmt], prefix: str, found: dict[str, dict[str, str]]) -> None:
+    for stmt in scope:
+        if isinstance(stmt, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            qualname = prefix + stmt.name
+            if isinstance(stmt, ast.ClassDef):
+                found.setdefault(qualname, _docs_in(stmt.body))  # the first of two same-named classes, as before
+            _collect(stmt.body, qualname + ".", found)
+
+
+def _docs_in(body: list[ast.stmt]) -> dict[str, str]:
+    """An annotated name, then a string statement right under it."""
     docs: dict[str, str] = {}
-    body = node.body
     for stmt, after in itertools.pairwise(body):
         if (
             isinstance(stmt, ast.AnnAssign)
@@ -59,40 +84,3 @@ def _own_docs(klass: type) -> dict[str, str]:
         ):
             docs[stmt.target.id] = inspect.cleandoc(after.value.value)
     return docs
-
-
-def _class_node(klass: type) -> ast.ClassDef | None:
-    """The definition of ``klass`` in its module's source, found by its qualified name (None without a source, as
-    for a class made at run time)."""
-    tree = _module_tree(klass.__module__)
-    if tree is None:
-        return None
-    scope: list[ast.stmt] = tree.body
-    found: ast.ClassDef | None = None
-    for part in klass.__qualname__.split("."):
-        if part == "<locals>":
-            continue
-        match = next(
-            (
-                stmt
-                for stmt in scope
-                if isinstance(stmt, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and stmt.name == part
-            ),
-            None,
-        )
-        if match is None:
-            return None
-        scope = match.body
-        found = match if isinstance(match, ast.ClassDef) else None
-    return found
-
-
-@functools.cache
-def _module_tree(name: str) -> ast.Module | None:
-    module = sys.modules.get(name)
-    if module is None:
-        return None
-    try:
-        return ast.parse(inspect.getsource(module))
-    except (OSError, TypeError, SyntaxError):  # no source (compiled or made at run time): no descriptions
-        return None
