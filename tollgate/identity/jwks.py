@@ -12,6 +12,7 @@ are never taken from a URL (a published secret is no secret).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -74,6 +75,8 @@ class JwksKeys:
         clock: Callable[[], float],
         fetch: Fetch = fetch_json,
     ) -> None:
+        # Loaded with the keys it fetches, as the config is built: never first on a serving loop.
+        importlib.import_module("aiohttp")
         self.source = source
         self.algorithms = frozenset(a for a in algorithms if not a.startswith("HS"))
         self.clock = clock

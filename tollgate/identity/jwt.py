@@ -6,6 +6,7 @@ token the cached keys cannot check raises :class:`SigningKeysStale`, and the cal
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,8 @@ def claim_at(claims: dict[str, Any], path: str) -> Any:
 
 class JwtVerifier:
     def __init__(self, config: JwtConfig, clock: Callable[[], float], fetch: Fetch = fetch_json) -> None:
+        # Loaded with the verifier, as the config is built: never first on a serving loop.
+        importlib.import_module("jwt")
         self.config = config
         self.clock = clock
         self.jwks = (

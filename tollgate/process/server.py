@@ -82,6 +82,15 @@ async def run_gateway(
     max_head = header_room(config.guard.max_header_bytes)
     pub, adm = config.listeners.public, config.listeners.admin
     del config
+    serves_admin = adm.enabled and admin
+    if serves_admin:
+        # Imported by the process that serves the admin API only: the other workers of a supervisor (and a config
+        # without the listener) never load its routes and models, nor aiohttp (a third of a start's imports together).
+        # Before the public listener opens: an import on a loop that already takes requests would hold the first ones
+        # (and the shedder, seeing the loop stall, would refuse them).
+        from aiohttp import web
+
+        from tollgate.admin import Probes, make_admin_app
     # Signals first: a SIGHUP or SIGTERM that arrives while we start must not meet the default action (exit).
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,14 +104,7 @@ async def run_gateway(
         try:
             public_port = await public.start(pub.host, pub.port, reuse_port=reuse_port)
             admin_port: int | None = None
-            if adm.enabled and admin:
-                # Imported by the process that serves the admin API only: the other workers of a supervisor (and a
-                # config without the listener) never load its routes and models, nor aiohttp (a third of a start's
-                # imports together).
-                from aiohttp import web
-
-                from tollgate.admin import Probes, make_admin_app
-
+            if serves_admin:
                 admin_app = make_admin_app(state, probes=Probes(healthz, readyz), reload=reload or reload_here)
                 admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=ADMIN_SHUTDOWN_GRACE)
                 await admin_runner.setup()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import importlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -97,6 +98,8 @@ class Webhook:
 
     def __init__(self, config: ActuatorConfig, clock: Clock, sleep: Sleep = asyncio.sleep) -> None:
         assert config.url is not None and config.secret is not None
+        # Loaded with the actuator, as the config is built: never first on a serving loop.
+        importlib.import_module("aiohttp")
         self._config = config
         self._clock = clock
         self._sleep = sleep
@@ -133,6 +136,8 @@ class KubernetesScale:
 
     def __init__(self, config: ActuatorConfig, sleep: Sleep = asyncio.sleep) -> None:
         assert config.deployment is not None
+        # Loaded with the actuator, as the config is built: never first on a serving loop.
+        importlib.import_module("aiohttp")
         self._config = config
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
