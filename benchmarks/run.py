@@ -988,7 +988,8 @@ def machine_description(load: Load, pinning: str, tree: Path = REPO) -> list[str
         commit += f" (the rows' processes run from {tree}; the harness from {REPO})"
     # scripts/compile's extensions beside their sources: the rows measure the compiled hot path.
     extensions = sum(1 for _ in (tree / "tollgate").rglob("*.so"))
-    commit += f"; {f'{extensions} modules compiled (scripts/compile)' if extensions else 'interpreted'}"
+    how = "scripts/compile --pgo" if (tree / "build" / "compile" / "profile-guided").exists() else "scripts/compile"
+    commit += f"; {f'{extensions} modules compiled ({how})' if extensions else 'interpreted'}"
     return [
         f"- Machine: {'; '.join(cpu) or platform.processor()}; Linux {platform.release()}",
         f"- Software: {', '.join(versions)}; commit {commit or 'unknown'}",

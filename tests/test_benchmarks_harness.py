@@ -181,3 +181,48 @@ def test_edge_bench_measures_the_full_policy_on_a_private_redis(kind: str) -> No
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert f"gateway {kind} on the redis store (2 connection(s), 40 requests a round" in done.stdout.decode()
+
+
+def test_the_profile_training_leaves_out_the_redis_scenarios_only_without_a_redis_server() -> None:
+    import pgo_train
+
+    with_redis = pgo_train.scenarios(redis=True)
+    assert with_redis == list(pgo_train.SCENARIOS)
+    assert {store for _, store, _ in with_redis} == {"embedded", "redis"}
+    assert {gateway for gateway, _, _ in with_redis} == {"json", "stream", "full-json", "full-stream"}
+    assert pgo_train.scenarios(redis=False) == [s for s in with_redis if s[1] == "embedded"]
+
+
+@pytest.mark.process
+def test_the_profile_training_runs_every_scenario_through_the_gateway() -> None:
+    """benchmarks/pgo_train.py (scripts/compile --pgo's workload) answers every request of every scenario with 200:
+    edge_bench exits non-zero otherwise, and the training with it."""
+    import shutil
+    import subprocess
+
+    import pgo_train
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "pgo_train.py"
+    done = subprocess.run([sys.executable, str(bench), "--requests", "32"], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    ran = [line.split(":")[1].strip() for line in done.stdout.decode().splitlines()]
+    expected = pgo_train.scenarios(redis=shutil.which("redis-server") is not None)
+    assert ran == [f"{gateway} on the {store} store, burst {burst}" for gateway, store, burst in expected]
+
+
+def test_the_profile_training_refuses_a_request_count_below_one() -> None:
+    import pgo_train
+
+    with pytest.raises(SystemExit) as exc:
+        pgo_train.main(["--requests", "0"])
+    assert exc.value.code == 2
+
+
+@pytest.mark.process
+def test_the_profile_training_fails_when_a_scenario_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    """A scenario that did not answer (here: an interpreter that exits 1 at once) stops the training with an error:
+    its profile would count error paths as the hot ones."""
+    import pgo_train
+
+    assert pgo_train.main(["--requests", "1", "--python", "false"]) == 1
+    assert "pgo_train: json on the embedded store failed (1)" in capsys.readouterr().err

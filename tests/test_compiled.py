@@ -124,3 +124,49 @@ def test_every_module_listed_for_compilation_is_a_module_of_the_package() -> Non
     setup = load_setup()
     compiled_modules = setup["compiled_modules"]
     assert callable(compiled_modules) and compiled_modules() == modules
+
+
+def test_on_linux_the_library_binds_its_own_calls_and_elsewhere_adds_nothing() -> None:
+    build_flags = load_setup()["build_flags"]
+    assert callable(build_flags)
+    assert build_flags({}, "linux") == (["-fno-semantic-interposition"], ["-Wl,-Bsymbolic-functions"])
+    assert build_flags({"TOLLGATE_PGO": ""}, "darwin") == ([], [])
+
+
+def test_a_profile_is_counted_into_the_given_folder_then_used_from_it(tmp_path: Path) -> None:
+    build_flags = load_setup()["build_flags"]
+    assert callable(build_flags)
+    profile = tmp_path / "pgo"
+    compile_args, link_args = build_flags({"TOLLGATE_PGO": "generate", "TOLLGATE_PGO_DIR": str(profile)}, "linux")
+    for args in (compile_args, link_args):  # the counting code is compiled in and its runtime linked
+        assert f"-fprofile-generate={profile}" in args
+    with pytest.raises(SystemExit, match=r"TOLLGATE_PGO=use: no profile in .*pgo \(TOLLGATE_PGO_DIR\).*--pgo"):
+        build_flags({"TOLLGATE_PGO": "use", "TOLLGATE_PGO_DIR": str(profile)}, "linux")
+    profile.mkdir()
+    (profile / "#build#compile#server.gcda").write_bytes(b"counts")
+    compile_args, link_args = build_flags({"TOLLGATE_PGO": "use", "TOLLGATE_PGO_DIR": str(profile)}, "linux")
+    assert f"-fprofile-use={profile}" in compile_args
+    # What the training never ran is optimized as without a profile, not as cold code.
+    assert "-fprofile-partial-training" in compile_args
+    assert not any(arg.startswith("-fprofile") for arg in link_args)
+    with pytest.raises(SystemExit, match="TOLLGATE_PGO must be generate or use \\(or unset\\), not 'yes'"):
+        build_flags({"TOLLGATE_PGO": "yes"}, "linux")
+
+
+def test_every_compiled_extension_gets_the_build_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The group's shared library and each module's own extension, keeping the flags mypyc gave them."""
+    from setuptools import Extension
+
+    made = [Extension("tollgate__mypyc", ["lib.c"], extra_compile_args=["-O3"]), Extension("tollgate.eager", ["e.c"])]
+    monkeypatch.setattr("mypyc.build.mypycify", lambda *args, **kwargs: made)
+    monkeypatch.setenv("TOLLGATE_COMPILE", "1")
+    monkeypatch.delenv("TOLLGATE_PGO", raising=False)
+    setup = load_setup()
+    ext_modules, build_flags = setup["ext_modules"], setup["build_flags"]
+    assert callable(ext_modules) and callable(build_flags)
+    compile_args, link_args = build_flags({}, sys.platform)
+    extensions = ext_modules()
+    assert [e.name for e in extensions] == ["tollgate__mypyc", "tollgate.eager"]
+    assert extensions[0].extra_compile_args == ["-O3", *compile_args]
+    assert extensions[1].extra_compile_args == compile_args
+    assert all(e.extra_link_args == link_args for e in extensions)
