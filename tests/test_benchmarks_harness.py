@@ -226,3 +226,39 @@ def test_the_profile_training_fails_when_a_scenario_fails(capsys: pytest.Capture
 
     assert pgo_train.main(["--requests", "1", "--python", "false"]) == 1
     assert "pgo_train: json on the embedded store failed (1)" in capsys.readouterr().err
+
+
+def test_a_pair_is_summed_up_by_the_median_of_its_rounds_own_ratios() -> None:
+    import pair
+
+    line = pair.ratio_line("full-redis", [100.0, 120.0, 90.0], [95.0, 108.0, 90.0])
+    assert line == (
+        "full-redis: A 100.0 µs, B 95.0 µs a request (medians); B/A 0.950 (rounds 0.950 / 0.900 / 1.000)"
+    )
+
+
+def test_a_pair_refuses_a_folder_that_is_not_a_checkout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pair
+
+    with pytest.raises(SystemExit) as exc:
+        pair.main([str(tmp_path), str(Path(__file__).resolve().parents[1]), "gateway"])
+    assert exc.value.code == 2
+    assert f"{tmp_path}: not a checkout (no tollgate/__init__.py)" in capsys.readouterr().err
+
+
+@pytest.mark.process
+def test_a_pair_runs_both_gateways_at_once_and_prints_their_ratio() -> None:
+    """Both sides answer every request (pair.py exits with the load generator's errors otherwise), a round each."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, str(repo / "benchmarks" / "pair.py"), str(repo), str(repo), "gateway"]
+    done = subprocess.run(
+        [*argv, "--rounds", "1", "--duration", "1", "--warmup", "0.5", "--connections", "4"],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    lines = done.stdout.decode().splitlines()
+    assert lines[0].startswith("round 1: A ") and " B/A " in lines[0]
+    assert lines[1].startswith("gateway: A ") and "B/A " in lines[1]
