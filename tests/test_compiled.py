@@ -129,7 +129,7 @@ def test_every_module_listed_for_compilation_is_a_module_of_the_package() -> Non
 def test_on_linux_the_library_binds_its_own_calls_and_elsewhere_adds_nothing() -> None:
     build_flags = load_setup()["build_flags"]
     assert callable(build_flags)
-    assert build_flags({}, "linux") == (["-fno-semantic-interposition"], ["-Wl,-Bsymbolic-functions"])
+    assert build_flags({}, "linux") == (["-fno-semantic-interposition", "-fno-plt"], ["-Wl,-Bsymbolic-functions"])
     assert build_flags({"TOLLGATE_PGO": ""}, "darwin") == ([], [])
 
 
