@@ -38,7 +38,7 @@ def build_flags(environ: dict[str, str], platform: str = sys.platform) -> tuple[
     (``-fno-semantic-interposition``, ``-Wl,-Bsymbolic-functions``): the compiled modules call each other's functions
     through it all the time, and an ELF library's exported functions are otherwise called through its PLT, as if
     another library could replace them, which nothing does. Its calls into libpython go through the GOT without a
-    PLT stub (``-fno-plt``). About 3 to 5 % less CPU a request.
+    PLT stub (``-fno-plt``). 0 to 5 % less CPU a request, by benchmark row (benchmarks/RESULTS.md).
 
     ``TOLLGATE_PGO`` (see above) adds GCC's profile flags. ``use`` keeps the functions the training never ran
     optimized as usual (``-fprofile-partial-training``): a route it did not take is no slower than without a profile.
