@@ -232,9 +232,7 @@ def test_a_pair_is_summed_up_by_the_median_of_its_rounds_own_ratios() -> None:
     import pair
 
     line = pair.ratio_line("full-redis", [100.0, 120.0, 90.0], [95.0, 108.0, 90.0])
-    assert line == (
-        "full-redis: A 100.0 µs, B 95.0 µs a request (medians); B/A 0.950 (rounds 0.950 / 0.900 / 1.000)"
-    )
+    assert line == "full-redis: A 100.0 µs, B 95.0 µs a request (medians); B/A 0.950 (rounds 0.950 / 0.900 / 1.000)"
 
 
 def test_a_pair_refuses_a_folder_that_is_not_a_checkout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
