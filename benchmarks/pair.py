@@ -23,7 +23,6 @@ import tempfile
 import threading
 from contextlib import ExitStack
 from pathlib import Path
-from string import Template
 
 import orjson
 import run
@@ -75,23 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         redis_url = run.start_redis(stack, workdir, 0) if target.redis else ""
         sides = []
         for name, tree in (("A", args.a.resolve()), ("B", args.b.resolve())):
-            port = run.free_port()
-            values = {
-                "python": sys.executable,
-                "repo": str(tree),
-                "bench": str(run.BENCH),
-                "port": str(port),
-                "upstream_port": str(upstream.port),
-                "upstream_url": upstream.url,
-                "redis_url": redis_url,
-                "tenants": run.tenants_yaml(max(target.tenants, 1)),
-            }
-            config = workdir / f"{name}.yaml"
-            config.write_text(Template(target.config).substitute(values))
-            values["config"] = str(config)
-            argv_ = run.pinned(1, [Template(part).substitute(values) for part in target.command])
-            proc = stack.enter_context(run.process(name, argv_, workdir, tree))
-            run.wait_ready(port, proc, body, workdir / f"{name}.log", timeout=30.0 + target.tenants / 1000)
+            # On run.py's target CPU (1), as its rows run.
+            port, proc, _ = run.start_target(target, name, stack, workdir, upstream, sys.executable, tree, redis_url, 1)
             sides.append((f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid))
         for url, _ in sides:
             run.run_load(load, url, body_file, args.warmup)

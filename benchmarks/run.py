@@ -684,6 +684,42 @@ def run_load(load: Load, url: str, body_file: Path, duration: float) -> tuple[di
 # ---------------------------------------------------------------- one row
 
 
+def start_target(
+    target: Target,
+    name: str,
+    stack: ExitStack,
+    workdir: Path,
+    upstream: Upstream | None,
+    python: str,
+    tree: Path,
+    redis_url: str,
+    cpu: int | None,
+) -> tuple[int, subprocess.Popen[bytes], float]:
+    """Start the row's process from ``tree``, pinned to ``cpu``, its config rendered as ``workdir/<name>.yaml``, and
+    wait until it answers the row's request: its port, its process and the seconds from spawn to answering."""
+    port = free_port()
+    values = {
+        "python": python,
+        "repo": str(tree),
+        "bench": str(BENCH),
+        "port": str(port),
+        "upstream_port": str(upstream.port if upstream else ""),
+        "upstream_url": upstream.url if upstream else "",
+        "redis_url": redis_url,
+        "tenants": tenants_yaml(target.tenants) if target.tenants else "",
+    }
+    if target.config:
+        config = workdir / f"{name}.yaml"
+        config.write_text(Template(target.config).substitute(values))
+        values["config"] = str(config)
+    argv = pinned(cpu, [Template(part).substitute(values) for part in target.command])
+    spawned = time.monotonic()
+    proc = stack.enter_context(process(name, argv, workdir, tree))
+    body = orjson.dumps(BODIES[target.body])
+    wait_ready(port, proc, body, workdir / f"{name}.log", timeout=30.0 + target.tenants / 1000)
+    return port, proc, time.monotonic() - spawned
+
+
 def measure(
     target: Target,
     upstream: Upstream | None,
@@ -700,26 +736,11 @@ def measure(
         placement = {**placement, "target": None}
     with ExitStack() as stack:
         if target.command:
-            port = free_port()
-            values = {
-                "python": args.python,
-                "repo": str(args.tree),
-                "bench": str(BENCH),
-                "port": str(port),
-                "upstream_port": str(upstream.port if upstream else ""),
-                "upstream_url": upstream.url if upstream else "",
-                "redis_url": getattr(args, "redis_url", ""),
-                "tenants": tenants_yaml(target.tenants) if target.tenants else "",
-            }
-            if target.config:
-                config = workdir / f"{target.name}.yaml"
-                config.write_text(Template(target.config).substitute(values))
-                values["config"] = str(config)
-            argv = pinned(placement["target"], [Template(part).substitute(values) for part in target.command])
-            spawned = time.monotonic()
-            proc = stack.enter_context(process(target.name, argv, workdir, args.tree))
-            wait_ready(port, proc, body, workdir / f"{target.name}.log", timeout=30.0 + target.tenants / 1000)
-            start_s: float | None = time.monotonic() - spawned
+            redis_url = getattr(args, "redis_url", "")
+            port, proc, spawn_s = start_target(
+                target, target.name, stack, workdir, upstream, args.python, args.tree, redis_url, placement["target"]
+            )
+            start_s: float | None = spawn_s
             target_pid = proc.pid
         else:
             assert upstream is not None
