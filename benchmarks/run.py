@@ -967,23 +967,36 @@ def write_bytecode(python: str, tree: Path | None = None) -> None:
     subprocess.run([python, "-m", "compileall", "-q", "-j", "0", package], check=True, stdout=subprocess.DEVNULL)
 
 
+# lscpu's fields in the machine line. A cloud host's model name alone ("AMD EPYC") can stand for CPUs a
+# generation apart, whose figures differ by half: the family, model and stepping tell them apart.
+_CPU_FIELDS = (
+    "Architecture",
+    "CPU(s)",
+    "Model name",
+    "CPU family",
+    "Model",
+    "Stepping",
+    "Thread(s) per core",
+    "Core(s) per socket",
+    "CPU max MHz",
+    "BogoMIPS",
+    "Hypervisor vendor",
+    "L3 cache",
+)
+
+
+def cpu_fields(lscpu: str) -> list[str]:
+    """The machine line's fields of ``lscpu``'s output, in its order, each once (its first line of that name)."""
+    seen: dict[str, str] = {}
+    for k, _, v in (line.partition(":") for line in lscpu.splitlines()):
+        if k.strip() in _CPU_FIELDS and k.strip() not in seen:
+            seen[k.strip()] = v.strip()
+    return [f"{k}: {v}" for k, v in seen.items()]
+
+
 def machine_description(load: Load, pinning: str, tree: Path = REPO) -> list[str]:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout if shutil.which("lscpu") else ""
-    wanted = (
-        "Architecture",
-        "CPU(s)",
-        "Model name",
-        "Thread(s) per core",
-        "Core(s) per socket",
-        "CPU max MHz",
-        "Hypervisor vendor",
-        "L3 cache",
-    )
-    cpu = [
-        f"{k.strip()}: {v.strip()}"
-        for k, _, v in (line.partition(":") for line in lscpu.splitlines())
-        if k.strip() in wanted
-    ]
+    cpu = cpu_fields(lscpu)
     versions = [f"Python {platform.python_version()}"]
     for module in ("aiohttp", "uvloop", "orjson"):
         try:

@@ -145,6 +145,41 @@ def test_added_p50_is_over_the_upstream_row_at_one_connection_only() -> None:
     assert "full-redis added_p50_ms = 0.85 (issue 22 target <= 0.45: NOT met)" in run.verdicts(list(rows.values()), 1)
 
 
+# lscpu on a cloud host whose model name says only the vendor's line (trimmed; "Model:" is not "Model name:")
+_LSCPU = """Architecture:                            x86_64
+CPU(s):                                  2
+Vendor ID:                               AuthenticAMD
+Model name:                              AMD EPYC
+CPU family:                              26
+Model:                                   2
+Thread(s) per core:                      1
+Stepping:                                1
+BogoMIPS:                                5192.24
+Flags:                                   fpu vme avx512f
+Hypervisor vendor:                       KVM
+L3 cache:                                32 MiB (1 instance)
+NUMA node0 CPU(s):                       0,1
+"""
+
+
+def test_the_machine_line_tells_cpu_generations_apart_by_family_model_and_stepping() -> None:
+    """Two hosts both "AMD EPYC" a generation apart ran the same rows at figures half apart: the line carries what
+    tells them apart, and nothing of lscpu's that is not asked for (the flags, the NUMA lists)."""
+    assert run.cpu_fields(_LSCPU) == [
+        "Architecture: x86_64",
+        "CPU(s): 2",
+        "Model name: AMD EPYC",
+        "CPU family: 26",
+        "Model: 2",
+        "Thread(s) per core: 1",
+        "Stepping: 1",
+        "BogoMIPS: 5192.24",
+        "Hypervisor vendor: KVM",
+        "L3 cache: 32 MiB (1 instance)",
+    ]
+    assert run.cpu_fields("") == []
+
+
 def test_over_rounds_an_issue_figure_is_the_median_of_each_rounds_own() -> None:
     """Three rounds on a machine that drifts: the paced stream's ratio to lean, taken within each round, is 1.40,
     1.45 and 1.60 (median 1.45); the median runs (by req/s) of the two rows come from different rounds and would
