@@ -973,8 +973,9 @@ def write_bytecode(python: str, tree: Path | None = None) -> None:
     subprocess.run([python, "-m", "compileall", "-q", "-j", "0", package], check=True, stdout=subprocess.DEVNULL)
 
 
-# lscpu's fields in the machine line. A cloud host's model name alone ("AMD EPYC") can stand for CPUs a
-# generation apart, whose figures differ by half: the family, model and stepping tell them apart.
+# lscpu's fields in the machine line. A cloud host's model name alone ("AMD EPYC") stands for several generations
+# of CPU, and hosts of that one name ran the same rows at figures far apart: the family, model and stepping tell
+# such hosts apart.
 _CPU_FIELDS = (
     "Architecture",
     "CPU(s)",

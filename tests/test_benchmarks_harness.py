@@ -180,8 +180,8 @@ NUMA node0 CPU(s):                       0,1
 
 
 def test_the_machine_line_tells_cpu_generations_apart_by_family_model_and_stepping() -> None:
-    """Two hosts both "AMD EPYC" a generation apart ran the same rows at figures half apart: the line carries what
-    tells them apart, and nothing of lscpu's that is not asked for (the flags, the NUMA lists)."""
+    """Hosts that all read "AMD EPYC" ran the same rows at figures far apart: the line carries what tells their CPUs
+    apart, and nothing of lscpu's that is not asked for (the vendor, the flags, the NUMA lists)."""
     assert run.cpu_fields(_LSCPU) == [
         "Architecture: x86_64",
         "CPU(s): 2",
