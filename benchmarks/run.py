@@ -736,13 +736,13 @@ def measure(
     body_file.write_bytes(body)
     if not target.pin:
         placement = {**placement, "target": None}
+    redis_url = getattr(args, "redis_url", "")
+    start_s: float | None
     with ExitStack() as stack:
         if target.command:
-            redis_url = getattr(args, "redis_url", "")
-            port, proc, spawn_s = start_target(
+            port, proc, start_s = start_target(
                 target, target.name, stack, workdir, upstream, args.python, args.tree, redis_url, placement["target"]
             )
-            start_s: float | None = spawn_s
             target_pid = proc.pid
         else:
             assert upstream is not None
@@ -751,7 +751,8 @@ def measure(
         if args.warmup > 0:
             run_load(load, url, body_file, args.warmup)
         pids = [target_pid] + ([upstream.pid] if upstream is not None and target.command else [])
-        redis_url = getattr(args, "redis_url", "") if target.redis else ""
+        if not target.redis:
+            redis_url = ""  # a redis-server of another row: not this row's
         redis_before = redis_cpu_seconds(redis_url) if redis_url else 0.0
         ticks_before = [cpu_ticks(pid) for pid in pids]
         cores_before = core_times()
@@ -995,9 +996,10 @@ _CPU_FIELDS = (
 def cpu_fields(lscpu: str) -> list[str]:
     """The machine line's fields of ``lscpu``'s output, in its order, each once (its first line of that name)."""
     seen: dict[str, str] = {}
-    for k, _, v in (line.partition(":") for line in lscpu.splitlines()):
-        if k.strip() in _CPU_FIELDS and k.strip() not in seen:
-            seen[k.strip()] = v.strip()
+    for line in lscpu.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in _CPU_FIELDS:
+            seen.setdefault(name.strip(), value.strip())
     return [f"{k}: {v}" for k, v in seen.items()]
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,6 +19,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import pair
+import pgo_train
 import run
 from lean_proxy import LeanProxy, Origin
 
@@ -224,8 +228,6 @@ def test_over_rounds_an_issue_figure_is_the_median_of_each_rounds_own() -> None:
 def test_edge_bench_measures_the_full_policy_on_a_private_redis(kind: str) -> None:
     """``edge_bench.py --store redis`` starts its own redis-server, answers every request with 200 through it (the
     bench exits non-zero otherwise) and stops the server."""
-    import subprocess
-
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / "edge_bench.py"
     argv = [sys.executable, str(bench), "--gateway", kind, "--store", "redis", "--connections", "2"]
     done = subprocess.run(
@@ -236,8 +238,6 @@ def test_edge_bench_measures_the_full_policy_on_a_private_redis(kind: str) -> No
 
 
 def test_the_profile_training_leaves_out_the_redis_scenarios_only_without_a_redis_server() -> None:
-    import pgo_train
-
     with_redis = pgo_train.scenarios(redis=True)
     assert with_redis == list(pgo_train.SCENARIOS)
     assert {store for _, store, _ in with_redis} == {"embedded", "redis"}
@@ -249,11 +249,6 @@ def test_the_profile_training_leaves_out_the_redis_scenarios_only_without_a_redi
 def test_the_profile_training_runs_every_scenario_through_the_gateway() -> None:
     """benchmarks/pgo_train.py (scripts/compile --pgo's workload) answers every request of every scenario with 200:
     edge_bench exits non-zero otherwise, and the training with it."""
-    import shutil
-    import subprocess
-
-    import pgo_train
-
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / "pgo_train.py"
     done = subprocess.run([sys.executable, str(bench), "--requests", "32"], capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
@@ -263,8 +258,6 @@ def test_the_profile_training_runs_every_scenario_through_the_gateway() -> None:
 
 
 def test_the_profile_training_refuses_a_request_count_below_one() -> None:
-    import pgo_train
-
     with pytest.raises(SystemExit) as exc:
         pgo_train.main(["--requests", "0"])
     assert exc.value.code == 2
@@ -274,22 +267,16 @@ def test_the_profile_training_refuses_a_request_count_below_one() -> None:
 def test_the_profile_training_fails_when_a_scenario_fails(capsys: pytest.CaptureFixture[str]) -> None:
     """A scenario that did not answer (here: an interpreter that exits 1 at once) stops the training with an error:
     its profile would count error paths as the hot ones."""
-    import pgo_train
-
     assert pgo_train.main(["--requests", "1", "--python", "false"]) == 1
     assert "pgo_train: json on the embedded store failed (1)" in capsys.readouterr().err
 
 
 def test_a_pair_is_summed_up_by_the_median_of_its_rounds_own_ratios() -> None:
-    import pair
-
     line = pair.ratio_line("full-redis", [100.0, 120.0, 90.0], [95.0, 108.0, 90.0])
     assert line == "full-redis: A 100.0 µs, B 95.0 µs a request (medians); B/A 0.950 (rounds 0.950 / 0.900 / 1.000)"
 
 
 def test_a_pair_refuses_a_folder_that_is_not_a_checkout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import pair
-
     with pytest.raises(SystemExit) as exc:
         pair.main([str(tmp_path), str(Path(__file__).resolve().parents[1]), "gateway"])
     assert exc.value.code == 2
@@ -299,8 +286,6 @@ def test_a_pair_refuses_a_folder_that_is_not_a_checkout(tmp_path: Path, capsys: 
 @pytest.mark.process
 def test_a_pair_runs_both_gateways_at_once_and_prints_their_ratio() -> None:
     """Both sides answer every request (pair.py exits with the load generator's errors otherwise), a round each."""
-    import subprocess
-
     repo = Path(__file__).resolve().parents[1]
     argv = [sys.executable, str(repo / "benchmarks" / "pair.py"), str(repo), str(repo), "gateway"]
     done = subprocess.run(
